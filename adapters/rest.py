@@ -1,0 +1,85 @@
+"""REST adapter: a service code maps to a backend base URL; the request is forwarded as is.
+
+Method, path remainder, query string, body and the allowed headers go to the backend
+unchanged; redirects come back unchanged (never followed) and compressed bodies stay
+compressed. Only the configured host is ever contacted: the path was validated by the r1
+parser (no dot segments, no encoded slashes) and is appended to the base URL's path.
+"""
+
+from __future__ import annotations
+
+import aiohttp
+from yarl import URL
+
+from xroad_hub.errors import XRoadError
+
+from .base import AdapterRequest, AdapterResponse
+
+__all__ = ["RestAdapter"]
+
+
+class RestAdapter:
+    def __init__(
+        self,
+        base_url: str,
+        *,
+        timeout: float = 30.0,
+        max_response_bytes: int = 64 * 1024 * 1024,
+        session: aiohttp.ClientSession | None = None,
+    ) -> None:
+        self._base = URL(base_url.rstrip("/"))
+        if self._base.scheme not in ("http", "https") or not self._base.host:
+            raise ValueError(f"REST adapter URL must be http(s)://host[:port][/path]: {base_url}")
+        self._timeout = aiohttp.ClientTimeout(total=timeout, sock_connect=min(timeout, 10.0))
+        self._max = max_response_bytes
+        self._own_session = session is None
+        self._session = session
+
+    def _session_or_new(self) -> aiohttp.ClientSession:
+        if self._session is None:
+            self._session = aiohttp.ClientSession(
+                auto_decompress=False,
+                connector=aiohttp.TCPConnector(limit=256, ttl_dns_cache=300),
+            )
+        return self._session
+
+    async def handle(self, request: AdapterRequest) -> AdapterResponse:
+        url = URL(
+            str(self._base) + request.path + ("?" + request.query if request.query else ""),
+            encoded=True,
+        )
+        session = self._session_or_new()
+        try:
+            async with session.request(
+                request.method,
+                url,
+                headers=list(request.headers),
+                data=request.body or None,
+                allow_redirects=False,
+                timeout=self._timeout,
+                # Only what the client sent travels: no User-Agent or Accept-Encoding of ours.
+                skip_auto_headers=("User-Agent", "Accept-Encoding", "Content-Type"),
+            ) as resp:
+                body = await resp.content.read(self._max + 1)
+                if len(body) > self._max:
+                    raise XRoadError.server_proxy(
+                        "ServiceFailed", f"service response exceeds {self._max} bytes"
+                    )
+                return AdapterResponse(resp.status, tuple(resp.headers.items()), body)
+        except XRoadError:
+            raise
+        except TimeoutError as exc:
+            raise XRoadError.server_proxy(
+                "NetworkError", f"service at {self._base.host}:{self._base.port} timed out"
+            ) from exc
+        except aiohttp.ClientConnectionError as exc:
+            raise XRoadError.server_proxy(
+                "NetworkError",
+                f"cannot connect to the service at {self._base.host}:{self._base.port}",
+            ) from exc
+        except aiohttp.ClientError as exc:
+            raise XRoadError.server_proxy("ServiceFailed", f"service failed: {exc}") from exc
+
+    async def close(self) -> None:
+        if self._own_session and self._session is not None:
+            await self._session.close()

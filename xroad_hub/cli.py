@@ -1,0 +1,159 @@
+"""``xroad-hub``: the command line of the hub."""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import signal
+import sys
+import time
+import uuid
+from pathlib import Path
+
+import jwt
+
+from .clientauth import MAX_TOKEN_LIFETIME
+from .devpki import ensure_pki
+from .federation import ConfigError, load_federation
+from .identifiers import parse_subsystem_id
+from .logs import configure_logging
+from .pki import PkiLayout, load_private_key
+
+DEFAULT_CONFIG = Path("config/demo-federation.toml")
+DEFAULT_CERTS = Path("certs")
+DEFAULT_DATA = Path("var/demo")
+
+
+def _common(p: argparse.ArgumentParser) -> None:
+    p.add_argument(
+        "--config",
+        type=Path,
+        default=DEFAULT_CONFIG,
+        help=f"federation file (default: {DEFAULT_CONFIG})",
+    )
+    p.add_argument(
+        "--certs-dir",
+        type=Path,
+        default=DEFAULT_CERTS,
+        help=f"key material directory (default: {DEFAULT_CERTS})",
+    )
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="xroad-hub",
+        description="Signed, logged, access-controlled data exchange between agencies "
+        "(X-Road REST r1).",
+    )
+    parser.add_argument("--log-level", default="info", choices=["debug", "info", "warning"])
+    sub = parser.add_subparsers(dest="command", required=True)
+
+    pki = sub.add_parser("pki", help="development PKI of the federation")
+    pki_sub = pki.add_subparsers(dest="pki_command", required=True)
+    init = pki_sub.add_parser(
+        "init", help="generate missing keys and certificates (existing ones are kept)"
+    )
+    _common(init)
+
+    up = sub.add_parser(
+        "up",
+        help="run the federation: demo backends, central registry and every node",
+        description="Runs until Ctrl-C or SIGTERM, then stops cleanly (in-flight exchanges "
+        "finish, logs are flushed). Writes DATA_DIR/endpoints.json.",
+    )
+    _common(up)
+    up.add_argument(
+        "--data-dir",
+        type=Path,
+        default=DEFAULT_DATA,
+        help=f"where nodes keep their logs (default: {DEFAULT_DATA})",
+    )
+
+    token = sub.add_parser(
+        "token",
+        help="print a short-lived JWT for a client subsystem registered with auth=jwt",
+        description="The token is signed with the subsystem's own key from the certs "
+        "directory, addressed to its node, and valid for one request.",
+    )
+    _common(token)
+    token.add_argument("client", help="client subsystem, e.g. TH/GOV/DGA/citizenportal")
+    token.add_argument(
+        "--ttl", type=int, default=60, help=f"lifetime in seconds (at most {MAX_TOKEN_LIFETIME})"
+    )
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    configure_logging(args.log_level)
+    try:
+        fed = load_federation(args.config)
+        if args.command == "pki":
+            created = ensure_pki(fed, args.certs_dir)
+            print(
+                f"{len(created)} files created in {args.certs_dir}"
+                if created
+                else f"PKI in {args.certs_dir} is complete; nothing created"
+            )
+            return 0
+        if args.command == "token":
+            return _token(fed, args)
+        if args.command == "up":
+            return asyncio.run(_up(fed, args))
+    except (ConfigError, FileExistsError, FileNotFoundError) as exc:
+        print(f"xroad-hub: {exc}", file=sys.stderr)
+        if isinstance(exc, FileNotFoundError):
+            print("hint: run 'xroad-hub pki init' to generate the development PKI", file=sys.stderr)
+        return 2
+    return 1
+
+
+def _token(fed, args: argparse.Namespace) -> int:  # type: ignore[no-untyped-def]
+    client = parse_subsystem_id(args.client)
+    node = fed.node_of_client(client)
+    reg = next(c for c in node.clients if c.id == client)
+    if reg.auth != "jwt":
+        print(f"xroad-hub: {client} authenticates with {reg.auth}, not jwt", file=sys.stderr)
+        return 2
+    ttl = max(1, min(args.ttl, MAX_TOKEN_LIFETIME))
+    key = load_private_key(PkiLayout(args.certs_dir).client_jwt(str(client)).key)
+    now = int(time.time())
+    claims = {
+        "iss": str(client),
+        "aud": str(node.id),
+        "iat": now,
+        "exp": now + ttl,
+        "jti": str(uuid.uuid4()),
+    }
+    print(jwt.encode(claims, key, algorithm="ES256"))
+    return 0
+
+
+async def _up(fed, args: argparse.Namespace) -> int:  # type: ignore[no-untyped-def]
+    from .runner import Federation
+
+    created = ensure_pki(fed, args.certs_dir)
+    if created:
+        print(
+            f"generated {len(created)} missing key/certificate files in {args.certs_dir}",
+            file=sys.stderr,
+        )
+    federation = Federation(fed, args.certs_dir, args.data_dir)
+    stop = asyncio.Event()
+    loop = asyncio.get_running_loop()
+    for sig in (signal.SIGINT, signal.SIGTERM):
+        loop.add_signal_handler(sig, stop.set)
+    await federation.start()
+    print(
+        f"federation up; endpoints in {args.data_dir / 'endpoints.json'}; Ctrl-C stops",
+        file=sys.stderr,
+    )
+    try:
+        await stop.wait()
+    finally:
+        await federation.stop()
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

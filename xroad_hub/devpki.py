@@ -1,0 +1,82 @@
+"""Generate the development PKI a federation file needs, only where it is missing."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import structlog
+
+from .federation import FederationConfig
+from .pki import (
+    CertPaths,
+    PkiLayout,
+    generate_key,
+    issue_cert,
+    load_cert,
+    load_private_key,
+    make_root_ca,
+    write_cert,
+    write_key,
+    write_public_key,
+)
+
+__all__ = ["ensure_pki"]
+
+log = structlog.get_logger("xroad_hub.pki")
+
+
+def ensure_pki(fed: FederationConfig, certs_dir: Path) -> list[Path]:
+    """Create every missing key and certificate; return what was created.
+
+    Existing material is kept as it is. A half-present pair (key without certificate or the
+    reverse) is an error: silently re-keying it would break whoever pinned the old one.
+    """
+    layout = PkiLayout(certs_dir)
+    created: list[Path] = []
+
+    root = layout.root_ca
+    _refuse_half_pair(root)
+    if not root.exist():
+        key, cert = make_root_ca(f"{fed.instance} federation root CA")
+        write_key(root.key, key)
+        write_cert(root.cert, cert)
+        created += [root.key, root.cert]
+    ca_key, ca_cert = load_private_key(root.key), load_cert(root.cert)
+
+    def leaf(paths: CertPaths, cn: str, purpose: str) -> None:
+        _refuse_half_pair(paths)
+        if paths.exist():
+            return
+        key = generate_key()
+        write_key(paths.key, key)
+        write_cert(paths.cert, issue_cert(ca_key, ca_cert, cn, key, purpose=purpose))
+        created.extend([paths.key, paths.cert])
+
+    leaf(layout.globalconf_signer, f"{fed.instance} global configuration signer", "sign")
+    for member in fed.members:
+        leaf(layout.member_sign(str(member)), str(member), "sign")
+    for node in fed.nodes:
+        leaf(layout.node_auth(str(node.id)), str(node.id), "tls")
+        for client in node.clients:
+            if client.auth == "mtls":
+                leaf(layout.client_tls(str(client.id)), str(client.id), "tls")
+            elif client.auth == "jwt":
+                paths = layout.client_jwt(str(client.id))
+                _refuse_half_pair(paths)
+                if not paths.exist():
+                    key = generate_key()
+                    write_key(paths.key, key)
+                    write_public_key(paths.cert, key)
+                    created.extend([paths.key, paths.cert])
+    for path in created:
+        log.info("pki.created", path=str(path))
+    return created
+
+
+def _refuse_half_pair(paths: CertPaths) -> None:
+    if paths.key.exists() != paths.cert.exists():
+        present = paths.key if paths.key.exists() else paths.cert
+        raise FileExistsError(
+            f"{present} exists without its pair; remove it (or restore the other file) and "
+            "run again; keys are never overwritten silently"
+        )

@@ -1,0 +1,207 @@
+"""The federation description (TOML): registry, members, nodes, their clients and services.
+
+One file describes a whole development federation, the way the demo runs it on one machine.
+Each node only uses its own section (X-Road: the security server's local configuration);
+the central registry publishes the shared part as the signed global configuration.
+"""
+
+from __future__ import annotations
+
+import tomllib
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from .errors import XRoadError
+from .identifiers import (
+    ClientId,
+    MemberId,
+    NodeId,
+    ServiceId,
+    SubsystemId,
+    parse_client_id,
+    parse_member_id,
+    parse_node_id,
+    parse_service_id,
+    parse_subsystem_id,
+)
+
+__all__ = [
+    "AUTH_MODES",
+    "BackendConfig",
+    "ClientConfig",
+    "FederationConfig",
+    "NodeConfig",
+    "RegistryConfig",
+    "ServiceConfig",
+    "load_federation",
+    "parse_address",
+]
+
+AUTH_MODES = ("http", "mtls", "jwt")
+
+
+class ConfigError(ValueError):
+    """The federation file is wrong; the message names the place and what to change."""
+
+
+def parse_address(text: str) -> tuple[str, int]:
+    host, sep, port = text.rpartition(":")
+    if not sep or not port.isdigit():
+        raise ConfigError(f"address {text!r} must be HOST:PORT")
+    return host, int(port)
+
+
+@dataclass(frozen=True, slots=True)
+class RegistryConfig:
+    listen: tuple[str, int]
+    globalconf_validity: float = 600.0
+    refresh_interval: float = 60.0
+
+
+@dataclass(frozen=True, slots=True)
+class ClientConfig:
+    """A subsystem allowed to call services through its node, and how it authenticates."""
+
+    id: SubsystemId
+    auth: str  # one of AUTH_MODES
+
+
+@dataclass(frozen=True, slots=True)
+class ServiceConfig:
+    id: ServiceId  # unversioned: access rights and routing are per service code
+    adapter: str
+    url: str
+    timeout: float = 30.0
+    allow: frozenset[ClientId] = frozenset()
+    disabled: bool = False
+    disabled_notice: str = "service is disabled by its provider"
+    version: str | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class NodeConfig:
+    id: NodeId
+    peer_listen: tuple[str, int]
+    client_listen: tuple[str, int] | None
+    client_tls_listen: tuple[str, int] | None
+    clients: tuple[ClientConfig, ...] = ()
+    providers: tuple[SubsystemId, ...] = ()
+    services: tuple[ServiceConfig, ...] = ()
+    max_body_bytes: int = 10 * 1024 * 1024
+    body_timeout: float = 30.0
+    provider_timeout: float = 60.0
+
+    @property
+    def hosted(self) -> tuple[ClientId, ...]:
+        """Every subsystem this node hosts, as client or as provider (sorted, unique)."""
+        return tuple(sorted({c.id for c in self.clients} | set(self.providers)))
+
+
+@dataclass(frozen=True, slots=True)
+class BackendConfig:
+    """A demo agency system started next to the federation (not part of a real node)."""
+
+    kind: str
+    listen: tuple[str, int]
+    seed: int = 2569
+
+
+@dataclass(frozen=True, slots=True)
+class FederationConfig:
+    instance: str
+    registry: RegistryConfig
+    members: dict[MemberId, str]
+    nodes: tuple[NodeConfig, ...]
+    backends: tuple[BackendConfig, ...] = field(default=())
+
+    def node(self, node_id: str) -> NodeConfig:
+        for node in self.nodes:
+            if str(node.id) == node_id:
+                return node
+        raise ConfigError(f"no node {node_id!r} in the federation file")
+
+    def node_of_client(self, client: ClientId) -> NodeConfig:
+        for node in self.nodes:
+            if any(c.id == client for c in node.clients):
+                return node
+        raise ConfigError(f"{client} is not a client subsystem of any node")
+
+
+def load_federation(path: Path) -> FederationConfig:
+    try:
+        data = tomllib.loads(path.read_text(encoding="utf-8"))
+    except (OSError, tomllib.TOMLDecodeError) as exc:
+        raise ConfigError(f"cannot read federation file {path}: {exc}") from exc
+    try:
+        return _build(data)
+    except XRoadError as exc:
+        raise ConfigError(f"{path}: {exc.message}") from exc
+    except (KeyError, TypeError) as exc:
+        raise ConfigError(f"{path}: missing or wrong-typed setting {exc}") from exc
+
+
+def _build(data: dict[str, Any]) -> FederationConfig:
+    instance = data["instance"]
+    reg = data["registry"]
+    registry = RegistryConfig(
+        parse_address(reg["listen"]),
+        float(reg.get("globalconf_validity", 600)),
+        float(reg.get("refresh_interval", 60)),
+    )
+    members = {parse_member_id(m["id"]): m.get("name", m["id"]) for m in data.get("member", [])}
+    nodes = tuple(_node(n, members) for n in data.get("node", []))
+    for node in nodes:
+        if node.id.owner not in members:
+            raise ConfigError(f"node {node.id}: owner {node.id.owner} is not a declared member")
+        for sub in node.hosted:
+            if sub.member not in members:
+                raise ConfigError(f"node {node.id}: {sub} belongs to no declared member")
+        if node.id.owner.instance != instance:
+            raise ConfigError(f"node {node.id} is not in instance {instance}")
+    backends = tuple(
+        BackendConfig(b["kind"], parse_address(b["listen"]), int(b.get("seed", 2569)))
+        for b in data.get("backend", [])
+    )
+    return FederationConfig(instance, registry, members, nodes, backends)
+
+
+def _node(n: dict[str, Any], members: dict[MemberId, str]) -> NodeConfig:
+    node_id = parse_node_id(n["id"])
+    clients = []
+    for c in n.get("client", []):
+        if c["auth"] not in AUTH_MODES:
+            raise ConfigError(f"node {node_id}: client auth must be one of {AUTH_MODES}")
+        clients.append(ClientConfig(parse_subsystem_id(c["id"]), c["auth"]))
+    services = []
+    for s in n.get("service", []):
+        sid = parse_service_id(s["id"])
+        if sid.service_version:
+            raise ConfigError(f"node {node_id}: give the version of {sid} as version = ...")
+        services.append(
+            ServiceConfig(
+                id=sid,
+                adapter=s.get("adapter", "rest"),
+                url=s["url"],
+                timeout=float(s.get("timeout", 30)),
+                allow=frozenset(parse_client_id(a) for a in s.get("allow", [])),
+                disabled=bool(s.get("disabled", False)),
+                disabled_notice=s.get("disabled_notice", "service is disabled by its provider"),
+                version=s.get("version"),
+            )
+        )
+    providers = tuple(sorted({s.id.provider for s in services}))  # type: ignore[type-var]
+    return NodeConfig(
+        id=node_id,
+        peer_listen=parse_address(n["peer_listen"]),
+        client_listen=parse_address(n["client_listen"]) if "client_listen" in n else None,
+        client_tls_listen=(
+            parse_address(n["client_tls_listen"]) if "client_tls_listen" in n else None
+        ),
+        clients=tuple(clients),
+        providers=providers,  # type: ignore[arg-type]
+        services=tuple(services),
+        max_body_bytes=int(n.get("max_body_bytes", 10 * 1024 * 1024)),
+        body_timeout=float(n.get("body_timeout", 30)),
+        provider_timeout=float(n.get("provider_timeout", 60)),
+    )

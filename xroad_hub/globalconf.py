@@ -1,0 +1,161 @@
+"""Global configuration: what every node must agree on, signed by the central registry.
+
+It lists members, the nodes with their addresses and authentication-certificate fingerprints,
+which subsystems each node hosts, and the trusted CAs. It carries an expiry: a node whose copy
+has expired, or whose download does not verify against the configuration anchor (the
+registry's signing certificate, distributed out of band), refuses exchanges with
+``OutdatedGlobalConf`` rather than trust stale routing and certificates.
+"""
+
+from __future__ import annotations
+
+import base64
+from dataclasses import dataclass
+from datetime import UTC, datetime
+from functools import cached_property
+
+import orjson
+from cryptography import x509
+from cryptography.exceptions import InvalidSignature
+from cryptography.hazmat.primitives import hashes
+from cryptography.hazmat.primitives.asymmetric import ec
+
+from .identifiers import ClientId, MemberId, NodeId, parse_client_id, parse_member_id, parse_node_id
+from .message import canonical
+
+__all__ = ["GlobalConf", "GlobalConfError", "NodeEntry", "sign_globalconf", "verify_globalconf"]
+
+_ECDSA = ec.ECDSA(hashes.SHA256())
+
+
+class GlobalConfError(ValueError):
+    """A downloaded configuration that must not be used (bad signature, malformed, expired)."""
+
+
+@dataclass(frozen=True, slots=True)
+class NodeEntry:
+    id: NodeId
+    address: str  # host:port of the node's inter-node (mutual TLS) endpoint
+    auth_cert_sha256: str
+    clients: frozenset[ClientId]
+
+
+@dataclass(frozen=True)
+class GlobalConf:
+    instance: str
+    serial: int
+    generated_at: datetime
+    expires_at: datetime
+    members: dict[MemberId, str]
+    nodes: tuple[NodeEntry, ...]
+    trusted_cas_der: tuple[bytes, ...]
+
+    def expired(self, now: datetime | None = None) -> bool:
+        return (now or datetime.now(UTC)) >= self.expires_at
+
+    @cached_property
+    def trusted_cas(self) -> list[x509.Certificate]:
+        return [x509.load_der_x509_certificate(d) for d in self.trusted_cas_der]
+
+    @cached_property
+    def _by_client(self) -> dict[ClientId, NodeEntry]:
+        return {c: n for n in self.nodes for c in n.clients}
+
+    @cached_property
+    def _by_cert(self) -> dict[str, NodeEntry]:
+        return {n.auth_cert_sha256: n for n in self.nodes}
+
+    def node_hosting(self, client: ClientId) -> NodeEntry | None:
+        return self._by_client.get(client)
+
+    def node_by_cert(self, fingerprint: str) -> NodeEntry | None:
+        return self._by_cert.get(fingerprint)
+
+    def node(self, node_id: NodeId) -> NodeEntry | None:
+        return next((n for n in self.nodes if n.id == node_id), None)
+
+    def to_dict(self) -> dict[str, object]:
+        return {
+            "instance": self.instance,
+            "serial": self.serial,
+            "generated_at": self.generated_at.isoformat(),
+            "expires_at": self.expires_at.isoformat(),
+            "members": [{"id": str(m), "name": n} for m, n in sorted(self.members.items())],
+            "nodes": [
+                {
+                    "id": str(n.id),
+                    "address": n.address,
+                    "auth_cert_sha256": n.auth_cert_sha256,
+                    "clients": sorted(str(c) for c in n.clients),
+                }
+                for n in self.nodes
+            ],
+            "trusted_cas": [base64.b64encode(d).decode() for d in self.trusted_cas_der],
+        }
+
+    @classmethod
+    def from_dict(cls, d: dict[str, object]) -> GlobalConf:
+        try:
+            nodes = tuple(
+                NodeEntry(
+                    parse_node_id(n["id"]),
+                    str(n["address"]),
+                    str(n["auth_cert_sha256"]),
+                    frozenset(parse_client_id(c) for c in n["clients"]),
+                )
+                for n in d["nodes"]  # type: ignore[attr-defined]
+            )
+            return cls(
+                instance=str(d["instance"]),
+                serial=int(d["serial"]),  # type: ignore[call-overload]
+                generated_at=datetime.fromisoformat(str(d["generated_at"])),
+                expires_at=datetime.fromisoformat(str(d["expires_at"])),
+                members={
+                    parse_member_id(m["id"]): str(m["name"])
+                    for m in d["members"]  # type: ignore[attr-defined]
+                },
+                nodes=nodes,
+                trusted_cas_der=tuple(
+                    base64.b64decode(c)
+                    for c in d["trusted_cas"]  # type: ignore[attr-defined]
+                ),
+            )
+        except Exception as exc:  # any shape error means the document is unusable
+            raise GlobalConfError(f"malformed global configuration: {exc}") from exc
+
+
+def sign_globalconf(conf: GlobalConf, key: ec.EllipticCurvePrivateKey) -> bytes:
+    payload = canonical(conf.to_dict())
+    return orjson.dumps(
+        {
+            "alg": "ES256",
+            "payload": base64.b64encode(payload).decode(),
+            "signature": base64.b64encode(key.sign(payload, _ECDSA)).decode(),
+        }
+    )
+
+
+def verify_globalconf(
+    data: bytes, anchor: x509.Certificate, now: datetime | None = None
+) -> GlobalConf:
+    """Verify a signed configuration against the anchor; refuse expired ones."""
+    try:
+        doc = orjson.loads(data)
+        payload = base64.b64decode(doc["payload"], validate=True)
+        signature = base64.b64decode(doc["signature"], validate=True)
+        alg = doc["alg"]
+    except (orjson.JSONDecodeError, KeyError, TypeError, ValueError) as exc:
+        raise GlobalConfError("global configuration is not a signed document") from exc
+    if alg != "ES256":
+        raise GlobalConfError(f"unsupported global configuration signature algorithm {alg!r}")
+    key = anchor.public_key()
+    if not isinstance(key, ec.EllipticCurvePublicKey):
+        raise GlobalConfError("configuration anchor must hold an EC key")
+    try:
+        key.verify(signature, payload, _ECDSA)
+    except InvalidSignature as exc:
+        raise GlobalConfError("global configuration signature does not verify") from exc
+    conf = GlobalConf.from_dict(orjson.loads(payload))
+    if conf.expired(now):
+        raise GlobalConfError(f"global configuration expired at {conf.expires_at.isoformat()}")
+    return conf

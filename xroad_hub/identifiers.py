@@ -1,0 +1,156 @@
+"""X-Road identifiers: members, subsystems, services and nodes (security servers).
+
+Every part of an identifier is restricted to ``A-Z a-z 0-9 ' ( ) + , - . = ?``. The
+restriction is what keeps identifiers safe to use in URLs, file names, log keys and SQL
+parameters, so parsing is strict and the only way to build an identifier.
+"""
+
+from __future__ import annotations
+
+import re
+from dataclasses import dataclass
+from urllib.parse import quote, unquote
+
+from .errors import XRoadError
+
+__all__ = [
+    "ClientId",
+    "MemberId",
+    "NodeId",
+    "ServiceId",
+    "SubsystemId",
+    "parse_client_id",
+    "parse_member_id",
+    "parse_node_id",
+    "parse_service_id",
+    "parse_subsystem_id",
+    "valid_part",
+]
+
+_PART = re.compile(r"[A-Za-z0-9'()+,\-.=?]{1,255}")
+
+
+def valid_part(part: str) -> bool:
+    """True when ``part`` is a legal identifier part (``.`` and ``..`` never are)."""
+    return bool(_PART.fullmatch(part)) and part not in (".", "..")
+
+
+def _split(text: str, what: str, sizes: tuple[int, ...], *, decode: bool = False) -> list[str]:
+    raw = text.split("/")
+    if len(raw) not in sizes:
+        raise XRoadError.client(
+            "BadRequest",
+            f"malformed {what} identifier {text[:200]!r}: expected "
+            f"{' or '.join(str(n) for n in sizes)} parts separated by '/'",
+        )
+    # r1 percent-encodes each part on its own, so decoding happens after splitting: an
+    # encoded '/' inside a part then fails the character check instead of adding a part.
+    parts = [unquote(p, errors="strict") for p in raw] if decode else raw
+    for part in parts:
+        if not valid_part(part):
+            raise XRoadError.client(
+                "BadRequest",
+                f"illegal characters in {what} identifier part {part[:100]!r}; allowed are "
+                "A-Z a-z 0-9 and ' ( ) + , - . = ?",
+            )
+    return parts
+
+
+@dataclass(frozen=True, slots=True, order=True)
+class MemberId:
+    instance: str
+    member_class: str
+    member_code: str
+
+    def __str__(self) -> str:
+        return f"{self.instance}/{self.member_class}/{self.member_code}"
+
+    @property
+    def member(self) -> MemberId:
+        return self
+
+    @property
+    def object_type(self) -> str:
+        return "MEMBER"
+
+
+@dataclass(frozen=True, slots=True, order=True)
+class SubsystemId:
+    instance: str
+    member_class: str
+    member_code: str
+    subsystem_code: str
+
+    def __str__(self) -> str:
+        return f"{self.instance}/{self.member_class}/{self.member_code}/{self.subsystem_code}"
+
+    @property
+    def member(self) -> MemberId:
+        return MemberId(self.instance, self.member_class, self.member_code)
+
+    @property
+    def object_type(self) -> str:
+        return "SUBSYSTEM"
+
+
+ClientId = MemberId | SubsystemId
+
+
+@dataclass(frozen=True, slots=True, order=True)
+class ServiceId:
+    """A service: its provider (member or subsystem), code and optional version."""
+
+    provider: ClientId
+    service_code: str
+    service_version: str | None = None
+
+    def __str__(self) -> str:
+        tail = f"/{self.service_version}" if self.service_version else ""
+        return f"{self.provider}/{self.service_code}{tail}"
+
+    @property
+    def unversioned(self) -> ServiceId:
+        """Access rights are granted per service code, never per version."""
+        return ServiceId(self.provider, self.service_code)
+
+    def r1_path(self) -> str:
+        """The ``/r1/...`` path prefix, each part percent-encoded on its own."""
+        parts = [*str(self.provider).split("/"), self.service_code]
+        return "/r1/" + "/".join(quote(p, safe="") for p in parts)
+
+
+@dataclass(frozen=True, slots=True, order=True)
+class NodeId:
+    """A node (X-Road: security server), owned by a member."""
+
+    owner: MemberId
+    server_code: str
+
+    def __str__(self) -> str:
+        return f"{self.owner}/{self.server_code}"
+
+
+def parse_member_id(text: str) -> MemberId:
+    return MemberId(*_split(text, "member", (3,)))
+
+
+def parse_subsystem_id(text: str) -> SubsystemId:
+    return SubsystemId(*_split(text, "subsystem", (4,)))
+
+
+def parse_client_id(text: str) -> ClientId:
+    """``INSTANCE/CLASS/MEMBER[/SUBSYSTEM]``; each part may be percent-encoded (r1)."""
+    parts = _split(text.strip(), "client", (3, 4), decode=True)
+    return MemberId(*parts) if len(parts) == 3 else SubsystemId(*parts)
+
+
+def parse_service_id(text: str) -> ServiceId:
+    """``INSTANCE/CLASS/MEMBER/SUBSYSTEM/SERVICECODE[/VERSION]`` (subsystem required here)."""
+    parts = _split(text, "service", (5, 6))
+    provider = SubsystemId(*parts[:4])
+    return ServiceId(provider, parts[4], parts[5] if len(parts) == 6 else None)
+
+
+def parse_node_id(text: str) -> NodeId:
+    parts = _split(text, "node", (4,))
+    return NodeId(MemberId(*parts[:3]), parts[3])

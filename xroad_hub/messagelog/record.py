@@ -1,0 +1,66 @@
+"""One logged exchange, and its leaf: the canonical bytes a Merkle tree will commit to."""
+
+from __future__ import annotations
+
+import hashlib
+from dataclasses import dataclass
+
+from ..message import canonical
+
+__all__ = ["LogRecord"]
+
+
+def _sha256(data: bytes | None) -> str | None:
+    return None if data is None else hashlib.sha256(data).hexdigest()
+
+
+@dataclass(frozen=True, slots=True)
+class LogRecord:
+    """An exchange as one node saw it. ``role`` is "client" or "provider" (which side)."""
+
+    message_id: str
+    request_id: str
+    role: str
+    client: str
+    service: str
+    user_id: str | None
+    issue: str | None
+    represented_party: str | None
+    method: str
+    status: int
+    error_type: str | None
+    started_at: float
+    finished_at: float
+    request_meta: bytes
+    request_signature: bytes
+    request_body: bytes
+    response_meta: bytes | None = None
+    response_signature: bytes | None = None
+    response_body: bytes | None = None
+
+    def leaf(self) -> bytes:
+        """Metadata plus digests only, so bodies can be purged without breaking the tree."""
+        return canonical(
+            {
+                "v": 1,
+                "message_id": self.message_id,
+                "request_id": self.request_id,
+                "role": self.role,
+                "client": self.client,
+                "service": self.service,
+                "user_id": self.user_id,
+                "issue": self.issue,
+                "represented_party": self.represented_party,
+                "method": self.method,
+                "status": self.status,
+                "error_type": self.error_type,
+                "started_at": round(self.started_at, 6),
+                "finished_at": round(self.finished_at, 6),
+                "request_meta_sha256": _sha256(self.request_meta),
+                "request_signature_sha256": _sha256(self.request_signature),
+                "request_body_sha256": _sha256(self.request_body),
+                "response_meta_sha256": _sha256(self.response_meta),
+                "response_signature_sha256": _sha256(self.response_signature),
+                "response_body_sha256": _sha256(self.response_body),
+            }
+        )

@@ -1,0 +1,30 @@
+"""The storage interface of the message log; backends implement exactly this."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from typing import Protocol
+
+from .record import LogRecord
+
+__all__ = ["LogError", "MessageLog"]
+
+
+class LogError(RuntimeError):
+    """The log could not store a record durably; the exchange must not be answered."""
+
+
+class MessageLog(Protocol):
+    async def open(self) -> None: ...
+
+    async def append(self, record: LogRecord) -> int:
+        """Store ``record`` durably and return its leaf index (0-based, gap-free)."""
+        ...
+
+    async def count(self) -> int: ...
+
+    async def leaves(self, start: int, end: int) -> Sequence[bytes]: ...
+
+    async def find(self, message_id: str) -> list[dict[str, object]]: ...
+
+    async def close(self) -> None: ...

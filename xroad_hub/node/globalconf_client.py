@@ -1,0 +1,81 @@
+"""Downloads, verifies and refreshes the global configuration for a node."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+from pathlib import Path
+
+import aiohttp
+import structlog
+from cryptography import x509
+
+from ..globalconf import GlobalConf, GlobalConfError, verify_globalconf
+from ..signing import SignatureVerifier
+
+__all__ = ["GlobalConfClient"]
+
+log = structlog.get_logger("xroad_hub.globalconf")
+
+
+class GlobalConfClient:
+    def __init__(self, url: str, anchor: x509.Certificate, refresh_interval: float) -> None:
+        self.url = url
+        self._anchor = anchor
+        self._interval = refresh_interval
+        self._conf: GlobalConf | None = None
+        self.verifier = SignatureVerifier([])
+        self._task: asyncio.Task[None] | None = None
+        self._session: aiohttp.ClientSession | None = None
+
+    @classmethod
+    def from_files(cls, url: str, anchor_pem: Path, refresh_interval: float) -> GlobalConfClient:
+        return cls(url, x509.load_pem_x509_certificate(anchor_pem.read_bytes()), refresh_interval)
+
+    def current(self) -> GlobalConf | None:
+        """The configuration in force, or None when there is none or it has expired."""
+        conf = self._conf
+        return None if conf is None or conf.expired() else conf
+
+    def install(self, data: bytes) -> GlobalConf:
+        """Verify a downloaded document and use it; raises GlobalConfError if unusable."""
+        conf = verify_globalconf(data, self._anchor)
+        if self._conf is not None and conf.generated_at < self._conf.generated_at:
+            raise GlobalConfError("downloaded configuration is older than the one in force")
+        if self._conf is None or conf.trusted_cas_der != self._conf.trusted_cas_der:
+            self.verifier = SignatureVerifier(conf.trusted_cas)
+        self._conf = conf
+        return conf
+
+    async def refresh(self) -> bool:
+        if self._session is None:
+            self._session = aiohttp.ClientSession(timeout=aiohttp.ClientTimeout(total=10))
+        try:
+            async with self._session.get(self.url) as resp:
+                if resp.status != 200:
+                    raise GlobalConfError(f"registry answered HTTP {resp.status}")
+                data = await resp.content.read(8 * 1024 * 1024)
+            conf = self.install(data)
+        except (aiohttp.ClientError, TimeoutError, GlobalConfError) as exc:
+            log.warning("globalconf.refresh_failed", url=self.url, error=str(exc))
+            return False
+        log.debug("globalconf.refreshed", serial=conf.serial, expires_at=str(conf.expires_at))
+        return True
+
+    async def start(self) -> None:
+        ok = await self.refresh()
+        self._task = asyncio.create_task(self._loop(ok), name="globalconf-refresh")
+
+    async def _loop(self, ok: bool) -> None:
+        while True:
+            # Retry sooner after a failure, so a registry outage heals within seconds.
+            await asyncio.sleep(self._interval if ok else min(self._interval, 2.0))
+            ok = await self.refresh()
+
+    async def stop(self) -> None:
+        if self._task is not None:
+            self._task.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await self._task
+        if self._session is not None:
+            await self._session.close()

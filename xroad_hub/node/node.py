@@ -1,0 +1,164 @@
+"""A node assembled from its configuration, its key material and the registry's address."""
+
+from __future__ import annotations
+
+import socket
+from pathlib import Path
+
+import aiohttp
+import structlog
+from aiohttp import web
+from cryptography.hazmat.primitives import serialization
+from cryptography.hazmat.primitives.asymmetric import ec
+
+from adapters import Adapter, RestAdapter
+
+from ..clientauth import ClientAuthenticator, ClientRegistration
+from ..federation import NodeConfig, ServiceConfig
+from ..messagelog import SQLiteMessageLog
+from ..pki import PkiLayout, load_cert, load_private_key
+from ..signing import MessageSigner, cert_fingerprint
+from .consumer import ClientProxy
+from .globalconf_client import GlobalConfClient
+from .peer import PEER_PATH, PeerTransport
+from .provider import ServerProxy
+from .runtime import HostedService, NodeRuntime
+from .tls import client_facing_context, peer_client_context, peer_server_context
+
+__all__ = ["Node"]
+
+log = structlog.get_logger("xroad_hub.node")
+
+
+def _der(path: Path) -> bytes:
+    return load_cert(path).public_bytes(serialization.Encoding.DER)
+
+
+class Node:
+    def __init__(
+        self,
+        config: NodeConfig,
+        pki: PkiLayout,
+        registry_url: str,
+        data_dir: Path,
+        *,
+        refresh_interval: float = 60.0,
+    ) -> None:
+        self.config = config
+        self.pki = pki
+        self.data_dir = data_dir
+        self.globalconf = GlobalConfClient.from_files(
+            registry_url, pki.globalconf_signer.cert, refresh_interval
+        )
+        self._runners: list[web.AppRunner] = []
+        self._session: aiohttp.ClientSession | None = None
+        self.urls: dict[str, str] = {}
+        self.runtime: NodeRuntime | None = None
+
+    def _build_runtime(self) -> NodeRuntime:
+        cfg, pki = self.config, self.pki
+        auth = pki.node_auth(str(cfg.id))
+        members = {sub.member for sub in cfg.hosted}
+        signers = {}
+        for member in members:
+            paths = pki.member_sign(str(member))
+            signers[member] = MessageSigner(member, load_private_key(paths.key), _der(paths.cert))
+        regs = []
+        for c in cfg.clients:
+            if c.auth == "mtls":
+                fp = cert_fingerprint(_der(pki.client_tls(str(c.id)).cert))
+                regs.append(ClientRegistration(c.id, c.auth, cert_sha256=fp))
+            elif c.auth == "jwt":
+                key = serialization.load_pem_public_key(pki.client_jwt(str(c.id)).cert.read_bytes())
+                if not isinstance(key, ec.EllipticCurvePublicKey):
+                    raise ValueError(f"JWT key of {c.id} must be an EC P-256 key")
+                regs.append(ClientRegistration(c.id, c.auth, jwt_key=key))
+            else:
+                regs.append(ClientRegistration(c.id, c.auth))
+        self._session = aiohttp.ClientSession(
+            auto_decompress=False, connector=aiohttp.TCPConnector(limit=0)
+        )
+        services = {s.id: HostedService(s, self._adapter(s)) for s in cfg.services}
+        return NodeRuntime(
+            node_id=cfg.id,
+            globalconf=self.globalconf,
+            signers=signers,
+            authenticator=ClientAuthenticator(str(cfg.id), regs),
+            services=services,
+            log=SQLiteMessageLog(self.data_dir / "messagelog.sqlite"),
+            peers=PeerTransport(
+                peer_client_context(auth.cert, auth.key, pki.root_ca.cert),
+                cfg.max_body_bytes + 512 * 1024,
+            ),
+            max_body_bytes=cfg.max_body_bytes,
+            body_timeout=cfg.body_timeout,
+            provider_timeout=cfg.provider_timeout,
+        )
+
+    def _adapter(self, service: ServiceConfig) -> Adapter:
+        if service.adapter == "rest":
+            return RestAdapter(service.url, timeout=service.timeout, session=self._session)
+        raise ValueError(
+            f"service {service.id}: adapter {service.adapter!r} is not available (only 'rest')"
+        )
+
+    async def start(self, sockets: dict[str, socket.socket] | None = None) -> dict[str, str]:
+        """Start serving; ``sockets`` may hold pre-bound listeners by role (peer, client,
+        client_tls), otherwise the configured addresses are bound."""
+        cfg, pki = self.config, self.pki
+        rt = self.runtime = self._build_runtime()
+        await rt.log.open()
+        await self.globalconf.start()
+        auth = pki.node_auth(str(cfg.id))
+        ca = pki.root_ca.cert
+        client_proxy = ClientProxy(rt)
+        server_proxy = ServerProxy(rt)
+
+        client_app = web.Application(client_max_size=cfg.max_body_bytes)
+        client_app.router.add_route("*", "/r1/{tail:.*}", client_proxy.handle)
+        client_app.router.add_route("*", "/{tail:.*}", client_proxy.handle)
+        peer_app = web.Application(client_max_size=cfg.max_body_bytes + 512 * 1024)
+        peer_app.router.add_post(PEER_PATH, server_proxy.handle)
+
+        sockets = sockets or {}
+        plan = [
+            ("peer", peer_app, cfg.peer_listen, peer_server_context(auth.cert, auth.key, ca)),
+            ("client", client_app, cfg.client_listen, None),
+            (
+                "client_tls",
+                client_app,
+                cfg.client_tls_listen,
+                client_facing_context(auth.cert, auth.key, ca),
+            ),
+        ]
+        for role, app, address, ssl_ctx in plan:
+            if address is None and role not in sockets:
+                continue
+            runner = web.AppRunner(app, access_log=None, handle_signals=False)
+            await runner.setup()
+            self._runners.append(runner)
+            sock = sockets.get(role) or _bind(address)  # type: ignore[arg-type]
+            site = web.SockSite(runner, sock, ssl_context=ssl_ctx, shutdown_timeout=5.0)
+            await site.start()
+            host, port = sock.getsockname()[:2]
+            scheme = "http" if ssl_ctx is None else "https"
+            self.urls[role] = f"{scheme}://{host}:{port}"
+        log.info("node.started", node=str(cfg.id), **self.urls)
+        return self.urls
+
+    async def stop(self) -> None:
+        """Stop accepting, finish in-flight exchanges, flush the log, close connections."""
+        for runner in self._runners:
+            await runner.cleanup()
+        self._runners.clear()
+        await self.globalconf.stop()
+        if self.runtime is not None:
+            await self.runtime.peers.close()
+            await self.runtime.log.close()
+        if self._session is not None:
+            await self._session.close()
+        log.info("node.stopped", node=str(self.config.id))
+
+
+def _bind(address: tuple[str, int]) -> socket.socket:
+    return socket.create_server(address, reuse_port=False)

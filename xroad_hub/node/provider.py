@@ -1,0 +1,240 @@
+"""Server proxy: the provider path. Other nodes deliver signed requests over mutual TLS.
+
+Order of checks: global configuration in force -> the TLS peer is a registered node ->
+message well formed -> the client is hosted by that node -> the client member's signature
+verifies -> (from here every outcome is logged) the service is ours, known, enabled and the
+client holds an access right (default deny) -> the adapter is called -> the answer is signed
+with the provider member's key and logged durably -> returned.
+"""
+
+from __future__ import annotations
+
+import time
+from typing import Any
+
+import structlog
+from aiohttp import web
+
+from adapters import AdapterRequest
+
+from ..errors import SERVER_PROXY, XRoadError
+from ..identifiers import ClientId, ServiceId, parse_client_id, parse_service_id
+from ..message import (
+    CONTENT_TYPE,
+    Envelope,
+    MessageError,
+    body_digest,
+    canonical,
+    decode_envelope,
+    encode_envelope,
+)
+from ..messagelog import LogRecord
+from ..messagelog.store import LogError
+from ..rest import error_response, filter_response_headers, request_hash
+from ..signing import SignatureError
+from .runtime import NodeRuntime, read_body
+from .tls import peer_fingerprint
+
+__all__ = ["ServerProxy"]
+
+log = structlog.get_logger("xroad_hub.provider")
+_ENVELOPE_OVERHEAD = 300 * 1024  # metadata, signature and certificate around the body
+
+
+def _fail(code: str, message: str) -> XRoadError:
+    return XRoadError.server_proxy(code, message)
+
+
+class ServerProxy:
+    def __init__(self, runtime: NodeRuntime) -> None:
+        self.rt = runtime
+
+    async def handle(self, request: web.Request) -> web.StreamResponse:
+        try:
+            return await self._exchange(request)
+        except XRoadError as err:
+            log.info(
+                "exchange.refused",
+                side="provider",
+                code=err.code,
+                detail=err.detail,
+                reason=err.message,
+            )
+            return _error(err)
+        except Exception:
+            err = _fail("InternalError", "internal error in the provider's node")
+            log.exception("exchange.internal_error", side="provider", detail=err.detail)
+            return _error(err)
+
+    async def _exchange(self, request: web.Request) -> web.StreamResponse:
+        started = time.time()
+        conf = self.rt.conf_or_fail(SERVER_PROXY)
+        fingerprint = peer_fingerprint(request.transport)
+        peer = conf.node_by_cert(fingerprint) if fingerprint else None
+        if peer is None:
+            raise _fail(
+                "SslAuthenticationFailed",
+                "the TLS peer is not a node registered in the global configuration",
+            )
+        data = await read_body(
+            request,
+            self.rt.max_body_bytes + _ENVELOPE_OVERHEAD,
+            self.rt.body_timeout,
+            SERVER_PROXY,
+        )
+        try:
+            env = decode_envelope(data)
+        except MessageError as exc:
+            raise _fail(exc.code, f"request from node {peer.id}: {exc}") from exc
+        meta = env.meta
+        client, service = _identify(meta)
+        if meta.get("target_node") != str(self.rt.node_id):
+            raise _fail("InvalidMessage", f"message is addressed to {meta.get('target_node')}")
+        if client not in peer.clients:
+            raise _fail(
+                "SslAuthenticationFailed", f"node {peer.id} does not host the client {client}"
+            )
+        try:
+            self.rt.globalconf.verifier.verify(
+                env.meta_bytes, env.signature, env.cert_der, client.member
+            )
+        except SignatureError as exc:
+            raise _fail("InvalidSignatureValue", f"request signature: {exc}") from exc
+
+        # The request is authentic: whatever happens now is part of the record.
+        try:
+            return await self._serve(env, client, service, started)
+        except XRoadError as err:
+            await self._log(env, client, service, started, status=err.status, error=err.code)
+            raise
+
+    async def _serve(
+        self, env: Envelope, client: ClientId, service: ServiceId, started: float
+    ) -> web.StreamResponse:
+        meta = env.meta
+        hosted = self.rt.services.get(service)
+        if hosted is None:
+            if not any(s.provider == service.provider for s in self.rt.services):
+                raise _fail("UnknownMember", f"{service.provider} is not served by this node")
+            raise _fail("UnknownService", f"unknown service {service}")
+        cfg = hosted.config
+        if cfg.disabled:
+            raise _fail("ServiceDisabled", cfg.disabled_notice)
+        if client not in cfg.allow:
+            raise _fail("AccessDenied", f"{client} has no access right to {service}")
+
+        headers = [(str(k), str(v)) for k, v in meta.get("headers", [])]
+        headers += [
+            (name, value)
+            for name, value in (
+                ("X-Road-Client", str(client)),
+                ("X-Road-Service", str(service)),
+                ("X-Road-Id", meta.get("id")),
+                ("X-Road-Request-Id", meta.get("request_id")),
+                ("X-Road-UserId", meta.get("user_id")),
+                ("X-Road-Issue", meta.get("issue")),
+                ("X-Road-Represented-Party", meta.get("represented_party")),
+            )
+            if value
+        ]
+        answer = await hosted.adapter.handle(
+            AdapterRequest(
+                method=str(meta["method"]),
+                path=str(meta.get("path", "")),
+                query=str(meta.get("query", "")),
+                headers=tuple(headers),
+                body=env.body,
+            )
+        )
+        full_service = ServiceId(service.provider, service.service_code, cfg.version)
+        rmeta: dict[str, Any] = {
+            "v": 1,
+            "kind": "response",
+            "id": meta.get("id"),
+            "request_id": meta.get("request_id"),
+            "service": str(full_service),
+            "status": answer.status,
+            "headers": filter_response_headers(answer.headers),
+            "request_hash": request_hash(env.meta_bytes, env.body),
+            "created": time.time(),
+            "body_sha512": body_digest(answer.body),
+        }
+        rmeta_bytes = canonical(rmeta)
+        signer = self.rt.signer_for(service.provider.member, SERVER_PROXY)
+        signature = signer.sign(rmeta_bytes)
+        await self._log(
+            env,
+            client,
+            service,
+            started,
+            status=answer.status,
+            error=None,
+            response=(rmeta_bytes, signature, answer.body),
+        )
+        log.info(
+            "exchange.served",
+            side="provider",
+            id=meta.get("id"),
+            client=str(client),
+            service=str(service),
+            status=answer.status,
+        )
+        return web.Response(
+            body=encode_envelope(rmeta_bytes, signature, signer.cert_der, answer.body),
+            content_type=CONTENT_TYPE,
+        )
+
+    async def _log(
+        self,
+        env: Envelope,
+        client: ClientId,
+        service: ServiceId,
+        started: float,
+        *,
+        status: int,
+        error: str | None,
+        response: tuple[bytes, bytes, bytes] | None = None,
+    ) -> None:
+        meta = env.meta
+        rmeta, rsig, rbody = response if response else (None, None, None)
+        record = LogRecord(
+            message_id=str(meta.get("id")),
+            request_id=str(meta.get("request_id")),
+            role="provider",
+            client=str(client),
+            service=str(service),
+            user_id=meta.get("user_id"),
+            issue=meta.get("issue"),
+            represented_party=meta.get("represented_party"),
+            method=str(meta.get("method")),
+            status=status,
+            error_type=error,
+            started_at=started,
+            finished_at=time.time(),
+            request_meta=env.meta_bytes,
+            request_signature=env.signature,
+            request_body=env.body,
+            response_meta=rmeta,
+            response_signature=rsig,
+            response_body=rbody,
+        )
+        try:
+            await self.rt.log.append(record)
+        except LogError as exc:
+            raise _fail(
+                "LoggingFailed", "the exchange could not be logged, so it is not answered"
+            ) from exc
+
+
+def _identify(meta: dict[str, Any]) -> tuple[ClientId, ServiceId]:
+    if meta.get("kind") != "request" or meta.get("v") != 1:
+        raise _fail("InvalidMessage", "not a version 1 request message")
+    try:
+        return parse_client_id(str(meta["client"])), parse_service_id(str(meta["service"]))
+    except (KeyError, XRoadError) as exc:
+        raise _fail("InvalidMessage", "request lacks a valid client or service") from exc
+
+
+def _error(err: XRoadError) -> web.Response:
+    status, headers, body = error_response(err, "application/json")
+    return web.Response(status=status, headers=headers, body=body)

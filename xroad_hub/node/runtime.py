@@ -1,0 +1,80 @@
+"""What both proxies of a node share: identity, keys, configuration, log, limits."""
+
+from __future__ import annotations
+
+import asyncio
+from dataclasses import dataclass
+
+from aiohttp import web
+
+from adapters import Adapter
+
+from ..clientauth import ClientAuthenticator
+from ..errors import XRoadError
+from ..federation import ServiceConfig
+from ..globalconf import GlobalConf
+from ..identifiers import MemberId, NodeId, ServiceId
+from ..messagelog import MessageLog
+from ..signing import MessageSigner
+from .globalconf_client import GlobalConfClient
+from .peer import PeerTransport
+
+__all__ = ["HostedService", "NodeRuntime", "read_body"]
+
+
+@dataclass(frozen=True, slots=True)
+class HostedService:
+    config: ServiceConfig
+    adapter: Adapter
+
+
+@dataclass
+class NodeRuntime:
+    node_id: NodeId
+    globalconf: GlobalConfClient
+    signers: dict[MemberId, MessageSigner]
+    authenticator: ClientAuthenticator
+    services: dict[ServiceId, HostedService]
+    log: MessageLog
+    peers: PeerTransport
+    max_body_bytes: int
+    body_timeout: float
+    provider_timeout: float
+
+    def conf_or_fail(self, raise_as: str) -> GlobalConf:
+        conf = self.globalconf.current()
+        if conf is None:
+            raise XRoadError(
+                f"{raise_as}.OutdatedGlobalConf",
+                "global configuration is expired or missing; the node refuses exchanges until"
+                " it downloads a valid one from the central registry",
+            )
+        return conf
+
+    def signer_for(self, member: MemberId, raise_as: str) -> MessageSigner:
+        signer = self.signers.get(member)
+        if signer is None:
+            raise XRoadError(f"{raise_as}.InternalError", f"no signing key for member {member}")
+        return signer
+
+
+async def read_body(request: web.Request, limit: int, timeout: float, blame: str) -> bytes:
+    """Read a request body with a size limit and a deadline (slow senders are cut off)."""
+    if request.content_length is not None and request.content_length > limit:
+        raise XRoadError(f"{blame}.BadRequest", f"request body exceeds the limit of {limit} bytes")
+    chunks: list[bytes] = []
+    size = 0
+    try:
+        async with asyncio.timeout(timeout):
+            async for chunk in request.content.iter_any():
+                size += len(chunk)
+                if size > limit:
+                    raise XRoadError(
+                        f"{blame}.BadRequest", f"request body exceeds the limit of {limit} bytes"
+                    )
+                chunks.append(chunk)
+    except TimeoutError as exc:
+        raise XRoadError(
+            f"{blame}.BadRequest", f"request body not received within {timeout:g} s"
+        ) from exc
+    return b"".join(chunks)

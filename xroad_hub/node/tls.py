@@ -1,0 +1,58 @@
+"""TLS contexts of a node, and reading the peer's certificate off a connection."""
+
+from __future__ import annotations
+
+import asyncio
+import ssl
+from pathlib import Path
+
+from ..signing import cert_fingerprint
+
+__all__ = [
+    "client_facing_context",
+    "peer_client_context",
+    "peer_fingerprint",
+    "peer_server_context",
+]
+
+
+def _server(cert: Path, key: Path, ca: Path, verify: ssl.VerifyMode) -> ssl.SSLContext:
+    ctx = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH, cafile=str(ca))
+    ctx.minimum_version = ssl.TLSVersion.TLSv1_2
+    ctx.load_cert_chain(str(cert), str(key))
+    ctx.verify_mode = verify
+    return ctx
+
+
+def peer_server_context(cert: Path, key: Path, ca: Path) -> ssl.SSLContext:
+    """Inter-node endpoint: the peer must present a certificate of the federation CA; which
+    node it is, is then decided by its fingerprint in the global configuration."""
+    return _server(cert, key, ca, ssl.CERT_REQUIRED)
+
+
+def client_facing_context(cert: Path, key: Path, ca: Path) -> ssl.SSLContext:
+    """HTTPS for client systems: a certificate is optional at the TLS level (JWT clients send
+    none) and required per subsystem by the client authenticator."""
+    return _server(cert, key, ca, ssl.CERT_OPTIONAL)
+
+
+def peer_client_context(cert: Path, key: Path, ca: Path) -> ssl.SSLContext:
+    ctx = ssl.create_default_context(ssl.Purpose.SERVER_AUTH, cafile=str(ca))
+    ctx.minimum_version = ssl.TLSVersion.TLSv1_2
+    ctx.load_cert_chain(str(cert), str(key))
+    # The peer is pinned by certificate fingerprint from the global configuration, which is
+    # stronger than a host name match; the chain is still verified against the CA.
+    ctx.check_hostname = False
+    ctx.verify_mode = ssl.CERT_REQUIRED
+    return ctx
+
+
+def peer_fingerprint(transport: asyncio.BaseTransport | None) -> str | None:
+    """SHA-256 of the certificate the other end of ``transport`` presented, if any."""
+    if transport is None:
+        return None
+    sslobj = transport.get_extra_info("ssl_object")
+    if sslobj is None:
+        return None
+    der = sslobj.getpeercert(binary_form=True)
+    return cert_fingerprint(der) if der else None

@@ -1,0 +1,71 @@
+"""Central registry: publishes the federation's signed global configuration.
+
+It reads the federation file and the certificates (node authentication certificates become
+fingerprints, the root CA becomes the trusted CA) and serves ``GET /globalconf``: a document
+signed with the configuration-signing key that expires after the configured validity. Each
+download is signed afresh, so a node that keeps refreshing never holds an expired copy while
+the registry is reachable.
+"""
+
+from __future__ import annotations
+
+from datetime import UTC, datetime, timedelta
+
+import structlog
+from aiohttp import web
+from cryptography.hazmat.primitives import serialization
+
+from .federation import FederationConfig
+from .globalconf import GlobalConf, NodeEntry, sign_globalconf
+from .pki import PkiLayout, load_cert, load_private_key
+from .signing import cert_fingerprint
+
+__all__ = ["Registry"]
+
+log = structlog.get_logger("xroad_hub.registry")
+
+
+class Registry:
+    def __init__(self, fed: FederationConfig, pki: PkiLayout) -> None:
+        self.fed = fed
+        self._key = load_private_key(pki.globalconf_signer.key)
+        der = serialization.Encoding.DER
+        self._root_der = load_cert(pki.root_ca.cert).public_bytes(der)
+        self._nodes = tuple(
+            NodeEntry(
+                id=n.id,
+                address=f"{n.peer_listen[0]}:{n.peer_listen[1]}",
+                auth_cert_sha256=cert_fingerprint(
+                    load_cert(pki.node_auth(str(n.id)).cert).public_bytes(der)
+                ),
+                clients=frozenset(n.hosted),
+            )
+            for n in fed.nodes
+        )
+        self._serial = 0
+
+    def current(self, now: datetime | None = None) -> GlobalConf:
+        now = now or datetime.now(UTC)
+        self._serial += 1
+        return GlobalConf(
+            instance=self.fed.instance,
+            serial=self._serial,
+            generated_at=now,
+            expires_at=now + timedelta(seconds=self.fed.registry.globalconf_validity),
+            members=dict(self.fed.members),
+            nodes=self._nodes,
+            trusted_cas_der=(self._root_der,),
+        )
+
+    def app(self) -> web.Application:
+        app = web.Application()
+        app.router.add_get("/globalconf", self._globalconf)
+        return app
+
+    async def _globalconf(self, request: web.Request) -> web.Response:
+        conf = self.current()
+        return web.Response(
+            body=sign_globalconf(conf, self._key),
+            content_type="application/json",
+            headers={"Cache-Control": "no-store"},
+        )

@@ -1,0 +1,215 @@
+"""X-Road Message Protocol for REST (r1), sans-I/O: targets, headers, request hash, errors.
+
+Theory of operation. A client information system sends ``METHOD /r1/{service}[/path][?q]``
+with ``X-Road-Client`` to its own node. The node parses the target strictly (every part is
+percent-encoded on its own, no dot segments, no encoded slashes in the forwarded path, a URI
+length limit) because the remainder of the path is later appended to a backend URL: anything
+loose here becomes path traversal or SSRF at the provider. Headers are split in three:
+hop-by-hop and host-revealing headers are dropped, X-Road headers are consumed into the signed
+message, everything else passes unchanged in both directions.
+"""
+
+from __future__ import annotations
+
+import base64
+import hashlib
+import re
+from collections.abc import Iterable
+from dataclasses import dataclass
+from urllib.parse import unquote
+from xml.sax.saxutils import escape
+
+import orjson
+
+from .errors import XRoadError
+from .identifiers import ClientId, ServiceId, SubsystemId, parse_client_id, valid_part
+
+__all__ = [
+    "MAX_URI_LENGTH",
+    "R1Target",
+    "check_header_value",
+    "error_response",
+    "filter_request_headers",
+    "filter_response_headers",
+    "parse_r1_target",
+    "parse_represented_party",
+    "request_hash",
+    "select_client",
+]
+
+MAX_URI_LENGTH = 2000
+_MAX_HEADER_VALUE = 255
+
+# Dropped in both directions: hop-by-hop headers, and headers that reveal the origin host.
+_DROPPED = frozenset(
+    h.lower()
+    for h in (
+        "Connection",
+        "Keep-Alive",
+        "Proxy-Authenticate",
+        "Proxy-Authorization",
+        "TE",
+        "Trailer",
+        "Transfer-Encoding",
+        "Upgrade",
+        "Host",
+        "User-Agent",
+        "Server",
+        # Recomputed for the body actually sent; Expect is answered by our own server.
+        "Content-Length",
+        "Expect",
+    )
+)
+# X-Road headers the nodes set or consume; a system on either side cannot inject them.
+_XROAD_OWN = frozenset(
+    h.lower()
+    for h in (
+        "X-Road-Client",
+        "X-Road-Service",
+        "X-Road-Id",
+        "X-Road-UserId",
+        "X-Road-Issue",
+        "X-Road-Request-Id",
+        "X-Road-Request-Hash",
+        "X-Road-Error",
+        "X-Road-Security-Server",
+        "X-Road-Represented-Party",
+    )
+)
+# RFC 3986 pchar: unreserved, sub-delims, ':' '@' and well-formed percent-escapes.
+_SAFE_SEGMENT = re.compile(r"(?:[A-Za-z0-9\-._~!$&'()*+,;=:@]|%[0-9A-Fa-f]{2})*")
+
+
+@dataclass(frozen=True, slots=True)
+class R1Target:
+    service: ServiceId
+    path: str  # raw, still percent-encoded; "" or starting with "/"
+    query: str  # raw query string, passed unchanged
+
+
+def parse_r1_target(raw_path: str, raw_query: str = "") -> R1Target:
+    """Parse ``/r1/INSTANCE/CLASS/MEMBER/SUBSYSTEM/SERVICECODE[/path]`` strictly.
+
+    The subsystem is required: in X-Road 7 every service belongs to a subsystem, and making it
+    optional would make the service code and the first path segment ambiguous.
+    """
+    if len(raw_path) + len(raw_query) + 1 > MAX_URI_LENGTH:
+        raise XRoadError.client(
+            "BadRequest",
+            f"request URI longer than {MAX_URI_LENGTH} characters; send large data in the body",
+        )
+    if not raw_path.startswith("/r1/"):
+        raise XRoadError.client(
+            "InvalidProtocolVersion",
+            "unsupported protocol: request paths must start with /r1/ (X-Road REST r1)",
+        )
+    segments = raw_path[len("/r1/") :].split("/")
+    if len(segments) < 5:
+        raise XRoadError.client(
+            "BadRequest",
+            "service identifier must be /r1/INSTANCE/CLASS/MEMBER/SUBSYSTEM/SERVICECODE[/path]",
+        )
+    try:
+        ids = [unquote(s, errors="strict") for s in segments[:5]]
+    except UnicodeDecodeError as exc:
+        raise XRoadError.client("BadRequest", "service identifier is not UTF-8") from exc
+    for part in ids:
+        if not valid_part(part):
+            raise XRoadError.client(
+                "BadRequest",
+                f"illegal characters in service identifier part {part[:100]!r}; allowed are "
+                "A-Z a-z 0-9 and ' ( ) + , - . = ?",
+            )
+    rest = segments[5:]
+    for seg in rest:
+        _check_path_segment(seg)
+    if rest and any(seg == "" for seg in rest[:-1]):
+        raise XRoadError.client("BadRequest", "empty path segment ('//') in the request path")
+    service = ServiceId(SubsystemId(*ids[:4]), ids[4])
+    return R1Target(service, "/" + "/".join(rest) if rest else "", raw_query)
+
+
+def _check_path_segment(seg: str) -> None:
+    if not _SAFE_SEGMENT.fullmatch(seg):
+        raise XRoadError.client("BadRequest", "illegal character in the request path")
+    lowered = seg.lower()
+    # Encoded separators would let the backend see a different path than the one checked.
+    if "%2f" in lowered or "%5c" in lowered or "%00" in lowered:
+        raise XRoadError.client(
+            "BadRequest", "encoded '/', '\\' or NUL in the request path is not allowed"
+        )
+    decoded = unquote(seg)
+    if decoded in (".", ".."):
+        raise XRoadError.client("BadRequest", "path traversal ('.' or '..' segment) refused")
+
+
+def select_client(values: list[str]) -> ClientId:
+    """The X-Road-Client header: mandatory; when repeated, the last one counts."""
+    if not values or not values[-1].strip():
+        raise XRoadError.client("MissingHeader", "X-Road-Client header is missing")
+    return parse_client_id(values[-1])
+
+
+def parse_represented_party(value: str) -> str:
+    """``[CLASS/]CODE`` of X-Road-Represented-Party, validated like identifier parts."""
+    parts = value.strip().split("/")
+    if len(parts) not in (1, 2) or not all(valid_part(p) for p in parts):
+        raise XRoadError.client(
+            "BadRequest", "X-Road-Represented-Party must be [CLASS/]CODE of identifier characters"
+        )
+    return "/".join(parts)
+
+
+def check_header_value(name: str, value: str) -> str:
+    """UserId and Issue are free text, but bounded and printable (they end up in logs)."""
+    if len(value) > _MAX_HEADER_VALUE or not value.isprintable():
+        raise XRoadError.client(
+            "BadRequest", f"{name} must be printable and at most {_MAX_HEADER_VALUE} characters"
+        )
+    return value
+
+
+def filter_request_headers(
+    headers: Iterable[tuple[str, str]], *, drop: frozenset[str] = frozenset()
+) -> list[tuple[str, str]]:
+    """Headers that pass from the client system to the provider system, in order."""
+    return [
+        (k, v)
+        for k, v in headers
+        if (lk := k.lower()) not in _DROPPED and lk not in _XROAD_OWN and lk not in drop
+    ]
+
+
+def filter_response_headers(headers: Iterable[tuple[str, str]]) -> list[tuple[str, str]]:
+    """Headers that pass from the provider system back to the client (X-Road ones replaced)."""
+    return [
+        (k, v) for k, v in headers if (lk := k.lower()) not in _DROPPED and lk not in _XROAD_OWN
+    ]
+
+
+def request_hash(headers_bytes: bytes, body: bytes) -> str:
+    """base64(SHA512(SHA512(headers) + SHA512(body))), or base64(SHA512(headers)) without body.
+
+    ``headers_bytes`` is the signed request metadata: the exact bytes both nodes hold.
+    """
+    head = hashlib.sha512(headers_bytes).digest()
+    if not body:
+        return base64.b64encode(head).decode()
+    return base64.b64encode(hashlib.sha512(head + hashlib.sha512(body).digest()).digest()).decode()
+
+
+def error_response(err: XRoadError, accept: str | None) -> tuple[int, dict[str, str], bytes]:
+    """Render an X-Road error as (status, headers, body), honouring Accept (JSON by default)."""
+    headers = {"X-Road-Error": err.code}
+    accept = (accept or "").lower()
+    if ("xml" in accept) and "json" not in accept:
+        headers["Content-Type"] = "application/xml;charset=utf-8"
+        body = (
+            "<?xml version='1.0' encoding='UTF-8'?><error>"
+            f"<type>{escape(err.code)}</type><message>{escape(err.message)}</message>"
+            f"<detail>{escape(err.detail)}</detail></error>"
+        ).encode()
+    else:
+        headers["Content-Type"] = "application/json;charset=utf-8"
+        body = orjson.dumps(err.as_dict())
+    return err.status, headers, body
