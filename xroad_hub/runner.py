@@ -36,11 +36,11 @@ class Federation:
         self.endpoints: dict[str, object] = {}
 
     async def _serve(self, app: web.Application, address: tuple[str, int]) -> str:
-        runner = web.AppRunner(app, access_log=None, handle_signals=False)
+        runner = web.AppRunner(app, access_log=None, handle_signals=False, shutdown_timeout=5.0)
         await runner.setup()
         self._runners.append(runner)
         sock = socket.create_server(address)
-        await web.SockSite(runner, sock, shutdown_timeout=5.0).start()
+        await web.SockSite(runner, sock).start()
         host, port = sock.getsockname()[:2]
         return f"http://{host}:{port}"
 

@@ -134,11 +134,11 @@ class Node:
         for role, app, address, ssl_ctx in plan:
             if address is None and role not in sockets:
                 continue
-            runner = web.AppRunner(app, access_log=None, handle_signals=False)
+            runner = web.AppRunner(app, access_log=None, handle_signals=False, shutdown_timeout=5.0)
             await runner.setup()
             self._runners.append(runner)
             sock = sockets.get(role) or _bind(address)  # type: ignore[arg-type]
-            site = web.SockSite(runner, sock, ssl_context=ssl_ctx, shutdown_timeout=5.0)
+            site = web.SockSite(runner, sock, ssl_context=ssl_ctx)
             await site.start()
             host, port = sock.getsockname()[:2]
             scheme = "http" if ssl_ctx is None else "https"

@@ -1,0 +1,120 @@
+"""Shared fixtures: an echo backend and a three-node federation on loopback, over real TLS."""
+
+from __future__ import annotations
+
+import asyncio
+import base64
+import ssl
+import time
+import uuid
+from collections.abc import AsyncIterator
+from dataclasses import dataclass
+from pathlib import Path
+
+import aiohttp
+import jwt
+import pytest
+from aiohttp import web
+
+from xroad_hub.devpki import ensure_pki
+from xroad_hub.federation import load_federation
+from xroad_hub.logs import configure_logging
+from xroad_hub.pki import PkiLayout, load_private_key
+from xroad_hub.runner import Federation
+from xroad_hub.testing import TestFederationSpec, free_port, write_federation
+
+configure_logging("warning", json=True)
+
+
+async def _echo(request: web.Request) -> web.Response:
+    tail = request.match_info["tail"]
+    if tail.startswith("status/"):
+        return web.json_response({"problem": "provider says no"}, status=int(tail[7:10]))
+    if tail == "redirect":
+        raise web.HTTPFound("/elsewhere")
+    body = await request.read()
+    return web.json_response(
+        {
+            "method": request.method,
+            "path": request.raw_path.partition("?")[0],
+            "query": request.raw_path.partition("?")[2],
+            "headers": [[k, v] for k, v in request.headers.items()],
+            "body": base64.b64encode(body).decode(),
+        },
+        headers={"X-Backend": "echo", "X-Road-Id": "forged-by-provider", "Server": "leaky/1.0"},
+    )
+
+
+async def _slow(request: web.Request) -> web.Response:
+    await asyncio.sleep(5)
+    return web.json_response({})
+
+
+@dataclass
+class Fed:
+    root: Path
+    federation: Federation
+    pki: PkiLayout
+    endpoints: dict[str, object]
+
+    def url(self, node: str, role: str = "client") -> str:
+        return self.endpoints["nodes"][node][role]  # type: ignore[index]
+
+    def token(self, client: str = "TH/GOV/DGA/citizenportal", **overrides: object) -> str:
+        now = int(time.time())
+        claims: dict[str, object] = {
+            "iss": client, "aud": "TH/GOV/DGA/hub1", "iat": now, "exp": now + 60,
+            "jti": str(uuid.uuid4()),
+        }
+        claims.update(overrides)
+        key = load_private_key(self.pki.client_jwt(client).key)
+        return jwt.encode(claims, key, algorithm="ES256")
+
+    def client_ssl(self, client: str | None = None) -> ssl.SSLContext:
+        ctx = ssl.create_default_context(cafile=str(self.pki.root_ca.cert))
+        if client:
+            paths = self.pki.client_tls(client)
+            ctx.load_cert_chain(str(paths.cert), str(paths.key))
+        return ctx
+
+
+async def start_federation(root: Path, spec: TestFederationSpec) -> Fed:
+    root.mkdir(parents=True, exist_ok=True)
+    fed_cfg = load_federation(write_federation(root / "federation.toml", spec))
+    ensure_pki(fed_cfg, root / "certs")
+    federation = Federation(fed_cfg, root / "certs", root / "data")
+    endpoints = await federation.start()
+    return Fed(root, federation, PkiLayout(root / "certs"), endpoints)
+
+
+@pytest.fixture(scope="session")
+async def echo_backend() -> AsyncIterator[str]:
+    app = web.Application()
+    app.router.add_route("*", "/echo{tail:.*}", _echo_route)
+    app.router.add_get("/slow", _slow)
+    runner = web.AppRunner(app)
+    await runner.setup()
+    port = free_port()
+    await web.TCPSite(runner, "127.0.0.1", port).start()
+    yield f"http://127.0.0.1:{port}"
+    await runner.cleanup()
+
+
+async def _echo_route(request: web.Request) -> web.Response:
+    request.match_info["tail"] = request.match_info["tail"].lstrip("/")
+    return await _echo(request)
+
+
+@pytest.fixture(scope="session")
+async def fed(tmp_path_factory: pytest.TempPathFactory, echo_backend: str) -> AsyncIterator[Fed]:
+    f = await start_federation(
+        tmp_path_factory.mktemp("fed"), TestFederationSpec(backend_url=echo_backend)
+    )
+    yield f
+    await f.federation.stop()
+
+
+@pytest.fixture(scope="session")
+async def http() -> AsyncIterator[aiohttp.ClientSession]:
+    async with aiohttp.ClientSession() as session:
+        yield session

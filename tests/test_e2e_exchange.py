@@ -1,0 +1,196 @@
+"""End to end over real TLS: client system -> its node -> provider's node -> REST backend."""
+
+from __future__ import annotations
+
+import base64
+import hashlib
+import uuid
+
+import aiohttp
+import orjson
+from cryptography import x509
+from cryptography.hazmat.primitives import hashes
+from cryptography.hazmat.primitives.asymmetric import ec
+
+from xroad_hub.message import canonical
+
+from .conftest import Fed
+
+DGA = "TH/GOV/DGA/hub1"
+DBD = "TH/GOV/DBD/hub1"
+ECHO = "/r1/TH/GOV/DBD/registry/echo"
+DEV = {"X-Road-Client": "TH/GOV/DGA/devportal"}
+
+
+async def _get(http: aiohttp.ClientSession, fed: Fed, path: str, **kw: object) -> tuple:
+    async with http.request(
+        str(kw.pop("method", "GET")), fed.url(DGA) + path, allow_redirects=False, **kw
+    ) as r:
+        return r.status, r.headers, await r.read()
+
+
+async def test_happy_path_passes_request_and_answer_unchanged(fed: Fed, http) -> None:
+    body = bytes(range(256)) * 3  # binary, byte-exact
+    status, headers, data = await _get(
+        http, fed, ECHO + "/v1/pets/12%20b?a=1&a=2&q=%E0%B8%81",
+        method="POST",
+        data=body,
+        skip_auto_headers=("Accept",),
+        headers={
+            **DEV,
+            "X-Road-UserId": "TH1101700203451",
+            "X-Road-Issue": "BMA-FOOD-2569-0001",
+            "X-Road-Represented-Party": "COM/0105744622488",
+            "Content-Type": "application/octet-stream",
+            "X-Custom": "kept",
+            "Cache-Control": "no-cache",
+            "User-Agent": "secret-client/1.0",
+        },
+    )
+    assert status == 200, data
+    echo = orjson.loads(data)
+    assert echo["method"] == "POST"
+    assert echo["path"] == "/echo/v1/pets/12%20b"
+    assert echo["query"] == "a=1&a=2&q=%E0%B8%81"
+    assert base64.b64decode(echo["body"]) == body
+    got = {k.lower(): v for k, v in echo["headers"]}
+    assert got["x-custom"] == "kept"
+    assert got["cache-control"] == "no-cache"
+    assert got["content-type"] == "application/octet-stream"
+    assert got["accept"] == "application/json"  # the protocol's default
+    assert got["x-road-client"] == "TH/GOV/DGA/devportal"
+    assert got["x-road-service"] == "TH/GOV/DBD/registry/echo"
+    assert got["x-road-userid"] == "TH1101700203451"
+    assert got["x-road-issue"] == "BMA-FOOD-2569-0001"
+    assert got["x-road-represented-party"] == "COM/0105744622488"
+    assert "secret-client" not in got.get("user-agent", "")
+    # Response side: provider headers pass, X-Road headers are the nodes' own.
+    assert headers["X-Backend"] == "echo"
+    assert "leaky" not in headers.get("Server", "")
+    assert headers["X-Road-Client"] == "TH/GOV/DGA/devportal"
+    assert headers["X-Road-Service"] == "TH/GOV/DBD/registry/echo/v1"
+    assert headers["X-Road-Id"] != "forged-by-provider"
+    uuid.UUID(headers["X-Road-Id"])  # generated when the client sent none
+    uuid.UUID(headers["X-Road-Request-Id"])
+    assert len(base64.b64decode(headers["X-Road-Request-Hash"])) == 64
+    assert "X-Road-Error" not in headers
+
+
+async def test_query_string_passes_raw(fed: Fed, http) -> None:
+    # yarl would re-encode; send an already encoded URL untouched.
+    url = aiohttp.client.URL(fed.url(DGA) + ECHO + "/x?a=%20b&a=c%26d", encoded=True)
+    async with http.get(url, headers=DEV) as r:
+        echo = await r.json()
+    assert r.status == 200
+    assert echo["path"] == "/echo/x"
+    assert echo["query"] == "a=%20b&a=c%26d"
+
+
+async def test_client_message_id_and_accept_are_kept(fed: Fed, http) -> None:
+    mid = "portal-" + uuid.uuid4().hex
+    status, headers, data = await _get(
+        http, fed, ECHO, headers={**DEV, "X-Road-Id": mid, "Accept": "application/xml"}
+    )
+    assert status == 200
+    assert headers["X-Road-Id"] == mid
+    got = {k.lower(): v for k, v in orjson.loads(data)["headers"]}
+    assert got["accept"] == "application/xml"
+    assert got["x-road-id"] == mid
+
+
+async def test_last_x_road_client_header_counts(fed: Fed, http) -> None:
+    headers = aiohttp.client.CIMultiDict(
+        [("X-Road-Client", "TH/GOV/DGA/unknown"), ("X-Road-Client", "TH/GOV/DGA/devportal")]
+    )
+    status, h, _ = await _get(http, fed, ECHO, headers=headers)
+    assert status == 200
+    assert h["X-Road-Client"] == "TH/GOV/DGA/devportal"
+
+
+async def test_redirects_are_passed_back_not_followed(fed: Fed, http) -> None:
+    status, headers, _ = await _get(http, fed, ECHO + "/redirect", headers=DEV)
+    assert status == 302
+    assert headers["Location"] == "/elsewhere"
+
+
+async def test_category1_provider_error_passes_unchanged(fed: Fed, http) -> None:
+    status, headers, data = await _get(http, fed, ECHO + "/status/404", headers=DEV)
+    assert status == 404
+    assert orjson.loads(data) == {"problem": "provider says no"}
+    assert "X-Road-Error" not in headers
+    assert "X-Road-Request-Hash" in headers  # still a signed, logged exchange
+
+
+async def test_category2_backend_unreachable_and_timeout(fed: Fed, http) -> None:
+    for service in ("down", "slow"):
+        status, headers, data = await _get(http, fed, f"/r1/TH/GOV/DBD/registry/{service}", headers=DEV)
+        assert status == 500
+        assert headers["X-Road-Error"] == "Server.ServerProxy.NetworkError"
+        err = orjson.loads(data)
+        assert err["type"] == "Server.ServerProxy.NetworkError"
+        uuid.UUID(err["detail"])
+
+
+async def test_provider_node_refusals(fed: Fed, http) -> None:
+    cases = {
+        "/r1/TH/GOV/DBD/registry/restricted": "Server.ServerProxy.AccessDenied",
+        "/r1/TH/GOV/DBD/registry/closed": "Server.ServerProxy.ServiceDisabled",
+        "/r1/TH/GOV/DBD/registry/nosuch": "Server.ServerProxy.UnknownService",
+        "/r1/TH/GOV/DBD/nosub/echo": "Server.ClientProxy.UnknownMember",
+    }
+    for path, code in cases.items():
+        status, headers, data = await _get(http, fed, path, headers=DEV)
+        assert (status, headers.get("X-Road-Error")) == (500, code), data
+        assert orjson.loads(data)["type"] == code
+
+
+async def test_error_body_honours_accept_xml(fed: Fed, http) -> None:
+    status, headers, data = await _get(
+        http, fed, "/r1/TH/GOV/DBD/registry/restricted", headers={**DEV, "Accept": "text/xml"}
+    )
+    assert status == 500
+    assert headers["Content-Type"].startswith("application/xml")
+    assert b"<type>Server.ServerProxy.AccessDenied</type>" in data
+
+
+async def test_both_nodes_log_the_exchange_with_verifiable_signatures(fed: Fed, http) -> None:
+    mid = "log-" + uuid.uuid4().hex
+    status, headers, _ = await _get(
+        http, fed, ECHO, headers={**DEV, "X-Road-Id": mid, "X-Road-UserId": "TH3100600123459"}
+    )
+    assert status == 200
+    for node, role in ((DGA, "client"), (DBD, "provider")):
+        rows = await fed.federation.nodes[node].runtime.log.find(mid)
+        assert len(rows) == 1
+        row = rows[0]
+        assert row["role"] == role
+        assert row["status"] == 200
+        assert row["client"] == "TH/GOV/DGA/devportal"
+        assert row["service"] == "TH/GOV/DBD/registry/echo"
+        assert row["user_id"] == "TH3100600123459"
+        leaf = orjson.loads(row["leaf"])
+        assert leaf["request_meta_sha256"] == hashlib.sha256(row["request_meta"]).hexdigest()
+        # The logged request is signed by the client's member, the answer by the provider's.
+        for meta_col, sig_col, member in (
+            ("request_meta", "request_signature", "TH/GOV/DGA"),
+            ("response_meta", "response_signature", "TH/GOV/DBD"),
+        ):
+            cert = x509.load_pem_x509_certificate(fed.pki.member_sign(member).cert.read_bytes())
+            key = cert.public_key()
+            assert isinstance(key, ec.EllipticCurvePublicKey)
+            key.verify(row[sig_col], row[meta_col], ec.ECDSA(hashes.SHA256()))
+        response_meta = orjson.loads(row["response_meta"])
+        assert response_meta["request_hash"] == headers["X-Road-Request-Hash"]
+        assert canonical(orjson.loads(row["request_meta"])) == row["request_meta"]
+
+
+async def test_refused_exchange_is_logged_by_provider(fed: Fed, http) -> None:
+    mid = "denied-" + uuid.uuid4().hex
+    status, _, _ = await _get(
+        http, fed, "/r1/TH/GOV/DBD/registry/restricted", headers={**DEV, "X-Road-Id": mid}
+    )
+    assert status == 500
+    rows = await fed.federation.nodes[DBD].runtime.log.find(mid)
+    assert [r["error_type"] for r in rows] == ["Server.ServerProxy.AccessDenied"]
+    client_rows = await fed.federation.nodes[DGA].runtime.log.find(mid)
+    assert [r["error_type"] for r in client_rows] == ["Server.ServerProxy.AccessDenied"]

@@ -1,0 +1,98 @@
+"""Helpers for tests and benchmarks: a small federation on free loopback ports.
+
+Public on purpose: agencies writing tests for their own adapters use the same federation.
+"""
+
+from __future__ import annotations
+
+import socket
+from collections.abc import Iterable
+from dataclasses import dataclass, field
+from pathlib import Path
+
+__all__ = ["TestFederationSpec", "free_port", "write_federation"]
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+def _addr() -> str:
+    return f"127.0.0.1:{free_port()}"
+
+
+def _list(items: Iterable[str]) -> str:
+    return "[" + ", ".join(f'"{i}"' for i in items) + "]"
+
+
+@dataclass
+class TestFederationSpec:
+    """Three nodes: a consumer node with one client of each auth type, a provider node with
+    REST services, and a second consumer node with an mTLS client."""
+
+    __test__ = False  # not a pytest test class
+
+    backend_url: str
+    validity: float = 600
+    refresh: float = 60
+    max_body_bytes: int = 1024 * 1024
+    body_timeout: float = 1.5
+    extra_services: list[dict[str, object]] = field(default_factory=list)
+
+
+def write_federation(path: Path, spec: TestFederationSpec) -> Path:
+    everyone = [
+        "TH/GOV/DGA/citizenportal",
+        "TH/GOV/DGA/devportal",
+        "TH/GOV/DGA/officeapp",
+        "TH/GOV/BMA/licensing",
+    ]
+    services = [
+        {"id": "TH/GOV/DBD/registry/echo", "url": f"{spec.backend_url}/echo", "version": "v1",
+         "allow": everyone},
+        {"id": "TH/GOV/DBD/registry/restricted", "url": f"{spec.backend_url}/echo",
+         "allow": ["TH/GOV/BMA/licensing"]},
+        {"id": "TH/GOV/DBD/registry/closed", "url": f"{spec.backend_url}/echo",
+         "allow": everyone, "disabled": True},
+        {"id": "TH/GOV/DBD/registry/down", "url": f"http://127.0.0.1:{free_port()}/",
+         "allow": everyone, "timeout": 2},
+        {"id": "TH/GOV/DBD/registry/slow", "url": f"{spec.backend_url}/slow",
+         "allow": everyone, "timeout": 0.5},
+        *spec.extra_services,
+    ]
+    lines = [
+        'instance = "TH"',
+        "[registry]",
+        f'listen = "{_addr()}"',
+        f"globalconf_validity = {spec.validity}",
+        f"refresh_interval = {spec.refresh}",
+    ]
+    for member in ("DGA", "BMA", "DBD"):
+        lines += ["[[member]]", f'id = "TH/GOV/{member}"', f'name = "{member}"']
+    common = [f"max_body_bytes = {spec.max_body_bytes}", f"body_timeout = {spec.body_timeout}"]
+    lines += [
+        "[[node]]", 'id = "TH/GOV/DGA/hub1"', f'peer_listen = "{_addr()}"',
+        f'client_listen = "{_addr()}"', f'client_tls_listen = "{_addr()}"', *common,
+        "[[node.client]]", 'id = "TH/GOV/DGA/citizenportal"', 'auth = "jwt"',
+        "[[node.client]]", 'id = "TH/GOV/DGA/devportal"', 'auth = "http"',
+        "[[node.client]]", 'id = "TH/GOV/DGA/officeapp"', 'auth = "mtls"',
+        "[[node]]", 'id = "TH/GOV/BMA/hub1"', f'peer_listen = "{_addr()}"',
+        f'client_listen = "{_addr()}"', f'client_tls_listen = "{_addr()}"', *common,
+        "[[node.client]]", 'id = "TH/GOV/BMA/licensing"', 'auth = "mtls"',
+        "[[node]]", 'id = "TH/GOV/DBD/hub1"', f'peer_listen = "{_addr()}"', *common,
+    ]
+    for s in services:
+        lines += ["[[node.service]]"]
+        for key, value in s.items():
+            if isinstance(value, list):
+                lines.append(f"{key} = {_list(value)}")
+            elif isinstance(value, bool):
+                lines.append(f"{key} = {'true' if value else 'false'}")
+            elif isinstance(value, int | float):
+                lines.append(f"{key} = {value}")
+            else:
+                lines.append(f'{key} = "{value}"')
+    path.write_text("\n".join(lines) + "\n", encoding="utf-8")
+    return path
