@@ -194,3 +194,19 @@ async def test_refused_exchange_is_logged_by_provider(fed: Fed, http) -> None:
     assert [r["error_type"] for r in rows] == ["Server.ServerProxy.AccessDenied"]
     client_rows = await fed.federation.nodes[DGA].runtime.log.find(mid)
     assert [r["error_type"] for r in client_rows] == ["Server.ServerProxy.AccessDenied"]
+
+
+async def test_category4_log_failure_means_no_answer(fed: Fed, http, monkeypatch) -> None:
+    from xroad_hub.messagelog.store import LogError
+
+    async def broken(record: object) -> int:
+        raise LogError("disk full")
+
+    monkeypatch.setattr(fed.federation.nodes[DBD].runtime.log, "append", broken)
+    status, headers, data = await _get(http, fed, ECHO, headers=DEV)
+    assert status == 500
+    assert headers["X-Road-Error"] == "Server.ServerProxy.LoggingFailed"
+    assert b"registry" not in data  # the backend's answer is withheld
+    monkeypatch.undo()
+    status, _, _ = await _get(http, fed, ECHO, headers=DEV)
+    assert status == 200

@@ -1,0 +1,716 @@
+"""Benchmark one X-Road exchange on loopback: the hub path against the backend alone.
+
+Two phases run in the same invocation, with the same load generator and the same requests:
+
+- ``direct``: ``GET {backend}/companies/{juristicId}`` straight to the DBD demo backend;
+- ``hub``: ``GET {client node}/r1/TH/GOV/DBD/registry/companies/{juristicId}`` as the
+  loopback client ``TH/GOV/DGA/devportal`` (auth = "http"), i.e. client node -> mutual TLS ->
+  provider node -> REST adapter -> the same backend, signed and logged on both nodes.
+
+Process layout (why): on a 2-core machine a load generator sharing an event loop with the
+servers would measure its own cost as well. So the backend and the federation (registry and
+nodes, as ``xroad-hub up`` runs them) each run in a child process of this script, the load
+generator runs in the parent, and server CPU is read from ``/proc`` per child. The backend
+having its own process is what lets the direct phase measure the backend only.
+
+The children re-run this file with ``--serve-backend`` / ``--serve-federation``; they stop on
+SIGTERM and also when their parent disappears, so an interrupted run leaves nothing behind.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import contextlib
+import json
+import math
+import os
+import platform
+import shutil
+import signal
+import socket
+import subprocess
+import sys
+import tempfile
+import time
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from types import FrameType
+from typing import IO
+
+import aiohttp
+from aiohttp import web
+
+from xroad_hub.demo.dbd import dbd_app
+from xroad_hub.devpki import ensure_pki
+from xroad_hub.federation import load_federation, parse_address
+from xroad_hub.identifiers import parse_service_id, parse_subsystem_id
+from xroad_hub.logs import configure_logging
+from xroad_hub.runner import Federation
+from xroad_hub.testing import TestFederationSpec, free_port, write_federation
+
+CLIENT = "TH/GOV/DGA/devportal"  # registered with auth = "http" on the client node
+CLIENT_NODE = "TH/GOV/DGA/hub1"
+SERVICE = "TH/GOV/DBD/registry/companies"
+COMPANY_COUNT = 200  # distinct ids the requests cycle through (the demo backend's default)
+
+EXIT_OK, EXIT_FAILED_REQUESTS, EXIT_NOT_STARTED, EXIT_INTERRUPTED = 0, 1, 2, 130
+_CLK_TCK = os.sysconf("SC_CLK_TCK")
+
+
+class StartupError(RuntimeError):
+    """A child did not start or did not answer correctly before the deadline."""
+
+
+# --------------------------------------------------------------------------------------------
+# /proc readings of the server processes
+# --------------------------------------------------------------------------------------------
+
+
+def cpu_seconds(pid: int) -> float:
+    """utime + stime of a whole process (all its threads, e.g. aiosqlite's writer)."""
+    stat = Path(f"/proc/{pid}/stat").read_text()
+    # The command name may hold spaces or ')'; the fixed fields start after the last ')'.
+    fields = stat.rpartition(")")[2].split()
+    utime, stime = int(fields[11]), int(fields[12])  # fields 14 and 15 of proc(5)
+    return (utime + stime) / _CLK_TCK
+
+
+def memory_kib(pid: int) -> tuple[int, int]:
+    """(VmHWM, VmRSS) in KiB: peak and current resident set size."""
+    values = {"VmHWM": 0, "VmRSS": 0}
+    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
+        key, _, rest = line.partition(":")
+        if key in values:
+            values[key] = int(rest.split()[0])
+    return values["VmHWM"], values["VmRSS"]
+
+
+# --------------------------------------------------------------------------------------------
+# Child side: the servers
+# --------------------------------------------------------------------------------------------
+
+
+async def _until_stopped() -> None:
+    """Return on SIGTERM/SIGINT, or once the parent is gone (no orphaned servers after the
+    parent was killed outright, e.g. by a test timeout)."""
+    stop = asyncio.Event()
+    loop = asyncio.get_running_loop()
+    for sig in (signal.SIGINT, signal.SIGTERM):
+        loop.add_signal_handler(sig, stop.set)
+    parent = os.getppid()
+    while os.getppid() == parent and not stop.is_set():
+        with contextlib.suppress(TimeoutError):
+            await asyncio.wait_for(stop.wait(), 0.5)
+
+
+async def _serve_backend(address: str) -> None:
+    # Same server settings as the federation runner gives its demo backends.
+    runner = web.AppRunner(dbd_app(count=COMPANY_COUNT), access_log=None, handle_signals=False)
+    await runner.setup()
+    try:
+        sock = socket.create_server(parse_address(address))
+        await web.SockSite(runner, sock, shutdown_timeout=5.0).start()
+        await _until_stopped()
+    finally:
+        await runner.cleanup()
+
+
+async def _serve_federation(config: Path, log_level: str) -> None:
+    # JSON lines to stderr (a file in the work directory), as `xroad-hub up` writes them.
+    configure_logging(log_level, json=True)
+    root = config.parent
+    federation = Federation(load_federation(config), root / "certs", root / "data")
+    try:
+        await federation.start()
+        await _until_stopped()
+    finally:
+        await federation.stop()  # flushes the message logs like a real shutdown
+
+
+# --------------------------------------------------------------------------------------------
+# Parent side: set-up and children
+# --------------------------------------------------------------------------------------------
+
+
+@dataclass
+class Child:
+    name: str
+    proc: subprocess.Popen[bytes]
+    log_path: Path
+    log_file: IO[bytes]
+
+    @property
+    def pid(self) -> int:
+        return self.proc.pid
+
+    def check_alive(self) -> None:
+        if self.proc.poll() is not None:
+            raise StartupError(
+                f"{self.name} exited with code {self.proc.returncode}:\n{self.log_tail()}"
+            )
+
+    def log_tail(self, lines: int = 20) -> str:
+        self.log_file.flush()
+        try:
+            text = self.log_path.read_text(errors="replace")
+        except OSError:
+            return "(no log)"
+        return "\n".join(text.splitlines()[-lines:]) or "(empty log)"
+
+
+def spawn(name: str, args: Sequence[str], workdir: Path) -> Child:
+    log_path = workdir / f"{name}.log"
+    log_file = log_path.open("wb")
+    proc = subprocess.Popen(
+        [sys.executable, str(Path(__file__).resolve()), *args],
+        stdin=subprocess.DEVNULL,
+        stdout=subprocess.DEVNULL,
+        stderr=log_file,
+        # Own session: Ctrl-C reaches only the parent, which then stops the children in order
+        # and reports, instead of every process racing to die.
+        start_new_session=True,
+    )
+    return Child(name, proc, log_path, log_file)
+
+
+def stop_children(children: Sequence[Child], timeout: float = 10.0) -> None:
+    for child in children:
+        if child.proc.poll() is None:
+            child.proc.terminate()
+    for child in children:
+        try:
+            child.proc.wait(timeout)
+        except subprocess.TimeoutExpired:
+            child.proc.kill()
+            child.proc.wait()
+        child.log_file.close()
+
+
+@dataclass(frozen=True, slots=True)
+class Setup:
+    backend_url: str
+    hub_url: str  # the client node's plain HTTP listener
+    config: Path
+
+
+def prepare_federation(workdir: Path) -> Setup:
+    """Federation file on free loopback ports plus its development PKI, in ``workdir``."""
+    backend_url = f"http://127.0.0.1:{free_port()}"
+    companies = {
+        "id": SERVICE,
+        "url": f"{backend_url}/companies",
+        "version": "v1",
+        "timeout": 30,
+        "allow": [CLIENT],
+    }
+    config = write_federation(
+        workdir / "federation.toml",
+        TestFederationSpec(backend_url=backend_url, extra_services=[companies]),
+    )
+    fed = load_federation(config)
+    ensure_pki(fed, workdir / "certs")
+    node = fed.node_of_client(parse_subsystem_id(CLIENT))
+    if node.client_listen is None or str(node.id) != CLIENT_NODE:
+        raise StartupError(f"{CLIENT} must be a plain-HTTP client of {CLIENT_NODE}")
+    host, port = node.client_listen
+    return Setup(backend_url, f"http://{host}:{port}", config)
+
+
+# --------------------------------------------------------------------------------------------
+# Load generation
+# --------------------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True, slots=True)
+class LoadSpec:
+    concurrency: int
+    duration: float
+    warmup: float
+    max_requests: int
+    request_timeout: float
+
+
+@dataclass(slots=True)
+class Tally:
+    issued: int = 0
+    latencies: list[float] = field(default_factory=list)  # seconds, successful requests only
+    errors: int = 0
+    error_samples: list[str] = field(default_factory=list)
+
+    def fail(self, what: str) -> None:
+        self.errors += 1
+        if len(self.error_samples) < 5:
+            self.error_samples.append(what)
+
+
+async def drive(
+    session: aiohttp.ClientSession,
+    urls: Sequence[str],
+    concurrency: int,
+    duration: float,
+    max_requests: int,
+) -> tuple[Tally, float]:
+    """``concurrency`` closed-loop workers until the duration or the request count is spent.
+
+    Returns the tally and the elapsed time including the last in-flight requests, so that
+    every counted request lies inside the measured time.
+    """
+    tally = Tally()
+    deadline = time.perf_counter() + duration
+
+    async def worker() -> None:
+        while tally.issued < max_requests and time.perf_counter() < deadline:
+            url = urls[tally.issued % len(urls)]
+            tally.issued += 1
+            started = time.perf_counter()
+            try:
+                async with session.get(url) as resp:
+                    body = await resp.read()
+                    status = resp.status
+            except (aiohttp.ClientError, TimeoutError) as exc:
+                tally.fail(f"{type(exc).__name__}: {exc}")
+                continue
+            if status == 200:
+                tally.latencies.append(time.perf_counter() - started)
+            else:
+                tally.fail(f"HTTP {status}: {body[:300]!r}")
+
+    started = time.perf_counter()
+    async with asyncio.TaskGroup() as tg:
+        for _ in range(concurrency):
+            tg.create_task(worker())
+    return tally, time.perf_counter() - started
+
+
+@dataclass(frozen=True, slots=True)
+class ProcStats:
+    """One server process over one measured window."""
+
+    name: str
+    pid: int
+    on_path: bool  # does this phase's request pass through it?
+    cpu_s: float
+    vm_hwm_kib: int
+    vm_rss_kib: int
+
+
+@dataclass(frozen=True, slots=True)
+class PhaseResult:
+    name: str
+    ok: int
+    errors: int
+    elapsed_s: float
+    latencies_s: Sequence[float]
+    loadgen_cpu_s: float
+    processes: tuple[ProcStats, ...]
+    error_samples: tuple[str, ...]
+
+    @property
+    def completed(self) -> int:
+        return self.ok + self.errors
+
+    @property
+    def exchanges_per_s(self) -> float:
+        return self.ok / self.elapsed_s if self.elapsed_s > 0 else 0.0
+
+    def percentile_ms(self, p: float) -> float:
+        """Nearest-rank percentile of the successful requests' latencies."""
+        if not self.latencies_s:
+            return math.nan
+        ordered = sorted(self.latencies_s)
+        return ordered[max(0, math.ceil(p / 100 * len(ordered)) - 1)] * 1000
+
+    @property
+    def server_cpu_s(self) -> float:
+        return sum(p.cpu_s for p in self.processes if p.on_path)
+
+    @property
+    def server_cpu_s_per_exchange(self) -> float:
+        return self.server_cpu_s / self.completed if self.completed else math.nan
+
+    def as_json(self) -> dict[str, object]:
+        return {
+            "exchanges_per_s": round(self.exchanges_per_s, 1),
+            "p50_ms": round(self.percentile_ms(50), 3),
+            "p99_ms": round(self.percentile_ms(99), 3),
+            "ok": self.ok,
+            "errors": self.errors,
+            "elapsed_s": round(self.elapsed_s, 3),
+            "server_cpu_s_per_exchange": self.server_cpu_s_per_exchange,
+            "server_cores_busy": round(self.server_cpu_s / self.elapsed_s, 3),
+            "loadgen_cores_busy": round(self.loadgen_cpu_s / self.elapsed_s, 3),
+            "processes": {
+                p.name: {
+                    "pid": p.pid,
+                    "on_path": p.on_path,
+                    "cpu_s": round(p.cpu_s, 3),
+                    "vm_hwm_kib": p.vm_hwm_kib,
+                    "vm_rss_kib": p.vm_rss_kib,
+                }
+                for p in self.processes
+            },
+        }
+
+
+async def run_phase(
+    name: str,
+    urls: Sequence[str],
+    headers: dict[str, str],
+    load: LoadSpec,
+    servers: Sequence[Child],
+    on_path: frozenset[str],
+) -> PhaseResult:
+    connector = aiohttp.TCPConnector(limit=load.concurrency, keepalive_timeout=60)
+    async with aiohttp.ClientSession(
+        connector=connector,
+        headers=headers,
+        timeout=aiohttp.ClientTimeout(total=load.request_timeout),
+        skip_auto_headers=("User-Agent",),
+    ) as session:
+        # Warm-up: opens the keep-alive connections (and the nodes' TLS sessions to each
+        # other and to the backend) so that handshakes are not billed to the measurement.
+        if load.warmup > 0:
+            await drive(session, urls, load.concurrency, load.warmup, load.max_requests)
+        cpu_before = {c.name: cpu_seconds(c.pid) for c in servers}
+        own_before = time.process_time()
+        tally, elapsed = await drive(
+            session, urls, load.concurrency, load.duration, load.max_requests
+        )
+        own_cpu = time.process_time() - own_before
+        processes = tuple(
+            ProcStats(
+                c.name,
+                c.pid,
+                c.name in on_path,
+                cpu_seconds(c.pid) - cpu_before[c.name],
+                *memory_kib(c.pid),
+            )
+            for c in servers
+        )
+    return PhaseResult(
+        name=name,
+        ok=len(tally.latencies),
+        errors=tally.errors,
+        elapsed_s=elapsed,
+        latencies_s=tally.latencies,
+        loadgen_cpu_s=own_cpu,
+        processes=processes,
+        error_samples=tuple(tally.error_samples),
+    )
+
+
+# --------------------------------------------------------------------------------------------
+# Readiness
+# --------------------------------------------------------------------------------------------
+
+
+async def wait_until_answers(
+    session: aiohttp.ClientSession,
+    url: str,
+    headers: dict[str, str],
+    child: Child,
+    deadline: float,
+) -> bytes:
+    """Poll ``url`` until it answers 200; fail early if the child died or time ran out."""
+    last = "no answer yet"
+    while True:
+        child.check_alive()
+        try:
+            async with session.get(url, headers=headers) as resp:
+                body = await resp.read()
+                if resp.status == 200:
+                    return body
+                last = f"HTTP {resp.status}: {body[:300]!r}"
+        except (aiohttp.ClientError, TimeoutError) as exc:
+            last = f"{type(exc).__name__}: {exc}"
+        if time.monotonic() >= deadline:
+            raise StartupError(
+                f"{child.name} did not answer {url} in time; last: {last}\n{child.log_tail()}"
+            )
+        await asyncio.sleep(0.1)
+
+
+async def wait_ready(
+    setup: Setup, backend: Child, federation: Child, timeout: float
+) -> tuple[list[str], list[str]]:
+    """Wait for both children; return the direct and hub URLs of every company id.
+
+    Also checks that the hub returns exactly the backend's bytes, so that the two phases
+    are known to do the same work before anything is measured.
+    """
+    deadline = time.monotonic() + timeout
+    hub_headers = {"X-Road-Client": CLIENT}
+    short = aiohttp.ClientTimeout(total=5)
+    async with aiohttp.ClientSession(timeout=short) as session:
+        listing = await wait_until_answers(
+            session, f"{setup.backend_url}/companies?limit={COMPANY_COUNT}", {}, backend, deadline
+        )
+        ids = [str(i) for i in json.loads(listing)["juristic_ids"]]
+        if not ids:
+            raise StartupError("the backend lists no companies")
+        base = setup.hub_url + parse_service_id(SERVICE).r1_path()
+        direct = [f"{setup.backend_url}/companies/{i}" for i in ids]
+        hub = [f"{base}/{i}" for i in ids]
+        via_hub = await wait_until_answers(session, hub[0], hub_headers, federation, deadline)
+        async with session.get(direct[0]) as resp:
+            straight = await resp.read()
+        if via_hub != straight:
+            raise StartupError(
+                f"the hub's answer differs from the backend's: {via_hub[:200]!r} vs "
+                f"{straight[:200]!r}"
+            )
+    return direct, hub
+
+
+# --------------------------------------------------------------------------------------------
+# Report
+# --------------------------------------------------------------------------------------------
+
+
+def _mib(kib: int) -> str:
+    return f"{kib / 1024:.1f}"
+
+
+def print_report(direct: PhaseResult, hub: PhaseResult, load: LoadSpec) -> dict[str, object]:
+    print(
+        f"\nconcurrency {load.concurrency}, {load.duration:g} s per phase "
+        f"(after {load.warmup:g} s warm-up), at most {load.max_requests} requests per phase"
+    )
+    head = (
+        f"{'phase':<7} {'exch/s':>9} {'p50 ms':>8} {'p99 ms':>8} {'errors':>7} "
+        f"{'srv CPU us/exch':>16} {'srv cores':>10} {'loadgen cores':>14}"
+    )
+    print(head)
+    print("-" * len(head))
+    for r in (direct, hub):
+        print(
+            f"{r.name:<7} {r.exchanges_per_s:>9.1f} {r.percentile_ms(50):>8.2f} "
+            f"{r.percentile_ms(99):>8.2f} {r.errors:>7} "
+            f"{r.server_cpu_s_per_exchange * 1e6:>16.0f} "
+            f"{r.server_cpu_s / r.elapsed_s:>10.2f} {r.loadgen_cpu_s / r.elapsed_s:>14.2f}"
+        )
+    print("\nserver processes (CPU in the measured window; memory read at its end):")
+    for r in (direct, hub):
+        for p in r.processes:
+            print(
+                f"  {r.name:<7} {p.name:<11} pid {p.pid:<7} {'on path' if p.on_path else 'idle':<8}"
+                f" cpu {p.cpu_s:7.2f} s  VmHWM {_mib(p.vm_hwm_kib):>6} MiB"
+                f"  VmRSS {_mib(p.vm_rss_kib):>6} MiB"
+            )
+    ratio = hub.exchanges_per_s / direct.exchanges_per_s if direct.exchanges_per_s else math.nan
+    added_p50 = hub.percentile_ms(50) - direct.percentile_ms(50)
+    added_p99 = hub.percentile_ms(99) - direct.percentile_ms(99)
+    cpu_ratio = hub.server_cpu_s_per_exchange / direct.server_cpu_s_per_exchange
+    print(
+        f"\nhub/direct throughput {ratio:.3f}; hub adds {added_p50:.2f} ms at p50 and "
+        f"{added_p99:.2f} ms at p99; server CPU per exchange x{cpu_ratio:.1f}"
+    )
+    for r in (direct, hub):
+        for sample in r.error_samples:
+            print(f"  {r.name} error: {sample}")
+    fed = next(p for p in hub.processes if p.name == "federation")
+    return {
+        "benchmark": "xroad-hub exchange",
+        "python": platform.python_version(),
+        "aiohttp": aiohttp.__version__,
+        "cpus": os.cpu_count(),
+        "concurrency": load.concurrency,
+        "duration_s": load.duration,
+        "warmup_s": load.warmup,
+        "direct": direct.as_json(),
+        "hub": hub.as_json(),
+        "hub_vs_direct": {
+            "throughput_ratio": round(ratio, 4),
+            "added_p50_ms": round(added_p50, 3),
+            "added_p99_ms": round(added_p99, 3),
+            "server_cpu_per_exchange_ratio": round(cpu_ratio, 3),
+        },
+        "federation_vm_hwm_kib": fed.vm_hwm_kib,
+        "federation_vm_rss_kib": fed.vm_rss_kib,
+        "ok": direct.errors == 0 and hub.errors == 0 and direct.ok > 0 and hub.ok > 0,
+    }
+
+
+# --------------------------------------------------------------------------------------------
+# Main
+# --------------------------------------------------------------------------------------------
+
+
+async def benchmark(
+    setup: Setup, backend: Child, federation: Child, args: argparse.Namespace
+) -> int:
+    direct_urls, hub_urls = await wait_ready(setup, backend, federation, args.startup_timeout)
+    print(
+        f"ready: backend pid {backend.pid} at {setup.backend_url}, federation pid "
+        f"{federation.pid}, client node at {setup.hub_url}; {len(hub_urls)} company ids",
+        flush=True,
+    )
+    load = LoadSpec(
+        args.concurrency, args.duration, args.warmup, args.max_requests, args.request_timeout
+    )
+    servers = (backend, federation)
+    # The same X-Road-Client header in both phases keeps the requests byte-for-byte alike
+    # apart from the path; the backend ignores it.
+    headers = {"X-Road-Client": CLIENT}
+    direct = await run_phase("direct", direct_urls, headers, load, servers, frozenset({"backend"}))
+    hub = await run_phase(
+        "hub", hub_urls, headers, load, servers, frozenset({"backend", "federation"})
+    )
+    report = print_report(direct, hub, load)
+    print(json.dumps(report, separators=(",", ":")), flush=True)
+    return EXIT_OK if report["ok"] else EXIT_FAILED_REQUESTS
+
+
+def _raise_exit(signum: int, _frame: FrameType | None) -> None:
+    # SIGTERM (e.g. a test timeout) takes the same way out as Ctrl-C: children are stopped.
+    raise SystemExit(128 + signum)
+
+
+def run(args: argparse.Namespace) -> int:
+    workdir = Path(tempfile.mkdtemp(prefix="xroad-bench-", dir=args.tmpdir))
+    children: list[Child] = []
+    previous = signal.signal(signal.SIGTERM, _raise_exit)
+    try:
+        setup = prepare_federation(workdir)
+        backend_addr = setup.backend_url.removeprefix("http://")
+        children.append(spawn("backend", ["--serve-backend", backend_addr], workdir))
+        children.append(
+            spawn(
+                "federation",
+                ["--serve-federation", str(setup.config), "--log-level", args.log_level],
+                workdir,
+            )
+        )
+        return asyncio.run(benchmark(setup, children[0], children[1], args))
+    except StartupError as exc:
+        print(f"bench_exchange: not started: {exc}", file=sys.stderr)
+        return EXIT_NOT_STARTED
+    except KeyboardInterrupt:
+        print("bench_exchange: interrupted", file=sys.stderr)
+        return EXIT_INTERRUPTED
+    finally:
+        stop_children(children)
+        signal.signal(signal.SIGTERM, previous)
+        if args.keep_workdir:
+            print(f"work directory kept: {workdir}", file=sys.stderr)
+        else:
+            shutil.rmtree(workdir, ignore_errors=True)
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        description=__doc__.split("\n\n")[0] if __doc__ else None,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+        epilog="""\
+What it does:
+  Writes a federation file on free loopback ports (xroad_hub.testing) and its development
+  PKI into a temporary directory, starts the DBD demo backend and the federation (registry
+  and nodes) as two child processes, waits until both answer (and checks that the hub's
+  answer equals the backend's), then runs two phases with the same closed-loop load:
+  CONCURRENCY workers on one keep-alive aiohttp session, each sending its next request as
+  soon as the last one answered, until DURATION seconds or MAX_REQUESTS are spent.
+    direct  GET <backend>/companies/<id>
+    hub     GET <client node>/r1/TH/GOV/DBD/registry/companies/<id>, X-Road-Client:
+            TH/GOV/DGA/devportal (plain HTTP client, auth = "http")
+
+What it prints, per phase:
+  exch/s           successful (HTTP 200) requests per second of the measured window
+  p50/p99 ms       latency of the successful requests, nearest rank
+  errors           requests that failed or answered anything but 200
+  srv CPU us/exch  user+system CPU of the server processes on the path (/proc/<pid>/stat:
+                   backend for direct; backend + federation for hub) / completed requests
+  srv cores        that CPU / wall time (1.0 = one core busy; the federation runs in one
+                   event loop, so ~1.0 there means the hub is CPU-bound)
+  loadgen cores    the load generator's own CPU / wall time (near 1.0: the client limits)
+  VmHWM / VmRSS    peak and current resident memory of each child (/proc/<pid>/status)
+then the hub/direct throughput ratio, the added p50/p99 latency, and the same figures as
+one JSON line (the last line of stdout).
+
+Exit status: 0 all requests answered 200; 1 some failed; 2 a child did not start or did
+not answer within --startup-timeout; 130 interrupted.""",
+    )
+    parser.add_argument(
+        "--concurrency", type=int, default=64, help="concurrent workers (default: 64)"
+    )
+    parser.add_argument(
+        "--duration", type=float, default=10.0, help="measured seconds per phase (default: 10)"
+    )
+    parser.add_argument(
+        "--warmup",
+        type=float,
+        default=2.0,
+        help="unmeasured seconds of the same load before each phase (default: 2)",
+    )
+    parser.add_argument(
+        "--max-requests",
+        type=int,
+        default=1_000_000,
+        help="upper bound on requests per phase (default: 1000000)",
+    )
+    parser.add_argument(
+        "--request-timeout",
+        type=float,
+        default=30.0,
+        help="seconds before one request counts as failed (default: 30)",
+    )
+    parser.add_argument(
+        "--startup-timeout",
+        type=float,
+        default=60.0,
+        help="seconds the children get to answer their first request (default: 60)",
+    )
+    parser.add_argument(
+        "--log-level",
+        default="info",
+        choices=["debug", "info", "warning"],
+        help="log level of the federation; info (the default of `xroad-hub up`) logs every "
+        "exchange on both nodes, which is part of the cost measured",
+    )
+    parser.add_argument(
+        "--smoke",
+        action="store_true",
+        help="tiny run for the test suite: concurrency 4, 1 s per phase, 0.2 s warm-up "
+        "(overrides those options)",
+    )
+    parser.add_argument(
+        "--tmpdir", type=Path, default=None, help="where to create the work directory"
+    )
+    parser.add_argument(
+        "--keep-workdir",
+        action="store_true",
+        help="keep the work directory (federation file, PKI, message logs, child logs)",
+    )
+    internal = parser.add_argument_group("internal (how the script starts its own children)")
+    internal.add_argument(
+        "--serve-backend", metavar="HOST:PORT", help="run the DBD demo backend until SIGTERM"
+    )
+    internal.add_argument(
+        "--serve-federation",
+        type=Path,
+        metavar="CONFIG",
+        help="run registry and nodes of CONFIG (certs/ and data/ next to it) until SIGTERM",
+    )
+    return parser
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    if args.serve_backend:
+        asyncio.run(_serve_backend(args.serve_backend))
+        return EXIT_OK
+    if args.serve_federation:
+        asyncio.run(_serve_federation(args.serve_federation, args.log_level))
+        return EXIT_OK
+    if args.smoke:
+        args.concurrency, args.duration, args.warmup = 4, 1.0, 0.2
+    if args.concurrency < 1 or args.duration <= 0 or args.max_requests < 1 or args.warmup < 0:
+        parser.error("--concurrency and --max-requests must be >= 1, --duration > 0, --warmup >= 0")
+    return run(args)
+
+
+if __name__ == "__main__":
+    with contextlib.suppress(BrokenPipeError):  # `... | head` must not end in a traceback
+        sys.exit(main())

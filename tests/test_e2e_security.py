@@ -1,0 +1,303 @@
+"""Hostile and broken input end to end: each gets a clear X-Road error, the node keeps serving,
+and nothing reaches the backend that should not."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import io
+import base64
+import dataclasses
+import ssl
+import time
+from urllib.parse import urlsplit
+
+import aiohttp
+import orjson
+import pytest
+
+from xroad_hub.globalconf import NodeEntry, sign_globalconf
+from xroad_hub.message import decode_envelope, encode_envelope
+from xroad_hub.node.peer import PEER_PATH
+from xroad_hub.pki import generate_key, issue_cert, load_private_key, make_root_ca
+from xroad_hub.registry import Registry
+from xroad_hub.signing import MessageSigner
+
+from .conftest import Fed
+
+DGA = "TH/GOV/DGA/hub1"
+DBD = "TH/GOV/DBD/hub1"
+ECHO = "/r1/TH/GOV/DBD/registry/echo"
+DEV = {"X-Road-Client": "TH/GOV/DGA/devportal"}
+PORTAL = "TH/GOV/DGA/citizenportal"
+
+
+async def raw_http(base: str, request_line: str, headers: dict[str, str], body: bytes = b"",
+                   *, declared_length: int | None = None, trickle: float = 0) -> tuple[int, dict, bytes]:
+    """Send bytes exactly as given (no client-side URL normalisation)."""
+    u = urlsplit(base)
+    reader, writer = await asyncio.open_connection(u.hostname, u.port)
+    length = len(body) if declared_length is None else declared_length
+    head = f"{request_line}\r\nHost: {u.netloc}\r\nConnection: close\r\nContent-Length: {length}\r\n"
+    head += "".join(f"{k}: {v}\r\n" for k, v in headers.items()) + "\r\n"
+    writer.write(head.encode() + (b"" if trickle else body))
+
+    async def slowly() -> None:
+        for byte in body:
+            writer.write(bytes([byte]))
+            await writer.drain()
+            await asyncio.sleep(trickle)
+
+    sender = asyncio.create_task(slowly()) if trickle else None
+    data = await reader.read()
+    if sender is not None:
+        sender.cancel()
+        with contextlib.suppress(asyncio.CancelledError, ConnectionError):
+            await sender
+    writer.close()
+    head_bytes, _, payload = data.partition(b"\r\n\r\n")
+    lines = head_bytes.decode().split("\r\n")
+    status = int(lines[0].split()[1])
+    hdrs = dict(line.split(": ", 1) for line in lines[1:])
+    return status, hdrs, payload
+
+
+async def _still_serving(fed: Fed, http: aiohttp.ClientSession) -> None:
+    async with http.get(fed.url(DGA) + ECHO, headers=DEV) as r:
+        assert r.status == 200
+
+
+def _code(payload: bytes) -> str:
+    return orjson.loads(payload)["type"]
+
+
+@pytest.mark.parametrize(
+    ("target", "code"),
+    [
+        (ECHO + "/a/../../admin", "Client.BadRequest"),
+        (ECHO + "/a/%2e%2e/admin", "Client.BadRequest"),
+        (ECHO + "/a/%2E%2E/admin", "Client.BadRequest"),
+        (ECHO + "/a%2Fb", "Client.BadRequest"),
+        (ECHO + "/a%5c..", "Client.BadRequest"),
+        (ECHO + "//evil.example/x", "Client.BadRequest"),
+        ("/r1/TH/GOV/DBD/reg_istry/echo", "Client.BadRequest"),
+        ("/r1/TH/GOV/DBD%2Fregistry/echo/x", "Client.BadRequest"),
+        ("/r1/TH/GOV/DBD/registry", "Client.BadRequest"),
+        ("/r2/TH/GOV/DBD/registry/echo", "Client.InvalidProtocolVersion"),
+        (ECHO + "/" + "a" * 2100, "Client.BadRequest"),
+    ],
+)
+async def test_bad_urls_are_refused_before_anything_is_sent(
+    fed: Fed, http: aiohttp.ClientSession, target: str, code: str
+) -> None:
+    status, headers, payload = await raw_http(fed.url(DGA), f"GET {target} HTTP/1.1", DEV)
+    assert status == 400
+    assert headers["X-Road-Error"] == code
+    assert _code(payload) == code
+    await _still_serving(fed, http)
+
+
+@pytest.mark.parametrize(
+    ("headers", "code"),
+    [
+        ({}, "Client.MissingHeader"),
+        ({"X-Road-Client": "TH/GOV"}, "Client.BadRequest"),
+        ({"X-Road-Client": "TH/GOV/DGA/dev portal"}, "Client.BadRequest"),
+        ({"X-Road-Client": "TH/GOV/DGA/dev_portal"}, "Client.BadRequest"),
+        ({"X-Road-Client": "TH/GOV/DGA/devportal", "X-Road-Represented-Party": "a/b/c"},
+         "Client.BadRequest"),
+    ],
+)
+async def test_bad_x_road_headers(fed: Fed, http, headers: dict[str, str], code: str) -> None:
+    status, h, payload = await raw_http(fed.url(DGA), f"GET {ECHO} HTTP/1.1", headers)
+    assert (status, h["X-Road-Error"], _code(payload)) == (400, code, code)
+
+
+async def test_oversized_body_is_refused(fed: Fed, http) -> None:
+    big = io.BytesIO(b"x" * (1024 * 1024 + 1))
+    async with http.post(fed.url(DGA) + ECHO, data=big, headers=DEV) as r:
+        assert r.status == 400
+        assert r.headers["X-Road-Error"] == "Client.BadRequest"
+    await _still_serving(fed, http)
+
+
+async def test_slow_body_is_cut_off(fed: Fed, http) -> None:
+    status, h, payload = await raw_http(
+        fed.url(DGA), f"POST {ECHO} HTTP/1.1", DEV, b"0123456789" * 10, trickle=0.1
+    )
+    assert status == 400
+    assert "not received within" in orjson.loads(payload)["message"]
+    await _still_serving(fed, http)
+
+
+async def test_jwt_client_with_a_fresh_token(fed: Fed, http) -> None:
+    url = fed.url(DGA, "client_tls") + ECHO
+    headers = {"X-Road-Client": PORTAL, "Authorization": f"Bearer {fed.token()}"}
+    async with http.get(url, headers=headers, ssl=fed.client_ssl()) as r:
+        assert r.status == 200, await r.text()
+        echo = await r.json()
+    # The node's credential never travels on to the provider.
+    assert "authorization" not in {k.lower() for k, _ in echo["headers"]}
+    # The same token again is a replay.
+    async with http.get(url, headers=headers, ssl=fed.client_ssl()) as r:
+        assert r.status == 400
+        assert "replay" in (await r.json())["message"]
+
+
+def _alg_none_token() -> str:
+    enc = lambda d: base64.urlsafe_b64encode(orjson.dumps(d)).rstrip(b"=").decode()  # noqa: E731
+    now = int(time.time())
+    return enc({"alg": "none", "typ": "JWT"}) + "." + enc(
+        {"iss": PORTAL, "aud": DGA, "iat": now, "exp": now + 60, "jti": "x"}
+    ) + "."
+
+
+@pytest.mark.parametrize(
+    "make",
+    [
+        pytest.param(lambda fed: fed.token(exp=int(time.time()) - 60, iat=int(time.time()) - 120),
+                     id="expired"),
+        pytest.param(lambda fed: fed.token(aud="TH/GOV/BMA/hub1"), id="wrong-audience"),
+        pytest.param(lambda fed: fed.token(iss="TH/GOV/DGA/devportal"), id="wrong-issuer"),
+        pytest.param(lambda fed: fed.token(exp=int(time.time()) + 3600), id="too-long-lived"),
+        pytest.param(lambda fed: _alg_none_token(), id="alg-none"),
+        pytest.param(
+            lambda fed: __import__("jwt").encode(
+                {"iss": PORTAL, "aud": DGA, "iat": int(time.time()),
+                 "exp": int(time.time()) + 60, "jti": "forged"},
+                generate_key(), algorithm="ES256",
+            ),
+            id="forged-signature",
+        ),
+        pytest.param(lambda fed: "not-a-jwt", id="garbage"),
+        pytest.param(lambda fed: "", id="missing"),
+    ],
+)
+async def test_bad_tokens_are_refused(fed: Fed, http, make) -> None:
+    token = make(fed)
+    headers = {"X-Road-Client": PORTAL}
+    if token:
+        headers["Authorization"] = f"Bearer {token}"
+    async with http.get(fed.url(DGA, "client_tls") + ECHO, headers=headers,
+                        ssl=fed.client_ssl()) as r:
+        assert r.status == 400
+        assert r.headers["X-Road-Error"] == "Client.AuthenticationFailed"
+    await _still_serving(fed, http)
+
+
+async def test_mtls_client_and_impersonation(fed: Fed, http) -> None:
+    url = fed.url(DGA, "client_tls") + ECHO
+    office = fed.client_ssl("TH/GOV/DGA/officeapp")
+    async with http.get(url, headers={"X-Road-Client": "TH/GOV/DGA/officeapp"}, ssl=office) as r:
+        assert r.status == 200
+    # Without its certificate, or over plain HTTP, officeapp is refused.
+    async with http.get(url, headers={"X-Road-Client": "TH/GOV/DGA/officeapp"},
+                        ssl=fed.client_ssl()) as r:
+        assert r.headers["X-Road-Error"] == "Server.ClientProxy.SslAuthenticationFailed"
+    async with http.get(fed.url(DGA) + ECHO, headers={"X-Road-Client": "TH/GOV/DGA/officeapp"}) as r:
+        assert r.headers["X-Road-Error"] == "Server.ClientProxy.SslAuthenticationFailed"
+    # officeapp's certificate cannot act as the JWT client, nor as BMA's licensing (which
+    # holds a certificate of the same CA but is registered at another node).
+    async with http.get(url, headers={"X-Road-Client": PORTAL}, ssl=office) as r:
+        assert r.headers["X-Road-Error"] == "Client.AuthenticationFailed"
+    licensing = fed.client_ssl("TH/GOV/BMA/licensing")
+    async with http.get(url, headers={"X-Road-Client": "TH/GOV/DGA/officeapp"},
+                        ssl=licensing) as r:
+        assert r.headers["X-Road-Error"] == "Server.ClientProxy.SslAuthenticationFailed"
+    async with http.get(url, headers={"X-Road-Client": "TH/GOV/BMA/licensing"},
+                        ssl=licensing) as r:
+        assert r.headers["X-Road-Error"] == "Server.ClientProxy.UnknownMember"
+    # ... while on its own node licensing works, and reaches a service only it may use.
+    async with http.get(fed.url("TH/GOV/BMA/hub1", "client_tls") + "/r1/TH/GOV/DBD/registry/restricted",
+                        headers={"X-Road-Client": "TH/GOV/BMA/licensing"}, ssl=licensing) as r:
+        assert r.status == 200
+
+
+async def test_client_certificate_from_another_ca_fails_the_handshake(fed: Fed, http, tmp_path) -> None:
+    ca_key, ca_cert = make_root_ca("rogue CA")
+    key = generate_key()
+    cert = issue_cert(ca_key, ca_cert, "TH/GOV/DGA/officeapp", key, purpose="tls")
+    from xroad_hub.pki import write_cert, write_key
+
+    write_key(tmp_path / "k.pem", key)
+    write_cert(tmp_path / "c.pem", cert)
+    ctx = fed.client_ssl()
+    ctx.load_cert_chain(str(tmp_path / "c.pem"), str(tmp_path / "k.pem"))
+    with pytest.raises((aiohttp.ClientError, ssl.SSLError)):
+        async with http.get(fed.url(DGA, "client_tls") + ECHO,
+                            headers={"X-Road-Client": "TH/GOV/DGA/officeapp"}, ssl=ctx) as r:
+            await r.read()
+    await _still_serving(fed, http)
+
+
+async def test_unregistered_node_certificate_is_refused_by_provider(fed: Fed, http) -> None:
+    """A certificate of the federation CA that is not a registered node's cannot deliver."""
+    peer = fed.url(DBD, "peer") + PEER_PATH
+    ctx = fed.client_ssl("TH/GOV/DGA/officeapp")
+    ctx.check_hostname = False
+    async with http.post(peer, data=b"XHM1", ssl=ctx) as r:
+        assert r.status == 500
+        assert r.headers["X-Road-Error"] == "Server.ServerProxy.SslAuthenticationFailed"
+
+
+async def test_provider_node_with_unregistered_certificate_is_refused_by_client(fed: Fed, http) -> None:
+    """The client node pins the provider node's registered certificate."""
+    node = fed.federation.nodes[DGA]
+    registry = Registry(fed.federation.fed, fed.pki)
+    conf = registry.current()
+    forged = tuple(
+        dataclasses.replace(n, auth_cert_sha256="00" * 32) if str(n.id) == DBD else n
+        for n in conf.nodes
+    )
+    conf = dataclasses.replace(conf, nodes=forged)
+    key = load_private_key(fed.pki.globalconf_signer.key)
+    node.globalconf.install(sign_globalconf(conf, key))
+    try:
+        async with http.get(fed.url(DGA) + ECHO, headers=DEV) as r:
+            assert r.status == 500
+            assert r.headers["X-Road-Error"] == "Server.ClientProxy.SslAuthenticationFailed"
+    finally:
+        node.globalconf.install(sign_globalconf(registry.current(), key))
+    await _still_serving(fed, http)
+
+
+async def test_tampered_request_signature_never_reaches_the_backend(fed: Fed, http, monkeypatch) -> None:
+    """The client node signs with a key that is not the member's: the provider refuses."""
+    rt = fed.federation.nodes[DGA].runtime
+    member = next(m for m in rt.signers if str(m) == "TH/GOV/DGA")
+    good = rt.signers[member]
+    monkeypatch.setitem(rt.signers, member, MessageSigner(member, generate_key(), good.cert_der))
+    calls_before = await fed.federation.nodes[DBD].runtime.log.count()
+    async with http.post(fed.url(DGA) + ECHO, data=b"payload", headers=DEV) as r:
+        assert r.status == 500
+        assert r.headers["X-Road-Error"] == "Server.ServerProxy.InvalidSignatureValue"
+    # Nothing was served or logged as an exchange by the provider.
+    assert await fed.federation.nodes[DBD].runtime.log.count() == calls_before
+
+
+async def test_tampered_body_between_nodes_is_refused(fed: Fed, http, monkeypatch) -> None:
+    """A body changed after signing (man in the middle) fails the signed digest."""
+    peers = fed.federation.nodes[DGA].runtime.peers
+    original = peers.send
+
+    async def tamper(peer: NodeEntry, data: bytes, timeout: float):  # type: ignore[no-untyped-def]
+        env = decode_envelope(data)
+        return await original(
+            peer, encode_envelope(env.meta_bytes, env.signature, env.cert_der, b"evil"), timeout
+        )
+
+    monkeypatch.setattr(peers, "send", tamper)
+    async with http.post(fed.url(DGA) + ECHO, data=b"good", headers=DEV) as r:
+        assert r.status == 500
+        assert r.headers["X-Road-Error"] == "Server.ServerProxy.InvalidSignatureValue"
+
+
+async def test_tampered_response_signature_is_refused_by_client_node(fed: Fed, http, monkeypatch) -> None:
+    rt = fed.federation.nodes[DBD].runtime
+    member = next(m for m in rt.signers if str(m) == "TH/GOV/DBD")
+    good = rt.signers[member]
+    monkeypatch.setitem(rt.signers, member, MessageSigner(member, generate_key(), good.cert_der))
+    async with http.get(fed.url(DGA) + ECHO, headers=DEV) as r:
+        assert r.status == 500
+        assert r.headers["X-Road-Error"] == "Server.ClientProxy.InvalidSignatureValue"
+        assert "X-Road-Request-Hash" not in r.headers
