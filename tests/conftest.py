@@ -63,7 +63,10 @@ class Fed:
     def token(self, client: str = "TH/GOV/DGA/citizenportal", **overrides: object) -> str:
         now = int(time.time())
         claims: dict[str, object] = {
-            "iss": client, "aud": "TH/GOV/DGA/hub1", "iat": now, "exp": now + 60,
+            "iss": client,
+            "aud": "TH/GOV/DGA/hub1",
+            "iat": now,
+            "exp": now + 60,
             "jti": str(uuid.uuid4()),
         }
         claims.update(overrides)
@@ -79,7 +82,7 @@ class Fed:
 
 
 async def start_federation(root: Path, spec: TestFederationSpec) -> Fed:
-    root.mkdir(parents=True, exist_ok=True)
+    root.mkdir(parents=True, exist_ok=True)  # noqa: ASYNC240 - test set-up, before serving
     fed_cfg = load_federation(write_federation(root / "federation.toml", spec))
     ensure_pki(fed_cfg, root / "certs")
     federation = Federation(fed_cfg, root / "certs", root / "data")

@@ -71,8 +71,16 @@ async def test_up_serves_the_demo_and_stops_cleanly(tmp_path: Path) -> None:
     cfg = _demo_config(tmp_path)
     certs, data = tmp_path / "certs", tmp_path / "data"
     proc = await asyncio.create_subprocess_exec(
-        *CLI, "up", "--config", str(cfg), "--certs-dir", str(certs), "--data-dir", str(data),
-        stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.PIPE,
+        *CLI,
+        "up",
+        "--config",
+        str(cfg),
+        "--certs-dir",
+        str(certs),
+        "--data-dir",
+        str(data),
+        stdout=asyncio.subprocess.PIPE,
+        stderr=asyncio.subprocess.PIPE,
     )
     try:
         endpoints_file = data / "endpoints.json"
@@ -87,27 +95,34 @@ async def test_up_serves_the_demo_and_stops_cleanly(tmp_path: Path) -> None:
             async with http.get(f"{endpoints['backends']['dbd-registry']}/companies?limit=1") as r:
                 jid = (await r.json())["juristic_ids"][0]
             path = f"/r1/TH/GOV/DBD/registry/companies/{jid}"
-            async with http.get(dga["client"] + path,
-                                headers={"X-Road-Client": "TH/GOV/DGA/devportal"}) as r:
+            async with http.get(
+                dga["client"] + path, headers={"X-Road-Client": "TH/GOV/DGA/devportal"}
+            ) as r:
                 assert r.status == 200
                 company = await r.json()
             assert company["juristic_id"] == jid
             assert company["name_th"].startswith("บริษัท")
-            token = _run("token", "TH/GOV/DGA/citizenportal", "--config", str(cfg),
-                         "--certs-dir", str(certs))
+            token = _run(
+                "token", "TH/GOV/DGA/citizenportal", "--config", str(cfg), "--certs-dir", str(certs)
+            )
             assert token.returncode == 0, token.stderr
             ctx = ssl.create_default_context(cafile=str(certs / "ca" / "root.cert.pem"))
             async with http.get(
-                dga["client_tls"] + path, ssl=ctx,
-                headers={"X-Road-Client": "TH/GOV/DGA/citizenportal",
-                         "Authorization": f"Bearer {token.stdout.strip()}"},
+                dga["client_tls"] + path,
+                ssl=ctx,
+                headers={
+                    "X-Road-Client": "TH/GOV/DGA/citizenportal",
+                    "Authorization": f"Bearer {token.stdout.strip()}",
+                },
             ) as r:
                 assert r.status == 200
     finally:
         proc.send_signal(signal.SIGTERM)
         _, err = await asyncio.wait_for(proc.communicate(), 30)
     assert proc.returncode == 0, err.decode()[-2000:]
-    events = [json.loads(line)["event"] for line in err.decode().splitlines() if line.startswith("{")]
+    events = [
+        json.loads(line)["event"] for line in err.decode().splitlines() if line.startswith("{")
+    ]
     assert "federation.stopped" in events
     # Both exchanges are in the provider's log after the stop.
     db = data / "nodes" / "TH" / "GOV" / "DBD" / "hub1" / "messagelog.sqlite"

@@ -32,7 +32,9 @@ async def _get(http: aiohttp.ClientSession, fed: Fed, path: str, **kw: object) -
 async def test_happy_path_passes_request_and_answer_unchanged(fed: Fed, http) -> None:
     body = bytes(range(256)) * 3  # binary, byte-exact
     status, headers, data = await _get(
-        http, fed, ECHO + "/v1/pets/12%20b?a=1&a=2&q=%E0%B8%81",
+        http,
+        fed,
+        ECHO + "/v1/pets/12%20b?a=1&a=2&q=%E0%B8%81",
         method="POST",
         data=body,
         skip_auto_headers=("Accept",),
@@ -123,7 +125,9 @@ async def test_category1_provider_error_passes_unchanged(fed: Fed, http) -> None
 
 async def test_category2_backend_unreachable_and_timeout(fed: Fed, http) -> None:
     for service in ("down", "slow"):
-        status, headers, data = await _get(http, fed, f"/r1/TH/GOV/DBD/registry/{service}", headers=DEV)
+        status, headers, data = await _get(
+            http, fed, f"/r1/TH/GOV/DBD/registry/{service}", headers=DEV
+        )
         assert status == 500
         assert headers["X-Road-Error"] == "Server.ServerProxy.NetworkError"
         err = orjson.loads(data)

@@ -41,7 +41,9 @@ async def _wait_for(http, fed: Fed, wanted: tuple[int, str | None], limit: float
         await asyncio.sleep(0.1)
 
 
-async def test_expired_configuration_stops_and_recovers(short_lived: Fed, http, monkeypatch) -> None:
+async def test_expired_configuration_stops_and_recovers(
+    short_lived: Fed, http, monkeypatch
+) -> None:
     fed = short_lived
     assert await _status(http, fed) == (200, None)
     gc = fed.federation.nodes[DGA].globalconf
@@ -52,7 +54,9 @@ async def test_expired_configuration_stops_and_recovers(short_lived: Fed, http, 
     await _wait_for(http, fed, (200, None))
 
 
-async def test_provider_with_expired_configuration_refuses(short_lived: Fed, http, monkeypatch) -> None:
+async def test_provider_with_expired_configuration_refuses(
+    short_lived: Fed, http, monkeypatch
+) -> None:
     fed = short_lived
     gc = fed.federation.nodes[DBD].globalconf
     monkeypatch.setattr(gc, "url", f"http://127.0.0.1:{free_port()}/globalconf")

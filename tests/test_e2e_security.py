@@ -4,10 +4,10 @@ and nothing reaches the backend that should not."""
 from __future__ import annotations
 
 import asyncio
-import contextlib
-import io
 import base64
+import contextlib
 import dataclasses
+import io
 import ssl
 import time
 from urllib.parse import urlsplit
@@ -32,13 +32,22 @@ DEV = {"X-Road-Client": "TH/GOV/DGA/devportal"}
 PORTAL = "TH/GOV/DGA/citizenportal"
 
 
-async def raw_http(base: str, request_line: str, headers: dict[str, str], body: bytes = b"",
-                   *, declared_length: int | None = None, trickle: float = 0) -> tuple[int, dict, bytes]:
+async def raw_http(
+    base: str,
+    request_line: str,
+    headers: dict[str, str],
+    body: bytes = b"",
+    *,
+    declared_length: int | None = None,
+    trickle: float = 0,
+) -> tuple[int, dict, bytes]:
     """Send bytes exactly as given (no client-side URL normalisation)."""
     u = urlsplit(base)
     reader, writer = await asyncio.open_connection(u.hostname, u.port)
     length = len(body) if declared_length is None else declared_length
-    head = f"{request_line}\r\nHost: {u.netloc}\r\nConnection: close\r\nContent-Length: {length}\r\n"
+    head = (
+        f"{request_line}\r\nHost: {u.netloc}\r\nConnection: close\r\nContent-Length: {length}\r\n"
+    )
     head += "".join(f"{k}: {v}\r\n" for k, v in headers.items()) + "\r\n"
     writer.write(head.encode() + (b"" if trickle else body))
 
@@ -104,8 +113,10 @@ async def test_bad_urls_are_refused_before_anything_is_sent(
         ({"X-Road-Client": "TH/GOV"}, "Client.BadRequest"),
         ({"X-Road-Client": "TH/GOV/DGA/dev portal"}, "Client.BadRequest"),
         ({"X-Road-Client": "TH/GOV/DGA/dev_portal"}, "Client.BadRequest"),
-        ({"X-Road-Client": "TH/GOV/DGA/devportal", "X-Road-Represented-Party": "a/b/c"},
-         "Client.BadRequest"),
+        (
+            {"X-Road-Client": "TH/GOV/DGA/devportal", "X-Road-Represented-Party": "a/b/c"},
+            "Client.BadRequest",
+        ),
     ],
 )
 async def test_bad_x_road_headers(fed: Fed, http, headers: dict[str, str], code: str) -> None:
@@ -122,7 +133,7 @@ async def test_oversized_body_is_refused(fed: Fed, http) -> None:
 
 
 async def test_slow_body_is_cut_off(fed: Fed, http) -> None:
-    status, h, payload = await raw_http(
+    status, _, payload = await raw_http(
         fed.url(DGA), f"POST {ECHO} HTTP/1.1", DEV, b"0123456789" * 10, trickle=0.1
     )
     assert status == 400
@@ -147,25 +158,36 @@ async def test_jwt_client_with_a_fresh_token(fed: Fed, http) -> None:
 def _alg_none_token() -> str:
     enc = lambda d: base64.urlsafe_b64encode(orjson.dumps(d)).rstrip(b"=").decode()  # noqa: E731
     now = int(time.time())
-    return enc({"alg": "none", "typ": "JWT"}) + "." + enc(
-        {"iss": PORTAL, "aud": DGA, "iat": now, "exp": now + 60, "jti": "x"}
-    ) + "."
+    return (
+        enc({"alg": "none", "typ": "JWT"})
+        + "."
+        + enc({"iss": PORTAL, "aud": DGA, "iat": now, "exp": now + 60, "jti": "x"})
+        + "."
+    )
 
 
 @pytest.mark.parametrize(
     "make",
     [
-        pytest.param(lambda fed: fed.token(exp=int(time.time()) - 60, iat=int(time.time()) - 120),
-                     id="expired"),
+        pytest.param(
+            lambda fed: fed.token(exp=int(time.time()) - 60, iat=int(time.time()) - 120),
+            id="expired",
+        ),
         pytest.param(lambda fed: fed.token(aud="TH/GOV/BMA/hub1"), id="wrong-audience"),
         pytest.param(lambda fed: fed.token(iss="TH/GOV/DGA/devportal"), id="wrong-issuer"),
         pytest.param(lambda fed: fed.token(exp=int(time.time()) + 3600), id="too-long-lived"),
         pytest.param(lambda fed: _alg_none_token(), id="alg-none"),
         pytest.param(
             lambda fed: __import__("jwt").encode(
-                {"iss": PORTAL, "aud": DGA, "iat": int(time.time()),
-                 "exp": int(time.time()) + 60, "jti": "forged"},
-                generate_key(), algorithm="ES256",
+                {
+                    "iss": PORTAL,
+                    "aud": DGA,
+                    "iat": int(time.time()),
+                    "exp": int(time.time()) + 60,
+                    "jti": "forged",
+                },
+                generate_key(),
+                algorithm="ES256",
             ),
             id="forged-signature",
         ),
@@ -178,8 +200,9 @@ async def test_bad_tokens_are_refused(fed: Fed, http, make) -> None:
     headers = {"X-Road-Client": PORTAL}
     if token:
         headers["Authorization"] = f"Bearer {token}"
-    async with http.get(fed.url(DGA, "client_tls") + ECHO, headers=headers,
-                        ssl=fed.client_ssl()) as r:
+    async with http.get(
+        fed.url(DGA, "client_tls") + ECHO, headers=headers, ssl=fed.client_ssl()
+    ) as r:
         assert r.status == 400
         assert r.headers["X-Road-Error"] == "Client.AuthenticationFailed"
     await _still_serving(fed, http)
@@ -191,29 +214,35 @@ async def test_mtls_client_and_impersonation(fed: Fed, http) -> None:
     async with http.get(url, headers={"X-Road-Client": "TH/GOV/DGA/officeapp"}, ssl=office) as r:
         assert r.status == 200
     # Without its certificate, or over plain HTTP, officeapp is refused.
-    async with http.get(url, headers={"X-Road-Client": "TH/GOV/DGA/officeapp"},
-                        ssl=fed.client_ssl()) as r:
+    async with http.get(
+        url, headers={"X-Road-Client": "TH/GOV/DGA/officeapp"}, ssl=fed.client_ssl()
+    ) as r:
         assert r.headers["X-Road-Error"] == "Server.ClientProxy.SslAuthenticationFailed"
-    async with http.get(fed.url(DGA) + ECHO, headers={"X-Road-Client": "TH/GOV/DGA/officeapp"}) as r:
+    async with http.get(
+        fed.url(DGA) + ECHO, headers={"X-Road-Client": "TH/GOV/DGA/officeapp"}
+    ) as r:
         assert r.headers["X-Road-Error"] == "Server.ClientProxy.SslAuthenticationFailed"
     # officeapp's certificate cannot act as the JWT client, nor as BMA's licensing (which
     # holds a certificate of the same CA but is registered at another node).
     async with http.get(url, headers={"X-Road-Client": PORTAL}, ssl=office) as r:
         assert r.headers["X-Road-Error"] == "Client.AuthenticationFailed"
     licensing = fed.client_ssl("TH/GOV/BMA/licensing")
-    async with http.get(url, headers={"X-Road-Client": "TH/GOV/DGA/officeapp"},
-                        ssl=licensing) as r:
+    async with http.get(url, headers={"X-Road-Client": "TH/GOV/DGA/officeapp"}, ssl=licensing) as r:
         assert r.headers["X-Road-Error"] == "Server.ClientProxy.SslAuthenticationFailed"
-    async with http.get(url, headers={"X-Road-Client": "TH/GOV/BMA/licensing"},
-                        ssl=licensing) as r:
+    async with http.get(url, headers={"X-Road-Client": "TH/GOV/BMA/licensing"}, ssl=licensing) as r:
         assert r.headers["X-Road-Error"] == "Server.ClientProxy.UnknownMember"
     # ... while on its own node licensing works, and reaches a service only it may use.
-    async with http.get(fed.url("TH/GOV/BMA/hub1", "client_tls") + "/r1/TH/GOV/DBD/registry/restricted",
-                        headers={"X-Road-Client": "TH/GOV/BMA/licensing"}, ssl=licensing) as r:
+    async with http.get(
+        fed.url("TH/GOV/BMA/hub1", "client_tls") + "/r1/TH/GOV/DBD/registry/restricted",
+        headers={"X-Road-Client": "TH/GOV/BMA/licensing"},
+        ssl=licensing,
+    ) as r:
         assert r.status == 200
 
 
-async def test_client_certificate_from_another_ca_fails_the_handshake(fed: Fed, http, tmp_path) -> None:
+async def test_client_certificate_from_another_ca_fails_the_handshake(
+    fed: Fed, http, tmp_path
+) -> None:
     ca_key, ca_cert = make_root_ca("rogue CA")
     key = generate_key()
     cert = issue_cert(ca_key, ca_cert, "TH/GOV/DGA/officeapp", key, purpose="tls")
@@ -224,8 +253,11 @@ async def test_client_certificate_from_another_ca_fails_the_handshake(fed: Fed, 
     ctx = fed.client_ssl()
     ctx.load_cert_chain(str(tmp_path / "c.pem"), str(tmp_path / "k.pem"))
     with pytest.raises((aiohttp.ClientError, ssl.SSLError)):
-        async with http.get(fed.url(DGA, "client_tls") + ECHO,
-                            headers={"X-Road-Client": "TH/GOV/DGA/officeapp"}, ssl=ctx) as r:
+        async with http.get(
+            fed.url(DGA, "client_tls") + ECHO,
+            headers={"X-Road-Client": "TH/GOV/DGA/officeapp"},
+            ssl=ctx,
+        ) as r:
             await r.read()
     await _still_serving(fed, http)
 
@@ -240,7 +272,9 @@ async def test_unregistered_node_certificate_is_refused_by_provider(fed: Fed, ht
         assert r.headers["X-Road-Error"] == "Server.ServerProxy.SslAuthenticationFailed"
 
 
-async def test_provider_node_with_unregistered_certificate_is_refused_by_client(fed: Fed, http) -> None:
+async def test_provider_node_with_unregistered_certificate_is_refused_by_client(
+    fed: Fed, http
+) -> None:
     """The client node pins the provider node's registered certificate."""
     node = fed.federation.nodes[DGA]
     registry = Registry(fed.federation.fed, fed.pki)
@@ -261,7 +295,9 @@ async def test_provider_node_with_unregistered_certificate_is_refused_by_client(
     await _still_serving(fed, http)
 
 
-async def test_tampered_request_signature_never_reaches_the_backend(fed: Fed, http, monkeypatch) -> None:
+async def test_tampered_request_signature_never_reaches_the_backend(
+    fed: Fed, http, monkeypatch
+) -> None:
     """The client node signs with a key that is not the member's: the provider refuses."""
     rt = fed.federation.nodes[DGA].runtime
     member = next(m for m in rt.signers if str(m) == "TH/GOV/DGA")
@@ -292,7 +328,9 @@ async def test_tampered_body_between_nodes_is_refused(fed: Fed, http, monkeypatc
         assert r.headers["X-Road-Error"] == "Server.ServerProxy.InvalidSignatureValue"
 
 
-async def test_tampered_response_signature_is_refused_by_client_node(fed: Fed, http, monkeypatch) -> None:
+async def test_tampered_response_signature_is_refused_by_client_node(
+    fed: Fed, http, monkeypatch
+) -> None:
     rt = fed.federation.nodes[DBD].runtime
     member = next(m for m in rt.signers if str(m) == "TH/GOV/DBD")
     good = rt.signers[member]
