@@ -136,6 +136,23 @@ def _name(cn: str, org: str = "xroad-hub development federation") -> x509.Name:
     )
 
 
+_USAGES = (
+    "digital_signature",
+    "content_commitment",
+    "key_encipherment",
+    "data_encipherment",
+    "key_agreement",
+    "key_cert_sign",
+    "crl_sign",
+    "encipher_only",
+    "decipher_only",
+)
+
+
+def _key_usage(*allowed: str) -> x509.KeyUsage:
+    return x509.KeyUsage(**{u: u in allowed for u in _USAGES})
+
+
 def make_root_ca(cn: str, *, days: int = 3650) -> tuple[PrivateKey, x509.Certificate]:
     key = generate_key()
     now = dt.datetime.now(dt.UTC)
@@ -149,17 +166,7 @@ def make_root_ca(cn: str, *, days: int = 3650) -> tuple[PrivateKey, x509.Certifi
         .not_valid_after(now + dt.timedelta(days=days))
         .add_extension(x509.BasicConstraints(ca=True, path_length=0), critical=True)
         .add_extension(
-            x509.KeyUsage(
-                digital_signature=False,
-                content_commitment=False,
-                key_encipherment=False,
-                data_encipherment=False,
-                key_agreement=False,
-                key_cert_sign=True,
-                crl_sign=True,
-                encipher_only=False,
-                decipher_only=False,
-            ),
+            _key_usage("key_cert_sign", "crl_sign"),
             critical=True,
         )
         .add_extension(x509.SubjectKeyIdentifier.from_public_key(key.public_key()), False)
@@ -197,17 +204,7 @@ def issue_cert(
     if purpose == "tls":
         builder = (
             builder.add_extension(
-                x509.KeyUsage(
-                    digital_signature=True,
-                    content_commitment=False,
-                    key_encipherment=False,
-                    data_encipherment=False,
-                    key_agreement=True,
-                    key_cert_sign=False,
-                    crl_sign=False,
-                    encipher_only=False,
-                    decipher_only=False,
-                ),
+                _key_usage("digital_signature", "key_agreement"),
                 critical=True,
             )
             .add_extension(
@@ -226,17 +223,7 @@ def issue_cert(
         )
     elif purpose == "sign":
         builder = builder.add_extension(
-            x509.KeyUsage(
-                digital_signature=True,
-                content_commitment=True,
-                key_encipherment=False,
-                data_encipherment=False,
-                key_agreement=False,
-                key_cert_sign=False,
-                crl_sign=False,
-                encipher_only=False,
-                decipher_only=False,
-            ),
+            _key_usage("digital_signature", "content_commitment"),
             critical=True,
         )
     else:

@@ -32,7 +32,6 @@ from ..messagelog import LogRecord
 from ..messagelog.store import LogError
 from ..rest import (
     check_header_value,
-    error_response,
     filter_request_headers,
     filter_response_headers,
     parse_r1_target,
@@ -41,18 +40,13 @@ from ..rest import (
     select_client,
 )
 from ..signing import SignatureError
-from .runtime import NodeRuntime, read_body
+from .runtime import NodeRuntime, answer_errors, read_body
 from .tls import peer_fingerprint
 
-__all__ = ["ClientProxy", "render_error"]
+__all__ = ["ClientProxy"]
 
 log = structlog.get_logger("xroad_hub.consumer")
 _ERROR_CODE_CHARS = frozenset("ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz.")
-
-
-def render_error(err: XRoadError, accept: str | None) -> web.Response:
-    status, headers, body = error_response(err, accept)
-    return web.Response(status=status, headers=headers, body=body)
 
 
 class ClientProxy:
@@ -60,22 +54,13 @@ class ClientProxy:
         self.rt = runtime
 
     async def handle(self, request: web.Request) -> web.StreamResponse:
-        try:
-            return await self._exchange(request)
-        except XRoadError as err:
-            log.info(
-                "exchange.refused",
-                side="client",
-                code=err.code,
-                detail=err.detail,
-                reason=err.message,
-                path=request.path[:200],
-            )
-            return render_error(err, request.headers.get("Accept"))
-        except Exception:  # the node never crashes on one request
-            err = XRoadError.client_proxy("InternalError", "internal error in the client's node")
-            log.exception("exchange.internal_error", side="client", detail=err.detail)
-            return render_error(err, request.headers.get("Accept"))
+        return await answer_errors(
+            request,
+            self._exchange,
+            side="client",
+            prefix=CLIENT_PROXY,
+            accept=request.headers.get("Accept"),
+        )
 
     async def _exchange(self, request: web.Request) -> web.StreamResponse:
         started = time.time()

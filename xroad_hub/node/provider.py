@@ -30,9 +30,9 @@ from ..message import (
 )
 from ..messagelog import LogRecord
 from ..messagelog.store import LogError
-from ..rest import error_response, filter_response_headers, request_hash
+from ..rest import filter_response_headers, request_hash
 from ..signing import SignatureError
-from .runtime import NodeRuntime, read_body
+from .runtime import NodeRuntime, answer_errors, read_body
 from .tls import peer_fingerprint
 
 __all__ = ["ServerProxy"]
@@ -50,21 +50,14 @@ class ServerProxy:
         self.rt = runtime
 
     async def handle(self, request: web.Request) -> web.StreamResponse:
-        try:
-            return await self._exchange(request)
-        except XRoadError as err:
-            log.info(
-                "exchange.refused",
-                side="provider",
-                code=err.code,
-                detail=err.detail,
-                reason=err.message,
-            )
-            return _error(err)
-        except Exception:
-            err = _fail("InternalError", "internal error in the provider's node")
-            log.exception("exchange.internal_error", side="provider", detail=err.detail)
-            return _error(err)
+        # The client node always reads X-Road errors as JSON.
+        return await answer_errors(
+            request,
+            self._exchange,
+            side="provider",
+            prefix=SERVER_PROXY,
+            accept="application/json",
+        )
 
     async def _exchange(self, request: web.Request) -> web.StreamResponse:
         started = time.time()
@@ -233,8 +226,3 @@ def _identify(meta: dict[str, Any]) -> tuple[ClientId, ServiceId]:
         return parse_client_id(str(meta["client"])), parse_service_id(str(meta["service"]))
     except (KeyError, XRoadError) as exc:
         raise _fail("InvalidMessage", "request lacks a valid client or service") from exc
-
-
-def _error(err: XRoadError) -> web.Response:
-    status, headers, body = error_response(err, "application/json")
-    return web.Response(status=status, headers=headers, body=body)

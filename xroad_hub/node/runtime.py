@@ -3,8 +3,10 @@
 from __future__ import annotations
 
 import asyncio
+from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 
+import structlog
 from aiohttp import web
 
 from adapters import Adapter
@@ -15,11 +17,14 @@ from ..federation import ServiceConfig
 from ..globalconf import GlobalConf
 from ..identifiers import MemberId, NodeId, ServiceId
 from ..messagelog import MessageLog
+from ..rest import error_response
 from ..signing import MessageSigner
 from .globalconf_client import GlobalConfClient
 from .peer import PeerTransport
 
-__all__ = ["HostedService", "NodeRuntime", "read_body"]
+__all__ = ["HostedService", "NodeRuntime", "answer_errors", "read_body", "render_error"]
+
+log = structlog.get_logger("xroad_hub.node")
 
 
 @dataclass(frozen=True, slots=True)
@@ -78,3 +83,35 @@ async def read_body(request: web.Request, limit: int, timeout: float, blame: str
             f"{blame}.BadRequest", f"request body not received within {timeout:g} s"
         ) from exc
     return b"".join(chunks)
+
+
+def render_error(err: XRoadError, accept: str | None) -> web.Response:
+    status, headers, body = error_response(err, accept)
+    return web.Response(status=status, headers=headers, body=body)
+
+
+async def answer_errors(
+    request: web.Request,
+    exchange: Callable[[web.Request], Awaitable[web.StreamResponse]],
+    *,
+    side: str,
+    prefix: str,
+    accept: str | None,
+) -> web.StreamResponse:
+    """Run one exchange; any failure becomes an X-Road error answer and the node serves on."""
+    try:
+        return await exchange(request)
+    except XRoadError as err:
+        log.info(
+            "exchange.refused",
+            side=side,
+            code=err.code,
+            detail=err.detail,
+            reason=err.message,
+            path=request.path[:200],
+        )
+        return render_error(err, accept)
+    except Exception:
+        err = XRoadError(f"{prefix}.InternalError", f"internal error in the {side}'s node")
+        log.exception("exchange.internal_error", side=side, detail=err.detail)
+        return render_error(err, accept)
