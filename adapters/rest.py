@@ -12,6 +12,7 @@ import aiohttp
 from yarl import URL
 
 from xroad_hub.errors import XRoadError
+from xroad_hub.streams import BodyTooLarge, read_capped
 
 from .base import AdapterRequest, AdapterResponse
 
@@ -60,11 +61,12 @@ class RestAdapter:
                 # Only what the client sent travels: no User-Agent or Accept-Encoding of ours.
                 skip_auto_headers=("User-Agent", "Accept-Encoding", "Content-Type"),
             ) as resp:
-                body = await resp.content.read(self._max + 1)
-                if len(body) > self._max:
+                try:
+                    body = await read_capped(resp.content, self._max)
+                except BodyTooLarge as exc:
                     raise XRoadError.server_proxy(
-                        "ServiceFailed", f"service response exceeds {self._max} bytes"
-                    )
+                        "ServiceFailed", f"service response {exc}"
+                    ) from exc
                 return AdapterResponse(resp.status, tuple(resp.headers.items()), body)
         except XRoadError:
             raise

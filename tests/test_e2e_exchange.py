@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import base64
 import hashlib
+import io
 import uuid
 
 import aiohttp
@@ -214,3 +215,28 @@ async def test_category4_log_failure_means_no_answer(fed: Fed, http, monkeypatch
     monkeypatch.undo()
     status, _, _ = await _get(http, fed, ECHO, headers=DEV)
     assert status == 200
+
+
+async def test_large_bodies_pass_both_ways_byte_exact(fed: Fed, http) -> None:
+    """Bodies arrive in many TCP segments; every hop must read them to the end."""
+    body = bytes(range(256)) * 2048  # 512 KiB; the echo answer is ~700 KiB of base64 JSON
+    status, _, data = await _get(
+        http, fed, ECHO + "/big", method="POST", data=io.BytesIO(body), headers=DEV
+    )
+    assert status == 200
+    assert base64.b64decode(orjson.loads(data)["body"]) == body
+
+
+async def test_failed_answer_verification_is_logged_by_client_node(fed: Fed, http, monkeypatch):
+    from xroad_hub.pki import generate_key
+    from xroad_hub.signing import MessageSigner
+
+    rt = fed.federation.nodes[DBD].runtime
+    member = next(m for m in rt.signers if str(m) == "TH/GOV/DBD")
+    good = rt.signers[member]
+    monkeypatch.setitem(rt.signers, member, MessageSigner(member, generate_key(), good.cert_der))
+    mid = "badsig-" + uuid.uuid4().hex
+    status, _, _ = await _get(http, fed, ECHO, headers={**DEV, "X-Road-Id": mid})
+    assert status == 500
+    rows = await fed.federation.nodes[DGA].runtime.log.find(mid)
+    assert [r["error_type"] for r in rows] == ["Server.ClientProxy.InvalidSignatureValue"]

@@ -19,9 +19,10 @@ from aiohttp import web
 
 from ..clientauth import Credentials
 from ..errors import CLIENT_PROXY, XRoadError
-from ..identifiers import parse_node_id
+from ..identifiers import MemberId, parse_node_id
 from ..message import (
     CONTENT_TYPE,
+    Envelope,
     MessageError,
     body_digest,
     canonical,
@@ -40,6 +41,7 @@ from ..rest import (
     select_client,
 )
 from ..signing import SignatureError
+from .peer import PeerReply
 from .runtime import NodeRuntime, answer_errors, read_body
 from .tls import peer_fingerprint
 
@@ -127,8 +129,6 @@ class ClientProxy:
         meta_bytes = canonical(meta)
         signature = signer.sign(meta_bytes)
         envelope = encode_envelope(meta_bytes, signature, signer.cert_der, body)
-        reply = await self.rt.peers.send(peer, envelope, self.rt.provider_timeout)
-
         record = dict(
             message_id=message_id,
             request_id=meta["request_id"],
@@ -144,38 +144,18 @@ class ClientProxy:
             request_signature=signature,
             request_body=body,
         )
-        if reply.content_type.split(";")[0].strip() != CONTENT_TYPE:
-            err = _provider_error(reply.status, reply.body)
-            await self._log(
-                LogRecord(
-                    **record,
-                    status=reply.status,
-                    error_type=err.code,
-                    finished_at=time.time(),
-                )
-            )
-            raise err
-
         try:
-            env = decode_envelope(reply.body)
-            self.rt.globalconf.verifier.verify(
-                env.meta_bytes, env.signature, env.cert_der, provider.member
+            reply = await self.rt.peers.send(peer, envelope, self.rt.provider_timeout)
+            env = self._verify_answer(reply, provider.member, meta, meta_bytes, body)
+        except XRoadError as err:
+            # The signed request left this node, and the provider's node may have served and
+            # logged it: whatever came back (or did not), our side records it too.
+            await self._log(
+                LogRecord(**record, status=err.status, error_type=err.code, finished_at=time.time())
             )
-        except (MessageError, SignatureError) as exc:
-            code = exc.code if isinstance(exc, MessageError) else "InvalidSignatureValue"
-            raise XRoadError.client_proxy(code, f"answer of the provider's node: {exc}") from exc
+            raise
         rmeta = env.meta
-        expected_hash = request_hash(meta_bytes, body)
-        if (
-            rmeta.get("kind") != "response"
-            or rmeta.get("id") != message_id
-            or rmeta.get("request_id") != meta["request_id"]
-            or rmeta.get("request_hash") != expected_hash
-        ):
-            raise XRoadError.client_proxy(
-                "InconsistentResponse",
-                "the provider's answer does not belong to this request (id or request hash)",
-            )
+        expected_hash = rmeta["request_hash"]
         status = int(rmeta["status"])
         await self._log(
             LogRecord(
@@ -209,6 +189,38 @@ class ClientProxy:
         for k, v in out:
             resp.headers.add(k, v)
         return resp
+
+    def _verify_answer(
+        self,
+        reply: PeerReply,
+        member: MemberId,
+        meta: dict[str, Any],
+        meta_bytes: bytes,
+        body: bytes,
+    ) -> Envelope:
+        """The answer is signed by the provider's member and belongs to this very request."""
+        if reply.content_type.split(";")[0].strip() != CONTENT_TYPE:
+            raise _provider_error(reply.status, reply.body)
+        try:
+            env = decode_envelope(reply.body)
+            self.rt.globalconf.verifier.verify(env.meta_bytes, env.signature, env.cert_der, member)
+        except (MessageError, SignatureError) as exc:
+            code = exc.code if isinstance(exc, MessageError) else "InvalidSignatureValue"
+            raise XRoadError.client_proxy(code, f"answer of the provider's node: {exc}") from exc
+        rmeta = env.meta
+        if (
+            rmeta.get("kind") != "response"
+            or rmeta.get("id") != meta["id"]
+            or rmeta.get("request_id") != meta["request_id"]
+            or rmeta.get("request_hash") != request_hash(meta_bytes, body)
+            or not isinstance(rmeta.get("status"), int)
+            or not isinstance(rmeta.get("headers"), list)
+        ):
+            raise XRoadError.client_proxy(
+                "InconsistentResponse",
+                "the provider's answer does not belong to this request (id or request hash)",
+            )
+        return env
 
     async def _log(self, record: LogRecord) -> None:
         try:

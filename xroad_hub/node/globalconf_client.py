@@ -12,6 +12,7 @@ from cryptography import x509
 
 from ..globalconf import GlobalConf, GlobalConfError, verify_globalconf
 from ..signing import SignatureVerifier
+from ..streams import BodyTooLarge, read_capped
 
 __all__ = ["GlobalConfClient"]
 
@@ -54,9 +55,9 @@ class GlobalConfClient:
             async with self._session.get(self.url) as resp:
                 if resp.status != 200:
                     raise GlobalConfError(f"registry answered HTTP {resp.status}")
-                data = await resp.content.read(8 * 1024 * 1024)
+                data = await read_capped(resp.content, 8 * 1024 * 1024)
             conf = self.install(data)
-        except (aiohttp.ClientError, TimeoutError, GlobalConfError) as exc:
+        except (aiohttp.ClientError, TimeoutError, GlobalConfError, BodyTooLarge) as exc:
             log.warning("globalconf.refresh_failed", url=self.url, error=str(exc))
             return False
         log.debug("globalconf.refreshed", serial=conf.serial, expires_at=str(conf.expires_at))

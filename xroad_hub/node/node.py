@@ -97,7 +97,13 @@ class Node:
 
     def _adapter(self, service: ServiceConfig) -> Adapter:
         if service.adapter == "rest":
-            return RestAdapter(service.url, timeout=service.timeout, session=self._session)
+            # Answers larger than a peer node accepts would be signed and logged, then refused.
+            return RestAdapter(
+                service.url,
+                timeout=service.timeout,
+                max_response_bytes=self.config.max_body_bytes,
+                session=self._session,
+            )
         raise ValueError(
             f"service {service.id}: adapter {service.adapter!r} is not available (only 'rest')"
         )

@@ -11,6 +11,7 @@ from aiohttp.connector import Connection
 from ..errors import XRoadError
 from ..globalconf import NodeEntry
 from ..message import CONTENT_TYPE
+from ..streams import BodyTooLarge, read_capped
 from .tls import peer_fingerprint
 
 __all__ = ["PEER_PATH", "PeerReply", "PeerTransport"]
@@ -65,11 +66,12 @@ class PeerTransport:
                         f"node {peer.id} presented a certificate that is not its registered"
                         " authentication certificate",
                     )
-                body = await resp.content.read(self._max + 1)
-                if len(body) > self._max:
+                try:
+                    body = await read_capped(resp.content, self._max)
+                except BodyTooLarge as exc:
                     raise XRoadError.client_proxy(
-                        "NetworkError", f"answer of node {peer.id} exceeds {self._max} bytes"
-                    )
+                        "NetworkError", f"answer of node {peer.id}: {exc}"
+                    ) from exc
                 return PeerReply(resp.status, resp.headers.get("Content-Type", ""), body)
         except XRoadError:
             raise

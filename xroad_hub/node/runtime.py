@@ -19,6 +19,7 @@ from ..identifiers import MemberId, NodeId, ServiceId
 from ..messagelog import MessageLog
 from ..rest import error_response
 from ..signing import MessageSigner
+from ..streams import BodyTooLarge, read_capped
 from .globalconf_client import GlobalConfClient
 from .peer import PeerTransport
 
@@ -67,22 +68,15 @@ async def read_body(request: web.Request, limit: int, timeout: float, blame: str
     """Read a request body with a size limit and a deadline (slow senders are cut off)."""
     if request.content_length is not None and request.content_length > limit:
         raise XRoadError(f"{blame}.BadRequest", f"request body exceeds the limit of {limit} bytes")
-    chunks: list[bytes] = []
-    size = 0
     try:
         async with asyncio.timeout(timeout):
-            async for chunk in request.content.iter_any():
-                size += len(chunk)
-                if size > limit:
-                    raise XRoadError(
-                        f"{blame}.BadRequest", f"request body exceeds the limit of {limit} bytes"
-                    )
-                chunks.append(chunk)
+            return await read_capped(request.content, limit)
+    except BodyTooLarge as exc:
+        raise XRoadError(f"{blame}.BadRequest", f"request {exc}") from exc
     except TimeoutError as exc:
         raise XRoadError(
             f"{blame}.BadRequest", f"request body not received within {timeout:g} s"
         ) from exc
-    return b"".join(chunks)
 
 
 def render_error(err: XRoadError, accept: str | None) -> web.Response:

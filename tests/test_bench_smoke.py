@@ -1,0 +1,35 @@
+"""The exchange benchmark runs end to end: children start, both phases answer, JSON parses.
+
+Only that it works is checked, never how fast: timings on a shared test machine are noise.
+"""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+SCRIPT = Path(__file__).resolve().parents[1] / "scripts" / "bench_exchange.py"
+
+
+@pytest.mark.slow
+def test_bench_exchange_smoke_run() -> None:
+    proc = subprocess.run(
+        [sys.executable, str(SCRIPT), "--smoke"],
+        capture_output=True,
+        text=True,
+        timeout=120,
+        check=False,
+    )
+    output = f"stdout:\n{proc.stdout[-3000:]}\nstderr:\n{proc.stderr[-3000:]}"
+    assert proc.returncode == 0, output
+    report = json.loads(proc.stdout.strip().splitlines()[-1])
+    assert report["ok"] is True, output
+    for phase in ("direct", "hub"):
+        assert report[phase]["exchanges_per_s"] > 0, output
+        assert report[phase]["ok"] > 0, output
+        assert report[phase]["errors"] == 0, output
+    assert report["federation_vm_hwm_kib"] > 0, output
