@@ -52,6 +52,7 @@ from xroad_hub.testing import TestFederationSpec, free_port, write_federation
 
 CLIENT = "TH/GOV/DGA/devportal"  # registered with auth = "http" on the client node
 CLIENT_NODE = "TH/GOV/DGA/hub1"
+PROVIDER_NODE = "TH/GOV/DBD/hub1"
 SERVICE = "TH/GOV/DBD/registry/companies"
 COMPANY_COUNT = 200  # distinct ids the requests cycle through (the demo backend's default)
 
@@ -126,11 +127,16 @@ async def _serve_backend(address: str) -> None:
         await runner.cleanup()
 
 
-async def _serve_federation(config: Path, log_level: str) -> None:
+async def _serve_federation(config: Path, log_level: str, only: str | None) -> None:
     # JSON lines to stderr (a file in the work directory), as `xroad-hub up` writes them.
     configure_logging(log_level, json=True)
     root = config.parent
-    federation = Federation(load_federation(config), root / "certs", root / "data")
+    federation = Federation(
+        load_federation(config),
+        root / "certs",
+        root / "data",
+        only=frozenset(only.split(",")) if only else None,
+    )
     try:
         await federation.start()
         await _until_stopped()
@@ -554,7 +560,8 @@ def print_report(direct: PhaseResult, hub: PhaseResult, load: LoadSpec) -> dict[
             print(f"  {r.name} error: {sample}")
         for name in r.exited:
             print(f"  {r.name}: the {name} process exited during the phase")
-    fed = next(p for p in hub.processes if p.name == "federation")
+    # The largest node process: with --one-process, the whole federation.
+    fed = max((p for p in hub.processes if p.name != "backend"), key=lambda p: p.vm_hwm_kib)
     return {
         "benchmark": "xroad-hub exchange",
         "python": platform.python_version(),
@@ -571,8 +578,9 @@ def print_report(direct: PhaseResult, hub: PhaseResult, load: LoadSpec) -> dict[
             "added_p99_ms": _finite(added_p99, 3),
             "server_cpu_per_exchange_ratio": _finite(cpu_ratio, 3),
         },
-        "federation_vm_hwm_kib": fed.vm_hwm_kib,
-        "federation_vm_rss_kib": fed.vm_rss_kib,
+        "largest_node_process": fed.name,
+        "node_vm_hwm_kib": fed.vm_hwm_kib,
+        "node_vm_rss_kib": fed.vm_rss_kib,
         "ok": not (direct.failed or hub.failed),
     }
 
@@ -583,24 +591,25 @@ def print_report(direct: PhaseResult, hub: PhaseResult, load: LoadSpec) -> dict[
 
 
 async def benchmark(
-    setup: Setup, backend: Child, federation: Child, args: argparse.Namespace
+    setup: Setup, backend: Child, nodes: list[Child], args: argparse.Namespace
 ) -> int:
-    direct_urls, hub_urls = await wait_ready(setup, backend, federation, args.startup_timeout)
+    direct_urls, hub_urls = await wait_ready(setup, backend, nodes[0], args.startup_timeout)
+    pids = ", ".join(f"{c.name} pid {c.pid}" for c in nodes)
     print(
-        f"ready: backend pid {backend.pid} at {setup.backend_url}, federation pid "
-        f"{federation.pid}, client node at {setup.hub_url}; {len(hub_urls)} company ids",
+        f"ready: backend pid {backend.pid} at {setup.backend_url}, {pids}, client node at "
+        f"{setup.hub_url}; {len(hub_urls)} company ids",
         flush=True,
     )
     load = LoadSpec(
         args.concurrency, args.duration, args.warmup, args.max_requests, args.request_timeout
     )
-    servers = (backend, federation)
+    servers = (backend, *nodes)
     # The same X-Road-Client header in both phases keeps the requests byte-for-byte alike
     # apart from the path; the backend ignores it.
     headers = {"X-Road-Client": CLIENT}
     direct = await run_phase("direct", direct_urls, headers, load, servers, frozenset({"backend"}))
     hub = await run_phase(
-        "hub", hub_urls, headers, load, servers, frozenset({"backend", "federation"})
+        "hub", hub_urls, headers, load, servers, frozenset(c.name for c in servers)
     )
     report = print_report(direct, hub, load)
     print(json.dumps(report, separators=(",", ":"), allow_nan=False), flush=True)
@@ -622,14 +631,17 @@ def run(args: argparse.Namespace) -> int:
         setup = prepare_federation(workdir)
         backend_addr = setup.backend_url.removeprefix("http://")
         children.append(spawn("backend", ["--serve-backend", backend_addr], workdir))
-        children.append(
-            spawn(
-                "federation",
-                ["--serve-federation", str(setup.config), "--log-level", args.log_level],
-                workdir,
+        serve = ["--serve-federation", str(setup.config), "--log-level", args.log_level]
+        if args.one_process:
+            children.append(spawn("federation", serve, workdir))
+        else:
+            # Each node in a process of its own, as in a real deployment (one node per
+            # agency); the registry rides along with the client's node.
+            children.append(
+                spawn("client-node", [*serve, "--only", f"registry,{CLIENT_NODE}"], workdir)
             )
-        )
-        return asyncio.run(benchmark(setup, children[0], children[1], args))
+            children.append(spawn("provider-node", [*serve, "--only", PROVIDER_NODE], workdir))
+        return asyncio.run(benchmark(setup, children[0], children[1:], args))
     except StartupError as exc:
         print(f"bench_exchange: not started: {exc}", file=sys.stderr)
         return EXIT_NOT_STARTED
@@ -724,6 +736,12 @@ not answer within --startup-timeout; 130 interrupted.""",
         "--tmpdir", type=Path, default=None, help="where to create the work directory"
     )
     parser.add_argument(
+        "--one-process",
+        action="store_true",
+        help="run registry and both nodes in one process (as `xroad-hub up` does) instead of "
+        "one process per node",
+    )
+    parser.add_argument(
         "--keep-workdir",
         action="store_true",
         help="keep the work directory (federation file, PKI, message logs, child logs)",
@@ -738,6 +756,11 @@ not answer within --startup-timeout; 130 interrupted.""",
         metavar="CONFIG",
         help="run registry and nodes of CONFIG (certs/ and data/ next to it) until SIGTERM",
     )
+    internal.add_argument(
+        "--only",
+        metavar="COMPONENTS",
+        help="with --serve-federation: comma-separated components to run (registry, node ids)",
+    )
     return parser
 
 
@@ -748,7 +771,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         asyncio.run(_serve_backend(args.serve_backend))
         return EXIT_OK
     if args.serve_federation:
-        asyncio.run(_serve_federation(args.serve_federation, args.log_level))
+        asyncio.run(_serve_federation(args.serve_federation, args.log_level, args.only))
         return EXIT_OK
     if args.smoke:
         args.concurrency, args.duration, args.warmup = 4, 1.0, 0.2

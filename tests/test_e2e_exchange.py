@@ -41,7 +41,7 @@ async def test_happy_path_passes_request_and_answer_unchanged(fed: Fed, http) ->
         skip_auto_headers=("Accept",),
         headers={
             **DEV,
-            "X-Road-UserId": "TH1101700203451",
+            "X-Road-UserId": "TH1101700203450",
             "X-Road-Issue": "BMA-FOOD-2569-0001",
             "X-Road-Represented-Party": "COM/0105744622488",
             "Content-Type": "application/octet-stream",
@@ -63,7 +63,7 @@ async def test_happy_path_passes_request_and_answer_unchanged(fed: Fed, http) ->
     assert got["accept"] == "application/json"  # the protocol's default
     assert got["x-road-client"] == "TH/GOV/DGA/devportal"
     assert got["x-road-service"] == "TH/GOV/DBD/registry/echo"
-    assert got["x-road-userid"] == "TH1101700203451"
+    assert got["x-road-userid"] == "TH1101700203450"
     assert got["x-road-issue"] == "BMA-FOOD-2569-0001"
     assert got["x-road-represented-party"] == "COM/0105744622488"
     assert "secret-client" not in got.get("user-agent", "")

@@ -161,12 +161,6 @@ def test_signed_but_malformed_content_refused(pki) -> None:
         verify_globalconf(_resign(doc, canonical(d), key), anchor)
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="BUG: verify_globalconf parses the verified payload with orjson.loads outside any "
-    "try, so a correctly signed payload that is not JSON raises orjson.JSONDecodeError "
-    "instead of GlobalConfError (GlobalConfClient.refresh only catches GlobalConfError)",
-)
 def test_signed_non_json_payload_is_globalconf_error(pki) -> None:
     ca_cert, key, anchor = pki
     doc = orjson.loads(sign_globalconf(_conf(ca_cert), key))

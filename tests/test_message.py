@@ -64,9 +64,12 @@ def test_exact_layout() -> None:
     data = encode_envelope(meta, b"S", b"C", body)
     assert data == (
         b"XHM1"
-        + struct.pack(">I", len(meta)) + meta
-        + struct.pack(">I", 1) + b"S"
-        + struct.pack(">I", 1) + b"C"
+        + struct.pack(">I", len(meta))
+        + meta
+        + struct.pack(">I", 1)
+        + b"S"
+        + struct.pack(">I", 1)
+        + b"C"
         + b"B"
     )
 
@@ -107,9 +110,7 @@ def test_wrong_magic(magic: bytes) -> None:
     assert "magic" in str(err)
 
 
-@pytest.mark.parametrize(
-    ("which", "limit"), [(0, MAX_META), (1, MAX_SIGNATURE), (2, MAX_CERT)]
-)
+@pytest.mark.parametrize(("which", "limit"), [(0, MAX_META), (1, MAX_SIGNATURE), (2, MAX_CERT)])
 def test_oversized_lengths(which: int, limit: int) -> None:
     parts = [_meta(b""), b"s", b"c"]
     data = bytearray(b"XHM1")

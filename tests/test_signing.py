@@ -129,24 +129,18 @@ def test_garbage_signature_refused(ca) -> None:
 
 def test_signature_by_another_member_than_expected_refused(ca) -> None:
     s = _signer(ca, DBD)
-    _refused(
-        SignatureVerifier([ca[1]]), DATA, s.sign(DATA), s.cert_der, DOPA, match="signed by"
-    )
+    _refused(SignatureVerifier([ca[1]]), DATA, s.sign(DATA), s.cert_der, DOPA, match="signed by")
 
 
 def test_signature_with_a_key_other_than_the_certs_refused(ca) -> None:
     dopa, dbd = _signer(ca, DOPA), _signer(ca, DBD)
-    _refused(
-        SignatureVerifier([ca[1]]), DATA, dbd.sign(DATA), dopa.cert_der, DOPA, match="verify"
-    )
+    _refused(SignatureVerifier([ca[1]]), DATA, dbd.sign(DATA), dopa.cert_der, DOPA, match="verify")
 
 
 def test_cert_from_another_ca_with_same_name_refused(ca, other_ca) -> None:
     s = _signer(other_ca, DOPA)
     assert x509.load_der_x509_certificate(s.cert_der).issuer == ca[1].subject
-    _refused(
-        SignatureVerifier([ca[1]]), DATA, s.sign(DATA), s.cert_der, DOPA, match="trusted CA"
-    )
+    _refused(SignatureVerifier([ca[1]]), DATA, s.sign(DATA), s.cert_der, DOPA, match="trusted CA")
 
 
 def test_no_trusted_cas_refuses_everything(ca) -> None:

@@ -155,7 +155,11 @@ def verify_globalconf(
         key.verify(signature, payload, _ECDSA)
     except InvalidSignature as exc:
         raise GlobalConfError("global configuration signature does not verify") from exc
-    conf = GlobalConf.from_dict(orjson.loads(payload))
+    try:
+        doc = orjson.loads(payload)
+    except orjson.JSONDecodeError as exc:
+        raise GlobalConfError("signed global configuration is not JSON") from exc
+    conf = GlobalConf.from_dict(doc)
     if conf.expired(now):
         raise GlobalConfError(f"global configuration expired at {conf.expires_at.isoformat()}")
     return conf

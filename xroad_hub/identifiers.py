@@ -45,7 +45,10 @@ def _split(text: str, what: str, sizes: tuple[int, ...], *, decode: bool = False
         )
     # r1 percent-encodes each part on its own, so decoding happens after splitting: an
     # encoded '/' inside a part then fails the character check instead of adding a part.
-    parts = [unquote(p, errors="strict") for p in raw] if decode else raw
+    try:
+        parts = [unquote(p, errors="strict") for p in raw] if decode else raw
+    except UnicodeDecodeError as exc:
+        raise XRoadError.client("BadRequest", f"{what} identifier is not UTF-8") from exc
     for part in parts:
         if not valid_part(part):
             raise XRoadError.client(

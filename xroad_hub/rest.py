@@ -93,7 +93,7 @@ def parse_r1_target(raw_path: str, raw_query: str = "") -> R1Target:
     The subsystem is required: in X-Road 7 every service belongs to a subsystem, and making it
     optional would make the service code and the first path segment ambiguous.
     """
-    if len(raw_path) + len(raw_query) + 1 > MAX_URI_LENGTH:
+    if len(raw_path) + (len(raw_query) + 1 if raw_query else 0) > MAX_URI_LENGTH:
         raise XRoadError.client(
             "BadRequest",
             f"request URI longer than {MAX_URI_LENGTH} characters; send large data in the body",

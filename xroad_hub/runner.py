@@ -27,8 +27,18 @@ _BACKENDS = {"dbd-registry": dbd_app}
 
 
 class Federation:
-    def __init__(self, fed: FederationConfig, certs_dir: Path, data_dir: Path) -> None:
+    def __init__(
+        self,
+        fed: FederationConfig,
+        certs_dir: Path,
+        data_dir: Path,
+        *,
+        only: frozenset[str] | None = None,
+    ) -> None:
+        """``only`` limits this process to some components ("registry", "backends", node
+        ids), so that nodes can run in processes of their own; None runs everything."""
         self.fed = fed
+        self.only = only
         self.pki = PkiLayout(certs_dir)
         self.data_dir = data_dir
         self.nodes: dict[str, Node] = {}
@@ -44,14 +54,24 @@ class Federation:
         host, port = sock.getsockname()[:2]
         return f"http://{host}:{port}"
 
+    def _runs(self, component: str) -> bool:
+        return self.only is None or component in self.only
+
     async def start(self) -> dict[str, object]:
         backends = {}
-        for b in self.fed.backends:
-            backends[b.kind] = await self._serve(_backend(b), b.listen)
-        registry = Registry(self.fed, self.pki)
-        registry_url = await self._serve(registry.app(), self.fed.registry.listen)
+        if self._runs("backends"):
+            for b in self.fed.backends:
+                backends[b.kind] = await self._serve(_backend(b), b.listen)
+        host, port = self.fed.registry.listen
+        registry_url = f"http://{host}:{port}"
+        if self._runs("registry"):
+            registry_url = await self._serve(
+                Registry(self.fed, self.pki).app(), self.fed.registry.listen
+            )
         nodes: dict[str, object] = {}
         for cfg in self.fed.nodes:
+            if not self._runs(str(cfg.id)):
+                continue
             node = Node(
                 cfg,
                 self.pki,

@@ -65,7 +65,7 @@ _INSERT = (
 )
 _INSERT_BODY = "INSERT INTO exchange_body VALUES (?, ?, ?)"
 
-_Pending = tuple[LogRecord, "asyncio.Future[int]"]
+_Pending = tuple[LogRecord, bytes, "asyncio.Future[int]"]
 
 
 class SQLiteMessageLog:
@@ -93,8 +93,11 @@ class SQLiteMessageLog:
     async def append(self, record: LogRecord) -> int:
         if self._closing or self._writer is None or self._writer.done():
             raise LogError("message log is not open")
+        # The leaf is computed here, so a record that cannot be serialised fails its own
+        # append and never the writer (which would leave the whole batch waiting).
+        leaf = record.leaf()
         fut: asyncio.Future[int] = asyncio.get_running_loop().create_future()
-        self._queue.put_nowait((record, fut))
+        self._queue.put_nowait((record, leaf, fut))
         # Shielded: a client that disconnects must not cancel a record already being written.
         return await asyncio.shield(fut)
 
@@ -117,7 +120,7 @@ class SQLiteMessageLog:
         assert self._db is not None
         first = self._next_index
         rows, bodies = [], []
-        for i, (rec, _) in enumerate(batch, start=first):
+        for i, (rec, leaf, _) in enumerate(batch, start=first):
             rows.append(
                 (
                     i,
@@ -134,7 +137,7 @@ class SQLiteMessageLog:
                     rec.error_type,
                     rec.started_at,
                     rec.finished_at,
-                    rec.leaf(),
+                    leaf,
                     rec.request_meta,
                     rec.request_signature,
                     rec.response_meta,
@@ -152,12 +155,12 @@ class SQLiteMessageLog:
                 await self._db.rollback()
             except Exception:  # pragma: no cover - rollback of a broken connection
                 log.exception("messagelog.rollback_failed")
-            for _, fut in batch:
+            for _, _, fut in batch:
                 if not fut.done():
                     fut.set_exception(LogError(f"message log write failed: {exc}"))
             return
         self._next_index = first + len(batch)
-        for i, (_, fut) in enumerate(batch, start=first):
+        for i, (_, _, fut) in enumerate(batch, start=first):
             if not fut.done():
                 fut.set_result(i)
 
