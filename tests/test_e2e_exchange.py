@@ -240,3 +240,13 @@ async def test_failed_answer_verification_is_logged_by_client_node(fed: Fed, htt
     assert status == 500
     rows = await fed.federation.nodes[DGA].runtime.log.find(mid)
     assert [r["error_type"] for r in rows] == ["Server.ClientProxy.InvalidSignatureValue"]
+
+
+async def test_x_road_security_server_header_targets_a_node(fed: Fed, http) -> None:
+    status, _, _ = await _get(http, fed, ECHO, headers={**DEV, "X-Road-Security-Server": DBD})
+    assert status == 200
+    # A node that does not serve the provider is refused before anything is sent.
+    status, headers, _ = await _get(
+        http, fed, ECHO, headers={**DEV, "X-Road-Security-Server": "TH/GOV/BMA/hub1"}
+    )
+    assert (status, headers["X-Road-Error"]) == (500, "Server.ClientProxy.UnknownMember")
