@@ -6,6 +6,10 @@ single transaction (WAL, synchronous=FULL: a committed record survives power los
 ``append`` returns only after the transaction holding its record has committed; while one
 batch commits the next one gathers, so batches grow with load and latency stays ~one commit.
 
+A batch is ONE multi-row INSERT in autocommit mode: a single statement is its own atomic,
+durable transaction, and it costs one hop to aiosqlite's thread instead of three (insert,
+insert, commit). Measured, those hops were over half of the log's CPU at low concurrency.
+
 Leaf indexes are assigned by the writer in commit order and never reused, which is what the
 Merkle tree of the tamper-evident log builds on.
 """
@@ -13,6 +17,7 @@ Merkle tree of the tamper-evident log builds on.
 from __future__ import annotations
 
 import asyncio
+import functools
 from collections.abc import Sequence
 from pathlib import Path
 
@@ -25,6 +30,30 @@ from .store import LogError
 __all__ = ["SQLiteMessageLog"]
 
 log = structlog.get_logger("xroad_hub.messagelog")
+
+_COLUMNS = (
+    "leaf_index",
+    "message_id",
+    "request_id",
+    "role",
+    "client",
+    "service",
+    "user_id",
+    "issue",
+    "represented_party",
+    "method",
+    "status",
+    "error_type",
+    "started_at",
+    "finished_at",
+    "leaf",
+    "request_meta",
+    "request_signature",
+    "response_meta",
+    "response_signature",
+    "request_body",
+    "response_body",
+)
 
 _SCHEMA = """
 CREATE TABLE IF NOT EXISTS exchange (
@@ -46,24 +75,23 @@ CREATE TABLE IF NOT EXISTS exchange (
     request_meta BLOB NOT NULL,
     request_signature BLOB NOT NULL,
     response_meta BLOB,
-    response_signature BLOB
-);
-CREATE INDEX IF NOT EXISTS exchange_message_id ON exchange (message_id);
--- Bodies live apart from the tree's data so that retention can purge them.
-CREATE TABLE IF NOT EXISTS exchange_body (
-    leaf_index INTEGER PRIMARY KEY REFERENCES exchange (leaf_index),
+    response_signature BLOB,
+    -- Bodies are not part of the leaf (it holds their digests): retention may set them NULL.
     request_body BLOB,
     response_body BLOB
 );
+CREATE INDEX IF NOT EXISTS exchange_message_id ON exchange (message_id);
 """
 
-_INSERT = (
-    "INSERT INTO exchange (leaf_index, message_id, request_id, role, client, service, user_id,"
-    " issue, represented_party, method, status, error_type, started_at, finished_at, leaf,"
-    " request_meta, request_signature, response_meta, response_signature)"
-    " VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)"
-)
-_INSERT_BODY = "INSERT INTO exchange_body VALUES (?, ?, ?)"
+
+@functools.cache
+def _insert_sql(rows: int) -> str:
+    one = "(" + ", ".join("?" * len(_COLUMNS)) + ")"
+    return f"INSERT INTO exchange ({', '.join(_COLUMNS)}) VALUES " + ", ".join([one] * rows)
+
+
+# SQLite's default is 32766 bound parameters per statement (250000 in Debian's build).
+_MAX_VARIABLES = 32766
 
 _Pending = tuple[LogRecord, bytes, "asyncio.Future[int]"]
 
@@ -80,11 +108,12 @@ class SQLiteMessageLog:
 
     async def open(self) -> None:
         self.path.parent.mkdir(parents=True, exist_ok=True)
-        self._db = await aiosqlite.connect(self.path)
+        # Autocommit: every batch is one statement, hence one transaction (see above).
+        self._db = await aiosqlite.connect(self.path, isolation_level=None)
         await self._db.execute("PRAGMA journal_mode=WAL")
         await self._db.execute("PRAGMA synchronous=FULL")
         await self._db.executescript(_SCHEMA)
-        await self._db.commit()
+        self._max_batch = min(self._max_batch, _MAX_VARIABLES // len(_COLUMNS))
         async with self._db.execute("SELECT COALESCE(MAX(leaf_index) + 1, 0) FROM exchange") as c:
             row = await c.fetchone()
         self._next_index = int(row[0]) if row else 0
@@ -119,42 +148,19 @@ class SQLiteMessageLog:
     async def _write(self, batch: list[_Pending]) -> None:
         assert self._db is not None
         first = self._next_index
-        rows, bodies = [], []
+        params: list[object] = []
         for i, (rec, leaf, _) in enumerate(batch, start=first):
-            rows.append(
-                (
-                    i,
-                    rec.message_id,
-                    rec.request_id,
-                    rec.role,
-                    rec.client,
-                    rec.service,
-                    rec.user_id,
-                    rec.issue,
-                    rec.represented_party,
-                    rec.method,
-                    rec.status,
-                    rec.error_type,
-                    rec.started_at,
-                    rec.finished_at,
-                    leaf,
-                    rec.request_meta,
-                    rec.request_signature,
-                    rec.response_meta,
-                    rec.response_signature,
-                )
-            )
-            bodies.append((i, rec.request_body, rec.response_body))
+            params += (
+                i, rec.message_id, rec.request_id, rec.role, rec.client, rec.service,
+                rec.user_id, rec.issue, rec.represented_party, rec.method, rec.status,
+                rec.error_type, rec.started_at, rec.finished_at, leaf, rec.request_meta,
+                rec.request_signature, rec.response_meta, rec.response_signature,
+                rec.request_body, rec.response_body,
+            )  # fmt: skip
         try:
-            await self._db.executemany(_INSERT, rows)
-            await self._db.executemany(_INSERT_BODY, bodies)
-            await self._db.commit()
+            await self._db.execute(_insert_sql(len(batch)), params)
         except Exception as exc:  # any storage failure fails the whole batch, loudly
             log.error("messagelog.write_failed", error=str(exc), batch=len(batch))
-            try:
-                await self._db.rollback()
-            except Exception:  # pragma: no cover - rollback of a broken connection
-                log.exception("messagelog.rollback_failed")
             for _, _, fut in batch:
                 if not fut.done():
                     fut.set_exception(LogError(f"message log write failed: {exc}"))
@@ -184,9 +190,7 @@ class SQLiteMessageLog:
         self._db.row_factory = aiosqlite.Row
         try:
             async with self._db.execute(
-                "SELECT e.*, b.request_body, b.response_body FROM exchange e"
-                " LEFT JOIN exchange_body b USING (leaf_index)"
-                " WHERE e.message_id = ? ORDER BY e.leaf_index",
+                "SELECT * FROM exchange WHERE message_id = ? ORDER BY leaf_index",
                 (message_id,),
             ) as cur:
                 return [dict(r) for r in await cur.fetchall()]
