@@ -9,6 +9,7 @@ parser (no dot segments, no encoded slashes) and is appended to the base URL's p
 from __future__ import annotations
 
 import aiohttp
+import structlog
 from yarl import URL
 
 from xroad_hub.errors import XRoadError
@@ -17,6 +18,8 @@ from xroad_hub.streams import BodyTooLarge, read_capped
 from .base import AdapterRequest, AdapterResponse
 
 __all__ = ["RestAdapter"]
+
+log = structlog.get_logger("xroad_hub.adapters.rest")
 
 
 class RestAdapter:
@@ -49,6 +52,9 @@ class RestAdapter:
             str(self._base) + request.path + ("?" + request.query if request.query else ""),
             encoded=True,
         )
+        # Defence in depth behind the path checks: never another host, never above the base.
+        if url.origin() != self._base.origin() or not url.raw_path.startswith(self._base.raw_path):
+            raise XRoadError.server_proxy("InvalidMessage", "request path leaves the service")
         session = self._session_or_new()
         try:
             async with session.request(
@@ -71,16 +77,18 @@ class RestAdapter:
         except XRoadError:
             raise
         except TimeoutError as exc:
-            raise XRoadError.server_proxy(
-                "NetworkError", f"service at {self._base.host}:{self._base.port} timed out"
-            ) from exc
+            raise self._failed("NetworkError", "the service did not answer in time", exc) from exc
         except aiohttp.ClientConnectionError as exc:
-            raise XRoadError.server_proxy(
-                "NetworkError",
-                f"cannot connect to the service at {self._base.host}:{self._base.port}",
-            ) from exc
+            raise self._failed("NetworkError", "cannot connect to the service", exc) from exc
         except aiohttp.ClientError as exc:
-            raise XRoadError.server_proxy("ServiceFailed", f"service failed: {exc}") from exc
+            raise self._failed("ServiceFailed", "the service failed", exc) from exc
+
+    def _failed(self, code: str, message: str, exc: BaseException) -> XRoadError:
+        # Internal addresses and library messages stay in this node's log, under the id the
+        # client is given; a foreign client learns only what kind of failure it was.
+        err = XRoadError.server_proxy(code, message)
+        log.warning("adapter.failed", detail=err.detail, backend=str(self._base), error=repr(exc))
+        return err
 
     async def close(self) -> None:
         if self._own_session and self._session is not None:

@@ -17,6 +17,7 @@ import orjson
 import pytest
 
 from xroad_hub.globalconf import NodeEntry, sign_globalconf
+from xroad_hub.identifiers import parse_subsystem_id
 from xroad_hub.message import decode_envelope, encode_envelope
 from xroad_hub.node.peer import PEER_PATH
 from xroad_hub.pki import generate_key, issue_cert, load_private_key, make_root_ca
@@ -339,3 +340,75 @@ async def test_tampered_response_signature_is_refused_by_client_node(
         assert r.status == 500
         assert r.headers["X-Road-Error"] == "Server.ClientProxy.InvalidSignatureValue"
         assert "X-Road-Request-Hash" not in r.headers
+
+
+async def _signed_from_client_node(fed: Fed, **changes: object):  # type: ignore[no-untyped-def]
+    """Deliver a correctly signed request as a (rogue) client node would craft it."""
+    import uuid
+
+    from xroad_hub.message import body_digest, canonical
+
+    rt = fed.federation.nodes[DGA].runtime
+    member = next(m for m in rt.signers if str(m) == "TH/GOV/DGA")
+    signer = rt.signers[member]
+    meta = {
+        "v": 1,
+        "kind": "request",
+        "id": str(uuid.uuid4()),
+        "request_id": str(uuid.uuid4()),
+        "client": "TH/GOV/DGA/devportal",
+        "service": "TH/GOV/DBD/registry/echo",
+        "target_node": DBD,
+        "method": "GET",
+        "path": "",
+        "query": "",
+        "headers": [],
+        "user_id": None,
+        "issue": None,
+        "represented_party": None,
+        "created": time.time(),
+        "body_sha512": body_digest(b""),
+    }
+    meta.update(changes)
+    meta_bytes = canonical(meta)
+    envelope = encode_envelope(meta_bytes, signer.sign(meta_bytes), signer.cert_der, b"")
+    peer = rt.globalconf.current().node_hosting(parse_subsystem_id("TH/GOV/DBD/registry"))
+    return await rt.peers.send(peer, envelope, 10)
+
+
+@pytest.mark.parametrize(
+    "changes",
+    [
+        {"path": "@127.0.0.1:1/steal"},
+        {"path": "/../../admin"},
+        {"path": "/a%2fb"},
+        {"query": "a=1 HTTP/1.1\r\nX: y"},
+        {"method": "GET /x"},
+        {"headers": [["X-Evil", "a\r\nInjected: yes"]]},
+        {"headers": [["Bad Name", "x"]]},
+        {"user_id": "x" * 300},
+    ],
+)
+async def test_provider_node_rechecks_what_the_client_node_signed(fed: Fed, changes) -> None:
+    reply = await _signed_from_client_node(fed, **changes)
+    assert reply.status == 500
+    assert orjson.loads(reply.body)["type"] == "Server.ServerProxy.InvalidMessage"
+
+
+async def test_client_node_cannot_inject_node_headers(fed: Fed) -> None:
+    reply = await _signed_from_client_node(
+        fed,
+        headers=[
+            ["X-Road-Client", "TH/GOV/BMA/licensing"],
+            ["Host", "evil.example"],
+            ["Transfer-Encoding", "chunked"],
+            ["X-Fine", "yes"],
+        ],
+    )
+    assert reply.status == 200
+    env = decode_envelope(reply.body)
+    seen = orjson.loads(env.body)["headers"]
+    assert [v for k, v in seen if k.lower() == "x-road-client"] == ["TH/GOV/DGA/devportal"]
+    assert "evil.example" not in {v for k, v in seen if k.lower() == "host"}
+    assert "chunked" not in {v for k, v in seen if k.lower() == "transfer-encoding"}
+    assert ["X-Fine", "yes"] in seen

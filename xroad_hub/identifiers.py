@@ -22,6 +22,7 @@ __all__ = [
     "parse_client_id",
     "parse_member_id",
     "parse_node_id",
+    "parse_r1_service",
     "parse_service_id",
     "parse_subsystem_id",
     "valid_part",
@@ -152,6 +153,12 @@ def parse_service_id(text: str) -> ServiceId:
     parts = _split(text, "service", (5, 6))
     provider = SubsystemId(*parts[:4])
     return ServiceId(provider, parts[4], parts[5] if len(parts) == 6 else None)
+
+
+def parse_r1_service(raw: str) -> ServiceId:
+    """``INSTANCE/CLASS/MEMBER/SUBSYSTEM/SERVICECODE`` of an r1 URL, parts percent-encoded."""
+    parts = _split(raw, "service", (5,), decode=True)
+    return ServiceId(SubsystemId(*parts[:4]), parts[4])
 
 
 def parse_node_id(text: str) -> NodeId:

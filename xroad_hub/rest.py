@@ -22,12 +22,16 @@ from xml.sax.saxutils import escape
 import orjson
 
 from .errors import XRoadError
-from .identifiers import ClientId, ServiceId, SubsystemId, parse_client_id, valid_part
+from .identifiers import ClientId, ServiceId, parse_client_id, parse_r1_service, valid_part
 
 __all__ = [
     "MAX_URI_LENGTH",
     "R1Target",
     "check_header_value",
+    "check_headers",
+    "check_method",
+    "check_path",
+    "check_query",
     "error_response",
     "filter_request_headers",
     "filter_response_headers",
@@ -77,6 +81,9 @@ _XROAD_OWN = frozenset(
     )
 )
 # RFC 3986 pchar: unreserved, sub-delims, ':' '@' and well-formed percent-escapes.
+_TOKEN = re.compile(r"[!#$%&'*+\-.^_`|~0-9A-Za-z]+")
+_BAD_QUERY = re.compile(r"[\x00-\x20\x7f#]")
+_BAD_VALUE = re.compile(r"[\x00-\x08\x0a-\x1f\x7f]")
 _SAFE_SEGMENT = re.compile(r"(?:[A-Za-z0-9\-._~!$&'()*+,;=:@]|%[0-9A-Fa-f]{2})*")
 
 
@@ -109,24 +116,58 @@ def parse_r1_target(raw_path: str, raw_query: str = "") -> R1Target:
             "BadRequest",
             "service identifier must be /r1/INSTANCE/CLASS/MEMBER/SUBSYSTEM/SERVICECODE[/path]",
         )
-    try:
-        ids = [unquote(s, errors="strict") for s in segments[:5]]
-    except UnicodeDecodeError as exc:
-        raise XRoadError.client("BadRequest", "service identifier is not UTF-8") from exc
-    for part in ids:
-        if not valid_part(part):
-            raise XRoadError.client(
-                "BadRequest",
-                f"illegal characters in service identifier part {part[:100]!r}; allowed are "
-                "A-Z a-z 0-9 and ' ( ) + , - . = ?",
-            )
-    rest = segments[5:]
-    for seg in rest:
+    service = parse_r1_service("/".join(segments[:5]))
+    path = "/" + "/".join(segments[5:]) if len(segments) > 5 else ""
+    check_path(path)
+    check_query(raw_query)
+    return R1Target(service, path, raw_query)
+
+
+def check_path(path: str) -> None:
+    """The path remainder forwarded to a backend: "" or "/seg/seg..." of RFC 3986 segments,
+    no dot segments, no encoded separators, no empty inner segments.
+
+    Both nodes run it: the provider's node never trusts the client's node to have done so.
+    """
+    if not path:
+        return
+    if not path.startswith("/"):
+        raise XRoadError.client("BadRequest", "the request path must start with '/'")
+    segments = path[1:].split("/")
+    for seg in segments:
         _check_path_segment(seg)
-    if rest and any(seg == "" for seg in rest[:-1]):
+    if any(seg == "" for seg in segments[:-1]):
         raise XRoadError.client("BadRequest", "empty path segment ('//') in the request path")
-    service = ServiceId(SubsystemId(*ids[:4]), ids[4])
-    return R1Target(service, "/" + "/".join(rest) if rest else "", raw_query)
+
+
+def check_query(query: str) -> None:
+    """Queries pass unchanged, but nothing that could end or split the request line."""
+    if _BAD_QUERY.search(query):
+        raise XRoadError.client(
+            "BadRequest", "the query string holds spaces, control characters or '#'"
+        )
+
+
+def check_method(method: str) -> None:
+    if not _TOKEN.fullmatch(method):
+        raise XRoadError.client("BadRequest", "the request method is not an HTTP token")
+
+
+def check_headers(headers: object) -> list[tuple[str, str]]:
+    """Headers as a list of (token name, single-line value) pairs, or BadRequest."""
+    if not isinstance(headers, list):
+        raise XRoadError.client("BadRequest", "headers must be a list of name/value pairs")
+    out = []
+    for pair in headers:
+        if not (isinstance(pair, list | tuple) and len(pair) == 2):
+            raise XRoadError.client("BadRequest", "headers must be a list of name/value pairs")
+        name, value = pair
+        if not (isinstance(name, str) and isinstance(value, str)) or not _TOKEN.fullmatch(name):
+            raise XRoadError.client("BadRequest", "header name is not an HTTP token")
+        if _BAD_VALUE.search(value):
+            raise XRoadError.client("BadRequest", f"header {name} holds control characters")
+        out.append((name, value))
+    return out
 
 
 def _check_path_segment(seg: str) -> None:

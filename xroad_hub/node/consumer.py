@@ -30,7 +30,6 @@ from ..message import (
     encode_envelope,
 )
 from ..messagelog import LogRecord
-from ..messagelog.store import LogError
 from ..rest import (
     check_header_value,
     filter_request_headers,
@@ -223,12 +222,7 @@ class ClientProxy:
         return env
 
     async def _log(self, record: LogRecord) -> None:
-        try:
-            await self.rt.log.append(record)
-        except LogError as exc:
-            raise XRoadError.client_proxy(
-                "LoggingFailed", "the exchange could not be logged, so it is not answered"
-            ) from exc
+        await self.rt.record(record, CLIENT_PROXY)
 
 
 def _opt(headers: Any, name: str) -> str | None:

@@ -9,6 +9,7 @@ with the provider member's key and logged durably -> returned.
 
 from __future__ import annotations
 
+import asyncio
 import time
 from typing import Any
 
@@ -29,8 +30,17 @@ from ..message import (
     encode_envelope,
 )
 from ..messagelog import LogRecord
-from ..messagelog.store import LogError
-from ..rest import filter_response_headers, request_hash
+from ..rest import (
+    check_header_value,
+    check_headers,
+    check_method,
+    check_path,
+    check_query,
+    filter_request_headers,
+    filter_response_headers,
+    parse_represented_party,
+    request_hash,
+)
 from ..signing import SignatureError
 from .runtime import NodeRuntime, answer_errors, read_body
 from .tls import peer_fingerprint
@@ -100,6 +110,16 @@ class ServerProxy:
         except XRoadError as err:
             await self._log(env, client, service, started, status=err.status, error=err.code)
             raise
+        except asyncio.CancelledError:
+            # Shutdown or a dropped connection mid-exchange: the request is still recorded.
+            failed = f"{SERVER_PROXY}.InternalError"
+            await asyncio.shield(self._log(env, client, service, started, 500, failed))
+            raise
+        except Exception as exc:
+            err = _fail("InternalError", "internal error in the provider's node")
+            log.exception("exchange.internal_error", side="provider", detail=err.detail)
+            await self._log(env, client, service, started, status=500, error=err.code)
+            raise err from exc
 
     async def _serve(
         self, env: Envelope, client: ClientId, service: ServiceId, started: float
@@ -116,29 +136,7 @@ class ServerProxy:
         if client not in cfg.allow:
             raise _fail("AccessDenied", f"{client} has no access right to {service}")
 
-        headers = [(str(k), str(v)) for k, v in meta.get("headers", [])]
-        headers += [
-            (name, value)
-            for name, value in (
-                ("X-Road-Client", str(client)),
-                ("X-Road-Service", str(service)),
-                ("X-Road-Id", meta.get("id")),
-                ("X-Road-Request-Id", meta.get("request_id")),
-                ("X-Road-UserId", meta.get("user_id")),
-                ("X-Road-Issue", meta.get("issue")),
-                ("X-Road-Represented-Party", meta.get("represented_party")),
-            )
-            if value
-        ]
-        answer = await hosted.adapter.handle(
-            AdapterRequest(
-                method=str(meta["method"]),
-                path=str(meta.get("path", "")),
-                query=str(meta.get("query", "")),
-                headers=tuple(headers),
-                body=env.body,
-            )
-        )
+        answer = await hosted.adapter.handle(_adapter_request(env, client, service))
         full_service = ServiceId(service.provider, service.service_code, cfg.version)
         rmeta: dict[str, Any] = {
             "v": 1,
@@ -183,7 +181,6 @@ class ServerProxy:
         client: ClientId,
         service: ServiceId,
         started: float,
-        *,
         status: int,
         error: str | None,
         response: tuple[bytes, bytes, bytes] | None = None,
@@ -211,12 +208,7 @@ class ServerProxy:
             response_signature=rsig,
             response_body=rbody,
         )
-        try:
-            await self.rt.log.append(record)
-        except LogError as exc:
-            raise _fail(
-                "LoggingFailed", "the exchange could not be logged, so it is not answered"
-            ) from exc
+        await self.rt.record(record, SERVER_PROXY)
 
 
 def _identify(meta: dict[str, Any]) -> tuple[ClientId, ServiceId]:
@@ -226,3 +218,32 @@ def _identify(meta: dict[str, Any]) -> tuple[ClientId, ServiceId]:
         return parse_client_id(str(meta["client"])), parse_service_id(str(meta["service"]))
     except (KeyError, XRoadError) as exc:
         raise _fail("InvalidMessage", "request lacks a valid client or service") from exc
+
+
+def _adapter_request(env: Envelope, client: ClientId, service: ServiceId) -> AdapterRequest:
+    """What the adapter gets: the client node's checks are run again, since that node belongs
+    to another organisation, and the X-Road headers are set by this node alone."""
+    meta = env.meta
+    try:
+        method, path, query = str(meta["method"]), str(meta["path"]), str(meta["query"])
+        check_method(method)
+        check_path(path)
+        check_query(query)
+        headers = filter_request_headers(check_headers(meta.get("headers")))
+        own = [
+            ("X-Road-Client", str(client)),
+            ("X-Road-Service", str(service)),
+            ("X-Road-Id", check_header_value("X-Road-Id", str(meta["id"]))),
+            ("X-Road-Request-Id", check_header_value("X-Road-Request-Id", str(meta["request_id"]))),
+        ]
+        for name, key in (("X-Road-UserId", "user_id"), ("X-Road-Issue", "issue")):
+            if meta.get(key):
+                own.append((name, check_header_value(name, str(meta[key]))))
+        if meta.get("represented_party"):
+            party = parse_represented_party(str(meta["represented_party"]))
+            own.append(("X-Road-Represented-Party", party))
+    except KeyError as exc:
+        raise _fail("InvalidMessage", f"request lacks {exc}") from exc
+    except XRoadError as exc:
+        raise _fail("InvalidMessage", f"request from the client's node: {exc.message}") from exc
+    return AdapterRequest(method, path, query, tuple(headers + own), env.body)

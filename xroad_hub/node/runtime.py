@@ -16,7 +16,8 @@ from ..errors import XRoadError
 from ..federation import ServiceConfig
 from ..globalconf import GlobalConf
 from ..identifiers import MemberId, NodeId, ServiceId
-from ..messagelog import MessageLog
+from ..messagelog import LogRecord, MessageLog
+from ..messagelog.store import LogError
 from ..rest import error_response
 from ..signing import MessageSigner
 from ..streams import BodyTooLarge, read_capped
@@ -56,6 +57,16 @@ class NodeRuntime:
                 " it downloads a valid one from the central registry",
             )
         return conf
+
+    async def record(self, record: LogRecord, raise_as: str) -> None:
+        """Log durably, or fail the exchange: nothing is answered that is not logged."""
+        try:
+            await self.log.append(record)
+        except LogError as exc:
+            raise XRoadError(
+                f"{raise_as}.LoggingFailed",
+                "the exchange could not be logged, so it is not answered",
+            ) from exc
 
     def signer_for(self, member: MemberId, raise_as: str) -> MessageSigner:
         signer = self.signers.get(member)
