@@ -13,6 +13,7 @@ import time
 from urllib.parse import urlsplit
 
 import aiohttp
+import jwt
 import orjson
 import pytest
 
@@ -179,7 +180,7 @@ def _alg_none_token() -> str:
         pytest.param(lambda fed: fed.token(exp=int(time.time()) + 3600), id="too-long-lived"),
         pytest.param(lambda fed: _alg_none_token(), id="alg-none"),
         pytest.param(
-            lambda fed: __import__("jwt").encode(
+            lambda fed: jwt.encode(
                 {
                     "iss": PORTAL,
                     "aud": DGA,
