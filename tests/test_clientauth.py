@@ -97,14 +97,8 @@ def _fails(auth: ClientAuthenticator, client, creds: Credentials, code: str) -> 
 )
 def test_unregistered_client_refused(client) -> None:
     auth = _auth()
-    assert not auth.is_registered(client)
     err = _fails(auth, client, _creds(), "Server.ClientProxy.UnknownMember")
     assert err.status == 500
-
-
-def test_is_registered() -> None:
-    auth = _auth()
-    assert all(auth.is_registered(c) for c in (DEV, MTLS, JWT, JWT2))
 
 
 # --- http -----------------------------------------------------------------------------------
@@ -151,90 +145,96 @@ def test_mtls_client_cannot_use_plain_loopback() -> None:
 
 
 def test_jwt_valid_ok() -> None:
-    reg = _auth().authenticate(JWT, _creds("203.0.113.5", bearer=_token()))
+    reg = _auth().authenticate(JWT, _creds("203.0.113.5", tls=True, bearer=_token()))
     assert reg.id == JWT
 
 
 def test_jwt_valid_at_max_lifetime_ok() -> None:
     now = int(time.time())
     token = _token(iat=now, exp=now + MAX_TOKEN_LIFETIME)
-    _auth().authenticate(JWT, _creds(bearer=token))
+    _auth().authenticate(JWT, _creds(tls=True, bearer=token))
 
 
 def test_jwt_missing_bearer_refused() -> None:
     _fails(_auth(), JWT, _creds(), TOKEN_FAILED)
-    _fails(_auth(), JWT, _creds(bearer=""), TOKEN_FAILED)
+    _fails(_auth(), JWT, _creds(tls=True, bearer=""), TOKEN_FAILED)
 
 
 def test_jwt_replay_refused() -> None:
     auth = _auth()
     token = _token()
-    auth.authenticate(JWT, _creds(bearer=token))
-    err = _fails(auth, JWT, _creds(bearer=token), TOKEN_FAILED)
+    auth.authenticate(JWT, _creds(tls=True, bearer=token))
+    err = _fails(auth, JWT, _creds(tls=True, bearer=token), TOKEN_FAILED)
     assert "replay" in err.message
 
 
 def test_jwt_same_jti_in_a_new_token_refused() -> None:
     auth = _auth()
     jti = str(uuid.uuid4())
-    auth.authenticate(JWT, _creds(bearer=_token(jti=jti)))
-    _fails(auth, JWT, _creds(bearer=_token(jti=jti, exp=int(time.time()) + 90)), TOKEN_FAILED)
+    auth.authenticate(JWT, _creds(tls=True, bearer=_token(jti=jti)))
+    _fails(
+        auth, JWT, _creds(tls=True, bearer=_token(jti=jti, exp=int(time.time()) + 90)), TOKEN_FAILED
+    )
 
 
 def test_jwt_fresh_jti_accepted_after_use() -> None:
     auth = _auth()
-    auth.authenticate(JWT, _creds(bearer=_token()))
-    auth.authenticate(JWT, _creds(bearer=_token()))
+    auth.authenticate(JWT, _creds(tls=True, bearer=_token()))
+    auth.authenticate(JWT, _creds(tls=True, bearer=_token()))
 
 
 def test_jwt_ids_are_per_client() -> None:
     auth = _auth()
-    auth.authenticate(JWT, _creds(bearer=_token(jti="shared")))
-    auth.authenticate(JWT2, _creds(bearer=_token(JWT2_KEY, client=JWT2, jti="shared")))
+    auth.authenticate(JWT, _creds(tls=True, bearer=_token(jti="shared")))
+    auth.authenticate(JWT2, _creds(tls=True, bearer=_token(JWT2_KEY, client=JWT2, jti="shared")))
 
 
 def test_jwt_failed_token_does_not_burn_its_jti() -> None:
     auth = _auth()
-    _fails(auth, JWT, _creds(bearer=_token(jti="j1", aud="elsewhere")), TOKEN_FAILED)
-    auth.authenticate(JWT, _creds(bearer=_token(jti="j1")))
+    _fails(auth, JWT, _creds(tls=True, bearer=_token(jti="j1", aud="elsewhere")), TOKEN_FAILED)
+    auth.authenticate(JWT, _creds(tls=True, bearer=_token(jti="j1")))
 
 
 def test_jwt_expired_refused() -> None:
     now = int(time.time())
-    err = _fails(_auth(), JWT, _creds(bearer=_token(iat=now - 120, exp=now - 60)), TOKEN_FAILED)
+    err = _fails(
+        _auth(), JWT, _creds(tls=True, bearer=_token(iat=now - 120, exp=now - 60)), TOKEN_FAILED
+    )
     assert "expired" in err.message
 
 
 def test_jwt_issued_in_the_future_refused() -> None:
     now = int(time.time())
-    _fails(_auth(), JWT, _creds(bearer=_token(iat=now + 3600, exp=now + 3660)), TOKEN_FAILED)
+    _fails(
+        _auth(), JWT, _creds(tls=True, bearer=_token(iat=now + 3600, exp=now + 3660)), TOKEN_FAILED
+    )
 
 
 def test_jwt_wrong_audience_refused() -> None:
-    err = _fails(_auth(), JWT, _creds(bearer=_token(aud="TH/GOV/DGA/hub2")), TOKEN_FAILED)
+    err = _fails(_auth(), JWT, _creds(tls=True, bearer=_token(aud="TH/GOV/DGA/hub2")), TOKEN_FAILED)
     assert "audience" in err.message
 
 
 def test_jwt_wrong_issuer_refused() -> None:
-    err = _fails(_auth(), JWT, _creds(bearer=_token(iss=str(JWT2))), TOKEN_FAILED)
+    err = _fails(_auth(), JWT, _creds(tls=True, bearer=_token(iss=str(JWT2))), TOKEN_FAILED)
     assert "issuer" in err.message
 
 
 def test_jwt_token_of_another_client_refused() -> None:
     # JWT2's own valid token presented for JWT: wrong key and wrong issuer.
     token = _token(JWT2_KEY, client=JWT2)
-    _fails(_auth(), JWT, _creds(bearer=token), TOKEN_FAILED)
+    _fails(_auth(), JWT, _creds(tls=True, bearer=token), TOKEN_FAILED)
 
 
 def test_jwt_signed_with_another_key_refused() -> None:
-    _fails(_auth(), JWT, _creds(bearer=_token(generate_key())), TOKEN_FAILED)
+    _fails(_auth(), JWT, _creds(tls=True, bearer=_token(generate_key())), TOKEN_FAILED)
 
 
 def test_jwt_alg_none_refused() -> None:
     header = _b64url(json.dumps({"alg": "none", "typ": "JWT"}).encode())
     payload = _b64url(json.dumps(_claims()).encode())
     for token in (f"{header}.{payload}.", f"{header}.{payload}.{_b64url(b'x')}"):
-        _fails(_auth(), JWT, _creds(bearer=token), TOKEN_FAILED)
+        _fails(_auth(), JWT, _creds(tls=True, bearer=token), TOKEN_FAILED)
 
 
 def test_jwt_hs256_with_public_key_as_secret_refused() -> None:
@@ -246,26 +246,31 @@ def test_jwt_hs256_with_public_key_as_secret_refused() -> None:
     for encoding in (serialization.Encoding.PEM, serialization.Encoding.DER):
         secret = JWT_KEY.public_key().public_bytes(encoding, spki)
         sig = _b64url(hmac.new(secret, signing_input, hashlib.sha256).digest())
-        _fails(_auth(), JWT, _creds(bearer=f"{header}.{payload}.{sig}"), TOKEN_FAILED)
+        _fails(_auth(), JWT, _creds(tls=True, bearer=f"{header}.{payload}.{sig}"), TOKEN_FAILED)
 
 
 def test_jwt_lifetime_over_limit_refused() -> None:
     now = int(time.time())
     token = _token(iat=now, exp=now + MAX_TOKEN_LIFETIME + 1)
-    err = _fails(_auth(), JWT, _creds(bearer=token), TOKEN_FAILED)
+    err = _fails(_auth(), JWT, _creds(tls=True, bearer=token), TOKEN_FAILED)
     assert "lifetime" in err.message
 
 
 @pytest.mark.parametrize("claim", ["jti", "exp", "iat", "iss", "aud"])
 def test_jwt_missing_required_claim_refused(claim: str) -> None:
-    _fails(_auth(), JWT, _creds(bearer=_token(**{claim: None})), TOKEN_FAILED)
+    _fails(_auth(), JWT, _creds(tls=True, bearer=_token(**{claim: None})), TOKEN_FAILED)
 
 
 @pytest.mark.parametrize("bearer", ["garbage", "a.b.c", "..", "Bearer x"])
 def test_jwt_garbage_refused(bearer: str) -> None:
-    _fails(_auth(), JWT, _creds(bearer=bearer), TOKEN_FAILED)
+    _fails(_auth(), JWT, _creds(tls=True, bearer=bearer), TOKEN_FAILED)
 
 
 def test_token_failures_are_client_faults() -> None:
-    err = _fails(_auth(), JWT, _creds(bearer="garbage"), TOKEN_FAILED)
+    err = _fails(_auth(), JWT, _creds(tls=True, bearer="garbage"), TOKEN_FAILED)
     assert err.status == 400
+
+
+def test_jwt_over_plain_http_is_refused_even_from_loopback() -> None:
+    err = _fails(_auth(), JWT, _creds("127.0.0.1", tls=False, bearer=_token()), TOKEN_FAILED)
+    assert "HTTPS" in err.message

@@ -277,12 +277,19 @@ async def test_unregistered_node_certificate_is_refused_by_provider(fed: Fed, ht
 async def test_provider_node_with_unregistered_certificate_is_refused_by_client(
     fed: Fed, http
 ) -> None:
-    """The client node pins the provider node's registered certificate."""
+    """The client node pins the provider node's registered certificate in the handshake:
+    the real DBD node is refused before any request byte reaches it."""
     node = fed.federation.nodes[DGA]
     registry = Registry(fed.federation.fed, fed.pki)
     conf = registry.current()
+    other = next(n for n in conf.nodes if str(n.id) == "TH/GOV/BMA/hub1")
+    # DBD's address, but BMA's (valid, same-CA) certificate registered for it.
     forged = tuple(
-        dataclasses.replace(n, auth_cert_sha256="00" * 32) if str(n.id) == DBD else n
+        dataclasses.replace(
+            n, auth_cert_sha256=other.auth_cert_sha256, auth_cert_der=other.auth_cert_der
+        )
+        if str(n.id) == DBD
+        else n
         for n in conf.nodes
     )
     conf = dataclasses.replace(conf, nodes=forged)
@@ -413,3 +420,33 @@ async def test_client_node_cannot_inject_node_headers(fed: Fed) -> None:
     assert "evil.example" not in {v for k, v in seen if k.lower() == "host"}
     assert "chunked" not in {v for k, v in seen if k.lower() == "transfer-encoding"}
     assert ["X-Fine", "yes"] in seen
+
+
+async def test_client_certificate_cannot_serve_as_a_node(fed: Fed, tmp_path) -> None:
+    """A client system's certificate (clientAuth only) fails a node's server check, even with
+    only the CA trusted (no pinning), so it can never pose as a provider node."""
+    from aiohttp import web
+
+    from xroad_hub.node.tls import peer_client_context, peer_server_context
+    from xroad_hub.testing import free_port
+
+    licensing = fed.pki.client_tls("TH/GOV/BMA/licensing")
+    app = web.Application()
+
+    async def steal(request: web.Request) -> web.Response:
+        return web.Response(text="stolen")
+
+    app.router.add_post(PEER_PATH, steal)
+    runner = web.AppRunner(app)
+    await runner.setup()
+    port = free_port()
+    ctx = peer_server_context(licensing.cert, licensing.key, fed.pki.root_ca.cert)
+    await web.TCPSite(runner, "127.0.0.1", port, ssl_context=ctx).start()
+    try:
+        node_auth = fed.pki.node_auth(DGA)
+        client_ctx = peer_client_context(node_auth.cert, node_auth.key, fed.pki.root_ca.cert)
+        async with aiohttp.ClientSession() as session:
+            with pytest.raises(aiohttp.ClientConnectorCertificateError):
+                await session.post(f"https://127.0.0.1:{port}{PEER_PATH}", ssl=client_ctx)
+    finally:
+        await runner.cleanup()

@@ -225,3 +225,14 @@ async def test_failed_write_raises_and_leaves_no_gap(mlog: SQLiteMessageLog) -> 
     assert await mlog.append(_rec(2)) == 1
     assert await mlog.count() == 2
     assert [orjson.loads(x)["message_id"] for x in await mlog.leaves(0, 10)] == ["msg-0", "msg-2"]
+
+
+async def test_log_of_another_schema_version_is_refused_not_migrated(tmp_path) -> None:
+    import sqlite3
+
+    path = tmp_path / "old.sqlite"
+    with sqlite3.connect(path) as conn:
+        conn.execute("CREATE TABLE exchange (leaf_index INTEGER PRIMARY KEY, leaf BLOB)")
+    log = SQLiteMessageLog(path)
+    with pytest.raises(LogError, match="schema version 0"):
+        await log.open()

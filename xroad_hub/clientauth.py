@@ -64,9 +64,6 @@ class ClientAuthenticator:
         self._seen_jti: dict[str, float] = {}
         self._next_purge = 0.0
 
-    def is_registered(self, client: ClientId) -> bool:
-        return client in self._regs
-
     def authenticate(self, client: ClientId, creds: Credentials) -> ClientRegistration:
         reg = self._regs.get(client)
         if reg is None:
@@ -84,6 +81,9 @@ class ClientAuthenticator:
                     f"the TLS client certificate is not the one registered for {client}"
                 )
         elif reg.auth == "jwt":
+            if not creds.tls:
+                # A bearer token in clear text can be read and used first by anyone between.
+                raise _token_fail(f"{client} must send its token over HTTPS")
             self._check_token(reg, creds.bearer)
         else:  # pragma: no cover - the federation loader admits only the three types
             raise _ssl_fail(f"unknown connection type for {client}")

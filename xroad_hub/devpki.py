@@ -59,7 +59,7 @@ def ensure_pki(fed: FederationConfig, certs_dir: Path) -> list[Path]:
         leaf(layout.node_auth(str(node.id)), str(node.id), "tls")
         for client in node.clients:
             if client.auth == "mtls":
-                leaf(layout.client_tls(str(client.id)), str(client.id), "tls")
+                leaf(layout.client_tls(str(client.id)), str(client.id), "client-tls")
             elif client.auth == "jwt":
                 paths = layout.client_jwt(str(client.id))
                 _refuse_half_pair(paths)

@@ -24,22 +24,16 @@ SERVER_PROXY = "Server.ServerProxy"
 class XRoadError(Exception):
     """An X-Road fault: ``code`` like ``Server.ServerProxy.AccessDenied``."""
 
-    def __init__(
-        self, code: str, message: str, *, detail: str | None = None, status: int | None = None
-    ) -> None:
+    def __init__(self, code: str, message: str, *, detail: str | None = None) -> None:
         super().__init__(f"{code}: {message}")
         self.code = code
         self.message = message
         # The detail id lets an operator find this fault in the node's log.
         self.detail = detail or str(uuid.uuid4())
-        self._status = status
 
     @property
     def status(self) -> int:
-        """HTTP status of the REST rendering: 400 for client faults, otherwise 500 (unless an
-        error relayed from the provider's node keeps the status that node gave it)."""
-        if self._status is not None:
-            return self._status
+        """HTTP status of the REST rendering: 400 for client faults, otherwise 500."""
         return 400 if self.code.startswith(CLIENT + ".") else 500
 
     @classmethod

@@ -22,6 +22,7 @@ from cryptography.hazmat.primitives.asymmetric import ec
 
 from .identifiers import ClientId, MemberId, NodeId, parse_client_id, parse_member_id, parse_node_id
 from .message import canonical
+from .signing import cert_fingerprint
 
 __all__ = ["GlobalConf", "GlobalConfError", "NodeEntry", "sign_globalconf", "verify_globalconf"]
 
@@ -38,6 +39,9 @@ class NodeEntry:
     address: str  # host:port of the node's inter-node (mutual TLS) endpoint
     auth_cert_sha256: str
     clients: frozenset[ClientId]
+    # The certificate itself lets a client node trust exactly this certificate during the
+    # handshake, so not one byte of a request goes to anybody else.
+    auth_cert_der: bytes = b""
 
 
 @dataclass(frozen=True)
@@ -86,6 +90,7 @@ class GlobalConf:
                     "id": str(n.id),
                     "address": n.address,
                     "auth_cert_sha256": n.auth_cert_sha256,
+                    "auth_cert": base64.b64encode(n.auth_cert_der).decode(),
                     "clients": sorted(str(c) for c in n.clients),
                 }
                 for n in self.nodes
@@ -102,9 +107,13 @@ class GlobalConf:
                     str(n["address"]),
                     str(n["auth_cert_sha256"]),
                     frozenset(parse_client_id(c) for c in n["clients"]),
+                    base64.b64decode(n.get("auth_cert", "")),
                 )
                 for n in d["nodes"]  # type: ignore[attr-defined]
             )
+            for n in nodes:
+                if n.auth_cert_der and cert_fingerprint(n.auth_cert_der) != n.auth_cert_sha256:
+                    raise ValueError(f"certificate of node {n.id} does not match its fingerprint")
             return cls(
                 instance=str(d["instance"]),
                 serial=int(d["serial"]),  # type: ignore[call-overload]

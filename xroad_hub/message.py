@@ -78,25 +78,25 @@ def decode_envelope(data: bytes) -> Envelope:
     provider node blames the client node, the client node blames the provider).
     """
     if not data.startswith(MAGIC):
-        raise _Malformed("not an xroad-hub message (bad magic)")
+        raise _malformed("not an xroad-hub message (bad magic)")
     pos = len(MAGIC)
     parts = []
     for limit, what in ((MAX_META, "metadata"), (MAX_SIGNATURE, "signature"), (MAX_CERT, "cert")):
         if pos + 4 > len(data):
-            raise _Malformed(f"truncated message before {what}")
+            raise _malformed(f"truncated message before {what}")
         (n,) = _LEN.unpack_from(data, pos)
         pos += 4
         if n > limit or pos + n > len(data):
-            raise _Malformed(f"{what} length {n} out of bounds")
+            raise _malformed(f"{what} length {n} out of bounds")
         parts.append(data[pos : pos + n])
         pos += n
     meta_bytes, signature, cert_der = parts
     try:
         meta = orjson.loads(meta_bytes)
     except orjson.JSONDecodeError as exc:
-        raise _Malformed("metadata is not JSON") from exc
+        raise _malformed("metadata is not JSON") from exc
     if not isinstance(meta, dict):
-        raise _Malformed("metadata is not a JSON object")
+        raise _malformed("metadata is not a JSON object")
     body = data[pos:]
     if meta.get("body_sha512") != body_digest(body):
         raise MessageError("InvalidSignatureValue", "body does not match the signed digest")
@@ -111,5 +111,5 @@ class MessageError(ValueError):
         self.code = code
 
 
-def _Malformed(message: str) -> MessageError:
+def _malformed(message: str) -> MessageError:
     return MessageError("InvalidMessage", message)

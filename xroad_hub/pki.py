@@ -186,7 +186,7 @@ def issue_cert(
     not_before: dt.datetime | None = None,
     not_after: dt.datetime | None = None,
 ) -> x509.Certificate:
-    """Issue a leaf certificate. ``purpose``: "tls" (node or client TLS) or "sign"."""
+    """Issue a leaf certificate. ``purpose``: "tls" (node), "client-tls" or "sign"."""
     now = dt.datetime.now(dt.UTC)
     builder = (
         x509.CertificateBuilder()
@@ -221,6 +221,12 @@ def issue_cert(
                 critical=False,
             )
         )
+    elif purpose == "client-tls":
+        # A client system's certificate can only authenticate a client: it never passes
+        # for a node (no serverAuth), whatever the handshake on the other side checks.
+        builder = builder.add_extension(
+            _key_usage("digital_signature", "key_agreement"), critical=True
+        ).add_extension(x509.ExtendedKeyUsage([ExtendedKeyUsageOID.CLIENT_AUTH]), critical=False)
     elif purpose == "sign":
         builder = builder.add_extension(
             _key_usage("digital_signature", "content_commitment"),

@@ -31,14 +31,14 @@ class Registry:
         self._key = load_private_key(pki.globalconf_signer.key)
         der = serialization.Encoding.DER
         self._root_der = load_cert(pki.root_ca.cert).public_bytes(der)
+        auth = {n.id: load_cert(pki.node_auth(str(n.id)).cert).public_bytes(der) for n in fed.nodes}
         self._nodes = tuple(
             NodeEntry(
                 id=n.id,
                 address=f"{n.peer_listen[0]}:{n.peer_listen[1]}",
-                auth_cert_sha256=cert_fingerprint(
-                    load_cert(pki.node_auth(str(n.id)).cert).public_bytes(der)
-                ),
+                auth_cert_sha256=cert_fingerprint(auth[n.id]),
                 clients=frozenset(n.hosted),
+                auth_cert_der=auth[n.id],
             )
             for n in fed.nodes
         )

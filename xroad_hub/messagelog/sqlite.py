@@ -55,6 +55,7 @@ _COLUMNS = (
     "response_body",
 )
 
+_SCHEMA_VERSION = 1
 _SCHEMA = """
 CREATE TABLE IF NOT EXISTS exchange (
     leaf_index INTEGER PRIMARY KEY,
@@ -112,12 +113,31 @@ class SQLiteMessageLog:
         self._db = await aiosqlite.connect(self.path, isolation_level=None)
         await self._db.execute("PRAGMA journal_mode=WAL")
         await self._db.execute("PRAGMA synchronous=FULL")
-        await self._db.executescript(_SCHEMA)
+        await self._check_schema()
         self._max_batch = min(self._max_batch, _MAX_VARIABLES // len(_COLUMNS))
         async with self._db.execute("SELECT COALESCE(MAX(leaf_index) + 1, 0) FROM exchange") as c:
             row = await c.fetchone()
         self._next_index = int(row[0]) if row else 0
         self._writer = asyncio.create_task(self._run(), name=f"messagelog-writer:{self.path}")
+
+    async def _check_schema(self) -> None:
+        assert self._db is not None
+        async with self._db.execute("PRAGMA user_version") as cur:
+            row = await cur.fetchone()
+        version = int(row[0]) if row else 0
+        async with self._db.execute(
+            "SELECT 1 FROM sqlite_master WHERE type = 'table' AND name = 'exchange'"
+        ) as cur:
+            exists = await cur.fetchone() is not None
+        if version == 0 and not exists:
+            await self._db.executescript(_SCHEMA + f"PRAGMA user_version = {_SCHEMA_VERSION};")
+        elif version != _SCHEMA_VERSION:
+            await self._db.close()
+            raise LogError(
+                f"{self.path} holds a message log of schema version {version}, this node "
+                f"writes version {_SCHEMA_VERSION}; keep that file for audit, move it aside "
+                "and start again (no automatic migration of evidence)"
+            )
 
     async def append(self, record: LogRecord) -> int:
         if self._closing or self._writer is None or self._writer.done():

@@ -247,4 +247,5 @@ def _provider_error(status: int, body: bytes) -> XRoadError:
         )
     if not code or not set(code) <= _ERROR_CODE_CHARS or len(code) > 200:
         return XRoadError.client_proxy("InvalidMessage", "the provider's node sent a bad code")
-    return XRoadError(code, message[:1000], detail=detail[:100], status=status)
+    # The category decides the status, whatever status the other node sent with it.
+    return XRoadError(code, message[:1000], detail=detail[:100])

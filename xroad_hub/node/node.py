@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import functools
 import socket
 from pathlib import Path
 
@@ -87,7 +88,7 @@ class Node:
             services=services,
             log=SQLiteMessageLog(self.data_dir / "messagelog.sqlite"),
             peers=PeerTransport(
-                peer_client_context(auth.cert, auth.key, pki.root_ca.cert),
+                functools.partial(peer_client_context, auth.cert, auth.key, pki.root_ca.cert),
                 cfg.max_body_bytes + 512 * 1024,
             ),
             max_body_bytes=cfg.max_body_bytes,
@@ -140,7 +141,17 @@ class Node:
         for role, app, address, ssl_ctx in plan:
             if address is None and role not in sockets:
                 continue
-            runner = web.AppRunner(app, access_log=None, handle_signals=False, shutdown_timeout=5.0)
+            runner = web.AppRunner(
+                app,
+                access_log=None,
+                handle_signals=False,
+                # In-flight exchanges may run until the provider timeout; stopping earlier
+                # would cut them off unanswered (they would still be logged).
+                shutdown_timeout=cfg.provider_timeout + cfg.body_timeout,
+                # aiohttp's default (3630 s) would let half-sent request heads hold
+                # connections for an hour.
+                keepalive_timeout=15,
+            )
             await runner.setup()
             self._runners.append(runner)
             sock = sockets.get(role) or _bind(address)  # type: ignore[arg-type]

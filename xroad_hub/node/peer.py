@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import ssl
+from collections.abc import Callable
 from dataclasses import dataclass
 
 import aiohttp
@@ -38,8 +39,12 @@ class _PinnedResponse(aiohttp.ClientResponse):
 
 
 class PeerTransport:
-    def __init__(self, ssl_context: ssl.SSLContext, max_reply_bytes: int) -> None:
-        self._ssl = ssl_context
+    def __init__(
+        self, make_context: Callable[[bytes | None], ssl.SSLContext], max_reply_bytes: int
+    ) -> None:
+        self._make_context = make_context
+        self._ssl = make_context(None)
+        self._pinned: dict[str, ssl.SSLContext] = {}
         self._max = max_reply_bytes
         self._session: aiohttp.ClientSession | None = None
 
@@ -51,6 +56,7 @@ class PeerTransport:
                 response_class=_PinnedResponse,
             )
         url = f"https://{peer.address}{PEER_PATH}"
+        ssl_ctx = self._context_for(peer)
         try:
             async with self._session.post(
                 url,
@@ -58,6 +64,7 @@ class PeerTransport:
                 headers={"Content-Type": CONTENT_TYPE},
                 timeout=aiohttp.ClientTimeout(total=timeout, sock_connect=min(timeout, 10.0)),
                 skip_auto_headers=("User-Agent",),
+                ssl=ssl_ctx,
             ) as resp:
                 assert isinstance(resp, _PinnedResponse)
                 if resp.peer_sha256 != peer.auth_cert_sha256:
@@ -87,6 +94,19 @@ class PeerTransport:
             raise XRoadError.client_proxy(
                 "NetworkError", f"cannot reach node {peer.id} at {peer.address}: {exc}"
             ) from exc
+
+    def _context_for(self, peer: NodeEntry) -> ssl.SSLContext:
+        """A context that trusts only the peer's registered certificate (checked in the
+        handshake, before any request byte is sent); our own client certificate as usual."""
+        if not peer.auth_cert_der:
+            return self._ssl  # CA check in the handshake, fingerprint checked on the answer
+        ctx = self._pinned.get(peer.auth_cert_sha256)
+        if ctx is None:
+            ctx = self._make_context(peer.auth_cert_der)
+            if len(self._pinned) > 1024:
+                self._pinned.clear()
+            self._pinned[peer.auth_cert_sha256] = ctx
+        return ctx
 
     async def close(self) -> None:
         if self._session is not None:

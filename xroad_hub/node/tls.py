@@ -36,12 +36,20 @@ def client_facing_context(cert: Path, key: Path, ca: Path) -> ssl.SSLContext:
     return _server(cert, key, ca, ssl.CERT_OPTIONAL)
 
 
-def peer_client_context(cert: Path, key: Path, ca: Path) -> ssl.SSLContext:
-    ctx = ssl.create_default_context(ssl.Purpose.SERVER_AUTH, cafile=str(ca))
+def peer_client_context(
+    cert: Path, key: Path, ca: Path, pinned_der: bytes | None = None
+) -> ssl.SSLContext:
+    """Outbound to another node. With ``pinned_der`` the handshake succeeds only if the peer
+    presents exactly that certificate (its registered one); without, any of the CA's."""
+    if pinned_der:
+        ctx = ssl.create_default_context(ssl.Purpose.SERVER_AUTH, cadata=pinned_der)
+        # Trust the leaf itself as the anchor; validity dates are still checked.
+        ctx.verify_flags |= ssl.VERIFY_X509_PARTIAL_CHAIN
+    else:
+        ctx = ssl.create_default_context(ssl.Purpose.SERVER_AUTH, cafile=str(ca))
     ctx.minimum_version = ssl.TLSVersion.TLSv1_2
     ctx.load_cert_chain(str(cert), str(key))
-    # The peer is pinned by certificate fingerprint from the global configuration, which is
-    # stronger than a host name match; the chain is still verified against the CA.
+    # The peer is pinned by its registered certificate, which is stronger than a host name.
     ctx.check_hostname = False
     ctx.verify_mode = ssl.CERT_REQUIRED
     return ctx
