@@ -36,6 +36,8 @@ _LEN = struct.Struct(">I")
 MAX_META = 256 * 1024
 MAX_SIGNATURE = 1024
 MAX_CERT = 16 * 1024
+# The most an envelope adds around its body: what a peer must accept beyond the body limit.
+MAX_OVERHEAD = len(MAGIC) + 3 * 4 + MAX_META + MAX_SIGNATURE + MAX_CERT
 
 
 def canonical(obj: dict[str, Any]) -> bytes:

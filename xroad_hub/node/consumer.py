@@ -18,7 +18,7 @@ import structlog
 from aiohttp import web
 
 from ..clientauth import Credentials
-from ..errors import CLIENT_PROXY, XRoadError
+from ..errors import CLIENT, CLIENT_PROXY, XRoadError
 from ..identifiers import MemberId, parse_node_id
 from ..message import (
     CONTENT_TYPE,
@@ -85,7 +85,7 @@ class ClientProxy:
                 bearer=_bearer(h.get("Authorization")),
             ),
         )
-        body = await read_body(request, self.rt.max_body_bytes, self.rt.body_timeout, "Client")
+        body = await read_body(request, self.rt.max_body_bytes, self.rt.body_timeout, CLIENT)
 
         provider = target.service.provider
         peer = conf.node_hosting(provider)

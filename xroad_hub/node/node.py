@@ -16,6 +16,7 @@ from adapters import Adapter, RestAdapter
 
 from ..clientauth import ClientAuthenticator, ClientRegistration
 from ..federation import NodeConfig, ServiceConfig
+from ..message import MAX_OVERHEAD
 from ..messagelog import SQLiteMessageLog
 from ..pki import PkiLayout, load_cert, load_private_key
 from ..signing import MessageSigner, cert_fingerprint
@@ -89,7 +90,7 @@ class Node:
             log=SQLiteMessageLog(self.data_dir / "messagelog.sqlite"),
             peers=PeerTransport(
                 functools.partial(peer_client_context, auth.cert, auth.key, pki.root_ca.cert),
-                cfg.max_body_bytes + 512 * 1024,
+                cfg.max_body_bytes + MAX_OVERHEAD,
             ),
             max_body_bytes=cfg.max_body_bytes,
             body_timeout=cfg.body_timeout,
@@ -121,10 +122,11 @@ class Node:
         client_proxy = ClientProxy(rt)
         server_proxy = ServerProxy(rt)
 
-        client_app = web.Application(client_max_size=cfg.max_body_bytes)
+        # Bodies are read by read_body with their own limit and deadline, not by aiohttp.
+        client_app = web.Application()
         client_app.router.add_route("*", "/r1/{tail:.*}", client_proxy.handle)
         client_app.router.add_route("*", "/{tail:.*}", client_proxy.handle)
-        peer_app = web.Application(client_max_size=cfg.max_body_bytes + 512 * 1024)
+        peer_app = web.Application()
         peer_app.router.add_post(PEER_PATH, server_proxy.handle)
 
         sockets = sockets or {}

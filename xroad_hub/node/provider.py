@@ -22,6 +22,7 @@ from ..errors import SERVER_PROXY, XRoadError
 from ..identifiers import ClientId, ServiceId, parse_client_id, parse_service_id
 from ..message import (
     CONTENT_TYPE,
+    MAX_OVERHEAD,
     Envelope,
     MessageError,
     body_digest,
@@ -48,7 +49,6 @@ from .tls import peer_fingerprint
 __all__ = ["ServerProxy"]
 
 log = structlog.get_logger("xroad_hub.provider")
-_ENVELOPE_OVERHEAD = 300 * 1024  # metadata, signature and certificate around the body
 
 
 def _fail(code: str, message: str) -> XRoadError:
@@ -81,7 +81,7 @@ class ServerProxy:
             )
         data = await read_body(
             request,
-            self.rt.max_body_bytes + _ENVELOPE_OVERHEAD,
+            self.rt.max_body_bytes + MAX_OVERHEAD,
             self.rt.body_timeout,
             SERVER_PROXY,
         )
