@@ -9,11 +9,13 @@ import uuid
 
 import aiohttp
 import orjson
+import pytest
 from cryptography import x509
-from cryptography.hazmat.primitives import hashes
-from cryptography.hazmat.primitives.asymmetric import ec
+from cryptography.hazmat.primitives import serialization
 
-from xroad_hub.message import canonical
+from xroad_hub.identifiers import parse_member_id
+from xroad_hub.message import canonical, decode_envelope, encode_envelope
+from xroad_hub.signing import SignatureError, SignatureVerifier
 
 from .conftest import Fed
 
@@ -175,15 +177,26 @@ async def test_both_nodes_log_the_exchange_with_verifiable_signatures(fed: Fed, 
         assert row["user_id"] == "TH3100600123459"
         leaf = orjson.loads(row["leaf"])
         assert leaf["request_meta_sha256"] == hashlib.sha256(row["request_meta"]).hexdigest()
-        # The logged request is signed by the client's member, the answer by the provider's.
+        # The logged request is signed by the client's member, the answer by the provider's;
+        # the federation root certificate is all a verifier needs (certs travel with them).
+        root = x509.load_pem_x509_certificate(fed.pki.root_ca.cert.read_bytes())
+        verifier = SignatureVerifier([root])
+        request_env = decode_envelope(
+            encode_envelope(row["request_meta"], row["request_signature"], b"", row["request_body"])
+        )
+        assert request_env.meta["client"] == "TH/GOV/DGA/devportal"
         for meta_col, sig_col, member in (
             ("request_meta", "request_signature", "TH/GOV/DGA"),
             ("response_meta", "response_signature", "TH/GOV/DBD"),
         ):
-            cert = x509.load_pem_x509_certificate(fed.pki.member_sign(member).cert.read_bytes())
-            key = cert.public_key()
-            assert isinstance(key, ec.EllipticCurvePublicKey)
-            key.verify(row[sig_col], row[meta_col], ec.ECDSA(hashes.SHA256()))
+            cert_der = x509.load_pem_x509_certificate(
+                fed.pki.member_sign(member).cert.read_bytes()
+            ).public_bytes(serialization.Encoding.DER)
+            verifier.verify(row[meta_col], row[sig_col], cert_der, parse_member_id(member))
+            with pytest.raises(SignatureError):
+                verifier.verify(
+                    row[meta_col] + b" ", row[sig_col], cert_der, parse_member_id(member)
+                )
         response_meta = orjson.loads(row["response_meta"])
         assert response_meta["request_hash"] == headers["X-Road-Request-Hash"]
         assert canonical(orjson.loads(row["request_meta"])) == row["request_meta"]
@@ -228,13 +241,16 @@ async def test_large_bodies_pass_both_ways_byte_exact(fed: Fed, http) -> None:
 
 
 async def test_failed_answer_verification_is_logged_by_client_node(fed: Fed, http, monkeypatch):
+    from xroad_hub.node.batching import BatchSigner
     from xroad_hub.pki import generate_key
     from xroad_hub.signing import MessageSigner
 
     rt = fed.federation.nodes[DBD].runtime
     member = next(m for m in rt.signers if str(m) == "TH/GOV/DBD")
     good = rt.signers[member]
-    monkeypatch.setitem(rt.signers, member, MessageSigner(member, generate_key(), good.cert_der))
+    monkeypatch.setitem(
+        rt.signers, member, BatchSigner(MessageSigner(member, generate_key(), good.cert_der))
+    )
     mid = "badsig-" + uuid.uuid4().hex
     status, _, _ = await _get(http, fed, ECHO, headers={**DEV, "X-Road-Id": mid})
     assert status == 500

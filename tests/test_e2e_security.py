@@ -20,6 +20,7 @@ import pytest
 from xroad_hub.globalconf import NodeEntry, sign_globalconf
 from xroad_hub.identifiers import parse_subsystem_id
 from xroad_hub.message import decode_envelope, encode_envelope
+from xroad_hub.node.batching import BatchSigner
 from xroad_hub.node.peer import PEER_PATH
 from xroad_hub.pki import generate_key, issue_cert, load_private_key, make_root_ca
 from xroad_hub.registry import Registry
@@ -311,7 +312,9 @@ async def test_tampered_request_signature_never_reaches_the_backend(
     rt = fed.federation.nodes[DGA].runtime
     member = next(m for m in rt.signers if str(m) == "TH/GOV/DGA")
     good = rt.signers[member]
-    monkeypatch.setitem(rt.signers, member, MessageSigner(member, generate_key(), good.cert_der))
+    monkeypatch.setitem(
+        rt.signers, member, BatchSigner(MessageSigner(member, generate_key(), good.cert_der))
+    )
     calls_before = await fed.federation.nodes[DBD].runtime.log.count()
     async with http.post(fed.url(DGA) + ECHO, data=b"payload", headers=DEV) as r:
         assert r.status == 500
@@ -343,7 +346,9 @@ async def test_tampered_response_signature_is_refused_by_client_node(
     rt = fed.federation.nodes[DBD].runtime
     member = next(m for m in rt.signers if str(m) == "TH/GOV/DBD")
     good = rt.signers[member]
-    monkeypatch.setitem(rt.signers, member, MessageSigner(member, generate_key(), good.cert_der))
+    monkeypatch.setitem(
+        rt.signers, member, BatchSigner(MessageSigner(member, generate_key(), good.cert_der))
+    )
     async with http.get(fed.url(DGA) + ECHO, headers=DEV) as r:
         assert r.status == 500
         assert r.headers["X-Road-Error"] == "Server.ClientProxy.InvalidSignatureValue"
@@ -379,7 +384,7 @@ async def _signed_from_client_node(fed: Fed, **changes: object):  # type: ignore
     }
     meta.update(changes)
     meta_bytes = canonical(meta)
-    envelope = encode_envelope(meta_bytes, signer.sign(meta_bytes), signer.cert_der, b"")
+    envelope = encode_envelope(meta_bytes, await signer.sign(meta_bytes), signer.cert_der, b"")
     peer = rt.globalconf.current().node_hosting(parse_subsystem_id("TH/GOV/DBD/registry"))
     return await rt.peers.send(peer, envelope, 10)
 

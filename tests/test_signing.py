@@ -85,6 +85,11 @@ def _usage(**on: bool) -> x509.KeyUsage:
     return x509.KeyUsage(**flags, encipher_only=False, decipher_only=False)
 
 
+def _sig(key: ec.EllipticCurvePrivateKey) -> bytes:
+    """A signature in the wire format, made with any key (the certificate is not used)."""
+    return MessageSigner(DOPA, key, b"").sign(DATA)
+
+
 def _refused(verifier: SignatureVerifier, *args, match: str, **kw) -> None:
     with pytest.raises(SignatureError, match=match):
         verifier.verify(*args, **kw)
@@ -122,9 +127,49 @@ def test_tampered_signature_refused(ca) -> None:
     _refused(SignatureVerifier([ca[1]]), DATA, bytes(sig), s.cert_der, DOPA, match="verify")
 
 
-def test_garbage_signature_refused(ca) -> None:
+@pytest.mark.parametrize(
+    ("garbage", "match"),
+    [
+        (b"", "truncated"),
+        (b"\x00\x00\x00\x00\x00\x00\x00\x01\x00" + b"x" * 70, "does not verify"),
+        (b"\x00\x00\x00\x05\x00\x00\x00\x01\x00" + b"x" * 70, "audit path"),
+        (b"\x00\x00\x00\x00\x00\x01\x00\x00\x00" + b"x" * 70, "malformed"),
+    ],
+)
+def test_garbage_signature_refused(ca, garbage: bytes, match: str) -> None:
     s = _signer(ca, DOPA)
-    _refused(SignatureVerifier([ca[1]]), DATA, b"", s.cert_der, DOPA, match="does not verify")
+    _refused(SignatureVerifier([ca[1]]), DATA, garbage, s.cert_der, DOPA, match=match)
+
+
+def test_batch_signature_covers_each_message(ca) -> None:
+    s = _signer(ca, DOPA)
+    items = [f"message {i}".encode() for i in range(13)]
+    sigs = s.sign_batch(items)
+    verifier = SignatureVerifier([ca[1]])
+    for item, sig in zip(items, sigs, strict=True):
+        verifier.verify(item, sig, s.cert_der, DOPA)
+    # Every message has its own audit path; another message's path does not fit.
+    with pytest.raises(SignatureError):
+        verifier.verify(items[0], sigs[1], s.cert_der, DOPA)
+    with pytest.raises(SignatureError):
+        verifier.verify(b"message 13", sigs[12], s.cert_der, DOPA)
+
+
+def test_batch_root_is_verified_once_per_verifier(ca, monkeypatch) -> None:
+    s = _signer(ca, DOPA)
+    items = [bytes([i]) * 10 for i in range(8)]
+    sigs = s.sign_batch(items)
+    verifier = SignatureVerifier([ca[1]])
+    verifier.verify(items[0], sigs[0], s.cert_der, DOPA)  # warms the certificate cache
+    counted: list[int] = []
+    key_type = type(verifier._cache[s.cert_der].key)
+    original = key_type.verify
+    monkeypatch.setattr(
+        key_type, "verify", lambda self, *a: counted.append(1) or original(self, *a)
+    )
+    for item, sig in zip(items[1:], sigs[1:], strict=True):
+        verifier.verify(item, sig, s.cert_der, DOPA)
+    assert counted == []  # the root was verified with the first message
 
 
 def test_signature_by_another_member_than_expected_refused(ca) -> None:
@@ -150,14 +195,14 @@ def test_no_trusted_cas_refuses_everything(ca) -> None:
 
 def test_ca_cert_itself_refused(ca) -> None:
     ca_key, ca_cert = ca
-    sig = ca_key.sign(DATA, ec.ECDSA(hashes.SHA256()))
+    sig = _sig(ca_key)
     _refused(SignatureVerifier([ca_cert]), DATA, sig, _der(ca_cert), DOPA, match="CA certificate")
 
 
 def test_leaf_marked_ca_refused_even_with_signing_usage(ca) -> None:
     key = generate_key()
     der = _custom_cert(ca, key.public_key(), ca_flag=True, key_usage=_usage(digital_signature=True))
-    sig = key.sign(DATA, ec.ECDSA(hashes.SHA256()))
+    sig = _sig(key)
     _refused(SignatureVerifier([ca[1]]), DATA, sig, der, DOPA, match="CA certificate")
 
 
@@ -217,14 +262,14 @@ def test_cn_not_a_member_id_refused(ca, cn: str) -> None:
 def test_key_usage_without_signing_refused(ca) -> None:
     key = generate_key()
     der = _custom_cert(ca, key.public_key(), key_usage=_usage(key_encipherment=True))
-    sig = key.sign(DATA, ec.ECDSA(hashes.SHA256()))
+    sig = _sig(key)
     _refused(SignatureVerifier([ca[1]]), DATA, sig, der, DOPA, match="key usage")
 
 
 def test_content_commitment_alone_is_enough(ca) -> None:
     key = generate_key()
     der = _custom_cert(ca, key.public_key(), key_usage=_usage(content_commitment=True))
-    sig = key.sign(DATA, ec.ECDSA(hashes.SHA256()))
+    sig = _sig(key)
     SignatureVerifier([ca[1]]).verify(DATA, sig, der, DOPA)
 
 
@@ -234,7 +279,7 @@ def test_content_commitment_alone_is_enough(ca) -> None:
 def test_missing_extensions_refused(ca, ca_flag, usage) -> None:
     key = generate_key()
     der = _custom_cert(ca, key.public_key(), ca_flag=ca_flag, key_usage=usage)
-    sig = key.sign(DATA, ec.ECDSA(hashes.SHA256()))
+    sig = _sig(key)
     _refused(SignatureVerifier([ca[1]]), DATA, sig, der, DOPA, match="extensions")
 
 

@@ -49,6 +49,7 @@ __all__ = [
     "leaf_hash",
     "node_hash",
     "root",
+    "root_from_inclusion",
     "verify_consistency",
     "verify_inclusion",
 ]
@@ -313,20 +314,21 @@ def consistency_proof(
     return proof
 
 
-def verify_inclusion(
-    leaf_hash: bytes, index: int, size: int, proof: Sequence[bytes], root: bytes
-) -> bool:
-    """True if ``proof`` shows leaf ``index`` of the ``size``-leaf tree ``root`` is ``leaf_hash``.
+def root_from_inclusion(
+    leaf_hash: bytes, index: int, size: int, proof: Sequence[bytes]
+) -> bytes | None:
+    """The root that ``proof`` leads to from leaf ``index`` of a ``size``-leaf tree, or None
+    when the proof cannot belong to such a tree.
 
     RFC 9162 section 2.1.3.2, iteratively; rejects index >= size, proofs of the wrong
     length and hashes that are not 32 bytes.
     """
     if not 0 <= index < size or len(leaf_hash) != HASH_SIZE:
-        return False
+        return None
     fn, sn, result = index, size - 1, leaf_hash
     for sibling in proof:
         if sn == 0 or len(sibling) != HASH_SIZE:
-            return False
+            return None
         if fn & 1 or fn == sn:
             result = node_hash(sibling, result)
             while fn and not fn & 1:  # climb to where this subtree is a right child
@@ -336,7 +338,16 @@ def verify_inclusion(
             result = node_hash(result, sibling)
         fn >>= 1
         sn >>= 1
-    return sn == 0 and result == root
+    return result if sn == 0 else None
+
+
+def verify_inclusion(
+    leaf_hash: bytes, index: int, size: int, proof: Sequence[bytes], root: bytes
+) -> bool:
+    """True if ``proof`` shows that leaf ``index`` of the ``size``-leaf tree ``root`` is
+    ``leaf_hash``."""
+    computed = root_from_inclusion(leaf_hash, index, size, proof)
+    return computed is not None and computed == root
 
 
 def verify_consistency(

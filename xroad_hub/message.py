@@ -34,7 +34,7 @@ MAGIC = b"XHM1"
 CONTENT_TYPE = "application/x-xroad-hub-message"
 _LEN = struct.Struct(">I")
 MAX_META = 256 * 1024
-MAX_SIGNATURE = 1024
+MAX_SIGNATURE = 1024  # ECDSA (~72 bytes) plus an audit path of up to 28 hashes
 MAX_CERT = 16 * 1024
 # The most an envelope adds around its body: what a peer must accept beyond the body limit.
 MAX_OVERHEAD = len(MAGIC) + 3 * 4 + MAX_META + MAX_SIGNATURE + MAX_CERT

@@ -126,7 +126,7 @@ class ClientProxy:
             "body_sha512": body_digest(body),
         }
         meta_bytes = canonical(meta)
-        signature = signer.sign(meta_bytes)
+        signature = await signer.sign(meta_bytes)
         envelope = encode_envelope(meta_bytes, signature, signer.cert_der, body)
         record = dict(
             message_id=message_id,

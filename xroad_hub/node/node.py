@@ -20,6 +20,7 @@ from ..message import MAX_OVERHEAD
 from ..messagelog import SQLiteMessageLog
 from ..pki import PkiLayout, load_cert, load_private_key
 from ..signing import MessageSigner, cert_fingerprint
+from .batching import BatchSigner
 from .consumer import ClientProxy
 from .globalconf_client import GlobalConfClient
 from .peer import PEER_PATH, PeerTransport
@@ -64,7 +65,9 @@ class Node:
         signers = {}
         for member in members:
             paths = pki.member_sign(str(member))
-            signers[member] = MessageSigner(member, load_private_key(paths.key), _der(paths.cert))
+            signers[member] = BatchSigner(
+                MessageSigner(member, load_private_key(paths.key), _der(paths.cert))
+            )
         regs = []
         for c in cfg.clients:
             if c.auth == "mtls":

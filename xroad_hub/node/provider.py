@@ -152,7 +152,7 @@ class ServerProxy:
         }
         rmeta_bytes = canonical(rmeta)
         signer = self.rt.signer_for(service.provider.member, SERVER_PROXY)
-        signature = signer.sign(rmeta_bytes)
+        signature = await signer.sign(rmeta_bytes)
         await self._log(
             env,
             client,

@@ -19,8 +19,8 @@ from ..identifiers import MemberId, NodeId, ServiceId
 from ..messagelog import LogRecord, MessageLog
 from ..messagelog.store import LogError
 from ..rest import error_response
-from ..signing import MessageSigner
 from ..streams import BodyTooLarge, read_capped
+from .batching import BatchSigner
 from .globalconf_client import GlobalConfClient
 from .peer import PeerTransport
 
@@ -39,7 +39,7 @@ class HostedService:
 class NodeRuntime:
     node_id: NodeId
     globalconf: GlobalConfClient
-    signers: dict[MemberId, MessageSigner]
+    signers: dict[MemberId, BatchSigner]
     authenticator: ClientAuthenticator
     services: dict[ServiceId, HostedService]
     log: MessageLog
@@ -68,7 +68,7 @@ class NodeRuntime:
                 "the exchange could not be logged, so it is not answered",
             ) from exc
 
-    def signer_for(self, member: MemberId, raise_as: str) -> MessageSigner:
+    def signer_for(self, member: MemberId, raise_as: str) -> BatchSigner:
         signer = self.signers.get(member)
         if signer is None:
             raise XRoadError(f"{raise_as}.InternalError", f"no signing key for member {member}")
