@@ -69,10 +69,11 @@ def test_tampered_note_fails() -> None:
 
 
 def test_verifier_key_string_round_trip() -> None:
-    v = _signer("node").verifier
-    again = NoteVerifier.from_vkey(v.vkey())
-    assert again.vkey() == v.vkey()
-    _, key_id, blob = v.vkey().split("+")
+    # Many keys: base64 key material often holds '+', the field separator.
+    for _ in range(64):
+        v = _signer("node").verifier
+        assert NoteVerifier.from_vkey(v.vkey()).vkey() == v.vkey()
+    _, key_id, blob = v.vkey().split("+", 2)
     with pytest.raises(CheckpointError, match="key id"):
         NoteVerifier.from_vkey(f"other+{key_id}+{blob}")
 

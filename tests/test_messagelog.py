@@ -36,6 +36,8 @@ def _rec(i: int, **overrides: object) -> LogRecord:
         "response_meta": b'{"kind":"response"}',
         "response_signature": b"resp-signature",
         "response_body": b"secret response body %d" % i,
+        "request_cert": b"client cert DER",
+        "response_cert": b"provider cert DER %d" % (i % 2),
     }
     fields.update(overrides)
     return LogRecord(**fields)  # type: ignore[arg-type]
@@ -236,3 +238,24 @@ async def test_log_of_another_schema_version_is_refused_not_migrated(tmp_path) -
     log = SQLiteMessageLog(path)
     with pytest.raises(LogError, match="schema version 0"):
         await log.open()
+
+
+async def test_certificates_are_stored_once_by_digest(tmp_path: Path) -> None:
+    import sqlite3
+
+    log = SQLiteMessageLog(tmp_path / "log.sqlite")
+    await log.open()
+    await asyncio.gather(*(log.append(_rec(i)) for i in range(10)))
+    await log.close()
+    with sqlite3.connect(tmp_path / "log.sqlite") as conn:
+        certs = dict(conn.execute("SELECT sha256, der FROM certificate"))
+        refs = conn.execute(
+            "SELECT DISTINCT response_cert_sha256 FROM exchange ORDER BY 1"
+        ).fetchall()
+    assert sorted(certs.values()) == [
+        b"client cert DER",
+        b"provider cert DER 0",
+        b"provider cert DER 1",
+    ]
+    assert {r[0] for r in refs} <= set(certs)
+    assert certs[hashlib.sha256(b"client cert DER").hexdigest()] == b"client cert DER"

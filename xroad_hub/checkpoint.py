@@ -114,7 +114,7 @@ class NoteVerifier:
     @classmethod
     def from_vkey(cls, vkey: str) -> NoteVerifier:
         try:
-            name, key_id, blob = vkey.split("+")
+            name, key_id, blob = vkey.split("+", 2)
             raw = base64.b64decode(blob, validate=True)
         except ValueError as exc:
             raise CheckpointError("verifier key must be name+keyid+base64 key") from exc

@@ -34,9 +34,11 @@ class LogRecord:
     request_meta: bytes
     request_signature: bytes
     request_body: bytes
+    request_cert: bytes  # DER of the client member's signing certificate
     response_meta: bytes | None = None
     response_signature: bytes | None = None
     response_body: bytes | None = None
+    response_cert: bytes | None = None
 
     def leaf(self) -> bytes:
         """Metadata plus digests only, so bodies can be purged without breaking the tree."""
@@ -62,5 +64,7 @@ class LogRecord:
                 "response_meta_sha256": _sha256(self.response_meta),
                 "response_signature_sha256": _sha256(self.response_signature),
                 "response_body_sha256": _sha256(self.response_body),
+                "request_cert_sha256": _sha256(self.request_cert),
+                "response_cert_sha256": _sha256(self.response_cert),
             }
         )

@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import asyncio
 import functools
+import hashlib
 from collections.abc import Sequence
 from pathlib import Path
 
@@ -53,6 +54,8 @@ _COLUMNS = (
     "response_signature",
     "request_body",
     "response_body",
+    "request_cert_sha256",
+    "response_cert_sha256",
 )
 
 _SCHEMA_VERSION = 1
@@ -79,10 +82,21 @@ CREATE TABLE IF NOT EXISTS exchange (
     response_signature BLOB,
     -- Bodies are not part of the leaf (it holds their digests): retention may set them NULL.
     request_body BLOB,
-    response_body BLOB
+    response_body BLOB,
+    request_cert_sha256 TEXT NOT NULL REFERENCES certificate (sha256),
+    response_cert_sha256 TEXT REFERENCES certificate (sha256)
 );
 CREATE INDEX IF NOT EXISTS exchange_message_id ON exchange (message_id);
+-- Signing certificates, stored once: with them the log verifies offline.
+CREATE TABLE IF NOT EXISTS certificate (
+    sha256 TEXT PRIMARY KEY,
+    der BLOB NOT NULL
+);
 """
+
+
+def _sha256(data: bytes | None) -> str | None:
+    return None if data is None else hashlib.sha256(data).hexdigest()
 
 
 @functools.cache
@@ -106,6 +120,7 @@ class SQLiteMessageLog:
         self._writer: asyncio.Task[None] | None = None
         self._next_index = 0
         self._closing = False
+        self._known_certs: set[bytes] = set()
 
     async def open(self) -> None:
         self.path.parent.mkdir(parents=True, exist_ok=True)
@@ -169,15 +184,27 @@ class SQLiteMessageLog:
         assert self._db is not None
         first = self._next_index
         params: list[object] = []
+        new_certs: dict[str, bytes] = {}
         for i, (rec, leaf, _) in enumerate(batch, start=first):
             params += (
                 i, rec.message_id, rec.request_id, rec.role, rec.client, rec.service,
                 rec.user_id, rec.issue, rec.represented_party, rec.method, rec.status,
                 rec.error_type, rec.started_at, rec.finished_at, leaf, rec.request_meta,
                 rec.request_signature, rec.response_meta, rec.response_signature,
-                rec.request_body, rec.response_body,
+                rec.request_body, rec.response_body, _sha256(rec.request_cert),
+                _sha256(rec.response_cert),
             )  # fmt: skip
+            for cert in (rec.request_cert, rec.response_cert):
+                if cert is not None and cert not in self._known_certs:
+                    new_certs[_sha256(cert)] = cert
         try:
+            if new_certs:
+                # Content-addressed, so storing one without its exchange (if the next
+                # statement fails) is harmless; certificates are new only rarely.
+                await self._db.executemany(
+                    "INSERT OR IGNORE INTO certificate VALUES (?, ?)", list(new_certs.items())
+                )
+                self._known_certs.update(new_certs.values())
             await self._db.execute(_insert_sql(len(batch)), params)
         except Exception as exc:  # any storage failure fails the whole batch, loudly
             log.error("messagelog.write_failed", error=str(exc), batch=len(batch))

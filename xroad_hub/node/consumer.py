@@ -141,6 +141,7 @@ class ClientProxy:
             started_at=started,
             request_meta=meta_bytes,
             request_signature=signature,
+            request_cert=signer.cert_der,
             request_body=body,
         )
         try:
@@ -164,6 +165,7 @@ class ClientProxy:
                 finished_at=time.time(),
                 response_meta=env.meta_bytes,
                 response_signature=env.signature,
+                response_cert=env.cert_der,
                 response_body=env.body,
             )
         )

@@ -160,7 +160,7 @@ class ServerProxy:
             started,
             status=answer.status,
             error=None,
-            response=(rmeta_bytes, signature, answer.body),
+            response=(rmeta_bytes, signature, answer.body, signer.cert_der),
         )
         log.info(
             "exchange.served",
@@ -183,10 +183,10 @@ class ServerProxy:
         started: float,
         status: int,
         error: str | None,
-        response: tuple[bytes, bytes, bytes] | None = None,
+        response: tuple[bytes, bytes, bytes, bytes] | None = None,
     ) -> None:
         meta = env.meta
-        rmeta, rsig, rbody = response if response else (None, None, None)
+        rmeta, rsig, rbody, rcert = response if response else (None, None, None, None)
         record = LogRecord(
             message_id=str(meta.get("id")),
             request_id=str(meta.get("request_id")),
@@ -204,9 +204,11 @@ class ServerProxy:
             request_meta=env.meta_bytes,
             request_signature=env.signature,
             request_body=env.body,
+            request_cert=env.cert_der,
             response_meta=rmeta,
             response_signature=rsig,
             response_body=rbody,
+            response_cert=rcert,
         )
         await self.rt.record(record, SERVER_PROXY)
 
