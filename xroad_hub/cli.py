@@ -80,12 +80,30 @@ def build_parser() -> argparse.ArgumentParser:
     token.add_argument(
         "--ttl", type=int, default=60, help=f"lifetime in seconds (at most {MAX_TOKEN_LIFETIME})"
     )
+    audit = sub.add_parser("audit", help="verify message logs (auditors)")
+    audit_sub = audit.add_subparsers(dest="audit_command", required=True)
+    verify = audit_sub.add_parser(
+        "verify",
+        help="check a node's whole message log offline",
+        description="Checks every entry (sequence, leaf, digests, certificates, signatures) "
+        "with nothing but the log file and the federation root certificate, prints the "
+        "Merkle root, names every bad entry and exits 1 if anything is wrong.",
+    )
+    verify.add_argument("log", type=Path, help="the node's messagelog.sqlite")
+    verify.add_argument(
+        "--root-ca",
+        type=Path,
+        default=DEFAULT_CERTS / "ca" / "root.cert.pem",
+        help="federation root certificate (default: certs/ca/root.cert.pem)",
+    )
     return parser
 
 
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     configure_logging(args.log_level)
+    if args.command == "audit":
+        return _audit_verify(args)
     try:
         fed = load_federation(args.config)
         if args.command == "pki":
@@ -127,6 +145,35 @@ def _token(fed, args: argparse.Namespace) -> int:  # type: ignore[no-untyped-def
     }
     print(jwt.encode(claims, key, algorithm="ES256"))
     return 0
+
+
+def _audit_verify(args: argparse.Namespace) -> int:
+    import base64
+
+    from cryptography import x509
+
+    from .audit import verify_log
+
+    if not args.log.is_file():
+        print(f"xroad-hub: no log file at {args.log}", file=sys.stderr)
+        return 2
+    root = x509.load_pem_x509_certificate(args.root_ca.read_bytes())
+    show = sys.stderr.isatty()
+
+    def progress(done: int, total: int) -> None:
+        if show:
+            print(f"\r{done}/{total} entries checked", end="", file=sys.stderr, flush=True)
+
+    report = verify_log(args.log, [root], progress=progress)
+    if show:
+        print(file=sys.stderr)
+    for finding in report.findings:
+        print(f"BAD {finding}")
+    print(
+        f"{report.entries} entries, root {base64.b64encode(report.root).decode()}: "
+        + ("OK" if report.ok else f"{len(report.findings)} problem(s)")
+    )
+    return 0 if report.ok else 1
 
 
 async def _up(fed, args: argparse.Namespace) -> int:  # type: ignore[no-untyped-def]

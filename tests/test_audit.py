@@ -1,0 +1,137 @@
+"""Offline log verification: a real node's log verifies; each kind of tampering is named."""
+
+from __future__ import annotations
+
+import sqlite3
+import subprocess
+import sys
+import uuid
+from pathlib import Path
+
+import pytest
+from cryptography import x509
+
+from xroad_hub import merkle
+from xroad_hub.audit import verify_log
+
+from .conftest import Fed
+
+DGA = "TH/GOV/DGA/hub1"
+DBD = "TH/GOV/DBD/hub1"
+DEV = {"X-Road-Client": "TH/GOV/DGA/devportal"}
+
+
+@pytest.fixture
+async def log_copy(fed: Fed, http, tmp_path: Path) -> Path:
+    """A copy of the provider node's log after a few exchanges of each outcome."""
+    for path in ("/echo/a", "/echo/status/404", "/restricted", "/nosuch"):
+        service = path.split("/")[1]
+        url = fed.url(DGA) + f"/r1/TH/GOV/DBD/registry/{service}" + path[len(service) + 1 :]
+        async with http.post(url, data=b"body", headers={**DEV, "X-Road-Id": str(uuid.uuid4())}):
+            pass
+    src = fed.federation.nodes[DBD].runtime.log.path
+    dst = tmp_path / "copy.sqlite"
+    with sqlite3.connect(src) as a, sqlite3.connect(dst) as b:
+        a.backup(b)
+    return dst
+
+
+def _root(fed: Fed) -> list[x509.Certificate]:
+    return [x509.load_pem_x509_certificate(fed.pki.root_ca.cert.read_bytes())]
+
+
+def _tamper(path: Path, sql: str, *params: object) -> None:
+    with sqlite3.connect(path) as conn:
+        conn.execute(sql, params)
+
+
+async def test_untouched_log_verifies_with_the_tree_root(fed: Fed, log_copy: Path) -> None:
+    report = verify_log(log_copy, _root(fed))
+    assert report.ok, [str(f) for f in report.findings]
+    with sqlite3.connect(log_copy) as conn:
+        leaves = [
+            bytes(r[0]) for r in conn.execute("SELECT leaf FROM exchange ORDER BY leaf_index")
+        ]
+    assert report.entries == len(leaves) >= 4
+    assert report.root == merkle.root([merkle.leaf_hash(leaf) for leaf in leaves])
+
+
+@pytest.mark.parametrize(
+    ("sql", "expected"),
+    [
+        ("UPDATE exchange SET user_id = 'TH0000000000000' WHERE leaf_index = 1", "column user_id"),
+        (
+            "UPDATE exchange SET leaf = CAST(REPLACE(CAST(leaf AS TEXT), 'registry', 'registrx')"
+            " AS BLOB) WHERE leaf_index = 1",
+            "differs from the leaf",
+        ),
+        (
+            "UPDATE exchange SET response_body = X'00' WHERE leaf_index = 1",
+            "response_body does not match",
+        ),
+        (
+            "UPDATE exchange SET request_signature = X'00' WHERE leaf_index = 1",
+            "request_signature does not match",
+        ),
+        (
+            "UPDATE exchange SET request_meta = CAST(REPLACE(CAST(request_meta AS TEXT), 'request',"
+            " 'requesx') AS BLOB) WHERE leaf_index = 1",
+            "request_meta does not match",
+        ),
+        ("DELETE FROM exchange WHERE leaf_index = 1", "entry 1 is missing"),
+        (
+            "UPDATE exchange SET leaf_index = leaf_index + 100 WHERE leaf_index = 0",
+            "entry 0 is missing",
+        ),
+    ],
+)
+async def test_tampering_is_named_with_its_entry(
+    fed: Fed, log_copy: Path, sql: str, expected: str
+) -> None:
+    _tamper(log_copy, sql)
+    report = verify_log(log_copy, _root(fed))
+    assert not report.ok
+    assert expected in str(report.findings[0]), [str(f) for f in report.findings]
+    assert report.findings[0].leaf_index in (0, 1)
+
+
+async def test_consistent_forgery_fails_the_signature(fed: Fed, log_copy: Path) -> None:
+    """Rewriting meta, leaf digest and columns together still breaks the member signature."""
+    import hashlib
+
+    import orjson
+
+    from xroad_hub.message import canonical
+
+    with sqlite3.connect(log_copy) as conn:
+        meta, leaf = conn.execute(
+            "SELECT request_meta, leaf FROM exchange WHERE leaf_index = 0"
+        ).fetchone()
+        forged = bytes(meta).replace(b"devportal", b"devportax")
+        doc = orjson.loads(leaf)
+        doc["request_meta_sha256"] = hashlib.sha256(forged).hexdigest()
+        conn.execute(
+            "UPDATE exchange SET request_meta = ?, leaf = ? WHERE leaf_index = 0",
+            (forged, canonical(doc)),
+        )
+    report = verify_log(log_copy, _root(fed))
+    assert [str(f) for f in report.findings] == [
+        "entry 0: request signature: signature does not verify"
+    ]
+
+
+async def test_purged_bodies_still_verify(fed: Fed, log_copy: Path) -> None:
+    _tamper(log_copy, "UPDATE exchange SET request_body = NULL, response_body = NULL")
+    assert verify_log(log_copy, _root(fed)).ok
+
+
+def test_cli_exit_codes(fed: Fed, log_copy: Path) -> None:
+    cmd = [sys.executable, "-m", "xroad_hub.cli", "audit", "verify", str(log_copy),
+           "--root-ca", str(fed.pki.root_ca.cert)]  # fmt: skip
+    ok = subprocess.run(cmd, capture_output=True, text=True, timeout=60, check=False)
+    assert ok.returncode == 0, ok.stdout + ok.stderr
+    assert ok.stdout.strip().endswith(": OK")
+    _tamper(log_copy, "DELETE FROM exchange WHERE leaf_index = 2")
+    bad = subprocess.run(cmd, capture_output=True, text=True, timeout=60, check=False)
+    assert bad.returncode == 1
+    assert "BAD entry 2: entry 2 is missing" in bad.stdout
