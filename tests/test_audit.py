@@ -8,11 +8,13 @@ import sys
 import uuid
 from pathlib import Path
 
+import orjson
 import pytest
 from cryptography import x509
 
 from xroad_hub import merkle
 from xroad_hub.audit import verify_log
+from xroad_hub.message import canonical
 
 from .conftest import Fed
 
@@ -29,6 +31,7 @@ async def log_copy(fed: Fed, http, tmp_path: Path) -> Path:
         url = fed.url(DGA) + f"/r1/TH/GOV/DBD/registry/{service}" + path[len(service) + 1 :]
         async with http.post(url, data=b"body", headers={**DEV, "X-Road-Id": str(uuid.uuid4())}):
             pass
+    await fed.federation.nodes[DBD].checkpointer.checkpoint()
     src = fed.federation.nodes[DBD].runtime.log.path
     dst = tmp_path / "copy.sqlite"
     with sqlite3.connect(src) as a, sqlite3.connect(dst) as b:
@@ -115,9 +118,10 @@ async def test_consistent_forgery_fails_the_signature(fed: Fed, log_copy: Path) 
             (forged, canonical(doc)),
         )
     report = verify_log(log_copy, _root(fed))
-    assert [str(f) for f in report.findings] == [
-        "entry 0: request signature: signature does not verify"
-    ]
+    findings = [str(f) for f in report.findings]
+    assert findings[0] == "entry 0: request signature: signature does not verify"
+    # The rewritten leaf also no longer gives the checkpoint's root.
+    assert all("history rewritten" in f for f in findings[1:])
 
 
 async def test_purged_bodies_still_verify(fed: Fed, log_copy: Path) -> None:
@@ -135,3 +139,37 @@ def test_cli_exit_codes(fed: Fed, log_copy: Path) -> None:
     bad = subprocess.run(cmd, capture_output=True, text=True, timeout=60, check=False)
     assert bad.returncode == 1
     assert "BAD entry 2: entry 2 is missing" in bad.stdout
+
+
+async def test_checkpoints_verify_and_catch_a_rewritten_history(fed: Fed, log_copy: Path) -> None:
+    report = verify_log(log_copy, _root(fed))
+    assert report.ok and report.checkpoints >= 1
+    # Rewrite an entry consistently (leaf and column agree, signatures untouched): only the
+    # signed checkpoint can tell.
+    with sqlite3.connect(log_copy) as conn:
+        leaf = bytes(conn.execute("SELECT leaf FROM exchange WHERE leaf_index = 0").fetchone()[0])
+        doc = orjson.loads(leaf)
+        doc["status"] = 299
+        conn.execute(
+            "UPDATE exchange SET leaf = ?, status = 299 WHERE leaf_index = 0", (canonical(doc),)
+        )
+    findings = [str(f) for f in verify_log(log_copy, _root(fed)).findings]
+    assert findings and all("history rewritten" in f for f in findings), findings
+
+
+async def test_truncated_log_fails_its_checkpoint(fed: Fed, log_copy: Path) -> None:
+    _tamper(
+        log_copy, "DELETE FROM exchange WHERE leaf_index = (SELECT MAX(leaf_index) FROM exchange)"
+    )
+    findings = [str(f) for f in verify_log(log_copy, _root(fed)).findings]
+    assert any("truncated" in f for f in findings), findings
+
+
+async def test_forged_checkpoint_signature_fails(fed: Fed, log_copy: Path) -> None:
+    with sqlite3.connect(log_copy) as conn:
+        note = conn.execute("SELECT note FROM checkpoint ORDER BY size DESC").fetchone()[0]
+        lines = note.split("\n")
+        lines[1] = str(int(lines[1]) - 1)
+        conn.execute("UPDATE checkpoint SET note = ? WHERE note = ?", ("\n".join(lines), note))
+    findings = [str(f) for f in verify_log(log_copy, _root(fed)).findings]
+    assert any("does not verify" in f for f in findings), findings

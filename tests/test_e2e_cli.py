@@ -128,3 +128,8 @@ async def test_up_serves_the_demo_and_stops_cleanly(tmp_path: Path) -> None:
     db = data / "nodes" / "TH" / "GOV" / "DBD" / "hub1" / "messagelog.sqlite"
     with sqlite3.connect(db) as conn:
         assert conn.execute("SELECT COUNT(*) FROM exchange WHERE status = 200").fetchone()[0] == 2
+        assert conn.execute("SELECT MAX(size) FROM checkpoint").fetchone()[0] == 2
+    # The final checkpoint written at the stop covers the whole log, and it verifies.
+    audit = _run("audit", "verify", str(db), "--root-ca", str(certs / "ca" / "root.cert.pem"))
+    assert audit.returncode == 0, audit.stdout + audit.stderr
+    assert "2 entries, 1 checkpoints" in audit.stdout

@@ -8,8 +8,11 @@ retention) bodies; the request is signed by the client's member and the answer b
 provider's, with certificates issued by the federation CA. The leaves then give the log's
 Merkle root (RFC 9162). Problems are reported by leaf index, first one first.
 
-Checkpoints (signed, timestamped tree heads) are what make a wholesale rewrite of the file
-detectable; until nodes publish them (issue 3), this check proves internal consistency only.
+Every checkpoint stored in the log must be signed by the node's checkpoint key (certified
+by the federation CA) and name the root that the entries before it give now: an entry
+changed, removed or reordered after a checkpoint breaks it. Entries after the last
+checkpoint, and a log replaced wholesale, need checkpoints published elsewhere (witnesses,
+timestamps: issue 3) to be caught.
 """
 
 from __future__ import annotations
@@ -24,8 +27,12 @@ from typing import Any
 
 import orjson
 from cryptography import x509
+from cryptography.exceptions import InvalidSignature
+from cryptography.hazmat.primitives.asymmetric import ed25519
+from cryptography.x509.oid import NameOID
 
 from . import merkle
+from .checkpoint import Checkpoint, CheckpointError, NoteVerifier, open_note
 from .errors import XRoadError
 from .identifiers import parse_client_id, parse_service_id
 from .message import body_digest, canonical
@@ -64,6 +71,7 @@ class Finding:
 @dataclass
 class AuditReport:
     entries: int = 0
+    checkpoints: int = 0
     root: bytes = merkle.root([])
     findings: list[Finding] = field(default_factory=list)
 
@@ -100,6 +108,9 @@ def verify_log(
         total = conn.execute("SELECT COUNT(*) FROM exchange").fetchone()[0]
         certs = {r["sha256"]: bytes(r["der"]) for r in conn.execute("SELECT * FROM certificate")}
         verifier = SignatureVerifier(trusted_roots)
+        checkpoints = conn.execute("SELECT * FROM checkpoint ORDER BY size").fetchall()
+        wanted = {int(c["size"]) for c in checkpoints}
+        roots_at: dict[int, bytes] = {}
         tree = merkle.CompactRange()
         for expected, row in enumerate(_rows(conn)):
             index = row["leaf_index"]
@@ -115,9 +126,15 @@ def verify_log(
                 report.findings.append(Finding(index, problem))
             tree.append(merkle.leaf_hash(bytes(row["leaf"])))
             report.entries += 1
+            if report.entries in wanted:
+                roots_at[report.entries] = tree.root()
             if progress is not None and (report.entries % 10000 == 0 or report.entries == total):
                 progress(report.entries, total)
         report.root = tree.root()
+        for cp in checkpoints:
+            for problem in _check_checkpoint(cp, certs, trusted_roots, roots_at):
+                report.findings.append(Finding(None, f"checkpoint at size {cp['size']}: {problem}"))
+        report.checkpoints = len(checkpoints)
     except sqlite3.Error as exc:
         report.findings.append(Finding(None, f"the log cannot be read: {exc}"))
     finally:
@@ -191,3 +208,47 @@ def _check_signatures(
                 continue
             if signed_digest != body_digest(bytes(body)):
                 yield f"{side} body is not the one that was signed"
+
+
+def _check_checkpoint(
+    cp: sqlite3.Row,
+    certs: dict[str, bytes],
+    trusted_roots: list[x509.Certificate],
+    roots_at: dict[int, bytes],
+) -> Iterator[str]:
+    der = certs.get(cp["cert_sha256"])
+    if der is None:
+        yield "its certificate is not in the log"
+        return
+    cert = x509.load_der_x509_certificate(der)
+    key = cert.public_key()
+    if not isinstance(key, ed25519.Ed25519PublicKey):
+        yield "its certificate does not hold an Ed25519 key"
+        return
+    if not any(_issued_by(cert, ca) for ca in trusted_roots):
+        yield "its certificate is not issued by a trusted CA"
+        return
+    node = str(cert.subject.get_attributes_for_oid(NameOID.COMMON_NAME)[0].value)
+    try:
+        text, _ = open_note(str(cp["note"]), [NoteVerifier(node, key)])
+        checkpoint = Checkpoint.parse(text)
+    except CheckpointError as exc:
+        yield str(exc)
+        return
+    if checkpoint.origin != f"xroad-hub/{node}":
+        yield f"origin {checkpoint.origin!r} is not the node {node}"
+    if (checkpoint.size, checkpoint.root) != (cp["size"], bytes(cp["root"])):
+        yield "the signed note does not match the stored size and root"
+    computed = roots_at.get(checkpoint.size)
+    if computed is None:
+        yield f"the log holds fewer than {checkpoint.size} entries (truncated)"
+    elif computed != checkpoint.root:
+        yield "the entries before it no longer give the signed root (history rewritten)"
+
+
+def _issued_by(cert: x509.Certificate, ca: x509.Certificate) -> bool:
+    try:
+        cert.verify_directly_issued_by(ca)
+    except (ValueError, TypeError, InvalidSignature):
+        return False
+    return True

@@ -169,10 +169,9 @@ def _audit_verify(args: argparse.Namespace) -> int:
         print(file=sys.stderr)
     for finding in report.findings:
         print(f"BAD {finding}")
-    print(
-        f"{report.entries} entries, root {base64.b64encode(report.root).decode()}: "
-        + ("OK" if report.ok else f"{len(report.findings)} problem(s)")
-    )
+    root = base64.b64encode(report.root).decode()
+    verdict = "OK" if report.ok else f"{len(report.findings)} problem(s)"
+    print(f"{report.entries} entries, {report.checkpoints} checkpoints, root {root}: {verdict}")
     return 0 if report.ok else 1
 
 

@@ -2,12 +2,15 @@
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from pathlib import Path
 
 import structlog
+from cryptography.hazmat.primitives.asymmetric import ed25519
 
 from .federation import FederationConfig
 from .pki import (
+    AnyPrivateKey,
     CertPaths,
     PkiLayout,
     generate_key,
@@ -43,11 +46,16 @@ def ensure_pki(fed: FederationConfig, certs_dir: Path) -> list[Path]:
         created += [root.key, root.cert]
     ca_key, ca_cert = load_private_key(root.key), load_cert(root.cert)
 
-    def leaf(paths: CertPaths, cn: str, purpose: str) -> None:
+    def leaf(
+        paths: CertPaths,
+        cn: str,
+        purpose: str,
+        make_key: Callable[[], AnyPrivateKey] = generate_key,
+    ) -> None:
         _refuse_half_pair(paths)
         if paths.exist():
             return
-        key = generate_key()
+        key = make_key()
         write_key(paths.key, key)
         write_cert(paths.cert, issue_cert(ca_key, ca_cert, cn, key, purpose=purpose))
         created.extend([paths.key, paths.cert])
@@ -57,6 +65,10 @@ def ensure_pki(fed: FederationConfig, certs_dir: Path) -> list[Path]:
         leaf(layout.member_sign(str(member)), str(member), "sign")
     for node in fed.nodes:
         leaf(layout.node_auth(str(node.id)), str(node.id), "tls")
+        leaf(
+            layout.node_checkpoint(str(node.id)), str(node.id), "checkpoint",
+            ed25519.Ed25519PrivateKey.generate,
+        )  # fmt: skip
         for client in node.clients:
             if client.auth == "mtls":
                 leaf(layout.client_tls(str(client.id)), str(client.id), "client-tls")

@@ -91,6 +91,7 @@ class NodeConfig:
     max_body_bytes: int = 10 * 1024 * 1024
     body_timeout: float = 30.0
     provider_timeout: float = 60.0
+    checkpoint_interval: float = 60.0  # seconds between signed tree heads while logging
 
     @property
     def hosted(self) -> tuple[ClientId, ...]:
@@ -204,4 +205,5 @@ def _node(n: dict[str, Any], members: dict[MemberId, str]) -> NodeConfig:
         max_body_bytes=int(n.get("max_body_bytes", 10 * 1024 * 1024)),
         body_timeout=float(n.get("body_timeout", 30)),
         provider_timeout=float(n.get("provider_timeout", 60)),
+        checkpoint_interval=float(n.get("checkpoint_interval", 60)),
     )

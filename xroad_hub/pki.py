@@ -24,7 +24,7 @@ from pathlib import Path
 
 from cryptography import x509
 from cryptography.hazmat.primitives import hashes, serialization
-from cryptography.hazmat.primitives.asymmetric import ec
+from cryptography.hazmat.primitives.asymmetric import ec, ed25519
 from cryptography.x509.oid import ExtendedKeyUsageOID, NameOID
 
 __all__ = [
@@ -33,12 +33,15 @@ __all__ = [
     "generate_key",
     "issue_cert",
     "load_cert",
+    "load_ed25519_key",
     "load_private_key",
     "make_root_ca",
     "write_key",
 ]
 
 PrivateKey = ec.EllipticCurvePrivateKey
+# Checkpoints are C2SP signed notes, which use Ed25519; everything else uses P-256.
+AnyPrivateKey = ec.EllipticCurvePrivateKey | ed25519.Ed25519PrivateKey
 
 
 @dataclass(frozen=True, slots=True)
@@ -71,6 +74,9 @@ class PkiLayout:
     def node_auth(self, node_id: str) -> CertPaths:
         return self._pair("nodes", node_id, "auth")
 
+    def node_checkpoint(self, node_id: str) -> CertPaths:
+        return self._pair("nodes", node_id, "checkpoint")
+
     def member_sign(self, member_id: str) -> CertPaths:
         return self._pair("members", member_id, "sign")
 
@@ -85,7 +91,7 @@ def generate_key() -> PrivateKey:
     return ec.generate_private_key(ec.SECP256R1())
 
 
-def write_key(path: Path, key: PrivateKey) -> None:
+def write_key(path: Path, key: AnyPrivateKey) -> None:
     path.parent.mkdir(parents=True, exist_ok=True)
     data = key.private_bytes(
         serialization.Encoding.PEM,
@@ -114,6 +120,13 @@ def write_public_key(path: Path, key: PrivateKey) -> None:
             serialization.Encoding.PEM, serialization.PublicFormat.SubjectPublicKeyInfo
         ),
     )
+
+
+def load_ed25519_key(path: Path) -> ed25519.Ed25519PrivateKey:
+    key = serialization.load_pem_private_key(path.read_bytes(), password=None)
+    if not isinstance(key, ed25519.Ed25519PrivateKey):
+        raise ValueError(f"{path}: expected an Ed25519 private key")
+    return key
 
 
 def load_private_key(path: Path) -> PrivateKey:
@@ -179,14 +192,15 @@ def issue_cert(
     ca_key: PrivateKey,
     ca_cert: x509.Certificate,
     cn: str,
-    key: PrivateKey,
+    key: AnyPrivateKey,
     *,
     purpose: str,
     days: int = 825,
     not_before: dt.datetime | None = None,
     not_after: dt.datetime | None = None,
 ) -> x509.Certificate:
-    """Issue a leaf certificate. ``purpose``: "tls" (node), "client-tls" or "sign"."""
+    """Issue a leaf certificate. ``purpose``: "tls" (node), "client-tls", "sign" (messages)
+    or "checkpoint" (a node's Ed25519 checkpoint key)."""
     now = dt.datetime.now(dt.UTC)
     builder = (
         x509.CertificateBuilder()
@@ -227,6 +241,8 @@ def issue_cert(
         builder = builder.add_extension(
             _key_usage("digital_signature", "key_agreement"), critical=True
         ).add_extension(x509.ExtendedKeyUsage([ExtendedKeyUsageOID.CLIENT_AUTH]), critical=False)
+    elif purpose == "checkpoint":
+        builder = builder.add_extension(_key_usage("digital_signature"), critical=True)
     elif purpose == "sign":
         builder = builder.add_extension(
             _key_usage("digital_signature", "content_commitment"),

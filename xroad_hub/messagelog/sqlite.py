@@ -25,6 +25,7 @@ from pathlib import Path
 import aiosqlite
 import structlog
 
+from .. import merkle
 from .record import LogRecord
 from .store import LogError
 
@@ -58,7 +59,7 @@ _COLUMNS = (
     "response_cert_sha256",
 )
 
-_SCHEMA_VERSION = 1
+_SCHEMA_VERSION = 2
 _SCHEMA = """
 CREATE TABLE IF NOT EXISTS exchange (
     leaf_index INTEGER PRIMARY KEY,
@@ -92,6 +93,14 @@ CREATE TABLE IF NOT EXISTS certificate (
     sha256 TEXT PRIMARY KEY,
     der BLOB NOT NULL
 );
+-- Signed tree heads (C2SP checkpoints) of this log.
+CREATE TABLE IF NOT EXISTS checkpoint (
+    size INTEGER PRIMARY KEY,
+    root BLOB NOT NULL,
+    note TEXT NOT NULL,
+    cert_sha256 TEXT NOT NULL REFERENCES certificate (sha256),
+    created_at REAL NOT NULL
+);
 """
 
 
@@ -121,6 +130,7 @@ class SQLiteMessageLog:
         self._next_index = 0
         self._closing = False
         self._known_certs: set[bytes] = set()
+        self._tree = merkle.CompactRange()
 
     async def open(self) -> None:
         self.path.parent.mkdir(parents=True, exist_ok=True)
@@ -130,6 +140,10 @@ class SQLiteMessageLog:
         await self._db.execute("PRAGMA synchronous=FULL")
         await self._check_schema()
         self._max_batch = min(self._max_batch, _MAX_VARIABLES // len(_COLUMNS))
+        # The tree of committed leaves, O(log n) hashes; rebuilt from the leaves at start.
+        async with self._db.execute("SELECT leaf FROM exchange ORDER BY leaf_index") as cur:
+            while rows := await cur.fetchmany(4096):
+                self._tree.extend(merkle.leaf_hash(bytes(r[0])) for r in rows)
         async with self._db.execute("SELECT COALESCE(MAX(leaf_index) + 1, 0) FROM exchange") as c:
             row = await c.fetchone()
         self._next_index = int(row[0]) if row else 0
@@ -213,9 +227,26 @@ class SQLiteMessageLog:
                     fut.set_exception(LogError(f"message log write failed: {exc}"))
             return
         self._next_index = first + len(batch)
+        self._tree.extend(merkle.leaf_hash(leaf) for _, leaf, _ in batch)
         for i, (_, _, fut) in enumerate(batch, start=first):
             if not fut.done():
                 fut.set_result(i)
+
+    def tree_head(self) -> tuple[int, bytes]:
+        """Size and RFC 9162 root of the committed log."""
+        return len(self._tree), self._tree.root()
+
+    async def add_checkpoint(
+        self, size: int, root: bytes, note: str, cert_der: bytes, created_at: float
+    ) -> None:
+        assert self._db is not None
+        digest = hashlib.sha256(cert_der).hexdigest()
+        await self._db.execute(
+            "INSERT OR IGNORE INTO certificate VALUES (?, ?)", (digest, cert_der)
+        )
+        await self._db.execute(
+            "INSERT INTO checkpoint VALUES (?, ?, ?, ?, ?)", (size, root, note, digest, created_at)
+        )
 
     async def count(self) -> int:
         assert self._db is not None

@@ -14,13 +14,15 @@ from cryptography.hazmat.primitives.asymmetric import ec
 
 from adapters import Adapter, RestAdapter
 
+from ..checkpoint import NoteSigner
 from ..clientauth import ClientAuthenticator, ClientRegistration
 from ..federation import NodeConfig, ServiceConfig
 from ..message import MAX_OVERHEAD
 from ..messagelog import SQLiteMessageLog
-from ..pki import PkiLayout, load_cert, load_private_key
+from ..pki import PkiLayout, load_cert, load_ed25519_key, load_private_key
 from ..signing import MessageSigner, cert_fingerprint
 from .batching import BatchSigner
+from .checkpointer import Checkpointer
 from .consumer import ClientProxy
 from .globalconf_client import GlobalConfClient
 from .peer import PEER_PATH, PeerTransport
@@ -57,6 +59,7 @@ class Node:
         self._session: aiohttp.ClientSession | None = None
         self.urls: dict[str, str] = {}
         self.runtime: NodeRuntime | None = None
+        self.checkpointer: Checkpointer | None = None
 
     def _build_runtime(self) -> NodeRuntime:
         cfg, pki = self.config, self.pki
@@ -119,6 +122,15 @@ class Node:
         cfg, pki = self.config, self.pki
         rt = self.runtime = self._build_runtime()
         await rt.log.open()
+        checkpoint_key = pki.node_checkpoint(str(cfg.id))
+        self.checkpointer = Checkpointer(
+            str(cfg.id),
+            rt.log,
+            NoteSigner(str(cfg.id), load_ed25519_key(checkpoint_key.key)),
+            _der(checkpoint_key.cert),
+            cfg.checkpoint_interval,
+        )
+        self.checkpointer.start()
         await self.globalconf.start()
         auth = pki.node_auth(str(cfg.id))
         ca = pki.root_ca.cert
@@ -176,6 +188,9 @@ class Node:
         await self.globalconf.stop()
         if self.runtime is not None:
             await self.runtime.peers.close()
+            if self.checkpointer is not None:
+                # No exchange runs any more: the final checkpoint covers the whole log.
+                await self.checkpointer.stop()
             await self.runtime.log.close()
         if self._session is not None:
             await self._session.close()
