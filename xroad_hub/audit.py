@@ -38,7 +38,13 @@ from .identifiers import parse_client_id, parse_service_id
 from .message import body_digest, canonical
 from .signing import SignatureError, SignatureVerifier
 
-__all__ = ["AuditReport", "Finding", "verify_log"]
+__all__ = [
+    "AuditReport",
+    "Finding",
+    "check_signed_part",
+    "verify_log",
+    "verify_node_checkpoint",
+]
 
 # Leaf fields that are also stored as columns (searchable); they must agree.
 _COLUMN_FIELDS = (
@@ -177,37 +183,77 @@ def _check_entry(
 def _check_signatures(
     row: sqlite3.Row, certs: dict[str, bytes], verifier: SignatureVerifier
 ) -> Iterator[str]:
-    try:
-        client = parse_client_id(row["client"])
-        provider = parse_service_id(row["service"]).provider
-    except XRoadError:
-        yield "client or service is not a valid identifier"
-        return
-    # Certificates are judged at the time of the exchange, not of the audit.
-    when = datetime.fromtimestamp(row["started_at"], UTC)
-    parts = [("request", client.member)]
-    if row["response_meta"] is not None:
-        parts.append(("response", provider.member))
-    for side, member in parts:
-        meta = bytes(row[f"{side}_meta"])
+    sides = ["request"] + (["response"] if row["response_meta"] is not None else [])
+    for side in sides:
         cert = certs.get(row[f"{side}_cert_sha256"] or "")
         if cert is None:
             yield f"the {side} signing certificate is not in the log"
             continue
-        try:
-            verifier.verify(meta, bytes(row[f"{side}_signature"]), cert, member, when)
-        except SignatureError as exc:
-            yield f"{side} signature: {exc}"
-            continue
         body = row[f"{side}_body"]
-        if body is not None:
-            try:
-                signed_digest = orjson.loads(meta).get("body_sha512")
-            except orjson.JSONDecodeError:
-                yield f"{side} metadata is not JSON"
-                continue
-            if signed_digest != body_digest(bytes(body)):
-                yield f"{side} body is not the one that was signed"
+        problem = check_signed_part(
+            verifier, side, row["client"], row["service"], row["started_at"],
+            bytes(row[f"{side}_meta"]), bytes(row[f"{side}_signature"]), cert,
+            None if body is None else bytes(body),
+        )  # fmt: skip
+        if problem:
+            yield problem
+
+
+def check_signed_part(
+    verifier: SignatureVerifier,
+    side: str,
+    client: str,
+    service: str,
+    started_at: float,
+    meta: bytes,
+    signature: bytes,
+    cert_der: bytes,
+    body: bytes | None,
+) -> str | None:
+    """Why the signed request or response of an exchange is not acceptable, or None.
+
+    The request must be signed by the client's member, the answer by the provider's, with
+    certificates valid at the time of the exchange; a body (unless purged) must be the
+    signed one."""
+    try:
+        member = (
+            parse_client_id(client).member
+            if side == "request"
+            else parse_service_id(service).provider.member
+        )
+    except XRoadError:
+        return "client or service is not a valid identifier"
+    try:
+        verifier.verify(meta, signature, cert_der, member, datetime.fromtimestamp(started_at, UTC))
+    except SignatureError as exc:
+        return f"{side} signature: {exc}"
+    if body is not None:
+        try:
+            signed_digest = orjson.loads(meta).get("body_sha512")
+        except orjson.JSONDecodeError:
+            return f"{side} metadata is not JSON"
+        if signed_digest != body_digest(body):
+            return f"{side} body is not the one that was signed"
+    return None
+
+
+def verify_node_checkpoint(
+    note: str, cert_der: bytes, trusted_roots: list[x509.Certificate]
+) -> Checkpoint:
+    """The checkpoint in ``note``, if a node's checkpoint certificate (issued by a trusted
+    CA, Ed25519) signed it for that node's origin; CheckpointError otherwise."""
+    cert = x509.load_der_x509_certificate(cert_der)
+    key = cert.public_key()
+    if not isinstance(key, ed25519.Ed25519PublicKey):
+        raise CheckpointError("the checkpoint certificate does not hold an Ed25519 key")
+    if not any(_issued_by(cert, ca) for ca in trusted_roots):
+        raise CheckpointError("the checkpoint certificate is not issued by a trusted CA")
+    node = str(cert.subject.get_attributes_for_oid(NameOID.COMMON_NAME)[0].value)
+    text, _ = open_note(note, [NoteVerifier(node, key)])
+    checkpoint = Checkpoint.parse(text)
+    if checkpoint.origin != f"xroad-hub/{node}":
+        raise CheckpointError(f"origin {checkpoint.origin!r} is not the node {node}")
+    return checkpoint
 
 
 def _check_checkpoint(
@@ -220,23 +266,11 @@ def _check_checkpoint(
     if der is None:
         yield "its certificate is not in the log"
         return
-    cert = x509.load_der_x509_certificate(der)
-    key = cert.public_key()
-    if not isinstance(key, ed25519.Ed25519PublicKey):
-        yield "its certificate does not hold an Ed25519 key"
-        return
-    if not any(_issued_by(cert, ca) for ca in trusted_roots):
-        yield "its certificate is not issued by a trusted CA"
-        return
-    node = str(cert.subject.get_attributes_for_oid(NameOID.COMMON_NAME)[0].value)
     try:
-        text, _ = open_note(str(cp["note"]), [NoteVerifier(node, key)])
-        checkpoint = Checkpoint.parse(text)
+        checkpoint = verify_node_checkpoint(str(cp["note"]), der, trusted_roots)
     except CheckpointError as exc:
         yield str(exc)
         return
-    if checkpoint.origin != f"xroad-hub/{node}":
-        yield f"origin {checkpoint.origin!r} is not the node {node}"
     if (checkpoint.size, checkpoint.root) != (cp["size"], bytes(cp["root"])):
         yield "the signed note does not match the stored size and root"
     computed = roots_at.get(checkpoint.size)

@@ -96,6 +96,27 @@ def build_parser() -> argparse.ArgumentParser:
         default=DEFAULT_CERTS / "ca" / "root.cert.pem",
         help="federation root certificate (default: certs/ca/root.cert.pem)",
     )
+    export = audit_sub.add_parser(
+        "export",
+        help="write the evidence bundle of one exchange",
+        description="Writes one file proving one exchange: the signed request and answer, "
+        "the log leaf, its inclusion proof and the node's signed checkpoint.",
+    )
+    export.add_argument("message_id", metavar="MESSAGE-ID", help="the exchange's X-Road-Id")
+    export.add_argument("log", type=Path, help="the node's messagelog.sqlite")
+    export.add_argument("-o", "--output", type=Path, help="bundle file (default: MESSAGE-ID.json)")
+    export.add_argument("--leaf-index", type=int, help="which entry, if the id occurs twice")
+    bundle = audit_sub.add_parser(
+        "verify-bundle",
+        help="verify an evidence bundle with nothing but the federation root certificate",
+    )
+    bundle.add_argument("bundle", type=Path)
+    bundle.add_argument(
+        "--root-ca",
+        type=Path,
+        default=DEFAULT_CERTS / "ca" / "root.cert.pem",
+        help="federation root certificate (default: certs/ca/root.cert.pem)",
+    )
     return parser
 
 
@@ -103,7 +124,9 @@ def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     configure_logging(args.log_level)
     if args.command == "audit":
-        return _audit_verify(args)
+        return {
+            "verify": _audit_verify, "export": _audit_export, "verify-bundle": _verify_bundle,
+        }[args.audit_command](args)  # fmt: skip
     try:
         fed = load_federation(args.config)
         if args.command == "pki":
@@ -173,6 +196,39 @@ def _audit_verify(args: argparse.Namespace) -> int:
     verdict = "OK" if report.ok else f"{len(report.findings)} problem(s)"
     print(f"{report.entries} entries, {report.checkpoints} checkpoints, root {root}: {verdict}")
     return 0 if report.ok else 1
+
+
+def _audit_export(args: argparse.Namespace) -> int:
+    from .evidence import EvidenceError, export_bundle
+
+    try:
+        data = export_bundle(args.log, args.message_id, args.leaf_index)
+    except (EvidenceError, OSError) as exc:
+        print(f"xroad-hub: {exc}", file=sys.stderr)
+        return 2
+    out = args.output or Path(f"{args.message_id}.json")
+    out.write_bytes(data)
+    print(f"evidence for {args.message_id} written to {out}")
+    return 0
+
+
+def _verify_bundle(args: argparse.Namespace) -> int:
+    from cryptography import x509
+
+    from .evidence import EvidenceError, verify_bundle
+
+    root = x509.load_pem_x509_certificate(args.root_ca.read_bytes())
+    try:
+        leaf = verify_bundle(args.bundle.read_bytes(), [root])
+    except (EvidenceError, OSError) as exc:
+        print(f"NOT VERIFIED: {exc}")
+        return 1
+    print(
+        f"VERIFIED: {leaf['role']} node logged {leaf['client']} -> {leaf['service']} "
+        f"(id {leaf['message_id']}, user {leaf['user_id']}, issue {leaf['issue']}, "
+        f"status {leaf['status']})"
+    )
+    return 0
 
 
 async def _up(fed, args: argparse.Namespace) -> int:  # type: ignore[no-untyped-def]
