@@ -162,6 +162,11 @@ def _check_entry(
     for name in _COLUMN_FIELDS:
         if leaf.get(name) != row[name]:
             yield f"column {name} ({row[name]!r}) differs from the leaf ({leaf.get(name)!r})"
+    try:
+        if orjson.loads(row["subjects"]) != leaf.get("subjects"):
+            yield "column subjects differs from the leaf"
+    except (orjson.JSONDecodeError, TypeError):
+        yield "column subjects is not a JSON list"
     for name in ("started_at", "finished_at"):
         if not isinstance(leaf.get(name), float | int) or abs(leaf[name] - row[name]) > 1e-5:
             yield f"column {name} differs from the leaf"

@@ -25,6 +25,7 @@ from .identifiers import (
     parse_service_id,
     parse_subsystem_id,
 )
+from .subjects import Locator, parse_locator
 
 __all__ = [
     "AUTH_MODES",
@@ -71,12 +72,17 @@ class ClientConfig:
 class ServiceConfig:
     id: ServiceId  # unversioned: access rights and routing are per service code
     adapter: str
-    url: str
+    url: str  # REST adapter only
     timeout: float = 30.0
     allow: frozenset[ClientId] = frozenset()
     disabled: bool = False
     disabled_notice: str = "service is disabled by its provider"
     version: str | None = None
+    # Adapters other than REST (e.g. "flatfile") take the rest of the service's table as
+    # their own options, which the adapter validates.
+    options: dict[str, Any] = field(default_factory=dict, hash=False)
+    # Where the data subject's id is in a request (see subjects.py), for the subject index.
+    subjects: tuple[Locator, ...] = ()
 
 
 @dataclass(frozen=True, slots=True)
@@ -167,6 +173,29 @@ def _build(data: dict[str, Any]) -> FederationConfig:
     return FederationConfig(instance, registry, members, nodes, backends)
 
 
+# Settings every service has; any other key of a non-REST service is an adapter option.
+_SERVICE_KEYS = frozenset(
+    (
+        "id",
+        "adapter",
+        "url",
+        "timeout",
+        "allow",
+        "disabled",
+        "disabled_notice",
+        "version",
+        "subject",
+    )
+)
+
+
+def _locators(node_id: NodeId, sid: ServiceId, texts: list[str]) -> tuple[Locator, ...]:
+    try:
+        return tuple(parse_locator(t) for t in texts)
+    except ValueError as exc:
+        raise ConfigError(f"node {node_id}, service {sid}: {exc}") from exc
+
+
 def _node(n: dict[str, Any], members: dict[MemberId, str]) -> NodeConfig:
     node_id = parse_node_id(n["id"])
     clients = []
@@ -179,16 +208,23 @@ def _node(n: dict[str, Any], members: dict[MemberId, str]) -> NodeConfig:
         sid = parse_service_id(s["id"])
         if sid.service_version:
             raise ConfigError(f"node {node_id}: give the version of {sid} as version = ...")
+        adapter = s.get("adapter", "rest")
         services.append(
             ServiceConfig(
                 id=sid,
-                adapter=s.get("adapter", "rest"),
-                url=s["url"],
+                adapter=adapter,
+                url=s["url"] if adapter == "rest" else s.get("url", ""),
                 timeout=float(s.get("timeout", 30)),
                 allow=frozenset(parse_client_id(a) for a in s.get("allow", [])),
                 disabled=bool(s.get("disabled", False)),
                 disabled_notice=s.get("disabled_notice", "service is disabled by its provider"),
                 version=s.get("version"),
+                subjects=_locators(node_id, sid, s.get("subject", [])),
+                options=(
+                    {k: v for k, v in s.items() if k not in _SERVICE_KEYS}
+                    if adapter != "rest"
+                    else {}
+                ),
             )
         )
     providers = tuple(sorted({s.id.provider for s in services}))  # type: ignore[type-var]

@@ -55,6 +55,8 @@ def write_federation(path: Path, spec: TestFederationSpec) -> Path:
             "url": f"{spec.backend_url}/echo",
             "version": "v1",
             "allow": everyone,
+            # The data subject (a citizen id): first path segment or the cid parameter.
+            "subject": ["path:1", "query:cid"],
         },
         {
             "id": "TH/GOV/DBD/registry/restricted",

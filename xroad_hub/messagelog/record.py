@@ -39,6 +39,7 @@ class LogRecord:
     response_signature: bytes | None = None
     response_body: bytes | None = None
     response_cert: bytes | None = None
+    subjects: tuple[str, ...] = ()  # data subjects the exchange concerns (provider side)
 
     def leaf(self) -> bytes:
         """Metadata plus digests only, so bodies can be purged without breaking the tree."""
@@ -66,5 +67,6 @@ class LogRecord:
                 "response_body_sha256": _sha256(self.response_body),
                 "request_cert_sha256": _sha256(self.request_cert),
                 "response_cert_sha256": _sha256(self.response_cert),
+                "subjects": sorted(self.subjects),
             }
         )

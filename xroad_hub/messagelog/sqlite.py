@@ -23,6 +23,7 @@ from collections.abc import Sequence
 from pathlib import Path
 
 import aiosqlite
+import orjson
 import structlog
 
 from .. import merkle
@@ -57,9 +58,10 @@ _COLUMNS = (
     "response_body",
     "request_cert_sha256",
     "response_cert_sha256",
+    "subjects",
 )
 
-_SCHEMA_VERSION = 2
+_SCHEMA_VERSION = 3
 _SCHEMA = """
 CREATE TABLE IF NOT EXISTS exchange (
     leaf_index INTEGER PRIMARY KEY,
@@ -85,8 +87,24 @@ CREATE TABLE IF NOT EXISTS exchange (
     request_body BLOB,
     response_body BLOB,
     request_cert_sha256 TEXT NOT NULL REFERENCES certificate (sha256),
-    response_cert_sha256 TEXT REFERENCES certificate (sha256)
+    response_cert_sha256 TEXT REFERENCES certificate (sha256),
+    subjects TEXT NOT NULL DEFAULT '[]'  -- JSON list, as in the leaf
 );
+-- Who each exchange concerns, kept by a trigger inside the inserting statement (atomic).
+CREATE TABLE IF NOT EXISTS exchange_subject (
+    subject TEXT NOT NULL,
+    leaf_index INTEGER NOT NULL REFERENCES exchange (leaf_index),
+    PRIMARY KEY (subject, leaf_index)
+) WITHOUT ROWID;
+CREATE TRIGGER IF NOT EXISTS exchange_subject_index AFTER INSERT ON exchange
+BEGIN
+    INSERT INTO exchange_subject SELECT value, NEW.leaf_index FROM json_each(NEW.subjects);
+END;
+CREATE INDEX IF NOT EXISTS exchange_started_at ON exchange (started_at);
+CREATE INDEX IF NOT EXISTS exchange_client ON exchange (client, started_at);
+CREATE INDEX IF NOT EXISTS exchange_service ON exchange (service, started_at);
+CREATE INDEX IF NOT EXISTS exchange_user_id ON exchange (user_id);
+CREATE INDEX IF NOT EXISTS exchange_issue ON exchange (issue);
 CREATE INDEX IF NOT EXISTS exchange_message_id ON exchange (message_id);
 -- Signing certificates, stored once: with them the log verifies offline.
 CREATE TABLE IF NOT EXISTS certificate (
@@ -206,7 +224,7 @@ class SQLiteMessageLog:
                 rec.error_type, rec.started_at, rec.finished_at, leaf, rec.request_meta,
                 rec.request_signature, rec.response_meta, rec.response_signature,
                 rec.request_body, rec.response_body, _sha256(rec.request_cert),
-                _sha256(rec.response_cert),
+                _sha256(rec.response_cert), orjson.dumps(sorted(rec.subjects)).decode(),
             )  # fmt: skip
             for cert in (rec.request_cert, rec.response_cert):
                 if cert is not None and cert not in self._known_certs:

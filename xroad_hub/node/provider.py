@@ -43,6 +43,7 @@ from ..rest import (
     request_hash,
 )
 from ..signing import SignatureError
+from ..subjects import Locator, extract_subjects
 from .runtime import NodeRuntime, answer_errors, read_body
 from .tls import peer_fingerprint
 
@@ -187,6 +188,7 @@ class ServerProxy:
     ) -> None:
         meta = env.meta
         rmeta, rsig, rbody, rcert = response if response else (None, None, None, None)
+        hosted = self.rt.services.get(service)
         record = LogRecord(
             message_id=str(meta.get("id")),
             request_id=str(meta.get("request_id")),
@@ -209,6 +211,7 @@ class ServerProxy:
             response_signature=rsig,
             response_body=rbody,
             response_cert=rcert,
+            subjects=_subjects(env, hosted.config.subjects) if hosted else (),
         )
         await self.rt.record(record, SERVER_PROXY)
 
@@ -249,3 +252,18 @@ def _adapter_request(env: Envelope, client: ClientId, service: ServiceId) -> Ada
     except XRoadError as exc:
         raise _fail("InvalidMessage", f"request from the client's node: {exc.message}") from exc
     return AdapterRequest(method, path, query, tuple(headers + own), env.body)
+
+
+def _subjects(env: Envelope, locators: tuple[Locator, ...]) -> tuple[str, ...]:
+    """The data subjects of a request, also of one that was refused (a citizen wants to know
+    who tried); a request too malformed to read concerns nobody we can name."""
+    if not locators:
+        return ()
+    meta = env.meta
+    try:
+        headers = [(str(k), str(v)) for k, v in meta.get("headers") or []]
+        return extract_subjects(
+            locators, str(meta.get("path") or ""), str(meta.get("query") or ""), headers
+        )
+    except (TypeError, ValueError):
+        return ()
