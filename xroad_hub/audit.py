@@ -36,12 +36,14 @@ from .checkpoint import Checkpoint, CheckpointError, NoteVerifier, open_note
 from .errors import XRoadError
 from .identifiers import parse_client_id, parse_service_id
 from .message import body_digest, canonical
+from .messagelog.search import SearchFilter, search_sql
 from .signing import SignatureError, SignatureVerifier
 
 __all__ = [
     "AuditReport",
     "Finding",
     "check_signed_part",
+    "search_log",
     "verify_log",
     "verify_node_checkpoint",
 ]
@@ -291,3 +293,19 @@ def _issued_by(cert: x509.Certificate, ca: x509.Certificate) -> bool:
     except (ValueError, TypeError, InvalidSignature):
         return False
     return True
+
+
+def search_log(
+    path: Path, query: SearchFilter, *, limit: int = 100, after: int = -1
+) -> tuple[list[dict[str, Any]], int | None]:
+    """One page of matching entries (without bodies) and the ``after`` of the next page."""
+    sql, params = search_sql(query, limit=limit, after=after)
+    conn = sqlite3.connect(f"file:{path}?mode=ro", uri=True)
+    conn.row_factory = sqlite3.Row
+    try:
+        rows = [dict(r) for r in conn.execute(sql, params)]
+    finally:
+        conn.close()
+    for row in rows:
+        row["subjects"] = orjson.loads(row["subjects"])
+    return rows, (rows[-1]["leaf_index"] if len(rows) == limit else None)

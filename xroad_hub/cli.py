@@ -4,10 +4,12 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import json
 import signal
 import sys
 import time
 import uuid
+from datetime import datetime
 from pathlib import Path
 
 import jwt
@@ -117,6 +119,21 @@ def build_parser() -> argparse.ArgumentParser:
         default=DEFAULT_CERTS / "ca" / "root.cert.pem",
         help="federation root certificate (default: certs/ca/root.cert.pem)",
     )
+    search = audit_sub.add_parser(
+        "search",
+        help="search a node's message log (JSON lines, one entry each, without bodies)",
+        description="All filters combine (AND). Times are ISO 8601. Pages follow leaf order: "
+        "pass the printed --after value to get the next page.",
+    )
+    search.add_argument("log", type=Path, help="the node's messagelog.sqlite")
+    for name in ("client", "service", "user-id", "issue", "message-id", "subject", "role",
+                 "error-type"):  # fmt: skip
+        search.add_argument(f"--{name}")
+    search.add_argument("--status", type=int)
+    search.add_argument("--since", type=datetime.fromisoformat, help="from this time on")
+    search.add_argument("--until", type=datetime.fromisoformat, help="before this time")
+    search.add_argument("--limit", type=int, default=100, help="page size (default 100)")
+    search.add_argument("--after", type=int, default=-1, help="leaf index the page starts after")
     return parser
 
 
@@ -126,6 +143,7 @@ def main(argv: list[str] | None = None) -> int:
     if args.command == "audit":
         return {
             "verify": _audit_verify, "export": _audit_export, "verify-bundle": _verify_bundle,
+            "search": _audit_search,
         }[args.audit_command](args)  # fmt: skip
     try:
         fed = load_federation(args.config)
@@ -196,6 +214,27 @@ def _audit_verify(args: argparse.Namespace) -> int:
     verdict = "OK" if report.ok else f"{len(report.findings)} problem(s)"
     print(f"{report.entries} entries, {report.checkpoints} checkpoints, root {root}: {verdict}")
     return 0 if report.ok else 1
+
+
+def _audit_search(args: argparse.Namespace) -> int:
+    from .audit import search_log
+    from .messagelog.search import SearchFilter
+
+    query = SearchFilter(
+        since=args.since, until=args.until, client=args.client, service=args.service,
+        user_id=args.user_id, issue=args.issue, message_id=args.message_id,
+        status=args.status, role=args.role, error_type=args.error_type, subject=args.subject,
+    )  # fmt: skip
+    try:
+        rows, next_after = search_log(args.log, query, limit=args.limit, after=args.after)
+    except (ValueError, OSError) as exc:
+        print(f"xroad-hub: {exc}", file=sys.stderr)
+        return 2
+    for row in rows:
+        print(json.dumps(row, ensure_ascii=False))
+    if next_after is not None:
+        print(f"more: --after {next_after}", file=sys.stderr)
+    return 0
 
 
 def _audit_export(args: argparse.Namespace) -> int:
