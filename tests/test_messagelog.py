@@ -259,3 +259,21 @@ async def test_certificates_are_stored_once_by_digest(tmp_path: Path) -> None:
     ]
     assert {r[0] for r in refs} <= set(certs)
     assert certs[hashlib.sha256(b"client cert DER").hexdigest()] == b"client cert DER"
+
+
+async def test_retention_purges_bodies_but_not_leaves(tmp_path: Path) -> None:
+    log = SQLiteMessageLog(tmp_path / "log.sqlite")
+    await log.open()
+    try:
+        for i in range(4):
+            await log.append(_rec(i))
+        head = log.tree_head()
+        # _rec(i) finished at 1700000000.5 + i: purge the first two.
+        assert await log.purge_bodies(1700000002.0) == 2
+        assert await log.purge_bodies(1700000002.0) == 0
+        rows = [(await log.find(f"msg-{i}"))[0] for i in range(4)]
+        assert [r["request_body"] is None for r in rows] == [True, True, False, False]
+        assert rows[0]["leaf"] == _rec(0).leaf()  # the leaf (with the digests) stays
+        assert log.tree_head() == head
+    finally:
+        await log.close()

@@ -266,6 +266,19 @@ class SQLiteMessageLog:
             "INSERT INTO checkpoint VALUES (?, ?, ?, ?, ?)", (size, root, note, digest, created_at)
         )
 
+    async def purge_bodies(self, before: float) -> int:
+        """Retention: drop the bodies of exchanges finished before ``before`` (epoch s).
+
+        Leaves hold the bodies' digests, so the tree, the checkpoints and verification are
+        unaffected; returns how many entries lost their bodies."""
+        assert self._db is not None
+        cur = await self._db.execute(
+            "UPDATE exchange SET request_body = NULL, response_body = NULL WHERE finished_at < ?"
+            " AND (request_body IS NOT NULL OR response_body IS NOT NULL)",
+            (before,),
+        )
+        return cur.rowcount
+
     async def count(self) -> int:
         assert self._db is not None
         async with self._db.execute("SELECT COUNT(*) FROM exchange") as cur:

@@ -1,0 +1,412 @@
+"""PostgreSQL message log: the SQLite log's semantics, for operators who run PostgreSQL.
+
+Same design as ``sqlite.py`` (read it first): appends queue up, one writer task stores
+whatever has queued in ONE transaction and resolves each ``append`` only after COMMIT, leaf
+indexes are assigned by that writer in commit order, and the Merkle tree head is kept in
+memory from committed leaves. Tables and columns are those of the SQLite log, so audit logic
+written against one reads the other. What PostgreSQL adds:
+
+- Several nodes may share one database: each log lives in its own PostgreSQL schema (e.g.
+  ``node_th_gov_dbd_hub1``). The name ends up in SQL text, so it is validated strictly.
+- Leaf indexes are only gap-free and unique if ONE writer assigns them, and nothing stops a
+  second process from opening the same schema by mistake. The writer connection holds a
+  session advisory lock keyed on the schema for the log's lifetime; a second writer is
+  refused at open. The lock dies with the connection, so a lost connection is not retried
+  here: another writer may have taken over, and the log fails closed until it is reopened.
+- A batch goes in with binary COPY (``copy_records_to_table``). Measured against
+  ``executemany`` of one INSERT and ``INSERT ... SELECT FROM unnest(arrays)`` (see
+  ``scripts/bench_messagelog.py --insert-methods``), COPY was the fastest at every batch
+  size and used the least client CPU per row (about half of executemany's at 128 rows,
+  a third of unnest's), and the client CPU is the node's.
+- The writer forces ``synchronous_commit=on``: a database configured with ``off`` would
+  acknowledge a COMMIT before it is on disk, and the node answers exchanges on that ack.
+- Reads (``find``, ``leaves``, ``count``) and checkpoints use a small pool, so an auditor's
+  query never waits behind a batch commit and never touches the writer's connection.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import hashlib
+import re
+from collections.abc import Sequence
+from typing import Any
+
+import asyncpg
+import structlog
+
+from .. import merkle
+from .record import LogRecord
+from .store import LogError
+
+__all__ = ["PostgresMessageLog", "validate_schema_name"]
+
+log = structlog.get_logger("xroad_hub.messagelog")
+
+# The column names and order of sqlite.py's ``exchange`` table (a test holds them equal).
+_COLUMNS = (
+    "leaf_index",
+    "message_id",
+    "request_id",
+    "role",
+    "client",
+    "service",
+    "user_id",
+    "issue",
+    "represented_party",
+    "method",
+    "status",
+    "error_type",
+    "started_at",
+    "finished_at",
+    "leaf",
+    "request_meta",
+    "request_signature",
+    "response_meta",
+    "response_signature",
+    "request_body",
+    "response_body",
+    "request_cert_sha256",
+    "response_cert_sha256",
+)
+
+# The logical layout is the SQLite log's version 2; both refuse any other version.
+_SCHEMA_VERSION = 2
+
+# Lower-case only: PostgreSQL folds unquoted names to lower case, so "Node1" and "node1"
+# would be one schema in psql and two here. 63 bytes is NAMEDATALEN - 1 (longer names are
+# silently truncated, which could make two nodes share a log). pg_* is reserved.
+_SCHEMA_NAME = re.compile(r"[a-z_][a-z0-9_]{0,62}")
+
+
+def validate_schema_name(schema: str) -> str:
+    """Return ``schema`` if it is a safe, unambiguous PostgreSQL schema name, else raise."""
+    # fullmatch, not match with "$": "$" also matches before a trailing newline.
+    if (
+        not isinstance(schema, str)
+        or not _SCHEMA_NAME.fullmatch(schema)
+        or schema.startswith("pg_")
+        or schema == "information_schema"
+    ):
+        raise ValueError(
+            f"invalid message log schema name {schema!r}: use 1 to 63 characters a-z, 0-9 "
+            "and _, not starting with a digit or pg_ (e.g. node_th_gov_dbd_hub1)"
+        )
+    return schema
+
+
+def _ddl(s: str) -> str:
+    # ``s`` is the validated, quoted schema name. Column types keep what SQLite gives back:
+    # bigint/integer -> int, double precision (SQLite REAL) -> float, bytea -> bytes.
+    return f"""
+CREATE TABLE {s}.certificate (
+    sha256 text PRIMARY KEY,
+    der bytea NOT NULL
+);
+CREATE TABLE {s}.exchange (
+    leaf_index bigint PRIMARY KEY,
+    message_id text NOT NULL,
+    request_id text NOT NULL,
+    role text NOT NULL,
+    client text NOT NULL,
+    service text NOT NULL,
+    user_id text,
+    issue text,
+    represented_party text,
+    method text NOT NULL,
+    status integer NOT NULL,
+    error_type text,
+    started_at double precision NOT NULL,
+    finished_at double precision NOT NULL,
+    leaf bytea NOT NULL,
+    request_meta bytea NOT NULL,
+    request_signature bytea NOT NULL,
+    response_meta bytea,
+    response_signature bytea,
+    -- Bodies are not part of the leaf (it holds their digests): retention may set them NULL.
+    request_body bytea,
+    response_body bytea,
+    request_cert_sha256 text NOT NULL REFERENCES {s}.certificate (sha256),
+    response_cert_sha256 text REFERENCES {s}.certificate (sha256)
+);
+CREATE INDEX exchange_message_id ON {s}.exchange (message_id);
+CREATE TABLE {s}.checkpoint (
+    size bigint PRIMARY KEY,
+    root bytea NOT NULL,
+    note text NOT NULL,
+    cert_sha256 text NOT NULL REFERENCES {s}.certificate (sha256),
+    created_at double precision NOT NULL
+);
+-- SQLite keeps this in PRAGMA user_version; one row, so there is one answer.
+CREATE TABLE {s}.schema_version (
+    one boolean PRIMARY KEY DEFAULT true CHECK (one),
+    version integer NOT NULL
+);
+INSERT INTO {s}.schema_version (version) VALUES ({_SCHEMA_VERSION});
+"""
+
+
+def _lock_key(schema: str) -> int:
+    """The advisory lock key of a schema: 64 bits of a digest, as PostgreSQL's signed bigint.
+
+    A digest rather than hashtext(): stable across PostgreSQL versions, and a collision
+    between two schema names (2**-64) could at worst refuse a writer, never admit two.
+    """
+    digest = hashlib.sha256(b"xroad_hub.messagelog\0" + schema.encode()).digest()
+    return int.from_bytes(digest[:8], "big", signed=True)
+
+
+def _sha256(data: bytes | None) -> str | None:
+    return None if data is None else hashlib.sha256(data).hexdigest()
+
+
+_Pending = tuple[LogRecord, bytes, "asyncio.Future[int]"]
+
+
+class PostgresMessageLog:
+    def __init__(self, dsn: str, *, schema: str = "xroad_hub", max_batch: int = 1024) -> None:
+        self.schema = validate_schema_name(schema)
+        self._dsn = dsn
+        self._max_batch = max_batch
+        self._s = f'"{self.schema}"'  # quoted as well as validated: belt and braces
+        self._conn: asyncpg.Connection | None = None
+        self._pool: asyncpg.Pool | None = None
+        self._queue: asyncio.Queue[_Pending | None] = asyncio.Queue()
+        self._writer: asyncio.Task[None] | None = None
+        self._next_index = 0
+        self._closing = False
+        self._known_certs: set[bytes] = set()
+        self._tree = merkle.CompactRange()
+
+    def __repr__(self) -> str:  # never the DSN: it may hold a password
+        return f"PostgresMessageLog(schema={self.schema!r})"
+
+    async def open(self) -> None:
+        settings = {
+            "synchronous_commit": "on",  # durable COMMIT whatever the server default (above)
+            "application_name": f"xroad-hub messagelog {self.schema}"[:63],
+        }
+        try:
+            self._conn = await asyncpg.connect(self._dsn, server_settings=settings)
+            await self._lock()
+            await self._check_schema()
+            await self._load_tree()
+            self._pool = await asyncpg.create_pool(
+                self._dsn, min_size=1, max_size=4, server_settings=settings
+            )
+        except BaseException as exc:
+            await self._close_connections()
+            if isinstance(exc, OSError | asyncpg.PostgresError | asyncpg.InterfaceError):
+                raise LogError(
+                    f"cannot open the message log in schema {self.schema!r}: {exc}"
+                ) from exc
+            raise
+        self._writer = asyncio.create_task(self._run(), name=f"messagelog-writer:{self.schema}")
+
+    async def _lock(self) -> None:
+        assert self._conn is not None
+        key = _lock_key(self.schema)
+        if await self._conn.fetchval("SELECT pg_try_advisory_lock($1)", key):
+            return
+        # Name the holder, so the operator can find the other process.
+        holder = await self._conn.fetchrow(
+            "SELECT a.pid, a.application_name, a.client_addr::text AS addr"
+            " FROM pg_locks l JOIN pg_stat_activity a ON a.pid = l.pid"
+            " WHERE l.locktype = 'advisory' AND l.granted AND l.objsubid = 1"
+            # a bigint key is split into classid (high 32 bits) and objid (low 32 bits)
+            " AND (l.classid::bigint << 32) | l.objid::bigint = $1",
+            key,
+        )
+        who = (
+            f"backend pid {holder['pid']} ({holder['application_name'] or 'no name'}"
+            f"{', from ' + holder['addr'] if holder['addr'] else ''})"
+            if holder
+            else "another session"
+        )
+        raise LogError(
+            f"the message log in schema {self.schema!r} is already open for writing by {who}; "
+            "two writers would assign the same leaf indexes. Stop the other node, or give "
+            "this one its own schema"
+        )
+
+    async def _check_schema(self) -> None:
+        assert self._conn is not None
+        tables = {
+            r["table_name"]
+            for r in await self._conn.fetch(
+                "SELECT table_name FROM information_schema.tables WHERE table_schema = $1",
+                self.schema,
+            )
+        }
+        version = 0
+        if "schema_version" in tables:
+            version = (
+                await self._conn.fetchval(f"SELECT version FROM {self._s}.schema_version") or 0
+            )
+        if version == 0 and "exchange" not in tables:
+            async with self._conn.transaction():
+                await self._conn.execute(f"CREATE SCHEMA IF NOT EXISTS {self._s}")
+                await self._conn.execute(_ddl(self._s))
+        elif version != _SCHEMA_VERSION:
+            raise LogError(
+                f"schema {self.schema!r} holds a message log of schema version {version}, this "
+                f"node writes version {_SCHEMA_VERSION}; keep that schema for audit, rename it "
+                "(ALTER SCHEMA ... RENAME TO ...) and start again (no automatic migration of "
+                "evidence)"
+            )
+
+    async def _load_tree(self) -> None:
+        """Rebuild the tree head from the committed leaves (O(n) once, at start)."""
+        assert self._conn is not None
+        expected = 0
+        async with self._conn.transaction():
+            cursor = self._conn.cursor(
+                f"SELECT leaf_index, leaf FROM {self._s}.exchange ORDER BY leaf_index",
+                prefetch=4096,
+            )
+            async for row in cursor:
+                # The tree puts leaf i at index i: a missing or extra row would make every
+                # later proof and checkpoint wrong, so refuse rather than number on from it.
+                if row["leaf_index"] != expected:
+                    raise LogError(
+                        f"message log in schema {self.schema!r} has no entry {expected} "
+                        f"(next is {row['leaf_index']}): rows were removed; keep it for audit"
+                    )
+                self._tree.append(merkle.leaf_hash(row["leaf"]))
+                expected += 1
+        self._next_index = expected
+
+    async def append(self, record: LogRecord) -> int:
+        if self._closing or self._writer is None or self._writer.done():
+            raise LogError("message log is not open")
+        # Computed here, so a record that cannot be serialised fails its own append only.
+        leaf = record.leaf()
+        fut: asyncio.Future[int] = asyncio.get_running_loop().create_future()
+        self._queue.put_nowait((record, leaf, fut))
+        # Shielded: a client that disconnects must not cancel a record already being written.
+        return await asyncio.shield(fut)
+
+    async def _run(self) -> None:
+        stop = False
+        while not stop:
+            first = await self._queue.get()
+            if first is None:
+                break
+            batch = [first]
+            while len(batch) < self._max_batch and not self._queue.empty():
+                item = self._queue.get_nowait()
+                if item is None:
+                    stop = True
+                    break
+                batch.append(item)
+            await self._write(batch)
+
+    async def _write(self, batch: list[_Pending]) -> None:
+        assert self._conn is not None
+        first = self._next_index
+        rows: list[tuple[Any, ...]] = []
+        new_certs: dict[str, bytes] = {}
+        for i, (rec, leaf, _) in enumerate(batch, start=first):
+            rows.append((
+                i, rec.message_id, rec.request_id, rec.role, rec.client, rec.service,
+                rec.user_id, rec.issue, rec.represented_party, rec.method, rec.status,
+                rec.error_type, rec.started_at, rec.finished_at, leaf, rec.request_meta,
+                rec.request_signature, rec.response_meta, rec.response_signature,
+                rec.request_body, rec.response_body, _sha256(rec.request_cert),
+                _sha256(rec.response_cert),
+            ))  # fmt: skip
+            for cert in (rec.request_cert, rec.response_cert):
+                if cert is not None and cert not in self._known_certs:
+                    new_certs[hashlib.sha256(cert).hexdigest()] = cert
+        try:
+            # One transaction: the exchanges and the certificates their foreign keys need.
+            async with self._conn.transaction():
+                if new_certs:
+                    await self._conn.executemany(
+                        f"INSERT INTO {self._s}.certificate VALUES ($1, $2)"
+                        " ON CONFLICT (sha256) DO NOTHING",
+                        list(new_certs.items()),
+                    )
+                await self._conn.copy_records_to_table(
+                    "exchange", schema_name=self.schema, columns=_COLUMNS, records=rows
+                )
+        except Exception as exc:  # any storage failure fails the whole batch, loudly
+            lost = self._conn.is_closed()
+            log.error("messagelog.write_failed", error=str(exc), batch=len(batch), lost=lost)
+            reason = (
+                "the connection to PostgreSQL was lost (and with it the writer lock); "
+                "reopen the log"
+                if lost
+                else str(exc)
+            )
+            for _, _, fut in batch:
+                if not fut.done():
+                    fut.set_exception(LogError(f"message log write failed: {reason}"))
+            return
+        self._known_certs.update(new_certs.values())  # only once committed
+        self._next_index = first + len(batch)
+        self._tree.extend(merkle.leaf_hash(leaf) for _, leaf, _ in batch)
+        for i, (_, _, fut) in enumerate(batch, start=first):
+            if not fut.done():
+                fut.set_result(i)
+
+    def tree_head(self) -> tuple[int, bytes]:
+        """Size and RFC 9162 root of the committed log."""
+        return len(self._tree), self._tree.root()
+
+    def _reader(self) -> asyncpg.Pool:
+        if self._pool is None:
+            raise LogError("message log is not open")
+        return self._pool
+
+    async def add_checkpoint(
+        self, size: int, root: bytes, note: str, cert_der: bytes, created_at: float
+    ) -> None:
+        digest = hashlib.sha256(cert_der).hexdigest()
+        async with self._reader().acquire() as conn, conn.transaction():
+            await conn.execute(
+                f"INSERT INTO {self._s}.certificate VALUES ($1, $2)"
+                " ON CONFLICT (sha256) DO NOTHING",
+                digest,
+                cert_der,
+            )
+            await conn.execute(
+                f"INSERT INTO {self._s}.checkpoint VALUES ($1, $2, $3, $4, $5)",
+                size, root, note, digest, created_at,
+            )  # fmt: skip
+
+    async def count(self) -> int:
+        return int(await self._reader().fetchval(f"SELECT count(*) FROM {self._s}.exchange"))
+
+    async def leaves(self, start: int, end: int) -> Sequence[bytes]:
+        rows = await self._reader().fetch(
+            f"SELECT leaf FROM {self._s}.exchange WHERE leaf_index >= $1 AND leaf_index < $2"
+            " ORDER BY leaf_index",
+            start,
+            end,
+        )
+        return [bytes(r[0]) for r in rows]
+
+    async def find(self, message_id: str) -> list[dict[str, object]]:
+        rows = await self._reader().fetch(
+            f"SELECT * FROM {self._s}.exchange WHERE message_id = $1 ORDER BY leaf_index",
+            message_id,
+        )
+        return [dict(r) for r in rows]
+
+    async def close(self) -> None:
+        """Write everything already accepted, then close (which releases the writer lock)."""
+        if self._closing:
+            return
+        self._closing = True
+        if self._writer is not None:
+            self._queue.put_nowait(None)
+            await self._writer
+        await self._close_connections()
+
+    async def _close_connections(self) -> None:
+        pool, conn, self._pool, self._conn = self._pool, self._conn, None, None
+        if pool is not None:
+            await pool.close()
+        if conn is not None and not conn.is_closed():
+            await conn.close()  # ends the session, so the advisory lock goes with it
