@@ -173,3 +173,19 @@ async def test_forged_checkpoint_signature_fails(fed: Fed, log_copy: Path) -> No
         conn.execute("UPDATE checkpoint SET note = ? WHERE note = ?", ("\n".join(lines), note))
     findings = [str(f) for f in verify_log(log_copy, _root(fed)).findings]
     assert any("does not verify" in f for f in findings), findings
+
+
+async def test_witness_cosignature_is_checked(fed: Fed, log_copy: Path) -> None:
+    report = verify_log(log_copy, _root(fed))
+    assert report.ok and report.witnessed >= 1
+    with sqlite3.connect(log_copy) as conn:
+        size, note = conn.execute(
+            "SELECT size, note FROM checkpoint WHERE witness_cert_sha256 IS NOT NULL"
+        ).fetchone()
+        last = note.rstrip("\n").split("\n")[-1]
+        broken = note.replace(
+            last, last[:-6] + ("AAAAA=" if not last.endswith("AAAAA=") else "BBBBB=")
+        )
+        conn.execute("UPDATE checkpoint SET note = ? WHERE size = ?", (broken, size))
+    findings = [str(f) for f in verify_log(log_copy, _root(fed)).findings]
+    assert any("witness co-signature" in f for f in findings), findings

@@ -80,6 +80,7 @@ class Finding:
 class AuditReport:
     entries: int = 0
     checkpoints: int = 0
+    witnessed: int = 0
     root: bytes = merkle.root([])
     findings: list[Finding] = field(default_factory=list)
 
@@ -143,6 +144,7 @@ def verify_log(
             for problem in _check_checkpoint(cp, certs, trusted_roots, roots_at):
                 report.findings.append(Finding(None, f"checkpoint at size {cp['size']}: {problem}"))
         report.checkpoints = len(checkpoints)
+        report.witnessed = sum(1 for cp in checkpoints if cp["witness_cert_sha256"])
     except sqlite3.Error as exc:
         report.findings.append(Finding(None, f"the log cannot be read: {exc}"))
     finally:
@@ -278,6 +280,9 @@ def _check_checkpoint(
     except CheckpointError as exc:
         yield str(exc)
         return
+    witness_der = certs.get(cp["witness_cert_sha256"] or "")
+    if cp["witness_cert_sha256"] and not _cosigned(str(cp["note"]), witness_der, trusted_roots):
+        yield "the witness co-signature does not verify"
     if (checkpoint.size, checkpoint.root) != (cp["size"], bytes(cp["root"])):
         yield "the signed note does not match the stored size and root"
     computed = roots_at.get(checkpoint.size)
@@ -285,6 +290,23 @@ def _check_checkpoint(
         yield f"the log holds fewer than {checkpoint.size} entries (truncated)"
     elif computed != checkpoint.root:
         yield "the entries before it no longer give the signed root (history rewritten)"
+
+
+def _cosigned(note: str, witness_der: bytes | None, trusted_roots: list[x509.Certificate]) -> bool:
+    """True if the witness whose certificate is ``witness_der`` co-signed ``note``."""
+    if witness_der is None:
+        return False
+    cert = x509.load_der_x509_certificate(witness_der)
+    key = cert.public_key()
+    if not isinstance(key, ed25519.Ed25519PublicKey):
+        return False
+    if not any(_issued_by(cert, ca) for ca in trusted_roots):
+        return False
+    name = str(cert.subject.get_attributes_for_oid(NameOID.COMMON_NAME)[0].value)
+    try:
+        return name in open_note(note, [NoteVerifier(name, key)])[1]
+    except CheckpointError:
+        return False
 
 
 def _issued_by(cert: x509.Certificate, ca: x509.Certificate) -> bool:

@@ -212,7 +212,10 @@ def _audit_verify(args: argparse.Namespace) -> int:
         print(f"BAD {finding}")
     root = base64.b64encode(report.root).decode()
     verdict = "OK" if report.ok else f"{len(report.findings)} problem(s)"
-    print(f"{report.entries} entries, {report.checkpoints} checkpoints, root {root}: {verdict}")
+    print(
+        f"{report.entries} entries, {report.checkpoints} checkpoints "
+        f"({report.witnessed} witnessed), root {root}: {verdict}"
+    )
     return 0 if report.ok else 1
 
 

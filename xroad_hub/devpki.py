@@ -61,6 +61,10 @@ def ensure_pki(fed: FederationConfig, certs_dir: Path) -> list[Path]:
         created.extend([paths.key, paths.cert])
 
     leaf(layout.globalconf_signer, f"{fed.instance} global configuration signer", "sign")
+    leaf(
+        layout.registry_witness, f"{fed.instance}/registry", "checkpoint",
+        ed25519.Ed25519PrivateKey.generate,
+    )  # fmt: skip
     for member in fed.members:
         leaf(layout.member_sign(str(member)), str(member), "sign")
     for node in fed.nodes:

@@ -71,6 +71,10 @@ class PkiLayout:
     def globalconf_signer(self) -> CertPaths:
         return self._pair("registry", "", "globalconf")
 
+    @property
+    def registry_witness(self) -> CertPaths:
+        return self._pair("registry", "", "witness")
+
     def node_auth(self, node_id: str) -> CertPaths:
         return self._pair("nodes", node_id, "auth")
 

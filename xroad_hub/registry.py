@@ -9,16 +9,22 @@ the registry is reachable.
 
 from __future__ import annotations
 
+import base64
 from datetime import UTC, datetime, timedelta
+from pathlib import Path
 
+import orjson
 import structlog
 from aiohttp import web
 from cryptography.hazmat.primitives import serialization
 
+from .checkpoint import NoteSigner
 from .federation import FederationConfig
 from .globalconf import GlobalConf, NodeEntry, sign_globalconf
-from .pki import PkiLayout, load_cert, load_private_key
+from .pki import PkiLayout, load_cert, load_ed25519_key, load_private_key
 from .signing import cert_fingerprint
+from .streams import BodyTooLarge, read_capped
+from .witness import Witness, WitnessConflict, WitnessError
 
 __all__ = ["Registry"]
 
@@ -26,7 +32,9 @@ log = structlog.get_logger("xroad_hub.registry")
 
 
 class Registry:
-    def __init__(self, fed: FederationConfig, pki: PkiLayout) -> None:
+    def __init__(
+        self, fed: FederationConfig, pki: PkiLayout, witness_state: Path | None = None
+    ) -> None:
         self.fed = fed
         self._key = load_private_key(pki.globalconf_signer.key)
         der = serialization.Encoding.DER
@@ -43,6 +51,13 @@ class Registry:
             for n in fed.nodes
         )
         self._serial = 0
+        witness_key = pki.registry_witness
+        self.witness = Witness(
+            NoteSigner(f"{fed.instance}/registry", load_ed25519_key(witness_key.key)),
+            [load_cert(pki.root_ca.cert)],
+            witness_state,
+        )
+        self.witness_cert = load_cert(witness_key.cert).public_bytes(der)
 
     def current(self, now: datetime | None = None) -> GlobalConf:
         now = now or datetime.now(UTC)
@@ -60,7 +75,33 @@ class Registry:
     def app(self) -> web.Application:
         app = web.Application()
         app.router.add_get("/globalconf", self._globalconf)
+        app.router.add_get("/witness", self._witness_latest)
+        app.router.add_post("/witness", self._witness_submit)
         return app
+
+    async def _witness_latest(self, request: web.Request) -> web.Response:
+        latest = self.witness.latest(request.query.get("origin", ""))
+        if latest is None:
+            return web.json_response({"size": 0, "note": None})
+        return web.json_response({"size": latest[0], "note": latest[1]})
+
+    async def _witness_submit(self, request: web.Request) -> web.Response:
+        """A node submits a checkpoint with a consistency proof; it gets it back co-signed,
+        or 409 when its history does not extend what was witnessed before."""
+        try:
+            doc = orjson.loads(await read_capped(request.content, 256 * 1024))
+            note, cert = str(doc["note"]), base64.b64decode(doc["cert"], validate=True)
+            proof = [base64.b64decode(h, validate=True) for h in doc["proof"]]
+            cosigned = self.witness.submit(note, cert, int(doc["old_size"]), proof)
+        except WitnessConflict as exc:
+            log.error("witness.inconsistent", reason=str(exc), last_size=exc.last_size)
+            return web.json_response({"error": str(exc), "size": exc.last_size}, status=409)
+        except (WitnessError, BodyTooLarge, orjson.JSONDecodeError, KeyError, TypeError,
+                ValueError) as exc:  # fmt: skip
+            return web.json_response({"error": f"bad submission: {exc}"}, status=400)
+        return web.json_response(
+            {"note": cosigned, "cert": base64.b64encode(self.witness_cert).decode()}
+        )
 
     async def _globalconf(self, request: web.Request) -> web.Response:
         conf = self.current()

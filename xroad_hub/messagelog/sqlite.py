@@ -117,7 +117,8 @@ CREATE TABLE IF NOT EXISTS checkpoint (
     root BLOB NOT NULL,
     note TEXT NOT NULL,
     cert_sha256 TEXT NOT NULL REFERENCES certificate (sha256),
-    created_at REAL NOT NULL
+    created_at REAL NOT NULL,
+    witness_cert_sha256 TEXT REFERENCES certificate (sha256)  -- set once co-signed
 );
 """
 
@@ -148,7 +149,9 @@ class SQLiteMessageLog:
         self._next_index = 0
         self._closing = False
         self._known_certs: set[bytes] = set()
-        self._tree = merkle.CompactRange()
+        # Every perfect subtree, ~64 bytes per entry: consistency proofs for the witness
+        # need old subtrees (a database-backed hash source would lift the memory cost).
+        self._tree = merkle.MemoryTree()
 
     async def open(self) -> None:
         self.path.parent.mkdir(parents=True, exist_ok=True)
@@ -254,6 +257,22 @@ class SQLiteMessageLog:
         """Size and RFC 9162 root of the committed log."""
         return len(self._tree), self._tree.root()
 
+    def consistency_proof(self, old_size: int, size: int) -> list[bytes]:
+        """RFC 9162 proof that the tree of ``old_size`` entries is a prefix of ``size``'s."""
+        return merkle.consistency_proof(self._tree, old_size, size)
+
+    async def record_witness(self, size: int, cosigned_note: str, witness_cert: bytes) -> None:
+        """Replace the checkpoint's note by the one a witness co-signed."""
+        assert self._db is not None
+        digest = hashlib.sha256(witness_cert).hexdigest()
+        await self._db.execute(
+            "INSERT OR IGNORE INTO certificate VALUES (?, ?)", (digest, witness_cert)
+        )
+        await self._db.execute(
+            "UPDATE checkpoint SET note = ?, witness_cert_sha256 = ? WHERE size = ?",
+            (cosigned_note, digest, size),
+        )
+
     async def add_checkpoint(
         self, size: int, root: bytes, note: str, cert_der: bytes, created_at: float
     ) -> None:
@@ -263,7 +282,9 @@ class SQLiteMessageLog:
             "INSERT OR IGNORE INTO certificate VALUES (?, ?)", (digest, cert_der)
         )
         await self._db.execute(
-            "INSERT INTO checkpoint VALUES (?, ?, ?, ?, ?)", (size, root, note, digest, created_at)
+            "INSERT INTO checkpoint (size, root, note, cert_sha256, created_at)"
+            " VALUES (?, ?, ?, ?, ?)",
+            (size, root, note, digest, created_at),
         )
 
     async def purge_bodies(self, before: float) -> int:

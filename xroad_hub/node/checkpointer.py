@@ -9,9 +9,11 @@ entry changed, removed or reordered afterwards no longer gives the signed root.
 from __future__ import annotations
 
 import asyncio
+import base64
 import contextlib
 import time
 
+import aiohttp
 import structlog
 
 from ..checkpoint import Checkpoint, NoteSigner, sign_note
@@ -25,7 +27,7 @@ log = structlog.get_logger("xroad_hub.checkpoint")
 class Checkpointer:
     def __init__(
         self, node_id: str, messagelog: MessageLog, signer: NoteSigner, cert_der: bytes,
-        interval: float,
+        interval: float, witness_url: str | None = None,
     ) -> None:  # fmt: skip
         self.origin = f"xroad-hub/{node_id}"
         self._log = messagelog
@@ -34,6 +36,8 @@ class Checkpointer:
         self._interval = interval
         self._last_size = -1
         self._task: asyncio.Task[None] | None = None
+        self._witness_url = witness_url
+        self._session: aiohttp.ClientSession | None = None
 
     async def checkpoint(self) -> str | None:
         """Sign and store the current tree head, if it grew since the last checkpoint."""
@@ -44,7 +48,41 @@ class Checkpointer:
         await self._log.add_checkpoint(size, root, note, self._cert, time.time())
         self._last_size = size
         log.info("checkpoint.signed", origin=self.origin, size=size)
+        if self._witness_url:
+            note = await self._witness(size, note)
         return note
+
+    async def _witness(self, size: int, note: str) -> str:
+        """Have the witness co-sign; on any failure keep the node's own checkpoint (the next
+        one is submitted with a proof from whatever the witness saw last)."""
+        assert self._witness_url is not None
+        if self._session is None:
+            self._session = aiohttp.ClientSession(timeout=aiohttp.ClientTimeout(total=10))
+        try:
+            async with self._session.get(self._witness_url, params={"origin": self.origin}) as r:
+                r.raise_for_status()
+                seen = int((await r.json())["size"])
+            proof = self._log.consistency_proof(seen, size) if 0 < seen < size else []
+            payload = {
+                "note": note,
+                "cert": base64.b64encode(self._cert).decode(),
+                "old_size": seen,
+                "proof": [base64.b64encode(h).decode() for h in proof],
+            }
+            async with self._session.post(self._witness_url, json=payload) as r:
+                answer = await r.json()
+                if r.status == 409:
+                    log.error("checkpoint.witness_refused", origin=self.origin, size=size,
+                              reason=answer.get("error"))  # fmt: skip
+                    return note
+                r.raise_for_status()
+        except (aiohttp.ClientError, TimeoutError, ValueError, KeyError) as exc:
+            log.warning("checkpoint.witness_unavailable", origin=self.origin, error=str(exc))
+            return note
+        cosigned = str(answer["note"])
+        await self._log.record_witness(size, cosigned, base64.b64decode(answer["cert"]))
+        log.info("checkpoint.witnessed", origin=self.origin, size=size)
+        return cosigned
 
     async def _run(self) -> None:
         while True:
@@ -64,3 +102,5 @@ class Checkpointer:
             with contextlib.suppress(asyncio.CancelledError):
                 await self._task
         await self.checkpoint()
+        if self._session is not None:
+            await self._session.close()
