@@ -1,0 +1,36 @@
+"""Flat-file adapter: legacy exports (fixed width, CSV/TSV, DBF) as read-only query services.
+
+Modules, sans-I/O core first: ``charsets`` (TIS-620, cp874, UTF-8), ``values`` (field types:
+numbers, zoned, Buddhist-Era dates, Thai ids), ``layout`` (layout files), ``fixedwidth``,
+``csvfile``, ``dbf`` (formats), ``frame`` (records and batches), ``index`` (sorted key
+indexes), ``loader`` (validate + index one export), ``dataset`` (one published version),
+``api`` (the REST interface). The I/O shell: ``source`` (finding and reading exports),
+``worker`` (loading in a separate process), ``settings`` and ``adapter`` (hot reload).
+"""
+
+from .adapter import FlatFileAdapter
+from .api import ServiceView, answer
+from .dataset import Dataset, DataVersion
+from .errors import ExportRejected, LayoutError, QueryError
+from .frame import Broken
+from .layout import Field, Layout, parse_layout
+from .loader import LoadResult, load_export
+from .settings import FlatFileSettings
+
+__all__ = [
+    "Broken",
+    "DataVersion",
+    "Dataset",
+    "ExportRejected",
+    "Field",
+    "FlatFileAdapter",
+    "FlatFileSettings",
+    "Layout",
+    "LayoutError",
+    "LoadResult",
+    "QueryError",
+    "ServiceView",
+    "answer",
+    "load_export",
+    "parse_layout",
+]

@@ -1,0 +1,247 @@
+"""CSV and TSV exports: header mapping, rows in batches for validation, decoding one row.
+
+Rows are parsed with the standard library's ``csv`` module (quoted fields may hold
+delimiters and line breaks). Lines are cut on LF in the raw bytes and in the decoded text
+alike, which correspond one to one for every supported charset, so each row's byte span is
+known without re-encoding anything: a row is served by decoding only its own bytes again.
+Undecodable bytes are kept as surrogates while parsing, so the row and field that hold them
+can be reported.
+"""
+
+from __future__ import annotations
+
+import csv
+from array import array
+from collections.abc import Iterator
+from dataclasses import replace
+from itertools import accumulate, chain, compress, repeat
+from operator import add
+
+from .charsets import BOM_UTF8, Charset
+from .errors import ExportRejected
+from .frame import Batch, Broken, Framing
+from .layout import Field, Layout, check_field_name
+from .values import value_type
+
+__all__ = ["CsvReader", "csv_frame", "resolve_csv_fields"]
+
+_CHUNK = 4 * 1024 * 1024  # decode this many bytes at a time (a str of Thai text is 2x)
+
+
+def _body_start(buf: bytes, charset: Charset) -> int:
+    return len(BOM_UTF8) if charset.name == "utf-8" and buf.startswith(BOM_UTF8) else 0
+
+
+def _lines(text: str) -> list[str]:
+    """Lines with their LF kept, cut on LF only (``str.splitlines`` also cuts on VT, FS, ...)."""
+    parts = text.split("\n")
+    last = parts.pop()
+    out = [p + "\n" for p in parts]
+    if last:
+        out.append(last)
+    return out
+
+
+def _reader(lines: Iterator[str] | list[str], layout: Layout):  # type: ignore[no-untyped-def]
+    return csv.reader(lines, delimiter=layout.delimiter, quotechar=layout.quotechar)
+
+
+def resolve_csv_fields(buf: bytes, layout: Layout) -> tuple[Field, ...]:
+    """The layout's fields with their column positions; without a layout, every header column
+    as a text field. A header that lacks a declared column rejects the file."""
+    if not layout.header:
+        return layout.fields
+    start = _body_start(buf, layout.encoding)
+    end = buf.find(b"\n", start)
+    first = buf[start : end + 1 if end >= 0 else len(buf)]
+    try:
+        header = next(_reader(_lines(first.decode(layout.encoding.codec)), layout), [])
+    except (UnicodeDecodeError, csv.Error) as exc:
+        raise ExportRejected(f"the header line cannot be read: {exc}") from exc
+    header = [h.strip() for h in header]
+    if not header:
+        raise ExportRejected("the file has no header line")
+    if not layout.fields:
+        fields = []
+        for i, name in enumerate(header):
+            try:
+                check_field_name(name, "header column")
+            except ValueError as exc:
+                raise ExportRejected(f"{exc}; describe the file with a layout") from None
+            fields.append(Field(name, "text", value_type("text"), position=i))
+        return tuple(fields)
+    out = []
+    for f in layout.fields:
+        wanted = f.column or f.name
+        if wanted not in header:
+            raise ExportRejected(f"the header has no column {wanted!r} (field {f.name!r})")
+        out.append(replace(f, position=header.index(wanted)))
+    return tuple(out)
+
+
+class CsvFrame:
+    """One pass over the rows, yielding one validation batch per chunk of the file and
+    recording each row's byte span.
+
+    Chunks end at a line break outside quotes (the quote characters before it are even in
+    number), so no row spans two chunks. Within a chunk, rows are usually lines: then the
+    whole chunk is parsed with one ``csv.reader`` call and the spans come from the line
+    lengths; only a chunk where a quoted field holds a line break is walked row by row.
+    """
+
+    def __init__(self, buf: bytes, layout: Layout) -> None:
+        if layout.require_final_newline and buf and not buf.endswith(b"\n"):
+            raise ExportRejected(
+                "the file does not end with a line break: half-written (the last row is cut off)"
+            )
+        self.buf = buf
+        self.layout = layout
+        self.fields = {f.name: f for f in layout.fields}
+        self.ncols = max((f.position or 0) for f in layout.fields) + 1
+        self.bounds = array("Q")
+        self.count = 0
+        self.expected = 0  # columns of the header line, when there is one
+
+    def _chunks(self) -> Iterator[tuple[int, int, int]]:
+        """(start, end, first line number) of chunks that end outside quotes."""
+        buf, quote = self.buf, self.layout.quotechar.encode(self.layout.encoding.codec)
+        pos = _body_start(buf, self.layout.encoding)
+        line = 0
+        if self.layout.header:
+            end = buf.find(b"\n", pos)
+            end = len(buf) if end < 0 else end + 1
+            try:
+                head = buf[pos:end].decode(self.layout.encoding.codec)
+                self.expected = len(next(_reader(_lines(head), self.layout), []))
+            except (UnicodeDecodeError, csv.Error) as exc:
+                raise ExportRejected(f"the header line cannot be read: {exc}") from exc
+            pos, line = end, 1
+        while pos < len(buf):
+            end = min(len(buf), pos + _CHUNK)
+            while True:
+                cut = buf.rfind(b"\n", pos, end) if end < len(buf) else len(buf) - 1
+                stop = cut + 1 if cut >= pos else len(buf)
+                if buf.count(quote, pos, stop) % 2 == 0 or stop >= len(buf):
+                    break
+                end = min(len(buf), stop + _CHUNK)  # inside a quoted field: take more
+            yield pos, stop, line
+            line += buf.count(b"\n", pos, stop)
+            pos = stop
+
+    def batches(self) -> Iterator[Batch]:
+        charset, layout = self.layout.encoding, self.layout
+        for start, stop, first_line in self._chunks():
+            chunk = self.buf[start:stop]
+            suspect = False
+            if charset.invalid_byte is not None:
+                suspect = bool(chunk.translate(None, charset.valid_bytes))
+            try:
+                text = chunk.decode(charset.codec)
+            except UnicodeDecodeError:
+                text = chunk.decode(charset.codec, "surrogateescape")
+                suspect = True
+            raw_lines = chunk.split(b"\n")
+            lines = text.split("\n")
+            if raw_lines[-1] == b"":
+                raw_lines.pop()
+                lines.pop()
+            starts = list(accumulate(map(add, map(len, raw_lines), repeat(1)), initial=start))
+            starts[-1] = min(starts[-1], stop)  # the last line may lack its line break
+            try:
+                reader = _reader(lines, layout)
+                rows = list(reader)
+                if reader.line_num == len(rows):  # one row per line
+                    keep = [bool(r) for r in rows]
+                    line_idx = list(compress(range(len(rows)), keep))
+                    rows = list(compress(rows, keep))
+                else:
+                    reader = _reader(iter(lines), layout)
+                    rows, line_idx, prev = [], [], 0
+                    for row in reader:
+                        if row:
+                            rows.append(row)
+                            line_idx.append(prev)
+                        prev = reader.line_num
+            except csv.Error as exc:
+                raise ExportRejected(f"CSV syntax error near line {first_line + 1}: {exc}") from exc
+            if not rows:
+                continue
+            ends = [*line_idx[1:], len(lines)]
+            self.bounds.extend(
+                chain.from_iterable(
+                    zip(
+                        map(starts.__getitem__, line_idx),
+                        map(starts.__getitem__, ends),
+                        strict=True,
+                    )
+                )
+            )
+            bad_lines: set[int] = set()
+            if suspect:
+                for i, (raw, line) in enumerate(zip(raw_lines, lines, strict=True)):
+                    if charset.bad_text.search(line) or (
+                        charset.invalid_byte is not None and charset.invalid_byte.search(raw)
+                    ):
+                        bad_lines.add(i)
+            yield self._batch(rows, [first_line + i for i in line_idx], bool(bad_lines))
+
+    def _batch(self, rows: list[list[str]], first_lines: list[int], suspect: bool) -> Batch:
+        first = self.count
+        self.count += len(rows)
+        problems: dict[int, Broken] = {}
+        ncols, expected = self.ncols, self.expected
+        for i, row in enumerate(rows):
+            if len(row) < ncols or (expected and len(row) != expected):
+                problems[first + i] = Broken(
+                    first_lines[i] + 1,
+                    None,
+                    f"row has {len(row)} columns; expected {expected or ncols}",
+                )
+                rows[i] = row + [""] * (ncols - len(row))
+        cache: dict[str, list[str]] = {}
+
+        def column(name: str) -> list[str]:
+            if name not in cache:
+                pos = self.fields[name].position
+                cache[name] = [r[pos] for r in rows]  # type: ignore[index]
+            return cache[name]
+
+        return Batch(
+            first,
+            len(rows),
+            column,
+            problems,
+            line_of=lambda recno: first_lines[recno - first] + 1,
+            suspect_text=suspect,
+        )
+
+    def framing(self) -> Framing:
+        return Framing(self.count, bounds=self.bounds)
+
+
+def csv_frame(buf: bytes, layout: Layout) -> CsvFrame:
+    """The loader's view of a CSV export whose fields are resolved (``resolve_csv_fields``)."""
+    return CsvFrame(buf, layout)
+
+
+class CsvReader:
+    """Decodes one row of a CSV export into its published fields."""
+
+    def __init__(self, layout: Layout) -> None:
+        self.layout = layout
+        self.codec = layout.encoding.codec
+        self.fields = tuple(f for f in layout.fields if f.publish)
+
+    def raw(self, record: bytes, f: Field) -> str:
+        return self.row(record)[f.position or 0]
+
+    def row(self, record: bytes) -> list[str]:
+        return next(_reader(_lines(record.decode(self.codec)), self.layout))
+
+    def decode(self, record: bytes) -> dict[str, object]:
+        row = self.row(record)
+        out: dict[str, object] = {}
+        for f in self.fields:
+            raw = row[f.position or 0]
+            out[f.name] = raw if f.type == "text" else f.vtype.convert(raw)
+        return out

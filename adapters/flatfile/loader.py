@@ -1,0 +1,352 @@
+"""Loading one export: validate every record, build the key indexes, decide accept/reject.
+
+Pure computation over ``bytes`` (no file access), so it runs the same inline, in a thread or
+in the worker process (``worker.py``), and is tested with plain function calls. The result
+travels from the worker as a JSON head plus the index blobs (``to_wire``/``from_wire``);
+the serving process keeps its own copy of the file's bytes and checks by SHA-256 that both
+processes looked at the same ones.
+
+Rules: a record is broken when any published or key field fails its type (syntax, calendar
+date, check digit, undecodable bytes, blank where required) or the framing (wrong length,
+wrong column count). Broken records are reported (line, field, reason) and never served.
+More than ``max_bad_share`` broken records, or none valid, rejects the whole export.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import re
+from collections.abc import Container
+from dataclasses import dataclass, field
+from typing import Any
+
+from .csvfile import CsvFrame, resolve_csv_fields
+from .dbf import dbf_fields, dbf_framing, deletion_problems, parse_header
+from .errors import ExportRejected
+from .fixedwidth import FixedColumns, frame_fixed, text_problems
+from .frame import Batch, Broken, Column, Framing, failing_values
+from .index import KeyIndex, build_index
+from .layout import Field, Layout
+
+__all__ = ["LoadResult", "from_wire", "load_export", "resolve_layout", "to_wire"]
+
+
+@dataclass(slots=True)
+class LoadResult:
+    framing: Framing
+    indexes: dict[str, KeyIndex]
+    records: int  # physical records, deleted DBF records included
+    valid: int  # served
+    deleted: int = 0
+    broken_count: int = 0
+    broken: list[Broken] = field(default_factory=list)  # the first ``report_limit``, by line
+    sha256: str = ""
+
+
+def resolve_layout(buf: bytes, layout: Layout) -> Layout:
+    """The layout with the file's own structure applied (CSV header, DBF field table)."""
+    if layout.format == "csv":
+        return layout.with_fields(resolve_csv_fields(buf, layout))
+    if layout.format == "dbf":
+        return layout.with_fields(dbf_fields(parse_header(buf), layout))
+    return layout
+
+
+class _Validator:
+    """Checks the fields of one batch; remembers compiled patterns across batches."""
+
+    def __init__(self, layout: Layout, keys: tuple[str, ...]) -> None:
+        self.layout = layout
+        self.keys = keys
+        self.bytes_columns = layout.format in ("fixed", "dbf")
+        self.checked = tuple(
+            f for f in layout.fields if f.binary is None and (f.publish or f.name in keys)
+        )
+        self.syntax = {
+            f.name: (re.compile(f.vtype.syntax), re.compile(f.vtype.syntax.encode()))
+            for f in self.checked
+            if f.vtype.syntax is not None
+        }
+        # Values already found valid, per field, across batches: dates repeat a lot, and
+        # each distinct value is converted once. Bounded: ids are mostly distinct.
+        self.known_good: dict[str, set[bytes | str]] = {f.name: set() for f in self.checked}
+
+    def _reason(self, f: Field, raw: bytes | str) -> str:
+        text = raw.decode("latin-1") if isinstance(raw, bytes) else raw
+        try:
+            f.vtype.convert(text)
+        except ValueError as exc:
+            return str(exc)
+        return f"not a valid {f.type}"
+
+    def batch(self, batch: Batch) -> dict[int, Broken]:
+        bad = dict(batch.problems)
+        charset = self.layout.encoding
+        for f in self.checked:
+            col = None
+            first = batch.first
+
+            def mark(i: int, reason: str, f: Field = f, first: int = first) -> None:
+                recno = first + i
+                if recno not in bad:
+                    bad[recno] = Broken(batch.line(recno), f.name, reason)
+
+            if f.type == "text":
+                if self.bytes_columns and not charset.single_byte:
+                    col = batch.column(f.name)
+                    try:
+                        b"\x1f".join(col).decode(charset.codec)  # type: ignore[arg-type]
+                    except UnicodeDecodeError:
+                        for i, v in enumerate(col):
+                            try:
+                                v.decode(charset.codec)  # type: ignore[union-attr]
+                            except UnicodeDecodeError as exc:
+                                mark(i, f"undecodable bytes at byte {exc.start + 1} for utf-8")
+                elif not self.bytes_columns and batch.suspect_text:
+                    col = batch.column(f.name)
+                    for i, v in enumerate(col):
+                        if charset.bad_text.search(v):  # type: ignore[arg-type]
+                            mark(i, f"undecodable bytes for {charset.name}")
+            else:
+                col = batch.column(f.name)
+                if not f.vtype.semantic:
+                    syntax, syntax_b = self.syntax[f.name]
+                    for i in failing_values(col, syntax, syntax_b):
+                        mark(i, self._reason(f, col[i]))
+                else:
+                    # Dates and ids: converting each distinct value checks syntax and meaning
+                    # at once (a column holds few distinct dates; ids are checked once each).
+                    refused = self._semantic(f, col)
+                    if refused:
+                        for i, v in enumerate(col):
+                            if v in refused:
+                                mark(i, refused[v])
+            if f.required:
+                col = col if col is not None else batch.column(f.name)
+                if _has_blank(col):
+                    for i, v in enumerate(col):
+                        if not v.strip(b" \x00" if isinstance(v, bytes) else " \x00"):  # type: ignore[arg-type]
+                            mark(i, "required field is blank")
+        return bad
+
+    def _semantic(self, f: Field, col: Column) -> dict[bytes | str, str]:
+        """Distinct values refused by the type's conversion (calendar dates, check digits)."""
+        good = self.known_good[f.name]
+        refused: dict[bytes | str, str] = {}
+        for v in set(col).difference(good):
+            try:
+                f.vtype.convert(v.decode("latin-1") if isinstance(v, bytes) else v)
+            except ValueError as exc:
+                refused[v] = str(exc)
+            else:
+                if len(good) < _KNOWN_GOOD_MAX:
+                    good.add(v)
+        return refused
+
+    def keys_of(self, batch: Batch, f: Field, skip: Container[int]) -> list[bytes]:
+        """Canonical keys of the batch's records; b"" for records that are not indexed."""
+        col = batch.column(f.name)
+        if f.type in ("citizen_id", "juristic_id"):
+            # The canonical id is its 13 digits: strip, and convert only the odd dashed one.
+            strip = b" \x00" if self.bytes_columns else " \x00"
+            stripped = [v.strip(strip) for v in col]  # type: ignore[arg-type]
+            canon = [
+                (k if isinstance(k, bytes) else k.encode()) if len(k) == 13 else self._id_key(f, k)
+                for k in stripped
+            ]
+        elif f.type == "text":
+            if self.bytes_columns:
+                canon = [v.strip(b" \x00") for v in col]  # type: ignore[union-attr]
+            else:
+                canon = [v.strip(" \x00").encode("utf-8") for v in col]  # type: ignore[union-attr]
+        else:
+            mapping: dict[Any, bytes] = {}
+            for v in set(col):
+                try:
+                    text = v.decode("latin-1") if isinstance(v, bytes) else v
+                    mapping[v] = f.vtype.key(text).encode()
+                except ValueError:
+                    mapping[v] = b""
+            canon = [mapping[v] for v in col]
+        for recno in skip:
+            i = recno - batch.first  # type: ignore[operator]
+            if 0 <= i < len(canon):
+                canon[i] = b""
+        return canon
+
+    @staticmethod
+    def _id_key(f: Field, raw: bytes | str) -> bytes:
+        try:
+            return f.vtype.key(raw.decode("latin-1") if isinstance(raw, bytes) else raw).encode()
+        except ValueError:
+            return b""
+
+
+_KNOWN_GOOD_MAX = 200_000
+_BLANK = re.compile(r"(?:^|\x1f)[ \x00]*(?:\x1f|$)")
+_BLANK_B = re.compile(rb"(?:^|\x1f)[ \x00]*(?:\x1f|$)")
+
+
+def _has_blank(col: Column) -> bool:
+    """Whether any value is blank: one search over the joined column (C speed)."""
+    if not col:
+        return False
+    if isinstance(col[0], bytes):
+        return _BLANK_B.search(b"\x1f".join(col)) is not None  # type: ignore[arg-type]
+    return _BLANK.search("\x1f".join(col)) is not None  # type: ignore[arg-type]
+
+
+def _frame(buf: bytes, layout: Layout) -> tuple[Any, Framing | None, set[int]]:
+    """Batches of the export, its framing when known up front, and deleted records."""
+    if layout.format == "fixed":
+        framing, problems = frame_fixed(buf, layout)
+        for recno, b in text_problems(buf, framing, layout, layout.encoding).items():
+            problems.setdefault(recno, b)
+        return FixedColumns(buf, framing, layout.fields).batches(problems), framing, set()
+    if layout.format == "dbf":
+        header = parse_header(buf)
+        framing = dbf_framing(buf, header)
+        deleted, problems = deletion_problems(buf, framing)
+        for recno, b in text_problems(buf, framing, layout, layout.encoding).items():
+            if recno not in deleted:
+                problems.setdefault(recno, b)
+        return FixedColumns(buf, framing, layout.fields).batches(problems), framing, deleted
+    return CsvFrame(buf, layout), None, set()
+
+
+def load_export(
+    buf: bytes,
+    layout: Layout,
+    keys: tuple[str, ...],
+    *,
+    max_bad_share: float = 0.01,
+    report_limit: int = 1000,
+) -> LoadResult:
+    """Validate and index one export (``layout`` as configured; the file's header applies).
+
+    Raises ``ExportRejected`` when the file as a whole cannot be published.
+    """
+    layout = resolve_layout(buf, layout)
+    names = {f.name: f for f in layout.fields}
+    missing = [k for k in keys if k not in names]
+    if missing:
+        raise ExportRejected(f"key field(s) {missing} are not fields of the file")
+    key_fields = [names[k] for k in keys]
+    for f in key_fields:
+        if f.binary is not None:
+            raise ExportRejected(f"binary DBF field {f.name!r} cannot be a key")
+    validator = _Validator(layout, keys)
+    batches, framing, deleted = _frame(buf, layout)
+    csv_frame = batches if isinstance(batches, CsvFrame) else None
+    if csv_frame is not None:
+        batches = csv_frame.batches()
+
+    broken: list[Broken] = []
+    broken_count = 0
+    key_columns: dict[str, list[bytes]] = {k: [] for k in keys}  # index = record number
+    for batch in batches:
+        bad = validator.batch(batch)
+        if deleted:
+            for recno in deleted.intersection(range(batch.first, batch.first + batch.size)):
+                bad.pop(recno, None)
+        broken_count += len(bad)
+        if len(broken) < report_limit and bad:
+            broken.extend(sorted(bad.values())[: report_limit - len(broken)])
+        skip = bad if not deleted else {**bad, **dict.fromkeys(deleted)}
+        for f in key_fields:
+            key_columns[f.name].extend(validator.keys_of(batch, f, skip))
+    if csv_frame is not None:
+        framing = csv_frame.framing()
+    assert framing is not None
+    records = framing.count
+    live = records - len(deleted)
+    valid = live - broken_count
+    if live and broken_count / live > max_bad_share:
+        raise ExportRejected(
+            f"{broken_count} of {live} records are broken ({broken_count / live:.2%}), more "
+            f"than the accepted {max_bad_share:.2%}",
+            broken=list(broken),
+            broken_count=broken_count,
+        )
+    if valid <= 0:
+        raise ExportRejected(
+            "the export holds no valid record", broken=list(broken), broken_count=broken_count
+        )
+    indexes = {}
+    for name, column in key_columns.items():
+        indexes[name] = build_index(column)
+        column.clear()
+    return LoadResult(
+        framing=framing,
+        indexes=indexes,
+        records=records,
+        valid=valid,
+        deleted=len(deleted),
+        broken_count=broken_count,
+        broken=broken,
+        sha256=hashlib.sha256(buf).hexdigest(),
+    )
+
+
+# ----------------------------------------------------------------------------------------
+# Wire form between the worker process and the serving process
+# ----------------------------------------------------------------------------------------
+
+
+def to_wire(result: LoadResult | ExportRejected) -> bytes:
+    """``8-byte head length | JSON head | framing blob | index blobs``."""
+    if isinstance(result, ExportRejected):
+        head: dict[str, Any] = {
+            "ok": False,
+            "reason": result.reason,
+            "broken_count": result.broken_count,
+            "broken": [b.as_dict() for b in result.broken],  # type: ignore[attr-defined]
+        }
+        blobs: list[bytes] = []
+    else:
+        fhead, fblob = result.framing.to_wire()
+        head = {
+            "ok": True,
+            "framing": fhead,
+            "records": result.records,
+            "valid": result.valid,
+            "deleted": result.deleted,
+            "broken_count": result.broken_count,
+            "broken": [b.as_dict() for b in result.broken],
+            "sha256": result.sha256,
+            "indexes": [
+                {"field": k, "width": ix.width, "bytes": ix.nbytes}
+                for k, ix in result.indexes.items()
+            ],
+            "framing_bytes": len(fblob),
+        }
+        blobs = [fblob, *(ix.blob for ix in result.indexes.values())]
+    data = json.dumps(head).encode()
+    return len(data).to_bytes(8, "big") + data + b"".join(blobs)
+
+
+def from_wire(data: bytes) -> LoadResult:
+    """The worker's answer; a rejection is raised as ``ExportRejected``."""
+    n = int.from_bytes(data[:8], "big")
+    head = json.loads(data[8 : 8 + n])
+    broken = [Broken(b["line"], b["field"], b["reason"]) for b in head["broken"]]
+    if not head["ok"]:
+        raise ExportRejected(head["reason"], broken=list(broken), broken_count=head["broken_count"])
+    pos = 8 + n
+    framing = Framing.from_wire(head["framing"], data[pos : pos + head["framing_bytes"]])
+    pos += head["framing_bytes"]
+    indexes = {}
+    for ix in head["indexes"]:
+        indexes[ix["field"]] = KeyIndex(ix["width"], data[pos : pos + ix["bytes"]])
+        pos += ix["bytes"]
+    return LoadResult(
+        framing=framing,
+        indexes=indexes,
+        records=head["records"],
+        valid=head["valid"],
+        deleted=head["deleted"],
+        broken_count=head["broken_count"],
+        broken=broken,
+        sha256=head["sha256"],
+    )

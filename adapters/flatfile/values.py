@@ -1,0 +1,327 @@
+"""Field types of legacy records, sans-I/O: raw text in, JSON value or canonical key out.
+
+Every type has three faces, kept together so that load-time validation, the answer and the
+query key can never disagree:
+
+- ``syntax``: a regular expression that one raw value must match in full (ASCII only, so the
+  same pattern serves ``bytes`` columns of fixed-width/DBF files and ``str`` columns of CSV);
+  the loader checks a whole column with one C-level match and looks closer only on failure.
+- ``convert``: raw value -> JSON value (``None`` for blank); raises ``ValueError`` with a reason
+  for values the syntax cannot judge (calendar dates, check digits).
+- ``key``: raw value -> canonical key text, used both when indexing and for query values, so
+  ``0001234`` in the file and ``1234`` in a query meet.
+
+Decimal and zoned values are answered as strings ("-1234.50"): JSON numbers would pass
+through binary floating point in most clients and lose the exact amount.
+"""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Callable
+from dataclasses import dataclass
+from datetime import date, datetime, timedelta
+from decimal import Decimal
+
+from .errors import LayoutError
+
+__all__ = [
+    "BE_OFFSET",
+    "FIELD_TYPES",
+    "ValueType",
+    "be_to_ce",
+    "parse_date",
+    "parse_decimal",
+    "parse_integer",
+    "parse_zoned",
+    "value_type",
+]
+
+BE_OFFSET = 543  # Buddhist Era year = Common Era year + 543
+# Years outside this range in a B.E. field are almost always C.E. years under the wrong label.
+_BE_PLAUSIBLE = range(2300, 2701)
+
+FIELD_TYPES = (
+    "text",
+    "integer",
+    "decimal",
+    "zoned",
+    "date",
+    "citizen_id",
+    "juristic_id",
+    "boolean",
+)
+
+_INT_SYNTAX = r" *(?:[+-]?[0-9]+|[0-9]+[+-]) *"
+_DEC_SYNTAX = r" *(?:[+-]?(?:[0-9]+(?:\.[0-9]*)?|\.[0-9]+)|(?:[0-9]+(?:\.[0-9]*)?)[+-]) *"
+_ZONED_SYNTAX = r" *[0-9]*[0-9{}A-Rp-y] *"
+_ID_SYNTAX = r" *(?:[0-9]{13}|[0-9]-[0-9]{4}-[0-9]{5}-[0-9]{2}-[0-9]) *"
+_BOOL_SYNTAX = r" *[TtYyFfNn10?]? *"
+_BLANK = r"[ \x00]*"
+
+_INT_RE = re.compile(_INT_SYNTAX)
+_DEC_RE = re.compile(_DEC_SYNTAX)
+_ZONED_RE = re.compile(_ZONED_SYNTAX)
+_ID_RE = re.compile(_ID_SYNTAX)
+
+# Overpunched last character of a zoned number: sign and digit in one byte (IBM convention
+# as it survives EBCDIC->ASCII conversion, plus the ASCII 'p'-'y' negatives of Micro Focus).
+_ZONED_LAST: dict[str, tuple[int, int]] = {str(d): (1, d) for d in range(10)}
+_ZONED_LAST["{"] = (1, 0)
+_ZONED_LAST["}"] = (-1, 0)
+_ZONED_LAST.update({chr(ord("A") + d - 1): (1, d) for d in range(1, 10)})
+_ZONED_LAST.update({chr(ord("J") + d - 1): (-1, d) for d in range(1, 10)})
+_ZONED_LAST.update({chr(ord("p") + d): (-1, d) for d in range(10)})
+
+
+def _signed_digits(text: str) -> tuple[int, str] | None:
+    s = text.strip(" \x00")
+    if not s:
+        return None
+    sign = 1
+    if s[0] in "+-":
+        sign, s = (-1 if s[0] == "-" else 1), s[1:]
+    elif s[-1] in "+-":
+        sign, s = (-1 if s[-1] == "-" else 1), s[:-1]
+    return sign, s
+
+
+def parse_integer(text: str) -> int | None:
+    """``"  00123"``, ``"-123"``, ``"123-"`` -> int; blank -> None."""
+    if not _INT_RE.fullmatch(text):
+        if not text.strip(" \x00"):
+            return None
+        raise ValueError("not an integer")
+    signed = _signed_digits(text)
+    assert signed is not None
+    sign, digits = signed
+    return sign * int(digits)
+
+
+def _fixed(value: Decimal) -> str:
+    text = format(value, "f")
+    return text[1:] if text.startswith("-") and not value else text  # no "-0.00"
+
+
+def parse_decimal(text: str, scale: int = 0) -> str | None:
+    """A decimal as an exact string. Without a decimal point the last ``scale`` digits are
+    decimals (implied point, as in fixed-width exports); an explicit point wins."""
+    if not _DEC_RE.fullmatch(text):
+        if not text.strip(" \x00"):
+            return None
+        raise ValueError("not a decimal number")
+    signed = _signed_digits(text)
+    assert signed is not None
+    sign, digits = signed
+    value = Decimal(digits) if "." in digits else Decimal(int(digits)).scaleb(-scale)
+    return _fixed(value if sign > 0 else -value)
+
+
+def parse_zoned(text: str, scale: int = 0) -> str | None:
+    """A zoned (overpunched) number: the last character carries the sign, e.g. ``"0012J"``
+    is -121 and ``"0012{"`` is +120; ``scale`` implied decimals."""
+    if not _ZONED_RE.fullmatch(text):
+        if not text.strip(" \x00"):
+            return None
+        raise ValueError("not a zoned number")
+    s = text.strip(" ")
+    sign, last = _ZONED_LAST[s[-1]]
+    value = Decimal(int(s[:-1] + str(last)) if s[:-1] else last).scaleb(-scale)
+    return _fixed(value if sign > 0 else -value)
+
+
+def be_to_ce(year_be: int) -> int:
+    """Buddhist Era year -> Common Era year (B.E. = C.E. + 543)."""
+    return year_be - BE_OFFSET
+
+
+@dataclass(frozen=True, slots=True)
+class DateFormat:
+    """``YYYYMMDD``, ``DD/MM/YYYY``, ... in the Buddhist (``BE``) or Common (``CE``) era."""
+
+    pattern: str
+    era: str
+    regex: re.Pattern[str]
+    syntax: str  # for column checks: the format, a blank value, or all-zero digits
+
+    @classmethod
+    def compile(cls, pattern: str, era: str) -> DateFormat:
+        era = era.upper()
+        if era not in ("BE", "CE"):
+            raise LayoutError(f"date era must be 'BE' or 'CE', not {era!r}")
+        tokens = re.split(r"(YYYY|MM|DD)", pattern)
+        if sorted(t for t in tokens if t in ("YYYY", "MM", "DD")) != ["DD", "MM", "YYYY"]:
+            raise LayoutError(f"date format {pattern!r} needs YYYY, MM and DD exactly once")
+        groups = {"YYYY": "(?P<y>[0-9]{4})", "MM": "(?P<m>[0-9]{2})", "DD": "(?P<d>[0-9]{2})"}
+        zeros = {"YYYY": "0000", "MM": "00", "DD": "00"}
+        body = "".join(groups.get(t, re.escape(t)) for t in tokens)
+        zero = "".join(zeros.get(t, re.escape(t)) for t in tokens)
+        plain = "".join(
+            {"YYYY": "[0-9]{4}", "MM": "[0-9]{2}", "DD": "[0-9]{2}"}.get(t, re.escape(t))
+            for t in tokens
+        )
+        syntax = f" *(?:{plain}|{zero}) *|{_BLANK}"
+        return cls(pattern, era, re.compile(f" *{body} *"), syntax)
+
+
+def parse_date(text: str, fmt: DateFormat) -> str | None:
+    """A legacy date -> ISO 8601 ``YYYY-MM-DD``; blank or all-zero -> None."""
+    m = fmt.regex.fullmatch(text)
+    if m is None:
+        if not text.strip(" \x00"):
+            return None
+        raise ValueError(f"not a date in the form {fmt.pattern}")
+    written, mo, d = int(m["y"]), int(m["m"]), int(m["d"])
+    if written == mo == d == 0:
+        return None
+    y = written
+    if fmt.era == "BE":
+        if y not in _BE_PLAUSIBLE:
+            raise ValueError(f"year {y} is not a plausible Buddhist-Era year")
+        y = be_to_ce(y)
+    try:
+        return date(y, mo, d).isoformat()
+    except ValueError:
+        era = "B.E. " if fmt.era == "BE" else ""
+        raise ValueError(
+            f"day {d:02d} of month {mo:02d} does not exist in {era}{written}"
+        ) from None
+
+
+# Weighted digit sums of 4-digit groups (weights 13..2 of the check-digit rule), so a
+# million ids are checked with three dict lookups each instead of twelve multiplications.
+_ID_GROUPS = tuple(
+    {
+        f"{n:04d}": sum(int(d) * (13 - 4 * g - j) for j, d in enumerate(f"{n:04d}"))
+        for n in range(10_000)
+    }
+    for g in range(3)
+)
+
+
+def _id_checks(digits: str) -> bool:
+    g0, g1, g2 = _ID_GROUPS
+    total = g0[digits[0:4]] + g1[digits[4:8]] + g2[digits[8:12]]
+    ok = (11 - total % 11) % 10 == ord(digits[12]) - 48
+    return ok
+
+
+def _parse_thai_id(text: str) -> str | None:
+    s = text.strip(" \x00")
+    if not s:
+        return None
+    if not _ID_RE.fullmatch(s):
+        raise ValueError("not a 13-digit identifier")
+    digits = s.replace("-", "")
+    if not _id_checks(digits):
+        raise ValueError("check digit does not match")
+    return digits
+
+
+def _parse_boolean(text: str) -> bool | None:
+    s = text.strip(" \x00")
+    if s in ("", "?"):
+        return None
+    if s in ("T", "t", "Y", "y", "1"):
+        return True
+    if s in ("F", "f", "N", "n", "0"):
+        return False
+    raise ValueError("not a logical value (T/F, Y/N, 1/0)")
+
+
+def _text(text: str) -> str:
+    return text
+
+
+def _text_key(text: str) -> str:
+    return text.strip(" \x00")
+
+
+def _canonical_number(value: object) -> str:
+    if value is None:
+        return ""
+    if isinstance(value, int):
+        return str(value)
+    return _fixed(Decimal(str(value)).normalize())
+
+
+@dataclass(frozen=True, slots=True)
+class ValueType:
+    """What a field's type does with one raw value (see the module docstring)."""
+
+    name: str
+    syntax: str | None  # None: any decodable text is valid
+    convert: Callable[[str], object]
+    # Whether ``convert`` can refuse a value that matches ``syntax`` (dates, check digits):
+    # the loader then runs it on the column's distinct values.
+    semantic: bool
+    key: Callable[[str], str]
+
+    def __post_init__(self) -> None:
+        if self.syntax is not None:
+            re.compile(self.syntax)  # fail at configuration time, not at load time
+
+
+def value_type(
+    type_name: str, *, scale: int = 0, date_format: str = "YYYYMMDD", era: str = "CE"
+) -> ValueType:
+    """The behaviour of one declared field type."""
+    if type_name == "text":
+        return ValueType("text", None, _text, False, _text_key)
+    if type_name == "integer":
+        return ValueType(
+            "integer",
+            f"{_INT_SYNTAX}|{_BLANK}",
+            parse_integer,
+            False,
+            lambda t: _canonical_number(parse_integer(t)),
+        )
+    if type_name in ("decimal", "zoned"):
+        parse = parse_decimal if type_name == "decimal" else parse_zoned
+        syntax = _DEC_SYNTAX if type_name == "decimal" else _ZONED_SYNTAX
+
+        def convert(t: str) -> str | None:
+            return parse(t, scale)
+
+        return ValueType(
+            type_name,
+            f"{syntax}|{_BLANK}",
+            convert,
+            False,
+            lambda t: _canonical_number(convert(t)),
+        )
+    if type_name == "date":
+        fmt = DateFormat.compile(date_format, era)
+
+        def convert_date(t: str) -> str | None:
+            return parse_date(t, fmt)
+
+        return ValueType("date", fmt.syntax, convert_date, True, lambda t: convert_date(t) or "")
+    if type_name in ("citizen_id", "juristic_id"):
+        return ValueType(
+            type_name,
+            f"{_ID_SYNTAX}|{_BLANK}",
+            _parse_thai_id,
+            True,
+            lambda t: _parse_thai_id(t) or "",
+        )
+    if type_name == "boolean":
+
+        def bool_key(t: str) -> str:
+            v = _parse_boolean(t)
+            return "" if v is None else ("true" if v else "false")
+
+        return ValueType("boolean", _BOOL_SYNTAX, _parse_boolean, False, bool_key)
+    raise LayoutError(f"field type {type_name!r} is unknown; use one of {', '.join(FIELD_TYPES)}")
+
+
+# DBF binary field types (FoxPro): fixed-size little-endian values, always syntactically valid.
+def dbf_datetime(raw: bytes) -> str | None:
+    """FoxPro ``T``: Julian day number and milliseconds since midnight -> ISO 8601."""
+    day = int.from_bytes(raw[:4], "little", signed=True)
+    ms = int.from_bytes(raw[4:8], "little", signed=True)
+    if day == 0 and ms == 0:
+        return None
+    # Julian day 2440588 is 1970-01-01.
+    moment = datetime(1970, 1, 1) + timedelta(days=day - 2440588, milliseconds=ms)
+    return moment.isoformat(timespec="seconds")

@@ -1,0 +1,350 @@
+"""Loading exports, sans-I/O: fixed width, CSV/TSV, DBF; broken records; whole-file rejection."""
+
+from __future__ import annotations
+
+import struct
+from typing import Any
+
+import pytest
+
+from adapters.flatfile.dataset import Dataset, DataVersion
+from adapters.flatfile.errors import ExportRejected
+from adapters.flatfile.layout import parse_layout
+from adapters.flatfile.loader import LoadResult, from_wire, load_export, resolve_layout, to_wire
+from xroad_hub.thaiid import with_check_digit
+
+CIDS = [with_check_digit(f"1101700203{i:02d}") for i in range(20)]
+NAME = "พิมพ์ชนก สุขสวัสดิ์"  # combining vowels and tone marks must survive byte for byte
+
+FIXED: dict[str, Any] = {
+    "format": "fixed",
+    "encoding": "tis-620",
+    "record_length": 60,
+    "keys": ["deed_no", "owner"],
+    "field": [
+        {"name": "deed_no", "start": 1, "width": 6, "required": True},
+        {"name": "owner", "start": 7, "width": 13, "type": "citizen_id"},
+        {"name": "name", "start": 20, "width": 24},
+        {"name": "issued", "start": 44, "width": 8, "type": "date", "era": "BE"},
+        {"name": "value", "start": 52, "width": 6, "type": "zoned", "scale": 2},
+        {"name": "rai", "start": 58, "width": 3, "type": "integer"},
+    ],
+}
+
+
+def fixed_record(
+    i: int, *, owner: str | None = None, issued: str = "25670115", name: str = NAME
+) -> bytes:
+    rec = (
+        f"{i:06d}".encode()
+        + (owner or CIDS[i % len(CIDS)]).encode()
+        + name.encode("tis-620").ljust(24)
+        + issued.encode()
+        + b"01234E"
+        + b"  7"
+    )
+    assert len(rec) == 60
+    return rec
+
+
+def load(data: bytes, layout: dict[str, Any], **kw: Any) -> tuple[LoadResult, Dataset]:
+    lay = parse_layout(layout)
+    result = load_export(data, lay, lay.keys, **kw)
+    version = DataVersion("x", result.sha256, "", "", len(data), result.valid, result.broken_count)
+    return result, Dataset(data, resolve_layout(data, lay), result, version)
+
+
+def test_fixed_width_crlf_fast_path_and_exact_thai() -> None:
+    data = b"".join(fixed_record(i) + b"\r\n" for i in range(10))
+    result, ds = load(data, FIXED)
+    assert result.framing.stride == 62 and result.valid == 10 and result.broken_count == 0
+    rec = ds.record(3)
+    assert rec == {
+        "deed_no": "000003",
+        "owner": CIDS[3],
+        "name": NAME,
+        "issued": "2024-01-15",
+        "value": "123.45",
+        "rai": 7,
+    }
+    assert ds.query({"owner": CIDS[3]}, 0, 10, 100).records == [rec]
+    assert ds.query({"deed_no": "000009"}, 0, 10, 100).total == 1
+
+
+@pytest.mark.parametrize("term", [b"\n", b""])
+def test_fixed_width_lf_and_block_files(term: bytes) -> None:
+    layout = {**FIXED, "terminator": "lf" if term else "none"}
+    data = b"".join(fixed_record(i) + term for i in range(5))
+    result, ds = load(data, layout)
+    assert result.valid == 5 and ds.record(4)["deed_no"] == "000004"
+
+
+def test_broken_records_reported_per_record_never_served() -> None:
+    bad_check = CIDS[0][:12] + str((int(CIDS[0][12]) + 1) % 10)
+    lines = [fixed_record(i) for i in range(40)]
+    lines[3] = fixed_record(3, owner=bad_check)
+    lines[5] = fixed_record(5, issued="25670230")
+    lines[7] = fixed_record(7).replace(NAME.encode("tis-620")[:2], b"\xdb\xfe")
+    lines[9] = fixed_record(9).replace(b"  7", b" x7")
+    lines[11] = lines[11][:-1] + b"\x91"  # a cp874 quote in a TIS-620 file: wrong label
+    lines[13] = fixed_record(13)[:50]  # a short record
+    data = b"\n".join(lines) + b"\n"
+    result, ds = load(data, FIXED, max_bad_share=0.5)
+    report = {b.line: (b.field, b.reason) for b in result.broken}
+    assert report[4] == ("owner", "check digit does not match")
+    assert report[6][0] == "issued" and "does not exist" in report[6][1]
+    assert report[8][0] == "name" and "0xDB" in report[8][1]
+    assert report[10] == ("rai", "not an integer")
+    assert report[12][0] is None or report[12][0] == "rai"
+    assert report[14] == (None, "record is 50 bytes; the layout says 60")
+    assert result.valid == 40 - 6
+    assert ds.query({"deed_no": "000003"}, 0, 10, 100).total == 0  # broken: not served
+    assert ds.query({"deed_no": "000004"}, 0, 10, 100).total == 1
+
+
+def test_bad_share_rejects_the_whole_file() -> None:
+    lines = [fixed_record(i, issued="99999999" if i < 3 else "25670101") for i in range(100)]
+    data = b"\n".join(lines) + b"\n"
+    load(data, FIXED, max_bad_share=0.03)  # 3 % is still accepted
+    with pytest.raises(ExportRejected, match="3 of 100 records are broken") as exc:
+        load(data, FIXED, max_bad_share=0.02)
+    assert exc.value.broken_count == 3 and len(exc.value.broken) == 3
+
+
+def test_half_written_and_empty_files_rejected() -> None:
+    data = b"".join(fixed_record(i) + b"\n" for i in range(5))
+    with pytest.raises(ExportRejected, match="half-written"):
+        load(data[:-30], FIXED)
+    with pytest.raises(ExportRejected, match="half-written"):
+        load(data[:-30], {**FIXED, "terminator": "none"})
+    with pytest.raises(ExportRejected, match="no valid record"):
+        load(b"", FIXED)
+
+
+def test_utf8_fixed_width_catches_characters_cut_by_a_field_boundary() -> None:
+    layout = {
+        "format": "fixed",
+        "encoding": "utf-8",
+        "record_length": 9,
+        "keys": ["a"],
+        "field": [{"name": "a", "start": 1, "width": 3}, {"name": "b", "start": 4, "width": 6}],
+    }
+    good = "ก".encode() + "ขค".encode()  # 3 + 6 bytes
+    cut = b"x" + "ก".encode() + "ขค".encode()[:5]  # field a ends inside a character
+    result, ds = load(good + b"\n" + cut + b"\n", layout, max_bad_share=0.5)
+    assert ds.record(0) == {"a": "ก", "b": "ขค"}
+    assert [(b.line, b.field) for b in result.broken] == [(2, "a")]
+
+
+CSV_LAYOUT: dict[str, Any] = {
+    "format": "csv",
+    "encoding": "cp874",
+    "keys": ["juristic_id", "tax_year"],
+    "field": [
+        {"name": "juristic_id", "type": "juristic_id"},
+        {"name": "name_th", "column": "ชื่อ"},
+        {"name": "tax_year", "type": "integer"},
+        {"name": "issued_on", "type": "date", "format": "DD/MM/YYYY", "era": "BE"},
+        {"name": "amount", "type": "decimal"},
+        {"name": "office"},
+    ],
+}
+
+
+def csv_bytes(rows: list[list[str]], encoding: str = "cp874", header: bool = True) -> bytes:
+    import csv
+    import io
+
+    out = io.StringIO(newline="")
+    w = csv.writer(out, lineterminator="\r\n")
+    if header:
+        w.writerow(["juristic_id", "ชื่อ", "tax_year", "issued_on", "amount", "office", "extra"])
+    w.writerows(rows)
+    return out.getvalue().encode(encoding, "surrogateescape")
+
+
+def csv_row(i: int) -> list[str]:
+    return [
+        CIDS[i % len(CIDS)],
+        f"บริษัท {i}, จำกัด",
+        "2567",
+        "15/01/2567",
+        "1234.50",
+        "บางรัก \u2013 1",
+        "x",
+    ]
+
+
+def test_csv_with_header_quoted_fields_and_cp874() -> None:
+    rows = [csv_row(i) for i in range(6)]
+    rows[2][5] = "line one\nline two"  # a quoted line break: one record over two lines
+    result, ds = load(csv_bytes(rows), CSV_LAYOUT)
+    assert result.valid == 6
+    assert ds.record(2)["office"] == "line one\nline two"
+    rec = ds.record(3)
+    assert rec == {
+        "juristic_id": CIDS[3],
+        "name_th": "บริษัท 3, จำกัด",
+        "tax_year": 2567,
+        "issued_on": "2024-01-15",
+        "amount": "1234.50",
+        "office": "บางรัก \u2013 1",
+    }
+    page = ds.query({"juristic_id": CIDS[3], "tax_year": "2567"}, 0, 10, 100)
+    assert page.records == [rec]
+
+
+def test_csv_broken_rows_have_their_line_numbers() -> None:
+    rows = [csv_row(i) for i in range(30)]
+    rows[1][5] = "a\nb"  # shifts the lines of every later row by one
+    rows[4][0] = CIDS[4][:12] + str((int(CIDS[4][12]) + 1) % 10)
+    rows[6] = rows[6][:3]
+    rows[8][1] = "บริษัท\udcdb"  # a byte cp874 cannot decode
+    result, _ = load(csv_bytes(rows), CSV_LAYOUT, max_bad_share=0.5)
+    report = {b.line: (b.field, b.reason) for b in result.broken}
+    assert report[7] == ("juristic_id", "check digit does not match")  # header + 1 extra line
+    assert report[9] == (None, "row has 3 columns; expected 7")
+    assert report[11][0] == "name_th" and "undecodable" in report[11][1]
+    assert result.valid == 27
+
+
+def test_csv_without_layout_takes_the_header_and_utf8_bom() -> None:
+    data = "\ufeffid,name\r\n1,สมชาย\r\n2,สมศรี\r\n".encode()
+    lay = parse_layout({"format": "csv", "encoding": "utf-8", "keys": ["id"]})
+    result = load_export(data, lay, ("id",))
+    ds = Dataset(data, resolve_layout(data, lay), result, DataVersion("x", "", "", "", 0, 2, 0))
+    assert ds.query({"id": "2"}, 0, 5, 10).records == [{"id": "2", "name": "สมศรี"}]
+
+
+def test_tsv_with_layout_and_no_header() -> None:
+    data = "1\tก\n2\tข\n".encode("tis-620")
+    layout = {
+        "format": "tsv",
+        "encoding": "tis-620",
+        "header": False,
+        "keys": ["no"],
+        "field": [{"name": "no", "type": "integer"}, {"name": "letter"}],
+    }
+    _, ds = load(data, layout)
+    assert ds.query({"no": "02"}, 0, 5, 10).records == [{"no": 2, "letter": "ข"}]
+
+
+def test_csv_missing_column_and_half_written_rejected() -> None:
+    with pytest.raises(ExportRejected, match="no column 'amount'"):
+        load("juristic_id,ชื่อ,tax_year,issued_on\r\n".encode("cp874"), CSV_LAYOUT)
+    data = csv_bytes([csv_row(0), csv_row(1)])
+    with pytest.raises(ExportRejected, match="half-written"):
+        load(data[:-5], CSV_LAYOUT)
+
+
+# ---- DBF: a minimal dBase III writer, independent of the reader under test --------------
+
+
+def write_dbf(
+    fields: list[tuple[str, str, int, int]],
+    rows: list[tuple[bytes, ...]],
+    deleted: set[int] = frozenset(),
+    *,
+    count: int | None = None,
+) -> bytes:  # type: ignore[assignment]
+    header_len = 32 + 32 * len(fields) + 1
+    record_len = 1 + sum(f[2] for f in fields)
+    head = struct.pack(
+        "<BBBBIHH20x",
+        0x03,
+        124,
+        11,
+        21,
+        len(rows) if count is None else count,
+        header_len,
+        record_len,
+    )
+    head = head[:29] + b"\x7c" + head[30:]  # language driver: Thai cp874
+    for name, ftype, length, decimals in fields:
+        head += struct.pack("<11sc4xBB14x", name.encode(), ftype.encode(), length, decimals)
+    head += b"\x0d"
+    body = b""
+    for i, row in enumerate(rows):
+        body += (b"*" if i in deleted else b" ") + b"".join(
+            v.ljust(f[2]) if f[1] == "C" else v.rjust(f[2]) if f[1] in "NF" else v
+            for v, f in zip(row, fields, strict=True)
+        )
+    return head + body + b"\x1a"
+
+
+DBF_FIELDS = [
+    ("OWNER_ID", "C", 13, 0),
+    ("NAME", "C", 30, 0),
+    ("AREA", "N", 8, 2),
+    ("RAI", "N", 4, 0),
+    ("ISSUED", "D", 8, 0),
+    ("ACTIVE", "L", 1, 0),
+    ("COUNT", "I", 4, 0),
+]
+
+
+def dbf_row(i: int, name: str = "สมชาย ใจดี") -> tuple[bytes, ...]:
+    return (
+        CIDS[i].encode(),
+        name.encode("cp874"),
+        b"12.50",
+        str(i).encode(),
+        b"20240229",
+        b"T" if i % 2 else b"F",
+        struct.pack("<i", -i),
+    )
+
+
+def test_dbf_header_types_and_deleted_records() -> None:
+    data = write_dbf(DBF_FIELDS, [dbf_row(i) for i in range(5)], deleted={1})
+    layout = {"format": "dbf", "encoding": "cp874", "keys": ["owner_id"]}
+    result, ds = load(data, layout)
+    assert (result.records, result.deleted, result.valid) == (5, 1, 4)
+    assert ds.query({"owner_id": CIDS[1]}, 0, 5, 10).total == 0  # deleted: not served
+    assert ds.query({"owner_id": CIDS[3]}, 0, 5, 10).records == [
+        {
+            "owner_id": CIDS[3],
+            "name": "สมชาย ใจดี",
+            "area": "12.50",
+            "rai": 3,
+            "issued": "2024-02-29",
+            "active": True,
+            "count": -3,
+        }
+    ]
+
+
+def test_dbf_with_layout_retypes_and_reports() -> None:
+    rows = [dbf_row(i) for i in range(6)]
+    rows[2] = (b"1234567890123", *rows[2][1:])  # check digit wrong
+    rows[4] = (rows[4][0], b"\xdb" + rows[4][1][1:], *rows[4][2:])
+    layout = {
+        "format": "dbf",
+        "encoding": "cp874",
+        "keys": ["owner"],
+        "field": [
+            {"name": "owner", "column": "OWNER_ID", "type": "citizen_id"},
+            {"name": "name"},
+        ],
+    }
+    result, ds = load(write_dbf(DBF_FIELDS, rows), layout, max_bad_share=0.5)
+    assert [(b.line, b.field) for b in result.broken] == [(3, "owner"), (5, "name")]
+    assert ds.record(0) == {"owner": CIDS[0], "name": "สมชาย ใจดี"}
+
+
+def test_dbf_half_written_rejected() -> None:
+    data = write_dbf(DBF_FIELDS, [dbf_row(i) for i in range(3)], count=10)
+    with pytest.raises(ExportRejected, match="half-written"):
+        load(data, {"format": "dbf", "encoding": "cp874", "keys": ["owner_id"]})
+
+
+def test_wire_form_roundtrip() -> None:
+    rows = [csv_row(i) for i in range(4)]
+    data = csv_bytes(rows)
+    lay = parse_layout(CSV_LAYOUT)
+    result = load_export(data, lay, lay.keys)
+    back = from_wire(to_wire(result))
+    assert back.framing.span(2) == result.framing.span(2)
+    assert back.indexes["tax_year"].records(b"2567") == [0, 1, 2, 3]
+    with pytest.raises(ExportRejected, match="nope"):
+        from_wire(to_wire(ExportRejected("nope")))

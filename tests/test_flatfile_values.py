@@ -1,0 +1,175 @@
+"""Field types of legacy records, sans-I/O: numbers, zoned, B.E. dates, Thai ids, charsets."""
+
+from __future__ import annotations
+
+import pytest
+
+from adapters.flatfile.charsets import charset
+from adapters.flatfile.errors import LayoutError
+from adapters.flatfile.layout import parse_layout
+from adapters.flatfile.values import (
+    DateFormat,
+    be_to_ce,
+    parse_date,
+    parse_decimal,
+    parse_integer,
+    parse_zoned,
+    value_type,
+)
+from xroad_hub.thaiid import with_check_digit
+
+CID = with_check_digit("110170020345")
+
+
+@pytest.mark.parametrize(
+    ("raw", "value"),
+    [("0000123", 123), ("  123", 123), ("-00123", -123), ("00123-", -123), ("+5", 5), ("", None)],
+)
+def test_integer(raw: str, value: int | None) -> None:
+    assert parse_integer(raw) == value
+
+
+@pytest.mark.parametrize("raw", ["12a", "1 2", "--1", "1_000", "١٢"])
+def test_integer_refuses_what_int_would_accept_or_not(raw: str) -> None:
+    with pytest.raises(ValueError):
+        parse_integer(raw)
+
+
+@pytest.mark.parametrize(
+    ("raw", "scale", "value"),
+    [
+        ("0012345", 2, "123.45"),
+        ("-0000050", 2, "-0.50"),
+        ("0000050-", 2, "-0.50"),
+        ("+000012350", 2, "123.50"),
+        ("00452", 1, "45.2"),
+        ("1234.5", 2, "1234.5"),  # an explicit point wins over the implied one
+        ("-0000000", 2, "0.00"),  # no negative zero
+        ("7", 0, "7"),
+        ("   ", 2, None),
+    ],
+)
+def test_decimal_implied_and_explicit(raw: str, scale: int, value: str | None) -> None:
+    assert parse_decimal(raw, scale) == value
+
+
+@pytest.mark.parametrize(
+    ("raw", "scale", "value"),
+    [
+        ("0012{", 0, "120"),
+        ("0012A", 0, "121"),
+        ("0012I", 0, "129"),
+        ("0012}", 0, "-120"),
+        ("0012J", 0, "-121"),
+        ("0012R", 0, "-129"),
+        ("0012p", 0, "-120"),
+        ("0012y", 0, "-129"),
+        ("001234", 2, "12.34"),
+        ("00000618262280{", 2, "61826228.00"),
+    ],
+)
+def test_zoned_overpunch(raw: str, scale: int, value: str) -> None:
+    assert parse_zoned(raw, scale) == value
+
+
+def test_zoned_refuses_garbage() -> None:
+    with pytest.raises(ValueError):
+        parse_zoned("12Z", 0)
+
+
+def test_buddhist_era_dates_become_iso() -> None:
+    assert be_to_ce(2567) == 2024
+    be = DateFormat.compile("DDMMYYYY", "BE")
+    assert parse_date("29022567", be) == "2024-02-29"  # 2024 is a leap year
+    assert parse_date("00000000", be) is None
+    assert parse_date("        ", be) is None
+    with pytest.raises(ValueError, match=r"does not exist in B\.E\. 2566"):
+        parse_date("29022566", be)
+    with pytest.raises(ValueError, match="plausible Buddhist-Era"):
+        parse_date("01012024", be)  # a C.E. year in a B.E. field
+    slash = DateFormat.compile("DD/MM/YYYY", "BE")
+    assert parse_date("31/12/2567", slash) == "2024-12-31"
+    assert parse_date("00/00/0000", slash) is None
+    ce = DateFormat.compile("YYYY-MM-DD", "CE")
+    assert parse_date("2024-02-29", ce) == "2024-02-29"
+    with pytest.raises(ValueError):
+        parse_date("2024-13-01", ce)
+
+
+def test_date_format_must_be_complete() -> None:
+    with pytest.raises(LayoutError):
+        DateFormat.compile("YYYYMM", "BE")
+    with pytest.raises(LayoutError):
+        DateFormat.compile("YYYYMMDD", "AD")
+
+
+def test_thai_ids_checked_and_normalised() -> None:
+    vt = value_type("citizen_id")
+    assert vt.convert(CID) == CID
+    dashed = f"{CID[0]}-{CID[1:5]}-{CID[5:10]}-{CID[10:12]}-{CID[12]}"
+    assert vt.convert(dashed) == CID
+    assert vt.key(dashed) == CID
+    wrong = CID[:12] + str((int(CID[12]) + 1) % 10)
+    with pytest.raises(ValueError, match="check digit"):
+        vt.convert(wrong)
+    with pytest.raises(ValueError):
+        vt.convert("12345")
+    assert value_type("juristic_id").convert("") is None
+
+
+def test_boolean_and_keys_canonical() -> None:
+    vt = value_type("boolean")
+    assert (vt.convert("T"), vt.convert("n"), vt.convert("?")) == (True, False, None)
+    assert value_type("integer").key("000123") == value_type("integer").key("123") == "123"
+    dec = value_type("decimal", scale=2)
+    assert dec.key("0012300") == dec.key("123.0") == "123"
+
+
+@pytest.mark.parametrize(
+    ("name", "canonical"),
+    [
+        ("TIS-620", "tis-620"),
+        ("tis620", "tis-620"),
+        ("Windows-874", "cp874"),
+        ("UTF-8-SIG", "utf-8"),
+    ],
+)
+def test_charset_aliases(name: str, canonical: str) -> None:
+    assert charset(name).name == canonical
+
+
+def test_charset_invalid_bytes() -> None:
+    tis = charset("tis-620")
+    assert tis.invalid_byte is not None
+    assert tis.invalid_byte.search(b"\xdb") and tis.invalid_byte.search(b"\x91")  # C1 too
+    assert not tis.invalid_byte.search("กขค สมชาย".encode("tis-620"))
+    cp = charset("cp874")
+    assert cp.invalid_byte is not None
+    assert not cp.invalid_byte.search("\u2013".encode("cp874"))  # en dash exists in cp874
+    assert cp.invalid_byte.search(b"\xdb")
+    with pytest.raises(LayoutError):
+        charset("latin-1")
+
+
+def test_layout_errors_name_the_problem() -> None:
+    with pytest.raises(LayoutError, match="encoding must be declared"):
+        parse_layout({"format": "fixed", "field": [{"name": "a", "start": 1, "width": 1}]})
+    with pytest.raises(LayoutError, match="type 'money'"):
+        parse_layout(
+            {"format": "csv", "encoding": "utf-8", "field": [{"name": "a", "type": "money"}]}
+        )
+    with pytest.raises(LayoutError, match="must match"):
+        parse_layout({"format": "csv", "encoding": "utf-8", "field": [{"name": "A-B"}]})
+    with pytest.raises(LayoutError, match="beyond record_length"):
+        parse_layout(
+            {
+                "format": "fixed",
+                "encoding": "utf-8",
+                "record_length": 4,
+                "field": [{"name": "a", "start": 3, "width": 5}],
+            }
+        )
+    with pytest.raises(LayoutError, match="not fields"):
+        parse_layout(
+            {"format": "csv", "encoding": "utf-8", "keys": ["b"], "field": [{"name": "a"}]}
+        )
