@@ -121,3 +121,12 @@ async def fed(tmp_path_factory: pytest.TempPathFactory, echo_backend: str) -> As
 async def http() -> AsyncIterator[aiohttp.ClientSession]:
     async with aiohttp.ClientSession() as session:
         yield session
+
+
+@pytest.fixture
+async def own_fed(tmp_path: Path, echo_backend: str) -> AsyncIterator[Fed]:
+    """A federation of the test's own, for tests that break a node (wrong keys): their
+    nodes' logs then hold what a broken node logs, which no other test should see."""
+    f = await start_federation(tmp_path / "own", TestFederationSpec(backend_url=echo_backend))
+    yield f
+    await f.federation.stop()

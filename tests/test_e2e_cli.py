@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+import re
 import signal
 import sqlite3
 import ssl
@@ -23,10 +24,8 @@ CLI = [sys.executable, "-m", "xroad_hub.cli"]
 def _demo_config(tmp: Path) -> Path:
     """The demo federation file with every port replaced by a free one."""
     text = Path("config/demo-federation.toml").read_text(encoding="utf-8")
-    ports = {}
-    for old in ("4400", "5500", "5501", "5502", "8080", "8081", "8082", "8443", "8444", "9101"):
-        ports[old] = str(free_port())
-        text = text.replace(f"127.0.0.1:{old}", f"127.0.0.1:{ports[old]}")
+    for old in re.findall(r"127\.0\.0\.1:(\d+)", text):
+        text = text.replace(f"127.0.0.1:{old}", f"127.0.0.1:{free_port()}")
     path = tmp / "federation.toml"
     path.write_text(text, encoding="utf-8")
     return path

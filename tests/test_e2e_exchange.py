@@ -240,7 +240,8 @@ async def test_large_bodies_pass_both_ways_byte_exact(fed: Fed, http) -> None:
     assert base64.b64decode(orjson.loads(data)["body"]) == body
 
 
-async def test_failed_answer_verification_is_logged_by_client_node(fed: Fed, http, monkeypatch):
+async def test_failed_answer_verification_is_logged_by_client_node(own_fed: Fed, http, monkeypatch):
+    fed = own_fed
     from xroad_hub.node.batching import BatchSigner
     from xroad_hub.pki import generate_key
     from xroad_hub.signing import MessageSigner

@@ -306,8 +306,9 @@ async def test_provider_node_with_unregistered_certificate_is_refused_by_client(
 
 
 async def test_tampered_request_signature_never_reaches_the_backend(
-    fed: Fed, http, monkeypatch
+    own_fed: Fed, http, monkeypatch
 ) -> None:
+    fed = own_fed
     """The client node signs with a key that is not the member's: the provider refuses."""
     rt = fed.federation.nodes[DGA].runtime
     member = next(m for m in rt.signers if str(m) == "TH/GOV/DGA")
@@ -341,8 +342,9 @@ async def test_tampered_body_between_nodes_is_refused(fed: Fed, http, monkeypatc
 
 
 async def test_tampered_response_signature_is_refused_by_client_node(
-    fed: Fed, http, monkeypatch
+    own_fed: Fed, http, monkeypatch
 ) -> None:
+    fed = own_fed
     rt = fed.federation.nodes[DBD].runtime
     member = next(m for m in rt.signers if str(m) == "TH/GOV/DBD")
     good = rt.signers[member]

@@ -78,7 +78,15 @@ def build_parser() -> argparse.ArgumentParser:
         "directory, addressed to its node, and valid for one request.",
     )
     _common(token)
-    token.add_argument("client", help="client subsystem, e.g. TH/GOV/DGA/citizenportal")
+    token.add_argument(
+        "client", help="client subsystem, e.g. TH/GOV/DGA/citizenportal (or an auditor's name)"
+    )
+    token.add_argument(
+        "--auditor",
+        action="store_true",
+        help="CLIENT is an auditor: a token for --node's audit API",
+    )
+    token.add_argument("--node", help="with --auditor: the node id whose audit API to use")
     token.add_argument(
         "--ttl", type=int, default=60, help=f"lifetime in seconds (at most {MAX_TOKEN_LIFETIME})"
     )
@@ -168,22 +176,31 @@ def main(argv: list[str] | None = None) -> int:
 
 
 def _token(fed, args: argparse.Namespace) -> int:  # type: ignore[no-untyped-def]
-    client = parse_subsystem_id(args.client)
-    node = fed.node_of_client(client)
-    reg = next(c for c in node.clients if c.id == client)
-    if reg.auth != "jwt":
-        print(f"xroad-hub: {client} authenticates with {reg.auth}, not jwt", file=sys.stderr)
-        return 2
+    layout = PkiLayout(args.certs_dir)
+    if args.auditor:
+        # An auditor's token, for one node's audit API; reusable within its lifetime.
+        if args.client not in fed.auditors:
+            print(f"xroad-hub: no auditor {args.client!r} in {args.config}", file=sys.stderr)
+            return 2
+        if not args.node:
+            print("xroad-hub: say which node's audit API the token is for (--node)",
+                  file=sys.stderr)  # fmt: skip
+            return 2
+        issuer, audience = f"auditor:{args.client}", str(fed.node(args.node).id)
+        key = load_private_key(layout.auditor_jwt(args.client).key)
+    else:
+        client = parse_subsystem_id(args.client)
+        node = fed.node_of_client(client)
+        reg = next(c for c in node.clients if c.id == client)
+        if reg.auth != "jwt":
+            print(f"xroad-hub: {client} authenticates with {reg.auth}, not jwt", file=sys.stderr)
+            return 2
+        issuer, audience = str(client), str(node.id)
+        key = load_private_key(layout.client_jwt(str(client)).key)
     ttl = max(1, min(args.ttl, MAX_TOKEN_LIFETIME))
-    key = load_private_key(PkiLayout(args.certs_dir).client_jwt(str(client)).key)
     now = int(time.time())
-    claims = {
-        "iss": str(client),
-        "aud": str(node.id),
-        "iat": now,
-        "exp": now + ttl,
-        "jti": str(uuid.uuid4()),
-    }
+    claims = {"iss": issuer, "aud": audience, "iat": now, "exp": now + ttl,
+              "jti": str(uuid.uuid4())}  # fmt: skip
     print(jwt.encode(claims, key, algorithm="ES256"))
     return 0
 

@@ -46,6 +46,14 @@ def ensure_pki(fed: FederationConfig, certs_dir: Path) -> list[Path]:
         created += [root.key, root.cert]
     ca_key, ca_cert = load_private_key(root.key), load_cert(root.cert)
 
+    def jwt_pair(paths: CertPaths) -> None:
+        _refuse_half_pair(paths)
+        if not paths.exist():
+            key = generate_key()
+            write_key(paths.key, key)
+            write_public_key(paths.cert, key)
+            created.extend([paths.key, paths.cert])
+
     def leaf(
         paths: CertPaths,
         cn: str,
@@ -77,13 +85,9 @@ def ensure_pki(fed: FederationConfig, certs_dir: Path) -> list[Path]:
             if client.auth == "mtls":
                 leaf(layout.client_tls(str(client.id)), str(client.id), "client-tls")
             elif client.auth == "jwt":
-                paths = layout.client_jwt(str(client.id))
-                _refuse_half_pair(paths)
-                if not paths.exist():
-                    key = generate_key()
-                    write_key(paths.key, key)
-                    write_public_key(paths.cert, key)
-                    created.extend([paths.key, paths.cert])
+                jwt_pair(layout.client_jwt(str(client.id)))
+    for auditor in fed.auditors:
+        jwt_pair(layout.auditor_jwt(auditor))
     for path in created:
         log.info("pki.created", path=str(path))
     return created

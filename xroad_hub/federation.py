@@ -24,6 +24,7 @@ from .identifiers import (
     parse_node_id,
     parse_service_id,
     parse_subsystem_id,
+    valid_part,
 )
 from .subjects import Locator, parse_locator
 
@@ -98,6 +99,7 @@ class NodeConfig:
     body_timeout: float = 30.0
     provider_timeout: float = 60.0
     checkpoint_interval: float = 60.0  # seconds between signed tree heads while logging
+    audit_listen: tuple[str, int] | None = None  # HTTPS API for auditors (auditapi.py)
 
     @property
     def hosted(self) -> tuple[ClientId, ...]:
@@ -121,6 +123,8 @@ class FederationConfig:
     members: dict[MemberId, str]
     nodes: tuple[NodeConfig, ...]
     backends: tuple[BackendConfig, ...] = field(default=())
+    # Auditors: a role of their own (not client subsystems), each with an ES256 key.
+    auditors: tuple[str, ...] = ()
 
     def node(self, node_id: str) -> NodeConfig:
         for node in self.nodes:
@@ -170,7 +174,11 @@ def _build(data: dict[str, Any]) -> FederationConfig:
         BackendConfig(b["kind"], parse_address(b["listen"]), int(b.get("seed", 2569)))
         for b in data.get("backend", [])
     )
-    return FederationConfig(instance, registry, members, nodes, backends)
+    auditors = tuple(str(a["name"]) for a in data.get("auditor", []))
+    for name in auditors:
+        if not valid_part(name):
+            raise ConfigError(f"auditor name {name!r} must use identifier characters only")
+    return FederationConfig(instance, registry, members, nodes, backends, auditors)
 
 
 # Settings every service has; any other key of a non-REST service is an adapter option.
@@ -242,4 +250,5 @@ def _node(n: dict[str, Any], members: dict[MemberId, str]) -> NodeConfig:
         body_timeout=float(n.get("body_timeout", 30)),
         provider_timeout=float(n.get("provider_timeout", 60)),
         checkpoint_interval=float(n.get("checkpoint_interval", 60)),
+        audit_listen=parse_address(n["audit_listen"]) if "audit_listen" in n else None,
     )

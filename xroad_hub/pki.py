@@ -87,6 +87,9 @@ class PkiLayout:
     def client_tls(self, subsystem_id: str) -> CertPaths:
         return self._pair("clients", subsystem_id, "tls")
 
+    def auditor_jwt(self, name: str) -> CertPaths:
+        return self._pair("auditors", name, "jwt", cert_suffix="pub")
+
     def client_jwt(self, subsystem_id: str) -> CertPaths:
         return self._pair("clients", subsystem_id, "jwt", cert_suffix="pub")
 

@@ -6,15 +6,20 @@ tells clients where everything listens.
 
 from __future__ import annotations
 
+import asyncio
 import json
 import socket
+from dataclasses import replace
 from pathlib import Path
 
 import structlog
 from aiohttp import web
 
+from adapters.flatfile.settings import resolve_path
+
 from .demo.dbd import dbd_app
-from .federation import BackendConfig, FederationConfig
+from .demo.legacy_exports import ensure_export
+from .federation import BackendConfig, FederationConfig, NodeConfig
 from .node import Node
 from .pki import PkiLayout
 from .registry import Registry
@@ -65,19 +70,23 @@ class Federation:
         host, port = self.fed.registry.listen
         registry_url = f"http://{host}:{port}"
         if self._runs("registry"):
-            registry_url = await self._serve(
-                Registry(self.fed, self.pki).app(), self.fed.registry.listen
-            )
+            registry_dir = self.data_dir / "registry"
+            registry_dir.mkdir(parents=True, exist_ok=True)
+            registry = Registry(self.fed, self.pki, witness_state=registry_dir / "witness.json")
+            registry_url = await self._serve(registry.app(), self.fed.registry.listen)
         nodes: dict[str, object] = {}
         for cfg in self.fed.nodes:
             if not self._runs(str(cfg.id)):
                 continue
+            cfg = await asyncio.to_thread(_flatfile_sources, cfg, self.data_dir)
             node = Node(
                 cfg,
                 self.pki,
                 f"{registry_url}/globalconf",
                 self.data_dir / "nodes" / Path(*str(cfg.id).split("/")),
                 refresh_interval=self.fed.registry.refresh_interval,
+                witness_url=f"{registry_url}/witness",
+                auditors=self.fed.auditors,
             )
             urls = await node.start()
             self.nodes[str(cfg.id)] = node
@@ -100,6 +109,27 @@ class Federation:
             await runner.cleanup()
         self._runners.clear()
         log.info("federation.stopped")
+
+
+def _flatfile_sources(cfg: NodeConfig, data_dir: Path) -> NodeConfig:
+    """Flat-file exports are runtime data: a relative ``source`` lives under the data
+    directory. Demo services (option ``generate``) get their seeded export there on a fresh
+    clone; an export that is already there is never touched."""
+    services = []
+    for service in cfg.services:
+        source = service.options.get("source")
+        if service.adapter != "flatfile" or not isinstance(source, str):
+            services.append(service)
+            continue
+        target = resolve_path(source, data_dir.resolve())
+        kind = service.options.get("generate")
+        if kind:
+            seed = int(service.options.get("seed", 2569))
+            written = ensure_export(str(kind), target, seed)
+            if written is not None:
+                log.info("demo.export_generated", service=str(service.id), path=str(written))
+        services.append(replace(service, options={**service.options, "source": str(target)}))
+    return replace(cfg, services=tuple(services))
 
 
 def _backend(b: BackendConfig) -> web.Application:

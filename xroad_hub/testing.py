@@ -92,6 +92,7 @@ def write_federation(path: Path, spec: TestFederationSpec) -> Path:
     ]
     for member in ("DGA", "BMA", "DBD"):
         lines += ["[[member]]", f'id = "TH/GOV/{member}"', f'name = "{member}"']
+    lines += ["[[auditor]]", 'name = "oag"']  # an auditor of the Office of the Auditor General
     common = [f"max_body_bytes = {spec.max_body_bytes}", f"body_timeout = {spec.body_timeout}"]
     lines += [
         "[[node]]",
@@ -121,6 +122,7 @@ def write_federation(path: Path, spec: TestFederationSpec) -> Path:
         "[[node]]",
         'id = "TH/GOV/DBD/hub1"',
         f'peer_listen = "{_addr()}"',
+        f'audit_listen = "{_addr()}"',
         *common,
     ]
     for s in services:

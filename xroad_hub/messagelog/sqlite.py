@@ -118,7 +118,8 @@ CREATE TABLE IF NOT EXISTS checkpoint (
     note TEXT NOT NULL,
     cert_sha256 TEXT NOT NULL REFERENCES certificate (sha256),
     created_at REAL NOT NULL,
-    witness_cert_sha256 TEXT REFERENCES certificate (sha256)  -- set once co-signed
+    witness_cert_sha256 TEXT REFERENCES certificate (sha256),  -- set once co-signed
+    timestamp_token BLOB  -- RFC 3161 token over the checkpoint text, once obtained
 );
 """
 
@@ -286,6 +287,22 @@ class SQLiteMessageLog:
             " VALUES (?, ?, ?, ?, ?)",
             (size, root, note, digest, created_at),
         )
+
+    async def record_timestamp(self, size: int, token: bytes) -> None:
+        assert self._db is not None
+        await self._db.execute(
+            "UPDATE checkpoint SET timestamp_token = ? WHERE size = ?", (token, size)
+        )
+
+    async def unstamped_checkpoints(self) -> list[tuple[int, str, float]]:
+        """(size, checkpoint text, created) of checkpoints still without a timestamp."""
+        assert self._db is not None
+        async with self._db.execute(
+            "SELECT size, note, created_at FROM checkpoint WHERE timestamp_token IS NULL"
+            " ORDER BY size"
+        ) as cur:
+            rows = await cur.fetchall()
+        return [(int(r[0]), str(r[1]).partition("\n\n")[0] + "\n", float(r[2])) for r in rows]
 
     async def purge_bodies(self, before: float) -> int:
         """Retention: drop the bodies of exchanges finished before ``before`` (epoch s).

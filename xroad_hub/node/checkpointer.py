@@ -4,6 +4,12 @@ While there is traffic the node signs its log's size and root every ``interval``
 (and once more on a clean shutdown) with its Ed25519 checkpoint key, whose certificate is
 issued by the federation CA. A checkpoint commits the node to every entry before it: an
 entry changed, removed or reordered afterwards no longer gives the signed root.
+
+Each checkpoint then gets an RFC 3161 timestamp of its text. Checkpoints the timestamp
+authority could not stamp are queued and retried every round; if the oldest has waited
+longer than ``failure_limit``, ``healthy()`` turns false and the node refuses new exchanges
+(``LoggingFailed.TimestamperFailed``) rather than exchange data it cannot timestamp. It
+recovers by itself once the queue is stamped.
 """
 
 from __future__ import annotations
@@ -12,6 +18,7 @@ import asyncio
 import base64
 import contextlib
 import time
+from collections.abc import Awaitable, Callable
 
 import aiohttp
 import structlog
@@ -19,7 +26,10 @@ import structlog
 from ..checkpoint import Checkpoint, NoteSigner, sign_note
 from ..messagelog import MessageLog
 
-__all__ = ["Checkpointer"]
+__all__ = ["Checkpointer", "Timestamper"]
+
+# Gets an RFC 3161 timestamp token (DER) for the given bytes, or raises.
+Timestamper = Callable[[bytes], Awaitable[bytes]]
 
 log = structlog.get_logger("xroad_hub.checkpoint")
 
@@ -28,6 +38,7 @@ class Checkpointer:
     def __init__(
         self, node_id: str, messagelog: MessageLog, signer: NoteSigner, cert_der: bytes,
         interval: float, witness_url: str | None = None,
+        timestamper: Timestamper | None = None, failure_limit: float = 4 * 3600,
     ) -> None:  # fmt: skip
         self.origin = f"xroad-hub/{node_id}"
         self._log = messagelog
@@ -38,16 +49,46 @@ class Checkpointer:
         self._task: asyncio.Task[None] | None = None
         self._witness_url = witness_url
         self._session: aiohttp.ClientSession | None = None
+        self._timestamper = timestamper
+        self._failure_limit = failure_limit
+        self._unstamped: dict[int, tuple[bytes, float]] = {}  # size -> (text, created)
+
+    def healthy(self, now: float | None = None) -> bool:
+        """False when a checkpoint has waited for its timestamp longer than allowed."""
+        if not self._unstamped:
+            return True
+        oldest = min(created for _, created in self._unstamped.values())
+        return (now or time.time()) - oldest <= self._failure_limit
+
+    async def _stamp_queued(self) -> None:
+        if self._timestamper is None:
+            return
+        for size in sorted(self._unstamped):
+            text, _ = self._unstamped[size]
+            try:
+                token = await self._timestamper(text)
+            except Exception as exc:  # any failure: keep it queued, try again next round
+                log.warning("checkpoint.timestamp_failed", origin=self.origin, size=size,
+                            error=str(exc) or type(exc).__name__)  # fmt: skip
+                return
+            await self._log.record_timestamp(size, token)
+            del self._unstamped[size]
+            log.info("checkpoint.timestamped", origin=self.origin, size=size)
 
     async def checkpoint(self) -> str | None:
         """Sign and store the current tree head, if it grew since the last checkpoint."""
         size, root = self._log.tree_head()
         if size == self._last_size or size == 0:
             return None
-        note = sign_note(Checkpoint(self.origin, size, root).text(), self._signer)
-        await self._log.add_checkpoint(size, root, note, self._cert, time.time())
+        text = Checkpoint(self.origin, size, root).text()
+        note = sign_note(text, self._signer)
+        created = time.time()
+        await self._log.add_checkpoint(size, root, note, self._cert, created)
         self._last_size = size
         log.info("checkpoint.signed", origin=self.origin, size=size)
+        if self._timestamper is not None:
+            self._unstamped[size] = (text.encode(), created)
+            await self._stamp_queued()
         if self._witness_url:
             note = await self._witness(size, note)
         return note
@@ -89,10 +130,15 @@ class Checkpointer:
             await asyncio.sleep(self._interval)
             try:
                 await self.checkpoint()
+                await self._stamp_queued()  # also without new entries: retry the queue
             except Exception:  # the next round tries again; exchanges are unaffected
                 log.exception("checkpoint.failed", origin=self.origin)
 
-    def start(self) -> None:
+    async def start(self) -> None:
+        # Checkpoints of an earlier run still waiting for their timestamp join the queue.
+        for size, text, created in await self._log.unstamped_checkpoints():
+            self._unstamped[size] = (text.encode(), created)
+            self._last_size = max(self._last_size, size)
         self._task = asyncio.create_task(self._run(), name=f"checkpointer:{self.origin}")
 
     async def stop(self) -> None:

@@ -75,6 +75,7 @@ class ClientProxy:
         represented = h.get("X-Road-Represented-Party")
         represented = parse_represented_party(represented) if represented else None
 
+        self.rt.check_logging(CLIENT_PROXY)
         conf = self.rt.conf_or_fail(CLIENT_PROXY)
         reg = self.rt.authenticator.authenticate(
             client,

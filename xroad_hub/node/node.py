@@ -13,14 +13,16 @@ from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric import ec
 
 from adapters import Adapter, RestAdapter
+from adapters.flatfile import FlatFileAdapter, LayoutError
 
 from ..checkpoint import NoteSigner
 from ..clientauth import ClientAuthenticator, ClientRegistration
-from ..federation import NodeConfig, ServiceConfig
+from ..federation import ConfigError, NodeConfig, ServiceConfig
 from ..message import MAX_OVERHEAD
 from ..messagelog import SQLiteMessageLog
 from ..pki import PkiLayout, load_cert, load_ed25519_key, load_private_key
 from ..signing import MessageSigner, cert_fingerprint
+from .auditapi import AuditApi, Auditor
 from .batching import BatchSigner
 from .checkpointer import Checkpointer
 from .consumer import ClientProxy
@@ -48,6 +50,8 @@ class Node:
         data_dir: Path,
         *,
         refresh_interval: float = 60.0,
+        witness_url: str | None = None,
+        auditors: tuple[str, ...] = (),
     ) -> None:
         self.config = config
         self.pki = pki
@@ -60,6 +64,8 @@ class Node:
         self.urls: dict[str, str] = {}
         self.runtime: NodeRuntime | None = None
         self.checkpointer: Checkpointer | None = None
+        self.witness_url = witness_url
+        self.auditors = auditors
 
     def _build_runtime(self) -> NodeRuntime:
         cfg, pki = self.config, self.pki
@@ -112,8 +118,16 @@ class Node:
                 max_response_bytes=self.config.max_body_bytes,
                 session=self._session,
             )
+        if service.adapter == "flatfile":
+            try:
+                # Relative paths are relative to the working directory, like the CLI's own
+                # defaults; the runner has made ``source`` absolute under its data directory.
+                return FlatFileAdapter.from_options(service.options, name=str(service.id))
+            except LayoutError as exc:
+                raise ConfigError(f"service {service.id}: {exc}") from exc
         raise ValueError(
-            f"service {service.id}: adapter {service.adapter!r} is not available (only 'rest')"
+            f"service {service.id}: adapter {service.adapter!r} is not available "
+            "(use 'rest' or 'flatfile')"
         )
 
     async def start(self, sockets: dict[str, socket.socket] | None = None) -> dict[str, str]:
@@ -122,6 +136,10 @@ class Node:
         cfg, pki = self.config, self.pki
         rt = self.runtime = self._build_runtime()
         await rt.log.open()
+        for hosted in rt.services.values():
+            # Flat-file services load their export before the node answers for them.
+            if isinstance(hosted.adapter, FlatFileAdapter):
+                await hosted.adapter.start()
         checkpoint_key = pki.node_checkpoint(str(cfg.id))
         self.checkpointer = Checkpointer(
             str(cfg.id),
@@ -129,8 +147,10 @@ class Node:
             NoteSigner(str(cfg.id), load_ed25519_key(checkpoint_key.key)),
             _der(checkpoint_key.cert),
             cfg.checkpoint_interval,
+            witness_url=self.witness_url,
         )
-        self.checkpointer.start()
+        await self.checkpointer.start()
+        rt.logging_ok = self.checkpointer.healthy
         await self.globalconf.start()
         auth = pki.node_auth(str(cfg.id))
         ca = pki.root_ca.cert
@@ -145,6 +165,7 @@ class Node:
         peer_app.router.add_post(PEER_PATH, server_proxy.handle)
 
         sockets = sockets or {}
+        audit_app = self._audit_app(rt) if cfg.audit_listen else None
         plan = [
             ("peer", peer_app, cfg.peer_listen, peer_server_context(auth.cert, auth.key, ca)),
             ("client", client_app, cfg.client_listen, None),
@@ -154,9 +175,10 @@ class Node:
                 cfg.client_tls_listen,
                 client_facing_context(auth.cert, auth.key, ca),
             ),
+            ("audit", audit_app, cfg.audit_listen, client_facing_context(auth.cert, auth.key, ca)),
         ]
         for role, app, address, ssl_ctx in plan:
-            if address is None and role not in sockets:
+            if app is None or (address is None and role not in sockets):
                 continue
             runner = web.AppRunner(
                 app,
@@ -179,6 +201,19 @@ class Node:
             self.urls[role] = f"{scheme}://{host}:{port}"
         log.info("node.started", node=str(cfg.id), **self.urls)
         return self.urls
+
+    def _audit_app(self, rt: NodeRuntime) -> web.Application:
+        auditors = []
+        for name in self.auditors:
+            key = serialization.load_pem_public_key(self.pki.auditor_jwt(name).cert.read_bytes())
+            if not isinstance(key, ec.EllipticCurvePublicKey):
+                raise ValueError(f"JWT key of auditor {name} must be an EC P-256 key")
+            auditors.append(Auditor(name, key))
+        path = getattr(rt.log, "path", None)
+        if path is None:
+            raise ValueError("the audit API reads the SQLite log; this node's log has no file")
+        roots = [load_cert(self.pki.root_ca.cert)]
+        return AuditApi(str(self.config.id), path, auditors, roots).app()
 
     async def stop(self) -> None:
         """Stop accepting, finish in-flight exchanges, flush the log, close connections."""

@@ -72,6 +72,7 @@ class ServerProxy:
 
     async def _exchange(self, request: web.Request) -> web.StreamResponse:
         started = time.time()
+        self.rt.check_logging(SERVER_PROXY)
         conf = self.rt.conf_or_fail(SERVER_PROXY)
         fingerprint = peer_fingerprint(request.transport)
         peer = conf.node_by_cert(fingerprint) if fingerprint else None

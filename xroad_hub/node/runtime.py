@@ -47,6 +47,17 @@ class NodeRuntime:
     max_body_bytes: int
     body_timeout: float
     provider_timeout: float
+    # False while checkpoints wait too long for timestamps: exchanges are refused.
+    logging_ok: Callable[[], bool] = lambda: True
+
+    def check_logging(self, raise_as: str) -> None:
+        """Fail closed: no exchange the log cannot have timestamped in time."""
+        if not self.logging_ok():
+            raise XRoadError(
+                f"{raise_as}.LoggingFailed.TimestamperFailed",
+                "the node cannot obtain timestamps for its log and refuses exchanges until the"
+                " timestamp authority answers again",
+            )
 
     def conf_or_fail(self, raise_as: str) -> GlobalConf:
         conf = self.globalconf.current()

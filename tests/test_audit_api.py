@@ -1,0 +1,77 @@
+"""The auditors' HTTPS API of a node: an authenticated role, search, verify, evidence."""
+
+from __future__ import annotations
+
+import time
+import uuid
+
+import jwt
+import orjson
+import pytest
+from cryptography import x509
+
+from xroad_hub.evidence import verify_bundle
+from xroad_hub.pki import generate_key, load_private_key
+
+from .conftest import Fed
+
+DGA = "TH/GOV/DGA/hub1"
+DBD = "TH/GOV/DBD/hub1"
+
+
+def _token(fed: Fed, *, key=None, **claims: object) -> str:  # type: ignore[no-untyped-def]
+    now = int(time.time())
+    body: dict[str, object] = {"iss": "auditor:oag", "aud": DBD, "iat": now, "exp": now + 60}
+    body.update(claims)
+    key = key or load_private_key(fed.pki.auditor_jwt("oag").key)
+    return jwt.encode(body, key, algorithm="ES256")
+
+
+async def _get(fed: Fed, http, path: str, token: str | None):  # type: ignore[no-untyped-def]
+    headers = {"Authorization": f"Bearer {token}"} if token else {}
+    async with http.get(fed.url(DBD, "audit") + path, headers=headers,
+                        ssl=fed.client_ssl()) as r:  # fmt: skip
+        return r.status, await r.read()
+
+
+async def test_auditor_searches_verifies_and_exports(fed: Fed, http) -> None:
+    mid = "audit-api-" + uuid.uuid4().hex
+    async with http.get(fed.url(DGA) + "/r1/TH/GOV/DBD/registry/echo/1101700203450",
+                        headers={"X-Road-Client": "TH/GOV/DGA/devportal",
+                                 "X-Road-Id": mid}) as r:  # fmt: skip
+        assert r.status == 200
+    token = _token(fed)
+    status, body = await _get(fed, http, f"/audit/search?message_id={mid}", token)
+    assert status == 200
+    entries = orjson.loads(body)["entries"]
+    assert [e["subjects"] for e in entries] == [["1101700203450"]]
+    status, body = await _get(fed, http, "/audit/search?subject=1101700203450&limit=1", token)
+    assert status == 200 and orjson.loads(body)["next_after"] is not None
+    status, body = await _get(fed, http, "/audit/verify", token)
+    assert status == 200 and orjson.loads(body)["ok"] is True
+    await fed.federation.nodes[DBD].checkpointer.checkpoint()
+    status, bundle = await _get(fed, http, f"/audit/evidence/{mid}", token)
+    assert status == 200
+    root = x509.load_pem_x509_certificate(fed.pki.root_ca.cert.read_bytes())
+    assert verify_bundle(bundle, [root])["message_id"] == mid
+    status, _ = await _get(fed, http, "/audit/evidence/no-such-id", token)
+    assert status == 404
+    status, _ = await _get(fed, http, "/audit/search?limit=100000", token)
+    assert status == 400
+
+
+@pytest.mark.parametrize(
+    "make",
+    [
+        pytest.param(lambda fed: None, id="no-token"),
+        pytest.param(lambda fed: _token(fed, key=generate_key()), id="forged"),
+        pytest.param(lambda fed: _token(fed, aud=DGA), id="other-node"),
+        pytest.param(lambda fed: _token(fed, iss="auditor:nobody"), id="unknown-auditor"),
+        pytest.param(lambda fed: _token(fed, exp=int(time.time()) - 30), id="expired"),
+        pytest.param(lambda fed: _token(fed, exp=int(time.time()) + 3600), id="too-long"),
+        pytest.param(lambda fed: fed.token(), id="a-client-token"),
+    ],
+)
+async def test_only_auditors_get_in(fed: Fed, http, make) -> None:
+    status, _ = await _get(fed, http, "/audit/search", make(fed))
+    assert status == 401
