@@ -1,18 +1,25 @@
-"""SQLite message log: durable, gap-free leaf indexes, group commit, canonical leaves."""
+"""The message log, on every backend: durable, gap-free leaf indexes, group commit,
+canonical leaves, tree head, certificates stored once, schema version refused."""
 
 from __future__ import annotations
 
 import asyncio
 import hashlib
 import json
-from collections.abc import AsyncIterator
-from pathlib import Path
+from typing import TYPE_CHECKING
 
 import orjson
 import pytest
 
-from xroad_hub.messagelog import LogRecord, SQLiteMessageLog
-from xroad_hub.messagelog.store import LogError
+from xroad_hub import merkle
+from xroad_hub.messagelog import LogRecord
+from xroad_hub.messagelog.sqlite import _COLUMNS as SQLITE_COLUMNS
+from xroad_hub.messagelog.store import LogError, MessageLog
+
+if TYPE_CHECKING:  # imported by pytest as a plugin (below); importing it first breaks that
+    from .messagelog_backends import Backend
+
+pytest_plugins = ["tests.messagelog_backends"]
 
 
 def _rec(i: int, **overrides: object) -> LogRecord:
@@ -43,47 +50,27 @@ def _rec(i: int, **overrides: object) -> LogRecord:
     return LogRecord(**fields)  # type: ignore[arg-type]
 
 
-_opened: list[SQLiteMessageLog] = []
-
-
-async def _open(path: Path, **kw: int) -> SQLiteMessageLog:
-    log = SQLiteMessageLog(path, **kw)
-    await log.open()
-    _opened.append(log)
-    return log
-
-
-@pytest.fixture(autouse=True)
-async def _close_all() -> AsyncIterator[None]:
-    # A failing assertion must not leave a writer task and its SQLite thread running
-    # (that would hang the test process at exit); close() is idempotent.
-    yield
-    while _opened:
-        await _opened.pop().close()
-
-
 @pytest.fixture
-async def mlog(tmp_path: Path) -> SQLiteMessageLog:
-    return await _open(tmp_path / "log" / "messages.db")
+async def mlog(backend: Backend) -> MessageLog:
+    return await backend.open()
 
 
-async def test_appends_are_gap_free_from_zero(mlog: SQLiteMessageLog) -> None:
+async def test_appends_are_gap_free_from_zero(mlog: MessageLog) -> None:
     got = [await mlog.append(_rec(i)) for i in range(10)]
     assert got == list(range(10))
     assert await mlog.count() == 10
 
 
-async def test_concurrent_appends_durable_and_batched(tmp_path: Path) -> None:
-    path = tmp_path / "m.db"
-    log = await _open(path)
+async def test_concurrent_appends_durable_and_batched(backend: Backend) -> None:
+    log = await backend.open()
     batches: list[int] = []
-    real_write = log._write
+    real_write = log._write  # type: ignore[attr-defined]
 
     async def counting_write(batch):  # type: ignore[no-untyped-def]
         batches.append(len(batch))
         await real_write(batch)
 
-    log._write = counting_write  # type: ignore[method-assign]
+    log._write = counting_write  # type: ignore[attr-defined]
     try:
         got = await asyncio.gather(*(log.append(_rec(i)) for i in range(500)))
     finally:
@@ -93,28 +80,25 @@ async def test_concurrent_appends_durable_and_batched(tmp_path: Path) -> None:
     assert len(batches) < 500, "appends were committed one by one, not batched"
     assert max(batches) > 1
 
-    reopened = await _open(path)
-    try:
-        assert await reopened.count() == 500
-        leaves = await reopened.leaves(0, 500)
-        assert len(leaves) == 500
-        # every append's returned index holds its own record
-        for i, idx in enumerate(got):
-            assert orjson.loads(leaves[idx])["message_id"] == f"msg-{i}"
-    finally:
-        await reopened.close()
+    reopened = await backend.open()
+    assert await reopened.count() == 500
+    leaves = await reopened.leaves(0, 500)
+    assert len(leaves) == 500
+    # every append's returned index holds its own record
+    for i, idx in enumerate(got):
+        assert orjson.loads(leaves[idx])["message_id"] == f"msg-{i}"
 
 
-async def test_max_batch_is_respected(tmp_path: Path) -> None:
-    log = await _open(tmp_path / "m.db", max_batch=16)
+async def test_max_batch_is_respected(backend: Backend) -> None:
+    log = await backend.open(max_batch=16)
     batches: list[int] = []
-    real_write = log._write
+    real_write = log._write  # type: ignore[attr-defined]
 
     async def counting_write(batch):  # type: ignore[no-untyped-def]
         batches.append(len(batch))
         await real_write(batch)
 
-    log._write = counting_write  # type: ignore[method-assign]
+    log._write = counting_write  # type: ignore[attr-defined]
     try:
         got = await asyncio.gather(*(log.append(_rec(i)) for i in range(100)))
     finally:
@@ -124,36 +108,37 @@ async def test_max_batch_is_respected(tmp_path: Path) -> None:
     assert sum(batches) == 100
 
 
-async def test_close_flushes_queued_records(tmp_path: Path) -> None:
-    path = tmp_path / "m.db"
-    log = await _open(path)
+async def test_close_flushes_queued_records(backend: Backend) -> None:
+    log = await backend.open()
     tasks = [asyncio.create_task(log.append(_rec(i))) for i in range(50)]
     await asyncio.sleep(0)  # every append has queued its record, none is committed yet
     assert not any(t.done() for t in tasks)
     await log.close()
     assert all(t.done() for t in tasks)
     assert sorted(t.result() for t in tasks) == list(range(50))
-    reopened = await _open(path)
-    try:
-        assert await reopened.count() == 50
-    finally:
-        await reopened.close()
+    reopened = await backend.open()
+    assert await reopened.count() == 50
 
 
-async def test_reopen_continues_numbering(tmp_path: Path) -> None:
-    path = tmp_path / "m.db"
-    log = await _open(path)
+async def test_reopen_continues_numbering_and_tree_head(backend: Backend) -> None:
+    log = await backend.open()
     assert [await log.append(_rec(i)) for i in range(3)] == [0, 1, 2]
+    head = log.tree_head()
     await log.close()
-    log = await _open(path)
-    try:
-        assert await log.append(_rec(3)) == 3
-        assert await log.count() == 4
-    finally:
-        await log.close()
+    log = await backend.open()
+    assert log.tree_head() == head  # rebuilt from the stored leaves
+    assert await log.append(_rec(3)) == 3
+    assert await log.count() == 4
 
 
-async def test_leaf_is_canonical_json_of_digests(mlog: SQLiteMessageLog) -> None:
+async def test_tree_head_is_the_root_of_the_committed_leaves(mlog: MessageLog) -> None:
+    assert mlog.tree_head() == (0, merkle.EMPTY_ROOT)
+    await asyncio.gather(*(mlog.append(_rec(i)) for i in range(7)))
+    leaves = await mlog.leaves(0, 7)
+    assert mlog.tree_head() == (7, merkle.root([merkle.leaf_hash(x) for x in leaves]))
+
+
+async def test_leaf_is_canonical_json_of_digests(mlog: MessageLog) -> None:
     rec = _rec(1)
     leaf = rec.leaf()
     parsed = json.loads(leaf)
@@ -188,7 +173,7 @@ def test_leaf_changes_with_any_body_byte() -> None:
     assert len(a.leaf()) == len(b.leaf())
 
 
-async def test_find_returns_rows_with_bodies(mlog: SQLiteMessageLog) -> None:
+async def test_find_returns_rows_with_bodies(mlog: MessageLog) -> None:
     await mlog.append(_rec(1))
     idx_a = await mlog.append(_rec(2, role="client"))
     idx_b = await mlog.append(_rec(2, role="provider", status=500, error_type="Server.X"))
@@ -203,10 +188,22 @@ async def test_find_returns_rows_with_bodies(mlog: SQLiteMessageLog) -> None:
     assert await mlog.find("nope") == []
     # the row factory is restored: plain queries still give tuples
     assert await mlog.count() == 3
+    # every backend gives the SQLite columns, in order, so one audit reads them all
+    assert list(rows[0]) == list(SQLITE_COLUMNS)
 
 
-async def test_append_after_close_raises(tmp_path: Path) -> None:
-    log = await _open(tmp_path / "m.db")
+async def test_subjects_are_stored_and_indexed(backend: Backend) -> None:
+    log = await backend.open()
+    idx = await log.append(_rec(1, subjects=("TH1101700203450", "TH3100600112233")))
+    await log.append(_rec(2))
+    assert (await log.find("msg-1"))[0]["subjects"] == '["TH1101700203450","TH3100600112233"]'
+    assert (await log.find("msg-2"))[0]["subjects"] == "[]"
+    rows = await backend.query("SELECT subject, leaf_index FROM {exchange_subject} ORDER BY 1")
+    assert rows == [("TH1101700203450", idx), ("TH3100600112233", idx)]
+
+
+async def test_append_after_close_raises(backend: Backend) -> None:
+    log = await backend.open()
     await log.append(_rec(0))
     await log.close()
     with pytest.raises(LogError):
@@ -214,44 +211,35 @@ async def test_append_after_close_raises(tmp_path: Path) -> None:
     await log.close()  # idempotent
 
 
-async def test_append_before_open_raises(tmp_path: Path) -> None:
-    log = SQLiteMessageLog(tmp_path / "m.db")
+async def test_append_before_open_raises(backend: Backend) -> None:
+    log = backend.make()
     with pytest.raises(LogError):
         await log.append(_rec(0))
 
 
-async def test_failed_write_raises_and_leaves_no_gap(mlog: SQLiteMessageLog) -> None:
+async def test_failed_write_raises_and_leaves_no_gap(mlog: MessageLog) -> None:
     assert await mlog.append(_rec(0)) == 0
     with pytest.raises(LogError):
         await mlog.append(_rec(1, message_id=None))  # violates NOT NULL
     assert await mlog.append(_rec(2)) == 1
     assert await mlog.count() == 2
     assert [orjson.loads(x)["message_id"] for x in await mlog.leaves(0, 10)] == ["msg-0", "msg-2"]
+    assert mlog.tree_head()[0] == 2
 
 
-async def test_log_of_another_schema_version_is_refused_not_migrated(tmp_path) -> None:
-    import sqlite3
-
-    path = tmp_path / "old.sqlite"
-    with sqlite3.connect(path) as conn:
-        conn.execute("CREATE TABLE exchange (leaf_index INTEGER PRIMARY KEY, leaf BLOB)")
-    log = SQLiteMessageLog(path)
+async def test_log_of_another_schema_version_is_refused_not_migrated(backend: Backend) -> None:
+    await backend.execute("CREATE TABLE {exchange} (leaf_index INTEGER PRIMARY KEY, leaf BYTEA)")
+    log = backend.make()
     with pytest.raises(LogError, match="schema version 0"):
         await log.open()
 
 
-async def test_certificates_are_stored_once_by_digest(tmp_path: Path) -> None:
-    import sqlite3
-
-    log = SQLiteMessageLog(tmp_path / "log.sqlite")
-    await log.open()
+async def test_certificates_are_stored_once_by_digest(backend: Backend) -> None:
+    log = await backend.open()
     await asyncio.gather(*(log.append(_rec(i)) for i in range(10)))
     await log.close()
-    with sqlite3.connect(tmp_path / "log.sqlite") as conn:
-        certs = dict(conn.execute("SELECT sha256, der FROM certificate"))
-        refs = conn.execute(
-            "SELECT DISTINCT response_cert_sha256 FROM exchange ORDER BY 1"
-        ).fetchall()
+    certs = dict(await backend.query("SELECT sha256, der FROM {certificate}"))
+    refs = await backend.query("SELECT DISTINCT response_cert_sha256 FROM {exchange} ORDER BY 1")
     assert sorted(certs.values()) == [
         b"client cert DER",
         b"provider cert DER 0",
@@ -261,19 +249,67 @@ async def test_certificates_are_stored_once_by_digest(tmp_path: Path) -> None:
     assert certs[hashlib.sha256(b"client cert DER").hexdigest()] == b"client cert DER"
 
 
-async def test_retention_purges_bodies_but_not_leaves(tmp_path: Path) -> None:
-    log = SQLiteMessageLog(tmp_path / "log.sqlite")
-    await log.open()
-    try:
-        for i in range(4):
-            await log.append(_rec(i))
-        head = log.tree_head()
-        # _rec(i) finished at 1700000000.5 + i: purge the first two.
-        assert await log.purge_bodies(1700000002.0) == 2
-        assert await log.purge_bodies(1700000002.0) == 0
-        rows = [(await log.find(f"msg-{i}"))[0] for i in range(4)]
-        assert [r["request_body"] is None for r in rows] == [True, True, False, False]
-        assert rows[0]["leaf"] == _rec(0).leaf()  # the leaf (with the digests) stays
-        assert log.tree_head() == head
-    finally:
-        await log.close()
+async def test_checkpoints_are_stored_with_their_certificate(backend: Backend) -> None:
+    log = await backend.open()
+    await log.append(_rec(0))
+    size, root = log.tree_head()
+    await log.add_checkpoint(size, root, "note text", b"checkpoint cert DER", 1700000100.0)
+    await log.close()
+    digest = hashlib.sha256(b"checkpoint cert DER").hexdigest()
+    assert await backend.query(
+        "SELECT size, root, note, cert_sha256, created_at FROM {checkpoint}"
+    ) == [(1, root, "note text", digest, 1700000100.0)]
+    assert await backend.query("SELECT der FROM {certificate} WHERE sha256 = ?", digest) == [
+        (b"checkpoint cert DER",)
+    ]
+
+
+async def test_retention_purges_bodies_but_not_leaves(mlog: MessageLog) -> None:
+    for i in range(4):
+        await mlog.append(_rec(i))
+    head = mlog.tree_head()
+    # _rec(i) finished at 1700000000.5 + i: purge the first two.
+    assert await mlog.purge_bodies(1700000002.0) == 2
+    assert await mlog.purge_bodies(1700000002.0) == 0
+    rows = [(await mlog.find(f"msg-{i}"))[0] for i in range(4)]
+    assert [r["request_body"] is None for r in rows] == [True, True, False, False]
+    assert rows[0]["leaf"] == _rec(0).leaf()  # the leaf (with the digests) stays
+    assert mlog.tree_head() == head
+
+
+async def test_witness_cosignature_and_consistency_proof(backend: Backend) -> None:
+    log = await backend.open()
+    for i in range(5):
+        await log.append(_rec(i))
+    size, root = log.tree_head()
+    await log.add_checkpoint(size, root, "note", b"checkpoint cert DER", 1700000100.0)
+    await log.record_witness(size, "note, co-signed", b"witness cert DER")
+    assert await backend.query("SELECT note, witness_cert_sha256 FROM {checkpoint}") == [
+        ("note, co-signed", hashlib.sha256(b"witness cert DER").hexdigest())
+    ]
+    hashes = [merkle.leaf_hash(x) for x in await log.leaves(0, 3)]
+    proof = log.consistency_proof(3, 5)
+    assert merkle.verify_consistency(3, 5, merkle.root(hashes), root, proof)
+    await log.close()
+    # rebuilt at open, the tree still proves old sizes
+    reopened = await backend.open()
+    assert reopened.consistency_proof(3, 5) == proof
+
+
+async def test_checkpoint_timestamps(backend: Backend) -> None:
+    log = await backend.open()
+    for size in (1, 2):
+        await log.append(_rec(size))
+        _, root = log.tree_head()
+        note = f"origin\n{size}\nroot\n\n— sig{size}\n"
+        await log.add_checkpoint(size, root, note, b"checkpoint cert DER", 1700000100.0 + size)
+    assert await log.unstamped_checkpoints() == [
+        (1, "origin\n1\nroot\n", 1700000101.0),
+        (2, "origin\n2\nroot\n", 1700000102.0),
+    ]
+    await log.record_timestamp(1, b"tsr DER")
+    assert [c[0] for c in await log.unstamped_checkpoints()] == [2]
+    assert await backend.query("SELECT size, timestamp_token FROM {checkpoint} ORDER BY 1") == [
+        (1, b"tsr DER"),
+        (2, None),
+    ]

@@ -100,6 +100,8 @@ class NodeConfig:
     provider_timeout: float = 60.0
     checkpoint_interval: float = 60.0  # seconds between signed tree heads while logging
     audit_listen: tuple[str, int] | None = None  # HTTPS API for auditors (auditapi.py)
+    # PostgreSQL DSN for the message log (scale-out); None: SQLite in the data directory.
+    messagelog_dsn: str | None = None
 
     @property
     def hosted(self) -> tuple[ClientId, ...]:
@@ -251,4 +253,5 @@ def _node(n: dict[str, Any], members: dict[MemberId, str]) -> NodeConfig:
         provider_timeout=float(n.get("provider_timeout", 60)),
         checkpoint_interval=float(n.get("checkpoint_interval", 60)),
         audit_listen=parse_address(n["audit_listen"]) if "audit_listen" in n else None,
+        messagelog_dsn=n.get("messagelog_dsn"),
     )

@@ -40,6 +40,7 @@ class TestFederationSpec:
     max_body_bytes: int = 1024 * 1024
     body_timeout: float = 1.5
     extra_services: list[dict[str, object]] = field(default_factory=list)
+    provider_log_dsn: str | None = None  # the provider node logs to PostgreSQL
 
 
 def write_federation(path: Path, spec: TestFederationSpec) -> Path:
@@ -122,7 +123,8 @@ def write_federation(path: Path, spec: TestFederationSpec) -> Path:
         "[[node]]",
         'id = "TH/GOV/DBD/hub1"',
         f'peer_listen = "{_addr()}"',
-        f'audit_listen = "{_addr()}"',
+        f'audit_listen = "{_addr()}"' if spec.provider_log_dsn is None else "",
+        f'messagelog_dsn = "{spec.provider_log_dsn}"' if spec.provider_log_dsn else "",
         *common,
     ]
     for s in services:

@@ -13,11 +13,14 @@ written against one reads the other. What PostgreSQL adds:
   session advisory lock keyed on the schema for the log's lifetime; a second writer is
   refused at open. The lock dies with the connection, so a lost connection is not retried
   here: another writer may have taken over, and the log fails closed until it is reopened.
-- A batch goes in with binary COPY (``copy_records_to_table``). Measured against
-  ``executemany`` of one INSERT and ``INSERT ... SELECT FROM unnest(arrays)`` (see
-  ``scripts/bench_messagelog.py --insert-methods``), COPY was the fastest at every batch
-  size and used the least client CPU per row (about half of executemany's at 128 rows,
-  a third of unnest's), and the client CPU is the node's.
+- A batch goes in with binary COPY (``copy_records_to_table``), a small one with
+  ``executemany`` of one INSERT. Measured with ``scripts/bench_messagelog.py`` (which also
+  tries ``INSERT ... SELECT FROM unnest(arrays)``: never the cheapest, the costliest in
+  client CPU from 16 rows up): from about 32 rows COPY needs the least client CPU per row
+  (a third less than executemany at 128 and 1024 rows) and commits the most rows/s; each
+  COPY has a fixed cost, though, so one row costs it ~2.5x executemany's CPU and at 16
+  rows the two are about even. Client CPU is what matters: it is the node's, shared with
+  signing and TLS.
 - The writer forces ``synchronous_commit=on``: a database configured with ``off`` would
   acknowledge a COMMIT before it is on disk, and the node answers exchanges on that ack.
 - Reads (``find``, ``leaves``, ``count``) and checkpoints use a small pool, so an auditor's
@@ -33,6 +36,7 @@ from collections.abc import Sequence
 from typing import Any
 
 import asyncpg
+import orjson
 import structlog
 
 from .. import merkle
@@ -68,10 +72,12 @@ _COLUMNS = (
     "response_body",
     "request_cert_sha256",
     "response_cert_sha256",
+    "subjects",
 )
 
-# The logical layout is the SQLite log's version 2; both refuse any other version.
-_SCHEMA_VERSION = 2
+# The logical layout is the SQLite log's (a test holds the versions equal); both refuse
+# any other version.
+_SCHEMA_VERSION = 4
 
 # Lower-case only: PostgreSQL folds unquoted names to lower case, so "Node1" and "node1"
 # would be one schema in psql and two here. 63 bytes is NAMEDATALEN - 1 (longer names are
@@ -127,15 +133,30 @@ CREATE TABLE {s}.exchange (
     request_body bytea,
     response_body bytea,
     request_cert_sha256 text NOT NULL REFERENCES {s}.certificate (sha256),
-    response_cert_sha256 text REFERENCES {s}.certificate (sha256)
+    response_cert_sha256 text REFERENCES {s}.certificate (sha256),
+    subjects text NOT NULL DEFAULT '[]'  -- JSON list, as in the leaf; text as in SQLite
 );
+-- Who each exchange concerns. SQLite fills it with a trigger; here the writer copies the
+-- rows in the same transaction (a per-row PL/pgSQL trigger would cost more than the COPY).
+CREATE TABLE {s}.exchange_subject (
+    subject text NOT NULL,
+    leaf_index bigint NOT NULL REFERENCES {s}.exchange (leaf_index),
+    PRIMARY KEY (subject, leaf_index)
+);
+CREATE INDEX exchange_started_at ON {s}.exchange (started_at);
+CREATE INDEX exchange_client ON {s}.exchange (client, started_at);
+CREATE INDEX exchange_service ON {s}.exchange (service, started_at);
+CREATE INDEX exchange_user_id ON {s}.exchange (user_id);
+CREATE INDEX exchange_issue ON {s}.exchange (issue);
 CREATE INDEX exchange_message_id ON {s}.exchange (message_id);
 CREATE TABLE {s}.checkpoint (
     size bigint PRIMARY KEY,
     root bytea NOT NULL,
     note text NOT NULL,
     cert_sha256 text NOT NULL REFERENCES {s}.certificate (sha256),
-    created_at double precision NOT NULL
+    created_at double precision NOT NULL,
+    witness_cert_sha256 text REFERENCES {s}.certificate (sha256),  -- set once co-signed
+    timestamp_token bytea  -- RFC 3161 token over the checkpoint text, once obtained
 );
 -- SQLite keeps this in PRAGMA user_version; one row, so there is one answer.
 CREATE TABLE {s}.schema_version (
@@ -160,7 +181,22 @@ def _sha256(data: bytes | None) -> str | None:
     return None if data is None else hashlib.sha256(data).hexdigest()
 
 
+def _exchange_row(index: int, rec: LogRecord, leaf: bytes) -> tuple[Any, ...]:
+    """The ``exchange`` row of a record, in _COLUMNS order."""
+    return (
+        index, rec.message_id, rec.request_id, rec.role, rec.client, rec.service, rec.user_id,
+        rec.issue, rec.represented_party, rec.method, rec.status, rec.error_type,
+        rec.started_at, rec.finished_at, leaf, rec.request_meta, rec.request_signature,
+        rec.response_meta, rec.response_signature, rec.request_body, rec.response_body,
+        _sha256(rec.request_cert), _sha256(rec.response_cert),
+        orjson.dumps(sorted(rec.subjects)).decode(),
+    )  # fmt: skip
+
+
 _Pending = tuple[LogRecord, bytes, "asyncio.Future[int]"]
+
+# From this many rows on a batch goes in with COPY, below with executemany (see above).
+_COPY_FROM = 32
 
 
 class PostgresMessageLog:
@@ -169,6 +205,11 @@ class PostgresMessageLog:
         self._dsn = dsn
         self._max_batch = max_batch
         self._s = f'"{self.schema}"'  # quoted as well as validated: belt and braces
+        params = ", ".join(f"${i}" for i in range(1, len(_COLUMNS) + 1))
+        self._insert_exchange = (
+            f"INSERT INTO {self._s}.exchange ({', '.join(_COLUMNS)}) VALUES ({params})"
+        )
+        self._insert_subject = f"INSERT INTO {self._s}.exchange_subject VALUES ($1, $2)"
         self._conn: asyncpg.Connection | None = None
         self._pool: asyncpg.Pool | None = None
         self._queue: asyncio.Queue[_Pending | None] = asyncio.Queue()
@@ -176,7 +217,9 @@ class PostgresMessageLog:
         self._next_index = 0
         self._closing = False
         self._known_certs: set[bytes] = set()
-        self._tree = merkle.CompactRange()
+        # Every perfect subtree, ~64 bytes per entry, as in the SQLite log: consistency
+        # proofs for the witness need old subtrees.
+        self._tree = merkle.MemoryTree()
 
     def __repr__(self) -> str:  # never the DSN: it may hold a password
         return f"PostgresMessageLog(schema={self.schema!r})"
@@ -213,6 +256,7 @@ class PostgresMessageLog:
             "SELECT a.pid, a.application_name, a.client_addr::text AS addr"
             " FROM pg_locks l JOIN pg_stat_activity a ON a.pid = l.pid"
             " WHERE l.locktype = 'advisory' AND l.granted AND l.objsubid = 1"
+            " AND l.database = (SELECT oid FROM pg_database WHERE datname = current_database())"
             # a bigint key is split into classid (high 32 bits) and objid (low 32 bits)
             " AND (l.classid::bigint << 32) | l.objid::bigint = $1",
             key,
@@ -305,16 +349,12 @@ class PostgresMessageLog:
         assert self._conn is not None
         first = self._next_index
         rows: list[tuple[Any, ...]] = []
+        subjects: list[tuple[str, int]] = []
         new_certs: dict[str, bytes] = {}
         for i, (rec, leaf, _) in enumerate(batch, start=first):
-            rows.append((
-                i, rec.message_id, rec.request_id, rec.role, rec.client, rec.service,
-                rec.user_id, rec.issue, rec.represented_party, rec.method, rec.status,
-                rec.error_type, rec.started_at, rec.finished_at, leaf, rec.request_meta,
-                rec.request_signature, rec.response_meta, rec.response_signature,
-                rec.request_body, rec.response_body, _sha256(rec.request_cert),
-                _sha256(rec.response_cert),
-            ))  # fmt: skip
+            rows.append(_exchange_row(i, rec, leaf))
+            # Once per subject: a name given twice must not fail the batch on the key.
+            subjects += ((subject, i) for subject in sorted(set(rec.subjects)))
             for cert in (rec.request_cert, rec.response_cert):
                 if cert is not None and cert not in self._known_certs:
                     new_certs[hashlib.sha256(cert).hexdigest()] = cert
@@ -327,9 +367,21 @@ class PostgresMessageLog:
                         " ON CONFLICT (sha256) DO NOTHING",
                         list(new_certs.items()),
                     )
-                await self._conn.copy_records_to_table(
-                    "exchange", schema_name=self.schema, columns=_COLUMNS, records=rows
-                )
+                if len(rows) >= _COPY_FROM:
+                    await self._conn.copy_records_to_table(
+                        "exchange", schema_name=self.schema, columns=_COLUMNS, records=rows
+                    )
+                else:
+                    await self._conn.executemany(self._insert_exchange, rows)
+                if len(subjects) >= _COPY_FROM:
+                    await self._conn.copy_records_to_table(
+                        "exchange_subject",
+                        schema_name=self.schema,
+                        columns=("subject", "leaf_index"),
+                        records=subjects,
+                    )
+                elif subjects:
+                    await self._conn.executemany(self._insert_subject, subjects)
         except Exception as exc:  # any storage failure fails the whole batch, loudly
             lost = self._conn.is_closed()
             log.error("messagelog.write_failed", error=str(exc), batch=len(batch), lost=lost)
@@ -354,6 +406,26 @@ class PostgresMessageLog:
         """Size and RFC 9162 root of the committed log."""
         return len(self._tree), self._tree.root()
 
+    def consistency_proof(self, old_size: int, size: int) -> list[bytes]:
+        """RFC 9162 proof that the tree of ``old_size`` entries is a prefix of ``size``'s."""
+        return merkle.consistency_proof(self._tree, old_size, size)
+
+    async def record_witness(self, size: int, cosigned_note: str, witness_cert: bytes) -> None:
+        """Replace the checkpoint's note by the one a witness co-signed."""
+        digest = hashlib.sha256(witness_cert).hexdigest()
+        async with self._reader().acquire() as conn, conn.transaction():
+            await conn.execute(
+                f"INSERT INTO {self._s}.certificate VALUES ($1, $2)"
+                " ON CONFLICT (sha256) DO NOTHING",
+                digest,
+                witness_cert,
+            )
+            await conn.execute(
+                f"UPDATE {self._s}.checkpoint SET note = $1, witness_cert_sha256 = $2"
+                " WHERE size = $3",
+                cosigned_note, digest, size,
+            )  # fmt: skip
+
     def _reader(self) -> asyncpg.Pool:
         if self._pool is None:
             raise LogError("message log is not open")
@@ -371,9 +443,37 @@ class PostgresMessageLog:
                 cert_der,
             )
             await conn.execute(
-                f"INSERT INTO {self._s}.checkpoint VALUES ($1, $2, $3, $4, $5)",
+                f"INSERT INTO {self._s}.checkpoint (size, root, note, cert_sha256, created_at)"
+                " VALUES ($1, $2, $3, $4, $5)",
                 size, root, note, digest, created_at,
             )  # fmt: skip
+
+    async def record_timestamp(self, size: int, token: bytes) -> None:
+        await self._reader().execute(
+            f"UPDATE {self._s}.checkpoint SET timestamp_token = $1 WHERE size = $2", token, size
+        )
+
+    async def unstamped_checkpoints(self) -> list[tuple[int, str, float]]:
+        """(size, checkpoint text, created) of checkpoints still without a timestamp."""
+        rows = await self._reader().fetch(
+            f"SELECT size, note, created_at FROM {self._s}.checkpoint"
+            " WHERE timestamp_token IS NULL ORDER BY size"
+        )
+        # The note's text is what precedes its signature lines (C2SP signed note).
+        return [(int(r[0]), str(r[1]).partition("\n\n")[0] + "\n", float(r[2])) for r in rows]
+
+    async def purge_bodies(self, before: float) -> int:
+        """Retention: drop the bodies of exchanges finished before ``before`` (epoch s).
+
+        Leaves hold the bodies' digests, so the tree, the checkpoints and verification are
+        unaffected; returns how many entries lost their bodies."""
+        status = await self._reader().execute(
+            f"UPDATE {self._s}.exchange SET request_body = NULL, response_body = NULL"
+            " WHERE finished_at < $1"
+            " AND (request_body IS NOT NULL OR response_body IS NOT NULL)",
+            before,
+        )
+        return int(status.rsplit(" ", 1)[-1])  # the command tag: "UPDATE <rows>"
 
     async def count(self) -> int:
         return int(await self._reader().fetchval(f"SELECT count(*) FROM {self._s}.exchange"))

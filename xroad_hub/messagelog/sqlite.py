@@ -61,7 +61,7 @@ _COLUMNS = (
     "subjects",
 )
 
-_SCHEMA_VERSION = 3
+_SCHEMA_VERSION = 4
 _SCHEMA = """
 CREATE TABLE IF NOT EXISTS exchange (
     leaf_index INTEGER PRIMARY KEY,
@@ -98,7 +98,7 @@ CREATE TABLE IF NOT EXISTS exchange_subject (
 ) WITHOUT ROWID;
 CREATE TRIGGER IF NOT EXISTS exchange_subject_index AFTER INSERT ON exchange
 BEGIN
-    INSERT INTO exchange_subject SELECT value, NEW.leaf_index FROM json_each(NEW.subjects);
+    INSERT INTO exchange_subject SELECT DISTINCT value, NEW.leaf_index FROM json_each(NEW.subjects);
 END;
 CREATE INDEX IF NOT EXISTS exchange_started_at ON exchange (started_at);
 CREATE INDEX IF NOT EXISTS exchange_client ON exchange (client, started_at);

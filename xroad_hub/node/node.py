@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import functools
+import re
 import socket
 from pathlib import Path
 
@@ -19,7 +20,7 @@ from ..checkpoint import NoteSigner
 from ..clientauth import ClientAuthenticator, ClientRegistration
 from ..federation import ConfigError, NodeConfig, ServiceConfig
 from ..message import MAX_OVERHEAD
-from ..messagelog import SQLiteMessageLog
+from ..messagelog import MessageLog, PostgresMessageLog, SQLiteMessageLog
 from ..pki import PkiLayout, load_cert, load_ed25519_key, load_private_key
 from ..signing import MessageSigner, cert_fingerprint
 from .auditapi import AuditApi, Auditor
@@ -99,7 +100,7 @@ class Node:
             signers=signers,
             authenticator=ClientAuthenticator(str(cfg.id), regs),
             services=services,
-            log=SQLiteMessageLog(self.data_dir / "messagelog.sqlite"),
+            log=self._messagelog(),
             peers=PeerTransport(
                 functools.partial(peer_client_context, auth.cert, auth.key, pki.root_ca.cert),
                 cfg.max_body_bytes + MAX_OVERHEAD,
@@ -202,6 +203,13 @@ class Node:
         log.info("node.started", node=str(cfg.id), **self.urls)
         return self.urls
 
+    def _messagelog(self) -> MessageLog:
+        if self.config.messagelog_dsn:
+            # One schema per node, so that several nodes can share a database.
+            schema = "node_" + re.sub(r"[^a-z0-9]+", "_", str(self.config.id).lower())
+            return PostgresMessageLog(self.config.messagelog_dsn, schema=schema[:63])
+        return SQLiteMessageLog(self.data_dir / "messagelog.sqlite")
+
     def _audit_app(self, rt: NodeRuntime) -> web.Application:
         auditors = []
         for name in self.auditors:
@@ -211,7 +219,10 @@ class Node:
             auditors.append(Auditor(name, key))
         path = getattr(rt.log, "path", None)
         if path is None:
-            raise ValueError("the audit API reads the SQLite log; this node's log has no file")
+            raise ValueError(
+                f"node {self.config.id}: the auditors' API reads a SQLite log; remove "
+                "audit_listen or use the SQLite log (PostgreSQL auditing is not built yet)"
+            )
         roots = [load_cert(self.pki.root_ca.cert)]
         return AuditApi(str(self.config.id), path, auditors, roots).app()
 
