@@ -131,4 +131,4 @@ async def test_up_serves_the_demo_and_stops_cleanly(tmp_path: Path) -> None:
     # The final checkpoint written at the stop covers the whole log, and it verifies.
     audit = _run("audit", "verify", str(db), "--root-ca", str(certs / "ca" / "root.cert.pem"))
     assert audit.returncode == 0, audit.stdout + audit.stderr
-    assert "2 entries, 1 checkpoints (1 witnessed)" in audit.stdout
+    assert "2 entries, 1 checkpoints (1 witnessed, 1 timestamped)" in audit.stdout

@@ -37,6 +37,7 @@ from .errors import XRoadError
 from .identifiers import parse_client_id, parse_service_id
 from .message import body_digest, canonical
 from .messagelog.search import SearchFilter, search_sql
+from .rfc3161 import TimestampError, verify_response
 from .signing import SignatureError, SignatureVerifier
 
 __all__ = [
@@ -81,6 +82,7 @@ class AuditReport:
     entries: int = 0
     checkpoints: int = 0
     witnessed: int = 0
+    timestamped: int = 0
     root: bytes = merkle.root([])
     findings: list[Finding] = field(default_factory=list)
 
@@ -145,6 +147,7 @@ def verify_log(
                 report.findings.append(Finding(None, f"checkpoint at size {cp['size']}: {problem}"))
         report.checkpoints = len(checkpoints)
         report.witnessed = sum(1 for cp in checkpoints if cp["witness_cert_sha256"])
+        report.timestamped = sum(1 for cp in checkpoints if cp["timestamp_token"] is not None)
     except sqlite3.Error as exc:
         report.findings.append(Finding(None, f"the log cannot be read: {exc}"))
     finally:
@@ -283,6 +286,12 @@ def _check_checkpoint(
     witness_der = certs.get(cp["witness_cert_sha256"] or "")
     if cp["witness_cert_sha256"] and not _cosigned(str(cp["note"]), witness_der, trusted_roots):
         yield "the witness co-signature does not verify"
+    token = cp["timestamp_token"]
+    if token is not None:
+        try:
+            verify_response(bytes(token), checkpoint.text().encode(), trusted_roots)
+        except TimestampError as exc:
+            yield f"its timestamp does not verify: {exc}"
     if (checkpoint.size, checkpoint.root) != (cp["size"], bytes(cp["root"])):
         yield "the signed note does not match the stored size and root"
     computed = roots_at.get(checkpoint.size)

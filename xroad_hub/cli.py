@@ -231,7 +231,8 @@ def _audit_verify(args: argparse.Namespace) -> int:
     verdict = "OK" if report.ok else f"{len(report.findings)} problem(s)"
     print(
         f"{report.entries} entries, {report.checkpoints} checkpoints "
-        f"({report.witnessed} witnessed), root {root}: {verdict}"
+        f"({report.witnessed} witnessed, {report.timestamped} timestamped), root {root}: "
+        f"{verdict}"
     )
     return 0 if report.ok else 1
 
@@ -285,7 +286,8 @@ def _verify_bundle(args: argparse.Namespace) -> int:
     print(
         f"VERIFIED: {leaf['role']} node logged {leaf['client']} -> {leaf['service']} "
         f"(id {leaf['message_id']}, user {leaf['user_id']}, issue {leaf['issue']}, "
-        f"status {leaf['status']})"
+        f"status {leaf['status']}); checkpoint timestamped "
+        f"{leaf.get('_timestamped_at', 'no (no timestamp in the bundle)')}"
     )
     return 0
 

@@ -22,6 +22,7 @@ from .pki import (
     write_key,
     write_public_key,
 )
+from .rfc3161 import issue_tsa_cert
 
 __all__ = ["ensure_pki"]
 
@@ -73,6 +74,15 @@ def ensure_pki(fed: FederationConfig, certs_dir: Path) -> list[Path]:
         layout.registry_witness, f"{fed.instance}/registry", "checkpoint",
         ed25519.Ed25519PrivateKey.generate,
     )  # fmt: skip
+    tsa = layout.tsa
+    _refuse_half_pair(tsa)
+    if not tsa.exist():
+        key = generate_key()
+        write_key(tsa.key, key)
+        write_cert(
+            tsa.cert, issue_tsa_cert(ca_key, ca_cert, f"{fed.instance} timestamp authority", key)
+        )
+        created.extend([tsa.key, tsa.cert])
     for member in fed.members:
         leaf(layout.member_sign(str(member)), str(member), "sign")
     for node in fed.nodes:

@@ -24,6 +24,7 @@ from . import merkle
 from .audit import check_signed_part, verify_node_checkpoint
 from .checkpoint import CheckpointError
 from .message import canonical
+from .rfc3161 import TimestampError, verify_response
 from .signing import SignatureVerifier
 
 __all__ = ["FORMAT", "EvidenceError", "export_bundle", "verify_bundle"]
@@ -100,7 +101,14 @@ def export_bundle(log_path: Path, message_id: str, leaf_index: int | None = None
             "tree_size": size,
             "path": [_b64(h) for h in merkle.inclusion_proof(leaves, index)],
         },
-        "checkpoint": {"note": cp["note"], "cert": _b64(certs[cp["cert_sha256"]])},
+        "checkpoint": {
+            "note": cp["note"],
+            "cert": _b64(certs[cp["cert_sha256"]]),
+            # RFC 3161 reply over the checkpoint text; checkable with openssl ts -verify.
+            "timestamp": _b64(
+                None if cp["timestamp_token"] is None else bytes(cp["timestamp_token"])
+            ),
+        },
     }
     return orjson.dumps(bundle, option=orjson.OPT_INDENT_2)
 
@@ -129,6 +137,13 @@ def verify_bundle(data: bytes, trusted_roots: list[x509.Certificate]) -> dict[st
         checkpoint = verify_node_checkpoint(note, cp_cert, trusted_roots)
     except (CheckpointError, ValueError) as exc:
         raise EvidenceError(f"checkpoint: {exc}") from exc
+    stamp = doc["checkpoint"].get("timestamp")
+    if stamp is not None:
+        try:
+            info = verify_response(_unb64(stamp) or b"", checkpoint.text().encode(), trusted_roots)
+        except (TimestampError, ValueError) as exc:
+            raise EvidenceError(f"checkpoint timestamp: {exc}") from exc
+        leaf["_timestamped_at"] = info.gen_time.isoformat()
     if checkpoint.size != size:
         raise EvidenceError("the inclusion proof is for another tree size than the checkpoint")
     root = merkle.root_from_inclusion(merkle.leaf_hash(leaf_bytes), index, size, path)

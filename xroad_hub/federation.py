@@ -59,6 +59,8 @@ class RegistryConfig:
     listen: tuple[str, int]
     globalconf_validity: float = 600.0
     refresh_interval: float = 60.0
+    # The federation's RFC 3161 timestamp authority, run next to the registry.
+    tsa_listen: tuple[str, int] | None = None
 
 
 @dataclass(frozen=True, slots=True)
@@ -102,6 +104,10 @@ class NodeConfig:
     audit_listen: tuple[str, int] | None = None  # HTTPS API for auditors (auditapi.py)
     # PostgreSQL DSN for the message log (scale-out); None: SQLite in the data directory.
     messagelog_dsn: str | None = None
+    # Timestamps: an external RFC 3161 TSA instead of the federation's, and how long a
+    # checkpoint may wait for one before the node refuses exchanges (X-Road default: 4 h).
+    tsa_url: str | None = None
+    timestamp_failure_limit: float = 4 * 3600.0
 
     @property
     def hosted(self) -> tuple[ClientId, ...]:
@@ -161,6 +167,7 @@ def _build(data: dict[str, Any]) -> FederationConfig:
         parse_address(reg["listen"]),
         float(reg.get("globalconf_validity", 600)),
         float(reg.get("refresh_interval", 60)),
+        parse_address(reg["tsa_listen"]) if "tsa_listen" in reg else None,
     )
     members = {parse_member_id(m["id"]): m.get("name", m["id"]) for m in data.get("member", [])}
     nodes = tuple(_node(n, members) for n in data.get("node", []))
@@ -254,4 +261,6 @@ def _node(n: dict[str, Any], members: dict[MemberId, str]) -> NodeConfig:
         checkpoint_interval=float(n.get("checkpoint_interval", 60)),
         audit_listen=parse_address(n["audit_listen"]) if "audit_listen" in n else None,
         messagelog_dsn=n.get("messagelog_dsn"),
+        tsa_url=n.get("tsa_url"),
+        timestamp_failure_limit=float(n.get("timestamp_failure_limit", 4 * 3600)),
     )

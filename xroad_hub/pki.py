@@ -72,6 +72,10 @@ class PkiLayout:
         return self._pair("registry", "", "globalconf")
 
     @property
+    def tsa(self) -> CertPaths:
+        return self._pair("registry", "", "tsa")
+
+    @property
     def registry_witness(self) -> CertPaths:
         return self._pair("registry", "", "witness")
 

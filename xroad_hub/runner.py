@@ -21,12 +21,17 @@ from .demo.dbd import dbd_app
 from .demo.legacy_exports import ensure_export
 from .federation import BackendConfig, FederationConfig, NodeConfig
 from .node import Node
-from .pki import PkiLayout
+from .pki import PkiLayout, load_cert, load_private_key
 from .registry import Registry
+from .tsa import tsa_app
 
 __all__ = ["Federation"]
 
 log = structlog.get_logger("xroad_hub.runner")
+
+# The policy under which the development federation's TSA issues tokens: a UUID-derived OID
+# (ITU-T X.667, arc 2.25), unique without registration; a real federation uses its own.
+TSA_POLICY = "2.25.83577886173988329252981031019638523"
 
 _BACKENDS = {"dbd-registry": dbd_app}
 
@@ -74,6 +79,15 @@ class Federation:
             registry_dir.mkdir(parents=True, exist_ok=True)
             registry = Registry(self.fed, self.pki, witness_state=registry_dir / "witness.json")
             registry_url = await self._serve(registry.app(), self.fed.registry.listen)
+        tsa_url = None
+        if self.fed.registry.tsa_listen is not None:
+            tsa_host, tsa_port = self.fed.registry.tsa_listen
+            tsa_url = f"http://{tsa_host}:{tsa_port}/"
+            if self._runs("registry"):
+                tsa_app_ = tsa_app(
+                    load_private_key(self.pki.tsa.key), load_cert(self.pki.tsa.cert), TSA_POLICY
+                )
+                tsa_url = await self._serve(tsa_app_, self.fed.registry.tsa_listen) + "/"
         nodes: dict[str, object] = {}
         for cfg in self.fed.nodes:
             if not self._runs(str(cfg.id)):
@@ -87,6 +101,7 @@ class Federation:
                 refresh_interval=self.fed.registry.refresh_interval,
                 witness_url=f"{registry_url}/witness",
                 auditors=self.fed.auditors,
+                tsa_url=cfg.tsa_url or tsa_url,
             )
             urls = await node.start()
             self.nodes[str(cfg.id)] = node
@@ -95,7 +110,9 @@ class Federation:
                 "clients": {str(c.id): c.auth for c in cfg.clients},
                 "services": [str(s.id) for s in cfg.services],
             }
-        self.endpoints = {"registry": registry_url, "nodes": nodes, "backends": backends}
+        self.endpoints = {
+            "registry": registry_url, "tsa": tsa_url, "nodes": nodes, "backends": backends,
+        }  # fmt: skip
         self.data_dir.mkdir(parents=True, exist_ok=True)
         (self.data_dir / "endpoints.json").write_text(json.dumps(self.endpoints, indent=2) + "\n")
         log.info("federation.started", endpoints=str(self.data_dir / "endpoints.json"))

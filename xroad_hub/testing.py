@@ -41,6 +41,8 @@ class TestFederationSpec:
     body_timeout: float = 1.5
     extra_services: list[dict[str, object]] = field(default_factory=list)
     provider_log_dsn: str | None = None  # the provider node logs to PostgreSQL
+    checkpoint_interval: float = 60
+    timestamp_failure_limit: float = 4 * 3600
 
 
 def write_federation(path: Path, spec: TestFederationSpec) -> Path:
@@ -90,11 +92,17 @@ def write_federation(path: Path, spec: TestFederationSpec) -> Path:
         f'listen = "{_addr()}"',
         f"globalconf_validity = {spec.validity}",
         f"refresh_interval = {spec.refresh}",
+        f'tsa_listen = "{_addr()}"',
     ]
     for member in ("DGA", "BMA", "DBD"):
         lines += ["[[member]]", f'id = "TH/GOV/{member}"', f'name = "{member}"']
     lines += ["[[auditor]]", 'name = "oag"']  # an auditor of the Office of the Auditor General
-    common = [f"max_body_bytes = {spec.max_body_bytes}", f"body_timeout = {spec.body_timeout}"]
+    common = [
+        f"max_body_bytes = {spec.max_body_bytes}",
+        f"body_timeout = {spec.body_timeout}",
+        f"checkpoint_interval = {spec.checkpoint_interval}",
+        f"timestamp_failure_limit = {spec.timestamp_failure_limit}",
+    ]
     lines += [
         "[[node]]",
         'id = "TH/GOV/DGA/hub1"',

@@ -23,9 +23,10 @@ from ..message import MAX_OVERHEAD
 from ..messagelog import MessageLog, PostgresMessageLog, SQLiteMessageLog
 from ..pki import PkiLayout, load_cert, load_ed25519_key, load_private_key
 from ..signing import MessageSigner, cert_fingerprint
+from ..tsa import fetch_timestamp
 from .auditapi import AuditApi, Auditor
 from .batching import BatchSigner
-from .checkpointer import Checkpointer
+from .checkpointer import Checkpointer, Timestamper
 from .consumer import ClientProxy
 from .globalconf_client import GlobalConfClient
 from .peer import PEER_PATH, PeerTransport
@@ -53,6 +54,7 @@ class Node:
         refresh_interval: float = 60.0,
         witness_url: str | None = None,
         auditors: tuple[str, ...] = (),
+        tsa_url: str | None = None,
     ) -> None:
         self.config = config
         self.pki = pki
@@ -67,6 +69,7 @@ class Node:
         self.checkpointer: Checkpointer | None = None
         self.witness_url = witness_url
         self.auditors = auditors
+        self.tsa_url = tsa_url
 
     def _build_runtime(self) -> NodeRuntime:
         cfg, pki = self.config, self.pki
@@ -149,6 +152,8 @@ class Node:
             _der(checkpoint_key.cert),
             cfg.checkpoint_interval,
             witness_url=self.witness_url,
+            timestamper=self._timestamper() if self.tsa_url else None,
+            failure_limit=cfg.timestamp_failure_limit,
         )
         await self.checkpointer.start()
         rt.logging_ok = self.checkpointer.healthy
@@ -202,6 +207,16 @@ class Node:
             self.urls[role] = f"{scheme}://{host}:{port}"
         log.info("node.started", node=str(cfg.id), **self.urls)
         return self.urls
+
+    def _timestamper(self) -> Timestamper:
+        roots = [load_cert(self.pki.root_ca.cert)]
+
+        async def timestamp(data: bytes) -> bytes:
+            assert self._session is not None and self.tsa_url is not None
+            reply, _ = await fetch_timestamp(self._session, self.tsa_url, data, roots, 10.0)
+            return reply
+
+        return timestamp
 
     def _messagelog(self) -> MessageLog:
         if self.config.messagelog_dsn:
