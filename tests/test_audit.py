@@ -189,3 +189,14 @@ async def test_witness_cosignature_is_checked(fed: Fed, log_copy: Path) -> None:
         conn.execute("UPDATE checkpoint SET note = ? WHERE size = ?", (broken, size))
     findings = [str(f) for f in verify_log(log_copy, _root(fed)).findings]
     assert any("witness co-signature" in f for f in findings), findings
+
+
+async def test_swapped_rows_break_the_checkpoint(fed: Fed, log_copy: Path) -> None:
+    """Two entries swapped (indexes exchanged): each row is consistent on its own, but the
+    tree no longer gives the signed root."""
+    with sqlite3.connect(log_copy) as conn:
+        conn.execute("UPDATE exchange SET leaf_index = -1 WHERE leaf_index = 0")
+        conn.execute("UPDATE exchange SET leaf_index = 0 WHERE leaf_index = 1")
+        conn.execute("UPDATE exchange SET leaf_index = 1 WHERE leaf_index = -1")
+    findings = [str(f) for f in verify_log(log_copy, _root(fed)).findings]
+    assert findings and all("history rewritten" in f for f in findings), findings

@@ -108,6 +108,8 @@ class NodeConfig:
     # checkpoint may wait for one before the node refuses exchanges (X-Road default: 4 h).
     tsa_url: str | None = None
     timestamp_failure_limit: float = 4 * 3600.0
+    # Retention: bodies of exchanges older than this are purged (leaves and proofs stay).
+    body_retention: float | None = None
 
     @property
     def hosted(self) -> tuple[ClientId, ...]:
@@ -263,4 +265,7 @@ def _node(n: dict[str, Any], members: dict[MemberId, str]) -> NodeConfig:
         messagelog_dsn=n.get("messagelog_dsn"),
         tsa_url=n.get("tsa_url"),
         timestamp_failure_limit=float(n.get("timestamp_failure_limit", 4 * 3600)),
+        body_retention=(
+            float(n["body_retention_days"]) * 86400 if "body_retention_days" in n else None
+        ),
     )

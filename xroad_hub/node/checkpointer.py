@@ -39,6 +39,7 @@ class Checkpointer:
         self, node_id: str, messagelog: MessageLog, signer: NoteSigner, cert_der: bytes,
         interval: float, witness_url: str | None = None,
         timestamper: Timestamper | None = None, failure_limit: float = 4 * 3600,
+        body_retention: float | None = None,
     ) -> None:  # fmt: skip
         self.origin = f"xroad-hub/{node_id}"
         self._log = messagelog
@@ -52,6 +53,8 @@ class Checkpointer:
         self._timestamper = timestamper
         self._failure_limit = failure_limit
         self._unstamped: dict[int, tuple[bytes, float]] = {}  # size -> (text, created)
+        self._retention = body_retention
+        self._next_purge = 0.0
 
     def healthy(self, now: float | None = None) -> bool:
         """False when a checkpoint has waited for its timestamp longer than allowed."""
@@ -131,8 +134,20 @@ class Checkpointer:
             try:
                 await self.checkpoint()
                 await self._stamp_queued()  # also without new entries: retry the queue
+                await self._purge_old_bodies()
             except Exception:  # the next round tries again; exchanges are unaffected
                 log.exception("checkpoint.failed", origin=self.origin)
+
+    async def _purge_old_bodies(self) -> None:
+        """Retention, at most once a minute: leaves keep the bodies' digests, so the tree,
+        the checkpoints and every proof stay valid."""
+        now = time.time()
+        if self._retention is None or now < self._next_purge:
+            return
+        self._next_purge = now + 60
+        purged = await self._log.purge_bodies(now - self._retention)
+        if purged:
+            log.info("retention.purged_bodies", origin=self.origin, entries=purged)
 
     async def start(self) -> None:
         # Checkpoints of an earlier run still waiting for their timestamp join the queue.

@@ -154,6 +154,7 @@ class Node:
             witness_url=self.witness_url,
             timestamper=self._timestamper() if self.tsa_url else None,
             failure_limit=cfg.timestamp_failure_limit,
+            body_retention=cfg.body_retention,
         )
         await self.checkpointer.start()
         rt.logging_ok = self.checkpointer.healthy

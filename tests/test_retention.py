@@ -1,0 +1,54 @@
+"""Retention: configured per node, applied by the checkpoint rounds; proofs stay valid."""
+
+from __future__ import annotations
+
+import time
+from pathlib import Path
+
+from cryptography.hazmat.primitives.asymmetric import ed25519
+
+from xroad_hub.checkpoint import NoteSigner
+from xroad_hub.federation import load_federation
+from xroad_hub.messagelog import LogRecord, SQLiteMessageLog
+from xroad_hub.node.checkpointer import Checkpointer
+from xroad_hub.testing import TestFederationSpec, write_federation
+
+
+def _record(i: int, finished: float) -> LogRecord:
+    return LogRecord(
+        message_id=f"m{i}", request_id=f"r{i}", role="provider", client="TH/GOV/DGA/portal",
+        service="TH/GOV/DBD/registry/echo", user_id=None, issue=None, represented_party=None,
+        method="GET", status=200, error_type=None, started_at=finished - 1,
+        finished_at=finished, request_meta=b"{}", request_signature=b"s", request_body=b"q",
+        request_cert=b"c", response_body=b"a",
+    )  # fmt: skip
+
+
+async def test_rounds_purge_bodies_past_retention(tmp_path: Path) -> None:
+    log = SQLiteMessageLog(tmp_path / "log.sqlite")
+    await log.open()
+    try:
+        now = time.time()
+        await log.append(_record(0, now - 3 * 86400))  # three days old
+        await log.append(_record(1, now))
+        head = log.tree_head()
+        signer = NoteSigner("node", ed25519.Ed25519PrivateKey.generate())
+        cp = Checkpointer("TH/GOV/DBD/hub1", log, signer, b"cert", 60, body_retention=86400)
+        await cp._purge_old_bodies()
+        old, new = (await log.find("m0"))[0], (await log.find("m1"))[0]
+        assert (old["request_body"], old["response_body"]) == (None, None)
+        assert (new["request_body"], new["response_body"]) == (b"q", b"a")
+        assert log.tree_head() == head
+    finally:
+        await log.close()
+
+
+def test_retention_is_configured_in_days(tmp_path: Path) -> None:
+    path = write_federation(tmp_path / "f.toml", TestFederationSpec(backend_url="http://x"))
+    text = path.read_text().replace(
+        'id = "TH/GOV/DBD/hub1"', 'id = "TH/GOV/DBD/hub1"\nbody_retention_days = 30'
+    )
+    path.write_text(text)
+    node = load_federation(path).node("TH/GOV/DBD/hub1")
+    assert node.body_retention == 30 * 86400
+    assert load_federation(path).node("TH/GOV/DGA/hub1").body_retention is None
