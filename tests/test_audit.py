@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import sqlite3
 import subprocess
 import sys
@@ -200,3 +201,24 @@ async def test_swapped_rows_break_the_checkpoint(fed: Fed, log_copy: Path) -> No
         conn.execute("UPDATE exchange SET leaf_index = 1 WHERE leaf_index = -1")
     findings = [str(f) for f in verify_log(log_copy, _root(fed)).findings]
     assert findings and all("history rewritten" in f for f in findings), findings
+
+
+async def test_tree_only_mode_checks_tree_and_checkpoints(fed: Fed, log_copy: Path) -> None:
+    assert verify_log(log_copy, _root(fed), entries=False).ok
+    # A changed column is the full check's business; a changed leaf breaks the tree.
+    _tamper(log_copy, "UPDATE exchange SET user_id = 'x' WHERE leaf_index = 0")
+    assert verify_log(log_copy, _root(fed), entries=False).ok
+    assert not verify_log(log_copy, _root(fed)).ok
+    _tamper(log_copy, "UPDATE exchange SET leaf = CAST('{}' AS BLOB) WHERE leaf_index = 0")
+    findings = [str(f) for f in verify_log(log_copy, _root(fed), entries=False).findings]
+    assert findings and all("history rewritten" in f for f in findings), findings
+
+
+def test_bench_audit_smoke() -> None:
+    out = subprocess.run(
+        [sys.executable, "scripts/bench_audit.py", "--smoke"],
+        capture_output=True, text=True, timeout=120, check=False,
+    )  # fmt: skip
+    assert out.returncode == 0, out.stdout + out.stderr
+    result = json.loads(out.stdout.splitlines()[-1])
+    assert result["ok"] and result["tree_only_ok"] and result["verify_entries_per_s"] > 0

@@ -1,0 +1,174 @@
+"""Benchmark ``audit verify``: entries checked per second, and bytes stored per exchange.
+
+Builds a message log of N realistic exchanges (real member signatures, batched as a busy
+node batches them; checkpoints every 10,000 entries), then times, in the same run:
+
+- baseline: reading every row and hashing its leaf (what any verification must at least do);
+- ``verify_log``: every leaf, digest, certificate, signature and checkpoint.
+
+It also reports bytes per exchange in the SQLite file with bodies purged. Targets (issue 3):
+>= 200,000 entries/s verified, <= 1 KiB per exchange without bodies.
+
+    python scripts/bench_audit.py [--entries 20000] [--smoke]
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import hashlib
+import json
+import sqlite3
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+from cryptography.hazmat.primitives import serialization
+from cryptography.hazmat.primitives.asymmetric import ed25519
+
+from xroad_hub.audit import verify_log
+from xroad_hub.checkpoint import Checkpoint, NoteSigner, sign_note
+from xroad_hub.identifiers import parse_member_id
+from xroad_hub.message import body_digest, canonical
+from xroad_hub.messagelog import LogRecord, SQLiteMessageLog
+from xroad_hub.pki import generate_key, issue_cert, make_root_ca
+from xroad_hub.signing import MessageSigner
+
+BATCH = 64  # messages per signature batch, as under load
+
+
+def _der(cert) -> bytes:  # type: ignore[no-untyped-def]
+    return cert.public_bytes(serialization.Encoding.DER)
+
+
+async def build(path: Path, entries: int) -> tuple[object, float]:
+    ca_key, ca_cert = make_root_ca("bench root")
+    signers = {}
+    for member in ("TH/GOV/DGA", "TH/GOV/DBD"):
+        key = generate_key()
+        der = _der(issue_cert(ca_key, ca_cert, member, key, purpose="sign"))
+        signers[member] = MessageSigner(parse_member_id(member), key, der)
+    node_key = ed25519.Ed25519PrivateKey.generate()
+    node_cert = _der(issue_cert(ca_key, ca_cert, "TH/GOV/DBD/hub1", node_key, purpose="checkpoint"))
+    note_signer = NoteSigner("TH/GOV/DBD/hub1", node_key)
+    log = SQLiteMessageLog(path)
+    await log.open()
+    started = time.perf_counter()
+    for start in range(0, entries, BATCH):
+        n = min(BATCH, entries - start)
+        body = b'{"juristic_id":"0105744622488","status":"active"}' * 4
+        metas = [
+            canonical(
+                {
+                    "v": 1,
+                    "kind": "request",
+                    "id": f"m{start + i}",
+                    "client": "TH/GOV/DGA/citizenportal",
+                    "service": "TH/GOV/DBD/registry/companies",
+                    "method": "GET",
+                    "path": f"/{start + i}",
+                    "query": "",
+                    "headers": [["Accept", "application/json"]],
+                    "created": time.time(),
+                    "body_sha512": body_digest(b""),
+                }
+            )
+            for i in range(n)
+        ]
+        answers = [
+            canonical(
+                {
+                    "v": 1,
+                    "kind": "response",
+                    "id": f"m{start + i}",
+                    "status": 200,
+                    "headers": [["Content-Type", "application/json"]],
+                    "body_sha512": body_digest(body),
+                }
+            )
+            for i in range(n)
+        ]
+        req_sigs = signers["TH/GOV/DGA"].sign_batch(metas)
+        resp_sigs = signers["TH/GOV/DBD"].sign_batch(answers)
+        now = time.time()
+        await asyncio.gather(
+            *(
+                log.append(
+                    LogRecord(
+                        message_id=f"m{start + i}", request_id=f"r{start + i}", role="provider",
+                        client="TH/GOV/DGA/citizenportal",
+                        service="TH/GOV/DBD/registry/companies", user_id="TH1101700203450",
+                        issue="BMA-FOOD-2569-0001", represented_party=None, method="GET",
+                        status=200, error_type=None, started_at=now, finished_at=now,
+                        request_meta=metas[i], request_signature=req_sigs[i], request_body=b"",
+                        request_cert=signers["TH/GOV/DGA"].cert_der, response_meta=answers[i],
+                        response_signature=resp_sigs[i], response_body=body,
+                        response_cert=signers["TH/GOV/DBD"].cert_der,
+                        subjects=("0105744622488",),
+                    )
+                )
+                for i in range(n)
+            )
+        )  # fmt: skip
+        size, root = log.tree_head()
+        if size % 10000 < BATCH or size == entries:
+            note = sign_note(Checkpoint("xroad-hub/TH/GOV/DBD/hub1", size, root).text(),
+                             note_signer)  # fmt: skip
+            await log.add_checkpoint(size, root, note, node_cert, time.time())
+    built = time.perf_counter() - started
+    await log.close()
+    return ca_cert, built
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0] if __doc__ else None)
+    parser.add_argument("--entries", type=int, default=20000, help="log size (default 20000)")
+    parser.add_argument("--smoke", action="store_true", help="tiny run for the test suite")
+    args = parser.parse_args(argv)
+    entries = 500 if args.smoke else args.entries
+    with tempfile.TemporaryDirectory() as tmp:
+        path = Path(tmp) / "log.sqlite"
+        ca_cert, built = asyncio.run(build(path, entries))
+
+        t = time.perf_counter()
+        with sqlite3.connect(path) as conn:
+            for (leaf,) in conn.execute("SELECT leaf FROM exchange ORDER BY leaf_index"):
+                hashlib.sha256(b"\0" + leaf).digest()
+        baseline = time.perf_counter() - t
+
+        t = time.perf_counter()
+        report = verify_log(path, [ca_cert])  # type: ignore[list-item]
+        verify = time.perf_counter() - t
+        t = time.perf_counter()
+        quick = verify_log(path, [ca_cert], entries=False)  # type: ignore[list-item]
+        tree_only = time.perf_counter() - t
+
+        with sqlite3.connect(path) as conn:
+            conn.execute("UPDATE exchange SET request_body = NULL, response_body = NULL")
+            conn.commit()
+            conn.execute("VACUUM")
+        per_exchange = path.stat().st_size / entries
+    result = {
+        "entries": entries,
+        "ok": report.ok,
+        "checkpoints": report.checkpoints,
+        "build_appends_per_s": round(entries / built),
+        "baseline_read_and_hash_per_s": round(entries / baseline),
+        "verify_entries_per_s": round(entries / verify),
+        "verify_vs_baseline": round(baseline / verify, 4),
+        "tree_only_entries_per_s": round(entries / tree_only),
+        "tree_only_ok": quick.ok,
+        "bytes_per_exchange_without_bodies": round(per_exchange),
+    }
+    print(f"{entries} entries: verify {result['verify_entries_per_s']}/s, tree and "
+          f"checkpoints only {result['tree_only_entries_per_s']}/s "
+          f"(baseline read+hash {result['baseline_read_and_hash_per_s']}/s, ratio "
+          f"{result['verify_vs_baseline']}); {result['bytes_per_exchange_without_bodies']} "
+          "bytes per exchange without bodies")  # fmt: skip
+    print(json.dumps(result))
+    return 0 if report.ok and quick.ok else 1
+
+
+if __name__ == "__main__":
+    sys.exit(main())
