@@ -40,6 +40,8 @@ import orjson
 import structlog
 
 from .. import merkle
+from .layout import COLUMNS as _COLUMNS
+from .layout import SCHEMA_VERSION as _SCHEMA_VERSION
 from .record import LogRecord
 from .store import LogError
 
@@ -47,37 +49,6 @@ __all__ = ["PostgresMessageLog", "validate_schema_name"]
 
 log = structlog.get_logger("xroad_hub.messagelog")
 
-# The column names and order of sqlite.py's ``exchange`` table (a test holds them equal).
-_COLUMNS = (
-    "leaf_index",
-    "message_id",
-    "request_id",
-    "role",
-    "client",
-    "service",
-    "user_id",
-    "issue",
-    "represented_party",
-    "method",
-    "status",
-    "error_type",
-    "started_at",
-    "finished_at",
-    "leaf",
-    "request_meta",
-    "request_signature",
-    "response_meta",
-    "response_signature",
-    "request_body",
-    "response_body",
-    "request_cert_sha256",
-    "response_cert_sha256",
-    "subjects",
-)
-
-# The logical layout is the SQLite log's (a test holds the versions equal); both refuse
-# any other version.
-_SCHEMA_VERSION = 4
 
 # Lower-case only: PostgreSQL folds unquoted names to lower case, so "Node1" and "node1"
 # would be one schema in psql and two here. 63 bytes is NAMEDATALEN - 1 (longer names are

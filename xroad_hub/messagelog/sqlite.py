@@ -27,6 +27,8 @@ import orjson
 import structlog
 
 from .. import merkle
+from .layout import COLUMNS as _COLUMNS
+from .layout import SCHEMA_VERSION as _SCHEMA_VERSION
 from .record import LogRecord
 from .store import LogError
 
@@ -34,34 +36,7 @@ __all__ = ["SQLiteMessageLog"]
 
 log = structlog.get_logger("xroad_hub.messagelog")
 
-_COLUMNS = (
-    "leaf_index",
-    "message_id",
-    "request_id",
-    "role",
-    "client",
-    "service",
-    "user_id",
-    "issue",
-    "represented_party",
-    "method",
-    "status",
-    "error_type",
-    "started_at",
-    "finished_at",
-    "leaf",
-    "request_meta",
-    "request_signature",
-    "response_meta",
-    "response_signature",
-    "request_body",
-    "response_body",
-    "request_cert_sha256",
-    "response_cert_sha256",
-    "subjects",
-)
 
-_SCHEMA_VERSION = 4
 _SCHEMA = """
 CREATE TABLE IF NOT EXISTS exchange (
     leaf_index INTEGER PRIMARY KEY,
