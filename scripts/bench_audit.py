@@ -33,6 +33,7 @@ from xroad_hub.identifiers import parse_member_id
 from xroad_hub.message import body_digest, canonical
 from xroad_hub.messagelog import LogRecord, SQLiteMessageLog
 from xroad_hub.pki import generate_key, issue_cert, make_root_ca
+from xroad_hub.rest import request_hash
 from xroad_hub.signing import MessageSigner
 
 BATCH = 64  # messages per signature batch, as under load
@@ -61,34 +62,29 @@ async def build(path: Path, entries: int) -> tuple[object, float]:
         metas = [
             canonical(
                 {
-                    "v": 1,
-                    "kind": "request",
-                    "id": f"m{start + i}",
-                    "client": "TH/GOV/DGA/citizenportal",
-                    "service": "TH/GOV/DBD/registry/companies",
-                    "method": "GET",
-                    "path": f"/{start + i}",
-                    "query": "",
-                    "headers": [["Accept", "application/json"]],
-                    "created": time.time(),
+                    "v": 1, "kind": "request", "id": f"m{start + i}",
+                    "request_id": f"r{start + i}", "client": "TH/GOV/DGA/citizenportal",
+                    "service": "TH/GOV/DBD/registry/companies", "method": "GET",
+                    "path": f"/{start + i}", "query": "", "user_id": "TH1101700203450",
+                    "issue": "BMA-FOOD-2569-0001", "represented_party": None,
+                    "headers": [["Accept", "application/json"]], "created": time.time(),
                     "body_sha512": body_digest(b""),
                 }
             )
             for i in range(n)
-        ]
+        ]  # fmt: skip
         answers = [
             canonical(
                 {
-                    "v": 1,
-                    "kind": "response",
-                    "id": f"m{start + i}",
-                    "status": 200,
+                    "v": 1, "kind": "response", "id": f"m{start + i}",
+                    "request_id": f"r{start + i}", "status": 200,
+                    "request_hash": request_hash(metas[i], b""), "created": time.time(),
                     "headers": [["Content-Type", "application/json"]],
                     "body_sha512": body_digest(body),
                 }
             )
             for i in range(n)
-        ]
+        ]  # fmt: skip
         req_sigs = signers["TH/GOV/DGA"].sign_batch(metas)
         resp_sigs = signers["TH/GOV/DBD"].sign_batch(answers)
         now = time.time()

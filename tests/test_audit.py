@@ -121,8 +121,11 @@ async def test_consistent_forgery_fails_the_signature(fed: Fed, log_copy: Path) 
     report = verify_log(log_copy, _root(fed))
     findings = [str(f) for f in report.findings]
     assert findings[0] == "entry 0: request signature: signature does not verify"
-    # The rewritten leaf also no longer gives the checkpoint's root.
-    assert all("history rewritten" in f for f in findings[1:])
+    # The answer no longer carries the hash of the (rewritten) request, and the rewritten
+    # leaf no longer gives the checkpoint's root.
+    assert all(
+        "history rewritten" in f or "hash of the logged request" in f for f in findings[1:]
+    ), findings
 
 
 async def test_purged_bodies_still_verify(fed: Fed, log_copy: Path) -> None:
@@ -145,14 +148,15 @@ def test_cli_exit_codes(fed: Fed, log_copy: Path) -> None:
 async def test_checkpoints_verify_and_catch_a_rewritten_history(fed: Fed, log_copy: Path) -> None:
     report = verify_log(log_copy, _root(fed))
     assert report.ok and report.checkpoints >= 1
-    # Rewrite an entry consistently (leaf and column agree, signatures untouched): only the
-    # signed checkpoint can tell.
+    # Rewrite an entry consistently where nothing signed repeats it (the logged finish
+    # time; leaf and column agree): only the signed checkpoint can tell.
     with sqlite3.connect(log_copy) as conn:
         leaf = bytes(conn.execute("SELECT leaf FROM exchange WHERE leaf_index = 0").fetchone()[0])
         doc = orjson.loads(leaf)
-        doc["status"] = 299
+        doc["finished_at"] += 1
         conn.execute(
-            "UPDATE exchange SET leaf = ?, status = 299 WHERE leaf_index = 0", (canonical(doc),)
+            "UPDATE exchange SET leaf = ?, finished_at = ? WHERE leaf_index = 0",
+            (canonical(doc), doc["finished_at"]),
         )
     findings = [str(f) for f in verify_log(log_copy, _root(fed)).findings]
     assert findings and all("history rewritten" in f for f in findings), findings
@@ -222,3 +226,18 @@ def test_bench_audit_smoke() -> None:
     assert out.returncode == 0, out.stdout + out.stderr
     result = json.loads(out.stdout.splitlines()[-1])
     assert result["ok"] and result["tree_only_ok"] and result["verify_entries_per_s"] > 0
+
+
+async def test_leaf_must_repeat_the_signed_values(fed: Fed, log_copy: Path) -> None:
+    """A genuine signature logged under another user, case or subsystem is caught, even when
+    leaf and columns agree (only the checkpoint would otherwise tell)."""
+    with sqlite3.connect(log_copy) as conn:
+        leaf = bytes(conn.execute("SELECT leaf FROM exchange WHERE leaf_index = 0").fetchone()[0])
+        doc = orjson.loads(leaf)
+        doc["issue"] = "SOMEONE-ELSES-CASE"
+        conn.execute(
+            "UPDATE exchange SET leaf = ?, issue = ? WHERE leaf_index = 0",
+            (canonical(doc), "SOMEONE-ELSES-CASE"),
+        )
+    findings = [str(f) for f in verify_log(log_copy, _root(fed)).findings]
+    assert "entry 0: the leaf's issue is not the signed request's" in findings, findings

@@ -37,6 +37,7 @@ from .errors import XRoadError
 from .identifiers import parse_client_id, parse_service_id
 from .message import body_digest, canonical
 from .messagelog.search import SearchFilter, search_sql
+from .rest import request_hash
 from .rfc3161 import TimestampError, verify_response
 from .signing import SignatureError, SignatureVerifier
 
@@ -202,6 +203,12 @@ def _check_entry(
 def _check_signatures(
     row: sqlite3.Row, certs: dict[str, bytes], verifier: SignatureVerifier
 ) -> Iterator[str]:
+    try:
+        leaf = orjson.loads(bytes(row["leaf"]))
+    except orjson.JSONDecodeError:
+        return  # reported by _check_entry already
+    request_body = None if row["request_body"] is None else bytes(row["request_body"])
+    request = (bytes(row["request_meta"]), request_body)
     sides = ["request"] + (["response"] if row["response_meta"] is not None else [])
     for side in sides:
         cert = certs.get(row[f"{side}_cert_sha256"] or "")
@@ -210,49 +217,65 @@ def _check_signatures(
             continue
         body = row[f"{side}_body"]
         problem = check_signed_part(
-            verifier, side, row["client"], row["service"], row["started_at"],
-            bytes(row[f"{side}_meta"]), bytes(row[f"{side}_signature"]), cert,
-            None if body is None else bytes(body),
+            verifier, side, leaf, bytes(row[f"{side}_meta"]), bytes(row[f"{side}_signature"]),
+            cert, None if body is None else bytes(body), request,
         )  # fmt: skip
         if problem:
             yield problem
 
 
+# Request metadata fields the leaf repeats: the signed values must be the logged ones.
+_BOUND_REQUEST = (
+    ("client", "client"), ("service", "service"), ("id", "message_id"),
+    ("request_id", "request_id"), ("user_id", "user_id"), ("issue", "issue"),
+    ("represented_party", "represented_party"), ("method", "method"),
+)  # fmt: skip
+_BOUND_RESPONSE = (("id", "message_id"), ("request_id", "request_id"), ("status", "status"))
+
+
 def check_signed_part(
     verifier: SignatureVerifier,
     side: str,
-    client: str,
-    service: str,
-    started_at: float,
+    leaf: dict[str, Any],
     meta: bytes,
     signature: bytes,
     cert_der: bytes,
     body: bytes | None,
+    request: tuple[bytes, bytes | None] | None = None,
 ) -> str | None:
     """Why the signed request or response of an exchange is not acceptable, or None.
 
     The request must be signed by the client's member, the answer by the provider's, with
-    certificates valid at the time of the exchange; a body (unless purged) must be the
-    signed one."""
+    certificates valid when the message was made; every field the leaf repeats must be the
+    signed value (a node cannot log a genuine signature under other ids, users or cases);
+    an answer must carry the hash of its request (``request``: its metadata and body); a
+    body (unless purged) must be the signed one."""
     try:
         member = (
-            parse_client_id(client).member
+            parse_client_id(str(leaf["client"])).member
             if side == "request"
-            else parse_service_id(service).provider.member
+            else parse_service_id(str(leaf["service"])).provider.member
         )
-    except XRoadError:
-        return "client or service is not a valid identifier"
+        signed: dict[str, Any] = orjson.loads(meta)
+        when = datetime.fromtimestamp(float(signed.get("created", leaf["started_at"])), UTC)
+    except (XRoadError, KeyError, TypeError, ValueError, orjson.JSONDecodeError):
+        return f"{side} metadata or the leaf's identifiers are malformed"
     try:
-        verifier.verify(meta, signature, cert_der, member, datetime.fromtimestamp(started_at, UTC))
+        verifier.verify(meta, signature, cert_der, member, when)
     except SignatureError as exc:
         return f"{side} signature: {exc}"
-    if body is not None:
-        try:
-            signed_digest = orjson.loads(meta).get("body_sha512")
-        except orjson.JSONDecodeError:
-            return f"{side} metadata is not JSON"
-        if signed_digest != body_digest(body):
-            return f"{side} body is not the one that was signed"
+    for signed_key, leaf_key in _BOUND_REQUEST if side == "request" else _BOUND_RESPONSE:
+        if signed.get(signed_key) != leaf.get(leaf_key):
+            return f"the leaf's {leaf_key} is not the signed {side}'s"
+    if (
+        side == "response"
+        and request is not None
+        and request[1] is not None
+        and signed.get("request_hash") != request_hash(request[0], request[1])
+    ):
+        return "the answer does not carry the hash of the logged request"
+    if body is not None and signed.get("body_sha512") != body_digest(body):
+        return f"{side} body is not the one that was signed"
     return None
 
 

@@ -151,6 +151,7 @@ def verify_bundle(data: bytes, trusted_roots: list[x509.Certificate]) -> dict[st
         raise EvidenceError("the leaf is not in the tree the checkpoint signs")
 
     verifier = SignatureVerifier(trusted_roots)
+    request: tuple[bytes, bytes | None] | None = None
     for side in ("request", "response"):
         part = doc.get(side)
         if part is None:
@@ -163,10 +164,8 @@ def verify_bundle(data: bytes, trusted_roots: list[x509.Certificate]) -> dict[st
             expected = leaf.get(f"{side}_{name}_sha256")
             if value is not None and hashlib.sha256(value).hexdigest() != expected:
                 raise EvidenceError(f"the {side} {name} is not the one the leaf commits to")
-        problem = check_signed_part(
-            verifier, side, str(leaf["client"]), str(leaf["service"]),
-            float(leaf["started_at"]), meta, sig, cert, body,
-        )  # fmt: skip
+        problem = check_signed_part(verifier, side, leaf, meta, sig, cert, body, request)
         if problem:
             raise EvidenceError(problem)
+        request = (meta, body)
     return leaf
