@@ -241,3 +241,15 @@ async def test_leaf_must_repeat_the_signed_values(fed: Fed, log_copy: Path) -> N
         )
     findings = [str(f) for f in verify_log(log_copy, _root(fed)).findings]
     assert "entry 0: the leaf's issue is not the signed request's" in findings, findings
+
+
+async def test_a_node_cannot_witness_itself(fed: Fed, log_copy: Path) -> None:
+    """Review finding: a node naming its own checkpoint certificate as the witness (its own
+    signature line would then count as the co-signature)."""
+    _tamper(
+        log_copy,
+        "UPDATE checkpoint SET witness_cert_sha256 = cert_sha256"
+        " WHERE witness_cert_sha256 IS NOT NULL",
+    )
+    findings = [str(f) for f in verify_log(log_copy, _root(fed)).findings]
+    assert any("witness co-signature does not verify" in f for f in findings), findings

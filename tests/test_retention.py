@@ -52,3 +52,21 @@ def test_retention_is_configured_in_days(tmp_path: Path) -> None:
     node = load_federation(path).node("TH/GOV/DBD/hub1")
     assert node.body_retention == 30 * 86400
     assert load_federation(path).node("TH/GOV/DGA/hub1").body_retention is None
+
+
+async def test_restarted_checkpointer_continues_after_the_last_checkpoint(tmp_path: Path) -> None:
+    log = SQLiteMessageLog(tmp_path / "log.sqlite")
+    await log.open()
+    try:
+        await log.append(_record(0, time.time()))
+        signer = NoteSigner("TH/GOV/DBD/hub1", ed25519.Ed25519PrivateKey.generate())
+        first = Checkpointer("TH/GOV/DBD/hub1", log, signer, b"cert", 60)
+        await first.start()
+        assert await first.checkpoint() is not None
+        await first.stop()
+        again = Checkpointer("TH/GOV/DBD/hub1", log, signer, b"cert", 60)
+        await again.start()
+        assert await again.checkpoint() is None  # nothing new: no duplicate, no error
+        await again.stop()
+    finally:
+        await log.close()

@@ -34,7 +34,7 @@ from cryptography.x509.oid import NameOID
 from . import merkle
 from .checkpoint import Checkpoint, CheckpointError, NoteVerifier, open_note
 from .errors import XRoadError
-from .identifiers import parse_client_id, parse_service_id
+from .identifiers import parse_client_id, parse_node_id, parse_service_id
 from .message import body_digest, canonical
 from .messagelog.search import SearchFilter, search_sql
 from .rest import request_hash
@@ -45,9 +45,11 @@ __all__ = [
     "AuditReport",
     "Finding",
     "check_signed_part",
+    "cosigned",
     "search_log",
     "verify_log",
     "verify_node_checkpoint",
+    "witness_name",
 ]
 
 # Leaf fields that are also stored as columns (searchable); they must agree.
@@ -291,11 +293,21 @@ def verify_node_checkpoint(
     if not any(_issued_by(cert, ca) for ca in trusted_roots):
         raise CheckpointError("the checkpoint certificate is not issued by a trusted CA")
     node = str(cert.subject.get_attributes_for_oid(NameOID.COMMON_NAME)[0].value)
+    try:
+        parse_node_id(node)  # a node's certificate, never the witness's ("TH/registry")
+    except XRoadError as exc:
+        raise CheckpointError(f"{node!r} is not a node: its checkpoints prove nothing") from exc
     text, _ = open_note(note, [NoteVerifier(node, key)])
     checkpoint = Checkpoint.parse(text)
     if checkpoint.origin != f"xroad-hub/{node}":
         raise CheckpointError(f"origin {checkpoint.origin!r} is not the node {node}")
     return checkpoint
+
+
+def witness_name(origin: str) -> str:
+    """The only witness whose co-signature counts for a node's checkpoints: the registry of
+    the node's own instance (``xroad-hub/TH/GOV/DBD/hub1`` -> ``TH/registry``)."""
+    return origin.removeprefix("xroad-hub/").split("/")[0] + "/registry"
 
 
 def _check_checkpoint(
@@ -314,7 +326,7 @@ def _check_checkpoint(
         yield str(exc)
         return
     witness_der = certs.get(cp["witness_cert_sha256"] or "")
-    if cp["witness_cert_sha256"] and not _cosigned(str(cp["note"]), witness_der, trusted_roots):
+    if cp["witness_cert_sha256"] and not cosigned(str(cp["note"]), witness_der, trusted_roots):
         yield "the witness co-signature does not verify"
     token = cp["timestamp_token"]
     if token is not None:
@@ -331,9 +343,14 @@ def _check_checkpoint(
         yield "the entries before it no longer give the signed root (history rewritten)"
 
 
-def _cosigned(note: str, witness_der: bytes | None, trusted_roots: list[x509.Certificate]) -> bool:
-    """True if the witness whose certificate is ``witness_der`` co-signed ``note``."""
+def cosigned(note: str, witness_der: bytes | None, trusted_roots: list[x509.Certificate]) -> bool:
+    """True if the instance's witness, whose certificate is ``witness_der``, co-signed the
+    checkpoint in ``note``; a node's own (or another) certificate never counts."""
     if witness_der is None:
+        return False
+    try:
+        origin = Checkpoint.parse(note.partition("\n\n")[0] + "\n").origin
+    except CheckpointError:
         return False
     cert = x509.load_der_x509_certificate(witness_der)
     key = cert.public_key()
@@ -342,6 +359,8 @@ def _cosigned(note: str, witness_der: bytes | None, trusted_roots: list[x509.Cer
     if not any(_issued_by(cert, ca) for ca in trusted_roots):
         return False
     name = str(cert.subject.get_attributes_for_oid(NameOID.COMMON_NAME)[0].value)
+    if name != witness_name(origin):
+        return False
     try:
         return name in open_note(note, [NoteVerifier(name, key)])[1]
     except CheckpointError:

@@ -419,6 +419,13 @@ class PostgresMessageLog:
                 size, root, note, digest, created_at,
             )  # fmt: skip
 
+    async def latest_checkpoint_size(self) -> int:
+        """Size of the newest checkpoint, or -1 when there is none."""
+        value = await self._reader().fetchval(
+            f"SELECT COALESCE(MAX(size), -1) FROM {self._s}.checkpoint"
+        )
+        return int(value)
+
     async def record_timestamp(self, size: int, token: bytes) -> None:
         await self._reader().execute(
             f"UPDATE {self._s}.checkpoint SET timestamp_token = $1 WHERE size = $2", token, size

@@ -263,6 +263,13 @@ class SQLiteMessageLog:
             (size, root, note, digest, created_at),
         )
 
+    async def latest_checkpoint_size(self) -> int:
+        """Size of the newest checkpoint, or -1 when there is none."""
+        assert self._db is not None
+        async with self._db.execute("SELECT COALESCE(MAX(size), -1) FROM checkpoint") as cur:
+            row = await cur.fetchone()
+        return int(row[0]) if row else -1
+
     async def record_timestamp(self, size: int, token: bytes) -> None:
         assert self._db is not None
         await self._db.execute(

@@ -22,7 +22,9 @@ from collections.abc import Awaitable, Callable
 
 import aiohttp
 import structlog
+from cryptography import x509
 
+from ..audit import cosigned
 from ..checkpoint import Checkpoint, NoteSigner, sign_note
 from ..messagelog import MessageLog
 
@@ -40,6 +42,7 @@ class Checkpointer:
         interval: float, witness_url: str | None = None,
         timestamper: Timestamper | None = None, failure_limit: float = 4 * 3600,
         body_retention: float | None = None,
+        trusted_roots: list[x509.Certificate] | None = None,
     ) -> None:  # fmt: skip
         self.origin = f"xroad-hub/{node_id}"
         self._log = messagelog
@@ -54,6 +57,7 @@ class Checkpointer:
         self._failure_limit = failure_limit
         self._unstamped: dict[int, tuple[bytes, float]] = {}  # size -> (text, created)
         self._retention = body_retention
+        self._trusted_roots = trusted_roots or []
         self._next_purge = 0.0
 
     def healthy(self, now: float | None = None) -> bool:
@@ -123,10 +127,18 @@ class Checkpointer:
         except (aiohttp.ClientError, TimeoutError, ValueError, KeyError) as exc:
             log.warning("checkpoint.witness_unavailable", origin=self.origin, error=str(exc))
             return note
-        cosigned = str(answer["note"])
-        await self._log.record_witness(size, cosigned, base64.b64decode(answer["cert"]))
+        cosigned_note = str(answer.get("note", ""))
+        witness_cert = base64.b64decode(str(answer.get("cert", "")))
+        # Only a genuine co-signature of our own note is stored: a bad answer (or anyone
+        # between us and the registry) must not replace the node's signed checkpoint.
+        if not cosigned_note.startswith(note) or not cosigned(
+            cosigned_note, witness_cert, self._trusted_roots
+        ):
+            log.error("checkpoint.witness_answer_invalid", origin=self.origin, size=size)
+            return note
+        await self._log.record_witness(size, cosigned_note, witness_cert)
         log.info("checkpoint.witnessed", origin=self.origin, size=size)
-        return cosigned
+        return cosigned_note
 
     async def _run(self) -> None:
         while True:
@@ -150,10 +162,15 @@ class Checkpointer:
             log.info("retention.purged_bodies", origin=self.origin, entries=purged)
 
     async def start(self) -> None:
-        # Checkpoints of an earlier run still waiting for their timestamp join the queue.
-        for size, text, created in await self._log.unstamped_checkpoints():
-            self._unstamped[size] = (text.encode(), created)
-            self._last_size = max(self._last_size, size)
+        # A restarted node continues after its last checkpoint, and checkpoints of an earlier
+        # run still waiting for a timestamp join the queue; their wait counts from now, so
+        # enabling a TSA on an old log does not close the node at once.
+        self._last_size = await self._log.latest_checkpoint_size()
+        if self._timestamper is not None:
+            now = time.time()
+            for size, text, _ in await self._log.unstamped_checkpoints():
+                self._unstamped[size] = (text.encode(), now)
+            await self._stamp_queued()
         self._task = asyncio.create_task(self._run(), name=f"checkpointer:{self.origin}")
 
     async def stop(self) -> None:

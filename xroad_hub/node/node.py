@@ -155,6 +155,7 @@ class Node:
             timestamper=self._timestamper() if self.tsa_url else None,
             failure_limit=cfg.timestamp_failure_limit,
             body_retention=cfg.body_retention,
+            trusted_roots=[load_cert(pki.root_ca.cert)],
         )
         await self.checkpointer.start()
         rt.logging_ok = self.checkpointer.healthy
