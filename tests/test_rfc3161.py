@@ -303,6 +303,59 @@ def test_tsa_cert_from_another_ca(pki: Pki) -> None:
         verify_response(response, DATA, [])
 
 
+def _ca(
+    cn: str, key: PrivateKey, issuer: tuple[PrivateKey, x509.Certificate] | None,
+    ekus: list[x509.ObjectIdentifier] | None = None,
+) -> x509.Certificate:  # fmt: skip
+    """A CA that may have one CA below it (``pki.make_root_ca`` allows none)."""
+    now = _now()
+    name = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, cn)])
+    issuer_key, issuer_name = (key, name) if issuer is None else (issuer[0], issuer[1].subject)
+    builder = (
+        x509.CertificateBuilder()
+        .subject_name(name)
+        .issuer_name(issuer_name)
+        .public_key(key.public_key())
+        .serial_number(x509.random_serial_number())
+        .not_valid_before(now - timedelta(minutes=5))
+        .not_valid_after(now + timedelta(days=1))
+        .add_extension(x509.BasicConstraints(ca=True, path_length=None), critical=True)
+        .add_extension(
+            x509.KeyUsage(False, False, False, False, False, True, True, False, False), True
+        )
+        .add_extension(x509.SubjectKeyIdentifier.from_public_key(key.public_key()), False)
+        .add_extension(
+            x509.AuthorityKeyIdentifier.from_issuer_public_key(issuer_key.public_key()), False
+        )
+    )
+    if ekus is not None:
+        builder = builder.add_extension(x509.ExtendedKeyUsage(ekus), critical=False)
+    return builder.sign(issuer_key, hashes.SHA256())
+
+
+@pytest.mark.parametrize(
+    ("ekus", "ok"),
+    [
+        pytest.param(None, True, id="unrestricted"),
+        pytest.param([ExtendedKeyUsageOID.TIME_STAMPING], True, id="time-stamping"),
+        pytest.param([ExtendedKeyUsageOID.SERVER_AUTH], False, id="tls-only"),
+    ],
+)
+def test_chain_through_an_intermediate(ekus: list[x509.ObjectIdentifier] | None, ok: bool) -> None:
+    root_key, sub_key, key = generate_key(), generate_key(), generate_key()
+    root = _ca("root", root_key, None)
+    sub = _ca("TSA CA", sub_key, (root_key, root), ekus)
+    cert = issue_tsa_cert(sub_key, sub, "TSA", key)
+    response = issue_token(make_request(DATA), key, cert, policy_oid=POLICY, serial=1, now=_now())
+    with pytest.raises(TimestampError, match="does not chain"):
+        verify_response(response, DATA, [root])  # the intermediate is not in the token
+    if ok:
+        assert verify_response(response, DATA, [root], untrusted=[sub]).tsa_cert == cert
+    else:
+        with pytest.raises(TimestampError, match="does not chain"):
+            verify_response(response, DATA, [root], untrusted=[sub])
+
+
 @pytest.mark.parametrize("when", ["before", "after"])
 def test_gen_time_outside_tsa_validity(pki: Pki, when: str) -> None:
     now = _now()
@@ -344,6 +397,25 @@ def test_chain_is_checked_at_gen_time_not_now() -> None:
 )
 def test_malformed_responses(pki: Pki, response: bytes) -> None:
     with pytest.raises(TimestampError):
+        verify_response(response, DATA, [pki.ca])
+
+
+_P256 = bytes.fromhex("06082a8648ce3d030107")  # the OID of the curve, as in a certificate
+
+
+def test_certificate_on_unknown_curve(pki: Pki) -> None:
+    response = _stamp(pki, make_request(DATA))
+    assert _P256 in response
+    with pytest.raises(TimestampError, match="malformed"):
+        verify_response(response.replace(_P256, _P256[:-1] + b"\x06"), DATA, [pki.ca])
+
+
+def test_certificate_with_serial_zero(pki: Pki) -> None:
+    def zero_serial(signed_data: Any) -> None:
+        signed_data["certificates"][0].chosen["tbs_certificate"]["serial_number"] = 0
+
+    response = _tamper(_stamp(pki, make_request(DATA)), zero_serial)
+    with pytest.raises(TimestampError, match="malformed certificate"):
         verify_response(response, DATA, [pki.ca])
 
 

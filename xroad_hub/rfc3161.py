@@ -524,11 +524,12 @@ def _check_tsa_cert(cert: x509.Certificate, gen_time: datetime) -> None:
         )
 
 
+_CA_EKUS = frozenset({_TIME_STAMPING, ExtendedKeyUsageOID.ANY_EXTENDED_KEY_USAGE})
+
+
 def _ca_eku(_policy: verification.Policy, _cert: x509.Certificate, eku: Any) -> None:
     # A CA may restrict what it issues for by EKU; it must then allow time-stamping.
-    if eku is not None and not {_TIME_STAMPING, ExtendedKeyUsageOID.ANY_EXTENDED_KEY_USAGE} & set(
-        eku
-    ):
+    if eku is not None and not _CA_EKUS & set(eku):
         raise ValueError("CA certificate does not allow timeStamping")
 
 
