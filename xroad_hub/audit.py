@@ -17,7 +17,6 @@ timestamps: issue 3) to be caught.
 
 from __future__ import annotations
 
-import hashlib
 import sqlite3
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
@@ -36,6 +35,7 @@ from .checkpoint import Checkpoint, CheckpointError, NoteVerifier, open_note
 from .errors import XRoadError
 from .identifiers import parse_client_id, parse_node_id, parse_service_id
 from .message import body_digest, canonical
+from .messagelog.record import sha256_hex
 from .messagelog.search import SearchFilter, search_sql
 from .rest import request_hash
 from .rfc3161 import TimestampError, verify_response
@@ -92,10 +92,6 @@ class AuditReport:
     @property
     def ok(self) -> bool:
         return not self.findings
-
-
-def _sha256(data: bytes | None) -> str | None:
-    return None if data is None else hashlib.sha256(data).hexdigest()
 
 
 def _rows(conn: sqlite3.Connection, columns: str) -> Iterator[sqlite3.Row]:
@@ -189,12 +185,12 @@ def _check_entry(
             yield f"column {name} differs from the leaf"
     for column, key in _DIGESTS:
         value = row[column]
-        if _sha256(None if value is None else bytes(value)) != leaf.get(key):
+        if sha256_hex(None if value is None else bytes(value)) != leaf.get(key):
             yield f"{column} does not match its digest in the leaf"
     for column, key in _BODIES:
         value = row[column]
         # A body purged by retention is NULL while its digest stays in the leaf.
-        if value is not None and _sha256(bytes(value)) != leaf.get(key):
+        if value is not None and sha256_hex(bytes(value)) != leaf.get(key):
             yield f"{column} does not match its digest in the leaf"
     for column, key in _CERTS:
         if row[column] != leaf.get(key):

@@ -41,6 +41,15 @@ def _common(p: argparse.ArgumentParser) -> None:
     )
 
 
+def _root_ca(p: argparse.ArgumentParser) -> None:
+    p.add_argument(
+        "--root-ca",
+        type=Path,
+        default=DEFAULT_CERTS / "ca" / "root.cert.pem",
+        help="federation root certificate (default: certs/ca/root.cert.pem)",
+    )
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="xroad-hub",
@@ -106,12 +115,7 @@ def build_parser() -> argparse.ArgumentParser:
         help="check sequence, tree and checkpoints only (much faster); without "
         "it every entry's digests and signatures are checked too",
     )
-    verify.add_argument(
-        "--root-ca",
-        type=Path,
-        default=DEFAULT_CERTS / "ca" / "root.cert.pem",
-        help="federation root certificate (default: certs/ca/root.cert.pem)",
-    )
+    _root_ca(verify)
     export = audit_sub.add_parser(
         "export",
         help="write the evidence bundle of one exchange",
@@ -127,12 +131,7 @@ def build_parser() -> argparse.ArgumentParser:
         help="verify an evidence bundle with nothing but the federation root certificate",
     )
     bundle.add_argument("bundle", type=Path)
-    bundle.add_argument(
-        "--root-ca",
-        type=Path,
-        default=DEFAULT_CERTS / "ca" / "root.cert.pem",
-        help="federation root certificate (default: certs/ca/root.cert.pem)",
-    )
+    _root_ca(bundle)
     search = audit_sub.add_parser(
         "search",
         help="search a node's message log (JSON lines, one entry each, without bodies)",

@@ -29,7 +29,6 @@ written against one reads the other. What PostgreSQL adds:
 
 from __future__ import annotations
 
-import asyncio
 import hashlib
 import re
 from collections.abc import Sequence
@@ -40,9 +39,10 @@ import orjson
 import structlog
 
 from .. import merkle
+from .groupcommit import GroupCommit, Pending
 from .layout import COLUMNS as _COLUMNS
 from .layout import SCHEMA_VERSION as _SCHEMA_VERSION
-from .record import LogRecord
+from .record import LogRecord, sha256_hex
 from .store import LogError
 
 __all__ = ["PostgresMessageLog", "validate_schema_name"]
@@ -148,10 +148,6 @@ def _lock_key(schema: str) -> int:
     return int.from_bytes(digest[:8], "big", signed=True)
 
 
-def _sha256(data: bytes | None) -> str | None:
-    return None if data is None else hashlib.sha256(data).hexdigest()
-
-
 def _exchange_row(index: int, rec: LogRecord, leaf: bytes) -> tuple[Any, ...]:
     """The ``exchange`` row of a record, in _COLUMNS order."""
     return (
@@ -159,12 +155,10 @@ def _exchange_row(index: int, rec: LogRecord, leaf: bytes) -> tuple[Any, ...]:
         rec.issue, rec.represented_party, rec.method, rec.status, rec.error_type,
         rec.started_at, rec.finished_at, leaf, rec.request_meta, rec.request_signature,
         rec.response_meta, rec.response_signature, rec.request_body, rec.response_body,
-        _sha256(rec.request_cert), _sha256(rec.response_cert),
+        sha256_hex(rec.request_cert), sha256_hex(rec.response_cert),
         orjson.dumps(sorted(rec.subjects)).decode(),
     )  # fmt: skip
 
-
-_Pending = tuple[LogRecord, bytes, "asyncio.Future[int]"]
 
 # From this many rows on a batch goes in with COPY, below with executemany (see above).
 _COPY_FROM = 32
@@ -174,7 +168,6 @@ class PostgresMessageLog:
     def __init__(self, dsn: str, *, schema: str = "xroad_hub", max_batch: int = 1024) -> None:
         self.schema = validate_schema_name(schema)
         self._dsn = dsn
-        self._max_batch = max_batch
         self._s = f'"{self.schema}"'  # quoted as well as validated: belt and braces
         params = ", ".join(f"${i}" for i in range(1, len(_COLUMNS) + 1))
         self._insert_exchange = (
@@ -183,10 +176,9 @@ class PostgresMessageLog:
         self._insert_subject = f"INSERT INTO {self._s}.exchange_subject VALUES ($1, $2)"
         self._conn: asyncpg.Connection | None = None
         self._pool: asyncpg.Pool | None = None
-        self._queue: asyncio.Queue[_Pending | None] = asyncio.Queue()
-        self._writer: asyncio.Task[None] | None = None
+        # Looked up per batch (not bound now), so the write step can be observed in tests.
+        self._commits = GroupCommit(lambda batch: self._write(batch), max_batch)
         self._next_index = 0
-        self._closing = False
         self._known_certs: set[bytes] = set()
         # Every perfect subtree, ~64 bytes per entry, as in the SQLite log: consistency
         # proofs for the witness need old subtrees.
@@ -215,7 +207,7 @@ class PostgresMessageLog:
                     f"cannot open the message log in schema {self.schema!r}: {exc}"
                 ) from exc
             raise
-        self._writer = asyncio.create_task(self._run(), name=f"messagelog-writer:{self.schema}")
+        self._commits.start(str(self.schema))
 
     async def _lock(self) -> None:
         assert self._conn is not None
@@ -292,31 +284,9 @@ class PostgresMessageLog:
         self._next_index = expected
 
     async def append(self, record: LogRecord) -> int:
-        if self._closing or self._writer is None or self._writer.done():
-            raise LogError("message log is not open")
-        # Computed here, so a record that cannot be serialised fails its own append only.
-        leaf = record.leaf()
-        fut: asyncio.Future[int] = asyncio.get_running_loop().create_future()
-        self._queue.put_nowait((record, leaf, fut))
-        # Shielded: a client that disconnects must not cancel a record already being written.
-        return await asyncio.shield(fut)
+        return await self._commits.append(record)
 
-    async def _run(self) -> None:
-        stop = False
-        while not stop:
-            first = await self._queue.get()
-            if first is None:
-                break
-            batch = [first]
-            while len(batch) < self._max_batch and not self._queue.empty():
-                item = self._queue.get_nowait()
-                if item is None:
-                    stop = True
-                    break
-                batch.append(item)
-            await self._write(batch)
-
-    async def _write(self, batch: list[_Pending]) -> None:
+    async def _write(self, batch: list[Pending]) -> None:
         assert self._conn is not None
         first = self._next_index
         rows: list[tuple[Any, ...]] = []
@@ -474,12 +444,8 @@ class PostgresMessageLog:
 
     async def close(self) -> None:
         """Write everything already accepted, then close (which releases the writer lock)."""
-        if self._closing:
+        if not await self._commits.stop():
             return
-        self._closing = True
-        if self._writer is not None:
-            self._queue.put_nowait(None)
-            await self._writer
         await self._close_connections()
 
     async def _close_connections(self) -> None:

@@ -7,10 +7,11 @@ from dataclasses import dataclass
 
 from ..message import canonical
 
-__all__ = ["LogRecord"]
+__all__ = ["LogRecord", "sha256_hex"]
 
 
-def _sha256(data: bytes | None) -> str | None:
+def sha256_hex(data: bytes | None) -> str | None:
+    """Hex SHA-256 of ``data``, None for None: how the leaf and the tables name content."""
     return None if data is None else hashlib.sha256(data).hexdigest()
 
 
@@ -59,14 +60,14 @@ class LogRecord:
                 "error_type": self.error_type,
                 "started_at": round(self.started_at, 6),
                 "finished_at": round(self.finished_at, 6),
-                "request_meta_sha256": _sha256(self.request_meta),
-                "request_signature_sha256": _sha256(self.request_signature),
-                "request_body_sha256": _sha256(self.request_body),
-                "response_meta_sha256": _sha256(self.response_meta),
-                "response_signature_sha256": _sha256(self.response_signature),
-                "response_body_sha256": _sha256(self.response_body),
-                "request_cert_sha256": _sha256(self.request_cert),
-                "response_cert_sha256": _sha256(self.response_cert),
+                "request_meta_sha256": sha256_hex(self.request_meta),
+                "request_signature_sha256": sha256_hex(self.request_signature),
+                "request_body_sha256": sha256_hex(self.request_body),
+                "response_meta_sha256": sha256_hex(self.response_meta),
+                "response_signature_sha256": sha256_hex(self.response_signature),
+                "response_body_sha256": sha256_hex(self.response_body),
+                "request_cert_sha256": sha256_hex(self.request_cert),
+                "response_cert_sha256": sha256_hex(self.response_cert),
                 "subjects": sorted(self.subjects),
             }
         )

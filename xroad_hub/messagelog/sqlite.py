@@ -16,7 +16,6 @@ Merkle tree of the tamper-evident log builds on.
 
 from __future__ import annotations
 
-import asyncio
 import functools
 import hashlib
 from collections.abc import Sequence
@@ -27,9 +26,10 @@ import orjson
 import structlog
 
 from .. import merkle
+from .groupcommit import GroupCommit, Pending
 from .layout import COLUMNS as _COLUMNS
 from .layout import SCHEMA_VERSION as _SCHEMA_VERSION
-from .record import LogRecord
+from .record import LogRecord, sha256_hex
 from .store import LogError
 
 __all__ = ["SQLiteMessageLog"]
@@ -99,10 +99,6 @@ CREATE TABLE IF NOT EXISTS checkpoint (
 """
 
 
-def _sha256(data: bytes | None) -> str | None:
-    return None if data is None else hashlib.sha256(data).hexdigest()
-
-
 @functools.cache
 def _insert_sql(rows: int) -> str:
     one = "(" + ", ".join("?" * len(_COLUMNS)) + ")"
@@ -112,18 +108,14 @@ def _insert_sql(rows: int) -> str:
 # SQLite's default is 32766 bound parameters per statement (250000 in Debian's build).
 _MAX_VARIABLES = 32766
 
-_Pending = tuple[LogRecord, bytes, "asyncio.Future[int]"]
-
 
 class SQLiteMessageLog:
     def __init__(self, path: Path, *, max_batch: int = 1024) -> None:
         self.path = path
-        self._max_batch = max_batch
         self._db: aiosqlite.Connection | None = None
-        self._queue: asyncio.Queue[_Pending | None] = asyncio.Queue()
-        self._writer: asyncio.Task[None] | None = None
+        # Looked up per batch (not bound now), so the write step can be observed in tests.
+        self._commits = GroupCommit(lambda batch: self._write(batch), max_batch)
         self._next_index = 0
-        self._closing = False
         self._known_certs: set[bytes] = set()
         # Every perfect subtree, ~64 bytes per entry: consistency proofs for the witness
         # need old subtrees (a database-backed hash source would lift the memory cost).
@@ -136,15 +128,15 @@ class SQLiteMessageLog:
         await self._db.execute("PRAGMA journal_mode=WAL")
         await self._db.execute("PRAGMA synchronous=FULL")
         await self._check_schema()
-        self._max_batch = min(self._max_batch, _MAX_VARIABLES // len(_COLUMNS))
-        # The tree of committed leaves, O(log n) hashes; rebuilt from the leaves at start.
+        self._commits.max_batch = min(self._commits.max_batch, _MAX_VARIABLES // len(_COLUMNS))
+        # The tree of committed leaves, rebuilt from the leaves at start.
         async with self._db.execute("SELECT leaf FROM exchange ORDER BY leaf_index") as cur:
             while rows := await cur.fetchmany(4096):
                 self._tree.extend(merkle.leaf_hash(bytes(r[0])) for r in rows)
         async with self._db.execute("SELECT COALESCE(MAX(leaf_index) + 1, 0) FROM exchange") as c:
             row = await c.fetchone()
         self._next_index = int(row[0]) if row else 0
-        self._writer = asyncio.create_task(self._run(), name=f"messagelog-writer:{self.path}")
+        self._commits.start(str(self.path))
 
     async def _check_schema(self) -> None:
         assert self._db is not None
@@ -166,32 +158,9 @@ class SQLiteMessageLog:
             )
 
     async def append(self, record: LogRecord) -> int:
-        if self._closing or self._writer is None or self._writer.done():
-            raise LogError("message log is not open")
-        # The leaf is computed here, so a record that cannot be serialised fails its own
-        # append and never the writer (which would leave the whole batch waiting).
-        leaf = record.leaf()
-        fut: asyncio.Future[int] = asyncio.get_running_loop().create_future()
-        self._queue.put_nowait((record, leaf, fut))
-        # Shielded: a client that disconnects must not cancel a record already being written.
-        return await asyncio.shield(fut)
+        return await self._commits.append(record)
 
-    async def _run(self) -> None:
-        stop = False
-        while not stop:
-            first = await self._queue.get()
-            if first is None:
-                break
-            batch = [first]
-            while len(batch) < self._max_batch and not self._queue.empty():
-                item = self._queue.get_nowait()
-                if item is None:
-                    stop = True
-                    break
-                batch.append(item)
-            await self._write(batch)
-
-    async def _write(self, batch: list[_Pending]) -> None:
+    async def _write(self, batch: list[Pending]) -> None:
         assert self._db is not None
         first = self._next_index
         params: list[object] = []
@@ -202,12 +171,12 @@ class SQLiteMessageLog:
                 rec.user_id, rec.issue, rec.represented_party, rec.method, rec.status,
                 rec.error_type, rec.started_at, rec.finished_at, leaf, rec.request_meta,
                 rec.request_signature, rec.response_meta, rec.response_signature,
-                rec.request_body, rec.response_body, _sha256(rec.request_cert),
-                _sha256(rec.response_cert), orjson.dumps(sorted(rec.subjects)).decode(),
+                rec.request_body, rec.response_body, sha256_hex(rec.request_cert),
+                sha256_hex(rec.response_cert), orjson.dumps(sorted(rec.subjects)).decode(),
             )  # fmt: skip
             for cert in (rec.request_cert, rec.response_cert):
                 if cert is not None and cert not in self._known_certs:
-                    new_certs[_sha256(cert)] = cert
+                    new_certs[sha256_hex(cert)] = cert
         try:
             if new_certs:
                 # Content-addressed, so storing one without its exchange (if the next
@@ -328,11 +297,7 @@ class SQLiteMessageLog:
 
     async def close(self) -> None:
         """Write everything already accepted, then close."""
-        if self._closing:
+        if not await self._commits.stop():
             return
-        self._closing = True
-        if self._writer is not None:
-            self._queue.put_nowait(None)
-            await self._writer
         if self._db is not None:
             await self._db.close()

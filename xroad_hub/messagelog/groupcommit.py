@@ -1,0 +1,68 @@
+"""Group commit, shared by the log backends.
+
+Appends queue up; one writer task hands whatever has queued (up to ``max_batch``) to the
+backend's ``write`` in one go, which stores it in one transaction and resolves each
+record's future with its leaf index. While one batch commits the next one gathers, so
+batches grow with load and an append waits about one commit.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import Awaitable, Callable
+
+from .record import LogRecord
+from .store import LogError
+
+__all__ = ["GroupCommit", "Pending"]
+
+# A queued record, its leaf bytes, and the future its leaf index is delivered on.
+Pending = tuple[LogRecord, bytes, "asyncio.Future[int]"]
+
+
+class GroupCommit:
+    def __init__(self, write: Callable[[list[Pending]], Awaitable[None]], max_batch: int) -> None:
+        self._write = write
+        self.max_batch = max_batch
+        self._queue: asyncio.Queue[Pending | None] = asyncio.Queue()
+        self._writer: asyncio.Task[None] | None = None
+        self._closing = False
+
+    def start(self, name: str) -> None:
+        self._writer = asyncio.create_task(self._run(), name=f"messagelog-writer:{name}")
+
+    async def append(self, record: LogRecord) -> int:
+        if self._closing or self._writer is None or self._writer.done():
+            raise LogError("message log is not open")
+        # The leaf is computed here, so a record that cannot be serialised fails its own
+        # append and never the writer (which would leave the whole batch waiting).
+        leaf = record.leaf()
+        fut: asyncio.Future[int] = asyncio.get_running_loop().create_future()
+        self._queue.put_nowait((record, leaf, fut))
+        # Shielded: a client that disconnects must not cancel a record already being written.
+        return await asyncio.shield(fut)
+
+    async def _run(self) -> None:
+        stop = False
+        while not stop:
+            first = await self._queue.get()
+            if first is None:
+                break
+            batch = [first]
+            while len(batch) < self.max_batch and not self._queue.empty():
+                item = self._queue.get_nowait()
+                if item is None:
+                    stop = True
+                    break
+                batch.append(item)
+            await self._write(batch)
+
+    async def stop(self) -> bool:
+        """Write everything already accepted; False if it was stopped before."""
+        if self._closing:
+            return False
+        self._closing = True
+        if self._writer is not None:
+            self._queue.put_nowait(None)
+            await self._writer
+        return True
