@@ -3,7 +3,10 @@
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Protocol
+from typing import TYPE_CHECKING, Protocol
+
+if TYPE_CHECKING:
+    from xroad_hub.soap import SoapMessage
 
 __all__ = ["Adapter", "AdapterRequest", "AdapterResponse"]
 
@@ -15,6 +18,9 @@ class AdapterRequest:
     query: str  # raw query string, unchanged
     headers: tuple[tuple[str, str], ...]
     body: bytes
+    # X-Road SOAP 4.0 requests: the message as parsed and checked by the node (the body is
+    # the whole HTTP body, attachments included); None for REST (r1) requests.
+    soap: SoapMessage | None = None
 
 
 @dataclass(frozen=True, slots=True)

@@ -30,7 +30,7 @@ def test_locators_and_extraction() -> None:
     assert extract_subjects([parse_locator("path:1")], "/" + "9" * 65, "", []) == ()
 
 
-@pytest.mark.parametrize("text", ["path:0", "path:x", "body:1", "query:", "query:a b", "path"])
+@pytest.mark.parametrize("text", ["path:0", "path:x", "cookie:1", "query:", "query:a b", "path"])
 def test_bad_locators_are_refused(text: str) -> None:
     with pytest.raises(ValueError, match="locator"):
         parse_locator(text)

@@ -86,6 +86,9 @@ class ServiceConfig:
     options: dict[str, Any] = field(default_factory=dict, hash=False)
     # Where the data subject's id is in a request (see subjects.py), for the subject index.
     subjects: tuple[Locator, ...] = ()
+    # Purposes the provider accepts (X-Road-Purpose); when declared, a request with no
+    # purpose or another one is refused with AccessDenied.
+    purposes: tuple[str, ...] = ()
 
 
 @dataclass(frozen=True, slots=True)
@@ -204,6 +207,7 @@ _SERVICE_KEYS = frozenset(
         "disabled_notice",
         "version",
         "subject",
+        "purposes",
     )
 )
 
@@ -213,6 +217,16 @@ def _locators(node_id: NodeId, sid: ServiceId, texts: list[str]) -> tuple[Locato
         return tuple(parse_locator(t) for t in texts)
     except ValueError as exc:
         raise ConfigError(f"node {node_id}, service {sid}: {exc}") from exc
+
+
+def _purposes(node_id: NodeId, sid: ServiceId, values: list[str]) -> tuple[str, ...]:
+    for value in values:
+        if not isinstance(value, str) or not valid_part(value):
+            raise ConfigError(
+                f"node {node_id}, service {sid}: purpose {value!r} must be a code of "
+                "identifier characters, e.g. food-business-licence"
+            )
+    return tuple(values)
 
 
 def _node(n: dict[str, Any], members: dict[MemberId, str]) -> NodeConfig:
@@ -239,6 +253,7 @@ def _node(n: dict[str, Any], members: dict[MemberId, str]) -> NodeConfig:
                 disabled_notice=s.get("disabled_notice", "service is disabled by its provider"),
                 version=s.get("version"),
                 subjects=_locators(node_id, sid, s.get("subject", [])),
+                purposes=_purposes(node_id, sid, s.get("purposes", [])),
                 options=(
                     {k: v for k, v in s.items() if k not in _SERVICE_KEYS}
                     if adapter != "rest"

@@ -78,6 +78,9 @@ _XROAD_OWN = frozenset(
         "X-Road-Error",
         "X-Road-Security-Server",
         "X-Road-Represented-Party",
+        # xroad-hub's own: why the data is asked for (see README, purpose and legal basis).
+        "X-Road-Purpose",
+        "X-Road-Legal-Basis",
     )
 )
 # RFC 3986 pchar: unreserved, sub-delims, ':' '@' and well-formed percent-escapes.

@@ -5,6 +5,8 @@ A provider registers, per service, where the subject's identifier sits in a requ
     subject = ["path:1"]            first path segment after the service code
     subject = ["query:citizenId"]   a query parameter (every occurrence)
     subject = ["header:X-Subject"]  a request header
+    subject = ["body:citizenId"]    an element of a SOAP body, or a top-level key of a JSON
+                                    body, with that name
 
 The provider's node records the values with the exchange, so citizens can later be shown
 who read their data, without any work in the provider's own system.
@@ -13,14 +15,14 @@ who read their data, without any work in the provider's own system.
 from __future__ import annotations
 
 import re
-from collections.abc import Iterable
+from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
 from urllib.parse import parse_qsl, unquote
 
 __all__ = ["Locator", "extract_subjects", "parse_locator"]
 
 _MAX_SUBJECT = 64
-_KINDS = ("path", "query", "header")
+_KINDS = ("path", "query", "header", "body")
 _NAME = re.compile(r"[A-Za-z0-9_.\-]{1,64}")
 
 
@@ -36,14 +38,20 @@ class Locator:
 def parse_locator(text: str) -> Locator:
     kind, sep, name = text.partition(":")
     if not sep or kind not in _KINDS or not _NAME.fullmatch(name):
-        raise ValueError(f"subject locator {text!r} must be path:N, query:NAME or header:NAME")
+        raise ValueError(
+            f"subject locator {text!r} must be path:N, query:NAME, header:NAME or body:NAME"
+        )
     if kind == "path" and not (name.isdigit() and int(name) >= 1):
         raise ValueError(f"subject locator {text!r}: path segments are numbered from 1")
     return Locator(kind, name)
 
 
 def extract_subjects(
-    locators: Iterable[Locator], path: str, query: str, headers: Iterable[tuple[str, str]]
+    locators: Iterable[Locator],
+    path: str,
+    query: str,
+    headers: Iterable[tuple[str, str]],
+    body_fields: Mapping[str, list[str]] | None = None,
 ) -> tuple[str, ...]:
     """The subject values of one request (sorted, unique, printable, bounded length)."""
     found: set[str] = set()
@@ -56,6 +64,8 @@ def extract_subjects(
             values = [segments[i]] if i < len(segments) else []
         elif loc.kind == "query":
             values = [v for k, v in pairs if k == loc.name]
+        elif loc.kind == "body":
+            values = list((body_fields or {}).get(loc.name, []))
         else:
             values = [v for k, v in header_list if k.lower() == loc.name.lower()]
         found.update(v.strip() for v in values if _acceptable(v.strip()))

@@ -11,15 +11,26 @@ from __future__ import annotations
 
 import time
 import uuid
+from dataclasses import dataclass
 from typing import Any
+from urllib.parse import urlencode
 
 import orjson
 import structlog
 from aiohttp import web
 
-from ..clientauth import Credentials
+from ..clientauth import ClientRegistration, Credentials
 from ..errors import CLIENT, CLIENT_PROXY, XRoadError
-from ..identifiers import MemberId, parse_node_id
+from ..identifiers import (
+    ClientId,
+    MemberId,
+    NodeId,
+    ServiceId,
+    SubsystemId,
+    parse_client_id,
+    parse_node_id,
+    valid_part,
+)
 from ..message import (
     CONTENT_TYPE,
     Envelope,
@@ -40,14 +51,53 @@ from ..rest import (
     select_client,
 )
 from ..signing import SignatureError
+from ..soap import SoapError, parse_soap, soap_request_hash
+from ..xmlsafe import XmlLimits
+from .metaservices import client_json, client_list_xml, point_wsdl_at, soap_fault_response
 from .peer import PeerReply
-from .runtime import NodeRuntime, answer_errors, read_body
+from .runtime import NodeRuntime, answer_errors, read_body, render_error
 from .tls import peer_fingerprint
 
-__all__ = ["ClientProxy"]
+__all__ = ["Answer", "Call", "ClientProxy"]
 
 log = structlog.get_logger("xroad_hub.consumer")
 _ERROR_CODE_CHARS = frozenset("ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz.")
+
+
+@dataclass(frozen=True, slots=True)
+class Call:
+    """One request of an authenticated client system, ready to be signed and sent."""
+
+    client: ClientId
+    service: ServiceId
+    method: str
+    path: str  # raw, percent-encoded remainder after the service code ("" or "/...")
+    query: str
+    headers: list[tuple[str, str]]  # already filtered: what the service may see
+    body: bytes
+    message_id: str
+    user_id: str | None = None
+    issue: str | None = None
+    represented_party: str | None = None
+    # Why the data is asked for (evidence requests); signed, logged, shown to citizens.
+    purpose: str | None = None
+    legal_basis: str | None = None
+    evidence_type: str | None = None
+    security_server: NodeId | None = None
+    protocol: str = "rest"  # "rest" (r1) or "soap" (SOAP 4.0: the body is the SOAP message)
+
+
+@dataclass(frozen=True, slots=True)
+class Answer:
+    """The provider's verified answer; it has been logged before it is returned."""
+
+    status: int
+    headers: list[tuple[str, str]]
+    body: bytes
+    message_id: str
+    request_id: str
+    request_hash: str
+    service: str
 
 
 class ClientProxy:
@@ -63,91 +113,134 @@ class ClientProxy:
             accept=request.headers.get("Accept"),
         )
 
-    async def _exchange(self, request: web.Request) -> web.StreamResponse:
-        started = time.time()
-        raw_path, _, raw_query = request.raw_path.partition("?")
-        target = parse_r1_target(raw_path, raw_query)
-        client = select_client(request.headers.getall("X-Road-Client", []))
-        h = request.headers
-        message_id = check_header_value("X-Road-Id", h.get("X-Road-Id") or str(uuid.uuid4()))
-        user_id = _opt(h, "X-Road-UserId")
-        issue = _opt(h, "X-Road-Issue")
-        represented = h.get("X-Road-Represented-Party")
-        represented = parse_represented_party(represented) if represented else None
-
-        self.rt.check_logging(CLIENT_PROXY)
-        conf = self.rt.conf_or_fail(CLIENT_PROXY)
-        reg = self.rt.authenticator.authenticate(
+    async def authenticate(self, request: web.Request, client: ClientId) -> ClientRegistration:
+        """The caller is the client subsystem it names (default deny); raises XRoadError."""
+        return self.rt.authenticator.authenticate(
             client,
             Credentials(
                 remote_ip=request.remote or "",
                 tls=request.secure,
                 cert_sha256=peer_fingerprint(request.transport),
-                bearer=_bearer(h.get("Authorization")),
+                bearer=_bearer(request.headers.get("Authorization")),
             ),
         )
-        body = await read_body(request, self.rt.max_body_bytes, self.rt.body_timeout, CLIENT)
 
-        provider = target.service.provider
+    async def _exchange(self, request: web.Request) -> web.StreamResponse:
+        raw_path, _, raw_query = request.raw_path.partition("?")
+        target = parse_r1_target(raw_path, raw_query)
+        client = select_client(request.headers.getall("X-Road-Client", []))
+        h = request.headers
+        message_id = check_header_value("X-Road-Id", h.get("X-Road-Id") or str(uuid.uuid4()))
+        represented = h.get("X-Road-Represented-Party")
+        security_server = h.get("X-Road-Security-Server")
+
+        self.rt.check_logging(CLIENT_PROXY)
+        self.rt.conf_or_fail(CLIENT_PROXY)
+        reg = await self.authenticate(request, client)
+        body = await read_body(request, self.rt.max_body_bytes, self.rt.body_timeout, CLIENT)
+        # Node authentication tokens are for this node only; never forward them.
+        drop = frozenset({"authorization"}) if reg.auth == "jwt" else frozenset()
+        headers = filter_request_headers(h.items(), drop=drop)
+        if "Accept" not in h:
+            headers.append(("Accept", "application/json"))
+        answer = await self.send(
+            Call(
+                client=client,
+                service=target.service,
+                method=request.method,
+                path=target.path,
+                query=target.query,
+                headers=headers,
+                body=body,
+                message_id=message_id,
+                user_id=_opt(h, "X-Road-UserId"),
+                issue=_opt(h, "X-Road-Issue"),
+                represented_party=parse_represented_party(represented) if represented else None,
+                purpose=_opt(h, "X-Road-Purpose"),
+                legal_basis=_opt(h, "X-Road-Legal-Basis"),
+                security_server=parse_node_id(security_server) if security_server else None,
+            )
+        )
+        out = filter_response_headers(answer.headers)
+        out += [
+            ("X-Road-Client", str(client)),
+            ("X-Road-Service", answer.service),
+            ("X-Road-Id", message_id),
+            ("X-Road-Request-Id", answer.request_id),
+            ("X-Road-Request-Hash", answer.request_hash),
+        ]
+        resp = web.Response(status=answer.status, body=answer.body)
+        for k, v in out:
+            resp.headers.add(k, v)
+        return resp
+
+    async def send(self, call: Call) -> Answer:
+        """Route, sign, send, verify and log one request; raises XRoadError.
+
+        The caller has authenticated the client and checked the logging and the global
+        configuration are in order (both are checked again here, cheaply)."""
+        started = time.time()
+        self.rt.check_logging(CLIENT_PROXY)
+        conf = self.rt.conf_or_fail(CLIENT_PROXY)
+        client, provider = call.client, call.service.provider
         peer = conf.node_hosting(provider)
-        if "X-Road-Security-Server" in h:
-            wanted = parse_node_id(h["X-Road-Security-Server"])
-            peer = conf.node(wanted)
+        if call.security_server is not None:
+            peer = conf.node(call.security_server)
             if peer is None or provider not in peer.clients:
                 raise XRoadError.client_proxy(
-                    "UnknownMember", f"node {wanted} does not serve {provider}"
+                    "UnknownMember", f"node {call.security_server} does not serve {provider}"
                 )
         if peer is None:
             raise XRoadError.client_proxy(
                 "UnknownMember", f"no node in the global configuration serves {provider}"
             )
         signer = self.rt.signer_for(client.member, CLIENT_PROXY)
-
-        # Node authentication tokens are for this node only; never forward them.
-        drop = frozenset({"authorization"}) if reg.auth == "jwt" else frozenset()
-        headers = filter_request_headers(h.items(), drop=drop)
-        if "Accept" not in h:
-            headers.append(("Accept", "application/json"))
         meta: dict[str, Any] = {
             "v": 1,
             "kind": "request",
-            "id": message_id,
+            "id": call.message_id,
             "request_id": str(uuid.uuid4()),
             "client": str(client),
-            "service": str(target.service),
+            "service": str(call.service),
             "target_node": str(peer.id),
-            "method": request.method,
-            "path": target.path,
-            "query": target.query,
-            "headers": headers,
-            "user_id": user_id,
-            "issue": issue,
-            "represented_party": represented,
+            "method": call.method,
+            "path": call.path,
+            "query": call.query,
+            "headers": call.headers,
+            "user_id": call.user_id,
+            "issue": call.issue,
+            "represented_party": call.represented_party,
             "created": started,
-            "body_sha512": body_digest(body),
+            "body_sha512": body_digest(call.body),
         }
+        # Optional fields are signed only when present, so older messages stay as they were.
+        for key in ("purpose", "legal_basis", "evidence_type"):
+            if getattr(call, key) is not None:
+                meta[key] = getattr(call, key)
+        if call.protocol != "rest":
+            meta["protocol"] = call.protocol
         meta_bytes = canonical(meta)
         signature = await signer.sign(meta_bytes)
-        envelope = encode_envelope(meta_bytes, signature, signer.cert_der, body)
+        envelope = encode_envelope(meta_bytes, signature, signer.cert_der, call.body)
         record = dict(
-            message_id=message_id,
+            message_id=call.message_id,
             request_id=meta["request_id"],
             role="client",
             client=str(client),
-            service=str(target.service),
-            user_id=user_id,
-            issue=issue,
-            represented_party=represented,
-            method=request.method,
+            service=str(call.service),
+            user_id=call.user_id,
+            issue=call.issue,
+            represented_party=call.represented_party,
+            method=call.method,
             started_at=started,
             request_meta=meta_bytes,
             request_signature=signature,
             request_cert=signer.cert_der,
-            request_body=body,
+            request_body=call.body,
         )
         try:
             reply = await self.rt.peers.send(peer, envelope, self.rt.provider_timeout)
-            env = self._verify_answer(reply, provider.member, meta, meta_bytes, body)
+            env = self._verify_answer(reply, provider.member, meta, meta_bytes, call.body)
         except XRoadError as err:
             # The signed request left this node, and the provider's node may have served and
             # logged it: whatever came back (or did not), our side records it too.
@@ -156,7 +249,6 @@ class ClientProxy:
             )
             raise
         rmeta = env.meta
-        expected_hash = rmeta["request_hash"]
         status = int(rmeta["status"])
         await self._log(
             LogRecord(
@@ -170,27 +262,148 @@ class ClientProxy:
                 response_body=env.body,
             )
         )
-        out = filter_response_headers((k, v) for k, v in rmeta["headers"])
-        out += [
-            ("X-Road-Client", str(client)),
-            ("X-Road-Service", str(rmeta.get("service") or target.service)),
-            ("X-Road-Id", message_id),
-            ("X-Road-Request-Id", meta["request_id"]),
-            ("X-Road-Request-Hash", expected_hash),
-        ]
         log.info(
             "exchange.completed",
             side="client",
-            id=message_id,
+            id=call.message_id,
             client=str(client),
-            service=str(target.service),
+            service=str(call.service),
             status=status,
             ms=round((time.time() - started) * 1000, 2),
         )
-        resp = web.Response(status=status, body=env.body)
-        for k, v in out:
-            resp.headers.add(k, v)
-        return resp
+        return Answer(
+            status=status,
+            headers=[(str(k), str(v)) for k, v in rmeta["headers"]],
+            body=env.body,
+            message_id=call.message_id,
+            request_id=meta["request_id"],
+            request_hash=rmeta["request_hash"],
+            service=str(rmeta.get("service") or call.service),
+        )
+
+    async def handle_soap(self, request: web.Request) -> web.StreamResponse:
+        """X-Road SOAP 4.0: errors are SOAP Faults (HTTP 500, as SOAP 1.1 has it)."""
+        try:
+            return await self._soap_exchange(request)
+        except XRoadError as err:
+            log.info("exchange.refused", side="client", code=err.code, detail=err.detail,
+                     reason=err.message, protocol="soap")  # fmt: skip
+            return soap_fault_response(err)
+        except Exception:
+            err = XRoadError.client_proxy("InternalError", "internal error in the client's node")
+            log.exception("exchange.internal_error", side="client", detail=err.detail)
+            return soap_fault_response(err)
+
+    async def _soap_exchange(self, request: web.Request) -> web.StreamResponse:
+        self.rt.check_logging(CLIENT_PROXY)
+        self.rt.conf_or_fail(CLIENT_PROXY)
+        content_type = request.headers.get("Content-Type", "")
+        body = await read_body(request, self.rt.max_body_bytes, self.rt.body_timeout, CLIENT)
+        limits = XmlLimits(max_bytes=self.rt.max_body_bytes)
+        try:
+            soap = parse_soap(content_type, body, kind="request", limits=limits)
+        except SoapError as exc:
+            raise XRoadError.client(exc.code, exc.message) from exc
+        h = soap.header
+        assert h is not None and h.service is not None  # parse_soap checks requests
+        await self.authenticate(request, h.client)
+        headers = [("Content-Type", content_type)]
+        if "SOAPAction" in request.headers:
+            headers.append(("SOAPAction", request.headers["SOAPAction"]))
+        answer = await self.send(
+            Call(
+                client=h.client,
+                service=h.service,
+                method="POST",
+                path="",
+                query="",
+                headers=headers,
+                body=body,
+                message_id=h.id,
+                user_id=h.user_id,
+                issue=h.issue,
+                protocol="soap",
+            )
+        )
+        answer_type = next((v for k, v in answer.headers if k.lower() == "content-type"), "")
+        try:
+            response = parse_soap(answer_type, answer.body, kind="response", limits=limits)
+        except SoapError as exc:
+            raise XRoadError.client_proxy(
+                "InvalidSoap", f"the provider's node answered: {exc.message}"
+            ) from exc
+        if not response.is_fault and (
+            response.header is None
+            or response.header.request_hash != soap_request_hash(soap.soap_part)
+        ):
+            raise XRoadError.client_proxy(
+                "InconsistentResponse", "the answer's requestHash is not the hash of the request"
+            )
+        return web.Response(
+            status=answer.status, body=answer.body, headers={"Content-Type": answer_type}
+        )
+
+    async def list_clients(self, request: web.Request) -> web.StreamResponse:
+        """GET /listClients: the federation's members and subsystems (public metadata)."""
+        try:
+            conf = self.rt.conf_or_fail(CLIENT_PROXY)
+        except XRoadError as err:
+            return render_error(err, request.headers.get("Accept"))
+        clients: set[ClientId] = set(conf.members)
+        for node in conf.nodes:
+            clients.update(node.clients)
+        ordered = sorted(clients, key=str)
+        names = {c: conf.members.get(c.member, "") for c in ordered}
+        if "application/json" in request.headers.get("Accept", ""):
+            return web.json_response({"member": [client_json(c, names[c]) for c in ordered]})
+        return web.Response(
+            body=client_list_xml(ordered, names), content_type="text/xml", charset="utf-8"
+        )
+
+    async def wsdl(self, request: web.Request) -> web.StreamResponse:
+        """GET /wsdl?xRoadInstance=..&memberClass=..&memberCode=..&subsystemCode=..
+        &serviceCode=..&version=..: the service's WSDL, fetched from the provider's node with
+        the getWsdl metaservice, its address pointing at this node (client tools build their
+        proxies from it). The caller authenticates as a client (X-Road-Client header)."""
+        return await answer_errors(
+            request, self._wsdl, side="client", prefix=CLIENT_PROXY, accept="application/json"
+        )
+
+    async def _wsdl(self, request: web.Request) -> web.StreamResponse:
+        q = request.query
+        try:
+            provider = parse_client_id(
+                "/".join(
+                    q[k] for k in ("xRoadInstance", "memberClass", "memberCode", "subsystemCode")
+                )
+            )
+            code = q["serviceCode"]
+        except KeyError as exc:
+            raise XRoadError.client("InvalidRequest", f"query parameter {exc} is missing") from exc
+        if not isinstance(provider, SubsystemId) or not valid_part(code):
+            raise XRoadError.client("InvalidRequest", "the service identifier is not valid")
+        client = select_client(request.headers.getall("X-Road-Client", []))
+        await self.authenticate(request, client)
+        query = urlencode({"serviceCode": code, **({"version": q["version"]} if "version" in q
+                                                   else {})})  # fmt: skip
+        answer = await self.send(
+            Call(
+                client=client,
+                service=ServiceId(provider, "getWsdl"),
+                method="GET",
+                path="",
+                query=query,
+                headers=[("Accept", "text/xml")],
+                body=b"",
+                message_id=str(uuid.uuid4()),
+            )
+        )
+        if answer.status != 200:
+            raise XRoadError.client_proxy(
+                "ServiceFailed", f"getWsdl of {provider} answered HTTP {answer.status}"
+            )
+        document = point_wsdl_at(answer.body, f"{request.scheme}://{request.host}/")
+        return web.Response(body=document, content_type="text/xml", charset="utf-8")
 
     def _verify_answer(
         self,

@@ -167,7 +167,11 @@ class Node:
 
         # Bodies are read by read_body with their own limit and deadline, not by aiohttp.
         client_app = web.Application()
+        client_app.router.add_get("/listClients", client_proxy.list_clients)
+        client_app.router.add_get("/wsdl", client_proxy.wsdl)
         client_app.router.add_route("*", "/r1/{tail:.*}", client_proxy.handle)
+        # X-Road SOAP clients POST to the node's root (any path outside /r1/ is accepted).
+        client_app.router.add_post("/{tail:.*}", client_proxy.handle_soap)
         client_app.router.add_route("*", "/{tail:.*}", client_proxy.handle)
         peer_app = web.Application()
         peer_app.router.add_post(PEER_PATH, server_proxy.handle)

@@ -13,10 +13,12 @@ import asyncio
 import time
 from typing import Any
 
+import orjson
 import structlog
 from aiohttp import web
+from lxml import etree
 
-from adapters import AdapterRequest
+from adapters import AdapterRequest, AdapterResponse
 
 from ..errors import SERVER_PROXY, XRoadError
 from ..identifiers import ClientId, ServiceId, parse_client_id, parse_service_id
@@ -43,7 +45,16 @@ from ..rest import (
     request_hash,
 )
 from ..signing import SignatureError
+from ..soap import (
+    SoapError,
+    SoapMessage,
+    check_echo,
+    parse_soap,
+    soap_request_hash,
+    with_request_hash,
+)
 from ..subjects import Locator, extract_subjects
+from .metaservices import METASERVICES, answer_metaservice
 from .runtime import NodeRuntime, answer_errors, read_body
 from .tls import peer_fingerprint
 
@@ -127,19 +138,45 @@ class ServerProxy:
         self, env: Envelope, client: ClientId, service: ServiceId, started: float
     ) -> web.StreamResponse:
         meta = env.meta
-        hosted = self.rt.services.get(service)
-        if hosted is None:
-            if not any(s.provider == service.provider for s in self.rt.services):
-                raise _fail("UnknownMember", f"{service.provider} is not served by this node")
-            raise _fail("UnknownService", f"unknown service {service}")
-        cfg = hosted.config
-        if cfg.disabled:
-            raise _fail("ServiceDisabled", cfg.disabled_notice)
-        if client not in cfg.allow:
-            raise _fail("AccessDenied", f"{client} has no access right to {service}")
-
-        answer = await hosted.adapter.handle(_adapter_request(env, client, service))
-        full_service = ServiceId(service.provider, service.service_code, cfg.version)
+        soap = _soap_request(env, client, service) if meta.get("protocol") == "soap" else None
+        hosted = self.rt.services.get(service.unversioned)
+        version: str | None = service.service_version
+        if hosted is None and self._metaservice(service):
+            query = str(meta.get("query") or "")
+            answer = answer_metaservice(self.rt.services.values(), client, service, query, soap)
+        else:
+            if hosted is None:
+                if not self._serves(service.provider):
+                    raise _fail("UnknownMember", f"{service.provider} is not served by this node")
+                raise _fail("UnknownService", f"unknown service {service}")
+            cfg = hosted.config
+            if service.service_version and service.service_version != cfg.version:
+                raise _fail("UnknownService", f"{service} is served as version {cfg.version}")
+            version = cfg.version
+            if cfg.disabled:
+                raise _fail("ServiceDisabled", cfg.disabled_notice)
+            if client not in cfg.allow:
+                raise _fail("AccessDenied", f"{client} has no access right to {service}")
+            if cfg.purposes and meta.get("purpose") not in cfg.purposes:
+                given = meta.get("purpose")
+                raise _fail(
+                    "AccessDenied",
+                    f"{service} is only served for the purposes {', '.join(cfg.purposes)}; "
+                    + (
+                        f"the request's purpose {given!r} is not one of them"
+                        if given
+                        else "the request names no purpose (send X-Road-Purpose)"
+                    ),
+                )
+            if soap is not None:
+                headers = tuple((k, v) for k, v in soap_request_headers(meta.get("headers")))
+                answer = await hosted.adapter.handle(
+                    AdapterRequest("POST", "", "", headers, env.body, soap=soap)
+                )
+                answer = _soap_answer(soap, answer)
+            else:
+                answer = await hosted.adapter.handle(_adapter_request(env, client, service))
+        full_service = ServiceId(service.provider, service.service_code, version)
         rmeta: dict[str, Any] = {
             "v": 1,
             "kind": "response",
@@ -147,7 +184,11 @@ class ServerProxy:
             "request_id": meta.get("request_id"),
             "service": str(full_service),
             "status": answer.status,
-            "headers": filter_response_headers(answer.headers),
+            "headers": (
+                filter_response_headers(answer.headers)
+                if soap is None
+                else [(k, v) for k, v in answer.headers if k.lower() == "content-type"]
+            ),
             "request_hash": request_hash(env.meta_bytes, env.body),
             "created": time.time(),
             "body_sha512": body_digest(answer.body),
@@ -177,6 +218,12 @@ class ServerProxy:
             content_type=CONTENT_TYPE,
         )
 
+    def _serves(self, provider: ClientId) -> bool:
+        return any(s.provider == provider for s in self.rt.services)
+
+    def _metaservice(self, service: ServiceId) -> bool:
+        return service.service_code in METASERVICES and self._serves(service.provider)
+
     async def _log(
         self,
         env: Envelope,
@@ -189,7 +236,7 @@ class ServerProxy:
     ) -> None:
         meta = env.meta
         rmeta, rsig, rbody, rcert = response if response else (None, None, None, None)
-        hosted = self.rt.services.get(service)
+        hosted = self.rt.services.get(service.unversioned)
         record = LogRecord(
             message_id=str(meta.get("id")),
             request_id=str(meta.get("request_id")),
@@ -242,7 +289,12 @@ def _adapter_request(env: Envelope, client: ClientId, service: ServiceId) -> Ada
             ("X-Road-Id", check_header_value("X-Road-Id", str(meta["id"]))),
             ("X-Road-Request-Id", check_header_value("X-Road-Request-Id", str(meta["request_id"]))),
         ]
-        for name, key in (("X-Road-UserId", "user_id"), ("X-Road-Issue", "issue")):
+        for name, key in (
+            ("X-Road-UserId", "user_id"),
+            ("X-Road-Issue", "issue"),
+            ("X-Road-Purpose", "purpose"),
+            ("X-Road-Legal-Basis", "legal_basis"),
+        ):
             if meta.get(key):
                 own.append((name, check_header_value(name, str(meta[key]))))
         if meta.get("represented_party"):
@@ -263,8 +315,86 @@ def _subjects(env: Envelope, locators: tuple[Locator, ...]) -> tuple[str, ...]:
     meta = env.meta
     try:
         headers = [(str(k), str(v)) for k, v in meta.get("headers") or []]
+        fields = _body_fields(env) if any(loc.kind == "body" for loc in locators) else None
         return extract_subjects(
-            locators, str(meta.get("path") or ""), str(meta.get("query") or ""), headers
+            locators, str(meta.get("path") or ""), str(meta.get("query") or ""), headers, fields
         )
     except (TypeError, ValueError):
         return ()
+
+
+def _body_fields(env: Envelope) -> dict[str, list[str]]:
+    """Named values of a request body for ``body:NAME`` subject locators: leaf elements of a
+    SOAP body, or top-level scalar members of a JSON object."""
+    fields: dict[str, list[str]] = {}
+    if env.meta.get("protocol") == "soap":
+        soap = parse_soap(_content_type(env.meta.get("headers")), env.body, kind="request")
+        for el in soap.body_element.iter():
+            if isinstance(el.tag, str) and len(el) == 0 and el.text:
+                fields.setdefault(etree.QName(el).localname, []).append(el.text)
+        return fields
+    try:
+        doc = orjson.loads(env.body) if env.body else None
+    except orjson.JSONDecodeError:
+        return fields
+    if isinstance(doc, dict):
+        for key, value in doc.items():
+            if isinstance(value, str | int) and not isinstance(value, bool):
+                fields.setdefault(str(key), []).append(str(value))
+    return fields
+
+
+def _content_type(headers: Any) -> str:
+    for k, v in soap_request_headers(headers):
+        if k.lower() == "content-type":
+            return v
+    return ""
+
+
+def soap_request_headers(headers: Any) -> list[tuple[str, str]]:
+    """Only Content-Type and SOAPAction pass from a SOAP client to the service."""
+    out = []
+    for k, v in check_headers(headers):
+        if k.lower() in ("content-type", "soapaction"):
+            out.append((k, v))
+    return out
+
+
+def _soap_request(env: Envelope, client: ClientId, service: ServiceId) -> SoapMessage:
+    """The SOAP message of a request, which must say exactly what the signed metadata says
+    (the client's node signed both; a mismatch means that node is broken or lying)."""
+    meta = env.meta
+    try:
+        soap = parse_soap(_content_type(meta.get("headers")), env.body, kind="request")
+    except (SoapError, XRoadError) as exc:
+        raise _fail("InvalidMessage", f"SOAP request from the client's node: {exc}") from exc
+    h = soap.header
+    assert h is not None  # requests always have one (parse_soap)
+    if (
+        h.client != client
+        or h.service != service
+        or h.id != meta.get("id")
+        or h.user_id != meta.get("user_id")
+        or h.issue != meta.get("issue")
+    ):
+        raise _fail("InvalidMessage", "the SOAP header differs from the signed metadata")
+    return soap
+
+
+def _soap_answer(request: SoapMessage, answer: AdapterResponse) -> AdapterResponse:
+    """The service's SOAP answer, checked (it echoes this request's header) and given the
+    request hash; a Fault of the service passes through as its own answer."""
+    content_type = next((v for k, v in answer.headers if k.lower() == "content-type"), "")
+    try:
+        response = parse_soap(content_type, answer.body, kind="response")
+        if response.is_fault:
+            return AdapterResponse(answer.status, (("Content-Type", content_type),), answer.body)
+        assert request.header is not None
+        check_echo(request.header, response.header)
+    except SoapError as exc:
+        raise _fail(
+            "ServiceFailed" if exc.code != "InconsistentResponse" else exc.code,
+            f"the service's SOAP answer: {exc.message}",
+        ) from exc
+    body = with_request_hash(response, soap_request_hash(request.soap_part))
+    return AdapterResponse(answer.status, (("Content-Type", content_type),), body)
