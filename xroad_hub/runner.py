@@ -18,6 +18,7 @@ from aiohttp import web
 from adapters.flatfile.settings import resolve_path
 
 from .demo.dbd import dbd_app
+from .demo.dopa import dopa_app
 from .demo.legacy_exports import ensure_export
 from .federation import BackendConfig, FederationConfig, NodeConfig
 from .node import Node
@@ -33,7 +34,7 @@ log = structlog.get_logger("xroad_hub.runner")
 # (ITU-T X.667, arc 2.25), unique without registration; a real federation uses its own.
 TSA_POLICY = "2.25.83577886173988329252981031019638523"
 
-_BACKENDS = {"dbd-registry": dbd_app}
+_BACKENDS = {"dbd-registry": dbd_app, "dopa-population": dopa_app}
 
 
 class Federation:
