@@ -7,7 +7,7 @@ import base64
 import ssl
 import time
 import uuid
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -22,6 +22,16 @@ from xroad_hub.logs import configure_logging
 from xroad_hub.pki import PkiLayout, load_private_key
 from xroad_hub.runner import Federation
 from xroad_hub.testing import TestFederationSpec, free_port, write_federation
+
+from .soap_legacy import LegacyServer, legacy_server
+from .xroad_soap_service import xroad_soap_echo
+
+EVERYONE = [
+    "TH/GOV/DGA/citizenportal",
+    "TH/GOV/DGA/devportal",
+    "TH/GOV/DGA/officeapp",
+    "TH/GOV/BMA/licensing",
+]
 
 configure_logging("warning", json=True)
 
@@ -95,6 +105,7 @@ async def echo_backend() -> AsyncIterator[str]:
     app = web.Application()
     app.router.add_route("*", "/echo{tail:.*}", _echo_route)
     app.router.add_get("/slow", _slow)
+    app.router.add_post("/xroad-soap", xroad_soap_echo)
     runner = web.AppRunner(app)
     await runner.setup()
     port = free_port()
@@ -109,10 +120,41 @@ async def _echo_route(request: web.Request) -> web.Response:
 
 
 @pytest.fixture(scope="session")
-async def fed(tmp_path_factory: pytest.TempPathFactory, echo_backend: str) -> AsyncIterator[Fed]:
-    f = await start_federation(
-        tmp_path_factory.mktemp("fed"), TestFederationSpec(backend_url=echo_backend)
+def legacy_soap() -> Iterator[LegacyServer]:
+    """A plain legacy SOAP service (spyne), which the provider node bridges to X-Road."""
+    with legacy_server() as server:
+        yield server
+
+
+def soap_services(echo_backend: str, legacy: LegacyServer) -> list[dict[str, object]]:
+    return [
+        {  # a legacy SOAP service that knows nothing of X-Road: bridged (SOAP and REST)
+            "provider": "TH/GOV/DBD/legacy",
+            "wsdl": legacy.wsdl_url,
+            "mode": "bridge",
+            "version": "v1",
+            "timeout": 5,
+            "allow": EVERYONE,
+            "subject": ["query:citizenId", "body:citizenId"],
+        },
+        {  # an X-Road-aware SOAP service: messages pass through unchanged
+            "provider": "TH/GOV/DBD/xroadsoap",
+            "wsdl": str(Path(__file__).parent / "data" / "xroad" / "echo.wsdl"),
+            "url": f"{echo_backend}/xroad-soap",
+            "mode": "passthrough",
+            "allow": ["TH/GOV/DGA/devportal", "TH/GOV/BMA/licensing"],
+        },
+    ]
+
+
+@pytest.fixture(scope="session")
+async def fed(
+    tmp_path_factory: pytest.TempPathFactory, echo_backend: str, legacy_soap: LegacyServer
+) -> AsyncIterator[Fed]:
+    spec = TestFederationSpec(
+        backend_url=echo_backend, soap_services=soap_services(echo_backend, legacy_soap)
     )
+    f = await start_federation(tmp_path_factory.mktemp("fed"), spec)
     yield f
     await f.federation.stop()
 

@@ -5,6 +5,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import json
+import re
 import signal
 import sys
 import time
@@ -19,7 +20,8 @@ from .devpki import ensure_pki
 from .federation import ConfigError, load_federation
 from .identifiers import parse_subsystem_id
 from .logs import configure_logging
-from .pki import PkiLayout, load_private_key
+from .pki import IDP_MAX_LIFETIME, TRACKER_MAX_LIFETIME, PkiLayout, load_private_key
+from .thaiid import is_valid
 
 DEFAULT_CONFIG = Path("config/demo-federation.toml")
 DEFAULT_CERTS = Path("certs")
@@ -82,13 +84,20 @@ def build_parser() -> argparse.ArgumentParser:
 
     token = sub.add_parser(
         "token",
-        help="print a short-lived JWT for a client subsystem registered with auth=jwt",
-        description="The token is signed with the subsystem's own key from the certs "
-        "directory, addressed to its node, and valid for one request.",
+        help="print a short-lived JWT: a client subsystem's (auth=jwt), an auditor's, or the "
+        "demo identity provider's for a citizen or an officer",
+        description="A client token is signed with the subsystem's own key from the certs "
+        "directory, addressed to its node, and valid for one request. --citizen/--officer "
+        "print a token of the demo identity provider (ThaID stand-in, issuer 'thaid'): claims "
+        "sub, role, aud (--audience), iat, exp, jti; a node's data tracker accepts citizen "
+        f"tokens of at most {TRACKER_MAX_LIFETIME} s, a case service up to "
+        f"{IDP_MAX_LIFETIME} s.",
     )
     _common(token)
     token.add_argument(
-        "client", help="client subsystem, e.g. TH/GOV/DGA/citizenportal (or an auditor's name)"
+        "client",
+        nargs="?",
+        help="client subsystem, e.g. TH/GOV/DGA/citizenportal (or an auditor's name)",
     )
     token.add_argument(
         "--auditor",
@@ -96,9 +105,33 @@ def build_parser() -> argparse.ArgumentParser:
         help="CLIENT is an auditor: a token for --node's audit API",
     )
     token.add_argument("--node", help="with --auditor: the node id whose audit API to use")
+    person = token.add_mutually_exclusive_group()
+    person.add_argument("--citizen", metavar="ID", help="identity token for this citizen ID")
+    person.add_argument("--officer", metavar="NAME", help="identity token for this officer")
     token.add_argument(
-        "--ttl", type=int, default=60, help=f"lifetime in seconds (at most {MAX_TOKEN_LIFETIME})"
+        "--audience",
+        metavar="AUD",
+        help="with --citizen/--officer: who the token is for (a node id for the data tracker, "
+        "e.g. TH/GOV/DOPA/hub1, or a case service)",
     )
+    token.add_argument(
+        "--ttl",
+        type=int,
+        help=f"lifetime in seconds (client and auditor tokens: default 60, at most "
+        f"{MAX_TOKEN_LIFETIME}; identity tokens: default {TRACKER_MAX_LIFETIME}, at most "
+        f"{IDP_MAX_LIFETIME})",
+    )
+    tracker = sub.add_parser(
+        "tracker",
+        help="show a citizen who read her data: asks every node's data tracker",
+        description="Mints a citizen token with the demo identity provider's key, asks the "
+        "data tracker of every node of the federation file that has audit_listen (HTTPS, "
+        "checked against the federation root CA), and prints the merged entries, oldest "
+        "first. Exits 1 if a node could not be asked (what the others said is printed).",
+    )
+    _common(tracker)
+    tracker.add_argument("--citizen", metavar="ID", required=True, help="her citizen ID")
+    tracker.add_argument("--json", action="store_true", help="print JSON instead of a table")
     audit = sub.add_parser("audit", help="verify message logs (auditors)")
     audit_sub = audit.add_subparsers(dest="audit_command", required=True)
     verify = audit_sub.add_parser(
@@ -159,6 +192,9 @@ def main(argv: list[str] | None = None) -> int:
             "search": _audit_search,
         }[args.audit_command](args)  # fmt: skip
     try:
+        if args.command == "token" and (args.citizen or args.officer):
+            # The identity provider is not part of the federation: no federation file needed.
+            return _idp_token(args)
         fed = load_federation(args.config)
         if args.command == "pki":
             created = ensure_pki(fed, args.certs_dir)
@@ -170,6 +206,8 @@ def main(argv: list[str] | None = None) -> int:
             return 0
         if args.command == "token":
             return _token(fed, args)
+        if args.command == "tracker":
+            return _tracker(fed, args)
         if args.command == "up":
             return asyncio.run(_up(fed, args))
     except (ConfigError, FileExistsError, FileNotFoundError) as exc:
@@ -182,6 +220,13 @@ def main(argv: list[str] | None = None) -> int:
 
 def _token(fed, args: argparse.Namespace) -> int:  # type: ignore[no-untyped-def]
     layout = PkiLayout(args.certs_dir)
+    if not args.client:
+        print("xroad-hub: name a client subsystem or auditor, or use --citizen/--officer",
+              file=sys.stderr)  # fmt: skip
+        return 2
+    if args.audience:
+        print("xroad-hub: --audience is for --citizen/--officer tokens", file=sys.stderr)
+        return 2
     if args.auditor:
         # An auditor's token, for one node's audit API; reusable within its lifetime.
         if args.client not in fed.auditors:
@@ -202,12 +247,125 @@ def _token(fed, args: argparse.Namespace) -> int:  # type: ignore[no-untyped-def
             return 2
         issuer, audience = str(client), str(node.id)
         key = load_private_key(layout.client_jwt(str(client)).key)
-    ttl = max(1, min(args.ttl, MAX_TOKEN_LIFETIME))
+    ttl = max(1, min(60 if args.ttl is None else args.ttl, MAX_TOKEN_LIFETIME))
     now = int(time.time())
     claims = {"iss": issuer, "aud": audience, "iat": now, "exp": now + ttl,
               "jti": str(uuid.uuid4())}  # fmt: skip
     print(jwt.encode(claims, key, algorithm="ES256"))
     return 0
+
+
+# Officer names end up in X-Road-UserId and in logs: keep them short and plain.
+_OFFICER = re.compile(r"[A-Za-z0-9._@-]{1,64}")
+
+
+def _idp_token(args: argparse.Namespace) -> int:
+    """A token of the demo identity provider for a citizen or an officer."""
+    from .node.trackerapi import mint_idp_token
+
+    if args.client or args.auditor or args.node:
+        print("xroad-hub: --citizen/--officer tokens take no CLIENT, --auditor or --node",
+              file=sys.stderr)  # fmt: skip
+        return 2
+    if not args.audience:
+        print("xroad-hub: say who the token is for (--audience)", file=sys.stderr)
+        return 2
+    ttl = TRACKER_MAX_LIFETIME if args.ttl is None else args.ttl
+    if not 1 <= ttl <= IDP_MAX_LIFETIME:
+        print(f"xroad-hub: --ttl must be 1..{IDP_MAX_LIFETIME} seconds", file=sys.stderr)
+        return 2
+    if args.citizen is not None:
+        role, subject = "citizen", args.citizen.strip()
+        if not is_valid(subject):
+            print(f"xroad-hub: {subject!r} is not a valid citizen ID: 13 digits whose last is "
+                  "the check digit", file=sys.stderr)  # fmt: skip
+            return 2
+    else:
+        role, subject = "officer", args.officer.strip()
+        if not _OFFICER.fullmatch(subject):
+            print("xroad-hub: an officer name is 1-64 of A-Z a-z 0-9 . _ @ -", file=sys.stderr)
+            return 2
+    key = load_private_key(PkiLayout(args.certs_dir).idp_jwt().key)
+    print(mint_idp_token(key, subject=subject, role=role, audience=args.audience, ttl=ttl))
+    return 0
+
+
+def _tracker(fed, args: argparse.Namespace) -> int:  # type: ignore[no-untyped-def]
+    """Ask every node's data tracker on the citizen's behalf, merge, print."""
+    import ssl
+    import urllib.error
+    import urllib.request
+
+    from .node.trackerapi import mint_idp_token
+
+    citizen = args.citizen.strip()
+    if not is_valid(citizen):
+        print(f"xroad-hub: {citizen!r} is not a valid citizen ID: 13 digits whose last is the "
+              "check digit", file=sys.stderr)  # fmt: skip
+        return 2
+    layout = PkiLayout(args.certs_dir)
+    key = load_private_key(layout.idp_jwt().key)
+    ctx = ssl.create_default_context(cafile=str(layout.root_ca.cert))
+    nodes = [n for n in fed.nodes if n.audit_listen is not None]
+    entries: list[dict[str, object]] = []
+    failed = 0
+    for node in nodes:
+        host, port = node.audit_listen
+        host = "127.0.0.1" if host in ("", "0.0.0.0") else host
+        # One token per node: its audience is that node, and it is reused while paging.
+        token = mint_idp_token(key, subject=citizen, role="citizen", audience=str(node.id),
+                               ttl=60)  # fmt: skip
+        after: int | None = -1
+        try:
+            while after is not None:
+                req = urllib.request.Request(
+                    f"https://{host}:{port}/tracker/accesses?limit=1000&after={after}",
+                    headers={"Authorization": f"Bearer {token}"},
+                )
+                with urllib.request.urlopen(req, context=ctx, timeout=30) as resp:
+                    page = json.loads(resp.read())
+                entries.extend(page["entries"])
+                after = page["next_after"]
+        except urllib.error.HTTPError as exc:
+            failed += 1
+            print(f"xroad-hub: node {node.id} refused: HTTP {exc.code} "
+                  f"{exc.read()[:300].decode(errors='replace')}", file=sys.stderr)  # fmt: skip
+        except (urllib.error.URLError, OSError, ValueError, KeyError) as exc:
+            failed += 1
+            print(f"xroad-hub: node {node.id} could not be asked: {exc}", file=sys.stderr)
+    entries.sort(key=lambda e: (str(e["at"]), str(e["node"]), int(e["leaf_index"])))  # type: ignore[call-overload]
+    if args.json:
+        print(json.dumps(entries, ensure_ascii=False, indent=2))
+    else:
+        _print_accesses(citizen, entries, len(nodes) - failed)
+    return 1 if failed else 0
+
+
+def _print_accesses(citizen: str, entries: list[dict[str, object]], asked: int) -> None:
+    if not entries:
+        print(f"No agency read data about {citizen} (data trackers of {asked} node(s) asked).")
+        return
+    head = ("when (UTC)", "agency", "client", "official", "service", "evidence", "case",
+            "purpose", "legal basis", "result", "message id")  # fmt: skip
+    keys = ("agency", "client", "official", "service", "evidence_type", "issue", "purpose",
+            "legal_basis")  # fmt: skip
+    rows = []
+    for e in entries:
+        result = f"refused ({e['refusal']})" if e["refusal"] else f"answered {e['status']}"
+        when = str(e["at"])[:19].replace("T", " ")
+        rows.append([when, *(e[k] for k in keys), result, e["message_id"]])
+    # Long free text (agency names, purposes) is cut; the result and the id never are.
+    cells = [[_cell(v, 40 if i < len(head) - 2 else 200) for i, v in enumerate(row)]
+             for row in [head, *rows]]  # fmt: skip
+    widths = [max(len(row[i]) for row in cells) for i in range(len(head))]
+    for row in cells:
+        print("  ".join(v.ljust(w) for v, w in zip(row, widths, strict=True)).rstrip())
+    print(f"{len(entries)} access(es) to data about {citizen}, from {asked} node(s)")
+
+
+def _cell(value: object, width: int) -> str:
+    text = "-" if value is None else str(value)
+    return text if len(text) <= width else text[: width - 1] + "…"
 
 
 def _audit_verify(args: argparse.Namespace) -> int:

@@ -98,6 +98,9 @@ def ensure_pki(fed: FederationConfig, certs_dir: Path) -> list[Path]:
                 jwt_pair(layout.client_jwt(str(client.id)))
     for auditor in fed.auditors:
         jwt_pair(layout.auditor_jwt(auditor))
+    # The demo's citizen identity provider (a ThaID stand-in): nodes trust its public key for
+    # citizens' data-tracker tokens, 'xroad-hub token --citizen/--officer' signs with it.
+    jwt_pair(layout.idp_jwt())
     for path in created:
         log.info("pki.created", path=str(path))
     return created

@@ -36,6 +36,7 @@ __all__ = [
     "NodeConfig",
     "RegistryConfig",
     "ServiceConfig",
+    "SoapServiceConfig",
     "load_federation",
     "parse_address",
 ]
@@ -92,6 +93,27 @@ class ServiceConfig:
 
 
 @dataclass(frozen=True, slots=True)
+class SoapServiceConfig:
+    """A SOAP service registered from its WSDL: each operation becomes a service code of
+    ``provider`` (version from the WSDL's xrd:version, else ``version``), all sharing the
+    access rights, purposes and subject locators given here."""
+
+    provider: SubsystemId
+    wsdl: str  # file path or http(s) URL, read when the node starts
+    mode: str  # "bridge": plain legacy SOAP service; "passthrough": X-Road-aware service
+    url: str | None = None  # endpoint; default: the WSDL's soap:address
+    version: str = "v1"
+    timeout: float = 30.0
+    allow: frozenset[ClientId] = frozenset()
+    disabled: bool = False
+    purposes: tuple[str, ...] = ()
+    subjects: tuple[Locator, ...] = ()
+
+
+SOAP_MODES = ("bridge", "passthrough")
+
+
+@dataclass(frozen=True, slots=True)
 class NodeConfig:
     id: NodeId
     peer_listen: tuple[str, int]
@@ -100,6 +122,7 @@ class NodeConfig:
     clients: tuple[ClientConfig, ...] = ()
     providers: tuple[SubsystemId, ...] = ()
     services: tuple[ServiceConfig, ...] = ()
+    soap_services: tuple[SoapServiceConfig, ...] = ()
     max_body_bytes: int = 10 * 1024 * 1024
     body_timeout: float = 30.0
     provider_timeout: float = 60.0
@@ -229,6 +252,34 @@ def _purposes(node_id: NodeId, sid: ServiceId, values: list[str]) -> tuple[str, 
     return tuple(values)
 
 
+def _soap_service(node_id: NodeId, t: dict[str, Any]) -> SoapServiceConfig:
+    provider = parse_subsystem_id(t["provider"])
+    mode = t.get("mode", "bridge")
+    if mode not in SOAP_MODES:
+        raise ConfigError(
+            f"node {node_id}, SOAP service {provider}: mode must be one of {SOAP_MODES}"
+        )
+    unknown = set(t) - {"provider", "wsdl", "mode", "url", "version", "timeout", "allow",
+                        "disabled", "purposes", "subject"}  # fmt: skip
+    if unknown:
+        raise ConfigError(
+            f"node {node_id}, SOAP service {provider}: unknown keys {sorted(unknown)}"
+        )
+    where = ServiceId(provider, "wsdl")
+    return SoapServiceConfig(
+        provider=provider,
+        wsdl=str(t["wsdl"]),
+        mode=mode,
+        url=t.get("url"),
+        version=str(t.get("version", "v1")),
+        timeout=float(t.get("timeout", 30)),
+        allow=frozenset(parse_client_id(a) for a in t.get("allow", [])),
+        disabled=bool(t.get("disabled", False)),
+        purposes=_purposes(node_id, where, t.get("purposes", [])),
+        subjects=_locators(node_id, where, t.get("subject", [])),
+    )
+
+
 def _node(n: dict[str, Any], members: dict[MemberId, str]) -> NodeConfig:
     node_id = parse_node_id(n["id"])
     clients = []
@@ -261,7 +312,10 @@ def _node(n: dict[str, Any], members: dict[MemberId, str]) -> NodeConfig:
                 ),
             )
         )
-    providers = tuple(sorted({s.id.provider for s in services}))  # type: ignore[type-var]
+    soap_services = tuple(_soap_service(node_id, t) for t in n.get("soap_service", []))
+    providers = tuple(
+        sorted({s.id.provider for s in services} | {s.provider for s in soap_services})  # type: ignore[type-var]
+    )
     return NodeConfig(
         id=node_id,
         peer_listen=parse_address(n["peer_listen"]),
@@ -272,6 +326,7 @@ def _node(n: dict[str, Any], members: dict[MemberId, str]) -> NodeConfig:
         clients=tuple(clients),
         providers=providers,  # type: ignore[arg-type]
         services=tuple(services),
+        soap_services=soap_services,
         max_body_bytes=int(n.get("max_body_bytes", 10 * 1024 * 1024)),
         body_timeout=float(n.get("body_timeout", 30)),
         provider_timeout=float(n.get("provider_timeout", 60)),

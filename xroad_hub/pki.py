@@ -9,6 +9,9 @@ Layout under the certs directory (ids become nested folders; identifier parts ca
     members/<member id>/sign.key.pem, sign.cert.pem    member signing certificate
     clients/<subsystem id>/tls.key.pem, tls.cert.pem   client system TLS certificate (mtls)
     clients/<subsystem id>/jwt.key.pem, jwt.pub.pem    client system JWT key (jwt)
+    auditors/<name>/jwt.key.pem, jwt.pub.pem           auditor's JWT key (audit API)
+    idp/thaid/jwt.key.pem, jwt.pub.pem                 the demo's citizen identity provider
+                                                       (a ThaID stand-in, ES256)
 
 Material is generated only where missing and never overwritten: a re-run after a partial
 run completes the set, and replacing a key is a deliberate act (delete the files first).
@@ -28,6 +31,9 @@ from cryptography.hazmat.primitives.asymmetric import ec, ed25519
 from cryptography.x509.oid import ExtendedKeyUsageOID, NameOID
 
 __all__ = [
+    "IDP_MAX_LIFETIME",
+    "IDP_NAME",
+    "TRACKER_MAX_LIFETIME",
     "CertPaths",
     "PkiLayout",
     "generate_key",
@@ -35,6 +41,7 @@ __all__ = [
     "load_cert",
     "load_ed25519_key",
     "load_private_key",
+    "load_public_key",
     "make_root_ca",
     "write_key",
 ]
@@ -42,6 +49,12 @@ __all__ = [
 PrivateKey = ec.EllipticCurvePrivateKey
 # Checkpoints are C2SP signed notes, which use Ed25519; everything else uses P-256.
 AnyPrivateKey = ec.EllipticCurvePrivateKey | ed25519.Ed25519PrivateKey
+# The identity provider that vouches for citizens and officers (the issuer of its tokens).
+IDP_NAME = "thaid"
+# Its tokens' lifetimes: a citizen's look at a data tracker is one short session (a longer
+# token is a stolen-token risk); officers work a case for a while, up to an hour.
+TRACKER_MAX_LIFETIME = 300
+IDP_MAX_LIFETIME = 3600
 
 
 @dataclass(frozen=True, slots=True)
@@ -97,6 +110,10 @@ class PkiLayout:
     def client_jwt(self, subsystem_id: str) -> CertPaths:
         return self._pair("clients", subsystem_id, "jwt", cert_suffix="pub")
 
+    def idp_jwt(self, name: str = IDP_NAME) -> CertPaths:
+        """The identity provider's token key; ``cert`` is its public key (PEM)."""
+        return self._pair("idp", name, "jwt", cert_suffix="pub")
+
 
 def generate_key() -> PrivateKey:
     return ec.generate_private_key(ec.SECP256R1())
@@ -144,6 +161,14 @@ def load_private_key(path: Path) -> PrivateKey:
     key = serialization.load_pem_private_key(path.read_bytes(), password=None)
     if not isinstance(key, ec.EllipticCurvePrivateKey):
         raise ValueError(f"{path}: expected an EC private key")
+    return key
+
+
+def load_public_key(path: Path) -> ec.EllipticCurvePublicKey:
+    """An EC public key (PEM), e.g. a JWT verification key such as the identity provider's."""
+    key = serialization.load_pem_public_key(path.read_bytes())
+    if not isinstance(key, ec.EllipticCurvePublicKey):
+        raise ValueError(f"{path}: expected an EC public key")
     return key
 
 

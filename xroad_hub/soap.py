@@ -98,7 +98,8 @@ class SoapMessage:
     def fault(self) -> tuple[str, str, str]:
         """faultcode, faultstring and detail text of a Fault body (empty strings if absent)."""
         el = self.body_element
-        detail = " ".join(" ".join(d.itertext()).split() for d in el.findall("detail"))
+        words = [w for d in el.findall("detail") for w in " ".join(d.itertext()).split()]
+        detail = " ".join(words)
         return (
             (el.findtext("faultcode") or "").strip(),
             (el.findtext("faultstring") or "").strip(),

@@ -40,6 +40,8 @@ class TestFederationSpec:
     max_body_bytes: int = 1024 * 1024
     body_timeout: float = 1.5
     extra_services: list[dict[str, object]] = field(default_factory=list)
+    # SOAP services registered from a WSDL on the provider node ([[node.soap_service]]).
+    soap_services: list[dict[str, object]] = field(default_factory=list)
     provider_log_dsn: str | None = None  # the provider node logs to PostgreSQL
     checkpoint_interval: float = 60
     timestamp_failure_limit: float = 4 * 3600
@@ -135,8 +137,10 @@ def write_federation(path: Path, spec: TestFederationSpec) -> Path:
         f'messagelog_dsn = "{spec.provider_log_dsn}"' if spec.provider_log_dsn else "",
         *common,
     ]
-    for s in services:
-        lines += ["[[node.service]]"]
+    tables = [("[[node.service]]", s) for s in services]
+    tables += [("[[node.soap_service]]", s) for s in spec.soap_services]
+    for table, s in tables:
+        lines += [table]
         for key, value in s.items():
             if isinstance(value, list):
                 lines.append(f"{key} = {_list(value)}")

@@ -73,8 +73,7 @@ def answer_metaservice(
     if code == "getOpenAPI" and soap is None:
         wanted, version = _wanted(query, None)
         hosted = _find(mine, wanted, version)
-        describe = getattr(hosted.adapter, "openapi", None)
-        document = describe() if describe else hosted.config.options.get("openapi_document")
+        document = hosted.openapi
         if not document:
             raise XRoadError.server_proxy(
                 "UnknownService", f"{hosted.config.id} has no OpenAPI description registered"
@@ -140,12 +139,11 @@ def _find(hosted: list[HostedService], code: str, version: str | None) -> Hosted
 
 
 def _wsdl(hosted: HostedService, soap: SoapMessage | None) -> AdapterResponse:
-    describe = getattr(hosted.adapter, "wsdl", None)
-    if describe is None:
+    document = hosted.wsdl
+    if document is None:
         raise XRoadError.server_proxy(
             "UnknownService", f"{hosted.config.id} is a REST service and has no WSDL"
         )
-    document: bytes = describe()
     if soap is None:
         return AdapterResponse(200, _XML, document)
     # SOAP getWsdl: the answer names the service, the WSDL travels as an attachment.

@@ -9,30 +9,46 @@ from pathlib import Path
 
 import aiohttp
 import structlog
+import zeep
 from aiohttp import web
 from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric import ec
 
 from adapters import Adapter, RestAdapter
 from adapters.flatfile import FlatFileAdapter, LayoutError
+from adapters.soap import (
+    SoapBridgeAdapter,
+    SoapPassthroughAdapter,
+    WsdlError,
+    WsdlInfo,
+    fetch_wsdl,
+    load_wsdl,
+    openapi_for,
+    xroad_wsdl,
+    zeep_client,
+)
 
+from ..catalog import DEFAULT_CATALOG, load_catalog
 from ..checkpoint import NoteSigner
 from ..clientauth import ClientAuthenticator, ClientRegistration
-from ..federation import ConfigError, NodeConfig, ServiceConfig
+from ..federation import ConfigError, NodeConfig, ServiceConfig, SoapServiceConfig
+from ..identifiers import ServiceId
 from ..message import MAX_OVERHEAD
 from ..messagelog import MessageLog, PostgresMessageLog, SQLiteMessageLog
-from ..pki import PkiLayout, load_cert, load_ed25519_key, load_private_key
+from ..pki import PkiLayout, load_cert, load_ed25519_key, load_private_key, load_public_key
 from ..signing import MessageSigner, cert_fingerprint
 from ..tsa import fetch_timestamp
 from .auditapi import AuditApi, Auditor
 from .batching import BatchSigner
 from .checkpointer import Checkpointer, Timestamper
 from .consumer import ClientProxy
+from .evidenceapi import EvidenceApi
 from .globalconf_client import GlobalConfClient
 from .peer import PEER_PATH, PeerTransport
 from .provider import ServerProxy
 from .runtime import HostedService, NodeRuntime
 from .tls import client_facing_context, peer_client_context, peer_server_context
+from .trackerapi import TrackerApi
 
 __all__ = ["Node"]
 
@@ -134,11 +150,79 @@ class Node:
             "(use 'rest' or 'flatfile')"
         )
 
+    async def _register_soap_services(self, rt: NodeRuntime) -> None:
+        """SOAP services are registered from their WSDL, read when the node starts: each
+        operation becomes a service code (version from the WSDL's xrd:version, else the
+        registration's), with one adapter per operation."""
+        for reg in self.config.soap_services:
+            try:
+                data = await fetch_wsdl(reg.wsdl, timeout=reg.timeout)
+                info = load_wsdl(data, reg.wsdl)
+                client = zeep_client(data, reg.wsdl) if reg.mode == "bridge" else None
+                for op in info.operations.values():
+                    cfg = ServiceConfig(
+                        id=ServiceId(reg.provider, op.name),
+                        adapter="soap",
+                        url=reg.url or info.endpoint or "",
+                        timeout=reg.timeout,
+                        allow=reg.allow,
+                        disabled=reg.disabled,
+                        version=op.version or reg.version,
+                        options={"mode": reg.mode, "wsdl": reg.wsdl},
+                        subjects=reg.subjects,
+                        purposes=reg.purposes,
+                    )
+                    if cfg.id in rt.services:
+                        raise ValueError(f"operation {op.name} is already a service code here")
+                    rt.services[cfg.id] = self._soap_service(reg, info, data, client, cfg)
+            except (WsdlError, ValueError) as exc:
+                raise ConfigError(
+                    f"node {self.config.id}, SOAP service {reg.provider} ({reg.wsdl}): {exc}"
+                ) from exc
+
+    def _soap_service(
+        self,
+        reg: SoapServiceConfig,
+        info: WsdlInfo,
+        data: bytes,
+        client: zeep.Client | None,
+        cfg: ServiceConfig,
+    ) -> HostedService:
+        limit = self.config.max_body_bytes
+        if client is None:  # pass-through: the service speaks X-Road and has its own WSDL
+            adapter: Adapter = SoapPassthroughAdapter(
+                cfg.url, timeout=reg.timeout, max_response_bytes=limit, session=self._session
+            )
+            return HostedService(cfg, adapter, wsdl=data)
+        code = cfg.id.service_code
+        bridge = SoapBridgeAdapter(
+            info,
+            client,
+            operation=code,
+            endpoint_url=reg.url,
+            timeout=reg.timeout,
+            max_response_bytes=limit,
+            session=self._session,
+        )
+        return HostedService(
+            cfg,
+            bridge,
+            wsdl=xroad_wsdl(info, data, reg.provider, cfg.version, operations=[code]),
+            openapi=openapi_for(
+                info,
+                client,
+                title=f"{reg.provider} {code}",
+                version=cfg.version or "1.0",
+                operations=[code],
+            ),
+        )
+
     async def start(self, sockets: dict[str, socket.socket] | None = None) -> dict[str, str]:
         """Start serving; ``sockets`` may hold pre-bound listeners by role (peer, client,
         client_tls), otherwise the configured addresses are bound."""
         cfg, pki = self.config, self.pki
         rt = self.runtime = self._build_runtime()
+        await self._register_soap_services(rt)
         await rt.log.open()
         for hosted in rt.services.values():
             # Flat-file services load their export before the node answers for them.
@@ -167,6 +251,7 @@ class Node:
 
         # Bodies are read by read_body with their own limit and deadline, not by aiohttp.
         client_app = web.Application()
+        EvidenceApi(rt, client_proxy, load_catalog(DEFAULT_CATALOG)).add_routes(client_app)
         client_app.router.add_get("/listClients", client_proxy.list_clients)
         client_app.router.add_get("/wsdl", client_proxy.wsdl)
         client_app.router.add_route("*", "/r1/{tail:.*}", client_proxy.handle)
@@ -245,7 +330,15 @@ class Node:
                 "audit_listen or use the SQLite log (PostgreSQL auditing is not built yet)"
             )
         roots = [load_cert(self.pki.root_ca.cert)]
-        return AuditApi(str(self.config.id), path, auditors, roots).app()
+        app = AuditApi(str(self.config.id), path, auditors, roots).app()
+
+        def member_names() -> dict[str, str]:
+            conf = rt.globalconf.current()
+            return {str(m): n for m, n in conf.members.items()} if conf else {}
+
+        idp_key = load_public_key(self.pki.idp_jwt().cert)
+        TrackerApi(str(self.config.id), path, idp_key, member_names).add_routes(app)
+        return app
 
     async def stop(self) -> None:
         """Stop accepting, finish in-flight exchanges, flush the log, close connections."""

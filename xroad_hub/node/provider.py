@@ -144,6 +144,8 @@ class ServerProxy:
         if hosted is None and self._metaservice(service):
             query = str(meta.get("query") or "")
             answer = answer_metaservice(self.rt.services.values(), client, service, query, soap)
+            if soap is not None:
+                answer = _soap_answer(soap, answer)
         else:
             if hosted is None:
                 if not self._serves(service.provider):

@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
+from typing import Any
 
 import structlog
 from aiohttp import web
@@ -33,6 +34,10 @@ log = structlog.get_logger("xroad_hub.node")
 class HostedService:
     config: ServiceConfig
     adapter: Adapter
+    # Service descriptions for the metaservices: the WSDL that X-Road SOAP clients get and
+    # the OpenAPI document of the REST view (None when the service has none).
+    wsdl: bytes | None = None
+    openapi: dict[str, Any] | None = None
 
 
 @dataclass

@@ -1,0 +1,98 @@
+"""SOAP pass-through: the provider's system already speaks X-Road SOAP 4.0, so the client's
+message goes to it unchanged and its answer comes back unchanged.
+
+As X-Road prescribes, only Content-Type and SOAPAction travel to the service and only
+Content-Type travels back; the bodies are bytes, never parsed or re-serialised here, so
+multipart attachments and signatures inside the XML stay byte-exact. (The node has already
+checked the request, and checks the answer's header before signing it.)
+"""
+
+from __future__ import annotations
+
+import aiohttp
+import structlog
+from yarl import URL
+
+from xroad_hub.errors import XRoadError
+from xroad_hub.streams import BodyTooLarge, read_capped
+
+from ..base import AdapterRequest, AdapterResponse
+
+__all__ = ["SoapPassthroughAdapter"]
+
+log = structlog.get_logger("xroad_hub.adapters.soap")
+
+_FORWARDED = ("content-type", "soapaction")
+
+
+class SoapPassthroughAdapter:
+    def __init__(
+        self,
+        url: str,
+        *,
+        timeout: float = 30.0,
+        max_response_bytes: int = 64 * 1024 * 1024,
+        session: aiohttp.ClientSession | None = None,
+    ) -> None:
+        self._url = URL(url)
+        if self._url.scheme not in ("http", "https") or not self._url.host:
+            raise ValueError(f"SOAP service URL must be http(s)://host[:port][/path]: {url}")
+        self._timeout = aiohttp.ClientTimeout(total=timeout, sock_connect=min(timeout, 10.0))
+        self._max = max_response_bytes
+        self._own_session = session is None
+        self._session = session
+
+    async def handle(self, request: AdapterRequest) -> AdapterResponse:
+        headers = [(k, v) for k, v in request.headers if k.lower() in _FORWARDED]
+        if request.soap is not None and not any(k.lower() == "content-type" for k, _ in headers):
+            headers.append(("Content-Type", request.soap.content_type))
+        session = self._session_or_new()
+        try:
+            async with session.post(
+                self._url,
+                data=request.body,
+                headers=headers,
+                allow_redirects=False,
+                timeout=self._timeout,
+                # Nothing of ours travels: no User-Agent, Accept or Accept-Encoding.
+                skip_auto_headers=("User-Agent", "Accept", "Accept-Encoding", "Content-Type"),
+                auto_decompress=True,
+            ) as resp:
+                if 300 <= resp.status < 400:
+                    # SOAP has no redirects; following one would send the message elsewhere.
+                    raise self._failed(f"the service answered a redirect ({resp.status})", None)
+                status = resp.status
+                body = await read_capped(resp.content, self._max)
+                content_type = resp.headers.get("Content-Type")
+        except XRoadError:
+            raise
+        except BodyTooLarge as exc:
+            raise self._failed(f"the service's answer exceeds {self._max} bytes", exc) from exc
+        except TimeoutError as exc:
+            raise self._failed("the service did not answer in time", exc) from exc
+        except aiohttp.ClientError as exc:
+            raise self._failed("cannot reach the service", exc) from exc
+        out = (("Content-Type", content_type),) if content_type is not None else ()
+        return AdapterResponse(status, out, body)
+
+    def _failed(self, message: str, exc: BaseException | None) -> XRoadError:
+        err = XRoadError.server_proxy("ServiceFailed", f"SOAP service: {message}")
+        log.warning(
+            "adapter.soap_passthrough.failed",
+            detail=err.detail,
+            endpoint=str(self._url),
+            error=repr(exc) if exc is not None else message,
+        )
+        return err
+
+    def _session_or_new(self) -> aiohttp.ClientSession:
+        if self._session is None:
+            self._session = aiohttp.ClientSession(
+                connector=aiohttp.TCPConnector(limit=64, ttl_dns_cache=300)
+            )
+        return self._session
+
+    async def close(self) -> None:
+        if self._own_session and self._session is not None:
+            await self._session.close()
+            self._session = None

@@ -1,0 +1,47 @@
+"""An X-Road-aware SOAP service for the pass-through tests, written with lxml alone (not with
+xroad_hub.soap, so that the node is tested against an independent implementation).
+
+It answers ``echo`` with ``echoResponse`` holding the same children, echoes the X-Road
+header as X-Road requires, and sends attachments back byte for byte. The text decides
+misbehaviour: ``fault`` answers a SOAP Fault, ``forge-id`` changes the echoed message id.
+"""
+
+from __future__ import annotations
+
+import re
+
+from aiohttp import web
+from lxml import etree
+
+SOAP_ENV = "http://schemas.xmlsoap.org/soap/envelope/"
+XRD = "http://x-road.eu/xsd/xroad.xsd"
+
+
+async def xroad_soap_echo(request: web.Request) -> web.Response:
+    body = await request.read()
+    content_type = request.headers.get("Content-Type", "")
+    boundary = re.search(r'boundary="?([^";]+)"?', content_type)
+    if content_type.startswith("multipart/related") and boundary:
+        delimiter = b"--" + boundary.group(1).encode()
+        first = body.index(delimiter) + len(delimiter) + 2
+        start = body.index(b"\r\n\r\n", first) + 4
+        end = body.index(b"\r\n" + delimiter, start)
+    else:
+        start, end = 0, len(body)
+    envelope = etree.fromstring(body[start:end])
+    wrapper = envelope.find(f"{{{SOAP_ENV}}}Body")[0]
+    text = wrapper.findtext("{*}text")
+    if text == "fault":
+        fault = (
+            f'<e:Envelope xmlns:e="{SOAP_ENV}"><e:Body><e:Fault><faultcode>Server.EchoFailed'
+            "</faultcode><faultstring>the echo service failed on purpose</faultstring>"
+            "</e:Fault></e:Body></e:Envelope>"
+        )
+        return web.Response(status=500, body=fault.encode(), content_type="text/xml")
+    if text == "forge-id":
+        envelope.find(f"{{{SOAP_ENV}}}Header/{{{XRD}}}id").text = "forged"
+    wrapper.tag = wrapper.tag + "Response"
+    soap = etree.tostring(envelope, xml_declaration=True, encoding="UTF-8")
+    return web.Response(
+        body=body[:start] + soap + body[end:], headers={"Content-Type": content_type}
+    )

@@ -1,0 +1,167 @@
+"""The evidence API of a client node: once-only evidence by type and subject.
+
+A case service asks its own node for evidence instead of asking the citizen for a copy:
+
+    GET /evidence                       -> {"types": [{"type", "title", "subject",
+                                                       "service", "purposes"}]}
+    GET /evidence/{type}/{subjectId}    -> {"type", "subject", "service", "message_id",
+                                            "data"}  (+ X-Road-Id and the request hash)
+
+Headers of an evidence request: X-Road-Client (required, authenticated as on the r1
+path), X-Road-Purpose and X-Road-Legal-Basis (required: evidence about a person is never
+fetched without saying why), X-Road-UserId and X-Road-Issue (the official and the case),
+X-Road-Represented-Party and X-Road-Id (optional).
+
+The catalog (catalog.py) turns type and subject into one request to the authoritative
+service, which goes out as an ordinary exchange: signed, logged on both nodes, with
+purpose, legal basis and evidence type inside the signed metadata, so the citizen's data
+tracker and the auditors see exactly what was asked and why. There is no side channel.
+
+What comes back: a 2xx answer is checked against the type's JSON Schema and returned
+wrapped as above (Server.ClientProxy.InvalidEvidence if it does not match); any other
+answer of the provider (404 no such company, 400 its own refusal) is passed on with its
+status and body unchanged; X-Road errors are rendered as on the r1 path.
+"""
+
+from __future__ import annotations
+
+import uuid
+
+import orjson
+import structlog
+from aiohttp import web
+
+from ..catalog import Catalog
+from ..errors import CLIENT_PROXY, XRoadError
+from ..rest import (
+    check_header_value,
+    filter_response_headers,
+    parse_represented_party,
+    select_client,
+)
+from .consumer import Answer, Call, ClientProxy
+from .runtime import NodeRuntime, answer_errors
+
+__all__ = ["EvidenceApi"]
+
+log = structlog.get_logger("xroad_hub.evidence_api")
+
+_JSON = "application/json"
+
+
+def _required(request: web.Request, name: str) -> str:
+    value = request.headers.get(name, "").strip()
+    if not value:
+        raise XRoadError.client(
+            "MissingPurpose",
+            f"{name} header is missing: evidence is fetched only for a stated purpose under a "
+            "stated legal basis (X-Road-Purpose and X-Road-Legal-Basis)",
+        )
+    return check_header_value(name, value)
+
+
+def _optional(request: web.Request, name: str) -> str | None:
+    value = request.headers.get(name)
+    return check_header_value(name, value) if value else None
+
+
+class EvidenceApi:
+    def __init__(self, runtime: NodeRuntime, proxy: ClientProxy, catalog: Catalog) -> None:
+        self.rt = runtime
+        self.proxy = proxy
+        self.catalog = catalog
+
+    def add_routes(self, app: web.Application) -> None:
+        """Add the routes; must come before a catch-all route (aiohttp matches in order)."""
+        app.router.add_get("/evidence", self._list)
+        app.router.add_get("/evidence/{type}/{subject}", self.handle)
+
+    async def _list(self, request: web.Request) -> web.Response:
+        # The catalog is documentation of what may be asked, not data: no authentication.
+        types = [
+            {
+                "type": t.name,
+                "title": t.title,
+                "subject": t.subject_kind,
+                "service": str(t.service),
+                "purposes": list(t.purposes),
+            }
+            for t in self.catalog.types()
+        ]
+        return _json({"types": types})
+
+    async def handle(self, request: web.Request) -> web.StreamResponse:
+        return await answer_errors(
+            request,
+            self._fetch,
+            side="client",
+            prefix=CLIENT_PROXY,
+            accept=request.headers.get("Accept"),
+        )
+
+    async def _fetch(self, request: web.Request) -> web.StreamResponse:
+        h = request.headers
+        client = select_client(h.getall("X-Road-Client", []))
+        message_id = check_header_value("X-Road-Id", h.get("X-Road-Id") or str(uuid.uuid4()))
+        self.rt.check_logging(CLIENT_PROXY)
+        self.rt.conf_or_fail(CLIENT_PROXY)
+        await self.proxy.authenticate(request, client)
+        # After authentication: an unauthenticated caller learns nothing about the catalog.
+        etype = self.catalog.get(request.match_info["type"])
+        subject = request.match_info["subject"]
+        service, method, path, query = etype.request_for(subject)
+        purpose = _required(request, "X-Road-Purpose")
+        legal_basis = _required(request, "X-Road-Legal-Basis")
+        represented = h.get("X-Road-Represented-Party")
+        answer = await self.proxy.send(
+            Call(
+                client=client,
+                service=service,
+                method=method,
+                path=path,
+                query=query,
+                # Only what the catalog asks for reaches the provider: the case service's
+                # own headers (its credentials among them) stay here.
+                headers=[("Accept", _JSON)],
+                body=b"",
+                message_id=message_id,
+                user_id=_optional(request, "X-Road-UserId"),
+                issue=_optional(request, "X-Road-Issue"),
+                represented_party=parse_represented_party(represented) if represented else None,
+                purpose=purpose,
+                legal_basis=legal_basis,
+                evidence_type=etype.name,
+            )
+        )
+        if not 200 <= answer.status < 300:
+            # The provider's own refusal (no such company, no deed): its words, unchanged.
+            resp = web.Response(status=answer.status, body=answer.body)
+            for k, v in filter_response_headers(answer.headers):
+                resp.headers.add(k, v)
+            _trace(resp, answer)
+            return resp
+        data = etype.validate(answer.body)
+        log.info("evidence.served", type=etype.name, client=str(client), id=message_id)
+        resp = _json(
+            {
+                "type": etype.name,
+                "subject": subject,
+                "service": answer.service,
+                "message_id": message_id,
+                "data": data,
+            }
+        )
+        _trace(resp, answer)
+        return resp
+
+
+def _trace(resp: web.Response, answer: Answer) -> None:
+    """The ids that tie this answer to the logged exchange (for audits and evidence)."""
+    resp.headers["X-Road-Id"] = answer.message_id
+    resp.headers["X-Road-Service"] = answer.service
+    resp.headers["X-Road-Request-Id"] = answer.request_id
+    resp.headers["X-Road-Request-Hash"] = answer.request_hash
+
+
+def _json(doc: object) -> web.Response:
+    return web.Response(body=orjson.dumps(doc), content_type=_JSON, charset="utf-8")
