@@ -5,12 +5,13 @@ Public on purpose: agencies writing tests for their own adapters use the same fe
 
 from __future__ import annotations
 
+import re
 import socket
 from collections.abc import Iterable
 from dataclasses import dataclass, field
 from pathlib import Path
 
-__all__ = ["TestFederationSpec", "free_port", "write_federation"]
+__all__ = ["TestFederationSpec", "free_port", "on_free_ports", "write_federation"]
 
 
 def free_port() -> int:
@@ -152,3 +153,20 @@ def write_federation(path: Path, spec: TestFederationSpec) -> Path:
                 lines.append(f'{key} = "{value}"')
     path.write_text("\n".join(lines) + "\n", encoding="utf-8")
     return path
+
+
+_LOOPBACK = re.compile(r"127\.0\.0\.1:(\d{2,5})")
+
+
+def on_free_ports(source: Path, target: Path) -> Path:
+    """A copy of the federation file ``source`` with every loopback port moved to a free
+    one, consistently (a backend's port changes in its service URLs and WSDL URLs too), so
+    a second federation (a test, ``xroad-hub demo``) runs next to ``xroad-hub up``."""
+    text = source.read_text(encoding="utf-8")
+    ports: dict[str, int] = {}
+
+    def swap(m: re.Match[str]) -> str:
+        return f"127.0.0.1:{ports.setdefault(m.group(1), free_port())}"
+
+    target.write_text(_LOOPBACK.sub(swap, text), encoding="utf-8")
+    return target
