@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import asyncio
 import json
-import re
 import signal
 import sqlite3
 import ssl
@@ -16,19 +15,14 @@ from pathlib import Path
 import aiohttp
 import pytest
 
-from xroad_hub.testing import free_port
+from xroad_hub.testing import on_free_ports
 
 CLI = [sys.executable, "-m", "xroad_hub.cli"]
 
 
 def _demo_config(tmp: Path) -> Path:
     """The demo federation file with every port replaced by a free one."""
-    text = Path("config/demo-federation.toml").read_text(encoding="utf-8")
-    for old in re.findall(r"127\.0\.0\.1:(\d+)", text):
-        text = text.replace(f"127.0.0.1:{old}", f"127.0.0.1:{free_port()}")
-    path = tmp / "federation.toml"
-    path.write_text(text, encoding="utf-8")
-    return path
+    return on_free_ports(Path("config/demo-federation.toml"), tmp / "federation.toml")
 
 
 def _run(*args: str) -> subprocess.CompletedProcess[str]:
@@ -94,9 +88,15 @@ async def test_up_serves_the_demo_and_stops_cleanly(tmp_path: Path) -> None:
             async with http.get(f"{endpoints['backends']['dbd-registry']}/companies?limit=1") as r:
                 jid = (await r.json())["juristic_ids"][0]
             path = f"/r1/TH/GOV/DBD/registry/companies/{jid}"
-            async with http.get(
-                dga["client"] + path, headers={"X-Road-Client": "TH/GOV/DGA/devportal"}
-            ) as r:
+            devportal = {"X-Road-Client": "TH/GOV/DGA/devportal"}
+            async with http.get(dga["client"] + path, headers=devportal) as r:
+                # The registry declares the purposes it serves: none given, none served.
+                assert r.status == 500
+                problem = await r.json()
+            assert problem["type"] == "Server.ServerProxy.AccessDenied"
+            assert "X-Road-Purpose" in problem["message"]
+            purpose = {"X-Road-Purpose": "citizen-self-service"}
+            async with http.get(dga["client"] + path, headers={**devportal, **purpose}) as r:
                 assert r.status == 200
                 company = await r.json()
             assert company["juristic_id"] == jid
@@ -112,6 +112,7 @@ async def test_up_serves_the_demo_and_stops_cleanly(tmp_path: Path) -> None:
                 headers={
                     "X-Road-Client": "TH/GOV/DGA/citizenportal",
                     "Authorization": f"Bearer {token.stdout.strip()}",
+                    **purpose,
                 },
             ) as r:
                 assert r.status == 200
@@ -123,12 +124,12 @@ async def test_up_serves_the_demo_and_stops_cleanly(tmp_path: Path) -> None:
         json.loads(line)["event"] for line in err.decode().splitlines() if line.startswith("{")
     ]
     assert "federation.stopped" in events
-    # Both exchanges are in the provider's log after the stop.
+    # All three exchanges, the refused one too, are in the provider's log after the stop.
     db = data / "nodes" / "TH" / "GOV" / "DBD" / "hub1" / "messagelog.sqlite"
     with sqlite3.connect(db) as conn:
         assert conn.execute("SELECT COUNT(*) FROM exchange WHERE status = 200").fetchone()[0] == 2
-        assert conn.execute("SELECT MAX(size) FROM checkpoint").fetchone()[0] == 2
+        assert conn.execute("SELECT MAX(size) FROM checkpoint").fetchone()[0] == 3
     # The final checkpoint written at the stop covers the whole log, and it verifies.
     audit = _run("audit", "verify", str(db), "--root-ca", str(certs / "ca" / "root.cert.pem"))
     assert audit.returncode == 0, audit.stdout + audit.stderr
-    assert "2 entries, 1 checkpoints (1 witnessed, 1 timestamped)" in audit.stdout
+    assert "3 entries, 1 checkpoints (1 witnessed, 1 timestamped)" in audit.stdout
