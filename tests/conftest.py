@@ -137,6 +137,14 @@ def soap_services(echo_backend: str, legacy: LegacyServer) -> list[dict[str, obj
             "allow": EVERYONE,
             "subject": ["query:citizenId", "body:citizenId"],
         },
+        {  # the same legacy service, served only for declared purposes
+            "provider": "TH/GOV/DBD/legacypurpose",
+            "wsdl": legacy.wsdl_url,
+            "mode": "bridge",
+            "timeout": 5,
+            "allow": EVERYONE,
+            "purposes": ["food-business-licence"],
+        },
         {  # an X-Road-aware SOAP service: messages pass through unchanged
             "provider": "TH/GOV/DBD/xroadsoap",
             "wsdl": str(Path(__file__).parent / "data" / "xroad" / "echo.wsdl"),

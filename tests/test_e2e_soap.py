@@ -432,3 +432,27 @@ async def test_rest_json_is_bridged_to_the_legacy_soap_service(
         # A legacy fault is the service's own answer (category 1), not an X-Road error.
         assert r.status == 500 and "X-Road-Error" not in r.headers
         assert "legacy failure" in await r.text()
+
+
+async def test_purpose_travels_in_a_soap_header_of_our_own(
+    fed: Fed, http: aiohttp.ClientSession
+) -> None:
+    body = _get_person("1101700203451")
+    plain = envelope(body, subsystem="legacypurpose", code="getPerson", version="v1")
+    _, _, answer = await post(http, fed, plain)
+    code, message, _ = fault_of(answer)
+    assert code == "Server.ServerProxy.AccessDenied" and "food-business-licence" in message
+    purpose = (
+        '<xh:purpose xmlns:xh="urn:xroad-hub:xsd:purpose:1">food-business-licence</xh:purpose>'
+        "<xh:legalBasis xmlns:xh=\"urn:xroad-hub:xsd:purpose:1\">Public Health Act s.38"
+        "</xh:legalBasis>"
+    )
+    with_purpose = envelope(
+        body, subsystem="legacypurpose", code="getPerson", version="v1", extra_header=purpose
+    )
+    status, _, answer = await post(http, fed, with_purpose)
+    assert status == 200, answer
+    # The purpose is echoed like every header field of the request.
+    assert parse(answer).findtext(".//{urn:xroad-hub:xsd:purpose:1}purpose") == (
+        "food-business-licence"
+    )

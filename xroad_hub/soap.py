@@ -25,6 +25,7 @@ from .identifiers import ClientId, MemberId, ServiceId, SubsystemId, valid_part
 from .xmlsafe import XmlError, XmlLimits, parse_xml
 
 __all__ = [
+    "HUB_NS",
     "ID_NS",
     "SHA512_ALGORITHM",
     "SOAP_ENV_NS",
@@ -46,6 +47,9 @@ SOAP12_ENV_NS = "http://www.w3.org/2003/05/soap-envelope"
 XRD_NS = "http://x-road.eu/xsd/xroad.xsd"
 ID_NS = "http://x-road.eu/xsd/identifiers"
 SHA512_ALGORITHM = "http://www.w3.org/2001/04/xmlenc#sha512"
+# xroad-hub's own optional header fields (purpose and legal basis of a request), in a
+# namespace of ours so as not to extend X-Road's: <xh:purpose>, <xh:legalBasis>.
+HUB_NS = "urn:xroad-hub:xsd:purpose:1"
 PROTOCOL_VERSION = "4.0"
 NSMAP = {"SOAP-ENV": SOAP_ENV_NS, "xrd": XRD_NS, "id": ID_NS}
 
@@ -74,6 +78,8 @@ class SoapHeader:
     issue: str | None
     protocol_version: str
     request_hash: str | None = None
+    purpose: str | None = None
+    legal_basis: str | None = None
 
 
 @dataclass(frozen=True, slots=True)
@@ -310,8 +316,14 @@ def _header_elements(header_el: etree._Element | None) -> list[etree._Element]:
 
 def _header(header_el: etree._Element | None, kind: str) -> SoapHeader:
     fields: dict[str, etree._Element] = {}
+    hub: dict[str, etree._Element] = {}
     for el in _header_elements(header_el):
         q = etree.QName(el)
+        if q.namespace == HUB_NS and q.localname in ("purpose", "legalBasis"):
+            if q.localname in hub:
+                raise SoapError("DuplicateHeaderField", f"header field {q.localname} appears twice")
+            hub[q.localname] = el
+            continue
         if q.namespace != XRD_NS:
             continue  # other headers (e.g. WS-Security) are the services' business
         if q.localname in fields:
@@ -338,6 +350,8 @@ def _header(header_el: etree._Element | None, kind: str) -> SoapHeader:
         issue=_text(fields.get("issue"), "issue"),
         protocol_version=version,
         request_hash=request_hash,
+        purpose=_text(hub.get("purpose"), "purpose"),
+        legal_basis=_text(hub.get("legalBasis"), "legalBasis"),
     )
 
 

@@ -322,6 +322,8 @@ class ClientProxy:
                 message_id=h.id,
                 user_id=h.user_id,
                 issue=h.issue,
+                purpose=h.purpose,
+                legal_basis=h.legal_basis,
                 protocol="soap",
             )
         )

@@ -378,6 +378,8 @@ def _soap_request(env: Envelope, client: ClientId, service: ServiceId) -> SoapMe
         or h.id != meta.get("id")
         or h.user_id != meta.get("user_id")
         or h.issue != meta.get("issue")
+        or h.purpose != meta.get("purpose")
+        or h.legal_basis != meta.get("legal_basis")
     ):
         raise _fail("InvalidMessage", "the SOAP header differs from the signed metadata")
     return soap
