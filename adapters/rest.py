@@ -16,6 +16,7 @@ from xroad_hub.errors import XRoadError
 from xroad_hub.streams import BodyTooLarge, read_capped
 
 from .base import AdapterRequest, AdapterResponse
+from .http import AdapterSession
 
 __all__ = ["RestAdapter"]
 
@@ -36,16 +37,7 @@ class RestAdapter:
             raise ValueError(f"REST adapter URL must be http(s)://host[:port][/path]: {base_url}")
         self._timeout = aiohttp.ClientTimeout(total=timeout, sock_connect=min(timeout, 10.0))
         self._max = max_response_bytes
-        self._own_session = session is None
-        self._session = session
-
-    def _session_or_new(self) -> aiohttp.ClientSession:
-        if self._session is None:
-            self._session = aiohttp.ClientSession(
-                auto_decompress=False,
-                connector=aiohttp.TCPConnector(limit=256, ttl_dns_cache=300),
-            )
-        return self._session
+        self._http = AdapterSession(session, limit=256, auto_decompress=False)
 
     async def handle(self, request: AdapterRequest) -> AdapterResponse:
         url = URL(
@@ -55,7 +47,7 @@ class RestAdapter:
         # Defence in depth behind the path checks: never another host, never above the base.
         if url.origin() != self._base.origin() or not url.raw_path.startswith(self._base.raw_path):
             raise XRoadError.server_proxy("InvalidMessage", "request path leaves the service")
-        session = self._session_or_new()
+        session = self._http.get()
         try:
             async with session.request(
                 request.method,
@@ -91,5 +83,4 @@ class RestAdapter:
         return err
 
     async def close(self) -> None:
-        if self._own_session and self._session is not None:
-            await self._session.close()
+        await self._http.close()

@@ -41,6 +41,7 @@ from xroad_hub.streams import BodyTooLarge, read_capped
 from xroad_hub.xmlsafe import XmlError, XmlLimits, parse_xml
 
 from ..base import AdapterRequest, AdapterResponse
+from ..http import AdapterSession
 from .jsonmap import InputError, RequestCodec, response_json
 from .wsdl import WsdlError, WsdlInfo, WsdlOperation, zeep_client
 
@@ -90,8 +91,7 @@ class SoapBridgeAdapter:
         self._timeout = aiohttp.ClientTimeout(total=timeout, sock_connect=min(timeout, 10.0))
         self._max = max_response_bytes
         self._limits = XmlLimits(max_bytes=max_response_bytes, max_text=max_response_bytes)
-        self._own_session = session is None
-        self._session = session
+        self._http = AdapterSession(session, limit=64)
 
     # -- REST -------------------------------------------------------------------------------
 
@@ -192,7 +192,7 @@ class SoapBridgeAdapter:
         return _detached(child)
 
     async def _post(self, payload: bytes) -> tuple[int, str, bytes]:
-        session = self._session_or_new()
+        session = self._http.get()
         headers = {
             "Content-Type": XML_TYPE,
             "SOAPAction": f'"{self.operation.soap_action}"',
@@ -235,17 +235,8 @@ class SoapBridgeAdapter:
         )
         return err
 
-    def _session_or_new(self) -> aiohttp.ClientSession:
-        if self._session is None:
-            self._session = aiohttp.ClientSession(
-                connector=aiohttp.TCPConnector(limit=64, ttl_dns_cache=300)
-            )
-        return self._session
-
     async def close(self) -> None:
-        if self._own_session and self._session is not None:
-            await self._session.close()
-            self._session = None
+        await self._http.close()
 
 
 def _envelope(wrapper: etree._Element) -> bytes:

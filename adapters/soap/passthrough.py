@@ -17,6 +17,7 @@ from xroad_hub.errors import XRoadError
 from xroad_hub.streams import BodyTooLarge, read_capped
 
 from ..base import AdapterRequest, AdapterResponse
+from ..http import AdapterSession
 
 __all__ = ["SoapPassthroughAdapter"]
 
@@ -39,14 +40,13 @@ class SoapPassthroughAdapter:
             raise ValueError(f"SOAP service URL must be http(s)://host[:port][/path]: {url}")
         self._timeout = aiohttp.ClientTimeout(total=timeout, sock_connect=min(timeout, 10.0))
         self._max = max_response_bytes
-        self._own_session = session is None
-        self._session = session
+        self._http = AdapterSession(session, limit=64)
 
     async def handle(self, request: AdapterRequest) -> AdapterResponse:
         headers = [(k, v) for k, v in request.headers if k.lower() in _FORWARDED]
         if request.soap is not None and not any(k.lower() == "content-type" for k, _ in headers):
             headers.append(("Content-Type", request.soap.content_type))
-        session = self._session_or_new()
+        session = self._http.get()
         try:
             async with session.post(
                 self._url,
@@ -85,14 +85,5 @@ class SoapPassthroughAdapter:
         )
         return err
 
-    def _session_or_new(self) -> aiohttp.ClientSession:
-        if self._session is None:
-            self._session = aiohttp.ClientSession(
-                connector=aiohttp.TCPConnector(limit=64, ttl_dns_cache=300)
-            )
-        return self._session
-
     async def close(self) -> None:
-        if self._own_session and self._session is not None:
-            await self._session.close()
-            self._session = None
+        await self._http.close()
