@@ -334,6 +334,19 @@ async def test_rest_metaservices(fed: Fed, http: aiohttp.ClientSession) -> None:
     assert doc["openapi"].startswith("3.")
     async with http.get(base + "/getOpenAPI?serviceCode=nope", headers=headers) as r:
         assert r.headers["X-Road-Error"] == "Server.ServerProxy.UnknownService"
+    # A REST service registered with an OpenAPI file; one without has none to give.
+    rest = fed.url("TH/GOV/DGA/hub1") + "/r1/TH/GOV/DBD/registry"
+    async with http.get(rest + "/getOpenAPI?serviceCode=echo", headers=headers) as r:
+        assert (await r.json())["info"]["version"] == "v1"
+    async with http.get(rest + "/getOpenAPI?serviceCode=restricted", headers=headers) as r:
+        assert "no OpenAPI description" in (await r.json())["message"]
+    async with http.get(rest + "/listMethods", headers=headers) as r:
+        listed = {s["service_code"]: s["service_type"] for s in (await r.json())["service"]}
+    assert listed["echo"] == "REST" and "slow" in listed
+    async with http.get(rest + "/allowedMethods", headers=headers) as r:
+        allowed = {s["service_code"] for s in (await r.json())["service"]}
+    # devportal may not call 'restricted', and 'closed' is disabled.
+    assert "echo" in allowed and not {"restricted", "closed"} & allowed
 
 
 # -- the legacy service, bridged -----------------------------------------------------------

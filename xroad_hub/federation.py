@@ -87,6 +87,8 @@ class ServiceConfig:
     options: dict[str, Any] = field(default_factory=dict, hash=False)
     # Where the data subject's id is in a request (see subjects.py), for the subject index.
     subjects: tuple[Locator, ...] = ()
+    # OpenAPI 3 description (JSON file) served by the getOpenAPI metaservice.
+    openapi: str | None = None
     # Purposes the provider accepts (X-Road-Purpose); when declared, a request with no
     # purpose or another one is refused with AccessDenied.
     purposes: tuple[str, ...] = ()
@@ -231,6 +233,7 @@ _SERVICE_KEYS = frozenset(
         "version",
         "subject",
         "purposes",
+        "openapi",
     )
 )
 
@@ -305,6 +308,7 @@ def _node(n: dict[str, Any], members: dict[MemberId, str]) -> NodeConfig:
                 version=s.get("version"),
                 subjects=_locators(node_id, sid, s.get("subject", [])),
                 purposes=_purposes(node_id, sid, s.get("purposes", [])),
+                openapi=s.get("openapi"),
                 options=(
                     {k: v for k, v in s.items() if k not in _SERVICE_KEYS}
                     if adapter != "rest"

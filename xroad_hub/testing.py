@@ -63,6 +63,7 @@ def write_federation(path: Path, spec: TestFederationSpec) -> Path:
             "allow": everyone,
             # The data subject (a citizen id): first path segment or the cid parameter.
             "subject": ["path:1", "query:cid"],
+            "openapi": str(Path(__file__).parents[1] / "schemas" / "dbd-registry.openapi.json"),
         },
         {
             "id": "TH/GOV/DBD/registry/restricted",

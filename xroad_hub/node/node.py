@@ -8,6 +8,7 @@ import socket
 from pathlib import Path
 
 import aiohttp
+import orjson
 import structlog
 import zeep
 from aiohttp import web
@@ -112,7 +113,9 @@ class Node:
         self._session = aiohttp.ClientSession(
             auto_decompress=False, connector=aiohttp.TCPConnector(limit=0)
         )
-        services = {s.id: HostedService(s, self._adapter(s)) for s in cfg.services}
+        services = {
+            s.id: HostedService(s, self._adapter(s), openapi=_openapi(s)) for s in cfg.services
+        }
         return NodeRuntime(
             node_id=cfg.id,
             globalconf=self.globalconf,
@@ -355,6 +358,28 @@ class Node:
         if self._session is not None:
             await self._session.close()
         log.info("node.stopped", node=str(self.config.id))
+
+
+def _openapi(service: ServiceConfig) -> dict[str, object] | None:
+    """The service's registered OpenAPI document, checked to be OpenAPI 3 JSON."""
+    if service.openapi is None:
+        return None
+    try:
+        with open(service.openapi, "rb") as f:
+            data = f.read(_MAX_OPENAPI + 1)
+        if len(data) > _MAX_OPENAPI:
+            raise ConfigError(f"service {service.id}: {service.openapi} exceeds 5 MiB")
+        document = orjson.loads(data)
+    except (OSError, orjson.JSONDecodeError) as exc:
+        raise ConfigError(
+            f"service {service.id}: cannot read OpenAPI {service.openapi}: {exc}"
+        ) from exc
+    if not isinstance(document, dict) or not str(document.get("openapi", "")).startswith("3."):
+        raise ConfigError(f"service {service.id}: {service.openapi} is not an OpenAPI 3 document")
+    return document
+
+
+_MAX_OPENAPI = 5 * 1024 * 1024
 
 
 def _bind(address: tuple[str, int]) -> socket.socket:
