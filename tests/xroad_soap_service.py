@@ -8,7 +8,7 @@ misbehaviour: ``fault`` answers a SOAP Fault, ``forge-id`` changes the echoed me
 
 from __future__ import annotations
 
-import re
+from email.message import Message
 
 from aiohttp import web
 from lxml import etree
@@ -20,9 +20,11 @@ XRD = "http://x-road.eu/xsd/xroad.xsd"
 async def xroad_soap_echo(request: web.Request) -> web.Response:
     body = await request.read()
     content_type = request.headers.get("Content-Type", "")
-    boundary = re.search(r'boundary="?([^";]+)"?', content_type)
-    if content_type.startswith("multipart/related") and boundary:
-        delimiter = b"--" + boundary.group(1).encode()
+    params = Message()
+    params["Content-Type"] = content_type
+    boundary = params.get_param("boundary")
+    if params.get_content_type() == "multipart/related" and isinstance(boundary, str):
+        delimiter = b"--" + boundary.encode()
         first = body.index(delimiter) + len(delimiter) + 2
         start = body.index(b"\r\n\r\n", first) + 4
         end = body.index(b"\r\n" + delimiter, start)
@@ -31,10 +33,13 @@ async def xroad_soap_echo(request: web.Request) -> web.Response:
     envelope = etree.fromstring(body[start:end])
     wrapper = envelope.find(f"{{{SOAP_ENV}}}Body")[0]
     text = wrapper.findtext("{*}text")
-    if text == "fault":
+    if text in ("fault", "fault-empty-header"):
+        # Java's SAAJ writes an empty Header into every message, faults included.
+        header = "<e:Header/>" if text == "fault-empty-header" else ""
         fault = (
-            f'<e:Envelope xmlns:e="{SOAP_ENV}"><e:Body><e:Fault><faultcode>Server.EchoFailed'
-            "</faultcode><faultstring>the echo service failed on purpose</faultstring>"
+            f'<e:Envelope xmlns:e="{SOAP_ENV}">{header}<e:Body><e:Fault>'
+            "<faultcode>Server.EchoFailed</faultcode>"
+            "<faultstring>the echo service failed on purpose</faultstring>"
             "</e:Fault></e:Body></e:Envelope>"
         )
         return web.Response(status=500, body=fault.encode(), content_type="text/xml")

@@ -16,8 +16,8 @@ from __future__ import annotations
 import base64
 import copy
 import hashlib
-import re
 from dataclasses import dataclass
+from email.message import Message
 
 from lxml import etree
 
@@ -56,8 +56,6 @@ NSMAP = {"SOAP-ENV": SOAP_ENV_NS, "xrd": XRD_NS, "id": ID_NS}
 # Header fields in the order X-Road writes them (and echoes them back).
 HEADER_FIELDS = ("client", "service", "id", "userId", "issue", "protocolVersion", "requestHash")
 _MAX_FIELD = 255
-_BOUNDARY = re.compile(r'boundary="?([^";]{1,200})"?', re.IGNORECASE)
-_START = re.compile(r'start="?([^";]{1,300})"?', re.IGNORECASE)
 
 
 class SoapError(ValueError):
@@ -136,10 +134,17 @@ def parse_soap(
         raise SoapError("InvalidSoap", "SOAP 1.2 envelopes are not X-Road 4.0; use SOAP 1.1")
     if root.tag != f"{{{SOAP_ENV_NS}}}Envelope":
         raise SoapError("InvalidSoap", "the message is not a SOAP 1.1 Envelope")
+    declared = (root.getroottree().docinfo.encoding or "UTF-8").lower()
+    if declared not in ("utf-8", "utf8"):
+        raise SoapError("InvalidContentType", f"X-Road SOAP messages must be UTF-8, not {declared}")
+    parts = [etree.QName(c).localname for c in root if isinstance(c.tag, str)]
+    if parts not in (["Body"], ["Header", "Body"]) or any(
+        etree.QName(c).namespace != SOAP_ENV_NS for c in root if isinstance(c.tag, str)
+    ):
+        raise SoapError("InvalidSoap", "a SOAP Envelope holds an optional Header, then a Body")
     header_el = root.find(f"{{{SOAP_ENV_NS}}}Header")
     body_el = root.find(f"{{{SOAP_ENV_NS}}}Body")
-    if body_el is None:
-        raise SoapError("InvalidSoap", "the SOAP Envelope has no Body")
+    assert body_el is not None
     children = [c for c in body_el if isinstance(c.tag, str)]
     if len(children) != 1:
         raise SoapError(
@@ -150,7 +155,10 @@ def parse_soap(
     if is_fault and kind == "request":
         raise SoapError("InvalidSoap", "a request cannot be a SOAP Fault")
     header = None
-    if header_el is not None or not is_fault:
+    # A service's Fault may come without X-Road header, or with an empty one (Java's SAAJ
+    # adds it); when it has X-Road fields, they are checked like an answer's.
+    has_fields = header_el is not None and header_el.find(f"{{{XRD_NS}}}*") is not None
+    if not is_fault or has_fields:
         header = _header(header_el, kind)
     if header is not None and not is_fault:
         code = header.service.service_code if header.service else None
@@ -250,26 +258,32 @@ def identifier_element(tag: str, ident: ClientId | ServiceId) -> etree._Element:
 # -- internals ---------------------------------------------------------------------------
 
 
-def _media_type(content_type: str) -> str:
-    return content_type.split(";", 1)[0].strip().lower()
+def _content_type(value: str) -> tuple[str, Message]:
+    """Media type and parameters, parsed the way mail and HTTP libraries parse them, so the
+    node and the service cannot read different boundaries or charsets from one header."""
+    msg = Message()
+    msg["Content-Type"] = value
+    return msg.get_content_type(), msg
 
 
-def _charset_ok(content_type: str) -> bool:
-    m = re.search(r'charset="?([^";]+)"?', content_type, re.IGNORECASE)
-    return m is None or m.group(1).strip().lower() in ("utf-8", "utf8")
+def _charset_ok(params: Message) -> bool:
+    charset = params.get_param("charset")
+    return charset is None or str(charset).strip().lower() in ("utf-8", "utf8")
 
 
 def _soap_part(content_type: str, body: bytes) -> tuple[int, int, str]:
     """Where the SOAP part is in ``body`` and its media type."""
-    media = _media_type(content_type)
+    media, params = _content_type(content_type)
+    if not content_type.strip():
+        media = ""
     if media != "multipart/related":
-        if not _charset_ok(content_type):
+        if not _charset_ok(params):
             raise SoapError("InvalidContentType", "X-Road SOAP messages must be UTF-8")
         return 0, len(body), media
-    m = _BOUNDARY.search(content_type)
-    if not m:
-        raise SoapError("InvalidContentType", "multipart/related without a boundary")
-    delimiter = b"--" + m.group(1).encode("latin-1")
+    boundary = params.get_param("boundary")
+    if not isinstance(boundary, str) or not 0 < len(boundary) <= 200:
+        raise SoapError("InvalidContentType", "multipart/related without a valid boundary")
+    delimiter = b"--" + boundary.encode("latin-1")
     if body.startswith(delimiter):
         first = 0
     else:
@@ -289,14 +303,18 @@ def _soap_part(content_type: str, body: bytes) -> tuple[int, int, str]:
     content_end = body.find(b"\r\n" + delimiter, content_start)
     if content_end < 0:
         raise SoapError("InvalidSoap", "the SOAP part of the multipart message is not closed")
-    start = _START.search(content_type)
+    start = params.get_param("start")
     cid = part_headers.get("content-id", "")
-    if start and start.group(1).strip("<>") != cid.strip("<>"):
+    if isinstance(start, str) and start.strip("<>") != cid.strip("<>"):
         raise SoapError("InvalidSoap", "the SOAP part must be the first part of the message")
-    part_type = part_headers.get("content-type", "")
-    if not _charset_ok(part_type):
+    encoding = part_headers.get("content-transfer-encoding", "binary").lower()
+    if encoding not in ("binary", "8bit", "7bit"):
+        # The node reads the part as it is; an encoded part would read differently to others.
+        raise SoapError("InvalidSoap", f"the SOAP part must not be {encoding}-encoded")
+    part_media, part_params = _content_type(part_headers.get("content-type", ""))
+    if not _charset_ok(part_params):
         raise SoapError("InvalidContentType", "X-Road SOAP messages must be UTF-8")
-    return content_start, content_end, _media_type(part_type)
+    return content_start, content_end, part_media
 
 
 def _part_headers(raw: bytes) -> dict[str, str]:

@@ -14,7 +14,7 @@ from collections.abc import Iterable
 from lxml import etree
 
 from xroad_hub.identifiers import ClientId
-from xroad_hub.xmlsafe import parse_xml, parser_for_trusted_files
+from xroad_hub.xmlsafe import parse_xml
 
 from .wsdl import (
     ID_NS,
@@ -181,7 +181,7 @@ def xroad_wsdl(
             first.addprevious(types)
         else:
             root.append(types)
-    for schema in etree.fromstring(_SCHEMAS.encode(), parser_for_trusted_files()):
+    for schema in parse_xml(_SCHEMAS.encode()):
         _graft(types, schema, {"xs": XSD_NS, "xrd": XROAD_NS, "id": ID_NS})
 
     names = {m.get("name", "") for m in root.findall(_w("message"))}

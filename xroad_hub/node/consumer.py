@@ -282,7 +282,8 @@ class ClientProxy:
         )
 
     async def handle_soap(self, request: web.Request) -> web.StreamResponse:
-        """X-Road SOAP 4.0: errors are SOAP Faults (HTTP 500, as SOAP 1.1 has it)."""
+        """X-Road SOAP 4.0: errors are SOAP Faults, sent with HTTP 500 as the SOAP 1.1 HTTP
+        binding (and WS-I Basic Profile) has it; X-Road itself answers 200."""
         try:
             return await self._soap_exchange(request)
         except XRoadError as err:

@@ -64,6 +64,9 @@ def answer_metaservice(
     )
     code = service.service_code
     if code in ("listMethods", "allowedMethods"):
+        if soap is not None:
+            # As in X-Road: SOAP clients are told of the services described by a WSDL.
+            mine = [h for h in mine if h.wsdl is not None]
         if code == "allowedMethods":
             mine = [h for h in mine if client in h.config.allow and not h.config.disabled]
         return _list(code, mine, soap)

@@ -21,6 +21,7 @@ from lxml import etree
 from adapters import AdapterRequest, AdapterResponse
 
 from ..errors import SERVER_PROXY, XRoadError
+from ..federation import ServiceConfig
 from ..identifiers import ClientId, ServiceId, parse_client_id, parse_service_id
 from ..message import (
     CONTENT_TYPE,
@@ -54,6 +55,7 @@ from ..soap import (
     with_request_hash,
 )
 from ..subjects import Locator, extract_subjects
+from ..xmlsafe import XmlLimits
 from .metaservices import METASERVICES, answer_metaservice
 from .runtime import NodeRuntime, answer_errors, read_body
 from .tls import peer_fingerprint
@@ -138,14 +140,17 @@ class ServerProxy:
         self, env: Envelope, client: ClientId, service: ServiceId, started: float
     ) -> web.StreamResponse:
         meta = env.meta
-        soap = _soap_request(env, client, service) if meta.get("protocol") == "soap" else None
+        limits = XmlLimits(max_bytes=self.rt.max_body_bytes)
+        soap = None
+        if meta.get("protocol") == "soap":
+            soap = _soap_request(env, client, service, limits)
         hosted = self.rt.services.get(service.unversioned)
         version: str | None = service.service_version
         if hosted is None and self._metaservice(service):
             query = str(meta.get("query") or "")
             answer = answer_metaservice(self.rt.services.values(), client, service, query, soap)
             if soap is not None:
-                answer = _soap_answer(soap, answer)
+                answer = _soap_answer(soap, answer, limits)
         else:
             if hosted is None:
                 if not self._serves(service.provider):
@@ -167,15 +172,17 @@ class ServerProxy:
                     + (
                         f"the request's purpose {given!r} is not one of them"
                         if given
-                        else "the request names no purpose (send X-Road-Purpose)"
+                        else "the request names no purpose (send X-Road-Purpose, or"
+                        " xh:purpose in a SOAP header)"
                     ),
                 )
+            _check_protocol(cfg, soap)
             if soap is not None:
                 headers = tuple((k, v) for k, v in soap_request_headers(meta.get("headers")))
                 answer = await hosted.adapter.handle(
                     AdapterRequest("POST", "", "", headers, env.body, soap=soap)
                 )
-                answer = _soap_answer(soap, answer)
+                answer = _soap_answer(soap, answer, limits)
             else:
                 answer = await hosted.adapter.handle(_adapter_request(env, client, service))
         full_service = ServiceId(service.provider, service.service_code, version)
@@ -206,6 +213,7 @@ class ServerProxy:
             status=answer.status,
             error=None,
             response=(rmeta_bytes, signature, answer.body, signer.cert_der),
+            soap=soap,
         )
         log.info(
             "exchange.served",
@@ -235,6 +243,7 @@ class ServerProxy:
         status: int,
         error: str | None,
         response: tuple[bytes, bytes, bytes, bytes] | None = None,
+        soap: SoapMessage | None = None,
     ) -> None:
         meta = env.meta
         rmeta, rsig, rbody, rcert = response if response else (None, None, None, None)
@@ -261,7 +270,7 @@ class ServerProxy:
             response_signature=rsig,
             response_body=rbody,
             response_cert=rcert,
-            subjects=_subjects(env, hosted.config.subjects) if hosted else (),
+            subjects=_subjects(env, hosted.config.subjects, soap) if hosted else (),
         )
         await self.rt.record(record, SERVER_PROXY)
 
@@ -309,7 +318,9 @@ def _adapter_request(env: Envelope, client: ClientId, service: ServiceId) -> Ada
     return AdapterRequest(method, path, query, tuple(headers + own), env.body)
 
 
-def _subjects(env: Envelope, locators: tuple[Locator, ...]) -> tuple[str, ...]:
+def _subjects(
+    env: Envelope, locators: tuple[Locator, ...], soap: SoapMessage | None
+) -> tuple[str, ...]:
     """The data subjects of a request, also of one that was refused (a citizen wants to know
     who tried); a request too malformed to read concerns nobody we can name."""
     if not locators:
@@ -317,7 +328,7 @@ def _subjects(env: Envelope, locators: tuple[Locator, ...]) -> tuple[str, ...]:
     meta = env.meta
     try:
         headers = [(str(k), str(v)) for k, v in meta.get("headers") or []]
-        fields = _body_fields(env) if any(loc.kind == "body" for loc in locators) else None
+        fields = _body_fields(env, soap) if any(loc.kind == "body" for loc in locators) else None
         return extract_subjects(
             locators, str(meta.get("path") or ""), str(meta.get("query") or ""), headers, fields
         )
@@ -325,12 +336,13 @@ def _subjects(env: Envelope, locators: tuple[Locator, ...]) -> tuple[str, ...]:
         return ()
 
 
-def _body_fields(env: Envelope) -> dict[str, list[str]]:
+def _body_fields(env: Envelope, soap: SoapMessage | None) -> dict[str, list[str]]:
     """Named values of a request body for ``body:NAME`` subject locators: leaf elements of a
     SOAP body, or top-level scalar members of a JSON object."""
     fields: dict[str, list[str]] = {}
     if env.meta.get("protocol") == "soap":
-        soap = parse_soap(_content_type(env.meta.get("headers")), env.body, kind="request")
+        # Parsed again only for a request refused before it was read (rare).
+        soap = soap or parse_soap(_content_type(env.meta.get("headers")), env.body, kind="request")
         for el in soap.body_element.iter():
             if isinstance(el.tag, str) and len(el) == 0 and el.text:
                 fields.setdefault(etree.QName(el).localname, []).append(el.text)
@@ -362,12 +374,28 @@ def soap_request_headers(headers: Any) -> list[tuple[str, str]]:
     return out
 
 
-def _soap_request(env: Envelope, client: ClientId, service: ServiceId) -> SoapMessage:
+def _check_protocol(cfg: ServiceConfig, soap: SoapMessage | None) -> None:
+    """A pass-through SOAP service reads the X-Road header itself, so it only ever gets SOAP
+    messages this node has checked against the signed metadata; a REST service gets r1."""
+    if cfg.adapter == "soap" and cfg.options.get("mode") == "passthrough" and soap is None:
+        raise XRoadError.client(
+            "InvalidRequest", f"{cfg.id} is a SOAP service: call it with X-Road SOAP 4.0"
+        )
+    if cfg.adapter != "soap" and soap is not None:
+        raise XRoadError.client(
+            "InvalidRequest", f"{cfg.id} is a REST service: call it with X-Road REST (r1)"
+        )
+
+
+def _soap_request(
+    env: Envelope, client: ClientId, service: ServiceId, limits: XmlLimits
+) -> SoapMessage:
     """The SOAP message of a request, which must say exactly what the signed metadata says
     (the client's node signed both; a mismatch means that node is broken or lying)."""
     meta = env.meta
     try:
-        soap = parse_soap(_content_type(meta.get("headers")), env.body, kind="request")
+        soap = parse_soap(_content_type(meta.get("headers")), env.body, kind="request",
+                          limits=limits)  # fmt: skip
     except (SoapError, XRoadError) as exc:
         raise _fail("InvalidMessage", f"SOAP request from the client's node: {exc}") from exc
     h = soap.header
@@ -385,13 +413,16 @@ def _soap_request(env: Envelope, client: ClientId, service: ServiceId) -> SoapMe
     return soap
 
 
-def _soap_answer(request: SoapMessage, answer: AdapterResponse) -> AdapterResponse:
+def _soap_answer(
+    request: SoapMessage, answer: AdapterResponse, limits: XmlLimits
+) -> AdapterResponse:
     """The service's SOAP answer, checked (it echoes this request's header) and given the
-    request hash; a Fault of the service passes through as its own answer."""
+    request hash; a Fault of the service without X-Road header passes through as its own
+    answer (with one, it is checked like any answer)."""
     content_type = next((v for k, v in answer.headers if k.lower() == "content-type"), "")
     try:
-        response = parse_soap(content_type, answer.body, kind="response")
-        if response.is_fault:
+        response = parse_soap(content_type, answer.body, kind="response", limits=limits)
+        if response.is_fault and response.header is None:
             return AdapterResponse(answer.status, (("Content-Type", content_type),), answer.body)
         assert request.header is not None
         check_echo(request.header, response.header)
