@@ -87,7 +87,13 @@ class FlatFileAdapter:
         """Load the current export (a failure is reported; the service answers 503 until a
         valid one appears), then keep checking for new ones."""
         try:
-            await self.refresh()
+            outcome = await self.refresh()
+            if outcome == "settling" and self._current is None:
+                # A file written just now (e.g. the demo's seeded export) would otherwise
+                # leave the service answering 503 until the next poll; waiting out a short
+                # settling time once keeps "loaded before the node answers" true.
+                await asyncio.sleep(min(self.settings.settle_seconds, 2.0))
+                await self.refresh()
         except Exception:
             log.exception("flatfile.refresh_failed", service=self.name)
         if self.settings.reload_interval > 0 and self._task is None:

@@ -78,5 +78,8 @@ class GlobalConfClient:
             self._task.cancel()
             with contextlib.suppress(asyncio.CancelledError):
                 await self._task
+            self._task = None
         if self._session is not None:
             await self._session.close()
+            # A stopped node may be started again (after an outage): it needs a new session.
+            self._session = None
