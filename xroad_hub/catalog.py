@@ -127,7 +127,11 @@ class EvidenceType:
             raise XRoadError.client_proxy(
                 "InvalidEvidence", f"evidence {self.name!r}: the provider's answer is not JSON"
             ) from exc
-        error = best_match(self.validator.iter_errors(doc))
+        # is_valid first: collecting every error to pick the best one costs ~60% more, and
+        # is only needed to explain a failure.
+        error = (
+            None if self.validator.is_valid(doc) else best_match(self.validator.iter_errors(doc))
+        )
         if error is not None:
             raise XRoadError.client_proxy(
                 "InvalidEvidence",
