@@ -55,7 +55,14 @@ class GroupCommit:
                     stop = True
                     break
                 batch.append(item)
-            await self._write(batch)
+            try:
+                await self._write(batch)
+            except Exception as exc:
+                # Whatever went wrong (even logging the failure), no append may wait forever
+                # and the writer must live on for the next batch.
+                for _, _, fut in batch:
+                    if not fut.done():
+                        fut.set_exception(LogError(f"message log write failed: {exc!r}"))
 
     async def stop(self) -> bool:
         """Write everything already accepted; False if it was stopped before."""

@@ -187,10 +187,10 @@ class SQLiteMessageLog:
                 self._known_certs.update(new_certs.values())
             await self._db.execute(_insert_sql(len(batch)), params)
         except Exception as exc:  # any storage failure fails the whole batch, loudly
-            log.error("messagelog.write_failed", error=str(exc), batch=len(batch))
             for _, _, fut in batch:
                 if not fut.done():
                     fut.set_exception(LogError(f"message log write failed: {exc}"))
+            log.error("messagelog.write_failed", error=str(exc), batch=len(batch))
             return
         self._next_index = first + len(batch)
         self._tree.extend(merkle.leaf_hash(leaf) for _, leaf, _ in batch)

@@ -1,0 +1,31 @@
+"""The group-commit writer: a failure anywhere in a batch's write fails that batch's appends
+and nothing else (no append waits forever, the writer serves the next batch)."""
+
+from __future__ import annotations
+
+import pytest
+
+from xroad_hub.messagelog.groupcommit import GroupCommit, Pending
+from xroad_hub.messagelog.store import LogError
+
+from .test_messagelog import _rec
+
+
+async def test_a_write_that_raises_fails_its_batch_and_the_writer_lives_on() -> None:
+    calls = 0
+
+    async def write(batch: list[Pending]) -> None:
+        nonlocal calls
+        calls += 1
+        if calls == 1:
+            # e.g. the failure report itself failing (a closed log stream)
+            raise ValueError("I/O operation on closed file")
+        for i, (_, _, fut) in enumerate(batch):
+            fut.set_result(i)
+
+    commits = GroupCommit(write, max_batch=10)
+    commits.start("test")
+    with pytest.raises(LogError, match="closed file"):
+        await commits.append(_rec(0))
+    assert await commits.append(_rec(1)) == 0
+    assert await commits.stop()
