@@ -25,9 +25,22 @@ def test_locators_and_extraction() -> None:
     )  # fmt: skip
     assert got == ("1101700203450", "3100600123459", "5100900123451")
     assert extract_subjects(locs, "", "", []) == ()
-    # Nothing unprintable or oversized is recorded as a subject.
-    assert extract_subjects([parse_locator("path:1")], "/%0A", "", []) == ()
-    assert extract_subjects([parse_locator("path:1")], "/" + "9" * 65, "", []) == ()
+    # Bounded and printable: padding goes, the rest is kept (escaped, cut) so the attempt
+    # is on record.
+    path1 = [parse_locator("path:1")]
+    assert extract_subjects(path1, "/%0A", "", []) == ()
+    assert extract_subjects(path1, "/" + "9" * 65, "", []) == ("9" * 64,)
+    assert extract_subjects(path1, "/ab%01c", "", []) == ("ab\\x01c",)
+
+
+@pytest.mark.parametrize(
+    "written", ["1101700203450", "1-1017-00203-45-0", "1101700203450%00", "%201101700203450%20"]
+)
+def test_the_ways_one_id_is_written_are_one_subject(written: str) -> None:
+    """The registry reads all of these as one person (DOL strips padding and dashes); so
+    must the index, or the read would be missing from her data tracker."""
+    got = extract_subjects([parse_locator("query:owner")], "", f"owner={written}", [])
+    assert got == ("1101700203450",)
 
 
 @pytest.mark.parametrize("text", ["path:0", "path:x", "cookie:1", "query:", "query:a b", "path"])

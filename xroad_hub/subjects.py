@@ -68,9 +68,22 @@ def extract_subjects(
             values = list((body_fields or {}).get(loc.name, []))
         else:
             values = [v for k, v in header_list if k.lower() == loc.name.lower()]
-        found.update(v.strip() for v in values if _acceptable(v.strip()))
+        found.update(v for v in map(_normalised, values) if v)
     return tuple(sorted(found))
 
 
-def _acceptable(value: str) -> bool:
-    return 0 < len(value) <= _MAX_SUBJECT and value.isprintable()
+_ID_LIKE = re.compile(r"[0-9][0-9\- ]*[0-9]")
+
+
+def _normalised(value: str) -> str:
+    """The subject as the registries read it: padding (spaces, NUL) around it and the dashes
+    people write into Thai ids (1-1017-00203-45-0) do not make it another person. Values
+    that are not printable are kept escaped, so an odd request is still on record."""
+    value = value.strip(" \t\r\n\x00")
+    if _ID_LIKE.fullmatch(value):
+        digits = value.replace("-", "").replace(" ", "")
+        if len(digits) == 13:
+            value = digits
+    if not value.isprintable():
+        value = value.encode("unicode_escape").decode("ascii")
+    return value[:_MAX_SUBJECT]
