@@ -210,6 +210,17 @@ async def test_purpose_and_legal_basis_are_required(
     assert (await _get(evidence, f"/evidence/echo_person/{CITIZEN}", blank))[0] == 400
 
 
+@pytest.mark.parametrize("missing", ["X-Road-UserId", "X-Road-Issue"])
+async def test_the_official_and_the_case_are_required(
+    fed: Fed, evidence: TestClient[Any, Any], missing: str
+) -> None:
+    """The data subject is shown who read her data and for which case: both must be named."""
+    headers = _headers(**{missing: None})
+    got = await _get(evidence, f"/evidence/echo_person/{CITIZEN}", headers)
+    assert missing in _error(*got, "Client.MissingHeader")
+    assert _logged(fed, DBD, headers["X-Road-Id"]) == []  # nothing was sent
+
+
 async def test_requests_refused_before_anything_is_sent(evidence: TestClient[Any, Any]) -> None:
     got = await _get(evidence, "/evidence/echo_person/1101700203451", _headers())
     assert "check digit" in _error(*got, "Client.InvalidSubject")

@@ -365,3 +365,10 @@ def test_error_detail_is_a_fresh_id_unless_given() -> None:
     a, b = XRoadError.client("BadRequest", "m"), XRoadError.client("BadRequest", "m")
     assert a.detail != b.detail
     assert XRoadError("Client.BadRequest", "m", detail="d-1").as_dict()["detail"] == "d-1"
+
+
+def test_underscore_spellings_of_xroad_headers_are_filtered_too() -> None:
+    # WSGI/CGI backends read X_Road_UserId as X-Road-UserId.
+    headers = [("X_Road_UserId", "forged"), ("x_road_purpose", "forged"), ("X_Custom", "kept")]
+    assert filter_request_headers(headers) == [("X_Custom", "kept")]
+    assert filter_response_headers(headers) == [("X_Custom", "kept")]

@@ -167,8 +167,9 @@ def load_private_key(path: Path) -> PrivateKey:
 def load_public_key(path: Path) -> ec.EllipticCurvePublicKey:
     """An EC public key (PEM), e.g. a JWT verification key such as the identity provider's."""
     key = serialization.load_pem_public_key(path.read_bytes())
-    if not isinstance(key, ec.EllipticCurvePublicKey):
-        raise ValueError(f"{path}: expected an EC public key")
+    # ES256 needs P-256; another curve would only fail later, on every token.
+    if not isinstance(key, ec.EllipticCurvePublicKey) or key.curve.name != "secp256r1":
+        raise ValueError(f"{path}: expected an EC P-256 public key (ES256)")
     return key
 
 

@@ -217,18 +217,21 @@ def filter_request_headers(
     headers: Iterable[tuple[str, str]], *, drop: frozenset[str] = frozenset()
 ) -> list[tuple[str, str]]:
     """Headers that pass from the client system to the provider system, in order."""
-    return [
-        (k, v)
-        for k, v in headers
-        if (lk := k.lower()) not in _DROPPED and lk not in _XROAD_OWN and lk not in drop
-    ]
+    return [(k, v) for k, v in headers if (lk := _key(k)) not in _BLOCKED and lk not in drop]
 
 
 def filter_response_headers(headers: Iterable[tuple[str, str]]) -> list[tuple[str, str]]:
     """Headers that pass from the provider system back to the client (X-Road ones replaced)."""
-    return [
-        (k, v) for k, v in headers if (lk := k.lower()) not in _DROPPED and lk not in _XROAD_OWN
-    ]
+    return [(k, v) for k, v in headers if _key(k) not in _BLOCKED]
+
+
+_BLOCKED = _DROPPED | _XROAD_OWN
+
+
+def _key(name: str) -> str:
+    # CGI and WSGI servers read X_Road_UserId as X-Road-UserId (both become HTTP_X_ROAD_
+    # USERID), so an underscore spelling must not slip past the X-Road header filter.
+    return name.lower().replace("_", "-")
 
 
 def request_hash(headers_bytes: bytes, body: bytes) -> str:

@@ -121,7 +121,7 @@ def verify_idp_token(
             leeway=_LEEWAY, options={"require": ["exp", "iat", "iss", "aud", "sub"]},
         )  # fmt: skip
         lifetime = int(claims["exp"]) - int(claims["iat"])
-    except (jwt.InvalidTokenError, TypeError, ValueError) as exc:
+    except (jwt.PyJWTError, TypeError, ValueError) as exc:
         raise TokenRefused(401, f"identity token refused: {exc}") from exc
     if lifetime > max_lifetime:
         raise TokenRefused(401, f"identity token lives longer than {max_lifetime} s")
