@@ -21,7 +21,7 @@ import statistics
 import time
 from collections import OrderedDict
 from collections.abc import AsyncIterator, Callable, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from datetime import UTC, datetime, timedelta, timezone
 from typing import Any
 
@@ -29,7 +29,7 @@ import structlog
 
 from .auth import Actor
 from .config import DEFAULT_CASE_TYPE, CaseType, Settings
-from .hub import EvidenceAnswer, HubClient
+from .hub import EvidenceAnswer, FetchError, HubClient
 from .store import CaseRecord, EvidenceRef, Store, iso
 from .thaiid import InvalidThaiId, validate
 
@@ -74,6 +74,28 @@ MAX_REASON = 2000
 BANGKOK = timezone(timedelta(hours=7), "ICT")
 SYSTEM_ACTOR = "case-service"
 CATALOG_RETRY_SECONDS = 60.0
+
+
+def _only_own_company(case: CaseRecord, answer: EvidenceAnswer) -> EvidenceAnswer:
+    """A citizen applies for her own company only: a registration that does not list her as
+    a director is not shown to her (its directors' ids and names are their data, not hers),
+    and the item fails with a reason the officer can read."""
+    if answer.type != "company_registration" or not answer.ok:
+        return answer
+    data = answer.data if isinstance(answer.data, dict) else {}
+    directors = data.get("directors") if isinstance(data.get("directors"), list) else []
+    if any(isinstance(d, dict) and d.get("citizen_id") == case.citizen_id for d in directors):
+        return answer
+    return replace(
+        answer,
+        data=None,
+        sha256=None,
+        error=FetchError(
+            source="case-service",
+            code="NotADirector",
+            message=f"the applicant is not a registered director of {case.juristic_id}",
+        ),
+    )
 
 
 def system_clock() -> datetime:
@@ -261,6 +283,7 @@ class CaseService:
             legal_basis=ct.legal_basis,
         )
         at = self._now()
+        answer = _only_own_company(case, answer)
         if answer.ok and answer.sha256 is not None:
             self.cache.put((case.case_no, ref.type), Cached(answer.sha256, answer.data))
         reference = None
@@ -410,8 +433,9 @@ class CaseService:
             cached = self.cache.get((case_no, ref.type))
             if cached is not None:
                 shown[ref.type] = (cached, None, "cache")
-            # Withdrawn: the case no longer has a purpose that would justify reading again.
-            elif case.status != "withdrawn":
+            # Only an open case has a purpose that justifies reading the registries again; a
+            # decided or withdrawn case shows its references.
+            elif case.status in OPEN:
                 refetch.append(ref)
         if refetch:
             for ref, answer in zip(

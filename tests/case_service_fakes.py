@@ -57,6 +57,10 @@ REQUIRED_HEADERS = (
 )
 
 
+DIRECTORS = ["1101700203450", "1234567890121"]
+STRANGERS_COMPANY = "0105536000313"
+
+
 def canned_payload(evidence_type: str, subject: str) -> dict[str, Any]:
     """Synthetic registry data; Thai script on purpose (UTF-8 end to end)."""
     base: dict[str, Any] = {"subject": subject, "note": f"PAYLOAD-SECRET-{evidence_type}"}
@@ -69,7 +73,13 @@ def canned_payload(evidence_type: str, subject: str) -> dict[str, Any]:
     elif evidence_type == "house_registration":
         base |= {"address_th": "99/1 ถนนสุขุมวิท แขวงคลองตัน เขตคลองเตย กรุงเทพมหานคร"}
     elif evidence_type == "company_registration":
-        base |= {"name_th": "บริษัท ครัวสมหญิง จำกัด", "directors": ["สมหญิง ใจดี"]}
+        # The DBD shape: directors with their citizen ids (the tests' two citizens direct
+        # every company except STRANGERS_COMPANY).
+        ids = ["3100600123459"] if subject == STRANGERS_COMPANY else DIRECTORS
+        base |= {
+            "name_th": "บริษัท ครัวสมหญิง จำกัด",
+            "directors": [{"citizen_id": i, "name_th": "สมหญิง ใจดี"} for i in ids],
+        }
     elif evidence_type == "tax_clearance":
         base |= {"tax_year": 2567, "cleared": True}
     elif evidence_type == "title_deed":

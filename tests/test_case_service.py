@@ -34,6 +34,7 @@ from case_service.thaiid import InvalidThaiId, check_digit, is_valid, validate
 from .case_service_fakes import (
     PAYLOAD_MARKERS,
     SERVICES,
+    STRANGERS_COMPANY,
     Failure,
     FakeEvidenceHub,
     make_tls_material,
@@ -800,3 +801,17 @@ sla_days = 45
             encoding="utf-8",
         )
         load_settings(cfg)
+
+
+async def test_a_company_she_does_not_direct_is_not_shown_to_her(
+    svc: Running, hub: FakeEvidenceHub, idp: Idp
+) -> None:
+    """Applying with another company's juristic id must not reveal its directors to her."""
+    case = await svc.client.apply(
+        idp.token(CITIZEN, "citizen"), citizen_id=CITIZEN, juristic_id=STRANGERS_COMPANY
+    )
+    assert case["status"] == "evidence-missing"
+    company = _items(case)["company_registration"]
+    assert company["status"] == "failed" and company["data"] is None
+    assert company["error"]["code"] == "NotADirector"
+    assert "3100600123459" not in str(case)
