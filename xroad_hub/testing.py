@@ -78,7 +78,9 @@ def write_federation(path: Path, spec: TestFederationSpec) -> Path:
         },
         {
             "id": "TH/GOV/DBD/registry/down",
-            "url": f"http://127.0.0.1:{free_port()}/",
+            # Port 1 (tcpmux): nothing listens there, unlike a free port picked now, which
+            # another test may bind before this service is called.
+            "url": "http://127.0.0.1:1/",
             "allow": everyone,
             "timeout": 2,
         },
