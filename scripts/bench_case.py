@@ -31,7 +31,6 @@ import argparse
 import asyncio
 import contextlib
 import json
-import math
 import os
 import platform
 import shutil
@@ -50,6 +49,9 @@ from typing import IO, Any
 
 import aiohttp
 import structlog
+
+# Next to this file, found through sys.path[0] as the script is run directly.
+from benchproc import cpu_seconds, nearest_rank
 
 from case_service.client import CaseServiceClient, CaseServiceError
 from case_service.config import FOOD_BUSINESS_LICENCE
@@ -73,12 +75,6 @@ CASE_TYPE = FOOD_BUSINESS_LICENCE
 # --------------------------------------------------------------------------------------------
 # statistics
 # --------------------------------------------------------------------------------------------
-
-
-def nearest_rank(values: Sequence[float], q: float) -> float:
-    """The q-quantile by nearest rank: an observed value, no interpolation."""
-    ordered = sorted(values)
-    return ordered[max(0, math.ceil(q * len(ordered)) - 1)]
 
 
 def _r(value: float | None, digits: int = 4) -> float | None:
@@ -267,19 +263,6 @@ class Throughput:
     case_service_cpu_s: float | None = None
 
 
-_CLK_TCK = os.sysconf("SC_CLK_TCK")
-
-
-def process_cpu_s(pid: int) -> float | None:
-    """utime + stime of a process (all its threads) from /proc; None where there is none."""
-    try:
-        with open(f"/proc/{pid}/stat", encoding="ascii") as f:
-            fields = f.read().rsplit(")", 1)[1].split()
-    except OSError:
-        return None
-    return (int(fields[11]) + int(fields[12])) / _CLK_TCK
-
-
 async def throughput_phase(
     demo: DemoFederation,
     client: CaseServiceClient,
@@ -294,7 +277,7 @@ async def throughput_phase(
     built, until ``cases`` are started or ``duration`` seconds have passed."""
     token = demo.citizen_token(who.citizen_id, CASE_SERVICE_CLIENT, ttl=3600)
     result = Throughput()
-    cpu0, cs0 = time.process_time(), process_cpu_s(case_service_pid)
+    cpu0, cs0 = time.process_time(), cpu_seconds(case_service_pid)
     started = time.perf_counter()
     deadline = None if duration is None else started + duration
     budget = [cases]
@@ -316,7 +299,7 @@ async def throughput_phase(
     await asyncio.gather(*(worker() for _ in range(concurrency)))
     result.wall_s = time.perf_counter() - started
     result.federation_cpu_s = time.process_time() - cpu0
-    cs1 = process_cpu_s(case_service_pid)
+    cs1 = cpu_seconds(case_service_pid)
     result.case_service_cpu_s = None if cs0 is None or cs1 is None else cs1 - cs0
     return result
 

@@ -26,28 +26,38 @@ import json
 import math
 import os
 import platform
-import shutil
-import signal
-import socket
-import subprocess
 import sys
 import tempfile
 import time
 from collections.abc import Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
-from types import FrameType
-from typing import IO
 
 import aiohttp
-from aiohttp import web
+
+# Next to this file, found through sys.path[0] as the script is run directly.
+from benchproc import (
+    EXIT_FAILED_REQUESTS,
+    EXIT_OK,
+    Child,
+    StartupError,
+    Tally,
+    finite,
+    nearest_rank,
+    quotient,
+    run_with_children,
+    serve_app,
+    serve_federation,
+    spawn,
+    spawn_federation,
+    wait_until_answers,
+)
 
 from xroad_hub.demo.dbd import dbd_app
 from xroad_hub.devpki import ensure_pki
-from xroad_hub.federation import load_federation, parse_address
+from xroad_hub.federation import load_federation
 from xroad_hub.identifiers import parse_service_id, parse_subsystem_id
 from xroad_hub.logs import configure_logging
-from xroad_hub.runner import Federation
 from xroad_hub.testing import TestFederationSpec, free_port, write_federation
 
 CLIENT = "TH/GOV/DGA/devportal"  # registered with auth = "http" on the client node
@@ -56,45 +66,7 @@ PROVIDER_NODE = "TH/GOV/DBD/hub1"
 SERVICE = "TH/GOV/DBD/registry/companies"
 COMPANY_COUNT = 200  # distinct ids the requests cycle through (the demo backend's default)
 
-EXIT_OK, EXIT_FAILED_REQUESTS, EXIT_NOT_STARTED, EXIT_INTERRUPTED = 0, 1, 2, 130
-_CLK_TCK = os.sysconf("SC_CLK_TCK")
 LOADGEN_SATURATED = 0.9  # cores of the parent's own CPU above which the client is the limit
-
-
-class StartupError(RuntimeError):
-    """A child did not start or did not answer correctly before the deadline."""
-
-
-# --------------------------------------------------------------------------------------------
-# /proc readings of the server processes
-# --------------------------------------------------------------------------------------------
-
-
-@dataclass(frozen=True, slots=True)
-class Usage:
-    cpu_s: float  # utime + stime of the whole process (all threads, e.g. aiosqlite's writer)
-    vm_hwm_kib: int  # peak resident set size
-    vm_rss_kib: int  # current resident set size
-
-
-def read_usage(pid: int) -> Usage | None:
-    """The process's usage from /proc, or None once it has exited (or is a zombie)."""
-    try:
-        stat = Path(f"/proc/{pid}/stat").read_text()
-        status = Path(f"/proc/{pid}/status").read_text()
-    except (FileNotFoundError, ProcessLookupError):
-        return None
-    # The command name may hold spaces or ')'; the fixed fields start after the last ')'.
-    fields = stat.rpartition(")")[2].split()
-    utime, stime = int(fields[11]), int(fields[12])  # fields 14 and 15 of proc(5)
-    memory: dict[str, int] = {}
-    for line in status.splitlines():
-        key, _, rest = line.partition(":")
-        if key in ("VmHWM", "VmRSS"):
-            memory[key] = int(rest.split()[0])
-    if len(memory) < 2:  # a zombie has no memory left to report
-        return None
-    return Usage((utime + stime) / _CLK_TCK, memory["VmHWM"], memory["VmRSS"])
 
 
 # --------------------------------------------------------------------------------------------
@@ -102,113 +74,13 @@ def read_usage(pid: int) -> Usage | None:
 # --------------------------------------------------------------------------------------------
 
 
-async def _until_stopped() -> None:
-    """Return on SIGTERM/SIGINT, or once the parent is gone (no orphaned servers after the
-    parent was killed outright, e.g. by a test timeout)."""
-    stop = asyncio.Event()
-    loop = asyncio.get_running_loop()
-    for sig in (signal.SIGINT, signal.SIGTERM):
-        loop.add_signal_handler(sig, stop.set)
-    parent = os.getppid()
-    while os.getppid() == parent and not stop.is_set():
-        with contextlib.suppress(TimeoutError):
-            await asyncio.wait_for(stop.wait(), 0.5)
-
-
 async def _serve_backend(address: str) -> None:
-    # Same server settings as the federation runner gives its demo backends.
-    runner = web.AppRunner(dbd_app(count=COMPANY_COUNT), access_log=None, handle_signals=False)
-    await runner.setup()
-    try:
-        sock = socket.create_server(parse_address(address))
-        await web.SockSite(runner, sock, shutdown_timeout=5.0).start()
-        await _until_stopped()
-    finally:
-        await runner.cleanup()
-
-
-async def _serve_federation(config: Path, log_level: str, only: str | None) -> None:
-    # JSON lines to stderr (a file in the work directory), as `xroad-hub up` writes them.
-    configure_logging(log_level, json=True)
-    root = config.parent
-    federation = Federation(
-        load_federation(config),
-        root / "certs",
-        root / "data",
-        only=frozenset(only.split(",")) if only else None,
-    )
-    try:
-        await federation.start()
-        await _until_stopped()
-    finally:
-        await federation.stop()  # flushes the message logs like a real shutdown
+    await serve_app(dbd_app(count=COMPANY_COUNT), address)
 
 
 # --------------------------------------------------------------------------------------------
 # Parent side: set-up and children
 # --------------------------------------------------------------------------------------------
-
-
-@dataclass
-class Child:
-    name: str
-    proc: subprocess.Popen[bytes]
-    log_path: Path
-    log_file: IO[bytes]
-    last_usage: Usage = Usage(0.0, 0, 0)
-
-    @property
-    def pid(self) -> int:
-        return self.proc.pid
-
-    def usage(self) -> Usage:
-        """Current usage; after the process died, the last one seen (its CPU stops there)."""
-        current = read_usage(self.pid)
-        if current is not None:
-            self.last_usage = current
-        return self.last_usage
-
-    def check_alive(self) -> None:
-        if self.proc.poll() is not None:
-            raise StartupError(
-                f"{self.name} exited with code {self.proc.returncode}:\n{self.log_tail()}"
-            )
-
-    def log_tail(self, lines: int = 20) -> str:
-        self.log_file.flush()
-        try:
-            text = self.log_path.read_text(errors="replace")
-        except OSError:
-            return "(no log)"
-        return "\n".join(text.splitlines()[-lines:]) or "(empty log)"
-
-
-def spawn(name: str, args: Sequence[str], workdir: Path) -> Child:
-    log_path = workdir / f"{name}.log"
-    log_file = log_path.open("wb")
-    proc = subprocess.Popen(
-        [sys.executable, str(Path(__file__).resolve()), *args],
-        stdin=subprocess.DEVNULL,
-        stdout=subprocess.DEVNULL,
-        stderr=log_file,
-        # Own session: Ctrl-C reaches only the parent, which then stops the children in order
-        # and reports, instead of every process racing to die.
-        start_new_session=True,
-    )
-    return Child(name, proc, log_path, log_file)
-
-
-def stop_children(children: Sequence[Child], timeout: float = 10.0) -> None:
-    for child in children:
-        if child.proc.poll() is None:
-            child.proc.terminate()
-    for child in children:
-        try:
-            child.proc.wait(timeout)
-        except subprocess.TimeoutExpired:
-            child.proc.kill()
-            child.proc.wait()
-        child.log_file.close()
 
 
 @dataclass(frozen=True, slots=True)
@@ -253,19 +125,6 @@ class LoadSpec:
     warmup: float
     max_requests: int
     request_timeout: float
-
-
-@dataclass(slots=True)
-class Tally:
-    issued: int = 0
-    latencies: list[float] = field(default_factory=list)  # seconds, successful requests only
-    errors: int = 0
-    error_samples: list[str] = field(default_factory=list)
-
-    def fail(self, what: str) -> None:
-        self.errors += 1
-        if len(self.error_samples) < 5:
-            self.error_samples.append(what)
 
 
 async def drive(
@@ -347,8 +206,7 @@ class PhaseResult:
         """Nearest-rank percentile of the successful requests' latencies."""
         if not self.latencies_s:
             return math.nan
-        ordered = sorted(self.latencies_s)
-        return ordered[max(0, math.ceil(p / 100 * len(ordered)) - 1)] * 1000
+        return nearest_rank(self.latencies_s, p / 100) * 1000
 
     @property
     def server_cpu_s(self) -> float:
@@ -361,12 +219,12 @@ class PhaseResult:
     def as_json(self) -> dict[str, object]:
         return {
             "exchanges_per_s": round(self.exchanges_per_s, 1),
-            "p50_ms": _finite(self.percentile_ms(50), 3),
-            "p99_ms": _finite(self.percentile_ms(99), 3),
+            "p50_ms": finite(self.percentile_ms(50), 3),
+            "p99_ms": finite(self.percentile_ms(99), 3),
             "ok": self.ok,
             "errors": self.errors,
             "elapsed_s": round(self.elapsed_s, 3),
-            "server_cpu_s_per_exchange": _finite(self.server_cpu_s_per_exchange, 9),
+            "server_cpu_s_per_exchange": finite(self.server_cpu_s_per_exchange, 9),
             "server_cores_busy": round(self.server_cpu_s / self.elapsed_s, 3),
             "loadgen_cores_busy": round(self.loadgen_cpu_s / self.elapsed_s, 3),
             "processes": {
@@ -381,15 +239,6 @@ class PhaseResult:
             },
             "exited": list(self.exited),
         }
-
-
-def _finite(value: float, digits: int) -> float | None:
-    """JSON has no NaN: a figure that could not be computed is null."""
-    return round(value, digits) if math.isfinite(value) else None
-
-
-def _ratio(a: float, b: float) -> float:
-    return a / b if b else math.nan
 
 
 async def run_phase(
@@ -445,32 +294,6 @@ async def run_phase(
 # --------------------------------------------------------------------------------------------
 # Readiness
 # --------------------------------------------------------------------------------------------
-
-
-async def wait_until_answers(
-    session: aiohttp.ClientSession,
-    url: str,
-    headers: dict[str, str],
-    child: Child,
-    deadline: float,
-) -> bytes:
-    """Poll ``url`` until it answers 200; fail early if the child died or time ran out."""
-    last = "no answer yet"
-    while True:
-        child.check_alive()
-        try:
-            async with session.get(url, headers=headers) as resp:
-                body = await resp.read()
-                if resp.status == 200:
-                    return body
-                last = f"HTTP {resp.status}: {body[:300]!r}"
-        except (aiohttp.ClientError, TimeoutError) as exc:
-            last = f"{type(exc).__name__}: {exc}"
-        if time.monotonic() >= deadline:
-            raise StartupError(
-                f"{child.name} did not answer {url} in time; last: {last}\n{child.log_tail()}"
-            )
-        await asyncio.sleep(0.1)
 
 
 async def wait_ready(
@@ -540,10 +363,10 @@ def print_report(direct: PhaseResult, hub: PhaseResult, load: LoadSpec) -> dict[
                 f" cpu {p.cpu_s:7.2f} s  VmHWM {_mib(p.vm_hwm_kib):>6} MiB"
                 f"  VmRSS {_mib(p.vm_rss_kib):>6} MiB"
             )
-    ratio = _ratio(hub.exchanges_per_s, direct.exchanges_per_s)
+    ratio = quotient(hub.exchanges_per_s, direct.exchanges_per_s)
     added_p50 = hub.percentile_ms(50) - direct.percentile_ms(50)
     added_p99 = hub.percentile_ms(99) - direct.percentile_ms(99)
-    cpu_ratio = _ratio(hub.server_cpu_s_per_exchange, direct.server_cpu_s_per_exchange)
+    cpu_ratio = quotient(hub.server_cpu_s_per_exchange, direct.server_cpu_s_per_exchange)
     print(
         f"\nhub/direct throughput {ratio:.3f}; hub adds {added_p50:.2f} ms at p50 and "
         f"{added_p99:.2f} ms at p99; server CPU per exchange x{cpu_ratio:.1f}"
@@ -573,10 +396,10 @@ def print_report(direct: PhaseResult, hub: PhaseResult, load: LoadSpec) -> dict[
         "direct": direct.as_json(),
         "hub": hub.as_json(),
         "hub_vs_direct": {
-            "throughput_ratio": _finite(ratio, 4),
-            "added_p50_ms": _finite(added_p50, 3),
-            "added_p99_ms": _finite(added_p99, 3),
-            "server_cpu_per_exchange_ratio": _finite(cpu_ratio, 3),
+            "throughput_ratio": finite(ratio, 4),
+            "added_p50_ms": finite(added_p50, 3),
+            "added_p99_ms": finite(added_p99, 3),
+            "server_cpu_per_exchange_ratio": finite(cpu_ratio, 3),
         },
         "largest_node_process": fed.name,
         "node_vm_hwm_kib": fed.vm_hwm_kib,
@@ -616,45 +439,22 @@ async def benchmark(
     return EXIT_OK if report["ok"] else EXIT_FAILED_REQUESTS
 
 
-def _raise_exit(signum: int, _frame: FrameType | None) -> None:
-    # SIGTERM (e.g. a test timeout) takes the same way out as Ctrl-C: children are stopped.
-    raise SystemExit(128 + signum)
-
-
 def run(args: argparse.Namespace) -> int:
     workdir = Path(tempfile.mkdtemp(prefix="xroad-bench-", dir=args.tmpdir))
-    children: list[Child] = []
-    previous = signal.signal(signal.SIGTERM, _raise_exit)
-    try:
+
+    def start_and_measure(children: list[Child]) -> int:
         # The PKI helper logs every file it creates; only problems matter here.
         configure_logging("warning")
         setup = prepare_federation(workdir)
         backend_addr = setup.backend_url.removeprefix("http://")
-        children.append(spawn("backend", ["--serve-backend", backend_addr], workdir))
-        serve = ["--serve-federation", str(setup.config), "--log-level", args.log_level]
-        if args.one_process:
-            children.append(spawn("federation", serve, workdir))
-        else:
-            # Each node in a process of its own, as in a real deployment (one node per
-            # agency); the registry rides along with the client's node.
-            children.append(
-                spawn("client-node", [*serve, "--only", f"registry,{CLIENT_NODE}"], workdir)
-            )
-            children.append(spawn("provider-node", [*serve, "--only", PROVIDER_NODE], workdir))
+        children.append(spawn("backend", __file__, ["--serve-backend", backend_addr], workdir))
+        spawn_federation(
+            children, __file__, setup.config, args.log_level, workdir,
+            client_node=CLIENT_NODE, provider_node=PROVIDER_NODE, one_process=args.one_process,
+        )  # fmt: skip
         return asyncio.run(benchmark(setup, children[0], children[1:], args))
-    except StartupError as exc:
-        print(f"bench_exchange: not started: {exc}", file=sys.stderr)
-        return EXIT_NOT_STARTED
-    except KeyboardInterrupt:
-        print("bench_exchange: interrupted", file=sys.stderr)
-        return EXIT_INTERRUPTED
-    finally:
-        stop_children(children)
-        signal.signal(signal.SIGTERM, previous)
-        if args.keep_workdir:
-            print(f"work directory kept: {workdir}", file=sys.stderr)
-        else:
-            shutil.rmtree(workdir, ignore_errors=True)
+
+    return run_with_children("bench_exchange", workdir, args.keep_workdir, start_and_measure)
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -771,7 +571,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         asyncio.run(_serve_backend(args.serve_backend))
         return EXIT_OK
     if args.serve_federation:
-        asyncio.run(_serve_federation(args.serve_federation, args.log_level, args.only))
+        asyncio.run(serve_federation(args.serve_federation, args.log_level, args.only))
         return EXIT_OK
     if args.smoke:
         args.concurrency, args.duration, args.warmup = 4, 1.0, 0.2

@@ -34,10 +34,6 @@ import json
 import math
 import os
 import platform
-import shutil
-import signal
-import socket
-import subprocess
 import sys
 import tempfile
 import time
@@ -45,23 +41,38 @@ import uuid
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from types import FrameType
-from typing import IO, Any
+from typing import Any
 
 import aiohttp
 import requests
 import zeep
-from aiohttp import web
+
+# Next to this file, found through sys.path[0] as the script is run directly.
+from benchproc import (
+    EXIT_FAILED_REQUESTS,
+    EXIT_OK,
+    Child,
+    StartupError,
+    Tally,
+    finite,
+    nearest_rank,
+    quotient,
+    run_with_children,
+    serve_app,
+    serve_federation,
+    spawn,
+    spawn_federation,
+    wait_until_answers,
+)
 from lxml import etree
 
 from xroad_hub.demo import synthetic
 from xroad_hub.demo.dopa import NAMESPACE as DOPA_NS
 from xroad_hub.demo.dopa import dopa_app
 from xroad_hub.devpki import ensure_pki
-from xroad_hub.federation import load_federation, parse_address
+from xroad_hub.federation import load_federation
 from xroad_hub.identifiers import parse_subsystem_id
 from xroad_hub.logs import configure_logging
-from xroad_hub.runner import Federation
 from xroad_hub.soap import HUB_NS, ID_NS, XRD_NS
 from xroad_hub.testing import on_free_ports
 
@@ -85,28 +96,9 @@ DEMO_CITIZEN = "1552806801307"  # has a house registration; used for the readine
 CITIZEN_MARK = "0000000000000"
 MESSAGE_ID_MARK = "bench-soap-message-id"
 
-EXIT_OK, EXIT_FAILED_REQUESTS, EXIT_NOT_STARTED, EXIT_INTERRUPTED = 0, 1, 2, 130
-_CLK_TCK = os.sysconf("SC_CLK_TCK")
 LOADGEN_SATURATED = 0.9  # cores of the parent's own CPU above which the client is the limit
 TARGET_SOAP_VS_REST = 0.6
 TARGET_ADDED_P50_MS = 3.0
-
-
-class StartupError(RuntimeError):
-    """A child did not start, or did not answer correctly, before the deadline."""
-
-
-def cpu_seconds(pid: int) -> float | None:
-    """utime + stime of the whole process (every thread), or None once it is gone."""
-    try:
-        stat = Path(f"/proc/{pid}/stat").read_text()
-    except (FileNotFoundError, ProcessLookupError):
-        return None
-    # Fields after the command name, which is in parentheses and may hold anything.
-    fields = stat.rpartition(")")[2].split()
-    if fields[0] == "Z":  # a zombie's counters are no longer its own to report
-        return None
-    return (int(fields[11]) + int(fields[12])) / _CLK_TCK
 
 
 # --------------------------------------------------------------------------------------------
@@ -114,112 +106,13 @@ def cpu_seconds(pid: int) -> float | None:
 # --------------------------------------------------------------------------------------------
 
 
-async def _until_stopped() -> None:
-    """Return on SIGTERM/SIGINT, or once the parent is gone, so that a parent killed
-    outright (a test timeout) leaves no servers behind."""
-    stop = asyncio.Event()
-    loop = asyncio.get_running_loop()
-    for sig in (signal.SIGINT, signal.SIGTERM):
-        loop.add_signal_handler(sig, stop.set)
-    parent = os.getppid()
-    while os.getppid() == parent and not stop.is_set():
-        with contextlib.suppress(TimeoutError):
-            await asyncio.wait_for(stop.wait(), 0.5)
-
-
 async def _serve_backend(address: str, seed: int) -> None:
-    # The settings the federation runner gives its demo backends, so that the legacy
-    # service behaves here as under `xroad-hub up`.
-    runner = web.AppRunner(dopa_app(seed=seed), access_log=None, handle_signals=False)
-    await runner.setup()
-    try:
-        sock = socket.create_server(parse_address(address))
-        await web.SockSite(runner, sock, shutdown_timeout=5.0).start()
-        await _until_stopped()
-    finally:
-        await runner.cleanup()
-
-
-async def _serve_federation(config: Path, log_level: str, only: str) -> None:
-    configure_logging(log_level, json=True)  # to stderr, i.e. the child's log file
-    federation = Federation(
-        load_federation(config),
-        config.parent / "certs",
-        config.parent / "data",
-        only=frozenset(only.split(",")),
-    )
-    try:
-        await federation.start()
-        await _until_stopped()
-    finally:
-        await federation.stop()  # flushes the message logs as a real shutdown does
+    await serve_app(dopa_app(seed=seed), address)
 
 
 # --------------------------------------------------------------------------------------------
 # Parent side: children and set-up
 # --------------------------------------------------------------------------------------------
-
-
-@dataclass
-class Child:
-    name: str
-    proc: subprocess.Popen[bytes]
-    log_path: Path
-    log_file: IO[bytes]
-    last_cpu: float = 0.0
-
-    @property
-    def pid(self) -> int:
-        return self.proc.pid
-
-    def cpu(self) -> float:
-        """CPU seconds so far; after the process died, the last reading (it stops there)."""
-        now = cpu_seconds(self.pid)
-        if now is not None:
-            self.last_cpu = now
-        return self.last_cpu
-
-    def check_alive(self) -> None:
-        if self.proc.poll() is not None:
-            raise StartupError(
-                f"{self.name} exited with code {self.proc.returncode}:\n{self.log_tail()}"
-            )
-
-    def log_tail(self, lines: int = 20) -> str:
-        self.log_file.flush()
-        try:
-            text = self.log_path.read_text(errors="replace")
-        except OSError:
-            return "(no log)"
-        return "\n".join(text.splitlines()[-lines:]) or "(empty log)"
-
-
-def spawn(name: str, args: Sequence[str], workdir: Path) -> Child:
-    log_path = workdir / f"{name}.log"
-    log_file = log_path.open("wb")
-    proc = subprocess.Popen(
-        [sys.executable, str(Path(__file__).resolve()), *args],
-        stdin=subprocess.DEVNULL,
-        stdout=subprocess.DEVNULL,
-        stderr=log_file,
-        # A session of its own: Ctrl-C reaches the parent only, which then stops the
-        # children in order and still reports.
-        start_new_session=True,
-    )
-    return Child(name, proc, log_path, log_file)
-
-
-def stop_children(children: Sequence[Child], timeout: float = 10.0) -> None:
-    for child in children:
-        if child.proc.poll() is None:
-            child.proc.terminate()
-    for child in children:
-        try:
-            child.proc.wait(timeout)
-        except subprocess.TimeoutExpired:
-            child.proc.kill()
-            child.proc.wait()
-        child.log_file.close()
 
 
 @dataclass(frozen=True, slots=True)
@@ -373,19 +266,6 @@ class PhaseSpec:
     on_path: frozenset[str]  # children the request passes through
 
 
-@dataclass(slots=True)
-class Tally:
-    issued: int = 0
-    latencies: list[float] = field(default_factory=list)  # seconds, successful requests
-    errors: int = 0
-    error_samples: list[str] = field(default_factory=list)
-
-    def fail(self, what: str) -> None:
-        self.errors += 1
-        if len(self.error_samples) < 5:
-            self.error_samples.append(what)
-
-
 async def drive(
     session: aiohttp.ClientSession,
     make: Callable[[int], Request],
@@ -460,8 +340,7 @@ class PhaseResult:
         """Nearest-rank percentile of the successful requests' latencies."""
         if not self.latencies_s:
             return math.nan
-        ordered = sorted(self.latencies_s)
-        return ordered[max(0, math.ceil(p / 100 * len(ordered)) - 1)] * 1000
+        return nearest_rank(self.latencies_s, p / 100) * 1000
 
     @property
     def server_cpu_s(self) -> float:
@@ -478,27 +357,18 @@ class PhaseResult:
     def as_json(self) -> dict[str, object]:
         return {
             "exchanges_per_s": round(self.exchanges_per_s, 1),
-            "p50_ms": _finite(self.percentile_ms(50), 3),
-            "p99_ms": _finite(self.percentile_ms(99), 3),
+            "p50_ms": finite(self.percentile_ms(50), 3),
+            "p99_ms": finite(self.percentile_ms(99), 3),
             "ok": self.ok,
             "errors": self.errors,
             "elapsed_s": round(self.elapsed_s, 3),
-            "server_cpu_us_per_exchange": _finite(self.server_cpu_us_per_exchange, 1),
+            "server_cpu_us_per_exchange": finite(self.server_cpu_us_per_exchange, 1),
             "cores_busy": {name: round(self.cores(cpu), 3) for name, cpu in self.cpu_s.items()},
             "on_path": sorted(self.on_path),
-            "loadgen_cores_busy": _finite(self.cores(self.loadgen_cpu_s), 3),
+            "loadgen_cores_busy": finite(self.cores(self.loadgen_cpu_s), 3),
             "error_samples": self.error_samples,
             "exited": sorted(self.exited),
         }
-
-
-def _finite(value: float, digits: int) -> float | None:
-    """JSON has no NaN: a figure that could not be computed is null."""
-    return round(value, digits) if math.isfinite(value) else None
-
-
-def _ratio(a: float, b: float) -> float:
-    return a / b if b else math.nan
 
 
 @dataclass(frozen=True, slots=True)
@@ -575,32 +445,6 @@ async def run_group(
 # --------------------------------------------------------------------------------------------
 
 
-async def wait_until_answers(
-    session: aiohttp.ClientSession,
-    url: str,
-    headers: dict[str, str],
-    child: Child,
-    deadline: float,
-) -> bytes:
-    """Poll ``url`` until it answers 200; fail early if the child died or time ran out."""
-    last = "no answer yet"
-    while True:
-        child.check_alive()
-        try:
-            async with session.get(url, headers=headers) as resp:
-                body = await resp.read()
-                if resp.status == 200:
-                    return body
-                last = f"HTTP {resp.status}: {body[:300]!r}"
-        except (aiohttp.ClientError, TimeoutError) as exc:
-            last = f"{type(exc).__name__}: {exc}"
-        if time.monotonic() >= deadline:
-            raise StartupError(
-                f"{child.name} did not answer {url} in time; last: {last}\n{child.log_tail()}"
-            )
-        await asyncio.sleep(0.1)
-
-
 def _given_name_soap(answer: bytes) -> str | None:
     root = etree.fromstring(answer, etree.XMLParser(resolve_entities=False, no_network=True))
     name = root.findtext(f".//{{{DOPA_NS}}}nameEn/{{{DOPA_NS}}}givenName")
@@ -675,8 +519,8 @@ def report(
     _print_table(f"throughput, concurrency {args.concurrency} ({bound})", throughput)
     _print_table(f"latency, concurrency {args.latency_concurrency} ({bound})", latency)
     rest_hi, soap_hi = throughput["rest"], throughput["soap"]
-    ratio = _ratio(soap_hi.exchanges_per_s, rest_hi.exchanges_per_s)
-    cpu_ratio = _ratio(soap_hi.server_cpu_us_per_exchange, rest_hi.server_cpu_us_per_exchange)
+    ratio = quotient(soap_hi.exchanges_per_s, rest_hi.exchanges_per_s)
+    cpu_ratio = quotient(soap_hi.server_cpu_us_per_exchange, rest_hi.server_cpu_us_per_exchange)
     base = latency["direct"]
     added = {
         name: (
@@ -729,16 +573,16 @@ def report(
             "concurrency": args.concurrency,
             "rest": rest_hi.as_json(),
             "soap": soap_hi.as_json(),
-            "soap_vs_rest": _finite(ratio, 4),
-            "server_cpu_per_exchange_soap_vs_rest": _finite(cpu_ratio, 3),
+            "soap_vs_rest": finite(ratio, 4),
+            "server_cpu_per_exchange_soap_vs_rest": finite(cpu_ratio, 3),
         },
         "latency": {
             "concurrency": args.latency_concurrency,
             **{name: r.as_json() for name, r in latency.items()},
-            "rest_added_p50_ms": _finite(added["rest"][0], 3),
-            "rest_added_p99_ms": _finite(added["rest"][1], 3),
-            "soap_added_p50_ms": _finite(added["soap"][0], 3),
-            "soap_added_p99_ms": _finite(added["soap"][1], 3),
+            "rest_added_p50_ms": finite(added["rest"][0], 3),
+            "rest_added_p99_ms": finite(added["rest"][1], 3),
+            "soap_added_p50_ms": finite(added["soap"][0], 3),
+            "soap_added_p99_ms": finite(added["soap"][1], 3),
         },
         "targets": {
             "soap_vs_rest_min": TARGET_SOAP_VS_REST,
@@ -818,20 +662,15 @@ async def benchmark(
     return EXIT_OK if result["ok"] else EXIT_FAILED_REQUESTS
 
 
-def _raise_exit(signum: int, _frame: FrameType | None) -> None:
-    # SIGTERM (e.g. a test timeout) takes the same way out as Ctrl-C: children are stopped.
-    raise SystemExit(128 + signum)
-
-
 def run(args: argparse.Namespace) -> int:
     workdir = Path(tempfile.mkdtemp(prefix="xroad-bench-soap-", dir=args.tmpdir))
-    children: list[Child] = []
-    previous = signal.signal(signal.SIGTERM, _raise_exit)
-    try:
+
+    def start_and_measure(children: list[Child]) -> int:
         configure_logging("warning")  # the PKI helper logs every file it creates
         setup = prepare_federation(workdir)
         backend = spawn(
             "backend",
+            __file__,
             ["--serve-backend", setup.backend_listen, "--seed", str(setup.seed)],
             workdir,
         )
@@ -844,31 +683,15 @@ def run(args: argparse.Namespace) -> int:
                 await wait_until_answers(s, setup.backend_url + "/?wsdl", {}, backend, deadline)
 
         asyncio.run(backend_up())
-        serve = ["--serve-federation", str(setup.config), "--log-level", args.log_level]
-        if args.one_process:
-            only = f"registry,{CLIENT_NODE},{PROVIDER_NODE}"
-            children.append(spawn("federation", [*serve, "--only", only], workdir))
-        else:
-            # One node per process, as one node per agency would run; the registry rides
-            # along with the client's node.
-            children.append(
-                spawn("client-node", [*serve, "--only", f"registry,{CLIENT_NODE}"], workdir)
-            )
-            children.append(spawn("provider-node", [*serve, "--only", PROVIDER_NODE], workdir))
+        spawn_federation(
+            children, __file__, setup.config, args.log_level, workdir,
+            client_node=CLIENT_NODE, provider_node=PROVIDER_NODE, one_process=args.one_process,
+            # --serve-federation here wants --only: the demo federation has more nodes.
+            one_process_only=f"registry,{CLIENT_NODE},{PROVIDER_NODE}",
+        )  # fmt: skip
         return asyncio.run(benchmark(setup, backend, children[1:], args))
-    except StartupError as exc:
-        print(f"bench_soap: not started: {exc}", file=sys.stderr)
-        return EXIT_NOT_STARTED
-    except KeyboardInterrupt:
-        print("bench_soap: interrupted", file=sys.stderr)
-        return EXIT_INTERRUPTED
-    finally:
-        stop_children(children)
-        signal.signal(signal.SIGTERM, previous)
-        if args.keep_workdir:
-            print(f"work directory kept: {workdir}", file=sys.stderr)
-        else:
-            shutil.rmtree(workdir, ignore_errors=True)
+
+    return run_with_children("bench_soap", workdir, args.keep_workdir, start_and_measure)
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -996,7 +819,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     if args.serve_federation:
         if not args.only:
             parser.error("--serve-federation needs --only")
-        asyncio.run(_serve_federation(args.serve_federation, args.log_level, args.only))
+        asyncio.run(serve_federation(args.serve_federation, args.log_level, args.only))
         return EXIT_OK
     if args.smoke:
         args.concurrency, args.latency_concurrency = 2, 1
