@@ -262,3 +262,14 @@ async def test_the_providers_refusal_passes_through(evidence: TestClient[Any, An
 async def test_access_rights_still_apply(evidence: TestClient[Any, Any]) -> None:
     got = await _get(evidence, f"/evidence/restricted/{CITIZEN}", _headers())
     _error(*got, "Server.ServerProxy.AccessDenied")
+
+
+def test_refusals_are_logged_without_the_subject() -> None:
+    """Operational logs get the route, not whom it was about."""
+    from aiohttp.test_utils import make_mocked_request
+
+    from xroad_hub.node.runtime import _loggable_path
+
+    path = f"/evidence/identity/{CITIZEN}"
+    request = make_mocked_request("GET", path, match_info={"type": "identity", "subject": CITIZEN})
+    assert _loggable_path(request) == "/evidence/identity/{subject}"

@@ -104,7 +104,7 @@ class EvidenceType:
             kind = SUBJECT_KINDS[self.subject_kind]
             raise XRoadError.client(
                 "InvalidSubject",
-                f"{subject[:40]!r} is not a valid {kind} for evidence {self.name!r}: 13 digits "
+                f"the subject is not a valid {kind} for evidence {self.name!r}: 13 digits "
                 "whose last is the check digit d13 = (11 - (sum of d_i * (14 - i), "
                 "i = 1..12) mod 11) mod 10",
             )

@@ -106,6 +106,14 @@ async def read_body(request: web.Request, limit: int, timeout: float, blame: str
         ) from exc
 
 
+def _loggable_path(request: web.Request) -> str:
+    """The path for operational logs, without a data subject's id where a route names one
+    (the evidence API): operators need the route, not whom it was about."""
+    path = request.path[:200]
+    subject = request.match_info.get("subject")
+    return path.replace(subject, "{subject}") if subject else path
+
+
 def render_error(err: XRoadError, accept: str | None) -> web.Response:
     status, headers, body = error_response(err, accept)
     return web.Response(status=status, headers=headers, body=body)
@@ -129,7 +137,7 @@ async def answer_errors(
             code=err.code,
             detail=err.detail,
             reason=err.message,
-            path=request.path[:200],
+            path=_loggable_path(request),
         )
         return render_error(err, accept)
     except Exception:
