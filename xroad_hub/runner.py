@@ -7,6 +7,7 @@ tells clients where everything listens.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import json
 import socket
 from dataclasses import replace
@@ -69,6 +70,16 @@ class Federation:
         return self.only is None or component in self.only
 
     async def start(self) -> dict[str, object]:
+        try:
+            return await self._start()
+        except BaseException:
+            # Whatever did start (backends, registry, earlier nodes) stops again, so a failed
+            # start leaves no listeners, sessions or open logs behind.
+            with contextlib.suppress(Exception):
+                await self.stop()
+            raise
+
+    async def _start(self) -> dict[str, object]:
         backends = {}
         if self._runs("backends"):
             for b in self.fed.backends:
@@ -104,8 +115,8 @@ class Federation:
                 auditors=self.fed.auditors,
                 tsa_url=cfg.tsa_url or tsa_url,
             )
-            urls = await node.start()
             self.nodes[str(cfg.id)] = node
+            urls = await node.start()
             nodes[str(cfg.id)] = {
                 **urls,
                 "clients": {str(c.id): c.auth for c in cfg.clients},
@@ -121,8 +132,13 @@ class Federation:
 
     async def stop(self) -> None:
         # Nodes first: they finish in-flight exchanges and flush their logs.
-        for node in self.nodes.values():
-            await node.stop()
+        for node_id, node in self.nodes.items():
+            try:
+                await node.stop()
+            except Exception:
+                # One node failing to stop (e.g. one that never fully started) must not
+                # leave the others running.
+                log.exception("node.stop_failed", node=node_id)
         for runner in reversed(self._runners):
             await runner.cleanup()
         self._runners.clear()

@@ -5,6 +5,7 @@ Public on purpose: agencies writing tests for their own adapters use the same fe
 
 from __future__ import annotations
 
+import random
 import re
 import socket
 from collections.abc import Iterable
@@ -14,10 +15,28 @@ from pathlib import Path
 __all__ = ["TestFederationSpec", "free_port", "on_free_ports", "write_federation"]
 
 
+# Ports handed out by this process: a port is free when picked and bound only later, so the
+# same one must not be picked twice meanwhile.
+_HANDED_OUT: set[int] = set()
+# Below the kernel's ephemeral range (32768-60999 by default): ports the kernel gives to
+# outgoing connections could otherwise take a picked port before it is bound.
+_PORTS = range(20000, 32000)
+
+
 def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
+    """A loopback port nobody listens on now and that no outgoing connection will take."""
+    for _ in range(200):
+        port = random.choice(_PORTS)
+        if port in _HANDED_OUT:
+            continue
+        with socket.socket() as s:
+            try:
+                s.bind(("127.0.0.1", port))
+            except OSError:
+                continue
+        _HANDED_OUT.add(port)
+        return port
+    raise RuntimeError(f"no free loopback port in {_PORTS.start}-{_PORTS.stop - 1}")
 
 
 def _addr() -> str:
