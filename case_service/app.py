@@ -96,7 +96,7 @@ async def _guard(request: web.Request, handler: Handler) -> web.StreamResponse:
         path=request.path,
         status=response.status,
         role=actor.role if actor else None,
-        sub=actor.sub if actor else None,
+        by=actor.loggable if actor else None,
         refused=refused,
     )
     return response

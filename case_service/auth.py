@@ -48,6 +48,13 @@ class Actor:
     def is_officer(self) -> bool:
         return self.role == "officer"
 
+    @property
+    def loggable(self) -> str:
+        """Who acted, for operational logs: an officer by staff id (officials answer for
+        what they do); a citizen only by role, since her id is personal data (the case
+        number and its history say whose case it is, to those allowed to see them)."""
+        return self.sub if self.is_officer else "citizen"
+
 
 def load_idp_key(path: Path) -> ec.EllipticCurvePublicKey:
     """The identity provider's P-256 public key from a PEM file (ES256 needs exactly that)."""

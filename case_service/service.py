@@ -408,7 +408,7 @@ class CaseService:
             evidence=[(n.type, n.subject, subjects[n.subject]) for n in ct.evidence],
             actor=actor.sub,
         )
-        log.info("case.submitted", case_no=case_no, case_type=ct.code, by=actor.sub)
+        log.info("case.submitted", case_no=case_no, case_type=ct.code, by=actor.loggable)
         async with self._case_lock(case_no):
             case = await self._store.get_case(case_no)
             assert case is not None
@@ -573,7 +573,7 @@ class CaseService:
                 decision=decision,
             ):
                 raise Conflict(f"cannot {action} case {case.case_no}: its status just changed")
-        log.info("case.status", case_no=case.case_no, status=to, by=actor.sub, action=action)
+        log.info("case.status", case_no=case.case_no, status=to, by=actor.loggable, action=action)
 
     async def confirm(self, actor: Actor, case_no: str) -> dict[str, Any]:
         """The citizen has seen the evidence and sends the case to an officer."""

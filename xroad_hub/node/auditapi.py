@@ -70,7 +70,7 @@ class AuditApi:
 
     @web.middleware
     async def _authenticate(self, request: web.Request, handler):  # type: ignore[no-untyped-def]
-        if request.path.startswith("/tracker/"):
+        if request.path == "/tracker/accesses":
             # Citizens' routes (trackerapi.py) check identity-provider tokens themselves.
             return await handler(request)
         header = request.headers.get("Authorization", "")
