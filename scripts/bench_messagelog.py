@@ -157,9 +157,9 @@ async def group_commit(
     batches: list[int] = []
     real_write = log._write  # type: ignore[attr-defined]
 
-    async def counting_write(batch: list[Any]) -> None:
+    async def counting_write(batch: list[Any]) -> int:
         batches.append(len(batch))
-        await real_write(batch)
+        return int(await real_write(batch))
 
     log._write = counting_write  # type: ignore[attr-defined]
 

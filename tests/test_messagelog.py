@@ -68,7 +68,7 @@ async def test_concurrent_appends_durable_and_batched(backend: Backend) -> None:
 
     async def counting_write(batch):  # type: ignore[no-untyped-def]
         batches.append(len(batch))
-        await real_write(batch)
+        return await real_write(batch)
 
     log._write = counting_write  # type: ignore[attr-defined]
     try:
@@ -96,7 +96,7 @@ async def test_max_batch_is_respected(backend: Backend) -> None:
 
     async def counting_write(batch):  # type: ignore[no-untyped-def]
         batches.append(len(batch))
-        await real_write(batch)
+        return await real_write(batch)
 
     log._write = counting_write  # type: ignore[attr-defined]
     try:

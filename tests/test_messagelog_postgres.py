@@ -215,7 +215,7 @@ async def test_small_and_large_batches_store_the_same_rows(pg_backend: PostgresB
 
     async def counting_write(batch):  # type: ignore[no-untyped-def]
         batches.append(len(batch))
-        await real_write(batch)
+        return await real_write(batch)
 
     log._write = counting_write  # type: ignore[attr-defined]
     small = await log.append(_rec(0))

@@ -1,27 +1,33 @@
 """Group commit, shared by the log backends.
 
 Appends queue up; one writer task hands whatever has queued (up to ``max_batch``) to the
-backend's ``write`` in one go, which stores it in one transaction and resolves each
-record's future with its leaf index. While one batch commits the next one gathers, so
-batches grow with load and an append waits about one commit.
+backend's ``write`` in one go, which stores it in one transaction and returns the leaf
+index of its first record; this writer then resolves each record's future, or, if the write
+raised, fails them all. While one batch commits the next one gathers, so batches grow with
+load and an append waits about one commit.
 """
 
 from __future__ import annotations
 
 import asyncio
+import contextlib
 from collections.abc import Awaitable, Callable
+
+import structlog
 
 from .record import LogRecord
 from .store import LogError
 
 __all__ = ["GroupCommit", "Pending"]
 
+log = structlog.get_logger("xroad_hub.messagelog")
+
 # A queued record, its leaf bytes, and the future its leaf index is delivered on.
 Pending = tuple[LogRecord, bytes, "asyncio.Future[int]"]
 
 
 class GroupCommit:
-    def __init__(self, write: Callable[[list[Pending]], Awaitable[None]], max_batch: int) -> None:
+    def __init__(self, write: Callable[[list[Pending]], Awaitable[int]], max_batch: int) -> None:
         self._write = write
         self.max_batch = max_batch
         self._queue: asyncio.Queue[Pending | None] = asyncio.Queue()
@@ -56,13 +62,22 @@ class GroupCommit:
                     break
                 batch.append(item)
             try:
-                await self._write(batch)
+                start = await self._write(batch)
+                for i, (_, _, fut) in enumerate(batch, start=start):
+                    if not fut.done():
+                        fut.set_result(i)
             except Exception as exc:
-                # Whatever went wrong (even logging the failure), no append may wait forever
-                # and the writer must live on for the next batch.
+                # Any storage failure fails the whole batch, loudly; no append may wait
+                # forever and the writer lives on for the next batch.
+                reason = (
+                    str(exc) if isinstance(exc, LogError) else f"message log write failed: {exc}"
+                )
                 for _, _, fut in batch:
                     if not fut.done():
-                        fut.set_exception(LogError(f"message log write failed: {exc!r}"))
+                        fut.set_exception(LogError(reason))
+                # Logging itself may fail (a closed stream); the appends are answered already.
+                with contextlib.suppress(Exception):
+                    log.error("messagelog.write_failed", error=reason, batch=len(batch))
 
     async def stop(self) -> bool:
         """Write everything already accepted; False if it was stopped before."""

@@ -36,7 +36,6 @@ from typing import Any
 
 import asyncpg
 import orjson
-import structlog
 
 from .. import merkle
 from .groupcommit import GroupCommit, Pending
@@ -46,8 +45,6 @@ from .record import LogRecord, sha256_hex
 from .store import LogError
 
 __all__ = ["PostgresMessageLog", "validate_schema_name"]
-
-log = structlog.get_logger("xroad_hub.messagelog")
 
 
 # Lower-case only: PostgreSQL folds unquoted names to lower case, so "Node1" and "node1"
@@ -286,7 +283,7 @@ class PostgresMessageLog:
     async def append(self, record: LogRecord) -> int:
         return await self._commits.append(record)
 
-    async def _write(self, batch: list[Pending]) -> None:
+    async def _write(self, batch: list[Pending]) -> int:
         assert self._conn is not None
         first = self._next_index
         rows: list[tuple[Any, ...]] = []
@@ -323,25 +320,18 @@ class PostgresMessageLog:
                     )
                 elif subjects:
                     await self._conn.executemany(self._insert_subject, subjects)
-        except Exception as exc:  # any storage failure fails the whole batch, loudly
-            lost = self._conn.is_closed()
-            log.error("messagelog.write_failed", error=str(exc), batch=len(batch), lost=lost)
+        except Exception as exc:  # the group commit fails the batch and reports it
             reason = (
                 "the connection to PostgreSQL was lost (and with it the writer lock); "
                 "reopen the log"
-                if lost
+                if self._conn.is_closed()
                 else str(exc)
             )
-            for _, _, fut in batch:
-                if not fut.done():
-                    fut.set_exception(LogError(f"message log write failed: {reason}"))
-            return
+            raise LogError(f"message log write failed: {reason}") from exc
         self._known_certs.update(new_certs.values())  # only once committed
         self._next_index = first + len(batch)
         self._tree.extend(merkle.leaf_hash(leaf) for _, leaf, _ in batch)
-        for i, (_, _, fut) in enumerate(batch, start=first):
-            if not fut.done():
-                fut.set_result(i)
+        return first
 
     def tree_head(self) -> tuple[int, bytes]:
         """Size and RFC 9162 root of the committed log."""

@@ -23,7 +23,6 @@ from pathlib import Path
 
 import aiosqlite
 import orjson
-import structlog
 
 from .. import merkle
 from .groupcommit import GroupCommit, Pending
@@ -33,8 +32,6 @@ from .record import LogRecord, sha256_hex
 from .store import LogError
 
 __all__ = ["SQLiteMessageLog"]
-
-log = structlog.get_logger("xroad_hub.messagelog")
 
 
 _SCHEMA = """
@@ -160,7 +157,7 @@ class SQLiteMessageLog:
     async def append(self, record: LogRecord) -> int:
         return await self._commits.append(record)
 
-    async def _write(self, batch: list[Pending]) -> None:
+    async def _write(self, batch: list[Pending]) -> int:
         assert self._db is not None
         first = self._next_index
         params: list[object] = []
@@ -186,17 +183,11 @@ class SQLiteMessageLog:
                 )
                 self._known_certs.update(new_certs.values())
             await self._db.execute(_insert_sql(len(batch)), params)
-        except Exception as exc:  # any storage failure fails the whole batch, loudly
-            for _, _, fut in batch:
-                if not fut.done():
-                    fut.set_exception(LogError(f"message log write failed: {exc}"))
-            log.error("messagelog.write_failed", error=str(exc), batch=len(batch))
-            return
+        except Exception as exc:  # the group commit fails the batch and reports it
+            raise LogError(f"message log write failed: {exc}") from exc
         self._next_index = first + len(batch)
         self._tree.extend(merkle.leaf_hash(leaf) for _, leaf, _ in batch)
-        for i, (_, _, fut) in enumerate(batch, start=first):
-            if not fut.done():
-                fut.set_result(i)
+        return first
 
     def tree_head(self) -> tuple[int, bytes]:
         """Size and RFC 9162 root of the committed log."""
