@@ -37,11 +37,10 @@ from zeep.exceptions import Error as ZeepError
 from xroad_hub.errors import XRoadError
 from xroad_hub.soap import NSMAP as ENVELOPE_NSMAP
 from xroad_hub.soap import SoapMessage, build_response
-from xroad_hub.streams import BodyTooLarge, read_capped
 from xroad_hub.xmlsafe import XmlError, XmlLimits, parse_xml
 
 from ..base import AdapterRequest, AdapterResponse
-from ..http import AdapterSession
+from ..http import AdapterSession, UpstreamError
 from .jsonmap import InputError, RequestCodec, response_json
 from .wsdl import WsdlError, WsdlInfo, WsdlOperation, zeep_client
 
@@ -192,33 +191,17 @@ class SoapBridgeAdapter:
         return _detached(child)
 
     async def _post(self, payload: bytes) -> tuple[int, str, bytes]:
-        session = self._http.get()
         headers = {
             "Content-Type": XML_TYPE,
             "SOAPAction": f'"{self.operation.soap_action}"',
         }
         try:
-            async with session.post(
-                self._url,
-                data=payload,
-                headers=headers,
-                allow_redirects=False,
-                timeout=self._timeout,
-                auto_decompress=True,
-                skip_auto_headers=("User-Agent",),
-            ) as resp:
-                if 300 <= resp.status < 400:
-                    raise self._failed(f"the service answered a redirect ({resp.status})", None)
-                body = await read_capped(resp.content, self._max)
-                return resp.status, resp.headers.get("Content-Type", ""), body
-        except XRoadError:
-            raise
-        except BodyTooLarge as exc:
-            raise self._failed(f"the service's answer exceeds {self._max} bytes", exc) from exc
-        except TimeoutError as exc:
-            raise self._failed("the service did not answer in time", exc) from exc
-        except aiohttp.ClientError as exc:
-            raise self._failed("cannot reach the service", exc) from exc
+            status, content_type, body = await self._http.post(
+                self._url, payload, headers, timeout=self._timeout, max_bytes=self._max
+            )
+        except UpstreamError as exc:
+            raise self._failed(exc.message, exc.cause) from exc
+        return status, content_type or "", body
 
     def _failed(self, message: str, exc: BaseException | None) -> XRoadError:
         # The client learns what kind of failure it was; addresses and library messages stay

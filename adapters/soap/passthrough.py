@@ -14,10 +14,9 @@ import structlog
 from yarl import URL
 
 from xroad_hub.errors import XRoadError
-from xroad_hub.streams import BodyTooLarge, read_capped
 
 from ..base import AdapterRequest, AdapterResponse
-from ..http import AdapterSession
+from ..http import AdapterSession, UpstreamError
 
 __all__ = ["SoapPassthroughAdapter"]
 
@@ -46,32 +45,18 @@ class SoapPassthroughAdapter:
         headers = [(k, v) for k, v in request.headers if k.lower() in _FORWARDED]
         if request.soap is not None and not any(k.lower() == "content-type" for k, _ in headers):
             headers.append(("Content-Type", request.soap.content_type))
-        session = self._http.get()
         try:
-            async with session.post(
+            status, content_type, body = await self._http.post(
                 self._url,
-                data=request.body,
-                headers=headers,
-                allow_redirects=False,
+                request.body,
+                headers,
                 timeout=self._timeout,
+                max_bytes=self._max,
                 # Nothing of ours travels: no User-Agent, Accept or Accept-Encoding.
                 skip_auto_headers=("User-Agent", "Accept", "Accept-Encoding", "Content-Type"),
-                auto_decompress=True,
-            ) as resp:
-                if 300 <= resp.status < 400:
-                    # SOAP has no redirects; following one would send the message elsewhere.
-                    raise self._failed(f"the service answered a redirect ({resp.status})", None)
-                status = resp.status
-                body = await read_capped(resp.content, self._max)
-                content_type = resp.headers.get("Content-Type")
-        except XRoadError:
-            raise
-        except BodyTooLarge as exc:
-            raise self._failed(f"the service's answer exceeds {self._max} bytes", exc) from exc
-        except TimeoutError as exc:
-            raise self._failed("the service did not answer in time", exc) from exc
-        except aiohttp.ClientError as exc:
-            raise self._failed("cannot reach the service", exc) from exc
+            )
+        except UpstreamError as exc:
+            raise self._failed(exc.message, exc.cause) from exc
         out = (("Content-Type", content_type),) if content_type is not None else ()
         return AdapterResponse(status, out, body)
 
