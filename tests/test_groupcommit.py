@@ -3,6 +3,8 @@ and nothing else (no append waits forever, the writer serves the next batch)."""
 
 from __future__ import annotations
 
+import asyncio
+
 import pytest
 
 from xroad_hub.messagelog.groupcommit import GroupCommit, Pending
@@ -24,7 +26,9 @@ async def test_a_write_that_raises_fails_its_batch_and_the_writer_lives_on() -> 
 
     commits = GroupCommit(write, max_batch=10)
     commits.start("test")
+    # Bounded waits: a writer that died would leave these appends waiting forever, and the
+    # test must then fail rather than hang the suite.
     with pytest.raises(LogError, match="closed file"):
-        await commits.append(_rec(0))
-    assert await commits.append(_rec(1)) == 0
+        await asyncio.wait_for(commits.append(_rec(0)), 30)
+    assert await asyncio.wait_for(commits.append(_rec(1)), 30) == 0
     assert await commits.stop()
