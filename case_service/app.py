@@ -54,8 +54,15 @@ def roles(*allowed: str) -> Callable[[Handler], Handler]:
     return mark
 
 
-def _error(status: int, code: str, message: str, **headers: str) -> web.Response:
-    return web.json_response({"error": code, "message": message}, status=status, headers=headers)
+def _error(
+    status: int,
+    code: str,
+    message: str,
+    headers: dict[str, str] | None = None,
+    details: dict[str, Any] | None = None,
+) -> web.Response:
+    body = {**(details or {}), "error": code, "message": message}
+    return web.json_response(body, status=status, headers=headers)
 
 
 _CHALLENGE = {"WWW-Authenticate": 'Bearer error="invalid_token"'}
@@ -79,11 +86,11 @@ async def _guard(request: web.Request, handler: Handler) -> web.StreamResponse:
         response = await handler(request)
     except AuthError as exc:
         refused = exc.reason
-        response = _error(401, "unauthenticated", exc.reason, **_CHALLENGE)
+        response = _error(401, "unauthenticated", exc.reason, headers=_CHALLENGE)
     except ServiceError as exc:
         if isinstance(exc, Forbidden):
             refused = exc.message
-        response = _error(exc.status, exc.code, exc.message)
+        response = _error(exc.status, exc.code, exc.message, details=exc.details)
     except web.HTTPException as exc:
         response = _error(exc.status, "http", exc.reason)
     except Exception:

@@ -16,13 +16,17 @@ __all__ = ["CaseServiceClient", "CaseServiceError"]
 
 
 class CaseServiceError(Exception):
-    """A non-2xx answer: ``status``, the service's ``error`` code and its ``message``."""
+    """A non-2xx answer: ``status``, the service's ``error`` code and its ``message``;
+    ``body`` is the whole JSON error (a refused application names its ``case_no``)."""
 
-    def __init__(self, status: int, error: str, message: str) -> None:
+    def __init__(
+        self, status: int, error: str, message: str, body: dict[str, Any] | None = None
+    ) -> None:
         super().__init__(f"HTTP {status} {error}: {message}")
         self.status = status
         self.error = error
         self.message = message
+        self.body = body or {}
 
 
 class CaseServiceClient:
@@ -70,6 +74,7 @@ class CaseServiceClient:
                     resp.status,
                     str(body.get("error", "")) if isinstance(body, dict) else "",
                     str(body.get("message", "")) if isinstance(body, dict) else str(body),
+                    body if isinstance(body, dict) else None,
                 )
             return body
 

@@ -27,6 +27,8 @@ __all__ = [
 DEFAULT_CASE_TYPE = "food-business-licence"
 
 SUBJECT_KINDS = ("citizen_id", "juristic_id")
+# The evidence that establishes who may act for a juristic id (see service.py).
+DIRECTORSHIP = "company_registration"
 
 # X-Road identifier parts allow A-Z a-z 0-9 ' ( ) + , - . = ? and nothing else.
 _ID_PART = re.compile(r"^[A-Za-z0-9'()+,\-.=?]+$")
@@ -173,6 +175,14 @@ def _check_case_type(ct: CaseType) -> None:
                 f"{where}.evidence.{need.type}: subject must be one of {SUBJECT_KINDS}"
             )
         seen.add(need.type)
+    subjects = {need.type: need.subject for need in ct.evidence}
+    if "juristic_id" in subjects.values() and subjects.get(DIRECTORSHIP) != "juristic_id":
+        # Evidence about a company is fetched only after its registration names the
+        # applicant as a director; without that evidence nothing could be fetched safely.
+        raise ConfigError(
+            f"{where}.evidence: evidence keyed by juristic_id needs "
+            f'{DIRECTORSHIP} = "juristic_id" (directorship is checked first)'
+        )
 
 
 def _path(value: object, key: str, base: Path) -> Path:

@@ -7,8 +7,13 @@ Statuses and the only moves between them:
     evidence-complete --(citizen confirms)--> in-review
     in-review --(officer decides)--> approved | rejected
     submitted, evidence-*, in-review --(citizen withdraws)--> withdrawn
+    submitted, evidence-missing --(the company registration does not name the applicant
+                                   as a director)--> refused
 
-Anything else is refused with a ``Conflict`` that says why. Authorisation is decided here,
+Evidence keyed by the juristic id the citizen typed is fetched only after the company
+registration (fetched alongside the evidence about herself) names her as a director; a
+citizen who is not one gets her application refused and nothing else about that company is
+fetched. Anything else is refused with a ``Conflict`` that says why. Authorisation is decided here,
 not in the HTTP layer, so every entry point (routes today, others later) gets the same rules.
 """
 
@@ -28,10 +33,10 @@ from typing import Any
 import structlog
 
 from .auth import Actor
-from .config import DEFAULT_CASE_TYPE, CaseType, Settings
+from .config import DEFAULT_CASE_TYPE, DIRECTORSHIP, CaseType, Settings
 from .hub import EvidenceAnswer, FetchError, HubClient
 from .store import CaseRecord, EvidenceRef, Store, iso
-from .thaiid import InvalidThaiId, validate
+from .thaiid import InvalidThaiId, normalise, validate
 
 __all__ = [
     "CLOSED",
@@ -42,6 +47,7 @@ __all__ = [
     "Conflict",
     "Forbidden",
     "Invalid",
+    "NotADirector",
     "NotFound",
     "PayloadCache",
     "ServiceError",
@@ -60,12 +66,19 @@ STATUSES = (
     "approved",
     "rejected",
     "withdrawn",
+    "refused",
 )
 # Undecided and not withdrawn: the SLA clock runs for these.
 OPEN = ("submitted", "evidence-complete", "evidence-missing", "in-review")
-CLOSED = ("approved", "rejected", "withdrawn")
+CLOSED = ("approved", "rejected", "withdrawn", "refused")
 # While evidence is being gathered the status follows the items; after that only people act.
 PRE_REVIEW = ("submitted", "evidence-missing", "evidence-complete")
+# DIRECTORSHIP (the company registration) says who may act for a juristic id: until it
+# names the applicant as a director, no other evidence keyed by that juristic id is fetched
+# (its tax clearance, say, is the company's data, not the data of whoever typed its number).
+NOT_A_DIRECTOR = "NotADirector"
+HELD_BACK = "DirectorshipNotEstablished"
+NOT_THE_APPLICANTS = "NotTheApplicants"
 DECISIONS = {"approve": "approved", "reject": "rejected"}
 MAX_REASON = 2000
 
@@ -76,26 +89,47 @@ SYSTEM_ACTOR = "case-service"
 CATALOG_RETRY_SECONDS = 60.0
 
 
-def _only_own_company(case: CaseRecord, answer: EvidenceAnswer) -> EvidenceAnswer:
-    """A citizen applies for her own company only: a registration that does not list her as
-    a director is not shown to her (its directors' ids and names are their data, not hers),
-    and the item fails with a reason the officer can read."""
-    if answer.type != "company_registration" or not answer.ok:
+def _withheld(answer: EvidenceAnswer, code: str, message: str) -> EvidenceAnswer:
+    error = FetchError(source="case-service", code=code, message=message)
+    return replace(answer, data=None, sha256=None, error=error)
+
+
+def _ids(rows: object, key: str) -> set[str | None]:
+    """The ids under ``key`` in a list of records, read as the registries write them (None
+    for a record that has none: it cannot be shown to be anyone's in particular)."""
+    if not isinstance(rows, list):
+        return set()
+    return {normalise(r.get(key)) if isinstance(r, dict) else None for r in rows}
+
+
+def _entitled(case: CaseRecord, answer: EvidenceAnswer) -> EvidenceAnswer:
+    """``answer`` if the applicant may see it; otherwise a failure that shows nothing of it.
+
+    A citizen applies for her own company only: a registration that does not list her as a
+    director is not shown (its directors' ids and names are their data, not hers), and it
+    refuses the application. Title deeds are asked for by her id; a record of another owner
+    in the answer is not hers to see, so the item fails rather than show it.
+    """
+    if not answer.ok:
         return answer
     data = answer.data if isinstance(answer.data, dict) else {}
-    directors = data.get("directors") if isinstance(data.get("directors"), list) else []
-    if any(isinstance(d, dict) and d.get("citizen_id") == case.citizen_id for d in directors):
-        return answer
-    return replace(
-        answer,
-        data=None,
-        sha256=None,
-        error=FetchError(
-            source="case-service",
-            code="NotADirector",
-            message=f"the applicant is not a registered director of {case.juristic_id}",
-        ),
-    )
+    if answer.type == DIRECTORSHIP:
+        if case.citizen_id in _ids(data.get("directors"), "citizen_id"):
+            return answer
+        return _withheld(
+            answer,
+            NOT_A_DIRECTOR,
+            f"the applicant is not a registered director of {case.juristic_id}",
+        )
+    if answer.type == "title_deed" and not _ids(data.get("records"), "owner_citizen_id") <= {
+        case.citizen_id
+    }:
+        return _withheld(
+            answer,
+            NOT_THE_APPLICANTS,
+            "the land office answered with title deeds of other owners; nothing is shown",
+        )
+    return answer
 
 
 def system_clock() -> datetime:
@@ -109,6 +143,9 @@ class ServiceError(Exception):
     def __init__(self, message: str) -> None:
         super().__init__(message)
         self.message = message
+        # Extra fields of the JSON error body (never personal data: it is not logged, but
+        # it is shown to whoever made the request).
+        self.details: dict[str, Any] = {}
 
 
 class Invalid(ServiceError):
@@ -119,6 +156,18 @@ class Invalid(ServiceError):
 class Forbidden(ServiceError):
     status = 403
     code = "forbidden"
+
+
+class NotADirector(Forbidden):
+    """The application is refused: the registry does not name the applicant as a director.
+
+    The case stays on record (status ``refused``) because exchanges were made for it."""
+
+    code = "not-a-director"
+
+    def __init__(self, message: str, case_no: str) -> None:
+        super().__init__(message)
+        self.details = {"case_no": case_no}
 
 
 class NotFound(ServiceError):
@@ -283,7 +332,7 @@ class CaseService:
             legal_basis=ct.legal_basis,
         )
         at = self._now()
-        answer = _only_own_company(case, answer)
+        answer = _entitled(case, answer)
         if answer.ok and answer.sha256 is not None:
             self.cache.put((case.case_no, ref.type), Cached(answer.sha256, answer.data))
         reference = None
@@ -328,6 +377,66 @@ class CaseService:
             tasks = [tg.create_task(self._fetch(case, ref, actor, reason)) for ref in refs]
         return [t.result() for t in tasks]
 
+    async def _gather(
+        self, case: CaseRecord, refs: Sequence[EvidenceRef], actor: Actor, reason: str
+    ) -> dict[str, EvidenceAnswer]:
+        """Fetch ``refs``; directorship first for anything keyed by the juristic id.
+
+        Evidence about the applicant herself (her citizen id, which she signed in with) and
+        the company registration go out at once. Other evidence keyed by the juristic id
+        waits for that registration to name her as a director (or, when it is not in this
+        batch, for the case's stored registration to have done so); otherwise it is not
+        fetched at all and the item says why.
+        """
+        gate = next((r for r in refs if r.type == DIRECTORSHIP), None)
+        held = [r for r in refs if r.subject_kind == "juristic_id" and r is not gate]
+        free = [r for r in refs if r.subject_kind != "juristic_id"]
+
+        async def gated() -> list[EvidenceAnswer]:
+            answers: list[EvidenceAnswer] = []
+            established = False
+            if gate is not None:
+                answers.append(await self._fetch(case, gate, actor, reason))
+                established = answers[0].ok
+            elif held:
+                stored = await self._store.evidence(case.case_no)
+                established = any(r.type == DIRECTORSHIP and r.status == "ok" for r in stored)
+            if not held:
+                return answers
+            if not established:
+                refused = (
+                    bool(answers)
+                    and answers[0].error is not None
+                    and (answers[0].error.code == NOT_A_DIRECTOR)
+                )
+                return answers + [await self._hold(case, r, reason, refused) for r in held]
+            return answers + await self._fetch_all(case, held, actor, reason)
+
+        # A failed fetch is a value, not an exception, so one failure cancels nothing.
+        async with asyncio.TaskGroup() as tg:
+            tasks = [tg.create_task(self._fetch(case, ref, actor, reason)) for ref in free]
+            after_gate = tg.create_task(gated())
+        return {a.type: a for a in [t.result() for t in tasks] + after_gate.result()}
+
+    async def _hold(
+        self, case: CaseRecord, ref: EvidenceRef, reason: str, refused: bool
+    ) -> EvidenceAnswer:
+        """An item keyed by the juristic id that is not fetched: no directorship (yet)."""
+        if refused:
+            message = (
+                f"not fetched: the applicant is not a registered director of {case.juristic_id}"
+            )
+        else:
+            message = (
+                f"not fetched: evidence about {case.juristic_id} is fetched only once the "
+                f"company registration names the applicant as a director; retry {DIRECTORSHIP}"
+            )
+        error = FetchError(source="case-service", code=HELD_BACK, message=message)
+        if reason != "view":
+            await self._store.not_fetched(case.case_no, ref.type, error.as_dict())
+        log.info("evidence.held", case_no=case.case_no, type=ref.type, reason=reason)
+        return EvidenceAnswer(ref.type, "", error=error)
+
     async def _recompute(self, case_no: str) -> None:
         """Set evidence-complete or evidence-missing from the items (before review only)."""
         case = await self._store.get_case(case_no)
@@ -336,9 +445,12 @@ class CaseService:
         refs = await self._store.evidence(case_no)
         missing = [r.type for r in refs if r.status != "ok"]
         target = "evidence-missing" if missing else "evidence-complete"
+        note = f"missing: {', '.join(missing)}" if missing else f"all {len(refs)} items retrieved"
+        for ref in refs:
+            if ref.type == DIRECTORSHIP and (ref.error or {}).get("code") == NOT_A_DIRECTOR:
+                target, note = "refused", str((ref.error or {}).get("message"))
         if target == case.status:
             return
-        note = f"missing: {', '.join(missing)}" if missing else f"all {len(refs)} items retrieved"
         await self._store.transition(
             case_no,
             allowed_from=[case.status],
@@ -412,8 +524,19 @@ class CaseService:
         async with self._case_lock(case_no):
             case = await self._store.get_case(case_no)
             assert case is not None
-            await self._fetch_all(case, await self._store.evidence(case_no), actor, "apply")
+            await self._gather(case, await self._store.evidence(case_no), actor, "apply")
             await self._recompute(case_no)
+            case = await self._store.get_case(case_no)
+            assert case is not None
+        if case.status == "refused":
+            self.cache.drop_case(case_no)
+            raise NotADirector(
+                f"application refused: the company registry (DBD) does not list you as a "
+                f"director of {jid}, so you cannot apply for it and nothing else about it was "
+                f"fetched; apply with the juristic id of a company you direct (case {case_no} "
+                "is kept, closed as refused)",
+                case_no,
+            )
         return await self.get(actor, case_no)
 
     async def get(self, actor: Actor, case_no: str, *, payload: bool = True) -> dict[str, Any]:
@@ -438,9 +561,9 @@ class CaseService:
             elif case.status in OPEN:
                 refetch.append(ref)
         if refetch:
-            for ref, answer in zip(
-                refetch, await self._fetch_all(case, refetch, actor, "view"), strict=True
-            ):
+            answers = await self._gather(case, refetch, actor, "view")
+            for ref in refetch:
+                answer = answers[ref.type]
                 if answer.ok and answer.sha256 is not None:
                     shown[ref.type] = (Cached(answer.sha256, answer.data), None, "hub")
                 else:
@@ -633,7 +756,20 @@ class CaseService:
                     f"evidence {evidence_type} of case {case_no} was retrieved successfully; "
                     "there is nothing to retry"
                 )
-            await self._fetch_all(case, [ref], actor, "retry")
+            refs = await self._store.evidence(case_no)
+            batch = [ref]
+            if ref.type == DIRECTORSHIP:
+                # What waited for the directorship check goes out once it passes.
+                batch += [r for r in refs if (r.error or {}).get("code") == HELD_BACK]
+            elif ref.subject_kind == "juristic_id" and not any(
+                r.type == DIRECTORSHIP and r.status == "ok" for r in refs
+            ):
+                raise Conflict(
+                    f"cannot retry {evidence_type} of case {case_no} yet: evidence about the "
+                    "company is fetched only once its registration names the applicant as a "
+                    f"director; retry {DIRECTORSHIP} first"
+                )
+            await self._gather(case, batch, actor, "retry")
             await self._recompute(case_no)
         return await self.get(actor, case_no)
 

@@ -332,6 +332,21 @@ class Store:
                 await db.rollback()
                 raise
 
+    async def not_fetched(self, case_no: str, evidence_type: str, error: dict[str, Any]) -> None:
+        """Mark an item failed without an exchange: it was deliberately not fetched."""
+        db = self.db
+        async with self._write:
+            try:
+                await db.execute(
+                    "UPDATE evidence SET status = 'failed', error = ?"
+                    " WHERE case_no = ? AND type = ?",
+                    (json.dumps(error, ensure_ascii=False), case_no, evidence_type),
+                )
+                await db.commit()
+            except BaseException:
+                await db.rollback()
+                raise
+
     async def transition(
         self,
         case_no: str,

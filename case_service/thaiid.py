@@ -8,7 +8,12 @@ someone else's records) and gives the citizen an answer she can act on.
 
 from __future__ import annotations
 
-__all__ = ["InvalidThaiId", "check_digit", "is_valid", "validate"]
+import re
+
+__all__ = ["InvalidThaiId", "check_digit", "is_valid", "normalise", "validate"]
+
+# How registries write an id: 13 digits, often grouped with dashes or spaces (1-1017-00203-45-0).
+_WRITTEN_ID = re.compile(r"[0-9][0-9\- ]*[0-9]")
 
 
 class InvalidThaiId(ValueError):
@@ -46,3 +51,20 @@ def validate(value: object, what: str = "id") -> str:
             "please check the number for typing errors"
         )
     return value
+
+
+def normalise(value: object) -> str | None:
+    """The 13-digit id in ``value`` as a registry writes it, or None if it is not one.
+
+    Registries pad ids (spaces, NUL) and group their digits with dashes or spaces
+    (``1-1017-00203-45-0``); none of that makes another person, so a comparison of ids from
+    a registry's answer with the applicant's must go through this, the same reading the
+    hub's subject index uses. Thai or other non-ASCII digits are not read as digits.
+    """
+    if not isinstance(value, str):
+        return None
+    text = value.strip(" \t\r\n\x00")
+    if not text.isascii() or not _WRITTEN_ID.fullmatch(text):
+        return None
+    digits = text.replace("-", "").replace(" ", "")
+    return digits if len(digits) == 13 else None

@@ -109,6 +109,9 @@ class Failure:
 class FakeEvidenceHub:
     ssl_context: ssl.SSLContext | None = None
     requests: list[Recorded] = field(default_factory=list)
+    # ("request" | "answer", evidence type) in the order they happened: a test can show
+    # that one fetch was sent only after another one's answer had been given.
+    events: list[tuple[str, str]] = field(default_factory=list)
     failures: dict[str, Failure] = field(default_factory=dict)
     # Per (type, subject) replacements of the canned payload, to simulate a registry change.
     overrides: dict[tuple[str, str], dict[str, Any]] = field(default_factory=dict)
@@ -194,6 +197,7 @@ class FakeEvidenceHub:
     async def _evidence(self, request: web.Request) -> web.StreamResponse:
         etype, subject = request.match_info["type"], request.match_info["subject"]
         self._record(request, etype, subject)
+        self.events.append(("request", etype))
         self.in_flight += 1
         self.max_in_flight = max(self.max_in_flight, self.in_flight)
         try:
@@ -206,6 +210,7 @@ class FakeEvidenceHub:
             return await self._answer(request, etype, subject)
         finally:
             self.in_flight -= 1
+            self.events.append(("answer", etype))
 
     async def _answer(self, request: web.Request, etype: str, subject: str) -> web.StreamResponse:
         if missing := [h for h in REQUIRED_HEADERS if not request.headers.get(h)]:

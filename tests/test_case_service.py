@@ -196,11 +196,16 @@ def test_thai_id_known_values() -> None:
 async def test_apply_fetches_all_evidence_concurrently(
     svc: Running, hub: FakeEvidenceHub, idp: Idp
 ) -> None:
-    # Each request is held until all five are in flight: a service that fetched one after
+    # Each request is held until four are in flight: a service that fetched one after
     # another would see max_in_flight == 1 (and get its answers only after the gate timeout).
-    hub.gate = len(EVIDENCE_TYPES)
+    # The four are her own evidence and the company registration; the tax clearance is
+    # asked for only after the registration has named her as a director.
+    hub.gate = len(EVIDENCE_TYPES) - 1
     case = await _apply(svc, idp)
-    assert hub.max_in_flight == len(EVIDENCE_TYPES)
+    assert hub.max_in_flight == len(EVIDENCE_TYPES) - 1
+    assert hub.events.index(("request", "tax_clearance")) > hub.events.index(
+        ("answer", "company_registration")
+    )
     assert case["case_no"] == "BMA-FOOD-2569-000001"
     assert case["status"] == "evidence-complete"
     assert [h["status"] for h in case["history"]] == ["submitted", "evidence-complete"]
@@ -440,8 +445,8 @@ async def test_provider_down_then_retry(svc: Running, hub: FakeEvidenceHub, idp:
         ),
     )
     hub.fail(
-        "company_registration",
-        Failure("provider", 503, body='{"problem": "DBD registry under maintenance"}'),
+        "house_registration",
+        Failure("provider", 503, body='{"problem": "DOPA registry under maintenance"}'),
     )
     case = await _apply(svc, idp)
     case_no = case["case_no"]
@@ -454,13 +459,13 @@ async def test_provider_down_then_retry(svc: Running, hub: FakeEvidenceHub, idp:
     assert tax["error"]["code"] == "Server.ServerProxy.NetworkError"
     assert tax["error"]["message"] == "RD's export service is unreachable"
     assert tax["error"]["detail"]
-    company = items["company_registration"]
-    assert company["error"]["source"] == "provider"
-    assert company["error"]["status"] == 503
-    assert company["error"]["code"] is None
-    assert "DBD registry under maintenance" in company["error"]["body_excerpt"]
+    house = items["house_registration"]
+    assert house["error"]["source"] == "provider"
+    assert house["error"]["status"] == 503
+    assert house["error"]["code"] is None
+    assert "DOPA registry under maintenance" in house["error"]["body_excerpt"]
     assert items["identity"]["status"] == "ok"  # one failure cancels nothing
-    assert case["history"][-1]["note"] == "missing: company_registration, tax_clearance"
+    assert case["history"][-1]["note"] == "missing: house_registration, tax_clearance"
 
     # Still down: the retry fails again, visibly.
     again = await svc.client.retry(citizen, case_no, "tax_clearance")
@@ -469,11 +474,11 @@ async def test_provider_down_then_retry(svc: Running, hub: FakeEvidenceHub, idp:
 
     hub.recover()
     one = await svc.client.retry(citizen, case_no, "tax_clearance")
-    assert one["status"] == "evidence-missing"  # company registration still missing
+    assert one["status"] == "evidence-missing"  # house registration still missing
     # An officer may retry too; the fetch then acts on the officer's behalf.
-    done = await svc.client.retry(officer, case_no, "company_registration")
+    done = await svc.client.retry(officer, case_no, "house_registration")
     assert done["status"] == "evidence-complete"
-    assert _items(done)["company_registration"]["error"] is None
+    assert _items(done)["house_registration"]["error"] is None
     assert hub.evidence_requests()[-1].headers["X-Road-UserId"] == OFFICER
     assert [h["status"] for h in done["history"]] == [
         "submitted",
@@ -482,6 +487,47 @@ async def test_provider_down_then_retry(svc: Running, hub: FakeEvidenceHub, idp:
     ]
     assert [x["reason"] for x in done["exchanges"]].count("retry") == 3
     assert (await svc.client.confirm(citizen, case_no))["status"] == "in-review"
+
+
+async def test_company_registry_down_holds_back_the_company_evidence(
+    svc: Running, hub: FakeEvidenceHub, idp: Idp
+) -> None:
+    """Without a registration naming her as a director, nothing else is asked about the
+    company: the tax clearance waits, and goes out when the registration is retried."""
+    citizen = idp.token(CITIZEN, "citizen")
+    hub.fail(
+        "company_registration",
+        Failure("provider", 503, body='{"problem": "DBD registry under maintenance"}'),
+    )
+    case = await _apply(svc, idp)
+    case_no = case["case_no"]
+    assert case["status"] == "evidence-missing"
+    items = _items(case)
+    assert items["company_registration"]["error"]["source"] == "provider"
+    tax = items["tax_clearance"]
+    assert (tax["status"], tax["attempts"], tax["message_id"]) == ("failed", 0, None)
+    assert tax["error"]["code"] == "DirectorshipNotEstablished"
+    assert "retry company_registration" in tax["error"]["message"]
+    assert {i["status"] for t, i in items.items() if SERVICES[t][1] == "citizen_id"} == {"ok"}
+    assert "tax_clearance" not in {r.evidence_type for r in hub.evidence_requests()}
+    assert "tax_clearance" not in {x["type"] for x in case["exchanges"]}
+
+    # Retrying the tax clearance first is refused, still without asking RD anything.
+    with pytest.raises(CaseServiceError) as info:
+        await svc.client.retry(citizen, case_no, "tax_clearance")
+    assert info.value.status == 409 and "retry company_registration first" in info.value.message
+    assert "tax_clearance" not in {r.evidence_type for r in hub.evidence_requests()}
+
+    hub.recover()
+    done = await svc.client.retry(citizen, case_no, "company_registration")
+    assert done["status"] == "evidence-complete"
+    assert _items(done)["tax_clearance"]["attempts"] == 1
+    assert hub.events[-4:] == [
+        ("request", "company_registration"),
+        ("answer", "company_registration"),
+        ("request", "tax_clearance"),
+        ("answer", "tax_clearance"),
+    ]
 
 
 async def test_node_unreachable_and_connection_dropped(
@@ -749,7 +795,10 @@ async def test_mutual_tls_to_the_node(tmp_path: Path, idp: Idp, clock: FakeClock
         async with running(without, clock) as svc:
             case = await _apply(svc, idp)
             assert case["status"] == "evidence-missing"
-            assert {i["error"]["source"] for i in case["evidence"]} == {"network"}
+            sources = {i["type"]: i["error"]["source"] for i in case["evidence"]}
+            # The tax clearance is not even tried without the company registration.
+            assert sources.pop("tax_clearance") == "case-service"
+            assert set(sources.values()) == {"network"}
         assert len(node.evidence_requests()) == count
     finally:
         await node.close()
@@ -794,6 +843,15 @@ sla_days = 45
         load_settings(cfg)
     with pytest.raises(ConfigError, match="public_key"):
         load_settings(None)
+    # Company evidence without the registration that says who may ask for it is refused.
+    cfg.write_text(
+        f'[idp]\npublic_key = "{idp.public_key}"\n'
+        "[case_types.food-business-licence]\n"
+        'evidence = { identity = "citizen_id", tax_clearance = "juristic_id" }\n',
+        encoding="utf-8",
+    )
+    with pytest.raises(ConfigError, match="company_registration"):
+        load_settings(cfg)
     with pytest.raises(ConfigError, match="printable ASCII"):
         cfg.write_text(
             f'[idp]\npublic_key = "{idp.public_key}"\n'
@@ -803,15 +861,101 @@ sla_days = 45
         load_settings(cfg)
 
 
-async def test_a_company_she_does_not_direct_is_not_shown_to_her(
+async def test_a_company_she_does_not_direct_refuses_the_application(
     svc: Running, hub: FakeEvidenceHub, idp: Idp
 ) -> None:
-    """Applying with another company's juristic id must not reveal its directors to her."""
-    case = await svc.client.apply(
-        idp.token(CITIZEN, "citizen"), citizen_id=CITIZEN, juristic_id=STRANGERS_COMPANY
+    """Typing another company's juristic id gets her nothing of that company: the registration
+    is checked first, is not shown to her, and no other evidence about it is fetched."""
+    citizen = idp.token(CITIZEN, "citizen")
+    with pytest.raises(CaseServiceError) as info:
+        await svc.client.apply(citizen, citizen_id=CITIZEN, juristic_id=STRANGERS_COMPANY)
+    assert info.value.status == 403 and info.value.error == "not-a-director"
+    assert "not list you as a director of " + STRANGERS_COMPANY in info.value.message
+    case_no = info.value.body["case_no"]
+
+    # By that juristic id, the registration alone was asked for, never the tax clearance.
+    about_company = [
+        r.evidence_type for r in hub.evidence_requests() if r.subject == STRANGERS_COMPANY
+    ]
+    assert about_company == ["company_registration"]
+
+    # The case stays on record, closed as refused, and shows nothing of the company.
+    case = await svc.client.get(citizen, case_no)
+    assert case["status"] == "refused"
+    assert case["history"][-1]["note"] == (
+        f"the applicant is not a registered director of {STRANGERS_COMPANY}"
     )
-    assert case["status"] == "evidence-missing"
-    company = _items(case)["company_registration"]
+    company, tax = _items(case)["company_registration"], _items(case)["tax_clearance"]
     assert company["status"] == "failed" and company["data"] is None
     assert company["error"]["code"] == "NotADirector"
+    assert (tax["status"], tax["attempts"], tax["data"]) == ("failed", 0, None)
+    assert tax["error"]["code"] == "DirectorshipNotEstablished"
+    assert "3100600123459" not in str(case)  # the real director's id
+    assert [c["status"] for c in await svc.client.list_cases(citizen)] == ["refused"]
+    # A refused case is closed: nothing to retry, confirm or withdraw.
+    for call in (
+        svc.client.retry(citizen, case_no, "company_registration"),
+        svc.client.confirm(citizen, case_no),
+        svc.client.withdraw(citizen, case_no),
+    ):
+        with pytest.raises(CaseServiceError) as refused:
+            await call
+        assert refused.value.status == 409
+    assert [r.subject for r in hub.evidence_requests()].count(STRANGERS_COMPANY) == 1
+
+
+async def test_directors_are_matched_as_the_registry_writes_ids(
+    svc: Running, hub: FakeEvidenceHub, idp: Idp
+) -> None:
+    """DBD may write a director's id grouped with dashes or padded; it is still her."""
+    written = ["1-1017-00203-45-0", " 1101700203450\x00", "1 1017 00203 45 0"]
+    for n, form in enumerate(written):
+        registration = hub.payload("company_registration", JURISTIC)
+        registration["directors"] = [{"citizen_id": form, "name_th": "สมหญิง ใจดี"}]
+        hub.overrides[("company_registration", JURISTIC)] = registration
+        case = await _apply(svc, idp)
+        assert case["status"] == "evidence-complete", (form, case["evidence"])
+        assert [r.evidence_type for r in hub.evidence_requests()].count("tax_clearance") == n + 1
+    # A number that only contains hers is someone else.
+    registration["directors"] = [{"citizen_id": "11101700203450"}, {"citizen_id": "๑๑๐๑๗๐๐๒๐๓๔๕๐"}]
+    with pytest.raises(CaseServiceError) as info:
+        await _apply(svc, idp)
+    assert info.value.error == "not-a-director"
+
+
+async def test_view_refetch_checks_directorship_again(
+    settings: Settings, clock: FakeClock, hub: FakeEvidenceHub, idp: Idp
+) -> None:
+    """An open case viewed after a restart reads the registries again; if the registration
+    no longer names her, the company's other evidence is not read again."""
+    citizen = idp.token(CITIZEN, "citizen")
+    async with running(settings, clock) as svc:
+        case_no = (await _apply(svc, idp))["case_no"]
+    registration = hub.payload("company_registration", JURISTIC)
+    registration["directors"] = [{"citizen_id": "3100600123459", "name_th": "someone else"}]
+    hub.overrides[("company_registration", JURISTIC)] = registration
+    before = len(hub.evidence_requests())
+    async with running(settings, clock) as svc:
+        seen = _items(await svc.client.get(citizen, case_no))
+    again = [r.evidence_type for r in hub.evidence_requests()[before:]]
+    assert "tax_clearance" not in again and "company_registration" in again
+    assert seen["company_registration"]["data"] is None
+    assert seen["company_registration"]["view_error"]["code"] == "NotADirector"
+    assert seen["tax_clearance"]["data"] is None
+    assert seen["tax_clearance"]["view_error"]["code"] == "DirectorshipNotEstablished"
+    assert seen["identity"]["data_source"] == "hub"
+    assert "3100600123459" not in str(seen)
+
+
+async def test_title_deeds_of_other_owners_are_not_shown(
+    svc: Running, hub: FakeEvidenceHub, idp: Idp
+) -> None:
+    deeds = {"records": [{"deed_no": "1", "owner_citizen_id": "1-1017-00203-45-0"}]}
+    hub.overrides[("title_deed", CITIZEN)] = deeds
+    assert _items(await _apply(svc, idp))["title_deed"]["status"] == "ok"
+    deeds["records"].append({"deed_no": "2", "owner_citizen_id": "3100600123459"})
+    case = await _apply(svc, idp)
+    deed = _items(case)["title_deed"]
+    assert (deed["status"], deed["data"]) == ("failed", None)
+    assert deed["error"]["code"] == "NotTheApplicants"
     assert "3100600123459" not in str(case)
