@@ -612,3 +612,48 @@ async def test_sla_of_a_fresh_case_service(world: World) -> None:
         assert decided["overdue"] is False and decided["decision"]["by"] == OFFICER
     finally:
         await cs.stop()
+
+
+# --- 6. directorship before any company evidence ------------------------------------------------
+
+
+def _not_a_director_of(juristic_id: str) -> str:
+    persons = demo_people(SEED, 200)
+    company = next(c for c in companies(SEED, 200, persons) if c.juristic_id == juristic_id)
+    return next(p.citizen_id for p in persons if p.citizen_id not in company.directors)
+
+
+async def test_a_citizen_who_is_not_a_director_is_refused_before_any_company_evidence(
+    world: World,
+) -> None:
+    # Someone who typed her company's juristic id: the real registries, the real case
+    # service, and the nodes' own logs say what was read.
+    w, her = world, world.her
+    stranger = await asyncio.to_thread(_not_a_director_of, her.juristic_id)
+    with pytest.raises(CaseServiceError) as refused:
+        await _apply(w, stranger, her.juristic_id)
+    assert refused.value.status == 403 and refused.value.error == "not-a-director"
+    assert "does not list you as a director" in refused.value.message
+    case_no = refused.value.body["case_no"]
+
+    # RD never saw a request for this case: no tax-clearance exchange in its log.
+    assert await _audit_search(w, PROVIDER_OF["tax_clearance"], issue=case_no) == []
+    # By the juristic id, BMA's node sent the company registration alone.
+    consumer, _ = search_log(w.demo.log_path(BMA_NODE), SearchFilter(issue=case_no))
+    services = sorted(r["service"] for r in consumer)
+    assert not [s for s in services if s.startswith("TH/GOV/RD/")], services
+    assert [s for s in services if s.startswith("TH/GOV/DBD/")] == [
+        "TH/GOV/DBD/registry/companies"
+    ], services
+    (dbd,) = await _audit_search(w, PROVIDER_OF["company_registration"], issue=case_no)
+    assert dbd["user_id"] == f"TH{stranger}" and dbd["status"] == 200
+
+    # Her company's registration (its directors, her among them) is not shown to him.
+    view = await w.cs.client.get(w.citizen(stranger), case_no)
+    assert view["status"] == "refused"
+    items = _items(view)
+    assert items["company_registration"]["data"] is None
+    assert items["company_registration"]["error"]["code"] == "NotADirector"
+    assert items["tax_clearance"]["attempts"] == 0 and items["tax_clearance"]["data"] is None
+    assert her.citizen_id not in str(view)
+    assert "tax_clearance" not in {x["type"] for x in view["exchanges"]}
