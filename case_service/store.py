@@ -9,7 +9,10 @@ a second, unsupervised register of citizens' personal data.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import json
+import os
+import stat
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime
@@ -17,8 +20,11 @@ from pathlib import Path
 from typing import Any
 
 import aiosqlite
+import structlog
 
 __all__ = ["CaseRecord", "EvidenceRef", "HistoryEntry", "Store", "iso", "parse_iso"]
+
+log = structlog.get_logger("case_service.store")
 
 SCHEMA = """
 CREATE TABLE IF NOT EXISTS case_counter (
@@ -172,6 +178,39 @@ def _ref(row: aiosqlite.Row) -> EvidenceRef:
     )
 
 
+# The database's own file and the ones SQLite keeps beside it; all hold citizens' data.
+SIDE_FILES = ("", "-wal", "-shm", "-journal")
+
+
+def _create_private(path: Path) -> None:
+    """Create the database file 0600 (its directory 0700) before SQLite opens it, so it is
+    never readable by others, whatever the umask; tighten files that already exist."""
+    path.parent.mkdir(mode=0o700, parents=True, exist_ok=True)
+    with contextlib.suppress(FileExistsError):
+        os.close(os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600))
+    _make_private(path)
+
+
+def _make_private(path: Path) -> None:
+    """Owner-only modes for the database and its side files; a file found more open than
+    that (an older version, a copy, a umask of 0) is fixed, with a warning."""
+    for suffix in SIDE_FILES:
+        file = path.with_name(path.name + suffix)
+        try:
+            mode = stat.S_IMODE(file.stat().st_mode)
+        except FileNotFoundError:
+            continue
+        if mode & 0o077:
+            file.chmod(mode & 0o700)
+            log.warning(
+                "case_db.permissions_fixed",
+                path=str(file),
+                was=oct(mode),
+                now=oct(mode & 0o700),
+                why="the case database holds citizens' data; only its owner may read it",
+            )
+
+
 class Store:
     """One aiosqlite connection; writes that belong together run under one lock and commit.
 
@@ -185,14 +224,18 @@ class Store:
         self._write = asyncio.Lock()
 
     async def open(self) -> None:
-        if str(self._path) != ":memory:":
-            self._path.parent.mkdir(parents=True, exist_ok=True)
+        on_disk = str(self._path) != ":memory:"
+        if on_disk:
+            await asyncio.to_thread(_create_private, self._path)
         self._db = await aiosqlite.connect(self._path)
         self._db.row_factory = aiosqlite.Row
         await self._db.execute("PRAGMA journal_mode=WAL")
         await self._db.execute("PRAGMA foreign_keys=ON")
         await self._db.executescript(SCHEMA)
         await self._db.commit()
+        if on_disk:
+            # SQLite gives the WAL and shared-memory files the main file's mode; check anyway.
+            await asyncio.to_thread(_make_private, self._path)
 
     async def close(self) -> None:
         if self._db is not None:

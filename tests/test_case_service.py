@@ -8,7 +8,9 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import os
 import sqlite3
+import stat
 import time
 from collections.abc import AsyncIterator
 from dataclasses import dataclass
@@ -19,6 +21,7 @@ from typing import Any
 import aiohttp
 import jwt
 import pytest
+import structlog.testing
 from aiohttp import web
 from cryptography.hazmat.primitives.asymmetric import ec
 
@@ -289,6 +292,41 @@ async def test_sqlite_holds_references_not_payloads(
         raw = path.read_bytes()
         for marker in PAYLOAD_MARKERS:
             assert marker.encode() not in raw, f"payload text {marker!r} found in {path.name}"
+
+
+async def test_case_database_is_readable_by_its_owner_only(
+    tmp_path: Path, hub: FakeEvidenceHub, idp: Idp, clock: FakeClock
+) -> None:
+    """The database holds citizens' cases: 0600 for it and SQLite's side files, even under a
+    permissive umask, and a file left too open by someone else is tightened on start."""
+    fresh = Settings(
+        node_url=hub.url, idp_public_key=idp.public_key, db_path=tmp_path / "new" / "cases.db"
+    ).validated()
+    old_umask = os.umask(0o000)  # the worst case: files would otherwise be 0666
+    try:
+        async with running(fresh, clock) as svc:
+            await _apply(svc, idp)
+            files = sorted(fresh.db_path.parent.iterdir())
+            assert [f.name for f in files] == ["cases.db", "cases.db-shm", "cases.db-wal"]
+            assert {f.name: stat.S_IMODE(f.stat().st_mode) for f in files} == {
+                f.name: 0o600 for f in files
+            }
+            assert stat.S_IMODE(fresh.db_path.parent.stat().st_mode) == 0o700
+    finally:
+        os.umask(old_umask)
+
+    # A database (and journal) that an older version or a copy left world-readable.
+    for suffix in ("", "-journal"):
+        fresh.db_path.with_name("cases.db" + suffix).touch()
+        fresh.db_path.with_name("cases.db" + suffix).chmod(0o644)
+    with structlog.testing.capture_logs() as logs:
+        async with running(fresh, clock):
+            pass
+    for f in fresh.db_path.parent.iterdir():
+        assert stat.S_IMODE(f.stat().st_mode) == 0o600, f.name
+    fixed = [e for e in logs if e["event"] == "case_db.permissions_fixed"]
+    assert {Path(e["path"]).name for e in fixed} >= {"cases.db", "cases.db-journal"}
+    assert {e["was"] for e in fixed} == {"0o644"}
 
 
 # --- preview, restart, changed evidence ---------------------------------------------------
