@@ -24,22 +24,39 @@ TH/GOV/BMA/licensing). A citizen applies for a food-business licence with her ci
 her company's juristic id; the service fetches every piece of evidence through BMA's hub node
 (identity, house registration, company registration, tax clearance, title deed), keeps only
 references and digests, lets her preview and confirm, and lets officers decide within the
-legal processing time (SLA).
+legal processing time (SLA). Evidence about the company is fetched only once its registration
+names her as a director; otherwise the application is refused.
 
-Users authenticate with ES256 bearer tokens of the identity provider (issuer 'thaid').
-Settings come from --config (TOML), then flags; flags win.
+Users authenticate with ES256 bearer tokens of the identity provider (issuer 'thaid', audience
+the client id, role citizen or officer); mint demo tokens with
+'xroad-hub token --citizen ID --audience TH/GOV/BMA/licensing'. Settings come from --config
+(TOML), then flags; flags win.
 """
 
 EPILOG = """\
+Quick start (repository root):
+  xroad-hub pki init                 # writes certs/, the files the example config names
+  python -m case_service --config case_service/config.example.toml
+
 TOML keys: listen, db, node_url, client_id, user_id_prefix, agency_prefix, fetch_timeout,
 cache_entries; [tls] cert, key, ca; [server] cert, key; [idp] public_key, issuer,
 max_token_lifetime; [case_types.<code>] title, number_prefix, sla_days, purpose, legal_basis,
 evidence = {type = "citizen_id"|"juristic_id"}. See case_service/config.example.toml.
 
-Routes: GET /health; GET /evidence-types; POST /cases; GET /cases; GET /cases/{no};
-POST /cases/{no}/confirm; POST /cases/{no}/withdraw; POST /cases/{no}/evidence/{type}/retry;
-POST /cases/{no}/decision; GET /officer/cases; GET /officer/overdue; GET /officer/stats.
+Routes (JSON; all but /health need 'Authorization: Bearer TOKEN'):
+  GET  /health                                  public
+  GET  /evidence-types                          citizen, officer
+  POST /cases {citizen_id, juristic_id}         citizen: apply (201; 403 not-a-director)
+  GET  /cases, GET /cases/{no}[?payload=0]      citizen (own cases), officer
+  POST /cases/{no}/confirm | /withdraw          citizen (own case)
+  POST /cases/{no}/evidence/{type}/retry        citizen (own case), officer
+  POST /cases/{no}/decision {decision, reason}  officer
+  GET  /officer/cases | /officer/overdue | /officer/stats     officer
+Errors are {"error": CODE, "message": TEXT}: 400 invalid-request, 401 unauthenticated,
+403 forbidden | not-a-director, 404 not-found, 409 illegal-transition. Shapes, statuses and
+rules: case_service/README.md.
 
+The case database is created 0600 (its directory 0700); it holds citizens' cases.
 Stops cleanly on SIGTERM or Ctrl-C: requests in flight finish, the database is closed.
 """
 
