@@ -13,7 +13,9 @@ Statuses and the only moves between them:
 Evidence keyed by the juristic id the citizen typed is fetched only after the company
 registration (fetched alongside the evidence about herself) names her as a director; a
 citizen who is not one gets her application refused and nothing else about that company is
-fetched. Anything else is refused with a ``Conflict`` that says why. Authorisation is decided here,
+fetched.
+
+Anything else is refused with a ``Conflict`` that says why. Authorisation is decided here,
 not in the HTTP layer, so every entry point (routes today, others later) gets the same rules.
 """
 
@@ -404,11 +406,8 @@ class CaseService:
             if not held:
                 return answers
             if not established:
-                refused = (
-                    bool(answers)
-                    and answers[0].error is not None
-                    and (answers[0].error.code == NOT_A_DIRECTOR)
-                )
+                error = answers[0].error if answers else None
+                refused = error is not None and error.code == NOT_A_DIRECTOR
                 return answers + [await self._hold(case, r, reason, refused) for r in held]
             return answers + await self._fetch_all(case, held, actor, reason)
 
@@ -451,6 +450,9 @@ class CaseService:
                 target, note = "refused", str((ref.error or {}).get("message"))
         if target == case.status:
             return
+        if target == "refused":
+            # Closed without a purpose to show anything: drop the documents held for it.
+            self.cache.drop_case(case_no)
         await self._store.transition(
             case_no,
             allowed_from=[case.status],
@@ -529,7 +531,6 @@ class CaseService:
             case = await self._store.get_case(case_no)
             assert case is not None
         if case.status == "refused":
-            self.cache.drop_case(case_no)
             raise NotADirector(
                 f"application refused: the company registry (DBD) does not list you as a "
                 f"director of {jid}, so you cannot apply for it and nothing else about it was "

@@ -929,6 +929,8 @@ async def test_a_company_she_does_not_direct_refuses_the_application(
     assert (tax["status"], tax["attempts"], tax["data"]) == ("failed", 0, None)
     assert tax["error"]["code"] == "DirectorshipNotEstablished"
     assert "3100600123459" not in str(case)  # the real director's id
+    # Closed: no documents are held for it, and none are read again to show it.
+    assert [i["data"] for i in case["evidence"]] == [None] * len(EVIDENCE_TYPES)
     assert [c["status"] for c in await svc.client.list_cases(citizen)] == ["refused"]
     # A refused case is closed: nothing to retry, confirm or withdraw.
     for call in (
