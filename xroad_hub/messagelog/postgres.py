@@ -135,6 +135,19 @@ INSERT INTO {s}.schema_version (version) VALUES ({_SCHEMA_VERSION});
 """
 
 
+def _globalconf_ddl(s: str) -> str:
+    # As in SQLite: added to existing logs as they open, no schema version needed.
+    return f"""
+CREATE TABLE IF NOT EXISTS {s}.globalconf (
+    sha256 text PRIMARY KEY,
+    generated_at double precision NOT NULL,
+    expires_at double precision NOT NULL,
+    signed bytea NOT NULL,
+    signer_cert_sha256 text NOT NULL REFERENCES {s}.certificate (sha256)
+);
+"""
+
+
 def _lock_key(schema: str) -> int:
     """The advisory lock key of a schema: 64 bits of a digest, as PostgreSQL's signed bigint.
 
@@ -258,6 +271,7 @@ class PostgresMessageLog:
                 "(ALTER SCHEMA ... RENAME TO ...) and start again (no automatic migration of "
                 "evidence)"
             )
+        await self._conn.execute(_globalconf_ddl(self._s))
 
     async def _load_tree(self) -> None:
         """Rebuild the tree head from the committed leaves (O(n) once, at start)."""
@@ -377,6 +391,23 @@ class PostgresMessageLog:
                 f"INSERT INTO {self._s}.checkpoint (size, root, note, cert_sha256, created_at)"
                 " VALUES ($1, $2, $3, $4, $5)",
                 size, root, note, digest, created_at,
+            )  # fmt: skip
+
+    async def record_globalconf(
+        self, signed: bytes, signer_cert: bytes, generated_at: float, expires_at: float
+    ) -> None:
+        cert_digest = hashlib.sha256(signer_cert).hexdigest()
+        async with self._reader().acquire() as conn, conn.transaction():
+            await conn.execute(
+                f"INSERT INTO {self._s}.certificate VALUES ($1, $2)"
+                " ON CONFLICT (sha256) DO NOTHING",
+                cert_digest,
+                signer_cert,
+            )
+            await conn.execute(
+                f"INSERT INTO {self._s}.globalconf VALUES ($1, $2, $3, $4, $5)"
+                " ON CONFLICT (sha256) DO NOTHING",
+                hashlib.sha256(signed).hexdigest(), generated_at, expires_at, signed, cert_digest,
             )  # fmt: skip
 
     async def latest_checkpoint_size(self) -> int:
