@@ -101,6 +101,7 @@ def _flip(value: str) -> str:
         ),
         (lambda d: d.update(response=None), "answer signed by the provider's member is missing"),
         (lambda d: d.update(request=None), "request signed by the client's member"),
+        (lambda d: d.pop("checkpoint"), "lacks the node's checkpoint"),
     ],
 )
 async def test_tampered_bundles_fail(fed: Fed, exchange, change, message: str) -> None:

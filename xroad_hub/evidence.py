@@ -282,11 +282,14 @@ class _Checker:
 
     def _checkpoint(self) -> Checkpoint | None:
         cp = _section(self.doc, "checkpoint")
+        if cp.get("note") is None or cp.get("cert") is None:
+            self.fail("checkpoint: the bundle lacks the node's checkpoint or its certificate")
+            return None
         try:
             note, cert = str(cp["note"]), _unb64(cp["cert"]) or b""
             checkpoint = verify_node_checkpoint(note, cert, self.roots)
-        except (CheckpointError, KeyError, ValueError) as exc:
-            self.fail(f"checkpoint: {exc or 'missing'}")
+        except (CheckpointError, ValueError) as exc:
+            self.fail(f"checkpoint: {exc}")
             return None
         self.origin = checkpoint.origin
         self.node = checkpoint.origin.removeprefix("xroad-hub/")
@@ -404,8 +407,10 @@ class _Checker:
             if side == "request":
                 request = (meta, body)
                 created = orjson.loads(meta).get("created")
-                if isinstance(created, int | float):
-                    self.signed_at = datetime.fromtimestamp(created, UTC)
+                if not isinstance(created, int | float):
+                    self.fail("the signed request carries no signing time")
+                    continue
+                self.signed_at = datetime.fromtimestamp(created, UTC)
         if self.signed_at and self.stamped and self.signed_at > self.stamped + CLOCK_SKEW:
             self.fail(
                 f"the request was signed ({iso_utc(self.signed_at)}) after its checkpoint was "

@@ -397,18 +397,22 @@ class PostgresMessageLog:
         self, signed: bytes, signer_cert: bytes, generated_at: float, expires_at: float
     ) -> None:
         cert_digest = hashlib.sha256(signer_cert).hexdigest()
-        async with self._reader().acquire() as conn, conn.transaction():
-            await conn.execute(
-                f"INSERT INTO {self._s}.certificate VALUES ($1, $2)"
-                " ON CONFLICT (sha256) DO NOTHING",
-                cert_digest,
-                signer_cert,
-            )
-            await conn.execute(
-                f"INSERT INTO {self._s}.globalconf VALUES ($1, $2, $3, $4, $5)"
-                " ON CONFLICT (sha256) DO NOTHING",
-                hashlib.sha256(signed).hexdigest(), generated_at, expires_at, signed, cert_digest,
-            )  # fmt: skip
+        try:  # kept before the exchange it concerns is logged: a failure fails that exchange
+            async with self._reader().acquire() as conn, conn.transaction():
+                await conn.execute(
+                    f"INSERT INTO {self._s}.certificate VALUES ($1, $2)"
+                    " ON CONFLICT (sha256) DO NOTHING",
+                    cert_digest,
+                    signer_cert,
+                )
+                await conn.execute(
+                    f"INSERT INTO {self._s}.globalconf VALUES ($1, $2, $3, $4, $5)"
+                    " ON CONFLICT (sha256) DO NOTHING",
+                    hashlib.sha256(signed).hexdigest(), generated_at, expires_at, signed,
+                    cert_digest,
+                )  # fmt: skip
+        except (OSError, asyncpg.PostgresError, asyncpg.InterfaceError) as exc:
+            raise LogError(f"message log write failed: {exc}") from exc
 
     async def latest_checkpoint_size(self) -> int:
         """Size of the newest checkpoint, or -1 when there is none."""

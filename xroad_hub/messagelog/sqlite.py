@@ -242,13 +242,16 @@ class SQLiteMessageLog:
     ) -> None:
         assert self._db is not None
         cert_digest = hashlib.sha256(signer_cert).hexdigest()
-        await self._db.execute(
-            "INSERT OR IGNORE INTO certificate VALUES (?, ?)", (cert_digest, signer_cert)
-        )
-        await self._db.execute(
-            "INSERT OR IGNORE INTO globalconf VALUES (?, ?, ?, ?, ?)",
-            (hashlib.sha256(signed).hexdigest(), generated_at, expires_at, signed, cert_digest),
-        )
+        try:  # kept before the exchange it concerns is logged: a failure fails that exchange
+            await self._db.execute(
+                "INSERT OR IGNORE INTO certificate VALUES (?, ?)", (cert_digest, signer_cert)
+            )
+            await self._db.execute(
+                "INSERT OR IGNORE INTO globalconf VALUES (?, ?, ?, ?, ?)",
+                (hashlib.sha256(signed).hexdigest(), generated_at, expires_at, signed, cert_digest),
+            )
+        except Exception as exc:
+            raise LogError(f"message log write failed: {exc}") from exc
 
     async def latest_checkpoint_size(self) -> int:
         """Size of the newest checkpoint, or -1 when there is none."""

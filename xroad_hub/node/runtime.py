@@ -58,6 +58,7 @@ class NodeRuntime:
     # The global configuration last kept in the log, and who may be keeping one now.
     _kept_conf: GlobalConf | None = field(default=None, init=False, repr=False)
     _keeping: asyncio.Lock = field(default_factory=asyncio.Lock, init=False, repr=False)
+    _same_rules_as_kept: GlobalConf | None = field(default=None, init=False, repr=False)
 
     def check_logging(self, raise_as: str) -> None:
         """Fail closed: no exchange the log cannot have timestamped in time."""
@@ -95,11 +96,16 @@ class NodeRuntime:
             return False
         if kept is conf:
             return True
+        if conf is not self._same_rules_as_kept:
+            # Compared once per download, not per exchange (~0.2 ms for 50 nodes).
+            if not kept.same_rules(conf):
+                return False
+            self._same_rules_as_kept = conf
         # The same rules, still in force for a while: no need for another copy. The margin
         # covers clocks: a request's signing time (another node's clock) must fall inside
         # the kept copy's validity for a bundle to prove hosting at that time.
         margin = min(60.0, (kept.expires_at - kept.generated_at).total_seconds() / 4)
-        return kept.same_rules(conf) and kept.expires_at.timestamp() > time.time() + margin
+        return kept.expires_at.timestamp() > time.time() + margin
 
     async def _keep_globalconf(self) -> None:
         """Keep the signed global configuration in force in the log, before the exchange
@@ -119,7 +125,7 @@ class NodeRuntime:
                 conf.generated_at.timestamp(),
                 conf.expires_at.timestamp(),
             )
-            self._kept_conf = conf
+            self._kept_conf, self._same_rules_as_kept = conf, None
 
     def signer_for(self, member: MemberId, raise_as: str) -> BatchSigner:
         signer = self.signers.get(member)
