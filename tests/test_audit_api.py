@@ -53,7 +53,7 @@ async def test_auditor_searches_verifies_and_exports(fed: Fed, http) -> None:
     status, bundle = await _get(fed, http, f"/audit/evidence/{mid}", token)
     assert status == 200
     root = x509.load_pem_x509_certificate(fed.pki.root_ca.cert.read_bytes())
-    assert verify_bundle(bundle, [root])["message_id"] == mid
+    assert verify_bundle(bundle, [root]).leaf["message_id"] == mid
     status, _ = await _get(fed, http, "/audit/evidence/no-such-id", token)
     assert status == 404
     status, _ = await _get(fed, http, "/audit/search?limit=100000", token)

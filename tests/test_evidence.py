@@ -3,18 +3,35 @@
 from __future__ import annotations
 
 import base64
+import os
+import re
 import sqlite3
 import subprocess
 import sys
+import time
 import uuid
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
 import orjson
 import pytest
 from cryptography import x509
+from cryptography.hazmat.primitives import hashes, serialization
+from cryptography.hazmat.primitives.asymmetric import ec
 
-from xroad_hub.evidence import EvidenceError, export_bundle, verify_bundle
-from xroad_hub.pki import make_root_ca
+from xroad_hub import merkle
+from xroad_hub.checkpoint import Checkpoint, NoteSigner, sign_note
+from xroad_hub.evidence import FORMAT, EvidenceError, export_bundle, verify_bundle
+from xroad_hub.message import canonical
+from xroad_hub.pki import (
+    CertPaths,
+    load_cert,
+    load_ed25519_key,
+    load_private_key,
+    make_root_ca,
+)
+from xroad_hub.rfc3161 import issue_token, make_request
+from xroad_hub.runner import TSA_POLICY
 
 from .conftest import Fed
 
@@ -49,9 +66,13 @@ def _roots(fed: Fed) -> list[x509.Certificate]:
 async def test_bundles_of_both_nodes_verify(fed: Fed, exchange) -> None:
     mid, logs = exchange
     for node, role in ((DGA, "client"), (DBD, "provider")):
-        leaf = verify_bundle(export_bundle(logs[node], mid), _roots(fed))
+        proof = verify_bundle(export_bundle(logs[node], mid), _roots(fed))
+        leaf = proof.leaf
         assert (leaf["message_id"], leaf["role"]) == (mid, role)
         assert leaf["issue"] == "BMA-FOOD-2569-0042"
+        assert (proof.node, proof.witness) == (node, "TH/registry")
+        # genTime is to the second: the stamp may read up to 1 s before the signing.
+        assert proof.request_signed_at <= proof.timestamped_at + timedelta(seconds=1)
 
 
 def _edit(bundle: bytes, change) -> bytes:  # type: ignore[no-untyped-def]
@@ -78,7 +99,9 @@ def _flip(value: str) -> str:
             lambda d: d["checkpoint"].update(note=d["checkpoint"]["note"].replace("\n", "\n1", 1)),
             "checkpoint",
         ),
-        (lambda d: d.update(response=None), "missing"),
+        (lambda d: d.update(response=None), "answer signed by the provider's member is missing"),
+        (lambda d: d.update(request=None), "request signed by the client's member"),
+        (lambda d: d.pop("checkpoint"), "lacks the node's checkpoint"),
     ],
 )
 async def test_tampered_bundles_fail(fed: Fed, exchange, change, message: str) -> None:
@@ -129,3 +152,277 @@ def test_cli_export_and_verify(fed: Fed, exchange, tmp_path: Path) -> None:
         check=False,
     )
     assert missing.returncode == 2 and "no exchange" in missing.stderr
+
+
+# --- Forgeries: what a node's own checkpoint key can and cannot prove ---------------------
+
+
+def _der(path: Path) -> bytes:
+    return load_cert(path).public_bytes(serialization.Encoding.DER)
+
+
+def _reseal(
+    fed: Fed, doc: dict, *, node: str | None = None, witness: bool = True, stamp: bool = True
+) -> None:
+    """Sign the (edited) leaf into a checkpoint again, as the node whose checkpoint key we
+    hold would. To show that one check stands on its own, the witness and the timestamp
+    authority collude too (their keys are in the test PKI), unless told otherwise."""
+    leaf = orjson.loads(base64.b64decode(doc["leaf"]))
+    leaf_bytes = canonical(leaf)
+    doc["leaf"] = base64.b64encode(leaf_bytes).decode()
+    index, size = doc["leaf_index"], doc["inclusion"]["tree_size"]
+    path = [base64.b64decode(h) for h in doc["inclusion"]["path"]]
+    root = merkle.root_from_inclusion(merkle.leaf_hash(leaf_bytes), index, size, path)
+    assert root is not None
+    if node is None:
+        node = doc["checkpoint"]["note"].split("\n")[0].removeprefix("xroad-hub/")
+    text = Checkpoint(f"xroad-hub/{node}", size, root).text()
+    signers = [NoteSigner(node, load_ed25519_key(fed.pki.node_checkpoint(node).key))]
+    if witness:
+        signers.append(NoteSigner("TH/registry", load_ed25519_key(fed.pki.registry_witness.key)))
+    doc["checkpoint"]["note"] = sign_note(text, *signers)
+    doc["checkpoint"]["cert"] = base64.b64encode(_der(fed.pki.node_checkpoint(node).cert)).decode()
+    token = issue_token(
+        make_request(text.encode()), load_private_key(fed.pki.tsa.key), load_cert(fed.pki.tsa.cert),
+        policy_oid=TSA_POLICY, serial=uuid.uuid4().int >> 64, now=datetime.now(UTC),
+    )  # fmt: skip
+    doc["checkpoint"]["timestamp"] = base64.b64encode(token).decode() if stamp else None
+
+
+def _edit_leaf(doc: dict, **changes: object) -> None:
+    leaf = orjson.loads(base64.b64decode(doc["leaf"]))
+    leaf.update(changes)
+    doc["leaf"] = base64.b64encode(canonical(leaf)).decode()
+
+
+_NO_REQUEST = {f"request_{k}_sha256": None for k in ("meta", "signature", "body", "cert")}
+_NO_ANSWER = {f"response_{k}_sha256": None for k in ("meta", "signature", "body", "cert")}
+
+
+def _drop_request(fed: Fed, doc: dict) -> None:
+    doc["request"] = None
+    _edit_leaf(doc, **_NO_REQUEST)
+    _reseal(fed, doc)
+
+
+def _drop_answer(fed: Fed, doc: dict) -> None:
+    doc["response"] = None
+    _edit_leaf(doc, **_NO_ANSWER)
+    _reseal(fed, doc)
+
+
+def _global_conf(doc: dict) -> dict:
+    signed = orjson.loads(base64.b64decode(doc["globalconf"]["signed"]))
+    return orjson.loads(base64.b64decode(signed["payload"]))
+
+
+def _resign_globalconf(doc: dict, conf: dict, key_paths: CertPaths) -> None:
+    payload = canonical(conf)
+    signature = load_private_key(key_paths.key).sign(payload, ec.ECDSA(hashes.SHA256()))
+    doc["globalconf"] = {
+        "signed": base64.b64encode(
+            orjson.dumps(
+                {
+                    "alg": "ES256",
+                    "payload": base64.b64encode(payload).decode(),
+                    "signature": base64.b64encode(signature).decode(),
+                }
+            )
+        ).decode(),
+        "signer_cert": base64.b64encode(_der(key_paths.cert)).decode(),
+    }
+
+
+def _expired_globalconf(fed: Fed, doc: dict) -> None:
+    """A genuine registry signature on a configuration that expired before the request."""
+    conf = _global_conf(doc)
+    # Within the signing certificate's life (it starts 5 minutes before the federation).
+    old = datetime.now(UTC) - timedelta(minutes=4)
+    conf.update(generated_at=old.isoformat(), expires_at=(old + timedelta(minutes=1)).isoformat())
+    _resign_globalconf(doc, conf, fed.pki.globalconf_signer)
+
+
+def _hosting_rewritten(fed: Fed, doc: dict) -> None:
+    """The configuration edited to have DBD's node host nothing, still under the registry's
+    signature (which then no longer verifies)."""
+    conf = _global_conf(doc)
+    for node in conf["nodes"]:
+        node["clients"] = []
+    signed = orjson.loads(base64.b64decode(doc["globalconf"]["signed"]))
+    signed["payload"] = base64.b64encode(canonical(conf)).decode()
+    doc["globalconf"]["signed"] = base64.b64encode(orjson.dumps(signed)).decode()
+
+
+@pytest.mark.parametrize(
+    ("forge", "problem"),
+    [
+        pytest.param(_drop_request, r"request signed by the client's member "
+                     r"\(TH/GOV/DGA/devportal\) is missing", id="request-signature"),
+        pytest.param(_drop_answer, "answer signed by the provider's member is missing",
+                     id="answer-signature"),
+        pytest.param(lambda fed, d: _reseal(fed, d, witness=False),
+                     "witness TH/registry did not co-sign", id="witness-cosignature"),
+        pytest.param(lambda fed, d: d["checkpoint"].pop("witness_cert", None),
+                     "no witness certificate", id="witness-cert"),
+        pytest.param(lambda fed, d: _reseal(fed, d, stamp=False), "no RFC 3161 timestamp",
+                     id="timestamp"),
+        pytest.param(lambda fed, d: d.pop("globalconf", None),
+                     "no signed global configuration", id="globalconf"),
+        pytest.param(lambda fed, d: _resign_globalconf(d, _global_conf(d),
+                                                       fed.pki.member_sign("TH/GOV/DBD")),
+                     "signed by 'TH/GOV/DBD', not the TH global configuration signer",
+                     id="globalconf-signed-by-a-member"),
+        pytest.param(_hosting_rewritten, "global configuration signature does not verify",
+                     id="globalconf-edited"),
+        pytest.param(_expired_globalconf, r"expired at .* before the request was signed",
+                     id="globalconf-of-another-time"),
+        pytest.param(lambda fed, d: _reseal(fed, d, node="TH/GOV/BMA/hub1"),
+                     "TH/GOV/BMA/hub1 logged this exchange as its provider's node, but the "
+                     "signed global configuration .* has TH/GOV/DBD/registry hosted by "
+                     "TH/GOV/DBD/hub1", id="hosting-neither-party"),
+        pytest.param(lambda fed, d: _reseal(fed, d, node="TH/GOV/DGA/hub1"),
+                     "TH/GOV/DGA/hub1 logged this exchange as its provider's node",
+                     id="hosting-the-other-party"),
+    ],
+)  # fmt: skip
+async def test_each_missing_piece_alone_fails(fed: Fed, exchange, forge, problem: str) -> None:
+    """Everything else genuine (or re-signed by colluding parties): this one piece missing or
+    wrong is enough, and it is the one reason given."""
+    mid, logs = exchange
+    doc = orjson.loads(export_bundle(logs[DBD], mid))
+    forge(fed, doc)
+    with pytest.raises(EvidenceError) as caught:
+        verify_bundle(orjson.dumps(doc), _roots(fed))
+    assert len(caught.value.problems) == 1, caught.value.problems
+    assert re.search(problem, caught.value.problems[0]), caught.value.problems
+
+
+async def test_reseal_alone_keeps_a_bundle_valid(fed: Fed, exchange) -> None:
+    """The forgeries above differ from a valid bundle only by what each one changes."""
+    mid, logs = exchange
+    doc = orjson.loads(export_bundle(logs[DBD], mid))
+    _reseal(fed, doc)
+    assert verify_bundle(orjson.dumps(doc), _roots(fed)).node == DBD
+
+
+def _review_forgery(fed: Fed) -> bytes:
+    """The bundle of the review: one node's checkpoint key, nothing else. DGA's node claims
+    that BMA's licensing system read a citizen's record at DBD (it hosts neither)."""
+    now = time.time()
+    leaf = {
+        "v": 1, "message_id": "forged-" + uuid.uuid4().hex, "request_id": str(uuid.uuid4()),
+        "role": "provider", "client": "TH/GOV/BMA/licensing",
+        "service": "TH/GOV/DBD/registry/echo/v1", "user_id": "TH-officer-7",
+        "issue": "BMA-FOOD-2569-0042", "represented_party": None, "method": "GET",
+        "status": 200, "error_type": None, "started_at": now, "finished_at": now,
+        **_NO_REQUEST, **_NO_ANSWER, "subjects": ["1101700203450"],
+    }  # fmt: skip
+    leaf_bytes = canonical(leaf)
+    key = load_ed25519_key(fed.pki.node_checkpoint(DGA).key)
+    text = Checkpoint(f"xroad-hub/{DGA}", 1, merkle.root([merkle.leaf_hash(leaf_bytes)])).text()
+    bundle = {
+        "format": FORMAT,
+        "leaf_index": 0,
+        "leaf": base64.b64encode(leaf_bytes).decode(),
+        "request": None,
+        "response": None,
+        "inclusion": {"tree_size": 1, "path": []},
+        "checkpoint": {
+            "note": sign_note(text, NoteSigner(DGA, key)),
+            "cert": base64.b64encode(_der(fed.pki.node_checkpoint(DGA).cert)).decode(),
+            "timestamp": None,
+        },
+    }
+    return orjson.dumps(bundle)
+
+
+def test_the_reviews_forged_bundle_is_not_verified(fed: Fed, tmp_path: Path) -> None:
+    forged = tmp_path / "forged.json"
+    forged.write_bytes(_review_forgery(fed))
+    cli = [sys.executable, "-m", "xroad_hub.cli", "audit", "verify-bundle", str(forged)]
+    run = subprocess.run(
+        [*cli, "--root-ca", str(fed.pki.root_ca.cert)],
+        capture_output=True, text=True, timeout=60, check=False,
+    )  # fmt: skip
+    assert run.returncode == 1, run.stdout + run.stderr
+    assert run.stdout.startswith("NOT VERIFIED:")
+    for reason in (
+        "request signed by the client's member (TH/GOV/BMA/licensing) is missing",
+        "answer signed by the provider's member is missing",
+        "no witness certificate",
+        "no RFC 3161 timestamp",
+        "no signed global configuration",
+    ):
+        assert reason in run.stdout, run.stdout
+    assert "Traceback" not in run.stderr
+
+
+def test_cli_prints_iso_times_and_needs_no_traceback_for_the_root(
+    fed: Fed, exchange, tmp_path: Path
+) -> None:
+    mid, logs = exchange
+    bundle = tmp_path / "bundle.json"
+    bundle.write_bytes(export_bundle(logs[DGA], mid))
+    cli = [sys.executable, "-m", "xroad_hub.cli", "audit", "verify-bundle", str(bundle)]
+    ok = subprocess.run(
+        [*cli, "--root-ca", str(fed.pki.root_ca.cert)],
+        capture_output=True, text=True, timeout=60, check=False,
+    )  # fmt: skip
+    assert ok.returncode == 0, ok.stdout + ok.stderr
+    assert ok.stdout.startswith(f"VERIFIED: {DGA} (client side)")
+    assert re.search(r"timestamped \d{4}-\d\d-\d\dT\d\d:\d\d:\d\dZ", ok.stdout), ok.stdout
+    assert not re.search(r"\d{10}\.\d", ok.stdout), ok.stdout  # no epoch seconds
+    # From a directory without certs/: the default root path does not exist there.
+    elsewhere = tmp_path / "elsewhere"
+    elsewhere.mkdir()
+    run = subprocess.run(
+        cli, capture_output=True, text=True, timeout=60, check=False, cwd=elsewhere,
+        env={**os.environ, "PYTHONPATH": str(Path(__file__).parents[1])},
+    )  # fmt: skip
+    assert run.returncode == 2, run.stdout + run.stderr
+    assert "Traceback" not in run.stderr
+    assert "certs/ca/root.cert.pem" in run.stderr and "hint: pass --root-ca" in run.stderr
+    # Its sibling, the whole log's verification, says the same.
+    run = subprocess.run(
+        [sys.executable, "-m", "xroad_hub.cli", "audit", "verify", str(logs[DGA])],
+        capture_output=True, text=True, timeout=60, check=False, cwd=elsewhere,
+        env={**os.environ, "PYTHONPATH": str(Path(__file__).parents[1])},
+    )  # fmt: skip
+    assert run.returncode == 2 and "Traceback" not in run.stderr, run.stderr
+    assert "hint: pass --root-ca" in run.stderr
+
+
+async def test_nodes_keep_the_signed_globalconf_once_not_per_exchange(fed: Fed, http) -> None:
+    path = fed.federation.nodes[DBD].runtime.log.path
+
+    def kept() -> int:
+        with sqlite3.connect(path) as conn:
+            return int(conn.execute("SELECT COUNT(*) FROM globalconf").fetchone()[0])
+
+    async with http.get(fed.url(DGA) + "/r1/TH/GOV/DBD/registry/echo/1", headers=DEV) as r:
+        assert r.status == 200
+    before = kept()
+    assert before >= 1
+    for _ in range(3):
+        async with http.get(fed.url(DGA) + "/r1/TH/GOV/DBD/registry/echo/1", headers=DEV) as r:
+            assert r.status == 200
+    assert kept() == before
+
+
+@pytest.mark.parametrize(
+    ("damage", "message"),
+    [
+        ("DROP TABLE globalconf", "no signed global configuration in force"),
+        ("DELETE FROM globalconf", "no signed global configuration in force"),
+        ("UPDATE checkpoint SET witness_cert_sha256 = NULL", "co-signed by the witness"),
+        ("UPDATE checkpoint SET timestamp_token = NULL", "timestamped"),
+    ],
+)
+async def test_export_says_what_the_log_lacks(
+    fed: Fed, exchange, damage: str, message: str
+) -> None:
+    mid, logs = exchange
+    with sqlite3.connect(logs[DBD]) as conn:
+        conn.execute(damage)
+    with pytest.raises(EvidenceError, match=message):
+        export_bundle(logs[DBD], mid)

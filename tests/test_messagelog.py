@@ -313,3 +313,29 @@ async def test_checkpoint_timestamps(backend: Backend) -> None:
         (1, b"tsr DER"),
         (2, None),
     ]
+
+
+async def test_signed_globalconfs_are_kept_once_and_added_to_older_logs(backend: Backend) -> None:
+    log = await backend.open()
+    for _ in range(2):  # the same document twice is kept once
+        await log.record_globalconf(
+            b"signed conf 1", b"signer cert DER", 1700000000.0, 1700000600.0
+        )
+    assert await backend.query("SELECT COUNT(*) FROM {globalconf}") == [(1,)]
+    await log.close()
+    # A log made before nodes kept configurations gets the table when it opens.
+    await backend.execute("DROP TABLE {globalconf}")
+    log = await backend.open()
+    await log.record_globalconf(b"signed conf 2", b"signer cert DER", 1700000060.0, 1700000660.0)
+    rows = await backend.query(
+        "SELECT sha256, generated_at, signed, signer_cert_sha256 FROM {globalconf}"
+    )
+    assert rows == [
+        (hashlib.sha256(b"signed conf 2").hexdigest(), 1700000060.0, b"signed conf 2",
+         hashlib.sha256(b"signer cert DER").hexdigest()),
+    ]  # fmt: skip
+    stored = await backend.query(
+        "SELECT der FROM {certificate} WHERE sha256 = ?",
+        hashlib.sha256(b"signer cert DER").hexdigest(),
+    )
+    assert stored == [(b"signer cert DER",)]

@@ -12,6 +12,7 @@ import time
 import uuid
 from datetime import datetime
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import jwt
 
@@ -22,6 +23,9 @@ from .identifiers import parse_subsystem_id
 from .logs import configure_logging
 from .pki import IDP_MAX_LIFETIME, TRACKER_MAX_LIFETIME, PkiLayout, load_private_key
 from .thaiid import is_valid
+
+if TYPE_CHECKING:
+    from cryptography import x509
 
 DEFAULT_CONFIG = Path("config/demo-federation.toml")
 DEFAULT_CERTS = Path("certs")
@@ -180,7 +184,9 @@ def build_parser() -> argparse.ArgumentParser:
         "export",
         help="write the evidence bundle of one exchange",
         description="Writes one file proving one exchange: the signed request and answer, "
-        "the log leaf, its inclusion proof and the node's signed checkpoint.",
+        "the log leaf, its inclusion proof, the node's checkpoint co-signed by the witness "
+        "and timestamped, and the signed global configuration showing the node hosted the "
+        "exchange's client or provider.",
     )
     export.add_argument("message_id", metavar="MESSAGE-ID", help="the exchange's X-Road-Id")
     export.add_argument("log", type=Path, help="the node's messagelog.sqlite")
@@ -189,6 +195,8 @@ def build_parser() -> argparse.ArgumentParser:
     bundle = audit_sub.add_parser(
         "verify-bundle",
         help="verify an evidence bundle with nothing but the federation root certificate",
+        description="Prints VERIFIED and what is proven, or NOT VERIFIED and every missing "
+        "or wrong piece (exit 1).",
     )
     bundle.add_argument("bundle", type=Path)
     _root_ca(bundle)
@@ -400,21 +408,21 @@ def _cell(value: object, width: int) -> str:
 def _audit_verify(args: argparse.Namespace) -> int:
     import base64
 
-    from cryptography import x509
-
     from .audit import verify_log
 
     if not args.log.is_file():
         print(f"xroad-hub: no log file at {args.log}", file=sys.stderr)
         return 2
-    root = x509.load_pem_x509_certificate(args.root_ca.read_bytes())
+    roots = _load_root_ca(args.root_ca)
+    if roots is None:
+        return 2
     show = sys.stderr.isatty()
 
     def progress(done: int, total: int) -> None:
         if show:
             print(f"\r{done}/{total} entries checked", end="", file=sys.stderr, flush=True)
 
-    report = verify_log(args.log, [root], progress=progress, entries=not args.tree_only)
+    report = verify_log(args.log, roots, progress=progress, entries=not args.tree_only)
     if show:
         print(file=sys.stderr)
     for finding in report.findings:
@@ -464,22 +472,55 @@ def _audit_export(args: argparse.Namespace) -> int:
     return 0
 
 
-def _verify_bundle(args: argparse.Namespace) -> int:
+def _load_root_ca(path: Path) -> list[x509.Certificate] | None:
+    """The federation root certificate at ``path``, or None after saying what to pass."""
     from cryptography import x509
 
-    from .evidence import EvidenceError, verify_bundle
-
-    root = x509.load_pem_x509_certificate(args.root_ca.read_bytes())
     try:
-        leaf = verify_bundle(args.bundle.read_bytes(), [root])
-    except (EvidenceError, OSError) as exc:
-        print(f"NOT VERIFIED: {exc}")
-        return 1
+        return [x509.load_pem_x509_certificate(path.read_bytes())]
+    except OSError as exc:
+        problem = f"cannot read the federation root certificate {path}: {exc.strerror or exc}"
+    except ValueError:
+        problem = f"{path} is not a PEM certificate"
+    where = "" if path.is_absolute() else f" (relative to {Path.cwd()})"
     print(
-        f"VERIFIED: {leaf['role']} node logged {leaf['client']} -> {leaf['service']} "
-        f"(id {leaf['message_id']}, user {leaf['user_id']}, issue {leaf['issue']}, "
-        f"status {leaf['status']}); checkpoint timestamped "
-        f"{leaf.get('_timestamped_at', 'no (no timestamp in the bundle)')}"
+        f"xroad-hub: {problem}{where}\n"
+        "hint: pass --root-ca PATH, the federation's root CA certificate: "
+        "certs/ca/root.cert.pem where 'xroad-hub pki init' ran, or the copy the federation "
+        "published",
+        file=sys.stderr,
+    )
+    return None
+
+
+def _verify_bundle(args: argparse.Namespace) -> int:
+    from .evidence import EvidenceError, verify_bundle
+    from .evidence import iso_utc as _iso
+
+    roots = _load_root_ca(args.root_ca)
+    if roots is None:
+        return 2
+    try:
+        proof = verify_bundle(args.bundle.read_bytes(), roots)
+    except OSError as exc:
+        print(f"xroad-hub: cannot read {args.bundle}: {exc.strerror or exc}", file=sys.stderr)
+        return 2
+    except EvidenceError as exc:
+        print("NOT VERIFIED:")
+        for problem in exc.problems:
+            print(f"  - {problem}")
+        return 1
+    leaf = proof.leaf
+    print(
+        f"VERIFIED: {proof.node} ({leaf['role']} side) logged {leaf['client']} -> "
+        f"{leaf['service']} (id {leaf['message_id']}, user {leaf['user_id']}, issue "
+        f"{leaf['issue']}, status {leaf['status']})\n"
+        f"  request signed by the client's member at {_iso(proof.request_signed_at)}"
+        + (", answer signed by the provider's member" if leaf.get("response_meta_sha256") else "")
+        + f"\n  checkpoint co-signed by {proof.witness}, timestamped "
+        f"{_iso(proof.timestamped_at)}\n"
+        f"  {proof.node} hosted the {leaf['role']} per the signed global configuration "
+        f"(serial {proof.globalconf_serial}, issued {_iso(proof.globalconf_generated_at)})"
     )
     return 0
 

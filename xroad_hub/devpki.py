@@ -9,6 +9,7 @@ import structlog
 from cryptography.hazmat.primitives.asymmetric import ed25519
 
 from .federation import FederationConfig
+from .globalconf import signer_name
 from .pki import (
     AnyPrivateKey,
     CertPaths,
@@ -69,7 +70,7 @@ def ensure_pki(fed: FederationConfig, certs_dir: Path) -> list[Path]:
         write_cert(paths.cert, issue_cert(ca_key, ca_cert, cn, key, purpose=purpose))
         created.extend([paths.key, paths.cert])
 
-    leaf(layout.globalconf_signer, f"{fed.instance} global configuration signer", "sign")
+    leaf(layout.globalconf_signer, signer_name(fed.instance), "sign")
     leaf(
         layout.registry_witness, f"{fed.instance}/registry", "checkpoint",
         ed25519.Ed25519PrivateKey.generate,

@@ -1,12 +1,22 @@
 """Evidence bundles: one exchange, provable with nothing but the bundle and the federation
 root certificate.
 
-A bundle (JSON, ``format: xroad-hub-evidence/1``, binary fields base64) holds the log leaf
+A bundle (JSON, ``format: xroad-hub-evidence/2``, binary fields base64) holds the log leaf
 and its index; the signed request and answer (metadata, signature, signing certificate and,
-unless purged by retention, body); the audit path from the leaf to a checkpoint's root; and
-that checkpoint with the node's checkpoint certificate. Verifying it shows that the node
-signed a tree containing exactly this exchange, and that the client's and provider's members
-signed what the leaf commits to.
+unless purged by retention, body); the audit path from the leaf to a checkpoint's root; that
+checkpoint, co-signed by the instance's witness, with the node's checkpoint certificate, the
+witness's certificate and the RFC 3161 timestamp of the checkpoint; and the signed global
+configuration the node worked under when it logged the exchange, with the registry's
+configuration-signing certificate.
+
+A bundle is verified only if ALL of this holds (each missing or wrong piece is reported):
+the request is signed by the client's member and, unless the leaf records a failed exchange,
+the answer by the provider's member, and the leaf's digests are those of the signed messages;
+the node signed the checkpoint and the witness co-signed it, both with certificates of the
+federation CA; the timestamp authority stamped it; the leaf is in the tree it signs; and the
+signed global configuration in force when the request was signed has the logging node hosting
+the exchange's client (client-side entry) or provider (provider-side entry). A node's
+checkpoint key alone can therefore prove nothing about an exchange it did not take part in.
 """
 
 from __future__ import annotations
@@ -14,26 +24,63 @@ from __future__ import annotations
 import base64
 import hashlib
 import sqlite3
+from dataclasses import dataclass
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
 
 import orjson
 from cryptography import x509
+from cryptography.exceptions import InvalidSignature
+from cryptography.hazmat.primitives.asymmetric import ed25519
+from cryptography.x509.oid import NameOID
 
 from . import merkle
-from .audit import check_signed_part, verify_node_checkpoint
-from .checkpoint import CheckpointError
+from .audit import check_signed_part, verify_node_checkpoint, witness_name
+from .checkpoint import Checkpoint, CheckpointError, NoteVerifier, open_note
+from .errors import XRoadError
+from .globalconf import GlobalConf, GlobalConfError, signer_name, verify_globalconf
+from .identifiers import ClientId, parse_client_id, parse_node_id, parse_service_id
 from .message import canonical
 from .rfc3161 import TimestampError, verify_response
 from .signing import SignatureVerifier
 
-__all__ = ["FORMAT", "EvidenceError", "export_bundle", "verify_bundle"]
+__all__ = [
+    "CLOCK_SKEW",
+    "FORMAT",
+    "EvidenceError",
+    "Proof",
+    "export_bundle",
+    "iso_utc",
+    "verify_bundle",
+]
 
-FORMAT = "xroad-hub-evidence/1"
+FORMAT = "xroad-hub-evidence/2"
+# Tolerance between the clocks of the client's node (which dates the request), the registry
+# (which dates global configurations) and the timestamp authority.
+CLOCK_SKEW = timedelta(seconds=60)
 
 
 class EvidenceError(ValueError):
-    """The bundle cannot be made (export) or does not prove what it claims (verify)."""
+    """The bundle cannot be made (export) or does not prove what it claims (verify);
+    ``problems`` lists every reason, one per missing or wrong piece."""
+
+    def __init__(self, message: str | list[str]) -> None:
+        self.problems = [message] if isinstance(message, str) else list(message)
+        super().__init__("; ".join(self.problems))
+
+
+@dataclass(frozen=True, slots=True)
+class Proof:
+    """What a verified bundle proves."""
+
+    leaf: dict[str, Any]  # the logged exchange
+    node: str  # the node that logged it (and hosted its party then)
+    witness: str  # who co-signed the checkpoint
+    request_signed_at: datetime  # by the client's member
+    timestamped_at: datetime  # the checkpoint, by the timestamp authority
+    globalconf_serial: int
+    globalconf_generated_at: datetime
 
 
 def _b64(data: bytes | None) -> str | None:
@@ -49,25 +96,9 @@ def export_bundle(log_path: Path, message_id: str, leaf_index: int | None = None
     conn = sqlite3.connect(f"file:{log_path}?mode=ro", uri=True)
     conn.row_factory = sqlite3.Row
     try:
-        rows = conn.execute(
-            "SELECT * FROM exchange WHERE message_id = ? ORDER BY leaf_index", (message_id,)
-        ).fetchall()
-        if leaf_index is not None:
-            rows = [r for r in rows if r["leaf_index"] == leaf_index]
-        if not rows:
-            raise EvidenceError(f"no exchange {message_id!r} in {log_path}")
-        if len(rows) > 1:
-            found = ", ".join(str(r["leaf_index"]) for r in rows)
-            raise EvidenceError(f"{message_id!r} is logged at entries {found}; pick one")
-        row = rows[0]
+        row = _exchange_row(conn, log_path, message_id, leaf_index)
         index = int(row["leaf_index"])
-        cp = conn.execute(
-            "SELECT * FROM checkpoint WHERE size > ? ORDER BY size DESC LIMIT 1", (index,)
-        ).fetchone()
-        if cp is None:
-            raise EvidenceError(
-                f"no checkpoint covers entry {index} yet; wait for the node's next checkpoint"
-            )
+        cp = _proving_checkpoint(conn, index)
         size = int(cp["size"])
         leaves = [
             merkle.leaf_hash(bytes(r[0]))
@@ -75,6 +106,7 @@ def export_bundle(log_path: Path, message_id: str, leaf_index: int | None = None
                 "SELECT leaf FROM exchange WHERE leaf_index < ? ORDER BY leaf_index", (size,)
             )
         ]
+        conf = _globalconf_row(conn, row)
         certs = {r["sha256"]: bytes(r["der"]) for r in conn.execute("SELECT * FROM certificate")}
     finally:
         conn.close()
@@ -102,70 +134,394 @@ def export_bundle(log_path: Path, message_id: str, leaf_index: int | None = None
             "path": [_b64(h) for h in merkle.inclusion_proof(leaves, index)],
         },
         "checkpoint": {
-            "note": cp["note"],
+            "note": cp["note"],  # signed by the node, co-signed by the witness
             "cert": _b64(certs[cp["cert_sha256"]]),
+            "witness_cert": _b64(certs[cp["witness_cert_sha256"]]),
             # RFC 3161 reply over the checkpoint text; checkable with openssl ts -verify.
-            "timestamp": _b64(
-                None if cp["timestamp_token"] is None else bytes(cp["timestamp_token"])
-            ),
+            "timestamp": _b64(bytes(cp["timestamp_token"])),
+        },
+        "globalconf": {
+            "signed": _b64(bytes(conf["signed"])),
+            "signer_cert": _b64(certs[conf["signer_cert_sha256"]]),
         },
     }
     return orjson.dumps(bundle, option=orjson.OPT_INDENT_2)
 
 
-def verify_bundle(data: bytes, trusted_roots: list[x509.Certificate]) -> dict[str, Any]:
-    """Check a bundle; return the exchange's leaf (what is proven) or raise EvidenceError."""
+def _exchange_row(
+    conn: sqlite3.Connection, log_path: Path, message_id: str, leaf_index: int | None
+) -> sqlite3.Row:
+    rows = conn.execute(
+        "SELECT * FROM exchange WHERE message_id = ? ORDER BY leaf_index", (message_id,)
+    ).fetchall()
+    if leaf_index is not None:
+        rows = [r for r in rows if r["leaf_index"] == leaf_index]
+    if not rows:
+        raise EvidenceError(f"no exchange {message_id!r} in {log_path}")
+    if len(rows) > 1:
+        found = ", ".join(str(r["leaf_index"]) for r in rows)
+        raise EvidenceError(f"{message_id!r} is logged at entries {found}; pick one")
+    row: sqlite3.Row = rows[0]
+    return row
+
+
+def _proving_checkpoint(conn: sqlite3.Connection, index: int) -> sqlite3.Row:
+    """The first checkpoint covering entry ``index`` that the witness co-signed and the
+    timestamp authority stamped: the earliest gives the tightest bound on the time."""
+    cp: sqlite3.Row | None = conn.execute(
+        "SELECT * FROM checkpoint WHERE size > ? AND witness_cert_sha256 IS NOT NULL"
+        " AND timestamp_token IS NOT NULL ORDER BY size LIMIT 1",
+        (index,),
+    ).fetchone()
+    if cp is not None:
+        return cp
+    covering, witnessed, stamped = conn.execute(
+        "SELECT COUNT(*), COUNT(witness_cert_sha256), COUNT(timestamp_token) FROM checkpoint"
+        " WHERE size > ?",
+        (index,),
+    ).fetchone()
+    if not covering:
+        raise EvidenceError(
+            f"no checkpoint covers entry {index} yet; wait for the node's next checkpoint"
+        )
+    raise EvidenceError(
+        f"none of the {covering} checkpoint(s) covering entry {index} is both co-signed by the "
+        f"witness ({witnessed} are) and timestamped ({stamped} are); check that the node "
+        "reaches the registry's witness and the timestamp authority, and export after its "
+        "next checkpoint"
+    )
+
+
+def _globalconf_row(conn: sqlite3.Connection, row: sqlite3.Row) -> sqlite3.Row:
+    """The signed global configuration the node kept that was in force when the exchange's
+    request was signed (and issued before the node logged it)."""
+    try:
+        created = float(orjson.loads(bytes(row["request_meta"]))["created"])
+        conf: sqlite3.Row | None = conn.execute(
+            "SELECT * FROM globalconf WHERE generated_at <= ? AND expires_at > ?"
+            " ORDER BY generated_at DESC LIMIT 1",
+            (float(row["finished_at"]), created),
+        ).fetchone()
+    except (orjson.JSONDecodeError, KeyError, TypeError, ValueError):
+        raise EvidenceError("the logged request is malformed (no signing time)") from None
+    except sqlite3.OperationalError:  # a log written before nodes kept configurations
+        conf = None
+    if conf is None:
+        raise EvidenceError(
+            f"the log holds no signed global configuration in force when entry "
+            f"{row['leaf_index']} was made, so a bundle could not prove that this node hosted "
+            "its client or provider (logs written before nodes kept their configurations "
+            "cannot); use 'xroad-hub audit verify' on the whole log instead"
+        )
+    return conf
+
+
+def verify_bundle(data: bytes, trusted_roots: list[x509.Certificate]) -> Proof:
+    """Check a bundle; return what it proves, or raise EvidenceError naming every problem."""
     try:
         doc = orjson.loads(data)
-        if doc.get("format") != FORMAT:
-            raise EvidenceError(f"not an evidence bundle of format {FORMAT}")
+        if not isinstance(doc, dict) or doc.get("format") != FORMAT:
+            found = doc.get("format") if isinstance(doc, dict) else None
+            raise EvidenceError(
+                f"not an evidence bundle of format {FORMAT} (found {found!r}); older formats "
+                "did not prove the members' signatures, the witness and the hosting node: "
+                "export the bundle again"
+            )
         leaf_bytes = _unb64(doc["leaf"]) or b""
-        index = int(doc["leaf_index"])
-        size = int(doc["inclusion"]["tree_size"])
-        path = [_unb64(h) or b"" for h in doc["inclusion"]["path"]]
-        note = str(doc["checkpoint"]["note"])
-        cp_cert = _unb64(doc["checkpoint"]["cert"]) or b""
         leaf: dict[str, Any] = orjson.loads(leaf_bytes)
+        if not isinstance(leaf, dict):
+            raise ValueError("the leaf is not a JSON object")
+    except EvidenceError:
+        raise
     except (orjson.JSONDecodeError, KeyError, TypeError, ValueError) as exc:
-        if isinstance(exc, EvidenceError):
-            raise
         raise EvidenceError(f"malformed bundle: {exc}") from exc
+    checker = _Checker(doc, leaf, trusted_roots)
     if canonical(leaf) != leaf_bytes:
-        raise EvidenceError("the leaf is not in canonical form")
+        checker.problems.append("the leaf is not in canonical form")
+    checker.run(leaf_bytes)
+    if checker.problems:
+        raise EvidenceError(checker.problems)
+    assert checker.node and checker.stamped and checker.conf and checker.signed_at
+    return Proof(
+        leaf, checker.node, witness_name(checker.origin), checker.signed_at, checker.stamped,
+        checker.conf.serial, checker.conf.generated_at,
+    )  # fmt: skip
 
-    try:
-        checkpoint = verify_node_checkpoint(note, cp_cert, trusted_roots)
-    except (CheckpointError, ValueError) as exc:
-        raise EvidenceError(f"checkpoint: {exc}") from exc
-    stamp = doc["checkpoint"].get("timestamp")
-    if stamp is not None:
+
+def _section(doc: dict[str, Any], name: str) -> dict[str, Any]:
+    value = doc.get(name)
+    return value if isinstance(value, dict) else {}
+
+
+class _Checker:
+    """Checks every piece of a bundle, collecting a reason for each that fails; a piece that
+    cannot be checked because another failed is not reported twice."""
+
+    def __init__(
+        self, doc: dict[str, Any], leaf: dict[str, Any], roots: list[x509.Certificate]
+    ) -> None:
+        self.doc, self.leaf, self.roots = doc, leaf, roots
+        self.problems: list[str] = []
+        self.node: str | None = None
+        self.origin = ""
+        self.stamped: datetime | None = None
+        self.signed_at: datetime | None = None
+        self.conf: GlobalConf | None = None
+
+    def fail(self, problem: str) -> None:
+        self.problems.append(problem)
+
+    def run(self, leaf_bytes: bytes) -> None:
+        checkpoint = self._checkpoint()
+        if checkpoint is not None:
+            self._witness(checkpoint)
+            self._timestamp(checkpoint)
+            self._inclusion(checkpoint, leaf_bytes)
+        self._messages()
+        self._hosting()
+
+    def _checkpoint(self) -> Checkpoint | None:
+        cp = _section(self.doc, "checkpoint")
+        if cp.get("note") is None or cp.get("cert") is None:
+            self.fail("checkpoint: the bundle lacks the node's checkpoint or its certificate")
+            return None
         try:
-            info = verify_response(_unb64(stamp) or b"", checkpoint.text().encode(), trusted_roots)
-        except (TimestampError, ValueError) as exc:
-            raise EvidenceError(f"checkpoint timestamp: {exc}") from exc
-        leaf["_timestamped_at"] = info.gen_time.isoformat()
-    if checkpoint.size != size:
-        raise EvidenceError("the inclusion proof is for another tree size than the checkpoint")
-    root = merkle.root_from_inclusion(merkle.leaf_hash(leaf_bytes), index, size, path)
-    if root != checkpoint.root:
-        raise EvidenceError("the leaf is not in the tree the checkpoint signs")
+            note, cert = str(cp["note"]), _unb64(cp["cert"]) or b""
+            checkpoint = verify_node_checkpoint(note, cert, self.roots)
+        except (CheckpointError, ValueError) as exc:
+            self.fail(f"checkpoint: {exc}")
+            return None
+        self.origin = checkpoint.origin
+        self.node = checkpoint.origin.removeprefix("xroad-hub/")
+        return checkpoint
 
-    verifier = SignatureVerifier(trusted_roots)
-    request: tuple[bytes, bytes | None] | None = None
-    for side in ("request", "response"):
-        part = doc.get(side)
-        if part is None:
-            if leaf.get(f"{side}_meta_sha256") is not None:
-                raise EvidenceError(f"the {side} is missing from the bundle")
-            continue
-        meta, sig, cert = (_unb64(part[k]) or b"" for k in ("meta", "signature", "cert"))
-        body = _unb64(part.get("body"))
-        for name, value in (("meta", meta), ("signature", sig), ("cert", cert), ("body", body)):
-            expected = leaf.get(f"{side}_{name}_sha256")
-            if value is not None and hashlib.sha256(value).hexdigest() != expected:
-                raise EvidenceError(f"the {side} {name} is not the one the leaf commits to")
-        problem = check_signed_part(verifier, side, leaf, meta, sig, cert, body, request)
+    def _witness(self, checkpoint: Checkpoint) -> None:
+        expected = witness_name(checkpoint.origin)
+        cp = _section(self.doc, "checkpoint")
+        try:
+            der = _unb64(cp.get("witness_cert"))
+            cert = None if der is None else x509.load_der_x509_certificate(der)
+        except ValueError:
+            self.fail("the witness certificate in the bundle is not a certificate")
+            return
+        if cert is None:
+            self.fail(
+                f"no witness certificate in the bundle: the checkpoint must be co-signed by "
+                f"the witness {expected}, and its certificate carried"
+            )
+            return
+        key = cert.public_key()
+        names = cert.subject.get_attributes_for_oid(NameOID.COMMON_NAME)
+        name = str(names[0].value) if names else ""
+        if not _issued_by_any(cert, self.roots):
+            self.fail("the witness certificate is not issued by the federation root CA")
+        elif name != expected or not isinstance(key, ed25519.Ed25519PublicKey):
+            self.fail(f"the witness certificate is {name!r}'s, not the witness {expected}'s")
+        else:
+            try:
+                open_note(str(cp["note"]), [NoteVerifier(name, key)])
+            except CheckpointError as exc:
+                problem = "no co-signature" if "no known key" in str(exc) else str(exc)
+                self.fail(f"the witness {expected} did not co-sign the checkpoint ({problem})")
+
+    def _timestamp(self, checkpoint: Checkpoint) -> None:
+        stamp = _section(self.doc, "checkpoint").get("timestamp")
+        if stamp is None:
+            self.fail(
+                "no RFC 3161 timestamp of the checkpoint in the bundle: nothing proves "
+                "when the node committed to the exchange"
+            )
+            return
+        try:
+            info = verify_response(_unb64(stamp) or b"", checkpoint.text().encode(), self.roots)
+        except (TimestampError, ValueError) as exc:
+            self.fail(f"checkpoint timestamp: {exc}")
+            return
+        self.stamped = info.gen_time.astimezone(UTC)
+
+    def _inclusion(self, checkpoint: Checkpoint, leaf_bytes: bytes) -> None:
+        try:
+            inclusion = _section(self.doc, "inclusion")
+            index, size = int(self.doc["leaf_index"]), int(inclusion["tree_size"])
+            path = [_unb64(h) or b"" for h in inclusion["path"]]
+        except (KeyError, TypeError, ValueError) as exc:
+            self.fail(f"the inclusion proof is missing or malformed ({exc})")
+            return
+        if checkpoint.size != size:
+            self.fail("the inclusion proof is for another tree size than the checkpoint")
+            return
+        try:
+            root = merkle.root_from_inclusion(merkle.leaf_hash(leaf_bytes), index, size, path)
+        except ValueError:
+            root = None
+        if root != checkpoint.root:
+            self.fail("the leaf is not in the tree the checkpoint signs")
+
+    def _messages(self) -> None:
+        verifier = SignatureVerifier(self.roots)
+        leaf = self.leaf
+        # A leaf without an error claims the provider answered: the answer must be here.
+        answered = leaf.get("error_type") is None or leaf.get("response_meta_sha256") is not None
+        request: tuple[bytes, bytes | None] | None = None
+        for side, who in (("request", "client"), ("response", "provider")):
+            part = self.doc.get(side)
+            if part is None:
+                if side == "request":
+                    self.fail(
+                        f"the request signed by the client's member ({leaf.get('client')}) is "
+                        "missing from the bundle"
+                    )
+                elif answered:
+                    self.fail(
+                        f"the leaf records an answer (status {leaf.get('status')}, no error) "
+                        f"but the answer signed by the provider's member is missing"
+                    )
+                continue
+            try:
+                meta, sig, cert = (_unb64(part[k]) for k in ("meta", "signature", "cert"))
+                body = _unb64(part.get("body"))
+            except (KeyError, TypeError, ValueError) as exc:
+                self.fail(f"the {side} in the bundle is malformed ({exc})")
+                continue
+            if meta is None or sig is None or cert is None:
+                self.fail(f"the {side} lacks its metadata, signature or {who}'s certificate")
+                continue
+            pieces = {"meta": meta, "signature": sig, "cert": cert, "body": body}
+            wrong = [
+                name
+                for name, value in pieces.items()
+                # A body purged by retention is absent; everything else must be there.
+                if (value is not None or name != "body")
+                and _sha256(value) != leaf.get(f"{side}_{name}_sha256")
+            ]
+            if wrong:
+                self.fail(
+                    f"the {side} {', '.join(wrong)} is not what the leaf commits to "
+                    f"(the leaf must hold the digests of the signed {side})"
+                )
+                continue
+            problem = check_signed_part(verifier, side, leaf, meta, sig, cert, body, request)
+            if problem:
+                self.fail(problem)
+                continue
+            if side == "request":
+                request = (meta, body)
+                created = orjson.loads(meta).get("created")
+                if not isinstance(created, int | float):
+                    self.fail("the signed request carries no signing time")
+                    continue
+                self.signed_at = datetime.fromtimestamp(created, UTC)
+        if self.signed_at and self.stamped and self.signed_at > self.stamped + CLOCK_SKEW:
+            self.fail(
+                f"the request was signed ({iso_utc(self.signed_at)}) after its checkpoint was "
+                f"timestamped ({iso_utc(self.stamped)})"
+            )
+
+    def _hosting(self) -> None:
+        section = _section(self.doc, "globalconf")
+        if section.get("signed") is None or section.get("signer_cert") is None:
+            self.fail(
+                "no signed global configuration in the bundle: nothing shows that the logging "
+                "node hosted the exchange's client or provider"
+            )
+            return
+        try:
+            signed = _unb64(section["signed"]) or b""
+            signer = x509.load_der_x509_certificate(_unb64(section["signer_cert"]) or b"")
+        except ValueError as exc:
+            self.fail(f"the bundle's global configuration is malformed ({exc})")
+            return
+        # When the request was signed (by its member: not the node's word); a bundle that
+        # fails to prove that still gets its hosting checked at the time the leaf gives.
+        when = self.signed_at
+        if when is None:
+            try:
+                when = datetime.fromtimestamp(float(self.leaf["started_at"]), UTC)
+            except (KeyError, TypeError, ValueError):
+                self.fail("the leaf has no time")
+                return
+        conf = self._globalconf(signed, signer, when)
+        if conf is None or self.node is None:
+            return  # reported already; without the node there is nothing to compare
+        self.conf = conf
+        try:
+            node = parse_node_id(self.node)
+            party: ClientId = (
+                parse_client_id(str(self.leaf["client"]))
+                if self.leaf.get("role") == "client"
+                else parse_service_id(str(self.leaf["service"])).provider
+            )
+        except (XRoadError, KeyError) as exc:
+            self.fail(f"the leaf's client or service is malformed ({exc})")
+            return
+        if self.leaf.get("role") not in ("client", "provider"):
+            self.fail(f"the leaf's role {self.leaf.get('role')!r} is neither client nor provider")
+            return
+        entry = conf.node(node)
+        if conf.instance != node.owner.instance:
+            self.fail(f"the global configuration is instance {conf.instance}'s, not {node}'s")
+        elif entry is None:
+            self.fail(f"{node} is not a node in the signed global configuration then")
+        elif party not in entry.clients:
+            host = conf.node_hosting(party)
+            self.fail(
+                f"{node} logged this exchange as its {self.leaf['role']}'s node, but the signed "
+                f"global configuration (serial {conf.serial}, {iso_utc(conf.generated_at)}) has "
+                f"{party} hosted by {host.id if host else 'no node'}"
+            )
+
+    def _globalconf(
+        self, signed: bytes, signer: x509.Certificate, when: datetime
+    ) -> GlobalConf | None:
+        """The configuration, if the registry signed it and it was in force at some moment
+        between the request's signing (``when``) and the checkpoint's timestamp."""
+        names = signer.subject.get_attributes_for_oid(NameOID.COMMON_NAME)
+        name = str(names[0].value) if names else ""
+        if not _issued_by_any(signer, self.roots):
+            self.fail("global configuration: its signing certificate is not issued by the "
+                      "federation root CA")  # fmt: skip
+            return None
+        try:
+            # Expiry is judged below, at the exchange's time, not now: pass the epoch.
+            conf = verify_globalconf(signed, signer, now=datetime.fromtimestamp(0, UTC))
+        except GlobalConfError as exc:
+            self.fail(f"global configuration: {exc}")
+            return None
+        problem = None
+        if name != signer_name(conf.instance):
+            problem = f"it is signed by {name!r}, not the {signer_name(conf.instance)}"
+        elif not signer.not_valid_before_utc <= conf.generated_at <= signer.not_valid_after_utc:
+            problem = "its signing certificate was not valid when it was signed"
+        elif conf.expires_at <= when - CLOCK_SKEW:
+            problem = (
+                f"the one in the bundle (serial {conf.serial}) expired at "
+                f"{iso_utc(conf.expires_at)}, before the request was signed ({iso_utc(when)})"
+            )
+        elif self.stamped and conf.generated_at > self.stamped + CLOCK_SKEW:
+            problem = (
+                f"the one in the bundle was issued ({iso_utc(conf.generated_at)}) after the "
+                "checkpoint was timestamped: it was not in force when the node logged it"
+            )
         if problem:
-            raise EvidenceError(problem)
-        request = (meta, body)
-    return leaf
+            self.fail(f"global configuration: {problem}")
+            return None
+        return conf
+
+
+def _issued_by_any(cert: x509.Certificate, roots: list[x509.Certificate]) -> bool:
+    for ca in roots:
+        try:
+            cert.verify_directly_issued_by(ca)
+        except (ValueError, TypeError, InvalidSignature):
+            continue
+        return True
+    return False
+
+
+def _sha256(data: bytes | None) -> str:
+    return hashlib.sha256(data or b"").hexdigest()
+
+
+def iso_utc(when: datetime) -> str:
+    """Times for people: ISO 8601 in UTC, to the second (never epoch seconds)."""
+    return when.astimezone(UTC).isoformat(timespec="seconds").replace("+00:00", "Z")

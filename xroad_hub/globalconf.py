@@ -24,9 +24,22 @@ from .identifiers import ClientId, MemberId, NodeId, parse_client_id, parse_memb
 from .message import canonical
 from .signing import cert_fingerprint
 
-__all__ = ["GlobalConf", "GlobalConfError", "NodeEntry", "sign_globalconf", "verify_globalconf"]
+__all__ = [
+    "GlobalConf",
+    "GlobalConfError",
+    "NodeEntry",
+    "sign_globalconf",
+    "signer_name",
+    "verify_globalconf",
+]
 
 _ECDSA = ec.ECDSA(hashes.SHA256())
+
+
+def signer_name(instance: str) -> str:
+    """The subject CN of the registry's configuration-signing certificate. Evidence checks
+    it: other certificates of the CA (a member's signing key) must not pass for the registry."""
+    return f"{instance} global configuration signer"
 
 
 class GlobalConfError(ValueError):
@@ -53,6 +66,13 @@ class GlobalConf:
     members: dict[MemberId, str]
     nodes: tuple[NodeEntry, ...]
     trusted_cas_der: tuple[bytes, ...]
+
+    def same_rules(self, other: GlobalConf) -> bool:
+        """True if ``other`` says the same (members, nodes, hosting, CAs); only its serial
+        and validity differ."""
+        return (self.instance, self.members, self.nodes, self.trusted_cas_der) == (
+            other.instance, other.members, other.nodes, other.trusted_cas_der,
+        )  # fmt: skip
 
     def expired(self, now: datetime | None = None) -> bool:
         return (now or datetime.now(UTC)) >= self.expires_at

@@ -135,6 +135,19 @@ INSERT INTO {s}.schema_version (version) VALUES ({_SCHEMA_VERSION});
 """
 
 
+def _globalconf_ddl(s: str) -> str:
+    # As in SQLite: added to existing logs as they open, no schema version needed.
+    return f"""
+CREATE TABLE IF NOT EXISTS {s}.globalconf (
+    sha256 text PRIMARY KEY,
+    generated_at double precision NOT NULL,
+    expires_at double precision NOT NULL,
+    signed bytea NOT NULL,
+    signer_cert_sha256 text NOT NULL REFERENCES {s}.certificate (sha256)
+);
+"""
+
+
 def _lock_key(schema: str) -> int:
     """The advisory lock key of a schema: 64 bits of a digest, as PostgreSQL's signed bigint.
 
@@ -258,6 +271,7 @@ class PostgresMessageLog:
                 "(ALTER SCHEMA ... RENAME TO ...) and start again (no automatic migration of "
                 "evidence)"
             )
+        await self._conn.execute(_globalconf_ddl(self._s))
 
     async def _load_tree(self) -> None:
         """Rebuild the tree head from the committed leaves (O(n) once, at start)."""
@@ -378,6 +392,27 @@ class PostgresMessageLog:
                 " VALUES ($1, $2, $3, $4, $5)",
                 size, root, note, digest, created_at,
             )  # fmt: skip
+
+    async def record_globalconf(
+        self, signed: bytes, signer_cert: bytes, generated_at: float, expires_at: float
+    ) -> None:
+        cert_digest = hashlib.sha256(signer_cert).hexdigest()
+        try:  # kept before the exchange it concerns is logged: a failure fails that exchange
+            async with self._reader().acquire() as conn, conn.transaction():
+                await conn.execute(
+                    f"INSERT INTO {self._s}.certificate VALUES ($1, $2)"
+                    " ON CONFLICT (sha256) DO NOTHING",
+                    cert_digest,
+                    signer_cert,
+                )
+                await conn.execute(
+                    f"INSERT INTO {self._s}.globalconf VALUES ($1, $2, $3, $4, $5)"
+                    " ON CONFLICT (sha256) DO NOTHING",
+                    hashlib.sha256(signed).hexdigest(), generated_at, expires_at, signed,
+                    cert_digest,
+                )  # fmt: skip
+        except (OSError, asyncpg.PostgresError, asyncpg.InterfaceError) as exc:
+            raise LogError(f"message log write failed: {exc}") from exc
 
     async def latest_checkpoint_size(self) -> int:
         """Size of the newest checkpoint, or -1 when there is none."""

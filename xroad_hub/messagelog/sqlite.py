@@ -95,6 +95,19 @@ CREATE TABLE IF NOT EXISTS checkpoint (
 );
 """
 
+# The signed global configurations the node worked under (see NodeRuntime.record): evidence
+# bundles carry the one in force at an exchange, proving the node hosted its party then.
+# Added to existing logs as they open, so no schema version (and no migration) is needed.
+GLOBALCONF_SCHEMA = """
+CREATE TABLE IF NOT EXISTS globalconf (
+    sha256 TEXT PRIMARY KEY,
+    generated_at REAL NOT NULL,
+    expires_at REAL NOT NULL,
+    signed BLOB NOT NULL,  -- the registry's document as downloaded
+    signer_cert_sha256 TEXT NOT NULL REFERENCES certificate (sha256)
+);
+"""
+
 
 @functools.cache
 def _insert_sql(rows: int) -> str:
@@ -125,6 +138,7 @@ class SQLiteMessageLog:
         await self._db.execute("PRAGMA journal_mode=WAL")
         await self._db.execute("PRAGMA synchronous=FULL")
         await self._check_schema()
+        await self._db.executescript(GLOBALCONF_SCHEMA)
         self._commits.max_batch = min(self._commits.max_batch, _MAX_VARIABLES // len(_COLUMNS))
         # The tree of committed leaves, rebuilt from the leaves at start.
         async with self._db.execute("SELECT leaf FROM exchange ORDER BY leaf_index") as cur:
@@ -222,6 +236,22 @@ class SQLiteMessageLog:
             " VALUES (?, ?, ?, ?, ?)",
             (size, root, note, digest, created_at),
         )
+
+    async def record_globalconf(
+        self, signed: bytes, signer_cert: bytes, generated_at: float, expires_at: float
+    ) -> None:
+        assert self._db is not None
+        cert_digest = hashlib.sha256(signer_cert).hexdigest()
+        try:  # kept before the exchange it concerns is logged: a failure fails that exchange
+            await self._db.execute(
+                "INSERT OR IGNORE INTO certificate VALUES (?, ?)", (cert_digest, signer_cert)
+            )
+            await self._db.execute(
+                "INSERT OR IGNORE INTO globalconf VALUES (?, ?, ?, ?, ?)",
+                (hashlib.sha256(signed).hexdigest(), generated_at, expires_at, signed, cert_digest),
+            )
+        except Exception as exc:
+            raise LogError(f"message log write failed: {exc}") from exc
 
     async def latest_checkpoint_size(self) -> int:
         """Size of the newest checkpoint, or -1 when there is none."""

@@ -9,6 +9,7 @@ from pathlib import Path
 import aiohttp
 import structlog
 from cryptography import x509
+from cryptography.hazmat.primitives import serialization
 
 from ..globalconf import GlobalConf, GlobalConfError, verify_globalconf
 from ..signing import SignatureVerifier
@@ -25,6 +26,7 @@ class GlobalConfClient:
         self._anchor = anchor
         self._interval = refresh_interval
         self._conf: GlobalConf | None = None
+        self._signed = b""  # the registry's signed document of ``_conf``, as downloaded
         self.verifier = SignatureVerifier([])
         self._task: asyncio.Task[None] | None = None
         self._session: aiohttp.ClientSession | None = None
@@ -38,6 +40,17 @@ class GlobalConfClient:
         conf = self._conf
         return None if conf is None or conf.expired() else conf
 
+    def current_signed(self) -> tuple[GlobalConf, bytes] | None:
+        """The configuration in force with the signed document it came in: the message log
+        keeps the latter, so evidence can prove what the configuration said."""
+        conf = self.current()
+        return None if conf is None else (conf, self._signed)
+
+    @property
+    def anchor_der(self) -> bytes:
+        """The registry's configuration-signing certificate (DER)."""
+        return self._anchor.public_bytes(serialization.Encoding.DER)
+
     def install(self, data: bytes) -> GlobalConf:
         """Verify a downloaded document and use it; raises GlobalConfError if unusable."""
         conf = verify_globalconf(data, self._anchor)
@@ -45,7 +58,7 @@ class GlobalConfClient:
             raise GlobalConfError("downloaded configuration is older than the one in force")
         if self._conf is None or conf.trusted_cas_der != self._conf.trusted_cas_der:
             self.verifier = SignatureVerifier(conf.trusted_cas)
-        self._conf = conf
+        self._conf, self._signed = conf, data
         return conf
 
     async def refresh(self) -> bool:

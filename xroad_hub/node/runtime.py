@@ -3,8 +3,9 @@
 from __future__ import annotations
 
 import asyncio
+import time
 from collections.abc import Awaitable, Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 
 import structlog
@@ -54,6 +55,10 @@ class NodeRuntime:
     provider_timeout: float
     # False while checkpoints wait too long for timestamps: exchanges are refused.
     logging_ok: Callable[[], bool] = lambda: True
+    # The global configuration last kept in the log, and who may be keeping one now.
+    _kept_conf: GlobalConf | None = field(default=None, init=False, repr=False)
+    _keeping: asyncio.Lock = field(default_factory=asyncio.Lock, init=False, repr=False)
+    _same_rules_as_kept: GlobalConf | None = field(default=None, init=False, repr=False)
 
     def check_logging(self, raise_as: str) -> None:
         """Fail closed: no exchange the log cannot have timestamped in time."""
@@ -77,12 +82,50 @@ class NodeRuntime:
     async def record(self, record: LogRecord, raise_as: str) -> None:
         """Log durably, or fail the exchange: nothing is answered that is not logged."""
         try:
+            await self._keep_globalconf()
             await self.log.append(record)
         except LogError as exc:
             raise XRoadError(
                 f"{raise_as}.LoggingFailed",
                 "the exchange could not be logged, so it is not answered",
             ) from exc
+
+    def _conf_kept(self, conf: GlobalConf) -> bool:
+        kept = self._kept_conf
+        if kept is None:
+            return False
+        if kept is conf:
+            return True
+        if conf is not self._same_rules_as_kept:
+            # Compared once per download, not per exchange (~0.2 ms for 50 nodes).
+            if not kept.same_rules(conf):
+                return False
+            self._same_rules_as_kept = conf
+        # The same rules, still in force for a while: no need for another copy. The margin
+        # covers clocks: a request's signing time (another node's clock) must fall inside
+        # the kept copy's validity for a bundle to prove hosting at that time.
+        margin = min(60.0, (kept.expires_at - kept.generated_at).total_seconds() / 4)
+        return kept.expires_at.timestamp() > time.time() + margin
+
+    async def _keep_globalconf(self) -> None:
+        """Keep the signed global configuration in force in the log, before the exchange
+        logged under it: an evidence bundle carries it to prove that this node hosted the
+        exchange's client or provider then. A copy is kept when the rules change, and
+        otherwise about once per validity period (not on every refresh)."""
+        held = self.globalconf.current_signed()
+        if held is None or self._conf_kept(held[0]):
+            return
+        async with self._keeping:
+            conf, signed = held
+            if self._conf_kept(conf):
+                return  # another exchange kept it while this one waited
+            await self.log.record_globalconf(
+                signed,
+                self.globalconf.anchor_der,
+                conf.generated_at.timestamp(),
+                conf.expires_at.timestamp(),
+            )
+            self._kept_conf, self._same_rules_as_kept = conf, None
 
     def signer_for(self, member: MemberId, raise_as: str) -> BatchSigner:
         signer = self.signers.get(member)
