@@ -172,8 +172,36 @@ def build_parser() -> argparse.ArgumentParser:
     verify.add_argument(
         "--tree-only",
         action="store_true",
-        help="check sequence, tree and checkpoints only (much faster); without "
-        "it every entry's digests and signatures are checked too",
+        help="check sequence, tree, subject index and checkpoints only (much faster); "
+        "without it every entry's digests and signatures are checked too",
+    )
+    verify.add_argument(
+        "--witness",
+        metavar="URL",
+        help="the registry (e.g. http://127.0.0.1:8000, 'registry' in endpoints.json): fetch "
+        "its witness's latest co-signed checkpoint of the node and check the log against it",
+    )
+    verify.add_argument(
+        "--witness-checkpoint",
+        metavar="FILE",
+        type=Path,
+        action="append",
+        default=[],
+        help="a witness checkpoint saved earlier (the registry's JSON answer to "
+        "GET /witness?origin=xroad-hub/NODE); may be repeated",
+    )
+    verify.add_argument(
+        "--node",
+        help="the node whose log this is, e.g. TH/GOV/DBD/hub1 (default: the one its "
+        "checkpoints name)",
+    )
+    verify.add_argument(
+        "--grace",
+        type=float,
+        default=3600.0,
+        metavar="SECONDS",
+        help="how long entries may wait for a witnessed checkpoint before that is a "
+        "problem (default 3600; raise it to check an older copy of a log)",
     )
     _root_ca(verify)
     export = audit_sub.add_parser(
@@ -397,42 +425,101 @@ def _cell(value: object, width: int) -> str:
     return text if len(text) <= width else text[: width - 1] + "…"
 
 
+def _load_root_ca(path: Path):  # type: ignore[no-untyped-def]
+    """The federation root certificate, or None after saying what is wrong."""
+    from cryptography import x509
+
+    try:
+        return x509.load_pem_x509_certificate(path.read_bytes())
+    except (OSError, ValueError) as exc:
+        print(
+            f"xroad-hub: cannot read the federation root certificate {path}: "
+            f"{getattr(exc, 'strerror', None) or exc}; name it with --root-ca FILE "
+            "(certs/ca/root.cert.pem of the federation)",
+            file=sys.stderr,
+        )
+        return None
+
+
 def _audit_verify(args: argparse.Namespace) -> int:
     import base64
 
-    from cryptography import x509
-
-    from .audit import verify_log
+    from .audit import (
+        fetch_witness_checkpoint,
+        iso_utc,
+        load_witness_checkpoint,
+        log_node,
+        verify_log,
+    )
 
     if not args.log.is_file():
-        print(f"xroad-hub: no log file at {args.log}", file=sys.stderr)
+        print(f"xroad-hub: no log file at {args.log}; name a node's messagelog.sqlite",
+              file=sys.stderr)  # fmt: skip
         return 2
-    root = x509.load_pem_x509_certificate(args.root_ca.read_bytes())
+    root_ca = _load_root_ca(args.root_ca)
+    if root_ca is None:
+        return 2
+    node = args.node or log_node(args.log)
+    witnesses = []
+    try:
+        witnesses += [load_witness_checkpoint(f) for f in args.witness_checkpoint]
+        if args.witness:
+            if node is None:
+                print("xroad-hub: the log's checkpoints do not say which node wrote it; "
+                      "name it with --node NODE-ID", file=sys.stderr)  # fmt: skip
+                return 2
+            fetched = fetch_witness_checkpoint(args.witness, node)
+            if fetched is not None:
+                witnesses.append(fetched)
+            else:
+                print(f"xroad-hub: the witness at {args.witness} has co-signed no checkpoint "
+                      f"of {node}", file=sys.stderr)  # fmt: skip
+    except (OSError, ValueError) as exc:
+        print(f"xroad-hub: no witness checkpoint: {exc}; check --witness (the registry's "
+              "URL) or --witness-checkpoint (a saved answer of GET /witness)",
+              file=sys.stderr)  # fmt: skip
+        return 2
     show = sys.stderr.isatty()
 
     def progress(done: int, total: int) -> None:
         if show:
             print(f"\r{done}/{total} entries checked", end="", file=sys.stderr, flush=True)
 
-    report = verify_log(args.log, [root], progress=progress, entries=not args.tree_only)
+    report = verify_log(
+        args.log, [root_ca], progress=progress, entries=not args.tree_only,
+        witnesses=witnesses, node=args.node, grace=args.grace,
+    )  # fmt: skip
     if show:
         print(file=sys.stderr)
     for finding in report.findings:
         print(f"BAD {finding}")
+    for w in witnesses:
+        print(f"compared with the witness checkpoint from {w.source}")
+    if report.uncovered and report.uncovered_since is not None and report.covered:
+        print(
+            f"NOTE {report.uncovered} newest entries (from {report.covered} on, since "
+            f"{iso_utc(report.uncovered_since)}) are not yet covered by a witnessed checkpoint"
+        )
     root = base64.b64encode(report.root).decode()
     verdict = "OK" if report.ok else f"{len(report.findings)} problem(s)"
     print(
-        f"{report.entries} entries, {report.checkpoints} checkpoints "
-        f"({report.witnessed} witnessed, {report.timestamped} timestamped), root {root}: "
-        f"{verdict}"
+        f"{report.entries} entries ({report.covered} covered by a witnessed checkpoint), "
+        f"{report.checkpoints} checkpoints ({report.witnessed} witnessed, "
+        f"{report.timestamped} timestamped), root {root}: {verdict}"
     )
     return 0 if report.ok else 1
 
 
 def _audit_search(args: argparse.Namespace) -> int:
-    from .audit import search_log
+    import sqlite3
+
+    from .audit import iso_utc, search_log
     from .messagelog.search import SearchFilter
 
+    if not args.log.is_file():
+        print(f"xroad-hub: no log file at {args.log}; name a node's messagelog.sqlite",
+              file=sys.stderr)  # fmt: skip
+        return 2
     query = SearchFilter(
         since=args.since, until=args.until, client=args.client, service=args.service,
         user_id=args.user_id, issue=args.issue, message_id=args.message_id,
@@ -443,8 +530,20 @@ def _audit_search(args: argparse.Namespace) -> int:
     except (ValueError, OSError) as exc:
         print(f"xroad-hub: {exc}", file=sys.stderr)
         return 2
+    except sqlite3.Error as exc:
+        print(f"xroad-hub: {args.log} cannot be searched ({exc}); is it a node's "
+              "messagelog.sqlite?", file=sys.stderr)  # fmt: skip
+        return 2
     for row in rows:
+        # Times as ISO 8601 UTC, the form --since and --until take.
+        for key in ("started_at", "finished_at"):
+            if isinstance(row.get(key), int | float):
+                row[key] = iso_utc(row[key])
         print(json.dumps(row, ensure_ascii=False))
+    if not rows:
+        # On stderr: stdout stays JSON lines (empty), for scripts.
+        print("no entry matched" + (f" after leaf {args.after}" if args.after >= 0 else ""),
+              file=sys.stderr)  # fmt: skip
     if next_after is not None:
         print(f"more: --after {next_after}", file=sys.stderr)
     return 0
