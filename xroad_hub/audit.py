@@ -9,10 +9,19 @@ provider's, with certificates issued by the federation CA. The leaves then give 
 Merkle root (RFC 9162). Problems are reported by leaf index, first one first.
 
 Every checkpoint stored in the log must be signed by the node's checkpoint key (certified
-by the federation CA) and name the root that the entries before it give now: an entry
-changed, removed or reordered after a checkpoint breaks it. Entries after the last
-checkpoint, and a log replaced wholesale, need checkpoints published elsewhere (witnesses,
-timestamps: issue 3) to be caught.
+by the federation CA), be that node's, and name the root that the entries before it give
+now: an entry changed, removed or reordered after a checkpoint breaks it.
+
+What the log holds can all be rewritten by whoever holds the node (erase an entry, renumber
+the rows after it, delete the checkpoints: nothing above notices). So the log must be
+covered by checkpoints the registry's witness co-signed: a log with entries and no such
+checkpoint fails, entries newer than the last one are counted (and fail once older than a
+grace period), and the witness's own latest checkpoint of the node (fetched from the
+registry or saved by the auditor) must be a prefix of the log with the same root.
+
+The subject index (who each exchange concerns, read by the citizens' tracker and by
+``search --subject``) is derived data outside the tree; it must name exactly the subjects
+of each leaf. A column holding a value of another type is a finding, never a crash.
 """
 
 from __future__ import annotations

@@ -164,9 +164,12 @@ def build_parser() -> argparse.ArgumentParser:
     verify = audit_sub.add_parser(
         "verify",
         help="check a node's whole message log offline",
-        description="Checks every entry (sequence, leaf, digests, certificates, signatures) "
-        "with nothing but the log file and the federation root certificate, prints the "
-        "Merkle root, names every bad entry and exits 1 if anything is wrong.",
+        description="Checks every entry (sequence, leaf, digests, certificates, signatures, "
+        "subject index) and every checkpoint with nothing but the log file and the federation "
+        "root certificate, prints the Merkle root, names every bad entry and exits 1 if "
+        "anything is wrong, including entries no witness-co-signed checkpoint covers. With "
+        "--witness (or --witness-checkpoint) the log is also compared with the witness's own "
+        "latest checkpoint of the node, which catches a log rewritten with its checkpoints.",
     )
     verify.add_argument("log", type=Path, help="the node's messagelog.sqlite")
     verify.add_argument(
@@ -495,6 +498,9 @@ def _audit_verify(args: argparse.Namespace) -> int:
         print(f"BAD {finding}")
     for w in witnesses:
         print(f"compared with the witness checkpoint from {w.source}")
+    if not witnesses:
+        print("NOTE not compared with the witness's own checkpoint of the node (--witness "
+              "REGISTRY-URL): a log rewritten with its checkpoints shows only there")  # fmt: skip
     if report.uncovered and report.uncovered_since is not None and report.covered:
         print(
             f"NOTE {report.uncovered} newest entries (from {report.covered} on, since "
@@ -503,9 +509,8 @@ def _audit_verify(args: argparse.Namespace) -> int:
     root = base64.b64encode(report.root).decode()
     verdict = "OK" if report.ok else f"{len(report.findings)} problem(s)"
     print(
-        f"{report.entries} entries ({report.covered} covered by a witnessed checkpoint), "
-        f"{report.checkpoints} checkpoints ({report.witnessed} witnessed, "
-        f"{report.timestamped} timestamped), root {root}: {verdict}"
+        f"{report.entries} entries, {report.checkpoints} checkpoints ({report.witnessed} "
+        f"witnessed, {report.timestamped} timestamped), root {root}: {verdict}"
     )
     return 0 if report.ok else 1
 
