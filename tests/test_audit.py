@@ -516,3 +516,24 @@ def test_cli_search_says_when_nothing_matched_and_prints_iso_times(
                          check=False)  # fmt: skip
     assert bad.returncode == 2 and "Traceback" not in bad.stderr, bad.stderr
     assert "cannot be searched" in bad.stderr
+
+
+def test_cli_verify_errors_say_what_to_do(fed: Fed, log_copy: Path, tmp_path: Path) -> None:
+    base = [sys.executable, "-m", "xroad_hub.cli", "audit", "verify", str(log_copy)]
+    cases = [
+        (["--root-ca", str(tmp_path / "nowhere.pem")], "--root-ca FILE"),
+        (["--root-ca", str(log_copy)], "--root-ca FILE"),  # not a certificate
+        (
+            ["--root-ca", str(fed.pki.root_ca.cert), "--witness", "http://127.0.0.1:1"],
+            "check --witness",
+        ),
+        (
+            ["--root-ca", str(fed.pki.root_ca.cert), "--witness-checkpoint", str(log_copy)],
+            "is not a witness answer",
+        ),
+    ]
+    for extra, hint in cases:
+        out = subprocess.run([*base, *extra], capture_output=True, text=True, timeout=60,
+                             check=False)  # fmt: skip
+        assert out.returncode == 2 and "Traceback" not in out.stderr, out.stderr
+        assert out.stderr.startswith("xroad-hub: ") and hint in out.stderr, out.stderr
