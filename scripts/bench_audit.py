@@ -53,6 +53,13 @@ async def build(path: Path, entries: int) -> tuple[object, float]:
     node_key = ed25519.Ed25519PrivateKey.generate()
     node_cert = _der(issue_cert(ca_key, ca_cert, "TH/GOV/DBD/hub1", node_key, purpose="checkpoint"))
     note_signer = NoteSigner("TH/GOV/DBD/hub1", node_key)
+    # The registry's witness co-signs each checkpoint, as in a federation: a log no witness
+    # co-signed does not verify.
+    witness_key = ed25519.Ed25519PrivateKey.generate()
+    witness_cert = _der(
+        issue_cert(ca_key, ca_cert, "TH/registry", witness_key, purpose="checkpoint")
+    )
+    witness_signer = NoteSigner("TH/registry", witness_key)
     log = SQLiteMessageLog(path)
     await log.open()
     started = time.perf_counter()
@@ -109,9 +116,11 @@ async def build(path: Path, entries: int) -> tuple[object, float]:
         )  # fmt: skip
         size, root = log.tree_head()
         if size % 10000 < BATCH or size == entries:
-            note = sign_note(Checkpoint("xroad-hub/TH/GOV/DBD/hub1", size, root).text(),
-                             note_signer)  # fmt: skip
+            text = Checkpoint("xroad-hub/TH/GOV/DBD/hub1", size, root).text()
+            note = sign_note(text, note_signer)
             await log.add_checkpoint(size, root, note, node_cert, time.time())
+            cosigned = note + witness_signer.signature_line(text)
+            await log.record_witness(size, cosigned, witness_cert)
     built = time.perf_counter() - started
     await log.close()
     return ca_cert, built

@@ -2,11 +2,13 @@
 
 from __future__ import annotations
 
+import asyncio
 import json
 import sqlite3
 import subprocess
 import sys
 import uuid
+from datetime import datetime, timedelta
 from pathlib import Path
 
 import orjson
@@ -14,7 +16,7 @@ import pytest
 from cryptography import x509
 
 from xroad_hub import merkle
-from xroad_hub.audit import verify_log
+from xroad_hub.audit import WitnessCheckpoint, iso_utc, load_witness_checkpoint, verify_log
 from xroad_hub.message import canonical
 
 from .conftest import Fed
@@ -38,6 +40,13 @@ async def log_copy(fed: Fed, http, tmp_path: Path) -> Path:
     with sqlite3.connect(src) as a, sqlite3.connect(dst) as b:
         a.backup(b)
     return dst
+
+
+_UNCOVERED = "no checkpoint co-signed by the witness covers"
+_WHY = (
+    ": entries could have been erased, renumbered or rewritten unseen; compare the log with "
+    "the witness's checkpoint of this node"
+)
 
 
 def _root(fed: Fed) -> list[x509.Certificate]:
@@ -122,9 +131,10 @@ async def test_consistent_forgery_fails_the_signature(fed: Fed, log_copy: Path) 
     findings = [str(f) for f in report.findings]
     assert findings[0] == "entry 0: request signature: signature does not verify"
     # The answer no longer carries the hash of the (rewritten) request, and the rewritten
-    # leaf no longer gives the checkpoint's root.
+    # leaf no longer gives the checkpoints' roots, so no witnessed checkpoint covers the log.
     assert all(
-        "history rewritten" in f or "hash of the logged request" in f for f in findings[1:]
+        "history rewritten" in f or "hash of the logged request" in f or _UNCOVERED in f
+        for f in findings[1:]
     ), findings
 
 
@@ -159,7 +169,8 @@ async def test_checkpoints_verify_and_catch_a_rewritten_history(fed: Fed, log_co
             (canonical(doc), doc["finished_at"]),
         )
     findings = [str(f) for f in verify_log(log_copy, _root(fed)).findings]
-    assert findings and all("history rewritten" in f for f in findings), findings
+    assert findings and all("history rewritten" in f or _UNCOVERED in f for f in findings)
+    assert findings[-1] == f"log: {_UNCOVERED} any of the {report.entries} entries" + _WHY
 
 
 async def test_truncated_log_fails_its_checkpoint(fed: Fed, log_copy: Path) -> None:
@@ -204,7 +215,11 @@ async def test_swapped_rows_break_the_checkpoint(fed: Fed, log_copy: Path) -> No
         conn.execute("UPDATE exchange SET leaf_index = 0 WHERE leaf_index = 1")
         conn.execute("UPDATE exchange SET leaf_index = 1 WHERE leaf_index = -1")
     findings = [str(f) for f in verify_log(log_copy, _root(fed)).findings]
-    assert findings and all("history rewritten" in f for f in findings), findings
+    # The rows moved, their subject index rows did not: the index is wrong for both.
+    assert findings and all(
+        "history rewritten" in f or _UNCOVERED in f or "subject index" in f for f in findings
+    ), findings
+    assert any("history rewritten" in f for f in findings), findings
 
 
 async def test_tree_only_mode_checks_tree_and_checkpoints(fed: Fed, log_copy: Path) -> None:
@@ -215,7 +230,10 @@ async def test_tree_only_mode_checks_tree_and_checkpoints(fed: Fed, log_copy: Pa
     assert not verify_log(log_copy, _root(fed)).ok
     _tamper(log_copy, "UPDATE exchange SET leaf = CAST('{}' AS BLOB) WHERE leaf_index = 0")
     findings = [str(f) for f in verify_log(log_copy, _root(fed), entries=False).findings]
-    assert findings and all("history rewritten" in f for f in findings), findings
+    assert findings and all(
+        "history rewritten" in f or _UNCOVERED in f or "subject index" in f for f in findings
+    ), findings
+    assert any("history rewritten" in f for f in findings), findings
 
 
 def test_bench_audit_smoke() -> None:
@@ -253,3 +271,269 @@ async def test_a_node_cannot_witness_itself(fed: Fed, log_copy: Path) -> None:
     )
     findings = [str(f) for f in verify_log(log_copy, _root(fed)).findings]
     assert any("witness co-signature does not verify" in f for f in findings), findings
+
+
+# --- issue 10: what only the witness and the leaves can tell ----------------------------------
+
+
+async def _witness_answer(fed: Fed, http, node: str = DBD) -> dict[str, object]:  # type: ignore[no-untyped-def]
+    """What the registry's witness serves about ``node``: its latest co-signed checkpoint."""
+    url = f"{fed.endpoints['registry']}/witness"
+    async with http.get(url, params={"origin": f"xroad-hub/{node}"}) as resp:
+        assert resp.status == 200
+        return await resp.json()
+
+
+def _witness_file(tmp_path: Path, answer: dict[str, object]) -> WitnessCheckpoint:
+    path = tmp_path / f"witness-{uuid.uuid4()}.json"
+    path.write_text(json.dumps(answer))
+    return load_witness_checkpoint(path)
+
+
+def _erase_and_renumber(path: Path, erased: int = 1) -> None:
+    """The review's attack: erase an entry, renumber every later row (and its subject index
+    rows) so the sequence has no gap, and delete every checkpoint."""
+    with sqlite3.connect(path) as conn:
+        conn.execute("DELETE FROM exchange WHERE leaf_index = ?", (erased,))
+        conn.execute("DELETE FROM exchange_subject WHERE leaf_index = ?", (erased,))
+        conn.execute("UPDATE exchange SET leaf_index = leaf_index - 1 WHERE leaf_index > ?",
+                     (erased,))  # fmt: skip
+        conn.execute(
+            "UPDATE exchange_subject SET leaf_index = leaf_index - 1 WHERE leaf_index > ?",
+            (erased,),
+        )
+        conn.execute("DELETE FROM checkpoint")
+
+
+async def test_erased_entry_with_renumbered_rows_and_no_checkpoints_fails(
+    fed: Fed, http, log_copy: Path, tmp_path: Path
+) -> None:
+    _erase_and_renumber(log_copy)
+    report = verify_log(log_copy, _root(fed))
+    findings = [str(f) for f in report.findings]
+    assert findings == [f"log: {_UNCOVERED} any of the {report.entries} entries" + _WHY]
+    assert (report.covered, report.uncovered) == (0, report.entries)
+    # Against the witness's own checkpoint, the log is short of what the node once signed.
+    answer = await _witness_answer(fed, http)
+    report = verify_log(log_copy, _root(fed), witnesses=[_witness_file(tmp_path, answer)])
+    assert any(
+        f"the witness co-signed {answer['size']} entries of xroad-hub/{DBD}, the log holds "
+        f"only {report.entries}: entries were removed" in str(f)
+        for f in report.findings
+    ), [str(f) for f in report.findings]
+
+
+async def test_log_diverging_from_the_witness_checkpoint_fails(
+    fed: Fed, http, log_copy: Path, tmp_path: Path
+) -> None:
+    """An entry rewritten where nothing signed repeats it, and every stored checkpoint
+    deleted: the log is consistent in itself; only the witness's checkpoint can tell."""
+    answer = await _witness_answer(fed, http)
+    witness = _witness_file(tmp_path, answer)
+    assert verify_log(log_copy, _root(fed), witnesses=[witness]).ok
+    with sqlite3.connect(log_copy) as conn:
+        leaf = bytes(conn.execute("SELECT leaf FROM exchange WHERE leaf_index = 0").fetchone()[0])
+        doc = orjson.loads(leaf)
+        doc["finished_at"] += 1
+        conn.execute(
+            "UPDATE exchange SET leaf = ?, finished_at = ? WHERE leaf_index = 0",
+            (canonical(doc), doc["finished_at"]),
+        )
+        conn.execute("DELETE FROM checkpoint")
+    findings = [str(f) for f in verify_log(log_copy, _root(fed), witnesses=[witness]).findings]
+    assert (
+        f"log: the log's first {answer['size']} entries do not give the root the witness "
+        f"co-signed for xroad-hub/{DBD}: entries were changed, erased, renumbered or reordered"
+    ) in findings, findings
+
+
+async def test_witness_checkpoint_must_be_cosigned_and_of_this_node(
+    fed: Fed, http, log_copy: Path, tmp_path: Path
+) -> None:
+    answer = await _witness_answer(fed, http)
+    note = str(answer["note"])
+    # The node's own signature alone (the witness's line removed) proves nothing.
+    own_only = {**answer, "note": note[: note.rindex("\u2014")]}
+    findings = [
+        str(f)
+        for f in verify_log(
+            log_copy, _root(fed), witnesses=[_witness_file(tmp_path, own_only)]
+        ).findings
+    ]
+    assert any("not co-signed by the instance's witness" in f for f in findings), findings
+    await fed.federation.nodes[DGA].checkpointer.checkpoint()  # DGA's client-side log
+    other = await _witness_answer(fed, http, DGA)
+    findings = [
+        str(f)
+        for f in verify_log(
+            log_copy, _root(fed), witnesses=[_witness_file(tmp_path, other)], node=DBD
+        ).findings
+    ]
+    assert any(f"is of xroad-hub/{DGA}, not of xroad-hub/{DBD}" in f for f in findings), findings
+
+
+async def test_cli_compares_with_the_registry_witness(
+    fed: Fed, http, log_copy: Path, tmp_path: Path
+) -> None:
+    cmd = [sys.executable, "-m", "xroad_hub.cli", "audit", "verify", str(log_copy),
+           "--root-ca", str(fed.pki.root_ca.cert),
+           "--witness", str(fed.endpoints["registry"])]  # fmt: skip
+
+    def run() -> subprocess.CompletedProcess[str]:
+        return subprocess.run(cmd, capture_output=True, text=True, timeout=60, check=False)
+
+    ok = await asyncio.to_thread(run)  # the registry answers from this test's event loop
+    assert ok.returncode == 0, ok.stdout + ok.stderr
+    assert "compared with the witness checkpoint from http://" in ok.stdout
+    _erase_and_renumber(log_copy)
+    # With no checkpoint left, the log no longer says whose it is: the auditor does.
+    bad = await asyncio.to_thread(run)
+    assert bad.returncode == 2 and "--node" in bad.stderr and "Traceback" not in bad.stderr
+    cmd += ["--node", DBD]
+    bad = await asyncio.to_thread(run)
+    assert bad.returncode == 1, bad.stdout + bad.stderr
+    assert "entries were removed" in bad.stdout and "BAD log: no checkpoint" in bad.stdout
+
+
+async def test_entries_after_the_last_witnessed_checkpoint_are_counted(
+    fed: Fed, http, tmp_path: Path
+) -> None:
+    """Entries newer than the last checkpoint are normal in a live log (said, not failed);
+    left uncovered longer than the grace period, they fail."""
+    node = fed.federation.nodes[DBD]
+    url = fed.url(DGA) + "/r1/TH/GOV/DBD/registry/echo/late"
+    await node.checkpointer.checkpoint()
+    for _ in range(3):
+        async with http.post(url, data=b"x", headers={**DEV, "X-Road-Id": str(uuid.uuid4())}):
+            pass
+    path = tmp_path / "live.sqlite"
+    with sqlite3.connect(node.runtime.log.path) as a, sqlite3.connect(path) as b:
+        a.backup(b)
+    report = verify_log(path, _root(fed))
+    assert report.ok, [str(f) for f in report.findings]
+    assert report.uncovered == 3 and report.covered == report.entries - 3
+    assert report.uncovered_since is not None
+    later = report.uncovered_since + 7200
+    findings = [str(f) for f in verify_log(path, _root(fed), now=later, grace=3600).findings]
+    assert findings == [
+        f"entry {report.covered}: 3 entries from {report.covered} on (the first finished "
+        f"{iso_utc(report.uncovered_since)}, 2.0 h ago) are covered by no witnessed "
+        "checkpoint, longer than the 3600 s allowed: checkpoints stopped or were deleted"
+    ]
+
+
+async def test_subject_index_is_checked_against_the_leaves(fed: Fed, log_copy: Path) -> None:
+    """The citizens' tracker and `audit search --subject` read the subject index: a deleted
+    row hides a read from the citizen, an inserted one blames another."""
+    with sqlite3.connect(log_copy) as conn:
+        subject, index = conn.execute(
+            "SELECT subject, leaf_index FROM exchange_subject ORDER BY leaf_index DESC LIMIT 1"
+        ).fetchone()
+        size = conn.execute("SELECT COUNT(*) FROM exchange").fetchone()[0]
+    for mode in (True, False):
+        assert verify_log(log_copy, _root(fed), entries=mode).ok
+    _tamper(log_copy, "DELETE FROM exchange_subject WHERE leaf_index = ?", index)
+    _tamper(log_copy, "INSERT INTO exchange_subject VALUES ('3100600123459', ?)", index)
+    _tamper(log_copy, "INSERT INTO exchange_subject VALUES ('3100600123459', ?)", size + 5)
+    for mode in (True, False):
+        findings = [str(f) for f in verify_log(log_copy, _root(fed), entries=mode).findings]
+        assert findings == [
+            f"entry {index}: the subject index lacks {subject!r}: the citizen's tracker and "
+            "searches miss it",
+            f"entry {index}: the subject index names '3100600123459', whom the entry does not "
+            "concern",
+            f"log: the subject index names '3100600123459' for entry {size + 5}, which the log "
+            "does not hold",
+        ], findings
+
+
+@pytest.mark.parametrize(
+    ("sql", "expected"),
+    [
+        (
+            "UPDATE exchange SET started_at = 'yesterday' WHERE leaf_index = 1",
+            "entry 1: column started_at holds text ('yesterday'), not a number",
+        ),
+        (
+            "UPDATE exchange SET leaf = CAST(leaf AS TEXT) WHERE leaf_index = 1",
+            "entry 1: column leaf holds text",
+        ),
+        (
+            "UPDATE exchange SET status = '200 OK' WHERE leaf_index = 1",
+            "entry 1: column status holds text ('200 OK'), not an integer",
+        ),
+        (
+            "UPDATE checkpoint SET root = 'abc' WHERE size = (SELECT MAX(size) FROM checkpoint)",
+            ": column root holds text ('abc'), not a blob",
+        ),
+        (
+            "UPDATE certificate SET der = 'not DER'"
+            " WHERE sha256 = (SELECT cert_sha256 FROM checkpoint LIMIT 1)",
+            "log: certificate ",
+        ),
+        (
+            "UPDATE certificate SET der = X'3000'"
+            " WHERE sha256 = (SELECT cert_sha256 FROM checkpoint LIMIT 1)",
+            ": cannot be checked: ValueError(",
+        ),
+    ],
+)
+async def test_a_column_of_another_type_is_a_finding(
+    fed: Fed, log_copy: Path, sql: str, expected: str
+) -> None:
+    _tamper(log_copy, sql)
+    findings = [str(f) for f in verify_log(log_copy, _root(fed)).findings]
+    assert any(expected in f for f in findings), findings
+    cmd = [sys.executable, "-m", "xroad_hub.cli", "audit", "verify", str(log_copy),
+           "--root-ca", str(fed.pki.root_ca.cert)]  # fmt: skip
+    out = await asyncio.to_thread(
+        subprocess.run, cmd, capture_output=True, text=True, timeout=60, check=False
+    )
+    assert out.returncode == 1 and "Traceback" not in out.stderr, out.stdout + out.stderr
+    assert any(line.startswith("BAD ") and expected in line for line in out.stdout.splitlines())
+
+
+def test_cli_search_says_when_nothing_matched_and_prints_iso_times(
+    fed: Fed, log_copy: Path
+) -> None:
+    base = [sys.executable, "-m", "xroad_hub.cli", "audit", "search", str(log_copy)]
+    none = subprocess.run([*base, "--issue", "NO-SUCH-CASE"], capture_output=True, text=True,
+                          timeout=60, check=False)  # fmt: skip
+    assert none.returncode == 0 and none.stdout == "", none.stdout + none.stderr
+    assert none.stderr.strip() == "no entry matched"
+    found = subprocess.run([*base, "--limit", "1"], capture_output=True, text=True, timeout=60,
+                           check=False)  # fmt: skip
+    row = json.loads(found.stdout.splitlines()[0])
+    started = datetime.fromisoformat(row["started_at"])
+    assert started.utcoffset() == timedelta(0) and row["started_at"].endswith("+00:00")
+    # The printed time is the logged one, and --since takes it back.
+    again = subprocess.run([*base, "--since", row["started_at"], "--limit", "1"],
+                           capture_output=True, text=True, timeout=60, check=False)  # fmt: skip
+    assert json.loads(again.stdout.splitlines()[0])["leaf_index"] >= row["leaf_index"]
+    broken = log_copy.with_name("not-a-log.sqlite")
+    broken.write_bytes(b"this is not SQLite")
+    bad = subprocess.run([*base[:-1], str(broken)], capture_output=True, text=True, timeout=60,
+                         check=False)  # fmt: skip
+    assert bad.returncode == 2 and "Traceback" not in bad.stderr, bad.stderr
+    assert "cannot be searched" in bad.stderr
+
+
+def test_cli_verify_errors_say_what_to_do(fed: Fed, log_copy: Path, tmp_path: Path) -> None:
+    base = [sys.executable, "-m", "xroad_hub.cli", "audit", "verify", str(log_copy)]
+    cases = [
+        (["--root-ca", str(tmp_path / "nowhere.pem")], "--root-ca FILE"),
+        (["--root-ca", str(log_copy)], "--root-ca FILE"),  # not a certificate
+        (
+            ["--root-ca", str(fed.pki.root_ca.cert), "--witness", "http://127.0.0.1:1"],
+            "check --witness",
+        ),
+        (
+            ["--root-ca", str(fed.pki.root_ca.cert), "--witness-checkpoint", str(log_copy)],
+            "is not a witness answer",
+        ),
+    ]
+    for extra, hint in cases:
+        out = subprocess.run([*base, *extra], capture_output=True, text=True, timeout=60,
+                             check=False)  # fmt: skip
+        assert out.returncode == 2 and "Traceback" not in out.stderr, out.stderr
+        assert out.stderr.startswith("xroad-hub: ") and hint in out.stderr, out.stderr

@@ -9,20 +9,33 @@ provider's, with certificates issued by the federation CA. The leaves then give 
 Merkle root (RFC 9162). Problems are reported by leaf index, first one first.
 
 Every checkpoint stored in the log must be signed by the node's checkpoint key (certified
-by the federation CA) and name the root that the entries before it give now: an entry
-changed, removed or reordered after a checkpoint breaks it. Entries after the last
-checkpoint, and a log replaced wholesale, need checkpoints published elsewhere (witnesses,
-timestamps: issue 3) to be caught.
+by the federation CA), be that node's, and name the root that the entries before it give
+now: an entry changed, removed or reordered after a checkpoint breaks it.
+
+What the log holds can all be rewritten by whoever holds the node (erase an entry, renumber
+the rows after it, delete the checkpoints: nothing above notices). So the log must be
+covered by checkpoints the registry's witness co-signed: a log with entries and no such
+checkpoint fails, entries newer than the last one are counted (and fail once older than a
+grace period), and the witness's own latest checkpoint of the node (fetched from the
+registry or saved by the auditor) must be a prefix of the log with the same root.
+
+The subject index (who each exchange concerns, read by the citizens' tracker and by
+``search --subject``) is derived data outside the tree; it must name exactly the subjects
+of each leaf. A column holding a value of another type is a finding, never a crash.
 """
 
 from __future__ import annotations
 
+import base64
 import sqlite3
-from collections.abc import Callable, Iterator
+import time
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
+from urllib.parse import urlencode, urlsplit
+from urllib.request import urlopen
 
 import orjson
 from cryptography import x509
@@ -44,8 +57,13 @@ from .signing import SignatureError, SignatureVerifier
 __all__ = [
     "AuditReport",
     "Finding",
+    "WitnessCheckpoint",
     "check_signed_part",
     "cosigned",
+    "fetch_witness_checkpoint",
+    "iso_utc",
+    "load_witness_checkpoint",
+    "log_node",
     "search_log",
     "verify_log",
     "verify_node_checkpoint",
@@ -80,6 +98,17 @@ class Finding:
         return f"{where}: {self.problem}"
 
 
+@dataclass(frozen=True, slots=True)
+class WitnessCheckpoint:
+    """The latest checkpoint the instance's witness co-signed for a node, as the registry
+    serves it (``GET /witness?origin=``) or as an auditor saved it: the co-signed note and
+    the witness's certificate. ``source`` says where it came from, for the report."""
+
+    note: str
+    cert_der: bytes
+    source: str
+
+
 @dataclass
 class AuditReport:
     entries: int = 0
@@ -88,10 +117,25 @@ class AuditReport:
     timestamped: int = 0
     root: bytes = merkle.root([])
     findings: list[Finding] = field(default_factory=list)
+    # How many leading entries a verified, witness-co-signed checkpoint commits to (in the
+    # log or from the witness itself); the rest could still be changed or dropped unseen.
+    covered: int = 0
+    # Finish time (epoch s) of the first entry no witnessed checkpoint covers, if any.
+    uncovered_since: float | None = None
 
     @property
     def ok(self) -> bool:
         return not self.findings
+
+    @property
+    def uncovered(self) -> int:
+        return self.entries - self.covered
+
+
+# Entries a live node logged since its last checkpoint are not witnessed yet; that is normal
+# for a few checkpoint intervals (60 s by default, plus a witness that was briefly away).
+# Older ones mean checkpointing stopped or checkpoints were deleted.
+DEFAULT_GRACE = 3600.0
 
 
 def _rows(conn: sqlite3.Connection, columns: str) -> Iterator[sqlite3.Row]:
@@ -100,18 +144,131 @@ def _rows(conn: sqlite3.Connection, columns: str) -> Iterator[sqlite3.Row]:
         yield from batch
 
 
+class _SubjectIndex:
+    """The subject index (what the citizens' tracker and ``search --subject`` read), walked
+    beside the leaves: each entry's rows must be exactly the subjects its leaf names. The
+    index is derived data (a trigger fills it), so nothing signed covers it but the leaves."""
+
+    def __init__(self, conn: sqlite3.Connection) -> None:
+        self._rows = self._read(conn)
+        self._next: tuple[Any, Any] | None = next(self._rows, None)
+
+    @staticmethod
+    def _read(conn: sqlite3.Connection) -> Iterator[tuple[Any, Any]]:
+        cur = conn.execute(
+            "SELECT leaf_index, subject FROM exchange_subject ORDER BY leaf_index, subject"
+        )
+        while batch := cur.fetchmany(4096):
+            yield from ((r[0], r[1]) for r in batch)
+
+    def check(self, index: int, leaf: dict[str, Any] | None) -> Iterator[str]:
+        actual: set[Any] = set()
+        while self._next is not None and self._next[0] == index:
+            actual.add(self._next[1])
+            self._next = next(self._rows, None)
+        if leaf is None:
+            return  # a leaf that is not JSON is reported already
+        subjects = leaf.get("subjects")
+        want = set(subjects) if isinstance(subjects, list) else set()
+        for subject in sorted(want - actual, key=str):
+            yield f"the subject index lacks {subject!r}: the citizen's tracker and searches miss it"
+        for subject in sorted(actual - want, key=str):
+            yield f"the subject index names {_short(subject)}, whom the entry does not concern"
+
+    def leftovers(self) -> Iterator[str]:
+        """Rows for entries the log does not hold (once every leaf has been checked)."""
+        rest = ([self._next] if self._next is not None else []) + list(self._rows)
+        for leaf_index, subject in rest:
+            yield (
+                f"the subject index names {_short(subject)} for entry {_short(leaf_index)}, "
+                "which the log does not hold"
+            )
+
+
+# What each column must hold, as SQLite hands it over (its columns take any type): a value of
+# another type is tampering, reported as such rather than crashing the check.
+_NUMBER = (int, float)
+_TYPES: dict[str, tuple[tuple[type, ...], bool]] = {
+    "leaf_index": ((int,), False), "message_id": ((str,), False),
+    "request_id": ((str,), False), "role": ((str,), False), "client": ((str,), False),
+    "service": ((str,), False), "user_id": ((str,), True), "issue": ((str,), True),
+    "represented_party": ((str,), True), "method": ((str,), False),
+    "status": ((int,), False), "error_type": ((str,), True),
+    "started_at": (_NUMBER, False), "finished_at": (_NUMBER, False), "leaf": ((bytes,), False),
+    "request_meta": ((bytes,), False), "request_signature": ((bytes,), False),
+    "response_meta": ((bytes,), True), "response_signature": ((bytes,), True),
+    "request_body": ((bytes,), True), "response_body": ((bytes,), True),
+    "request_cert_sha256": ((str,), False), "response_cert_sha256": ((str,), True),
+    "subjects": ((str,), False),
+}  # fmt: skip
+_CHECKPOINT_TYPES: dict[str, tuple[tuple[type, ...], bool]] = {
+    "size": ((int,), False), "root": ((bytes,), False), "note": ((str,), False),
+    "cert_sha256": ((str,), False), "created_at": (_NUMBER, False),
+    "witness_cert_sha256": ((str,), True), "timestamp_token": ((bytes,), True),
+}  # fmt: skip
+_TYPE_NAMES = {int: "an integer", float: "a number", str: "text", bytes: "a blob"}
+
+
+def _type_checks(
+    names: list[str], types: dict[str, tuple[tuple[type, ...], bool]]
+) -> list[tuple[int, frozenset[type]]]:
+    """(position, exact types allowed) per column: the fast test every row passes through."""
+    checks = []
+    for i, name in enumerate(names):
+        expected, nullable = types.get(name, ((object,), True))
+        if expected != (object,):
+            checks.append((i, frozenset(expected) | ({type(None)} if nullable else set())))
+    return checks
+
+
+def _wrong_types(
+    row: sqlite3.Row, types: dict[str, tuple[tuple[type, ...], bool]]
+) -> Iterator[str]:
+    for name in row.keys():  # noqa: SIM118 (sqlite3.Row is not a mapping)
+        expected, nullable = types.get(name, ((object,), True))
+        value = row[name]
+        if value is None and nullable:
+            continue
+        if not isinstance(value, expected) or isinstance(value, bool):
+            held = "NULL" if value is None else _TYPE_NAMES.get(type(value), type(value).__name__)
+            want = "a number" if expected == _NUMBER else _TYPE_NAMES[expected[0]]
+            yield f"column {name} holds {held} ({_short(value)}), not {want}"
+
+
+def _short(value: object) -> str:
+    text = repr(value)
+    return text if len(text) <= 40 else text[:39] + "…"
+
+
+def iso_utc(epoch: float) -> str:
+    """A logged time (epoch seconds) as people and ``--since`` read it: ISO 8601, UTC."""
+    return datetime.fromtimestamp(epoch, UTC).isoformat(timespec="milliseconds")
+
+
 def verify_log(
     path: Path,
     trusted_roots: list[x509.Certificate],
     *,
     progress: Callable[[int, int], None] | None = None,
     entries: bool = True,
+    witnesses: Sequence[WitnessCheckpoint] = (),
+    node: str | None = None,
+    grace: float = DEFAULT_GRACE,
+    now: float | None = None,
 ) -> AuditReport:
     """Verify the log at ``path`` (opened read-only); never modifies it.
 
-    ``entries=False`` checks only the sequence, the tree and the checkpoints (signatures,
-    witnesses, timestamps): an order of magnitude faster, and enough to show that nothing
-    covered by a checkpoint changed; the full check also proves every entry's content."""
+    ``entries=False`` checks only the sequence, the tree, the subject index and the
+    checkpoints (signatures, witnesses, timestamps): an order of magnitude faster, and
+    enough to show that nothing covered by a checkpoint changed; the full check also proves
+    every entry's content.
+
+    ``witnesses`` are the witness's own latest checkpoints for the node (fetched from the
+    registry or saved by the auditor): the log must hold at least as many entries and give
+    the same root at that size, which is what catches a log rewritten together with its
+    stored checkpoints. ``node`` is the node whose log this is, if the auditor knows it.
+    A log with entries but no witnessed checkpoint fails, and so do entries no witnessed
+    checkpoint covers that finished more than ``grace`` seconds before ``now``."""
     report = AuditReport()
     try:
         conn = sqlite3.connect(f"file:{path}?mode=ro", uri=True)
@@ -120,45 +277,275 @@ def verify_log(
         return report
     conn.row_factory = sqlite3.Row
     try:
-        total = conn.execute("SELECT COUNT(*) FROM exchange").fetchone()[0]
-        certs = {r["sha256"]: bytes(r["der"]) for r in conn.execute("SELECT * FROM certificate")}
-        verifier = SignatureVerifier(trusted_roots)
-        checkpoints = conn.execute("SELECT * FROM checkpoint ORDER BY size").fetchall()
-        wanted = {int(c["size"]) for c in checkpoints}
-        roots_at: dict[int, bytes] = {}
-        tree = merkle.CompactRange()
-        columns = "*" if entries else "leaf_index, leaf"
-        for expected, row in enumerate(_rows(conn, columns)):
-            index = row["leaf_index"]
-            if index != expected:
-                problem = (
-                    f"entry {expected} is missing (next stored entry is {index})"
-                    if index > expected
-                    else f"entries are out of order ({index} after {expected - 1})"
-                )
-                report.findings.append(Finding(expected, problem))
-                break  # every later index is off too; the first gap is what matters
-            if entries:
-                for problem in _check_entry(row, certs, verifier):
-                    report.findings.append(Finding(index, problem))
-            tree.append(merkle.leaf_hash(bytes(row["leaf"])))
-            report.entries += 1
-            if report.entries in wanted:
-                roots_at[report.entries] = tree.root()
-            if progress is not None and (report.entries % 10000 == 0 or report.entries == total):
-                progress(report.entries, total)
-        report.root = tree.root()
-        for cp in checkpoints:
-            for problem in _check_checkpoint(cp, certs, trusted_roots, roots_at):
-                report.findings.append(Finding(None, f"checkpoint at size {cp['size']}: {problem}"))
-        report.checkpoints = len(checkpoints)
-        report.witnessed = sum(1 for cp in checkpoints if cp["witness_cert_sha256"])
-        report.timestamped = sum(1 for cp in checkpoints if cp["timestamp_token"] is not None)
+        _verify(conn, report, trusted_roots, progress, entries, witnesses, node, grace, now)
     except sqlite3.Error as exc:
         report.findings.append(Finding(None, f"the log cannot be read: {exc}"))
     finally:
         conn.close()
     return report
+
+
+def _verify(
+    conn: sqlite3.Connection,
+    report: AuditReport,
+    trusted_roots: list[x509.Certificate],
+    progress: Callable[[int, int], None] | None,
+    entries: bool,
+    witnesses: Sequence[WitnessCheckpoint],
+    node: str | None,
+    grace: float,
+    now: float | None,
+) -> None:
+    total = conn.execute("SELECT COUNT(*) FROM exchange").fetchone()[0]
+    certs: dict[str, bytes] = {}
+    for r in conn.execute("SELECT sha256, der FROM certificate"):
+        if isinstance(r["sha256"], str) and isinstance(r["der"], bytes):
+            certs[r["sha256"]] = r["der"]
+        else:
+            report.findings.append(
+                Finding(None, f"certificate {_short(r['sha256'])}: not a digest and DER bytes")
+            )
+    verifier = SignatureVerifier(trusted_roots)
+    checkpoints = []
+    for cp in conn.execute("SELECT * FROM checkpoint ORDER BY size"):
+        wrong = list(_wrong_types(cp, _CHECKPOINT_TYPES))
+        for problem in wrong:
+            report.findings.append(Finding(None, f"checkpoint at size {cp['size']!r}: {problem}"))
+        if not wrong:
+            checkpoints.append(cp)
+    trusted = _trusted_witness_checkpoints(witnesses, trusted_roots, node, report)
+    # Whose log this is: the auditor's word, else the witness's checkpoint, else the first
+    # valid checkpoint in the log; every checkpoint must then be that node's.
+    origin = f"xroad-hub/{node}" if node else (trusted[0].origin if trusted else None)
+    wanted = {int(c["size"]) for c in checkpoints} | {cp.size for cp in trusted}
+    roots_at: dict[int, bytes] = {}
+    # Finish time (from the leaf) of the entries right after each checkpoint: where the part
+    # no witnessed checkpoint covers may start.
+    finished: dict[int, float] = {}
+    tree = merkle.CompactRange()
+    subject_index = _SubjectIndex(conn)
+    complete = True
+    checks: list[tuple[int, frozenset[type]]] | None = None
+    columns = "*" if entries else "leaf_index, leaf"
+    for expected, row in enumerate(_rows(conn, columns)):
+        index = row["leaf_index"]
+        if not isinstance(index, int) or index != expected:
+            problem = (
+                f"entry {expected} is missing (next stored entry is {index})"
+                if isinstance(index, int) and index > expected
+                else f"entries are out of order ({_short(index)} after {expected - 1})"
+            )
+            report.findings.append(Finding(expected, problem))
+            complete = False
+            break  # every later index is off too; the first gap is what matters
+        if checks is None:
+            checks = _type_checks(row.keys(), _TYPES)
+        wrong = [] if all(type(row[i]) in ok for i, ok in checks) else [*_wrong_types(row, _TYPES)]
+        for problem in wrong:
+            report.findings.append(Finding(index, problem))
+        raw = row["leaf"]
+        raw = raw if isinstance(raw, bytes) else str(raw).encode()  # reported just above
+        leaf = _leaf_dict(raw)
+        if entries and not wrong:
+            try:
+                for problem in _check_entry(row, certs, verifier):
+                    report.findings.append(Finding(index, problem))
+            except Exception as exc:  # a crafted row must not stop the audit
+                report.findings.append(Finding(index, f"cannot be checked: {exc!r}"))
+        for problem in subject_index.check(index, leaf):
+            report.findings.append(Finding(index, problem))
+        if index == 0 or index in wanted:
+            when = leaf.get("finished_at") if leaf is not None else None
+            finished[index] = float(when) if isinstance(when, int | float) else 0.0
+        tree.append(merkle.leaf_hash(raw))
+        report.entries += 1
+        if report.entries in wanted:
+            roots_at[report.entries] = tree.root()
+        if progress is not None and (report.entries % 10000 == 0 or report.entries == total):
+            progress(report.entries, total)
+    if complete:  # after a gap, the index of the entries beyond it means nothing
+        for problem in subject_index.leftovers():
+            report.findings.append(Finding(None, problem))
+    report.root = tree.root()
+    for cp in checkpoints:
+        try:
+            problems = list(_check_checkpoint(cp, certs, trusted_roots, roots_at))
+        except Exception as exc:  # a crafted row must not stop the audit
+            problems = [f"cannot be checked: {exc!r}"]
+        signed_origin = _origin(str(cp["note"]))
+        if not problems and origin is None:
+            origin = signed_origin
+        elif not problems and signed_origin != origin:
+            problems = [f"it is a checkpoint of {signed_origin}, this is the log of {origin}"]
+        for problem in problems:
+            report.findings.append(Finding(None, f"checkpoint at size {cp['size']}: {problem}"))
+        witnessed = cp["witness_cert_sha256"] is not None
+        if witnessed and not problems:
+            report.covered = max(report.covered, int(cp["size"]))
+    for cp in trusted:
+        problem = _compare_with_witness(cp, report.entries, roots_at, complete)
+        if problem:
+            report.findings.append(Finding(None, problem))
+        else:
+            report.covered = max(report.covered, cp.size)
+    report.checkpoints = len(checkpoints)
+    report.witnessed = sum(1 for cp in checkpoints if cp["witness_cert_sha256"])
+    report.timestamped = sum(1 for cp in checkpoints if cp["timestamp_token"] is not None)
+    report.covered = min(report.covered, report.entries)
+    _check_coverage(report, finished, grace, time.time() if now is None else now)
+
+
+def fetch_witness_checkpoint(
+    registry: str, node: str, *, timeout: float = 10.0
+) -> WitnessCheckpoint | None:
+    """The witness's latest co-signed checkpoint of ``node``, from the registry at
+    ``registry`` (its base URL or its ``/witness`` endpoint); None if the witness never saw
+    one. Plain HTTP is enough: what counts is verified (co-signature, certificate, CA).
+    Raises OSError or ValueError, with the reason, when it cannot be fetched."""
+    base = registry.rstrip("/")
+    url = (
+        (base if base.endswith("/witness") else base + "/witness")
+        + "?"
+        + urlencode({"origin": f"xroad-hub/{node}"})
+    )
+    if urlsplit(url).scheme not in ("http", "https"):
+        raise ValueError(f"{registry!r} is not an http(s) URL of the registry")
+    with urlopen(url, timeout=timeout) as resp:  # the scheme is checked above
+        data = resp.read(1024 * 1024)
+    return _witness_document(data, url)
+
+
+def load_witness_checkpoint(path: Path) -> WitnessCheckpoint:
+    """A witness checkpoint an auditor saved: the registry's answer to
+    ``GET /witness?origin=xroad-hub/NODE`` (JSON with the co-signed ``note`` and the
+    witness's ``cert``). Raises OSError or ValueError."""
+    checkpoint = _witness_document(path.read_bytes(), str(path))
+    if checkpoint is None:
+        raise ValueError(f"{path} holds no checkpoint (the witness had seen none)")
+    return checkpoint
+
+
+def _witness_document(data: bytes, source: str) -> WitnessCheckpoint | None:
+    try:
+        doc = orjson.loads(data)
+        if doc.get("note") is None:
+            return None
+        return WitnessCheckpoint(
+            str(doc["note"]), base64.b64decode(str(doc["cert"]), validate=True), source
+        )
+    except (orjson.JSONDecodeError, AttributeError, KeyError, ValueError) as exc:
+        raise ValueError(
+            f"{source} is not a witness answer (JSON with the co-signed note and the "
+            f"witness certificate): {exc}"
+        ) from exc
+
+
+def log_node(path: Path) -> str | None:
+    """The node whose checkpoints the log at ``path`` holds, if they name exactly one: what
+    to ask the witness about when the auditor does not say (verification then checks that
+    every checkpoint is that node's)."""
+    conn = sqlite3.connect(f"file:{path}?mode=ro", uri=True)
+    try:
+        notes = [r[0] for r in conn.execute("SELECT DISTINCT note FROM checkpoint")]
+    except sqlite3.Error:
+        return None
+    finally:
+        conn.close()
+    origins = {_origin(n) if isinstance(n, str) else None for n in notes}
+    if len(origins) != 1 or None in origins:
+        return None
+    return str(origins.pop()).removeprefix("xroad-hub/")
+
+
+def _origin(note: str) -> str | None:
+    try:
+        return Checkpoint.parse(note.partition("\n\n")[0] + "\n").origin
+    except CheckpointError:
+        return None
+
+
+def _leaf_dict(raw: bytes) -> dict[str, Any] | None:
+    try:
+        leaf = orjson.loads(raw)
+    except orjson.JSONDecodeError:
+        return None
+    return leaf if isinstance(leaf, dict) else None
+
+
+def _check_coverage(
+    report: AuditReport, finished: dict[int, float], grace: float, now: float
+) -> None:
+    """Entries no witnessed checkpoint covers: the node alone could still change or drop them
+    (an erased entry, later rows renumbered, checkpoints deleted leaves no other trace)."""
+    if report.uncovered <= 0:
+        return
+    since = finished[report.covered]
+    report.uncovered_since = since
+    if report.covered == 0:
+        report.findings.append(Finding(None, (
+            f"no checkpoint co-signed by the witness covers any of the {report.entries} "
+            "entries: entries could have been erased, renumbered or rewritten unseen; "
+            "compare the log with the witness's checkpoint of this node"
+        )))  # fmt: skip
+        return
+    age = now - since
+    if age > grace:
+        report.findings.append(Finding(report.covered, (
+            f"{report.uncovered} entries from {report.covered} on (the first finished "
+            f"{iso_utc(since)}, {age / 3600:.1f} h ago) are covered by no witnessed checkpoint, "
+            f"longer than the {grace:.0f} s allowed: checkpoints stopped or were deleted"
+        )))  # fmt: skip
+
+
+def _trusted_witness_checkpoints(
+    witnesses: Sequence[WitnessCheckpoint],
+    trusted_roots: list[x509.Certificate],
+    node: str | None,
+    report: AuditReport,
+) -> list[Checkpoint]:
+    """The witness checkpoints that the instance's witness really co-signed for this node."""
+    out = []
+    for w in witnesses:
+        try:
+            cp = Checkpoint.parse(w.note.partition("\n\n")[0] + "\n")
+        except CheckpointError as exc:
+            report.findings.append(Finding(None, f"witness checkpoint from {w.source}: {exc}"))
+            continue
+        if not cosigned(w.note, w.cert_der, trusted_roots):
+            report.findings.append(Finding(None, (
+                f"witness checkpoint from {w.source}: not co-signed by the instance's witness "
+                "(certificate issued by the federation CA); it proves nothing"
+            )))  # fmt: skip
+            continue
+        expected = f"xroad-hub/{node}" if node else (out[0].origin if out else cp.origin)
+        if cp.origin != expected:
+            report.findings.append(Finding(None, (
+                f"witness checkpoint from {w.source} is of {cp.origin}, not of {expected}"
+            )))  # fmt: skip
+            continue
+        out.append(cp)
+    return out
+
+
+def _compare_with_witness(
+    cp: Checkpoint, entries: int, roots_at: dict[int, bytes], complete: bool
+) -> str | None:
+    """Why the log is not the one the witness co-signed (the log's first ``cp.size`` entries
+    must give the witnessed root, so nothing was erased, renumbered or rewritten), or None."""
+    if not complete:
+        return None  # the gap is reported; the tree after it means nothing
+    if cp.size > entries:
+        return (
+            f"the witness co-signed {cp.size} entries of {cp.origin}, the log holds only "
+            f"{entries}: entries were removed (or this copy is older than that checkpoint: "
+            "compare it with the witness checkpoint saved with the copy)"
+        )
+    if cp.size and roots_at.get(cp.size) != cp.root:
+        return (
+            f"the log's first {cp.size} entries do not give the root the witness co-signed "
+            f"for {cp.origin}: entries were changed, erased, renumbered or reordered"
+        )
+    return None
 
 
 def _check_entry(

@@ -168,16 +168,47 @@ def build_parser() -> argparse.ArgumentParser:
     verify = audit_sub.add_parser(
         "verify",
         help="check a node's whole message log offline",
-        description="Checks every entry (sequence, leaf, digests, certificates, signatures) "
-        "with nothing but the log file and the federation root certificate, prints the "
-        "Merkle root, names every bad entry and exits 1 if anything is wrong.",
+        description="Checks every entry (sequence, leaf, digests, certificates, signatures, "
+        "subject index) and every checkpoint with nothing but the log file and the federation "
+        "root certificate, prints the Merkle root, names every bad entry and exits 1 if "
+        "anything is wrong, including entries no witness-co-signed checkpoint covers. With "
+        "--witness (or --witness-checkpoint) the log is also compared with the witness's own "
+        "latest checkpoint of the node, which catches a log rewritten with its checkpoints.",
     )
     verify.add_argument("log", type=Path, help="the node's messagelog.sqlite")
     verify.add_argument(
         "--tree-only",
         action="store_true",
-        help="check sequence, tree and checkpoints only (much faster); without "
-        "it every entry's digests and signatures are checked too",
+        help="check sequence, tree, subject index and checkpoints only (much faster); "
+        "without it every entry's digests and signatures are checked too",
+    )
+    verify.add_argument(
+        "--witness",
+        metavar="URL",
+        help="the registry (e.g. http://127.0.0.1:8000, 'registry' in endpoints.json): fetch "
+        "its witness's latest co-signed checkpoint of the node and check the log against it",
+    )
+    verify.add_argument(
+        "--witness-checkpoint",
+        metavar="FILE",
+        type=Path,
+        action="append",
+        default=[],
+        help="a witness checkpoint saved earlier (the registry's JSON answer to "
+        "GET /witness?origin=xroad-hub/NODE); may be repeated",
+    )
+    verify.add_argument(
+        "--node",
+        help="the node whose log this is, e.g. TH/GOV/DBD/hub1 (default: the one its "
+        "checkpoints name)",
+    )
+    verify.add_argument(
+        "--grace",
+        type=float,
+        default=3600.0,
+        metavar="SECONDS",
+        help="how long entries may wait for a witnessed checkpoint before that is a "
+        "problem (default 3600; raise it to check an older copy of a log)",
     )
     _root_ca(verify)
     export = audit_sub.add_parser(
@@ -408,13 +439,40 @@ def _cell(value: object, width: int) -> str:
 def _audit_verify(args: argparse.Namespace) -> int:
     import base64
 
-    from .audit import verify_log
+    from .audit import (
+        fetch_witness_checkpoint,
+        iso_utc,
+        load_witness_checkpoint,
+        log_node,
+        verify_log,
+    )
 
     if not args.log.is_file():
-        print(f"xroad-hub: no log file at {args.log}", file=sys.stderr)
+        print(f"xroad-hub: no log file at {args.log}; name a node's messagelog.sqlite",
+              file=sys.stderr)  # fmt: skip
         return 2
     roots = _load_root_ca(args.root_ca)
     if roots is None:
+        return 2
+    node = args.node or log_node(args.log)
+    witnesses = []
+    try:
+        witnesses += [load_witness_checkpoint(f) for f in args.witness_checkpoint]
+        if args.witness:
+            if node is None:
+                print("xroad-hub: the log's checkpoints do not say which node wrote it; "
+                      "name it with --node NODE-ID", file=sys.stderr)  # fmt: skip
+                return 2
+            fetched = fetch_witness_checkpoint(args.witness, node)
+            if fetched is not None:
+                witnesses.append(fetched)
+            else:
+                print(f"xroad-hub: the witness at {args.witness} has co-signed no checkpoint "
+                      f"of {node}", file=sys.stderr)  # fmt: skip
+    except (OSError, ValueError) as exc:
+        print(f"xroad-hub: no witness checkpoint: {exc}; check --witness (the registry's "
+              "URL) or --witness-checkpoint (a saved answer of GET /witness)",
+              file=sys.stderr)  # fmt: skip
         return 2
     show = sys.stderr.isatty()
 
@@ -422,25 +480,43 @@ def _audit_verify(args: argparse.Namespace) -> int:
         if show:
             print(f"\r{done}/{total} entries checked", end="", file=sys.stderr, flush=True)
 
-    report = verify_log(args.log, roots, progress=progress, entries=not args.tree_only)
+    report = verify_log(
+        args.log, roots, progress=progress, entries=not args.tree_only,
+        witnesses=witnesses, node=args.node, grace=args.grace,
+    )  # fmt: skip
     if show:
         print(file=sys.stderr)
     for finding in report.findings:
         print(f"BAD {finding}")
+    for w in witnesses:
+        print(f"compared with the witness checkpoint from {w.source}")
+    if not witnesses:
+        print("NOTE not compared with the witness's own checkpoint of the node (--witness "
+              "REGISTRY-URL): a log rewritten with its checkpoints shows only there")  # fmt: skip
+    if report.uncovered and report.uncovered_since is not None and report.covered:
+        print(
+            f"NOTE {report.uncovered} newest entries (from {report.covered} on, since "
+            f"{iso_utc(report.uncovered_since)}) are not yet covered by a witnessed checkpoint"
+        )
     root = base64.b64encode(report.root).decode()
     verdict = "OK" if report.ok else f"{len(report.findings)} problem(s)"
     print(
-        f"{report.entries} entries, {report.checkpoints} checkpoints "
-        f"({report.witnessed} witnessed, {report.timestamped} timestamped), root {root}: "
-        f"{verdict}"
+        f"{report.entries} entries, {report.checkpoints} checkpoints ({report.witnessed} "
+        f"witnessed, {report.timestamped} timestamped), root {root}: {verdict}"
     )
     return 0 if report.ok else 1
 
 
 def _audit_search(args: argparse.Namespace) -> int:
-    from .audit import search_log
+    import sqlite3
+
+    from .audit import iso_utc, search_log
     from .messagelog.search import SearchFilter
 
+    if not args.log.is_file():
+        print(f"xroad-hub: no log file at {args.log}; name a node's messagelog.sqlite",
+              file=sys.stderr)  # fmt: skip
+        return 2
     query = SearchFilter(
         since=args.since, until=args.until, client=args.client, service=args.service,
         user_id=args.user_id, issue=args.issue, message_id=args.message_id,
@@ -451,8 +527,20 @@ def _audit_search(args: argparse.Namespace) -> int:
     except (ValueError, OSError) as exc:
         print(f"xroad-hub: {exc}", file=sys.stderr)
         return 2
+    except sqlite3.Error as exc:
+        print(f"xroad-hub: {args.log} cannot be searched ({exc}); is it a node's "
+              "messagelog.sqlite?", file=sys.stderr)  # fmt: skip
+        return 2
     for row in rows:
+        # Times as ISO 8601 UTC, the form --since and --until take.
+        for key in ("started_at", "finished_at"):
+            if isinstance(row.get(key), int | float):
+                row[key] = iso_utc(row[key])
         print(json.dumps(row, ensure_ascii=False))
+    if not rows:
+        # On stderr: stdout stays JSON lines (empty), for scripts.
+        print("no entry matched" + (f" after leaf {args.after}" if args.after >= 0 else ""),
+              file=sys.stderr)  # fmt: skip
     if next_after is not None:
         print(f"more: --after {next_after}", file=sys.stderr)
     return 0

@@ -80,10 +80,12 @@ class Registry:
         return app
 
     async def _witness_latest(self, request: web.Request) -> web.Response:
+        """The last checkpoint co-signed for ``origin``, with the witness's certificate, so
+        that an auditor can check a node's log against it (``audit verify --witness``)."""
         latest = self.witness.latest(request.query.get("origin", ""))
-        if latest is None:
-            return web.json_response({"size": 0, "note": None})
-        return web.json_response({"size": latest[0], "note": latest[1]})
+        size, note = (0, None) if latest is None else latest
+        cert = base64.b64encode(self.witness_cert).decode()
+        return web.json_response({"size": size, "note": note, "cert": cert})
 
     async def _witness_submit(self, request: web.Request) -> web.Response:
         """A node submits a checkpoint with a consistency proof; it gets it back co-signed,
