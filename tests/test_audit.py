@@ -521,8 +521,8 @@ def test_cli_search_says_when_nothing_matched_and_prints_iso_times(
 def test_cli_verify_errors_say_what_to_do(fed: Fed, log_copy: Path, tmp_path: Path) -> None:
     base = [sys.executable, "-m", "xroad_hub.cli", "audit", "verify", str(log_copy)]
     cases = [
-        (["--root-ca", str(tmp_path / "nowhere.pem")], "--root-ca FILE"),
-        (["--root-ca", str(log_copy)], "--root-ca FILE"),  # not a certificate
+        (["--root-ca", str(tmp_path / "nowhere.pem")], "--root-ca PATH"),
+        (["--root-ca", str(log_copy)], "--root-ca PATH"),  # not a certificate
         (
             ["--root-ca", str(fed.pki.root_ca.cert), "--witness", "http://127.0.0.1:1"],
             "check --witness",
