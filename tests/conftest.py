@@ -151,6 +151,7 @@ def soap_services(echo_backend: str, legacy: LegacyServer) -> list[dict[str, obj
             "url": f"{echo_backend}/xroad-soap",
             "mode": "passthrough",
             "allow": ["TH/GOV/DGA/devportal", "TH/GOV/BMA/licensing"],
+            "subject": ["body:text"],  # whom the echo is about, as the node reads it
         },
     ]
 

@@ -14,11 +14,13 @@ import io
 import uuid
 
 import aiohttp
+import orjson
 import pytest
 import zeep
 from lxml import etree
 
 from .conftest import Fed
+from .xroad_soap_service import RECEIVED
 
 SOAP_ENV = "http://schemas.xmlsoap.org/soap/envelope/"
 XRD = "http://x-road.eu/xsd/xroad.xsd"
@@ -505,13 +507,80 @@ async def test_purpose_travels_in_a_soap_header_of_our_own(
     )
 
 
-async def test_a_comment_cannot_split_what_the_node_checks(
+def _with(
+    message_id: str, text: str = "1552806801307", *, user: str = "TH-officer-7", extra: str = ""
+) -> bytes:
+    data = envelope(echo_body(text), message_id=message_id, extra_header=extra)
+    return data.replace(b"<xrd:userId>TH-officer-7<", f"<xrd:userId>{user}<".encode())
+
+
+XSI = 'xmlns:xsi="http://www.w3.org/2001/XMLSchema-instance"'
+# Each reads one way to the node (lxml, comments dropped, text joined) and another way to a
+# service that takes an element's first text node, keeps comments, knows xsi:nil or matches
+# header names without namespaces: the node would log one person and the service serve
+# another. The node must refuse them, not forward them.
+AMBIGUOUS = {
+    "comment-in-subject": {"text": "155280680130<!-- -->70"},
+    "comment-in-userId": {"user": "TH-officer-7<!---->-on-leave"},
+    "comment-before-text": {"text": "<!-- x -->1552806801307"},
+    "pi-in-subject": {"text": "155280680130<?x y?>70"},
+    "cdata-split-subject": {"text": "155280680130<![CDATA[70]]>"},
+    "mixed-content": {"text": "1552806801307<e:b/>0"},
+    "nil-with-content": {"text": "1552806801307"},
+    "blanks-around-userId": {"user": " TH-officer-7 "},
+    "userId-in-other-namespace": {
+        "extra": '<u:userId xmlns:u="urn:other">TH-officer-7-on-leave</u:userId>'
+    },
+}
+
+
+@pytest.mark.parametrize("name", sorted(AMBIGUOUS))
+async def test_what_readers_read_differently_never_reaches_the_service(
+    fed: Fed, http: aiohttp.ClientSession, name: str
+) -> None:
+    mid = f"ambiguous-{name}-{uuid.uuid4()}"
+    data = _with(mid, **AMBIGUOUS[name])
+    if name == "nil-with-content":
+        data = data.replace(b"<e:text>", f'<e:text {XSI} xsi:nil="true">'.encode())
+    status, _, body = await post(http, fed, data)
+    code, message, _ = fault_of(body)
+    assert (status, code) == (500, "Client.InvalidSoap"), message
+    assert mid not in RECEIVED
+    assert await fed.federation.nodes["TH/GOV/DBD/hub1"].runtime.log.find(mid) == []
+
+
+async def test_the_service_reads_what_the_node_checked_and_logged(
     fed: Fed, http: aiohttp.ClientSession
 ) -> None:
-    # The node reads "devportal" as the service would (comments dropped), not "dev".
-    client = _client_xml().replace("devportal", "dev<!-- x -->portal")
-    status, _, body = await post(http, fed, envelope(echo_body("x"), client=client))
+    # Comments between elements (SoapUI writes <!--Optional:-->) and a CDATA section that
+    # is an element's whole text read alike everywhere: they pass, byte for byte.
+    mid = f"same-reading-{uuid.uuid4()}"
+    data = _with(mid, "<![CDATA[1552806801307]]>").replace(
+        b"<xrd:userId>", b"<!--Optional:--><xrd:userId>"
+    )
+    status, _, body = await post(http, fed, data)
     assert status == 200, body
+    rows = await fed.federation.nodes["TH/GOV/DBD/hub1"].runtime.log.find(mid)
+    assert RECEIVED[mid]["userId"] == rows[0]["user_id"] == "TH-officer-7"
+    assert [RECEIVED[mid]["text"]] == orjson.loads(rows[0]["subjects"]) == ["1552806801307"]
+
+
+async def test_the_client_soap_action_never_reaches_the_service(
+    fed: Fed, http: aiohttp.ClientSession
+) -> None:
+    """A SOAP stack that dispatches on SOAPAction would run the operation the client names;
+    the service gets the one of the operation the node checked (from its WSDL)."""
+    mid = f"action-{uuid.uuid4()}"
+    status, _, body = await post(
+        http, fed, _with(mid, "x"), SOAPAction='"urn:example:deleteEverything"'
+    )
+    assert status == 200, body
+    assert RECEIVED[mid]["soapAction"] == '"echo"'
+    # SOAP 1.1 (and X-Road) allow only a quoted URI reference, "" or nothing.
+    mid = f"action-{uuid.uuid4()}"
+    status, _, body = await post(http, fed, _with(mid, "x"), SOAPAction="deleteEverything")
+    assert fault_of(body)[0] == "Client.InvalidSoapAction"
+    assert mid not in RECEIVED
 
 
 async def test_soap_part_must_not_be_transfer_encoded(

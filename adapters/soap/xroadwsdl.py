@@ -27,9 +27,21 @@ from .wsdl import (
     WsdlInfo,
 )
 
-__all__ = ["CLIENT_NODE_PLACEHOLDER", "HEADER_PARTS", "xroad_wsdl"]
+__all__ = ["CLIENT_NODE_PLACEHOLDER", "HEADER_PARTS", "hide_endpoint", "xroad_wsdl"]
 
 CLIENT_NODE_PLACEHOLDER = "http://localhost/xroad-client-node"
+
+
+def hide_endpoint(wsdl: bytes) -> bytes:
+    """An X-Road-aware service's own WSDL as the metaservices give it to any client of the
+    federation: its soap:address (the service's internal address, which only its node
+    needs) replaced by the placeholder, as X-Road hides it too."""
+    root = parse_xml(wsdl, WSDL_LIMITS)
+    for address in root.iter(f"{{{SOAP11_NS}}}address"):
+        address.set("location", CLIENT_NODE_PLACEHOLDER)
+    return etree.tostring(root, encoding="UTF-8", xml_declaration=True)
+
+
 HEADER_PARTS = ("client", "service", "id", "userId", "issue", "protocolVersion")
 
 _SCHEMAS = f"""<wsdl:types xmlns:wsdl="{WSDL_NS}" xmlns:xs="{XSD_NS}">

@@ -9,6 +9,7 @@ subsystem it names -> body within limits -> provider's node found -> request sig
 
 from __future__ import annotations
 
+import re
 import time
 import uuid
 from dataclasses import dataclass
@@ -308,9 +309,11 @@ class ClientProxy:
         h = soap.header
         assert h is not None and h.service is not None  # parse_soap checks requests
         await self.authenticate(request, h.client)
+        # The client's SOAPAction is checked as X-Road checks it, but not sent on: SOAP stacks
+        # dispatch on it, so a client could run another operation than the one the node
+        # checked, logged and authorised. The provider's node sets it from the service's WSDL.
+        check_soap_action(request.headers.getall("SOAPAction", []))
         headers = [("Content-Type", content_type)]
-        if "SOAPAction" in request.headers:
-            headers.append(("SOAPAction", request.headers["SOAPAction"]))
         answer = await self.send(
             Call(
                 client=h.client,
@@ -442,6 +445,26 @@ class ClientProxy:
 
     async def _log(self, record: LogRecord) -> None:
         await self.rt.record(record, CLIENT_PROXY)
+
+
+def check_soap_action(values: list[str]) -> None:
+    """A SOAPAction as SOAP 1.1 allows it (X-Road's rule): absent, empty, or a quoted
+    URI reference; raises Client.InvalidSoapAction."""
+    if len(values) > 1:
+        raise XRoadError.client("InvalidSoapAction", "the request has more than one SOAPAction")
+    value = values[0] if values else ""
+    if value in ("", '""'):
+        return
+    inner = value[1:-1] if len(value) > 2 and value[0] == value[-1] == '"' else None
+    if inner is None or not _URI_REFERENCE.fullmatch(inner):
+        raise XRoadError.client(
+            "InvalidSoapAction",
+            'SOAPAction must be empty, "" or a quoted URI reference (SOAP 1.1), e.g. "echo"',
+        )
+
+
+# Characters of an RFC 3986 URI reference (a check of form, not of meaning).
+_URI_REFERENCE = re.compile(r"[A-Za-z0-9\-._~:/?#\[\]@!$&'()*+,;=%]+")
 
 
 def _opt(headers: Any, name: str) -> str | None:

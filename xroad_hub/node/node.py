@@ -23,6 +23,7 @@ from adapters.soap import (
     WsdlError,
     WsdlInfo,
     fetch_wsdl,
+    hide_endpoint,
     load_wsdl,
     openapi_for,
     xroad_wsdl,
@@ -194,9 +195,13 @@ class Node:
         limit = self.config.max_body_bytes
         if client is None:  # pass-through: the service speaks X-Road and has its own WSDL
             adapter: Adapter = SoapPassthroughAdapter(
-                cfg.url, timeout=reg.timeout, max_response_bytes=limit, session=self._session
+                cfg.url,
+                soap_action=info.operation(cfg.id.service_code).soap_action,
+                timeout=reg.timeout,
+                max_response_bytes=limit,
+                session=self._session,
             )
-            return HostedService(cfg, adapter, wsdl=data)
+            return HostedService(cfg, adapter, wsdl=hide_endpoint(data))
         code = cfg.id.service_code
         bridge = SoapBridgeAdapter(
             info,

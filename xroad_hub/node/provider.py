@@ -366,12 +366,11 @@ def _content_type(headers: Any) -> str:
 
 
 def soap_request_headers(headers: Any) -> list[tuple[str, str]]:
-    """Only Content-Type and SOAPAction pass from a SOAP client to the service."""
-    out = []
-    for k, v in check_headers(headers):
-        if k.lower() in ("content-type", "soapaction"):
-            out.append((k, v))
-    return out
+    """Only Content-Type passes from a SOAP client to the service. SOAPAction is the
+    adapter's to set, from the service's WSDL: a client's choice (even one signed by a
+    client node that still sends it) could make the service run another operation than
+    the one this node checked against the access rights."""
+    return [(k, v) for k, v in check_headers(headers) if k.lower() == "content-type"]
 
 
 def _check_protocol(cfg: ServiceConfig, soap: SoapMessage | None) -> None:
