@@ -19,7 +19,7 @@ import pytest
 import zeep
 from lxml import etree
 
-from .conftest import Fed
+from .conftest import SCHEMA_FETCHES, Fed
 from .xroad_soap_service import RECEIVED
 
 SOAP_ENV = "http://schemas.xmlsoap.org/soap/envelope/"
@@ -608,3 +608,30 @@ async def test_soap_part_must_not_be_transfer_encoded(
     )
     status, _, body = await post(http, fed, plain, decoy)
     assert status == 200 and b"decoy" in body
+
+
+async def test_xroad_example_wsdl_is_registered_and_served_without_fetching_its_imports(
+    fed: Fed, http: aiohttp.ClientSession
+) -> None:
+    """A pass-through service described the way X-Road's specification shows it (xroad.xsd
+    imported by URL): the node registered it at start, and nobody fetched a schema."""
+    url = (
+        fed.url("TH/GOV/DGA/hub1") + "/wsdl?xRoadInstance=TH&memberClass=GOV&memberCode=DBD"
+        "&subsystemCode=xroadexample&serviceCode=exampleService&version=v1"
+    )
+    async with http.get(url, headers={"X-Road-Client": "TH/GOV/DGA/devportal"}) as r:
+        assert r.status == 200, await r.text()
+        served = parse(await r.read())
+    imports = served.findall(".//{http://www.w3.org/2001/XMLSchema}import")
+    assert {i.get("namespace") for i in imports} >= {XRD}
+    body = (
+        '<ns1:exampleService xmlns:ns1="http://producer.x-road.eu">'
+        "<exampleInput>foo</exampleInput></ns1:exampleService>"
+    )
+    data = envelope(body, subsystem="xroadexample", code="exampleService", version="v1")
+    status, _, answer = await post(http, fed, data)
+    assert status == 200, answer
+    assert parse(answer).find(f"{{{SOAP_ENV}}}Body")[0].tag == (
+        "{http://producer.x-road.eu}exampleServiceResponse"
+    )
+    assert SCHEMA_FETCHES == []
