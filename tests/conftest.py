@@ -200,7 +200,15 @@ async def fed(
 ) -> AsyncIterator[Fed]:
     root = tmp_path_factory.mktemp("fed")
     spec = TestFederationSpec(
-        backend_url=echo_backend, soap_services=soap_services(echo_backend, legacy_soap, root)
+        backend_url=echo_backend,
+        soap_services=soap_services(echo_backend, legacy_soap, root),
+        # An X-Road client that cannot send a purpose: its registration gives one.
+        client_settings={
+            "TH/GOV/DGA/officeapp": {
+                "default_purpose": "food-business-licence",
+                "default_legal_basis": "Public Health Act B.E. 2535 s.38",
+            }
+        },
     )
     f = await start_federation(root, spec)
     yield f

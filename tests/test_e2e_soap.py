@@ -635,3 +635,103 @@ async def test_xroad_example_wsdl_is_registered_and_served_without_fetching_its_
         "{http://producer.x-road.eu}exampleServiceResponse"
     )
     assert SCHEMA_FETCHES == []
+
+
+def _wsdl_of(fed: Fed, subsystem: str, code: str, listener: str = "client") -> str:
+    return (
+        fed.url("TH/GOV/DGA/hub1", listener) + "/wsdl?xRoadInstance=TH&memberClass=GOV"
+        f"&memberCode=DBD&subsystemCode={subsystem}&serviceCode={code}&version=v1"
+    )
+
+
+async def test_wsdl_needs_no_client_and_its_address_is_the_node_own(
+    fed: Fed, http: aiohttp.ClientSession
+) -> None:
+    """SOAP tools fetch a WSDL by URL alone, and send their requests where its soap:address
+    says: the node's configured address, whatever Host header a request carried."""
+    address = "{http://schemas.xmlsoap.org/wsdl/soap/}address"
+    async with http.get(
+        _wsdl_of(fed, "legacy", "getPerson"), headers={"Host": "evil.example"}
+    ) as r:
+        assert r.status == 200, await r.text()
+        served = parse(await r.read())
+    assert served.find(f".//{address}").get("location") == fed.url("TH/GOV/DGA/hub1") + "/"
+    # A pass-through service's WSDL never shows the service's internal address, not even to
+    # the metaservice's own callers.
+    rest = fed.url("TH/GOV/DGA/hub1") + "/r1/TH/GOV/DBD/xroadsoap/getWsdl?serviceCode=echo"
+    async with http.get(rest, headers={"X-Road-Client": "TH/GOV/DGA/devportal"}) as r:
+        assert r.status == 200
+        raw = await r.read()
+    assert b"127.0.0.1:1/echo" not in raw and b"<soap:address" in raw
+
+
+async def test_unmodified_zeep_client_is_served_with_its_registered_default_purpose(
+    fed: Fed,
+) -> None:
+    """officeapp's registration gives a default purpose: a zeep client built from the served
+    WSDL (fetched without X-Road-Client), calling a service that requires a purpose, sends
+    none and is served; the signed, logged request says the purpose was the default."""
+    message_id = str(uuid.uuid4())
+    office = ("TH", "GOV", "DGA", "officeapp")
+
+    def call() -> tuple[int, bytes, list[str]]:
+        import requests
+
+        session = requests.Session()
+        tls = fed.pki.client_tls("TH/GOV/DGA/officeapp")
+        session.cert = (str(tls.cert), str(tls.key))
+        session.verify = str(fed.pki.root_ca.cert)
+        session.trust_env = False  # REQUESTS_CA_BUNDLE would override verify
+        settings = zeep.Settings(strict=True, forbid_dtd=True, forbid_entities=True)
+        client = zeep.Client(
+            _wsdl_of(fed, "legacypurpose", "getPerson", "client_tls"),
+            transport=zeep.Transport(session=session),
+            settings=settings,
+        )
+        names = ("xRoadInstance", "memberClass", "memberCode", "subsystemCode")
+        headers = {
+            "client": {"objectType": "SUBSYSTEM", **dict(zip(names, office, strict=True))},
+            "service": {
+                "objectType": "SERVICE",
+                **dict(zip(names, ("TH", "GOV", "DBD", "legacypurpose"), strict=True)),
+                "serviceCode": "getPerson",
+                "serviceVersion": "v1",
+            },
+            "id": message_id,
+            "protocolVersion": "4.0",
+        }
+        with client.settings(raw_response=True):
+            raw = client.service.getPerson(citizenId="1101700203451", _soapheaders=headers)
+        session.close()  # no TLS connection left open to the node when it stops
+        return raw.status_code, raw.content, header_fields(raw.content)
+
+    status, body, fields = await asyncio.to_thread(call)
+    assert status == 200, body
+    assert b"Somchai Jaidee" in body and "purpose" not in fields
+    rows = await fed.federation.nodes["TH/GOV/DBD/hub1"].runtime.log.find(message_id)
+    signed = orjson.loads(rows[0]["request_meta"])
+    assert signed["purpose"] == "food-business-licence"
+    assert signed["legal_basis"] == "Public Health Act B.E. 2535 s.38"
+    assert signed["purpose_default"] is True
+    # A request that names its purpose is signed as it named it, without the flag.
+    explicit = envelope(
+        _get_person("1101700203451"),
+        subsystem="legacypurpose",
+        code="getPerson",
+        version="v1",
+        message_id=(mid := str(uuid.uuid4())),
+        extra_header='<xh:purpose xmlns:xh="urn:xroad-hub:xsd:purpose:1">food-business-licence'
+        "</xh:purpose>",
+    )
+    async with aiohttp.ClientSession() as http:
+        status, _, answer = await post(http, fed, explicit)
+    assert status == 200, answer
+    rows = await fed.federation.nodes["TH/GOV/DBD/hub1"].runtime.log.find(mid)
+    assert "purpose_default" not in orjson.loads(rows[0]["request_meta"])
+
+
+async def test_endpoints_list_the_soap_operations_registered_from_a_wsdl(fed: Fed) -> None:
+    written = orjson.loads((fed.root / "data" / "endpoints.json").read_bytes())
+    services = written["nodes"]["TH/GOV/DBD/hub1"]["services"]
+    assert {"TH/GOV/DBD/legacy/getPerson", "TH/GOV/DBD/xroadsoap/echo"} <= set(services)
+    assert "TH/GOV/DBD/registry/echo" in services

@@ -323,7 +323,16 @@ def test_xroad_wsdl_of_spyne_service_declares_the_headers(spyne_wsdl: bytes) -> 
     for io in root.iter("{http://schemas.xmlsoap.org/wsdl/}input"):
         if io.getparent().getparent().tag.endswith("binding"):
             parts = [h.get("part") for h in io if h.tag.endswith("header")]
-            assert parts == ["client", "service", "id", "userId", "issue", "protocolVersion"]
+            assert parts == [
+                "client",
+                "service",
+                "id",
+                "userId",
+                "issue",
+                "protocolVersion",
+                "purpose",  # xroad-hub's own, optional (urn:xroad-hub:xsd:purpose:1)
+                "legalBasis",
+            ]
 
     client = zeep_client(published)
     envelope = client.create_message(

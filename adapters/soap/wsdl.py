@@ -30,6 +30,7 @@ import zeep.transports
 from lxml import etree
 
 from xroad_hub.identifiers import valid_part
+from xroad_hub.soap import HUB_NS
 from xroad_hub.streams import BodyTooLarge, read_capped
 from xroad_hub.xmlsafe import XmlError, XmlLimits, parse_xml
 
@@ -332,7 +333,8 @@ class _Analysis:
                 None,
             )
             element = part.get("element") if part is not None else None
-            if element is None or self._resolve(element, part).namespace != XROAD_NS:
+            # X-Road's header fields, and our own purpose fields (which the node reads).
+            if element is None or self._resolve(element, part).namespace not in (XROAD_NS, HUB_NS):
                 raise self.fail(
                     f"operation {name}: the {direction} declares a soap:header that is not an "
                     "X-Road header field; the bridge carries only the SOAP body"

@@ -92,7 +92,8 @@ class Node:
     def _build_runtime(self) -> NodeRuntime:
         cfg, pki = self.config, self.pki
         auth = pki.node_auth(str(cfg.id))
-        members = {sub.member for sub in cfg.hosted}
+        # The owner member signs the node's own requests (GET /wsdl without a client).
+        members = {sub.member for sub in cfg.hosted} | {cfg.id.owner}
         signers = {}
         for member in members:
             paths = pki.member_sign(str(member))
@@ -254,7 +255,15 @@ class Node:
         await self.globalconf.start()
         auth = pki.node_auth(str(cfg.id))
         ca = pki.root_ca.cert
-        client_proxy = ClientProxy(rt)
+        client_proxy = ClientProxy(
+            rt,
+            purpose_defaults={
+                c.id: (c.default_purpose, c.default_legal_basis)
+                for c in cfg.clients
+                if c.default_purpose is not None
+            },
+            public_urls=self.urls,  # filled in below, before the first request
+        )
         server_proxy = ServerProxy(rt)
 
         # Bodies are read by read_body with their own limit and deadline, not by aiohttp.
