@@ -100,9 +100,38 @@ async def start_federation(root: Path, spec: TestFederationSpec) -> Fed:
     return Fed(root, federation, PkiLayout(root / "certs"), endpoints)
 
 
+# Requests for schemas a WSDL refers to (X-Road's example WSDL imports xroad.xsd by URL):
+# a node loading a WSDL must never make any.
+SCHEMA_FETCHES: list[str] = []
+
+
+async def _schema(request: web.Request) -> web.Response:
+    SCHEMA_FETCHES.append(request.path)
+    return web.Response(status=404)
+
+
+def xroad_example_wsdl(echo_backend: str, target: Path) -> Path:
+    """X-Road's own example WSDL (PR-MESS Annex C), its imports pointing at the echo
+    backend, where any fetch would be recorded."""
+    source = Path(__file__).parent / "data" / "xroad" / "pr-mess-example.wsdl"
+    text = source.read_text(encoding="utf-8")
+    for url in (
+        "http://x-road.eu/xsd/xroad.xsd",
+        "http://ws-i.org/profiles/basic/1.1/swaref.xsd",
+        "http://www.w3.org/2005/05/xmlmime",
+    ):
+        assert f'schemaLocation="{url}"' in text
+        text = text.replace(
+            f'schemaLocation="{url}"', f'schemaLocation="{echo_backend}/xsd{url[6:]}"'
+        )
+    target.write_text(text, encoding="utf-8")
+    return target
+
+
 @pytest.fixture(scope="session")
 async def echo_backend() -> AsyncIterator[str]:
     app = web.Application()
+    app.router.add_get("/xsd/{tail:.*}", _schema)
     app.router.add_route("*", "/echo{tail:.*}", _echo_route)
     app.router.add_get("/slow", _slow)
     app.router.add_post("/xroad-soap", xroad_soap_echo)
@@ -126,7 +155,9 @@ def legacy_soap() -> Iterator[LegacyServer]:
         yield server
 
 
-def soap_services(echo_backend: str, legacy: LegacyServer) -> list[dict[str, object]]:
+def soap_services(
+    echo_backend: str, legacy: LegacyServer, workdir: Path
+) -> list[dict[str, object]]:
     return [
         {  # a legacy SOAP service that knows nothing of X-Road: bridged (SOAP and REST)
             "provider": "TH/GOV/DBD/legacy",
@@ -151,6 +182,14 @@ def soap_services(echo_backend: str, legacy: LegacyServer) -> list[dict[str, obj
             "url": f"{echo_backend}/xroad-soap",
             "mode": "passthrough",
             "allow": ["TH/GOV/DGA/devportal", "TH/GOV/BMA/licensing"],
+            "subject": ["body:text"],  # whom the echo is about, as the node reads it
+        },
+        {  # an X-Road-aware service described by X-Road's own example WSDL (imports by URL)
+            "provider": "TH/GOV/DBD/xroadexample",
+            "wsdl": str(xroad_example_wsdl(echo_backend, workdir / "pr-mess-example.wsdl")),
+            "url": f"{echo_backend}/xroad-soap",
+            "mode": "passthrough",
+            "allow": ["TH/GOV/DGA/devportal"],
         },
     ]
 
@@ -159,10 +198,19 @@ def soap_services(echo_backend: str, legacy: LegacyServer) -> list[dict[str, obj
 async def fed(
     tmp_path_factory: pytest.TempPathFactory, echo_backend: str, legacy_soap: LegacyServer
 ) -> AsyncIterator[Fed]:
+    root = tmp_path_factory.mktemp("fed")
     spec = TestFederationSpec(
-        backend_url=echo_backend, soap_services=soap_services(echo_backend, legacy_soap)
+        backend_url=echo_backend,
+        soap_services=soap_services(echo_backend, legacy_soap, root),
+        # An X-Road client that cannot send a purpose: its registration gives one.
+        client_settings={
+            "TH/GOV/DGA/officeapp": {
+                "default_purpose": "food-business-licence",
+                "default_legal_basis": "Public Health Act B.E. 2535 s.38",
+            }
+        },
     )
-    f = await start_federation(tmp_path_factory.mktemp("fed"), spec)
+    f = await start_federation(root, spec)
     yield f
     await f.federation.stop()
 

@@ -14,11 +14,13 @@ import io
 import uuid
 
 import aiohttp
+import orjson
 import pytest
 import zeep
 from lxml import etree
 
-from .conftest import Fed
+from .conftest import SCHEMA_FETCHES, Fed
+from .xroad_soap_service import RECEIVED
 
 SOAP_ENV = "http://schemas.xmlsoap.org/soap/envelope/"
 XRD = "http://x-road.eu/xsd/xroad.xsd"
@@ -505,13 +507,80 @@ async def test_purpose_travels_in_a_soap_header_of_our_own(
     )
 
 
-async def test_a_comment_cannot_split_what_the_node_checks(
+def _with(
+    message_id: str, text: str = "1552806801307", *, user: str = "TH-officer-7", extra: str = ""
+) -> bytes:
+    data = envelope(echo_body(text), message_id=message_id, extra_header=extra)
+    return data.replace(b"<xrd:userId>TH-officer-7<", f"<xrd:userId>{user}<".encode())
+
+
+XSI = 'xmlns:xsi="http://www.w3.org/2001/XMLSchema-instance"'
+# Each reads one way to the node (lxml, comments dropped, text joined) and another way to a
+# service that takes an element's first text node, keeps comments, knows xsi:nil or matches
+# header names without namespaces: the node would log one person and the service serve
+# another. The node must refuse them, not forward them.
+AMBIGUOUS = {
+    "comment-in-subject": {"text": "155280680130<!-- -->70"},
+    "comment-in-userId": {"user": "TH-officer-7<!---->-on-leave"},
+    "comment-before-text": {"text": "<!-- x -->1552806801307"},
+    "pi-in-subject": {"text": "155280680130<?x y?>70"},
+    "cdata-split-subject": {"text": "155280680130<![CDATA[70]]>"},
+    "mixed-content": {"text": "1552806801307<e:b/>0"},
+    "nil-with-content": {"text": "1552806801307"},
+    "blanks-around-userId": {"user": " TH-officer-7 "},
+    "userId-in-other-namespace": {
+        "extra": '<u:userId xmlns:u="urn:other">TH-officer-7-on-leave</u:userId>'
+    },
+}
+
+
+@pytest.mark.parametrize("name", sorted(AMBIGUOUS))
+async def test_what_readers_read_differently_never_reaches_the_service(
+    fed: Fed, http: aiohttp.ClientSession, name: str
+) -> None:
+    mid = f"ambiguous-{name}-{uuid.uuid4()}"
+    data = _with(mid, **AMBIGUOUS[name])
+    if name == "nil-with-content":
+        data = data.replace(b"<e:text>", f'<e:text {XSI} xsi:nil="true">'.encode())
+    status, _, body = await post(http, fed, data)
+    code, message, _ = fault_of(body)
+    assert (status, code) == (500, "Client.InvalidSoap"), message
+    assert mid not in RECEIVED
+    assert await fed.federation.nodes["TH/GOV/DBD/hub1"].runtime.log.find(mid) == []
+
+
+async def test_the_service_reads_what_the_node_checked_and_logged(
     fed: Fed, http: aiohttp.ClientSession
 ) -> None:
-    # The node reads "devportal" as the service would (comments dropped), not "dev".
-    client = _client_xml().replace("devportal", "dev<!-- x -->portal")
-    status, _, body = await post(http, fed, envelope(echo_body("x"), client=client))
+    # Comments between elements (SoapUI writes <!--Optional:-->) and a CDATA section that
+    # is an element's whole text read alike everywhere: they pass, byte for byte.
+    mid = f"same-reading-{uuid.uuid4()}"
+    data = _with(mid, "<![CDATA[1552806801307]]>").replace(
+        b"<xrd:userId>", b"<!--Optional:--><xrd:userId>"
+    )
+    status, _, body = await post(http, fed, data)
     assert status == 200, body
+    rows = await fed.federation.nodes["TH/GOV/DBD/hub1"].runtime.log.find(mid)
+    assert RECEIVED[mid]["userId"] == rows[0]["user_id"] == "TH-officer-7"
+    assert [RECEIVED[mid]["text"]] == orjson.loads(rows[0]["subjects"]) == ["1552806801307"]
+
+
+async def test_the_client_soap_action_never_reaches_the_service(
+    fed: Fed, http: aiohttp.ClientSession
+) -> None:
+    """A SOAP stack that dispatches on SOAPAction would run the operation the client names;
+    the service gets the one of the operation the node checked (from its WSDL)."""
+    mid = f"action-{uuid.uuid4()}"
+    status, _, body = await post(
+        http, fed, _with(mid, "x"), SOAPAction='"urn:example:deleteEverything"'
+    )
+    assert status == 200, body
+    assert RECEIVED[mid]["soapAction"] == '"echo"'
+    # SOAP 1.1 (and X-Road) allow only a quoted URI reference, "" or nothing.
+    mid = f"action-{uuid.uuid4()}"
+    status, _, body = await post(http, fed, _with(mid, "x"), SOAPAction="deleteEverything")
+    assert fault_of(body)[0] == "Client.InvalidSoapAction"
+    assert mid not in RECEIVED
 
 
 async def test_soap_part_must_not_be_transfer_encoded(
@@ -539,3 +608,130 @@ async def test_soap_part_must_not_be_transfer_encoded(
     )
     status, _, body = await post(http, fed, plain, decoy)
     assert status == 200 and b"decoy" in body
+
+
+async def test_xroad_example_wsdl_is_registered_and_served_without_fetching_its_imports(
+    fed: Fed, http: aiohttp.ClientSession
+) -> None:
+    """A pass-through service described the way X-Road's specification shows it (xroad.xsd
+    imported by URL): the node registered it at start, and nobody fetched a schema."""
+    url = (
+        fed.url("TH/GOV/DGA/hub1") + "/wsdl?xRoadInstance=TH&memberClass=GOV&memberCode=DBD"
+        "&subsystemCode=xroadexample&serviceCode=exampleService&version=v1"
+    )
+    async with http.get(url, headers={"X-Road-Client": "TH/GOV/DGA/devportal"}) as r:
+        assert r.status == 200, await r.text()
+        served = parse(await r.read())
+    imports = served.findall(".//{http://www.w3.org/2001/XMLSchema}import")
+    assert {i.get("namespace") for i in imports} >= {XRD}
+    body = (
+        '<ns1:exampleService xmlns:ns1="http://producer.x-road.eu">'
+        "<exampleInput>foo</exampleInput></ns1:exampleService>"
+    )
+    data = envelope(body, subsystem="xroadexample", code="exampleService", version="v1")
+    status, _, answer = await post(http, fed, data)
+    assert status == 200, answer
+    assert parse(answer).find(f"{{{SOAP_ENV}}}Body")[0].tag == (
+        "{http://producer.x-road.eu}exampleServiceResponse"
+    )
+    assert SCHEMA_FETCHES == []
+
+
+def _wsdl_of(fed: Fed, subsystem: str, code: str, listener: str = "client") -> str:
+    return (
+        fed.url("TH/GOV/DGA/hub1", listener) + "/wsdl?xRoadInstance=TH&memberClass=GOV"
+        f"&memberCode=DBD&subsystemCode={subsystem}&serviceCode={code}&version=v1"
+    )
+
+
+async def test_wsdl_needs_no_client_and_its_address_is_the_node_own(
+    fed: Fed, http: aiohttp.ClientSession
+) -> None:
+    """SOAP tools fetch a WSDL by URL alone, and send their requests where its soap:address
+    says: the node's configured address, whatever Host header a request carried."""
+    address = "{http://schemas.xmlsoap.org/wsdl/soap/}address"
+    async with http.get(
+        _wsdl_of(fed, "legacy", "getPerson"), headers={"Host": "evil.example"}
+    ) as r:
+        assert r.status == 200, await r.text()
+        served = parse(await r.read())
+    assert served.find(f".//{address}").get("location") == fed.url("TH/GOV/DGA/hub1") + "/"
+    # A pass-through service's WSDL never shows the service's internal address, not even to
+    # the metaservice's own callers.
+    rest = fed.url("TH/GOV/DGA/hub1") + "/r1/TH/GOV/DBD/xroadsoap/getWsdl?serviceCode=echo"
+    async with http.get(rest, headers={"X-Road-Client": "TH/GOV/DGA/devportal"}) as r:
+        assert r.status == 200
+        raw = await r.read()
+    assert b"127.0.0.1:1/echo" not in raw and b"<soap:address" in raw
+
+
+async def test_unmodified_zeep_client_is_served_with_its_registered_default_purpose(
+    fed: Fed,
+) -> None:
+    """officeapp's registration gives a default purpose: a zeep client built from the served
+    WSDL (fetched without X-Road-Client), calling a service that requires a purpose, sends
+    none and is served; the signed, logged request says the purpose was the default."""
+    message_id = str(uuid.uuid4())
+    office = ("TH", "GOV", "DGA", "officeapp")
+
+    def call() -> tuple[int, bytes, list[str]]:
+        import requests
+
+        session = requests.Session()
+        tls = fed.pki.client_tls("TH/GOV/DGA/officeapp")
+        session.cert = (str(tls.cert), str(tls.key))
+        session.verify = str(fed.pki.root_ca.cert)
+        session.trust_env = False  # REQUESTS_CA_BUNDLE would override verify
+        settings = zeep.Settings(strict=True, forbid_dtd=True, forbid_entities=True)
+        client = zeep.Client(
+            _wsdl_of(fed, "legacypurpose", "getPerson", "client_tls"),
+            transport=zeep.Transport(session=session),
+            settings=settings,
+        )
+        names = ("xRoadInstance", "memberClass", "memberCode", "subsystemCode")
+        headers = {
+            "client": {"objectType": "SUBSYSTEM", **dict(zip(names, office, strict=True))},
+            "service": {
+                "objectType": "SERVICE",
+                **dict(zip(names, ("TH", "GOV", "DBD", "legacypurpose"), strict=True)),
+                "serviceCode": "getPerson",
+                "serviceVersion": "v1",
+            },
+            "id": message_id,
+            "protocolVersion": "4.0",
+        }
+        with client.settings(raw_response=True):
+            raw = client.service.getPerson(citizenId="1101700203451", _soapheaders=headers)
+        session.close()  # no TLS connection left open to the node when it stops
+        return raw.status_code, raw.content, header_fields(raw.content)
+
+    status, body, fields = await asyncio.to_thread(call)
+    assert status == 200, body
+    assert b"Somchai Jaidee" in body and "purpose" not in fields
+    rows = await fed.federation.nodes["TH/GOV/DBD/hub1"].runtime.log.find(message_id)
+    signed = orjson.loads(rows[0]["request_meta"])
+    assert signed["purpose"] == "food-business-licence"
+    assert signed["legal_basis"] == "Public Health Act B.E. 2535 s.38"
+    assert signed["purpose_default"] is True
+    # A request that names its purpose is signed as it named it, without the flag.
+    explicit = envelope(
+        _get_person("1101700203451"),
+        subsystem="legacypurpose",
+        code="getPerson",
+        version="v1",
+        message_id=(mid := str(uuid.uuid4())),
+        extra_header='<xh:purpose xmlns:xh="urn:xroad-hub:xsd:purpose:1">food-business-licence'
+        "</xh:purpose>",
+    )
+    async with aiohttp.ClientSession() as http:
+        status, _, answer = await post(http, fed, explicit)
+    assert status == 200, answer
+    rows = await fed.federation.nodes["TH/GOV/DBD/hub1"].runtime.log.find(mid)
+    assert "purpose_default" not in orjson.loads(rows[0]["request_meta"])
+
+
+async def test_endpoints_list_the_soap_operations_registered_from_a_wsdl(fed: Fed) -> None:
+    written = orjson.loads((fed.root / "data" / "endpoints.json").read_bytes())
+    services = written["nodes"]["TH/GOV/DBD/hub1"]["services"]
+    assert {"TH/GOV/DBD/legacy/getPerson", "TH/GOV/DBD/xroadsoap/echo"} <= set(services)
+    assert "TH/GOV/DBD/registry/echo" in services

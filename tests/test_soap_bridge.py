@@ -493,7 +493,7 @@ def _multipart() -> bytes:
 
 
 async def test_passthrough_is_byte_exact_with_attachments(recorder: Recorder) -> None:
-    adapter = SoapPassthroughAdapter(recorder.url + "/echo", timeout=5)
+    adapter = SoapPassthroughAdapter(recorder.url + "/echo", soap_action="getPerson", timeout=5)
     body = _multipart()
     request = AdapterRequest(
         "POST",
@@ -501,7 +501,7 @@ async def test_passthrough_is_byte_exact_with_attachments(recorder: Recorder) ->
         "",
         (
             ("Content-Type", MULTIPART_TYPE),
-            ("SOAPAction", '"getPerson"'),
+            ("SOAPAction", '"urn:another-operation"'),  # the client's: never forwarded
             ("X-Road-Client", "TH/GOV/DGA/portal"),
             ("Authorization", "Bearer not-for-the-service"),
         ),

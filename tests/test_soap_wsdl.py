@@ -209,6 +209,21 @@ def test_not_a_wsdl_1_1_document() -> None:
         load_wsdl(b"<definitions", "broken")
 
 
+def test_xroad_specification_example_wsdl_is_accepted() -> None:
+    """PR-MESS Annex C imports xroad.xsd, swaref.xsd and xmlmime by URL: well-known
+    namespaces, never fetched (load_wsdl does no I/O); other imports by URL stay refused."""
+    data = (Path(__file__).parent / "data" / "xroad" / "pr-mess-example.wsdl").read_bytes()
+    info = load_wsdl(data, "pr-mess")
+    assert set(info.operations) == {"exampleService", "exampleServiceMtom"}
+    assert info.xroad_headers and info.operation("exampleService").version == "v1"
+    assert info.operation("exampleService").title == "Title of exampleService"
+    other = data.replace(
+        b'namespace="http://x-road.eu/xsd/xroad.xsd"', b'namespace="urn:not-x-road"', 1
+    )
+    with pytest.raises(WsdlError, match=r"xsd:import of 'http://x-road\.eu/xsd/xroad\.xsd'"):
+        load_wsdl(other, "other")
+
+
 def test_zeep_never_loads_what_a_wsdl_refers_to() -> None:
     # Even past load_wsdl, the zeep client's transport refuses to fetch anything.
     sneaky = _mutated(
@@ -308,7 +323,16 @@ def test_xroad_wsdl_of_spyne_service_declares_the_headers(spyne_wsdl: bytes) -> 
     for io in root.iter("{http://schemas.xmlsoap.org/wsdl/}input"):
         if io.getparent().getparent().tag.endswith("binding"):
             parts = [h.get("part") for h in io if h.tag.endswith("header")]
-            assert parts == ["client", "service", "id", "userId", "issue", "protocolVersion"]
+            assert parts == [
+                "client",
+                "service",
+                "id",
+                "userId",
+                "issue",
+                "protocolVersion",
+                "purpose",  # xroad-hub's own, optional (urn:xroad-hub:xsd:purpose:1)
+                "legalBasis",
+            ]
 
     client = zeep_client(published)
     envelope = client.create_message(

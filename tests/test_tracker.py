@@ -167,6 +167,7 @@ async def test_she_sees_exactly_her_entries(
         "issue": "BMA-2568-0001",
         "purpose": "food-business licence",
         "legal_basis": "Public Health Act B.E. 2535 s.48",
+        "purpose_source": "request",  # not the client's registered default
         "represented_party": None,
         "status": 200,
         "refusal": None,

@@ -4,6 +4,10 @@ xroad_hub.soap, so that the node is tested against an independent implementation
 It answers ``echo`` with ``echoResponse`` holding the same children, echoes the X-Road
 header as X-Road requires, and sends attachments back byte for byte. The text decides
 misbehaviour: ``fault`` answers a SOAP Fault, ``forge-id`` changes the echoed message id.
+
+``RECEIVED`` keeps, per message id, what the service read (the way a typical service
+reads: the first text node of an element, comments kept by the parser) and the SOAPAction
+it got, so tests can compare it with what the node logged.
 """
 
 from __future__ import annotations
@@ -15,6 +19,7 @@ from lxml import etree
 
 SOAP_ENV = "http://schemas.xmlsoap.org/soap/envelope/"
 XRD = "http://x-road.eu/xsd/xroad.xsd"
+RECEIVED: dict[str, dict[str, str | None]] = {}
 
 
 async def xroad_soap_echo(request: web.Request) -> web.Response:
@@ -33,6 +38,12 @@ async def xroad_soap_echo(request: web.Request) -> web.Response:
     envelope = etree.fromstring(body[start:end])
     wrapper = envelope.find(f"{{{SOAP_ENV}}}Body")[0]
     text = wrapper.findtext("{*}text")
+    header = envelope.find(f"{{{SOAP_ENV}}}Header")
+    RECEIVED[str(header.findtext(f"{{{XRD}}}id"))] = {
+        "userId": header.findtext(f"{{{XRD}}}userId"),
+        "text": text,
+        "soapAction": request.headers.get("SOAPAction"),
+    }
     if text in ("fault", "fault-empty-header"):
         # Java's SAAJ writes an empty Header into every message, faults included.
         header = "<e:Header/>" if text == "fault-empty-header" else ""

@@ -70,6 +70,10 @@ class ClientConfig:
 
     id: SubsystemId
     auth: str  # one of AUTH_MODES
+    # Applied by the node to this client's requests that name no purpose (X-Road clients
+    # that cannot send one), marked as the registered default where they are signed.
+    default_purpose: str | None = None
+    default_legal_basis: str | None = None
 
 
 @dataclass(frozen=True, slots=True)
@@ -283,13 +287,33 @@ def _soap_service(node_id: NodeId, t: dict[str, Any]) -> SoapServiceConfig:
     )
 
 
+def _client(node_id: NodeId, c: dict[str, Any]) -> ClientConfig:
+    client = parse_subsystem_id(c["id"])
+    purpose = c.get("default_purpose")
+    basis = c.get("default_legal_basis")
+    if purpose is not None:
+        _purposes(node_id, ServiceId(client, "default_purpose"), [purpose])
+    if basis is not None and (
+        not isinstance(basis, str) or not 0 < len(basis) <= 255 or not basis.isprintable()
+    ):
+        raise ConfigError(
+            f"node {node_id}, client {client}: default_legal_basis must be printable text of "
+            "at most 255 characters"
+        )
+    if basis is not None and purpose is None:
+        raise ConfigError(
+            f"node {node_id}, client {client}: default_legal_basis needs a default_purpose"
+        )
+    return ClientConfig(client, c["auth"], purpose, basis)
+
+
 def _node(n: dict[str, Any], members: dict[MemberId, str]) -> NodeConfig:
     node_id = parse_node_id(n["id"])
     clients = []
     for c in n.get("client", []):
         if c["auth"] not in AUTH_MODES:
             raise ConfigError(f"node {node_id}: client auth must be one of {AUTH_MODES}")
-        clients.append(ClientConfig(parse_subsystem_id(c["id"]), c["auth"]))
+        clients.append(_client(node_id, c))
     services = []
     for s in n.get("service", []):
         sid = parse_service_id(s["id"])

@@ -120,7 +120,11 @@ class Federation:
             nodes[str(cfg.id)] = {
                 **urls,
                 "clients": {str(c.id): c.auth for c in cfg.clients},
-                "services": [str(s.id) for s in cfg.services],
+                # Every service code the node serves, SOAP operations registered from a
+                # WSDL included (they exist only once the node has read its WSDL).
+                "services": sorted(str(s) for s in node.runtime.services)
+                if node.runtime is not None
+                else [],
             }
         self.endpoints = {
             "registry": registry_url, "tsa": tsa_url, "nodes": nodes, "backends": backends,

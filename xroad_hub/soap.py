@@ -56,6 +56,8 @@ NSMAP = {"SOAP-ENV": SOAP_ENV_NS, "xrd": XRD_NS, "id": ID_NS}
 # Header fields in the order X-Road writes them (and echoes them back).
 HEADER_FIELDS = ("client", "service", "id", "userId", "issue", "protocolVersion", "requestHash")
 _MAX_FIELD = 255
+# Header names a service might match without namespace: X-Road's and our own.
+_FIELD_NAMES = frozenset(HEADER_FIELDS) | {"purpose", "legalBasis"}
 
 
 class SoapError(ValueError):
@@ -127,7 +129,8 @@ def parse_soap(
             f"SOAP 1.1 messages are sent as text/xml, not {soap_type or 'no content type'}",
         )
     try:
-        root = parse_xml(body[start:end], limits or XmlLimits())
+        # The node forwards these bytes as they are: it must read them as every reader does.
+        root = parse_xml(body[start:end], limits or XmlLimits(), plain_text=True)
     except XmlError as exc:
         raise SoapError("InvalidSoap", f"malformed SOAP message: {exc}") from exc
     if root.tag == f"{{{SOAP12_ENV_NS}}}Envelope":
@@ -343,6 +346,14 @@ def _header(header_el: etree._Element | None, kind: str) -> SoapHeader:
             hub[q.localname] = el
             continue
         if q.namespace != XRD_NS:
+            if q.localname in _FIELD_NAMES:
+                # A reader that matches header names without their namespace (or by prefix)
+                # would take this one for the X-Road field the node checked.
+                raise SoapError(
+                    "InvalidSoap",
+                    f"header element {q.localname} in namespace {q.namespace!r} looks like "
+                    "an X-Road header field; send X-Road fields in the X-Road namespace only",
+                )
             continue  # other headers (e.g. WS-Security) are the services' business
         if q.localname in fields:
             raise SoapError("DuplicateHeaderField", f"header field {q.localname} appears twice")
@@ -350,7 +361,7 @@ def _header(header_el: etree._Element | None, kind: str) -> SoapHeader:
     for name in ("client", "id", "protocolVersion") + (("service",) if kind == "request" else ()):
         if name not in fields:
             raise SoapError("MissingHeaderField", f"required header field {name} is missing")
-    version = (fields["protocolVersion"].text or "").strip()
+    version = _exact(fields["protocolVersion"], "protocolVersion")
     if version != PROTOCOL_VERSION:
         raise SoapError(
             "InvalidProtocolVersion", f"protocolVersion is {version!r}; this node speaks 4.0"
@@ -373,8 +384,19 @@ def _header(header_el: etree._Element | None, kind: str) -> SoapHeader:
     )
 
 
+def _exact(el: etree._Element, name: str) -> str:
+    """An element's text exactly as a service reads it: the node does not trim what it then
+    forwards untrimmed (``" TH-officer-7"`` is not who the node logged)."""
+    value = el.text or ""
+    if value != value.strip():
+        raise SoapError(
+            "InvalidSoap", f"header field {name} has blanks around its value; remove them"
+        )
+    return value
+
+
 def _text(el: etree._Element | None, name: str, *, required: bool = False) -> str | None:
-    value = (el.text or "").strip() if el is not None else ""
+    value = _exact(el, name) if el is not None else ""
     if not value:
         if required:
             raise SoapError("MissingHeaderField", f"header field {name} is empty")
@@ -393,7 +415,7 @@ def _parts(el: etree._Element, what: str) -> tuple[str, dict[str, str]]:
         q = etree.QName(child)
         if q.namespace != ID_NS or q.localname in parts:
             raise SoapError("InvalidSoap", f"{what} identifier has an unexpected element {q.text}")
-        value = (child.text or "").strip()
+        value = _exact(child, f"{what} {q.localname}")
         if not valid_part(value):
             raise SoapError("InvalidSoap", f"{what} identifier part {q.localname} is not valid")
         parts[q.localname] = value

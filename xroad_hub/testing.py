@@ -65,6 +65,8 @@ class TestFederationSpec:
     provider_log_dsn: str | None = None  # the provider node logs to PostgreSQL
     checkpoint_interval: float = 60
     timestamp_failure_limit: float = 4 * 3600
+    # More settings of a client's registration ([[node.client]]), e.g. default_purpose.
+    client_settings: dict[str, dict[str, str]] = field(default_factory=dict)
 
 
 def write_federation(path: Path, spec: TestFederationSpec) -> Path:
@@ -135,24 +137,16 @@ def write_federation(path: Path, spec: TestFederationSpec) -> Path:
         f'client_listen = "{_addr()}"',
         f'client_tls_listen = "{_addr()}"',
         *common,
-        "[[node.client]]",
-        'id = "TH/GOV/DGA/citizenportal"',
-        'auth = "jwt"',
-        "[[node.client]]",
-        'id = "TH/GOV/DGA/devportal"',
-        'auth = "http"',
-        "[[node.client]]",
-        'id = "TH/GOV/DGA/officeapp"',
-        'auth = "mtls"',
+        *_client(spec, "TH/GOV/DGA/citizenportal", "jwt"),
+        *_client(spec, "TH/GOV/DGA/devportal", "http"),
+        *_client(spec, "TH/GOV/DGA/officeapp", "mtls"),
         "[[node]]",
         'id = "TH/GOV/BMA/hub1"',
         f'peer_listen = "{_addr()}"',
         f'client_listen = "{_addr()}"',
         f'client_tls_listen = "{_addr()}"',
         *common,
-        "[[node.client]]",
-        'id = "TH/GOV/BMA/licensing"',
-        'auth = "mtls"',
+        *_client(spec, "TH/GOV/BMA/licensing", "mtls"),
         "[[node]]",
         'id = "TH/GOV/DBD/hub1"',
         f'peer_listen = "{_addr()}"',
@@ -175,6 +169,13 @@ def write_federation(path: Path, spec: TestFederationSpec) -> Path:
                 lines.append(f'{key} = "{value}"')
     path.write_text("\n".join(lines) + "\n", encoding="utf-8")
     return path
+
+
+def _client(spec: TestFederationSpec, client: str, auth: str) -> list[str]:
+    extra = spec.client_settings.get(client, {})
+    return ["[[node.client]]", f'id = "{client}"', f'auth = "{auth}"'] + [
+        f'{k} = "{v}"' for k, v in extra.items()
+    ]
 
 
 _LOOPBACK = re.compile(r"127\.0\.0\.1:(\d{2,5})")

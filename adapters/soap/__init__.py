@@ -10,7 +10,7 @@ from .bridge import SoapBridgeAdapter
 from .openapi import openapi_for
 from .passthrough import SoapPassthroughAdapter
 from .wsdl import WsdlError, WsdlInfo, WsdlOperation, fetch_wsdl, load_wsdl, zeep_client
-from .xroadwsdl import CLIENT_NODE_PLACEHOLDER, xroad_wsdl
+from .xroadwsdl import CLIENT_NODE_PLACEHOLDER, hide_endpoint, xroad_wsdl
 
 __all__ = [
     "CLIENT_NODE_PLACEHOLDER",
@@ -20,6 +20,7 @@ __all__ = [
     "WsdlInfo",
     "WsdlOperation",
     "fetch_wsdl",
+    "hide_endpoint",
     "load_wsdl",
     "openapi_for",
     "xroad_wsdl",

@@ -1,10 +1,13 @@
 """SOAP pass-through: the provider's system already speaks X-Road SOAP 4.0, so the client's
 message goes to it unchanged and its answer comes back unchanged.
 
-As X-Road prescribes, only Content-Type and SOAPAction travel to the service and only
-Content-Type travels back; the bodies are bytes, never parsed or re-serialised here, so
-multipart attachments and signatures inside the XML stay byte-exact. (The node has already
-checked the request, and checks the answer's header before signing it.)
+Only Content-Type travels to the service, with a SOAPAction set here from the service's
+WSDL (the operation's soapAction, quoted; X-Road forwards the client's, which would let a
+client pick the operation a SOAPAction-dispatching stack runs), and only Content-Type
+travels back. The bodies are bytes, never parsed or re-serialised here, so multipart
+attachments and signatures inside the XML stay byte-exact. (The node has already checked
+the request, refusing anything other readers could read differently, and checks the
+answer's header before signing it.)
 """
 
 from __future__ import annotations
@@ -22,14 +25,13 @@ __all__ = ["SoapPassthroughAdapter"]
 
 log = structlog.get_logger("xroad_hub.adapters.soap")
 
-_FORWARDED = ("content-type", "soapaction")
-
 
 class SoapPassthroughAdapter:
     def __init__(
         self,
         url: str,
         *,
+        soap_action: str = "",
         timeout: float = 30.0,
         max_response_bytes: int = 64 * 1024 * 1024,
         session: aiohttp.ClientSession | None = None,
@@ -37,14 +39,16 @@ class SoapPassthroughAdapter:
         self._url = URL(url)
         if self._url.scheme not in ("http", "https") or not self._url.host:
             raise ValueError(f"SOAP service URL must be http(s)://host[:port][/path]: {url}")
+        self._soap_action = f'"{soap_action}"'
         self._timeout = aiohttp.ClientTimeout(total=timeout, sock_connect=min(timeout, 10.0))
         self._max = max_response_bytes
         self._http = AdapterSession(session, limit=64)
 
     async def handle(self, request: AdapterRequest) -> AdapterResponse:
-        headers = [(k, v) for k, v in request.headers if k.lower() in _FORWARDED]
-        if request.soap is not None and not any(k.lower() == "content-type" for k, _ in headers):
+        headers = [(k, v) for k, v in request.headers if k.lower() == "content-type"]
+        if request.soap is not None and not headers:
             headers.append(("Content-Type", request.soap.content_type))
+        headers.append(("SOAPAction", self._soap_action))
         try:
             status, content_type, body = await self._http.post(
                 self._url,

@@ -5,8 +5,12 @@ is named like the operation (= the X-Road service code) and the response wrapper
 operation plus ``Response``. A WSDL that breaks one of these rules cannot be bridged without
 guessing, so registration refuses it with a message naming the rule.
 
-The WSDL must be self-contained: nothing it refers to is ever fetched (no wsdl:import, no
-schemaLocation), so registering a service never makes the node reach into other hosts.
+The WSDL must be self-contained: nothing it refers to is ever fetched, so registering a
+service never makes the node reach into other hosts. A schema import is accepted when it
+needs no fetching: one naming a namespace only, or one of the well-known namespaces whose
+definitions the node has or needs not (X-Road's own schemas, which X-Road's specification
+imports by URL, and the W3C/WS-I ones it uses for attachments). wsdl:import, xsd:include
+and xsd:redefine, and imports of other documents, are refused.
 """
 
 from __future__ import annotations
@@ -26,6 +30,7 @@ import zeep.transports
 from lxml import etree
 
 from xroad_hub.identifiers import valid_part
+from xroad_hub.soap import HUB_NS
 from xroad_hub.streams import BodyTooLarge, read_capped
 from xroad_hub.xmlsafe import XmlError, XmlLimits, parse_xml
 
@@ -52,6 +57,21 @@ XSD_NS = "http://www.w3.org/2001/XMLSchema"
 XROAD_NS = "http://x-road.eu/xsd/xroad.xsd"
 ID_NS = "http://x-road.eu/xsd/identifiers"
 WSDL20_NS = "http://www.w3.org/ns/wsdl"
+
+# Imports whose schemaLocation is never followed: X-Road's schemas (the header fields and
+# identifiers, defined by the protocol; the node checks them itself) and the W3C/WS-I
+# schemas X-Road's example WSDL imports for attachments and xml:lang.
+KNOWN_IMPORTS = frozenset(
+    (
+        XROAD_NS,
+        ID_NS,
+        "http://x-road.eu/xsd/representation.xsd",
+        "http://x-road.eu/xsd/security-token.xsd",
+        "http://www.w3.org/XML/1998/namespace",
+        "http://www.w3.org/2005/05/xmlmime",
+        "http://ws-i.org/profiles/basic/1.1/xsd",
+    )
+)
 
 MAX_WSDL_BYTES = 5 * 1024 * 1024
 WSDL_LIMITS = XmlLimits(max_bytes=MAX_WSDL_BYTES, max_depth=64, max_elements=100_000)
@@ -188,6 +208,8 @@ class _Analysis:
             )
         for kind in ("import", "include", "redefine"):
             for el in self.root.iter(f"{{{XSD_NS}}}{kind}"):
+                if kind == "import" and el.get("namespace") in KNOWN_IMPORTS:
+                    continue  # never fetched: see KNOWN_IMPORTS
                 if el.get("schemaLocation"):
                     raise self.fail(
                         f"xsd:{kind} of {el.get('schemaLocation')!r} is refused: the WSDL must "
@@ -311,7 +333,8 @@ class _Analysis:
                 None,
             )
             element = part.get("element") if part is not None else None
-            if element is None or self._resolve(element, part).namespace != XROAD_NS:
+            # X-Road's header fields, and our own purpose fields (which the node reads).
+            if element is None or self._resolve(element, part).namespace not in (XROAD_NS, HUB_NS):
                 raise self.fail(
                     f"operation {name}: the {direction} declares a soap:header that is not an "
                     "X-Road header field; the bridge carries only the SOAP body"
@@ -435,6 +458,18 @@ class _NoLoading(zeep.transports.Transport):
         raise RuntimeError("this zeep client only (de)serialises; the adapter does the I/O")
 
 
+def _without_known_locations(data: bytes) -> bytes:
+    """The WSDL with the schemaLocation of well-known imports removed: zeep would otherwise
+    ask its transport for them (and fail); as namespace-only imports they cost nothing."""
+    root = parse_xml(data, WSDL_LIMITS)
+    found = False
+    for el in root.iter(f"{{{XSD_NS}}}import"):
+        if el.get("namespace") in KNOWN_IMPORTS and el.get("schemaLocation") is not None:
+            del el.attrib["schemaLocation"]
+            found = True
+    return etree.tostring(root, encoding="UTF-8", xml_declaration=True) if found else data
+
+
 ZEEP_SETTINGS = zeep.Settings(
     strict=True,
     xml_huge_tree=False,
@@ -451,6 +486,7 @@ def zeep_client(data: bytes, source: str = "WSDL") -> zeep.Client:
         parse_xml(data, WSDL_LIMITS)  # the same refusal of DTDs and limits as everywhere else
     except XmlError as exc:
         raise WsdlError(f"{source}: not acceptable XML: {exc}") from exc
+    data = _without_known_locations(data)
     try:
         return zeep.Client(io.BytesIO(data), transport=_NoLoading(), settings=ZEEP_SETTINGS)
     except WsdlError:

@@ -14,6 +14,7 @@ from collections.abc import Iterable
 from lxml import etree
 
 from xroad_hub.identifiers import ClientId
+from xroad_hub.soap import HUB_NS
 from xroad_hub.xmlsafe import parse_xml
 
 from .wsdl import (
@@ -27,10 +28,25 @@ from .wsdl import (
     WsdlInfo,
 )
 
-__all__ = ["CLIENT_NODE_PLACEHOLDER", "HEADER_PARTS", "xroad_wsdl"]
+__all__ = ["CLIENT_NODE_PLACEHOLDER", "HEADER_PARTS", "hide_endpoint", "xroad_wsdl"]
 
 CLIENT_NODE_PLACEHOLDER = "http://localhost/xroad-client-node"
+
+
+def hide_endpoint(wsdl: bytes) -> bytes:
+    """An X-Road-aware service's own WSDL as the metaservices give it to any client of the
+    federation: its soap:address (the service's internal address, which only its node
+    needs) replaced by the placeholder, as X-Road hides it too."""
+    root = parse_xml(wsdl, WSDL_LIMITS)
+    for address in root.iter(f"{{{SOAP11_NS}}}address"):
+        address.set("location", CLIENT_NODE_PLACEHOLDER)
+    return etree.tostring(root, encoding="UTF-8", xml_declaration=True)
+
+
 HEADER_PARTS = ("client", "service", "id", "userId", "issue", "protocolVersion")
+# xroad-hub's own optional header fields: why the data is asked for. Declared so that SOAP
+# tools can fill them; a client whose registration has a default purpose may leave them out.
+PURPOSE_PARTS = ("purpose", "legalBasis")
 
 _SCHEMAS = f"""<wsdl:types xmlns:wsdl="{WSDL_NS}" xmlns:xs="{XSD_NS}">
 <xs:schema targetNamespace="{XROAD_NS}" elementFormDefault="qualified"
@@ -86,6 +102,10 @@ _SCHEMAS = f"""<wsdl:types xmlns:wsdl="{WSDL_NS}" xmlns:xs="{XSD_NS}">
     </xs:sequence>
     <xs:attribute ref="id:objectType" use="required"/>
   </xs:complexType>
+</xs:schema>
+<xs:schema targetNamespace="{HUB_NS}" elementFormDefault="qualified" xmlns:xs="{XSD_NS}">
+  <xs:element name="purpose" type="xs:string"/>
+  <xs:element name="legalBasis" type="xs:string"/>
 </xs:schema>
 </wsdl:types>"""
 
@@ -183,13 +203,16 @@ def xroad_wsdl(
             root.append(types)
     for schema in parse_xml(_SCHEMAS.encode()):
         _graft(types, schema, {"xs": XSD_NS, "xrd": XROAD_NS, "id": ID_NS})
+    xh, hub_declare = _prefix(root, HUB_NS, "xh")
 
     names = {m.get("name", "") for m in root.findall(_w("message"))}
     header_message = _free_name(names, "requestheader")
     xrd, declare = _prefix(root, XROAD_NS, "xrd")
-    msg = _sub(root, _w("message"), {"name": header_message}, declare)
+    msg = _sub(root, _w("message"), {"name": header_message}, {**declare, **hub_declare})
     for part in HEADER_PARTS:
         _sub(msg, _w("part"), {"name": part, "element": f"{xrd}:{part}"}, {})
+    for part in PURPOSE_PARTS:
+        _sub(msg, _w("part"), {"name": part, "element": f"{xh}:{part}"}, {})
 
     for binding in root.findall(_w("binding")):
         for op in binding.findall(_w("operation")):
@@ -230,7 +253,7 @@ def _decorate(
         if io is None:
             continue
         prefix, declare = _prefix(io, tns, "tns")
-        for part in HEADER_PARTS:
+        for part in HEADER_PARTS + PURPOSE_PARTS:
             _sub(
                 io,
                 f"{{{SOAP11_NS}}}header",

@@ -9,11 +9,13 @@ subsystem it names -> body within limits -> provider's node found -> request sig
 
 from __future__ import annotations
 
+import re
 import time
 import uuid
+from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any
-from urllib.parse import urlencode
+from urllib.parse import urlencode, urlsplit
 
 import orjson
 import structlog
@@ -101,8 +103,19 @@ class Answer:
 
 
 class ClientProxy:
-    def __init__(self, runtime: NodeRuntime) -> None:
+    def __init__(
+        self,
+        runtime: NodeRuntime,
+        *,
+        purpose_defaults: Mapping[ClientId, tuple[str, str | None]] | None = None,
+        public_urls: Mapping[str, str] | None = None,
+    ) -> None:
+        """``purpose_defaults``: per client subsystem, the purpose and legal basis its
+        registration gives for requests that name none. ``public_urls``: the node's own
+        client-facing URLs by listener ("client", "client_tls"), for addresses it hands out."""
         self.rt = runtime
+        self.purpose_defaults = purpose_defaults or {}
+        self.public_urls = public_urls if public_urls is not None else {}
 
     async def handle(self, request: web.Request) -> web.StreamResponse:
         return await answer_errors(
@@ -195,6 +208,10 @@ class ClientProxy:
                 "UnknownMember", f"no node in the global configuration serves {provider}"
             )
         signer = self.rt.signer_for(client.member, CLIENT_PROXY)
+        purpose, legal_basis = call.purpose, call.legal_basis
+        default = self.purpose_defaults.get(client) if purpose is None else None
+        if default is not None:
+            purpose, legal_basis = default[0], legal_basis or default[1]
         meta: dict[str, Any] = {
             "v": 1,
             "kind": "request",
@@ -214,9 +231,16 @@ class ClientProxy:
             "body_sha512": body_digest(call.body),
         }
         # Optional fields are signed only when present, so older messages stay as they were.
-        for key in ("purpose", "legal_basis", "evidence_type"):
-            if getattr(call, key) is not None:
-                meta[key] = getattr(call, key)
+        for key, value in (
+            ("purpose", purpose),
+            ("legal_basis", legal_basis),
+            ("evidence_type", call.evidence_type),
+        ):
+            if value is not None:
+                meta[key] = value
+        if default is not None:
+            # Signed and logged as such: the client did not say why, its registration did.
+            meta["purpose_default"] = True
         if call.protocol != "rest":
             meta["protocol"] = call.protocol
         meta_bytes = canonical(meta)
@@ -308,9 +332,11 @@ class ClientProxy:
         h = soap.header
         assert h is not None and h.service is not None  # parse_soap checks requests
         await self.authenticate(request, h.client)
+        # The client's SOAPAction is checked as X-Road checks it, but not sent on: SOAP stacks
+        # dispatch on it, so a client could run another operation than the one the node
+        # checked, logged and authorised. The provider's node sets it from the service's WSDL.
+        check_soap_action(request.headers.getall("SOAPAction", []))
         headers = [("Content-Type", content_type)]
-        if "SOAPAction" in request.headers:
-            headers.append(("SOAPAction", request.headers["SOAPAction"]))
         answer = await self.send(
             Call(
                 client=h.client,
@@ -385,8 +411,16 @@ class ClientProxy:
             raise XRoadError.client("InvalidRequest", f"query parameter {exc} is missing") from exc
         if not isinstance(provider, SubsystemId) or not valid_part(code):
             raise XRoadError.client("InvalidRequest", "the service identifier is not valid")
-        client = select_client(request.headers.getall("X-Road-Client", []))
-        await self.authenticate(request, client)
+        named = request.headers.getall("X-Road-Client", [])
+        client: ClientId
+        if named:
+            client = select_client(named)
+            await self.authenticate(request, client)
+        else:
+            # As X-Road does, a tool that only knows the URL (zeep, SoapUI) gets the WSDL:
+            # the node asks as its owner member. A WSDL is public metadata of the
+            # federation; the exchange is signed and logged like any other.
+            client = self.rt.node_id.owner
         query = urlencode({"serviceCode": code, **({"version": q["version"]} if "version" in q
                                                    else {})})  # fmt: skip
         answer = await self.send(
@@ -405,8 +439,19 @@ class ClientProxy:
             raise XRoadError.client_proxy(
                 "ServiceFailed", f"getWsdl of {provider} answered HTTP {answer.status}"
             )
-        document = point_wsdl_at(answer.body, f"{request.scheme}://{request.host}/")
+        document = point_wsdl_at(answer.body, self._soap_address(request))
         return web.Response(body=document, content_type="text/xml", charset="utf-8")
+
+    def _soap_address(self, request: web.Request) -> str:
+        """Where SOAP clients of this WSDL send their requests: this node's own URL for the
+        listener the WSDL was fetched from, as configured, never what a request's Host
+        header claims (a forged Host would send the client's next messages elsewhere). A
+        wildcard listener has no address to give: X-Road's placeholder, as X-Road gives."""
+        url = self.public_urls.get("client_tls" if request.secure else "client")
+        host = urlsplit(url).hostname if url else None
+        if url is None or host in (None, "0.0.0.0", "::"):
+            return "http://example.org/xroad-endpoint"
+        return url + "/"
 
     def _verify_answer(
         self,
@@ -442,6 +487,26 @@ class ClientProxy:
 
     async def _log(self, record: LogRecord) -> None:
         await self.rt.record(record, CLIENT_PROXY)
+
+
+def check_soap_action(values: list[str]) -> None:
+    """A SOAPAction as SOAP 1.1 allows it (X-Road's rule): absent, empty, or a quoted
+    URI reference; raises Client.InvalidSoapAction."""
+    if len(values) > 1:
+        raise XRoadError.client("InvalidSoapAction", "the request has more than one SOAPAction")
+    value = values[0] if values else ""
+    if value in ("", '""'):
+        return
+    inner = value[1:-1] if len(value) > 2 and value[0] == value[-1] == '"' else None
+    if inner is None or not _URI_REFERENCE.fullmatch(inner):
+        raise XRoadError.client(
+            "InvalidSoapAction",
+            'SOAPAction must be empty, "" or a quoted URI reference (SOAP 1.1), e.g. "echo"',
+        )
+
+
+# Characters of an RFC 3986 URI reference (a check of form, not of meaning).
+_URI_REFERENCE = re.compile(r"[A-Za-z0-9\-._~:/?#\[\]@!$&'()*+,;=%]+")
 
 
 def _opt(headers: Any, name: str) -> str | None:

@@ -23,6 +23,7 @@ from adapters.soap import (
     WsdlError,
     WsdlInfo,
     fetch_wsdl,
+    hide_endpoint,
     load_wsdl,
     openapi_for,
     xroad_wsdl,
@@ -91,7 +92,8 @@ class Node:
     def _build_runtime(self) -> NodeRuntime:
         cfg, pki = self.config, self.pki
         auth = pki.node_auth(str(cfg.id))
-        members = {sub.member for sub in cfg.hosted}
+        # The owner member signs the node's own requests (GET /wsdl without a client).
+        members = {sub.member for sub in cfg.hosted} | {cfg.id.owner}
         signers = {}
         for member in members:
             paths = pki.member_sign(str(member))
@@ -194,9 +196,13 @@ class Node:
         limit = self.config.max_body_bytes
         if client is None:  # pass-through: the service speaks X-Road and has its own WSDL
             adapter: Adapter = SoapPassthroughAdapter(
-                cfg.url, timeout=reg.timeout, max_response_bytes=limit, session=self._session
+                cfg.url,
+                soap_action=info.operation(cfg.id.service_code).soap_action,
+                timeout=reg.timeout,
+                max_response_bytes=limit,
+                session=self._session,
             )
-            return HostedService(cfg, adapter, wsdl=data)
+            return HostedService(cfg, adapter, wsdl=hide_endpoint(data))
         code = cfg.id.service_code
         bridge = SoapBridgeAdapter(
             info,
@@ -249,7 +255,15 @@ class Node:
         await self.globalconf.start()
         auth = pki.node_auth(str(cfg.id))
         ca = pki.root_ca.cert
-        client_proxy = ClientProxy(rt)
+        client_proxy = ClientProxy(
+            rt,
+            purpose_defaults={
+                c.id: (c.default_purpose, c.default_legal_basis)
+                for c in cfg.clients
+                if c.default_purpose is not None
+            },
+            public_urls=self.urls,  # filled in below, before the first request
+        )
         server_proxy = ServerProxy(rt)
 
         # Bodies are read by read_body with their own limit and deadline, not by aiohttp.

@@ -108,7 +108,8 @@ class ServerProxy:
         client, service = _identify(meta)
         if meta.get("target_node") != str(self.rt.node_id):
             raise _fail("InvalidMessage", f"message is addressed to {meta.get('target_node')}")
-        if client not in peer.clients:
+        # A node's owner member is a client of its node (X-Road), e.g. for GET /wsdl.
+        if client not in peer.clients and client != peer.id.owner:
             raise _fail(
                 "SslAuthenticationFailed", f"node {peer.id} does not host the client {client}"
             )
@@ -366,12 +367,11 @@ def _content_type(headers: Any) -> str:
 
 
 def soap_request_headers(headers: Any) -> list[tuple[str, str]]:
-    """Only Content-Type and SOAPAction pass from a SOAP client to the service."""
-    out = []
-    for k, v in check_headers(headers):
-        if k.lower() in ("content-type", "soapaction"):
-            out.append((k, v))
-    return out
+    """Only Content-Type passes from a SOAP client to the service. SOAPAction is the
+    adapter's to set, from the service's WSDL: a client's choice (even one signed by a
+    client node that still sends it) could make the service run another operation than
+    the one this node checked against the access rights."""
+    return [(k, v) for k, v in check_headers(headers) if k.lower() == "content-type"]
 
 
 def _check_protocol(cfg: ServiceConfig, soap: SoapMessage | None) -> None:
@@ -406,11 +406,18 @@ def _soap_request(
         or h.id != meta.get("id")
         or h.user_id != meta.get("user_id")
         or h.issue != meta.get("issue")
-        or h.purpose != meta.get("purpose")
-        or h.legal_basis != meta.get("legal_basis")
+        or not _same_purpose(h.purpose, h.legal_basis, meta)
     ):
         raise _fail("InvalidMessage", "the SOAP header differs from the signed metadata")
     return soap
+
+
+def _same_purpose(purpose: str | None, legal_basis: str | None, meta: dict[str, Any]) -> bool:
+    """The SOAP header names the signed purpose and legal basis, or none where the client's
+    node applied its registered default (flagged in the signed metadata)."""
+    if meta.get("purpose_default") is True:
+        return purpose is None and legal_basis in (None, meta.get("legal_basis"))
+    return purpose == meta.get("purpose") and legal_basis == meta.get("legal_basis")
 
 
 def _soap_answer(

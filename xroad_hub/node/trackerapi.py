@@ -148,6 +148,8 @@ def _signed_fields(meta: bytes | None) -> dict[str, str | None]:
     for key in ("purpose", "legal_basis", "evidence_type"):
         value = doc.get(key)
         out[key] = value if isinstance(value, str) else None
+    # The client named no purpose; its node applied the one registered for it.
+    out["purpose_default"] = "registered default" if doc.get("purpose_default") is True else None
     return out
 
 
@@ -209,6 +211,7 @@ def citizen_accesses(
                 "issue": r["issue"],
                 "purpose": signed["purpose"],
                 "legal_basis": signed["legal_basis"],
+                "purpose_source": signed["purpose_default"] or "request",
                 "represented_party": r["represented_party"],
                 "status": r["status"],
                 "refusal": r["error_type"],
