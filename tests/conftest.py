@@ -35,8 +35,13 @@ EVERYONE = [
 
 configure_logging("warning", json=True)
 
+# Every request the echo backend received (raw path, headers): tests show what never
+# reached it.
+ECHO_SEEN: list[tuple[str, list[tuple[str, str]]]] = []
+
 
 async def _echo(request: web.Request) -> web.Response:
+    ECHO_SEEN.append((request.raw_path, list(request.headers.items())))
     tail = request.match_info["tail"]
     if tail.startswith("status/"):
         return web.json_response({"problem": "provider says no"}, status=int(tail[7:10]))
