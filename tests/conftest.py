@@ -141,6 +141,7 @@ def soap_services(echo_backend: str, legacy: LegacyServer) -> list[dict[str, obj
             "timeout": 5,
             "allow": EVERYONE,
             "subject": ["query:citizenId", "body:citizenId"],
+            "answer_subject": ["xml:citizenId"],
         },
         {  # the same legacy service, served only for declared purposes
             "provider": "TH/GOV/DBD/legacypurpose",
@@ -149,6 +150,7 @@ def soap_services(echo_backend: str, legacy: LegacyServer) -> list[dict[str, obj
             "timeout": 5,
             "allow": EVERYONE,
             "purposes": ["food-business-licence"],
+            "answer_subject": ["xml:citizenId"],
         },
         {  # an X-Road-aware SOAP service: messages pass through unchanged
             "provider": "TH/GOV/DBD/xroadsoap",
@@ -156,6 +158,7 @@ def soap_services(echo_backend: str, legacy: LegacyServer) -> list[dict[str, obj
             "url": f"{echo_backend}/xroad-soap",
             "mode": "passthrough",
             "allow": ["TH/GOV/DGA/devportal", "TH/GOV/BMA/licensing"],
+            "answer_subject": [],  # the echo service answers with the request itself
         },
     ]
 
