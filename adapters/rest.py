@@ -3,7 +3,8 @@
 Method, path remainder, query string, body and the allowed headers go to the backend
 unchanged; redirects come back unchanged (never followed) and compressed bodies stay
 compressed. Only the configured host is ever contacted: the path was validated by the r1
-parser (no dot segments, no encoded slashes) and is appended to the base URL's path.
+parser (no dot segments in any reading, no encoded separators), is checked again here and is
+appended to the base URL's path.
 """
 
 from __future__ import annotations
@@ -13,6 +14,7 @@ import structlog
 from yarl import URL
 
 from xroad_hub.errors import XRoadError
+from xroad_hub.rest import check_path
 from xroad_hub.streams import BodyTooLarge, read_capped
 
 from .base import AdapterRequest, AdapterResponse
@@ -40,6 +42,12 @@ class RestAdapter:
         self._http = AdapterSession(session, limit=256, auto_decompress=False)
 
     async def handle(self, request: AdapterRequest) -> AdapterResponse:
+        # The adapter can be used on its own: the path is checked here too (dot segments in
+        # any reading a backend may make, encoded separators), not only by the node.
+        try:
+            check_path(request.path)
+        except XRoadError as exc:
+            raise XRoadError.server_proxy("InvalidMessage", exc.message) from exc
         url = URL(
             str(self._base) + request.path + ("?" + request.query if request.query else ""),
             encoded=True,

@@ -99,6 +99,7 @@ def prepare_federation(workdir: Path) -> Setup:
         "version": "v1",
         "timeout": 30,
         "allow": [CLIENT],
+        "answer_subject": ["json:directors[*].citizen_id"],
     }
     config = write_federation(
         workdir / "federation.toml",

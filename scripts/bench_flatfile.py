@@ -267,6 +267,7 @@ async def hub_phase(
                 "settle_seconds": 0,
                 "reload_interval": 0.5,
                 "allow": [CLIENT],
+                "answer_subject": ["json:records[*].owner_citizen_id"],
             }
         ],
     )

@@ -35,8 +35,13 @@ EVERYONE = [
 
 configure_logging("warning", json=True)
 
+# Every request the echo backend received (raw path, headers): tests show what never
+# reached it.
+ECHO_SEEN: list[tuple[str, list[tuple[str, str]]]] = []
+
 
 async def _echo(request: web.Request) -> web.Response:
+    ECHO_SEEN.append((request.raw_path, list(request.headers.items())))
     tail = request.match_info["tail"]
     if tail.startswith("status/"):
         return web.json_response({"problem": "provider says no"}, status=int(tail[7:10]))
@@ -167,6 +172,7 @@ def soap_services(
             "timeout": 5,
             "allow": EVERYONE,
             "subject": ["query:citizenId", "body:citizenId"],
+            "answer_subject": ["xml:citizenId"],
         },
         {  # the same legacy service, served only for declared purposes
             "provider": "TH/GOV/DBD/legacypurpose",
@@ -175,6 +181,7 @@ def soap_services(
             "timeout": 5,
             "allow": EVERYONE,
             "purposes": ["food-business-licence"],
+            "answer_subject": ["xml:citizenId"],
         },
         {  # an X-Road-aware SOAP service: messages pass through unchanged
             "provider": "TH/GOV/DBD/xroadsoap",
@@ -183,6 +190,7 @@ def soap_services(
             "mode": "passthrough",
             "allow": ["TH/GOV/DGA/devportal", "TH/GOV/BMA/licensing"],
             "subject": ["body:text"],  # whom the echo is about, as the node reads it
+            "answer_subject": [],  # the echo service answers with the request itself
         },
         {  # an X-Road-aware service described by X-Road's own example WSDL (imports by URL)
             "provider": "TH/GOV/DBD/xroadexample",
@@ -190,6 +198,7 @@ def soap_services(
             "url": f"{echo_backend}/xroad-soap",
             "mode": "passthrough",
             "allow": ["TH/GOV/DGA/devportal"],
+            "answer_subject": [],
         },
     ]
 

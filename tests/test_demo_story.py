@@ -59,7 +59,10 @@ def test_demo_command_plays_the_whole_story(tmp_path: Path) -> None:
     assert "approves: approved" in out
     assert "within the 30-day SLA" in out
     assert "Server.ServerProxy.AccessDenied" in out and "X-Road-Purpose" in out
-    assert "3 tracker entries" in out
+    # Her three reads by citizen id, and the company answer that names her as a director
+    # (answer_subject of the company registry).
+    assert "4 tracker entries" in out
+    assert "TH/GOV/DBD/registry/companies [company_registration]" in out
     assert "nothing about anyone else" in out
     for node in NODES:
         assert re.search(rf"audit {re.escape(node)} +\d+ entries, [1-9]\d* checkpoints.*: OK", out)

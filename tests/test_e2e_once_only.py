@@ -429,6 +429,22 @@ async def _reads_by_case_service(w: World, citizen_id: str) -> dict[str, tuple[s
     return reads
 
 
+# Evidence whose answers name persons besides the one asked about (answer_subject).
+NAMES_PERSONS = {"company_registration", "house_registration"}
+
+
+async def _exchange_types(w: World, citizen_id: str) -> dict[str, str]:
+    """Every exchange of the citizen's cases that reached a provider, by message id."""
+    token = w.citizen(citizen_id)
+    types: dict[str, str] = {}
+    for case in await w.cs.client.list_cases(token):
+        view = await w.cs.client.get(token, case["case_no"], payload=False)
+        for x in view["exchanges"]:
+            if not (x["error_code"] or "").startswith("Server.ClientProxy."):
+                types[x["message_id"]] = x["type"]
+    return types
+
+
 async def test_the_data_tracker_shows_her_all_reads_of_her_data_and_nothing_else(
     world: World,
 ) -> None:
@@ -449,9 +465,18 @@ async def test_the_data_tracker_shows_her_all_reads_of_her_data_and_nothing_else
     mine = await _tracker(w, her.citizen_id)
     expected = await _reads_by_case_service(w, her.citizen_id)
     assert mine_case in {case for case, _ in expected.values()}
-    # Exactly the case service's reads of her data: none missing, none extra.
-    assert {e["message_id"] for e in mine} == set(expected)
+    # Reads whose answers name persons (answer_subject): the company registry's answer names
+    # its directors, both of them, whoever's case asked.
+    types = await _exchange_types(w, her.citizen_id) | await _exchange_types(w, w.other)
+    company_reads = {m for m, t in types.items() if t == "company_registration"}
+    assert len(company_reads) >= 2  # her case and his (earlier tests add more)
+    mine_ids = {e["message_id"] for e in mine}
+    # Every case-service read of her data, every answer naming her; nothing else.
+    assert set(expected) | company_reads <= mine_ids
+    assert all(types.get(m) in NAMES_PERSONS for m in mine_ids - set(expected))
     for e in mine:
+        if e["message_id"] not in expected:
+            continue
         case_no, etype = expected[e["message_id"]]
         assert e["node"] == PROVIDER_OF[etype]
         assert (e["member"], e["agency"]) == ("TH/GOV/BMA", "Bangkok Metropolitan Administration")
@@ -464,13 +489,15 @@ async def test_the_data_tracker_shows_her_all_reads_of_her_data_and_nothing_else
         assert her.citizen_id in logged["subjects"]
         assert w.other not in logged["subjects"]
     his_reads = {x["message_id"] for x in his_view["exchanges"]}
-    assert not his_reads & {e["message_id"] for e in mine}
-    assert portal_id not in {e["message_id"] for e in mine}
+    assert all(types.get(m) in NAMES_PERSONS for m in his_reads & mine_ids)
+    assert portal_id not in mine_ids
 
-    # His view holds his reads, the portal's among them, and none of hers.
+    # His view holds his reads, the portal's among them, the answers naming him, none of hers.
     his = {e["message_id"]: e for e in await _tracker(w, w.other)}
-    assert set(await _reads_by_case_service(w, w.other)) | {portal_id} == set(his)
-    assert not set(his) & set(expected)
+    about_him = set(await _reads_by_case_service(w, w.other)) | {portal_id}
+    assert about_him | company_reads <= set(his)
+    assert all(types.get(m) in NAMES_PERSONS for m in set(his) - about_him)
+    assert all(types.get(m) in NAMES_PERSONS for m in set(his) & set(expected))
     portal = his[portal_id]
     assert (portal["client"], portal["official"], portal["purpose"]) == (
         DEVPORTAL, "dev.tester", "citizen-self-service"
@@ -478,8 +505,8 @@ async def test_the_data_tracker_shows_her_all_reads_of_her_data_and_nothing_else
     assert portal["agency"] == "Digital Government Development Agency"
     assert all(
         e["official"] == f"TH{w.other}" and e["issue"] == his_view["case_no"]
-        for e in his.values()
-        if e["client"] == CASE_SERVICE_CLIENT
+        for m, e in his.items()
+        if e["client"] == CASE_SERVICE_CLIENT and m in about_him
     )
 
 

@@ -51,6 +51,8 @@ async def flat_fed(
                 "settle_seconds": 0,
                 "reload_interval": 0.2,
                 "allow": ["TH/GOV/DGA/devportal"],
+                "subject": ["query:owner_citizen_id"],
+                "answer_subject": ["json:records[*].owner_citizen_id"],
             }
         ],
     )

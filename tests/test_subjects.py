@@ -4,11 +4,21 @@ from __future__ import annotations
 
 import sqlite3
 import uuid
+from urllib.parse import quote
 
 import orjson
 import pytest
 
-from xroad_hub.subjects import extract_subjects, parse_locator
+from xroad_hub.jsonbody import JsonBodyError, loads_json
+from xroad_hub.subjects import (
+    MAX_ANSWER_SUBJECTS,
+    SubjectError,
+    answer_subjects,
+    extract_subjects,
+    json_body_fields,
+    parse_answer_locator,
+    parse_locator,
+)
 
 from .conftest import Fed
 
@@ -68,3 +78,82 @@ async def test_provider_node_indexes_the_subjects_of_each_exchange(fed: Fed, htt
             ("1101700203450",),
         ).fetchall()
     assert (mid,) in indexed
+
+
+# --- one reading of values and bodies (issue 10, item 4) ------------------------------------
+
+
+@pytest.mark.parametrize(
+    "written",
+    [
+        "".join(chr(0xFF10 + int(d)) for d in "1101700203450"),  # full-width digits
+        "".join(chr(0x0E50 + int(d)) for d in "1101700203450"),  # Thai digits
+        "+1101700203450",
+        "001101700203450",
+    ],
+)
+def test_numbers_a_service_parses_as_the_same_id_are_one_subject(written: str) -> None:
+    """int() in Python and Long.parseLong in Java read these digits as the same number."""
+    got = extract_subjects([parse_locator("query:owner")], "", f"owner={quote(written)}", [])
+    assert got == ("1101700203450",)
+
+
+def test_path_parameters_are_read_both_ways() -> None:
+    # A servlet container reads the segment without ";x=1"; the index holds both readings.
+    got = extract_subjects([parse_locator("path:1")], "/1101700203450;x=1", "", [])
+    assert "1101700203450" in got
+
+
+def test_json_body_fields_at_any_depth_and_numbers_as_digits() -> None:
+    doc = loads_json(b'{"a": {"citizenId": 1101700203450}, "b": [{"citizenId": "x"}],'
+                     b' "citizenIds": ["y", 1.1017002034500E12], "t": true}')  # fmt: skip
+    fields = json_body_fields(doc)
+    assert sorted(fields["citizenId"]) == ["1101700203450", "x"]
+    assert fields["citizenIds"] == ["y", "1101700203450"]
+    assert "t" not in fields
+
+
+@pytest.mark.parametrize(
+    "body",
+    [
+        b'\xef\xbb\xbf{"a": 1}',
+        '{"a": 1}'.encode("utf-16"),
+        '{"a": 1}'.encode("utf-32-le"),
+        b'{"a": 1, "a": 2}',
+        b'{"a": NaN}',
+        b'{"a": "\xff"}',
+    ],
+)
+def test_the_one_json_reading_refuses_what_parsers_read_differently(body: bytes) -> None:
+    with pytest.raises(JsonBodyError):
+        loads_json(body)
+
+
+def test_answer_locators() -> None:
+    locs = [parse_answer_locator("json:records[*].owner"), parse_answer_locator("xml:cid")]
+    body = orjson.dumps({"records": [{"owner": "1101700203450"}, {"owner": 3100600123459}],
+                         "nested": {"cid": ["5100900123451"]}})  # fmt: skip
+    got = answer_subjects(locs, "application/json", body, strict=True)
+    assert got == ("1101700203450", "3100600123459", "5100900123451")
+    assert answer_subjects(locs, "application/json", b'{"records": []}', strict=True) == ()
+
+
+def test_an_answer_that_cannot_be_read_for_its_persons_is_not_served() -> None:
+    locs = [parse_answer_locator("json:records[*].owner")]
+    unreadable = [
+        ("text/csv", b"owner\n1101700203450\n"),
+        ("application/json", '{"records": []}'.encode("utf-16")),
+    ]
+    for content_type, body in unreadable:
+        with pytest.raises(SubjectError):
+            answer_subjects(locs, content_type, body, strict=True)
+        assert answer_subjects(locs, content_type, body, strict=False) == ()
+    many = orjson.dumps({"records": [{"owner": str(i)} for i in range(MAX_ANSWER_SUBJECTS + 1)]})
+    with pytest.raises(SubjectError, match="more than"):
+        answer_subjects(locs, "application/json", many, strict=True)
+
+
+@pytest.mark.parametrize("text", ["json:", "json:records[*]", "xml:a b", "csv:x", "records"])
+def test_bad_answer_locators_are_refused(text: str) -> None:
+    with pytest.raises(ValueError, match="locator"):
+        parse_answer_locator(text)

@@ -26,7 +26,7 @@ from .identifiers import (
     parse_subsystem_id,
     valid_part,
 )
-from .subjects import Locator, parse_locator
+from .subjects import AnswerLocator, Locator, parse_answer_locator, parse_locator
 
 __all__ = [
     "AUTH_MODES",
@@ -91,6 +91,9 @@ class ServiceConfig:
     options: dict[str, Any] = field(default_factory=dict, hash=False)
     # Where the data subject's id is in a request (see subjects.py), for the subject index.
     subjects: tuple[Locator, ...] = ()
+    # Where the answers name persons (answer_subject, required in the federation file: an
+    # empty list states that the answers name nobody).
+    answer_subjects: tuple[AnswerLocator, ...] = ()
     # OpenAPI 3 description (JSON file) served by the getOpenAPI metaservice.
     openapi: str | None = None
     # Purposes the provider accepts (X-Road-Purpose); when declared, a request with no
@@ -114,6 +117,7 @@ class SoapServiceConfig:
     disabled: bool = False
     purposes: tuple[str, ...] = ()
     subjects: tuple[Locator, ...] = ()
+    answer_subjects: tuple[AnswerLocator, ...] = ()
 
 
 SOAP_MODES = ("bridge", "passthrough")
@@ -236,6 +240,7 @@ _SERVICE_KEYS = frozenset(
         "disabled_notice",
         "version",
         "subject",
+        "answer_subject",
         "purposes",
         "openapi",
     )
@@ -247,6 +252,24 @@ def _locators(node_id: NodeId, sid: ServiceId, texts: list[str]) -> tuple[Locato
         return tuple(parse_locator(t) for t in texts)
     except ValueError as exc:
         raise ConfigError(f"node {node_id}, service {sid}: {exc}") from exc
+
+
+def _answer_locators(where: str, table: dict[str, Any]) -> tuple[AnswerLocator, ...]:
+    """``answer_subject`` is required: a service whose answers name citizens must say
+    where, or the reads would never reach their trackers; [] states that they name nobody."""
+    if "answer_subject" not in table:
+        raise ConfigError(
+            f"{where}: say where its answers name persons, e.g. answer_subject ="
+            ' ["json:records[*].citizen_id"] (xml:ELEMENT for SOAP answers), or'
+            " answer_subject = [] if its answers name no person"
+        )
+    texts = table["answer_subject"]
+    if not isinstance(texts, list) or not all(isinstance(t, str) for t in texts):
+        raise ConfigError(f"{where}: answer_subject must be a list of locators")
+    try:
+        return tuple(parse_answer_locator(t) for t in texts)
+    except ValueError as exc:
+        raise ConfigError(f"{where}: {exc}") from exc
 
 
 def _purposes(node_id: NodeId, sid: ServiceId, values: list[str]) -> tuple[str, ...]:
@@ -267,7 +290,7 @@ def _soap_service(node_id: NodeId, t: dict[str, Any]) -> SoapServiceConfig:
             f"node {node_id}, SOAP service {provider}: mode must be one of {SOAP_MODES}"
         )
     unknown = set(t) - {"provider", "wsdl", "mode", "url", "version", "timeout", "allow",
-                        "disabled", "purposes", "subject"}  # fmt: skip
+                        "disabled", "purposes", "subject", "answer_subject"}  # fmt: skip
     if unknown:
         raise ConfigError(
             f"node {node_id}, SOAP service {provider}: unknown keys {sorted(unknown)}"
@@ -284,6 +307,7 @@ def _soap_service(node_id: NodeId, t: dict[str, Any]) -> SoapServiceConfig:
         disabled=bool(t.get("disabled", False)),
         purposes=_purposes(node_id, where, t.get("purposes", [])),
         subjects=_locators(node_id, where, t.get("subject", [])),
+        answer_subjects=_answer_locators(f"node {node_id}, SOAP service {provider}", t),
     )
 
 
@@ -331,6 +355,7 @@ def _node(n: dict[str, Any], members: dict[MemberId, str]) -> NodeConfig:
                 disabled_notice=s.get("disabled_notice", "service is disabled by its provider"),
                 version=s.get("version"),
                 subjects=_locators(node_id, sid, s.get("subject", [])),
+                answer_subjects=_answer_locators(f"node {node_id}, service {sid}", s),
                 purposes=_purposes(node_id, sid, s.get("purposes", [])),
                 openapi=s.get("openapi"),
                 options=(

@@ -6,7 +6,8 @@ percent-encoded on its own, no dot segments, no encoded slashes in the forwarded
 length limit) because the remainder of the path is later appended to a backend URL: anything
 loose here becomes path traversal or SSRF at the provider. Headers are split in three:
 hop-by-hop and host-revealing headers are dropped, X-Road headers are consumed into the signed
-message, everything else passes unchanged in both directions.
+message; towards the service only an allow-list passes (``filter_request_headers``), back to
+the client everything else passes unchanged.
 """
 
 from __future__ import annotations
@@ -14,6 +15,7 @@ from __future__ import annotations
 import base64
 import hashlib
 import re
+import unicodedata
 from collections.abc import Iterable
 from dataclasses import dataclass
 from urllib.parse import unquote
@@ -176,15 +178,39 @@ def check_headers(headers: object) -> list[tuple[str, str]]:
 def _check_path_segment(seg: str) -> None:
     if not _SAFE_SEGMENT.fullmatch(seg):
         raise XRoadError.client("BadRequest", "illegal character in the request path")
-    lowered = seg.lower()
-    # Encoded separators would let the backend see a different path than the one checked.
-    if "%2f" in lowered or "%5c" in lowered or "%00" in lowered:
+    # Backends read a segment in more ways than one: servlet containers strip ";params"
+    # (``..;x``), some decode twice (``%252e%252e``), some fold Unicode compatibility
+    # characters (U+FF0E FULLWIDTH FULL STOP is NFKC '.'). A segment is refused when any
+    # of those readings is a dot segment or holds a separator, so every backend sees a path
+    # below the service's base.
+    once = _utf8_unquote(seg)
+    twice = _utf8_unquote(once)
+    for reading in {seg, once, twice}:
+        for form in {reading, unicodedata.normalize("NFKC", reading)}:
+            if any(c in form for c in _SEPARATORS):
+                raise XRoadError.client(
+                    "BadRequest",
+                    "encoded '/', '\\' or NUL in the request path is not allowed",
+                )
+            for part in {form, form.split(";", 1)[0]}:
+                if part.strip() and not part.strip(". \t"):
+                    raise XRoadError.client(
+                        "BadRequest", "path traversal ('.' or '..' segment) refused"
+                    )
+
+
+_SEPARATORS = ("/", "\\", "\x00")
+
+
+def _utf8_unquote(text: str) -> str:
+    """One percent-decoding, as UTF-8. Anything else (overlong forms such as %c0%ae, which
+    old decoders read as '.') is refused: the node reads the path as the backend does."""
+    try:
+        return unquote(text, errors="strict")
+    except UnicodeDecodeError:
         raise XRoadError.client(
-            "BadRequest", "encoded '/', '\\' or NUL in the request path is not allowed"
-        )
-    decoded = unquote(seg)
-    if decoded in (".", ".."):
-        raise XRoadError.client("BadRequest", "path traversal ('.' or '..' segment) refused")
+            "BadRequest", "the request path is not percent-encoded UTF-8"
+        ) from None
 
 
 def select_client(values: list[str]) -> ClientId:
@@ -216,8 +242,88 @@ def check_header_value(name: str, value: str) -> str:
 def filter_request_headers(
     headers: Iterable[tuple[str, str]], *, drop: frozenset[str] = frozenset()
 ) -> list[tuple[str, str]]:
-    """Headers that pass from the client system to the provider system, in order."""
-    return [(k, v) for k, v in headers if (lk := _key(k)) not in _BLOCKED and lk not in drop]
+    """Headers that pass from the client system to the provider system, in order.
+
+    An allow-list, as X-Road has it: content negotiation, representation and cache headers,
+    trace context, and user-defined ``X-`` headers. Everything else stays behind: the
+    client's credentials and cookies for other systems (Authorization, Cookie), and what
+    proxies assert about the origin or the identity of a caller (Forwarded, X-Forwarded-*,
+    X-Real-IP, X-Original-URL, X-SSL-Client-*...), which a backend behind its own proxy
+    would believe. Both nodes run it; the provider's node never trusts the client's."""
+    out = []
+    for k, v in headers:
+        lk = _key(k)
+        if lk in _BLOCKED or lk in drop or lk in _NOT_PASSED:
+            continue
+        if lk in _PASSED or (lk.startswith("x-") and not lk.startswith(_NOT_PASSED_PREFIXES)):
+            out.append((k, v))
+    return out
+
+
+# Standard headers a request may carry to the service (RFC 9110/9111 negotiation,
+# representation, conditional and cache headers; W3C trace context).
+_PASSED = frozenset(
+    (
+        "accept",
+        "accept-charset",
+        "accept-encoding",
+        "accept-language",
+        "content-type",
+        "content-encoding",
+        "content-language",
+        "content-disposition",
+        "cache-control",
+        "pragma",
+        "expires",
+        "etag",
+        "last-modified",
+        "if-match",
+        "if-none-match",
+        "if-modified-since",
+        "if-unmodified-since",
+        "if-range",
+        "range",
+        "prefer",
+        "traceparent",
+        "tracestate",
+    )
+)
+# X- headers that are not the client's own data: origin, routing and identity assertions of
+# proxies, method overrides (another operation than the one checked), credentials.
+_NOT_PASSED_PREFIXES = (
+    "x-road-",
+    "x-forwarded-",
+    "x-original-",
+    "x-rewrite-",
+    "x-remote-",
+    "x-real-",
+    "x-client-",
+    "x-cluster-client-",
+    "x-originating-",
+    "x-true-client-",
+    "x-proxyuser-",
+    "x-ssl-",
+    "x-auth-request-",
+    "x-amzn-oidc-",
+    "x-ms-client-principal",
+    "x-goog-authenticated-",
+    "x-envoy-",
+    "x-http-method",
+    "x-method-override",
+)
+_NOT_PASSED = frozenset(
+    (
+        "x-host",
+        "x-api-key",
+        "x-auth-token",
+        "x-access-token",
+        "x-csrf-token",
+        "x-xsrf-token",
+        "x-user",
+        "x-authenticated-user",
+        "x-authenticated-userid",
+    )
+)
 
 
 def filter_response_headers(headers: Iterable[tuple[str, str]]) -> list[tuple[str, str]]:

@@ -84,21 +84,28 @@ def write_federation(path: Path, spec: TestFederationSpec) -> Path:
             "allow": everyone,
             # The data subject (a citizen id): first path segment or the cid parameter.
             "subject": ["path:1", "query:cid"],
+            # Every registration says where its answers name persons. The echo service's
+            # answers are the request itself; its OpenAPI (the company registry's) declares
+            # directors' citizen ids, so the registration must locate them.
+            "answer_subject": ["json:directors[*].citizen_id"],
             "openapi": str(Path(__file__).parents[1] / "schemas" / "dbd-registry.openapi.json"),
         },
         {
             "id": "TH/GOV/DBD/registry/restricted",
+            "answer_subject": [],
             "url": f"{spec.backend_url}/echo",
             "allow": ["TH/GOV/BMA/licensing"],
         },
         {
             "id": "TH/GOV/DBD/registry/closed",
+            "answer_subject": [],
             "url": f"{spec.backend_url}/echo",
             "allow": everyone,
             "disabled": True,
         },
         {
             "id": "TH/GOV/DBD/registry/down",
+            "answer_subject": [],
             # Port 1 (tcpmux): nothing listens there, unlike a free port picked now, which
             # another test may bind before this service is called.
             "url": "http://127.0.0.1:1/",
@@ -107,6 +114,7 @@ def write_federation(path: Path, spec: TestFederationSpec) -> Path:
         },
         {
             "id": "TH/GOV/DBD/registry/slow",
+            "answer_subject": [],
             "url": f"{spec.backend_url}/slow",
             "allow": everyone,
             "timeout": 0.5,

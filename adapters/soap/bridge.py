@@ -35,6 +35,7 @@ from yarl import URL
 from zeep.exceptions import Error as ZeepError
 
 from xroad_hub.errors import XRoadError
+from xroad_hub.jsonbody import json_charset_error
 from xroad_hub.soap import NSMAP as ENVELOPE_NSMAP
 from xroad_hub.soap import SoapMessage, build_response
 from xroad_hub.xmlsafe import XmlError, XmlLimits, parse_xml
@@ -103,9 +104,12 @@ class SoapBridgeAdapter:
             if request.method == "GET" and self.codec.query_allowed:
                 kwargs = self.codec.from_query(request.query)
             elif request.method == "POST":
-                media = _header(request.headers, "content-type").split(";")[0].strip().lower()
+                content_type = _header(request.headers, "content-type")
+                media = content_type.split(";")[0].strip().lower()
                 if media and media != "application/json" and not media.endswith("+json"):
                     return _json(415, {"error": "the request body must be application/json"})
+                if why := json_charset_error(content_type):
+                    return _json(415, {"error": why})
                 if request.query:
                     raise InputError("POST takes its input as a JSON body, not a query string")
                 kwargs = self.codec.from_json_body(request.body)

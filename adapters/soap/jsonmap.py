@@ -25,7 +25,6 @@ import base64
 import binascii
 import datetime
 import decimal
-import json
 import re
 from dataclasses import dataclass
 from typing import Any, Literal
@@ -41,6 +40,8 @@ from zeep.xsd.elements import Attribute, Element
 from zeep.xsd.elements.indicators import All, Choice, Group, Sequence
 from zeep.xsd.types import builtins as b
 from zeep.xsd.types.simple import AnySimpleType
+
+from xroad_hub.jsonbody import JsonBodyError, loads_json
 
 __all__ = [
     "InputError",
@@ -281,14 +282,11 @@ class RequestCodec:
         if not body.strip():
             return self.from_json({})
         try:
-            data = json.loads(
-                body,
-                parse_float=decimal.Decimal,
-                parse_constant=_no_constant,
-                object_pairs_hook=_no_duplicates,
-            )
-        except (ValueError, RecursionError) as exc:
-            raise InputError(f"request body is not valid JSON: {exc}") from exc
+            # The node's own reading (jsonbody.py), so the subject it records from this body
+            # is the one the legacy service is asked about.
+            data = loads_json(body, parse_float=decimal.Decimal)
+        except JsonBodyError as exc:
+            raise InputError(str(exc)) from exc
         return self.from_json(data)
 
     def from_query(self, query: str) -> dict[str, Any]:
@@ -321,19 +319,6 @@ class RequestCodec:
             where = error.json_path if error.absolute_path else "the request"
             raise InputError(f"{where}: {error.message}")
         return _content(self.element.type, data, "$")
-
-
-def _no_constant(name: str) -> Any:
-    raise ValueError(f"{name} is not a JSON number")
-
-
-def _no_duplicates(pairs: list[tuple[str, Any]]) -> dict[str, Any]:
-    out: dict[str, Any] = {}
-    for key, value in pairs:
-        if key in out:
-            raise ValueError(f"duplicate key {key!r}")
-        out[key] = value
-    return out
 
 
 def _from_text(xsd_type: Any, text: str, key: str) -> Any:

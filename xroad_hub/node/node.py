@@ -39,6 +39,7 @@ from ..message import MAX_OVERHEAD
 from ..messagelog import MessageLog, PostgresMessageLog, SQLiteMessageLog
 from ..pki import PkiLayout, load_cert, load_ed25519_key, load_private_key, load_public_key
 from ..signing import MessageSigner, cert_fingerprint
+from ..subjects import is_person_id_name, openapi_person_fields, uncovered_person_fields
 from ..tsa import fetch_timestamp
 from .auditapi import AuditApi, Auditor
 from .batching import BatchSigner
@@ -118,6 +119,8 @@ class Node:
         services = {
             s.id: HostedService(s, self._adapter(s), openapi=_openapi(s)) for s in cfg.services
         }
+        for hosted in services.values():
+            _check_answer_subjects(hosted)
         return NodeRuntime(
             node_id=cfg.id,
             globalconf=self.globalconf,
@@ -175,11 +178,14 @@ class Node:
                         version=op.version or reg.version,
                         options={"mode": reg.mode, "wsdl": reg.wsdl},
                         subjects=reg.subjects,
+                        answer_subjects=reg.answer_subjects,
                         purposes=reg.purposes,
                     )
                     if cfg.id in rt.services:
                         raise ValueError(f"operation {op.name} is already a service code here")
-                    rt.services[cfg.id] = self._soap_service(reg, info, data, client, cfg)
+                    hosted = self._soap_service(reg, info, data, client, cfg)
+                    _check_answer_subjects(hosted)
+                    rt.services[cfg.id] = hosted
             except (WsdlError, ValueError) as exc:
                 raise ConfigError(
                     f"node {self.config.id}, SOAP service {reg.provider} ({reg.wsdl}): {exc}"
@@ -372,6 +378,31 @@ class Node:
         if self._session is not None:
             await self._session.close()
         log.info("node.stopped", node=str(self.config.id))
+
+
+def _check_answer_subjects(hosted: HostedService) -> None:
+    """Refuse a registration whose answer_subject misses a person id that the service's
+    own description declares in its answers: a flat-file layout's citizen_id fields, the
+    person-id properties of its OpenAPI answers (for bridged SOAP services, of the OpenAPI
+    made from the WSDL). Otherwise such reads would never reach the citizens' trackers."""
+    cfg = hosted.config
+    fields: list[tuple[str, ...]] = []
+    if isinstance(hosted.adapter, FlatFileAdapter):
+        fields += [
+            ("records", "*", f.name)
+            for f in hosted.adapter.settings.layout.fields
+            if f.publish and (f.type == "citizen_id" or is_person_id_name(f.name))
+        ]
+    if hosted.openapi is not None:
+        fields += openapi_person_fields(hosted.openapi)
+    missing = uncovered_person_fields(cfg.answer_subjects, fields)
+    if missing:
+        hint = ", ".join(f'"{m}"' for m in missing)
+        raise ConfigError(
+            f"service {cfg.id}: its answers name persons in {', '.join(missing)} (says its "
+            f"description), which answer_subject does not locate; add {hint}"
+            + (" (or xml:ELEMENT for a SOAP service)" if cfg.adapter == "soap" else "")
+        )
 
 
 def _openapi(service: ServiceConfig) -> dict[str, object] | None:

@@ -12,8 +12,8 @@ from __future__ import annotations
 import asyncio
 import time
 from typing import Any
+from urllib.parse import parse_qsl
 
-import orjson
 import structlog
 from aiohttp import web
 from lxml import etree
@@ -23,6 +23,7 @@ from adapters import AdapterRequest, AdapterResponse
 from ..errors import SERVER_PROXY, XRoadError
 from ..federation import ServiceConfig
 from ..identifiers import ClientId, ServiceId, parse_client_id, parse_service_id
+from ..jsonbody import JsonBodyError, is_json_media, json_charset_error, loads_json, utf8_json_text
 from ..message import (
     CONTENT_TYPE,
     MAX_OVERHEAD,
@@ -54,7 +55,13 @@ from ..soap import (
     soap_request_hash,
     with_request_hash,
 )
-from ..subjects import Locator, extract_subjects
+from ..subjects import (
+    Locator,
+    SubjectError,
+    answer_subjects,
+    extract_subjects,
+    json_body_fields,
+)
 from ..xmlsafe import XmlLimits
 from .metaservices import METASERVICES, answer_metaservice
 from .runtime import NodeRuntime, answer_errors, read_body
@@ -147,6 +154,7 @@ class ServerProxy:
             soap = _soap_request(env, client, service, limits)
         hosted = self.rt.services.get(service.unversioned)
         version: str | None = service.service_version
+        answer_subj: tuple[str, ...] = ()
         if hosted is None and self._metaservice(service):
             query = str(meta.get("query") or "")
             answer = answer_metaservice(self.rt.services.values(), client, service, query, soap)
@@ -185,7 +193,10 @@ class ServerProxy:
                 )
                 answer = _soap_answer(soap, answer, limits)
             else:
-                answer = await hosted.adapter.handle(_adapter_request(env, client, service))
+                request = _adapter_request(env, client, service)
+                _check_readable(cfg, request)
+                answer = await hosted.adapter.handle(request)
+            answer_subj = await _answer_subjects(cfg, answer)
         full_service = ServiceId(service.provider, service.service_code, version)
         rmeta: dict[str, Any] = {
             "v": 1,
@@ -215,6 +226,7 @@ class ServerProxy:
             error=None,
             response=(rmeta_bytes, signature, answer.body, signer.cert_der),
             soap=soap,
+            answer_subjects=answer_subj,
         )
         log.info(
             "exchange.served",
@@ -245,6 +257,7 @@ class ServerProxy:
         error: str | None,
         response: tuple[bytes, bytes, bytes, bytes] | None = None,
         soap: SoapMessage | None = None,
+        answer_subjects: tuple[str, ...] = (),
     ) -> None:
         meta = env.meta
         rmeta, rsig, rbody, rcert = response if response else (None, None, None, None)
@@ -271,7 +284,12 @@ class ServerProxy:
             response_signature=rsig,
             response_body=rbody,
             response_cert=rcert,
-            subjects=_subjects(env, hosted.config.subjects, soap) if hosted else (),
+            subjects=tuple(
+                sorted(
+                    set(_subjects(env, hosted.config.subjects, soap) if hosted else ())
+                    | set(answer_subjects)
+                )
+            ),
         )
         await self.rt.record(record, SERVER_PROXY)
 
@@ -348,15 +366,77 @@ def _body_fields(env: Envelope, soap: SoapMessage | None) -> dict[str, list[str]
             if isinstance(el.tag, str) and len(el) == 0 and el.text:
                 fields.setdefault(etree.QName(el).localname, []).append(el.text)
         return fields
-    try:
-        doc = orjson.loads(env.body) if env.body else None
-    except orjson.JSONDecodeError:
+    media = _content_type(env.meta.get("headers")).split(";", 1)[0].strip().lower()
+    if media == "application/x-www-form-urlencoded":
+        for key, value in parse_qsl(env.body.decode("utf-8"), errors="strict"):
+            fields.setdefault(key, []).append(value)
         return fields
-    if isinstance(doc, dict):
-        for key, value in doc.items():
-            if isinstance(value, str | int) and not isinstance(value, bool):
-                fields.setdefault(str(key), []).append(str(value))
-    return fields
+    try:
+        # The adapters' own reading (jsonbody.py): a body read otherwise was refused.
+        return json_body_fields(loads_json(env.body)) if env.body.strip() else fields
+    except JsonBodyError:
+        return fields
+
+
+def _check_readable(cfg: ServiceConfig, request: AdapterRequest) -> None:
+    """A REST request is forwarded only when the node reads it as the service will: JSON is
+    UTF-8 without a BOM, with unique member names (RFC 8259), whatever the service; and a
+    service whose subject is in the body or query gets one the node can read for it."""
+    types = [v for k, v in request.headers if k.lower() == "content-type"]
+    if len(types) > 1:
+        raise XRoadError.client("BadRequest", "the request has more than one Content-Type")
+    content_type = types[0] if types else ""
+    media = content_type.split(";", 1)[0].strip().lower()
+    kinds = {loc.kind for loc in cfg.subjects}
+    # The SOAP bridge reads a body without a Content-Type as JSON too.
+    reads_body = "body" in kinds or cfg.adapter == "soap"
+    try:
+        if is_json_media(content_type):
+            if why := json_charset_error(content_type):
+                raise JsonBodyError(why)
+            if request.body:
+                if reads_body:
+                    loads_json(request.body)
+                else:
+                    utf8_json_text(request.body)
+        elif "body" in kinds and request.body.strip():
+            if media == "application/x-www-form-urlencoded":
+                parse_qsl(request.body.decode("utf-8"), errors="strict")
+            elif not media:
+                loads_json(request.body)
+            else:
+                raise JsonBodyError(
+                    f"{cfg.id} reads whom a request concerns from its body: send "
+                    f"application/json (UTF-8), not {media}"
+                )
+        if "query" in kinds and request.query:
+            parse_qsl(request.query, errors="strict")
+    except JsonBodyError as exc:
+        raise XRoadError.client("BadRequest", str(exc)) from exc
+    except UnicodeDecodeError as exc:
+        raise XRoadError.client(
+            "BadRequest", "the query or form body is not percent-encoded UTF-8"
+        ) from exc
+
+
+# Answers larger than this are read for their persons off the event loop.
+_INLINE_ANSWER = 256 * 1024
+
+
+async def _answer_subjects(cfg: ServiceConfig, answer: AdapterResponse) -> tuple[str, ...]:
+    """The persons the service's answer names (the bytes the node signs and logs); a
+    successful answer the registration's locators cannot read is not served."""
+    if not cfg.answer_subjects:
+        return ()
+    content_type = next((v for k, v in answer.headers if k.lower() == "content-type"), "")
+    strict = 200 <= answer.status < 300
+    args = (cfg.answer_subjects, content_type, answer.body)
+    try:
+        if len(answer.body) > _INLINE_ANSWER:
+            return await asyncio.to_thread(answer_subjects, *args, strict=strict)
+        return answer_subjects(*args, strict=strict)
+    except SubjectError as exc:
+        raise _fail("ServiceFailed", f"{cfg.id}: {exc}") from exc
 
 
 def _content_type(headers: Any) -> str:
