@@ -22,6 +22,7 @@ from adapters import AdapterRequest, AdapterResponse
 
 from ..errors import SERVER_PROXY, XRoadError
 from ..federation import ServiceConfig
+from ..globalconf import NodeEntry
 from ..identifiers import ClientId, ServiceId, parse_client_id, parse_service_id
 from ..message import (
     CONTENT_TYPE,
@@ -56,6 +57,7 @@ from ..soap import (
 )
 from ..subjects import Locator, extract_subjects
 from ..xmlsafe import XmlLimits
+from .limits import body_reservation
 from .metaservices import METASERVICES, answer_metaservice
 from .runtime import NodeRuntime, answer_errors, read_body
 from .tls import peer_fingerprint
@@ -94,14 +96,18 @@ class ServerProxy:
                 "SslAuthenticationFailed",
                 "the TLS peer is not a node registered in the global configuration",
             )
-        data = await read_body(
-            request,
-            self.rt.max_body_bytes + MAX_OVERHEAD,
-            self.rt.body_timeout,
-            SERVER_PROXY,
-        )
+        # Only a registered node gets its body read, and no more at once than its share.
+        limit = self.rt.max_body_bytes + MAX_OVERHEAD
+        with self.rt.peer_limits.admit(str(peer.id), body_reservation(request, limit)):
+            return await self._authentic(request, peer, started)
+
+    async def _authentic(
+        self, request: web.Request, peer: NodeEntry, started: float
+    ) -> web.StreamResponse:
+        limit = self.rt.max_body_bytes + MAX_OVERHEAD
+        data = await read_body(request, limit, self.rt.body_timeout, SERVER_PROXY)
         try:
-            env = decode_envelope(data)
+            env = await self.rt.off_loop(decode_envelope, data)
         except MessageError as exc:
             raise _fail(exc.code, f"request from node {peer.id}: {exc}") from exc
         meta = env.meta
@@ -143,14 +149,14 @@ class ServerProxy:
         limits = XmlLimits(max_bytes=self.rt.max_body_bytes)
         soap = None
         if meta.get("protocol") == "soap":
-            soap = _soap_request(env, client, service, limits)
+            soap = await self.rt.off_loop(_soap_request, env, client, service, limits)
         hosted = self.rt.services.get(service.unversioned)
         version: str | None = service.service_version
         if hosted is None and self._metaservice(service):
             query = str(meta.get("query") or "")
             answer = answer_metaservice(self.rt.services.values(), client, service, query, soap)
             if soap is not None:
-                answer = _soap_answer(soap, answer, limits)
+                answer = await self.rt.off_loop(_soap_answer, soap, answer, limits)
         else:
             if hosted is None:
                 if not self._serves(service.provider):
@@ -182,7 +188,7 @@ class ServerProxy:
                 answer = await hosted.adapter.handle(
                     AdapterRequest("POST", "", "", headers, env.body, soap=soap)
                 )
-                answer = _soap_answer(soap, answer, limits)
+                answer = await self.rt.off_loop(_soap_answer, soap, answer, limits)
             else:
                 answer = await hosted.adapter.handle(_adapter_request(env, client, service))
         full_service = ServiceId(service.provider, service.service_code, version)
@@ -248,6 +254,9 @@ class ServerProxy:
         meta = env.meta
         rmeta, rsig, rbody, rcert = response if response else (None, None, None, None)
         hosted = self.rt.services.get(service.unversioned)
+        locators = hosted.config.subjects if hosted else ()
+        # A refused SOAP request may be parsed here for its subjects: off the event loop.
+        subjects = await self.rt.off_loop(_subjects, env, locators, soap) if locators else ()
         record = LogRecord(
             message_id=str(meta.get("id")),
             request_id=str(meta.get("request_id")),
@@ -270,7 +279,7 @@ class ServerProxy:
             response_signature=rsig,
             response_body=rbody,
             response_cert=rcert,
-            subjects=_subjects(env, hosted.config.subjects, soap) if hosted else (),
+            subjects=subjects,
         )
         await self.rt.record(record, SERVER_PROXY)
 
