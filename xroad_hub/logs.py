@@ -8,7 +8,7 @@ import sys
 
 import structlog
 
-__all__ = ["configure_logging", "path_shape"]
+__all__ = ["configure_logging", "loggable_error", "path_shape"]
 
 # A path segment kept as it is in operational logs: a word of a route (letters, '-', '_',
 # '.'), never anything holding a digit, a percent-escape or other characters, which is
@@ -16,6 +16,19 @@ __all__ = ["configure_logging", "path_shape"]
 _ROUTE_WORD = re.compile(r"[A-Za-z][A-Za-z._-]{0,39}")
 _SERVICE_PART = re.compile(r"[A-Za-z0-9._-]{1,100}")
 _MAX_SEGMENTS = 16
+
+
+_URL_TAIL = re.compile(r"(https?://[^/\s'\")]+)[^\s'\")]*")
+_LONG_NUMBER = re.compile(r"\d{6,}")
+
+
+def loggable_error(exc: BaseException) -> str:
+    """A library's exception for an operational log: its type and message, with URLs cut to
+    scheme, host and port (their paths and queries carry ids) and long numbers masked (a
+    parser's message may quote a value). Operators keep what failed and where."""
+    text = _URL_TAIL.sub(r"\1/...", str(exc))
+    text = _LONG_NUMBER.sub("{number}", text)
+    return f"{type(exc).__name__}: {text}"[:500] if text else type(exc).__name__
 
 
 def path_shape(path: str) -> str:
