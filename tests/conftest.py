@@ -14,7 +14,6 @@ from pathlib import Path
 import aiohttp
 import jwt
 import pytest
-import structlog
 from aiohttp import web
 
 from xroad_hub.devpki import ensure_pki
@@ -34,17 +33,7 @@ EVERYONE = [
     "TH/GOV/BMA/licensing",
 ]
 
-
-def _quiet_below_warning(logger: object, method: str, event: dict[str, object]) -> object:
-    if method in ("debug", "info"):
-        raise structlog.DropEvent
-    return event
-
-
-# Test output shows warnings and errors only, yet every event reaches structlog's processors,
-# so a test can capture info events too (structlog.testing.capture_logs).
-configure_logging("debug", json=True)
-structlog.get_config()["processors"].insert(0, _quiet_below_warning)
+configure_logging("warning", json=True)
 
 
 async def _echo(request: web.Request) -> web.Response:
