@@ -14,6 +14,7 @@ import structlog
 from yarl import URL
 
 from xroad_hub.errors import XRoadError
+from xroad_hub.logs import loggable_error
 from xroad_hub.rest import check_path
 from xroad_hub.streams import BodyTooLarge, read_capped
 
@@ -87,7 +88,9 @@ class RestAdapter:
         # Internal addresses and library messages stay in this node's log, under the id the
         # client is given; a foreign client learns only what kind of failure it was.
         err = XRoadError.server_proxy(code, message)
-        log.warning("adapter.failed", detail=err.detail, backend=str(self._base), error=repr(exc))
+        log.warning(
+            "adapter.failed", detail=err.detail, backend=str(self._base), error=loggable_error(exc)
+        )
         return err
 
     async def close(self) -> None:

@@ -5,8 +5,9 @@ Each client subsystem is registered on its node with one connection type:
 - ``mtls``: HTTPS with a client certificate whose SHA-256 equals the registered one;
 - ``jwt``:  a short-lived ES256 token signed with the subsystem's own key, sent as
   ``Authorization: Bearer``; issuer = the subsystem, audience = the node id, lifetime at most
-  five minutes, and each token id (jti) is accepted once (a captured token cannot be replayed);
-- ``http``: plain HTTP from a loopback address, for development only.
+  five minutes, and each token id (jti) is accepted once (a captured token cannot be replayed,
+  also not after a restart or at another process of the node: usedtokens.py);
+- ``http``: plain HTTP (not HTTPS) from a loopback address, for development only.
 
 Default deny: a subsystem not registered here, or a request that does not satisfy its type,
 is refused. X-Road-Client must name the authenticated subsystem, so nobody acts as another.
@@ -15,16 +16,22 @@ is refused. X-Road-Client must name the authenticated subsystem, so nobody acts 
 from __future__ import annotations
 
 import ipaddress
-import time
 from dataclasses import dataclass
 
 import jwt
 from cryptography.hazmat.primitives.asymmetric import ec
 
 from .errors import XRoadError
-from .identifiers import ClientId
+from .identifiers import ClientId, parse_client_id
+from .usedtokens import TokenStoreError, UsedTokenStore
 
-__all__ = ["MAX_TOKEN_LIFETIME", "ClientAuthenticator", "ClientRegistration", "Credentials"]
+__all__ = [
+    "MAX_TOKEN_LIFETIME",
+    "Caller",
+    "ClientAuthenticator",
+    "ClientRegistration",
+    "Credentials",
+]
 
 MAX_TOKEN_LIFETIME = 300  # seconds
 _LEEWAY = 10  # seconds of clock skew tolerated between a client and its node
@@ -36,6 +43,19 @@ class ClientRegistration:
     auth: str
     cert_sha256: str | None = None
     jwt_key: ec.EllipticCurvePublicKey | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class Caller:
+    """The client subsystems one request's transport credential proves (usually one; every
+    client registered with auth = "http" for plain HTTP from loopback)."""
+
+    clients: frozenset[ClientId]
+
+    @property
+    def key(self) -> str:
+        """Whose budget the request spends (per-client limits)."""
+        return "|".join(sorted(str(c) for c in self.clients))
 
 
 @dataclass(frozen=True, slots=True)
@@ -58,40 +78,79 @@ def _token_fail(message: str) -> XRoadError:
 
 
 class ClientAuthenticator:
-    def __init__(self, node_id: str, registrations: list[ClientRegistration]) -> None:
+    def __init__(
+        self, node_id: str, registrations: list[ClientRegistration], used_tokens: UsedTokenStore
+    ) -> None:
         self._node_id = node_id
         self._regs = {r.id: r for r in registrations}
-        self._seen_jti: dict[str, float] = {}
-        self._next_purge = 0.0
+        self._used = used_tokens
 
-    def authenticate(self, client: ClientId, creds: Credentials) -> ClientRegistration:
+    async def authenticate(self, client: ClientId, creds: Credentials) -> ClientRegistration:
+        """The caller is ``client`` (named before the body is read, e.g. X-Road-Client)."""
         reg = self._regs.get(client)
         if reg is None:
             raise XRoadError.client_proxy(
                 "UnknownMember", f"client {client} is not registered at this node"
             )
-        if reg.auth == "http":
-            if not ipaddress.ip_address(creds.remote_ip).is_loopback:
-                raise _ssl_fail(f"{client} may only connect over plain HTTP from loopback")
-        elif reg.auth == "mtls":
-            if not creds.tls or creds.cert_sha256 is None:
-                raise _ssl_fail(f"{client} must connect over HTTPS with its client certificate")
-            if creds.cert_sha256 != reg.cert_sha256:
-                raise _ssl_fail(
-                    f"the TLS client certificate is not the one registered for {client}"
-                )
-        elif reg.auth == "jwt":
-            if not creds.tls:
-                # A bearer token in clear text can be read and used first by anyone between.
-                raise _token_fail(f"{client} must send its token over HTTPS")
-            self._check_token(reg, creds.bearer)
-        else:  # pragma: no cover - the federation loader admits only the three types
-            raise _ssl_fail(f"unknown connection type for {client}")
+        if reg.auth == "jwt" and creds.tls and creds.bearer:
+            await self._check_token(reg, creds.bearer)
+            return reg
+        if not self._proves(reg, creds):
+            raise _refusal(reg, creds)
         return reg
 
-    def _check_token(self, reg: ClientRegistration, bearer: str | None) -> None:
-        if not bearer:
-            raise _token_fail(f"{reg.id} must send 'Authorization: Bearer <token>'")
+    async def identify(self, creds: Credentials) -> Caller:
+        """The client subsystems the transport credential proves, before any body is read
+        (SOAP names its client inside the body); a caller proving none is refused here, so
+        an unauthenticated peer costs the node no body to read or parse."""
+        proven = {r.id for r in self._regs.values() if r.auth != "jwt" and self._proves(r, creds)}
+        if creds.bearer and creds.tls:
+            reg = self._jwt_issuer(creds.bearer)
+            await self._check_token(reg, creds.bearer)
+            proven.add(reg.id)
+        if not proven:
+            raise _ssl_fail(
+                "no credential of a client registered at this node: connect over HTTPS with the"
+                " client's registered certificate or bearer token (plain HTTP is accepted only"
+                ' from loopback, for clients registered with auth = "http")'
+            )
+        return Caller(frozenset(proven))
+
+    def confirm(self, caller: Caller, client: ClientId, creds: Credentials) -> ClientRegistration:
+        """The client a message names (read after ``identify``) is one the credential proved."""
+        reg = self._regs.get(client)
+        if reg is None:
+            raise XRoadError.client_proxy(
+                "UnknownMember", f"client {client} is not registered at this node"
+            )
+        if client not in caller.clients:
+            raise _refusal(reg, creds)
+        return reg
+
+    def _proves(self, reg: ClientRegistration, creds: Credentials) -> bool:
+        """Transport-level proof of an http or mtls client (jwt: see _check_token)."""
+        if reg.auth == "http":
+            # Plain HTTP from this host, as registered; not HTTPS, where credentials belong.
+            return not creds.tls and ipaddress.ip_address(creds.remote_ip).is_loopback
+        if reg.auth == "mtls":
+            return (
+                creds.tls
+                and creds.cert_sha256 is not None
+                and (creds.cert_sha256 == reg.cert_sha256)
+            )
+        return False
+
+    def _jwt_issuer(self, bearer: str) -> ClientRegistration:
+        try:
+            issuer = jwt.decode(bearer, options={"verify_signature": False}).get("iss")
+        except jwt.InvalidTokenError as exc:
+            raise _token_fail(f"invalid token: {exc}") from exc
+        reg = self._regs.get(_client_or_none(issuer))  # type: ignore[arg-type]
+        if reg is None or reg.auth != "jwt":
+            raise _token_fail("the token's issuer is not a client registered here with auth jwt")
+        return reg
+
+    async def _check_token(self, reg: ClientRegistration, bearer: str) -> None:
         assert reg.jwt_key is not None
         try:
             claims = jwt.decode(
@@ -113,16 +172,40 @@ class ClientAuthenticator:
             raise _token_fail(f"invalid token: {exc}") from exc
         if int(claims["exp"]) - int(claims["iat"]) > MAX_TOKEN_LIFETIME:
             raise _token_fail(f"token lifetime exceeds {MAX_TOKEN_LIFETIME} s")
-        jti = f"{reg.id}|{claims['jti']}"
-        now = time.time()
-        self._purge(now)
-        if jti in self._seen_jti:
+        try:
+            fresh = await self._used.claim(
+                f"{reg.id}|{claims['jti']}", float(claims["exp"]) + _LEEWAY
+            )
+        except TokenStoreError as exc:
+            # Default deny: a token whose use cannot be recorded could be replayed.
+            raise XRoadError.client_proxy(
+                "InternalError", "the node cannot record the token's use; try again later"
+            ) from exc
+        if not fresh:
             raise _token_fail("token already used (replay refused); use a new token id")
-        self._seen_jti[jti] = float(claims["exp"]) + _LEEWAY
 
-    def _purge(self, now: float) -> None:
-        # Expired tokens are refused on their own, so their ids need not be remembered.
-        if now < self._next_purge:
-            return
-        self._seen_jti = {k: v for k, v in self._seen_jti.items() if v > now}
-        self._next_purge = now + 30
+
+def _refusal(reg: ClientRegistration, creds: Credentials) -> XRoadError:
+    """Why the credential does not authenticate ``reg`` (what the caller must change)."""
+    client = reg.id
+    if reg.auth == "http":
+        return _ssl_fail(f"{client} may only connect over plain HTTP from loopback")
+    if reg.auth == "mtls":
+        if not creds.tls or creds.cert_sha256 is None:
+            return _ssl_fail(f"{client} must connect over HTTPS with its client certificate")
+        return _ssl_fail(f"the TLS client certificate is not the one registered for {client}")
+    if reg.auth == "jwt":
+        if not creds.tls:
+            # A bearer token in clear text can be read and used first by anyone between.
+            return _token_fail(f"{client} must send its token over HTTPS")
+        if not creds.bearer:
+            return _token_fail(f"{client} must send 'Authorization: Bearer <token>'")
+        return _token_fail(f"token issuer must be the client subsystem {client}")
+    return _ssl_fail(f"unknown connection type for {client}")  # pragma: no cover
+
+
+def _client_or_none(value: object) -> ClientId | None:
+    try:
+        return parse_client_id(str(value)) if isinstance(value, str) else None
+    except XRoadError:
+        return None

@@ -24,16 +24,22 @@ SERVER_PROXY = "Server.ServerProxy"
 class XRoadError(Exception):
     """An X-Road fault: ``code`` like ``Server.ServerProxy.AccessDenied``."""
 
-    def __init__(self, code: str, message: str, *, detail: str | None = None) -> None:
+    def __init__(
+        self, code: str, message: str, *, detail: str | None = None, status: int | None = None
+    ) -> None:
         super().__init__(f"{code}: {message}")
         self.code = code
         self.message = message
         # The detail id lets an operator find this fault in the node's log.
         self.detail = detail or str(uuid.uuid4())
+        self._status = status
 
     @property
     def status(self) -> int:
-        """HTTP status of the REST rendering: 400 for client faults, otherwise 500."""
+        """HTTP status of the REST rendering: 400 for client faults, otherwise 500, unless
+        the error says otherwise (429 for a client over its limits: retry later)."""
+        if self._status is not None:
+            return self._status
         return 400 if self.code.startswith(CLIENT + ".") else 500
 
     @classmethod

@@ -146,6 +146,10 @@ class NodeConfig:
     timestamp_failure_limit: float = 4 * 3600.0
     # Retention: bodies of exchanges older than this are purged (leaves and proofs stay).
     body_retention: float | None = None
+    # Per client system: requests in flight at once, and their bodies' bytes (None: twice
+    # max_body_bytes); over either, a request is refused with HTTP 429 (node/limits.py).
+    client_max_concurrent: int = 32
+    client_max_inflight_bytes: int | None = None
 
     @property
     def hosted(self) -> tuple[ClientId, ...]:
@@ -390,5 +394,9 @@ def _node(n: dict[str, Any], members: dict[MemberId, str]) -> NodeConfig:
         timestamp_failure_limit=float(n.get("timestamp_failure_limit", 4 * 3600)),
         body_retention=(
             float(n["body_retention_days"]) * 86400 if "body_retention_days" in n else None
+        ),
+        client_max_concurrent=int(n.get("client_max_concurrent", 32)),
+        client_max_inflight_bytes=(
+            int(n["client_max_inflight_bytes"]) if "client_max_inflight_bytes" in n else None
         ),
     )

@@ -3,11 +3,53 @@
 from __future__ import annotations
 
 import logging
+import re
 import sys
 
 import structlog
 
-__all__ = ["configure_logging"]
+__all__ = ["configure_logging", "loggable_error", "path_shape"]
+
+# A path segment kept as it is in operational logs: a word of a route (letters, '-', '_',
+# '.'), never anything holding a digit, a percent-escape or other characters, which is
+# where ids of people (citizen ids, passport and case numbers) are found.
+_ROUTE_WORD = re.compile(r"[A-Za-z][A-Za-z._-]{0,39}")
+_SERVICE_PART = re.compile(r"[A-Za-z0-9._-]{1,100}")
+_MAX_SEGMENTS = 16
+
+
+_URL_TAIL = re.compile(r"(https?://[^/\s'\")]+)[^\s'\")]*")
+_LONG_NUMBER = re.compile(r"\d{6,}")
+
+
+def loggable_error(exc: BaseException) -> str:
+    """A library's exception for an operational log: its type and message, with URLs cut to
+    scheme, host and port (their paths and queries carry ids) and long numbers masked (a
+    parser's message may quote a value). Operators keep what failed and where."""
+    text = _URL_TAIL.sub(r"\1/...", str(exc))
+    text = _LONG_NUMBER.sub("{number}", text)
+    return f"{type(exc).__name__}: {text}"[:500] if text else type(exc).__name__
+
+
+def path_shape(path: str) -> str:
+    """What operational logs say about a request path: its route, with every segment that
+    could be an id replaced by ``{id}``, and no query (query values are never logged).
+    Under ``/r1/`` the five parts of the service id are kept: they name organisations and
+    their services, which operators need, and no person."""
+    segments = path.split("?", 1)[0].split("/")[1:]
+    kept = 0
+    if segments[:1] == ["r1"]:
+        service = segments[1:6]
+        full = len(service) == 5 and all(
+            _SERVICE_PART.fullmatch(p) and p not in (".", "..") for p in service
+        )
+        kept = 6 if full else 1
+    shaped = segments[:kept] + [
+        s if not s or _ROUTE_WORD.fullmatch(s) else "{id}" for s in segments[kept:]
+    ]
+    if len(shaped) > _MAX_SEGMENTS:
+        shaped = [*shaped[:_MAX_SEGMENTS], "..."]
+    return "/" + "/".join(shaped)
 
 
 class _CurrentStderr:

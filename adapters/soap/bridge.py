@@ -36,6 +36,7 @@ from zeep.exceptions import Error as ZeepError
 
 from xroad_hub.errors import XRoadError
 from xroad_hub.jsonbody import json_charset_error
+from xroad_hub.logs import loggable_error
 from xroad_hub.soap import NSMAP as ENVELOPE_NSMAP
 from xroad_hub.soap import SoapMessage, build_response
 from xroad_hub.xmlsafe import XmlError, XmlLimits, parse_xml
@@ -218,7 +219,7 @@ class SoapBridgeAdapter:
             detail=err.detail,
             operation=self.operation.name,
             endpoint=str(self._url),
-            error=repr(exc) if exc is not None else message,
+            error=loggable_error(exc) if exc is not None else message,
         )
         return err
 

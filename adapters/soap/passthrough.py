@@ -17,6 +17,7 @@ import structlog
 from yarl import URL
 
 from xroad_hub.errors import XRoadError
+from xroad_hub.logs import loggable_error
 
 from ..base import AdapterRequest, AdapterResponse
 from ..http import AdapterSession, UpstreamError
@@ -70,7 +71,7 @@ class SoapPassthroughAdapter:
             "adapter.soap_passthrough.failed",
             detail=err.detail,
             endpoint=str(self._url),
-            error=repr(exc) if exc is not None else message,
+            error=loggable_error(exc) if exc is not None else message,
         )
         return err
 

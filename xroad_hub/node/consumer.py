@@ -13,6 +13,7 @@ import re
 import time
 import uuid
 from collections.abc import Mapping
+from contextlib import AbstractContextManager
 from dataclasses import dataclass
 from typing import Any
 from urllib.parse import urlencode, urlsplit
@@ -21,7 +22,7 @@ import orjson
 import structlog
 from aiohttp import web
 
-from ..clientauth import ClientRegistration, Credentials
+from ..clientauth import Caller, ClientRegistration, Credentials
 from ..errors import CLIENT, CLIENT_PROXY, XRoadError
 from ..identifiers import (
     ClientId,
@@ -44,6 +45,7 @@ from ..message import (
 )
 from ..messagelog import LogRecord
 from ..rest import (
+    R1Target,
     check_header_value,
     filter_request_headers,
     filter_response_headers,
@@ -55,6 +57,7 @@ from ..rest import (
 from ..signing import SignatureError
 from ..soap import SoapError, parse_soap, soap_request_hash
 from ..xmlsafe import XmlLimits
+from .limits import body_reservation
 from .metaservices import client_json, client_list_xml, point_wsdl_at, soap_fault_response
 from .peer import PeerReply
 from .runtime import NodeRuntime, answer_errors, read_body, render_error
@@ -128,15 +131,12 @@ class ClientProxy:
 
     async def authenticate(self, request: web.Request, client: ClientId) -> ClientRegistration:
         """The caller is the client subsystem it names (default deny); raises XRoadError."""
-        return self.rt.authenticator.authenticate(
-            client,
-            Credentials(
-                remote_ip=request.remote or "",
-                tls=request.secure,
-                cert_sha256=peer_fingerprint(request.transport),
-                bearer=_bearer(request.headers.get("Authorization")),
-            ),
-        )
+        return await self.rt.authenticator.authenticate(client, _credentials(request))
+
+    def admit(self, key: str, request: web.Request) -> AbstractContextManager[None]:
+        """Count an authenticated client's request against its limits until it is answered,
+        with the body bytes it may bring; refused at once when over them (limits.py)."""
+        return self.rt.client_limits.admit(key, body_reservation(request, self.rt.max_body_bytes))
 
     async def _exchange(self, request: web.Request) -> web.StreamResponse:
         raw_path, _, raw_query = request.raw_path.partition("?")
@@ -144,12 +144,24 @@ class ClientProxy:
         client = select_client(request.headers.getall("X-Road-Client", []))
         h = request.headers
         message_id = check_header_value("X-Road-Id", h.get("X-Road-Id") or str(uuid.uuid4()))
-        represented = h.get("X-Road-Represented-Party")
-        security_server = h.get("X-Road-Security-Server")
-
         self.rt.check_logging(CLIENT_PROXY)
         self.rt.conf_or_fail(CLIENT_PROXY)
+        # Authenticated from the head alone: an unauthenticated caller's body is never read.
         reg = await self.authenticate(request, client)
+        with self.admit(str(client), request):
+            return await self._send_r1(request, client, reg, target, message_id)
+
+    async def _send_r1(
+        self,
+        request: web.Request,
+        client: ClientId,
+        reg: ClientRegistration,
+        target: R1Target,
+        message_id: str,
+    ) -> web.StreamResponse:
+        h = request.headers
+        represented = h.get("X-Road-Represented-Party")
+        security_server = h.get("X-Road-Security-Server")
         body = await read_body(request, self.rt.max_body_bytes, self.rt.body_timeout, CLIENT)
         # Node authentication tokens are for this node only; never forward them.
         drop = frozenset({"authorization"}) if reg.auth == "jwt" else frozenset()
@@ -322,16 +334,30 @@ class ClientProxy:
     async def _soap_exchange(self, request: web.Request) -> web.StreamResponse:
         self.rt.check_logging(CLIENT_PROXY)
         self.rt.conf_or_fail(CLIENT_PROXY)
+        # A SOAP message names its client inside the body, but the transport credential is
+        # checked first: a caller that proves no registered client gets its fault before a
+        # byte of its body is read or parsed.
+        creds = _credentials(request)
+        caller = await self.rt.authenticator.identify(creds)
+        with self.admit(caller.key, request):
+            return await self._send_soap(request, caller, creds)
+
+    async def _send_soap(
+        self, request: web.Request, caller: Caller, creds: Credentials
+    ) -> web.StreamResponse:
         content_type = request.headers.get("Content-Type", "")
         body = await read_body(request, self.rt.max_body_bytes, self.rt.body_timeout, CLIENT)
         limits = XmlLimits(max_bytes=self.rt.max_body_bytes)
         try:
-            soap = parse_soap(content_type, body, kind="request", limits=limits)
+            soap = await self.rt.off_loop(
+                parse_soap, content_type, body, kind="request", limits=limits
+            )
         except SoapError as exc:
             raise XRoadError.client(exc.code, exc.message) from exc
         h = soap.header
         assert h is not None and h.service is not None  # parse_soap checks requests
-        await self.authenticate(request, h.client)
+        # The client the message names must be one the credential proved.
+        self.rt.authenticator.confirm(caller, h.client, creds)
         # The client's SOAPAction is checked as X-Road checks it, but not sent on: SOAP stacks
         # dispatch on it, so a client could run another operation than the one the node
         # checked, logged and authorised. The provider's node sets it from the service's WSDL.
@@ -356,7 +382,9 @@ class ClientProxy:
         )
         answer_type = next((v for k, v in answer.headers if k.lower() == "content-type"), "")
         try:
-            response = parse_soap(answer_type, answer.body, kind="response", limits=limits)
+            response = await self.rt.off_loop(
+                parse_soap, answer_type, answer.body, kind="response", limits=limits
+            )
         except SoapError as exc:
             raise XRoadError.client_proxy(
                 "InvalidSoap", f"the provider's node answered: {exc.message}"
@@ -393,7 +421,8 @@ class ClientProxy:
         """GET /wsdl?xRoadInstance=..&memberClass=..&memberCode=..&subsystemCode=..
         &serviceCode=..&version=..: the service's WSDL, fetched from the provider's node with
         the getWsdl metaservice, its address pointing at this node (client tools build their
-        proxies from it). The caller authenticates as a client (X-Road-Client header)."""
+        proxies from it). The caller proves it is a client of this node; without X-Road-Client
+        the node's owner member asks."""
         return await answer_errors(
             request, self._wsdl, side="client", prefix=CLIENT_PROXY, accept="application/json"
         )
@@ -416,11 +445,20 @@ class ClientProxy:
         if named:
             client = select_client(named)
             await self.authenticate(request, client)
+            key = str(client)
         else:
             # As X-Road does, a tool that only knows the URL (zeep, SoapUI) gets the WSDL:
-            # the node asks as its owner member. A WSDL is public metadata of the
-            # federation; the exchange is signed and logged like any other.
+            # the node asks as its owner member. The caller must still prove it is one of
+            # the node's clients, so that nobody else can make the node sign and log.
+            key = (await self.rt.authenticator.identify(_credentials(request))).key
             client = self.rt.node_id.owner
+        with self.admit(key, request):
+            return await self._send_wsdl(request, client, provider, code)
+
+    async def _send_wsdl(
+        self, request: web.Request, client: ClientId, provider: SubsystemId, code: str
+    ) -> web.StreamResponse:
+        q = request.query
         query = urlencode({"serviceCode": code, **({"version": q["version"]} if "version" in q
                                                    else {})})  # fmt: skip
         answer = await self.send(
@@ -512,6 +550,16 @@ _URI_REFERENCE = re.compile(r"[A-Za-z0-9\-._~:/?#\[\]@!$&'()*+,;=%]+")
 def _opt(headers: Any, name: str) -> str | None:
     value = headers.get(name)
     return check_header_value(name, value) if value else None
+
+
+def _credentials(request: web.Request) -> Credentials:
+    """What the transport tells of the caller (nothing of the body)."""
+    return Credentials(
+        remote_ip=request.remote or "",
+        tls=request.secure,
+        cert_sha256=peer_fingerprint(request.transport),
+        bearer=_bearer(request.headers.get("Authorization")),
+    )
 
 
 def _bearer(value: str | None) -> str | None:

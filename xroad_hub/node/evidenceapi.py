@@ -34,6 +34,7 @@ from aiohttp import web
 
 from ..catalog import Catalog
 from ..errors import CLIENT_PROXY, XRoadError
+from ..identifiers import ClientId
 from ..rest import (
     check_header_value,
     filter_response_headers,
@@ -113,6 +114,13 @@ class EvidenceApi:
         self.rt.check_logging(CLIENT_PROXY)
         self.rt.conf_or_fail(CLIENT_PROXY)
         await self.proxy.authenticate(request, client)
+        with self.proxy.admit(str(client), request):
+            return await self._fetch_for(request, client, message_id)
+
+    async def _fetch_for(
+        self, request: web.Request, client: ClientId, message_id: str
+    ) -> web.StreamResponse:
+        h = request.headers
         # After authentication: an unauthenticated caller learns nothing about the catalog.
         etype = self.catalog.get(request.match_info["type"])
         subject = request.match_info["subject"]

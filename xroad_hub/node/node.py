@@ -33,6 +33,7 @@ from adapters.soap import (
 from ..catalog import DEFAULT_CATALOG, load_catalog
 from ..checkpoint import NoteSigner
 from ..clientauth import ClientAuthenticator, ClientRegistration
+from ..errors import CLIENT_PROXY, SERVER_PROXY
 from ..federation import ConfigError, NodeConfig, ServiceConfig, SoapServiceConfig
 from ..identifiers import ServiceId
 from ..message import MAX_OVERHEAD
@@ -41,12 +42,14 @@ from ..pki import PkiLayout, load_cert, load_ed25519_key, load_private_key, load
 from ..signing import MessageSigner, cert_fingerprint
 from ..subjects import is_person_id_name, openapi_person_fields, uncovered_person_fields
 from ..tsa import fetch_timestamp
+from ..usedtokens import SQLiteUsedTokens
 from .auditapi import AuditApi, Auditor
 from .batching import BatchSigner
 from .checkpointer import Checkpointer, Timestamper
 from .consumer import ClientProxy
 from .evidenceapi import EvidenceApi
 from .globalconf_client import GlobalConfClient
+from .limits import ClientLimits
 from .peer import PEER_PATH, PeerTransport
 from .provider import ServerProxy
 from .runtime import HostedService, NodeRuntime
@@ -89,6 +92,8 @@ class Node:
         self.witness_url = witness_url
         self.auditors = auditors
         self.tsa_url = tsa_url
+        # Spent one-use client tokens: durable, shared by every process serving this node.
+        self.used_tokens = SQLiteUsedTokens(data_dir / "used-tokens.sqlite")
 
     def _build_runtime(self) -> NodeRuntime:
         cfg, pki = self.config, self.pki
@@ -121,11 +126,12 @@ class Node:
         }
         for hosted in services.values():
             _check_answer_subjects(hosted)
+        client_bytes = cfg.client_max_inflight_bytes or 2 * cfg.max_body_bytes
         return NodeRuntime(
             node_id=cfg.id,
             globalconf=self.globalconf,
             signers=signers,
-            authenticator=ClientAuthenticator(str(cfg.id), regs),
+            authenticator=ClientAuthenticator(str(cfg.id), regs, self.used_tokens),
             services=services,
             log=self._messagelog(),
             peers=PeerTransport(
@@ -135,6 +141,16 @@ class Node:
             max_body_bytes=cfg.max_body_bytes,
             body_timeout=cfg.body_timeout,
             provider_timeout=cfg.provider_timeout,
+            client_limits=ClientLimits(
+                cfg.client_max_concurrent, client_bytes, raise_as=CLIENT_PROXY
+            ),
+            # A peer node carries the requests of all its clients: a larger share, still
+            # bounded, so one node of the federation cannot take all of this one.
+            peer_limits=ClientLimits(
+                _PEER_SHARE * cfg.client_max_concurrent,
+                _PEER_SHARE * (client_bytes + MAX_OVERHEAD),
+                raise_as=SERVER_PROXY,
+            ),
         )
 
     def _adapter(self, service: ServiceConfig) -> Adapter:
@@ -239,6 +255,7 @@ class Node:
         rt = self.runtime = self._build_runtime()
         await self._register_soap_services(rt)
         await rt.log.open()
+        await self.used_tokens.open()
         for hosted in rt.services.values():
             # Flat-file services load their export before the node answers for them.
             if isinstance(hosted.adapter, FlatFileAdapter):
@@ -375,6 +392,8 @@ class Node:
                 # No exchange runs any more: the final checkpoint covers the whole log.
                 await self.checkpointer.stop()
             await self.runtime.log.close()
+            self.runtime.parse_pool.shutdown(wait=False, cancel_futures=True)
+        await self.used_tokens.close()
         if self._session is not None:
             await self._session.close()
         log.info("node.stopped", node=str(self.config.id))
@@ -425,6 +444,7 @@ def _openapi(service: ServiceConfig) -> dict[str, object] | None:
 
 
 _MAX_OPENAPI = 5 * 1024 * 1024
+_PEER_SHARE = 4  # a peer node's limits, in multiples of one client system's
 
 
 def _bind(address: tuple[str, int]) -> socket.socket:

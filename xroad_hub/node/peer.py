@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import io
 import ssl
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -60,7 +61,9 @@ class PeerTransport:
         try:
             async with self._session.post(
                 url,
-                data=data,
+                # A file-like body is written in chunks (with its Content-Length): a large
+                # message as one bytes object would be copied into the transport at once.
+                data=io.BytesIO(data),
                 headers={"Content-Type": CONTENT_TYPE},
                 timeout=aiohttp.ClientTimeout(total=timeout, sock_connect=min(timeout, 10.0)),
                 skip_auto_headers=("User-Agent",),

@@ -22,6 +22,7 @@ from adapters import AdapterRequest, AdapterResponse
 
 from ..errors import SERVER_PROXY, XRoadError
 from ..federation import ServiceConfig
+from ..globalconf import NodeEntry
 from ..identifiers import ClientId, ServiceId, parse_client_id, parse_service_id
 from ..jsonbody import JsonBodyError, is_json_media, json_charset_error, loads_json, utf8_json_text
 from ..message import (
@@ -63,6 +64,7 @@ from ..subjects import (
     json_body_fields,
 )
 from ..xmlsafe import XmlLimits
+from .limits import body_reservation
 from .metaservices import METASERVICES, answer_metaservice
 from .runtime import NodeRuntime, answer_errors, read_body
 from .tls import peer_fingerprint
@@ -101,14 +103,18 @@ class ServerProxy:
                 "SslAuthenticationFailed",
                 "the TLS peer is not a node registered in the global configuration",
             )
-        data = await read_body(
-            request,
-            self.rt.max_body_bytes + MAX_OVERHEAD,
-            self.rt.body_timeout,
-            SERVER_PROXY,
-        )
+        # Only a registered node gets its body read, and no more at once than its share.
+        limit = self.rt.max_body_bytes + MAX_OVERHEAD
+        with self.rt.peer_limits.admit(str(peer.id), body_reservation(request, limit)):
+            return await self._authentic(request, peer, started)
+
+    async def _authentic(
+        self, request: web.Request, peer: NodeEntry, started: float
+    ) -> web.StreamResponse:
+        limit = self.rt.max_body_bytes + MAX_OVERHEAD
+        data = await read_body(request, limit, self.rt.body_timeout, SERVER_PROXY)
         try:
-            env = decode_envelope(data)
+            env = await self.rt.off_loop(decode_envelope, data)
         except MessageError as exc:
             raise _fail(exc.code, f"request from node {peer.id}: {exc}") from exc
         meta = env.meta
@@ -151,7 +157,7 @@ class ServerProxy:
         limits = XmlLimits(max_bytes=self.rt.max_body_bytes)
         soap = None
         if meta.get("protocol") == "soap":
-            soap = _soap_request(env, client, service, limits)
+            soap = await self.rt.off_loop(_soap_request, env, client, service, limits)
         hosted = self.rt.services.get(service.unversioned)
         version: str | None = service.service_version
         answer_subj: tuple[str, ...] = ()
@@ -159,7 +165,7 @@ class ServerProxy:
             query = str(meta.get("query") or "")
             answer = answer_metaservice(self.rt.services.values(), client, service, query, soap)
             if soap is not None:
-                answer = _soap_answer(soap, answer, limits)
+                answer = await self.rt.off_loop(_soap_answer, soap, answer, limits)
         else:
             if hosted is None:
                 if not self._serves(service.provider):
@@ -191,7 +197,7 @@ class ServerProxy:
                 answer = await hosted.adapter.handle(
                     AdapterRequest("POST", "", "", headers, env.body, soap=soap)
                 )
-                answer = _soap_answer(soap, answer, limits)
+                answer = await self.rt.off_loop(_soap_answer, soap, answer, limits)
             else:
                 request = _adapter_request(env, client, service)
                 _check_readable(cfg, request)
@@ -262,6 +268,9 @@ class ServerProxy:
         meta = env.meta
         rmeta, rsig, rbody, rcert = response if response else (None, None, None, None)
         hosted = self.rt.services.get(service.unversioned)
+        locators = hosted.config.subjects if hosted else ()
+        # A refused SOAP request may be parsed here for its subjects: off the event loop.
+        subjects = await self.rt.off_loop(_subjects, env, locators, soap) if locators else ()
         record = LogRecord(
             message_id=str(meta.get("id")),
             request_id=str(meta.get("request_id")),
@@ -284,12 +293,7 @@ class ServerProxy:
             response_signature=rsig,
             response_body=rbody,
             response_cert=rcert,
-            subjects=tuple(
-                sorted(
-                    set(_subjects(env, hosted.config.subjects, soap) if hosted else ())
-                    | set(answer_subjects)
-                )
-            ),
+            subjects=tuple(sorted(set(subjects) | set(answer_subjects))),
         )
         await self.rt.record(record, SERVER_PROXY)
 

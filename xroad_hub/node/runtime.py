@@ -3,10 +3,13 @@
 from __future__ import annotations
 
 import asyncio
+import functools
+import os
 import time
 from collections.abc import Awaitable, Callable
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, ParamSpec, TypeVar
 
 import structlog
 from aiohttp import web
@@ -18,17 +21,27 @@ from ..errors import XRoadError
 from ..federation import ServiceConfig
 from ..globalconf import GlobalConf
 from ..identifiers import MemberId, NodeId, ServiceId
+from ..logs import path_shape
 from ..messagelog import LogRecord, MessageLog
 from ..messagelog.store import LogError
 from ..rest import error_response
 from ..streams import BodyTooLarge, read_capped
 from .batching import BatchSigner
 from .globalconf_client import GlobalConfClient
+from .limits import ClientLimits
 from .peer import PeerTransport
 
 __all__ = ["HostedService", "NodeRuntime", "answer_errors", "read_body", "render_error"]
 
 log = structlog.get_logger("xroad_hub.node")
+
+_P = ParamSpec("_P")
+_T = TypeVar("_T")
+
+# Parsing (XML above all) runs in this many threads, never on the event loop: a document
+# that takes seconds to parse must not hold up every other exchange of the node. Bounded,
+# so that parsing cannot take more threads (and memory) than these.
+PARSE_THREADS = min(4, os.cpu_count() or 1)
 
 
 @dataclass(frozen=True, slots=True)
@@ -53,12 +66,24 @@ class NodeRuntime:
     max_body_bytes: int
     body_timeout: float
     provider_timeout: float
+    # What one client system (client_limits) or one peer node (peer_limits) may have in
+    # flight at once: admitted before its body is read (limits.py).
+    client_limits: ClientLimits
+    peer_limits: ClientLimits
     # False while checkpoints wait too long for timestamps: exchanges are refused.
     logging_ok: Callable[[], bool] = lambda: True
     # The global configuration last kept in the log, and who may be keeping one now.
     _kept_conf: GlobalConf | None = field(default=None, init=False, repr=False)
     _keeping: asyncio.Lock = field(default_factory=asyncio.Lock, init=False, repr=False)
     _same_rules_as_kept: GlobalConf | None = field(default=None, init=False, repr=False)
+    parse_pool: ThreadPoolExecutor = field(
+        default_factory=lambda: ThreadPoolExecutor(PARSE_THREADS, thread_name_prefix="parse")
+    )
+
+    async def off_loop(self, fn: Callable[_P, _T], *args: _P.args, **kwargs: _P.kwargs) -> _T:
+        """``fn(*args, **kwargs)`` in the bounded parsing pool, off the event loop."""
+        loop = asyncio.get_running_loop()
+        return await loop.run_in_executor(self.parse_pool, functools.partial(fn, *args, **kwargs))
 
     def check_logging(self, raise_as: str) -> None:
         """Fail closed: no exchange the log cannot have timestamped in time."""
@@ -149,16 +174,10 @@ async def read_body(request: web.Request, limit: int, timeout: float, blame: str
         ) from exc
 
 
-def _loggable_path(request: web.Request) -> str:
-    """The path for operational logs, without a data subject's id where a route names one
-    (the evidence API): operators need the route, not whom it was about."""
-    path = request.path[:200]
-    subject = request.match_info.get("subject")
-    return path.replace(subject, "{subject}") if subject else path
-
-
 def render_error(err: XRoadError, accept: str | None) -> web.Response:
     status, headers, body = error_response(err, accept)
+    if status == 429:
+        headers["Retry-After"] = "1"
     return web.Response(status=status, headers=headers, body=body)
 
 
@@ -180,7 +199,7 @@ async def answer_errors(
             code=err.code,
             detail=err.detail,
             reason=err.message,
-            path=_loggable_path(request),
+            route=path_shape(request.path),
         )
         return render_error(err, accept)
     except Exception:
