@@ -10,35 +10,18 @@ fails here, in CI, before a new user's clone does.
 from __future__ import annotations
 
 import os
-import shutil
 import subprocess
 import sys
 from pathlib import Path
 
-import pytest
+from .repo_copy import copy_tracked
 
-ROOT = Path(__file__).resolve().parents[1]
 # Modules that read files of the repository at run time (not only at import).
 DATA_READERS = ["tests/test_merkle.py", "tests/test_catalog.py", "tests/test_soap_wsdl.py"]
 
 
-def _tracked_files() -> list[str]:
-    if not (ROOT / ".git").exists():
-        pytest.skip("not a git checkout: there is no clone to compare with")
-    listed = subprocess.run(
-        ["git", "ls-files", "-z"], cwd=ROOT, check=True, capture_output=True
-    ).stdout
-    return [name for name in listed.decode().split("\0") if name]
-
-
 def test_suite_runs_from_a_plain_clone(tmp_path: Path) -> None:
-    clone = tmp_path / "clone" / "xroad-hub"
-    for name in _tracked_files():
-        source = ROOT / name
-        if not source.exists():  # deleted in the work tree, not yet in git
-            continue
-        (clone / name).parent.mkdir(parents=True, exist_ok=True)
-        shutil.copy2(source, clone / name)
+    clone = copy_tracked(tmp_path / "clone" / "xroad-hub")
     for reader in DATA_READERS:
         assert (clone / reader).is_file(), f"{reader} is not tracked by git"
     env = {**os.environ, "PYTHONDONTWRITEBYTECODE": "1"}

@@ -12,6 +12,8 @@ from collections.abc import Iterable
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from .packaged import schema_file
+
 __all__ = ["TestFederationSpec", "free_port", "on_free_ports", "write_federation"]
 
 
@@ -82,7 +84,7 @@ def write_federation(path: Path, spec: TestFederationSpec) -> Path:
             "allow": everyone,
             # The data subject (a citizen id): first path segment or the cid parameter.
             "subject": ["path:1", "query:cid"],
-            "openapi": str(Path(__file__).parents[1] / "schemas" / "dbd-registry.openapi.json"),
+            "openapi": str(schema_file("dbd-registry.openapi.json")),
         },
         {
             "id": "TH/GOV/DBD/registry/restricted",
