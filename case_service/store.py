@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+import os
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime
@@ -172,6 +173,21 @@ def _ref(row: aiosqlite.Row) -> EvidenceRef:
     )
 
 
+def _create_private(path: Path) -> None:
+    """The case database holds citizens' data: 0600 before SQLite writes to it (its -wal and
+    -shm files take the database file's mode); a wider existing file is narrowed."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd = os.open(path, os.O_WRONLY | os.O_CREAT, 0o600)
+    try:
+        os.fchmod(fd, 0o600)
+    finally:
+        os.close(fd)
+    for suffix in ("-wal", "-shm", "-journal"):
+        side = path.with_name(path.name + suffix)
+        if side.exists():
+            side.chmod(0o600)
+
+
 class Store:
     """One aiosqlite connection; writes that belong together run under one lock and commit.
 
@@ -186,7 +202,7 @@ class Store:
 
     async def open(self) -> None:
         if str(self._path) != ":memory:":
-            self._path.parent.mkdir(parents=True, exist_ok=True)
+            await asyncio.to_thread(_create_private, self._path)
         self._db = await aiosqlite.connect(self._path)
         self._db.row_factory = aiosqlite.Row
         await self._db.execute("PRAGMA journal_mode=WAL")

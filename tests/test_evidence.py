@@ -115,6 +115,7 @@ def test_cli_export_and_verify(fed: Fed, exchange, tmp_path: Path) -> None:
         check=False,
     )
     assert exported.returncode == 0, exported.stderr
+    assert out.stat().st_mode & 0o777 == 0o600  # the bundle names a citizen
     check = [*cli, "verify-bundle", str(out), "--root-ca", str(fed.pki.root_ca.cert)]
     ok = subprocess.run(check, capture_output=True, text=True, timeout=60, check=False)
     assert ok.returncode == 0 and ok.stdout.startswith("VERIFIED"), ok.stdout + ok.stderr
