@@ -1,9 +1,11 @@
-"""A misspelt key in the federation file is an error naming the key, its table and the
-nearest valid key, never a setting silently left at its default."""
+"""Mistakes in the federation file and in how it is run are errors a user can act on: a
+misspelt key names the key, its table and the nearest valid key (never a setting silently
+left at its default); a busy port names the address, the component and the key to change."""
 
 from __future__ import annotations
 
 import re
+import socket
 import subprocess
 import sys
 from pathlib import Path
@@ -12,6 +14,9 @@ import pytest
 
 from xroad_hub.demo.harness import DEFAULT_CONFIG
 from xroad_hub.federation import KNOWN_KEYS, ConfigError, load_federation
+from xroad_hub.testing import on_free_ports
+
+ROOT = Path(__file__).resolve().parents[1]
 
 DEMO = DEFAULT_CONFIG.read_text(encoding="utf-8")
 
@@ -89,3 +94,38 @@ def test_cli_says_which_key_without_a_traceback(tmp_path: Path) -> None:
     assert done.returncode != 0
     assert "unknown key 'timout'; did you mean 'timeout'?" in done.stderr
     assert "Traceback" not in done.stderr + done.stdout
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize(
+    ("taken", "component", "key"),
+    [
+        ('kind = "dbd-registry"', "backend dbd-registry", "listen of backend dbd-registry"),
+        ('id = "TH/GOV/DBD/hub1"', "node TH/GOV/DBD/hub1 (client port)",
+         "client_listen of node TH/GOV/DBD/hub1"),
+    ],
+)  # fmt: skip
+def test_up_on_a_busy_port_says_which_and_whose(
+    tmp_path: Path, taken: str, component: str, key: str
+) -> None:
+    """A second 'xroad-hub up' (here: a socket already bound) names the address, the
+    component and the key to change; it exits non-zero without a traceback."""
+    config = on_free_ports(DEFAULT_CONFIG, tmp_path / "federation.toml")
+    text = config.read_text(encoding="utf-8")
+    # The first listen address after the table's identifying line.
+    after = text.index(taken)
+    keyword = "client_listen" if "node" in component else "listen"
+    match = re.compile(rf"^{keyword} = \"127\.0\.0\.1:(\d+)\"", re.M).search(text, after)
+    assert match is not None
+    port = int(match.group(1))
+    with socket.create_server(("127.0.0.1", port)):
+        done = subprocess.run(
+            [sys.executable, "-m", "xroad_hub.cli", "up", "--config", str(config),
+             "--certs-dir", str(tmp_path / "certs"), "--data-dir", str(tmp_path / "var")],
+            capture_output=True, text=True, timeout=120, check=False, cwd=ROOT,
+        )  # fmt: skip
+    output = done.stdout + done.stderr
+    assert done.returncode == 2, output
+    assert f"cannot listen on 127.0.0.1:{port} for {component}: " in done.stderr
+    assert "already in use" in done.stderr and key in done.stderr
+    assert "Traceback" not in output

@@ -34,6 +34,7 @@ from ..checkpoint import NoteSigner
 from ..clientauth import ClientAuthenticator, ClientRegistration
 from ..federation import ConfigError, NodeConfig, ServiceConfig, SoapServiceConfig
 from ..identifiers import ServiceId
+from ..listen import listen_socket
 from ..message import MAX_OVERHEAD
 from ..messagelog import MessageLog, PostgresMessageLog, SQLiteMessageLog
 from ..pki import PkiLayout, load_cert, load_ed25519_key, load_private_key, load_public_key
@@ -293,7 +294,11 @@ class Node:
             )
             await runner.setup()
             self._runners.append(runner)
-            sock = sockets.get(role) or _bind(address)  # type: ignore[arg-type]
+            sock = sockets.get(role) or listen_socket(
+                address,  # type: ignore[arg-type]
+                f"node {cfg.id} ({role.replace('_', ' ')} port)",
+                f"{role}_listen of node {cfg.id}",
+            )
             site = web.SockSite(runner, sock, ssl_context=ssl_ctx)
             await site.start()
             host, port = sock.getsockname()[:2]
@@ -380,7 +385,3 @@ def _openapi(service: ServiceConfig) -> dict[str, object] | None:
 
 
 _MAX_OPENAPI = 5 * 1024 * 1024
-
-
-def _bind(address: tuple[str, int]) -> socket.socket:
-    return socket.create_server(address, reuse_port=False)
