@@ -24,6 +24,7 @@ import threading
 from collections.abc import Callable, Iterable, Mapping
 from typing import Any
 
+import structlog
 from aiohttp import web
 from lxml import etree
 
@@ -38,6 +39,7 @@ XSD_NS = "http://www.w3.org/2001/XMLSchema"
 XSI_NIL = "{http://www.w3.org/2001/XMLSchema-instance}nil"
 _CONTENT_TYPE = "text/xml; charset=utf-8"
 _MEMORY = "memory:"  # schemaLocation of a schema of the WSDL itself, for lxml's resolver
+log = structlog.get_logger("xroad_hub.demo.legacysoap")
 
 
 class SoapFault(Exception):
@@ -161,6 +163,10 @@ class SoapService:
             children = list(self._operations[name](wrapper))
         except SoapFault as fault:
             return 500, self._fault(fault)
+        except Exception:
+            # A bug of the service: a Server fault for the caller, the details in our log.
+            log.exception("legacysoap.operation_failed", service=self.namespace)
+            return 500, self._fault(SoapFault("Server", "internal error of the service"))
         response = element(self.namespace, f"{name}Response", *children)
         return 200, self._envelope(response, {"tns": self.namespace})
 
