@@ -70,6 +70,12 @@ def test_misspelt_key_names_key_table_and_nearest(
     assert f"{where}: unknown key {key!r}; did you mean {nearest!r}?" in message
 
 
+def test_misspelt_adapter_is_named_before_the_options_it_hides(tmp_path: Path) -> None:
+    text = DEMO.replace('adapter = "flatfile"', 'adaptor = "flatfile"', 1)
+    with pytest.raises(ConfigError, match="unknown key 'adaptor'; did you mean 'adapter'"):
+        load(text, tmp_path)
+
+
 def test_rest_service_has_no_adapter_options(tmp_path: Path) -> None:
     text = with_line(r'id = "TH/GOV/DBD/registry/companies"', 'pattern = "*.txt"')
     with pytest.raises(ConfigError, match="service TH/GOV/DBD/registry/companies: unknown key"):

@@ -237,12 +237,18 @@ def _check_keys(
     if not isinstance(table, Mapping):
         raise ConfigError(f"{where}: expected a table, got {type(table).__name__}")
     known = KNOWN_KEYS[kind] | extra
-    for key in table:
-        if key in known:
-            continue
-        near = difflib.get_close_matches(key, sorted(known), n=1, cutoff=0.6)
-        hint = f"did you mean {near[0]!r}?" if near else f"known keys: {', '.join(sorted(known))}"
-        raise ConfigError(f"{where}: unknown key {key!r}; {hint}")
+    unknown = [key for key in table if key not in known]
+    if not unknown:
+        return
+    # A misspelling is named first: a misspelt 'adapter' makes the adapter's options unknown.
+    near = {k: difflib.get_close_matches(k, sorted(known), n=1, cutoff=0.6) for k in unknown}
+    key = next((k for k in unknown if near[k]), unknown[0])
+    hint = (
+        f"did you mean {near[key][0]!r}?"
+        if near[key]
+        else f"known keys: {', '.join(sorted(known))}"
+    )
+    raise ConfigError(f"{where}: unknown key {key!r}; {hint}")
 
 
 def _named(table: Mapping[str, Any], key: str, index: int) -> str:
