@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import base64
-import sqlite3
 import subprocess
 import sys
 import uuid
@@ -17,6 +16,7 @@ from xroad_hub.evidence import EvidenceError, export_bundle, verify_bundle
 from xroad_hub.pki import make_root_ca
 
 from .conftest import Fed
+from .sqlite_db import sqlite_db
 
 DGA = "TH/GOV/DGA/hub1"
 DBD = "TH/GOV/DBD/hub1"
@@ -37,7 +37,7 @@ async def exchange(fed: Fed, http, tmp_path: Path) -> tuple[str, dict[str, Path]
         n = fed.federation.nodes[node]
         await n.checkpointer.checkpoint()
         copies[node] = tmp_path / f"{node.replace('/', '_')}.sqlite"
-        with sqlite3.connect(n.runtime.log.path) as a, sqlite3.connect(copies[node]) as b:
+        with sqlite_db(n.runtime.log.path) as a, sqlite_db(copies[node]) as b:
             a.backup(b)
     return mid, copies
 
@@ -96,7 +96,7 @@ async def test_bundle_does_not_verify_under_another_root(fed: Fed, exchange) -> 
 
 async def test_purged_bodies_still_prove_the_exchange(fed: Fed, exchange) -> None:
     mid, logs = exchange
-    with sqlite3.connect(logs[DBD]) as conn:
+    with sqlite_db(logs[DBD]) as conn:
         conn.execute("UPDATE exchange SET request_body = NULL, response_body = NULL")
     bundle = export_bundle(logs[DBD], mid)
     assert orjson.loads(bundle)["response"]["body"] is None
