@@ -1,12 +1,12 @@
 """Benchmark X-Road SOAP 4.0 against REST over DOPA's legacy SOAP service, on loopback.
 
 All exchanges reach the same legacy service: the DOPA population registry of the demo (a
-spyne SOAP 1.1 server that knows nothing of X-Road), registered on the DOPA node with
+SOAP 1.1 server that knows nothing of X-Road), registered on the DOPA node with
 ``[[node.soap_service]]`` mode "bridge", operation ``getPerson``. Three kinds of request:
 
 - ``soap``: X-Road SOAP 4.0 ``POST {client node}/`` as ``TH/GOV/DGA/devportal``; the DGA node
   signs and sends it to the DOPA node, which strips the X-Road header, calls the service and
-  wraps its answer (client -> DGA node -> DOPA node -> spyne);
+  wraps its answer (client -> DGA node -> DOPA node -> legacy service);
 - ``rest``: ``GET {client node}/r1/TH/GOV/DOPA/population/getPerson?citizenId=...``, bridged
   by the DOPA node from REST/JSON to the same SOAP operation and back;
 - ``direct``: the plain SOAP 1.1 request straight to the legacy service, no hub at all.
@@ -702,7 +702,7 @@ def build_parser() -> argparse.ArgumentParser:
 What it does:
   Copies config/demo-federation.toml onto free loopback ports (xroad_hub.testing.
   on_free_ports) in a temporary directory with a fresh development PKI, starts the DOPA
-  legacy service (spyne) in one child process and the registry, DGA node and DOPA node in
+  legacy service in one child process and the registry, DGA node and DOPA node in
   two more (or one, --one-process), checks that direct, REST and SOAP calls return the same
   person, then runs closed-loop phases: CONCURRENCY workers on one keep-alive aiohttp
   session, each sending its next request when the last one answered. Requests cycle

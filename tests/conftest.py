@@ -155,7 +155,7 @@ async def _echo_route(request: web.Request) -> web.Response:
 
 @pytest.fixture(scope="session")
 def legacy_soap() -> Iterator[LegacyServer]:
-    """A plain legacy SOAP service (spyne), which the provider node bridges to X-Road."""
+    """A plain legacy SOAP service (tests/soap_legacy.py), bridged to X-Road by the provider."""
     with legacy_server() as server:
         yield server
 

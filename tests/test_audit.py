@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import asyncio
 import json
-import sqlite3
 import subprocess
 import sys
 import uuid
@@ -20,6 +19,7 @@ from xroad_hub.audit import WitnessCheckpoint, iso_utc, load_witness_checkpoint,
 from xroad_hub.message import canonical
 
 from .conftest import Fed
+from .sqlite_db import sqlite_db
 
 DGA = "TH/GOV/DGA/hub1"
 DBD = "TH/GOV/DBD/hub1"
@@ -37,7 +37,7 @@ async def log_copy(fed: Fed, http, tmp_path: Path) -> Path:
     await fed.federation.nodes[DBD].checkpointer.checkpoint()
     src = fed.federation.nodes[DBD].runtime.log.path
     dst = tmp_path / "copy.sqlite"
-    with sqlite3.connect(src) as a, sqlite3.connect(dst) as b:
+    with sqlite_db(src) as a, sqlite_db(dst) as b:
         a.backup(b)
     return dst
 
@@ -54,14 +54,14 @@ def _root(fed: Fed) -> list[x509.Certificate]:
 
 
 def _tamper(path: Path, sql: str, *params: object) -> None:
-    with sqlite3.connect(path) as conn:
+    with sqlite_db(path) as conn:
         conn.execute(sql, params)
 
 
 async def test_untouched_log_verifies_with_the_tree_root(fed: Fed, log_copy: Path) -> None:
     report = verify_log(log_copy, _root(fed))
     assert report.ok, [str(f) for f in report.findings]
-    with sqlite3.connect(log_copy) as conn:
+    with sqlite_db(log_copy) as conn:
         leaves = [
             bytes(r[0]) for r in conn.execute("SELECT leaf FROM exchange ORDER BY leaf_index")
         ]
@@ -116,7 +116,7 @@ async def test_consistent_forgery_fails_the_signature(fed: Fed, log_copy: Path) 
 
     from xroad_hub.message import canonical
 
-    with sqlite3.connect(log_copy) as conn:
+    with sqlite_db(log_copy) as conn:
         meta, leaf = conn.execute(
             "SELECT request_meta, leaf FROM exchange WHERE leaf_index = 0"
         ).fetchone()
@@ -160,7 +160,7 @@ async def test_checkpoints_verify_and_catch_a_rewritten_history(fed: Fed, log_co
     assert report.ok and report.checkpoints >= 1
     # Rewrite an entry consistently where nothing signed repeats it (the logged finish
     # time; leaf and column agree): only the signed checkpoint can tell.
-    with sqlite3.connect(log_copy) as conn:
+    with sqlite_db(log_copy) as conn:
         leaf = bytes(conn.execute("SELECT leaf FROM exchange WHERE leaf_index = 0").fetchone()[0])
         doc = orjson.loads(leaf)
         doc["finished_at"] += 1
@@ -182,7 +182,7 @@ async def test_truncated_log_fails_its_checkpoint(fed: Fed, log_copy: Path) -> N
 
 
 async def test_forged_checkpoint_signature_fails(fed: Fed, log_copy: Path) -> None:
-    with sqlite3.connect(log_copy) as conn:
+    with sqlite_db(log_copy) as conn:
         note = conn.execute("SELECT note FROM checkpoint ORDER BY size DESC").fetchone()[0]
         lines = note.split("\n")
         lines[1] = str(int(lines[1]) - 1)
@@ -194,7 +194,7 @@ async def test_forged_checkpoint_signature_fails(fed: Fed, log_copy: Path) -> No
 async def test_witness_cosignature_is_checked(fed: Fed, log_copy: Path) -> None:
     report = verify_log(log_copy, _root(fed))
     assert report.ok and report.witnessed >= 1
-    with sqlite3.connect(log_copy) as conn:
+    with sqlite_db(log_copy) as conn:
         size, note = conn.execute(
             "SELECT size, note FROM checkpoint WHERE witness_cert_sha256 IS NOT NULL"
         ).fetchone()
@@ -210,7 +210,7 @@ async def test_witness_cosignature_is_checked(fed: Fed, log_copy: Path) -> None:
 async def test_swapped_rows_break_the_checkpoint(fed: Fed, log_copy: Path) -> None:
     """Two entries swapped (indexes exchanged): each row is consistent on its own, but the
     tree no longer gives the signed root."""
-    with sqlite3.connect(log_copy) as conn:
+    with sqlite_db(log_copy) as conn:
         conn.execute("UPDATE exchange SET leaf_index = -1 WHERE leaf_index = 0")
         conn.execute("UPDATE exchange SET leaf_index = 0 WHERE leaf_index = 1")
         conn.execute("UPDATE exchange SET leaf_index = 1 WHERE leaf_index = -1")
@@ -249,7 +249,7 @@ def test_bench_audit_smoke() -> None:
 async def test_leaf_must_repeat_the_signed_values(fed: Fed, log_copy: Path) -> None:
     """A genuine signature logged under another user, case or subsystem is caught, even when
     leaf and columns agree (only the checkpoint would otherwise tell)."""
-    with sqlite3.connect(log_copy) as conn:
+    with sqlite_db(log_copy) as conn:
         leaf = bytes(conn.execute("SELECT leaf FROM exchange WHERE leaf_index = 0").fetchone()[0])
         doc = orjson.loads(leaf)
         doc["issue"] = "SOMEONE-ELSES-CASE"
@@ -293,7 +293,7 @@ def _witness_file(tmp_path: Path, answer: dict[str, object]) -> WitnessCheckpoin
 def _erase_and_renumber(path: Path, erased: int = 1) -> None:
     """The review's attack: erase an entry, renumber every later row (and its subject index
     rows) so the sequence has no gap, and delete every checkpoint."""
-    with sqlite3.connect(path) as conn:
+    with sqlite_db(path) as conn:
         conn.execute("DELETE FROM exchange WHERE leaf_index = ?", (erased,))
         conn.execute("DELETE FROM exchange_subject WHERE leaf_index = ?", (erased,))
         conn.execute("UPDATE exchange SET leaf_index = leaf_index - 1 WHERE leaf_index > ?",
@@ -331,7 +331,7 @@ async def test_log_diverging_from_the_witness_checkpoint_fails(
     answer = await _witness_answer(fed, http)
     witness = _witness_file(tmp_path, answer)
     assert verify_log(log_copy, _root(fed), witnesses=[witness]).ok
-    with sqlite3.connect(log_copy) as conn:
+    with sqlite_db(log_copy) as conn:
         leaf = bytes(conn.execute("SELECT leaf FROM exchange WHERE leaf_index = 0").fetchone()[0])
         doc = orjson.loads(leaf)
         doc["finished_at"] += 1
@@ -407,7 +407,7 @@ async def test_entries_after_the_last_witnessed_checkpoint_are_counted(
         async with http.post(url, data=b"x", headers={**DEV, "X-Road-Id": str(uuid.uuid4())}):
             pass
     path = tmp_path / "live.sqlite"
-    with sqlite3.connect(node.runtime.log.path) as a, sqlite3.connect(path) as b:
+    with sqlite_db(node.runtime.log.path) as a, sqlite_db(path) as b:
         a.backup(b)
     report = verify_log(path, _root(fed))
     assert report.ok, [str(f) for f in report.findings]
@@ -425,7 +425,7 @@ async def test_entries_after_the_last_witnessed_checkpoint_are_counted(
 async def test_subject_index_is_checked_against_the_leaves(fed: Fed, log_copy: Path) -> None:
     """The citizens' tracker and `audit search --subject` read the subject index: a deleted
     row hides a read from the citizen, an inserted one blames another."""
-    with sqlite3.connect(log_copy) as conn:
+    with sqlite_db(log_copy) as conn:
         subject, index = conn.execute(
             "SELECT subject, leaf_index FROM exchange_subject ORDER BY leaf_index DESC LIMIT 1"
         ).fetchone()

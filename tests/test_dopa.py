@@ -1,4 +1,4 @@
-"""The DOPA population registry: a real spyne SOAP service on a loopback port, called with
+"""The DOPA population registry: a real SOAP service on a loopback port, called with
 zeep (a client we did not write) from its own WSDL."""
 
 from __future__ import annotations

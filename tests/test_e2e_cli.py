@@ -6,7 +6,6 @@ from __future__ import annotations
 import asyncio
 import json
 import signal
-import sqlite3
 import ssl
 import subprocess
 import sys
@@ -16,6 +15,8 @@ import aiohttp
 import pytest
 
 from xroad_hub.testing import on_free_ports
+
+from .sqlite_db import sqlite_db
 
 CLI = [sys.executable, "-m", "xroad_hub.cli"]
 
@@ -126,7 +127,7 @@ async def test_up_serves_the_demo_and_stops_cleanly(tmp_path: Path) -> None:
     assert "federation.stopped" in events
     # All three exchanges, the refused one too, are in the provider's log after the stop.
     db = data / "nodes" / "TH" / "GOV" / "DBD" / "hub1" / "messagelog.sqlite"
-    with sqlite3.connect(db) as conn:
+    with sqlite_db(db) as conn:
         assert conn.execute("SELECT COUNT(*) FROM exchange WHERE status = 200").fetchone()[0] == 2
         assert conn.execute("SELECT MAX(size) FROM checkpoint").fetchone()[0] == 3
     # The final checkpoint written at the stop covers the whole log, and it verifies.

@@ -1,7 +1,7 @@
 """X-Road SOAP 4.0 end to end: client system -> client's node -> provider's node -> service.
 
 Two services on the provider node: an X-Road-aware SOAP service whose messages pass through
-unchanged (tests/xroad_soap_service.py), and a plain legacy SOAP service (spyne) bridged to
+unchanged (tests/xroad_soap_service.py), and a plain legacy SOAP service bridged to
 X-Road SOAP and to REST by the node (tests/soap_legacy.py).
 """
 

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import asyncio
-import sqlite3
 import subprocess
 from collections.abc import AsyncIterator
 from pathlib import Path
@@ -16,6 +15,7 @@ from xroad_hub.pki import load_cert
 from xroad_hub.testing import TestFederationSpec, free_port
 
 from .conftest import Fed, start_federation
+from .sqlite_db import sqlite_db
 
 DGA = "TH/GOV/DGA/hub1"
 DBD = "TH/GOV/DBD/hub1"
@@ -33,7 +33,7 @@ async def test_openssl_verifies_a_real_checkpoint_timestamp(fed: Fed, http, tmp_
     async with http.get(fed.url(DGA) + ECHO, headers=DEV) as r:
         assert r.status == 200
     await fed.federation.nodes[DBD].checkpointer.checkpoint()
-    with sqlite3.connect(fed.federation.nodes[DBD].runtime.log.path) as conn:
+    with sqlite_db(fed.federation.nodes[DBD].runtime.log.path) as conn:
         size, root, token = conn.execute(
             "SELECT size, root, timestamp_token FROM checkpoint"
             " WHERE timestamp_token IS NOT NULL ORDER BY size DESC"
@@ -92,7 +92,7 @@ async def test_tsa_outage_fails_closed_and_recovers(strict: Fed, http, monkeypat
         if node.checkpointer.healthy() and not node.checkpointer._unstamped:
             break
         await asyncio.sleep(0.1)
-    with sqlite3.connect(node.runtime.log.path) as conn:
+    with sqlite_db(node.runtime.log.path) as conn:
         stamped, total = conn.execute(
             "SELECT COUNT(timestamp_token), COUNT(*) FROM checkpoint"
         ).fetchone()

@@ -5,7 +5,6 @@ from __future__ import annotations
 import base64
 import os
 import re
-import sqlite3
 import subprocess
 import sys
 import time
@@ -34,6 +33,7 @@ from xroad_hub.rfc3161 import issue_token, make_request
 from xroad_hub.runner import TSA_POLICY
 
 from .conftest import Fed
+from .sqlite_db import sqlite_db
 
 DGA = "TH/GOV/DGA/hub1"
 DBD = "TH/GOV/DBD/hub1"
@@ -54,7 +54,7 @@ async def exchange(fed: Fed, http, tmp_path: Path) -> tuple[str, dict[str, Path]
         n = fed.federation.nodes[node]
         await n.checkpointer.checkpoint()
         copies[node] = tmp_path / f"{node.replace('/', '_')}.sqlite"
-        with sqlite3.connect(n.runtime.log.path) as a, sqlite3.connect(copies[node]) as b:
+        with sqlite_db(n.runtime.log.path) as a, sqlite_db(copies[node]) as b:
             a.backup(b)
     return mid, copies
 
@@ -119,7 +119,7 @@ async def test_bundle_does_not_verify_under_another_root(fed: Fed, exchange) -> 
 
 async def test_purged_bodies_still_prove_the_exchange(fed: Fed, exchange) -> None:
     mid, logs = exchange
-    with sqlite3.connect(logs[DBD]) as conn:
+    with sqlite_db(logs[DBD]) as conn:
         conn.execute("UPDATE exchange SET request_body = NULL, response_body = NULL")
     bundle = export_bundle(logs[DBD], mid)
     assert orjson.loads(bundle)["response"]["body"] is None
@@ -138,6 +138,7 @@ def test_cli_export_and_verify(fed: Fed, exchange, tmp_path: Path) -> None:
         check=False,
     )
     assert exported.returncode == 0, exported.stderr
+    assert out.stat().st_mode & 0o777 == 0o600  # the bundle names a citizen
     check = [*cli, "verify-bundle", str(out), "--root-ca", str(fed.pki.root_ca.cert)]
     ok = subprocess.run(check, capture_output=True, text=True, timeout=60, check=False)
     assert ok.returncode == 0 and ok.stdout.startswith("VERIFIED"), ok.stdout + ok.stderr
@@ -396,7 +397,7 @@ async def test_nodes_keep_the_signed_globalconf_once_not_per_exchange(fed: Fed, 
     path = fed.federation.nodes[DBD].runtime.log.path
 
     def kept() -> int:
-        with sqlite3.connect(path) as conn:
+        with sqlite_db(path) as conn:
             return int(conn.execute("SELECT COUNT(*) FROM globalconf").fetchone()[0])
 
     async with http.get(fed.url(DGA) + "/r1/TH/GOV/DBD/registry/echo/1", headers=DEV) as r:
@@ -422,7 +423,7 @@ async def test_export_says_what_the_log_lacks(
     fed: Fed, exchange, damage: str, message: str
 ) -> None:
     mid, logs = exchange
-    with sqlite3.connect(logs[DBD]) as conn:
+    with sqlite_db(logs[DBD]) as conn:
         conn.execute(damage)
     with pytest.raises(EvidenceError, match=message):
         export_bundle(logs[DBD], mid)

@@ -1,8 +1,7 @@
 """Merkle tree math against published RFC 6962 vectors, the RFC's own definitions and fuzzing.
 
-The vectors are transparency-dev/merkle's ``testdata/`` (see the README beside them); they
-are read in place from ``shared/`` next to the repository, never copied, and their absence
-is an error, not a skip.
+The vectors are transparency-dev/merkle's ``testdata/``, carried in ``tests/data/rfc6962``
+with their licence (see the README there); their absence is an error, not a skip.
 """
 
 from __future__ import annotations
@@ -33,14 +32,14 @@ from xroad_hub.merkle import (
     verify_inclusion,
 )
 
-VECTORS = Path(__file__).resolve().parents[2] / "shared" / "testdata" / "rfc6962"
+VECTORS = Path(__file__).resolve().parent / "data" / "rfc6962"
 TESTDATA = VECTORS / "testdata"
 BENCH = Path(__file__).resolve().parents[1] / "scripts" / "bench_merkle.py"
 
 if not TESTDATA.is_dir():
     pytest.fail(
-        f"RFC 6962 test vectors not found at {TESTDATA}: check out the shared test data "
-        "next to the repository (shared/testdata/rfc6962)",
+        f"RFC 6962 test vectors not found at {TESTDATA}: they belong to the repository "
+        "(tests/data/rfc6962); restore them from git",
         pytrace=False,
     )
 

@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import asyncio
 import inspect
-import sqlite3
 from pathlib import Path
 from typing import TYPE_CHECKING
 
@@ -19,6 +18,8 @@ from xroad_hub.messagelog import postgres as pg
 from xroad_hub.messagelog import sqlite as sq
 from xroad_hub.messagelog.postgres import PostgresMessageLog, validate_schema_name
 from xroad_hub.messagelog.store import LogError
+
+from .sqlite_db import sqlite_db
 
 if TYPE_CHECKING:  # loaded by pytest as a plugin (below); importing it first breaks that
     from .messagelog_backends import PostgresBackend
@@ -156,7 +157,7 @@ async def test_layout_is_the_sqlite_layout(pg_backend: PostgresBackend, tmp_path
     sqlite_log = SQLiteMessageLog(tmp_path / "m.db")
     await sqlite_log.open()
     await sqlite_log.close()
-    with sqlite3.connect(tmp_path / "m.db") as conn:
+    with sqlite_db(tmp_path / "m.db") as conn:
         tables = [r[0] for r in conn.execute("SELECT name FROM sqlite_master WHERE type='table'")]
         sqlite_layout = {t: [r[1] for r in conn.execute(f"PRAGMA table_info({t})")] for t in tables}
     await pg_backend.open()

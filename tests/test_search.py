@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import json
-import sqlite3
 import subprocess
 import sys
 import uuid
@@ -16,6 +15,7 @@ from xroad_hub.audit import search_log
 from xroad_hub.messagelog.search import SearchFilter, search_sql
 
 from .conftest import Fed
+from .sqlite_db import sqlite_db
 
 DGA = "TH/GOV/DGA/hub1"
 DBD = "TH/GOV/DBD/hub1"
@@ -35,8 +35,8 @@ async def searchable(fed: Fed, http, tmp_path: Path) -> tuple[Path, str]:
             pass
     copy = tmp_path / "log.sqlite"
     with (
-        sqlite3.connect(fed.federation.nodes[DBD].runtime.log.path) as a,
-        sqlite3.connect(copy) as b,
+        sqlite_db(fed.federation.nodes[DBD].runtime.log.path) as a,
+        sqlite_db(copy) as b,
     ):
         a.backup(b)
     return copy, case
@@ -80,7 +80,7 @@ async def test_values_never_become_sql(searchable: tuple[Path, str]) -> None:
     log, _ = searchable
     for value in ("x' OR '1'='1", "'; DROP TABLE exchange; --"):
         assert search_log(log, SearchFilter(client=value, subject=value))[0] == []
-    with sqlite3.connect(log) as conn:
+    with sqlite_db(log) as conn:
         assert conn.execute("SELECT COUNT(*) FROM exchange").fetchone()[0] >= 5
     sql, params = search_sql(SearchFilter(client="zzz-value", subject="yyy-value"))
     assert "zzz-value" not in sql and "yyy-value" not in sql

@@ -1,5 +1,5 @@
-"""The SOAP adapters against real servers: a spyne legacy service bridged to REST (JSON) and
-to X-Road SOAP clients, misbehaving services, and the byte-exact pass-through."""
+"""The SOAP adapters against real servers: a legacy service (spyne's WSDL) bridged to REST
+(JSON) and to X-Road SOAP clients, misbehaving services, and the byte-exact pass-through."""
 
 from __future__ import annotations
 

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import sqlite3
 import uuid
 from urllib.parse import quote
 
@@ -21,6 +20,7 @@ from xroad_hub.subjects import (
 )
 
 from .conftest import Fed
+from .sqlite_db import sqlite_db
 
 DGA = "TH/GOV/DGA/hub1"
 DBD = "TH/GOV/DBD/hub1"
@@ -71,7 +71,7 @@ async def test_provider_node_indexes_the_subjects_of_each_exchange(fed: Fed, htt
     client_rows = await fed.federation.nodes[DGA].runtime.log.find(mid)
     assert orjson.loads(client_rows[0]["subjects"]) == []
     path = fed.federation.nodes[DBD].runtime.log.path
-    with sqlite3.connect(path) as conn:
+    with sqlite_db(path) as conn:
         indexed = conn.execute(
             "SELECT e.message_id FROM exchange_subject s JOIN exchange e USING (leaf_index)"
             " WHERE s.subject = ?",

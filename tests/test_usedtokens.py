@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import asyncio
 import os
-import sqlite3
 import stat
 import subprocess
 import sys
@@ -14,6 +13,8 @@ from pathlib import Path
 import pytest
 
 from xroad_hub.usedtokens import SQLiteUsedTokens, TokenStoreError
+
+from .sqlite_db import sqlite_db
 
 LATER = time.time() + 300
 
@@ -98,7 +99,7 @@ async def test_expired_ids_are_purged(tmp_path: Path) -> None:
     assert await store.claim("c|old", time.time() - 1)
     store._next_purge = 0.0  # the next claim purges
     assert await store.claim("c|new", LATER)
-    with sqlite3.connect(path) as db:
+    with sqlite_db(path) as db:
         rows = {r[0] for r in db.execute("SELECT token_id FROM used_token")}
     assert rows == {"c|new"}
     await store.close()

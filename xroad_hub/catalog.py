@@ -28,24 +28,18 @@ from __future__ import annotations
 
 import re
 import tomllib
-import warnings
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 from urllib.parse import quote
 
 import orjson
-
-with warnings.catch_warnings():
-    # jsonschema probes optional format libraries when imported; once spyne (the demo's SOAP
-    # registry) is loaded, its vendored six's import hook turns every missing one into an
-    # ImportWarning, which the test suite makes an error. Harmless, and only at import.
-    warnings.simplefilter("ignore", ImportWarning)
-    from jsonschema import Draft202012Validator
-    from jsonschema.exceptions import SchemaError, ValidationError, best_match
+from jsonschema import Draft202012Validator
+from jsonschema.exceptions import SchemaError, ValidationError, best_match
 
 from .errors import XRoadError
 from .identifiers import ServiceId, parse_service_id
+from .packaged import schema_file
 from .subjects import Locator, extract_subjects, parse_locator
 from .thaiid import is_valid
 
@@ -59,8 +53,8 @@ __all__ = [
     "load_catalog",
 ]
 
-# The repository's own catalog; node processes run from a source checkout, like the layouts.
-DEFAULT_CATALOG = Path(__file__).resolve().parent.parent / "schemas" / "evidence-catalog.toml"
+# The repository's own catalog (schemas/), shipped inside the package.
+DEFAULT_CATALOG = schema_file("evidence-catalog.toml")
 SUBJECT_KINDS = {"citizen_id": "citizen ID", "juristic_id": "juristic ID"}
 DRAFT_2020_12 = "https://json-schema.org/draft/2020-12/schema"
 _PLACEHOLDER = "{subject}"

@@ -548,6 +548,7 @@ def _audit_search(args: argparse.Namespace) -> int:
 
 def _audit_export(args: argparse.Namespace) -> int:
     from .evidence import EvidenceError, export_bundle
+    from .privatefile import write_private
 
     try:
         data = export_bundle(args.log, args.message_id, args.leaf_index)
@@ -555,7 +556,7 @@ def _audit_export(args: argparse.Namespace) -> int:
         print(f"xroad-hub: {exc}", file=sys.stderr)
         return 2
     out = args.output or Path(f"{args.message_id}.json")
-    out.write_bytes(data)
+    write_private(out, data)  # the bundle names the citizen whose data was exchanged
     print(f"evidence for {args.message_id} written to {out}")
     return 0
 

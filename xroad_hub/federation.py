@@ -7,10 +7,14 @@ the central registry publishes the shared part as the signed global configuratio
 
 from __future__ import annotations
 
+import difflib
 import tomllib
+from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
+
+from adapters.flatfile.settings import OPTIONS as FLATFILE_OPTIONS
 
 from .errors import XRoadError
 from .identifiers import (
@@ -30,6 +34,7 @@ from .subjects import AnswerLocator, Locator, parse_answer_locator, parse_locato
 
 __all__ = [
     "AUTH_MODES",
+    "KNOWN_KEYS",
     "BackendConfig",
     "ClientConfig",
     "FederationConfig",
@@ -202,9 +207,80 @@ def load_federation(path: Path) -> FederationConfig:
         raise ConfigError(f"{path}: missing or wrong-typed setting {exc}") from exc
 
 
+# The keys each table of the federation file may have. A key not listed is an error naming
+# the key, its table and the nearest known key (a misspelt "timout" must not silently fall
+# back to the default). A new setting is added here, and read where its table is built.
+KNOWN_KEYS: dict[str, frozenset[str]] = {
+    "federation": frozenset(("instance", "registry", "member", "node", "backend", "auditor")),
+    "registry": frozenset(("listen", "globalconf_validity", "refresh_interval", "tsa_listen")),
+    "member": frozenset(("id", "name")),
+    "node": frozenset(
+        (
+            "id", "peer_listen", "client_listen", "client_tls_listen", "client", "service",
+            "soap_service", "max_body_bytes", "body_timeout", "provider_timeout",
+            "checkpoint_interval", "audit_listen", "messagelog_dsn", "tsa_url",
+            "timestamp_failure_limit", "body_retention_days", "client_max_concurrent",
+            "client_max_inflight_bytes",
+        )
+    ),
+    "client": frozenset(("id", "auth", "default_purpose", "default_legal_basis")),
+    # Settings every [[node.service]] has; the adapter's options come on top (ADAPTER_OPTIONS).
+    "service": frozenset(
+        (
+            "id", "adapter", "url", "timeout", "allow", "disabled", "disabled_notice",
+            "version", "subject", "answer_subject", "purposes", "openapi",
+        )
+    ),
+    "soap_service": frozenset(
+        ("provider", "wsdl", "mode", "url", "version", "timeout", "allow", "disabled",
+         "purposes", "subject", "answer_subject")
+    ),
+    "backend": frozenset(("kind", "listen", "seed")),
+    "auditor": frozenset(("name",)),
+}  # fmt: skip
+# Options of a [[node.service]] passed to its adapter (the adapter validates their values).
+ADAPTER_OPTIONS: dict[str, frozenset[str]] = {"rest": frozenset(), "flatfile": FLATFILE_OPTIONS}
+_SERVICE_KEYS = KNOWN_KEYS["service"]
+
+
+def _check_keys(
+    table: Mapping[str, Any], kind: str, where: str, extra: frozenset[str] = frozenset()
+) -> None:
+    """ConfigError for the first key of ``table`` that a ``kind`` table does not have."""
+    if not isinstance(table, Mapping):
+        raise ConfigError(f"{where}: expected a table, got {type(table).__name__}")
+    known = KNOWN_KEYS[kind] | extra
+    unknown = [key for key in table if key not in known]
+    if not unknown:
+        return
+    # A misspelling is named first: a misspelt 'adapter' makes the adapter's options unknown.
+    near = {k: difflib.get_close_matches(k, sorted(known), n=1, cutoff=0.6) for k in unknown}
+    key = next((k for k in unknown if near[k]), unknown[0])
+    hint = (
+        f"did you mean {near[key][0]!r}?"
+        if near[key]
+        else f"known keys: {', '.join(sorted(known))}"
+    )
+    raise ConfigError(f"{where}: unknown key {key!r}; {hint}")
+
+
+def _named(table: Mapping[str, Any], key: str, index: int) -> str:
+    """How an error names one table of an array: its id (or name), else its position."""
+    value = table.get(key) if isinstance(table, Mapping) else None
+    return str(value) if isinstance(value, str) else f"#{index + 1}"
+
+
 def _build(data: dict[str, Any]) -> FederationConfig:
+    _check_keys(data, "federation", "top level")
+    for i, table in enumerate(data.get("member", [])):
+        _check_keys(table, "member", f"member {_named(table, 'id', i)}")
+    for i, table in enumerate(data.get("backend", [])):
+        _check_keys(table, "backend", f"backend {_named(table, 'kind', i)}")
+    for i, table in enumerate(data.get("auditor", [])):
+        _check_keys(table, "auditor", f"auditor {_named(table, 'name', i)}")
     instance = data["instance"]
     reg = data["registry"]
+    _check_keys(reg, "registry", "[registry]")
     registry = RegistryConfig(
         parse_address(reg["listen"]),
         float(reg.get("globalconf_validity", 600)),
@@ -212,7 +288,7 @@ def _build(data: dict[str, Any]) -> FederationConfig:
         parse_address(reg["tsa_listen"]) if "tsa_listen" in reg else None,
     )
     members = {parse_member_id(m["id"]): m.get("name", m["id"]) for m in data.get("member", [])}
-    nodes = tuple(_node(n, members) for n in data.get("node", []))
+    nodes = tuple(_node(n, members, i) for i, n in enumerate(data.get("node", [])))
     for node in nodes:
         if node.id.owner not in members:
             raise ConfigError(f"node {node.id}: owner {node.id.owner} is not a declared member")
@@ -230,25 +306,6 @@ def _build(data: dict[str, Any]) -> FederationConfig:
         if not valid_part(name):
             raise ConfigError(f"auditor name {name!r} must use identifier characters only")
     return FederationConfig(instance, registry, members, nodes, backends, auditors)
-
-
-# Settings every service has; any other key of a non-REST service is an adapter option.
-_SERVICE_KEYS = frozenset(
-    (
-        "id",
-        "adapter",
-        "url",
-        "timeout",
-        "allow",
-        "disabled",
-        "disabled_notice",
-        "version",
-        "subject",
-        "answer_subject",
-        "purposes",
-        "openapi",
-    )
-)
 
 
 def _locators(node_id: NodeId, sid: ServiceId, texts: list[str]) -> tuple[Locator, ...]:
@@ -286,18 +343,13 @@ def _purposes(node_id: NodeId, sid: ServiceId, values: list[str]) -> tuple[str, 
     return tuple(values)
 
 
-def _soap_service(node_id: NodeId, t: dict[str, Any]) -> SoapServiceConfig:
+def _soap_service(node_id: NodeId, t: dict[str, Any], index: int) -> SoapServiceConfig:
+    _check_keys(t, "soap_service", f"node {node_id} SOAP service {_named(t, 'provider', index)}")
     provider = parse_subsystem_id(t["provider"])
     mode = t.get("mode", "bridge")
     if mode not in SOAP_MODES:
         raise ConfigError(
             f"node {node_id}, SOAP service {provider}: mode must be one of {SOAP_MODES}"
-        )
-    unknown = set(t) - {"provider", "wsdl", "mode", "url", "version", "timeout", "allow",
-                        "disabled", "purposes", "subject", "answer_subject"}  # fmt: skip
-    if unknown:
-        raise ConfigError(
-            f"node {node_id}, SOAP service {provider}: unknown keys {sorted(unknown)}"
         )
     where = ServiceId(provider, "wsdl")
     return SoapServiceConfig(
@@ -335,15 +387,19 @@ def _client(node_id: NodeId, c: dict[str, Any]) -> ClientConfig:
     return ClientConfig(client, c["auth"], purpose, basis)
 
 
-def _node(n: dict[str, Any], members: dict[MemberId, str]) -> NodeConfig:
+def _node(n: dict[str, Any], members: dict[MemberId, str], index: int) -> NodeConfig:
+    _check_keys(n, "node", f"node {_named(n, 'id', index)}")
     node_id = parse_node_id(n["id"])
     clients = []
-    for c in n.get("client", []):
+    for i, c in enumerate(n.get("client", [])):
+        _check_keys(c, "client", f"node {node_id} client {_named(c, 'id', i)}")
         if c["auth"] not in AUTH_MODES:
             raise ConfigError(f"node {node_id}: client auth must be one of {AUTH_MODES}")
         clients.append(_client(node_id, c))
     services = []
-    for s in n.get("service", []):
+    for i, s in enumerate(n.get("service", [])):
+        options = ADAPTER_OPTIONS.get(s.get("adapter", "rest"), frozenset())
+        _check_keys(s, "service", f"node {node_id} service {_named(s, 'id', i)}", options)
         sid = parse_service_id(s["id"])
         if sid.service_version:
             raise ConfigError(f"node {node_id}: give the version of {sid} as version = ...")
@@ -369,7 +425,9 @@ def _node(n: dict[str, Any], members: dict[MemberId, str]) -> NodeConfig:
                 ),
             )
         )
-    soap_services = tuple(_soap_service(node_id, t) for t in n.get("soap_service", []))
+    soap_services = tuple(
+        _soap_service(node_id, t, i) for i, t in enumerate(n.get("soap_service", []))
+    )
     providers = tuple(
         sorted({s.id.provider for s in services} | {s.provider for s in soap_services})  # type: ignore[type-var]
     )

@@ -9,7 +9,6 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import json
-import socket
 from dataclasses import replace
 from pathlib import Path
 
@@ -22,6 +21,7 @@ from .demo.dbd import dbd_app
 from .demo.dopa import dopa_app
 from .demo.legacy_exports import ensure_export
 from .federation import BackendConfig, FederationConfig, NodeConfig
+from .listen import listen_socket
 from .node import Node
 from .pki import PkiLayout, load_cert, load_private_key
 from .registry import Registry
@@ -57,11 +57,13 @@ class Federation:
         self._runners: list[web.AppRunner] = []
         self.endpoints: dict[str, object] = {}
 
-    async def _serve(self, app: web.Application, address: tuple[str, int]) -> str:
+    async def _serve(
+        self, app: web.Application, address: tuple[str, int], component: str, key: str
+    ) -> str:
+        sock = listen_socket(address, component, key)
         runner = web.AppRunner(app, access_log=None, handle_signals=False, shutdown_timeout=5.0)
         await runner.setup()
         self._runners.append(runner)
-        sock = socket.create_server(address)
         await web.SockSite(runner, sock).start()
         host, port = sock.getsockname()[:2]
         return f"http://{host}:{port}"
@@ -83,14 +85,18 @@ class Federation:
         backends = {}
         if self._runs("backends"):
             for b in self.fed.backends:
-                backends[b.kind] = await self._serve(_backend(b), b.listen)
+                backends[b.kind] = await self._serve(
+                    _backend(b), b.listen, f"backend {b.kind}", f"listen of backend {b.kind}"
+                )
         host, port = self.fed.registry.listen
         registry_url = f"http://{host}:{port}"
         if self._runs("registry"):
             registry_dir = self.data_dir / "registry"
             registry_dir.mkdir(parents=True, exist_ok=True)
             registry = Registry(self.fed, self.pki, witness_state=registry_dir / "witness.json")
-            registry_url = await self._serve(registry.app(), self.fed.registry.listen)
+            registry_url = await self._serve(
+                registry.app(), self.fed.registry.listen, "the registry", "[registry] listen"
+            )
         tsa_url = None
         if self.fed.registry.tsa_listen is not None:
             tsa_host, tsa_port = self.fed.registry.tsa_listen
@@ -99,7 +105,15 @@ class Federation:
                 tsa_app_ = tsa_app(
                     load_private_key(self.pki.tsa.key), load_cert(self.pki.tsa.cert), TSA_POLICY
                 )
-                tsa_url = await self._serve(tsa_app_, self.fed.registry.tsa_listen) + "/"
+                tsa_url = (
+                    await self._serve(
+                        tsa_app_,
+                        self.fed.registry.tsa_listen,
+                        "the timestamp authority",
+                        "[registry] tsa_listen",
+                    )
+                    + "/"
+                )
         nodes: dict[str, object] = {}
         for cfg in self.fed.nodes:
             if not self._runs(str(cfg.id)):

@@ -12,6 +12,8 @@ from collections.abc import Iterable
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from .packaged import schema_file
+
 __all__ = ["TestFederationSpec", "free_port", "on_free_ports", "write_federation"]
 
 
@@ -88,7 +90,7 @@ def write_federation(path: Path, spec: TestFederationSpec) -> Path:
             # answers are the request itself; its OpenAPI (the company registry's) declares
             # directors' citizen ids, so the registration must locate them.
             "answer_subject": ["json:directors[*].citizen_id"],
-            "openapi": str(Path(__file__).parents[1] / "schemas" / "dbd-registry.openapi.json"),
+            "openapi": str(schema_file("dbd-registry.openapi.json")),
         },
         {
             "id": "TH/GOV/DBD/registry/restricted",

@@ -33,13 +33,13 @@ from typing import Any
 from .errors import LayoutError
 from .layout import Layout, check_field_name, load_layout_file, parse_layout
 
-__all__ = ["FlatFileSettings", "resolve_path"]
+__all__ = ["OPTIONS", "FlatFileSettings", "resolve_path"]
 
-_KNOWN = {
+OPTIONS = frozenset({
     "source", "pattern", "layout", "format", "encoding", "keys", "max_bad_share",
     "reload_interval", "settle_seconds", "page_size", "max_page_size", "max_candidates",
     "loader", "report_limit", "generate", "seed", "description",
-}  # fmt: skip
+})  # fmt: skip
 PROCESS_THRESHOLD = 4 * 1024 * 1024
 
 
@@ -82,9 +82,9 @@ class FlatFileSettings:
         cls, options: Mapping[str, Any], base_dir: Path | None = None
     ) -> FlatFileSettings:
         """Validate a service's options; ``LayoutError`` names what to change."""
-        unknown = set(options) - _KNOWN
+        unknown = set(options) - OPTIONS
         if unknown:
-            raise LayoutError(f"unknown option(s) {sorted(unknown)}; known: {sorted(_KNOWN)}")
+            raise LayoutError(f"unknown option(s) {sorted(unknown)}; known: {sorted(OPTIONS)}")
         if not isinstance(options.get("source"), str) or not options["source"]:
             raise LayoutError("source (the export file or directory) is required")
         source = resolve_path(options["source"], base_dir)

@@ -65,6 +65,7 @@ from case_service.client import CaseServiceClient
 from ..devpki import ensure_pki
 from ..federation import FederationConfig, NodeConfig, load_federation
 from ..node.trackerapi import mint_idp_token
+from ..packaged import schema_file
 from ..pki import IDP_MAX_LIFETIME, TRACKER_MAX_LIFETIME, PkiLayout, load_private_key
 from ..runner import Federation
 from ..testing import free_port, on_free_ports
@@ -232,12 +233,17 @@ async def _flat_files_loaded(federation: Federation, timeout: float) -> None:
 def _absolute(value: str) -> str:
     """The federation file documents relative layout/WSDL/OpenAPI paths as relative to the
     directory xroad-hub runs in (the repository root); the demo may run from anywhere, so a
-    path missing there is taken from the repository instead."""
+    path missing there is taken from the package's schemas (``schemas/...``, installed with
+    the package) or the repository instead."""
     path = Path(value)
     if path.is_absolute() or "://" in value:
         return value
     here = Path.cwd() / path
-    return str(here if here.exists() else REPO_ROOT / path)
+    if here.exists():
+        return str(here)
+    if path.parts[0] == "schemas" and len(path.parts) > 1:
+        return str(schema_file(str(Path(*path.parts[1:]))))
+    return str(REPO_ROOT / path)
 
 
 def _absolute_paths(fed: FederationConfig) -> FederationConfig:
@@ -419,7 +425,7 @@ def demo_applicant(seed: int = SEED, companies_count: int = 200) -> Applicant:
 
     def served(export: bytes, layout_name: str, key: str) -> set[str]:
         # The same validation and indexes the adapter builds: a broken record never counts.
-        layout = parse_layout(load_layout_file(REPO_ROOT / "schemas" / layout_name))
+        layout = parse_layout(load_layout_file(schema_file(layout_name)))
         result = load_export(export, layout, layout.keys)
         resolved = resolve_layout(export, layout)
         index = result.indexes[key]

@@ -13,12 +13,12 @@ from __future__ import annotations
 
 import csv
 import io
-import os
 import random
 from collections.abc import Iterator
 from datetime import date, timedelta
 from pathlib import Path
 
+from ..privatefile import write_private
 from .synthetic import Company, Person, companies, people
 
 __all__ = [
@@ -211,14 +211,9 @@ def _clearance_row(
 
 
 def write_atomic(path: Path, data: bytes) -> None:
-    """Write ``data`` the way nightly jobs should: a temporary name, then an atomic rename."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.tmp")
-    with open(tmp, "wb") as f:
-        f.write(data)
-        f.flush()
-        os.fsync(f.fileno())
-    os.replace(tmp, path)
+    """Write ``data`` the way nightly jobs should: a temporary name, then an atomic rename;
+    mode 0600, as exports of citizens' records must be."""
+    write_private(path, data)
 
 
 def _dol(target: Path, seed: int) -> Path:

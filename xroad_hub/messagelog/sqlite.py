@@ -16,6 +16,7 @@ Merkle tree of the tamper-evident log builds on.
 
 from __future__ import annotations
 
+import asyncio
 import functools
 import hashlib
 from collections.abc import Sequence
@@ -25,6 +26,7 @@ import aiosqlite
 import orjson
 
 from .. import merkle
+from ..privatefile import ensure_private
 from .groupcommit import GroupCommit, Pending
 from .layout import COLUMNS as _COLUMNS
 from .layout import SCHEMA_VERSION as _SCHEMA_VERSION
@@ -132,7 +134,9 @@ class SQLiteMessageLog:
         self._tree = merkle.MemoryTree()
 
     async def open(self) -> None:
-        self.path.parent.mkdir(parents=True, exist_ok=True)
+        # The log holds citizens' data: 0600 before SQLite writes a byte (the -wal and -shm
+        # files SQLite creates take the database file's mode).
+        await asyncio.to_thread(ensure_private, self.path, sqlite=True)
         # Autocommit: every batch is one statement, hence one transaction (see above).
         self._db = await aiosqlite.connect(self.path, isolation_level=None)
         await self._db.execute("PRAGMA journal_mode=WAL")

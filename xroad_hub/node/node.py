@@ -36,6 +36,7 @@ from ..clientauth import ClientAuthenticator, ClientRegistration
 from ..errors import CLIENT_PROXY, SERVER_PROXY
 from ..federation import ConfigError, NodeConfig, ServiceConfig, SoapServiceConfig
 from ..identifiers import ServiceId
+from ..listen import listen_socket
 from ..message import MAX_OVERHEAD
 from ..messagelog import MessageLog, PostgresMessageLog, SQLiteMessageLog
 from ..pki import PkiLayout, load_cert, load_ed25519_key, load_private_key, load_public_key
@@ -330,7 +331,11 @@ class Node:
             )
             await runner.setup()
             self._runners.append(runner)
-            sock = sockets.get(role) or _bind(address)  # type: ignore[arg-type]
+            sock = sockets.get(role) or listen_socket(
+                address,  # type: ignore[arg-type]
+                f"node {cfg.id} ({role.replace('_', ' ')} port)",
+                f"{role}_listen of node {cfg.id}",
+            )
             site = web.SockSite(runner, sock, ssl_context=ssl_ctx)
             await site.start()
             host, port = sock.getsockname()[:2]
@@ -445,7 +450,3 @@ def _openapi(service: ServiceConfig) -> dict[str, object] | None:
 
 _MAX_OPENAPI = 5 * 1024 * 1024
 _PEER_SHARE = 4  # a peer node's limits, in multiples of one client system's
-
-
-def _bind(address: tuple[str, int]) -> socket.socket:
-    return socket.create_server(address, reuse_port=False)
