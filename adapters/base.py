@@ -6,7 +6,7 @@ from dataclasses import dataclass
 from typing import TYPE_CHECKING, Protocol
 
 if TYPE_CHECKING:
-    from xroad_hub.soap import SoapMessage
+    from xroad_hub.protocol.soap import SoapMessage
 
 __all__ = ["Adapter", "AdapterRequest", "AdapterResponse"]
 

@@ -15,7 +15,7 @@ from yarl import URL
 
 from xroad_hub.errors import XRoadError
 from xroad_hub.logs import loggable_error
-from xroad_hub.rest import check_path
+from xroad_hub.protocol.rest import check_path
 from xroad_hub.streams import BodyTooLarge, read_capped
 
 from .base import AdapterRequest, AdapterResponse

@@ -27,14 +27,14 @@ from pathlib import Path
 from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric import ed25519
 
-from xroad_hub.audit import verify_log
-from xroad_hub.checkpoint import Checkpoint, NoteSigner, sign_note
-from xroad_hub.identifiers import parse_member_id
-from xroad_hub.message import body_digest, canonical
 from xroad_hub.messagelog import LogRecord, SQLiteMessageLog
+from xroad_hub.messagelog.audit import verify_log
 from xroad_hub.pki import generate_key, issue_cert, make_root_ca
-from xroad_hub.rest import request_hash
-from xroad_hub.signing import MessageSigner
+from xroad_hub.protocol.checkpoint import Checkpoint, NoteSigner, sign_note
+from xroad_hub.protocol.identifiers import parse_member_id
+from xroad_hub.protocol.message import body_digest, canonical
+from xroad_hub.protocol.rest import request_hash
+from xroad_hub.protocol.signing import MessageSigner
 
 BATCH = 64  # messages per signature batch, as under load
 

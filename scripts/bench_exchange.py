@@ -54,11 +54,11 @@ from benchproc import (
 )
 
 from xroad_hub.demo.dbd import dbd_app
-from xroad_hub.devpki import ensure_pki
+from xroad_hub.dev.devpki import ensure_pki
+from xroad_hub.dev.testing import TestFederationSpec, free_port, write_federation
 from xroad_hub.federation import load_federation
-from xroad_hub.identifiers import parse_service_id, parse_subsystem_id
 from xroad_hub.logs import configure_logging
-from xroad_hub.testing import TestFederationSpec, free_port, write_federation
+from xroad_hub.protocol.identifiers import parse_service_id, parse_subsystem_id
 
 CLIENT = "TH/GOV/DGA/devportal"  # registered with auth = "http" on the client node
 CLIENT_NODE = "TH/GOV/DGA/hub1"
@@ -464,7 +464,7 @@ def build_parser() -> argparse.ArgumentParser:
         formatter_class=argparse.RawDescriptionHelpFormatter,
         epilog="""\
 What it does:
-  Writes a federation file on free loopback ports (xroad_hub.testing) and its development
+  Writes a federation file on free loopback ports (xroad_hub.dev.testing) and its development
   PKI into a temporary directory, starts the DBD demo backend and the federation (registry
   and nodes) as two child processes, waits until both answer (and checks that the hub's
   answer equals the backend's), then runs two phases with the same closed-loop load:

@@ -48,9 +48,9 @@ from adapters.flatfile.layout import load_layout_file, parse_layout
 from adapters.flatfile.loader import load_export
 from xroad_hub.demo.legacy_exports import title_deed_lines, write_atomic
 from xroad_hub.demo.synthetic import people
-from xroad_hub.devpki import ensure_pki
+from xroad_hub.dev.devpki import ensure_pki
+from xroad_hub.dev.testing import TestFederationSpec, free_port, write_federation
 from xroad_hub.federation import load_federation
-from xroad_hub.testing import TestFederationSpec, free_port, write_federation
 
 ROOT = Path(__file__).resolve().parents[1]
 LAYOUT = ROOT / "schemas" / "dol-titledeeds.layout.toml"

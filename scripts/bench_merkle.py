@@ -28,7 +28,7 @@ import time
 from collections.abc import Callable
 from typing import Any
 
-from xroad_hub.merkle import (
+from xroad_hub.protocol.merkle import (
     CompactRange,
     MemoryTree,
     consistency_proof,

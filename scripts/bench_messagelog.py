@@ -46,12 +46,12 @@ import asyncpg
 from cryptography.hazmat.primitives import hashes
 from cryptography.hazmat.primitives.asymmetric import ec
 
-from xroad_hub.message import body_digest, canonical
 from xroad_hub.messagelog import LogRecord, MessageLog, SQLiteMessageLog
 from xroad_hub.messagelog import postgres as pg
 from xroad_hub.messagelog.postgres import PostgresMessageLog
 from xroad_hub.messagelog.store import LogError
-from xroad_hub.signing import BatchSignature
+from xroad_hub.protocol.message import body_digest, canonical
+from xroad_hub.protocol.signing import BatchSignature
 
 TARGET_APPENDS_PER_S = 5000
 TARGET_BYTES_PER_EXCHANGE = 1024

@@ -69,12 +69,12 @@ from lxml import etree
 from xroad_hub.demo import synthetic
 from xroad_hub.demo.dopa import NAMESPACE as DOPA_NS
 from xroad_hub.demo.dopa import dopa_app
-from xroad_hub.devpki import ensure_pki
+from xroad_hub.dev.devpki import ensure_pki
+from xroad_hub.dev.testing import on_free_ports
 from xroad_hub.federation import load_federation
-from xroad_hub.identifiers import parse_subsystem_id
 from xroad_hub.logs import configure_logging
-from xroad_hub.soap import HUB_NS, ID_NS, XRD_NS
-from xroad_hub.testing import on_free_ports
+from xroad_hub.protocol.identifiers import parse_subsystem_id
+from xroad_hub.protocol.soap import HUB_NS, ID_NS, XRD_NS
 
 DEMO_FEDERATION = Path(__file__).resolve().parents[1] / "config" / "demo-federation.toml"
 CLIENT = "TH/GOV/DGA/devportal"  # registered with auth = "http" on the DGA node
@@ -84,7 +84,7 @@ SUBSYSTEM = ("TH", "GOV", "DOPA", "population")
 OPERATION = "getPerson"
 VERSION = "v1"
 # DOPA's registration declares purposes; REST states one with X-Road-Purpose, SOAP with the
-# hub's own header field <xh:purpose> (xroad_hub.soap.HUB_NS).
+# hub's own header field <xh:purpose> (xroad_hub.protocol.soap.HUB_NS).
 PURPOSE = "citizen-self-service"
 BACKEND_KIND = "dopa-population"
 # dopa_app's default: its population is the people behind this many demo companies.
@@ -700,7 +700,7 @@ def build_parser() -> argparse.ArgumentParser:
         formatter_class=argparse.RawDescriptionHelpFormatter,
         epilog=f"""\
 What it does:
-  Copies config/demo-federation.toml onto free loopback ports (xroad_hub.testing.
+  Copies config/demo-federation.toml onto free loopback ports (xroad_hub.dev.testing.
   on_free_ports) in a temporary directory with a fresh development PKI, starts the DOPA
   legacy service in one child process and the registry, DGA node and DOPA node in
   two more (or one, --one-process), checks that direct, REST and SOAP calls return the same

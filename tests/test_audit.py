@@ -14,9 +14,14 @@ import orjson
 import pytest
 from cryptography import x509
 
-from xroad_hub import merkle
-from xroad_hub.audit import WitnessCheckpoint, iso_utc, load_witness_checkpoint, verify_log
-from xroad_hub.message import canonical
+from xroad_hub.messagelog.audit import (
+    WitnessCheckpoint,
+    iso_utc,
+    load_witness_checkpoint,
+    verify_log,
+)
+from xroad_hub.protocol import merkle
+from xroad_hub.protocol.message import canonical
 
 from .conftest import Fed
 from .sqlite_db import sqlite_db
@@ -114,7 +119,7 @@ async def test_consistent_forgery_fails_the_signature(fed: Fed, log_copy: Path) 
 
     import orjson
 
-    from xroad_hub.message import canonical
+    from xroad_hub.protocol.message import canonical
 
     with sqlite_db(log_copy) as conn:
         meta, leaf = conn.execute(

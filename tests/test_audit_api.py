@@ -10,7 +10,7 @@ import orjson
 import pytest
 from cryptography import x509
 
-from xroad_hub.evidence import verify_bundle
+from xroad_hub.messagelog.evidence import verify_bundle
 from xroad_hub.pki import generate_key, load_private_key
 
 from .conftest import Fed

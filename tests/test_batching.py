@@ -6,10 +6,10 @@ import asyncio
 
 from cryptography.hazmat.primitives.serialization import Encoding
 
-from xroad_hub.identifiers import parse_member_id
 from xroad_hub.node.batching import BatchSigner
 from xroad_hub.pki import generate_key, issue_cert, make_root_ca
-from xroad_hub.signing import BatchSignature, MessageSigner, SignatureVerifier
+from xroad_hub.protocol.identifiers import parse_member_id
+from xroad_hub.protocol.signing import BatchSignature, MessageSigner, SignatureVerifier
 
 DOPA = parse_member_id("TH/GOV/DOPA")
 

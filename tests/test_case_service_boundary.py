@@ -72,8 +72,8 @@ def test_no_module_imports_the_hub() -> None:
 def test_the_scan_would_catch_an_import(tmp_path: Path) -> None:
     sample = tmp_path / "sample.py"
     sample.write_text(
-        "import json\nfrom xroad_hub.thaiid import is_valid\nimport adapters.rest\n"
-        "__import__('xroad_hub.rest')\nfrom . import store\n",
+        "import json\nfrom xroad_hub.protocol.thaiid import is_valid\nimport adapters.rest\n"
+        "__import__('xroad_hub.protocol.rest')\nfrom . import store\n",
         encoding="utf-8",
     )
     assert len(_forbidden_imports(sample)) == 3

@@ -16,7 +16,12 @@ from aiohttp.test_utils import TestClient, TestServer
 from adapters.base import AdapterRequest
 from adapters.flatfile import FlatFileAdapter
 from adapters.soap import SoapBridgeAdapter, fetch_wsdl, load_wsdl, zeep_client
-from xroad_hub.catalog import (
+from xroad_hub.demo import synthetic
+from xroad_hub.demo.dopa import dopa_app
+from xroad_hub.demo.legacy_exports import ensure_export
+from xroad_hub.errors import XRoadError
+from xroad_hub.federation import load_federation
+from xroad_hub.protocol.catalog import (
     DEFAULT_CATALOG,
     Catalog,
     CatalogError,
@@ -24,12 +29,7 @@ from xroad_hub.catalog import (
     fill,
     load_catalog,
 )
-from xroad_hub.demo import synthetic
-from xroad_hub.demo.dopa import dopa_app
-from xroad_hub.demo.legacy_exports import ensure_export
-from xroad_hub.errors import XRoadError
-from xroad_hub.federation import load_federation
-from xroad_hub.identifiers import parse_service_id
+from xroad_hub.protocol.identifiers import parse_service_id
 
 CITIZEN = "1101700203450"
 JURISTIC = "0105744622488"

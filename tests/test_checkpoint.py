@@ -8,7 +8,7 @@ import hashlib
 import pytest
 from cryptography.hazmat.primitives.asymmetric import ed25519
 
-from xroad_hub.checkpoint import (
+from xroad_hub.protocol.checkpoint import (
     Checkpoint,
     CheckpointError,
     NoteSigner,

@@ -17,16 +17,16 @@ import jwt
 import pytest
 from cryptography.hazmat.primitives import serialization
 
-from xroad_hub.clientauth import (
+from xroad_hub.errors import XRoadError
+from xroad_hub.node.clientauth import (
     MAX_TOKEN_LIFETIME,
     ClientAuthenticator,
     ClientRegistration,
     Credentials,
 )
-from xroad_hub.errors import XRoadError
-from xroad_hub.identifiers import MemberId, SubsystemId
+from xroad_hub.node.usedtokens import SQLiteUsedTokens
 from xroad_hub.pki import generate_key
-from xroad_hub.usedtokens import SQLiteUsedTokens
+from xroad_hub.protocol.identifiers import MemberId, SubsystemId
 
 NODE = "TH/GOV/DGA/hub1"
 DEV = SubsystemId("TH", "GOV", "DGA", "devtool")

@@ -30,8 +30,8 @@ from xroad_hub.demo.legacy_exports import rd_taxclearance_csv, title_deed_lines
 from xroad_hub.demo.synthetic import companies, demo_people
 from xroad_hub.federation import load_federation
 from xroad_hub.pki import PkiLayout
+from xroad_hub.protocol.thaiid import with_check_digit
 from xroad_hub.runner import Federation
-from xroad_hub.thaiid import with_check_digit
 
 NODES = [str(n.id) for n in load_federation(DEFAULT_CONFIG).nodes]
 

@@ -14,7 +14,7 @@ from pathlib import Path
 import aiohttp
 import pytest
 
-from xroad_hub.testing import on_free_ports
+from xroad_hub.dev.testing import on_free_ports
 
 from .sqlite_db import sqlite_db
 

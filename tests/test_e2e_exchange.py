@@ -13,9 +13,9 @@ import pytest
 from cryptography import x509
 from cryptography.hazmat.primitives import serialization
 
-from xroad_hub.identifiers import parse_member_id
-from xroad_hub.message import canonical, decode_envelope, encode_envelope
-from xroad_hub.signing import SignatureError, SignatureVerifier
+from xroad_hub.protocol.identifiers import parse_member_id
+from xroad_hub.protocol.message import canonical, decode_envelope, encode_envelope
+from xroad_hub.protocol.signing import SignatureError, SignatureVerifier
 
 from .conftest import Fed
 
@@ -244,7 +244,7 @@ async def test_failed_answer_verification_is_logged_by_client_node(own_fed: Fed,
     fed = own_fed
     from xroad_hub.node.batching import BatchSigner
     from xroad_hub.pki import generate_key
-    from xroad_hub.signing import MessageSigner
+    from xroad_hub.protocol.signing import MessageSigner
 
     rt = fed.federation.nodes[DBD].runtime
     member = next(m for m in rt.signers if str(m) == "TH/GOV/DBD")

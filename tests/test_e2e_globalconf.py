@@ -7,9 +7,9 @@ from collections.abc import AsyncIterator
 
 import pytest
 
-from xroad_hub.globalconf import GlobalConfError
+from xroad_hub.dev.testing import TestFederationSpec, free_port
 from xroad_hub.pki import generate_key
-from xroad_hub.testing import TestFederationSpec, free_port
+from xroad_hub.protocol.globalconf import GlobalConfError
 
 from .conftest import Fed, start_federation
 
@@ -64,8 +64,8 @@ async def test_provider_with_expired_configuration_refuses(
 
 
 async def test_badly_signed_configuration_is_not_installed(fed: Fed) -> None:
-    from xroad_hub.globalconf import sign_globalconf
-    from xroad_hub.registry import Registry
+    from xroad_hub.central.registry import Registry
+    from xroad_hub.protocol.globalconf import sign_globalconf
 
     gc = fed.federation.nodes[DGA].globalconf
     before = gc.current()

@@ -30,7 +30,6 @@ from cryptography import x509
 
 from adapters.flatfile import FlatFileAdapter
 from case_service.client import CaseServiceError
-from xroad_hub.audit import check_signed_part, search_log
 from xroad_hub.demo.harness import (
     BMA_NODE,
     CASE_SERVICE_CLIENT,
@@ -42,10 +41,11 @@ from xroad_hub.demo.harness import (
     start_demo_federation,
 )
 from xroad_hub.demo.synthetic import companies, demo_people
+from xroad_hub.messagelog.audit import check_signed_part, search_log
 from xroad_hub.messagelog.search import SearchFilter
 from xroad_hub.node import Node
 from xroad_hub.pki import load_private_key
-from xroad_hub.signing import SignatureVerifier
+from xroad_hub.protocol.signing import SignatureVerifier
 
 pytestmark = pytest.mark.slow
 

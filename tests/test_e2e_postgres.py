@@ -6,7 +6,7 @@ import uuid
 
 import asyncpg
 
-from xroad_hub.testing import TestFederationSpec
+from xroad_hub.dev.testing import TestFederationSpec
 
 from .conftest import start_federation
 from .messagelog_backends import PG_DSN, postgres_or_skip

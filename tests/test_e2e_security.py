@@ -17,14 +17,14 @@ import jwt
 import orjson
 import pytest
 
-from xroad_hub.globalconf import NodeEntry, sign_globalconf
-from xroad_hub.identifiers import parse_subsystem_id
-from xroad_hub.message import decode_envelope, encode_envelope
+from xroad_hub.central.registry import Registry
 from xroad_hub.node.batching import BatchSigner
 from xroad_hub.node.peer import PEER_PATH
 from xroad_hub.pki import generate_key, issue_cert, load_private_key, make_root_ca
-from xroad_hub.registry import Registry
-from xroad_hub.signing import MessageSigner
+from xroad_hub.protocol.globalconf import NodeEntry, sign_globalconf
+from xroad_hub.protocol.identifiers import parse_subsystem_id
+from xroad_hub.protocol.message import decode_envelope, encode_envelope
+from xroad_hub.protocol.signing import MessageSigner
 
 from .conftest import Fed
 
@@ -361,7 +361,7 @@ async def _signed_from_client_node(fed: Fed, **changes: object):  # type: ignore
     """Deliver a correctly signed request as a (rogue) client node would craft it."""
     import uuid
 
-    from xroad_hub.message import body_digest, canonical
+    from xroad_hub.protocol.message import body_digest, canonical
 
     rt = fed.federation.nodes[DGA].runtime
     member = next(m for m in rt.signers if str(m) == "TH/GOV/DGA")
@@ -434,8 +434,8 @@ async def test_client_certificate_cannot_serve_as_a_node(fed: Fed, tmp_path) -> 
     only the CA trusted (no pinning), so it can never pose as a provider node."""
     from aiohttp import web
 
+    from xroad_hub.dev.testing import free_port
     from xroad_hub.node.tls import peer_client_context, peer_server_context
-    from xroad_hub.testing import free_port
 
     licensing = fed.pki.client_tls("TH/GOV/BMA/licensing")
     app = web.Application()

@@ -10,9 +10,9 @@ from pathlib import Path
 import pytest
 from cryptography.hazmat.primitives import serialization
 
-from xroad_hub.checkpoint import Checkpoint
+from xroad_hub.dev.testing import TestFederationSpec, free_port
 from xroad_hub.pki import load_cert
-from xroad_hub.testing import TestFederationSpec, free_port
+from xroad_hub.protocol.checkpoint import Checkpoint
 
 from .conftest import Fed, start_federation
 from .sqlite_db import sqlite_db

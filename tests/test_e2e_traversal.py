@@ -9,7 +9,7 @@ import aiohttp
 import orjson
 import pytest
 
-from xroad_hub.message import decode_envelope
+from xroad_hub.protocol.message import decode_envelope
 
 from .conftest import ECHO_SEEN, Fed
 from .test_e2e_security import DEV, ECHO, _signed_from_client_node, raw_http

@@ -20,11 +20,11 @@ import pytest
 from aiohttp import web
 from aiohttp.test_utils import TestClient, TestServer
 
-from xroad_hub.catalog import load_catalog
 from xroad_hub.node.consumer import ClientProxy
 from xroad_hub.node.evidenceapi import EvidenceApi
 from xroad_hub.node.trackerapi import TrackerApi, mint_idp_token
 from xroad_hub.pki import load_private_key, load_public_key
+from xroad_hub.protocol.catalog import load_catalog
 
 from .conftest import Fed
 

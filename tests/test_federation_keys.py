@@ -13,8 +13,8 @@ from pathlib import Path
 import pytest
 
 from xroad_hub.demo.harness import DEFAULT_CONFIG
+from xroad_hub.dev.testing import on_free_ports
 from xroad_hub.federation import KNOWN_KEYS, ConfigError, load_federation
-from xroad_hub.testing import on_free_ports
 
 ROOT = Path(__file__).resolve().parents[1]
 

@@ -13,7 +13,7 @@ import pytest
 
 from adapters.base import AdapterRequest
 from adapters.flatfile import FlatFileAdapter
-from xroad_hub.thaiid import with_check_digit
+from xroad_hub.protocol.thaiid import with_check_digit
 
 from .test_flatfile_formats import CIDS, FIXED, NAME, fixed_record
 

@@ -22,7 +22,7 @@ from xroad_hub.demo.legacy_exports import (
     title_deed_lines,
 )
 from xroad_hub.demo.synthetic import companies, people
-from xroad_hub.testing import TestFederationSpec
+from xroad_hub.dev.testing import TestFederationSpec
 
 from .conftest import Fed, start_federation
 

@@ -11,7 +11,7 @@ from adapters.flatfile.dataset import Dataset, DataVersion
 from adapters.flatfile.errors import ExportRejected
 from adapters.flatfile.layout import parse_layout
 from adapters.flatfile.loader import LoadResult, from_wire, load_export, resolve_layout, to_wire
-from xroad_hub.thaiid import with_check_digit
+from xroad_hub.protocol.thaiid import with_check_digit
 
 CIDS = [with_check_digit(f"1101700203{i:02d}") for i in range(20)]
 NAME = "พิมพ์ชนก สุขสวัสดิ์"  # combining vowels and tone marks must survive byte for byte

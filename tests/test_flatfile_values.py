@@ -16,7 +16,7 @@ from adapters.flatfile.values import (
     parse_zoned,
     value_type,
 )
-from xroad_hub.thaiid import with_check_digit
+from xroad_hub.protocol.thaiid import with_check_digit
 
 CID = with_check_digit("110170020345")
 

@@ -11,16 +11,16 @@ from cryptography import x509
 from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import ec
 
-from xroad_hub.globalconf import (
+from xroad_hub.pki import generate_key, issue_cert, make_root_ca
+from xroad_hub.protocol.globalconf import (
     GlobalConf,
     GlobalConfError,
     NodeEntry,
     sign_globalconf,
     verify_globalconf,
 )
-from xroad_hub.identifiers import MemberId, NodeId, SubsystemId
-from xroad_hub.message import canonical
-from xroad_hub.pki import generate_key, issue_cert, make_root_ca
+from xroad_hub.protocol.identifiers import MemberId, NodeId, SubsystemId
+from xroad_hub.protocol.message import canonical
 
 NOW = dt.datetime.now(dt.UTC)
 DGA = MemberId("TH", "GOV", "DGA")

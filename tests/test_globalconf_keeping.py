@@ -8,9 +8,9 @@ import asyncio
 import dataclasses
 from datetime import UTC, datetime, timedelta
 
-from xroad_hub.globalconf import GlobalConf, NodeEntry
-from xroad_hub.identifiers import parse_client_id, parse_member_id, parse_node_id
 from xroad_hub.node.runtime import NodeRuntime
+from xroad_hub.protocol.globalconf import GlobalConf, NodeEntry
+from xroad_hub.protocol.identifiers import parse_client_id, parse_member_id, parse_node_id
 
 
 def _conf(serial: int, *, hosts: str = "TH/GOV/DBD/registry", age: float = 0) -> GlobalConf:

@@ -7,7 +7,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from xroad_hub.errors import XRoadError
-from xroad_hub.identifiers import (
+from xroad_hub.protocol.identifiers import (
     MemberId,
     NodeId,
     ServiceId,

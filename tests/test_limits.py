@@ -4,10 +4,10 @@ from __future__ import annotations
 
 import pytest
 
+from xroad_hub.dev.testing import TestFederationSpec, write_federation
 from xroad_hub.errors import XRoadError
 from xroad_hub.federation import load_federation
 from xroad_hub.node.limits import ClientLimits
-from xroad_hub.testing import TestFederationSpec, write_federation
 
 
 def _refused(limits: ClientLimits, key: str, reserve: int) -> XRoadError:

@@ -19,7 +19,7 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
-from xroad_hub.merkle import (
+from xroad_hub.protocol.merkle import (
     EMPTY_ROOT,
     CompactRange,
     HashSource,

@@ -9,7 +9,7 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from xroad_hub.message import (
+from xroad_hub.protocol.message import (
     MAGIC,
     MAX_CERT,
     MAX_META,

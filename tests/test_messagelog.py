@@ -11,10 +11,10 @@ from typing import TYPE_CHECKING
 import orjson
 import pytest
 
-from xroad_hub import merkle
 from xroad_hub.messagelog import LogRecord
 from xroad_hub.messagelog.sqlite import _COLUMNS as SQLITE_COLUMNS
 from xroad_hub.messagelog.store import LogError, MessageLog
+from xroad_hub.protocol import merkle
 
 if TYPE_CHECKING:  # imported by pytest as a plugin (below); importing it first breaks that
     from .messagelog_backends import Backend

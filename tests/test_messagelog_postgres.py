@@ -12,12 +12,12 @@ import asyncpg
 import orjson
 import pytest
 
-from xroad_hub import merkle
 from xroad_hub.messagelog import LogRecord, MessageLog, SQLiteMessageLog
 from xroad_hub.messagelog import postgres as pg
 from xroad_hub.messagelog import sqlite as sq
 from xroad_hub.messagelog.postgres import PostgresMessageLog, validate_schema_name
 from xroad_hub.messagelog.store import LogError
+from xroad_hub.protocol import merkle
 
 from .sqlite_db import sqlite_db
 

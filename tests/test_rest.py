@@ -10,8 +10,8 @@ import xml.etree.ElementTree as ET
 import pytest
 
 from xroad_hub.errors import XRoadError
-from xroad_hub.identifiers import MemberId, ServiceId, SubsystemId
-from xroad_hub.rest import (
+from xroad_hub.protocol.identifiers import MemberId, ServiceId, SubsystemId
+from xroad_hub.protocol.rest import (
     MAX_URI_LENGTH,
     error_response,
     filter_request_headers,

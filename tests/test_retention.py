@@ -7,11 +7,11 @@ from pathlib import Path
 
 from cryptography.hazmat.primitives.asymmetric import ed25519
 
-from xroad_hub.checkpoint import NoteSigner
+from xroad_hub.dev.testing import TestFederationSpec, write_federation
 from xroad_hub.federation import load_federation
 from xroad_hub.messagelog import LogRecord, SQLiteMessageLog
 from xroad_hub.node.checkpointer import Checkpointer
-from xroad_hub.testing import TestFederationSpec, write_federation
+from xroad_hub.protocol.checkpoint import NoteSigner
 
 
 def _record(i: int, finished: float) -> LogRecord:

@@ -24,9 +24,10 @@ from cryptography.x509.oid import ExtendedKeyUsageOID, NameOID
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from xroad_hub import rfc3161, tsa
+from xroad_hub.central import tsa
 from xroad_hub.pki import PrivateKey, generate_key, issue_cert, make_root_ca
-from xroad_hub.rfc3161 import (
+from xroad_hub.protocol import rfc3161
+from xroad_hub.protocol.rfc3161 import (
     Digest,
     TimestampError,
     digest_request,

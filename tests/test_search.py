@@ -11,7 +11,7 @@ from pathlib import Path
 
 import pytest
 
-from xroad_hub.audit import search_log
+from xroad_hub.messagelog.audit import search_log
 from xroad_hub.messagelog.search import SearchFilter, search_sql
 
 from .conftest import Fed

@@ -11,9 +11,14 @@ from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import ec, ed25519
 from cryptography.x509.oid import NameOID
 
-from xroad_hub.identifiers import MemberId
 from xroad_hub.pki import generate_key, issue_cert, make_root_ca
-from xroad_hub.signing import MessageSigner, SignatureError, SignatureVerifier, cert_fingerprint
+from xroad_hub.protocol.identifiers import MemberId
+from xroad_hub.protocol.signing import (
+    MessageSigner,
+    SignatureError,
+    SignatureVerifier,
+    cert_fingerprint,
+)
 
 DOPA = MemberId("TH", "GOV", "DOPA")
 DBD = MemberId("TH", "GOV", "DBD")

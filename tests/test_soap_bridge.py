@@ -27,9 +27,9 @@ from adapters.soap import (
     zeep_client,
 )
 from adapters.soap.jsonmap import json_schema
+from xroad_hub.dev.testing import free_port
 from xroad_hub.errors import XRoadError
-from xroad_hub.soap import check_echo, parse_soap
-from xroad_hub.testing import free_port
+from xroad_hub.protocol.soap import check_echo, parse_soap
 
 from .soap_legacy import LEGACY_NS, LegacyServer, legacy_server
 

@@ -23,8 +23,8 @@ from adapters.soap import (
 )
 from adapters.soap.jsonmap import json_schema
 from adapters.soap.wsdl import ID_NS, XROAD_NS
-from xroad_hub.identifiers import MemberId, ServiceId, SubsystemId
-from xroad_hub.soap import identifier_element
+from xroad_hub.protocol.identifiers import MemberId, ServiceId, SubsystemId
+from xroad_hub.protocol.soap import identifier_element
 
 from .soap_legacy import LEGACY_NS, LegacyServer, legacy_server
 

@@ -8,8 +8,8 @@ from urllib.parse import quote
 import orjson
 import pytest
 
-from xroad_hub.jsonbody import JsonBodyError, loads_json
-from xroad_hub.subjects import (
+from xroad_hub.protocol.jsonbody import JsonBodyError, loads_json
+from xroad_hub.protocol.subjects import (
     MAX_ANSWER_SUBJECTS,
     SubjectError,
     answer_subjects,

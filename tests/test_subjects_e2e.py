@@ -20,13 +20,13 @@ import pytest
 from aiohttp import web
 
 from adapters.flatfile import FlatFileAdapter
+from xroad_hub.dev.testing import TestFederationSpec, free_port, write_federation
 from xroad_hub.federation import ConfigError, load_federation
 from xroad_hub.node.node import _check_answer_subjects
 from xroad_hub.node.runtime import HostedService
 from xroad_hub.node.trackerapi import mint_idp_token
 from xroad_hub.pki import load_private_key
-from xroad_hub.testing import TestFederationSpec, free_port, write_federation
-from xroad_hub.thaiid import with_check_digit
+from xroad_hub.protocol.thaiid import with_check_digit
 
 from .conftest import EVERYONE, Fed, start_federation
 

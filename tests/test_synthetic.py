@@ -23,7 +23,7 @@ from xroad_hub.demo.synthetic import (
     people,
     population,
 )
-from xroad_hub.thaiid import is_valid
+from xroad_hub.protocol.thaiid import is_valid
 
 SEED = 2569
 SCRIPT = Path(__file__).resolve().parents[1] / "scripts" / "generate_thai_data.py"

@@ -6,7 +6,7 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from xroad_hub.thaiid import check_digit, is_valid, with_check_digit
+from xroad_hub.protocol.thaiid import check_digit, is_valid, with_check_digit
 
 # Worked by hand; weights are 13, 12, ..., 2 for d1..d12.
 KNOWN = [

@@ -21,15 +21,15 @@ from aiohttp import web
 from aiohttp.test_utils import TestClient, TestServer
 from cryptography.hazmat.primitives.asymmetric import ec
 
-from xroad_hub.devpki import ensure_pki
+from xroad_hub.dev.devpki import ensure_pki
+from xroad_hub.dev.testing import free_port
 from xroad_hub.federation import load_federation
-from xroad_hub.message import canonical
 from xroad_hub.messagelog import LogRecord, SQLiteMessageLog
 from xroad_hub.node.tls import client_facing_context
 from xroad_hub.node.trackerapi import TrackerApi, citizen_accesses, mint_idp_token
 from xroad_hub.pki import PkiLayout, generate_key, load_private_key, load_public_key
-from xroad_hub.testing import free_port
-from xroad_hub.thaiid import with_check_digit
+from xroad_hub.protocol.message import canonical
+from xroad_hub.protocol.thaiid import with_check_digit
 
 SOMSRI = "1101700203450"
 MALEE = with_check_digit("310060012345")

@@ -12,7 +12,7 @@ from pathlib import Path
 
 import pytest
 
-from xroad_hub.usedtokens import SQLiteUsedTokens, TokenStoreError
+from xroad_hub.node.usedtokens import SQLiteUsedTokens, TokenStoreError
 
 from .sqlite_db import sqlite_db
 
@@ -60,7 +60,7 @@ async def test_two_connections_claiming_the_same_ids_one_wins_each(tmp_path: Pat
 _CLAIMER = """
 import asyncio, sys
 from pathlib import Path
-from xroad_hub.usedtokens import SQLiteUsedTokens
+from xroad_hub.node.usedtokens import SQLiteUsedTokens
 
 async def main() -> None:
     store = SQLiteUsedTokens(Path(sys.argv[1]))

@@ -30,7 +30,7 @@ import sys
 from pathlib import Path
 
 import xroad_hub
-from xroad_hub.catalog import DEFAULT_CATALOG, load_catalog
+from xroad_hub.protocol.catalog import DEFAULT_CATALOG, load_catalog
 from xroad_hub.demo.dopa import NAMESPACE, population_service
 from xroad_hub.demo.synthetic import demo_people, population
 from xroad_hub.packaged import schema_file

@@ -10,10 +10,10 @@ from cryptography import x509
 from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric import ed25519
 
-from xroad_hub import merkle
-from xroad_hub.checkpoint import Checkpoint, NoteSigner, open_note, sign_note
+from xroad_hub.central.witness import Witness, WitnessConflict, WitnessError
 from xroad_hub.pki import issue_cert, load_ed25519_key, make_root_ca
-from xroad_hub.witness import Witness, WitnessConflict, WitnessError
+from xroad_hub.protocol import merkle
+from xroad_hub.protocol.checkpoint import Checkpoint, NoteSigner, open_note, sign_note
 
 from .conftest import Fed
 

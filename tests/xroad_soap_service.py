@@ -1,5 +1,5 @@
 """An X-Road-aware SOAP service for the pass-through tests, written with lxml alone (not with
-xroad_hub.soap, so that the node is tested against an independent implementation).
+xroad_hub.protocol.soap, so that the node is tested against an independent implementation).
 
 It answers ``echo`` with ``echoResponse`` holding the same children, echoes the X-Road
 header as X-Road requires, and sends attachments back byte for byte. The text decides

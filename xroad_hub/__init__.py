@@ -8,7 +8,7 @@ Where things are:
   ``signing``, ``globalconf``, ``clientauth``
 """
 
-from .errors import XRoadError
+from xroad_hub.errors import XRoadError
 
 __all__ = ["XRoadError"]
 __version__ = "0.1.0"

@@ -16,13 +16,13 @@ from typing import TYPE_CHECKING
 
 import jwt
 
-from .clientauth import MAX_TOKEN_LIFETIME
-from .devpki import ensure_pki
-from .federation import ConfigError, load_federation
-from .identifiers import parse_subsystem_id
-from .logs import configure_logging
-from .pki import IDP_MAX_LIFETIME, TRACKER_MAX_LIFETIME, PkiLayout, load_private_key
-from .thaiid import is_valid
+from xroad_hub.dev.devpki import ensure_pki
+from xroad_hub.federation import ConfigError, load_federation
+from xroad_hub.logs import configure_logging
+from xroad_hub.node.clientauth import MAX_TOKEN_LIFETIME
+from xroad_hub.pki import IDP_MAX_LIFETIME, TRACKER_MAX_LIFETIME, PkiLayout, load_private_key
+from xroad_hub.protocol.identifiers import parse_subsystem_id
+from xroad_hub.protocol.thaiid import is_valid
 
 if TYPE_CHECKING:
     from cryptography import x509
@@ -329,7 +329,7 @@ _OFFICER = re.compile(r"[A-Za-z0-9._@-]{1,64}")
 
 def _idp_token(args: argparse.Namespace) -> int:
     """A token of the demo identity provider for a citizen or an officer."""
-    from .node.trackerapi import mint_idp_token
+    from xroad_hub.node.trackerapi import mint_idp_token
 
     if args.client or args.auditor or args.node:
         print("xroad-hub: --citizen/--officer tokens take no CLIENT, --auditor or --node",
@@ -364,7 +364,7 @@ def _tracker(fed, args: argparse.Namespace) -> int:  # type: ignore[no-untyped-d
     import urllib.error
     import urllib.request
 
-    from .node.trackerapi import mint_idp_token
+    from xroad_hub.node.trackerapi import mint_idp_token
 
     citizen = args.citizen.strip()
     if not is_valid(citizen):
@@ -439,7 +439,7 @@ def _cell(value: object, width: int) -> str:
 def _audit_verify(args: argparse.Namespace) -> int:
     import base64
 
-    from .audit import (
+    from xroad_hub.messagelog.audit import (
         fetch_witness_checkpoint,
         iso_utc,
         load_witness_checkpoint,
@@ -510,8 +510,8 @@ def _audit_verify(args: argparse.Namespace) -> int:
 def _audit_search(args: argparse.Namespace) -> int:
     import sqlite3
 
-    from .audit import iso_utc, search_log
-    from .messagelog.search import SearchFilter
+    from xroad_hub.messagelog.audit import iso_utc, search_log
+    from xroad_hub.messagelog.search import SearchFilter
 
     if not args.log.is_file():
         print(f"xroad-hub: no log file at {args.log}; name a node's messagelog.sqlite",
@@ -547,8 +547,8 @@ def _audit_search(args: argparse.Namespace) -> int:
 
 
 def _audit_export(args: argparse.Namespace) -> int:
-    from .evidence import EvidenceError, export_bundle
-    from .privatefile import write_private
+    from xroad_hub.messagelog.evidence import EvidenceError, export_bundle
+    from xroad_hub.privatefile import write_private
 
     try:
         data = export_bundle(args.log, args.message_id, args.leaf_index)
@@ -583,8 +583,8 @@ def _load_root_ca(path: Path) -> list[x509.Certificate] | None:
 
 
 def _verify_bundle(args: argparse.Namespace) -> int:
-    from .evidence import EvidenceError, verify_bundle
-    from .evidence import iso_utc as _iso
+    from xroad_hub.messagelog.evidence import EvidenceError, verify_bundle
+    from xroad_hub.messagelog.evidence import iso_utc as _iso
 
     roots = _load_root_ca(args.root_ca)
     if roots is None:
@@ -619,7 +619,7 @@ def _demo(args: argparse.Namespace) -> int:
     import shutil
     import tempfile
 
-    from .demo.story import play
+    from xroad_hub.demo.story import play
 
     if not args.verbose:
         # The story is the output; the components' routine events would drown it.
@@ -645,7 +645,7 @@ def _demo(args: argparse.Namespace) -> int:
 
 
 async def _up(fed, args: argparse.Namespace) -> int:  # type: ignore[no-untyped-def]
-    from .runner import Federation
+    from xroad_hub.runner import Federation
 
     created = ensure_pki(fed, args.certs_dir)
     if created:

@@ -15,9 +15,8 @@ from pathlib import Path
 from typing import Any
 
 from adapters.flatfile.settings import OPTIONS as FLATFILE_OPTIONS
-
-from .errors import XRoadError
-from .identifiers import (
+from xroad_hub.errors import XRoadError
+from xroad_hub.protocol.identifiers import (
     ClientId,
     MemberId,
     NodeId,
@@ -30,7 +29,7 @@ from .identifiers import (
     parse_subsystem_id,
     valid_part,
 )
-from .subjects import AnswerLocator, Locator, parse_answer_locator, parse_locator
+from xroad_hub.protocol.subjects import AnswerLocator, Locator, parse_answer_locator, parse_locator
 
 __all__ = [
     "AUTH_MODES",

@@ -16,16 +16,15 @@ import structlog
 from aiohttp import web
 
 from adapters.flatfile.settings import resolve_path
-
-from .demo.dbd import dbd_app
-from .demo.dopa import dopa_app
-from .demo.legacy_exports import ensure_export
-from .federation import BackendConfig, FederationConfig, NodeConfig
-from .listen import listen_socket
-from .node import Node
-from .pki import PkiLayout, load_cert, load_private_key
-from .registry import Registry
-from .tsa import tsa_app
+from xroad_hub.central.registry import Registry
+from xroad_hub.central.tsa import tsa_app
+from xroad_hub.demo.dbd import dbd_app
+from xroad_hub.demo.dopa import dopa_app
+from xroad_hub.demo.legacy_exports import ensure_export
+from xroad_hub.federation import BackendConfig, FederationConfig, NodeConfig
+from xroad_hub.listen import listen_socket
+from xroad_hub.node import Node
+from xroad_hub.pki import PkiLayout, load_cert, load_private_key
 
 __all__ = ["Federation"]
 

@@ -35,11 +35,11 @@ from yarl import URL
 from zeep.exceptions import Error as ZeepError
 
 from xroad_hub.errors import XRoadError
-from xroad_hub.jsonbody import json_charset_error
 from xroad_hub.logs import loggable_error
-from xroad_hub.soap import NSMAP as ENVELOPE_NSMAP
-from xroad_hub.soap import SoapMessage, build_response
-from xroad_hub.xmlsafe import XmlError, XmlLimits, parse_xml
+from xroad_hub.protocol.jsonbody import json_charset_error
+from xroad_hub.protocol.soap import NSMAP as ENVELOPE_NSMAP
+from xroad_hub.protocol.soap import SoapMessage, build_response
+from xroad_hub.protocol.xmlsafe import XmlError, XmlLimits, parse_xml
 
 from ..base import AdapterRequest, AdapterResponse
 from ..http import AdapterSession, UpstreamError

@@ -41,7 +41,7 @@ from zeep.xsd.elements.indicators import All, Choice, Group, Sequence
 from zeep.xsd.types import builtins as b
 from zeep.xsd.types.simple import AnySimpleType
 
-from xroad_hub.jsonbody import JsonBodyError, loads_json
+from xroad_hub.protocol.jsonbody import JsonBodyError, loads_json
 
 __all__ = [
     "InputError",

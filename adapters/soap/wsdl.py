@@ -29,10 +29,10 @@ import zeep
 import zeep.transports
 from lxml import etree
 
-from xroad_hub.identifiers import valid_part
-from xroad_hub.soap import HUB_NS
+from xroad_hub.protocol.identifiers import valid_part
+from xroad_hub.protocol.soap import HUB_NS
+from xroad_hub.protocol.xmlsafe import XmlError, XmlLimits, parse_xml
 from xroad_hub.streams import BodyTooLarge, read_capped
-from xroad_hub.xmlsafe import XmlError, XmlLimits, parse_xml
 
 __all__ = [
     "ID_NS",

@@ -13,9 +13,9 @@ from collections.abc import Iterable
 
 from lxml import etree
 
-from xroad_hub.identifiers import ClientId
-from xroad_hub.soap import HUB_NS
-from xroad_hub.xmlsafe import parse_xml
+from xroad_hub.protocol.identifiers import ClientId
+from xroad_hub.protocol.soap import HUB_NS
+from xroad_hub.protocol.xmlsafe import parse_xml
 
 from .wsdl import (
     ID_NS,

@@ -12,8 +12,8 @@ from __future__ import annotations
 import orjson
 from aiohttp import web
 
-from ..thaiid import is_valid
-from .synthetic import companies, people
+from xroad_hub.demo.synthetic import companies, people
+from xroad_hub.protocol.thaiid import is_valid
 
 __all__ = ["dbd_app"]
 

@@ -35,9 +35,9 @@ from importlib import resources
 from aiohttp import web
 from lxml import etree
 
-from ..thaiid import check_digit
-from . import synthetic
-from .legacysoap import SoapFault, SoapService, element, optional_text
+from xroad_hub.demo import synthetic
+from xroad_hub.demo.legacysoap import SoapFault, SoapService, element, optional_text
+from xroad_hub.protocol.thaiid import check_digit
 
 __all__ = ["MAX_BODY", "NAMESPACE", "dopa_app", "population_service"]
 

@@ -61,14 +61,13 @@ import aiohttp
 
 from adapters.flatfile import FlatFileAdapter
 from case_service.client import CaseServiceClient
-
-from ..devpki import ensure_pki
-from ..federation import FederationConfig, NodeConfig, load_federation
-from ..node.trackerapi import mint_idp_token
-from ..packaged import schema_file
-from ..pki import IDP_MAX_LIFETIME, TRACKER_MAX_LIFETIME, PkiLayout, load_private_key
-from ..runner import Federation
-from ..testing import free_port, on_free_ports
+from xroad_hub.dev.devpki import ensure_pki
+from xroad_hub.dev.testing import free_port, on_free_ports
+from xroad_hub.federation import FederationConfig, NodeConfig, load_federation
+from xroad_hub.node.trackerapi import mint_idp_token
+from xroad_hub.packaged import schema_file
+from xroad_hub.pki import IDP_MAX_LIFETIME, TRACKER_MAX_LIFETIME, PkiLayout, load_private_key
+from xroad_hub.runner import Federation
 
 __all__ = [
     "BMA_NODE",
@@ -419,9 +418,8 @@ def demo_applicant(seed: int = SEED, companies_count: int = 200) -> Applicant:
     1552806801307, director of 0105744622488. Deterministic: same seed, same applicant."""
     from adapters.flatfile.layout import load_layout_file, parse_layout
     from adapters.flatfile.loader import load_export, resolve_layout
-
-    from .legacy_exports import rd_taxclearance_csv, title_deed_lines
-    from .synthetic import companies, demo_people
+    from xroad_hub.demo.legacy_exports import rd_taxclearance_csv, title_deed_lines
+    from xroad_hub.demo.synthetic import companies, demo_people
 
     def served(export: bytes, layout_name: str, key: str) -> set[str]:
         # The same validation and indexes the adapter builds: a broken record never counts.

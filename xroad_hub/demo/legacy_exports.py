@@ -18,8 +18,8 @@ from collections.abc import Iterator
 from datetime import date, timedelta
 from pathlib import Path
 
-from ..privatefile import write_private
-from .synthetic import Company, Person, companies, people
+from xroad_hub.demo.synthetic import Company, Person, companies, people
+from xroad_hub.privatefile import write_private
 
 __all__ = [
     "DOL_EXPORT_NAME",

@@ -28,7 +28,7 @@ import structlog
 from aiohttp import web
 from lxml import etree
 
-from ..xmlsafe import XmlError, XmlLimits, parse_xml
+from xroad_hub.protocol.xmlsafe import XmlError, XmlLimits, parse_xml
 
 __all__ = ["Operation", "SoapFault", "SoapService", "element", "optional_text"]
 

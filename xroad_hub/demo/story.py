@@ -24,8 +24,7 @@ from typing import Any, TextIO
 import aiohttp
 from cryptography import x509
 
-from ..audit import AuditReport, verify_log
-from .harness import (
+from xroad_hub.demo.harness import (
     BMA_NODE,
     CASE_SERVICE_CLIENT,
     DEFAULT_CONFIG,
@@ -37,6 +36,7 @@ from .harness import (
     start_case_service,
     start_demo_federation,
 )
+from xroad_hub.messagelog.audit import AuditReport, verify_log
 
 __all__ = ["StoryFailure", "play"]
 
@@ -381,7 +381,7 @@ async def _default_deny(
 def _other_citizen(seed: int, who: Applicant) -> str:
     """A seeded company director other than her (for seed 2569 her co-director): a real
     person of the registries, so that a read about him would succeed if it were allowed."""
-    from .synthetic import companies, demo_people
+    from xroad_hub.demo.synthetic import companies, demo_people
 
     persons = demo_people(seed, 200)
     for c in companies(seed, 200, persons):

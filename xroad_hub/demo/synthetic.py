@@ -14,7 +14,7 @@ import re
 from dataclasses import asdict, dataclass
 from datetime import date, timedelta
 
-from ..thaiid import with_check_digit
+from xroad_hub.protocol.thaiid import with_check_digit
 
 __all__ = [
     "REFERENCE_DATE",

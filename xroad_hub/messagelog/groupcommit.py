@@ -15,8 +15,8 @@ from collections.abc import Awaitable, Callable
 
 import structlog
 
-from .record import LogRecord
-from .store import LogError
+from xroad_hub.messagelog.record import LogRecord
+from xroad_hub.messagelog.store import LogError
 
 __all__ = ["GroupCommit", "Pending"]
 

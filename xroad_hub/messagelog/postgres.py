@@ -37,12 +37,12 @@ from typing import Any
 import asyncpg
 import orjson
 
-from .. import merkle
-from .groupcommit import GroupCommit, Pending
-from .layout import COLUMNS as _COLUMNS
-from .layout import SCHEMA_VERSION as _SCHEMA_VERSION
-from .record import LogRecord, sha256_hex
-from .store import LogError
+from xroad_hub.messagelog.groupcommit import GroupCommit, Pending
+from xroad_hub.messagelog.layout import COLUMNS as _COLUMNS
+from xroad_hub.messagelog.layout import SCHEMA_VERSION as _SCHEMA_VERSION
+from xroad_hub.messagelog.record import LogRecord, sha256_hex
+from xroad_hub.messagelog.store import LogError
+from xroad_hub.protocol import merkle
 
 __all__ = ["PostgresMessageLog", "validate_schema_name"]
 

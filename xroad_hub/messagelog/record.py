@@ -5,7 +5,7 @@ from __future__ import annotations
 import hashlib
 from dataclasses import dataclass
 
-from ..message import canonical
+from xroad_hub.protocol.message import canonical
 
 __all__ = ["LogRecord", "sha256_hex"]
 

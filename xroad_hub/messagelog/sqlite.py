@@ -25,13 +25,13 @@ from pathlib import Path
 import aiosqlite
 import orjson
 
-from .. import merkle
-from ..privatefile import ensure_private
-from .groupcommit import GroupCommit, Pending
-from .layout import COLUMNS as _COLUMNS
-from .layout import SCHEMA_VERSION as _SCHEMA_VERSION
-from .record import LogRecord, sha256_hex
-from .store import LogError
+from xroad_hub.messagelog.groupcommit import GroupCommit, Pending
+from xroad_hub.messagelog.layout import COLUMNS as _COLUMNS
+from xroad_hub.messagelog.layout import SCHEMA_VERSION as _SCHEMA_VERSION
+from xroad_hub.messagelog.record import LogRecord, sha256_hex
+from xroad_hub.messagelog.store import LogError
+from xroad_hub.privatefile import ensure_private
+from xroad_hub.protocol import merkle
 
 __all__ = ["SQLiteMessageLog"]
 

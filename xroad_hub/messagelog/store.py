@@ -5,7 +5,7 @@ from __future__ import annotations
 from collections.abc import Sequence
 from typing import Protocol
 
-from .record import LogRecord
+from xroad_hub.messagelog.record import LogRecord
 
 __all__ = ["LogError", "MessageLog"]
 

@@ -7,6 +7,6 @@
 - ``node.py``: assembles both around one global configuration, key set and message log.
 """
 
-from .node import Node
+from xroad_hub.node.node import Node
 
 __all__ = ["Node"]

@@ -28,11 +28,11 @@ from aiohttp import web
 from cryptography import x509
 from cryptography.hazmat.primitives.asymmetric import ec
 
-from ..audit import search_log, verify_log
-from ..clientauth import MAX_TOKEN_LIFETIME
-from ..evidence import EvidenceError, export_bundle
-from ..logs import path_shape
-from ..messagelog.search import MAX_PAGE, SearchFilter
+from xroad_hub.logs import path_shape
+from xroad_hub.messagelog.audit import search_log, verify_log
+from xroad_hub.messagelog.evidence import EvidenceError, export_bundle
+from xroad_hub.messagelog.search import MAX_PAGE, SearchFilter
+from xroad_hub.node.clientauth import MAX_TOKEN_LIFETIME
 
 __all__ = ["AuditApi", "Auditor"]
 

@@ -10,8 +10,8 @@ from __future__ import annotations
 
 import asyncio
 
-from ..identifiers import MemberId
-from ..signing import MAX_BATCH, MessageSigner
+from xroad_hub.protocol.identifiers import MemberId
+from xroad_hub.protocol.signing import MAX_BATCH, MessageSigner
 
 __all__ = ["BatchSigner"]
 

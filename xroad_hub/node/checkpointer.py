@@ -24,16 +24,16 @@ import aiohttp
 import structlog
 from cryptography import x509
 
-from ..audit import cosigned
-from ..checkpoint import Checkpoint, NoteSigner, sign_note
-from ..messagelog import MessageLog
+from xroad_hub.messagelog import MessageLog
+from xroad_hub.messagelog.audit import cosigned
+from xroad_hub.protocol.checkpoint import Checkpoint, NoteSigner, sign_note
 
 __all__ = ["Checkpointer", "Timestamper"]
 
 # Gets an RFC 3161 timestamp token (DER) for the given bytes, or raises.
 Timestamper = Callable[[bytes], Awaitable[bytes]]
 
-log = structlog.get_logger("xroad_hub.checkpoint")
+log = structlog.get_logger("xroad_hub.protocol.checkpoint")
 
 
 class Checkpointer:

@@ -22,9 +22,20 @@ import orjson
 import structlog
 from aiohttp import web
 
-from ..clientauth import Caller, ClientRegistration, Credentials
-from ..errors import CLIENT, CLIENT_PROXY, XRoadError
-from ..identifiers import (
+from xroad_hub.errors import CLIENT, CLIENT_PROXY, XRoadError
+from xroad_hub.messagelog import LogRecord
+from xroad_hub.node.clientauth import Caller, ClientRegistration, Credentials
+from xroad_hub.node.limits import body_reservation
+from xroad_hub.node.metaservices import (
+    client_json,
+    client_list_xml,
+    point_wsdl_at,
+    soap_fault_response,
+)
+from xroad_hub.node.peer import PeerReply
+from xroad_hub.node.runtime import NodeRuntime, answer_errors, read_body, render_error
+from xroad_hub.node.tls import peer_fingerprint
+from xroad_hub.protocol.identifiers import (
     ClientId,
     MemberId,
     NodeId,
@@ -34,7 +45,7 @@ from ..identifiers import (
     parse_node_id,
     valid_part,
 )
-from ..message import (
+from xroad_hub.protocol.message import (
     CONTENT_TYPE,
     Envelope,
     MessageError,
@@ -43,8 +54,7 @@ from ..message import (
     decode_envelope,
     encode_envelope,
 )
-from ..messagelog import LogRecord
-from ..rest import (
+from xroad_hub.protocol.rest import (
     R1Target,
     check_header_value,
     filter_request_headers,
@@ -54,14 +64,9 @@ from ..rest import (
     request_hash,
     select_client,
 )
-from ..signing import SignatureError
-from ..soap import SoapError, parse_soap, soap_request_hash
-from ..xmlsafe import XmlLimits
-from .limits import body_reservation
-from .metaservices import client_json, client_list_xml, point_wsdl_at, soap_fault_response
-from .peer import PeerReply
-from .runtime import NodeRuntime, answer_errors, read_body, render_error
-from .tls import peer_fingerprint
+from xroad_hub.protocol.signing import SignatureError
+from xroad_hub.protocol.soap import SoapError, parse_soap, soap_request_hash
+from xroad_hub.protocol.xmlsafe import XmlLimits
 
 __all__ = ["Answer", "Call", "ClientProxy"]
 

@@ -32,17 +32,17 @@ import orjson
 import structlog
 from aiohttp import web
 
-from ..catalog import Catalog
-from ..errors import CLIENT_PROXY, XRoadError
-from ..identifiers import ClientId
-from ..rest import (
+from xroad_hub.errors import CLIENT_PROXY, XRoadError
+from xroad_hub.node.consumer import Answer, Call, ClientProxy
+from xroad_hub.node.runtime import NodeRuntime, answer_errors
+from xroad_hub.protocol.catalog import Catalog
+from xroad_hub.protocol.identifiers import ClientId
+from xroad_hub.protocol.rest import (
     check_header_value,
     filter_response_headers,
     parse_represented_party,
     select_client,
 )
-from .consumer import Answer, Call, ClientProxy
-from .runtime import NodeRuntime, answer_errors
 
 __all__ = ["EvidenceApi"]
 

@@ -11,13 +11,13 @@ import structlog
 from cryptography import x509
 from cryptography.hazmat.primitives import serialization
 
-from ..globalconf import GlobalConf, GlobalConfError, verify_globalconf
-from ..signing import SignatureVerifier
-from ..streams import BodyTooLarge, read_capped
+from xroad_hub.protocol.globalconf import GlobalConf, GlobalConfError, verify_globalconf
+from xroad_hub.protocol.signing import SignatureVerifier
+from xroad_hub.streams import BodyTooLarge, read_capped
 
 __all__ = ["GlobalConfClient"]
 
-log = structlog.get_logger("xroad_hub.globalconf")
+log = structlog.get_logger("xroad_hub.protocol.globalconf")
 
 
 class GlobalConfClient:

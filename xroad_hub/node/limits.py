@@ -14,7 +14,7 @@ from contextlib import contextmanager
 
 from aiohttp import web
 
-from ..errors import XRoadError
+from xroad_hub.errors import XRoadError
 
 __all__ = ["TOO_MANY", "ClientLimits", "body_reservation"]
 

@@ -22,10 +22,10 @@ from aiohttp import web
 from lxml import etree
 
 from adapters import AdapterResponse
-
-from ..errors import XRoadError
-from ..identifiers import ClientId, ServiceId, SubsystemId
-from ..soap import (
+from xroad_hub.errors import XRoadError
+from xroad_hub.node.runtime import HostedService
+from xroad_hub.protocol.identifiers import ClientId, ServiceId, SubsystemId
+from xroad_hub.protocol.soap import (
     ID_NS,
     XRD_NS,
     SoapMessage,
@@ -33,8 +33,7 @@ from ..soap import (
     fault_xml,
     identifier_element,
 )
-from ..xmlsafe import XmlError, parse_xml
-from .runtime import HostedService
+from xroad_hub.protocol.xmlsafe import XmlError, parse_xml
 
 __all__ = [
     "METASERVICES",

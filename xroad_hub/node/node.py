@@ -29,33 +29,36 @@ from adapters.soap import (
     xroad_wsdl,
     zeep_client,
 )
-
-from ..catalog import DEFAULT_CATALOG, load_catalog
-from ..checkpoint import NoteSigner
-from ..clientauth import ClientAuthenticator, ClientRegistration
-from ..errors import CLIENT_PROXY, SERVER_PROXY
-from ..federation import ConfigError, NodeConfig, ServiceConfig, SoapServiceConfig
-from ..identifiers import ServiceId
-from ..listen import listen_socket
-from ..message import MAX_OVERHEAD
-from ..messagelog import MessageLog, PostgresMessageLog, SQLiteMessageLog
-from ..pki import PkiLayout, load_cert, load_ed25519_key, load_private_key, load_public_key
-from ..signing import MessageSigner, cert_fingerprint
-from ..subjects import is_person_id_name, openapi_person_fields, uncovered_person_fields
-from ..tsa import fetch_timestamp
-from ..usedtokens import SQLiteUsedTokens
-from .auditapi import AuditApi, Auditor
-from .batching import BatchSigner
-from .checkpointer import Checkpointer, Timestamper
-from .consumer import ClientProxy
-from .evidenceapi import EvidenceApi
-from .globalconf_client import GlobalConfClient
-from .limits import ClientLimits
-from .peer import PEER_PATH, PeerTransport
-from .provider import ServerProxy
-from .runtime import HostedService, NodeRuntime
-from .tls import client_facing_context, peer_client_context, peer_server_context
-from .trackerapi import TrackerApi
+from xroad_hub.central.tsa import fetch_timestamp
+from xroad_hub.errors import CLIENT_PROXY, SERVER_PROXY
+from xroad_hub.federation import ConfigError, NodeConfig, ServiceConfig, SoapServiceConfig
+from xroad_hub.listen import listen_socket
+from xroad_hub.messagelog import MessageLog, PostgresMessageLog, SQLiteMessageLog
+from xroad_hub.node.auditapi import AuditApi, Auditor
+from xroad_hub.node.batching import BatchSigner
+from xroad_hub.node.checkpointer import Checkpointer, Timestamper
+from xroad_hub.node.clientauth import ClientAuthenticator, ClientRegistration
+from xroad_hub.node.consumer import ClientProxy
+from xroad_hub.node.evidenceapi import EvidenceApi
+from xroad_hub.node.globalconf_client import GlobalConfClient
+from xroad_hub.node.limits import ClientLimits
+from xroad_hub.node.peer import PEER_PATH, PeerTransport
+from xroad_hub.node.provider import ServerProxy
+from xroad_hub.node.runtime import HostedService, NodeRuntime
+from xroad_hub.node.tls import client_facing_context, peer_client_context, peer_server_context
+from xroad_hub.node.trackerapi import TrackerApi
+from xroad_hub.node.usedtokens import SQLiteUsedTokens
+from xroad_hub.pki import PkiLayout, load_cert, load_ed25519_key, load_private_key, load_public_key
+from xroad_hub.protocol.catalog import DEFAULT_CATALOG, load_catalog
+from xroad_hub.protocol.checkpoint import NoteSigner
+from xroad_hub.protocol.identifiers import ServiceId
+from xroad_hub.protocol.message import MAX_OVERHEAD
+from xroad_hub.protocol.signing import MessageSigner, cert_fingerprint
+from xroad_hub.protocol.subjects import (
+    is_person_id_name,
+    openapi_person_fields,
+    uncovered_person_fields,
+)
 
 __all__ = ["Node"]
 

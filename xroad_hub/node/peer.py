@@ -10,11 +10,11 @@ from dataclasses import dataclass
 import aiohttp
 from aiohttp.connector import Connection
 
-from ..errors import XRoadError
-from ..globalconf import NodeEntry
-from ..message import CONTENT_TYPE
-from ..streams import BodyTooLarge, read_capped
-from .tls import peer_fingerprint
+from xroad_hub.errors import XRoadError
+from xroad_hub.node.tls import peer_fingerprint
+from xroad_hub.protocol.globalconf import NodeEntry
+from xroad_hub.protocol.message import CONTENT_TYPE
+from xroad_hub.streams import BodyTooLarge, read_capped
 
 __all__ = ["PEER_PATH", "PeerReply", "PeerTransport"]
 

@@ -19,13 +19,23 @@ from aiohttp import web
 from lxml import etree
 
 from adapters import AdapterRequest, AdapterResponse
-
-from ..errors import SERVER_PROXY, XRoadError
-from ..federation import ServiceConfig
-from ..globalconf import NodeEntry
-from ..identifiers import ClientId, ServiceId, parse_client_id, parse_service_id
-from ..jsonbody import JsonBodyError, is_json_media, json_charset_error, loads_json, utf8_json_text
-from ..message import (
+from xroad_hub.errors import SERVER_PROXY, XRoadError
+from xroad_hub.federation import ServiceConfig
+from xroad_hub.messagelog import LogRecord
+from xroad_hub.node.limits import body_reservation
+from xroad_hub.node.metaservices import METASERVICES, answer_metaservice
+from xroad_hub.node.runtime import NodeRuntime, answer_errors, read_body
+from xroad_hub.node.tls import peer_fingerprint
+from xroad_hub.protocol.globalconf import NodeEntry
+from xroad_hub.protocol.identifiers import ClientId, ServiceId, parse_client_id, parse_service_id
+from xroad_hub.protocol.jsonbody import (
+    JsonBodyError,
+    is_json_media,
+    json_charset_error,
+    loads_json,
+    utf8_json_text,
+)
+from xroad_hub.protocol.message import (
     CONTENT_TYPE,
     MAX_OVERHEAD,
     Envelope,
@@ -35,8 +45,7 @@ from ..message import (
     decode_envelope,
     encode_envelope,
 )
-from ..messagelog import LogRecord
-from ..rest import (
+from xroad_hub.protocol.rest import (
     check_header_value,
     check_headers,
     check_method,
@@ -47,8 +56,8 @@ from ..rest import (
     parse_represented_party,
     request_hash,
 )
-from ..signing import SignatureError
-from ..soap import (
+from xroad_hub.protocol.signing import SignatureError
+from xroad_hub.protocol.soap import (
     SoapError,
     SoapMessage,
     check_echo,
@@ -56,18 +65,14 @@ from ..soap import (
     soap_request_hash,
     with_request_hash,
 )
-from ..subjects import (
+from xroad_hub.protocol.subjects import (
     Locator,
     SubjectError,
     answer_subjects,
     extract_subjects,
     json_body_fields,
 )
-from ..xmlsafe import XmlLimits
-from .limits import body_reservation
-from .metaservices import METASERVICES, answer_metaservice
-from .runtime import NodeRuntime, answer_errors, read_body
-from .tls import peer_fingerprint
+from xroad_hub.protocol.xmlsafe import XmlLimits
 
 __all__ = ["ServerProxy"]
 

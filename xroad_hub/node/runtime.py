@@ -15,21 +15,20 @@ import structlog
 from aiohttp import web
 
 from adapters import Adapter
-
-from ..clientauth import ClientAuthenticator
-from ..errors import XRoadError
-from ..federation import ServiceConfig
-from ..globalconf import GlobalConf
-from ..identifiers import MemberId, NodeId, ServiceId
-from ..logs import path_shape
-from ..messagelog import LogRecord, MessageLog
-from ..messagelog.store import LogError
-from ..rest import error_response
-from ..streams import BodyTooLarge, read_capped
-from .batching import BatchSigner
-from .globalconf_client import GlobalConfClient
-from .limits import ClientLimits
-from .peer import PeerTransport
+from xroad_hub.errors import XRoadError
+from xroad_hub.federation import ServiceConfig
+from xroad_hub.logs import path_shape
+from xroad_hub.messagelog import LogRecord, MessageLog
+from xroad_hub.messagelog.store import LogError
+from xroad_hub.node.batching import BatchSigner
+from xroad_hub.node.clientauth import ClientAuthenticator
+from xroad_hub.node.globalconf_client import GlobalConfClient
+from xroad_hub.node.limits import ClientLimits
+from xroad_hub.node.peer import PeerTransport
+from xroad_hub.protocol.globalconf import GlobalConf
+from xroad_hub.protocol.identifiers import MemberId, NodeId, ServiceId
+from xroad_hub.protocol.rest import error_response
+from xroad_hub.streams import BodyTooLarge, read_capped
 
 __all__ = ["HostedService", "NodeRuntime", "answer_errors", "read_body", "render_error"]
 

@@ -6,7 +6,7 @@ import asyncio
 import ssl
 from pathlib import Path
 
-from ..signing import cert_fingerprint
+from xroad_hub.protocol.signing import cert_fingerprint
 
 __all__ = [
     "client_facing_context",

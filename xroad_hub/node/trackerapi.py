@@ -39,9 +39,9 @@ import structlog
 from aiohttp import web
 from cryptography.hazmat.primitives.asymmetric import ec
 
-from ..identifiers import parse_client_id
-from ..pki import IDP_MAX_LIFETIME, IDP_NAME, TRACKER_MAX_LIFETIME
-from ..thaiid import is_valid
+from xroad_hub.pki import IDP_MAX_LIFETIME, IDP_NAME, TRACKER_MAX_LIFETIME
+from xroad_hub.protocol.identifiers import parse_client_id
+from xroad_hub.protocol.thaiid import is_valid
 
 __all__ = [
     "IDP_ISSUER",

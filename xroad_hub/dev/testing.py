@@ -12,7 +12,7 @@ from collections.abc import Iterable
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from .packaged import schema_file
+from xroad_hub.packaged import schema_file
 
 __all__ = ["TestFederationSpec", "free_port", "on_free_ports", "write_federation"]
 

@@ -11,7 +11,7 @@ import re
 from dataclasses import dataclass
 from urllib.parse import quote, unquote
 
-from .errors import XRoadError
+from xroad_hub.errors import XRoadError
 
 __all__ = [
     "ClientId",

@@ -20,9 +20,16 @@ from cryptography.exceptions import InvalidSignature
 from cryptography.hazmat.primitives import hashes
 from cryptography.hazmat.primitives.asymmetric import ec
 
-from .identifiers import ClientId, MemberId, NodeId, parse_client_id, parse_member_id, parse_node_id
-from .message import canonical
-from .signing import cert_fingerprint
+from xroad_hub.protocol.identifiers import (
+    ClientId,
+    MemberId,
+    NodeId,
+    parse_client_id,
+    parse_member_id,
+    parse_node_id,
+)
+from xroad_hub.protocol.message import canonical
+from xroad_hub.protocol.signing import cert_fingerprint
 
 __all__ = [
     "GlobalConf",

@@ -18,17 +18,17 @@ import structlog
 from aiohttp import web
 from cryptography.hazmat.primitives import serialization
 
-from .checkpoint import NoteSigner
-from .federation import FederationConfig
-from .globalconf import GlobalConf, NodeEntry, sign_globalconf
-from .pki import PkiLayout, load_cert, load_ed25519_key, load_private_key
-from .signing import cert_fingerprint
-from .streams import BodyTooLarge, read_capped
-from .witness import Witness, WitnessConflict, WitnessError
+from xroad_hub.central.witness import Witness, WitnessConflict, WitnessError
+from xroad_hub.federation import FederationConfig
+from xroad_hub.pki import PkiLayout, load_cert, load_ed25519_key, load_private_key
+from xroad_hub.protocol.checkpoint import NoteSigner
+from xroad_hub.protocol.globalconf import GlobalConf, NodeEntry, sign_globalconf
+from xroad_hub.protocol.signing import cert_fingerprint
+from xroad_hub.streams import BodyTooLarge, read_capped
 
 __all__ = ["Registry"]
 
-log = structlog.get_logger("xroad_hub.registry")
+log = structlog.get_logger("xroad_hub.central.registry")
 
 
 class Registry:

@@ -23,8 +23,14 @@ from xml.sax.saxutils import escape
 
 import orjson
 
-from .errors import XRoadError
-from .identifiers import ClientId, ServiceId, parse_client_id, parse_r1_service, valid_part
+from xroad_hub.errors import XRoadError
+from xroad_hub.protocol.identifiers import (
+    ClientId,
+    ServiceId,
+    parse_client_id,
+    parse_r1_service,
+    valid_part,
+)
 
 __all__ = [
     "MAX_URI_LENGTH",

@@ -37,11 +37,11 @@ import orjson
 from jsonschema import Draft202012Validator
 from jsonschema.exceptions import SchemaError, ValidationError, best_match
 
-from .errors import XRoadError
-from .identifiers import ServiceId, parse_service_id
-from .packaged import schema_file
-from .subjects import Locator, extract_subjects, parse_locator
-from .thaiid import is_valid
+from xroad_hub.errors import XRoadError
+from xroad_hub.packaged import schema_file
+from xroad_hub.protocol.identifiers import ServiceId, parse_service_id
+from xroad_hub.protocol.subjects import Locator, extract_subjects, parse_locator
+from xroad_hub.protocol.thaiid import is_valid
 
 __all__ = [
     "DEFAULT_CATALOG",

@@ -35,8 +35,14 @@ from urllib.parse import parse_qsl, unquote
 
 from lxml import etree
 
-from .jsonbody import JsonBodyError, is_json_media, loads_json, scalar_text, walk_json
-from .soap import SoapError, parse_soap
+from xroad_hub.protocol.jsonbody import (
+    JsonBodyError,
+    is_json_media,
+    loads_json,
+    scalar_text,
+    walk_json,
+)
+from xroad_hub.protocol.soap import SoapError, parse_soap
 
 __all__ = [
     "MAX_ANSWER_SUBJECTS",

@@ -43,16 +43,16 @@ from cryptography.exceptions import InvalidSignature
 from cryptography.hazmat.primitives.asymmetric import ed25519
 from cryptography.x509.oid import NameOID
 
-from . import merkle
-from .checkpoint import Checkpoint, CheckpointError, NoteVerifier, open_note
-from .errors import XRoadError
-from .identifiers import parse_client_id, parse_node_id, parse_service_id
-from .message import body_digest, canonical
-from .messagelog.record import sha256_hex
-from .messagelog.search import SearchFilter, search_sql
-from .rest import request_hash
-from .rfc3161 import TimestampError, verify_response
-from .signing import SignatureError, SignatureVerifier
+from xroad_hub.errors import XRoadError
+from xroad_hub.messagelog.record import sha256_hex
+from xroad_hub.messagelog.search import SearchFilter, search_sql
+from xroad_hub.protocol import merkle
+from xroad_hub.protocol.checkpoint import Checkpoint, CheckpointError, NoteVerifier, open_note
+from xroad_hub.protocol.identifiers import parse_client_id, parse_node_id, parse_service_id
+from xroad_hub.protocol.message import body_digest, canonical
+from xroad_hub.protocol.rest import request_hash
+from xroad_hub.protocol.rfc3161 import TimestampError, verify_response
+from xroad_hub.protocol.signing import SignatureError, SignatureVerifier
 
 __all__ = [
     "AuditReport",

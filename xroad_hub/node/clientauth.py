@@ -21,9 +21,9 @@ from dataclasses import dataclass
 import jwt
 from cryptography.hazmat.primitives.asymmetric import ec
 
-from .errors import XRoadError
-from .identifiers import ClientId, parse_client_id
-from .usedtokens import TokenStoreError, UsedTokenStore
+from xroad_hub.errors import XRoadError
+from xroad_hub.node.usedtokens import TokenStoreError, UsedTokenStore
+from xroad_hub.protocol.identifiers import ClientId, parse_client_id
 
 __all__ = [
     "MAX_TOKEN_LIFETIME",

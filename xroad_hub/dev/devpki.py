@@ -8,9 +8,8 @@ from pathlib import Path
 import structlog
 from cryptography.hazmat.primitives.asymmetric import ed25519
 
-from .federation import FederationConfig
-from .globalconf import signer_name
-from .pki import (
+from xroad_hub.federation import FederationConfig
+from xroad_hub.pki import (
     AnyPrivateKey,
     CertPaths,
     PkiLayout,
@@ -23,7 +22,8 @@ from .pki import (
     write_key,
     write_public_key,
 )
-from .rfc3161 import issue_tsa_cert
+from xroad_hub.protocol.globalconf import signer_name
+from xroad_hub.protocol.rfc3161 import issue_tsa_cert
 
 __all__ = ["ensure_pki"]
 

@@ -19,9 +19,9 @@ from pathlib import Path
 
 from cryptography import x509
 
-from . import merkle
-from .audit import verify_node_checkpoint
-from .checkpoint import Checkpoint, CheckpointError, NoteSigner
+from xroad_hub.messagelog.audit import verify_node_checkpoint
+from xroad_hub.protocol import merkle
+from xroad_hub.protocol.checkpoint import Checkpoint, CheckpointError, NoteSigner
 
 __all__ = ["Witness", "WitnessConflict", "WitnessError"]
 

@@ -21,8 +21,8 @@ from email.message import Message
 
 from lxml import etree
 
-from .identifiers import ClientId, MemberId, ServiceId, SubsystemId, valid_part
-from .xmlsafe import XmlError, XmlLimits, parse_xml
+from xroad_hub.protocol.identifiers import ClientId, MemberId, ServiceId, SubsystemId, valid_part
+from xroad_hub.protocol.xmlsafe import XmlError, XmlLimits, parse_xml
 
 __all__ = [
     "HUB_NS",

@@ -28,7 +28,7 @@ from aiohttp import web
 from cryptography import x509
 from cryptography.hazmat.primitives.asymmetric import ec
 
-from .rfc3161 import (
+from xroad_hub.protocol.rfc3161 import (
     TimestampError,
     TimestampInfo,
     issue_token,
@@ -47,7 +47,7 @@ __all__ = [
     "tsa_app",
 ]
 
-log = structlog.get_logger("xroad_hub.tsa")
+log = structlog.get_logger("xroad_hub.central.tsa")
 
 QUERY_TYPE = "application/timestamp-query"
 REPLY_TYPE = "application/timestamp-reply"

@@ -35,15 +35,25 @@ from cryptography.exceptions import InvalidSignature
 from cryptography.hazmat.primitives.asymmetric import ed25519
 from cryptography.x509.oid import NameOID
 
-from . import merkle
-from .audit import check_signed_part, verify_node_checkpoint, witness_name
-from .checkpoint import Checkpoint, CheckpointError, NoteVerifier, open_note
-from .errors import XRoadError
-from .globalconf import GlobalConf, GlobalConfError, signer_name, verify_globalconf
-from .identifiers import ClientId, parse_client_id, parse_node_id, parse_service_id
-from .message import canonical
-from .rfc3161 import TimestampError, verify_response
-from .signing import SignatureVerifier
+from xroad_hub.errors import XRoadError
+from xroad_hub.messagelog.audit import check_signed_part, verify_node_checkpoint, witness_name
+from xroad_hub.protocol import merkle
+from xroad_hub.protocol.checkpoint import Checkpoint, CheckpointError, NoteVerifier, open_note
+from xroad_hub.protocol.globalconf import (
+    GlobalConf,
+    GlobalConfError,
+    signer_name,
+    verify_globalconf,
+)
+from xroad_hub.protocol.identifiers import (
+    ClientId,
+    parse_client_id,
+    parse_node_id,
+    parse_service_id,
+)
+from xroad_hub.protocol.message import canonical
+from xroad_hub.protocol.rfc3161 import TimestampError, verify_response
+from xroad_hub.protocol.signing import SignatureVerifier
 
 __all__ = [
     "CLOCK_SKEW",

@@ -28,9 +28,9 @@ from cryptography.hazmat.primitives import hashes
 from cryptography.hazmat.primitives.asymmetric import ec
 from cryptography.x509.oid import NameOID
 
-from . import merkle
-from .errors import XRoadError
-from .identifiers import MemberId, parse_member_id
+from xroad_hub.errors import XRoadError
+from xroad_hub.protocol import merkle
+from xroad_hub.protocol.identifiers import MemberId, parse_member_id
 
 __all__ = [
     "BatchSignature",

@@ -1,0 +1,2 @@
+"""The central services: registry and global-configuration publisher, witness,
+timestamp authority."""
