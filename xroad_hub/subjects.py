@@ -50,6 +50,8 @@ __all__ = [
     "openapi_person_fields",
     "parse_answer_locator",
     "parse_locator",
+    "signed_answer_values",
+    "signed_request_values",
     "uncovered_person_fields",
 ]
 
@@ -204,6 +206,53 @@ def answer_subjects(
                     "smaller page"
                 )
     return tuple(sorted(found))
+
+
+_FORM = "application/x-www-form-urlencoded"
+
+
+def signed_request_values(meta: Mapping[str, Any], body: bytes | None) -> set[str]:
+    """Every value a request locator of any registration could take from this signed
+    request (its metadata, and its body unless purged), read and normalised as the provider's
+    node reads them: what a subject the node logged must be one of, whatever its locators.
+    Locators are the provider node's configuration, not signed; this needs none of them."""
+    headers = [(str(k), str(v)) for k, v in meta.get("headers") or [] if isinstance(v, str)]
+    path, query = str(meta.get("path") or ""), str(meta.get("query") or "")
+    values = [unquote(seg) for seg in path.split("/")[1:]] if path else []
+    values += [v.split(";", 1)[0] for v in values if ";" in v]
+    values += [v for _, v in parse_qsl(query)] if query else []
+    values += [v for _, v in headers]
+    content_type = next((v for k, v in headers if k.lower() == "content-type"), "")
+    if body is not None and body.strip():
+        try:
+            if meta.get("protocol") == "soap":
+                message = parse_soap(content_type, body, kind="request")
+                values += [el.text for el in message.body_element.iter()
+                           if isinstance(el.tag, str) and len(el) == 0 and el.text]  # fmt: skip
+            elif content_type.split(";", 1)[0].strip().lower() == _FORM:
+                values += [v for _, v in parse_qsl(body.decode("utf-8"), errors="strict")]
+            else:
+                values += [v for vs in json_body_fields(loads_json(body)).values() for v in vs]
+        except (SoapError, JsonBodyError, UnicodeDecodeError):
+            pass  # a body the node could not read gave it no subject either
+    return {n for n in map(_normalised, values) if n}
+
+
+def signed_answer_values(content_type: str, body: bytes) -> set[str]:
+    """Every value an answer locator of any registration could take from this answer."""
+    values: list[str] = []
+    try:
+        if is_json_media(content_type) or (
+            not _is_xml_media(content_type) and body.lstrip()[:1] in (b"{", b"[")
+        ):
+            values = [t for _, v in walk_json(loads_json(body)) if (t := scalar_text(v))]
+        elif _is_xml_media(content_type):
+            message = parse_soap(content_type, body, kind="response")
+            values = [el.text or "" for el in message.body_element.iter()
+                      if isinstance(el.tag, str) and len(el) == 0]  # fmt: skip
+    except (SoapError, JsonBodyError):
+        pass
+    return {n for n in map(_normalised, values) if n}
 
 
 def _is_xml_media(content_type: str) -> bool:
