@@ -23,6 +23,8 @@ from xroad_hub.signing import MessageSigner
 from .conftest import Fed
 from .sqlite_db import sqlite_db
 from .test_evidence import _der, _edit_leaf, _reseal, _roots
+from .test_subjects_e2e import DEEDS, SOMCHAI, _read
+from .test_subjects_e2e import subj_fed as subj_fed_fixture  # noqa: F401 (registers subj_fed)
 
 DGA = "TH/GOV/DGA/hub1"
 DBD = "TH/GOV/DBD/hub1"
@@ -121,3 +123,40 @@ async def test_a_request_rewritten_by_the_clients_node_does_not_keep_the_answer(
     _reseal(fed, doc)
     with pytest.raises(EvidenceError, match="hash of the logged request"):
         verify_bundle(orjson.dumps(doc), _roots(fed))
+
+
+async def _bundle_of(fed: Fed, node: str, mid: str, tmp_path: Path) -> bytes:
+    n = fed.federation.nodes[node]
+    await n.checkpointer.checkpoint()
+    copy = tmp_path / "log.sqlite"
+    with sqlite_db(n.runtime.log.path) as a, sqlite_db(copy) as b:
+        a.backup(b)
+    return export_bundle(copy, mid)
+
+
+async def test_genuine_answer_subjects_are_proved_by_the_providers_signature(
+    subj_fed: Fed, http, tmp_path: Path
+) -> None:
+    """A deed read by its number: its owners are named only by the answer, which the
+    provider's member signed; the verified bundle says so."""
+    _, first = await _read(subj_fed, http, DEEDS + "/records?land_office_code=1001&limit=1")
+    deed = first["records"][0]["deed_no"]
+    mid, doc = await _read(subj_fed, http, DEEDS + f"/records/{deed}")
+    owners = {r["owner_citizen_id"] for r in doc["records"]}
+    proof = verify_bundle(await _bundle_of(subj_fed, DBD, mid, tmp_path), _roots(subj_fed))
+    assert proof.subjects_signed_by == dict.fromkeys(sorted(owners), "provider")
+
+
+async def test_genuine_soap_answer_subjects_verify(fed: Fed, http, tmp_path: Path) -> None:
+    from .test_e2e_soap import _get_person, envelope, post
+
+    mid = str(uuid.uuid4())
+    purpose = (
+        '<xh:purpose xmlns:xh="urn:xroad-hub:xsd:purpose:1">food-business-licence</xh:purpose>'
+    )
+    message = envelope(_get_person(SOMCHAI), subsystem="legacypurpose", code="getPerson",
+                       version="v1", message_id=mid, extra_header=purpose)  # fmt: skip
+    status, _, answer = await post(http, fed, message)
+    assert status == 200, answer
+    proof = verify_bundle(await _bundle_of(fed, DBD, mid, tmp_path), _roots(fed))
+    assert proof.subjects_signed_by == {SOMCHAI: "client"}
