@@ -23,8 +23,7 @@ from xroad_hub.signing import MessageSigner
 from .conftest import Fed
 from .sqlite_db import sqlite_db
 from .test_evidence import _der, _edit_leaf, _reseal, _roots
-from .test_subjects_e2e import DEEDS, SOMCHAI, _read
-from .test_subjects_e2e import subj_fed as subj_fed_fixture  # noqa: F401 (registers subj_fed)
+from .test_subjects_e2e import SOMCHAI
 
 DGA = "TH/GOV/DGA/hub1"
 DBD = "TH/GOV/DBD/hub1"
@@ -132,19 +131,6 @@ async def _bundle_of(fed: Fed, node: str, mid: str, tmp_path: Path) -> bytes:
     with sqlite_db(n.runtime.log.path) as a, sqlite_db(copy) as b:
         a.backup(b)
     return export_bundle(copy, mid)
-
-
-async def test_genuine_answer_subjects_are_proved_by_the_providers_signature(
-    subj_fed: Fed, http, tmp_path: Path
-) -> None:
-    """A deed read by its number: its owners are named only by the answer, which the
-    provider's member signed; the verified bundle says so."""
-    _, first = await _read(subj_fed, http, DEEDS + "/records?land_office_code=1001&limit=1")
-    deed = first["records"][0]["deed_no"]
-    mid, doc = await _read(subj_fed, http, DEEDS + f"/records/{deed}")
-    owners = {r["owner_citizen_id"] for r in doc["records"]}
-    proof = verify_bundle(await _bundle_of(subj_fed, DBD, mid, tmp_path), _roots(subj_fed))
-    assert proof.subjects_signed_by == dict.fromkeys(sorted(owners), "provider")
 
 
 async def test_genuine_soap_answer_subjects_verify(fed: Fed, http, tmp_path: Path) -> None:
