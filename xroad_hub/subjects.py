@@ -148,13 +148,31 @@ def extract_subjects(
             # Servlet containers read "1101700203450;x=1" as "1101700203450": both readings.
             values += [v.split(";", 1)[0] for v in values if ";" in v]
         elif loc.kind == "query":
-            values = [v for k, v in pairs if k == loc.name]
+            values = [v for k, v in pairs if _query_key(k) == _query_key(loc.name)]
         elif loc.kind == "body":
             values = list((body_fields or {}).get(loc.name, []))
         else:
-            values = [v for k, v in header_list if k.lower() == loc.name.lower()]
+            values = [v for k, v in header_list if _header_key(k) == _header_key(loc.name)]
         found.update(v for v in map(_normalised, values) if v)
     return tuple(sorted(found))
+
+
+_BRACKETS = re.compile(r"(?:\[[^\]]*\])+$")
+
+
+def _query_key(name: str) -> str:
+    """A query parameter's name as the most lenient server reads it, so that no spelling a
+    service takes for the subject's parameter escapes the node: ASP.NET matches names
+    case-insensitively, PHP turns '.' and ' ' into '_', and PHP, Rails and Express (qs) read
+    ``cid[]=X``, ``cid[0]=X`` and ``cid[a]=X`` as ``cid``. Reading more names as the
+    subject's only records more; reading fewer would hide a read from the citizen."""
+    name = _BRACKETS.sub("", name.strip(" \t\x00")) or name
+    return name.lower().replace(".", "_").replace(" ", "_")
+
+
+def _header_key(name: str) -> str:
+    # CGI and WSGI servers read X_Subject as X-Subject (both HTTP_X_SUBJECT).
+    return name.lower().replace("_", "-")
 
 
 def json_body_fields(doc: Any) -> dict[str, list[str]]:
