@@ -157,3 +157,32 @@ def test_an_answer_that_cannot_be_read_for_its_persons_is_not_served() -> None:
 def test_bad_answer_locators_are_refused(text: str) -> None:
     with pytest.raises(ValueError, match="locator"):
         parse_answer_locator(text)
+
+
+@pytest.mark.parametrize(
+    "query",
+    [
+        "CID=3100600123459",  # ASP.NET matches parameter names case-insensitively
+        "cid%5B%5D=3100600123459",  # PHP, Rails and Express (qs) read cid[] as cid
+        "cid%5B0%5D=3100600123459",
+        "cid%20=3100600123459",  # PHP: ' ' and '.' in names become '_'; servers trim
+    ],
+)
+async def test_spellings_of_the_subjects_parameter_servers_accept_are_logged(
+    fed: Fed, http, query: str
+) -> None:
+    """The echo reads whom a request concerns from ``cid``: each spelling some server takes
+    for ``cid`` reaches the service, so the node must log its value as the subject."""
+    mid = "subj-" + uuid.uuid4().hex
+    url = fed.url(DGA) + "/r1/TH/GOV/DBD/registry/echo/x?" + query
+    async with http.get(url, headers={**DEV, "X-Road-Id": mid}) as r:
+        assert r.status == 200
+        assert (await r.json())["query"] == query  # the service got it as sent
+    rows = await fed.federation.nodes[DBD].runtime.log.find(mid)
+    assert "3100600123459" in orjson.loads(rows[0]["subjects"])
+
+
+def test_a_header_spelt_with_underscores_is_the_subjects_header() -> None:
+    """CGI and WSGI servers read X_Subject as X-Subject."""
+    loc = [parse_locator("header:X-Subject")]
+    assert extract_subjects(loc, "", "", [("x_subject", "3100600123459")]) == ("3100600123459",)

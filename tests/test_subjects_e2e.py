@@ -363,3 +363,24 @@ async def test_a_bridged_soap_registration_must_locate_the_persons_its_wsdl_name
         f = await start_federation(tmp_path / "fed", spec)
         await f.federation.stop()
     assert "citizenId" in str(info.value) and "answer_subject" in str(info.value)
+
+
+# --- evidence bundles attribute answer-side persons to the provider's signature ----------------
+
+
+async def test_genuine_answer_subjects_are_proved_by_the_providers_signature(
+    subj_fed: Fed, http, tmp_path: Path
+) -> None:
+    """A deed read by its number: its owners are named only by the answer, which the
+    provider's member signed; the verified bundle says so."""
+    _, first = await _read(subj_fed, http, DEEDS + "/records?land_office_code=1001&limit=1")
+    deed = first["records"][0]["deed_no"]
+    mid, doc = await _read(subj_fed, http, DEEDS + f"/records/{deed}")
+    owners = {r["owner_citizen_id"] for r in doc["records"]}
+    from xroad_hub.messagelog.evidence import verify_bundle
+
+    from .test_evidence import _roots
+    from .test_evidence_forgery import _bundle_of
+
+    proof = verify_bundle(await _bundle_of(subj_fed, DBD, mid, tmp_path), _roots(subj_fed))
+    assert proof.subjects_signed_by == dict.fromkeys(sorted(owners), "provider")

@@ -611,6 +611,22 @@ def _verify_bundle(args: argparse.Namespace) -> int:
         f"  {proof.node} hosted the {leaf['role']} per the signed global configuration "
         f"(serial {proof.globalconf_serial}, issued {_iso(proof.globalconf_generated_at)})"
     )
+    whose = {"client": "in the request signed by the client's member",
+             "provider": "in the answer signed by the provider's member"}  # fmt: skip
+    for subject, by in proof.subjects_signed_by.items():
+        print(
+            f"  subject {subject}: "
+            + (
+                f"named {whose[by]}"
+                if by
+                else "NOT PROVED (the body that named it was purged; only the node says so)"
+            )
+        )
+    if proof.subjects_signed_by:
+        print(
+            "  not proved: that the subjects are what the service took as whom the exchange "
+            "concerns (the provider node's locators are not signed)"
+        )
     return 0
 
 

@@ -54,6 +54,7 @@ from xroad_hub.protocol.identifiers import (
 from xroad_hub.protocol.message import canonical
 from xroad_hub.protocol.rfc3161 import TimestampError, verify_response
 from xroad_hub.protocol.signing import SignatureVerifier
+from xroad_hub.protocol.subjects import signed_answer_values, signed_request_values
 
 __all__ = [
     "CLOCK_SKEW",
@@ -91,6 +92,11 @@ class Proof:
     timestamped_at: datetime  # the checkpoint, by the timestamp authority
     globalconf_serial: int
     globalconf_generated_at: datetime
+    # Per subject the leaf names: whose signed message names it ("client": the request,
+    # "provider": the answer), or None when the body that could was purged (then only the
+    # node's word). Which value is THE subject is the provider node's configuration (its
+    # locators), which nothing signed covers; a subject no signed message names fails.
+    subjects_signed_by: dict[str, str | None]
 
 
 def _b64(data: bytes | None) -> str | None:
@@ -254,7 +260,7 @@ def verify_bundle(data: bytes, trusted_roots: list[x509.Certificate]) -> Proof:
     assert checker.node and checker.stamped and checker.conf and checker.signed_at
     return Proof(
         leaf, checker.node, witness_name(checker.origin), checker.signed_at, checker.stamped,
-        checker.conf.serial, checker.conf.generated_at,
+        checker.conf.serial, checker.conf.generated_at, checker.subjects_signed_by,
     )  # fmt: skip
 
 
@@ -277,6 +283,9 @@ class _Checker:
         self.stamped: datetime | None = None
         self.signed_at: datetime | None = None
         self.conf: GlobalConf | None = None
+        # The verified request (metadata, body) and answer (metadata, body), if any.
+        self.signed: dict[str, tuple[dict[str, Any], bytes | None]] = {}
+        self.subjects_signed_by: dict[str, str | None] = {}
 
     def fail(self, problem: str) -> None:
         self.problems.append(problem)
@@ -288,6 +297,7 @@ class _Checker:
             self._timestamp(checkpoint)
             self._inclusion(checkpoint, leaf_bytes)
         self._messages()
+        self._subjects()
         self._hosting()
 
     def _checkpoint(self) -> Checkpoint | None:
@@ -414,6 +424,7 @@ class _Checker:
             if problem:
                 self.fail(problem)
                 continue
+            self.signed[side] = (orjson.loads(meta), body)
             if side == "request":
                 request = (meta, body)
                 created = orjson.loads(meta).get("created")
@@ -426,6 +437,39 @@ class _Checker:
                 f"the request was signed ({iso_utc(self.signed_at)}) after its checkpoint was "
                 f"timestamped ({iso_utc(self.stamped)})"
             )
+
+    def _subjects(self) -> None:
+        """Each subject the leaf names must be named by the signed request or answer: a node
+        cannot put a citizen under a genuine exchange that never concerned her."""
+        subjects = self.leaf.get("subjects")
+        if not isinstance(subjects, list) or not all(isinstance(x, str) for x in subjects):
+            self.fail("the leaf's subjects are not a list of ids")
+            return
+        if not subjects or "request" not in self.signed:
+            return  # nothing claimed, or the request failed and is reported already
+        meta, body = self.signed["request"]
+        by_client = signed_request_values(meta, body)
+        answer = self.signed.get("response")
+        by_provider: set[str] = set()
+        if answer is not None and answer[1] is not None:
+            content_type = next(
+                (str(v) for k, v in answer[0].get("headers") or []
+                 if str(k).lower() == "content-type"), "",
+            )  # fmt: skip
+            by_provider = signed_answer_values(content_type, answer[1])
+        purged = body is None or (answer is not None and answer[1] is None)
+        for subject in subjects:
+            if subject in by_client:
+                self.subjects_signed_by[subject] = "client"
+            elif subject in by_provider:
+                self.subjects_signed_by[subject] = "provider"
+            elif purged:
+                self.subjects_signed_by[subject] = None
+            else:
+                self.fail(
+                    f"the leaf names the subject {subject!r}, which neither the signed request "
+                    "nor the signed answer contains: only the logging node says so"
+                )
 
     def _hosting(self) -> None:
         section = _section(self.doc, "globalconf")

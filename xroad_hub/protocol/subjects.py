@@ -56,6 +56,8 @@ __all__ = [
     "openapi_person_fields",
     "parse_answer_locator",
     "parse_locator",
+    "signed_answer_values",
+    "signed_request_values",
     "uncovered_person_fields",
 ]
 
@@ -152,13 +154,31 @@ def extract_subjects(
             # Servlet containers read "1101700203450;x=1" as "1101700203450": both readings.
             values += [v.split(";", 1)[0] for v in values if ";" in v]
         elif loc.kind == "query":
-            values = [v for k, v in pairs if k == loc.name]
+            values = [v for k, v in pairs if _query_key(k) == _query_key(loc.name)]
         elif loc.kind == "body":
             values = list((body_fields or {}).get(loc.name, []))
         else:
-            values = [v for k, v in header_list if k.lower() == loc.name.lower()]
+            values = [v for k, v in header_list if _header_key(k) == _header_key(loc.name)]
         found.update(v for v in map(_normalised, values) if v)
     return tuple(sorted(found))
+
+
+_BRACKETS = re.compile(r"(?:\[[^\]]*\])+$")
+
+
+def _query_key(name: str) -> str:
+    """A query parameter's name as the most lenient server reads it, so that no spelling a
+    service takes for the subject's parameter escapes the node: ASP.NET matches names
+    case-insensitively, PHP turns '.' and ' ' into '_', and PHP, Rails and Express (qs) read
+    ``cid[]=X``, ``cid[0]=X`` and ``cid[a]=X`` as ``cid``. Reading more names as the
+    subject's only records more; reading fewer would hide a read from the citizen."""
+    name = _BRACKETS.sub("", name.strip(" \t\x00")) or name
+    return name.lower().replace(".", "_").replace(" ", "_")
+
+
+def _header_key(name: str) -> str:
+    # CGI and WSGI servers read X_Subject as X-Subject (both HTTP_X_SUBJECT).
+    return name.lower().replace("_", "-")
 
 
 def json_body_fields(doc: Any) -> dict[str, list[str]]:
@@ -210,6 +230,53 @@ def answer_subjects(
                     "smaller page"
                 )
     return tuple(sorted(found))
+
+
+_FORM = "application/x-www-form-urlencoded"
+
+
+def signed_request_values(meta: Mapping[str, Any], body: bytes | None) -> set[str]:
+    """Every value a request locator of any registration could take from this signed
+    request (its metadata, and its body unless purged), read and normalised as the provider's
+    node reads them: what a subject the node logged must be one of, whatever its locators.
+    Locators are the provider node's configuration, not signed; this needs none of them."""
+    headers = [(str(k), str(v)) for k, v in meta.get("headers") or [] if isinstance(v, str)]
+    path, query = str(meta.get("path") or ""), str(meta.get("query") or "")
+    values = [unquote(seg) for seg in path.split("/")[1:]] if path else []
+    values += [v.split(";", 1)[0] for v in values if ";" in v]
+    values += [v for _, v in parse_qsl(query)] if query else []
+    values += [v for _, v in headers]
+    content_type = next((v for k, v in headers if k.lower() == "content-type"), "")
+    if body is not None and body.strip():
+        try:
+            if meta.get("protocol") == "soap":
+                message = parse_soap(content_type, body, kind="request")
+                values += [el.text for el in message.body_element.iter()
+                           if isinstance(el.tag, str) and len(el) == 0 and el.text]  # fmt: skip
+            elif content_type.split(";", 1)[0].strip().lower() == _FORM:
+                values += [v for _, v in parse_qsl(body.decode("utf-8"), errors="strict")]
+            else:
+                values += [v for vs in json_body_fields(loads_json(body)).values() for v in vs]
+        except (SoapError, JsonBodyError, UnicodeDecodeError):
+            pass  # a body the node could not read gave it no subject either
+    return {n for n in map(_normalised, values) if n}
+
+
+def signed_answer_values(content_type: str, body: bytes) -> set[str]:
+    """Every value an answer locator of any registration could take from this answer."""
+    values: list[str] = []
+    try:
+        if is_json_media(content_type) or (
+            not _is_xml_media(content_type) and body.lstrip()[:1] in (b"{", b"[")
+        ):
+            values = [t for _, v in walk_json(loads_json(body)) if (t := scalar_text(v))]
+        elif _is_xml_media(content_type):
+            message = parse_soap(content_type, body, kind="response")
+            values = [el.text or "" for el in message.body_element.iter()
+                      if isinstance(el.tag, str) and len(el) == 0]  # fmt: skip
+    except (SoapError, JsonBodyError):
+        pass
+    return {n for n in map(_normalised, values) if n}
 
 
 def _is_xml_media(content_type: str) -> bool:
