@@ -15,7 +15,7 @@ import structlog
 from aiohttp import web
 
 from adapters import Adapter
-from xroad_hub.errors import XRoadError
+from xroad_hub.errors import CLIENT, ProtocolError, XRoadError
 from xroad_hub.federation import ServiceConfig
 from xroad_hub.logs import path_shape
 from xroad_hub.messagelog import LogRecord, MessageLog
@@ -188,9 +188,16 @@ async def answer_errors(
     prefix: str,
     accept: str | None,
 ) -> web.StreamResponse:
-    """Run one exchange; any failure becomes an X-Road error answer and the node serves on."""
+    """Run one exchange; any failure becomes an X-Road error answer and the node serves on.
+
+    This is the node's boundary: a protocol error nobody mapped on the way is the fault of
+    what this side reads (the client system's request on the client node, the client node's
+    message on the provider node), and an unexpected exception is this node's own."""
     try:
-        return await exchange(request)
+        try:
+            return await exchange(request)
+        except ProtocolError as exc:
+            raise XRoadError.blame(CLIENT if side == "client" else prefix, exc) from exc
     except XRoadError as err:
         log.info(
             "exchange.refused",
