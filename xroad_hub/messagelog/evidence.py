@@ -35,7 +35,7 @@ from cryptography.exceptions import InvalidSignature
 from cryptography.hazmat.primitives.asymmetric import ed25519
 from cryptography.x509.oid import NameOID
 
-from xroad_hub.errors import ProtocolError
+from xroad_hub.errors import HubError, ProtocolError
 from xroad_hub.messagelog.audit import check_signed_part, verify_node_checkpoint, witness_name
 from xroad_hub.protocol import merkle
 from xroad_hub.protocol.checkpoint import Checkpoint, CheckpointError, NoteVerifier, open_note
@@ -71,7 +71,7 @@ FORMAT = "xroad-hub-evidence/2"
 CLOCK_SKEW = timedelta(seconds=60)
 
 
-class EvidenceError(ValueError):
+class EvidenceError(HubError, ValueError):
     """The bundle cannot be made (export) or does not prove what it claims (verify);
     ``problems`` lists every reason, one per missing or wrong piece."""
 

@@ -37,7 +37,7 @@ import orjson
 from jsonschema import Draft202012Validator
 from jsonschema.exceptions import SchemaError, ValidationError, best_match
 
-from xroad_hub.errors import ProtocolError, XRoadError
+from xroad_hub.errors import HubError, ProtocolError, XRoadError
 from xroad_hub.packaged import schema_file
 from xroad_hub.protocol.identifiers import ServiceId, parse_service_id
 from xroad_hub.protocol.subjects import Locator, extract_subjects, parse_locator
@@ -68,7 +68,7 @@ _PROBE_ID = "1101700203450"
 _MAX_REASON = 300
 
 
-class CatalogError(ValueError):
+class CatalogError(HubError, ValueError):
     """The catalog file is wrong; the message names the file, the type and what to change."""
 
 
