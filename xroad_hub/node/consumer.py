@@ -30,7 +30,6 @@ from xroad_hub.node.metaservices import (
     client_json,
     client_list_xml,
     point_wsdl_at,
-    soap_fault_response,
 )
 from xroad_hub.node.peer import PeerReply
 from xroad_hub.node.runtime import NodeRuntime, answer_errors, read_body, render_error
@@ -303,17 +302,9 @@ class ClientProxy:
     async def handle_soap(self, request: web.Request) -> web.StreamResponse:
         """X-Road SOAP 4.0: errors are SOAP Faults, sent with HTTP 500 as the SOAP 1.1 HTTP
         binding (and WS-I Basic Profile) has it; X-Road itself answers 200."""
-        try:
-            with blame_on(CLIENT):
-                return await self._soap_exchange(request)
-        except XRoadError as err:
-            log.info("exchange.refused", side="client", code=err.code, detail=err.detail,
-                     reason=err.message, protocol="soap")  # fmt: skip
-            return soap_fault_response(err)
-        except Exception:
-            err = XRoadError.client_proxy("InternalError", "internal error in the client's node")
-            log.exception("exchange.internal_error", side="client", detail=err.detail)
-            return soap_fault_response(err)
+        return await answer_errors(
+            request, self._soap_exchange, side="client", prefix=CLIENT_PROXY, accept=None, soap=True
+        )
 
     async def _soap_exchange(self, request: web.Request) -> web.StreamResponse:
         self.rt.check_logging(CLIENT_PROXY)

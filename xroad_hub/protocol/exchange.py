@@ -19,9 +19,9 @@ new ``v``.
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, TypeVar
 
 import orjson
 
@@ -55,7 +55,7 @@ _ANSWER_FIELDS = frozenset(
         "created", "body_sha512",
     }
 )  # fmt: skip
-PROTOCOLS = ("rest", "soap")
+_Id = TypeVar("_Id")
 
 
 @dataclass(frozen=True, slots=True)
@@ -265,7 +265,7 @@ class _Reader:
             raise self._wrong(key, "a list of [name, value] strings")
         return tuple((name, v) for name, v in value)
 
-    def ident(self, key: str, parse: Any) -> Any:
+    def ident(self, key: str, parse: Callable[[str], _Id]) -> _Id:
         try:
             return parse(self.text(key))
         except ProtocolError as exc:
