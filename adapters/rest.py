@@ -13,7 +13,7 @@ import aiohttp
 import structlog
 from yarl import URL
 
-from xroad_hub.errors import XRoadError
+from xroad_hub.errors import SERVER_PROXY, ProtocolError, XRoadError
 from xroad_hub.logs import loggable_error
 from xroad_hub.protocol.rest import check_path
 from xroad_hub.streams import BodyTooLarge, read_capped
@@ -47,8 +47,8 @@ class RestAdapter:
         # any reading a backend may make, encoded separators), not only by the node.
         try:
             check_path(request.path)
-        except XRoadError as exc:
-            raise XRoadError.server_proxy("InvalidMessage", exc.message) from exc
+        except ProtocolError as exc:
+            raise XRoadError.blame(SERVER_PROXY, exc) from exc
         url = URL(
             str(self._base) + request.path + ("?" + request.query if request.query else ""),
             encoded=True,

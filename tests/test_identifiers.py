@@ -1,4 +1,5 @@
-"""Identifier parsing: strict parts, exact part counts, Client.BadRequest on anything else."""
+"""Identifier parsing: strict parts, exact part counts, BadRequest on anything else (the
+client system's fault, Client.BadRequest, when its node reads it in a request head)."""
 
 from __future__ import annotations
 
@@ -6,7 +7,7 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from xroad_hub.errors import XRoadError
+from xroad_hub.errors import CLIENT, ProtocolError, XRoadError
 from xroad_hub.protocol.identifiers import (
     MemberId,
     NodeId,
@@ -31,11 +32,12 @@ PARSERS = [
 ]
 
 
-def _bad_request(fn, text: str) -> XRoadError:
-    with pytest.raises(XRoadError) as info:
+def _bad_request(fn, text: str) -> ProtocolError:
+    with pytest.raises(ProtocolError) as info:
         fn(text)
-    assert info.value.code == "Client.BadRequest"
-    assert info.value.status == 400
+    assert info.value.code == "BadRequest"
+    blamed = XRoadError.blame(CLIENT, info.value)
+    assert (blamed.code, blamed.status) == ("Client.BadRequest", 400)
     return info.value
 
 

@@ -9,7 +9,7 @@ import xml.etree.ElementTree as ET
 
 import pytest
 
-from xroad_hub.errors import XRoadError
+from xroad_hub.errors import CLIENT, ProtocolError, XRoadError
 from xroad_hub.protocol.identifiers import MemberId, ServiceId, SubsystemId
 from xroad_hub.protocol.rest import (
     MAX_URI_LENGTH,
@@ -26,11 +26,13 @@ SERVICE = ServiceId(SubsystemId("TH", "GOV", "DOPA", "population"), "personInfo"
 
 
 def _refused(raw_path: str, raw_query: str = "", code: str = "Client.BadRequest") -> XRoadError:
-    with pytest.raises(XRoadError) as info:
+    """The error the client's node answers for a target its client system sent."""
+    with pytest.raises(ProtocolError) as info:
         parse_r1_target(raw_path, raw_query)
-    assert info.value.code == code
-    assert info.value.status == 400
-    return info.value
+    blamed = XRoadError.blame(CLIENT, info.value)
+    assert blamed.code == code
+    assert blamed.status == 400
+    return blamed
 
 
 # --- parse_r1_target: valid --------------------------------------------------------------
@@ -203,10 +205,10 @@ def test_fewer_than_five_parts_refused(path: str) -> None:
 
 @pytest.mark.parametrize("values", [[], [""], ["   "], ["TH/GOV/DGA/portal", ""]])
 def test_missing_client_header(values: list[str]) -> None:
-    with pytest.raises(XRoadError) as info:
+    with pytest.raises(ProtocolError) as info:
         select_client(values)
-    assert info.value.code == "Client.MissingHeader"
-    assert info.value.status == 400
+    assert XRoadError.blame(CLIENT, info.value).code == "Client.MissingHeader"
+    assert XRoadError.blame(CLIENT, info.value).status == 400
 
 
 def test_last_client_header_wins() -> None:
@@ -217,9 +219,9 @@ def test_last_client_header_wins() -> None:
 
 
 def test_last_client_header_wins_even_when_invalid() -> None:
-    with pytest.raises(XRoadError) as info:
+    with pytest.raises(ProtocolError) as info:
         select_client(["TH/GOV/DGA/good", "TH/GOV/DGA/bad_one"])
-    assert info.value.code == "Client.BadRequest"
+    assert info.value.code == "BadRequest"
 
 
 # --- header filtering ------------------------------------------------------------------------

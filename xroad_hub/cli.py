@@ -7,6 +7,7 @@ import asyncio
 import json
 import re
 import signal
+import sqlite3
 import sys
 import time
 import uuid
@@ -17,6 +18,7 @@ from typing import TYPE_CHECKING
 import jwt
 
 from xroad_hub.dev.devpki import ensure_pki
+from xroad_hub.errors import HubError, ProtocolError, XRoadError
 from xroad_hub.federation import ConfigError, load_federation
 from xroad_hub.logs import configure_logging
 from xroad_hub.node.clientauth import MAX_TOKEN_LIFETIME
@@ -252,6 +254,41 @@ def build_parser() -> argparse.ArgumentParser:
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     configure_logging(args.log_level)
+    # The one boundary of the command line: a user's mistake is a message and a hint, never
+    # a traceback. Anything else escaping is a bug and keeps its traceback.
+    try:
+        return _run(args)
+    except (HubError, FileExistsError, FileNotFoundError, sqlite3.Error) as exc:
+        print(f"xroad-hub: {_message(exc)}", file=sys.stderr)
+        print(f"hint: {_hint(exc, args)}", file=sys.stderr)
+        return 2
+
+
+def _message(exc: BaseException) -> str:
+    if isinstance(exc, XRoadError | ProtocolError):
+        return exc.message
+    if isinstance(exc, sqlite3.Error):
+        return f"cannot read the message log: {exc}"
+    return str(exc)
+
+
+def _hint(exc: BaseException, args: argparse.Namespace) -> str:
+    """What to do next, by the kind of mistake."""
+    if isinstance(exc, FileNotFoundError) and args.command != "audit":
+        return "run 'xroad-hub pki init' to generate the development PKI"
+    if isinstance(exc, ProtocolError | XRoadError):
+        return (
+            "identifiers are INSTANCE/CLASS/MEMBER[/SUBSYSTEM] of A-Z a-z 0-9 ' ( ) + , - . = ?,"
+            " e.g. TH/GOV/DGA/devportal"
+        )
+    if isinstance(exc, ConfigError):
+        return f"fix the federation file ({getattr(args, 'config', 'the --config file')})"
+    if isinstance(exc, sqlite3.Error | FileNotFoundError):
+        return "name a node's messagelog.sqlite (in the data directory of 'xroad-hub up')"
+    return f"see 'xroad-hub {args.command} --help'"
+
+
+def _run(args: argparse.Namespace) -> int:
     if args.command == "demo":
         return _demo(args)
     if args.command == "audit":
@@ -259,30 +296,24 @@ def main(argv: list[str] | None = None) -> int:
             "verify": _audit_verify, "export": _audit_export, "verify-bundle": _verify_bundle,
             "search": _audit_search,
         }[args.audit_command](args)  # fmt: skip
-    try:
-        if args.command == "token" and (args.citizen or args.officer):
-            # The identity provider is not part of the federation: no federation file needed.
-            return _idp_token(args)
-        fed = load_federation(args.config)
-        if args.command == "pki":
-            created = ensure_pki(fed, args.certs_dir)
-            print(
-                f"{len(created)} files created in {args.certs_dir}"
-                if created
-                else f"PKI in {args.certs_dir} is complete; nothing created"
-            )
-            return 0
-        if args.command == "token":
-            return _token(fed, args)
-        if args.command == "tracker":
-            return _tracker(fed, args)
-        if args.command == "up":
-            return asyncio.run(_up(fed, args))
-    except (ConfigError, FileExistsError, FileNotFoundError) as exc:
-        print(f"xroad-hub: {exc}", file=sys.stderr)
-        if isinstance(exc, FileNotFoundError):
-            print("hint: run 'xroad-hub pki init' to generate the development PKI", file=sys.stderr)
-        return 2
+    if args.command == "token" and (args.citizen or args.officer):
+        # The identity provider is not part of the federation: no federation file needed.
+        return _idp_token(args)
+    fed = load_federation(args.config)
+    if args.command == "pki":
+        created = ensure_pki(fed, args.certs_dir)
+        print(
+            f"{len(created)} files created in {args.certs_dir}"
+            if created
+            else f"PKI in {args.certs_dir} is complete; nothing created"
+        )
+        return 0
+    if args.command == "token":
+        return _token(fed, args)
+    if args.command == "tracker":
+        return _tracker(fed, args)
+    if args.command == "up":
+        return asyncio.run(_up(fed, args))
     return 1
 
 

@@ -1,27 +1,63 @@
-"""The one error type of xroad-hub: an X-Road fault code with a message for the caller.
+"""The errors of xroad-hub, in one hierarchy.
 
-Code prefixes say who is at fault, exactly as in X-Road:
+    HubError                     anything the hub itself reports (never a traceback for it)
+    ├── ProtocolError            bytes that break a protocol: what to tell the peer, no side
+    │   ├── MessageError           a node-to-node envelope (protocol/message.py)
+    │   └── SoapError              an X-Road SOAP message (protocol/soap.py)
+    ├── XRoadError               an X-Road fault: the code names who is to blame
+    ├── ConfigError              a federation file or setting (federation.py)
+    └── ...                      one per part: EvidenceError, LogError, SignatureError...
+
+Parsers in ``xroad_hub.protocol`` raise ProtocolError and never decide whose fault it is:
+the same identifier is the client system's mistake when it arrives in a request head, the
+client node's when it arrives in signed metadata, and the provider node's in an answer. The
+node decides at its boundary (``XRoadError.blame``), with the prefix of its side:
 
     Client.*               the client information system broke the protocol     -> 400
     Server.ClientProxy.*   the client's own node failed                         -> 500
     Server.ServerProxy.*   the provider's node failed, or its service did       -> 500
 
-Dependencies' exceptions are translated into XRoadError where they are caught (one place per
-boundary); the error is rendered only at the edge, as a REST error body or SOAP Fault.
+Dependencies' exceptions are translated where they are caught (one place per boundary); an
+X-Road error is rendered only at the edge, as a REST error body or a SOAP Fault.
 """
 
 from __future__ import annotations
 
 import uuid
+from collections.abc import Iterator
+from contextlib import contextmanager
 
-__all__ = ["CLIENT", "CLIENT_PROXY", "SERVER_PROXY", "XRoadError"]
+__all__ = [
+    "CLIENT",
+    "CLIENT_PROXY",
+    "SERVER_PROXY",
+    "HubError",
+    "ProtocolError",
+    "XRoadError",
+    "blame_on",
+]
 
 CLIENT = "Client"
 CLIENT_PROXY = "Server.ClientProxy"
 SERVER_PROXY = "Server.ServerProxy"
 
 
-class XRoadError(Exception):
+class HubError(Exception):
+    """An error the hub reports to a person or a peer: its message says what went wrong
+    and, where there is one, what to do next. Anything else escaping is a bug."""
+
+
+class ProtocolError(HubError, ValueError):
+    """Input that breaks the protocol. ``code`` is the X-Road code without its side
+    (``BadRequest``, ``InvalidMessage``...); ``message`` is what the peer is told."""
+
+    def __init__(self, code: str, message: str) -> None:
+        super().__init__(message)
+        self.code = code
+        self.message = message
+
+
+class XRoadError(HubError):
     """An X-Road fault: ``code`` like ``Server.ServerProxy.AccessDenied``."""
 
     def __init__(
@@ -54,5 +90,22 @@ class XRoadError(Exception):
     def server_proxy(cls, code: str, message: str) -> XRoadError:
         return cls(f"{SERVER_PROXY}.{code}", message)
 
+    @classmethod
+    def blame(cls, side: str, err: ProtocolError, *, context: str = "") -> XRoadError:
+        """The X-Road error of a protocol error, blamed on ``side`` (CLIENT, CLIENT_PROXY or
+        SERVER_PROXY); ``context`` says whose message it was ("answer of the provider's
+        node")."""
+        return cls(f"{side}.{err.code}", f"{context}: {err.message}" if context else err.message)
+
     def as_dict(self) -> dict[str, str]:
         return {"type": self.code, "message": self.message, "detail": self.detail}
+
+
+@contextmanager
+def blame_on(side: str, *, context: str = "") -> Iterator[None]:
+    """Inside this block, a protocol error is the fault of ``side``: it leaves as the X-Road
+    error with that prefix. X-Road errors already decided pass unchanged."""
+    try:
+        yield
+    except ProtocolError as exc:
+        raise XRoadError.blame(side, exc, context=context) from exc

@@ -15,7 +15,7 @@ from pathlib import Path
 from typing import Any
 
 from adapters.flatfile.settings import OPTIONS as FLATFILE_OPTIONS
-from xroad_hub.errors import XRoadError
+from xroad_hub.errors import HubError, ProtocolError
 from xroad_hub.protocol.identifiers import (
     ClientId,
     MemberId,
@@ -48,7 +48,7 @@ __all__ = [
 AUTH_MODES = ("http", "mtls", "jwt")
 
 
-class ConfigError(ValueError):
+class ConfigError(HubError, ValueError):
     """The federation file is wrong; the message names the place and what to change."""
 
 
@@ -200,7 +200,7 @@ def load_federation(path: Path) -> FederationConfig:
         raise ConfigError(f"cannot read federation file {path}: {exc}") from exc
     try:
         return _build(data)
-    except XRoadError as exc:
+    except ProtocolError as exc:
         raise ConfigError(f"{path}: {exc.message}") from exc
     except (KeyError, TypeError) as exc:
         raise ConfigError(f"{path}: missing or wrong-typed setting {exc}") from exc

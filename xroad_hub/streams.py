@@ -5,10 +5,12 @@ from __future__ import annotations
 
 from aiohttp import StreamReader
 
+from xroad_hub.errors import HubError
+
 __all__ = ["BodyTooLarge", "read_capped"]
 
 
-class BodyTooLarge(ValueError):
+class BodyTooLarge(HubError, ValueError):
     def __init__(self, limit: int) -> None:
         super().__init__(f"body exceeds the limit of {limit} bytes")
         self.limit = limit

@@ -19,6 +19,7 @@ from pathlib import Path
 
 from cryptography import x509
 
+from xroad_hub.errors import HubError
 from xroad_hub.messagelog.audit import verify_node_checkpoint
 from xroad_hub.protocol import merkle
 from xroad_hub.protocol.checkpoint import Checkpoint, CheckpointError, NoteSigner
@@ -26,7 +27,7 @@ from xroad_hub.protocol.checkpoint import Checkpoint, CheckpointError, NoteSigne
 __all__ = ["Witness", "WitnessConflict", "WitnessError"]
 
 
-class WitnessError(ValueError):
+class WitnessError(HubError, ValueError):
     """The submission is not a valid checkpoint of a federation node."""
 
 

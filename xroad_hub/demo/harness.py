@@ -63,6 +63,7 @@ from adapters.flatfile import FlatFileAdapter
 from case_service.client import CaseServiceClient
 from xroad_hub.dev.devpki import ensure_pki
 from xroad_hub.dev.testing import free_port, on_free_ports
+from xroad_hub.errors import HubError
 from xroad_hub.federation import FederationConfig, NodeConfig, load_federation
 from xroad_hub.node.trackerapi import mint_idp_token
 from xroad_hub.packaged import schema_file
@@ -92,7 +93,7 @@ SEED = 2569
 FLATFILE_TIMEOUT = 30.0  # seconds for the seeded exports to be loaded at start
 
 
-class HarnessError(RuntimeError):
+class HarnessError(HubError, RuntimeError):
     """Something the harness started did not come up; the message says what and why."""
 
 

@@ -36,6 +36,7 @@ from xroad_hub.demo.harness import (
     start_case_service,
     start_demo_federation,
 )
+from xroad_hub.errors import HubError
 from xroad_hub.messagelog.audit import AuditReport, verify_log
 
 __all__ = ["StoryFailure", "play"]
@@ -49,7 +50,7 @@ APPROVAL = "Identity, premises deed, company and tax clearance verified from reg
 ICT = timezone(timedelta(hours=7), "ICT")
 
 
-class StoryFailure(Exception):
+class StoryFailure(HubError):
     """A step's check did not hold; ``hint`` says what to look at or do."""
 
     def __init__(self, message: str, hint: str = "") -> None:

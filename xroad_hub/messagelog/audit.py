@@ -44,7 +44,7 @@ from cryptography.exceptions import InvalidSignature
 from cryptography.hazmat.primitives.asymmetric import ed25519
 from cryptography.x509.oid import NameOID
 
-from xroad_hub.errors import XRoadError
+from xroad_hub.errors import ProtocolError
 from xroad_hub.messagelog.record import sha256_hex
 from xroad_hub.messagelog.search import SearchFilter, search_sql
 from xroad_hub.protocol import merkle
@@ -644,7 +644,7 @@ def check_signed_part(
         )
         signed: dict[str, Any] = orjson.loads(meta)
         when = datetime.fromtimestamp(float(signed.get("created", leaf["started_at"])), UTC)
-    except (XRoadError, KeyError, TypeError, ValueError, orjson.JSONDecodeError):
+    except (ProtocolError, KeyError, TypeError, ValueError, orjson.JSONDecodeError):
         return f"{side} metadata or the leaf's identifiers are malformed"
     try:
         verifier.verify(meta, signature, cert_der, member, when)
@@ -694,7 +694,7 @@ def verify_node_checkpoint(
     node = str(cert.subject.get_attributes_for_oid(NameOID.COMMON_NAME)[0].value)
     try:
         parse_node_id(node)  # a node's certificate, never the witness's ("TH/registry")
-    except XRoadError as exc:
+    except ProtocolError as exc:
         raise CheckpointError(f"{node!r} is not a node: its checkpoints prove nothing") from exc
     text, _ = open_note(note, [NoteVerifier(node, key)])
     checkpoint = Checkpoint.parse(text)

@@ -35,7 +35,7 @@ from cryptography.exceptions import InvalidSignature
 from cryptography.hazmat.primitives.asymmetric import ed25519
 from cryptography.x509.oid import NameOID
 
-from xroad_hub.errors import XRoadError
+from xroad_hub.errors import HubError, ProtocolError
 from xroad_hub.messagelog.audit import check_signed_part, verify_node_checkpoint, witness_name
 from xroad_hub.protocol import merkle
 from xroad_hub.protocol.checkpoint import Checkpoint, CheckpointError, NoteVerifier, open_note
@@ -72,7 +72,7 @@ FORMAT = "xroad-hub-evidence/2"
 CLOCK_SKEW = timedelta(seconds=60)
 
 
-class EvidenceError(ValueError):
+class EvidenceError(HubError, ValueError):
     """The bundle cannot be made (export) or does not prove what it claims (verify);
     ``problems`` lists every reason, one per missing or wrong piece."""
 
@@ -505,7 +505,7 @@ class _Checker:
                 if self.leaf.get("role") == "client"
                 else parse_service_id(str(self.leaf["service"])).provider
             )
-        except (XRoadError, KeyError) as exc:
+        except (ProtocolError, KeyError) as exc:
             self.fail(f"the leaf's client or service is malformed ({exc})")
             return
         if self.leaf.get("role") not in ("client", "provider"):

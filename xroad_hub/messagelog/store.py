@@ -5,12 +5,13 @@ from __future__ import annotations
 from collections.abc import Sequence
 from typing import Protocol
 
+from xroad_hub.errors import HubError
 from xroad_hub.messagelog.record import LogRecord
 
 __all__ = ["LogError", "MessageLog"]
 
 
-class LogError(RuntimeError):
+class LogError(HubError, RuntimeError):
     """The log could not store a record durably; the exchange must not be answered."""
 
 

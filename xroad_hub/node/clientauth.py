@@ -21,7 +21,7 @@ from dataclasses import dataclass
 import jwt
 from cryptography.hazmat.primitives.asymmetric import ec
 
-from xroad_hub.errors import XRoadError
+from xroad_hub.errors import ProtocolError, XRoadError
 from xroad_hub.node.usedtokens import TokenStoreError, UsedTokenStore
 from xroad_hub.protocol.identifiers import ClientId, parse_client_id
 
@@ -207,5 +207,5 @@ def _refusal(reg: ClientRegistration, creds: Credentials) -> XRoadError:
 def _client_or_none(value: object) -> ClientId | None:
     try:
         return parse_client_id(str(value)) if isinstance(value, str) else None
-    except XRoadError:
+    except ProtocolError:
         return None

@@ -22,7 +22,7 @@ import orjson
 import structlog
 from aiohttp import web
 
-from xroad_hub.errors import CLIENT, CLIENT_PROXY, XRoadError
+from xroad_hub.errors import CLIENT, CLIENT_PROXY, ProtocolError, XRoadError, blame_on
 from xroad_hub.messagelog import LogRecord
 from xroad_hub.node.clientauth import Caller, ClientRegistration, Credentials
 from xroad_hub.node.limits import body_reservation
@@ -30,14 +30,14 @@ from xroad_hub.node.metaservices import (
     client_json,
     client_list_xml,
     point_wsdl_at,
-    soap_fault_response,
 )
 from xroad_hub.node.peer import PeerReply
 from xroad_hub.node.runtime import NodeRuntime, answer_errors, read_body, render_error
 from xroad_hub.node.tls import peer_fingerprint
+from xroad_hub.protocol.access import check_answer, node_serving, purpose_of
+from xroad_hub.protocol.exchange import AnswerMeta, RequestMeta
 from xroad_hub.protocol.identifiers import (
     ClientId,
-    MemberId,
     NodeId,
     ServiceId,
     SubsystemId,
@@ -48,9 +48,7 @@ from xroad_hub.protocol.identifiers import (
 from xroad_hub.protocol.message import (
     CONTENT_TYPE,
     Envelope,
-    MessageError,
     body_digest,
-    canonical,
     decode_envelope,
     encode_envelope,
 )
@@ -61,7 +59,6 @@ from xroad_hub.protocol.rest import (
     filter_response_headers,
     parse_r1_target,
     parse_represented_party,
-    request_hash,
     select_client,
 )
 from xroad_hub.protocol.signing import SignatureError
@@ -212,60 +209,41 @@ class ClientProxy:
         started = time.time()
         self.rt.check_logging(CLIENT_PROXY)
         conf = self.rt.conf_or_fail(CLIENT_PROXY)
-        client, provider = call.client, call.service.provider
-        peer = conf.node_hosting(provider)
-        if call.security_server is not None:
-            peer = conf.node(call.security_server)
-            if peer is None or provider not in peer.clients:
-                raise XRoadError.client_proxy(
-                    "UnknownMember", f"node {call.security_server} does not serve {provider}"
-                )
-        if peer is None:
-            raise XRoadError.client_proxy(
-                "UnknownMember", f"no node in the global configuration serves {provider}"
-            )
+        client = call.client
+        with blame_on(CLIENT_PROXY):
+            peer = node_serving(conf, call.service.provider, call.security_server)
         signer = self.rt.signer_for(client.member, CLIENT_PROXY)
-        purpose, legal_basis = call.purpose, call.legal_basis
-        default = self.purpose_defaults.get(client) if purpose is None else None
-        if default is not None:
-            purpose, legal_basis = default[0], legal_basis or default[1]
-        meta: dict[str, Any] = {
-            "v": 1,
-            "kind": "request",
-            "id": call.message_id,
-            "request_id": str(uuid.uuid4()),
-            "client": str(client),
-            "service": str(call.service),
-            "target_node": str(peer.id),
-            "method": call.method,
-            "path": call.path,
-            "query": call.query,
-            "headers": call.headers,
-            "user_id": call.user_id,
-            "issue": call.issue,
-            "represented_party": call.represented_party,
-            "created": started,
-            "body_sha512": body_digest(call.body),
-        }
-        # Optional fields are signed only when present, so older messages stay as they were.
-        for key, value in (
-            ("purpose", purpose),
-            ("legal_basis", legal_basis),
-            ("evidence_type", call.evidence_type),
-        ):
-            if value is not None:
-                meta[key] = value
-        if default is not None:
+        purpose, legal_basis, by_default = purpose_of(
+            call.purpose, call.legal_basis, self.purpose_defaults.get(client)
+        )
+        meta = RequestMeta(
+            id=call.message_id,
+            request_id=str(uuid.uuid4()),
+            client=client,
+            service=call.service,
+            target_node=peer.id,
+            method=call.method,
+            path=call.path,
+            query=call.query,
+            headers=tuple(call.headers),
+            user_id=call.user_id,
+            issue=call.issue,
+            represented_party=call.represented_party,
+            created=started,
+            body_sha512=body_digest(call.body),
+            purpose=purpose,
+            legal_basis=legal_basis,
+            evidence_type=call.evidence_type,
             # Signed and logged as such: the client did not say why, its registration did.
-            meta["purpose_default"] = True
-        if call.protocol != "rest":
-            meta["protocol"] = call.protocol
-        meta_bytes = canonical(meta)
+            purpose_default=by_default,
+            protocol=call.protocol,
+        )
+        meta_bytes = meta.encode()
         signature = await signer.sign(meta_bytes)
         envelope = encode_envelope(meta_bytes, signature, signer.cert_der, call.body)
         record = dict(
             message_id=call.message_id,
-            request_id=meta["request_id"],
+            request_id=meta.request_id,
             role="client",
             client=str(client),
             service=str(call.service),
@@ -281,7 +259,7 @@ class ClientProxy:
         )
         try:
             reply = await self.rt.peers.send(peer, envelope, self.rt.provider_timeout)
-            env = self._verify_answer(reply, provider.member, meta, meta_bytes, call.body)
+            env, answer = self._verify_answer(reply, meta, meta_bytes, call.body)
         except XRoadError as err:
             # The signed request left this node, and the provider's node may have served and
             # logged it: whatever came back (or did not), our side records it too.
@@ -289,8 +267,7 @@ class ClientProxy:
                 LogRecord(**record, status=err.status, error_type=err.code, finished_at=time.time())
             )
             raise
-        rmeta = env.meta
-        status = int(rmeta["status"])
+        status = answer.status
         await self._log(
             LogRecord(
                 **record,
@@ -314,27 +291,20 @@ class ClientProxy:
         )
         return Answer(
             status=status,
-            headers=[(str(k), str(v)) for k, v in rmeta["headers"]],
+            headers=list(answer.headers),
             body=env.body,
             message_id=call.message_id,
-            request_id=meta["request_id"],
-            request_hash=rmeta["request_hash"],
-            service=str(rmeta.get("service") or call.service),
+            request_id=meta.request_id,
+            request_hash=answer.request_hash,
+            service=str(answer.service),
         )
 
     async def handle_soap(self, request: web.Request) -> web.StreamResponse:
         """X-Road SOAP 4.0: errors are SOAP Faults, sent with HTTP 500 as the SOAP 1.1 HTTP
         binding (and WS-I Basic Profile) has it; X-Road itself answers 200."""
-        try:
-            return await self._soap_exchange(request)
-        except XRoadError as err:
-            log.info("exchange.refused", side="client", code=err.code, detail=err.detail,
-                     reason=err.message, protocol="soap")  # fmt: skip
-            return soap_fault_response(err)
-        except Exception:
-            err = XRoadError.client_proxy("InternalError", "internal error in the client's node")
-            log.exception("exchange.internal_error", side="client", detail=err.detail)
-            return soap_fault_response(err)
+        return await answer_errors(
+            request, self._soap_exchange, side="client", prefix=CLIENT_PROXY, accept=None, soap=True
+        )
 
     async def _soap_exchange(self, request: web.Request) -> web.StreamResponse:
         self.rt.check_logging(CLIENT_PROXY)
@@ -353,12 +323,7 @@ class ClientProxy:
         content_type = request.headers.get("Content-Type", "")
         body = await read_body(request, self.rt.max_body_bytes, self.rt.body_timeout, CLIENT)
         limits = XmlLimits(max_bytes=self.rt.max_body_bytes)
-        try:
-            soap = await self.rt.off_loop(
-                parse_soap, content_type, body, kind="request", limits=limits
-            )
-        except SoapError as exc:
-            raise XRoadError.client(exc.code, exc.message) from exc
+        soap = await self.rt.off_loop(parse_soap, content_type, body, kind="request", limits=limits)
         h = soap.header
         assert h is not None and h.service is not None  # parse_soap checks requests
         # The client the message names must be one the credential proved.
@@ -497,36 +462,24 @@ class ClientProxy:
         return url + "/"
 
     def _verify_answer(
-        self,
-        reply: PeerReply,
-        member: MemberId,
-        meta: dict[str, Any],
-        meta_bytes: bytes,
-        body: bytes,
-    ) -> Envelope:
+        self, reply: PeerReply, request: RequestMeta, request_bytes: bytes, body: bytes
+    ) -> tuple[Envelope, AnswerMeta]:
         """The answer is signed by the provider's member and belongs to this very request."""
         if reply.content_type.split(";")[0].strip() != CONTENT_TYPE:
             raise _provider_error(reply.status, reply.body)
-        try:
+        member = request.service.provider.member
+        with blame_on(CLIENT_PROXY, context="answer of the provider's node"):
             env = decode_envelope(reply.body)
-            self.rt.globalconf.verifier.verify(env.meta_bytes, env.signature, env.cert_der, member)
-        except (MessageError, SignatureError) as exc:
-            code = exc.code if isinstance(exc, MessageError) else "InvalidSignatureValue"
-            raise XRoadError.client_proxy(code, f"answer of the provider's node: {exc}") from exc
-        rmeta = env.meta
-        if (
-            rmeta.get("kind") != "response"
-            or rmeta.get("id") != meta["id"]
-            or rmeta.get("request_id") != meta["request_id"]
-            or rmeta.get("request_hash") != request_hash(meta_bytes, body)
-            or not isinstance(rmeta.get("status"), int)
-            or not isinstance(rmeta.get("headers"), list)
-        ):
-            raise XRoadError.client_proxy(
-                "InconsistentResponse",
-                "the provider's answer does not belong to this request (id or request hash)",
-            )
-        return env
+            try:
+                self.rt.globalconf.verifier.verify(
+                    env.meta_bytes, env.signature, env.cert_der, member
+                )
+            except SignatureError as exc:
+                raise ProtocolError("InvalidSignatureValue", str(exc)) from exc
+            answer = AnswerMeta.parse(env.meta)
+        with blame_on(CLIENT_PROXY):
+            check_answer(request, request_bytes, body, answer)
+        return env, answer
 
     async def _log(self, record: LogRecord) -> None:
         await self.rt.record(record, CLIENT_PROXY)

@@ -18,7 +18,6 @@ from typing import Any
 from urllib.parse import parse_qs
 
 import orjson
-from aiohttp import web
 from lxml import etree
 
 from adapters import AdapterResponse
@@ -30,7 +29,6 @@ from xroad_hub.protocol.soap import (
     XRD_NS,
     SoapMessage,
     build_response,
-    fault_xml,
     identifier_element,
 )
 from xroad_hub.protocol.xmlsafe import XmlError, parse_xml
@@ -41,7 +39,6 @@ __all__ = [
     "client_json",
     "client_list_xml",
     "point_wsdl_at",
-    "soap_fault_response",
 ]
 
 METASERVICES = frozenset({"listMethods", "allowedMethods", "getOpenAPI", "getWsdl"})
@@ -203,13 +200,3 @@ def point_wsdl_at(document: bytes, location: str) -> bytes:
     for address in root.iter(f"{{{_WSDL_SOAP_NS}}}address"):
         address.set("location", location)
     return etree.tostring(root, encoding="UTF-8", xml_declaration=True)
-
-
-def soap_fault_response(err: XRoadError) -> web.Response:
-    return web.Response(
-        status=500,
-        body=fault_xml(err.code, err.message, err.detail),
-        content_type="text/xml",
-        charset="utf-8",
-        headers={"X-Road-Error": err.code},
-    )

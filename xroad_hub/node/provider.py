@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import asyncio
 import time
-from typing import Any
 from urllib.parse import parse_qsl
 
 import structlog
@@ -19,15 +18,23 @@ from aiohttp import web
 from lxml import etree
 
 from adapters import AdapterRequest, AdapterResponse
-from xroad_hub.errors import SERVER_PROXY, XRoadError
+from xroad_hub.errors import CLIENT, SERVER_PROXY, ProtocolError, XRoadError, blame_on
 from xroad_hub.federation import ServiceConfig
 from xroad_hub.messagelog import LogRecord
 from xroad_hub.node.limits import body_reservation
 from xroad_hub.node.metaservices import METASERVICES, answer_metaservice
 from xroad_hub.node.runtime import NodeRuntime, answer_errors, read_body
 from xroad_hub.node.tls import peer_fingerprint
+from xroad_hub.protocol.access import (
+    check_addressed,
+    check_hosted,
+    check_protocol,
+    decide_access,
+    signed_purpose_matches,
+)
+from xroad_hub.protocol.exchange import AnswerMeta, Headers, RequestMeta
 from xroad_hub.protocol.globalconf import NodeEntry
-from xroad_hub.protocol.identifiers import ClientId, ServiceId, parse_client_id, parse_service_id
+from xroad_hub.protocol.identifiers import ClientId
 from xroad_hub.protocol.jsonbody import (
     JsonBodyError,
     is_json_media,
@@ -41,7 +48,6 @@ from xroad_hub.protocol.message import (
     Envelope,
     MessageError,
     body_digest,
-    canonical,
     decode_envelope,
     encode_envelope,
 )
@@ -121,117 +127,98 @@ class ServerProxy:
         try:
             env = await self.rt.off_loop(decode_envelope, data)
         except MessageError as exc:
-            raise _fail(exc.code, f"request from node {peer.id}: {exc}") from exc
-        meta = env.meta
-        client, service = _identify(meta)
-        if meta.get("target_node") != str(self.rt.node_id):
-            raise _fail("InvalidMessage", f"message is addressed to {meta.get('target_node')}")
-        # A node's owner member is a client of its node (X-Road), e.g. for GET /wsdl.
-        if client not in peer.clients and client != peer.id.owner:
-            raise _fail(
-                "SslAuthenticationFailed", f"node {peer.id} does not host the client {client}"
-            )
+            context = f"request from node {peer.id}"
+            raise XRoadError.blame(SERVER_PROXY, exc, context=context) from exc
+        with blame_on(SERVER_PROXY):
+            meta = RequestMeta.parse(env.meta)
+            check_addressed(meta, self.rt.node_id)
+            check_hosted(meta.client, peer)
         try:
             self.rt.globalconf.verifier.verify(
-                env.meta_bytes, env.signature, env.cert_der, client.member
+                env.meta_bytes, env.signature, env.cert_der, meta.client.member
             )
         except SignatureError as exc:
             raise _fail("InvalidSignatureValue", f"request signature: {exc}") from exc
 
         # The request is authentic: whatever happens now is part of the record.
         try:
-            return await self._serve(env, client, service, started)
+            with blame_on(SERVER_PROXY):
+                return await self._serve(env, meta, started)
         except XRoadError as err:
-            await self._log(env, client, service, started, status=err.status, error=err.code)
+            await self._log(env, meta, started, status=err.status, error=err.code)
             raise
         except asyncio.CancelledError:
             # Shutdown or a dropped connection mid-exchange: the request is still recorded.
             failed = f"{SERVER_PROXY}.InternalError"
-            await asyncio.shield(self._log(env, client, service, started, 500, failed))
+            await asyncio.shield(self._log(env, meta, started, 500, failed))
             raise
         except Exception as exc:
             err = _fail("InternalError", "internal error in the provider's node")
             log.exception("exchange.internal_error", side="provider", detail=err.detail)
-            await self._log(env, client, service, started, status=500, error=err.code)
+            await self._log(env, meta, started, status=500, error=err.code)
             raise err from exc
 
-    async def _serve(
-        self, env: Envelope, client: ClientId, service: ServiceId, started: float
-    ) -> web.StreamResponse:
-        meta = env.meta
+    async def _serve(self, env: Envelope, meta: RequestMeta, started: float) -> web.StreamResponse:
+        """Serve an authentic request, in steps that each must hold (default deny)."""
         limits = XmlLimits(max_bytes=self.rt.max_body_bytes)
+        # 1. A SOAP message says exactly what the signed metadata says.
         soap = None
-        if meta.get("protocol") == "soap":
-            soap = await self.rt.off_loop(_soap_request, env, client, service, limits)
-        hosted = self.rt.services.get(service.unversioned)
-        version: str | None = service.service_version
+        if meta.protocol == "soap":
+            soap = await self.rt.off_loop(_soap_request, env, meta, limits)
+        # 2. The service is ours, known and enabled, and the client holds an access right.
+        hosted = self.rt.services.get(meta.service.unversioned)
+        access = decide_access(
+            hosted.config if hosted else None,
+            meta,
+            provider_served=self._serves(meta.service.provider),
+            metaservices=METASERVICES,
+        )
         answer_subj: tuple[str, ...] = ()
-        if hosted is None and self._metaservice(service):
-            query = str(meta.get("query") or "")
-            answer = answer_metaservice(self.rt.services.values(), client, service, query, soap)
+        if hosted is None:
+            # 3a. A metaservice of this node answers.
+            answer = answer_metaservice(
+                self.rt.services.values(), meta.client, meta.service, meta.query, soap
+            )
             if soap is not None:
                 answer = await self.rt.off_loop(_soap_answer, soap, answer, limits)
         else:
-            if hosted is None:
-                if not self._serves(service.provider):
-                    raise _fail("UnknownMember", f"{service.provider} is not served by this node")
-                raise _fail("UnknownService", f"unknown service {service}")
             cfg = hosted.config
-            if service.service_version and service.service_version != cfg.version:
-                raise _fail("UnknownService", f"{service} is served as version {cfg.version}")
-            version = cfg.version
-            if cfg.disabled:
-                raise _fail("ServiceDisabled", cfg.disabled_notice)
-            if client not in cfg.allow:
-                raise _fail("AccessDenied", f"{client} has no access right to {service}")
-            if cfg.purposes and meta.get("purpose") not in cfg.purposes:
-                given = meta.get("purpose")
-                raise _fail(
-                    "AccessDenied",
-                    f"{service} is only served for the purposes {', '.join(cfg.purposes)}; "
-                    + (
-                        f"the request's purpose {given!r} is not one of them"
-                        if given
-                        else "the request names no purpose (send X-Road-Purpose, or"
-                        " xh:purpose in a SOAP header)"
-                    ),
-                )
-            _check_protocol(cfg, soap)
+            # 3b. The client system called the service in the protocol it speaks...
+            with blame_on(CLIENT):
+                check_protocol(cfg, meta)
+            # ... and the service answers what this node has read as the service will.
             if soap is not None:
-                headers = tuple((k, v) for k, v in soap_request_headers(meta.get("headers")))
+                headers = tuple(soap_request_headers(meta.headers))
                 answer = await hosted.adapter.handle(
                     AdapterRequest("POST", "", "", headers, env.body, soap=soap)
                 )
                 answer = await self.rt.off_loop(_soap_answer, soap, answer, limits)
             else:
-                request = _adapter_request(env, client, service)
+                request = _adapter_request(meta, env.body)
                 _check_readable(cfg, request)
                 answer = await hosted.adapter.handle(request)
+            # 4. The persons the answer names are read for the citizens' trackers.
             answer_subj = await _answer_subjects(cfg, answer)
-        full_service = ServiceId(service.provider, service.service_code, version)
-        rmeta: dict[str, Any] = {
-            "v": 1,
-            "kind": "response",
-            "id": meta.get("id"),
-            "request_id": meta.get("request_id"),
-            "service": str(full_service),
-            "status": answer.status,
-            "headers": (
+        # 5. The answer is signed by the provider member, 6. logged durably, 7. returned.
+        rmeta_bytes = AnswerMeta(
+            id=meta.id,
+            request_id=meta.request_id,
+            service=access.service,
+            status=answer.status,
+            headers=tuple(
                 filter_response_headers(answer.headers)
                 if soap is None
                 else [(k, v) for k, v in answer.headers if k.lower() == "content-type"]
             ),
-            "request_hash": request_hash(env.meta_bytes, env.body),
-            "created": time.time(),
-            "body_sha512": body_digest(answer.body),
-        }
-        rmeta_bytes = canonical(rmeta)
-        signer = self.rt.signer_for(service.provider.member, SERVER_PROXY)
+            request_hash=request_hash(env.meta_bytes, env.body),
+            created=time.time(),
+            body_sha512=body_digest(answer.body),
+        ).encode()
+        signer = self.rt.signer_for(meta.service.provider.member, SERVER_PROXY)
         signature = await signer.sign(rmeta_bytes)
         await self._log(
             env,
-            client,
-            service,
+            meta,
             started,
             status=answer.status,
             error=None,
@@ -242,9 +229,9 @@ class ServerProxy:
         log.info(
             "exchange.served",
             side="provider",
-            id=meta.get("id"),
-            client=str(client),
-            service=str(service),
+            id=meta.id,
+            client=str(meta.client),
+            service=str(meta.service),
             status=answer.status,
         )
         return web.Response(
@@ -255,14 +242,10 @@ class ServerProxy:
     def _serves(self, provider: ClientId) -> bool:
         return any(s.provider == provider for s in self.rt.services)
 
-    def _metaservice(self, service: ServiceId) -> bool:
-        return service.service_code in METASERVICES and self._serves(service.provider)
-
     async def _log(
         self,
         env: Envelope,
-        client: ClientId,
-        service: ServiceId,
+        meta: RequestMeta,
         started: float,
         status: int,
         error: str | None,
@@ -270,22 +253,21 @@ class ServerProxy:
         soap: SoapMessage | None = None,
         answer_subjects: tuple[str, ...] = (),
     ) -> None:
-        meta = env.meta
         rmeta, rsig, rbody, rcert = response if response else (None, None, None, None)
-        hosted = self.rt.services.get(service.unversioned)
+        hosted = self.rt.services.get(meta.service.unversioned)
         locators = hosted.config.subjects if hosted else ()
         # A refused SOAP request may be parsed here for its subjects: off the event loop.
-        subjects = await self.rt.off_loop(_subjects, env, locators, soap) if locators else ()
+        subjects = await self.rt.off_loop(_subjects, env, meta, locators, soap) if locators else ()
         record = LogRecord(
-            message_id=str(meta.get("id")),
-            request_id=str(meta.get("request_id")),
+            message_id=meta.id,
+            request_id=meta.request_id,
             role="provider",
-            client=str(client),
-            service=str(service),
-            user_id=meta.get("user_id"),
-            issue=meta.get("issue"),
-            represented_party=meta.get("represented_party"),
-            method=str(meta.get("method")),
+            client=str(meta.client),
+            service=str(meta.service),
+            user_id=meta.user_id,
+            issue=meta.issue,
+            represented_party=meta.represented_party,
+            method=meta.method,
             status=status,
             error_type=error,
             started_at=started,
@@ -303,79 +285,70 @@ class ServerProxy:
         await self.rt.record(record, SERVER_PROXY)
 
 
-def _identify(meta: dict[str, Any]) -> tuple[ClientId, ServiceId]:
-    if meta.get("kind") != "request" or meta.get("v") != 1:
-        raise _fail("InvalidMessage", "not a version 1 request message")
-    try:
-        return parse_client_id(str(meta["client"])), parse_service_id(str(meta["service"]))
-    except (KeyError, XRoadError) as exc:
-        raise _fail("InvalidMessage", "request lacks a valid client or service") from exc
-
-
-def _adapter_request(env: Envelope, client: ClientId, service: ServiceId) -> AdapterRequest:
+def _adapter_request(meta: RequestMeta, body: bytes) -> AdapterRequest:
     """What the adapter gets: the client node's checks are run again, since that node belongs
     to another organisation, and the X-Road headers are set by this node alone."""
-    meta = env.meta
     try:
-        method, path, query = str(meta["method"]), str(meta["path"]), str(meta["query"])
-        check_method(method)
-        check_path(path)
-        check_query(query)
-        headers = filter_request_headers(check_headers(meta.get("headers")))
+        check_method(meta.method)
+        check_path(meta.path)
+        check_query(meta.query)
+        headers = filter_request_headers(check_headers(list(meta.headers)))
         own = [
-            ("X-Road-Client", str(client)),
-            ("X-Road-Service", str(service)),
-            ("X-Road-Id", check_header_value("X-Road-Id", str(meta["id"]))),
-            ("X-Road-Request-Id", check_header_value("X-Road-Request-Id", str(meta["request_id"]))),
+            ("X-Road-Client", str(meta.client)),
+            ("X-Road-Service", str(meta.service)),
+            ("X-Road-Id", check_header_value("X-Road-Id", meta.id)),
+            ("X-Road-Request-Id", check_header_value("X-Road-Request-Id", meta.request_id)),
         ]
-        for name, key in (
-            ("X-Road-UserId", "user_id"),
-            ("X-Road-Issue", "issue"),
-            ("X-Road-Purpose", "purpose"),
-            ("X-Road-Legal-Basis", "legal_basis"),
+        for name, value in (
+            ("X-Road-UserId", meta.user_id),
+            ("X-Road-Issue", meta.issue),
+            ("X-Road-Purpose", meta.purpose),
+            ("X-Road-Legal-Basis", meta.legal_basis),
         ):
-            if meta.get(key):
-                own.append((name, check_header_value(name, str(meta[key]))))
-        if meta.get("represented_party"):
-            party = parse_represented_party(str(meta["represented_party"]))
-            own.append(("X-Road-Represented-Party", party))
-    except KeyError as exc:
-        raise _fail("InvalidMessage", f"request lacks {exc}") from exc
-    except XRoadError as exc:
-        raise _fail("InvalidMessage", f"request from the client's node: {exc.message}") from exc
-    return AdapterRequest(method, path, query, tuple(headers + own), env.body)
+            if value:
+                own.append((name, check_header_value(name, value)))
+        if meta.represented_party:
+            own.append(
+                ("X-Road-Represented-Party", parse_represented_party(meta.represented_party))
+            )
+    except ProtocolError as exc:
+        raise XRoadError.blame(
+            SERVER_PROXY, ProtocolError("InvalidMessage", exc.message),
+            context="request from the client's node",
+        ) from exc  # fmt: skip
+    return AdapterRequest(meta.method, meta.path, meta.query, tuple(headers + own), body)
 
 
 def _subjects(
-    env: Envelope, locators: tuple[Locator, ...], soap: SoapMessage | None
+    env: Envelope, meta: RequestMeta, locators: tuple[Locator, ...], soap: SoapMessage | None
 ) -> tuple[str, ...]:
     """The data subjects of a request, also of one that was refused (a citizen wants to know
     who tried); a request too malformed to read concerns nobody we can name."""
     if not locators:
         return ()
-    meta = env.meta
     try:
-        headers = [(str(k), str(v)) for k, v in meta.get("headers") or []]
-        fields = _body_fields(env, soap) if any(loc.kind == "body" for loc in locators) else None
-        return extract_subjects(
-            locators, str(meta.get("path") or ""), str(meta.get("query") or ""), headers, fields
+        fields = (
+            _body_fields(env, meta, soap) if any(loc.kind == "body" for loc in locators) else None
         )
+        return extract_subjects(locators, meta.path, meta.query, list(meta.headers), fields)
     except (TypeError, ValueError):
         return ()
 
 
-def _body_fields(env: Envelope, soap: SoapMessage | None) -> dict[str, list[str]]:
+def _body_fields(
+    env: Envelope, meta: RequestMeta, soap: SoapMessage | None
+) -> dict[str, list[str]]:
     """Named values of a request body for ``body:NAME`` subject locators: leaf elements of a
     SOAP body, or top-level scalar members of a JSON object."""
     fields: dict[str, list[str]] = {}
-    if env.meta.get("protocol") == "soap":
+    if meta.protocol == "soap":
         # Parsed again only for a request refused before it was read (rare).
-        soap = soap or parse_soap(_content_type(env.meta.get("headers")), env.body, kind="request")
+        soap = soap or parse_soap(_content_type(meta.headers), env.body, kind="request")
         for el in soap.body_element.iter():
             if isinstance(el.tag, str) and len(el) == 0 and el.text:
                 fields.setdefault(etree.QName(el).localname, []).append(el.text)
         return fields
-    media = _content_type(env.meta.get("headers")).split(";", 1)[0].strip().lower()
+    media = _content_type(meta.headers).split(";", 1)[0].strip().lower()
     if media == "application/x-www-form-urlencoded":
         for key, value in parse_qsl(env.body.decode("utf-8"), errors="strict"):
             fields.setdefault(key, []).append(value)
@@ -448,65 +421,40 @@ async def _answer_subjects(cfg: ServiceConfig, answer: AdapterResponse) -> tuple
         raise _fail("ServiceFailed", f"{cfg.id}: {exc}") from exc
 
 
-def _content_type(headers: Any) -> str:
+def _content_type(headers: Headers) -> str:
     for k, v in soap_request_headers(headers):
         if k.lower() == "content-type":
             return v
     return ""
 
 
-def soap_request_headers(headers: Any) -> list[tuple[str, str]]:
+def soap_request_headers(headers: Headers) -> list[tuple[str, str]]:
     """Only Content-Type passes from a SOAP client to the service. SOAPAction is the
     adapter's to set, from the service's WSDL: a client's choice (even one signed by a
     client node that still sends it) could make the service run another operation than
     the one this node checked against the access rights."""
-    return [(k, v) for k, v in check_headers(headers) if k.lower() == "content-type"]
+    return [(k, v) for k, v in check_headers(list(headers)) if k.lower() == "content-type"]
 
 
-def _check_protocol(cfg: ServiceConfig, soap: SoapMessage | None) -> None:
-    """A pass-through SOAP service reads the X-Road header itself, so it only ever gets SOAP
-    messages this node has checked against the signed metadata; a REST service gets r1."""
-    if cfg.adapter == "soap" and cfg.options.get("mode") == "passthrough" and soap is None:
-        raise XRoadError.client(
-            "InvalidRequest", f"{cfg.id} is a SOAP service: call it with X-Road SOAP 4.0"
-        )
-    if cfg.adapter != "soap" and soap is not None:
-        raise XRoadError.client(
-            "InvalidRequest", f"{cfg.id} is a REST service: call it with X-Road REST (r1)"
-        )
-
-
-def _soap_request(
-    env: Envelope, client: ClientId, service: ServiceId, limits: XmlLimits
-) -> SoapMessage:
+def _soap_request(env: Envelope, meta: RequestMeta, limits: XmlLimits) -> SoapMessage:
     """The SOAP message of a request, which must say exactly what the signed metadata says
     (the client's node signed both; a mismatch means that node is broken or lying)."""
-    meta = env.meta
     try:
-        soap = parse_soap(_content_type(meta.get("headers")), env.body, kind="request",
-                          limits=limits)  # fmt: skip
-    except (SoapError, XRoadError) as exc:
+        soap = parse_soap(_content_type(meta.headers), env.body, kind="request", limits=limits)
+    except ProtocolError as exc:
         raise _fail("InvalidMessage", f"SOAP request from the client's node: {exc}") from exc
     h = soap.header
     assert h is not None  # requests always have one (parse_soap)
     if (
-        h.client != client
-        or h.service != service
-        or h.id != meta.get("id")
-        or h.user_id != meta.get("user_id")
-        or h.issue != meta.get("issue")
-        or not _same_purpose(h.purpose, h.legal_basis, meta)
+        h.client != meta.client
+        or h.service != meta.service
+        or h.id != meta.id
+        or h.user_id != meta.user_id
+        or h.issue != meta.issue
+        or not signed_purpose_matches(meta, h.purpose, h.legal_basis)
     ):
         raise _fail("InvalidMessage", "the SOAP header differs from the signed metadata")
     return soap
-
-
-def _same_purpose(purpose: str | None, legal_basis: str | None, meta: dict[str, Any]) -> bool:
-    """The SOAP header names the signed purpose and legal basis, or none where the client's
-    node applied its registered default (flagged in the signed metadata)."""
-    if meta.get("purpose_default") is True:
-        return purpose is None and legal_basis in (None, meta.get("legal_basis"))
-    return purpose == meta.get("purpose") and legal_basis == meta.get("legal_basis")
 
 
 def _soap_answer(

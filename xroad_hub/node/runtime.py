@@ -15,7 +15,7 @@ import structlog
 from aiohttp import web
 
 from adapters import Adapter
-from xroad_hub.errors import XRoadError
+from xroad_hub.errors import CLIENT, ProtocolError, XRoadError
 from xroad_hub.federation import ServiceConfig
 from xroad_hub.logs import path_shape
 from xroad_hub.messagelog import LogRecord, MessageLog
@@ -28,6 +28,7 @@ from xroad_hub.node.peer import PeerTransport
 from xroad_hub.protocol.globalconf import GlobalConf
 from xroad_hub.protocol.identifiers import MemberId, NodeId, ServiceId
 from xroad_hub.protocol.rest import error_response
+from xroad_hub.protocol.soap import fault_xml
 from xroad_hub.streams import BodyTooLarge, read_capped
 
 __all__ = ["HostedService", "NodeRuntime", "answer_errors", "read_body", "render_error"]
@@ -173,7 +174,18 @@ async def read_body(request: web.Request, limit: int, timeout: float, blame: str
         ) from exc
 
 
-def render_error(err: XRoadError, accept: str | None) -> web.Response:
+def render_error(err: XRoadError, accept: str | None, *, soap: bool = False) -> web.Response:
+    """An X-Road error as the caller's protocol has it: a REST error body (JSON, or XML when
+    Accept asks for it), or a SOAP Fault, sent with HTTP 500 as the SOAP 1.1 HTTP binding
+    (and WS-I Basic Profile) has it; X-Road itself answers 200."""
+    if soap:
+        return web.Response(
+            status=500,
+            body=fault_xml(err.code, err.message, err.detail),
+            content_type="text/xml",
+            charset="utf-8",
+            headers={"X-Road-Error": err.code},
+        )
     status, headers, body = error_response(err, accept)
     if status == 429:
         headers["Retry-After"] = "1"
@@ -187,10 +199,18 @@ async def answer_errors(
     side: str,
     prefix: str,
     accept: str | None,
+    soap: bool = False,
 ) -> web.StreamResponse:
-    """Run one exchange; any failure becomes an X-Road error answer and the node serves on."""
+    """Run one exchange; any failure becomes an X-Road error answer and the node serves on.
+
+    This is the node's boundary: a protocol error nobody mapped on the way is the fault of
+    what this side reads (the client system's request on the client node, the client node's
+    message on the provider node), and an unexpected exception is this node's own."""
     try:
-        return await exchange(request)
+        try:
+            return await exchange(request)
+        except ProtocolError as exc:
+            raise XRoadError.blame(CLIENT if side == "client" else prefix, exc) from exc
     except XRoadError as err:
         log.info(
             "exchange.refused",
@@ -199,9 +219,10 @@ async def answer_errors(
             detail=err.detail,
             reason=err.message,
             route=path_shape(request.path),
+            protocol="soap" if soap else "rest",
         )
-        return render_error(err, accept)
+        return render_error(err, accept, soap=soap)
     except Exception:
         err = XRoadError(f"{prefix}.InternalError", f"internal error in the {side}'s node")
         log.exception("exchange.internal_error", side=side, detail=err.detail)
-        return render_error(err, accept)
+        return render_error(err, accept, soap=soap)

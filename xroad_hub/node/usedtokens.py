@@ -22,10 +22,12 @@ from typing import Protocol
 
 import aiosqlite
 
+from xroad_hub.errors import HubError
+
 __all__ = ["SQLiteUsedTokens", "TokenStoreError", "UsedTokenStore"]
 
 
-class TokenStoreError(RuntimeError):
+class TokenStoreError(HubError, RuntimeError):
     """The store could not say whether a token id is new: the token must be refused."""
 
 

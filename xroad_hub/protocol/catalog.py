@@ -37,7 +37,7 @@ import orjson
 from jsonschema import Draft202012Validator
 from jsonschema.exceptions import SchemaError, ValidationError, best_match
 
-from xroad_hub.errors import XRoadError
+from xroad_hub.errors import HubError, ProtocolError, XRoadError
 from xroad_hub.packaged import schema_file
 from xroad_hub.protocol.identifiers import ServiceId, parse_service_id
 from xroad_hub.protocol.subjects import Locator, extract_subjects, parse_locator
@@ -68,7 +68,7 @@ _PROBE_ID = "1101700203450"
 _MAX_REASON = 300
 
 
-class CatalogError(ValueError):
+class CatalogError(HubError, ValueError):
     """The catalog file is wrong; the message names the file, the type and what to change."""
 
 
@@ -218,7 +218,7 @@ def _evidence_type(name: str, table: dict[str, Any], base: Path, where: str) -> 
         raise CatalogError(f"{where}: subject must be one of {sorted(SUBJECT_KINDS)}")
     try:
         service = parse_service_id(_text(table, "service", where))
-    except XRoadError as exc:
+    except ProtocolError as exc:
         raise CatalogError(f"{where}: service: {exc.message}") from exc
     if service.service_version:
         # Evidence is asked of a service code; versions are the provider's business.

@@ -21,6 +21,8 @@ from cryptography.exceptions import InvalidSignature
 from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric import ed25519
 
+from xroad_hub.errors import HubError
+
 __all__ = [
     "Checkpoint",
     "CheckpointError",
@@ -34,7 +36,7 @@ _DASH = "\u2014"
 _ED25519 = b"\x01"
 
 
-class CheckpointError(ValueError):
+class CheckpointError(HubError, ValueError):
     """A checkpoint or signed note that is malformed or not validly signed."""
 
 

@@ -20,6 +20,7 @@ from cryptography.exceptions import InvalidSignature
 from cryptography.hazmat.primitives import hashes
 from cryptography.hazmat.primitives.asymmetric import ec
 
+from xroad_hub.errors import HubError
 from xroad_hub.protocol.identifiers import (
     ClientId,
     MemberId,
@@ -49,7 +50,7 @@ def signer_name(instance: str) -> str:
     return f"{instance} global configuration signer"
 
 
-class GlobalConfError(ValueError):
+class GlobalConfError(HubError, ValueError):
     """A downloaded configuration that must not be used (bad signature, malformed, expired)."""
 
 

@@ -11,7 +11,7 @@ import re
 from dataclasses import dataclass
 from urllib.parse import quote, unquote
 
-from xroad_hub.errors import XRoadError
+from xroad_hub.errors import ProtocolError
 
 __all__ = [
     "ClientId",
@@ -39,7 +39,7 @@ def valid_part(part: str) -> bool:
 def _split(text: str, what: str, sizes: tuple[int, ...], *, decode: bool = False) -> list[str]:
     raw = text.split("/")
     if len(raw) not in sizes:
-        raise XRoadError.client(
+        raise ProtocolError(
             "BadRequest",
             f"malformed {what} identifier {text[:200]!r}: expected "
             f"{' or '.join(str(n) for n in sizes)} parts separated by '/'",
@@ -49,10 +49,10 @@ def _split(text: str, what: str, sizes: tuple[int, ...], *, decode: bool = False
     try:
         parts = [unquote(p, errors="strict") for p in raw] if decode else raw
     except UnicodeDecodeError as exc:
-        raise XRoadError.client("BadRequest", f"{what} identifier is not UTF-8") from exc
+        raise ProtocolError("BadRequest", f"{what} identifier is not UTF-8") from exc
     for part in parts:
         if not valid_part(part):
-            raise XRoadError.client(
+            raise ProtocolError(
                 "BadRequest",
                 f"illegal characters in {what} identifier part {part[:100]!r}; allowed are "
                 "A-Z a-z 0-9 and ' ( ) + , - . = ?",

@@ -15,6 +15,8 @@ import json
 from collections.abc import Callable, Iterator
 from typing import Any
 
+from xroad_hub.errors import HubError
+
 __all__ = [
     "JsonBodyError",
     "is_json_media",
@@ -37,7 +39,7 @@ _BOMS = (
 MAX_DEPTH = 200
 
 
-class JsonBodyError(ValueError):
+class JsonBodyError(HubError, ValueError):
     """The body is not UTF-8 JSON as RFC 8259 has it; the message says what to send."""
 
 

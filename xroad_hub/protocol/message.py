@@ -20,6 +20,8 @@ from typing import Any
 
 import orjson
 
+from xroad_hub.errors import ProtocolError
+
 __all__ = [
     "CONTENT_TYPE",
     "Envelope",
@@ -105,12 +107,8 @@ def decode_envelope(data: bytes) -> Envelope:
     return Envelope(meta_bytes, meta, signature, cert_der, body)
 
 
-class MessageError(ValueError):
+class MessageError(ProtocolError):
     """A message that cannot be used; ``code`` is the X-Road fault code without prefix."""
-
-    def __init__(self, code: str, message: str) -> None:
-        super().__init__(message)
-        self.code = code
 
 
 def _malformed(message: str) -> MessageError:

@@ -23,7 +23,7 @@ from xml.sax.saxutils import escape
 
 import orjson
 
-from xroad_hub.errors import XRoadError
+from xroad_hub.errors import ProtocolError, XRoadError
 from xroad_hub.protocol.identifiers import (
     ClientId,
     ServiceId,
@@ -112,18 +112,18 @@ def parse_r1_target(raw_path: str, raw_query: str = "") -> R1Target:
     optional would make the service code and the first path segment ambiguous.
     """
     if len(raw_path) + (len(raw_query) + 1 if raw_query else 0) > MAX_URI_LENGTH:
-        raise XRoadError.client(
+        raise ProtocolError(
             "BadRequest",
             f"request URI longer than {MAX_URI_LENGTH} characters; send large data in the body",
         )
     if not raw_path.startswith("/r1/"):
-        raise XRoadError.client(
+        raise ProtocolError(
             "InvalidProtocolVersion",
             "unsupported protocol: request paths must start with /r1/ (X-Road REST r1)",
         )
     segments = raw_path[len("/r1/") :].split("/")
     if len(segments) < 5:
-        raise XRoadError.client(
+        raise ProtocolError(
             "BadRequest",
             "service identifier must be /r1/INSTANCE/CLASS/MEMBER/SUBSYSTEM/SERVICECODE[/path]",
         )
@@ -143,47 +143,47 @@ def check_path(path: str) -> None:
     if not path:
         return
     if not path.startswith("/"):
-        raise XRoadError.client("BadRequest", "the request path must start with '/'")
+        raise ProtocolError("BadRequest", "the request path must start with '/'")
     segments = path[1:].split("/")
     for seg in segments:
         _check_path_segment(seg)
     if any(seg == "" for seg in segments[:-1]):
-        raise XRoadError.client("BadRequest", "empty path segment ('//') in the request path")
+        raise ProtocolError("BadRequest", "empty path segment ('//') in the request path")
 
 
 def check_query(query: str) -> None:
     """Queries pass unchanged, but nothing that could end or split the request line."""
     if _BAD_QUERY.search(query):
-        raise XRoadError.client(
+        raise ProtocolError(
             "BadRequest", "the query string holds spaces, control characters or '#'"
         )
 
 
 def check_method(method: str) -> None:
     if not _TOKEN.fullmatch(method):
-        raise XRoadError.client("BadRequest", "the request method is not an HTTP token")
+        raise ProtocolError("BadRequest", "the request method is not an HTTP token")
 
 
 def check_headers(headers: object) -> list[tuple[str, str]]:
     """Headers as a list of (token name, single-line value) pairs, or BadRequest."""
     if not isinstance(headers, list):
-        raise XRoadError.client("BadRequest", "headers must be a list of name/value pairs")
+        raise ProtocolError("BadRequest", "headers must be a list of name/value pairs")
     out = []
     for pair in headers:
         if not (isinstance(pair, list | tuple) and len(pair) == 2):
-            raise XRoadError.client("BadRequest", "headers must be a list of name/value pairs")
+            raise ProtocolError("BadRequest", "headers must be a list of name/value pairs")
         name, value = pair
         if not (isinstance(name, str) and isinstance(value, str)) or not _TOKEN.fullmatch(name):
-            raise XRoadError.client("BadRequest", "header name is not an HTTP token")
+            raise ProtocolError("BadRequest", "header name is not an HTTP token")
         if _BAD_VALUE.search(value):
-            raise XRoadError.client("BadRequest", f"header {name} holds control characters")
+            raise ProtocolError("BadRequest", f"header {name} holds control characters")
         out.append((name, value))
     return out
 
 
 def _check_path_segment(seg: str) -> None:
     if not _SAFE_SEGMENT.fullmatch(seg):
-        raise XRoadError.client("BadRequest", "illegal character in the request path")
+        raise ProtocolError("BadRequest", "illegal character in the request path")
     # Backends read a segment in more ways than one: servlet containers strip ";params"
     # (``..;x``), some decode twice (``%252e%252e``), some fold Unicode compatibility
     # characters (U+FF0E FULLWIDTH FULL STOP is NFKC '.'). A segment is refused when any
@@ -194,13 +194,13 @@ def _check_path_segment(seg: str) -> None:
     for reading in {seg, once, twice}:
         for form in {reading, unicodedata.normalize("NFKC", reading)}:
             if any(c in form for c in _SEPARATORS):
-                raise XRoadError.client(
+                raise ProtocolError(
                     "BadRequest",
                     "encoded '/', '\\' or NUL in the request path is not allowed",
                 )
             for part in {form, form.split(";", 1)[0]}:
                 if part.strip() and not part.strip(". \t"):
-                    raise XRoadError.client(
+                    raise ProtocolError(
                         "BadRequest", "path traversal ('.' or '..' segment) refused"
                     )
 
@@ -214,15 +214,13 @@ def _utf8_unquote(text: str) -> str:
     try:
         return unquote(text, errors="strict")
     except UnicodeDecodeError:
-        raise XRoadError.client(
-            "BadRequest", "the request path is not percent-encoded UTF-8"
-        ) from None
+        raise ProtocolError("BadRequest", "the request path is not percent-encoded UTF-8") from None
 
 
 def select_client(values: list[str]) -> ClientId:
     """The X-Road-Client header: mandatory; when repeated, the last one counts."""
     if not values or not values[-1].strip():
-        raise XRoadError.client("MissingHeader", "X-Road-Client header is missing")
+        raise ProtocolError("MissingHeader", "X-Road-Client header is missing")
     return parse_client_id(values[-1])
 
 
@@ -230,7 +228,7 @@ def parse_represented_party(value: str) -> str:
     """``[CLASS/]CODE`` of X-Road-Represented-Party, validated like identifier parts."""
     parts = value.strip().split("/")
     if len(parts) not in (1, 2) or not all(valid_part(p) for p in parts):
-        raise XRoadError.client(
+        raise ProtocolError(
             "BadRequest", "X-Road-Represented-Party must be [CLASS/]CODE of identifier characters"
         )
     return "/".join(parts)
@@ -239,7 +237,7 @@ def parse_represented_party(value: str) -> str:
 def check_header_value(name: str, value: str) -> str:
     """UserId and Issue are free text, but bounded and printable (they end up in logs)."""
     if len(value) > _MAX_HEADER_VALUE or not value.isprintable():
-        raise XRoadError.client(
+        raise ProtocolError(
             "BadRequest", f"{name} must be printable and at most {_MAX_HEADER_VALUE} characters"
         )
     return value

@@ -45,6 +45,8 @@ from cryptography.utils import CryptographyDeprecationWarning
 from cryptography.x509 import verification
 from cryptography.x509.oid import ExtendedKeyUsageOID, NameOID
 
+from xroad_hub.errors import HubError
+
 __all__ = [
     "Digest",
     "PkiStatus",
@@ -70,7 +72,7 @@ _TIME_STAMPING = ExtendedKeyUsageOID.TIME_STAMPING
 _GRANTED = frozenset({"granted", "granted_with_mods"})
 
 
-class TimestampError(ValueError):
+class TimestampError(HubError, ValueError):
     """A time-stamp request, response or token that is refused, malformed or not valid.
 
     ``fail_info`` holds the TSA's PKIFailureInfo names (``bad_alg``, ...) when the TSA itself

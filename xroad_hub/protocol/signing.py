@@ -28,7 +28,7 @@ from cryptography.hazmat.primitives import hashes
 from cryptography.hazmat.primitives.asymmetric import ec
 from cryptography.x509.oid import NameOID
 
-from xroad_hub.errors import XRoadError
+from xroad_hub.errors import HubError, ProtocolError
 from xroad_hub.protocol import merkle
 from xroad_hub.protocol.identifiers import MemberId, parse_member_id
 
@@ -53,7 +53,7 @@ def cert_fingerprint(cert_der: bytes) -> str:
     return hashlib.sha256(cert_der).hexdigest()
 
 
-class SignatureError(ValueError):
+class SignatureError(HubError, ValueError):
     """The signature, or the certificate behind it, is not acceptable."""
 
 
@@ -191,7 +191,7 @@ class SignatureVerifier:
         cns = cert.subject.get_attributes_for_oid(NameOID.COMMON_NAME)
         try:
             member = parse_member_id(str(cns[0].value)) if cns else None
-        except XRoadError:
+        except ProtocolError:
             member = None
         if member is None:
             raise SignatureError("signing certificate does not name a member in its CN")

@@ -21,6 +21,7 @@ from email.message import Message
 
 from lxml import etree
 
+from xroad_hub.errors import ProtocolError
 from xroad_hub.protocol.identifiers import ClientId, MemberId, ServiceId, SubsystemId, valid_part
 from xroad_hub.protocol.xmlsafe import XmlError, XmlLimits, parse_xml
 
@@ -60,13 +61,8 @@ _MAX_FIELD = 255
 _FIELD_NAMES = frozenset(HEADER_FIELDS) | {"purpose", "legalBasis"}
 
 
-class SoapError(ValueError):
+class SoapError(ProtocolError):
     """A message that breaks the protocol; ``code`` is the X-Road code without prefix."""
-
-    def __init__(self, code: str, message: str) -> None:
-        super().__init__(message)
-        self.code = code
-        self.message = message
 
 
 @dataclass(frozen=True, slots=True)

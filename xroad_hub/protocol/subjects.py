@@ -35,6 +35,7 @@ from urllib.parse import parse_qsl, unquote
 
 from lxml import etree
 
+from xroad_hub.errors import HubError
 from xroad_hub.protocol.jsonbody import (
     JsonBodyError,
     is_json_media,
@@ -70,7 +71,7 @@ _NAME = re.compile(r"[A-Za-z0-9_.\-]{1,64}")
 _JSON_STEP = re.compile(r"([A-Za-z0-9_\-]{1,64})?(\[\*\])?")
 
 
-class SubjectError(ValueError):
+class SubjectError(HubError, ValueError):
     """An answer the node cannot read for the persons it names."""
 
 

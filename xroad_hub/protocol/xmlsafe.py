@@ -20,10 +20,12 @@ from xml.parsers import expat
 
 from lxml import etree
 
+from xroad_hub.errors import HubError
+
 __all__ = ["XmlError", "XmlLimits", "parse_xml"]
 
 
-class XmlError(ValueError):
+class XmlError(HubError, ValueError):
     """The document is not acceptable XML; the message says which rule it broke."""
 
 
