@@ -112,6 +112,14 @@ def _unversioned(service: str) -> str:
     return "/".join(parts[:5]) if len(parts) > 5 else service
 
 
+def _service_exists(outcome: str) -> bool:
+    """Whether an exchange's outcome shows its service exists: not a made-up service code
+    (UnknownService, UnknownMember), a malformed request (Client.*) or an odd error."""
+    if outcome == OTHER or outcome.startswith("Client."):
+        return False
+    return not outcome.endswith((".UnknownService", ".UnknownMember"))
+
+
 def outcome_of(error_type: str | None, status: int) -> str:
     if error_type is None:
         return "ok" if status < 500 else "http_5xx"
@@ -189,8 +197,8 @@ class NodeMetrics:
         self.maintenance = Gauge(
             "xroad_hub_maintenance_mode", "1 while the node is in maintenance mode", registry=r
         )
-        # Service labels: the node's own services always; others once an exchange with them
-        # succeeded (the service exists), until MAX_LABEL_VALUES.
+        # Service labels: the node's own services always; others once an exchange shows
+        # they exist (_service_exists), until MAX_LABEL_VALUES.
         self._services = _Bounded(known=hosted_services)
         self._clients = _Bounded()
         self._outcomes = _Bounded(64)
@@ -202,7 +210,7 @@ class NodeMetrics:
         if timing is not None:
             backend, timing.backend = timing.backend, 0.0
         outcome = self._outcomes(outcome_of(record.error_type, record.status))
-        service = self._services(_unversioned(record.service), admit=outcome == "ok")
+        service = self._services(_unversioned(record.service), admit=_service_exists(outcome))
         client = self._clients(record.client)
         side = record.role
         self.exchanges.labels(side, service, client, outcome).inc()
