@@ -47,11 +47,13 @@ class Federation:
         data_dir: Path,
         *,
         only: frozenset[str] | None = None,
+        metrics: bool = True,
     ) -> None:
         """``only`` limits this process to some components ("registry", "backends", node
         ids), so that nodes can run in processes of their own; None runs everything."""
         self.fed = fed
         self.only = only
+        self.metrics = metrics  # False: nodes keep no metrics (benchmark comparisons)
         self.pki = PkiLayout(certs_dir)
         self.data_dir = data_dir
         self.nodes: dict[str, Node] = {}
@@ -136,6 +138,7 @@ class Federation:
                 witness_url=f"{registry_url}/witness",
                 auditors=self.fed.auditors,
                 tsa_url=cfg.tsa_url or tsa_url,
+                metrics=self.metrics,
             )
             self.nodes[str(cfg.id)] = node
             urls = await node.start()

@@ -109,8 +109,11 @@ class Node:
         witness_url: str | None = None,
         auditors: tuple[str, ...] = (),
         tsa_url: str | None = None,
+        metrics: bool = True,
     ) -> None:
         self.config = config
+        # False: no metrics at all (benchmarks compare; /metrics then answers 404).
+        self.metrics_enabled = metrics
         self.pki = pki
         self.data_dir = data_dir
         self.globalconf = GlobalConfClient.from_files(
@@ -399,6 +402,12 @@ class Node:
     def _instrument(self, rt: NodeRuntime) -> None:
         """Metrics and the health checks' inputs: set up once the services are known."""
         cfg, pki = self.config, self.pki
+        nid = str(cfg.id)
+        checks = [("authentication", pki.node_auth(nid)), ("checkpoint", pki.node_checkpoint(nid))]
+        checks += [(f"signing ({m})", pki.member_sign(str(m))) for m in sorted(rt.signers, key=str)]
+        self._certs = [_cert_check(f"{what} certificate", paths) for what, paths in checks]
+        if not self.metrics_enabled:
+            return
         metrics = self.metrics = rt.metrics = NodeMetrics(
             str(cfg.id), frozenset(str(s) for s in rt.services)
         )
@@ -411,10 +420,6 @@ class Node:
         if commits is not None:
             commits.on_batch = metrics.log_batch.observe
         metrics.add_collector(StateCollector(self._state_gauges))
-        nid = str(cfg.id)
-        checks = [("authentication", pki.node_auth(nid)), ("checkpoint", pki.node_checkpoint(nid))]
-        checks += [(f"signing ({m})", pki.member_sign(str(m))) for m in sorted(rt.signers, key=str)]
-        self._certs = [_cert_check(f"{what} certificate", paths) for what, paths in checks]
 
     def problems(self) -> list[Problem]:
         """Why the node may not take traffic now (empty: it may). Reads memory and stats a
@@ -561,14 +566,15 @@ class Node:
             request: web.Request,
             handler: Callable[[web.Request], Awaitable[web.StreamResponse]],
         ) -> web.StreamResponse:
-            if metrics is not None:
-                request[NODE_METRICS] = metrics
-            token = CURRENT_EXCHANGE.set(ExchangeTiming())
-            try:
-                with structlog.contextvars.bound_contextvars(node=node):
+            with structlog.contextvars.bound_contextvars(node=node):
+                if metrics is None:
                     return await handler(request)
-            finally:
-                CURRENT_EXCHANGE.reset(token)
+                request[NODE_METRICS] = metrics
+                token = CURRENT_EXCHANGE.set(ExchangeTiming())
+                try:
+                    return await handler(request)
+                finally:
+                    CURRENT_EXCHANGE.reset(token)
 
         return context
 
@@ -626,7 +632,8 @@ class Node:
             return web.json_response({"ready": not found, "problems": [p.as_dict() for p in found]})
 
         watchers = ("system-administrator", "security-officer", "monitor")
-        admin.route("GET", "/metrics", scrape, ("monitor", "system-administrator"))
+        if metrics is not None:
+            admin.route("GET", "/metrics", scrape, ("monitor", "system-administrator"))
         admin.route("GET", "/maintenance", maintenance, watchers)
         admin.route("POST", "/maintenance", set_maintenance, ("system-administrator",))
         admin.route("GET", "/health", problems, watchers)
