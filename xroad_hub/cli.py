@@ -21,6 +21,7 @@ from xroad_hub.dev.devpki import ensure_pki
 from xroad_hub.errors import HubError, ProtocolError, XRoadError
 from xroad_hub.federation import ConfigError, load_federation
 from xroad_hub.logs import configure_logging
+from xroad_hub.node.admincli import add_node_commands, run_node_command
 from xroad_hub.node.clientauth import MAX_TOKEN_LIFETIME
 from xroad_hub.pki import IDP_MAX_LIFETIME, TRACKER_MAX_LIFETIME, PkiLayout, load_private_key
 from xroad_hub.protocol.identifiers import parse_subsystem_id
@@ -248,6 +249,7 @@ def build_parser() -> argparse.ArgumentParser:
     search.add_argument("--until", type=datetime.fromisoformat, help="before this time")
     search.add_argument("--limit", type=int, default=100, help="page size (default 100)")
     search.add_argument("--after", type=int, default=-1, help="leaf index the page starts after")
+    add_node_commands(sub)
     return parser
 
 
@@ -291,6 +293,8 @@ def _hint(exc: BaseException, args: argparse.Namespace) -> str:
 def _run(args: argparse.Namespace) -> int:
     if args.command == "demo":
         return _demo(args)
+    if args.command == "node":
+        return run_node_command(args)
     if args.command == "audit":
         return {
             "verify": _audit_verify, "export": _audit_export, "verify-bundle": _verify_bundle,

@@ -8,6 +8,7 @@ the central registry publishes the shared part as the signed global configuratio
 from __future__ import annotations
 
 import difflib
+import re
 import tomllib
 from collections.abc import Mapping
 from dataclasses import dataclass, field
@@ -32,8 +33,10 @@ from xroad_hub.protocol.identifiers import (
 from xroad_hub.protocol.subjects import AnswerLocator, Locator, parse_answer_locator, parse_locator
 
 __all__ = [
+    "ADMIN_ROLES",
     "AUTH_MODES",
     "KNOWN_KEYS",
+    "AdminConfig",
     "BackendConfig",
     "ClientConfig",
     "FederationConfig",
@@ -66,6 +69,8 @@ class RegistryConfig:
     refresh_interval: float = 60.0
     # The federation's RFC 3161 timestamp authority, run next to the registry.
     tsa_listen: tuple[str, int] | None = None
+    # Unauthenticated health check (X-Road's health-check port), plain HTTP.
+    health_listen: tuple[str, int] | None = None
 
 
 @dataclass(frozen=True, slots=True)
@@ -78,6 +83,16 @@ class ClientConfig:
     # that cannot send one), marked as the registered default where they are signed.
     default_purpose: str | None = None
     default_legal_basis: str | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class AdminConfig:
+    """An administrator of one node's admin API: a bearer key (only its SHA-256 is
+    configured) and the roles it carries (ADMIN_ROLES)."""
+
+    name: str
+    key_sha256: str
+    roles: frozenset[str]
 
 
 @dataclass(frozen=True, slots=True)
@@ -154,6 +169,11 @@ class NodeConfig:
     # max_body_bytes); over either, a request is refused with HTTP 429 (node/limits.py).
     client_max_concurrent: int = 32
     client_max_inflight_bytes: int | None = None
+    # Unauthenticated health check (plain HTTP, X-Road's health-check port), and the admin
+    # API (HTTPS, or plain HTTP on a loopback address) with its administrators' keys.
+    health_listen: tuple[str, int] | None = None
+    admin_listen: tuple[str, int] | None = None
+    admins: tuple[AdminConfig, ...] = ()
 
     @property
     def hosted(self) -> tuple[ClientId, ...]:
@@ -211,7 +231,9 @@ def load_federation(path: Path) -> FederationConfig:
 # back to the default). A new setting is added here, and read where its table is built.
 KNOWN_KEYS: dict[str, frozenset[str]] = {
     "federation": frozenset(("instance", "registry", "member", "node", "backend", "auditor")),
-    "registry": frozenset(("listen", "globalconf_validity", "refresh_interval", "tsa_listen")),
+    "registry": frozenset(
+        ("listen", "globalconf_validity", "refresh_interval", "tsa_listen", "health_listen")
+    ),
     "member": frozenset(("id", "name")),
     "node": frozenset(
         (
@@ -219,9 +241,10 @@ KNOWN_KEYS: dict[str, frozenset[str]] = {
             "soap_service", "max_body_bytes", "body_timeout", "provider_timeout",
             "checkpoint_interval", "audit_listen", "messagelog_dsn", "tsa_url",
             "timestamp_failure_limit", "body_retention_days", "client_max_concurrent",
-            "client_max_inflight_bytes",
+            "client_max_inflight_bytes", "health_listen", "admin_listen", "admin",
         )
     ),
+    "admin": frozenset(("name", "key_sha256", "roles")),
     "client": frozenset(("id", "auth", "default_purpose", "default_legal_basis")),
     # Settings every [[node.service]] has; the adapter's options come on top (ADAPTER_OPTIONS).
     "service": frozenset(
@@ -285,6 +308,7 @@ def _build(data: dict[str, Any]) -> FederationConfig:
         float(reg.get("globalconf_validity", 600)),
         float(reg.get("refresh_interval", 60)),
         parse_address(reg["tsa_listen"]) if "tsa_listen" in reg else None,
+        parse_address(reg["health_listen"]) if "health_listen" in reg else None,
     )
     members = {parse_member_id(m["id"]): m.get("name", m["id"]) for m in data.get("member", [])}
     nodes = tuple(_node(n, members, i) for i, n in enumerate(data.get("node", [])))
@@ -456,4 +480,33 @@ def _node(n: dict[str, Any], members: dict[MemberId, str], index: int) -> NodeCo
         client_max_inflight_bytes=(
             int(n["client_max_inflight_bytes"]) if "client_max_inflight_bytes" in n else None
         ),
+        health_listen=parse_address(n["health_listen"]) if "health_listen" in n else None,
+        admin_listen=parse_address(n["admin_listen"]) if "admin_listen" in n else None,
+        admins=tuple(_admin(node_id, a, i) for i, a in enumerate(n.get("admin", []))),
     )
+
+
+# Roles an administrator's key may carry: X-Road's node roles, without the xroad- prefix.
+ADMIN_ROLES = frozenset(
+    (
+        "system-administrator", "security-officer", "registration-officer",
+        "service-administrator", "monitor",
+    )
+)  # fmt: skip
+_SHA256_HEX = re.compile(r"[0-9a-f]{64}")
+
+
+def _admin(node_id: NodeId, a: dict[str, Any], index: int) -> AdminConfig:
+    where = f"node {node_id} admin {_named(a, 'name', index)}"
+    _check_keys(a, "admin", where)
+    name, digest, roles = a.get("name"), a.get("key_sha256"), a.get("roles")
+    if not isinstance(name, str) or not valid_part(name):
+        raise ConfigError(f"{where}: name must use identifier characters only")
+    if not isinstance(digest, str) or not _SHA256_HEX.fullmatch(digest):
+        raise ConfigError(
+            f"{where}: key_sha256 must be the 64 lower-case hex digits of the key's SHA-256"
+            " (xroad-hub node admin-key prints a new key and its digest)"
+        )
+    if not isinstance(roles, list) or not roles or not set(roles) <= ADMIN_ROLES:
+        raise ConfigError(f"{where}: roles must be a non-empty list of {sorted(ADMIN_ROLES)}")
+    return AdminConfig(name, digest, frozenset(roles))

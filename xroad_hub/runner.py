@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import functools
 import json
 from dataclasses import replace
 from pathlib import Path
@@ -24,6 +25,7 @@ from xroad_hub.demo.legacy_exports import ensure_export
 from xroad_hub.federation import BackendConfig, FederationConfig, NodeConfig
 from xroad_hub.listen import listen_socket
 from xroad_hub.node import Node
+from xroad_hub.node.health import CertCheck, cert_problems, health_app
 from xroad_hub.pki import PkiLayout, load_cert, load_private_key
 
 __all__ = ["Federation"]
@@ -45,11 +47,13 @@ class Federation:
         data_dir: Path,
         *,
         only: frozenset[str] | None = None,
+        metrics: bool = True,
     ) -> None:
         """``only`` limits this process to some components ("registry", "backends", node
         ids), so that nodes can run in processes of their own; None runs everything."""
         self.fed = fed
         self.only = only
+        self.metrics = metrics  # False: nodes keep no metrics (benchmark comparisons)
         self.pki = PkiLayout(certs_dir)
         self.data_dir = data_dir
         self.nodes: dict[str, Node] = {}
@@ -96,6 +100,13 @@ class Federation:
             registry_url = await self._serve(
                 registry.app(), self.fed.registry.listen, "the registry", "[registry] listen"
             )
+            if self.fed.registry.health_listen is not None:
+                self.endpoints["registry_health"] = await self._serve(
+                    health_app(functools.partial(cert_problems, self._registry_certs(), None)),
+                    self.fed.registry.health_listen,
+                    "the registry's health check",
+                    "[registry] health_listen",
+                )
         tsa_url = None
         if self.fed.registry.tsa_listen is not None:
             tsa_host, tsa_port = self.fed.registry.tsa_listen
@@ -127,6 +138,7 @@ class Federation:
                 witness_url=f"{registry_url}/witness",
                 auditors=self.fed.auditors,
                 tsa_url=cfg.tsa_url or tsa_url,
+                metrics=self.metrics,
             )
             self.nodes[str(cfg.id)] = node
             urls = await node.start()
@@ -140,12 +152,24 @@ class Federation:
                 else [],
             }
         self.endpoints = {
+            **self.endpoints,
             "registry": registry_url, "tsa": tsa_url, "nodes": nodes, "backends": backends,
         }  # fmt: skip
         self.data_dir.mkdir(parents=True, exist_ok=True)
         (self.data_dir / "endpoints.json").write_text(json.dumps(self.endpoints, indent=2) + "\n")
         log.info("federation.started", endpoints=str(self.data_dir / "endpoints.json"))
         return self.endpoints
+
+    def _registry_certs(self) -> list[CertCheck]:
+        """What the registry's health checks: the keys it signs with, in date."""
+        pki = self.pki
+        checks = [
+            ("global configuration signing certificate", pki.globalconf_signer),
+            ("witness certificate", pki.registry_witness),
+        ]
+        if self.fed.registry.tsa_listen is not None:
+            checks.append(("timestamp authority certificate", pki.tsa))
+        return [CertCheck.load(what, p.cert, p.key) for what, p in checks]
 
     async def stop(self) -> None:
         # Nodes first: they finish in-flight exchanges and flush their logs.

@@ -5,6 +5,7 @@ Public on purpose: agencies writing tests for their own adapters use the same fe
 
 from __future__ import annotations
 
+import hashlib
 import random
 import re
 import socket
@@ -14,7 +15,21 @@ from pathlib import Path
 
 from xroad_hub.packaged import schema_file
 
-__all__ = ["TestFederationSpec", "free_port", "on_free_ports", "write_federation"]
+__all__ = [
+    "TEST_ADMIN_KEYS",
+    "TestFederationSpec",
+    "free_port",
+    "on_free_ports",
+    "write_federation",
+]
+
+# Administrators of every node of a test federation: name -> (API key, roles). Known keys,
+# for tests only: a real node's keys come from ``xroad-hub node admin-key``.
+TEST_ADMIN_KEYS: dict[str, tuple[str, tuple[str, ...]]] = {
+    "ops": ("test-admin-key-ops-not-for-production", ("system-administrator",)),
+    "scraper": ("test-admin-key-scraper-not-for-production", ("monitor",)),
+    "officer": ("test-admin-key-officer-not-for-production", ("security-officer",)),
+}
 
 
 # Ports handed out by this process: a port is free when picked and bound only later, so the
@@ -130,6 +145,7 @@ def write_federation(path: Path, spec: TestFederationSpec) -> Path:
         f"globalconf_validity = {spec.validity}",
         f"refresh_interval = {spec.refresh}",
         f'tsa_listen = "{_addr()}"',
+        f'health_listen = "{_addr()}"',
     ]
     for member in ("DGA", "BMA", "DBD"):
         lines += ["[[member]]", f'id = "TH/GOV/{member}"', f'name = "{member}"']
@@ -140,6 +156,15 @@ def write_federation(path: Path, spec: TestFederationSpec) -> Path:
         f"checkpoint_interval = {spec.checkpoint_interval}",
         f"timestamp_failure_limit = {spec.timestamp_failure_limit}",
     ]
+
+    def ops() -> list[str]:  # each node's health and admin listeners, and administrators
+        lines = [f'health_listen = "{_addr()}"', f'admin_listen = "{_addr()}"']
+        for name, (key, roles) in TEST_ADMIN_KEYS.items():
+            digest = hashlib.sha256(key.encode()).hexdigest()
+            lines += [f'[[node.admin]]\nname = "{name}"\nkey_sha256 = "{digest}"']
+            lines += [f"roles = {_list(roles)}"]
+        return lines
+
     lines += [
         "[[node]]",
         'id = "TH/GOV/DGA/hub1"',
@@ -147,6 +172,7 @@ def write_federation(path: Path, spec: TestFederationSpec) -> Path:
         f'client_listen = "{_addr()}"',
         f'client_tls_listen = "{_addr()}"',
         *common,
+        *ops(),
         *_client(spec, "TH/GOV/DGA/citizenportal", "jwt"),
         *_client(spec, "TH/GOV/DGA/devportal", "http"),
         *_client(spec, "TH/GOV/DGA/officeapp", "mtls"),
@@ -156,6 +182,7 @@ def write_federation(path: Path, spec: TestFederationSpec) -> Path:
         f'client_listen = "{_addr()}"',
         f'client_tls_listen = "{_addr()}"',
         *common,
+        *ops(),
         *_client(spec, "TH/GOV/BMA/licensing", "mtls"),
         "[[node]]",
         'id = "TH/GOV/DBD/hub1"',
@@ -163,6 +190,7 @@ def write_federation(path: Path, spec: TestFederationSpec) -> Path:
         f'audit_listen = "{_addr()}"' if spec.provider_log_dsn is None else "",
         f'messagelog_dsn = "{spec.provider_log_dsn}"' if spec.provider_log_dsn else "",
         *common,
+        *ops(),
     ]
     tables = [("[[node.service]]", s) for s in services]
     tables += [("[[node.soap_service]]", s) for s in spec.soap_services]

@@ -33,6 +33,8 @@ class GroupCommit:
         self._queue: asyncio.Queue[Pending | None] = asyncio.Queue()
         self._writer: asyncio.Task[None] | None = None
         self._closing = False
+        # Told the size of each batch handed to the backend (metrics).
+        self.on_batch: Callable[[int], None] | None = None
 
     def start(self, name: str) -> None:
         self._writer = asyncio.create_task(self._run(), name=f"messagelog-writer:{name}")
@@ -61,6 +63,8 @@ class GroupCommit:
                     stop = True
                     break
                 batch.append(item)
+            if self.on_batch is not None:
+                self.on_batch(len(batch))
             try:
                 start = await self._write(batch)
                 for i, (_, _, fut) in enumerate(batch, start=start):

@@ -347,6 +347,10 @@ class PostgresMessageLog:
         self._tree.extend(merkle.leaf_hash(leaf) for _, leaf, _ in batch)
         return first
 
+    @property
+    def group_commit(self) -> GroupCommit:
+        return self._commits
+
     def tree_head(self) -> tuple[int, bytes]:
         """Size and RFC 9162 root of the committed log."""
         return len(self._tree), self._tree.root()

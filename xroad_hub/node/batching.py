@@ -9,6 +9,7 @@ one loop callback later.
 from __future__ import annotations
 
 import asyncio
+from collections.abc import Callable
 
 from xroad_hub.protocol.identifiers import MemberId
 from xroad_hub.protocol.signing import MAX_BATCH, MessageSigner
@@ -20,6 +21,8 @@ class BatchSigner:
     def __init__(self, signer: MessageSigner) -> None:
         self._signer = signer
         self._pending: list[tuple[bytes, asyncio.Future[bytes]]] = []
+        # Told the size of each batch signed (metrics).
+        self.on_batch: Callable[[int], None] | None = None
 
     @property
     def member(self) -> MemberId:
@@ -41,6 +44,8 @@ class BatchSigner:
         pending, self._pending = self._pending, []
         for start in range(0, len(pending), MAX_BATCH):
             chunk = pending[start : start + MAX_BATCH]
+            if self.on_batch is not None:
+                self.on_batch(len(chunk))
             try:
                 signatures = self._signer.sign_batch([data for data, _ in chunk])
             except Exception as exc:  # a failing key fails its waiters, not the loop

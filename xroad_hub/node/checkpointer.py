@@ -59,6 +59,11 @@ class Checkpointer:
         self._retention = body_retention
         self._trusted_roots = trusted_roots or []
         self._next_purge = 0.0
+        # For health and metrics: when a checkpoint was last stamped and witnessed (this
+        # run), and how many stamping attempts failed.
+        self.last_timestamp_at: float | None = None
+        self.last_witness_at: float | None = None
+        self.timestamp_failures = 0
 
     def healthy(self, now: float | None = None) -> bool:
         """False when a checkpoint has waited for its timestamp longer than allowed."""
@@ -66,6 +71,14 @@ class Checkpointer:
             return True
         oldest = min(created for _, created in self._unstamped.values())
         return (now or time.time()) - oldest <= self._failure_limit
+
+    def oldest_unstamped(self) -> float | None:
+        """When the oldest checkpoint still waiting for a timestamp was signed, if any."""
+        return min((created for _, created in self._unstamped.values()), default=None)
+
+    @property
+    def failure_limit(self) -> float:
+        return self._failure_limit
 
     async def _stamp_queued(self) -> None:
         if self._timestamper is None:
@@ -75,11 +88,13 @@ class Checkpointer:
             try:
                 token = await self._timestamper(text)
             except Exception as exc:  # any failure: keep it queued, try again next round
+                self.timestamp_failures += 1
                 log.warning("checkpoint.timestamp_failed", origin=self.origin, size=size,
                             error=str(exc) or type(exc).__name__)  # fmt: skip
                 return
             await self._log.record_timestamp(size, token)
             del self._unstamped[size]
+            self.last_timestamp_at = time.time()
             log.info("checkpoint.timestamped", origin=self.origin, size=size)
 
     async def checkpoint(self) -> str | None:
@@ -137,6 +152,7 @@ class Checkpointer:
             log.error("checkpoint.witness_answer_invalid", origin=self.origin, size=size)
             return note
         await self._log.record_witness(size, cosigned_note, witness_cert)
+        self.last_witness_at = time.time()
         log.info("checkpoint.witnessed", origin=self.origin, size=size)
         return cosigned_note
 

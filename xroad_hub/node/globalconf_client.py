@@ -30,6 +30,10 @@ class GlobalConfClient:
         self.verifier = SignatureVerifier([])
         self._task: asyncio.Task[None] | None = None
         self._session: aiohttp.ClientSession | None = None
+        # For health and metrics: why the last refresh failed (None: it succeeded), and
+        # how many have failed since the node started.
+        self.last_error: str | None = None
+        self.refresh_failures = 0
 
     @classmethod
     def from_files(cls, url: str, anchor_pem: Path, refresh_interval: float) -> GlobalConfClient:
@@ -72,7 +76,10 @@ class GlobalConfClient:
             conf = self.install(data)
         except (aiohttp.ClientError, TimeoutError, GlobalConfError, BodyTooLarge) as exc:
             log.warning("globalconf.refresh_failed", url=self.url, error=str(exc))
+            self.last_error = str(exc)[:200] or type(exc).__name__
+            self.refresh_failures += 1
             return False
+        self.last_error = None
         log.debug("globalconf.refreshed", serial=conf.serial, expires_at=str(conf.expires_at))
         return True
 

@@ -3,9 +3,15 @@
 from __future__ import annotations
 
 import functools
+import ipaddress
 import re
 import socket
+import ssl
+import time
+from collections.abc import Awaitable, Callable, Iterator
+from datetime import datetime
 from pathlib import Path
+from typing import Any
 
 import aiohttp
 import orjson
@@ -14,6 +20,7 @@ import zeep
 from aiohttp import web
 from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric import ec
+from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 
 from adapters import Adapter, RestAdapter
 from adapters.flatfile import FlatFileAdapter, LayoutError
@@ -34,6 +41,7 @@ from xroad_hub.errors import CLIENT_PROXY, SERVER_PROXY
 from xroad_hub.federation import ConfigError, NodeConfig, ServiceConfig, SoapServiceConfig
 from xroad_hub.listen import listen_socket
 from xroad_hub.messagelog import MessageLog, PostgresMessageLog, SQLiteMessageLog
+from xroad_hub.node.admin import ADMIN, AdminApi, AdminAudit
 from xroad_hub.node.auditapi import AuditApi, Auditor
 from xroad_hub.node.batching import BatchSigner
 from xroad_hub.node.checkpointer import Checkpointer, Timestamper
@@ -41,14 +49,34 @@ from xroad_hub.node.clientauth import ClientAuthenticator, ClientRegistration
 from xroad_hub.node.consumer import ClientProxy
 from xroad_hub.node.evidenceapi import EvidenceApi
 from xroad_hub.node.globalconf_client import GlobalConfClient
+from xroad_hub.node.health import CertCheck, Problem, cert_problems, health_app
 from xroad_hub.node.limits import ClientLimits
+from xroad_hub.node.metrics import (
+    CURRENT_EXCHANGE,
+    ExchangeTiming,
+    NodeMetrics,
+    StateCollector,
+    time_backend,
+)
 from xroad_hub.node.peer import PEER_PATH, PeerTransport
 from xroad_hub.node.provider import ServerProxy
-from xroad_hub.node.runtime import HostedService, NodeRuntime
-from xroad_hub.node.tls import client_facing_context, peer_client_context, peer_server_context
+from xroad_hub.node.runtime import NODE_METRICS, HostedService, NodeRuntime
+from xroad_hub.node.tls import (
+    admin_context,
+    client_facing_context,
+    peer_client_context,
+    peer_server_context,
+)
 from xroad_hub.node.trackerapi import TrackerApi
 from xroad_hub.node.usedtokens import SQLiteUsedTokens
-from xroad_hub.pki import PkiLayout, load_cert, load_ed25519_key, load_private_key, load_public_key
+from xroad_hub.pki import (
+    CertPaths,
+    PkiLayout,
+    load_cert,
+    load_ed25519_key,
+    load_private_key,
+    load_public_key,
+)
 from xroad_hub.protocol.catalog import DEFAULT_CATALOG, load_catalog
 from xroad_hub.protocol.checkpoint import NoteSigner
 from xroad_hub.protocol.identifiers import ServiceId
@@ -81,14 +109,18 @@ class Node:
         witness_url: str | None = None,
         auditors: tuple[str, ...] = (),
         tsa_url: str | None = None,
+        metrics: bool = True,
     ) -> None:
         self.config = config
+        # False: no metrics at all (benchmarks compare; /metrics then answers 404).
+        self.metrics_enabled = metrics
         self.pki = pki
         self.data_dir = data_dir
         self.globalconf = GlobalConfClient.from_files(
             registry_url, pki.globalconf_signer.cert, refresh_interval
         )
         self._runners: list[web.AppRunner] = []
+        self._listeners: list[tuple[str, web.AppRunner]] = []  # (role, runner), for metrics
         self._session: aiohttp.ClientSession | None = None
         self.urls: dict[str, str] = {}
         self.runtime: NodeRuntime | None = None
@@ -98,6 +130,12 @@ class Node:
         self.tsa_url = tsa_url
         # Spent one-use client tokens: durable, shared by every process serving this node.
         self.used_tokens = SQLiteUsedTokens(data_dir / "used-tokens.sqlite")
+        self.metrics: NodeMetrics | None = None
+        self.admin: AdminApi | None = None
+        self._certs: list[CertCheck] = []
+        # How long a failed append of the message log keeps the node unready (health): no
+        # probe writes to the log, so a failure is forgotten once none follows for this long.
+        self.log_failure_hold = 30.0
 
     def _build_runtime(self) -> NodeRuntime:
         cfg, pki = self.config, self.pki
@@ -255,9 +293,16 @@ class Node:
     async def start(self, sockets: dict[str, socket.socket] | None = None) -> dict[str, str]:
         """Start serving; ``sockets`` may hold pre-bound listeners by role (peer, client,
         client_tls), otherwise the configured addresses are bound."""
+        # Tasks started here (log writer, checkpointer, configuration refresh, flat-file
+        # reloads) inherit the node's id: each of their log lines names the node.
+        with structlog.contextvars.bound_contextvars(node=str(self.config.id)):
+            return await self._start(sockets or {})
+
+    async def _start(self, sockets: dict[str, socket.socket]) -> dict[str, str]:
         cfg, pki = self.config, self.pki
         rt = self.runtime = self._build_runtime()
         await self._register_soap_services(rt)
+        self._instrument(rt)
         await rt.log.open()
         await self.used_tokens.open()
         for hosted in rt.services.values():
@@ -282,6 +327,7 @@ class Node:
         await self.globalconf.start()
         auth = pki.node_auth(str(cfg.id))
         ca = pki.root_ca.cert
+        context = self._context_middleware()
         client_proxy = ClientProxy(
             rt,
             purpose_defaults={
@@ -294,7 +340,7 @@ class Node:
         server_proxy = ServerProxy(rt)
 
         # Bodies are read by read_body with their own limit and deadline, not by aiohttp.
-        client_app = web.Application()
+        client_app = web.Application(middlewares=[context])
         EvidenceApi(rt, client_proxy, load_catalog(DEFAULT_CATALOG)).add_routes(client_app)
         client_app.router.add_get("/listClients", client_proxy.list_clients)
         client_app.router.add_get("/wsdl", client_proxy.wsdl)
@@ -302,11 +348,14 @@ class Node:
         # X-Road SOAP clients POST to the node's root (any path outside /r1/ is accepted).
         client_app.router.add_post("/{tail:.*}", client_proxy.handle_soap)
         client_app.router.add_route("*", "/{tail:.*}", client_proxy.handle)
-        peer_app = web.Application()
+        peer_app = web.Application(middlewares=[context])
         peer_app.router.add_post(PEER_PATH, server_proxy.handle)
 
-        sockets = sockets or {}
         audit_app = self._audit_app(rt) if cfg.audit_listen else None
+        if audit_app is not None:
+            audit_app.middlewares.append(context)
+        admin_app = self._admin_app(rt, context) if cfg.admin_listen else None
+        health = health_app(self.problems) if cfg.health_listen else None
         plan = [
             ("peer", peer_app, cfg.peer_listen, peer_server_context(auth.cert, auth.key, ca)),
             ("client", client_app, cfg.client_listen, None),
@@ -317,6 +366,8 @@ class Node:
                 client_facing_context(auth.cert, auth.key, ca),
             ),
             ("audit", audit_app, cfg.audit_listen, client_facing_context(auth.cert, auth.key, ca)),
+            ("health", health, cfg.health_listen, None),
+            ("admin", admin_app, cfg.admin_listen, self._admin_tls(auth)),
         ]
         for role, app, address, ssl_ctx in plan:
             if app is None or (address is None and role not in sockets):
@@ -334,6 +385,7 @@ class Node:
             )
             await runner.setup()
             self._runners.append(runner)
+            self._listeners.append((role, runner))
             sock = sockets.get(role) or listen_socket(
                 address,  # type: ignore[arg-type]
                 f"node {cfg.id} ({role.replace('_', ' ')} port)",
@@ -346,6 +398,246 @@ class Node:
             self.urls[role] = f"{scheme}://{host}:{port}"
         log.info("node.started", node=str(cfg.id), **self.urls)
         return self.urls
+
+    def _instrument(self, rt: NodeRuntime) -> None:
+        """Metrics and the health checks' inputs: set up once the services are known."""
+        cfg, pki = self.config, self.pki
+        nid = str(cfg.id)
+        checks = [("authentication", pki.node_auth(nid)), ("checkpoint", pki.node_checkpoint(nid))]
+        checks += [(f"signing ({m})", pki.member_sign(str(m))) for m in sorted(rt.signers, key=str)]
+        self._certs = [_cert_check(f"{what} certificate", paths) for what, paths in checks]
+        if not self.metrics_enabled:
+            return
+        metrics = self.metrics = rt.metrics = NodeMetrics(
+            str(cfg.id), frozenset(str(s) for s in rt.services)
+        )
+        for hosted in rt.services.values():
+            time_backend(hosted.adapter, "handle")
+        time_backend(rt.peers, "send")
+        for signer in rt.signers.values():
+            signer.on_batch = metrics.signature_batch.observe
+        commits = getattr(rt.log, "group_commit", None)
+        if commits is not None:
+            commits.on_batch = metrics.log_batch.observe
+        metrics.add_collector(StateCollector(self._state_gauges))
+
+    def problems(self) -> list[Problem]:
+        """Why the node may not take traffic now (empty: it may). Reads memory and stats a
+        few key files; the health endpoint caches the answer (health.py)."""
+        rt, now = self.runtime, time.time()
+        if rt is None:
+            return [Problem("starting", "the node is not started")]
+        found = []
+        if rt.maintenance is not None:
+            found.append(Problem("maintenance", f"maintenance mode: {rt.maintenance}"))
+        if self.globalconf.current() is None:
+            why = self.globalconf.last_error or "it has expired"
+            found.append(
+                Problem(
+                    "globalconf_invalid",
+                    f"no valid global configuration (last download: {why})",
+                )
+            )
+        cp = self.checkpointer
+        if cp is not None and not cp.healthy(now):
+            waited = now - (cp.oldest_unstamped() or now)
+            found.append(
+                Problem(
+                    "timestamping_failing",
+                    f"checkpoints have waited {waited:.0f} s for a timestamp (limit"
+                    f" {cp.failure_limit:g} s); the timestamp authority does not answer",
+                )
+            )
+        if rt.log_failed_at is not None and now - rt.log_failed_at < self.log_failure_hold:
+            found.append(
+                Problem(
+                    "messagelog_unwritable",
+                    f"the message log could not be written {now - rt.log_failed_at:.0f} s"
+                    f" ago: {rt.log_failure}",
+                )
+            )
+        return found + cert_problems(self._certs, now)
+
+    def _state_gauges(self) -> Iterator[tuple[str, str, dict[str, str], float]]:
+        """Gauges computed at scrape time (StateCollector)."""
+        now, rt = time.time(), self.runtime
+        conf = self.globalconf.current()
+        if conf is not None:
+            yield (
+                "xroad_hub_globalconf_age_seconds",
+                "Age of the global configuration in force",
+                {},
+                now - conf.generated_at.timestamp(),
+            )
+        yield (
+            "xroad_hub_globalconf_valid",
+            "1 while the node holds a valid global configuration",
+            {},
+            float(conf is not None),
+        )
+        yield (
+            "xroad_hub_globalconf_refresh_failures_total",
+            "Downloads of the global configuration that failed",
+            {},
+            float(self.globalconf.refresh_failures),
+        )
+        cp = self.checkpointer
+        if cp is not None:
+            for name, doc, at in (
+                ("timestamp", "Time since a checkpoint was last timestamped", cp.last_timestamp_at),
+                ("witness", "Time since a checkpoint was last witnessed", cp.last_witness_at),
+            ):
+                if at is not None:
+                    yield f"xroad_hub_last_{name}_age_seconds", doc, {}, now - at
+            oldest = cp.oldest_unstamped()
+            yield (
+                "xroad_hub_timestamp_pending_seconds",
+                "How long the oldest checkpoint has waited for a timestamp (0: none waits)",
+                {},
+                0.0 if oldest is None else now - oldest,
+            )
+            yield (
+                "xroad_hub_timestamp_failure_limit_seconds",
+                "How long a checkpoint may wait for a timestamp before exchanges are refused",
+                {},
+                cp.failure_limit,
+            )
+            yield (
+                "xroad_hub_timestamp_failures_total",
+                "Timestamp requests that failed",
+                {},
+                float(cp.timestamp_failures),
+            )
+        if rt is not None:
+            for sid, hosted in rt.services.items():
+                if not isinstance(hosted.adapter, FlatFileAdapter):
+                    continue
+                data = hosted.adapter.current()
+                if data is None:
+                    continue
+                labels = {"service": str(sid)}
+                loaded = datetime.fromisoformat(data.version.loaded_at).timestamp()
+                modified = datetime.fromisoformat(data.version.modified_at).timestamp()
+                yield (
+                    "xroad_hub_flatfile_data_age_seconds",
+                    "Age of the export a flat-file service serves (since the file changed)",
+                    labels,
+                    now - modified,
+                )
+                yield (
+                    "xroad_hub_flatfile_loaded_age_seconds",
+                    "Time since a flat-file service loaded the export it serves",
+                    labels,
+                    now - loaded,
+                )
+                yield (
+                    "xroad_hub_flatfile_broken_records",
+                    "Records of the served export that failed validation (not served)",
+                    labels,
+                    float(data.version.broken),
+                )
+        for role, runner in self._listeners:
+            server = runner.server
+            yield (
+                "xroad_hub_open_connections",
+                "Connections open on the node's listeners",
+                {"listener": role},
+                float(len(server.connections)) if server is not None else 0.0,
+            )
+        problems = {p.check for p in self.problems()}
+        for check in _CHECKS:
+            yield (
+                "xroad_hub_health_problem",
+                "1 while a health check fails (the node is then not ready)",
+                {"check": check},
+                float(check in problems),
+            )
+        yield "xroad_hub_ready", "1 while the node may take traffic", {}, float(not problems)
+
+    def _context_middleware(
+        self,
+    ) -> Callable[[web.Request, Callable[[web.Request], Awaitable[web.StreamResponse]]], Any]:
+        """Per request: log lines name the node, the request carries the node's metrics and
+        a clock for its backend's time."""
+        node, metrics = str(self.config.id), self.metrics
+
+        @web.middleware
+        async def context(
+            request: web.Request,
+            handler: Callable[[web.Request], Awaitable[web.StreamResponse]],
+        ) -> web.StreamResponse:
+            with structlog.contextvars.bound_contextvars(node=node):
+                if metrics is None:
+                    return await handler(request)
+                request[NODE_METRICS] = metrics
+                token = CURRENT_EXCHANGE.set(ExchangeTiming())
+                try:
+                    return await handler(request)
+                finally:
+                    CURRENT_EXCHANGE.reset(token)
+
+        return context
+
+    def _admin_tls(self, auth: CertPaths) -> ssl.SSLContext | None:
+        """Plain HTTP on a loopback address only; elsewhere HTTPS with the node's
+        certificate (administrators authenticate with their API keys)."""
+        address = self.config.admin_listen
+        if address is None or _loopback(address[0]):
+            return None
+        return admin_context(auth.cert, auth.key)
+
+    def _admin_app(self, rt: NodeRuntime, context: Any) -> web.Application:
+        admin = self.admin = AdminApi(
+            str(self.config.id),
+            self.config.admins,
+            AdminAudit(self.data_dir / "admin-audit.jsonl", str(self.config.id)),
+        )
+        admin.app.middlewares.insert(0, context)
+        metrics = self.metrics
+
+        async def scrape(request: web.Request) -> web.Response:
+            assert metrics is not None
+            return web.Response(
+                body=generate_latest(metrics.registry),
+                headers={"Content-Type": CONTENT_TYPE_LATEST},
+            )
+
+        async def maintenance(request: web.Request) -> web.Response:
+            return web.json_response(_maintenance_state(rt))
+
+        async def set_maintenance(request: web.Request) -> web.Response:
+            try:
+                body = await request.json()
+                enabled = body["enabled"]
+                message = body.get("message") or "planned maintenance"
+                if not isinstance(enabled, bool) or not isinstance(message, str):
+                    raise TypeError
+            except (ValueError, KeyError, TypeError, AttributeError):
+                return web.json_response(
+                    {"error": 'send JSON {"enabled": true|false, "message": "why"}'}, status=400
+                )
+            message = message[:200]
+            rt.maintenance = message if enabled else None
+            if metrics is not None:
+                metrics.maintenance.set(float(enabled))
+            await admin.audit.record(
+                request[ADMIN].name,
+                "maintenance.on" if enabled else "maintenance.off",
+                **({"message": message} if enabled else {}),
+            )
+            return web.json_response(_maintenance_state(rt))
+
+        async def problems(request: web.Request) -> web.Response:
+            found = self.problems()
+            return web.json_response({"ready": not found, "problems": [p.as_dict() for p in found]})
+
+        watchers = ("system-administrator", "security-officer", "monitor")
+        if metrics is not None:
+            admin.route("GET", "/metrics", scrape, ("monitor", "system-administrator"))
+        admin.route("GET", "/maintenance", maintenance, watchers)
+        admin.route("POST", "/maintenance", set_maintenance, ("system-administrator",))
+        admin.route("GET", "/health", problems, watchers)
+        return admin.app
 
     def _timestamper(self) -> Timestamper:
         roots = [load_cert(self.pki.root_ca.cert)]
@@ -393,6 +685,7 @@ class Node:
         for runner in self._runners:
             await runner.cleanup()
         self._runners.clear()
+        self._listeners.clear()
         await self.globalconf.stop()
         if self.runtime is not None:
             await self.runtime.peers.close()
@@ -405,6 +698,30 @@ class Node:
         if self._session is not None:
             await self._session.close()
         log.info("node.stopped", node=str(self.config.id))
+
+
+# Every health check's code (health_problem gauge: each always present, 0 or 1).
+_CHECKS = (
+    "maintenance", "globalconf_invalid", "timestamping_failing", "messagelog_unwritable",
+    "key_missing", "certificate_expired", "certificate_not_yet_valid",
+)  # fmt: skip
+
+
+def _maintenance_state(rt: NodeRuntime) -> dict[str, object]:
+    return {"maintenance": rt.maintenance is not None, "message": rt.maintenance}
+
+
+def _cert_check(what: str, paths: CertPaths) -> CertCheck:
+    return CertCheck.load(what, paths.cert, paths.key)
+
+
+def _loopback(host: str) -> bool:
+    if host == "localhost":
+        return True
+    try:
+        return ipaddress.ip_address(host).is_loopback
+    except ValueError:
+        return False
 
 
 def _check_answer_subjects(hosted: HostedService) -> None:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import functools
 import os
 import time
@@ -24,6 +25,7 @@ from xroad_hub.node.batching import BatchSigner
 from xroad_hub.node.clientauth import ClientAuthenticator
 from xroad_hub.node.globalconf_client import GlobalConfClient
 from xroad_hub.node.limits import ClientLimits
+from xroad_hub.node.metrics import NodeMetrics
 from xroad_hub.node.peer import PeerTransport
 from xroad_hub.protocol.globalconf import GlobalConf
 from xroad_hub.protocol.identifiers import MemberId, NodeId, ServiceId
@@ -31,9 +33,19 @@ from xroad_hub.protocol.rest import error_response
 from xroad_hub.protocol.soap import fault_xml
 from xroad_hub.streams import BodyTooLarge, read_capped
 
-__all__ = ["HostedService", "NodeRuntime", "answer_errors", "read_body", "render_error"]
+__all__ = [
+    "NODE_METRICS",
+    "HostedService",
+    "NodeRuntime",
+    "answer_errors",
+    "read_body",
+    "render_error",
+]
 
 log = structlog.get_logger("xroad_hub.node")
+
+# The node's metrics, set on each request by the node's middleware (node.py).
+NODE_METRICS = web.RequestKey("xroad_hub_node_metrics", NodeMetrics)
 
 _P = ParamSpec("_P")
 _T = TypeVar("_T")
@@ -72,6 +84,13 @@ class NodeRuntime:
     peer_limits: ClientLimits
     # False while checkpoints wait too long for timestamps: exchanges are refused.
     logging_ok: Callable[[], bool] = lambda: True
+    metrics: NodeMetrics | None = None
+    # The administrator's message while the node is in maintenance mode (admin API): new
+    # exchanges are refused with Maintenance, health says so. None: serving.
+    maintenance: str | None = None
+    # When the message log last failed to keep an exchange, and why (for health).
+    log_failed_at: float | None = None
+    log_failure: str | None = None
     # The global configuration last kept in the log, and who may be keeping one now.
     _kept_conf: GlobalConf | None = field(default=None, init=False, repr=False)
     _keeping: asyncio.Lock = field(default_factory=asyncio.Lock, init=False, repr=False)
@@ -86,7 +105,16 @@ class NodeRuntime:
         return await loop.run_in_executor(self.parse_pool, functools.partial(fn, *args, **kwargs))
 
     def check_logging(self, raise_as: str) -> None:
-        """Fail closed: no exchange the log cannot have timestamped in time."""
+        """Fail closed: no exchange the log cannot have timestamped in time. Every exchange
+        starts here, so maintenance mode is checked here too (first: nothing else is done
+        for a request the node will not take)."""
+        if self.maintenance is not None:
+            raise XRoadError(
+                f"{raise_as}.Maintenance",
+                f"the node is in maintenance mode ({self.maintenance}); try again later or"
+                " through another node",
+                status=503,
+            )
         if not self.logging_ok():
             raise XRoadError(
                 f"{raise_as}.LoggingFailed.TimestamperFailed",
@@ -105,15 +133,24 @@ class NodeRuntime:
         return conf
 
     async def record(self, record: LogRecord, raise_as: str) -> None:
-        """Log durably, or fail the exchange: nothing is answered that is not logged."""
+        """Log durably, or fail the exchange: nothing is answered that is not logged. The
+        one place every exchange passes, logged or failed: metrics count it here."""
+        started = time.perf_counter()
         try:
             await self._keep_globalconf()
             await self.log.append(record)
         except LogError as exc:
-            raise XRoadError(
+            err = XRoadError(
                 f"{raise_as}.LoggingFailed",
                 "the exchange could not be logged, so it is not answered",
-            ) from exc
+            )
+            self.log_failed_at, self.log_failure = time.time(), str(exc)[:200]
+            if self.metrics is not None:
+                answered = dataclasses.replace(record, status=err.status, error_type=err.code)
+                self.metrics.exchange(answered, None)
+            raise err from exc
+        if self.metrics is not None:
+            self.metrics.exchange(record, time.perf_counter() - started)
 
     def _conf_kept(self, conf: GlobalConf) -> bool:
         kept = self._kept_conf
@@ -212,6 +249,9 @@ async def answer_errors(
         except ProtocolError as exc:
             raise XRoadError.blame(CLIENT if side == "client" else prefix, exc) from exc
     except XRoadError as err:
+        metrics = request.get(NODE_METRICS)
+        if metrics is not None:
+            metrics.refusal(side, err.code)
         log.info(
             "exchange.refused",
             side=side,
@@ -224,5 +264,8 @@ async def answer_errors(
         return render_error(err, accept, soap=soap)
     except Exception:
         err = XRoadError(f"{prefix}.InternalError", f"internal error in the {side}'s node")
+        metrics = request.get(NODE_METRICS)
+        if metrics is not None:
+            metrics.refusal(side, err.code)
         log.exception("exchange.internal_error", side=side, detail=err.detail)
         return render_error(err, accept, soap=soap)

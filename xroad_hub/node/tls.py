@@ -9,6 +9,7 @@ from pathlib import Path
 from xroad_hub.protocol.signing import cert_fingerprint
 
 __all__ = [
+    "admin_context",
     "client_facing_context",
     "peer_client_context",
     "peer_fingerprint",
@@ -64,3 +65,12 @@ def peer_fingerprint(transport: asyncio.BaseTransport | None) -> str | None:
         return None
     der = sslobj.getpeercert(binary_form=True)
     return cert_fingerprint(der) if der else None
+
+
+def admin_context(cert: Path, key: Path) -> ssl.SSLContext:
+    """HTTPS of the admin API: the node's certificate; administrators authenticate with
+    their API keys, not client certificates."""
+    ctx = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
+    ctx.minimum_version = ssl.TLSVersion.TLSv1_2
+    ctx.load_cert_chain(str(cert), str(key))
+    return ctx

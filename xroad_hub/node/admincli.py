@@ -1,0 +1,150 @@
+"""``xroad-hub node ...``: an administrator's commands against a node's admin API."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import secrets
+import ssl
+import sys
+import urllib.error
+import urllib.request
+from pathlib import Path
+from typing import Any
+
+from xroad_hub.federation import ADMIN_ROLES
+from xroad_hub.node.admin import key_digest
+
+__all__ = ["KEY_ENV", "add_node_commands", "run_node_command"]
+
+KEY_ENV = "XROAD_HUB_ADMIN_KEY"
+
+
+def add_node_commands(sub: Any) -> None:
+    """Adds ``node maintenance`` and ``node admin-key`` to the CLI's subcommands."""
+    node = sub.add_parser("node", help="administer a running node (its admin API)")
+    node_sub = node.add_subparsers(dest="node_command", required=True)
+    maint = node_sub.add_parser(
+        "maintenance",
+        help="switch a node's maintenance mode on or off",
+        description="In maintenance mode the node refuses new exchanges (X-Road error "
+        "Server.ClientProxy.Maintenance or Server.ServerProxy.Maintenance, HTTP 503) and its "
+        "health check answers 503. Needs the system-administrator role; the change is "
+        "recorded in the node's admin audit trail.",
+    )
+    maint.add_argument("state", choices=["on", "off", "status"])
+    maint.add_argument(
+        "--admin", required=True, metavar="URL", help="the node's admin API ('admin' in "
+        "endpoints.json), e.g. http://127.0.0.1:5590"
+    )  # fmt: skip
+    maint.add_argument("--message", help="with on: why, shown to clients and in health")
+    maint.add_argument(
+        "--key-file",
+        type=Path,
+        help=f"file holding the administrator's API key (default: ${KEY_ENV})",
+    )
+    maint.add_argument(
+        "--root-ca",
+        type=Path,
+        default=Path("certs/ca/root.cert.pem"),
+        help="federation root certificate, for an https admin URL",
+    )
+    key = node_sub.add_parser(
+        "admin-key",
+        help="make a new administrator API key and print its [[node.admin]] entry",
+        description="Prints the key once (give it to the administrator) and the entry for "
+        "the node's section of the federation file, which holds only the key's SHA-256.",
+    )
+    key.add_argument("--name", required=True, help="the administrator's name, e.g. alice")
+    key.add_argument(
+        "--role",
+        action="append",
+        required=True,
+        choices=sorted(ADMIN_ROLES),
+        help="a role of the key (repeat for several)",
+    )
+
+
+def run_node_command(args: argparse.Namespace) -> int:
+    if args.node_command == "admin-key":
+        return _admin_key(args)
+    try:
+        key = _read_key(args.key_file)
+        if args.state == "status":
+            answer = _call(args, "GET", "/maintenance", key, None)
+        else:
+            body: dict[str, Any] = {"enabled": args.state == "on"}
+            if args.message:
+                body["message"] = args.message
+            answer = _call(args, "POST", "/maintenance", key, body)
+    except _Failed as exc:
+        print(f"xroad-hub: {exc}", file=sys.stderr)
+        return 2
+    state = "on" if answer.get("maintenance") else "off"
+    note = f" ({answer['message']})" if answer.get("message") else ""
+    print(f"maintenance mode: {state}{note}")
+    return 0
+
+
+class _Failed(Exception):
+    pass
+
+
+def _admin_key(args: argparse.Namespace) -> int:
+    key = secrets.token_urlsafe(32)
+    roles = ", ".join(f'"{r}"' for r in sorted(set(args.role)))
+    print(f"API key (shown once; keep it secret, e.g. in ${KEY_ENV}):\n  {key}\n")
+    print("Add to the node's section of the federation file, then restart the node:")
+    print(f'  [[node.admin]]\n  name = "{args.name}"\n  key_sha256 = "{key_digest(key)}"')
+    print(f"  roles = [{roles}]")
+    return 0
+
+
+def _read_key(path: Path | None) -> str:
+    # Never a command-line argument: other local users see those in the process list.
+    if path is not None:
+        try:
+            key = path.read_text(encoding="utf-8").strip()
+        except OSError as exc:
+            raise _Failed(f"cannot read the key file {path}: {exc.strerror}") from exc
+    else:
+        key = os.environ.get(KEY_ENV, "").strip()
+    if not key:
+        raise _Failed(f"no API key: give --key-file FILE or set {KEY_ENV}")
+    return key
+
+
+def _call(
+    args: argparse.Namespace, method: str, path: str, key: str, body: dict[str, Any] | None
+) -> dict[str, Any]:
+    url = args.admin.rstrip("/") + path
+    context = None
+    if url.startswith("https://"):
+        try:
+            context = ssl.create_default_context(cafile=str(args.root_ca))
+        except OSError as exc:
+            raise _Failed(f"cannot read the root certificate {args.root_ca} (--root-ca)") from exc
+        context.check_hostname = False  # the node's certificate names the node, not a host
+    request = urllib.request.Request(
+        url,
+        method=method,
+        data=None if body is None else json.dumps(body).encode(),
+        headers={"Authorization": f"Bearer {key}", "Content-Type": "application/json"},
+    )
+    try:
+        with urllib.request.urlopen(request, timeout=10, context=context) as resp:
+            return dict(json.loads(resp.read()))
+    except urllib.error.HTTPError as exc:
+        try:
+            reason = json.loads(exc.read()).get("error", exc.reason)
+        except ValueError:
+            reason = exc.reason
+        hint = {401: "; check the key (--key-file or $XROAD_HUB_ADMIN_KEY)"}.get(exc.code, "")
+        raise _Failed(f"the admin API refused: HTTP {exc.code}: {reason}{hint}") from exc
+    except (urllib.error.URLError, OSError, ValueError) as exc:
+        why = getattr(exc, "reason", exc)
+        raise _Failed(
+            f"cannot reach the admin API at {args.admin}: {why}; is the node running with"
+            " admin_listen set?"
+        ) from exc
