@@ -40,6 +40,7 @@ __all__ = [
     "NodeConfig",
     "RegistryConfig",
     "ServiceConfig",
+    "SloConfig",
     "SoapServiceConfig",
     "load_federation",
     "parse_address",
@@ -66,6 +67,9 @@ class RegistryConfig:
     refresh_interval: float = 60.0
     # The federation's RFC 3161 timestamp authority, run next to the registry.
     tsa_listen: tuple[str, int] | None = None
+    # The central monitoring client (X-Road: monitoringClientId in the global
+    # configuration): reads every node's operational-monitoring records.
+    monitoring_client: ClientId | None = None
 
 
 @dataclass(frozen=True, slots=True)
@@ -78,6 +82,55 @@ class ClientConfig:
     # that cannot send one), marked as the registered default where they are signed.
     default_purpose: str | None = None
     default_legal_basis: str | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class SloConfig:
+    """A service-level objective the provider declares: ``availability`` of requests served
+    without a fault of the provider's side, ``latency_share`` of them within ``latency_ms``,
+    over ``window_days`` (node/slo.py computes the burn)."""
+
+    availability: float = 0.995
+    latency_ms: float | None = None
+    latency_share: float = 0.99
+    window_days: float = 30.0
+
+    def as_dict(self) -> dict[str, float | None]:
+        return {
+            "availability": self.availability,
+            "latency_ms": self.latency_ms,
+            "latency_share": self.latency_share,
+            "window_days": self.window_days,
+        }
+
+
+_SLO_KEYS = frozenset(("availability", "latency_ms", "latency_share", "window_days"))
+
+
+def _slo(where: str, table: object) -> SloConfig | None:
+    if table is None:
+        return None
+    if not isinstance(table, Mapping):
+        raise ConfigError(f"{where}: slo must be a table, e.g. slo = {{ availability = 0.995 }}")
+    unknown = sorted(set(table) - _SLO_KEYS)
+    if unknown:
+        raise ConfigError(
+            f"{where}: unknown slo key {unknown[0]!r}; known keys: {', '.join(sorted(_SLO_KEYS))}"
+        )
+    try:
+        slo = SloConfig(
+            availability=float(table.get("availability", 0.995)),
+            latency_ms=float(table["latency_ms"]) if "latency_ms" in table else None,
+            latency_share=float(table.get("latency_share", 0.99)),
+            window_days=float(table.get("window_days", 30)),
+        )
+    except (TypeError, ValueError) as exc:
+        raise ConfigError(f"{where}: slo values must be numbers") from exc
+    if not (0 < slo.availability < 1 and 0 < slo.latency_share < 1):
+        raise ConfigError(f"{where}: slo availability and latency_share must be between 0 and 1")
+    if slo.window_days <= 0 or (slo.latency_ms is not None and slo.latency_ms <= 0):
+        raise ConfigError(f"{where}: slo window_days and latency_ms must be positive")
+    return slo
 
 
 @dataclass(frozen=True, slots=True)
@@ -103,6 +156,8 @@ class ServiceConfig:
     # Purposes the provider accepts (X-Road-Purpose); when declared, a request with no
     # purpose or another one is refused with AccessDenied.
     purposes: tuple[str, ...] = ()
+    # The provider's service-level objective (None: none declared).
+    slo: SloConfig | None = None
 
 
 @dataclass(frozen=True, slots=True)
@@ -154,6 +209,14 @@ class NodeConfig:
     # max_body_bytes); over either, a request is refused with HTTP 429 (node/limits.py).
     client_max_concurrent: int = 32
     client_max_inflight_bytes: int | None = None
+    # Operational monitoring (node/opmonitoring.py): on unless switched off; kept this long
+    # and at most this many records.
+    opmonitoring: bool = True
+    opmonitoring_retention: float = 7 * 86400.0
+    opmonitoring_max_records: int = 1_000_000
+    # Where the node posts its own alerts (node/slo.py), and how often it looks.
+    alert_webhook: str | None = None
+    slo_check_interval: float = 30.0
 
     @property
     def hosted(self) -> tuple[ClientId, ...]:
@@ -211,7 +274,9 @@ def load_federation(path: Path) -> FederationConfig:
 # back to the default). A new setting is added here, and read where its table is built.
 KNOWN_KEYS: dict[str, frozenset[str]] = {
     "federation": frozenset(("instance", "registry", "member", "node", "backend", "auditor")),
-    "registry": frozenset(("listen", "globalconf_validity", "refresh_interval", "tsa_listen")),
+    "registry": frozenset(
+        ("listen", "globalconf_validity", "refresh_interval", "tsa_listen", "monitoring_client")
+    ),
     "member": frozenset(("id", "name")),
     "node": frozenset(
         (
@@ -219,7 +284,8 @@ KNOWN_KEYS: dict[str, frozenset[str]] = {
             "soap_service", "max_body_bytes", "body_timeout", "provider_timeout",
             "checkpoint_interval", "audit_listen", "messagelog_dsn", "tsa_url",
             "timestamp_failure_limit", "body_retention_days", "client_max_concurrent",
-            "client_max_inflight_bytes",
+            "client_max_inflight_bytes", "opmonitoring", "opmonitoring_retention_days",
+            "opmonitoring_max_records", "alert_webhook", "slo_check_interval",
         )
     ),
     "client": frozenset(("id", "auth", "default_purpose", "default_legal_basis")),
@@ -227,7 +293,7 @@ KNOWN_KEYS: dict[str, frozenset[str]] = {
     "service": frozenset(
         (
             "id", "adapter", "url", "timeout", "allow", "disabled", "disabled_notice",
-            "version", "subject", "answer_subject", "purposes", "openapi",
+            "version", "subject", "answer_subject", "purposes", "openapi", "slo",
         )
     ),
     "soap_service": frozenset(
@@ -285,6 +351,7 @@ def _build(data: dict[str, Any]) -> FederationConfig:
         float(reg.get("globalconf_validity", 600)),
         float(reg.get("refresh_interval", 60)),
         parse_address(reg["tsa_listen"]) if "tsa_listen" in reg else None,
+        parse_client_id(reg["monitoring_client"]) if "monitoring_client" in reg else None,
     )
     members = {parse_member_id(m["id"]): m.get("name", m["id"]) for m in data.get("member", [])}
     nodes = tuple(_node(n, members, i) for i, n in enumerate(data.get("node", [])))
@@ -402,6 +469,8 @@ def _node(n: dict[str, Any], members: dict[MemberId, str], index: int) -> NodeCo
         sid = parse_service_id(s["id"])
         if sid.service_version:
             raise ConfigError(f"node {node_id}: give the version of {sid} as version = ...")
+        if not isinstance(sid.provider, SubsystemId):
+            raise ConfigError(f"node {node_id}: service {sid} must belong to a subsystem")
         adapter = s.get("adapter", "rest")
         services.append(
             ServiceConfig(
@@ -417,6 +486,7 @@ def _node(n: dict[str, Any], members: dict[MemberId, str], index: int) -> NodeCo
                 answer_subjects=_answer_locators(f"node {node_id}, service {sid}", s),
                 purposes=_purposes(node_id, sid, s.get("purposes", [])),
                 openapi=s.get("openapi"),
+                slo=_slo(f"node {node_id}, service {sid}", s.get("slo")),
                 options=(
                     {k: v for k, v in s.items() if k not in _SERVICE_KEYS}
                     if adapter != "rest"
@@ -456,4 +526,9 @@ def _node(n: dict[str, Any], members: dict[MemberId, str], index: int) -> NodeCo
         client_max_inflight_bytes=(
             int(n["client_max_inflight_bytes"]) if "client_max_inflight_bytes" in n else None
         ),
+        opmonitoring=bool(n.get("opmonitoring", True)),
+        opmonitoring_retention=float(n.get("opmonitoring_retention_days", 7)) * 86400,
+        opmonitoring_max_records=int(n.get("opmonitoring_max_records", 1_000_000)),
+        alert_webhook=n.get("alert_webhook"),
+        slo_check_interval=float(n.get("slo_check_interval", 30)),
     )

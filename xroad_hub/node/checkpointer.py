@@ -60,6 +60,10 @@ class Checkpointer:
         self._trusted_roots = trusted_roots or []
         self._next_purge = 0.0
 
+    def oldest_unstamped(self) -> float | None:
+        """When the oldest checkpoint still waiting for its timestamp was made (None: none)."""
+        return min((created for _, created in self._unstamped.values()), default=None)
+
     def healthy(self, now: float | None = None) -> bool:
         """False when a checkpoint has waited for its timestamp longer than allowed."""
         if not self._unstamped:

@@ -216,7 +216,8 @@ class ClientProxy:
         peer = conf.node_hosting(provider)
         if call.security_server is not None:
             peer = conf.node(call.security_server)
-            if peer is None or provider not in peer.clients:
+            # A node's owner member provides the node's monitoring services (X-Road).
+            if peer is None or (provider not in peer.clients and provider != peer.id.owner):
                 raise XRoadError.client_proxy(
                     "UnknownMember", f"node {call.security_server} does not serve {provider}"
                 )

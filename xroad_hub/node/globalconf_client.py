@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import time
 from pathlib import Path
 
 import aiohttp
@@ -30,6 +31,8 @@ class GlobalConfClient:
         self.verifier = SignatureVerifier([])
         self._task: asyncio.Task[None] | None = None
         self._session: aiohttp.ClientSession | None = None
+        # Since when downloads have failed (None: the last one worked): alerts (node/slo.py).
+        self.failing_since: float | None = None
 
     @classmethod
     def from_files(cls, url: str, anchor_pem: Path, refresh_interval: float) -> GlobalConfClient:
@@ -72,7 +75,9 @@ class GlobalConfClient:
             conf = self.install(data)
         except (aiohttp.ClientError, TimeoutError, GlobalConfError, BodyTooLarge) as exc:
             log.warning("globalconf.refresh_failed", url=self.url, error=str(exc))
+            self.failing_since = self.failing_since or time.time()
             return False
+        self.failing_since = None
         log.debug("globalconf.refreshed", serial=conf.serial, expires_at=str(conf.expires_at))
         return True
 

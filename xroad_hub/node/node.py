@@ -2,9 +2,11 @@
 
 from __future__ import annotations
 
+import asyncio
 import functools
 import re
 import socket
+import time
 from pathlib import Path
 
 import aiohttp
@@ -42,16 +44,18 @@ from xroad_hub.node.consumer import ClientProxy
 from xroad_hub.node.evidenceapi import EvidenceApi
 from xroad_hub.node.globalconf_client import GlobalConfClient
 from xroad_hub.node.limits import ClientLimits
+from xroad_hub.node.opmonitoring import OpMonitor, opmonitoring_app
 from xroad_hub.node.peer import PEER_PATH, PeerTransport
 from xroad_hub.node.provider import ServerProxy
 from xroad_hub.node.runtime import HostedService, NodeRuntime
+from xroad_hub.node.slo import AlertSender, SloWatch
 from xroad_hub.node.tls import client_facing_context, peer_client_context, peer_server_context
 from xroad_hub.node.trackerapi import TrackerApi
 from xroad_hub.node.usedtokens import SQLiteUsedTokens
 from xroad_hub.pki import PkiLayout, load_cert, load_ed25519_key, load_private_key, load_public_key
 from xroad_hub.protocol.catalog import DEFAULT_CATALOG, load_catalog
 from xroad_hub.protocol.checkpoint import NoteSigner
-from xroad_hub.protocol.identifiers import ServiceId
+from xroad_hub.protocol.identifiers import ServiceId, parse_client_id, parse_node_id
 from xroad_hub.protocol.message import MAX_OVERHEAD
 from xroad_hub.protocol.signing import MessageSigner, cert_fingerprint
 from xroad_hub.protocol.subjects import (
@@ -98,6 +102,9 @@ class Node:
         self.tsa_url = tsa_url
         # Spent one-use client tokens: durable, shared by every process serving this node.
         self.used_tokens = SQLiteUsedTokens(data_dir / "used-tokens.sqlite")
+        self.opmonitor: OpMonitor | None = None
+        self.slo_watch: SloWatch | None = None
+        self._alerts: AlertSender | None = None
 
     def _build_runtime(self) -> NodeRuntime:
         cfg, pki = self.config, self.pki
@@ -280,6 +287,7 @@ class Node:
         await self.checkpointer.start()
         rt.logging_ok = self.checkpointer.healthy
         await self.globalconf.start()
+        self._start_monitoring(rt)
         auth = pki.node_auth(str(cfg.id))
         ca = pki.root_ca.cert
         client_proxy = ClientProxy(
@@ -347,6 +355,90 @@ class Node:
         log.info("node.started", node=str(cfg.id), **self.urls)
         return self.urls
 
+    def _start_monitoring(self, rt: NodeRuntime) -> None:
+        """Operational monitoring, service-level objectives and the node's own alerts."""
+        cfg = self.config
+        if not cfg.opmonitoring:
+            return
+        globalconf = self.globalconf
+
+        def addresses(client: str, target: str | None) -> tuple[str | None, str | None]:
+            conf = globalconf.current()
+            if conf is None:
+                return None, None
+            own = conf.node(cfg.id)
+            other = (
+                conf.node_hosting(parse_client_id(client))
+                if client
+                else conf.node(parse_node_id(target))
+                if target
+                else None
+            )
+            return (own.address if own else None), (other.address if other else None)
+
+        def monitoring_client() -> object:
+            conf = globalconf.current()
+            return conf.monitoring_client if conf else None
+
+        store = self.opmonitor = OpMonitor(
+            self.data_dir / "opmonitoring.sqlite",
+            cfg.id,
+            retention=cfg.opmonitoring_retention,
+            max_records=cfg.opmonitoring_max_records,
+            internal_ip=cfg.client_listen[0] if cfg.client_listen else None,
+            addresses=addresses,
+            service_types={
+                str(sid): "WSDL"
+                if h.config.adapter == "soap"
+                else "OPENAPI3"
+                if h.openapi
+                else "REST"
+                for sid, h in rt.services.items()
+            },
+            monitoring_client=monitoring_client,  # type: ignore[arg-type]
+        )
+        store.start()
+        rt.opmon = store
+        self._alerts = AlertSender(cfg.alert_webhook, str(cfg.id))
+        self._alerts.start()
+        checkpointer = self.checkpointer
+        stamp_limit = max(120.0, 2 * cfg.checkpoint_interval)
+
+        def timestamping() -> dict[str, object] | None:
+            oldest = checkpointer.oldest_unstamped() if checkpointer else None
+            waited = time.time() - oldest if oldest is not None else 0.0
+            return {"waiting_seconds": round(waited)} if waited > stamp_limit else None
+
+        def refresh() -> dict[str, object] | None:
+            since = globalconf.failing_since
+            return {"failing_seconds": round(time.time() - since)} if since else None
+
+        def log_writes() -> dict[str, object] | None:
+            since = store.log_failed_since
+            return {"failing_seconds": round(time.time() - since)} if since else None
+
+        self.slo_watch = SloWatch(
+            store,
+            {str(sid): h.config.slo for sid, h in rt.services.items() if h.config.slo},
+            self._alerts,
+            interval=cfg.slo_check_interval,
+            conditions={
+                "timestamping_failing": timestamping,
+                "globalconf_refresh_failing": refresh,
+                "messagelog_write_failing": log_writes,
+            },
+        )
+        self.slo_watch.start()
+
+    def admin_apps(self) -> dict[str, web.Application]:
+        """MOUNTING POINT for the node's admin listener (node/admin.py, another branch):
+        sub-apps by path prefix, each to be mounted behind the admin API's bearer-key check
+        (role xroad-securityserver-observer or higher). They see every record of the node.
+        Not served anywhere until the admin listener mounts them."""
+        if self.opmonitor is None:
+            return {}
+        return {"/": opmonitoring_app(self.opmonitor, self.slo_watch)}
+
     def _timestamper(self) -> Timestamper:
         roots = [load_cert(self.pki.root_ca.cert)]
 
@@ -394,6 +486,12 @@ class Node:
             await runner.cleanup()
         self._runners.clear()
         await self.globalconf.stop()
+        if self.slo_watch is not None:
+            await self.slo_watch.stop()
+        if self._alerts is not None:
+            await self._alerts.stop()
+        if self.opmonitor is not None:
+            await asyncio.to_thread(self.opmonitor.stop)  # writes what is queued
         if self.runtime is not None:
             await self.runtime.peers.close()
             if self.checkpointer is not None:

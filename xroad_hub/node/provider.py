@@ -24,6 +24,7 @@ from xroad_hub.federation import ServiceConfig
 from xroad_hub.messagelog import LogRecord
 from xroad_hub.node.limits import body_reservation
 from xroad_hub.node.metaservices import METASERVICES, answer_metaservice
+from xroad_hub.node.opmonitoring import timed
 from xroad_hub.node.runtime import NodeRuntime, answer_errors, read_body
 from xroad_hub.node.tls import peer_fingerprint
 from xroad_hub.protocol.globalconf import NodeEntry
@@ -166,7 +167,11 @@ class ServerProxy:
         hosted = self.rt.services.get(service.unversioned)
         version: str | None = service.service_version
         answer_subj: tuple[str, ...] = ()
-        if hosted is None and self._metaservice(service):
+        opmon = self.rt.opmon
+        if hosted is None and opmon is not None and opmon.addresses_me(service):
+            answer = await opmon.metaservice(client, service, soap)
+            answer = await self.rt.off_loop(_soap_answer, soap, answer, limits)  # type: ignore[arg-type]
+        elif hosted is None and self._metaservice(service):
             query = str(meta.get("query") or "")
             answer = answer_metaservice(self.rt.services.values(), client, service, query, soap)
             if soap is not None:
@@ -199,14 +204,14 @@ class ServerProxy:
             _check_protocol(cfg, soap)
             if soap is not None:
                 headers = tuple((k, v) for k, v in soap_request_headers(meta.get("headers")))
-                answer = await hosted.adapter.handle(
+                answer = await timed(hosted.adapter.handle(
                     AdapterRequest("POST", "", "", headers, env.body, soap=soap)
-                )
+                ))  # fmt: skip
                 answer = await self.rt.off_loop(_soap_answer, soap, answer, limits)
             else:
                 request = _adapter_request(env, client, service)
                 _check_readable(cfg, request)
-                answer = await hosted.adapter.handle(request)
+                answer = await timed(hosted.adapter.handle(request))
             answer_subj = await _answer_subjects(cfg, answer)
         full_service = ServiceId(service.provider, service.service_code, version)
         rmeta: dict[str, Any] = {

@@ -24,6 +24,7 @@ from xroad_hub.node.batching import BatchSigner
 from xroad_hub.node.clientauth import ClientAuthenticator
 from xroad_hub.node.globalconf_client import GlobalConfClient
 from xroad_hub.node.limits import ClientLimits
+from xroad_hub.node.opmonitoring import OpMonitor
 from xroad_hub.node.peer import PeerTransport
 from xroad_hub.protocol.globalconf import GlobalConf
 from xroad_hub.protocol.identifiers import MemberId, NodeId, ServiceId
@@ -71,6 +72,8 @@ class NodeRuntime:
     peer_limits: ClientLimits
     # False while checkpoints wait too long for timestamps: exchanges are refused.
     logging_ok: Callable[[], bool] = lambda: True
+    # Operational monitoring: fed from ``record`` with every exchange (None: switched off).
+    opmon: OpMonitor | None = None
     # The global configuration last kept in the log, and who may be keeping one now.
     _kept_conf: GlobalConf | None = field(default=None, init=False, repr=False)
     _keeping: asyncio.Lock = field(default_factory=asyncio.Lock, init=False, repr=False)
@@ -109,10 +112,14 @@ class NodeRuntime:
             await self._keep_globalconf()
             await self.log.append(record)
         except LogError as exc:
+            if self.opmon is not None:
+                self.opmon.observe(record, logged=False, raise_as=raise_as)
             raise XRoadError(
                 f"{raise_as}.LoggingFailed",
                 "the exchange could not be logged, so it is not answered",
             ) from exc
+        if self.opmon is not None:
+            self.opmon.observe(record)
 
     def _conf_kept(self, conf: GlobalConf) -> bool:
         kept = self._kept_conf

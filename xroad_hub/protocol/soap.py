@@ -21,7 +21,14 @@ from email.message import Message
 
 from lxml import etree
 
-from xroad_hub.protocol.identifiers import ClientId, MemberId, ServiceId, SubsystemId, valid_part
+from xroad_hub.protocol.identifiers import (
+    MEMBER_SERVICES,
+    ClientId,
+    MemberId,
+    ServiceId,
+    SubsystemId,
+    valid_part,
+)
 from xroad_hub.protocol.xmlsafe import XmlError, XmlLimits, parse_xml
 
 __all__ = [
@@ -35,6 +42,7 @@ __all__ = [
     "SoapMessage",
     "build_response",
     "check_echo",
+    "client_identifier",
     "fault_xml",
     "identifier_element",
     "parse_soap",
@@ -446,9 +454,16 @@ def _service(el: etree._Element) -> ServiceId:
     object_type, parts = _parts(el, "service")
     if object_type != "SERVICE" or "serviceCode" not in parts:
         raise SoapError("InvalidSoap", "service must have id:objectType SERVICE and serviceCode")
+    m = _member(parts, "service")
     if "subsystemCode" not in parts:
+        if parts["serviceCode"] in MEMBER_SERVICES and "serviceVersion" not in parts:
+            return ServiceId(m, parts["serviceCode"])  # the node owner's monitoring services
         # As in r1 (see rest.py): every service belongs to a subsystem in X-Road 7.
         raise SoapError("InvalidSoap", "service identifier lacks subsystemCode")
-    m = _member(parts, "service")
     provider = SubsystemId(m.instance, m.member_class, m.member_code, parts["subsystemCode"])
     return ServiceId(provider, parts["serviceCode"], parts.get("serviceVersion"))
+
+
+def client_identifier(el: etree._Element) -> ClientId:
+    """A client identifier element (any tag) of an X-Road message; raises SoapError."""
+    return _client(el)
