@@ -125,6 +125,19 @@ def build_parser() -> argparse.ArgumentParser:
         f"{MAX_TOKEN_LIFETIME}; identity tokens: default {TRACKER_MAX_LIFETIME}, at most "
         f"{IDP_MAX_LIFETIME})",
     )
+    node = sub.add_parser("node", help="ask a running node (its admin API)")
+    node_sub = node.add_subparsers(dest="node_command", required=True)
+    slo = node_sub.add_parser(
+        "slo",
+        help="service-level objectives: error-budget burn per service, alerts firing",
+        description="Asks the node's admin API (GET ADMIN/slo with the API key as a bearer "
+        "token) and prints, per service with an objective, the burn rates over 1 h and 5 min "
+        "(alert at 14.4, Google SRE workbook) and the error budget left.",
+    )
+    slo.add_argument("--admin", required=True, metavar="URL", help="the node's admin API URL")
+    slo.add_argument("--key", required=True, help="admin API key")
+    slo.add_argument("--json", action="store_true", help="print the JSON answer")
+    _root_ca(slo)
     tracker = sub.add_parser(
         "tracker",
         help="show a citizen who read her data: asks every node's data tracker",
@@ -254,6 +267,10 @@ def main(argv: list[str] | None = None) -> int:
     configure_logging(args.log_level)
     if args.command == "demo":
         return _demo(args)
+    if args.command == "node":
+        from xroad_hub.node.slo import print_slo  # the node's machinery only when asked
+
+        return print_slo(args.admin, args.key, as_json=args.json, root_ca=args.root_ca)
     if args.command == "audit":
         return {
             "verify": _audit_verify, "export": _audit_export, "verify-bundle": _verify_bundle,

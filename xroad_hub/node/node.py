@@ -385,7 +385,7 @@ class Node:
             cfg.id,
             retention=cfg.opmonitoring_retention,
             max_records=cfg.opmonitoring_max_records,
-            internal_ip=cfg.client_listen[0] if cfg.client_listen else None,
+            internal_ip=(cfg.client_listen or cfg.peer_listen)[0],
             addresses=addresses,
             service_types={
                 str(sid): "WSDL"

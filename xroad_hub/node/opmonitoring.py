@@ -205,6 +205,8 @@ class OpMonitor:
         self.started_at = time.time()
         self.dropped = 0  # records lost because the queue was full or the store failed
         self.written = 0
+        self._accepted = 0  # queued so far
+        self._failed = 0  # queued, then lost to a failed write
         self.log_failed_since: float | None = None  # the message log refused an exchange
         self._queue: deque[_Seen] = deque()
         self._wake = threading.Event()
@@ -242,6 +244,7 @@ class OpMonitor:
                     record.request_meta,
                 )
             )  # fmt: skip
+            self._accepted += 1
             if len(self._queue) >= 512:
                 self._wake.set()
         except Exception:  # monitoring must never fail an exchange
@@ -265,11 +268,11 @@ class OpMonitor:
 
     def flush(self, timeout: float = 5.0) -> None:
         """Wait until every record queued so far is stored (tests, shutdown)."""
-        target = self.written + self.dropped + len(self._queue)
+        target = self._accepted
         self._wake.set()
         deadline = time.monotonic() + timeout
         with self._flushed:
-            while self.written + self.dropped < target and time.monotonic() < deadline:
+            while self.written + self._failed < target and time.monotonic() < deadline:
                 self._flushed.wait(0.05)
 
     def _connect(self) -> sqlite3.Connection:
@@ -318,6 +321,7 @@ class OpMonitor:
             self.written += len(batch)
         except Exception as exc:  # a full disk must not stop the node
             self.dropped += len(batch)
+            self._failed += len(batch)
             log.warning("opmonitoring.write_failed", node=str(self.node_id), error=str(exc))
         with self._flushed:
             self._flushed.notify_all()

@@ -17,20 +17,26 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import ssl
+import sys
 import time
+import urllib.error
+import urllib.request
 from collections import deque
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
+from pathlib import Path
 from typing import Any
 
 import aiohttp
+import orjson
 import structlog
 
 from xroad_hub.federation import SloConfig
 from xroad_hub.node.opmonitoring import OpMonitor
 
-__all__ = ["BURN_ALERT", "WINDOWS", "AlertSender", "SloWatch"]
+__all__ = ["BURN_ALERT", "WINDOWS", "AlertSender", "SloWatch", "print_slo"]
 
 log = structlog.get_logger("xroad_hub.slo")
 
@@ -233,3 +239,47 @@ def _body(alert: _Alert, status: str, resolved_at: float | None = None) -> dict[
     if resolved_at is not None:
         body["resolved_at"] = _iso(resolved_at)
     return body
+
+
+def print_slo(admin: str, key: str, *, as_json: bool = False, root_ca: Path | None = None) -> int:
+    """``xroad-hub node slo``: the node's SLO status as a table (or JSON); 0 when no alert
+    fires, 1 when one does, 2 when the node could not be asked."""
+    url = admin.rstrip("/") + "/slo"
+    request = urllib.request.Request(url, headers={"Authorization": f"Bearer {key}"})
+    context = None
+    if url.startswith("https://"):
+        cafile = str(root_ca) if root_ca is not None and root_ca.exists() else None
+        context = ssl.create_default_context(cafile=cafile)
+    try:
+        with urllib.request.urlopen(request, timeout=10, context=context) as resp:
+            data = orjson.loads(resp.read())
+    except urllib.error.HTTPError as exc:
+        hint = " (check --key)" if exc.code in (401, 403) else ""
+        print(f"xroad-hub: {url} answered HTTP {exc.code}{hint}", file=sys.stderr)
+        return 2
+    except (urllib.error.URLError, OSError, orjson.JSONDecodeError) as exc:
+        reason = getattr(exc, "reason", exc)
+        print(f"xroad-hub: cannot ask {url}: {reason}; is the node's admin API there?",
+              file=sys.stderr)  # fmt: skip
+        return 2
+    if as_json:
+        print(orjson.dumps(data, option=orjson.OPT_INDENT_2).decode())
+    else:
+        print(f"node {data.get('node')}: alert when burn >= {data.get('burn_alert_threshold')}")
+        print(f"{'service':<45} {'avail':>9} {'burn 1h':>8} {'burn 5m':>8} {'budget':>8}")
+        for s in data.get("services", []):
+            burn = s.get("availability_burn", {})
+            avail = s.get("availability")
+            budget = s.get("error_budget_remaining")
+            print(
+                f"{s['service']:<45} {'-' if avail is None else f'{avail:.4%}':>9} "
+                f"{burn.get('1h', 0):>8.2f} {burn.get('5m', 0):>8.2f} "
+                f"{'-' if budget is None else f'{budget:.1%}':>8}"
+            )
+            lat = s.get("latency_burn")
+            if lat:
+                one_h, five_m = lat.get("1h", 0), lat.get("5m", 0)
+                print(f"{'  latency':<45} {'':>9} {one_h:>8.2f} {five_m:>8.2f}")
+        for a in data.get("alerts", []):
+            print(f"FIRING {a['alert']} {a.get('service', '')} since {a['since']}")
+    return 1 if data.get("alerts") else 0

@@ -25,6 +25,7 @@ from xroad_hub.protocol.identifiers import (
     MEMBER_SERVICES,
     ClientId,
     MemberId,
+    NodeId,
     ServiceId,
     SubsystemId,
     valid_part,
@@ -88,6 +89,9 @@ class SoapHeader:
     request_hash: str | None = None
     purpose: str | None = None
     legal_basis: str | None = None
+    # The node the client asks for (X-Road's securityServer header), e.g. for the node's
+    # operational-monitoring services of its owner member.
+    security_server: NodeId | None = None
 
 
 @dataclass(frozen=True, slots=True)
@@ -389,7 +393,17 @@ def _header(header_el: etree._Element | None, kind: str) -> SoapHeader:
         request_hash=request_hash,
         purpose=_text(hub.get("purpose"), "purpose"),
         legal_basis=_text(hub.get("legalBasis"), "legalBasis"),
+        security_server=(_server(fields["securityServer"]) if "securityServer" in fields else None),
     )
+
+
+def _server(el: etree._Element) -> NodeId:
+    object_type, parts = _parts(el, "securityServer")
+    if object_type != "SERVER" or "serverCode" not in parts:
+        raise SoapError(
+            "InvalidSoap", "securityServer must have id:objectType SERVER and serverCode"
+        )
+    return NodeId(_member(parts, "securityServer"), parts["serverCode"])
 
 
 def _exact(el: etree._Element, name: str) -> str:
