@@ -479,3 +479,31 @@ def test_queries_are_bounded_and_paged_by_whole_seconds(tmp_path: Path) -> None:
     assert [r["messageId"] for r in own] == [f"m{n}" for n in range(1, 12, 2)]
     with pytest.raises(Exception, match="limit"):
         store.query(Query(1000, 1003, limit=10_001), now=5000)
+
+
+async def test_node_slo_cli_prints_burn_per_service(
+    monitored: Fed, capsys: pytest.CaptureFixture[str]
+) -> None:
+    from xroad_hub.cli import main
+
+    node = monitored.federation.nodes[PROVIDER_NODE]
+    ((prefix, app),) = node.admin_apps().items()
+    assert prefix == "/"
+    server = TestServer(app, host="127.0.0.1")
+    await server.start_server()
+    try:
+        url = str(server.make_url("")).rstrip("/")
+        code = await asyncio.to_thread(main, ["node", "slo", "--admin", url, "--key", "k"])
+        out = capsys.readouterr().out
+        assert code in (0, 1)  # 1 while an alert still fires
+        assert "TH/GOV/DBD/registry/flaky" in out and "burn 1h" in out
+        code = await asyncio.to_thread(
+            main, ["node", "slo", "--admin", url, "--key", "k", "--json"]
+        )
+        data = orjson.loads(capsys.readouterr().out)
+        assert [s["service"] for s in data["services"]] == ["TH/GOV/DBD/registry/flaky"]
+    finally:
+        await server.close()
+    code = await asyncio.to_thread(main, ["node", "slo", "--admin", url, "--key", "k"])
+    captured = capsys.readouterr()
+    assert code == 2 and "cannot ask" in captured.err and "Traceback" not in captured.err
