@@ -90,7 +90,7 @@ class Setup:
     config: Path
 
 
-def prepare_federation(workdir: Path) -> Setup:
+def prepare_federation(workdir: Path, opmonitoring: bool = True) -> Setup:
     """Federation file on free loopback ports plus its development PKI, in ``workdir``."""
     backend_url = f"http://127.0.0.1:{free_port()}"
     companies = {
@@ -103,7 +103,18 @@ def prepare_federation(workdir: Path) -> Setup:
     }
     config = write_federation(
         workdir / "federation.toml",
-        TestFederationSpec(backend_url=backend_url, extra_services=[companies]),
+        TestFederationSpec(
+            backend_url=backend_url,
+            extra_services=[companies],
+            # --no-opmonitoring: the same run without operational-monitoring records, to
+            # measure what they cost per exchange.
+            node_settings={
+                n: {"opmonitoring": False}
+                for n in ("TH/GOV/DGA/hub1", "TH/GOV/BMA/hub1", "TH/GOV/DBD/hub1")
+            }
+            if not opmonitoring
+            else {},
+        ),
     )
     fed = load_federation(config)
     ensure_pki(fed, workdir / "certs")
@@ -446,7 +457,7 @@ def run(args: argparse.Namespace) -> int:
     def start_and_measure(children: list[Child]) -> int:
         # The PKI helper logs every file it creates; only problems matter here.
         configure_logging("warning")
-        setup = prepare_federation(workdir)
+        setup = prepare_federation(workdir, opmonitoring=not args.no_opmonitoring)
         backend_addr = setup.backend_url.removeprefix("http://")
         children.append(spawn("backend", __file__, ["--serve-backend", backend_addr], workdir))
         spawn_federation(
@@ -541,6 +552,12 @@ not answer within --startup-timeout; 130 interrupted.""",
         action="store_true",
         help="run registry and both nodes in one process (as `xroad-hub up` does) instead of "
         "one process per node",
+    )
+    parser.add_argument(
+        "--no-opmonitoring",
+        action="store_true",
+        help="nodes keep no operational-monitoring records (compare the srv CPU us/exch of "
+        "a run with and one without this flag for the records' cost)",
     )
     parser.add_argument(
         "--keep-workdir",

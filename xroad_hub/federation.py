@@ -43,6 +43,7 @@ __all__ = [
     "NodeConfig",
     "RegistryConfig",
     "ServiceConfig",
+    "SloConfig",
     "SoapServiceConfig",
     "load_federation",
     "parse_address",
@@ -71,6 +72,9 @@ class RegistryConfig:
     tsa_listen: tuple[str, int] | None = None
     # Unauthenticated health check (X-Road's health-check port), plain HTTP.
     health_listen: tuple[str, int] | None = None
+    # The central monitoring client (X-Road: monitoringClientId in the global
+    # configuration): reads every node's operational-monitoring records.
+    monitoring_client: ClientId | None = None
 
 
 @dataclass(frozen=True, slots=True)
@@ -93,6 +97,52 @@ class AdminConfig:
     name: str
     key_sha256: str
     roles: frozenset[str]
+class SloConfig:
+    """A service-level objective the provider declares: ``availability`` of requests served
+    without a fault of the provider's side, ``latency_share`` of them within ``latency_ms``,
+    over ``window_days`` (node/slo.py computes the burn)."""
+
+    availability: float = 0.995
+    latency_ms: float | None = None
+    latency_share: float = 0.99
+    window_days: float = 30.0
+
+    def as_dict(self) -> dict[str, float | None]:
+        return {
+            "availability": self.availability,
+            "latency_ms": self.latency_ms,
+            "latency_share": self.latency_share,
+            "window_days": self.window_days,
+        }
+
+
+_SLO_KEYS = frozenset(("availability", "latency_ms", "latency_share", "window_days"))
+
+
+def _slo(where: str, table: object) -> SloConfig | None:
+    if table is None:
+        return None
+    if not isinstance(table, Mapping):
+        raise ConfigError(f"{where}: slo must be a table, e.g. slo = {{ availability = 0.995 }}")
+    unknown = sorted(set(table) - _SLO_KEYS)
+    if unknown:
+        raise ConfigError(
+            f"{where}: unknown slo key {unknown[0]!r}; known keys: {', '.join(sorted(_SLO_KEYS))}"
+        )
+    try:
+        slo = SloConfig(
+            availability=float(table.get("availability", 0.995)),
+            latency_ms=float(table["latency_ms"]) if "latency_ms" in table else None,
+            latency_share=float(table.get("latency_share", 0.99)),
+            window_days=float(table.get("window_days", 30)),
+        )
+    except (TypeError, ValueError) as exc:
+        raise ConfigError(f"{where}: slo values must be numbers") from exc
+    if not (0 < slo.availability < 1 and 0 < slo.latency_share < 1):
+        raise ConfigError(f"{where}: slo availability and latency_share must be between 0 and 1")
+    if slo.window_days <= 0 or (slo.latency_ms is not None and slo.latency_ms <= 0):
+        raise ConfigError(f"{where}: slo window_days and latency_ms must be positive")
+    return slo
 
 
 @dataclass(frozen=True, slots=True)
@@ -118,6 +168,8 @@ class ServiceConfig:
     # Purposes the provider accepts (X-Road-Purpose); when declared, a request with no
     # purpose or another one is refused with AccessDenied.
     purposes: tuple[str, ...] = ()
+    # The provider's service-level objective (None: none declared).
+    slo: SloConfig | None = None
 
 
 @dataclass(frozen=True, slots=True)
@@ -174,6 +226,14 @@ class NodeConfig:
     health_listen: tuple[str, int] | None = None
     admin_listen: tuple[str, int] | None = None
     admins: tuple[AdminConfig, ...] = ()
+    # Operational monitoring (node/opmonitoring.py): on unless switched off; kept this long
+    # and at most this many records.
+    opmonitoring: bool = True
+    opmonitoring_retention: float = 7 * 86400.0
+    opmonitoring_max_records: int = 1_000_000
+    # Where the node posts its own alerts (node/slo.py), and how often it looks.
+    alert_webhook: str | None = None
+    slo_check_interval: float = 30.0
 
     @property
     def hosted(self) -> tuple[ClientId, ...]:
@@ -232,7 +292,10 @@ def load_federation(path: Path) -> FederationConfig:
 KNOWN_KEYS: dict[str, frozenset[str]] = {
     "federation": frozenset(("instance", "registry", "member", "node", "backend", "auditor")),
     "registry": frozenset(
-        ("listen", "globalconf_validity", "refresh_interval", "tsa_listen", "health_listen")
+        (
+            "listen", "globalconf_validity", "refresh_interval", "tsa_listen", "health_listen",
+            "monitoring_client",
+        )
     ),
     "member": frozenset(("id", "name")),
     "node": frozenset(
@@ -241,7 +304,9 @@ KNOWN_KEYS: dict[str, frozenset[str]] = {
             "soap_service", "max_body_bytes", "body_timeout", "provider_timeout",
             "checkpoint_interval", "audit_listen", "messagelog_dsn", "tsa_url",
             "timestamp_failure_limit", "body_retention_days", "client_max_concurrent",
-            "client_max_inflight_bytes", "health_listen", "admin_listen", "admin",
+            "client_max_inflight_bytes", "health_listen", "admin_listen", "admin", "opmonitoring",
+            "opmonitoring_retention_days", "opmonitoring_max_records", "alert_webhook",
+            "slo_check_interval",
         )
     ),
     "admin": frozenset(("name", "key_sha256", "roles")),
@@ -250,7 +315,7 @@ KNOWN_KEYS: dict[str, frozenset[str]] = {
     "service": frozenset(
         (
             "id", "adapter", "url", "timeout", "allow", "disabled", "disabled_notice",
-            "version", "subject", "answer_subject", "purposes", "openapi",
+            "version", "subject", "answer_subject", "purposes", "openapi", "slo",
         )
     ),
     "soap_service": frozenset(
@@ -309,6 +374,7 @@ def _build(data: dict[str, Any]) -> FederationConfig:
         float(reg.get("refresh_interval", 60)),
         parse_address(reg["tsa_listen"]) if "tsa_listen" in reg else None,
         parse_address(reg["health_listen"]) if "health_listen" in reg else None,
+        parse_client_id(reg["monitoring_client"]) if "monitoring_client" in reg else None,
     )
     members = {parse_member_id(m["id"]): m.get("name", m["id"]) for m in data.get("member", [])}
     nodes = tuple(_node(n, members, i) for i, n in enumerate(data.get("node", [])))
@@ -426,6 +492,8 @@ def _node(n: dict[str, Any], members: dict[MemberId, str], index: int) -> NodeCo
         sid = parse_service_id(s["id"])
         if sid.service_version:
             raise ConfigError(f"node {node_id}: give the version of {sid} as version = ...")
+        if not isinstance(sid.provider, SubsystemId):
+            raise ConfigError(f"node {node_id}: service {sid} must belong to a subsystem")
         adapter = s.get("adapter", "rest")
         services.append(
             ServiceConfig(
@@ -441,6 +509,7 @@ def _node(n: dict[str, Any], members: dict[MemberId, str], index: int) -> NodeCo
                 answer_subjects=_answer_locators(f"node {node_id}, service {sid}", s),
                 purposes=_purposes(node_id, sid, s.get("purposes", [])),
                 openapi=s.get("openapi"),
+                slo=_slo(f"node {node_id}, service {sid}", s.get("slo")),
                 options=(
                     {k: v for k, v in s.items() if k not in _SERVICE_KEYS}
                     if adapter != "rest"
@@ -483,6 +552,11 @@ def _node(n: dict[str, Any], members: dict[MemberId, str], index: int) -> NodeCo
         health_listen=parse_address(n["health_listen"]) if "health_listen" in n else None,
         admin_listen=parse_address(n["admin_listen"]) if "admin_listen" in n else None,
         admins=tuple(_admin(node_id, a, i) for i, a in enumerate(n.get("admin", []))),
+        opmonitoring=bool(n.get("opmonitoring", True)),
+        opmonitoring_retention=float(n.get("opmonitoring_retention_days", 7)) * 86400,
+        opmonitoring_max_records=int(n.get("opmonitoring_max_records", 1_000_000)),
+        alert_webhook=n.get("alert_webhook"),
+        slo_check_interval=float(n.get("slo_check_interval", 30)),
     )
 
 

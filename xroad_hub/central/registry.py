@@ -70,6 +70,7 @@ class Registry:
             members=dict(self.fed.members),
             nodes=self._nodes,
             trusted_cas_der=(self._root_der,),
+            monitoring_client=self.fed.registry.monitoring_client,
         )
 
     def app(self) -> web.Application:

@@ -84,6 +84,9 @@ class TestFederationSpec:
     timestamp_failure_limit: float = 4 * 3600
     # More settings of a client's registration ([[node.client]]), e.g. default_purpose.
     client_settings: dict[str, dict[str, str]] = field(default_factory=dict)
+    # More settings of a node ([[node]], by node id) and of [registry].
+    node_settings: dict[str, dict[str, object]] = field(default_factory=dict)
+    registry_settings: dict[str, object] = field(default_factory=dict)
 
 
 def write_federation(path: Path, spec: TestFederationSpec) -> Path:
@@ -146,6 +149,7 @@ def write_federation(path: Path, spec: TestFederationSpec) -> Path:
         f"refresh_interval = {spec.refresh}",
         f'tsa_listen = "{_addr()}"',
         f'health_listen = "{_addr()}"',
+        *(f"{k} = {_toml(v)}" for k, v in spec.registry_settings.items()),
     ]
     for member in ("DGA", "BMA", "DBD"):
         lines += ["[[member]]", f'id = "TH/GOV/{member}"', f'name = "{member}"']
@@ -173,6 +177,7 @@ def write_federation(path: Path, spec: TestFederationSpec) -> Path:
         f'client_tls_listen = "{_addr()}"',
         *common,
         *ops(),
+        *_settings(spec, "TH/GOV/DGA/hub1"),
         *_client(spec, "TH/GOV/DGA/citizenportal", "jwt"),
         *_client(spec, "TH/GOV/DGA/devportal", "http"),
         *_client(spec, "TH/GOV/DGA/officeapp", "mtls"),
@@ -183,6 +188,7 @@ def write_federation(path: Path, spec: TestFederationSpec) -> Path:
         f'client_tls_listen = "{_addr()}"',
         *common,
         *ops(),
+        *_settings(spec, "TH/GOV/BMA/hub1"),
         *_client(spec, "TH/GOV/BMA/licensing", "mtls"),
         "[[node]]",
         'id = "TH/GOV/DBD/hub1"',
@@ -191,22 +197,32 @@ def write_federation(path: Path, spec: TestFederationSpec) -> Path:
         f'messagelog_dsn = "{spec.provider_log_dsn}"' if spec.provider_log_dsn else "",
         *common,
         *ops(),
+        *_settings(spec, "TH/GOV/DBD/hub1"),
     ]
     tables = [("[[node.service]]", s) for s in services]
     tables += [("[[node.soap_service]]", s) for s in spec.soap_services]
     for table, s in tables:
         lines += [table]
         for key, value in s.items():
-            if isinstance(value, list):
-                lines.append(f"{key} = {_list(value)}")
-            elif isinstance(value, bool):
-                lines.append(f"{key} = {'true' if value else 'false'}")
-            elif isinstance(value, int | float):
-                lines.append(f"{key} = {value}")
-            else:
-                lines.append(f'{key} = "{value}"')
+            lines.append(f"{key} = {_toml(value)}")
     path.write_text("\n".join(lines) + "\n", encoding="utf-8")
     return path
+
+
+def _toml(value: object) -> str:
+    if isinstance(value, list):
+        return _list(value)
+    if isinstance(value, bool):
+        return "true" if value else "false"
+    if isinstance(value, int | float):
+        return str(value)
+    if isinstance(value, dict):  # an inline table, e.g. slo = { availability = 0.995 }
+        return "{ " + ", ".join(f"{k} = {_toml(v)}" for k, v in value.items()) + " }"
+    return f'"{value}"'
+
+
+def _settings(spec: TestFederationSpec, node: str) -> list[str]:
+    return [f"{k} = {_toml(v)}" for k, v in spec.node_settings.get(node, {}).items()]
 
 
 def _client(spec: TestFederationSpec, client: str, auth: str) -> list[str]:

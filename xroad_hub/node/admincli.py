@@ -22,7 +22,7 @@ KEY_ENV = "XROAD_HUB_ADMIN_KEY"
 
 
 def add_node_commands(sub: Any) -> None:
-    """Adds ``node maintenance`` and ``node admin-key`` to the CLI's subcommands."""
+    """Adds ``node maintenance``, ``node slo`` and ``node admin-key`` to the CLI's subcommands."""
     node = sub.add_parser("node", help="administer a running node (its admin API)")
     node_sub = node.add_subparsers(dest="node_command", required=True)
     maint = node_sub.add_parser(
@@ -39,17 +39,28 @@ def add_node_commands(sub: Any) -> None:
         "endpoints.json), e.g. http://127.0.0.1:5590"
     )  # fmt: skip
     maint.add_argument("--message", help="with on: why, shown to clients and in health")
-    maint.add_argument(
-        "--key-file",
-        type=Path,
-        help=f"file holding the administrator's API key (default: ${KEY_ENV})",
+    slo = node_sub.add_parser(
+        "slo",
+        help="service-level objectives: error-budget burn per service, alerts firing",
+        description="Asks the node's admin API (GET ADMIN/slo; roles monitor, security-officer "
+        "or system-administrator) and prints, per service with an objective, the burn rates "
+        "over 1 h and 5 min (alert at 14.4, as Google's SRE workbook has it) and the error "
+        "budget left. Exits 1 while an alert fires.",
     )
-    maint.add_argument(
-        "--root-ca",
-        type=Path,
-        default=Path("certs/ca/root.cert.pem"),
-        help="federation root certificate, for an https admin URL",
-    )
+    slo.add_argument("--admin", required=True, metavar="URL", help="the node's admin API URL")
+    slo.add_argument("--json", action="store_true", help="print the JSON answer")
+    for command in (maint, slo):
+        command.add_argument(
+            "--key-file",
+            type=Path,
+            help=f"file holding the administrator's API key (default: ${KEY_ENV})",
+        )
+        command.add_argument(
+            "--root-ca",
+            type=Path,
+            default=Path("certs/ca/root.cert.pem"),
+            help="federation root certificate, for an https admin URL",
+        )
     key = node_sub.add_parser(
         "admin-key",
         help="make a new administrator API key and print its [[node.admin]] entry",
@@ -71,6 +82,10 @@ def run_node_command(args: argparse.Namespace) -> int:
         return _admin_key(args)
     try:
         key = _read_key(args.key_file)
+        if args.node_command == "slo":
+            from xroad_hub.node.slo import print_slo
+
+            return print_slo(args.admin, key, as_json=args.json, root_ca=args.root_ca)
         if args.state == "status":
             answer = _call(args, "GET", "/maintenance", key, None)
         else:

@@ -65,16 +65,16 @@ class Checkpointer:
         self.last_witness_at: float | None = None
         self.timestamp_failures = 0
 
+    def oldest_unstamped(self) -> float | None:
+        """When the oldest checkpoint still waiting for its timestamp was made (None: none)."""
+        return min((created for _, created in self._unstamped.values()), default=None)
+
     def healthy(self, now: float | None = None) -> bool:
         """False when a checkpoint has waited for its timestamp longer than allowed."""
         if not self._unstamped:
             return True
         oldest = min(created for _, created in self._unstamped.values())
         return (now or time.time()) - oldest <= self._failure_limit
-
-    def oldest_unstamped(self) -> float | None:
-        """When the oldest checkpoint still waiting for a timestamp was signed, if any."""
-        return min((created for _, created in self._unstamped.values()), default=None)
 
     @property
     def failure_limit(self) -> float:

@@ -348,6 +348,7 @@ class ClientProxy:
                 purpose=h.purpose,
                 legal_basis=h.legal_basis,
                 protocol="soap",
+                security_server=h.security_server,
             )
         )
         answer_type = next((v for k, v in answer.headers if k.lower() == "content-type"), "")

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import time
 from pathlib import Path
 
 import aiohttp
@@ -34,6 +35,8 @@ class GlobalConfClient:
         # how many have failed since the node started.
         self.last_error: str | None = None
         self.refresh_failures = 0
+        # Since when downloads have failed (None: the last one worked): alerts (node/slo.py).
+        self.failing_since: float | None = None
 
     @classmethod
     def from_files(cls, url: str, anchor_pem: Path, refresh_interval: float) -> GlobalConfClient:
@@ -78,8 +81,10 @@ class GlobalConfClient:
             log.warning("globalconf.refresh_failed", url=self.url, error=str(exc))
             self.last_error = str(exc)[:200] or type(exc).__name__
             self.refresh_failures += 1
+            self.failing_since = self.failing_since or time.time()
             return False
         self.last_error = None
+        self.failing_since = None
         log.debug("globalconf.refreshed", serial=conf.serial, expires_at=str(conf.expires_at))
         return True
 

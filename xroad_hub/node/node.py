@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import functools
 import ipaddress
 import re
@@ -58,9 +59,11 @@ from xroad_hub.node.metrics import (
     StateCollector,
     time_backend,
 )
+from xroad_hub.node.opmonitoring import OpMonitor, opmonitoring_app
 from xroad_hub.node.peer import PEER_PATH, PeerTransport
 from xroad_hub.node.provider import ServerProxy
 from xroad_hub.node.runtime import NODE_METRICS, HostedService, NodeRuntime
+from xroad_hub.node.slo import AlertSender, SloWatch
 from xroad_hub.node.tls import (
     admin_context,
     client_facing_context,
@@ -79,7 +82,7 @@ from xroad_hub.pki import (
 )
 from xroad_hub.protocol.catalog import DEFAULT_CATALOG, load_catalog
 from xroad_hub.protocol.checkpoint import NoteSigner
-from xroad_hub.protocol.identifiers import ServiceId
+from xroad_hub.protocol.identifiers import ServiceId, parse_client_id, parse_node_id
 from xroad_hub.protocol.message import MAX_OVERHEAD
 from xroad_hub.protocol.signing import MessageSigner, cert_fingerprint
 from xroad_hub.protocol.subjects import (
@@ -136,6 +139,9 @@ class Node:
         # How long a failed append of the message log keeps the node unready (health): no
         # probe writes to the log, so a failure is forgotten once none follows for this long.
         self.log_failure_hold = 30.0
+        self.opmonitor: OpMonitor | None = None
+        self.slo_watch: SloWatch | None = None
+        self._alerts: AlertSender | None = None
 
     def _build_runtime(self) -> NodeRuntime:
         cfg, pki = self.config, self.pki
@@ -325,6 +331,7 @@ class Node:
         await self.checkpointer.start()
         rt.logging_ok = self.checkpointer.healthy
         await self.globalconf.start()
+        self._start_monitoring(rt)
         auth = pki.node_auth(str(cfg.id))
         ca = pki.root_ca.cert
         context = self._context_middleware()
@@ -637,7 +644,88 @@ class Node:
         admin.route("GET", "/maintenance", maintenance, watchers)
         admin.route("POST", "/maintenance", set_maintenance, ("system-administrator",))
         admin.route("GET", "/health", problems, watchers)
+        if self.opmonitor is not None:
+            # Operational-monitoring records and service-level objectives (node/opmonitoring.py)
+            # read every exchange of the node: the same watchers' roles.
+            monitoring = opmonitoring_app(self.opmonitor, self.slo_watch)
+            for route in monitoring.router.routes():
+                if route.method != "HEAD":
+                    admin.route(route.method, route.resource.canonical, route.handler, watchers)
         return admin.app
+    def _start_monitoring(self, rt: NodeRuntime) -> None:
+        """Operational monitoring, service-level objectives and the node's own alerts."""
+        cfg = self.config
+        if not cfg.opmonitoring:
+            return
+        globalconf = self.globalconf
+
+        def addresses(client: str, target: str | None) -> tuple[str | None, str | None]:
+            conf = globalconf.current()
+            if conf is None:
+                return None, None
+            own = conf.node(cfg.id)
+            other = (
+                conf.node_hosting(parse_client_id(client))
+                if client
+                else conf.node(parse_node_id(target))
+                if target
+                else None
+            )
+            return (own.address if own else None), (other.address if other else None)
+
+        def monitoring_client() -> object:
+            conf = globalconf.current()
+            return conf.monitoring_client if conf else None
+
+        store = self.opmonitor = OpMonitor(
+            self.data_dir / "opmonitoring.sqlite",
+            cfg.id,
+            retention=cfg.opmonitoring_retention,
+            max_records=cfg.opmonitoring_max_records,
+            internal_ip=(cfg.client_listen or cfg.peer_listen)[0],
+            addresses=addresses,
+            service_types={
+                str(sid): "WSDL"
+                if h.config.adapter == "soap"
+                else "OPENAPI3"
+                if h.openapi
+                else "REST"
+                for sid, h in rt.services.items()
+            },
+            monitoring_client=monitoring_client,  # type: ignore[arg-type]
+        )
+        store.start()
+        rt.opmon = store
+        self._alerts = AlertSender(cfg.alert_webhook, str(cfg.id))
+        self._alerts.start()
+        checkpointer = self.checkpointer
+        stamp_limit = max(120.0, 2 * cfg.checkpoint_interval)
+
+        def timestamping() -> dict[str, object] | None:
+            oldest = checkpointer.oldest_unstamped() if checkpointer else None
+            waited = time.time() - oldest if oldest is not None else 0.0
+            return {"waiting_seconds": round(waited)} if waited > stamp_limit else None
+
+        def refresh() -> dict[str, object] | None:
+            since = globalconf.failing_since
+            return {"failing_seconds": round(time.time() - since)} if since else None
+
+        def log_writes() -> dict[str, object] | None:
+            since = store.log_failed_since
+            return {"failing_seconds": round(time.time() - since)} if since else None
+
+        self.slo_watch = SloWatch(
+            store,
+            {str(sid): h.config.slo for sid, h in rt.services.items() if h.config.slo},
+            self._alerts,
+            interval=cfg.slo_check_interval,
+            conditions={
+                "timestamping_failing": timestamping,
+                "globalconf_refresh_failing": refresh,
+                "messagelog_write_failing": log_writes,
+            },
+        )
+        self.slo_watch.start()
 
     def _timestamper(self) -> Timestamper:
         roots = [load_cert(self.pki.root_ca.cert)]
@@ -687,6 +775,12 @@ class Node:
         self._runners.clear()
         self._listeners.clear()
         await self.globalconf.stop()
+        if self.slo_watch is not None:
+            await self.slo_watch.stop()
+        if self._alerts is not None:
+            await self._alerts.stop()
+        if self.opmonitor is not None:
+            await asyncio.to_thread(self.opmonitor.stop)  # writes what is queued
         if self.runtime is not None:
             await self.runtime.peers.close()
             if self.checkpointer is not None:

@@ -11,6 +11,7 @@ import aiohttp
 from aiohttp.connector import Connection
 
 from xroad_hub.errors import XRoadError
+from xroad_hub.node.opmonitoring import mark_request_out, mark_response_in
 from xroad_hub.node.tls import peer_fingerprint
 from xroad_hub.protocol.globalconf import NodeEntry
 from xroad_hub.protocol.message import CONTENT_TYPE
@@ -58,6 +59,7 @@ class PeerTransport:
             )
         url = f"https://{peer.address}{PEER_PATH}"
         ssl_ctx = self._context_for(peer)
+        mark_request_out()
         try:
             async with self._session.post(
                 url,
@@ -82,6 +84,7 @@ class PeerTransport:
                     raise XRoadError.client_proxy(
                         "NetworkError", f"answer of node {peer.id}: {exc}"
                     ) from exc
+                mark_response_in()
                 return PeerReply(resp.status, resp.headers.get("Content-Type", ""), body)
         except XRoadError:
             raise

@@ -23,9 +23,11 @@ from xroad_hub.federation import ServiceConfig
 from xroad_hub.messagelog import LogRecord
 from xroad_hub.node.limits import body_reservation
 from xroad_hub.node.metaservices import METASERVICES, answer_metaservice
+from xroad_hub.node.opmonitoring import timed
 from xroad_hub.node.runtime import NodeRuntime, answer_errors, read_body
 from xroad_hub.node.tls import peer_fingerprint
 from xroad_hub.protocol.access import (
+    Access,
     check_addressed,
     check_hosted,
     check_protocol,
@@ -167,14 +169,26 @@ class ServerProxy:
             soap = await self.rt.off_loop(_soap_request, env, meta, limits)
         # 2. The service is ours, known and enabled, and the client holds an access right.
         hosted = self.rt.services.get(meta.service.unversioned)
-        access = decide_access(
-            hosted.config if hosted else None,
-            meta,
-            provider_served=self._serves(meta.service.provider),
-            metaservices=METASERVICES,
+        opmon = self.rt.opmon
+        # X-Road's monitoring services of this node's owner decide themselves who may read.
+        monitoring = hosted is None and opmon is not None and opmon.addresses_me(meta.service)
+        access = (
+            Access(meta.service, None)
+            if monitoring
+            else decide_access(
+                hosted.config if hosted else None,
+                meta,
+                provider_served=self._serves(meta.service.provider),
+                metaservices=METASERVICES,
+            )
         )
         answer_subj: tuple[str, ...] = ()
-        if hosted is None:
+        if monitoring:
+            assert opmon is not None
+            # 3m. The node's operational data or health data.
+            answer = await opmon.metaservice(meta.client, meta.service, soap)
+            answer = await self.rt.off_loop(_soap_answer, soap, answer, limits)  # type: ignore[arg-type]
+        elif hosted is None:
             # 3a. A metaservice of this node answers.
             answer = answer_metaservice(
                 self.rt.services.values(), meta.client, meta.service, meta.query, soap
@@ -189,14 +203,14 @@ class ServerProxy:
             # ... and the service answers what this node has read as the service will.
             if soap is not None:
                 headers = tuple(soap_request_headers(meta.headers))
-                answer = await hosted.adapter.handle(
+                answer = await timed(hosted.adapter.handle(
                     AdapterRequest("POST", "", "", headers, env.body, soap=soap)
-                )
+                ))  # fmt: skip
                 answer = await self.rt.off_loop(_soap_answer, soap, answer, limits)
             else:
                 request = _adapter_request(meta, env.body)
                 _check_readable(cfg, request)
-                answer = await hosted.adapter.handle(request)
+                answer = await timed(hosted.adapter.handle(request))
             # 4. The persons the answer names are read for the citizens' trackers.
             answer_subj = await _answer_subjects(cfg, answer)
         # 5. The answer is signed by the provider member, 6. logged durably, 7. returned.

@@ -26,6 +26,7 @@ from xroad_hub.node.clientauth import ClientAuthenticator
 from xroad_hub.node.globalconf_client import GlobalConfClient
 from xroad_hub.node.limits import ClientLimits
 from xroad_hub.node.metrics import NodeMetrics
+from xroad_hub.node.opmonitoring import OpMonitor
 from xroad_hub.node.peer import PeerTransport
 from xroad_hub.protocol.globalconf import GlobalConf
 from xroad_hub.protocol.identifiers import MemberId, NodeId, ServiceId
@@ -91,6 +92,8 @@ class NodeRuntime:
     # When the message log last failed to keep an exchange, and why (for health).
     log_failed_at: float | None = None
     log_failure: str | None = None
+    # Operational monitoring: fed from ``record`` with every exchange (None: switched off).
+    opmon: OpMonitor | None = None
     # The global configuration last kept in the log, and who may be keeping one now.
     _kept_conf: GlobalConf | None = field(default=None, init=False, repr=False)
     _keeping: asyncio.Lock = field(default_factory=asyncio.Lock, init=False, repr=False)
@@ -148,9 +151,13 @@ class NodeRuntime:
             if self.metrics is not None:
                 answered = dataclasses.replace(record, status=err.status, error_type=err.code)
                 self.metrics.exchange(answered, None)
+            if self.opmon is not None:
+                self.opmon.observe(record, logged=False, raise_as=raise_as)
             raise err from exc
         if self.metrics is not None:
             self.metrics.exchange(record, time.perf_counter() - started)
+        if self.opmon is not None:
+            self.opmon.observe(record)
 
     def _conf_kept(self, conf: GlobalConf) -> bool:
         kept = self._kept_conf

@@ -86,7 +86,8 @@ def node_serving(conf: GlobalConf, provider: ClientId, security_server: NodeId |
     (X-Road-Security-Server), which must serve the provider, or the one hosting it."""
     if security_server is not None:
         peer = conf.node(security_server)
-        if peer is None or provider not in peer.clients:
+        # A node's owner member provides the node's own monitoring services (X-Road).
+        if peer is None or (provider not in peer.clients and provider != peer.id.owner):
             raise ProtocolError(
                 "UnknownMember", f"node {security_server} does not serve {provider}"
             )

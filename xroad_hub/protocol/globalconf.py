@@ -74,12 +74,16 @@ class GlobalConf:
     members: dict[MemberId, str]
     nodes: tuple[NodeEntry, ...]
     trusted_cas_der: tuple[bytes, ...]
+    # X-Road's monitoringClientId: the client that reads every node's monitoring records.
+    monitoring_client: ClientId | None = None
 
     def same_rules(self, other: GlobalConf) -> bool:
         """True if ``other`` says the same (members, nodes, hosting, CAs); only its serial
         and validity differ."""
-        return (self.instance, self.members, self.nodes, self.trusted_cas_der) == (
+        return (self.instance, self.members, self.nodes, self.trusted_cas_der,
+                self.monitoring_client) == (
             other.instance, other.members, other.nodes, other.trusted_cas_der,
+            other.monitoring_client,
         )  # fmt: skip
 
     def expired(self, now: datetime | None = None) -> bool:
@@ -107,6 +111,12 @@ class GlobalConf:
         return next((n for n in self.nodes if n.id == node_id), None)
 
     def to_dict(self) -> dict[str, object]:
+        d = self._to_dict()
+        if self.monitoring_client is not None:  # only when set: older documents stay as they were
+            d["monitoring_client"] = str(self.monitoring_client)
+        return d
+
+    def _to_dict(self) -> dict[str, object]:
         return {
             "instance": self.instance,
             "serial": self.serial,
@@ -155,6 +165,11 @@ class GlobalConf:
                 trusted_cas_der=tuple(
                     base64.b64decode(c)
                     for c in d["trusted_cas"]  # type: ignore[attr-defined]
+                ),
+                monitoring_client=(
+                    parse_client_id(str(d["monitoring_client"]))
+                    if d.get("monitoring_client")
+                    else None
                 ),
             )
         except Exception as exc:  # any shape error means the document is unusable

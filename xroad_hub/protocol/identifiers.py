@@ -14,6 +14,7 @@ from urllib.parse import quote, unquote
 from xroad_hub.errors import ProtocolError
 
 __all__ = [
+    "MEMBER_SERVICES",
     "ClientId",
     "MemberId",
     "NodeId",
@@ -148,8 +149,18 @@ def parse_client_id(text: str) -> ClientId:
     return MemberId(*parts) if len(parts) == 3 else SubsystemId(*parts)
 
 
+# Services of a member rather than a subsystem. X-Road keeps only its operational-monitoring
+# metaservices there: they belong to the owner member of the security server they query.
+MEMBER_SERVICES = frozenset({"getSecurityServerOperationalData", "getSecurityServerHealthData"})
+
+
 def parse_service_id(text: str) -> ServiceId:
-    """``INSTANCE/CLASS/MEMBER/SUBSYSTEM/SERVICECODE[/VERSION]`` (subsystem required here)."""
+    """``INSTANCE/CLASS/MEMBER/SUBSYSTEM/SERVICECODE[/VERSION]`` (subsystem required here),
+    or ``INSTANCE/CLASS/MEMBER/SERVICECODE`` for the member services of MEMBER_SERVICES."""
+    raw = text.split("/")
+    if len(raw) == 4 and raw[3] in MEMBER_SERVICES:
+        parts = _split(text, "service", (4,))
+        return ServiceId(MemberId(*parts[:3]), parts[3])
     parts = _split(text, "service", (5, 6))
     provider = SubsystemId(*parts[:4])
     return ServiceId(provider, parts[4], parts[5] if len(parts) == 6 else None)

@@ -22,7 +22,15 @@ from email.message import Message
 from lxml import etree
 
 from xroad_hub.errors import ProtocolError
-from xroad_hub.protocol.identifiers import ClientId, MemberId, ServiceId, SubsystemId, valid_part
+from xroad_hub.protocol.identifiers import (
+    MEMBER_SERVICES,
+    ClientId,
+    MemberId,
+    NodeId,
+    ServiceId,
+    SubsystemId,
+    valid_part,
+)
 from xroad_hub.protocol.xmlsafe import XmlError, XmlLimits, parse_xml
 
 __all__ = [
@@ -36,6 +44,7 @@ __all__ = [
     "SoapMessage",
     "build_response",
     "check_echo",
+    "client_identifier",
     "fault_xml",
     "identifier_element",
     "parse_soap",
@@ -76,6 +85,9 @@ class SoapHeader:
     request_hash: str | None = None
     purpose: str | None = None
     legal_basis: str | None = None
+    # The node the client asks for (X-Road's securityServer header), e.g. for the node's
+    # operational-monitoring services of its owner member.
+    security_server: NodeId | None = None
 
 
 @dataclass(frozen=True, slots=True)
@@ -377,7 +389,17 @@ def _header(header_el: etree._Element | None, kind: str) -> SoapHeader:
         request_hash=request_hash,
         purpose=_text(hub.get("purpose"), "purpose"),
         legal_basis=_text(hub.get("legalBasis"), "legalBasis"),
+        security_server=(_server(fields["securityServer"]) if "securityServer" in fields else None),
     )
+
+
+def _server(el: etree._Element) -> NodeId:
+    object_type, parts = _parts(el, "securityServer")
+    if object_type != "SERVER" or "serverCode" not in parts:
+        raise SoapError(
+            "InvalidSoap", "securityServer must have id:objectType SERVER and serverCode"
+        )
+    return NodeId(_member(parts, "securityServer"), parts["serverCode"])
 
 
 def _exact(el: etree._Element, name: str) -> str:
@@ -442,9 +464,16 @@ def _service(el: etree._Element) -> ServiceId:
     object_type, parts = _parts(el, "service")
     if object_type != "SERVICE" or "serviceCode" not in parts:
         raise SoapError("InvalidSoap", "service must have id:objectType SERVICE and serviceCode")
+    m = _member(parts, "service")
     if "subsystemCode" not in parts:
+        if parts["serviceCode"] in MEMBER_SERVICES and "serviceVersion" not in parts:
+            return ServiceId(m, parts["serviceCode"])  # the node owner's monitoring services
         # As in r1 (see rest.py): every service belongs to a subsystem in X-Road 7.
         raise SoapError("InvalidSoap", "service identifier lacks subsystemCode")
-    m = _member(parts, "service")
     provider = SubsystemId(m.instance, m.member_class, m.member_code, parts["subsystemCode"])
     return ServiceId(provider, parts["serviceCode"], parts.get("serviceVersion"))
+
+
+def client_identifier(el: etree._Element) -> ClientId:
+    """A client identifier element (any tag) of an X-Road message; raises SoapError."""
+    return _client(el)
