@@ -97,6 +97,9 @@ class AdminConfig:
     name: str
     key_sha256: str
     roles: frozenset[str]
+
+
+@dataclass(frozen=True, slots=True)
 class SloConfig:
     """A service-level objective the provider declares: ``availability`` of requests served
     without a fault of the provider's side, ``latency_share`` of them within ``latency_ms``,
