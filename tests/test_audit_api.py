@@ -18,7 +18,10 @@ from xroad_hub.node.trackerapi import mint_idp_token
 from xroad_hub.pki import generate_key, load_private_key
 
 from .conftest import Fed, start_federation
-from .messagelog_backends import PG_DSN, postgres_or_skip
+
+# Loaded as a plugin (names imported inside tests): a module imported before pytest loads
+# it cannot get its asserts rewritten, which is an error here.
+pytest_plugins = ["tests.messagelog_backends"]
 
 DGA = "TH/GOV/DGA/hub1"
 DBD = "TH/GOV/DBD/hub1"
@@ -45,6 +48,8 @@ async def test_auditor_searches_verifies_and_exports(fed: Fed, http) -> None:
 
 async def test_the_same_on_a_postgresql_log(tmp_path, echo_backend, http) -> None:  # type: ignore[no-untyped-def]
     """A node logging to PostgreSQL serves the auditors' API and the citizens' tracker."""
+    from tests.messagelog_backends import PG_DSN, postgres_or_skip
+
     await postgres_or_skip()
     fed = await start_federation(
         tmp_path, TestFederationSpec(backend_url=echo_backend, provider_log_dsn=PG_DSN)
