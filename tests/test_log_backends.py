@@ -90,7 +90,7 @@ async def test_untouched_log_verifies_with_the_tree_root(fed: Fed, node_log) -> 
         ("UPDATE {exchange} SET request_signature = ? WHERE leaf_index = 1", (b"\0",),
          "entry 1: request_signature does not match"),
         ("DELETE FROM {exchange} WHERE leaf_index = 1", (), "entry 1: entry 1 is missing"),
-        ("UPDATE {exchange} SET leaf_index = leaf_index + 100 WHERE leaf_index = 0", (),
+        ("UPDATE {exchange} SET leaf_index = leaf_index + 1000000 WHERE leaf_index = 0", (),
          "entry 0: entry 0 is missing"),
         ("DELETE FROM {exchange_subject} WHERE subject = ?", (CITIZEN,),
          "the subject index lacks '1101700203450'"),

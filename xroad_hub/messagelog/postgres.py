@@ -573,7 +573,7 @@ class PostgresLogReader(SQLLogReader):
         try:
             return list(self._run(self._conn.fetch(_numbered(sql), *params)))
         except _DB_ERRORS as exc:
-            raise LogReadError(f"the message log in {self.name} cannot be read: {exc}") from exc
+            raise LogReadError(str(exc)) from exc
 
     def _stream(self, sql: str, params: Sequence[object] = ()) -> Iterator[Row]:
         assert self._conn is not None
@@ -582,7 +582,7 @@ class PostgresLogReader(SQLLogReader):
             while batch := self._run(cursor.fetch(BATCH)):
                 yield from batch
         except _DB_ERRORS as exc:
-            raise LogReadError(f"the message log in {self.name} cannot be read: {exc}") from exc
+            raise LogReadError(str(exc)) from exc
 
     def _tables(self) -> set[str]:
         rows = self._fetch(

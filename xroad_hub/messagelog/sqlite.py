@@ -357,7 +357,7 @@ class SQLiteLogReader(SQLLogReader):
         try:
             return list(self._conn.execute(sql, params).fetchall())
         except sqlite3.Error as exc:
-            raise LogReadError(f"{self.path} cannot be read: {exc}") from exc
+            raise LogReadError(str(exc)) from exc
 
     def _stream(self, sql: str, params: Sequence[object] = ()) -> Iterator[Row]:
         try:
@@ -365,7 +365,7 @@ class SQLiteLogReader(SQLLogReader):
             while batch := cur.fetchmany(BATCH):
                 yield from batch
         except sqlite3.Error as exc:
-            raise LogReadError(f"{self.path} cannot be read: {exc}") from exc
+            raise LogReadError(str(exc)) from exc
 
     def _tables(self) -> set[str]:
         rows = self._fetch("SELECT name FROM sqlite_master WHERE type = 'table'")
