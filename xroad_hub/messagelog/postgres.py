@@ -42,7 +42,7 @@ import orjson
 from xroad_hub.messagelog.groupcommit import GroupCommit, Pending
 from xroad_hub.messagelog.layout import COLUMNS as _COLUMNS
 from xroad_hub.messagelog.layout import SCHEMA_VERSION as _SCHEMA_VERSION
-from xroad_hub.messagelog.reader import BATCH, LogReadError, Row, SQLLogReader
+from xroad_hub.messagelog.reader import BATCH, LogReader, LogReadError, Row, SQLLogReader
 from xroad_hub.messagelog.record import LogRecord, sha256_hex
 from xroad_hub.messagelog.store import LogError
 from xroad_hub.protocol import merkle
@@ -488,7 +488,7 @@ class PostgresMessageLog:
         )
         return [dict(r) for r in rows]
 
-    def reader(self) -> PostgresLogReader:
+    def reader(self) -> LogReader:
         """A reader of what this log has committed (blocking: call it in a worker thread)."""
         return PostgresLogReader(self._dsn, schema=self.schema)
 

@@ -29,7 +29,7 @@ import orjson
 from xroad_hub.messagelog.groupcommit import GroupCommit, Pending
 from xroad_hub.messagelog.layout import COLUMNS as _COLUMNS
 from xroad_hub.messagelog.layout import SCHEMA_VERSION as _SCHEMA_VERSION
-from xroad_hub.messagelog.reader import BATCH, LogReadError, Row, SQLLogReader
+from xroad_hub.messagelog.reader import BATCH, LogReader, LogReadError, Row, SQLLogReader
 from xroad_hub.messagelog.record import LogRecord, sha256_hex
 from xroad_hub.messagelog.store import LogError
 from xroad_hub.privatefile import ensure_private
@@ -322,7 +322,7 @@ class SQLiteMessageLog:
         finally:
             self._db.row_factory = None
 
-    def reader(self) -> SQLiteLogReader:
+    def reader(self) -> LogReader:
         """A reader of what this log has committed (blocking: call it in a worker thread)."""
         return SQLiteLogReader(self.path)
 
