@@ -34,7 +34,6 @@ import json
 import os
 import platform
 import shutil
-import sqlite3
 import statistics
 import sys
 import tempfile
@@ -66,6 +65,9 @@ from xroad_hub.demo.harness import (
     start_demo_federation,
 )
 from xroad_hub.logs import configure_logging
+from xroad_hub.messagelog.audit import search_log
+from xroad_hub.messagelog.search import MAX_PAGE, SearchFilter
+from xroad_hub.messagelog.source import open_reader
 
 EXIT_FAILED, EXIT_TARGET_MISSED = 1, 3  # with benchproc's OK, NOT_STARTED, INTERRUPTED
 TARGET_RATIO = 1.5
@@ -159,16 +161,14 @@ def _hub_times(
 ) -> tuple[float, dict[str, float]]:
     """From BMA's message log (read-only): the window of the case's own exchanges and the
     duration of each single fetch (``singles``: type -> message id)."""
-    conn = sqlite3.connect(f"file:{log_path}?mode=ro", uri=True)
-    try:
-        rows = conn.execute(
-            "SELECT message_id, started_at, finished_at FROM exchange"
-            " WHERE issue = ? AND role = 'client'",
-            (case_no,),
-        ).fetchall()
-    finally:
-        conn.close()
-    by_id = {r[0]: (float(r[1]), float(r[2])) for r in rows}
+    rows, after = [], -1
+    with open_reader(log_path) as reader:  # the auditors' read path, one snapshot
+        while after is not None:
+            page, after = search_log(
+                reader, SearchFilter(issue=case_no, role="client"), limit=MAX_PAGE, after=after
+            )
+            rows += page
+    by_id = {r["message_id"]: (float(r["started_at"]), float(r["finished_at"])) for r in rows}
     single_ids = set(singles.values())
     concurrent = [v for k, v in by_id.items() if k not in single_ids]
     if len(concurrent) != len(CASE_TYPE.evidence) or not single_ids <= set(by_id):

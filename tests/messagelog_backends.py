@@ -16,9 +16,12 @@ backend go untested while the run stays green, so they fail instead.
 
 from __future__ import annotations
 
+import functools
 import os
+import sqlite3
 import uuid
 from collections.abc import AsyncIterator
+from contextlib import closing
 from pathlib import Path
 from typing import Any, NoReturn
 
@@ -27,7 +30,8 @@ import asyncpg
 import pytest
 
 from xroad_hub.messagelog import MessageLog, SQLiteMessageLog
-from xroad_hub.messagelog.postgres import PostgresMessageLog
+from xroad_hub.messagelog.postgres import PostgresLogReader, PostgresMessageLog
+from xroad_hub.messagelog.source import LogSource
 
 __all__ = [
     "PG_DSN",
@@ -100,6 +104,23 @@ class Backend:
         """Run ``sql`` (table names as in ``query``) behind the log's back."""
         raise NotImplementedError
 
+    async def tamper(self, sql: str, *args: object) -> None:
+        """Change rows as whoever holds the database could (``query``'s notation); on
+        PostgreSQL with foreign keys off, as its superuser could."""
+        raise NotImplementedError
+
+    async def load(self, sqlite_log: Path) -> None:
+        """Put a copy of the SQLite log ``sqlite_log`` (e.g. a real node's) on this storage."""
+        raise NotImplementedError
+
+    def source(self) -> LogSource:
+        """What the auditing functions take to read this storage's log."""
+        raise NotImplementedError
+
+    def cli_args(self) -> list[str]:
+        """How ``xroad-hub audit`` names this storage's log."""
+        raise NotImplementedError
+
     async def cleanup(self) -> None:
         # A failed assertion must not leave a writer task running (the process would hang
         # at exit); close() is idempotent.
@@ -129,6 +150,22 @@ class SQLiteBackend(Backend):
         async with aiosqlite.connect(self.path) as db:
             await db.executescript(self._sql(sql))
             await db.commit()
+
+    async def tamper(self, sql: str, *args: object) -> None:
+        async with aiosqlite.connect(self.path) as db:
+            await db.execute(self._sql(sql), args)
+            await db.commit()
+
+    async def load(self, sqlite_log: Path) -> None:
+        self.path.parent.mkdir(parents=True, exist_ok=True)
+        with closing(sqlite3.connect(sqlite_log)) as a, closing(sqlite3.connect(self.path)) as b:
+            a.backup(b)  # with what is still in a live log's WAL
+
+    def source(self) -> LogSource:
+        return self.path
+
+    def cli_args(self) -> list[str]:
+        return [str(self.path)]
 
 
 class PostgresBackend(Backend):
@@ -162,6 +199,38 @@ class PostgresBackend(Backend):
             await conn.execute(self._sql(sql))
         finally:
             await conn.close()
+
+    async def tamper(self, sql: str, *args: object) -> None:
+        conn = await asyncpg.connect(PG_DSN)
+        try:
+            await conn.execute("SET session_replication_role = replica")  # no FK checks
+            await conn.execute(self._sql(sql), *args)
+        finally:
+            await conn.close()
+
+    async def load(self, sqlite_log: Path) -> None:
+        log = self.make()
+        await log.open()  # creates the tables
+        await log.close()
+        src = sqlite3.connect(f"file:{sqlite_log}?mode=ro", uri=True)
+        conn = await asyncpg.connect(PG_DSN)
+        try:
+            for table in ("certificate", "exchange", "exchange_subject", "checkpoint",
+                          "globalconf"):  # fmt: skip
+                cur = src.execute(f"SELECT * FROM {table}")
+                columns = [d[0] for d in cur.description]
+                await conn.copy_records_to_table(
+                    table, schema_name=self.schema, columns=columns, records=cur.fetchall()
+                )
+        finally:
+            src.close()
+            await conn.close()
+
+    def source(self) -> LogSource:
+        return functools.partial(PostgresLogReader, PG_DSN, schema=self.schema)
+
+    def cli_args(self) -> list[str]:
+        return [PG_DSN, "--schema", self.schema]
 
     async def cleanup(self) -> None:
         await super().cleanup()

@@ -30,6 +30,8 @@ from xroad_hub.protocol.thaiid import is_valid
 if TYPE_CHECKING:
     from cryptography import x509
 
+    from xroad_hub.messagelog.reader import LogReader
+
 DEFAULT_CONFIG = Path("config/demo-federation.toml")
 DEFAULT_CERTS = Path("certs")
 DEFAULT_DATA = Path("var/demo")
@@ -178,7 +180,7 @@ def build_parser() -> argparse.ArgumentParser:
         "--witness (or --witness-checkpoint) the log is also compared with the witness's own "
         "latest checkpoint of the node, which catches a log rewritten with its checkpoints.",
     )
-    verify.add_argument("log", type=Path, help="the node's messagelog.sqlite")
+    _log_argument(verify, node=False)
     verify.add_argument(
         "--tree-only",
         action="store_true",
@@ -203,7 +205,7 @@ def build_parser() -> argparse.ArgumentParser:
     verify.add_argument(
         "--node",
         help="the node whose log this is, e.g. TH/GOV/DBD/hub1 (default: the one its "
-        "checkpoints name)",
+        "checkpoints name); with a PostgreSQL log, also where its schema is",
     )
     verify.add_argument(
         "--grace",
@@ -223,7 +225,7 @@ def build_parser() -> argparse.ArgumentParser:
         "exchange's client or provider.",
     )
     export.add_argument("message_id", metavar="MESSAGE-ID", help="the exchange's X-Road-Id")
-    export.add_argument("log", type=Path, help="the node's messagelog.sqlite")
+    _log_argument(export)
     export.add_argument("-o", "--output", type=Path, help="bundle file (default: MESSAGE-ID.json)")
     export.add_argument("--leaf-index", type=int, help="which entry, if the id occurs twice")
     bundle = audit_sub.add_parser(
@@ -240,7 +242,7 @@ def build_parser() -> argparse.ArgumentParser:
         description="All filters combine (AND). Times are ISO 8601. Pages follow leaf order: "
         "pass the printed --after value to get the next page.",
     )
-    search.add_argument("log", type=Path, help="the node's messagelog.sqlite")
+    _log_argument(search)
     for name in ("client", "service", "user-id", "issue", "message-id", "subject", "role",
                  "error-type"):  # fmt: skip
         search.add_argument(f"--{name}")
@@ -251,6 +253,31 @@ def build_parser() -> argparse.ArgumentParser:
     search.add_argument("--after", type=int, default=-1, help="leaf index the page starts after")
     add_node_commands(sub)
     return parser
+
+
+def _log_argument(parser: argparse.ArgumentParser, *, node: bool = True) -> None:
+    parser.add_argument(
+        "log",
+        help="the node's messagelog.sqlite, or its PostgreSQL database (postgresql://...; "
+        "the node's schema is found from --node or --schema, or is the database's only log)",
+    )
+    parser.add_argument(
+        "--schema", help="with a PostgreSQL log: the schema holding it (e.g. node_th_gov_dbd_hub1)"
+    )
+    if node:  # ``audit verify`` has a --node of its own, which picks the schema too
+        parser.add_argument("--node", help="with a PostgreSQL log: the node whose log to read")
+
+
+def _open_log(args: argparse.Namespace) -> LogReader | None:
+    """The reader of the log the user named, or None after saying what to pass instead."""
+    from xroad_hub.messagelog.reader import LogReadError
+    from xroad_hub.messagelog.source import open_reader
+
+    try:
+        return open_reader(args.log, schema=args.schema, node=args.node)
+    except LogReadError as exc:
+        print(f"xroad-hub: {exc}", file=sys.stderr)
+        return None
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -472,6 +499,17 @@ def _cell(value: object, width: int) -> str:
 
 
 def _audit_verify(args: argparse.Namespace) -> int:
+    reader = _open_log(args)
+    if reader is None:
+        return 2
+    with reader:
+        roots = _load_root_ca(args.root_ca)
+        if roots is None:
+            return 2
+        return _verify_with(args, reader, roots)
+
+
+def _verify_with(args: argparse.Namespace, reader: LogReader, roots: list[x509.Certificate]) -> int:
     import base64
 
     from xroad_hub.messagelog.audit import (
@@ -482,14 +520,7 @@ def _audit_verify(args: argparse.Namespace) -> int:
         verify_log,
     )
 
-    if not args.log.is_file():
-        print(f"xroad-hub: no log file at {args.log}; name a node's messagelog.sqlite",
-              file=sys.stderr)  # fmt: skip
-        return 2
-    roots = _load_root_ca(args.root_ca)
-    if roots is None:
-        return 2
-    node = args.node or log_node(args.log)
+    node = args.node or log_node(reader)
     witnesses = []
     try:
         witnesses += [load_witness_checkpoint(f) for f in args.witness_checkpoint]
@@ -516,7 +547,7 @@ def _audit_verify(args: argparse.Namespace) -> int:
             print(f"\r{done}/{total} entries checked", end="", file=sys.stderr, flush=True)
 
     report = verify_log(
-        args.log, roots, progress=progress, entries=not args.tree_only,
+        reader, roots, progress=progress, entries=not args.tree_only,
         witnesses=witnesses, node=args.node, grace=args.grace,
     )  # fmt: skip
     if show:
@@ -543,27 +574,26 @@ def _audit_verify(args: argparse.Namespace) -> int:
 
 
 def _audit_search(args: argparse.Namespace) -> int:
-    import sqlite3
-
     from xroad_hub.messagelog.audit import iso_utc, search_log
+    from xroad_hub.messagelog.reader import LogReadError
     from xroad_hub.messagelog.search import SearchFilter
 
-    if not args.log.is_file():
-        print(f"xroad-hub: no log file at {args.log}; name a node's messagelog.sqlite",
-              file=sys.stderr)  # fmt: skip
-        return 2
     query = SearchFilter(
         since=args.since, until=args.until, client=args.client, service=args.service,
         user_id=args.user_id, issue=args.issue, message_id=args.message_id,
         status=args.status, role=args.role, error_type=args.error_type, subject=args.subject,
     )  # fmt: skip
+    reader = _open_log(args)
+    if reader is None:
+        return 2
     try:
-        rows, next_after = search_log(args.log, query, limit=args.limit, after=args.after)
+        with reader:
+            rows, next_after = search_log(reader, query, limit=args.limit, after=args.after)
     except (ValueError, OSError) as exc:
         print(f"xroad-hub: {exc}", file=sys.stderr)
         return 2
-    except sqlite3.Error as exc:
-        print(f"xroad-hub: {args.log} cannot be searched ({exc}); is it a node's "
+    except LogReadError as exc:
+        print(f"xroad-hub: {reader.name} cannot be searched ({exc}); is it a node's "
               "messagelog.sqlite?", file=sys.stderr)  # fmt: skip
         return 2
     for row in rows:
@@ -585,8 +615,12 @@ def _audit_export(args: argparse.Namespace) -> int:
     from xroad_hub.messagelog.evidence import EvidenceError, export_bundle
     from xroad_hub.privatefile import write_private
 
+    reader = _open_log(args)
+    if reader is None:
+        return 2
     try:
-        data = export_bundle(args.log, args.message_id, args.leaf_index)
+        with reader:
+            data = export_bundle(reader, args.message_id, args.leaf_index)
     except (EvidenceError, OSError) as exc:
         print(f"xroad-hub: {exc}", file=sys.stderr)
         return 2

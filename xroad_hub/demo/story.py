@@ -13,7 +13,6 @@ from __future__ import annotations
 
 import asyncio
 import shutil
-import sqlite3
 import subprocess
 import time
 import uuid
@@ -38,6 +37,7 @@ from xroad_hub.demo.harness import (
 )
 from xroad_hub.errors import HubError
 from xroad_hub.messagelog.audit import AuditReport, verify_log
+from xroad_hub.messagelog.source import open_reader
 
 __all__ = ["StoryFailure", "play"]
 
@@ -506,15 +506,11 @@ def _note_body(note: str) -> str:
 
 
 def _latest_timestamped(path: Path) -> tuple[str, bytes] | None:
-    conn = sqlite3.connect(f"file:{path}?mode=ro", uri=True)
-    try:
-        row = conn.execute(
-            "SELECT note, timestamp_token FROM checkpoint WHERE timestamp_token IS NOT NULL "
-            "ORDER BY size DESC LIMIT 1"
-        ).fetchone()
-    finally:
-        conn.close()
-    return None if row is None else (_note_body(str(row[0])), bytes(row[1]))
+    with open_reader(path) as reader:
+        stamped = [cp for cp in reader.checkpoints() if cp["timestamp_token"] is not None]
+    if not stamped:
+        return None
+    return _note_body(str(stamped[-1]["note"])), bytes(stamped[-1]["timestamp_token"])
 
 
 async def _openssl(say: _Narrator, demo: DemoFederation) -> None:

@@ -193,7 +193,7 @@ def write_federation(path: Path, spec: TestFederationSpec) -> Path:
         "[[node]]",
         'id = "TH/GOV/DBD/hub1"',
         f'peer_listen = "{_addr()}"',
-        f'audit_listen = "{_addr()}"' if spec.provider_log_dsn is None else "",
+        f'audit_listen = "{_addr()}"',
         f'messagelog_dsn = "{spec.provider_log_dsn}"' if spec.provider_log_dsn else "",
         *common,
         *_settings(spec, "TH/GOV/DBD/hub1"),

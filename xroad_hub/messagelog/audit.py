@@ -28,7 +28,6 @@ from __future__ import annotations
 
 import base64
 import hashlib
-import sqlite3
 import time
 from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass, field
@@ -45,8 +44,10 @@ from cryptography.hazmat.primitives.asymmetric import ed25519
 from cryptography.x509.oid import NameOID
 
 from xroad_hub.errors import ProtocolError
+from xroad_hub.messagelog.reader import LogReader, LogReadError, Row, as_dict
 from xroad_hub.messagelog.record import sha256_hex
-from xroad_hub.messagelog.search import SearchFilter, search_sql
+from xroad_hub.messagelog.search import SearchFilter
+from xroad_hub.messagelog.source import LogSource, reading
 from xroad_hub.protocol import merkle
 from xroad_hub.protocol.checkpoint import Checkpoint, CheckpointError, NoteVerifier, open_note
 from xroad_hub.protocol.identifiers import parse_client_id, parse_node_id, parse_service_id
@@ -139,28 +140,14 @@ class AuditReport:
 DEFAULT_GRACE = 3600.0
 
 
-def _rows(conn: sqlite3.Connection, columns: str) -> Iterator[sqlite3.Row]:
-    cur = conn.execute(f"SELECT {columns} FROM exchange ORDER BY leaf_index")  # fixed names
-    while batch := cur.fetchmany(4096):
-        yield from batch
-
-
 class _SubjectIndex:
     """The subject index (what the citizens' tracker and ``search --subject`` read), walked
     beside the leaves: each entry's rows must be exactly the subjects its leaf names. The
     index is derived data (a trigger fills it), so nothing signed covers it but the leaves."""
 
-    def __init__(self, conn: sqlite3.Connection) -> None:
-        self._rows = self._read(conn)
+    def __init__(self, reader: LogReader) -> None:
+        self._rows = reader.subject_index()
         self._next: tuple[Any, Any] | None = next(self._rows, None)
-
-    @staticmethod
-    def _read(conn: sqlite3.Connection) -> Iterator[tuple[Any, Any]]:
-        cur = conn.execute(
-            "SELECT leaf_index, subject FROM exchange_subject ORDER BY leaf_index, subject"
-        )
-        while batch := cur.fetchmany(4096):
-            yield from ((r[0], r[1]) for r in batch)
 
     def check(self, index: int, leaf: dict[str, Any] | None) -> Iterator[str]:
         actual: set[Any] = set()
@@ -186,8 +173,8 @@ class _SubjectIndex:
             )
 
 
-# What each column must hold, as SQLite hands it over (its columns take any type): a value of
-# another type is tampering, reported as such rather than crashing the check.
+# What each column must hold, as the backend hands it over (SQLite's columns take any
+# type): a value of another type is tampering, reported as such rather than crashing.
 _NUMBER = (int, float)
 _TYPES: dict[str, tuple[tuple[type, ...], bool]] = {
     "leaf_index": ((int,), False), "message_id": ((str,), False),
@@ -222,10 +209,8 @@ def _type_checks(
     return checks
 
 
-def _wrong_types(
-    row: sqlite3.Row, types: dict[str, tuple[tuple[type, ...], bool]]
-) -> Iterator[str]:
-    for name in row.keys():  # noqa: SIM118 (sqlite3.Row is not a mapping)
+def _wrong_types(row: Row, types: dict[str, tuple[tuple[type, ...], bool]]) -> Iterator[str]:
+    for name in row.keys():  # noqa: SIM118 (rows are not mappings)
         expected, nullable = types.get(name, ((object,), True))
         value = row[name]
         if value is None and nullable:
@@ -247,7 +232,7 @@ def iso_utc(epoch: float) -> str:
 
 
 def verify_log(
-    path: Path,
+    log: LogSource,
     trusted_roots: list[x509.Certificate],
     *,
     progress: Callable[[int, int], None] | None = None,
@@ -257,7 +242,8 @@ def verify_log(
     grace: float = DEFAULT_GRACE,
     now: float | None = None,
 ) -> AuditReport:
-    """Verify the log at ``path`` (opened read-only); never modifies it.
+    """Verify the log ``log`` (a file, a PostgreSQL DSN or an open reader); never modifies
+    it.
 
     ``entries=False`` checks only the sequence, the tree, the subject index and the
     checkpoints (signatures, witnesses, timestamps): an order of magnitude faster, and
@@ -272,22 +258,19 @@ def verify_log(
     checkpoint covers that finished more than ``grace`` seconds before ``now``."""
     report = AuditReport()
     try:
-        conn = sqlite3.connect(f"file:{path}?mode=ro", uri=True)
-    except sqlite3.Error as exc:
-        report.findings.append(Finding(None, f"cannot open {path}: {exc}"))
-        return report
-    conn.row_factory = sqlite3.Row
-    try:
-        _verify(conn, report, trusted_roots, progress, entries, witnesses, node, grace, now)
-    except sqlite3.Error as exc:
-        report.findings.append(Finding(None, f"the log cannot be read: {exc}"))
-    finally:
-        conn.close()
+        with reading(log) as reader:
+            try:
+                _verify(reader, report, trusted_roots, progress, entries, witnesses, node,
+                        grace, now)  # fmt: skip
+            except LogReadError as exc:
+                report.findings.append(Finding(None, f"the log cannot be read: {exc}"))
+    except LogReadError as exc:  # opening it
+        report.findings.append(Finding(None, str(exc)))
     return report
 
 
 def _verify(
-    conn: sqlite3.Connection,
+    reader: LogReader,
     report: AuditReport,
     trusted_roots: list[x509.Certificate],
     progress: Callable[[int, int], None] | None,
@@ -297,18 +280,18 @@ def _verify(
     grace: float,
     now: float | None,
 ) -> None:
-    total = conn.execute("SELECT COUNT(*) FROM exchange").fetchone()[0]
+    total = reader.count()
     certs: dict[str, bytes] = {}
-    for r in conn.execute("SELECT sha256, der FROM certificate"):
-        if isinstance(r["sha256"], str) and isinstance(r["der"], bytes):
-            certs[r["sha256"]] = r["der"]
+    for digest, der in reader.certificates():
+        if isinstance(digest, str) and isinstance(der, bytes):
+            certs[digest] = der
         else:
             report.findings.append(
-                Finding(None, f"certificate {_short(r['sha256'])}: not a digest and DER bytes")
+                Finding(None, f"certificate {_short(digest)}: not a digest and DER bytes")
             )
     verifier = SignatureVerifier(trusted_roots)
     checkpoints = []
-    for cp in conn.execute("SELECT * FROM checkpoint ORDER BY size"):
+    for cp in reader.checkpoints():
         wrong = list(_wrong_types(cp, _CHECKPOINT_TYPES))
         for problem in wrong:
             report.findings.append(Finding(None, f"checkpoint at size {cp['size']!r}: {problem}"))
@@ -324,11 +307,11 @@ def _verify(
     # no witnessed checkpoint covers may start.
     finished: dict[int, float] = {}
     tree = merkle.CompactRange()
-    subject_index = _SubjectIndex(conn)
+    subject_index = _SubjectIndex(reader)
     complete = True
     checks: list[tuple[int, frozenset[type]]] | None = None
-    columns = "*" if entries else "leaf_index, leaf"
-    for expected, row in enumerate(_rows(conn, columns)):
+    columns = None if entries else ("leaf_index", "leaf")
+    for expected, row in enumerate(reader.entries(columns)):
         index = row["leaf_index"]
         if not isinstance(index, int) or index != expected:
             problem = (
@@ -340,7 +323,7 @@ def _verify(
             complete = False
             break  # every later index is off too; the first gap is what matters
         if checks is None:
-            checks = _type_checks(row.keys(), _TYPES)
+            checks = _type_checks(list(row.keys()), _TYPES)
         wrong = [] if all(type(row[i]) in ok for i, ok in checks) else [*_wrong_types(row, _TYPES)]
         for problem in wrong:
             report.findings.append(Finding(index, problem))
@@ -441,17 +424,15 @@ def _witness_document(data: bytes, source: str) -> WitnessCheckpoint | None:
         ) from exc
 
 
-def log_node(path: Path) -> str | None:
-    """The node whose checkpoints the log at ``path`` holds, if they name exactly one: what
-    to ask the witness about when the auditor does not say (verification then checks that
-    every checkpoint is that node's)."""
-    conn = sqlite3.connect(f"file:{path}?mode=ro", uri=True)
+def log_node(log: LogSource) -> str | None:
+    """The node whose checkpoints the log holds, if they name exactly one: what to ask the
+    witness about when the auditor does not say (verification then checks that every
+    checkpoint is that node's)."""
     try:
-        notes = [r[0] for r in conn.execute("SELECT DISTINCT note FROM checkpoint")]
-    except sqlite3.Error:
+        with reading(log) as reader:
+            notes = [cp["note"] for cp in reader.checkpoints()]
+    except LogReadError:
         return None
-    finally:
-        conn.close()
     origins = {_origin(n) if isinstance(n, str) else None for n in notes}
     if len(origins) != 1 or None in origins:
         return None
@@ -549,9 +530,7 @@ def _compare_with_witness(
     return None
 
 
-def _check_entry(
-    row: sqlite3.Row, certs: dict[str, bytes], verifier: SignatureVerifier
-) -> Iterator[str]:
+def _check_entry(row: Row, certs: dict[str, bytes], verifier: SignatureVerifier) -> Iterator[str]:
     raw = bytes(row["leaf"])
     try:
         leaf: dict[str, Any] = orjson.loads(raw)
@@ -587,7 +566,7 @@ def _check_entry(
 
 
 def _check_signatures(
-    row: sqlite3.Row, certs: dict[str, bytes], verifier: SignatureVerifier
+    row: Row, certs: dict[str, bytes], verifier: SignatureVerifier
 ) -> Iterator[str]:
     try:
         leaf = orjson.loads(bytes(row["leaf"]))
@@ -710,7 +689,7 @@ def witness_name(origin: str) -> str:
 
 
 def _check_checkpoint(
-    cp: sqlite3.Row,
+    cp: Row,
     certs: dict[str, bytes],
     trusted_roots: list[x509.Certificate],
     roots_at: dict[int, bytes],
@@ -775,16 +754,12 @@ def _issued_by(cert: x509.Certificate, ca: x509.Certificate) -> bool:
 
 
 def search_log(
-    path: Path, query: SearchFilter, *, limit: int = 100, after: int = -1
+    log: LogSource, query: SearchFilter, *, limit: int = 100, after: int = -1
 ) -> tuple[list[dict[str, Any]], int | None]:
-    """One page of matching entries (without bodies) and the ``after`` of the next page."""
-    sql, params = search_sql(query, limit=limit, after=after)
-    conn = sqlite3.connect(f"file:{path}?mode=ro", uri=True)
-    conn.row_factory = sqlite3.Row
-    try:
-        rows = [dict(r) for r in conn.execute(sql, params)]
-    finally:
-        conn.close()
+    """One page of matching entries (without bodies) and the ``after`` of the next page.
+    Raises ValueError for a bad page size, LogReadError if the log cannot be read."""
+    with reading(log) as reader:
+        rows = [as_dict(r) for r in reader.search(query, limit=limit, after=after)]
     for row in rows:
         row["subjects"] = orjson.loads(row["subjects"])
     return rows, (rows[-1]["leaf_index"] if len(rows) == limit else None)

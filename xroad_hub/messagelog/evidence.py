@@ -23,10 +23,8 @@ from __future__ import annotations
 
 import base64
 import hashlib
-import sqlite3
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
-from pathlib import Path
 from typing import Any
 
 import orjson
@@ -37,6 +35,8 @@ from cryptography.x509.oid import NameOID
 
 from xroad_hub.errors import HubError, ProtocolError
 from xroad_hub.messagelog.audit import check_signed_part, verify_node_checkpoint, witness_name
+from xroad_hub.messagelog.reader import LogReader, LogReadError, Row
+from xroad_hub.messagelog.source import LogSource, reading
 from xroad_hub.protocol import merkle
 from xroad_hub.protocol.checkpoint import Checkpoint, CheckpointError, NoteVerifier, open_note
 from xroad_hub.protocol.globalconf import (
@@ -107,25 +107,20 @@ def _unb64(value: object) -> bytes | None:
     return None if value is None else base64.b64decode(str(value), validate=True)
 
 
-def export_bundle(log_path: Path, message_id: str, leaf_index: int | None = None) -> bytes:
-    """The evidence bundle of the exchange ``message_id`` in the log at ``log_path``."""
-    conn = sqlite3.connect(f"file:{log_path}?mode=ro", uri=True)
-    conn.row_factory = sqlite3.Row
+def export_bundle(log: LogSource, message_id: str, leaf_index: int | None = None) -> bytes:
+    """The evidence bundle of the exchange ``message_id`` in the log ``log`` (a file, a
+    PostgreSQL DSN or an open reader)."""
     try:
-        row = _exchange_row(conn, log_path, message_id, leaf_index)
-        index = int(row["leaf_index"])
-        cp = _proving_checkpoint(conn, index)
-        size = int(cp["size"])
-        leaves = [
-            merkle.leaf_hash(bytes(r[0]))
-            for r in conn.execute(
-                "SELECT leaf FROM exchange WHERE leaf_index < ? ORDER BY leaf_index", (size,)
-            )
-        ]
-        conf = _globalconf_row(conn, row)
-        certs = {r["sha256"]: bytes(r["der"]) for r in conn.execute("SELECT * FROM certificate")}
-    finally:
-        conn.close()
+        with reading(log) as reader:
+            row = _exchange_row(reader, message_id, leaf_index)
+            index = int(row["leaf_index"])
+            cp = _proving_checkpoint(reader, index)
+            size = int(cp["size"])
+            leaves = reader.leaf_hashes(size)
+            conf = _globalconf_row(reader, row)
+            certs = {digest: bytes(der) for digest, der in reader.certificates()}
+    except LogReadError as exc:
+        raise EvidenceError(str(exc)) from exc
     if len(leaves) != size:
         raise EvidenceError("the log holds fewer entries than its checkpoint (truncated)")
 
@@ -164,38 +159,25 @@ def export_bundle(log_path: Path, message_id: str, leaf_index: int | None = None
     return orjson.dumps(bundle, option=orjson.OPT_INDENT_2)
 
 
-def _exchange_row(
-    conn: sqlite3.Connection, log_path: Path, message_id: str, leaf_index: int | None
-) -> sqlite3.Row:
-    rows = conn.execute(
-        "SELECT * FROM exchange WHERE message_id = ? ORDER BY leaf_index", (message_id,)
-    ).fetchall()
+def _exchange_row(reader: LogReader, message_id: str, leaf_index: int | None) -> Row:
+    rows = reader.entries_of(message_id)
     if leaf_index is not None:
         rows = [r for r in rows if r["leaf_index"] == leaf_index]
     if not rows:
-        raise EvidenceError(f"no exchange {message_id!r} in {log_path}")
+        raise EvidenceError(f"no exchange {message_id!r} in {reader.name}")
     if len(rows) > 1:
         found = ", ".join(str(r["leaf_index"]) for r in rows)
         raise EvidenceError(f"{message_id!r} is logged at entries {found}; pick one")
-    row: sqlite3.Row = rows[0]
-    return row
+    return rows[0]
 
 
-def _proving_checkpoint(conn: sqlite3.Connection, index: int) -> sqlite3.Row:
+def _proving_checkpoint(reader: LogReader, index: int) -> Row:
     """The first checkpoint covering entry ``index`` that the witness co-signed and the
     timestamp authority stamped: the earliest gives the tightest bound on the time."""
-    cp: sqlite3.Row | None = conn.execute(
-        "SELECT * FROM checkpoint WHERE size > ? AND witness_cert_sha256 IS NOT NULL"
-        " AND timestamp_token IS NOT NULL ORDER BY size LIMIT 1",
-        (index,),
-    ).fetchone()
+    cp = reader.proving_checkpoint(index)
     if cp is not None:
         return cp
-    covering, witnessed, stamped = conn.execute(
-        "SELECT COUNT(*), COUNT(witness_cert_sha256), COUNT(timestamp_token) FROM checkpoint"
-        " WHERE size > ?",
-        (index,),
-    ).fetchone()
+    covering, witnessed, stamped = reader.covering_checkpoints(index)
     if not covering:
         raise EvidenceError(
             f"no checkpoint covers entry {index} yet; wait for the node's next checkpoint"
@@ -208,20 +190,15 @@ def _proving_checkpoint(conn: sqlite3.Connection, index: int) -> sqlite3.Row:
     )
 
 
-def _globalconf_row(conn: sqlite3.Connection, row: sqlite3.Row) -> sqlite3.Row:
+def _globalconf_row(reader: LogReader, row: Row) -> Row:
     """The signed global configuration the node kept that was in force when the exchange's
     request was signed (and issued before the node logged it)."""
     try:
         created = float(orjson.loads(bytes(row["request_meta"]))["created"])
-        conf: sqlite3.Row | None = conn.execute(
-            "SELECT * FROM globalconf WHERE generated_at <= ? AND expires_at > ?"
-            " ORDER BY generated_at DESC LIMIT 1",
-            (float(row["finished_at"]), created),
-        ).fetchone()
+        logged = float(row["finished_at"])
     except (orjson.JSONDecodeError, KeyError, TypeError, ValueError):
         raise EvidenceError("the logged request is malformed (no signing time)") from None
-    except sqlite3.OperationalError:  # a log written before nodes kept configurations
-        conf = None
+    conf = reader.globalconf_in_force(logged, created)
     if conf is None:
         raise EvidenceError(
             f"the log holds no signed global configuration in force when entry "

@@ -29,10 +29,12 @@ written against one reads the other. What PostgreSQL adds:
 
 from __future__ import annotations
 
+import asyncio
+import functools
 import hashlib
 import re
-from collections.abc import Sequence
-from typing import Any
+from collections.abc import Coroutine, Iterator, Sequence
+from typing import Any, TypeVar
 
 import asyncpg
 import orjson
@@ -40,11 +42,19 @@ import orjson
 from xroad_hub.messagelog.groupcommit import GroupCommit, Pending
 from xroad_hub.messagelog.layout import COLUMNS as _COLUMNS
 from xroad_hub.messagelog.layout import SCHEMA_VERSION as _SCHEMA_VERSION
+from xroad_hub.messagelog.reader import BATCH, LogReader, LogReadError, Row, SQLLogReader
 from xroad_hub.messagelog.record import LogRecord, sha256_hex
 from xroad_hub.messagelog.store import LogError
 from xroad_hub.protocol import merkle
 
-__all__ = ["PostgresMessageLog", "validate_schema_name"]
+__all__ = [
+    "PostgresLogReader",
+    "PostgresMessageLog",
+    "is_dsn",
+    "log_schemas",
+    "schema_for_node",
+    "validate_schema_name",
+]
 
 
 # Lower-case only: PostgreSQL folds unquoted names to lower case, so "Node1" and "node1"
@@ -67,6 +77,17 @@ def validate_schema_name(schema: str) -> str:
             "and _, not starting with a digit or pg_ (e.g. node_th_gov_dbd_hub1)"
         )
     return schema
+
+
+def schema_for_node(node_id: str) -> str:
+    """The schema a node keeps its log in: one per node, so that several share a database
+    (``TH/GOV/DBD/hub1`` -> ``node_th_gov_dbd_hub1``)."""
+    return validate_schema_name(("node_" + re.sub(r"[^a-z0-9]+", "_", node_id.lower()))[:63])
+
+
+def is_dsn(target: str) -> bool:
+    """True if ``target`` names a PostgreSQL database rather than a log file."""
+    return target.startswith(("postgresql://", "postgres://"))
 
 
 def _ddl(s: str) -> str:
@@ -471,6 +492,10 @@ class PostgresMessageLog:
         )
         return [dict(r) for r in rows]
 
+    def reader(self) -> LogReader:
+        """A reader of what this log has committed (blocking: call it in a worker thread)."""
+        return PostgresLogReader(self._dsn, schema=self.schema)
+
     async def close(self) -> None:
         """Write everything already accepted, then close (which releases the writer lock)."""
         if not await self._commits.stop():
@@ -483,3 +508,123 @@ class PostgresMessageLog:
             await pool.close()
         if conn is not None and not conn.is_closed():
             await conn.close()  # ends the session, so the advisory lock goes with it
+
+
+_T = TypeVar("_T")
+_DB_ERRORS = (OSError, asyncpg.PostgresError, asyncpg.InterfaceError, TimeoutError)
+
+
+@functools.cache
+def _numbered(sql: str) -> str:
+    """SQLite's ``?`` parameters as PostgreSQL's ``$1, $2, ...`` (the reader's SQL holds no
+    other question mark)."""
+    parts = sql.split("?")
+    return parts[0] + "".join(f"${i}{p}" for i, p in enumerate(parts[1:], start=1))
+
+
+class PostgresLogReader(SQLLogReader):
+    """A node's log in a PostgreSQL schema, read in one REPEATABLE READ, READ ONLY
+    transaction (see reader.py). asyncpg runs on an event loop this reader owns, so it is
+    used from plain threads; on a thread that runs a loop already it refuses to start."""
+
+    def __init__(self, dsn: str, *, schema: str) -> None:
+        self.schema = validate_schema_name(schema)
+        self.name = f"schema {self.schema!r}"
+        self._loop = asyncio.new_event_loop()
+        self._conn: asyncpg.Connection | None = None
+        try:
+            self._conn = self._run(
+                asyncpg.connect(
+                    dsn,
+                    timeout=10,
+                    # Unqualified table names are this log's; pg_catalog is searched first.
+                    server_settings={
+                        "search_path": self.schema,
+                        "application_name": f"xroad-hub audit {self.schema}"[:63],
+                    },
+                )
+            )
+            self._run(self._conn.execute("BEGIN ISOLATION LEVEL REPEATABLE READ READ ONLY"))
+        except _DB_ERRORS as exc:
+            self.close()
+            raise LogReadError(f"cannot open the message log in {self.name}: {exc}") from exc
+        except BaseException:
+            self.close()
+            raise
+        if "exchange" not in self._tables():
+            self.close()
+            raise LogReadError(
+                f"{self.name} holds no message log; name the node's schema (its logs: "
+                "node_ and the node id in lower case, e.g. node_th_gov_dbd_hub1)"
+            )
+
+    def __repr__(self) -> str:  # never the DSN: it may hold a password
+        return f"PostgresLogReader(schema={self.schema!r})"
+
+    def _run(self, coro: Coroutine[Any, Any, _T]) -> _T:
+        try:
+            asyncio.get_running_loop()
+        except RuntimeError:  # no loop in this thread: the reader may block it
+            return self._loop.run_until_complete(coro)
+        coro.close()
+        raise RuntimeError(
+            "a message log reader blocks while it reads: use it in a worker thread "
+            "(asyncio.to_thread), never on an event loop"
+        )
+
+    def _fetch(self, sql: str, params: Sequence[object] = ()) -> list[Row]:
+        assert self._conn is not None
+        try:
+            return list(self._run(self._conn.fetch(_numbered(sql), *params)))
+        except _DB_ERRORS as exc:
+            raise LogReadError(str(exc)) from exc
+
+    def _stream(self, sql: str, params: Sequence[object] = ()) -> Iterator[Row]:
+        assert self._conn is not None
+        try:
+            cursor = self._run(self._conn.cursor(_numbered(sql), *params))
+            while batch := self._run(cursor.fetch(BATCH)):
+                yield from batch
+        except _DB_ERRORS as exc:
+            raise LogReadError(str(exc)) from exc
+
+    def _tables(self) -> set[str]:
+        rows = self._fetch(
+            "SELECT table_name FROM information_schema.tables WHERE table_schema = ?",
+            (self.schema,),
+        )
+        return {str(r[0]) for r in rows}
+
+    def close(self) -> None:
+        conn, self._conn = self._conn, None
+        try:
+            if conn is not None and not conn.is_closed() and not self._loop.is_closed():
+                self._run(conn.close())  # ends the read-only transaction with the session
+        finally:
+            if not self._loop.is_running():
+                self._loop.close()
+
+
+async def _schemas(dsn: str) -> list[str]:
+    conn = await asyncpg.connect(dsn, timeout=10)
+    try:
+        rows = await conn.fetch(
+            "SELECT table_schema FROM information_schema.tables"
+            " WHERE table_name = 'exchange' AND table_schema IN (SELECT table_schema"
+            " FROM information_schema.tables WHERE table_name = 'schema_version')"
+            " ORDER BY table_schema"
+        )
+    finally:
+        await conn.close()
+    return [str(r[0]) for r in rows]
+
+
+def log_schemas(dsn: str) -> list[str]:
+    """The schemas of the database at ``dsn`` that hold a message log (blocking)."""
+    loop = asyncio.new_event_loop()
+    try:
+        return loop.run_until_complete(_schemas(dsn))
+    except _DB_ERRORS as exc:
+        raise LogReadError(f"cannot list the message logs in the database: {exc}") from exc
+    finally:
+        loop.close()

@@ -19,7 +19,8 @@ from __future__ import annotations
 import asyncio
 import functools
 import hashlib
-from collections.abc import Sequence
+import sqlite3
+from collections.abc import Iterator, Sequence
 from pathlib import Path
 
 import aiosqlite
@@ -28,12 +29,13 @@ import orjson
 from xroad_hub.messagelog.groupcommit import GroupCommit, Pending
 from xroad_hub.messagelog.layout import COLUMNS as _COLUMNS
 from xroad_hub.messagelog.layout import SCHEMA_VERSION as _SCHEMA_VERSION
+from xroad_hub.messagelog.reader import BATCH, LogReader, LogReadError, Row, SQLLogReader
 from xroad_hub.messagelog.record import LogRecord, sha256_hex
 from xroad_hub.messagelog.store import LogError
 from xroad_hub.privatefile import ensure_private
 from xroad_hub.protocol import merkle
 
-__all__ = ["SQLiteMessageLog"]
+__all__ = ["SQLiteLogReader", "SQLiteMessageLog"]
 
 
 _SCHEMA = """
@@ -324,9 +326,54 @@ class SQLiteMessageLog:
         finally:
             self._db.row_factory = None
 
+    def reader(self) -> LogReader:
+        """A reader of what this log has committed (blocking: call it in a worker thread)."""
+        return SQLiteLogReader(self.path)
+
     async def close(self) -> None:
         """Write everything already accepted, then close."""
         if not await self._commits.stop():
             return
         if self._db is not None:
             await self._db.close()
+
+
+class SQLiteLogReader(SQLLogReader):
+    """A message log file, opened read-only (see reader.py): nothing it does can change the
+    evidence, even on a node that is still writing the file."""
+
+    def __init__(self, path: Path) -> None:
+        self.path = path
+        self.name = str(path)
+        try:
+            self._conn = sqlite3.connect(f"file:{path}?mode=ro", uri=True)
+        except sqlite3.Error as exc:
+            raise LogReadError(f"cannot open {path}: {exc}") from exc
+        self._conn.row_factory = sqlite3.Row
+        try:
+            # One read transaction: every query sees the log as it was at the first one.
+            self._conn.execute("BEGIN")
+        except sqlite3.Error as exc:
+            self._conn.close()
+            raise LogReadError(f"cannot open {path}: {exc}") from exc
+
+    def _fetch(self, sql: str, params: Sequence[object] = ()) -> list[Row]:
+        try:
+            return list(self._conn.execute(sql, params).fetchall())
+        except sqlite3.Error as exc:
+            raise LogReadError(str(exc)) from exc
+
+    def _stream(self, sql: str, params: Sequence[object] = ()) -> Iterator[Row]:
+        try:
+            cur = self._conn.execute(sql, params)
+            while batch := cur.fetchmany(BATCH):
+                yield from batch
+        except sqlite3.Error as exc:
+            raise LogReadError(str(exc)) from exc
+
+    def _tables(self) -> set[str]:
+        rows = self._fetch("SELECT name FROM sqlite_master WHERE type = 'table'")
+        return {str(r[0]) for r in rows}
+
+    def close(self) -> None:
+        self._conn.close()

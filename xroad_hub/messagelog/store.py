@@ -6,6 +6,7 @@ from collections.abc import Sequence
 from typing import Protocol
 
 from xroad_hub.errors import HubError
+from xroad_hub.messagelog.reader import LogReader
 from xroad_hub.messagelog.record import LogRecord
 
 __all__ = ["LogError", "MessageLog"]
@@ -55,5 +56,10 @@ class MessageLog(Protocol):
     async def leaves(self, start: int, end: int) -> Sequence[bytes]: ...
 
     async def find(self, message_id: str) -> list[dict[str, object]]: ...
+
+    def reader(self) -> LogReader:
+        """Open a read-only reader of the committed log, for auditing (blocking: call it in
+        a worker thread; each call opens its own connection)."""
+        ...
 
     async def close(self) -> None: ...

@@ -10,8 +10,8 @@ token may be reused within its lifetime (an auditor pages through results).
     GET /audit/verify                                    -> the audit report of the whole log
     GET /audit/evidence/{message_id}[?leaf_index=n]      -> the evidence bundle (JSON)
 
-Everything reads the log file through read-only connections in a worker thread, so the
-node's exchanges are not held up.
+Everything reads the log (SQLite or PostgreSQL) through a read-only reader opened per
+request in a worker thread, so the node's exchanges are not held up.
 """
 
 from __future__ import annotations
@@ -31,7 +31,9 @@ from cryptography.hazmat.primitives.asymmetric import ec
 from xroad_hub.logs import path_shape
 from xroad_hub.messagelog.audit import search_log, verify_log
 from xroad_hub.messagelog.evidence import EvidenceError, export_bundle
+from xroad_hub.messagelog.reader import LogReadError
 from xroad_hub.messagelog.search import MAX_PAGE, SearchFilter
+from xroad_hub.messagelog.source import LogOpener
 from xroad_hub.node.clientauth import MAX_TOKEN_LIFETIME
 
 __all__ = ["AuditApi", "Auditor"]
@@ -53,12 +55,14 @@ class AuditApi:
     def __init__(
         self,
         node_id: str,
-        log_path: Path,
+        log: Path | LogOpener,
         auditors: list[Auditor],
         trusted_roots: list[x509.Certificate],
     ) -> None:
+        """``log``: the log file, or a function opening a reader of the node's log (the
+        message log's ``reader``)."""
         self._node_id = node_id
-        self._log_path = log_path
+        self._log = log
         self._auditors = {f"auditor:{a.name}": a for a in auditors}
         self._roots = trusted_roots
 
@@ -114,13 +118,16 @@ class AuditApi:
                 raise ValueError(f"limit must be 1..{MAX_PAGE}")
         except ValueError as exc:
             return _problem(400, f"bad search: {exc}")
-        rows, next_after = await asyncio.to_thread(
-            search_log, self._log_path, query, limit=limit, after=after
-        )
+        try:
+            rows, next_after = await asyncio.to_thread(
+                search_log, self._log, query, limit=limit, after=after
+            )
+        except LogReadError as exc:
+            return _problem(503, f"the message log cannot be searched: {exc}")
         return web.json_response({"entries": rows, "next_after": next_after})
 
     async def _verify(self, request: web.Request) -> web.Response:
-        report = await asyncio.to_thread(verify_log, self._log_path, self._roots)
+        report = await asyncio.to_thread(verify_log, self._log, self._roots)
         return web.json_response(
             {
                 "ok": report.ok,
@@ -139,7 +146,7 @@ class AuditApi:
         try:
             bundle = await asyncio.to_thread(
                 export_bundle,
-                self._log_path,
+                self._log,
                 request.match_info["message_id"],
                 int(index) if index is not None else None,
             )

@@ -5,7 +5,6 @@ from __future__ import annotations
 import asyncio
 import functools
 import ipaddress
-import re
 import socket
 import ssl
 import time
@@ -42,6 +41,7 @@ from xroad_hub.errors import CLIENT_PROXY, SERVER_PROXY
 from xroad_hub.federation import ConfigError, NodeConfig, ServiceConfig, SoapServiceConfig
 from xroad_hub.listen import listen_socket
 from xroad_hub.messagelog import MessageLog, PostgresMessageLog, SQLiteMessageLog
+from xroad_hub.messagelog.postgres import schema_for_node
 from xroad_hub.node.admin import ADMIN, AdminApi, AdminAudit
 from xroad_hub.node.auditapi import AuditApi, Auditor
 from xroad_hub.node.batching import BatchSigner
@@ -740,8 +740,8 @@ class Node:
     def _messagelog(self) -> MessageLog:
         if self.config.messagelog_dsn:
             # One schema per node, so that several nodes can share a database.
-            schema = "node_" + re.sub(r"[^a-z0-9]+", "_", str(self.config.id).lower())
-            return PostgresMessageLog(self.config.messagelog_dsn, schema=schema[:63])
+            schema = schema_for_node(str(self.config.id))
+            return PostgresMessageLog(self.config.messagelog_dsn, schema=schema)
         return SQLiteMessageLog(self.data_dir / "messagelog.sqlite")
 
     def _audit_app(self, rt: NodeRuntime) -> web.Application:
@@ -751,21 +751,16 @@ class Node:
             if not isinstance(key, ec.EllipticCurvePublicKey):
                 raise ValueError(f"JWT key of auditor {name} must be an EC P-256 key")
             auditors.append(Auditor(name, key))
-        path = getattr(rt.log, "path", None)
-        if path is None:
-            raise ValueError(
-                f"node {self.config.id}: the auditors' API reads a SQLite log; remove "
-                "audit_listen or use the SQLite log (PostgreSQL auditing is not built yet)"
-            )
         roots = [load_cert(self.pki.root_ca.cert)]
-        app = AuditApi(str(self.config.id), path, auditors, roots).app()
+        # Each request opens its own reader of the node's log (SQLite or PostgreSQL).
+        app = AuditApi(str(self.config.id), rt.log.reader, auditors, roots).app()
 
         def member_names() -> dict[str, str]:
             conf = rt.globalconf.current()
             return {str(m): n for m, n in conf.members.items()} if conf else {}
 
         idp_key = load_public_key(self.pki.idp_jwt().cert)
-        TrackerApi(str(self.config.id), path, idp_key, member_names).add_routes(app)
+        TrackerApi(str(self.config.id), rt.log.reader, idp_key, member_names).add_routes(app)
         return app
 
     async def stop(self) -> None:

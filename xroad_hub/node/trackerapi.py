@@ -25,7 +25,6 @@ from __future__ import annotations
 
 import asyncio
 import functools
-import sqlite3
 import time
 import uuid
 from collections.abc import Callable, Mapping
@@ -39,6 +38,8 @@ import structlog
 from aiohttp import web
 from cryptography.hazmat.primitives.asymmetric import ec
 
+from xroad_hub.messagelog.reader import LogReadError
+from xroad_hub.messagelog.source import LogOpener, LogSource, reading
 from xroad_hub.pki import IDP_MAX_LIFETIME, IDP_NAME, TRACKER_MAX_LIFETIME
 from xroad_hub.protocol.identifiers import parse_client_id
 from xroad_hub.protocol.thaiid import is_valid
@@ -162,20 +163,8 @@ def _agency(client: str, member_names: Mapping[str, str]) -> tuple[str, str]:
     return member, member_names.get(member, member)
 
 
-# Fixed SQL: the subject and paging values are bound parameters, nothing else varies. The
-# (subject, leaf_index) primary key of exchange_subject makes this an index range scan.
-_SQL = """
-SELECT e.leaf_index, e.message_id, e.client, e.service, e.user_id, e.issue,
-       e.represented_party, e.method, e.status, e.error_type, e.started_at, e.request_meta
-FROM exchange_subject s JOIN exchange e ON e.leaf_index = s.leaf_index
-WHERE s.subject = ? AND e.role = 'provider' AND s.leaf_index > ?
-ORDER BY s.leaf_index
-LIMIT ?
-"""
-
-
 def citizen_accesses(
-    path: Path,
+    log: LogSource,
     subject: str,
     *,
     node: str,
@@ -183,16 +172,13 @@ def citizen_accesses(
     limit: int = DEFAULT_PAGE,
     after: int = -1,
 ) -> tuple[list[dict[str, Any]], int | None]:
-    """One page of the provider-side exchanges about ``subject`` in the log at ``path``
-    (opened read-only), oldest first, and the ``after`` of the next page (None: no more)."""
+    """One page of the provider-side exchanges about ``subject`` in the log (a file, a
+    PostgreSQL DSN or an open reader), oldest first, and the ``after`` of the next page
+    (None: no more). Blocking: the node calls it in a worker thread."""
     if not 1 <= limit <= MAX_PAGE:
         raise ValueError(f"limit must be 1..{MAX_PAGE}")
-    conn = sqlite3.connect(f"file:{path}?mode=ro", uri=True)
-    conn.row_factory = sqlite3.Row
-    try:
-        rows = conn.execute(_SQL, (subject, after, limit)).fetchall()
-    finally:
-        conn.close()
+    with reading(log) as reader:
+        rows = reader.subject_accesses(subject, limit=limit, after=after)
     entries = []
     for r in rows:
         member, name = _agency(r["client"], member_names)
@@ -234,14 +220,16 @@ class TrackerApi:
     def __init__(
         self,
         node_id: str,
-        log_path: Path,
+        log: Path | LogOpener,
         idp_public_key: ec.EllipticCurvePublicKey,
         member_names: Mapping[str, str] | Callable[[], Mapping[str, str]],
     ) -> None:
-        """``member_names``: member id -> name, or a function giving them per request (the
-        names of the global configuration in force, which the registry may update)."""
+        """``log``: the log file, or a function opening a reader of the node's log (the
+        message log's ``reader``; called in a worker thread per request). ``member_names``:
+        member id -> name, or a function giving them per request (the names of the global
+        configuration in force, which the registry may update)."""
         self._node_id = node_id
-        self._log_path = log_path
+        self._log = log
         self._key = idp_public_key
         self._names = member_names
 
@@ -279,12 +267,17 @@ class TrackerApi:
         except ValueError as exc:
             return _refuse(400, f"bad paging: {exc}")
         names = self._names() if callable(self._names) else self._names
-        entries, next_after = await asyncio.to_thread(
-            functools.partial(
-                citizen_accesses, self._log_path, citizen, node=self._node_id,
-                member_names=names, limit=limit, after=after,
-            )
-        )  # fmt: skip
+        try:
+            # In a worker thread: the node's event loop never waits on the log.
+            entries, next_after = await asyncio.to_thread(
+                functools.partial(
+                    citizen_accesses, self._log, citizen, node=self._node_id,
+                    member_names=names, limit=limit, after=after,
+                )
+            )  # fmt: skip
+        except LogReadError as exc:
+            log.warning("tracker.log_unreadable", reason=str(exc))
+            return _refuse(503, "the node's message log cannot be read now; try again later")
         # Operational logs never hold the citizen id: how many entries is enough to trace use.
         log.info("tracker.request", entries=len(entries), after=after)
         return web.json_response(
