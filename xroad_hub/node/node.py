@@ -2,10 +2,14 @@
 
 from __future__ import annotations
 
+import contextlib
 import functools
 import re
 import socket
+import ssl
+from collections.abc import AsyncIterator
 from pathlib import Path
+from types import MappingProxyType
 
 import aiohttp
 import orjson
@@ -70,6 +74,16 @@ def _der(path: Path) -> bytes:
 
 
 class Node:
+    """One node (X-Road: security server) assembled from its configuration.
+
+    ``start`` builds everything once: the node's resources are the cleanup contexts of its
+    root application (HTTP session, message log, spent-token store, the exchange runtime with
+    its adapters, checkpointer, global-configuration client), each started after those it
+    needs; then the listeners. ``stop`` closes the listeners (in-flight exchanges finish),
+    then aiohttp unwinds the contexts in reverse order, gathering their failures, so the
+    final checkpoint is written before the log closes. A failed start unwinds what started.
+    """
+
     def __init__(
         self,
         config: NodeConfig,
@@ -77,7 +91,7 @@ class Node:
         registry_url: str,
         data_dir: Path,
         *,
-        refresh_interval: float = 60.0,
+        refresh_interval: float,
         witness_url: str | None = None,
         auditors: tuple[str, ...] = (),
         tsa_url: str | None = None,
@@ -88,19 +102,135 @@ class Node:
         self.globalconf = GlobalConfClient.from_files(
             registry_url, pki.globalconf_signer.cert, refresh_interval
         )
-        self._runners: list[web.AppRunner] = []
-        self._session: aiohttp.ClientSession | None = None
-        self.urls: dict[str, str] = {}
-        self.runtime: NodeRuntime | None = None
-        self.checkpointer: Checkpointer | None = None
         self.witness_url = witness_url
         self.auditors = auditors
         self.tsa_url = tsa_url
         # Spent one-use client tokens: durable, shared by every process serving this node.
         self.used_tokens = SQLiteUsedTokens(data_dir / "used-tokens.sqlite")
+        # Set once by start(), in the order of the contexts that make them.
+        self._session: aiohttp.ClientSession | None = None
+        self._log: MessageLog | None = None
+        self.checkpointer: Checkpointer | None = None
+        self.runtime: NodeRuntime | None = None
+        self.urls: dict[str, str] = {}
+        self._lifecycle: web.AppRunner | None = None
+        self._listeners: list[web.AppRunner] = []
 
-    def _build_runtime(self) -> NodeRuntime:
+    async def start(self, sockets: dict[str, socket.socket] | None = None) -> dict[str, str]:
+        """Start serving; ``sockets`` may hold pre-bound listeners by role (peer, client,
+        client_tls, audit), otherwise the configured addresses are bound."""
+        root = web.Application()
+        root.cleanup_ctx.extend(
+            (self._http_session, self._message_log, self._spent_tokens, self._exchange,
+             self._checkpoints, self._globalconf_updates)
+        )  # fmt: skip
+        self._lifecycle = web.AppRunner(root, handle_signals=False)
+        try:
+            await self._lifecycle.setup()
+        except BaseException:
+            await self._lifecycle.cleanup()  # the contexts that did start stop again
+            self._lifecycle = None
+            raise
+        await self._listen(sockets or {})
+        log.info("node.started", node=str(self.config.id), **self.urls)
+        return self.urls
+
+    async def stop(self) -> None:
+        """Stop accepting, finish in-flight exchanges, then release the resources in reverse
+        order: global configuration, final checkpoint, adapters and peers, stores, session."""
+        try:
+            for runner in self._listeners:
+                await runner.cleanup()
+            self._listeners.clear()
+        finally:
+            if self._lifecycle is not None:
+                lifecycle, self._lifecycle = self._lifecycle, None
+                await lifecycle.cleanup()
+        log.info("node.stopped", node=str(self.config.id))
+
+    # --- the resources, as cleanup contexts (started in this order, stopped in reverse) ---
+
+    async def _http_session(self, _: web.Application) -> AsyncIterator[None]:
+        # One connection pool for the node's adapters and its timestamp requests.
+        self._session = aiohttp.ClientSession(
+            auto_decompress=False, connector=aiohttp.TCPConnector(limit=0)
+        )
+        yield
+        await self._session.close()
+
+    async def _message_log(self, _: web.Application) -> AsyncIterator[None]:
+        self._log = self._messagelog()
+        await self._log.open()
+        yield
+        await self._log.close()
+
+    async def _spent_tokens(self, _: web.Application) -> AsyncIterator[None]:
+        await self.used_tokens.open()
+        yield
+        await self.used_tokens.close()
+
+    async def _exchange(self, _: web.Application) -> AsyncIterator[None]:
+        """The services with their adapters (flat-file exports loaded before the node
+        answers), and the runtime both proxies share, complete before anything serves."""
+        async with contextlib.AsyncExitStack() as stack:
+            services = self._services()
+            services.update(await self._soap_services(services))
+            for hosted in services.values():
+                stack.push_async_callback(hosted.adapter.close)
+            for hosted in services.values():
+                if isinstance(hosted.adapter, FlatFileAdapter):
+                    await hosted.adapter.start()
+            self.checkpointer = self._checkpointer()
+            rt = self.runtime = self._runtime(services, self.checkpointer)
+            stack.push_async_callback(rt.peers.close)
+            stack.callback(rt.parse_pool.shutdown, wait=False, cancel_futures=True)
+            yield
+
+    async def _checkpoints(self, _: web.Application) -> AsyncIterator[None]:
+        assert self.checkpointer is not None
+        await self.checkpointer.start()
+        yield
+        # No exchange runs any more: the final checkpoint covers the whole log.
+        await self.checkpointer.stop()
+
+    async def _globalconf_updates(self, _: web.Application) -> AsyncIterator[None]:
+        await self.globalconf.start()
+        yield
+        await self.globalconf.stop()
+
+    # --- building ---------------------------------------------------------------------------
+
+    def _services(self) -> dict[ServiceId, HostedService]:
+        services = {
+            s.id: HostedService(s, self._adapter(s), openapi=_openapi(s))
+            for s in self.config.services
+        }
+        for hosted in services.values():
+            _check_answer_subjects(hosted)
+        return services
+
+    def _checkpointer(self) -> Checkpointer:
         cfg, pki = self.config, self.pki
+        assert self._log is not None
+        checkpoint_key = pki.node_checkpoint(str(cfg.id))
+        return Checkpointer(
+            str(cfg.id),
+            self._log,
+            NoteSigner(str(cfg.id), load_ed25519_key(checkpoint_key.key)),
+            _der(checkpoint_key.cert),
+            cfg.checkpoint_interval,
+            witness_url=self.witness_url,
+            timestamper=self._timestamper() if self.tsa_url else None,
+            failure_limit=cfg.timestamp_failure_limit,
+            body_retention=cfg.body_retention,
+            trusted_roots=[load_cert(pki.root_ca.cert)],
+        )
+
+    def _runtime(
+        self, services: dict[ServiceId, HostedService], checkpointer: Checkpointer
+    ) -> NodeRuntime:
+        cfg, pki = self.config, self.pki
+        assert self._log is not None
         auth = pki.node_auth(str(cfg.id))
         # The owner member signs the node's own requests (GET /wsdl without a client).
         members = {sub.member for sub in cfg.hosted} | {cfg.id.owner}
@@ -122,22 +252,14 @@ class Node:
                 regs.append(ClientRegistration(c.id, c.auth, jwt_key=key))
             else:
                 regs.append(ClientRegistration(c.id, c.auth))
-        self._session = aiohttp.ClientSession(
-            auto_decompress=False, connector=aiohttp.TCPConnector(limit=0)
-        )
-        services = {
-            s.id: HostedService(s, self._adapter(s), openapi=_openapi(s)) for s in cfg.services
-        }
-        for hosted in services.values():
-            _check_answer_subjects(hosted)
         client_bytes = cfg.client_max_inflight_bytes or 2 * cfg.max_body_bytes
         return NodeRuntime(
             node_id=cfg.id,
             globalconf=self.globalconf,
             signers=signers,
             authenticator=ClientAuthenticator(str(cfg.id), regs, self.used_tokens),
-            services=services,
-            log=self._messagelog(),
+            services=MappingProxyType(services),
+            log=self._log,
             peers=PeerTransport(
                 functools.partial(peer_client_context, auth.cert, auth.key, pki.root_ca.cert),
                 cfg.max_body_bytes + MAX_OVERHEAD,
@@ -155,6 +277,7 @@ class Node:
                 _PEER_SHARE * (client_bytes + MAX_OVERHEAD),
                 raise_as=SERVER_PROXY,
             ),
+            logging_ok=checkpointer.healthy,
         )
 
     def _adapter(self, service: ServiceConfig) -> Adapter:
@@ -178,10 +301,13 @@ class Node:
             "(use 'rest' or 'flatfile')"
         )
 
-    async def _register_soap_services(self, rt: NodeRuntime) -> None:
+    async def _soap_services(
+        self, others: dict[ServiceId, HostedService]
+    ) -> dict[ServiceId, HostedService]:
         """SOAP services are registered from their WSDL, read when the node starts: each
         operation becomes a service code (version from the WSDL's xrd:version, else the
         registration's), with one adapter per operation."""
+        found: dict[ServiceId, HostedService] = {}
         for reg in self.config.soap_services:
             try:
                 data = await fetch_wsdl(reg.wsdl, timeout=reg.timeout)
@@ -201,15 +327,16 @@ class Node:
                         answer_subjects=reg.answer_subjects,
                         purposes=reg.purposes,
                     )
-                    if cfg.id in rt.services:
+                    if cfg.id in others or cfg.id in found:
                         raise ValueError(f"operation {op.name} is already a service code here")
                     hosted = self._soap_service(reg, info, data, client, cfg)
                     _check_answer_subjects(hosted)
-                    rt.services[cfg.id] = hosted
+                    found[cfg.id] = hosted
             except (WsdlError, ValueError) as exc:
                 raise ConfigError(
                     f"node {self.config.id}, SOAP service {reg.provider} ({reg.wsdl}): {exc}"
                 ) from exc
+        return found
 
     def _soap_service(
         self,
@@ -252,36 +379,58 @@ class Node:
             ),
         )
 
-    async def start(self, sockets: dict[str, socket.socket] | None = None) -> dict[str, str]:
-        """Start serving; ``sockets`` may hold pre-bound listeners by role (peer, client,
-        client_tls), otherwise the configured addresses are bound."""
-        cfg, pki = self.config, self.pki
-        rt = self.runtime = self._build_runtime()
-        await self._register_soap_services(rt)
-        await rt.log.open()
-        await self.used_tokens.open()
-        for hosted in rt.services.values():
-            # Flat-file services load their export before the node answers for them.
-            if isinstance(hosted.adapter, FlatFileAdapter):
-                await hosted.adapter.start()
-        checkpoint_key = pki.node_checkpoint(str(cfg.id))
-        self.checkpointer = Checkpointer(
-            str(cfg.id),
-            rt.log,
-            NoteSigner(str(cfg.id), load_ed25519_key(checkpoint_key.key)),
-            _der(checkpoint_key.cert),
-            cfg.checkpoint_interval,
-            witness_url=self.witness_url,
-            timestamper=self._timestamper() if self.tsa_url else None,
-            failure_limit=cfg.timestamp_failure_limit,
-            body_retention=cfg.body_retention,
-            trusted_roots=[load_cert(pki.root_ca.cert)],
-        )
-        await self.checkpointer.start()
-        rt.logging_ok = self.checkpointer.healthy
-        await self.globalconf.start()
+    async def _listen(self, sockets: dict[str, socket.socket]) -> None:
+        """Bind every listener first, so that the proxies are built knowing the node's own
+        URLs, then serve each listener's application with a runner of its own."""
+        cfg, pki, rt = self.config, self.pki, self.runtime
+        assert rt is not None
         auth = pki.node_auth(str(cfg.id))
         ca = pki.root_ca.cert
+        client_tls = client_facing_context(auth.cert, auth.key, ca)
+        plan = [
+            ("peer", cfg.peer_listen, peer_server_context(auth.cert, auth.key, ca)),
+            ("client", cfg.client_listen, None),
+            ("client_tls", cfg.client_tls_listen, client_tls),
+            ("audit", cfg.audit_listen, client_tls),
+        ]
+        bound: list[tuple[str, socket.socket, ssl.SSLContext | None]] = []
+        try:
+            for role, address, ssl_ctx in plan:
+                if address is None and role not in sockets:
+                    continue
+                sock = sockets.get(role) or listen_socket(
+                    address,  # type: ignore[arg-type]
+                    f"node {cfg.id} ({role.replace('_', ' ')} port)",
+                    f"{role}_listen of node {cfg.id}",
+                )
+                bound.append((role, sock, ssl_ctx))
+                host, port = sock.getsockname()[:2]
+                self.urls[role] = f"{'http' if ssl_ctx is None else 'https'}://{host}:{port}"
+            apps = self._apps(rt)
+        except BaseException:
+            for role, sock, _ in bound:
+                if role not in sockets:
+                    sock.close()
+            raise
+        for role, sock, ssl_ctx in bound:
+            runner = web.AppRunner(
+                apps[role],
+                access_log=None,
+                handle_signals=False,
+                # In-flight exchanges may run until the provider timeout; stopping earlier
+                # would cut them off unanswered (they would still be logged).
+                shutdown_timeout=cfg.provider_timeout + cfg.body_timeout,
+                # aiohttp's default (3630 s) would let half-sent request heads hold
+                # connections for an hour.
+                keepalive_timeout=15,
+            )
+            await runner.setup()
+            self._listeners.append(runner)
+            await web.SockSite(runner, sock, ssl_context=ssl_ctx).start()
+
+    def _apps(self, rt: NodeRuntime) -> dict[str, web.Application]:
+        """The application each listener serves, by role."""
+        cfg = self.config
         client_proxy = ClientProxy(
             rt,
             purpose_defaults={
@@ -289,10 +438,9 @@ class Node:
                 for c in cfg.clients
                 if c.default_purpose is not None
             },
-            public_urls=self.urls,  # filled in below, before the first request
+            public_urls=MappingProxyType(dict(self.urls)),
         )
         server_proxy = ServerProxy(rt)
-
         # Bodies are read by read_body with their own limit and deadline, not by aiohttp.
         client_app = web.Application()
         EvidenceApi(rt, client_proxy, load_catalog(DEFAULT_CATALOG)).add_routes(client_app)
@@ -304,48 +452,10 @@ class Node:
         client_app.router.add_route("*", "/{tail:.*}", client_proxy.handle)
         peer_app = web.Application()
         peer_app.router.add_post(PEER_PATH, server_proxy.handle)
-
-        sockets = sockets or {}
-        audit_app = self._audit_app(rt) if cfg.audit_listen else None
-        plan = [
-            ("peer", peer_app, cfg.peer_listen, peer_server_context(auth.cert, auth.key, ca)),
-            ("client", client_app, cfg.client_listen, None),
-            (
-                "client_tls",
-                client_app,
-                cfg.client_tls_listen,
-                client_facing_context(auth.cert, auth.key, ca),
-            ),
-            ("audit", audit_app, cfg.audit_listen, client_facing_context(auth.cert, auth.key, ca)),
-        ]
-        for role, app, address, ssl_ctx in plan:
-            if app is None or (address is None and role not in sockets):
-                continue
-            runner = web.AppRunner(
-                app,
-                access_log=None,
-                handle_signals=False,
-                # In-flight exchanges may run until the provider timeout; stopping earlier
-                # would cut them off unanswered (they would still be logged).
-                shutdown_timeout=cfg.provider_timeout + cfg.body_timeout,
-                # aiohttp's default (3630 s) would let half-sent request heads hold
-                # connections for an hour.
-                keepalive_timeout=15,
-            )
-            await runner.setup()
-            self._runners.append(runner)
-            sock = sockets.get(role) or listen_socket(
-                address,  # type: ignore[arg-type]
-                f"node {cfg.id} ({role.replace('_', ' ')} port)",
-                f"{role}_listen of node {cfg.id}",
-            )
-            site = web.SockSite(runner, sock, ssl_context=ssl_ctx)
-            await site.start()
-            host, port = sock.getsockname()[:2]
-            scheme = "http" if ssl_ctx is None else "https"
-            self.urls[role] = f"{scheme}://{host}:{port}"
-        log.info("node.started", node=str(cfg.id), **self.urls)
-        return self.urls
+        apps = {"peer": peer_app, "client": client_app, "client_tls": client_app}
+        if "audit" in self.urls:
+            apps["audit"] = self._audit_app(rt)
+        return apps
 
     def _timestamper(self) -> Timestamper:
         roots = [load_cert(self.pki.root_ca.cert)]
@@ -387,24 +497,6 @@ class Node:
         idp_key = load_public_key(self.pki.idp_jwt().cert)
         TrackerApi(str(self.config.id), path, idp_key, member_names).add_routes(app)
         return app
-
-    async def stop(self) -> None:
-        """Stop accepting, finish in-flight exchanges, flush the log, close connections."""
-        for runner in self._runners:
-            await runner.cleanup()
-        self._runners.clear()
-        await self.globalconf.stop()
-        if self.runtime is not None:
-            await self.runtime.peers.close()
-            if self.checkpointer is not None:
-                # No exchange runs any more: the final checkpoint covers the whole log.
-                await self.checkpointer.stop()
-            await self.runtime.log.close()
-            self.runtime.parse_pool.shutdown(wait=False, cancel_futures=True)
-        await self.used_tokens.close()
-        if self._session is not None:
-            await self._session.close()
-        log.info("node.stopped", node=str(self.config.id))
 
 
 def _check_answer_subjects(hosted: HostedService) -> None:
