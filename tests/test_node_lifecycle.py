@@ -42,7 +42,10 @@ async def test_a_failing_final_checkpoint_still_closes_log_tokens_and_session(
 
         return closing
 
+    stop_checkpointer = node.checkpointer.stop
+
     async def broken() -> None:
+        await stop_checkpointer()  # (closes the checkpointer's own witness session)
         raise RuntimeError("final checkpoint failed")
 
     monkeypatch.setattr(node.checkpointer, "stop", broken)
