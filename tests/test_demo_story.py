@@ -21,7 +21,6 @@ from xroad_hub.demo.harness import (
     DEFAULT_CONFIG,
     DemoFederation,
     HarnessError,
-    _absolute_paths,
     demo_applicant,
     start_case_service,
     write_case_service_config,
@@ -29,6 +28,7 @@ from xroad_hub.demo.harness import (
 from xroad_hub.demo.legacy_exports import rd_taxclearance_csv, title_deed_lines
 from xroad_hub.demo.synthetic import companies, demo_people
 from xroad_hub.federation import load_federation
+from xroad_hub.packaged import with_packaged_paths
 from xroad_hub.pki import PkiLayout
 from xroad_hub.protocol.thaiid import with_check_digit
 from xroad_hub.runner import Federation
@@ -146,7 +146,7 @@ def test_relative_layouts_resolve_from_anywhere(tmp_path: Path) -> None:
     old = Path.cwd()
     os.chdir(tmp_path)
     try:
-        fed = _absolute_paths(load_federation(DEFAULT_CONFIG))
+        fed = with_packaged_paths(load_federation(DEFAULT_CONFIG))
     finally:
         os.chdir(old)
     layouts = [s.options["layout"] for n in fed.nodes for s in n.services if "layout" in s.options]

@@ -57,7 +57,7 @@ async def test_kept_once_per_rules_and_validity() -> None:
     await rt._keep_globalconf()
     assert log.kept == [b"signed 1", b"signed 3"]
     # The kept copy is about to expire: the one in force now is kept, same rules or not.
-    rt._kept_conf = _conf(3, hosts="TH/GOV/DBD/other", age=590)
+    rt._kept.conf = _conf(3, hosts="TH/GOV/DBD/other", age=590)
     client.conf = _conf(4, hosts="TH/GOV/DBD/other")
     await rt._keep_globalconf()
     assert log.kept == [b"signed 1", b"signed 3", b"signed 4"]

@@ -85,7 +85,7 @@ async def test_liveness_and_readiness_are_separate(quick: Fed, http) -> None:
     # The node's own ports do not answer health: it is on its own port only.
     async with http.get(quick.url(DGA) + "/health/ready") as r:
         assert r.status != 200
-    quick.federation.nodes[DGA].runtime.maintenance = "test"
+    quick.federation.nodes[DGA].runtime.state.maintenance = "test"
     await _until_ready(http, quick, DGA, False, "maintenance")
     async with http.get(base + "/health/live") as r:
         assert r.status == 200  # unready is not dead: nobody should restart it

@@ -1,6 +1,7 @@
 """A wheel built from the repository runs where the source tree is not: every package is in
-it, and the evidence catalog, its JSON Schemas, the export layouts and the demo's WSDL come
-from the installed package (importlib.resources), not from a checkout.
+it, and the evidence catalog, its JSON Schemas, the export layouts, the demo's WSDL and the
+demo federation come from the installed package (importlib.resources), not from a checkout:
+``xroad-hub demo`` plays the whole story from an empty directory.
 
 The wheel is built from a copy of the tracked files, installed with --no-deps into a fresh
 virtual environment whose dependencies come from the running one (no network), and run
@@ -90,6 +91,7 @@ def test_wheel_installs_and_runs_without_the_source_tree(tmp_path: Path) -> None
         "xroad_hub/schemas/evidence-catalog.toml",
         "xroad_hub/schemas/evidence/identity.schema.json",
         "xroad_hub/demo/dopa.wsdl",
+        "xroad_hub/config/demo-federation.toml",
     ):
         assert data in names
 
@@ -107,4 +109,11 @@ def test_wheel_installs_and_runs_without_the_source_tree(tmp_path: Path) -> None
     empty.mkdir()
     env = {k: v for k, v in os.environ.items() if k != "PYTHONPATH"}
     assert "wheel ok" in _run(python, "-c", CHECK, cwd=empty, env=env)
-    assert "usage" in _run(venv / "bin" / "xroad-hub", "--help", cwd=empty, env=env)
+    xroad_hub = venv / "bin" / "xroad-hub"
+    assert "usage" in _run(xroad_hub, "--help", cwd=empty, env=env)
+    # Without --config and without ./config, the commands take the packaged demo federation.
+    assert "files created in certs" in _run(xroad_hub, "pki", "init", cwd=empty, env=env)
+    # The whole demo story (federation, case service, every exchange, offline verification)
+    # runs from the installed wheel alone.
+    story = _run(xroad_hub, "demo", "--workdir", tmp_path / "demo", cwd=empty, env=env)
+    assert "DEMO OK" in story, story[-3000:]

@@ -19,10 +19,11 @@ import jwt
 
 from xroad_hub.dev.devpki import ensure_pki
 from xroad_hub.errors import HubError, ProtocolError, XRoadError
-from xroad_hub.federation import ConfigError, load_federation
+from xroad_hub.federation import ConfigError, FederationConfig, load_federation
 from xroad_hub.logs import configure_logging
 from xroad_hub.node.admincli import add_node_commands, run_node_command
 from xroad_hub.node.clientauth import MAX_TOKEN_LIFETIME
+from xroad_hub.packaged import demo_federation, with_packaged_paths
 from xroad_hub.pki import IDP_MAX_LIFETIME, TRACKER_MAX_LIFETIME, PkiLayout, load_private_key
 from xroad_hub.protocol.identifiers import parse_subsystem_id
 from xroad_hub.protocol.thaiid import is_valid
@@ -41,8 +42,8 @@ def _common(p: argparse.ArgumentParser) -> None:
     p.add_argument(
         "--config",
         type=Path,
-        default=DEFAULT_CONFIG,
-        help=f"federation file (default: {DEFAULT_CONFIG})",
+        help=f"federation file (default: {DEFAULT_CONFIG} if there is one here, else the demo "
+        "federation shipped with xroad-hub)",
     )
     p.add_argument(
         "--certs-dir",
@@ -330,7 +331,7 @@ def _run(args: argparse.Namespace) -> int:
     if args.command == "token" and (args.citizen or args.officer):
         # The identity provider is not part of the federation: no federation file needed.
         return _idp_token(args)
-    fed = load_federation(args.config)
+    fed = _federation(args)
     if args.command == "pki":
         created = ensure_pki(fed, args.certs_dir)
         print(
@@ -346,6 +347,16 @@ def _run(args: argparse.Namespace) -> int:
     if args.command == "up":
         return asyncio.run(_up(fed, args))
     return 1
+
+
+def _federation(args: argparse.Namespace) -> FederationConfig:
+    """The federation file named by --config; without one, ./config/demo-federation.toml (a
+    source checkout), else the demo federation shipped in the package, whose layout, OpenAPI
+    and WSDL paths then come from the package too, so that it runs from any directory."""
+    if args.config is None:
+        args.config = DEFAULT_CONFIG if DEFAULT_CONFIG.is_file() else demo_federation()
+        return with_packaged_paths(load_federation(args.config))
+    return load_federation(args.config)
 
 
 def _token(fed, args: argparse.Namespace) -> int:  # type: ignore[no-untyped-def]

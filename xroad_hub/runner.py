@@ -199,8 +199,8 @@ def _flatfile_sources(cfg: NodeConfig, data_dir: Path) -> NodeConfig:
         target = resolve_path(source, data_dir.resolve())
         kind = service.options.get("generate")
         if kind:
-            seed = int(service.options.get("seed", 2569))
-            written = ensure_export(str(kind), target, seed)
+            seed = service.options.get("seed")  # None: ensure_export's (the demo's) seed
+            written = ensure_export(str(kind), target, *([] if seed is None else [int(seed)]))
             if written is not None:
                 log.info("demo.export_generated", service=str(service.id), path=str(written))
         services.append(replace(service, options={**service.options, "source": str(target)}))

@@ -51,7 +51,7 @@ import ssl
 import subprocess
 import sys
 import time
-from dataclasses import dataclass, field, replace
+from dataclasses import dataclass, field
 from functools import cached_property
 from pathlib import Path
 from types import TracebackType
@@ -64,9 +64,9 @@ from case_service.client import CaseServiceClient
 from xroad_hub.dev.devpki import ensure_pki
 from xroad_hub.dev.testing import free_port, on_free_ports
 from xroad_hub.errors import HubError
-from xroad_hub.federation import FederationConfig, NodeConfig, load_federation
+from xroad_hub.federation import FederationConfig, load_federation
 from xroad_hub.node.trackerapi import mint_idp_token
-from xroad_hub.packaged import schema_file
+from xroad_hub.packaged import demo_federation, schema_file, with_packaged_paths
 from xroad_hub.pki import IDP_MAX_LIFETIME, TRACKER_MAX_LIFETIME, PkiLayout, load_private_key
 from xroad_hub.runner import Federation
 
@@ -86,7 +86,7 @@ __all__ = [
 ]
 
 REPO_ROOT = Path(__file__).resolve().parents[2]
-DEFAULT_CONFIG = REPO_ROOT / "config" / "demo-federation.toml"
+DEFAULT_CONFIG = demo_federation()  # config/demo-federation.toml, shipped with the package
 BMA_NODE = "TH/GOV/BMA/hub1"
 CASE_SERVICE_CLIENT = "TH/GOV/BMA/licensing"
 SEED = 2569
@@ -180,7 +180,7 @@ async def start_demo_federation(workdir: Path, config: Path = DEFAULT_CONFIG) ->
     workdir = await asyncio.to_thread(workdir.resolve)
     await asyncio.to_thread(workdir.mkdir, parents=True, exist_ok=True)
     config_path = await asyncio.to_thread(on_free_ports, config, workdir / "federation.toml")
-    fed = _absolute_paths(await asyncio.to_thread(load_federation, config_path))
+    fed = with_packaged_paths(await asyncio.to_thread(load_federation, config_path))
     certs, data = workdir / "certs", workdir / "data"
     await asyncio.to_thread(ensure_pki, fed, certs)
     federation = Federation(fed, certs, data)
@@ -228,37 +228,6 @@ async def _flat_files_loaded(federation: Federation, timeout: float) -> None:
         await asyncio.sleep(0.2)
         for _, adapter in waiting:
             await adapter.refresh()
-
-
-def _absolute(value: str) -> str:
-    """The federation file documents relative layout/WSDL/OpenAPI paths as relative to the
-    directory xroad-hub runs in (the repository root); the demo may run from anywhere, so a
-    path missing there is taken from the package's schemas (``schemas/...``, installed with
-    the package) or the repository instead."""
-    path = Path(value)
-    if path.is_absolute() or "://" in value:
-        return value
-    here = Path.cwd() / path
-    if here.exists():
-        return str(here)
-    if path.parts[0] == "schemas" and len(path.parts) > 1:
-        return str(schema_file(str(Path(*path.parts[1:]))))
-    return str(REPO_ROOT / path)
-
-
-def _absolute_paths(fed: FederationConfig) -> FederationConfig:
-    nodes: list[NodeConfig] = []
-    for node in fed.nodes:
-        services = []
-        for s in node.services:
-            options = dict(s.options)
-            if isinstance(options.get("layout"), str):
-                options["layout"] = _absolute(options["layout"])
-            openapi = _absolute(s.openapi) if s.openapi else s.openapi
-            services.append(replace(s, options=options, openapi=openapi))
-        soap = tuple(replace(s, wsdl=_absolute(s.wsdl)) for s in node.soap_services)
-        nodes.append(replace(node, services=tuple(services), soap_services=soap))
-    return replace(fed, nodes=tuple(nodes))
 
 
 # --- the case service -----------------------------------------------------------------------

@@ -80,8 +80,9 @@ class TestFederationSpec:
     # SOAP services registered from a WSDL on the provider node ([[node.soap_service]]).
     soap_services: list[dict[str, object]] = field(default_factory=list)
     provider_log_dsn: str | None = None  # the provider node logs to PostgreSQL
-    checkpoint_interval: float = 60
-    timestamp_failure_limit: float = 4 * 3600
+    # None: the node's default (federation.NodeConfig), not written to the file.
+    checkpoint_interval: float | None = None
+    timestamp_failure_limit: float | None = None
     # More settings of a client's registration ([[node.client]]), e.g. default_purpose.
     client_settings: dict[str, dict[str, str]] = field(default_factory=dict)
     # More settings of a node ([[node]], by node id) and of [registry].
@@ -157,9 +158,11 @@ def write_federation(path: Path, spec: TestFederationSpec) -> Path:
     common = [
         f"max_body_bytes = {spec.max_body_bytes}",
         f"body_timeout = {spec.body_timeout}",
-        f"checkpoint_interval = {spec.checkpoint_interval}",
-        f"timestamp_failure_limit = {spec.timestamp_failure_limit}",
-    ]
+        *(f"{key} = {value}" for key, value in (
+            ("checkpoint_interval", spec.checkpoint_interval),
+            ("timestamp_failure_limit", spec.timestamp_failure_limit),
+        ) if value is not None),
+    ]  # fmt: skip
 
     def ops() -> list[str]:  # each node's health and admin listeners, and administrators
         lines = [f'health_listen = "{_addr()}"', f'admin_listen = "{_addr()}"']

@@ -195,6 +195,8 @@ class Checkpointer:
             self._task.cancel()
             with contextlib.suppress(asyncio.CancelledError):
                 await self._task
-        await self.checkpoint()
-        if self._session is not None:
-            await self._session.close()
+        try:
+            await self.checkpoint()
+        finally:  # a failing final checkpoint must not leave the witness session open
+            if self._session is not None:
+                await self._session.close()

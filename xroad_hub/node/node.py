@@ -2,16 +2,13 @@
 
 from __future__ import annotations
 
-import asyncio
+import contextlib
 import functools
-import ipaddress
 import socket
 import ssl
-import time
-from collections.abc import Awaitable, Callable, Iterator
-from datetime import datetime
+from collections.abc import AsyncIterator, Mapping
 from pathlib import Path
-from typing import Any
+from types import MappingProxyType
 
 import aiohttp
 import orjson
@@ -20,7 +17,6 @@ import zeep
 from aiohttp import web
 from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric import ec
-from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 
 from adapters import Adapter, RestAdapter
 from adapters.flatfile import FlatFileAdapter, LayoutError
@@ -42,7 +38,6 @@ from xroad_hub.federation import ConfigError, NodeConfig, ServiceConfig, SoapSer
 from xroad_hub.listen import listen_socket
 from xroad_hub.messagelog import MessageLog, PostgresMessageLog, SQLiteMessageLog
 from xroad_hub.messagelog.postgres import schema_for_node
-from xroad_hub.node.admin import ADMIN, AdminApi, AdminAudit
 from xroad_hub.node.auditapi import AuditApi, Auditor
 from xroad_hub.node.batching import BatchSigner
 from xroad_hub.node.checkpointer import Checkpointer, Timestamper
@@ -50,39 +45,17 @@ from xroad_hub.node.clientauth import ClientAuthenticator, ClientRegistration
 from xroad_hub.node.consumer import ClientProxy
 from xroad_hub.node.evidenceapi import EvidenceApi
 from xroad_hub.node.globalconf_client import GlobalConfClient
-from xroad_hub.node.health import CertCheck, Problem, cert_problems, health_app
 from xroad_hub.node.limits import ClientLimits
-from xroad_hub.node.metrics import (
-    CURRENT_EXCHANGE,
-    ExchangeTiming,
-    NodeMetrics,
-    StateCollector,
-    time_backend,
-)
-from xroad_hub.node.opmonitoring import OpMonitor, opmonitoring_app
 from xroad_hub.node.peer import PEER_PATH, PeerTransport
 from xroad_hub.node.provider import ServerProxy
-from xroad_hub.node.runtime import NODE_METRICS, HostedService, NodeRuntime
-from xroad_hub.node.slo import AlertSender, SloWatch
-from xroad_hub.node.tls import (
-    admin_context,
-    client_facing_context,
-    peer_client_context,
-    peer_server_context,
-)
+from xroad_hub.node.runtime import HostedService, NodeRuntime
+from xroad_hub.node.tls import client_facing_context, peer_client_context, peer_server_context
 from xroad_hub.node.trackerapi import TrackerApi
 from xroad_hub.node.usedtokens import SQLiteUsedTokens
-from xroad_hub.pki import (
-    CertPaths,
-    PkiLayout,
-    load_cert,
-    load_ed25519_key,
-    load_private_key,
-    load_public_key,
-)
+from xroad_hub.pki import PkiLayout, load_cert, load_ed25519_key, load_private_key, load_public_key
 from xroad_hub.protocol.catalog import DEFAULT_CATALOG, load_catalog
 from xroad_hub.protocol.checkpoint import NoteSigner
-from xroad_hub.protocol.identifiers import ServiceId, parse_client_id, parse_node_id
+from xroad_hub.protocol.identifiers import ServiceId
 from xroad_hub.protocol.message import MAX_OVERHEAD
 from xroad_hub.protocol.signing import MessageSigner, cert_fingerprint
 from xroad_hub.protocol.subjects import (
@@ -92,6 +65,34 @@ from xroad_hub.protocol.subjects import (
 )
 
 __all__ = ["Node"]
+import asyncio
+import ipaddress
+import time
+from collections.abc import Awaitable, Callable, Iterator
+from datetime import datetime
+from typing import Any
+
+from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
+
+from xroad_hub.node.admin import ADMIN, AdminApi, AdminAudit
+from xroad_hub.node.health import CertCheck, Problem, cert_problems, health_app
+from xroad_hub.node.metrics import (
+    CURRENT_EXCHANGE,
+    ExchangeTiming,
+    NodeMetrics,
+    StateCollector,
+    time_backend,
+)
+from xroad_hub.node.opmonitoring import OpMonitor, opmonitoring_app
+from xroad_hub.node.runtime import NODE_METRICS
+from xroad_hub.node.slo import AlertSender, SloWatch
+from xroad_hub.node.tls import (
+    admin_context,
+)
+from xroad_hub.pki import (
+    CertPaths,
+)
+from xroad_hub.protocol.identifiers import parse_client_id, parse_node_id
 
 log = structlog.get_logger("xroad_hub.node")
 
@@ -101,6 +102,16 @@ def _der(path: Path) -> bytes:
 
 
 class Node:
+    """One node (X-Road: security server) assembled from its configuration.
+
+    ``start`` builds everything once: the node's resources are the cleanup contexts of its
+    root application (HTTP session, message log, spent-token store, the exchange runtime with
+    its adapters, checkpointer, global-configuration client), each started after those it
+    needs; then the listeners. ``stop`` closes the listeners (in-flight exchanges finish),
+    then aiohttp unwinds the contexts in reverse order, gathering their failures, so the
+    final checkpoint is written before the log closes. A failed start unwinds what started.
+    """
+
     def __init__(
         self,
         config: NodeConfig,
@@ -108,7 +119,7 @@ class Node:
         registry_url: str,
         data_dir: Path,
         *,
-        refresh_interval: float = 60.0,
+        refresh_interval: float,
         witness_url: str | None = None,
         auditors: tuple[str, ...] = (),
         tsa_url: str | None = None,
@@ -122,17 +133,19 @@ class Node:
         self.globalconf = GlobalConfClient.from_files(
             registry_url, pki.globalconf_signer.cert, refresh_interval
         )
-        self._runners: list[web.AppRunner] = []
-        self._listeners: list[tuple[str, web.AppRunner]] = []  # (role, runner), for metrics
-        self._session: aiohttp.ClientSession | None = None
-        self.urls: dict[str, str] = {}
-        self.runtime: NodeRuntime | None = None
-        self.checkpointer: Checkpointer | None = None
         self.witness_url = witness_url
         self.auditors = auditors
         self.tsa_url = tsa_url
         # Spent one-use client tokens: durable, shared by every process serving this node.
         self.used_tokens = SQLiteUsedTokens(data_dir / "used-tokens.sqlite")
+        # Set once by start(), in the order of the contexts that make them.
+        self._session: aiohttp.ClientSession | None = None
+        self._log: MessageLog | None = None
+        self.checkpointer: Checkpointer | None = None
+        self.runtime: NodeRuntime | None = None
+        self.urls: dict[str, str] = {}
+        self._lifecycle: web.AppRunner | None = None
+        self._listeners: list[tuple[str, web.AppRunner]] = []  # (role, runner), for metrics
         self.metrics: NodeMetrics | None = None
         self.admin: AdminApi | None = None
         self._certs: list[CertCheck] = []
@@ -143,8 +156,151 @@ class Node:
         self.slo_watch: SloWatch | None = None
         self._alerts: AlertSender | None = None
 
-    def _build_runtime(self) -> NodeRuntime:
+    async def start(self, sockets: dict[str, socket.socket] | None = None) -> dict[str, str]:
+        """Start serving; ``sockets`` may hold pre-bound listeners by role (peer, client,
+        client_tls, audit), otherwise the configured addresses are bound."""
+        # Tasks started here (log writer, checkpointer, configuration refresh, flat-file
+        # reloads) inherit the node's id: each of their log lines names the node.
+        with structlog.contextvars.bound_contextvars(node=str(self.config.id)):
+            return await self._start(sockets or {})
+
+    async def _start(self, sockets: dict[str, socket.socket]) -> dict[str, str]:
+        root = web.Application()
+        root.cleanup_ctx.extend(
+            (self._http_session, self._message_log, self._spent_tokens, self._exchange,
+             self._checkpoints, self._globalconf_updates, self._monitoring)
+        )  # fmt: skip
+        self._lifecycle = web.AppRunner(root, handle_signals=False)
+        try:
+            await self._lifecycle.setup()
+        except BaseException:
+            await self._lifecycle.cleanup()  # the contexts that did start stop again
+            self._lifecycle = None
+            raise
+        await self._listen(sockets)
+        log.info("node.started", node=str(self.config.id), **self.urls)
+        return self.urls
+
+    async def stop(self) -> None:
+        """Stop accepting, finish in-flight exchanges, then release the resources in reverse
+        order: global configuration, final checkpoint, adapters and peers, stores, session."""
+        try:
+            for _, runner in self._listeners:
+                await runner.cleanup()
+            self._listeners.clear()
+        finally:
+            if self._lifecycle is not None:
+                lifecycle, self._lifecycle = self._lifecycle, None
+                await lifecycle.cleanup()
+        log.info("node.stopped", node=str(self.config.id))
+
+    # --- the resources, as cleanup contexts (started in this order, stopped in reverse) ---
+
+    async def _http_session(self, _: web.Application) -> AsyncIterator[None]:
+        # One connection pool for the node's adapters and its timestamp requests.
+        self._session = aiohttp.ClientSession(
+            auto_decompress=False, connector=aiohttp.TCPConnector(limit=0)
+        )
+        yield
+        await self._session.close()
+
+    async def _message_log(self, _: web.Application) -> AsyncIterator[None]:
+        self._log = self._messagelog()
+        await self._log.open()
+        yield
+        await self._log.close()
+
+    async def _spent_tokens(self, _: web.Application) -> AsyncIterator[None]:
+        await self.used_tokens.open()
+        yield
+        await self.used_tokens.close()
+
+    async def _exchange(self, _: web.Application) -> AsyncIterator[None]:
+        """The services with their adapters (flat-file exports loaded before the node
+        answers), and the runtime both proxies share, complete before anything serves."""
+        async with contextlib.AsyncExitStack() as stack:
+            services = self._services()
+            services.update(await self._soap_services(services))
+            for hosted in services.values():
+                stack.push_async_callback(hosted.adapter.close)
+            for hosted in services.values():
+                if isinstance(hosted.adapter, FlatFileAdapter):
+                    await hosted.adapter.start()
+            self.checkpointer = self._checkpointer()
+            if self.metrics_enabled:
+                self.metrics = NodeMetrics(
+                    str(self.config.id), frozenset(str(s) for s in services)
+                )
+            self.opmonitor = self._opmonitor(services)
+            rt = self.runtime = self._runtime(services, self.checkpointer)
+            self._instrument(rt)
+            stack.push_async_callback(rt.peers.close)
+            stack.callback(rt.parse_pool.shutdown, wait=False, cancel_futures=True)
+            yield
+
+    async def _checkpoints(self, _: web.Application) -> AsyncIterator[None]:
+        assert self.checkpointer is not None
+        await self.checkpointer.start()
+        yield
+        # No exchange runs any more: the final checkpoint covers the whole log.
+        await self.checkpointer.stop()
+
+    async def _globalconf_updates(self, _: web.Application) -> AsyncIterator[None]:
+        await self.globalconf.start()
+        yield
+        await self.globalconf.stop()
+
+    async def _monitoring(self, _: web.Application) -> AsyncIterator[None]:
+        """Operational-monitoring records, service-level objectives and the node's own
+        alerts (the records' store was built with the runtime, which feeds it)."""
+        store = self.opmonitor
+        if store is None:
+            yield
+            return
+        assert self.runtime is not None
+        store.start()
+        self._alerts = AlertSender(self.config.alert_webhook, str(self.config.id))
+        self._alerts.start()
+        self.slo_watch = self._slo_watch(self.runtime, store, self._alerts)
+        self.slo_watch.start()
+        yield
+        await self.slo_watch.stop()
+        await self._alerts.stop()
+        await asyncio.to_thread(store.stop)  # writes what is queued
+
+    # --- building ---------------------------------------------------------------------------
+
+    def _services(self) -> dict[ServiceId, HostedService]:
+        services = {
+            s.id: HostedService(s, self._adapter(s), openapi=_openapi(s))
+            for s in self.config.services
+        }
+        for hosted in services.values():
+            _check_answer_subjects(hosted)
+        return services
+
+    def _checkpointer(self) -> Checkpointer:
         cfg, pki = self.config, self.pki
+        assert self._log is not None
+        checkpoint_key = pki.node_checkpoint(str(cfg.id))
+        return Checkpointer(
+            str(cfg.id),
+            self._log,
+            NoteSigner(str(cfg.id), load_ed25519_key(checkpoint_key.key)),
+            _der(checkpoint_key.cert),
+            cfg.checkpoint_interval,
+            witness_url=self.witness_url,
+            timestamper=self._timestamper() if self.tsa_url else None,
+            failure_limit=cfg.timestamp_failure_limit,
+            body_retention=cfg.body_retention,
+            trusted_roots=[load_cert(pki.root_ca.cert)],
+        )
+
+    def _runtime(
+        self, services: dict[ServiceId, HostedService], checkpointer: Checkpointer
+    ) -> NodeRuntime:
+        cfg, pki = self.config, self.pki
+        assert self._log is not None
         auth = pki.node_auth(str(cfg.id))
         # The owner member signs the node's own requests (GET /wsdl without a client).
         members = {sub.member for sub in cfg.hosted} | {cfg.id.owner}
@@ -166,22 +322,14 @@ class Node:
                 regs.append(ClientRegistration(c.id, c.auth, jwt_key=key))
             else:
                 regs.append(ClientRegistration(c.id, c.auth))
-        self._session = aiohttp.ClientSession(
-            auto_decompress=False, connector=aiohttp.TCPConnector(limit=0)
-        )
-        services = {
-            s.id: HostedService(s, self._adapter(s), openapi=_openapi(s)) for s in cfg.services
-        }
-        for hosted in services.values():
-            _check_answer_subjects(hosted)
         client_bytes = cfg.client_max_inflight_bytes or 2 * cfg.max_body_bytes
         return NodeRuntime(
             node_id=cfg.id,
             globalconf=self.globalconf,
             signers=signers,
             authenticator=ClientAuthenticator(str(cfg.id), regs, self.used_tokens),
-            services=services,
-            log=self._messagelog(),
+            services=MappingProxyType(services),
+            log=self._log,
             peers=PeerTransport(
                 functools.partial(peer_client_context, auth.cert, auth.key, pki.root_ca.cert),
                 cfg.max_body_bytes + MAX_OVERHEAD,
@@ -199,6 +347,9 @@ class Node:
                 _PEER_SHARE * (client_bytes + MAX_OVERHEAD),
                 raise_as=SERVER_PROXY,
             ),
+            logging_ok=checkpointer.healthy,
+            metrics=self.metrics,
+            opmon=self.opmonitor,
         )
 
     def _adapter(self, service: ServiceConfig) -> Adapter:
@@ -222,10 +373,13 @@ class Node:
             "(use 'rest' or 'flatfile')"
         )
 
-    async def _register_soap_services(self, rt: NodeRuntime) -> None:
+    async def _soap_services(
+        self, others: dict[ServiceId, HostedService]
+    ) -> dict[ServiceId, HostedService]:
         """SOAP services are registered from their WSDL, read when the node starts: each
         operation becomes a service code (version from the WSDL's xrd:version, else the
         registration's), with one adapter per operation."""
+        found: dict[ServiceId, HostedService] = {}
         for reg in self.config.soap_services:
             try:
                 data = await fetch_wsdl(reg.wsdl, timeout=reg.timeout)
@@ -245,15 +399,16 @@ class Node:
                         answer_subjects=reg.answer_subjects,
                         purposes=reg.purposes,
                     )
-                    if cfg.id in rt.services:
+                    if cfg.id in others or cfg.id in found:
                         raise ValueError(f"operation {op.name} is already a service code here")
                     hosted = self._soap_service(reg, info, data, client, cfg)
                     _check_answer_subjects(hosted)
-                    rt.services[cfg.id] = hosted
+                    found[cfg.id] = hosted
             except (WsdlError, ValueError) as exc:
                 raise ConfigError(
                     f"node {self.config.id}, SOAP service {reg.provider} ({reg.wsdl}): {exc}"
                 ) from exc
+        return found
 
     def _soap_service(
         self,
@@ -296,44 +451,60 @@ class Node:
             ),
         )
 
-    async def start(self, sockets: dict[str, socket.socket] | None = None) -> dict[str, str]:
-        """Start serving; ``sockets`` may hold pre-bound listeners by role (peer, client,
-        client_tls), otherwise the configured addresses are bound."""
-        # Tasks started here (log writer, checkpointer, configuration refresh, flat-file
-        # reloads) inherit the node's id: each of their log lines names the node.
-        with structlog.contextvars.bound_contextvars(node=str(self.config.id)):
-            return await self._start(sockets or {})
-
-    async def _start(self, sockets: dict[str, socket.socket]) -> dict[str, str]:
-        cfg, pki = self.config, self.pki
-        rt = self.runtime = self._build_runtime()
-        await self._register_soap_services(rt)
-        self._instrument(rt)
-        await rt.log.open()
-        await self.used_tokens.open()
-        for hosted in rt.services.values():
-            # Flat-file services load their export before the node answers for them.
-            if isinstance(hosted.adapter, FlatFileAdapter):
-                await hosted.adapter.start()
-        checkpoint_key = pki.node_checkpoint(str(cfg.id))
-        self.checkpointer = Checkpointer(
-            str(cfg.id),
-            rt.log,
-            NoteSigner(str(cfg.id), load_ed25519_key(checkpoint_key.key)),
-            _der(checkpoint_key.cert),
-            cfg.checkpoint_interval,
-            witness_url=self.witness_url,
-            timestamper=self._timestamper() if self.tsa_url else None,
-            failure_limit=cfg.timestamp_failure_limit,
-            body_retention=cfg.body_retention,
-            trusted_roots=[load_cert(pki.root_ca.cert)],
-        )
-        await self.checkpointer.start()
-        rt.logging_ok = self.checkpointer.healthy
-        await self.globalconf.start()
-        self._start_monitoring(rt)
+    async def _listen(self, sockets: dict[str, socket.socket]) -> None:
+        """Bind every listener first, so that the proxies are built knowing the node's own
+        URLs, then serve each listener's application with a runner of its own."""
+        cfg, pki, rt = self.config, self.pki, self.runtime
+        assert rt is not None
         auth = pki.node_auth(str(cfg.id))
         ca = pki.root_ca.cert
+        client_tls = client_facing_context(auth.cert, auth.key, ca)
+        plan = [
+            ("peer", cfg.peer_listen, peer_server_context(auth.cert, auth.key, ca)),
+            ("client", cfg.client_listen, None),
+            ("client_tls", cfg.client_tls_listen, client_tls),
+            ("audit", cfg.audit_listen, client_tls),
+            ("health", cfg.health_listen, None),
+            ("admin", cfg.admin_listen, self._admin_tls(auth)),
+        ]
+        bound: list[tuple[str, socket.socket, ssl.SSLContext | None]] = []
+        try:
+            for role, address, ssl_ctx in plan:
+                if address is None and role not in sockets:
+                    continue
+                sock = sockets.get(role) or listen_socket(
+                    address,  # type: ignore[arg-type]
+                    f"node {cfg.id} ({role.replace('_', ' ')} port)",
+                    f"{role}_listen of node {cfg.id}",
+                )
+                bound.append((role, sock, ssl_ctx))
+                host, port = sock.getsockname()[:2]
+                self.urls[role] = f"{'http' if ssl_ctx is None else 'https'}://{host}:{port}"
+            apps = self._apps(rt)
+        except BaseException:
+            for role, sock, _ in bound:
+                if role not in sockets:
+                    sock.close()
+            raise
+        for role, sock, ssl_ctx in bound:
+            runner = web.AppRunner(
+                apps[role],
+                access_log=None,
+                handle_signals=False,
+                # In-flight exchanges may run until the provider timeout; stopping earlier
+                # would cut them off unanswered (they would still be logged).
+                shutdown_timeout=cfg.provider_timeout + cfg.body_timeout,
+                # aiohttp's default (3630 s) would let half-sent request heads hold
+                # connections for an hour.
+                keepalive_timeout=15,
+            )
+            await runner.setup()
+            self._listeners.append((role, runner))
+            await web.SockSite(runner, sock, ssl_context=ssl_ctx).start()
+
+    def _apps(self, rt: NodeRuntime) -> dict[str, web.Application]:
+        """The application each listener serves, by role."""
+        cfg = self.config
         context = self._context_middleware()
         client_proxy = ClientProxy(
             rt,
@@ -342,10 +513,9 @@ class Node:
                 for c in cfg.clients
                 if c.default_purpose is not None
             },
-            public_urls=self.urls,  # filled in below, before the first request
+            public_urls=MappingProxyType(dict(self.urls)),
         )
         server_proxy = ServerProxy(rt)
-
         # Bodies are read by read_body with their own limit and deadline, not by aiohttp.
         client_app = web.Application(middlewares=[context])
         EvidenceApi(rt, client_proxy, load_catalog(DEFAULT_CATALOG)).add_routes(client_app)
@@ -357,54 +527,15 @@ class Node:
         client_app.router.add_route("*", "/{tail:.*}", client_proxy.handle)
         peer_app = web.Application(middlewares=[context])
         peer_app.router.add_post(PEER_PATH, server_proxy.handle)
-
-        audit_app = self._audit_app(rt) if cfg.audit_listen else None
-        if audit_app is not None:
-            audit_app.middlewares.append(context)
-        admin_app = self._admin_app(rt, context) if cfg.admin_listen else None
-        health = health_app(self.problems) if cfg.health_listen else None
-        plan = [
-            ("peer", peer_app, cfg.peer_listen, peer_server_context(auth.cert, auth.key, ca)),
-            ("client", client_app, cfg.client_listen, None),
-            (
-                "client_tls",
-                client_app,
-                cfg.client_tls_listen,
-                client_facing_context(auth.cert, auth.key, ca),
-            ),
-            ("audit", audit_app, cfg.audit_listen, client_facing_context(auth.cert, auth.key, ca)),
-            ("health", health, cfg.health_listen, None),
-            ("admin", admin_app, cfg.admin_listen, self._admin_tls(auth)),
-        ]
-        for role, app, address, ssl_ctx in plan:
-            if app is None or (address is None and role not in sockets):
-                continue
-            runner = web.AppRunner(
-                app,
-                access_log=None,
-                handle_signals=False,
-                # In-flight exchanges may run until the provider timeout; stopping earlier
-                # would cut them off unanswered (they would still be logged).
-                shutdown_timeout=cfg.provider_timeout + cfg.body_timeout,
-                # aiohttp's default (3630 s) would let half-sent request heads hold
-                # connections for an hour.
-                keepalive_timeout=15,
-            )
-            await runner.setup()
-            self._runners.append(runner)
-            self._listeners.append((role, runner))
-            sock = sockets.get(role) or listen_socket(
-                address,  # type: ignore[arg-type]
-                f"node {cfg.id} ({role.replace('_', ' ')} port)",
-                f"{role}_listen of node {cfg.id}",
-            )
-            site = web.SockSite(runner, sock, ssl_context=ssl_ctx)
-            await site.start()
-            host, port = sock.getsockname()[:2]
-            scheme = "http" if ssl_ctx is None else "https"
-            self.urls[role] = f"{scheme}://{host}:{port}"
-        log.info("node.started", node=str(cfg.id), **self.urls)
-        return self.urls
+        apps = {"peer": peer_app, "client": client_app, "client_tls": client_app}
+        if "audit" in self.urls:
+            apps["audit"] = self._audit_app(rt)
+            apps["audit"].middlewares.append(context)
+        if "health" in self.urls:
+            apps["health"] = health_app(self.problems)
+        if "admin" in self.urls:
+            apps["admin"] = self._admin_app(rt, context)
+        return apps
 
     def _instrument(self, rt: NodeRuntime) -> None:
         """Metrics and the health checks' inputs: set up once the services are known."""
@@ -413,11 +544,9 @@ class Node:
         checks = [("authentication", pki.node_auth(nid)), ("checkpoint", pki.node_checkpoint(nid))]
         checks += [(f"signing ({m})", pki.member_sign(str(m))) for m in sorted(rt.signers, key=str)]
         self._certs = [_cert_check(f"{what} certificate", paths) for what, paths in checks]
-        if not self.metrics_enabled:
+        metrics = rt.metrics
+        if metrics is None:
             return
-        metrics = self.metrics = rt.metrics = NodeMetrics(
-            str(cfg.id), frozenset(str(s) for s in rt.services)
-        )
         for hosted in rt.services.values():
             time_backend(hosted.adapter, "handle")
         time_backend(rt.peers, "send")
@@ -435,8 +564,8 @@ class Node:
         if rt is None:
             return [Problem("starting", "the node is not started")]
         found = []
-        if rt.maintenance is not None:
-            found.append(Problem("maintenance", f"maintenance mode: {rt.maintenance}"))
+        if rt.state.maintenance is not None:
+            found.append(Problem("maintenance", f"maintenance mode: {rt.state.maintenance}"))
         if self.globalconf.current() is None:
             why = self.globalconf.last_error or "it has expired"
             found.append(
@@ -455,12 +584,13 @@ class Node:
                     f" {cp.failure_limit:g} s); the timestamp authority does not answer",
                 )
             )
-        if rt.log_failed_at is not None and now - rt.log_failed_at < self.log_failure_hold:
+        failed_at = rt.state.log_failed_at
+        if failed_at is not None and now - failed_at < self.log_failure_hold:
             found.append(
                 Problem(
                     "messagelog_unwritable",
-                    f"the message log could not be written {now - rt.log_failed_at:.0f} s"
-                    f" ago: {rt.log_failure}",
+                    f"the message log could not be written {now - failed_at:.0f} s"
+                    f" ago: {rt.state.log_failure}",
                 )
             )
         return found + cert_problems(self._certs, now)
@@ -624,7 +754,7 @@ class Node:
                     {"error": 'send JSON {"enabled": true|false, "message": "why"}'}, status=400
                 )
             message = message[:200]
-            rt.maintenance = message if enabled else None
+            rt.state.maintenance = message if enabled else None
             if metrics is not None:
                 metrics.maintenance.set(float(enabled))
             await admin.audit.record(
@@ -652,11 +782,13 @@ class Node:
                 if route.method != "HEAD":
                     admin.route(route.method, route.resource.canonical, route.handler, watchers)
         return admin.app
-    def _start_monitoring(self, rt: NodeRuntime) -> None:
-        """Operational monitoring, service-level objectives and the node's own alerts."""
+
+    def _opmonitor(self, services: Mapping[ServiceId, HostedService]) -> OpMonitor | None:
+        """The store of operational-monitoring records (None: switched off), fed by the
+        runtime with every exchange; started by the monitoring context."""
         cfg = self.config
         if not cfg.opmonitoring:
-            return
+            return None
         globalconf = self.globalconf
 
         def addresses(client: str, target: str | None) -> tuple[str | None, str | None]:
@@ -677,7 +809,7 @@ class Node:
             conf = globalconf.current()
             return conf.monitoring_client if conf else None
 
-        store = self.opmonitor = OpMonitor(
+        return OpMonitor(
             self.data_dir / "opmonitoring.sqlite",
             cfg.id,
             retention=cfg.opmonitoring_retention,
@@ -690,15 +822,14 @@ class Node:
                 else "OPENAPI3"
                 if h.openapi
                 else "REST"
-                for sid, h in rt.services.items()
+                for sid, h in services.items()
             },
             monitoring_client=monitoring_client,  # type: ignore[arg-type]
         )
-        store.start()
-        rt.opmon = store
-        self._alerts = AlertSender(cfg.alert_webhook, str(cfg.id))
-        self._alerts.start()
-        checkpointer = self.checkpointer
+
+    def _slo_watch(self, rt: NodeRuntime, store: OpMonitor, alerts: AlertSender) -> SloWatch:
+        """Watches each service's objective and the node's own failures; alerts by webhook."""
+        cfg, globalconf, checkpointer = self.config, self.globalconf, self.checkpointer
         stamp_limit = max(120.0, 2 * cfg.checkpoint_interval)
 
         def timestamping() -> dict[str, object] | None:
@@ -714,10 +845,14 @@ class Node:
             since = store.log_failed_since
             return {"failing_seconds": round(time.time() - since)} if since else None
 
-        self.slo_watch = SloWatch(
+        return SloWatch(
             store,
-            {str(sid): h.config.slo for sid, h in rt.services.items() if h.config.slo},
-            self._alerts,
+            {
+                str(sid): h.config.slo
+                for sid, h in rt.services.items()
+                if getattr(h.config, "slo", None)
+            },
+            alerts,
             interval=cfg.slo_check_interval,
             conditions={
                 "timestamping_failing": timestamping,
@@ -725,7 +860,6 @@ class Node:
                 "messagelog_write_failing": log_writes,
             },
         )
-        self.slo_watch.start()
 
     def _timestamper(self) -> Timestamper:
         roots = [load_cert(self.pki.root_ca.cert)]
@@ -763,31 +897,6 @@ class Node:
         TrackerApi(str(self.config.id), rt.log.reader, idp_key, member_names).add_routes(app)
         return app
 
-    async def stop(self) -> None:
-        """Stop accepting, finish in-flight exchanges, flush the log, close connections."""
-        for runner in self._runners:
-            await runner.cleanup()
-        self._runners.clear()
-        self._listeners.clear()
-        await self.globalconf.stop()
-        if self.slo_watch is not None:
-            await self.slo_watch.stop()
-        if self._alerts is not None:
-            await self._alerts.stop()
-        if self.opmonitor is not None:
-            await asyncio.to_thread(self.opmonitor.stop)  # writes what is queued
-        if self.runtime is not None:
-            await self.runtime.peers.close()
-            if self.checkpointer is not None:
-                # No exchange runs any more: the final checkpoint covers the whole log.
-                await self.checkpointer.stop()
-            await self.runtime.log.close()
-            self.runtime.parse_pool.shutdown(wait=False, cancel_futures=True)
-        await self.used_tokens.close()
-        if self._session is not None:
-            await self._session.close()
-        log.info("node.stopped", node=str(self.config.id))
-
 
 # Every health check's code (health_problem gauge: each always present, 0 or 1).
 _CHECKS = (
@@ -797,7 +906,7 @@ _CHECKS = (
 
 
 def _maintenance_state(rt: NodeRuntime) -> dict[str, object]:
-    return {"maintenance": rt.maintenance is not None, "message": rt.maintenance}
+    return {"maintenance": rt.state.maintenance is not None, "message": rt.state.maintenance}
 
 
 def _cert_check(what: str, paths: CertPaths) -> CertCheck:

@@ -7,7 +7,7 @@ import dataclasses
 import functools
 import os
 import time
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Mapping
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from typing import Any, ParamSpec, TypeVar
@@ -67,13 +67,36 @@ class HostedService:
     openapi: dict[str, Any] | None = None
 
 
-@dataclass
+@dataclass(slots=True)
+class _KeptConf:
+    """The global configuration last kept in the log, and who may be keeping one now."""
+
+    conf: GlobalConf | None = None
+    same_rules: GlobalConf | None = None  # a later download with the kept one's rules
+    lock: asyncio.Lock = field(default_factory=asyncio.Lock)
+
+
+@dataclass(slots=True)
+class NodeState:
+    """The little of a node that changes while it runs, for health, metrics and refusals."""
+
+    # The administrator's message while the node is in maintenance mode (admin API): new
+    # exchanges are refused with Maintenance, health says so. None: serving.
+    maintenance: str | None = None
+    # When the message log last failed to keep an exchange, and why (for health).
+    log_failed_at: float | None = None
+    log_failure: str | None = None
+
+
+@dataclass(frozen=True)
 class NodeRuntime:
+    """Built complete once by Node.start (node.py), before anything serves."""
+
     node_id: NodeId
     globalconf: GlobalConfClient
-    signers: dict[MemberId, BatchSigner]
+    signers: Mapping[MemberId, BatchSigner]
     authenticator: ClientAuthenticator
-    services: dict[ServiceId, HostedService]
+    services: Mapping[ServiceId, HostedService]
     log: MessageLog
     peers: PeerTransport
     max_body_bytes: int
@@ -86,18 +109,11 @@ class NodeRuntime:
     # False while checkpoints wait too long for timestamps: exchanges are refused.
     logging_ok: Callable[[], bool] = lambda: True
     metrics: NodeMetrics | None = None
-    # The administrator's message while the node is in maintenance mode (admin API): new
-    # exchanges are refused with Maintenance, health says so. None: serving.
-    maintenance: str | None = None
-    # When the message log last failed to keep an exchange, and why (for health).
-    log_failed_at: float | None = None
-    log_failure: str | None = None
     # Operational monitoring: fed from ``record`` with every exchange (None: switched off).
     opmon: OpMonitor | None = None
-    # The global configuration last kept in the log, and who may be keeping one now.
-    _kept_conf: GlobalConf | None = field(default=None, init=False, repr=False)
-    _keeping: asyncio.Lock = field(default_factory=asyncio.Lock, init=False, repr=False)
-    _same_rules_as_kept: GlobalConf | None = field(default=None, init=False, repr=False)
+    # What changes while the node runs (maintenance mode, the last log failure).
+    state: NodeState = field(default_factory=lambda: NodeState())
+    _kept: _KeptConf = field(default_factory=_KeptConf, init=False, repr=False)
     parse_pool: ThreadPoolExecutor = field(
         default_factory=lambda: ThreadPoolExecutor(PARSE_THREADS, thread_name_prefix="parse")
     )
@@ -111,10 +127,10 @@ class NodeRuntime:
         """Fail closed: no exchange the log cannot have timestamped in time. Every exchange
         starts here, so maintenance mode is checked here too (first: nothing else is done
         for a request the node will not take)."""
-        if self.maintenance is not None:
+        if self.state.maintenance is not None:
             raise XRoadError(
                 f"{raise_as}.Maintenance",
-                f"the node is in maintenance mode ({self.maintenance}); try again later or"
+                f"the node is in maintenance mode ({self.state.maintenance}); try again later or"
                 " through another node",
                 status=503,
             )
@@ -147,7 +163,7 @@ class NodeRuntime:
                 f"{raise_as}.LoggingFailed",
                 "the exchange could not be logged, so it is not answered",
             )
-            self.log_failed_at, self.log_failure = time.time(), str(exc)[:200]
+            self.state.log_failed_at, self.state.log_failure = time.time(), str(exc)[:200]
             if self.metrics is not None:
                 answered = dataclasses.replace(record, status=err.status, error_type=err.code)
                 self.metrics.exchange(answered, None)
@@ -160,16 +176,16 @@ class NodeRuntime:
             self.opmon.observe(record)
 
     def _conf_kept(self, conf: GlobalConf) -> bool:
-        kept = self._kept_conf
+        kept = self._kept.conf
         if kept is None:
             return False
         if kept is conf:
             return True
-        if conf is not self._same_rules_as_kept:
+        if conf is not self._kept.same_rules:
             # Compared once per download, not per exchange (~0.2 ms for 50 nodes).
             if not kept.same_rules(conf):
                 return False
-            self._same_rules_as_kept = conf
+            self._kept.same_rules = conf
         # The same rules, still in force for a while: no need for another copy. The margin
         # covers clocks: a request's signing time (another node's clock) must fall inside
         # the kept copy's validity for a bundle to prove hosting at that time.
@@ -184,7 +200,7 @@ class NodeRuntime:
         held = self.globalconf.current_signed()
         if held is None or self._conf_kept(held[0]):
             return
-        async with self._keeping:
+        async with self._kept.lock:
             conf, signed = held
             if self._conf_kept(conf):
                 return  # another exchange kept it while this one waited
@@ -194,7 +210,7 @@ class NodeRuntime:
                 conf.generated_at.timestamp(),
                 conf.expires_at.timestamp(),
             )
-            self._kept_conf, self._same_rules_as_kept = conf, None
+            self._kept.conf, self._kept.same_rules = conf, None
 
     def signer_for(self, member: MemberId, raise_as: str) -> BatchSigner:
         signer = self.signers.get(member)
