@@ -56,7 +56,12 @@ REQUEST = RequestMeta(
     body_sha512=body_digest(b""),
 )
 RULES = ServiceConfig(
-    id=ECHO, adapter="rest", url="http://127.0.0.1:1", allow=frozenset({PORTAL}), version="v1"
+    id=ECHO,
+    adapter="rest",
+    url="http://127.0.0.1:1",
+    allow=frozenset({PORTAL}),
+    version="v1",
+    answer_subjects=(),
 )
 
 

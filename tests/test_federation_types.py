@@ -122,8 +122,8 @@ def test_keys_left_out_take_the_dataclass_defaults(tmp_path: Path) -> None:
 def test_known_keys_are_the_fields() -> None:
     assert KNOWN_KEYS["node"] >= {"peer_listen", "body_retention_days", "client", "service"}
     assert "body_retention" not in KNOWN_KEYS["node"] and "options" not in KNOWN_KEYS["service"]
-    assert set(KNOWN_KEYS) == {"federation", "registry", "member", "node", "client", "service",
-                               "soap_service", "backend", "auditor"}  # fmt: skip
+    assert set(KNOWN_KEYS) == {"federation", "registry", "member", "node", "admin", "client",
+                               "service", "soap_service", "backend", "auditor"}  # fmt: skip
 
 
 @dataclasses.dataclass(frozen=True, kw_only=True)

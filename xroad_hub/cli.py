@@ -21,6 +21,7 @@ from xroad_hub.dev.devpki import ensure_pki
 from xroad_hub.errors import HubError, ProtocolError, XRoadError
 from xroad_hub.federation import ConfigError, FederationConfig, load_federation
 from xroad_hub.logs import configure_logging
+from xroad_hub.messagelog.reader import LogReadError
 from xroad_hub.node.admincli import add_node_commands, run_node_command
 from xroad_hub.node.clientauth import MAX_TOKEN_LIFETIME
 from xroad_hub.packaged import demo_federation, with_packaged_paths
@@ -271,13 +272,13 @@ def _log_argument(parser: argparse.ArgumentParser, *, node: bool = True) -> None
 
 def _open_log(args: argparse.Namespace) -> LogReader | None:
     """The reader of the log the user named, or None after saying what to pass instead."""
-    from xroad_hub.messagelog.reader import LogReadError
     from xroad_hub.messagelog.source import open_reader
 
     try:
         return open_reader(args.log, schema=args.schema, node=args.node)
     except LogReadError as exc:
         print(f"xroad-hub: {exc}", file=sys.stderr)
+        print(f"hint: {_hint(exc, args)}", file=sys.stderr)
         return None
 
 
@@ -313,8 +314,11 @@ def _hint(exc: BaseException, args: argparse.Namespace) -> str:
         )
     if isinstance(exc, ConfigError):
         return f"fix the federation file ({getattr(args, 'config', 'the --config file')})"
-    if isinstance(exc, sqlite3.Error | FileNotFoundError):
-        return "name a node's messagelog.sqlite (in the data directory of 'xroad-hub up')"
+    if isinstance(exc, sqlite3.Error | FileNotFoundError | LogReadError):
+        return (
+            "name a node's messagelog.sqlite (in the data directory of 'xroad-hub up'), or its"
+            " PostgreSQL database (postgresql://...) with --node or --schema"
+        )
     return f"see 'xroad-hub {args.command} --help'"
 
 

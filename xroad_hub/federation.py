@@ -236,9 +236,11 @@ class ClientConfig:
 
 
 # Roles an administrator's key may carry: X-Road's node roles, without the xroad- prefix.
-ADMIN_ROLES = (
-    "system-administrator", "security-officer", "registration-officer",
-    "service-administrator", "monitor",
+ADMIN_ROLES = frozenset(
+    (
+        "system-administrator", "security-officer", "registration-officer",
+        "service-administrator", "monitor",
+    )
 )  # fmt: skip
 _SHA256_HEX = re.compile(r"[0-9a-f]{64}")
 
@@ -259,7 +261,7 @@ def _key_digest(digest: str) -> str:
 
 
 def _roles(roles: tuple[str, ...]) -> frozenset[str]:
-    if not roles or not set(roles) <= set(ADMIN_ROLES):
+    if not roles or not set(roles) <= ADMIN_ROLES:
         raise ValueError(f"must be a non-empty list of {sorted(ADMIN_ROLES)}")
     return frozenset(roles)
 

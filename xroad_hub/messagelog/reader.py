@@ -25,6 +25,7 @@ from collections.abc import Iterable, Iterator, Sequence
 from types import TracebackType
 from typing import Any, Protocol
 
+from xroad_hub.errors import HubError
 from xroad_hub.messagelog.layout import COLUMNS
 from xroad_hub.messagelog.search import SearchFilter, search_sql
 from xroad_hub.protocol import merkle
@@ -36,7 +37,7 @@ __all__ = ["BATCH", "LogReadError", "LogReader", "Row", "SQLLogReader", "as_dict
 BATCH = 4096
 
 
-class LogReadError(Exception):
+class LogReadError(HubError):
     """The log cannot be opened or read (no such file or schema, not a log, I/O error)."""
 
 
