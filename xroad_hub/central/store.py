@@ -193,7 +193,13 @@ def _locked(method: _F) -> _F:
     @functools.wraps(method)
     def wrapper(self: SqliteCentralStore, *args: Any, **kwargs: Any) -> Any:
         with self._lock:
-            return method(self, *args, **kwargs)
+            # A connection per operation: no read snapshot outlives it, so the server sees
+            # at once what the CLI (another process) committed.
+            self._db = self._connect()
+            try:
+                return method(self, *args, **kwargs)
+            finally:
+                self._db.close()
 
     return wrapper  # type: ignore[return-value]
 
@@ -208,18 +214,21 @@ class SqliteCentralStore:
             )
         ensure_private(path, sqlite=True)
         self.path = path
-        self._db = sqlite3.connect(path, isolation_level=None, check_same_thread=False)
         self._lock = threading.RLock()
-        # Read to the end: a pending row would hold a read snapshot open for good (the
-        # server would never see what the CLI commits).
+        self._db = self._connect()
         self._db.execute("PRAGMA journal_mode=WAL").fetchall()
-        self._db.execute("PRAGMA foreign_keys=ON")
-        self._db.execute("PRAGMA busy_timeout=5000")
         self._db.executescript(SCHEMA)
+        self._db.close()
         ensure_private(path, sqlite=True)  # the -wal/-shm files WAL mode just made
 
+    def _connect(self) -> sqlite3.Connection:
+        db = sqlite3.connect(self.path, isolation_level=None, check_same_thread=False)
+        db.execute("PRAGMA foreign_keys=ON")
+        db.execute("PRAGMA busy_timeout=5000").fetchall()
+        return db
+
     def close(self) -> None:
-        self._db.close()
+        """Nothing stays open between operations; kept for stores that pool connections."""
 
     @contextmanager
     def _tx(self) -> Iterator[sqlite3.Connection]:
@@ -268,6 +277,7 @@ class SqliteCentralStore:
         rows = self._db.execute("SELECT name, key_sha256, roles FROM admins").fetchall()
         return [(n, k, list(orjson.loads(r))) for n, k, r in rows]
 
+    @_locked
     def file_request(
         self, kind: str, server: str, nonce: str, signed: bytes, *, client: str | None = None,
         address: str | None = None, auth_csr: str | None = None,
