@@ -17,6 +17,7 @@ from typing import TYPE_CHECKING
 
 import jwt
 
+from xroad_hub.central.centralcli import add_central_commands, run_central_command
 from xroad_hub.dev.devpki import ensure_pki
 from xroad_hub.errors import HubError, ProtocolError, XRoadError
 from xroad_hub.federation import ConfigError, FederationConfig, load_federation
@@ -254,6 +255,7 @@ def build_parser() -> argparse.ArgumentParser:
     search.add_argument("--limit", type=int, default=100, help="page size (default 100)")
     search.add_argument("--after", type=int, default=-1, help="leaf index the page starts after")
     add_node_commands(sub)
+    add_central_commands(sub)
     return parser
 
 
@@ -327,6 +329,8 @@ def _run(args: argparse.Namespace) -> int:
         return _demo(args)
     if args.command == "node":
         return run_node_command(args)
+    if args.command == "central":
+        return run_central_command(args)
     if args.command == "audit":
         return {
             "verify": _audit_verify, "export": _audit_export, "verify-bundle": _verify_bundle,

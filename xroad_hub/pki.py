@@ -203,6 +203,13 @@ def _key_usage(*allowed: str) -> x509.KeyUsage:
     return x509.KeyUsage(**{u: u in allowed for u in _USAGES})
 
 
+def _san(host: str) -> x509.GeneralName:
+    try:
+        return x509.IPAddress(ipaddress.ip_address(host))
+    except ValueError:
+        return x509.DNSName(host)
+
+
 def make_root_ca(cn: str, *, days: int = 3650) -> tuple[PrivateKey, x509.Certificate]:
     key = generate_key()
     now = dt.datetime.now(dt.UTC)
@@ -229,21 +236,25 @@ def issue_cert(
     ca_key: PrivateKey,
     ca_cert: x509.Certificate,
     cn: str,
-    key: AnyPrivateKey,
+    key: AnyPrivateKey | ec.EllipticCurvePublicKey,
     *,
     purpose: str,
     days: int = 825,
     not_before: dt.datetime | None = None,
     not_after: dt.datetime | None = None,
+    hosts: tuple[str, ...] = (),
 ) -> x509.Certificate:
     """Issue a leaf certificate. ``purpose``: "tls" (node), "client-tls", "sign" (messages)
-    or "checkpoint" (a node's Ed25519 checkpoint key)."""
+    or "checkpoint" (a node's Ed25519 checkpoint key). ``key`` may be a public key only (the
+    central server issues from a node's CSR); ``hosts`` are further DNS names of a "tls"
+    certificate."""
     now = dt.datetime.now(dt.UTC)
+    public = key if isinstance(key, ec.EllipticCurvePublicKey) else key.public_key()
     builder = (
         x509.CertificateBuilder()
         .subject_name(_name(cn))
         .issuer_name(ca_cert.subject)
-        .public_key(key.public_key())
+        .public_key(public)
         .serial_number(x509.random_serial_number())
         .not_valid_before(not_before or now - dt.timedelta(minutes=5))
         .not_valid_after(not_after or now + dt.timedelta(days=days))
@@ -267,7 +278,11 @@ def issue_cert(
             .add_extension(
                 # Nodes of the demo federation run on loopback; a real node adds its host name.
                 x509.SubjectAlternativeName(
-                    [x509.DNSName("localhost"), x509.IPAddress(ipaddress.ip_address("127.0.0.1"))]
+                    [
+                        x509.DNSName("localhost"),
+                        x509.IPAddress(ipaddress.ip_address("127.0.0.1")),
+                        *(_san(h) for h in hosts if h not in ("localhost", "127.0.0.1")),
+                    ]
                 ),
                 critical=False,
             )

@@ -75,11 +75,18 @@ def add_node_commands(sub: Any) -> None:
         choices=sorted(ADMIN_ROLES),
         help="a role of the key (repeat for several)",
     )
+    from xroad_hub.node.enroll import add_enroll_commands
+
+    add_enroll_commands(node_sub)  # node init, node enroll, node client (issue 12)
 
 
 def run_node_command(args: argparse.Namespace) -> int:
     if args.node_command == "admin-key":
         return _admin_key(args)
+    if args.node_command in ("init", "enroll", "client"):
+        from xroad_hub.node.enroll import run_enroll_command
+
+        return run_enroll_command(args)
     try:
         key = _read_key(args.key_file)
         if args.node_command == "slo":

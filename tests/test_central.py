@@ -1,0 +1,239 @@
+"""The central server's decisions: registration requests that must be refused (forged,
+unknown member, code taken, replayed, stale) change nothing; approval issues certificates
+for the request's own keys and puts the node into the global configuration; anchors that do
+not match their hash are refused; the admin API denies by default and by role; the
+administration audit trail is hash-chained."""
+
+from __future__ import annotations
+
+import stat
+from collections.abc import Iterator
+from datetime import UTC, datetime, timedelta
+from pathlib import Path
+
+import orjson
+import pytest
+from aiohttp.test_utils import TestClient, TestServer
+from cryptography import x509
+from cryptography.hazmat.primitives import serialization
+from cryptography.x509.oid import NameOID
+
+from xroad_hub.central.server import CentralServer, init_central
+from xroad_hub.central.store import StoreError, verify_audit
+from xroad_hub.node.admin import key_digest
+from xroad_hub.pki import generate_key
+from xroad_hub.protocol.globalconf import verify_globalconf
+from xroad_hub.protocol.identifiers import NodeId, parse_member_id, parse_node_id
+from xroad_hub.protocol.registration import (
+    RegistrationError,
+    make_csr,
+    new_request,
+    parse_anchor,
+    sign_request,
+)
+from xroad_hub.protocol.signing import cert_fingerprint
+
+from .sqlite_db import sqlite_db
+
+MOPH = "TH/GOV/MOPH"
+
+
+@pytest.fixture
+def central(tmp_path: Path) -> Iterator[CentralServer]:
+    init_central(tmp_path / "central", "TH", "https://127.0.0.1:4001")
+    server = CentralServer(tmp_path / "central")
+    server.store.add_member(MOPH, "Ministry of Public Health", "test")
+    yield server
+    server.close()
+
+
+def _auth_reg(code: str = "hub1", member: str = MOPH, **over: object) -> tuple[bytes, dict]:
+    auth, sign = generate_key(), generate_key()
+    pem = serialization.Encoding.PEM
+    request = new_request(
+        "authCertReg", "TH", NodeId(parse_member_id(member), code),
+        address="127.0.0.1:5600",
+        auth_csr=make_csr(auth, "x").public_bytes(pem).decode(),
+        sign_csr=make_csr(sign, "y").public_bytes(pem).decode(),
+    )  # fmt: skip
+    request.update({k: str(v) for k, v in over.items()})
+    return sign_request(request, {"auth": auth, "sign": sign}), {"auth": auth, "sign": sign}
+
+
+def _snapshot(server: CentralServer) -> tuple[object, ...]:
+    with sqlite_db(server.dir.db) as db:
+        return tuple(
+            db.execute(f"SELECT * FROM {t} ORDER BY 1").fetchall()
+            for t in ("members", "nodes", "subsystems", "requests", "certificates", "nonces")
+        )
+
+
+def _refused(server: CentralServer, data: bytes, code: str) -> RegistrationError:
+    before = _snapshot(server)
+    with pytest.raises(RegistrationError) as err:
+        server.file(data)
+    assert err.value.code == code, err.value.message
+    assert _snapshot(server) == before, "a refused request changed the database"
+    return err.value
+
+
+def test_init_keeps_keys_and_database_private(tmp_path: Path) -> None:
+    d = init_central(tmp_path / "c", "TH", "https://127.0.0.1:4001")
+    for path in (d.db, d.key("ca"), d.key("signer"), d.key("tls")):
+        assert stat.S_IMODE(path.stat().st_mode) == 0o600, path
+    with pytest.raises(FileExistsError):
+        init_central(tmp_path / "c", "TH", "https://127.0.0.1:4001")
+    with pytest.raises(StoreError, match="central init"):
+        CentralServer(tmp_path / "nothing")
+
+
+def test_approval_issues_certificates_for_the_requests_keys(central: CentralServer) -> None:
+    data, keys = _auth_reg()
+    request_id, state = central.file(data)
+    assert state == "SUBMITTED"
+    assert central.globalconf().nodes == ()  # not before approval
+    central.approve(request_id, "officer")
+    status = central.status(request_id)
+    auth = x509.load_pem_x509_certificate(status["certificates"]["auth"].encode())
+    sign = x509.load_pem_x509_certificate(status["certificates"]["sign"].encode())
+    assert auth.public_key() == keys["auth"].public_key()
+    assert sign.public_key() == keys["sign"].public_key()
+    assert auth.subject.get_attributes_for_oid(NameOID.COMMON_NAME)[0].value == f"{MOPH}/hub1"
+    signed = central.signed_globalconf()
+    conf = verify_globalconf(signed, central.signer_cert)
+    node = conf.node(parse_node_id(f"{MOPH}/hub1"))
+    assert node is not None and node.address == "127.0.0.1:5600"
+    assert node.auth_cert_sha256 == cert_fingerprint(auth.public_bytes(serialization.Encoding.DER))
+    assert parse_member_id(MOPH) in conf.members
+
+
+def test_forged_signature_is_refused(central: CentralServer) -> None:
+    data, _ = _auth_reg()
+    doc = orjson.loads(data)
+    other = generate_key()  # signs the same request, but is not the signing CSR's key
+    doc["signatures"]["sign"] = orjson.loads(
+        sign_request(doc["request"], {"sign": other})
+    )["signatures"]["sign"]
+    err = _refused(central, orjson.dumps(doc), "InvalidSignature")
+    assert err.status == 403
+    doc = orjson.loads(data)
+    doc["request"]["address"] = "10.0.0.1:5600"  # altered after signing
+    _refused(central, orjson.dumps(doc), "InvalidSignature")
+    doc = orjson.loads(data)
+    del doc["signatures"]["sign"]  # one key only: possession of both is not shown
+    _refused(central, orjson.dumps(doc), "Malformed")
+
+
+def test_unknown_member_is_refused(central: CentralServer) -> None:
+    data, _ = _auth_reg(member="TH/GOV/NOBODY")
+    assert "central member add" in _refused(central, data, "UnknownMember").message
+
+
+def test_node_code_taken_is_refused(central: CentralServer) -> None:
+    first, _ = _auth_reg()
+    request_id, _ = central.file(first)
+    pending, _ = _auth_reg()
+    _refused(central, pending, "Duplicate")  # a request for it is pending
+    central.approve(request_id, "officer")
+    again, _ = _auth_reg()
+    assert "already registered" in _refused(central, again, "Duplicate").message
+
+
+def test_replayed_and_stale_requests_are_refused(central: CentralServer) -> None:
+    data, _ = _auth_reg()
+    request_id, _ = central.file(data)
+    central.decline(request_id, "officer", "wrong address")
+    # Even after a decline frees the node code, the same bytes are not accepted twice.
+    _refused(central, data, "Replay")
+    old = (datetime.now(UTC) - timedelta(minutes=10)).isoformat()
+    stale, _ = _auth_reg(created_at=old)
+    _refused(central, stale, "Stale")
+
+
+def test_declined_request_changes_nothing_but_its_state(central: CentralServer) -> None:
+    data, _ = _auth_reg()
+    request_id, _ = central.file(data)
+    before = central.globalconf()
+    central.decline(request_id, "officer", "unknown address")
+    status = central.status(request_id)
+    assert status["state"] == "DECLINED" and status["reason"] == "unknown address"
+    assert "certificates" not in status
+    assert central.globalconf().same_rules(before)
+    with pytest.raises(RegistrationError, match="not pending"):
+        central.approve(request_id, "officer")
+
+
+def test_client_registration_needs_the_registered_auth_key(central: CentralServer) -> None:
+    data, keys = _auth_reg()
+    request_id, _ = central.file(data)
+    server = NodeId(parse_member_id(MOPH), "hub1")
+    client_req = new_request("clientReg", "TH", server, client=f"{MOPH}/hospital")
+    early = sign_request(client_req, {"auth": keys["auth"]})
+    _refused(central, early, "UnknownServer")  # not registered yet
+    central.approve(request_id, "officer")
+    forged = sign_request(
+        new_request("clientReg", "TH", server, client=f"{MOPH}/hospital"),
+        {"auth": generate_key()},
+    )
+    _refused(central, forged, "InvalidSignature")
+    good = sign_request(
+        new_request("clientReg", "TH", server, client=f"{MOPH}/hospital"), {"auth": keys["auth"]}
+    )
+    client_id, _ = central.file(good)
+    central.approve(client_id, "officer")
+    node = central.globalconf().node(server)
+    assert node is not None and {str(c) for c in node.clients} == {f"{MOPH}/hospital"}
+
+
+def test_anchor_must_match_its_hash(central: CentralServer) -> None:
+    anchor = central.anchor()
+    parsed = parse_anchor(anchor)
+    assert len(parsed.hash.split()) == 16  # 16 groups of 4 hex digits, read over the phone
+    parse_anchor(anchor, expected_hash=parsed.hash.replace(" ", "").lower())
+    with pytest.raises(RegistrationError, match="not the one you were given"):
+        parse_anchor(anchor, expected_hash="0000" * 16)
+    doc = orjson.loads(anchor)
+    doc["verification_cert_sha256"] = "ABCD " * 15 + "ABCD"
+    with pytest.raises(RegistrationError, match="does not match its hash"):
+        parse_anchor(orjson.dumps(doc))
+
+
+def test_audit_trail_records_who_and_is_chained(central: CentralServer) -> None:
+    data, _ = _auth_reg()
+    request_id, _ = central.file(data)
+    central.approve(request_id, "cli:alice")
+    entries = central.store.audit_entries()
+    assert [e.action for e in entries][-2:] == ["member.add", "request.approve"]
+    assert entries[-1].admin == "cli:alice" and entries[-1].detail["request"] == request_id
+    verify_audit(entries)
+    with sqlite_db(central.dir.db) as db:
+        db.execute("UPDATE admin_audit SET admin = 'mallory' WHERE seq = ?", (entries[-1].seq,))
+    with pytest.raises(StoreError, match="broken"):
+        verify_audit(central.store.audit_entries())
+
+
+async def test_admin_api_roles(central: CentralServer) -> None:
+    central.store.add_admin("rita", key_digest("rita-key"), ["registration-officer"], "t")
+    central.store.add_admin("sam", key_digest("sam-key"), ["system-administrator"], "t")
+    data, _ = _auth_reg()
+    request_id, _ = central.file(data)
+    async with TestClient(TestServer(central.app())) as client:
+        await _admin_calls(central, client, request_id)
+
+
+async def _admin_calls(central: CentralServer, client: TestClient, request_id: int) -> None:
+    r = await client.get("/admin/requests")
+    assert r.status == 401
+    r = await client.post(f"/admin/requests/{request_id}/approve",
+                          headers={"Authorization": "Bearer sam-key"})  # fmt: skip
+    assert r.status == 403  # a system administrator does not approve registrations
+    r = await client.post("/admin/members", json={"id": "TH/GOV/DOPA", "name": "DOPA"},
+                          headers={"Authorization": "Bearer rita-key"})  # fmt: skip
+    assert r.status == 403
+    r = await client.post(f"/admin/requests/{request_id}/decline", json={"reason": "no"},
+                          headers={"Authorization": "Bearer rita-key"})  # fmt: skip
+    assert r.status == 200 and (await r.json())["state"] == "DECLINED"
+    r = await client.post("/admin/members", json={"id": "TH/GOV/DOPA", "name": "DOPA"},
+                          headers={"Authorization": "Bearer sam-key"})  # fmt: skip
+    assert r.status == 201
+    assert central.store.audit_entries()[-1].admin == "api:sam"

@@ -1,0 +1,167 @@
+"""``xroad-hub central ...``: the central operator's commands.
+
+They work on the central server's directory directly (its database and CA key), not over
+the admin API: whoever runs them on the central server's machine can read the CA key in that
+directory anyway, so going through the API would add a key to manage and no protection.
+Remote officers use the admin API (``/admin/...``, API keys with roles) instead. Each change
+is recorded in the audit trail as ``cli:<OS user>``. The running server sees a change at its
+next request (it reads the database for every global configuration).
+"""
+
+from __future__ import annotations
+
+import argparse
+import secrets
+import sys
+from pathlib import Path
+from typing import Any
+
+from xroad_hub.federation import ADMIN_ROLES
+from xroad_hub.node.admin import key_digest
+from xroad_hub.protocol.identifiers import parse_member_id
+from xroad_hub.protocol.registration import RegistrationError, anchor_hash
+
+__all__ = ["add_central_commands", "run_central_command"]
+
+
+def add_central_commands(sub: Any) -> None:
+    central = sub.add_parser(
+        "central",
+        help="the central server: members, registration requests, CA, global configuration",
+    )
+    csub = central.add_subparsers(dest="central_command", required=True)
+
+    def cmd(name: str, help: str, description: str | None = None) -> argparse.ArgumentParser:
+        p: argparse.ArgumentParser = csub.add_parser(name, help=help, description=description)
+        p.add_argument("--dir", type=Path, required=True, help="the central server's directory")
+        return p
+
+    init = cmd(
+        "init", "create the central server's database, CA and configuration-signing key",
+        "Creates DIR/central.sqlite and the keys (0600; they never leave DIR).",
+    )  # fmt: skip
+    init.add_argument("--instance", required=True, help="the X-Road instance, e.g. TH")
+    init.add_argument("--url", required=True, help="https://HOST:PORT nodes reach it at")
+    init.add_argument("--validity", type=int, default=600,
+                      help="seconds a global configuration stays valid (default 600)")  # fmt: skip
+    member = csub.add_parser("member", help="admit and list members")
+    msub = member.add_subparsers(dest="member_command", required=True)
+    add = msub.add_parser("add", help="admit a member (e.g. TH/GOV/MOPH)")
+    add.add_argument("member", help="INSTANCE/CLASS/CODE")
+    add.add_argument("--name", required=True, help="the member's name")
+    lst = msub.add_parser("list", help="list members")
+    for p in (add, lst):
+        p.add_argument("--dir", type=Path, required=True, help="the central server's directory")
+    anchor = cmd("anchor", "write the configuration anchor a node is started from")
+    anchor.add_argument("-o", "--output", type=Path, required=True, help="anchor file to write")
+    run = cmd("run", "serve the global configuration, management and admin APIs (HTTPS)")
+    run.add_argument("--listen", metavar="HOST:PORT", help="default: the host and port of --url")
+    reqs = cmd("requests", "list registration requests (pending unless --all)")
+    reqs.add_argument("--all", action="store_true", help="every request, decided ones too")
+    approve = cmd("approve", "approve a request: issue its certificates, register it")
+    approve.add_argument("id", type=int)
+    decline = cmd("decline", "decline a request, with a reason")
+    decline.add_argument("id", type=int)
+    decline.add_argument("--reason", required=True)
+    key = cmd(
+        "admin-key", "make an API key for the admin API (printed once; the DB keeps its hash)",
+        "Restart 'central run' for the key to take effect.",
+    )  # fmt: skip
+    key.add_argument("--name", required=True, help="the administrator's name")
+    key.add_argument("--role", action="append", required=True, choices=sorted(ADMIN_ROLES))
+    cmd("audit", "print the administration audit trail and check its hash chain")
+
+
+def run_central_command(args: argparse.Namespace) -> int:
+    from xroad_hub.central.server import CentralServer, init_central, serve
+    from xroad_hub.central.store import SqliteCentralStore, verify_audit
+
+    c = args.central_command
+    if c == "init":
+        d = init_central(args.dir, args.instance, args.url, args.validity)
+        print(f"central server of {args.instance} initialised in {d.root}")
+        print(f"next: xroad-hub central member add ... --dir {d.root}; "
+              f"xroad-hub central anchor --dir {d.root} -o anchor.json")  # fmt: skip
+        return 0
+    if c == "run":
+        host = port = None
+        if args.listen:
+            h, _, p = args.listen.rpartition(":")
+            host, port = h or None, int(p)
+        serve(args.dir, host, port)
+        return 0
+    if c == "admin-key":
+        store = SqliteCentralStore(args.dir / "central.sqlite")
+        try:
+            secret = secrets.token_urlsafe(32)
+            store.add_admin(args.name, key_digest(secret), args.role, _operator())
+        finally:
+            store.close()
+        print(f"API key of {args.name} (shown once; give it to them, keep it out of shells' "
+              f"history):\n  {secret}")  # fmt: skip
+        return 0
+    server = CentralServer(args.dir)
+    try:
+        return _on_server(server, args, verify_audit)
+    finally:
+        server.close()
+
+
+def _operator() -> str:
+    from xroad_hub.central.server import _local_operator
+
+    return _local_operator()
+
+
+def _on_server(server: Any, args: argparse.Namespace, verify_audit: Any) -> int:
+    c = args.central_command
+    if c == "member":
+        if args.member_command == "list":
+            for m, n in server.store.members().items():
+                print(f"{m}\t{n}")
+            return 0
+        member = str(parse_member_id(args.member))
+        if not member.startswith(server.instance + "/"):
+            raise RegistrationError("Malformed", f"{member} is not of instance {server.instance}")
+        server.store.add_member(member, args.name, _operator())
+        print(f"member {member} ({args.name}) admitted")
+        return 0
+    if c == "anchor":
+        args.output.write_bytes(server.anchor())
+        print(f"anchor written to {args.output}")
+        print("its hash, for the node's operator to compare by phone:")
+        print(f"  {anchor_hash(server.signer_cert.public_bytes(_der()))}")
+        return 0
+    if c == "requests":
+        rows = server.store.requests(None if args.all else "SUBMITTED")
+        if not rows:
+            print("no pending requests" if not args.all else "no requests")
+        for r in rows:
+            what = r.client or r.address or ""
+            extra = f"  reason: {r.reason}" if r.reason else ""
+            print(f"{r.id}\t{r.state}\t{r.type}\t{r.server}\t{what}\t{r.received_at}{extra}")
+        return 0
+    if c == "approve":
+        row = server.approve(args.id, _operator())
+        print(f"request {row.id} ({row.type} {row.client or row.server}) approved; it is in "
+              "the next global configuration")  # fmt: skip
+        return 0
+    if c == "decline":
+        row = server.decline(args.id, _operator(), args.reason)
+        print(f"request {row.id} declined: {row.reason}")
+        return 0
+    if c == "audit":
+        entries = server.store.audit_entries()
+        for e in entries:
+            print(f"{e.seq}\t{e.at}\t{e.admin}\t{e.action}\t{e.detail}")
+        verify_audit(entries)
+        print(f"audit trail: {len(entries)} entries, hash chain intact")
+        return 0
+    print(f"xroad-hub: unknown central command {c}", file=sys.stderr)
+    return 2
+
+
+def _der() -> Any:
+    from cryptography.hazmat.primitives import serialization
+
+    return serialization.Encoding.DER

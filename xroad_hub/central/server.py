@@ -1,0 +1,465 @@
+"""The central server: admits members, registers nodes and subsystems, issues their
+certificates, and publishes the global configuration generated from its own database.
+
+State lives in one directory (``central init``), never shared with nodes:
+
+    central.sqlite              members, nodes, requests, certificates, audit (0600)
+    ca.key.pem, ca.cert.pem     the federation's certification authority
+    signer.key.pem, .cert.pem   signs the global configuration (the anchor's certificate)
+    tls.key.pem, tls.cert.pem   HTTPS of the central server, issued by its CA
+
+HTTP surface (one HTTPS listener):
+
+    GET  /globalconf                      the signed global configuration (registry format)
+    POST /management/requests             a signed registration request -> 202 {requestId}
+    GET  /management/requests/{id}        its state; once approved, the issued certificates
+    /admin/...                            the operator's API (bearer API keys with roles)
+
+Nodes download /globalconf without trusting TLS (the document is signed by the anchor's
+key) and then call /management over HTTPS verified against the CA the configuration names.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import ssl
+import time
+from collections.abc import Awaitable, Callable
+from dataclasses import dataclass
+from datetime import UTC, datetime, timedelta
+from pathlib import Path
+from typing import Any
+from urllib.parse import urlsplit
+
+import structlog
+from aiohttp import web
+from cryptography import x509
+from cryptography.hazmat.primitives import serialization
+from cryptography.hazmat.primitives.asymmetric import ec
+
+from xroad_hub.federation import AdminConfig
+from xroad_hub.node.admin import ADMIN, AdminApi, AdminAudit
+from xroad_hub.pki import (
+    generate_key,
+    issue_cert,
+    load_cert,
+    load_private_key,
+    make_root_ca,
+    write_cert,
+    write_key,
+)
+from xroad_hub.protocol.globalconf import GlobalConf, NodeEntry, sign_globalconf, signer_name
+from xroad_hub.protocol.identifiers import (
+    parse_client_id,
+    parse_member_id,
+    parse_node_id,
+)
+from xroad_hub.protocol.registration import (
+    ParsedRequest,
+    RegistrationError,
+    build_anchor,
+    parse_request,
+    verify_request,
+)
+from xroad_hub.protocol.signing import cert_fingerprint
+from xroad_hub.streams import BodyTooLarge, read_capped
+
+from .store import APPROVED, CentralStore, IssuedCert, RequestRow, SqliteCentralStore
+
+__all__ = ["CentralDir", "CentralServer", "init_central"]
+
+log = structlog.get_logger("xroad_hub.central.server")
+
+_MAX_REQUEST = 64 * 1024
+DEFAULT_VALIDITY = 600  # seconds a global configuration stays valid (X-Road: 600)
+
+
+@dataclass(frozen=True, slots=True)
+class CentralDir:
+    root: Path
+
+    @property
+    def db(self) -> Path:
+        return self.root / "central.sqlite"
+
+    def key(self, name: str) -> Path:
+        return self.root / f"{name}.key.pem"
+
+    def cert(self, name: str) -> Path:
+        return self.root / f"{name}.cert.pem"
+
+
+def init_central(
+    root: Path, instance: str, url: str, validity: int = DEFAULT_VALIDITY
+) -> CentralDir:
+    """Create the central server's database and keys in ``root``; refuse to overwrite."""
+    d = CentralDir(root)
+    parts = urlsplit(url)
+    if parts.scheme != "https" or not parts.hostname or not parts.port:
+        raise RegistrationError("BadUrl", f"--url must be https://HOST:PORT, not {url!r}")
+    if d.db.exists() or d.key("ca").exists():
+        raise FileExistsError(f"{root} already holds a central server; use another --dir")
+    root.mkdir(parents=True, exist_ok=True)
+    root.chmod(0o700)
+    ca_key, ca_cert = make_root_ca(f"{instance} central server CA")
+    write_key(d.key("ca"), ca_key)
+    write_cert(d.cert("ca"), ca_cert)
+    signer = generate_key()
+    write_key(d.key("signer"), signer)
+    write_cert(
+        d.cert("signer"),
+        issue_cert(ca_key, ca_cert, signer_name(instance), signer, purpose="sign"),
+    )
+    tls = generate_key()
+    write_key(d.key("tls"), tls)
+    write_cert(
+        d.cert("tls"),
+        issue_cert(
+            ca_key, ca_cert, f"{instance} central server", tls, purpose="tls",
+            hosts=(parts.hostname,),
+        ),
+    )  # fmt: skip
+    store = SqliteCentralStore(d.db, create=True)
+    try:
+        store.set_meta("instance", instance)
+        store.set_meta("url", url.rstrip("/"))
+        store.set_meta("globalconf_validity", str(validity))
+        store.audit(_local_operator(), "central.init", instance=instance, url=url)
+    finally:
+        store.close()
+    return d
+
+
+def _local_operator() -> str:
+    """Who, for changes made with the CLI on the central server's machine: the OS user."""
+    import getpass
+
+    try:
+        return f"cli:{getpass.getuser()}"
+    except (KeyError, OSError):
+        return "cli:unknown"
+
+
+class CentralServer:
+    def __init__(self, root: Path, store: CentralStore | None = None) -> None:
+        self.dir = CentralDir(root)
+        self.store: CentralStore = store or SqliteCentralStore(self.dir.db)
+        instance = self.store.get_meta("instance")
+        url = self.store.get_meta("url")
+        if instance is None or url is None:
+            raise RegistrationError("NotInitialised", f"{root} is not an initialised central")
+        self.instance, self.url = instance, url
+        self.validity = int(self.store.get_meta("globalconf_validity") or DEFAULT_VALIDITY)
+        self._ca_key = load_private_key(self.dir.key("ca"))
+        self._ca_cert = load_cert(self.dir.cert("ca"))
+        self._signer_key = load_private_key(self.dir.key("signer"))
+        self.signer_cert = load_cert(self.dir.cert("signer"))
+        # Serials increase across restarts too: a node may keep the highest it has seen.
+        self._serial = int(time.time())
+
+    def close(self) -> None:
+        close = getattr(self.store, "close", None)
+        if close is not None:
+            close()
+
+    def anchor(self) -> bytes:
+        return build_anchor(self.instance, self.url, self.signer_cert)
+
+    # --- global configuration -------------------------------------------------------------
+
+    def globalconf(self, now: datetime | None = None) -> GlobalConf:
+        """The configuration as the database says now: every admitted member, every node
+        with a valid auth certificate and the subsystems it hosts."""
+        now = now or datetime.now(UTC)
+        self._serial += 1
+        nodes = []
+        for row in self.store.nodes():
+            cert_der = x509.load_pem_x509_certificate(row.auth_cert_pem.encode()).public_bytes(
+                serialization.Encoding.DER
+            )
+            nodes.append(
+                NodeEntry(
+                    id=parse_node_id(row.id),
+                    address=row.address,
+                    auth_cert_sha256=cert_fingerprint(cert_der),
+                    clients=frozenset(parse_client_id(c) for c in row.clients),
+                    auth_cert_der=cert_der,
+                )
+            )
+        return GlobalConf(
+            instance=self.instance,
+            serial=self._serial,
+            generated_at=now,
+            expires_at=now + timedelta(seconds=self.validity),
+            members={parse_member_id(m): n for m, n in self.store.members().items()},
+            nodes=tuple(nodes),
+            trusted_cas_der=(self._ca_cert.public_bytes(serialization.Encoding.DER),),
+        )
+
+    def signed_globalconf(self) -> bytes:
+        return sign_globalconf(self.globalconf(), self._signer_key)
+
+    # --- requests --------------------------------------------------------------------------
+
+    def file(self, data: bytes, now: datetime | None = None) -> tuple[int, str]:
+        """Verify and record a signed management request: (request id, state)."""
+        request, _, _ = parse_request(data)
+        auth_key: ec.EllipticCurvePublicKey | None = None
+        if request["type"] != "authCertReg":
+            pem = self.store.node_auth_pem(str(request.get("server", "")))
+            pending = self._pending_auth_reg(request)
+            if pem is not None:
+                key = x509.load_pem_x509_certificate(pem.encode()).public_key()
+            elif pending is not None and pending.auth_csr:
+                # Cancelling a pending registration: the node is not registered yet, its
+                # auth key is the one of the request's CSR.
+                key = x509.load_pem_x509_csr(pending.auth_csr.encode()).public_key()
+            else:
+                key = None
+            auth_key = key if isinstance(key, ec.EllipticCurvePublicKey) else None
+        parsed = verify_request(data, self.instance, auth_key, now)
+        if parsed.type == "cancel":
+            assert parsed.request_id is not None
+            row = self.store.cancel(parsed.request_id, str(parsed.server), parsed.nonce)
+            log.info("central.request_cancelled", request=row.id, server=row.server)
+            return row.id, row.state
+        request_id = self._file(parsed, data)
+        log.info("central.request_filed", request=request_id, type=parsed.type,
+                 server=str(parsed.server))  # fmt: skip
+        return request_id, "SUBMITTED"
+
+    def _pending_auth_reg(self, request: dict[str, Any]) -> RequestRow | None:
+        if request.get("type") != "cancel" or not str(request.get("request_id", "")).isdigit():
+            return None
+        row = self.store.request(int(request["request_id"]))
+        ok = row is not None and row.type == "authCertReg" and row.server == request.get("server")
+        return row if ok else None
+
+    def _file(self, parsed: ParsedRequest, data: bytes) -> int:
+        pem = serialization.Encoding.PEM
+        if parsed.type == "authCertReg":
+            assert parsed.auth_csr is not None and parsed.sign_csr is not None
+            return self.store.file_request(
+                parsed.type, str(parsed.server), parsed.nonce, data,
+                address=parsed.address,
+                auth_csr=parsed.auth_csr.public_bytes(pem).decode(),
+                sign_csr=parsed.sign_csr.public_bytes(pem).decode(),
+                auth_key_sha256=parsed.auth_key_sha256,
+            )  # fmt: skip
+        if parsed.client is not None and parsed.client.member != parsed.server.owner:
+            # X-Road would also accept another member's subsystem signed by that member;
+            # this slice registers only the node owner's own subsystems.
+            raise RegistrationError(
+                "Forbidden", f"{parsed.server} may only register subsystems of its owner "
+                f"{parsed.server.owner}", 403,
+            )  # fmt: skip
+        return self.store.file_request(
+            parsed.type, str(parsed.server), parsed.nonce, data, client=str(parsed.client)
+        )
+
+    def approve(self, request_id: int, admin: str) -> RequestRow:
+        row = self.store.request(request_id)
+        if row is None:
+            raise RegistrationError("UnknownRequest", f"there is no request {request_id}", 404)
+        certs = self._issue(row) if row.type == "authCertReg" and row.state != APPROVED else []
+        approved = self.store.approve(request_id, admin, certs)
+        log.info("central.request_approved", request=request_id, admin=admin)
+        return approved
+
+    def decline(self, request_id: int, admin: str, reason: str) -> RequestRow:
+        if not reason.strip():
+            raise RegistrationError("Malformed", "a decline needs a reason (--reason)")
+        row = self.store.decline(request_id, admin, reason.strip())
+        log.info("central.request_declined", request=request_id, admin=admin)
+        return row
+
+    def _issue(self, row: RequestRow) -> list[IssuedCert]:
+        """The node's auth certificate (CN = node id) and the member's signing certificate
+        (CN = member id), issued for the CSRs' keys; the names are the central server's
+        choice, not the CSRs'."""
+        assert row.auth_csr is not None and row.sign_csr is not None
+        out = []
+        member = row.server.rsplit("/", 1)[0]
+        for purpose, csr_pem, cn, profile in (
+            ("auth", row.auth_csr, row.server, "tls"),
+            ("sign", row.sign_csr, member, "sign"),
+        ):
+            csr = x509.load_pem_x509_csr(csr_pem.encode())
+            host = (row.address or "").rpartition(":")[0]
+            cert = issue_cert(
+                self._ca_key, self._ca_cert, cn, csr.public_key(),  # type: ignore[arg-type]
+                purpose=profile, hosts=(host,) if profile == "tls" and host else (),
+            )  # fmt: skip
+            out.append(
+                IssuedCert(
+                    serial=format(cert.serial_number, "x"),
+                    purpose=purpose,
+                    subject=cn,
+                    sha256=cert_fingerprint(cert.public_bytes(serialization.Encoding.DER)),
+                    pem=cert.public_bytes(serialization.Encoding.PEM).decode(),
+                    not_before=cert.not_valid_before_utc.isoformat(),
+                    not_after=cert.not_valid_after_utc.isoformat(),
+                )
+            )
+        return out
+
+    def status(self, request_id: int) -> dict[str, Any]:
+        row = self.store.request(request_id)
+        if row is None:
+            raise RegistrationError("UnknownRequest", f"there is no request {request_id}", 404)
+        out: dict[str, Any] = {"requestId": row.id, "type": row.type, "state": row.state,
+                               "server": row.server}  # fmt: skip
+        if row.client:
+            out["client"] = row.client
+        if row.reason:
+            out["reason"] = row.reason
+        if row.state == APPROVED:
+            out["certificates"] = {c.purpose: c.pem for c in self.store.certificates(row.id)}
+            out["ca"] = self._ca_cert.public_bytes(serialization.Encoding.PEM).decode()
+        return out
+
+    # --- HTTP ------------------------------------------------------------------------------
+
+    def tls_context(self) -> ssl.SSLContext:
+        ctx = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
+        ctx.minimum_version = ssl.TLSVersion.TLSv1_2
+        ctx.load_cert_chain(str(self.dir.cert("tls")), str(self.dir.key("tls")))
+        return ctx
+
+    def app(self) -> web.Application:
+        app = web.Application(client_max_size=_MAX_REQUEST)
+        app.router.add_get("/globalconf", self._h_globalconf)
+        app.router.add_post("/management/requests", self._h_file)
+        app.router.add_get("/management/requests/{id:[0-9]{1,18}}", self._h_status)
+        admins = [AdminConfig(n, k, frozenset(r)) for n, k, r in self.store.admins()]
+        # The central server's administration trail is the hash-chained table in its
+        # database (store.audit); AdminApi's own JSON-lines trail is not written here.
+        api = AdminApi("central", admins, AdminAudit(self.dir.root / "unused", "central"))
+        officers = ("registration-officer", "system-administrator", "security-officer")
+        api.route("GET", "/requests", self._h_list, officers)
+        api.route("POST", "/requests/{id:[0-9]{1,18}}/approve", self._h_approve,
+                  ("registration-officer",))  # fmt: skip
+        api.route("POST", "/requests/{id:[0-9]{1,18}}/decline", self._h_decline,
+                  ("registration-officer",))  # fmt: skip
+        api.route("GET", "/members", self._h_members, officers)
+        api.route("POST", "/members", self._h_add_member, ("system-administrator",))
+        api.route("GET", "/audit", self._h_audit, ("security-officer", "system-administrator"))
+        app.add_subapp("/admin", api.app)
+        return app
+
+    async def _h_globalconf(self, request: web.Request) -> web.Response:
+        body = await asyncio.to_thread(self.signed_globalconf)
+        return web.Response(
+            body=body, content_type="application/json", headers={"Cache-Control": "no-store"}
+        )
+
+    async def _h_file(self, request: web.Request) -> web.Response:
+        try:
+            data = await read_capped(request.content, _MAX_REQUEST)
+        except BodyTooLarge:
+            return _refuse(RegistrationError("Malformed", "request too large", 413))
+
+        async def run() -> web.Response:
+            request_id, state = await asyncio.to_thread(self.file, data)
+            return web.json_response({"requestId": request_id, "state": state}, status=202)
+
+        return await _answer(run)
+
+    async def _h_status(self, request: web.Request) -> web.Response:
+        request_id = int(request.match_info["id"])
+
+        async def run() -> web.Response:
+            return web.json_response(await asyncio.to_thread(self.status, request_id))
+
+        return await _answer(run)
+
+    async def _h_list(self, request: web.Request) -> web.Response:
+        state = request.query.get("state", "SUBMITTED")
+        rows = await asyncio.to_thread(self.store.requests, None if state == "all" else state)
+        return web.json_response([_row_json(r) for r in rows])
+
+    async def _h_approve(self, request: web.Request) -> web.Response:
+        admin, request_id = request[ADMIN].name, int(request.match_info["id"])
+
+        async def run() -> web.Response:
+            row = await asyncio.to_thread(self.approve, request_id, f"api:{admin}")
+            return web.json_response(_row_json(row))
+
+        return await _answer(run)
+
+    async def _h_decline(self, request: web.Request) -> web.Response:
+        admin, request_id = request[ADMIN].name, int(request.match_info["id"])
+
+        async def run() -> web.Response:
+            try:
+                reason = str((await request.json()).get("reason", ""))
+            except (ValueError, AttributeError) as exc:
+                raise RegistrationError("Malformed", 'body must be {"reason": "..."}') from exc
+            row = await asyncio.to_thread(self.decline, request_id, f"api:{admin}", reason)
+            return web.json_response(_row_json(row))
+
+        return await _answer(run)
+
+    async def _h_members(self, request: web.Request) -> web.Response:
+        members = await asyncio.to_thread(self.store.members)
+        return web.json_response([{"id": m, "name": n} for m, n in members.items()])
+
+    async def _h_add_member(self, request: web.Request) -> web.Response:
+        admin = request[ADMIN].name
+
+        async def run() -> web.Response:
+            try:
+                doc = await request.json()
+                member, name = str(parse_member_id(str(doc["id"]))), str(doc["name"]).strip()
+            except (ValueError, KeyError, TypeError, AttributeError) as exc:
+                raise RegistrationError(
+                    "Malformed", 'body must be {"id": "INSTANCE/CLASS/CODE", "name": "..."}'
+                ) from exc
+            if not member.startswith(self.instance + "/") or not name:
+                raise RegistrationError("Malformed", f"member must be of {self.instance}, named")
+            await asyncio.to_thread(self.store.add_member, member, name, f"api:{admin}")
+            return web.json_response({"id": member, "name": name}, status=201)
+
+        return await _answer(run)
+
+    async def _h_audit(self, request: web.Request) -> web.Response:
+        entries = await asyncio.to_thread(self.store.audit_entries)
+        fields = ("seq", "at", "admin", "action", "detail", "hash")
+        return web.json_response([{f: getattr(e, f) for f in fields} for e in entries])
+
+
+def _row_json(r: RequestRow) -> dict[str, Any]:
+    out = {"requestId": r.id, "type": r.type, "state": r.state, "server": r.server,
+           "client": r.client, "address": r.address, "receivedAt": r.received_at,
+           "decidedAt": r.decided_at, "decidedBy": r.decided_by, "reason": r.reason}  # fmt: skip
+    return {k: v for k, v in out.items() if v is not None}
+
+
+def _refuse(exc: RegistrationError) -> web.Response:
+    return web.json_response(exc.as_dict(), status=exc.status)
+
+
+async def _answer(run: Callable[[], Awaitable[web.Response]]) -> web.Response:
+    try:
+        return await run()
+    except RegistrationError as exc:
+        log.info("central.refused", code=exc.code, reason=exc.message)
+        return _refuse(exc)
+
+
+def serve(root: Path, host: str | None = None, port: int | None = None) -> None:
+    """Run the central server until interrupted (``xroad-hub central run``)."""
+    server = CentralServer(root)
+    parts = urlsplit(server.url)
+    log.info("central.listening", url=server.url, instance=server.instance)
+    try:
+        web.run_app(
+            server.app(),
+            host=host or parts.hostname,
+            port=port or parts.port,
+            ssl_context=server.tls_context(),
+            print=None,
+            access_log=None,
+        )
+    finally:
+        server.close()
