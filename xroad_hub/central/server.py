@@ -331,7 +331,9 @@ class CentralServer:
         app.router.add_get("/globalconf", self._h_globalconf)
         app.router.add_post("/management/requests", self._h_file)
         app.router.add_get("/management/requests/{id:[0-9]{1,18}}", self._h_status)
-        admins = [AdminConfig(n, k, frozenset(r)) for n, k, r in self.store.admins()]
+        admins = [
+            AdminConfig(name=n, key_sha256=k, roles=frozenset(r)) for n, k, r in self.store.admins()
+        ]
         # The central server's administration trail is the hash-chained table in its
         # database (store.audit); AdminApi's own JSON-lines trail is not written here.
         api = AdminApi("central", admins, AdminAudit(self.dir.root / "unused", "central"))
