@@ -6,6 +6,7 @@ import asyncio
 import json
 import subprocess
 import sys
+import time
 import uuid
 from datetime import datetime, timedelta
 from pathlib import Path
@@ -407,6 +408,9 @@ async def test_entries_after_the_last_witnessed_checkpoint_are_counted(
     left uncovered longer than the grace period, they fail."""
     node = fed.federation.nodes[DBD]
     url = fed.url(DGA) + "/r1/TH/GOV/DBD/registry/echo/late"
+    # At least one entry for the checkpoint to cover, whichever tests ran before.
+    async with http.post(url, data=b"x", headers={**DEV, "X-Road-Id": str(uuid.uuid4())}):
+        pass
     await node.checkpointer.checkpoint()
     for _ in range(3):
         async with http.post(url, data=b"x", headers={**DEV, "X-Road-Id": str(uuid.uuid4())}):
@@ -425,6 +429,39 @@ async def test_entries_after_the_last_witnessed_checkpoint_are_counted(
         f"{iso_utc(report.uncovered_since)}, 2.0 h ago) are covered by no witnessed "
         "checkpoint, longer than the 3600 s allowed: checkpoints stopped or were deleted"
     ]
+
+
+async def test_rewritten_finish_times_do_not_make_old_uncovered_entries_young(
+    fed: Fed, http, tmp_path: Path
+) -> None:
+    """A node that rewrites the finish times of its uncovered entries to 'now' (no checkpoint
+    covers them, so the tree does not object) is still dated by what the members signed."""
+    node = fed.federation.nodes[DBD]
+    url = fed.url(DGA) + "/r1/TH/GOV/DBD/registry/echo/late"
+    # At least one entry for the checkpoint to cover, whichever tests ran before.
+    async with http.post(url, data=b"x", headers={**DEV, "X-Road-Id": str(uuid.uuid4())}):
+        pass
+    await node.checkpointer.checkpoint()
+    for _ in range(2):
+        async with http.post(url, data=b"x", headers={**DEV, "X-Road-Id": str(uuid.uuid4())}):
+            pass
+    path = tmp_path / "rewritten.sqlite"
+    with sqlite_db(node.runtime.log.path) as a, sqlite_db(path) as b:
+        a.backup(b)
+    report = verify_log(path, _root(fed))
+    later = time.time() + 7200
+    with sqlite_db(path) as conn:
+        rows = conn.execute(
+            "SELECT leaf_index, leaf FROM exchange WHERE leaf_index >= ?", (report.covered,)
+        ).fetchall()
+        for index, leaf in rows:
+            rewritten = {**orjson.loads(leaf), "finished_at": later}
+            conn.execute(
+                "UPDATE exchange SET leaf = ? WHERE leaf_index = ?",
+                (orjson.dumps(rewritten, option=orjson.OPT_SORT_KEYS), index),
+            )
+    findings = [str(f) for f in verify_log(path, _root(fed), now=later, grace=3600).findings]
+    assert any("covered by no witnessed checkpoint, longer than" in f for f in findings), findings
 
 
 async def test_subject_index_is_checked_against_the_leaves(fed: Fed, log_copy: Path) -> None:

@@ -339,8 +339,7 @@ def _verify(
         for problem in subject_index.check(index, leaf):
             report.findings.append(Finding(index, problem))
         if index == 0 or index in wanted:
-            when = leaf.get("finished_at") if leaf is not None else None
-            finished[index] = float(when) if isinstance(when, int | float) else 0.0
+            finished[index] = _earliest_time(leaf, row if entries else None)
         tree.append(merkle.leaf_hash(raw))
         report.entries += 1
         if report.entries in wanted:
@@ -452,6 +451,22 @@ def _leaf_dict(raw: bytes) -> dict[str, Any] | None:
     except orjson.JSONDecodeError:
         return None
     return leaf if isinstance(leaf, dict) else None
+
+
+def _earliest_time(leaf: dict[str, Any] | None, row: Row | None) -> float:
+    """When an entry happened, as early as anything in it says: the node's own finish time,
+    or the times the members signed into the request and the answer. A node that rewrites
+    its finish times to make old uncovered entries look new cannot rewrite those."""
+    times = [leaf.get("finished_at") if leaf is not None else None]
+    if row is not None:
+        for column in ("request_meta", "response_meta"):
+            try:
+                meta = orjson.loads(row[column]) if row[column] else None
+            except (orjson.JSONDecodeError, TypeError):
+                meta = None  # reported by the entry's own checks
+            times.append(meta.get("created") if isinstance(meta, dict) else None)
+    found = [float(t) for t in times if isinstance(t, int | float) and not isinstance(t, bool)]
+    return min(found, default=0.0)
 
 
 def _check_coverage(
