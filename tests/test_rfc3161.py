@@ -25,6 +25,7 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from xroad_hub.central import tsa
+from xroad_hub.node import timestamping
 from xroad_hub.pki import PrivateKey, generate_key, issue_cert, make_root_ca
 from xroad_hub.protocol import rfc3161
 from xroad_hub.protocol.rfc3161 import (
@@ -151,12 +152,11 @@ def test_issue_token_refuses_misconfiguration(pki: Pki) -> None:
 
 def test_public_surface() -> None:
     assert set(rfc3161.__all__) == {
-        "Digest", "PkiStatus", "TimestampError", "TimestampInfo", "digest_request",
-        "issue_token", "issue_tsa_cert", "make_request", "read_status", "verify_response",
+        "QUERY_TYPE", "REPLY_TYPE", "Digest", "PkiStatus", "TimestampError", "TimestampInfo",
+        "digest_request", "issue_token", "issue_tsa_cert", "make_request", "read_status", "verify_response",
     }  # fmt: skip
     assert set(tsa.__all__) == {
-        "MAX_QUERY_BYTES", "MAX_REPLY_BYTES", "QUERY_TYPE", "REPLY_TYPE", "SerialCounter",
-        "fetch_timestamp", "tsa_app",
+        "MAX_QUERY_BYTES", "QUERY_TYPE", "REPLY_TYPE", "SerialCounter", "tsa_app",
     }  # fmt: skip
 
 
@@ -571,10 +571,10 @@ async def tsa_url(pki: Pki) -> AsyncIterator[str]:
 async def test_fetch_timestamp_over_http(
     pki: Pki, tsa_url: str, http: aiohttp.ClientSession
 ) -> None:
-    first, info = await tsa.fetch_timestamp(http, tsa_url, DATA, [pki.ca], timeout=5)
+    first, info = await timestamping.fetch_timestamp(http, tsa_url, DATA, [pki.ca], timeout=5)
     assert verify_response(first, DATA, [pki.ca]) == info
     assert info.nonce is not None and info.policy == POLICY
-    _, second = await tsa.fetch_timestamp(http, tsa_url, DATA, [pki.ca], timeout=5)
+    _, second = await timestamping.fetch_timestamp(http, tsa_url, DATA, [pki.ca], timeout=5)
     assert second.serial > info.serial and second.nonce != info.nonce
 
 
@@ -583,14 +583,14 @@ async def test_fetch_timestamp_refuses_untrusted_tsa(
 ) -> None:
     _, other_root = make_root_ca("not our federation")
     with pytest.raises(TimestampError, match="trusted root"):
-        await tsa.fetch_timestamp(http, tsa_url, DATA, [other_root], timeout=5)
+        await timestamping.fetch_timestamp(http, tsa_url, DATA, [other_root], timeout=5)
 
 
 async def test_fetch_timestamp_refuses_non_tsa(
     pki: Pki, tsa_url: str, http: aiohttp.ClientSession
 ) -> None:
     with pytest.raises(TimestampError, match="HTTP 404"):
-        await tsa.fetch_timestamp(http, tsa_url + "nowhere", DATA, [pki.ca], timeout=5)
+        await timestamping.fetch_timestamp(http, tsa_url + "nowhere", DATA, [pki.ca], timeout=5)
 
 
 async def test_tsa_http_edges(tsa_url: str, http: aiohttp.ClientSession) -> None:

@@ -17,44 +17,28 @@ survive clock resets should persist the last serial; a federation's checkpoint T
 
 from __future__ import annotations
 
-import secrets
 import time
 from collections.abc import Callable
 from datetime import UTC, datetime
 
-import aiohttp
 import structlog
 from aiohttp import web
 from cryptography import x509
 from cryptography.hazmat.primitives.asymmetric import ec
 
 from xroad_hub.protocol.rfc3161 import (
-    TimestampError,
-    TimestampInfo,
+    QUERY_TYPE,
+    REPLY_TYPE,
     issue_token,
-    make_request,
     read_status,
-    verify_response,
 )
 
-__all__ = [
-    "MAX_QUERY_BYTES",
-    "MAX_REPLY_BYTES",
-    "QUERY_TYPE",
-    "REPLY_TYPE",
-    "SerialCounter",
-    "fetch_timestamp",
-    "tsa_app",
-]
+__all__ = ["MAX_QUERY_BYTES", "QUERY_TYPE", "REPLY_TYPE", "SerialCounter", "tsa_app"]
 
 log = structlog.get_logger("xroad_hub.central.tsa")
 
-QUERY_TYPE = "application/timestamp-query"
-REPLY_TYPE = "application/timestamp-reply"
 # A SHA-512 request with a nonce is under 100 bytes; anything near the limit is not a request.
 MAX_QUERY_BYTES = 64 * 1024
-# A reply holds a token and, at most, a short certificate chain.
-MAX_REPLY_BYTES = 256 * 1024
 
 
 class SerialCounter:
@@ -98,36 +82,3 @@ def tsa_app(
     app = web.Application(client_max_size=max_body)
     app.router.add_post("/", stamp)
     return app
-
-
-async def fetch_timestamp(
-    session: aiohttp.ClientSession,
-    url: str,
-    data: bytes,
-    trusted_roots: list[x509.Certificate],
-    timeout: float,
-) -> tuple[bytes, TimestampInfo]:
-    """Time-stamp ``data`` at the RFC 3161 TSA ``url``; return the verified DER response.
-
-    The request carries a fresh random nonce, so a replayed old reply is refused. Raises
-    TimestampError for an unusable reply (HTTP error, wrong type, too large, not valid) and
-    aiohttp.ClientError or TimeoutError when the TSA cannot be reached in ``timeout`` s.
-    """
-    nonce = secrets.randbits(64)
-    query = make_request(data, nonce=nonce, cert_req=True)
-    async with session.post(
-        url,
-        data=query,
-        headers={"Content-Type": QUERY_TYPE, "Accept": REPLY_TYPE},
-        timeout=aiohttp.ClientTimeout(total=timeout),
-    ) as resp:
-        if resp.status != 200:
-            raise TimestampError(f"TSA {url} answered HTTP {resp.status}")
-        if resp.content_type != REPLY_TYPE:
-            raise TimestampError(f"TSA {url} answered {resp.content_type}, not {REPLY_TYPE}")
-        reply = await resp.content.read(MAX_REPLY_BYTES + 1)
-        while len(reply) <= MAX_REPLY_BYTES and not resp.content.at_eof():
-            reply += await resp.content.read(MAX_REPLY_BYTES + 1 - len(reply))
-        if len(reply) > MAX_REPLY_BYTES:
-            raise TimestampError(f"TSA {url} sent a reply over {MAX_REPLY_BYTES} bytes")
-    return reply, verify_response(reply, data, trusted_roots, nonce=nonce)

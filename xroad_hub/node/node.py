@@ -32,7 +32,6 @@ from adapters.soap import (
     xroad_wsdl,
     zeep_client,
 )
-from xroad_hub.central.tsa import fetch_timestamp
 from xroad_hub.errors import CLIENT_PROXY, SERVER_PROXY
 from xroad_hub.federation import ConfigError, NodeConfig, ServiceConfig, SoapServiceConfig
 from xroad_hub.listen import listen_socket
@@ -49,6 +48,7 @@ from xroad_hub.node.limits import ClientLimits
 from xroad_hub.node.peer import PEER_PATH, PeerTransport
 from xroad_hub.node.provider import ServerProxy
 from xroad_hub.node.runtime import HostedService, NodeRuntime
+from xroad_hub.node.timestamping import fetch_timestamp
 from xroad_hub.node.tls import client_facing_context, peer_client_context, peer_server_context
 from xroad_hub.node.trackerapi import TrackerApi
 from xroad_hub.node.usedtokens import SQLiteUsedTokens

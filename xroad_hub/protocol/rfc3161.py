@@ -48,6 +48,8 @@ from cryptography.x509.oid import ExtendedKeyUsageOID, NameOID
 from xroad_hub.errors import HubError
 
 __all__ = [
+    "QUERY_TYPE",
+    "REPLY_TYPE",
     "Digest",
     "PkiStatus",
     "TimestampError",
@@ -59,6 +61,10 @@ __all__ = [
     "read_status",
     "verify_response",
 ]
+
+# RFC 3161 section 3.4: the media types of a time-stamp query and reply over HTTP.
+QUERY_TYPE = "application/timestamp-query"
+REPLY_TYPE = "application/timestamp-reply"
 
 # Hashes accepted in imprints and signatures. SHA-1 and MD5 are refused on purpose: a
 # collision lets one token stand for two documents.
