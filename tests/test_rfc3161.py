@@ -153,7 +153,8 @@ def test_issue_token_refuses_misconfiguration(pki: Pki) -> None:
 def test_public_surface() -> None:
     assert set(rfc3161.__all__) == {
         "QUERY_TYPE", "REPLY_TYPE", "Digest", "PkiStatus", "TimestampError", "TimestampInfo",
-        "digest_request", "issue_token", "issue_tsa_cert", "make_request", "read_status", "verify_response",
+        "digest_request", "issue_token", "issue_tsa_cert", "make_request", "read_status",
+        "verify_response",
     }  # fmt: skip
     assert set(tsa.__all__) == {
         "MAX_QUERY_BYTES", "QUERY_TYPE", "REPLY_TYPE", "SerialCounter", "tsa_app",
