@@ -123,7 +123,9 @@ def spawn_baseline(children: list[Child], name: str, setup: Setup, workdir: Path
     return Baseline(name, f"http://{first}", (hops[1], hops[0]))
 
 
-def prepare_federation(workdir: Path, opmonitoring: bool = True) -> Setup:
+def prepare_federation(
+    workdir: Path, opmonitoring: bool = True, client_max_concurrent: int | None = None
+) -> Setup:
     """Federation file on free loopback ports plus its development PKI, in ``workdir``."""
     backend_url = f"http://127.0.0.1:{free_port()}"
     companies = {
@@ -141,12 +143,19 @@ def prepare_federation(workdir: Path, opmonitoring: bool = True) -> Setup:
             extra_services=[companies],
             # --no-opmonitoring: the same run without operational-monitoring records, to
             # measure what they cost per exchange.
+            # The load generator is one client system: above the nodes' per-client limit (32
+            # in flight) it would measure 429s, so that limit is raised to the concurrency.
             node_settings={
-                n: {"opmonitoring": False}
+                n: {
+                    **({} if opmonitoring else {"opmonitoring": False}),
+                    **(
+                        {"client_max_concurrent": client_max_concurrent}
+                        if client_max_concurrent
+                        else {}
+                    ),
+                }
                 for n in ("TH/GOV/DGA/hub1", "TH/GOV/BMA/hub1", "TH/GOV/DBD/hub1")
-            }
-            if not opmonitoring
-            else {},
+            },
         ),
     )
     fed = load_federation(config)
@@ -540,7 +549,11 @@ def run(args: argparse.Namespace) -> int:
     def start_and_measure(children: list[Child]) -> int:
         # The PKI helper logs every file it creates; only problems matter here.
         configure_logging("warning")
-        setup = prepare_federation(workdir, opmonitoring=not args.no_opmonitoring)
+        setup = prepare_federation(
+            workdir,
+            opmonitoring=not args.no_opmonitoring,
+            client_max_concurrent=args.concurrency if args.concurrency > 32 else None,
+        )
         backend_addr = setup.backend_url.removeprefix("http://")
         children.append(spawn("backend", __file__, ["--serve-backend", backend_addr], workdir))
         baselines = (

@@ -176,8 +176,9 @@ def write_federation(path: Path, spec: TestFederationSpec) -> Path:
         f'client_listen = "{_addr()}"',
         f'client_tls_listen = "{_addr()}"',
         *common,
-        *ops(),
+        # Settings before ops(): its [[node.admin]] tables would otherwise take them.
         *_settings(spec, "TH/GOV/DGA/hub1"),
+        *ops(),
         *_client(spec, "TH/GOV/DGA/citizenportal", "jwt"),
         *_client(spec, "TH/GOV/DGA/devportal", "http"),
         *_client(spec, "TH/GOV/DGA/officeapp", "mtls"),
@@ -187,8 +188,9 @@ def write_federation(path: Path, spec: TestFederationSpec) -> Path:
         f'client_listen = "{_addr()}"',
         f'client_tls_listen = "{_addr()}"',
         *common,
-        *ops(),
+        # Settings before ops(): its [[node.admin]] tables would otherwise take them.
         *_settings(spec, "TH/GOV/BMA/hub1"),
+        *ops(),
         *_client(spec, "TH/GOV/BMA/licensing", "mtls"),
         "[[node]]",
         'id = "TH/GOV/DBD/hub1"',
@@ -196,8 +198,9 @@ def write_federation(path: Path, spec: TestFederationSpec) -> Path:
         f'audit_listen = "{_addr()}"' if spec.provider_log_dsn is None else "",
         f'messagelog_dsn = "{spec.provider_log_dsn}"' if spec.provider_log_dsn else "",
         *common,
-        *ops(),
+        # Settings before ops(): its [[node.admin]] tables would otherwise take them.
         *_settings(spec, "TH/GOV/DBD/hub1"),
+        *ops(),
     ]
     tables = [("[[node.service]]", s) for s in services]
     tables += [("[[node.soap_service]]", s) for s in spec.soap_services]
