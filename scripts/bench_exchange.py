@@ -1,8 +1,12 @@
 """Benchmark one X-Road exchange on loopback: the hub path against the backend alone.
 
-Two phases run in the same invocation, with the same load generator and the same requests:
+Four phases run in the same invocation, with the same load generator and the same requests:
 
 - ``direct``: ``GET {backend}/companies/{juristicId}`` straight to the DBD demo backend;
+- ``c``: the same through two plain aiohttp proxy hops with mutual TLS between them (the
+  floor of any design that proxies twice over HTTP/1.1; ``benchhops.py``);
+- ``d``: ``c`` plus one ECDSA P-256 signature and verification per message and one durable
+  SQLite WAL row per request on each hop, with group commit;
 - ``hub``: ``GET {client node}/r1/TH/GOV/DBD/registry/companies/{juristicId}`` as the
   loopback client ``TH/GOV/DGA/devportal`` (auth = "http"), i.e. client node -> mutual TLS ->
   provider node -> REST adapter -> the same backend, signed and logged on both nodes.
@@ -36,6 +40,7 @@ from pathlib import Path
 import aiohttp
 
 # Next to this file, found through sys.path[0] as the script is run directly.
+from benchhops import serve_hop
 from benchproc import (
     EXIT_FAILED_REQUESTS,
     EXIT_OK,
@@ -90,7 +95,37 @@ class Setup:
     config: Path
 
 
-def prepare_federation(workdir: Path, opmonitoring: bool = True) -> Setup:
+@dataclass(frozen=True, slots=True)
+class Baseline:
+    """A pair of proxy hops (children ``{name}-hop1``, ``{name}-hop2``) and hop 1's URL."""
+
+    name: str  # "c" (plain hops) or "d" (signed and logged hops)
+    url: str
+    hops: tuple[Child, Child]
+
+
+def spawn_baseline(children: list[Child], name: str, setup: Setup, workdir: Path) -> Baseline:
+    """Hop 2 (mutual TLS in, the provider node's certificate; plain HTTP to the backend)
+    and hop 1 (plain HTTP in, the client node's certificate; mutual TLS to hop 2)."""
+    first, second = f"127.0.0.1:{free_port()}", f"127.0.0.1:{free_port()}"
+    certs = str(workdir / "certs")
+    signed = "signed" if name == "d" else "plain"
+    hops = []
+    for role, listen, upstream, node in (
+        ("second", second, setup.backend_url, PROVIDER_NODE),
+        ("first", first, f"https://{second}", CLIENT_NODE),
+    ):
+        db = str(workdir / f"hop-{name}-{role}.sqlite")
+        args = ["--serve-hop", role, listen, upstream, certs, node, signed, db]
+        child = spawn(f"{name}-hop{1 if role == 'first' else 2}", __file__, args, workdir)
+        children.append(child)
+        hops.append(child)
+    return Baseline(name, f"http://{first}", (hops[1], hops[0]))
+
+
+def prepare_federation(
+    workdir: Path, opmonitoring: bool = True, client_max_concurrent: int | None = None
+) -> Setup:
     """Federation file on free loopback ports plus its development PKI, in ``workdir``."""
     backend_url = f"http://127.0.0.1:{free_port()}"
     companies = {
@@ -108,12 +143,19 @@ def prepare_federation(workdir: Path, opmonitoring: bool = True) -> Setup:
             extra_services=[companies],
             # --no-opmonitoring: the same run without operational-monitoring records, to
             # measure what they cost per exchange.
+            # The load generator is one client system: above the nodes' per-client limit (32
+            # in flight) it would measure 429s, so that limit is raised to the concurrency.
             node_settings={
-                n: {"opmonitoring": False}
+                n: {
+                    **({} if opmonitoring else {"opmonitoring": False}),
+                    **(
+                        {"client_max_concurrent": client_max_concurrent}
+                        if client_max_concurrent
+                        else {}
+                    ),
+                }
                 for n in ("TH/GOV/DGA/hub1", "TH/GOV/BMA/hub1", "TH/GOV/DBD/hub1")
-            }
-            if not opmonitoring
-            else {},
+            },
         ),
     )
     fed = load_federation(config)
@@ -309,12 +351,16 @@ async def run_phase(
 
 
 async def wait_ready(
-    setup: Setup, backend: Child, federation: Child, timeout: float
-) -> tuple[list[str], list[str]]:
-    """Wait for both children; return the direct and hub URLs of every company id.
+    setup: Setup,
+    backend: Child,
+    federation: Child,
+    baselines: Sequence[Baseline],
+    timeout: float,
+) -> tuple[list[str], list[str], dict[str, list[str]]]:
+    """Wait for the children; return the direct, hub and baseline URLs of every company id.
 
-    Also checks that the hub returns exactly the backend's bytes, so that the two phases
-    are known to do the same work before anything is measured.
+    Also checks that the hub and the baselines return exactly the backend's bytes, so that
+    the phases are known to do the same work before anything is measured.
     """
     deadline = time.monotonic() + timeout
     hub_headers = {"X-Road-Client": CLIENT}
@@ -337,7 +383,16 @@ async def wait_ready(
                 f"the hub's answer differs from the backend's: {via_hub[:200]!r} vs "
                 f"{straight[:200]!r}"
             )
-    return direct, hub
+        baseline_urls = {}
+        for b in baselines:
+            urls = [f"{b.url}/companies/{i}" for i in ids]
+            for hop in b.hops:
+                hop.check_alive()
+            via = await wait_until_answers(session, urls[0], hub_headers, b.hops[0], deadline)
+            if via != straight:
+                raise StartupError(f"baseline {b.name} answers other bytes: {via[:200]!r}")
+            baseline_urls[b.name] = urls
+    return direct, hub, baseline_urls
 
 
 # --------------------------------------------------------------------------------------------
@@ -349,7 +404,10 @@ def _mib(kib: int) -> str:
     return f"{kib / 1024:.1f}"
 
 
-def print_report(direct: PhaseResult, hub: PhaseResult, load: LoadSpec) -> dict[str, object]:
+def print_report(
+    direct: PhaseResult, hub: PhaseResult, load: LoadSpec, baselines: Sequence[PhaseResult] = ()
+) -> dict[str, object]:
+    phases = (direct, *baselines, hub)
     print(
         f"\nconcurrency {load.concurrency}, {load.duration:g} s per phase "
         f"(after {load.warmup:g} s warm-up), at most {load.max_requests} requests per phase"
@@ -360,7 +418,7 @@ def print_report(direct: PhaseResult, hub: PhaseResult, load: LoadSpec) -> dict[
     )
     print(head)
     print("-" * len(head))
-    for r in (direct, hub):
+    for r in phases:
         print(
             f"{r.name:<7} {r.exchanges_per_s:>9.1f} {r.percentile_ms(50):>8.2f} "
             f"{r.percentile_ms(99):>8.2f} {r.errors:>7} "
@@ -368,8 +426,10 @@ def print_report(direct: PhaseResult, hub: PhaseResult, load: LoadSpec) -> dict[
             f"{r.server_cpu_s / r.elapsed_s:>10.2f} {r.loadgen_cpu_s / r.elapsed_s:>14.2f}"
         )
     print("\nserver processes (CPU in the measured window; memory read at its end):")
-    for r in (direct, hub):
+    for r in phases:
         for p in r.processes:
+            if not p.on_path and r is not hub:
+                continue  # the idle ones are listed under the hub phase
             print(
                 f"  {r.name:<7} {p.name:<11} pid {p.pid:<7} {'on path' if p.on_path else 'idle':<8}"
                 f" cpu {p.cpu_s:7.2f} s  VmHWM {_mib(p.vm_hwm_kib):>6} MiB"
@@ -383,7 +443,21 @@ def print_report(direct: PhaseResult, hub: PhaseResult, load: LoadSpec) -> dict[
         f"\nhub/direct throughput {ratio:.3f}; hub adds {added_p50:.2f} ms at p50 and "
         f"{added_p99:.2f} ms at p99; server CPU per exchange x{cpu_ratio:.1f}"
     )
-    for r in (direct, hub):
+    vs_baselines: dict[str, object] = {}
+    for b in baselines:
+        # CPU per request of the server processes on each path, in the same run.
+        r_cpu = quotient(hub.server_cpu_s_per_exchange, b.server_cpu_s_per_exchange)
+        r_tput = quotient(hub.exchanges_per_s, b.exchanges_per_s)
+        print(
+            f"hub/({b.name}): server CPU per request {r_cpu:.2f}, throughput {r_tput:.2f} "
+            f"({b.name} {b.server_cpu_s_per_exchange * 1e6:.0f} us, hub "
+            f"{hub.server_cpu_s_per_exchange * 1e6:.0f} us)"
+        )
+        vs_baselines[b.name] = {
+            "server_cpu_per_exchange_ratio": finite(r_cpu, 3),
+            "throughput_ratio": finite(r_tput, 4),
+        }
+    for r in phases:
         if r.loadgen_cpu_s / r.elapsed_s > LOADGEN_SATURATED:
             # One Python process cannot out-run the server then; say so rather than let a
             # client limit pass for a server figure.
@@ -396,7 +470,10 @@ def print_report(direct: PhaseResult, hub: PhaseResult, load: LoadSpec) -> dict[
         for name in r.exited:
             print(f"  {r.name}: the {name} process exited during the phase")
     # The largest node process: with --one-process, the whole federation.
-    fed = max((p for p in hub.processes if p.name != "backend"), key=lambda p: p.vm_hwm_kib)
+    fed = max(
+        (p for p in hub.processes if p.name != "backend" and "-hop" not in p.name),
+        key=lambda p: p.vm_hwm_kib,
+    )
     return {
         "benchmark": "xroad-hub exchange",
         "python": platform.python_version(),
@@ -407,6 +484,8 @@ def print_report(direct: PhaseResult, hub: PhaseResult, load: LoadSpec) -> dict[
         "warmup_s": load.warmup,
         "direct": direct.as_json(),
         "hub": hub.as_json(),
+        **{b.name: b.as_json() for b in baselines},
+        "hub_vs_baselines": vs_baselines,
         "hub_vs_direct": {
             "throughput_ratio": finite(ratio, 4),
             "added_p50_ms": finite(added_p50, 3),
@@ -416,7 +495,7 @@ def print_report(direct: PhaseResult, hub: PhaseResult, load: LoadSpec) -> dict[
         "largest_node_process": fed.name,
         "node_vm_hwm_kib": fed.vm_hwm_kib,
         "node_vm_rss_kib": fed.vm_rss_kib,
-        "ok": not (direct.failed or hub.failed),
+        "ok": not any(r.failed for r in phases),
     }
 
 
@@ -426,9 +505,15 @@ def print_report(direct: PhaseResult, hub: PhaseResult, load: LoadSpec) -> dict[
 
 
 async def benchmark(
-    setup: Setup, backend: Child, nodes: list[Child], args: argparse.Namespace
+    setup: Setup,
+    backend: Child,
+    baselines: Sequence[Baseline],
+    nodes: list[Child],
+    args: argparse.Namespace,
 ) -> int:
-    direct_urls, hub_urls = await wait_ready(setup, backend, nodes[0], args.startup_timeout)
+    direct_urls, hub_urls, baseline_urls = await wait_ready(
+        setup, backend, nodes[0], baselines, args.startup_timeout
+    )
     pids = ", ".join(f"{c.name} pid {c.pid}" for c in nodes)
     print(
         f"ready: backend pid {backend.pid} at {setup.backend_url}, {pids}, client node at "
@@ -438,15 +523,22 @@ async def benchmark(
     load = LoadSpec(
         args.concurrency, args.duration, args.warmup, args.max_requests, args.request_timeout
     )
-    servers = (backend, *nodes)
+    hops = [h for b in baselines for h in b.hops]
+    servers = (backend, *hops, *nodes)
     # The same X-Road-Client header in both phases keeps the requests byte-for-byte alike
     # apart from the path; the backend ignores it.
     headers = {"X-Road-Client": CLIENT}
     direct = await run_phase("direct", direct_urls, headers, load, servers, frozenset({"backend"}))
+    measured = []
+    for b in baselines:
+        on_path = frozenset({"backend", *(h.name for h in b.hops)})
+        measured.append(
+            await run_phase(b.name, baseline_urls[b.name], headers, load, servers, on_path)
+        )
     hub = await run_phase(
-        "hub", hub_urls, headers, load, servers, frozenset(c.name for c in servers)
+        "hub", hub_urls, headers, load, servers, frozenset({"backend", *(c.name for c in nodes)})
     )
-    report = print_report(direct, hub, load)
+    report = print_report(direct, hub, load, measured)
     print(json.dumps(report, separators=(",", ":"), allow_nan=False), flush=True)
     return EXIT_OK if report["ok"] else EXIT_FAILED_REQUESTS
 
@@ -457,14 +549,24 @@ def run(args: argparse.Namespace) -> int:
     def start_and_measure(children: list[Child]) -> int:
         # The PKI helper logs every file it creates; only problems matter here.
         configure_logging("warning")
-        setup = prepare_federation(workdir, opmonitoring=not args.no_opmonitoring)
+        setup = prepare_federation(
+            workdir,
+            opmonitoring=not args.no_opmonitoring,
+            client_max_concurrent=args.concurrency if args.concurrency > 32 else None,
+        )
         backend_addr = setup.backend_url.removeprefix("http://")
         children.append(spawn("backend", __file__, ["--serve-backend", backend_addr], workdir))
+        baselines = (
+            []
+            if args.no_baselines
+            else [spawn_baseline(children, name, setup, workdir) for name in ("c", "d")]
+        )
+        first_node = len(children)
         spawn_federation(
             children, __file__, setup.config, args.log_level, workdir,
             client_node=CLIENT_NODE, provider_node=PROVIDER_NODE, one_process=args.one_process,
         )  # fmt: skip
-        return asyncio.run(benchmark(setup, children[0], children[1:], args))
+        return asyncio.run(benchmark(setup, children[0], baselines, children[first_node:], args))
 
     return run_with_children("bench_exchange", workdir, args.keep_workdir, start_and_measure)
 
@@ -560,6 +662,12 @@ not answer within --startup-timeout; 130 interrupted.""",
         "a run with and one without this flag for the records' cost)",
     )
     parser.add_argument(
+        "--no-baselines",
+        action="store_true",
+        help="skip the baselines (c) and (d) (two plain proxy hops with mutual TLS; the same "
+        "with ECDSA P-256 signatures and a durable SQLite row per request)",
+    )
+    parser.add_argument(
         "--keep-workdir",
         action="store_true",
         help="keep the work directory (federation file, PKI, message logs, child logs)",
@@ -575,6 +683,12 @@ not answer within --startup-timeout; 130 interrupted.""",
         help="run registry and nodes of CONFIG (certs/ and data/ next to it) until SIGTERM",
     )
     internal.add_argument(
+        "--serve-hop",
+        nargs=7,
+        metavar=("ROLE", "LISTEN", "UPSTREAM", "CERTS", "NODE", "MODE", "DB"),
+        help="run one baseline proxy hop (benchhops.py) until SIGTERM",
+    )
+    internal.add_argument(
         "--only",
         metavar="COMPONENTS",
         help="with --serve-federation: comma-separated components to run (registry, node ids)",
@@ -587,6 +701,12 @@ def main(argv: Sequence[str] | None = None) -> int:
     args = parser.parse_args(argv)
     if args.serve_backend:
         asyncio.run(_serve_backend(args.serve_backend))
+        return EXIT_OK
+    if args.serve_hop:
+        role, listen, upstream, certs, node, mode, db = args.serve_hop
+        asyncio.run(
+            serve_hop(role, listen, upstream, Path(certs), node, mode == "signed", Path(db))
+        )
         return EXIT_OK
     if args.serve_federation:
         asyncio.run(serve_federation(args.serve_federation, args.log_level, args.only))

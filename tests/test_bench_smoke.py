@@ -1,4 +1,5 @@
-"""The exchange benchmark runs end to end: children start, both phases answer, JSON parses.
+"""The exchange benchmark runs end to end: children start, every phase (direct, the
+baselines (c) and (d), hub) answers, JSON parses.
 
 Only that it works is checked, never how fast: timings on a shared test machine are noise.
 """
@@ -28,8 +29,14 @@ def test_bench_exchange_smoke_run() -> None:
     assert proc.returncode == 0, output
     report = json.loads(proc.stdout.strip().splitlines()[-1])
     assert report["ok"] is True, output
-    for phase in ("direct", "hub"):
+    for phase in ("direct", "c", "d", "hub"):
         assert report[phase]["exchanges_per_s"] > 0, output
         assert report[phase]["ok"] > 0, output
         assert report[phase]["errors"] == 0, output
     assert report["node_vm_hwm_kib"] > 0, output
+    # The baselines ran on their own processes: (c) two plain hops, (d) signed and logged.
+    for name, hops in (("c", ("c-hop1", "c-hop2")), ("d", ("d-hop1", "d-hop2"))):
+        on_path = {n for n, p in report[name]["processes"].items() if p["on_path"]}
+        assert on_path == {"backend", *hops}, output
+        assert report["hub_vs_baselines"][name]["server_cpu_per_exchange_ratio"] > 0, output
+    assert "hub/(c): server CPU per request" in proc.stdout, output

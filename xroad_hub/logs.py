@@ -2,10 +2,14 @@
 
 from __future__ import annotations
 
+import json as stdjson
 import logging
 import re
 import sys
+import time
+from typing import Any
 
+import orjson
 import structlog
 
 __all__ = ["configure_logging", "loggable_error", "path_shape"]
@@ -67,20 +71,90 @@ class _CurrentStderr:
 _STDERR = _CurrentStderr()
 
 
+class _LineLogger:
+    """One ``write`` per line to the current stderr. structlog's PrintLogger takes a lock and
+    calls ``print(..., flush=True)`` (two writes and a flush); stderr is line-buffered in any
+    case (Python >= 3.9), and a line is written whole, so nothing is lost or interleaved."""
+
+    __slots__ = ()
+
+    def msg(self, message: str) -> None:
+        sys.stderr.write(message + "\n")
+
+    log = debug = info = warn = warning = msg
+    error = critical = exception = failure = fatal = msg
+
+
+def _line_logger(*_args: Any) -> _LineLogger:
+    return _LineLogger()
+
+
+class _UtcStamper:
+    """The ISO 8601 UTC timestamp structlog's TimeStamper(fmt="iso", utc=True) writes
+    ("2026-01-31T12:00:00.123456Z"), without a datetime per line: the part up to the second
+    is formatted once per second and the microseconds appended."""
+
+    __slots__ = ("_prefix", "_second")
+
+    def __init__(self) -> None:
+        self._second = -1
+        self._prefix = ""
+
+    def __call__(self, _logger: object, _name: str, event_dict: Any) -> Any:
+        now = time.time()
+        second = int(now)
+        if second != self._second:
+            self._prefix = time.strftime("%Y-%m-%dT%H:%M:%S", time.gmtime(second))
+            self._second = second
+        event_dict["timestamp"] = f"{self._prefix}.{int((now - second) * 1e6):06d}Z"
+        return event_dict
+
+
+def _json_fallback(obj: object) -> str:
+    return repr(obj)  # as structlog's JSONRenderer renders what JSON has no type for
+
+
+def _json_line(_logger: object, _name: str, event_dict: Any) -> str:
+    """The event as one JSON line, by orjson (a tenth of the stdlib encoder's time); what
+    orjson refuses (an int beyond 64 bits) goes the stdlib way, so no event is ever lost."""
+    try:
+        return orjson.dumps(
+            event_dict, default=_json_fallback, option=orjson.OPT_NON_STR_KEYS
+        ).decode()
+    except (TypeError, orjson.JSONEncodeError):
+        return stdjson.dumps(event_dict, default=_json_fallback, separators=(",", ":"))
+
+
 def configure_logging(level: str = "info", *, json: bool | None = None) -> None:
-    """Log to stderr; JSON lines unless stderr is a terminal (or ``json`` says otherwise)."""
+    """Log to stderr; JSON lines unless stderr is a terminal (or ``json`` says otherwise).
+
+    Each exchange is logged at info, so a JSON line is kept cheap (about a third of
+    structlog's defaults): orjson, a timestamp without datetime, one write per line."""
     if json is None:
         json = not sys.stderr.isatty()
-    renderer: structlog.types.Processor = (
-        structlog.processors.JSONRenderer() if json else structlog.dev.ConsoleRenderer()
-    )
+    if json:
+        structlog.configure(
+            processors=[
+                structlog.contextvars.merge_contextvars,
+                structlog.processors.add_log_level,
+                _UtcStamper(),
+                structlog.processors.format_exc_info,
+                _json_line,
+            ],
+            wrapper_class=structlog.make_filtering_bound_logger(
+                logging.getLevelNamesMapping()[level.upper()]
+            ),
+            logger_factory=_line_logger,
+            cache_logger_on_first_use=True,
+        )
+        return
     structlog.configure(
         processors=[
             structlog.contextvars.merge_contextvars,
             structlog.processors.add_log_level,
             structlog.processors.TimeStamper(fmt="iso", utc=True),
             structlog.processors.format_exc_info,
-            renderer,
+            structlog.dev.ConsoleRenderer(),
         ],
         wrapper_class=structlog.make_filtering_bound_logger(
             logging.getLevelNamesMapping()[level.upper()]

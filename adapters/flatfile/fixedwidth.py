@@ -10,10 +10,13 @@ into lines, each line of the wrong length is a broken record, and the starts are
 from __future__ import annotations
 
 import bisect
+import functools
 import re
+import struct
 from array import array
 from collections.abc import Iterator
 from itertools import accumulate
+from operator import itemgetter
 
 from .charsets import Charset
 from .errors import ExportRejected
@@ -115,6 +118,14 @@ def text_problems(
     return problems
 
 
+_first = itemgetter(0)
+
+
+@functools.lru_cache(maxsize=256)
+def _column_struct(start: int, width: int, stride: int) -> struct.Struct:
+    return struct.Struct(f"{start}x{width}s{stride - start - width}x")
+
+
 class FixedColumns:
     """Raw columns of records ``first .. first + size - 1`` by arithmetic or listed spans."""
 
@@ -142,10 +153,16 @@ class FixedColumns:
             f = self.fields[name]
             buf, fr = self.buf, self.framing
             if fr.stride:
-                start = fr.base + first * fr.stride + f.start
-                stop = start + size * fr.stride
-                w = f.width
-                return [buf[o : o + w] for o in range(start, stop, fr.stride)]
+                # One struct unpack per record (skip, field, skip) keeps the million-fold
+                # loop in C: about twice as fast as slicing record by record in Python.
+                base, stride = fr.base + first * fr.stride, fr.stride
+                end = base + size * stride
+                if f.start + f.width <= stride and end <= len(buf):
+                    unpack = _column_struct(f.start, f.width, stride).iter_unpack
+                    return list(map(_first, unpack(memoryview(buf)[base:end])))
+                # A short last record (no terminator) or a field past the stride: sliced.
+                w, start = f.width, base + f.start
+                return [buf[o : o + w] for o in range(start, start + size * stride, stride)]
             assert fr.bounds is not None
             s, w = f.start, f.width
             return [buf[o + s : o + s + w] for o in fr.bounds[2 * first : 2 * (first + size) : 2]]

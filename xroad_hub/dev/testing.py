@@ -179,6 +179,7 @@ def write_federation(path: Path, spec: TestFederationSpec) -> Path:
         f'client_listen = "{_addr()}"',
         f'client_tls_listen = "{_addr()}"',
         *common,
+        # Settings before ops(): its [[node.admin]] tables would otherwise take them.
         *_settings(spec, "TH/GOV/DGA/hub1"),
         *ops(),
         *_client(spec, "TH/GOV/DGA/citizenportal", "jwt"),
@@ -190,6 +191,7 @@ def write_federation(path: Path, spec: TestFederationSpec) -> Path:
         f'client_listen = "{_addr()}"',
         f'client_tls_listen = "{_addr()}"',
         *common,
+        # Settings before ops(): its [[node.admin]] tables would otherwise take them.
         *_settings(spec, "TH/GOV/BMA/hub1"),
         *ops(),
         *_client(spec, "TH/GOV/BMA/licensing", "mtls"),
@@ -199,6 +201,7 @@ def write_federation(path: Path, spec: TestFederationSpec) -> Path:
         f'audit_listen = "{_addr()}"',
         f'messagelog_dsn = "{spec.provider_log_dsn}"' if spec.provider_log_dsn else "",
         *common,
+        # Settings before ops(): its [[node.admin]] tables would otherwise take them.
         *_settings(spec, "TH/GOV/DBD/hub1"),
         *ops(),
     ]

@@ -17,9 +17,17 @@ from xroad_hub.protocol.globalconf import NodeEntry
 from xroad_hub.protocol.message import CONTENT_TYPE
 from xroad_hub.streams import BodyTooLarge, read_capped
 
-__all__ = ["PEER_PATH", "PeerReply", "PeerTransport"]
+__all__ = ["PEER_PATH", "PEER_POOL_LIMIT", "PEER_POOL_PER_HOST", "PeerReply", "PeerTransport"]
 
 PEER_PATH = "/xroad-hub/v1/message"
+
+# The pool of TLS connections to other nodes is bounded: asyncio keeps a 256 KiB read buffer
+# per TLS connection, so an unbounded pool at 640 concurrent exchanges held 640 of them
+# (340-370 MB per node). A peer serves at most 4 x client_max_concurrent (32) exchanges of
+# one node at once anyway (node.py's _PEER_SHARE), so more connections to one peer than that
+# only wait there; here the extra requests wait for a pooled connection instead.
+PEER_POOL_PER_HOST = 128
+PEER_POOL_LIMIT = 512  # all peers together: at most 128 MiB of TLS read buffers
 
 
 @dataclass(frozen=True, slots=True)
@@ -53,7 +61,12 @@ class PeerTransport:
     async def send(self, peer: NodeEntry, data: bytes, timeout: float) -> PeerReply:
         if self._session is None:
             self._session = aiohttp.ClientSession(
-                connector=aiohttp.TCPConnector(ssl=self._ssl, limit=0, keepalive_timeout=60),
+                connector=aiohttp.TCPConnector(
+                    ssl=self._ssl,
+                    limit=PEER_POOL_LIMIT,
+                    limit_per_host=PEER_POOL_PER_HOST,
+                    keepalive_timeout=60,
+                ),
                 auto_decompress=False,
                 response_class=_PinnedResponse,
             )
