@@ -23,11 +23,11 @@ from pathlib import Path
 import aiohttp
 from aiohttp import web
 
+from xroad_hub.demo.runner import Federation
 from xroad_hub.dev.devpki import ensure_pki
 from xroad_hub.dev.testing import TestFederationSpec, free_port, write_federation
 from xroad_hub.federation import load_federation
 from xroad_hub.logs import configure_logging
-from xroad_hub.runner import Federation
 
 DGA = "TH/GOV/DGA/hub1"
 ECHO = "/r1/TH/GOV/DBD/registry/echo/x"

@@ -31,9 +31,9 @@ from typing import IO
 import aiohttp
 from aiohttp import web
 
+from xroad_hub.demo.runner import Federation
 from xroad_hub.federation import load_federation, parse_address
 from xroad_hub.logs import configure_logging
-from xroad_hub.runner import Federation
 
 # Exit status of a benchmark that runs children (bench_exchange, bench_soap).
 EXIT_OK, EXIT_FAILED_REQUESTS, EXIT_NOT_STARTED, EXIT_INTERRUPTED = 0, 1, 2, 130

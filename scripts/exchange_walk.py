@@ -31,12 +31,12 @@ from typing import Any
 import aiohttp
 from aiohttp import web
 
+from xroad_hub.demo.runner import Federation
 from xroad_hub.dev.devpki import ensure_pki
 from xroad_hub.dev.testing import TestFederationSpec, free_port, write_federation
 from xroad_hub.federation import load_federation
 from xroad_hub.logs import configure_logging
 from xroad_hub.node.runtime import NodeRuntime
-from xroad_hub.runner import Federation
 
 ROOT = Path(__file__).resolve().parent.parent
 PROJECT = (str(ROOT / "xroad_hub") + "/", str(ROOT / "adapters") + "/")

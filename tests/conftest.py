@@ -16,12 +16,12 @@ import jwt
 import pytest
 from aiohttp import web
 
+from xroad_hub.demo.runner import Federation
 from xroad_hub.dev.devpki import ensure_pki
 from xroad_hub.dev.testing import TestFederationSpec, free_port, write_federation
 from xroad_hub.federation import load_federation
 from xroad_hub.logs import configure_logging
 from xroad_hub.pki import PkiLayout, load_private_key
-from xroad_hub.runner import Federation
 
 from .soap_legacy import LegacyServer, legacy_server
 from .xroad_soap_service import xroad_soap_echo

@@ -26,12 +26,11 @@ from xroad_hub.demo.harness import (
     write_case_service_config,
 )
 from xroad_hub.demo.legacy_exports import rd_taxclearance_csv, title_deed_lines
+from xroad_hub.demo.runner import Federation, with_packaged_paths
 from xroad_hub.demo.synthetic import companies, demo_people
 from xroad_hub.federation import load_federation
-from xroad_hub.packaged import with_packaged_paths
 from xroad_hub.pki import PkiLayout
 from xroad_hub.protocol.thaiid import with_check_digit
-from xroad_hub.runner import Federation
 
 NODES = [str(n.id) for n in load_federation(DEFAULT_CONFIG).nodes]
 

@@ -18,9 +18,9 @@ from lxml import etree
 from zeep.exceptions import Fault
 
 from xroad_hub.demo.dopa import MAX_BODY, NAMESPACE, dopa_app
+from xroad_hub.demo.runner import _BACKENDS
 from xroad_hub.demo.synthetic import Citizen, demo_people, is_valid_house_id, population
 from xroad_hub.protocol.thaiid import with_check_digit
-from xroad_hub.runner import _BACKENDS
 
 SEED, COUNT = 2569, 20
 WSDL = "http://schemas.xmlsoap.org/wsdl/"

@@ -8,9 +8,9 @@ from pathlib import Path
 
 import aiohttp
 
+from xroad_hub.demo.runner import Federation
 from xroad_hub.dev.testing import TestFederationSpec
 from xroad_hub.federation import load_federation
-from xroad_hub.runner import Federation
 
 from .conftest import Fed, start_federation
 

@@ -18,6 +18,7 @@ from cryptography import x509
 from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import ec
 
+from xroad_hub.demo.runner import TSA_POLICY
 from xroad_hub.messagelog.evidence import FORMAT, EvidenceError, export_bundle, verify_bundle
 from xroad_hub.pki import (
     CertPaths,
@@ -30,7 +31,6 @@ from xroad_hub.protocol import merkle
 from xroad_hub.protocol.checkpoint import Checkpoint, NoteSigner, sign_note
 from xroad_hub.protocol.message import canonical
 from xroad_hub.protocol.rfc3161 import issue_token, make_request
-from xroad_hub.runner import TSA_POLICY
 
 from .conftest import Fed
 from .sqlite_db import sqlite_db

@@ -25,7 +25,7 @@ from xroad_hub.logs import configure_logging
 from xroad_hub.messagelog.reader import LogReadError
 from xroad_hub.node.admincli import add_node_commands, run_node_command
 from xroad_hub.node.clientauth import MAX_TOKEN_LIFETIME
-from xroad_hub.packaged import demo_federation, with_packaged_paths
+from xroad_hub.packaged import demo_federation
 from xroad_hub.pki import IDP_MAX_LIFETIME, TRACKER_MAX_LIFETIME, PkiLayout, load_private_key
 from xroad_hub.protocol.identifiers import parse_subsystem_id
 from xroad_hub.protocol.thaiid import is_valid
@@ -362,6 +362,8 @@ def _federation(args: argparse.Namespace) -> FederationConfig:
     source checkout), else the demo federation shipped in the package, whose layout, OpenAPI
     and WSDL paths then come from the package too, so that it runs from any directory."""
     if args.config is None:
+        from xroad_hub.demo.runner import with_packaged_paths
+
         args.config = DEFAULT_CONFIG if DEFAULT_CONFIG.is_file() else demo_federation()
         return with_packaged_paths(load_federation(args.config))
     return load_federation(args.config)
@@ -749,7 +751,7 @@ def _demo(args: argparse.Namespace) -> int:
 
 
 async def _up(fed, args: argparse.Namespace) -> int:  # type: ignore[no-untyped-def]
-    from xroad_hub.runner import Federation
+    from xroad_hub.demo.runner import Federation
 
     created = ensure_pki(fed, args.certs_dir)
     if created:

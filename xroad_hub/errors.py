@@ -31,6 +31,7 @@ __all__ = [
     "CLIENT",
     "CLIENT_PROXY",
     "SERVER_PROXY",
+    "ConfigError",
     "HubError",
     "ProtocolError",
     "XRoadError",
@@ -45,6 +46,11 @@ SERVER_PROXY = "Server.ServerProxy"
 class HubError(Exception):
     """An error the hub reports to a person or a peer: its message says what went wrong
     and, where there is one, what to do next. Anything else escaping is a bug."""
+
+
+class ConfigError(HubError, ValueError):
+    """A configuration (the federation file, a setting) is wrong; the message names the place
+    and what to change."""
 
 
 class ProtocolError(HubError, ValueError):

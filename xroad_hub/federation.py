@@ -24,7 +24,7 @@ from pathlib import Path
 from typing import Any, ClassVar, TypeVar, Union, get_args, get_origin, get_type_hints
 
 from adapters.flatfile.settings import OPTIONS as FLATFILE_OPTIONS
-from xroad_hub.errors import HubError, XRoadError
+from xroad_hub.errors import ConfigError, XRoadError
 from xroad_hub.protocol.identifiers import (
     ClientId,
     MemberId,
@@ -68,8 +68,6 @@ SOAP_MODES = ("bridge", "passthrough")
 ADAPTER_OPTIONS: dict[str, frozenset[str]] = {"rest": frozenset(), "flatfile": FLATFILE_OPTIONS}
 
 
-class ConfigError(HubError, ValueError):
-    """The federation file is wrong; the message names the place and what to change."""
 
 
 def parse_address(text: str) -> tuple[str, int]:

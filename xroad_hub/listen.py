@@ -10,7 +10,7 @@ from __future__ import annotations
 import errno
 import socket
 
-from xroad_hub.federation import ConfigError
+from xroad_hub.errors import ConfigError
 
 __all__ = ["ListenError", "listen_socket"]
 

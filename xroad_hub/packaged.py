@@ -5,13 +5,10 @@ source checkout."""
 
 from __future__ import annotations
 
-from dataclasses import replace
 from importlib import resources
 from pathlib import Path
 
-from xroad_hub.federation import FederationConfig
-
-__all__ = ["demo_federation", "schema_file", "with_packaged_paths"]
+__all__ = ["demo_federation", "packaged_path", "schema_file"]
 
 # Where a source checkout keeps its files, for relative paths found nowhere else.
 _SOURCE_ROOT = Path(__file__).resolve().parents[1]
@@ -30,7 +27,7 @@ def demo_federation() -> Path:
     return Path(str(resources.files("xroad_hub.config").joinpath("demo-federation.toml")))
 
 
-def _absolute(value: str) -> str:
+def packaged_path(value: str) -> str:
     """The federation file documents relative layout/WSDL/OpenAPI paths as relative to the
     directory xroad-hub runs in (the repository root); run elsewhere, a path missing there is
     taken from the package's schemas (``schemas/...``, installed with the package) or the
@@ -44,20 +41,3 @@ def _absolute(value: str) -> str:
     if path.parts[0] == "schemas" and len(path.parts) > 1:
         return str(schema_file(str(Path(*path.parts[1:]))))
     return str(_SOURCE_ROOT / path)
-
-
-def with_packaged_paths(fed: FederationConfig) -> FederationConfig:
-    """``fed`` with its services' layout, OpenAPI and WSDL paths made absolute (``_absolute``),
-    so that the demo federation runs from any directory."""
-    nodes = []
-    for node in fed.nodes:
-        services = []
-        for s in node.services:
-            options = dict(s.options)
-            if isinstance(options.get("layout"), str):
-                options["layout"] = _absolute(options["layout"])
-            openapi = _absolute(s.openapi) if s.openapi else s.openapi
-            services.append(replace(s, options=options, openapi=openapi))
-        soap = tuple(replace(s, wsdl=_absolute(s.wsdl)) for s in node.soap_services)
-        nodes.append(replace(node, services=tuple(services), soap_services=soap))
-    return replace(fed, nodes=tuple(nodes))

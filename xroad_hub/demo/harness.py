@@ -61,14 +61,14 @@ import aiohttp
 
 from adapters.flatfile import FlatFileAdapter
 from case_service.client import CaseServiceClient
+from xroad_hub.demo.runner import Federation, with_packaged_paths
 from xroad_hub.dev.devpki import ensure_pki
 from xroad_hub.dev.testing import free_port, on_free_ports
 from xroad_hub.errors import HubError
 from xroad_hub.federation import FederationConfig, load_federation
 from xroad_hub.node.trackerapi import mint_idp_token
-from xroad_hub.packaged import demo_federation, schema_file, with_packaged_paths
+from xroad_hub.packaged import demo_federation, schema_file
 from xroad_hub.pki import IDP_MAX_LIFETIME, TRACKER_MAX_LIFETIME, PkiLayout, load_private_key
-from xroad_hub.runner import Federation
 
 __all__ = [
     "BMA_NODE",

@@ -26,11 +26,12 @@ from xroad_hub.federation import BackendConfig, FederationConfig, NodeConfig
 from xroad_hub.listen import listen_socket
 from xroad_hub.node import Node
 from xroad_hub.node.health import CertCheck, cert_problems, health_app
+from xroad_hub.packaged import packaged_path
 from xroad_hub.pki import PkiLayout, load_cert, load_private_key
 
-__all__ = ["Federation"]
+__all__ = ["Federation", "with_packaged_paths"]
 
-log = structlog.get_logger("xroad_hub.runner")
+log = structlog.get_logger("xroad_hub.demo.runner")
 
 # The policy under which the development federation's TSA issues tokens: a UUID-derived OID
 # (ITU-T X.667, arc 2.25), unique without registration; a real federation uses its own.
@@ -214,3 +215,20 @@ def _backend(b: BackendConfig) -> web.Application:
         raise ValueError(
             f"unknown demo backend kind {b.kind!r}; known: {sorted(_BACKENDS)}"
         ) from None
+
+
+def with_packaged_paths(fed: FederationConfig) -> FederationConfig:
+    """``fed`` with its services' layout, OpenAPI and WSDL paths made absolute (``packaged_path``),
+    so that the demo federation runs from any directory."""
+    nodes = []
+    for node in fed.nodes:
+        services = []
+        for s in node.services:
+            options = dict(s.options)
+            if isinstance(options.get("layout"), str):
+                options["layout"] = packaged_path(options["layout"])
+            openapi = packaged_path(s.openapi) if s.openapi else s.openapi
+            services.append(replace(s, options=options, openapi=openapi))
+        soap = tuple(replace(s, wsdl=packaged_path(s.wsdl)) for s in node.soap_services)
+        nodes.append(replace(node, services=tuple(services), soap_services=soap))
+    return replace(fed, nodes=tuple(nodes))
