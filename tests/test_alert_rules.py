@@ -21,7 +21,7 @@ from .conftest import Fed
 ROOT = Path(__file__).resolve().parent.parent
 RULES = ROOT / "config" / "prometheus" / "alerts.yml"
 DASHBOARD = ROOT / "config" / "grafana" / "xroad-hub.json"
-NODE_SOURCE = ROOT / "xroad_hub" / "node" / "node.py"
+NODE_SOURCE = ROOT / "xroad_hub" / "node" / "operations.py"
 DGA, DBD = "TH/GOV/DGA/hub1", "TH/GOV/DBD/hub1"
 SCRAPER = {"Authorization": f"Bearer {TEST_ADMIN_KEYS['scraper'][0]}"}
 # Exported only by nodes with a flat-file service (none in the test federation): checked
