@@ -32,7 +32,7 @@ from xroad_hub.node.metaservices import (
     point_wsdl_at,
 )
 from xroad_hub.node.peer import PeerReply
-from xroad_hub.node.runtime import NodeRuntime, answer_errors, read_body, render_error
+from xroad_hub.node.runtime import NodeRuntime, read_body
 from xroad_hub.node.tls import peer_fingerprint
 from xroad_hub.protocol.access import check_answer, node_serving, purpose_of
 from xroad_hub.protocol.exchange import AnswerMeta, RequestMeta
@@ -122,15 +122,6 @@ class ClientProxy:
         self.purpose_defaults = purpose_defaults or {}
         self.public_urls = public_urls if public_urls is not None else {}
 
-    async def handle(self, request: web.Request) -> web.StreamResponse:
-        return await answer_errors(
-            request,
-            self._exchange,
-            side="client",
-            prefix=CLIENT_PROXY,
-            accept=request.headers.get("Accept"),
-        )
-
     async def authenticate(self, request: web.Request, client: ClientId) -> ClientRegistration:
         """The caller is the client subsystem it names (default deny); raises XRoadError."""
         return await self.rt.authenticator.authenticate(client, _credentials(request))
@@ -140,7 +131,8 @@ class ClientProxy:
         with the body bytes it may bring; refused at once when over them (limits.py)."""
         return self.rt.client_limits.admit(key, body_reservation(request, self.rt.max_body_bytes))
 
-    async def _exchange(self, request: web.Request) -> web.StreamResponse:
+    async def handle(self, request: web.Request) -> web.StreamResponse:
+        """An r1 request; errors are answered by the listener's middleware (x_road_errors)."""
         raw_path, _, raw_query = request.raw_path.partition("?")
         target = parse_r1_target(raw_path, raw_query)
         client = select_client(request.headers.getall("X-Road-Client", []))
@@ -300,13 +292,8 @@ class ClientProxy:
         )
 
     async def handle_soap(self, request: web.Request) -> web.StreamResponse:
-        """X-Road SOAP 4.0: errors are SOAP Faults, sent with HTTP 500 as the SOAP 1.1 HTTP
-        binding (and WS-I Basic Profile) has it; X-Road itself answers 200."""
-        return await answer_errors(
-            request, self._soap_exchange, side="client", prefix=CLIENT_PROXY, accept=None, soap=True
-        )
-
-    async def _soap_exchange(self, request: web.Request) -> web.StreamResponse:
+        """X-Road SOAP 4.0: its errors are SOAP Faults (the listener renders them so,
+        SOAP_FAULTS)."""
         self.rt.check_logging(CLIENT_PROXY)
         self.rt.conf_or_fail(CLIENT_PROXY)
         # A SOAP message names its client inside the body, but the transport credential is
@@ -373,10 +360,7 @@ class ClientProxy:
 
     async def list_clients(self, request: web.Request) -> web.StreamResponse:
         """GET /listClients: the federation's members and subsystems (public metadata)."""
-        try:
-            conf = self.rt.conf_or_fail(CLIENT_PROXY)
-        except XRoadError as err:
-            return render_error(err, request.headers.get("Accept"))
+        conf = self.rt.conf_or_fail(CLIENT_PROXY)
         clients: set[ClientId] = set(conf.members)
         for node in conf.nodes:
             clients.update(node.clients)
@@ -393,12 +377,7 @@ class ClientProxy:
         &serviceCode=..&version=..: the service's WSDL, fetched from the provider's node with
         the getWsdl metaservice, its address pointing at this node (client tools build their
         proxies from it). The caller proves it is a client of this node; without X-Road-Client
-        the node's owner member asks."""
-        return await answer_errors(
-            request, self._wsdl, side="client", prefix=CLIENT_PROXY, accept="application/json"
-        )
-
-    async def _wsdl(self, request: web.Request) -> web.StreamResponse:
+        the node's owner member asks. Its errors are JSON (JSON_ERRORS)."""
         q = request.query
         try:
             provider = parse_client_id(

@@ -34,7 +34,7 @@ from aiohttp import web
 
 from xroad_hub.errors import CLIENT_PROXY, XRoadError
 from xroad_hub.node.consumer import Answer, Call, ClientProxy
-from xroad_hub.node.runtime import NodeRuntime, answer_errors
+from xroad_hub.node.runtime import NodeRuntime, x_road_errors
 from xroad_hub.protocol.catalog import Catalog
 from xroad_hub.protocol.identifiers import ClientId
 from xroad_hub.protocol.rest import (
@@ -79,10 +79,19 @@ class EvidenceApi:
         self.proxy = proxy
         self.catalog = catalog
 
+    def subapp(self) -> web.Application:
+        """The evidence API as a sub-application, its routes relative to /evidence. Errors are
+        rendered as on the r1 path by its own middleware, so it answers alike wherever it is
+        mounted. Only GET: a POST under /evidence is answered 405, not taken for SOAP."""
+        app = web.Application(middlewares=[x_road_errors("client", CLIENT_PROXY)])
+        app.router.add_get("", self._list)
+        app.router.add_get("/{type}/{subject}", self.handle)
+        return app
+
     def add_routes(self, app: web.Application) -> None:
-        """Add the routes; must come before a catch-all route (aiohttp matches in order)."""
-        app.router.add_get("/evidence", self._list)
-        app.router.add_get("/evidence/{type}/{subject}", self.handle)
+        """Mount the API at /evidence; must come before a catch-all route (aiohttp matches in
+        order)."""
+        app.add_subapp("/evidence", self.subapp())
 
     async def _list(self, request: web.Request) -> web.Response:
         # The catalog is documentation of what may be asked, not data: no authentication.
@@ -99,15 +108,6 @@ class EvidenceApi:
         return _json({"types": types})
 
     async def handle(self, request: web.Request) -> web.StreamResponse:
-        return await answer_errors(
-            request,
-            self._fetch,
-            side="client",
-            prefix=CLIENT_PROXY,
-            accept=request.headers.get("Accept"),
-        )
-
-    async def _fetch(self, request: web.Request) -> web.StreamResponse:
         h = request.headers
         client = select_client(h.getall("X-Road-Client", []))
         message_id = check_header_value("X-Road-Id", h.get("X-Road-Id") or str(uuid.uuid4()))

@@ -47,7 +47,13 @@ from xroad_hub.node.globalconf_client import GlobalConfClient
 from xroad_hub.node.limits import ClientLimits
 from xroad_hub.node.peer import PEER_PATH, PeerTransport
 from xroad_hub.node.provider import ServerProxy
-from xroad_hub.node.runtime import HostedService, NodeRuntime
+from xroad_hub.node.runtime import (
+    JSON_ERRORS,
+    SOAP_FAULTS,
+    HostedService,
+    NodeRuntime,
+    x_road_errors,
+)
 from xroad_hub.node.timestamping import fetch_timestamp
 from xroad_hub.node.tls import client_facing_context, peer_client_context, peer_server_context
 from xroad_hub.node.trackerapi import TrackerApi
@@ -516,16 +522,26 @@ class Node:
             public_urls=MappingProxyType(dict(self.urls)),
         )
         server_proxy = ServerProxy(rt)
+        # Handlers raise; each listener's middleware answers their errors in its side's form.
+        client_errors = x_road_errors(
+            "client",
+            CLIENT_PROXY,
+            forms={client_proxy.handle_soap: SOAP_FAULTS, client_proxy.wsdl: JSON_ERRORS},
+        )
         # Bodies are read by read_body with their own limit and deadline, not by aiohttp.
-        client_app = web.Application(middlewares=[context])
-        EvidenceApi(rt, client_proxy, load_catalog(DEFAULT_CATALOG)).add_routes(client_app)
+        client_app = web.Application(middlewares=[context, client_errors])
+        # /evidence is the evidence API's (GET only): a POST there is not taken for SOAP.
+        client_app.add_subapp(
+            "/evidence", EvidenceApi(rt, client_proxy, load_catalog(DEFAULT_CATALOG)).subapp()
+        )
         client_app.router.add_get("/listClients", client_proxy.list_clients)
         client_app.router.add_get("/wsdl", client_proxy.wsdl)
         client_app.router.add_route("*", "/r1/{tail:.*}", client_proxy.handle)
         # X-Road SOAP clients POST to the node's root (any path outside /r1/ is accepted).
         client_app.router.add_post("/{tail:.*}", client_proxy.handle_soap)
         client_app.router.add_route("*", "/{tail:.*}", client_proxy.handle)
-        peer_app = web.Application(middlewares=[context])
+        peer_errors = x_road_errors("provider", SERVER_PROXY, form=JSON_ERRORS)
+        peer_app = web.Application(middlewares=[context, peer_errors])
         peer_app.router.add_post(PEER_PATH, server_proxy.handle)
         apps = {"peer": peer_app, "client": client_app, "client_tls": client_app}
         if "audit" in self.urls:
