@@ -545,8 +545,7 @@ class Node:
         peer_app.router.add_post(PEER_PATH, server_proxy.handle)
         apps = {"peer": peer_app, "client": client_app, "client_tls": client_app}
         if "audit" in self.urls:
-            apps["audit"] = self._audit_app(rt)
-            apps["audit"].middlewares.append(context)
+            apps["audit"] = self._audit_app(rt, context)
         if "health" in self.urls:
             apps["health"] = health_app(self.problems)
         if "admin" in self.urls:
@@ -894,7 +893,9 @@ class Node:
             return PostgresMessageLog(self.config.messagelog_dsn, schema=schema)
         return SQLiteMessageLog(self.data_dir / "messagelog.sqlite")
 
-    def _audit_app(self, rt: NodeRuntime) -> web.Application:
+    def _audit_app(self, rt: NodeRuntime, context: Any) -> web.Application:
+        """The audit listener: the auditors' API at /audit, the citizens' tracker at
+        /tracker, each a sub-application with its own authentication."""
         auditors = []
         for name in self.auditors:
             key = serialization.load_pem_public_key(self.pki.auditor_jwt(name).cert.read_bytes())
@@ -903,14 +904,17 @@ class Node:
             auditors.append(Auditor(name, key))
         roots = [load_cert(self.pki.root_ca.cert)]
         # Each request opens its own reader of the node's log (SQLite or PostgreSQL).
-        app = AuditApi(str(self.config.id), rt.log.reader, auditors, roots).app()
+        audit = AuditApi(str(self.config.id), rt.log.reader, auditors, roots)
+        app = web.Application(middlewares=[context])
+        app.add_subapp("/audit", audit.subapp())
 
         def member_names() -> dict[str, str]:
             conf = rt.globalconf.current()
             return {str(m): n for m, n in conf.members.items()} if conf else {}
 
         idp_key = load_public_key(self.pki.idp_jwt().cert)
-        TrackerApi(str(self.config.id), rt.log.reader, idp_key, member_names).add_routes(app)
+        tracker = TrackerApi(str(self.config.id), rt.log.reader, idp_key, member_names)
+        app.add_subapp("/tracker", tracker.subapp())
         return app
 
 
