@@ -33,15 +33,19 @@ import structlog
 from aiohttp import web
 
 from xroad_hub.errors import CLIENT_PROXY, XRoadError
-from xroad_hub.node.consumer import Answer, Call, ClientProxy
+from xroad_hub.node.consumer import (
+    Answer,
+    Call,
+    ClientProxy,
+    client_authentication,
+    named_client,
+)
 from xroad_hub.node.runtime import NodeRuntime, x_road_errors
 from xroad_hub.protocol.catalog import Catalog
-from xroad_hub.protocol.identifiers import ClientId
 from xroad_hub.protocol.rest import (
     check_header_value,
     filter_response_headers,
     parse_represented_party,
-    select_client,
 )
 
 __all__ = ["EvidenceApi"]
@@ -83,8 +87,13 @@ class EvidenceApi:
         """The evidence API as a sub-application, its routes relative to /evidence. Errors are
         rendered as on the r1 path by its own middleware, so it answers alike wherever it is
         mounted. Only GET: a POST under /evidence is answered 405, not taken for SOAP."""
-        app = web.Application(middlewares=[x_road_errors("client", CLIENT_PROXY)])
-        app.router.add_get("", self._list)
+        app = web.Application(
+            middlewares=[
+                x_road_errors("client", CLIENT_PROXY),
+                client_authentication(self.rt, public=[self.list_types]),
+            ]
+        )
+        app.router.add_get("", self.list_types)
         app.router.add_get("/{type}/{subject}", self.handle)
         return app
 
@@ -93,7 +102,7 @@ class EvidenceApi:
         order)."""
         app.add_subapp("/evidence", self.subapp())
 
-    async def _list(self, request: web.Request) -> web.Response:
+    async def list_types(self, request: web.Request) -> web.Response:
         # The catalog is documentation of what may be asked, not data: no authentication.
         types = [
             {
@@ -108,19 +117,11 @@ class EvidenceApi:
         return _json({"types": types})
 
     async def handle(self, request: web.Request) -> web.StreamResponse:
+        """Evidence for the client X-Road-Client names, authenticated and admitted by the
+        middleware (client_authentication)."""
         h = request.headers
-        client = select_client(h.getall("X-Road-Client", []))
         message_id = check_header_value("X-Road-Id", h.get("X-Road-Id") or str(uuid.uuid4()))
-        self.rt.check_logging(CLIENT_PROXY)
-        self.rt.conf_or_fail(CLIENT_PROXY)
-        await self.proxy.authenticate(request, client)
-        with self.proxy.admit(str(client), request):
-            return await self._fetch_for(request, client, message_id)
-
-    async def _fetch_for(
-        self, request: web.Request, client: ClientId, message_id: str
-    ) -> web.StreamResponse:
-        h = request.headers
+        client = named_client(request).id
         # After authentication: an unauthenticated caller learns nothing about the catalog.
         etype = self.catalog.get(request.match_info["type"])
         subject = request.match_info["subject"]

@@ -41,7 +41,7 @@ from xroad_hub.node.auditapi import AuditApi, Auditor
 from xroad_hub.node.batching import BatchSigner
 from xroad_hub.node.checkpointer import Checkpointer, Timestamper
 from xroad_hub.node.clientauth import ClientAuthenticator, ClientRegistration
-from xroad_hub.node.consumer import ClientProxy
+from xroad_hub.node.consumer import ClientProxy, client_authentication
 from xroad_hub.node.evidenceapi import EvidenceApi
 from xroad_hub.node.globalconf_client import GlobalConfClient
 from xroad_hub.node.limits import ClientLimits
@@ -529,7 +529,10 @@ class Node:
             forms={client_proxy.handle_soap: SOAP_FAULTS, client_proxy.wsdl: JSON_ERRORS},
         )
         # Bodies are read by read_body with their own limit and deadline, not by aiohttp.
-        client_app = web.Application(middlewares=[context, client_errors])
+        # Default deny: every route of the client listener but listClients authenticates
+        # its caller from the head and admits it within its limits, before any body is read.
+        client_auth = client_authentication(rt, public=[client_proxy.list_clients])
+        client_app = web.Application(middlewares=[context, client_errors, client_auth])
         # /evidence is the evidence API's (GET only): a POST there is not taken for SOAP.
         client_app.add_subapp(
             "/evidence", EvidenceApi(rt, client_proxy, load_catalog(DEFAULT_CATALOG)).subapp()
@@ -537,7 +540,7 @@ class Node:
         client_app.router.add_get("/listClients", client_proxy.list_clients)
         client_app.router.add_get("/wsdl", client_proxy.wsdl)
         client_app.router.add_route("*", "/r1/{tail:.*}", client_proxy.handle)
-        # X-Road SOAP clients POST to the node's root (any path outside /r1/ is accepted).
+        # X-Road SOAP clients POST to the node's root (any path outside /r1/ and /evidence).
         client_app.router.add_post("/{tail:.*}", client_proxy.handle_soap)
         client_app.router.add_route("*", "/{tail:.*}", client_proxy.handle)
         peer_errors = x_road_errors("provider", SERVER_PROXY, form=JSON_ERRORS)

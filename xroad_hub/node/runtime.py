@@ -44,7 +44,6 @@ __all__ = [
     "HostedService",
     "NodeRuntime",
     "read_body",
-    "render_error",
     "x_road_errors",
 ]
 
@@ -239,24 +238,6 @@ async def read_body(request: web.Request, limit: int, timeout: float, blame: str
         ) from exc
 
 
-def render_error(err: XRoadError, accept: str | None, *, soap: bool = False) -> web.Response:
-    """An X-Road error as the caller's protocol has it: a REST error body (JSON, or XML when
-    Accept asks for it), or a SOAP Fault, sent with HTTP 500 as the SOAP 1.1 HTTP binding
-    (and WS-I Basic Profile) has it; X-Road itself answers 200."""
-    if soap:
-        return web.Response(
-            status=500,
-            body=fault_xml(err.code, err.message, err.detail),
-            content_type="text/xml",
-            charset="utf-8",
-            headers={"X-Road-Error": err.code},
-        )
-    status, headers, body = error_response(err, accept)
-    if status == 429:
-        headers["Retry-After"] = "1"
-    return web.Response(status=status, headers=headers, body=body)
-
-
 @dataclass(frozen=True, slots=True)
 class ErrorForm:
     """How a route's X-Road errors reach its caller."""
@@ -327,5 +308,19 @@ def _count(request: web.Request, side: str, err: XRoadError) -> None:
 
 
 def _render(err: XRoadError, request: web.Request, form: ErrorForm) -> web.Response:
+    """An X-Road error as the caller's protocol has it: a REST error body (JSON, or XML when
+    Accept asks for it), or a SOAP Fault, sent with HTTP 500 as the SOAP 1.1 HTTP binding
+    (and WS-I Basic Profile) has it; X-Road itself answers 200."""
+    if form.soap:
+        return web.Response(
+            status=500,
+            body=fault_xml(err.code, err.message, err.detail),
+            content_type="text/xml",
+            charset="utf-8",
+            headers={"X-Road-Error": err.code},
+        )
     accept = form.accept if form.accept is not None else request.headers.get("Accept")
-    return render_error(err, accept, soap=form.soap)
+    status, headers, body = error_response(err, accept)
+    if status == 429:
+        headers["Retry-After"] = "1"
+    return web.Response(status=status, headers=headers, body=body)
