@@ -477,10 +477,9 @@ def client_authentication(rt: NodeRuntime, *, public: Collection[Handler] = ()) 
 
     @web.middleware
     async def authenticate(request: web.Request, handler: Handler) -> web.StreamResponse:
-        if request.match_info.apps[-1] is not request.app or request.match_info.handler in (
-            open_to_all
-        ):
-            return await handler(request)
+        route = request.match_info
+        if route.apps[-1] is not request.app or route.handler in open_to_all:
+            return await handler(request)  # a sub-application's route, or a public one
         rt.check_logging(CLIENT_PROXY)
         rt.conf_or_fail(CLIENT_PROXY)
         creds = _credentials(request)
