@@ -115,3 +115,20 @@ async def _search_verify_export(fed: Fed, http) -> None:  # type: ignore[no-unty
 async def test_only_auditors_get_in(fed: Fed, http, make) -> None:
     status, _ = await _get(fed, http, "/audit/search", make(fed))
     assert status == 401
+
+
+async def test_each_api_of_the_audit_listener_has_its_own_authentication(fed: Fed, http) -> None:
+    """The auditors' API (/audit) and the citizens' tracker (/tracker) are sub-applications:
+    an auditor's token opens /audit only, a citizen's /tracker only, and nothing under /audit
+    (an unknown route either) answers without an auditor's token."""
+    auditor = _token(fed)
+    idp = fed.pki.idp_jwt()
+    citizen = mint_idp_token(
+        load_private_key(idp.key), subject="1101700203450", role="citizen", audience=DBD
+    )
+    assert (await _get(fed, http, "/audit/search?limit=1", auditor))[0] == 200
+    assert (await _get(fed, http, "/tracker/accesses", auditor))[0] == 401
+    assert (await _get(fed, http, "/tracker/accesses", citizen))[0] == 200
+    assert (await _get(fed, http, "/audit/search?limit=1", citizen))[0] == 401
+    assert (await _get(fed, http, "/audit/no-such-route", None))[0] == 401
+    assert (await _get(fed, http, "/tracker/no-such-route", citizen))[0] == 404

@@ -457,3 +457,30 @@ async def test_client_certificate_cannot_serve_as_a_node(fed: Fed, tmp_path) -> 
                 await session.post(f"https://127.0.0.1:{port}{PEER_PATH}", ssl=client_ctx)
     finally:
         await runner.cleanup()
+
+
+@pytest.mark.parametrize(
+    ("method", "path", "headers"),
+    [
+        ("GET", "/r1/TH/GOV/DBD/registry/echo", {}),
+        ("GET", "/r1/TH/GOV/DBD/../registry/echo", {}),  # a bad URL tells it nothing either
+        ("GET", ECHO, {"X-Road-Id": "i" * 2000, "X-Road-Represented-Party": "a/b/c"}),
+        ("POST", "/", {"Content-Type": "text/xml; charset=utf-8"}),  # SOAP
+        ("GET", "/wsdl?xRoadInstance=TH", {}),
+        ("GET", "/evidence/echo_query/3101700123457", {"X-Road-Purpose": "x"}),
+        ("DELETE", "/anything/else", {}),
+    ],
+)
+async def test_an_unauthenticated_caller_gets_its_refusal_first(
+    fed: Fed, http: aiohttp.ClientSession, method: str, path: str, headers: dict[str, str]
+) -> None:
+    """Every route of the client listener authenticates before its handler runs (default
+    deny, client_authentication): a caller proving no client learns nothing of its URL,
+    headers or body, only that it is not authenticated."""
+    office = {"X-Road-Client": "TH/GOV/DGA/officeapp", **headers}  # mTLS only: not over HTTP
+    async with http.request(method, fed.url(DGA) + path, headers=office, data=b"<x/>") as r:
+        assert r.headers["X-Road-Error"] == "Server.ClientProxy.SslAuthenticationFailed"
+    # The catalog of evidence types and the list of clients are public.
+    for public in ("/listClients", "/evidence"):
+        async with http.get(fed.url(DGA) + public) as r:
+            assert r.status == 200

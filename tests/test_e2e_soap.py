@@ -735,3 +735,18 @@ async def test_endpoints_list_the_soap_operations_registered_from_a_wsdl(fed: Fe
     services = written["nodes"]["TH/GOV/DBD/hub1"]["services"]
     assert {"TH/GOV/DBD/legacy/getPerson", "TH/GOV/DBD/xroadsoap/echo"} <= set(services)
     assert "TH/GOV/DBD/registry/echo" in services
+
+
+async def test_the_evidence_api_is_no_soap_endpoint(fed: Fed, http: aiohttp.ClientSession) -> None:
+    """SOAP clients may POST to any path of the client listener but /r1/ and /evidence: the
+    evidence API (a sub-application, GET only) answers a POST with 405, naming GET."""
+    node = fed.url("TH/GOV/DGA/hub1")
+    request = envelope(echo_body("not evidence"))
+    headers = {"Content-Type": "text/xml; charset=utf-8"}
+    for path in ("/evidence", "/evidence/echo_query/3101700123457"):
+        async with http.post(node + path, data=request, headers=headers) as r:
+            assert r.status == 405, await r.read()
+            assert "GET" in r.headers["Allow"].split(",")
+    # Beside it, the SOAP endpoint is where it was.
+    async with http.post(node + "/evidence-not", data=request, headers=headers) as r:
+        assert r.status == 200 and b"not evidence" in await r.read()

@@ -1,10 +1,11 @@
 """Client proxy: the consumer path. Client systems call their own node with X-Road REST r1.
 
 Order of checks (each failure answers with an X-Road error and nothing is sent on):
-URI and X-Road headers -> global configuration in force -> client authenticated as the
-subsystem it names -> body within limits -> provider's node found -> request signed and sent
--> answer's signature, body digest, ids and request hash verified -> exchange logged durably
--> answer returned.
+global configuration in force -> client authenticated as the subsystem it names and
+admitted within its limits (client_authentication, a middleware: before any handler runs)
+-> URI and X-Road headers -> body within limits -> provider's node found -> request signed
+and sent -> answer's signature, body digest, ids and request hash verified -> exchange
+logged durably -> answer returned.
 """
 
 from __future__ import annotations
@@ -12,8 +13,7 @@ from __future__ import annotations
 import re
 import time
 import uuid
-from collections.abc import Mapping
-from contextlib import AbstractContextManager
+from collections.abc import Collection, Mapping
 from dataclasses import dataclass
 from typing import Any
 from urllib.parse import urlencode, urlsplit
@@ -21,6 +21,7 @@ from urllib.parse import urlencode, urlsplit
 import orjson
 import structlog
 from aiohttp import web
+from aiohttp.typedefs import Middleware
 
 from xroad_hub.errors import CLIENT, CLIENT_PROXY, ProtocolError, XRoadError, blame_on
 from xroad_hub.messagelog import LogRecord
@@ -32,7 +33,7 @@ from xroad_hub.node.metaservices import (
     point_wsdl_at,
 )
 from xroad_hub.node.peer import PeerReply
-from xroad_hub.node.runtime import NodeRuntime, answer_errors, read_body, render_error
+from xroad_hub.node.runtime import Handler, NodeRuntime, read_body
 from xroad_hub.node.tls import peer_fingerprint
 from xroad_hub.protocol.access import check_answer, node_serving, purpose_of
 from xroad_hub.protocol.exchange import AnswerMeta, RequestMeta
@@ -53,7 +54,6 @@ from xroad_hub.protocol.message import (
     encode_envelope,
 )
 from xroad_hub.protocol.rest import (
-    R1Target,
     check_header_value,
     filter_request_headers,
     filter_response_headers,
@@ -65,7 +65,15 @@ from xroad_hub.protocol.signing import SignatureError
 from xroad_hub.protocol.soap import SoapError, parse_soap, soap_request_hash
 from xroad_hub.protocol.xmlsafe import XmlLimits
 
-__all__ = ["Answer", "Call", "ClientProxy"]
+__all__ = [
+    "CALLER",
+    "Answer",
+    "Authenticated",
+    "Call",
+    "ClientProxy",
+    "client_authentication",
+    "named_client",
+]
 
 log = structlog.get_logger("xroad_hub.consumer")
 _ERROR_CODE_CHARS = frozenset("ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz.")
@@ -123,45 +131,15 @@ class ClientProxy:
         self.public_urls = public_urls if public_urls is not None else {}
 
     async def handle(self, request: web.Request) -> web.StreamResponse:
-        return await answer_errors(
-            request,
-            self._exchange,
-            side="client",
-            prefix=CLIENT_PROXY,
-            accept=request.headers.get("Accept"),
-        )
-
-    async def authenticate(self, request: web.Request, client: ClientId) -> ClientRegistration:
-        """The caller is the client subsystem it names (default deny); raises XRoadError."""
-        return await self.rt.authenticator.authenticate(client, _credentials(request))
-
-    def admit(self, key: str, request: web.Request) -> AbstractContextManager[None]:
-        """Count an authenticated client's request against its limits until it is answered,
-        with the body bytes it may bring; refused at once when over them (limits.py)."""
-        return self.rt.client_limits.admit(key, body_reservation(request, self.rt.max_body_bytes))
-
-    async def _exchange(self, request: web.Request) -> web.StreamResponse:
+        """An r1 request of the client X-Road-Client names, authenticated and admitted by
+        the listener's middleware (client_authentication); its errors are answered by the
+        listener's middleware too (x_road_errors)."""
         raw_path, _, raw_query = request.raw_path.partition("?")
         target = parse_r1_target(raw_path, raw_query)
-        client = select_client(request.headers.getall("X-Road-Client", []))
         h = request.headers
         message_id = check_header_value("X-Road-Id", h.get("X-Road-Id") or str(uuid.uuid4()))
-        self.rt.check_logging(CLIENT_PROXY)
-        self.rt.conf_or_fail(CLIENT_PROXY)
-        # Authenticated from the head alone: an unauthenticated caller's body is never read.
-        reg = await self.authenticate(request, client)
-        with self.admit(str(client), request):
-            return await self._send_r1(request, client, reg, target, message_id)
-
-    async def _send_r1(
-        self,
-        request: web.Request,
-        client: ClientId,
-        reg: ClientRegistration,
-        target: R1Target,
-        message_id: str,
-    ) -> web.StreamResponse:
-        h = request.headers
+        reg = named_client(request)
+        client = reg.id
         represented = h.get("X-Road-Represented-Party")
         security_server = h.get("X-Road-Security-Server")
         body = await read_body(request, self.rt.max_body_bytes, self.rt.body_timeout, CLIENT)
@@ -300,26 +278,11 @@ class ClientProxy:
         )
 
     async def handle_soap(self, request: web.Request) -> web.StreamResponse:
-        """X-Road SOAP 4.0: errors are SOAP Faults, sent with HTTP 500 as the SOAP 1.1 HTTP
-        binding (and WS-I Basic Profile) has it; X-Road itself answers 200."""
-        return await answer_errors(
-            request, self._soap_exchange, side="client", prefix=CLIENT_PROXY, accept=None, soap=True
-        )
-
-    async def _soap_exchange(self, request: web.Request) -> web.StreamResponse:
-        self.rt.check_logging(CLIENT_PROXY)
-        self.rt.conf_or_fail(CLIENT_PROXY)
-        # A SOAP message names its client inside the body, but the transport credential is
-        # checked first: a caller that proves no registered client gets its fault before a
-        # byte of its body is read or parsed.
-        creds = _credentials(request)
-        caller = await self.rt.authenticator.identify(creds)
-        with self.admit(caller.key, request):
-            return await self._send_soap(request, caller, creds)
-
-    async def _send_soap(
-        self, request: web.Request, caller: Caller, creds: Credentials
-    ) -> web.StreamResponse:
+        """X-Road SOAP 4.0: its errors are SOAP Faults (the listener renders them so,
+        SOAP_FAULTS). The message names its client inside the body, but the transport
+        credential was checked first (client_authentication): a caller that proves no
+        registered client gets its fault before a byte of its body is read or parsed."""
+        caller = request[CALLER]
         content_type = request.headers.get("Content-Type", "")
         body = await read_body(request, self.rt.max_body_bytes, self.rt.body_timeout, CLIENT)
         limits = XmlLimits(max_bytes=self.rt.max_body_bytes)
@@ -327,7 +290,7 @@ class ClientProxy:
         h = soap.header
         assert h is not None and h.service is not None  # parse_soap checks requests
         # The client the message names must be one the credential proved.
-        self.rt.authenticator.confirm(caller, h.client, creds)
+        self.rt.authenticator.confirm(caller.proven, h.client, caller.credentials)
         # The client's SOAPAction is checked as X-Road checks it, but not sent on: SOAP stacks
         # dispatch on it, so a client could run another operation than the one the node
         # checked, logged and authorised. The provider's node sets it from the service's WSDL.
@@ -373,10 +336,7 @@ class ClientProxy:
 
     async def list_clients(self, request: web.Request) -> web.StreamResponse:
         """GET /listClients: the federation's members and subsystems (public metadata)."""
-        try:
-            conf = self.rt.conf_or_fail(CLIENT_PROXY)
-        except XRoadError as err:
-            return render_error(err, request.headers.get("Accept"))
+        conf = self.rt.conf_or_fail(CLIENT_PROXY)
         clients: set[ClientId] = set(conf.members)
         for node in conf.nodes:
             clients.update(node.clients)
@@ -393,12 +353,7 @@ class ClientProxy:
         &serviceCode=..&version=..: the service's WSDL, fetched from the provider's node with
         the getWsdl metaservice, its address pointing at this node (client tools build their
         proxies from it). The caller proves it is a client of this node; without X-Road-Client
-        the node's owner member asks."""
-        return await answer_errors(
-            request, self._wsdl, side="client", prefix=CLIENT_PROXY, accept="application/json"
-        )
-
-    async def _wsdl(self, request: web.Request) -> web.StreamResponse:
+        the node's owner member asks. Its errors are JSON (JSON_ERRORS)."""
         q = request.query
         try:
             provider = parse_client_id(
@@ -411,25 +366,11 @@ class ClientProxy:
             raise XRoadError.client("InvalidRequest", f"query parameter {exc} is missing") from exc
         if not isinstance(provider, SubsystemId) or not valid_part(code):
             raise XRoadError.client("InvalidRequest", "the service identifier is not valid")
-        named = request.headers.getall("X-Road-Client", [])
-        client: ClientId
-        if named:
-            client = select_client(named)
-            await self.authenticate(request, client)
-            key = str(client)
-        else:
-            # As X-Road does, a tool that only knows the URL (zeep, SoapUI) gets the WSDL:
-            # the node asks as its owner member. The caller must still prove it is one of
-            # the node's clients, so that nobody else can make the node sign and log.
-            key = (await self.rt.authenticator.identify(_credentials(request))).key
-            client = self.rt.node_id.owner
-        with self.admit(key, request):
-            return await self._send_wsdl(request, client, provider, code)
-
-    async def _send_wsdl(
-        self, request: web.Request, client: ClientId, provider: SubsystemId, code: str
-    ) -> web.StreamResponse:
-        q = request.query
+        # As X-Road does, a tool that only knows the URL (zeep, SoapUI) gets the WSDL: the
+        # node asks as its owner member. The caller has still proved it is one of the node's
+        # clients (client_authentication), so that nobody else can make the node sign and log.
+        named = request[CALLER].named
+        client: ClientId = named.id if named is not None else self.rt.node_id.owner
         query = urlencode({"serviceCode": code, **({"version": q["version"]} if "version" in q
                                                    else {})})  # fmt: skip
         answer = await self.send(
@@ -509,6 +450,59 @@ _URI_REFERENCE = re.compile(r"[A-Za-z0-9\-._~:/?#\[\]@!$&'()*+,;=%]+")
 def _opt(headers: Any, name: str) -> str | None:
     value = headers.get(name)
     return check_header_value(name, value) if value else None
+
+
+@dataclass(frozen=True, slots=True)
+class Authenticated:
+    """Who is calling, proven from the request's head alone (nothing of its body)."""
+
+    proven: Caller  # the client subsystems the credential proves (the named one, if named)
+    credentials: Credentials
+    named: ClientRegistration | None = None  # the client X-Road-Client names, authenticated
+
+
+# The caller of a request of the client listener, set by client_authentication.
+CALLER = web.RequestKey("xroad_hub_caller", Authenticated)
+
+
+def client_authentication(rt: NodeRuntime, *, public: Collection[Handler] = ()) -> Middleware:
+    """Default deny for an application's own routes (but ``public``): before its handler
+    runs, and so before any body is read, the node is serving, the caller is authenticated
+    from the transport and admitted within its limits (limits.py) until it is answered.
+
+    The caller is the client X-Road-Client names, when sent; otherwise whichever clients the
+    credential proves (SOAP names its client inside the body: confirmed once it is read).
+    A sub-application's routes are left to the sub-application (it brings its own)."""
+    open_to_all = frozenset(public)
+
+    @web.middleware
+    async def authenticate(request: web.Request, handler: Handler) -> web.StreamResponse:
+        route = request.match_info
+        if route.apps[-1] is not request.app or route.handler in open_to_all:
+            return await handler(request)  # a sub-application's route, or a public one
+        rt.check_logging(CLIENT_PROXY)
+        rt.conf_or_fail(CLIENT_PROXY)
+        creds = _credentials(request)
+        named_values = request.headers.getall("X-Road-Client", [])
+        named = None
+        if named_values:
+            named = await rt.authenticator.authenticate(select_client(named_values), creds)
+            caller = Caller(frozenset({named.id}))
+        else:
+            caller = await rt.authenticator.identify(creds)
+        request[CALLER] = Authenticated(caller, creds, named)
+        with rt.client_limits.admit(caller.key, body_reservation(request, rt.max_body_bytes)):
+            return await handler(request)
+
+    return authenticate
+
+
+def named_client(request: web.Request) -> ClientRegistration:
+    """The client X-Road-Client names, authenticated (r1 and evidence requests need one)."""
+    named = request[CALLER].named
+    if named is None:
+        raise ProtocolError("MissingHeader", "X-Road-Client header is missing")
+    return named
 
 
 def _credentials(request: web.Request) -> Credentials:

@@ -33,15 +33,19 @@ import structlog
 from aiohttp import web
 
 from xroad_hub.errors import CLIENT_PROXY, XRoadError
-from xroad_hub.node.consumer import Answer, Call, ClientProxy
-from xroad_hub.node.runtime import NodeRuntime, answer_errors
+from xroad_hub.node.consumer import (
+    Answer,
+    Call,
+    ClientProxy,
+    client_authentication,
+    named_client,
+)
+from xroad_hub.node.runtime import NodeRuntime, x_road_errors
 from xroad_hub.protocol.catalog import Catalog
-from xroad_hub.protocol.identifiers import ClientId
 from xroad_hub.protocol.rest import (
     check_header_value,
     filter_response_headers,
     parse_represented_party,
-    select_client,
 )
 
 __all__ = ["EvidenceApi"]
@@ -79,12 +83,26 @@ class EvidenceApi:
         self.proxy = proxy
         self.catalog = catalog
 
-    def add_routes(self, app: web.Application) -> None:
-        """Add the routes; must come before a catch-all route (aiohttp matches in order)."""
-        app.router.add_get("/evidence", self._list)
-        app.router.add_get("/evidence/{type}/{subject}", self.handle)
+    def subapp(self) -> web.Application:
+        """The evidence API as a sub-application, its routes relative to /evidence. Errors are
+        rendered as on the r1 path by its own middleware, so it answers alike wherever it is
+        mounted. Only GET: a POST under /evidence is answered 405, not taken for SOAP."""
+        app = web.Application(
+            middlewares=[
+                x_road_errors("client", CLIENT_PROXY),
+                client_authentication(self.rt, public=[self.list_types]),
+            ]
+        )
+        app.router.add_get("", self.list_types)
+        app.router.add_get("/{type}/{subject}", self.handle)
+        return app
 
-    async def _list(self, request: web.Request) -> web.Response:
+    def add_routes(self, app: web.Application) -> None:
+        """Mount the API at /evidence; must come before a catch-all route (aiohttp matches in
+        order)."""
+        app.add_subapp("/evidence", self.subapp())
+
+    async def list_types(self, request: web.Request) -> web.Response:
         # The catalog is documentation of what may be asked, not data: no authentication.
         types = [
             {
@@ -99,28 +117,11 @@ class EvidenceApi:
         return _json({"types": types})
 
     async def handle(self, request: web.Request) -> web.StreamResponse:
-        return await answer_errors(
-            request,
-            self._fetch,
-            side="client",
-            prefix=CLIENT_PROXY,
-            accept=request.headers.get("Accept"),
-        )
-
-    async def _fetch(self, request: web.Request) -> web.StreamResponse:
+        """Evidence for the client X-Road-Client names, authenticated and admitted by the
+        middleware (client_authentication)."""
         h = request.headers
-        client = select_client(h.getall("X-Road-Client", []))
         message_id = check_header_value("X-Road-Id", h.get("X-Road-Id") or str(uuid.uuid4()))
-        self.rt.check_logging(CLIENT_PROXY)
-        self.rt.conf_or_fail(CLIENT_PROXY)
-        await self.proxy.authenticate(request, client)
-        with self.proxy.admit(str(client), request):
-            return await self._fetch_for(request, client, message_id)
-
-    async def _fetch_for(
-        self, request: web.Request, client: ClientId, message_id: str
-    ) -> web.StreamResponse:
-        h = request.headers
+        client = named_client(request).id
         # After authentication: an unauthenticated caller learns nothing about the catalog.
         etype = self.catalog.get(request.match_info["type"])
         subject = request.match_info["subject"]

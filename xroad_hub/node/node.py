@@ -41,13 +41,19 @@ from xroad_hub.node.auditapi import AuditApi, Auditor
 from xroad_hub.node.batching import BatchSigner
 from xroad_hub.node.checkpointer import Checkpointer, Timestamper
 from xroad_hub.node.clientauth import ClientAuthenticator, ClientRegistration
-from xroad_hub.node.consumer import ClientProxy
+from xroad_hub.node.consumer import ClientProxy, client_authentication
 from xroad_hub.node.evidenceapi import EvidenceApi
 from xroad_hub.node.globalconf_client import GlobalConfClient
 from xroad_hub.node.limits import ClientLimits
 from xroad_hub.node.peer import PEER_PATH, PeerTransport
 from xroad_hub.node.provider import ServerProxy
-from xroad_hub.node.runtime import HostedService, NodeRuntime
+from xroad_hub.node.runtime import (
+    JSON_ERRORS,
+    SOAP_FAULTS,
+    HostedService,
+    NodeRuntime,
+    x_road_errors,
+)
 from xroad_hub.node.timestamping import fetch_timestamp
 from xroad_hub.node.tls import client_facing_context, peer_client_context, peer_server_context
 from xroad_hub.node.trackerapi import TrackerApi
@@ -498,21 +504,33 @@ class Node(NodeOperations):
             public_urls=MappingProxyType(dict(self.urls)),
         )
         server_proxy = ServerProxy(rt)
+        # Handlers raise; each listener's middleware answers their errors in its side's form.
+        client_errors = x_road_errors(
+            "client",
+            CLIENT_PROXY,
+            forms={client_proxy.handle_soap: SOAP_FAULTS, client_proxy.wsdl: JSON_ERRORS},
+        )
         # Bodies are read by read_body with their own limit and deadline, not by aiohttp.
-        client_app = web.Application(middlewares=[context])
-        EvidenceApi(rt, client_proxy, load_catalog(DEFAULT_CATALOG)).add_routes(client_app)
+        # Default deny: every route of the client listener but listClients authenticates
+        # its caller from the head and admits it within its limits, before any body is read.
+        client_auth = client_authentication(rt, public=[client_proxy.list_clients])
+        client_app = web.Application(middlewares=[context, client_errors, client_auth])
+        # /evidence is the evidence API's (GET only): a POST there is not taken for SOAP.
+        client_app.add_subapp(
+            "/evidence", EvidenceApi(rt, client_proxy, load_catalog(DEFAULT_CATALOG)).subapp()
+        )
         client_app.router.add_get("/listClients", client_proxy.list_clients)
         client_app.router.add_get("/wsdl", client_proxy.wsdl)
         client_app.router.add_route("*", "/r1/{tail:.*}", client_proxy.handle)
-        # X-Road SOAP clients POST to the node's root (any path outside /r1/ is accepted).
+        # X-Road SOAP clients POST to the node's root (any path outside /r1/ and /evidence).
         client_app.router.add_post("/{tail:.*}", client_proxy.handle_soap)
         client_app.router.add_route("*", "/{tail:.*}", client_proxy.handle)
-        peer_app = web.Application(middlewares=[context])
+        peer_errors = x_road_errors("provider", SERVER_PROXY, form=JSON_ERRORS)
+        peer_app = web.Application(middlewares=[context, peer_errors])
         peer_app.router.add_post(PEER_PATH, server_proxy.handle)
         apps = {"peer": peer_app, "client": client_app, "client_tls": client_app}
         if "audit" in self.urls:
-            apps["audit"] = self._audit_app(rt)
-            apps["audit"].middlewares.append(context)
+            apps["audit"] = self._audit_app(rt, context)
         if "health" in self.urls:
             apps["health"] = health_app(self.problems)
         if "admin" in self.urls:
@@ -536,7 +554,9 @@ class Node(NodeOperations):
             return PostgresMessageLog(self.config.messagelog_dsn, schema=schema)
         return SQLiteMessageLog(self.data_dir / "messagelog.sqlite")
 
-    def _audit_app(self, rt: NodeRuntime) -> web.Application:
+    def _audit_app(self, rt: NodeRuntime, context: Any) -> web.Application:
+        """The audit listener: the auditors' API at /audit, the citizens' tracker at
+        /tracker, each a sub-application with its own authentication."""
         auditors = []
         for name in self.auditors:
             key = serialization.load_pem_public_key(self.pki.auditor_jwt(name).cert.read_bytes())
@@ -545,14 +565,17 @@ class Node(NodeOperations):
             auditors.append(Auditor(name, key))
         roots = [load_cert(self.pki.root_ca.cert)]
         # Each request opens its own reader of the node's log (SQLite or PostgreSQL).
-        app = AuditApi(str(self.config.id), rt.log.reader, auditors, roots).app()
+        audit = AuditApi(str(self.config.id), rt.log.reader, auditors, roots)
+        app = web.Application(middlewares=[context])
+        app.add_subapp("/audit", audit.subapp())
 
         def member_names() -> dict[str, str]:
             conf = rt.globalconf.current()
             return {str(m): n for m, n in conf.members.items()} if conf else {}
 
         idp_key = load_public_key(self.pki.idp_jwt().cert)
-        TrackerApi(str(self.config.id), rt.log.reader, idp_key, member_names).add_routes(app)
+        tracker = TrackerApi(str(self.config.id), rt.log.reader, idp_key, member_names)
+        app.add_subapp("/tracker", tracker.subapp())
         return app
 
 

@@ -24,7 +24,7 @@ from xroad_hub.messagelog import LogRecord
 from xroad_hub.node.limits import body_reservation
 from xroad_hub.node.metaservices import METASERVICES, answer_metaservice
 from xroad_hub.node.opmonitoring import timed
-from xroad_hub.node.runtime import NodeRuntime, answer_errors, read_body
+from xroad_hub.node.runtime import NodeRuntime, read_body
 from xroad_hub.node.tls import peer_fingerprint
 from xroad_hub.protocol.access import (
     Access,
@@ -96,16 +96,8 @@ class ServerProxy:
         self.rt = runtime
 
     async def handle(self, request: web.Request) -> web.StreamResponse:
-        # The client node always reads X-Road errors as JSON.
-        return await answer_errors(
-            request,
-            self._exchange,
-            side="provider",
-            prefix=SERVER_PROXY,
-            accept="application/json",
-        )
-
-    async def _exchange(self, request: web.Request) -> web.StreamResponse:
+        """A signed request of another node; errors are answered by the peer listener's
+        middleware (x_road_errors, as JSON: the client node always reads them so)."""
         started = time.time()
         self.rt.check_logging(SERVER_PROXY)
         conf = self.rt.conf_or_fail(SERVER_PROXY)

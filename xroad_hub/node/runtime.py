@@ -14,6 +14,7 @@ from typing import Any, ParamSpec, TypeVar
 
 import structlog
 from aiohttp import web
+from aiohttp.typedefs import Middleware
 
 from adapters import Adapter
 from xroad_hub.errors import CLIENT, ProtocolError, XRoadError
@@ -35,12 +36,15 @@ from xroad_hub.protocol.soap import fault_xml
 from xroad_hub.streams import BodyTooLarge, read_capped
 
 __all__ = [
+    "JSON_ERRORS",
     "NODE_METRICS",
+    "REST_ERRORS",
+    "SOAP_FAULTS",
+    "ErrorForm",
     "HostedService",
     "NodeRuntime",
-    "answer_errors",
     "read_body",
-    "render_error",
+    "x_road_errors",
 ]
 
 log = structlog.get_logger("xroad_hub.node")
@@ -234,11 +238,80 @@ async def read_body(request: web.Request, limit: int, timeout: float, blame: str
         ) from exc
 
 
-def render_error(err: XRoadError, accept: str | None, *, soap: bool = False) -> web.Response:
+@dataclass(frozen=True, slots=True)
+class ErrorForm:
+    """How a route's X-Road errors reach its caller."""
+
+    soap: bool = False  # a SOAP Fault (HTTP 500) instead of a REST error body
+    accept: str | None = None  # a fixed Accept for the REST body; None: the request's own
+
+
+REST_ERRORS = ErrorForm()
+SOAP_FAULTS = ErrorForm(soap=True)
+JSON_ERRORS = ErrorForm(accept="application/json")
+
+Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
+
+
+def x_road_errors(
+    side: str,
+    prefix: str,
+    *,
+    form: ErrorForm = REST_ERRORS,
+    forms: Mapping[Handler, ErrorForm] | None = None,
+) -> Middleware:
+    """The node's error boundary, as middleware of one listener's application: handlers
+    raise, and any failure becomes an X-Road error answer in ``form`` (``forms``: the
+    handlers that answer in another one); the node serves on.
+
+    Blame is decided here: a protocol error nobody mapped on the way is the fault of what
+    this side reads (the client system's request on the client node, the client node's
+    message on the provider node), and an unexpected exception is this node's own."""
+    by_handler = dict(forms or {})
+    blamed = CLIENT if side == "client" else prefix
+
+    @web.middleware
+    async def errors(request: web.Request, handler: Handler) -> web.StreamResponse:
+        try:
+            try:
+                return await handler(request)
+            except ProtocolError as exc:
+                raise XRoadError.blame(blamed, exc) from exc
+        except web.HTTPException:
+            raise  # aiohttp's own answers (no such route, method not allowed)
+        except XRoadError as err:
+            route_form = by_handler.get(request.match_info.handler, form)
+            _count(request, side, err)
+            log.info(
+                "exchange.refused",
+                side=side,
+                code=err.code,
+                detail=err.detail,
+                reason=err.message,
+                route=path_shape(request.path),
+                protocol="soap" if route_form.soap else "rest",
+            )
+            return _render(err, request, route_form)
+        except Exception:
+            err = XRoadError(f"{prefix}.InternalError", f"internal error in the {side}'s node")
+            _count(request, side, err)
+            log.exception("exchange.internal_error", side=side, detail=err.detail)
+            return _render(err, request, by_handler.get(request.match_info.handler, form))
+
+    return errors
+
+
+def _count(request: web.Request, side: str, err: XRoadError) -> None:
+    metrics = request.get(NODE_METRICS)
+    if metrics is not None:
+        metrics.refusal(side, err.code)
+
+
+def _render(err: XRoadError, request: web.Request, form: ErrorForm) -> web.Response:
     """An X-Road error as the caller's protocol has it: a REST error body (JSON, or XML when
     Accept asks for it), or a SOAP Fault, sent with HTTP 500 as the SOAP 1.1 HTTP binding
     (and WS-I Basic Profile) has it; X-Road itself answers 200."""
-    if soap:
+    if form.soap:
         return web.Response(
             status=500,
             body=fault_xml(err.code, err.message, err.detail),
@@ -246,49 +319,8 @@ def render_error(err: XRoadError, accept: str | None, *, soap: bool = False) -> 
             charset="utf-8",
             headers={"X-Road-Error": err.code},
         )
+    accept = form.accept if form.accept is not None else request.headers.get("Accept")
     status, headers, body = error_response(err, accept)
     if status == 429:
         headers["Retry-After"] = "1"
     return web.Response(status=status, headers=headers, body=body)
-
-
-async def answer_errors(
-    request: web.Request,
-    exchange: Callable[[web.Request], Awaitable[web.StreamResponse]],
-    *,
-    side: str,
-    prefix: str,
-    accept: str | None,
-    soap: bool = False,
-) -> web.StreamResponse:
-    """Run one exchange; any failure becomes an X-Road error answer and the node serves on.
-
-    This is the node's boundary: a protocol error nobody mapped on the way is the fault of
-    what this side reads (the client system's request on the client node, the client node's
-    message on the provider node), and an unexpected exception is this node's own."""
-    try:
-        try:
-            return await exchange(request)
-        except ProtocolError as exc:
-            raise XRoadError.blame(CLIENT if side == "client" else prefix, exc) from exc
-    except XRoadError as err:
-        metrics = request.get(NODE_METRICS)
-        if metrics is not None:
-            metrics.refusal(side, err.code)
-        log.info(
-            "exchange.refused",
-            side=side,
-            code=err.code,
-            detail=err.detail,
-            reason=err.message,
-            route=path_shape(request.path),
-            protocol="soap" if soap else "rest",
-        )
-        return render_error(err, accept, soap=soap)
-    except Exception:
-        err = XRoadError(f"{prefix}.InternalError", f"internal error in the {side}'s node")
-        metrics = request.get(NODE_METRICS)
-        if metrics is not None:
-            metrics.refusal(side, err.code)
-        log.exception("exchange.internal_error", side=side, detail=err.detail)
-        return render_error(err, accept, soap=soap)

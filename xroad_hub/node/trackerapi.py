@@ -214,8 +214,8 @@ def _refuse(status: int, message: str) -> web.Response:
 
 
 class TrackerApi:
-    """``GET /tracker/accesses`` for citizens. Each handler authenticates on its own (no
-    middleware), so the routes can sit in any application, next to the auditors' API."""
+    """``GET /tracker/accesses`` for citizens, who authenticate with identity-provider
+    tokens (not the auditors' ones): a sub-application of its own next to the auditors'."""
 
     def __init__(
         self,
@@ -233,13 +233,16 @@ class TrackerApi:
         self._key = idp_public_key
         self._names = member_names
 
-    def add_routes(self, app: web.Application) -> None:
-        app.router.add_get("/tracker/accesses", self._accesses)
+    def subapp(self) -> web.Application:
+        """The tracker as a sub-application, its routes relative to /tracker."""
+        app = web.Application()
+        app.router.add_get("/accesses", self._accesses)
+        return app
 
     def app(self) -> web.Application:
-        """A stand-alone application holding only the tracker's routes."""
+        """A stand-alone application holding only the tracker (at /tracker)."""
         app = web.Application()
-        self.add_routes(app)
+        app.add_subapp("/tracker", self.subapp())
         return app
 
     def _citizen(self, request: web.Request) -> str:
