@@ -9,6 +9,7 @@ import ssl
 from collections.abc import AsyncIterator
 from pathlib import Path
 from types import MappingProxyType
+from typing import Any
 
 import aiohttp
 import orjson
