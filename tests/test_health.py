@@ -77,6 +77,14 @@ async def _exchange(http: aiohttp.ClientSession, fed: Fed) -> tuple[int, str | N
         return r.status, r.headers.get("X-Road-Error")
 
 
+async def _admin_health(http: aiohttp.ClientSession, fed: Fed, node: str, check: str) -> str:
+    """The detail of one problem as administrators see it (admin API /health)."""
+    async with http.get(fed.url(node, "admin") + "/health", headers=bearer("scraper")) as r:
+        assert r.status == 200
+        body = await r.json()
+    return str(next(p.get("detail") for p in body["problems"] if p["check"] == check))
+
+
 async def test_liveness_and_readiness_are_separate(quick: Fed, http) -> None:
     base = quick.url(DGA, "health")
     async with http.get(base + "/health/live") as r:
@@ -110,7 +118,11 @@ async def test_global_configuration_expiry(quick: Fed, http, monkeypatch) -> Non
     monkeypatch.setattr(conf, "url", f"http://127.0.0.1:{free_port()}/globalconf")
     body = await _until_ready(http, quick, DGA, False, "globalconf_invalid")
     reason = next(p["reason"] for p in body["problems"] if p["check"] == "globalconf_invalid")
-    assert "last download" in reason
+    assert reason == "no valid global configuration"
+    # The download's error names the configuration's URL: administrators only.
+    assert "127.0.0.1" not in str(body) and "last download" not in str(body)
+    detail = await _admin_health(http, quick, DGA, "globalconf_invalid")
+    assert "last download" in detail
     assert (await _exchange(http, quick))[1] == "Server.ClientProxy.OutdatedGlobalConf"
     monkeypatch.setattr(conf, "url", good)
     await _until_ready(http, quick, DGA, True)
@@ -124,7 +136,9 @@ async def test_message_log_not_writable(quick: Fed, http) -> None:
     try:
         assert await _exchange(http, quick) == (500, "Server.ServerProxy.LoggingFailed")
         body = await _until_ready(http, quick, DBD, False, "messagelog_unwritable")
-        assert "readonly" in body["problems"][0]["reason"]
+        # The database's own words (paths, users of a DSN) reach administrators only.
+        assert "readonly" not in str(body)
+        assert "readonly" in await _admin_health(http, quick, DBD, "messagelog_unwritable")
     finally:
         await log._db.execute("PRAGMA query_only = OFF")
     await _until_ready(http, quick, DBD, True)
@@ -139,6 +153,8 @@ async def test_missing_key_file(quick: Fed, http) -> None:
         body = await _until_ready(http, quick, DGA, False, "key_missing")
         assert "authentication certificate" in body["problems"][0]["reason"]
         assert str(key.parent) not in str(body)  # no paths to unauthenticated callers
+        assert key.name not in str(body)  # nor the names of key files
+        assert key.name in await _admin_health(http, quick, DGA, "key_missing")
     finally:
         moved.rename(key)
     await _until_ready(http, quick, DGA, True)

@@ -570,8 +570,7 @@ class Node:
             why = self.globalconf.last_error or "it has expired"
             found.append(
                 Problem(
-                    "globalconf_invalid",
-                    f"no valid global configuration (last download: {why})",
+                    "globalconf_invalid", "no valid global configuration", f"last download: {why}"
                 )
             )
         cp = self.checkpointer
@@ -589,8 +588,8 @@ class Node:
             found.append(
                 Problem(
                     "messagelog_unwritable",
-                    f"the message log could not be written {now - failed_at:.0f} s"
-                    f" ago: {rt.state.log_failure}",
+                    f"the message log could not be written {now - failed_at:.0f} s ago",
+                    rt.state.log_failure,
                 )
             )
         return found + cert_problems(self._certs, now)
@@ -766,7 +765,9 @@ class Node:
 
         async def problems(request: web.Request) -> web.Response:
             found = self.problems()
-            return web.json_response({"ready": not found, "problems": [p.as_dict() for p in found]})
+            return web.json_response(
+                {"ready": not found, "problems": [p.as_dict(detailed=True) for p in found]}
+            )
 
         watchers = ("system-administrator", "security-officer", "monitor")
         if metrics is not None:
