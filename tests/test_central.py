@@ -139,6 +139,25 @@ def test_node_code_taken_is_refused(central: CentralServer) -> None:
     assert "already registered" in _refused(central, again, "Duplicate").message
 
 
+def test_node_and_subsystem_codes_differing_in_case_only_are_taken(
+    central: CentralServer,
+) -> None:
+    first, keys = _auth_reg()
+    request_id, _ = central.file(first)
+    _refused(central, _auth_reg("HUB1")[0], "Duplicate")  # while "hub1" is pending
+    central.approve(request_id, "officer")
+    assert "(as TH/GOV/MOPH/hub1)" in _refused(central, _auth_reg("Hub1")[0], "Duplicate").message
+    server = NodeId(parse_member_id(MOPH), "hub1")
+
+    def client_reg(code: str) -> bytes:
+        return sign_request(
+            new_request("clientReg", "TH", server, client=f"{MOPH}/{code}"), {"auth": keys["auth"]}
+        )
+
+    central.file(client_reg("hospital"))
+    _refused(central, client_reg("HOSPITAL"), "Duplicate")
+
+
 def test_replayed_and_stale_requests_are_refused(central: CentralServer) -> None:
     data, _ = _auth_reg()
     request_id, _ = central.file(data)
