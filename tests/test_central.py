@@ -256,3 +256,32 @@ async def _admin_calls(central: CentralServer, client: TestClient, request_id: i
                           headers={"Authorization": "Bearer sam-key"})  # fmt: skip
     assert r.status == 201
     assert central.store.audit_entries()[-1].admin == "api:sam"
+
+
+async def test_request_status_is_read_with_the_filers_token_only(central: CentralServer) -> None:
+    async with TestClient(TestServer(central.app())) as client:
+        filed = []
+        for code in ("hub1", "hub2"):
+            r = await client.post("/management/requests", data=_auth_reg(code)[0])
+            assert r.status == 202
+            filed.append(await r.json())
+        mine, other = filed
+        central.decline(other["requestId"], "officer", "unknown agency contact: Somchai")
+        url = f"/management/requests/{other['requestId']}"
+        # Ids count up from 1: without its token nobody learns a request exists, whose node
+        # it names or why it was declined (answered as an unknown id, no oracle).
+        for headers in ({}, {"Authorization": f"Bearer {mine['statusToken']}"},
+                        {"Authorization": "Bearer "}, {"Authorization": "Basic x"}):  # fmt: skip
+            r = await client.get(url, headers=headers)
+            assert r.status == 404, headers
+            assert "hub2" not in await r.text() and "Somchai" not in await r.text()
+        r = await client.get("/management/requests/999", headers={"Authorization": "Bearer x"})
+        assert r.status == 404
+        r = await client.get(url, headers={"Authorization": f"Bearer {other['statusToken']}"})
+        assert r.status == 200 and (await r.json())["state"] == "DECLINED"
+    # The token survives a restart of the central server (its key is in the database).
+    again = CentralServer(central.dir.root)
+    try:
+        assert again.status_token(other["requestId"]) == other["statusToken"]
+    finally:
+        again.close()

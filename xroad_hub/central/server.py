@@ -11,8 +11,10 @@ State lives in one directory (``central init``), never shared with nodes:
 HTTP surface (one HTTPS listener):
 
     GET  /globalconf                      the signed global configuration (registry format)
-    POST /management/requests             a signed registration request -> 202 {requestId}
+    POST /management/requests             a signed registration request -> 202 {requestId,
+                                          statusToken}
     GET  /management/requests/{id}        its state; once approved, the issued certificates
+                                          (needs Authorization: Bearer STATUS_TOKEN)
     /admin/...                            the operator's API (bearer API keys with roles)
 
 Nodes download /globalconf without trusting TLS (the document is signed by the anchor's
@@ -22,6 +24,9 @@ key) and then call /management over HTTPS verified against the CA the configurat
 from __future__ import annotations
 
 import asyncio
+import hashlib
+import hmac
+import secrets
 import ssl
 import time
 from collections.abc import Awaitable, Callable
@@ -156,6 +161,14 @@ class CentralServer:
         self.signer_cert = load_cert(self.dir.cert("signer"))
         # Serials increase across restarts too: a node may keep the highest it has seen.
         self._serial = int(time.time())
+        # Request ids count up from 1: a status read needs the token given to the request's
+        # filer (an HMAC of the id), else anyone could list every node's pending, declined
+        # (with the officer's reason) and approved requests by counting.
+        key = self.store.get_meta("status_token_key")
+        if key is None:
+            key = secrets.token_hex(32)
+            self.store.set_meta("status_token_key", key)
+        self._status_key = bytes.fromhex(key)
 
     def close(self) -> None:
         close = getattr(self.store, "close", None)
@@ -303,7 +316,18 @@ class CentralServer:
             )
         return out
 
-    def status(self, request_id: int) -> dict[str, Any]:
+    def status_token(self, request_id: int) -> str:
+        """What the filer of request ``request_id`` shows to read its status."""
+        mac = hmac.new(self._status_key, f"request-status:{request_id}".encode(), hashlib.sha256)
+        return mac.hexdigest()
+
+    def status(self, request_id: int, token: str | None = None) -> dict[str, Any]:
+        """A request's state, for the operator (``token`` None) or for whoever shows the
+        request's status token; a wrong token is answered as an unknown request."""
+        if token is not None and not hmac.compare_digest(
+            token.encode(), self.status_token(request_id).encode()
+        ):
+            raise RegistrationError("UnknownRequest", f"there is no request {request_id}", 404)
         row = self.store.request(request_id)
         if row is None:
             raise RegistrationError("UnknownRequest", f"there is no request {request_id}", 404)
@@ -363,15 +387,21 @@ class CentralServer:
 
         async def run() -> web.Response:
             request_id, state = await asyncio.to_thread(self.file, data)
-            return web.json_response({"requestId": request_id, "state": state}, status=202)
+            return web.json_response(
+                {"requestId": request_id, "state": state,
+                 "statusToken": self.status_token(request_id)},
+                status=202,
+            )  # fmt: skip
 
         return await _answer(run)
 
     async def _h_status(self, request: web.Request) -> web.Response:
         request_id = int(request.match_info["id"])
+        scheme, _, token = request.headers.get("Authorization", "").partition(" ")
+        token = token.strip() if scheme == "Bearer" else ""
 
         async def run() -> web.Response:
-            return web.json_response(await asyncio.to_thread(self.status, request_id))
+            return web.json_response(await asyncio.to_thread(self.status, request_id, token))
 
         return await _answer(run)
 
