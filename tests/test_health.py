@@ -301,3 +301,19 @@ async def test_admin_api_default_deny(fed: Fed, http) -> None:
         assert r.status == 404
     async with http.get(base + "/nothing-here") as r:
         assert r.status == 401  # unauthenticated callers do not even learn what exists
+
+
+async def test_a_change_the_audit_trail_cannot_record_is_not_made(quick: Fed, http) -> None:
+    admin = quick.federation.nodes[DGA].admin
+    assert admin is not None
+    good = admin.audit.path
+    admin.audit.path = quick.root  # a directory: every append fails, as on a full disk
+    try:
+        r = await _maintenance(http, quick, DGA, "ops", enabled=True, message="unrecorded")
+        assert r.status == 500
+        assert quick.federation.nodes[DGA].runtime.state.maintenance is None
+        assert await _exchange(http, quick) == (200, None)
+    finally:
+        admin.audit.path = good
+    assert (await _maintenance(http, quick, DGA, "ops", enabled=True)).status == 200
+    assert [e["action"] for e in admin.audit.entries()] == ["maintenance.on"]

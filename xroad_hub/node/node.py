@@ -753,14 +753,16 @@ class Node:
                     {"error": 'send JSON {"enabled": true|false, "message": "why"}'}, status=400
                 )
             message = message[:200]
-            rt.state.maintenance = message if enabled else None
-            if metrics is not None:
-                metrics.maintenance.set(float(enabled))
+            # Recorded before it takes effect: a trail that cannot be written (disk full)
+            # refuses the change rather than letting it happen unrecorded.
             await admin.audit.record(
                 request[ADMIN].name,
                 "maintenance.on" if enabled else "maintenance.off",
                 **({"message": message} if enabled else {}),
             )
+            rt.state.maintenance = message if enabled else None
+            if metrics is not None:
+                metrics.maintenance.set(float(enabled))
             return web.json_response(_maintenance_state(rt))
 
         async def problems(request: web.Request) -> web.Response:
