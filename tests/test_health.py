@@ -263,7 +263,11 @@ async def test_maintenance_mode_by_the_node_admin(quick: Fed, http) -> None:
     assert stat.S_IMODE(os.stat(admin.audit.path).st_mode) == 0o600
 
 
-async def test_maintenance_from_the_cli(quick: Fed, http, tmp_path: Path, capsys) -> None:
+async def test_maintenance_from_the_cli(
+    quick: Fed, http, tmp_path: Path, capsys, monkeypatch
+) -> None:
+    # A proxy in the environment is not used: it would see the key of a plain-HTTP call.
+    monkeypatch.setenv("http_proxy", f"http://127.0.0.1:{free_port()}")
     key = tmp_path / "ops.key"
     key.write_text(TEST_ADMIN_KEYS["ops"][0])
     url = quick.url(DGA, "admin")
@@ -279,6 +283,18 @@ async def test_maintenance_from_the_cli(quick: Fed, http, tmp_path: Path, capsys
     assert await asyncio.to_thread(main, args) == 2
     err = capsys.readouterr().err
     assert "HTTP 401" in err and "Traceback" not in err
+    # The key never goes out in clear text, nor to the terminal.
+    key.write_text(TEST_ADMIN_KEYS["ops"][0])
+    for remote in ("http://10.1.2.3:9000", "http://node.example:9000", "ftp://127.0.0.1:1"):
+        assert await asyncio.to_thread(main, [*args[:3], "--admin", remote,
+                                              "--key-file", str(key)]) == 2  # fmt: skip
+        err = capsys.readouterr().err
+        assert "use https://" in err and TEST_ADMIN_KEYS["ops"][0] not in err
+    key.write_text("test-admin-key\nwith-a-second-line-secret")
+    assert await asyncio.to_thread(main, args) == 2
+    err = capsys.readouterr().err
+    assert "second-line-secret" not in err and "Traceback" not in err
+    key.write_text("not-a-key")
     dead = ["node", "maintenance", "on", "--admin", f"http://127.0.0.1:{free_port()}"]
     assert await asyncio.to_thread(main, [*dead, "--key-file", str(key)]) == 2
     assert "admin_listen" in capsys.readouterr().err

@@ -34,7 +34,7 @@ from adapters.soap import (
 )
 from xroad_hub.errors import CLIENT_PROXY, SERVER_PROXY
 from xroad_hub.federation import ConfigError, NodeConfig, ServiceConfig, SoapServiceConfig
-from xroad_hub.listen import listen_socket
+from xroad_hub.listen import is_loopback_host, listen_socket
 from xroad_hub.messagelog import MessageLog, PostgresMessageLog, SQLiteMessageLog
 from xroad_hub.messagelog.postgres import schema_for_node
 from xroad_hub.node.auditapi import AuditApi, Auditor
@@ -66,7 +66,6 @@ from xroad_hub.protocol.subjects import (
 
 __all__ = ["Node"]
 import asyncio
-import ipaddress
 import time
 from collections.abc import Awaitable, Callable, Iterator
 from datetime import datetime
@@ -718,7 +717,7 @@ class Node:
         """Plain HTTP on a loopback address only; elsewhere HTTPS with the node's
         certificate (administrators authenticate with their API keys)."""
         address = self.config.admin_listen
-        if address is None or _loopback(address[0]):
+        if address is None or is_loopback_host(address[0]):
             return None
         return admin_context(auth.cert, auth.key)
 
@@ -914,15 +913,6 @@ def _maintenance_state(rt: NodeRuntime) -> dict[str, object]:
 
 def _cert_check(what: str, paths: CertPaths) -> CertCheck:
     return CertCheck.load(what, paths.cert, paths.key)
-
-
-def _loopback(host: str) -> bool:
-    if host == "localhost":
-        return True
-    try:
-        return ipaddress.ip_address(host).is_loopback
-    except ValueError:
-        return False
 
 
 def _check_answer_subjects(hosted: HostedService) -> None:
