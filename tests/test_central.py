@@ -285,3 +285,20 @@ async def test_request_status_is_read_with_the_filers_token_only(central: Centra
         assert again.status_token(other["requestId"]) == other["statusToken"]
     finally:
         again.close()
+
+
+async def test_cancel_with_an_oversized_or_foreign_digit_id_is_malformed(
+    central: CentralServer,
+) -> None:
+    server = NodeId(parse_member_id(MOPH), "hub1")
+    async with TestClient(TestServer(central.app())) as client:
+        # 20 digits overflowed SQLite's INTEGER: a 500 and a traceback for an unsigned request.
+        for rid in ("9" * 20, "9" * 200, "\u0661\u0662"):  # the last: Arabic-Indic digits
+            data = sign_request(
+                new_request("cancel", "TH", server, request_id=rid), {"auth": generate_key()}
+            )
+            before = _snapshot(central)
+            r = await client.post("/management/requests", data=data)
+            assert r.status == 400, rid
+            assert (await r.json())["error"] == "Malformed"
+            assert _snapshot(central) == before

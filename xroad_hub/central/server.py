@@ -60,6 +60,7 @@ from xroad_hub.protocol.identifiers import (
     parse_node_id,
 )
 from xroad_hub.protocol.registration import (
+    REQUEST_ID,
     ParsedRequest,
     RegistrationError,
     build_anchor,
@@ -242,9 +243,12 @@ class CentralServer:
         return request_id, "SUBMITTED"
 
     def _pending_auth_reg(self, request: dict[str, Any]) -> RequestRow | None:
-        if request.get("type") != "cancel" or not str(request.get("request_id", "")).isdigit():
+        rid = request.get("request_id")
+        if request.get("type") != "cancel" or not isinstance(rid, str):
             return None
-        row = self.store.request(int(request["request_id"]))
+        if not REQUEST_ID.fullmatch(rid):  # before any database lookup; unsigned yet
+            raise RegistrationError("Malformed", "request_id must be a number of up to 18 digits")
+        row = self.store.request(int(rid))
         ok = row is not None and row.type == "authCertReg" and row.server == request.get("server")
         return row if ok else None
 
