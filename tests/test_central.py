@@ -15,8 +15,8 @@ import orjson
 import pytest
 from aiohttp.test_utils import TestClient, TestServer
 from cryptography import x509
-from cryptography.hazmat.primitives import serialization
-from cryptography.x509.oid import NameOID
+from cryptography.hazmat.primitives import hashes, serialization
+from cryptography.x509.oid import ExtendedKeyUsageOID, NameOID
 
 from xroad_hub.central.server import CentralServer, init_central
 from xroad_hub.central.store import StoreError, verify_audit
@@ -302,3 +302,36 @@ async def test_cancel_with_an_oversized_or_foreign_digit_id_is_malformed(
             assert r.status == 400, rid
             assert (await r.json())["error"] == "Malformed"
             assert _snapshot(central) == before
+
+
+def test_a_csr_asking_for_a_ca_or_other_names_gets_only_the_central_servers_profile(
+    central: CentralServer,
+) -> None:
+    """Regression guard: the CA issues its own names and usages, never the CSR's."""
+
+    def greedy(key: object) -> str:
+        csr = (
+            x509.CertificateSigningRequestBuilder()
+            .subject_name(x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, "TH/GOV/DOPA")]))
+            .add_extension(x509.BasicConstraints(ca=True, path_length=None), critical=True)
+            .add_extension(x509.SubjectAlternativeName([x509.DNSName("central.example")]), False)
+            .add_extension(x509.ExtendedKeyUsage([ExtendedKeyUsageOID.CODE_SIGNING]), False)
+            .sign(key, hashes.SHA256())  # type: ignore[arg-type]
+        )
+        return csr.public_bytes(serialization.Encoding.PEM).decode()
+
+    auth, sign = generate_key(), generate_key()
+    request = new_request(
+        "authCertReg", "TH", NodeId(parse_member_id(MOPH), "hub1"), address="127.0.0.1:5600",
+        auth_csr=greedy(auth), sign_csr=greedy(sign),
+    )  # fmt: skip
+    request_id, _ = central.file(sign_request(request, {"auth": auth, "sign": sign}))
+    central.approve(request_id, "officer")
+    for purpose, cn in (("auth", f"{MOPH}/hub1"), ("sign", MOPH)):
+        pem = central.status(request_id)["certificates"][purpose]
+        cert = x509.load_pem_x509_certificate(pem.encode())
+        assert cert.subject.get_attributes_for_oid(NameOID.COMMON_NAME)[0].value == cn
+        values = [e.value for e in cert.extensions]
+        assert not any(v.ca for v in values if isinstance(v, x509.BasicConstraints))
+        assert "central.example" not in str(list(cert.extensions))
+        assert ExtendedKeyUsageOID.CODE_SIGNING.dotted_string not in str(list(cert.extensions))
