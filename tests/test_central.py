@@ -18,6 +18,7 @@ from cryptography import x509
 from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.x509.oid import ExtendedKeyUsageOID, NameOID
 
+import xroad_hub.central.server as server_module
 from xroad_hub.central.server import CentralServer, init_central
 from xroad_hub.central.store import StoreError, verify_audit
 from xroad_hub.node.admin import key_digest
@@ -335,3 +336,28 @@ def test_a_csr_asking_for_a_ca_or_other_names_gets_only_the_central_servers_prof
         assert not any(v.ca for v in values if isinstance(v, x509.BasicConstraints))
         assert "central.example" not in str(list(cert.extensions))
         assert ExtendedKeyUsageOID.CODE_SIGNING.dotted_string not in str(list(cert.extensions))
+
+
+async def test_a_storm_of_globalconf_downloads_signs_once_and_changes_show_at_once(
+    central: CentralServer, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    signed: list[object] = []
+    real = server_module.sign_globalconf
+
+    def counting(conf: object, key: object) -> bytes:
+        signed.append(conf)
+        return real(conf, key)  # type: ignore[arg-type]
+
+    monkeypatch.setattr(server_module, "sign_globalconf", counting)
+    async with TestClient(TestServer(central.app())) as client:
+        bodies = set()
+        for _ in range(50):  # unauthenticated: each may cost a read, not a signature
+            r = await client.get("/globalconf")
+            assert r.status == 200
+            bodies.add(await r.read())
+        assert len(signed) <= 2 and len(bodies) == len(signed)
+        # A change made elsewhere (the CLI's process) is in the very next download.
+        central.store.add_member("TH/GOV/DOPA", "DOPA", "cli:test")
+        r = await client.get("/globalconf")
+        conf = verify_globalconf(await r.read(), central.signer_cert)
+        assert parse_member_id("TH/GOV/DOPA") in conf.members

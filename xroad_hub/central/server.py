@@ -77,6 +77,7 @@ __all__ = ["CentralDir", "CentralServer", "init_central"]
 log = structlog.get_logger("xroad_hub.central.server")
 
 _MAX_REQUEST = 64 * 1024
+GLOBALCONF_CACHE = 1.0  # seconds a signed configuration is served again unchanged
 DEFAULT_VALIDITY = 600  # seconds a global configuration stays valid (X-Road: 600)
 
 
@@ -170,6 +171,7 @@ class CentralServer:
             key = secrets.token_hex(32)
             self.store.set_meta("status_token_key", key)
         self._status_key = bytes.fromhex(key)
+        self._signed: tuple[int, float, bytes] | None = None  # (audit head, made at, body)
 
     def close(self) -> None:
         close = getattr(self.store, "close", None)
@@ -211,7 +213,17 @@ class CentralServer:
         )
 
     def signed_globalconf(self) -> bytes:
-        return sign_globalconf(self.globalconf(), self._signer_key)
+        """The signed configuration for GET /globalconf (unauthenticated): made anew only
+        when the database changed (members and nodes change with an audit entry, also from
+        the CLI's process) or the last is a second old, so a storm of downloads costs one
+        indexed read each, not every node's certificate parsed and a signature."""
+        head, now = self.store.audit_head(), time.monotonic()
+        cached = self._signed
+        if cached is not None and cached[0] == head and now - cached[1] < GLOBALCONF_CACHE:
+            return cached[2]
+        body = sign_globalconf(self.globalconf(), self._signer_key)
+        self._signed = (head, now, body)
+        return body
 
     # --- requests --------------------------------------------------------------------------
 

@@ -156,6 +156,7 @@ class CentralStore(Protocol):
     def nodes(self) -> list[NodeRow]: ...
     def audit(self, admin: str, action: str, **detail: Any) -> None: ...
     def audit_entries(self) -> list[AuditEntry]: ...
+    def audit_head(self) -> int: ...
 
 
 def _one(cursor: sqlite3.Cursor) -> Any:
@@ -504,6 +505,11 @@ class SqliteCentralStore:
     def audit(self, admin: str, action: str, **detail: Any) -> None:
         with self._tx() as db:
             self._audit(db, admin, action, detail)
+
+    @_locked
+    def audit_head(self) -> int:
+        """The last audit entry's number: every change of members or nodes adds one."""
+        return int(_one(self._db.execute("SELECT COALESCE(MAX(seq), 0) FROM admin_audit"))[0])
 
     @_locked
     def audit_entries(self) -> list[AuditEntry]:
