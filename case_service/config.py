@@ -240,7 +240,7 @@ def load_settings(path: Path | None = None, **overrides: Any) -> Settings:
     if path is not None:
         try:
             raw = tomllib.loads(path.read_text(encoding="utf-8"))
-        except (OSError, tomllib.TOMLDecodeError) as exc:
+        except (OSError, ValueError) as exc:  # bad TOML or UTF-8, an int of 4300+ digits
             raise ConfigError(f"cannot read {path}: {exc}") from exc
         values, case_types = _from_toml(raw, path.parent, case_types)
     sla_days = overrides.pop("sla_days", None)

@@ -15,9 +15,10 @@ import orjson
 import pytest
 from aiohttp.test_utils import TestClient, TestServer
 from cryptography import x509
-from cryptography.hazmat.primitives import serialization
-from cryptography.x509.oid import NameOID
+from cryptography.hazmat.primitives import hashes, serialization
+from cryptography.x509.oid import ExtendedKeyUsageOID, NameOID
 
+import xroad_hub.central.server as server_module
 from xroad_hub.central.server import CentralServer, init_central
 from xroad_hub.central.store import StoreError, verify_audit
 from xroad_hub.node.admin import key_digest
@@ -139,6 +140,25 @@ def test_node_code_taken_is_refused(central: CentralServer) -> None:
     assert "already registered" in _refused(central, again, "Duplicate").message
 
 
+def test_node_and_subsystem_codes_differing_in_case_only_are_taken(
+    central: CentralServer,
+) -> None:
+    first, keys = _auth_reg()
+    request_id, _ = central.file(first)
+    _refused(central, _auth_reg("HUB1")[0], "Duplicate")  # while "hub1" is pending
+    central.approve(request_id, "officer")
+    assert "(as TH/GOV/MOPH/hub1)" in _refused(central, _auth_reg("Hub1")[0], "Duplicate").message
+    server = NodeId(parse_member_id(MOPH), "hub1")
+
+    def client_reg(code: str) -> bytes:
+        return sign_request(
+            new_request("clientReg", "TH", server, client=f"{MOPH}/{code}"), {"auth": keys["auth"]}
+        )
+
+    central.file(client_reg("hospital"))
+    _refused(central, client_reg("HOSPITAL"), "Duplicate")
+
+
 def test_replayed_and_stale_requests_are_refused(central: CentralServer) -> None:
     data, _ = _auth_reg()
     request_id, _ = central.file(data)
@@ -237,3 +257,107 @@ async def _admin_calls(central: CentralServer, client: TestClient, request_id: i
                           headers={"Authorization": "Bearer sam-key"})  # fmt: skip
     assert r.status == 201
     assert central.store.audit_entries()[-1].admin == "api:sam"
+
+
+async def test_request_status_is_read_with_the_filers_token_only(central: CentralServer) -> None:
+    async with TestClient(TestServer(central.app())) as client:
+        filed = []
+        for code in ("hub1", "hub2"):
+            r = await client.post("/management/requests", data=_auth_reg(code)[0])
+            assert r.status == 202
+            filed.append(await r.json())
+        mine, other = filed
+        central.decline(other["requestId"], "officer", "unknown agency contact: Somchai")
+        url = f"/management/requests/{other['requestId']}"
+        # Ids count up from 1: without its token nobody learns a request exists, whose node
+        # it names or why it was declined (answered as an unknown id, no oracle).
+        for headers in ({}, {"Authorization": f"Bearer {mine['statusToken']}"},
+                        {"Authorization": "Bearer "}, {"Authorization": "Basic x"}):  # fmt: skip
+            r = await client.get(url, headers=headers)
+            assert r.status == 404, headers
+            assert "hub2" not in await r.text() and "Somchai" not in await r.text()
+        r = await client.get("/management/requests/999", headers={"Authorization": "Bearer x"})
+        assert r.status == 404
+        r = await client.get(url, headers={"Authorization": f"Bearer {other['statusToken']}"})
+        assert r.status == 200 and (await r.json())["state"] == "DECLINED"
+    # The token survives a restart of the central server (its key is in the database).
+    again = CentralServer(central.dir.root)
+    try:
+        assert again.status_token(other["requestId"]) == other["statusToken"]
+    finally:
+        again.close()
+
+
+async def test_cancel_with_an_oversized_or_foreign_digit_id_is_malformed(
+    central: CentralServer,
+) -> None:
+    server = NodeId(parse_member_id(MOPH), "hub1")
+    async with TestClient(TestServer(central.app())) as client:
+        # 20 digits overflowed SQLite's INTEGER: a 500 and a traceback for an unsigned request.
+        for rid in ("9" * 20, "9" * 200, "\u0661\u0662"):  # the last: Arabic-Indic digits
+            data = sign_request(
+                new_request("cancel", "TH", server, request_id=rid), {"auth": generate_key()}
+            )
+            before = _snapshot(central)
+            r = await client.post("/management/requests", data=data)
+            assert r.status == 400, rid
+            assert (await r.json())["error"] == "Malformed"
+            assert _snapshot(central) == before
+
+
+def test_a_csr_asking_for_a_ca_or_other_names_gets_only_the_central_servers_profile(
+    central: CentralServer,
+) -> None:
+    """Regression guard: the CA issues its own names and usages, never the CSR's."""
+
+    def greedy(key: object) -> str:
+        csr = (
+            x509.CertificateSigningRequestBuilder()
+            .subject_name(x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, "TH/GOV/DOPA")]))
+            .add_extension(x509.BasicConstraints(ca=True, path_length=None), critical=True)
+            .add_extension(x509.SubjectAlternativeName([x509.DNSName("central.example")]), False)
+            .add_extension(x509.ExtendedKeyUsage([ExtendedKeyUsageOID.CODE_SIGNING]), False)
+            .sign(key, hashes.SHA256())  # type: ignore[arg-type]
+        )
+        return csr.public_bytes(serialization.Encoding.PEM).decode()
+
+    auth, sign = generate_key(), generate_key()
+    request = new_request(
+        "authCertReg", "TH", NodeId(parse_member_id(MOPH), "hub1"), address="127.0.0.1:5600",
+        auth_csr=greedy(auth), sign_csr=greedy(sign),
+    )  # fmt: skip
+    request_id, _ = central.file(sign_request(request, {"auth": auth, "sign": sign}))
+    central.approve(request_id, "officer")
+    for purpose, cn in (("auth", f"{MOPH}/hub1"), ("sign", MOPH)):
+        pem = central.status(request_id)["certificates"][purpose]
+        cert = x509.load_pem_x509_certificate(pem.encode())
+        assert cert.subject.get_attributes_for_oid(NameOID.COMMON_NAME)[0].value == cn
+        values = [e.value for e in cert.extensions]
+        assert not any(v.ca for v in values if isinstance(v, x509.BasicConstraints))
+        assert "central.example" not in str(list(cert.extensions))
+        assert ExtendedKeyUsageOID.CODE_SIGNING.dotted_string not in str(list(cert.extensions))
+
+
+async def test_a_storm_of_globalconf_downloads_signs_once_and_changes_show_at_once(
+    central: CentralServer, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    signed: list[object] = []
+    real = server_module.sign_globalconf
+
+    def counting(conf: object, key: object) -> bytes:
+        signed.append(conf)
+        return real(conf, key)  # type: ignore[arg-type]
+
+    monkeypatch.setattr(server_module, "sign_globalconf", counting)
+    async with TestClient(TestServer(central.app())) as client:
+        bodies = set()
+        for _ in range(50):  # unauthenticated: each may cost a read, not a signature
+            r = await client.get("/globalconf")
+            assert r.status == 200
+            bodies.add(await r.read())
+        assert len(signed) <= 2 and len(bodies) == len(signed)
+        # A change made elsewhere (the CLI's process) is in the very next download.
+        central.store.add_member("TH/GOV/DOPA", "DOPA", "cli:test")
+        r = await client.get("/globalconf")
+        conf = verify_globalconf(await r.read(), central.signer_cert)
+        assert parse_member_id("TH/GOV/DOPA") in conf.members

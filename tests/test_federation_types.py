@@ -155,3 +155,30 @@ def test_a_new_table_needs_nothing_but_its_dataclass() -> None:
         load_table(_Outer, {"in": [{}]}, "[ops]")
     with pytest.raises(ConfigError, match=r"^\[ops\]: unknown key 'ratoi'; did you mean 'ratio'"):
         load_table(_Outer, {"ratoi": 1}, "[ops]")
+
+
+@pytest.mark.parametrize(
+    ("node", "message"),
+    [
+        # Past float's range: was an OverflowError traceback.
+        ("timestamp_failure_limit = 1" + "0" * 400,
+         f"{NODE}: timestamp_failure_limit must be a number, got a number of more than 80"),
+        ("body_retention_days = 1" + "0" * 400, f"{NODE}: body_retention_days must be a number"),
+        # TOML's integers are 64-bit: a larger one is refused, not carried into the node.
+        ("max_body_bytes = 9223372036854775808", f"{NODE}: max_body_bytes must be a whole number"),
+        # Past str()'s 4300 digits (tomllib itself, and the error's quoting, raised ValueError).
+        ("max_body_bytes = 1" + "0" * 5000, "cannot read federation file"),
+        ('"\u202eclient" = 1', f"{NODE}: unknown key"),
+    ],
+)  # fmt: skip
+def test_crafted_values_are_config_errors_not_tracebacks(
+    tmp_path: Path, node: str, message: str
+) -> None:
+    assert message in _error(tmp_path, node)
+
+
+def test_a_file_not_in_utf8_is_a_config_error(tmp_path: Path) -> None:
+    path = tmp_path / "federation.toml"
+    path.write_bytes(b'instance = "\xff"\n')
+    with pytest.raises(ConfigError, match="cannot read federation file"):
+        load_federation(path)

@@ -77,6 +77,14 @@ async def _exchange(http: aiohttp.ClientSession, fed: Fed) -> tuple[int, str | N
         return r.status, r.headers.get("X-Road-Error")
 
 
+async def _admin_health(http: aiohttp.ClientSession, fed: Fed, node: str, check: str) -> str:
+    """The detail of one problem as administrators see it (admin API /health)."""
+    async with http.get(fed.url(node, "admin") + "/health", headers=bearer("scraper")) as r:
+        assert r.status == 200
+        body = await r.json()
+    return str(next(p.get("detail") for p in body["problems"] if p["check"] == check))
+
+
 async def test_liveness_and_readiness_are_separate(quick: Fed, http) -> None:
     base = quick.url(DGA, "health")
     async with http.get(base + "/health/live") as r:
@@ -110,7 +118,11 @@ async def test_global_configuration_expiry(quick: Fed, http, monkeypatch) -> Non
     monkeypatch.setattr(conf, "url", f"http://127.0.0.1:{free_port()}/globalconf")
     body = await _until_ready(http, quick, DGA, False, "globalconf_invalid")
     reason = next(p["reason"] for p in body["problems"] if p["check"] == "globalconf_invalid")
-    assert "last download" in reason
+    assert reason == "no valid global configuration"
+    # The download's error names the configuration's URL: administrators only.
+    assert "127.0.0.1" not in str(body) and "last download" not in str(body)
+    detail = await _admin_health(http, quick, DGA, "globalconf_invalid")
+    assert "last download" in detail
     assert (await _exchange(http, quick))[1] == "Server.ClientProxy.OutdatedGlobalConf"
     monkeypatch.setattr(conf, "url", good)
     await _until_ready(http, quick, DGA, True)
@@ -124,7 +136,9 @@ async def test_message_log_not_writable(quick: Fed, http) -> None:
     try:
         assert await _exchange(http, quick) == (500, "Server.ServerProxy.LoggingFailed")
         body = await _until_ready(http, quick, DBD, False, "messagelog_unwritable")
-        assert "readonly" in body["problems"][0]["reason"]
+        # The database's own words (paths, users of a DSN) reach administrators only.
+        assert "readonly" not in str(body)
+        assert "readonly" in await _admin_health(http, quick, DBD, "messagelog_unwritable")
     finally:
         await log._db.execute("PRAGMA query_only = OFF")
     await _until_ready(http, quick, DBD, True)
@@ -139,6 +153,8 @@ async def test_missing_key_file(quick: Fed, http) -> None:
         body = await _until_ready(http, quick, DGA, False, "key_missing")
         assert "authentication certificate" in body["problems"][0]["reason"]
         assert str(key.parent) not in str(body)  # no paths to unauthenticated callers
+        assert key.name not in str(body)  # nor the names of key files
+        assert key.name in await _admin_health(http, quick, DGA, "key_missing")
     finally:
         moved.rename(key)
     await _until_ready(http, quick, DGA, True)
@@ -247,7 +263,11 @@ async def test_maintenance_mode_by_the_node_admin(quick: Fed, http) -> None:
     assert stat.S_IMODE(os.stat(admin.audit.path).st_mode) == 0o600
 
 
-async def test_maintenance_from_the_cli(quick: Fed, http, tmp_path: Path, capsys) -> None:
+async def test_maintenance_from_the_cli(
+    quick: Fed, http, tmp_path: Path, capsys, monkeypatch
+) -> None:
+    # A proxy in the environment is not used: it would see the key of a plain-HTTP call.
+    monkeypatch.setenv("http_proxy", f"http://127.0.0.1:{free_port()}")
     key = tmp_path / "ops.key"
     key.write_text(TEST_ADMIN_KEYS["ops"][0])
     url = quick.url(DGA, "admin")
@@ -263,6 +283,18 @@ async def test_maintenance_from_the_cli(quick: Fed, http, tmp_path: Path, capsys
     assert await asyncio.to_thread(main, args) == 2
     err = capsys.readouterr().err
     assert "HTTP 401" in err and "Traceback" not in err
+    # The key never goes out in clear text, nor to the terminal.
+    key.write_text(TEST_ADMIN_KEYS["ops"][0])
+    for remote in ("http://10.1.2.3:9000", "http://node.example:9000", "ftp://127.0.0.1:1"):
+        assert await asyncio.to_thread(main, [*args[:3], "--admin", remote,
+                                              "--key-file", str(key)]) == 2  # fmt: skip
+        err = capsys.readouterr().err
+        assert "use https://" in err and TEST_ADMIN_KEYS["ops"][0] not in err
+    key.write_text("test-admin-key\nwith-a-second-line-secret")
+    assert await asyncio.to_thread(main, args) == 2
+    err = capsys.readouterr().err
+    assert "second-line-secret" not in err and "Traceback" not in err
+    key.write_text("not-a-key")
     dead = ["node", "maintenance", "on", "--admin", f"http://127.0.0.1:{free_port()}"]
     assert await asyncio.to_thread(main, [*dead, "--key-file", str(key)]) == 2
     assert "admin_listen" in capsys.readouterr().err
@@ -285,3 +317,19 @@ async def test_admin_api_default_deny(fed: Fed, http) -> None:
         assert r.status == 404
     async with http.get(base + "/nothing-here") as r:
         assert r.status == 401  # unauthenticated callers do not even learn what exists
+
+
+async def test_a_change_the_audit_trail_cannot_record_is_not_made(quick: Fed, http) -> None:
+    admin = quick.federation.nodes[DGA].admin
+    assert admin is not None
+    good = admin.audit.path
+    admin.audit.path = quick.root  # a directory: every append fails, as on a full disk
+    try:
+        r = await _maintenance(http, quick, DGA, "ops", enabled=True, message="unrecorded")
+        assert r.status == 500
+        assert quick.federation.nodes[DGA].runtime.state.maintenance is None
+        assert await _exchange(http, quick) == (200, None)
+    finally:
+        admin.audit.path = good
+    assert (await _maintenance(http, quick, DGA, "ops", enabled=True)).status == 200
+    assert [e["action"] for e in admin.audit.entries()] == ["maintenance.on"]

@@ -274,6 +274,24 @@ async def test_operational_data_answers_xroad_clients_with_exact_records(
     assert few and all(set(r) == {"messageId", "succeeded", "monitoringDataTs"} for r in few)
 
 
+async def test_a_citizen_id_typed_as_a_service_code_stays_out_of_the_records(
+    monitored: Fed, http: aiohttp.ClientSession
+) -> None:
+    start = int(time.time())
+    status, message_id = await _rest(http, monitored, "/r1/TH/GOV/DBD/registry/1234567890121")
+    assert status == 500  # no such service
+    await _wait_written(monitored, PROVIDER_NODE, "TH/GOV/DGA/hub1")
+    for node in (PROVIDER_NODE, "TH/GOV/DGA/hub1"):
+        store = _store(monitored, node)
+        records, _ = store.query(Query(start, int(time.time()) - 1))
+        [record] = [r for r in records if r["messageId"] == message_id]
+        assert record["faultCode"].endswith("UnknownService")
+        assert record["serviceCode"] == "{number}", node
+        assert "1234567890121" not in orjson.dumps(records).decode(), node
+        # Nor in the health data's per-service statistics (any client may read those).
+        assert "1234567890121" not in orjson.dumps(store.health(None)).decode(), node
+
+
 async def test_operational_data_refuses_bad_queries_as_xroad_faults(monitored: Fed) -> None:
     now = int(time.time())
     cases = [

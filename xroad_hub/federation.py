@@ -493,7 +493,7 @@ _KINDS: dict[Any, tuple[str, str]] = {
 def load_federation(path: Path) -> FederationConfig:
     try:
         data = tomllib.loads(path.read_text(encoding="utf-8"))
-    except (OSError, tomllib.TOMLDecodeError) as exc:
+    except (OSError, ValueError) as exc:  # TOMLDecodeError, or an int of over 4300 digits
         raise ConfigError(f"cannot read federation file {path}: {exc}") from exc
     try:
         return load_table(FederationConfig, data, TOP)
@@ -597,15 +597,16 @@ def _scalar(tp: Any, value: object) -> Any:
     """``value`` as a ``tp`` (bool, int, float or str), or _WRONG."""
     if isinstance(value, bool):  # a bool is an int to Python, never to the file's reader
         return value if tp is bool else _WRONG
+    if isinstance(value, int) and not -(2**63) <= value < 2**63:
+        return _WRONG  # TOML's integers are 64-bit; tomllib reads any length
     if tp is int and isinstance(value, int):
         return value
-    if (
-        tp is float
-        and isinstance(value, int | float)
-        and value == value
-        and abs(value) != float("inf")
-    ):
-        return float(value)
+    if tp is float and isinstance(value, int | float):
+        try:
+            number = float(value)  # an int past 1.8e308 does not fit
+        except OverflowError:
+            return _WRONG
+        return number if number == number and abs(number) != float("inf") else _WRONG
     if tp is str and isinstance(value, str):
         return value
     return _WRONG
@@ -615,6 +616,8 @@ def _shown(value: object) -> str:
     """A value as the file would spell it, shortened."""
     if isinstance(value, Mapping):
         return "a table"
+    if isinstance(value, int) and not isinstance(value, bool) and abs(value) > 10**80:
+        return "a number of more than 80 digits"  # str() refuses past 4300 digits
     text = json.dumps(value, ensure_ascii=False, default=str)
     return text if len(text) <= 80 else text[:77] + "..."
 

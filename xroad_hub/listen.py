@@ -8,11 +8,12 @@ and the federation-file key that sets it.
 from __future__ import annotations
 
 import errno
+import ipaddress
 import socket
 
 from xroad_hub.errors import ConfigError
 
-__all__ = ["ListenError", "listen_socket"]
+__all__ = ["ListenError", "is_loopback_host", "listen_socket"]
 
 _REASONS = {
     errno.EADDRINUSE: (
@@ -22,6 +23,16 @@ _REASONS = {
     errno.EADDRNOTAVAIL: "no interface of this machine has that address: change {key}",
     errno.EACCES: "permission denied (ports below 1024 need privileges): change {key}",
 }
+
+
+def is_loopback_host(host: str) -> bool:
+    """Whether ``host`` is this machine only: where plain HTTP may carry secrets."""
+    if host == "localhost":
+        return True
+    try:
+        return ipaddress.ip_address(host.strip("[]")).is_loopback
+    except ValueError:
+        return False
 
 
 class ListenError(ConfigError):

@@ -12,7 +12,7 @@ from typing import Any
 import orjson
 import structlog
 
-__all__ = ["configure_logging", "loggable_error", "path_shape"]
+__all__ = ["configure_logging", "loggable_error", "mask_numbers", "path_shape"]
 
 # A path segment kept as it is in operational logs: a word of a route (letters, '-', '_',
 # '.'), never anything holding a digit, a percent-escape or other characters, which is
@@ -26,12 +26,17 @@ _URL_TAIL = re.compile(r"(https?://[^/\s'\")]+)[^\s'\")]*")
 _LONG_NUMBER = re.compile(r"\d{6,}")
 
 
+def mask_numbers(text: str) -> str:
+    """``text`` with every run of 6 or more digits (a citizen id, a case number) masked."""
+    return _LONG_NUMBER.sub("{number}", text)
+
+
 def loggable_error(exc: BaseException) -> str:
     """A library's exception for an operational log: its type and message, with URLs cut to
     scheme, host and port (their paths and queries carry ids) and long numbers masked (a
     parser's message may quote a value). Operators keep what failed and where."""
     text = _URL_TAIL.sub(r"\1/...", str(exc))
-    text = _LONG_NUMBER.sub("{number}", text)
+    text = mask_numbers(text)
     return f"{type(exc).__name__}: {text}"[:500] if text else type(exc).__name__
 
 

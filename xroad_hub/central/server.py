@@ -11,8 +11,10 @@ State lives in one directory (``central init``), never shared with nodes:
 HTTP surface (one HTTPS listener):
 
     GET  /globalconf                      the signed global configuration (registry format)
-    POST /management/requests             a signed registration request -> 202 {requestId}
+    POST /management/requests             a signed registration request -> 202 {requestId,
+                                          statusToken}
     GET  /management/requests/{id}        its state; once approved, the issued certificates
+                                          (needs Authorization: Bearer STATUS_TOKEN)
     /admin/...                            the operator's API (bearer API keys with roles)
 
 Nodes download /globalconf without trusting TLS (the document is signed by the anchor's
@@ -22,6 +24,9 @@ key) and then call /management over HTTPS verified against the CA the configurat
 from __future__ import annotations
 
 import asyncio
+import hashlib
+import hmac
+import secrets
 import ssl
 import time
 from collections.abc import Awaitable, Callable
@@ -55,6 +60,7 @@ from xroad_hub.protocol.identifiers import (
     parse_node_id,
 )
 from xroad_hub.protocol.registration import (
+    REQUEST_ID,
     ParsedRequest,
     RegistrationError,
     build_anchor,
@@ -71,6 +77,7 @@ __all__ = ["CentralDir", "CentralServer", "init_central"]
 log = structlog.get_logger("xroad_hub.central.server")
 
 _MAX_REQUEST = 64 * 1024
+GLOBALCONF_CACHE = 1.0  # seconds a signed configuration is served again unchanged
 DEFAULT_VALIDITY = 600  # seconds a global configuration stays valid (X-Road: 600)
 
 
@@ -156,6 +163,15 @@ class CentralServer:
         self.signer_cert = load_cert(self.dir.cert("signer"))
         # Serials increase across restarts too: a node may keep the highest it has seen.
         self._serial = int(time.time())
+        # Request ids count up from 1: a status read needs the token given to the request's
+        # filer (an HMAC of the id), else anyone could list every node's pending, declined
+        # (with the officer's reason) and approved requests by counting.
+        key = self.store.get_meta("status_token_key")
+        if key is None:
+            key = secrets.token_hex(32)
+            self.store.set_meta("status_token_key", key)
+        self._status_key = bytes.fromhex(key)
+        self._signed: tuple[int, float, bytes] | None = None  # (audit head, made at, body)
 
     def close(self) -> None:
         close = getattr(self.store, "close", None)
@@ -197,7 +213,17 @@ class CentralServer:
         )
 
     def signed_globalconf(self) -> bytes:
-        return sign_globalconf(self.globalconf(), self._signer_key)
+        """The signed configuration for GET /globalconf (unauthenticated): made anew only
+        when the database changed (members and nodes change with an audit entry, also from
+        the CLI's process) or the last is a second old, so a storm of downloads costs one
+        indexed read each, not every node's certificate parsed and a signature."""
+        head, now = self.store.audit_head(), time.monotonic()
+        cached = self._signed
+        if cached is not None and cached[0] == head and now - cached[1] < GLOBALCONF_CACHE:
+            return cached[2]
+        body = sign_globalconf(self.globalconf(), self._signer_key)
+        self._signed = (head, now, body)
+        return body
 
     # --- requests --------------------------------------------------------------------------
 
@@ -229,9 +255,12 @@ class CentralServer:
         return request_id, "SUBMITTED"
 
     def _pending_auth_reg(self, request: dict[str, Any]) -> RequestRow | None:
-        if request.get("type") != "cancel" or not str(request.get("request_id", "")).isdigit():
+        rid = request.get("request_id")
+        if request.get("type") != "cancel" or not isinstance(rid, str):
             return None
-        row = self.store.request(int(request["request_id"]))
+        if not REQUEST_ID.fullmatch(rid):  # before any database lookup; unsigned yet
+            raise RegistrationError("Malformed", "request_id must be a number of up to 18 digits")
+        row = self.store.request(int(rid))
         ok = row is not None and row.type == "authCertReg" and row.server == request.get("server")
         return row if ok else None
 
@@ -303,7 +332,18 @@ class CentralServer:
             )
         return out
 
-    def status(self, request_id: int) -> dict[str, Any]:
+    def status_token(self, request_id: int) -> str:
+        """What the filer of request ``request_id`` shows to read its status."""
+        mac = hmac.new(self._status_key, f"request-status:{request_id}".encode(), hashlib.sha256)
+        return mac.hexdigest()
+
+    def status(self, request_id: int, token: str | None = None) -> dict[str, Any]:
+        """A request's state, for the operator (``token`` None) or for whoever shows the
+        request's status token; a wrong token is answered as an unknown request."""
+        if token is not None and not hmac.compare_digest(
+            token.encode(), self.status_token(request_id).encode()
+        ):
+            raise RegistrationError("UnknownRequest", f"there is no request {request_id}", 404)
         row = self.store.request(request_id)
         if row is None:
             raise RegistrationError("UnknownRequest", f"there is no request {request_id}", 404)
@@ -363,15 +403,21 @@ class CentralServer:
 
         async def run() -> web.Response:
             request_id, state = await asyncio.to_thread(self.file, data)
-            return web.json_response({"requestId": request_id, "state": state}, status=202)
+            return web.json_response(
+                {"requestId": request_id, "state": state,
+                 "statusToken": self.status_token(request_id)},
+                status=202,
+            )  # fmt: skip
 
         return await _answer(run)
 
     async def _h_status(self, request: web.Request) -> web.Response:
         request_id = int(request.match_info["id"])
+        scheme, _, token = request.headers.get("Authorization", "").partition(" ")
+        token = token.strip() if scheme == "Bearer" else ""
 
         async def run() -> web.Response:
-            return web.json_response(await asyncio.to_thread(self.status, request_id))
+            return web.json_response(await asyncio.to_thread(self.status, request_id, token))
 
         return await _answer(run)
 

@@ -156,6 +156,7 @@ class CentralStore(Protocol):
     def nodes(self) -> list[NodeRow]: ...
     def audit(self, admin: str, action: str, **detail: Any) -> None: ...
     def audit_entries(self) -> list[AuditEntry]: ...
+    def audit_head(self) -> int: ...
 
 
 def _one(cursor: sqlite3.Cursor) -> Any:
@@ -301,12 +302,19 @@ class SqliteCentralStore:
                     403,
                 )
             if kind == "authCertReg":
-                if _one(db.execute("SELECT 1 FROM nodes WHERE id = ?", (server,))):
+                # Codes that differ only in case are one code: an operator reading "HUB1"
+                # next to "hub1" in a list of requests or a TLS name would take them for one.
+                taken_as = _one(db.execute(
+                    "SELECT id FROM nodes WHERE id = ? COLLATE NOCASE", (server,)
+                ))  # fmt: skip
+                if taken_as:
                     raise RegistrationError(
-                        "Duplicate", f"node code {server} is already registered", 409
-                    )
+                        "Duplicate", f"node code {server} is already registered"
+                        + (f" (as {taken_as[0]})" if taken_as[0] != server else ""), 409,
+                    )  # fmt: skip
                 pending = _one(db.execute(
-                    "SELECT id FROM requests WHERE server = ? AND type = 'authCertReg' "
+                    "SELECT id FROM requests WHERE server = ? COLLATE NOCASE "
+                    "AND type = 'authCertReg' "
                     "AND state = 'SUBMITTED'", (server,),
                 ))  # fmt: skip
                 if pending:
@@ -323,12 +331,15 @@ class SqliteCentralStore:
                         "Duplicate", "this authentication key is already in a request", 409
                     )
             elif kind == "clientReg":
-                if _one(db.execute("SELECT 1 FROM subsystems WHERE id = ?", (client,))):
+                if _one(db.execute(
+                    "SELECT 1 FROM subsystems WHERE id = ? COLLATE NOCASE", (client,)
+                )):  # fmt: skip
                     raise RegistrationError(
                         "Duplicate", f"subsystem {client} is already registered", 409
                     )
                 if _one(db.execute(
-                    "SELECT id FROM requests WHERE client = ? AND type = 'clientReg' "
+                    "SELECT id FROM requests WHERE client = ? COLLATE NOCASE "
+                    "AND type = 'clientReg' "
                     "AND state = 'SUBMITTED'", (client,),
                 )):  # fmt: skip
                     raise RegistrationError(
@@ -494,6 +505,11 @@ class SqliteCentralStore:
     def audit(self, admin: str, action: str, **detail: Any) -> None:
         with self._tx() as db:
             self._audit(db, admin, action, detail)
+
+    @_locked
+    def audit_head(self) -> int:
+        """The last audit entry's number: every change of members or nodes adds one."""
+        return int(_one(self._db.execute("SELECT COALESCE(MAX(seq), 0) FROM admin_audit"))[0])
 
     @_locked
     def audit_entries(self) -> list[AuditEntry]:

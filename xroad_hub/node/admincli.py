@@ -12,8 +12,10 @@ import urllib.error
 import urllib.request
 from pathlib import Path
 from typing import Any
+from urllib.parse import urlsplit
 
 from xroad_hub.federation import ADMIN_ROLES
+from xroad_hub.listen import is_loopback_host
 from xroad_hub.node.admin import key_digest
 
 __all__ = ["KEY_ENV", "add_node_commands", "run_node_command"]
@@ -134,6 +136,10 @@ def _read_key(path: Path | None) -> str:
         key = os.environ.get(KEY_ENV, "").strip()
     if not key:
         raise _Failed(f"no API key: give --key-file FILE or set {KEY_ENV}")
+    if not key.isascii() or not key.isprintable() or " " in key:
+        # Else http.client's refusal quotes the header, and with it the key, to the terminal.
+        raise _Failed("the API key holds spaces, control or non-ASCII characters; it must be"
+                      " the one line 'xroad-hub node admin-key' printed")  # fmt: skip
     return key
 
 
@@ -141,6 +147,14 @@ def _call(
     args: argparse.Namespace, method: str, path: str, key: str, body: dict[str, Any] | None
 ) -> dict[str, Any]:
     url = args.admin.rstrip("/") + path
+    parts = urlsplit(url)
+    if parts.scheme != "https" and not (
+        parts.scheme == "http" and is_loopback_host(parts.hostname or "")
+    ):
+        # The key would cross the network in clear text (the node itself serves plain HTTP
+        # on loopback only, but the key is sent before any answer).
+        raise _Failed(f"--admin {args.admin}: use https:// (plain http:// only to a loopback"
+                      " address, e.g. http://127.0.0.1:PORT)")  # fmt: skip
     context = None
     if url.startswith("https://"):
         try:
@@ -155,7 +169,12 @@ def _call(
         headers={"Authorization": f"Bearer {key}", "Content-Type": "application/json"},
     )
     try:
-        with urllib.request.urlopen(request, timeout=10, context=context) as resp:
+        # No proxy from the environment: a plain-HTTP hop to loopback through one would hand
+        # the key to the proxy in clear text.
+        opener = urllib.request.build_opener(
+            urllib.request.ProxyHandler({}), urllib.request.HTTPSHandler(context=context)
+        )
+        with opener.open(request, timeout=10) as resp:
             return dict(json.loads(resp.read()))
     except urllib.error.HTTPError as exc:
         try:

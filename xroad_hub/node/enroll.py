@@ -101,9 +101,13 @@ def _context(conf: GlobalConf) -> ssl.SSLContext:
     return ssl.create_default_context(cadata=ca)
 
 
-def _http(method: str, url: str, body: bytes | None, ctx: ssl.SSLContext) -> bytes:
-    req = urllib.request.Request(url, method=method, data=body,
-                                 headers={"Content-Type": "application/json"})  # fmt: skip
+def _http(
+    method: str, url: str, body: bytes | None, ctx: ssl.SSLContext, token: str | None = None
+) -> bytes:
+    headers = {"Content-Type": "application/json"}
+    if token:
+        headers["Authorization"] = f"Bearer {token}"
+    req = urllib.request.Request(url, method=method, data=body, headers=headers)
     try:
         with urllib.request.urlopen(req, timeout=15, context=ctx) as resp:
             return bytes(resp.read())
@@ -132,9 +136,11 @@ class _Session:
         url = f"{self.anchor.central_url}/management/requests"
         return dict(json.loads(_http("POST", url, signed, self.ctx)))
 
-    def status(self, request_id: int) -> dict[str, Any]:
+    def status(self, request_id: int, token: str | None) -> dict[str, Any]:
+        """A request's state: the central server shows it to the holder of the token it
+        gave when the request was filed."""
         url = f"{self.anchor.central_url}/management/requests/{request_id}"
-        return dict(json.loads(_http("GET", url, None, self.ctx)))
+        return dict(json.loads(_http("GET", url, None, self.ctx, token)))
 
 
 # --- local state ---------------------------------------------------------------------------------
@@ -168,7 +174,8 @@ def _file_auth_reg(root: Path, session: _Session, state: dict[str, Any]) -> None
         sign_csr=(root / "sign.csr.pem").read_text(),
     )  # fmt: skip
     answer = session.post(sign_request(request, {"auth": auth, "sign": sign}))
-    state.update(request_id=int(answer["requestId"]), state=str(answer["state"]))
+    state.update(request_id=int(answer["requestId"]), state=str(answer["state"]),
+                 status_token=str(answer.get("statusToken", "")))  # fmt: skip
     _save_state(root, state)
 
 
@@ -217,12 +224,12 @@ def _status(root: Path, state: dict[str, Any], *, fetch: bool) -> int:
     if state.get("state") == "UNSENT":  # init stopped before the central server answered
         _file_auth_reg(root, session, state)
         print(f"registration request {state['request_id']} filed")
-    answer = session.status(int(state["request_id"]))
+    answer = session.status(int(state["request_id"]), state.get("status_token"))
     state["state"] = answer["state"]
     _save_state(root, state)
     node = f"{state['member']}/{state['code']}"
     for sub, rid in sorted(state.get("clients", {}).items()):
-        sub_state = session.status(int(rid))["state"]
+        sub_state = session.status(int(rid), state.get("client_tokens", {}).get(sub))["state"]
         print(f"subsystem {sub}: request {rid} {sub_state}")
     if answer["state"] == "DECLINED":
         print(f"request {answer['requestId']} for {node} was DECLINED: "
@@ -263,7 +270,7 @@ def _cancel(root: Path, state: dict[str, Any]) -> int:
     if "request_id" in state:
         session = _Session(_anchor_of(root))
         server = NodeId(parse_member_id(state["member"]), state["code"])
-        answer = session.status(int(state["request_id"]))
+        answer = session.status(int(state["request_id"]), state.get("status_token"))
         if answer["state"] == "SUBMITTED":
             # Signed by the auth key of the request itself: the central server knows it from
             # the request's CSR, so nobody else can cancel it.
@@ -292,6 +299,7 @@ def _client_add(root: Path, state: dict[str, Any], subsystem: str) -> int:
     auth = load_private_key(root / "auth.key.pem")
     answer = session.post(sign_request(request, {"auth": auth}))
     state.setdefault("clients", {})[str(client)] = int(answer["requestId"])
+    state.setdefault("client_tokens", {})[str(client)] = str(answer.get("statusToken", ""))
     _save_state(root, state)
     print(f"request {answer['requestId']} to host {client} on {server} filed; the central "
           "operator approves it")  # fmt: skip

@@ -32,13 +32,21 @@ CACHE_SECONDS = 1.0
 
 @dataclass(frozen=True, slots=True)
 class Problem:
-    """Why a node may not take traffic: ``check`` is a stable code, ``reason`` for people."""
+    """Why a node may not take traffic: ``check`` is a stable code, ``reason`` for people.
+
+    The health port is unauthenticated, so ``reason`` is coarse and fixed by the code
+    (what failed, never why in the words of an exception: those carry URLs, file names,
+    database users). ``detail`` holds the rest for administrators (admin API /health)."""
 
     check: str
     reason: str
+    detail: str | None = None
 
-    def as_dict(self) -> dict[str, str]:
-        return {"check": self.check, "reason": self.reason}
+    def as_dict(self, *, detailed: bool = False) -> dict[str, str]:
+        found = {"check": self.check, "reason": self.reason}
+        if detailed and self.detail:
+            found["detail"] = self.detail
+        return found
 
 
 @dataclass(frozen=True, slots=True)
@@ -62,9 +70,15 @@ def cert_problems(checks: list[CertCheck], now: float | None = None) -> list[Pro
     problems = []
     moment = datetime.fromtimestamp(time.time() if now is None else now, UTC)
     for c in checks:
-        missing = [p.name for p in (c.cert, c.key) if not p.exists()]
+        missing = [p for p in (c.cert, c.key) if not p.exists()]
         if missing:
-            problems.append(Problem("key_missing", f"{c.what}: {', '.join(missing)} missing"))
+            problems.append(
+                Problem(
+                    "key_missing",
+                    f"{c.what}: key or certificate file missing",
+                    f"{', '.join(map(str, missing))} missing",
+                )
+            )
         elif moment > c.not_after:
             problems.append(
                 Problem("certificate_expired", f"{c.what} expired at {c.not_after.isoformat()}")

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
 import functools
 import socket
@@ -38,6 +39,7 @@ from xroad_hub.federation import ConfigError, NodeConfig, ServiceConfig, SoapSer
 from xroad_hub.listen import listen_socket
 from xroad_hub.messagelog import MessageLog, PostgresMessageLog, SQLiteMessageLog
 from xroad_hub.messagelog.postgres import schema_for_node
+from xroad_hub.node.admin import AdminApi
 from xroad_hub.node.auditapi import AuditApi, Auditor
 from xroad_hub.node.batching import BatchSigner
 from xroad_hub.node.checkpointer import Checkpointer, Timestamper
@@ -45,7 +47,11 @@ from xroad_hub.node.clientauth import ClientAuthenticator, ClientRegistration
 from xroad_hub.node.consumer import ClientProxy, client_authentication
 from xroad_hub.node.evidenceapi import EvidenceApi
 from xroad_hub.node.globalconf_client import GlobalConfClient
+from xroad_hub.node.health import CertCheck, health_app
 from xroad_hub.node.limits import ClientLimits
+from xroad_hub.node.metrics import NodeMetrics
+from xroad_hub.node.operations import NodeOperations
+from xroad_hub.node.opmonitoring import OpMonitor
 from xroad_hub.node.peer import PEER_PATH, PeerTransport
 from xroad_hub.node.provider import ServerProxy
 from xroad_hub.node.runtime import (
@@ -55,6 +61,7 @@ from xroad_hub.node.runtime import (
     NodeRuntime,
     x_road_errors,
 )
+from xroad_hub.node.slo import AlertSender, SloWatch
 from xroad_hub.node.timestamping import fetch_timestamp
 from xroad_hub.node.tls import client_facing_context, peer_client_context, peer_server_context
 from xroad_hub.node.trackerapi import TrackerApi
@@ -72,16 +79,6 @@ from xroad_hub.protocol.subjects import (
 )
 
 __all__ = ["Node"]
-import asyncio
-
-from xroad_hub.node.admin import AdminApi
-from xroad_hub.node.health import CertCheck, health_app
-from xroad_hub.node.metrics import (
-    NodeMetrics,
-)
-from xroad_hub.node.operations import NodeOperations
-from xroad_hub.node.opmonitoring import OpMonitor
-from xroad_hub.node.slo import AlertSender, SloWatch
 
 log = structlog.get_logger("xroad_hub.node")
 

@@ -8,7 +8,6 @@ listeners) and never change how an exchange is served.
 
 from __future__ import annotations
 
-import ipaddress
 import ssl
 import time
 from collections.abc import Awaitable, Callable, Iterator, Mapping
@@ -22,6 +21,7 @@ from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 
 from adapters.flatfile import FlatFileAdapter
 from xroad_hub.federation import NodeConfig
+from xroad_hub.listen import is_loopback_host
 from xroad_hub.node.admin import ADMIN, AdminApi, AdminAudit
 from xroad_hub.node.checkpointer import Checkpointer
 from xroad_hub.node.globalconf_client import GlobalConfClient
@@ -94,8 +94,7 @@ class NodeOperations:
             why = self.globalconf.last_error or "it has expired"
             found.append(
                 Problem(
-                    "globalconf_invalid",
-                    f"no valid global configuration (last download: {why})",
+                    "globalconf_invalid", "no valid global configuration", f"last download: {why}"
                 )
             )
         cp = self.checkpointer
@@ -113,8 +112,8 @@ class NodeOperations:
             found.append(
                 Problem(
                     "messagelog_unwritable",
-                    f"the message log could not be written {now - failed_at:.0f} s"
-                    f" ago: {rt.state.log_failure}",
+                    f"the message log could not be written {now - failed_at:.0f} s ago",
+                    rt.state.log_failure,
                 )
             )
         return found + cert_problems(self._certs, now)
@@ -243,7 +242,7 @@ class NodeOperations:
         """Plain HTTP on a loopback address only; elsewhere HTTPS with the node's
         certificate (administrators authenticate with their API keys)."""
         address = self.config.admin_listen
-        if address is None or _loopback(address[0]):
+        if address is None or is_loopback_host(address[0]):
             return None
         return admin_context(auth.cert, auth.key)
 
@@ -278,19 +277,23 @@ class NodeOperations:
                     {"error": 'send JSON {"enabled": true|false, "message": "why"}'}, status=400
                 )
             message = message[:200]
-            rt.state.maintenance = message if enabled else None
-            if metrics is not None:
-                metrics.maintenance.set(float(enabled))
+            # Recorded before it takes effect: a trail that cannot be written (disk full)
+            # refuses the change rather than letting it happen unrecorded.
             await admin.audit.record(
                 request[ADMIN].name,
                 "maintenance.on" if enabled else "maintenance.off",
                 **({"message": message} if enabled else {}),
             )
+            rt.state.maintenance = message if enabled else None
+            if metrics is not None:
+                metrics.maintenance.set(float(enabled))
             return web.json_response(_maintenance_state(rt))
 
         async def problems(request: web.Request) -> web.Response:
             found = self.problems()
-            return web.json_response({"ready": not found, "problems": [p.as_dict() for p in found]})
+            return web.json_response(
+                {"ready": not found, "problems": [p.as_dict(detailed=True) for p in found]}
+            )
 
         watchers = ("system-administrator", "security-officer", "monitor")
         if metrics is not None:
@@ -399,12 +402,3 @@ def _maintenance_state(rt: NodeRuntime) -> dict[str, object]:
 
 def _cert_check(what: str, paths: CertPaths) -> CertCheck:
     return CertCheck.load(what, paths.cert, paths.key)
-
-
-def _loopback(host: str) -> bool:
-    if host == "localhost":
-        return True
-    try:
-        return ipaddress.ip_address(host).is_loopback
-    except ValueError:
-        return False

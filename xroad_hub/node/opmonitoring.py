@@ -39,7 +39,7 @@ from lxml import etree
 
 from adapters import AdapterResponse
 from xroad_hub.errors import XRoadError
-from xroad_hub.logs import path_shape
+from xroad_hub.logs import mask_numbers, path_shape
 from xroad_hub.messagelog import LogRecord
 from xroad_hub.privatefile import ensure_private
 from xroad_hub.protocol.identifiers import (
@@ -230,12 +230,19 @@ class OpMonitor:
             error = record.error_type if logged else f"{raise_as}.LoggingFailed"
             exc = sys.exception()
             fault = exc.message if isinstance(exc, XRoadError) and exc.code == error else None
+            service = record.service
+            if error is not None and error.endswith(".UnknownService"):
+                # Not a service but what a client typed where its code goes: a person's id
+                # in the wrong place must not reach records that monitoring clients read.
+                service = mask_numbers(service)
+            if fault is not None:
+                fault = mask_numbers(fault)  # faults quote the values they refuse
             started, finished = record.started_at, record.finished_at
             out, back = _request_out.get(), _response_in.get()
             self._queue.append(
                 _Seen(
                     record.role, record.message_id, record.request_id, record.client,
-                    record.service, record.user_id, record.issue, record.represented_party,
+                    service, record.user_id, record.issue, record.represented_party,
                     record.method, record.status, error, fault, started,
                     out if started <= out <= finished else 0.0,
                     back if started <= back <= finished else 0.0,

@@ -21,6 +21,7 @@ from __future__ import annotations
 
 import base64
 import hashlib
+import re
 import secrets
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
@@ -46,6 +47,7 @@ from xroad_hub.protocol.message import canonical
 __all__ = [
     "ANCHOR_FORMAT",
     "MAX_AGE",
+    "REQUEST_ID",
     "Anchor",
     "ParsedRequest",
     "RegistrationError",
@@ -64,6 +66,9 @@ MAX_AGE = timedelta(minutes=5)
 _ECDSA = ec.ECDSA(hashes.SHA256())
 REQUEST_TYPES = ("authCertReg", "clientReg", "cancel")
 _MAX_CSR = 8 * 1024
+# A request id as the central server counts them: ASCII digits that fit SQLite's 64-bit
+# INTEGER (str.isdigit() also takes other scripts' digits, int() any length).
+REQUEST_ID = re.compile(r"[0-9]{1,18}")
 
 
 class RegistrationError(HubError):
@@ -292,11 +297,10 @@ def verify_request(
         except ProtocolError as exc:
             raise RegistrationError("Malformed", f"client: {exc.message}") from exc
         return ParsedRequest(kind, instance, server, nonce, created, client=client)
-    try:
-        request_id = int(_field(request, "request_id", 20))
-    except ValueError as exc:
-        raise RegistrationError("Malformed", "request_id must be a number") from exc
-    return ParsedRequest(kind, instance, server, nonce, created, request_id=request_id)
+    request_id = _field(request, "request_id", 18)
+    if not REQUEST_ID.fullmatch(request_id):
+        raise RegistrationError("Malformed", "request_id must be a number of up to 18 digits")
+    return ParsedRequest(kind, instance, server, nonce, created, request_id=int(request_id))
 
 
 def _verify_auth_cert_reg(
