@@ -175,18 +175,22 @@ async def test_every_log_line_names_its_node(fed: Fed, http, oplog: list[dict[st
 
 _STORM = """
 import asyncio, sys, aiohttp
-async def main(urls):
+async def main(n, urls):
+    done = 0
     async with aiohttp.ClientSession() as http:
         async def hammer(url):
-            while True:
+            nonlocal done
+            while done < n:
+                done += 1
                 try:
                     async with http.get(url) as r:
                         await r.read()
                 except aiohttp.ClientError:
                     pass
         await asyncio.gather(*(hammer(u) for u in urls for _ in range(4)))
-asyncio.run(main(sys.argv[1:]))
+asyncio.run(main(int(sys.argv[1]), sys.argv[2:]))
 """
+STORM_REQUESTS = 3000
 
 
 async def _timed_exchanges(http: aiohttp.ClientSession, fed: Fed, n: int) -> float:
@@ -199,15 +203,30 @@ async def _timed_exchanges(http: aiohttp.ClientSession, fed: Fed, n: int) -> flo
 
 
 async def test_scrape_storm_does_not_slow_exchanges(fed: Fed, http) -> None:
+    """What a scrape storm costs the nodes is measured in their process's CPU time, which a
+    busy shared machine does not inflate as it does wall-clock time: health answers come from
+    memory and an unauthenticated /metrics is refused before any work, so a scrape costs a
+    small fraction of an exchange. Exchanges during the storm are only checked not to stall."""
     await _timed_exchanges(http, fed, 5)  # warm connections
+    cpu = time.process_time()
     baseline = await _timed_exchanges(http, fed, 40)
+    exchange_cpu = (time.process_time() - cpu) / 40
     urls = [
         fed.url(DGA, "health") + "/health/ready",
         fed.url(DBD, "health") + "/health/ready",
         fed.url(DGA, "admin") + "/metrics",  # unauthenticated: refused before any work
         fed.url(DBD, "admin") + "/metrics",
     ]
-    storm = subprocess.Popen([sys.executable, "-c", _STORM, *urls])  # noqa: ASYNC220
+    cpu = time.process_time()
+    storm = subprocess.Popen([sys.executable, "-c", _STORM, str(STORM_REQUESTS), *urls])  # noqa: ASYNC220
+    try:
+        await asyncio.to_thread(storm.wait, 120)
+    finally:
+        storm.kill()
+    scrape_cpu = (time.process_time() - cpu) / STORM_REQUESTS
+    # Under a quarter of one exchange (each exchange passes two nodes, twice logged).
+    assert scrape_cpu < exchange_cpu / 4, (scrape_cpu, exchange_cpu)
+    storm = subprocess.Popen([sys.executable, "-c", _STORM, "1000000", *urls])  # noqa: ASYNC220
     try:
         await asyncio.sleep(1.0)  # the storm is running
         assert storm.poll() is None
@@ -215,5 +234,6 @@ async def test_scrape_storm_does_not_slow_exchanges(fed: Fed, http) -> None:
     finally:
         storm.terminate()
         await asyncio.to_thread(storm.wait, 10)
-    # Generous: the machine is shared and the storm's own process takes CPU too.
-    assert during < 3 * baseline + 0.5, (baseline, during)
+    # No stall: the storm's own process takes CPU from the nodes on a 2-core machine, so
+    # wall-clock time only guards against exchanges waiting on scrapes.
+    assert during < 10 * baseline + 2.0, (baseline, during)
