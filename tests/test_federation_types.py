@@ -182,3 +182,18 @@ def test_a_file_not_in_utf8_is_a_config_error(tmp_path: Path) -> None:
     path.write_bytes(b'instance = "\xff"\n')
     with pytest.raises(ConfigError, match="cannot read federation file"):
         load_federation(path)
+
+
+def test_objectives_are_declared_on_rest_and_soap_services(tmp_path: Path) -> None:
+    soap = (
+        "[[node.soap_service]]\n"
+        'provider = "TH/GOV/DBD/legacy"\nwsdl = "legacy.wsdl"\nanswer_subject = []\n'
+        "slo = { availability = 0.99, latency_ms = 800 }\n"
+    )
+    fed = _load(tmp_path, service="slo = { availability = 0.995 }\n" + soap)
+    node = fed.nodes[0]
+    assert node.services[0].slo is not None and node.services[0].slo.availability == 0.995
+    objective = node.soap_services[0].slo
+    assert objective is not None and (objective.availability, objective.latency_ms) == (0.99, 800)
+    bad = _error(tmp_path, service="slo = { availability = 1.5 }")
+    assert "availability and latency_share must be between 0 and 1" in bad

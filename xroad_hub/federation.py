@@ -356,6 +356,8 @@ class SoapServiceConfig:
     purposes: tuple[str, ...] = _purposes_setting()
     subjects: tuple[Locator, ...] = _subjects()
     answer_subjects: tuple[AnswerLocator, ...] = _answer_subjects()
+    # One objective for every operation of the WSDL (node/slo.py); None: none declared.
+    slo: SloConfig | None = None
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)

@@ -384,6 +384,7 @@ class Node(NodeOperations):
                         subjects=reg.subjects,
                         answer_subjects=reg.answer_subjects,
                         purposes=reg.purposes,
+                        slo=reg.slo,
                     )
                     if cfg.id in others or cfg.id in found:
                         raise ValueError(f"operation {op.name} is already a service code here")
