@@ -163,6 +163,11 @@ class _Seen:
     request_meta: bytes
 
 
+# Per client, service, side and peer node: identifier fields, node addresses and serviceType
+# of the records (OpMonitor._fixed).
+_Fixed = tuple[dict[str, Any], dict[str, Any], str]
+
+
 @dataclass(frozen=True, slots=True)
 class Query:
     """One search of the records: a closed interval of monitoringDataTs (Unix seconds)."""
@@ -302,7 +307,8 @@ class OpMonitor:
         try:
             if batch:
                 ts = int(now)
-                rows = [self._row(seen, ts) for seen in batch]
+                cache: dict[Any, Any] = {}
+                rows = [self._row(seen, ts, cache) for seen in batch]
                 with db:
                     db.executemany(
                         "INSERT INTO records (ts, client, provider, service, producer,"
@@ -328,15 +334,20 @@ class OpMonitor:
         if self._queue:
             self._wake.set()
 
-    def _row(self, seen: _Seen, ts: int) -> tuple[Any, ...]:
-        record = self.to_xroad(seen, ts)
-        provider = str(_provider_of(seen.service))
+    def _row(self, seen: _Seen, ts: int, cache: dict[Any, Any] | None = None) -> tuple[Any, ...]:
+        record = self.to_xroad(seen, ts, cache)
+        found = cache.get(seen.service) if cache is not None else None
+        if found is None:
+            found = (str(_provider_of(seen.service)), _unversioned(seen.service))
+            if cache is not None:
+                cache[seen.service] = found
+        provider, service = found
         duration = max(0, record["responseOutTs"] - record["requestInTs"])
         return (
             ts,
             seen.client,
             provider,
-            _unversioned(seen.service),
+            service,
             1 if seen.role == "provider" else 0,
             record["responseOutTs"],
             duration,
@@ -344,14 +355,57 @@ class OpMonitor:
             orjson.dumps(record),
         )
 
-    def to_xroad(self, seen: _Seen, ts: int) -> dict[str, Any]:
-        """The X-Road operational-monitoring record of one exchange."""
+    def _fixed(self, seen: _Seen, meta: dict[str, Any], cache: dict[Any, Any] | None) -> _Fixed:
+        """What a record takes from its client, service, side and peer node alone: the same
+        for every exchange of that kind, so worked out once per batch (``cache``) and not
+        per record. Within one batch, so addresses follow the global configuration."""
+        target = meta.get("target_node")
+        soap = meta.get("protocol") == "soap"
+        key = (seen.client, seen.service, seen.role, target if isinstance(target, str) else None,
+               soap)  # fmt: skip
+        if cache is not None:
+            found = cache.get(key)
+            if found is not None:
+                return found  # type: ignore[no-any-return]
+        producer = seen.role == "provider"
+        ids: dict[str, Any] = {}
+        _put_client(ids, "client", seen.client)
+        parts = seen.service.split("/")
+        member_service = len(parts) == 4
+        _put_client(ids, "service", "/".join(parts[: 3 if member_service else 4]))
+        ids["serviceCode"] = _cut(parts[3 if member_service else 4])
+        if len(parts) == 6:
+            ids["serviceVersion"] = _cut(parts[5])
+        addresses: dict[str, Any] = {}
+        if self._addresses is not None:
+            try:
+                own, other = self._addresses(seen.client if producer else "", target)
+            except Exception:  # no configuration at hand: the addresses stay out
+                own, other = None, None
+            client_addr, service_addr = (other, own) if producer else (own, other)
+            if client_addr:
+                addresses["clientSecurityServerAddress"] = _cut(client_addr)
+            if service_addr:
+                addresses["serviceSecurityServerAddress"] = _cut(service_addr)
+        unversioned = _unversioned(seen.service)
+        service_type = "WSDL" if soap else self.service_types.get(unversioned, "REST")
+        fixed = (ids, addresses, service_type)
+        if cache is not None:
+            cache[key] = fixed
+        return fixed
+
+    def to_xroad(self, seen: _Seen, ts: int, cache: dict[Any, Any] | None = None) -> dict[str, Any]:
+        """The X-Road operational-monitoring record of one exchange (``cache``: shared by
+        the records of one batch, see ``_fixed``)."""
         try:
             meta = orjson.loads(seen.request_meta)
         except orjson.JSONDecodeError:
             meta = {}
+        if not isinstance(meta, dict):
+            meta = {}
         soap = meta.get("protocol") == "soap"
         producer = seen.role == "provider"
+        ids, addresses, service_type = self._fixed(seen, meta, cache)
         r: dict[str, Any] = {
             "monitoringDataTs": ts,
             "securityServerType": "Producer" if producer else "Client",
@@ -364,13 +418,7 @@ class OpMonitor:
             r["requestOutTs"] = _ms(seen.request_out)
         if seen.response_in:
             r["responseInTs"] = _ms(seen.response_in)
-        _put_client(r, "client", seen.client)
-        parts = seen.service.split("/")
-        member_service = len(parts) == 4
-        _put_client(r, "service", "/".join(parts[: 3 if member_service else 4]))
-        r["serviceCode"] = _cut(parts[3 if member_service else 4])
-        if len(parts) == 6:
-            r["serviceVersion"] = _cut(parts[5])
+        r.update(ids)
         if seen.represented_party:
             cls, _, code = seen.represented_party.rpartition("/")
             if cls:
@@ -382,18 +430,7 @@ class OpMonitor:
         if seen.issue:
             r["messageIssue"] = _cut(seen.issue)
         r["messageProtocolVersion"] = "4.0" if soap else "1"
-        if self._addresses is not None:
-            try:
-                own, other = self._addresses(
-                    seen.client if producer else "", meta.get("target_node")
-                )
-            except Exception:  # no configuration at hand: the addresses stay out
-                own, other = None, None
-            client_addr, service_addr = (other, own) if producer else (own, other)
-            if client_addr:
-                r["clientSecurityServerAddress"] = _cut(client_addr)
-            if service_addr:
-                r["serviceSecurityServerAddress"] = _cut(service_addr)
+        r.update(addresses)
         r["requestSize"] = seen.request_size
         if seen.response_size is not None:
             r["responseSize"] = seen.response_size
@@ -410,7 +447,7 @@ class OpMonitor:
                 # The route only: ids in paths may name persons (as in the node's logs).
                 r["restPath"] = _cut(path_shape(meta["path"] or "/"))
             r["statusCode"] = seen.status
-            r["serviceType"] = self.service_types.get(_unversioned(seen.service), "REST")
+            r["serviceType"] = service_type
         r["xRoadVersion"] = XROAD_HUB_VERSION
         r["xRequestId"] = _cut(seen.request_id)
         return r
