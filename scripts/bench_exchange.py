@@ -11,6 +11,11 @@ Four phases run in the same invocation, with the same load generator and the sam
   loopback client ``TH/GOV/DGA/devportal`` (auth = "http"), i.e. client node -> mutual TLS ->
   provider node -> REST adapter -> the same backend, signed and logged on both nodes.
 
+``--monitoring-matrix`` measures instead what metrics and operational-monitoring records cost:
+four federations on the same backend, alike but for those two switches (off, metrics only,
+opmon only, both), the hub phase run against each in alternating rounds; the node processes'
+CPU per exchange of each mode and its ratio to off (the issue's target: under 1.05).
+
 Process layout (why): on a 2-core machine a load generator sharing an event loop with the
 servers would measure its own cost as well. So the backend and the federation (registry and
 nodes, as ``xroad-hub up`` runs them) each run in a child process of this script, the load
