@@ -11,6 +11,11 @@ Four phases run in the same invocation, with the same load generator and the sam
   loopback client ``TH/GOV/DGA/devportal`` (auth = "http"), i.e. client node -> mutual TLS ->
   provider node -> REST adapter -> the same backend, signed and logged on both nodes.
 
+``--monitoring-matrix`` measures instead what metrics and operational-monitoring records cost:
+four federations on the same backend, alike but for those two switches (off, metrics only,
+opmon only, both), the hub phase run against each in alternating rounds; the node processes'
+CPU per exchange of each mode and its ratio to off (the issue's target: under 1.05).
+
 Process layout (why): on a 2-core machine a load generator sharing an event loop with the
 servers would measure its own cost as well. So the backend and the federation (registry and
 nodes, as ``xroad-hub up`` runs them) each run in a child process of this script, the load
@@ -124,10 +129,15 @@ def spawn_baseline(children: list[Child], name: str, setup: Setup, workdir: Path
 
 
 def prepare_federation(
-    workdir: Path, opmonitoring: bool = True, client_max_concurrent: int | None = None
+    workdir: Path,
+    opmonitoring: bool = True,
+    client_max_concurrent: int | None = None,
+    backend_url: str | None = None,
 ) -> Setup:
-    """Federation file on free loopback ports plus its development PKI, in ``workdir``."""
-    backend_url = f"http://127.0.0.1:{free_port()}"
+    """Federation file on free loopback ports plus its development PKI, in ``workdir``
+    (``backend_url``: a backend already chosen, shared by several federations)."""
+    workdir.mkdir(parents=True, exist_ok=True)
+    backend_url = backend_url or f"http://127.0.0.1:{free_port()}"
     companies = {
         "id": SERVICE,
         "url": f"{backend_url}/companies",
@@ -543,10 +553,162 @@ async def benchmark(
     return EXIT_OK if report["ok"] else EXIT_FAILED_REQUESTS
 
 
+# --------------------------------------------------------------------------------------------
+# Monitoring matrix: what metrics and operational-monitoring records cost per exchange
+# --------------------------------------------------------------------------------------------
+
+# (name, metrics, opmonitoring): four federations, the same in all but these two switches.
+MONITORING_MODES = (
+    ("off", False, False),
+    ("metrics", True, False),
+    ("opmon", False, True),
+    ("both", True, True),
+)
+
+
+@dataclass(slots=True)
+class ModeFederation:
+    name: str
+    setup: Setup
+    nodes: tuple[Child, ...]
+    urls: tuple[str, ...] = ()  # known once the federation answers
+
+
+def _node_cpu_per_exchange(results: Sequence[PhaseResult]) -> float:
+    """CPU of the node processes (the backend, the same in every mode, left out) over every
+    completed exchange of ``results``."""
+    cpu = sum(p.cpu_s for r in results for p in r.processes if p.on_path and p.name != "backend")
+    done = sum(r.completed for r in results)
+    return cpu / done if done else math.nan
+
+
+def monitoring_report(
+    rounds: Sequence[dict[str, PhaseResult]], load: LoadSpec
+) -> dict[str, object]:
+    names = [m[0] for m in MONITORING_MODES]
+    per_mode = {n: [r[n] for r in rounds] for n in names}
+    off = _node_cpu_per_exchange(per_mode["off"])
+    print(
+        f"\nmonitoring cost: {len(rounds)} rounds, modes alternating, concurrency "
+        f"{load.concurrency}, {load.duration:g} s per phase (after {load.warmup:g} s warm-up)"
+    )
+    head = (
+        f"{'mode':<8} {'exch/s':>8} {'node CPU us/exch':>17} {'vs off':>8} "
+        f"{'per round vs off':>28} {'errors':>7}"
+    )
+    print(head)
+    print("-" * len(head))
+    modes: dict[str, object] = {}
+    for n in names:
+        results = per_mode[n]
+        cpu = _node_cpu_per_exchange(results)
+        # The same ratio per round (each against that round's off phase): the spread says
+        # how much of a difference is noise of the shared machine.
+        each = [
+            quotient(_node_cpu_per_exchange([r[n]]), _node_cpu_per_exchange([r["off"]]))
+            for r in rounds
+        ]
+        rate = sum(r.ok for r in results) / sum(r.elapsed_s for r in results)
+        errors = sum(r.errors for r in results)
+        spread = " ".join(f"{x:.3f}" for x in each)
+        print(
+            f"{n:<8} {rate:>8.1f} {cpu * 1e6:>17.0f} {quotient(cpu, off):>8.3f} "
+            f"{spread:>28} {errors:>7}"
+        )
+        for r in results:
+            for sample in r.error_samples:
+                print(f"  {n} error: {sample}")
+            for name in r.exited:
+                print(f"  {n}: the {name} process exited during the phase")
+        modes[n] = {
+            "node_cpu_us_per_exchange": finite(cpu * 1e6, 1),
+            "ratio_vs_off": finite(quotient(cpu, off), 4),
+            "round_ratios_vs_off": [finite(x, 4) for x in each],
+            "exchanges_per_s": round(rate, 1),
+            "ok": sum(r.ok for r in results),
+            "errors": errors,
+        }
+    return {
+        "benchmark": "xroad-hub monitoring cost",
+        "python": platform.python_version(),
+        "cpus": os.cpu_count(),
+        "concurrency": load.concurrency,
+        "duration_s": load.duration,
+        "warmup_s": load.warmup,
+        "rounds": len(rounds),
+        "modes": modes,
+        "ok": not any(r.failed for rs in per_mode.values() for r in rs),
+    }
+
+
+async def monitoring_benchmark(
+    backend: Child, feds: Sequence[ModeFederation], args: argparse.Namespace
+) -> int:
+    for f in feds:
+        _, hub, _ = await wait_ready(f.setup, backend, f.nodes[0], (), args.startup_timeout)
+        f.urls = tuple(hub)
+    print(
+        f"ready: backend pid {backend.pid}; "
+        + "; ".join(f"{f.name}: " + ", ".join(str(c.pid) for c in f.nodes) for f in feds),
+        flush=True,
+    )
+    load = LoadSpec(
+        args.concurrency, args.duration, args.warmup, args.max_requests, args.request_timeout
+    )
+    headers = {"X-Road-Client": CLIENT}
+    servers = (backend, *(c for f in feds for c in f.nodes))
+    rounds: list[dict[str, PhaseResult]] = []
+    for i in range(args.rounds):
+        # Alternating, and each round starting one mode later: drift of the shared machine
+        # (other processes, thermal limits) falls on every mode alike.
+        order = [*feds[i % len(feds) :], *feds[: i % len(feds)]]
+        this: dict[str, PhaseResult] = {}
+        for f in order:
+            on_path = frozenset({"backend", *(c.name for c in f.nodes)})
+            this[f.name] = await run_phase(f.name, f.urls, headers, load, servers, on_path)
+        rounds.append(this)
+    report = monitoring_report(rounds, load)
+    for f in feds:
+        # The switches took: a node keeps its records file exactly when opmonitoring is on.
+        kept = any(f.setup.config.parent.glob("data/**/opmonitoring.sqlite"))
+        wanted = f.name in ("opmon", "both")
+        if kept != wanted:
+            print(f"  {f.name}: opmonitoring.sqlite {'present' if kept else 'missing'}")
+            report["ok"] = False
+    print(json.dumps(report, separators=(",", ":"), allow_nan=False), flush=True)
+    return EXIT_OK if report["ok"] else EXIT_FAILED_REQUESTS
+
+
+def run_matrix(args: argparse.Namespace, workdir: Path, children: list[Child]) -> int:
+    """One backend, four federations (MONITORING_MODES) on their own ports and processes."""
+    configure_logging("warning")
+    backend_url = f"http://127.0.0.1:{free_port()}"
+    backend_addr = backend_url.removeprefix("http://")
+    children.append(spawn("backend", __file__, ["--serve-backend", backend_addr], workdir))
+    feds = []
+    for name, metrics, opmon in MONITORING_MODES:
+        setup = prepare_federation(
+            workdir / name,
+            opmonitoring=opmon,
+            client_max_concurrent=args.concurrency if args.concurrency > 32 else None,
+            backend_url=backend_url,
+        )
+        first = len(children)
+        spawn_federation(
+            children, __file__, setup.config, args.log_level, workdir,
+            client_node=CLIENT_NODE, provider_node=PROVIDER_NODE, one_process=args.one_process,
+            prefix=f"{name}-", extra=() if metrics else ("--no-metrics",),
+        )  # fmt: skip
+        feds.append(ModeFederation(name, setup, tuple(children[first:])))
+    return asyncio.run(monitoring_benchmark(children[0], feds, args))
+
+
 def run(args: argparse.Namespace) -> int:
     workdir = Path(tempfile.mkdtemp(prefix="xroad-bench-", dir=args.tmpdir))
 
     def start_and_measure(children: list[Child]) -> int:
+        if args.monitoring_matrix:
+            return run_matrix(args, workdir, children)
         # The PKI helper logs every file it creates; only problems matter here.
         configure_logging("warning")
         setup = prepare_federation(
@@ -662,6 +824,19 @@ not answer within --startup-timeout; 130 interrupted.""",
         "a run with and one without this flag for the records' cost)",
     )
     parser.add_argument(
+        "--monitoring-matrix",
+        action="store_true",
+        help="instead of the phases above: what metrics and operational-monitoring records "
+        "cost, with four federations (off, metrics only, opmon only, both) measured in "
+        "alternating rounds; node CPU per exchange and its ratio to off",
+    )
+    parser.add_argument(
+        "--rounds",
+        type=int,
+        default=3,
+        help="with --monitoring-matrix: rounds of the four modes (default: 3; --smoke: 1)",
+    )
+    parser.add_argument(
         "--no-baselines",
         action="store_true",
         help="skip the baselines (c) and (d) (two plain proxy hops with mutual TLS; the same "
@@ -689,6 +864,11 @@ not answer within --startup-timeout; 130 interrupted.""",
         help="run one baseline proxy hop (benchhops.py) until SIGTERM",
     )
     internal.add_argument(
+        "--no-metrics",
+        action="store_true",
+        help="with --serve-federation: the nodes keep no metrics",
+    )
+    internal.add_argument(
         "--only",
         metavar="COMPONENTS",
         help="with --serve-federation: comma-separated components to run (registry, node ids)",
@@ -709,10 +889,16 @@ def main(argv: Sequence[str] | None = None) -> int:
         )
         return EXIT_OK
     if args.serve_federation:
-        asyncio.run(serve_federation(args.serve_federation, args.log_level, args.only))
+        asyncio.run(
+            serve_federation(
+                args.serve_federation, args.log_level, args.only, metrics=not args.no_metrics
+            )
+        )
         return EXIT_OK
     if args.smoke:
-        args.concurrency, args.duration, args.warmup = 4, 1.0, 0.2
+        args.concurrency, args.duration, args.warmup, args.rounds = 4, 1.0, 0.2, 1
+    if args.rounds < 1:
+        parser.error("--rounds must be >= 1")
     if args.concurrency < 1 or args.duration <= 0 or args.max_requests < 1 or args.warmup < 0:
         parser.error("--concurrency and --max-requests must be >= 1, --duration > 0, --warmup >= 0")
     return run(args)

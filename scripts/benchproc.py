@@ -119,9 +119,12 @@ async def serve_app(app: web.Application, address: str) -> None:
         await runner.cleanup()
 
 
-async def serve_federation(config: Path, log_level: str, only: str | None) -> None:
+async def serve_federation(
+    config: Path, log_level: str, only: str | None, *, metrics: bool = True
+) -> None:
     """Run the components ``only`` (comma-separated; all when None) of the federation file
-    ``config``, with certs/ and data/ next to it, until stopped."""
+    ``config``, with certs/ and data/ next to it, until stopped (``metrics``: False, the
+    nodes keep no metrics, to measure what they cost)."""
     # JSON lines to stderr (the child's log file), as `xroad-hub up` writes them.
     configure_logging(log_level, json=True)
     federation = Federation(
@@ -129,6 +132,7 @@ async def serve_federation(config: Path, log_level: str, only: str | None) -> No
         config.parent / "certs",
         config.parent / "data",
         only=frozenset(only.split(",")) if only else None,
+        metrics=metrics,
     )
     try:
         await federation.start()
@@ -320,6 +324,8 @@ def spawn_federation(
     provider_node: str,
     one_process: bool,
     one_process_only: str | None = None,
+    prefix: str = "",
+    extra: Sequence[str] = (),
 ) -> None:
     """Start the federation of ``config`` as children of ``script`` (``--serve-federation``),
     appended to ``children`` one by one so that the caller stops whatever did start.
@@ -327,13 +333,15 @@ def spawn_federation(
     ``one_process``: registry and nodes in one process (as `xroad-hub up` runs them), limited
     to ``one_process_only`` if given; otherwise each node in a process of its own, as one
     node per agency would run, with the registry riding along with the client's node.
+    ``prefix`` names the children of one of several federations; ``extra``: more arguments
+    for the children (``--no-metrics``).
     """
-    serve = ["--serve-federation", str(config), "--log-level", log_level]
+    serve = ["--serve-federation", str(config), "--log-level", log_level, *extra]
     if one_process:
         only = ["--only", one_process_only] if one_process_only else []
-        children.append(spawn("federation", script, [*serve, *only], workdir))
+        children.append(spawn(f"{prefix}federation", script, [*serve, *only], workdir))
         return
-    children.append(
-        spawn("client-node", script, [*serve, "--only", f"registry,{client_node}"], workdir)
-    )
-    children.append(spawn("provider-node", script, [*serve, "--only", provider_node], workdir))
+    client = [*serve, "--only", f"registry,{client_node}"]
+    children.append(spawn(f"{prefix}client-node", script, client, workdir))
+    provider = [*serve, "--only", provider_node]
+    children.append(spawn(f"{prefix}provider-node", script, provider, workdir))

@@ -40,3 +40,27 @@ def test_bench_exchange_smoke_run() -> None:
         assert on_path == {"backend", *hops}, output
         assert report["hub_vs_baselines"][name]["server_cpu_per_exchange_ratio"] > 0, output
     assert "hub/(c): server CPU per request" in proc.stdout, output
+
+
+@pytest.mark.slow
+def test_bench_exchange_monitoring_matrix_smoke_run() -> None:
+    """The four monitoring modes each run on their own federation and are reported against
+    the run with both switched off (figures only, no timing asserted)."""
+    proc = subprocess.run(
+        [sys.executable, str(SCRIPT), "--smoke", "--monitoring-matrix"],
+        capture_output=True,
+        text=True,
+        timeout=180,
+        check=False,
+    )
+    output = f"stdout:\n{proc.stdout[-3000:]}\nstderr:\n{proc.stderr[-3000:]}"
+    assert proc.returncode == 0, output
+    report = json.loads(proc.stdout.strip().splitlines()[-1])
+    assert report["benchmark"] == "xroad-hub monitoring cost", output
+    assert report["ok"] is True, output
+    assert list(report["modes"]) == ["off", "metrics", "opmon", "both"], output
+    for name, mode in report["modes"].items():
+        assert mode["ok"] > 0 and mode["errors"] == 0, (name, output)
+        assert mode["node_cpu_us_per_exchange"] > 0, (name, output)
+        assert len(mode["round_ratios_vs_off"]) == report["rounds"] == 1, (name, output)
+    assert report["modes"]["off"]["ratio_vs_off"] == 1.0, output

@@ -139,6 +139,37 @@ def test_label_values_are_bounded() -> None:
     assert m.append_failures._value.get() == 1
 
 
+def test_label_values_follow_admission_after_repeats() -> None:
+    """The series an exchange updates are resolved once per kind of exchange: a service
+    counted as "other" before it was known counts under its name once it is, however many
+    times the same kind of exchange came before."""
+    m = NodeMetrics("TH/GOV/DBD/hub1")
+    client, service = "TH/GOV/DGA/devportal", "TH/GOV/DBD/registry/new"
+    unknown = "Server.ServerProxy.UnknownService"
+    for _ in range(3):
+        m.exchange(_record(service, client, unknown, 500), 0.001)
+    for _ in range(2):
+        m.exchange(_record(service + "/v2", client, None), 0.001)
+    for _ in range(4):
+        m.exchange(_record(service, client, unknown, 500), 0.001)
+    values = {
+        (s.labels["service"], s.labels["outcome"]): s.value
+        for family in m.registry.collect()
+        if family.name == "xroad_hub_exchanges"
+        for s in family.samples
+        if s.name.endswith("_total")
+    }
+    assert values == {("other", unknown): 3, (service, "ok"): 2, (service, unknown): 4}
+    durations = {
+        s.labels["service"]: s.value
+        for family in m.registry.collect()
+        if family.name == "xroad_hub_exchange_duration_seconds"
+        for s in family.samples
+        if s.name.endswith("_count")
+    }
+    assert durations == {"other": 3, service: 6}
+
+
 @pytest.fixture
 def oplog() -> Iterator[list[dict[str, Any]]]:
     """Every event logged while the test runs, with the context bound to it (as

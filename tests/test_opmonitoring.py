@@ -8,6 +8,7 @@ client does: through its own node, service of the owner member, securityServer h
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import gzip
 import os
 import time
@@ -523,3 +524,48 @@ async def test_node_slo_cli_prints_burn_per_service(
     code = await asyncio.to_thread(main, slo)
     captured = capsys.readouterr()
     assert code == 2 and "cannot ask" in captured.err and "Traceback" not in captured.err
+
+
+def test_stored_records_read_as_written_and_keep_no_ids_of_paths(tmp_path: Path) -> None:
+    """The writer keeps values, the X-Road record is built when read: it is the same record,
+    records stored whole by earlier versions still read, and no id of a path is on disk."""
+    from .sqlite_db import sqlite_db
+
+    store = _store_at(tmp_path, flush_interval=0.01, internal_ip="10.1.2.3")
+    store.start()
+    try:
+        record = _log_record(7)
+        meta = {"path": "/items/1234567890123", "target_node": PROVIDER_NODE}
+        record = dataclasses.replace(record, request_meta=orjson.dumps(meta))
+        store.observe(record)
+        store.flush()
+        assert store.written == 1
+        now = time.time() + 5
+        (got,), _ = store.query(Query(0, int(now) - 1), now=now)
+        expected = {
+            "securityServerType": "Producer", "securityServerInternalIp": "10.1.2.3",
+            "requestInTs": int(record.started_at * 1000),
+            "responseOutTs": int(record.finished_at * 1000),
+            "clientXRoadInstance": "TH", "clientMemberClass": "GOV", "clientMemberCode": "DGA",
+            "clientSubsystemCode": "devportal", "serviceXRoadInstance": "TH",
+            "serviceMemberClass": "GOV", "serviceMemberCode": "DBD",
+            "serviceSubsystemCode": "registry", "serviceCode": "echo", "messageId": "m7",
+            "messageProtocolVersion": "1", "requestSize": 0, "responseSize": 2,
+            "succeeded": True, "restMethod": "GET", "restPath": "/items/{id}",
+            "statusCode": 200, "serviceType": "REST", "xRoadVersion": "xroad-hub/1",
+            "xRequestId": "r7",
+        }  # fmt: skip
+        assert {k: v for k, v in got.items() if k != "monitoringDataTs"} == expected
+        old = {**expected, "monitoringDataTs": 1000, "messageId": "old"}
+        with sqlite_db(store.path) as db, db:
+            db.execute(
+                "INSERT INTO records (ts, client, provider, service, producer, finished_ms,"
+                " duration_ms, bad, data) VALUES (1000, ?, ?, ?, 1, 1, 0, 0, ?)",
+                (DEV, "TH/GOV/DBD/registry", "TH/GOV/DBD/registry/echo", orjson.dumps(old)),
+            )
+        records, _ = store.query(Query(0, int(now) - 1), now=now)
+        assert records[0] == old and records[1] == got
+    finally:
+        store.stop()
+    on_disk = b"".join(p.read_bytes() for p in tmp_path.glob("opmon.sqlite*"))
+    assert b"m7" in on_disk and b"1234567890123" not in on_disk

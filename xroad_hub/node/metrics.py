@@ -56,6 +56,9 @@ _LATENCY_BUCKETS = (
 )  # fmt: skip
 _APPEND_BUCKETS = (0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 5.0)
 _BATCH_BUCKETS = (1, 2, 4, 8, 16, 32, 64, 128, 256, 512, 1024)
+# Label children resolved once per (side, service, client, outcome) kept at most this many
+# times; beyond, exchanges take the slower way through ``labels`` (same counts).
+_MAX_CACHED_CHILDREN = 4096
 
 
 @dataclass
@@ -124,6 +127,10 @@ def outcome_of(error_type: str | None, status: int) -> str:
     if error_type is None:
         return "ok" if status < 500 else "http_5xx"
     return error_type if _ERROR_TYPE.fullmatch(error_type) else OTHER
+
+
+# A counter's and three histograms' children, and whether they may be cached.
+_Series = tuple[Any, Any, Any, Any, bool]
 
 
 class NodeMetrics:
@@ -202,6 +209,23 @@ class NodeMetrics:
         self._services = _Bounded(known=hosted_services)
         self._clients = _Bounded()
         self._outcomes = _Bounded(64)
+        # The four series an exchange updates, by what the exchange's labels are made of:
+        # ``labels()`` costs more than the update itself (the exchange path, twice per
+        # exchange). Only exchanges whose labels all were admitted are kept: an admitted
+        # value stays admitted, while "other" may later become the value itself.
+        self._children: dict[tuple[str, str, str, str | None, bool], _Series] = {}
+
+    def _series(self, side: str, raw_service: str, raw_client: str, outcome: str) -> _Series:
+        outcome = self._outcomes(outcome)
+        service = self._services(_unversioned(raw_service), admit=_service_exists(outcome))
+        client = self._clients(raw_client)
+        return (
+            self.exchanges.labels(side, service, client, outcome),
+            self.duration.labels(side, service),
+            self.node_time.labels(side, service),
+            self.backend_time.labels(side, service),
+            OTHER not in (service, client, outcome),
+        )
 
     def exchange(self, record: LogRecord, append_seconds: float | None) -> None:
         """Count one logged exchange (``append_seconds``: None if logging it failed)."""
@@ -209,15 +233,22 @@ class NodeMetrics:
         backend = 0.0
         if timing is not None:
             backend, timing.backend = timing.backend, 0.0
-        outcome = self._outcomes(outcome_of(record.error_type, record.status))
-        service = self._services(_unversioned(record.service), admit=_service_exists(outcome))
-        client = self._clients(record.client)
-        side = record.role
-        self.exchanges.labels(side, service, client, outcome).inc()
-        total = max(0.0, record.finished_at - record.started_at)
-        self.duration.labels(side, service).observe(total)
-        self.node_time.labels(side, service).observe(max(0.0, total - backend))
-        self.backend_time.labels(side, service).observe(backend)
+        error, status = record.error_type, record.status
+        key = (record.role, record.service, record.client, error, error is None and status >= 500)
+        series = self._children.get(key)
+        if series is None:
+            series = self._series(record.role, record.service, record.client,
+                                  outcome_of(error, status))  # fmt: skip
+            if series[4] and len(self._children) < _MAX_CACHED_CHILDREN:
+                self._children[key] = series
+        exchanges, duration, node_time, backend_time, _ = series
+        exchanges.inc()
+        total = record.finished_at - record.started_at
+        if total < 0.0:
+            total = 0.0
+        duration.observe(total)
+        node_time.observe(total - backend if total > backend else 0.0)
+        backend_time.observe(backend)
         if append_seconds is None:
             self.append_failures.inc()
         else:

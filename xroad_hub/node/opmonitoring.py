@@ -163,6 +163,21 @@ class _Seen:
     request_meta: bytes
 
 
+# Per client, service, side and peer node: the client's and the service's node address and
+# serviceType of the records (OpMonitor._fixed).
+_Fixed = tuple[str | None, str | None, str]
+
+# A stored record (the data column) is a JSON array of these values (OpMonitor._stored);
+# the X-Road record is built from it when read (_record). Arrays, as records are written
+# far more often than read. A JSON object there is a record as stored before (kept as is).
+_STORED_VERSION = 1
+(_S_VERSION, _S_ROLE, _S_MESSAGE_ID, _S_REQUEST_ID, _S_CLIENT, _S_SERVICE, _S_USER_ID,
+ _S_ISSUE, _S_REPRESENTED, _S_METHOD, _S_STATUS, _S_ERROR, _S_FAULT, _S_STARTED,
+ _S_REQUEST_OUT, _S_RESPONSE_IN, _S_FINISHED, _S_REQUEST_SIZE, _S_RESPONSE_SIZE, _S_SOAP,
+ _S_ROUTE, _S_CLIENT_ADDR, _S_SERVICE_ADDR, _S_SERVICE_TYPE,
+ _S_INTERNAL_IP) = range(25)  # fmt: skip
+
+
 @dataclass(frozen=True, slots=True)
 class Query:
     """One search of the records: a closed interval of monitoringDataTs (Unix seconds)."""
@@ -286,6 +301,9 @@ class OpMonitor:
         db = sqlite3.connect(self.path, timeout=5.0, isolation_level=None)
         db.execute("PRAGMA journal_mode=WAL")
         db.execute("PRAGMA synchronous=NORMAL")
+        # The log file is copied into the store (and reused) every 1 MiB rather than 4: the
+        # files on disk stay near the records' own size, whatever the write pattern.
+        db.execute("PRAGMA wal_autocheckpoint=256")
         return db
 
     def _run(self) -> None:
@@ -309,13 +327,10 @@ class OpMonitor:
         try:
             if batch:
                 ts = int(now)
-                rows = [self._row(seen, ts) for seen in batch]
+                cache: dict[Any, Any] = {}
+                rows = [self._row(seen, ts, cache) for seen in batch]
                 with db:
-                    db.executemany(
-                        "INSERT INTO records (ts, client, provider, service, producer,"
-                        " finished_ms, duration_ms, bad, data) VALUES (?,?,?,?,?,?,?,?,?)",
-                        rows,
-                    )
+                    _insert(db, rows)
                     # The size bound: the oldest records beyond it go first.
                     db.execute(
                         "DELETE FROM records WHERE id <= (SELECT MAX(id) FROM records) - ?",
@@ -335,92 +350,93 @@ class OpMonitor:
         if self._queue:
             self._wake.set()
 
-    def _row(self, seen: _Seen, ts: int) -> tuple[Any, ...]:
-        record = self.to_xroad(seen, ts)
-        provider = str(_provider_of(seen.service))
-        duration = max(0, record["responseOutTs"] - record["requestInTs"])
+    def _row(self, seen: _Seen, ts: int, cache: dict[Any, Any] | None = None) -> tuple[Any, ...]:
+        """The stored row of one exchange: the columns queries filter on, and the values its
+        X-Road record is built from when read (``_record``): the writer builds no record."""
+        stored = self._stored(seen, cache)
+        found = cache.get(seen.service) if cache is not None else None
+        if found is None:
+            found = (str(_provider_of(seen.service)), _unversioned(seen.service))
+            if cache is not None:
+                cache[seen.service] = found
+        provider, service = found
+        error, status, soap = seen.error_type, seen.status, stored[_S_SOAP]
+        finished_ms = _ms(seen.finished)
+        # Spends the service's error budget (see PROVIDER_FAULTS).
+        if error is not None:
+            bad = _cut(error).rsplit(".", 1)[-1] in PROVIDER_FAULTS
+        else:
+            bad = not soap and status >= 500
         return (
             ts,
             seen.client,
             provider,
-            _unversioned(seen.service),
+            service,
             1 if seen.role == "provider" else 0,
-            record["responseOutTs"],
-            duration,
-            1 if _counts_against(record) else 0,
-            orjson.dumps(record),
+            finished_ms,
+            max(0, finished_ms - _ms(seen.started)),
+            1 if bad else 0,
+            orjson.dumps(stored),
         )
 
-    def to_xroad(self, seen: _Seen, ts: int) -> dict[str, Any]:
-        """The X-Road operational-monitoring record of one exchange."""
+    def _fixed(self, seen: _Seen, meta: dict[str, Any], cache: dict[Any, Any] | None) -> _Fixed:
+        """What a record takes from its client, service, side and peer node alone (node
+        addresses, serviceType): the same for every exchange of that kind, so worked out
+        once per batch (``cache``), not per record; per batch, so that addresses follow the
+        global configuration."""
+        target = meta.get("target_node")
+        soap = meta.get("protocol") == "soap"
+        key = (seen.client, seen.service, seen.role, target if isinstance(target, str) else None,
+               soap)  # fmt: skip
+        if cache is not None:
+            found = cache.get(key)
+            if found is not None:
+                return found  # type: ignore[no-any-return]
+        producer = seen.role == "provider"
+        client_addr = service_addr = None
+        if self._addresses is not None:
+            try:
+                own, other = self._addresses(seen.client if producer else "", target)
+            except Exception:  # no configuration at hand: the addresses stay out
+                own, other = None, None
+            client_addr, service_addr = (other, own) if producer else (own, other)
+        service_type = (
+            "WSDL" if soap else self.service_types.get(_unversioned(seen.service), "REST")
+        )
+        fixed = (client_addr or None, service_addr or None, service_type)
+        if cache is not None:
+            cache[key] = fixed
+        return fixed
+
+    def _stored(self, seen: _Seen, cache: dict[Any, Any] | None) -> list[Any]:
+        """What is kept of one exchange (the layout of ``_S_*``): its own values, the route
+        of its path (never the path: ids in paths may name persons) and the node's
+        addresses as the configuration had them then."""
         try:
             meta = orjson.loads(seen.request_meta)
         except orjson.JSONDecodeError:
             meta = {}
+        if not isinstance(meta, dict):
+            meta = {}
         soap = meta.get("protocol") == "soap"
-        producer = seen.role == "provider"
-        r: dict[str, Any] = {
-            "monitoringDataTs": ts,
-            "securityServerType": "Producer" if producer else "Client",
-            "requestInTs": _ms(seen.started),
-            "responseOutTs": _ms(seen.finished),
-        }
-        if self.internal_ip:
-            r["securityServerInternalIp"] = self.internal_ip
-        if seen.request_out:
-            r["requestOutTs"] = _ms(seen.request_out)
-        if seen.response_in:
-            r["responseInTs"] = _ms(seen.response_in)
-        _put_client(r, "client", seen.client)
-        parts = seen.service.split("/")
-        member_service = len(parts) == 4
-        _put_client(r, "service", "/".join(parts[: 3 if member_service else 4]))
-        r["serviceCode"] = _cut(parts[3 if member_service else 4])
-        if len(parts) == 6:
-            r["serviceVersion"] = _cut(parts[5])
-        if seen.represented_party:
-            cls, _, code = seen.represented_party.rpartition("/")
-            if cls:
-                r["representedPartyClass"] = _cut(cls)
-            r["representedPartyCode"] = _cut(code)
-        r["messageId"] = _cut(seen.message_id)
-        if seen.user_id:
-            r["messageUserId"] = _cut(seen.user_id)
-        if seen.issue:
-            r["messageIssue"] = _cut(seen.issue)
-        r["messageProtocolVersion"] = "4.0" if soap else "1"
-        if self._addresses is not None:
-            try:
-                own, other = self._addresses(
-                    seen.client if producer else "", meta.get("target_node")
-                )
-            except Exception:  # no configuration at hand: the addresses stay out
-                own, other = None, None
-            client_addr, service_addr = (other, own) if producer else (own, other)
-            if client_addr:
-                r["clientSecurityServerAddress"] = _cut(client_addr)
-            if service_addr:
-                r["serviceSecurityServerAddress"] = _cut(service_addr)
-        r["requestSize"] = seen.request_size
-        if seen.response_size is not None:
-            r["responseSize"] = seen.response_size
-        r["succeeded"] = seen.error_type is None
-        if seen.error_type:
-            r["faultCode"] = _cut(seen.error_type)
-            if seen.fault_string:
-                r["faultString"] = _cut(seen.fault_string)
-        if soap:
-            r["serviceType"] = "WSDL"
-        else:
-            r["restMethod"] = _cut(seen.method)
-            if producer and isinstance(meta.get("path"), str):
-                # The route only: ids in paths may name persons (as in the node's logs).
-                r["restPath"] = _cut(path_shape(meta["path"] or "/"))
-            r["statusCode"] = seen.status
-            r["serviceType"] = self.service_types.get(_unversioned(seen.service), "REST")
-        r["xRoadVersion"] = XROAD_HUB_VERSION
-        r["xRequestId"] = _cut(seen.request_id)
-        return r
+        client_addr, service_addr, service_type = self._fixed(seen, meta, cache)
+        path = meta.get("path")
+        route = (
+            path_shape(path or "/")
+            if not soap and seen.role == "provider" and isinstance(path, str)
+            else None
+        )
+        return [
+            _STORED_VERSION, seen.role, seen.message_id, seen.request_id, seen.client,
+            seen.service, seen.user_id, seen.issue, seen.represented_party, seen.method,
+            seen.status, seen.error_type, seen.fault_string, seen.started, seen.request_out,
+            seen.response_in, seen.finished, seen.request_size, seen.response_size, soap,
+            route, client_addr, service_addr, service_type, self.internal_ip,
+        ]  # fmt: skip
+
+    def to_xroad(self, seen: _Seen, ts: int, cache: dict[Any, Any] | None = None) -> dict[str, Any]:
+        """The X-Road operational-monitoring record of one exchange."""
+        return _record(ts, self._stored(seen, cache))
 
     # -- queries (run in a thread: they read the file) -------------------------------------
 
@@ -471,8 +487,8 @@ class OpMonitor:
         if q.fields:
             fields.add("monitoringDataTs")  # X-Road: always there when a field is asked
         out = []
-        for _, data in rows:
-            record = orjson.loads(data)
+        for ts, data in rows:
+            record = _record(ts, orjson.loads(data))
             out.append({k: v for k, v in record.items() if k in fields})
         return out, next_from
 
@@ -485,15 +501,15 @@ class OpMonitor:
         since = max(self.started_at, now - STATISTICS_PERIOD)
         with contextlib.closing(self._connect()) as db:
             rows = db.execute(
-                "SELECT service, data FROM records WHERE producer = 1 AND finished_ms >= ?"
+                "SELECT service, ts, data FROM records WHERE producer = 1 AND finished_ms >= ?"
                 " ORDER BY id",
                 (_ms(self.started_at),),
             ).fetchall()
         services: dict[str, dict[str, Any]] = {}
-        for service, data in rows:
+        for service, ts, data in rows:
             if partner is not None and _provider_of(service) != partner:
                 continue
-            r = orjson.loads(data)
+            r = _record(ts, orjson.loads(data))
             s = services.setdefault(
                 service,
                 {"ok": [], "failed": 0, "last_ok": None, "last_failed": None,
@@ -564,6 +580,87 @@ class OpMonitor:
         return _health_answer(soap, health)
 
 
+_INSERT = (
+    "INSERT INTO records (ts, client, provider, service, producer, finished_ms, duration_ms,"
+    " bad, data) VALUES "
+)
+_ROW_PLACES = "(?,?,?,?,?,?,?,?,?)"
+# Rows per INSERT statement. sqlite3 lets go of the GIL for every step of a statement and
+# takes it back after: row by row (executemany), each time the event loop had to hand it
+# over (forced switches every 5 ms while it is busy). One statement per chunk of rows.
+_ROWS_PER_INSERT = 256
+
+
+def _insert(db: sqlite3.Connection, rows: list[tuple[Any, ...]]) -> None:
+    for i in range(0, len(rows), _ROWS_PER_INSERT):
+        chunk = rows[i : i + _ROWS_PER_INSERT]
+        # One statement text per chunk size: the connection's statement cache prepares the
+        # full chunk's once, the last (shorter) chunk's once per size.
+        sql = _INSERT + ",".join([_ROW_PLACES] * len(chunk))
+        db.execute(sql, [value for row in chunk for value in row])
+
+
+def _record(ts: int, v: Any) -> dict[str, Any]:
+    """The X-Road operational-monitoring record of a stored one (``OpMonitor._stored``)."""
+    if isinstance(v, dict):
+        return v  # stored as a whole record
+    producer = v[_S_ROLE] == "provider"
+    soap = v[_S_SOAP]
+    r: dict[str, Any] = {
+        "monitoringDataTs": ts,
+        "securityServerType": "Producer" if producer else "Client",
+        "requestInTs": _ms(v[_S_STARTED]),
+        "responseOutTs": _ms(v[_S_FINISHED]),
+    }
+    if v[_S_INTERNAL_IP]:
+        r["securityServerInternalIp"] = v[_S_INTERNAL_IP]
+    if v[_S_REQUEST_OUT]:
+        r["requestOutTs"] = _ms(v[_S_REQUEST_OUT])
+    if v[_S_RESPONSE_IN]:
+        r["responseInTs"] = _ms(v[_S_RESPONSE_IN])
+    _put_client(r, "client", v[_S_CLIENT])
+    parts = v[_S_SERVICE].split("/")
+    member_service = len(parts) == 4
+    _put_client(r, "service", "/".join(parts[: 3 if member_service else 4]))
+    r["serviceCode"] = _cut(parts[3 if member_service else 4])
+    if len(parts) == 6:
+        r["serviceVersion"] = _cut(parts[5])
+    if v[_S_REPRESENTED]:
+        cls, _, code = v[_S_REPRESENTED].rpartition("/")
+        if cls:
+            r["representedPartyClass"] = _cut(cls)
+        r["representedPartyCode"] = _cut(code)
+    r["messageId"] = _cut(v[_S_MESSAGE_ID])
+    if v[_S_USER_ID]:
+        r["messageUserId"] = _cut(v[_S_USER_ID])
+    if v[_S_ISSUE]:
+        r["messageIssue"] = _cut(v[_S_ISSUE])
+    r["messageProtocolVersion"] = "4.0" if soap else "1"
+    if v[_S_CLIENT_ADDR]:
+        r["clientSecurityServerAddress"] = _cut(v[_S_CLIENT_ADDR])
+    if v[_S_SERVICE_ADDR]:
+        r["serviceSecurityServerAddress"] = _cut(v[_S_SERVICE_ADDR])
+    r["requestSize"] = v[_S_REQUEST_SIZE]
+    if v[_S_RESPONSE_SIZE] is not None:
+        r["responseSize"] = v[_S_RESPONSE_SIZE]
+    r["succeeded"] = v[_S_ERROR] is None
+    if v[_S_ERROR]:
+        r["faultCode"] = _cut(v[_S_ERROR])
+        if v[_S_FAULT]:
+            r["faultString"] = _cut(v[_S_FAULT])
+    if soap:
+        r["serviceType"] = "WSDL"
+    else:
+        r["restMethod"] = _cut(v[_S_METHOD])
+        if v[_S_ROUTE] is not None:
+            r["restPath"] = _cut(v[_S_ROUTE])
+        r["statusCode"] = v[_S_STATUS]
+        r["serviceType"] = v[_S_SERVICE_TYPE]
+    r["xRoadVersion"] = XROAD_HUB_VERSION
+    r["xRequestId"] = _cut(v[_S_REQUEST_ID])
+    return r
+
+
 def _provider_of(service: str) -> ClientId:
     """The provider part of a logged service id (``.../SUBSYSTEM/CODE[/VERSION]`` or a
     member service ``.../MEMBER/CODE``)."""
@@ -591,13 +688,6 @@ def _put_client(r: dict[str, Any], prefix: str, ident: str) -> None:
     names = ("XRoadInstance", "MemberClass", "MemberCode", "SubsystemCode")
     for name, value in zip(names, parts, strict=False):
         r[prefix + name] = _cut(value)
-
-
-def _counts_against(r: dict[str, Any]) -> bool:
-    """Whether a record spends the service's error budget (see PROVIDER_FAULTS)."""
-    if not r["succeeded"]:
-        return str(r.get("faultCode", "")).rsplit(".", 1)[-1] in PROVIDER_FAULTS
-    return int(r.get("statusCode") or 0) >= 500
 
 
 def _client_columns(ident: ClientId) -> str:
@@ -849,8 +939,11 @@ CREATE TABLE IF NOT EXISTS records (
     finished_ms INTEGER NOT NULL, -- responseOutTs
     duration_ms INTEGER NOT NULL,
     bad INTEGER NOT NULL,         -- spends the service's error budget
-    data BLOB NOT NULL            -- the X-Road record, JSON
+    data BLOB NOT NULL            -- what the record is built from (_stored), JSON
 );
 CREATE INDEX IF NOT EXISTS records_ts ON records (ts);
-CREATE INDEX IF NOT EXISTS records_service ON records (service, finished_ms);
+-- Service-level objectives read the provider side only (window_counts): the client side's
+-- records, half of them on a node that is both, need not pay for this index on insert.
+DROP INDEX IF EXISTS records_service;
+CREATE INDEX IF NOT EXISTS records_served ON records (service, finished_ms) WHERE producer = 1;
 """
