@@ -401,23 +401,27 @@ async def test_cli_compares_with_the_registry_witness(
     assert "entries were removed" in bad.stdout and "BAD log: no checkpoint" in bad.stdout
 
 
+async def _log_with_uncovered_entries(fed: Fed, http, path: Path, uncovered: int) -> Path:  # type: ignore[no-untyped-def]
+    """A copy at ``path`` of the provider's log: witnessed up to a fresh checkpoint (of at
+    least one entry, whichever tests ran before), then ``uncovered`` more entries."""
+    node = fed.federation.nodes[DBD]
+    url = fed.url(DGA) + "/r1/TH/GOV/DBD/registry/echo/late"
+    for i in range(1 + uncovered):
+        if i == 1:
+            await node.checkpointer.checkpoint()
+        async with http.post(url, data=b"x", headers={**DEV, "X-Road-Id": str(uuid.uuid4())}):
+            pass
+    with sqlite_db(node.runtime.log.path) as a, sqlite_db(path) as b:
+        a.backup(b)
+    return path
+
+
 async def test_entries_after_the_last_witnessed_checkpoint_are_counted(
     fed: Fed, http, tmp_path: Path
 ) -> None:
     """Entries newer than the last checkpoint are normal in a live log (said, not failed);
     left uncovered longer than the grace period, they fail."""
-    node = fed.federation.nodes[DBD]
-    url = fed.url(DGA) + "/r1/TH/GOV/DBD/registry/echo/late"
-    # At least one entry for the checkpoint to cover, whichever tests ran before.
-    async with http.post(url, data=b"x", headers={**DEV, "X-Road-Id": str(uuid.uuid4())}):
-        pass
-    await node.checkpointer.checkpoint()
-    for _ in range(3):
-        async with http.post(url, data=b"x", headers={**DEV, "X-Road-Id": str(uuid.uuid4())}):
-            pass
-    path = tmp_path / "live.sqlite"
-    with sqlite_db(node.runtime.log.path) as a, sqlite_db(path) as b:
-        a.backup(b)
+    path = await _log_with_uncovered_entries(fed, http, tmp_path / "live.sqlite", 3)
     report = verify_log(path, _root(fed))
     assert report.ok, [str(f) for f in report.findings]
     assert report.uncovered == 3 and report.covered == report.entries - 3
@@ -436,18 +440,7 @@ async def test_rewritten_finish_times_do_not_make_old_uncovered_entries_young(
 ) -> None:
     """A node that rewrites the finish times of its uncovered entries to 'now' (no checkpoint
     covers them, so the tree does not object) is still dated by what the members signed."""
-    node = fed.federation.nodes[DBD]
-    url = fed.url(DGA) + "/r1/TH/GOV/DBD/registry/echo/late"
-    # At least one entry for the checkpoint to cover, whichever tests ran before.
-    async with http.post(url, data=b"x", headers={**DEV, "X-Road-Id": str(uuid.uuid4())}):
-        pass
-    await node.checkpointer.checkpoint()
-    for _ in range(2):
-        async with http.post(url, data=b"x", headers={**DEV, "X-Road-Id": str(uuid.uuid4())}):
-            pass
-    path = tmp_path / "rewritten.sqlite"
-    with sqlite_db(node.runtime.log.path) as a, sqlite_db(path) as b:
-        a.backup(b)
+    path = await _log_with_uncovered_entries(fed, http, tmp_path / "rewritten.sqlite", 2)
     report = verify_log(path, _root(fed))
     later = time.time() + 7200
     with sqlite_db(path) as conn:
