@@ -43,7 +43,7 @@ from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric import ec
 
 from xroad_hub.federation import AdminConfig
-from xroad_hub.node.admin import ADMIN, AdminApi, AdminAudit
+from xroad_hub.node.admin import ADMIN, AdminApi
 from xroad_hub.pki import (
     generate_key,
     issue_cert,
@@ -376,7 +376,7 @@ class CentralServer:
         ]
         # The central server's administration trail is the hash-chained table in its
         # database (store.audit); AdminApi's own JSON-lines trail is not written here.
-        api = AdminApi("central", admins, AdminAudit(self.dir.root / "unused", "central"))
+        api = AdminApi("central", admins)
         officers = ("registration-officer", "system-administrator", "security-officer")
         api.route("GET", "/requests", self._h_list, officers)
         api.route("POST", "/requests/{id:[0-9]{1,18}}/approve", self._h_approve,

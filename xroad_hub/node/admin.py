@@ -85,7 +85,11 @@ class AdminAudit:
 
 
 class AdminApi:
-    def __init__(self, node_id: str, admins: Iterable[AdminConfig], audit: AdminAudit) -> None:
+    def __init__(
+        self, node_id: str, admins: Iterable[AdminConfig], audit: AdminAudit | None = None
+    ) -> None:
+        """``audit``: the trail the app's own routes write (None where the owner keeps its
+        trail elsewhere, as the central server does in its database)."""
         self.node_id = node_id
         self._by_digest = {a.key_sha256: a for a in admins}
         self.audit = audit

@@ -279,6 +279,7 @@ class NodeOperations:
             message = message[:200]
             # Recorded before it takes effect: a trail that cannot be written (disk full)
             # refuses the change rather than letting it happen unrecorded.
+            assert admin.audit is not None  # the node's trail (admin-audit.jsonl)
             await admin.audit.record(
                 request[ADMIN].name,
                 "maintenance.on" if enabled else "maintenance.off",
