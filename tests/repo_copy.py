@@ -1,5 +1,5 @@
 """A copy of the repository as a plain clone would have it: the files git tracks, nothing
-else (no ../shared beside it, no untracked files, no .venv, no build output)."""
+else (no other folder beside it, no untracked files, no .venv, no build output)."""
 
 from __future__ import annotations
 

@@ -1,7 +1,7 @@
 """The suite needs nothing outside the repository: a plain clone carries its test data.
 
 Only the files git tracks are copied to a fresh directory with nothing beside it (no
-``../shared``, no untracked files, no .venv), and there every test module is collected
+sibling folders, no untracked files, no .venv), and there every test module is collected
 (module-level reads of data files fail collection) and the modules that read data files
 are run. A test reading from outside the repository, or data that was never committed,
 fails here, in CI, before a new user's clone does.

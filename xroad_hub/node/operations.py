@@ -378,7 +378,7 @@ class NodeOperations:
             {
                 str(sid): h.config.slo
                 for sid, h in rt.services.items()
-                if getattr(h.config, "slo", None)
+                if h.config.slo
             },
             alerts,
             interval=cfg.slo_check_interval,

@@ -179,7 +179,8 @@ class ServerProxy:
             assert opmon is not None
             # 3m. The node's operational data or health data.
             answer = await opmon.metaservice(meta.client, meta.service, soap)
-            answer = await self.rt.off_loop(_soap_answer, soap, answer, limits)  # type: ignore[arg-type]
+            assert soap is not None  # the monitoring services refuse anything but SOAP
+            answer = await self.rt.off_loop(_soap_answer, soap, answer, limits)
         elif hosted is None:
             # 3a. A metaservice of this node answers.
             answer = answer_metaservice(
