@@ -149,6 +149,11 @@ class GlobalConf:
         """The revocation of the certificate of this SHA-256 (hex), if it is revoked."""
         return self._revoked.get(cert_sha256)
 
+    def revocation_of(self, cert_der: bytes) -> Revocation | None:
+        """The revocation of this certificate (DER), if it is revoked; hashes nothing when
+        nothing is revoked (the common case, once per exchange)."""
+        return self._revoked.get(cert_fingerprint(cert_der)) if self.revocations else None
+
     def node_hosting(self, client: ClientId) -> NodeEntry | None:
         return self._by_client.get(client)
 

@@ -1,0 +1,175 @@
+"""Revocation end to end, with the nodes of the test federation in this process (over real
+TLS) and the development registry publishing the revocations: every node refuses exchanges
+with a revoked authentication or signing certificate within one refresh, with an X-Road
+error naming the revocation on both sides, and keeps serving everything else."""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from collections.abc import AsyncIterator
+from datetime import UTC, datetime
+
+import orjson
+import pytest
+
+from xroad_hub.central.registry import Registry
+from xroad_hub.dev.testing import TestFederationSpec, free_port
+from xroad_hub.pki import load_cert
+from xroad_hub.protocol.globalconf import Revocation
+from xroad_hub.protocol.signing import cert_fingerprint
+
+from .conftest import Fed, start_federation
+
+DGA = "TH/GOV/DGA/hub1"
+DBD = "TH/GOV/DBD/hub1"
+ECHO = "/r1/TH/GOV/DBD/registry/echo"
+DEV = {"X-Road-Client": "TH/GOV/DGA/devportal"}
+REFRESH = 0.3
+
+
+@pytest.fixture
+async def quick(tmp_path, echo_backend: str) -> AsyncIterator[Fed]:
+    f = await start_federation(
+        tmp_path, TestFederationSpec(backend_url=echo_backend, validity=30, refresh=REFRESH)
+    )
+    yield f
+    await f.federation.stop()
+
+
+def _registry(fed: Fed) -> Registry:
+    registry = fed.federation.registry
+    assert registry is not None
+    return registry
+
+
+def _revoke(fed: Fed, kind: str, subject: str) -> Revocation:
+    paths = fed.pki.node_auth(subject) if kind == "auth" else fed.pki.member_sign(subject)
+    der = load_cert(paths.cert).public_bytes(_der())
+    revocation = Revocation(cert_fingerprint(der), kind, subject, datetime.now(UTC))
+    _registry(fed).revocations.append(revocation)
+    return revocation
+
+
+def _der():  # type: ignore[no-untyped-def]
+    from cryptography.hazmat.primitives import serialization
+
+    return serialization.Encoding.DER
+
+
+async def _call(http, fed: Fed) -> tuple[int, str | None, str]:
+    async with http.get(fed.url(DGA) + ECHO, headers=DEV) as r:
+        body = await r.read()
+        message = orjson.loads(body).get("message", "") if r.headers.get("X-Road-Error") else ""
+        return r.status, r.headers.get("X-Road-Error"), message
+
+
+async def _until_refused(http, fed: Fed, error: str, limit: float) -> tuple[float, str]:
+    """Seconds until the exchange is refused with ``error``, and the error's message."""
+    started = time.monotonic()
+    while True:
+        status, got, message = await _call(http, fed)
+        if got == error:
+            return time.monotonic() - started, message
+        assert status == 200, (status, got, message)
+        assert time.monotonic() - started < limit, f"not refused within {limit} s"
+        await asyncio.sleep(0.02)
+
+
+async def _hold_configuration(fed: Fed, node: str, monkeypatch) -> None:
+    """The node keeps the configuration it has (downloads fail; it is valid for 30 s)."""
+    gc = fed.federation.nodes[node].globalconf
+    monkeypatch.setattr(gc, "url", f"http://127.0.0.1:{free_port()}/globalconf")
+    await asyncio.sleep(REFRESH * 2)  # a refresh already under way ends
+
+
+async def _until_known(fed: Fed, node: str, revocation: Revocation) -> None:
+    gc = fed.federation.nodes[node].globalconf
+    for _ in range(200):
+        conf = gc.current()
+        if conf is not None and revocation in conf.revocations:
+            return
+        await asyncio.sleep(0.02)
+    raise AssertionError(f"{node} never saw the revocation")
+
+
+async def test_revoked_provider_node_is_refused_within_one_refresh(quick: Fed, http) -> None:
+    assert (await _call(http, quick))[:2] == (200, None)
+    _revoke(quick, "auth", DBD)
+    took, message = await _until_refused(
+        http, quick, "Server.ClientProxy.UnknownMember", limit=REFRESH + 1.0
+    )
+    # Gone from routing, and the client is told why.
+    assert "authentication certificate of node TH/GOV/DBD/hub1" in message
+    assert "revoked at" in message
+    assert took <= REFRESH + 0.5, took
+
+
+async def test_provider_refuses_a_revoked_client_node(quick: Fed, http, monkeypatch) -> None:
+    # The client's node has not heard of its own revocation (its downloads fail); the
+    # provider's node has, and refuses its TLS connection.
+    await _hold_configuration(quick, DGA, monkeypatch)
+    revocation = _revoke(quick, "auth", DGA)
+    await _until_known(quick, DBD, revocation)
+    status, error, message = await _call(http, quick)
+    assert (status, error) == (500, "Server.ServerProxy.SslAuthenticationFailed")
+    assert "authentication certificate of node TH/GOV/DGA/hub1" in message
+    assert "revoked" in message
+
+
+async def test_request_signed_by_a_revoked_certificate_is_refused(
+    quick: Fed, http, monkeypatch
+) -> None:
+    await _hold_configuration(quick, DGA, monkeypatch)
+    revocation = _revoke(quick, "sign", "TH/GOV/DGA")
+    await _until_known(quick, DBD, revocation)
+    status, error, message = await _call(http, quick)
+    assert (status, error) == (500, "Server.ServerProxy.CertValidation"), message
+    assert "request's signing certificate" in message
+    assert "signing certificate of member TH/GOV/DGA" in message
+
+
+async def test_client_node_refuses_to_sign_with_its_revoked_certificate(quick: Fed, http) -> None:
+    _revoke(quick, "sign", "TH/GOV/DGA")
+    took, message = await _until_refused(
+        http, quick, "Server.ClientProxy.CertValidation", limit=REFRESH + 1.0
+    )
+    assert "this node's signing certificate of TH/GOV/DGA" in message
+    assert took <= REFRESH + 0.5, took
+
+
+async def test_answer_signed_by_a_revoked_certificate_is_refused(
+    quick: Fed, http, monkeypatch
+) -> None:
+    # The provider's node has not heard of the revocation of its member's signing
+    # certificate and signs with it; the client's node has, and refuses the answer.
+    await _hold_configuration(quick, DBD, monkeypatch)
+    revocation = _revoke(quick, "sign", "TH/GOV/DBD")
+    await _until_known(quick, DGA, revocation)
+    status, error, message = await _call(http, quick)
+    assert (status, error) == (500, "Server.ClientProxy.CertValidation"), message
+    assert "answer's signing certificate" in message
+
+
+async def test_provider_refuses_to_serve_with_its_revoked_signing_certificate(
+    quick: Fed, http, monkeypatch
+) -> None:
+    await _hold_configuration(quick, DGA, monkeypatch)
+    revocation = _revoke(quick, "sign", "TH/GOV/DBD")
+    await _until_known(quick, DBD, revocation)
+    status, error, message = await _call(http, quick)
+    assert (status, error) == (500, "Server.ServerProxy.CertValidation"), message
+    assert "provider's node's signing certificate" in message
+
+
+async def test_other_exchanges_go_on(quick: Fed, http) -> None:
+    """Revoking one member's signing certificate stops its exchanges only: BMA's node,
+    another member's, still gets its answers from the same provider."""
+    _revoke(quick, "sign", "TH/GOV/DGA")
+    await _until_refused(http, quick, "Server.ClientProxy.CertValidation", limit=REFRESH + 1.0)
+    async with http.get(
+        quick.url("TH/GOV/BMA/hub1", "client_tls") + "/r1/TH/GOV/DBD/registry/restricted",
+        headers={"X-Road-Client": "TH/GOV/BMA/licensing"},
+        ssl=quick.client_ssl("TH/GOV/BMA/licensing"),
+    ) as r:
+        assert r.status == 200
