@@ -6,20 +6,32 @@ error naming the revocation on both sides, and keeps serving everything else."""
 from __future__ import annotations
 
 import asyncio
+import subprocess
+import sys
 import time
+import uuid
 from collections.abc import AsyncIterator
 from datetime import UTC, datetime
+from pathlib import Path
 
 import orjson
 import pytest
 
 from xroad_hub.central.registry import Registry
 from xroad_hub.dev.testing import TestFederationSpec, free_port
+from xroad_hub.messagelog.audit import verify_log
+from xroad_hub.messagelog.evidence import (
+    EvidenceError,
+    export_bundle,
+    load_revocations,
+    verify_bundle,
+)
 from xroad_hub.pki import load_cert
 from xroad_hub.protocol.globalconf import Revocation
 from xroad_hub.protocol.signing import cert_fingerprint
 
 from .conftest import Fed, start_federation
+from .sqlite_db import sqlite_db
 
 DGA = "TH/GOV/DGA/hub1"
 DBD = "TH/GOV/DBD/hub1"
@@ -173,3 +185,81 @@ async def test_other_exchanges_go_on(quick: Fed, http) -> None:
         ssl=quick.client_ssl("TH/GOV/BMA/licensing"),
     ) as r:
         assert r.status == 200
+
+
+# --- evidence: what was signed before a revocation still verifies -------------------------
+
+
+async def _exchange(http, fed: Fed, mid: str) -> int:
+    async with http.get(fed.url(DGA) + ECHO, headers={**DEV, "X-Road-Id": mid}) as r:
+        await r.read()
+        return r.status
+
+
+def _copy_log(fed: Fed, node: str, target: Path) -> Path:
+    with sqlite_db(fed.federation.nodes[node].runtime.log.path) as a, sqlite_db(target) as b:
+        a.backup(b)
+    return target
+
+
+async def test_bundles_signed_before_a_revocation_verify_and_after_do_not(
+    quick: Fed, http, monkeypatch, tmp_path: Path
+) -> None:
+    roots = [load_cert(quick.pki.root_ca.cert)]
+    dga = quick.federation.nodes[DGA]
+    registry_url = dga.globalconf.url
+    await _hold_configuration(quick, DGA, monkeypatch)
+    before, after = f"before-{uuid.uuid4().hex}", f"after-{uuid.uuid4().hex}"
+    assert await _exchange(http, quick, before) == 200
+    await dga.checkpointer.checkpoint()  # timestamped before the revocation
+    await asyncio.sleep(1.1)  # timestamps are to the second
+    revocation = _revoke(quick, "sign", "TH/GOV/DGA")
+    await _until_known(quick, DBD, revocation)
+    # DGA has not heard of it and still signs; DBD refuses; DGA logs what it signed.
+    assert await _exchange(http, quick, after) == 500
+    await dga.checkpointer.checkpoint()
+    log = _copy_log(quick, DGA, tmp_path / "dga.sqlite")
+    async with http.get(registry_url) as r:  # what the registry publishes since
+        later = await r.read()
+    signer = load_cert(quick.pki.globalconf_signer.cert)
+    revocations = load_revocations(later, signer, roots)
+    assert revocation in revocations
+
+    old, new = export_bundle(log, before), export_bundle(log, after)
+    # Without the later configuration both verify: the revocation is what tells them apart.
+    verify_bundle(new, roots)
+    proof = verify_bundle(old, roots, revocations)
+    assert len(proof.revoked_later) == 1 and "TH/GOV/DGA" in proof.revoked_later[0]
+    with pytest.raises(EvidenceError) as err:
+        verify_bundle(new, roots, revocations)
+    assert "signing certificate of member TH/GOV/DGA" in str(err.value)
+    assert "after the revocation" in str(err.value)
+
+    # The whole log: only the entry signed after the revocation is named.
+    report = verify_log(log, roots, revocations=revocations)
+    bad = [f for f in report.findings if "revoked" in f.problem]
+    assert [f.leaf_index for f in bad] == [_leaf_of(log, after)], report.findings
+    unaware = verify_log(log, roots)
+    assert not [f for f in unaware.findings if "revoked" in f.problem]
+
+    # The same from the command line, with the later configuration saved to a file.
+    (tmp_path / "gc.json").write_bytes(later)
+    for mid, code, verdict in ((before, 0, "VERIFIED"), (after, 1, "NOT VERIFIED")):
+        out = tmp_path / f"{mid}.json"
+        out.write_bytes(export_bundle(log, mid))
+        done = await asyncio.to_thread(
+            subprocess.run,
+            [sys.executable, "-m", "xroad_hub.cli", "audit", "verify-bundle", str(out),
+             "--root-ca", str(quick.pki.root_ca.cert), "--globalconf", str(tmp_path / "gc.json"),
+             "--anchor", str(quick.pki.globalconf_signer.cert)],
+            capture_output=True, text=True, timeout=60, check=False,
+        )  # fmt: skip
+        assert done.returncode == code, done.stdout + done.stderr
+        assert done.stdout.startswith(verdict + ":"), done.stdout
+        assert "revoked" in done.stdout
+
+
+def _leaf_of(log: Path, mid: str) -> int:
+    with sqlite_db(log) as db:
+        return int(db.execute("SELECT leaf_index FROM exchange WHERE message_id = ?", (mid,))
+                   .fetchone()[0])  # fmt: skip
