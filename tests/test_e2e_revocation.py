@@ -26,9 +26,11 @@ from xroad_hub.messagelog.evidence import (
     load_revocations,
     verify_bundle,
 )
-from xroad_hub.pki import load_cert
+from xroad_hub.node.batching import BatchSigner
+from xroad_hub.pki import generate_key, issue_cert, load_cert, load_private_key
 from xroad_hub.protocol.globalconf import Revocation
-from xroad_hub.protocol.signing import cert_fingerprint
+from xroad_hub.protocol.identifiers import parse_member_id
+from xroad_hub.protocol.signing import MessageSigner, cert_fingerprint
 
 from .conftest import Fed, start_federation
 from .sqlite_db import sqlite_db
@@ -263,3 +265,56 @@ def _leaf_of(log: Path, mid: str) -> int:
     with sqlite_db(log) as db:
         return int(db.execute("SELECT leaf_index FROM exchange WHERE message_id = ?", (mid,))
                    .fetchone()[0])  # fmt: skip
+
+
+async def test_rotated_signing_key_keeps_old_bundles_verifiable(
+    quick: Fed, http, monkeypatch, tmp_path: Path
+) -> None:
+    """The member's signing key rolled (a new key, certified by the CA; in this process the
+    node's signer is swapped, as a restart after 'node keys activate' would): old bundles
+    still verify, and keep verifying once the old certificate is revoked."""
+    roots = [load_cert(quick.pki.root_ca.cert)]
+    dga = quick.federation.nodes[DGA]
+    member = parse_member_id("TH/GOV/DGA")
+    old_der = dga.runtime.signers[member].cert_der
+    first, second, third = (f"rot{i}-{uuid.uuid4().hex}" for i in range(3))
+    assert await _exchange(http, quick, first) == 200
+    await dga.checkpointer.checkpoint()
+
+    new_key = generate_key()
+    ca_key = load_private_key(quick.pki.root_ca.key)
+    new_cert = issue_cert(ca_key, load_cert(quick.pki.root_ca.cert), str(member), new_key,
+                          purpose="sign")  # fmt: skip
+    new_der = new_cert.public_bytes(_der())
+    monkeypatch.setitem(
+        dga.runtime.signers, member, BatchSigner(MessageSigner(member, new_key, new_der))
+    )
+    assert await _exchange(http, quick, second) == 200
+    await dga.checkpointer.checkpoint()
+    await asyncio.sleep(1.1)  # timestamps are to the second
+
+    # The old certificate revoked later: exchanges with the new key go on.
+    revocation = Revocation(cert_fingerprint(old_der), "sign", str(member), datetime.now(UTC))
+    _registry(quick).revocations.append(revocation)
+    await _until_known(quick, DBD, revocation)
+    await _until_known(quick, DGA, revocation)
+    assert await _exchange(http, quick, third) == 200
+    await dga.checkpointer.checkpoint()
+
+    log = _copy_log(quick, DGA, tmp_path / "dga.sqlite")
+    async with http.get(_registry_url(quick)) as r:
+        revocations = load_revocations(await r.read(), load_cert(quick.pki.globalconf_signer.cert),
+                                       roots)  # fmt: skip
+    signed_with = {}
+    for mid in (first, second, third):
+        bundle = export_bundle(log, mid)
+        proof = verify_bundle(bundle, roots, revocations)
+        signed_with[mid] = orjson.loads(bundle)["request"]["cert"]
+        assert bool(proof.revoked_later) == (mid == first), (mid, proof.revoked_later)
+    assert signed_with[first] != signed_with[second] == signed_with[third]
+    report = verify_log(log, roots, revocations=revocations)
+    assert report.ok, report.findings
+
+
+def _registry_url(fed: Fed) -> str:
+    return f"{fed.endpoints['registry']}/globalconf"
