@@ -80,7 +80,7 @@ def add_node_commands(sub: Any) -> None:
     from xroad_hub.node.enroll import add_enroll_commands
 
     add_enroll_commands(node_sub)  # node init, node enroll, node client (issue 12)
-    from xroad_hub.node.keys import add_keys_commands
+    from xroad_hub.node.rotation import add_keys_commands
 
     add_keys_commands(node_sub)  # node keys rotate|activate
 
@@ -89,7 +89,7 @@ def run_node_command(args: argparse.Namespace) -> int:
     if args.node_command == "admin-key":
         return _admin_key(args)
     if args.node_command == "keys":
-        from xroad_hub.node.keys import run_keys_command
+        from xroad_hub.node.rotation import run_keys_command
 
         return run_keys_command(args)
     if args.node_command in ("init", "enroll", "client"):
