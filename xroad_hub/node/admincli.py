@@ -25,7 +25,9 @@ KEY_ENV = "XROAD_HUB_ADMIN_KEY"
 
 def add_node_commands(sub: Any) -> None:
     """Adds ``node maintenance``, ``node slo`` and ``node admin-key`` to the CLI's subcommands."""
-    node = sub.add_parser("node", help="administer a running node (its admin API)")
+    node = sub.add_parser(
+        "node", help="one organisation's node: enroll it, run it, administer it (admin API)"
+    )
     node_sub = node.add_subparsers(dest="node_command", required=True)
     maint = node_sub.add_parser(
         "maintenance",
@@ -80,11 +82,18 @@ def add_node_commands(sub: Any) -> None:
     from xroad_hub.node.enroll import add_enroll_commands
 
     add_enroll_commands(node_sub)  # node init, node enroll, node client (issue 12)
+    from xroad_hub.node.noderun import add_run_command
+
+    add_run_command(node_sub)  # node run --dir
 
 
 def run_node_command(args: argparse.Namespace) -> int:
     if args.node_command == "admin-key":
         return _admin_key(args)
+    if args.node_command == "run":
+        from xroad_hub.node.noderun import run_node
+
+        return run_node(args)
     if args.node_command in ("init", "enroll", "client"):
         from xroad_hub.node.enroll import run_enroll_command
 
