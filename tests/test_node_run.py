@@ -25,6 +25,7 @@ from typing import IO
 import pytest
 
 from xroad_hub.dev.testing import free_port
+from xroad_hub.node.admin import key_digest
 
 pytestmark = pytest.mark.slow
 
@@ -114,25 +115,46 @@ def _healthy(url: str) -> bool:
         return False
 
 
-def _call(client_url: str) -> tuple[int, bytes]:
+def _call(client_url: str) -> tuple[int, bytes, str]:
+    """(status, body, X-Road-Id) of one r1 request of the hospital to A's service."""
     req = urllib.request.Request(
         f"{client_url}/r1/{SERVICE}/0105536000011", headers={"X-Road-Client": HOSPITAL}
     )
     try:
         with urllib.request.urlopen(req, timeout=30) as resp:
-            return resp.status, resp.read()
+            return resp.status, resp.read(), resp.headers.get("X-Road-Id", "")
     except urllib.error.HTTPError as exc:
-        return exc.code, exc.read()
+        return exc.code, exc.read(), ""
+
+
+def _refused(ndir: Path, *expected: str) -> None:
+    """``node run`` refuses to start, with a message and a hint, no traceback."""
+    done = subprocess.run(
+        [sys.executable, "-m", "xroad_hub.cli", "node", "run", "--dir", str(ndir)],
+        capture_output=True, text=True, timeout=60,
+    )  # fmt: skip
+    assert done.returncode == 2, done.stdout + done.stderr
+    assert "Traceback" not in done.stderr and "hint:" in done.stderr, done.stderr
+    for text in expected:
+        assert text in done.stderr, done.stderr
 
 
 def _enroll(cdir: Path, anchor: Path, ndir: Path, member: str, subsystem: str,
-            peer: int) -> None:  # fmt: skip
+            peer: int, *, check_refusals: bool = False) -> None:  # fmt: skip
     """``node init``, approval, ``enroll fetch``, ``node client add``, approval."""
+    if check_refusals:
+        _refused(ndir, "holds no enrollment", "xroad-hub node init")
     out = hub("node", "init", "--anchor", anchor, "--member", member, "--code", "hub1",
               "--dir", ndir, "--address", f"127.0.0.1:{peer}")  # fmt: skip
     request = out.split("registration request ", 1)[1].split()[0]
+    if check_refusals:  # half-way: the node says which command completes the enrollment
+        _refused(ndir, "no authentication certificate yet", "node enroll fetch --dir")
     hub("central", "approve", request, "--dir", cdir)
     hub("node", "enroll", "fetch", "--dir", ndir)
+    if check_refusals:
+        _refused(ndir, "node.toml is missing", "[node]")
+        (ndir / "node.toml").write_text('[node]\nid = "TH/GOV/DBD/other"\n')
+        _refused(ndir, "takes no id", f"{member}/hub1")
     out = hub("node", "client", "add", subsystem, "--dir", ndir)
     hub("central", "approve", out.split("request ", 1)[1].split()[0], "--dir", cdir)
 
@@ -157,9 +179,14 @@ def test_new_agency_joins_a_running_federation(tmp_path: Path, backend: str) -> 
         # service whose access rights already name the newcomer's subsystem.
         adir, a_peer, a_health = tmp_path / "dbd-node", free_port(), free_port()
         _wait("the central server", lambda: _get_ok(f"{central_url}/globalconf"), procs)
-        _enroll(cdir, anchor, adir, DBD, f"{DBD}/registry", a_peer)
+        _enroll(cdir, anchor, adir, DBD, f"{DBD}/registry", a_peer, check_refusals=True)
+        # Its admin API on all interfaces: HTTPS with its enrolled certificate.
+        a_admin, admin_key = free_port(), "the-admin-key"
         (adir / "node.toml").write_text(
             f'[node]\nhealth_listen = "127.0.0.1:{a_health}"\ncheckpoint_interval = 1\n'
+            f'admin_listen = "0.0.0.0:{a_admin}"\n'
+            f'[[node.admin]]\nname = "ops"\nkey_sha256 = "{key_digest(admin_key)}"\n'
+            'roles = ["system-administrator"]\n'
             f'[[node.service]]\nid = "{SERVICE}"\nurl = "{backend}/companies"\n'
             f'allow = ["{HOSPITAL}"]\nanswer_subject = []\n'
         )
@@ -168,6 +195,17 @@ def test_new_agency_joins_a_running_federation(tmp_path: Path, backend: str) -> 
         procs.append(node_a)
         _wait("node A", lambda: _healthy(f"http://127.0.0.1:{a_health}"), procs)
         a_pid = node_a.proc.pid
+        # The admin CLI checks the host name of the node's certificate, not only its CA.
+        key_file = tmp_path / "admin.key"
+        key_file.write_text(admin_key)
+        admin = ["node", "maintenance", "status", "--key-file", key_file,
+                 "--root-ca", cdir / "ca.cert.pem", "--admin"]  # fmt: skip
+        assert "maintenance mode: off" in hub(*admin, f"https://127.0.0.1:{a_admin}")
+        wrong = subprocess.run(
+            [sys.executable, "-m", "xroad_hub.cli", *map(str, admin),
+             f"https://127.0.0.2:{a_admin}"], capture_output=True, text=True, timeout=60,
+        )  # fmt: skip
+        assert wrong.returncode == 2 and "did not prove it is that host" in wrong.stderr
 
         # The newcomer joins: every command it takes, timed from 'node init'.
         bdir, b_peer, b_client = tmp_path / "moph-node", free_port(), free_port()
@@ -185,7 +223,7 @@ def test_new_agency_joins_a_running_federation(tmp_path: Path, backend: str) -> 
                        "--refresh-interval", REFRESH)  # fmt: skip
         procs.append(node_b)
         client_url = f"http://127.0.0.1:{b_client}"
-        answers: list[tuple[int, bytes]] = []
+        answers: list[tuple[int, bytes, str]] = []
 
         def exchanged() -> bool:
             try:
@@ -196,7 +234,7 @@ def test_new_agency_joins_a_running_federation(tmp_path: Path, backend: str) -> 
 
         _wait("the first exchange", exchanged, procs)
         elapsed = time.monotonic() - started
-        body = answers[-1][1]
+        _, body, message_id = answers[-1]
         assert json.loads(body) == {"company": "0105536000011", "status": "active"}
         print(f"\njoin of {MOPH}: node init -> first exchange in {elapsed:.1f} s "
               f"(7 commands: node init, approve, enroll fetch, client add, approve, node run, "
@@ -218,6 +256,12 @@ def test_new_agency_joins_a_running_federation(tmp_path: Path, backend: str) -> 
             summary = out.strip().splitlines()[-1]
             assert summary.startswith("1 entries"), summary
             assert " 0 witnessed" not in summary and " 0 timestamped" not in summary, summary
+            # One exchange's evidence, with nothing but the central server's CA certificate.
+            bundle = ndir / "evidence.json"
+            hub("audit", "export", message_id, ndir / "data" / "messagelog.sqlite",
+                "-o", bundle)  # fmt: skip
+            out = hub("audit", "verify-bundle", bundle, "--root-ca", cdir / "ca.cert.pem")
+            assert out.startswith("VERIFIED") and "co-signed by TH/registry" in out, out
     finally:
         for p in reversed(procs):
             p.stop()

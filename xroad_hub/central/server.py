@@ -425,12 +425,11 @@ class CentralServer:
         app.router.add_get("/globalconf", self._h_globalconf)
         app.router.add_post("/management/requests", self._h_file)
         app.router.add_get("/management/requests/{id:[0-9]{1,18}}", self._h_status)
-        admins = [
-            AdminConfig(name=n, key_sha256=k, roles=frozenset(r)) for n, k, r in self.store.admins()
-        ]
         # The central server's administration trail is the hash-chained table in its
         # database (store.audit); AdminApi's own JSON-lines trail is not written here.
-        api = AdminApi("central", admins)
+        # Administrators are read from the database at each request: a key made with
+        # 'central admin-key' (another process) works at once, a replaced one stops working.
+        api = AdminApi("central", (), lookup=self._admin)
         officers = ("registration-officer", "system-administrator", "security-officer")
         api.route("GET", "/requests", self._h_list, officers)
         api.route("POST", "/requests/{id:[0-9]{1,18}}/approve", self._h_approve,
@@ -451,6 +450,14 @@ class CentralServer:
             ),
         )
         return app
+
+    async def _admin(self, digest: str) -> AdminConfig | None:
+        admins = await asyncio.to_thread(self.store.admins)
+        return next(
+            (AdminConfig(name=n, key_sha256=k, roles=frozenset(r))
+             for n, k, r in admins if hmac.compare_digest(k, digest)),
+            None,
+        )  # fmt: skip
 
     async def _h_globalconf(self, request: web.Request) -> web.Response:
         body = await asyncio.to_thread(self.signed_globalconf)

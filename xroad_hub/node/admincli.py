@@ -170,7 +170,8 @@ def _call(
             context = ssl.create_default_context(cafile=str(args.root_ca))
         except OSError as exc:
             raise _Failed(f"cannot read the root certificate {args.root_ca} (--root-ca)") from exc
-        context.check_hostname = False  # the node's certificate names the node, not a host
+        # The host name is checked: the node's certificate names the host it enrolled with
+        # (and localhost, 127.0.0.1); the key must not go to another holder of a CA cert.
     request = urllib.request.Request(
         url,
         method=method,
@@ -194,6 +195,12 @@ def _call(
         raise _Failed(f"the admin API refused: HTTP {exc.code}: {reason}{hint}") from exc
     except (urllib.error.URLError, OSError, ValueError) as exc:
         why = getattr(exc, "reason", exc)
+        if isinstance(why, ssl.SSLCertVerificationError):
+            raise _Failed(
+                f"the admin API at {args.admin} did not prove it is that host: "
+                f"{why.verify_message}; use the host name in the node's certificate (its "
+                "enrolled address, localhost or 127.0.0.1) and the federation's --root-ca"
+            ) from exc
         raise _Failed(
             f"cannot reach the admin API at {args.admin}: {why}; is the node running with"
             " admin_listen set?"
