@@ -372,6 +372,10 @@ def _verify(
             problems = list(_check_checkpoint(cp, certs, trusted_roots, roots_at, stamped_at))
         except Exception as exc:  # a crafted row must not stop the audit
             problems = [f"cannot be checked: {exc!r}"]
+        revocation = revoked.get(str(cp["cert_sha256"]))
+        if revocation is not None and not problems:
+            late = revocation_problem(revocation, "it", stamped_at.get(int(cp["size"])))
+            problems += [late] if late else []
         signed_origin = _origin(str(cp["note"]))
         if not problems and origin is None:
             origin = signed_origin

@@ -330,6 +330,12 @@ class _Checker:
         }
         if not known:
             return
+        if self.node is not None:  # the checkpoint verified: its certificate is there
+            checkpoint_cert = _unb64(_section(self.doc, "checkpoint")["cert"])
+            revocation = known.get(_sha256(checkpoint_cert))
+            problem = revocation_problem(revocation, "the checkpoint", self.stamped)
+            if problem:
+                self.fail(problem)
         for side, what in (("request", "the request"), ("response", "the answer")):
             if side not in self.signed:
                 continue  # missing or failed: reported already

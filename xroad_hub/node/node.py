@@ -11,6 +11,7 @@ from collections.abc import AsyncIterator
 from pathlib import Path
 from types import MappingProxyType
 from typing import Any
+from urllib.parse import urlsplit
 
 import aiohttp
 import orjson
@@ -48,6 +49,7 @@ from xroad_hub.node.consumer import ClientProxy, client_authentication
 from xroad_hub.node.evidenceapi import EvidenceApi
 from xroad_hub.node.globalconf_client import GlobalConfClient
 from xroad_hub.node.health import CertCheck, health_app
+from xroad_hub.node.keys import DevPkiKeys, NodeKeys
 from xroad_hub.node.limits import ClientLimits
 from xroad_hub.node.metrics import NodeMetrics
 from xroad_hub.node.operations import NodeOperations
@@ -101,7 +103,7 @@ class Node(NodeOperations):
     def __init__(
         self,
         config: NodeConfig,
-        pki: PkiLayout,
+        pki: NodeKeys | PkiLayout,
         registry_url: str,
         data_dir: Path,
         *,
@@ -110,14 +112,20 @@ class Node(NodeOperations):
         auditors: tuple[str, ...] = (),
         tsa_url: str | None = None,
         metrics: bool = True,
+        central_tls: ssl.SSLContext | None = None,
     ) -> None:
+        """``pki``: the node's key material (a ``PkiLayout`` is the development PKI);
+        ``central_tls``: how to verify the central server's HTTPS (global configuration,
+        witness, timestamp authority), None for plain HTTP or the system's CAs."""
         self.config = config
         # False: no metrics at all (benchmarks compare; /metrics then answers 404).
         self.metrics_enabled = metrics
         self.pki = pki
+        self.keys: NodeKeys = DevPkiKeys(pki, str(config.id)) if isinstance(pki, PkiLayout) else pki
+        self.central_tls = central_tls
         self.data_dir = data_dir
-        self.globalconf = GlobalConfClient.from_files(
-            registry_url, pki.globalconf_signer.cert, refresh_interval
+        self.globalconf = GlobalConfClient(
+            registry_url, self.keys.anchor(), refresh_interval, ssl_context=central_tls
         )
         self.witness_url = witness_url
         self.auditors = auditors
@@ -266,9 +274,9 @@ class Node(NodeOperations):
         return services
 
     def _checkpointer(self) -> Checkpointer:
-        cfg, pki = self.config, self.pki
+        cfg, keys = self.config, self.keys
         assert self._log is not None
-        checkpoint_key = pki.node_checkpoint(str(cfg.id))
+        checkpoint_key = keys.checkpoint()
         return Checkpointer(
             str(cfg.id),
             self._log,
@@ -279,30 +287,31 @@ class Node(NodeOperations):
             timestamper=self._timestamper() if self.tsa_url else None,
             failure_limit=cfg.timestamp_failure_limit,
             body_retention=cfg.body_retention,
-            trusted_roots=[load_cert(pki.root_ca.cert)],
+            trusted_roots=[load_cert(keys.root_ca)],
+            ssl_context=self.central_tls,
         )
 
     def _runtime(
         self, services: dict[ServiceId, HostedService], checkpointer: Checkpointer
     ) -> NodeRuntime:
-        cfg, pki = self.config, self.pki
+        cfg, keys = self.config, self.keys
         assert self._log is not None
-        auth = pki.node_auth(str(cfg.id))
+        auth = keys.auth()
         # The owner member signs the node's own requests (GET /wsdl without a client).
         members = {sub.member for sub in cfg.hosted} | {cfg.id.owner}
         signers = {}
         for member in members:
-            paths = pki.member_sign(str(member))
+            paths = keys.member_sign(str(member))
             signers[member] = BatchSigner(
                 MessageSigner(member, load_private_key(paths.key), _der(paths.cert))
             )
         regs = []
         for c in cfg.clients:
             if c.auth == "mtls":
-                fp = cert_fingerprint(_der(pki.client_tls(str(c.id)).cert))
+                fp = cert_fingerprint(_der(keys.client_tls(str(c.id))))
                 regs.append(ClientRegistration(c.id, c.auth, cert_sha256=fp))
             elif c.auth == "jwt":
-                key = serialization.load_pem_public_key(pki.client_jwt(str(c.id)).cert.read_bytes())
+                key = serialization.load_pem_public_key(keys.client_jwt(str(c.id)).read_bytes())
                 if not isinstance(key, ec.EllipticCurvePublicKey):
                     raise ValueError(f"JWT key of {c.id} must be an EC P-256 key")
                 regs.append(ClientRegistration(c.id, c.auth, jwt_key=key))
@@ -317,7 +326,7 @@ class Node(NodeOperations):
             services=MappingProxyType(services),
             log=self._log,
             peers=PeerTransport(
-                functools.partial(peer_client_context, auth.cert, auth.key, pki.root_ca.cert),
+                functools.partial(peer_client_context, auth.cert, auth.key, keys.root_ca),
                 cfg.max_body_bytes + MAX_OVERHEAD,
             ),
             max_body_bytes=cfg.max_body_bytes,
@@ -441,10 +450,10 @@ class Node(NodeOperations):
     async def _listen(self, sockets: dict[str, socket.socket]) -> None:
         """Bind every listener first, so that the proxies are built knowing the node's own
         URLs, then serve each listener's application with a runner of its own."""
-        cfg, pki, rt = self.config, self.pki, self.runtime
+        cfg, rt = self.config, self.runtime
         assert rt is not None
-        auth = pki.node_auth(str(cfg.id))
-        ca = pki.root_ca.cert
+        auth = self.keys.auth()
+        ca = self.keys.root_ca
         client_tls = client_facing_context(auth.cert, auth.key, ca)
         plan = [
             ("peer", cfg.peer_listen, peer_server_context(auth.cert, auth.key, ca)),
@@ -537,11 +546,17 @@ class Node(NodeOperations):
         return apps
 
     def _timestamper(self) -> Timestamper:
-        roots = [load_cert(self.pki.root_ca.cert)]
+        roots = [load_cert(self.keys.root_ca)]
+        # The central server's TSA is verified against the federation CA; another (an
+        # external TSA in tsa_url) against the system's CAs.
+        central = urlsplit(self.globalconf.url).netloc
+        tls = self.central_tls if urlsplit(self.tsa_url or "").netloc == central else None
 
         async def timestamp(data: bytes) -> bytes:
             assert self._session is not None and self.tsa_url is not None
-            reply, _ = await fetch_timestamp(self._session, self.tsa_url, data, roots, 10.0)
+            reply, _ = await fetch_timestamp(
+                self._session, self.tsa_url, data, roots, 10.0, ssl_context=tls
+            )
             return reply
 
         return timestamp
@@ -558,11 +573,11 @@ class Node(NodeOperations):
         /tracker, each a sub-application with its own authentication."""
         auditors = []
         for name in self.auditors:
-            key = serialization.load_pem_public_key(self.pki.auditor_jwt(name).cert.read_bytes())
+            key = serialization.load_pem_public_key(self.keys.auditor_jwt(name).read_bytes())
             if not isinstance(key, ec.EllipticCurvePublicKey):
                 raise ValueError(f"JWT key of auditor {name} must be an EC P-256 key")
             auditors.append(Auditor(name, key))
-        roots = [load_cert(self.pki.root_ca.cert)]
+        roots = [load_cert(self.keys.root_ca)]
         # Each request opens its own reader of the node's log (SQLite or PostgreSQL).
         audit = AuditApi(str(self.config.id), rt.log.reader, auditors, roots)
         app = web.Application(middlewares=[context])
@@ -572,7 +587,7 @@ class Node(NodeOperations):
             conf = rt.globalconf.current()
             return {str(m): n for m, n in conf.members.items()} if conf else {}
 
-        idp_key = load_public_key(self.pki.idp_jwt().cert)
+        idp_key = load_public_key(self.keys.idp_jwt())
         tracker = TrackerApi(str(self.config.id), rt.log.reader, idp_key, member_names)
         app.add_subapp("/tracker", tracker.subapp())
         return app

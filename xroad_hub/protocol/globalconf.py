@@ -66,12 +66,21 @@ class NodeEntry:
     auth_cert_der: bytes = b""
 
 
+# Kinds of revoked certificates, and how people call them in front of their subject.
+_KINDS = {
+    "auth": "authentication certificate of node",
+    "sign": "signing certificate of member",
+    "checkpoint": "checkpoint certificate of node",
+}
+
+
 @dataclass(frozen=True, slots=True)
 class Revocation:
     """A certificate the central server revoked: ``kind`` is ``auth`` (a node's TLS
-    certificate, ``subject`` its node id) or ``sign`` (a member's signing certificate,
-    ``subject`` the member id). What it signed before ``revoked_at`` still verifies; nothing
-    signed or connected with it since does."""
+    certificate, ``subject`` its node id), ``sign`` (a member's signing certificate,
+    ``subject`` the member id) or ``checkpoint`` (a node's checkpoint certificate). What it
+    signed before ``revoked_at`` still verifies; nothing signed or connected with it since
+    does."""
 
     cert_sha256: str
     kind: str
@@ -85,8 +94,8 @@ class Revocation:
     @classmethod
     def from_dict(cls, d: dict[str, object]) -> Revocation:
         kind, sha = str(d["kind"]), str(d["cert_sha256"])
-        if kind not in ("auth", "sign"):
-            raise ValueError(f"revocation kind {kind!r} is neither auth nor sign")
+        if kind not in _KINDS:
+            raise ValueError(f"revocation kind {kind!r} is not one of {', '.join(_KINDS)}")
         if len(sha) != 64 or any(c not in "0123456789abcdef" for c in sha):
             raise ValueError(f"revoked certificate digest {sha!r} is not a SHA-256 in hex")
         at = datetime.fromisoformat(str(d["revoked_at"]))
@@ -96,8 +105,7 @@ class Revocation:
 
     def describe(self) -> str:
         """For error messages: whose certificate, which one, since when."""
-        what = "authentication certificate of node" if self.kind == "auth" else "signing " \
-            "certificate of member"  # fmt: skip
+        what = _KINDS.get(self.kind, self.kind)
         when = self.revoked_at.astimezone(UTC).isoformat(timespec="seconds")
         return (f"the {what} {self.subject} (sha256 {self.cert_sha256[:16]}...) was revoked "
                 f"at {when.replace('+00:00', 'Z')}")  # fmt: skip
