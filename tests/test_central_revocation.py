@@ -20,7 +20,7 @@ from xroad_hub.central.server import CentralServer, init_central
 from xroad_hub.central.store import verify_audit
 from xroad_hub.node.admin import key_digest
 from xroad_hub.pki import generate_key
-from xroad_hub.protocol.globalconf import GlobalConf
+from xroad_hub.protocol.globalconf import GlobalConf, GlobalConfError
 from xroad_hub.protocol.identifiers import parse_node_id
 from xroad_hub.protocol.registration import RegistrationError, make_csr, new_request, sign_request
 from xroad_hub.protocol.signing import cert_fingerprint
@@ -242,3 +242,22 @@ def test_forged_unknown_and_replayed_rotations_change_nothing(cs: CentralServer)
     doc = orjson.loads(fresh)
     doc["request"]["csr"] = csr
     _refused(cs, lambda: cs.file(orjson.dumps(doc)), "InvalidSignature")
+
+
+# --- the configuration's revocations, as nodes read them ------------------------------------
+
+
+def test_a_configuration_with_a_malformed_revocation_is_refused(cs: CentralServer) -> None:
+    """A node refuses the whole document (and keeps the one it has) rather than read a
+    revocation it cannot understand as none."""
+    _enrolled(cs)
+    cs.revoke("t", "x", node=HUB1, what="sign")
+    good = cs.globalconf().to_dict()
+    assert GlobalConf.from_dict(good).revocations
+    wrong = [("kind", "tls"), ("cert_sha256", "AB" * 32), ("cert_sha256", "ab"),
+             ("revoked_at", "2026-12-06T10:00:00"), ("revoked_at", "yesterday")]  # fmt: skip
+    (entry,) = good["revocations"]  # type: ignore[misc]
+    for field, value in wrong:
+        doc = {**good, "revocations": [{**entry, field: value}]}
+        with pytest.raises(GlobalConfError):
+            GlobalConf.from_dict(doc)
