@@ -121,6 +121,18 @@ def test_revoked_node_leaves_the_configuration_which_lists_the_revocation(
     _refused(cs, lambda: cs.file(data), "UnknownServer")
 
 
+def test_rotation_filed_before_a_revocation_cannot_bring_the_node_back(
+    cs: CentralServer,
+) -> None:
+    keys = _enrolled(cs)
+    data, _ = _rotation("auth", {"auth": keys["auth"]})
+    request_id, _ = cs.file(data)
+    cs.revoke("t", "stolen", node=HUB1)
+    _refused(cs, lambda: cs.approve(request_id, "t"), "Revoked")
+    assert _auth_sha(cs.globalconf()) is None
+    cs.decline(request_id, "t", "node revoked")
+
+
 def test_revocation_is_final(cs: CentralServer) -> None:
     _enrolled(cs)
     (row,) = cs.revoke("t", "compromised", node=HUB1, what="sign")

@@ -69,8 +69,9 @@ def add_central_commands(sub: Any) -> None:
         "revoke", "revoke a certificate, or a node's or member's certificates, for good",
         "The next global configuration lists what was revoked and since when; every node "
         "refuses it within one refresh. What was signed before still verifies. A revocation "
-        "cannot be undone: a node whose auth certificate is revoked must rotate (or enroll "
-        "again).",
+        "cannot be undone: a node whose auth certificate is revoked is out for good (its "
+        "agency enrolls a new node, under another code); a revoked signing certificate is "
+        "replaced with 'node keys rotate --sign'.",
     )  # fmt: skip
     target = revoke.add_mutually_exclusive_group(required=True)
     target.add_argument("--cert", help="a certificate's serial or SHA-256 (see 'central certs')")

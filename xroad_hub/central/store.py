@@ -466,8 +466,13 @@ class SqliteCentralStore:
                     (req.server, req.server.rsplit("/", 1)[0], req.address, request_id, now),
                 )
             elif req.type == "certRotation":
-                if not _one(db.execute("SELECT 1 FROM nodes WHERE id = ?", (req.server,))):
-                    raise RegistrationError("UnknownServer", f"{req.server} is not registered")
+                # A node revoked since it filed gets no new certificate: that would put it
+                # back into the global configuration behind the revocation's back.
+                if self._current(db, req.server, "auth") is None:
+                    raise RegistrationError(
+                        "Revoked", f"{req.server} is not registered or its authentication "
+                        "certificate was revoked; decline the request", 409,
+                    )  # fmt: skip
             elif req.type == "clientReg":
                 if not _one(db.execute("SELECT 1 FROM nodes WHERE id = ?", (req.server,))):
                     raise RegistrationError("UnknownServer", f"{req.server} is not registered")
