@@ -59,11 +59,21 @@ def add_run_command(node_sub: Any) -> None:
     run.add_argument("--dir", type=Path, required=True, help="the node's directory")
     run.add_argument(
         "--refresh-interval",
-        type=float,
+        type=_seconds,
         default=60.0,
         metavar="SECONDS",
         help="how often to download the global configuration (default 60)",
     )
+
+
+def _seconds(text: str) -> float:
+    value = float(text)
+    if not 0 < value < float("inf"):
+        raise ValueError(text)  # argparse: "invalid _seconds value"; named below
+    return value
+
+
+_seconds.__name__ = "positive number of seconds"
 
 
 @dataclass(frozen=True, slots=True)
