@@ -188,3 +188,26 @@ def test_new_agency_joins_a_running_federation(tmp_path: Path, backend: str) -> 
     finally:
         for p in reversed(procs):
             p.stop()
+
+
+def test_node_settings_are_the_node_table_without_id(tmp_path: Path) -> None:
+    """node.toml is read by the federation file's loader: the same keys and errors; the id
+    and the default peer address come from the enrollment, relative paths from NODEDIR."""
+    from xroad_hub.errors import ConfigError
+    from xroad_hub.node.noderun import load_settings
+
+    settings = tmp_path / "node.toml"
+    settings.write_text(
+        '[node]\nclient_listen = "127.0.0.1:8080"\n'
+        f'[[node.service]]\nid = "{SERVICE}"\nurl = "http://127.0.0.1:9/x"\n'
+        'answer_subject = []\nopenapi = "companies.json"\n'
+    )
+    cfg = load_settings(tmp_path, f"{DBD}/hub1", "127.0.0.1:5500")
+    assert str(cfg.id) == f"{DBD}/hub1" and cfg.peer_listen == ("127.0.0.1", 5500)
+    assert cfg.services[0].openapi == str(tmp_path.resolve() / "companies.json")
+    settings.write_text('[node]\nclient_listen = "127.0.0.1:8080"\ntimout = 3\n')
+    with pytest.raises(ConfigError, match=r"node.toml: \[node\]: unknown key 'timout'"):
+        load_settings(tmp_path, f"{DBD}/hub1", "127.0.0.1:5500")
+    settings.write_text('[node]\n[registry]\nlisten = "127.0.0.1:1"\n')
+    with pytest.raises(ConfigError, match=r"one \[node\] table only \(not registry\)"):
+        load_settings(tmp_path, f"{DBD}/hub1", "127.0.0.1:5500")
