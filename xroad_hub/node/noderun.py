@@ -12,6 +12,7 @@ against the anchor; the central server also runs the timestamp authority (``/tsa
 the witness (``/witness``) under the anchor's URL, reached over HTTPS verified against the
 federation CA (``tsa_url`` in node.toml names another TSA). Logs and state go to
 ``NODEDIR/data``; ``NODEDIR/endpoints.json`` says where the node listens while it runs.
+Relative paths in node.toml (OpenAPI, WSDL, flat-file exports and layouts) are NODEDIR's.
 """
 
 from __future__ import annotations
@@ -22,12 +23,13 @@ import signal
 import ssl
 import sys
 import tomllib
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
 
 import structlog
 
+from adapters.flatfile.settings import resolve_path
 from xroad_hub.errors import ConfigError
 from xroad_hub.federation import NodeConfig, load_table
 from xroad_hub.node.keys import NodeDirKeys
@@ -59,11 +61,21 @@ def add_run_command(node_sub: Any) -> None:
     run.add_argument("--dir", type=Path, required=True, help="the node's directory")
     run.add_argument(
         "--refresh-interval",
-        type=float,
+        type=_seconds,
         default=60.0,
         metavar="SECONDS",
         help="how often to download the global configuration (default 60)",
     )
+
+
+def _seconds(text: str) -> float:
+    value = float(text)
+    if not 0 < value < float("inf"):
+        raise ValueError(text)  # argparse: "invalid _seconds value"; named below
+    return value
+
+
+_seconds.__name__ = "positive number of seconds"
 
 
 @dataclass(frozen=True, slots=True)
@@ -154,9 +166,29 @@ def load_settings(root: Path, node_id: str, address: str) -> NodeConfig:
     table["id"] = node_id
     table.setdefault("peer_listen", address)
     try:
-        return load_table(NodeConfig, table, "[node]")
+        return _relative_to(root, load_table(NodeConfig, table, "[node]"))
     except ConfigError as exc:
         raise ConfigError(f"{path}: {exc}") from exc
+
+
+def _relative_to(root: Path, cfg: NodeConfig) -> NodeConfig:
+    """Files node.toml names by a relative path (OpenAPI documents, WSDL files, flat-file
+    exports and layouts) are in the node's directory, wherever the node is started from."""
+
+    def path(value: str | None) -> str | None:
+        if value is None or "://" in value:
+            return value
+        return str(resolve_path(value, root.resolve()))
+
+    services = []
+    for s in cfg.services:
+        options = dict(s.options)
+        for name in ("source", "layout") if s.adapter == "flatfile" else ():
+            if isinstance(options.get(name), str):
+                options[name] = path(options[name])
+        services.append(replace(s, options=options, openapi=path(s.openapi)))
+    soap = tuple(replace(s, wsdl=path(s.wsdl) or s.wsdl) for s in cfg.soap_services)
+    return replace(cfg, services=tuple(services), soap_services=soap)
 
 
 def run_node(args: Any) -> int:
