@@ -11,32 +11,41 @@ import json
 import os
 import ssl
 import time
+import urllib.error
 import urllib.request
+from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
 
 from xroad_hub.dev.testing import free_port
 
-from .test_node_run import (
-    DBD,
-    HOSPITAL,
-    MOPH,
-    SERVICE,
-    _call,
-    _enroll,
-    _get_ok,
-    _healthy,
-    _Proc,
-    _wait,
-    backend,
-    hub,
-)
+from .separate_procs import Proc, backend_server, enroll, get_ok, healthy, hub, make_central, wait
 
 pytestmark = pytest.mark.slow
-__all__ = ["backend"]  # the fixture, imported for this module's tests
 
+DBD, MOPH = "TH/GOV/DBD", "TH/GOV/MOPH"
+SERVICE = f"{DBD}/registry/companies"
+HOSPITAL = f"{MOPH}/hospital"
 REFRESH = 1.0  # seconds between global-configuration downloads of the nodes
+
+
+@pytest.fixture
+def backend() -> Iterator[str]:
+    with backend_server() as url:
+        yield url
+
+
+def _call(client_url: str) -> tuple[int, bytes, str]:
+    """(status, body, X-Road-Id) of one r1 request of the hospital to DBD's service."""
+    req = urllib.request.Request(
+        f"{client_url}/r1/{SERVICE}/0105536000011", headers={"X-Road-Client": HOSPITAL}
+    )
+    try:
+        with urllib.request.urlopen(req, timeout=30) as resp:
+            return resp.status, resp.read(), resp.headers.get("X-Road-Id", "")
+    except urllib.error.HTTPError as exc:
+        return exc.code, exc.read(), ""
 
 
 def _download(url: str) -> bytes:
@@ -47,21 +56,15 @@ def _download(url: str) -> bytes:
 
 
 def test_revoked_node_is_refused_within_one_refresh(tmp_path: Path, backend: str) -> None:
-    cdir, anchor = tmp_path / "central", tmp_path / "anchor.json"
-    central_url = f"https://127.0.0.1:{free_port()}"
-    hub("central", "init", "--dir", cdir, "--instance", "TH", "--url", central_url,
-        "--validity", "30")  # fmt: skip
-    hub("central", "member", "add", DBD, "--name", "DBD", "--dir", cdir)
-    hub("central", "member", "add", MOPH, "--name", "MOPH", "--dir", cdir)
-    hub("central", "anchor", "--dir", cdir, "-o", anchor)
-    procs: list[_Proc] = []
+    cdir, central_url, anchor = make_central(tmp_path, {DBD: "DBD", MOPH: "MOPH"})
+    procs: list[Proc] = []
     try:
-        procs.append(_Proc(tmp_path / "central.log", "central", "run", "--dir", cdir))
-        _wait("the central server", lambda: _get_ok(f"{central_url}/globalconf"), procs)
+        procs.append(Proc(tmp_path / "central.log", "central", "run", "--dir", cdir))
+        wait("the central server", lambda: get_ok(f"{central_url}/globalconf"), procs)
         adir, bdir = tmp_path / "dbd-node", tmp_path / "moph-node"
         a_health, b_client = free_port(), free_port()
-        _enroll(cdir, anchor, adir, DBD, f"{DBD}/registry", free_port())
-        _enroll(cdir, anchor, bdir, MOPH, HOSPITAL, free_port())
+        enroll(cdir, anchor, adir, DBD, f"{DBD}/registry", free_port())
+        enroll(cdir, anchor, bdir, MOPH, HOSPITAL, free_port())
         (adir / "node.toml").write_text(
             f'[node]\nhealth_listen = "127.0.0.1:{a_health}"\ncheckpoint_interval = 1\n'
             f'[[node.service]]\nid = "{SERVICE}"\nurl = "{backend}/companies"\n'
@@ -71,12 +74,12 @@ def test_revoked_node_is_refused_within_one_refresh(tmp_path: Path, backend: str
             f'[node]\nclient_listen = "127.0.0.1:{b_client}"\ncheckpoint_interval = 1\n'
             f'[[node.client]]\nid = "{HOSPITAL}"\nauth = "http"\n'
         )
-        node_a = _Proc(tmp_path / "dbd-node.log", "node", "run", "--dir", adir,
+        node_a = Proc(tmp_path / "dbd-node.log", "node", "run", "--dir", adir,
                        "--refresh-interval", str(REFRESH))  # fmt: skip
-        node_b = _Proc(tmp_path / "moph-node.log", "node", "run", "--dir", bdir,
+        node_b = Proc(tmp_path / "moph-node.log", "node", "run", "--dir", bdir,
                        "--refresh-interval", str(REFRESH))  # fmt: skip
         procs += [node_a, node_b]
-        _wait("node A", lambda: _healthy(f"http://127.0.0.1:{a_health}"), procs)
+        wait("node A", lambda: healthy(f"http://127.0.0.1:{a_health}"), procs)
         client_url = f"http://127.0.0.1:{b_client}"
         answers: list[tuple[int, bytes, str]] = []
 
@@ -87,7 +90,7 @@ def test_revoked_node_is_refused_within_one_refresh(tmp_path: Path, backend: str
                 return False
             return answers[-1][0] == 200
 
-        _wait("the first exchange", answered, procs)
+        wait("the first exchange", answered, procs)
         before = answers[-1][2]
         time.sleep(2.5)  # the exchange is in a checkpoint timestamped well before
 
@@ -104,7 +107,7 @@ def test_revoked_node_is_refused_within_one_refresh(tmp_path: Path, backend: str
             refusals.append((status, json.loads(body)))
             return True
 
-        _wait("the refusal", refused, procs, timeout=REFRESH + 10)
+        wait("the refusal", refused, procs, timeout=REFRESH + 10)
         took = time.monotonic() - revoked_at
         status, error = refusals[-1]
         print(f"\nrevoked node refused {took:.2f} s after 'central revoke' (nodes refresh "
@@ -123,7 +126,7 @@ def test_revoked_node_is_refused_within_one_refresh(tmp_path: Path, backend: str
             status, body, _ = _call(client_url)
             assert status == 500 and "revoked" in json.loads(body)["message"]
         assert all(p.alive() for p in procs)  # nothing restarted, the provider serves on
-        assert _healthy(f"http://127.0.0.1:{a_health}")
+        assert healthy(f"http://127.0.0.1:{a_health}")
 
         for p in (node_b, node_a):
             assert p.stop() == 0, p.text()
