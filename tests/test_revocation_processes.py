@@ -3,7 +3,8 @@ server (``xroad-hub central run``) and two nodes (``xroad-hub node run --dir``).
 operator revokes the client's node with ``xroad-hub central revoke``; nothing is restarted;
 from the provider's next global-configuration refresh on, the client's exchanges are
 refused with an X-Road error naming the revocation, while the exchange made before still
-verifies offline (and what the revoked node signed since does not)."""
+verifies offline (and whatever either node logged since, signed with a revoked
+certificate, is named: which node heard first, and so what was signed, varies)."""
 
 from __future__ import annotations
 
@@ -142,8 +143,8 @@ def test_revoked_node_is_refused_within_one_refresh(tmp_path: Path, backend: str
             assert out.startswith("VERIFIED"), out
             assert "revoked since, still valid for this exchange" in out, out
         # Each log: only what was signed after the revocation is named (what the client's
-        # node signed until it heard, and the provider served until it heard), never the
-        # exchange before.
+        # node signed until it heard, and the provider served until it heard; none when the
+        # client's node heard first), never the exchange before.
         env = {**os.environ, "SSL_CERT_FILE": str(root)}
         for ndir in (adir, bdir):
             done = hub("audit", "verify", ndir / "data" / "messagelog.sqlite", "--root-ca",
@@ -154,7 +155,6 @@ def test_revoked_node_is_refused_within_one_refresh(tmp_path: Path, backend: str
             unaware = hub("audit", "verify", ndir / "data" / "messagelog.sqlite", "--root-ca",
                           root, env=env)  # fmt: skip
             assert unaware.rstrip().endswith(": OK"), unaware  # the revocation tells them apart
-        assert bad, "the client's node logged nothing it signed after the revocation"
     finally:
         for p in reversed(procs):
             p.stop()
