@@ -3,8 +3,7 @@ server (``xroad-hub central run``) and two nodes (``xroad-hub node run --dir``).
 operator revokes the client's node with ``xroad-hub central revoke``; nothing is restarted;
 from the provider's next global-configuration refresh on, the client's exchanges are
 refused with an X-Road error naming the revocation, while the exchange made before still
-verifies offline (and whatever either node logged since, signed with a revoked
-certificate, is named: which node heard first, and so what was signed, varies)."""
+verifies offline and what the revoked node signed since does not."""
 
 from __future__ import annotations
 
@@ -28,7 +27,11 @@ pytestmark = pytest.mark.slow
 DBD, MOPH = "TH/GOV/DBD", "TH/GOV/MOPH"
 SERVICE = f"{DBD}/registry/companies"
 HOSPITAL = f"{MOPH}/hospital"
-REFRESH = 1.0  # seconds between global-configuration downloads of the nodes
+REFRESH = 1.0  # seconds between global-configuration downloads of the provider's node
+# The client's node refreshes rarely: it has not heard of its own revocation when it next
+# calls, so it is the provider's node that must refuse it (TLS), and the client's log then
+# holds requests signed after the revocation.
+CLIENT_REFRESH = 20.0
 
 
 @pytest.fixture
@@ -78,7 +81,7 @@ def test_revoked_node_is_refused_within_one_refresh(tmp_path: Path, backend: str
         node_a = Proc(tmp_path / "dbd-node.log", "node", "run", "--dir", adir,
                        "--refresh-interval", str(REFRESH))  # fmt: skip
         node_b = Proc(tmp_path / "moph-node.log", "node", "run", "--dir", bdir,
-                       "--refresh-interval", str(REFRESH))  # fmt: skip
+                       "--refresh-interval", str(CLIENT_REFRESH))  # fmt: skip
         procs += [node_a, node_b]
         wait("node A", lambda: healthy(f"http://127.0.0.1:{a_health}"), procs)
         client_url = f"http://127.0.0.1:{b_client}"
@@ -111,19 +114,15 @@ def test_revoked_node_is_refused_within_one_refresh(tmp_path: Path, backend: str
         wait("the refusal", refused, procs, timeout=REFRESH + 10)
         took = time.monotonic() - revoked_at
         status, error = refusals[-1]
-        print(f"\nrevoked node refused {took:.2f} s after 'central revoke' (nodes refresh "
-              f"every {REFRESH:g} s): {error['type']}")  # fmt: skip
-        # Whichever node heard first refuses: the provider (the client's TLS certificate or
-        # its signature) or the client's own node (it will not sign with a revoked key).
-        assert error["type"] in (
-            "Server.ServerProxy.SslAuthenticationFailed",
-            "Server.ServerProxy.CertValidation",
-            "Server.ClientProxy.CertValidation",
-        ), error
+        print(f"\nrevoked node refused {took:.2f} s after 'central revoke' (provider's node "
+              f"refreshes every {REFRESH:g} s): {error['type']}")  # fmt: skip
+        # The provider refuses the client node's TLS certificate (on a machine so slow that
+        # the client's node refreshed first, that node refuses to sign itself).
+        by_provider = error["type"] == "Server.ServerProxy.SslAuthenticationFailed"
+        assert by_provider or error["type"] == "Server.ClientProxy.CertValidation", error
         assert "revoked at" in error["message"] and MOPH in error["message"], error
         assert took <= REFRESH + 2.0, took  # one refresh, and the time to download it
-        time.sleep(REFRESH * 2)  # both nodes have it now: refused by both sides
-        for _ in range(3):
+        for _ in range(3):  # and from now on every time
             status, body, _ = _call(client_url)
             assert status == 500 and "revoked" in json.loads(body)["message"]
         assert all(p.alive() for p in procs)  # nothing restarted, the provider serves on
@@ -143,8 +142,8 @@ def test_revoked_node_is_refused_within_one_refresh(tmp_path: Path, backend: str
             assert out.startswith("VERIFIED"), out
             assert "revoked since, still valid for this exchange" in out, out
         # Each log: only what was signed after the revocation is named (what the client's
-        # node signed until it heard, and the provider served until it heard; none when the
-        # client's node heard first), never the exchange before.
+        # node signed before it heard, and the provider served before it heard), never the
+        # exchange before.
         env = {**os.environ, "SSL_CERT_FILE": str(root)}
         for ndir in (adir, bdir):
             done = hub("audit", "verify", ndir / "data" / "messagelog.sqlite", "--root-ca",
@@ -155,6 +154,7 @@ def test_revoked_node_is_refused_within_one_refresh(tmp_path: Path, backend: str
             unaware = hub("audit", "verify", ndir / "data" / "messagelog.sqlite", "--root-ca",
                           root, env=env)  # fmt: skip
             assert unaware.rstrip().endswith(": OK"), unaware  # the revocation tells them apart
+        assert bad or not by_provider, "the client's requests signed since are not named"
     finally:
         for p in reversed(procs):
             p.stop()
