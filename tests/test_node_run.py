@@ -211,3 +211,32 @@ def test_node_settings_are_the_node_table_without_id(tmp_path: Path) -> None:
     settings.write_text('[node]\n[registry]\nlisten = "127.0.0.1:1"\n')
     with pytest.raises(ConfigError, match=r"one \[node\] table only \(not registry\)"):
         load_settings(tmp_path, f"{DBD}/hub1", "127.0.0.1:5500")
+
+
+def test_node_run_refuses_private_keys_others_can_read(tmp_path: Path) -> None:
+    """An enrolled directory whose key became group- or world-readable is not used."""
+    from cryptography.hazmat.primitives.asymmetric import ed25519
+
+    from xroad_hub.errors import ConfigError
+    from xroad_hub.node.noderun import load_node_dir
+    from xroad_hub.pki import generate_key, issue_cert, make_root_ca, write_cert, write_key
+    from xroad_hub.protocol.globalconf import signer_name
+    from xroad_hub.protocol.registration import build_anchor
+
+    ca_key, ca = make_root_ca("TH central server CA")
+    signer = issue_cert(ca_key, ca, signer_name("TH"), generate_key(), purpose="sign")
+    (tmp_path / "anchor.json").write_bytes(build_anchor("TH", "https://127.0.0.1:4001", signer))
+    (tmp_path / "enrollment.json").write_text(
+        json.dumps({"member": DBD, "code": "hub1", "address": "127.0.0.1:5500"})
+    )
+    write_cert(tmp_path / "ca.cert.pem", ca)
+    for name, key, purpose in (("auth", generate_key(), "tls"), ("sign", generate_key(), "sign"),
+                               ("checkpoint", ed25519.Ed25519PrivateKey.generate(),
+                                "checkpoint")):  # fmt: skip
+        write_key(tmp_path / f"{name}.key.pem", key)
+        write_cert(tmp_path / f"{name}.cert.pem", issue_cert(ca_key, ca, DBD, key, purpose=purpose))
+    (tmp_path / "node.toml").write_text("[node]\n")
+    assert str(load_node_dir(tmp_path).config.id) == f"{DBD}/hub1"
+    (tmp_path / "sign.key.pem").chmod(0o644)
+    with pytest.raises(ConfigError, match=r"sign\.key\.pem is readable by other users"):
+        load_node_dir(tmp_path)

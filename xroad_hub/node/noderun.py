@@ -137,6 +137,14 @@ def load_node_dir(root: Path) -> NodeDir:
         )  # fmt: skip
     if not keys.root_ca.exists():
         raise RegistrationError("NotRegistered", f"{keys.root_ca} is missing; run {fetch}")
+    for paths in (keys.auth(), keys.member_sign(member), checkpoint):
+        # As ssh does: a key others could read may have been copied; say so, do not use it.
+        if paths.key.stat().st_mode & 0o077:
+            raise ConfigError(
+                f"the private key {paths.key} is readable by other users; make it the node "
+                f"operator's alone (chmod 600 {paths.key}) and consider it compromised if "
+                "others could have read it"
+            )
     return NodeDir(root, anchor, load_settings(root, f"{member}/{code}", address), keys)
 
 
