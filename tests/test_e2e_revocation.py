@@ -138,6 +138,16 @@ async def test_provider_refuses_a_revoked_client_node(quick: Fed, http, monkeypa
     assert "revoked" in message
 
 
+async def test_revoked_node_refuses_to_send_itself(quick: Fed, http) -> None:
+    """Once it knows, the revoked node says so itself (before, its peers refuse it)."""
+    revocation = _revoke(quick, "auth", DGA)
+    await _until_known(quick, DGA, revocation)
+    await _until_known(quick, DBD, revocation)
+    status, error, message = await _call(http, quick)
+    assert (status, error) == (500, "Server.ClientProxy.SslAuthenticationFailed"), message
+    assert message.startswith("this node: the authentication certificate of node " + DGA)
+
+
 async def test_request_signed_by_a_revoked_certificate_is_refused(
     quick: Fed, http, monkeypatch
 ) -> None:

@@ -38,6 +38,7 @@ from xroad_hub.node.tls import peer_fingerprint
 from xroad_hub.protocol.access import (
     check_answer,
     check_not_revoked,
+    check_own_node,
     node_serving,
     purpose_of,
 )
@@ -195,6 +196,7 @@ class ClientProxy:
         conf = self.rt.conf_or_fail(CLIENT_PROXY)
         client = call.client
         with blame_on(CLIENT_PROXY):
+            check_own_node(conf, self.rt.node_id)
             peer = node_serving(conf, call.service.provider, call.security_server)
         signer = self.rt.signer_for(client.member, CLIENT_PROXY)
         with blame_on(CLIENT_PROXY):

@@ -31,6 +31,7 @@ from xroad_hub.protocol.access import (
     check_addressed,
     check_hosted,
     check_not_revoked,
+    check_own_node,
     check_protocol,
     decide_access,
     signed_purpose_matches,
@@ -102,6 +103,8 @@ class ServerProxy:
         started = time.time()
         self.rt.check_logging(SERVER_PROXY)
         conf = self.rt.conf_or_fail(SERVER_PROXY)
+        with blame_on(SERVER_PROXY):
+            check_own_node(conf, self.rt.node_id)
         fingerprint = peer_fingerprint(request.transport)
         revoked = conf.revoked(fingerprint) if fingerprint else None
         if revoked is not None:

@@ -28,6 +28,7 @@ __all__ = [
     "check_answer",
     "check_hosted",
     "check_not_revoked",
+    "check_own_node",
     "check_protocol",
     "decide_access",
     "node_serving",
@@ -108,6 +109,16 @@ def _revoked_nodes_of(conf: GlobalConf, provider: ClientId) -> str:
     owner = f"{provider.member}/"
     gone = [r for r in conf.revocations if r.kind == "auth" and r.subject.startswith(owner)]
     return "".join(f" ({r.describe()})" for r in gone[-3:])
+
+
+def check_own_node(conf: GlobalConf, node: NodeId) -> None:
+    """This node is not out of the configuration for a revoked auth certificate: it then
+    neither sends nor serves (its peers refuse it anyway; it says why itself)."""
+    if not conf.revocations or conf.node(node) is not None:
+        return
+    gone = [r for r in conf.revocations if r.kind == "auth" and r.subject == str(node)]
+    if gone:
+        raise ProtocolError("SslAuthenticationFailed", f"this node: {gone[-1].describe()}")
 
 
 def check_not_revoked(conf: GlobalConf, cert_der: bytes, what: str) -> None:
