@@ -293,6 +293,7 @@ class CentralServer:
         if what not in ("auth", "sign", "checkpoint", "all"):
             raise RegistrationError("Malformed", "what must be auth, sign, checkpoint or all")
         purposes = ("auth", "sign", "checkpoint") if what == "all" else (what,)
+        kind = "" if what == "all" else f"{what} "
         rows = self.store.certs()
         if cert is not None:
             wanted = cert.strip().lower().replace(":", "")
@@ -305,7 +306,7 @@ class CentralServer:
             node_id = str(parse_node_id(node))
             chosen = [c for c in rows if c.server == node_id and c.purpose in purposes]
             if not chosen:
-                raise RegistrationError("UnknownServer", f"{node_id} has no {what} "
+                raise RegistrationError("UnknownServer", f"{node_id} has no {kind}"
                                         "certificates", 404)  # fmt: skip
         else:
             assert member is not None
@@ -313,7 +314,7 @@ class CentralServer:
             chosen = [c for c in rows if c.server.rsplit("/", 1)[0] == member_id
                       and c.purpose in purposes]  # fmt: skip
             if not chosen:
-                raise RegistrationError("UnknownMember", f"{member_id} has no {what} "
+                raise RegistrationError("UnknownMember", f"{member_id} has no {kind}"
                                         "certificates", 404)  # fmt: skip
         revoked = self.store.revoke([c.serial for c in chosen], admin, reason.strip())
         for c in revoked:
