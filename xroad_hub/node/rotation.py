@@ -102,9 +102,14 @@ def _rotate(root: Path, state: dict[str, Any], purpose: str) -> int:
     csr = make_csr(key, cn).public_bytes(_PEM).decode()
     request = new_request("certRotation", session.anchor.instance, server, purpose=purpose, csr=csr)
     signed = sign_request(request, {**signers, "new": key})
-    answer = session.post(signed)  # refused: raises, and no key is kept
+    # The key is on disk before the central server can approve a certificate for it.
     write_key(root / f"{purpose}.new.key.pem", key)
     write_private(root / f"{purpose}.new.csr.pem", csr.encode())
+    try:
+        answer = session.post(signed)
+    except RegistrationError:  # refused (or unreachable): no key is kept
+        _forget(root, state, purpose)
+        raise
     state.setdefault("rotations", {})[purpose] = {
         "request_id": int(answer["requestId"]),
         "status_token": str(answer.get("statusToken", "")),
