@@ -25,6 +25,7 @@ from typing import Any, ClassVar, TypeVar, Union, get_args, get_origin, get_type
 
 from adapters.flatfile.settings import OPTIONS as FLATFILE_OPTIONS
 from xroad_hub.errors import ConfigError, XRoadError
+from xroad_hub.protocol.access import parse_endpoint
 from xroad_hub.protocol.identifiers import (
     ClientId,
     MemberId,
@@ -66,8 +67,6 @@ AUTH_MODES = ("http", "mtls", "jwt")
 SOAP_MODES = ("bridge", "passthrough")
 # Options of a [[node.service]] passed to its adapter (the adapter validates their values).
 ADAPTER_OPTIONS: dict[str, frozenset[str]] = {"rest": frozenset(), "flatfile": FLATFILE_OPTIONS}
-
-
 
 
 def parse_address(text: str) -> tuple[str, int]:
@@ -122,6 +121,12 @@ def _purposes(values: tuple[str, ...]) -> tuple[str, ...]:
                 f"purpose {value!r} must be a code of identifier characters, e.g. "
                 "food-business-licence"
             )
+    return values
+
+
+def _endpoints(values: tuple[str, ...]) -> tuple[str, ...]:
+    for value in values:
+        parse_endpoint(value)
     return values
 
 
@@ -330,6 +335,9 @@ class ServiceConfig:
     purposes: tuple[str, ...] = _purposes_setting()
     # A service-level objective the node watches (node/slo.py); None: none declared.
     slo: SloConfig | None = None
+    # The operations this service code serves, "METHOD /path/{param}" each (a service code
+    # registered from one OpenAPI operation); empty: any method and path under its URL.
+    endpoints: tuple[str, ...] = setting((), parse=_endpoints)
 
     def __post_init__(self) -> None:
         if self.adapter == "rest" and not self.url:

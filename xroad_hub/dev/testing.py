@@ -29,6 +29,7 @@ TEST_ADMIN_KEYS: dict[str, tuple[str, tuple[str, ...]]] = {
     "ops": ("test-admin-key-ops-not-for-production", ("system-administrator",)),
     "scraper": ("test-admin-key-scraper-not-for-production", ("monitor",)),
     "officer": ("test-admin-key-officer-not-for-production", ("security-officer",)),
+    "services": ("test-admin-key-services-not-for-production", ("service-administrator",)),
 }
 
 

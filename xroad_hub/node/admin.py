@@ -86,14 +86,20 @@ class AdminAudit:
 
 class AdminApi:
     def __init__(
-        self, node_id: str, admins: Iterable[AdminConfig], audit: AdminAudit | None = None
+        self,
+        node_id: str,
+        admins: Iterable[AdminConfig],
+        audit: AdminAudit | None = None,
+        *,
+        max_body: int = 64 * 1024,
     ) -> None:
         """``audit``: the trail the app's own routes write (None where the owner keeps its
-        trail elsewhere, as the central server does in its database)."""
+        trail elsewhere, as the central server does in its database). ``max_body``: the
+        largest request body (only ever read once the administrator is authenticated)."""
         self.node_id = node_id
         self._by_digest = {a.key_sha256: a for a in admins}
         self.audit = audit
-        self.app = web.Application(middlewares=[self._authenticate], client_max_size=64 * 1024)
+        self.app = web.Application(middlewares=[self._authenticate], client_max_size=max_body)
         self._roles: dict[web.Application, frozenset[str]] = {}
         self._route_roles: dict[web.AbstractRoute, frozenset[str]] = {}
 

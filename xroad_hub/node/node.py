@@ -7,7 +7,7 @@ import contextlib
 import functools
 import socket
 import ssl
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Mapping
 from pathlib import Path
 from types import MappingProxyType
 from typing import Any
@@ -49,7 +49,7 @@ from xroad_hub.node.evidenceapi import EvidenceApi
 from xroad_hub.node.globalconf_client import GlobalConfClient
 from xroad_hub.node.health import CertCheck, health_app
 from xroad_hub.node.limits import ClientLimits
-from xroad_hub.node.metrics import NodeMetrics
+from xroad_hub.node.metrics import NodeMetrics, time_backend
 from xroad_hub.node.operations import NodeOperations
 from xroad_hub.node.opmonitoring import OpMonitor
 from xroad_hub.node.peer import PEER_PATH, PeerTransport
@@ -59,8 +59,11 @@ from xroad_hub.node.runtime import (
     SOAP_FAULTS,
     HostedService,
     NodeRuntime,
+    ServiceTable,
     x_road_errors,
 )
+from xroad_hub.node.services import ServiceManager, soap_registration
+from xroad_hub.node.settings import SQLiteSettingsStore
 from xroad_hub.node.slo import AlertSender, SloWatch
 from xroad_hub.node.timestamping import fetch_timestamp
 from xroad_hub.node.tls import client_facing_context, peer_client_context, peer_server_context
@@ -69,7 +72,7 @@ from xroad_hub.node.usedtokens import SQLiteUsedTokens
 from xroad_hub.pki import PkiLayout, load_cert, load_ed25519_key, load_private_key, load_public_key
 from xroad_hub.protocol.catalog import DEFAULT_CATALOG, load_catalog
 from xroad_hub.protocol.checkpoint import NoteSigner
-from xroad_hub.protocol.identifiers import ServiceId
+from xroad_hub.protocol.identifiers import ClientId, ServiceId
 from xroad_hub.protocol.message import MAX_OVERHEAD
 from xroad_hub.protocol.signing import MessageSigner, cert_fingerprint
 from xroad_hub.protocol.subjects import (
@@ -134,6 +137,10 @@ class Node(NodeOperations):
         self._listeners: list[tuple[str, web.AppRunner]] = []  # (role, runner), for metrics
         self.metrics: NodeMetrics | None = None
         self.admin: AdminApi | None = None
+        # The node's settings database and the services built from it (node/services.py).
+        self.settings: SQLiteSettingsStore | None = None
+        self.service_manager: ServiceManager | None = None
+        self._wsdls: dict[tuple[str, str, str], tuple[WsdlInfo, zeep.Client | None]] = {}
         self._certs: list[CertCheck] = []
         # How long a failed append of the message log keeps the node unready (health): no
         # probe writes to the log, so a failure is forgotten once none follows for this long.
@@ -205,21 +212,24 @@ class Node(NodeOperations):
         """The services with their adapters (flat-file exports loaded before the node
         answers), and the runtime both proxies share, complete before anything serves."""
         async with contextlib.AsyncExitStack() as stack:
-            services = self._services()
-            services.update(await self._soap_services(services))
-            for hosted in services.values():
-                stack.push_async_callback(hosted.adapter.close)
-            for hosted in services.values():
-                if isinstance(hosted.adapter, FlatFileAdapter):
-                    await hosted.adapter.start()
+            store = self.settings = SQLiteSettingsStore(self.data_dir / "node-settings.sqlite")
+            await asyncio.to_thread(store.open)
+            stack.callback(store.close)
+            table = ServiceTable()
+            manager = self.service_manager = ServiceManager(
+                store, self, table, known_client=self._known_client
+            )
+            declared = self._declared_services() + await self._declared_soap_services()
+            await manager.start(declared)
+            stack.push_async_callback(manager.close)
             self.checkpointer = self._checkpointer()
             if self.metrics_enabled:
-                self.metrics = NodeMetrics(
-                    str(self.config.id), frozenset(str(s) for s in services)
-                )
-            self.opmonitor = self._opmonitor(services)
-            rt = self.runtime = self._runtime(services, self.checkpointer)
+                self.metrics = NodeMetrics(str(self.config.id), frozenset(str(s) for s in table))
+            self.opmonitor = self._opmonitor(table)
+            rt = self.runtime = self._runtime(table, self.checkpointer)
             self._instrument(rt)
+            if rt.metrics is not None:
+                manager.on_new_adapter = lambda adapter: time_backend(adapter, "handle")
             stack.push_async_callback(rt.peers.close)
             stack.callback(rt.parse_pool.shutdown, wait=False, cancel_futures=True)
             yield
@@ -256,14 +266,78 @@ class Node(NodeOperations):
 
     # --- building ---------------------------------------------------------------------------
 
-    def _services(self) -> dict[ServiceId, HostedService]:
-        services = {
-            s.id: HostedService(s, self._adapter(s), openapi=_openapi(s))
-            for s in self.config.services
-        }
-        for hosted in services.values():
+    def _declared_services(self) -> list[tuple[ServiceConfig, dict[str, Any]]]:
+        """The REST and flat-file services of the node's configuration, as settings rows
+        (their OpenAPI documents kept in the settings database)."""
+        assert self.settings is not None
+        found: list[tuple[ServiceConfig, dict[str, Any]]] = []
+        for s in self.config.services:
+            extra: dict[str, Any] = {"allow": sorted(str(c) for c in s.allow)}
+            if s.openapi is not None:
+                _openapi(s)  # an unreadable or wrong document is the file's error, named so
+                extra["openapi"] = self.settings.put_document(Path(s.openapi).read_bytes())
+            found.append((s, extra))
+        return found
+
+    async def _declared_soap_services(self) -> list[tuple[ServiceConfig, dict[str, Any]]]:
+        """SOAP services are registered from their WSDL, read when the node starts: each
+        operation becomes a service code (version from the WSDL's xrd:version, else the
+        registration's), with one adapter per operation."""
+        assert self.settings is not None
+        found: list[tuple[ServiceConfig, dict[str, Any]]] = []
+        seen = {s.id for s in self.config.services}
+        for reg in self.config.soap_services:
+            try:
+                data = await fetch_wsdl(reg.wsdl, timeout=reg.timeout)
+                info = load_wsdl(data, reg.wsdl)
+                sha = self.settings.put_document(data)
+                for op in info.operations.values():
+                    cfg = soap_operation(reg, info, op.name, op.version)
+                    if cfg.id in seen:
+                        raise ValueError(f"operation {op.name} is already a service code here")
+                    seen.add(cfg.id)
+                    soap = {"wsdl": sha, "source": reg.wsdl, "mode": reg.mode, "url": reg.url}
+                    found.append((cfg, {"allow": sorted(str(c) for c in reg.allow), "soap": soap}))
+            except (WsdlError, ValueError) as exc:
+                raise ConfigError(
+                    f"node {self.config.id}, SOAP service {reg.provider} ({reg.wsdl}): {exc}"
+                ) from exc
+        return found
+
+    def build_service(
+        self, cfg: ServiceConfig, row: dict[str, Any], documents: Mapping[str, bytes]
+    ) -> HostedService:
+        """One service of a settings row (services.ServiceManager): its adapter and its
+        descriptions, checked (answer subjects) before it is served."""
+        if cfg.adapter == "soap":
+            soap = row["soap"]
+            data = documents[soap["wsdl"]]
+            try:
+                # One reading (and zeep client) per WSDL, shared by its operations.
+                key = (soap["wsdl"], soap["source"], soap["mode"])
+                if key not in self._wsdls:
+                    info = load_wsdl(data, soap["source"])
+                    bridge = soap["mode"] == "bridge"
+                    self._wsdls[key] = info, zeep_client(data, soap["source"]) if bridge else None
+                info, client = self._wsdls[key]
+                info.operation(cfg.id.service_code)
+            except (WsdlError, KeyError) as exc:
+                raise ConfigError(f"WSDL {soap['source']}: {exc}") from exc
+            hosted = self._soap_service(soap_registration(cfg, soap), info, data, client, cfg)
+        else:
+            sha = row.get("openapi")
+            openapi = _openapi_document(documents[sha], str(cfg.id)) if sha else None
+            hosted = HostedService(cfg, self._adapter(cfg), openapi=openapi)
+        try:
             _check_answer_subjects(hosted)
-        return services
+        except BaseException:
+            asyncio.get_running_loop().create_task(hosted.adapter.close())
+            raise
+        return hosted
+
+    def _known_client(self, client: ClientId) -> bool:
+        conf = self.globalconf.current()
+        return conf is not None and conf.node_hosting(client) is not None
 
     def _checkpointer(self) -> Checkpointer:
         cfg, pki = self.config, self.pki
@@ -282,9 +356,7 @@ class Node(NodeOperations):
             trusted_roots=[load_cert(pki.root_ca.cert)],
         )
 
-    def _runtime(
-        self, services: dict[ServiceId, HostedService], checkpointer: Checkpointer
-    ) -> NodeRuntime:
+    def _runtime(self, services: ServiceTable, checkpointer: Checkpointer) -> NodeRuntime:
         cfg, pki = self.config, self.pki
         assert self._log is not None
         auth = pki.node_auth(str(cfg.id))
@@ -314,7 +386,7 @@ class Node(NodeOperations):
             globalconf=self.globalconf,
             signers=signers,
             authenticator=ClientAuthenticator(str(cfg.id), regs, self.used_tokens),
-            services=MappingProxyType(services),
+            services=services,
             log=self._log,
             peers=PeerTransport(
                 functools.partial(peer_client_context, auth.cert, auth.key, pki.root_ca.cert),
@@ -358,44 +430,6 @@ class Node(NodeOperations):
             f"service {service.id}: adapter {service.adapter!r} is not available "
             "(use 'rest' or 'flatfile')"
         )
-
-    async def _soap_services(
-        self, others: dict[ServiceId, HostedService]
-    ) -> dict[ServiceId, HostedService]:
-        """SOAP services are registered from their WSDL, read when the node starts: each
-        operation becomes a service code (version from the WSDL's xrd:version, else the
-        registration's), with one adapter per operation."""
-        found: dict[ServiceId, HostedService] = {}
-        for reg in self.config.soap_services:
-            try:
-                data = await fetch_wsdl(reg.wsdl, timeout=reg.timeout)
-                info = load_wsdl(data, reg.wsdl)
-                client = zeep_client(data, reg.wsdl) if reg.mode == "bridge" else None
-                for op in info.operations.values():
-                    cfg = ServiceConfig(
-                        id=ServiceId(reg.provider, op.name),
-                        adapter="soap",
-                        url=reg.url or info.endpoint or "",
-                        timeout=reg.timeout,
-                        allow=reg.allow,
-                        disabled=reg.disabled,
-                        version=op.version or reg.version,
-                        options={"mode": reg.mode, "wsdl": reg.wsdl},
-                        subjects=reg.subjects,
-                        answer_subjects=reg.answer_subjects,
-                        purposes=reg.purposes,
-                        slo=reg.slo,
-                    )
-                    if cfg.id in others or cfg.id in found:
-                        raise ValueError(f"operation {op.name} is already a service code here")
-                    hosted = self._soap_service(reg, info, data, client, cfg)
-                    _check_answer_subjects(hosted)
-                    found[cfg.id] = hosted
-            except (WsdlError, ValueError) as exc:
-                raise ConfigError(
-                    f"node {self.config.id}, SOAP service {reg.provider} ({reg.wsdl}): {exc}"
-                ) from exc
-        return found
 
     def _soap_service(
         self,
@@ -601,6 +635,36 @@ def _check_answer_subjects(hosted: HostedService) -> None:
             f"description), which answer_subject does not locate; add {hint}"
             + (" (or xml:ELEMENT for a SOAP service)" if cfg.adapter == "soap" else "")
         )
+
+
+def _openapi_document(data: bytes, where: str) -> dict[str, Any]:
+    try:
+        document = orjson.loads(data)
+    except orjson.JSONDecodeError as exc:
+        raise ConfigError(f"service {where}: its OpenAPI description is not JSON: {exc}") from exc
+    if not isinstance(document, dict) or not str(document.get("openapi", "")).startswith("3."):
+        raise ConfigError(f"service {where}: its description is not an OpenAPI 3 document")
+    return document
+
+
+def soap_operation(
+    reg: SoapServiceConfig, info: WsdlInfo, name: str, version: str | None
+) -> ServiceConfig:
+    """The registration of one operation of a WSDL: a service code of the provider."""
+    return ServiceConfig(
+        id=ServiceId(reg.provider, name),
+        adapter="soap",
+        url=reg.url or info.endpoint or "",
+        timeout=reg.timeout,
+        allow=reg.allow,
+        disabled=reg.disabled,
+        version=version or reg.version,
+        options={"mode": reg.mode, "wsdl": reg.wsdl},
+        subjects=reg.subjects,
+        answer_subjects=reg.answer_subjects,
+        purposes=reg.purposes,
+        slo=reg.slo,
+    )
 
 
 def _openapi(service: ServiceConfig) -> dict[str, object] | None:

@@ -35,6 +35,8 @@ from xroad_hub.node.metrics import (
 )
 from xroad_hub.node.opmonitoring import OpMonitor, opmonitoring_app
 from xroad_hub.node.runtime import NODE_METRICS, HostedService, NodeRuntime
+from xroad_hub.node.serviceadmin import settings_app
+from xroad_hub.node.services import ServiceManager
 from xroad_hub.node.slo import AlertSender, SloWatch
 from xroad_hub.node.tls import admin_context
 from xroad_hub.pki import CertPaths, PkiLayout
@@ -55,6 +57,7 @@ class NodeOperations:
     checkpointer: Checkpointer | None
     metrics: NodeMetrics | None
     admin: AdminApi | None
+    service_manager: ServiceManager | None
     opmonitor: OpMonitor | None
     slo_watch: SloWatch | None
     log_failure_hold: float
@@ -251,8 +254,20 @@ class NodeOperations:
             str(self.config.id),
             self.config.admins,
             AdminAudit(self.data_dir / "admin-audit.jsonl", str(self.config.id)),
+            # Service descriptions (OpenAPI, WSDL) and settings exports are sent here.
+            max_body=12 * 1024 * 1024,
         )
         admin.app.middlewares.insert(0, context)
+        manager = self.service_manager
+        if manager is not None:
+            # Services, access rights, groups: the service administrators' (serviceadmin.py).
+            assert admin.audit is not None
+            manager.record = admin.audit.record
+            admin.mount(
+                "/settings",
+                settings_app(manager, str(self.config.id)),
+                ("service-administrator",),
+            )
         metrics = self.metrics
 
         async def scrape(request: web.Request) -> web.Response:
@@ -375,11 +390,7 @@ class NodeOperations:
 
         return SloWatch(
             store,
-            {
-                str(sid): h.config.slo
-                for sid, h in rt.services.items()
-                if h.config.slo
-            },
+            {str(sid): h.config.slo for sid, h in rt.services.items() if h.config.slo},
             alerts,
             interval=cfg.slo_check_interval,
             conditions={

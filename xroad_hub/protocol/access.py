@@ -11,6 +11,7 @@ when every rule below holds.
 
 from __future__ import annotations
 
+import re
 from collections.abc import Collection
 from dataclasses import dataclass
 from typing import Any, Protocol
@@ -26,10 +27,12 @@ __all__ = [
     "ServiceRules",
     "check_addressed",
     "check_answer",
+    "check_endpoint",
     "check_hosted",
     "check_protocol",
     "decide_access",
     "node_serving",
+    "parse_endpoint",
     "purpose_of",
     "signed_purpose_matches",
 ]
@@ -54,6 +57,8 @@ class ServiceRules(Protocol):
     def purposes(self) -> tuple[str, ...]: ...
     @property
     def options(self) -> dict[str, Any]: ...
+    @property
+    def endpoints(self) -> tuple[str, ...]: ...
 
 
 @dataclass(frozen=True, slots=True)
@@ -205,3 +210,42 @@ def signed_purpose_matches(
     if request.purpose_default:
         return purpose is None and legal_basis in (None, request.legal_basis)
     return purpose == request.purpose and legal_basis == request.legal_basis
+
+
+_METHODS = frozenset(("GET", "POST", "PUT", "PATCH", "DELETE", "HEAD", "OPTIONS"))
+_TEMPLATE_PART = re.compile(r"[A-Za-z0-9._~!$&'()*+,;=:@%-]*|\{[A-Za-z0-9_.-]+\}")
+
+
+def parse_endpoint(text: str) -> tuple[str, tuple[str, ...]]:
+    """``"GET /deeds/{id}"``: the method and the path's segments (``{...}``: any one
+    segment), as an OpenAPI operation names them."""
+    method, sep, path = text.partition(" ")
+    segments = tuple(path.split("/")[1:])
+    if (
+        not sep
+        or method not in _METHODS
+        or not path.startswith("/")
+        or not all(_TEMPLATE_PART.fullmatch(s) for s in segments)
+    ):
+        raise ValueError(f"endpoint {text!r} must be METHOD /path, e.g. GET /deeds/{{id}}")
+    return method, segments
+
+
+def check_endpoint(rules: ServiceRules, method: str, path: str) -> None:
+    """A service code registered for some operations serves only those (X-Road: access
+    rights per endpoint); AccessDenied for any other method or path."""
+    if not rules.endpoints:
+        return
+    asked = path.split("?", 1)[0].split("/")[1:]
+    for endpoint in rules.endpoints:
+        want_method, segments = parse_endpoint(endpoint)
+        if want_method != method or len(segments) != len(asked):
+            continue
+        if all(
+            (s.startswith("{") and a != "") or s == a for s, a in zip(segments, asked, strict=True)
+        ):
+            return
+    raise ProtocolError(
+        "AccessDenied",
+        f"{rules.id} serves only {', '.join(rules.endpoints)}, not {method} {path or '/'}",
+    )
