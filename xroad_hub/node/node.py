@@ -22,6 +22,7 @@ from cryptography.hazmat.primitives.asymmetric import ec
 
 from adapters import Adapter, RestAdapter
 from adapters.flatfile import FlatFileAdapter, LayoutError
+from adapters.flatfile.openapi import flatfile_openapi
 from adapters.soap import (
     SoapBridgeAdapter,
     SoapPassthroughAdapter,
@@ -327,7 +328,13 @@ class Node(NodeOperations):
         else:
             sha = row.get("openapi")
             openapi = _openapi_document(documents[sha], str(cfg.id)) if sha else None
-            hosted = HostedService(cfg, self._adapter(cfg), openapi=openapi)
+            adapter = self._adapter(cfg)
+            if openapi is None and isinstance(adapter, FlatFileAdapter):
+                # A legacy export's description, generated from its layout (getOpenAPI).
+                openapi = flatfile_openapi(
+                    adapter.settings, title=str(cfg.id), version=cfg.version or "1.0"
+                )
+            hosted = HostedService(cfg, adapter, openapi=openapi)
         try:
             _check_answer_subjects(hosted)
         except BaseException:

@@ -1,0 +1,200 @@
+"""Issue 13 end to end with the command line: the federation runs in a process of its own
+(``xroad-hub up``), the administrator uses ``xroad-hub node service|access|group|settings|
+status`` (each a process of its own), and a portal calls what was registered: a REST service
+from its OpenAPI document, a legacy SOAP service from its WSDL and a CSV export, within a
+second of registration, while an ungranted client gets AccessDenied."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import os
+import signal
+import ssl
+import stat
+import subprocess
+import sys
+import time
+import uuid
+from collections.abc import AsyncIterator
+from pathlib import Path
+from typing import Any
+
+import aiohttp
+import jwt
+import pytest
+
+from xroad_hub.dev.testing import TEST_ADMIN_KEYS, TestFederationSpec, write_federation
+from xroad_hub.pki import PkiLayout, load_private_key
+from xroad_hub.protocol.thaiid import with_check_digit
+
+from .soap_legacy import CITIZEN, LegacyServer
+from .test_service_admin import DEEDS_OPENAPI, OWNER
+from .test_service_admin import deeds_backend as deeds_backend  # a fixture, shared
+
+CLI = [sys.executable, "-m", "xroad_hub.cli"]
+DBD, DGA = "TH/GOV/DBD/hub1", "TH/GOV/DGA/hub1"
+PROVIDER = "TH/GOV/DBD/registry"
+DEV = "TH/GOV/DGA/devportal"
+PORTAL = "TH/GOV/DGA/citizenportal"
+BENEFICIARY = with_check_digit("310060012345")
+LAYOUT = """
+name = "welfare"
+description = "Welfare-card holders, a monthly CSV export"
+format = "csv"
+encoding = "utf-8"
+header = true
+keys = ["citizen_id"]
+
+[[field]]
+name = "citizen_id"
+type = "citizen_id"
+required = true
+
+[[field]]
+name = "card_status"
+"""
+
+
+@pytest.fixture
+async def running(tmp_path: Path, echo_backend: str) -> AsyncIterator[tuple[dict[str, Any], Path]]:
+    cfg = write_federation(tmp_path / "federation.toml", TestFederationSpec(echo_backend))
+    data = tmp_path / "data"
+    proc = await asyncio.create_subprocess_exec(
+        *CLI, "up", "--config", str(cfg), "--certs-dir", str(tmp_path / "certs"),
+        "--data-dir", str(data),
+        stdout=asyncio.subprocess.DEVNULL, stderr=asyncio.subprocess.PIPE,
+    )  # fmt: skip
+    try:
+        endpoints_file = data / "endpoints.json"
+        for _ in range(600):
+            if endpoints_file.exists() or proc.returncode is not None:
+                break
+            await asyncio.sleep(0.05)
+        assert endpoints_file.exists(), "the federation did not start"
+        yield json.loads(endpoints_file.read_text()), tmp_path
+    finally:
+        proc.send_signal(signal.SIGTERM)
+        _, err = await asyncio.wait_for(proc.communicate(), 60)
+    assert proc.returncode == 0, err.decode()[-2000:]
+
+
+def _cli(admin: str, *args: str, key: str = "services") -> subprocess.CompletedProcess[str]:
+    env = {**os.environ, "XROAD_HUB_ADMIN_KEY": TEST_ADMIN_KEYS[key][0]}
+    command = [*CLI, "node", *args[:2], "--admin", admin, *args[2:]]
+    return subprocess.run(command, capture_output=True, text=True, timeout=60, env=env)
+
+
+async def _call(
+    http: aiohttp.ClientSession, client_url: str, path: str, client: str = DEV, **kw: Any
+) -> tuple[int, str]:
+    method = "POST" if "json" in kw else "GET"
+    async with http.request(
+        method, client_url + path, headers={"X-Road-Client": client}, **kw
+    ) as r:
+        return r.status, await r.text()
+
+
+async def test_an_agency_registers_rest_soap_and_csv_services_by_cli(
+    running: tuple[dict[str, Any], Path],
+    legacy_soap: LegacyServer,
+    http: aiohttp.ClientSession,
+    deeds_backend: str,
+) -> None:
+    endpoints, tmp = running
+    admin = endpoints["nodes"][DBD]["admin"]
+    client = endpoints["nodes"][DGA]["client"]
+    openapi = tmp / "deeds.openapi.json"
+    openapi.write_text(json.dumps(DEEDS_OPENAPI))
+    layout = tmp / "welfare.layout.toml"
+    layout.write_text(LAYOUT)
+    export = tmp / "welfare.csv"
+    export.write_text(f"citizen_id,card_status\n{BENEFICIARY},active\n")
+
+    out = _cli(admin, "service", "add", "--provider", PROVIDER, "--openapi", str(openapi),
+               "--url", deeds_backend, "--answer-subject", "json:owner.citizen_id",
+               "--allow", DEV, "--version", "v1")  # fmt: skip
+    t_rest = time.monotonic()
+    assert out.returncode == 0, out.stderr
+    # What was registered, and what clients call.
+    assert f"{PROVIDER}/getDeed  version v1" in out.stdout
+    assert "answer subject: json:owner.citizen_id" in out.stdout
+    assert f"clients call: <their node>/r1/{PROVIDER}/getDeed/deeds/{{deedNo}}" in out.stdout
+    status, text = await _call(http, client, f"/r1/{PROVIDER}/getDeed/deeds/D-7")
+    assert status == 200 and OWNER in text, text
+    assert time.monotonic() - t_rest < 1.0 + 0.5  # the CLI's own exit included
+
+    out = _cli(admin, "service", "add", "--provider", PROVIDER, "--wsdl", legacy_soap.wsdl_url,
+               "--mode", "bridge", "--answer-subject", "xml:citizenId", "--allow", DEV)  # fmt: skip
+    assert out.returncode == 0, out.stderr
+    assert f"{PROVIDER}/getPerson" in out.stdout
+    status, text = await _call(
+        http, client, f"/r1/{PROVIDER}/getPerson", json={"citizenId": CITIZEN}
+    )
+    assert status == 200 and CITIZEN in text, text
+
+    out = _cli(admin, "service", "add", "--provider", PROVIDER, "--layout", str(layout),
+               "--file", str(export), "--answer-subject", "json:records[*].citizen_id",
+               "--allow", DEV)  # fmt: skip
+    assert out.returncode == 0, out.stderr
+    assert f"{PROVIDER}/records" in out.stdout
+    status, text = await _call(http, client, f"/r1/{PROVIDER}/records/records/{BENEFICIARY}")
+    assert status == 200 and "active" in text, text
+    # The export's generated OpenAPI description (getOpenAPI answered 500 before).
+    status, text = await _call(http, client, f"/r1/{PROVIDER}/getOpenAPI?serviceCode=records")
+    assert status == 200, text
+    described = json.loads(text)
+    assert described["openapi"].startswith("3.")
+    record = described["components"]["schemas"]["Record"]["properties"]
+    assert record["citizen_id"]["format"] == "citizen-id"
+
+    # A client without an access right is refused, each kind of service: the citizens'
+    # portal (a JWT over TLS, to the same node).
+    pki = PkiLayout(tmp / "certs")
+    now = int(time.time())
+    for path, kw in (
+        (f"/r1/{PROVIDER}/getDeed/deeds/D-7", {}),
+        (f"/r1/{PROVIDER}/getPerson", {"json": {"citizenId": CITIZEN}}),
+        (f"/r1/{PROVIDER}/records/records/{BENEFICIARY}", {}),
+    ):
+        claims = {"iss": PORTAL, "aud": DGA, "iat": now, "exp": now + 60, "jti": uuid.uuid4().hex}
+        token = jwt.encode(claims, load_private_key(pki.client_jwt(PORTAL).key), "ES256")
+        ctx = ssl.create_default_context(cafile=str(pki.root_ca.cert))
+        async with http.request(
+            "POST" if kw else "GET",
+            endpoints["nodes"][DGA]["client_tls"] + path,
+            headers={"X-Road-Client": PORTAL, "Authorization": f"Bearer {token}"},
+            ssl=ctx,
+            **kw,
+        ) as r:
+            text = await r.text()
+            assert r.status != 200 and "AccessDenied" in text, (path, text)
+    out = _cli(admin, "access", "revoke", f"{PROVIDER}/getDeed", DEV)
+    assert out.returncode == 0, out.stderr
+    status, text = await _call(http, client, f"/r1/{PROVIDER}/getDeed/deeds/D-7")
+    assert status != 200 and "AccessDenied" in text, text
+
+    # Disable with a message: clients are told it.
+    out = _cli(admin, "service", "disable", f"{PROVIDER}/getPerson", "--message", "upgrade")
+    assert out.returncode == 0, out.stderr
+    status, text = await _call(
+        http, client, f"/r1/{PROVIDER}/getPerson", json={"citizenId": CITIZEN}
+    )
+    assert "ServiceDisabled" in text and "upgrade" in text, text
+
+    # Refusals are messages with a hint, never tracebacks.
+    out = _cli(admin, "access", "grant", f"{PROVIDER}/records", "TH/GOV/NOPE/x")
+    assert out.returncode == 2 and "not a subsystem of the federation" in out.stderr
+    assert "Traceback" not in out.stderr
+    out = _cli(admin, "service", "list", key="ops")
+    assert out.returncode == 2 and "lacks a role" in out.stderr
+
+    out = _cli(admin, "status")
+    assert out.returncode == 0, out.stderr
+    status_doc = json.loads(out.stdout)
+    assert f"{PROVIDER}/getPerson" in status_doc["disabled"]
+    backup = tmp / "backup.json"
+    out = _cli(admin, "settings", "export", "--out", str(backup))
+    assert out.returncode == 0, out.stderr
+    assert stat.S_IMODE(backup.stat().st_mode) == 0o600
+    assert json.loads(backup.read_text())["format"] == "xroad-hub-node-settings/1"
