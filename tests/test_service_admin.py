@@ -8,6 +8,7 @@ from __future__ import annotations
 import asyncio
 import json
 import os
+import ssl
 import stat
 import time
 import uuid
@@ -16,12 +17,15 @@ from pathlib import Path
 from typing import Any
 
 import aiohttp
+import jwt
 import pytest
 from aiohttp import web
+from cryptography import x509
+from cryptography.hazmat.primitives import serialization
 
 from xroad_hub.dev.testing import TEST_ADMIN_KEYS, TestFederationSpec, free_port
 from xroad_hub.node.trackerapi import mint_idp_token
-from xroad_hub.pki import load_private_key
+from xroad_hub.pki import generate_key, issue_cert, load_private_key, write_cert, write_key
 from xroad_hub.protocol.thaiid import with_check_digit
 
 from .conftest import Fed, start_federation
@@ -398,3 +402,104 @@ async def test_registrations_persist_across_a_restart_and_export_import(
         assert status_doc["services"] >= 7 and f"{PROVIDER}/restricted" in status_doc["disabled"]
     finally:
         await fed.federation.stop()
+
+
+async def _as(
+    http: aiohttp.ClientSession,
+    fed: Fed,
+    client: str,
+    *,
+    cert: tuple[Path, Path] | None = None,
+    token_key: Any = None,
+) -> tuple[int, str]:
+    """One call of the echo service by ``client`` over the DGA node's TLS port."""
+    ctx = ssl.create_default_context(cafile=str(fed.pki.root_ca.cert))
+    headers = {"X-Road-Client": client}
+    if cert is not None:
+        ctx.load_cert_chain(str(cert[0]), str(cert[1]))
+    if token_key is not None:
+        now = int(time.time())
+        claims = {"iss": client, "aud": DGA, "iat": now, "exp": now + 60, "jti": uuid.uuid4().hex}
+        headers["Authorization"] = f"Bearer {jwt.encode(claims, token_key, 'ES256')}"
+    async with http.get(
+        fed.url(DGA, "client_tls") + "/r1/TH/GOV/DBD/registry/restricted", headers=headers,
+        ssl=ctx,
+    ) as r:  # fmt: skip
+        return r.status, await r.text()
+
+
+async def _dga_admin(
+    http: aiohttp.ClientSession, fed: Fed, method: str, path: str, body: object = None
+) -> tuple[int, Any]:
+    async with http.request(
+        method, fed.url(DGA, "admin") + "/settings" + path, json=body, headers=bearer()
+    ) as r:
+        return r.status, await r.json()
+
+
+async def test_hosted_clients_certificates_and_keys_change_at_run_time(
+    sfed: Fed, http: aiohttp.ClientSession, tmp_path: Path
+) -> None:
+    office, portal = "TH/GOV/DGA/officeapp", PORTAL
+    # The restricted service is granted to BMA's licensing only: AccessDenied proves the
+    # client was authenticated by its node and reached the provider.
+    old_cert = (sfed.pki.client_tls(office).cert, sfed.pki.client_tls(office).key)
+    assert "AccessDenied" in (await _as(http, sfed, office, cert=old_cert))[1]
+    status, listed = await _dga_admin(http, sfed, "GET", "/clients")
+    assert {c["client"]: c["auth"] for c in listed["clients"]} == {
+        "TH/GOV/DGA/citizenportal": "jwt", "TH/GOV/DGA/devportal": "http", office: "mtls",
+    }  # fmt: skip
+    # A new TLS certificate from the federation's CA replaces the old one at once.
+    ca_key = load_private_key(sfed.pki.root_ca.key)
+    ca_cert = x509.load_pem_x509_certificate(sfed.pki.root_ca.cert.read_bytes())
+    new_key = generate_key()
+    new_cert = issue_cert(ca_key, ca_cert, office, new_key, purpose="client-tls")
+    new_paths = (tmp_path / "office.cert.pem", tmp_path / "office.key.pem")
+    write_cert(new_paths[0], new_cert)
+    write_key(new_paths[1], new_key)
+    pem = new_cert.public_bytes(serialization.Encoding.PEM).decode()
+    status, answer = await _dga_admin(http, sfed, "PATCH", f"/clients/{office}", {"cert": pem})
+    assert status == 200, answer
+    assert "AccessDenied" in (await _as(http, sfed, office, cert=new_paths))[1]
+    status, text = await _as(http, sfed, office, cert=old_cert)
+    assert "SslAuthenticationFailed" in text, text
+    # A certificate of another CA is refused; nothing changes.
+    self_key = generate_key()
+    self_signed = issue_cert(self_key, new_cert, office, self_key, purpose="client-tls")
+    bad = self_signed.public_bytes(serialization.Encoding.PEM).decode()
+    status, answer = await _dga_admin(http, sfed, "PATCH", f"/clients/{office}", {"cert": bad})
+    assert status == 400 and "federation's CA" in answer["error"], answer
+    assert "AccessDenied" in (await _as(http, sfed, office, cert=new_paths))[1]
+    # A new JWT key: tokens of the old key are refused from now on.
+    old_jwt = load_private_key(sfed.pki.client_jwt(portal).key)
+    assert "AccessDenied" in (await _as(http, sfed, portal, token_key=old_jwt))[1]
+    jwt_key = generate_key()
+    public = (
+        jwt_key.public_key()
+        .public_bytes(serialization.Encoding.PEM, serialization.PublicFormat.SubjectPublicKeyInfo)
+        .decode()
+    )
+    status, answer = await _dga_admin(
+        http, sfed, "PATCH", f"/clients/{portal}", {"jwt_key": public}
+    )
+    assert status == 200, answer
+    assert "AccessDenied" in (await _as(http, sfed, portal, token_key=jwt_key))[1]
+    assert "AuthenticationFailed" in (await _as(http, sfed, portal, token_key=old_jwt))[1]
+    # Removed: the client is unknown to its node; the global configuration must list a
+    # client before its node takes it.
+    status, _ = await _dga_admin(http, sfed, "DELETE", f"/clients/{office}")
+    assert status == 200
+    assert "not registered at this node" in (await _as(http, sfed, office, cert=new_paths))[1]
+    status, answer = await _dga_admin(
+        http, sfed, "POST", "/clients", {"id": "TH/GOV/DGA/newapp", "auth": "http"}
+    )
+    assert status == 404 and "central server" in answer["error"], answer
+    status, answer = await _dga_admin(
+        http, sfed, "POST", "/clients", {"id": office, "auth": "mtls", "cert": pem}
+    )
+    assert status == 201, answer
+    assert "AccessDenied" in (await _as(http, sfed, office, cert=new_paths))[1]
+    admin = sfed.federation.nodes[DGA].admin
+    assert admin is not None and admin.audit is not None
+    actions = [e["action"] for e in admin.audit.entries()]
+    assert actions.count("client.set") == 2 and "client.remove" in actions

@@ -189,6 +189,8 @@ async def test_an_agency_registers_rest_soap_and_csv_services_by_cli(
     out = _cli(admin, "service", "list", key="ops")
     assert out.returncode == 2 and "lacks a role" in out.stderr
 
+    out = _cli(endpoints["nodes"][DGA]["admin"], "clients", "list")
+    assert out.returncode == 0 and f"{PORTAL}  jwt" in out.stdout, out.stderr
     out = _cli(admin, "status")
     assert out.returncode == 0, out.stderr
     status_doc = json.loads(out.stdout)

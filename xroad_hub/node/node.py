@@ -7,7 +7,7 @@ import contextlib
 import functools
 import socket
 import ssl
-from collections.abc import AsyncIterator, Mapping
+from collections.abc import AsyncIterator, Callable, Mapping
 from pathlib import Path
 from types import MappingProxyType
 from typing import Any
@@ -17,6 +17,8 @@ import orjson
 import structlog
 import zeep
 from aiohttp import web
+from cryptography import x509
+from cryptography.exceptions import InvalidSignature
 from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric import ec
 
@@ -36,7 +38,14 @@ from adapters.soap import (
     zeep_client,
 )
 from xroad_hub.errors import CLIENT_PROXY, SERVER_PROXY
-from xroad_hub.federation import ConfigError, NodeConfig, ServiceConfig, SoapServiceConfig
+from xroad_hub.federation import (
+    ClientConfig,
+    ConfigError,
+    NodeConfig,
+    ServiceConfig,
+    SoapServiceConfig,
+    load_table,
+)
 from xroad_hub.listen import listen_socket
 from xroad_hub.messagelog import MessageLog, PostgresMessageLog, SQLiteMessageLog
 from xroad_hub.messagelog.postgres import schema_for_node
@@ -63,8 +72,8 @@ from xroad_hub.node.runtime import (
     ServiceTable,
     x_road_errors,
 )
-from xroad_hub.node.services import ServiceManager, soap_registration
-from xroad_hub.node.settings import SQLiteSettingsStore
+from xroad_hub.node.services import Refused, ServiceManager, soap_registration
+from xroad_hub.node.settings import Row, SQLiteSettingsStore
 from xroad_hub.node.slo import AlertSender, SloWatch
 from xroad_hub.node.timestamping import fetch_timestamp
 from xroad_hub.node.tls import client_facing_context, peer_client_context, peer_server_context
@@ -142,6 +151,7 @@ class Node(NodeOperations):
         self.settings: SQLiteSettingsStore | None = None
         self.service_manager: ServiceManager | None = None
         self._wsdls: dict[tuple[str, str, str], tuple[WsdlInfo, zeep.Client | None]] = {}
+        self._purpose_defaults: dict[ClientId, tuple[str, str | None]] = {}
         self._certs: list[CertCheck] = []
         # How long a failed append of the message log keeps the node unready (health): no
         # probe writes to the log, so a failure is forgotten once none follows for this long.
@@ -218,10 +228,11 @@ class Node(NodeOperations):
             stack.callback(store.close)
             table = ServiceTable()
             manager = self.service_manager = ServiceManager(
-                store, self, table, known_client=self._known_client
+                store, self, table, known_client=self._known_client, hosted_here=self._hosts
             )
             declared = self._declared_services() + await self._declared_soap_services()
-            await manager.start(declared)
+            await manager.start(declared, self._declared_clients())
+            manager.prepare_clients = self._prepare_clients
             stack.push_async_callback(manager.close)
             self.checkpointer = self._checkpointer()
             if self.metrics_enabled:
@@ -342,6 +353,88 @@ class Node(NodeOperations):
             raise
         return hosted
 
+    def _declared_clients(self) -> dict[str, dict[str, Any]]:
+        """The client subsystems of the node's configuration, as settings rows: their TLS
+        certificate or JWT public key read from the key directory (public parts only)."""
+        found: dict[str, dict[str, Any]] = {}
+        for c in self.config.clients:
+            data: dict[str, Any] = {"auth": c.auth}
+            if c.auth == "mtls":
+                data["cert_pem"] = self.pki.client_tls(str(c.id)).cert.read_text("ascii")
+            elif c.auth == "jwt":
+                data["jwt_key_pem"] = self.pki.client_jwt(str(c.id)).cert.read_text("ascii")
+            if c.default_purpose is not None:
+                data["default_purpose"] = c.default_purpose
+                if c.default_legal_basis is not None:
+                    data["default_legal_basis"] = c.default_legal_basis
+            found[str(c.id)] = data
+        return found
+
+    def _registrations(
+        self, rows: Mapping[str, Row], changed: set[str]
+    ) -> tuple[list[ClientRegistration], dict[ClientId, tuple[str, str | None]]]:
+        """The hosted clients' registrations, each checked: a certificate of the federation's
+        CA, an EC P-256 JWT key; a client newly registered (``changed``) must be one the
+        global configuration says this node hosts, of a member this node signs for."""
+        regs, defaults = [], {}
+        root = load_cert(self.pki.root_ca.cert)
+        for key, row in rows.items():
+            data = row.data
+            table = {"id": key, "auth": data.get("auth")}
+            table.update({k: data[k] for k in ("default_purpose", "default_legal_basis")
+                          if data.get(k) is not None})  # fmt: skip
+            try:
+                cfg = load_table(ClientConfig, table, f"client {key}")
+                reg = ClientRegistration(cfg.id, cfg.auth)
+                if cfg.auth == "mtls":
+                    reg = ClientRegistration(
+                        cfg.id, cfg.auth, cert_sha256=_client_cert(data.get("cert_pem"), root)
+                    )
+                elif cfg.auth == "jwt":
+                    reg = ClientRegistration(
+                        cfg.id, cfg.auth, jwt_key=_jwt_key(data.get("jwt_key_pem"))
+                    )
+            except (ConfigError, ValueError) as exc:
+                text = str(exc) if str(exc).startswith("client") else f"client {key}: {exc}"
+                raise Refused(text) from exc
+            if key in changed:
+                self._check_hostable(cfg.id)
+            regs.append(reg)
+            if cfg.default_purpose is not None:
+                defaults[cfg.id] = (cfg.default_purpose, cfg.default_legal_basis)
+        return regs, defaults
+
+    def _check_hostable(self, client: ClientId) -> None:
+        if not self._hosts(client):
+            raise Refused(
+                f"the global configuration does not list {client} as a client of this node;"
+                " register it at the central server first (xroad-hub node client add)",
+                404,
+            )
+        rt = self.runtime
+        if rt is not None and client.member not in rt.signers:
+            raise Refused(
+                f"this node holds no signing key of member {client.member}; its requests"
+                " could not be signed (enroll the member's signing key first)"
+            )
+
+    def _prepare_clients(self, rows: Mapping[str, Row], changed: set[str]) -> Callable[[], None]:
+        regs, defaults = self._registrations(rows, changed)
+        rt = self.runtime
+        assert rt is not None
+
+        def commit() -> None:
+            rt.authenticator.replace(regs)
+            self._purpose_defaults.clear()
+            self._purpose_defaults.update(defaults)
+
+        return commit
+
+    def _hosts(self, subsystem: ClientId) -> bool:
+        conf = self.globalconf.current()
+        entry = conf.node(self.config.id) if conf is not None else None
+        return entry is not None and subsystem in entry.clients
+
     def _known_client(self, client: ClientId) -> bool:
         conf = self.globalconf.current()
         return conf is not None and conf.node_hosting(client) is not None
@@ -375,18 +468,9 @@ class Node(NodeOperations):
             signers[member] = BatchSigner(
                 MessageSigner(member, load_private_key(paths.key), _der(paths.cert))
             )
-        regs = []
-        for c in cfg.clients:
-            if c.auth == "mtls":
-                fp = cert_fingerprint(_der(pki.client_tls(str(c.id)).cert))
-                regs.append(ClientRegistration(c.id, c.auth, cert_sha256=fp))
-            elif c.auth == "jwt":
-                key = serialization.load_pem_public_key(pki.client_jwt(str(c.id)).cert.read_bytes())
-                if not isinstance(key, ec.EllipticCurvePublicKey):
-                    raise ValueError(f"JWT key of {c.id} must be an EC P-256 key")
-                regs.append(ClientRegistration(c.id, c.auth, jwt_key=key))
-            else:
-                regs.append(ClientRegistration(c.id, c.auth))
+        assert self.service_manager is not None
+        regs, defaults = self._registrations(self.service_manager.client_rows(), set())
+        self._purpose_defaults.update(defaults)
         client_bytes = cfg.client_max_inflight_bytes or 2 * cfg.max_body_bytes
         return NodeRuntime(
             node_id=cfg.id,
@@ -532,15 +616,11 @@ class Node(NodeOperations):
 
     def _apps(self, rt: NodeRuntime) -> dict[str, web.Application]:
         """The application each listener serves, by role."""
-        cfg = self.config
         context = self._context_middleware()
         client_proxy = ClientProxy(
             rt,
-            purpose_defaults={
-                c.id: (c.default_purpose, c.default_legal_basis)
-                for c in cfg.clients
-                if c.default_purpose is not None
-            },
+            # Changed in place when an administrator changes a client (_prepare_clients).
+            purpose_defaults=self._purpose_defaults,
             public_urls=MappingProxyType(dict(self.urls)),
         )
         server_proxy = ServerProxy(rt)
@@ -642,6 +722,33 @@ def _check_answer_subjects(hosted: HostedService) -> None:
             f"description), which answer_subject does not locate; add {hint}"
             + (" (or xml:ELEMENT for a SOAP service)" if cfg.adapter == "soap" else "")
         )
+
+
+def _client_cert(pem: object, root: x509.Certificate) -> str:
+    """The SHA-256 a client's TLS certificate is pinned by; issued by the federation's CA,
+    or its TLS handshake with the node would fail anyway."""
+    if not isinstance(pem, str):
+        raise ValueError("an mtls client needs its TLS certificate (PEM)")
+    try:
+        cert = x509.load_pem_x509_certificate(pem.encode())
+        cert.verify_directly_issued_by(root)
+    except (ValueError, TypeError, InvalidSignature) as exc:
+        raise ValueError(
+            "the TLS certificate must be a PEM certificate issued by the federation's CA"
+        ) from exc
+    return cert_fingerprint(cert.public_bytes(serialization.Encoding.DER))
+
+
+def _jwt_key(pem: object) -> ec.EllipticCurvePublicKey:
+    if not isinstance(pem, str):
+        raise ValueError("a jwt client needs its public key (PEM)")
+    try:
+        key = serialization.load_pem_public_key(pem.encode())
+    except (ValueError, TypeError) as exc:
+        raise ValueError("the JWT key must be a PEM public key") from exc
+    if not isinstance(key, ec.EllipticCurvePublicKey) or key.curve.name != "secp256r1":
+        raise ValueError("the JWT key must be an EC P-256 key (ES256)")
+    return key
 
 
 def _openapi_document(data: bytes, where: str) -> dict[str, Any]:

@@ -29,7 +29,7 @@ from xroad_hub.node.services import (
     ServiceManager,
     check_group_name,
 )
-from xroad_hub.node.settings import GROUP, SERVICE, Conflict, Put, Row
+from xroad_hub.node.settings import CLIENT, GROUP, SERVICE, Conflict, Put, Row
 from xroad_hub.protocol.access import parse_endpoint
 from xroad_hub.protocol.identifiers import (
     SubsystemId,
@@ -41,6 +41,7 @@ from xroad_hub.protocol.identifiers import (
 __all__ = ["EXPORT_FORMAT", "openapi_operations", "settings_app"]
 
 EXPORT_FORMAT = "xroad-hub-node-settings/1"
+Rows = Mapping[str, Row]
 _MAX_DOCUMENT = 5 * 1024 * 1024
 _HTTP_METHODS = ("get", "put", "post", "delete", "options", "head", "patch")
 
@@ -148,6 +149,13 @@ class _Api:
         body = await _body(request)
         admin = request[ADMIN].name
         provider = _subsystem(body.get("provider"))
+        if not self.m.hosted_here(provider):
+            raise Refused(
+                f"the global configuration does not list {provider} as a subsystem of this"
+                " node, so no client could reach its services; register it at the central"
+                " server first (xroad-hub node client add)",
+                404,
+            )
         common = _common(body)
         kinds = [k for k in ("openapi", "wsdl", "layout") if body.get(k) or body.get(f"{k}_url")]
         if len(kinds) != 1:
@@ -162,7 +170,7 @@ class _Api:
             self.m.store.put_document(content)
         codes = [p.key for p in puts]
 
-        def change(services: Mapping[str, Row], groups: Mapping[str, Row]) -> list[Put]:
+        def change(services: Rows, groups: Rows, clients: Rows) -> list[Put]:
             for put in puts:
                 if put.key in services:
                     raise Refused(
@@ -291,7 +299,7 @@ class _Api:
         if unknown or not body:
             raise Refused(f"settable: {', '.join(sorted(settable))} (not {sorted(unknown)})")
 
-        def change(services: Mapping[str, Row], groups: Mapping[str, Row]) -> list[Put]:
+        def change(services: Rows, groups: Rows, clients: Rows) -> list[Put]:
             row = _current(services, key, expect)
             table = {**row.data["table"], **body}
             if body.get("disabled") is False:
@@ -312,7 +320,7 @@ class _Api:
         key = request.match_info["id"]
         expect = _if_match(request)
 
-        def change(services: Mapping[str, Row], groups: Mapping[str, Row]) -> list[Put]:
+        def change(services: Rows, groups: Rows, clients: Rows) -> list[Put]:
             row = _current(services, key, expect)
             return [Put(SERVICE, key, row.version, None)]
 
@@ -360,7 +368,7 @@ class _Api:
                 new_body["code"] = row.data["code"]
             puts, _ = await self._from_openapi(new_body, sid.provider, common)
 
-        def change(services: Mapping[str, Row], groups: Mapping[str, Row]) -> list[Put]:
+        def change(services: Rows, groups: Rows, clients: Rows) -> list[Put]:
             out = []
             fresh = {p.key: p for p in puts}
             for k, r in services.items():
@@ -399,7 +407,7 @@ class _Api:
         key, who = str(body.get("service", "")), str(body.get("to", ""))
         expect = _if_match(request)
 
-        def change(services: Mapping[str, Row], groups: Mapping[str, Row]) -> list[Put]:
+        def change(services: Rows, groups: Rows, clients: Rows) -> list[Put]:
             row = _current(services, key, expect)
             allow, in_groups = list(row.data.get("allow", [])), list(row.data.get("groups", []))
             if grant:
@@ -452,7 +460,7 @@ class _Api:
         name = check_group_name(str(body.get("name", "")))
         description = str(body.get("description", ""))[:200]
 
-        def change(services: Mapping[str, Row], groups: Mapping[str, Row]) -> list[Put]:
+        def change(services: Rows, groups: Rows, clients: Rows) -> list[Put]:
             if name in groups:
                 raise Refused(f"local group {name!r} exists already", 409)
             return [Put(GROUP, name, None, {"members": [], "description": description})]
@@ -468,7 +476,7 @@ class _Api:
             raise Refused('send {"add": [SUBSYSTEM...], "remove": [SUBSYSTEM...]}')
         expect = _if_match(request)
 
-        def change(services: Mapping[str, Row], groups: Mapping[str, Row]) -> list[Put]:
+        def change(services: Rows, groups: Rows, clients: Rows) -> list[Put]:
             row = groups.get(name)
             if row is None:
                 raise Refused(f"no local group {name!r} on this node", 404)
@@ -495,7 +503,7 @@ class _Api:
     async def remove_group(self, request: web.Request) -> web.Response:
         name = request.match_info["name"]
 
-        def change(services: Mapping[str, Row], groups: Mapping[str, Row]) -> list[Put]:
+        def change(services: Rows, groups: Rows, clients: Rows) -> list[Put]:
             row = groups.get(name)
             if row is None:
                 raise Refused(f"no local group {name!r} on this node", 404)
@@ -510,10 +518,88 @@ class _Api:
         await self.m.change(request[ADMIN].name, "group.remove", change, group=name)
         return _json({"removed": name})
 
+    # --- hosted clients --------------------------------------------------------------------
+
+    def _client_shown(self, row: Row) -> dict[str, Any]:
+        data = row.data
+        return {
+            "client": row.key,
+            "auth": data.get("auth"),
+            "cert_sha256": data.get("cert_sha256"),
+            "jwt_key": bool(data.get("jwt_key_pem")),
+            "default_purpose": data.get("default_purpose"),
+            "default_legal_basis": data.get("default_legal_basis"),
+            "declared_by": "node configuration" if row.source == "file" else "admin API",
+            "version_tag": row.version,
+            "updated_by": row.updated_by,
+        }
+
+    async def list_clients(self, request: web.Request) -> web.Response:
+        rows = self.m.client_rows().values()
+        return _json({"clients": [self._client_shown(r) for r in rows]})
+
+    async def show_client(self, request: web.Request) -> web.Response:
+        key = request.match_info["id"]
+        row = self.m.client_rows().get(key)
+        if row is None:
+            raise Refused(f"no client {key} registered on this node", 404)
+        return _json(self._client_shown(row), etag=row.version)
+
+    async def add_client(self, request: web.Request) -> web.Response:
+        return await self._put_client(request, new=True)
+
+    async def set_client(self, request: web.Request) -> web.Response:
+        return await self._put_client(request, new=False)
+
+    async def _put_client(self, request: web.Request, *, new: bool) -> web.Response:
+        body = await _body(request)
+        known = {"id", "auth", "cert", "jwt_key", "default_purpose", "default_legal_basis"}
+        if set(body) - known:
+            raise Refused(f"client settings: {', '.join(sorted(known))}")
+        key = str(_subsystem(body.get("id") if new else request.match_info["id"]))
+        expect = _if_match(request)
+
+        def change(services: Rows, groups: Rows, clients: Rows) -> list[Put]:
+            had = clients.get(key)
+            if new and had is not None:
+                raise Refused(f"client {key} is registered already (node clients set)", 409)
+            if not new:
+                if had is None:
+                    raise Refused(f"no client {key} registered on this node", 404)
+                if expect is not None and expect != had.version:
+                    raise Refused(f"client {key} is at version {had.version}, not {expect}", 412)
+            data = dict(had.data) if had else {}
+            for name, field in (("auth", "auth"), ("cert", "cert_pem"),
+                                ("jwt_key", "jwt_key_pem"), ("default_purpose", "default_purpose"),
+                                ("default_legal_basis", "default_legal_basis")):  # fmt: skip
+                if name in body:
+                    data[field] = body[name]
+            data.pop("cert_sha256", None)  # computed from the certificate in force
+            return [Put(CLIENT, key, had.version if had else None, data)]
+
+        action = "client.add" if new else "client.set"
+        changed = sorted(k for k in body if k != "id")
+        await self.m.change(request[ADMIN].name, action, change, client=key, set=changed)
+        row = self.m.client_rows()[key]
+        return _json(self._client_shown(row), status=201 if new else 200, etag=row.version)
+
+    async def remove_client(self, request: web.Request) -> web.Response:
+        key = request.match_info["id"]
+
+        def change(services: Rows, groups: Rows, clients: Rows) -> list[Put]:
+            had = clients.get(key)
+            if had is None:
+                raise Refused(f"no client {key} registered on this node", 404)
+            return [Put(CLIENT, key, had.version, None)]
+
+        await self.m.change(request[ADMIN].name, "client.remove", change, client=key)
+        return _json({"removed": key})
+
     # --- export, import, status ------------------------------------------------------------
 
     async def export(self, request: web.Request) -> web.Response:
         rows = self.m.rows() + list(self.m.groups().values())
+        rows += list(self.m.client_rows().values())
         documents = {}
         for row in rows:
             for sha in (row.data.get("openapi"), (row.data.get("soap") or {}).get("wsdl")):
@@ -544,12 +630,12 @@ class _Api:
             if stored != sha:
                 raise Refused(f"document {sha[:12]} of the export does not match its digest")
         wanted = {(s["kind"], s["key"]): s for s in body.get("settings", [])}
-        if any(kind not in (SERVICE, GROUP) for kind, _ in wanted):
+        if any(kind not in (SERVICE, GROUP, CLIENT) for kind, _ in wanted):
             raise Refused("the export holds settings of an unknown kind")
 
-        def change(services: Mapping[str, Row], groups: Mapping[str, Row]) -> list[Put]:
+        def change(services: Rows, groups: Rows, clients: Rows) -> list[Put]:
             puts = []
-            for kind, current in ((SERVICE, services), (GROUP, groups)):
+            for kind, current in ((SERVICE, services), (GROUP, groups), (CLIENT, clients)):
                 for key, row in current.items():
                     if (kind, key) not in wanted:
                         puts.append(Put(kind, key, row.version, None))
@@ -577,6 +663,7 @@ class _Api:
                 ),
                 "groups": {name: len(r.data.get("members", [])) for name, r in groups.items()},
                 "by_adapter": _count(r.data["table"].get("adapter", "rest") for r in rows),
+                "clients": {k: r.data.get("auth") for k, r in self.m.client_rows().items()},
             }
         )
 
@@ -696,6 +783,11 @@ def settings_app(manager: ServiceManager, node_id: str) -> web.Application:
     r.add_get("/groups/{name}", api.show_group)
     r.add_patch("/groups/{name}", api.change_members)
     r.add_delete("/groups/{name}", api.remove_group)
+    r.add_get("/clients", api.list_clients)
+    r.add_post("/clients", api.add_client)
+    r.add_get("/clients/{id:.+}", api.show_client)
+    r.add_patch("/clients/{id:.+}", api.set_client)
+    r.add_delete("/clients/{id:.+}", api.remove_client)
     r.add_get("/export", api.export)
     r.add_post("/import", api.import_)
     r.add_get("/status", api.status)

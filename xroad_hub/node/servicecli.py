@@ -15,7 +15,7 @@ from xroad_hub.privatefile import write_private
 
 __all__ = ["SERVICE_COMMANDS", "add_service_commands", "run_service_command"]
 
-SERVICE_COMMANDS = ("service", "access", "group", "settings", "status")
+SERVICE_COMMANDS = ("service", "access", "group", "clients", "settings", "status")
 
 
 def _common(p: argparse.ArgumentParser) -> None:
@@ -124,6 +124,26 @@ def add_service_commands(node_sub: Any) -> None:
         p.add_argument("name")
         p.add_argument("members", nargs="+", metavar="SUBSYSTEM")
 
+    clients = node_sub.add_parser(
+        "clients",
+        help="the client subsystems this node hosts and how they connect",
+        description="(node client add registers a subsystem at the central server; these "
+        "commands set how the node authenticates it: mtls with its TLS certificate, jwt with "
+        "its public key, http from loopback only.)",
+    )
+    cs = clients.add_subparsers(dest="clients_command", required=True)
+    cs.add_parser("list", help="the hosted clients")
+    for name in ("show", "remove"):
+        cs.add_parser(name, help=f"{name} a hosted client").add_argument("id")
+    for name in ("add", "set"):
+        p = cs.add_parser(name, help=f"{name} a hosted client's connection settings")
+        p.add_argument("id", help="the subsystem, e.g. TH/GOV/DGA/portal")
+        p.add_argument("--auth", choices=["mtls", "jwt", "http"], required=name == "add")
+        p.add_argument("--cert", type=Path, help="mtls: its TLS certificate (PEM)")
+        p.add_argument("--jwt-key", type=Path, help="jwt: its public key (PEM)")
+        p.add_argument("--default-purpose")
+        p.add_argument("--default-legal-basis")
+
     settings = node_sub.add_parser(
         "settings", help="export or import the node's settings (backup; keys excluded)"
     )
@@ -135,7 +155,8 @@ def add_service_commands(node_sub: Any) -> None:
         "file", type=Path
     )
     status = node_sub.add_parser("status", help="the node's services, rights and groups")
-    subcommands = [*ss.choices.values(), *acs.choices.values(), *gs.choices.values()]
+    subcommands = [*ss.choices.values(), *acs.choices.values(), *gs.choices.values(),
+                   *cs.choices.values()]  # fmt: skip
     for parser in [*subcommands, *sts.choices.values(), status]:
         _common(parser)
 
@@ -179,6 +200,27 @@ def _request(args: argparse.Namespace) -> tuple[str, str, dict[str, Any] | bytes
             return "DELETE", f"/settings/groups/{args.name}", None
         key = "add" if g == "add-member" else "remove"
         return "PATCH", f"/settings/groups/{args.name}", {key: args.members}
+    if cmd == "clients":
+        c = args.clients_command
+        if c == "list":
+            return "GET", "/settings/clients", None
+        if c == "show":
+            return "GET", f"/settings/clients/{_q(args.id)}", None
+        if c == "remove":
+            return "DELETE", f"/settings/clients/{_q(args.id)}", None
+        body = {"id": args.id} if c == "add" else {}
+        if args.auth:
+            body["auth"] = args.auth
+        for key, path in (("cert", args.cert), ("jwt_key", args.jwt_key)):
+            if path is not None:
+                body[key] = Path(path).read_text(encoding="ascii")
+        for key, value in (("default_purpose", args.default_purpose),
+                           ("default_legal_basis", args.default_legal_basis)):  # fmt: skip
+            if value is not None:
+                body[key] = value
+        if c == "add":
+            return "POST", "/settings/clients", body
+        return "PATCH", f"/settings/clients/{_q(args.id)}", body
     if cmd == "access":
         a = args.access_command
         if a == "list":
@@ -284,6 +326,14 @@ def _print(args: argparse.Namespace, answer: dict[str, Any]) -> None:
     if "groups" in answer and isinstance(answer["groups"], list):
         for g in answer["groups"]:
             print(f"{g['name']}  {len(g['members'])} member(s)  {g['description']}")
+        return
+    if "clients" in answer and isinstance(answer["clients"], list):
+        for c in answer["clients"]:
+            print(f"{c['client']}  {c['auth']}  {c.get('cert_sha256') or ''}")
+        return
+    if "client" in answer and "auth" in answer:
+        extra = f"  certificate SHA-256 {answer['cert_sha256']}" if answer["cert_sha256"] else ""
+        print(f"{answer['client']}: {answer['auth']}{extra}")
         return
     if "members" in answer:
         print(f"group {answer['name']}: {', '.join(answer['members']) or '(no members)'}")

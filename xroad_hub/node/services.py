@@ -33,7 +33,7 @@ from adapters.flatfile import FlatFileAdapter
 from xroad_hub.errors import ConfigError
 from xroad_hub.federation import ServiceConfig, SoapServiceConfig, load_table
 from xroad_hub.node.runtime import HostedService, ServiceTable
-from xroad_hub.node.settings import GROUP, SERVICE, Put, Row, SettingsStore
+from xroad_hub.node.settings import CLIENT, GROUP, SERVICE, Put, Row, SettingsStore
 from xroad_hub.protocol.identifiers import ClientId, ServiceId, parse_client_id, valid_part
 
 __all__ = ["Refused", "ServiceManager", "service_table"]
@@ -107,6 +107,7 @@ class ServiceManager:
         table: ServiceTable,
         *,
         known_client: Callable[[ClientId], bool],
+        hosted_here: Callable[[ClientId], bool] = lambda _: True,
         record: Callable[..., Awaitable[None]] | None = None,
         on_new_adapter: Callable[[Adapter], None] | None = None,
     ) -> None:
@@ -114,9 +115,17 @@ class ServiceManager:
         self.builder = builder
         self.table = table
         self.known_client = known_client
+        self.hosted_here = hosted_here  # the global configuration lists it as this node's
         self.record = record  # the admin audit trail's record(admin, action, **detail)
         self.on_new_adapter = on_new_adapter
         self._built: dict[str, _Built] = {}
+        self._clients: dict[str, Row] = {}
+        # Checks hosted clients' rows and returns what puts them in force (node.py).
+        # ``prepare_clients(rows, changed)``: checks the hosted clients' rows (those in
+        # ``changed`` as new registrations) and returns what puts them in force (node.py).
+        self.prepare_clients: Callable[[Mapping[str, Row], set[str]], Callable[[], None]] | None = (
+            None
+        )
         self._lock = asyncio.Lock()
         self._retiring: set[asyncio.Task[None]] = set()
 
@@ -138,31 +147,44 @@ class ServiceManager:
 
     # --- start and stop --------------------------------------------------------------------
 
-    async def start(self, declared: Iterable[tuple[ServiceConfig, dict[str, Any]]]) -> None:
-        """Import the services the node's configuration declares (each with its row's extra
-        data: access rights, documents), then build and serve every service of the store."""
-        declared = list(declared)
-        existing = {r.key: r for r in await asyncio.to_thread(self.store.rows, SERVICE)}
-        puts = []
-        named = set()
+    async def start(
+        self,
+        declared: Iterable[tuple[ServiceConfig, dict[str, Any]]],
+        clients: Mapping[str, dict[str, Any]] | None = None,
+    ) -> None:
+        """Import the services (each with its row's extra data: access rights, documents)
+        and hosted clients the node's configuration declares, then build and serve every
+        service of the store."""
+        services = {}
         for cfg, extra in declared:
-            key = str(cfg.id)
-            named.add(key)
-            data = {"table": service_table(cfg), **extra}
-            data["file_sha"] = _digest(data)
-            had = existing.get(key)
-            if had is not None and had.data.get("file_sha") == data["file_sha"]:
-                continue  # the file says what it said: the administrators' changes stand
-            puts.append(Put(SERVICE, key, had.version if had else None, data, source="file"))
-        for key, had in existing.items():
-            if had.source == "file" and key not in named:
-                puts.append(Put(SERVICE, key, had.version, None, source="file"))
-        if puts:
-            await asyncio.to_thread(self.store.apply, puts, "node configuration")
+            services[str(cfg.id)] = {"table": service_table(cfg), **extra}
+        await self._import(SERVICE, services)
+        await self._import(CLIENT, dict(clients or {}))
         rows = await asyncio.to_thread(self.store.rows, SERVICE)
         built = await self._build({r.key: r for r in rows}, {})
         self._built = built
         self.table.swap({_service_id(b): b.hosted for b in built.values()})
+        self._clients = {r.key: r for r in await asyncio.to_thread(self.store.rows, CLIENT)}
+
+    async def _import(self, kind: str, declared: Mapping[str, dict[str, Any]]) -> None:
+        """The file wins for what it names when it changed since the last import; what it
+        no longer names and it had declared goes."""
+        existing = {r.key: r for r in await asyncio.to_thread(self.store.rows, kind)}
+        puts = []
+        for key, data in declared.items():
+            data = {**data, "file_sha": _digest(data)}
+            had = existing.get(key)
+            if had is not None and had.data.get("file_sha") == data["file_sha"]:
+                continue  # the file says what it said: the administrators' changes stand
+            puts.append(Put(kind, key, had.version if had else None, data, source="file"))
+        for key, had in existing.items():
+            if had.source == "file" and key not in declared:
+                puts.append(Put(kind, key, had.version, None, source="file"))
+        if puts:
+            await asyncio.to_thread(self.store.apply, puts, "node configuration")
+
+    def client_rows(self) -> dict[str, Row]:
+        return dict(self._clients)
 
     async def close(self) -> None:
         for task in list(self._retiring):
@@ -177,20 +199,19 @@ class ServiceManager:
         self,
         admin: str,
         action: str,
-        puts: Callable[[Mapping[str, Row], Mapping[str, Row]], list[Put]],
+        puts: Callable[[Mapping[str, Row], Mapping[str, Row], Mapping[str, Row]], list[Put]],
         **detail: Any,
     ) -> list[Row]:
-        """Make one change: ``puts(services, groups)`` says what to write, from the rows in
-        force (it raises Refused for a change the node does not make). Serialised, so that
-        every change is made from the rows the previous one left."""
+        """Make one change: ``puts(services, groups, clients)`` says what to write, from the
+        rows in force (it raises Refused for a change the node does not make). Serialised,
+        so that every change is made from the rows the previous one left."""
         async with self._lock:
             services = {k: b.row for k, b in self._built.items()}
             groups = await asyncio.to_thread(self.groups)
-            wanted = puts(services, groups)
-            after_services = dict(services)
-            after_groups = dict(groups)
+            wanted = puts(services, groups, dict(self._clients))
+            after = {SERVICE: dict(services), GROUP: dict(groups), CLIENT: dict(self._clients)}
             for put in wanted:
-                target = after_services if put.kind == SERVICE else after_groups
+                target = after[put.kind]
                 if put.data is None:
                     target.pop(put.key, None)
                 else:
@@ -200,8 +221,12 @@ class ServiceManager:
                         put.source, 0.0, admin,
                     )  # fmt: skip
             # Built (and so checked) before anything is written or recorded.
-            built = await self._build(after_services, after_groups)
+            built = await self._build(after[SERVICE], after[GROUP])
+            commit_clients = None
             try:
+                if any(p.kind == CLIENT for p in wanted) and self.prepare_clients is not None:
+                    changed = {p.key for p in wanted if p.kind == CLIENT and p.data is not None}
+                    commit_clients = self.prepare_clients(after[CLIENT], changed)
                 if self.record is not None:
                     await self.record(admin, action, **detail)
                 written = await asyncio.to_thread(self.store.apply, wanted, admin)
@@ -212,7 +237,12 @@ class ServiceManager:
             for row in written:
                 if row.kind == SERVICE and row.key in built:
                     built[row.key] = _Built(row, built[row.key].hosted)
+                if row.kind == CLIENT:
+                    after[CLIENT][row.key] = row
             self._swap(built)
+            if commit_clients is not None:
+                commit_clients()
+            self._clients = after[CLIENT]
             log.info("services.changed", action=action, admin=admin, services=len(built))
             return written
 
