@@ -503,3 +503,43 @@ async def test_hosted_clients_certificates_and_keys_change_at_run_time(
     assert admin is not None and admin.audit is not None
     actions = [e["action"] for e in admin.audit.entries()]
     assert actions.count("client.set") == 2 and "client.remove" in actions
+
+
+async def test_refresh_from_a_changed_openapi_document(
+    sfed: Fed, http: aiohttp.ClientSession, deeds_backend: str
+) -> None:
+    status, _, _ = await _admin(
+        http, sfed, "POST", "/services", _register(deeds_backend, allow=[DEV["X-Road-Client"]])
+    )
+    assert status == 201
+    await _admin(http, sfed, "PATCH", f"/services/{PROVIDER}/getDeed", {"timeout": 7})
+    changed = json.loads(json.dumps(DEEDS_OPENAPI))
+    del changed["paths"]["/parcels"]
+    changed["paths"]["/deeds/{deedNo}/history"] = {
+        "get": {"operationId": "getDeedHistory", "responses": {"200": {"description": "ok"}}}
+    }
+    status, answer, _ = await _admin(
+        http, sfed, "POST", "/refresh",
+        {"service": f"{PROVIDER}/getDeed", "document": json.dumps(changed)},
+    )  # fmt: skip
+    assert status == 200, answer
+    _, listed, _ = await _admin(http, sfed, "GET", "/services")
+    codes = {s["service"]: s for s in listed["services"]}
+    assert f"{PROVIDER}/listParcels" not in codes  # gone from the document
+    history = codes[f"{PROVIDER}/getDeedHistory"]  # new, with the registration's rights
+    assert history["allow"] == [DEV["X-Road-Client"]]
+    assert codes[f"{PROVIDER}/getDeed"]["timeout"] == 7  # the administrator's change stands
+    status, body, _ = await _call(http, sfed, f"/r1/{PROVIDER}/getOpenAPI?serviceCode=getDeed")
+    assert "/deeds/{deedNo}/history" in body["paths"]
+    status, body, _ = await _call(http, sfed, f"/r1/{PROVIDER}/listParcels/parcels")
+    assert "UnknownService" in json.dumps(body)
+    # A changed document that breaks a rule refreshes nothing.
+    broken = json.loads(json.dumps(changed))
+    del broken["paths"]["/deeds/{deedNo}/history"]["get"]["operationId"]
+    status, answer, _ = await _admin(
+        http, sfed, "POST", "/refresh",
+        {"service": f"{PROVIDER}/getDeed", "document": json.dumps(broken)},
+    )  # fmt: skip
+    assert status == 400 and "without operationId" in answer["error"]
+    _, listed, _ = await _admin(http, sfed, "GET", "/services")
+    assert f"{PROVIDER}/getDeedHistory" in {s["service"] for s in listed["services"]}

@@ -242,6 +242,7 @@ class Node(NodeOperations):
             self._instrument(rt)
             if rt.metrics is not None:
                 manager.on_new_adapter = lambda adapter: time_backend(adapter, "handle")
+            manager.on_swap = self._services_changed
             stack.push_async_callback(rt.peers.close)
             stack.callback(rt.parse_pool.shutdown, wait=False, cancel_futures=True)
             yield

@@ -326,6 +326,16 @@ class NodeOperations:
                     admin.route(route.method, route.resource.canonical, route.handler, watchers)
         return admin.app
 
+    def _services_changed(self, services: Mapping[ServiceId, HostedService]) -> None:
+        """Monitoring follows the services in force: their types in operational records,
+        their objectives in the SLO watch."""
+        if self.opmonitor is not None:
+            self.opmonitor.service_types = _service_types(services)
+        if self.slo_watch is not None:
+            self.slo_watch.objectives = {
+                str(sid): h.config.slo for sid, h in services.items() if h.config.slo
+            }
+
     def _opmonitor(self, services: Mapping[ServiceId, HostedService]) -> OpMonitor | None:
         """The store of operational-monitoring records (None: switched off), fed by the
         runtime with every exchange; started by the monitoring context."""
@@ -359,14 +369,7 @@ class NodeOperations:
             max_records=cfg.opmonitoring_max_records,
             internal_ip=(cfg.client_listen or cfg.peer_listen)[0],
             addresses=addresses,
-            service_types={
-                str(sid): "WSDL"
-                if h.config.adapter == "soap"
-                else "OPENAPI3"
-                if h.openapi
-                else "REST"
-                for sid, h in services.items()
-            },
+            service_types=_service_types(services),
             monitoring_client=monitoring_client,  # type: ignore[arg-type]
         )
 
@@ -406,6 +409,14 @@ _CHECKS = (
     "maintenance", "globalconf_invalid", "timestamping_failing", "messagelog_unwritable",
     "key_missing", "certificate_expired", "certificate_not_yet_valid",
 )  # fmt: skip
+
+
+def _service_types(services: Mapping[ServiceId, HostedService]) -> dict[str, str]:
+    """Each service's type as operational-monitoring records name it."""
+    return {
+        str(sid): "WSDL" if h.config.adapter == "soap" else "OPENAPI3" if h.openapi else "REST"
+        for sid, h in services.items()
+    }
 
 
 def _maintenance_state(rt: NodeRuntime) -> dict[str, object]:

@@ -118,6 +118,8 @@ class ServiceManager:
         self.hosted_here = hosted_here  # the global configuration lists it as this node's
         self.record = record  # the admin audit trail's record(admin, action, **detail)
         self.on_new_adapter = on_new_adapter
+        # Told of every new set of services (the node's monitoring follows it).
+        self.on_swap: Callable[[Mapping[ServiceId, HostedService]], None] | None = None
         self._built: dict[str, _Built] = {}
         self._clients: dict[str, Row] = {}
         # Checks hosted clients' rows and returns what puts them in force (node.py).
@@ -252,6 +254,8 @@ class ServiceManager:
         gone = [b.hosted.adapter for b in old.values() if id(b.hosted.adapter) not in kept]
         self._built = built
         self.table.swap({_service_id(b): b.hosted for b in built.values()})
+        if self.on_swap is not None:
+            self.on_swap(self.table)
         if gone:
             task = asyncio.get_running_loop().create_task(self.table.retire(gone))
             self._retiring.add(task)
