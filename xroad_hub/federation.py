@@ -51,6 +51,7 @@ __all__ = [
     "ClientConfig",
     "ConfigError",
     "FederationConfig",
+    "GlobalGroupConfig",
     "MemberConfig",
     "NodeConfig",
     "RegistryConfig",
@@ -128,6 +129,13 @@ def _endpoints(values: tuple[str, ...]) -> tuple[str, ...]:
     for value in values:
         parse_endpoint(value)
     return values
+
+
+def _group_codes(values: tuple[str, ...]) -> frozenset[str]:
+    for value in values:
+        if not valid_part(value):
+            raise ValueError(f"global group code {value!r} must use identifier characters only")
+    return frozenset(values)
 
 
 def _purpose(value: str) -> str:
@@ -338,6 +346,10 @@ class ServiceConfig:
     # The operations this service code serves, "METHOD /path/{param}" each (a service code
     # registered from one OpenAPI operation); empty: any method and path under its URL.
     endpoints: tuple[str, ...] = setting((), parse=_endpoints)
+    # Global groups (defined centrally, in the global configuration) granted access too.
+    global_groups: frozenset[str] = setting(
+        frozenset(), key="allow_global_group", raw=tuple[str, ...], parse=_group_codes
+    )
 
     def __post_init__(self) -> None:
         if self.adapter == "rest" and not self.url:
@@ -447,6 +459,21 @@ class AuditorConfig:
     name: str = setting(parse=_auditor_name)
 
 
+@dataclass(frozen=True, slots=True, kw_only=True)
+class GlobalGroupConfig:
+    """A global group (X-Road): subsystems grouped by the central registry, published in
+    the global configuration; a provider's node may grant access rights to it."""
+
+    label: ClassVar[str] = "global group"
+    named_by: ClassVar[str] = "code"
+    code: str = setting(parse=lambda c: next(iter(_group_codes((c,)))))
+    members: frozenset[ClientId] = setting(frozenset(), raw=tuple[str, ...], parse=_client_ids)
+
+
+def _global_groups(groups: tuple[GlobalGroupConfig, ...]) -> dict[str, frozenset[ClientId]]:
+    return {g.code: g.members for g in groups}
+
+
 def _member_names(members: tuple[MemberConfig, ...]) -> dict[MemberId, str]:
     return {m.id: m.name if m.name is not None else str(m.id) for m in members}
 
@@ -463,6 +490,9 @@ class FederationConfig:
     auditors: tuple[str, ...] = setting(
         (), key="auditor", raw=tuple[AuditorConfig, ...], parse=lambda a: tuple(x.name for x in a)
     )
+    global_groups: dict[str, frozenset[ClientId]] = setting(
+        {}, key="global_group", raw=tuple[GlobalGroupConfig, ...], parse=_global_groups
+    )
 
     def __post_init__(self) -> None:
         for node in self.nodes:
@@ -473,6 +503,10 @@ class FederationConfig:
                     raise ValueError(f"node {node.id}: {sub} belongs to no declared member")
             if node.id.owner.instance != self.instance:
                 raise ValueError(f"node {node.id} is not in instance {self.instance}")
+        hosted = {sub for node in self.nodes for sub in node.hosted}
+        for code, members in self.global_groups.items():
+            for member in sorted(members - hosted, key=str):
+                raise ValueError(f"global group {code}: {member} is hosted by no node")
 
     def node(self, node_id: str) -> NodeConfig:
         for node in self.nodes:

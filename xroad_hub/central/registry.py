@@ -71,6 +71,7 @@ class Registry:
             nodes=self._nodes,
             trusted_cas_der=(self._root_der,),
             monitoring_client=self.fed.registry.monitoring_client,
+            groups=self.fed.global_groups,
         )
 
     def app(self) -> web.Application:

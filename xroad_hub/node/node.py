@@ -228,7 +228,12 @@ class Node(NodeOperations):
             stack.callback(store.close)
             table = ServiceTable()
             manager = self.service_manager = ServiceManager(
-                store, self, table, known_client=self._known_client, hosted_here=self._hosts
+                store,
+                self,
+                table,
+                known_client=self._known_client,
+                hosted_here=self._hosts,
+                global_group=self._global_group,
             )
             declared = self._declared_services() + await self._declared_soap_services()
             await manager.start(declared, self._declared_clients())
@@ -286,6 +291,8 @@ class Node(NodeOperations):
         found: list[tuple[ServiceConfig, dict[str, Any]]] = []
         for s in self.config.services:
             extra: dict[str, Any] = {"allow": sorted(str(c) for c in s.allow)}
+            if s.global_groups:
+                extra["global_groups"] = sorted(s.global_groups)
             if s.openapi is not None:
                 _openapi(s)  # an unreadable or wrong document is the file's error, named so
                 extra["openapi"] = self.settings.put_document(Path(s.openapi).read_bytes())
@@ -435,6 +442,10 @@ class Node(NodeOperations):
         conf = self.globalconf.current()
         entry = conf.node(self.config.id) if conf is not None else None
         return entry is not None and subsystem in entry.clients
+
+    def _global_group(self, code: str) -> bool:
+        conf = self.globalconf.current()
+        return conf is not None and code in conf.groups
 
     def _known_client(self, client: ClientId) -> bool:
         conf = self.globalconf.current()

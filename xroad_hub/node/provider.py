@@ -173,6 +173,9 @@ class ServerProxy:
         opmon = self.rt.opmon
         # X-Road's monitoring services of this node's owner decide themselves who may read.
         monitoring = hosted is None and opmon is not None and opmon.addresses_me(meta.service)
+        # Global groups as the configuration in force defines them (checked at the start).
+        conf = self.rt.globalconf.current()
+        groups = conf.groups if conf is not None else {}
         access = (
             Access(meta.service, None)
             if monitoring
@@ -181,6 +184,7 @@ class ServerProxy:
                 meta,
                 provider_served=any(s.provider == meta.service.provider for s in services),
                 metaservices=METASERVICES,
+                groups=groups,
             )
         )
         answer_subj: tuple[str, ...] = ()
@@ -193,7 +197,7 @@ class ServerProxy:
         elif hosted is None:
             # 3a. A metaservice of this node answers.
             answer = answer_metaservice(
-                services.values(), meta.client, meta.service, meta.query, soap
+                services.values(), meta.client, meta.service, meta.query, soap, groups
             )
             if soap is not None:
                 answer = await self.rt.off_loop(_soap_answer, soap, answer, limits)

@@ -118,6 +118,7 @@ class _Api:
             "endpoints": table.get("endpoints", []),
             "allow": row.data.get("allow", []),
             "groups": row.data.get("groups", []),
+            "global_groups": row.data.get("global_groups", []),
             "allowed_now": sorted(str(c) for c in hosted.config.allow) if hosted else [],
             "openapi": bool(row.data.get("openapi")) or bool(hosted and hosted.openapi),
             "source": row.data.get("source") or (row.data.get("soap") or {}).get("source"),
@@ -179,9 +180,7 @@ class _Api:
                         409,
                     )
                 assert put.data is not None
-                for who in put.data.get("allow", []) + [
-                    f"group:{g}" for g in put.data.get("groups", [])
-                ]:
+                for who in _grantees(put.data):
                     self.m.check_grantee(who, groups)
             return puts
 
@@ -351,7 +350,7 @@ class _Api:
                 k: v for k, v in row.data["table"].items()
                 if k not in ("id", "endpoints", "adapter")
             },
-            "row": {k: v for k, v in row.data.items() if k in ("allow", "groups")},
+            "row": {k: v for k, v in row.data.items() if k in _RIGHTS.values()},
         }  # fmt: skip
         if soap:
             new_body = {"wsdl": body.get("document"), "wsdl_url": soap["source"]}
@@ -409,19 +408,18 @@ class _Api:
 
         def change(services: Rows, groups: Rows, clients: Rows) -> list[Put]:
             row = _current(services, key, expect)
-            allow, in_groups = list(row.data.get("allow", [])), list(row.data.get("groups", []))
+            rights = {k: list(row.data.get(f, [])) for k, f in _RIGHTS.items()}
             if grant:
                 kind, name = self.m.check_grantee(who, groups)
-                target = allow if kind == "client" else in_groups
-                if name not in target:
-                    target.append(name)
+                if name not in rights[kind]:
+                    rights[kind].append(name)
             else:
-                kind, name = ("group", who[6:]) if who.startswith("group:") else ("client", who)
-                target = allow if kind == "client" else in_groups
-                if name not in target:
+                kind, _, name = who.partition(":") if who[:7] in ("group:", "global:") else (
+                    "client", "", who)  # fmt: skip
+                if name not in rights[kind]:
                     raise Refused(f"{who} holds no access right to {key} on this node", 404)
-                target.remove(name)
-            data = {**row.data, "allow": sorted(allow), "groups": sorted(in_groups)}
+                rights[kind].remove(name)
+            data = {**row.data, **{f: sorted(rights[k]) for k, f in _RIGHTS.items()}}
             return [Put(SERVICE, key, row.version, data)]
 
         action = "access.grant" if grant else "access.revoke"
@@ -440,6 +438,8 @@ class _Api:
                 rights.append({"service": row.key, "to": who})
             for group in row.data.get("groups", []):
                 rights.append({"service": row.key, "to": f"group:{group}"})
+            for code in row.data.get("global_groups", []):
+                rights.append({"service": row.key, "to": f"global:{code}"})
         return _json({"access": rights})
 
     # --- local groups --------------------------------------------------------------------
@@ -658,9 +658,7 @@ class _Api:
                 "settings_database": str(getattr(self.m.store, "path", "")),
                 "services": len(rows),
                 "disabled": [r.key for r in rows if r.data["table"].get("disabled")],
-                "access_rights": sum(
-                    len(r.data.get("allow", [])) + len(r.data.get("groups", [])) for r in rows
-                ),
+                "access_rights": sum(len(_grantees(r.data)) for r in rows),
                 "groups": {name: len(r.data.get("members", [])) for name, r in groups.items()},
                 "by_adapter": _count(r.data["table"].get("adapter", "rest") for r in rows),
                 "clients": {k: r.data.get("auth") for k, r in self.m.client_rows().items()},
@@ -749,10 +747,26 @@ def _common(body: dict[str, Any]) -> dict[str, Any]:
     except ValueError as exc:
         raise Refused(str(exc)) from exc
     allow = body.get("allow") or []
-    groups = [g.removeprefix("group:") for g in allow if isinstance(g, str) and
-              g.startswith("group:")]  # fmt: skip
-    clients = [c for c in allow if isinstance(c, str) and not c.startswith("group:")]
-    return {"table": table, "row": {"allow": sorted(clients), "groups": sorted(groups)}}
+    if not isinstance(allow, list) or not all(isinstance(a, str) for a in allow):
+        raise Refused("allow must be a list of subsystems, group:NAME or global:CODE")
+    rights: dict[str, list[str]] = {"allow": [], "groups": [], "global_groups": []}
+    for who in allow:
+        kind, _, name = who.partition(":") if who[:7] in ("group:", "global:") else (
+            "client", "", who)  # fmt: skip
+        rights["allow" if kind == "client" else _RIGHTS[kind]].append(name)
+    return {"table": table, "row": {k: sorted(v) for k, v in rights.items()}}
+
+
+# Where a service row keeps each kind of access right.
+_RIGHTS = {"client": "allow", "group": "groups", "global": "global_groups"}
+
+
+def _grantees(data: Mapping[str, Any]) -> list[str]:
+    return (
+        list(data.get("allow", []))
+        + [f"group:{g}" for g in data.get("groups", [])]
+        + [f"global:{g}" for g in data.get("global_groups", [])]
+    )
 
 
 def settings_app(manager: ServiceManager, node_id: str) -> web.Application:

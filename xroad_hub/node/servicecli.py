@@ -66,7 +66,7 @@ def add_service_commands(node_sub: Any) -> None:
     add.add_argument("--version", dest="service_version", help="the service's version, e.g. v1")
     add.add_argument("--timeout", type=float)
     add.add_argument(
-        "--allow", action="append", default=[], metavar="SUBSYSTEM|group:NAME",
+        "--allow", action="append", default=[], metavar="SUBSYSTEM|group:NAME|global:CODE",
         help="grant access at once (repeat)",
     )  # fmt: skip
     add.add_argument("--purpose", action="append", default=[], help="a purpose served (repeat)")
@@ -107,7 +107,11 @@ def add_service_commands(node_sub: Any) -> None:
     for name in ("grant", "revoke"):
         p = acs.add_parser(name, help=f"{name} an access right to one service code")
         p.add_argument("id", help="the service")
-        p.add_argument("to", help="a subsystem (TH/GOV/DGA/portal) or a local group (group:NAME)")
+        p.add_argument(
+            "to",
+            help="a subsystem (TH/GOV/DGA/portal), a local group (group:NAME) or a global"
+            " group of the global configuration (global:CODE)",
+        )
     alist = acs.add_parser("list", help="the access rights (of one service)")
     alist.add_argument("--service")
 
@@ -314,7 +318,7 @@ def _print(args: argparse.Namespace, answer: dict[str, Any]) -> None:
         for s in answer["services"]:
             state = "disabled" if s["disabled"] else "enabled"
             print(f"{s['service']}  {s.get('version') or '-'}  {s['adapter']}  {state}"
-                  f"  rights:{len(s['allow']) + len(s['groups'])}")  # fmt: skip
+                  f"  rights:{len(_rights(s))}")  # fmt: skip
         return
     if "service" in answer and "adapter" in answer:
         _service(answer)
@@ -349,7 +353,15 @@ def _service(s: dict[str, Any]) -> None:
     print(f"    purposes: {', '.join(s['purposes']) or '(any)'}")
     print(f"    request subject: {', '.join(s['subject']) or '(none)'}")
     print(f"    answer subject: {', '.join(s['answer_subject']) or '(answers name nobody)'}")
-    rights = s["allow"] + [f"group:{g}" for g in s["groups"]]
+    rights = _rights(s)
     print(f"    access: {', '.join(rights) or '(nobody yet: node access grant)'}")
     for call in s.get("call", []):
         print(f"    clients call: <their node>{call}")
+
+
+def _rights(s: dict[str, Any]) -> list[str]:
+    return (
+        s["allow"]
+        + [f"group:{g}" for g in s["groups"]]
+        + [f"global:{g}" for g in s.get("global_groups", [])]
+    )

@@ -81,6 +81,7 @@ def service_table(cfg: ServiceConfig) -> dict[str, Any]:
         "answer_subject": [str(s) for s in cfg.answer_subjects],
         "purposes": list(cfg.purposes),
         "endpoints": list(cfg.endpoints),
+        # Access rights (allow, global groups) are the row's own data, not its table's.
         # A SOAP operation's options (mode, WSDL) are its row's "soap" data.
         **(cfg.options if cfg.adapter != "soap" else {}),
     }
@@ -108,6 +109,7 @@ class ServiceManager:
         *,
         known_client: Callable[[ClientId], bool],
         hosted_here: Callable[[ClientId], bool] = lambda _: True,
+        global_group: Callable[[str], bool] = lambda _: False,
         record: Callable[..., Awaitable[None]] | None = None,
         on_new_adapter: Callable[[Adapter], None] | None = None,
     ) -> None:
@@ -116,6 +118,7 @@ class ServiceManager:
         self.table = table
         self.known_client = known_client
         self.hosted_here = hosted_here  # the global configuration lists it as this node's
+        self.global_group = global_group  # the global configuration defines it
         self.record = record  # the admin audit trail's record(admin, action, **detail)
         self.on_new_adapter = on_new_adapter
         # Told of every new set of services (the node's monitoring follows it).
@@ -326,7 +329,17 @@ class ServiceManager:
     # --- what a change checks ----------------------------------------------------------------
 
     def check_grantee(self, who: str, groups: Mapping[str, Row]) -> tuple[str, str]:
-        """("client", id) or ("group", name) of a grant; unknown ones are refused."""
+        """("client", id), ("group", name) or ("global", code) of a grant; unknown ones are
+        refused."""
+        if who.startswith("global:"):
+            code = who.removeprefix("global:")
+            if not self.global_group(code):
+                raise Refused(
+                    f"no global group {code!r} in the global configuration (central servers"
+                    " define them: xroad-hub central group add)",
+                    404,
+                )
+            return "global", code
         if who.startswith("group:"):
             name = who.removeprefix("group:")
             if name not in groups:
@@ -355,6 +368,8 @@ def _config(row: Row, members: Mapping[str, list[str]]) -> ServiceConfig:
     allow = set(row.data.get("allow", []))
     for group in row.data.get("groups", []):
         allow.update(members.get(group, []))
+    # Global groups are resolved per request, from the global configuration in force.
+    table["allow_global_group"] = sorted(row.data.get("global_groups", []))
     adapter = table.get("adapter", "rest")
     if adapter == "soap":
         # A SOAP operation's registration: the adapter is built from its WSDL.

@@ -12,7 +12,7 @@ when every rule below holds.
 from __future__ import annotations
 
 import re
-from collections.abc import Collection
+from collections.abc import Collection, Mapping
 from dataclasses import dataclass
 from typing import Any, Protocol
 
@@ -31,6 +31,7 @@ __all__ = [
     "check_hosted",
     "check_protocol",
     "decide_access",
+    "may_call",
     "node_serving",
     "parse_endpoint",
     "purpose_of",
@@ -59,6 +60,8 @@ class ServiceRules(Protocol):
     def options(self) -> dict[str, Any]: ...
     @property
     def endpoints(self) -> tuple[str, ...]: ...
+    @property
+    def global_groups(self) -> frozenset[str]: ...
 
 
 @dataclass(frozen=True, slots=True)
@@ -146,6 +149,7 @@ def decide_access(
     *,
     provider_served: bool,
     metaservices: Collection[str],
+    groups: Mapping[str, frozenset[ClientId]] | None = None,
 ) -> Access:
     """Whether the client may call the service, by these rules in this order:
 
@@ -154,7 +158,8 @@ def decide_access(
        UnknownService;
     2. a version, when named, is the one served (UnknownService);
     3. the service is not disabled (ServiceDisabled, with the provider's notice);
-    4. the client holds an access right (AccessDenied);
+    4. the client holds an access right, itself or as a member of a global group the
+       service is granted to (``groups``: the global configuration's) (AccessDenied);
     5. a service served only for declared purposes gets one of them (AccessDenied).
 
     ``rules`` is the registration of the request's service code, ``provider_served`` whether
@@ -170,7 +175,7 @@ def decide_access(
         raise ProtocolError("UnknownService", f"{service} is served as version {rules.version}")
     if rules.disabled:
         raise ProtocolError("ServiceDisabled", rules.disabled_notice)
-    if client not in rules.allow:
+    if not may_call(rules, client, groups):
         raise ProtocolError("AccessDenied", f"{client} has no access right to {service}")
     if rules.purposes and request.purpose not in rules.purposes:
         given = request.purpose
@@ -185,6 +190,16 @@ def decide_access(
             ),
         )
     return Access(ServiceId(service.provider, service.service_code, rules.version), rules)
+
+
+def may_call(
+    rules: ServiceRules, client: ClientId, groups: Mapping[str, frozenset[ClientId]] | None
+) -> bool:
+    """The client holds an access right to the service: granted to it, or to a global group
+    it is a member of (a group the global configuration does not name has no members)."""
+    if client in rules.allow:
+        return True
+    return any(client in (groups or {}).get(code, ()) for code in rules.global_groups)
 
 
 def check_protocol(rules: ServiceRules, request: RequestMeta) -> None:

@@ -10,7 +10,8 @@ registry's signing certificate, distributed out of band), refuses exchanges with
 from __future__ import annotations
 
 import base64
-from dataclasses import dataclass
+from collections.abc import Mapping
+from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from functools import cached_property
 
@@ -76,14 +77,17 @@ class GlobalConf:
     trusted_cas_der: tuple[bytes, ...]
     # X-Road's monitoringClientId: the client that reads every node's monitoring records.
     monitoring_client: ClientId | None = None
+    # X-Road's global groups: subsystems grouped centrally (code -> members), to which a
+    # provider's node may grant access rights.
+    groups: Mapping[str, frozenset[ClientId]] = field(default_factory=dict)
 
     def same_rules(self, other: GlobalConf) -> bool:
-        """True if ``other`` says the same (members, nodes, hosting, CAs); only its serial
-        and validity differ."""
+        """True if ``other`` says the same (members, nodes, hosting, CAs, groups); only its
+        serial and validity differ."""
         return (self.instance, self.members, self.nodes, self.trusted_cas_der,
-                self.monitoring_client) == (
+                self.monitoring_client, dict(self.groups)) == (
             other.instance, other.members, other.nodes, other.trusted_cas_der,
-            other.monitoring_client,
+            other.monitoring_client, dict(other.groups),
         )  # fmt: skip
 
     def expired(self, now: datetime | None = None) -> bool:
@@ -114,6 +118,11 @@ class GlobalConf:
         d = self._to_dict()
         if self.monitoring_client is not None:  # only when set: older documents stay as they were
             d["monitoring_client"] = str(self.monitoring_client)
+        if self.groups:  # likewise
+            d["groups"] = [
+                {"code": code, "members": sorted(str(m) for m in members)}
+                for code, members in sorted(self.groups.items())
+            ]
         return d
 
     def _to_dict(self) -> dict[str, object]:
@@ -171,6 +180,10 @@ class GlobalConf:
                     if d.get("monitoring_client")
                     else None
                 ),
+                groups={
+                    str(g["code"]): frozenset(parse_client_id(m) for m in g["members"])
+                    for g in d.get("groups") or ()  # type: ignore[attr-defined]
+                },
             )
         except Exception as exc:  # any shape error means the document is unusable
             raise GlobalConfError(f"malformed global configuration: {exc}") from exc
