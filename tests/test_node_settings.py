@@ -16,9 +16,10 @@ from adapters import AdapterRequest, AdapterResponse
 from xroad_hub.errors import ProtocolError
 from xroad_hub.federation import ServiceConfig, load_table
 from xroad_hub.node.runtime import HostedService, ServiceTable
+from xroad_hub.node.services import ServiceManager
 from xroad_hub.node.settings import SERVICE, Conflict, Put, SQLiteSettingsStore
 from xroad_hub.protocol.access import check_endpoint, parse_endpoint
-from xroad_hub.protocol.identifiers import parse_service_id
+from xroad_hub.protocol.identifiers import parse_client_id, parse_service_id
 
 
 def _store(path: Path) -> SQLiteSettingsStore:
@@ -104,3 +105,44 @@ def test_a_service_code_of_one_operation_serves_that_operation_only() -> None:
     for bad in ("GET deeds", "FETCH /x", "GET /a b", "GET /{x"):
         with pytest.raises(ValueError, match="METHOD /path"):
             parse_endpoint(bad)
+
+
+class _Builder:
+    def build_service(
+        self, cfg: ServiceConfig, row: dict[str, Any], documents: Any
+    ) -> HostedService:
+        return HostedService(cfg, _Adapter())  # type: ignore[arg-type]
+
+
+async def test_another_process_of_the_node_takes_in_a_change_within_its_poll(
+    tmp_path: Path,
+) -> None:
+    path = tmp_path / "node-settings.sqlite"
+    stores = [_store(path), _store(path)]
+    managers = [
+        ServiceManager(s, _Builder(), ServiceTable(), known_client=lambda c: True) for s in stores
+    ]
+    table = {"id": "TH/GOV/X/sub/a", "url": "http://x", "answer_subject": []}
+    declared = [(load_table(ServiceConfig, table, "test"), {"allow": []})]
+    try:
+        # Both processes start from the same file: one imports, the other finds it done.
+        await asyncio.gather(*(m.start(declared) for m in managers))
+        sid = parse_service_id("TH/GOV/X/sub/a")
+        assert all(m.table[sid].config.allow == frozenset() for m in managers)
+        portal = "TH/GOV/DGA/portal"
+
+        def grant(services: Any, groups: Any, clients: Any) -> list[Put]:
+            row = services["TH/GOV/X/sub/a"]
+            return [Put(SERVICE, row.key, row.version, {**row.data, "allow": [portal]})]
+
+        await managers[0].change("alice", "access.grant", grant)
+        assert managers[0].table[sid].config.allow == {parse_client_id(portal)}
+        assert await managers[0].reload() is False  # its own change: nothing to take in
+        assert managers[1].table[sid].config.allow == frozenset()
+        assert await managers[1].reload() is True
+        assert managers[1].table[sid].config.allow == {parse_client_id(portal)}
+    finally:
+        for m in managers:
+            await m.close()
+        for s in stores:
+            s.close()

@@ -248,6 +248,9 @@ class Node(NodeOperations):
             if rt.metrics is not None:
                 manager.on_new_adapter = lambda adapter: time_backend(adapter, "handle")
             manager.on_swap = self._services_changed
+            # Other processes serving this node change the same settings database.
+            following = asyncio.get_running_loop().create_task(manager.follow())
+            stack.push_async_callback(_cancelled, following)
             stack.push_async_callback(rt.peers.close)
             stack.callback(rt.parse_pool.shutdown, wait=False, cancel_futures=True)
             yield
@@ -734,6 +737,12 @@ def _check_answer_subjects(hosted: HostedService) -> None:
             f"description), which answer_subject does not locate; add {hint}"
             + (" (or xml:ELEMENT for a SOAP service)" if cfg.adapter == "soap" else "")
         )
+
+
+async def _cancelled(task: asyncio.Task[None]) -> None:
+    task.cancel()
+    with contextlib.suppress(asyncio.CancelledError):
+        await task
 
 
 def _client_cert(pem: object, root: x509.Certificate) -> str:

@@ -33,7 +33,7 @@ from adapters.flatfile import FlatFileAdapter
 from xroad_hub.errors import ConfigError
 from xroad_hub.federation import ServiceConfig, SoapServiceConfig, load_table
 from xroad_hub.node.runtime import HostedService, ServiceTable
-from xroad_hub.node.settings import CLIENT, GROUP, SERVICE, Put, Row, SettingsStore
+from xroad_hub.node.settings import CLIENT, GROUP, SERVICE, Conflict, Put, Row, SettingsStore
 from xroad_hub.protocol.identifiers import ClientId, ServiceId, parse_client_id, valid_part
 
 __all__ = ["Refused", "ServiceManager", "service_table"]
@@ -125,6 +125,7 @@ class ServiceManager:
         self.on_swap: Callable[[Mapping[ServiceId, HostedService]], None] | None = None
         self._built: dict[str, _Built] = {}
         self._clients: dict[str, Row] = {}
+        self._generation = -1  # the store's, as last taken in
         # Checks hosted clients' rows and returns what puts them in force (node.py).
         # ``prepare_clients(rows, changed)``: checks the hosted clients' rows (those in
         # ``changed`` as new registrations) and returns what puts them in force (node.py).
@@ -165,13 +166,51 @@ class ServiceManager:
             services[str(cfg.id)] = {"table": service_table(cfg), **extra}
         await self._import(SERVICE, services)
         await self._import(CLIENT, dict(clients or {}))
+        self._generation = await asyncio.to_thread(self.store.generation)
         rows = await asyncio.to_thread(self.store.rows, SERVICE)
         built = await self._build({r.key: r for r in rows}, {})
         self._built = built
         self.table.swap({_service_id(b): b.hosted for b in built.values()})
         self._clients = {r.key: r for r in await asyncio.to_thread(self.store.rows, CLIENT)}
 
-    async def _import(self, kind: str, declared: Mapping[str, dict[str, Any]]) -> None:
+    async def follow(self, interval: float = 0.5) -> None:
+        """Take in changes another process of this node made to the shared settings (run
+        as a task): every ``interval`` seconds, one read of the store's generation."""
+        while True:
+            await asyncio.sleep(interval)
+            try:
+                await self.reload()
+            except Exception:  # a change that cannot be built here: keep serving, say so
+                log.exception("services.reload_failed")
+
+    async def reload(self) -> bool:
+        """The rows as the store has them now, if another process changed them."""
+        async with self._lock:
+            generation = await asyncio.to_thread(self.store.generation)
+            if generation == self._generation:
+                return False
+            services = {r.key: r for r in await asyncio.to_thread(self.store.rows, SERVICE)}
+            groups = await asyncio.to_thread(self.groups)
+            clients = {r.key: r for r in await asyncio.to_thread(self.store.rows, CLIENT)}
+            built = await self._build(services, groups)
+            commit_clients = None
+            if clients != self._clients and self.prepare_clients is not None:
+                try:
+                    commit_clients = self.prepare_clients(clients, set())
+                except BaseException:
+                    await self._close_new(built)
+                    raise
+            self._swap(built)
+            if commit_clients is not None:
+                commit_clients()
+            self._clients = clients
+            self._generation = generation
+            log.info("services.reloaded", services=len(built))
+            return True
+
+    async def _import(
+        self, kind: str, declared: Mapping[str, dict[str, Any]], *, retry: bool = True
+    ) -> None:
         """The file wins for what it names when it changed since the last import; what it
         no longer names and it had declared goes."""
         existing = {r.key: r for r in await asyncio.to_thread(self.store.rows, kind)}
@@ -186,7 +225,15 @@ class ServiceManager:
             if had.source == "file" and key not in declared:
                 puts.append(Put(kind, key, had.version, None, source="file"))
         if puts:
-            await asyncio.to_thread(self.store.apply, puts, "node configuration")
+            try:
+                await asyncio.to_thread(self.store.apply, puts, "node configuration")
+            except Conflict:
+                # Another process of this node, started from the same file, imported it
+                # first: once more, from what it wrote (then usually nothing is left to do).
+                if retry:
+                    await self._import(kind, declared, retry=False)
+                else:
+                    raise
 
     def client_rows(self) -> dict[str, Row]:
         return dict(self._clients)
@@ -248,6 +295,11 @@ class ServiceManager:
             if commit_clients is not None:
                 commit_clients()
             self._clients = after[CLIENT]
+            # This process made the change: nothing of it for follow() to take in, unless
+            # another process changed the settings meanwhile (then all is read again).
+            generation = await asyncio.to_thread(self.store.generation)
+            if generation == self._generation + 1:
+                self._generation = generation
             log.info("services.changed", action=action, admin=admin, services=len(built))
             return written
 

@@ -95,6 +95,9 @@ class SettingsStore(Protocol):
 
     def put_document(self, content: bytes) -> str: ...
     def document(self, sha256: str) -> bytes | None: ...
+    def generation(self) -> int:
+        """A number every change raises: another process of the node sees a change by it."""
+        ...
 
 
 _SCHEMA = """
@@ -109,6 +112,8 @@ CREATE TABLE IF NOT EXISTS settings (
     PRIMARY KEY (kind, key)
 );
 CREATE TABLE IF NOT EXISTS documents (sha256 TEXT PRIMARY KEY, content BLOB NOT NULL);
+CREATE TABLE IF NOT EXISTS generation (id INTEGER PRIMARY KEY CHECK (id = 0), n INTEGER NOT NULL);
+INSERT OR IGNORE INTO generation VALUES (0, 0);
 """
 
 
@@ -189,11 +194,16 @@ class SQLiteSettingsStore:
                         (put.kind, put.key, version, orjson.dumps(put.data), put.source, now, by),
                     )
                     written.append(Row(put.kind, put.key, version, put.data, put.source, now, by))
+                db.execute("UPDATE generation SET n = n + 1 WHERE id = 0")
                 db.execute("COMMIT")
             except BaseException:
                 db.execute("ROLLBACK")
                 raise
         return written
+
+    def generation(self) -> int:
+        with self._conn() as db:
+            return int(db.execute("SELECT n FROM generation WHERE id = 0").fetchone()[0])
 
     def put_document(self, content: bytes) -> str:
         digest = hashlib.sha256(content).hexdigest()
