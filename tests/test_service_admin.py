@@ -396,6 +396,15 @@ async def test_registrations_persist_across_a_restart_and_export_import(
         assert (await _call(http, fed, f"/r1/{PROVIDER}/getDeed/deeds/R"))[0] == 200
         _, shown, _ = await _admin(http, fed, "GET", f"/services/{PROVIDER}/restricted")
         assert shown["disabled"] is True
+        # A malformed export changes nothing.
+        for broken in (
+            {**exported, "settings": [{"kind": "service", "key": "x"}]},
+            {**exported, "documents": {"ab": "not base64!"}},
+            {**exported, "format": "something else"},
+        ):
+            status, answer, _ = await _admin(http, fed, "POST", "/import", broken)
+            assert status == 400, answer
+        assert (await _call(http, fed, f"/r1/{PROVIDER}/getDeed/deeds/R"))[0] == 200
         # Remove, then restore from the export.
         await _admin(http, fed, "DELETE", f"/services/{PROVIDER}/getDeed")
         assert (await _call(http, fed, f"/r1/{PROVIDER}/getDeed/deeds/R"))[0] != 200

@@ -12,6 +12,7 @@ administrators cannot lose each other's change silently.
 
 from __future__ import annotations
 
+import asyncio
 import base64
 import re
 from collections.abc import Mapping
@@ -91,10 +92,9 @@ def _openapi(data: bytes) -> dict[str, Any]:
 
 
 class _Api:
-    def __init__(self, manager: ServiceManager, node_id: str, public_url: str | None) -> None:
+    def __init__(self, manager: ServiceManager, node_id: str) -> None:
         self.m = manager
         self.node_id = node_id
-        self.public_url = public_url
 
     # --- reading -------------------------------------------------------------------------
 
@@ -162,13 +162,11 @@ class _Api:
         if len(kinds) != 1:
             raise Refused("give one of openapi (OpenAPI 3 JSON), wsdl or layout (a flat file)")
         if kinds[0] == "openapi":
-            puts, extra_docs = await self._from_openapi(body, provider, common)
+            puts = await self._from_openapi(body, provider, common)
         elif kinds[0] == "wsdl":
-            puts, extra_docs = await self._from_wsdl(body, provider, common)
+            puts = await self._from_wsdl(body, provider, common)
         else:
-            puts, extra_docs = self._from_layout(body, provider, common), {}
-        for content in extra_docs.values():
-            self.m.store.put_document(content)
+            puts = self._from_layout(body, provider, common)
         codes = [p.key for p in puts]
 
         def change(services: Rows, groups: Rows, clients: Rows) -> list[Put]:
@@ -206,7 +204,7 @@ class _Api:
 
     async def _from_openapi(
         self, body: dict[str, Any], provider: SubsystemId, common: dict[str, Any]
-    ) -> tuple[list[Put], dict[str, bytes]]:
+    ) -> list[Put]:
         data, source = await self._document(body, "openapi")
         document = _openapi(data)
         url = body.get("url")
@@ -227,8 +225,8 @@ class _Api:
             for op, endpoint in operations:
                 assert op is not None
                 by_code.setdefault(_code(op, "operationId"), []).append(endpoint)
-        stored = orjson.dumps(document)
-        sha = self.m.store.put_document(stored)
+        # Kept whatever becomes of the change: documents are stored by digest, once.
+        sha = await asyncio.to_thread(self.m.store.put_document, orjson.dumps(document))
         puts = []
         for c, endpoints in by_code.items():
             table = {**common["table"], "id": f"{provider}/{c}", "adapter": "rest", "url": url}
@@ -237,11 +235,11 @@ class _Api:
             if code:
                 data_row["code"] = c  # refreshed under the same code
             puts.append(Put(SERVICE, table["id"], None, data_row))
-        return puts, {}
+        return puts
 
     async def _from_wsdl(
         self, body: dict[str, Any], provider: SubsystemId, common: dict[str, Any]
-    ) -> tuple[list[Put], dict[str, bytes]]:
+    ) -> list[Put]:
         data, source = await self._document(body, "wsdl")
         mode = body.get("mode", "bridge")
         if mode not in ("bridge", "passthrough"):
@@ -250,7 +248,7 @@ class _Api:
             info = load_wsdl(data, source)  # today's checks and refusals
         except WsdlError as exc:
             raise Refused(f"the WSDL cannot be served: {exc}") from exc
-        sha = self.m.store.put_document(data)
+        sha = await asyncio.to_thread(self.m.store.put_document, data)
         url = body.get("url") or None
         if not (url or info.endpoint):
             raise Refused("the WSDL names no endpoint (soap:address): give the service's url")
@@ -262,7 +260,7 @@ class _Api:
             soap = {"wsdl": sha, "source": source, "mode": mode, "url": url}
             puts.append(Put(SERVICE, table["id"], None, {**common["row"], "table": table,
                                                           "soap": soap}))  # fmt: skip
-        return puts, {}
+        return puts
 
     def _from_layout(
         self, body: dict[str, Any], provider: SubsystemId, common: dict[str, Any]
@@ -270,6 +268,8 @@ class _Api:
         options = body.get("options") or {}
         if not isinstance(options, dict):
             raise Refused("options must be an object of flat-file settings")
+        if not isinstance(body["layout"], str) or not isinstance(body.get("file") or "", str):
+            raise Refused("layout and file are paths on the node's machine")
         options = {**options, "layout": body["layout"]}
         if body.get("file"):
             options["source"] = body["file"]
@@ -356,7 +356,7 @@ class _Api:
             new_body = {"wsdl": body.get("document"), "wsdl_url": soap["source"]}
             new_body["mode"] = soap["mode"]
             new_body["url"] = soap.get("url")
-            puts, _ = await self._from_wsdl(new_body, sid.provider, common)
+            puts = await self._from_wsdl(new_body, sid.provider, common)
         else:
             new_body = {
                 "openapi": body.get("document"),
@@ -365,7 +365,7 @@ class _Api:
             }
             if row.data.get("code"):
                 new_body["code"] = row.data["code"]
-            puts, _ = await self._from_openapi(new_body, sid.provider, common)
+            puts = await self._from_openapi(new_body, sid.provider, common)
 
         def change(services: Rows, groups: Rows, clients: Rows) -> list[Put]:
             out = []
@@ -625,13 +625,24 @@ class _Api:
             raise Refused(f"the export is not JSON: {exc}") from exc
         if not isinstance(body, dict) or body.get("format") != EXPORT_FORMAT:
             raise Refused(f"not an export of node settings (format {EXPORT_FORMAT})")
-        for sha, content in (body.get("documents") or {}).items():
-            stored = self.m.store.put_document(base64.b64decode(content))
-            if stored != sha:
+        try:
+            documents = {
+                sha: base64.b64decode(content, validate=True)
+                for sha, content in (body.get("documents") or {}).items()
+            }
+            wanted = {(s["kind"], s["key"]): s for s in body.get("settings", [])}
+            for (kind, key), s in wanted.items():
+                if kind not in (SERVICE, GROUP, CLIENT) or not isinstance(key, str):
+                    raise ValueError(f"a setting of an unknown kind {kind!r}")
+                if not isinstance(s["data"], dict) or (
+                    kind == SERVICE and not isinstance(s["data"].get("table"), dict)
+                ):
+                    raise ValueError(f"{kind} {key} has no settings")
+        except (ValueError, KeyError, TypeError, AttributeError) as exc:
+            raise Refused(f"the export is malformed: {exc}") from exc
+        for sha, content in documents.items():
+            if await asyncio.to_thread(self.m.store.put_document, content) != sha:
                 raise Refused(f"document {sha[:12]} of the export does not match its digest")
-        wanted = {(s["kind"], s["key"]): s for s in body.get("settings", [])}
-        if any(kind not in (SERVICE, GROUP, CLIENT) for kind, _ in wanted):
-            raise Refused("the export holds settings of an unknown kind")
 
         def change(services: Rows, groups: Rows, clients: Rows) -> list[Put]:
             puts = []
@@ -770,7 +781,7 @@ def _grantees(data: Mapping[str, Any]) -> list[str]:
 
 
 def settings_app(manager: ServiceManager, node_id: str) -> web.Application:
-    api = _Api(manager, node_id, None)
+    api = _Api(manager, node_id)
 
     @web.middleware
     async def refusals(request: web.Request, handler: Any) -> web.StreamResponse:

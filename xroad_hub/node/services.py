@@ -64,9 +64,10 @@ class _Built:
     hosted: HostedService
 
 
-# Keys of a service row whose change needs a new adapter; others (access rights,
-# purposes, disabling) only a new registration around the same adapter.
-_ADAPTER_KEYS = ("adapter", "url", "timeout", "options", "version", "answer_subject")
+# Keys of a service row's table that only decide who may call it and how: a change of
+# these needs a new registration around the same adapter; a change of any other key (URL,
+# timeout, version, answer subjects, a flat file's options...) a new adapter.
+_CONFIG_ONLY = frozenset(("disabled", "disabled_notice", "purposes", "subject", "endpoints"))
 
 
 def service_table(cfg: ServiceConfig) -> dict[str, Any]:
@@ -126,7 +127,6 @@ class ServiceManager:
         self._built: dict[str, _Built] = {}
         self._clients: dict[str, Row] = {}
         self._generation = -1  # the store's, as last taken in
-        # Checks hosted clients' rows and returns what puts them in force (node.py).
         # ``prepare_clients(rows, changed)``: checks the hosted clients' rows (those in
         # ``changed`` as new registrations) and returns what puts them in force (node.py).
         self.prepare_clients: Callable[[Mapping[str, Row], set[str]], Callable[[], None]] | None = (
@@ -168,7 +168,7 @@ class ServiceManager:
         await self._import(CLIENT, dict(clients or {}))
         self._generation = await asyncio.to_thread(self.store.generation)
         rows = await asyncio.to_thread(self.store.rows, SERVICE)
-        built = await self._build({r.key: r for r in rows}, {})
+        built = await self._build({r.key: r for r in rows}, None)
         self._built = built
         self.table.swap({_service_id(b): b.hosted for b in built.values()})
         self._clients = {r.key: r for r in await asyncio.to_thread(self.store.rows, CLIENT)}
@@ -327,7 +327,7 @@ class ServiceManager:
     ) -> dict[str, _Built]:
         """Every service of ``rows``, reusing the adapter of a service whose backend did not
         change; a service that cannot be built refuses the whole set."""
-        if groups is None or not groups:
+        if groups is None:
             groups = await asyncio.to_thread(self.groups)
         members = {name: r.data.get("members", []) for name, r in groups.items()}
         built: dict[str, _Built] = {}
@@ -338,13 +338,14 @@ class ServiceManager:
                     cfg = _config(row, members)
                 except ConfigError as exc:
                     raise Refused(str(exc)) from exc
+                except (KeyError, TypeError, AttributeError) as exc:  # an imported row
+                    raise Refused(f"service {key}: malformed settings ({exc!r})") from exc
                 was = self._built.get(key)
-                same_backend = was is not None and all(
-                    was.row.data["table"].get(k) == row.data["table"].get(k)
-                    for k in _ADAPTER_KEYS
-                ) and all(
-                    was.row.data.get(k) == row.data.get(k) for k in ("openapi", "soap")
-                )  # fmt: skip
+                same_backend = (
+                    was is not None
+                    and _backend(was.row) == _backend(row)
+                    and all(was.row.data.get(k) == row.data.get(k) for k in ("openapi", "soap"))
+                )
                 if was is not None and same_backend:
                     hosted = dataclasses.replace(was.hosted, config=cfg)
                 else:
@@ -408,6 +409,10 @@ class ServiceManager:
                 404,
             )
         return "client", str(client)
+
+
+def _backend(row: Row) -> dict[str, Any]:
+    return {k: v for k, v in row.data["table"].items() if k not in _CONFIG_ONLY}
 
 
 def _service_id(built: _Built) -> ServiceId:
