@@ -1,5 +1,5 @@
-"""Issue 13 end to end with the command line: the federation runs in a process of its own
-(``xroad-hub up``), the administrator uses ``xroad-hub node service|access|group|settings|
+"""Issue 13 end to end with the command line: the registry and each node run in processes
+of their own, the administrator uses ``xroad-hub node service|access|group|settings|
 status`` (each a process of its own), and a portal calls what was registered: a REST service
 from its OpenAPI document, a legacy SOAP service from its WSDL and a CSV export, within a
 second of registration, while an ungranted client gets AccessDenied."""
@@ -24,7 +24,9 @@ import aiohttp
 import jwt
 import pytest
 
+from xroad_hub.dev.devpki import ensure_pki
 from xroad_hub.dev.testing import TEST_ADMIN_KEYS, TestFederationSpec, write_federation
+from xroad_hub.federation import load_federation
 from xroad_hub.pki import PkiLayout, load_private_key
 from xroad_hub.protocol.thaiid import with_check_digit
 
@@ -56,27 +58,62 @@ name = "card_status"
 """
 
 
+# One component of the federation in a process of its own (Federation's ``only``): the
+# registry (with the TSA and witness), or one node; each with a data directory of its own.
+_COMPONENT = """
+import asyncio, signal, sys
+from pathlib import Path
+from xroad_hub.demo.runner import Federation
+from xroad_hub.federation import load_federation
+from xroad_hub.logs import configure_logging
+
+async def main(config, only, data):
+    configure_logging("warning", json=True)
+    config = Path(config)
+    fed = Federation(load_federation(config), config.parent / "certs", Path(data),
+                     only=frozenset([only]))
+    stop = asyncio.Event()
+    asyncio.get_running_loop().add_signal_handler(signal.SIGTERM, stop.set)
+    try:
+        await fed.start()
+        print("ready", flush=True)
+        await stop.wait()
+    finally:
+        await fed.stop()
+
+asyncio.run(main(*sys.argv[1:]))
+"""
+
+
 @pytest.fixture
 async def running(tmp_path: Path, echo_backend: str) -> AsyncIterator[tuple[dict[str, Any], Path]]:
+    """The federation as separate processes: the registry, and each node in its own."""
     cfg = write_federation(tmp_path / "federation.toml", TestFederationSpec(echo_backend))
-    data = tmp_path / "data"
-    proc = await asyncio.create_subprocess_exec(
-        *CLI, "up", "--config", str(cfg), "--certs-dir", str(tmp_path / "certs"),
-        "--data-dir", str(data),
-        stdout=asyncio.subprocess.DEVNULL, stderr=asyncio.subprocess.PIPE,
-    )  # fmt: skip
+    ensure_pki(load_federation(cfg), tmp_path / "certs")
+    procs: list[asyncio.subprocess.Process] = []
+    nodes: dict[str, Any] = {}
     try:
-        endpoints_file = data / "endpoints.json"
-        for _ in range(600):
-            if endpoints_file.exists() or proc.returncode is not None:
-                break
-            await asyncio.sleep(0.05)
-        assert endpoints_file.exists(), "the federation did not start"
-        yield json.loads(endpoints_file.read_text()), tmp_path
+        for component in ("registry", DGA, "TH/GOV/BMA/hub1", DBD):
+            data = tmp_path / f"data-{component.replace('/', '_')}"
+            proc = await asyncio.create_subprocess_exec(
+                sys.executable, "-c", _COMPONENT, str(cfg), component, str(data),
+                stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.PIPE,
+            )  # fmt: skip
+            procs.append(proc)
+            assert proc.stdout is not None
+            line = await asyncio.wait_for(proc.stdout.readline(), 60)
+            if line.strip() != b"ready":
+                _, err = await proc.communicate()
+                raise AssertionError(f"{component} did not start: {err.decode()[-2000:]}")
+            nodes.update(json.loads((data / "endpoints.json").read_text())["nodes"])
+        yield {"nodes": nodes}, tmp_path
     finally:
-        proc.send_signal(signal.SIGTERM)
-        _, err = await asyncio.wait_for(proc.communicate(), 60)
-    assert proc.returncode == 0, err.decode()[-2000:]
+        for proc in reversed(procs):
+            if proc.returncode is None:
+                proc.send_signal(signal.SIGTERM)
+        for proc in reversed(procs):
+            _, err = await asyncio.wait_for(proc.communicate(), 60)
+            assert proc.returncode == 0, err.decode()[-2000:]
 
 
 def _cli(admin: str, *args: str, key: str = "services") -> subprocess.CompletedProcess[str]:
@@ -200,3 +237,58 @@ async def test_an_agency_registers_rest_soap_and_csv_services_by_cli(
     assert out.returncode == 0, out.stderr
     assert stat.S_IMODE(backup.stat().st_mode) == 0o600
     assert json.loads(backup.read_text())["format"] == "xroad-hub-node-settings/1"
+
+
+async def test_disable_enable_remove_under_load_across_processes(
+    running: tuple[dict[str, Any], Path], http: aiohttp.ClientSession, deeds_backend: str
+) -> None:
+    endpoints, _ = running
+    admin = endpoints["nodes"][DBD]["admin"] + "/settings"
+    client = endpoints["nodes"][DGA]["client"]
+    headers = {"Authorization": f"Bearer {TEST_ADMIN_KEYS['services'][0]}"}
+    body = {"provider": PROVIDER, "openapi": json.dumps(DEEDS_OPENAPI), "url": deeds_backend,
+            "answer_subject": ["json:owner.citizen_id"], "allow": [DEV]}  # fmt: skip
+    async with http.post(admin + "/services", json=body, headers=headers) as r:
+        assert r.status == 201, await r.text()
+    deed = f"{PROVIDER}/getDeed"
+    outcomes: list[tuple[float, int, str]] = []
+    stop = asyncio.Event()
+
+    async def load() -> None:
+        while not stop.is_set():
+            # 0.2 s at the backend each: changes land while requests are in flight.
+            status, text = await _call(http, client, f"/r1/{PROVIDER}/getDeed/deeds/L?delay=0.2")
+            outcomes.append((time.monotonic(), status, text))
+
+    async def admin_call(method: str, path: str, change: object = None) -> float:
+        async with http.request(method, admin + path, json=change, headers=headers) as r:
+            assert r.status == 200, await r.text()
+        return time.monotonic()
+
+    clients = [asyncio.create_task(load()) for _ in range(8)]
+    await asyncio.sleep(0.6)
+    disabled = await admin_call(
+        "PATCH", f"/services/{deed}", {"disabled": True, "disabled_notice": "migration"}
+    )
+    await asyncio.sleep(1.6)
+    enabled = await admin_call("PATCH", f"/services/{deed}", {"disabled": False})
+    await asyncio.sleep(1.6)
+    removed = await admin_call("DELETE", f"/services/{deed}")
+    await asyncio.sleep(1.6)
+    stop.set()
+    await asyncio.gather(*clients)
+
+    def kind(status: int, text: str) -> str:
+        if status == 200:
+            return "ok"
+        if "ServiceDisabled" in text and "migration" in text:
+            return "disabled"
+        return "unknown" if "UnknownService" in text else f"FAILED {status} {text[:200]}"
+
+    kinds = [(at, kind(status, text)) for at, status, text in outcomes]
+    assert not [k for _, k in kinds if k.startswith("FAILED")], kinds
+    # Each change in force within a second: everything finished a second after it agrees.
+    assert {k for at, k in kinds if disabled + 1 < at < enabled} == {"disabled"}
+    assert {k for at, k in kinds if enabled + 1 < at < removed} == {"ok"}
+    assert {k for at, k in kinds if removed + 1 < at} == {"unknown"}
+    assert len(outcomes) > 50
