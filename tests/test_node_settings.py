@@ -139,6 +139,17 @@ async def test_another_process_of_the_node_takes_in_a_change_within_its_poll(
         assert managers[0].table[sid].config.allow == {parse_client_id(portal)}
         assert await managers[0].reload() is False  # its own change: nothing to take in
         assert managers[1].table[sid].config.allow == frozenset()
+        # The other process, not yet aware, changes the row it knows: refused, and its
+        # audit trail says so (the admin API answers 409).
+        trail: list[tuple[str, str]] = []
+
+        async def record(admin: str, action: str, **detail: object) -> None:
+            trail.append((admin, action))
+
+        managers[1].record = record
+        with pytest.raises(Conflict, match="someone changed it"):
+            await managers[1].change("bob", "access.grant", grant)
+        assert trail == [("bob", "access.grant"), ("bob", "access.grant.refused")]
         assert await managers[1].reload() is True
         assert managers[1].table[sid].config.allow == {parse_client_id(portal)}
     finally:

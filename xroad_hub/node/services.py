@@ -279,9 +279,16 @@ class ServiceManager:
                 if any(p.kind == CLIENT for p in wanted) and self.prepare_clients is not None:
                     changed = {p.key for p in wanted if p.kind == CLIENT and p.data is not None}
                     commit_clients = self.prepare_clients(after[CLIENT], changed)
+                # Recorded before it is made: a trail that cannot be written refuses it.
                 if self.record is not None:
                     await self.record(admin, action, **detail)
-                written = await asyncio.to_thread(self.store.apply, wanted, admin)
+                try:
+                    written = await asyncio.to_thread(self.store.apply, wanted, admin)
+                except Conflict as exc:
+                    # The trail says the change did not happen, and why.
+                    if self.record is not None:
+                        await self.record(admin, f"{action}.refused", reason=str(exc))
+                    raise
             except BaseException:
                 await self._close_new(built)
                 raise
