@@ -35,6 +35,7 @@ DBD = "TH/GOV/DBD/hub1"
 DEV = {"X-Road-Client": "TH/GOV/DGA/devportal"}
 PROVIDER = "TH/GOV/DBD/registry"
 PORTAL = "TH/GOV/DGA/citizenportal"
+RD_LAYOUT = Path(__file__).resolve().parents[1] / "schemas" / "rd-taxclearance.layout.toml"
 OWNER = with_check_digit("110170020345")
 DEEDS_OPENAPI: dict[str, Any] = {
     "openapi": "3.0.3",
@@ -288,6 +289,11 @@ async def test_bad_openapi_registers_nothing(
         ({"answer_subject": []}, "answer_subject does not locate"),
         # A WSDL that cannot be served gets today's refusal, with the rule it breaks.
         ({"openapi": None, "wsdl": "<definitions/>"}, "the WSDL cannot be served"),
+        # A flat file with no export where it is said to be: no backend.
+        (
+            {"openapi": None, "layout": str(RD_LAYOUT), "file": "/nonexistent/rd.csv"},
+            "no export at /nonexistent/rd.csv",
+        ),
         # A provider the global configuration does not place on this node.
         ({"provider": "TH/GOV/DBD/elsewhere"}, "register it at the central server"),
     ]

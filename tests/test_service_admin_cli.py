@@ -126,9 +126,8 @@ async def _call(
     http: aiohttp.ClientSession, client_url: str, path: str, client: str = DEV, **kw: Any
 ) -> tuple[int, str]:
     method = "POST" if "json" in kw else "GET"
-    async with http.request(
-        method, client_url + path, headers={"X-Road-Client": client}, **kw
-    ) as r:
+    kw.setdefault("headers", {"X-Road-Client": client})
+    async with http.request(method, client_url + path, **kw) as r:
         return r.status, await r.text()
 
 
@@ -218,6 +217,17 @@ async def test_an_agency_registers_rest_soap_and_csv_services_by_cli(
         http, client, f"/r1/{PROVIDER}/getPerson", json={"citizenId": CITIZEN}
     )
     assert "ServiceDisabled" in text and "upgrade" in text, text
+
+    # Purposes declared afterwards: a request naming none is refused, naming them.
+    out = _cli(admin, "service", "set", f"{PROVIDER}/records", "--purpose", "welfare-check")
+    assert out.returncode == 0 and "purposes: welfare-check" in out.stdout, out.stderr
+    status, text = await _call(http, client, f"/r1/{PROVIDER}/records/records/{BENEFICIARY}")
+    assert "AccessDenied" in text and "welfare-check" in text, text
+    status, text = await _call(
+        http, client, f"/r1/{PROVIDER}/records/records/{BENEFICIARY}",
+        headers={"X-Road-Client": DEV, "X-Road-Purpose": "welfare-check"},
+    )  # fmt: skip
+    assert status == 200, text
 
     # Refusals are messages with a hint, never tracebacks.
     out = _cli(admin, "access", "grant", f"{PROVIDER}/records", "TH/GOV/NOPE/x")

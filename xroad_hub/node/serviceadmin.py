@@ -278,9 +278,12 @@ class _Api:
             raise Refused(f"unknown flat-file options: {', '.join(sorted(unknown))}")
         code = _code(body.get("code") or "records")
         try:
-            FlatFileSettings.from_options(options)
+            settings = FlatFileSettings.from_options(options)
         except (LayoutError, ValueError, TypeError) as exc:
             raise Refused(f"the flat-file settings cannot be served: {exc}") from exc
+        if not settings.source.exists():
+            # No export there: the service would have no backend to answer from.
+            raise Refused(f"no export at {settings.source} on the node's machine (file)")
         table = {**common["table"], "id": f"{provider}/{code}", "adapter": "flatfile", **options}
         return [Put(SERVICE, table["id"], None, {**common["row"], "table": table})]
 

@@ -95,6 +95,10 @@ def add_service_commands(node_sub: Any) -> None:
     setp.add_argument("--url")
     setp.add_argument("--timeout", type=float)
     setp.add_argument("--purpose", action="append", help="the purposes served (replaces)")
+    setp.add_argument("--subject", action="append", metavar="LOCATOR",
+                      help="where requests name their data subject (replaces)")  # fmt: skip
+    setp.add_argument("--answer-subject", action="append", metavar="LOCATOR",
+                      help="where answers name persons (replaces; 'none': nobody)")  # fmt: skip
     refresh = ss.add_parser("refresh", help="read a service's changed WSDL or OpenAPI again")
     refresh.add_argument("id")
     refresh.add_argument(
@@ -245,8 +249,10 @@ def _request(args: argparse.Namespace) -> tuple[str, str, dict[str, Any] | bytes
             patch["disabled_notice"] = args.message
         return "PATCH", f"/settings/services/{_q(args.id)}", patch
     if s == "set":
+        answer = [] if args.answer_subject == ["none"] else args.answer_subject
         patch = {k: v for k, v in (("url", args.url), ("timeout", args.timeout),
-                                   ("purposes", args.purpose)) if v is not None}  # fmt: skip
+                                   ("purposes", args.purpose), ("subject", args.subject),
+                                   ("answer_subject", answer)) if v is not None}  # fmt: skip
         return "PATCH", f"/settings/services/{_q(args.id)}", patch
     if s == "refresh":
         body: dict[str, Any] = {"service": args.id}

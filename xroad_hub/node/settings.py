@@ -140,15 +140,19 @@ class SQLiteSettingsStore:
         self._db = db
 
     def close(self) -> None:
-        if self._db is not None:
-            self._db.close()
-            self._db = None
+        # Under the lock: a read still running in a worker thread (a poll cancelled while
+        # its thread queries) finishes before the connection goes; closing it under that
+        # query would crash the process.
+        with self._lock:
+            if self._db is not None:
+                self._db.close()
+                self._db = None
 
     @contextmanager
     def _conn(self) -> Iterator[sqlite3.Connection]:
-        if self._db is None:
-            raise RuntimeError("the settings store is not open")
         with self._lock:
+            if self._db is None:
+                raise RuntimeError("the settings store is not open")
             yield self._db
 
     def rows(self, kind: str) -> list[Row]:
