@@ -80,7 +80,7 @@ def _refused(server: CentralServer, data: bytes, code: str) -> RegistrationError
 
 def test_init_keeps_keys_and_database_private(tmp_path: Path) -> None:
     d = init_central(tmp_path / "c", "TH", "https://127.0.0.1:4001")
-    for path in (d.db, d.key("ca"), d.key("signer"), d.key("tls")):
+    for path in (d.db, *(d.key(k) for k in ("ca", "signer", "tls", "tsa", "witness"))):
         assert stat.S_IMODE(path.stat().st_mode) == 0o600, path
     with pytest.raises(FileExistsError):
         init_central(tmp_path / "c", "TH", "https://127.0.0.1:4001")
@@ -257,6 +257,48 @@ async def _admin_calls(central: CentralServer, client: TestClient, request_id: i
                           headers={"Authorization": "Bearer sam-key"})  # fmt: skip
     assert r.status == 201
     assert central.store.audit_entries()[-1].admin == "api:sam"
+
+
+async def test_admin_keys_take_effect_without_a_restart(central: CentralServer) -> None:
+    """A key made while the server runs ('central admin-key' writes the database from
+    another process) works at its next request; a key replaced for the same name stops."""
+    async with TestClient(TestServer(central.app())) as client:
+        headers = {"Authorization": "Bearer new-key"}
+        assert (await client.get("/admin/members", headers=headers)).status == 401
+        central.store.add_admin("nina", key_digest("new-key"), ["system-administrator"], "t")
+        assert (await client.get("/admin/members", headers=headers)).status == 200
+        central.store.add_admin("nina", key_digest("newer-key"), ["system-administrator"], "t")
+        assert (await client.get("/admin/members", headers=headers)).status == 401
+
+
+def test_checkpoint_key_is_certified_for_the_node(central: CentralServer) -> None:
+    """The Ed25519 checkpoint key's CSR rides in the signed registration request; approval
+    issues a certificate the audit and the witness accept for exactly that node."""
+    from cryptography.hazmat.primitives.asymmetric import ed25519
+
+    from xroad_hub.messagelog.audit import verify_node_checkpoint
+    from xroad_hub.protocol.checkpoint import Checkpoint, NoteSigner, sign_note
+
+    checkpoint = ed25519.Ed25519PrivateKey.generate()
+    pem = serialization.Encoding.PEM
+    csr = make_csr(checkpoint, "anything").public_bytes(pem).decode()
+    # A P-256 key is no checkpoint key, and a CSR not self-signed proves no possession.
+    _refused(central, _auth_reg(checkpoint_csr=make_csr(generate_key(), "x").public_bytes(
+        pem).decode())[0], "Malformed")  # fmt: skip
+    data, _ = _auth_reg(checkpoint_csr=csr)
+    request_id, _ = central.file(data)
+    central.approve(request_id, "officer")
+    cert = x509.load_pem_x509_certificate(
+        central.status(request_id)["certificates"]["checkpoint"].encode()
+    )
+    assert cert.public_key() == checkpoint.public_key()
+    node = f"{MOPH}/hub1"
+    assert cert.subject.get_attributes_for_oid(NameOID.COMMON_NAME)[0].value == node
+    note = sign_note(
+        Checkpoint(f"xroad-hub/{node}", 0, bytes(32)).text(), NoteSigner(node, checkpoint)
+    )
+    der = cert.public_bytes(serialization.Encoding.DER)
+    assert verify_node_checkpoint(note, der, [central._ca_cert]).size == 0
 
 
 async def test_request_status_is_read_with_the_filers_token_only(central: CentralServer) -> None:

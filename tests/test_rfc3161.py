@@ -157,7 +157,7 @@ def test_public_surface() -> None:
         "verify_response",
     }  # fmt: skip
     assert set(tsa.__all__) == {
-        "MAX_QUERY_BYTES", "QUERY_TYPE", "REPLY_TYPE", "SerialCounter", "tsa_app",
+        "MAX_QUERY_BYTES", "QUERY_TYPE", "REPLY_TYPE", "SerialCounter", "TSA_POLICY", "tsa_app",
     }  # fmt: skip
 
 

@@ -314,6 +314,11 @@ def _hint(exc: BaseException, args: argparse.Namespace) -> str:
             "identifiers are INSTANCE/CLASS/MEMBER[/SUBSYSTEM] of A-Z a-z 0-9 ' ( ) + , - . = ?,"
             " e.g. TH/GOV/DGA/devportal"
         )
+    if isinstance(exc, ConfigError) and args.command == "node":
+        return (
+            f"fix {getattr(args, 'dir', 'NODEDIR')}/node.toml (one [node] table), or place the "
+            "file named above; see 'xroad-hub node run --help'"
+        )
     if isinstance(exc, ConfigError):
         return f"fix the federation file ({getattr(args, 'config', 'the --config file')})"
     if isinstance(exc, sqlite3.Error | FileNotFoundError | LogReadError):

@@ -236,7 +236,7 @@ def issue_cert(
     ca_key: PrivateKey,
     ca_cert: x509.Certificate,
     cn: str,
-    key: AnyPrivateKey | ec.EllipticCurvePublicKey,
+    key: AnyPrivateKey | ec.EllipticCurvePublicKey | ed25519.Ed25519PublicKey,
     *,
     purpose: str,
     days: int = 825,
@@ -249,7 +249,11 @@ def issue_cert(
     central server issues from a node's CSR); ``hosts`` are further DNS names of a "tls"
     certificate."""
     now = dt.datetime.now(dt.UTC)
-    public = key if isinstance(key, ec.EllipticCurvePublicKey) else key.public_key()
+    public = (
+        key
+        if isinstance(key, ec.EllipticCurvePublicKey | ed25519.Ed25519PublicKey)
+        else key.public_key()
+    )
     builder = (
         x509.CertificateBuilder()
         .subject_name(_name(cn))

@@ -5,7 +5,8 @@ the admin API: whoever runs them on the central server's machine can read the CA
 directory anyway, so going through the API would add a key to manage and no protection.
 Remote officers use the admin API (``/admin/...``, API keys with roles) instead. Each change
 is recorded in the audit trail as ``cli:<OS user>``. The running server sees a change at its
-next request (it reads the database for every global configuration).
+next request (it reads the database for every global configuration and for every
+administrator's request).
 """
 
 from __future__ import annotations
@@ -84,7 +85,9 @@ def add_central_commands(sub: Any) -> None:
     decline.add_argument("--reason", required=True)
     key = cmd(
         "admin-key", "make an API key for the admin API (printed once; the DB keeps its hash)",
-        "Restart 'central run' for the key to take effect.",
+        "It takes effect at once, also for a running 'central run' (which reads its "
+        "administrators from the database at each request); a new key for the same name "
+        "replaces the old one.",
     )  # fmt: skip
     key.add_argument("--name", required=True, help="the administrator's name")
     key.add_argument("--role", action="append", required=True, choices=sorted(ADMIN_ROLES))

@@ -9,22 +9,19 @@ the registry is reachable.
 
 from __future__ import annotations
 
-import base64
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
-import orjson
 import structlog
 from aiohttp import web
 from cryptography.hazmat.primitives import serialization
 
-from xroad_hub.central.witness import Witness, WitnessConflict, WitnessError
+from xroad_hub.central.witness import Witness, witness_routes
 from xroad_hub.federation import FederationConfig
 from xroad_hub.pki import PkiLayout, load_cert, load_ed25519_key, load_private_key
 from xroad_hub.protocol.checkpoint import NoteSigner
 from xroad_hub.protocol.globalconf import GlobalConf, NodeEntry, sign_globalconf
 from xroad_hub.protocol.signing import cert_fingerprint
-from xroad_hub.streams import BodyTooLarge, read_capped
 
 __all__ = ["Registry"]
 
@@ -77,35 +74,8 @@ class Registry:
     def app(self) -> web.Application:
         app = web.Application()
         app.router.add_get("/globalconf", self._globalconf)
-        app.router.add_get("/witness", self._witness_latest)
-        app.router.add_post("/witness", self._witness_submit)
+        app.router.add_routes(witness_routes(self.witness, self.witness_cert))
         return app
-
-    async def _witness_latest(self, request: web.Request) -> web.Response:
-        """The last checkpoint co-signed for ``origin``, with the witness's certificate, so
-        that an auditor can check a node's log against it (``audit verify --witness``)."""
-        latest = self.witness.latest(request.query.get("origin", ""))
-        size, note = (0, None) if latest is None else latest
-        cert = base64.b64encode(self.witness_cert).decode()
-        return web.json_response({"size": size, "note": note, "cert": cert})
-
-    async def _witness_submit(self, request: web.Request) -> web.Response:
-        """A node submits a checkpoint with a consistency proof; it gets it back co-signed,
-        or 409 when its history does not extend what was witnessed before."""
-        try:
-            doc = orjson.loads(await read_capped(request.content, 256 * 1024))
-            note, cert = str(doc["note"]), base64.b64decode(doc["cert"], validate=True)
-            proof = [base64.b64decode(h, validate=True) for h in doc["proof"]]
-            cosigned = self.witness.submit(note, cert, int(doc["old_size"]), proof)
-        except WitnessConflict as exc:
-            log.error("witness.inconsistent", reason=str(exc), last_size=exc.last_size)
-            return web.json_response({"error": str(exc), "size": exc.last_size}, status=409)
-        except (WitnessError, BodyTooLarge, orjson.JSONDecodeError, KeyError, TypeError,
-                ValueError) as exc:  # fmt: skip
-            return web.json_response({"error": f"bad submission: {exc}"}, status=400)
-        return web.json_response(
-            {"note": cosigned, "cert": base64.b64encode(self.witness_cert).decode()}
-        )
 
     async def _globalconf(self, request: web.Request) -> web.Response:
         conf = self.current()

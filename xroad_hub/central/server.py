@@ -7,6 +7,9 @@ State lives in one directory (``central init``), never shared with nodes:
     ca.key.pem, ca.cert.pem     the federation's certification authority
     signer.key.pem, .cert.pem   signs the global configuration (the anchor's certificate)
     tls.key.pem, tls.cert.pem   HTTPS of the central server, issued by its CA
+    tsa.key.pem, tsa.cert.pem   the federation's RFC 3161 timestamp authority
+    witness.key.pem, .cert.pem  the witness that co-signs nodes' checkpoints (Ed25519)
+    witness.json                the last checkpoint the witness co-signed, per node
 
 HTTP surface (one HTTPS listener):
 
@@ -16,9 +19,14 @@ HTTP surface (one HTTPS listener):
     GET  /management/requests/{id}        its state; once approved, the issued certificates
                                           (needs Authorization: Bearer STATUS_TOKEN)
     /admin/...                            the operator's API (bearer API keys with roles)
+    POST /tsa/                            RFC 3161 time-stamp queries (nodes' checkpoints)
+    GET, POST /witness                    the witness (a node's last co-signed checkpoint;
+                                          co-sign a checkpoint extending it)
 
 Nodes download /globalconf without trusting TLS (the document is signed by the anchor's
 key) and then call /management over HTTPS verified against the CA the configuration names.
+A running node finds the timestamp authority and the witness under the anchor's URL
+(``/tsa/``, ``/witness``): the central server is the one party every node already trusts.
 """
 
 from __future__ import annotations
@@ -42,19 +50,23 @@ import structlog
 from aiohttp import web
 from cryptography import x509
 from cryptography.hazmat.primitives import serialization
-from cryptography.hazmat.primitives.asymmetric import ec
+from cryptography.hazmat.primitives.asymmetric import ec, ed25519
 
+from xroad_hub.central.tsa import TSA_POLICY, tsa_app
+from xroad_hub.central.witness import Witness, witness_routes
 from xroad_hub.federation import AdminConfig
 from xroad_hub.node.admin import ADMIN, AdminApi
 from xroad_hub.pki import (
     generate_key,
     issue_cert,
     load_cert,
+    load_ed25519_key,
     load_private_key,
     make_root_ca,
     write_cert,
     write_key,
 )
+from xroad_hub.protocol.checkpoint import NoteSigner
 from xroad_hub.protocol.globalconf import GlobalConf, NodeEntry, sign_globalconf, signer_name
 from xroad_hub.protocol.identifiers import (
     ClientId,
@@ -71,6 +83,7 @@ from xroad_hub.protocol.registration import (
     parse_request,
     verify_request,
 )
+from xroad_hub.protocol.rfc3161 import issue_tsa_cert
 from xroad_hub.protocol.signing import cert_fingerprint
 from xroad_hub.streams import BodyTooLarge, read_capped
 
@@ -116,6 +129,7 @@ def init_central(
     ca_key, ca_cert = make_root_ca(f"{instance} central server CA")
     write_key(d.key("ca"), ca_key)
     write_cert(d.cert("ca"), ca_cert)
+    _make_services_keys(d, instance, ca_key, ca_cert)
     signer = generate_key()
     write_key(d.key("signer"), signer)
     write_cert(
@@ -140,6 +154,25 @@ def init_central(
     finally:
         store.close()
     return d
+
+
+def _make_services_keys(
+    d: CentralDir, instance: str, ca_key: ec.EllipticCurvePrivateKey, ca_cert: x509.Certificate
+) -> None:
+    """The timestamp authority's key (its certificate has the critical timeStamping EKU RFC
+    3161 requires) and the witness's Ed25519 key, named ``INSTANCE/registry``: the only
+    co-signer evidence and audit verification accept for the instance's nodes."""
+    tsa = generate_key()
+    write_key(d.key("tsa"), tsa)
+    write_cert(
+        d.cert("tsa"), issue_tsa_cert(ca_key, ca_cert, f"{instance} timestamp authority", tsa)
+    )
+    witness = ed25519.Ed25519PrivateKey.generate()
+    write_key(d.key("witness"), witness)
+    write_cert(
+        d.cert("witness"),
+        issue_cert(ca_key, ca_cert, f"{instance}/registry", witness, purpose="checkpoint"),
+    )
 
 
 def _local_operator() -> str:
@@ -177,6 +210,18 @@ class CentralServer:
             self.store.set_meta("status_token_key", key)
         self._status_key = bytes.fromhex(key)
         self._signed: tuple[int, float, bytes] | None = None  # (audit head, made at, body)
+        for name in ("tsa", "witness"):
+            if not self.dir.key(name).exists() or not self.dir.cert(name).exists():
+                raise RegistrationError(
+                    "NotInitialised", f"{root} has no {name} key ({self.dir.key(name).name}); "
+                    "it was made by an older 'central init': initialise a new directory",
+                )  # fmt: skip
+        self.witness = Witness(
+            NoteSigner(f"{self.instance}/registry", load_ed25519_key(self.dir.key("witness"))),
+            [self._ca_cert],
+            self.dir.root / "witness.json",
+        )
+        self.witness_cert = load_cert(self.dir.cert("witness"))
 
     def close(self) -> None:
         close = getattr(self.store, "close", None)
@@ -330,6 +375,11 @@ class CentralServer:
                 auth_csr=parsed.auth_csr.public_bytes(pem).decode(),
                 sign_csr=parsed.sign_csr.public_bytes(pem).decode(),
                 auth_key_sha256=parsed.auth_key_sha256,
+                checkpoint_csr=(
+                    parsed.checkpoint_csr.public_bytes(pem).decode()
+                    if parsed.checkpoint_csr is not None
+                    else None
+                ),
             )  # fmt: skip
         if parsed.client is not None and parsed.client.member != parsed.server.owner:
             # X-Road would also accept another member's subsystem signed by that member;
@@ -359,16 +409,20 @@ class CentralServer:
         return row
 
     def _issue(self, row: RequestRow) -> list[IssuedCert]:
-        """The node's auth certificate (CN = node id) and the member's signing certificate
-        (CN = member id), issued for the CSRs' keys; the names are the central server's
-        choice, not the CSRs'."""
+        """The node's auth certificate (CN = node id), the member's signing certificate
+        (CN = member id) and the node's checkpoint certificate (CN = node id: audit and
+        evidence verification take a checkpoint's node from it), issued for the CSRs' keys;
+        the names are the central server's choice, not the CSRs'."""
         assert row.auth_csr is not None and row.sign_csr is not None
         out = []
         member = row.server.rsplit("/", 1)[0]
-        for purpose, csr_pem, cn, profile in (
+        wanted = [
             ("auth", row.auth_csr, row.server, "tls"),
             ("sign", row.sign_csr, member, "sign"),
-        ):
+        ]
+        if row.checkpoint_csr:
+            wanted.append(("checkpoint", row.checkpoint_csr, row.server, "checkpoint"))
+        for purpose, csr_pem, cn, profile in wanted:
             csr = x509.load_pem_x509_csr(csr_pem.encode())
             host = (row.address or "").rpartition(":")[0]
             cert = issue_cert(
@@ -427,12 +481,11 @@ class CentralServer:
         app.router.add_get("/globalconf", self._h_globalconf)
         app.router.add_post("/management/requests", self._h_file)
         app.router.add_get("/management/requests/{id:[0-9]{1,18}}", self._h_status)
-        admins = [
-            AdminConfig(name=n, key_sha256=k, roles=frozenset(r)) for n, k, r in self.store.admins()
-        ]
         # The central server's administration trail is the hash-chained table in its
         # database (store.audit); AdminApi's own JSON-lines trail is not written here.
-        api = AdminApi("central", admins)
+        # Administrators are read from the database at each request: a key made with
+        # 'central admin-key' (another process) works at once, a replaced one stops working.
+        api = AdminApi("central", (), lookup=self._admin)
         officers = ("registration-officer", "system-administrator", "security-officer")
         api.route("GET", "/requests", self._h_list, officers)
         api.route("POST", "/requests/{id:[0-9]{1,18}}/approve", self._h_approve,
@@ -447,7 +500,24 @@ class CentralServer:
             api.route(method, "/groups/{code}", self._h_group,
                       ("registration-officer", "system-administrator"))  # fmt: skip
         app.add_subapp("/admin", api.app)
+        app.router.add_routes(
+            witness_routes(self.witness, self.witness_cert.public_bytes(serialization.Encoding.DER))
+        )
+        app.add_subapp(
+            "/tsa",
+            tsa_app(
+                load_private_key(self.dir.key("tsa")), load_cert(self.dir.cert("tsa")), TSA_POLICY
+            ),
+        )
         return app
+
+    async def _admin(self, digest: str) -> AdminConfig | None:
+        admins = await asyncio.to_thread(self.store.admins)
+        return next(
+            (AdminConfig(name=n, key_sha256=k, roles=frozenset(r))
+             for n, k, r in admins if hmac.compare_digest(k, digest)),
+            None,
+        )  # fmt: skip
 
     async def _h_globalconf(self, request: web.Request) -> web.Response:
         body = await asyncio.to_thread(self.signed_globalconf)

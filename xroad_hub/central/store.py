@@ -102,12 +102,13 @@ class RequestRow:
     decided_at: str | None
     decided_by: str | None
     reason: str | None
+    checkpoint_csr: str | None = None
 
 
 @dataclass(frozen=True, slots=True)
 class IssuedCert:
     serial: str
-    purpose: str  # "auth" | "sign"
+    purpose: str  # "auth" | "sign" | "checkpoint"
     subject: str
     sha256: str
     pem: str
@@ -145,6 +146,7 @@ class CentralStore(Protocol):
         self, kind: str, server: str, nonce: str, signed: bytes, *, client: str | None = None,
         address: str | None = None, auth_csr: str | None = None,
         sign_csr: str | None = None, auth_key_sha256: str | None = None,
+        checkpoint_csr: str | None = None,
     ) -> int: ...  # fmt: skip
     def request(self, request_id: int) -> RequestRow | None: ...
     def requests(self, state: str | None = None) -> list[RequestRow]: ...
@@ -219,6 +221,9 @@ class SqliteCentralStore:
         self._db = self._connect()
         self._db.execute("PRAGMA journal_mode=WAL").fetchall()
         self._db.executescript(SCHEMA)
+        columns = {r[1] for r in self._db.execute("PRAGMA table_info(requests)").fetchall()}
+        if "checkpoint_csr" not in columns:  # a database made before checkpoint keys enrolled
+            self._db.execute("ALTER TABLE requests ADD COLUMN checkpoint_csr TEXT")
         self._db.close()
         ensure_private(path, sqlite=True)  # the -wal/-shm files WAL mode just made
 
@@ -283,6 +288,7 @@ class SqliteCentralStore:
         self, kind: str, server: str, nonce: str, signed: bytes, *, client: str | None = None,
         address: str | None = None, auth_csr: str | None = None,
         sign_csr: str | None = None, auth_key_sha256: str | None = None,
+        checkpoint_csr: str | None = None,
     ) -> int:  # fmt: skip
         """Record a verified request as SUBMITTED, or refuse it (replay, unknown member,
         code or subsystem taken) leaving the database as it was."""
@@ -348,16 +354,16 @@ class SqliteCentralStore:
             db.execute("INSERT INTO nonces VALUES (?, ?)", (nonce, _now()))
             cur = db.execute(
                 "INSERT INTO requests (type, state, server, client, address, auth_csr, "
-                "sign_csr, auth_key_sha256, signed, received_at) "
-                "VALUES (?, 'SUBMITTED', ?, ?, ?, ?, ?, ?, ?, ?)",
+                "sign_csr, auth_key_sha256, signed, received_at, checkpoint_csr) "
+                "VALUES (?, 'SUBMITTED', ?, ?, ?, ?, ?, ?, ?, ?, ?)",
                 (kind, server, client, address, auth_csr, sign_csr, auth_key_sha256,
-                 signed.decode(), _now()),
+                 signed.decode(), _now(), checkpoint_csr),
             )  # fmt: skip
             return int(cur.lastrowid or 0)
 
     _REQUEST_COLS = (
         "id, type, state, server, client, address, auth_csr, sign_csr, received_at, "
-        "decided_at, decided_by, reason"
+        "decided_at, decided_by, reason, checkpoint_csr"
     )
 
     @_locked

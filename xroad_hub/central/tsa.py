@@ -33,9 +33,13 @@ from xroad_hub.protocol.rfc3161 import (
     read_status,
 )
 
-__all__ = ["MAX_QUERY_BYTES", "QUERY_TYPE", "REPLY_TYPE", "SerialCounter", "tsa_app"]
+__all__ = ["MAX_QUERY_BYTES", "QUERY_TYPE", "REPLY_TYPE", "TSA_POLICY", "SerialCounter", "tsa_app"]
 
 log = structlog.get_logger("xroad_hub.central.tsa")
+
+# The policy under which the federation's TSA issues tokens: a UUID-derived OID (ITU-T X.667,
+# arc 2.25), unique without registration; a federation with its own policy uses its own.
+TSA_POLICY = "2.25.83577886173988329252981031019638523"
 
 # A SHA-512 request with a nonce is under 100 bytes; anything near the limit is not a request.
 MAX_QUERY_BYTES = 64 * 1024

@@ -17,14 +17,20 @@ import os
 from dataclasses import dataclass
 from pathlib import Path
 
+import orjson
+import structlog
+from aiohttp import web
 from cryptography import x509
 
 from xroad_hub.errors import HubError
 from xroad_hub.messagelog.audit import verify_node_checkpoint
 from xroad_hub.protocol import merkle
 from xroad_hub.protocol.checkpoint import Checkpoint, CheckpointError, NoteSigner
+from xroad_hub.streams import BodyTooLarge, read_capped
 
-__all__ = ["Witness", "WitnessConflict", "WitnessError"]
+__all__ = ["Witness", "WitnessConflict", "WitnessError", "witness_routes"]
+
+log = structlog.get_logger("xroad_hub.central.witness")
 
 
 class WitnessError(HubError, ValueError):
@@ -105,3 +111,34 @@ class Witness:
         tmp = self._state.with_suffix(".tmp")
         tmp.write_text(json.dumps(data, indent=1), encoding="utf-8")
         os.replace(tmp, self._state)  # atomic: a crash never leaves half a state file
+
+
+def witness_routes(witness: Witness, cert_der: bytes) -> list[web.RouteDef]:
+    """``GET /witness?origin=`` and ``POST /witness``, as the development registry and the
+    central server both serve them."""
+    cert = base64.b64encode(cert_der).decode()
+
+    async def latest(request: web.Request) -> web.Response:
+        """The last checkpoint co-signed for ``origin``, with the witness's certificate, so
+        that an auditor can check a node's log against it (``audit verify --witness``)."""
+        seen = witness.latest(request.query.get("origin", ""))
+        size, note = (0, None) if seen is None else seen
+        return web.json_response({"size": size, "note": note, "cert": cert})
+
+    async def submit(request: web.Request) -> web.Response:
+        """A node submits a checkpoint with a consistency proof; it gets it back co-signed,
+        or 409 when its history does not extend what was witnessed before."""
+        try:
+            doc = orjson.loads(await read_capped(request.content, 256 * 1024))
+            note, der = str(doc["note"]), base64.b64decode(doc["cert"], validate=True)
+            proof = [base64.b64decode(h, validate=True) for h in doc["proof"]]
+            cosigned = witness.submit(note, der, int(doc["old_size"]), proof)
+        except WitnessConflict as exc:
+            log.error("witness.inconsistent", reason=str(exc), last_size=exc.last_size)
+            return web.json_response({"error": str(exc), "size": exc.last_size}, status=409)
+        except (WitnessError, BodyTooLarge, orjson.JSONDecodeError, KeyError, TypeError,
+                ValueError) as exc:  # fmt: skip
+            return web.json_response({"error": f"bad submission: {exc}"}, status=400)
+        return web.json_response({"note": cosigned, "cert": cert})
+
+    return [web.get("/witness", latest), web.post("/witness", submit)]

@@ -18,7 +18,7 @@ from aiohttp import web
 
 from adapters.flatfile.settings import resolve_path
 from xroad_hub.central.registry import Registry
-from xroad_hub.central.tsa import tsa_app
+from xroad_hub.central.tsa import TSA_POLICY, tsa_app
 from xroad_hub.demo.dbd import dbd_app
 from xroad_hub.demo.dopa import dopa_app
 from xroad_hub.demo.legacy_exports import ensure_export
@@ -32,10 +32,6 @@ from xroad_hub.pki import PkiLayout, load_cert, load_private_key
 __all__ = ["Federation", "with_packaged_paths"]
 
 log = structlog.get_logger("xroad_hub.demo.runner")
-
-# The policy under which the development federation's TSA issues tokens: a UUID-derived OID
-# (ITU-T X.667, arc 2.25), unique without registration; a real federation uses its own.
-TSA_POLICY = "2.25.83577886173988329252981031019638523"
 
 _BACKENDS = {"dbd-registry": dbd_app, "dopa-population": dopa_app}
 

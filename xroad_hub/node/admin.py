@@ -35,6 +35,8 @@ log = structlog.get_logger("xroad_hub.node.admin")
 # The authenticated administrator of a request.
 ADMIN = web.RequestKey("xroad_hub_admin", AdminConfig)
 _Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
+# Finds the administrator holding a key, by the key's SHA-256 (None: nobody).
+AdminLookup = Callable[[str], Awaitable[AdminConfig | None]]
 
 
 def key_digest(key: str) -> str:
@@ -91,13 +93,17 @@ class AdminApi:
         admins: Iterable[AdminConfig],
         audit: AdminAudit | None = None,
         *,
+        lookup: AdminLookup | None = None,
         max_body: int = 64 * 1024,
     ) -> None:
         """``audit``: the trail the app's own routes write (None where the owner keeps its
-        trail elsewhere, as the central server does in its database). ``max_body``: the
-        largest request body (only ever read once the administrator is authenticated)."""
+        trail elsewhere, as the central server does in its database). ``lookup``: find
+        administrators per request instead of in ``admins`` (the central server reads its
+        database, so a key added or replaced takes effect without a restart). ``max_body``:
+        the largest request body (only ever read once the administrator is authenticated)."""
         self.node_id = node_id
         self._by_digest = {a.key_sha256: a for a in admins}
+        self._lookup = lookup
         self.audit = audit
         self.app = web.Application(middlewares=[self._authenticate], client_max_size=max_body)
         self._roles: dict[web.Application, frozenset[str]] = {}
@@ -117,7 +123,10 @@ class AdminApi:
     @web.middleware
     async def _authenticate(self, request: web.Request, handler: _Handler) -> web.StreamResponse:
         scheme, _, key = request.headers.get("Authorization", "").partition(" ")
-        admin = self._by_digest.get(key_digest(key.strip())) if scheme == "Bearer" else None
+        admin = None
+        if scheme == "Bearer":
+            digest = key_digest(key.strip())
+            admin = await self._lookup(digest) if self._lookup else self._by_digest.get(digest)
         if admin is None:
             return _problem(
                 401,

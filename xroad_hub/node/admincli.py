@@ -25,7 +25,9 @@ KEY_ENV = "XROAD_HUB_ADMIN_KEY"
 
 def add_node_commands(sub: Any) -> None:
     """Adds ``node maintenance``, ``node slo`` and ``node admin-key`` to the CLI's subcommands."""
-    node = sub.add_parser("node", help="administer a running node (its admin API)")
+    node = sub.add_parser(
+        "node", help="one organisation's node: enroll it, run it, administer it (admin API)"
+    )
     node_sub = node.add_subparsers(dest="node_command", required=True)
     maint = node_sub.add_parser(
         "maintenance",
@@ -80,14 +82,21 @@ def add_node_commands(sub: Any) -> None:
     from xroad_hub.node.enroll import add_enroll_commands
 
     add_enroll_commands(node_sub)  # node init, node enroll, node client (issue 12)
+    from xroad_hub.node.noderun import add_run_command
+
+    add_run_command(node_sub)  # node run --dir
     from xroad_hub.node.servicecli import add_service_commands
 
-    add_service_commands(node_sub)  # node service, access, group, settings, status
+    add_service_commands(node_sub)  # node service, access, group, clients, settings, status
 
 
 def run_node_command(args: argparse.Namespace) -> int:
     if args.node_command == "admin-key":
         return _admin_key(args)
+    if args.node_command == "run":
+        from xroad_hub.node.noderun import run_node
+
+        return run_node(args)
     if args.node_command in ("init", "enroll", "client"):
         from xroad_hub.node.enroll import run_enroll_command
 
@@ -172,7 +181,8 @@ def _call(
             context = ssl.create_default_context(cafile=str(args.root_ca))
         except OSError as exc:
             raise _Failed(f"cannot read the root certificate {args.root_ca} (--root-ca)") from exc
-        context.check_hostname = False  # the node's certificate names the node, not a host
+        # The host name is checked: the node's certificate names the host it enrolled with
+        # (and localhost, 127.0.0.1); the key must not go to another holder of a CA cert.
     request = urllib.request.Request(
         url,
         method=method,
@@ -196,6 +206,12 @@ def _call(
         raise _Failed(f"the admin API refused: HTTP {exc.code}: {reason}{hint}") from exc
     except (urllib.error.URLError, OSError, ValueError) as exc:
         why = getattr(exc, "reason", exc)
+        if isinstance(why, ssl.SSLCertVerificationError):
+            raise _Failed(
+                f"the admin API at {args.admin} did not prove it is that host: "
+                f"{why.verify_message}; use the host name in the node's certificate (its "
+                "enrolled address, localhost or 127.0.0.1) and the federation's --root-ca"
+            ) from exc
         raise _Failed(
             f"cannot reach the admin API at {args.admin}: {why}; is the node running with"
             " admin_listen set?"

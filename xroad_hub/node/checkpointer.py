@@ -17,6 +17,7 @@ from __future__ import annotations
 import asyncio
 import base64
 import contextlib
+import ssl
 import time
 from collections.abc import Awaitable, Callable
 
@@ -43,6 +44,7 @@ class Checkpointer:
         timestamper: Timestamper | None = None, failure_limit: float = 4 * 3600,
         body_retention: float | None = None,
         trusted_roots: list[x509.Certificate] | None = None,
+        ssl_context: ssl.SSLContext | None = None,
     ) -> None:  # fmt: skip
         self.origin = f"xroad-hub/{node_id}"
         self._log = messagelog
@@ -52,6 +54,7 @@ class Checkpointer:
         self._last_size = -1
         self._task: asyncio.Task[None] | None = None
         self._witness_url = witness_url
+        self._ssl = ssl_context or True  # HTTPS to the central server's witness: its CA
         self._session: aiohttp.ClientSession | None = None
         self._timestamper = timestamper
         self._failure_limit = failure_limit
@@ -122,7 +125,9 @@ class Checkpointer:
         if self._session is None:
             self._session = aiohttp.ClientSession(timeout=aiohttp.ClientTimeout(total=10))
         try:
-            async with self._session.get(self._witness_url, params={"origin": self.origin}) as r:
+            async with self._session.get(
+                self._witness_url, params={"origin": self.origin}, ssl=self._ssl
+            ) as r:
                 r.raise_for_status()
                 seen = int((await r.json())["size"])
             proof = self._log.consistency_proof(seen, size) if 0 < seen < size else []
@@ -132,7 +137,7 @@ class Checkpointer:
                 "old_size": seen,
                 "proof": [base64.b64encode(h).decode() for h in proof],
             }
-            async with self._session.post(self._witness_url, json=payload) as r:
+            async with self._session.post(self._witness_url, json=payload, ssl=self._ssl) as r:
                 answer = await r.json()
                 if r.status == 409:
                     log.error("checkpoint.witness_refused", origin=self.origin, size=size,

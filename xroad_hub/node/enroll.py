@@ -3,8 +3,12 @@
     NODEDIR/anchor.json                 the configuration anchor the node was started from
     NODEDIR/auth.key.pem, auth.csr.pem  TLS authentication key (0600) and its CSR
     NODEDIR/sign.key.pem, sign.csr.pem  the owner member's signing key (0600) and its CSR
+    NODEDIR/checkpoint.key.pem, .csr.pem  the node's checkpoint key (Ed25519, 0600): it signs
+                                        the C2SP checkpoints over the node's message log
     NODEDIR/enrollment.json             where the enrollment stands (request id, state)
-    NODEDIR/auth.cert.pem, sign.cert.pem, ca.cert.pem   once approved (``enroll fetch``)
+    NODEDIR/auth.cert.pem, sign.cert.pem, checkpoint.cert.pem, ca.cert.pem
+                                        once approved (``enroll fetch``)
+    NODEDIR/node.toml                   the node's own settings (``xroad-hub node run``)
 
 Keys are made here and never leave NODEDIR. The node first downloads the global
 configuration over HTTPS without trusting the TLS certificate (the document is signed by the
@@ -24,8 +28,9 @@ from typing import Any
 
 from cryptography import x509
 from cryptography.hazmat.primitives import serialization
+from cryptography.hazmat.primitives.asymmetric import ed25519
 
-from xroad_hub.pki import generate_key, load_private_key, write_key
+from xroad_hub.pki import generate_key, load_ed25519_key, load_private_key, write_key
 from xroad_hub.privatefile import write_private
 from xroad_hub.protocol.globalconf import GlobalConf, GlobalConfError, verify_globalconf
 from xroad_hub.protocol.identifiers import NodeId, parse_member_id, parse_subsystem_id
@@ -47,9 +52,10 @@ def add_enroll_commands(node_sub: Any) -> None:
     init = node_sub.add_parser(
         "init",
         help="make this node's keys and ask the central server to register it",
-        description="Verifies the anchor, generates the node's TLS authentication key and the "
-        "member's signing key in --dir (0600, they never leave it), makes CSRs and files a "
-        "registration request signed by both keys. Then: 'xroad-hub node enroll fetch'.",
+        description="Verifies the anchor, generates the node's TLS authentication key, the "
+        "member's signing key and the node's checkpoint key in --dir (0600, they never leave "
+        "it), makes CSRs and files a registration request signed by the first two. Then: "
+        "'xroad-hub node enroll fetch', and 'xroad-hub node run'.",
     )
     init.add_argument("--anchor", type=Path, required=True, help="the central server's anchor")
     init.add_argument("--anchor-hash", help="the hash the central operator read you; checked")
@@ -172,6 +178,7 @@ def _file_auth_reg(root: Path, session: _Session, state: dict[str, Any]) -> None
         address=state["address"],
         auth_csr=(root / "auth.csr.pem").read_text(),
         sign_csr=(root / "sign.csr.pem").read_text(),
+        checkpoint_csr=(root / "checkpoint.csr.pem").read_text(),
     )  # fmt: skip
     answer = session.post(sign_request(request, {"auth": auth, "sign": sign}))
     state.update(request_id=int(answer["requestId"]), state=str(answer["state"]),
@@ -209,6 +216,10 @@ def _init(args: argparse.Namespace) -> int:
         write_key(root / f"{name}.key.pem", key)
         csr = make_csr(key, cn)
         (root / f"{name}.csr.pem").write_bytes(csr.public_bytes(serialization.Encoding.PEM))
+    checkpoint = ed25519.Ed25519PrivateKey.generate()
+    write_key(root / "checkpoint.key.pem", checkpoint)
+    csr = make_csr(checkpoint, str(node))
+    (root / "checkpoint.csr.pem").write_bytes(csr.public_bytes(serialization.Encoding.PEM))
     state: dict[str, Any] = {"member": str(member), "code": args.code,
                              "address": args.address, "state": "UNSENT"}  # fmt: skip
     _save_state(root, state)
@@ -250,9 +261,15 @@ def _status(root: Path, state: dict[str, Any], *, fetch: bool) -> int:
 def _write_certs(root: Path, answer: dict[str, Any]) -> None:
     """Write the issued certificates, after checking they are for this node's own keys."""
     certs = answer.get("certificates", {})
-    for name in ("auth", "sign"):
+    for name in ("auth", "sign", "checkpoint"):
+        if name not in certs:
+            raise RegistrationError(
+                "WrongCertificate", f"the central server issued no {name} certificate for this "
+                "node; ask its operator (the request may predate checkpoint enrollment)",
+            )  # fmt: skip
         cert = x509.load_pem_x509_certificate(str(certs[name]).encode())
-        mine = load_private_key(root / f"{name}.key.pem").public_key()
+        path = root / f"{name}.key.pem"
+        mine = (load_ed25519_key if name == "checkpoint" else load_private_key)(path).public_key()
         if cert.public_key() != mine:
             raise RegistrationError(
                 "WrongCertificate", f"the {name} certificate issued is not for this node's key"
@@ -279,7 +296,8 @@ def _cancel(root: Path, state: dict[str, Any]) -> int:
             )
             session.post(sign_request(request, {"auth": load_private_key(root / "auth.key.pem")}))
             print(f"request {state['request_id']} cancelled at the central server")
-    for name in ("auth.key.pem", "auth.csr.pem", "sign.key.pem", "sign.csr.pem", _STATE):
+    for name in ("auth.key.pem", "auth.csr.pem", "sign.key.pem", "sign.csr.pem",
+                 "checkpoint.key.pem", "checkpoint.csr.pem", _STATE):  # fmt: skip
         (root / name).unlink(missing_ok=True)
     print(f"enrollment in {root} cancelled; its keys are deleted; 'xroad-hub node init' starts "
           "over")  # fmt: skip

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import ssl
 import time
 from pathlib import Path
 
@@ -22,8 +23,18 @@ log = structlog.get_logger("xroad_hub.protocol.globalconf")
 
 
 class GlobalConfClient:
-    def __init__(self, url: str, anchor: x509.Certificate, refresh_interval: float) -> None:
+    def __init__(
+        self,
+        url: str,
+        anchor: x509.Certificate,
+        refresh_interval: float,
+        *,
+        ssl_context: ssl.SSLContext | None = None,
+    ) -> None:
         self.url = url
+        # HTTPS to a central server whose certificate its own CA issued (None: plain HTTP or
+        # the system's CAs); the document's signature is what is trusted either way.
+        self._ssl = ssl_context
         self._anchor = anchor
         self._interval = refresh_interval
         self._conf: GlobalConf | None = None
@@ -72,7 +83,7 @@ class GlobalConfClient:
         if self._session is None:
             self._session = aiohttp.ClientSession(timeout=aiohttp.ClientTimeout(total=10))
         try:
-            async with self._session.get(self.url) as resp:
+            async with self._session.get(self.url, ssl=self._ssl or True) as resp:
                 if resp.status != 200:
                     raise GlobalConfError(f"registry answered HTTP {resp.status}")
                 data = await read_capped(resp.content, 8 * 1024 * 1024)

@@ -11,6 +11,7 @@ from collections.abc import AsyncIterator, Callable, Mapping
 from pathlib import Path
 from types import MappingProxyType
 from typing import Any
+from urllib.parse import urlsplit
 
 import aiohttp
 import orjson
@@ -58,6 +59,7 @@ from xroad_hub.node.consumer import ClientProxy, client_authentication
 from xroad_hub.node.evidenceapi import EvidenceApi
 from xroad_hub.node.globalconf_client import GlobalConfClient
 from xroad_hub.node.health import CertCheck, health_app
+from xroad_hub.node.keys import DevPkiKeys, NodeKeys
 from xroad_hub.node.limits import ClientLimits
 from xroad_hub.node.metrics import NodeMetrics, time_backend
 from xroad_hub.node.operations import NodeOperations
@@ -114,7 +116,7 @@ class Node(NodeOperations):
     def __init__(
         self,
         config: NodeConfig,
-        pki: PkiLayout,
+        pki: NodeKeys | PkiLayout,
         registry_url: str,
         data_dir: Path,
         *,
@@ -123,14 +125,20 @@ class Node(NodeOperations):
         auditors: tuple[str, ...] = (),
         tsa_url: str | None = None,
         metrics: bool = True,
+        central_tls: ssl.SSLContext | None = None,
     ) -> None:
+        """``pki``: the node's key material (a ``PkiLayout`` is the development PKI);
+        ``central_tls``: how to verify the central server's HTTPS (global configuration,
+        witness, timestamp authority), None for plain HTTP or the system's CAs."""
         self.config = config
         # False: no metrics at all (benchmarks compare; /metrics then answers 404).
         self.metrics_enabled = metrics
         self.pki = pki
+        self.keys: NodeKeys = DevPkiKeys(pki, str(config.id)) if isinstance(pki, PkiLayout) else pki
+        self.central_tls = central_tls
         self.data_dir = data_dir
-        self.globalconf = GlobalConfClient.from_files(
-            registry_url, pki.globalconf_signer.cert, refresh_interval
+        self.globalconf = GlobalConfClient(
+            registry_url, self.keys.anchor(), refresh_interval, ssl_context=central_tls
         )
         self.witness_url = witness_url
         self.auditors = auditors
@@ -371,9 +379,9 @@ class Node(NodeOperations):
         for c in self.config.clients:
             data: dict[str, Any] = {"auth": c.auth}
             if c.auth == "mtls":
-                data["cert_pem"] = self.pki.client_tls(str(c.id)).cert.read_text("ascii")
+                data["cert_pem"] = self.keys.client_tls(str(c.id)).read_text("ascii")
             elif c.auth == "jwt":
-                data["jwt_key_pem"] = self.pki.client_jwt(str(c.id)).cert.read_text("ascii")
+                data["jwt_key_pem"] = self.keys.client_jwt(str(c.id)).read_text("ascii")
             if c.default_purpose is not None:
                 data["default_purpose"] = c.default_purpose
                 if c.default_legal_basis is not None:
@@ -388,7 +396,7 @@ class Node(NodeOperations):
         CA, an EC P-256 JWT key; a client newly registered (``changed``) must be one the
         global configuration says this node hosts, of a member this node signs for."""
         regs, defaults = [], {}
-        root = load_cert(self.pki.root_ca.cert)
+        root = load_cert(self.keys.root_ca)
         for key, row in rows.items():
             data = row.data
             table = {"id": key, "auth": data.get("auth")}
@@ -455,9 +463,9 @@ class Node(NodeOperations):
         return conf is not None and conf.node_hosting(client) is not None
 
     def _checkpointer(self) -> Checkpointer:
-        cfg, pki = self.config, self.pki
+        cfg, keys = self.config, self.keys
         assert self._log is not None
-        checkpoint_key = pki.node_checkpoint(str(cfg.id))
+        checkpoint_key = keys.checkpoint()
         return Checkpointer(
             str(cfg.id),
             self._log,
@@ -468,18 +476,19 @@ class Node(NodeOperations):
             timestamper=self._timestamper() if self.tsa_url else None,
             failure_limit=cfg.timestamp_failure_limit,
             body_retention=cfg.body_retention,
-            trusted_roots=[load_cert(pki.root_ca.cert)],
+            trusted_roots=[load_cert(keys.root_ca)],
+            ssl_context=self.central_tls,
         )
 
     def _runtime(self, services: ServiceTable, checkpointer: Checkpointer) -> NodeRuntime:
-        cfg, pki = self.config, self.pki
+        cfg, keys = self.config, self.keys
         assert self._log is not None
-        auth = pki.node_auth(str(cfg.id))
+        auth = keys.auth()
         # The owner member signs the node's own requests (GET /wsdl without a client).
         members = {sub.member for sub in cfg.hosted} | {cfg.id.owner}
         signers = {}
         for member in members:
-            paths = pki.member_sign(str(member))
+            paths = keys.member_sign(str(member))
             signers[member] = BatchSigner(
                 MessageSigner(member, load_private_key(paths.key), _der(paths.cert))
             )
@@ -495,7 +504,7 @@ class Node(NodeOperations):
             services=services,
             log=self._log,
             peers=PeerTransport(
-                functools.partial(peer_client_context, auth.cert, auth.key, pki.root_ca.cert),
+                functools.partial(peer_client_context, auth.cert, auth.key, keys.root_ca),
                 cfg.max_body_bytes + MAX_OVERHEAD,
             ),
             max_body_bytes=cfg.max_body_bytes,
@@ -581,10 +590,10 @@ class Node(NodeOperations):
     async def _listen(self, sockets: dict[str, socket.socket]) -> None:
         """Bind every listener first, so that the proxies are built knowing the node's own
         URLs, then serve each listener's application with a runner of its own."""
-        cfg, pki, rt = self.config, self.pki, self.runtime
+        cfg, rt = self.config, self.runtime
         assert rt is not None
-        auth = pki.node_auth(str(cfg.id))
-        ca = pki.root_ca.cert
+        auth = self.keys.auth()
+        ca = self.keys.root_ca
         client_tls = client_facing_context(auth.cert, auth.key, ca)
         plan = [
             ("peer", cfg.peer_listen, peer_server_context(auth.cert, auth.key, ca)),
@@ -673,11 +682,17 @@ class Node(NodeOperations):
         return apps
 
     def _timestamper(self) -> Timestamper:
-        roots = [load_cert(self.pki.root_ca.cert)]
+        roots = [load_cert(self.keys.root_ca)]
+        # The central server's TSA is verified against the federation CA; another (an
+        # external TSA in tsa_url) against the system's CAs.
+        central = urlsplit(self.globalconf.url).netloc
+        tls = self.central_tls if urlsplit(self.tsa_url or "").netloc == central else None
 
         async def timestamp(data: bytes) -> bytes:
             assert self._session is not None and self.tsa_url is not None
-            reply, _ = await fetch_timestamp(self._session, self.tsa_url, data, roots, 10.0)
+            reply, _ = await fetch_timestamp(
+                self._session, self.tsa_url, data, roots, 10.0, ssl_context=tls
+            )
             return reply
 
         return timestamp
@@ -694,11 +709,11 @@ class Node(NodeOperations):
         /tracker, each a sub-application with its own authentication."""
         auditors = []
         for name in self.auditors:
-            key = serialization.load_pem_public_key(self.pki.auditor_jwt(name).cert.read_bytes())
+            key = serialization.load_pem_public_key(self.keys.auditor_jwt(name).read_bytes())
             if not isinstance(key, ec.EllipticCurvePublicKey):
                 raise ValueError(f"JWT key of auditor {name} must be an EC P-256 key")
             auditors.append(Auditor(name, key))
-        roots = [load_cert(self.pki.root_ca.cert)]
+        roots = [load_cert(self.keys.root_ca)]
         # Each request opens its own reader of the node's log (SQLite or PostgreSQL).
         audit = AuditApi(str(self.config.id), rt.log.reader, auditors, roots)
         app = web.Application(middlewares=[context])
@@ -708,7 +723,7 @@ class Node(NodeOperations):
             conf = rt.globalconf.current()
             return {str(m): n for m, n in conf.members.items()} if conf else {}
 
-        idp_key = load_public_key(self.pki.idp_jwt().cert)
+        idp_key = load_public_key(self.keys.idp_jwt())
         tracker = TrackerApi(str(self.config.id), rt.log.reader, idp_key, member_names)
         app.add_subapp("/tracker", tracker.subapp())
         return app

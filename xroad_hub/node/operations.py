@@ -26,6 +26,7 @@ from xroad_hub.node.admin import ADMIN, AdminApi, AdminAudit
 from xroad_hub.node.checkpointer import Checkpointer
 from xroad_hub.node.globalconf_client import GlobalConfClient
 from xroad_hub.node.health import CertCheck, Problem, cert_problems
+from xroad_hub.node.keys import NodeKeys
 from xroad_hub.node.metrics import (
     CURRENT_EXCHANGE,
     ExchangeTiming,
@@ -39,7 +40,7 @@ from xroad_hub.node.serviceadmin import settings_app
 from xroad_hub.node.services import ServiceManager
 from xroad_hub.node.slo import AlertSender, SloWatch
 from xroad_hub.node.tls import admin_context
-from xroad_hub.pki import CertPaths, PkiLayout
+from xroad_hub.pki import CertPaths
 from xroad_hub.protocol.identifiers import ServiceId, parse_client_id, parse_node_id
 
 __all__ = ["NodeOperations"]
@@ -50,7 +51,7 @@ class NodeOperations:
 
     # Set by Node (node.py).
     config: NodeConfig
-    pki: PkiLayout
+    keys: NodeKeys
     data_dir: Path
     globalconf: GlobalConfClient
     runtime: NodeRuntime | None
@@ -66,10 +67,10 @@ class NodeOperations:
 
     def _instrument(self, rt: NodeRuntime) -> None:
         """Metrics and the health checks' inputs: set up once the services are known."""
-        cfg, pki = self.config, self.pki
-        nid = str(cfg.id)
-        checks = [("authentication", pki.node_auth(nid)), ("checkpoint", pki.node_checkpoint(nid))]
-        checks += [(f"signing ({m})", pki.member_sign(str(m))) for m in sorted(rt.signers, key=str)]
+        keys = self.keys
+        checks = [("authentication", keys.auth()), ("checkpoint", keys.checkpoint())]
+        members = sorted(rt.signers, key=str)
+        checks += [(f"signing ({m})", keys.member_sign(str(m))) for m in members]
         self._certs = [_cert_check(f"{what} certificate", paths) for what, paths in checks]
         metrics = rt.metrics
         if metrics is None:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import secrets
+import ssl
 
 import aiohttp
 from cryptography import x509
@@ -28,6 +29,8 @@ async def fetch_timestamp(
     data: bytes,
     trusted_roots: list[x509.Certificate],
     timeout: float,
+    *,
+    ssl_context: ssl.SSLContext | None = None,
 ) -> tuple[bytes, TimestampInfo]:
     """Time-stamp ``data`` at the RFC 3161 TSA ``url``; return the verified DER response.
 
@@ -42,6 +45,7 @@ async def fetch_timestamp(
         data=query,
         headers={"Content-Type": QUERY_TYPE, "Accept": REPLY_TYPE},
         timeout=aiohttp.ClientTimeout(total=timeout),
+        ssl=ssl_context or True,
     ) as resp:
         if resp.status != 200:
             raise TimestampError(f"TSA {url} answered HTTP {resp.status}")

@@ -8,10 +8,13 @@ A management request is canonical JSON signed by the keys it concerns (X-Road's
 ``authCertReg`` carries a signature of the auth key and of the owner's signing key):
 
     {"request": {"type": "authCertReg", "instance": ..., "server": ..., "address": ...,
-                 "auth_csr": PEM, "sign_csr": PEM, "nonce": hex, "created_at": iso},
+                 "auth_csr": PEM, "sign_csr": PEM, "checkpoint_csr": PEM,
+                 "nonce": hex, "created_at": iso},
      "signatures": {"auth": b64, "sign": b64}}
 
-Each signature is ECDSA P-256/SHA-256 over ``DOMAIN + canonical(request)``. A request is
+Each signature is ECDSA P-256/SHA-256 over ``DOMAIN + canonical(request)``. The node's
+checkpoint key (Ed25519, for the C2SP notes over its message log) proves its possession by
+its CSR's self-signature; the auth and signing signatures bind that CSR to the request. A request is
 fresh for ``MAX_AGE`` seconds and its nonce is used once (the central server keeps the
 nonces). Requests of a registered node (``clientReg``, ``cancel``) are signed by its auth key
 only. Nothing here opens a socket or a file.
@@ -31,7 +34,7 @@ import orjson
 from cryptography import x509
 from cryptography.exceptions import InvalidSignature
 from cryptography.hazmat.primitives import hashes, serialization
-from cryptography.hazmat.primitives.asymmetric import ec
+from cryptography.hazmat.primitives.asymmetric import ec, ed25519
 from cryptography.x509.oid import NameOID
 
 from xroad_hub.errors import HubError, ProtocolError
@@ -161,9 +164,13 @@ def parse_anchor(data: bytes, expected_hash: str | None = None) -> Anchor:
 # --- requests -----------------------------------------------------------------------------
 
 
-def make_csr(key: ec.EllipticCurvePrivateKey, cn: str) -> x509.CertificateSigningRequest:
+def make_csr(
+    key: ec.EllipticCurvePrivateKey | ed25519.Ed25519PrivateKey, cn: str
+) -> x509.CertificateSigningRequest:
     name = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, cn)])
-    return x509.CertificateSigningRequestBuilder().subject_name(name).sign(key, hashes.SHA256())
+    # Ed25519 signs the message itself: no separate hash algorithm.
+    algorithm = None if isinstance(key, ed25519.Ed25519PrivateKey) else hashes.SHA256()
+    return x509.CertificateSigningRequestBuilder().subject_name(name).sign(key, algorithm)
 
 
 def new_request(kind: str, instance: str, server: NodeId, **fields: str) -> dict[str, str]:
@@ -196,6 +203,7 @@ class ParsedRequest:
     address: str = ""
     auth_csr: x509.CertificateSigningRequest | None = None
     sign_csr: x509.CertificateSigningRequest | None = None
+    checkpoint_csr: x509.CertificateSigningRequest | None = None
     client: SubsystemId | None = None
     request_id: int | None = None
     auth_key_sha256: str = ""  # of the auth key that signed (SubjectPublicKeyInfo DER)
@@ -322,13 +330,25 @@ def _verify_auth_cert_reg(
     csrs = []
     for what in ("auth", "sign"):
         try:
-            csrs.append(
-                x509.load_pem_x509_csr(_field(request, f"{what}_csr", _MAX_CSR).encode())
-            )
+            csrs.append(x509.load_pem_x509_csr(_field(request, f"{what}_csr", _MAX_CSR).encode()))
         except ValueError as exc:
             raise RegistrationError("Malformed", f"{what}_csr is not a PEM CSR") from exc
     auth_csr, sign_csr = csrs
     auth_key, sign_key = _p256(auth_csr, "authentication"), _p256(sign_csr, "signing")
+    checkpoint_csr = None
+    if "checkpoint_csr" in request:  # optional: requests of nodes from before it was enrolled
+        try:
+            checkpoint_csr = x509.load_pem_x509_csr(
+                _field(request, "checkpoint_csr", _MAX_CSR).encode()
+            )
+        except ValueError as exc:
+            raise RegistrationError("Malformed", "checkpoint_csr is not a PEM CSR") from exc
+        if not isinstance(checkpoint_csr.public_key(), ed25519.Ed25519PublicKey):
+            raise RegistrationError("Malformed", "the checkpoint key must be Ed25519")
+        if not checkpoint_csr.is_signature_valid:
+            raise RegistrationError(
+                "InvalidSignature", "the checkpoint CSR's self-signature is invalid"
+            )
     if auth_key.public_numbers() == sign_key.public_numbers():
         raise RegistrationError("Malformed", "the auth and signing keys must differ")
     _verify(payload, sigs["auth"], auth_key, "auth-key")
@@ -342,5 +362,6 @@ def _verify_auth_cert_reg(
         address=address,
         auth_csr=auth_csr,
         sign_csr=sign_csr,
+        checkpoint_csr=checkpoint_csr,
         auth_key_sha256=key_sha256(auth_key),
     )
