@@ -15,6 +15,8 @@ import stat
 import subprocess
 import sys
 import time
+import urllib.error
+import urllib.request
 import uuid
 from collections.abc import AsyncIterator
 from pathlib import Path
@@ -25,11 +27,18 @@ import jwt
 import pytest
 
 from xroad_hub.dev.devpki import ensure_pki
-from xroad_hub.dev.testing import TEST_ADMIN_KEYS, TestFederationSpec, write_federation
+from xroad_hub.dev.testing import (
+    TEST_ADMIN_KEYS,
+    TestFederationSpec,
+    free_port,
+    write_federation,
+)
 from xroad_hub.federation import load_federation
+from xroad_hub.node.admin import key_digest
 from xroad_hub.pki import PkiLayout, load_private_key
 from xroad_hub.protocol.thaiid import with_check_digit
 
+from .separate_procs import Proc, backend_server, enroll, get_ok, healthy, hub, make_central, wait
 from .soap_legacy import CITIZEN, LegacyServer
 from .test_service_admin import DEEDS_OPENAPI, OWNER
 from .test_service_admin import deeds_backend as deeds_backend  # a fixture, shared
@@ -65,6 +74,7 @@ import asyncio, signal, sys
 from pathlib import Path
 from xroad_hub.demo.runner import Federation
 from xroad_hub.federation import load_federation
+from xroad_hub.node.admin import key_digest
 from xroad_hub.logs import configure_logging
 
 async def main(config, only, data):
@@ -302,3 +312,83 @@ async def test_disable_enable_remove_under_load_across_processes(
     assert {k for at, k in kinds if enabled + 1 < at < removed} == {"ok"}
     assert {k for at, k in kinds if removed + 1 < at} == {"unknown"}
     assert len(outcomes) > 50
+
+
+@pytest.mark.slow
+def test_an_agency_registers_a_service_on_its_node_run_node(tmp_path: Path) -> None:
+    """The way agencies run it: the central server and each node (``node run --dir``) in
+    processes of their own; the provider's node starts with no service at all, and its
+    service administrator registers one from an OpenAPI document."""
+    dbd, moph = "TH/GOV/DBD", "TH/GOV/MOPH"
+    hospital = f"{moph}/hospital"
+    members = {dbd: "Department of Business Development", moph: "Ministry of Public Health"}
+    cdir, central_url, anchor = make_central(tmp_path, members)
+    procs: list[Proc] = []
+    document = tmp_path / "companies.openapi.json"
+    document.write_text(json.dumps({
+        "openapi": "3.0.3", "info": {"title": "Companies", "version": "1"},
+        "paths": {"/companies/{id}": {"get": {"operationId": "getCompany",
+                                              "responses": {"200": {"description": "ok"}}}}},
+    }))  # fmt: skip
+    key_file = tmp_path / "services.key"
+    key_file.write_text(TEST_ADMIN_KEYS["services"][0])
+    with backend_server() as backend:
+        try:
+            procs.append(Proc(tmp_path / "central.log", "central", "run", "--dir", cdir))
+            wait("the central server", lambda: get_ok(f"{central_url}/globalconf"), procs)
+            adir, bdir = tmp_path / "dbd-node", tmp_path / "moph-node"
+            a_admin, a_health, b_client = free_port(), free_port(), free_port()
+            enroll(cdir, anchor, adir, dbd, f"{dbd}/registry", free_port())
+            enroll(cdir, anchor, bdir, moph, hospital, free_port())
+            digest = key_digest(TEST_ADMIN_KEYS["services"][0])
+            (adir / "node.toml").write_text(
+                f'[node]\nhealth_listen = "127.0.0.1:{a_health}"\n'
+                f'admin_listen = "127.0.0.1:{a_admin}"\n'
+                f'[[node.admin]]\nname = "svc"\nkey_sha256 = "{digest}"\n'
+                'roles = ["service-administrator"]\n'
+            )
+            (bdir / "node.toml").write_text(
+                f'[node]\nclient_listen = "127.0.0.1:{b_client}"\n'
+                f'[[node.client]]\nid = "{hospital}"\nauth = "http"\n'
+            )
+            for name, ndir in (("dbd-node", adir), ("moph-node", bdir)):
+                procs.append(Proc(tmp_path / f"{name}.log", "node", "run", "--dir", ndir,
+                                  "--refresh-interval", "1"))  # fmt: skip
+            wait("node A", lambda: healthy(f"http://127.0.0.1:{a_health}"), procs)
+            admin = ["node", "service", "add", "--admin", f"http://127.0.0.1:{a_admin}",
+                     "--key-file", key_file]  # fmt: skip
+            out = hub(*admin, "--provider", f"{dbd}/registry", "--openapi", document, "--url",
+                      backend, "--answer-subject", "none", "--allow", hospital)  # fmt: skip
+            added = time.monotonic()
+            assert f"{dbd}/registry/getCompany" in out, out
+            path = f"/r1/{dbd}/registry/getCompany/companies/0105536000011"
+            answers: list[int] = []
+
+            def served() -> bool:
+                req = urllib.request.Request(
+                    f"http://127.0.0.1:{b_client}{path}", headers={"X-Road-Client": hospital}
+                )
+                try:
+                    with urllib.request.urlopen(req, timeout=10) as resp:
+                        answers.append(resp.status)
+                except urllib.error.HTTPError as exc:
+                    answers.append(exc.code)
+                except (urllib.error.URLError, OSError):
+                    return False
+                return answers[-1] == 200
+
+            wait("the hospital's first answer", served, procs)
+            # In force at once: the node B only needed to be up (it was, or nearly).
+            took = time.monotonic() - added
+            print(f"\nregistered by CLI -> first answer through the client's node: {took:.2f} s"
+                  f" ({len(answers)} request(s))")  # fmt: skip
+            assert took < 5, answers
+            assert settings_db_private(adir)
+        finally:
+            for p in reversed(procs):
+                p.stop()
+
+
+def settings_db_private(ndir: Path) -> bool:
+    found = list(ndir.rglob("node-settings.sqlite"))
+    return bool(found) and stat.S_IMODE(found[0].stat().st_mode) == 0o600
