@@ -271,6 +271,17 @@ async def test_grants_to_groups_and_refusals(
     status, answer, _ = await _admin(http, sfed, "PATCH", f"/services/{deed}", {"url": ""})
     assert status == 400 and "url of its backend" in answer["error"], answer
     assert (await _call(http, sfed, path))[0] == 200
+    # Purposes and legal bases declared per service, checked per request.
+    act = "Land Code B.E. 2497 s.72"
+    status, answer, _ = await _admin(
+        http, sfed, "PATCH", f"/services/{deed}",
+        {"purposes": ["land-transfer"], "legal_bases": [act]},
+    )  # fmt: skip
+    assert status == 200 and answer["legal_bases"] == [act], answer
+    assert _denied(await _call(http, sfed, path))
+    headers = {**DEV, "X-Road-Purpose": "land-transfer", "X-Road-Legal-Basis": act}
+    async with http.get(sfed.url(DGA) + path, headers=headers) as r:
+        assert r.status == 200, await r.text()
     # Other roles may not manage services.
     async with http.get(sfed.url(DBD, "admin") + "/settings/services", headers=bearer("ops")) as r:
         assert r.status == 403

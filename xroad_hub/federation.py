@@ -131,6 +131,10 @@ def _endpoints(values: tuple[str, ...]) -> tuple[str, ...]:
     return values
 
 
+def _legal_bases(values: tuple[str, ...]) -> tuple[str, ...]:
+    return tuple(_legal_basis(v) for v in values)
+
+
 def _group_codes(values: tuple[str, ...]) -> frozenset[str]:
     for value in values:
         if not valid_part(value):
@@ -341,6 +345,9 @@ class ServiceConfig:
     # Purposes the provider accepts (X-Road-Purpose); when declared, a request with no
     # purpose or another one is refused with AccessDenied.
     purposes: tuple[str, ...] = _purposes_setting()
+    # Legal bases the provider serves under (X-Road-Legal-Basis); when declared, a request
+    # naming none of them is refused with AccessDenied.
+    legal_bases: tuple[str, ...] = setting((), parse=_legal_bases)
     # A service-level objective the node watches (node/slo.py); None: none declared.
     slo: SloConfig | None = None
     # The operations this service code serves, "METHOD /path/{param}" each (a service code

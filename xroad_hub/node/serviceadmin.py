@@ -113,6 +113,7 @@ class _Api:
             "disabled": table.get("disabled", False),
             "disabled_notice": table.get("disabled_notice"),
             "purposes": table.get("purposes", []),
+            "legal_bases": table.get("legal_bases", []),
             "subject": table.get("subject", []),
             "answer_subject": table.get("answer_subject", []),
             "endpoints": table.get("endpoints", []),
@@ -294,8 +295,8 @@ class _Api:
         key = request.match_info["id"]
         expect = _if_match(request)
         settable = {
-            "disabled", "disabled_notice", "url", "timeout", "purposes", "subject",
-            "answer_subject", "version",
+            "disabled", "disabled_notice", "url", "timeout", "purposes", "legal_bases",
+            "subject", "answer_subject", "version",
         }  # fmt: skip
         unknown = set(body) - settable
         if unknown or not body:
@@ -753,7 +754,15 @@ def _common(body: dict[str, Any]) -> dict[str, Any]:
         )
     table: dict[str, Any] = {
         k: body[k]
-        for k in ("timeout", "purposes", "subject", "answer_subject", "version", "disabled")
+        for k in (
+            "timeout",
+            "purposes",
+            "legal_bases",
+            "subject",
+            "answer_subject",
+            "version",
+            "disabled",
+        )
         if body.get(k) is not None
     }
     try:

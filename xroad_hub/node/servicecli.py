@@ -70,6 +70,8 @@ def add_service_commands(node_sub: Any) -> None:
         help="grant access at once (repeat)",
     )  # fmt: skip
     add.add_argument("--purpose", action="append", default=[], help="a purpose served (repeat)")
+    add.add_argument("--legal-basis", action="append", default=[],
+                     help="a legal basis served under (repeat)")  # fmt: skip
     add.add_argument(
         "--subject", action="append", default=[], metavar="LOCATOR",
         help="where a request names its data subject: path:N, query:NAME, body:NAME",
@@ -95,6 +97,8 @@ def add_service_commands(node_sub: Any) -> None:
     setp.add_argument("--url")
     setp.add_argument("--timeout", type=float)
     setp.add_argument("--purpose", action="append", help="the purposes served (replaces)")
+    setp.add_argument("--legal-basis", action="append",
+                      help="the legal bases served under (replaces)")  # fmt: skip
     setp.add_argument("--subject", action="append", metavar="LOCATOR",
                       help="where requests name their data subject (replaces)")  # fmt: skip
     setp.add_argument("--answer-subject", action="append", metavar="LOCATOR",
@@ -252,6 +256,7 @@ def _request(args: argparse.Namespace) -> tuple[str, str, dict[str, Any] | bytes
         answer = [] if args.answer_subject == ["none"] else args.answer_subject
         patch = {k: v for k, v in (("url", args.url), ("timeout", args.timeout),
                                    ("purposes", args.purpose), ("subject", args.subject),
+                                   ("legal_bases", args.legal_basis),
                                    ("answer_subject", answer)) if v is not None}  # fmt: skip
         return "PATCH", f"/settings/services/{_q(args.id)}", patch
     if s == "refresh":
@@ -285,6 +290,8 @@ def _request(args: argparse.Namespace) -> tuple[str, str, dict[str, Any] | bytes
             body[key] = value
     if args.purpose:
         body["purposes"] = args.purpose
+    if args.legal_basis:
+        body["legal_bases"] = args.legal_basis
     if args.subject:
         body["subject"] = args.subject
     return "POST", "/settings/services", body
@@ -359,6 +366,8 @@ def _service(s: dict[str, Any]) -> None:
     if s.get("endpoints"):
         print(f"    operations: {', '.join(s['endpoints'])}")
     print(f"    purposes: {', '.join(s['purposes']) or '(any)'}")
+    if s.get("legal_bases"):
+        print(f"    legal bases: {'; '.join(s['legal_bases'])}")
     print(f"    request subject: {', '.join(s['subject']) or '(none)'}")
     print(f"    answer subject: {', '.join(s['answer_subject']) or '(answers name nobody)'}")
     rights = _rights(s)

@@ -67,7 +67,9 @@ class _Built:
 # Keys of a service row's table that only decide who may call it and how: a change of
 # these needs a new registration around the same adapter; a change of any other key (URL,
 # timeout, version, answer subjects, a flat file's options...) a new adapter.
-_CONFIG_ONLY = frozenset(("disabled", "disabled_notice", "purposes", "subject", "endpoints"))
+_CONFIG_ONLY = frozenset(
+    ("disabled", "disabled_notice", "purposes", "legal_bases", "subject", "endpoints")
+)
 
 
 def service_table(cfg: ServiceConfig) -> dict[str, Any]:
@@ -81,6 +83,7 @@ def service_table(cfg: ServiceConfig) -> dict[str, Any]:
         "subject": [str(s) for s in cfg.subjects],
         "answer_subject": [str(s) for s in cfg.answer_subjects],
         "purposes": list(cfg.purposes),
+        "legal_bases": list(cfg.legal_bases),
         "endpoints": list(cfg.endpoints),
         # Access rights (allow, global groups) are the row's own data, not its table's.
         # A SOAP operation's options (mode, WSDL) are its row's "soap" data.

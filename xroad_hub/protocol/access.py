@@ -57,6 +57,8 @@ class ServiceRules(Protocol):
     @property
     def purposes(self) -> tuple[str, ...]: ...
     @property
+    def legal_bases(self) -> tuple[str, ...]: ...
+    @property
     def options(self) -> dict[str, Any]: ...
     @property
     def endpoints(self) -> tuple[str, ...]: ...
@@ -160,7 +162,8 @@ def decide_access(
     3. the service is not disabled (ServiceDisabled, with the provider's notice);
     4. the client holds an access right, itself or as a member of a global group the
        service is granted to (``groups``: the global configuration's) (AccessDenied);
-    5. a service served only for declared purposes gets one of them (AccessDenied).
+    5. a service served only for declared purposes gets one of them (AccessDenied);
+    6. a service served only under declared legal bases gets one of them (AccessDenied).
 
     ``rules`` is the registration of the request's service code, ``provider_served`` whether
     the node serves any service of its provider."""
@@ -187,6 +190,16 @@ def decide_access(
                 if given
                 else "the request names no purpose (send X-Road-Purpose, or"
                 " xh:purpose in a SOAP header)"
+            ),
+        )
+    if rules.legal_bases and request.legal_basis not in rules.legal_bases:
+        raise ProtocolError(
+            "AccessDenied",
+            f"{service} is only served under the legal bases {'; '.join(rules.legal_bases)}; "
+            + (
+                "the request's legal basis is not one of them"
+                if request.legal_basis
+                else "the request names none (send X-Road-Legal-Basis)"
             ),
         )
     return Access(ServiceId(service.provider, service.service_code, rules.version), rules)
