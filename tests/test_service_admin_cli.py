@@ -248,10 +248,13 @@ async def test_an_agency_registers_rest_soap_and_csv_services_by_cli(
 
     out = _cli(endpoints["nodes"][DGA]["admin"], "clients", "list")
     assert out.returncode == 0 and f"{PORTAL}  jwt" in out.stdout, out.stderr
-    out = _cli(admin, "status")
+    out = _cli(admin, "status", "--json")
     assert out.returncode == 0, out.stderr
     status_doc = json.loads(out.stdout)
     assert f"{PROVIDER}/getPerson" in status_doc["disabled"]
+    out = _cli(admin, "status")
+    assert out.returncode == 0 and f"{PROVIDER}/getPerson" in out.stdout, out.stdout
+    assert "4 soap" in out.stdout and "1 flatfile" in out.stdout, out.stdout
     backup = tmp / "backup.json"
     out = _cli(admin, "settings", "export", "--out", str(backup))
     assert out.returncode == 0, out.stderr

@@ -354,6 +354,19 @@ def _print(args: argparse.Namespace, answer: dict[str, Any]) -> None:
         extra = f"  certificate SHA-256 {answer['cert_sha256']}" if answer["cert_sha256"] else ""
         print(f"{answer['client']}: {answer['auth']}{extra}")
         return
+    if "settings_database" in answer:  # node status
+        kinds = ", ".join(f"{n} {k}" for k, n in sorted(answer["by_adapter"].items()))
+        print(f"node {answer['node']}: {answer['services']} service(s) ({kinds or 'none'}),"
+              f" {answer['access_rights']} access right(s)")  # fmt: skip
+        print(f"  disabled: {', '.join(answer['disabled']) or '(none)'}")
+        groups = answer["groups"]
+        print("  local groups: " + (", ".join(f"{g} ({n})" for g, n in sorted(groups.items()))
+                                    or "(none)"))  # fmt: skip
+        clients = answer["clients"]
+        print("  hosted clients: " + (", ".join(f"{c} ({a})" for c, a in sorted(clients.items()))
+                                      or "(none)"))  # fmt: skip
+        print(f"  settings database: {answer['settings_database']}")
+        return
     if "members" in answer:
         print(f"group {answer['name']}: {', '.join(answer['members']) or '(no members)'}")
         return
