@@ -27,6 +27,7 @@ of each leaf. A column holding a value of another type is a finding, never a cra
 from __future__ import annotations
 
 import base64
+import binascii
 import hashlib
 import itertools
 import operator
@@ -603,6 +604,14 @@ def _compare_with_witness(
 # Entries per batched check (and per fallback to the entry-by-entry one).
 _PAGE = 2048
 _sha256 = hashlib.sha256
+_sha512 = hashlib.sha512
+
+
+def _b64(digest: bytes) -> str:
+    """base64 as `body_digest` and `request_hash` write it (b64encode), without its wrapper."""
+    return binascii.b2a_base64(digest, newline=False).decode()
+
+
 _MARGIN = 0.001  # s: the batched check leaves times this close to a validity bound to the other
 
 
@@ -625,8 +634,7 @@ class _FastPage:
         self._leaf = self._pos["leaf"]
         self._certs = certs
         self._verifier = verifier
-        self._members: dict[tuple[str, str], Any] = {}
-        self._signers: dict[bytes, tuple[Any, float, float] | None] = {}
+        self._signers: dict[tuple[str, Any, bytes], tuple[Any, float, float] | None] = {}
         self._roots: set[tuple[bytes, int, bytes, bytes]] = set()
         self._nodes: dict[tuple[bytes, bytes], bytes] = {}
         if full:
@@ -751,6 +759,18 @@ class _FastPage:
             sn >>= 1
         return result if sn == 0 else None
 
+    def _signer(self, side: str, name: object, cert: bytes) -> tuple[Any, float, float] | None:
+        try:
+            member = (
+                parse_client_id(str(name)).member
+                if side == "request"
+                else parse_service_id(str(name)).provider.member
+            )
+            signer = self._verifier.signer(cert)
+        except (ProtocolError, SignatureError):
+            return None
+        return signer if signer[0] == member else None
+
     def _signed(
         self,
         side: str,
@@ -765,23 +785,14 @@ class _FastPage:
         cert = self._certs.get(cert_sha256 or "")
         if cert is None or type(signature) is not bytes:
             return False
-        name = str(leaf["client"] if side == "request" else leaf["service"])
-        member = self._members.get((side, name))
-        if member is None:
-            member = (
-                parse_client_id(name).member
-                if side == "request"
-                else parse_service_id(name).provider.member
-            )
-            self._members[(side, name)] = member
-        signer = self._signers.get(cert, False)
+        name = leaf["client"] if side == "request" else leaf["service"]
+        # (member, validity) of the certificate if it may sign for the leaf's client or
+        # provider; None if not. Few certificates and names: each pair is judged once.
+        signer = self._signers.get((side, name, cert), False)
         if signer is False:
-            try:
-                signer = self._verifier.signer(cert)
-            except SignatureError:
-                signer = None
-            self._signers[cert] = signer
-        if signer is None or signer[0] != member:
+            signer = self._signer(side, name, cert)
+            self._signers[(side, name, cert)] = signer
+        if signer is None:
             return False
         signed = orjson.loads(meta)
         if type(signed) is not dict:
@@ -794,9 +805,13 @@ class _FastPage:
         for signed_key, leaf_key in _BOUND_REQUEST if side == "request" else _BOUND_RESPONSE:
             if signed.get(signed_key) != leaf.get(leaf_key):
                 return False
-        if request is not None and signed.get("request_hash") != _request_hash(*request):
+        if request is not None and signed.get("request_hash") != (
+            _request_hash(*request)
+            if not request[1]
+            else _b64(_sha512(_sha512(request[0]).digest() + _sha512(request[1]).digest()).digest())
+        ):  # as rest.request_hash computes it
             return False
-        if body is not None and signed.get("body_sha512") != body_digest(body):
+        if body is not None and signed.get("body_sha512") != _b64(_sha512(body).digest()):
             return False
         # The batch signature: this message's audit path must lead to a root whose ECDSA
         # signature was verified (once per batch, by the verifier itself).
@@ -813,7 +828,7 @@ class _FastPage:
         if key not in self._roots:
             when = datetime.fromtimestamp(float(created), UTC)
             try:
-                self._verifier.verify(meta, signature, cert, member, when)
+                self._verifier.verify(meta, signature, cert, signer[0], when)
             except SignatureError:
                 return False
             self._roots.add(key)
