@@ -86,9 +86,11 @@ def build_index(keys: list[bytes], width: int | None = None) -> KeyIndex:
     if width is None:
         width = max(map(len, keys), default=0) or 1
     entry = struct.Struct(f">{width}sI")  # the key NUL-padded, then the record number
-    distinct = set(keys)
+    # Hashing a million keys only to learn there are many: a sample says so first.
+    many = len(set(keys[:4096]) - {b""}) > _FEW
+    distinct = set() if many else set(keys)
     distinct.discard(b"")
-    if len(distinct) <= _FEW:
+    if not many and len(distinct) <= _FEW:
         # Few distinct keys (codes, years): group instead of sorting a million entries. One
         # pass in C over the keys appends each record number to its key's list (file order).
         groups: dict[bytes, list[int]] = {key: [] for key in distinct}
