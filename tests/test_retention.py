@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import time
 from pathlib import Path
 
@@ -68,5 +69,28 @@ async def test_restarted_checkpointer_continues_after_the_last_checkpoint(tmp_pa
         await again.start()
         assert await again.checkpoint() is None  # nothing new: no duplicate, no error
         await again.stop()
+    finally:
+        await log.close()
+
+
+async def test_concurrent_checkpoints_sign_and_stamp_each_size_once(tmp_path: Path) -> None:
+    """The timer's checkpoint and one asked for meanwhile (an evidence export) overlap while
+    the timestamp authority answers: each size is signed and stamped once, no round fails."""
+    log = SQLiteMessageLog(tmp_path / "log.sqlite")
+    await log.open()
+    stamped: list[bytes] = []
+
+    async def slow_tsa(data: bytes) -> bytes:
+        await asyncio.sleep(0.05)
+        stamped.append(data)
+        return b"token"
+
+    try:
+        await log.append(_record(0, time.time()))
+        signer = NoteSigner("TH/GOV/DBD/hub1", ed25519.Ed25519PrivateKey.generate())
+        cp = Checkpointer("TH/GOV/DBD/hub1", log, signer, b"cert", 60, timestamper=slow_tsa)
+        results = await asyncio.gather(cp.checkpoint(), cp.checkpoint(), cp.checkpoint())
+        assert sum(r is not None for r in results) == 1
+        assert len(stamped) == 1 and cp.healthy()
     finally:
         await log.close()

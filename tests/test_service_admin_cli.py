@@ -260,6 +260,15 @@ async def test_an_agency_registers_rest_soap_and_csv_services_by_cli(
     assert out.returncode == 0, out.stderr
     assert stat.S_IMODE(backup.stat().st_mode) == 0o600
     assert json.loads(backup.read_text())["format"] == "xroad-hub-node-settings/1"
+    # Restored: a service removed since comes back, as exported (disabled getPerson too).
+    assert _cli(admin, "service", "remove", f"{PROVIDER}/records").returncode == 0
+    out = _cli(admin, "settings", "import", str(backup))
+    assert out.returncode == 0, out.stderr
+    status, text = await _call(
+        http, client, f"/r1/{PROVIDER}/records/records/{BENEFICIARY}",
+        headers={"X-Road-Client": DEV, "X-Road-Purpose": "welfare-check"},
+    )  # fmt: skip
+    assert status == 200, text
 
 
 async def test_disable_enable_remove_under_load_across_processes(

@@ -59,6 +59,10 @@ class Checkpointer:
         self._timestamper = timestamper
         self._failure_limit = failure_limit
         self._unstamped: dict[int, tuple[bytes, float]] = {}  # size -> (text, created)
+        # One checkpoint (sign, timestamp, witness) at a time: the timer's and one asked for
+        # meanwhile (an evidence export, the final one) would otherwise sign the same size
+        # twice and stamp the same queue entry twice (KeyError, then no witness).
+        self._lock = asyncio.Lock()
         self._retention = body_retention
         self._trusted_roots = trusted_roots or []
         self._next_purge = 0.0
@@ -102,6 +106,10 @@ class Checkpointer:
 
     async def checkpoint(self) -> str | None:
         """Sign and store the current tree head, if it grew since the last checkpoint."""
+        async with self._lock:
+            return await self._checkpoint()
+
+    async def _checkpoint(self) -> str | None:
         size, root = self._log.tree_head()
         if size == self._last_size or size == 0:
             return None
@@ -166,7 +174,8 @@ class Checkpointer:
             await asyncio.sleep(self._interval)
             try:
                 await self.checkpoint()
-                await self._stamp_queued()  # also without new entries: retry the queue
+                async with self._lock:
+                    await self._stamp_queued()  # also without new entries: retry the queue
                 await self._purge_old_bodies()
             except Exception:  # the next round tries again; exchanges are unaffected
                 log.exception("checkpoint.failed", origin=self.origin)
