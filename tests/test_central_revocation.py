@@ -125,7 +125,7 @@ def test_rotation_filed_before_a_revocation_cannot_bring_the_node_back(
     cs: CentralServer,
 ) -> None:
     keys = _enrolled(cs)
-    data, _ = _rotation("auth", {"auth": keys["auth"]})
+    data, _ = _rotation("auth", {"auth": keys["auth"], "sign": keys["sign"]})
     request_id, _ = cs.file(data)
     cs.revoke("t", "stolen", node=HUB1)
     _refused(cs, lambda: cs.approve(request_id, "t"), "Revoked")
@@ -188,7 +188,7 @@ async def test_admin_api_revokes_for_security_officers_only(cs: CentralServer) -
 def test_auth_rotation_replaces_the_node_certificate(cs: CentralServer) -> None:
     keys = _enrolled(cs)
     old = _auth_sha(cs.globalconf())
-    data, new = _rotation("auth", {"auth": keys["auth"]})
+    data, new = _rotation("auth", {"auth": keys["auth"], "sign": keys["sign"]})
     request_id, state = cs.file(data)
     assert state == "SUBMITTED" and _auth_sha(cs.globalconf()) == old
     cs.approve(request_id, "test")
@@ -223,16 +223,29 @@ def test_sign_rotation_needs_the_current_signing_key(cs: CentralServer) -> None:
     assert cs.file(data)[1] == "SUBMITTED"
 
 
+def test_a_thief_of_the_auth_key_alone_cannot_swap_in_a_key_of_theirs(cs: CentralServer) -> None:
+    """Whoever holds only the node's auth key (stolen, not yet revoked) cannot have the
+    central server certify a new auth key of theirs: the operator could not tell the thief's
+    rotation from the node's, and the node's own would then be refused as a duplicate."""
+    keys = _enrolled(cs)
+    data, _ = _rotation("auth", {"auth": keys["auth"]})
+    _refused(cs, lambda: cs.file(data), "Malformed")
+    data, _ = _rotation("auth", {"auth": keys["auth"], "sign": generate_key()})
+    _refused(cs, lambda: cs.file(data), "InvalidSignature")
+    data, _ = _rotation("auth", {"auth": keys["auth"], "sign": keys["sign"]})
+    assert cs.file(data)[1] == "SUBMITTED"
+
+
 def test_forged_unknown_and_replayed_rotations_change_nothing(cs: CentralServer) -> None:
     keys = _enrolled(cs)
     stranger = generate_key()
     # Signed by someone else's key in the auth key's place.
-    data, _ = _rotation("auth", {"auth": stranger})
+    data, _ = _rotation("auth", {"auth": stranger, "sign": keys["sign"]})
     _refused(cs, lambda: cs.file(data), "InvalidSignature")
     # The new key's signature missing, or by another key: no proof of possession.
     request = new_request("certRotation", "TH", parse_node_id(HUB1), purpose="auth",
                           csr=make_csr(generate_key(), "x").public_bytes(PEM).decode())  # fmt: skip
-    forged = sign_request(request, {"auth": keys["auth"], "new": stranger})
+    forged = sign_request(request, {"auth": keys["auth"], "sign": keys["sign"], "new": stranger})
     _refused(cs, lambda: cs.file(forged), "InvalidSignature")
     _refused(cs, lambda: cs.file(sign_request(request, {"auth": keys["auth"]})), "Malformed")
     # The "new" key is the current one.
@@ -242,10 +255,11 @@ def test_forged_unknown_and_replayed_rotations_change_nothing(cs: CentralServer)
     data, _ = _rotation("auth", {"auth": keys["auth"]}, node=f"{MOPH}/nohub")
     _refused(cs, lambda: cs.file(data), "UnknownServer")
     # A replay of an accepted request, and a second pending rotation of the same key.
-    data, _ = _rotation("auth", {"auth": keys["auth"]})
+    both = {"auth": keys["auth"], "sign": keys["sign"]}
+    data, _ = _rotation("auth", both)
     cs.file(data)
     _refused(cs, lambda: cs.file(data), "Replay")
-    again, _ = _rotation("auth", {"auth": keys["auth"]})
+    again, _ = _rotation("auth", both)
     _refused(cs, lambda: cs.file(again), "Duplicate")
     # Tampered after signing: another key's CSR put in (the signatures no longer verify).
     fresh, _ = _rotation("sign", {"auth": keys["auth"], "sign": keys["sign"]})
@@ -273,3 +287,4 @@ def test_a_configuration_with_a_malformed_revocation_is_refused(cs: CentralServe
         doc = {**good, "revocations": [{**entry, field: value}]}
         with pytest.raises(GlobalConfError):
             GlobalConf.from_dict(doc)
+

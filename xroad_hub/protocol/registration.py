@@ -18,10 +18,10 @@ its CSR's self-signature; the auth and signing signatures bind that CSR to the r
 fresh for ``MAX_AGE`` seconds and its nonce is used once (the central server keeps the
 nonces). Requests of a registered node (``clientReg``, ``cancel``) are signed by its auth key
 only. A key rotation (``certRotation``, ``purpose`` auth or sign, ``csr`` the new key's CSR)
-is signed by the node's current auth key, by the new key (possession), and for a signing key
-also by the current signing key, when the node still has one that is not revoked: the
-central server learns it comes from the holder of the keys it replaces. Nothing here opens a
-socket or a file.
+is signed by the node's current auth key, by the new key (possession), and by the current
+signing key, when the node still has one that is not revoked: the central server learns it
+comes from the holder of both keys, so a thief of one cannot take the node over. Nothing
+here opens a socket or a file.
 """
 
 from __future__ import annotations
@@ -269,7 +269,7 @@ def verify_request(
 ) -> ParsedRequest:
     """Check form, freshness and signatures. ``authCertReg`` must be signed by the keys of
     both CSRs it carries; other types by ``auth_key``, the registered auth key of the node
-    named in ``server`` (the caller looks it up: pass None if it has none); a signing-key
+    named in ``server`` (the caller looks it up: pass None if it has none); a
     ``certRotation`` also by ``sign_key``, the node's current signing key, if it has one."""
     request, sigs, payload = parse_request(data)
     kind = request["type"]
@@ -388,7 +388,11 @@ def _verify_rotation(
     purpose = request.get("purpose")
     if purpose not in ("auth", "sign"):
         raise RegistrationError("Malformed", "purpose must be 'auth' or 'sign'")
-    expected = {"auth", "new"} | ({"sign"} if purpose == "sign" and sign_key else set())
+    # Both current keys sign, whichever is rolled (X-Road's authCertReg is signed by the auth
+    # key and the owner's signing key too): a thief of one key cannot swap the node's other
+    # certificate, or its own, for a key of theirs. A revoked signing certificate is not
+    # trusted, so then the auth key's word is all there is.
+    expected = {"auth", "new"} | ({"sign"} if sign_key else set())
     if set(sigs) != expected:
         raise RegistrationError(
             "Malformed", f"a {purpose} key rotation must be signed by exactly "
