@@ -5,6 +5,7 @@ of the new one, and forged, unknown or replayed ones change nothing."""
 
 from __future__ import annotations
 
+import base64
 import sqlite3
 from collections.abc import Iterator
 from pathlib import Path
@@ -14,12 +15,14 @@ import pytest
 from aiohttp.test_utils import TestClient, TestServer
 from cryptography import x509
 from cryptography.hazmat.primitives import serialization
-from cryptography.hazmat.primitives.asymmetric import ec
+from cryptography.hazmat.primitives.asymmetric import ec, ed25519
 
 from xroad_hub.central.server import CentralServer, init_central
 from xroad_hub.central.store import verify_audit
 from xroad_hub.node.admin import key_digest
 from xroad_hub.pki import generate_key
+from xroad_hub.protocol import merkle
+from xroad_hub.protocol.checkpoint import Checkpoint, NoteSigner, sign_note
 from xroad_hub.protocol.globalconf import GlobalConf, GlobalConfError
 from xroad_hub.protocol.identifiers import parse_node_id
 from xroad_hub.protocol.registration import RegistrationError, make_csr, new_request, sign_request
@@ -288,3 +291,38 @@ def test_a_configuration_with_a_malformed_revocation_is_refused(cs: CentralServe
         with pytest.raises(GlobalConfError):
             GlobalConf.from_dict(doc)
 
+
+# --- the witness -------------------------------------------------------------------------
+
+
+async def test_witness_cosigns_no_checkpoint_of_a_revoked_checkpoint_key(
+    cs: CentralServer,
+) -> None:
+    """A thief of a node's checkpoint key gets no co-signature once the key is revoked: the
+    witness's word must not vouch for what a revoked key signs."""
+    checkpoint_key = ed25519.Ed25519PrivateKey.generate()
+    data, _ = _auth_reg(checkpoint_csr=make_csr(checkpoint_key, "x").public_bytes(PEM).decode())
+    request_id, _ = cs.file(data)
+    cs.approve(request_id, "test")
+    (issued,) = [c for c in cs.store.certificates(request_id) if c.purpose == "checkpoint"]
+    der = x509.load_pem_x509_certificate(issued.pem.encode()).public_bytes(
+        serialization.Encoding.DER
+    )
+    leaves = [merkle.leaf_hash(f"entry {i}".encode()) for i in range(4)]
+    signer = NoteSigner(HUB1, checkpoint_key)
+
+    def submission(size: int, old: int) -> dict[str, object]:
+        note = sign_note(Checkpoint(f"xroad-hub/{HUB1}", size, merkle.root(leaves[:size])).text(),
+                         signer)  # fmt: skip
+        proof = merkle.consistency_proof(leaves[:size], old, size) if old else []
+        return {"note": note, "cert": base64.b64encode(der).decode(), "old_size": old,
+                "proof": [base64.b64encode(h).decode() for h in proof]}  # fmt: skip
+
+    async with TestClient(TestServer(cs.app())) as client:
+        r = await client.post("/witness", json=submission(2, 0))
+        assert r.status == 200, await r.text()
+        cs.revoke("t", "checkpoint key stolen", node=HUB1, what="checkpoint")
+        r = await client.post("/witness", json=submission(4, 2))
+        assert r.status == 400 and "revoked" in (await r.json())["error"]
+        r = await client.get("/witness", params={"origin": f"xroad-hub/{HUB1}"})
+        assert (await r.json())["size"] == 2  # the witness's state did not move

@@ -222,6 +222,7 @@ class CentralServer:
             NoteSigner(f"{self.instance}/registry", load_ed25519_key(self.dir.key("witness"))),
             [self._ca_cert],
             self.dir.root / "witness.json",
+            self._revocation_of,
         )
         self.witness_cert = load_cert(self.dir.cert("witness"))
 
@@ -270,6 +271,16 @@ class CentralServer:
         )
 
     # --- revocation ---------------------------------------------------------------------------
+
+    def _revocation_of(self, cert_der: bytes) -> str | None:
+        """Why this certificate is revoked, or None: for the witness, which co-signs no
+        checkpoint a revoked key signed (a thief of it gets no proof from the federation)."""
+        sha = cert_fingerprint(cert_der)
+        for c in self.store.certs():
+            if c.sha256 == sha and c.revoked_at is not None:
+                at = datetime.fromisoformat(c.revoked_at)
+                return Revocation(c.sha256, c.purpose, c.subject, at).describe()
+        return None
 
     def revoke(
         self,
