@@ -55,3 +55,15 @@ def test_broken_federation_file(tmp_path: Path, capsys: pytest.CaptureFixture[st
 def test_export_from_a_missing_log(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
     err = _fails(capsys, "audit", "export", str(tmp_path / "nope.sqlite"), "m-1")
     assert "messagelog.sqlite" in err
+
+
+def test_central_request_id_out_of_range(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    cdir = str(tmp_path / "central")
+    assert main(["central", "init", "--dir", cdir, "--instance", "TH",
+                 "--url", "https://127.0.0.1:4001"]) == 0  # fmt: skip
+    capsys.readouterr()
+    for argv in (["approve", "9" * 20], ["decline", "9" * 20, "--reason", "x"]):
+        err = _fails(capsys, "central", *argv, "--dir", cdir)
+        assert "is not a request id" in err
