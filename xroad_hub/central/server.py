@@ -82,6 +82,7 @@ from xroad_hub.protocol.registration import (
     REQUEST_ID,
     ParsedRequest,
     RegistrationError,
+    address_host,
     build_anchor,
     parse_request,
     verify_request,
@@ -90,7 +91,15 @@ from xroad_hub.protocol.rfc3161 import issue_tsa_cert
 from xroad_hub.protocol.signing import cert_fingerprint
 from xroad_hub.streams import BodyTooLarge, read_capped
 
-from .store import APPROVED, CentralStore, CertRow, IssuedCert, RequestRow, SqliteCentralStore
+from .store import (
+    APPROVED,
+    SHARED_HOSTS,
+    CentralStore,
+    CertRow,
+    IssuedCert,
+    RequestRow,
+    SqliteCentralStore,
+)
 
 __all__ = ["CentralDir", "CentralServer", "init_central"]
 
@@ -395,6 +404,13 @@ class CentralServer:
         pem = serialization.Encoding.PEM
         if parsed.type == "authCertReg":
             assert parsed.auth_csr is not None and parsed.sign_csr is not None
+            host = address_host(parsed.address)
+            if host == (urlsplit(self.url).hostname or "").lower() and host not in SHARED_HOSTS:
+                # A node certificate naming it would serve as the central server's HTTPS.
+                raise RegistrationError(
+                    "Duplicate", f"{parsed.address} is the central server's host; a node's "
+                    "certificate may not name it", 409,
+                )  # fmt: skip
             return self.store.file_request(
                 parsed.type, str(parsed.server), parsed.nonce, data,
                 address=parsed.address,

@@ -28,6 +28,7 @@ from __future__ import annotations
 
 import base64
 import hashlib
+import ipaddress
 import re
 import secrets
 from dataclasses import dataclass
@@ -58,6 +59,7 @@ __all__ = [
     "Anchor",
     "ParsedRequest",
     "RegistrationError",
+    "address_host",
     "anchor_hash",
     "build_anchor",
     "make_csr",
@@ -227,6 +229,24 @@ def key_sha256(key: ec.EllipticCurvePublicKey) -> str:
     return hashlib.sha256(der).hexdigest()
 
 
+_HOST_LABEL = re.compile(r"[A-Za-z0-9](?:[A-Za-z0-9-]{0,61}[A-Za-z0-9])?")
+
+
+def _is_host(host: str) -> bool:
+    """A DNS host name (letters, digits, hyphens; no wildcard) or an IP address."""
+    try:
+        ipaddress.ip_address(host)
+        return True
+    except ValueError:
+        pass
+    return len(host) <= 253 and all(_HOST_LABEL.fullmatch(label) for label in host.split("."))
+
+
+def address_host(address: str) -> str:
+    """The host of a node's HOST:PORT address as certificates and comparisons take it."""
+    return address.rpartition(":")[0].lower()
+
+
 def _p256(csr: x509.CertificateSigningRequest, what: str) -> ec.EllipticCurvePublicKey:
     key = csr.public_key()
     if not isinstance(key, ec.EllipticCurvePublicKey) or key.curve.name != "secp256r1":
@@ -335,6 +355,10 @@ def _verify_auth_cert_reg(
     host, sep, port = address.rpartition(":")
     if not sep or not host or not port.isdigit() or not 0 < int(port) < 65536:
         raise RegistrationError("Malformed", f"address {address!r} is not HOST:PORT")
+    if not _is_host(host):
+        # The host goes into the node's TLS certificate: a wildcard or a name that is not a
+        # host would make the federation's CA vouch for hosts that are not the node.
+        raise RegistrationError("Malformed", f"{host!r} is not a host name or IP address")
     csrs = []
     for what in ("auth", "sign"):
         try:
