@@ -16,17 +16,23 @@ from aiohttp.test_utils import TestClient, TestServer
 from cryptography import x509
 from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric import ec, ed25519
+from cryptography.hazmat.primitives.asymmetric.utils import (
+    decode_dss_signature,
+    encode_dss_signature,
+)
 
 from xroad_hub.central.server import CentralServer, init_central
 from xroad_hub.central.store import verify_audit
+from xroad_hub.errors import ProtocolError
 from xroad_hub.node.admin import key_digest
 from xroad_hub.pki import generate_key
 from xroad_hub.protocol import merkle
+from xroad_hub.protocol.access import check_not_revoked
 from xroad_hub.protocol.checkpoint import Checkpoint, NoteSigner, sign_note
 from xroad_hub.protocol.globalconf import GlobalConf, GlobalConfError
-from xroad_hub.protocol.identifiers import parse_node_id
+from xroad_hub.protocol.identifiers import parse_member_id, parse_node_id
 from xroad_hub.protocol.registration import RegistrationError, make_csr, new_request, sign_request
-from xroad_hub.protocol.signing import cert_fingerprint
+from xroad_hub.protocol.signing import SignatureVerifier, cert_fingerprint
 
 from .sqlite_db import sqlite_db
 from .test_central import _auth_reg
@@ -326,3 +332,60 @@ async def test_witness_cosigns_no_checkpoint_of_a_revoked_checkpoint_key(
         assert r.status == 400 and "revoked" in (await r.json())["error"]
         r = await client.get("/witness", params={"origin": f"xroad-hub/{HUB1}"})
         assert (await r.json())["size"] == 2  # the witness's state did not move
+
+
+# The order of P-256, the curve of the federation CA's key.
+_P256_N = 0xFFFFFFFF00000000FFFFFFFFFFFFFFFFBCE6FAADA7179E84F3B9CAC2FC632551
+
+
+def _tlv(tag: int, value: bytes) -> bytes:
+    n = len(value)
+    return bytes((tag, n)) + value if n < 128 else bytes((tag, 0x82)) + n.to_bytes(2, "big") + value
+
+
+def _twin(der: bytes, ca: x509.Certificate) -> bytes:
+    """The certificate re-encoded with the other valid half of its CA's ECDSA signature,
+    (r, n - s): what a thief of a revoked key can make without any key."""
+    cert = x509.load_der_x509_certificate(der)
+    r, s = decode_dss_signature(cert.signature)
+    tbs, bits = cert.tbs_certificate_bytes, _tlv(0x03, b"\x00" + cert.signature)
+    body = der[4:]  # after 30 82 LL LL: a certificate is over 255 bytes
+    algorithm = body[len(tbs) : len(body) - len(bits)]
+    twin = _tlv(0x30, tbs + algorithm + _tlv(0x03, b"\x00" + encode_dss_signature(r, _P256_N - s)))
+    assert cert_fingerprint(twin) != cert_fingerprint(der)
+    x509.load_der_x509_certificate(twin).verify_directly_issued_by(ca)  # the CA's, still
+    return twin
+
+
+async def test_a_revoked_certificate_re_encoded_by_its_thief_is_still_revoked(
+    cs: CentralServer,
+) -> None:
+    """ECDSA is malleable: from a revoked certificate anyone makes another encoding, with
+    another SHA-256, that the CA's signature still covers. Revocations are listed by digest;
+    nodes, the witness and the verifiers must see through it."""
+    ca = x509.load_pem_x509_certificate(cs.dir.cert("ca").read_bytes())
+    checkpoint_key = ed25519.Ed25519PrivateKey.generate()
+    data, _ = _auth_reg(checkpoint_csr=make_csr(checkpoint_key, "x").public_bytes(PEM).decode())
+    request_id, _ = cs.file(data)
+    cs.approve(request_id, "test")
+    ders = {
+        c.purpose: x509.load_pem_x509_certificate(c.pem.encode()).public_bytes(
+            serialization.Encoding.DER
+        )
+        for c in cs.store.certificates(request_id)
+    }
+    cs.revoke("t", "signing key stolen", node=HUB1, what="sign")
+    cs.revoke("t", "checkpoint key stolen", node=HUB1, what="checkpoint")
+    conf = cs.globalconf()
+    sign_twin = _twin(ders["sign"], ca)
+    assert SignatureVerifier([ca])._check_cert(sign_twin).member == parse_member_id(MOPH)
+    with pytest.raises(ProtocolError) as err:  # what provider and client nodes check
+        check_not_revoked(conf, sign_twin, "the request's signing certificate")
+    assert err.value.code == "CertValidation"
+    note = sign_note(Checkpoint(f"xroad-hub/{HUB1}", 1, merkle.leaf_hash(b"x")).text(),
+                     NoteSigner(HUB1, checkpoint_key))  # fmt: skip
+    body = {"note": note, "cert": base64.b64encode(_twin(ders["checkpoint"], ca)).decode(),
+            "old_size": 0, "proof": []}  # fmt: skip
+    async with TestClient(TestServer(cs.app())) as client:
+        r = await client.post("/witness", json=body)
+        assert r.status == 400 and "revoked" in (await r.json())["error"]

@@ -88,7 +88,7 @@ from xroad_hub.protocol.registration import (
     verify_request,
 )
 from xroad_hub.protocol.rfc3161 import issue_tsa_cert
-from xroad_hub.protocol.signing import cert_fingerprint
+from xroad_hub.protocol.signing import cert_fingerprint, cert_fingerprints
 from xroad_hub.streams import BodyTooLarge, read_capped
 
 from .store import (
@@ -284,9 +284,9 @@ class CentralServer:
     def _revocation_of(self, cert_der: bytes) -> str | None:
         """Why this certificate is revoked, or None: for the witness, which co-signs no
         checkpoint a revoked key signed (a thief of it gets no proof from the federation)."""
-        sha = cert_fingerprint(cert_der)
+        shas = cert_fingerprints(cert_der)  # either encoding of an ECDSA-signed certificate
         for c in self.store.certs():
-            if c.sha256 == sha and c.revoked_at is not None:
+            if c.sha256 in shas and c.revoked_at is not None:
                 at = datetime.fromisoformat(c.revoked_at)
                 return Revocation(c.sha256, c.purpose, c.subject, at).describe()
         return None
