@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import socket
 from pathlib import Path
 
 import pytest
@@ -67,3 +68,14 @@ def test_central_request_id_out_of_range(
     for argv in (["approve", "9" * 20], ["decline", "9" * 20, "--reason", "x"]):
         err = _fails(capsys, "central", *argv, "--dir", cdir)
         assert "is not a request id" in err
+
+
+def test_central_run_on_a_taken_port(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    cdir = str(tmp_path / "central")
+    with socket.create_server(("127.0.0.1", 0)) as taken:
+        port = taken.getsockname()[1]
+        assert main(["central", "init", "--dir", cdir, "--instance", "TH",
+                     "--url", f"https://127.0.0.1:{port}"]) == 0  # fmt: skip
+        capsys.readouterr()
+        err = _fails(capsys, "central", "run", "--dir", cdir)
+    assert f"cannot listen on 127.0.0.1:{port}" in err and "--listen" in err

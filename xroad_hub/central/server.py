@@ -35,6 +35,7 @@ import asyncio
 import hashlib
 import hmac
 import secrets
+import socket
 import ssl
 import time
 from collections.abc import Awaitable, Callable
@@ -52,7 +53,7 @@ from cryptography.hazmat.primitives.asymmetric import ec, ed25519
 
 from xroad_hub.central.tsa import TSA_POLICY, tsa_app
 from xroad_hub.central.witness import Witness, witness_routes
-from xroad_hub.errors import ProtocolError
+from xroad_hub.errors import ConfigError, ProtocolError
 from xroad_hub.federation import AdminConfig
 from xroad_hub.node.admin import ADMIN, AdminApi
 from xroad_hub.pki import (
@@ -721,12 +722,21 @@ def serve(root: Path, host: str | None = None, port: int | None = None) -> None:
     """Run the central server until interrupted (``xroad-hub central run``)."""
     server = CentralServer(root)
     parts = urlsplit(server.url)
+    address = (host or parts.hostname or "", port or parts.port or 443)
+    try:
+        # Bound here, not by run_app: a port taken is the operator's to fix, not a traceback.
+        sock = socket.create_server(address)
+    except OSError as exc:
+        server.close()
+        raise ConfigError(
+            f"the central server cannot listen on {address[0]}:{address[1]}: "
+            f"{exc.strerror or exc}; stop whatever listens there or pass --listen HOST:PORT"
+        ) from exc
     log.info("central.listening", url=server.url, instance=server.instance)
     try:
         web.run_app(
             server.app(),
-            host=host or parts.hostname,
-            port=port or parts.port,
+            sock=sock,
             ssl_context=server.tls_context(),
             print=None,
             access_log=None,
