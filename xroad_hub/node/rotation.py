@@ -84,6 +84,14 @@ def _rotate(root: Path, state: dict[str, Any], purpose: str) -> int:
             f"{(pending or {}).get('request_id', '?')}); 'xroad-hub node keys activate "
             f"--{purpose} --dir {root}' once it is approved",
         )  # fmt: skip
+    other = next((p for p in state.get("rotations", {}) if p != purpose), None)
+    if other is not None:
+        # A rotation is signed with both current keys; once the other one's is approved the
+        # central server's current key is one this node does not use until it activates it.
+        raise RegistrationError(
+            "Pending", f"the rotation of the {other} key is not finished; 'xroad-hub node keys "
+            f"activate --{other} --dir {root}' once it is approved, then rotate the {purpose} key",
+        )  # fmt: skip
     session = _Session(_anchor_of(root))
     server = NodeId(parse_member_id(state["member"]), state["code"])
     auth = load_private_key(root / "auth.key.pem")
