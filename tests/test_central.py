@@ -112,9 +112,9 @@ def test_forged_signature_is_refused(central: CentralServer) -> None:
     data, _ = _auth_reg()
     doc = orjson.loads(data)
     other = generate_key()  # signs the same request, but is not the signing CSR's key
-    doc["signatures"]["sign"] = orjson.loads(
-        sign_request(doc["request"], {"sign": other})
-    )["signatures"]["sign"]
+    doc["signatures"]["sign"] = orjson.loads(sign_request(doc["request"], {"sign": other}))[
+        "signatures"
+    ]["sign"]
     err = _refused(central, orjson.dumps(doc), "InvalidSignature")
     assert err.status == 403
     doc = orjson.loads(data)
@@ -378,6 +378,37 @@ def test_a_csr_asking_for_a_ca_or_other_names_gets_only_the_central_servers_prof
         assert not any(v.ca for v in values if isinstance(v, x509.BasicConstraints))
         assert "central.example" not in str(list(cert.extensions))
         assert ExtendedKeyUsageOID.CODE_SIGNING.dotted_string not in str(list(cert.extensions))
+
+
+def test_an_address_cannot_buy_a_certificate_for_other_hosts(tmp_path: Path) -> None:
+    """The address's host goes into the node's TLS certificate, which the admin CLI and
+    nodes (for the central server) check host names against: a node may not get a wildcard,
+    a name that is not a host, the central server's own host, or another member's node's
+    host. Loopback is in every node's certificate already; an owner's nodes may share a host."""
+    init_central(tmp_path / "c", "TH", "https://central.example.org:4001")
+    central = CentralServer(tmp_path / "c")
+    try:
+        for member in (MOPH, "TH/GOV/DBD"):
+            central.store.add_member(member, member, "test")
+        first, _ = _auth_reg(address="hub1.moph.example:5500")
+        central.approve(central.file(first)[0], "officer")
+        for address in ("*.example:5500", "*:5500", "hub 2.example:5500", "a..b:5500",
+                        "-x.example:5500"):  # fmt: skip
+            data, _ = _auth_reg("hub2", address=address)
+            assert "not a host name" in _refused(central, data, "Malformed").message
+        for address in ("central.example.org:5500", "CENTRAL.example.org:5500"):
+            data, _ = _auth_reg("hub2", address=address)
+            assert "central server" in _refused(central, data, "Duplicate").message
+        data, _ = _auth_reg("hub9", "TH/GOV/DBD", address="HUB1.moph.example:5600")
+        assert "hub1.moph.example" in _refused(central, data, "Duplicate").message
+        for code, address in (("hub2", "hub1.moph.example:5600"), ("hub3", "127.0.0.1:5601"),
+                              ("hub4", "10.0.0.7:5500"), ("hub5", "n-1.example:1")):  # fmt: skip
+            data, _ = _auth_reg(code, address=address)
+            assert central.file(data)[1] == "SUBMITTED"
+        data, _ = _auth_reg("hub9", "TH/GOV/DBD", address="127.0.0.1:5602")
+        assert central.file(data)[1] == "SUBMITTED"
+    finally:
+        central.close()
 
 
 async def test_a_storm_of_globalconf_downloads_signs_once_and_changes_show_at_once(

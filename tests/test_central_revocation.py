@@ -5,6 +5,7 @@ of the new one, and forged, unknown or replayed ones change nothing."""
 
 from __future__ import annotations
 
+import base64
 import sqlite3
 from collections.abc import Iterator
 from pathlib import Path
@@ -14,16 +15,24 @@ import pytest
 from aiohttp.test_utils import TestClient, TestServer
 from cryptography import x509
 from cryptography.hazmat.primitives import serialization
-from cryptography.hazmat.primitives.asymmetric import ec
+from cryptography.hazmat.primitives.asymmetric import ec, ed25519
+from cryptography.hazmat.primitives.asymmetric.utils import (
+    decode_dss_signature,
+    encode_dss_signature,
+)
 
 from xroad_hub.central.server import CentralServer, init_central
 from xroad_hub.central.store import verify_audit
+from xroad_hub.errors import ProtocolError
 from xroad_hub.node.admin import key_digest
 from xroad_hub.pki import generate_key
+from xroad_hub.protocol import merkle
+from xroad_hub.protocol.access import check_not_revoked
+from xroad_hub.protocol.checkpoint import Checkpoint, NoteSigner, sign_note
 from xroad_hub.protocol.globalconf import GlobalConf, GlobalConfError
-from xroad_hub.protocol.identifiers import parse_node_id
+from xroad_hub.protocol.identifiers import parse_member_id, parse_node_id
 from xroad_hub.protocol.registration import RegistrationError, make_csr, new_request, sign_request
-from xroad_hub.protocol.signing import cert_fingerprint
+from xroad_hub.protocol.signing import SignatureVerifier, cert_fingerprint
 
 from .sqlite_db import sqlite_db
 from .test_central import _auth_reg
@@ -125,7 +134,7 @@ def test_rotation_filed_before_a_revocation_cannot_bring_the_node_back(
     cs: CentralServer,
 ) -> None:
     keys = _enrolled(cs)
-    data, _ = _rotation("auth", {"auth": keys["auth"]})
+    data, _ = _rotation("auth", {"auth": keys["auth"], "sign": keys["sign"]})
     request_id, _ = cs.file(data)
     cs.revoke("t", "stolen", node=HUB1)
     _refused(cs, lambda: cs.approve(request_id, "t"), "Revoked")
@@ -188,7 +197,7 @@ async def test_admin_api_revokes_for_security_officers_only(cs: CentralServer) -
 def test_auth_rotation_replaces_the_node_certificate(cs: CentralServer) -> None:
     keys = _enrolled(cs)
     old = _auth_sha(cs.globalconf())
-    data, new = _rotation("auth", {"auth": keys["auth"]})
+    data, new = _rotation("auth", {"auth": keys["auth"], "sign": keys["sign"]})
     request_id, state = cs.file(data)
     assert state == "SUBMITTED" and _auth_sha(cs.globalconf()) == old
     cs.approve(request_id, "test")
@@ -223,16 +232,29 @@ def test_sign_rotation_needs_the_current_signing_key(cs: CentralServer) -> None:
     assert cs.file(data)[1] == "SUBMITTED"
 
 
+def test_a_thief_of_the_auth_key_alone_cannot_swap_in_a_key_of_theirs(cs: CentralServer) -> None:
+    """Whoever holds only the node's auth key (stolen, not yet revoked) cannot have the
+    central server certify a new auth key of theirs: the operator could not tell the thief's
+    rotation from the node's, and the node's own would then be refused as a duplicate."""
+    keys = _enrolled(cs)
+    data, _ = _rotation("auth", {"auth": keys["auth"]})
+    _refused(cs, lambda: cs.file(data), "Malformed")
+    data, _ = _rotation("auth", {"auth": keys["auth"], "sign": generate_key()})
+    _refused(cs, lambda: cs.file(data), "InvalidSignature")
+    data, _ = _rotation("auth", {"auth": keys["auth"], "sign": keys["sign"]})
+    assert cs.file(data)[1] == "SUBMITTED"
+
+
 def test_forged_unknown_and_replayed_rotations_change_nothing(cs: CentralServer) -> None:
     keys = _enrolled(cs)
     stranger = generate_key()
     # Signed by someone else's key in the auth key's place.
-    data, _ = _rotation("auth", {"auth": stranger})
+    data, _ = _rotation("auth", {"auth": stranger, "sign": keys["sign"]})
     _refused(cs, lambda: cs.file(data), "InvalidSignature")
     # The new key's signature missing, or by another key: no proof of possession.
     request = new_request("certRotation", "TH", parse_node_id(HUB1), purpose="auth",
                           csr=make_csr(generate_key(), "x").public_bytes(PEM).decode())  # fmt: skip
-    forged = sign_request(request, {"auth": keys["auth"], "new": stranger})
+    forged = sign_request(request, {"auth": keys["auth"], "sign": keys["sign"], "new": stranger})
     _refused(cs, lambda: cs.file(forged), "InvalidSignature")
     _refused(cs, lambda: cs.file(sign_request(request, {"auth": keys["auth"]})), "Malformed")
     # The "new" key is the current one.
@@ -242,10 +264,11 @@ def test_forged_unknown_and_replayed_rotations_change_nothing(cs: CentralServer)
     data, _ = _rotation("auth", {"auth": keys["auth"]}, node=f"{MOPH}/nohub")
     _refused(cs, lambda: cs.file(data), "UnknownServer")
     # A replay of an accepted request, and a second pending rotation of the same key.
-    data, _ = _rotation("auth", {"auth": keys["auth"]})
+    both = {"auth": keys["auth"], "sign": keys["sign"]}
+    data, _ = _rotation("auth", both)
     cs.file(data)
     _refused(cs, lambda: cs.file(data), "Replay")
-    again, _ = _rotation("auth", {"auth": keys["auth"]})
+    again, _ = _rotation("auth", both)
     _refused(cs, lambda: cs.file(again), "Duplicate")
     # Tampered after signing: another key's CSR put in (the signatures no longer verify).
     fresh, _ = _rotation("sign", {"auth": keys["auth"], "sign": keys["sign"]})
@@ -273,3 +296,96 @@ def test_a_configuration_with_a_malformed_revocation_is_refused(cs: CentralServe
         doc = {**good, "revocations": [{**entry, field: value}]}
         with pytest.raises(GlobalConfError):
             GlobalConf.from_dict(doc)
+
+
+# --- the witness -------------------------------------------------------------------------
+
+
+async def test_witness_cosigns_no_checkpoint_of_a_revoked_checkpoint_key(
+    cs: CentralServer,
+) -> None:
+    """A thief of a node's checkpoint key gets no co-signature once the key is revoked: the
+    witness's word must not vouch for what a revoked key signs."""
+    checkpoint_key = ed25519.Ed25519PrivateKey.generate()
+    data, _ = _auth_reg(checkpoint_csr=make_csr(checkpoint_key, "x").public_bytes(PEM).decode())
+    request_id, _ = cs.file(data)
+    cs.approve(request_id, "test")
+    (issued,) = [c for c in cs.store.certificates(request_id) if c.purpose == "checkpoint"]
+    der = x509.load_pem_x509_certificate(issued.pem.encode()).public_bytes(
+        serialization.Encoding.DER
+    )
+    leaves = [merkle.leaf_hash(f"entry {i}".encode()) for i in range(4)]
+    signer = NoteSigner(HUB1, checkpoint_key)
+
+    def submission(size: int, old: int) -> dict[str, object]:
+        note = sign_note(Checkpoint(f"xroad-hub/{HUB1}", size, merkle.root(leaves[:size])).text(),
+                         signer)  # fmt: skip
+        proof = merkle.consistency_proof(leaves[:size], old, size) if old else []
+        return {"note": note, "cert": base64.b64encode(der).decode(), "old_size": old,
+                "proof": [base64.b64encode(h).decode() for h in proof]}  # fmt: skip
+
+    async with TestClient(TestServer(cs.app())) as client:
+        r = await client.post("/witness", json=submission(2, 0))
+        assert r.status == 200, await r.text()
+        cs.revoke("t", "checkpoint key stolen", node=HUB1, what="checkpoint")
+        r = await client.post("/witness", json=submission(4, 2))
+        assert r.status == 400 and "revoked" in (await r.json())["error"]
+        r = await client.get("/witness", params={"origin": f"xroad-hub/{HUB1}"})
+        assert (await r.json())["size"] == 2  # the witness's state did not move
+
+
+# The order of P-256, the curve of the federation CA's key.
+_P256_N = 0xFFFFFFFF00000000FFFFFFFFFFFFFFFFBCE6FAADA7179E84F3B9CAC2FC632551
+
+
+def _tlv(tag: int, value: bytes) -> bytes:
+    n = len(value)
+    return bytes((tag, n)) + value if n < 128 else bytes((tag, 0x82)) + n.to_bytes(2, "big") + value
+
+
+def _twin(der: bytes, ca: x509.Certificate) -> bytes:
+    """The certificate re-encoded with the other valid half of its CA's ECDSA signature,
+    (r, n - s): what a thief of a revoked key can make without any key."""
+    cert = x509.load_der_x509_certificate(der)
+    r, s = decode_dss_signature(cert.signature)
+    tbs, bits = cert.tbs_certificate_bytes, _tlv(0x03, b"\x00" + cert.signature)
+    body = der[4:]  # after 30 82 LL LL: a certificate is over 255 bytes
+    algorithm = body[len(tbs) : len(body) - len(bits)]
+    twin = _tlv(0x30, tbs + algorithm + _tlv(0x03, b"\x00" + encode_dss_signature(r, _P256_N - s)))
+    assert cert_fingerprint(twin) != cert_fingerprint(der)
+    x509.load_der_x509_certificate(twin).verify_directly_issued_by(ca)  # the CA's, still
+    return twin
+
+
+async def test_a_revoked_certificate_re_encoded_by_its_thief_is_still_revoked(
+    cs: CentralServer,
+) -> None:
+    """ECDSA is malleable: from a revoked certificate anyone makes another encoding, with
+    another SHA-256, that the CA's signature still covers. Revocations are listed by digest;
+    nodes, the witness and the verifiers must see through it."""
+    ca = x509.load_pem_x509_certificate(cs.dir.cert("ca").read_bytes())
+    checkpoint_key = ed25519.Ed25519PrivateKey.generate()
+    data, _ = _auth_reg(checkpoint_csr=make_csr(checkpoint_key, "x").public_bytes(PEM).decode())
+    request_id, _ = cs.file(data)
+    cs.approve(request_id, "test")
+    ders = {
+        c.purpose: x509.load_pem_x509_certificate(c.pem.encode()).public_bytes(
+            serialization.Encoding.DER
+        )
+        for c in cs.store.certificates(request_id)
+    }
+    cs.revoke("t", "signing key stolen", node=HUB1, what="sign")
+    cs.revoke("t", "checkpoint key stolen", node=HUB1, what="checkpoint")
+    conf = cs.globalconf()
+    sign_twin = _twin(ders["sign"], ca)
+    assert SignatureVerifier([ca])._check_cert(sign_twin).member == parse_member_id(MOPH)
+    with pytest.raises(ProtocolError) as err:  # what provider and client nodes check
+        check_not_revoked(conf, sign_twin, "the request's signing certificate")
+    assert err.value.code == "CertValidation"
+    note = sign_note(Checkpoint(f"xroad-hub/{HUB1}", 1, merkle.leaf_hash(b"x")).text(),
+                     NoteSigner(HUB1, checkpoint_key))  # fmt: skip
+    body = {"note": note, "cert": base64.b64encode(_twin(ders["checkpoint"], ca)).decode(),
+            "old_size": 0, "proof": []}  # fmt: skip
+    async with TestClient(TestServer(cs.app())) as client:
+        r = await client.post("/witness", json=body)
+        assert r.status == 400 and "revoked" in (await r.json())["error"]

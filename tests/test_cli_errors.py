@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import socket
 from pathlib import Path
 
 import pytest
@@ -55,3 +56,26 @@ def test_broken_federation_file(tmp_path: Path, capsys: pytest.CaptureFixture[st
 def test_export_from_a_missing_log(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
     err = _fails(capsys, "audit", "export", str(tmp_path / "nope.sqlite"), "m-1")
     assert "messagelog.sqlite" in err
+
+
+def test_central_request_id_out_of_range(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    cdir = str(tmp_path / "central")
+    assert main(["central", "init", "--dir", cdir, "--instance", "TH",
+                 "--url", "https://127.0.0.1:4001"]) == 0  # fmt: skip
+    capsys.readouterr()
+    for argv in (["approve", "9" * 20], ["decline", "9" * 20, "--reason", "x"]):
+        err = _fails(capsys, "central", *argv, "--dir", cdir)
+        assert "is not a request id" in err
+
+
+def test_central_run_on_a_taken_port(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    cdir = str(tmp_path / "central")
+    with socket.create_server(("127.0.0.1", 0)) as taken:
+        port = taken.getsockname()[1]
+        assert main(["central", "init", "--dir", cdir, "--instance", "TH",
+                     "--url", f"https://127.0.0.1:{port}"]) == 0  # fmt: skip
+        capsys.readouterr()
+        err = _fails(capsys, "central", "run", "--dir", cdir)
+    assert f"cannot listen on 127.0.0.1:{port}" in err and "--listen" in err

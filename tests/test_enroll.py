@@ -104,9 +104,12 @@ def test_new_agency_joins_through_the_central_server(
     node = conf.node(parse_node_id(f"{MOPH}/hub1"))
     assert node is not None and node.address == "127.0.0.1:5600"
     assert node.auth_cert_sha256 == cert_fingerprint(auth.public_bytes(serialization.Encoding.DER))
-    assert auth.public_key() == serialization.load_pem_private_key(
-        (ndir / "auth.key.pem").read_bytes(), None
-    ).public_key()
+    assert (
+        auth.public_key()
+        == serialization.load_pem_private_key(
+            (ndir / "auth.key.pem").read_bytes(), None
+        ).public_key()
+    )
     # The private keys never left the node's directory: nothing in central's holds them.
     key_pem = (ndir / "auth.key.pem").read_bytes()
     assert not any(key_pem in p.read_bytes() for p in cdir.iterdir() if p.is_file())
@@ -163,3 +166,38 @@ def test_unknown_member_and_tampered_anchor(
     assert done.returncode == 2 and "does not match its hash" in done.stderr
     assert "no pending requests" in hub("central", "requests", "--dir", cdir).stdout
     assert os.path.exists(cdir / "central.sqlite")
+
+
+def test_the_node_keeps_the_anchor_it_checked(
+    central: tuple[Path, str, Path], tmp_path: Path
+) -> None:
+    """The anchor file is read once: one swapped after its hash was checked (a shared,
+    writable download directory) is not what the node then trusts for every configuration."""
+    import argparse
+
+    from xroad_hub.node.enroll import _init
+    from xroad_hub.pki import generate_key, issue_cert, make_root_ca
+    from xroad_hub.protocol.globalconf import signer_name
+    from xroad_hub.protocol.registration import build_anchor
+
+    _, _, anchor = central
+    checked = anchor.read_bytes()
+    # The attacker's own configuration signer, in an anchor consistent with itself.
+    _, fake_ca = make_root_ca("attacker")
+    fake = issue_cert(generate_key(), fake_ca, signer_name("TH"), generate_key(), purpose="sign")
+    swapped = build_anchor("TH", parse_anchor(checked).central_url, fake)
+
+    class Swapping(type(anchor)):  # type: ignore[misc]
+        reads = 0
+
+        def read_bytes(self) -> bytes:
+            Swapping.reads += 1
+            return checked if Swapping.reads == 1 else swapped
+
+    node = tmp_path / "n"
+    args = argparse.Namespace(
+        anchor=Swapping(anchor), anchor_hash=parse_anchor(checked).hash, member=MOPH,
+        code="hub9", address="127.0.0.1:5500", dir=node,
+    )  # fmt: skip
+    assert _init(args) == 0
+    assert (node / "anchor.json").read_bytes() == checked

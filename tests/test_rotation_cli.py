@@ -48,6 +48,10 @@ def test_rotate_both_keys_then_revoke(central: tuple[Path, str, Path], tmp_path:
     assert stat.S_IMODE((ndir / "auth.new.key.pem").stat().st_mode) == 0o600
     again = hub("node", "keys", "rotate", "--auth", "--dir", ndir, check=False)
     assert again.returncode == 2 and "pending" in again.stderr and "Traceback" not in again.stderr
+    # One rotation at a time: each is signed with both current keys, which the other changes.
+    other = hub("node", "keys", "rotate", "--sign", "--dir", ndir, check=False)
+    assert other.returncode == 2 and "activate --auth" in other.stderr
+    assert not (ndir / "sign.new.key.pem").exists()
     assert hub("node", "keys", "activate", "--auth", "--dir", ndir, check=False).returncode == 3
     assert "certRotation" in hub("central", "requests", "--dir", cdir).stdout
     hub("central", "approve", "2", "--dir", cdir)

@@ -20,7 +20,7 @@ from typing import Any
 from xroad_hub.federation import ADMIN_ROLES
 from xroad_hub.node.admin import key_digest
 from xroad_hub.protocol.identifiers import parse_member_id
-from xroad_hub.protocol.registration import RegistrationError, anchor_hash
+from xroad_hub.protocol.registration import REQUEST_ID, RegistrationError, anchor_hash
 
 __all__ = ["add_central_commands", "run_central_command"]
 
@@ -79,9 +79,9 @@ def add_central_commands(sub: Any) -> None:
     reqs = cmd("requests", "list registration requests (pending unless --all)")
     reqs.add_argument("--all", action="store_true", help="every request, decided ones too")
     approve = cmd("approve", "approve a request: issue its certificates, register it")
-    approve.add_argument("id", type=int)
+    approve.add_argument("id")
     decline = cmd("decline", "decline a request, with a reason")
-    decline.add_argument("id", type=int)
+    decline.add_argument("id")
     decline.add_argument("--reason", required=True)
     cmd("certs", "list issued certificates (serial, SHA-256, whose) and revocations")
     revoke = cmd(
@@ -200,12 +200,12 @@ def _on_server(server: Any, args: argparse.Namespace, verify_audit: Any) -> int:
             print(f"{r.id}\t{r.state}\t{r.type}\t{r.server}\t{what}\t{r.received_at}{extra}")
         return 0
     if c == "approve":
-        row = server.approve(args.id, _operator())
+        row = server.approve(_request_id(args.id), _operator())
         print(f"request {row.id} ({row.type} {row.client or row.server}) approved; it is in "
               "the next global configuration")  # fmt: skip
         return 0
     if c == "decline":
-        row = server.decline(args.id, _operator(), args.reason)
+        row = server.decline(_request_id(args.id), _operator(), args.reason)
         print(f"request {row.id} declined: {row.reason}")
         return 0
     if c == "certs":
@@ -238,3 +238,14 @@ def _der() -> Any:
     from cryptography.hazmat.primitives import serialization
 
     return serialization.Encoding.DER
+
+
+def _request_id(text: str) -> int:
+    """A request id as the central server counts them (a larger number is no request, not
+    a crash in the database driver)."""
+    if not REQUEST_ID.fullmatch(text):
+        raise RegistrationError(
+            "Malformed", f"{text!r} is not a request id (a number of up to 18 digits; "
+            "'xroad-hub central requests' lists them)",
+        )  # fmt: skip
+    return int(text)

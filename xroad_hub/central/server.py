@@ -36,6 +36,7 @@ import functools
 import hashlib
 import hmac
 import secrets
+import socket
 import ssl
 import time
 from collections.abc import Awaitable, Callable
@@ -54,7 +55,7 @@ from cryptography.hazmat.primitives.asymmetric import ec, ed25519
 
 from xroad_hub.central.tsa import TSA_POLICY, tsa_app
 from xroad_hub.central.witness import Witness, witness_routes
-from xroad_hub.errors import ProtocolError
+from xroad_hub.errors import ConfigError, ProtocolError
 from xroad_hub.federation import AdminConfig
 from xroad_hub.node.admin import ADMIN, AdminApi
 from xroad_hub.pki import (
@@ -86,15 +87,24 @@ from xroad_hub.protocol.registration import (
     REQUEST_ID,
     ParsedRequest,
     RegistrationError,
+    address_host,
     build_anchor,
     parse_request,
     verify_request,
 )
 from xroad_hub.protocol.rfc3161 import issue_tsa_cert
-from xroad_hub.protocol.signing import cert_fingerprint
+from xroad_hub.protocol.signing import cert_fingerprint, cert_fingerprints
 from xroad_hub.streams import BodyTooLarge, read_capped
 
-from .store import APPROVED, CentralStore, CertRow, IssuedCert, RequestRow, SqliteCentralStore
+from .store import (
+    APPROVED,
+    SHARED_HOSTS,
+    CentralStore,
+    CertRow,
+    IssuedCert,
+    RequestRow,
+    SqliteCentralStore,
+)
 
 __all__ = ["CentralDir", "CentralServer", "init_central"]
 
@@ -227,6 +237,7 @@ class CentralServer:
             NoteSigner(f"{self.instance}/registry", load_ed25519_key(self.dir.key("witness"))),
             [self._ca_cert],
             self.dir.root / "witness.json",
+            self._revocation_of,
         )
         self.witness_cert = load_cert(self.dir.cert("witness"))
 
@@ -276,6 +287,16 @@ class CentralServer:
         )
 
     # --- revocation ---------------------------------------------------------------------------
+
+    def _revocation_of(self, cert_der: bytes) -> str | None:
+        """Why this certificate is revoked, or None: for the witness, which co-signs no
+        checkpoint a revoked key signed (a thief of it gets no proof from the federation)."""
+        shas = cert_fingerprints(cert_der)  # either encoding of an ECDSA-signed certificate
+        for c in self.store.certs():
+            if c.sha256 in shas and c.revoked_at is not None:
+                at = datetime.fromisoformat(c.revoked_at)
+                return Revocation(c.sha256, c.purpose, c.subject, at).describe()
+        return None
 
     def revoke(
         self,
@@ -440,6 +461,13 @@ class CentralServer:
         pem = serialization.Encoding.PEM
         if parsed.type == "authCertReg":
             assert parsed.auth_csr is not None and parsed.sign_csr is not None
+            host = address_host(parsed.address)
+            if host == (urlsplit(self.url).hostname or "").lower() and host not in SHARED_HOSTS:
+                # A node certificate naming it would serve as the central server's HTTPS.
+                raise RegistrationError(
+                    "Duplicate", f"{parsed.address} is the central server's host; a node's "
+                    "certificate may not name it", 409,
+                )  # fmt: skip
             return self.store.file_request(
                 parsed.type, str(parsed.server), parsed.nonce, data,
                 address=parsed.address,
@@ -794,12 +822,21 @@ def serve(root: Path, host: str | None = None, port: int | None = None) -> None:
     """Run the central server until interrupted (``xroad-hub central run``)."""
     server = CentralServer(root)
     parts = urlsplit(server.url)
+    address = (host or parts.hostname or "", port or parts.port or 443)
+    try:
+        # Bound here, not by run_app: a port taken is the operator's to fix, not a traceback.
+        sock = socket.create_server(address)
+    except OSError as exc:
+        server.close()
+        raise ConfigError(
+            f"the central server cannot listen on {address[0]}:{address[1]}: "
+            f"{exc.strerror or exc}; stop whatever listens there or pass --listen HOST:PORT"
+        ) from exc
     log.info("central.listening", url=server.url, instance=server.instance)
     try:
         web.run_app(
             server.app(),
-            host=host or parts.hostname,
-            port=port or parts.port,
+            sock=sock,
             ssl_context=server.tls_context(),
             print=None,
             access_log=None,

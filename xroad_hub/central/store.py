@@ -30,7 +30,7 @@ import orjson
 
 from xroad_hub.errors import HubError
 from xroad_hub.privatefile import ensure_private
-from xroad_hub.protocol.registration import RegistrationError
+from xroad_hub.protocol.registration import RegistrationError, address_host
 
 __all__ = [
     "AuditEntry",
@@ -92,6 +92,12 @@ CREATE UNIQUE INDEX IF NOT EXISTS one_pending_per_client
 
 class StoreError(HubError):
     """The central database cannot be used (missing, not initialised)."""
+
+
+# Hosts every TLS certificate the CA issues names anyway (pki.issue_cert; the development
+# federation's nodes share them); any other host is one member's: its node's certificate is
+# what the admin CLI and the nodes (for the central server) check a host name against.
+SHARED_HOSTS = frozenset({"localhost", "127.0.0.1"})
 
 
 @dataclass(frozen=True, slots=True)
@@ -361,6 +367,7 @@ class SqliteCentralStore:
                     raise RegistrationError(
                         "Duplicate", "this authentication key is already in a request", 409
                     )
+                self._check_host(db, address or "", owner, pending=True)
             elif kind == "certRotation":
                 registered = _one(db.execute("SELECT address FROM nodes WHERE id = ?",
                                              (server,)))  # fmt: skip
@@ -419,9 +426,11 @@ class SqliteCentralStore:
 
     @_locked
     def request(self, request_id: int) -> RequestRow | None:
-        row = _one(self._db.execute(
-            f"SELECT {self._REQUEST_COLS} FROM requests WHERE id = ?", (request_id,)
-        ))
+        row = _one(
+            self._db.execute(
+                f"SELECT {self._REQUEST_COLS} FROM requests WHERE id = ?", (request_id,)
+            )
+        )
         return None if row is None else RequestRow(*row)
 
     @_locked
@@ -443,9 +452,9 @@ class SqliteCentralStore:
         return [IssuedCert(*r) for r in rows]
 
     def _pending(self, db: sqlite3.Connection, request_id: int) -> RequestRow:
-        row = _one(db.execute(
-            f"SELECT {self._REQUEST_COLS} FROM requests WHERE id = ?", (request_id,)
-        ))
+        row = _one(
+            db.execute(f"SELECT {self._REQUEST_COLS} FROM requests WHERE id = ?", (request_id,))
+        )
         if row is None:
             raise RegistrationError("UnknownRequest", f"there is no request {request_id}", 404)
         req = RequestRow(*row)
@@ -461,6 +470,7 @@ class SqliteCentralStore:
         with self._tx() as db:
             req = self._pending(db, request_id)
             if req.type == "authCertReg":
+                self._check_host(db, req.address or "", req.server.rsplit("/", 1)[0])
                 db.execute(
                     "INSERT INTO nodes VALUES (?, ?, ?, ?, ?)",
                     (req.server, req.server.rsplit("/", 1)[0], req.address, request_id, now),
@@ -501,9 +511,9 @@ class SqliteCentralStore:
             return self._pending_row(db, request_id)
 
     def _pending_row(self, db: sqlite3.Connection, request_id: int) -> RequestRow:
-        row = _one(db.execute(
-            f"SELECT {self._REQUEST_COLS} FROM requests WHERE id = ?", (request_id,)
-        ))
+        row = _one(
+            db.execute(f"SELECT {self._REQUEST_COLS} FROM requests WHERE id = ?", (request_id,))
+        )
         return RequestRow(*row)
 
     @_locked
@@ -533,6 +543,25 @@ class SqliteCentralStore:
                 "WHERE id = ?", (_now(), f"node {server}", request_id),
             )  # fmt: skip
             return self._pending_row(db, request_id)
+
+    def _check_host(
+        self, db: sqlite3.Connection, address: str, member: str, *, pending: bool = False
+    ) -> None:
+        host = address_host(address)
+        if host in SHARED_HOSTS:
+            return
+        rows = db.execute("SELECT id, address FROM nodes").fetchall()
+        if pending:
+            rows += db.execute(
+                "SELECT server, address FROM requests WHERE type = 'authCertReg' "
+                "AND state = 'SUBMITTED'"
+            ).fetchall()
+        for node, other in rows:
+            if address_host(str(other)) == host and str(node).rsplit("/", 1)[0] != member:
+                raise RegistrationError(
+                    "Duplicate", f"host {host} is {node}'s (a node of another member); its "
+                    "certificate would name that host", 409,
+                )  # fmt: skip
 
     # A node's current certificate of a purpose: the latest issued for its approved
     # requests (registration, then rotations). A revoked current one is not replaced by an

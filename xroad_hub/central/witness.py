@@ -14,6 +14,7 @@ from __future__ import annotations
 import base64
 import json
 import os
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -54,10 +55,17 @@ class _Seen:
 
 class Witness:
     def __init__(
-        self, signer: NoteSigner, trusted_roots: list[x509.Certificate], state: Path | None
+        self,
+        signer: NoteSigner,
+        trusted_roots: list[x509.Certificate],
+        state: Path | None,
+        revoked: Callable[[bytes], str | None] | None = None,
     ) -> None:
+        """``revoked`` says why a checkpoint certificate (DER) is revoked, or None: the
+        witness's co-signature must not vouch for what a revoked key signs."""
         self._signer = signer
         self._roots = trusted_roots
+        self._revoked = revoked
         self._state = state
         self._seen: dict[str, _Seen] = {}
         if state is not None and state.exists():
@@ -74,6 +82,9 @@ class Witness:
             cp: Checkpoint = verify_node_checkpoint(note, cert_der, self._roots)
         except (CheckpointError, ValueError) as exc:
             raise WitnessError(f"not a valid node checkpoint: {exc}") from exc
+        why = self._revoked(cert_der) if self._revoked is not None else None
+        if why is not None:
+            raise WitnessError(f"not co-signed: {why}")
         seen = self._seen.get(cp.origin)
         if seen is not None:
             if old_size != seen.size:

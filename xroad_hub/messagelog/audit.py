@@ -59,7 +59,12 @@ from xroad_hub.protocol.identifiers import parse_client_id, parse_node_id, parse
 from xroad_hub.protocol.message import body_digest, canonical
 from xroad_hub.protocol.rest import request_hash
 from xroad_hub.protocol.rfc3161 import TimestampError, verify_response
-from xroad_hub.protocol.signing import MAX_BATCH, SignatureError, SignatureVerifier
+from xroad_hub.protocol.signing import (
+    MAX_BATCH,
+    SignatureError,
+    SignatureVerifier,
+    cert_fingerprints,
+)
 
 __all__ = [
     "AuditReport",
@@ -316,7 +321,7 @@ def _verify(
     revocations: Sequence[Revocation] = (),
 ) -> None:
     total = reader.count()
-    revoked = {r.cert_sha256: r for r in revocations}
+    by_digest = {r.cert_sha256: r for r in revocations}
     # Entries signed with a revoked certificate: (index, side, revocation), judged once the
     # timestamps of the checkpoints covering them are known.
     revoked_uses: list[tuple[int, str, Revocation]] = []
@@ -328,6 +333,14 @@ def _verify(
             report.findings.append(
                 Finding(None, f"certificate {_short(digest)}: not a digest and DER bytes")
             )
+    # The log's certificates (by their stored digest) that are revoked, in whichever
+    # encoding the log holds them (cert_fingerprints: an ECDSA-signed one has a twin).
+    revoked = by_digest | {
+        digest: hit
+        for digest, der in certs.items()
+        for fp in cert_fingerprints(der)
+        if (hit := by_digest.get(fp)) is not None
+    }
     verifier = SignatureVerifier(trusted_roots)
     checkpoints = []
     for cp in reader.checkpoints():
@@ -411,6 +424,13 @@ def _verify(
             index = start + i
             if index == 0 or index in wanted:
                 finished[index] = _earliest_time(leaf, row if entries else None)
+            # A page the batched check passes may still hold signatures of certificates
+            # revoked since: judged with the checkpoints' timestamps, as entry by entry.
+            if revoked and entries:
+                for side in ("request", "response"):
+                    hit = revoked.get(row[f"{side}_cert_sha256"])
+                    if hit is not None:
+                        revoked_uses.append((index, side, hit))
         for raw in fast.raw_leaves(page):
             tree.append(merkle.leaf_hash(raw))
             report.entries += 1

@@ -59,7 +59,7 @@ from xroad_hub.protocol.identifiers import (
 )
 from xroad_hub.protocol.message import canonical
 from xroad_hub.protocol.rfc3161 import TimestampError, verify_response
-from xroad_hub.protocol.signing import SignatureVerifier
+from xroad_hub.protocol.signing import SignatureVerifier, cert_fingerprints
 from xroad_hub.protocol.subjects import signed_answer_values, signed_request_values
 
 __all__ = [
@@ -330,16 +330,20 @@ class _Checker:
         }
         if not known:
             return
+
+        def revocation_of(der: bytes) -> Revocation | None:  # in either encoding of it
+            return next((known[fp] for fp in cert_fingerprints(der) if fp in known), None)
+
         if self.node is not None:  # the checkpoint verified: its certificate is there
             checkpoint_cert = _unb64(_section(self.doc, "checkpoint")["cert"])
-            revocation = known.get(_sha256(checkpoint_cert))
+            revocation = revocation_of(checkpoint_cert)
             problem = revocation_problem(revocation, "the checkpoint", self.stamped)
             if problem:
                 self.fail(problem)
         for side, what in (("request", "the request"), ("response", "the answer")):
             if side not in self.signed:
                 continue  # missing or failed: reported already
-            revocation = known.get(_sha256(_unb64(self.doc[side]["cert"])))
+            revocation = revocation_of(_unb64(self.doc[side]["cert"]))
             problem = revocation_problem(revocation, what, self.stamped)
             if problem:
                 self.fail(problem)

@@ -188,7 +188,9 @@ def _file_auth_reg(root: Path, session: _Session, state: dict[str, Any]) -> None
 
 def _init(args: argparse.Namespace) -> int:
     root: Path = args.dir
-    anchor = parse_anchor(args.anchor.read_bytes(), args.anchor_hash)
+    # Read once: the bytes kept are the bytes checked, even if the file is replaced meanwhile.
+    anchor_bytes = args.anchor.read_bytes()
+    anchor = parse_anchor(anchor_bytes, args.anchor_hash)
     print(f"anchor of {anchor.instance} at {anchor.central_url}; its hash:\n  {anchor.hash}")
     if args.anchor_hash is None:
         print("  (compare it with the central operator's, or pass --anchor-hash)")
@@ -210,7 +212,7 @@ def _init(args: argparse.Namespace) -> int:
         )  # fmt: skip
     root.mkdir(parents=True, exist_ok=True)
     root.chmod(0o700)
-    write_private(root / "anchor.json", args.anchor.read_bytes())
+    write_private(root / "anchor.json", anchor_bytes)
     for name, cn in (("auth", str(node)), ("sign", str(member))):
         key = generate_key()
         write_key(root / f"{name}.key.pem", key)

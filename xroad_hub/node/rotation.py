@@ -5,8 +5,8 @@
     NODEDIR/retired/                             the keys and certificates replaced (0700)
 
 ``rotate`` makes the new key in NODEDIR and files a ``certRotation`` request signed by the
-node's current auth key, by the new key and (for a signing key not revoked) by the current
-signing key, so the central server knows it comes from the holder of the keys it replaces.
+node's current auth key, by the new key and (when not revoked) by the current signing key,
+so the central server knows it comes from the holder of both keys, not a thief of one.
 The central operator approves it as any request. ``activate`` fetches the certificate,
 checks it is for the new key and switches the files over; the node uses the new key from
 its next start. The old signing certificate is not revoked by a rotation: what it signed
@@ -84,19 +84,27 @@ def _rotate(root: Path, state: dict[str, Any], purpose: str) -> int:
             f"{(pending or {}).get('request_id', '?')}); 'xroad-hub node keys activate "
             f"--{purpose} --dir {root}' once it is approved",
         )  # fmt: skip
+    other = next((p for p in state.get("rotations", {}) if p != purpose), None)
+    if other is not None:
+        # A rotation is signed with both current keys; once the other one's is approved the
+        # central server's current key is one this node does not use until it activates it.
+        raise RegistrationError(
+            "Pending", f"the rotation of the {other} key is not finished; 'xroad-hub node keys "
+            f"activate --{other} --dir {root}' once it is approved, then rotate the {purpose} key",
+        )  # fmt: skip
     session = _Session(_anchor_of(root))
     server = NodeId(parse_member_id(state["member"]), state["code"])
     auth = load_private_key(root / "auth.key.pem")
     signers = {"auth": auth}
-    if purpose == "sign":
-        # The current signing key signs too, unless its certificate is revoked (then the
-        # central server accepts the auth key's word alone, as it does not trust the old key).
-        cert = x509.load_pem_x509_certificate((root / "sign.cert.pem").read_bytes())
-        if session.conf.revoked(cert_fingerprint(cert.public_bytes(serialization.Encoding.DER))):
-            print("the current signing certificate is revoked: the request is signed by the "
-                  "auth key and the new key only")  # fmt: skip
-        else:
-            signers["sign"] = load_private_key(root / "sign.key.pem")
+    # The current signing key signs too, whichever key is rolled, unless its certificate is
+    # revoked (then the central server accepts the auth key's word alone, as it does not
+    # trust the old key).
+    cert = x509.load_pem_x509_certificate((root / "sign.cert.pem").read_bytes())
+    if session.conf.revoked(cert_fingerprint(cert.public_bytes(serialization.Encoding.DER))):
+        print("the current signing certificate is revoked: the request is signed by the "
+              "auth key and the new key only")  # fmt: skip
+    else:
+        signers["sign"] = load_private_key(root / "sign.key.pem")
     key = generate_key()
     cn = str(server) if purpose == "auth" else state["member"]
     csr = make_csr(key, cn).public_bytes(_PEM).decode()

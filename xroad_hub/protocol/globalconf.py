@@ -31,7 +31,7 @@ from xroad_hub.protocol.identifiers import (
     parse_node_id,
 )
 from xroad_hub.protocol.message import canonical
-from xroad_hub.protocol.signing import cert_fingerprint
+from xroad_hub.protocol.signing import cert_fingerprint, cert_fingerprints
 
 __all__ = [
     "GlobalConf",
@@ -162,9 +162,12 @@ class GlobalConf:
         return self._revoked.get(cert_sha256)
 
     def revocation_of(self, cert_der: bytes) -> Revocation | None:
-        """The revocation of this certificate (DER), if it is revoked; hashes nothing when
-        nothing is revoked (the common case, once per exchange)."""
-        return self._revoked.get(cert_fingerprint(cert_der)) if self.revocations else None
+        """The revocation of this certificate (DER), if it is revoked, in whichever of its
+        encodings it comes (``cert_fingerprints``); hashes nothing when nothing is revoked
+        (the common case, once per exchange)."""
+        if not self.revocations:
+            return None
+        return next((r for fp in cert_fingerprints(cert_der) if (r := self._revoked.get(fp))), None)
 
     def node_hosting(self, client: ClientId) -> NodeEntry | None:
         return self._by_client.get(client)

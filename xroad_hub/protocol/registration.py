@@ -18,16 +18,17 @@ its CSR's self-signature; the auth and signing signatures bind that CSR to the r
 fresh for ``MAX_AGE`` seconds and its nonce is used once (the central server keeps the
 nonces). Requests of a registered node (``clientReg``, ``cancel``) are signed by its auth key
 only. A key rotation (``certRotation``, ``purpose`` auth or sign, ``csr`` the new key's CSR)
-is signed by the node's current auth key, by the new key (possession), and for a signing key
-also by the current signing key, when the node still has one that is not revoked: the
-central server learns it comes from the holder of the keys it replaces. Nothing here opens a
-socket or a file.
+is signed by the node's current auth key, by the new key (possession), and by the current
+signing key, when the node still has one that is not revoked: the central server learns it
+comes from the holder of both keys, so a thief of one cannot take the node over. Nothing
+here opens a socket or a file.
 """
 
 from __future__ import annotations
 
 import base64
 import hashlib
+import ipaddress
 import re
 import secrets
 from dataclasses import dataclass
@@ -58,6 +59,7 @@ __all__ = [
     "Anchor",
     "ParsedRequest",
     "RegistrationError",
+    "address_host",
     "anchor_hash",
     "build_anchor",
     "make_csr",
@@ -227,6 +229,24 @@ def key_sha256(key: ec.EllipticCurvePublicKey) -> str:
     return hashlib.sha256(der).hexdigest()
 
 
+_HOST_LABEL = re.compile(r"[A-Za-z0-9](?:[A-Za-z0-9-]{0,61}[A-Za-z0-9])?")
+
+
+def _is_host(host: str) -> bool:
+    """A DNS host name (letters, digits, hyphens; no wildcard) or an IP address."""
+    try:
+        ipaddress.ip_address(host)
+        return True
+    except ValueError:
+        pass
+    return len(host) <= 253 and all(_HOST_LABEL.fullmatch(label) for label in host.split("."))
+
+
+def address_host(address: str) -> str:
+    """The host of a node's HOST:PORT address as certificates and comparisons take it."""
+    return address.rpartition(":")[0].lower()
+
+
 def _p256(csr: x509.CertificateSigningRequest, what: str) -> ec.EllipticCurvePublicKey:
     key = csr.public_key()
     if not isinstance(key, ec.EllipticCurvePublicKey) or key.curve.name != "secp256r1":
@@ -269,7 +289,7 @@ def verify_request(
 ) -> ParsedRequest:
     """Check form, freshness and signatures. ``authCertReg`` must be signed by the keys of
     both CSRs it carries; other types by ``auth_key``, the registered auth key of the node
-    named in ``server`` (the caller looks it up: pass None if it has none); a signing-key
+    named in ``server`` (the caller looks it up: pass None if it has none); a
     ``certRotation`` also by ``sign_key``, the node's current signing key, if it has one."""
     request, sigs, payload = parse_request(data)
     kind = request["type"]
@@ -335,6 +355,10 @@ def _verify_auth_cert_reg(
     host, sep, port = address.rpartition(":")
     if not sep or not host or not port.isdigit() or not 0 < int(port) < 65536:
         raise RegistrationError("Malformed", f"address {address!r} is not HOST:PORT")
+    if not _is_host(host):
+        # The host goes into the node's TLS certificate: a wildcard or a name that is not a
+        # host would make the federation's CA vouch for hosts that are not the node.
+        raise RegistrationError("Malformed", f"{host!r} is not a host name or IP address")
     csrs = []
     for what in ("auth", "sign"):
         try:
@@ -388,7 +412,11 @@ def _verify_rotation(
     purpose = request.get("purpose")
     if purpose not in ("auth", "sign"):
         raise RegistrationError("Malformed", "purpose must be 'auth' or 'sign'")
-    expected = {"auth", "new"} | ({"sign"} if purpose == "sign" and sign_key else set())
+    # Both current keys sign, whichever is rolled (X-Road's authCertReg is signed by the auth
+    # key and the owner's signing key too): a thief of one key cannot swap the node's other
+    # certificate, or its own, for a key of theirs. A revoked signing certificate is not
+    # trusted, so then the auth key's word is all there is.
+    expected = {"auth", "new"} | ({"sign"} if sign_key else set())
     if set(sigs) != expected:
         raise RegistrationError(
             "Malformed", f"a {purpose} key rotation must be signed by exactly "

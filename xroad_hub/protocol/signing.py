@@ -21,11 +21,16 @@ import struct
 from collections import OrderedDict
 from dataclasses import dataclass
 from datetime import UTC, datetime
+from functools import lru_cache
 
 from cryptography import x509
 from cryptography.exceptions import InvalidSignature
 from cryptography.hazmat.primitives import hashes
 from cryptography.hazmat.primitives.asymmetric import ec
+from cryptography.hazmat.primitives.asymmetric.utils import (
+    decode_dss_signature,
+    encode_dss_signature,
+)
 from cryptography.x509.oid import NameOID
 
 from xroad_hub.errors import HubError, ProtocolError
@@ -38,6 +43,7 @@ __all__ = [
     "SignatureError",
     "SignatureVerifier",
     "cert_fingerprint",
+    "cert_fingerprints",
 ]
 
 _ECDSA = ec.ECDSA(hashes.SHA256())
@@ -51,6 +57,47 @@ MAX_BATCH = 1024
 def cert_fingerprint(cert_der: bytes) -> str:
     """Hex SHA-256 of a DER certificate: how nodes and clients are pinned."""
     return hashlib.sha256(cert_der).hexdigest()
+
+
+# The orders of the curves a CA's ECDSA signature may be made on (P-256, P-384, P-521).
+_CURVE_ORDERS = (
+    0xFFFFFFFF00000000FFFFFFFFFFFFFFFFBCE6FAADA7179E84F3B9CAC2FC632551,
+    0xFFFFFFFFFFFFFFFFFFFFFFFFFFFFFFFFFFFFFFFFFFFFFFFFC7634D81F4372DDF581A0DB248B0A77AECEC196ACCC52973,
+    0x01FFFFFFFFFFFFFFFFFFFFFFFFFFFFFFFFFFFFFFFFFFFFFFFFFFFFFFFFFFFFFFFFFFFA51868783BF2F966B7FCC0148F709A5D03BB5C9B8899C47AEBB6FB71E91386409,
+)  # fmt: skip
+
+
+def _tlv(tag: int, value: bytes) -> bytes:
+    n = len(value)
+    if n < 0x80:
+        return bytes((tag, n)) + value
+    size = n.to_bytes((n.bit_length() + 7) // 8, "big")
+    return bytes((tag, 0x80 | len(size))) + size + value
+
+
+@lru_cache(maxsize=1024)
+def cert_fingerprints(cert_der: bytes) -> frozenset[str]:
+    """Every SHA-256 (hex) this certificate goes by: its own and its twin's. An ECDSA
+    signature (r, s) is as valid as (r, n - s), so anyone can re-encode a certificate its CA
+    signed with the other half and get another DER, another digest, and the CA's signature
+    still verifying. A revocation, listed by digest, must catch both encodings."""
+    out = {cert_fingerprint(cert_der)}
+    try:
+        cert = x509.load_der_x509_certificate(cert_der)
+        r, s = decode_dss_signature(cert.signature)
+    except ValueError:  # not a certificate, or not signed with ECDSA: no twin
+        return frozenset(out)
+    tbs, bits = cert.tbs_certificate_bytes, _tlv(0x03, b"\x00" + cert.signature)
+    head = 2 + (cert_der[1] & 0x7F if cert_der[1] & 0x80 else 0)
+    body = cert_der[head:]
+    if not body.startswith(tbs) or not body.endswith(bits):
+        return frozenset(out)
+    algorithm = body[len(tbs) : len(body) - len(bits)]
+    for order in _CURVE_ORDERS:
+        if 0 < s < order:
+            twin = _tlv(0x03, b"\x00" + encode_dss_signature(r, order - s))
+            out.add(cert_fingerprint(_tlv(0x30, tbs + algorithm + twin)))
+    return frozenset(out)
 
 
 class SignatureError(HubError, ValueError):
