@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import json
 import os
+import shutil
 import signal
 import stat
 import subprocess
@@ -19,14 +20,19 @@ from typing import IO, Any
 
 import pytest
 
+from case_service.auth import load_idp_key
+from case_service.config import load_settings
+from case_service.hub import client_ssl_context
 from xroad_hub.dev.testing import on_free_ports
 from xroad_hub.packaged import demo_federation
 
 from .separate_procs import hub
+from .test_case_service_config import example_paths
 
 pytestmark = pytest.mark.slow
 
-DGA, DBD = "TH/GOV/DGA/hub1", "TH/GOV/DBD/hub1"
+DGA, DBD, BMA = "TH/GOV/DGA/hub1", "TH/GOV/DBD/hub1", "TH/GOV/BMA/hub1"
+REPO = Path(__file__).resolve().parent.parent
 
 
 class Workflow:
@@ -35,7 +41,7 @@ class Workflow:
         self._out: IO[bytes] = log.open("wb")
         self.proc = subprocess.Popen(
             [sys.executable, "-m", "xroad_hub.demo.workflow", "--config", str(config),
-             "--data-dir", str(data), "--nodes", f"{DGA},{DBD}", "--refresh-interval", "5"],
+             "--data-dir", str(data), "--nodes", f"{DGA},{DBD},{BMA}", "--refresh-interval", "5"],
             stdin=subprocess.DEVNULL, stdout=self._out, stderr=subprocess.STDOUT,
         )  # fmt: skip
 
@@ -82,18 +88,38 @@ def _exchange(endpoints: dict[str, Any]) -> dict[str, Any]:
     return answer
 
 
+def _licensing_client(root: Path, endpoints: dict[str, Any], jid: str) -> None:
+    """BMA's licensing system, with the key it made and the certificate the central CA issued
+    it, where the case service's example configuration names them, exchanges over mTLS."""
+    (root / "case_service").mkdir()
+    shutil.copy(REPO / "case_service" / "config.example.toml", root / "case_service")
+    settings = load_settings(root / "case_service" / "config.example.toml")
+    for key, (configured, _) in example_paths(settings, root / "var" / "demo").items():
+        assert configured is not None and configured.is_file(), key
+    load_idp_key(settings.idp_public_key)
+    assert settings.tls_cert and settings.tls_key and settings.tls_ca
+    ctx = client_ssl_context(settings.tls_cert, settings.tls_key, settings.tls_ca)
+    assert stat.S_IMODE(settings.tls_key.stat().st_mode) == 0o600
+    req = urllib.request.Request(
+        f"{endpoints['nodes'][BMA]['client_tls']}/r1/TH/GOV/DBD/registry/companies/{jid}",
+        headers={"X-Road-Client": settings.client_id},  # its registered default purpose
+    )
+    with urllib.request.urlopen(req, timeout=30, context=ctx) as resp:
+        assert json.loads(resp.read())["juristic_id"] == jid
+
+
 def test_demo_runs_each_node_as_its_own_process_and_resumes(tmp_path: Path) -> None:
     config = on_free_ports(demo_federation(), tmp_path / "federation.toml")
-    data = tmp_path / "demo"
+    data = tmp_path / "var" / "demo"  # as in the repository, for the case service's example
     started = time.monotonic()
     run = Workflow(config, data, tmp_path / "first.log")
     try:
         endpoints = run.up()
         up_after = time.monotonic() - started
         procs = endpoints["processes"]
-        pids = [procs["central"], procs[DGA], procs[DBD], run.proc.pid]
-        assert len(set(pids)) == 4, procs
-        for node in (DGA, DBD):
+        pids = [procs["central"], procs[DGA], procs[DBD], procs[BMA], run.proc.pid]
+        assert len(set(pids)) == 5, procs
+        for node in (DGA, DBD, BMA):
             ndir = data / "nodes" / node
             cmdline = Path(f"/proc/{procs[node]}/cmdline").read_bytes().split(b"\0")
             assert [b"node", b"run", b"--dir", str(ndir).encode()] == cmdline[3:7], cmdline
@@ -102,14 +128,15 @@ def test_demo_runs_each_node_as_its_own_process_and_resumes(tmp_path: Path) -> N
                 assert stat.S_IMODE((ndir / f"{key}.key.pem").stat().st_mode) == 0o600
             assert not (data / "central" / f"{node.replace('/', '_')}.key.pem").exists()
         assert not (tmp_path / "certs").exists()  # no development PKI anywhere
-        _exchange(endpoints)
+        answer = _exchange(endpoints)
+        _licensing_client(tmp_path, endpoints, answer["juristic_id"])
         # The central operator approved each node and each subsystem it hosts, once.
         requests = hub("central", "requests", "--all", "--dir", data / "central")
-        assert requests.count("APPROVED") == 5 and "SUBMITTED" not in requests, requests
+        assert requests.count("APPROVED") == 7 and "SUBMITTED" not in requests, requests
     finally:
         code = run.stop()
     assert code == 0, (tmp_path / "first.log").read_text()
-    assert not any(_alive(p) for p in pids[:3]), "a process outlived the demo"
+    assert not any(_alive(p) for p in pids[:4]), "a process outlived the demo"
     assert not (data / "endpoints.json").exists()
     # Stopped cleanly: DBD's node wrote a final checkpoint, witnessed and timestamped.
     out = hub("audit", "verify", data / "nodes" / DBD / "data" / "messagelog.sqlite",
@@ -130,6 +157,6 @@ def test_demo_runs_each_node_as_its_own_process_and_resumes(tmp_path: Path) -> N
         code = again.stop()
     assert code == 0, (tmp_path / "second.log").read_text()
     requests = hub("central", "requests", "--all", "--dir", data / "central")
-    assert requests.count("APPROVED") == 5, requests
-    print(f"\ndemo workflow (2 nodes) up in {up_after:.1f} s; whole test "
+    assert requests.count("APPROVED") == 7, requests
+    print(f"\ndemo workflow (3 nodes) up in {up_after:.1f} s; whole test "
           f"{time.monotonic() - started:.1f} s")  # fmt: skip
