@@ -47,11 +47,16 @@ class Workflow:
 
     def up(self, timeout: float = 60) -> dict[str, Any]:
         deadline = time.monotonic() + timeout
-        while not (self.data / "endpoints.json").exists():
+        while True:  # this run's endpoints, not a killed run's left behind
+            try:
+                endpoints = dict(json.loads((self.data / "endpoints.json").read_text()))
+                if endpoints["processes"]["workflow"] == self.proc.pid:
+                    return endpoints
+            except (OSError, ValueError):
+                pass
             assert self.proc.poll() is None, self.log.read_text()
             assert time.monotonic() < deadline, "the demo did not come up:\n" + self.log.read_text()
             time.sleep(0.2)
-        return dict(json.loads((self.data / "endpoints.json").read_text()))
 
     def stop(self) -> int:
         if self.proc.poll() is None:
@@ -59,7 +64,8 @@ class Workflow:
         try:
             return self.proc.wait(timeout=40)
         finally:
-            self._out.close()
+            if not self._out.closed:
+                self._out.close()
 
 
 def _alive(pid: int) -> bool:
@@ -153,9 +159,20 @@ def test_demo_runs_each_node_as_its_own_process_and_resumes(tmp_path: Path) -> N
         endpoints = again.up()
         assert endpoints["processes"][DGA] not in pids
         _exchange(endpoints)
+        # Killed outright, the script cannot stop what it started: the next run does.
+        again.proc.kill()
+        again.stop()
+        left = [p for n, p in endpoints["processes"].items() if n != "workflow"]
+        assert all(_alive(p) for p in left)
+        third = Workflow(config, data, tmp_path / "third.log")
+        try:
+            _exchange(third.up())
+            assert not any(_alive(p) for p in left), "the killed run's processes still run"
+        finally:
+            code = third.stop()
     finally:
-        code = again.stop()
-    assert code == 0, (tmp_path / "second.log").read_text()
+        again.stop()
+    assert code == 0, (tmp_path / "third.log").read_text()
     requests = hub("central", "requests", "--all", "--dir", data / "central")
     assert requests.count("APPROVED") == 7, requests
     print(f"\ndemo workflow (3 nodes) up in {up_after:.1f} s; whole test "

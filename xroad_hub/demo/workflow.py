@@ -126,6 +126,11 @@ class DemoLayout:
         return self.root / "logs"
 
     @property
+    def pids(self) -> Path:
+        """The processes this demo started and has not seen stop (one pid a line)."""
+        return self.root / "running.pids"
+
+    @property
     def endpoints(self) -> Path:
         return self.root / "endpoints.json"
 
@@ -458,6 +463,36 @@ class Proc:
             return ""
 
 
+def remember(d: DemoLayout, p: Proc) -> None:
+    with d.pids.open("a") as f:
+        f.write(f"{p.pid}\n")
+
+
+def stop_leftovers(d: DemoLayout, timeout: float = 30.0) -> None:
+    """Processes an earlier run of this demo started and could not stop (it was killed):
+    still holding their ports, they would fail this run. Stopped as Ctrl-C would have, newest
+    first (nodes before the central server), if they are still the demo's own (their
+    command line names this data directory)."""
+    try:
+        pids = [int(line) for line in d.pids.read_text().split()]
+    except (OSError, ValueError):
+        return
+    for pid in reversed(pids):
+        try:
+            cmdline = Path(f"/proc/{pid}/cmdline").read_bytes()
+        except OSError:
+            continue  # gone (or not Linux: nothing to check it with)
+        if b"xroad_hub" not in cmdline or str(d.root).encode() not in cmdline:
+            continue
+        log.warning("demo.leftover_stopped", pid=pid)
+        with contextlib.suppress(ProcessLookupError):
+            os.kill(pid, signal.SIGTERM)
+        deadline = time.monotonic() + timeout
+        while Path(f"/proc/{pid}").exists() and time.monotonic() < deadline:
+            time.sleep(0.1)
+    d.pids.unlink(missing_ok=True)
+
+
 def _exited(p: Proc) -> WorkflowError:
     return WorkflowError(
         f"{p.name} (pid {p.pid}) exited with {p.proc.returncode}; the end of {p.log_file}:\n"
@@ -543,6 +578,7 @@ async def supervise(
                 refresh,
             )
             procs[str(cfg.id)] = (p, ndir)
+            remember(d, p)
         started = await _wait_started(procs, _START_TIMEOUT)
         endpoints = {
             "central": central_url(fed),
@@ -622,8 +658,11 @@ def run(config: Path, data_dir: Path, only: list[str] | None, refresh: float | N
         raise ConfigError(f"--nodes names a node that is not in {config} (known: {known})")
     d = DemoLayout(data_dir.resolve())
     began = time.monotonic()
+    stop_leftovers(d)
+    d.endpoints.unlink(missing_ok=True)  # a killed run's: nothing listens there now
     setup_central(fed, d)
     central = Proc("central server", d.logs / "central.log", "central", "run", "--dir", d.central)
+    remember(d, central)
     try:
         wait_central(central_url(fed), d.central / "ca.cert.pem", central)
         prepare(fed, config, d, nodes)
@@ -633,6 +672,7 @@ def run(config: Path, data_dir: Path, only: list[str] | None, refresh: float | N
     finally:
         central.terminate()
         central.wait()
+        d.pids.unlink(missing_ok=True)  # every process it started has stopped
 
 
 def main(argv: list[str] | None = None) -> int:
