@@ -34,6 +34,7 @@ if TYPE_CHECKING:
     from cryptography import x509
 
     from xroad_hub.messagelog.reader import LogReader
+    from xroad_hub.protocol.globalconf import Revocation
 
 DEFAULT_CONFIG = Path("config/demo-federation.toml")
 DEFAULT_CERTS = Path("certs")
@@ -241,6 +242,7 @@ def build_parser() -> argparse.ArgumentParser:
         "problem (default 3600; raise it to check an older copy of a log)",
     )
     _root_ca(verify)
+    _revocation_arguments(verify)
     export = audit_sub.add_parser(
         "export",
         help="write the evidence bundle of one exchange",
@@ -261,6 +263,7 @@ def build_parser() -> argparse.ArgumentParser:
     )
     bundle.add_argument("bundle", type=Path)
     _root_ca(bundle)
+    _revocation_arguments(bundle)
     search = audit_sub.add_parser(
         "search",
         help="search a node's message log (JSON lines, one entry each, without bodies)",
@@ -279,6 +282,59 @@ def build_parser() -> argparse.ArgumentParser:
     add_node_commands(sub)
     add_central_commands(sub)
     return parser
+
+
+def _revocation_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument(
+        "--globalconf",
+        type=Path,
+        metavar="FILE",
+        help="a signed global configuration downloaded since (GET /globalconf of the central "
+        "server): a signature by a certificate it lists as revoked counts only if the "
+        "exchange was timestamped before the revocation",
+    )
+    parser.add_argument(
+        "--anchor",
+        type=Path,
+        metavar="FILE",
+        help="with --globalconf: the configuration anchor (anchor.json) or the signer's "
+        "PEM certificate it is checked with (verify-bundle: default the bundle's signer)",
+    )
+
+
+def _load_revocations(
+    args: argparse.Namespace, signer_der: bytes | None = None
+) -> tuple[Revocation, ...] | None:
+    """The revocations of --globalconf, checked with --anchor (or ``signer_der``); ()
+    without --globalconf; None (after saying why) if they cannot be used."""
+    from cryptography import x509
+
+    from xroad_hub.messagelog.evidence import EvidenceError, load_revocations
+    from xroad_hub.protocol.registration import RegistrationError, parse_anchor
+
+    if args.globalconf is None:
+        return ()
+    roots = _load_root_ca(args.root_ca)
+    try:
+        if args.anchor is not None:
+            data = args.anchor.read_bytes()
+            signer = (
+                x509.load_pem_x509_certificate(data)
+                if data.lstrip().startswith(b"-----BEGIN")
+                else parse_anchor(data).cert
+            )
+        elif signer_der is not None:
+            signer = x509.load_der_x509_certificate(signer_der)
+        else:
+            print("xroad-hub: --globalconf needs --anchor FILE (the configuration anchor or "
+                  "the signer's certificate) to check it", file=sys.stderr)  # fmt: skip
+            return None
+        return load_revocations(args.globalconf.read_bytes(), signer, roots or [])
+    except OSError as exc:
+        print(f"xroad-hub: cannot read {exc.filename}: {exc.strerror}", file=sys.stderr)
+    except (EvidenceError, RegistrationError, ValueError) as exc:
+        print(f"xroad-hub: the revocations cannot be used: {exc}", file=sys.stderr)
+    return None
 
 
 def _log_argument(parser: argparse.ArgumentParser, *, node: bool = True) -> None:
@@ -599,9 +655,12 @@ def _verify_with(args: argparse.Namespace, reader: LogReader, roots: list[x509.C
         if show:
             print(f"\r{done}/{total} entries checked", end="", file=sys.stderr, flush=True)
 
+    revocations = _load_revocations(args)
+    if revocations is None:
+        return 2
     report = verify_log(
         reader, roots, progress=progress, entries=not args.tree_only,
-        witnesses=witnesses, node=args.node, grace=args.grace,
+        witnesses=witnesses, node=args.node, grace=args.grace, revocations=revocations,
     )  # fmt: skip
     if show:
         print(file=sys.stderr)
@@ -704,6 +763,19 @@ def _load_root_ca(path: Path) -> list[x509.Certificate] | None:
     return None
 
 
+def _bundle_signer(data: bytes) -> bytes | None:
+    """The configuration signer's certificate a bundle carries (checked by verify_bundle
+    and by load_revocations against the root), to check a later configuration with."""
+    import base64
+
+    import orjson
+
+    try:
+        return base64.b64decode(orjson.loads(data)["globalconf"]["signer_cert"])
+    except (orjson.JSONDecodeError, KeyError, TypeError, ValueError):
+        return None
+
+
 def _verify_bundle(args: argparse.Namespace) -> int:
     from xroad_hub.messagelog.evidence import EvidenceError, verify_bundle
     from xroad_hub.messagelog.evidence import iso_utc as _iso
@@ -712,7 +784,11 @@ def _verify_bundle(args: argparse.Namespace) -> int:
     if roots is None:
         return 2
     try:
-        proof = verify_bundle(args.bundle.read_bytes(), roots)
+        data = args.bundle.read_bytes()
+        revocations = _load_revocations(args, _bundle_signer(data))
+        if revocations is None:
+            return 2
+        proof = verify_bundle(data, roots, revocations)
     except OSError as exc:
         print(f"xroad-hub: cannot read {args.bundle}: {exc.strerror or exc}", file=sys.stderr)
         return 2
@@ -744,6 +820,8 @@ def _verify_bundle(args: argparse.Namespace) -> int:
                 else "NOT PROVED (the body that named it was purged; only the node says so)"
             )
         )
+    for line in proof.revoked_later:
+        print(f"  revoked since, still valid for this exchange: {line}")
     if proof.subjects_signed_by:
         print(
             "  not proved: that the subjects are what the service took as whom the exchange "

@@ -64,6 +64,25 @@ def add_central_commands(sub: Any) -> None:
     decline = cmd("decline", "decline a request, with a reason")
     decline.add_argument("id", type=int)
     decline.add_argument("--reason", required=True)
+    cmd("certs", "list issued certificates (serial, SHA-256, whose) and revocations")
+    revoke = cmd(
+        "revoke", "revoke a certificate, or a node's or member's certificates, for good",
+        "The next global configuration lists what was revoked and since when; every node "
+        "refuses it within one refresh. What was signed before still verifies. A revocation "
+        "cannot be undone: a node whose auth certificate is revoked is out for good (its "
+        "agency enrolls a new node, under another code); a revoked signing certificate is "
+        "replaced with 'node keys rotate --sign'.",
+    )  # fmt: skip
+    target = revoke.add_mutually_exclusive_group(required=True)
+    target.add_argument("--cert", help="a certificate's serial or SHA-256 (see 'central certs')")
+    target.add_argument("--node", help="a node id, e.g. TH/GOV/MOPH/hub1")
+    target.add_argument("--member", help="a member id, e.g. TH/GOV/MOPH")
+    revoke.add_argument(
+        "--what", choices=("auth", "sign", "checkpoint", "all"), default="all",
+        help="with --node/--member: the auth (TLS), signing or checkpoint certificates, or "
+        "all (default)",
+    )  # fmt: skip
+    revoke.add_argument("--reason", required=True, help="why: kept in the audit trail")
     key = cmd(
         "admin-key", "make an API key for the admin API (printed once; the DB keeps its hash)",
         "It takes effect at once, also for a running 'central run' (which reads its "
@@ -168,6 +187,21 @@ def _on_server(server: Any, args: argparse.Namespace, verify_audit: Any) -> int:
         cert = server.issue_client_cert(args.subsystem, args.csr.read_bytes(), _operator())
         args.output.write_bytes(cert.public_bytes(serialization.Encoding.PEM))
         print(f"TLS client certificate of {args.subsystem} written to {args.output}")
+        return 0
+    if c == "certs":
+        for r in server.store.certs():
+            state = f"REVOKED {r.revoked_at} ({r.reason})" if r.revoked_at else "valid"
+            print(f"{r.serial}\t{r.purpose}\t{r.subject}\t{r.sha256}\t{r.issued_at}\t{state}")
+        return 0
+    if c == "revoke":
+        rows = server.revoke(
+            _operator(), args.reason, cert=args.cert, node=args.node, member=args.member,
+            what=args.what,
+        )  # fmt: skip
+        for r in rows:
+            print(f"revoked {r.purpose} certificate {r.serial} of {r.subject} "
+                  f"(sha256 {r.sha256}) at {r.revoked_at}")  # fmt: skip
+        print("nodes refuse it from their next global-configuration refresh; this is final")
         return 0
     if c == "audit":
         entries = server.store.audit_entries()

@@ -20,7 +20,7 @@ from xroad_hub.central.witness import Witness, witness_routes
 from xroad_hub.federation import FederationConfig
 from xroad_hub.pki import PkiLayout, load_cert, load_ed25519_key, load_private_key
 from xroad_hub.protocol.checkpoint import NoteSigner
-from xroad_hub.protocol.globalconf import GlobalConf, NodeEntry, sign_globalconf
+from xroad_hub.protocol.globalconf import GlobalConf, NodeEntry, Revocation, sign_globalconf
 from xroad_hub.protocol.signing import cert_fingerprint
 
 __all__ = ["Registry"]
@@ -48,6 +48,9 @@ class Registry:
             for n in fed.nodes
         )
         self._serial = 0
+        # Revocations the development registry publishes (tests add to it; the central
+        # server's come from its database): a node whose auth certificate is here is left out.
+        self.revocations: list[Revocation] = []
         witness_key = pki.registry_witness
         self.witness = Witness(
             NoteSigner(f"{fed.instance}/registry", load_ed25519_key(witness_key.key)),
@@ -59,15 +62,17 @@ class Registry:
     def current(self, now: datetime | None = None) -> GlobalConf:
         now = now or datetime.now(UTC)
         self._serial += 1
+        revoked = {r.cert_sha256 for r in self.revocations}
         return GlobalConf(
             instance=self.fed.instance,
             serial=self._serial,
             generated_at=now,
             expires_at=now + timedelta(seconds=self.fed.registry.globalconf_validity),
             members=dict(self.fed.members),
-            nodes=self._nodes,
+            nodes=tuple(n for n in self._nodes if n.auth_cert_sha256 not in revoked),
             trusted_cas_der=(self._root_der,),
             monitoring_client=self.fed.registry.monitoring_client,
+            revocations=tuple(self.revocations),
         )
 
     def app(self) -> web.Application:

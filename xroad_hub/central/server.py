@@ -52,6 +52,7 @@ from cryptography.hazmat.primitives.asymmetric import ec, ed25519
 
 from xroad_hub.central.tsa import TSA_POLICY, tsa_app
 from xroad_hub.central.witness import Witness, witness_routes
+from xroad_hub.errors import ProtocolError
 from xroad_hub.federation import AdminConfig
 from xroad_hub.node.admin import ADMIN, AdminApi
 from xroad_hub.pki import (
@@ -65,7 +66,13 @@ from xroad_hub.pki import (
     write_key,
 )
 from xroad_hub.protocol.checkpoint import NoteSigner
-from xroad_hub.protocol.globalconf import GlobalConf, NodeEntry, sign_globalconf, signer_name
+from xroad_hub.protocol.globalconf import (
+    GlobalConf,
+    NodeEntry,
+    Revocation,
+    sign_globalconf,
+    signer_name,
+)
 from xroad_hub.protocol.identifiers import (
     parse_client_id,
     parse_member_id,
@@ -84,7 +91,7 @@ from xroad_hub.protocol.rfc3161 import issue_tsa_cert
 from xroad_hub.protocol.signing import cert_fingerprint
 from xroad_hub.streams import BodyTooLarge, read_capped
 
-from .store import APPROVED, CentralStore, IssuedCert, RequestRow, SqliteCentralStore
+from .store import APPROVED, CentralStore, CertRow, IssuedCert, RequestRow, SqliteCentralStore
 
 __all__ = ["CentralDir", "CentralServer", "init_central"]
 
@@ -256,7 +263,65 @@ class CentralServer:
             members={parse_member_id(m): n for m, n in self.store.members().items()},
             nodes=tuple(nodes),
             trusted_cas_der=(self._ca_cert.public_bytes(serialization.Encoding.DER),),
+            revocations=tuple(
+                Revocation(c.sha256, c.purpose, c.subject, datetime.fromisoformat(c.revoked_at))
+                for c in self.store.certs()
+                if c.revoked_at is not None
+            ),
         )
+
+    # --- revocation ---------------------------------------------------------------------------
+
+    def revoke(
+        self,
+        admin: str,
+        reason: str,
+        *,
+        cert: str | None = None,
+        node: str | None = None,
+        member: str | None = None,
+        what: str = "all",
+    ) -> list[CertRow]:
+        """Revoke, for good, one certificate (``cert``: its serial or SHA-256), or a node's or
+        a member's certificates (``what``: auth, sign, checkpoint or all of them, superseded
+        ones too).
+        The next global configuration lists them; every node refuses them from then on."""
+        if not reason.strip():
+            raise RegistrationError("Malformed", "a revocation needs a reason (--reason)")
+        if [cert, node, member].count(None) != 2:
+            raise RegistrationError("Malformed", "name exactly one of a certificate, a node "
+                                    "or a member")  # fmt: skip
+        if what not in ("auth", "sign", "checkpoint", "all"):
+            raise RegistrationError("Malformed", "what must be auth, sign, checkpoint or all")
+        purposes = ("auth", "sign", "checkpoint") if what == "all" else (what,)
+        kind = "" if what == "all" else f"{what} "
+        rows = self.store.certs()
+        if cert is not None:
+            wanted = cert.strip().lower().replace(":", "")
+            chosen = [c for c in rows if wanted in (c.serial, c.sha256)]
+            if not chosen:
+                raise RegistrationError(
+                    "UnknownCertificate", f"no certificate has serial or SHA-256 {cert}", 404
+                )
+        elif node is not None:
+            node_id = str(parse_node_id(node))
+            chosen = [c for c in rows if c.server == node_id and c.purpose in purposes]
+            if not chosen:
+                raise RegistrationError("UnknownServer", f"{node_id} has no {kind}"
+                                        "certificates", 404)  # fmt: skip
+        else:
+            assert member is not None
+            member_id = str(parse_member_id(member))
+            chosen = [c for c in rows if c.server.rsplit("/", 1)[0] == member_id
+                      and c.purpose in purposes]  # fmt: skip
+            if not chosen:
+                raise RegistrationError("UnknownMember", f"{member_id} has no {kind}"
+                                        "certificates", 404)  # fmt: skip
+        revoked = self.store.revoke([c.serial for c in chosen], admin, reason.strip())
+        for c in revoked:
+            log.warning("central.certificate_revoked", serial=c.serial, purpose=c.purpose,
+                        subject=c.subject, admin=admin)  # fmt: skip
+        return revoked
 
     def signed_globalconf(self) -> bytes:
         """The signed configuration for GET /globalconf (unauthenticated): made anew only
@@ -277,6 +342,12 @@ class CentralServer:
         """Verify and record a signed management request: (request id, state)."""
         request, _, _ = parse_request(data)
         auth_key: ec.EllipticCurvePublicKey | None = None
+        sign_key: ec.EllipticCurvePublicKey | None = None
+        if request["type"] == "certRotation":
+            sign_pem = self.store.node_sign_pem(str(request.get("server", "")))
+            if sign_pem is not None:
+                key = x509.load_pem_x509_certificate(sign_pem.encode()).public_key()
+                sign_key = key if isinstance(key, ec.EllipticCurvePublicKey) else None
         if request["type"] != "authCertReg":
             pem = self.store.node_auth_pem(str(request.get("server", "")))
             pending = self._pending_auth_reg(request)
@@ -289,7 +360,7 @@ class CentralServer:
             else:
                 key = None
             auth_key = key if isinstance(key, ec.EllipticCurvePublicKey) else None
-        parsed = verify_request(data, self.instance, auth_key, now)
+        parsed = verify_request(data, self.instance, auth_key, now, sign_key)
         if parsed.type == "cancel":
             assert parsed.request_id is not None
             row = self.store.cancel(parsed.request_id, str(parsed.server), parsed.nonce)
@@ -326,6 +397,15 @@ class CentralServer:
                     else None
                 ),
             )  # fmt: skip
+        if parsed.type == "certRotation":
+            csr = parsed.auth_csr or parsed.sign_csr
+            assert csr is not None
+            return self.store.file_request(
+                parsed.type, str(parsed.server), parsed.nonce, data,
+                auth_csr=csr.public_bytes(pem).decode() if parsed.auth_csr else None,
+                sign_csr=csr.public_bytes(pem).decode() if parsed.sign_csr else None,
+                auth_key_sha256=parsed.auth_key_sha256 or None,
+            )  # fmt: skip
         if parsed.client is not None and parsed.client.member != parsed.server.owner:
             # X-Road would also accept another member's subsystem signed by that member;
             # this slice registers only the node owner's own subsystems.
@@ -341,7 +421,11 @@ class CentralServer:
         row = self.store.request(request_id)
         if row is None:
             raise RegistrationError("UnknownRequest", f"there is no request {request_id}", 404)
-        certs = self._issue(row) if row.type == "authCertReg" and row.state != APPROVED else []
+        certs = (
+            self._issue(row)
+            if row.type in ("authCertReg", "certRotation") and row.state != APPROVED
+            else []
+        )
         approved = self.store.approve(request_id, admin, certs)
         log.info("central.request_approved", request=request_id, admin=admin)
         return approved
@@ -356,9 +440,9 @@ class CentralServer:
     def _issue(self, row: RequestRow) -> list[IssuedCert]:
         """The node's auth certificate (CN = node id), the member's signing certificate
         (CN = member id) and the node's checkpoint certificate (CN = node id: audit and
-        evidence verification take a checkpoint's node from it), issued for the CSRs' keys;
-        the names are the central server's choice, not the CSRs'."""
-        assert row.auth_csr is not None and row.sign_csr is not None
+        evidence verification take a checkpoint's node from it), issued for the CSRs' keys
+        (a rotation renews one of them); the names are the central server's choice, not the
+        CSRs'."""
         out = []
         member = row.server.rsplit("/", 1)[0]
         wanted = [
@@ -368,6 +452,8 @@ class CentralServer:
         if row.checkpoint_csr:
             wanted.append(("checkpoint", row.checkpoint_csr, row.server, "checkpoint"))
         for purpose, csr_pem, cn, profile in wanted:
+            if csr_pem is None:  # a rotation renews one of them
+                continue
             csr = x509.load_pem_x509_csr(csr_pem.encode())
             host = (row.address or "").rpartition(":")[0]
             cert = issue_cert(
@@ -468,6 +554,8 @@ class CentralServer:
         api.route("GET", "/members", self._h_members, officers)
         api.route("POST", "/members", self._h_add_member, ("system-administrator",))
         api.route("GET", "/audit", self._h_audit, ("security-officer", "system-administrator"))
+        api.route("GET", "/certificates", self._h_certs, officers)
+        api.route("POST", "/revocations", self._h_revoke, ("security-officer",))
         app.add_subapp("/admin", api.app)
         app.router.add_routes(
             witness_routes(self.witness, self.witness_cert.public_bytes(serialization.Encoding.DER))
@@ -569,10 +657,47 @@ class CentralServer:
 
         return await _answer(run)
 
+    async def _h_certs(self, request: web.Request) -> web.Response:
+        rows = await asyncio.to_thread(self.store.certs)
+        return web.json_response([cert_json(c) for c in rows])
+
+    async def _h_revoke(self, request: web.Request) -> web.Response:
+        admin = request[ADMIN].name
+
+        async def run() -> web.Response:
+            try:
+                doc = await request.json()
+                if not isinstance(doc, dict) or set(doc) - {"cert", "node", "member", "what",
+                                                            "reason"}:  # fmt: skip
+                    raise TypeError("unknown fields")
+                fields = {k: str(doc[k]) for k in ("cert", "node", "member") if k in doc}
+                what, reason = str(doc.get("what", "all")), str(doc.get("reason", ""))
+            except (ValueError, TypeError, AttributeError) as exc:
+                raise RegistrationError(
+                    "Malformed", 'body must be {"cert"|"node"|"member": "...", "what": '
+                    '"auth"|"sign"|"checkpoint"|"all", "reason": "..."}',
+                ) from exc  # fmt: skip
+            try:
+                rows = await asyncio.to_thread(
+                    self.revoke, f"api:{admin}", reason, what=what, **fields
+                )
+            except ProtocolError as exc:  # a malformed node or member id
+                raise RegistrationError("Malformed", exc.message) from exc
+            return web.json_response([cert_json(c) for c in rows], status=201)
+
+        return await _answer(run)
+
     async def _h_audit(self, request: web.Request) -> web.Response:
         entries = await asyncio.to_thread(self.store.audit_entries)
         fields = ("seq", "at", "admin", "action", "detail", "hash")
         return web.json_response([{f: getattr(e, f) for f in fields} for e in entries])
+
+
+def cert_json(c: CertRow) -> dict[str, Any]:
+    out = {"serial": c.serial, "requestId": c.request_id, "purpose": c.purpose,
+           "subject": c.subject, "server": c.server, "sha256": c.sha256,
+           "issuedAt": c.issued_at, "revokedAt": c.revoked_at, "reason": c.reason}  # fmt: skip
+    return {k: v for k, v in out.items() if v is not None}
 
 
 def _row_json(r: RequestRow) -> dict[str, Any]:

@@ -35,6 +35,7 @@ from xroad_hub.protocol.registration import RegistrationError
 __all__ = [
     "AuditEntry",
     "CentralStore",
+    "CertRow",
     "IssuedCert",
     "NodeRow",
     "RequestRow",
@@ -77,6 +78,11 @@ CREATE TABLE IF NOT EXISTS admins (
 CREATE TABLE IF NOT EXISTS admin_audit (
     seq INTEGER PRIMARY KEY AUTOINCREMENT, at TEXT NOT NULL, admin TEXT NOT NULL,
     action TEXT NOT NULL, detail TEXT NOT NULL, prev_hash TEXT NOT NULL, hash TEXT NOT NULL);
+-- A revocation is final: nothing, not even the central operator's own tools, undoes it.
+CREATE TRIGGER IF NOT EXISTS revocations_final_update BEFORE UPDATE ON revocations
+    BEGIN SELECT RAISE(ABORT, 'a revocation is final'); END;
+CREATE TRIGGER IF NOT EXISTS revocations_final_delete BEFORE DELETE ON revocations
+    BEGIN SELECT RAISE(ABORT, 'a revocation is final'); END;
 CREATE UNIQUE INDEX IF NOT EXISTS one_pending_per_server
     ON requests(server) WHERE state = 'SUBMITTED' AND type = 'authCertReg';
 CREATE UNIQUE INDEX IF NOT EXISTS one_pending_per_client
@@ -114,6 +120,21 @@ class IssuedCert:
     pem: str
     not_before: str
     not_after: str
+
+
+@dataclass(frozen=True, slots=True)
+class CertRow:
+    """An issued certificate as the operator lists it, with its revocation if any."""
+
+    serial: str
+    request_id: int
+    purpose: str  # "auth" | "sign" | "checkpoint"
+    subject: str  # the node id (auth) or the member id (sign)
+    server: str  # the node whose request it was issued for
+    sha256: str
+    issued_at: str
+    revoked_at: str | None
+    reason: str | None
 
 
 @dataclass(frozen=True, slots=True)
@@ -155,7 +176,11 @@ class CentralStore(Protocol):
     def decline(self, request_id: int, admin: str, reason: str) -> RequestRow: ...
     def cancel(self, request_id: int, server: str, nonce: str) -> RequestRow: ...
     def node_auth_pem(self, node: str) -> str | None: ...
+    def node_sign_pem(self, node: str) -> str | None: ...
+    def node_address(self, node: str) -> str | None: ...
     def nodes(self) -> list[NodeRow]: ...
+    def certs(self) -> list[CertRow]: ...
+    def revoke(self, serials: list[str], admin: str, reason: str) -> list[CertRow]: ...
     def audit(self, admin: str, action: str, **detail: Any) -> None: ...
     def audit_entries(self) -> list[AuditEntry]: ...
     def audit_head(self) -> int: ...
@@ -336,6 +361,32 @@ class SqliteCentralStore:
                     raise RegistrationError(
                         "Duplicate", "this authentication key is already in a request", 409
                     )
+            elif kind == "certRotation":
+                registered = _one(db.execute("SELECT address FROM nodes WHERE id = ?",
+                                             (server,)))  # fmt: skip
+                if not registered:
+                    raise RegistrationError(
+                        "UnknownServer", f"{server} is not a registered node", 403
+                    )
+                address = str(registered[0])
+                purpose = "auth" if auth_csr else "sign"
+                pending = _one(db.execute(
+                    "SELECT id FROM requests WHERE server = ? AND type = 'certRotation' "
+                    "AND state = 'SUBMITTED' AND (auth_csr IS NOT NULL) = ?",
+                    (server, purpose == "auth"),
+                ))  # fmt: skip
+                if pending:
+                    raise RegistrationError(
+                        "Duplicate", f"rotation request {pending[0]} of {server}'s {purpose} key "
+                        "is already pending", 409,
+                    )  # fmt: skip
+                if auth_key_sha256 and _one(db.execute(
+                    "SELECT id FROM requests WHERE auth_key_sha256 = ? AND state IN "
+                    "('SUBMITTED', 'APPROVED')", (auth_key_sha256,),
+                )):  # fmt: skip
+                    raise RegistrationError(
+                        "Duplicate", "this authentication key is already in a request", 409
+                    )
             elif kind == "clientReg":
                 if _one(db.execute(
                     "SELECT 1 FROM subsystems WHERE id = ? COLLATE NOCASE", (client,)
@@ -414,6 +465,14 @@ class SqliteCentralStore:
                     "INSERT INTO nodes VALUES (?, ?, ?, ?, ?)",
                     (req.server, req.server.rsplit("/", 1)[0], req.address, request_id, now),
                 )
+            elif req.type == "certRotation":
+                # A node revoked since it filed gets no new certificate: that would put it
+                # back into the global configuration behind the revocation's back.
+                if self._current(db, req.server, "auth") is None:
+                    raise RegistrationError(
+                        "Revoked", f"{req.server} is not registered or its authentication "
+                        "certificate was revoked; decline the request", 409,
+                    )  # fmt: skip
             elif req.type == "clientReg":
                 if not _one(db.execute("SELECT 1 FROM nodes WHERE id = ?", (req.server,))):
                     raise RegistrationError("UnknownServer", f"{req.server} is not registered")
@@ -475,26 +534,96 @@ class SqliteCentralStore:
             )  # fmt: skip
             return self._pending_row(db, request_id)
 
+    # A node's current certificate of a purpose: the latest issued for its approved
+    # requests (registration, then rotations). A revoked current one is not replaced by an
+    # older one: the node has none until it rotates (a revoked auth certificate: the node is
+    # out of the global configuration).
+    _CURRENT = (
+        "SELECT c.serial, c.pem FROM certificates c JOIN requests r ON r.id = c.request_id "
+        "WHERE r.server = ? AND c.purpose = ? AND r.state = 'APPROVED' "
+        "ORDER BY c.rowid DESC LIMIT 1"
+    )
+
+    def _current(self, db: sqlite3.Connection, node: str, purpose: str) -> str | None:
+        if not _one(db.execute("SELECT 1 FROM nodes WHERE id = ?", (node,))):
+            return None
+        row = _one(db.execute(self._CURRENT, (node, purpose)))
+        if row is None or _one(db.execute("SELECT 1 FROM revocations WHERE serial = ?",
+                                          (row[0],))):  # fmt: skip
+            return None
+        return str(row[1])
+
     @_locked
     def node_auth_pem(self, node: str) -> str | None:
-        row = _one(self._db.execute(
-            "SELECT c.pem FROM nodes n JOIN certificates c ON c.request_id = n.request_id "
-            "AND c.purpose = 'auth' WHERE n.id = ? AND c.serial NOT IN "
-            "(SELECT serial FROM revocations)", (node,),
-        ))  # fmt: skip
+        return self._current(self._db, node, "auth")
+
+    @_locked
+    def node_sign_pem(self, node: str) -> str | None:
+        return self._current(self._db, node, "sign")
+
+    @_locked
+    def node_address(self, node: str) -> str | None:
+        row = _one(self._db.execute("SELECT address FROM nodes WHERE id = ?", (node,)))
         return None if row is None else str(row[0])
 
     @_locked
     def nodes(self) -> list[NodeRow]:
-        rows = self._db.execute(
-            "SELECT n.id, n.address, c.pem FROM nodes n JOIN certificates c "
-            "ON c.request_id = n.request_id AND c.purpose = 'auth' "
-            "WHERE c.serial NOT IN (SELECT serial FROM revocations) ORDER BY n.id"
-        ).fetchall()
         hosted: dict[str, list[str]] = {}
         for sub, node in self._db.execute("SELECT id, node FROM subsystems ORDER BY id"):
             hosted.setdefault(node, []).append(sub)
-        return [NodeRow(i, a, p, tuple(hosted.get(i, ()))) for i, a, p in rows]
+        out = []
+        for node, address in self._db.execute(
+            "SELECT id, address FROM nodes ORDER BY id"
+        ).fetchall():
+            pem = self._current(self._db, node, "auth")
+            if pem is not None:
+                out.append(NodeRow(node, address, pem, tuple(hosted.get(node, ()))))
+        return out
+
+    @_locked
+    def certs(self) -> list[CertRow]:
+        rows = self._db.execute(
+            "SELECT c.serial, c.request_id, c.purpose, c.subject, r.server, c.sha256, "
+            "c.issued_at, v.revoked_at, v.reason FROM certificates c "
+            "JOIN requests r ON r.id = c.request_id "
+            "LEFT JOIN revocations v ON v.serial = c.serial ORDER BY c.rowid"
+        ).fetchall()
+        return [CertRow(*r) for r in rows]
+
+    @_locked
+    def revoke(self, serials: list[str], admin: str, reason: str) -> list[CertRow]:
+        """Revoke these certificates, for good, in one transaction with its audit entry;
+        refuses (changing nothing) if one is unknown or all are revoked already."""
+        now = _now()
+        with self._tx() as db:
+            fresh = []
+            for serial in dict.fromkeys(serials):
+                if not _one(db.execute("SELECT 1 FROM certificates WHERE serial = ?",
+                                       (serial,))):  # fmt: skip
+                    raise RegistrationError("UnknownCertificate",
+                                            f"no certificate of serial {serial}", 404)  # fmt: skip
+                if not _one(db.execute("SELECT 1 FROM revocations WHERE serial = ?", (serial,))):
+                    fresh.append(serial)
+            if not fresh:
+                raise RegistrationError(
+                    "AlreadyRevoked", "every certificate named is revoked already", 409
+                )
+            for serial in fresh:
+                db.execute("INSERT INTO revocations VALUES (?, ?, ?)", (serial, now, reason))
+            rows = [
+                CertRow(*_one(db.execute(
+                    "SELECT c.serial, c.request_id, c.purpose, c.subject, r.server, c.sha256, "
+                    "c.issued_at, ?, ? FROM certificates c JOIN requests r "
+                    "ON r.id = c.request_id WHERE c.serial = ?", (now, reason, serial),
+                )))
+                for serial in fresh
+            ]  # fmt: skip
+            self._audit(db, admin, "certificate.revoke", {
+                "reason": reason,
+                "certificates": [{"serial": r.serial, "purpose": r.purpose,
+                                  "subject": r.subject, "sha256": r.sha256} for r in rows],
+            })  # fmt: skip
+            return rows
 
     def _audit(self, db: sqlite3.Connection, admin: str, action: str, detail: Any) -> None:
         row = _one(db.execute("SELECT hash FROM admin_audit ORDER BY seq DESC LIMIT 1"))

@@ -54,6 +54,7 @@ class Federation:
         self.pki = PkiLayout(certs_dir)
         self.data_dir = data_dir
         self.nodes: dict[str, Node] = {}
+        self.registry: Registry | None = None  # when this process runs it
         self._runners: list[web.AppRunner] = []
         self.endpoints: dict[str, object] = {}
 
@@ -94,6 +95,7 @@ class Federation:
             registry_dir = self.data_dir / "registry"
             registry_dir.mkdir(parents=True, exist_ok=True)
             registry = Registry(self.fed, self.pki, witness_state=registry_dir / "witness.json")
+            self.registry = registry
             registry_url = await self._serve(
                 registry.app(), self.fed.registry.listen, "the registry", "[registry] listen"
             )

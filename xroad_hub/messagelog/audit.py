@@ -31,7 +31,7 @@ import hashlib
 import time
 from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass, field
-from datetime import UTC, datetime
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
 from urllib.parse import urlencode, urlsplit
@@ -50,6 +50,7 @@ from xroad_hub.messagelog.search import SearchFilter
 from xroad_hub.messagelog.source import LogSource, reading
 from xroad_hub.protocol import merkle
 from xroad_hub.protocol.checkpoint import Checkpoint, CheckpointError, NoteVerifier, open_note
+from xroad_hub.protocol.globalconf import Revocation
 from xroad_hub.protocol.identifiers import parse_client_id, parse_node_id, parse_service_id
 from xroad_hub.protocol.message import body_digest, canonical
 from xroad_hub.protocol.rest import request_hash
@@ -66,6 +67,7 @@ __all__ = [
     "iso_utc",
     "load_witness_checkpoint",
     "log_node",
+    "revocation_problem",
     "search_log",
     "verify_log",
     "verify_node_checkpoint",
@@ -241,6 +243,7 @@ def verify_log(
     node: str | None = None,
     grace: float = DEFAULT_GRACE,
     now: float | None = None,
+    revocations: Sequence[Revocation] = (),
 ) -> AuditReport:
     """Verify the log ``log`` (a file, a PostgreSQL DSN or an open reader); never modifies
     it.
@@ -255,13 +258,16 @@ def verify_log(
     the same root at that size, which is what catches a log rewritten together with its
     stored checkpoints. ``node`` is the node whose log this is, if the auditor knows it.
     A log with entries but no witnessed checkpoint fails, and so do entries no witnessed
-    checkpoint covers that finished more than ``grace`` seconds before ``now``."""
+    checkpoint covers that finished more than ``grace`` seconds before ``now``.
+    ``revocations`` are certificates revoked since (a later global configuration's): an
+    entry signed with one stands only if a timestamped checkpoint covering it is older
+    than the revocation."""
     report = AuditReport()
     try:
         with reading(log) as reader:
             try:
                 _verify(reader, report, trusted_roots, progress, entries, witnesses, node,
-                        grace, now)  # fmt: skip
+                        grace, now, revocations)  # fmt: skip
             except LogReadError as exc:
                 report.findings.append(Finding(None, f"the log cannot be read: {exc}"))
     except LogReadError as exc:  # opening it
@@ -279,8 +285,13 @@ def _verify(
     node: str | None,
     grace: float,
     now: float | None,
+    revocations: Sequence[Revocation] = (),
 ) -> None:
     total = reader.count()
+    revoked = {r.cert_sha256: r for r in revocations}
+    # Entries signed with a revoked certificate: (index, side, revocation), judged once the
+    # timestamps of the checkpoints covering them are known.
+    revoked_uses: list[tuple[int, str, Revocation]] = []
     certs: dict[str, bytes] = {}
     for digest, der in reader.certificates():
         if isinstance(digest, str) and isinstance(der, bytes):
@@ -336,6 +347,11 @@ def _verify(
                     report.findings.append(Finding(index, problem))
             except Exception as exc:  # a crafted row must not stop the audit
                 report.findings.append(Finding(index, f"cannot be checked: {exc!r}"))
+        if revoked and not wrong:
+            for side in ("request", "response"):
+                hit = revoked.get(row[f"{side}_cert_sha256"]) if entries else None
+                if hit is not None:
+                    revoked_uses.append((index, side, hit))
         for problem in subject_index.check(index, leaf):
             report.findings.append(Finding(index, problem))
         if index == 0 or index in wanted:
@@ -350,11 +366,16 @@ def _verify(
         for problem in subject_index.leftovers():
             report.findings.append(Finding(None, problem))
     report.root = tree.root()
+    stamped_at: dict[int, datetime] = {}  # size of a sound checkpoint -> its timestamp
     for cp in checkpoints:
         try:
-            problems = list(_check_checkpoint(cp, certs, trusted_roots, roots_at))
+            problems = list(_check_checkpoint(cp, certs, trusted_roots, roots_at, stamped_at))
         except Exception as exc:  # a crafted row must not stop the audit
             problems = [f"cannot be checked: {exc!r}"]
+        revocation = revoked.get(str(cp["cert_sha256"]))
+        if revocation is not None and not problems:
+            late = revocation_problem(revocation, "it", stamped_at.get(int(cp["size"])))
+            problems += [late] if late else []
         signed_origin = _origin(str(cp["note"]))
         if not problems and origin is None:
             origin = signed_origin
@@ -362,6 +383,8 @@ def _verify(
             problems = [f"it is a checkpoint of {signed_origin}, this is the log of {origin}"]
         for problem in problems:
             report.findings.append(Finding(None, f"checkpoint at size {cp['size']}: {problem}"))
+        if problems:
+            stamped_at.pop(int(cp["size"]), None)
         witnessed = cp["witness_cert_sha256"] is not None
         if witnessed and not problems:
             report.covered = max(report.covered, int(cp["size"]))
@@ -371,6 +394,14 @@ def _verify(
             report.findings.append(Finding(None, problem))
         else:
             report.covered = max(report.covered, cp.size)
+    for index, side, revocation in revoked_uses:
+        # The earliest sound timestamp of a checkpoint covering the entry: the log had
+        # committed to it by then.
+        proven = min((t for size, t in stamped_at.items() if size > index), default=None)
+        what = "the request" if side == "request" else "the answer"
+        problem = revocation_problem(revocation, what, proven)
+        if problem:
+            report.findings.append(Finding(index, problem))
     report.checkpoints = len(checkpoints)
     report.witnessed = sum(1 for cp in checkpoints if cp["witness_cert_sha256"])
     report.timestamped = sum(1 for cp in checkpoints if cp["timestamp_token"] is not None)
@@ -703,11 +734,35 @@ def witness_name(origin: str) -> str:
     return origin.removeprefix("xroad-hub/").split("/")[0] + "/registry"
 
 
+def revocation_problem(
+    revocation: Revocation | None, what: str, proven_at: datetime | None
+) -> str | None:
+    """Why a signature by a revoked certificate proves nothing, or None when it does: it
+    stands only if a timestamp (``proven_at``, when the log had committed to it) shows it
+    was made before the revocation."""
+    if revocation is None:
+        return None
+    if proven_at is None:
+        return (f"{what} is signed with a revoked certificate ({revocation.describe()}) and "
+                "no timestamp shows it was signed before")  # fmt: skip
+    # A timestamp's genTime is to the second (rfc3161.py): the stamp was made within the
+    # second after it, so only a genTime a full second before the revocation proves "before".
+    if proven_at + timedelta(seconds=1) > revocation.revoked_at:
+        return (f"{what} is signed with a revoked certificate ({revocation.describe()}); it "
+                f"was timestamped only at {_iso(proven_at)}, after the revocation")  # fmt: skip
+    return None
+
+
+def _iso(when: datetime) -> str:
+    return when.astimezone(UTC).isoformat(timespec="seconds").replace("+00:00", "Z")
+
+
 def _check_checkpoint(
     cp: Row,
     certs: dict[str, bytes],
     trusted_roots: list[x509.Certificate],
     roots_at: dict[int, bytes],
+    stamped_at: dict[int, datetime] | None = None,
 ) -> Iterator[str]:
     der = certs.get(cp["cert_sha256"])
     if der is None:
@@ -724,9 +779,12 @@ def _check_checkpoint(
     token = cp["timestamp_token"]
     if token is not None:
         try:
-            verify_response(bytes(token), checkpoint.text().encode(), trusted_roots)
+            info = verify_response(bytes(token), checkpoint.text().encode(), trusted_roots)
         except TimestampError as exc:
             yield f"its timestamp does not verify: {exc}"
+        else:
+            if stamped_at is not None:
+                stamped_at[checkpoint.size] = info.gen_time.astimezone(UTC)
     if (checkpoint.size, checkpoint.root) != (cp["size"], bytes(cp["root"])):
         yield "the signed note does not match the stored size and root"
     computed = roots_at.get(checkpoint.size)

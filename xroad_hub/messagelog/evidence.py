@@ -34,7 +34,12 @@ from cryptography.hazmat.primitives.asymmetric import ed25519
 from cryptography.x509.oid import NameOID
 
 from xroad_hub.errors import HubError, ProtocolError
-from xroad_hub.messagelog.audit import check_signed_part, verify_node_checkpoint, witness_name
+from xroad_hub.messagelog.audit import (
+    check_signed_part,
+    revocation_problem,
+    verify_node_checkpoint,
+    witness_name,
+)
 from xroad_hub.messagelog.reader import LogReader, LogReadError, Row
 from xroad_hub.messagelog.source import LogSource, reading
 from xroad_hub.protocol import merkle
@@ -42,6 +47,7 @@ from xroad_hub.protocol.checkpoint import Checkpoint, CheckpointError, NoteVerif
 from xroad_hub.protocol.globalconf import (
     GlobalConf,
     GlobalConfError,
+    Revocation,
     signer_name,
     verify_globalconf,
 )
@@ -63,6 +69,7 @@ __all__ = [
     "Proof",
     "export_bundle",
     "iso_utc",
+    "load_revocations",
     "verify_bundle",
 ]
 
@@ -97,6 +104,9 @@ class Proof:
     # node's word). Which value is THE subject is the provider node's configuration (its
     # locators), which nothing signed covers; a subject no signed message names fails.
     subjects_signed_by: dict[str, str | None]
+    # Certificates that signed this exchange and were revoked later, after the exchange was
+    # timestamped: what they signed before still stands (one line each, for people).
+    revoked_later: tuple[str, ...] = ()
 
 
 def _b64(data: bytes | None) -> str | None:
@@ -209,8 +219,34 @@ def _globalconf_row(reader: LogReader, row: Row) -> Row:
     return conf
 
 
-def verify_bundle(data: bytes, trusted_roots: list[x509.Certificate]) -> Proof:
-    """Check a bundle; return what it proves, or raise EvidenceError naming every problem."""
+def load_revocations(
+    signed: bytes, signer: x509.Certificate, trusted_roots: list[x509.Certificate]
+) -> tuple[Revocation, ...]:
+    """The revocations a signed global configuration lists (one downloaded after the
+    exchanges to check; expired is fine, revocations are final), if ``signer`` is the
+    federation's configuration signer and signed it."""
+    if not _issued_by_any(signer, trusted_roots):
+        raise EvidenceError("the configuration signer's certificate is not issued by the "
+                            "federation root CA")  # fmt: skip
+    try:
+        conf = verify_globalconf(signed, signer, now=datetime.fromtimestamp(0, UTC))
+    except GlobalConfError as exc:
+        raise EvidenceError(f"the global configuration with the revocations: {exc}") from exc
+    names = signer.subject.get_attributes_for_oid(NameOID.COMMON_NAME)
+    if not names or names[0].value != signer_name(conf.instance):
+        raise EvidenceError(f"the global configuration is not signed by the "
+                            f"{signer_name(conf.instance)}")  # fmt: skip
+    return conf.revocations
+
+
+def verify_bundle(
+    data: bytes,
+    trusted_roots: list[x509.Certificate],
+    revocations: tuple[Revocation, ...] = (),
+) -> Proof:
+    """Check a bundle; return what it proves, or raise EvidenceError naming every problem.
+    ``revocations`` (``load_revocations``) are certificates revoked since: a signature by
+    one counts only if the exchange was timestamped before its revocation."""
     try:
         doc = orjson.loads(data)
         if not isinstance(doc, dict) or doc.get("format") != FORMAT:
@@ -228,7 +264,7 @@ def verify_bundle(data: bytes, trusted_roots: list[x509.Certificate]) -> Proof:
         raise
     except (orjson.JSONDecodeError, KeyError, TypeError, ValueError) as exc:
         raise EvidenceError(f"malformed bundle: {exc}") from exc
-    checker = _Checker(doc, leaf, trusted_roots)
+    checker = _Checker(doc, leaf, trusted_roots, revocations)
     if canonical(leaf) != leaf_bytes:
         checker.problems.append("the leaf is not in canonical form")
     checker.run(leaf_bytes)
@@ -238,6 +274,7 @@ def verify_bundle(data: bytes, trusted_roots: list[x509.Certificate]) -> Proof:
     return Proof(
         leaf, checker.node, witness_name(checker.origin), checker.signed_at, checker.stamped,
         checker.conf.serial, checker.conf.generated_at, checker.subjects_signed_by,
+        tuple(checker.revoked_later),
     )  # fmt: skip
 
 
@@ -251,9 +288,15 @@ class _Checker:
     cannot be checked because another failed is not reported twice."""
 
     def __init__(
-        self, doc: dict[str, Any], leaf: dict[str, Any], roots: list[x509.Certificate]
+        self,
+        doc: dict[str, Any],
+        leaf: dict[str, Any],
+        roots: list[x509.Certificate],
+        revocations: tuple[Revocation, ...] = (),
     ) -> None:
         self.doc, self.leaf, self.roots = doc, leaf, roots
+        self.revocations = revocations
+        self.revoked_later: list[str] = []
         self.problems: list[str] = []
         self.node: str | None = None
         self.origin = ""
@@ -276,6 +319,33 @@ class _Checker:
         self._messages()
         self._subjects()
         self._hosting()
+        self._revocations()
+
+    def _revocations(self) -> None:
+        """A signature by a certificate revoked (as given, or as the bundle's own
+        configuration says) counts only if the checkpoint was timestamped before."""
+        known = {
+            r.cert_sha256: r
+            for r in (*self.revocations, *(self.conf.revocations if self.conf else ()))
+        }
+        if not known:
+            return
+        if self.node is not None:  # the checkpoint verified: its certificate is there
+            checkpoint_cert = _unb64(_section(self.doc, "checkpoint")["cert"])
+            revocation = known.get(_sha256(checkpoint_cert))
+            problem = revocation_problem(revocation, "the checkpoint", self.stamped)
+            if problem:
+                self.fail(problem)
+        for side, what in (("request", "the request"), ("response", "the answer")):
+            if side not in self.signed:
+                continue  # missing or failed: reported already
+            revocation = known.get(_sha256(_unb64(self.doc[side]["cert"])))
+            problem = revocation_problem(revocation, what, self.stamped)
+            if problem:
+                self.fail(problem)
+            elif revocation is not None:
+                self.revoked_later.append(f"{what}: {revocation.describe()}, after the "
+                                          "exchange was timestamped")  # fmt: skip
 
     def _checkpoint(self) -> Checkpoint | None:
         cp = _section(self.doc, "checkpoint")

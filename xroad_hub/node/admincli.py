@@ -85,11 +85,18 @@ def add_node_commands(sub: Any) -> None:
     from xroad_hub.node.noderun import add_run_command
 
     add_run_command(node_sub)  # node run --dir
+    from xroad_hub.node.rotation import add_keys_commands
+
+    add_keys_commands(node_sub)  # node keys rotate|activate
 
 
 def run_node_command(args: argparse.Namespace) -> int:
     if args.node_command == "admin-key":
         return _admin_key(args)
+    if args.node_command == "keys":
+        from xroad_hub.node.rotation import run_keys_command
+
+        return run_keys_command(args)
     if args.node_command == "run":
         from xroad_hub.node.noderun import run_node
 

@@ -35,8 +35,15 @@ from xroad_hub.node.metaservices import (
 from xroad_hub.node.peer import PeerReply
 from xroad_hub.node.runtime import Handler, NodeRuntime, read_body
 from xroad_hub.node.tls import peer_fingerprint
-from xroad_hub.protocol.access import check_answer, node_serving, purpose_of
+from xroad_hub.protocol.access import (
+    check_answer,
+    check_not_revoked,
+    check_own_node,
+    node_serving,
+    purpose_of,
+)
 from xroad_hub.protocol.exchange import AnswerMeta, RequestMeta
+from xroad_hub.protocol.globalconf import GlobalConf
 from xroad_hub.protocol.identifiers import (
     ClientId,
     NodeId,
@@ -189,8 +196,12 @@ class ClientProxy:
         conf = self.rt.conf_or_fail(CLIENT_PROXY)
         client = call.client
         with blame_on(CLIENT_PROXY):
+            check_own_node(conf, self.rt.node_id)
             peer = node_serving(conf, call.service.provider, call.security_server)
         signer = self.rt.signer_for(client.member, CLIENT_PROXY)
+        with blame_on(CLIENT_PROXY):
+            check_not_revoked(conf, signer.cert_der, f"this node's signing certificate of "
+                              f"{client.member}")  # fmt: skip
         purpose, legal_basis, by_default = purpose_of(
             call.purpose, call.legal_basis, self.purpose_defaults.get(client)
         )
@@ -237,7 +248,7 @@ class ClientProxy:
         )
         try:
             reply = await self.rt.peers.send(peer, envelope, self.rt.provider_timeout)
-            env, answer = self._verify_answer(reply, meta, meta_bytes, call.body)
+            env, answer = self._verify_answer(reply, meta, meta_bytes, call.body, conf)
         except XRoadError as err:
             # The signed request left this node, and the provider's node may have served and
             # logged it: whatever came back (or did not), our side records it too.
@@ -404,14 +415,23 @@ class ClientProxy:
         return url + "/"
 
     def _verify_answer(
-        self, reply: PeerReply, request: RequestMeta, request_bytes: bytes, body: bytes
+        self,
+        reply: PeerReply,
+        request: RequestMeta,
+        request_bytes: bytes,
+        body: bytes,
+        conf: GlobalConf,
     ) -> tuple[Envelope, AnswerMeta]:
-        """The answer is signed by the provider's member and belongs to this very request."""
+        """The answer is signed by the provider's member, with a certificate not revoked
+        (by the configuration in force now, which may be newer than the request's), and
+        belongs to this very request."""
         if reply.content_type.split(";")[0].strip() != CONTENT_TYPE:
             raise _provider_error(reply.status, reply.body)
         member = request.service.provider.member
         with blame_on(CLIENT_PROXY, context="answer of the provider's node"):
             env = decode_envelope(reply.body)
+            now = self.rt.globalconf.current() or conf
+            check_not_revoked(now, env.cert_der, "the answer's signing certificate")
             try:
                 self.rt.globalconf.verifier.verify(
                     env.meta_bytes, env.signature, env.cert_der, member

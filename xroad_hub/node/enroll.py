@@ -281,8 +281,8 @@ def _write_certs(root: Path, answer: dict[str, Any]) -> None:
 def _cancel(root: Path, state: dict[str, Any]) -> int:
     if state.get("state") == "APPROVED" or (root / "auth.cert.pem").exists():
         raise RegistrationError(
-            "Approved", "this node's registration was approved; it cannot be cancelled "
-            "(revocation is not built yet)",
+            "Approved", "this node's registration was approved; it cannot be cancelled: "
+            "the central operator revokes a registered node (xroad-hub central revoke --node)",
         )  # fmt: skip
     if "request_id" in state:
         session = _Session(_anchor_of(root))

@@ -30,12 +30,14 @@ from xroad_hub.protocol.access import (
     Access,
     check_addressed,
     check_hosted,
+    check_not_revoked,
+    check_own_node,
     check_protocol,
     decide_access,
     signed_purpose_matches,
 )
 from xroad_hub.protocol.exchange import AnswerMeta, Headers, RequestMeta
-from xroad_hub.protocol.globalconf import NodeEntry
+from xroad_hub.protocol.globalconf import GlobalConf, NodeEntry
 from xroad_hub.protocol.identifiers import ClientId
 from xroad_hub.protocol.jsonbody import (
     JsonBodyError,
@@ -101,7 +103,15 @@ class ServerProxy:
         started = time.time()
         self.rt.check_logging(SERVER_PROXY)
         conf = self.rt.conf_or_fail(SERVER_PROXY)
+        with blame_on(SERVER_PROXY):
+            check_own_node(conf, self.rt.node_id)
         fingerprint = peer_fingerprint(request.transport)
+        revoked = conf.revoked(fingerprint) if fingerprint else None
+        if revoked is not None:
+            raise _fail(
+                "SslAuthenticationFailed",
+                f"the client's node may not connect: {revoked.describe()}",
+            )
         peer = conf.node_by_cert(fingerprint) if fingerprint else None
         if peer is None:
             raise _fail(
@@ -111,10 +121,10 @@ class ServerProxy:
         # Only a registered node gets its body read, and no more at once than its share.
         limit = self.rt.max_body_bytes + MAX_OVERHEAD
         with self.rt.peer_limits.admit(str(peer.id), body_reservation(request, limit)):
-            return await self._authentic(request, peer, started)
+            return await self._authentic(request, conf, peer, started)
 
     async def _authentic(
-        self, request: web.Request, peer: NodeEntry, started: float
+        self, request: web.Request, conf: GlobalConf, peer: NodeEntry, started: float
     ) -> web.StreamResponse:
         limit = self.rt.max_body_bytes + MAX_OVERHEAD
         data = await read_body(request, limit, self.rt.body_timeout, SERVER_PROXY)
@@ -127,6 +137,12 @@ class ServerProxy:
             meta = RequestMeta.parse(env.meta)
             check_addressed(meta, self.rt.node_id)
             check_hosted(meta.client, peer)
+            check_not_revoked(conf, env.cert_der, "the request's signing certificate")
+            # Nor is a request served whose answer this node could only sign with a revoked
+            # certificate: the client's node would refuse the answer after the service ran.
+            own = self.rt.signers.get(meta.service.provider.member)
+            if own is not None:
+                check_not_revoked(conf, own.cert_der, "the provider's node's signing certificate")
         try:
             self.rt.globalconf.verifier.verify(
                 env.meta_bytes, env.signature, env.cert_der, meta.client.member

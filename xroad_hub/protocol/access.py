@@ -27,6 +27,8 @@ __all__ = [
     "check_addressed",
     "check_answer",
     "check_hosted",
+    "check_not_revoked",
+    "check_own_node",
     "check_protocol",
     "decide_access",
     "node_serving",
@@ -96,8 +98,36 @@ def node_serving(conf: GlobalConf, provider: ClientId, security_server: NodeId |
     if peer is None:
         raise ProtocolError(
             "UnknownMember", f"no node in the global configuration serves {provider}"
-        )
+            + _revoked_nodes_of(conf, provider),
+        )  # fmt: skip
     return peer
+
+
+def _revoked_nodes_of(conf: GlobalConf, provider: ClientId) -> str:
+    """Why a provider may have no node any more: its member's nodes revoked (a revoked node
+    is out of the configuration, so which of them hosted ``provider`` is not known)."""
+    owner = f"{provider.member}/"
+    gone = [r for r in conf.revocations if r.kind == "auth" and r.subject.startswith(owner)]
+    return "".join(f" ({r.describe()})" for r in gone[-3:])
+
+
+def check_own_node(conf: GlobalConf, node: NodeId) -> None:
+    """This node is not out of the configuration for a revoked auth certificate: it then
+    neither sends nor serves (its peers refuse it anyway; it says why itself)."""
+    if not conf.revocations or conf.node(node) is not None:
+        return
+    gone = [r for r in conf.revocations if r.kind == "auth" and r.subject == str(node)]
+    if gone:
+        raise ProtocolError("SslAuthenticationFailed", f"this node: {gone[-1].describe()}")
+
+
+def check_not_revoked(conf: GlobalConf, cert_der: bytes, what: str) -> None:
+    """A signature or connection by a revoked certificate is refused from the first
+    configuration that lists the revocation on (CertValidation, X-Road's code for a
+    certificate that is not good)."""
+    revocation = conf.revocation_of(cert_der)
+    if revocation is not None:
+        raise ProtocolError("CertValidation", f"{what}: {revocation.describe()}")
 
 
 def check_answer(

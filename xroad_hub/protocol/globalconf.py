@@ -36,6 +36,7 @@ __all__ = [
     "GlobalConf",
     "GlobalConfError",
     "NodeEntry",
+    "Revocation",
     "sign_globalconf",
     "signer_name",
     "verify_globalconf",
@@ -65,6 +66,51 @@ class NodeEntry:
     auth_cert_der: bytes = b""
 
 
+# Kinds of revoked certificates, and how people call them in front of their subject.
+_KINDS = {
+    "auth": "authentication certificate of node",
+    "sign": "signing certificate of member",
+    "checkpoint": "checkpoint certificate of node",
+}
+
+
+@dataclass(frozen=True, slots=True)
+class Revocation:
+    """A certificate the central server revoked: ``kind`` is ``auth`` (a node's TLS
+    certificate, ``subject`` its node id), ``sign`` (a member's signing certificate,
+    ``subject`` the member id) or ``checkpoint`` (a node's checkpoint certificate). What it
+    signed before ``revoked_at`` still verifies; nothing signed or connected with it since
+    does."""
+
+    cert_sha256: str
+    kind: str
+    subject: str
+    revoked_at: datetime
+
+    def to_dict(self) -> dict[str, str]:
+        return {"cert_sha256": self.cert_sha256, "kind": self.kind, "subject": self.subject,
+                "revoked_at": self.revoked_at.isoformat()}  # fmt: skip
+
+    @classmethod
+    def from_dict(cls, d: dict[str, object]) -> Revocation:
+        kind, sha = str(d["kind"]), str(d["cert_sha256"])
+        if kind not in _KINDS:
+            raise ValueError(f"revocation kind {kind!r} is not one of {', '.join(_KINDS)}")
+        if len(sha) != 64 or any(c not in "0123456789abcdef" for c in sha):
+            raise ValueError(f"revoked certificate digest {sha!r} is not a SHA-256 in hex")
+        at = datetime.fromisoformat(str(d["revoked_at"]))
+        if at.tzinfo is None:
+            raise ValueError("revocation time must carry a time zone")
+        return cls(sha, kind, str(d["subject"]), at)
+
+    def describe(self) -> str:
+        """For error messages: whose certificate, which one, since when."""
+        what = _KINDS.get(self.kind, self.kind)
+        when = self.revoked_at.astimezone(UTC).isoformat(timespec="seconds")
+        return (f"the {what} {self.subject} (sha256 {self.cert_sha256[:16]}...) was revoked "
+                f"at {when.replace('+00:00', 'Z')}")  # fmt: skip
+
+
 @dataclass(frozen=True)
 class GlobalConf:
     instance: str
@@ -76,14 +122,16 @@ class GlobalConf:
     trusted_cas_der: tuple[bytes, ...]
     # X-Road's monitoringClientId: the client that reads every node's monitoring records.
     monitoring_client: ClientId | None = None
+    # Certificates the central server revoked, final: a later configuration never drops one.
+    revocations: tuple[Revocation, ...] = ()
 
     def same_rules(self, other: GlobalConf) -> bool:
         """True if ``other`` says the same (members, nodes, hosting, CAs); only its serial
         and validity differ."""
         return (self.instance, self.members, self.nodes, self.trusted_cas_der,
-                self.monitoring_client) == (
+                self.monitoring_client, self.revocations) == (
             other.instance, other.members, other.nodes, other.trusted_cas_der,
-            other.monitoring_client,
+            other.monitoring_client, other.revocations,
         )  # fmt: skip
 
     def expired(self, now: datetime | None = None) -> bool:
@@ -101,6 +149,19 @@ class GlobalConf:
     def _by_cert(self) -> dict[str, NodeEntry]:
         return {n.auth_cert_sha256: n for n in self.nodes}
 
+    @cached_property
+    def _revoked(self) -> dict[str, Revocation]:
+        return {r.cert_sha256: r for r in self.revocations}
+
+    def revoked(self, cert_sha256: str) -> Revocation | None:
+        """The revocation of the certificate of this SHA-256 (hex), if it is revoked."""
+        return self._revoked.get(cert_sha256)
+
+    def revocation_of(self, cert_der: bytes) -> Revocation | None:
+        """The revocation of this certificate (DER), if it is revoked; hashes nothing when
+        nothing is revoked (the common case, once per exchange)."""
+        return self._revoked.get(cert_fingerprint(cert_der)) if self.revocations else None
+
     def node_hosting(self, client: ClientId) -> NodeEntry | None:
         return self._by_client.get(client)
 
@@ -114,6 +175,8 @@ class GlobalConf:
         d = self._to_dict()
         if self.monitoring_client is not None:  # only when set: older documents stay as they were
             d["monitoring_client"] = str(self.monitoring_client)
+        if self.revocations:
+            d["revocations"] = [r.to_dict() for r in self.revocations]
         return d
 
     def _to_dict(self) -> dict[str, object]:
@@ -170,6 +233,10 @@ class GlobalConf:
                     parse_client_id(str(d["monitoring_client"]))
                     if d.get("monitoring_client")
                     else None
+                ),
+                revocations=tuple(
+                    Revocation.from_dict(r)
+                    for r in d.get("revocations") or ()  # type: ignore[attr-defined]
                 ),
             )
         except Exception as exc:  # any shape error means the document is unusable

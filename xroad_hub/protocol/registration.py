@@ -17,7 +17,11 @@ checkpoint key (Ed25519, for the C2SP notes over its message log) proves its pos
 its CSR's self-signature; the auth and signing signatures bind that CSR to the request. A request is
 fresh for ``MAX_AGE`` seconds and its nonce is used once (the central server keeps the
 nonces). Requests of a registered node (``clientReg``, ``cancel``) are signed by its auth key
-only. Nothing here opens a socket or a file.
+only. A key rotation (``certRotation``, ``purpose`` auth or sign, ``csr`` the new key's CSR)
+is signed by the node's current auth key, by the new key (possession), and for a signing key
+also by the current signing key, when the node still has one that is not revoked: the
+central server learns it comes from the holder of the keys it replaces. Nothing here opens a
+socket or a file.
 """
 
 from __future__ import annotations
@@ -67,7 +71,7 @@ ANCHOR_FORMAT = "xroad-hub anchor v1"
 DOMAIN = b"xroad-hub management request v1\n"
 MAX_AGE = timedelta(minutes=5)
 _ECDSA = ec.ECDSA(hashes.SHA256())
-REQUEST_TYPES = ("authCertReg", "clientReg", "cancel")
+REQUEST_TYPES = ("authCertReg", "clientReg", "cancel", "certRotation")
 _MAX_CSR = 8 * 1024
 # A request id as the central server counts them: ASCII digits that fit SQLite's 64-bit
 # INTEGER (str.isdigit() also takes other scripts' digits, int() any length).
@@ -261,10 +265,12 @@ def verify_request(
     instance: str,
     auth_key: ec.EllipticCurvePublicKey | None = None,
     now: datetime | None = None,
+    sign_key: ec.EllipticCurvePublicKey | None = None,
 ) -> ParsedRequest:
     """Check form, freshness and signatures. ``authCertReg`` must be signed by the keys of
     both CSRs it carries; other types by ``auth_key``, the registered auth key of the node
-    named in ``server`` (the caller looks it up: pass None if it has none)."""
+    named in ``server`` (the caller looks it up: pass None if it has none); a signing-key
+    ``certRotation`` also by ``sign_key``, the node's current signing key, if it has one."""
     request, sigs, payload = parse_request(data)
     kind = request["type"]
     if _field(request, "instance") != instance:
@@ -296,6 +302,8 @@ def verify_request(
         raise RegistrationError(
             "UnknownServer", f"{server} is not a registered node; enroll it first", 403
         )
+    if kind == "certRotation":
+        return _verify_rotation(request, sigs, payload, server, nonce, created, auth_key, sign_key)
     if set(sigs) != {"auth"}:
         raise RegistrationError("Malformed", "this request is signed by the node's auth key only")
     _verify(payload, sigs["auth"], auth_key, "auth-key")
@@ -364,4 +372,48 @@ def _verify_auth_cert_reg(
         sign_csr=sign_csr,
         checkpoint_csr=checkpoint_csr,
         auth_key_sha256=key_sha256(auth_key),
+    )
+
+
+def _verify_rotation(
+    request: dict[str, Any],
+    sigs: dict[str, Any],
+    payload: bytes,
+    server: NodeId,
+    nonce: str,
+    created: datetime,
+    auth_key: ec.EllipticCurvePublicKey,
+    sign_key: ec.EllipticCurvePublicKey | None,
+) -> ParsedRequest:
+    purpose = request.get("purpose")
+    if purpose not in ("auth", "sign"):
+        raise RegistrationError("Malformed", "purpose must be 'auth' or 'sign'")
+    expected = {"auth", "new"} | ({"sign"} if purpose == "sign" and sign_key else set())
+    if set(sigs) != expected:
+        raise RegistrationError(
+            "Malformed", f"a {purpose} key rotation must be signed by exactly "
+            f"{', '.join(sorted(expected))} (current and new keys)",
+        )  # fmt: skip
+    try:
+        csr = x509.load_pem_x509_csr(_field(request, "csr", _MAX_CSR).encode())
+    except ValueError as exc:
+        raise RegistrationError("Malformed", "csr is not a PEM CSR") from exc
+    new_key = _p256(csr, f"new {purpose}")
+    olds = [k for k in (auth_key, sign_key) if k is not None]
+    if any(new_key.public_numbers() == k.public_numbers() for k in olds):
+        raise RegistrationError("Malformed", "the new key must differ from the node's keys")
+    _verify(payload, sigs["auth"], auth_key, "current auth-key")  # the old key, for auth
+    if "sign" in sigs:
+        assert sign_key is not None
+        _verify(payload, sigs["sign"], sign_key, "current signing-key")
+    _verify(payload, sigs["new"], new_key, f"new {purpose}-key")
+    return ParsedRequest(
+        "certRotation",
+        server.owner.instance,
+        server,
+        nonce,
+        created,
+        auth_csr=csr if purpose == "auth" else None,
+        sign_csr=csr if purpose == "sign" else None,
+        auth_key_sha256=key_sha256(new_key) if purpose == "auth" else "",
     )
