@@ -345,3 +345,29 @@ def spawn_federation(
     children.append(spawn(f"{prefix}client-node", script, client, workdir))
     provider = [*serve, "--only", provider_node]
     children.append(spawn(f"{prefix}provider-node", script, provider, workdir))
+
+
+def durable_commit_ms(directory: Path, commits: int = 40) -> float:
+    """Median wall milliseconds of one durable SQLite commit (WAL, synchronous=FULL, one
+    small row) in ``directory``, the message log's settings: each node waits for one before
+    an answer leaves it, so two of these are the floor of what the hub adds at concurrency 1
+    on this disk (the fsync, not the hub's code)."""
+    import sqlite3
+    import statistics
+
+    path = directory / "commit-probe.sqlite"
+    conn = sqlite3.connect(path, isolation_level=None)
+    try:
+        conn.execute("PRAGMA journal_mode=WAL")
+        conn.execute("PRAGMA synchronous=FULL")
+        conn.execute("CREATE TABLE IF NOT EXISTS probe (row BLOB)")
+        times = []
+        for _ in range(commits):
+            t0 = time.perf_counter()
+            conn.execute("INSERT INTO probe VALUES (?)", (b"x" * 1024,))
+            times.append(time.perf_counter() - t0)
+    finally:
+        conn.close()
+    for suffix in ("", "-wal", "-shm"):
+        Path(f"{path}{suffix}").unlink(missing_ok=True)
+    return statistics.median(times) * 1000

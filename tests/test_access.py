@@ -135,6 +135,16 @@ def test_purpose_bound_service_refuses_a_request_without_purpose() -> None:
     assert "names no purpose" in err.message
 
 
+def test_legal_basis_bound_service_needs_a_declared_one() -> None:
+    act = "Public Health Act B.E. 2535 s.38"
+    rules = dataclasses.replace(RULES, legal_bases=(act,))
+    assert _decide(rules, _request(legal_basis=act)).rules is rules
+    err = _refused(_decide, rules, _request(legal_basis="curiosity"))
+    assert err.code == "AccessDenied" and "not one of them" in err.message
+    err = _refused(_decide, rules)
+    assert err.code == "AccessDenied" and "X-Road-Legal-Basis" in err.message
+
+
 def test_unregistered_service_of_a_served_provider_is_unknown() -> None:
     assert _refused(_decide, None).code == "UnknownService"
 

@@ -572,3 +572,57 @@ def test_cli_verify_errors_say_what_to_do(fed: Fed, log_copy: Path, tmp_path: Pa
                              check=False)  # fmt: skip
         assert out.returncode == 2 and "Traceback" not in out.stderr, out.stderr
         assert out.stderr.startswith("xroad-hub: ") and hint in out.stderr, out.stderr
+
+
+_TAMPERINGS = [
+    "UPDATE exchange SET user_id = 'TH0000000000000' WHERE leaf_index = 2",
+    "UPDATE exchange SET response_body = X'00' WHERE leaf_index = 3",
+    "UPDATE exchange SET request_signature = X'00' WHERE leaf_index = 2",
+    "UPDATE exchange SET started_at = started_at + 1 WHERE leaf_index = 3",
+    "UPDATE exchange SET subjects = '[\"x\"]' WHERE leaf_index = 2",
+    "UPDATE exchange SET status = '200 OK' WHERE leaf_index = 3",
+    "DELETE FROM exchange WHERE leaf_index = 3",
+    "DELETE FROM exchange_subject"
+    " WHERE leaf_index = (SELECT MIN(leaf_index) FROM exchange_subject)",
+    "INSERT INTO exchange_subject VALUES ('3100600123459', 2)",
+    "INSERT INTO exchange_subject VALUES ('3100600123459', -1)",
+    "INSERT INTO exchange_subject VALUES ('3100600123459', 2.0)",
+    "UPDATE exchange SET leaf_index = 1000 WHERE leaf_index = 2",
+]
+
+
+@pytest.mark.parametrize("sql", _TAMPERINGS)
+async def test_batched_check_finds_what_the_entry_by_entry_check_finds(
+    fed: Fed, log_copy: Path, sql: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """`audit verify` checks pages of entries at once and falls back to the entry-by-entry
+    check for a page it does not pass: the findings must be exactly that check's, whichever
+    page the tampered entry is in."""
+    from xroad_hub.messagelog import audit
+
+    _tamper(log_copy, sql)
+    for mode in (True, False):
+        monkeypatch.setattr(audit._FastPage, "check", lambda *a: None)
+        slow = [str(f) for f in verify_log(log_copy, _root(fed), entries=mode).findings]
+        monkeypatch.undo()
+        assert slow or not mode, "the full check must find the tampering"
+        for page in (1, 2, 3, 4096):
+            monkeypatch.setattr(audit, "_PAGE", page)
+            fast = [str(f) for f in verify_log(log_copy, _root(fed), entries=mode).findings]
+            assert fast == slow, (page, mode)
+
+
+async def test_batched_check_passes_an_untouched_log_without_the_slow_check(
+    fed: Fed, log_copy: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """What makes `audit verify` fast: an untouched log never needs the entry-by-entry check."""
+    from xroad_hub.messagelog import audit
+
+    def slow(*args: object) -> None:
+        raise AssertionError("the entry-by-entry check ran")
+
+    monkeypatch.setattr(audit, "_check_entry", slow)
+    monkeypatch.setattr(audit._SubjectIndex, "check", slow)
+    monkeypatch.setattr(audit, "_PAGE", 2)
+    report = verify_log(log_copy, _root(fed))
+    assert report.ok and report.entries >= 4, [str(f) for f in report.findings]

@@ -40,6 +40,9 @@ def test_bench_exchange_smoke_run() -> None:
         assert on_path == {"backend", *hops}, output
         assert report["hub_vs_baselines"][name]["server_cpu_per_exchange_ratio"] > 0, output
     assert "hub/(c): server CPU per request" in proc.stdout, output
+    # What the disk costs: two durable commits are the floor of the added latency.
+    assert report["hub_vs_direct"]["durable_commit_p50_ms"] > 0, output
+    assert "a durable commit takes" in proc.stdout, output
 
 
 @pytest.mark.slow

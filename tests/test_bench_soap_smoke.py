@@ -50,7 +50,13 @@ def test_bench_soap_smoke_run(tmp_path: Path) -> None:
             assert key in phase, (group, name, key, output)
         assert phase["ok"] > 0 and phase["errors"] == 0, (group, name, output)
     assert isinstance(report["throughput"]["soap_vs_rest"], float), output
-    for key in ("rest_added_p50_ms", "rest_added_p99_ms", "soap_added_p50_ms"):
+    for key in (
+        "rest_added_p50_ms",
+        "rest_added_p99_ms",
+        "soap_added_p50_ms",
+        "durable_commit_p50_ms",
+        "rest_added_p50_beyond_two_commits_ms",
+    ):
         assert isinstance(report["latency"][key], float), (key, output)
     for key in ("soap_vs_rest_met", "rest_added_p50_met"):
         assert isinstance(report["targets"][key], bool), (key, output)

@@ -123,7 +123,8 @@ def test_known_keys_are_the_fields() -> None:
     assert KNOWN_KEYS["node"] >= {"peer_listen", "body_retention_days", "client", "service"}
     assert "body_retention" not in KNOWN_KEYS["node"] and "options" not in KNOWN_KEYS["service"]
     assert set(KNOWN_KEYS) == {"federation", "registry", "member", "node", "admin", "client",
-                               "service", "soap_service", "backend", "auditor"}  # fmt: skip
+                               "service", "soap_service", "backend", "auditor",
+                               "global_group"}  # fmt: skip
 
 
 @dataclasses.dataclass(frozen=True, kw_only=True)

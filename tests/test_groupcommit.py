@@ -32,3 +32,29 @@ async def test_a_write_that_raises_fails_its_batch_and_the_writer_lives_on() -> 
         await asyncio.wait_for(commits.append(_rec(0)), 30)
     assert await asyncio.wait_for(commits.append(_rec(1)), 30) == 0
     assert await commits.stop()
+
+
+async def test_an_abandoned_append_is_written_and_the_others_get_their_indexes() -> None:
+    """A client that disconnects cancels its wait, not its record: the record is written in
+    its batch, and every other append of that batch gets its own leaf index."""
+    written: list[str] = []
+    release = asyncio.Event()
+
+    async def write(batch: list[Pending]) -> int:
+        await release.wait()
+        first = len(written)
+        written.extend(rec.message_id for rec, _, _ in batch)
+        return first
+
+    commits = GroupCommit(write, max_batch=10)
+    commits.start("test")
+    tasks = [asyncio.create_task(commits.append(_rec(i))) for i in range(3)]
+    await asyncio.sleep(0)  # all three queued, the writer holds the first batch
+    tasks[1].cancel()
+    release.set()
+    got = await asyncio.wait_for(asyncio.gather(*tasks, return_exceptions=True), 30)
+    assert isinstance(got[1], asyncio.CancelledError)
+    assert got[0] == written.index(_rec(0).message_id)
+    assert got[2] == written.index(_rec(2).message_id)
+    assert _rec(1).message_id in written
+    assert await commits.stop()

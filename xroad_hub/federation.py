@@ -25,6 +25,7 @@ from typing import Any, ClassVar, TypeVar, Union, get_args, get_origin, get_type
 
 from adapters.flatfile.settings import OPTIONS as FLATFILE_OPTIONS
 from xroad_hub.errors import ConfigError, XRoadError
+from xroad_hub.protocol.access import parse_endpoint
 from xroad_hub.protocol.identifiers import (
     ClientId,
     MemberId,
@@ -50,6 +51,7 @@ __all__ = [
     "ClientConfig",
     "ConfigError",
     "FederationConfig",
+    "GlobalGroupConfig",
     "MemberConfig",
     "NodeConfig",
     "RegistryConfig",
@@ -66,8 +68,6 @@ AUTH_MODES = ("http", "mtls", "jwt")
 SOAP_MODES = ("bridge", "passthrough")
 # Options of a [[node.service]] passed to its adapter (the adapter validates their values).
 ADAPTER_OPTIONS: dict[str, frozenset[str]] = {"rest": frozenset(), "flatfile": FLATFILE_OPTIONS}
-
-
 
 
 def parse_address(text: str) -> tuple[str, int]:
@@ -123,6 +123,23 @@ def _purposes(values: tuple[str, ...]) -> tuple[str, ...]:
                 "food-business-licence"
             )
     return values
+
+
+def _endpoints(values: tuple[str, ...]) -> tuple[str, ...]:
+    for value in values:
+        parse_endpoint(value)
+    return values
+
+
+def _legal_bases(values: tuple[str, ...]) -> tuple[str, ...]:
+    return tuple(_legal_basis(v) for v in values)
+
+
+def _group_codes(values: tuple[str, ...]) -> frozenset[str]:
+    for value in values:
+        if not valid_part(value):
+            raise ValueError(f"global group code {value!r} must use identifier characters only")
+    return frozenset(values)
 
 
 def _purpose(value: str) -> str:
@@ -328,8 +345,18 @@ class ServiceConfig:
     # Purposes the provider accepts (X-Road-Purpose); when declared, a request with no
     # purpose or another one is refused with AccessDenied.
     purposes: tuple[str, ...] = _purposes_setting()
+    # Legal bases the provider serves under (X-Road-Legal-Basis); when declared, a request
+    # naming none of them is refused with AccessDenied.
+    legal_bases: tuple[str, ...] = setting((), parse=_legal_bases)
     # A service-level objective the node watches (node/slo.py); None: none declared.
     slo: SloConfig | None = None
+    # The operations this service code serves, "METHOD /path/{param}" each (a service code
+    # registered from one OpenAPI operation); empty: any method and path under its URL.
+    endpoints: tuple[str, ...] = setting((), parse=_endpoints)
+    # Global groups (defined centrally, in the global configuration) granted access too.
+    global_groups: frozenset[str] = setting(
+        frozenset(), key="allow_global_group", raw=tuple[str, ...], parse=_group_codes
+    )
 
     def __post_init__(self) -> None:
         if self.adapter == "rest" and not self.url:
@@ -439,6 +466,21 @@ class AuditorConfig:
     name: str = setting(parse=_auditor_name)
 
 
+@dataclass(frozen=True, slots=True, kw_only=True)
+class GlobalGroupConfig:
+    """A global group (X-Road): subsystems grouped by the central registry, published in
+    the global configuration; a provider's node may grant access rights to it."""
+
+    label: ClassVar[str] = "global group"
+    named_by: ClassVar[str] = "code"
+    code: str = setting(parse=lambda c: next(iter(_group_codes((c,)))))
+    members: frozenset[ClientId] = setting(frozenset(), raw=tuple[str, ...], parse=_client_ids)
+
+
+def _global_groups(groups: tuple[GlobalGroupConfig, ...]) -> dict[str, frozenset[ClientId]]:
+    return {g.code: g.members for g in groups}
+
+
 def _member_names(members: tuple[MemberConfig, ...]) -> dict[MemberId, str]:
     return {m.id: m.name if m.name is not None else str(m.id) for m in members}
 
@@ -455,6 +497,9 @@ class FederationConfig:
     auditors: tuple[str, ...] = setting(
         (), key="auditor", raw=tuple[AuditorConfig, ...], parse=lambda a: tuple(x.name for x in a)
     )
+    global_groups: dict[str, frozenset[ClientId]] = setting(
+        {}, key="global_group", raw=tuple[GlobalGroupConfig, ...], parse=_global_groups
+    )
 
     def __post_init__(self) -> None:
         for node in self.nodes:
@@ -465,6 +510,10 @@ class FederationConfig:
                     raise ValueError(f"node {node.id}: {sub} belongs to no declared member")
             if node.id.owner.instance != self.instance:
                 raise ValueError(f"node {node.id} is not in instance {self.instance}")
+        hosted = {sub for node in self.nodes for sub in node.hosted}
+        for code, members in self.global_groups.items():
+            for member in sorted(members - hosted, key=str):
+                raise ValueError(f"global group {code}: {member} is hosted by no node")
 
     def node(self, node_id: str) -> NodeConfig:
         for node in self.nodes:

@@ -11,9 +11,11 @@ of a million ``bytes`` keys costs.
 from __future__ import annotations
 
 import bisect
+import operator
 import struct
-from collections.abc import Iterator, Sequence
-from itertools import compress, repeat
+from collections import deque
+from collections.abc import Callable, Iterator, Sequence
+from itertools import repeat
 
 __all__ = ["KeyIndex", "build_index"]
 
@@ -83,24 +85,29 @@ def build_index(keys: list[bytes], width: int | None = None) -> KeyIndex:
     """An index of ``keys[record number]`` (canonical keys); empty keys are not indexed."""
     if width is None:
         width = max(map(len, keys), default=0) or 1
-    distinct = set(keys)
+    entry = struct.Struct(f">{width}sI")  # the key NUL-padded, then the record number
+    # Hashing a million keys only to learn there are many: a sample says so first.
+    many = len(set(keys[:4096]) - {b""}) > _FEW
+    distinct = set() if many else set(keys)
     distinct.discard(b"")
-    if len(distinct) <= _FEW:
-        # Few distinct keys (codes, years): group instead of sorting a million entries;
-        # compress() finds each key's records in C, already in file order.
-        parts = []
-        for key in sorted(distinct):
-            recnos = compress(range(len(keys)), map(key.__eq__, keys))
-            head = key.ljust(width, b"\x00")
-            parts.append(b"".join(map(head.__add__, map(_RECNO.pack, recnos))))
+    if not many and len(distinct) <= _FEW:
+        # Few distinct keys (codes, years): group instead of sorting a million entries. One
+        # pass in C over the keys appends each record number to its key's list (file order).
+        groups: dict[bytes, list[int]] = {key: [] for key in distinct}
+        groups[b""] = []
+        deque(map(operator.call, map(_appender(groups).__getitem__, keys), range(len(keys))), 0)
+        parts = [b"".join(map(entry.pack, repeat(key), groups[key])) for key in sorted(distinct)]
         return KeyIndex(width, b"".join(parts))
-    # map() keeps the million-fold loop in C; records without a key get an all-NUL key,
-    # which sorts first and is cut off after the sort.
-    padded = map(bytes.ljust, keys, repeat(width), repeat(b"\x00"))
-    entries = list(map(bytes.__add__, padded, map(_RECNO.pack, range(len(keys)))))
+    # map() keeps the million-fold loop in C, one object per entry; records without a key
+    # get an all-NUL key, which sorts first and is cut off after the sort.
+    entries = list(map(entry.pack, keys, range(len(keys))))
     entries.sort()
     unkeyed = keys.count(b"")
     return KeyIndex(width, b"".join(entries[unkeyed:] if unkeyed else entries))
+
+
+def _appender(groups: dict[bytes, list[int]]) -> dict[bytes, Callable[[int], None]]:
+    return {key: recnos.append for key, recnos in groups.items()}
 
 
 def iter_keys(index: KeyIndex) -> Iterator[bytes]:

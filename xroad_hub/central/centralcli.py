@@ -53,6 +53,25 @@ def add_central_commands(sub: Any) -> None:
     lst = msub.add_parser("list", help="list members")
     for p in (add, lst):
         p.add_argument("--dir", type=Path, required=True, help="the central server's directory")
+    group = csub.add_parser(
+        "group",
+        help="global groups: subsystems grouped centrally, granted access by providers' nodes",
+    )
+    gsub = group.add_subparsers(dest="group_command", required=True)
+    gadd = gsub.add_parser("add", help="a global group (empty, or with members)")
+    gadd.add_argument("code")
+    gadd.add_argument("members", nargs="*", metavar="SUBSYSTEM")
+    gmem = gsub.add_parser("add-member", help="add subsystems to a global group")
+    gmem.add_argument("code")
+    gmem.add_argument("members", nargs="+", metavar="SUBSYSTEM")
+    grem = gsub.add_parser("remove-member", help="remove subsystems from a global group")
+    grem.add_argument("code")
+    grem.add_argument("members", nargs="+", metavar="SUBSYSTEM")
+    gdel = gsub.add_parser("remove", help="remove a global group")
+    gdel.add_argument("code")
+    glist = gsub.add_parser("list", help="the global groups and their members")
+    for p in (gadd, gmem, grem, gdel, glist):
+        p.add_argument("--dir", type=Path, required=True, help="the central server's directory")
     anchor = cmd("anchor", "write the configuration anchor a node is started from")
     anchor.add_argument("-o", "--output", type=Path, required=True, help="anchor file to write")
     run = cmd("run", "serve the global configuration, management and admin APIs (HTTPS)")
@@ -156,6 +175,23 @@ def _on_server(server: Any, args: argparse.Namespace, verify_audit: Any) -> int:
             raise RegistrationError("Malformed", f"{member} is not of instance {server.instance}")
         server.store.add_member(member, args.name, _operator())
         print(f"member {member} ({args.name}) admitted")
+        return 0
+    if c == "group":
+        g = args.group_command
+        if g == "list":
+            for code, members in sorted(server.global_groups().items()):
+                print(f"{code}\t{', '.join(sorted(str(m) for m in members)) or '(no members)'}")
+            return 0
+        if g == "add" and args.code in server.global_groups():
+            raise RegistrationError("Duplicate", f"global group {args.code} exists already", 409)
+        members = server.change_group(
+            args.code, _operator(),
+            add=tuple(args.members) if g in ("add", "add-member") else (),
+            remove=tuple(args.members) if g == "remove-member" else (),
+            delete=g == "remove",
+        )  # fmt: skip
+        state = "removed" if g == "remove" else f"{len(members)} member(s)"
+        print(f"global group {args.code}: {state}; in the next global configuration")
         return 0
     if c == "anchor":
         args.output.write_bytes(server.anchor())

@@ -73,6 +73,7 @@ class Registry:
             trusted_cas_der=(self._root_der,),
             monitoring_client=self.fed.registry.monitoring_client,
             revocations=tuple(self.revocations),
+            groups=self.fed.global_groups,
         )
 
     def app(self) -> web.Application:

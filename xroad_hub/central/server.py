@@ -32,6 +32,7 @@ A running node finds the timestamp authority and the witness under the anchor's 
 from __future__ import annotations
 
 import asyncio
+import functools
 import hashlib
 import hmac
 import secrets
@@ -44,6 +45,7 @@ from pathlib import Path
 from typing import Any
 from urllib.parse import urlsplit
 
+import orjson
 import structlog
 from aiohttp import web
 from cryptography import x509
@@ -74,10 +76,12 @@ from xroad_hub.protocol.globalconf import (
     signer_name,
 )
 from xroad_hub.protocol.identifiers import (
+    ClientId,
     parse_client_id,
     parse_member_id,
     parse_node_id,
     parse_subsystem_id,
+    valid_part,
 )
 from xroad_hub.protocol.registration import (
     REQUEST_ID,
@@ -99,6 +103,7 @@ log = structlog.get_logger("xroad_hub.central.server")
 
 _MAX_REQUEST = 64 * 1024
 GLOBALCONF_CACHE = 1.0  # seconds a signed configuration is served again unchanged
+_GROUPS_KEY = "global_groups"  # the global groups, one JSON document in the meta table
 DEFAULT_VALIDITY = 600  # seconds a global configuration stays valid (X-Road: 600)
 
 
@@ -268,6 +273,7 @@ class CentralServer:
                 for c in self.store.certs()
                 if c.revoked_at is not None
             ),
+            groups=self.global_groups(),
         )
 
     # --- revocation ---------------------------------------------------------------------------
@@ -322,6 +328,56 @@ class CentralServer:
             log.warning("central.certificate_revoked", serial=c.serial, purpose=c.purpose,
                         subject=c.subject, admin=admin)  # fmt: skip
         return revoked
+
+    # --- global groups ---------------------------------------------------------------------
+
+    def global_groups(self) -> dict[str, frozenset[ClientId]]:
+        """The global groups (X-Road): subsystems grouped here, published in the global
+        configuration, to which providers' nodes grant access rights."""
+        raw = self.store.get_meta(_GROUPS_KEY)
+        groups = orjson.loads(raw) if raw else {}
+        return {code: frozenset(parse_client_id(m) for m in ms) for code, ms in groups.items()}
+
+    def change_group(
+        self,
+        code: str,
+        admin: str,
+        *,
+        add: tuple[str, ...] = (),
+        remove: tuple[str, ...] = (),
+        delete: bool = False,
+    ) -> frozenset[ClientId]:
+        """Create a group (by adding to one that does not exist), change its members, or
+        delete it; members must be subsystems registered here. In the next configuration."""
+        if not valid_part(code):
+            raise RegistrationError("Malformed", f"group code {code!r}: identifier characters")
+        groups = {c: set(m) for c, m in self.global_groups().items()}
+        if delete:
+            if code not in groups:
+                raise RegistrationError("NotFound", f"no global group {code}", 404)
+            del groups[code]
+        else:
+            registered = {c for row in self.store.nodes() for c in row.clients}
+            members = groups.setdefault(code, set())
+            for text in add:
+                client = _subsystem(text)
+                if str(client) not in registered:
+                    raise RegistrationError(
+                        "NotFound", f"{client} is not a subsystem registered here", 404
+                    )
+                members.add(client)
+            for text in remove:
+                if _subsystem(text) not in members:
+                    raise RegistrationError("NotFound", f"{text} is not in group {code}", 404)
+                members.discard(_subsystem(text))
+        doc = {c: sorted(str(m) for m in ms) for c, ms in sorted(groups.items())}
+        self.store.set_meta(_GROUPS_KEY, orjson.dumps(doc).decode())
+        # After the change, so that the configuration made for the new audit head has it.
+        self.store.audit(
+            admin, "group.remove" if delete else "group.change", group=code,
+            add=list(add), remove=list(remove),
+        )  # fmt: skip
+        return frozenset(groups.get(code, ()))
 
     def signed_globalconf(self) -> bytes:
         """The signed configuration for GET /globalconf (unauthenticated): made anew only
@@ -556,6 +612,10 @@ class CentralServer:
         api.route("GET", "/audit", self._h_audit, ("security-officer", "system-administrator"))
         api.route("GET", "/certificates", self._h_certs, officers)
         api.route("POST", "/revocations", self._h_revoke, ("security-officer",))
+        api.route("GET", "/groups", self._h_groups, officers)
+        for method in ("POST", "DELETE"):
+            api.route(method, "/groups/{code}", self._h_group,
+                      ("registration-officer", "system-administrator"))  # fmt: skip
         app.add_subapp("/admin", api.app)
         app.router.add_routes(
             witness_routes(self.witness, self.witness_cert.public_bytes(serialization.Encoding.DER))
@@ -687,6 +747,39 @@ class CentralServer:
 
         return await _answer(run)
 
+    async def _h_groups(self, request: web.Request) -> web.Response:
+        groups = await asyncio.to_thread(self.global_groups)
+        return web.json_response(
+            {c: sorted(str(m) for m in ms) for c, ms in sorted(groups.items())}
+        )
+
+    async def _h_group(self, request: web.Request) -> web.Response:
+        """POST {"add": [...], "remove": [...]} changes (or creates) a group; DELETE it."""
+        admin, code = request[ADMIN].name, request.match_info["code"]
+
+        async def run() -> web.Response:
+            doc: dict[str, Any] = {}
+            if request.method == "POST":
+                try:
+                    doc = await request.json()
+                    add = tuple(str(m) for m in doc.get("add", []))
+                    remove = tuple(str(m) for m in doc.get("remove", []))
+                except (ValueError, TypeError, AttributeError) as exc:
+                    raise RegistrationError(
+                        "Malformed", 'body must be {"add": [SUBSYSTEM...], "remove": [...]}'
+                    ) from exc
+            else:
+                add = remove = ()
+            members = await asyncio.to_thread(
+                functools.partial(
+                    self.change_group, code, f"api:{admin}", add=add, remove=remove,
+                    delete=request.method == "DELETE",
+                )
+            )  # fmt: skip
+            return web.json_response({"code": code, "members": sorted(str(m) for m in members)})
+
+        return await _answer(run)
+
     async def _h_audit(self, request: web.Request) -> web.Response:
         entries = await asyncio.to_thread(self.store.audit_entries)
         fields = ("seq", "at", "admin", "action", "detail", "hash")
@@ -705,6 +798,13 @@ def _row_json(r: RequestRow) -> dict[str, Any]:
            "client": r.client, "address": r.address, "receivedAt": r.received_at,
            "decidedAt": r.decided_at, "decidedBy": r.decided_by, "reason": r.reason}  # fmt: skip
     return {k: v for k, v in out.items() if v is not None}
+
+
+def _subsystem(text: str) -> ClientId:
+    try:
+        return parse_client_id(text)
+    except ValueError as exc:
+        raise RegistrationError("Malformed", f"{text!r} is not a subsystem id: {exc}") from exc
 
 
 def _refuse(exc: RegistrationError) -> web.Response:

@@ -29,6 +29,7 @@ TEST_ADMIN_KEYS: dict[str, tuple[str, tuple[str, ...]]] = {
     "ops": ("test-admin-key-ops-not-for-production", ("system-administrator",)),
     "scraper": ("test-admin-key-scraper-not-for-production", ("monitor",)),
     "officer": ("test-admin-key-officer-not-for-production", ("security-officer",)),
+    "services": ("test-admin-key-services-not-for-production", ("service-administrator",)),
 }
 
 
@@ -88,6 +89,8 @@ class TestFederationSpec:
     # More settings of a node ([[node]], by node id) and of [registry].
     node_settings: dict[str, dict[str, object]] = field(default_factory=dict)
     registry_settings: dict[str, object] = field(default_factory=dict)
+    # Global groups the registry publishes ([[global_group]]): code -> members.
+    global_groups: dict[str, list[str]] = field(default_factory=dict)
 
 
 def write_federation(path: Path, spec: TestFederationSpec) -> Path:
@@ -211,6 +214,8 @@ def write_federation(path: Path, spec: TestFederationSpec) -> Path:
         lines += [table]
         for key, value in s.items():
             lines.append(f"{key} = {_toml(value)}")
+    for code, members in spec.global_groups.items():
+        lines += ["[[global_group]]", f'code = "{code}"', f"members = {_list(members)}"]
     path.write_text("\n".join(lines) + "\n", encoding="utf-8")
     return path
 

@@ -27,7 +27,11 @@ of each leaf. A column holding a value of another type is a finding, never a cra
 from __future__ import annotations
 
 import base64
+import binascii
 import hashlib
+import itertools
+import operator
+import struct
 import time
 from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass, field
@@ -55,7 +59,7 @@ from xroad_hub.protocol.identifiers import parse_client_id, parse_node_id, parse
 from xroad_hub.protocol.message import body_digest, canonical
 from xroad_hub.protocol.rest import request_hash
 from xroad_hub.protocol.rfc3161 import TimestampError, verify_response
-from xroad_hub.protocol.signing import SignatureError, SignatureVerifier
+from xroad_hub.protocol.signing import MAX_BATCH, SignatureError, SignatureVerifier
 
 __all__ = [
     "AuditReport",
@@ -164,6 +168,30 @@ class _SubjectIndex:
             yield f"the subject index lacks {subject!r}: the citizen's tracker and searches miss it"
         for subject in sorted(actual - want, key=str):
             yield f"the subject index names {_short(subject)}, whom the entry does not concern"
+
+    def take(self, start: int, end: int) -> list[tuple[Any, Any]] | None:
+        """The rows for entries ``start`` to ``end - 1``, consumed, if they are exactly the
+        rows `check` would consume for them (plain integer indexes, nothing out of order
+        before or after); otherwise None, and nothing is consumed."""
+        taken = []
+        nxt = self._next
+        while nxt is not None and type(nxt[0]) is int and start <= nxt[0] < end:
+            taken.append(nxt)
+            nxt = next(self._rows, None)
+        if nxt is None or (type(nxt[0]) is int and nxt[0] >= end):
+            self._next = nxt
+            return taken
+        if taken:  # put them back, in order
+            self._rows = itertools.chain(taken[1:], [nxt], self._rows)
+            self._next = taken[0]
+        return None
+
+    def put_back(self, taken: list[tuple[Any, Any]]) -> None:
+        """Undo a `take` (its rows are read again, in order)."""
+        if taken:
+            rest = [self._next] if self._next is not None else []
+            self._rows = itertools.chain(taken[1:], rest, self._rows)
+            self._next = taken[0]
 
     def leftovers(self) -> Iterator[str]:
         """Rows for entries the log does not hold (once every leaf has been checked)."""
@@ -319,10 +347,13 @@ def _verify(
     finished: dict[int, float] = {}
     tree = merkle.CompactRange()
     subject_index = _SubjectIndex(reader)
-    complete = True
     checks: list[tuple[int, frozenset[type]]] | None = None
+    fast: _FastPage | None = None
     columns = None if entries else ("leaf_index", "leaf")
-    for expected, row in enumerate(reader.entries(columns)):
+
+    def one(expected: int, row: Row) -> bool:
+        """Check one entry and add it to the tree; False at a gap (nothing after it counts)."""
+        nonlocal checks
         index = row["leaf_index"]
         if not isinstance(index, int) or index != expected:
             problem = (
@@ -331,8 +362,7 @@ def _verify(
                 else f"entries are out of order ({_short(index)} after {expected - 1})"
             )
             report.findings.append(Finding(expected, problem))
-            complete = False
-            break  # every later index is off too; the first gap is what matters
+            return False
         if checks is None:
             checks = _type_checks(list(row.keys()), _TYPES)
         wrong = [] if all(type(row[i]) in ok for i, ok in checks) else [*_wrong_types(row, _TYPES)]
@@ -362,6 +392,32 @@ def _verify(
             roots_at[report.entries] = tree.root()
         if progress is not None and (report.entries % 10000 == 0 or report.entries == total):
             progress(report.entries, total)
+        return True
+
+    # Pages of entries go through a batched check that only says "all of it is fine"; a page
+    # it does not pass (any finding, anything unusual) is checked again entry by entry, so
+    # the findings are those of the entry-by-entry check, and so is what it accepts.
+    complete = True
+    rows = iter(reader.entries(columns))
+    while complete and (page := list(itertools.islice(rows, _PAGE))):
+        start = report.entries
+        if fast is None:
+            fast = _FastPage(list(page[0].keys()), certs, verifier, entries)
+        leaves = fast.check(page, start, subject_index)
+        if leaves is None:
+            complete = all(one(start + i, row) for i, row in enumerate(page))
+            continue
+        for i, (row, leaf) in enumerate(zip(page, leaves, strict=True)):
+            index = start + i
+            if index == 0 or index in wanted:
+                finished[index] = _earliest_time(leaf, row if entries else None)
+        for raw in fast.raw_leaves(page):
+            tree.append(merkle.leaf_hash(raw))
+            report.entries += 1
+            if report.entries in wanted:
+                roots_at[report.entries] = tree.root()
+            if progress is not None and (report.entries % 10000 == 0 or report.entries == total):
+                progress(report.entries, total)
     if complete:  # after a gap, the index of the entries beyond it means nothing
         for problem in subject_index.leftovers():
             report.findings.append(Finding(None, problem))
@@ -576,6 +632,240 @@ def _compare_with_witness(
     return None
 
 
+# Entries per batched check (and per fallback to the entry-by-entry one).
+_PAGE = 2048
+_sha256 = hashlib.sha256
+_sha512 = hashlib.sha512
+
+
+def _b64(digest: bytes) -> str:
+    """base64 as `body_digest` and `request_hash` write it (b64encode), without its wrapper."""
+    return binascii.b2a_base64(digest, newline=False).decode()
+
+
+_MARGIN = 0.001  # s: the batched check leaves times this close to a validity bound to the other
+
+
+class _FastPage:
+    """The checks of `_verify` and `_check_entry` over a page of entries at once, without a
+    finding's wording: ``check`` answers only "every entry of the page passes", and anything
+    it is not sure of (a value of an unusual type, a first signature of a batch, any
+    mismatch) makes it say no, so that the entry-by-entry check runs and reports. What it
+    saves: per-entry Python objects and calls (rows are read by position, identifiers and
+    certificates looked up once, a batch's ECDSA signature verified once for all its
+    messages)."""
+
+    def __init__(
+        self, names: list[str], certs: dict[str, bytes], verifier: SignatureVerifier, full: bool
+    ) -> None:
+        self._full = full
+        self._pos = {name: i for i, name in enumerate(names)}
+        self._checks = _type_checks(names, _TYPES)
+        self._good_types: set[tuple[type, ...]] = set()
+        self._leaf = self._pos["leaf"]
+        self._certs = certs
+        self._verifier = verifier
+        self._signers: dict[tuple[str, Any, bytes], tuple[Any, float, float] | None] = {}
+        self._roots: set[tuple[bytes, int, bytes, bytes]] = set()
+        self._nodes: dict[tuple[bytes, bytes], bytes] = {}
+        if full:
+            p = self._pos
+            self._row_fields = operator.itemgetter(*(p[n] for n in _COLUMN_FIELDS))
+            self._leaf_fields = operator.itemgetter(*_COLUMN_FIELDS)
+
+    def raw_leaves(self, page: list[Row]) -> list[bytes]:
+        i = self._leaf
+        return [r[i] for r in page]
+
+    def check(
+        self, page: list[Row], start: int, subject_index: _SubjectIndex
+    ) -> list[dict[str, Any]] | None:
+        """Each entry's leaf if the whole page passes (the subject index rows of its entries
+        are then consumed); None otherwise."""
+        try:
+            leaves = self._page(page, start)
+        except Exception:  # anything odd: the entry-by-entry check says what
+            return None
+        if leaves is None:
+            return None
+        want = set()
+        for index, leaf in enumerate(leaves, start):
+            subjects = leaf.get("subjects")
+            if isinstance(subjects, list):
+                try:
+                    want.update((index, s) for s in subjects)
+                except TypeError:  # unhashable
+                    return None
+        taken = subject_index.take(start, start + len(page))
+        if taken is None:
+            return None
+        if set(taken) != want:
+            subject_index.put_back(taken)
+            return None
+        return leaves
+
+    def _page(self, page: list[Row], start: int) -> list[dict[str, Any]] | None:
+        first = self._pos["leaf_index"]
+        if [r[first] for r in page] != list(range(start, start + len(page))):
+            return None
+        good = self._good_types
+        for r in page:
+            types = tuple(map(type, r))
+            if types not in good:
+                if not all(types[i] in ok for i, ok in self._checks):
+                    return None
+                good.add(types)
+        loads = orjson.loads
+        i = self._leaf
+        leaves = [loads(r[i]) for r in page]
+        for leaf in leaves:
+            if type(leaf) is not dict:
+                return None
+        if self._full:
+            entry = self._entry
+            for r, leaf in zip(page, leaves, strict=True):
+                if not entry(r, leaf):
+                    return None
+        return leaves
+
+    def _entry(self, r: Row, leaf: dict[str, Any]) -> bool:
+        """`_check_entry` finds nothing (True), or might (False)."""
+        p = self._pos
+        raw = r[self._leaf]
+        if canonical(leaf) != raw or self._leaf_fields(leaf) != self._row_fields(r):
+            return False
+        if orjson.loads(r[p["subjects"]]) != leaf.get("subjects"):
+            return False
+        for name in ("started_at", "finished_at"):
+            value = leaf[name]
+            if type(value) not in (float, int) or abs(value - r[p[name]]) > 1e-5:
+                return False
+        for column, key in _DIGESTS:
+            value = r[p[column]]
+            if (None if value is None else _sha256(value).hexdigest()) != leaf.get(key):
+                return False
+        for column, key in _BODIES:
+            value = r[p[column]]
+            if value is not None and _sha256(value).hexdigest() != leaf.get(key):
+                return False
+        for column, key in _CERTS:
+            if r[p[column]] != leaf.get(key):
+                return False
+        request_meta = r[p["request_meta"]]
+        request_body = r[p["request_body"]]
+        if not self._signed(
+            "request", leaf, request_meta, r[p["request_signature"]],
+            r[p["request_cert_sha256"]], request_body, None,
+        ):  # fmt: skip
+            return False
+        response_meta = r[p["response_meta"]]
+        return response_meta is None or self._signed(
+            "response", leaf, response_meta, r[p["response_signature"]],
+            r[p["response_cert_sha256"]], r[p["response_body"]], (request_meta, request_body),
+        )  # fmt: skip
+
+    def _root(self, leaf: bytes, index: int, size: int, signature: bytes, end: int) -> bytes | None:
+        """`merkle.root_from_inclusion` over the path in ``signature``, with interior nodes
+        remembered: the messages of one batch share all but their lowest ones."""
+        if not 0 <= index < size:
+            return None
+        nodes = self._nodes
+        if len(nodes) > 1 << 16:
+            nodes.clear()
+        fn, sn, result = index, size - 1, leaf
+        for at in range(9, end, 32):
+            if sn == 0:
+                return None
+            sibling = signature[at : at + 32]
+            pair = (sibling, result) if fn & 1 or fn == sn else (result, sibling)
+            node = nodes.get(pair)
+            if node is None:
+                node = nodes[pair] = _sha256(b"\1" + pair[0] + pair[1]).digest()
+            result = node
+            if fn & 1 or fn == sn:
+                while fn and not fn & 1:  # climb to where this subtree is a right child
+                    fn >>= 1
+                    sn >>= 1
+            fn >>= 1
+            sn >>= 1
+        return result if sn == 0 else None
+
+    def _signer(self, side: str, name: object, cert: bytes) -> tuple[Any, float, float] | None:
+        try:
+            member = (
+                parse_client_id(str(name)).member
+                if side == "request"
+                else parse_service_id(str(name)).provider.member
+            )
+            signer = self._verifier.signer(cert)
+        except (ProtocolError, SignatureError):
+            return None
+        return signer if signer[0] == member else None
+
+    def _signed(
+        self,
+        side: str,
+        leaf: dict[str, Any],
+        meta: bytes,
+        signature: bytes,
+        cert_sha256: str | None,
+        body: bytes | None,
+        request: tuple[bytes, bytes | None] | None,
+    ) -> bool:
+        """`check_signed_part` finds nothing (True), or might (False)."""
+        cert = self._certs.get(cert_sha256 or "")
+        if cert is None or type(signature) is not bytes:
+            return False
+        name = leaf["client"] if side == "request" else leaf["service"]
+        # (member, validity) of the certificate if it may sign for the leaf's client or
+        # provider; None if not. Few certificates and names: each pair is judged once.
+        signer = self._signers.get((side, name, cert), False)
+        if signer is False:
+            signer = self._signer(side, name, cert)
+            self._signers[(side, name, cert)] = signer
+        if signer is None:
+            return False
+        signed = orjson.loads(meta)
+        if type(signed) is not dict:
+            return False
+        created = signed.get("created", leaf["started_at"])
+        if type(created) not in (float, int):
+            return False
+        if not signer[1] + _MARGIN < created < signer[2] - _MARGIN:
+            return False
+        for signed_key, leaf_key in _BOUND_REQUEST if side == "request" else _BOUND_RESPONSE:
+            if signed.get(signed_key) != leaf.get(leaf_key):
+                return False
+        if request is not None and signed.get("request_hash") != (
+            _request_hash(*request)
+            if not request[1]
+            else _b64(_sha512(_sha512(request[0]).digest() + _sha512(request[1]).digest()).digest())
+        ):  # as rest.request_hash computes it
+            return False
+        if body is not None and signed.get("body_sha512") != _b64(_sha512(body).digest()):
+            return False
+        # The batch signature: this message's audit path must lead to a root whose ECDSA
+        # signature was verified (once per batch, by the verifier itself).
+        if len(signature) < 9:
+            return False
+        index, size, n = _BATCH_HEAD.unpack_from(signature)
+        end = 9 + 32 * n
+        if size > MAX_BATCH or len(signature) <= end:
+            return False
+        root = self._root(_sha256(b"\0" + meta).digest(), index, size, signature, end)
+        if root is None:
+            return False
+        key = (cert, size, root, signature[end:])
+        if key not in self._roots:
+            when = datetime.fromtimestamp(float(created), UTC)
+            try:
+                self._verifier.verify(meta, signature, cert, signer[0], when)
+            except SignatureError:
+                return False
+            self._roots.add(key)
+        return True
+
+
 def _check_entry(row: Row, certs: dict[str, bytes], verifier: SignatureVerifier) -> Iterator[str]:
     raw = bytes(row["leaf"])
     try:
@@ -642,6 +932,7 @@ _BOUND_REQUEST = (
     ("represented_party", "represented_party"), ("method", "method"),
 )  # fmt: skip
 _BOUND_RESPONSE = (("id", "message_id"), ("request_id", "request_id"), ("status", "status"))
+_BATCH_HEAD = struct.Struct(">IIB")  # as signing.BatchSignature encodes it
 
 
 def check_signed_part(

@@ -94,16 +94,18 @@ class AdminApi:
         audit: AdminAudit | None = None,
         *,
         lookup: AdminLookup | None = None,
+        max_body: int = 64 * 1024,
     ) -> None:
         """``audit``: the trail the app's own routes write (None where the owner keeps its
         trail elsewhere, as the central server does in its database). ``lookup``: find
         administrators per request instead of in ``admins`` (the central server reads its
-        database, so a key added or replaced takes effect without a restart)."""
+        database, so a key added or replaced takes effect without a restart). ``max_body``:
+        the largest request body (only ever read once the administrator is authenticated)."""
         self.node_id = node_id
         self._by_digest = {a.key_sha256: a for a in admins}
         self._lookup = lookup
         self.audit = audit
-        self.app = web.Application(middlewares=[self._authenticate], client_max_size=64 * 1024)
+        self.app = web.Application(middlewares=[self._authenticate], client_max_size=max_body)
         self._roles: dict[web.Application, frozenset[str]] = {}
         self._route_roles: dict[web.AbstractRoute, frozenset[str]] = {}
 

@@ -88,6 +88,9 @@ def add_node_commands(sub: Any) -> None:
     from xroad_hub.node.rotation import add_keys_commands
 
     add_keys_commands(node_sub)  # node keys rotate|activate
+    from xroad_hub.node.servicecli import add_service_commands
+
+    add_service_commands(node_sub)  # node service, access, group, clients, settings, status
 
 
 def run_node_command(args: argparse.Namespace) -> int:
@@ -105,6 +108,10 @@ def run_node_command(args: argparse.Namespace) -> int:
         from xroad_hub.node.enroll import run_enroll_command
 
         return run_enroll_command(args)
+    from xroad_hub.node.servicecli import SERVICE_COMMANDS, run_service_command
+
+    if args.node_command in SERVICE_COMMANDS:
+        return run_service_command(args)
     try:
         key = _read_key(args.key_file)
         if args.node_command == "slo":
@@ -160,7 +167,11 @@ def _read_key(path: Path | None) -> str:
 
 
 def _call(
-    args: argparse.Namespace, method: str, path: str, key: str, body: dict[str, Any] | None
+    args: argparse.Namespace,
+    method: str,
+    path: str,
+    key: str,
+    body: dict[str, Any] | bytes | None,
 ) -> dict[str, Any]:
     url = args.admin.rstrip("/") + path
     parts = urlsplit(url)
@@ -182,7 +193,7 @@ def _call(
     request = urllib.request.Request(
         url,
         method=method,
-        data=None if body is None else json.dumps(body).encode(),
+        data=body if body is None or isinstance(body, bytes) else json.dumps(body).encode(),
         headers={"Authorization": f"Bearer {key}", "Content-Type": "application/json"},
     )
     try:

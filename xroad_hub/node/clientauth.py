@@ -85,6 +85,11 @@ class ClientAuthenticator:
         self._regs = {r.id: r for r in registrations}
         self._used = used_tokens
 
+    def replace(self, registrations: list[ClientRegistration]) -> None:
+        """The hosted clients changed (node/services.py): every request from now on is
+        authenticated against these, whole; one in flight keeps what it was admitted with."""
+        self._regs = {r.id: r for r in registrations}
+
     async def authenticate(self, client: ClientId, creds: Credentials) -> ClientRegistration:
         """The caller is ``client`` (named before the body is read, e.g. X-Road-Client)."""
         reg = self._regs.get(client)

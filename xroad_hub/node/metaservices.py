@@ -13,7 +13,7 @@ these codes takes precedence over the metaservice.
 
 from __future__ import annotations
 
-from collections.abc import Iterable
+from collections.abc import Iterable, Mapping
 from typing import Any
 from urllib.parse import parse_qs
 
@@ -23,6 +23,7 @@ from lxml import etree
 from adapters import AdapterResponse
 from xroad_hub.errors import XRoadError
 from xroad_hub.node.runtime import HostedService
+from xroad_hub.protocol.access import may_call
 from xroad_hub.protocol.identifiers import ClientId, ServiceId, SubsystemId
 from xroad_hub.protocol.soap import (
     ID_NS,
@@ -52,8 +53,10 @@ def answer_metaservice(
     service: ServiceId,
     query: str,
     soap: SoapMessage | None,
+    groups: Mapping[str, frozenset[ClientId]] | None = None,
 ) -> AdapterResponse:
-    """The answer to a metaservice request addressed to ``service.provider``."""
+    """The answer to a metaservice request addressed to ``service.provider`` (``groups``:
+    the global groups of the configuration in force, for allowedMethods)."""
     mine = sorted(
         (h for h in services if h.config.id.provider == service.provider),
         key=lambda h: h.config.id.service_code,
@@ -64,7 +67,7 @@ def answer_metaservice(
             # As in X-Road: SOAP clients are told of the services described by a WSDL.
             mine = [h for h in mine if h.wsdl is not None]
         if code == "allowedMethods":
-            mine = [h for h in mine if client in h.config.allow and not h.config.disabled]
+            mine = [h for h in mine if may_call(h.config, client, groups) and not h.config.disabled]
         return _list(code, mine, soap)
     if code == "getWsdl":
         wanted, version = _wanted(query, soap)

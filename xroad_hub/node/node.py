@@ -7,7 +7,7 @@ import contextlib
 import functools
 import socket
 import ssl
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Callable, Mapping
 from pathlib import Path
 from types import MappingProxyType
 from typing import Any
@@ -18,11 +18,14 @@ import orjson
 import structlog
 import zeep
 from aiohttp import web
+from cryptography import x509
+from cryptography.exceptions import InvalidSignature
 from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric import ec
 
 from adapters import Adapter, RestAdapter
 from adapters.flatfile import FlatFileAdapter, LayoutError
+from adapters.flatfile.openapi import flatfile_openapi
 from adapters.soap import (
     SoapBridgeAdapter,
     SoapPassthroughAdapter,
@@ -36,7 +39,14 @@ from adapters.soap import (
     zeep_client,
 )
 from xroad_hub.errors import CLIENT_PROXY, SERVER_PROXY
-from xroad_hub.federation import ConfigError, NodeConfig, ServiceConfig, SoapServiceConfig
+from xroad_hub.federation import (
+    ClientConfig,
+    ConfigError,
+    NodeConfig,
+    ServiceConfig,
+    SoapServiceConfig,
+    load_table,
+)
 from xroad_hub.listen import listen_socket
 from xroad_hub.messagelog import MessageLog, PostgresMessageLog, SQLiteMessageLog
 from xroad_hub.messagelog.postgres import schema_for_node
@@ -51,7 +61,7 @@ from xroad_hub.node.globalconf_client import GlobalConfClient
 from xroad_hub.node.health import CertCheck, health_app
 from xroad_hub.node.keys import DevPkiKeys, NodeKeys
 from xroad_hub.node.limits import ClientLimits
-from xroad_hub.node.metrics import NodeMetrics
+from xroad_hub.node.metrics import NodeMetrics, time_backend
 from xroad_hub.node.operations import NodeOperations
 from xroad_hub.node.opmonitoring import OpMonitor
 from xroad_hub.node.peer import PEER_PATH, PeerTransport
@@ -61,8 +71,11 @@ from xroad_hub.node.runtime import (
     SOAP_FAULTS,
     HostedService,
     NodeRuntime,
+    ServiceTable,
     x_road_errors,
 )
+from xroad_hub.node.services import Refused, ServiceManager, soap_registration
+from xroad_hub.node.settings import Row, SQLiteSettingsStore
 from xroad_hub.node.slo import AlertSender, SloWatch
 from xroad_hub.node.timestamping import fetch_timestamp
 from xroad_hub.node.tls import client_facing_context, peer_client_context, peer_server_context
@@ -71,7 +84,7 @@ from xroad_hub.node.usedtokens import SQLiteUsedTokens
 from xroad_hub.pki import PkiLayout, load_cert, load_ed25519_key, load_private_key, load_public_key
 from xroad_hub.protocol.catalog import DEFAULT_CATALOG, load_catalog
 from xroad_hub.protocol.checkpoint import NoteSigner
-from xroad_hub.protocol.identifiers import ServiceId
+from xroad_hub.protocol.identifiers import ClientId, ServiceId
 from xroad_hub.protocol.message import MAX_OVERHEAD
 from xroad_hub.protocol.signing import MessageSigner, cert_fingerprint
 from xroad_hub.protocol.subjects import (
@@ -142,6 +155,11 @@ class Node(NodeOperations):
         self._listeners: list[tuple[str, web.AppRunner]] = []  # (role, runner), for metrics
         self.metrics: NodeMetrics | None = None
         self.admin: AdminApi | None = None
+        # The node's settings database and the services built from it (node/services.py).
+        self.settings: SQLiteSettingsStore | None = None
+        self.service_manager: ServiceManager | None = None
+        self._wsdls: dict[tuple[str, str, str], tuple[WsdlInfo, zeep.Client | None]] = {}
+        self._purpose_defaults: dict[ClientId, tuple[str, str | None]] = {}
         self._certs: list[CertCheck] = []
         # How long a failed append of the message log keeps the node unready (health): no
         # probe writes to the log, so a failure is forgotten once none follows for this long.
@@ -213,21 +231,34 @@ class Node(NodeOperations):
         """The services with their adapters (flat-file exports loaded before the node
         answers), and the runtime both proxies share, complete before anything serves."""
         async with contextlib.AsyncExitStack() as stack:
-            services = self._services()
-            services.update(await self._soap_services(services))
-            for hosted in services.values():
-                stack.push_async_callback(hosted.adapter.close)
-            for hosted in services.values():
-                if isinstance(hosted.adapter, FlatFileAdapter):
-                    await hosted.adapter.start()
+            store = self.settings = SQLiteSettingsStore(self.data_dir / "node-settings.sqlite")
+            await asyncio.to_thread(store.open)
+            stack.callback(store.close)
+            table = ServiceTable()
+            manager = self.service_manager = ServiceManager(
+                store,
+                self,
+                table,
+                known_client=self._known_client,
+                hosted_here=self._hosts,
+                global_group=self._global_group,
+            )
+            declared = self._declared_services() + await self._declared_soap_services()
+            await manager.start(declared, self._declared_clients())
+            manager.prepare_clients = self._prepare_clients
+            stack.push_async_callback(manager.close)
             self.checkpointer = self._checkpointer()
             if self.metrics_enabled:
-                self.metrics = NodeMetrics(
-                    str(self.config.id), frozenset(str(s) for s in services)
-                )
-            self.opmonitor = self._opmonitor(services)
-            rt = self.runtime = self._runtime(services, self.checkpointer)
+                self.metrics = NodeMetrics(str(self.config.id), frozenset(str(s) for s in table))
+            self.opmonitor = self._opmonitor(table)
+            rt = self.runtime = self._runtime(table, self.checkpointer)
             self._instrument(rt)
+            if rt.metrics is not None:
+                manager.on_new_adapter = lambda adapter: time_backend(adapter, "handle")
+            manager.on_swap = self._services_changed
+            # Other processes serving this node change the same settings database.
+            following = asyncio.get_running_loop().create_task(manager.follow())
+            stack.push_async_callback(_cancelled, following)
             stack.push_async_callback(rt.peers.close)
             stack.callback(rt.parse_pool.shutdown, wait=False, cancel_futures=True)
             yield
@@ -264,14 +295,172 @@ class Node(NodeOperations):
 
     # --- building ---------------------------------------------------------------------------
 
-    def _services(self) -> dict[ServiceId, HostedService]:
-        services = {
-            s.id: HostedService(s, self._adapter(s), openapi=_openapi(s))
-            for s in self.config.services
-        }
-        for hosted in services.values():
+    def _declared_services(self) -> list[tuple[ServiceConfig, dict[str, Any]]]:
+        """The REST and flat-file services of the node's configuration, as settings rows
+        (their OpenAPI documents kept in the settings database)."""
+        assert self.settings is not None
+        found: list[tuple[ServiceConfig, dict[str, Any]]] = []
+        for s in self.config.services:
+            extra: dict[str, Any] = {"allow": sorted(str(c) for c in s.allow)}
+            if s.global_groups:
+                extra["global_groups"] = sorted(s.global_groups)
+            if s.openapi is not None:
+                _openapi(s)  # an unreadable or wrong document is the file's error, named so
+                extra["openapi"] = self.settings.put_document(Path(s.openapi).read_bytes())
+            found.append((s, extra))
+        return found
+
+    async def _declared_soap_services(self) -> list[tuple[ServiceConfig, dict[str, Any]]]:
+        """SOAP services are registered from their WSDL, read when the node starts: each
+        operation becomes a service code (version from the WSDL's xrd:version, else the
+        registration's), with one adapter per operation."""
+        assert self.settings is not None
+        found: list[tuple[ServiceConfig, dict[str, Any]]] = []
+        seen = {s.id for s in self.config.services}
+        for reg in self.config.soap_services:
+            try:
+                data = await fetch_wsdl(reg.wsdl, timeout=reg.timeout)
+                info = load_wsdl(data, reg.wsdl)
+                sha = self.settings.put_document(data)
+                for op in info.operations.values():
+                    cfg = soap_operation(reg, info, op.name, op.version)
+                    if cfg.id in seen:
+                        raise ValueError(f"operation {op.name} is already a service code here")
+                    seen.add(cfg.id)
+                    soap = {"wsdl": sha, "source": reg.wsdl, "mode": reg.mode, "url": reg.url}
+                    found.append((cfg, {"allow": sorted(str(c) for c in reg.allow), "soap": soap}))
+            except (WsdlError, ValueError) as exc:
+                raise ConfigError(
+                    f"node {self.config.id}, SOAP service {reg.provider} ({reg.wsdl}): {exc}"
+                ) from exc
+        return found
+
+    def build_service(
+        self, cfg: ServiceConfig, row: dict[str, Any], documents: Mapping[str, bytes]
+    ) -> HostedService:
+        """One service of a settings row (services.ServiceManager): its adapter and its
+        descriptions, checked (answer subjects) before it is served."""
+        if cfg.adapter == "soap":
+            soap = row["soap"]
+            data = documents[soap["wsdl"]]
+            try:
+                # One reading (and zeep client) per WSDL, shared by its operations.
+                key = (soap["wsdl"], soap["source"], soap["mode"])
+                if key not in self._wsdls:
+                    info = load_wsdl(data, soap["source"])
+                    bridge = soap["mode"] == "bridge"
+                    self._wsdls[key] = info, zeep_client(data, soap["source"]) if bridge else None
+                info, client = self._wsdls[key]
+                info.operation(cfg.id.service_code)
+            except (WsdlError, KeyError) as exc:
+                raise ConfigError(f"WSDL {soap['source']}: {exc}") from exc
+            hosted = self._soap_service(soap_registration(cfg, soap), info, data, client, cfg)
+        else:
+            sha = row.get("openapi")
+            openapi = _openapi_document(documents[sha], str(cfg.id)) if sha else None
+            adapter = self._adapter(cfg)
+            if openapi is None and isinstance(adapter, FlatFileAdapter):
+                # A legacy export's description, generated from its layout (getOpenAPI).
+                openapi = flatfile_openapi(
+                    adapter.settings, title=str(cfg.id), version=cfg.version or "1.0"
+                )
+            hosted = HostedService(cfg, adapter, openapi=openapi)
+        try:
             _check_answer_subjects(hosted)
-        return services
+        except BaseException:
+            asyncio.get_running_loop().create_task(hosted.adapter.close())
+            raise
+        return hosted
+
+    def _declared_clients(self) -> dict[str, dict[str, Any]]:
+        """The client subsystems of the node's configuration, as settings rows: their TLS
+        certificate or JWT public key read from the key directory (public parts only)."""
+        found: dict[str, dict[str, Any]] = {}
+        for c in self.config.clients:
+            data: dict[str, Any] = {"auth": c.auth}
+            if c.auth == "mtls":
+                data["cert_pem"] = self.keys.client_tls(str(c.id)).read_text("ascii")
+            elif c.auth == "jwt":
+                data["jwt_key_pem"] = self.keys.client_jwt(str(c.id)).read_text("ascii")
+            if c.default_purpose is not None:
+                data["default_purpose"] = c.default_purpose
+                if c.default_legal_basis is not None:
+                    data["default_legal_basis"] = c.default_legal_basis
+            found[str(c.id)] = data
+        return found
+
+    def _registrations(
+        self, rows: Mapping[str, Row], changed: set[str]
+    ) -> tuple[list[ClientRegistration], dict[ClientId, tuple[str, str | None]]]:
+        """The hosted clients' registrations, each checked: a certificate of the federation's
+        CA, an EC P-256 JWT key; a client newly registered (``changed``) must be one the
+        global configuration says this node hosts, of a member this node signs for."""
+        regs, defaults = [], {}
+        root = load_cert(self.keys.root_ca)
+        for key, row in rows.items():
+            data = row.data
+            table = {"id": key, "auth": data.get("auth")}
+            table.update({k: data[k] for k in ("default_purpose", "default_legal_basis")
+                          if data.get(k) is not None})  # fmt: skip
+            try:
+                cfg = load_table(ClientConfig, table, f"client {key}")
+                reg = ClientRegistration(cfg.id, cfg.auth)
+                if cfg.auth == "mtls":
+                    reg = ClientRegistration(
+                        cfg.id, cfg.auth, cert_sha256=_client_cert(data.get("cert_pem"), root)
+                    )
+                elif cfg.auth == "jwt":
+                    reg = ClientRegistration(
+                        cfg.id, cfg.auth, jwt_key=_jwt_key(data.get("jwt_key_pem"))
+                    )
+            except (ConfigError, ValueError) as exc:
+                text = str(exc) if str(exc).startswith("client") else f"client {key}: {exc}"
+                raise Refused(text) from exc
+            if key in changed:
+                self._check_hostable(cfg.id)
+            regs.append(reg)
+            if cfg.default_purpose is not None:
+                defaults[cfg.id] = (cfg.default_purpose, cfg.default_legal_basis)
+        return regs, defaults
+
+    def _check_hostable(self, client: ClientId) -> None:
+        if not self._hosts(client):
+            raise Refused(
+                f"the global configuration does not list {client} as a client of this node;"
+                " register it at the central server first (xroad-hub node client add)",
+                404,
+            )
+        rt = self.runtime
+        if rt is not None and client.member not in rt.signers:
+            raise Refused(
+                f"this node holds no signing key of member {client.member}; its requests"
+                " could not be signed (enroll the member's signing key first)"
+            )
+
+    def _prepare_clients(self, rows: Mapping[str, Row], changed: set[str]) -> Callable[[], None]:
+        regs, defaults = self._registrations(rows, changed)
+        rt = self.runtime
+        assert rt is not None
+
+        def commit() -> None:
+            rt.authenticator.replace(regs)
+            self._purpose_defaults.clear()
+            self._purpose_defaults.update(defaults)
+
+        return commit
+
+    def _hosts(self, subsystem: ClientId) -> bool:
+        conf = self.globalconf.current()
+        entry = conf.node(self.config.id) if conf is not None else None
+        return entry is not None and subsystem in entry.clients
+
+    def _global_group(self, code: str) -> bool:
+        conf = self.globalconf.current()
+        return conf is not None and code in conf.groups
+
+    def _known_client(self, client: ClientId) -> bool:
+        conf = self.globalconf.current()
+        return conf is not None and conf.node_hosting(client) is not None
 
     def _checkpointer(self) -> Checkpointer:
         cfg, keys = self.config, self.keys
@@ -291,9 +480,7 @@ class Node(NodeOperations):
             ssl_context=self.central_tls,
         )
 
-    def _runtime(
-        self, services: dict[ServiceId, HostedService], checkpointer: Checkpointer
-    ) -> NodeRuntime:
+    def _runtime(self, services: ServiceTable, checkpointer: Checkpointer) -> NodeRuntime:
         cfg, keys = self.config, self.keys
         assert self._log is not None
         auth = keys.auth()
@@ -305,25 +492,16 @@ class Node(NodeOperations):
             signers[member] = BatchSigner(
                 MessageSigner(member, load_private_key(paths.key), _der(paths.cert))
             )
-        regs = []
-        for c in cfg.clients:
-            if c.auth == "mtls":
-                fp = cert_fingerprint(_der(keys.client_tls(str(c.id))))
-                regs.append(ClientRegistration(c.id, c.auth, cert_sha256=fp))
-            elif c.auth == "jwt":
-                key = serialization.load_pem_public_key(keys.client_jwt(str(c.id)).read_bytes())
-                if not isinstance(key, ec.EllipticCurvePublicKey):
-                    raise ValueError(f"JWT key of {c.id} must be an EC P-256 key")
-                regs.append(ClientRegistration(c.id, c.auth, jwt_key=key))
-            else:
-                regs.append(ClientRegistration(c.id, c.auth))
+        assert self.service_manager is not None
+        regs, defaults = self._registrations(self.service_manager.client_rows(), set())
+        self._purpose_defaults.update(defaults)
         client_bytes = cfg.client_max_inflight_bytes or 2 * cfg.max_body_bytes
         return NodeRuntime(
             node_id=cfg.id,
             globalconf=self.globalconf,
             signers=signers,
             authenticator=ClientAuthenticator(str(cfg.id), regs, self.used_tokens),
-            services=MappingProxyType(services),
+            services=services,
             log=self._log,
             peers=PeerTransport(
                 functools.partial(peer_client_context, auth.cert, auth.key, keys.root_ca),
@@ -367,44 +545,6 @@ class Node(NodeOperations):
             f"service {service.id}: adapter {service.adapter!r} is not available "
             "(use 'rest' or 'flatfile')"
         )
-
-    async def _soap_services(
-        self, others: dict[ServiceId, HostedService]
-    ) -> dict[ServiceId, HostedService]:
-        """SOAP services are registered from their WSDL, read when the node starts: each
-        operation becomes a service code (version from the WSDL's xrd:version, else the
-        registration's), with one adapter per operation."""
-        found: dict[ServiceId, HostedService] = {}
-        for reg in self.config.soap_services:
-            try:
-                data = await fetch_wsdl(reg.wsdl, timeout=reg.timeout)
-                info = load_wsdl(data, reg.wsdl)
-                client = zeep_client(data, reg.wsdl) if reg.mode == "bridge" else None
-                for op in info.operations.values():
-                    cfg = ServiceConfig(
-                        id=ServiceId(reg.provider, op.name),
-                        adapter="soap",
-                        url=reg.url or info.endpoint or "",
-                        timeout=reg.timeout,
-                        allow=reg.allow,
-                        disabled=reg.disabled,
-                        version=op.version or reg.version,
-                        options={"mode": reg.mode, "wsdl": reg.wsdl},
-                        subjects=reg.subjects,
-                        answer_subjects=reg.answer_subjects,
-                        purposes=reg.purposes,
-                        slo=reg.slo,
-                    )
-                    if cfg.id in others or cfg.id in found:
-                        raise ValueError(f"operation {op.name} is already a service code here")
-                    hosted = self._soap_service(reg, info, data, client, cfg)
-                    _check_answer_subjects(hosted)
-                    found[cfg.id] = hosted
-            except (WsdlError, ValueError) as exc:
-                raise ConfigError(
-                    f"node {self.config.id}, SOAP service {reg.provider} ({reg.wsdl}): {exc}"
-                ) from exc
-        return found
 
     def _soap_service(
         self,
@@ -500,15 +640,11 @@ class Node(NodeOperations):
 
     def _apps(self, rt: NodeRuntime) -> dict[str, web.Application]:
         """The application each listener serves, by role."""
-        cfg = self.config
         context = self._context_middleware()
         client_proxy = ClientProxy(
             rt,
-            purpose_defaults={
-                c.id: (c.default_purpose, c.default_legal_basis)
-                for c in cfg.clients
-                if c.default_purpose is not None
-            },
+            # Changed in place when an administrator changes a client (_prepare_clients).
+            purpose_defaults=self._purpose_defaults,
             public_urls=MappingProxyType(dict(self.urls)),
         )
         server_proxy = ServerProxy(rt)
@@ -616,6 +752,69 @@ def _check_answer_subjects(hosted: HostedService) -> None:
             f"description), which answer_subject does not locate; add {hint}"
             + (" (or xml:ELEMENT for a SOAP service)" if cfg.adapter == "soap" else "")
         )
+
+
+async def _cancelled(task: asyncio.Task[None]) -> None:
+    task.cancel()
+    with contextlib.suppress(asyncio.CancelledError):
+        await task
+
+
+def _client_cert(pem: object, root: x509.Certificate) -> str:
+    """The SHA-256 a client's TLS certificate is pinned by; issued by the federation's CA,
+    or its TLS handshake with the node would fail anyway."""
+    if not isinstance(pem, str):
+        raise ValueError("an mtls client needs its TLS certificate (PEM)")
+    try:
+        cert = x509.load_pem_x509_certificate(pem.encode())
+        cert.verify_directly_issued_by(root)
+    except (ValueError, TypeError, InvalidSignature) as exc:
+        raise ValueError(
+            "the TLS certificate must be a PEM certificate issued by the federation's CA"
+        ) from exc
+    return cert_fingerprint(cert.public_bytes(serialization.Encoding.DER))
+
+
+def _jwt_key(pem: object) -> ec.EllipticCurvePublicKey:
+    if not isinstance(pem, str):
+        raise ValueError("a jwt client needs its public key (PEM)")
+    try:
+        key = serialization.load_pem_public_key(pem.encode())
+    except (ValueError, TypeError) as exc:
+        raise ValueError("the JWT key must be a PEM public key") from exc
+    if not isinstance(key, ec.EllipticCurvePublicKey) or key.curve.name != "secp256r1":
+        raise ValueError("the JWT key must be an EC P-256 key (ES256)")
+    return key
+
+
+def _openapi_document(data: bytes, where: str) -> dict[str, Any]:
+    try:
+        document = orjson.loads(data)
+    except orjson.JSONDecodeError as exc:
+        raise ConfigError(f"service {where}: its OpenAPI description is not JSON: {exc}") from exc
+    if not isinstance(document, dict) or not str(document.get("openapi", "")).startswith("3."):
+        raise ConfigError(f"service {where}: its description is not an OpenAPI 3 document")
+    return document
+
+
+def soap_operation(
+    reg: SoapServiceConfig, info: WsdlInfo, name: str, version: str | None
+) -> ServiceConfig:
+    """The registration of one operation of a WSDL: a service code of the provider."""
+    return ServiceConfig(
+        id=ServiceId(reg.provider, name),
+        adapter="soap",
+        url=reg.url or info.endpoint or "",
+        timeout=reg.timeout,
+        allow=reg.allow,
+        disabled=reg.disabled,
+        version=version or reg.version,
+        options={"mode": reg.mode, "wsdl": reg.wsdl},
+        subjects=reg.subjects,
+        answer_subjects=reg.answer_subjects,
+        purposes=reg.purposes,
+        slo=reg.slo,
+    )
 
 
 def _openapi(service: ServiceConfig) -> dict[str, object] | None:

@@ -36,6 +36,8 @@ from xroad_hub.node.metrics import (
 )
 from xroad_hub.node.opmonitoring import OpMonitor, opmonitoring_app
 from xroad_hub.node.runtime import NODE_METRICS, HostedService, NodeRuntime
+from xroad_hub.node.serviceadmin import settings_app
+from xroad_hub.node.services import ServiceManager
 from xroad_hub.node.slo import AlertSender, SloWatch
 from xroad_hub.node.tls import admin_context
 from xroad_hub.pki import CertPaths
@@ -56,6 +58,7 @@ class NodeOperations:
     checkpointer: Checkpointer | None
     metrics: NodeMetrics | None
     admin: AdminApi | None
+    service_manager: ServiceManager | None
     opmonitor: OpMonitor | None
     slo_watch: SloWatch | None
     log_failure_hold: float
@@ -252,8 +255,20 @@ class NodeOperations:
             str(self.config.id),
             self.config.admins,
             AdminAudit(self.data_dir / "admin-audit.jsonl", str(self.config.id)),
+            # Service descriptions (OpenAPI, WSDL) and settings exports are sent here.
+            max_body=12 * 1024 * 1024,
         )
         admin.app.middlewares.insert(0, context)
+        manager = self.service_manager
+        if manager is not None:
+            # Services, access rights, groups: the service administrators' (serviceadmin.py).
+            assert admin.audit is not None
+            manager.record = admin.audit.record
+            admin.mount(
+                "/settings",
+                settings_app(manager, str(self.config.id)),
+                ("service-administrator",),
+            )
         metrics = self.metrics
 
         async def scrape(request: web.Request) -> web.Response:
@@ -312,6 +327,16 @@ class NodeOperations:
                     admin.route(route.method, route.resource.canonical, route.handler, watchers)
         return admin.app
 
+    def _services_changed(self, services: Mapping[ServiceId, HostedService]) -> None:
+        """Monitoring follows the services in force: their types in operational records,
+        their objectives in the SLO watch."""
+        if self.opmonitor is not None:
+            self.opmonitor.service_types = _service_types(services)
+        if self.slo_watch is not None:
+            self.slo_watch.objectives = {
+                str(sid): h.config.slo for sid, h in services.items() if h.config.slo
+            }
+
     def _opmonitor(self, services: Mapping[ServiceId, HostedService]) -> OpMonitor | None:
         """The store of operational-monitoring records (None: switched off), fed by the
         runtime with every exchange; started by the monitoring context."""
@@ -345,14 +370,7 @@ class NodeOperations:
             max_records=cfg.opmonitoring_max_records,
             internal_ip=(cfg.client_listen or cfg.peer_listen)[0],
             addresses=addresses,
-            service_types={
-                str(sid): "WSDL"
-                if h.config.adapter == "soap"
-                else "OPENAPI3"
-                if h.openapi
-                else "REST"
-                for sid, h in services.items()
-            },
+            service_types=_service_types(services),
             monitoring_client=monitoring_client,  # type: ignore[arg-type]
         )
 
@@ -392,6 +410,14 @@ _CHECKS = (
     "maintenance", "globalconf_invalid", "timestamping_failing", "messagelog_unwritable",
     "key_missing", "certificate_expired", "certificate_not_yet_valid",
 )  # fmt: skip
+
+
+def _service_types(services: Mapping[ServiceId, HostedService]) -> dict[str, str]:
+    """Each service's type as operational-monitoring records name it."""
+    return {
+        str(sid): "WSDL" if h.config.adapter == "soap" else "OPENAPI3" if h.openapi else "REST"
+        for sid, h in services.items()
+    }
 
 
 def _maintenance_state(rt: NodeRuntime) -> dict[str, object]:

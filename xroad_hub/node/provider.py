@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import asyncio
 import time
+from collections.abc import Mapping
 from urllib.parse import parse_qsl
 
 import structlog
@@ -24,11 +25,12 @@ from xroad_hub.messagelog import LogRecord
 from xroad_hub.node.limits import body_reservation
 from xroad_hub.node.metaservices import METASERVICES, answer_metaservice
 from xroad_hub.node.opmonitoring import timed
-from xroad_hub.node.runtime import NodeRuntime, read_body
+from xroad_hub.node.runtime import HostedService, NodeRuntime, read_body
 from xroad_hub.node.tls import peer_fingerprint
 from xroad_hub.protocol.access import (
     Access,
     check_addressed,
+    check_endpoint,
     check_hosted,
     check_not_revoked,
     check_own_node,
@@ -38,7 +40,7 @@ from xroad_hub.protocol.access import (
 )
 from xroad_hub.protocol.exchange import AnswerMeta, Headers, RequestMeta
 from xroad_hub.protocol.globalconf import GlobalConf, NodeEntry
-from xroad_hub.protocol.identifiers import ClientId
+from xroad_hub.protocol.identifiers import ServiceId
 from xroad_hub.protocol.jsonbody import (
     JsonBodyError,
     is_json_media,
@@ -87,6 +89,8 @@ from xroad_hub.protocol.xmlsafe import XmlLimits
 __all__ = ["ServerProxy"]
 
 log = structlog.get_logger("xroad_hub.provider")
+
+Services = Mapping[ServiceId, HostedService]
 
 
 def _fail(code: str, message: str) -> XRoadError:
@@ -150,25 +154,30 @@ class ServerProxy:
         except SignatureError as exc:
             raise _fail("InvalidSignatureValue", f"request signature: {exc}") from exc
 
-        # The request is authentic: whatever happens now is part of the record.
-        try:
-            with blame_on(SERVER_PROXY):
-                return await self._serve(env, meta, started)
-        except XRoadError as err:
-            await self._log(env, meta, started, status=err.status, error=err.code)
-            raise
-        except asyncio.CancelledError:
-            # Shutdown or a dropped connection mid-exchange: the request is still recorded.
-            failed = f"{SERVER_PROXY}.InternalError"
-            await asyncio.shield(self._log(env, meta, started, 500, failed))
-            raise
-        except Exception as exc:
-            err = _fail("InternalError", "internal error in the provider's node")
-            log.exception("exchange.internal_error", side="provider", detail=err.detail)
-            await self._log(env, meta, started, status=500, error=err.code)
-            raise err from exc
+        # The request is authentic: whatever happens now is part of the record. It is served
+        # by the set of services in force now, to its end, whatever an administrator changes
+        # meanwhile (runtime.ServiceTable).
+        with self.rt.services.lease() as services:
+            try:
+                with blame_on(SERVER_PROXY):
+                    return await self._serve(env, meta, started, services)
+            except XRoadError as err:
+                await self._log(env, meta, started, services, status=err.status, error=err.code)
+                raise
+            except asyncio.CancelledError:
+                # Shutdown or a dropped connection mid-exchange: the request is still recorded.
+                failed = f"{SERVER_PROXY}.InternalError"
+                await asyncio.shield(self._log(env, meta, started, services, 500, failed))
+                raise
+            except Exception as exc:
+                err = _fail("InternalError", "internal error in the provider's node")
+                log.exception("exchange.internal_error", side="provider", detail=err.detail)
+                await self._log(env, meta, started, services, status=500, error=err.code)
+                raise err from exc
 
-    async def _serve(self, env: Envelope, meta: RequestMeta, started: float) -> web.StreamResponse:
+    async def _serve(
+        self, env: Envelope, meta: RequestMeta, started: float, services: Services
+    ) -> web.StreamResponse:
         """Serve an authentic request, in steps that each must hold (default deny)."""
         limits = XmlLimits(max_bytes=self.rt.max_body_bytes)
         # 1. A SOAP message says exactly what the signed metadata says.
@@ -176,18 +185,22 @@ class ServerProxy:
         if meta.protocol == "soap":
             soap = await self.rt.off_loop(_soap_request, env, meta, limits)
         # 2. The service is ours, known and enabled, and the client holds an access right.
-        hosted = self.rt.services.get(meta.service.unversioned)
+        hosted = services.get(meta.service.unversioned)
         opmon = self.rt.opmon
         # X-Road's monitoring services of this node's owner decide themselves who may read.
         monitoring = hosted is None and opmon is not None and opmon.addresses_me(meta.service)
+        # Global groups as the configuration in force defines them (checked at the start).
+        conf = self.rt.globalconf.current()
+        groups = conf.groups if conf is not None else {}
         access = (
             Access(meta.service, None)
             if monitoring
             else decide_access(
                 hosted.config if hosted else None,
                 meta,
-                provider_served=self._serves(meta.service.provider),
+                provider_served=any(s.provider == meta.service.provider for s in services),
                 metaservices=METASERVICES,
+                groups=groups,
             )
         )
         answer_subj: tuple[str, ...] = ()
@@ -200,7 +213,7 @@ class ServerProxy:
         elif hosted is None:
             # 3a. A metaservice of this node answers.
             answer = answer_metaservice(
-                self.rt.services.values(), meta.client, meta.service, meta.query, soap
+                services.values(), meta.client, meta.service, meta.query, soap, groups
             )
             if soap is not None:
                 answer = await self.rt.off_loop(_soap_answer, soap, answer, limits)
@@ -218,6 +231,7 @@ class ServerProxy:
                 answer = await self.rt.off_loop(_soap_answer, soap, answer, limits)
             else:
                 request = _adapter_request(meta, env.body)
+                check_endpoint(cfg, request.method, request.path)
                 _check_readable(cfg, request)
                 answer = await timed(hosted.adapter.handle(request))
             # 4. The persons the answer names are read for the citizens' trackers.
@@ -243,6 +257,7 @@ class ServerProxy:
             env,
             meta,
             started,
+            services,
             status=answer.status,
             error=None,
             response=(rmeta_bytes, signature, answer.body, signer.cert_der),
@@ -262,14 +277,12 @@ class ServerProxy:
             content_type=CONTENT_TYPE,
         )
 
-    def _serves(self, provider: ClientId) -> bool:
-        return any(s.provider == provider for s in self.rt.services)
-
     async def _log(
         self,
         env: Envelope,
         meta: RequestMeta,
         started: float,
+        services: Services,
         status: int,
         error: str | None,
         response: tuple[bytes, bytes, bytes, bytes] | None = None,
@@ -277,7 +290,7 @@ class ServerProxy:
         answer_subjects: tuple[str, ...] = (),
     ) -> None:
         rmeta, rsig, rbody, rcert = response if response else (None, None, None, None)
-        hosted = self.rt.services.get(meta.service.unversioned)
+        hosted = services.get(meta.service.unversioned)
         locators = hosted.config.subjects if hosted else ()
         # A refused SOAP request may be parsed here for its subjects: off the event loop.
         subjects = await self.rt.off_loop(_subjects, env, meta, locators, soap) if locators else ()

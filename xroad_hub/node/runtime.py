@@ -3,13 +3,15 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import dataclasses
 import functools
 import os
 import time
-from collections.abc import Awaitable, Callable, Mapping
+from collections.abc import Awaitable, Callable, Iterable, Iterator, Mapping
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
+from types import MappingProxyType
 from typing import Any, ParamSpec, TypeVar
 
 import structlog
@@ -43,6 +45,7 @@ __all__ = [
     "ErrorForm",
     "HostedService",
     "NodeRuntime",
+    "ServiceTable",
     "read_body",
     "x_road_errors",
 ]
@@ -69,6 +72,68 @@ class HostedService:
     # the OpenAPI document of the REST view (None when the service has none).
     wsdl: bytes | None = None
     openapi: dict[str, Any] | None = None
+
+
+class _Generation:
+    """One whole set of services, and how many exchanges are using it now."""
+
+    __slots__ = ("idle", "services", "users")
+
+    def __init__(self, services: Mapping[ServiceId, HostedService]) -> None:
+        self.services = services
+        self.users = 0
+        self.idle = asyncio.Event()
+        self.idle.set()
+
+
+class ServiceTable(Mapping[ServiceId, HostedService]):
+    """The services a node serves now, replaced whole when an administrator changes them
+    (node/services.py), never edited in place: an exchange leases the set in force when it
+    starts and uses it to its end, so a change never half-applies to a request in flight,
+    and an adapter taken out of service is closed only once no exchange holds a set that
+    still has it."""
+
+    def __init__(self, services: Mapping[ServiceId, HostedService] | None = None) -> None:
+        self._current = _Generation(MappingProxyType(dict(services or {})))
+        self._old: list[_Generation] = []  # replaced sets some exchange still uses
+
+    def __getitem__(self, key: ServiceId) -> HostedService:
+        return self._current.services[key]
+
+    def __iter__(self) -> Iterator[ServiceId]:
+        return iter(self._current.services)
+
+    def __len__(self) -> int:
+        return len(self._current.services)
+
+    @contextlib.contextmanager
+    def lease(self) -> Iterator[Mapping[ServiceId, HostedService]]:
+        gen = self._current
+        gen.users += 1
+        gen.idle.clear()
+        try:
+            yield gen.services
+        finally:
+            gen.users -= 1
+            if gen.users == 0:
+                gen.idle.set()
+
+    def swap(self, services: Mapping[ServiceId, HostedService]) -> None:
+        old, self._current = self._current, _Generation(MappingProxyType(dict(services)))
+        self._old = [g for g in (*self._old, old) if g.users]
+
+    async def retire(self, adapters: Iterable[Adapter]) -> None:
+        """Close ``adapters`` (no longer in the set in force) once every exchange that
+        started before the last swap has finished."""
+        waiting = [g for g in self._old if g.users]
+        for gen in waiting:
+            await gen.idle.wait()
+        self._old = [g for g in self._old if g.users]
+        for adapter in adapters:
+            try:
+                await adapter.close()
+            except Exception:  # one adapter failing to close must not keep others open
+                log.exception("adapter.close_failed")
 
 
 @dataclass(slots=True)
@@ -100,7 +165,8 @@ class NodeRuntime:
     globalconf: GlobalConfClient
     signers: Mapping[MemberId, BatchSigner]
     authenticator: ClientAuthenticator
-    services: Mapping[ServiceId, HostedService]
+    # Swapped whole at run time by the service administration (ServiceTable).
+    services: ServiceTable
     log: MessageLog
     peers: PeerTransport
     max_body_bytes: int

@@ -11,7 +11,8 @@ when every rule below holds.
 
 from __future__ import annotations
 
-from collections.abc import Collection
+import re
+from collections.abc import Collection, Mapping
 from dataclasses import dataclass
 from typing import Any, Protocol
 
@@ -26,12 +27,15 @@ __all__ = [
     "ServiceRules",
     "check_addressed",
     "check_answer",
+    "check_endpoint",
     "check_hosted",
     "check_not_revoked",
     "check_own_node",
     "check_protocol",
     "decide_access",
+    "may_call",
     "node_serving",
+    "parse_endpoint",
     "purpose_of",
     "signed_purpose_matches",
 ]
@@ -55,7 +59,13 @@ class ServiceRules(Protocol):
     @property
     def purposes(self) -> tuple[str, ...]: ...
     @property
+    def legal_bases(self) -> tuple[str, ...]: ...
+    @property
     def options(self) -> dict[str, Any]: ...
+    @property
+    def endpoints(self) -> tuple[str, ...]: ...
+    @property
+    def global_groups(self) -> frozenset[str]: ...
 
 
 @dataclass(frozen=True, slots=True)
@@ -171,6 +181,7 @@ def decide_access(
     *,
     provider_served: bool,
     metaservices: Collection[str],
+    groups: Mapping[str, frozenset[ClientId]] | None = None,
 ) -> Access:
     """Whether the client may call the service, by these rules in this order:
 
@@ -179,8 +190,10 @@ def decide_access(
        UnknownService;
     2. a version, when named, is the one served (UnknownService);
     3. the service is not disabled (ServiceDisabled, with the provider's notice);
-    4. the client holds an access right (AccessDenied);
-    5. a service served only for declared purposes gets one of them (AccessDenied).
+    4. the client holds an access right, itself or as a member of a global group the
+       service is granted to (``groups``: the global configuration's) (AccessDenied);
+    5. a service served only for declared purposes gets one of them (AccessDenied);
+    6. a service served only under declared legal bases gets one of them (AccessDenied).
 
     ``rules`` is the registration of the request's service code, ``provider_served`` whether
     the node serves any service of its provider."""
@@ -195,7 +208,7 @@ def decide_access(
         raise ProtocolError("UnknownService", f"{service} is served as version {rules.version}")
     if rules.disabled:
         raise ProtocolError("ServiceDisabled", rules.disabled_notice)
-    if client not in rules.allow:
+    if not may_call(rules, client, groups):
         raise ProtocolError("AccessDenied", f"{client} has no access right to {service}")
     if rules.purposes and request.purpose not in rules.purposes:
         given = request.purpose
@@ -209,7 +222,27 @@ def decide_access(
                 " xh:purpose in a SOAP header)"
             ),
         )
+    if rules.legal_bases and request.legal_basis not in rules.legal_bases:
+        raise ProtocolError(
+            "AccessDenied",
+            f"{service} is only served under the legal bases {'; '.join(rules.legal_bases)}; "
+            + (
+                "the request's legal basis is not one of them"
+                if request.legal_basis
+                else "the request names none (send X-Road-Legal-Basis)"
+            ),
+        )
     return Access(ServiceId(service.provider, service.service_code, rules.version), rules)
+
+
+def may_call(
+    rules: ServiceRules, client: ClientId, groups: Mapping[str, frozenset[ClientId]] | None
+) -> bool:
+    """The client holds an access right to the service: granted to it, or to a global group
+    it is a member of (a group the global configuration does not name has no members)."""
+    if client in rules.allow:
+        return True
+    return any(client in (groups or {}).get(code, ()) for code in rules.global_groups)
 
 
 def check_protocol(rules: ServiceRules, request: RequestMeta) -> None:
@@ -235,3 +268,42 @@ def signed_purpose_matches(
     if request.purpose_default:
         return purpose is None and legal_basis in (None, request.legal_basis)
     return purpose == request.purpose and legal_basis == request.legal_basis
+
+
+_METHODS = frozenset(("GET", "POST", "PUT", "PATCH", "DELETE", "HEAD", "OPTIONS"))
+_TEMPLATE_PART = re.compile(r"[A-Za-z0-9._~!$&'()*+,;=:@%-]*|\{[A-Za-z0-9_.-]+\}")
+
+
+def parse_endpoint(text: str) -> tuple[str, tuple[str, ...]]:
+    """``"GET /deeds/{id}"``: the method and the path's segments (``{...}``: any one
+    segment), as an OpenAPI operation names them."""
+    method, sep, path = text.partition(" ")
+    segments = tuple(path.split("/")[1:])
+    if (
+        not sep
+        or method not in _METHODS
+        or not path.startswith("/")
+        or not all(_TEMPLATE_PART.fullmatch(s) for s in segments)
+    ):
+        raise ValueError(f"endpoint {text!r} must be METHOD /path, e.g. GET /deeds/{{id}}")
+    return method, segments
+
+
+def check_endpoint(rules: ServiceRules, method: str, path: str) -> None:
+    """A service code registered for some operations serves only those (X-Road: access
+    rights per endpoint); AccessDenied for any other method or path."""
+    if not rules.endpoints:
+        return
+    asked = path.split("?", 1)[0].split("/")[1:]
+    for endpoint in rules.endpoints:
+        want_method, segments = parse_endpoint(endpoint)
+        if want_method != method or len(segments) != len(asked):
+            continue
+        if all(
+            (s.startswith("{") and a != "") or s == a for s, a in zip(segments, asked, strict=True)
+        ):
+            return
+    raise ProtocolError(
+        "AccessDenied",
+        f"{rules.id} serves only {', '.join(rules.endpoints)}, not {method} {path or '/'}",
+    )

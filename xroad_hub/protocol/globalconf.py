@@ -10,7 +10,8 @@ registry's signing certificate, distributed out of band), refuses exchanges with
 from __future__ import annotations
 
 import base64
-from dataclasses import dataclass
+from collections.abc import Mapping
+from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from functools import cached_property
 
@@ -124,14 +125,17 @@ class GlobalConf:
     monitoring_client: ClientId | None = None
     # Certificates the central server revoked, final: a later configuration never drops one.
     revocations: tuple[Revocation, ...] = ()
+    # X-Road's global groups: subsystems grouped centrally (code -> members), to which a
+    # provider's node may grant access rights.
+    groups: Mapping[str, frozenset[ClientId]] = field(default_factory=dict)
 
     def same_rules(self, other: GlobalConf) -> bool:
-        """True if ``other`` says the same (members, nodes, hosting, CAs); only its serial
-        and validity differ."""
+        """True if ``other`` says the same (members, nodes, hosting, CAs, groups); only its
+        serial and validity differ."""
         return (self.instance, self.members, self.nodes, self.trusted_cas_der,
-                self.monitoring_client, self.revocations) == (
+                self.monitoring_client, self.revocations, dict(self.groups)) == (
             other.instance, other.members, other.nodes, other.trusted_cas_der,
-            other.monitoring_client, other.revocations,
+            other.monitoring_client, other.revocations, dict(other.groups),
         )  # fmt: skip
 
     def expired(self, now: datetime | None = None) -> bool:
@@ -177,6 +181,11 @@ class GlobalConf:
             d["monitoring_client"] = str(self.monitoring_client)
         if self.revocations:
             d["revocations"] = [r.to_dict() for r in self.revocations]
+        if self.groups:  # likewise
+            d["groups"] = [
+                {"code": code, "members": sorted(str(m) for m in members)}
+                for code, members in sorted(self.groups.items())
+            ]
         return d
 
     def _to_dict(self) -> dict[str, object]:
@@ -238,6 +247,10 @@ class GlobalConf:
                     Revocation.from_dict(r)
                     for r in d.get("revocations") or ()  # type: ignore[attr-defined]
                 ),
+                groups={
+                    str(g["code"]): frozenset(parse_client_id(m) for m in g["members"])
+                    for g in d.get("groups") or ()  # type: ignore[attr-defined]
+                },
             )
         except Exception as exc:  # any shape error means the document is unusable
             raise GlobalConfError(f"malformed global configuration: {exc}") from exc

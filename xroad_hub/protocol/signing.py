@@ -161,6 +161,12 @@ class SignatureVerifier:
         if len(self._roots) > 8192:
             self._roots.popitem(last=False)
 
+    def signer(self, cert_der: bytes) -> tuple[MemberId, float, float]:
+        """The member a signing certificate names and its validity (epoch seconds), once its
+        issuer and extensions are checked (cached); SignatureError if it cannot sign."""
+        checked = self._cache.get(cert_der) or self._check_cert(cert_der)
+        return checked.member, checked.not_before.timestamp(), checked.not_after.timestamp()
+
     def _check_cert(self, cert_der: bytes) -> _Verified:
         try:
             cert = x509.load_der_x509_certificate(cert_der)
