@@ -14,6 +14,8 @@ import stat
 import subprocess
 import sys
 import time
+import tomllib
+import urllib.error
 import urllib.request
 from pathlib import Path
 from typing import IO, Any
@@ -96,7 +98,8 @@ def _exchange(endpoints: dict[str, Any]) -> dict[str, Any]:
 
 def _licensing_client(root: Path, endpoints: dict[str, Any], jid: str) -> None:
     """BMA's licensing system, with the key it made and the certificate the central CA issued
-    it, where the case service's example configuration names them, exchanges over mTLS."""
+    it (registered on BMA's node over its admin API), where the case service's example
+    configuration names them, exchanges over mTLS."""
     (root / "case_service").mkdir()
     shutil.copy(REPO / "case_service" / "config.example.toml", root / "case_service")
     settings = load_settings(root / "case_service" / "config.example.toml")
@@ -110,8 +113,11 @@ def _licensing_client(root: Path, endpoints: dict[str, Any], jid: str) -> None:
         f"{endpoints['nodes'][BMA]['client_tls']}/r1/TH/GOV/DBD/registry/companies/{jid}",
         headers={"X-Road-Client": settings.client_id},  # its registered default purpose
     )
-    with urllib.request.urlopen(req, timeout=30, context=ctx) as resp:
-        assert json.loads(resp.read())["juristic_id"] == jid
+    try:
+        with urllib.request.urlopen(req, timeout=30, context=ctx) as resp:
+            assert json.loads(resp.read())["juristic_id"] == jid
+    except urllib.error.HTTPError as exc:
+        raise AssertionError(f"{exc.code} {exc.read()!r}") from None
 
 
 def test_demo_runs_each_node_as_its_own_process_and_resumes(tmp_path: Path) -> None:
@@ -134,6 +140,19 @@ def test_demo_runs_each_node_as_its_own_process_and_resumes(tmp_path: Path) -> N
                 assert stat.S_IMODE((ndir / f"{key}.key.pem").stat().st_mode) == 0o600
             assert not (data / "central" / f"{node.replace('/', '_')}.key.pem").exists()
         assert not (tmp_path / "certs").exists()  # no development PKI anywhere
+        # No node reads a client, service or access right from a file: its administrator
+        # registered them over its admin API, where they are now.
+        for node in (DGA, DBD, BMA):
+            settings = tomllib.loads((data / "nodes" / node / "node.toml").read_text())
+            assert not {"client", "service", "soap_service"} & set(settings["node"]), settings
+        admin = ["--admin", endpoints["nodes"][DBD]["admin"], "--key-file",
+                 data / "admin" / "TH" / "GOV" / "DBD" / "hub1.key", "--json"]  # fmt: skip
+        (service,) = json.loads(hub("node", "service", "list", *admin))["services"]
+        assert service["service"] == "TH/GOV/DBD/registry/companies"
+        assert service["declared_by"] == "admin API"
+        assert sorted(service["allow"]) == sorted(
+            ["TH/GOV/DGA/citizenportal", "TH/GOV/DGA/devportal", "TH/GOV/BMA/licensing"]
+        )
         answer = _exchange(endpoints)
         _licensing_client(tmp_path, endpoints, answer["juristic_id"])
         # The central operator approved each node and each subsystem it hosts, once.

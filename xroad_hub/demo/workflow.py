@@ -18,15 +18,23 @@ What it does, each step skipped when already done (a re-run, also after a failur
    add`` for each subsystem it hosts or serves, ``central approve``.
 3. Client systems, auditors and the demo identity provider make their keys in their own
    directories (DATA/clients/SUBSYSTEM, DATA/auditors/NAME, DATA/idp/thaid); an mTLS client's
-   certificate is issued from its CSR (``central client-cert``); what a node must know of
-   them (certificates, public keys) is placed in the node's directory.
-4. Each node's own settings (DATA/nodes/.../node.toml: listeners, clients, services, its
-   administrator's key digest) and its flat-file exports are written in its directory.
+   certificate is issued by the central CA from its CSR (``central client-cert``). The
+   auditors' and the identity provider's public keys are placed in the directories of the
+   nodes with an audit listener.
+4. Each node's own settings (DATA/nodes/.../node.toml: its listeners and its administrator's
+   key digest; the key is in DATA/admin, 0600) and its flat-file exports are written in its
+   directory. No clients, services or access rights: the node reads none from a file.
 5. The agencies' own systems (DBD's REST registry, DOPA's legacy SOAP service) start, then
-   every node, each with ``node run``. DATA/endpoints.json says where everything listens
-   and which process is which. SIGTERM or Ctrl-C stops the nodes (final checkpoints,
-   witnessed by the still running central server), then the central server, then the
-   backends.
+   every node, each with ``node run``.
+6. Each node's administrator registers its client systems (``node clients add``, with the
+   client's certificate or public key), its services (``node service add`` from the
+   OpenAPI document, the WSDL or the flat-file layout) and their access rights (``node
+   access grant``) through the node's admin API.
+
+DATA/endpoints.json then says where everything listens and which process is which.
+SIGTERM or Ctrl-C stops the nodes (final checkpoints, witnessed by the still running central
+server), then the central server, then the backends. A run killed outright leaves its
+processes running; the next run stops them first (DATA/running.pids).
 """
 
 from __future__ import annotations
@@ -63,7 +71,13 @@ from xroad_hub.federation import FederationConfig, NodeConfig, load_federation
 from xroad_hub.logs import configure_logging
 from xroad_hub.node.admin import key_digest
 from xroad_hub.packaged import demo_federation, packaged_path
-from xroad_hub.pki import PkiLayout, generate_key, write_key, write_public_key
+from xroad_hub.pki import (
+    PkiLayout,
+    generate_key,
+    load_private_key,
+    write_key,
+    write_public_key,
+)
 from xroad_hub.privatefile import write_private
 from xroad_hub.protocol.registration import make_csr
 
@@ -271,10 +285,11 @@ def _place(public: Path, target: Path) -> None:
     shutil.copyfile(public, target)
 
 
-def client_credentials(cfg: NodeConfig, d: DemoLayout, ndir: Path) -> None:
-    """Each client system's key is made in its own directory; the node gets its
-    certificate (mTLS, issued by the central CA from the client's CSR) or public key (JWT)."""
-    own, node = d.parties, PkiLayout(ndir)
+def client_credentials(cfg: NodeConfig, d: DemoLayout) -> None:
+    """Each client system makes its key in its own directory; an mTLS client's certificate
+    is issued by the central CA from its CSR. The node is told its certificate or public key
+    through its admin API later (``node clients add``)."""
+    own = d.parties
     for client in cfg.clients:
         sub = str(client.id)
         if client.auth == "mtls":
@@ -282,14 +297,9 @@ def client_credentials(cfg: NodeConfig, d: DemoLayout, ndir: Path) -> None:
             if not paths.key.exists():
                 write_key(paths.key, generate_key())
             if not paths.cert.exists():
-                from xroad_hub.pki import load_private_key
-
                 csr = paths.key.with_name("tls.csr.pem")
-                csr.write_bytes(
-                    make_csr(load_private_key(paths.key), sub).public_bytes(
-                        serialization.Encoding.PEM
-                    )
-                )
+                request = make_csr(load_private_key(paths.key), sub)
+                csr.write_bytes(request.public_bytes(serialization.Encoding.PEM))
                 hub(
                     "central",
                     "client-cert",
@@ -301,11 +311,9 @@ def client_credentials(cfg: NodeConfig, d: DemoLayout, ndir: Path) -> None:
                     "--dir",
                     d.central,
                 )
-            _place(paths.cert, node.client_tls(sub).cert)
         elif client.auth == "jwt":
             paths = own.client_jwt(sub)
             _keypair(paths.key, paths.cert)
-            _place(paths.cert, node.client_jwt(sub).cert)
 
 
 def _keypair(key: Path, public: Path) -> None:
@@ -349,34 +357,29 @@ def raw_node_tables(config: Path) -> dict[str, dict[str, Any]]:
     return {str(t["id"]): dict(t) for t in data.get("node", [])}
 
 
-def node_settings(table: dict[str, Any], ndir: Path, admin_sha256: str) -> dict[str, Any]:
-    """The node's own [node] table: the federation file's, without id; documents (OpenAPI,
-    WSDL, layouts) by absolute path; flat-file exports in the node's directory (the demo's
-    seeded ones generated there when missing)."""
-    out = {k: v for k, v in table.items() if k != "id"}
-    services = []
-    for raw in table.get("service", []):
-        s = dict(raw)
-        if isinstance(s.get("openapi"), str):
-            s["openapi"] = packaged_path(s["openapi"])
-        if s.get("adapter") == "flatfile":
-            if isinstance(s.get("layout"), str):
-                s["layout"] = packaged_path(s["layout"])
-            kind, seed = s.pop("generate", None), s.pop("seed", None)
-            if kind and isinstance(s.get("source"), str):
-                target = ndir / s["source"]
-                ensure_export(str(kind), target, *([] if seed is None else [int(seed)]))
-        services.append(s)
-    if services:
-        out["service"] = services
-    soap = [{**s, "wsdl": packaged_path(s["wsdl"])} for s in table.get("soap_service", [])]
-    if soap:
-        out["soap_service"] = soap
+def node_settings(table: dict[str, Any], admin_sha256: str) -> dict[str, Any]:
+    """The node's own [node] table: the federation file's listeners and limits, without id,
+    and its administrator. Its clients, services and access rights are not in it: the
+    administrator registers them through the node's admin API once it runs."""
+    out = {k: v for k, v in table.items() if k not in ("id", *_ADMINISTERED)}
     out["admin"] = [
         *table.get("admin", []),
         {"name": ADMIN_NAME, "key_sha256": admin_sha256, "roles": list(ADMIN_ROLES)},
     ]
     return out
+
+
+_ADMINISTERED = ("client", "service", "soap_service")
+
+
+def flat_file_exports(table: dict[str, Any], ndir: Path) -> None:
+    """The demo's seeded exports, generated in the agency's node directory when missing (an
+    agency's nightly job would put them there)."""
+    for s in table.get("service", []):
+        kind, source = s.get("generate"), s.get("source")
+        if s.get("adapter") == "flatfile" and kind and isinstance(source, str):
+            seed = s.get("seed")
+            ensure_export(str(kind), ndir / source, *([] if seed is None else [int(seed)]))
 
 
 def _toml_value(value: object) -> str:
@@ -412,6 +415,122 @@ def write_settings(ndir: Path, table: dict[str, Any]) -> None:
     text = to_node_toml(table)
     tomllib.loads(text)  # what 'node run' will read back
     (ndir / "node.toml").write_text(text, encoding="utf-8")
+
+
+# --- step 6: clients, services and access rights, over each node's admin API ---------------
+
+
+async def _admin(d: DemoLayout, node_id: str, url: str, *argv: str | Path) -> dict[str, Any]:
+    """One of the administrator's commands (``xroad-hub node ...``) against a running node;
+    its JSON answer. In a thread: the node may call a backend this process serves."""
+    out = await asyncio.to_thread(
+        hub, "node", *argv, "--admin", url, "--key-file", d.admin_key(node_id), "--json"
+    )
+    return dict(json.loads(out))
+
+
+def _common_service_args(raw: dict[str, Any]) -> list[str]:
+    args = []
+    for option, key in (("--version", "version"), ("--timeout", "timeout")):
+        if raw.get(key) is not None:
+            args += [option, str(raw[key])]
+    for option, key in (("--purpose", "purposes"), ("--subject", "subject")):
+        for value in raw.get(key, []):
+            args += [option, str(value)]
+    answer = raw.get("answer_subject", [])
+    for value in answer or ["none"]:
+        args += ["--answer-subject", str(value)]
+    return args
+
+
+def _service_add_args(raw: dict[str, Any], ndir: Path) -> list[str]:
+    """``node service add`` for a [[node.service]] table of the demo's file."""
+    provider, _, code = str(raw["id"]).rpartition("/")
+    args = ["--provider", provider, "--code", code]
+    if raw.get("adapter") == "flatfile":
+        args += ["--layout", packaged_path(str(raw["layout"])), "--file", str(ndir / raw["source"])]
+        for key in (
+            "pattern",
+            "reload_interval",
+            "max_bad_share",
+            "format",
+            "encoding",
+            "delimiter",
+        ):
+            if key in raw:
+                args += ["--option", f"{key}={raw[key]}"]
+    else:
+        if raw.get("openapi") is None:
+            raise ConfigError(
+                f"service {raw['id']}: the demo registers REST services from "
+                "their OpenAPI document (openapi = ...)"
+            )
+        args += ["--openapi", packaged_path(str(raw["openapi"])), "--url", str(raw["url"])]
+    return args + _common_service_args(raw)
+
+
+async def administer(
+    d: DemoLayout, node_id: str, url: str, table: dict[str, Any], ndir: Path, known: set[str]
+) -> list[str]:
+    """The node's administrator registers its clients (``node clients add``), its services
+    (``node service add``) and their access rights (``node access grant``) to the
+    subsystems in ``known`` (those of the nodes this run sets up), each only if not there
+    yet; the service codes the node serves."""
+    own = d.parties
+    have = {c["client"] for c in (await _admin(d, node_id, url, "clients", "list"))["clients"]}
+    for raw in table.get("client", []):
+        sub, auth = str(raw["id"]), str(raw["auth"])
+        if sub in have:
+            continue
+        args: list[str | Path] = ["clients", "add", sub, "--auth", auth]
+        if auth == "mtls":
+            args += ["--cert", own.client_tls(sub).cert]
+        elif auth == "jwt":
+            args += ["--jwt-key", own.client_jwt(sub).cert]
+        for option, key in (
+            ("--default-purpose", "default_purpose"),
+            ("--default-legal-basis", "default_legal_basis"),
+        ):
+            if raw.get(key):
+                args += [option, str(raw[key])]
+        await _admin(d, node_id, url, *args)
+
+    async def services() -> dict[str, dict[str, Any]]:
+        listed = (await _admin(d, node_id, url, "service", "list"))["services"]
+        return {str(s["service"]): s for s in listed}
+
+    registered = await services()
+    wanted: list[tuple[list[str], list[str]]] = []  # (service codes, who may call them)
+    for raw in table.get("service", []):
+        key = str(raw["id"])
+        if key not in registered:
+            await _admin(d, node_id, url, "service", "add", *_service_add_args(raw, ndir))
+        wanted.append(([key], [str(a) for a in raw.get("allow", [])]))
+    for raw in table.get("soap_service", []):
+        provider = f"{raw['provider']}/"
+        if not any(k.startswith(provider) for k in registered):
+            wsdl = packaged_path(str(raw["wsdl"]))
+            mode = str(raw.get("mode", "bridge"))
+            args = ["--provider", str(raw["provider"]), "--wsdl", wsdl, "--mode", mode]
+            args += _common_service_args(raw)
+            await _admin(d, node_id, url, "service", "add", *args)
+        registered = await services()
+        codes = [k for k in registered if k.startswith(provider)]
+        wanted.append((codes, [str(a) for a in raw.get("allow", [])]))
+    registered = await services()
+    for codes, allow in wanted:
+        for code in codes:
+            for to in allow:
+                if to not in known:
+                    log.info(
+                        "demo.grant_skipped",
+                        service=code,
+                        client=to,
+                        reason="its node is not part of this run (--nodes)",
+                    )
+                elif to not in registered[code]["allow"]:
+                    await _admin(d, node_id, url, "access", "grant", code, to)
+    return sorted(registered)
 
 
 # --- step 5: the processes -------------------------------------------------------------------
@@ -555,7 +674,12 @@ async def _wait_started(procs: dict[str, tuple[Proc, Path]], timeout: float) -> 
 
 
 async def supervise(
-    fed: FederationConfig, d: DemoLayout, nodes: list[NodeConfig], central: Proc, refresh: float
+    fed: FederationConfig,
+    d: DemoLayout,
+    nodes: list[NodeConfig],
+    tables: dict[str, dict[str, Any]],
+    central: Proc,
+    refresh: float,
 ) -> int:
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()
@@ -580,6 +704,17 @@ async def supervise(
             procs[str(cfg.id)] = (p, ndir)
             remember(d, p)
         started = await _wait_started(procs, _START_TIMEOUT)
+        served = {}
+        known = {sub for cfg in nodes for sub in hosted_subsystems(cfg)}
+        for node_id, urls in started.items():
+            if "admin" not in urls:
+                raise ConfigError(
+                    f"node {node_id} has no admin_listen: the demo administers "
+                    "its clients and services through its admin API"
+                )
+            served[node_id] = await administer(
+                d, node_id, urls["admin"], tables[node_id], d.node(node_id), known
+            )
         endpoints = {
             "central": central_url(fed),
             "registry": central_url(fed),
@@ -595,10 +730,7 @@ async def supervise(
                     "dir": str(d.node(str(cfg.id))),
                     "pid": procs[str(cfg.id)][0].pid,
                     "clients": {str(c.id): c.auth for c in cfg.clients},
-                    "services": sorted(
-                        [str(s.id) for s in cfg.services]
-                        + [str(s.provider) for s in cfg.soap_services]
-                    ),
+                    "services": served[str(cfg.id)],
                 }
                 for cfg in nodes
             },
@@ -638,15 +770,17 @@ async def supervise(
 # --- the whole ---------------------------------------------------------------------------------
 
 
-def prepare(fed: FederationConfig, config: Path, d: DemoLayout, nodes: list[NodeConfig]) -> None:
+def prepare(
+    fed: FederationConfig, tables: dict[str, dict[str, Any]], d: DemoLayout, nodes: list[NodeConfig]
+) -> None:
     """Steps 2-4, with the central server running."""
-    tables = raw_node_tables(config)
     for cfg in nodes:
         node_id = str(cfg.id)
         ndir = enroll_node(cfg, d, hosted_subsystems(cfg))
-        client_credentials(cfg, d, ndir)
+        client_credentials(cfg, d)
         audit_credentials(fed, cfg, d, ndir)
-        write_settings(ndir, node_settings(tables[node_id], ndir, admin_digest(d, node_id)))
+        flat_file_exports(tables[node_id], ndir)
+        write_settings(ndir, node_settings(tables[node_id], admin_digest(d, node_id)))
         log.info("demo.node_ready", node=node_id, dir=str(ndir))
 
 
@@ -665,10 +799,11 @@ def run(config: Path, data_dir: Path, only: list[str] | None, refresh: float | N
     remember(d, central)
     try:
         wait_central(central_url(fed), d.central / "ca.cert.pem", central)
-        prepare(fed, config, d, nodes)
+        tables = raw_node_tables(config)
+        prepare(fed, tables, d, nodes)
         log.info("demo.prepared", seconds=round(time.monotonic() - began, 1))
         interval = refresh if refresh is not None else float(fed.registry.refresh_interval)
-        return asyncio.run(supervise(fed, d, nodes, central, interval))
+        return asyncio.run(supervise(fed, d, nodes, tables, central, interval))
     finally:
         central.terminate()
         central.wait()
