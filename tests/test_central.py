@@ -434,3 +434,35 @@ async def test_a_storm_of_globalconf_downloads_signs_once_and_changes_show_at_on
         r = await client.get("/globalconf")
         conf = verify_globalconf(await r.read(), central.signer_cert)
         assert parse_member_id("TH/GOV/DOPA") in conf.members
+
+
+def test_client_tls_certificate_only_for_a_registered_subsystem_from_its_own_csr(
+    central: CentralServer,
+) -> None:
+    """An mTLS client system's certificate: issued from its CSR (its key stays with it) for
+    a subsystem a registered node hosts, clientAuth only, recorded in the audit trail."""
+    hospital = f"{MOPH}/hospital"
+    key = generate_key()
+    csr = make_csr(key, "whatever the client asks").public_bytes(serialization.Encoding.PEM)
+    with pytest.raises(RegistrationError) as err:
+        central.issue_client_cert(hospital, csr, "officer")
+    assert err.value.code == "UnknownSubsystem"
+    data, keys = _auth_reg()
+    request_id, _ = central.file(data)
+    central.approve(request_id, "officer")
+    server = NodeId(parse_member_id(MOPH), "hub1")
+    client_req = new_request("clientReg", "TH", server, client=hospital)
+    client_id, _ = central.file(sign_request(client_req, {"auth": keys["auth"]}))
+    central.approve(client_id, "officer")
+    with pytest.raises(RegistrationError) as err:
+        central.issue_client_cert(hospital, b"-----BEGIN CERTIFICATE REQUEST-----\nxx", "officer")
+    assert err.value.code == "Malformed"
+    audited = len(central.store.audit_entries())
+    cert = central.issue_client_cert(hospital, csr, "officer")
+    assert cert.public_key() == key.public_key()
+    assert cert.subject.get_attributes_for_oid(NameOID.COMMON_NAME)[0].value == hospital
+    usage = cert.extensions.get_extension_for_class(x509.ExtendedKeyUsage).value
+    assert list(usage) == [ExtendedKeyUsageOID.CLIENT_AUTH]
+    entries = central.store.audit_entries()
+    assert len(entries) == audited + 1 and entries[-1].action == "client_cert.issue"
+    assert entries[-1].admin == "officer"

@@ -41,6 +41,16 @@ DEFAULT_CERTS = Path("certs")
 DEFAULT_DATA = Path("var/demo")
 
 
+# 'pki init' and 'up' simulate a federation on one machine: the agencies' private keys and
+# the CA's lie side by side. Tests and benchmarks use them; no deployment should.
+_DEV_ONLY = (
+    "For development and tests only: it makes every agency's private keys, and the root CA "
+    "key, on one machine, which no federation of separate agencies may do. Agencies run "
+    "'xroad-hub central ...' and 'xroad-hub node init/run' instead (scripts/demo.sh shows "
+    "the workflow)."
+)
+
+
 def _common(p: argparse.ArgumentParser) -> None:
     p.add_argument(
         "--config",
@@ -74,18 +84,26 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--log-level", default="info", choices=["debug", "info", "warning"])
     sub = parser.add_subparsers(dest="command", required=True)
 
-    pki = sub.add_parser("pki", help="development PKI of the federation")
+    pki = sub.add_parser(
+        "pki",
+        help="DEVELOPMENT/TESTS ONLY: every key of a federation made on one machine",
+        description=_DEV_ONLY,
+    )
     pki_sub = pki.add_subparsers(dest="pki_command", required=True)
     init = pki_sub.add_parser(
-        "init", help="generate missing keys and certificates (existing ones are kept)"
+        "init",
+        help="DEVELOPMENT/TESTS ONLY: generate missing keys and certificates of every agency",
+        description=_DEV_ONLY,
     )
     _common(init)
 
     up = sub.add_parser(
         "up",
-        help="run the federation: demo backends, central registry and every node",
-        description="Runs until Ctrl-C or SIGTERM, then stops cleanly (in-flight exchanges "
-        "finish, logs are flushed). Writes DATA_DIR/endpoints.json.",
+        help="DEVELOPMENT/TESTS ONLY: a whole federation file in one process (registry, "
+        "every node, demo backends) on the development PKI",
+        description=_DEV_ONLY + " 'up' runs every node of the federation file in this one "
+        "process until Ctrl-C or SIGTERM, then stops cleanly (in-flight exchanges finish, "
+        "logs are flushed). Writes DATA_DIR/endpoints.json.",
     )
     _common(up)
     up.add_argument(
@@ -100,7 +118,9 @@ def build_parser() -> argparse.ArgumentParser:
         help="print a short-lived JWT: a client subsystem's (auth=jwt), an auditor's, or the "
         "demo identity provider's for a citizen or an officer",
         description="A client token is signed with the subsystem's own key from the certs "
-        "directory, addressed to its node, and valid for one request. --citizen/--officer "
+        "directory (the federation run by scripts/demo.sh keeps each client system's, "
+        "auditor's and the identity provider's key under var/demo: --certs-dir var/demo), "
+        "addressed to its node, and valid for one request. --citizen/--officer "
         "print a token of the demo identity provider (ThaID stand-in, issuer 'thaid'): claims "
         "sub, role, aud (--audience), iat, exp, jti; a node's data tracker accepts citizen "
         f"tokens of at most {TRACKER_MAX_LIFETIME} s, a case service up to "
@@ -137,7 +157,8 @@ def build_parser() -> argparse.ArgumentParser:
     tracker = sub.add_parser(
         "tracker",
         help="show a citizen who read her data: asks every node's data tracker",
-        description="Mints a citizen token with the demo identity provider's key, asks the "
+        description="Mints a citizen token with the demo identity provider's key (--certs-dir "
+        "var/demo for the federation of scripts/demo.sh), asks the "
         "data tracker of every node of the federation file that has audit_listen (HTTPS, "
         "checked against the federation root CA), and prints the merged entries, oldest "
         "first. Exits 1 if a node could not be asked (what the others said is printed).",
@@ -149,7 +170,8 @@ def build_parser() -> argparse.ArgumentParser:
         "demo",
         help="play the whole once-only story end to end on a fresh federation",
         description="Starts a fresh demo federation (config/demo-federation.toml copied onto "
-        "free ports, its own PKI) and the BMA case service in a work directory, then plays the "
+        "free ports; for speed its nodes run in one process on a development PKI of its own, "
+        "unlike scripts/demo.sh's) and the BMA case service in a work directory, then plays the "
         "Thai once-only scenario: a citizen applies uploading nothing, the evidence comes from "
         "DOPA, DBD, DOL and RD through the hub, she previews and confirms, an officer approves, "
         "a request without a purpose is refused, she reads her data tracker, and every node's "
@@ -363,8 +385,13 @@ def _message(exc: BaseException) -> str:
 
 def _hint(exc: BaseException, args: argparse.Namespace) -> str:
     """What to do next, by the kind of mistake."""
+    if isinstance(exc, FileNotFoundError) and args.command in ("token", "tracker"):
+        return (
+            "the keys are where scripts/demo.sh made them: --certs-dir var/demo (or, for "
+            "development only, where 'xroad-hub pki init' made them)"
+        )
     if isinstance(exc, FileNotFoundError) and args.command != "audit":
-        return "run 'xroad-hub pki init' to generate the development PKI"
+        return "run 'xroad-hub pki init' to generate the development PKI (development only)"
     if isinstance(exc, ProtocolError | XRoadError):
         return (
             "identifiers are INSTANCE/CLASS/MEMBER[/SUBSYSTEM] of A-Z a-z 0-9 ' ( ) + , - . = ?,"

@@ -111,6 +111,15 @@ def add_central_commands(sub: Any) -> None:
     key.add_argument("--name", required=True, help="the administrator's name")
     key.add_argument("--role", action="append", required=True, choices=sorted(ADMIN_ROLES))
     cmd("audit", "print the administration audit trail and check its hash chain")
+    ccert = cmd(
+        "client-cert", "issue a client system's TLS certificate from its CSR (mTLS clients)",
+        "For a subsystem a registered node hosts: the client system makes its key and CSR "
+        "where it runs (the key never comes here); the certificate (clientAuth only, CN = "
+        "the subsystem) is then registered on the node by the node's operator.",
+    )  # fmt: skip
+    ccert.add_argument("subsystem", help="INSTANCE/CLASS/MEMBER/SUBSYSTEM")
+    ccert.add_argument("--csr", type=Path, required=True, help="the client's CSR (PEM)")
+    ccert.add_argument("-o", "--output", type=Path, required=True, help="certificate to write")
 
 
 def run_central_command(args: argparse.Namespace) -> int:
@@ -207,6 +216,13 @@ def _on_server(server: Any, args: argparse.Namespace, verify_audit: Any) -> int:
     if c == "decline":
         row = server.decline(_request_id(args.id), _operator(), args.reason)
         print(f"request {row.id} declined: {row.reason}")
+        return 0
+    if c == "client-cert":
+        from cryptography.hazmat.primitives import serialization
+
+        cert = server.issue_client_cert(args.subsystem, args.csr.read_bytes(), _operator())
+        args.output.write_bytes(cert.public_bytes(serialization.Encoding.PEM))
+        print(f"TLS client certificate of {args.subsystem} written to {args.output}")
         return 0
     if c == "certs":
         for r in server.store.certs():

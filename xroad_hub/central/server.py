@@ -81,6 +81,7 @@ from xroad_hub.protocol.identifiers import (
     parse_client_id,
     parse_member_id,
     parse_node_id,
+    parse_subsystem_id,
     valid_part,
 )
 from xroad_hub.protocol.registration import (
@@ -555,6 +556,34 @@ class CentralServer:
                 )
             )
         return out
+
+    def issue_client_cert(self, subsystem: str, csr_pem: bytes, admin: str) -> x509.Certificate:
+        """A TLS client certificate (clientAuth only, CN = the subsystem) for the key of a
+        client system of a registered subsystem, from that system's CSR: its key stays with
+        the client system. Nodes' client-facing HTTPS trusts the federation CA, and a node
+        accepts the certificate for that subsystem only once its operator registered it."""
+        sub = str(parse_subsystem_id(subsystem))
+        if not any(sub in n.clients for n in self.store.nodes()):
+            raise RegistrationError(
+                "UnknownSubsystem", f"{sub} is hosted by no registered node; its node files "
+                "'xroad-hub node client add' first, and the request is approved",
+            )  # fmt: skip
+        try:
+            csr = x509.load_pem_x509_csr(csr_pem)
+        except ValueError as exc:
+            raise RegistrationError("Malformed", f"not a PEM certificate request: {exc}") from exc
+        key = csr.public_key()
+        if not csr.is_signature_valid or not isinstance(key, ec.EllipticCurvePublicKey):
+            raise RegistrationError(
+                "Malformed", "the request is not signed by an EC P-256 key of its own"
+            )
+        cert = issue_cert(self._ca_key, self._ca_cert, sub, key, purpose="client-tls")
+        der = cert.public_bytes(serialization.Encoding.DER)
+        self.store.audit(admin, "client_cert.issue", subsystem=sub,
+                         serial=format(cert.serial_number, "x"),
+                         sha256=cert_fingerprint(der))  # fmt: skip
+        log.info("central.client_cert_issued", subsystem=sub, admin=admin)
+        return cert
 
     def status_token(self, request_id: int) -> str:
         """What the filer of request ``request_id`` shows to read its status."""

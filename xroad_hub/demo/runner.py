@@ -29,7 +29,7 @@ from xroad_hub.node.health import CertCheck, cert_problems, health_app
 from xroad_hub.packaged import packaged_path
 from xroad_hub.pki import PkiLayout, load_cert, load_private_key
 
-__all__ = ["Federation", "with_packaged_paths"]
+__all__ = ["Federation", "backend_app", "with_packaged_paths"]
 
 log = structlog.get_logger("xroad_hub.demo.runner")
 
@@ -87,7 +87,7 @@ class Federation:
         if self._runs("backends"):
             for b in self.fed.backends:
                 backends[b.kind] = await self._serve(
-                    _backend(b), b.listen, f"backend {b.kind}", f"listen of backend {b.kind}"
+                    backend_app(b), b.listen, f"backend {b.kind}", f"listen of backend {b.kind}"
                 )
         host, port = self.fed.registry.listen
         registry_url = f"http://{host}:{port}"
@@ -206,7 +206,8 @@ def _flatfile_sources(cfg: NodeConfig, data_dir: Path) -> NodeConfig:
     return replace(cfg, services=tuple(services))
 
 
-def _backend(b: BackendConfig) -> web.Application:
+def backend_app(b: BackendConfig) -> web.Application:
+    """The demo backend (an agency's own system) of a [[backend]] table."""
     try:
         return _BACKENDS[b.kind](seed=b.seed)
     except KeyError:

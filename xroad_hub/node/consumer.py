@@ -134,7 +134,9 @@ class ClientProxy:
         registration gives for requests that name none. ``public_urls``: the node's own
         client-facing URLs by listener ("client", "client_tls"), for addresses it hands out."""
         self.rt = runtime
-        self.purpose_defaults = purpose_defaults or {}
+        # The node's own mapping, changed in place when an administrator registers a client
+        # (an empty one too: 'or {}' would swap it for a copy no change ever reaches).
+        self.purpose_defaults = purpose_defaults if purpose_defaults is not None else {}
         self.public_urls = public_urls if public_urls is not None else {}
 
     async def handle(self, request: web.Request) -> web.StreamResponse:

@@ -7,6 +7,7 @@ from __future__ import annotations
 import argparse
 import json
 import sys
+import tomllib
 from pathlib import Path
 from typing import Any
 from urllib.parse import quote, urlsplit
@@ -283,7 +284,8 @@ def _request(args: argparse.Namespace) -> tuple[str, str, dict[str, Any] | bytes
         # on the node's machine, from another working directory).
         body["layout"] = _absolute(args.layout)
         body["file"] = _absolute(args.file) if args.file else None
-        body["options"] = dict(o.split("=", 1) for o in args.option if "=" in o)
+        body["options"] = {k: _option_value(v) for k, _, v in
+                           (o.partition("=") for o in args.option if "=" in o)}  # fmt: skip
     for key, value in (("url", args.url), ("code", args.code), ("version", args.service_version),
                        ("timeout", args.timeout)):  # fmt: skip
         if value is not None:
@@ -395,6 +397,15 @@ def _rights(s: dict[str, Any]) -> list[str]:
         + [f"group:{g}" for g in s["groups"]]
         + [f"global:{g}" for g in s.get("global_groups", [])]
     )
+
+
+def _option_value(text: str) -> Any:
+    """``--option KEY=VALUE``: a number or boolean as in the node.toml table it stands for
+    (reload_interval=5, max_bad_share=0.01, header=true), anything else a string."""
+    try:
+        return tomllib.loads(f"v = {text}")["v"]
+    except tomllib.TOMLDecodeError:
+        return text
 
 
 def _absolute(path: str) -> str:
