@@ -1,0 +1,55 @@
+"""PostgreSQL for the central server's and the node's settings stores in tests: ``pg_schema``
+gives a test a fresh schema (dropped after it), or skips the test when the server is
+unreachable (fails under CI, as tests/messagelog_backends.py does for the message log).
+
+Use it with ``pytest_plugins = ["tests.pg_stores"]``.
+"""
+
+from __future__ import annotations
+
+import uuid
+from collections.abc import Iterator
+
+import psycopg
+import pytest
+
+# Its PG_DSN and skip rule, imported in functions only: a module imported before pytest
+# loads it as a plugin cannot have its asserts rewritten (an error with warnings as errors).
+pytest_plugins = ["tests.messagelog_backends"]
+
+__all__ = ["drop_schema", "pg_dsn"]
+
+_problem: list[str | None] = []
+
+
+def pg_dsn() -> str:
+    from tests.messagelog_backends import PG_DSN
+
+    return PG_DSN
+
+
+def _reachable() -> None:
+    from tests.messagelog_backends import PG_DSN, skip_or_fail
+
+    if not _problem:
+        try:
+            psycopg.connect(PG_DSN, connect_timeout=5).close()
+            _problem.append(None)
+        except psycopg.Error as exc:
+            _problem.append(f"{type(exc).__name__}: {exc}")
+    if _problem[0] is not None:
+        skip_or_fail(PG_DSN, _problem[0])
+
+
+def drop_schema(schema: str) -> None:
+    with psycopg.connect(pg_dsn(), autocommit=True) as conn:
+        conn.execute(f'DROP SCHEMA IF EXISTS "{schema}" CASCADE')
+
+
+@pytest.fixture
+def pg_schema() -> Iterator[str]:
+    """A schema name no other test uses; dropped (with what the test made in it) after."""
+    _reachable()
+    schema = f"t_{uuid.uuid4().hex[:16]}"
+    yield schema
+    drop_schema(schema)
