@@ -9,6 +9,8 @@ from __future__ import annotations
 
 import uuid
 from collections.abc import Iterator
+from contextlib import contextmanager
+from typing import Any
 
 import psycopg
 import pytest
@@ -17,7 +19,7 @@ import pytest
 # loads it as a plugin cannot have its asserts rewritten (an error with warnings as errors).
 pytest_plugins = ["tests.messagelog_backends"]
 
-__all__ = ["drop_schema", "pg_dsn"]
+__all__ = ["central_db", "drop_schema", "pg_dsn"]
 
 _problem: list[str | None] = []
 
@@ -53,3 +55,32 @@ def pg_schema() -> Iterator[str]:
     schema = f"t_{uuid.uuid4().hex[:16]}"
     yield schema
     drop_schema(schema)
+
+
+@pytest.fixture(params=["sqlite", "postgres"])
+def central_db_args(request: pytest.FixtureRequest) -> dict[str, str]:
+    """``init_central``'s keyword arguments for a central server's database: SQLite in its
+    directory (none), or a fresh PostgreSQL schema."""
+    if request.param == "sqlite":
+        return {}
+    return {"db": pg_dsn(), "db_schema": request.getfixturevalue("pg_schema")}
+
+
+@contextmanager
+def central_db(server: Any) -> Iterator[Any]:
+    """Raw access to a central server's tables behind its store (``?`` parameters,
+    autocommit), as whoever holds the database could."""
+    from xroad_hub.central.pgstore import PostgresCentralStore
+    from xroad_hub.node.pgsettings import PgConnection
+
+    from .sqlite_db import sqlite_db
+
+    if isinstance(server.store, PostgresCentralStore):
+        db = PgConnection(pg_dsn(), server.store.schema, purpose="test")
+        try:
+            yield db
+        finally:
+            db.close()
+    else:
+        with sqlite_db(server.dir.db) as conn:
+            yield conn

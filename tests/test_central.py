@@ -34,14 +34,15 @@ from xroad_hub.protocol.registration import (
 )
 from xroad_hub.protocol.signing import cert_fingerprint
 
-from .sqlite_db import sqlite_db
+# central_db is imported where used: see tests/pg_stores.py (a plugin, loaded first).
+pytest_plugins = ["tests.pg_stores"]
 
 MOPH = "TH/GOV/MOPH"
 
 
 @pytest.fixture
-def central(tmp_path: Path) -> Iterator[CentralServer]:
-    init_central(tmp_path / "central", "TH", "https://127.0.0.1:4001")
+def central(tmp_path: Path, central_db_args: dict[str, str]) -> Iterator[CentralServer]:
+    init_central(tmp_path / "central", "TH", "https://127.0.0.1:4001", **central_db_args)
     server = CentralServer(tmp_path / "central")
     server.store.add_member(MOPH, "Ministry of Public Health", "test")
     yield server
@@ -62,7 +63,9 @@ def _auth_reg(code: str = "hub1", member: str = MOPH, **over: object) -> tuple[b
 
 
 def _snapshot(server: CentralServer) -> tuple[object, ...]:
-    with sqlite_db(server.dir.db) as db:
+    from tests.pg_stores import central_db
+
+    with central_db(server) as db:
         return tuple(
             db.execute(f"SELECT * FROM {t} ORDER BY 1").fetchall()
             for t in ("members", "nodes", "subsystems", "requests", "certificates", "nonces")
@@ -226,7 +229,9 @@ def test_audit_trail_records_who_and_is_chained(central: CentralServer) -> None:
     assert [e.action for e in entries][-2:] == ["member.add", "request.approve"]
     assert entries[-1].admin == "cli:alice" and entries[-1].detail["request"] == request_id
     verify_audit(entries)
-    with sqlite_db(central.dir.db) as db:
+    from tests.pg_stores import central_db
+
+    with central_db(central) as db:
         db.execute("UPDATE admin_audit SET admin = 'mallory' WHERE seq = ?", (entries[-1].seq,))
     with pytest.raises(StoreError, match="broken"):
         verify_audit(central.store.audit_entries())
