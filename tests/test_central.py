@@ -7,7 +7,9 @@ administration audit trail is hash-chained."""
 from __future__ import annotations
 
 import stat
-from collections.abc import Iterator
+import threading
+from collections.abc import Callable, Iterator
+from concurrent.futures import ThreadPoolExecutor
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
@@ -439,3 +441,47 @@ async def test_a_storm_of_globalconf_downloads_signs_once_and_changes_show_at_on
         r = await client.get("/globalconf")
         conf = verify_globalconf(await r.read(), central.signer_cert)
         assert parse_member_id("TH/GOV/DOPA") in conf.members
+
+
+def test_racing_writers_pass_each_check_once_and_keep_one_audit_chain(
+    central: CentralServer,
+) -> None:
+    """Six processes' worth of connections (the CLI, a server's workers) at once: a nonce is
+    used once, a node code requested once, and the audit trail stays one chain."""
+    stores = [central.dir.open_store() for _ in range(6)]
+    barrier = threading.Barrier(len(stores))
+
+    def race(call: Callable[[int], object]) -> list[str]:
+        def one(i: int) -> str:
+            barrier.wait()
+            try:
+                call(i)
+            except RegistrationError as exc:
+                return exc.code
+            return "ok"
+
+        with ThreadPoolExecutor(len(stores)) as pool:
+            return sorted(pool.map(one, range(len(stores))))
+
+    def file(i: int, code: str, nonce: str) -> object:
+        return stores[i].file_request(
+            "authCertReg", f"{MOPH}/{code}", nonce, b"{}", address="127.0.0.1:5600",
+            auth_csr="csr", sign_csr="csr", auth_key_sha256=f"{code}-{nonce}",
+        )  # fmt: skip
+
+    try:
+        assert race(lambda i: file(i, f"hub{i}", "one-nonce")) == ["Replay"] * 5 + ["ok"]
+        assert race(lambda i: file(i, "hubx", f"nonce-{i}")) == ["Duplicate"] * 5 + ["ok"]
+        before = len(central.store.audit_entries())
+
+        def audit(i: int) -> None:
+            for j in range(10):
+                stores[i].audit(f"admin{i}", "test.race", n=j)
+
+        assert race(audit) == ["ok"] * 6
+        entries = central.store.audit_entries()
+        assert len(entries) == before + 60
+        verify_audit(entries)
+    finally:
+        for s in stores:
+            s.close()  # type: ignore[attr-defined]
