@@ -134,6 +134,7 @@ class PostgresCentralStore(SqliteCentralStore):
                     "database; run 'xroad-hub central init --db DSN' first"
                 )
             if not exists:
+                db.create_schema()
                 with db.write():  # two inits at once: one creates, the other finds it made
                     db.connection().execute(SCHEMA)
 

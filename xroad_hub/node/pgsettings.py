@@ -81,10 +81,18 @@ class PgConnection:
                 raise HubError(
                     f"cannot reach the {self._purpose} database ({redact_dsn(self._dsn)}): {exc}"
                 ) from None
-            conn.execute(f'CREATE SCHEMA IF NOT EXISTS "{self.schema}"')
             conn.execute(f'SET search_path TO "{self.schema}"')
             self._conn = conn
         return self._conn
+
+    def create_schema(self) -> None:
+        """Make the schema if it is missing (a user who may not create schemas can still
+        use one made for it)."""
+        conn = self.connection()
+        if not conn.execute(
+            "SELECT 1 FROM pg_namespace WHERE nspname = %s", (self.schema,)
+        ).fetchone():
+            conn.execute(f'CREATE SCHEMA IF NOT EXISTS "{self.schema}"')
 
     def execute(self, sql: str, params: Any = ()) -> psycopg.Cursor[Any]:
         return self.connection().execute(sql.replace("?", "%s"), params)  # type: ignore[arg-type]
@@ -133,6 +141,7 @@ class PostgresSettingsStore:
 
     def open(self) -> None:
         with self._lock:
+            self._db.create_schema()
             with self._db.write() as db:  # two processes starting at once: one creates
                 db.connection().execute(_SCHEMA)
             self._open = True
