@@ -485,3 +485,35 @@ def test_racing_writers_pass_each_check_once_and_keep_one_audit_chain(
     finally:
         for s in stores:
             s.close()  # type: ignore[attr-defined]
+
+
+def test_a_postgresql_schema_holds_one_central_server_and_passwords_never_show(
+    tmp_path: Path, pg_schema: str
+) -> None:
+    from tests.pg_stores import drop_schema, pg_dsn
+    from xroad_hub.central.pgstore import PostgresCentralStore
+    from xroad_hub.errors import HubError
+
+    url = "https://127.0.0.1:4001"
+    init_central(tmp_path / "a", "TH", url, db=pg_dsn(), db_schema=pg_schema)
+    assert not (tmp_path / "a" / "central.sqlite").exists()
+    # A second central server on the same schema is refused before it makes any key.
+    with pytest.raises(FileExistsError, match="already holds"):
+        init_central(tmp_path / "b", "TH", url, db=pg_dsn(), db_schema=pg_schema)
+    assert not (tmp_path / "b").exists()
+    other = pg_schema + "_c"
+    try:
+        init_central(tmp_path / "c", "XX", url, db=pg_dsn(), db_schema=other)
+        a, c = CentralServer(tmp_path / "a"), CentralServer(tmp_path / "c")
+        try:
+            a.store.add_member(MOPH, "Ministry of Public Health", "test")
+            assert (a.instance, c.instance) == ("TH", "XX")
+            assert c.store.members() == {}
+        finally:
+            a.close()
+            c.close()
+    finally:
+        drop_schema(other)
+    with pytest.raises(HubError) as err:
+        PostgresCentralStore("postgresql://u:s3cret@127.0.0.1:1/x", pg_schema)
+    assert "s3cret" not in str(err.value) and "u:***@" in str(err.value)
