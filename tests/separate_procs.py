@@ -117,17 +117,20 @@ def get_ok(url: str) -> bool:
         return False
 
 
-def make_central(root: Path, members: dict[str, str], validity: int = 30) -> tuple[Path, str, Path]:
+def make_central(
+    root: Path, members: dict[str, str], validity: int = 30, init: tuple[str, ...] = ()
+) -> tuple[Path, str, Path]:
     """``central init`` (short configuration validity, for tests that wait for refreshes),
     ``central member add`` for each of ``members`` (id: name) and ``central anchor``:
-    (central directory, its URL, the anchor file). Start it with ``Proc(..., "central",
+    (central directory, its URL, the anchor file); ``init``: more ``central init`` options
+    (``--db DSN``). Start it with ``Proc(..., "central",
     "run", "--dir", cdir)``."""
     from xroad_hub.dev.testing import free_port
 
     cdir, anchor = root / "central", root / "anchor.json"
     url = f"https://127.0.0.1:{free_port()}"
     hub("central", "init", "--dir", cdir, "--instance", "TH", "--url", url,
-        "--validity", str(validity))  # fmt: skip
+        "--validity", str(validity), *init)  # fmt: skip
     for member, name in members.items():
         hub("central", "member", "add", member, "--name", name, "--dir", cdir)
     hub("central", "anchor", "--dir", cdir, "-o", anchor)
@@ -147,8 +150,11 @@ def add_client(cdir: Path, ndir: Path, subsystem: str) -> None:
     hub("central", "approve", out.split("request ", 1)[1].split()[0], "--dir", cdir)
 
 
-def enroll(cdir: Path, anchor: Path, ndir: Path, member: str, subsystem: str, peer: int) -> None:
+def enroll(
+    cdir: Path, anchor: Path, ndir: Path, member: str, subsystem: str, peer: int,
+    code: str = "hub1",
+) -> None:  # fmt: skip
     """``node init``, approval, ``enroll fetch``, ``node client add``, approval."""
-    hub("central", "approve", init_node(anchor, ndir, member, peer), "--dir", cdir)
+    hub("central", "approve", init_node(anchor, ndir, member, peer, code), "--dir", cdir)
     hub("node", "enroll", "fetch", "--dir", ndir)
     add_client(cdir, ndir, subsystem)

@@ -7,7 +7,9 @@ administration audit trail is hash-chained."""
 from __future__ import annotations
 
 import stat
-from collections.abc import Iterator
+import threading
+from collections.abc import Callable, Iterator
+from concurrent.futures import ThreadPoolExecutor
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
@@ -34,14 +36,15 @@ from xroad_hub.protocol.registration import (
 )
 from xroad_hub.protocol.signing import cert_fingerprint
 
-from .sqlite_db import sqlite_db
+# central_db is imported where used: see tests/pg_stores.py (a plugin, loaded first).
+pytest_plugins = ["tests.pg_stores"]
 
 MOPH = "TH/GOV/MOPH"
 
 
 @pytest.fixture
-def central(tmp_path: Path) -> Iterator[CentralServer]:
-    init_central(tmp_path / "central", "TH", "https://127.0.0.1:4001")
+def central(tmp_path: Path, central_db_args: dict[str, str]) -> Iterator[CentralServer]:
+    init_central(tmp_path / "central", "TH", "https://127.0.0.1:4001", **central_db_args)
     server = CentralServer(tmp_path / "central")
     server.store.add_member(MOPH, "Ministry of Public Health", "test")
     yield server
@@ -62,7 +65,9 @@ def _auth_reg(code: str = "hub1", member: str = MOPH, **over: object) -> tuple[b
 
 
 def _snapshot(server: CentralServer) -> tuple[object, ...]:
-    with sqlite_db(server.dir.db) as db:
+    from tests.pg_stores import central_db
+
+    with central_db(server) as db:
         return tuple(
             db.execute(f"SELECT * FROM {t} ORDER BY 1").fetchall()
             for t in ("members", "nodes", "subsystems", "requests", "certificates", "nonces")
@@ -226,7 +231,9 @@ def test_audit_trail_records_who_and_is_chained(central: CentralServer) -> None:
     assert [e.action for e in entries][-2:] == ["member.add", "request.approve"]
     assert entries[-1].admin == "cli:alice" and entries[-1].detail["request"] == request_id
     verify_audit(entries)
-    with sqlite_db(central.dir.db) as db:
+    from tests.pg_stores import central_db
+
+    with central_db(central) as db:
         db.execute("UPDATE admin_audit SET admin = 'mallory' WHERE seq = ?", (entries[-1].seq,))
     with pytest.raises(StoreError, match="broken"):
         verify_audit(central.store.audit_entries())
@@ -466,3 +473,79 @@ def test_client_tls_certificate_only_for_a_registered_subsystem_from_its_own_csr
     entries = central.store.audit_entries()
     assert len(entries) == audited + 1 and entries[-1].action == "client_cert.issue"
     assert entries[-1].admin == "officer"
+
+
+def test_racing_writers_pass_each_check_once_and_keep_one_audit_chain(
+    central: CentralServer,
+) -> None:
+    """Six processes' worth of connections (the CLI, a server's workers) at once: a nonce is
+    used once, a node code requested once, and the audit trail stays one chain."""
+    stores = [central.dir.open_store() for _ in range(6)]
+    barrier = threading.Barrier(len(stores))
+
+    def race(call: Callable[[int], object]) -> list[str]:
+        def one(i: int) -> str:
+            barrier.wait()
+            try:
+                call(i)
+            except RegistrationError as exc:
+                return exc.code
+            return "ok"
+
+        with ThreadPoolExecutor(len(stores)) as pool:
+            return sorted(pool.map(one, range(len(stores))))
+
+    def file(i: int, code: str, nonce: str) -> object:
+        return stores[i].file_request(
+            "authCertReg", f"{MOPH}/{code}", nonce, b"{}", address="127.0.0.1:5600",
+            auth_csr="csr", sign_csr="csr", auth_key_sha256=f"{code}-{nonce}",
+        )  # fmt: skip
+
+    try:
+        assert race(lambda i: file(i, f"hub{i}", "one-nonce")) == ["Replay"] * 5 + ["ok"]
+        assert race(lambda i: file(i, "hubx", f"nonce-{i}")) == ["Duplicate"] * 5 + ["ok"]
+        before = len(central.store.audit_entries())
+
+        def audit(i: int) -> None:
+            for j in range(10):
+                stores[i].audit(f"admin{i}", "test.race", n=j)
+
+        assert race(audit) == ["ok"] * 6
+        entries = central.store.audit_entries()
+        assert len(entries) == before + 60
+        verify_audit(entries)
+    finally:
+        for s in stores:
+            s.close()  # type: ignore[attr-defined]
+
+
+def test_a_postgresql_schema_holds_one_central_server_and_passwords_never_show(
+    tmp_path: Path, pg_schema: str
+) -> None:
+    from tests.pg_stores import drop_schema, pg_dsn
+    from xroad_hub.central.pgstore import PostgresCentralStore
+    from xroad_hub.errors import HubError
+
+    url = "https://127.0.0.1:4001"
+    init_central(tmp_path / "a", "TH", url, db=pg_dsn(), db_schema=pg_schema)
+    assert not (tmp_path / "a" / "central.sqlite").exists()
+    # A second central server on the same schema is refused before it makes any key.
+    with pytest.raises(FileExistsError, match="already holds"):
+        init_central(tmp_path / "b", "TH", url, db=pg_dsn(), db_schema=pg_schema)
+    assert not (tmp_path / "b").exists()
+    other = pg_schema + "_c"
+    try:
+        init_central(tmp_path / "c", "XX", url, db=pg_dsn(), db_schema=other)
+        a, c = CentralServer(tmp_path / "a"), CentralServer(tmp_path / "c")
+        try:
+            a.store.add_member(MOPH, "Ministry of Public Health", "test")
+            assert (a.instance, c.instance) == ("TH", "XX")
+            assert c.store.members() == {}
+        finally:
+            a.close()
+            c.close()
+    finally:
+        drop_schema(other)
+    with pytest.raises(HubError) as err:
+        PostgresCentralStore("postgresql://u:s3cret@127.0.0.1:1/x", pg_schema)
+    assert "s3cret" not in str(err.value) and "u:***@" in str(err.value)

@@ -11,6 +11,7 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import orjson
+import psycopg
 import pytest
 from aiohttp.test_utils import TestClient, TestServer
 from cryptography import x509
@@ -34,8 +35,10 @@ from xroad_hub.protocol.identifiers import parse_member_id, parse_node_id
 from xroad_hub.protocol.registration import RegistrationError, make_csr, new_request, sign_request
 from xroad_hub.protocol.signing import SignatureVerifier, cert_fingerprint
 
-from .sqlite_db import sqlite_db
 from .test_central import _auth_reg
+
+# central_db is imported where used: see tests/pg_stores.py (a plugin, loaded first).
+pytest_plugins = ["tests.pg_stores"]
 
 MOPH = "TH/GOV/MOPH"
 HUB1 = f"{MOPH}/hub1"
@@ -43,8 +46,8 @@ PEM = serialization.Encoding.PEM
 
 
 @pytest.fixture
-def cs(tmp_path: Path) -> Iterator[CentralServer]:
-    init_central(tmp_path / "central", "TH", "https://127.0.0.1:4001")
+def cs(tmp_path: Path, central_db_args: dict[str, str]) -> Iterator[CentralServer]:
+    init_central(tmp_path / "central", "TH", "https://127.0.0.1:4001", **central_db_args)
     server = CentralServer(tmp_path / "central")
     server.store.add_member(MOPH, "Ministry of Public Health", "test")
     yield server
@@ -59,7 +62,9 @@ def _enrolled(cs: CentralServer, code: str = "hub1") -> dict[str, ec.EllipticCur
 
 
 def _snapshot(cs: CentralServer) -> tuple[object, ...]:
-    with sqlite_db(cs.dir.db) as db:
+    from tests.pg_stores import central_db
+
+    with central_db(cs) as db:
         return tuple(
             db.execute(f"SELECT * FROM {t} ORDER BY 1").fetchall()
             for t in ("members", "nodes", "subsystems", "requests", "certificates", "nonces",
@@ -151,9 +156,11 @@ def test_revocation_is_final(cs: CentralServer) -> None:
     _refused(cs, lambda: cs.revoke("t", "x", node=f"{MOPH}/nohub"), "UnknownServer")
     _refused(cs, lambda: cs.revoke("t", "x", node=HUB1, member=MOPH), "Malformed")
     # Not even the database's owner undoes it.
-    with sqlite_db(cs.dir.db) as db:
+    from tests.pg_stores import central_db
+
+    with central_db(cs) as db:
         for sql in ("DELETE FROM revocations", "UPDATE revocations SET revoked_at = 'x'"):
-            with pytest.raises(sqlite3.IntegrityError, match="final"):
+            with pytest.raises((sqlite3.IntegrityError, psycopg.IntegrityError), match="final"):
                 db.execute(sql)
     assert len(cs.globalconf().revocations) == 1
     # Everything of the member: the rest (its auth certificate) is revoked, once.

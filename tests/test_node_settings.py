@@ -7,34 +7,59 @@ from __future__ import annotations
 import asyncio
 import os
 import stat
+import threading
+from collections.abc import Callable
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Any
 
 import pytest
 
 from adapters import AdapterRequest, AdapterResponse
-from xroad_hub.errors import ProtocolError
+from xroad_hub.errors import HubError, ProtocolError
 from xroad_hub.federation import ServiceConfig, load_table
+from xroad_hub.node.pgsettings import PostgresSettingsStore, redact_dsn
 from xroad_hub.node.runtime import HostedService, ServiceTable
 from xroad_hub.node.services import ServiceManager
-from xroad_hub.node.settings import SERVICE, Conflict, Put, SQLiteSettingsStore
+from xroad_hub.node.settings import SERVICE, Conflict, Put, SettingsStore, SQLiteSettingsStore
 from xroad_hub.protocol.access import check_endpoint, parse_endpoint
 from xroad_hub.protocol.identifiers import parse_client_id, parse_service_id
 
+pytest_plugins = ["tests.pg_stores"]
 
-def _store(path: Path) -> SQLiteSettingsStore:
-    store = SQLiteSettingsStore(path)
-    store.open()
-    return store
+
+@pytest.fixture(params=["sqlite", "postgres"])
+def open_store(request: pytest.FixtureRequest, tmp_path: Path) -> Callable[[], SettingsStore]:
+    """Opens a store on this test's storage, the same each time (two processes of a node):
+    a SQLite file, or a PostgreSQL schema."""
+    if request.param == "sqlite":
+        path = tmp_path / "node-settings.sqlite"
+
+        def make() -> SettingsStore:
+            return SQLiteSettingsStore(path)
+    else:
+        from tests.pg_stores import pg_dsn
+
+        schema = request.getfixturevalue("pg_schema")
+
+        def make() -> SettingsStore:
+            return PostgresSettingsStore(pg_dsn(), schema)
+
+    def opened() -> SettingsStore:
+        store = make()
+        store.open()
+        return store
+
+    return opened
 
 
 def test_a_change_made_from_an_old_version_is_refused_also_from_another_process(
-    tmp_path: Path,
+    tmp_path: Path, open_store: Callable[[], SettingsStore]
 ) -> None:
-    path = tmp_path / "node-settings.sqlite"
-    first, second = _store(path), _store(path)  # two processes of one node, one file
+    first, second = open_store(), open_store()  # two processes of one node, one database
     try:
-        assert stat.S_IMODE(os.stat(path).st_mode) == 0o600
+        if isinstance(first, SQLiteSettingsStore):
+            assert stat.S_IMODE(os.stat(first.path).st_mode) == 0o600
         [row] = first.apply([Put(SERVICE, "a", None, {"n": 1})], "alice")
         assert (row.version, row.updated_by) == (1, "alice")
         with pytest.raises(Conflict, match="exists already"):
@@ -115,10 +140,9 @@ class _Builder:
 
 
 async def test_another_process_of_the_node_takes_in_a_change_within_its_poll(
-    tmp_path: Path,
+    open_store: Callable[[], SettingsStore],
 ) -> None:
-    path = tmp_path / "node-settings.sqlite"
-    stores = [_store(path), _store(path)]
+    stores = [open_store(), open_store()]
     managers = [
         ServiceManager(s, _Builder(), ServiceTable(), known_client=lambda c: True) for s in stores
     ]
@@ -157,3 +181,60 @@ async def test_another_process_of_the_node_takes_in_a_change_within_its_poll(
             await m.close()
         for s in stores:
             s.close()
+
+
+def test_racing_changes_made_from_one_version_let_exactly_one_through(
+    open_store: Callable[[], SettingsStore],
+) -> None:
+    """Eight administrators (each a process with its own connection) change one service
+    from the version they all read: one change lands, seven are refused, none is lost."""
+    stores = [open_store() for _ in range(8)]
+    try:
+        stores[0].apply([Put(SERVICE, "a", None, {"n": 0})], "setup")
+        start = stores[0].generation()
+        barrier = threading.Barrier(len(stores))
+
+        def change(i: int) -> str:
+            barrier.wait()
+            try:
+                stores[i].apply([Put(SERVICE, "a", 1, {"n": i})], f"admin{i}")
+            except Conflict:
+                return "refused"
+            return "applied"
+
+        with ThreadPoolExecutor(len(stores)) as pool:
+            outcomes = list(pool.map(change, range(len(stores))))
+        assert sorted(outcomes) == ["applied"] + ["refused"] * 7
+        row = stores[1].get(SERVICE, "a")
+        assert row is not None and row.version == 2
+        assert row.data == {"n": outcomes.index("applied")}
+        assert stores[2].generation() == start + 1
+    finally:
+        for s in stores:
+            s.close()
+
+
+def test_two_nodes_share_one_postgresql_database_apart_and_its_password_is_never_shown(
+    pg_schema: str,
+) -> None:
+    from tests.pg_stores import drop_schema, pg_dsn
+
+    other = pg_schema + "_b"
+    one, two = PostgresSettingsStore(pg_dsn(), pg_schema), PostgresSettingsStore(pg_dsn(), other)
+    try:
+        one.open()
+        two.open()
+        one.apply([Put(SERVICE, "a", None, {"n": 1})], "alice")
+        assert two.get(SERVICE, "a") is None and two.generation() == 0
+    finally:
+        one.close()
+        two.close()
+        drop_schema(other)
+    secret = PostgresSettingsStore("postgresql://u:s3cret@127.0.0.1:1/x", "n")
+    assert "s3cret" not in repr(secret)
+    with pytest.raises(HubError) as err:
+        secret.open()
+    assert "s3cret" not in str(err.value) and "***" in str(err.value)
+    assert redact_dsn("postgresql://u@h/db?password=s3cret&x=1") == (
+        "postgresql://u@h/db?password=***&x=1"
+    )

@@ -405,6 +405,9 @@ class NodeConfig:
     audit_listen: tuple[str, int] | None = _address(None)  # HTTPS API for auditors
     # PostgreSQL DSN for the message log (scale-out); None: SQLite in the data directory.
     messagelog_dsn: str | None = None
+    # PostgreSQL DSN for the node's settings database (services, access rights, clients;
+    # schema settings_<node id>); None: node-settings.sqlite in the data directory.
+    settings_dsn: str | None = None
     # Timestamps: an external RFC 3161 TSA instead of the federation's, and how long a
     # checkpoint may wait for one before the node refuses exchanges (X-Road default: 4 h).
     tsa_url: str | None = None

@@ -39,7 +39,18 @@ def add_central_commands(sub: Any) -> None:
 
     init = cmd(
         "init", "create the central server's database, CA and configuration-signing key",
-        "Creates DIR/central.sqlite and the keys (0600; they never leave DIR).",
+        "Creates DIR/central.sqlite (or, with --db, the tables in a PostgreSQL schema) and "
+        "the keys (0600; they never leave DIR).",
+    )  # fmt: skip
+    init.add_argument(
+        "--db", metavar="DSN",
+        help="keep the database in PostgreSQL (postgresql://USER[:PASSWORD]@HOST/DB), not in "
+        "DIR/central.sqlite; recorded in DIR/database.toml (0600) for the other commands",
+    )  # fmt: skip
+    init.add_argument(
+        "--db-schema", metavar="NAME",
+        help="with --db: the schema to keep the tables in, one per central server "
+        "(default xroad_central)",
     )  # fmt: skip
     init.add_argument("--instance", required=True, help="the X-Road instance, e.g. TH")
     init.add_argument("--url", required=True, help="https://HOST:PORT nodes reach it at")
@@ -123,12 +134,16 @@ def add_central_commands(sub: Any) -> None:
 
 
 def run_central_command(args: argparse.Namespace) -> int:
-    from xroad_hub.central.server import CentralServer, init_central, serve
-    from xroad_hub.central.store import SqliteCentralStore, verify_audit
+    from xroad_hub.central.server import CentralDir, CentralServer, init_central, serve
+    from xroad_hub.central.store import verify_audit
 
     c = args.central_command
     if c == "init":
-        d = init_central(args.dir, args.instance, args.url, args.validity)
+        if args.db_schema and not args.db:
+            raise SystemExit("--db-schema needs --db")
+        d = init_central(
+            args.dir, args.instance, args.url, args.validity, db=args.db, db_schema=args.db_schema
+        )
         print(f"central server of {args.instance} initialised in {d.root}")
         print(f"next: xroad-hub central member add ... --dir {d.root}; "
               f"xroad-hub central anchor --dir {d.root} -o anchor.json")  # fmt: skip
@@ -141,7 +156,7 @@ def run_central_command(args: argparse.Namespace) -> int:
         serve(args.dir, host, port)
         return 0
     if c == "admin-key":
-        store = SqliteCentralStore(args.dir / "central.sqlite")
+        store = CentralDir(args.dir).open_store()
         try:
             secret = secrets.token_urlsafe(32)
             store.add_admin(args.name, key_digest(secret), args.role, _operator())

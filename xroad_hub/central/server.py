@@ -4,6 +4,8 @@ certificates, and publishes the global configuration generated from its own data
 State lives in one directory (``central init``), never shared with nodes:
 
     central.sqlite              members, nodes, requests, certificates, audit (0600)
+    database.toml               instead of central.sqlite: the PostgreSQL DSN and schema
+                                holding them (``central init --db``; 0600)
     ca.key.pem, ca.cert.pem     the federation's certification authority
     signer.key.pem, .cert.pem   signs the global configuration (the anchor's certificate)
     tls.key.pem, tls.cert.pem   HTTPS of the central server, issued by its CA
@@ -128,22 +130,56 @@ class CentralDir:
     def key(self, name: str) -> Path:
         return self.root / f"{name}.key.pem"
 
+    def open_store(self, *, create: bool = False) -> CentralStore:
+        """The database this directory's server keeps: the PostgreSQL schema its
+        database.toml names, else central.sqlite."""
+        from xroad_hub.central.pgstore import PostgresCentralStore, read_db_file
+
+        pg = read_db_file(self.root)
+        if pg is not None:
+            return PostgresCentralStore(*pg, create=create)
+        return SqliteCentralStore(self.db, create=create)
+
     def cert(self, name: str) -> Path:
         return self.root / f"{name}.cert.pem"
 
 
 def init_central(
-    root: Path, instance: str, url: str, validity: int = DEFAULT_VALIDITY
+    root: Path,
+    instance: str,
+    url: str,
+    validity: int = DEFAULT_VALIDITY,
+    *,
+    db: str | None = None,
+    db_schema: str | None = None,
 ) -> CentralDir:
-    """Create the central server's database and keys in ``root``; refuse to overwrite."""
+    """Create the central server's database and keys in ``root``; refuse to overwrite.
+    ``db``: a PostgreSQL DSN to keep the database in (schema ``db_schema``), recorded in
+    ``root`` for the other central commands; None: ``root``/central.sqlite."""
+    from xroad_hub.central.pgstore import DEFAULT_SCHEMA, PostgresCentralStore, write_db_file
+
     d = CentralDir(root)
     parts = urlsplit(url)
     if parts.scheme != "https" or not parts.hostname or not parts.port:
         raise RegistrationError("BadUrl", f"--url must be https://HOST:PORT, not {url!r}")
     if d.db.exists() or d.key("ca").exists():
         raise FileExistsError(f"{root} already holds a central server; use another --dir")
+    store: CentralStore | None = None
+    if db is not None:
+        # The database first: a DSN that does not answer, or a schema another central
+        # server uses, is refused before any key is made.
+        pg = PostgresCentralStore(db, db_schema or DEFAULT_SCHEMA, create=True)
+        if pg.get_meta("instance") is not None:
+            pg.close()
+            raise FileExistsError(
+                f"schema {pg.schema!r} already holds a central server's database; "
+                "use another --db-schema"
+            )
+        store = pg
     root.mkdir(parents=True, exist_ok=True)
     root.chmod(0o700)
+    if db is not None:
+        write_db_file(root, db, db_schema or DEFAULT_SCHEMA)
     ca_key, ca_cert = make_root_ca(f"{instance} central server CA")
     write_key(d.key("ca"), ca_key)
     write_cert(d.cert("ca"), ca_cert)
@@ -163,7 +199,7 @@ def init_central(
             hosts=(parts.hostname,),
         ),
     )  # fmt: skip
-    store = SqliteCentralStore(d.db, create=True)
+    store = store or SqliteCentralStore(d.db, create=True)
     try:
         store.set_meta("instance", instance)
         store.set_meta("url", url.rstrip("/"))
@@ -206,7 +242,7 @@ def _local_operator() -> str:
 class CentralServer:
     def __init__(self, root: Path, store: CentralStore | None = None) -> None:
         self.dir = CentralDir(root)
-        self.store: CentralStore = store or SqliteCentralStore(self.dir.db)
+        self.store: CentralStore = store or self.dir.open_store()
         instance = self.store.get_meta("instance")
         url = self.store.get_meta("url")
         if instance is None or url is None:

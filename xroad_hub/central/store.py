@@ -2,8 +2,10 @@
 certificates, revocations and the administration audit trail.
 
 ``CentralStore`` is the interface the central server uses; ``SqliteCentralStore`` is its
-SQLite implementation (a file of mode 0600). The schema is plain SQL (TEXT, INTEGER, no
-SQLite-only types), so a PostgreSQL store can follow behind the same interface. Each
+SQLite implementation (a file of mode 0600), ``PostgresCentralStore`` (central/pgstore.py)
+its PostgreSQL one. Both run the same SQL (portable: no ``INSERT OR REPLACE``, no
+``COLLATE NOCASE``, no ``lastrowid``); only the schema, the connection and how a write
+transaction shuts other writers out differ. Each
 operation is one short transaction; the checks that decide a request (node code free, nonce
 unused, request still pending) run inside the transaction that changes the rows, so two
 concurrent requests or approvals cannot both pass.
@@ -192,7 +194,12 @@ class CentralStore(Protocol):
     def audit_head(self) -> int: ...
 
 
-def _one(cursor: sqlite3.Cursor) -> Any:
+# A connection the store's SQL runs on: sqlite3's, or pgstore's PgConnection (which takes
+# the same ``?`` placeholders).
+_Db = Any
+
+
+def _one(cursor: Any) -> Any:
     """The first row, reading the cursor to its end: a half-read SELECT keeps its read
     snapshot open in SQLite, and the server would not see what the CLI committed since."""
     rows = cursor.fetchall()
@@ -233,7 +240,7 @@ def _locked(method: _F) -> _F:
             try:
                 return method(self, *args, **kwargs)
             finally:
-                self._db.close()
+                self._end()
 
     return wrapper  # type: ignore[return-value]
 
@@ -258,17 +265,20 @@ class SqliteCentralStore:
         self._db.close()
         ensure_private(path, sqlite=True)  # the -wal/-shm files WAL mode just made
 
-    def _connect(self) -> sqlite3.Connection:
+    def _connect(self) -> _Db:
         db = sqlite3.connect(self.path, isolation_level=None, check_same_thread=False)
         db.execute("PRAGMA foreign_keys=ON")
         db.execute("PRAGMA busy_timeout=5000").fetchall()
         return db
 
+    def _end(self) -> None:
+        self._db.close()
+
     def close(self) -> None:
         """Nothing stays open between operations; kept for stores that pool connections."""
 
     @contextmanager
-    def _tx(self) -> Iterator[sqlite3.Connection]:
+    def _tx(self) -> Iterator[_Db]:
         # IMMEDIATE: the write lock is taken before the checks, so they hold until commit.
         self._db.execute("BEGIN IMMEDIATE")
         try:
@@ -286,7 +296,10 @@ class SqliteCentralStore:
     @_locked
     def set_meta(self, key: str, value: str) -> None:
         with self._tx() as db:
-            db.execute("INSERT OR REPLACE INTO meta(key, value) VALUES (?, ?)", (key, value))
+            db.execute(
+                "INSERT INTO meta(key, value) VALUES (?, ?) "
+                "ON CONFLICT (key) DO UPDATE SET value = excluded.value", (key, value),
+            )  # fmt: skip
 
     @_locked
     def add_member(self, member: str, name: str, admin: str) -> None:
@@ -303,8 +316,10 @@ class SqliteCentralStore:
     @_locked
     def add_admin(self, name: str, key_sha256: str, roles: list[str], admin: str) -> None:
         with self._tx() as db:
+            # A new key for a name replaces its old one (and a key is one administrator's).
+            db.execute("DELETE FROM admins WHERE name = ? OR key_sha256 = ?", (name, key_sha256))
             db.execute(
-                "INSERT OR REPLACE INTO admins VALUES (?, ?, ?, ?)",
+                "INSERT INTO admins VALUES (?, ?, ?, ?)",
                 (name, key_sha256, orjson.dumps(sorted(roles)).decode(), _now()),
             )
             self._audit(db, admin, "admin.add", {"name": name, "roles": sorted(roles)})
@@ -342,7 +357,7 @@ class SqliteCentralStore:
                 # Codes that differ only in case are one code: an operator reading "HUB1"
                 # next to "hub1" in a list of requests or a TLS name would take them for one.
                 taken_as = _one(db.execute(
-                    "SELECT id FROM nodes WHERE id = ? COLLATE NOCASE", (server,)
+                    "SELECT id FROM nodes WHERE lower(id) = lower(?)", (server,)
                 ))  # fmt: skip
                 if taken_as:
                     raise RegistrationError(
@@ -350,7 +365,7 @@ class SqliteCentralStore:
                         + (f" (as {taken_as[0]})" if taken_as[0] != server else ""), 409,
                     )  # fmt: skip
                 pending = _one(db.execute(
-                    "SELECT id FROM requests WHERE server = ? COLLATE NOCASE "
+                    "SELECT id FROM requests WHERE lower(server) = lower(?) "
                     "AND type = 'authCertReg' "
                     "AND state = 'SUBMITTED'", (server,),
                 ))  # fmt: skip
@@ -396,13 +411,13 @@ class SqliteCentralStore:
                     )
             elif kind == "clientReg":
                 if _one(db.execute(
-                    "SELECT 1 FROM subsystems WHERE id = ? COLLATE NOCASE", (client,)
+                    "SELECT 1 FROM subsystems WHERE lower(id) = lower(?)", (client,)
                 )):  # fmt: skip
                     raise RegistrationError(
                         "Duplicate", f"subsystem {client} is already registered", 409
                     )
                 if _one(db.execute(
-                    "SELECT id FROM requests WHERE client = ? COLLATE NOCASE "
+                    "SELECT id FROM requests WHERE lower(client) = lower(?) "
                     "AND type = 'clientReg' "
                     "AND state = 'SUBMITTED'", (client,),
                 )):  # fmt: skip
@@ -413,11 +428,11 @@ class SqliteCentralStore:
             cur = db.execute(
                 "INSERT INTO requests (type, state, server, client, address, auth_csr, "
                 "sign_csr, auth_key_sha256, signed, received_at, checkpoint_csr) "
-                "VALUES (?, 'SUBMITTED', ?, ?, ?, ?, ?, ?, ?, ?, ?)",
+                "VALUES (?, 'SUBMITTED', ?, ?, ?, ?, ?, ?, ?, ?, ?) RETURNING id",
                 (kind, server, client, address, auth_csr, sign_csr, auth_key_sha256,
                  signed.decode(), _now(), checkpoint_csr),
             )  # fmt: skip
-            return int(cur.lastrowid or 0)
+            return int(_one(cur)[0])
 
     _REQUEST_COLS = (
         "id, type, state, server, client, address, auth_csr, sign_csr, received_at, "
@@ -451,7 +466,7 @@ class SqliteCentralStore:
         ).fetchall()  # fmt: skip
         return [IssuedCert(*r) for r in rows]
 
-    def _pending(self, db: sqlite3.Connection, request_id: int) -> RequestRow:
+    def _pending(self, db: _Db, request_id: int) -> RequestRow:
         row = _one(
             db.execute(f"SELECT {self._REQUEST_COLS} FROM requests WHERE id = ?", (request_id,))
         )
@@ -510,7 +525,7 @@ class SqliteCentralStore:
             self._audit(db, admin, "request.approve", detail)
             return self._pending_row(db, request_id)
 
-    def _pending_row(self, db: sqlite3.Connection, request_id: int) -> RequestRow:
+    def _pending_row(self, db: _Db, request_id: int) -> RequestRow:
         row = _one(
             db.execute(f"SELECT {self._REQUEST_COLS} FROM requests WHERE id = ?", (request_id,))
         )
@@ -544,9 +559,7 @@ class SqliteCentralStore:
             )  # fmt: skip
             return self._pending_row(db, request_id)
 
-    def _check_host(
-        self, db: sqlite3.Connection, address: str, member: str, *, pending: bool = False
-    ) -> None:
+    def _check_host(self, db: _Db, address: str, member: str, *, pending: bool = False) -> None:
         host = address_host(address)
         if host in SHARED_HOSTS:
             return
@@ -570,13 +583,15 @@ class SqliteCentralStore:
     _CURRENT = (
         "SELECT c.serial, c.pem FROM certificates c JOIN requests r ON r.id = c.request_id "
         "WHERE r.server = ? AND c.purpose = ? AND r.state = 'APPROVED' "
-        "ORDER BY c.rowid DESC LIMIT 1"
+        "ORDER BY c.{order} DESC LIMIT 1"
     )
+    # The certificates' order of issue: SQLite's rowid; PostgreSQL's has a column for it.
+    _ISSUE_ORDER = "rowid"
 
-    def _current(self, db: sqlite3.Connection, node: str, purpose: str) -> str | None:
+    def _current(self, db: _Db, node: str, purpose: str) -> str | None:
         if not _one(db.execute("SELECT 1 FROM nodes WHERE id = ?", (node,))):
             return None
-        row = _one(db.execute(self._CURRENT, (node, purpose)))
+        row = _one(db.execute(self._CURRENT.format(order=self._ISSUE_ORDER), (node, purpose)))
         if row is None or _one(db.execute("SELECT 1 FROM revocations WHERE serial = ?",
                                           (row[0],))):  # fmt: skip
             return None
@@ -615,7 +630,7 @@ class SqliteCentralStore:
             "SELECT c.serial, c.request_id, c.purpose, c.subject, r.server, c.sha256, "
             "c.issued_at, v.revoked_at, v.reason FROM certificates c "
             "JOIN requests r ON r.id = c.request_id "
-            "LEFT JOIN revocations v ON v.serial = c.serial ORDER BY c.rowid"
+            f"LEFT JOIN revocations v ON v.serial = c.serial ORDER BY c.{self._ISSUE_ORDER}"
         ).fetchall()
         return [CertRow(*r) for r in rows]
 
@@ -654,7 +669,7 @@ class SqliteCentralStore:
             })  # fmt: skip
             return rows
 
-    def _audit(self, db: sqlite3.Connection, admin: str, action: str, detail: Any) -> None:
+    def _audit(self, db: _Db, admin: str, action: str, detail: Any) -> None:
         row = _one(db.execute("SELECT hash FROM admin_audit ORDER BY seq DESC LIMIT 1"))
         prev = "" if row is None else str(row[0])
         at = _now()

@@ -75,7 +75,7 @@ from xroad_hub.node.runtime import (
     x_road_errors,
 )
 from xroad_hub.node.services import Refused, ServiceManager, soap_registration
-from xroad_hub.node.settings import Row, SQLiteSettingsStore
+from xroad_hub.node.settings import Row, SettingsStore, SQLiteSettingsStore
 from xroad_hub.node.slo import AlertSender, SloWatch
 from xroad_hub.node.timestamping import fetch_timestamp
 from xroad_hub.node.tls import client_facing_context, peer_client_context, peer_server_context
@@ -156,7 +156,7 @@ class Node(NodeOperations):
         self.metrics: NodeMetrics | None = None
         self.admin: AdminApi | None = None
         # The node's settings database and the services built from it (node/services.py).
-        self.settings: SQLiteSettingsStore | None = None
+        self.settings: SettingsStore | None = None
         self.service_manager: ServiceManager | None = None
         self._wsdls: dict[tuple[str, str, str], tuple[WsdlInfo, zeep.Client | None]] = {}
         self._purpose_defaults: dict[ClientId, tuple[str, str | None]] = {}
@@ -227,11 +227,20 @@ class Node(NodeOperations):
         yield
         await self.used_tokens.close()
 
+    def _settings_store(self) -> SettingsStore:
+        if self.config.settings_dsn:
+            from xroad_hub.node.pgsettings import PostgresSettingsStore, settings_schema
+
+            return PostgresSettingsStore(
+                self.config.settings_dsn, settings_schema(str(self.config.id))
+            )
+        return SQLiteSettingsStore(self.data_dir / "node-settings.sqlite")
+
     async def _exchange(self, _: web.Application) -> AsyncIterator[None]:
         """The services with their adapters (flat-file exports loaded before the node
         answers), and the runtime both proxies share, complete before anything serves."""
         async with contextlib.AsyncExitStack() as stack:
-            store = self.settings = SQLiteSettingsStore(self.data_dir / "node-settings.sqlite")
+            store = self.settings = self._settings_store()
             await asyncio.to_thread(store.open)
             stack.callback(store.close)
             table = ServiceTable()

@@ -11,7 +11,9 @@ node enrolled with). The global configuration comes from the central server, ver
 against the anchor; the central server also runs the timestamp authority (``/tsa/``) and
 the witness (``/witness``) under the anchor's URL, reached over HTTPS verified against the
 federation CA (``tsa_url`` in node.toml names another TSA). Logs and state go to
-``NODEDIR/data``; ``NODEDIR/endpoints.json`` says where the node listens while it runs.
+``NODEDIR/data`` (the settings database and the message log go to PostgreSQL instead
+with ``settings_dsn`` / ``messagelog_dsn``); ``NODEDIR/endpoints.json`` says where the node
+listens while it runs.
 Relative paths in node.toml (OpenAPI, WSDL, flat-file exports and layouts) are NODEDIR's.
 """
 

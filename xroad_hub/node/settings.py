@@ -8,8 +8,8 @@ the settings refer to (OpenAPI descriptions, WSDLs) are kept by their SHA-256, s
 the node serves does not depend on a file or URL staying as it was.
 
 ``SettingsStore`` is what the node needs of a store; ``SQLiteSettingsStore`` keeps it in
-``<data_dir>/node-settings.sqlite`` (0600, WAL). A PostgreSQL store, for nodes of several
-processes, would implement the same methods.
+``<data_dir>/node-settings.sqlite`` (0600, WAL); ``PostgresSettingsStore``
+(node/pgsettings.py) keeps it in PostgreSQL (``settings_dsn``).
 """
 
 from __future__ import annotations

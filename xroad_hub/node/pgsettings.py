@@ -1,0 +1,226 @@
+"""The node's settings database in PostgreSQL, and what the central server's PostgreSQL
+store shares with it (connecting into one schema, the DSN kept out of messages).
+
+Same semantics as ``SQLiteSettingsStore``: a change compares the versions it was made from
+inside its transaction, and all of it lands or none. SQLite had one writer at a time by
+construction; here each change first takes a transaction-scoped advisory lock keyed on the
+schema, so two processes (or two nodes' worth of administrators) changing the settings are
+put one after the other exactly as SQLite's ``BEGIN IMMEDIATE`` did, and the version read is
+the version the write replaces.
+
+The driver is psycopg 3 (synchronous): the stores are called from worker threads
+(``asyncio.to_thread``) like the SQLite ones, so an asyncio driver would need a loop per
+thread. Each deployment keeps its tables in its own schema (``search_path``), so several
+nodes and central servers can share one PostgreSQL server.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import re
+import threading
+import time
+from collections.abc import Iterator
+from contextlib import contextmanager
+from typing import Any
+
+import orjson
+import psycopg
+
+from xroad_hub.errors import HubError
+from xroad_hub.messagelog.postgres import is_dsn, validate_schema_name
+from xroad_hub.node.settings import Conflict, Put, Row
+
+__all__ = ["PgConnection", "PostgresSettingsStore", "is_dsn", "redact_dsn", "settings_schema"]
+
+
+def redact_dsn(dsn: str) -> str:
+    """``dsn`` with any password replaced by ``***``: what a message may show of it."""
+    dsn = re.sub(r"(://[^/@:]*:)[^/@]*@", r"\1***@", dsn)
+    return re.sub(r"(?i)(password=)[^&\s]*", r"\1***", dsn)
+
+
+def settings_schema(node_id: str) -> str:
+    """The schema a node keeps its settings in (``TH/GOV/DBD/hub1`` ->
+    ``settings_th_gov_dbd_hub1``): one per node, apart from its message log's."""
+    return validate_schema_name(("settings_" + re.sub(r"[^a-z0-9]+", "_", node_id.lower()))[:63])
+
+
+def lock_key(purpose: str, schema: str) -> int:
+    """A transaction advisory lock key for one schema's writers (64 bits of a digest)."""
+    digest = hashlib.sha256(f"xroad_hub.{purpose}\0{schema}".encode()).digest()
+    return int.from_bytes(digest[:8], "big", signed=True)
+
+
+class PgConnection:
+    """One connection into ``schema`` (created if missing), reopened if the server dropped
+    it; ``?`` placeholders as in the SQLite stores' SQL. Not thread-safe: the store holds
+    its lock around every use, as the SQLite stores do."""
+
+    def __init__(self, dsn: str, schema: str, *, purpose: str) -> None:
+        if not is_dsn(dsn):
+            raise HubError(f"not a PostgreSQL DSN (postgresql://...): {redact_dsn(dsn)}")
+        self.schema = validate_schema_name(schema)
+        self._dsn = dsn
+        self._purpose = purpose
+        self._lock_key = lock_key(purpose, self.schema)
+        self._conn: psycopg.Connection[Any] | None = None
+
+    def __repr__(self) -> str:  # never the DSN: it may hold a password
+        return f"PgConnection(schema={self.schema!r})"
+
+    def connection(self) -> psycopg.Connection[Any]:
+        if self._conn is None or self._conn.closed or self._conn.broken:
+            try:
+                conn = psycopg.connect(
+                    self._dsn, autocommit=True, connect_timeout=10,
+                    application_name=f"xroad-hub {self._purpose} {self.schema}"[:63],
+                )  # fmt: skip
+            except psycopg.Error as exc:
+                # psycopg's message names host and port, never the password.
+                raise HubError(
+                    f"cannot reach the {self._purpose} database ({redact_dsn(self._dsn)}): {exc}"
+                ) from None
+            conn.execute(f'SET search_path TO "{self.schema}"')
+            self._conn = conn
+        return self._conn
+
+    def create_schema(self) -> None:
+        """Make the schema if it is missing (a user who may not create schemas can still
+        use one made for it)."""
+        conn = self.connection()
+        if not conn.execute(
+            "SELECT 1 FROM pg_namespace WHERE nspname = %s", (self.schema,)
+        ).fetchone():
+            conn.execute(f'CREATE SCHEMA IF NOT EXISTS "{self.schema}"')
+
+    def execute(self, sql: str, params: Any = ()) -> psycopg.Cursor[Any]:
+        return self.connection().execute(sql.replace("?", "%s"), params)  # type: ignore[arg-type]
+
+    def executescript(self, sql: str) -> None:
+        conn = self.connection()
+        with conn.transaction():
+            conn.execute(sql)  # type: ignore[arg-type]
+
+    @contextmanager
+    def write(self) -> Iterator[PgConnection]:
+        """A transaction that has the schema's writer lock: one writer at a time."""
+        conn = self.connection()
+        with conn.transaction():
+            conn.execute("SELECT pg_advisory_xact_lock(%s)", (self._lock_key,))
+            yield self
+
+    def close(self) -> None:
+        if self._conn is not None:
+            self._conn.close()
+            self._conn = None
+
+
+_SCHEMA = """
+CREATE TABLE IF NOT EXISTS settings (
+    kind TEXT NOT NULL, key TEXT NOT NULL, version BIGINT NOT NULL, data BYTEA NOT NULL,
+    source TEXT NOT NULL, updated_at DOUBLE PRECISION NOT NULL, updated_by TEXT NOT NULL,
+    PRIMARY KEY (kind, key));
+CREATE TABLE IF NOT EXISTS documents (sha256 TEXT PRIMARY KEY, content BYTEA NOT NULL);
+CREATE TABLE IF NOT EXISTS generation (id INTEGER PRIMARY KEY CHECK (id = 0), n BIGINT NOT NULL);
+INSERT INTO generation VALUES (0, 0) ON CONFLICT DO NOTHING;
+"""
+
+
+class PostgresSettingsStore:
+    """The node's settings in schema ``schema`` of the PostgreSQL database ``dsn``."""
+
+    def __init__(self, dsn: str, schema: str) -> None:
+        self._db = PgConnection(dsn, schema, purpose="settings")
+        self.schema = self._db.schema
+        self._lock = threading.Lock()
+        self._open = False
+
+    def __repr__(self) -> str:
+        return f"PostgresSettingsStore(schema={self.schema!r})"
+
+    def open(self) -> None:
+        with self._lock:
+            self._db.create_schema()
+            with self._db.write() as db:  # two processes starting at once: one creates
+                db.connection().execute(_SCHEMA)
+            self._open = True
+
+    def close(self) -> None:
+        with self._lock:
+            self._db.close()
+            self._open = False
+
+    @contextmanager
+    def _conn(self) -> Iterator[PgConnection]:
+        with self._lock:
+            if not self._open:
+                raise RuntimeError("the settings store is not open")
+            yield self._db
+
+    def rows(self, kind: str) -> list[Row]:
+        with self._conn() as db:
+            found = db.execute(
+                "SELECT kind, key, version, data, source, updated_at, updated_by FROM settings"
+                ' WHERE kind = ? ORDER BY key COLLATE "C"',
+                (kind,),
+            ).fetchall()
+        return [_row(r) for r in found]
+
+    def get(self, kind: str, key: str) -> Row | None:
+        with self._conn() as db:
+            found = db.execute(
+                "SELECT kind, key, version, data, source, updated_at, updated_by FROM settings"
+                " WHERE kind = ? AND key = ?",
+                (kind, key),
+            ).fetchone()
+        return _row(found) if found else None
+
+    def apply(self, puts: list[Put], by: str) -> list[Row]:
+        now = time.time()
+        written = []
+        with self._conn() as conn, conn.write() as db:
+            for put in puts:
+                had = db.execute(
+                    "SELECT version FROM settings WHERE kind = ? AND key = ?", (put.kind, put.key)
+                ).fetchone()
+                found = had[0] if had else None
+                if found != put.expect:
+                    raise Conflict(put.kind, put.key, put.expect, found)  # rolls back
+                if put.data is None:
+                    db.execute(
+                        "DELETE FROM settings WHERE kind = ? AND key = ?", (put.kind, put.key)
+                    )
+                    continue
+                version = (found or 0) + 1
+                db.execute(
+                    "INSERT INTO settings VALUES (?, ?, ?, ?, ?, ?, ?) ON CONFLICT (kind, key) "
+                    "DO UPDATE SET version = excluded.version, data = excluded.data, "
+                    "source = excluded.source, updated_at = excluded.updated_at, "
+                    "updated_by = excluded.updated_by",
+                    (put.kind, put.key, version, orjson.dumps(put.data), put.source, now, by),
+                )
+                written.append(Row(put.kind, put.key, version, put.data, put.source, now, by))
+            db.execute("UPDATE generation SET n = n + 1 WHERE id = 0")
+        return written
+
+    def generation(self) -> int:
+        with self._conn() as db:
+            return int(db.execute("SELECT n FROM generation WHERE id = 0").fetchone()[0])
+
+    def put_document(self, content: bytes) -> str:
+        digest = hashlib.sha256(content).hexdigest()
+        with self._conn() as db:
+            db.execute(
+                "INSERT INTO documents VALUES (?, ?) ON CONFLICT DO NOTHING", (digest, content)
+            )
+        return digest
+
+    def document(self, sha256: str) -> bytes | None:
+        with self._conn() as db:
+            row = db.execute("SELECT content FROM documents WHERE sha256 = ?", (sha256,)).fetchone()
+        return bytes(row[0]) if row else None
+
+
+def _row(r: tuple[Any, ...]) -> Row:
+    return Row(r[0], r[1], int(r[2]), orjson.loads(r[3]), r[4], float(r[5]), r[6])
