@@ -418,8 +418,7 @@ class _Api:
                 if name not in rights[kind]:
                     rights[kind].append(name)
             else:
-                kind, _, name = who.partition(":") if who[:7] in ("group:", "global:") else (
-                    "client", "", who)  # fmt: skip
+                kind, name = _grantee(who)
                 if name not in rights[kind]:
                     raise Refused(f"{who} holds no access right to {key} on this node", 404)
                 rights[kind].remove(name)
@@ -642,11 +641,23 @@ class _Api:
                     kind == SERVICE and not isinstance(s["data"].get("table"), dict)
                 ):
                     raise ValueError(f"{kind} {key} has no settings")
+                if kind == SERVICE:
+                    parse_service_id(key)
         except (ValueError, KeyError, TypeError, AttributeError) as exc:
             raise Refused(f"the export is malformed: {exc}") from exc
         for sha, content in documents.items():
             if await asyncio.to_thread(self.m.store.put_document, content) != sha:
                 raise Refused(f"document {sha[:12]} of the export does not match its digest")
+
+        # As a registration through the API: only this node's subsystems' services (another
+        # node's export, or a crafted one, would serve them here under rows nobody added).
+        for kind, key in wanted:
+            provider = parse_service_id(key).provider if kind == SERVICE else None
+            if provider is not None and not self.m.hosted_here(provider):
+                raise Refused(
+                    f"the export holds {key}, but the global configuration does not list"
+                    f" {provider} as a subsystem of this node"
+                )
 
         def change(services: Rows, groups: Rows, clients: Rows) -> list[Put]:
             puts = []
@@ -774,14 +785,20 @@ def _common(body: dict[str, Any]) -> dict[str, Any]:
         raise Refused("allow must be a list of subsystems, group:NAME or global:CODE")
     rights: dict[str, list[str]] = {"allow": [], "groups": [], "global_groups": []}
     for who in allow:
-        kind, _, name = who.partition(":") if who[:7] in ("group:", "global:") else (
-            "client", "", who)  # fmt: skip
-        rights["allow" if kind == "client" else _RIGHTS[kind]].append(name)
+        kind, name = _grantee(who)
+        rights[_RIGHTS[kind]].append(name)
     return {"table": table, "row": {k: sorted(v) for k, v in rights.items()}}
 
 
 # Where a service row keeps each kind of access right.
 _RIGHTS = {"client": "allow", "group": "groups", "global": "global_groups"}
+
+
+def _grantee(who: str) -> tuple[str, str]:
+    """("group", NAME), ("global", CODE) or ("client", SUBSYSTEM) of ``group:NAME``,
+    ``global:CODE`` or a subsystem (whose identifier holds no ':')."""
+    kind, sep, name = who.partition(":")
+    return (kind, name) if sep and kind in ("group", "global") else ("client", who)
 
 
 def _grantees(data: Mapping[str, Any]) -> list[str]:
