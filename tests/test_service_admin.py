@@ -655,3 +655,34 @@ async def test_a_refused_change_is_on_the_audit_trail_with_who_asked(
     refused = [e for e in admin.audit.entries() if e["action"] == "access.grant.refused"]
     assert refused and refused[-1]["admin"] == "services", admin.audit.entries()
     assert "not a subsystem" in json.dumps(refused[-1]["detail"])
+
+
+async def test_a_flat_file_service_reads_none_of_the_nodes_own_files(
+    sfed: Fed, http: aiohttp.ClientSession, tmp_path: Path
+) -> None:
+    # A service administrator granting her own client a "flat file" of the node's key
+    # directory or data directory would read what only the node may.
+    node = sfed.federation.nodes[DBD]
+    layout = tmp_path / "lines.layout.toml"
+    layout.write_text(
+        'name = "lines"\nformat = "csv"\nencoding = "utf-8"\nheader = false\nkeys = ["line"]\n\n'
+        '[[field]]\nname = "line"\n'
+    )
+    for private in (node.keys.auth().key, node.data_dir / "admin-audit.jsonl"):
+        status, answer, _ = await _admin(
+            http, sfed, "POST", "/services",
+            {"provider": PROVIDER, "layout": str(layout), "file": str(private),
+             "code": "lines", "answer_subject": [], "allow": [DEV["X-Road-Client"]]},
+        )  # fmt: skip
+        assert status == 400 and "keeps its keys and data" in answer["error"], answer
+    _, listed, _ = await _admin(http, sfed, "GET", "/services")
+    assert f"{PROVIDER}/lines" not in {s["service"] for s in listed["services"]}
+    # An export in a folder of its own is served.
+    export = tmp_path / "lines.csv"
+    export.write_text("a\nb\n")
+    status, answer, _ = await _admin(
+        http, sfed, "POST", "/services",
+        {"provider": PROVIDER, "layout": str(layout), "file": str(export),
+         "code": "lines", "answer_subject": []},
+    )  # fmt: skip
+    assert status == 201, answer

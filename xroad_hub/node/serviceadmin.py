@@ -15,7 +15,8 @@ from __future__ import annotations
 import asyncio
 import base64
 import re
-from collections.abc import Mapping
+from collections.abc import Iterable, Mapping
+from pathlib import Path
 from typing import Any
 
 import orjson
@@ -92,9 +93,28 @@ def _openapi(data: bytes) -> dict[str, Any]:
 
 
 class _Api:
-    def __init__(self, manager: ServiceManager, node_id: str) -> None:
+    def __init__(
+        self, manager: ServiceManager, node_id: str, private_dirs: Iterable[Path] = ()
+    ) -> None:
         self.m = manager
         self.node_id = node_id
+        self.private_dirs = tuple(d.resolve() for d in private_dirs)
+
+    def _check_readable(self, table: Mapping[str, Any]) -> None:
+        """A flat-file service reads no file of the node's own (its keys, its databases, its
+        logs): served to a client it grants itself, the service administrator's role would
+        otherwise read the node's private keys."""
+        for option in ("source", "layout"):
+            value = table.get(option)
+            if not isinstance(value, str):
+                continue
+            path = Path(value).resolve()
+            for private in self.private_dirs:
+                if path.is_relative_to(private) or private.is_relative_to(path):
+                    raise Refused(
+                        f"flat file {option} {value}: the node keeps its keys and data there;"
+                        " place the export in a folder of its own"
+                    )
 
     # --- reading -------------------------------------------------------------------------
 
@@ -278,6 +298,7 @@ class _Api:
         if unknown:
             raise Refused(f"unknown flat-file options: {', '.join(sorted(unknown))}")
         code = _code(body.get("code") or "records")
+        self._check_readable(options)  # before anything says whether a file is there
         try:
             settings = FlatFileSettings.from_options(options)
         except (LayoutError, ValueError, TypeError) as exc:
@@ -643,6 +664,8 @@ class _Api:
                     raise ValueError(f"{kind} {key} has no settings")
                 if kind == SERVICE:
                     parse_service_id(key)
+                    if s["data"]["table"].get("adapter") == "flatfile":
+                        self._check_readable(s["data"]["table"])
         except (ValueError, KeyError, TypeError, AttributeError) as exc:
             raise Refused(f"the export is malformed: {exc}") from exc
         for sha, content in documents.items():
@@ -809,8 +832,11 @@ def _grantees(data: Mapping[str, Any]) -> list[str]:
     )
 
 
-def settings_app(manager: ServiceManager, node_id: str) -> web.Application:
-    api = _Api(manager, node_id)
+def settings_app(
+    manager: ServiceManager, node_id: str, private_dirs: Iterable[Path] = ()
+) -> web.Application:
+    """``private_dirs``: where the node keeps its keys and data (no flat file is read there)."""
+    api = _Api(manager, node_id, private_dirs)
 
     @web.middleware
     async def refusals(request: web.Request, handler: Any) -> web.StreamResponse:
