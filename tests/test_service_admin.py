@@ -686,3 +686,27 @@ async def test_a_flat_file_service_reads_none_of_the_nodes_own_files(
          "code": "lines", "answer_subject": []},
     )  # fmt: skip
     assert status == 201, answer
+
+
+async def test_refreshing_one_registration_leaves_another_of_the_same_document(
+    sfed: Fed, http: aiohttp.ClientSession, deeds_backend: str
+) -> None:
+    # One document registered twice (two service codes, e.g. for two kinds of clients).
+    for code in ("deedsPublic", "deedsCourts"):
+        status, answer, _ = await _admin(
+            http, sfed, "POST", "/services",
+            _register(deeds_backend, code=code, allow=[DEV["X-Road-Client"]]),
+        )  # fmt: skip
+        assert status == 201, answer
+    changed = json.loads(json.dumps(DEEDS_OPENAPI))
+    del changed["paths"]["/parcels"]
+    status, answer, _ = await _admin(
+        http, sfed, "POST", "/refresh",
+        {"service": f"{PROVIDER}/deedsPublic", "document": json.dumps(changed)},
+    )  # fmt: skip
+    assert status == 200, answer
+    assert [s["service"] for s in answer["refreshed"]] == [f"{PROVIDER}/deedsPublic"]
+    _, listed, _ = await _admin(http, sfed, "GET", "/services")
+    assert f"{PROVIDER}/deedsCourts" in {s["service"] for s in listed["services"]}
+    status, body, _ = await _call(http, sfed, f"/r1/{PROVIDER}/deedsCourts/parcels")
+    assert status == 200, body

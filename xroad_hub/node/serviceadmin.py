@@ -361,15 +361,25 @@ class _Api:
         if row is None:
             raise Refused(f"no service {key} on this node", 404)
         soap = row.data.get("soap")
-        sibling_of = (
-            (lambda r: (r.data.get("soap") or {}).get("source") == soap["source"])
-            if soap
-            else (lambda r: r.data.get("openapi") == row.data.get("openapi"))
-        )
         if not soap and not row.data.get("openapi"):
             raise Refused(f"{key} was not registered from a description: nothing to refresh")
         sid = parse_service_id(row.key)
         assert isinstance(sid.provider, SubsystemId)
+
+        def sibling_of(r: Row) -> bool:
+            """Registered with ``row``: one provider's, from one description (the same
+            document, or the same WSDL's source), under one code or by operationIds. Another
+            subsystem's or another code's registration of the same document is not refreshed,
+            nor removed as an operation gone from it."""
+            if parse_service_id(r.key).provider != sid.provider:
+                return False
+            if soap:
+                # Sent WSDLs all have the source "(sent wsdl)": their documents tell them apart.
+                theirs = r.data.get("soap") or {}
+                return all(theirs.get(k) == soap.get(k) for k in ("source", "wsdl"))
+            same = ("openapi", "source", "code")
+            return all(r.data.get(k) == row.data.get(k) for k in same)
+
         common = {
             "table": {
                 k: v for k, v in row.data["table"].items()
