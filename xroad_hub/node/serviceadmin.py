@@ -108,7 +108,7 @@ class _Api:
             value = table.get(option)
             if not isinstance(value, str):
                 continue
-            path = Path(value).resolve()
+            path = Path(value).expanduser().resolve()  # as the flat-file adapter reads it
             for private in self.private_dirs:
                 if path.is_relative_to(private) or private.is_relative_to(path):
                     raise Refused(
