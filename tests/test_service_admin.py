@@ -710,3 +710,19 @@ async def test_refreshing_one_registration_leaves_another_of_the_same_document(
     assert f"{PROVIDER}/deedsCourts" in {s["service"] for s in listed["services"]}
     status, body, _ = await _call(http, sfed, f"/r1/{PROVIDER}/deedsCourts/parcels")
     assert status == 200, body
+
+
+async def test_an_administrator_without_the_role_is_refused_on_the_trail(
+    sfed: Fed, http: aiohttp.ClientSession, deeds_backend: str
+) -> None:
+    url = sfed.url(DBD, "admin") + "/settings/services"
+    for name in ("ops", "scraper", "officer"):
+        async with http.post(url, json=_register(deeds_backend), headers=bearer(name)) as r:
+            assert r.status == 403
+    _, listed, _ = await _admin(http, sfed, "GET", "/services")
+    assert f"{PROVIDER}/getDeed" not in {s["service"] for s in listed["services"]}
+    admin = sfed.federation.nodes[DBD].admin
+    assert admin is not None and admin.audit is not None
+    refused = [e for e in admin.audit.entries() if e["action"] == "refused"]
+    assert [e["admin"] for e in refused] == ["ops", "scraper", "officer"]
+    assert refused[0]["detail"]["path"] == "/settings/services"
