@@ -256,10 +256,11 @@ async def test_maintenance_mode_by_the_node_admin(quick: Fed, http) -> None:
     assert admin is not None
     entries = admin.audit.entries()
     assert [(e["admin"], e["action"]) for e in entries] == [
+        ("scraper", "refused"),  # the monitor's attempt, first
         ("ops", "maintenance.on"),
         ("ops", "maintenance.off"),
     ]
-    assert entries[0]["detail"] == {"message": "upgrade to 1.2"} and entries[0]["at"]
+    assert entries[1]["detail"] == {"message": "upgrade to 1.2"} and entries[1]["at"]
     assert stat.S_IMODE(os.stat(admin.audit.path).st_mode) == 0o600
 
 

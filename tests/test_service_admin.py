@@ -6,6 +6,7 @@ request in flight; every change in the admin audit trail; conflicting changes re
 from __future__ import annotations
 
 import asyncio
+import copy
 import json
 import os
 import ssl
@@ -573,3 +574,155 @@ async def test_refresh_from_a_changed_openapi_document(
     assert status == 400 and "without operationId" in answer["error"]
     _, listed, _ = await _admin(http, sfed, "GET", "/services")
     assert f"{PROVIDER}/getDeedHistory" in {s["service"] for s in listed["services"]}
+
+
+# --- hostile review (issue 13): rights the admin API says are gone or never given are not
+# honoured, and refusals are on the trail.
+
+DEED = f"{PROVIDER}/getDeed"
+PATH = f"/r1/{PROVIDER}/getDeed/deeds/D-7"
+
+
+async def test_a_local_groups_access_right_is_given_and_revoked(
+    sfed: Fed, http: aiohttp.ClientSession, deeds_backend: str
+) -> None:
+    assert (await _admin(http, sfed, "POST", "/groups", {"name": "portals"}))[0] == 201
+    status, answer, _ = await _admin(
+        http, sfed, "PATCH", "/groups/portals", {"add": [DEV["X-Road-Client"]]}
+    )
+    assert status == 200, answer
+    # Granted to the group at registration, it is a group's right, not a subsystem's.
+    status, answer, _ = await _admin(
+        http, sfed, "POST", "/services", _register(deeds_backend, allow=["group:portals"])
+    )
+    assert status == 201, answer
+    shown = {s["service"]: s for s in answer["registered"]}[DEED]
+    assert shown["groups"] == ["portals"] and shown["allow"] == [], shown
+    assert (await _call(http, sfed, PATH))[0] == 200
+    # Revoked, the group's members are refused, and the group can go.
+    status, answer, _ = await _admin(
+        http, sfed, "POST", "/access/revoke", {"service": DEED, "to": "group:portals"}
+    )
+    assert status == 200, answer
+    assert answer["groups"] == []
+    assert _denied(await _call(http, sfed, PATH))
+    # Once no service grants it anything (the registration granted every operation), it goes.
+    status, answer, _ = await _admin(
+        http, sfed, "POST", "/access/revoke",
+        {"service": f"{PROVIDER}/listParcels", "to": "group:portals"},
+    )  # fmt: skip
+    assert status == 200, answer
+    assert (await _admin(http, sfed, "DELETE", "/groups/portals"))[0] == 200
+
+
+async def test_an_import_cannot_serve_a_service_under_another_id_or_provider(
+    sfed: Fed, http: aiohttp.ClientSession, deeds_backend: str
+) -> None:
+    status, answer, _ = await _admin(http, sfed, "POST", "/services", _register(deeds_backend))
+    assert status == 201, answer
+    assert _denied(await _call(http, sfed, PATH))  # granted to nobody
+    _, exported, _ = await _admin(http, sfed, "GET", "/export")
+    deed = next(s for s in exported["settings"] if s["key"] == DEED)
+    # A row shown as an unrelated service, granting what the node would serve as getDeed.
+    disguised = copy.deepcopy(deed)
+    disguised["key"] = f"{PROVIDER}/harmless"
+    disguised["data"]["allow"] = [DEV["X-Road-Client"]]
+    # A service of a subsystem another node hosts.
+    foreign = copy.deepcopy(deed)
+    foreign["key"] = foreign["data"]["table"]["id"] = f"{DEV['X-Road-Client']}/getDeed"
+    for crafted in (disguised, foreign):
+        others = [s for s in exported["settings"] if s["key"] != DEED]
+        status, answer, _ = await _admin(
+            http, sfed, "POST", "/import", {**exported, "settings": [*others, crafted]}
+        )
+        assert status == 400, answer
+        assert _denied(await _call(http, sfed, PATH))
+        _, listed, _ = await _admin(http, sfed, "GET", "/services")
+        assert DEED in {s["service"] for s in listed["services"]}
+
+
+async def test_a_refused_change_is_on_the_audit_trail_with_who_asked(
+    sfed: Fed, http: aiohttp.ClientSession, deeds_backend: str
+) -> None:
+    status, answer, _ = await _admin(http, sfed, "POST", "/services", _register(deeds_backend))
+    assert status == 201, answer
+    status, answer, _ = await _admin(
+        http, sfed, "POST", "/access", {"service": DEED, "to": "TH/GOV/NOPE/sub"}
+    )
+    assert status == 404, answer
+    admin = sfed.federation.nodes["TH/GOV/DBD/hub1"].admin
+    assert admin is not None and admin.audit is not None
+    refused = [e for e in admin.audit.entries() if e["action"] == "access.grant.refused"]
+    assert refused and refused[-1]["admin"] == "services", admin.audit.entries()
+    assert "not a subsystem" in json.dumps(refused[-1]["detail"])
+
+
+async def test_a_flat_file_service_reads_none_of_the_nodes_own_files(
+    sfed: Fed, http: aiohttp.ClientSession, tmp_path: Path
+) -> None:
+    # A service administrator granting her own client a "flat file" of the node's key
+    # directory or data directory would read what only the node may.
+    node = sfed.federation.nodes[DBD]
+    layout = tmp_path / "lines.layout.toml"
+    layout.write_text(
+        'name = "lines"\nformat = "csv"\nencoding = "utf-8"\nheader = false\nkeys = ["line"]\n\n'
+        '[[field]]\nname = "line"\n'
+    )
+    for private in (node.keys.auth().key, node.data_dir / "admin-audit.jsonl"):
+        status, answer, _ = await _admin(
+            http, sfed, "POST", "/services",
+            {"provider": PROVIDER, "layout": str(layout), "file": str(private),
+             "code": "lines", "answer_subject": [], "allow": [DEV["X-Road-Client"]]},
+        )  # fmt: skip
+        assert status == 400 and "keeps its keys and data" in answer["error"], answer
+    _, listed, _ = await _admin(http, sfed, "GET", "/services")
+    assert f"{PROVIDER}/lines" not in {s["service"] for s in listed["services"]}
+    # An export in a folder of its own is served.
+    export = tmp_path / "lines.csv"
+    export.write_text("a\nb\n")
+    status, answer, _ = await _admin(
+        http, sfed, "POST", "/services",
+        {"provider": PROVIDER, "layout": str(layout), "file": str(export),
+         "code": "lines", "answer_subject": []},
+    )  # fmt: skip
+    assert status == 201, answer
+
+
+async def test_refreshing_one_registration_leaves_another_of_the_same_document(
+    sfed: Fed, http: aiohttp.ClientSession, deeds_backend: str
+) -> None:
+    # One document registered twice (two service codes, e.g. for two kinds of clients).
+    for code in ("deedsPublic", "deedsCourts"):
+        status, answer, _ = await _admin(
+            http, sfed, "POST", "/services",
+            _register(deeds_backend, code=code, allow=[DEV["X-Road-Client"]]),
+        )  # fmt: skip
+        assert status == 201, answer
+    changed = json.loads(json.dumps(DEEDS_OPENAPI))
+    del changed["paths"]["/parcels"]
+    status, answer, _ = await _admin(
+        http, sfed, "POST", "/refresh",
+        {"service": f"{PROVIDER}/deedsPublic", "document": json.dumps(changed)},
+    )  # fmt: skip
+    assert status == 200, answer
+    assert [s["service"] for s in answer["refreshed"]] == [f"{PROVIDER}/deedsPublic"]
+    _, listed, _ = await _admin(http, sfed, "GET", "/services")
+    assert f"{PROVIDER}/deedsCourts" in {s["service"] for s in listed["services"]}
+    status, body, _ = await _call(http, sfed, f"/r1/{PROVIDER}/deedsCourts/parcels")
+    assert status == 200, body
+
+
+async def test_an_administrator_without_the_role_is_refused_on_the_trail(
+    sfed: Fed, http: aiohttp.ClientSession, deeds_backend: str
+) -> None:
+    url = sfed.url(DBD, "admin") + "/settings/services"
+    for name in ("ops", "scraper", "officer"):
+        async with http.post(url, json=_register(deeds_backend), headers=bearer(name)) as r:
+            assert r.status == 403
+    _, listed, _ = await _admin(http, sfed, "GET", "/services")
+    assert f"{PROVIDER}/getDeed" not in {s["service"] for s in listed["services"]}
+    admin = sfed.federation.nodes[DBD].admin
+    assert admin is not None and admin.audit is not None
+    refused = [e for e in admin.audit.entries() if e["action"] == "refused"]
+    assert [e["admin"] for e in refused] == ["ops", "scraper", "officer"]
+    assert refused[0]["detail"]["path"] == "/settings/services"

@@ -404,3 +404,15 @@ def test_an_agency_registers_a_service_on_its_node_run_node(tmp_path: Path) -> N
 def settings_db_private(ndir: Path) -> bool:
     found = list(ndir.rglob("node-settings.sqlite"))
     return bool(found) and stat.S_IMODE(found[0].stat().st_mode) == 0o600
+
+
+def test_a_der_certificate_given_for_a_client_is_a_message_not_a_traceback(
+    tmp_path: Path,
+) -> None:
+    der = tmp_path / "portal.cer"
+    der.write_bytes(b"\x30\x82\x01\xff" + bytes(range(256)))  # what a .cer file holds
+    out = _cli("http://127.0.0.1:9", "clients", "add", "TH/GOV/DGA/portal", "--auth", "mtls",
+               "--cert", str(der))  # fmt: skip
+    assert out.returncode == 2
+    assert "Traceback" not in out.stderr
+    assert "is not a PEM file" in out.stderr and "openssl x509 -inform der" in out.stderr

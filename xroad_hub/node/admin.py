@@ -141,6 +141,16 @@ class AdminApi:
             (self._roles[a] for a in reversed(info.apps) if a in self._roles), frozenset()
         )
         if not allowed & admin.roles:
+            if self.audit is not None:
+                # An administrator trying what her roles do not allow is on the trail too
+                # (a trail that cannot be written does not turn the refusal into an error).
+                try:
+                    await self.audit.record(
+                        admin.name, "refused", method=request.method, path=request.path,
+                        reason="lacks the role",
+                    )  # fmt: skip
+                except OSError:
+                    log.exception("admin.refusal_unrecorded", admin=admin.name)
             return _problem(
                 403,
                 f"administrator {admin.name} lacks a role for this: one of "

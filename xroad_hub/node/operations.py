@@ -266,7 +266,16 @@ class NodeOperations:
             manager.record = admin.audit.record
             admin.mount(
                 "/settings",
-                settings_app(manager, str(self.config.id)),
+                settings_app(
+                    manager,
+                    str(self.config.id),
+                    # Where the node keeps what no service may read: its keys and data.
+                    private_dirs=(
+                        self.data_dir,
+                        self.keys.auth().key.parent,
+                        self.keys.checkpoint().key.parent,
+                    ),
+                ),
                 ("service-administrator",),
             )
         metrics = self.metrics

@@ -15,7 +15,8 @@ from __future__ import annotations
 import asyncio
 import base64
 import re
-from collections.abc import Mapping
+from collections.abc import Iterable, Mapping
+from pathlib import Path
 from typing import Any
 
 import orjson
@@ -92,9 +93,28 @@ def _openapi(data: bytes) -> dict[str, Any]:
 
 
 class _Api:
-    def __init__(self, manager: ServiceManager, node_id: str) -> None:
+    def __init__(
+        self, manager: ServiceManager, node_id: str, private_dirs: Iterable[Path] = ()
+    ) -> None:
         self.m = manager
         self.node_id = node_id
+        self.private_dirs = tuple(d.resolve() for d in private_dirs)
+
+    def _check_readable(self, table: Mapping[str, Any]) -> None:
+        """A flat-file service reads no file of the node's own (its keys, its databases, its
+        logs): served to a client it grants itself, the service administrator's role would
+        otherwise read the node's private keys."""
+        for option in ("source", "layout"):
+            value = table.get(option)
+            if not isinstance(value, str):
+                continue
+            path = Path(value).expanduser().resolve()  # as the flat-file adapter reads it
+            for private in self.private_dirs:
+                if path.is_relative_to(private) or private.is_relative_to(path):
+                    raise Refused(
+                        f"flat file {option} {value}: the node keeps its keys and data there;"
+                        " place the export in a folder of its own"
+                    )
 
     # --- reading -------------------------------------------------------------------------
 
@@ -278,6 +298,7 @@ class _Api:
         if unknown:
             raise Refused(f"unknown flat-file options: {', '.join(sorted(unknown))}")
         code = _code(body.get("code") or "records")
+        self._check_readable(options)  # before anything says whether a file is there
         try:
             settings = FlatFileSettings.from_options(options)
         except (LayoutError, ValueError, TypeError) as exc:
@@ -340,15 +361,25 @@ class _Api:
         if row is None:
             raise Refused(f"no service {key} on this node", 404)
         soap = row.data.get("soap")
-        sibling_of = (
-            (lambda r: (r.data.get("soap") or {}).get("source") == soap["source"])
-            if soap
-            else (lambda r: r.data.get("openapi") == row.data.get("openapi"))
-        )
         if not soap and not row.data.get("openapi"):
             raise Refused(f"{key} was not registered from a description: nothing to refresh")
         sid = parse_service_id(row.key)
         assert isinstance(sid.provider, SubsystemId)
+
+        def sibling_of(r: Row) -> bool:
+            """Registered with ``row``: one provider's, from one description (the same
+            document, or the same WSDL's source), under one code or by operationIds. Another
+            subsystem's or another code's registration of the same document is not refreshed,
+            nor removed as an operation gone from it."""
+            if parse_service_id(r.key).provider != sid.provider:
+                return False
+            if soap:
+                # Sent WSDLs all have the source "(sent wsdl)": their documents tell them apart.
+                theirs = r.data.get("soap") or {}
+                return all(theirs.get(k) == soap.get(k) for k in ("source", "wsdl"))
+            same = ("openapi", "source", "code")
+            return all(r.data.get(k) == row.data.get(k) for k in same)
+
         common = {
             "table": {
                 k: v for k, v in row.data["table"].items()
@@ -418,8 +449,7 @@ class _Api:
                 if name not in rights[kind]:
                     rights[kind].append(name)
             else:
-                kind, _, name = who.partition(":") if who[:7] in ("group:", "global:") else (
-                    "client", "", who)  # fmt: skip
+                kind, name = _grantee(who)
                 if name not in rights[kind]:
                     raise Refused(f"{who} holds no access right to {key} on this node", 404)
                 rights[kind].remove(name)
@@ -642,11 +672,25 @@ class _Api:
                     kind == SERVICE and not isinstance(s["data"].get("table"), dict)
                 ):
                     raise ValueError(f"{kind} {key} has no settings")
+                if kind == SERVICE:
+                    parse_service_id(key)
+                    if s["data"]["table"].get("adapter") == "flatfile":
+                        self._check_readable(s["data"]["table"])
         except (ValueError, KeyError, TypeError, AttributeError) as exc:
             raise Refused(f"the export is malformed: {exc}") from exc
         for sha, content in documents.items():
             if await asyncio.to_thread(self.m.store.put_document, content) != sha:
                 raise Refused(f"document {sha[:12]} of the export does not match its digest")
+
+        # As a registration through the API: only this node's subsystems' services (another
+        # node's export, or a crafted one, would serve them here under rows nobody added).
+        for kind, key in wanted:
+            provider = parse_service_id(key).provider if kind == SERVICE else None
+            if provider is not None and not self.m.hosted_here(provider):
+                raise Refused(
+                    f"the export holds {key}, but the global configuration does not list"
+                    f" {provider} as a subsystem of this node"
+                )
 
         def change(services: Rows, groups: Rows, clients: Rows) -> list[Put]:
             puts = []
@@ -774,14 +818,20 @@ def _common(body: dict[str, Any]) -> dict[str, Any]:
         raise Refused("allow must be a list of subsystems, group:NAME or global:CODE")
     rights: dict[str, list[str]] = {"allow": [], "groups": [], "global_groups": []}
     for who in allow:
-        kind, _, name = who.partition(":") if who[:7] in ("group:", "global:") else (
-            "client", "", who)  # fmt: skip
-        rights["allow" if kind == "client" else _RIGHTS[kind]].append(name)
+        kind, name = _grantee(who)
+        rights[_RIGHTS[kind]].append(name)
     return {"table": table, "row": {k: sorted(v) for k, v in rights.items()}}
 
 
 # Where a service row keeps each kind of access right.
 _RIGHTS = {"client": "allow", "group": "groups", "global": "global_groups"}
+
+
+def _grantee(who: str) -> tuple[str, str]:
+    """("group", NAME), ("global", CODE) or ("client", SUBSYSTEM) of ``group:NAME``,
+    ``global:CODE`` or a subsystem (whose identifier holds no ':')."""
+    kind, sep, name = who.partition(":")
+    return (kind, name) if sep and kind in ("group", "global") else ("client", who)
 
 
 def _grantees(data: Mapping[str, Any]) -> list[str]:
@@ -792,8 +842,11 @@ def _grantees(data: Mapping[str, Any]) -> list[str]:
     )
 
 
-def settings_app(manager: ServiceManager, node_id: str) -> web.Application:
-    api = _Api(manager, node_id)
+def settings_app(
+    manager: ServiceManager, node_id: str, private_dirs: Iterable[Path] = ()
+) -> web.Application:
+    """``private_dirs``: where the node keeps its keys and data (no flat file is read there)."""
+    api = _Api(manager, node_id, private_dirs)
 
     @web.middleware
     async def refusals(request: web.Request, handler: Any) -> web.StreamResponse:

@@ -192,6 +192,19 @@ def _document(location: str, kind: str, body: dict[str, Any]) -> None:
     body["source"] = str(Path(location).resolve())
 
 
+def _pem(path: Path) -> str:
+    from xroad_hub.node.admincli import _Failed
+
+    try:
+        return Path(path).read_text(encoding="ascii")
+    except UnicodeDecodeError as exc:
+        # A DER file (.cer, .der) is the usual mistake: say how to make the PEM one.
+        raise _Failed(
+            f"{path} is not a PEM file (a DER certificate or key?); convert it, e.g."
+            f" openssl x509 -inform der -in {path} -out {Path(path).with_suffix('.pem')}"
+        ) from exc
+
+
 def _request(args: argparse.Namespace) -> tuple[str, str, dict[str, Any] | bytes | None]:
     """(method, path, body) of the admin API call a command makes."""
     cmd = args.node_command
@@ -226,7 +239,7 @@ def _request(args: argparse.Namespace) -> tuple[str, str, dict[str, Any] | bytes
             body["auth"] = args.auth
         for key, path in (("cert", args.cert), ("jwt_key", args.jwt_key)):
             if path is not None:
-                body[key] = Path(path).read_text(encoding="ascii")
+                body[key] = _pem(path)
         for key, value in (("default_purpose", args.default_purpose),
                            ("default_legal_basis", args.default_legal_basis)):  # fmt: skip
             if value is not None:

@@ -263,7 +263,11 @@ class ServiceManager:
         async with self._lock:
             services = {k: b.row for k, b in self._built.items()}
             groups = await asyncio.to_thread(self.groups)
-            wanted = puts(services, groups, dict(self._clients))
+            try:
+                wanted = puts(services, groups, dict(self._clients))
+            except Refused as exc:
+                await self._refused(admin, action, exc, detail)
+                raise
             after = {SERVICE: dict(services), GROUP: dict(groups), CLIENT: dict(self._clients)}
             for put in wanted:
                 target = after[put.kind]
@@ -276,12 +280,20 @@ class ServiceManager:
                         put.source, 0.0, admin,
                     )  # fmt: skip
             # Built (and so checked) before anything is written or recorded.
-            built = await self._build(after[SERVICE], after[GROUP])
+            try:
+                built = await self._build(after[SERVICE], after[GROUP])
+            except Refused as exc:
+                await self._refused(admin, action, exc, detail)
+                raise
             commit_clients = None
             try:
                 if any(p.kind == CLIENT for p in wanted) and self.prepare_clients is not None:
                     changed = {p.key for p in wanted if p.kind == CLIENT and p.data is not None}
-                    commit_clients = self.prepare_clients(after[CLIENT], changed)
+                    try:
+                        commit_clients = self.prepare_clients(after[CLIENT], changed)
+                    except ConfigError as exc:
+                        await self._refused(admin, action, exc, detail)
+                        raise
                 # Recorded before it is made: a trail that cannot be written refuses it.
                 if self.record is not None:
                     await self.record(admin, action, **detail)
@@ -312,6 +324,14 @@ class ServiceManager:
                 self._generation = generation
             log.info("services.changed", action=action, admin=admin, services=len(built))
             return written
+
+    async def _refused(
+        self, admin: str, action: str, exc: Exception, detail: Mapping[str, Any]
+    ) -> None:
+        """The trail holds what an administrator was refused too, and why: who tried to
+        grant what to whom is part of the node's administration record."""
+        if self.record is not None:
+            await self.record(admin, f"{action}.refused", reason=str(exc), **detail)
 
     def _swap(self, built: dict[str, _Built]) -> None:
         old = self._built
@@ -447,13 +467,24 @@ def _config(row: Row, members: Mapping[str, list[str]]) -> ServiceConfig:
             f"service {row.key}",
         )
         soap = row.data.get("soap") or {}
+        _keyed(row, cfg)
         return dataclasses.replace(
             cfg,
             adapter="soap",
             url=table.get("url", ""),
             options={"mode": soap.get("mode", "bridge"), "wsdl": soap.get("source", "")},
         )
-    return load_table(ServiceConfig, {**table, "allow": sorted(allow)}, f"service {row.key}")
+    return _keyed(
+        row, load_table(ServiceConfig, {**table, "allow": sorted(allow)}, f"service {row.key}")
+    )
+
+
+def _keyed(row: Row, cfg: ServiceConfig) -> ServiceConfig:
+    """A row serves the service it is listed, granted and audited as: a table naming
+    another id (an imported row) would serve that one, with this row's access rights."""
+    if str(cfg.id) != row.key:
+        raise ConfigError(f"service {row.key}: its settings name another service, {cfg.id}")
+    return cfg
 
 
 def soap_registration(cfg: ServiceConfig, soap: Mapping[str, Any]) -> SoapServiceConfig:
