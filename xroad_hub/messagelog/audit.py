@@ -364,6 +364,14 @@ def _verify(
     fast: _FastPage | None = None
     columns = None if entries else ("leaf_index", "leaf")
 
+    def note_revoked(index: int, row: Row) -> None:
+        """Remember the entry's signatures by certificates revoked since (judged later)."""
+        if revoked and entries:
+            for side in ("request", "response"):
+                hit = revoked.get(row[f"{side}_cert_sha256"])
+                if hit is not None:
+                    revoked_uses.append((index, side, hit))
+
     def one(expected: int, row: Row) -> bool:
         """Check one entry and add it to the tree; False at a gap (nothing after it counts)."""
         nonlocal checks
@@ -390,11 +398,8 @@ def _verify(
                     report.findings.append(Finding(index, problem))
             except Exception as exc:  # a crafted row must not stop the audit
                 report.findings.append(Finding(index, f"cannot be checked: {exc!r}"))
-        if revoked and not wrong:
-            for side in ("request", "response"):
-                hit = revoked.get(row[f"{side}_cert_sha256"]) if entries else None
-                if hit is not None:
-                    revoked_uses.append((index, side, hit))
+        if not wrong:
+            note_revoked(index, row)
         for problem in subject_index.check(index, leaf):
             report.findings.append(Finding(index, problem))
         if index == 0 or index in wanted:
@@ -426,11 +431,7 @@ def _verify(
                 finished[index] = _earliest_time(leaf, row if entries else None)
             # A page the batched check passes may still hold signatures of certificates
             # revoked since: judged with the checkpoints' timestamps, as entry by entry.
-            if revoked and entries:
-                for side in ("request", "response"):
-                    hit = revoked.get(row[f"{side}_cert_sha256"])
-                    if hit is not None:
-                        revoked_uses.append((index, side, hit))
+            note_revoked(index, row)
         for raw in fast.raw_leaves(page):
             tree.append(merkle.leaf_hash(raw))
             report.entries += 1
