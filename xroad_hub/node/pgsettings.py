@@ -19,17 +19,15 @@ from __future__ import annotations
 import hashlib
 import re
 import threading
-import time
 from collections.abc import Iterator
-from contextlib import contextmanager
+from contextlib import AbstractContextManager, contextmanager
 from typing import Any
 
-import orjson
 import psycopg
 
 from xroad_hub.errors import HubError
 from xroad_hub.messagelog.postgres import is_dsn, validate_schema_name
-from xroad_hub.node.settings import Conflict, Put, Row
+from xroad_hub.node.settings import SqlSettingsStore
 
 __all__ = ["PgConnection", "PostgresSettingsStore", "is_dsn", "redact_dsn", "settings_schema"]
 
@@ -127,8 +125,10 @@ INSERT INTO generation VALUES (0, 0) ON CONFLICT DO NOTHING;
 """
 
 
-class PostgresSettingsStore:
+class PostgresSettingsStore(SqlSettingsStore):
     """The node's settings in schema ``schema`` of the PostgreSQL database ``dsn``."""
+
+    _KEY_ORDER = 'key COLLATE "C"'
 
     def __init__(self, dsn: str, schema: str) -> None:
         self._db = PgConnection(dsn, schema, purpose="settings")
@@ -158,69 +158,5 @@ class PostgresSettingsStore:
                 raise RuntimeError("the settings store is not open")
             yield self._db
 
-    def rows(self, kind: str) -> list[Row]:
-        with self._conn() as db:
-            found = db.execute(
-                "SELECT kind, key, version, data, source, updated_at, updated_by FROM settings"
-                ' WHERE kind = ? ORDER BY key COLLATE "C"',
-                (kind,),
-            ).fetchall()
-        return [_row(r) for r in found]
-
-    def get(self, kind: str, key: str) -> Row | None:
-        with self._conn() as db:
-            found = db.execute(
-                "SELECT kind, key, version, data, source, updated_at, updated_by FROM settings"
-                " WHERE kind = ? AND key = ?",
-                (kind, key),
-            ).fetchone()
-        return _row(found) if found else None
-
-    def apply(self, puts: list[Put], by: str) -> list[Row]:
-        now = time.time()
-        written = []
-        with self._conn() as conn, conn.write() as db:
-            for put in puts:
-                had = db.execute(
-                    "SELECT version FROM settings WHERE kind = ? AND key = ?", (put.kind, put.key)
-                ).fetchone()
-                found = had[0] if had else None
-                if found != put.expect:
-                    raise Conflict(put.kind, put.key, put.expect, found)  # rolls back
-                if put.data is None:
-                    db.execute(
-                        "DELETE FROM settings WHERE kind = ? AND key = ?", (put.kind, put.key)
-                    )
-                    continue
-                version = (found or 0) + 1
-                db.execute(
-                    "INSERT INTO settings VALUES (?, ?, ?, ?, ?, ?, ?) ON CONFLICT (kind, key) "
-                    "DO UPDATE SET version = excluded.version, data = excluded.data, "
-                    "source = excluded.source, updated_at = excluded.updated_at, "
-                    "updated_by = excluded.updated_by",
-                    (put.kind, put.key, version, orjson.dumps(put.data), put.source, now, by),
-                )
-                written.append(Row(put.kind, put.key, version, put.data, put.source, now, by))
-            db.execute("UPDATE generation SET n = n + 1 WHERE id = 0")
-        return written
-
-    def generation(self) -> int:
-        with self._conn() as db:
-            return int(db.execute("SELECT n FROM generation WHERE id = 0").fetchone()[0])
-
-    def put_document(self, content: bytes) -> str:
-        digest = hashlib.sha256(content).hexdigest()
-        with self._conn() as db:
-            db.execute(
-                "INSERT INTO documents VALUES (?, ?) ON CONFLICT DO NOTHING", (digest, content)
-            )
-        return digest
-
-    def document(self, sha256: str) -> bytes | None:
-        with self._conn() as db:
-            row = db.execute("SELECT content FROM documents WHERE sha256 = ?", (sha256,)).fetchone()
-        return bytes(row[0]) if row else None
-
-
-def _row(r: tuple[Any, ...]) -> Row:
-    return Row(r[0], r[1], int(r[2]), orjson.loads(r[3]), r[4], float(r[5]), r[6])
+    def _write(self, db: PgConnection) -> AbstractContextManager[PgConnection]:
+        return db.write()

@@ -9,7 +9,9 @@ the node serves does not depend on a file or URL staying as it was.
 
 ``SettingsStore`` is what the node needs of a store; ``SQLiteSettingsStore`` keeps it in
 ``<data_dir>/node-settings.sqlite`` (0600, WAL); ``PostgresSettingsStore``
-(node/pgsettings.py) keeps it in PostgreSQL (``settings_dsn``).
+(node/pgsettings.py) keeps it in PostgreSQL (``settings_dsn``). Both run the same SQL
+(``SqlSettingsStore``): only the schema, the connection and how a write transaction shuts
+other writers out differ, so the two cannot drift apart.
 """
 
 from __future__ import annotations
@@ -19,7 +21,7 @@ import sqlite3
 import threading
 import time
 from collections.abc import Iterator
-from contextlib import contextmanager
+from contextlib import AbstractContextManager, contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Protocol
@@ -29,7 +31,7 @@ import orjson
 from xroad_hub.errors import HubError
 from xroad_hub.privatefile import ensure_private
 
-__all__ = ["Conflict", "Row", "SQLiteSettingsStore", "SettingsStore"]
+__all__ = ["Conflict", "Row", "SQLiteSettingsStore", "SettingsStore", "SqlSettingsStore"]
 
 # The kinds of settings rows.
 SERVICE, GROUP, CLIENT = "service", "group", "client"
@@ -117,7 +119,89 @@ INSERT OR IGNORE INTO generation VALUES (0, 0);
 """
 
 
-class SQLiteSettingsStore:
+class SqlSettingsStore:
+    """The settings store's SQL, run the same on SQLite and PostgreSQL (portable: no
+    ``INSERT OR REPLACE``, ``?`` placeholders). A backend gives the connection (``_conn``:
+    under the store's lock, one operation at a time), how a write transaction shuts other
+    writers out (``_write``) and how ``rows`` orders keys (``_KEY_ORDER``)."""
+
+    # Byte order of the keys on both backends: SQLite's default, PostgreSQL's "C" collation
+    # (its default follows the database's locale).
+    _KEY_ORDER = "key"
+
+    def _conn(self) -> AbstractContextManager[Any]:
+        raise NotImplementedError
+
+    def _write(self, db: Any) -> AbstractContextManager[Any]:
+        raise NotImplementedError
+
+    def rows(self, kind: str) -> list[Row]:
+        with self._conn() as db:
+            found = db.execute(
+                "SELECT kind, key, version, data, source, updated_at, updated_by FROM settings"
+                f" WHERE kind = ? ORDER BY {self._KEY_ORDER}",
+                (kind,),
+            ).fetchall()
+        return [_row(r) for r in found]
+
+    def get(self, kind: str, key: str) -> Row | None:
+        with self._conn() as db:
+            found = db.execute(
+                "SELECT kind, key, version, data, source, updated_at, updated_by FROM settings"
+                " WHERE kind = ? AND key = ?",
+                (kind, key),
+            ).fetchone()
+        return _row(found) if found else None
+
+    def apply(self, puts: list[Put], by: str) -> list[Row]:
+        now = time.time()
+        written = []
+        # The versions are read inside the write transaction: the version compared is the
+        # version the write replaces. Raising (Conflict) rolls all of it back.
+        with self._conn() as conn, self._write(conn) as db:
+            for put in puts:
+                had = db.execute(
+                    "SELECT version FROM settings WHERE kind = ? AND key = ?", (put.kind, put.key)
+                ).fetchone()
+                found = had[0] if had else None
+                if found != put.expect:
+                    raise Conflict(put.kind, put.key, put.expect, found)
+                if put.data is None:
+                    db.execute(
+                        "DELETE FROM settings WHERE kind = ? AND key = ?", (put.kind, put.key)
+                    )
+                    continue
+                version = (found or 0) + 1
+                db.execute(
+                    "INSERT INTO settings VALUES (?, ?, ?, ?, ?, ?, ?) ON CONFLICT (kind, key) "
+                    "DO UPDATE SET version = excluded.version, data = excluded.data, "
+                    "source = excluded.source, updated_at = excluded.updated_at, "
+                    "updated_by = excluded.updated_by",
+                    (put.kind, put.key, version, orjson.dumps(put.data), put.source, now, by),
+                )
+                written.append(Row(put.kind, put.key, version, put.data, put.source, now, by))
+            db.execute("UPDATE generation SET n = n + 1 WHERE id = 0")
+        return written
+
+    def generation(self) -> int:
+        with self._conn() as db:
+            return int(db.execute("SELECT n FROM generation WHERE id = 0").fetchone()[0])
+
+    def put_document(self, content: bytes) -> str:
+        digest = hashlib.sha256(content).hexdigest()
+        with self._conn() as db:
+            db.execute(
+                "INSERT INTO documents VALUES (?, ?) ON CONFLICT DO NOTHING", (digest, content)
+            )
+        return digest
+
+    def document(self, sha256: str) -> bytes | None:
+        with self._conn() as db:
+            row = db.execute("SELECT content FROM documents WHERE sha256 = ?", (sha256,)).fetchone()
+        return bytes(row[0]) if row else None
+
+
+class SQLiteSettingsStore(SqlSettingsStore):
     """The settings in one SQLite file; several processes may share it (WAL, and every
     change compares versions inside its transaction)."""
 
@@ -155,72 +239,17 @@ class SQLiteSettingsStore:
                 raise RuntimeError("the settings store is not open")
             yield self._db
 
-    def rows(self, kind: str) -> list[Row]:
-        with self._conn() as db:
-            found = db.execute(
-                "SELECT kind, key, version, data, source, updated_at, updated_by FROM settings"
-                " WHERE kind = ? ORDER BY key",
-                (kind,),
-            ).fetchall()
-        return [_row(r) for r in found]
-
-    def get(self, kind: str, key: str) -> Row | None:
-        with self._conn() as db:
-            found = db.execute(
-                "SELECT kind, key, version, data, source, updated_at, updated_by FROM settings"
-                " WHERE kind = ? AND key = ?",
-                (kind, key),
-            ).fetchone()
-        return _row(found) if found else None
-
-    def apply(self, puts: list[Put], by: str) -> list[Row]:
-        now = time.time()
-        written = []
-        with self._conn() as db:
-            db.execute("BEGIN IMMEDIATE")
-            try:
-                for put in puts:
-                    had = db.execute(
-                        "SELECT version FROM settings WHERE kind = ? AND key = ?",
-                        (put.kind, put.key),
-                    ).fetchone()
-                    found = had[0] if had else None
-                    if found != put.expect:
-                        raise Conflict(put.kind, put.key, put.expect, found)
-                    if put.data is None:
-                        db.execute(
-                            "DELETE FROM settings WHERE kind = ? AND key = ?", (put.kind, put.key)
-                        )
-                        continue
-                    version = (found or 0) + 1
-                    db.execute(
-                        "INSERT OR REPLACE INTO settings VALUES (?, ?, ?, ?, ?, ?, ?)",
-                        (put.kind, put.key, version, orjson.dumps(put.data), put.source, now, by),
-                    )
-                    written.append(Row(put.kind, put.key, version, put.data, put.source, now, by))
-                db.execute("UPDATE generation SET n = n + 1 WHERE id = 0")
-                db.execute("COMMIT")
-            except BaseException:
-                db.execute("ROLLBACK")
-                raise
-        return written
-
-    def generation(self) -> int:
-        with self._conn() as db:
-            return int(db.execute("SELECT n FROM generation WHERE id = 0").fetchone()[0])
-
-    def put_document(self, content: bytes) -> str:
-        digest = hashlib.sha256(content).hexdigest()
-        with self._conn() as db:
-            db.execute("INSERT OR IGNORE INTO documents VALUES (?, ?)", (digest, content))
-        return digest
-
-    def document(self, sha256: str) -> bytes | None:
-        with self._conn() as db:
-            found = db.execute("SELECT content FROM documents WHERE sha256 = ?", (sha256,))
-            row = found.fetchone()
-        return bytes(row[0]) if row else None
+    @contextmanager
+    def _write(self, db: sqlite3.Connection) -> Iterator[sqlite3.Connection]:
+        # IMMEDIATE: the write lock is taken before the versions are read.
+        db.execute("BEGIN IMMEDIATE")
+        try:
+            yield db
+        except BaseException:
+            db.execute("ROLLBACK")
+            raise
+        db.execute("COMMIT")
 
 
 def _row(r: tuple[Any, ...]) -> Row:
-    return Row(r[0], r[1], r[2], orjson.loads(r[3]), r[4], r[5], r[6])
+    return Row(r[0], r[1], int(r[2]), orjson.loads(r[3]), r[4], float(r[5]), r[6])
