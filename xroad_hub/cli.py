@@ -19,7 +19,7 @@ import jwt
 
 from xroad_hub.central.centralcli import add_central_commands, run_central_command
 from xroad_hub.dev.devpki import ensure_pki
-from xroad_hub.errors import HubError, ProtocolError, XRoadError
+from xroad_hub.errors import HubError, ProtocolError, Unavailable, XRoadError
 from xroad_hub.federation import ConfigError, FederationConfig, load_federation
 from xroad_hub.logs import configure_logging
 from xroad_hub.messagelog.reader import LogReadError
@@ -397,6 +397,8 @@ def _hint(exc: BaseException, args: argparse.Namespace) -> str:
             "identifiers are INSTANCE/CLASS/MEMBER[/SUBSYSTEM] of A-Z a-z 0-9 ' ( ) + , - . = ?,"
             " e.g. TH/GOV/DGA/devportal"
         )
+    if isinstance(exc, Unavailable):
+        return "nothing you typed was wrong: once the database answers again, run the same command"
     if isinstance(exc, ConfigError) and args.command == "node":
         return (
             f"fix {getattr(args, 'dir', 'NODEDIR')}/node.toml (one [node] table), or place the "

@@ -6,6 +6,7 @@
     │   └── SoapError              an X-Road SOAP message (protocol/soap.py)
     ├── XRoadError               an X-Road fault: the code names who is to blame
     ├── ConfigError              a federation file or setting (federation.py)
+    ├── Unavailable              a database the hub keeps its state in failed (HTTP 503)
     └── ...                      one per part: EvidenceError, LogError, SignatureError...
 
 Parsers in ``xroad_hub.protocol`` raise ProtocolError and never decide whose fault it is:
@@ -34,6 +35,7 @@ __all__ = [
     "ConfigError",
     "HubError",
     "ProtocolError",
+    "Unavailable",
     "XRoadError",
     "blame_on",
 ]
@@ -51,6 +53,12 @@ class HubError(Exception):
 class ConfigError(HubError, ValueError):
     """A configuration (the federation file, a setting) is wrong; the message names the place
     and what to change."""
+
+
+class Unavailable(HubError):
+    """A database the hub keeps its state in cannot be reached or failed during an
+    operation (a server restarted, a lock timed out): nothing the person did was wrong, and
+    the same request may succeed once the database is back. Admin APIs answer 503."""
 
 
 class ProtocolError(HubError, ValueError):

@@ -22,7 +22,7 @@ import tomllib
 from pathlib import Path
 from typing import Any
 
-from xroad_hub.central.store import SqliteCentralStore, StoreError, _Db
+from xroad_hub.central.store import SqliteCentralStore, StoreError, StoreUnavailable, _Db
 from xroad_hub.messagelog.postgres import validate_schema_name
 from xroad_hub.node.pgsettings import PgConnection, is_dsn, redact_dsn
 from xroad_hub.privatefile import write_private
@@ -118,7 +118,7 @@ class PostgresCentralStore(SqliteCentralStore):
             validate_schema_name(schema)
         except ValueError as exc:
             raise StoreError(str(exc).replace("message log ", "database ")) from None
-        self._pg = PgConnection(dsn, schema, purpose="central")
+        self._pg = PgConnection(dsn, schema, purpose="central", error=StoreUnavailable)
         self.schema = self._pg.schema
         self.path = Path(f"postgresql:{self.schema}")  # what messages may name it by
         self._lock = threading.RLock()
@@ -136,7 +136,7 @@ class PostgresCentralStore(SqliteCentralStore):
             if not exists:
                 db.create_schema()
                 with db.write():  # two inits at once: one creates, the other finds it made
-                    db.connection().execute(SCHEMA)
+                    db.execute(SCHEMA, None)
 
     def __repr__(self) -> str:  # never the DSN: it may hold a password
         return f"PostgresCentralStore(schema={self.schema!r})"

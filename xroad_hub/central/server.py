@@ -57,7 +57,7 @@ from cryptography.hazmat.primitives.asymmetric import ec, ed25519
 
 from xroad_hub.central.tsa import TSA_POLICY, tsa_app
 from xroad_hub.central.witness import Witness, witness_routes
-from xroad_hub.errors import ConfigError, ProtocolError
+from xroad_hub.errors import ConfigError, ProtocolError, Unavailable
 from xroad_hub.federation import AdminConfig
 from xroad_hub.node.admin import ADMIN, AdminApi
 from xroad_hub.pki import (
@@ -656,7 +656,7 @@ class CentralServer:
         return ctx
 
     def app(self) -> web.Application:
-        app = web.Application(client_max_size=_MAX_REQUEST)
+        app = web.Application(client_max_size=_MAX_REQUEST, middlewares=[_unavailable])
         app.router.add_get("/globalconf", self._h_globalconf)
         app.router.add_post("/management/requests", self._h_file)
         app.router.add_get("/management/requests/{id:[0-9]{1,18}}", self._h_status)
@@ -873,6 +873,19 @@ def _subsystem(text: str) -> ClientId:
 
 def _refuse(exc: RegistrationError) -> web.Response:
     return web.json_response(exc.as_dict(), status=exc.status)
+
+
+@web.middleware
+async def _unavailable(request: web.Request, handler: Any) -> web.StreamResponse:
+    """The database failing is answered as such (503, retry later; in the management
+    protocol's error form), not as a 500 with a traceback in the log."""
+    try:
+        return await handler(request)
+    except Unavailable as exc:
+        log.warning("central.store_unavailable", path=request.path, error=str(exc))
+        return web.json_response(
+            {"error": "Unavailable", "message": str(exc)}, status=503, headers={"Retry-After": "5"}
+        )
 
 
 async def _answer(run: Callable[[], Awaitable[web.Response]]) -> web.Response:

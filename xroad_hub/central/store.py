@@ -30,7 +30,7 @@ from typing import Any, Protocol, TypeVar
 
 import orjson
 
-from xroad_hub.errors import HubError
+from xroad_hub.errors import HubError, Unavailable
 from xroad_hub.privatefile import ensure_private
 from xroad_hub.protocol.registration import RegistrationError, address_host
 
@@ -43,6 +43,7 @@ __all__ = [
     "RequestRow",
     "SqliteCentralStore",
     "StoreError",
+    "StoreUnavailable",
 ]
 
 SUBMITTED, APPROVED, DECLINED, CANCELLED = "SUBMITTED", "APPROVED", "DECLINED", "CANCELLED"
@@ -94,6 +95,10 @@ CREATE UNIQUE INDEX IF NOT EXISTS one_pending_per_client
 
 class StoreError(HubError):
     """The central database cannot be used (missing, not initialised)."""
+
+
+class StoreUnavailable(StoreError, Unavailable):
+    """The central database failed during an operation or cannot be reached."""
 
 
 # Hosts every TLS certificate the CA issues names anyway (pki.issue_cert; the development

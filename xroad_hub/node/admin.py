@@ -25,6 +25,7 @@ import orjson
 import structlog
 from aiohttp import web
 
+from xroad_hub.errors import Unavailable
 from xroad_hub.federation import ADMIN_ROLES, AdminConfig
 from xroad_hub.privatefile import ensure_private
 
@@ -122,6 +123,15 @@ class AdminApi:
 
     @web.middleware
     async def _authenticate(self, request: web.Request, handler: _Handler) -> web.StreamResponse:
+        try:
+            return await self._serve(request, handler)
+        except Unavailable as exc:
+            # The database failed, not the administrator: a retryable 503 with what to do,
+            # and no traceback in the log (the message says it all, the password redacted).
+            log.warning("admin.store_unavailable", node=self.node_id, error=str(exc))
+            return _problem(503, str(exc), **{"Retry-After": "5"})
+
+    async def _serve(self, request: web.Request, handler: _Handler) -> web.StreamResponse:
         scheme, _, key = request.headers.get("Authorization", "").partition(" ")
         admin = None
         if scheme == "Bearer":

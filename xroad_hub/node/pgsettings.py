@@ -24,10 +24,11 @@ from contextlib import AbstractContextManager, contextmanager
 from typing import Any
 
 import psycopg
+from psycopg.pq import TransactionStatus
 
-from xroad_hub.errors import HubError
+from xroad_hub.errors import HubError, Unavailable
 from xroad_hub.messagelog.postgres import is_dsn, validate_schema_name
-from xroad_hub.node.settings import SqlSettingsStore
+from xroad_hub.node.settings import SettingsUnavailable, SqlSettingsStore
 
 __all__ = ["PgConnection", "PostgresSettingsStore", "is_dsn", "redact_dsn", "settings_schema"]
 
@@ -55,12 +56,15 @@ class PgConnection:
     it; ``?`` placeholders as in the SQLite stores' SQL. Not thread-safe: the store holds
     its lock around every use, as the SQLite stores do."""
 
-    def __init__(self, dsn: str, schema: str, *, purpose: str) -> None:
+    def __init__(
+        self, dsn: str, schema: str, *, purpose: str, error: type[Unavailable] = Unavailable
+    ) -> None:
         if not is_dsn(dsn):
             raise HubError(f"not a PostgreSQL DSN (postgresql://...): {redact_dsn(dsn)}")
         self.schema = validate_schema_name(schema)
         self._dsn = dsn
         self._purpose = purpose
+        self._error = error  # the store's own Unavailable: what its callers catch
         self._lock_key = lock_key(purpose, self.schema)
         self._conn: psycopg.Connection[Any] | None = None
 
@@ -76,37 +80,88 @@ class PgConnection:
                 )  # fmt: skip
             except psycopg.Error as exc:
                 # psycopg's message names host and port, never the password.
-                raise HubError(
+                raise self._error(
                     f"cannot reach the {self._purpose} database ({redact_dsn(self._dsn)}): {exc}"
                 ) from None
-            conn.execute(f'SET search_path TO "{self.schema}"')
+            try:
+                conn.execute(f'SET search_path TO "{self.schema}"')
+            except psycopg.Error as exc:
+                conn.close()
+                raise self._failed(exc) from None
             self._conn = conn
         return self._conn
+
+    def _failed(self, exc: psycopg.Error) -> Unavailable:
+        """What an operation's failure tells a person: the database, the server's words
+        (their first line: a detail line may quote row values) and what to do; never the
+        password, never a traceback."""
+        said = next(iter(str(exc).strip().splitlines()), "") or type(exc).__name__
+        return self._error(
+            f"the {self._purpose} database ({redact_dsn(self._dsn)}, schema {self.schema}) "
+            f"failed: {said}; check that PostgreSQL is up and reachable and the schema "
+            "intact, then retry"
+        )
 
     def create_schema(self) -> None:
         """Make the schema if it is missing (a user who may not create schemas can still
         use one made for it)."""
-        conn = self.connection()
-        if not conn.execute(
-            "SELECT 1 FROM pg_namespace WHERE nspname = %s", (self.schema,)
+        if not self.execute(
+            "SELECT 1 FROM pg_namespace WHERE nspname = ?", (self.schema,)
         ).fetchone():
-            conn.execute(f'CREATE SCHEMA IF NOT EXISTS "{self.schema}"')
+            self.execute(f'CREATE SCHEMA IF NOT EXISTS "{self.schema}"')
 
     def execute(self, sql: str, params: Any = ()) -> psycopg.Cursor[Any]:
-        return self.connection().execute(sql.replace("?", "%s"), params)  # type: ignore[arg-type]
+        """Run ``sql`` (``params`` None: a script of several statements, no placeholders).
+        A psycopg error is the store's Unavailable."""
+        if params is not None:
+            sql = sql.replace("?", "%s")
+        conn = self.connection()
+        idle = conn.info.transaction_status == TransactionStatus.IDLE
+        try:
+            return conn.execute(sql, params)  # type: ignore[arg-type]
+        except psycopg.IntegrityError:
+            # A constraint refusing a row is the store's rules speaking (a revocation is
+            # final, one pending request per server), as sqlite3.IntegrityError is there.
+            raise
+        except psycopg.Error as exc:
+            if not (idle and conn.broken):
+                raise self._failed(exc) from None
+        # The server dropped the connection while it sat idle between operations (it was
+        # restarted, or the connection terminated): reopen it and run the statement once
+        # more. Safe: outside a transaction the stores only read, run idempotent writes or
+        # BEGIN; inside one (not idle) the transaction is lost and the failure is reported.
+        try:
+            return self.connection().execute(sql, params)  # type: ignore[arg-type]
+        except psycopg.Error as exc:
+            raise self._failed(exc) from None
 
     def executescript(self, sql: str) -> None:
-        conn = self.connection()
-        with conn.transaction():
-            conn.execute(sql)  # type: ignore[arg-type]
+        with self.write():
+            self.execute(sql, None)
 
     @contextmanager
     def write(self) -> Iterator[PgConnection]:
-        """A transaction that has the schema's writer lock: one writer at a time."""
-        conn = self.connection()
-        with conn.transaction():
-            conn.execute("SELECT pg_advisory_xact_lock(%s)", (self._lock_key,))
+        """A transaction that has the schema's writer lock: one writer at a time. All of it
+        lands or none; a failure of the database is the store's Unavailable."""
+        self.execute("BEGIN")
+        try:
+            self.execute("SELECT pg_advisory_xact_lock(?)", (self._lock_key,))
             yield self
+        except BaseException:
+            self._rollback()
+            raise
+        self.execute("COMMIT")
+
+    def _rollback(self) -> None:
+        conn = self._conn
+        if conn is None or conn.closed or conn.broken:
+            return  # the server ended the transaction with the connection
+        try:
+            conn.execute("ROLLBACK")
+        except psycopg.Error:
+            # The error that made the rollback necessary is the one to report; a
+            # connection left mid-transaction is not reused.
+            conn.close()
 
     def close(self) -> None:
         if self._conn is not None:
@@ -131,7 +186,7 @@ class PostgresSettingsStore(SqlSettingsStore):
     _KEY_ORDER = 'key COLLATE "C"'
 
     def __init__(self, dsn: str, schema: str) -> None:
-        self._db = PgConnection(dsn, schema, purpose="settings")
+        self._db = PgConnection(dsn, schema, purpose="settings", error=SettingsUnavailable)
         self.schema = self._db.schema
         self._lock = threading.Lock()
         self._open = False
@@ -143,7 +198,7 @@ class PostgresSettingsStore(SqlSettingsStore):
         with self._lock:
             self._db.create_schema()
             with self._db.write() as db:  # two processes starting at once: one creates
-                db.connection().execute(_SCHEMA)
+                db.execute(_SCHEMA, None)
             self._open = True
 
     def close(self) -> None:

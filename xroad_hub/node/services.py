@@ -30,7 +30,7 @@ import structlog
 
 from adapters import Adapter
 from adapters.flatfile import FlatFileAdapter
-from xroad_hub.errors import ConfigError
+from xroad_hub.errors import ConfigError, Unavailable
 from xroad_hub.federation import ServiceConfig, SoapServiceConfig, load_table
 from xroad_hub.node.runtime import HostedService, ServiceTable
 from xroad_hub.node.settings import CLIENT, GROUP, SERVICE, Conflict, Put, Row, SettingsStore
@@ -183,6 +183,8 @@ class ServiceManager:
             await asyncio.sleep(interval)
             try:
                 await self.reload()
+            except Unavailable as exc:  # the database is down: keep serving what was read
+                log.warning("services.store_unavailable", error=str(exc))
             except Exception:  # a change that cannot be built here: keep serving, say so
                 log.exception("services.reload_failed")
 

@@ -28,10 +28,17 @@ from typing import Any, Protocol
 
 import orjson
 
-from xroad_hub.errors import HubError
+from xroad_hub.errors import HubError, Unavailable
 from xroad_hub.privatefile import ensure_private
 
-__all__ = ["Conflict", "Row", "SQLiteSettingsStore", "SettingsStore", "SqlSettingsStore"]
+__all__ = [
+    "Conflict",
+    "Row",
+    "SQLiteSettingsStore",
+    "SettingsStore",
+    "SettingsUnavailable",
+    "SqlSettingsStore",
+]
 
 # The kinds of settings rows.
 SERVICE, GROUP, CLIENT = "service", "group", "client"
@@ -50,6 +57,10 @@ class Conflict(HubError):
         else:
             what = f"{kind} {key} is at version {found}, not {expected}: someone changed it"
         super().__init__(what)
+
+
+class SettingsUnavailable(Unavailable):
+    """The settings database failed during an operation or cannot be reached."""
 
 
 @dataclass(frozen=True, slots=True)
