@@ -253,8 +253,10 @@ class CentralServer:
         self._ca_cert = load_cert(self.dir.cert("ca"))
         self._signer_key = load_private_key(self.dir.key("signer"))
         self.signer_cert = load_cert(self.dir.cert("signer"))
-        # Serials increase across restarts too: a node may keep the highest it has seen.
-        self._serial = int(time.time())
+        # Serials increase across restarts too: a node keeps the highest it accepted and
+        # refuses lower ones. Milliseconds, so a restart soon after many signings (each one
+        # serial) still starts above them.
+        self._serial = 0
         # Request ids count up from 1: a status read needs the token given to the request's
         # filer (an HMAC of the id), else anyone could list every node's pending, declined
         # (with the officer's reason) and approved requests by counting.
@@ -292,7 +294,7 @@ class CentralServer:
         """The configuration as the database says now: every admitted member, every node
         with a valid auth certificate and the subsystems it hosts."""
         now = now or datetime.now(UTC)
-        self._serial += 1
+        self._serial = max(self._serial + 1, int(time.time() * 1000))
         nodes = []
         for row in self.store.nodes():
             cert_der = x509.load_pem_x509_certificate(row.auth_cert_pem.encode()).public_bytes(

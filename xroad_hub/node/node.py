@@ -138,7 +138,12 @@ class Node(NodeOperations):
         self.central_tls = central_tls
         self.data_dir = data_dir
         self.globalconf = GlobalConfClient(
-            registry_url, self.keys.anchor(), refresh_interval, ssl_context=central_tls
+            registry_url,
+            self.keys.anchor(),
+            refresh_interval,
+            ssl_context=central_tls,
+            # The newest configuration accepted survives restarts: no rollback to an older one.
+            state_path=data_dir / "globalconf-accepted.json",
         )
         self.witness_url = witness_url
         self.auditors = auditors
