@@ -549,3 +549,49 @@ def test_a_postgresql_schema_holds_one_central_server_and_passwords_never_show(
     with pytest.raises(HubError) as err:
         PostgresCentralStore("postgresql://u:s3cret@127.0.0.1:1/x", pg_schema)
     assert "s3cret" not in str(err.value) and "u:***@" in str(err.value)
+
+
+def test_a_client_tls_certificate_is_listed_revoked_and_published(
+    central: CentralServer,
+) -> None:
+    """'central client-cert' certificates are in the certificates table: 'central certs'
+    lists them, 'central revoke' (by certificate or by the subsystem's member) revokes them
+    and the global configuration carries the revocation for the client's node to refuse."""
+    hospital = f"{MOPH}/hospital"
+    data, keys = _auth_reg()
+    request_id, _ = central.file(data)
+    central.approve(request_id, "officer")
+    server = NodeId(parse_member_id(MOPH), "hub1")
+    client_req = new_request("clientReg", "TH", server, client=hospital)
+    client_id, _ = central.file(sign_request(client_req, {"auth": keys["auth"]}))
+    central.approve(client_id, "officer")
+    pem = serialization.Encoding.PEM
+    first, second = (
+        central.issue_client_cert(
+            hospital, make_csr(generate_key(), "x").public_bytes(pem), "officer"
+        )
+        for _ in range(2)
+    )
+    listed = {c.serial: c for c in central.store.certs() if c.purpose == "client"}
+    serials = [format(c.serial_number, "x") for c in (first, second)]
+    assert sorted(listed) == sorted(serials)
+    assert {c.subject for c in listed.values()} == {hospital}
+    assert central.store.audit_entries()[-1].action == "client_cert.issue"
+    # By certificate (its SHA-256, as 'central certs' shows it).
+    [row] = central.revoke("officer", "key lost", cert=listed[serials[0]].sha256)
+    assert row.serial == serials[0] and row.purpose == "client"
+    conf = central.globalconf()
+    revoked = conf.revoked(listed[serials[0]].sha256)
+    assert revoked is not None and revoked.kind == "client" and revoked.subject == hospital
+    assert conf.revoked(listed[serials[1]].sha256) is None
+    # By member: only its client certificates, when asked for those.
+    rows = central.revoke("officer", "system retired", member=MOPH, what="client")
+    assert [r.serial for r in rows] == [serials[1]]
+    # The node's own certificates stay.
+    assert all(c.revoked_at is None for c in central.store.certs() if c.purpose != "client")
+    # The published document parses on the nodes (the kind is known to them).
+    signed = verify_globalconf(
+        server_module.sign_globalconf(central.globalconf(), central._signer_key),
+        central.signer_cert,
+    )
+    assert {r.kind for r in signed.revocations} == {"client"}

@@ -342,3 +342,25 @@ async def test_rotated_signing_key_keeps_old_bundles_verifiable(
 
 def _registry_url(fed: Fed) -> str:
     return f"{fed.endpoints['registry']}/globalconf"
+
+
+async def test_a_revoked_client_certificate_authenticates_nobody(quick: Fed, http) -> None:
+    """A client system's TLS certificate revoked at the central server is refused by its
+    node within one refresh, with the error of a failed client authentication, though the
+    node's registration of the client still names it; other clients go on."""
+    office, url = "TH/GOV/DGA/officeapp", quick.url(DGA, "client_tls") + ECHO
+    ctx = quick.client_ssl(office)
+
+    async def as_office() -> tuple[int, str | None, str]:
+        async with http.get(url, headers={"X-Road-Client": office}, ssl=ctx) as r:
+            return r.status, r.headers.get("X-Road-Error"), await r.text()
+
+    assert (await as_office())[0] == 200
+    der = load_cert(quick.pki.client_tls(office).cert).public_bytes(_der())
+    revocation = Revocation(cert_fingerprint(der), "client", office, datetime.now(UTC))
+    _registry(quick).revocations.append(revocation)
+    await _until_known(quick, DGA, revocation)
+    status, error, text = await as_office()
+    assert status != 200 and error == "Server.ClientProxy.SslAuthenticationFailed", text
+    assert "TLS client certificate of subsystem TH/GOV/DGA/officeapp" in text
+    assert (await _call(http, quick))[:2] == (200, None)  # the other clients go on

@@ -726,3 +726,45 @@ async def test_an_administrator_without_the_role_is_refused_on_the_trail(
     refused = [e for e in admin.audit.entries() if e["action"] == "refused"]
     assert [e["admin"] for e in refused] == ["ops", "scraper", "officer"]
     assert refused[0]["detail"]["path"] == "/settings/services"
+
+
+async def test_a_description_is_read_from_none_of_the_nodes_own_files(
+    sfed: Fed, http: aiohttp.ClientSession, deeds_backend: str, tmp_path: Path
+) -> None:
+    # An OpenAPI or WSDL named by a local path is read by the node: not from its key or data
+    # directory (an error quoting the "document" would show what only the node may read),
+    # and the refusal is the same whether a file is there or not.
+    node = sfed.federation.nodes[DBD]
+    key = node.keys.auth().key
+    private = [str(key), f"file://{key}", str(node.data_dir / "admin-audit.jsonl"),
+               str(node.data_dir / "no-such-file.json")]  # fmt: skip
+    for location in private:
+        for kind in ("openapi", "wsdl"):
+            body = {**_register(deeds_backend), f"{kind}_url": location}
+            del body["openapi"]
+            status, answer, _ = await _admin(http, sfed, "POST", "/services", body)
+            assert status == 400 and "keeps its keys and data" in answer["error"], answer
+            assert "No such file" not in answer["error"]
+        # A sent document recording a private path as its source, read again on refresh.
+        body = _register(deeds_backend, source=location)
+        status, answer, _ = await _admin(http, sfed, "POST", "/services", body)
+        assert status == 400 and "keeps its keys and data" in answer["error"], answer
+    _, listed, _ = await _admin(http, sfed, "GET", "/services")
+    assert DEED not in {s["service"] for s in listed["services"]}
+    # An import whose service would be refreshed from the node's key.
+    status, answer, _ = await _admin(http, sfed, "POST", "/services", _register(deeds_backend))
+    assert status == 201, answer
+    _, exported, _ = await _admin(http, sfed, "GET", "/export")
+    crafted = copy.deepcopy(exported)
+    for s in crafted["settings"]:
+        if s["key"] == DEED:
+            s["data"]["source"] = str(key)
+    status, answer, _ = await _admin(http, sfed, "POST", "/import", crafted)
+    assert status == 400 and "keeps its keys and data" in answer["error"], answer
+    # A description in a folder of its own is read.
+    own = tmp_path / "deeds.json"
+    own.write_text(json.dumps(DEEDS_OPENAPI))
+    body = {**_register(deeds_backend, code="deedsFile"), "openapi_url": str(own)}
+    del body["openapi"]
+    status, answer, _ = await _admin(http, sfed, "POST", "/services", body)
+    assert status == 201, answer

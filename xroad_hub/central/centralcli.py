@@ -108,9 +108,10 @@ def add_central_commands(sub: Any) -> None:
     target.add_argument("--node", help="a node id, e.g. TH/GOV/MOPH/hub1")
     target.add_argument("--member", help="a member id, e.g. TH/GOV/MOPH")
     revoke.add_argument(
-        "--what", choices=("auth", "sign", "checkpoint", "all"), default="all",
-        help="with --node/--member: the auth (TLS), signing or checkpoint certificates, or "
-        "all (default)",
+        "--what", choices=("auth", "sign", "checkpoint", "client", "all"), default="all",
+        help="with --node/--member: the auth (TLS), signing, checkpoint or client TLS "
+        "('central client-cert') certificates, or all (default; with --node, its client "
+        "subsystems' are not included)",
     )  # fmt: skip
     revoke.add_argument("--reason", required=True, help="why: kept in the audit trail")
     key = cmd(

@@ -9,6 +9,7 @@ the registry is reachable.
 
 from __future__ import annotations
 
+import time
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
@@ -47,6 +48,8 @@ class Registry:
             )
             for n in fed.nodes
         )
+        # Serials increase across restarts (as the central server's): a node refuses a lower
+        # serial than it accepted before. Each download is signed afresh, so milliseconds.
         self._serial = 0
         # Revocations the development registry publishes (tests add to it; the central
         # server's come from its database): a node whose auth certificate is here is left out.
@@ -61,7 +64,7 @@ class Registry:
 
     def current(self, now: datetime | None = None) -> GlobalConf:
         now = now or datetime.now(UTC)
-        self._serial += 1
+        self._serial = max(self._serial + 1, int(time.time() * 1000))
         revoked = {r.cert_sha256 for r in self.revocations}
         return GlobalConf(
             instance=self.fed.instance,

@@ -253,8 +253,10 @@ class CentralServer:
         self._ca_cert = load_cert(self.dir.cert("ca"))
         self._signer_key = load_private_key(self.dir.key("signer"))
         self.signer_cert = load_cert(self.dir.cert("signer"))
-        # Serials increase across restarts too: a node may keep the highest it has seen.
-        self._serial = int(time.time())
+        # Serials increase across restarts too: a node keeps the highest it accepted and
+        # refuses lower ones. Milliseconds, so a restart soon after many signings (each one
+        # serial) still starts above them.
+        self._serial = 0
         # Request ids count up from 1: a status read needs the token given to the request's
         # filer (an HMAC of the id), else anyone could list every node's pending, declined
         # (with the officer's reason) and approved requests by counting.
@@ -292,7 +294,7 @@ class CentralServer:
         """The configuration as the database says now: every admitted member, every node
         with a valid auth certificate and the subsystems it hosts."""
         now = now or datetime.now(UTC)
-        self._serial += 1
+        self._serial = max(self._serial + 1, int(time.time() * 1000))
         nodes = []
         for row in self.store.nodes():
             cert_der = x509.load_pem_x509_certificate(row.auth_cert_pem.encode()).public_bytes(
@@ -354,8 +356,10 @@ class CentralServer:
         if [cert, node, member].count(None) != 2:
             raise RegistrationError("Malformed", "name exactly one of a certificate, a node "
                                     "or a member")  # fmt: skip
-        if what not in ("auth", "sign", "checkpoint", "all"):
-            raise RegistrationError("Malformed", "what must be auth, sign, checkpoint or all")
+        if what not in ("auth", "sign", "checkpoint", "client", "all"):
+            raise RegistrationError(
+                "Malformed", "what must be auth, sign, checkpoint, client or all"
+            )
         purposes = ("auth", "sign", "checkpoint") if what == "all" else (what,)
         kind = "" if what == "all" else f"{what} "
         rows = self.store.certs()
@@ -375,8 +379,10 @@ class CentralServer:
         else:
             assert member is not None
             member_id = str(parse_member_id(member))
-            chosen = [c for c in rows if c.server.rsplit("/", 1)[0] == member_id
-                      and c.purpose in purposes]  # fmt: skip
+            # A client certificate is its subsystem's member's (the hosting node may be
+            # another member's); "all" of a member includes them.
+            of_member = (*purposes, "client") if what == "all" else purposes
+            chosen = [c for c in rows if c.purpose in of_member and _owner(c) == member_id]
             if not chosen:
                 raise RegistrationError("UnknownMember", f"{member_id} has no {kind}"
                                         "certificates", 404)  # fmt: skip
@@ -599,7 +605,8 @@ class CentralServer:
         the client system. Nodes' client-facing HTTPS trusts the federation CA, and a node
         accepts the certificate for that subsystem only once its operator registered it."""
         sub = str(parse_subsystem_id(subsystem))
-        if not any(sub in n.clients for n in self.store.nodes()):
+        host = next((n.id for n in self.store.nodes() if sub in n.clients), None)
+        if host is None:
             raise RegistrationError(
                 "UnknownSubsystem", f"{sub} is hosted by no registered node; its node files "
                 "'xroad-hub node client add' first, and the request is approved",
@@ -614,10 +621,17 @@ class CentralServer:
                 "Malformed", "the request is not signed by an EC P-256 key of its own"
             )
         cert = issue_cert(self._ca_key, self._ca_cert, sub, key, purpose="client-tls")
-        der = cert.public_bytes(serialization.Encoding.DER)
-        self.store.audit(admin, "client_cert.issue", subsystem=sub,
-                         serial=format(cert.serial_number, "x"),
-                         sha256=cert_fingerprint(der))  # fmt: skip
+        # In the certificates table (purpose "client"), not only on the trail: listed by
+        # 'central certs', revoked by 'central revoke', published as a revocation.
+        self.store.record_client_cert(host, sub, csr_pem.decode(errors="replace"), IssuedCert(
+            serial=format(cert.serial_number, "x"),
+            purpose="client",
+            subject=sub,
+            sha256=cert_fingerprint(cert.public_bytes(serialization.Encoding.DER)),
+            pem=cert.public_bytes(serialization.Encoding.PEM).decode(),
+            not_before=cert.not_valid_before_utc.isoformat(),
+            not_after=cert.not_valid_after_utc.isoformat(),
+        ), admin)  # fmt: skip
         log.info("central.client_cert_issued", subsystem=sub, admin=admin)
         return cert
 
@@ -848,6 +862,12 @@ class CentralServer:
         entries = await asyncio.to_thread(self.store.audit_entries)
         fields = ("seq", "at", "admin", "action", "detail", "hash")
         return web.json_response([{f: getattr(e, f) for f in fields} for e in entries])
+
+
+def _owner(c: CertRow) -> str:
+    """The member a certificate is of: a client certificate's subsystem's, else the member
+    of the node whose request it was issued for."""
+    return (c.subject if c.purpose == "client" else c.server).rsplit("/", 1)[0]
 
 
 def cert_json(c: CertRow) -> dict[str, Any]:

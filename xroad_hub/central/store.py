@@ -127,7 +127,7 @@ class RequestRow:
 @dataclass(frozen=True, slots=True)
 class IssuedCert:
     serial: str
-    purpose: str  # "auth" | "sign" | "checkpoint"
+    purpose: str  # "auth" | "sign" | "checkpoint" | "client"
     subject: str
     sha256: str
     pem: str
@@ -141,8 +141,8 @@ class CertRow:
 
     serial: str
     request_id: int
-    purpose: str  # "auth" | "sign" | "checkpoint"
-    subject: str  # the node id (auth) or the member id (sign)
+    purpose: str  # "auth" | "sign" | "checkpoint" | "client"
+    subject: str  # the node id (auth, checkpoint), the member id (sign), the subsystem (client)
     server: str  # the node whose request it was issued for
     sha256: str
     issued_at: str
@@ -194,6 +194,9 @@ class CentralStore(Protocol):
     def nodes(self) -> list[NodeRow]: ...
     def certs(self) -> list[CertRow]: ...
     def revoke(self, serials: list[str], admin: str, reason: str) -> list[CertRow]: ...
+    def record_client_cert(
+        self, node: str, subsystem: str, csr_pem: str, cert: IssuedCert, admin: str
+    ) -> None: ...
     def audit(self, admin: str, action: str, **detail: Any) -> None: ...
     def audit_entries(self) -> list[AuditEntry]: ...
     def audit_head(self) -> int: ...
@@ -673,6 +676,32 @@ class SqliteCentralStore:
                                   "subject": r.subject, "sha256": r.sha256} for r in rows],
             })  # fmt: skip
             return rows
+
+    @_locked
+    def record_client_cert(
+        self, node: str, subsystem: str, csr_pem: str, cert: IssuedCert, admin: str
+    ) -> None:
+        """A client TLS certificate issued by the operator (no node filed a request): kept
+        as an approved request of its own with its certificate, so it is listed and revoked
+        like every other, in one transaction with its audit entry."""
+        now = _now()
+        with self._tx() as db:
+            cur = db.execute(
+                "INSERT INTO requests (type, state, server, client, signed, received_at, "
+                "decided_at, decided_by) VALUES ('clientCert', 'APPROVED', ?, ?, ?, ?, ?, ?) "
+                "RETURNING id",
+                (node, subsystem, csr_pem, now, now, admin),
+            )  # fmt: skip
+            request_id = int(_one(cur)[0])
+            db.execute(
+                "INSERT INTO certificates VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?)",
+                (cert.serial, request_id, cert.purpose, cert.subject, cert.sha256, cert.pem,
+                 cert.not_before, cert.not_after, now),
+            )  # fmt: skip
+            self._audit(db, admin, "client_cert.issue", {
+                "request": request_id, "subsystem": subsystem, "node": node,
+                "serial": cert.serial, "sha256": cert.sha256,
+            })  # fmt: skip
 
     def _audit(self, db: _Db, admin: str, action: str, detail: Any) -> None:
         row = _one(db.execute("SELECT hash FROM admin_audit ORDER BY seq DESC LIMIT 1"))

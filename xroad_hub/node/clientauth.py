@@ -16,6 +16,7 @@ is refused. X-Road-Client must name the authenticated subsystem, so nobody acts 
 from __future__ import annotations
 
 import ipaddress
+from collections.abc import Callable
 from dataclasses import dataclass
 
 import jwt
@@ -23,6 +24,7 @@ from cryptography.hazmat.primitives.asymmetric import ec
 
 from xroad_hub.errors import ProtocolError, XRoadError
 from xroad_hub.node.usedtokens import TokenStoreError, UsedTokenStore
+from xroad_hub.protocol.globalconf import Revocation
 from xroad_hub.protocol.identifiers import ClientId, parse_client_id
 
 __all__ = [
@@ -79,11 +81,28 @@ def _token_fail(message: str) -> XRoadError:
 
 class ClientAuthenticator:
     def __init__(
-        self, node_id: str, registrations: list[ClientRegistration], used_tokens: UsedTokenStore
+        self,
+        node_id: str,
+        registrations: list[ClientRegistration],
+        used_tokens: UsedTokenStore,
+        revoked: Callable[[str], Revocation | None] = lambda _sha256: None,
     ) -> None:
+        """``revoked``: the revocation of a certificate (by SHA-256) in the global
+        configuration in force: a client certificate revoked at the central server
+        authenticates nobody, whatever the node's registration of it says."""
         self._node_id = node_id
         self._regs = {r.id: r for r in registrations}
         self._used = used_tokens
+        self._revoked = revoked
+
+    def _refuse_revoked(self, creds: Credentials) -> None:
+        if creds.tls and creds.cert_sha256 is not None:
+            revocation = self._revoked(creds.cert_sha256)
+            if revocation is not None:
+                raise _ssl_fail(
+                    f"the TLS client certificate is revoked: {revocation.describe()}; the"
+                    " client system needs a new one ('xroad-hub central client-cert')"
+                )
 
     def replace(self, registrations: list[ClientRegistration]) -> None:
         """The hosted clients changed (node/services.py): every request from now on is
@@ -92,6 +111,7 @@ class ClientAuthenticator:
 
     async def authenticate(self, client: ClientId, creds: Credentials) -> ClientRegistration:
         """The caller is ``client`` (named before the body is read, e.g. X-Road-Client)."""
+        self._refuse_revoked(creds)
         reg = self._regs.get(client)
         if reg is None:
             raise XRoadError.client_proxy(
@@ -108,6 +128,7 @@ class ClientAuthenticator:
         """The client subsystems the transport credential proves, before any body is read
         (SOAP names its client inside the body); a caller proving none is refused here, so
         an unauthenticated peer costs the node no body to read or parse."""
+        self._refuse_revoked(creds)
         proven = {r.id for r in self._regs.values() if r.auth != "jwt" and self._proves(r, creds)}
         if creds.bearer and creds.tls:
             reg = self._jwt_issuer(creds.bearer)

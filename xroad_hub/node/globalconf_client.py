@@ -4,8 +4,10 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import json
 import ssl
 import time
+from datetime import datetime
 from pathlib import Path
 
 import aiohttp
@@ -13,6 +15,7 @@ import structlog
 from cryptography import x509
 from cryptography.hazmat.primitives import serialization
 
+from xroad_hub.privatefile import write_private
 from xroad_hub.protocol.globalconf import GlobalConf, GlobalConfError, verify_globalconf
 from xroad_hub.protocol.signing import SignatureVerifier
 from xroad_hub.streams import BodyTooLarge, read_capped
@@ -30,7 +33,12 @@ class GlobalConfClient:
         refresh_interval: float,
         *,
         ssl_context: ssl.SSLContext | None = None,
+        state_path: Path | None = None,
     ) -> None:
+        """``state_path``: where the node remembers the newest configuration it accepted
+        (None: only in memory), so a restarted node refuses an older, still validly signed
+        one (say, from before a revocation) that whoever sits between it and the central
+        server might replay."""
         self.url = url
         # HTTPS to a central server whose certificate its own CA issued (None: plain HTTP or
         # the system's CAs); the document's signature is what is trusted either way.
@@ -48,6 +56,9 @@ class GlobalConfClient:
         self.refresh_failures = 0
         # Since when downloads have failed (None: the last one worked): alerts (node/slo.py).
         self.failing_since: float | None = None
+        self._state = state_path
+        # The newest configuration ever accepted: (serial, generated_at).
+        self._floor: tuple[int, datetime] | None = _read_floor(state_path)
 
     @classmethod
     def from_files(cls, url: str, anchor_pem: Path, refresh_interval: float) -> GlobalConfClient:
@@ -74,10 +85,35 @@ class GlobalConfClient:
         conf = verify_globalconf(data, self._anchor)
         if self._conf is not None and conf.generated_at < self._conf.generated_at:
             raise GlobalConfError("downloaded configuration is older than the one in force")
+        floor = self._floor
+        if floor is not None and conf.serial < floor[0]:
+            # A replayed older document: keep the one in force (if any) and say so.
+            log.warning(
+                "globalconf.rollback_refused",
+                serial=conf.serial,
+                accepted_serial=floor[0],
+                accepted_generated_at=floor[1].isoformat(),
+            )
+            raise GlobalConfError(
+                f"downloaded configuration serial {conf.serial} is older than serial "
+                f"{floor[0]} already accepted (generated {floor[1].isoformat()}): refused"
+            )
+        if floor is None or conf.serial > floor[0]:
+            self._remember(conf)
         if self._conf is None or conf.trusted_cas_der != self._conf.trusted_cas_der:
             self.verifier = SignatureVerifier(conf.trusted_cas)
         self._conf, self._signed = conf, data
         return conf
+
+    def _remember(self, conf: GlobalConf) -> None:
+        self._floor = (conf.serial, conf.generated_at)
+        if self._state is not None:
+            state = {"serial": conf.serial, "generated_at": conf.generated_at.isoformat()}
+            try:
+                write_private(self._state, json.dumps(state).encode() + b"\n")
+            except OSError as exc:
+                # Not fatal: the configuration is valid; only the memory across restarts is lost.
+                log.warning("globalconf.state_not_saved", path=str(self._state), error=str(exc))
 
     async def refresh(self) -> bool:
         if self._session is None:
@@ -119,3 +155,19 @@ class GlobalConfClient:
             await self._session.close()
             # A stopped node may be started again (after an outage): it needs a new session.
             self._session = None
+
+
+def _read_floor(path: Path | None) -> tuple[int, datetime] | None:
+    """The newest configuration a node accepted before it was restarted, or None."""
+    if path is None or not path.exists():
+        return None
+    try:
+        d = json.loads(path.read_text(encoding="utf-8"))
+        return int(d["serial"]), datetime.fromisoformat(str(d["generated_at"]))
+    except (OSError, ValueError, KeyError, TypeError) as exc:
+        # Unreadable: refuse to start rather than forget, or a corrupted file would reopen
+        # the rollback it exists to close.
+        raise GlobalConfError(
+            f"{path} (the newest global configuration accepted) is unreadable: {exc}; "
+            "remove it only if you trust the network path to the central server"
+        ) from exc

@@ -84,6 +84,7 @@ from xroad_hub.node.usedtokens import SQLiteUsedTokens
 from xroad_hub.pki import PkiLayout, load_cert, load_ed25519_key, load_private_key, load_public_key
 from xroad_hub.protocol.catalog import DEFAULT_CATALOG, load_catalog
 from xroad_hub.protocol.checkpoint import NoteSigner
+from xroad_hub.protocol.globalconf import Revocation
 from xroad_hub.protocol.identifiers import ClientId, ServiceId
 from xroad_hub.protocol.message import MAX_OVERHEAD
 from xroad_hub.protocol.signing import MessageSigner, cert_fingerprint
@@ -138,7 +139,12 @@ class Node(NodeOperations):
         self.central_tls = central_tls
         self.data_dir = data_dir
         self.globalconf = GlobalConfClient(
-            registry_url, self.keys.anchor(), refresh_interval, ssl_context=central_tls
+            registry_url,
+            self.keys.anchor(),
+            refresh_interval,
+            ssl_context=central_tls,
+            # The newest configuration accepted survives restarts: no rollback to an older one.
+            state_path=data_dir / "globalconf-accepted.json",
         )
         self.witness_url = witness_url
         self.auditors = auditors
@@ -167,6 +173,12 @@ class Node(NodeOperations):
         self.opmonitor: OpMonitor | None = None
         self.slo_watch: SloWatch | None = None
         self._alerts: AlertSender | None = None
+
+    def _client_cert_revocation(self, cert_sha256: str) -> Revocation | None:
+        """A client's TLS certificate revoked in the global configuration in force (none in
+        force: exchanges are refused anyway, OutdatedGlobalConf)."""
+        conf = self.globalconf.current()
+        return None if conf is None else conf.revoked(cert_sha256)
 
     async def start(self, sockets: dict[str, socket.socket] | None = None) -> dict[str, str]:
         """Start serving; ``sockets`` may hold pre-bound listeners by role (peer, client,
@@ -509,7 +521,9 @@ class Node(NodeOperations):
             node_id=cfg.id,
             globalconf=self.globalconf,
             signers=signers,
-            authenticator=ClientAuthenticator(str(cfg.id), regs, self.used_tokens),
+            authenticator=ClientAuthenticator(
+                str(cfg.id), regs, self.used_tokens, self._client_cert_revocation
+            ),
             services=services,
             log=self._log,
             peers=PeerTransport(

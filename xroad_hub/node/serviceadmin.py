@@ -18,6 +18,7 @@ import re
 from collections.abc import Iterable, Mapping
 from pathlib import Path
 from typing import Any
+from urllib.parse import unquote, urlsplit
 
 import orjson
 from aiohttp import web
@@ -106,15 +107,38 @@ class _Api:
         otherwise read the node's private keys."""
         for option in ("source", "layout"):
             value = table.get(option)
-            if not isinstance(value, str):
-                continue
-            path = Path(value).expanduser().resolve()  # as the flat-file adapter reads it
-            for private in self.private_dirs:
-                if path.is_relative_to(private) or private.is_relative_to(path):
-                    raise Refused(
-                        f"flat file {option} {value}: the node keeps its keys and data there;"
-                        " place the export in a folder of its own"
-                    )
+            if isinstance(value, str):
+                # As the flat-file adapter reads it.
+                self._refuse_private(
+                    Path(value).expanduser(), f"flat file {option} {value}", "the export"
+                )
+
+    def _check_description(self, location: object) -> None:
+        """An OpenAPI or WSDL the node reads from a local path (at registration, at every
+        refresh, from an import's recorded source) is no file of the node's own either:
+        refused before anything says whether a file is there."""
+        if not isinstance(location, str) or location.startswith("(sent "):
+            return  # a document sent in the request: no path at all
+        scheme = urlsplit(location).scheme.lower()
+        if scheme in ("http", "https"):
+            return
+        if scheme == "file":  # as fetch_wsdl reads it
+            path = Path(unquote(urlsplit(location).path))
+        elif scheme and not re.fullmatch(r"[a-z]", scheme):
+            return  # not read at all: fetch_wsdl refuses the scheme
+        else:
+            path = Path(location)
+        for candidate in {path, path.expanduser()}:
+            self._refuse_private(candidate, f"description {location}", "the document")
+
+    def _refuse_private(self, path: Path, what: str, thing: str) -> None:
+        resolved = path.resolve()
+        for private in self.private_dirs:
+            if resolved.is_relative_to(private) or private.is_relative_to(resolved):
+                raise Refused(
+                    f"{what}: the node keeps its keys and data there;"
+                    f" place {thing} in a folder of its own"
+                )
 
     # --- reading -------------------------------------------------------------------------
 
@@ -211,6 +235,8 @@ class _Api:
         """The document sent (``kind``: its text) or the one at ``kind_url`` (a file path
         or URL the node reads)."""
         text, source = body.get(kind), body.get(f"{kind}_url")
+        # A sent document's recorded source is where a later refresh reads it again.
+        self._check_description(body.get("source") or source)
         if isinstance(text, str) and text:
             data = text.encode()
             if len(data) > _MAX_DOCUMENT:
@@ -676,6 +702,9 @@ class _Api:
                     parse_service_id(key)
                     if s["data"]["table"].get("adapter") == "flatfile":
                         self._check_readable(s["data"]["table"])
+                    # Where a refresh of the imported service would read its description.
+                    self._check_description(s["data"].get("source"))
+                    self._check_description((s["data"].get("soap") or {}).get("source"))
         except (ValueError, KeyError, TypeError, AttributeError) as exc:
             raise Refused(f"the export is malformed: {exc}") from exc
         for sha, content in documents.items():

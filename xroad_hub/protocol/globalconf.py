@@ -72,6 +72,7 @@ _KINDS = {
     "auth": "authentication certificate of node",
     "sign": "signing certificate of member",
     "checkpoint": "checkpoint certificate of node",
+    "client": "TLS client certificate of subsystem",
 }
 
 
@@ -79,7 +80,8 @@ _KINDS = {
 class Revocation:
     """A certificate the central server revoked: ``kind`` is ``auth`` (a node's TLS
     certificate, ``subject`` its node id), ``sign`` (a member's signing certificate,
-    ``subject`` the member id) or ``checkpoint`` (a node's checkpoint certificate). What it
+    ``subject`` the member id), ``checkpoint`` (a node's checkpoint certificate) or ``client``
+    (a client system's TLS certificate, ``subject`` its subsystem). What it
     signed before ``revoked_at`` still verifies; nothing signed or connected with it since
     does."""
 
