@@ -18,6 +18,8 @@ from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 from typing import IO
 
+from xroad_hub.dev.testing import free_port
+
 __all__ = [
     "Proc", "add_client", "backend_server", "enroll", "get_ok", "healthy", "hub", "init_node",
     "make_central", "wait",
@@ -125,8 +127,6 @@ def make_central(
     (central directory, its URL, the anchor file); ``init``: more ``central init`` options
     (``--db DSN``). Start it with ``Proc(..., "central",
     "run", "--dir", cdir)``."""
-    from xroad_hub.dev.testing import free_port
-
     cdir, anchor = root / "central", root / "anchor.json"
     url = f"https://127.0.0.1:{free_port()}"
     hub("central", "init", "--dir", cdir, "--instance", "TH", "--url", url,
@@ -158,3 +158,39 @@ def enroll(
     hub("central", "approve", init_node(anchor, ndir, member, peer, code), "--dir", cdir)
     hub("node", "enroll", "fetch", "--dir", ndir)
     add_client(cdir, ndir, subsystem)
+
+
+def r1_get(client_url: str, service: str, client: str) -> tuple[int, bytes, str]:
+    """(status, body, X-Road-Id) of one r1 GET of ``client`` to record 0105536000011 of
+    ``service``."""
+    req = urllib.request.Request(
+        f"{client_url}/r1/{service}/0105536000011", headers={"X-Road-Client": client}
+    )
+    try:
+        with urllib.request.urlopen(req, timeout=30) as resp:
+            return resp.status, resp.read(), resp.headers.get("X-Road-Id", "")
+    except urllib.error.HTTPError as exc:
+        return exc.code, exc.read(), ""
+
+
+def provider_and_client_nodes(
+    tmp_path: Path, cdir: Path, anchor: Path, backend: str, *, provider: str, client: str,
+    service: str,
+) -> tuple[Path, Path, int, int]:  # fmt: skip
+    """Two enrolled node directories: the provider's, serving ``service`` from ``backend``
+    to ``client`` only, and the client's, where ``client`` connects over loopback HTTP.
+    Returns (provider dir, client dir, provider's health port, client's r1 port)."""
+    adir, bdir = tmp_path / "provider-node", tmp_path / "client-node"
+    a_health, b_client = free_port(), free_port()
+    enroll(cdir, anchor, adir, provider, service.rsplit("/", 1)[0], free_port())
+    enroll(cdir, anchor, bdir, client.rsplit("/", 1)[0], client, free_port())
+    (adir / "node.toml").write_text(
+        f'[node]\nhealth_listen = "127.0.0.1:{a_health}"\ncheckpoint_interval = 1\n'
+        f'[[node.service]]\nid = "{service}"\nurl = "{backend}/companies"\n'
+        f'allow = ["{client}"]\nanswer_subject = []\n'
+    )
+    (bdir / "node.toml").write_text(
+        f'[node]\nclient_listen = "127.0.0.1:{b_client}"\ncheckpoint_interval = 1\n'
+        f'[[node.client]]\nid = "{client}"\nauth = "http"\n'
+    )
+    return adir, bdir, a_health, b_client

@@ -33,6 +33,7 @@ from .separate_procs import (
     hub,
     init_node,
     make_central,
+    r1_get,
     wait,
 )
 
@@ -45,15 +46,8 @@ REFRESH = "1"  # seconds between global-configuration downloads of the nodes
 
 
 def _call(client_url: str) -> tuple[int, bytes, str]:
-    """(status, body, X-Road-Id) of one r1 request of the hospital to A's service."""
-    req = urllib.request.Request(
-        f"{client_url}/r1/{SERVICE}/0105536000011", headers={"X-Road-Client": HOSPITAL}
-    )
-    try:
-        with urllib.request.urlopen(req, timeout=30) as resp:
-            return resp.status, resp.read(), resp.headers.get("X-Road-Id", "")
-    except urllib.error.HTTPError as exc:
-        return exc.code, exc.read(), ""
+    """One r1 request of the hospital to A's service."""
+    return r1_get(client_url, SERVICE, HOSPITAL)
 
 
 def _refused(ndir: Path, *expected: str) -> None:

@@ -18,9 +18,17 @@ from pathlib import Path
 
 import pytest
 
-from xroad_hub.dev.testing import free_port
-
-from .separate_procs import Proc, backend_server, enroll, get_ok, healthy, hub, make_central, wait
+from .separate_procs import (
+    Proc,
+    backend_server,
+    get_ok,
+    healthy,
+    hub,
+    make_central,
+    provider_and_client_nodes,
+    r1_get,
+    wait,
+)
 
 pytestmark = pytest.mark.slow
 
@@ -41,15 +49,8 @@ def backend() -> Iterator[str]:
 
 
 def _call(client_url: str) -> tuple[int, bytes, str]:
-    """(status, body, X-Road-Id) of one r1 request of the hospital to DBD's service."""
-    req = urllib.request.Request(
-        f"{client_url}/r1/{SERVICE}/0105536000011", headers={"X-Road-Client": HOSPITAL}
-    )
-    try:
-        with urllib.request.urlopen(req, timeout=30) as resp:
-            return resp.status, resp.read(), resp.headers.get("X-Road-Id", "")
-    except urllib.error.HTTPError as exc:
-        return exc.code, exc.read(), ""
+    """One r1 request of the hospital to DBD's service."""
+    return r1_get(client_url, SERVICE, HOSPITAL)
 
 
 def _download(url: str) -> bytes:
@@ -65,18 +66,8 @@ def test_revoked_node_is_refused_within_one_refresh(tmp_path: Path, backend: str
     try:
         procs.append(Proc(tmp_path / "central.log", "central", "run", "--dir", cdir))
         wait("the central server", lambda: get_ok(f"{central_url}/globalconf"), procs)
-        adir, bdir = tmp_path / "dbd-node", tmp_path / "moph-node"
-        a_health, b_client = free_port(), free_port()
-        enroll(cdir, anchor, adir, DBD, f"{DBD}/registry", free_port())
-        enroll(cdir, anchor, bdir, MOPH, HOSPITAL, free_port())
-        (adir / "node.toml").write_text(
-            f'[node]\nhealth_listen = "127.0.0.1:{a_health}"\ncheckpoint_interval = 1\n'
-            f'[[node.service]]\nid = "{SERVICE}"\nurl = "{backend}/companies"\n'
-            f'allow = ["{HOSPITAL}"]\nanswer_subject = []\n'
-        )
-        (bdir / "node.toml").write_text(
-            f'[node]\nclient_listen = "127.0.0.1:{b_client}"\ncheckpoint_interval = 1\n'
-            f'[[node.client]]\nid = "{HOSPITAL}"\nauth = "http"\n'
+        adir, bdir, a_health, b_client = provider_and_client_nodes(
+            tmp_path, cdir, anchor, backend, provider=DBD, client=HOSPITAL, service=SERVICE
         )
         node_a = Proc(tmp_path / "dbd-node.log", "node", "run", "--dir", adir,
                        "--refresh-interval", str(REFRESH))  # fmt: skip

@@ -14,9 +14,16 @@ from pathlib import Path
 
 import pytest
 
-from xroad_hub.dev.testing import free_port
-
-from .separate_procs import Proc, backend_server, enroll, get_ok, healthy, hub, make_central, wait
+from .separate_procs import (
+    Proc,
+    backend_server,
+    get_ok,
+    healthy,
+    hub,
+    make_central,
+    provider_and_client_nodes,
+    wait,
+)
 from .test_revocation_processes import DBD, HOSPITAL, MOPH, SERVICE, _call, _download
 
 pytestmark = pytest.mark.slow
@@ -41,18 +48,8 @@ def test_rotated_keys_keep_old_evidence_verifiable(tmp_path: Path, backend: str)
     try:
         procs.append(Proc(tmp_path / "central.log", "central", "run", "--dir", cdir))
         wait("the central server", lambda: get_ok(f"{central_url}/globalconf"), procs)
-        adir, bdir = tmp_path / "dbd-node", tmp_path / "moph-node"
-        a_health, b_client = free_port(), free_port()
-        enroll(cdir, anchor, adir, DBD, f"{DBD}/registry", free_port())
-        enroll(cdir, anchor, bdir, MOPH, HOSPITAL, free_port())
-        (adir / "node.toml").write_text(
-            f'[node]\nhealth_listen = "127.0.0.1:{a_health}"\ncheckpoint_interval = 1\n'
-            f'[[node.service]]\nid = "{SERVICE}"\nurl = "{backend}/companies"\n'
-            f'allow = ["{HOSPITAL}"]\nanswer_subject = []\n'
-        )
-        (bdir / "node.toml").write_text(
-            f'[node]\nclient_listen = "127.0.0.1:{b_client}"\ncheckpoint_interval = 1\n'
-            f'[[node.client]]\nid = "{HOSPITAL}"\nauth = "http"\n'
+        adir, bdir, a_health, b_client = provider_and_client_nodes(
+            tmp_path, cdir, anchor, backend, provider=DBD, client=HOSPITAL, service=SERVICE
         )
         node_a = Proc(tmp_path / "dbd-node.log", "node", "run", "--dir", adir,
                       "--refresh-interval", REFRESH)  # fmt: skip
