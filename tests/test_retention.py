@@ -94,3 +94,30 @@ async def test_concurrent_checkpoints_sign_and_stamp_each_size_once(tmp_path: Pa
         assert len(stamped) == 1 and cp.healthy()
     finally:
         await log.close()
+
+
+async def test_stop_during_a_round_lets_it_finish_stamping(tmp_path: Path) -> None:
+    """A node stopped while its timer's checkpoint waits for the timestamp authority: that
+    checkpoint still gets its timestamp (a cancelled round left it signed but unstamped, and
+    the final checkpoint then had nothing new to sign, so the last exchanges had no
+    timestamped checkpoint and could not be exported)."""
+    log = SQLiteMessageLog(tmp_path / "log.sqlite")
+    await log.open()
+    asked = asyncio.Event()
+
+    async def slow_tsa(data: bytes) -> bytes:
+        asked.set()
+        await asyncio.sleep(0.2)
+        return b"token"
+
+    try:
+        await log.append(_record(0, time.time()))
+        signer = NoteSigner("TH/GOV/DBD/hub1", ed25519.Ed25519PrivateKey.generate())
+        cp = Checkpointer("TH/GOV/DBD/hub1", log, signer, b"cert", 0.01, timestamper=slow_tsa)
+        await cp.start()
+        await asyncio.wait_for(asked.wait(), 5)
+        await cp.stop()
+        assert await log.unstamped_checkpoints() == []
+        assert cp.oldest_unstamped() is None
+    finally:
+        await log.close()

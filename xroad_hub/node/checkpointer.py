@@ -53,6 +53,10 @@ class Checkpointer:
         self._interval = interval
         self._last_size = -1
         self._task: asyncio.Task[None] | None = None
+        # Set by stop(): the timer finishes the round it is in instead of being cancelled
+        # in the middle of one, which could leave a checkpoint signed and stored but never
+        # timestamped or witnessed (the final one then finds nothing new to sign).
+        self._stopping = asyncio.Event()
         self._witness_url = witness_url
         self._ssl = ssl_context or True  # HTTPS to the central server's witness: its CA
         self._session: aiohttp.ClientSession | None = None
@@ -171,7 +175,10 @@ class Checkpointer:
 
     async def _run(self) -> None:
         while True:
-            await asyncio.sleep(self._interval)
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(self._stopping.wait(), self._interval)
+            if self._stopping.is_set():
+                return
             try:
                 await self.checkpoint()
                 async with self._lock:
@@ -206,9 +213,8 @@ class Checkpointer:
     async def stop(self) -> None:
         """Stop the timer and sign a final checkpoint covering everything logged."""
         if self._task is not None:
-            self._task.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await self._task
+            self._stopping.set()
+            await self._task
         try:
             await self.checkpoint()
         finally:  # a failing final checkpoint must not leave the witness session open
