@@ -3,6 +3,7 @@
 
 from __future__ import annotations
 
+import ctypes
 import json
 import signal
 import ssl
@@ -21,9 +22,26 @@ from typing import IO
 from xroad_hub.dev.testing import free_port
 
 __all__ = [
-    "Proc", "add_client", "backend_server", "enroll", "get_ok", "healthy", "hub", "init_node",
-    "make_central", "wait",
+    "Proc", "add_client", "backend_server", "die_with_the_tests", "enroll", "get_ok", "healthy",
+    "hub", "init_node", "make_central", "wait",
 ]  # fmt: skip
+
+
+def _no_orphans() -> Callable[[], None] | None:
+    """Started processes get SIGTERM when the test run dies, even by SIGKILL or a CI
+    timeout, so that no central server or node outlives it holding ports and files (Linux:
+    PR_SET_PDEATHSIG; elsewhere only the tests' own clean-up stops them)."""
+    if not sys.platform.startswith("linux"):
+        return None
+    prctl = ctypes.CDLL(None, use_errno=True).prctl  # looked up before fork, not in the child
+
+    def set_parent_death_signal() -> None:
+        prctl(1, signal.SIGTERM)  # PR_SET_PDEATHSIG
+
+    return set_parent_death_signal
+
+
+die_with_the_tests = _no_orphans()
 
 
 def hub(*args: str | Path, check: bool = True, env: dict[str, str] | None = None) -> str:
@@ -46,7 +64,7 @@ class Proc:
         self._out: IO[bytes] = log.open("wb")
         self.proc = subprocess.Popen(
             [sys.executable, "-m", "xroad_hub.cli", *map(str, args)],
-            stdout=self._out, stderr=subprocess.STDOUT,
+            stdout=self._out, stderr=subprocess.STDOUT, preexec_fn=die_with_the_tests,
         )  # fmt: skip
 
     def alive(self) -> bool:

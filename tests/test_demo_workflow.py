@@ -28,7 +28,7 @@ from case_service.hub import client_ssl_context
 from xroad_hub.dev.testing import on_free_ports
 from xroad_hub.packaged import demo_federation
 
-from .separate_procs import hub
+from .separate_procs import die_with_the_tests, hub
 from .test_case_service_config import example_paths
 
 pytestmark = pytest.mark.slow
@@ -45,6 +45,7 @@ class Workflow:
             [sys.executable, "-m", "xroad_hub.demo.workflow", "--config", str(config),
              "--data-dir", str(data), "--nodes", f"{DGA},{DBD},{BMA}", "--refresh-interval", "5"],
             stdin=subprocess.DEVNULL, stdout=self._out, stderr=subprocess.STDOUT,
+            preexec_fn=die_with_the_tests,
         )  # fmt: skip
 
     def up(self, timeout: float = 60) -> dict[str, Any]:
