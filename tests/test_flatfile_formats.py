@@ -208,6 +208,66 @@ def test_csv_broken_rows_have_their_line_numbers() -> None:
     assert result.valid == 27
 
 
+def plain_row(i: int) -> list[str]:
+    return [CIDS[i % len(CIDS)], f"บริษัท {i} จำกัด", "2567", "15/01/2567", "1234.50", "บางรัก", "7"]
+
+
+@pytest.mark.parametrize("newline", [b"\r\n", b"\n"])
+def test_csv_plain_chunks_read_as_the_csv_module_reads_them(
+    monkeypatch: pytest.MonkeyPatch, newline: bytes
+) -> None:
+    """Chunks without quotes are split on the delimiter instead of parsed row by row; they
+    must give exactly the csv module's records and report the same broken lines, also when
+    plain and quoted chunks, short rows, blank lines and a last line without CRLF mix."""
+    import csv
+    import io
+
+    from adapters.flatfile import csvfile
+
+    monkeypatch.setattr(csvfile, "_CHUNK", 600)  # a handful of rows per chunk
+    plain_batches = 0
+    original = csvfile.CsvFrame._plain_batch
+
+    def counting(self: csvfile.CsvFrame, *args: Any) -> Any:
+        nonlocal plain_batches
+        plain_batches += 1
+        return original(self, *args)
+
+    monkeypatch.setattr(csvfile.CsvFrame, "_plain_batch", counting)
+    rows = [plain_row(i) for i in range(120)]
+    rows[30][5] = 'บางรัก "เหนือ"'  # a quoted chunk among plain ones
+    rows[60] = rows[60][:4]  # a short row: its chunk goes the csv module's way
+    rows[90][1] = "บริษัท\udcdb"  # a byte cp874 cannot decode, in a plain chunk
+    data = csv_bytes(rows).replace(b"\r\n", newline)
+    data = data.replace(newline, newline * 2, 1)  # a blank line after the header
+    data = data[: -len(newline)]  # no line break after the last row
+    fields = [*CSV_LAYOUT["field"], {"name": "extra", "type": "integer"}]  # before the CR
+    layout = {**CSV_LAYOUT, "field": fields, "require_final_newline": False}
+    result, ds = load(data, layout, max_bad_share=0.5)
+    assert plain_batches > 5
+    report = {b.line: (b.field, b.reason) for b in result.broken}
+    assert report[63] == (None, "row has 4 columns; expected 7")  # header, blank line
+    assert report[93][0] == "name_th" and "undecodable" in report[93][1]
+    assert result.valid == 118
+    text = data.decode("cp874", "surrogateescape")
+    expected = [r for r in csv.reader(io.StringIO(text, newline="")) if r][1:]
+    assert len(expected) == 120
+    for i, row in enumerate(expected):
+        if i not in (60, 90):  # broken records keep their numbers but are never served
+            rec = ds.record(i)
+            got = (rec["juristic_id"], rec["name_th"], rec["office"], rec["extra"])
+            assert got == (row[0], row[1], row[5], int(row[6]))
+
+
+@pytest.mark.parametrize("newline", ["\r\n", "\n"])
+def test_csv_single_column_skips_blank_lines_as_the_csv_module_does(newline: str) -> None:
+    data = newline.join(["id", "1", "", "2", ""]).encode()
+    layout = {"format": "csv", "encoding": "utf-8", "keys": ["id"]}
+    result, ds = load(data, layout)
+    assert (result.valid, result.broken_count) == (2, 0)
+    assert ds.query({"id": "2"}, 0, 5, 10).records == [{"id": "2"}]
+
+
 def test_csv_without_layout_takes_the_header_and_utf8_bom() -> None:
     data = "\ufeffid,name\r\n1,สมชาย\r\n2,สมศรี\r\n".encode()
     lay = parse_layout({"format": "csv", "encoding": "utf-8", "keys": ["id"]})
