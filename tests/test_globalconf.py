@@ -22,7 +22,6 @@ from xroad_hub.protocol.globalconf import (
 from xroad_hub.protocol.identifiers import MemberId, NodeId, SubsystemId
 from xroad_hub.protocol.message import canonical
 
-NOW = dt.datetime.now(dt.UTC)
 DGA = MemberId("TH", "GOV", "DGA")
 DOPA = MemberId("TH", "GOV", "DOPA")
 PORTAL = SubsystemId("TH", "GOV", "DGA", "citizenportal")
@@ -39,11 +38,12 @@ def pki():
 
 
 def _conf(ca_cert: x509.Certificate, *, expires_in: dt.timedelta = dt.timedelta(minutes=10)):
+    now = dt.datetime.now(dt.UTC)  # at the test, not at import: a long suite outlasts 10 min
     return GlobalConf(
         instance="TH",
         serial=7,
-        generated_at=NOW,
-        expires_at=NOW + expires_in,
+        generated_at=now,
+        expires_at=now + expires_in,
         members={DGA: "Digital Government Agency", DOPA: "Department of Provincial Admin"},
         nodes=(
             NodeEntry(NodeId(DGA, "hub1"), "127.0.0.1:8443", FP1, frozenset({PORTAL, DGA})),

@@ -336,37 +336,51 @@ async def test_disable_enable_remove_under_load_fail_no_request_in_flight(
             status, body, _ = await _call(http, sfed, f"/r1/{PROVIDER}/getDeed/deeds/L?delay=0.2")
             outcomes.append((status, json.dumps(body)))
 
+    def kind(status: int, body: str) -> str:
+        return (
+            "ok" if status == 200
+            else "disabled" if "ServiceDisabled" in body and "new database" in body
+            else "unknown" if "UnknownService" in body
+            else f"FAILED {status} {body}"
+        )  # fmt: skip
+
+    async def until(what: str, since: int, wanted: str) -> None:
+        # Phases end on what the clients saw, not after fixed sleeps: a loaded CI machine
+        # may not finish a single request in half a second.
+        for _ in range(600):
+            if wanted in [kind(*o) for o in outcomes[since:]]:
+                return
+            await asyncio.sleep(0.05)
+        raise AssertionError(f"no {wanted!r} answer {what}: {outcomes[since:]}")
+
     clients = [asyncio.create_task(client()) for _ in range(8)]
-    await asyncio.sleep(0.5)
+    await until("before the change", 0, "ok")
     status, answer, _ = await _admin(
         http, sfed, "PATCH", f"/services/{deed}",
         {"disabled": True, "disabled_notice": "moving to a new database until 14:00"},
     )  # fmt: skip
     assert status == 200, answer
     disabled_at = len(outcomes)
-    await asyncio.sleep(0.6)
+    await until("while disabled", disabled_at, "disabled")
     status, _, _ = await _admin(http, sfed, "PATCH", f"/services/{deed}", {"disabled": False})
     assert status == 200
     enabled_at = len(outcomes)
-    await asyncio.sleep(0.6)
+    # Requests sent before the enable may still answer "disabled"; after 8 more answers
+    # (one per client) every later one was sent after it.
+    await until("after enabling again", enabled_at + 8, "ok")
     status, _, _ = await _admin(http, sfed, "DELETE", f"/services/{deed}")
     assert status == 200
     removed_at = len(outcomes)
-    await asyncio.sleep(0.6)
+    await until("after the removal", removed_at, "unknown")
     stop.set()
     await asyncio.gather(*clients)
-    kinds = [
-        "ok" if s == 200
-        else "disabled" if "ServiceDisabled" in b and "new database" in b
-        else "unknown" if "UnknownService" in b
-        else f"FAILED {s} {b}"
-        for s, b in outcomes
-    ]  # fmt: skip
+    kinds = [kind(*o) for o in outcomes]
     # No request failed: each was served, or refused as disabled or removed.
     assert not [k for k in kinds if k.startswith("FAILED")], kinds
     assert "ok" in kinds[:disabled_at]
     assert "disabled" in kinds[disabled_at:enabled_at]
     assert "ok" in kinds[enabled_at + 8 : removed_at]
+    assert kinds[-1] == "unknown"
     assert kinds[-1] == "unknown" and "unknown" in kinds[removed_at:]
 
 
