@@ -406,6 +406,14 @@ def test_an_agency_registers_a_service_on_its_node_run_node(tmp_path: Path) -> N
                   f" ({len(answers)} request(s))")  # fmt: skip
             assert took < 5, answers
             assert settings_db_private(adir)
+            # The registration is on the node's signed administration trail; an edit of it
+            # is caught by the node's operator as by an auditor.
+            trail = hub("node", "trail", "--dir", adir)
+            assert "\tservice.add\t" in trail and "signatures intact" in trail, trail
+            kept = adir / "data" / "admin-audit.jsonl"
+            kept.write_bytes(kept.read_bytes().replace(b'"service.add"', b'"service.remove"'))
+            out = hub("node", "trail", "--dir", adir, check=False)
+            assert "does not verify with the node's checkpoint key" in out, out
         finally:
             for p in reversed(procs):
                 p.stop()

@@ -9,14 +9,22 @@ before routing, with no body read.
 
 Every change an administrator makes is appended to the admin audit trail
 (``AdminAudit``): a JSON-lines file, mode 0600, one line per change (who, when, what).
+Each line carries its sequence number and the SHA-256 of the line before it, and is signed
+with the node's checkpoint key (Ed25519, certified by the federation CA), so an edited,
+reordered or deleted change breaks the chain and a forged one has no valid signature
+(``AdminAudit.verify``, ``xroad-hub node trail``). Like any hash chain it cannot show that
+its last lines were cut off by themselves; the head it reports is what to compare with a
+copy kept elsewhere.
 """
 
 from __future__ import annotations
 
 import asyncio
+import base64
 import hashlib
 import os
 from collections.abc import Awaitable, Callable, Iterable
+from dataclasses import dataclass
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
@@ -24,12 +32,17 @@ from typing import Any
 import orjson
 import structlog
 from aiohttp import web
+from cryptography.exceptions import InvalidSignature
+from cryptography.hazmat.primitives.asymmetric import ed25519
 
-from xroad_hub.errors import Unavailable
+from xroad_hub.errors import HubError, Unavailable
 from xroad_hub.federation import ADMIN_ROLES, AdminConfig
 from xroad_hub.privatefile import ensure_private
 
-__all__ = ["ADMIN", "ADMIN_ROLES", "AdminApi", "AdminAudit", "key_digest"]
+__all__ = [
+    "ADMIN", "ADMIN_ROLES", "AdminApi", "AdminAudit", "AdminTrailBroken", "TrailReport",
+    "key_digest",
+]  # fmt: skip
 
 log = structlog.get_logger("xroad_hub.node.admin")
 
@@ -50,22 +63,73 @@ def _problem(status: int, message: str, **headers: str) -> web.Response:
     return web.json_response({"error": message}, status=status, headers=headers)
 
 
-class AdminAudit:
-    """Append-only trail of administrators' changes (JSON lines, 0600, fsynced)."""
+class AdminTrailBroken(HubError):
+    """The administration trail was changed after it was written (or is not this node's)."""
 
-    def __init__(self, path: Path, node_id: str) -> None:
+
+# Signed bytes are this prefix and the entry without its signature, keys sorted: the
+# signature cannot be taken for one over a checkpoint or anything else the key signs.
+_TRAIL_CONTEXT = b"xroad-hub admin trail v1\n"
+
+
+def _signed_bytes(entry: dict[str, Any]) -> bytes:
+    unsigned = {k: v for k, v in entry.items() if k != "sig"}
+    return _TRAIL_CONTEXT + orjson.dumps(unsigned, option=orjson.OPT_SORT_KEYS)
+
+
+@dataclass(frozen=True, slots=True)
+class TrailReport:
+    entries: int  # chained and signed
+    unchained: int  # written before the trail was chained (older versions), not verifiable
+    head: str  # SHA-256 of the last line: compare with a copy kept elsewhere
+
+
+class AdminAudit:
+    """Append-only, hash-chained, signed trail of administrators' changes (JSON lines, 0600,
+    fsynced). ``signer``: the node's checkpoint key; without one (tests of the API alone)
+    lines are chained but unsigned, and ``verify`` then needs no key."""
+
+    def __init__(
+        self, path: Path, node_id: str, signer: ed25519.Ed25519PrivateKey | None = None
+    ) -> None:
         self.path = path
         self.node_id = node_id
+        self._signer = signer
         self._lock = asyncio.Lock()
+        self._head: tuple[int, str] | None = None  # seq and SHA-256 of the last line
 
-    def _append(self, line: bytes) -> None:
+    def _last(self) -> tuple[int, str]:
+        """The last line's sequence number and hash (0 and the empty hash: no line yet)."""
+        try:
+            data = self.path.read_bytes()
+        except FileNotFoundError:
+            return 0, hashlib.sha256(b"").hexdigest()
+        lines = data.splitlines(keepends=True)
+        if not lines:
+            return 0, hashlib.sha256(b"").hexdigest()
+        try:
+            seq = int(orjson.loads(lines[-1]).get("seq", len(lines)))
+        except (orjson.JSONDecodeError, AttributeError, TypeError, ValueError):
+            seq = len(lines)
+        return seq, hashlib.sha256(lines[-1]).hexdigest()
+
+    def _append(self, entry: dict[str, Any]) -> None:
         ensure_private(self.path)
+        if self._head is None:  # this process's first change: continue the file's chain
+            self._head = self._last()
+        seq, prev = self._head
+        entry = {**entry, "seq": seq + 1, "prev": prev}
+        if self._signer is not None:
+            signature = self._signer.sign(_signed_bytes(entry))
+            entry["sig"] = base64.b64encode(signature).decode()
+        line = orjson.dumps(entry) + b"\n"
         fd = os.open(self.path, os.O_WRONLY | os.O_APPEND | getattr(os, "O_CLOEXEC", 0))
         try:
             os.write(fd, line)
             os.fsync(fd)
         finally:
             os.close(fd)
+        self._head = (seq + 1, hashlib.sha256(line).hexdigest())
 
     async def record(self, admin: str, action: str, **detail: Any) -> None:
         entry = {
@@ -76,7 +140,7 @@ class AdminAudit:
             **({"detail": detail} if detail else {}),
         }
         async with self._lock:
-            await asyncio.to_thread(self._append, orjson.dumps(entry) + b"\n")
+            await asyncio.to_thread(self._append, entry)
         log.info("admin.change", admin=admin, action=action)
 
     def entries(self) -> list[dict[str, Any]]:
@@ -85,6 +149,55 @@ class AdminAudit:
         except FileNotFoundError:
             return []
         return [orjson.loads(line) for line in data.splitlines() if line]
+
+    def verify(self, key: ed25519.Ed25519PublicKey | None = None) -> TrailReport:
+        """Checks every line: valid JSON of this node, numbered one after the other, naming
+        the hash of the line before it, and signed by ``key`` (default: the public half of
+        the key this trail signs with). Lines without a chain may only precede the first
+        chained one (a trail begun by an older version). Raises AdminTrailBroken."""
+        if key is None and self._signer is not None:
+            key = self._signer.public_key()
+        try:
+            lines = self.path.read_bytes().splitlines(keepends=True)
+        except FileNotFoundError:
+            lines = []
+        prev, seq, unchained, chained = hashlib.sha256(b"").hexdigest(), 0, 0, 0
+        for number, line in enumerate(lines, 1):
+            where = f"{self.path} line {number}"
+            try:
+                entry = orjson.loads(line)
+                if not isinstance(entry, dict):
+                    raise TypeError
+            except (orjson.JSONDecodeError, TypeError):
+                raise AdminTrailBroken(
+                    f"{where} is not a trail entry: the trail is broken"
+                ) from None
+            if "prev" not in entry and not chained:
+                unchained += 1
+            else:
+                number_ok = isinstance(entry.get("seq"), int) and (
+                    not chained or entry["seq"] == seq + 1  # the first continues older lines
+                )
+                if entry.get("prev") != prev or not number_ok:
+                    raise AdminTrailBroken(
+                        f"{where} does not follow the line before it: the trail is broken "
+                        "(an entry was deleted, inserted, reordered or edited)"
+                    )
+                if entry.get("node") != self.node_id:
+                    raise AdminTrailBroken(f"{where} is of node {entry.get('node')!r}")
+                if key is not None:
+                    try:
+                        key.verify(
+                            base64.b64decode(str(entry.get("sig", ""))), _signed_bytes(entry)
+                        )
+                    except (InvalidSignature, ValueError):
+                        raise AdminTrailBroken(
+                            f"{where} does not verify with the node's checkpoint key: "
+                            "edited or forged"
+                        ) from None
+                seq, chained = int(entry["seq"]), chained + 1
+            prev = hashlib.sha256(line).hexdigest()
+        return TrailReport(chained, unchained, prev)
 
 
 class AdminApi:

@@ -79,6 +79,21 @@ def add_node_commands(sub: Any) -> None:
         choices=sorted(ADMIN_ROLES),
         help="a role of the key (repeat for several)",
     )
+    trail = node_sub.add_parser(
+        "trail",
+        help="verify and print the node's administration audit trail",
+        description="Checks every change recorded in NODEDIR/data/admin-audit.jsonl: each line "
+        "must name the hash of the one before it and carry the node's signature (its checkpoint "
+        "key). Prints the changes (who, when, what) and the trail's head; exits 1, naming the "
+        "first bad line, when an entry was edited, deleted, inserted or forged. Compare the head "
+        "with one you kept earlier to see that no change was cut off the end.",
+    )
+    trail.add_argument("--dir", type=Path, required=True, help="the node's directory")
+    trail.add_argument(
+        "--cert", type=Path, help="the node's checkpoint certificate, from a copy you trust "
+        "(default: the one in the node's directory)"
+    )  # fmt: skip
+    trail.add_argument("--quiet", action="store_true", help="only the summary")
     from xroad_hub.node.enroll import add_enroll_commands
 
     add_enroll_commands(node_sub)  # node init, node enroll, node client (issue 12)
@@ -96,6 +111,8 @@ def add_node_commands(sub: Any) -> None:
 def run_node_command(args: argparse.Namespace) -> int:
     if args.node_command == "admin-key":
         return _admin_key(args)
+    if args.node_command == "trail":
+        return _trail(args)
     if args.node_command == "keys":
         from xroad_hub.node.rotation import run_keys_command
 
@@ -136,6 +153,42 @@ def run_node_command(args: argparse.Namespace) -> int:
 
 class _Failed(Exception):
     pass
+
+
+def _trail(args: argparse.Namespace) -> int:
+    from cryptography import x509
+    from cryptography.hazmat.primitives.asymmetric import ed25519
+
+    from xroad_hub.node.admin import AdminAudit, AdminTrailBroken
+    from xroad_hub.node.noderun import load_node_dir
+
+    node_dir = load_node_dir(args.dir)
+    cert_path = args.cert or node_dir.keys.checkpoint().cert
+    try:
+        key = x509.load_pem_x509_certificate(cert_path.read_bytes()).public_key()
+    except (OSError, ValueError) as exc:
+        print(f"xroad-hub: cannot read the certificate {cert_path}: {exc}", file=sys.stderr)
+        return 2
+    if not isinstance(key, ed25519.Ed25519PublicKey):
+        print(f"xroad-hub: {cert_path} is not a checkpoint (Ed25519) certificate", file=sys.stderr)
+        return 2
+    audit = AdminAudit(node_dir.data_dir / "admin-audit.jsonl", str(node_dir.config.id))
+    try:
+        report = audit.verify(key)
+    except AdminTrailBroken as exc:
+        print(f"xroad-hub: {exc}", file=sys.stderr)
+        return 1
+    if not args.quiet:
+        for e in audit.entries():
+            detail = json.dumps(e["detail"], ensure_ascii=False) if "detail" in e else ""
+            print(f"{e.get('seq', '-')}\t{e.get('at')}\t{e.get('admin')}\t{e.get('action')}"
+                  f"\t{detail}")  # fmt: skip
+    older = f", {report.unchained} older unchained" if report.unchained else ""
+    print(
+        f"admin trail of {node_dir.config.id}: {report.entries} entries{older}, chain and "
+        f"signatures intact; head {report.head}"
+    )
+    return 0
 
 
 def _admin_key(args: argparse.Namespace) -> int:
