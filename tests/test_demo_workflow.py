@@ -34,6 +34,7 @@ from .test_case_service_config import example_paths
 pytestmark = pytest.mark.slow
 
 DGA, DBD, BMA = "TH/GOV/DGA/hub1", "TH/GOV/DBD/hub1", "TH/GOV/BMA/hub1"
+RD = "TH/GOV/RD/hub1"  # a flat-file service: registered from the agency's export folder
 REPO = Path(__file__).resolve().parent.parent
 
 
@@ -43,7 +44,8 @@ class Workflow:
         self._out: IO[bytes] = log.open("wb")
         self.proc = subprocess.Popen(
             [sys.executable, "-m", "xroad_hub.demo.workflow", "--config", str(config),
-             "--data-dir", str(data), "--nodes", f"{DGA},{DBD},{BMA}", "--refresh-interval", "5"],
+             "--data-dir", str(data), "--nodes", f"{DGA},{DBD},{BMA},{RD}",
+             "--refresh-interval", "5"],
             stdin=subprocess.DEVNULL, stdout=self._out, stderr=subprocess.STDOUT,
             preexec_fn=die_with_the_tests,
         )  # fmt: skip
@@ -80,10 +82,10 @@ def _alive(pid: int) -> bool:
 
 
 def _each_approved_once(requests: str) -> None:
-    """Three nodes and their four subsystems approved once each, nothing pending, and the one
+    """Four nodes and their five subsystems approved once each, nothing pending, and the one
     mTLS client's certificate issued once (recorded as an approved clientCert request)."""
     kinds = [line.split("\t")[2] for line in requests.splitlines() if line.strip()]
-    assert sorted(kinds) == sorted(["authCertReg"] * 3 + ["clientReg"] * 4 + ["clientCert"]), (
+    assert sorted(kinds) == sorted(["authCertReg"] * 4 + ["clientReg"] * 5 + ["clientCert"]), (
         requests
     )
     assert requests.count("\tAPPROVED\t") == len(kinds), requests

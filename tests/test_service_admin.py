@@ -702,6 +702,61 @@ async def test_a_flat_file_service_reads_none_of_the_nodes_own_files(
     assert status == 201, answer
 
 
+async def test_files_are_read_only_from_the_directories_the_nodes_owner_lists(
+    tmp_path: Path, echo_backend: str, http: aiohttp.ClientSession
+) -> None:
+    """Default deny for files: an API key with the service-administrator role is no login
+    on the machine, so the node reads exports, layouts and descriptions by path only from
+    its owner's service_file_dirs (and the layouts shipped with xroad-hub), following
+    symbolic links first: another program's secret on the same machine is never served."""
+    exports = tmp_path / "exports"
+    exports.mkdir()
+    spec = TestFederationSpec(
+        backend_url=echo_backend, node_settings={DBD: {"service_file_dirs": [str(exports)]}}
+    )
+    fed = await start_federation(tmp_path / "fed", spec)
+    try:
+        secret = tmp_path / "elsewhere" / "ca.key.pem"  # say, the central server's CA key
+        secret.parent.mkdir()
+        secret.write_text("-----BEGIN PRIVATE KEY-----\n")
+        (exports / "link.csv").symlink_to(secret)
+        (exports / "lines.csv").write_text("a\nb\n")
+        layout = exports / "lines.layout.toml"
+        layout.write_text(
+            'name = "lines"\nformat = "csv"\nencoding = "utf-8"\nheader = false\n'
+            'keys = ["line"]\n\n[[field]]\nname = "line"\n'
+        )
+        outside_layout = secret.parent / "lines.layout.toml"
+        outside_layout.write_text(layout.read_text())
+
+        def body(layout: Path, file: Path) -> dict[str, object]:
+            return {"provider": PROVIDER, "layout": str(layout), "file": str(file),
+                    "code": "lines", "answer_subject": []}  # fmt: skip
+
+        for refused in (
+            body(layout, secret), body(layout, exports / "link.csv"), body(outside_layout,
+            exports / "lines.csv"), {**_register(echo_backend), "openapi": None,
+            "openapi_url": str(secret)},
+        ):  # fmt: skip
+            status, answer, _ = await _admin(http, fed, "POST", "/services", refused)
+            assert status == 400 and "service_file_dirs" in answer["error"], (refused, answer)
+            assert str(exports) in answer["error"]  # the folders to use, named
+        _, listed, _ = await _admin(http, fed, "GET", "/services")
+        assert f"{PROVIDER}/lines" not in {s["service"] for s in listed["services"]}
+        status, answer, _ = await _admin(
+            http, fed, "POST", "/services", body(layout, exports / "lines.csv")
+        )
+        assert status == 201, answer
+        # The layouts shipped with xroad-hub are public and always readable.
+        (exports / "rd.csv").write_text("x\n")
+        status, answer, _ = await _admin(
+            http, fed, "POST", "/services", body(RD_LAYOUT, exports / "rd.csv")
+        )
+        assert "service_file_dirs" not in json.dumps(answer), answer
+    finally:
+        await fed.federation.stop()
+
+
 async def test_refreshing_one_registration_leaves_another_of_the_same_document(
     sfed: Fed, http: aiohttp.ClientSession, deeds_backend: str
 ) -> None:

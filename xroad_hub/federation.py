@@ -436,6 +436,11 @@ class NodeConfig:
     # Where the node posts its own alerts (node/slo.py), and how often it looks.
     alert_webhook: str | None = None
     slo_check_interval: float = 30.0
+    # Directories from which service administrators may have the node read files by path
+    # (flat-file exports and layouts, OpenAPI and WSDL documents): the owner's choice, none
+    # by default, since an administrator's API key is no login on the machine. The layouts
+    # and descriptions shipped with xroad-hub are always readable.
+    service_file_dirs: tuple[str, ...] = ()
 
     @property
     def providers(self) -> tuple[SubsystemId, ...]:

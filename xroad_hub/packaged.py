@@ -8,7 +8,7 @@ from __future__ import annotations
 from importlib import resources
 from pathlib import Path
 
-__all__ = ["demo_federation", "packaged_path", "schema_file"]
+__all__ = ["demo_federation", "packaged_path", "schema_file", "schemas_dir"]
 
 # Where a source checkout keeps its files, for relative paths found nowhere else.
 _SOURCE_ROOT = Path(__file__).resolve().parents[1]
@@ -20,6 +20,11 @@ def schema_file(name: str) -> Path:
     A real path: wheels are installed unpacked, and the catalog reads schema files beside it.
     """
     return Path(str(resources.files("xroad_hub.schemas").joinpath(name)))
+
+
+def schemas_dir() -> Path:
+    """The package's ``schemas/`` directory itself (public layouts and descriptions)."""
+    return Path(str(resources.files("xroad_hub.schemas")))
 
 
 def demo_federation() -> Path:

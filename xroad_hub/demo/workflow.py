@@ -124,6 +124,12 @@ class DemoLayout:
     def node(self, node_id: str) -> Path:
         return self.root / "nodes" / Path(*node_id.split("/"))
 
+    def exports(self, node_id: str) -> Path:
+        """Where the agency's legacy systems drop their exports: a folder of its own, not
+        the node's directory (which holds its keys, so the node reads no file there), named
+        in node.toml as the one directory services may be read from (service_file_dirs)."""
+        return self.root / "exports" / Path(*node_id.split("/"))
+
     @property
     def parties(self) -> PkiLayout:
         """Client systems', auditors' and the identity provider's own keys (each in a
@@ -357,11 +363,13 @@ def raw_node_tables(config: Path) -> dict[str, dict[str, Any]]:
     return {str(t["id"]): dict(t) for t in data.get("node", [])}
 
 
-def node_settings(table: dict[str, Any], admin_sha256: str) -> dict[str, Any]:
+def node_settings(table: dict[str, Any], admin_sha256: str, exports: Path) -> dict[str, Any]:
     """The node's own [node] table: the federation file's listeners and limits, without id,
-    and its administrator. Its clients, services and access rights are not in it: the
-    administrator registers them through the node's admin API once it runs."""
+    its administrator, and the agency's export folder. Its clients, services and access
+    rights are not in it: the administrator registers them through the node's admin API
+    once it runs."""
     out = {k: v for k, v in table.items() if k not in ("id", *_ADMINISTERED)}
+    out["service_file_dirs"] = [str(exports)]
     out["admin"] = [
         *table.get("admin", []),
         {"name": ADMIN_NAME, "key_sha256": admin_sha256, "roles": list(ADMIN_ROLES)},
@@ -372,14 +380,14 @@ def node_settings(table: dict[str, Any], admin_sha256: str) -> dict[str, Any]:
 _ADMINISTERED = ("client", "service", "soap_service")
 
 
-def flat_file_exports(table: dict[str, Any], ndir: Path) -> None:
-    """The demo's seeded exports, generated in the agency's node directory when missing (an
+def flat_file_exports(table: dict[str, Any], exports: Path) -> None:
+    """The demo's seeded exports, generated in the agency's export folder when missing (an
     agency's nightly job would put them there)."""
     for s in table.get("service", []):
         kind, source = s.get("generate"), s.get("source")
         if s.get("adapter") == "flatfile" and kind and isinstance(source, str):
             seed = s.get("seed")
-            ensure_export(str(kind), ndir / source, *([] if seed is None else [int(seed)]))
+            ensure_export(str(kind), exports / source, *([] if seed is None else [int(seed)]))
 
 
 def _toml_value(value: object) -> str:
@@ -443,12 +451,13 @@ def _common_service_args(raw: dict[str, Any]) -> list[str]:
     return args
 
 
-def _service_add_args(raw: dict[str, Any], ndir: Path) -> list[str]:
+def _service_add_args(raw: dict[str, Any], exports: Path) -> list[str]:
     """``node service add`` for a [[node.service]] table of the demo's file."""
     provider, _, code = str(raw["id"]).rpartition("/")
     args = ["--provider", provider, "--code", code]
     if raw.get("adapter") == "flatfile":
-        args += ["--layout", packaged_path(str(raw["layout"])), "--file", str(ndir / raw["source"])]
+        layout = packaged_path(str(raw["layout"]))
+        args += ["--layout", layout, "--file", str(exports / raw["source"])]
         for key in (
             "pattern",
             "reload_interval",
@@ -470,7 +479,7 @@ def _service_add_args(raw: dict[str, Any], ndir: Path) -> list[str]:
 
 
 async def administer(
-    d: DemoLayout, node_id: str, url: str, table: dict[str, Any], ndir: Path, known: set[str]
+    d: DemoLayout, node_id: str, url: str, table: dict[str, Any], known: set[str]
 ) -> list[str]:
     """The node's administrator registers its clients (``node clients add``), its services
     (``node service add``) and their access rights (``node access grant``) to the
@@ -504,7 +513,8 @@ async def administer(
     for raw in table.get("service", []):
         key = str(raw["id"])
         if key not in registered:
-            await _admin(d, node_id, url, "service", "add", *_service_add_args(raw, ndir))
+            add = _service_add_args(raw, d.exports(node_id))
+            await _admin(d, node_id, url, "service", "add", *add)
         wanted.append(([key], [str(a) for a in raw.get("allow", [])]))
     for raw in table.get("soap_service", []):
         provider = f"{raw['provider']}/"
@@ -712,9 +722,7 @@ async def supervise(
                     f"node {node_id} has no admin_listen: the demo administers "
                     "its clients and services through its admin API"
                 )
-            served[node_id] = await administer(
-                d, node_id, urls["admin"], tables[node_id], d.node(node_id), known
-            )
+            served[node_id] = await administer(d, node_id, urls["admin"], tables[node_id], known)
         endpoints = {
             "central": central_url(fed),
             "registry": central_url(fed),
@@ -779,8 +787,9 @@ def prepare(
         ndir = enroll_node(cfg, d, hosted_subsystems(cfg))
         client_credentials(cfg, d)
         audit_credentials(fed, cfg, d, ndir)
-        flat_file_exports(tables[node_id], ndir)
-        write_settings(ndir, node_settings(tables[node_id], admin_digest(d, node_id)))
+        exports = d.exports(node_id)
+        flat_file_exports(tables[node_id], exports)
+        write_settings(ndir, node_settings(tables[node_id], admin_digest(d, node_id), exports))
         log.info("demo.node_ready", node=node_id, dir=str(ndir))
 
 

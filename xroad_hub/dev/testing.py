@@ -233,7 +233,10 @@ def _toml(value: object) -> str:
 
 
 def _settings(spec: TestFederationSpec, node: str) -> list[str]:
-    return [f"{k} = {_toml(v)}" for k, v in spec.node_settings.get(node, {}).items()]
+    # Tests register files from wherever pytest put them: every directory is open to the
+    # admin API unless a test names its own (the node's keys and data stay refused).
+    settings = {"service_file_dirs": ["/"], **spec.node_settings.get(node, {})}
+    return [f"{k} = {_toml(v)}" for k, v in settings.items()]
 
 
 def _client(spec: TestFederationSpec, client: str, auth: str) -> list[str]:

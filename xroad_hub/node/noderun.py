@@ -198,7 +198,8 @@ def _relative_to(root: Path, cfg: NodeConfig) -> NodeConfig:
                 options[name] = path(options[name])
         services.append(replace(s, options=options, openapi=path(s.openapi)))
     soap = tuple(replace(s, wsdl=path(s.wsdl) or s.wsdl) for s in cfg.soap_services)
-    return replace(cfg, services=tuple(services), soap_services=soap)
+    dirs = tuple(str(resolve_path(d, root.resolve())) for d in cfg.service_file_dirs)
+    return replace(cfg, services=tuple(services), soap_services=soap, service_file_dirs=dirs)
 
 
 def run_node(args: Any) -> int:

@@ -279,6 +279,7 @@ class NodeOperations:
                         self.keys.auth().key.parent,
                         self.keys.checkpoint().key.parent,
                     ),
+                    file_dirs=[Path(d) for d in self.config.service_file_dirs],
                 ),
                 ("service-administrator",),
             )

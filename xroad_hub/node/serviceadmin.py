@@ -33,6 +33,7 @@ from xroad_hub.node.services import (
     check_group_name,
 )
 from xroad_hub.node.settings import CLIENT, GROUP, SERVICE, Conflict, Put, Row
+from xroad_hub.packaged import schemas_dir
 from xroad_hub.protocol.access import parse_endpoint
 from xroad_hub.protocol.identifiers import (
     SubsystemId,
@@ -93,13 +94,24 @@ def _openapi(data: bytes) -> dict[str, Any]:
     return document
 
 
+class OutsideFileDirs(Refused):
+    """A path outside the directories the node's owner opened to service administrators."""
+
+
 class _Api:
     def __init__(
-        self, manager: ServiceManager, node_id: str, private_dirs: Iterable[Path] = ()
+        self,
+        manager: ServiceManager,
+        node_id: str,
+        private_dirs: Iterable[Path] = (),
+        file_dirs: Iterable[Path] = (),
     ) -> None:
         self.m = manager
         self.node_id = node_id
         self.private_dirs = tuple(d.resolve() for d in private_dirs)
+        # Shipped with xroad-hub (schemas/: public layouts and descriptions): always readable.
+        shipped = schemas_dir().resolve()
+        self.file_dirs = (shipped, *(d.resolve() for d in file_dirs))
 
     def _check_readable(self, table: Mapping[str, Any]) -> None:
         """A flat-file service reads no file of the node's own (its keys, its databases, its
@@ -132,6 +144,9 @@ class _Api:
             self._refuse_private(candidate, f"description {location}", "the document")
 
     def _refuse_private(self, path: Path, what: str, thing: str) -> None:
+        """Default deny: a path is read only inside the directories the node's owner lists
+        (service_file_dirs), and never where the node keeps its keys and data. Symbolic
+        links are followed first, so a link cannot lead out."""
         resolved = path.resolve()
         for private in self.private_dirs:
             if resolved.is_relative_to(private) or private.is_relative_to(resolved):
@@ -139,6 +154,13 @@ class _Api:
                     f"{what}: the node keeps its keys and data there;"
                     f" place {thing} in a folder of its own"
                 )
+        if not any(resolved.is_relative_to(d) for d in self.file_dirs):
+            listed = ", ".join(str(d) for d in self.file_dirs[1:]) or "none"
+            raise OutsideFileDirs(
+                f"{what}: the node reads files only from the directories its owner lists in "
+                f"the node's settings (service_file_dirs; now: {listed}); place {thing} in one, "
+                "or ask the node's owner to add its directory"
+            )
 
     # --- reading -------------------------------------------------------------------------
 
@@ -235,13 +257,20 @@ class _Api:
         """The document sent (``kind``: its text) or the one at ``kind_url`` (a file path
         or URL the node reads)."""
         text, source = body.get(kind), body.get(f"{kind}_url")
-        # A sent document's recorded source is where a later refresh reads it again.
-        self._check_description(body.get("source") or source)
+        recorded = body.get("source")
         if isinstance(text, str) and text:
+            # A sent document's recorded source is where a later refresh reads it again:
+            # never a file of the node's own; a path outside service_file_dirs (say, on the
+            # administrator's own machine) is not kept, so refreshing means sending it again.
+            try:
+                self._check_description(recorded or source)
+            except OutsideFileDirs:
+                recorded = source = None
             data = text.encode()
             if len(data) > _MAX_DOCUMENT:
                 raise Refused(f"the {kind} document exceeds 5 MiB")
-            return data, str(body.get("source") or source or f"(sent {kind})")
+            return data, str(recorded or source or f"(sent {kind})")
+        self._check_description(recorded or source)
         if not isinstance(source, str):
             raise Refused(f"{kind}: send the document's text, or {kind}_url")
         try:
@@ -872,10 +901,14 @@ def _grantees(data: Mapping[str, Any]) -> list[str]:
 
 
 def settings_app(
-    manager: ServiceManager, node_id: str, private_dirs: Iterable[Path] = ()
+    manager: ServiceManager,
+    node_id: str,
+    private_dirs: Iterable[Path] = (),
+    file_dirs: Iterable[Path] = (),
 ) -> web.Application:
-    """``private_dirs``: where the node keeps its keys and data (no flat file is read there)."""
-    api = _Api(manager, node_id, private_dirs)
+    """``private_dirs``: where the node keeps its keys and data (no file is read there);
+    ``file_dirs``: where files named by path may be read (service_file_dirs)."""
+    api = _Api(manager, node_id, private_dirs, file_dirs)
 
     @web.middleware
     async def refusals(request: web.Request, handler: Any) -> web.StreamResponse:
