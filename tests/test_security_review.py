@@ -1,0 +1,72 @@
+"""A hostile review of issues 12 and 13: what an attacker or a careless operator tries against
+the trust promises of the per-agency nodes and their run-time administration. Each test
+shows a promise that held only once the gap it names was closed (or, marked xfail, one
+that still does not hold)."""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterator
+from pathlib import Path
+
+import aiohttp
+import pytest
+from cryptography import x509
+from cryptography.hazmat.primitives import serialization
+
+from xroad_hub.dev.testing import TestFederationSpec
+from xroad_hub.pki import generate_key, issue_cert, load_private_key, write_cert, write_key
+
+from .conftest import Fed, start_federation
+from .test_service_admin import DBD, _as, _dga_admin
+
+OFFICE = "TH/GOV/DGA/officeapp"
+
+
+@pytest.fixture
+async def rfed(tmp_path: Path, echo_backend: str) -> AsyncIterator[Fed]:
+    f = await start_federation(tmp_path / "fed", TestFederationSpec(backend_url=echo_backend))
+    yield f
+    await f.federation.stop()
+
+
+async def test_a_client_certificate_issued_for_another_subsystem_is_not_registered(
+    rfed: Fed, http: aiohttp.ClientSession, tmp_path: Path
+) -> None:
+    """The central server issues a client system's TLS certificate for one subsystem (CN =
+    the subsystem, clientAuth only). A node that took any certificate of the federation's CA
+    for any of its clients would let the holder of another member's client certificate (or
+    of another node's authentication key) call as this node's subsystem, signed by this
+    node's member: a pasted wrong certificate must be refused, with the reason."""
+    ca_key = load_private_key(rfed.pki.root_ca.key)
+    ca_cert = x509.load_pem_x509_certificate(rfed.pki.root_ca.cert.read_bytes())
+    # BMA's licensing system's own certificate, as the central server issues it.
+    bma_key = generate_key()
+    bma_cert = issue_cert(ca_key, ca_cert, "TH/GOV/BMA/licensing", bma_key, purpose="client-tls")
+    bma_paths = (tmp_path / "bma.cert.pem", tmp_path / "bma.key.pem")
+    write_cert(bma_paths[0], bma_cert)
+    write_key(bma_paths[1], bma_key)
+    pem = bma_cert.public_bytes(serialization.Encoding.PEM).decode()
+    status, answer = await _dga_admin(http, rfed, "PATCH", f"/clients/{OFFICE}", {"cert": pem})
+    assert status == 400 and OFFICE in answer["error"], answer
+    status, text = await _as(http, rfed, OFFICE, cert=bma_paths)
+    assert "SslAuthenticationFailed" in text, text
+    # Nor a node's authentication certificate (another member's node, whose key is not the
+    # client system's), even when the subsystem is named like the node.
+    node_pem = rfed.pki.node_auth(DBD).cert.read_text("ascii")
+    status, answer = await _dga_admin(http, rfed, "PATCH", f"/clients/{OFFICE}", {"cert": node_pem})
+    assert status == 400, answer
+    node_like = issue_cert(ca_key, ca_cert, OFFICE, generate_key(), purpose="tls")
+    status, answer = await _dga_admin(
+        http, rfed, "PATCH", f"/clients/{OFFICE}",
+        {"cert": node_like.public_bytes(serialization.Encoding.PEM).decode()},
+    )  # fmt: skip
+    assert status == 400 and "client" in answer["error"], answer
+    # The client's own certificate still works, and a correct new one is taken.
+    own = (rfed.pki.client_tls(OFFICE).cert, rfed.pki.client_tls(OFFICE).key)
+    assert "AccessDenied" in (await _as(http, rfed, OFFICE, cert=own))[1]
+    good = issue_cert(ca_key, ca_cert, OFFICE, generate_key(), purpose="client-tls")
+    status, answer = await _dga_admin(
+        http, rfed, "PATCH", f"/clients/{OFFICE}",
+        {"cert": good.public_bytes(serialization.Encoding.PEM).decode()},
+    )  # fmt: skip
+    assert status == 200, answer
