@@ -17,7 +17,10 @@ from xroad_hub.dev.testing import TestFederationSpec
 from xroad_hub.pki import generate_key, issue_cert, load_private_key, write_cert, write_key
 
 from .conftest import Fed, start_federation
+from .test_enroll import MOPH, central, hub
 from .test_service_admin import DBD, _as, _dga_admin
+
+__all__ = ["central"]  # a fixture, used by name
 
 OFFICE = "TH/GOV/DGA/officeapp"
 
@@ -70,3 +73,33 @@ async def test_a_client_certificate_issued_for_another_subsystem_is_not_register
         {"cert": good.public_bytes(serialization.Encoding.PEM).decode()},
     )  # fmt: skip
     assert status == 200, answer
+
+
+def _fingerprint(init_output: str) -> str:
+    lines = init_output.splitlines()
+    at = next(i for i, line in enumerate(lines) if "compare by phone before approving" in line)
+    return lines[at + 1].strip()
+
+
+@pytest.mark.slow
+def test_the_registration_officer_can_tell_a_members_request_from_a_squatters(
+    central: tuple[Path, str, Path], tmp_path: Path
+) -> None:
+    """Anyone who can reach the central server can file a registration request for any
+    admitted member (member codes are public in the global configuration) with keys of
+    their own: the signatures prove only that the filer holds those keys. Approved, such a
+    request gives the filer a signing certificate of the member, i.e. the power to sign
+    exchanges as the ministry. The officer must be able to tell the member's own request
+    from another: 'node init' shows its keys' fingerprint, which the member reads by phone,
+    and the officer's list of pending requests shows each request's."""
+    cdir, _url, anchor = central
+    real = hub("node", "init", "--anchor", anchor, "--member", MOPH, "--code", "hub1",
+               "--dir", tmp_path / "moph", "--address", "127.0.0.1:5600").stdout  # fmt: skip
+    squat = hub("node", "init", "--anchor", anchor, "--member", MOPH, "--code", "hub2",
+                "--dir", tmp_path / "squatter", "--address", "127.0.0.1:5601").stdout  # fmt: skip
+    told = _fingerprint(real)
+    assert len(told.split()) == 16 and told != _fingerprint(squat)
+    pending = hub("central", "requests", "--dir", cdir).stdout
+    blocks = ("\n" + pending).split("\n1\t")[1].split("\n2\t")
+    assert told in blocks[0] and told not in blocks[1], pending
+    assert _fingerprint(squat) in blocks[1]

@@ -880,7 +880,8 @@ def cert_json(c: CertRow) -> dict[str, Any]:
 def _row_json(r: RequestRow) -> dict[str, Any]:
     out = {"requestId": r.id, "type": r.type, "state": r.state, "server": r.server,
            "client": r.client, "address": r.address, "receivedAt": r.received_at,
-           "decidedAt": r.decided_at, "decidedBy": r.decided_by, "reason": r.reason}  # fmt: skip
+           "decidedAt": r.decided_at, "decidedBy": r.decided_by, "reason": r.reason,
+           "fingerprint": r.fingerprint}  # fmt: skip
     return {k: v for k, v in out.items() if v is not None}
 
 

@@ -40,6 +40,7 @@ from xroad_hub.protocol.registration import (
     make_csr,
     new_request,
     parse_anchor,
+    request_fingerprint,
     sign_request,
 )
 
@@ -229,6 +230,11 @@ def _init(args: argparse.Namespace) -> int:
     print(f"registration request {state['request_id']} for {node} filed; the central "
           f"operator approves it (xroad-hub central approve {state['request_id']}), then run "
           f"'xroad-hub node enroll fetch --dir {root}'")  # fmt: skip
+    fingerprint = request_fingerprint(
+        *((root / f"{n}.csr.pem").read_text() for n in ("auth", "sign", "checkpoint"))
+    )
+    print(f"the request's keys, for the central operator to compare by phone before approving:"
+          f"\n  {fingerprint}")  # fmt: skip
     return 0
 
 
