@@ -6,6 +6,7 @@ that still does not hold)."""
 from __future__ import annotations
 
 from collections.abc import AsyncIterator
+from datetime import timedelta
 from pathlib import Path
 
 import aiohttp
@@ -103,3 +104,51 @@ def test_the_registration_officer_can_tell_a_members_request_from_a_squatters(
     blocks = ("\n" + pending).split("\n1\t")[1].split("\n2\t")
     assert told in blocks[0] and told not in blocks[1], pending
     assert _fingerprint(squat) in blocks[1]
+
+
+def test_a_central_clock_set_back_does_not_stall_the_federations_configuration(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The central server's clock ran an hour fast and is corrected (NTP at a reboot). Its
+    configurations' serials were milliseconds of its clock, not kept anywhere: restarted,
+    it signed serials an hour lower than those every node had accepted, and every node
+    refused them as a rollback, for that hour; nor did a running one help (the nodes also
+    ordered configurations by their generation time). Meanwhile the nodes kept the last
+    configuration of the fast clock (valid for an hour more), so a certificate revoked
+    after the correction was not refused anywhere for an hour ('within one refresh')."""
+    import xroad_hub.central.server as server_module
+    from xroad_hub.central.server import CentralServer, init_central
+    from xroad_hub.node.globalconf_client import GlobalConfClient
+    from xroad_hub.protocol.globalconf import GlobalConf
+
+    real_time, real_datetime = server_module.time.time, server_module.datetime
+    hour = 3600.0
+
+    class FastDatetime(real_datetime):  # type: ignore[misc,valid-type]
+        @classmethod
+        def now(cls, tz=None):  # type: ignore[no-untyped-def]
+            return real_datetime.now(tz) + timedelta(seconds=hour)
+
+    monkeypatch.setattr(server_module.time, "time", lambda: real_time() + hour)
+    monkeypatch.setattr(server_module, "datetime", FastDatetime)
+    init_central(tmp_path / "central", "TH", "https://127.0.0.1:4001")
+    fast = CentralServer(tmp_path / "central")
+    fast.store.add_member(MOPH, "Ministry of Public Health", "test")
+    node = GlobalConfClient(
+        "https://127.0.0.1:4001/globalconf", fast.signer_cert, 60,
+        state_path=tmp_path / "node" / "globalconf-floor.json",
+    )  # fmt: skip
+    node.install(fast.signed_globalconf())
+    # The clock is corrected while the server runs: a change is published at once.
+    monkeypatch.setattr(server_module.time, "time", real_time)
+    monkeypatch.setattr(server_module, "datetime", real_datetime)
+    fast.store.add_member("TH/GOV/DGA", "Digital Government Agency", "test")
+    conf: GlobalConf = node.install(fast.signed_globalconf())
+    assert len(conf.members) == 2
+    fast.close()
+    # And after a restart of the central server, too.
+    central = CentralServer(tmp_path / "central")
+    central.store.add_member("TH/GOV/DOPA", "Department of Provincial Administration", "test")
+    conf = node.install(central.signed_globalconf())
+    assert len(conf.members) == 3
+    central.close()
