@@ -5,6 +5,7 @@ that still does not hold)."""
 
 from __future__ import annotations
 
+import copy
 from collections.abc import AsyncIterator
 from datetime import timedelta
 from pathlib import Path
@@ -19,9 +20,9 @@ from xroad_hub.pki import generate_key, issue_cert, load_private_key, write_cert
 
 from .conftest import Fed, start_federation
 from .test_enroll import MOPH, central, hub
-from .test_service_admin import DBD, _as, _dga_admin
+from .test_service_admin import DBD, DEED, _admin, _as, _dga_admin, _register, deeds_backend
 
-__all__ = ["central"]  # a fixture, used by name
+__all__ = ["central", "deeds_backend"]  # fixtures, used by name
 
 OFFICE = "TH/GOV/DGA/officeapp"
 
@@ -152,3 +153,41 @@ def test_a_central_clock_set_back_does_not_stall_the_federations_configuration(
     conf = node.install(central.signed_globalconf())
     assert len(conf.members) == 3
     central.close()
+
+
+async def test_an_import_grants_nothing_a_grant_would_refuse(
+    rfed: Fed, http: aiohttp.ClientSession, deeds_backend: str
+) -> None:
+    """A grant to a subsystem the global configuration does not know, to a local group that
+    does not exist or to a global group nobody defined is refused (issue 13: 'a grant to an
+    unknown subsystem or group is refused with the reason'): such a right would wait for
+    whoever registers that name later (a typo's owner, say) and admit it unasked. A settings
+    import wrote access rights and group members as the file said, unchecked."""
+    status, answer, _ = await _admin(http, rfed, "POST", "/services", _register(deeds_backend))
+    assert status == 201, answer
+    _, exported, _ = await _admin(http, rfed, "GET", "/export")
+    unknown = "TH/GOV/NOPE/sub"
+
+    def crafted(**data: object) -> dict[str, object]:
+        doc = copy.deepcopy(exported)
+        for s in doc["settings"]:
+            if s["key"] == DEED:
+                s["data"].update(data)
+        return doc
+
+    ghosts = copy.deepcopy(exported)
+    ghosts["settings"].append(
+        {"kind": "group", "key": "ghosts", "data": {"members": [unknown]}, "source": "admin"}
+    )
+    for doc in (
+        crafted(allow=[unknown]),
+        crafted(groups=["nosuchgroup"]),
+        crafted(global_groups=["NOSUCHGLOBAL"]),
+        ghosts,
+    ):
+        status, answer, _ = await _admin(http, rfed, "POST", "/import", doc)
+        assert status in (400, 404), answer
+        _, shown, _ = await _admin(http, rfed, "GET", f"/services/{DEED}")
+        assert shown["allow"] == shown["groups"] == shown["global_groups"] == [], shown
+        _, groups, _ = await _admin(http, rfed, "GET", "/groups")
+        assert groups["groups"] == [], groups
