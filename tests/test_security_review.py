@@ -20,7 +20,16 @@ from xroad_hub.pki import generate_key, issue_cert, load_private_key, write_cert
 
 from .conftest import Fed, start_federation
 from .test_enroll import MOPH, central, hub
-from .test_service_admin import DBD, DEED, _admin, _as, _dga_admin, _register, deeds_backend
+from .test_service_admin import (
+    DBD,
+    DEED,
+    PROVIDER,
+    _admin,
+    _as,
+    _dga_admin,
+    _register,
+    deeds_backend,
+)
 
 __all__ = ["central", "deeds_backend"]  # fixtures, used by name
 
@@ -191,3 +200,33 @@ async def test_an_import_grants_nothing_a_grant_would_refuse(
         assert shown["allow"] == shown["groups"] == shown["global_groups"] == [], shown
         _, groups, _ = await _admin(http, rfed, "GET", "/groups")
         assert groups["groups"] == [], groups
+
+
+async def test_a_flat_file_service_reads_no_signing_or_ca_key_of_the_development_pki(
+    rfed: Fed, http: aiohttp.ClientSession, tmp_path: Path
+) -> None:
+    """On the one-machine development PKI ('xroad-hub up', the tests) a node's keys are not
+    all in the directories the node called its own: its member's signing key, the root
+    CA's key and the configuration signer's lie elsewhere under the PKI. A service
+    administrator serving one of them as a 'flat file' to a client she grants would read
+    the key that signs as her ministry (or the federation's CA)."""
+    layout = tmp_path / "lines.layout.toml"
+    layout.write_text(
+        'name = "lines"\nformat = "csv"\nencoding = "utf-8"\nheader = false\nkeys = ["line"]\n\n'
+        '[[field]]\nname = "line"\n'
+    )
+    secrets = (
+        rfed.pki.member_sign("TH/GOV/DBD").key,
+        rfed.pki.root_ca.key,
+        rfed.pki.globalconf_signer.key,
+    )
+    for secret in secrets:
+        assert secret.exists()
+        status, answer, _ = await _admin(
+            http, rfed, "POST", "/services",
+            {"provider": PROVIDER, "layout": str(layout), "file": str(secret),
+             "code": "lines", "answer_subject": [], "allow": ["TH/GOV/DGA/devportal"]},
+        )  # fmt: skip
+        assert status == 400 and "keeps its keys and data" in answer["error"], (secret, answer)
+    _, listed, _ = await _admin(http, rfed, "GET", "/services")
+    assert f"{PROVIDER}/lines" not in {s["service"] for s in listed["services"]}

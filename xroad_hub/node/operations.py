@@ -274,6 +274,7 @@ class NodeOperations:
                         self.data_dir,
                         self.keys.auth().key.parent,
                         self.keys.checkpoint().key.parent,
+                        *self.keys.private_dirs(),
                     ),
                 ),
                 ("service-administrator",),
