@@ -230,3 +230,34 @@ async def test_a_flat_file_service_reads_no_signing_or_ca_key_of_the_development
         assert status == 400 and "keeps its keys and data" in answer["error"], (secret, answer)
     _, listed, _ = await _admin(http, rfed, "GET", "/services")
     assert f"{PROVIDER}/lines" not in {s["service"] for s in listed["services"]}
+
+
+@pytest.mark.xfail(
+    strict=True,
+    reason="flat-file sources and layouts (and local OpenAPI/WSDL files) are checked against"
+    " a deny-list of the node's own directories only; any other file the node's OS user can"
+    " read can be served. Fix: an allow-list of export directories set by the node's owner"
+    " in node.toml (say export_dirs, default: none), outside which the admin API reads no file",
+)
+async def test_a_flat_file_service_reads_no_secret_of_another_program_on_the_machine(
+    rfed: Fed, http: aiohttp.ClientSession, tmp_path: Path
+) -> None:
+    """The demo (scripts/demo.sh) and small agencies run the central server, or another
+    node, on the node's machine under the same user. A service administrator (an API key
+    with one role, not a login on the machine) must not be able to serve the central
+    server's CA key, or any file the node's process happens to be able to read, as a
+    'flat file' to a client she grants."""
+    from xroad_hub.central.server import init_central
+
+    central = init_central(tmp_path / "central", "TH", "https://127.0.0.1:4001")
+    layout = tmp_path / "lines.layout.toml"
+    layout.write_text(
+        'name = "lines"\nformat = "csv"\nencoding = "utf-8"\nheader = false\nkeys = ["line"]\n\n'
+        '[[field]]\nname = "line"\n'
+    )
+    status, answer, _ = await _admin(
+        http, rfed, "POST", "/services",
+        {"provider": PROVIDER, "layout": str(layout), "file": str(central.key("ca")),
+         "code": "lines", "answer_subject": [], "allow": ["TH/GOV/DGA/devportal"]},
+    )  # fmt: skip
+    assert status == 400, answer
