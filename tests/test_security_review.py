@@ -261,3 +261,71 @@ async def test_a_flat_file_service_reads_no_secret_of_another_program_on_the_mac
          "code": "lines", "answer_subject": [], "allow": ["TH/GOV/DGA/devportal"]},
     )  # fmt: skip
     assert status == 400, answer
+
+
+def test_enroll_fetch_takes_no_ca_but_the_one_the_signed_configuration_names(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The anchor's hash, the one compared by phone, covers its certificate, not the
+    central server's URL in it: a tampered anchor naming another URL passes the check. The
+    global configuration is signed, so the impostor at that URL cannot change it, and the
+    management HTTPS is verified against the federation CA, which every enrolled node's
+    certificate (serverAuth, for its own host) chains to. Relaying the real central server,
+    such an impostor answered 'enroll fetch' with a CA of its own (and certificates it
+    issued for the node's keys): the node wrote that CA as its root, and trusted from then
+    on the impostor's witness, timestamp authority and client certificates."""
+    import argparse
+
+    from cryptography.hazmat.primitives.asymmetric import ed25519
+
+    import xroad_hub.node.enroll as enroll
+    from xroad_hub.central.server import CentralServer, init_central
+    from xroad_hub.pki import make_root_ca
+    from xroad_hub.protocol.globalconf import verify_globalconf
+
+    init_central(tmp_path / "central", "TH", "https://127.0.0.1:4001")
+    central = CentralServer(tmp_path / "central")
+    conf = verify_globalconf(central.signed_globalconf(), central.signer_cert)
+    root = tmp_path / "node"
+    root.mkdir()
+    (root / "anchor.json").write_bytes(central.anchor())
+    keys = {"auth": generate_key(), "sign": generate_key(), "checkpoint": None}
+    for name in ("auth", "sign"):
+        write_key(root / f"{name}.key.pem", keys[name])
+    checkpoint = ed25519.Ed25519PrivateKey.generate()
+    write_key(root / "checkpoint.key.pem", checkpoint)
+    rogue_key, rogue_ca = make_root_ca("TH central server CA")  # the same name, another key
+    pem = serialization.Encoding.PEM
+    forged = {
+        "requestId": 1, "type": "authCertReg", "state": "APPROVED", "server": f"{MOPH}/hub1",
+        "ca": rogue_ca.public_bytes(pem).decode(),
+        "certificates": {
+            "auth": issue_cert(rogue_key, rogue_ca, f"{MOPH}/hub1", keys["auth"], purpose="tls"),
+            "sign": issue_cert(rogue_key, rogue_ca, MOPH, keys["sign"], purpose="sign"),
+            "checkpoint": issue_cert(
+                rogue_key, rogue_ca, f"{MOPH}/hub1", checkpoint, purpose="checkpoint"
+            ),
+        },
+    }  # fmt: skip
+    forged["certificates"] = {
+        k: c.public_bytes(pem).decode()  # type: ignore[attr-defined]
+        for k, c in forged["certificates"].items()  # type: ignore[attr-defined]
+    }
+
+    class Impostor:
+        def __init__(self, anchor: object) -> None:
+            self.anchor, self.conf = anchor, conf
+
+        def status(self, request_id: int, token: str | None) -> dict[str, object]:
+            return forged
+
+    monkeypatch.setattr(enroll, "_Session", Impostor)
+    state = {"member": MOPH, "code": "hub1", "address": "127.0.0.1:5600",
+             "state": "SUBMITTED", "request_id": 1, "status_token": "t"}  # fmt: skip
+    (root / "enrollment.json").write_text(__import__("json").dumps(state))
+    args = argparse.Namespace(node_command="enroll", action="fetch", dir=root)
+    with pytest.raises(enroll.RegistrationError) as refused:
+        enroll.run_enroll_command(args)
+    assert refused.value.code == "WrongCertificate", refused.value.message
+    assert not (root / "ca.cert.pem").exists() and not (root / "auth.cert.pem").exists()
+    central.close()
