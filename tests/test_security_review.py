@@ -329,3 +329,27 @@ def test_enroll_fetch_takes_no_ca_but_the_one_the_signed_configuration_names(
     assert refused.value.code == "WrongCertificate", refused.value.message
     assert not (root / "ca.cert.pem").exists() and not (root / "auth.cert.pem").exists()
     central.close()
+
+
+@pytest.mark.xfail(
+    strict=True,
+    reason="the node's administration trail (data/admin-audit.jsonl) is plain JSON lines:"
+    " neither hash-chained nor signed, and nothing verifies it, so a deleted or edited change"
+    " goes unnoticed. Issue 12 asks for a trail 'verifiable the same way [as the message log]"
+    " or at least append-only and signed'. Fix: chain each entry to the previous one's hash"
+    " and sign it (or its head) with the node's checkpoint key, or write the trail's head"
+    " into the witnessed message log; add a verification (AdminAudit.verify, and a CLI)",
+)
+async def test_a_change_deleted_from_the_nodes_administration_trail_is_detected(
+    rfed: Fed, http: aiohttp.ClientSession, deeds_backend: str
+) -> None:
+    status, answer, _ = await _admin(http, rfed, "POST", "/services", _register(deeds_backend))
+    assert status == 201, answer
+    await _admin(http, rfed, "PATCH", f"/services/{DEED}", {"timeout": 7})
+    audit = rfed.federation.nodes[DBD].admin.audit  # type: ignore[union-attr]
+    assert audit is not None
+    lines = audit.path.read_bytes().splitlines(keepends=True)
+    added = next(i for i, line in enumerate(lines) if b'"service.add"' in line)
+    audit.path.write_bytes(b"".join(lines[:added] + lines[added + 1 :]))  # the trace removed
+    with pytest.raises(Exception, match=r"broken|deleted|does not verify"):
+        audit.verify()  # type: ignore[attr-defined]
