@@ -6,6 +6,7 @@ that still does not hold)."""
 from __future__ import annotations
 
 import copy
+import json
 from collections.abc import AsyncIterator
 from datetime import timedelta
 from pathlib import Path
@@ -23,9 +24,11 @@ from .test_enroll import MOPH, central, hub
 from .test_service_admin import (
     DBD,
     DEED,
+    DEEDS_OPENAPI,
     PROVIDER,
     _admin,
     _as,
+    _call,
     _dga_admin,
     _register,
     deeds_backend,
@@ -322,7 +325,7 @@ def test_enroll_fetch_takes_no_ca_but_the_one_the_signed_configuration_names(
     monkeypatch.setattr(enroll, "_Session", Impostor)
     state = {"member": MOPH, "code": "hub1", "address": "127.0.0.1:5600",
              "state": "SUBMITTED", "request_id": 1, "status_token": "t"}  # fmt: skip
-    (root / "enrollment.json").write_text(__import__("json").dumps(state))
+    (root / "enrollment.json").write_text(json.dumps(state))
     args = argparse.Namespace(node_command="enroll", action="fetch", dir=root)
     with pytest.raises(enroll.RegistrationError) as refused:
         enroll.run_enroll_command(args)
@@ -353,3 +356,26 @@ async def test_a_change_deleted_from_the_nodes_administration_trail_is_detected(
     audit.path.write_bytes(b"".join(lines[:added] + lines[added + 1 :]))  # the trace removed
     with pytest.raises(Exception, match=r"broken|deleted|does not verify"):
         audit.verify()  # type: ignore[attr-defined]
+
+
+async def test_get_openapi_does_not_tell_the_federation_the_backends_address(
+    rfed: Fed, http: aiohttp.ClientSession, deeds_backend: str
+) -> None:
+    """An agency's OpenAPI document names where its backend listens (servers: an address
+    inside the agency). As X-Road does for a WSDL's soap:address (and this node does for
+    WSDLs), the description the metaservice gives any client of the federation, granted or
+    not, must not carry it: clients call the service through their own node."""
+    internal = "http://10.20.30.40:8443/deeds-internal"
+    document = copy.deepcopy(DEEDS_OPENAPI)
+    document["servers"] = [{"url": internal, "description": "production"}]
+    document["paths"]["/deeds/{deedNo}"]["servers"] = [{"url": internal + "/v2"}]
+    document["paths"]["/deeds/{deedNo}"]["get"]["servers"] = [{"url": internal + "/v3"}]
+    body = {**_register(deeds_backend), "openapi": json.dumps(document)}
+    status, answer, _ = await _admin(http, rfed, "POST", "/services", body)
+    assert status == 201, answer
+    for client in ("TH/GOV/DGA/devportal", "TH/GOV/DGA/citizenportal"):  # neither granted
+        status, served, _ = await _call(
+            http, rfed, f"/r1/{PROVIDER}/getOpenAPI?serviceCode=getDeed", client=client
+        )
+        assert status == 200 and "/deeds/{deedNo}" in served["paths"], served
+        assert "10.20.30.40" not in json.dumps(served), served

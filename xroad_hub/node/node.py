@@ -843,7 +843,28 @@ def _openapi_document(data: bytes, where: str) -> dict[str, Any]:
         raise ConfigError(f"service {where}: its OpenAPI description is not JSON: {exc}") from exc
     if not isinstance(document, dict) or not str(document.get("openapi", "")).startswith("3."):
         raise ConfigError(f"service {where}: its description is not an OpenAPI 3 document")
-    return document
+    return _without_servers(document)
+
+
+def _without_servers(document: dict[str, Any]) -> dict[str, Any]:
+    """The description as getOpenAPI gives it to any client of the federation: without its
+    ``servers`` (at the top, per path, per operation), the backend's address inside the
+    agency, which only its node needs (X-Road hides a WSDL's soap:address the same way);
+    clients call the service through their own node."""
+    served = {k: v for k, v in document.items() if k != "servers"}
+    paths = document.get("paths")
+    if isinstance(paths, dict):
+        served["paths"] = {
+            path: {
+                k: ({n: o for n, o in v.items() if n != "servers"} if isinstance(v, dict) else v)
+                for k, v in item.items()
+                if k != "servers"
+            }
+            if isinstance(item, dict)
+            else item
+            for path, item in paths.items()
+        }
+    return served
 
 
 def soap_operation(
