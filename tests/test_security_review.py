@@ -10,6 +10,7 @@ import json
 from collections.abc import AsyncIterator
 from datetime import timedelta
 from pathlib import Path
+from typing import Any
 
 import aiohttp
 import pytest
@@ -21,6 +22,7 @@ from xroad_hub.pki import generate_key, issue_cert, load_private_key, write_cert
 
 from .conftest import Fed, start_federation
 from .test_enroll import MOPH, central, hub
+from .test_oplog_privacy import oplog
 from .test_service_admin import (
     DBD,
     DEED,
@@ -34,7 +36,7 @@ from .test_service_admin import (
     deeds_backend,
 )
 
-__all__ = ["central", "deeds_backend"]  # fixtures, used by name
+__all__ = ["central", "deeds_backend", "oplog"]  # fixtures, used by name
 
 OFFICE = "TH/GOV/DGA/officeapp"
 
@@ -379,3 +381,21 @@ async def test_get_openapi_does_not_tell_the_federation_the_backends_address(
         )
         assert status == 200 and "/deeds/{deedNo}" in served["paths"], served
         assert "10.20.30.40" not in json.dumps(served), served
+
+
+async def test_a_call_outside_a_services_operations_logs_no_citizen_id(
+    rfed: Fed, http: aiohttp.ClientSession, deeds_backend: str, oplog: list[dict[str, Any]]
+) -> None:
+    """A service registered from an OpenAPI document serves its operations only; a call of
+    another path is refused (AccessDenied). The path is the client's, and often names the
+    person it is about: the refusal said it, and the node logged what it said."""
+    cid = "3101700123457"
+    body = _register(deeds_backend, allow=["TH/GOV/DGA/devportal"])
+    status, answer, _ = await _admin(http, rfed, "POST", "/services", body)
+    assert status == 201, answer
+    status, served, _ = await _call(http, rfed, f"/r1/{PROVIDER}/getDeed/persons/{cid}")
+    assert status != 200 and "AccessDenied" in json.dumps(served), served
+    refused = [e for e in oplog if e["event"] == "exchange.refused"]
+    assert refused, [e["event"] for e in oplog]
+    leaked = [e for e in oplog if cid in repr(e)]
+    assert not leaked, leaked
