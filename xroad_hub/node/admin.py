@@ -8,12 +8,14 @@ server's) add theirs without touching authentication. An unauthenticated request
 before routing, with no body read.
 
 Every change an administrator makes is appended to the admin audit trail
-(``AdminAudit``): a JSON-lines file, mode 0600, one line per change (who, when, what).
+(``AdminAudit``): a JSON-lines file, mode 0600, one line per change (who, when, what),
+hash-chained and signed with the node's checkpoint key.
 """
 
 from __future__ import annotations
 
 import asyncio
+import base64
 import hashlib
 import os
 from collections.abc import Awaitable, Callable, Iterable
@@ -24,12 +26,14 @@ from typing import Any
 import orjson
 import structlog
 from aiohttp import web
+from cryptography.exceptions import InvalidSignature
+from cryptography.hazmat.primitives.asymmetric import ed25519
 
-from xroad_hub.errors import Unavailable
+from xroad_hub.errors import HubError, Unavailable
 from xroad_hub.federation import ADMIN_ROLES, AdminConfig
 from xroad_hub.privatefile import ensure_private
 
-__all__ = ["ADMIN", "ADMIN_ROLES", "AdminApi", "AdminAudit", "key_digest"]
+__all__ = ["ADMIN", "ADMIN_ROLES", "AdminApi", "AdminAudit", "AuditTrailBroken", "key_digest"]
 
 log = structlog.get_logger("xroad_hub.node.admin")
 
@@ -50,33 +54,55 @@ def _problem(status: int, message: str, **headers: str) -> web.Response:
     return web.json_response({"error": message}, status=status, headers=headers)
 
 
-class AdminAudit:
-    """Append-only trail of administrators' changes (JSON lines, 0600, fsynced)."""
+class AuditTrailBroken(HubError):
+    """The administration trail does not verify: an entry was deleted, edited or added
+    by someone without the node's key."""
 
-    def __init__(self, path: Path, node_id: str) -> None:
+
+class AdminAudit:
+    """Append-only trail of administrators' changes (JSON lines, 0600, fsynced). Each entry
+    names the hash of the one before (``prev``) and its own (``hash``, over the entry
+    without ``hash`` and ``sig``), and is signed with the node's checkpoint key (``sig``,
+    Ed25519): an entry deleted or edited breaks the chain, and one rewritten with a new
+    chain lacks the node's signature (``verify``)."""
+
+    def __init__(
+        self, path: Path, node_id: str, key: ed25519.Ed25519PrivateKey | None = None
+    ) -> None:
         self.path = path
         self.node_id = node_id
+        self._key = key
+        self._last: str | None = None  # the last entry's hash, read at the first append
         self._lock = asyncio.Lock()
 
-    def _append(self, line: bytes) -> None:
+    def _append(self, entry: dict[str, Any]) -> None:
         ensure_private(self.path)
+        if self._last is None:
+            lines = [line for line in self.path.read_bytes().splitlines() if line.strip()]
+            self._last = str(orjson.loads(lines[-1]).get("hash", "")) if lines else ""
+        entry["prev"] = self._last
+        body = orjson.dumps(entry, option=orjson.OPT_SORT_KEYS)
+        entry["hash"] = hashlib.sha256(body).hexdigest()
+        if self._key is not None:
+            entry["sig"] = base64.b64encode(self._key.sign(body)).decode()
         fd = os.open(self.path, os.O_WRONLY | os.O_APPEND | getattr(os, "O_CLOEXEC", 0))
         try:
-            os.write(fd, line)
+            os.write(fd, orjson.dumps(entry) + b"\n")
             os.fsync(fd)
         finally:
             os.close(fd)
+        self._last = entry["hash"]
 
     async def record(self, admin: str, action: str, **detail: Any) -> None:
-        entry = {
-            "at": datetime.now(UTC).isoformat(timespec="milliseconds"),
-            "node": self.node_id,
-            "admin": admin,
-            "action": action,
-            **({"detail": detail} if detail else {}),
-        }
         async with self._lock:
-            await asyncio.to_thread(self._append, orjson.dumps(entry) + b"\n")
+            entry = {
+                "at": datetime.now(UTC).isoformat(timespec="milliseconds"),
+                "node": self.node_id,
+                "admin": admin,
+                "action": action,
+                **({"detail": detail} if detail else {}),
+            }
+            await asyncio.to_thread(self._append, entry)
         log.info("admin.change", admin=admin, action=action)
 
     def entries(self) -> list[dict[str, Any]]:
@@ -85,6 +111,31 @@ class AdminAudit:
         except FileNotFoundError:
             return []
         return [orjson.loads(line) for line in data.splitlines() if line]
+
+    def verify(self, public_key: ed25519.Ed25519PublicKey | None = None) -> int:
+        """The number of entries, once each is chained onto the one before and signed by
+        the node's key (``public_key``; default: that of the key the trail is written
+        with); AuditTrailBroken at the first that is not."""
+        key = public_key or (self._key.public_key() if self._key is not None else None)
+        prev = ""
+        entries = self.entries()
+        for number, entry in enumerate(entries, 1):
+            claimed, sig = entry.pop("hash", None), entry.pop("sig", None)
+            body = orjson.dumps(entry, option=orjson.OPT_SORT_KEYS)
+            if entry.get("prev") != prev or claimed != hashlib.sha256(body).hexdigest():
+                raise AuditTrailBroken(
+                    f"{self.path}: the trail is broken at entry {number} (an entry before it "
+                    "was deleted, or this one edited)"
+                )
+            if key is not None:
+                try:
+                    key.verify(base64.b64decode(str(sig), validate=True), body)
+                except (InvalidSignature, ValueError) as exc:
+                    raise AuditTrailBroken(
+                        f"{self.path}: entry {number} does not verify with the node's key"
+                    ) from exc
+            prev = str(claimed)
+        return len(entries)
 
 
 class AdminApi:

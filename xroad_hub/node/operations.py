@@ -40,7 +40,7 @@ from xroad_hub.node.serviceadmin import settings_app
 from xroad_hub.node.services import ServiceManager
 from xroad_hub.node.slo import AlertSender, SloWatch
 from xroad_hub.node.tls import admin_context
-from xroad_hub.pki import CertPaths
+from xroad_hub.pki import CertPaths, load_ed25519_key
 from xroad_hub.protocol.identifiers import ServiceId, parse_client_id, parse_node_id
 
 __all__ = ["NodeOperations"]
@@ -254,7 +254,13 @@ class NodeOperations:
         admin = self.admin = AdminApi(
             str(self.config.id),
             self.config.admins,
-            AdminAudit(self.data_dir / "admin-audit.jsonl", str(self.config.id)),
+            AdminAudit(
+                self.data_dir / "admin-audit.jsonl",
+                str(self.config.id),
+                # Signed by the key that signs the node's checkpoints: a trail rewritten
+                # without it does not verify.
+                load_ed25519_key(self.keys.checkpoint().key),
+            ),
             # Service descriptions (OpenAPI, WSDL) and settings exports are sent here.
             max_body=12 * 1024 * 1024,
         )
