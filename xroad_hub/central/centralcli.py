@@ -223,6 +223,11 @@ def _on_server(server: Any, args: argparse.Namespace, verify_audit: Any) -> int:
             what = r.client or r.address or ""
             extra = f"  reason: {r.reason}" if r.reason else ""
             print(f"{r.id}\t{r.state}\t{r.type}\t{r.server}\t{what}\t{r.received_at}{extra}")
+            if r.fingerprint and r.state == "SUBMITTED":
+                # Anyone can file for any admitted member: only the member's word on these
+                # keys (read by phone from its 'node init') tells its request from another's.
+                print(f"\tkeys: {r.fingerprint}  (approve only if {r.server.rsplit('/', 1)[0]}"
+                      " reads you the same)")  # fmt: skip
         return 0
     if c == "approve":
         row = server.approve(_request_id(args.id), _operator())

@@ -116,6 +116,7 @@ log = structlog.get_logger("xroad_hub.central.server")
 _MAX_REQUEST = 64 * 1024
 GLOBALCONF_CACHE = 1.0  # seconds a signed configuration is served again unchanged
 _GROUPS_KEY = "global_groups"  # the global groups, one JSON document in the meta table
+_SERIAL_KEY = "globalconf_serial"  # the highest serial signed, in the meta table
 DEFAULT_VALIDITY = 600  # seconds a global configuration stays valid (X-Road: 600)
 
 
@@ -254,8 +255,8 @@ class CentralServer:
         self._signer_key = load_private_key(self.dir.key("signer"))
         self.signer_cert = load_cert(self.dir.cert("signer"))
         # Serials increase across restarts too: a node keeps the highest it accepted and
-        # refuses lower ones. Milliseconds, so a restart soon after many signings (each one
-        # serial) still starts above them.
+        # refuses lower ones. Milliseconds of the clock, and never below the highest signed
+        # before (kept in the database: the clock may have been set back since).
         self._serial = 0
         # Request ids count up from 1: a status read needs the token given to the request's
         # filer (an HMAC of the id), else anyone could list every node's pending, declined
@@ -294,7 +295,13 @@ class CentralServer:
         """The configuration as the database says now: every admitted member, every node
         with a valid auth certificate and the subsystems it hosts."""
         now = now or datetime.now(UTC)
-        self._serial = max(self._serial + 1, int(time.time() * 1000))
+        # Kept in the database: a clock set back (an hour fast, corrected at a reboot) must
+        # not make serials lower than those the nodes accepted, or every node would refuse
+        # the configurations as rollbacks, new revocations with them, until the clock caught
+        # up.
+        kept = int(self.store.get_meta(_SERIAL_KEY) or 0)
+        self._serial = max(self._serial + 1, kept + 1, int(time.time() * 1000))
+        self.store.set_meta(_SERIAL_KEY, str(self._serial))
         nodes = []
         for row in self.store.nodes():
             cert_der = x509.load_pem_x509_certificate(row.auth_cert_pem.encode()).public_bytes(
@@ -880,7 +887,8 @@ def cert_json(c: CertRow) -> dict[str, Any]:
 def _row_json(r: RequestRow) -> dict[str, Any]:
     out = {"requestId": r.id, "type": r.type, "state": r.state, "server": r.server,
            "client": r.client, "address": r.address, "receivedAt": r.received_at,
-           "decidedAt": r.decided_at, "decidedBy": r.decided_by, "reason": r.reason}  # fmt: skip
+           "decidedAt": r.decided_at, "decidedBy": r.decided_by, "reason": r.reason,
+           "fingerprint": r.fingerprint}  # fmt: skip
     return {k: v for k, v in out.items() if v is not None}
 
 

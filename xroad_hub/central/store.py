@@ -32,7 +32,11 @@ import orjson
 
 from xroad_hub.errors import HubError, Unavailable
 from xroad_hub.privatefile import ensure_private
-from xroad_hub.protocol.registration import RegistrationError, address_host
+from xroad_hub.protocol.registration import (
+    RegistrationError,
+    address_host,
+    request_fingerprint,
+)
 
 __all__ = [
     "AuditEntry",
@@ -122,6 +126,15 @@ class RequestRow:
     decided_by: str | None
     reason: str | None
     checkpoint_csr: str | None = None
+
+    @property
+    def fingerprint(self) -> str | None:
+        """The keys' fingerprint the node's operator was shown when filing (node init, key
+        rotation): the registration officer compares it by phone with the member before
+        approving. None: the request carries no key (subsystem registrations)."""
+        if not (self.auth_csr or self.sign_csr):
+            return None
+        return request_fingerprint(self.auth_csr, self.sign_csr, self.checkpoint_csr)
 
 
 @dataclass(frozen=True, slots=True)

@@ -27,6 +27,7 @@ from pathlib import Path
 from typing import Any
 
 from cryptography import x509
+from cryptography.exceptions import InvalidSignature
 from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric import ed25519
 
@@ -40,6 +41,7 @@ from xroad_hub.protocol.registration import (
     make_csr,
     new_request,
     parse_anchor,
+    request_fingerprint,
     sign_request,
 )
 
@@ -229,6 +231,11 @@ def _init(args: argparse.Namespace) -> int:
     print(f"registration request {state['request_id']} for {node} filed; the central "
           f"operator approves it (xroad-hub central approve {state['request_id']}), then run "
           f"'xroad-hub node enroll fetch --dir {root}'")  # fmt: skip
+    fingerprint = request_fingerprint(
+        *((root / f"{n}.csr.pem").read_text() for n in ("auth", "sign", "checkpoint"))
+    )
+    print(f"the request's keys, for the central operator to compare by phone before approving:"
+          f"\n  {fingerprint}")  # fmt: skip
     return 0
 
 
@@ -252,7 +259,7 @@ def _status(root: Path, state: dict[str, Any], *, fetch: bool) -> int:
         print(f"request {answer['requestId']} for {node} is {answer['state']}")
         return 0 if not fetch else 3
     if fetch:
-        _write_certs(root, answer)
+        _write_certs(root, answer, session.conf)
     listed = session.conf.node(NodeId(parse_member_id(state["member"]), state["code"]))
     where = "in" if listed else "not yet in"
     print(f"request {answer['requestId']} for {node} is APPROVED; certificates in {root}; "
@@ -260,9 +267,12 @@ def _status(root: Path, state: dict[str, Any], *, fetch: bool) -> int:
     return 0
 
 
-def _write_certs(root: Path, answer: dict[str, Any]) -> None:
-    """Write the issued certificates, after checking they are for this node's own keys."""
+def _write_certs(root: Path, answer: dict[str, Any], conf: GlobalConf) -> None:
+    """Write the issued certificates, after checking they are for this node's own keys,
+    issued by the CA the signed global configuration names."""
+    ca = federation_ca(answer, conf)
     certs = answer.get("certificates", {})
+    checked = {}
     for name in ("auth", "sign", "checkpoint"):
         if name not in certs:
             raise RegistrationError(
@@ -276,8 +286,38 @@ def _write_certs(root: Path, answer: dict[str, Any]) -> None:
             raise RegistrationError(
                 "WrongCertificate", f"the {name} certificate issued is not for this node's key"
             )
+        check_issued_by(cert, ca, name)
+        checked[name] = cert
+    for name, cert in checked.items():  # all checked before any is written
         (root / f"{name}.cert.pem").write_bytes(cert.public_bytes(serialization.Encoding.PEM))
-    (root / "ca.cert.pem").write_text(str(answer["ca"]))
+    (root / "ca.cert.pem").write_bytes(ca.public_bytes(serialization.Encoding.PEM))
+
+
+def federation_ca(answer: dict[str, Any], conf: GlobalConf) -> x509.Certificate:
+    """The CA of a status answer, if the signed global configuration names it. The anchor's
+    hash does not cover the central server's URL, and every node's certificate chains to
+    the federation CA: whoever answers at a tampered anchor's URL could otherwise hand the
+    node a root of its own (its witness, timestamps and client certificates trusted)."""
+    try:
+        ca = x509.load_pem_x509_certificate(str(answer["ca"]).encode())
+    except (KeyError, ValueError) as exc:
+        raise RegistrationError("WrongCertificate", "the answer holds no CA certificate") from exc
+    if ca.public_bytes(serialization.Encoding.DER) not in conf.trusted_cas_der:
+        raise RegistrationError(
+            "WrongCertificate", "the CA certificate in the answer is not the one the signed "
+            "global configuration names: whatever answers at the anchor's URL is not the "
+            "central server; check the URL in the anchor with the central operator",
+        )  # fmt: skip
+    return ca
+
+
+def check_issued_by(cert: x509.Certificate, ca: x509.Certificate, name: str) -> None:
+    try:
+        cert.verify_directly_issued_by(ca)
+    except (ValueError, TypeError, InvalidSignature) as exc:
+        raise RegistrationError(
+            "WrongCertificate", f"the {name} certificate is not issued by the federation's CA"
+        ) from exc
 
 
 def _cancel(root: Path, state: dict[str, Any]) -> int:

@@ -83,7 +83,9 @@ class GlobalConfClient:
     def install(self, data: bytes) -> GlobalConf:
         """Verify a downloaded document and use it; raises GlobalConfError if unusable."""
         conf = verify_globalconf(data, self._anchor)
-        if self._conf is not None and conf.generated_at < self._conf.generated_at:
+        # Ordered by serial, the central server's counter, not by generation time: its
+        # clock may be set back (corrected), its serials never are.
+        if self._conf is not None and conf.serial < self._conf.serial:
             raise GlobalConfError("downloaded configuration is older than the one in force")
         floor = self._floor
         if floor is not None and conf.serial < floor[0]:

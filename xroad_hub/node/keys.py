@@ -56,6 +56,9 @@ class NodeKeys(Protocol):
     def client_jwt(self, subsystem: str) -> Path: ...
     def auditor_jwt(self, name: str) -> Path: ...
     def idp_jwt(self) -> Path: ...
+    def private_dirs(self) -> tuple[Path, ...]:
+        """Where private keys of this layout lie (no service may read there)."""
+        ...
 
 
 class DevPkiKeys:
@@ -92,6 +95,11 @@ class DevPkiKeys:
 
     def idp_jwt(self) -> Path:
         return self.pki.idp_jwt().cert
+
+    def private_dirs(self) -> tuple[Path, ...]:
+        # All of it: every member's signing key, the CA's and the configuration signer's
+        # lie side by side here, not only this node's own.
+        return (self.pki.root,)
 
 
 class NodeDirKeys:
@@ -156,6 +164,9 @@ class NodeDirKeys:
             f"the identity provider's ({IDP_NAME}) public key, which the data tracker of the "
             "audit listener needs,",
         )
+
+    def private_dirs(self) -> tuple[Path, ...]:
+        return (self.root,)
 
     def auditors(self) -> tuple[str, ...]:
         """The auditors whose keys were placed in the directory."""

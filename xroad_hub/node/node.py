@@ -22,6 +22,7 @@ from cryptography import x509
 from cryptography.exceptions import InvalidSignature
 from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric import ec
+from cryptography.x509.oid import ExtendedKeyUsageOID, NameOID
 
 from adapters import Adapter, RestAdapter
 from adapters.flatfile import FlatFileAdapter, LayoutError
@@ -428,7 +429,9 @@ class Node(NodeOperations):
                 reg = ClientRegistration(cfg.id, cfg.auth)
                 if cfg.auth == "mtls":
                     reg = ClientRegistration(
-                        cfg.id, cfg.auth, cert_sha256=_client_cert(data.get("cert_pem"), root)
+                        cfg.id,
+                        cfg.auth,
+                        cert_sha256=_client_cert(data.get("cert_pem"), root, str(cfg.id)),
                     )
                 elif cfg.auth == "jwt":
                     reg = ClientRegistration(
@@ -783,9 +786,12 @@ async def _cancelled(task: asyncio.Task[None]) -> None:
         await task
 
 
-def _client_cert(pem: object, root: x509.Certificate) -> str:
-    """The SHA-256 a client's TLS certificate is pinned by; issued by the federation's CA,
-    or its TLS handshake with the node would fail anyway."""
+def _client_cert(pem: object, root: x509.Certificate, subsystem: str) -> str:
+    """The SHA-256 a client's TLS certificate is pinned by: issued by the federation's CA
+    (or its TLS handshake with the node would fail anyway) as a client system's certificate
+    of this very subsystem (CN, clientAuth only, as 'central client-cert' issues it). Another
+    subsystem's certificate, or a node's, pasted by mistake would let its holder call as
+    this subsystem, with this node's signature."""
     if not isinstance(pem, str):
         raise ValueError("an mtls client needs its TLS certificate (PEM)")
     try:
@@ -795,6 +801,26 @@ def _client_cert(pem: object, root: x509.Certificate) -> str:
         raise ValueError(
             "the TLS certificate must be a PEM certificate issued by the federation's CA"
         ) from exc
+    cns = cert.subject.get_attributes_for_oid(NameOID.COMMON_NAME)
+    if len(cns) != 1 or cns[0].value != subsystem:
+        named = cns[0].value if cns else "no subsystem"
+        raise ValueError(
+            f"the TLS certificate is {named!r}'s, not {subsystem}'s: a client system's"
+            " certificate names its subsystem (xroad-hub central client-cert)"
+        )
+    try:
+        usages = cert.extensions.get_extension_for_class(x509.ExtendedKeyUsage).value
+    except x509.ExtensionNotFound:
+        usages = None
+    if (
+        usages is None
+        or ExtendedKeyUsageOID.CLIENT_AUTH not in usages
+        or ExtendedKeyUsageOID.SERVER_AUTH in usages
+    ):
+        raise ValueError(
+            "the TLS certificate is not a client system's (clientAuth only): a node's"
+            " certificate is no client's (xroad-hub central client-cert)"
+        )
     return cert_fingerprint(cert.public_bytes(serialization.Encoding.DER))
 
 
@@ -817,7 +843,28 @@ def _openapi_document(data: bytes, where: str) -> dict[str, Any]:
         raise ConfigError(f"service {where}: its OpenAPI description is not JSON: {exc}") from exc
     if not isinstance(document, dict) or not str(document.get("openapi", "")).startswith("3."):
         raise ConfigError(f"service {where}: its description is not an OpenAPI 3 document")
-    return document
+    return _without_servers(document)
+
+
+def _without_servers(document: dict[str, Any]) -> dict[str, Any]:
+    """The description as getOpenAPI gives it to any client of the federation: without its
+    ``servers`` (at the top, per path, per operation), the backend's address inside the
+    agency, which only its node needs (X-Road hides a WSDL's soap:address the same way);
+    clients call the service through their own node."""
+    served = {k: v for k, v in document.items() if k != "servers"}
+    paths = document.get("paths")
+    if isinstance(paths, dict):
+        served["paths"] = {
+            path: {
+                k: ({n: o for n, o in v.items() if n != "servers"} if isinstance(v, dict) else v)
+                for k, v in item.items()
+                if k != "servers"
+            }
+            if isinstance(item, dict)
+            else item
+            for path, item in paths.items()
+        }
+    return served
 
 
 def soap_operation(

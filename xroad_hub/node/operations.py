@@ -278,6 +278,7 @@ class NodeOperations:
                         self.data_dir,
                         self.keys.auth().key.parent,
                         self.keys.checkpoint().key.parent,
+                        *self.keys.private_dirs(),
                     ),
                     file_dirs=[Path(d) for d in self.config.service_file_dirs],
                 ),

@@ -24,7 +24,14 @@ from typing import Any
 from cryptography import x509
 from cryptography.hazmat.primitives import serialization
 
-from xroad_hub.node.enroll import _anchor_of, _load_state, _save_state, _Session
+from xroad_hub.node.enroll import (
+    _anchor_of,
+    _load_state,
+    _save_state,
+    _Session,
+    check_issued_by,
+    federation_ca,
+)
 from xroad_hub.pki import generate_key, load_private_key, write_key
 from xroad_hub.privatefile import write_private
 from xroad_hub.protocol.identifiers import NodeId, parse_member_id
@@ -153,6 +160,7 @@ def _activate(root: Path, state: dict[str, Any], purpose: str) -> int:
         raise RegistrationError(
             "WrongCertificate", f"the {purpose} certificate issued is not for the new key"
         )
+    check_issued_by(cert, federation_ca(answer, session.conf), purpose)
     retired = root / "retired"
     retired.mkdir(mode=0o700, exist_ok=True)
     old = x509.load_pem_x509_certificate((root / f"{purpose}.cert.pem").read_bytes())

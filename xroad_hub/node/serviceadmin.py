@@ -751,6 +751,17 @@ class _Api:
                 )
 
         def change(services: Rows, groups: Rows, clients: Rows) -> list[Put]:
+            # As a grant through the API: rights and members the global configuration does
+            # not know are refused (they would admit whoever registers that name later).
+            imported_groups = {key: s for (k, key), s in wanted.items() if k == GROUP}
+            for (kind, key), s in wanted.items():
+                if kind == GROUP:
+                    for member in _list(s["data"].get("members", []), f"group {key}'s members"):
+                        if self.m.check_grantee(member, {})[0] != "client":
+                            raise Refused(f"group {key}: a local group holds subsystems only")
+                elif kind == SERVICE:
+                    for who in _grantees(s["data"]):
+                        self.m.check_grantee(who, imported_groups)
             puts = []
             for kind, current in ((SERVICE, services), (GROUP, groups), (CLIENT, clients)):
                 for key, row in current.items():
@@ -894,10 +905,17 @@ def _grantee(who: str) -> tuple[str, str]:
 
 def _grantees(data: Mapping[str, Any]) -> list[str]:
     return (
-        list(data.get("allow", []))
-        + [f"group:{g}" for g in data.get("groups", [])]
-        + [f"global:{g}" for g in data.get("global_groups", [])]
+        _list(data.get("allow", []), "allow")
+        + [f"group:{g}" for g in _list(data.get("groups", []), "groups")]
+        + [f"global:{g}" for g in _list(data.get("global_groups", []), "global_groups")]
     )
+
+
+def _list(value: object, what: str) -> list[str]:
+    """A list of names as a row keeps it (an imported row may hold anything)."""
+    if not isinstance(value, list) or not all(isinstance(v, str) for v in value):
+        raise Refused(f"{what} must be a list of names")
+    return list(value)
 
 
 def settings_app(

@@ -413,7 +413,7 @@ class ServiceManager:
 
     # --- what a change checks ----------------------------------------------------------------
 
-    def check_grantee(self, who: str, groups: Mapping[str, Row]) -> tuple[str, str]:
+    def check_grantee(self, who: str, groups: Mapping[str, object]) -> tuple[str, str]:
         """("client", id), ("group", name) or ("global", code) of a grant; unknown ones are
         refused."""
         if who.startswith("global:"):

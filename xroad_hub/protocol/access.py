@@ -17,6 +17,7 @@ from dataclasses import dataclass
 from typing import Any, Protocol
 
 from xroad_hub.errors import ProtocolError
+from xroad_hub.logs import path_shape
 from xroad_hub.protocol.exchange import AnswerMeta, RequestMeta
 from xroad_hub.protocol.globalconf import GlobalConf, NodeEntry
 from xroad_hub.protocol.identifiers import ClientId, NodeId, ServiceId
@@ -303,7 +304,9 @@ def check_endpoint(rules: ServiceRules, method: str, path: str) -> None:
             (s.startswith("{") and a != "") or s == a for s, a in zip(segments, asked, strict=True)
         ):
             return
+    # The path's shape, not the path: its segments often name the person asked about,
+    # and refusals are logged (the client knows which path it sent).
     raise ProtocolError(
         "AccessDenied",
-        f"{rules.id} serves only {', '.join(rules.endpoints)}, not {method} {path or '/'}",
+        f"{rules.id} serves only {', '.join(rules.endpoints)}, not {method} {path_shape(path)}",
     )

@@ -65,6 +65,7 @@ __all__ = [
     "make_csr",
     "parse_anchor",
     "parse_request",
+    "request_fingerprint",
     "sign_request",
     "verify_request",
 ]
@@ -102,6 +103,26 @@ def anchor_hash(cert_der: bytes) -> str:
     """SHA-256 of the certificate, as 16 groups of 4 upper-case hex digits: read aloud."""
     digest = hashlib.sha256(cert_der).hexdigest().upper()
     return " ".join(digest[i : i + 4] for i in range(0, len(digest), 4))
+
+
+def request_fingerprint(*csr_pems: str | None) -> str:
+    """What the operators of a node and of the central server compare by phone before a
+    registration or key rotation is approved: the SHA-256 of the public keys the request's
+    CSRs carry (in the order given; None: none), as 16 groups of 4 hex digits. The request's
+    signatures only prove it comes from the holder of these keys; that the holder is the
+    member it names, only the member's word about these keys can tell."""
+    digest = hashlib.sha256()
+    for pem in csr_pems:
+        if pem is None:
+            continue
+        key = x509.load_pem_x509_csr(pem.encode()).public_key()
+        digest.update(
+            key.public_bytes(
+                serialization.Encoding.DER, serialization.PublicFormat.SubjectPublicKeyInfo
+            )
+        )
+    text = digest.hexdigest().upper()
+    return " ".join(text[i : i + 4] for i in range(0, len(text), 4))
 
 
 def _normal_hash(text: str) -> str:
