@@ -17,17 +17,21 @@ from xroad_hub.protocol.globalconf import NodeEntry
 from xroad_hub.protocol.message import CONTENT_TYPE
 from xroad_hub.streams import BodyTooLarge, read_capped
 
-__all__ = ["PEER_PATH", "PEER_POOL_LIMIT", "PEER_POOL_PER_HOST", "PeerReply", "PeerTransport"]
+__all__ = ["PEER_PATH", "PEER_POOL_LIMIT", "PEER_POOL_PER_PEER", "PeerReply", "PeerTransport"]
 
 PEER_PATH = "/xroad-hub/v1/message"
 
-# The pool of TLS connections to other nodes is bounded: asyncio keeps a 256 KiB read buffer
-# per TLS connection, so an unbounded pool at 640 concurrent exchanges held 640 of them
-# (340-370 MB per node). A peer serves at most 4 x client_max_concurrent (32) exchanges of
-# one node at once anyway (node.py's _PEER_SHARE), so more connections to one peer than that
-# only wait there; here the extra requests wait for a pooled connection instead.
-PEER_POOL_PER_HOST = 128
-PEER_POOL_LIMIT = 512  # all peers together: at most 128 MiB of TLS read buffers
+# The pool of TLS connections to other nodes is bounded per peer (the node's
+# peer_max_connections) and in all: each connection holds asyncio's TLS read buffer and
+# OpenSSL's state, and one connection per exchange in flight made a node 340-370 MB at 640
+# concurrent exchanges (169-184 MB with 128 per peer, 133 MB with 64 and 64 KiB buffers).
+# On loopback 64 connections keep two cores busy; exchanges beyond them wait for a free one
+# in the order they came (aiohttp's connector queues waiters first in, first out), so none
+# starves. A nested exchange (a provider's backend calling back over the same pair of nodes)
+# could wait for a connection its outer exchange holds; its timeout ends that wait, where
+# without the bound the provider's per-peer limit (4 x client_max_concurrent) refuses it.
+PEER_POOL_PER_PEER = 64  # the default of peer_max_connections (federation.py)
+PEER_POOL_LIMIT = 256  # all peers together, unless one peer's bound is larger
 
 
 @dataclass(frozen=True, slots=True)
@@ -50,8 +54,14 @@ class _PinnedResponse(aiohttp.ClientResponse):
 
 class PeerTransport:
     def __init__(
-        self, make_context: Callable[[bytes | None], ssl.SSLContext], max_reply_bytes: int
+        self,
+        make_context: Callable[[bytes | None], ssl.SSLContext],
+        max_reply_bytes: int,
+        max_connections_per_peer: int = PEER_POOL_PER_PEER,
     ) -> None:
+        if max_connections_per_peer < 1:
+            raise ValueError("a node needs at least one connection per peer")
+        self._per_peer = max_connections_per_peer
         self._make_context = make_context
         self._ssl = make_context(None)
         self._pinned: dict[str, ssl.SSLContext] = {}
@@ -63,8 +73,8 @@ class PeerTransport:
             self._session = aiohttp.ClientSession(
                 connector=aiohttp.TCPConnector(
                     ssl=self._ssl,
-                    limit=PEER_POOL_LIMIT,
-                    limit_per_host=PEER_POOL_PER_HOST,
+                    limit=max(PEER_POOL_LIMIT, self._per_peer),
+                    limit_per_host=self._per_peer,
                     keepalive_timeout=60,
                 ),
                 auto_decompress=False,
