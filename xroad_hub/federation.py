@@ -428,8 +428,9 @@ class NodeConfig:
     client_max_concurrent: int = 32
     client_max_inflight_bytes: int | None = None
     # TLS connections this node keeps open to each other node (node/peer.py): exchanges
-    # beyond it wait, in order, for a free one; each connection costs ~0.3 MB.
-    peer_max_connections: int = setting(64, parse=_at_least_one)
+    # beyond it wait, in order, for a free one. Each costs ~0.2-0.3 MB; raise it for peers
+    # far away (each connection carries one exchange at a time).
+    peer_max_connections: int = setting(32, parse=_at_least_one)
     # Unauthenticated health check (plain HTTP, X-Road's health-check port), and the admin
     # API (HTTPS, or plain HTTP on a loopback address) with its administrators' keys.
     health_listen: tuple[str, int] | None = _address(None)

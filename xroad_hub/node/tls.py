@@ -22,7 +22,7 @@ __all__ = [
 # asyncio's TLS layer gives each connection a read buffer of SSLProtocol.max_size (256 KiB)
 # that stays resident: 128 pooled peer connections held 32 MiB of it, and a node with many
 # TLS clients 256 KiB per client. 64 KiB still takes four full TLS records per read; at
-# concurrency 640 it saved 15 MiB on each node (the client node 148 -> 133 MB), as much as
+# concurrency 640 it saved 15 MiB on each node (the client node 148 -> 133 MiB), as much as
 # 32 KiB did.
 TLS_READ_BUFFER = 64 * 1024
 
