@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import io
 import ssl
 from collections.abc import Callable
@@ -70,6 +71,7 @@ class PeerTransport:
         self._pinned: dict[str, ssl.SSLContext] = {}
         self._max = max_reply_bytes
         self._session: aiohttp.ClientSession | None = None
+        self._slots: dict[str, asyncio.Semaphore] = {}  # per peer address
 
     async def send(self, peer: NodeEntry, data: bytes, timeout: float) -> PeerReply:
         if self._session is None:
@@ -85,33 +87,40 @@ class PeerTransport:
             )
         url = f"https://{peer.address}{PEER_PATH}"
         ssl_ctx = self._context_for(peer)
-        mark_request_out()
+        # Waiting for a connection is part of the exchange's time; the waiters are served
+        # strictly in the order they came (asyncio's semaphore is fair, aiohttp's pool lets
+        # a newcomer take a connection released just before a woken waiter runs).
+        slots = self._slots.get(peer.address)
+        if slots is None:
+            slots = self._slots[peer.address] = asyncio.Semaphore(self._per_peer)
         try:
-            async with self._session.post(
-                url,
-                # A file-like body is written in chunks (with its Content-Length): a large
-                # message as one bytes object would be copied into the transport at once.
-                data=io.BytesIO(data),
-                headers={"Content-Type": CONTENT_TYPE},
-                timeout=aiohttp.ClientTimeout(total=timeout, sock_connect=min(timeout, 10.0)),
-                skip_auto_headers=("User-Agent",),
-                ssl=ssl_ctx,
-            ) as resp:
-                assert isinstance(resp, _PinnedResponse)
-                if resp.peer_sha256 != peer.auth_cert_sha256:
-                    raise XRoadError.client_proxy(
-                        "SslAuthenticationFailed",
-                        f"node {peer.id} presented a certificate that is not its registered"
-                        " authentication certificate",
-                    )
-                try:
-                    body = await read_capped(resp.content, self._max)
-                except BodyTooLarge as exc:
-                    raise XRoadError.client_proxy(
-                        "NetworkError", f"answer of node {peer.id}: {exc}"
-                    ) from exc
-                mark_response_in()
-                return PeerReply(resp.status, resp.headers.get("Content-Type", ""), body)
+            async with asyncio.timeout(timeout), slots:
+                mark_request_out()
+                async with self._session.post(
+                    url,
+                    # A file-like body is written in chunks (with its Content-Length): a large
+                    # message as one bytes object would be copied into the transport at once.
+                    data=io.BytesIO(data),
+                    headers={"Content-Type": CONTENT_TYPE},
+                    timeout=aiohttp.ClientTimeout(total=timeout, sock_connect=min(timeout, 10.0)),
+                    skip_auto_headers=("User-Agent",),
+                    ssl=ssl_ctx,
+                ) as resp:
+                    assert isinstance(resp, _PinnedResponse)
+                    if resp.peer_sha256 != peer.auth_cert_sha256:
+                        raise XRoadError.client_proxy(
+                            "SslAuthenticationFailed",
+                            f"node {peer.id} presented a certificate that is not its registered"
+                            " authentication certificate",
+                        )
+                    try:
+                        body = await read_capped(resp.content, self._max)
+                    except BodyTooLarge as exc:
+                        raise XRoadError.client_proxy(
+                            "NetworkError", f"answer of node {peer.id}: {exc}"
+                        ) from exc
+                    mark_response_in()
+                    return PeerReply(resp.status, resp.headers.get("Content-Type", ""), body)
         except XRoadError:
             raise
         except (aiohttp.ClientSSLError, ssl.SSLError) as exc:
