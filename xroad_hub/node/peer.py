@@ -29,8 +29,8 @@ PEER_PATH = "/xroad-hub/v1/message"
 # --against, 64 KiB TLS buffers): 161.7 MiB with 128 per peer, 139-147 MiB with 64,
 # 136 MiB with 32, for the same CPU per exchange; 32 is the default, under 150 MB with
 # room. On loopback 32 connections keep two cores busy; exchanges beyond them wait for a
-# free one in the order they came (aiohttp's connector queues waiters first in, first out),
-# so none starves. A nested exchange (a provider's backend calling back over the same pair of
+# free one in the order they came (send() queues them on a fair semaphore), so none
+# starves. A nested exchange (a provider's backend calling back over the same pair of
 # nodes) could wait for a connection its outer exchange holds; its timeout ends that wait,
 # where without the bound the provider's per-peer limit (4 x client_max_concurrent) would
 # refuse it.
