@@ -133,9 +133,10 @@ class ServerProxy:
         limit = self.rt.max_body_bytes + MAX_OVERHEAD
         data = await read_body(request, limit, self.rt.body_timeout, SERVER_PROXY)
         try:
-            # A small message is decoded here: the thread hop would cost more than the
-            # digest (~0.3 ms of wall time per exchange at concurrency 1); a large one's
-            # SHA-512 (~6 ms for 10 MiB) must not hold up the other exchanges.
+            # A small message is decoded here: the thread hop costs more than the digest
+            # (median, interleaved on this 2-core machine: 1.7 KB 23 us here, 211 us through
+            # the pool; 64 KiB 179 us vs 374 us); a large one's SHA-512 (~6 ms for 10 MiB)
+            # must not hold up the other exchanges.
             if len(data) <= _INLINE_ENVELOPE:
                 env = decode_envelope(data)
             else:
