@@ -717,12 +717,172 @@ def run_matrix(args: argparse.Namespace, workdir: Path, children: list[Child]) -
     return asyncio.run(monitoring_benchmark(children[0], feds, args))
 
 
+# --------------------------------------------------------------------------------------------
+# Against another source tree: the unchanged hub next to this one, in the same run
+# --------------------------------------------------------------------------------------------
+
+AGAINST_PHASES = ("direct", "against", "this")
+
+
+def _largest_node_kib(result: PhaseResult) -> int:
+    return max((p.vm_hwm_kib for p in result.processes if p.on_path and p.name != "backend"),
+               default=0)  # fmt: skip
+
+
+def against_report(
+    rounds: Sequence[dict[str, PhaseResult]], load: LoadSpec, tree: Path
+) -> dict[str, object]:
+    import statistics
+
+    def added(r: dict[str, PhaseResult], name: str) -> float:
+        return r[name].percentile_ms(50) - r["direct"].percentile_ms(50)
+
+    print(
+        f"\nthis tree against {tree}: {len(rounds)} rounds, phases alternating, concurrency "
+        f"{load.concurrency}, {load.duration:g} s per phase (after {load.warmup:g} s warm-up)"
+    )
+    head = (
+        f"{'hub':<8} {'exch/s':>8} {'p50 ms':>8} {'added p50':>10} {'node CPU us/exch':>17} "
+        f"{'node peak MiB':>14} {'errors':>7}"
+    )
+    print(head)
+    print("-" * len(head))
+    variants: dict[str, object] = {}
+    for name in ("against", "this"):
+        results = [r[name] for r in rounds]
+        p50 = statistics.median(r.percentile_ms(50) for r in results)
+        add = statistics.median(added(r, name) for r in rounds)
+        cpu = _node_cpu_per_exchange(results)
+        rate = sum(r.ok for r in results) / sum(r.elapsed_s for r in results)
+        peak = max(_largest_node_kib(r) for r in results)
+        errors = sum(r.errors for r in results)
+        print(
+            f"{name:<8} {rate:>8.1f} {p50:>8.2f} {add:>10.2f} {cpu * 1e6:>17.0f} "
+            f"{peak / 1024:>14.1f} {errors:>7}"
+        )
+        for r in results:
+            for sample in r.error_samples:
+                print(f"  {name} error: {sample}")
+            for proc in r.exited:
+                print(f"  {name}: the {proc} process exited during the phase")
+        variants[name] = {
+            "exchanges_per_s": round(rate, 1),
+            "p50_ms": finite(p50, 3),
+            "added_p50_ms": finite(add, 3),
+            "node_cpu_us_per_exchange": finite(cpu * 1e6, 1),
+            "node_peak_vm_hwm_kib": peak,
+            "errors": errors,
+        }
+    # Per round, this against the unchanged tree: the spread says how much is noise.
+    cpu_each = [
+        quotient(_node_cpu_per_exchange([r["this"]]), _node_cpu_per_exchange([r["against"]]))
+        for r in rounds
+    ]
+    p50_each = [
+        quotient(r["this"].percentile_ms(50), r["against"].percentile_ms(50)) for r in rounds
+    ]
+    added_each = [quotient(added(r, "this"), added(r, "against")) for r in rounds]
+    ratios = {
+        "node_cpu_per_exchange": statistics.median(cpu_each),
+        "p50": statistics.median(p50_each),
+        "added_p50": statistics.median(added_each),
+        "node_peak_memory": quotient(
+            float(variants["this"]["node_peak_vm_hwm_kib"]),  # type: ignore[index]
+            float(variants["against"]["node_peak_vm_hwm_kib"]),  # type: ignore[index]
+        ),
+    }
+    for key, each in (("node_cpu_per_exchange", cpu_each), ("p50", p50_each),
+                      ("added_p50", added_each)):  # fmt: skip
+        spread = " ".join(f"{x:.3f}" for x in each)
+        print(f"this/against {key:<22} {ratios[key]:.3f} (median; per round: {spread})")
+    print(f"this/against {'node_peak_memory':<22} {ratios['node_peak_memory']:.3f}")
+    return {
+        "benchmark": "xroad-hub exchange, this tree against another",
+        "against": str(tree),
+        "python": platform.python_version(),
+        "cpus": os.cpu_count(),
+        "concurrency": load.concurrency,
+        "duration_s": load.duration,
+        "warmup_s": load.warmup,
+        "rounds": len(rounds),
+        "variants": variants,
+        "ratios_this_vs_against": {k: finite(v, 4) for k, v in ratios.items()},
+        "ok": not any(r[n].failed for r in rounds for n in AGAINST_PHASES),
+    }
+
+
+async def against_benchmark(
+    backend: Child, feds: Sequence[ModeFederation], args: argparse.Namespace
+) -> int:
+    direct_urls: list[str] = []
+    for f in feds:
+        timeout = args.startup_timeout
+        direct_urls, hub, _ = await wait_ready(f.setup, backend, f.nodes[0], (), timeout)
+        f.urls = tuple(hub)
+    print(
+        f"ready: backend pid {backend.pid}; "
+        + "; ".join(f"{f.name}: " + ", ".join(str(c.pid) for c in f.nodes) for f in feds),
+        flush=True,
+    )
+    load = LoadSpec(
+        args.concurrency, args.duration, args.warmup, args.max_requests, args.request_timeout
+    )
+    headers = {"X-Road-Client": CLIENT}
+    servers = (backend, *(c for f in feds for c in f.nodes))
+    targets = {"direct": (direct_urls, frozenset({"backend"}))} | {
+        f.name: (list(f.urls), frozenset({"backend", *(c.name for c in f.nodes)})) for f in feds
+    }
+    rounds: list[dict[str, PhaseResult]] = []
+    for i in range(args.rounds):
+        # Each round starts one phase later: drift of the shared machine falls on all alike.
+        order = [*AGAINST_PHASES[i % 3 :], *AGAINST_PHASES[: i % 3]]
+        this: dict[str, PhaseResult] = {}
+        for name in order:
+            urls, on_path = targets[name]
+            this[name] = await run_phase(name, urls, headers, load, servers, on_path)
+        rounds.append(this)
+    report = against_report(rounds, load, args.against)
+    print(json.dumps(report, separators=(",", ":"), allow_nan=False), flush=True)
+    return EXIT_OK if report["ok"] else EXIT_FAILED_REQUESTS
+
+
+def run_against(args: argparse.Namespace, workdir: Path, children: list[Child]) -> int:
+    """One backend; the federation of another source tree (its own scripts and package, run
+    with PYTHONPATH set to it) and this one's, on their own ports and processes."""
+    configure_logging("warning")
+    tree: Path = args.against.resolve()
+    script = tree / "scripts" / "bench_exchange.py"
+    if not (script.is_file() and (tree / "xroad_hub").is_dir()):
+        raise StartupError(f"{tree} is not a source tree of xroad-hub (no {script})")
+    backend_url = f"http://127.0.0.1:{free_port()}"
+    backend_addr = backend_url.removeprefix("http://")
+    children.append(spawn("backend", __file__, ["--serve-backend", backend_addr], workdir))
+    here = Path(__file__).resolve().parent.parent
+    feds = []
+    for name, source, root in (("against", script, tree), ("this", Path(__file__), here)):
+        setup = prepare_federation(
+            workdir / name,
+            client_max_concurrent=args.concurrency if args.concurrency > 32 else None,
+            backend_url=backend_url,
+        )
+        first = len(children)
+        spawn_federation(
+            children, source, setup.config, args.log_level, workdir,
+            client_node=CLIENT_NODE, provider_node=PROVIDER_NODE, one_process=args.one_process,
+            prefix=f"{name}-", env={**os.environ, "PYTHONPATH": str(root)},
+        )  # fmt: skip
+        feds.append(ModeFederation(name, setup, tuple(children[first:])))
+    return asyncio.run(against_benchmark(children[0], feds, args))
+
+
 def run(args: argparse.Namespace) -> int:
     workdir = Path(tempfile.mkdtemp(prefix="xroad-bench-", dir=args.tmpdir))
 
     def start_and_measure(children: list[Child]) -> int:
         if args.monitoring_matrix:
             return run_matrix(args, workdir, children)
+        if args.against is not None:
+            return run_against(args, workdir, children)
         # The PKI helper logs every file it creates; only problems matter here.
         configure_logging("warning")
         setup = prepare_federation(
@@ -845,10 +1005,19 @@ not answer within --startup-timeout; 130 interrupted.""",
         "alternating rounds; node CPU per exchange and its ratio to off",
     )
     parser.add_argument(
+        "--against",
+        type=Path,
+        metavar="TREE",
+        help="instead of the phases above: the hub of another source tree of this project "
+        "(e.g. `git archive main | tar -x -C TREE`) and this one's, each with its own nodes "
+        "on the same backend, in alternating rounds with the direct phase; p50, added p50, "
+        "node CPU per exchange, peak node memory and their ratios this/against",
+    )
+    parser.add_argument(
         "--rounds",
         type=int,
         default=3,
-        help="with --monitoring-matrix: rounds of the four modes (default: 3; --smoke: 1)",
+        help="with --monitoring-matrix or --against: rounds of the modes (default: 3; --smoke: 1)",
     )
     parser.add_argument(
         "--no-baselines",

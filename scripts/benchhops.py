@@ -31,8 +31,8 @@ from cryptography.hazmat.primitives import hashes
 from cryptography.hazmat.primitives.asymmetric import ec
 
 from xroad_hub.federation import parse_address
-from xroad_hub.node.peer import PEER_POOL_LIMIT, PEER_POOL_PER_HOST
-from xroad_hub.node.tls import peer_client_context, peer_server_context
+from xroad_hub.node.peer import PEER_POOL_LIMIT, PEER_POOL_PER_PEER
+from xroad_hub.node.tls import bound_tls_read_buffers, peer_client_context, peer_server_context
 from xroad_hub.pki import PkiLayout
 
 _ECDSA = ec.ECDSA(hashes.SHA256())
@@ -94,7 +94,7 @@ def _session(ssl_ctx: object = None) -> aiohttp.ClientSession:
     connector = aiohttp.TCPConnector(
         ssl=ssl_ctx if ssl_ctx is not None else False,
         limit=PEER_POOL_LIMIT,
-        limit_per_host=PEER_POOL_PER_HOST,
+        limit_per_host=PEER_POOL_PER_PEER,
         keepalive_timeout=60,
     )
     return aiohttp.ClientSession(
@@ -107,6 +107,7 @@ async def serve_hop(
 ) -> None:
     """Run hop ``role`` ("first": plain HTTP in, mutual TLS out; "second": mutual TLS in,
     plain HTTP to the backend) until stopped."""
+    bound_tls_read_buffers()  # as a node does: the floor pays what the hub pays for TLS
     pki = PkiLayout(certs)
     auth, ca = pki.node_auth(node_id), pki.root_ca.cert
     # Both hops sign with one key (the node's signing cost, not key distribution, is what

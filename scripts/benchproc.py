@@ -184,11 +184,18 @@ class Child:
         return "\n".join(text.splitlines()[-lines:]) or "(empty log)"
 
 
-def spawn(name: str, script: str | Path, args: Sequence[str], workdir: Path) -> Child:
+def spawn(
+    name: str,
+    script: str | Path,
+    args: Sequence[str],
+    workdir: Path,
+    env: dict[str, str] | None = None,
+) -> Child:
     """Run ``python script *args`` with stderr to ``workdir/name.log``.
 
     ``script`` is the benchmark's own file (its ``__file__``), passed in because the child
-    must re-run that script, not this module.
+    must re-run that script, not this module. ``env``: the child's environment (default:
+    this process's).
     """
     log_path = workdir / f"{name}.log"
     log_file = log_path.open("wb")
@@ -200,6 +207,7 @@ def spawn(name: str, script: str | Path, args: Sequence[str], workdir: Path) -> 
         # A session of its own: Ctrl-C reaches the parent only, which then stops the
         # children in order and still reports, instead of every process racing to die.
         start_new_session=True,
+        env=env,
     )
     return Child(name, proc, log_path, log_file)
 
@@ -326,6 +334,7 @@ def spawn_federation(
     one_process_only: str | None = None,
     prefix: str = "",
     extra: Sequence[str] = (),
+    env: dict[str, str] | None = None,
 ) -> None:
     """Start the federation of ``config`` as children of ``script`` (``--serve-federation``),
     appended to ``children`` one by one so that the caller stops whatever did start.
@@ -334,17 +343,17 @@ def spawn_federation(
     to ``one_process_only`` if given; otherwise each node in a process of its own, as one
     node per agency would run, with the registry riding along with the client's node.
     ``prefix`` names the children of one of several federations; ``extra``: more arguments
-    for the children (``--no-metrics``).
+    for the children (``--no-metrics``); ``env``: their environment (another source tree).
     """
     serve = ["--serve-federation", str(config), "--log-level", log_level, *extra]
     if one_process:
         only = ["--only", one_process_only] if one_process_only else []
-        children.append(spawn(f"{prefix}federation", script, [*serve, *only], workdir))
+        children.append(spawn(f"{prefix}federation", script, [*serve, *only], workdir, env))
         return
     client = [*serve, "--only", f"registry,{client_node}"]
-    children.append(spawn(f"{prefix}client-node", script, client, workdir))
+    children.append(spawn(f"{prefix}client-node", script, client, workdir, env))
     provider = [*serve, "--only", provider_node]
-    children.append(spawn(f"{prefix}provider-node", script, provider, workdir))
+    children.append(spawn(f"{prefix}provider-node", script, provider, workdir, env))
 
 
 def durable_commit_ms(directory: Path, commits: int = 40) -> float:

@@ -67,3 +67,46 @@ def test_bench_exchange_monitoring_matrix_smoke_run() -> None:
         assert mode["node_cpu_us_per_exchange"] > 0, (name, output)
         assert len(mode["round_ratios_vs_off"]) == report["rounds"] == 1, (name, output)
     assert report["modes"]["off"]["ratio_vs_off"] == 1.0, output
+
+
+@pytest.mark.slow
+def test_bench_exchange_against_another_tree_smoke_run(tmp_path: Path) -> None:
+    """Another source tree's hub runs next to this one's (a copy here, so both run the same
+    code), each on its own nodes, and both are reported with their ratios."""
+    from .repo_copy import copy_tracked
+
+    tree = copy_tracked(tmp_path / "other")
+    # The copy's package leaves a mark when a process imports it (from the copy, not here).
+    init = tree / "xroad_hub" / "__init__.py"
+    marker = tmp_path / "imported-from-the-copy"
+    init.write_text(init.read_text() + f"\nopen({str(marker)!r}, 'a').close()\n")
+    proc = subprocess.run(
+        [sys.executable, str(SCRIPT), "--smoke", "--against", str(tree)],
+        capture_output=True,
+        text=True,
+        timeout=180,
+        check=False,
+    )
+    output = f"stdout:\n{proc.stdout[-3000:]}\nstderr:\n{proc.stderr[-3000:]}"
+    assert proc.returncode == 0, output
+    report = json.loads(proc.stdout.strip().splitlines()[-1])
+    assert report["ok"] is True and report["against"] == str(tree), output
+    for name in ("against", "this"):
+        variant = report["variants"][name]
+        assert variant["errors"] == 0 and variant["exchanges_per_s"] > 0, (name, output)
+        assert variant["node_peak_vm_hwm_kib"] > 0, (name, output)
+    assert report["ratios_this_vs_against"]["node_cpu_per_exchange"] > 0, output
+    # The other tree's nodes ran from its own package.
+    assert marker.exists(), output
+
+
+def test_bench_exchange_against_refuses_what_is_not_a_source_tree(tmp_path: Path) -> None:
+    proc = subprocess.run(
+        [sys.executable, str(SCRIPT), "--smoke", "--against", str(tmp_path)],
+        capture_output=True,
+        text=True,
+        timeout=60,
+        check=False,
+    )
+    assert proc.returncode == 2, proc.stderr
+    assert "is not a source tree of xroad-hub" in proc.stderr

@@ -155,6 +155,12 @@ def _unversioned_service_id(text: str) -> ServiceId:
     return sid
 
 
+def _at_least_one(n: int) -> int:
+    if n < 1:
+        raise ValueError(f"must be at least 1, got {n}")
+    return n
+
+
 def _auditor_name(name: str) -> str:
     if not valid_part(name):
         raise ValueError(f"{name!r} must use identifier characters only")
@@ -421,6 +427,10 @@ class NodeConfig:
     # max_body_bytes); over either, a request is refused with HTTP 429 (node/limits.py).
     client_max_concurrent: int = 32
     client_max_inflight_bytes: int | None = None
+    # TLS connections this node keeps open to each other node (node/peer.py): exchanges
+    # beyond it wait, in order, for a free one. Each costs ~0.2-0.3 MB; raise it for peers
+    # far away (each connection carries one exchange at a time).
+    peer_max_connections: int = setting(32, parse=_at_least_one)
     # Unauthenticated health check (plain HTTP, X-Road's health-check port), and the admin
     # API (HTTPS, or plain HTTP on a loopback address) with its administrators' keys.
     health_listen: tuple[str, int] | None = _address(None)

@@ -79,7 +79,12 @@ from xroad_hub.node.services import Refused, ServiceManager, soap_registration
 from xroad_hub.node.settings import Row, SettingsStore, SQLiteSettingsStore
 from xroad_hub.node.slo import AlertSender, SloWatch
 from xroad_hub.node.timestamping import fetch_timestamp
-from xroad_hub.node.tls import client_facing_context, peer_client_context, peer_server_context
+from xroad_hub.node.tls import (
+    bound_tls_read_buffers,
+    client_facing_context,
+    peer_client_context,
+    peer_server_context,
+)
 from xroad_hub.node.trackerapi import TrackerApi
 from xroad_hub.node.usedtokens import SQLiteUsedTokens
 from xroad_hub.pki import PkiLayout, load_cert, load_ed25519_key, load_private_key, load_public_key
@@ -190,6 +195,7 @@ class Node(NodeOperations):
             return await self._start(sockets or {})
 
     async def _start(self, sockets: dict[str, socket.socket]) -> dict[str, str]:
+        bound_tls_read_buffers()  # before any TLS connection of the node is made
         root = web.Application()
         root.cleanup_ctx.extend(
             (self._http_session, self._message_log, self._spent_tokens, self._exchange,
@@ -532,6 +538,7 @@ class Node(NodeOperations):
             peers=PeerTransport(
                 functools.partial(peer_client_context, auth.cert, auth.key, keys.root_ca),
                 cfg.max_body_bytes + MAX_OVERHEAD,
+                cfg.peer_max_connections,
             ),
             max_body_bytes=cfg.max_body_bytes,
             body_timeout=cfg.body_timeout,

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import io
 import ssl
 from collections.abc import Callable
@@ -17,17 +18,24 @@ from xroad_hub.protocol.globalconf import NodeEntry
 from xroad_hub.protocol.message import CONTENT_TYPE
 from xroad_hub.streams import BodyTooLarge, read_capped
 
-__all__ = ["PEER_PATH", "PEER_POOL_LIMIT", "PEER_POOL_PER_HOST", "PeerReply", "PeerTransport"]
+__all__ = ["PEER_PATH", "PEER_POOL_LIMIT", "PEER_POOL_PER_PEER", "PeerReply", "PeerTransport"]
 
 PEER_PATH = "/xroad-hub/v1/message"
 
-# The pool of TLS connections to other nodes is bounded: asyncio keeps a 256 KiB read buffer
-# per TLS connection, so an unbounded pool at 640 concurrent exchanges held 640 of them
-# (340-370 MB per node). A peer serves at most 4 x client_max_concurrent (32) exchanges of
-# one node at once anyway (node.py's _PEER_SHARE), so more connections to one peer than that
-# only wait there; here the extra requests wait for a pooled connection instead.
-PEER_POOL_PER_HOST = 128
-PEER_POOL_LIMIT = 512  # all peers together: at most 128 MiB of TLS read buffers
+# The pool of TLS connections to other nodes is bounded per peer (the node's
+# peer_max_connections) and in all: each connection holds asyncio's TLS read buffer and
+# OpenSSL's state, and one connection per exchange in flight made a node 340-370 MB at 640
+# concurrent exchanges. Peak of the client node at concurrency 640 (bench_exchange.py
+# --against, 64 KiB TLS buffers): 161.7 MiB with 128 per peer, 139-147 MiB with 64,
+# 136 MiB with 32, for the same CPU per exchange; 32 is the default, under 150 MB with
+# room. On loopback 32 connections keep two cores busy; exchanges beyond them wait for a
+# free one in the order they came (send() queues them on a fair semaphore), so none
+# starves. A nested exchange (a provider's backend calling back over the same pair of
+# nodes) could wait for a connection its outer exchange holds; its timeout ends that wait,
+# where without the bound the provider's per-peer limit (4 x client_max_concurrent) would
+# refuse it.
+PEER_POOL_PER_PEER = 32  # the default of peer_max_connections (federation.py)
+PEER_POOL_LIMIT = 256  # all peers together, unless one peer's bound is larger
 
 
 @dataclass(frozen=True, slots=True)
@@ -50,21 +58,28 @@ class _PinnedResponse(aiohttp.ClientResponse):
 
 class PeerTransport:
     def __init__(
-        self, make_context: Callable[[bytes | None], ssl.SSLContext], max_reply_bytes: int
+        self,
+        make_context: Callable[[bytes | None], ssl.SSLContext],
+        max_reply_bytes: int,
+        max_connections_per_peer: int = PEER_POOL_PER_PEER,
     ) -> None:
+        if max_connections_per_peer < 1:
+            raise ValueError("a node needs at least one connection per peer")
+        self._per_peer = max_connections_per_peer
         self._make_context = make_context
         self._ssl = make_context(None)
         self._pinned: dict[str, ssl.SSLContext] = {}
         self._max = max_reply_bytes
         self._session: aiohttp.ClientSession | None = None
+        self._slots: dict[str, asyncio.Semaphore] = {}  # per peer address
 
     async def send(self, peer: NodeEntry, data: bytes, timeout: float) -> PeerReply:
         if self._session is None:
             self._session = aiohttp.ClientSession(
                 connector=aiohttp.TCPConnector(
                     ssl=self._ssl,
-                    limit=PEER_POOL_LIMIT,
-                    limit_per_host=PEER_POOL_PER_HOST,
+                    limit=max(PEER_POOL_LIMIT, self._per_peer),
+                    limit_per_host=self._per_peer,
                     keepalive_timeout=60,
                 ),
                 auto_decompress=False,
@@ -72,33 +87,40 @@ class PeerTransport:
             )
         url = f"https://{peer.address}{PEER_PATH}"
         ssl_ctx = self._context_for(peer)
-        mark_request_out()
+        # Waiting for a connection is part of the exchange's time; the waiters are served
+        # strictly in the order they came (asyncio's semaphore is fair, aiohttp's pool lets
+        # a newcomer take a connection released just before a woken waiter runs).
+        slots = self._slots.get(peer.address)
+        if slots is None:
+            slots = self._slots[peer.address] = asyncio.Semaphore(self._per_peer)
         try:
-            async with self._session.post(
-                url,
-                # A file-like body is written in chunks (with its Content-Length): a large
-                # message as one bytes object would be copied into the transport at once.
-                data=io.BytesIO(data),
-                headers={"Content-Type": CONTENT_TYPE},
-                timeout=aiohttp.ClientTimeout(total=timeout, sock_connect=min(timeout, 10.0)),
-                skip_auto_headers=("User-Agent",),
-                ssl=ssl_ctx,
-            ) as resp:
-                assert isinstance(resp, _PinnedResponse)
-                if resp.peer_sha256 != peer.auth_cert_sha256:
-                    raise XRoadError.client_proxy(
-                        "SslAuthenticationFailed",
-                        f"node {peer.id} presented a certificate that is not its registered"
-                        " authentication certificate",
-                    )
-                try:
-                    body = await read_capped(resp.content, self._max)
-                except BodyTooLarge as exc:
-                    raise XRoadError.client_proxy(
-                        "NetworkError", f"answer of node {peer.id}: {exc}"
-                    ) from exc
-                mark_response_in()
-                return PeerReply(resp.status, resp.headers.get("Content-Type", ""), body)
+            async with asyncio.timeout(timeout), slots:
+                mark_request_out()
+                async with self._session.post(
+                    url,
+                    # A file-like body is written in chunks (with its Content-Length): a large
+                    # message as one bytes object would be copied into the transport at once.
+                    data=io.BytesIO(data),
+                    headers={"Content-Type": CONTENT_TYPE},
+                    timeout=aiohttp.ClientTimeout(total=timeout, sock_connect=min(timeout, 10.0)),
+                    skip_auto_headers=("User-Agent",),
+                    ssl=ssl_ctx,
+                ) as resp:
+                    assert isinstance(resp, _PinnedResponse)
+                    if resp.peer_sha256 != peer.auth_cert_sha256:
+                        raise XRoadError.client_proxy(
+                            "SslAuthenticationFailed",
+                            f"node {peer.id} presented a certificate that is not its registered"
+                            " authentication certificate",
+                        )
+                    try:
+                        body = await read_capped(resp.content, self._max)
+                    except BodyTooLarge as exc:
+                        raise XRoadError.client_proxy(
+                            "NetworkError", f"answer of node {peer.id}: {exc}"
+                        ) from exc
+                    mark_response_in()
+                    return PeerReply(resp.status, resp.headers.get("Content-Type", ""), body)
         except XRoadError:
             raise
         except (aiohttp.ClientSSLError, ssl.SSLError) as exc:
