@@ -210,6 +210,24 @@ async def test_an_import_grants_nothing_a_grant_would_refuse(
         assert groups["groups"] == [], groups
 
 
+async def test_an_import_cannot_claim_a_row_is_declared_by_the_nodes_configuration(
+    rfed: Fed, http: aiohttp.ClientSession, deeds_backend: str
+) -> None:
+    """A row the node's configuration file declares is shown as such and is removed at the
+    next start once the file no longer names it; an import that merely says so of a row
+    an administrator added would misattribute it (and have it vanish at a restart)."""
+    status, answer, _ = await _admin(http, rfed, "POST", "/services", _register(deeds_backend))
+    assert status == 201, answer
+    _, exported, _ = await _admin(http, rfed, "GET", "/export")
+    for s in exported["settings"]:
+        if s["key"] == DEED:
+            s["source"] = "file"
+    status, answer, _ = await _admin(http, rfed, "POST", "/import", exported)
+    assert status == 200, answer
+    _, shown, _ = await _admin(http, rfed, "GET", f"/services/{DEED}")
+    assert shown["declared_by"] == "admin API", shown
+
+
 async def test_a_flat_file_service_reads_no_signing_or_ca_key_of_the_development_pki(
     rfed: Fed, http: aiohttp.ClientSession, tmp_path: Path
 ) -> None:

@@ -770,8 +770,13 @@ class _Api:
                 for (k, key), s in wanted.items():
                     if k == kind:
                         had = current.get(key)
+                        # "Declared by the node's configuration" only where it is: a row an
+                        # export merely claims so would be misattributed, and dropped at
+                        # the next start as one the configuration no longer names.
+                        by_file = s.get("source") == "file" and had is not None
+                        source = "file" if by_file and had.source == "file" else "admin"
                         puts.append(Put(kind, key, had.version if had else None, s["data"],
-                                        source=s.get("source", "admin")))  # fmt: skip
+                                        source=source))  # fmt: skip
             return puts
 
         await self.m.change(request[ADMIN].name, "settings.import", change, settings=len(wanted))
