@@ -721,8 +721,7 @@ async def test_files_are_read_only_from_the_directories_the_nodes_owner_lists(
     fed = await start_federation(tmp_path / "fed", spec)
     try:
         secret = tmp_path / "elsewhere" / "ca.key.pem"  # say, the central server's CA key
-        secret.parent.mkdir()
-        secret.write_text("-----BEGIN PRIVATE KEY-----\n")
+        write_key(secret, generate_key())  # made here: no key text in the repository
         (exports / "link.csv").symlink_to(secret)
         (exports / "lines.csv").write_text("a\nb\n")
         layout = exports / "lines.layout.toml"
