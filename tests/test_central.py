@@ -64,6 +64,17 @@ def _auth_reg(code: str = "hub1", member: str = MOPH, **over: object) -> tuple[b
     return sign_request(request, {"auth": auth, "sign": sign}), {"auth": auth, "sign": sign}
 
 
+def _node_hosting(central: CentralServer, subsystem: str) -> None:
+    """MOPH's node hub1 registered and approved, hosting ``subsystem`` (approved too)."""
+    data, keys = _auth_reg()
+    request_id, _ = central.file(data)
+    central.approve(request_id, "officer")
+    server = NodeId(parse_member_id(MOPH), "hub1")
+    client_req = new_request("clientReg", "TH", server, client=subsystem)
+    client_id, _ = central.file(sign_request(client_req, {"auth": keys["auth"]}))
+    central.approve(client_id, "officer")
+
+
 def _snapshot(server: CentralServer) -> tuple[object, ...]:
     from tests.pg_stores import central_db
 
@@ -454,13 +465,7 @@ def test_client_tls_certificate_only_for_a_registered_subsystem_from_its_own_csr
     with pytest.raises(RegistrationError) as err:
         central.issue_client_cert(hospital, csr, "officer")
     assert err.value.code == "UnknownSubsystem"
-    data, keys = _auth_reg()
-    request_id, _ = central.file(data)
-    central.approve(request_id, "officer")
-    server = NodeId(parse_member_id(MOPH), "hub1")
-    client_req = new_request("clientReg", "TH", server, client=hospital)
-    client_id, _ = central.file(sign_request(client_req, {"auth": keys["auth"]}))
-    central.approve(client_id, "officer")
+    _node_hosting(central, hospital)
     with pytest.raises(RegistrationError) as err:
         central.issue_client_cert(hospital, b"-----BEGIN CERTIFICATE REQUEST-----\nxx", "officer")
     assert err.value.code == "Malformed"
@@ -558,13 +563,7 @@ def test_a_client_tls_certificate_is_listed_revoked_and_published(
     lists them, 'central revoke' (by certificate or by the subsystem's member) revokes them
     and the global configuration carries the revocation for the client's node to refuse."""
     hospital = f"{MOPH}/hospital"
-    data, keys = _auth_reg()
-    request_id, _ = central.file(data)
-    central.approve(request_id, "officer")
-    server = NodeId(parse_member_id(MOPH), "hub1")
-    client_req = new_request("clientReg", "TH", server, client=hospital)
-    client_id, _ = central.file(sign_request(client_req, {"auth": keys["auth"]}))
-    central.approve(client_id, "officer")
+    _node_hosting(central, hospital)
     pem = serialization.Encoding.PEM
     first, second = (
         central.issue_client_cert(
