@@ -655,11 +655,15 @@ def monitoring_report(
     }
 
 
-async def monitoring_benchmark(
+async def _ready(
     backend: Child, feds: Sequence[ModeFederation], args: argparse.Namespace
-) -> int:
+) -> tuple[list[str], LoadSpec, tuple[Child, ...]]:
+    """Waits for every federation; the backend's direct URLs, the load and the servers
+    whose CPU counts."""
+    direct_urls: list[str] = []
     for f in feds:
-        _, hub, _ = await wait_ready(f.setup, backend, f.nodes[0], (), args.startup_timeout)
+        timeout = args.startup_timeout
+        direct_urls, hub, _ = await wait_ready(f.setup, backend, f.nodes[0], (), timeout)
         f.urls = tuple(hub)
     print(
         f"ready: backend pid {backend.pid}; "
@@ -669,18 +673,39 @@ async def monitoring_benchmark(
     load = LoadSpec(
         args.concurrency, args.duration, args.warmup, args.max_requests, args.request_timeout
     )
+    return direct_urls, load, (backend, *(c for f in feds for c in f.nodes))
+
+
+async def _alternating_rounds(
+    targets: dict[str, tuple[list[str], frozenset[str]]],
+    rounds: int,
+    load: LoadSpec,
+    servers: Sequence[Child],
+) -> list[dict[str, PhaseResult]]:
+    """Every target once per round, each round starting one target later: drift of the
+    shared machine (other processes, thermal limits) falls on every target alike."""
+    names = list(targets)
     headers = {"X-Road-Client": CLIENT}
-    servers = (backend, *(c for f in feds for c in f.nodes))
-    rounds: list[dict[str, PhaseResult]] = []
-    for i in range(args.rounds):
-        # Alternating, and each round starting one mode later: drift of the shared machine
-        # (other processes, thermal limits) falls on every mode alike.
-        order = [*feds[i % len(feds) :], *feds[: i % len(feds)]]
+    done: list[dict[str, PhaseResult]] = []
+    for i in range(rounds):
         this: dict[str, PhaseResult] = {}
-        for f in order:
-            on_path = frozenset({"backend", *(c.name for c in f.nodes)})
-            this[f.name] = await run_phase(f.name, f.urls, headers, load, servers, on_path)
-        rounds.append(this)
+        for name in [*names[i % len(names) :], *names[: i % len(names)]]:
+            urls, on_path = targets[name]
+            this[name] = await run_phase(name, urls, headers, load, servers, on_path)
+        done.append(this)
+    return done
+
+
+def _on_path(f: ModeFederation) -> frozenset[str]:
+    return frozenset({"backend", *(c.name for c in f.nodes)})
+
+
+async def monitoring_benchmark(
+    backend: Child, feds: Sequence[ModeFederation], args: argparse.Namespace
+) -> int:
+    _, load, servers = await _ready(backend, feds, args)
+    targets = {f.name: (list(f.urls), _on_path(f)) for f in feds}
+    rounds = await _alternating_rounds(targets, args.rounds, load, servers)
     report = monitoring_report(rounds, load)
     for f in feds:
         # The switches took: a node keeps its records file exactly when opmonitoring is on.
@@ -814,33 +839,12 @@ def against_report(
 async def against_benchmark(
     backend: Child, feds: Sequence[ModeFederation], args: argparse.Namespace
 ) -> int:
-    direct_urls: list[str] = []
-    for f in feds:
-        timeout = args.startup_timeout
-        direct_urls, hub, _ = await wait_ready(f.setup, backend, f.nodes[0], (), timeout)
-        f.urls = tuple(hub)
-    print(
-        f"ready: backend pid {backend.pid}; "
-        + "; ".join(f"{f.name}: " + ", ".join(str(c.pid) for c in f.nodes) for f in feds),
-        flush=True,
-    )
-    load = LoadSpec(
-        args.concurrency, args.duration, args.warmup, args.max_requests, args.request_timeout
-    )
-    headers = {"X-Road-Client": CLIENT}
-    servers = (backend, *(c for f in feds for c in f.nodes))
+    direct_urls, load, servers = await _ready(backend, feds, args)
     targets = {"direct": (direct_urls, frozenset({"backend"}))} | {
-        f.name: (list(f.urls), frozenset({"backend", *(c.name for c in f.nodes)})) for f in feds
+        f.name: (list(f.urls), _on_path(f)) for f in feds
     }
-    rounds: list[dict[str, PhaseResult]] = []
-    for i in range(args.rounds):
-        # Each round starts one phase later: drift of the shared machine falls on all alike.
-        order = [*AGAINST_PHASES[i % 3 :], *AGAINST_PHASES[: i % 3]]
-        this: dict[str, PhaseResult] = {}
-        for name in order:
-            urls, on_path = targets[name]
-            this[name] = await run_phase(name, urls, headers, load, servers, on_path)
-        rounds.append(this)
+    targets = {name: targets[name] for name in AGAINST_PHASES}
+    rounds = await _alternating_rounds(targets, args.rounds, load, servers)
     report = against_report(rounds, load, args.against)
     print(json.dumps(report, separators=(",", ":"), allow_nan=False), flush=True)
     return EXIT_OK if report["ok"] else EXIT_FAILED_REQUESTS
