@@ -110,8 +110,8 @@ class _Api:
         self.node_id = node_id
         self.private_dirs = tuple(d.resolve() for d in private_dirs)
         # Shipped with xroad-hub (schemas/: public layouts and descriptions): always readable.
-        shipped = schemas_dir().resolve()
-        self.file_dirs = (shipped, *(d.resolve() for d in file_dirs))
+        self.shipped = schemas_dir().resolve()
+        self.file_dirs = tuple(d.resolve() for d in file_dirs)
 
     def _check_readable(self, table: Mapping[str, Any]) -> None:
         """A flat-file service reads no file of the node's own (its keys, its databases, its
@@ -154,8 +154,8 @@ class _Api:
                     f"{what}: the node keeps its keys and data there;"
                     f" place {thing} in a folder of its own"
                 )
-        if not any(resolved.is_relative_to(d) for d in self.file_dirs):
-            listed = ", ".join(str(d) for d in self.file_dirs[1:]) or "none"
+        if not any(resolved.is_relative_to(d) for d in (self.shipped, *self.file_dirs)):
+            listed = ", ".join(str(d) for d in self.file_dirs) or "none"
             raise OutsideFileDirs(
                 f"{what}: the node reads files only from the directories its owner lists in "
                 f"the node's settings (service_file_dirs; now: {listed}); place {thing} in one, "
