@@ -27,7 +27,9 @@ find_python() {
     return 1
 }
 
-# run_suite PYTHON VENV [pytest args]: set up VENV with PYTHON and run pytest in it.
+# run_suite PYTHON VENV [pytest args]: set up VENV with PYTHON and run pytest in it, one
+# worker per core (pytest-xdist), a test file to a worker (its module fixtures, e.g. a
+# federation, are started once); TEST_WORKERS=0 runs in this process.
 run_suite() {
     local python=$1 venv=$2
     shift 2
@@ -38,7 +40,7 @@ run_suite() {
     "$venv/bin/python" -m pip install --quiet -e '.[test]'
     "$venv/bin/ruff" check .
     echo "== pytest on $("$venv/bin/python" --version) ($venv)" >&2
-    "$venv/bin/python" -m pytest "$@"
+    "$venv/bin/python" -m pytest -n "${TEST_WORKERS:-auto}" --dist loadfile "$@"
 }
 
 if [ -z "${PYTHONS:-}" ]; then

@@ -35,6 +35,15 @@ EVERYONE = [
 
 configure_logging("warning", json=True)
 
+
+def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
+    """Test files with slow tests (whole federations of separate processes) first, each
+    file's own order kept: the two workers (scripts/test.sh) then end together instead of
+    one finishing a long file alone."""
+    slow = {item.path for item in items if item.get_closest_marker("slow")}
+    items.sort(key=lambda item: item.path not in slow)
+
+
 # Every request the echo backend received (raw path, headers): tests show what never
 # reached it.
 ECHO_SEEN: list[tuple[str, list[tuple[str, str]]]] = []

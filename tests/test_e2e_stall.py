@@ -195,10 +195,14 @@ async def test_one_clients_heavy_xml_does_not_stall_another_client(
 
 
 async def _settled(limits: ClientLimits, key: str) -> None:
-    """Requests of earlier tests (their clients gone) may still be finishing at the node."""
-    async with asyncio.timeout(30):
-        while limits.in_flight(key) != (0, 0):  # noqa: ASYNC110 - polling the node's state
-            await asyncio.sleep(0.05)
+    """Requests of earlier tests (their clients gone) may still be finishing at the node: the
+    node serves a request to its end (its adapter's timeout) when its client goes away."""
+    try:
+        async with asyncio.timeout(120):
+            while limits.in_flight(key) != (0, 0):  # noqa: ASYNC110 - polling the node's state
+                await asyncio.sleep(0.05)
+    except TimeoutError:
+        pytest.fail(f"{key} still has (requests, bytes) {limits.in_flight(key)} in flight")
 
 
 async def test_a_client_over_its_share_is_refused_with_429_and_others_go_on(
