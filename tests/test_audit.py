@@ -626,3 +626,29 @@ async def test_batched_check_passes_an_untouched_log_without_the_slow_check(
     monkeypatch.setattr(audit, "_PAGE", 2)
     report = verify_log(log_copy, _root(fed))
     assert report.ok and report.entries >= 4, [str(f) for f in report.findings]
+
+
+@pytest.mark.parametrize(
+    "leaf",
+    [
+        b'{"a":1,"subjects":["1"],"user_id":null,"v":1}',
+        b'{"a":"x","subjects":["1","2"],"user_id":"u\\"s","v":1}',
+        # A nested "subjects" is not the leaf's: it has none.
+        b'{"a":{"b":1,"subjects":["1"],"user_id":null,"v":1}}',
+        # A later duplicate key wins; an earlier one must not be read instead.
+        b'{"subjects":["2"],"x":1,"subjects":["1"],"user_id":null,"v":1}',
+        # The tail inside a string value.
+        b'{"a":"\\",\\"subjects\\":[\\"9\\"],\\"user_id\\":null,\\"v\\":1}","v":1}',
+        b'{"a":1,"subjects":[["1"]],"user_id":null,"v":1}',
+        b'{"a":1,"subjects":"1","user_id":null,"v":1}',
+        b'["a",{"subjects":["1"],"user_id":null,"v":1}]',
+    ],
+)
+def test_tree_only_pass_reads_the_subjects_a_json_parser_reads(leaf: bytes) -> None:
+    """The tree-only pass reads a leaf's subjects off its end instead of parsing it: it must
+    find what parsing finds. (A leaf that is not JSON names no subjects to check against.)"""
+    from xroad_hub.messagelog.audit import _NOT_A_LEAF, _leaf_subjects
+
+    parsed = orjson.loads(leaf)
+    expected = parsed.get("subjects") if isinstance(parsed, dict) else _NOT_A_LEAF
+    assert _leaf_subjects(leaf) == expected
