@@ -64,13 +64,7 @@ async def test_appends_are_gap_free_from_zero(mlog: MessageLog) -> None:
 async def test_concurrent_appends_durable_and_batched(backend: Backend) -> None:
     log = await backend.open()
     batches: list[int] = []
-    real_write = log._write  # type: ignore[attr-defined]
-
-    async def counting_write(batch):  # type: ignore[no-untyped-def]
-        batches.append(len(batch))
-        return await real_write(batch)
-
-    log._write = counting_write  # type: ignore[attr-defined]
+    log.group_commit.on_batch = batches.append  # type: ignore[attr-defined]
     try:
         got = await asyncio.gather(*(log.append(_rec(i)) for i in range(500)))
     finally:
@@ -92,13 +86,7 @@ async def test_concurrent_appends_durable_and_batched(backend: Backend) -> None:
 async def test_max_batch_is_respected(backend: Backend) -> None:
     log = await backend.open(max_batch=16)
     batches: list[int] = []
-    real_write = log._write  # type: ignore[attr-defined]
-
-    async def counting_write(batch):  # type: ignore[no-untyped-def]
-        batches.append(len(batch))
-        return await real_write(batch)
-
-    log._write = counting_write  # type: ignore[attr-defined]
+    log.group_commit.on_batch = batches.append  # type: ignore[attr-defined]
     try:
         got = await asyncio.gather(*(log.append(_rec(i)) for i in range(100)))
     finally:
