@@ -346,6 +346,9 @@ class SQLiteMessageLog:
             await self._db.close()
 
 
+_READER_MMAP = 1 << 40
+
+
 class SQLiteLogReader(SQLLogReader):
     """A message log file, opened read-only (see reader.py): nothing it does can change the
     evidence, even on a node that is still writing the file."""
@@ -359,6 +362,11 @@ class SQLiteLogReader(SQLLogReader):
             raise LogReadError(f"cannot open {path}: {exc}") from exc
         self._conn.row_factory = sqlite3.Row
         try:
+            # Pages are read through a memory map instead of a read() into SQLite's cache
+            # each: reading the rows was a third of the tree-only pass, and the map halves
+            # it (SQLite caps the size at its compile-time maximum, 2 GiB by default). The
+            # map is read-only; SQLite knows the file's size under its locks.
+            self._conn.execute(f"PRAGMA mmap_size = {_READER_MMAP}")
             # One read transaction: every query sees the log as it was at the first one.
             self._conn.execute("BEGIN")
         except sqlite3.Error as exc:
