@@ -252,6 +252,20 @@ def test_bench_audit_smoke() -> None:
     assert result["ok"] and result["tree_only_ok"] and result["verify_entries_per_s"] > 0
 
 
+def test_bench_audit_against_another_tree_verifies_the_log_it_wrote() -> None:
+    """--against: the other tree writes the log, both trees verify it (here the other tree
+    is this one: the smoke run checks the children run and report)."""
+    out = subprocess.run(
+        [sys.executable, "scripts/bench_audit.py", "--smoke", "--against", "."],
+        capture_output=True, text=True, timeout=300, check=False,
+    )  # fmt: skip
+    assert out.returncode == 0, out.stdout + out.stderr
+    result = json.loads(out.stdout.splitlines()[-1])
+    assert result["ok"] and result["entries"] == 500
+    for mode in ("full", "tree_only"):
+        assert result[mode]["this"]["median_cpu_entries_per_s"] > 0
+
+
 async def test_leaf_must_repeat_the_signed_values(fed: Fed, log_copy: Path) -> None:
     """A genuine signature logged under another user, case or subsystem is caught, even when
     leaf and columns agree (only the checkpoint would otherwise tell)."""
