@@ -1,10 +1,12 @@
-"""Group commit, shared by the log backends.
+"""Group commit, for the log backends.
 
-Appends queue up; one writer task hands whatever has queued (up to ``max_batch``) to the
+Appends queue up; one writer hands whatever has queued (up to ``max_batch``) to the
 backend's ``write`` in one go, which stores it in one transaction and returns the leaf
-index of its first record; this writer then resolves each record's future, or, if the write
-raised, fails them all. While one batch commits the next one gathers, so batches grow with
-load and an append waits about one commit.
+index of its first record; each record's future is then resolved, or, if the write raised,
+they all fail. While one batch commits the next one gathers, so batches grow with load and
+an append waits about one commit. `GroupCommit`'s writer is a task (an async driver:
+PostgreSQL); `ThreadedGroupCommit`'s is a thread (a blocking driver: SQLite), which hands
+each batch back to the loop in one callback.
 """
 
 from __future__ import annotations
