@@ -14,6 +14,12 @@ It also reports bytes per exchange in the SQLite file with bodies purged. Target
 With ``--dsn`` the log is written to and verified from a PostgreSQL schema of its own
 (dropped afterwards), through the same reader interface ``audit verify`` uses; bytes per
 exchange are then not measured.
+
+With ``--against TREE`` (another source tree of this project, e.g. ``git archive main |
+tar -x -C TREE``) the SQLite log is written by TREE's code, then verified (full and
+tree-only) by TREE's and by this tree's, each in a process of its own, in alternating
+rounds: CPU entries/s (process time of ``verify_log``), medians, ranges and the ratio
+this/against per round. A log the other tree wrote must verify here too.
 """
 
 from __future__ import annotations
@@ -22,7 +28,10 @@ import argparse
 import asyncio
 import hashlib
 import json
+import os
 import sqlite3
+import statistics
+import subprocess
 import sys
 import tempfile
 import time
@@ -139,13 +148,101 @@ async def _drop(dsn: str, schema: str) -> None:
         await conn.close()
 
 
+def _child(tree: Path, *args: str) -> dict[str, object]:
+    """This script, run with ``tree``'s package first on the path; its last line (JSON)."""
+    env = {**os.environ, "PYTHONPATH": str(tree)}
+    out = subprocess.run(
+        [sys.executable, __file__, *args], env=env, check=True, capture_output=True, text=True
+    ).stdout
+    result: dict[str, object] = json.loads(out.strip().splitlines()[-1])
+    return result
+
+
+def _package_of(tree: Path) -> None:
+    import xroad_hub
+
+    if not Path(xroad_hub.__file__).resolve().is_relative_to(tree.resolve()):
+        raise SystemExit(f"xroad_hub came from {xroad_hub.__file__}, not from {tree}")
+
+
+def child_build(path: Path, entries: int) -> None:
+    log = SQLiteMessageLog(path)
+    ca_cert, built = asyncio.run(build(log, entries))
+    path.with_suffix(".ca").write_bytes(_der(ca_cert))
+    print(json.dumps({"built_s": built}))
+
+
+def child_verify(path: Path, full: bool) -> None:
+    from cryptography import x509
+
+    ca_cert = x509.load_der_x509_certificate(path.with_suffix(".ca").read_bytes())
+    log = SQLiteMessageLog(path)
+    cpu = time.process_time()
+    report = verify_log(log.reader, [ca_cert], entries=full)
+    cpu = time.process_time() - cpu
+    print(json.dumps({"ok": report.ok, "entries": report.entries, "cpu_s": cpu}))
+
+
+def against(tree: Path, entries: int, rounds: int) -> int:
+    here = Path(__file__).resolve().parent.parent
+    if not (tree / "xroad_hub").is_dir():
+        raise SystemExit(f"{tree} is not a source tree of xroad-hub")
+    runs: dict[str, dict[str, list[float]]] = {
+        mode: {"against": [], "this": []} for mode in ("full", "tree_only")
+    }
+    ok = True
+    with tempfile.TemporaryDirectory() as tmp:
+        path = Path(tmp) / "log.sqlite"
+        _child(tree, "--child-build", str(path), "--entries", str(entries))
+        for _ in range(rounds):
+            for mode in runs:
+                for name, root in (("against", tree), ("this", here)):
+                    flag = "--child-verify-full" if mode == "full" else "--child-verify-tree"
+                    got = _child(root, flag, str(path))
+                    ok = ok and bool(got["ok"]) and got["entries"] == entries
+                    runs[mode][name].append(entries / float(got["cpu_s"]))  # type: ignore[arg-type]
+    result: dict[str, object] = {
+        "entries": entries,
+        "rounds": rounds,
+        "against": str(tree),
+        "ok": ok,
+    }
+    for mode, by in runs.items():
+        ratios = [t / a for a, t in zip(by["against"], by["this"], strict=True)]
+        result[mode] = {
+            name: {"median_cpu_entries_per_s": round(statistics.median(v)),
+                   "range": [round(min(v)), round(max(v))]}
+            for name, v in by.items()
+        } | {"ratio_this_vs_against": [round(r, 3) for r in ratios]}  # fmt: skip
+        print(f"{mode}: against {statistics.median(by['against']):.0f}/s, this "
+              f"{statistics.median(by['this']):.0f}/s CPU (medians; ratio per round "
+              f"{', '.join(f'{r:.2f}' for r in ratios)})")  # fmt: skip
+    print(json.dumps(result))
+    return 0 if ok else 1
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0] if __doc__ else None)
     parser.add_argument("--entries", type=int, default=20000, help="log size (default 20000)")
     parser.add_argument("--smoke", action="store_true", help="tiny run for the test suite")
     parser.add_argument("--dsn", help="benchmark a PostgreSQL log in this database instead")
+    parser.add_argument("--against", type=Path, metavar="TREE", help="compare with TREE's code")
+    parser.add_argument("--rounds", type=int, default=3, help="with --against (default 3)")
+    parser.add_argument("--child-build", type=Path, help=argparse.SUPPRESS)
+    parser.add_argument("--child-verify-full", type=Path, help=argparse.SUPPRESS)
+    parser.add_argument("--child-verify-tree", type=Path, help=argparse.SUPPRESS)
     args = parser.parse_args(argv)
     entries = 500 if args.smoke else args.entries
+    if args.child_build or args.child_verify_full or args.child_verify_tree:
+        _package_of(Path(os.environ["PYTHONPATH"]))
+        if args.child_build:
+            child_build(args.child_build, entries)
+        else:
+            child_verify(args.child_verify_full or args.child_verify_tree,
+                         full=args.child_verify_full is not None)  # fmt: skip
+        return 0
+    if args.against is not None:
+        return against(args.against.resolve(), entries, 1 if args.smoke else args.rounds)
     with tempfile.TemporaryDirectory() as tmp:
         path = Path(tmp) / "log.sqlite"
         schema = f"bench_audit_{uuid.uuid4().hex[:12]}"

@@ -155,13 +155,7 @@ async def group_commit(
     latencies: list[float] = []
     got: list[int] = []
     batches: list[int] = []
-    real_write = log._write  # type: ignore[attr-defined]
-
-    async def counting_write(batch: list[Any]) -> int:
-        batches.append(len(batch))
-        return int(await real_write(batch))
-
-    log._write = counting_write  # type: ignore[attr-defined]
+    log.group_commit.on_batch = batches.append  # type: ignore[attr-defined]
 
     async def appender(mine: Sequence[LogRecord]) -> None:
         for rec in mine:

@@ -252,6 +252,20 @@ def test_bench_audit_smoke() -> None:
     assert result["ok"] and result["tree_only_ok"] and result["verify_entries_per_s"] > 0
 
 
+def test_bench_audit_against_another_tree_verifies_the_log_it_wrote() -> None:
+    """--against: the other tree writes the log, both trees verify it (here the other tree
+    is this one: the smoke run checks the children run and report)."""
+    out = subprocess.run(
+        [sys.executable, "scripts/bench_audit.py", "--smoke", "--against", "."],
+        capture_output=True, text=True, timeout=300, check=False,
+    )  # fmt: skip
+    assert out.returncode == 0, out.stdout + out.stderr
+    result = json.loads(out.stdout.splitlines()[-1])
+    assert result["ok"] and result["entries"] == 500
+    for mode in ("full", "tree_only"):
+        assert result[mode]["this"]["median_cpu_entries_per_s"] > 0
+
+
 async def test_leaf_must_repeat_the_signed_values(fed: Fed, log_copy: Path) -> None:
     """A genuine signature logged under another user, case or subsystem is caught, even when
     leaf and columns agree (only the checkpoint would otherwise tell)."""
@@ -626,3 +640,29 @@ async def test_batched_check_passes_an_untouched_log_without_the_slow_check(
     monkeypatch.setattr(audit, "_PAGE", 2)
     report = verify_log(log_copy, _root(fed))
     assert report.ok and report.entries >= 4, [str(f) for f in report.findings]
+
+
+@pytest.mark.parametrize(
+    "leaf",
+    [
+        b'{"a":1,"subjects":["1"],"user_id":null,"v":1}',
+        b'{"a":"x","subjects":["1","2"],"user_id":"u\\"s","v":1}',
+        # A nested "subjects" is not the leaf's: it has none.
+        b'{"a":{"b":1,"subjects":["1"],"user_id":null,"v":1}}',
+        # A later duplicate key wins; an earlier one must not be read instead.
+        b'{"subjects":["2"],"x":1,"subjects":["1"],"user_id":null,"v":1}',
+        # The tail inside a string value.
+        b'{"a":"\\",\\"subjects\\":[\\"9\\"],\\"user_id\\":null,\\"v\\":1}","v":1}',
+        b'{"a":1,"subjects":[["1"]],"user_id":null,"v":1}',
+        b'{"a":1,"subjects":"1","user_id":null,"v":1}',
+        b'["a",{"subjects":["1"],"user_id":null,"v":1}]',
+    ],
+)
+def test_tree_only_pass_reads_the_subjects_a_json_parser_reads(leaf: bytes) -> None:
+    """The tree-only pass reads a leaf's subjects off its end instead of parsing it: it must
+    find what parsing finds. (A leaf that is not JSON names no subjects to check against.)"""
+    from xroad_hub.messagelog.audit import _NOT_A_LEAF, _leaf_subjects
+
+    parsed = orjson.loads(leaf)
+    expected = parsed.get("subjects") if isinstance(parsed, dict) else _NOT_A_LEAF
+    assert _leaf_subjects(leaf) == expected

@@ -6,6 +6,7 @@ from __future__ import annotations
 import asyncio
 import hashlib
 import json
+from pathlib import Path
 from typing import TYPE_CHECKING
 
 import orjson
@@ -64,13 +65,7 @@ async def test_appends_are_gap_free_from_zero(mlog: MessageLog) -> None:
 async def test_concurrent_appends_durable_and_batched(backend: Backend) -> None:
     log = await backend.open()
     batches: list[int] = []
-    real_write = log._write  # type: ignore[attr-defined]
-
-    async def counting_write(batch):  # type: ignore[no-untyped-def]
-        batches.append(len(batch))
-        return await real_write(batch)
-
-    log._write = counting_write  # type: ignore[attr-defined]
+    log.group_commit.on_batch = batches.append  # type: ignore[attr-defined]
     try:
         got = await asyncio.gather(*(log.append(_rec(i)) for i in range(500)))
     finally:
@@ -92,13 +87,7 @@ async def test_concurrent_appends_durable_and_batched(backend: Backend) -> None:
 async def test_max_batch_is_respected(backend: Backend) -> None:
     log = await backend.open(max_batch=16)
     batches: list[int] = []
-    real_write = log._write  # type: ignore[attr-defined]
-
-    async def counting_write(batch):  # type: ignore[no-untyped-def]
-        batches.append(len(batch))
-        return await real_write(batch)
-
-    log._write = counting_write  # type: ignore[attr-defined]
+    log.group_commit.on_batch = batches.append  # type: ignore[attr-defined]
     try:
         got = await asyncio.gather(*(log.append(_rec(i)) for i in range(100)))
     finally:
@@ -339,3 +328,22 @@ async def test_signed_globalconfs_are_kept_once_and_added_to_older_logs(backend:
         hashlib.sha256(b"signer cert DER").hexdigest(),
     )
     assert stored == [(b"signer cert DER",)]
+
+
+async def test_sqlite_writer_commits_durably(tmp_path: Path) -> None:
+    """The writer thread's own connection is the one whose commits answer appends: it must
+    commit with synchronous=FULL in WAL mode (a committed record survives power loss)."""
+    from xroad_hub.messagelog.sqlite import SQLiteMessageLog
+
+    log = SQLiteMessageLog(tmp_path / "log.db")
+    await log.open()
+    try:
+        wdb = log._wdb  # type: ignore[attr-defined]
+        settings = await log.group_commit.run(
+            lambda: (wdb.execute("PRAGMA synchronous").fetchone()[0],
+                     wdb.execute("PRAGMA journal_mode").fetchone()[0])
+        )  # fmt: skip
+        assert settings == (2, "wal")  # 2: FULL
+        assert await log.append(_rec(0)) == 0
+    finally:
+        await log.close()

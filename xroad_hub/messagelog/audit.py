@@ -31,6 +31,7 @@ import binascii
 import hashlib
 import itertools
 import operator
+import re
 import struct
 import time
 from collections.abc import Callable, Iterator, Sequence
@@ -425,20 +426,35 @@ def _verify(
         if leaves is None:
             complete = all(one(start + i, row) for i, row in enumerate(page))
             continue
-        for i, (row, leaf) in enumerate(zip(page, leaves, strict=True)):
-            index = start + i
-            if index == 0 or index in wanted:
-                finished[index] = _earliest_time(leaf, row if entries else None)
+        end = start + len(page)
+        for index in sorted({0, *wanted} & set(range(start, end))):
+            # The tree-only check does not parse leaves (None): these few are parsed here.
+            leaf = leaves[index - start]
+            raw = page[index - start][fast.leaf_column]
+            finished[index] = _earliest_time(
+                leaf if leaf is not None else _leaf_dict(raw),
+                page[index - start] if entries else None,
+            )
+        if revoked and entries:
             # A page the batched check passes may still hold signatures of certificates
             # revoked since: judged with the checkpoints' timestamps, as entry by entry.
-            note_revoked(index, row)
-        for raw in fast.raw_leaves(page):
-            tree.append(merkle.leaf_hash(raw))
-            report.entries += 1
-            if report.entries in wanted:
-                roots_at[report.entries] = tree.root()
-            if progress is not None and (report.entries % 10000 == 0 or report.entries == total):
-                progress(report.entries, total)
+            for index, row in enumerate(page, start):
+                note_revoked(index, row)
+        # The page's leaves go into the tree in runs that end where a root is wanted (a
+        # checkpoint's size) or progress is told, hashed in one comprehension each.
+        hashes = [_sha256(b"\0" + raw).digest() for raw in fast.raw_leaves(page)]
+        stops = sorted(
+            {n for n in wanted if start < n <= end}
+            | set(range((start // 10000 + 1) * 10000, end + 1, 10000))
+            | {end}
+        )
+        for stop in stops:
+            tree.extend(hashes[report.entries - start : stop - start])
+            report.entries = stop
+            if stop in wanted:
+                roots_at[stop] = tree.root()
+            if progress is not None and (stop % 10000 == 0 or stop == total):
+                progress(stop, total)
     if complete:  # after a gap, the index of the entries beyond it means nothing
         for problem in subject_index.leftovers():
             report.findings.append(Finding(None, problem))
@@ -666,6 +682,31 @@ def _b64(digest: bytes) -> str:
 
 _MARGIN = 0.001  # s: the batched check leaves times this close to a validity bound to the other
 
+# The end of a canonical v1 leaf: its keys are sorted, so "subjects" comes last but two.
+_SUBJECTS_TAIL = re.compile(
+    rb',"subjects":(\[[^\]]*\]),"user_id":(?:null|"(?:[^"\\]|\\.)*"),"v":1\}'
+)
+_NOT_A_LEAF = object()
+
+
+def _leaf_subjects(raw: bytes) -> Any:
+    """What ``orjson.loads(raw).get("subjects")`` gives, without parsing the whole leaf.
+
+    A canonical leaf ends in ``,"subjects":[...],"user_id":...,"v":1}``. In any JSON text
+    that ends so, the "subjects" matched is a key of the top-level object (a ``,"`` is never
+    inside a string, and the text's last ``}`` closes the top-level object), and the only
+    one (it is the only "subjects" in the text); text that is not JSON at all gives no
+    subjects entry by entry, and the page only passes if the subject index agrees with what
+    is read here, so nothing the entry-by-entry check would report passes. Any other leaf
+    is parsed; _NOT_A_LEAF if it is not a JSON object."""
+    at = raw.rfind(b',"subjects":[')
+    if at >= 0 and raw.find(b'"subjects"') == at + 1:
+        match = _SUBJECTS_TAIL.fullmatch(raw, at)
+        if match is not None:
+            return orjson.loads(match[1])
+    leaf = orjson.loads(raw)
+    return leaf.get("subjects") if type(leaf) is dict else _NOT_A_LEAF
+
 
 class _FastPage:
     """The checks of `_verify` and `_check_entry` over a page of entries at once, without a
@@ -694,24 +735,28 @@ class _FastPage:
             self._row_fields = operator.itemgetter(*(p[n] for n in _COLUMN_FIELDS))
             self._leaf_fields = operator.itemgetter(*_COLUMN_FIELDS)
 
+    @property
+    def leaf_column(self) -> int:
+        return self._leaf
+
     def raw_leaves(self, page: list[Row]) -> list[bytes]:
         i = self._leaf
         return [r[i] for r in page]
 
     def check(
         self, page: list[Row], start: int, subject_index: _SubjectIndex
-    ) -> list[dict[str, Any]] | None:
+    ) -> list[dict[str, Any] | None] | None:
         """Each entry's leaf if the whole page passes (the subject index rows of its entries
-        are then consumed); None otherwise."""
+        are then consumed); None otherwise. The tree-only check parses no leaf (all None)."""
         try:
-            leaves = self._page(page, start)
+            found = self._page(page, start)
         except Exception:  # anything odd: the entry-by-entry check says what
             return None
-        if leaves is None:
+        if found is None:
             return None
+        leaves, subject_lists = found
         want = set()
-        for index, leaf in enumerate(leaves, start):
-            subjects = leaf.get("subjects")
+        for index, subjects in enumerate(subject_lists, start):
             if isinstance(subjects, list):
                 try:
                     want.update((index, s) for s in subjects)
@@ -725,7 +770,9 @@ class _FastPage:
             return None
         return leaves
 
-    def _page(self, page: list[Row], start: int) -> list[dict[str, Any]] | None:
+    def _page(
+        self, page: list[Row], start: int
+    ) -> tuple[list[dict[str, Any] | None], list[Any]] | None:
         first = self._pos["leaf_index"]
         if [r[first] for r in page] != list(range(start, start + len(page))):
             return None
@@ -738,16 +785,22 @@ class _FastPage:
                 good.add(types)
         loads = orjson.loads
         i = self._leaf
+        if not self._full:
+            # Only the subjects are needed (for the subject index), and parsing a whole
+            # leaf was half of the tree-only pass: they are read off the leaf's end.
+            subject_lists = [_leaf_subjects(r[i]) for r in page]
+            if _NOT_A_LEAF in subject_lists:
+                return None
+            return [None] * len(page), subject_lists
         leaves = [loads(r[i]) for r in page]
         for leaf in leaves:
             if type(leaf) is not dict:
                 return None
-        if self._full:
-            entry = self._entry
-            for r, leaf in zip(page, leaves, strict=True):
-                if not entry(r, leaf):
-                    return None
-        return leaves
+        entry = self._entry
+        for r, leaf in zip(page, leaves, strict=True):
+            if not entry(r, leaf):
+                return None
+        return leaves, [leaf.get("subjects") for leaf in leaves]
 
     def _entry(self, r: Row, leaf: dict[str, Any]) -> bool:
         """`_check_entry` finds nothing (True), or might (False)."""
