@@ -9,7 +9,11 @@ import asyncio
 import json
 import subprocess
 import sys
+from collections.abc import AsyncIterator
 from pathlib import Path
+
+import asyncpg
+import pytest
 
 pytest_plugins = ["tests.messagelog_backends"]
 
@@ -25,11 +29,35 @@ def test_bench_messagelog_help() -> None:
     assert "durable appends/s" in proc.stdout
 
 
-async def test_bench_messagelog_smoke_run() -> None:
-    # Imported here: pytest has loaded the module as a plugin by now (see that module).
+@pytest.fixture
+async def other_snapshot() -> AsyncIterator[None]:
+    """Another session's open snapshot, as another test worker's transaction would hold.
+
+    While it is open, row versions deleted or updated after it began are "recently dead":
+    no VACUUM, FULL or not, may remove them, so a size measured after one must not count on it.
+    """
     from tests.messagelog_backends import PG_DSN, postgres_or_skip
 
     await postgres_or_skip()  # under CI an unreachable server fails this test
+    conn = await asyncpg.connect(PG_DSN)
+    try:
+        tx = conn.transaction(isolation="repeatable_read")
+        await tx.start()
+        await conn.fetchval("SELECT 1")  # the snapshot is taken by the first query
+        held = await conn.fetchval(
+            "SELECT backend_xmin FROM pg_stat_activity WHERE pid = pg_backend_pid()"
+        )
+        assert held is not None  # else this fixture would hold nothing back
+        yield
+        await tx.rollback()
+    finally:
+        await conn.close()
+
+
+async def test_bench_messagelog_smoke_run(other_snapshot: None) -> None:
+    # Imported here: pytest has loaded the module as a plugin by now (see that module).
+    from tests.messagelog_backends import PG_DSN
+
     proc = await asyncio.create_subprocess_exec(
         sys.executable, str(SCRIPT), "--smoke", "--dsn", PG_DSN,
         stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.PIPE,
