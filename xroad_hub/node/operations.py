@@ -8,6 +8,7 @@ listeners) and never change how an exchange is served.
 
 from __future__ import annotations
 
+import contextlib
 import ssl
 import time
 from collections.abc import Awaitable, Callable, Iterator, Mapping
@@ -218,29 +219,37 @@ class NodeOperations:
             )
         yield "xroad_hub_ready", "1 while the node may take traffic", {}, float(not problems)
 
+    @contextlib.contextmanager
+    def _exchange_context(self) -> Iterator[None]:
+        """Around each exchange served: log lines name the node, and with metrics a clock
+        for its backend's time."""
+        with structlog.contextvars.bound_contextvars(node=str(self.config.id)):
+            if self.metrics is None:
+                yield
+                return
+            token = CURRENT_EXCHANGE.set(ExchangeTiming())
+            try:
+                yield
+            finally:
+                CURRENT_EXCHANGE.reset(token)
+
     def _context_middleware(
         self,
     ) -> Callable[[web.Request, Callable[[web.Request], Awaitable[web.StreamResponse]]], Any]:
-        """Per request: log lines name the node, the request carries the node's metrics and
-        a clock for its backend's time."""
-        node, metrics = str(self.config.id), self.metrics
+        """Per request: the exchange's context, and the request carries the node's metrics."""
+        metrics, context = self.metrics, self._exchange_context
 
         @web.middleware
-        async def context(
+        async def middleware(
             request: web.Request,
             handler: Callable[[web.Request], Awaitable[web.StreamResponse]],
         ) -> web.StreamResponse:
-            with structlog.contextvars.bound_contextvars(node=node):
-                if metrics is None:
-                    return await handler(request)
-                request[NODE_METRICS] = metrics
-                token = CURRENT_EXCHANGE.set(ExchangeTiming())
-                try:
-                    return await handler(request)
-                finally:
-                    CURRENT_EXCHANGE.reset(token)
+            with context():
+                if metrics is not None:
+                    request[NODE_METRICS] = metrics
+                return await handler(request)
 
-        return context
+        return middleware
 
     def _admin_tls(self, auth: CertPaths) -> ssl.SSLContext | None:
         """Plain HTTP on a loopback address only; elsewhere HTTPS with the node's
