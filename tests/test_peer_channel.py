@@ -224,7 +224,13 @@ async def test_a_client_node_without_frames_is_served_over_http(
 @pytest.fixture
 def provider_tls(fed: Fed) -> Callable[[], ssl.SSLContext]:
     auth = fed.pki.node_auth(DBD)
-    return lambda: peer_server_context(auth.cert, auth.key, fed.pki.root_ca.cert)
+
+    def make() -> ssl.SSLContext:
+        ctx = peer_server_context(auth.cert, auth.key, fed.pki.root_ca.cert)
+        ctx.set_alpn_protocols([ALPN])
+        return ctx
+
+    return make
 
 
 def _transport(fed: Fed) -> PeerTransport:
@@ -259,9 +265,7 @@ async def _http_only_peer(ctx: ssl.SSLContext) -> AsyncIterator[int]:
 
 async def test_a_provider_without_frames_is_reached_over_http(fed: Fed) -> None:
     auth = fed.pki.node_auth(DBD)
-    old = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH, cafile=str(fed.pki.root_ca.cert))
-    old.load_cert_chain(str(auth.cert), str(auth.key))
-    old.verify_mode = ssl.CERT_REQUIRED  # as an older node: no ALPN
+    old = peer_server_context(auth.cert, auth.key, fed.pki.root_ca.cert)  # offers no ALPN
     peers = _transport(fed)
     try:
         async with _http_only_peer(old) as port:

@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import asyncio
 import contextvars
+import ssl
 import time
 from collections.abc import Callable
 from contextlib import AbstractContextManager
@@ -319,8 +320,19 @@ class PeerSite(web.SockSite):
     """aiohttp's site on a bound socket, whose TLS connections that chose the frames
     protocol are served by ``frames`` instead."""
 
-    def __init__(self, runner: web.BaseRunner, sock: Any, *, frames: FrameListener, **kw: Any):
-        super().__init__(runner, sock, **kw)
+    def __init__(
+        self,
+        runner: web.BaseRunner,
+        sock: Any,
+        *,
+        ssl_context: ssl.SSLContext,
+        frames: FrameListener,
+        **kw: Any,
+    ) -> None:
+        # Offered here, where they are served: a client node that offers the frames gets
+        # them (the first of ours it offers), any other speaks HTTP/1.1 as before.
+        ssl_context.set_alpn_protocols([ALPN, "http/1.1"])
+        super().__init__(runner, sock, ssl_context=ssl_context, **kw)
         self._frames = frames
 
     async def start(self) -> None:

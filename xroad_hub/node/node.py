@@ -676,7 +676,7 @@ class Node(NodeOperations):
             )
             await runner.setup()
             self._listeners.append((role, runner))
-            if role == "peer" and self.frames is not None:
+            if role == "peer" and self.frames is not None and ssl_ctx is not None:
                 # Node-to-node exchanges over the framed channel where the peer chooses it.
                 site: web.SockSite = PeerSite(runner, sock, ssl_context=ssl_ctx, frames=self.frames)
             else:

@@ -25,6 +25,7 @@ from xroad_hub.federation import NodeConfig
 from xroad_hub.listen import is_loopback_host
 from xroad_hub.node.admin import ADMIN, AdminApi, AdminAudit
 from xroad_hub.node.checkpointer import Checkpointer
+from xroad_hub.node.framelistener import FrameListener
 from xroad_hub.node.globalconf_client import GlobalConfClient
 from xroad_hub.node.health import CertCheck, Problem, cert_problems
 from xroad_hub.node.keys import NodeKeys
@@ -65,6 +66,7 @@ class NodeOperations:
     log_failure_hold: float
     _certs: list[CertCheck]
     _listeners: list[tuple[str, web.AppRunner]]
+    frames: FrameListener | None
 
     def _instrument(self, rt: NodeRuntime) -> None:
         """Metrics and the health checks' inputs: set up once the services are known."""
@@ -208,6 +210,15 @@ class NodeOperations:
                 "Connections open on the node's listeners",
                 {"listener": role},
                 float(len(server.connections)) if server is not None else 0.0,
+            )
+        frames = self.frames
+        if frames is not None and self._listeners:
+            # The peer port's connections of the framed channel (not aiohttp's).
+            yield (
+                "xroad_hub_open_connections",
+                "Connections open on the node's listeners",
+                {"listener": "peer_frames"},
+                float(len(frames.connections)),
             )
         problems = {p.check for p in self.problems()}
         for check in _CHECKS:

@@ -7,7 +7,6 @@ import asyncio.sslproto
 import ssl
 from pathlib import Path
 
-from xroad_hub.protocol.frames import ALPN
 from xroad_hub.protocol.signing import cert_fingerprint
 
 __all__ = [
@@ -49,11 +48,8 @@ def _server(cert: Path, key: Path, ca: Path, verify: ssl.VerifyMode) -> ssl.SSLC
 
 def peer_server_context(cert: Path, key: Path, ca: Path) -> ssl.SSLContext:
     """Inter-node endpoint: the peer must present a certificate of the federation CA; which
-    node it is, is then decided by its fingerprint in the global configuration. A client
-    node that offers the framed channel by ALPN gets it; any other speaks HTTP/1.1."""
-    ctx = _server(cert, key, ca, ssl.CERT_REQUIRED)
-    ctx.set_alpn_protocols([ALPN, "http/1.1"])
-    return ctx
+    node it is, is then decided by its fingerprint in the global configuration."""
+    return _server(cert, key, ca, ssl.CERT_REQUIRED)
 
 
 def client_facing_context(cert: Path, key: Path, ca: Path) -> ssl.SSLContext:
