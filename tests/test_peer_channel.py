@@ -309,3 +309,19 @@ async def test_exchanges_in_flight_fail_when_the_connection_is_lost(
         await peers.close()
         server.close()
         await server.wait_closed()
+
+
+async def test_an_exchange_whose_connection_drops_is_still_logged(fed: Fed) -> None:
+    """The client node goes away right after sending: the provider serves and logs the
+    exchange all the same (its answer has nowhere to go)."""
+    log = fed.federation.nodes[DBD].runtime.log
+    before = await log.count()
+    _, writer = await _open_frames(fed, fed.pki.node_auth(DGA))
+    envelope = await _envelope(fed)
+    writer.write(frame_head(len(envelope), 1, REQUEST) + envelope)
+    await writer.drain()
+    writer.close()  # gone before the answer, which has nowhere to go
+    async with asyncio.timeout(20):
+        while await log.count() == before:  # noqa: ASYNC110 - polling the node's log
+            await asyncio.sleep(0.05)
+    assert await log.count() == before + 1
