@@ -13,7 +13,6 @@ body timeout, is cut off.
 from __future__ import annotations
 
 import asyncio
-import contextvars
 import ssl
 import time
 from collections.abc import Callable
@@ -31,6 +30,7 @@ from xroad_hub.node.tls import peer_fingerprint
 from xroad_hub.protocol.frames import (
     ALPN,
     REFUSED,
+    REPLY,
     REQUEST,
     Frame,
     FrameError,
@@ -188,9 +188,9 @@ class FrameConnection(asyncio.Protocol):
 
     def _frame(self, frame: Frame) -> None:
         admitted = self._admitted.pop(frame.head.stream)
-        ctx = contextvars.Context()
+        # Each exchange in a task (and context) of its own, as aiohttp serves a request.
         task = asyncio.get_running_loop().create_task(
-            self._serve(frame.head.stream, frame.payload, *admitted), context=ctx
+            self._serve(frame.head.stream, frame.payload, *admitted)
         )
         self.tasks.add(task)
         task.add_done_callback(self.tasks.discard)
@@ -218,16 +218,22 @@ class FrameConnection(asyncio.Protocol):
             self.streams.discard(stream)
             self._watch()
 
-    def _answer_error(self, stream: int, exc: Exception) -> None:
-        err = refusal(exc, "provider", SERVER_PROXY, self.listener.metrics, route="frames")
+    def _answer_error(self, stream: int, exc: Exception, kind: int = REPLY) -> None:
+        """The X-Road error (JSON) the HTTP path answers, as the stream's reply."""
+        with self.listener.exchange_context():  # its log line names the node
+            err = refusal(exc, "provider", SERVER_PROXY, self.listener.metrics, route="frames")
         status, headers, body = error_response(err, "application/json")
-        self._send(encode_reply(stream, status, headers.get("Content-Type", ""), body))
+        self._send(encode_reply(stream, status, headers.get("Content-Type", ""), body, kind))
 
     def _refuse_connection(self, exc: XRoadError) -> None:
         """Answers every exchange the peer sent (or sends) with ``exc``, reads nothing."""
-        err = refusal(exc, "provider", SERVER_PROXY, self.listener.metrics, route="frames")
-        status, headers, body = error_response(err, "application/json")
-        self._send(encode_reply(0, status, headers.get("Content-Type", ""), body, REFUSED))
+        self._answer_error(0, exc, REFUSED)
+        self._flush()
+        self._closed = True
+        assert self.transport is not None
+        self.transport.pause_reading()
+        self.transport.close()
+        self.listener.connections.discard(self)
         self._flush()
         self._closed = True
         assert self.transport is not None
@@ -281,7 +287,8 @@ class FrameConnection(asyncio.Protocol):
             self._timer = None
 
     def _cut(self, reason: str) -> None:
-        log.warning("peer.frames.cut_off", reason=reason, peer_sha256=self.fingerprint)
+        with self.listener.exchange_context():
+            log.warning("peer.frames.cut_off", reason=reason, peer_sha256=self.fingerprint)
         self._closed = True
         self._stop_timer()
         self._release()
