@@ -31,6 +31,7 @@ from xroad_hub.protocol.frames import (
     Frame,
     FrameReader,
     decode_reply,
+    encode_reply,
     frame_head,
 )
 from xroad_hub.protocol.globalconf import NodeEntry
@@ -110,6 +111,29 @@ async def _envelope(fed: Fed, **changes: object) -> bytes:
     meta.update(changes)
     meta_bytes = canonical(meta)
     return encode_envelope(meta_bytes, await signer.sign(meta_bytes), signer.cert_der, b"")
+
+
+def test_frames_are_read_whole_however_the_bytes_arrive() -> None:
+    """TLS hands over bytes in any pieces: a frame split anywhere is read the same, and a
+    payload discarded at its head is skipped without being kept."""
+    data = (
+        frame_head(5, 1, REQUEST) + b"hello"
+        + frame_head(0, 3, REQUEST)
+        + frame_head(4, 5, REQUEST) + b"skip"
+        + b"".join(encode_reply(7, 429, "application/json", b"{}"))
+    )  # fmt: skip
+    for size in (1, 2, 7, len(data)):
+        reader = FrameReader(64)
+        frames = []
+        for i in range(0, len(data), size):
+            for event in reader.feed(data[i : i + size]):
+                if isinstance(event, Frame):
+                    frames.append(event)
+                elif event.stream == 5:
+                    reader.discard()
+        assert [(f.head.stream, f.payload) for f in frames[:2]] == [(1, b"hello"), (3, b"")]
+        assert len(frames) == 3 and not reader.partial
+        assert decode_reply(frames[2].payload) == (429, "application/json", b"{}")
 
 
 async def test_exchanges_between_nodes_go_over_the_framed_channel(fed: Fed, http) -> None:
