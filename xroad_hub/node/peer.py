@@ -24,18 +24,20 @@ __all__ = ["PEER_PATH", "PEER_POOL_LIMIT", "PEER_POOL_PER_PEER", "PeerReply", "P
 
 PEER_PATH = "/xroad-hub/v1/message"
 
-# The pool of TLS connections to other nodes is bounded per peer (the node's
-# peer_max_connections) and in all: each connection holds asyncio's TLS read buffer and
-# OpenSSL's state, and one connection per exchange in flight made a node 340-370 MB at 640
-# concurrent exchanges. Peak of the client node at concurrency 640 (bench_exchange.py
-# --against, 64 KiB TLS buffers): 161.7 MiB with 128 per peer, 139-147 MiB with 64,
-# 136 MiB with 32, for the same CPU per exchange; 32 is the default, under 150 MB with
-# room. On loopback 32 connections keep two cores busy; exchanges beyond them wait for a
-# free one in the order they came (send() queues them on a fair semaphore), so none
-# starves. A nested exchange (a provider's backend calling back over the same pair of
-# nodes) could wait for a connection its outer exchange holds; its timeout ends that wait,
-# where without the bound the provider's per-peer limit (4 x client_max_concurrent) would
-# refuse it.
+# Over the framed channel (channel.py) a peer gets one connection, and peer_max_connections
+# bounds the exchanges in flight on it, as many as the HTTP path below could carry (the
+# provider's per-peer limit is 4 x client_max_concurrent). Over HTTP, with a peer that does
+# not choose the frames, the pool of TLS connections is bounded per peer by it and in all:
+# each connection holds asyncio's TLS read buffer and OpenSSL's state, and one connection
+# per exchange in flight made a node 340-370 MB at 640 concurrent exchanges. Peak of the
+# client node at concurrency 640 (bench_exchange.py --against, 64 KiB TLS buffers): 161.7
+# MiB with 128 per peer, 139-147 MiB with 64, 136 MiB with 32, for the same CPU per
+# exchange; 32 is the default, under 150 MB with room. On loopback 32 connections keep two
+# cores busy; exchanges beyond them wait for a free one in the order they came (send()
+# queues them on a fair semaphore), so none starves. A nested exchange (a provider's backend
+# calling back over the same pair of nodes) could wait for a connection its outer exchange
+# holds; its timeout ends that wait, where without the bound the provider's per-peer limit
+# (4 x client_max_concurrent) would refuse it.
 PEER_POOL_PER_PEER = 32  # the default of peer_max_connections (federation.py)
 PEER_POOL_LIMIT = 256  # all peers together, unless one peer's bound is larger
 
