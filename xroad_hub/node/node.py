@@ -58,6 +58,7 @@ from xroad_hub.node.checkpointer import Checkpointer, Timestamper
 from xroad_hub.node.clientauth import ClientAuthenticator, ClientRegistration
 from xroad_hub.node.consumer import ClientProxy, client_authentication
 from xroad_hub.node.evidenceapi import EvidenceApi
+from xroad_hub.node.framelistener import FrameListener, PeerSite
 from xroad_hub.node.globalconf_client import GlobalConfClient
 from xroad_hub.node.health import CertCheck, health_app
 from xroad_hub.node.keys import DevPkiKeys, NodeKeys
@@ -165,6 +166,7 @@ class Node(NodeOperations):
         self.urls: dict[str, str] = {}
         self._lifecycle: web.AppRunner | None = None
         self._listeners: list[tuple[str, web.AppRunner]] = []  # (role, runner), for metrics
+        self.frames: FrameListener | None = None  # the peer port's framed channel
         self.metrics: NodeMetrics | None = None
         self.admin: AdminApi | None = None
         # The node's settings database and the services built from it (node/services.py).
@@ -216,8 +218,13 @@ class Node(NodeOperations):
         """Stop accepting, finish in-flight exchanges, then release the resources in reverse
         order: global configuration, final checkpoint, adapters and peers, stores, session."""
         try:
-            for _, runner in self._listeners:
-                await runner.cleanup()
+            for role, runner in self._listeners:
+                if role == "peer" and self.frames is not None:
+                    # The framed channel's exchanges in flight finish as the HTTP ones do.
+                    timeout = self.config.provider_timeout + self.config.body_timeout
+                    await asyncio.gather(runner.cleanup(), self.frames.shutdown(timeout))
+                else:
+                    await runner.cleanup()
             self._listeners.clear()
         finally:
             if self._lifecycle is not None:
@@ -669,7 +676,12 @@ class Node(NodeOperations):
             )
             await runner.setup()
             self._listeners.append((role, runner))
-            await web.SockSite(runner, sock, ssl_context=ssl_ctx).start()
+            if role == "peer" and self.frames is not None and ssl_ctx is not None:
+                # Node-to-node exchanges over the framed channel where the peer chooses it.
+                site: web.SockSite = PeerSite(runner, sock, ssl_context=ssl_ctx, frames=self.frames)
+            else:
+                site = web.SockSite(runner, sock, ssl_context=ssl_ctx)
+            await site.start()
 
     def _apps(self, rt: NodeRuntime) -> dict[str, web.Application]:
         """The application each listener serves, by role."""
@@ -681,6 +693,7 @@ class Node(NodeOperations):
             public_urls=MappingProxyType(dict(self.urls)),
         )
         server_proxy = ServerProxy(rt)
+        self.frames = FrameListener(server_proxy, self._exchange_context, rt.metrics)
         # Handlers raise; each listener's middleware answers their errors in its side's form.
         client_errors = x_road_errors(
             "client",

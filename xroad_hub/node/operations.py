@@ -8,6 +8,7 @@ listeners) and never change how an exchange is served.
 
 from __future__ import annotations
 
+import contextlib
 import ssl
 import time
 from collections.abc import Awaitable, Callable, Iterator, Mapping
@@ -24,6 +25,7 @@ from xroad_hub.federation import NodeConfig
 from xroad_hub.listen import is_loopback_host
 from xroad_hub.node.admin import ADMIN, AdminApi, AdminAudit
 from xroad_hub.node.checkpointer import Checkpointer
+from xroad_hub.node.framelistener import FrameListener
 from xroad_hub.node.globalconf_client import GlobalConfClient
 from xroad_hub.node.health import CertCheck, Problem, cert_problems
 from xroad_hub.node.keys import NodeKeys
@@ -64,6 +66,7 @@ class NodeOperations:
     log_failure_hold: float
     _certs: list[CertCheck]
     _listeners: list[tuple[str, web.AppRunner]]
+    frames: FrameListener | None
 
     def _instrument(self, rt: NodeRuntime) -> None:
         """Metrics and the health checks' inputs: set up once the services are known."""
@@ -208,6 +211,15 @@ class NodeOperations:
                 {"listener": role},
                 float(len(server.connections)) if server is not None else 0.0,
             )
+        frames = self.frames
+        if frames is not None and self._listeners:
+            # The peer port's connections of the framed channel (not aiohttp's).
+            yield (
+                "xroad_hub_open_connections",
+                "Connections open on the node's listeners",
+                {"listener": "peer_frames"},
+                float(len(frames.connections)),
+            )
         problems = {p.check for p in self.problems()}
         for check in _CHECKS:
             yield (
@@ -218,29 +230,37 @@ class NodeOperations:
             )
         yield "xroad_hub_ready", "1 while the node may take traffic", {}, float(not problems)
 
+    @contextlib.contextmanager
+    def _exchange_context(self) -> Iterator[None]:
+        """Around each exchange served: log lines name the node, and with metrics a clock
+        for its backend's time."""
+        with structlog.contextvars.bound_contextvars(node=str(self.config.id)):
+            if self.metrics is None:
+                yield
+                return
+            token = CURRENT_EXCHANGE.set(ExchangeTiming())
+            try:
+                yield
+            finally:
+                CURRENT_EXCHANGE.reset(token)
+
     def _context_middleware(
         self,
     ) -> Callable[[web.Request, Callable[[web.Request], Awaitable[web.StreamResponse]]], Any]:
-        """Per request: log lines name the node, the request carries the node's metrics and
-        a clock for its backend's time."""
-        node, metrics = str(self.config.id), self.metrics
+        """Per request: the exchange's context, and the request carries the node's metrics."""
+        metrics, context = self.metrics, self._exchange_context
 
         @web.middleware
-        async def context(
+        async def middleware(
             request: web.Request,
             handler: Callable[[web.Request], Awaitable[web.StreamResponse]],
         ) -> web.StreamResponse:
-            with structlog.contextvars.bound_contextvars(node=node):
-                if metrics is None:
-                    return await handler(request)
-                request[NODE_METRICS] = metrics
-                token = CURRENT_EXCHANGE.set(ExchangeTiming())
-                try:
-                    return await handler(request)
-                finally:
-                    CURRENT_EXCHANGE.reset(token)
+            with context():
+                if metrics is not None:
+                    request[NODE_METRICS] = metrics
+                return await handler(request)
 
-        return context
+        return middleware
 
     def _admin_tls(self, auth: CertPaths) -> ssl.SSLContext | None:
         """Plain HTTP on a loopback address only; elsewhere HTTPS with the node's

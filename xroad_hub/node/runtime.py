@@ -47,6 +47,7 @@ __all__ = [
     "NodeRuntime",
     "ServiceTable",
     "read_body",
+    "refusal",
     "x_road_errors",
 ]
 
@@ -334,43 +335,59 @@ def x_road_errors(
     this side reads (the client system's request on the client node, the client node's
     message on the provider node), and an unexpected exception is this node's own."""
     by_handler = dict(forms or {})
-    blamed = CLIENT if side == "client" else prefix
 
     @web.middleware
     async def errors(request: web.Request, handler: Handler) -> web.StreamResponse:
         try:
-            try:
-                return await handler(request)
-            except ProtocolError as exc:
-                raise XRoadError.blame(blamed, exc) from exc
+            return await handler(request)
         except web.HTTPException:
             raise  # aiohttp's own answers (no such route, method not allowed)
-        except XRoadError as err:
+        except Exception as exc:
             route_form = by_handler.get(request.match_info.handler, form)
-            _count(request, side, err)
-            log.info(
-                "exchange.refused",
-                side=side,
-                code=err.code,
-                detail=err.detail,
-                reason=err.message,
+            err = refusal(
+                exc,
+                side,
+                prefix,
+                request.get(NODE_METRICS),
                 route=path_shape(request.path),
                 protocol="soap" if route_form.soap else "rest",
             )
             return _render(err, request, route_form)
-        except Exception:
-            err = XRoadError(f"{prefix}.InternalError", f"internal error in the {side}'s node")
-            _count(request, side, err)
-            log.exception("exchange.internal_error", side=side, detail=err.detail)
-            return _render(err, request, by_handler.get(request.match_info.handler, form))
 
     return errors
 
 
-def _count(request: web.Request, side: str, err: XRoadError) -> None:
-    metrics = request.get(NODE_METRICS)
+def refusal(
+    exc: Exception,
+    side: str,
+    prefix: str,
+    metrics: NodeMetrics | None,
+    *,
+    route: str,
+    protocol: str = "rest",
+) -> XRoadError:
+    """The X-Road error a failed exchange is answered with, counted and logged; whichever
+    transport carried it (an HTTP listener's middleware, the node-to-node frames)."""
+    if isinstance(exc, ProtocolError):
+        exc = XRoadError.blame(CLIENT if side == "client" else prefix, exc)
+    if isinstance(exc, XRoadError):
+        if metrics is not None:
+            metrics.refusal(side, exc.code)
+        log.info(
+            "exchange.refused",
+            side=side,
+            code=exc.code,
+            detail=exc.detail,
+            reason=exc.message,
+            route=route,
+            protocol=protocol,
+        )
+        return exc
+    err = XRoadError(f"{prefix}.InternalError", f"internal error in the {side}'s node")
     if metrics is not None:
         metrics.refusal(side, err.code)
+    log.error("exchange.internal_error", side=side, detail=err.detail, exc_info=exc)
+    return err
 
 
 def _render(err: XRoadError, request: web.Request, form: ErrorForm) -> web.Response:

@@ -1,0 +1,351 @@
+"""The framed node-to-node channel: exchanges between nodes go over one TLS connection per
+peer, chosen by ALPN; a peer that breaks the framing is cut off while honest exchanges go
+on; a peer that is not a registered node gets nothing read; nodes that speak only HTTP are
+still served, both ways."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import ssl
+import time
+import uuid
+from collections.abc import AsyncIterator, Callable
+from urllib.parse import urlsplit
+
+import aiohttp
+import orjson
+import pytest
+from aiohttp import web
+from cryptography.hazmat.primitives.serialization import Encoding
+
+from xroad_hub.errors import XRoadError
+from xroad_hub.node.peer import PEER_PATH, PeerTransport
+from xroad_hub.node.tls import peer_client_context, peer_server_context
+from xroad_hub.pki import CertPaths, load_cert
+from xroad_hub.protocol.frames import (
+    ALPN,
+    REFUSED,
+    REPLY,
+    REQUEST,
+    Frame,
+    FrameReader,
+    decode_reply,
+    encode_reply,
+    frame_head,
+)
+from xroad_hub.protocol.globalconf import NodeEntry
+from xroad_hub.protocol.identifiers import parse_node_id
+from xroad_hub.protocol.message import body_digest, canonical, encode_envelope
+from xroad_hub.protocol.signing import cert_fingerprint
+
+from .conftest import Fed
+
+DGA = "TH/GOV/DGA/hub1"
+DBD = "TH/GOV/DBD/hub1"
+ECHO = "/r1/TH/GOV/DBD/registry/echo"
+DEV = {"X-Road-Client": "TH/GOV/DGA/devportal"}
+
+
+async def _echo(fed: Fed, http: aiohttp.ClientSession, body: bytes = b"") -> int:
+    async with http.post(fed.url(DGA) + ECHO, data=body, headers=DEV) as r:
+        await r.read()
+        return r.status
+
+
+def _provider(fed: Fed):  # type: ignore[no-untyped-def]
+    frames = fed.federation.nodes[DBD].frames
+    assert frames is not None
+    return frames
+
+
+def _fingerprint(paths: CertPaths) -> str:
+    return cert_fingerprint(load_cert(paths.cert).public_bytes(Encoding.DER))
+
+
+async def _open_frames(
+    fed: Fed, paths: CertPaths
+) -> tuple[asyncio.StreamReader, asyncio.StreamWriter]:
+    """A TLS connection to DBD's peer port with ``paths``' certificate, frames chosen."""
+    ctx = ssl.create_default_context(cafile=str(fed.pki.root_ca.cert))
+    ctx.check_hostname = False
+    ctx.load_cert_chain(str(paths.cert), str(paths.key))
+    ctx.set_alpn_protocols([ALPN])
+    u = urlsplit(fed.url(DBD, "peer"))
+    reader, writer = await asyncio.open_connection(u.hostname, u.port, ssl=ctx)
+    assert writer.get_extra_info("ssl_object").selected_alpn_protocol() == ALPN
+    return reader, writer
+
+
+async def _until_closed(reader: asyncio.StreamReader) -> list[Frame]:
+    """The frames the provider sent until it closed the connection."""
+    data = b""
+    with contextlib.suppress(ConnectionError, ssl.SSLError):
+        async with asyncio.timeout(30):
+            data = await reader.read()
+    return [f for f in FrameReader(1 << 24).feed(data) if isinstance(f, Frame)]
+
+
+async def _envelope(fed: Fed, **changes: object) -> bytes:
+    """A request signed by DGA's member as DGA's node would send it to DBD."""
+    rt = fed.federation.nodes[DGA].runtime
+    signer = next(s for m, s in rt.signers.items() if str(m) == "TH/GOV/DGA")
+    meta: dict[str, object] = {
+        "v": 1,
+        "kind": "request",
+        "id": str(uuid.uuid4()),
+        "request_id": str(uuid.uuid4()),
+        "client": "TH/GOV/DGA/devportal",
+        "service": "TH/GOV/DBD/registry/echo",
+        "target_node": DBD,
+        "method": "GET",
+        "path": "",
+        "query": "",
+        "headers": [],
+        "user_id": None,
+        "issue": None,
+        "represented_party": None,
+        "created": time.time(),
+        "body_sha512": body_digest(b""),
+    }
+    meta.update(changes)
+    meta_bytes = canonical(meta)
+    return encode_envelope(meta_bytes, await signer.sign(meta_bytes), signer.cert_der, b"")
+
+
+def test_frames_are_read_whole_however_the_bytes_arrive() -> None:
+    """TLS hands over bytes in any pieces: a frame split anywhere is read the same, and a
+    payload discarded at its head is skipped without being kept."""
+    data = (
+        frame_head(5, 1, REQUEST) + b"hello"
+        + frame_head(0, 3, REQUEST)
+        + frame_head(4, 5, REQUEST) + b"skip"
+        + b"".join(encode_reply(7, 429, "application/json", b"{}"))
+    )  # fmt: skip
+    for size in (1, 2, 7, len(data)):
+        reader = FrameReader(64)
+        frames = []
+        for i in range(0, len(data), size):
+            for event in reader.feed(data[i : i + size]):
+                if isinstance(event, Frame):
+                    frames.append(event)
+                elif event.stream == 5:
+                    reader.discard()
+        assert [(f.head.stream, f.payload) for f in frames[:2]] == [(1, b"hello"), (3, b"")]
+        assert len(frames) == 3 and not reader.partial
+        assert decode_reply(frames[2].payload) == (429, "application/json", b"{}")
+
+
+async def test_exchanges_between_nodes_go_over_the_framed_channel(fed: Fed, http) -> None:
+    provider = _provider(fed)
+    peers = fed.federation.nodes[DGA].runtime.peers
+    served, sent = provider.served, peers.frame_exchanges
+    assert await _echo(fed, http, b"over frames") == 200
+    assert provider.served == served + 1
+    assert peers.frame_exchanges == sent + 1
+
+
+async def test_many_exchanges_at_once_share_one_connection(fed: Fed, http) -> None:
+    provider = _provider(fed)
+    served = provider.served
+    # As many as one client system may have in flight at once (client_max_concurrent).
+    statuses = await asyncio.gather(*(_echo(fed, http, b"x" * i) for i in range(32)))
+    assert statuses == [200] * 32
+    assert provider.served == served + 32
+    dga = _fingerprint(fed.pki.node_auth(DGA))
+    assert sum(c.fingerprint == dga for c in provider.connections) == 1
+
+
+def _hostile(fed: Fed) -> dict[str, bytes]:
+    limit = _provider(fed).proxy.max_message_bytes
+    return {
+        "garbage": b"\xde\xad\xbe\xef" * 8,
+        "unknown kind": frame_head(4, 1, 9) + b"abcd",
+        "oversized length": frame_head(limit + 1, 1, REQUEST),
+        "reply from the client": frame_head(0, 1, REPLY),
+        "even stream id": frame_head(0, 2, REQUEST),
+        # Two requests on stream 1 in one write: the first is still in flight.
+        "duplicate stream": (frame_head(3, 1, REQUEST) + b"bad") * 2,
+        # A frame begun and never finished: cut off after the body timeout.
+        "half frame": frame_head(1000, 1, REQUEST) + b"x" * 10,
+    }
+
+
+@pytest.mark.parametrize(
+    "case",
+    ["garbage", "unknown kind", "oversized length", "reply from the client", "even stream id",
+     "duplicate stream", "half frame"],
+)  # fmt: skip
+async def test_a_registered_node_that_breaks_the_framing_is_cut_off(
+    fed: Fed, http, case: str
+) -> None:
+    """With a registered node's own certificate: its connection is closed unanswered (but
+    for the stream it had completed), and an honest exchange at the same time succeeds."""
+    reader, writer = await _open_frames(fed, fed.pki.node_auth(DGA))
+    try:
+        writer.write(_hostile(fed)[case])
+        await writer.drain()
+        frames, status = await asyncio.gather(_until_closed(reader), _echo(fed, http))
+    finally:
+        writer.close()
+    assert status == 200
+    assert all(f.head.stream == 1 for f in frames)
+    assert len(frames) <= (case == "duplicate stream")
+    assert await _echo(fed, http) == 200
+
+
+async def test_a_request_for_a_client_its_node_does_not_host_is_refused(fed: Fed, http) -> None:
+    reader, writer = await _open_frames(fed, fed.pki.node_auth(DGA))
+    try:
+        envelope = await _envelope(fed, client="TH/GOV/DBD/registry")
+        writer.write(frame_head(len(envelope), 1, REQUEST) + envelope)
+        head = await reader.readexactly(9)
+        payload = await reader.readexactly(int.from_bytes(head[:4], "big"))
+    finally:
+        writer.close()
+    assert head[4:9] == (1).to_bytes(4, "big") + bytes([REPLY])
+    status, content_type, body = decode_reply(payload)
+    assert status == 500 and content_type.startswith("application/json")
+    assert orjson.loads(body)["type"] == "Server.ServerProxy.SslAuthenticationFailed"
+    assert "does not host" in orjson.loads(body)["message"]
+    assert await _echo(fed, http) == 200
+
+
+async def test_a_tls_peer_that_is_not_a_registered_node_gets_no_frame_read(fed: Fed) -> None:
+    """A certificate of the federation CA, of a client system: its request is never read,
+    it is told why, and the connection is closed."""
+    served = _provider(fed).served
+    reader, writer = await _open_frames(fed, fed.pki.client_tls("TH/GOV/DGA/officeapp"))
+    try:
+        envelope = await _envelope(fed)
+        writer.write(frame_head(len(envelope), 1, REQUEST) + envelope)
+        with contextlib.suppress(ConnectionError):
+            await writer.drain()
+        frames = await _until_closed(reader)
+    finally:
+        writer.close()
+    assert [f.head.kind for f in frames] == [REFUSED]
+    status, _, body = decode_reply(frames[0].payload)
+    assert status == 500
+    assert orjson.loads(body)["type"] == "Server.ServerProxy.SslAuthenticationFailed"
+    assert _provider(fed).served == served
+
+
+async def test_a_client_node_without_frames_is_served_over_http(
+    fed: Fed, http, monkeypatch
+) -> None:
+    """A node of an older version offers no ALPN: the provider serves it over HTTP."""
+    peers = fed.federation.nodes[DGA].runtime.peers
+    monkeypatch.setattr(peers, "_frames", False)
+    served = _provider(fed).served
+    assert await _echo(fed, http, b"over http") == 200
+    assert _provider(fed).served == served
+
+
+# --- a client node's transport against peers of its own making ---
+
+
+@pytest.fixture
+def provider_tls(fed: Fed) -> Callable[[], ssl.SSLContext]:
+    auth = fed.pki.node_auth(DBD)
+
+    def make() -> ssl.SSLContext:
+        ctx = peer_server_context(auth.cert, auth.key, fed.pki.root_ca.cert)
+        ctx.set_alpn_protocols([ALPN])
+        return ctx
+
+    return make
+
+
+def _transport(fed: Fed) -> PeerTransport:
+    auth = fed.pki.node_auth(DGA)
+    make = lambda der: peer_client_context(auth.cert, auth.key, fed.pki.root_ca.cert, der)  # noqa: E731
+    return PeerTransport(make, 1 << 20)
+
+
+def _entry(fed: Fed, port: int) -> NodeEntry:
+    der = load_cert(fed.pki.node_auth(DBD).cert).public_bytes(Encoding.DER)
+    return NodeEntry(
+        parse_node_id(DBD), f"127.0.0.1:{port}", cert_fingerprint(der), frozenset(), der
+    )
+
+
+@contextlib.asynccontextmanager
+async def _http_only_peer(ctx: ssl.SSLContext) -> AsyncIterator[int]:
+    async def echo(request: web.Request) -> web.Response:
+        return web.Response(body=await request.read(), content_type="application/octet-stream")
+
+    app = web.Application()
+    app.router.add_post(PEER_PATH, echo)
+    runner = web.AppRunner(app)
+    await runner.setup()
+    site = web.TCPSite(runner, "127.0.0.1", 0, ssl_context=ctx)
+    await site.start()
+    try:
+        yield site._server.sockets[0].getsockname()[1]  # type: ignore[union-attr]
+    finally:
+        await runner.cleanup()
+
+
+async def test_a_provider_without_frames_is_reached_over_http(fed: Fed) -> None:
+    auth = fed.pki.node_auth(DBD)
+    old = peer_server_context(auth.cert, auth.key, fed.pki.root_ca.cert)  # offers no ALPN
+    peers = _transport(fed)
+    try:
+        async with _http_only_peer(old) as port:
+            for _ in range(2):
+                reply = await peers.send(_entry(fed, port), b"hello", 10)
+                assert (reply.status, reply.body) == (200, b"hello")
+    finally:
+        await peers.close()
+    assert peers.frame_exchanges == 0
+
+
+async def test_exchanges_in_flight_fail_when_the_connection_is_lost(
+    fed: Fed, provider_tls: Callable[[], ssl.SSLContext]
+) -> None:
+    """A provider that drops the connection: every exchange in flight on it fails as a
+    network error, and the next exchange opens a new connection."""
+    connections = 0
+
+    async def drop(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        nonlocal connections
+        connections += 1
+        await reader.read(1)  # the first request has begun to arrive
+        await asyncio.sleep(0.05)
+        writer.transport.abort()
+
+    server = await asyncio.start_server(drop, "127.0.0.1", 0, ssl=provider_tls())
+    port = server.sockets[0].getsockname()[1]
+    peers = _transport(fed)
+    try:
+        results = await asyncio.gather(
+            *(peers.send(_entry(fed, port), b"m%d" % i, 10) for i in range(5)),
+            return_exceptions=True,
+        )
+        assert all(isinstance(r, XRoadError) for r in results)
+        assert {r.code for r in results} == {"Server.ClientProxy.NetworkError"}  # type: ignore[union-attr]
+        assert connections == 1
+        with pytest.raises(XRoadError, match="NetworkError"):
+            await peers.send(_entry(fed, port), b"again", 10)
+        assert connections == 2
+    finally:
+        await peers.close()
+        server.close()
+        await server.wait_closed()
+
+
+async def test_an_exchange_whose_connection_drops_is_still_logged(fed: Fed) -> None:
+    """The client node goes away right after sending: the provider serves and logs the
+    exchange all the same (its answer has nowhere to go)."""
+    log = fed.federation.nodes[DBD].runtime.log
+    before = await log.count()
+    _, writer = await _open_frames(fed, fed.pki.node_auth(DGA))
+    envelope = await _envelope(fed)
+    writer.write(frame_head(len(envelope), 1, REQUEST) + envelope)
+    await writer.drain()
+    writer.close()  # gone before the answer, which has nowhere to go
+    async with asyncio.timeout(20):
+        while await log.count() == before:  # noqa: ASYNC110 - polling the node's log
+            await asyncio.sleep(0.05)
+    assert await log.count() == before + 1

@@ -1,0 +1,355 @@
+"""The provider side of the framed node-to-node channel, on the peer port beside HTTP.
+
+A connection whose client chose the frames protocol by ALPN (protocol/frames.py) is served
+here, any other goes to aiohttp as before (``PeerSite``). The peer's certificate is read
+once per connection, and a peer that is not a registered node gets no frame read: every
+exchange it sent is answered by one REFUSED frame and the connection closed. Each frame is
+checked again against the configuration in force (revocations take effect at once) and
+admitted within the peer's share of the node, as on the HTTP path, before its payload is
+read; a peer that breaks the framing, or stalls in the middle of a frame longer than the
+body timeout, is cut off.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import ssl
+import time
+from collections.abc import Callable
+from contextlib import AbstractContextManager
+from typing import Any
+
+import structlog
+from aiohttp import web
+
+from xroad_hub.errors import SERVER_PROXY, XRoadError
+from xroad_hub.node.metrics import NodeMetrics
+from xroad_hub.node.provider import ServerProxy
+from xroad_hub.node.runtime import refusal
+from xroad_hub.node.tls import peer_fingerprint
+from xroad_hub.protocol.frames import (
+    ALPN,
+    REFUSED,
+    REPLY,
+    REQUEST,
+    Frame,
+    FrameError,
+    FrameHead,
+    FrameReader,
+    encode_reply,
+)
+from xroad_hub.protocol.globalconf import GlobalConf, NodeEntry
+from xroad_hub.protocol.message import CONTENT_TYPE
+from xroad_hub.protocol.rest import error_response
+
+__all__ = ["FrameListener", "PeerSite"]
+
+log = structlog.get_logger("xroad_hub.provider")
+
+# A connection with nothing in flight is closed after this long. Longer than the client
+# node's own idle time (channel.py), so that it is the client that closes, never while it
+# sends a new exchange.
+IDLE_TIMEOUT = 120.0
+
+
+class FrameListener:
+    """The frame connections of one node's peer port, and how their exchanges are served."""
+
+    def __init__(
+        self,
+        proxy: ServerProxy,
+        exchange_context: Callable[[], AbstractContextManager[Any]],
+        metrics: NodeMetrics | None,
+    ) -> None:
+        self.proxy = proxy
+        self.exchange_context = exchange_context
+        self.metrics = metrics
+        self.connections: set[FrameConnection] = set()
+        self.served = 0  # exchanges answered over frames (for tests and operators)
+        self.closing = False
+
+    def connection(self) -> FrameConnection:
+        return FrameConnection(self)
+
+    async def shutdown(self, timeout: float) -> None:
+        """Stop reading, let the exchanges in flight finish within ``timeout`` (those that do
+        not are cancelled: they are still logged), then close the connections."""
+        self.closing = True
+        conns = list(self.connections)
+        for conn in conns:
+            conn.pause()
+        tasks = {t for conn in conns for t in conn.tasks}
+        if tasks:
+            _, pending = await asyncio.wait(tasks, timeout=timeout)
+            for task in pending:
+                task.cancel()
+            await asyncio.gather(*pending, return_exceptions=True)
+        for conn in conns:
+            conn.close()
+
+
+class FrameConnection(asyncio.Protocol):
+    def __init__(self, listener: FrameListener) -> None:
+        self.listener = listener
+        self.proxy = listener.proxy
+        self.transport: asyncio.Transport | None = None
+        self.fingerprint: str | None = None
+        self.reader = FrameReader(self.proxy.max_message_bytes)
+        self.tasks: set[asyncio.Task[None]] = set()
+        self.streams: set[int] = set()  # stream ids being received or served
+        # Streams admitted whose payload is still arriving: (conf, peer, admission, started).
+        self._admitted: dict[
+            int, tuple[GlobalConf, NodeEntry, AbstractContextManager[None], float]
+        ] = {}
+        self._out: list[bytes] = []
+        self._flushing = False
+        self._closed = False
+        self._timer: asyncio.TimerHandle | None = None
+        self._frames_begun = 0
+        self._timed_frame = -1  # the frame the stall timer runs for
+
+    # --- asyncio.Protocol ---
+
+    def connection_made(self, transport: asyncio.BaseTransport) -> None:
+        assert isinstance(transport, asyncio.Transport)
+        self.transport = transport
+        if self.listener.closing:
+            transport.abort()
+            return
+        self.listener.connections.add(self)
+        self.fingerprint = peer_fingerprint(transport)
+        conf = self.proxy.rt.globalconf.current()
+        # Without a configuration in force, every frame is refused on its own (the peer
+        # learns why: OutdatedGlobalConf); with one, the peer must be a registered node.
+        if conf is not None:
+            try:
+                self.proxy.registered_peer(conf, self.fingerprint)
+            except XRoadError as exc:
+                self._refuse_connection(exc)
+                return
+        self._watch()
+
+    def data_received(self, data: bytes) -> None:
+        if self._closed:
+            return
+        try:
+            for event in self.reader.feed(data):
+                if isinstance(event, FrameHead):
+                    self._head(event)
+                else:
+                    self._frame(event)
+        except FrameError as exc:
+            self._cut(str(exc))
+            return
+        self._watch()
+
+    def connection_lost(self, exc: Exception | None) -> None:
+        # Exchanges in flight are served to their end (and logged); their answers are dropped.
+        self._closed = True
+        self._out.clear()
+        self.listener.connections.discard(self)
+        self._stop_timer()
+        self._release()
+
+    def _release(self) -> None:
+        """The shares of the node held by frames that will never be complete."""
+        admitted, self._admitted = self._admitted, {}
+        for _, _, admission, _ in admitted.values():
+            admission.__exit__(None, None, None)
+
+    def pause_writing(self) -> None:
+        # The peer does not read its answers: no more of its requests are read either.
+        if self.transport is not None and not self._closed:
+            self.transport.pause_reading()
+
+    def resume_writing(self) -> None:
+        if self.transport is not None and not self._closed and not self.listener.closing:
+            self.transport.resume_reading()
+
+    # --- frames ---
+
+    def _head(self, head: FrameHead) -> None:
+        if head.kind != REQUEST:
+            raise FrameError(f"a client node sent a frame of kind {head.kind}")
+        if head.stream in self.streams or not head.stream & 1:
+            raise FrameError(f"stream {head.stream} is in use or not a client's")
+        self._frames_begun += 1
+        try:
+            conf, peer = self.proxy.authenticate(self.fingerprint)
+            admission = self.proxy.admit(peer, head.length)
+            admission.__enter__()
+        except XRoadError as exc:
+            # Refused before its payload is read: skipped, not held.
+            self.reader.discard()
+            self._answer_error(head.stream, exc)
+            return
+        self.streams.add(head.stream)
+        self._admitted[head.stream] = (conf, peer, admission, time.time())
+
+    def _frame(self, frame: Frame) -> None:
+        admitted = self._admitted.pop(frame.head.stream)
+        # Each exchange in a task (and context) of its own, as aiohttp serves a request.
+        task = asyncio.get_running_loop().create_task(
+            self._serve(frame.head.stream, frame.payload, *admitted)
+        )
+        self.tasks.add(task)
+        task.add_done_callback(self.tasks.discard)
+
+    async def _serve(
+        self,
+        stream: int,
+        data: bytes,
+        conf: GlobalConf,
+        peer: NodeEntry,
+        admission: AbstractContextManager[None],
+        started: float,
+    ) -> None:
+        try:
+            with self.listener.exchange_context():
+                try:
+                    answer = await self.proxy.serve(conf, peer, data, started)
+                except Exception as exc:
+                    self._answer_error(stream, exc)
+                else:
+                    self.listener.served += 1
+                    self._send(encode_reply(stream, 200, CONTENT_TYPE, answer))
+        finally:
+            admission.__exit__(None, None, None)
+            self.streams.discard(stream)
+            self._watch()
+
+    def _answer_error(self, stream: int, exc: Exception, kind: int = REPLY) -> None:
+        """The X-Road error (JSON) the HTTP path answers, as the stream's reply."""
+        with self.listener.exchange_context():  # its log line names the node
+            err = refusal(exc, "provider", SERVER_PROXY, self.listener.metrics, route="frames")
+        status, headers, body = error_response(err, "application/json")
+        self._send(encode_reply(stream, status, headers.get("Content-Type", ""), body, kind))
+
+    def _refuse_connection(self, exc: XRoadError) -> None:
+        """Answers every exchange the peer sent (or sends) with ``exc``, reads nothing."""
+        self._answer_error(0, exc, REFUSED)
+        self._flush()
+        self._closed = True
+        assert self.transport is not None
+        self.transport.pause_reading()
+        self.transport.close()
+        self.listener.connections.discard(self)
+        self._flush()
+        self._closed = True
+        assert self.transport is not None
+        self.transport.pause_reading()
+        self.transport.close()
+        self.listener.connections.discard(self)
+
+    # --- writing: the frames of one turn of the event loop in one write ---
+
+    def _send(self, parts: list[bytes]) -> None:
+        if self._closed:
+            return
+        self._out.extend(parts)
+        if not self._flushing:
+            self._flushing = True
+            asyncio.get_running_loop().call_soon(self._flush)
+
+    def _flush(self) -> None:
+        self._flushing = False
+        if self._out and not self._closed and self.transport is not None:
+            # A transport paused for writing still takes the answers already made (they are
+            # bounded by the exchanges admitted); reading more requests is what stops.
+            out, self._out = self._out, []
+            self.transport.writelines(out)
+
+    # --- the connection's clock ---
+
+    def _watch(self) -> None:
+        """A frame begun must be complete within the body timeout; a connection with
+        nothing in flight is closed after IDLE_TIMEOUT."""
+        if self._closed:
+            return
+        loop = asyncio.get_running_loop()
+        if self.reader.partial:
+            if self._timed_frame != self._frames_begun or self._timer is None:
+                self._stop_timer()
+                self._timed_frame = self._frames_begun
+                self._timer = loop.call_later(
+                    self.proxy.rt.body_timeout, self._cut, "a frame stalled past the body timeout"
+                )
+        elif not self.streams:
+            self._stop_timer()
+            self._timed_frame = -2
+            self._timer = loop.call_later(IDLE_TIMEOUT, self.close)
+        else:
+            self._stop_timer()
+
+    def _stop_timer(self) -> None:
+        if self._timer is not None:
+            self._timer.cancel()
+            self._timer = None
+
+    def _cut(self, reason: str) -> None:
+        with self.listener.exchange_context():
+            log.warning("peer.frames.cut_off", reason=reason, peer_sha256=self.fingerprint)
+        self._closed = True
+        self._stop_timer()
+        self._release()
+        if self.transport is not None:
+            self.transport.abort()
+
+    def pause(self) -> None:
+        if self.transport is not None and not self._closed:
+            self.transport.pause_reading()
+
+    def close(self) -> None:
+        self._stop_timer()
+        if self.transport is not None and not self._closed:
+            self._flush()
+            self._closed = True
+            self.transport.close()
+
+
+class _AlpnSwitch(asyncio.Protocol):
+    """Hands a connection, once its TLS handshake is done, to the frames or to aiohttp."""
+
+    def __init__(
+        self, http: Callable[[], asyncio.Protocol], frames: Callable[[], asyncio.Protocol]
+    ) -> None:
+        self._http, self._frames = http, frames
+
+    def connection_made(self, transport: asyncio.BaseTransport) -> None:
+        sslobj = transport.get_extra_info("ssl_object")
+        chosen = sslobj.selected_alpn_protocol() if sslobj is not None else None
+        protocol = self._frames() if chosen == ALPN else self._http()
+        transport.set_protocol(protocol)
+        protocol.connection_made(transport)
+
+
+class PeerSite(web.SockSite):
+    """aiohttp's site on a bound socket, whose TLS connections that chose the frames
+    protocol are served by ``frames`` instead."""
+
+    def __init__(
+        self,
+        runner: web.BaseRunner,
+        sock: Any,
+        *,
+        ssl_context: ssl.SSLContext,
+        frames: FrameListener,
+        **kw: Any,
+    ) -> None:
+        # Offered here, where they are served: a client node that offers the frames gets
+        # them (the first of ours it offers), any other speaks HTTP/1.1 as before.
+        ssl_context.set_alpn_protocols([ALPN, "http/1.1"])
+        super().__init__(runner, sock, ssl_context=ssl_context, **kw)
+        self._frames = frames
+
+    async def start(self) -> None:
+        await web.BaseSite.start(self)
+        server = self._runner.server
+        assert server is not None
+        http = server
+        self._server = await asyncio.get_running_loop().create_server(
+            lambda: _AlpnSwitch(http, self._frames.connection),
+            sock=self._sock,
+            ssl=self._ssl_context,
+            backlog=self._backlog,
+        )
