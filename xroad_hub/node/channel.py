@@ -49,12 +49,14 @@ class FrameChannel(asyncio.Protocol):
         self._writable: asyncio.Future[None] | None = None  # set while paused
         self._idle: asyncio.TimerHandle | None = None
         self._refusal: Reply | None = None
+        self._received = 0  # reads of the connection, to tell a live peer from a dead one
+        self._retired = False  # no new exchange: the peer stopped answering
         self.peer_sha256: str | None = None  # the certificate the peer presented
 
     @property
     def usable(self) -> bool:
         """Whether a new exchange may be started on this connection."""
-        return not self.closed and self._next < _LAST_STREAM
+        return not self.closed and not self._retired and self._next < _LAST_STREAM
 
     async def exchange(self, data: bytes) -> Reply:
         """Send one request and wait for its reply (the caller bounds the wait)."""
@@ -72,12 +74,26 @@ class FrameChannel(asyncio.Protocol):
         answer: asyncio.Future[Reply] = asyncio.get_running_loop().create_future()
         self._streams[stream] = answer
         self._send(frame_head(len(data), stream, REQUEST), data)
+        received = self._received
         try:
             return await answer
+        except asyncio.CancelledError:
+            # Given up (its timeout): a peer that sent nothing since, or stalls in the middle
+            # of a frame (every reply behind it waits), is taken for dead. New exchanges go
+            # over a new connection, as aiohttp's pool dropped a connection that timed out;
+            # those in flight here may still be answered.
+            if self._received == received or self.reader.partial:
+                self._retired = True
+            raise
         finally:
             self._streams.pop(stream, None)
             if not self._streams and not self.closed:
-                self._idle = asyncio.get_running_loop().call_later(IDLE_TIMEOUT, self.close)
+                if self._retired:
+                    self.closed = True
+                    assert self.transport is not None
+                    self.transport.abort()  # no goodbye to a peer taken for dead
+                else:
+                    self._idle = asyncio.get_running_loop().call_later(IDLE_TIMEOUT, self.close)
 
     def close(self) -> None:
         if self.transport is not None and not self.closed:
@@ -91,6 +107,7 @@ class FrameChannel(asyncio.Protocol):
         self.transport = transport
 
     def data_received(self, data: bytes) -> None:
+        self._received += 1
         try:
             for event in self.reader.feed(data):
                 if isinstance(event, FrameHead):
