@@ -5,16 +5,38 @@ holds its share of the provider while they are unread."""
 from __future__ import annotations
 
 import asyncio
+import socket
 import ssl
+import time
+import uuid
 from collections.abc import Callable
+from urllib.parse import urlsplit
 
 import pytest
 
 from xroad_hub.errors import XRoadError
-from xroad_hub.protocol.frames import REPLY, FrameReader, encode_reply, frame_head
+from xroad_hub.protocol.frames import (
+    ALPN,
+    REPLY,
+    REQUEST,
+    Frame,
+    FrameReader,
+    decode_reply,
+    encode_reply,
+    frame_head,
+)
+from xroad_hub.protocol.message import body_digest, canonical, encode_envelope
 
 from .conftest import Fed
-from .test_peer_channel import _entry, _transport, provider_tls  # noqa: F401
+from .test_peer_channel import (  # noqa: F401
+    DBD,
+    DGA,
+    _entry,
+    _fingerprint,
+    _provider,
+    _transport,
+    provider_tls,
+)
 
 
 @pytest.mark.parametrize("stall", ["half reply", "silent"])
@@ -37,7 +59,7 @@ async def test_a_provider_connection_that_stalls_is_replaced(
         try:
             while data := await reader.read(65536):
                 for event in frames.feed(data):
-                    if not hasattr(event, "payload"):
+                    if not isinstance(event, Frame):
                         continue
                     if first:
                         if stall == "half reply":
@@ -63,3 +85,84 @@ async def test_a_provider_connection_that_stalls_is_replaced(
     finally:
         await peers.close()
         server.close()
+
+
+async def _envelope_with_body(fed: Fed, body: bytes) -> bytes:
+    rt = fed.federation.nodes[DGA].runtime
+    signer = next(s for m, s in rt.signers.items() if str(m) == "TH/GOV/DGA")
+    meta: dict[str, object] = {
+        "v": 1,
+        "kind": "request",
+        "id": str(uuid.uuid4()),
+        "request_id": str(uuid.uuid4()),
+        "client": "TH/GOV/DGA/devportal",
+        "service": "TH/GOV/DBD/registry/echo",
+        "target_node": DBD,
+        "method": "POST",
+        "path": "",
+        "query": "",
+        "headers": [["Content-Type", "application/octet-stream"]],
+        "user_id": None,
+        "issue": None,
+        "represented_party": None,
+        "created": time.time(),
+        "body_sha512": body_digest(body),
+    }
+    meta_bytes = canonical(meta)
+    return encode_envelope(meta_bytes, await signer.sign(meta_bytes), signer.cert_der, body)
+
+
+async def test_a_peer_that_does_not_read_its_answers_gets_no_more_of_them_buffered(
+    fed: Fed,
+) -> None:
+    """A registered node sends many exchanges on one connection and reads none of the
+    answers: once its connection's write buffer is full, the provider buffers no further
+    answers for it in the transport (they wait, holding the peer's share, until it reads),
+    instead of writing every answer of every exchange it had admitted."""
+    provider = _provider(fed)
+    dga = _fingerprint(fed.pki.node_auth(DGA))
+    known = set(provider.connections)
+    ctx = ssl.create_default_context(cafile=str(fed.pki.root_ca.cert))
+    ctx.check_hostname = False
+    auth = fed.pki.node_auth(DGA)
+    ctx.load_cert_chain(str(auth.cert), str(auth.key))
+    ctx.set_alpn_protocols([ALPN])
+    u = urlsplit(fed.url(DBD, "peer"))
+    sock = socket.socket()
+    sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 4096)  # the kernel holds little
+    sock.connect((u.hostname, u.port))
+    sock.setblocking(False)
+    reader, writer = await asyncio.open_connection(sock=sock, ssl=ctx, server_hostname="x")
+    try:
+        async with asyncio.timeout(10):
+            while not (new := [c for c in provider.connections if c not in known]):  # noqa: ASYNC110
+                await asyncio.sleep(0.01)
+        conn = new[0]
+        assert conn.fingerprint == dga and conn.transport is not None
+        conn.transport.get_extra_info("socket").setsockopt(
+            socket.SOL_SOCKET, socket.SO_SNDBUF, 4096
+        )
+        body = b"b" * 48_000
+        for stream in range(1, 2 * 40, 2):
+            envelope = await _envelope_with_body(fed, body)
+            writer.write(frame_head(len(envelope), stream, REQUEST) + envelope)
+        # The provider serves what it read, then has nothing more to do for this peer.
+        async with asyncio.timeout(60):
+            quiet = 0
+            while quiet < 20:
+                await asyncio.sleep(0.05)
+                quiet = 0 if conn.tasks else quiet + 1
+        _, high = conn.transport.get_write_buffer_limits()
+        one_answer = 2 * len(envelope)
+        assert conn.transport.get_write_buffer_size() <= high + one_answer
+        # Once the peer reads, every exchange it sent is answered.
+        frames = FrameReader(1 << 24)
+        answered: dict[int, int] = {}
+        async with asyncio.timeout(60):
+            while len(answered) < 40:
+                for event in frames.feed(await reader.read(1 << 16)):
+                    if isinstance(event, Frame):
+                        answered[event.head.stream] = decode_reply(event.payload)[0]
+        assert set(answered.values()) == {200}
+    finally:
+        writer.transport.abort()
