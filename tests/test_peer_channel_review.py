@@ -12,6 +12,7 @@ import uuid
 from collections.abc import Callable
 from urllib.parse import urlsplit
 
+import orjson
 import pytest
 
 from xroad_hub.errors import XRoadError
@@ -33,6 +34,7 @@ from .test_peer_channel import (  # noqa: F401
     DGA,
     _entry,
     _fingerprint,
+    _open_frames,
     _provider,
     _transport,
     provider_tls,
@@ -166,3 +168,74 @@ async def test_a_peer_that_does_not_read_its_answers_gets_no_more_of_them_buffer
         assert set(answered.values()) == {200}
     finally:
         writer.transport.abort()
+
+
+async def test_an_answer_over_the_limit_fails_only_its_own_exchange(
+    fed: Fed,
+    provider_tls: Callable[[], ssl.SSLContext],  # noqa: F811
+) -> None:
+    """A provider node whose limit is larger than this node's answers one exchange with
+    more than this node takes: that exchange fails as over HTTP (its answer is skipped,
+    never held), the other exchanges on the same connection are answered."""
+    connections = 0
+
+    async def provider(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        nonlocal connections
+        connections += 1
+        frames = FrameReader(1 << 20)
+        try:
+            while data := await reader.read(65536):
+                for event in frames.feed(data):
+                    if not isinstance(event, Frame):
+                        continue
+                    body = b"z" * (2 << 20) if event.payload == b"big" else event.payload
+                    writer.writelines(encode_reply(event.head.stream, 200, "x/y", body))
+        except (ConnectionError, ssl.SSLError):
+            pass
+        finally:
+            writer.close()
+
+    server = await asyncio.start_server(provider, "127.0.0.1", 0, ssl=provider_tls())
+    port = server.sockets[0].getsockname()[1]
+    peers = _transport(fed)  # takes answers of 1 MiB at most
+    try:
+        big, small = await asyncio.gather(
+            peers.send(_entry(fed, port), b"big", 10),
+            peers.send(_entry(fed, port), b"small", 10),
+            return_exceptions=True,
+        )
+        assert isinstance(big, XRoadError) and big.code == "Server.ClientProxy.NetworkError"
+        assert not isinstance(small, BaseException) and small.body == b"small"
+        reply = await peers.send(_entry(fed, port), b"again", 10)
+        assert reply.body == b"again"
+        assert connections == 1
+    finally:
+        await peers.close()
+        server.close()
+
+
+async def test_a_request_over_the_providers_limit_fails_only_its_own_exchange(fed: Fed) -> None:
+    """A client node whose limit is larger than this node's sends a message over this
+    node's: it is refused as over HTTP (Server.ServerProxy.BadRequest), unread, and the
+    connection goes on serving the node's other exchanges."""
+    reader, writer = await _open_frames(fed, fed.pki.node_auth(DGA))
+    try:
+        size = _provider(fed).proxy.max_message_bytes + 1
+        writer.write(frame_head(size, 1, REQUEST))
+        for _ in range(size // (1 << 20)):
+            writer.write(b"x" * (1 << 20))
+        writer.write(b"x" * (size % (1 << 20)))
+        envelope = await _envelope_with_body(fed, b"fine")
+        writer.write(frame_head(len(envelope), 3, REQUEST) + envelope)
+        frames = FrameReader(1 << 24)
+        answered: dict[int, tuple[int, str, bytes]] = {}
+        async with asyncio.timeout(60):
+            while len(answered) < 2:
+                for event in frames.feed(await reader.read(1 << 16)):
+                    if isinstance(event, Frame):
+                        answered[event.head.stream] = decode_reply(event.payload)
+    finally:
+        writer.close()
+    _, _, body = answered[1]
+    assert orjson.loads(body)["type"] == "Server.ServerProxy.BadRequest"
+    assert answered[3][0] == 200

@@ -23,7 +23,7 @@ from xroad_hub.protocol.frames import (
     frame_head,
 )
 
-__all__ = ["IDLE_TIMEOUT", "ChannelLost", "FrameChannel"]
+__all__ = ["IDLE_TIMEOUT", "ChannelLost", "FrameChannel", "ReplyTooLarge"]
 
 # A connection with no exchange in flight is closed after this long (aiohttp's pool kept
 # idle connections as long); the provider's own idle limit is longer (framelistener.py).
@@ -35,6 +35,10 @@ Reply = tuple[int, str, bytes]
 
 class ChannelLost(Exception):
     """The connection ended before the exchange's answer came."""
+
+
+class ReplyTooLarge(Exception):
+    """The exchange's answer is longer than this node takes (it was skipped, unread)."""
 
 
 class FrameChannel(asyncio.Protocol):
@@ -113,6 +117,8 @@ class FrameChannel(asyncio.Protocol):
                 if isinstance(event, FrameHead):
                     if event.kind == REQUEST:
                         raise FrameError("a provider node sent a request frame")
+                    if event.kind == REPLY and event.length > self.reader.max_length:
+                        self._too_large(event)
                     continue
                 self._frame(event)
         except FrameError as exc:
@@ -153,6 +159,19 @@ class FrameChannel(asyncio.Protocol):
             raise FrameError(f"a reply on stream {head.stream}, never opened")
         if not answer.done():
             answer.set_result(decode_reply(frame.payload))
+
+    def _too_large(self, head: FrameHead) -> None:
+        """An answer over the limit (a provider with a larger limit than ours): its exchange
+        fails, as over HTTP, and the others on the connection go on."""
+        answer = self._streams.pop(head.stream, None)
+        if answer is None and not (head.stream & 1 and head.stream < self._next):
+            raise FrameError(f"a reply on stream {head.stream}, never opened")
+        self.reader.discard()
+        if answer is not None and not answer.done():
+            limit = self.reader.max_length - REPLY_OVERHEAD
+            answer.set_exception(
+                ReplyTooLarge(f"answer of about {head.length} bytes, over the limit {limit}")
+            )
 
     def _end(self, exc: ChannelLost) -> None:
         self.closed = True

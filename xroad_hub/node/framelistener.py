@@ -188,6 +188,13 @@ class FrameConnection(asyncio.Protocol):
         self._frames_begun += 1
         try:
             conf, peer = self.proxy.authenticate(self.fingerprint)
+            limit = self.proxy.max_message_bytes
+            if head.length > limit:
+                # A client node with a larger limit than ours: this exchange is refused as
+                # over HTTP, the others on the connection go on.
+                raise XRoadError(
+                    f"{SERVER_PROXY}.BadRequest", f"request body exceeds the limit of {limit} bytes"
+                )
             admission = self.proxy.admit(peer, head.length)
             admission.__enter__()
         except XRoadError as exc:
