@@ -174,7 +174,10 @@ class FrameConnection(asyncio.Protocol):
     def resume_writing(self) -> None:
         self._paused = False
         if self.transport is not None and not self._closed:
-            self._flush()
+            if self._out and not self._flushing:
+                # Not from inside the transport's own call: in the next turn.
+                self._flushing = True
+                asyncio.get_running_loop().call_soon(self._flush)
             if not self.listener.closing:
                 self.transport.resume_reading()
 
