@@ -5,6 +5,7 @@ holds its share of the provider while they are unread."""
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import socket
 import ssl
 import time
@@ -18,6 +19,7 @@ import pytest
 from xroad_hub.errors import XRoadError
 from xroad_hub.protocol.frames import (
     ALPN,
+    REFUSED,
     REPLY,
     REQUEST,
     Frame,
@@ -239,3 +241,39 @@ async def test_a_request_over_the_providers_limit_fails_only_its_own_exchange(fe
     _, _, body = answered[1]
     assert orjson.loads(body)["type"] == "Server.ServerProxy.BadRequest"
     assert answered[3][0] == 200
+
+
+async def test_a_node_revoked_while_connected_is_refused_its_connection(
+    tmp_path, echo_backend: str
+) -> None:
+    """A node's authentication certificate is revoked while its connection is open (a
+    stolen key): its next frame is answered by one REFUSED frame and the connection closed,
+    as at connect, instead of each of its frames being answered (and logged) on its own."""
+    from xroad_hub.dev.testing import TestFederationSpec
+
+    from .conftest import start_federation
+    from .test_e2e_revocation import _revoke, _until_known
+
+    fed = await start_federation(
+        tmp_path, TestFederationSpec(backend_url=echo_backend, validity=30, refresh=0.3)
+    )
+    try:
+        reader, writer = await _open_frames(fed, fed.pki.node_auth(DGA))
+        try:
+            await _until_known(fed, DBD, _revoke(fed, "auth", DGA))
+            writer.write(b"".join(frame_head(0, s, REQUEST) for s in range(1, 2000, 2)))
+            with contextlib.suppress(ConnectionError):
+                await writer.drain()
+            frames = []
+            with contextlib.suppress(ConnectionError, ssl.SSLError):
+                async with asyncio.timeout(30):
+                    data = await reader.read()  # until the provider closes
+                frames = [f for f in FrameReader(1 << 24).feed(data) if isinstance(f, Frame)]
+        finally:
+            writer.close()
+        assert [f.head.kind for f in frames] == [REFUSED]
+        assert orjson.loads(decode_reply(frames[0].payload)[2])["type"] == (
+            "Server.ServerProxy.SslAuthenticationFailed"
+        )
+    finally:
+        await fed.federation.stop()

@@ -124,16 +124,22 @@ class FrameConnection(asyncio.Protocol):
             return
         self.listener.connections.add(self)
         self.fingerprint = peer_fingerprint(transport)
+        if self._still_registered():
+            self._watch()
+
+    def _still_registered(self) -> bool:
+        """Whether the peer is a registered node, by the configuration in force now; if not
+        (never was, or revoked since: a stolen key), the connection is refused whole.
+        Without a configuration in force, every frame is refused on its own (the peer
+        learns why: OutdatedGlobalConf)."""
         conf = self.proxy.rt.globalconf.current()
-        # Without a configuration in force, every frame is refused on its own (the peer
-        # learns why: OutdatedGlobalConf); with one, the peer must be a registered node.
         if conf is not None:
             try:
                 self.proxy.registered_peer(conf, self.fingerprint)
             except XRoadError as exc:
                 self._refuse_connection(exc)
-                return
-        self._watch()
+                return False
+        return True
 
     def data_received(self, data: bytes) -> None:
         if self._closed:
@@ -142,6 +148,8 @@ class FrameConnection(asyncio.Protocol):
             for event in self.reader.feed(data):
                 if isinstance(event, FrameHead):
                     self._head(event)
+                    if self._closed:
+                        return  # refused whole: nothing more is read
                 else:
                     self._frame(event)
         except FrameError as exc:
@@ -189,6 +197,8 @@ class FrameConnection(asyncio.Protocol):
         if head.stream in self.streams or not head.stream & 1:
             raise FrameError(f"stream {head.stream} is in use or not a client's")
         self._frames_begun += 1
+        if not self._still_registered():
+            return
         try:
             conf, peer = self.proxy.authenticate(self.fingerprint)
             limit = self.proxy.max_message_bytes
@@ -262,6 +272,7 @@ class FrameConnection(asyncio.Protocol):
         """Answers every exchange the peer sent (or sends) with ``exc``, reads nothing."""
         self._answer_error(0, exc, REFUSED)
         self._flush(force=True)
+        self._stop_timer()
         self._closed = True
         assert self.transport is not None
         self.transport.pause_reading()
