@@ -277,3 +277,56 @@ async def test_a_node_revoked_while_connected_is_refused_its_connection(
         )
     finally:
         await fed.federation.stop()
+
+
+async def test_refusals_wait_for_a_peer_that_does_not_read_them(fed: Fed, monkeypatch) -> None:
+    """A registered node at its share sends a stream of small frames and reads none of the
+    answers: the provider refuses no more of them than its buffer holds (each refusal is
+    an answer of hundreds of bytes and a log line for nine bytes read), and the rest once
+    the peer reads."""
+    provider = _provider(fed)
+    refused = 0
+
+    def full(peer, reserve):  # type: ignore[no-untyped-def]
+        nonlocal refused
+        refused += 1
+        raise XRoadError("Server.ServerProxy.TooManyRequests", "at its share", status=429)
+
+    monkeypatch.setattr(provider.proxy, "admit", full)
+    known = set(provider.connections)
+    ctx = ssl.create_default_context(cafile=str(fed.pki.root_ca.cert))
+    ctx.check_hostname = False
+    auth = fed.pki.node_auth(DGA)
+    ctx.load_cert_chain(str(auth.cert), str(auth.key))
+    ctx.set_alpn_protocols([ALPN])
+    u = urlsplit(fed.url(DBD, "peer"))
+    sock = socket.socket()
+    sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 4096)
+    sock.connect((u.hostname, u.port))
+    sock.setblocking(False)
+    reader, writer = await asyncio.open_connection(sock=sock, ssl=ctx, server_hostname="x")
+    sent = 20_000
+    try:
+        async with asyncio.timeout(10):
+            while not (new := [c for c in provider.connections if c not in known]):  # noqa: ASYNC110
+                await asyncio.sleep(0.01)
+        assert new[0].transport is not None
+        new[0].transport.get_extra_info("socket").setsockopt(
+            socket.SOL_SOCKET, socket.SO_SNDBUF, 4096
+        )
+        writer.write(b"".join(frame_head(0, s, REQUEST) for s in range(1, 2 * sent, 2)))
+        async with asyncio.timeout(30):
+            quiet, last = 0, -1
+            while quiet < 20:
+                await asyncio.sleep(0.05)
+                quiet, last = (quiet + 1 if refused == last else 0), refused
+        assert refused < sent // 2
+        frames = FrameReader(1 << 24)
+        answered = 0
+        async with asyncio.timeout(60):
+            while answered < sent:
+                for event in frames.feed(await reader.read(1 << 16)):
+                    answered += isinstance(event, Frame)
+        assert refused == sent
+    finally:
+        writer.transport.abort()

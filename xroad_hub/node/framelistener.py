@@ -107,6 +107,7 @@ class FrameConnection(asyncio.Protocol):
         # Answers not yet written, each with its exchange's share of the node: while the
         # peer does not read (pause_writing) they wait here and keep holding it.
         self._out: list[tuple[list[bytes], AbstractContextManager[None] | None]] = []
+        self._out_bytes = 0
         self._paused = False
         self._flushing = False
         self._closed = False
@@ -152,6 +153,10 @@ class FrameConnection(asyncio.Protocol):
                         return  # refused whole: nothing more is read
                 else:
                     self._frame(event)
+                if self._paused:
+                    # The peer does not read its answers (refusals among them): the rest of
+                    # what it sent waits in the reader until it does (resume_writing).
+                    break
         except FrameError as exc:
             self._cut(str(exc))
             return
@@ -168,7 +173,7 @@ class FrameConnection(asyncio.Protocol):
         """The shares of the node held by frames that will never be complete, and by
         answers that will never be written."""
         admitted, self._admitted = self._admitted, {}
-        out, self._out = self._out, []
+        out, self._out, self._out_bytes = self._out, [], 0
         for admission in [a for _, _, a, _ in admitted.values()] + [a for _, a in out if a]:
             admission.__exit__(None, None, None)
 
@@ -188,6 +193,7 @@ class FrameConnection(asyncio.Protocol):
                 asyncio.get_running_loop().call_soon(self._flush)
             if not self.listener.closing:
                 self.transport.resume_reading()
+                asyncio.get_running_loop().call_soon(self.data_received, b"")
 
     # --- frames ---
 
@@ -289,7 +295,10 @@ class FrameConnection(asyncio.Protocol):
                 admission.__exit__(None, None, None)
             return
         self._out.append((parts, admission))
-        if not self._flushing:
+        self._out_bytes += sum(len(p) for p in parts)
+        if self._out_bytes >= _BATCH and not self._paused:
+            self._flush()  # now: a full transport (pause_writing) stops the reading at once
+        elif not self._flushing:
             self._flushing = True
             asyncio.get_running_loop().call_soon(self._flush)
 
@@ -305,6 +314,7 @@ class FrameConnection(asyncio.Protocol):
                 size += sum(len(p) for p in self._out[n][0])
                 n += 1
             batch, self._out = self._out[:n], self._out[n:]
+            self._out_bytes -= size
             self.transport.writelines([p for parts, _ in batch for p in parts])
             for _, admission in batch:
                 if admission is not None:
