@@ -143,8 +143,8 @@ class FrameConnection(asyncio.Protocol):
         return True
 
     def data_received(self, data: bytes) -> None:
-        if self._closed:
-            return
+        if self._closed or self.listener.closing:
+            return  # (the node stops: no new exchange is read, even one already received)
         try:
             for event in self.reader.feed(data):
                 if isinstance(event, FrameHead):
