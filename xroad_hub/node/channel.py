@@ -23,7 +23,7 @@ from xroad_hub.protocol.frames import (
     frame_head,
 )
 
-__all__ = ["IDLE_TIMEOUT", "ChannelLost", "FrameChannel"]
+__all__ = ["IDLE_TIMEOUT", "ChannelLost", "FrameChannel", "ReplyTooLarge"]
 
 # A connection with no exchange in flight is closed after this long (aiohttp's pool kept
 # idle connections as long); the provider's own idle limit is longer (framelistener.py).
@@ -35,6 +35,10 @@ Reply = tuple[int, str, bytes]
 
 class ChannelLost(Exception):
     """The connection ended before the exchange's answer came."""
+
+
+class ReplyTooLarge(Exception):
+    """The exchange's answer is longer than this node takes (it was skipped, unread)."""
 
 
 class FrameChannel(asyncio.Protocol):
@@ -49,12 +53,14 @@ class FrameChannel(asyncio.Protocol):
         self._writable: asyncio.Future[None] | None = None  # set while paused
         self._idle: asyncio.TimerHandle | None = None
         self._refusal: Reply | None = None
+        self._received = 0  # reads of the connection, to tell a live peer from a dead one
+        self._retired = False  # no new exchange: the peer stopped answering
         self.peer_sha256: str | None = None  # the certificate the peer presented
 
     @property
     def usable(self) -> bool:
         """Whether a new exchange may be started on this connection."""
-        return not self.closed and self._next < _LAST_STREAM
+        return not self.closed and not self._retired and self._next < _LAST_STREAM
 
     async def exchange(self, data: bytes) -> Reply:
         """Send one request and wait for its reply (the caller bounds the wait)."""
@@ -72,12 +78,26 @@ class FrameChannel(asyncio.Protocol):
         answer: asyncio.Future[Reply] = asyncio.get_running_loop().create_future()
         self._streams[stream] = answer
         self._send(frame_head(len(data), stream, REQUEST), data)
+        received = self._received
         try:
             return await answer
+        except asyncio.CancelledError:
+            # Given up (its timeout): a peer that sent nothing since, or stalls in the middle
+            # of a frame (every reply behind it waits), is taken for dead. New exchanges go
+            # over a new connection, as aiohttp's pool dropped a connection that timed out;
+            # those in flight here may still be answered.
+            if self._received == received or self.reader.partial:
+                self._retired = True
+            raise
         finally:
             self._streams.pop(stream, None)
             if not self._streams and not self.closed:
-                self._idle = asyncio.get_running_loop().call_later(IDLE_TIMEOUT, self.close)
+                if self._retired:
+                    self.closed = True
+                    assert self.transport is not None
+                    self.transport.abort()  # no goodbye to a peer taken for dead
+                else:
+                    self._idle = asyncio.get_running_loop().call_later(IDLE_TIMEOUT, self.close)
 
     def close(self) -> None:
         if self.transport is not None and not self.closed:
@@ -91,11 +111,14 @@ class FrameChannel(asyncio.Protocol):
         self.transport = transport
 
     def data_received(self, data: bytes) -> None:
+        self._received += 1
         try:
             for event in self.reader.feed(data):
                 if isinstance(event, FrameHead):
                     if event.kind == REQUEST:
                         raise FrameError("a provider node sent a request frame")
+                    if event.kind == REPLY and event.length > self.reader.max_length:
+                        self._too_large(event)
                     continue
                 self._frame(event)
         except FrameError as exc:
@@ -136,6 +159,19 @@ class FrameChannel(asyncio.Protocol):
             raise FrameError(f"a reply on stream {head.stream}, never opened")
         if not answer.done():
             answer.set_result(decode_reply(frame.payload))
+
+    def _too_large(self, head: FrameHead) -> None:
+        """An answer over the limit (a provider with a larger limit than ours): its exchange
+        fails, as over HTTP, and the others on the connection go on."""
+        answer = self._streams.pop(head.stream, None)
+        if answer is None and not (head.stream & 1 and head.stream < self._next):
+            raise FrameError(f"a reply on stream {head.stream}, never opened")
+        self.reader.discard()
+        if answer is not None and not answer.done():
+            limit = self.reader.max_length - REPLY_OVERHEAD
+            answer.set_exception(
+                ReplyTooLarge(f"answer of about {head.length} bytes, over the limit {limit}")
+            )
 
     def _end(self, exc: ChannelLost) -> None:
         self.closed = True

@@ -50,6 +50,9 @@ log = structlog.get_logger("xroad_hub.provider")
 # node's own idle time (channel.py), so that it is the client that closes, never while it
 # sends a new exchange.
 IDLE_TIMEOUT = 120.0
+# The answers written at once, at most (but one answer, however large): a peer that does not
+# read gets no more than this written past its transport's high-water mark.
+_BATCH = 64 * 1024
 
 
 class FrameListener:
@@ -101,7 +104,11 @@ class FrameConnection(asyncio.Protocol):
         self._admitted: dict[
             int, tuple[GlobalConf, NodeEntry, AbstractContextManager[None], float]
         ] = {}
-        self._out: list[bytes] = []
+        # Answers not yet written, each with its exchange's share of the node: while the
+        # peer does not read (pause_writing) they wait here and keep holding it.
+        self._out: list[tuple[list[bytes], AbstractContextManager[None] | None]] = []
+        self._out_bytes = 0
+        self._paused = False
         self._flushing = False
         self._closed = False
         self._timer: asyncio.TimerHandle | None = None
@@ -118,26 +125,38 @@ class FrameConnection(asyncio.Protocol):
             return
         self.listener.connections.add(self)
         self.fingerprint = peer_fingerprint(transport)
+        if self._still_registered():
+            self._watch()
+
+    def _still_registered(self) -> bool:
+        """Whether the peer is a registered node, by the configuration in force now; if not
+        (never was, or revoked since: a stolen key), the connection is refused whole.
+        Without a configuration in force, every frame is refused on its own (the peer
+        learns why: OutdatedGlobalConf)."""
         conf = self.proxy.rt.globalconf.current()
-        # Without a configuration in force, every frame is refused on its own (the peer
-        # learns why: OutdatedGlobalConf); with one, the peer must be a registered node.
         if conf is not None:
             try:
                 self.proxy.registered_peer(conf, self.fingerprint)
             except XRoadError as exc:
                 self._refuse_connection(exc)
-                return
-        self._watch()
+                return False
+        return True
 
     def data_received(self, data: bytes) -> None:
-        if self._closed:
-            return
+        if self._closed or self.listener.closing:
+            return  # (the node stops: no new exchange is read, even one already received)
         try:
             for event in self.reader.feed(data):
                 if isinstance(event, FrameHead):
                     self._head(event)
+                    if self._closed:
+                        return  # refused whole: nothing more is read
                 else:
                     self._frame(event)
+                if self._paused:
+                    # The peer does not read its answers (refusals among them): the rest of
+                    # what it sent waits in the reader until it does (resume_writing).
+                    break
         except FrameError as exc:
             self._cut(str(exc))
             return
@@ -146,25 +165,35 @@ class FrameConnection(asyncio.Protocol):
     def connection_lost(self, exc: Exception | None) -> None:
         # Exchanges in flight are served to their end (and logged); their answers are dropped.
         self._closed = True
-        self._out.clear()
         self.listener.connections.discard(self)
         self._stop_timer()
         self._release()
 
     def _release(self) -> None:
-        """The shares of the node held by frames that will never be complete."""
+        """The shares of the node held by frames that will never be complete, and by
+        answers that will never be written."""
         admitted, self._admitted = self._admitted, {}
-        for _, _, admission, _ in admitted.values():
+        out, self._out, self._out_bytes = self._out, [], 0
+        for admission in [a for _, _, a, _ in admitted.values()] + [a for _, a in out if a]:
             admission.__exit__(None, None, None)
 
     def pause_writing(self) -> None:
-        # The peer does not read its answers: no more of its requests are read either.
+        # The peer does not read its answers: no more of them are written, and no more of
+        # its requests are read.
+        self._paused = True
         if self.transport is not None and not self._closed:
             self.transport.pause_reading()
 
     def resume_writing(self) -> None:
-        if self.transport is not None and not self._closed and not self.listener.closing:
-            self.transport.resume_reading()
+        self._paused = False
+        if self.transport is not None and not self._closed:
+            if self._out and not self._flushing:
+                # Not from inside the transport's own call: in the next turn.
+                self._flushing = True
+                asyncio.get_running_loop().call_soon(self._flush)
+            if not self.listener.closing:
+                self.transport.resume_reading()
+                asyncio.get_running_loop().call_soon(self.data_received, b"")
 
     # --- frames ---
 
@@ -174,8 +203,17 @@ class FrameConnection(asyncio.Protocol):
         if head.stream in self.streams or not head.stream & 1:
             raise FrameError(f"stream {head.stream} is in use or not a client's")
         self._frames_begun += 1
+        if not self._still_registered():
+            return
         try:
             conf, peer = self.proxy.authenticate(self.fingerprint)
+            limit = self.proxy.max_message_bytes
+            if head.length > limit:
+                # A client node with a larger limit than ours: this exchange is refused as
+                # over HTTP, the others on the connection go on.
+                raise XRoadError(
+                    f"{SERVER_PROXY}.BadRequest", f"request body exceeds the limit of {limit} bytes"
+                )
             admission = self.proxy.admit(peer, head.length)
             admission.__enter__()
         except XRoadError as exc:
@@ -204,37 +242,43 @@ class FrameConnection(asyncio.Protocol):
         admission: AbstractContextManager[None],
         started: float,
     ) -> None:
+        held: AbstractContextManager[None] | None = admission
         try:
             with self.listener.exchange_context():
                 try:
                     answer = await self.proxy.serve(conf, peer, data, started)
                 except Exception as exc:
-                    self._answer_error(stream, exc)
+                    self._answer_error(stream, exc, admission=admission)
+                    held = None  # released once its answer is written
                 else:
                     self.listener.served += 1
-                    self._send(encode_reply(stream, 200, CONTENT_TYPE, answer))
+                    self._send(encode_reply(stream, 200, CONTENT_TYPE, answer), admission)
+                    held = None
         finally:
-            admission.__exit__(None, None, None)
+            if held is not None:
+                held.__exit__(None, None, None)
             self.streams.discard(stream)
             self._watch()
 
-    def _answer_error(self, stream: int, exc: Exception, kind: int = REPLY) -> None:
+    def _answer_error(
+        self,
+        stream: int,
+        exc: Exception,
+        kind: int = REPLY,
+        admission: AbstractContextManager[None] | None = None,
+    ) -> None:
         """The X-Road error (JSON) the HTTP path answers, as the stream's reply."""
         with self.listener.exchange_context():  # its log line names the node
             err = refusal(exc, "provider", SERVER_PROXY, self.listener.metrics, route="frames")
         status, headers, body = error_response(err, "application/json")
-        self._send(encode_reply(stream, status, headers.get("Content-Type", ""), body, kind))
+        parts = encode_reply(stream, status, headers.get("Content-Type", ""), body, kind)
+        self._send(parts, admission)
 
     def _refuse_connection(self, exc: XRoadError) -> None:
         """Answers every exchange the peer sent (or sends) with ``exc``, reads nothing."""
         self._answer_error(0, exc, REFUSED)
-        self._flush()
-        self._closed = True
-        assert self.transport is not None
-        self.transport.pause_reading()
-        self.transport.close()
-        self.listener.connections.discard(self)
-        self._flush()
+        self._flush(force=True)
+        self._stop_timer()
         self._closed = True
         assert self.transport is not None
         self.transport.pause_reading()
@@ -243,21 +287,38 @@ class FrameConnection(asyncio.Protocol):
 
     # --- writing: the frames of one turn of the event loop in one write ---
 
-    def _send(self, parts: list[bytes]) -> None:
+    def _send(
+        self, parts: list[bytes], admission: AbstractContextManager[None] | None = None
+    ) -> None:
         if self._closed:
+            if admission is not None:
+                admission.__exit__(None, None, None)
             return
-        self._out.extend(parts)
-        if not self._flushing:
+        self._out.append((parts, admission))
+        self._out_bytes += sum(len(p) for p in parts)
+        if self._out_bytes >= _BATCH and not self._paused:
+            self._flush()  # now: a full transport (pause_writing) stops the reading at once
+        elif not self._flushing:
             self._flushing = True
             asyncio.get_running_loop().call_soon(self._flush)
 
-    def _flush(self) -> None:
+    def _flush(self, force: bool = False) -> None:
+        """Writes the answers waiting, in batches of about _BATCH bytes, until the
+        transport is full (pause_writing): what is written is no longer the peer's share."""
         self._flushing = False
-        if self._out and not self._closed and self.transport is not None:
-            # A transport paused for writing still takes the answers already made (they are
-            # bounded by the exchanges admitted); reading more requests is what stops.
-            out, self._out = self._out, []
-            self.transport.writelines(out)
+        while self._out and (force or not self._paused):
+            if self._closed or self.transport is None:
+                return
+            n, size = 0, 0
+            while n < len(self._out) and (n == 0 or size < _BATCH):
+                size += sum(len(p) for p in self._out[n][0])
+                n += 1
+            batch, self._out = self._out[:n], self._out[n:]
+            self._out_bytes -= size
+            self.transport.writelines([p for parts, _ in batch for p in parts])
+            for _, admission in batch:
+                if admission is not None:
+                    admission.__exit__(None, None, None)
 
     # --- the connection's clock ---
 
@@ -302,7 +363,7 @@ class FrameConnection(asyncio.Protocol):
     def close(self) -> None:
         self._stop_timer()
         if self.transport is not None and not self._closed:
-            self._flush()
+            self._flush(force=True)
             self._closed = True
             self.transport.close()
 

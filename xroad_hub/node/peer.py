@@ -12,7 +12,7 @@ import aiohttp
 from aiohttp.connector import Connection
 
 from xroad_hub.errors import XRoadError
-from xroad_hub.node.channel import ChannelLost, FrameChannel
+from xroad_hub.node.channel import ChannelLost, FrameChannel, ReplyTooLarge
 from xroad_hub.node.opmonitoring import mark_request_out, mark_response_in
 from xroad_hub.node.tls import peer_fingerprint
 from xroad_hub.protocol.frames import ALPN
@@ -120,6 +120,10 @@ class PeerTransport:
         except TimeoutError as exc:
             raise XRoadError.client_proxy(
                 "NetworkError", f"node {peer.id} did not answer within {timeout:g} s"
+            ) from exc
+        except ReplyTooLarge as exc:
+            raise XRoadError.client_proxy(
+                "NetworkError", f"answer of node {peer.id}: {exc}"
             ) from exc
         except ChannelLost as exc:
             raise XRoadError.client_proxy(

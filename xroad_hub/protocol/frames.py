@@ -87,9 +87,10 @@ def decode_reply(payload: bytes) -> tuple[int, str, bytes]:
 
 
 class FrameReader:
-    """Splits the bytes of a connection into frames, refusing any longer than ``max_length``
-    before reading its payload. ``feed`` yields each frame's head as soon as it is known (the
-    caller may then ``discard`` the payload: it is skipped, never held) and then the frame."""
+    """Splits the bytes of a connection into frames. ``feed`` yields each frame's head as
+    soon as it is known (the caller may then ``discard`` the payload: it is skipped, never
+    held) and then the frame. A frame longer than ``max_length`` that the caller does not
+    discard at its head is refused before its payload is read."""
 
     def __init__(self, max_length: int) -> None:
         self.max_length = max_length
@@ -119,11 +120,11 @@ class FrameReader:
                 length, stream, kind = _HEAD.unpack_from(buf)
                 if kind not in _KINDS:
                     raise FrameError(f"unknown frame kind {kind}")
-                if length > self.max_length:
-                    raise FrameError(f"frame of {length} bytes, over the limit {self.max_length}")
                 del buf[:HEADER]
                 head = self._head = FrameHead(length, stream, kind)
                 yield head
+                if length > self.max_length and not self._skipping:
+                    raise FrameError(f"frame of {length} bytes, over the limit {self.max_length}")
             if self._skipping:
                 n = min(len(buf), self._discard)
                 del buf[:n]

@@ -1,0 +1,332 @@
+"""Review of the framed node-to-node channel: a provider that stalls or goes silent does
+not take a client node's exchanges with it, and a peer that does not read its answers
+holds its share of the provider while they are unread."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import socket
+import ssl
+import time
+import uuid
+from collections.abc import Callable
+from urllib.parse import urlsplit
+
+import orjson
+import pytest
+
+from xroad_hub.errors import XRoadError
+from xroad_hub.protocol.frames import (
+    ALPN,
+    REFUSED,
+    REPLY,
+    REQUEST,
+    Frame,
+    FrameReader,
+    decode_reply,
+    encode_reply,
+    frame_head,
+)
+from xroad_hub.protocol.message import body_digest, canonical, encode_envelope
+
+from .conftest import Fed
+from .test_peer_channel import (  # noqa: F401
+    DBD,
+    DGA,
+    _entry,
+    _fingerprint,
+    _open_frames,
+    _provider,
+    _transport,
+    provider_tls,
+)
+
+
+@pytest.mark.parametrize("stall", ["half reply", "silent"])
+async def test_a_provider_connection_that_stalls_is_replaced(
+    fed: Fed,
+    provider_tls: Callable[[], ssl.SSLContext],  # noqa: F811
+    stall: str,
+) -> None:
+    """The first connection stops answering (mid-frame, or altogether, as a connection
+    dropped silently on the way does): the exchange that waited on it fails, and the next
+    exchange goes over a new connection instead of waiting on the dead one."""
+    connections = 0
+    stalled = asyncio.Event()
+
+    async def provider(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        nonlocal connections
+        connections += 1
+        first = connections == 1
+        frames = FrameReader(1 << 20)
+        try:
+            while data := await reader.read(65536):
+                for event in frames.feed(data):
+                    if not isinstance(event, Frame):
+                        continue
+                    if first:
+                        if stall == "half reply":
+                            writer.write(frame_head(100, event.head.stream, REPLY) + b"x" * 10)
+                        stalled.set()
+                        continue
+                    writer.writelines(encode_reply(event.head.stream, 200, "x/y", event.payload))
+        except (ConnectionError, ssl.SSLError):
+            pass
+        finally:
+            writer.close()
+
+    server = await asyncio.start_server(provider, "127.0.0.1", 0, ssl=provider_tls())
+    port = server.sockets[0].getsockname()[1]
+    peers = _transport(fed)
+    try:
+        with pytest.raises(XRoadError, match="NetworkError"):
+            await peers.send(_entry(fed, port), b"first", 1)
+        assert stalled.is_set()
+        reply = await peers.send(_entry(fed, port), b"second", 10)
+        assert (reply.status, reply.body) == (200, b"second")
+        assert connections == 2
+    finally:
+        await peers.close()
+        server.close()
+
+
+async def _envelope_with_body(fed: Fed, body: bytes) -> bytes:
+    rt = fed.federation.nodes[DGA].runtime
+    signer = next(s for m, s in rt.signers.items() if str(m) == "TH/GOV/DGA")
+    meta: dict[str, object] = {
+        "v": 1,
+        "kind": "request",
+        "id": str(uuid.uuid4()),
+        "request_id": str(uuid.uuid4()),
+        "client": "TH/GOV/DGA/devportal",
+        "service": "TH/GOV/DBD/registry/echo",
+        "target_node": DBD,
+        "method": "POST",
+        "path": "",
+        "query": "",
+        "headers": [["Content-Type", "application/octet-stream"]],
+        "user_id": None,
+        "issue": None,
+        "represented_party": None,
+        "created": time.time(),
+        "body_sha512": body_digest(body),
+    }
+    meta_bytes = canonical(meta)
+    return encode_envelope(meta_bytes, await signer.sign(meta_bytes), signer.cert_der, body)
+
+
+async def test_a_peer_that_does_not_read_its_answers_gets_no_more_of_them_buffered(
+    fed: Fed,
+) -> None:
+    """A registered node sends many exchanges on one connection and reads none of the
+    answers: once its connection's write buffer is full, the provider buffers no further
+    answers for it in the transport (they wait, holding the peer's share, until it reads),
+    instead of writing every answer of every exchange it had admitted."""
+    provider = _provider(fed)
+    dga = _fingerprint(fed.pki.node_auth(DGA))
+    known = set(provider.connections)
+    ctx = ssl.create_default_context(cafile=str(fed.pki.root_ca.cert))
+    ctx.check_hostname = False
+    auth = fed.pki.node_auth(DGA)
+    ctx.load_cert_chain(str(auth.cert), str(auth.key))
+    ctx.set_alpn_protocols([ALPN])
+    u = urlsplit(fed.url(DBD, "peer"))
+    sock = socket.socket()
+    sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 4096)  # the kernel holds little
+    sock.connect((u.hostname, u.port))
+    sock.setblocking(False)
+    reader, writer = await asyncio.open_connection(sock=sock, ssl=ctx, server_hostname="x")
+    try:
+        async with asyncio.timeout(10):
+            while not (new := [c for c in provider.connections if c not in known]):  # noqa: ASYNC110
+                await asyncio.sleep(0.01)
+        conn = new[0]
+        assert conn.fingerprint == dga and conn.transport is not None
+        conn.transport.get_extra_info("socket").setsockopt(
+            socket.SOL_SOCKET, socket.SO_SNDBUF, 4096
+        )
+        body = b"b" * 48_000
+        for stream in range(1, 2 * 40, 2):
+            envelope = await _envelope_with_body(fed, body)
+            writer.write(frame_head(len(envelope), stream, REQUEST) + envelope)
+        # The provider serves what it read, then has nothing more to do for this peer.
+        async with asyncio.timeout(60):
+            quiet = 0
+            while quiet < 20:
+                await asyncio.sleep(0.05)
+                quiet = 0 if conn.tasks else quiet + 1
+        _, high = conn.transport.get_write_buffer_limits()
+        one_answer = 2 * len(envelope)
+        assert conn.transport.get_write_buffer_size() <= high + one_answer
+        # Once the peer reads, every exchange it sent is answered.
+        frames = FrameReader(1 << 24)
+        answered: dict[int, int] = {}
+        async with asyncio.timeout(60):
+            while len(answered) < 40:
+                for event in frames.feed(await reader.read(1 << 16)):
+                    if isinstance(event, Frame):
+                        answered[event.head.stream] = decode_reply(event.payload)[0]
+        assert set(answered.values()) == {200}
+    finally:
+        writer.transport.abort()
+
+
+async def test_an_answer_over_the_limit_fails_only_its_own_exchange(
+    fed: Fed,
+    provider_tls: Callable[[], ssl.SSLContext],  # noqa: F811
+) -> None:
+    """A provider node whose limit is larger than this node's answers one exchange with
+    more than this node takes: that exchange fails as over HTTP (its answer is skipped,
+    never held), the other exchanges on the same connection are answered."""
+    connections = 0
+
+    async def provider(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        nonlocal connections
+        connections += 1
+        frames = FrameReader(1 << 20)
+        try:
+            while data := await reader.read(65536):
+                for event in frames.feed(data):
+                    if not isinstance(event, Frame):
+                        continue
+                    body = b"z" * (2 << 20) if event.payload == b"big" else event.payload
+                    writer.writelines(encode_reply(event.head.stream, 200, "x/y", body))
+        except (ConnectionError, ssl.SSLError):
+            pass
+        finally:
+            writer.close()
+
+    server = await asyncio.start_server(provider, "127.0.0.1", 0, ssl=provider_tls())
+    port = server.sockets[0].getsockname()[1]
+    peers = _transport(fed)  # takes answers of 1 MiB at most
+    try:
+        big, small = await asyncio.gather(
+            peers.send(_entry(fed, port), b"big", 10),
+            peers.send(_entry(fed, port), b"small", 10),
+            return_exceptions=True,
+        )
+        assert isinstance(big, XRoadError) and big.code == "Server.ClientProxy.NetworkError"
+        assert not isinstance(small, BaseException) and small.body == b"small"
+        reply = await peers.send(_entry(fed, port), b"again", 10)
+        assert reply.body == b"again"
+        assert connections == 1
+    finally:
+        await peers.close()
+        server.close()
+
+
+async def test_a_request_over_the_providers_limit_fails_only_its_own_exchange(fed: Fed) -> None:
+    """A client node whose limit is larger than this node's sends a message over this
+    node's: it is refused as over HTTP (Server.ServerProxy.BadRequest), unread, and the
+    connection goes on serving the node's other exchanges."""
+    reader, writer = await _open_frames(fed, fed.pki.node_auth(DGA))
+    try:
+        size = _provider(fed).proxy.max_message_bytes + 1
+        writer.write(frame_head(size, 1, REQUEST))
+        for _ in range(size // (1 << 20)):
+            writer.write(b"x" * (1 << 20))
+        writer.write(b"x" * (size % (1 << 20)))
+        envelope = await _envelope_with_body(fed, b"fine")
+        writer.write(frame_head(len(envelope), 3, REQUEST) + envelope)
+        frames = FrameReader(1 << 24)
+        answered: dict[int, tuple[int, str, bytes]] = {}
+        async with asyncio.timeout(60):
+            while len(answered) < 2:
+                for event in frames.feed(await reader.read(1 << 16)):
+                    if isinstance(event, Frame):
+                        answered[event.head.stream] = decode_reply(event.payload)
+    finally:
+        writer.close()
+    _, _, body = answered[1]
+    assert orjson.loads(body)["type"] == "Server.ServerProxy.BadRequest"
+    assert answered[3][0] == 200
+
+
+async def test_a_node_revoked_while_connected_is_refused_its_connection(
+    tmp_path, echo_backend: str
+) -> None:
+    """A node's authentication certificate is revoked while its connection is open (a
+    stolen key): its next frame is answered by one REFUSED frame and the connection closed,
+    as at connect, instead of each of its frames being answered (and logged) on its own."""
+    from xroad_hub.dev.testing import TestFederationSpec
+
+    from .conftest import start_federation
+    from .test_e2e_revocation import _revoke, _until_known
+
+    fed = await start_federation(
+        tmp_path, TestFederationSpec(backend_url=echo_backend, validity=30, refresh=0.3)
+    )
+    try:
+        reader, writer = await _open_frames(fed, fed.pki.node_auth(DGA))
+        try:
+            await _until_known(fed, DBD, _revoke(fed, "auth", DGA))
+            writer.write(b"".join(frame_head(0, s, REQUEST) for s in range(1, 2000, 2)))
+            with contextlib.suppress(ConnectionError):
+                await writer.drain()
+            frames = []
+            with contextlib.suppress(ConnectionError, ssl.SSLError):
+                async with asyncio.timeout(30):
+                    data = await reader.read()  # until the provider closes
+                frames = [f for f in FrameReader(1 << 24).feed(data) if isinstance(f, Frame)]
+        finally:
+            writer.close()
+        assert [f.head.kind for f in frames] == [REFUSED]
+        assert orjson.loads(decode_reply(frames[0].payload)[2])["type"] == (
+            "Server.ServerProxy.SslAuthenticationFailed"
+        )
+    finally:
+        await fed.federation.stop()
+
+
+async def test_refusals_wait_for_a_peer_that_does_not_read_them(fed: Fed, monkeypatch) -> None:
+    """A registered node at its share sends a stream of small frames and reads none of the
+    answers: the provider refuses no more of them than its buffer holds (each refusal is
+    an answer of hundreds of bytes and a log line for nine bytes read), and the rest once
+    the peer reads."""
+    provider = _provider(fed)
+    refused = 0
+
+    def full(peer, reserve):  # type: ignore[no-untyped-def]
+        nonlocal refused
+        refused += 1
+        raise XRoadError("Server.ServerProxy.TooManyRequests", "at its share", status=429)
+
+    monkeypatch.setattr(provider.proxy, "admit", full)
+    known = set(provider.connections)
+    ctx = ssl.create_default_context(cafile=str(fed.pki.root_ca.cert))
+    ctx.check_hostname = False
+    auth = fed.pki.node_auth(DGA)
+    ctx.load_cert_chain(str(auth.cert), str(auth.key))
+    ctx.set_alpn_protocols([ALPN])
+    u = urlsplit(fed.url(DBD, "peer"))
+    sock = socket.socket()
+    sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 4096)
+    sock.connect((u.hostname, u.port))
+    sock.setblocking(False)
+    reader, writer = await asyncio.open_connection(sock=sock, ssl=ctx, server_hostname="x")
+    sent = 20_000
+    try:
+        async with asyncio.timeout(10):
+            while not (new := [c for c in provider.connections if c not in known]):  # noqa: ASYNC110
+                await asyncio.sleep(0.01)
+        assert new[0].transport is not None
+        new[0].transport.get_extra_info("socket").setsockopt(
+            socket.SOL_SOCKET, socket.SO_SNDBUF, 4096
+        )
+        writer.write(b"".join(frame_head(0, s, REQUEST) for s in range(1, 2 * sent, 2)))
+        async with asyncio.timeout(30):
+            quiet, last = 0, -1
+            while quiet < 20:
+                await asyncio.sleep(0.05)
+                quiet, last = (quiet + 1 if refused == last else 0), refused
+        assert refused < sent // 2
+        frames = FrameReader(1 << 24)
+        answered = 0
+        async with asyncio.timeout(60):
+            while answered < sent:
+                for event in frames.feed(await reader.read(1 << 16)):
+                    answered += isinstance(event, Frame)
+        assert refused == sent
+    finally:
+        writer.transport.abort()
