@@ -27,6 +27,7 @@ from xroad_hub.protocol.message import decode_envelope, encode_envelope
 from xroad_hub.protocol.signing import MessageSigner
 
 from .conftest import Fed
+from .rogue_node import signed_envelope
 
 DGA = "TH/GOV/DGA/hub1"
 DBD = "TH/GOV/DBD/hub1"
@@ -365,34 +366,8 @@ async def test_tampered_response_signature_is_refused_by_client_node(
 
 async def _signed_from_client_node(fed: Fed, **changes: object):  # type: ignore[no-untyped-def]
     """Deliver a correctly signed request as a (rogue) client node would craft it."""
-    import uuid
-
-    from xroad_hub.protocol.message import body_digest, canonical
-
+    envelope = await signed_envelope(fed, **changes)
     rt = fed.federation.nodes[DGA].runtime
-    member = next(m for m in rt.signers if str(m) == "TH/GOV/DGA")
-    signer = rt.signers[member]
-    meta = {
-        "v": 1,
-        "kind": "request",
-        "id": str(uuid.uuid4()),
-        "request_id": str(uuid.uuid4()),
-        "client": "TH/GOV/DGA/devportal",
-        "service": "TH/GOV/DBD/registry/echo",
-        "target_node": DBD,
-        "method": "GET",
-        "path": "",
-        "query": "",
-        "headers": [],
-        "user_id": None,
-        "issue": None,
-        "represented_party": None,
-        "created": time.time(),
-        "body_sha512": body_digest(b""),
-    }
-    meta.update(changes)
-    meta_bytes = canonical(meta)
-    envelope = encode_envelope(meta_bytes, await signer.sign(meta_bytes), signer.cert_der, b"")
     peer = rt.globalconf.current().node_hosting(parse_subsystem_id("TH/GOV/DBD/registry"))
     return await rt.peers.send(peer, envelope, 10)
 

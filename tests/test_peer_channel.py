@@ -8,8 +8,6 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import ssl
-import time
-import uuid
 from collections.abc import AsyncIterator, Callable
 from urllib.parse import urlsplit
 
@@ -36,10 +34,10 @@ from xroad_hub.protocol.frames import (
 )
 from xroad_hub.protocol.globalconf import NodeEntry
 from xroad_hub.protocol.identifiers import parse_node_id
-from xroad_hub.protocol.message import body_digest, canonical, encode_envelope
 from xroad_hub.protocol.signing import cert_fingerprint
 
 from .conftest import Fed
+from .rogue_node import signed_envelope
 
 DGA = "TH/GOV/DGA/hub1"
 DBD = "TH/GOV/DBD/hub1"
@@ -84,33 +82,6 @@ async def _until_closed(reader: asyncio.StreamReader) -> list[Frame]:
         async with asyncio.timeout(30):
             data = await reader.read()
     return [f for f in FrameReader(1 << 24).feed(data) if isinstance(f, Frame)]
-
-
-async def _envelope(fed: Fed, **changes: object) -> bytes:
-    """A request signed by DGA's member as DGA's node would send it to DBD."""
-    rt = fed.federation.nodes[DGA].runtime
-    signer = next(s for m, s in rt.signers.items() if str(m) == "TH/GOV/DGA")
-    meta: dict[str, object] = {
-        "v": 1,
-        "kind": "request",
-        "id": str(uuid.uuid4()),
-        "request_id": str(uuid.uuid4()),
-        "client": "TH/GOV/DGA/devportal",
-        "service": "TH/GOV/DBD/registry/echo",
-        "target_node": DBD,
-        "method": "GET",
-        "path": "",
-        "query": "",
-        "headers": [],
-        "user_id": None,
-        "issue": None,
-        "represented_party": None,
-        "created": time.time(),
-        "body_sha512": body_digest(b""),
-    }
-    meta.update(changes)
-    meta_bytes = canonical(meta)
-    return encode_envelope(meta_bytes, await signer.sign(meta_bytes), signer.cert_der, b"")
 
 
 def test_frames_are_read_whole_however_the_bytes_arrive() -> None:
@@ -195,7 +166,7 @@ async def test_a_registered_node_that_breaks_the_framing_is_cut_off(
 async def test_a_request_for_a_client_its_node_does_not_host_is_refused(fed: Fed, http) -> None:
     reader, writer = await _open_frames(fed, fed.pki.node_auth(DGA))
     try:
-        envelope = await _envelope(fed, client="TH/GOV/DBD/registry")
+        envelope = await signed_envelope(fed, client="TH/GOV/DBD/registry")
         writer.write(frame_head(len(envelope), 1, REQUEST) + envelope)
         head = await reader.readexactly(9)
         payload = await reader.readexactly(int.from_bytes(head[:4], "big"))
@@ -215,7 +186,7 @@ async def test_a_tls_peer_that_is_not_a_registered_node_gets_no_frame_read(fed: 
     served = _provider(fed).served
     reader, writer = await _open_frames(fed, fed.pki.client_tls("TH/GOV/DGA/officeapp"))
     try:
-        envelope = await _envelope(fed)
+        envelope = await signed_envelope(fed)
         writer.write(frame_head(len(envelope), 1, REQUEST) + envelope)
         with contextlib.suppress(ConnectionError):
             await writer.drain()
@@ -339,7 +310,7 @@ async def test_an_exchange_whose_connection_drops_is_still_logged(fed: Fed) -> N
     log = fed.federation.nodes[DBD].runtime.log
     before = await log.count()
     _, writer = await _open_frames(fed, fed.pki.node_auth(DGA))
-    envelope = await _envelope(fed)
+    envelope = await signed_envelope(fed)
     writer.write(frame_head(len(envelope), 1, REQUEST) + envelope)
     await writer.drain()
     writer.close()  # gone before the answer, which has nowhere to go

@@ -8,8 +8,6 @@ import asyncio
 import contextlib
 import socket
 import ssl
-import time
-import uuid
 from collections.abc import Callable
 from urllib.parse import urlsplit
 
@@ -28,9 +26,9 @@ from xroad_hub.protocol.frames import (
     encode_reply,
     frame_head,
 )
-from xroad_hub.protocol.message import body_digest, canonical, encode_envelope
 
 from .conftest import Fed
+from .rogue_node import signed_envelope
 from .test_peer_channel import (  # noqa: F401
     DBD,
     DGA,
@@ -91,31 +89,6 @@ async def test_a_provider_connection_that_stalls_is_replaced(
         server.close()
 
 
-async def _envelope_with_body(fed: Fed, body: bytes) -> bytes:
-    rt = fed.federation.nodes[DGA].runtime
-    signer = next(s for m, s in rt.signers.items() if str(m) == "TH/GOV/DGA")
-    meta: dict[str, object] = {
-        "v": 1,
-        "kind": "request",
-        "id": str(uuid.uuid4()),
-        "request_id": str(uuid.uuid4()),
-        "client": "TH/GOV/DGA/devportal",
-        "service": "TH/GOV/DBD/registry/echo",
-        "target_node": DBD,
-        "method": "POST",
-        "path": "",
-        "query": "",
-        "headers": [["Content-Type", "application/octet-stream"]],
-        "user_id": None,
-        "issue": None,
-        "represented_party": None,
-        "created": time.time(),
-        "body_sha512": body_digest(body),
-    }
-    meta_bytes = canonical(meta)
-    return encode_envelope(meta_bytes, await signer.sign(meta_bytes), signer.cert_der, body)
-
-
 async def test_a_peer_that_does_not_read_its_answers_gets_no_more_of_them_buffered(
     fed: Fed,
 ) -> None:
@@ -126,17 +99,7 @@ async def test_a_peer_that_does_not_read_its_answers_gets_no_more_of_them_buffer
     provider = _provider(fed)
     dga = _fingerprint(fed.pki.node_auth(DGA))
     known = set(provider.connections)
-    ctx = ssl.create_default_context(cafile=str(fed.pki.root_ca.cert))
-    ctx.check_hostname = False
-    auth = fed.pki.node_auth(DGA)
-    ctx.load_cert_chain(str(auth.cert), str(auth.key))
-    ctx.set_alpn_protocols([ALPN])
-    u = urlsplit(fed.url(DBD, "peer"))
-    sock = socket.socket()
-    sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 4096)  # the kernel holds little
-    sock.connect((u.hostname, u.port))
-    sock.setblocking(False)
-    reader, writer = await asyncio.open_connection(sock=sock, ssl=ctx, server_hostname="x")
+    reader, writer = await _unread_connection(fed)
     try:
         async with asyncio.timeout(10):
             while not (new := [c for c in provider.connections if c not in known]):  # noqa: ASYNC110
@@ -148,7 +111,7 @@ async def test_a_peer_that_does_not_read_its_answers_gets_no_more_of_them_buffer
         )
         body = b"b" * 48_000
         for stream in range(1, 2 * 40, 2):
-            envelope = await _envelope_with_body(fed, body)
+            envelope = await signed_envelope(fed, body)
             writer.write(frame_head(len(envelope), stream, REQUEST) + envelope)
         # The provider serves what it read, then has nothing more to do for this peer.
         async with asyncio.timeout(60):
@@ -227,7 +190,7 @@ async def test_a_request_over_the_providers_limit_fails_only_its_own_exchange(fe
         for _ in range(size // (1 << 20)):
             writer.write(b"x" * (1 << 20))
         writer.write(b"x" * (size % (1 << 20)))
-        envelope = await _envelope_with_body(fed, b"fine")
+        envelope = await signed_envelope(fed, b"fine")
         writer.write(frame_head(len(envelope), 3, REQUEST) + envelope)
         frames = FrameReader(1 << 24)
         answered: dict[int, tuple[int, str, bytes]] = {}
@@ -294,17 +257,7 @@ async def test_refusals_wait_for_a_peer_that_does_not_read_them(fed: Fed, monkey
 
     monkeypatch.setattr(provider.proxy, "admit", full)
     known = set(provider.connections)
-    ctx = ssl.create_default_context(cafile=str(fed.pki.root_ca.cert))
-    ctx.check_hostname = False
-    auth = fed.pki.node_auth(DGA)
-    ctx.load_cert_chain(str(auth.cert), str(auth.key))
-    ctx.set_alpn_protocols([ALPN])
-    u = urlsplit(fed.url(DBD, "peer"))
-    sock = socket.socket()
-    sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 4096)
-    sock.connect((u.hostname, u.port))
-    sock.setblocking(False)
-    reader, writer = await asyncio.open_connection(sock=sock, ssl=ctx, server_hostname="x")
+    reader, writer = await _unread_connection(fed)
     sent = 20_000
     try:
         async with asyncio.timeout(10):
@@ -330,3 +283,22 @@ async def test_refusals_wait_for_a_peer_that_does_not_read_them(fed: Fed, monkey
         assert refused == sent
     finally:
         writer.transport.abort()
+
+
+async def _unread_connection(
+    fed: Fed,
+) -> tuple[asyncio.StreamReader, asyncio.StreamWriter]:
+    """A frames connection of DGA's node to DBD's whose socket buffers little of what it is
+    sent (the test reads when it chooses)."""
+    ctx = ssl.create_default_context(cafile=str(fed.pki.root_ca.cert))
+    ctx.check_hostname = False
+    auth = fed.pki.node_auth(DGA)
+    ctx.load_cert_chain(str(auth.cert), str(auth.key))
+    ctx.set_alpn_protocols([ALPN])
+    u = urlsplit(fed.url(DBD, "peer"))
+    sock = socket.socket()
+    sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 4096)  # the kernel holds little
+    assert u.hostname is not None and u.port is not None
+    sock.connect((u.hostname, u.port))
+    sock.setblocking(False)
+    return await asyncio.open_connection(sock=sock, ssl=ctx, server_hostname="x")
