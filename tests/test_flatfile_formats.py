@@ -259,6 +259,34 @@ def test_csv_plain_chunks_read_as_the_csv_module_reads_them(
             assert got == (row[0], row[1], row[5], int(row[6]))
 
 
+@pytest.mark.parametrize("encoding", ["cp874", "utf-8"])
+def test_csv_thai_text_key_finds_rows_of_plain_and_quoted_chunks(
+    monkeypatch: pytest.MonkeyPatch, encoding: str
+) -> None:
+    """Plain chunks are indexed from their undecoded bytes, quoted ones from the csv
+    module's text: a Thai key must find its records in both, and nothing for text the
+    file's charset cannot even hold."""
+    from adapters.flatfile import csvfile
+
+    monkeypatch.setattr(csvfile, "_CHUNK", 600)
+    rows = [plain_row(i) for i in range(120)]
+    for i in range(0, 120, 3):
+        rows[i][5] = "บางกะปิ"
+    rows[30][1] = 'บริษัท "คำพูด" จำกัด'  # quotes: this chunk goes through the csv module
+    layout = {**CSV_LAYOUT, "encoding": encoding, "keys": ["office"]}
+    result, ds = load(csv_bytes(rows, encoding), layout)
+    assert result.valid == 120
+    page = ds.query({"office": " บางกะปิ "}, 0, 100, 1000)
+    assert page.total == 40
+    assert [r["name_th"] for r in page.records][9:12] == [
+        "บริษัท 27 จำกัด",
+        'บริษัท "คำพูด" จำกัด',
+        "บริษัท 33 จำกัด",
+    ]
+    assert ds.query({"office": "บางรัก"}, 0, 100, 1000).total == 80
+    assert ds.query({"office": "\u2603"}, 0, 10, 1000).total == 0
+
+
 @pytest.mark.parametrize("newline", ["\r\n", "\n"])
 def test_csv_single_column_skips_blank_lines_as_the_csv_module_does(newline: str) -> None:
     data = newline.join(["id", "1", "", "2", ""]).encode()

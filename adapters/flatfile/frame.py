@@ -77,7 +77,8 @@ class Batch:
     problems: dict[int, Broken] = field(default_factory=dict)  # recno -> framing problem
     # recno -> 1-based line, when lines and records do not correspond one to one
     line_of: Callable[[int], int] | None = None
-    # Text fields whose decodability is still to be checked value by value (CSV slow path).
+    # Bytes the charset cannot decode are somewhere in the batch: text fields are to be
+    # checked value by value (CSV; fixed width and DBF are checked over the whole file).
     suspect_text: bool = False
 
     def line(self, recno: int) -> int:
