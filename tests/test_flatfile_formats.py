@@ -212,7 +212,7 @@ def plain_row(i: int) -> list[str]:
     return [CIDS[i % len(CIDS)], f"บริษัท {i} จำกัด", "2567", "15/01/2567", "1234.50", "บางรัก", "7"]
 
 
-@pytest.mark.parametrize("newline", [b"\r\n", b"\n"])
+@pytest.mark.parametrize("newline", [b"\r\n", b"\n", b"mixed"])
 def test_csv_plain_chunks_read_as_the_csv_module_reads_them(
     monkeypatch: pytest.MonkeyPatch, newline: bytes
 ) -> None:
@@ -238,7 +238,13 @@ def test_csv_plain_chunks_read_as_the_csv_module_reads_them(
     rows[30][5] = 'บางรัก "เหนือ"'  # a quoted chunk among plain ones
     rows[60] = rows[60][:4]  # a short row: its chunk goes the csv module's way
     rows[90][1] = "บริษัท\udcdb"  # a byte cp874 cannot decode, in a plain chunk
-    data = csv_bytes(rows).replace(b"\r\n", newline)
+    data = csv_bytes(rows)
+    if newline == b"mixed":  # every other line ends in LF only, the others in CRLF
+        lines = data.split(b"\r\n")
+        data = b"".join(line + (b"\n" if i % 2 else b"\r\n") for i, line in enumerate(lines))
+        newline = b"\r\n"
+    else:
+        data = data.replace(b"\r\n", newline)
     data = data.replace(newline, newline * 2, 1)  # a blank line after the header
     data = data[: -len(newline)]  # no line break after the last row
     fields = [*CSV_LAYOUT["field"], {"name": "extra", "type": "integer"}]  # before the CR

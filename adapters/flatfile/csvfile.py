@@ -4,7 +4,7 @@ Rows are parsed with the standard library's ``csv`` module (quoted fields may ho
 delimiters and line breaks). Lines are cut on LF in the raw bytes and in the decoded text
 alike, which correspond one to one for every supported charset, so each row's byte span is
 known without re-encoding anything: a row is served by decoding only its own bytes again.
-Chunks without quotes (``_plain_width``) are split as bytes and never decoded at load;
+Chunks without quotes (``_plain_fields``) are split as bytes and never decoded at load;
 other chunks are decoded with undecodable bytes kept as surrogates, so the row and field
 that hold them can be reported either way.
 """
@@ -153,10 +153,10 @@ class CsvFrame:
                 raw_lines.pop()
             starts = list(accumulate(map(add, map(len, raw_lines), repeat(1)), initial=start))
             starts[-1] = min(starts[-1], stop)  # the last line may lack its line break
-            width = self._plain_width(chunk, raw_lines)
-            if width:
+            plain = self._plain_fields(chunk, raw_lines)
+            if plain is not None:
                 self._extend_bounds(starts)
-                yield self._plain_batch(chunk, width, len(raw_lines), first_line, suspect)
+                yield self._plain_batch(*plain, len(raw_lines), first_line, suspect)
                 continue
             text = chunk.decode(charset.codec, "surrogateescape")
             lines = text.split("\n")
@@ -203,17 +203,18 @@ class CsvFrame:
         pairs[1::2] = line_starts[1:]
         self.bounds.extend(pairs)
 
-    def _plain_width(self, chunk: bytes, lines: list[bytes]) -> int:
-        """Fields per row when the chunk is plain: no quote character, no NUL, no carriage
-        return other than before a line feed, no blank line, and every line with the same
-        number of fields, as many as the header has (or, without a header, at least as many
-        as the layout needs). Splitting such a chunk on the delimiter gives exactly what
-        ``csv.reader`` gives, at a fraction of its cost and without a list per row; any
-        other chunk (0) goes through ``csv.reader``, which also reports what is wrong.
+    def _plain_fields(self, chunk: bytes, lines: list[bytes]) -> tuple[list[bytes], int] | None:
+        """All fields of a plain chunk in one flat list, and the fields per row; None for
+        any other chunk, which goes through ``csv.reader`` (that also reports what is wrong).
 
-        The chunk is judged and split as bytes, undecoded: the delimiter and quote are
-        ASCII, and an ASCII byte stands for its own character in every supported charset
-        (in UTF-8 it is never part of a longer sequence)."""
+        Plain: no quote character, no NUL, no carriage return other than before a line
+        feed, no blank line, and every line with the same number of fields, as many as the
+        header has (or, without a header, at least as many as the layout needs). Splitting
+        such a chunk on the delimiter gives exactly what ``csv.reader`` gives, at a
+        fraction of its cost and without a list per row. The chunk is judged and split as
+        bytes, undecoded: the delimiter and quote are ASCII, and an ASCII byte stands for
+        its own character in every supported charset (in UTF-8 it is never part of a
+        longer sequence)."""
         delimiter, quote = self._delimiter_byte, self._quote_byte
         if (
             not lines
@@ -222,34 +223,34 @@ class CsvFrame:
             or delimiter in b"\r\n"
             or quote in chunk
             or b"\0" in chunk
-            or chunk.count(b"\r") != chunk.count(b"\r\n")
             or b"" in lines
             or b"\r" in lines
         ):
-            return 0
+            return None
         counts = set(map(bytes.count, lines, repeat(delimiter)))
         if len(counts) != 1:
-            return 0
+            return None
         width = counts.pop() + 1
         if (self.expected and width != self.expected) or width < self.ncols:
-            return 0
-        return width
+            return None
+        if b"\r" in chunk:
+            # Every CRLF a field break at once; a CR left over stands alone.
+            end = -2 if chunk.endswith(b"\r\n") else -1 if chunk.endswith(b"\n") else None
+            body = chunk[:end].replace(b"\r\n", delimiter)
+            if b"\r" in body:
+                return None
+            flat = body.replace(b"\n", delimiter).split(delimiter)
+        else:
+            flat = delimiter.join(lines).split(delimiter)
+        assert len(flat) == len(lines) * width, "a plain chunk splits into whole rows"
+        return flat, width
 
     def _plain_batch(
-        self, chunk: bytes, width: int, rows: int, first_line: int, suspect: bool
+        self, flat: list[bytes], width: int, rows: int, first_line: int, suspect: bool
     ) -> Batch:
-        """A batch of a plain chunk (``_plain_width``): all fields in one flat list of
-        ``bytes`` in the file's encoding (decoded only when a record is answered), a column
-        is every ``width``-th value, sliced at C speed."""
-        body = chunk[:-1] if chunk.endswith(b"\n") else chunk
-        if b"\r" in body:
-            body = body.replace(b"\r\n", b"\n")
-        if body.endswith(b"\r"):  # the last line's CR, without its LF
-            body = body[:-1]
-        delimiter = self._delimiter_byte
-        assert delimiter is not None
-        flat = body.replace(b"\n", delimiter).split(delimiter)
-        assert len(flat) == rows * width, "a plain chunk splits into whole rows"
+        """A batch of a plain chunk (``_plain_fields``): its fields are ``bytes`` in the
+        file's encoding (decoded only when a record is answered), a column is every
+        ``width``-th value, sliced at C speed."""
         first = self.count
         self.count += rows
         positions = {name: f.position or 0 for name, f in self.fields.items()}
