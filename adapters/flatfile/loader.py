@@ -19,6 +19,7 @@ import json
 import re
 from collections.abc import Container
 from dataclasses import dataclass, field
+from itertools import repeat
 from typing import Any
 
 from .charsets import Charset
@@ -125,6 +126,8 @@ class _Validator:
     def _semantic(self, f: Field, col: Column) -> dict[bytes | str, str]:
         """Distinct values refused by the type's conversion (calendar dates, check digits)."""
         good = self.known_good[f.name]
+        if good.issuperset(col):  # once the column's values repeat: one lookup each
+            return {}
         refused: dict[bytes | str, str] = {}
         for v in set(col).difference(good):
             try:
@@ -141,17 +144,22 @@ class _Validator:
         col = batch.column(f.name)
         if f.type in ("citizen_id", "juristic_id"):
             # The canonical id is its 13 digits: strip, and convert only the odd dashed one.
-            strip = b" \x00" if col and isinstance(col[0], bytes) else " \x00"
-            stripped = [v.strip(strip) for v in col]  # type: ignore[arg-type]
-            canon = [
-                (k if isinstance(k, bytes) else k.encode()) if len(k) == 13 else self._id_key(f, k)
-                for k in stripped
-            ]
+            if col and isinstance(col[0], bytes):
+                stripped = list(map(bytes.strip, col, repeat(b" \x00")))  # type: ignore[arg-type]
+                if set(map(len, stripped)) == {13}:  # the usual column: used as it is
+                    canon = stripped
+                else:
+                    canon = [k if len(k) == 13 else self._id_key(f, k) for k in stripped]
+            else:
+                canon = [
+                    k.encode() if len(k) == 13 else self._id_key(f, k)
+                    for k in (v.strip(" \x00") for v in col)  # type: ignore[union-attr]
+                ]
         elif f.type == "text":
             # Text keys are the value's bytes in the file's own encoding, however the batch
             # holds it (CSV rows parsed by the csv module are text, plain CSV chunks bytes).
             if col and isinstance(col[0], bytes):
-                canon = [v.strip(b" \x00") for v in col]  # type: ignore[union-attr]
+                canon = list(map(bytes.strip, col, repeat(b" \x00")))  # type: ignore[arg-type]
             else:
                 codec = self.layout.encoding.codec
                 canon = [
