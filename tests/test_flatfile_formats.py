@@ -79,6 +79,34 @@ def test_fixed_width_lf_and_block_files(term: bytes) -> None:
     assert result.valid == 5 and ds.record(4)["deed_no"] == "000004"
 
 
+@pytest.mark.parametrize("term", [b"\r\n", b"\n"])
+def test_fixed_width_line_breaks_out_of_place_are_reported_though_the_size_fits(
+    term: bytes,
+) -> None:
+    """A file whose size is a whole number of records may still have a record one byte
+    short (the next one byte long) or a line feed inside a record: its records are cut at
+    the line breaks and the wrong ones reported, never served at the wrong offsets."""
+    layout = {**FIXED, "terminator": "auto"}
+    lines = [fixed_record(i) for i in range(40)]
+    lines[2], lines[3] = lines[2][:-1], lines[3] + b"7"
+    data = term.join(lines) + term
+    result, ds = load(data, layout, max_bad_share=0.5)
+    report = {b.line: b.reason for b in result.broken}
+    assert report == {
+        3: "record is 59 bytes; the layout says 60",
+        4: "record is 61 bytes; the layout says 60",
+    }
+    assert ds.record(4)["deed_no"] == "000004" and result.valid == 38
+
+    lines = [fixed_record(i) for i in range(40)]
+    lines[5] = lines[5][:20] + b"\n" + lines[5][21:]  # same size, terminators in place
+    result, ds = load(term.join(lines) + term, layout, max_bad_share=0.5)
+    assert result.framing.stride == 0  # cut at the line breaks
+    assert [b.line for b in result.broken][:2] == [6, 7]
+    assert ds.query({"deed_no": "000005"}, 0, 10, 100).total == 0
+    assert ds.record(4)["deed_no"] == "000004"
+
+
 def test_broken_records_reported_per_record_never_served() -> None:
     bad_check = CIDS[0][:12] + str((int(CIDS[0][12]) + 1) % 10)
     lines = [fixed_record(i) for i in range(40)]
