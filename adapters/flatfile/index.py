@@ -92,15 +92,21 @@ def build_index(keys: list[bytes], width: int | None = None) -> KeyIndex:
     pad = struct.Struct(f"{width}s").pack  # NUL-pads to the width
     # Hashing a million keys only to learn they are all distinct: a sample says so first.
     sample = keys[:_SAMPLE]
-    counts = Counter(keys) if len(set(sample)) * 16 < len(sample) * 15 else None
-    grouped = counts is not None and len(counts) * 2 <= len(keys)
+    first: dict[bytes, int] = {}
+    grouped = False
+    if len(set(sample)) * 16 < len(sample) * 15:
+        # Each record's key as the record number where it first occurs: the one pass that
+        # hashes the million keys (a dict of a few thousand ints is cheap to look up).
+        firsts = list(map(first.setdefault, keys, range(len(keys))))
+        grouped = len(first) * 2 <= len(keys)
     if grouped:
-        assert counts is not None
         # Repeating keys: record numbers sorted by their key's rank (stable: file order).
-        distinct = sorted(counts)
-        rank = dict(zip(distinct, range(len(distinct)), strict=True))
-        order = sorted(range(len(keys)), key=list(map(rank.__getitem__, keys)).__getitem__)
-        key_blob = b"".join([pad(key) * counts[key] for key in distinct if key])
+        distinct = sorted(first)
+        rank = dict(zip(map(first.__getitem__, distinct), range(len(distinct)), strict=True))
+        ranks = list(map(rank.__getitem__, firsts))
+        order = sorted(range(len(keys)), key=ranks.__getitem__)
+        counts = Counter(ranks)
+        key_blob = b"".join([pad(key) * counts[r] for r, key in enumerate(distinct) if key])
     else:
         # (Nearly) distinct keys: sorted directly, which costs little when the file is in
         # key order already (timsort finds the one run).
