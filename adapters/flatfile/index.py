@@ -17,10 +17,12 @@ each key's run in the keys array is one repeated ``bytes``.
 from __future__ import annotations
 
 import bisect
+import operator
 import struct
 from array import array
 from collections import Counter
 from collections.abc import Iterator, Sequence
+from itertools import islice
 
 __all__ = ["KeyIndex", "build_index"]
 
@@ -107,9 +109,12 @@ def build_index(keys: list[bytes], width: int | None = None) -> KeyIndex:
         order = sorted(range(len(keys)), key=ranks.__getitem__)
         counts = Counter(ranks)
         key_blob = b"".join([pad(key) * counts[r] for r, key in enumerate(distinct) if key])
+    elif all(map(operator.le, keys, islice(keys, 1, None))):
+        # Already in key order (deed numbers of a registry's export): nothing to sort.
+        order = range(len(keys))
+        key_blob = b"".join(map(pad, keys))
     else:
-        # (Nearly) distinct keys: sorted directly, which costs little when the file is in
-        # key order already (timsort finds the one run).
+        # (Nearly) distinct keys: sorted directly.
         order = sorted(range(len(keys)), key=keys.__getitem__)
         key_blob = b"".join(map(pad, map(keys.__getitem__, order)))
     unkeyed = keys.count(b"")  # empty keys sort first
