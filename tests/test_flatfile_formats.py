@@ -79,6 +79,34 @@ def test_fixed_width_lf_and_block_files(term: bytes) -> None:
     assert result.valid == 5 and ds.record(4)["deed_no"] == "000004"
 
 
+@pytest.mark.parametrize("term", [b"\r\n", b"\n"])
+def test_fixed_width_line_breaks_out_of_place_are_reported_though_the_size_fits(
+    term: bytes,
+) -> None:
+    """A file whose size is a whole number of records may still have a record one byte
+    short (the next one byte long) or a line feed inside a record: its records are cut at
+    the line breaks and the wrong ones reported, never served at the wrong offsets."""
+    layout = {**FIXED, "terminator": "auto"}
+    lines = [fixed_record(i) for i in range(40)]
+    lines[2], lines[3] = lines[2][:-1], lines[3] + b"7"
+    data = term.join(lines) + term
+    result, ds = load(data, layout, max_bad_share=0.5)
+    report = {b.line: b.reason for b in result.broken}
+    assert report == {
+        3: "record is 59 bytes; the layout says 60",
+        4: "record is 61 bytes; the layout says 60",
+    }
+    assert ds.record(4)["deed_no"] == "000004" and result.valid == 38
+
+    lines = [fixed_record(i) for i in range(40)]
+    lines[5] = lines[5][:20] + b"\n" + lines[5][21:]  # same size, terminators in place
+    result, ds = load(term.join(lines) + term, layout, max_bad_share=0.5)
+    assert result.framing.stride == 0  # cut at the line breaks
+    assert [b.line for b in result.broken][:2] == [6, 7]
+    assert ds.query({"deed_no": "000005"}, 0, 10, 100).total == 0
+    assert ds.record(4)["deed_no"] == "000004"
+
+
 def test_broken_records_reported_per_record_never_served() -> None:
     bad_check = CIDS[0][:12] + str((int(CIDS[0][12]) + 1) % 10)
     lines = [fixed_record(i) for i in range(40)]
@@ -212,7 +240,7 @@ def plain_row(i: int) -> list[str]:
     return [CIDS[i % len(CIDS)], f"บริษัท {i} จำกัด", "2567", "15/01/2567", "1234.50", "บางรัก", "7"]
 
 
-@pytest.mark.parametrize("newline", [b"\r\n", b"\n"])
+@pytest.mark.parametrize("newline", [b"\r\n", b"\n", b"mixed"])
 def test_csv_plain_chunks_read_as_the_csv_module_reads_them(
     monkeypatch: pytest.MonkeyPatch, newline: bytes
 ) -> None:
@@ -238,7 +266,13 @@ def test_csv_plain_chunks_read_as_the_csv_module_reads_them(
     rows[30][5] = 'บางรัก "เหนือ"'  # a quoted chunk among plain ones
     rows[60] = rows[60][:4]  # a short row: its chunk goes the csv module's way
     rows[90][1] = "บริษัท\udcdb"  # a byte cp874 cannot decode, in a plain chunk
-    data = csv_bytes(rows).replace(b"\r\n", newline)
+    data = csv_bytes(rows)
+    if newline == b"mixed":  # every other line ends in LF only, the others in CRLF
+        lines = data.split(b"\r\n")
+        data = b"".join(line + (b"\n" if i % 2 else b"\r\n") for i, line in enumerate(lines))
+        newline = b"\r\n"
+    else:
+        data = data.replace(b"\r\n", newline)
     data = data.replace(newline, newline * 2, 1)  # a blank line after the header
     data = data[: -len(newline)]  # no line break after the last row
     fields = [*CSV_LAYOUT["field"], {"name": "extra", "type": "integer"}]  # before the CR
@@ -257,6 +291,34 @@ def test_csv_plain_chunks_read_as_the_csv_module_reads_them(
             rec = ds.record(i)
             got = (rec["juristic_id"], rec["name_th"], rec["office"], rec["extra"])
             assert got == (row[0], row[1], row[5], int(row[6]))
+
+
+@pytest.mark.parametrize("encoding", ["cp874", "utf-8"])
+def test_csv_thai_text_key_finds_rows_of_plain_and_quoted_chunks(
+    monkeypatch: pytest.MonkeyPatch, encoding: str
+) -> None:
+    """Plain chunks are indexed from their undecoded bytes, quoted ones from the csv
+    module's text: a Thai key must find its records in both, and nothing for text the
+    file's charset cannot even hold."""
+    from adapters.flatfile import csvfile
+
+    monkeypatch.setattr(csvfile, "_CHUNK", 600)
+    rows = [plain_row(i) for i in range(120)]
+    for i in range(0, 120, 3):
+        rows[i][5] = "บางกะปิ"
+    rows[30][1] = 'บริษัท "คำพูด" จำกัด'  # quotes: this chunk goes through the csv module
+    layout = {**CSV_LAYOUT, "encoding": encoding, "keys": ["office"]}
+    result, ds = load(csv_bytes(rows, encoding), layout)
+    assert result.valid == 120
+    page = ds.query({"office": " บางกะปิ "}, 0, 100, 1000)
+    assert page.total == 40
+    assert [r["name_th"] for r in page.records][9:12] == [
+        "บริษัท 27 จำกัด",
+        'บริษัท "คำพูด" จำกัด',
+        "บริษัท 33 จำกัด",
+    ]
+    assert ds.query({"office": "บางรัก"}, 0, 100, 1000).total == 80
+    assert ds.query({"office": "\u2603"}, 0, 10, 1000).total == 0
 
 
 @pytest.mark.parametrize("newline", ["\r\n", "\n"])

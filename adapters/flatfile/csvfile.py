@@ -4,8 +4,9 @@ Rows are parsed with the standard library's ``csv`` module (quoted fields may ho
 delimiters and line breaks). Lines are cut on LF in the raw bytes and in the decoded text
 alike, which correspond one to one for every supported charset, so each row's byte span is
 known without re-encoding anything: a row is served by decoding only its own bytes again.
-Undecodable bytes are kept as surrogates while parsing, so the row and field that hold them
-can be reported.
+Chunks without quotes (``_plain_fields``) are split as bytes and never decoded at load;
+other chunks are decoded with undecodable bytes kept as surrogates, so the row and field
+that hold them can be reported either way.
 """
 
 from __future__ import annotations
@@ -14,7 +15,7 @@ import csv
 from array import array
 from collections.abc import Iterator
 from dataclasses import replace
-from itertools import accumulate, chain, compress, pairwise, repeat
+from itertools import accumulate, chain, compress, repeat
 from operator import add
 
 from .charsets import BOM_UTF8, Charset
@@ -40,6 +41,10 @@ def _lines(text: str) -> list[str]:
     if last:
         out.append(last)
     return out
+
+
+def _ascii(char: str) -> bytes | None:
+    return char.encode("ascii") if char.isascii() else None
 
 
 def _reader(lines: Iterator[str] | list[str], layout: Layout):  # type: ignore[no-untyped-def]
@@ -101,6 +106,9 @@ class CsvFrame:
         self.bounds = array("Q")
         self.count = 0
         self.expected = 0  # columns of the header line, when there is one
+        # Plain chunks are split as bytes; only an ASCII delimiter and quote can be.
+        self._delimiter_byte = _ascii(layout.delimiter)
+        self._quote_byte = _ascii(layout.quotechar)
 
     def _chunks(self) -> Iterator[tuple[int, int, int]]:
         """(start, end, first line number) of chunks that end outside quotes."""
@@ -132,27 +140,28 @@ class CsvFrame:
         charset, layout = self.layout.encoding, self.layout
         for start, stop, first_line in self._chunks():
             chunk = self.buf[start:stop]
-            suspect = False
             if charset.invalid_byte is not None:
                 suspect = bool(chunk.translate(None, charset.valid_bytes))
-            try:
-                text = chunk.decode(charset.codec)
-            except UnicodeDecodeError:
-                text = chunk.decode(charset.codec, "surrogateescape")
-                suspect = True
+            else:
+                try:
+                    chunk.decode(charset.codec)
+                    suspect = False
+                except UnicodeDecodeError:
+                    suspect = True
             raw_lines = chunk.split(b"\n")
-            lines = text.split("\n")
             if raw_lines[-1] == b"":
                 raw_lines.pop()
-                lines.pop()
             starts = list(accumulate(map(add, map(len, raw_lines), repeat(1)), initial=start))
             starts[-1] = min(starts[-1], stop)  # the last line may lack its line break
-            width = self._plain_width(text, lines)
-            if width:
-                bad = self._bad_lines(raw_lines, lines) if suspect else set()
-                self.bounds.extend(chain.from_iterable(pairwise(starts)))
-                yield self._plain_batch(text, width, len(lines), first_line, bool(bad))
+            plain = self._plain_fields(chunk, raw_lines)
+            if plain is not None:
+                self._extend_bounds(starts)
+                yield self._plain_batch(*plain, len(raw_lines), first_line, suspect)
                 continue
+            text = chunk.decode(charset.codec, "surrogateescape")
+            lines = text.split("\n")
+            if lines[-1] == "":
+                lines.pop()
             try:
                 reader = _reader(lines, layout)
                 rows = list(reader)
@@ -182,62 +191,71 @@ class CsvFrame:
                     )
                 )
             )
-            bad_lines = self._bad_lines(raw_lines, lines) if suspect else set()
-            yield self._batch(rows, [first_line + i for i in line_idx], bool(bad_lines))
+            yield self._batch(rows, [first_line + i for i in line_idx], suspect)
 
-    def _bad_lines(self, raw_lines: list[bytes], lines: list[str]) -> set[int]:
-        charset = self.layout.encoding
-        bad: set[int] = set()
-        for i, (raw, line) in enumerate(zip(raw_lines, lines, strict=True)):
-            if charset.bad_text.search(line) or (
-                charset.invalid_byte is not None and charset.invalid_byte.search(raw)
-            ):
-                bad.add(i)
-        return bad
+    def _extend_bounds(self, starts: list[int]) -> None:
+        """(start, end) of each line: the starts interleaved with themselves shifted by one,
+        by two strided array assignments instead of a million pairs."""
+        n = len(starts) - 1
+        line_starts = array("Q", starts)
+        pairs = array("Q", bytes(2 * n * line_starts.itemsize))
+        pairs[0::2] = line_starts[:-1]
+        pairs[1::2] = line_starts[1:]
+        self.bounds.extend(pairs)
 
-    def _plain_width(self, text: str, lines: list[str]) -> int:
-        """Fields per row when the chunk is plain: no quote character, no NUL, no carriage
-        return other than before a line feed, no blank line, and every line with the same
-        number of fields, as many as the header has (or, without a header, at least as many
-        as the layout needs). Splitting such a chunk on the delimiter gives exactly what
-        ``csv.reader`` gives, at a fraction of its cost and without a list per row; any
-        other chunk (0) goes through ``csv.reader``, which also reports what is wrong."""
-        delimiter, layout = self.layout.delimiter, self.layout
+    def _plain_fields(self, chunk: bytes, lines: list[bytes]) -> tuple[list[bytes], int] | None:
+        """All fields of a plain chunk in one flat list, and the fields per row; None for
+        any other chunk, which goes through ``csv.reader`` (that also reports what is wrong).
+
+        Plain: no quote character, no NUL, no carriage return other than before a line
+        feed, no blank line, and every line with the same number of fields, as many as the
+        header has (or, without a header, at least as many as the layout needs). Splitting
+        such a chunk on the delimiter gives exactly what ``csv.reader`` gives, at a
+        fraction of its cost and without a list per row. The chunk is judged and split as
+        bytes, undecoded: the delimiter and quote are ASCII, and an ASCII byte stands for
+        its own character in every supported charset (in UTF-8 it is never part of a
+        longer sequence)."""
+        delimiter, quote = self._delimiter_byte, self._quote_byte
         if (
             not lines
-            or delimiter in "\r\n"
-            or layout.quotechar in text
-            or "\0" in text
-            or text.count("\r") != text.count("\r\n")
-            or "" in lines
-            or "\r" in lines
+            or delimiter is None
+            or quote is None
+            or delimiter in b"\r\n"
+            or quote in chunk
+            or b"\0" in chunk
+            or b"" in lines
+            or b"\r" in lines
         ):
-            return 0
-        counts = set(map(str.count, lines, repeat(delimiter)))
+            return None
+        counts = set(map(bytes.count, lines, repeat(delimiter)))
         if len(counts) != 1:
-            return 0
+            return None
         width = counts.pop() + 1
         if (self.expected and width != self.expected) or width < self.ncols:
-            return 0
-        return width
+            return None
+        if b"\r" in chunk:
+            # Every CRLF a field break at once; a CR left over stands alone.
+            end = -2 if chunk.endswith(b"\r\n") else -1 if chunk.endswith(b"\n") else None
+            body = chunk[:end].replace(b"\r\n", delimiter)
+            if b"\r" in body:
+                return None
+            flat = body.replace(b"\n", delimiter).split(delimiter)
+        else:
+            flat = delimiter.join(lines).split(delimiter)
+        assert len(flat) == len(lines) * width, "a plain chunk splits into whole rows"
+        return flat, width
 
     def _plain_batch(
-        self, text: str, width: int, rows: int, first_line: int, suspect: bool
+        self, flat: list[bytes], width: int, rows: int, first_line: int, suspect: bool
     ) -> Batch:
-        """A batch of a plain chunk (``_plain_width``): all fields in one flat list, a
-        column is every ``width``-th value, sliced at C speed."""
-        body = text[:-1] if text.endswith("\n") else text
-        if "\r" in body:
-            body = body.replace("\r\n", "\n")
-        if body.endswith("\r"):  # the last line's CR, without its LF
-            body = body[:-1]
-        flat = body.replace("\n", self.layout.delimiter).split(self.layout.delimiter)
-        assert len(flat) == rows * width, "a plain chunk splits into whole rows"
+        """A batch of a plain chunk (``_plain_fields``): its fields are ``bytes`` in the
+        file's encoding (decoded only when a record is answered), a column is every
+        ``width``-th value, sliced at C speed."""
         first = self.count
         self.count += rows
         positions = {name: f.position or 0 for name, f in self.fields.items()}
 
-        def column(name: str) -> list[str]:
+        def column(name: str) -> list[bytes]:
             return flat[positions[name] :: width]
 
         return Batch(

@@ -71,9 +71,9 @@ class Dataset:
             if layout.format == "csv"
             else FixedReader(layout, dict(BINARY_DECODERS))  # type: ignore[arg-type]
         )
-        # Text keys of fixed-width and DBF files are indexed in the file's own encoding, so
-        # the million keys are never decoded; query values are encoded the same way instead.
-        self._key_codec = "utf-8" if layout.format == "csv" else layout.encoding.codec
+        # Text keys are indexed in the file's own encoding, so the million keys are never
+        # decoded; query values are encoded the same way instead.
+        self._key_codec = layout.encoding.codec
 
     @property
     def nbytes(self) -> int:

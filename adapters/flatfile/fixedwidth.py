@@ -2,16 +2,16 @@
 
 Records are ``record_length`` bytes followed by a terminator (LF, CRLF, or none for
 block-style mainframe files). The fast path needs no offsets at all: when the size is a
-multiple of the stride and every terminator sits where it should (one regular-expression
-match over the whole file), record ``i`` starts at ``i * stride``. Otherwise the file is cut
-into lines, each line of the wrong length is a broken record, and the starts are listed.
+multiple of the stride and every terminator sits where it should (a strided slice of the
+file per terminator byte, and no line feed anywhere else), record ``i`` starts at
+``i * stride``. Otherwise the file is cut into lines, each line of the wrong length is a
+broken record, and the starts are listed.
 """
 
 from __future__ import annotations
 
 import bisect
 import functools
-import re
 import struct
 from array import array
 from collections.abc import Iterator
@@ -57,9 +57,14 @@ def frame_fixed(buf: bytes, layout: Layout) -> tuple[Framing, dict[int, Broken]]
         )
     stride = n + len(term)
     if len(buf) % stride == 0:
-        whole = re.compile(b"(?:[^\n]{%d}%s)*" % (n, re.escape(term)))
-        if whole.fullmatch(buf):
-            return Framing(len(buf) // stride, 0, stride, n), {}
+        # Every terminator where it should be and no line feed elsewhere: strided slices
+        # and one count, all at memory speed (a regular expression over the file took
+        # ~0.5 s for 200 MB).
+        count = len(buf) // stride
+        if buf.count(b"\n") == count and all(
+            buf[n + j :: stride] == term[j : j + 1] * count for j in range(len(term))
+        ):
+            return Framing(count, 0, stride, n), {}
     # Slow path: lines of varying length. Each wrong one is reported, the rest still serve.
     lines = buf.split(b"\n")
     if lines and lines[-1] == b"":

@@ -77,13 +77,15 @@ class Batch:
     problems: dict[int, Broken] = field(default_factory=dict)  # recno -> framing problem
     # recno -> 1-based line, when lines and records do not correspond one to one
     line_of: Callable[[int], int] | None = None
-    # Text fields whose decodability is still to be checked value by value (CSV slow path).
+    # Bytes the charset cannot decode are somewhere in the batch: text fields are to be
+    # checked value by value (CSV; fixed width and DBF are checked over the whole file).
     suspect_text: bool = False
 
     def line(self, recno: int) -> int:
         return self.line_of(recno) if self.line_of is not None else recno + 1
 
 
+_SAMPLE = 1024  # values looked at before hashing a whole column
 _SEP = "\x1f"  # ASCII unit separator: joins a column for one whole-column match
 
 
@@ -98,12 +100,17 @@ def failing_values(
     """
     if not column:
         return []
-    distinct = set(column)
-    if len(distinct) * 4 <= len(column):
-        # Few distinct values (codes, small amounts): judge each once.
-        pattern = syntax_b if isinstance(column[0], bytes) else syntax
-        bad = {v for v in distinct if not pattern.fullmatch(v)}  # type: ignore[arg-type]
-        return [i for i, v in enumerate(column) if v in bad] if bad else []
+    # A sample says whether the whole column is worth hashing: amounts of money are
+    # nearly all distinct, and their set was built only to be thrown away. (A column of a
+    # thousand values repeating still shows repeats in a sample of a thousand.)
+    sample = column[:_SAMPLE]
+    if len(set(sample)) * 10 < len(sample) * 9:
+        distinct = set(column)
+        if len(distinct) * 4 <= len(column):
+            # Few distinct values (codes, small amounts): judge each once.
+            pattern = syntax_b if isinstance(column[0], bytes) else syntax
+            bad = {v for v in distinct if not pattern.fullmatch(v)}  # type: ignore[arg-type]
+            return [i for i, v in enumerate(column) if v in bad] if bad else []
     if isinstance(column[0], bytes):
         sep_b = _SEP.encode()
         joined_b = sep_b.join(column)  # type: ignore[arg-type]

@@ -1,11 +1,17 @@
 """Key indexes: every key of one field, sorted, in one ``bytes`` object.
 
-Each entry is the canonical key padded with NUL to the field's widest key, followed by the
-record number (4 bytes, big-endian), so one sort orders by key and then by file order, and
-all records of one key are adjacent. A lookup is two binary searches (first and last entry
-of the key): O(log n), about 20 probes for a million keys, and the count of a key is known
-without touching its records. Memory is ``n * (width + 4)`` bytes, a fraction of what a dict
-of a million ``bytes`` keys costs.
+The blob holds two arrays of ``n`` entries (``n`` indexed records): first the canonical
+keys, each padded with NUL to the field's widest key, in key order; then the record
+numbers in the same order (4-byte unsigned, native byte order: the blob only travels
+between processes of one machine), in file order within a key. A lookup is two binary
+searches over the keys (first and last entry of the key): O(log n), about 20 probes for a
+million keys, and the count of a key is known without touching its records. Memory is
+``n * (width + 4)`` bytes, a fraction of what a dict of a million ``bytes`` keys costs.
+
+Building never sorts a million ``bytes`` objects when keys repeat (citizen ids of owners,
+office codes): the distinct keys are sorted and ranked, and the record numbers are sorted
+by their key's rank, a small int, which the interpreter compares several times faster;
+each key's run in the keys array is one repeated ``bytes``.
 """
 
 from __future__ import annotations
@@ -13,51 +19,53 @@ from __future__ import annotations
 import bisect
 import operator
 import struct
-from collections import deque
-from collections.abc import Callable, Iterator, Sequence
-from itertools import repeat
+from array import array
+from collections import Counter
+from collections.abc import Iterator, Sequence
+from itertools import islice
 
 __all__ = ["KeyIndex", "build_index"]
 
-_RECNO = struct.Struct(">I")
-_FEW = 64  # distinct keys up to which an index is built by grouping
+_SAMPLE = 4096  # keys looked at to guess whether (nearly) every key is distinct
 
 
-class _Entries(Sequence[bytes]):
-    """The index as a sequence of entries, for ``bisect`` (no copy of the blob)."""
+class _Keys(Sequence[bytes]):
+    """The keys array as a sequence, for ``bisect`` (no copy of the blob)."""
 
-    __slots__ = ("_blob", "_n", "_size")
+    __slots__ = ("_blob", "_n", "_width")
 
-    def __init__(self, blob: bytes, size: int) -> None:
-        self._blob, self._size, self._n = blob, size, len(blob) // size if size else 0
+    def __init__(self, blob: bytes, width: int, n: int) -> None:
+        self._blob, self._width, self._n = blob, width, n
 
     def __len__(self) -> int:
         return self._n
 
     def __getitem__(self, i):  # type: ignore[no-untyped-def, override]
-        size = self._size
-        return self._blob[i * size : i * size + size]
+        w = self._width
+        return self._blob[i * w : i * w + w]
 
 
 class KeyIndex:
     """Sorted (key, record number) entries of one field; immutable once built."""
 
-    __slots__ = ("_entries", "blob", "width")
+    __slots__ = ("_keys", "_recnos", "blob", "width")
 
     def __init__(self, width: int, blob: bytes) -> None:
         self.width = width
         self.blob = blob
-        self._entries = _Entries(blob, width + 4)
+        n = len(blob) // (width + 4)
+        self._keys = _Keys(blob, width, n)
+        self._recnos = memoryview(blob)[n * width :].cast("I")
 
     def __len__(self) -> int:
-        return len(self._entries)
+        return len(self._keys)
 
     def _range(self, key: bytes) -> tuple[int, int]:
         if len(key) > self.width or not key:
             return 0, 0
         padded = key.ljust(self.width, b"\x00")
-        lo = bisect.bisect_left(self._entries, padded + b"\x00\x00\x00\x00")
-        hi = bisect.bisect_right(self._entries, padded + b"\xff\xff\xff\xff", lo)
+        lo = bisect.bisect_left(self._keys, padded)
+        hi = bisect.bisect_right(self._keys, padded, lo)
         return lo, hi
 
     def count(self, key: bytes) -> int:
@@ -72,9 +80,7 @@ class KeyIndex:
         b = hi if stop is None else min(hi, lo + stop)
         if a >= b:
             return []
-        size = self.width + 4
-        fmt = struct.Struct(f">{self.width}xI")
-        return [r for (r,) in fmt.iter_unpack(self.blob[a * size : b * size])]
+        return self._recnos[a:b].tolist()
 
     @property
     def nbytes(self) -> int:
@@ -85,36 +91,47 @@ def build_index(keys: list[bytes], width: int | None = None) -> KeyIndex:
     """An index of ``keys[record number]`` (canonical keys); empty keys are not indexed."""
     if width is None:
         width = max(map(len, keys), default=0) or 1
-    entry = struct.Struct(f">{width}sI")  # the key NUL-padded, then the record number
-    # Hashing a million keys only to learn there are many: a sample says so first.
-    many = len(set(keys[:4096]) - {b""}) > _FEW
-    distinct = set() if many else set(keys)
-    distinct.discard(b"")
-    if not many and len(distinct) <= _FEW:
-        # Few distinct keys (codes, years): group instead of sorting a million entries. One
-        # pass in C over the keys appends each record number to its key's list (file order).
-        groups: dict[bytes, list[int]] = {key: [] for key in distinct}
-        groups[b""] = []
-        deque(map(operator.call, map(_appender(groups).__getitem__, keys), range(len(keys))), 0)
-        parts = [b"".join(map(entry.pack, repeat(key), groups[key])) for key in sorted(distinct)]
-        return KeyIndex(width, b"".join(parts))
-    # map() keeps the million-fold loop in C, one object per entry; records without a key
-    # get an all-NUL key, which sorts first and is cut off after the sort.
-    entries = list(map(entry.pack, keys, range(len(keys))))
-    entries.sort()
-    unkeyed = keys.count(b"")
-    return KeyIndex(width, b"".join(entries[unkeyed:] if unkeyed else entries))
-
-
-def _appender(groups: dict[bytes, list[int]]) -> dict[bytes, Callable[[int], None]]:
-    return {key: recnos.append for key, recnos in groups.items()}
+    pad = struct.Struct(f"{width}s").pack  # NUL-pads to the width
+    # Hashing a million keys only to learn they are all distinct: a sample says so first.
+    sample = keys[:_SAMPLE]
+    first: dict[bytes, int] = {}
+    grouped = False
+    if len(set(sample)) * 16 < len(sample) * 15:
+        # Each record's key as the record number where it first occurs: the one pass that
+        # hashes the million keys (a dict of a few thousand ints is cheap to look up).
+        firsts = list(map(first.setdefault, keys, range(len(keys))))
+        grouped = len(first) * 2 <= len(keys)
+    if grouped:
+        # Repeating keys: record numbers sorted by their key's rank (stable: file order).
+        distinct = sorted(first)
+        rank = dict(zip(map(first.__getitem__, distinct), range(len(distinct)), strict=True))
+        ranks = list(map(rank.__getitem__, firsts))
+        order = sorted(range(len(keys)), key=ranks.__getitem__)
+        counts = Counter(ranks)
+        key_blob = b"".join([pad(key) * counts[r] for r, key in enumerate(distinct) if key])
+    elif all(map(operator.le, keys, islice(keys, 1, None))):
+        # Already in key order (deed numbers of a registry's export): nothing to sort.
+        order = range(len(keys))
+        key_blob = b"".join(map(pad, keys))
+    else:
+        # (Nearly) distinct keys: sorted directly.
+        order = sorted(range(len(keys)), key=keys.__getitem__)
+        key_blob = b"".join(map(pad, map(keys.__getitem__, order)))
+    unkeyed = keys.count(b"")  # empty keys sort first
+    if unkeyed:
+        order = order[unkeyed:]
+        if not grouped:  # the grouped keys left theirs out
+            key_blob = key_blob[unkeyed * width :]
+    recnos = array("I", order)
+    return KeyIndex(width, key_blob + recnos.tobytes())
 
 
 def iter_keys(index: KeyIndex) -> Iterator[bytes]:
     """Distinct keys in order (for tests and reports)."""
     last = None
-    for i in range(len(index)):
-        key = index._entries[i][: index.width].rstrip(b"\x00")
+    keys = index._keys
+    for i in range(len(keys)):
+        key = keys[i].rstrip(b"\x00")
         if key != last:
             last = key
             yield key
