@@ -255,15 +255,18 @@ class _Reader:
 
     def headers(self, key: str) -> Headers:
         value = self.doc[key]
-        if not isinstance(value, list | tuple) or not all(
-            isinstance(pair, list | tuple)
-            and len(pair) == 2
-            and isinstance(pair[0], str)
-            and isinstance(pair[1], str)
-            for pair in value
-        ):
+        if not isinstance(value, (list, tuple)):
             raise self._wrong(key, "a list of [name, value] strings")
-        return tuple((name, v) for name, v in value)
+        out = []
+        for pair in value:
+            # A plain loop: read on every message of both nodes.
+            if not (isinstance(pair, (list, tuple)) and len(pair) == 2):
+                raise self._wrong(key, "a list of [name, value] strings")
+            name, v = pair
+            if not (isinstance(name, str) and isinstance(v, str)):
+                raise self._wrong(key, "a list of [name, value] strings")
+            out.append((name, v))
+        return tuple(out)
 
     def ident(self, key: str, parse: Callable[[str], _Id]) -> _Id:
         try:
