@@ -97,7 +97,8 @@ class SubsystemId:
 
     @property
     def member(self) -> MemberId:
-        return MemberId(self.instance, self.member_class, self.member_code)
+        # Asked several times per exchange (signers, access, revocation): one shared object.
+        return _member_of(self.instance, self.member_class, self.member_code)
 
     @property
     def object_type(self) -> str:
@@ -105,6 +106,7 @@ class SubsystemId:
 
 
 ClientId = MemberId | SubsystemId
+_member_of = _cached(MemberId)
 
 
 @dataclass(frozen=True, slots=True, order=True)
