@@ -40,6 +40,10 @@ class RestAdapter:
             raise ValueError(f"REST adapter URL must be http(s)://host[:port][/path]: {base_url}")
         self._timeout = aiohttp.ClientTimeout(total=timeout, sock_connect=min(timeout, 10.0))
         self._max = max_response_bytes
+        # Per request only the path and query are new: the rest is formed once.
+        self._prefix = str(self._base)
+        self._origin = self._base.origin()
+        self._raw_path = self._base.raw_path
         self._http = AdapterSession(session, limit=256, auto_decompress=False)
 
     async def handle(self, request: AdapterRequest) -> AdapterResponse:
@@ -50,11 +54,11 @@ class RestAdapter:
         except ProtocolError as exc:
             raise XRoadError.blame(SERVER_PROXY, exc) from exc
         url = URL(
-            str(self._base) + request.path + ("?" + request.query if request.query else ""),
+            self._prefix + request.path + ("?" + request.query if request.query else ""),
             encoded=True,
         )
         # Defence in depth behind the path checks: never another host, never above the base.
-        if url.origin() != self._base.origin() or not url.raw_path.startswith(self._base.raw_path):
+        if url.origin() != self._origin or not url.raw_path.startswith(self._raw_path):
             raise XRoadError.server_proxy("InvalidMessage", "request path leaves the service")
         session = self._http.get()
         try:

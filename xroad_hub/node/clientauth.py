@@ -15,6 +15,7 @@ is refused. X-Road-Client must name the authenticated subsystem, so nobody acts 
 
 from __future__ import annotations
 
+import functools
 import ipaddress
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -157,7 +158,7 @@ class ClientAuthenticator:
         """Transport-level proof of an http or mtls client (jwt: see _check_token)."""
         if reg.auth == "http":
             # Plain HTTP from this host, as registered; not HTTPS, where credentials belong.
-            return not creds.tls and ipaddress.ip_address(creds.remote_ip).is_loopback
+            return not creds.tls and _is_loopback(creds.remote_ip)
         if reg.auth == "mtls":
             return (
                 creds.tls
@@ -235,3 +236,9 @@ def _client_or_none(value: object) -> ClientId | None:
         return parse_client_id(str(value)) if isinstance(value, str) else None
     except ProtocolError:
         return None
+
+
+@functools.lru_cache(maxsize=256)
+def _is_loopback(ip: str) -> bool:
+    # Asked on every request of an http client, from the few addresses of this host.
+    return ipaddress.ip_address(ip).is_loopback

@@ -12,7 +12,6 @@ from __future__ import annotations
 
 import re
 import time
-import uuid
 from collections.abc import Collection, Mapping
 from dataclasses import dataclass
 from typing import Any
@@ -42,7 +41,7 @@ from xroad_hub.protocol.access import (
     node_serving,
     purpose_of,
 )
-from xroad_hub.protocol.exchange import AnswerMeta, RequestMeta
+from xroad_hub.protocol.exchange import AnswerMeta, RequestMeta, new_id
 from xroad_hub.protocol.globalconf import GlobalConf
 from xroad_hub.protocol.identifiers import (
     ClientId,
@@ -83,6 +82,7 @@ __all__ = [
 ]
 
 log = structlog.get_logger("xroad_hub.consumer")
+_DROP_TOKEN = frozenset({"authorization"})
 _ERROR_CODE_CHARS = frozenset("ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz.")
 
 
@@ -146,14 +146,14 @@ class ClientProxy:
         raw_path, _, raw_query = request.raw_path.partition("?")
         target = parse_r1_target(raw_path, raw_query)
         h = request.headers
-        message_id = check_header_value("X-Road-Id", h.get("X-Road-Id") or str(uuid.uuid4()))
+        message_id = check_header_value("X-Road-Id", h.get("X-Road-Id") or new_id())
         reg = named_client(request)
         client = reg.id
         represented = h.get("X-Road-Represented-Party")
         security_server = h.get("X-Road-Security-Server")
         body = await read_body(request, self.rt.max_body_bytes, self.rt.body_timeout, CLIENT)
         # Node authentication tokens are for this node only; never forward them.
-        drop = frozenset({"authorization"}) if reg.auth == "jwt" else frozenset()
+        drop = _DROP_TOKEN if reg.auth == "jwt" else frozenset()
         headers = filter_request_headers(h.items(), drop=drop)
         if "Accept" not in h:
             headers.append(("Accept", "application/json"))
@@ -209,7 +209,7 @@ class ClientProxy:
         )
         meta = RequestMeta(
             id=call.message_id,
-            request_id=str(uuid.uuid4()),
+            request_id=new_id(),
             client=client,
             service=call.service,
             target_node=peer.id,
@@ -395,7 +395,7 @@ class ClientProxy:
                 query=query,
                 headers=[("Accept", "text/xml")],
                 body=b"",
-                message_id=str(uuid.uuid4()),
+                message_id=new_id(),
             )
         )
         if answer.status != 200:

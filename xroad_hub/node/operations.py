@@ -8,10 +8,10 @@ listeners) and never change how an exchange is served.
 
 from __future__ import annotations
 
-import contextlib
 import ssl
 import time
 from collections.abc import Awaitable, Callable, Iterator, Mapping
+from contextlib import AbstractContextManager
 from datetime import datetime
 from pathlib import Path
 from typing import Any
@@ -230,19 +230,17 @@ class NodeOperations:
             )
         yield "xroad_hub_ready", "1 while the node may take traffic", {}, float(not problems)
 
-    @contextlib.contextmanager
-    def _exchange_context(self) -> Iterator[None]:
+    def _exchange_context(self) -> AbstractContextManager[None]:
         """Around each exchange served: log lines name the node, and with metrics a clock
         for its backend's time."""
-        with structlog.contextvars.bound_contextvars(node=str(self.config.id)):
-            if self.metrics is None:
-                yield
-                return
-            token = CURRENT_EXCHANGE.set(ExchangeTiming())
-            try:
-                yield
-            finally:
-                CURRENT_EXCHANGE.reset(token)
+        return _ExchangeContext(self._node_name(), self.metrics is not None)
+
+    def _node_name(self) -> str:
+        # The node's id as log lines name it, formatted once (config.id never changes).
+        name: str | None = self.__dict__.get("_node_id_text")
+        if name is None:
+            name = self.__dict__["_node_id_text"] = str(self.config.id)
+        return name
 
     def _context_middleware(
         self,
@@ -461,3 +459,23 @@ def _maintenance_state(rt: NodeRuntime) -> dict[str, object]:
 
 def _cert_check(what: str, paths: CertPaths) -> CertCheck:
     return CertCheck.load(what, paths.cert, paths.key)
+
+
+class _ExchangeContext:
+    """The context of one exchange (what ``_exchange_context`` gives), by hand: entered for
+    every exchange on both nodes, where structlog's ``bound_contextvars`` (a generator) reads
+    the whole context to save it, while a token restores just the one variable it set."""
+
+    __slots__ = ("_node", "_timed", "_timing", "_tokens")
+
+    def __init__(self, node: str, timed: bool) -> None:
+        self._node, self._timed = node, timed
+
+    def __enter__(self) -> None:
+        self._tokens = structlog.contextvars.bind_contextvars(node=self._node)
+        self._timing = CURRENT_EXCHANGE.set(ExchangeTiming()) if self._timed else None
+
+    def __exit__(self, *_exc: object) -> None:
+        if self._timing is not None:
+            CURRENT_EXCHANGE.reset(self._timing)
+        structlog.contextvars.reset_contextvars(**self._tokens)

@@ -294,6 +294,9 @@ async def read_body(request: web.Request, limit: int, timeout: float, blame: str
     """Read a request body with a size limit and a deadline (slow senders are cut off)."""
     if request.content_length is not None and request.content_length > limit:
         raise XRoadError(f"{blame}.BadRequest", f"request body exceeds the limit of {limit} bytes")
+    if not request.body_exists:
+        # Most r1 requests (GET) have none: no deadline to arm, nothing to wait for.
+        return b""
     try:
         async with asyncio.timeout(timeout):
             return await read_capped(request.content, limit)

@@ -10,6 +10,7 @@ registry's signing certificate, distributed out of band), refuses exchanges with
 from __future__ import annotations
 
 import base64
+import time
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
@@ -141,7 +142,14 @@ class GlobalConf:
         )  # fmt: skip
 
     def expired(self, now: datetime | None = None) -> bool:
-        return (now or datetime.now(UTC)) >= self.expires_at
+        if now is None:
+            # Asked several times per exchange: a float compare, not a datetime per call.
+            return time.time() >= self._expires_ts
+        return now >= self.expires_at
+
+    @cached_property
+    def _expires_ts(self) -> float:
+        return self.expires_at.timestamp()
 
     @cached_property
     def trusted_cas(self) -> list[x509.Certificate]:

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import re
 from dataclasses import dataclass
+from functools import lru_cache
 from urllib.parse import quote, unquote
 
 from xroad_hub.errors import ProtocolError
@@ -28,6 +29,11 @@ __all__ = [
     "parse_subsystem_id",
     "valid_part",
 ]
+
+# Identifiers are immutable and a node sees the same few over and over (its clients, its
+# services, its peers): each parse function keeps its recent answers, so that an exchange's
+# identifiers are parsed and checked once, not on every message. Refusals are not kept.
+_cached = lru_cache(maxsize=2048)
 
 _PART = re.compile(r"[A-Za-z0-9'()+,\-.=?]{1,255}")
 
@@ -91,7 +97,8 @@ class SubsystemId:
 
     @property
     def member(self) -> MemberId:
-        return MemberId(self.instance, self.member_class, self.member_code)
+        # Asked several times per exchange (signers, access, revocation): one shared object.
+        return _member_of(self.instance, self.member_class, self.member_code)
 
     @property
     def object_type(self) -> str:
@@ -99,6 +106,7 @@ class SubsystemId:
 
 
 ClientId = MemberId | SubsystemId
+_member_of = _cached(MemberId)
 
 
 @dataclass(frozen=True, slots=True, order=True)
@@ -135,14 +143,17 @@ class NodeId:
         return f"{self.owner}/{self.server_code}"
 
 
+@_cached
 def parse_member_id(text: str) -> MemberId:
     return MemberId(*_split(text, "member", (3,)))
 
 
+@_cached
 def parse_subsystem_id(text: str) -> SubsystemId:
     return SubsystemId(*_split(text, "subsystem", (4,)))
 
 
+@_cached
 def parse_client_id(text: str) -> ClientId:
     """``INSTANCE/CLASS/MEMBER[/SUBSYSTEM]``; each part may be percent-encoded (r1)."""
     parts = _split(text.strip(), "client", (3, 4), decode=True)
@@ -154,6 +165,7 @@ def parse_client_id(text: str) -> ClientId:
 MEMBER_SERVICES = frozenset({"getSecurityServerOperationalData", "getSecurityServerHealthData"})
 
 
+@_cached
 def parse_service_id(text: str) -> ServiceId:
     """``INSTANCE/CLASS/MEMBER/SUBSYSTEM/SERVICECODE[/VERSION]`` (subsystem required here),
     or ``INSTANCE/CLASS/MEMBER/SERVICECODE`` for the member services of MEMBER_SERVICES."""
@@ -166,12 +178,14 @@ def parse_service_id(text: str) -> ServiceId:
     return ServiceId(provider, parts[4], parts[5] if len(parts) == 6 else None)
 
 
+@_cached
 def parse_r1_service(raw: str) -> ServiceId:
     """``INSTANCE/CLASS/MEMBER/SUBSYSTEM/SERVICECODE`` of an r1 URL, parts percent-encoded."""
     parts = _split(raw, "service", (5,), decode=True)
     return ServiceId(SubsystemId(*parts[:4]), parts[4])
 
 
+@_cached
 def parse_node_id(text: str) -> NodeId:
     parts = _split(text, "node", (4,))
     return NodeId(MemberId(*parts[:3]), parts[3])

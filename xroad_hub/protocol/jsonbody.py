@@ -88,7 +88,9 @@ def loads_json(body: bytes, *, parse_float: Callable[[str], Any] = decimal.Decim
         raise JsonBodyError("the JSON body is nested too deeply") from None
     except ValueError as exc:
         raise JsonBodyError(f"the body is not valid JSON: {exc}") from None
-    if _depth_over(doc, MAX_DEPTH):
+    # A value nested N deep has N brackets before it: a text with no more than MAX_DEPTH
+    # of them in all (most) needs no walk over the document.
+    if text.count("{") + text.count("[") > MAX_DEPTH and _depth_over(doc, MAX_DEPTH):
         raise JsonBodyError(f"the JSON body is nested deeper than {MAX_DEPTH} levels")
     return doc
 
@@ -98,14 +100,17 @@ def _no_constant(name: str) -> Any:
 
 
 def _no_duplicates(pairs: list[tuple[str, Any]]) -> dict[str, Any]:
-    out: dict[str, Any] = {}
-    for key, value in pairs:
-        if key in out:
+    out = dict(pairs)  # in C; a duplicate shows as a shorter dict, then is looked for
+    if len(out) == len(pairs):
+        return out
+    seen: set[str] = set()
+    for key, _ in pairs:
+        if key in seen:
             # Parsers disagree on which one counts; the node cannot know which the service
             # reads, so neither does.
             raise ValueError(f"duplicate key {key!r}")
-        out[key] = value
-    return out
+        seen.add(key)
+    raise AssertionError("unreachable: a shorter dict has a duplicate key")
 
 
 def _depth_over(doc: Any, limit: int) -> bool:

@@ -279,7 +279,11 @@ class CompactRange:
 
 
 def _as_source(tree: HashSource | Sequence[bytes]) -> HashSource:
-    return tree if isinstance(tree, HashSource) else MemoryTree(tree)
+    # The exact-type test first: isinstance against a runtime-checkable Protocol inspects
+    # the class's members on every call, which costs more than the proofs of a small batch.
+    if type(tree) is MemoryTree or isinstance(tree, HashSource):
+        return tree
+    return MemoryTree(tree)
 
 
 def inclusion_proof(

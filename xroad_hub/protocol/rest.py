@@ -184,6 +184,13 @@ def check_headers(headers: object) -> list[tuple[str, str]]:
 def _check_path_segment(seg: str) -> None:
     if not _SAFE_SEGMENT.fullmatch(seg):
         raise ProtocolError("BadRequest", "illegal character in the request path")
+    if "%" not in seg:
+        # The common segment: ASCII of _SAFE_SEGMENT with no escape reads the same decoded
+        # once, twice and NFKC-folded, and holds no separator; only the dot test is left.
+        for part in (seg, seg.split(";", 1)[0]):
+            if part.strip() and not part.strip(". \t"):
+                raise ProtocolError("BadRequest", "path traversal ('.' or '..' segment) refused")
+        return
     # Backends read a segment in more ways than one: servlet containers strip ";params"
     # (``..;x``), some decode twice (``%252e%252e``), some fold Unicode compatibility
     # characters (U+FF0E FULLWIDTH FULL STOP is NFKC '.'). A segment is refused when any
