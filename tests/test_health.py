@@ -131,8 +131,9 @@ async def test_global_configuration_expiry(quick: Fed, http, monkeypatch) -> Non
 
 async def test_message_log_not_writable(quick: Fed, http) -> None:
     log = quick.federation.nodes[DBD].runtime.log
-    # SQLite itself refuses every write from now on (as with a read-only or full disk).
-    await log._db.execute("PRAGMA query_only = ON")
+    # SQLite itself refuses every write from now on (as with a read-only or full disk), on
+    # the connection of the log's writer thread (its only writer).
+    await log._run("PRAGMA query_only = ON")
     try:
         assert await _exchange(http, quick) == (500, "Server.ServerProxy.LoggingFailed")
         body = await _until_ready(http, quick, DBD, False, "messagelog_unwritable")
@@ -140,7 +141,7 @@ async def test_message_log_not_writable(quick: Fed, http) -> None:
         assert "readonly" not in str(body)
         assert "readonly" in await _admin_health(http, quick, DBD, "messagelog_unwritable")
     finally:
-        await log._db.execute("PRAGMA query_only = OFF")
+        await log._run("PRAGMA query_only = OFF")
     await _until_ready(http, quick, DBD, True)
     assert await _exchange(http, quick) == (200, None)
 
