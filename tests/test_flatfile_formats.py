@@ -470,3 +470,22 @@ def test_wire_form_roundtrip() -> None:
     assert back.indexes["tax_year"].records(b"2567") == [0, 1, 2, 3]
     with pytest.raises(ExportRejected, match="nope"):
         from_wire(to_wire(ExportRejected("nope")))
+
+
+def test_csv_unclosed_quote_before_a_long_line_is_refused_not_looped_on(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """An odd quote followed by more than a chunk without a line break: the chunker must
+    still reach the end of the file (it once found the same line break forever)."""
+    from adapters.flatfile import csvfile
+
+    monkeypatch.setattr(csvfile, "_CHUNK", 8)
+    data = b'k,t,n\n"a,b,c\n' + b"x" * 40 + b"\n1,2,3\n"
+    layout = {
+        "format": "csv",
+        "encoding": "utf-8",
+        "keys": ["k"],
+        "field": [{"name": "k"}, {"name": "t"}, {"name": "n"}],
+    }
+    with pytest.raises(ExportRejected):
+        load(data, layout)

@@ -131,7 +131,9 @@ class CsvFrame:
                 stop = cut + 1 if cut >= pos else len(buf)
                 if buf.count(quote, pos, stop) % 2 == 0 or stop >= len(buf):
                     break
-                end = min(len(buf), stop + _CHUNK)  # inside a quoted field: take more
+                # Inside a quoted field: take more, from the end looked at (growing from
+                # ``stop`` found the same line break again when none follows: no end).
+                end = min(len(buf), max(end, stop) + _CHUNK)
             yield pos, stop, line
             line += buf.count(b"\n", pos, stop)
             pos = stop
