@@ -6,6 +6,7 @@ Public on purpose: agencies writing tests for their own adapters use the same fe
 from __future__ import annotations
 
 import hashlib
+import os
 import random
 import re
 import socket
@@ -37,8 +38,12 @@ TEST_ADMIN_KEYS: dict[str, tuple[str, tuple[str, ...]]] = {
 # same one must not be picked twice meanwhile.
 _HANDED_OUT: set[int] = set()
 # Below the kernel's ephemeral range (32768-60999 by default): ports the kernel gives to
-# outgoing connections could otherwise take a picked port before it is bound.
-_PORTS = range(20000, 32000)
+# outgoing connections could otherwise take a picked port before it is bound. Each
+# pytest-xdist worker picks from its own share (every n-th port), so that two workers never
+# pick the same port between picking and binding it.
+_WORKER = int(os.environ.get("PYTEST_XDIST_WORKER", "gw0").removeprefix("gw") or 0)
+_WORKERS = max(1, int(os.environ.get("PYTEST_XDIST_WORKER_COUNT", "1")))
+_PORTS = range(20000 + _WORKER % _WORKERS, 32000, _WORKERS)
 
 
 def free_port() -> int:
