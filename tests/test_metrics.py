@@ -265,6 +265,7 @@ async def test_scrape_storm_does_not_slow_exchanges(fed: Fed, http) -> None:
     finally:
         storm.terminate()
         await asyncio.to_thread(storm.wait, 10)
-    # No stall: the storm's own process takes CPU from the nodes on a 2-core machine, so
-    # wall-clock time only guards against exchanges waiting on scrapes.
-    assert during < 10 * baseline + 2.0, (baseline, during)
+    # No stall: the storm's own process takes CPU from the nodes on a 2-core machine (and the
+    # other test worker's federations too), so wall-clock time only guards against exchanges
+    # waiting on scrapes (40 of them stalled would be minutes); 7.7 s was seen without one.
+    assert during < 10 * baseline + 15.0, (baseline, during)
