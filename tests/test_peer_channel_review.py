@@ -302,3 +302,52 @@ async def _unread_connection(
     sock.connect((u.hostname, u.port))
     sock.setblocking(False)
     return await asyncio.open_connection(sock=sock, ssl=ctx, server_hostname="x")
+
+
+async def test_a_frame_held_back_while_its_peer_does_not_read_is_not_a_stall(fed: Fed) -> None:
+    """The provider stops reading a peer that does not read its answers; a frame it had
+    begun then waits without the peer being to blame: once the peer reads, the frame is
+    completed and served, however long the pause took, instead of cutting the connection
+    with every exchange on it."""
+    provider = _provider(fed)
+    limit = fed.federation.nodes[DBD].config.body_timeout
+    known = set(provider.connections)
+    reader, writer = await _unread_connection(fed)
+    try:
+        async with asyncio.timeout(10):
+            while not (new := [c for c in provider.connections if c not in known]):  # noqa: ASYNC110
+                await asyncio.sleep(0.01)
+        conn = new[0]
+        assert conn.transport is not None
+        conn.transport.get_extra_info("socket").setsockopt(
+            socket.SOL_SOCKET, socket.SO_SNDBUF, 4096
+        )
+        # A: their answers (echoes) fill the provider's buffer for this peer; B: begun in
+        # the same write, finished only after the peer has read A's answers.
+        a = [await signed_envelope(fed, b"a" * 300_000) for _ in range(10)]
+        envelope = await signed_envelope(fed, b"b" * 1000)
+        b = frame_head(len(envelope), 21, REQUEST) + envelope
+        writer.writelines([frame_head(len(e), 2 * i + 1, REQUEST) + e for i, e in enumerate(a)])
+        writer.write(b[: len(b) // 2])
+        await writer.drain()
+        async with asyncio.timeout(30):
+            steady = 0  # the provider has stopped reading for good (the peer reads nothing)
+            while steady < 50:
+                await asyncio.sleep(0.01)
+                steady = steady + 1 if conn._paused else 0
+        assert conn.reader.partial  # B's head is in
+        writer.write(b[len(b) // 2 :])  # B's rest: sent, but the provider reads nothing now
+        await asyncio.sleep(2 * limit)
+        assert conn._paused and conn.reader.partial
+        frames = FrameReader(1 << 24)
+        answered: dict[int, int] = {}
+        async with asyncio.timeout(30):
+            while len(answered) < 11:
+                data = await reader.read(1 << 16)
+                assert data, f"the provider closed the connection after {answered}"
+                for event in frames.feed(data):
+                    if isinstance(event, Frame):
+                        answered[event.head.stream] = decode_reply(event.payload)[0]
+        assert answered == {s: 200 for s in range(1, 23, 2)}
+    finally:
+        writer.transport.abort()

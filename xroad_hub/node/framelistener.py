@@ -6,8 +6,8 @@ once per connection, and a peer that is not a registered node gets no frame read
 exchange it sent is answered by one REFUSED frame and the connection closed. Each frame is
 checked again against the configuration in force (revocations take effect at once) and
 admitted within the peer's share of the node, as on the HTTP path, before its payload is
-read; a peer that breaks the framing, or stalls in the middle of a frame longer than the
-body timeout, is cut off.
+read; a peer that breaks the framing, or stalls in the middle of a frame (no byte of it for
+the body timeout while this node reads), is cut off.
 """
 
 from __future__ import annotations
@@ -112,8 +112,9 @@ class FrameConnection(asyncio.Protocol):
         self._flushing = False
         self._closed = False
         self._timer: asyncio.TimerHandle | None = None
-        self._frames_begun = 0
-        self._timed_frame = -1  # the frame the stall timer runs for
+        self._stall_timer = False  # whether _timer watches a frame begun (else: idleness)
+        self._progress = 0.0  # (loop time) the last bytes read, or reading resumed
+        self._paused_since = 0.0
 
     # --- asyncio.Protocol ---
 
@@ -145,6 +146,8 @@ class FrameConnection(asyncio.Protocol):
     def data_received(self, data: bytes) -> None:
         if self._closed or self.listener.closing:
             return  # (the node stops: no new exchange is read, even one already received)
+        if data:
+            self._progress = asyncio.get_running_loop().time()
         try:
             for event in self.reader.feed(data):
                 if isinstance(event, FrameHead):
@@ -181,11 +184,14 @@ class FrameConnection(asyncio.Protocol):
         # The peer does not read its answers: no more of them are written, and no more of
         # its requests are read.
         self._paused = True
+        self._paused_since = asyncio.get_running_loop().time()
         if self.transport is not None and not self._closed:
             self.transport.pause_reading()
 
     def resume_writing(self) -> None:
         self._paused = False
+        # The peer could send nothing while this node did not read: its clock starts again.
+        self._progress = asyncio.get_running_loop().time()
         if self.transport is not None and not self._closed:
             if self._out and not self._flushing:
                 # Not from inside the transport's own call: in the next turn.
@@ -202,7 +208,6 @@ class FrameConnection(asyncio.Protocol):
             raise FrameError(f"a client node sent a frame of kind {head.kind}")
         if head.stream in self.streams or not head.stream & 1:
             raise FrameError(f"stream {head.stream} is in use or not a client's")
-        self._frames_begun += 1
         if not self._still_registered():
             return
         try:
@@ -323,24 +328,48 @@ class FrameConnection(asyncio.Protocol):
     # --- the connection's clock ---
 
     def _watch(self) -> None:
-        """A frame begun must be complete within the body timeout; a connection with
-        nothing in flight is closed after IDLE_TIMEOUT."""
+        """A frame begun must go on arriving: a peer that sends none of its bytes for the
+        body timeout (while this node reads) stalls, and is cut off. The clock is on
+        progress, not on the whole frame: every exchange of the connection goes with it,
+        and a large frame on a slow or busy link is no fault of the peer's. A connection
+        with nothing in flight is closed after IDLE_TIMEOUT."""
         if self._closed:
             return
-        loop = asyncio.get_running_loop()
         if self.reader.partial:
-            if self._timed_frame != self._frames_begun or self._timer is None:
+            if not (self._stall_timer and self._timer is not None):
                 self._stop_timer()
-                self._timed_frame = self._frames_begun
-                self._timer = loop.call_later(
-                    self.proxy.rt.body_timeout, self._cut, "a frame stalled past the body timeout"
-                )
+                self._stall_timer = True
+                self._arm(self.proxy.rt.body_timeout)
         elif not self.streams:
             self._stop_timer()
-            self._timed_frame = -2
-            self._timer = loop.call_later(IDLE_TIMEOUT, self.close)
+            self._stall_timer = False
+            self._timer = asyncio.get_running_loop().call_later(IDLE_TIMEOUT, self.close)
         else:
             self._stop_timer()
+
+    def _arm(self, delay: float) -> None:
+        self._timer = asyncio.get_running_loop().call_later(delay, self._stalled)
+
+    def _stalled(self) -> None:
+        """The stall timer: the frame's bytes are checked, not re-timed, on every read."""
+        self._timer = None
+        if self._closed or not self.reader.partial:
+            self._watch()
+            return
+        now, limit = asyncio.get_running_loop().time(), self.proxy.rt.body_timeout
+        if self._paused:
+            # This node reads nothing while the peer does not read its answers: not the
+            # peer's stall, unless it reads none of them for as long as an idle connection.
+            if now - self._paused_since >= IDLE_TIMEOUT:
+                self._cut(f"the peer read none of its answers for {IDLE_TIMEOUT:g} s")
+            else:
+                self._arm(min(limit, IDLE_TIMEOUT - (now - self._paused_since)))
+            return
+        quiet = now - self._progress
+        if quiet >= limit:
+            self._cut(f"a frame stalled: no byte of it for {limit:g} s")
+        else:
+            self._arm(limit - quiet)
 
     def _stop_timer(self) -> None:
         if self._timer is not None:
