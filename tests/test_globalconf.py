@@ -161,6 +161,18 @@ def test_signed_but_malformed_content_refused(pki) -> None:
         verify_globalconf(_resign(doc, canonical(d), key), anchor)
 
 
+@pytest.mark.parametrize("key", ["expires_at", "generated_at"])
+def test_a_time_without_a_zone_is_refused(pki, key: str) -> None:
+    """Read as local time, a zoneless expiry would expire at different instants on nodes in
+    different zones (and compare with aware datetimes would raise)."""
+    ca_cert, key_, anchor = pki
+    doc = orjson.loads(sign_globalconf(_conf(ca_cert), key_))
+    d = orjson.loads(base64.b64decode(doc["payload"]))
+    d[key] = dt.datetime.fromisoformat(d[key]).replace(tzinfo=None).isoformat()
+    with pytest.raises(GlobalConfError, match=f"{key} .* carries no time zone"):
+        verify_globalconf(_resign(doc, canonical(d), key_), anchor)
+
+
 def test_signed_non_json_payload_is_globalconf_error(pki) -> None:
     ca_cert, key, anchor = pki
     doc = orjson.loads(sign_globalconf(_conf(ca_cert), key))

@@ -102,10 +102,7 @@ class Revocation:
             raise ValueError(f"revocation kind {kind!r} is not one of {', '.join(_KINDS)}")
         if len(sha) != 64 or any(c not in "0123456789abcdef" for c in sha):
             raise ValueError(f"revoked certificate digest {sha!r} is not a SHA-256 in hex")
-        at = datetime.fromisoformat(str(d["revoked_at"]))
-        if at.tzinfo is None:
-            raise ValueError("revocation time must carry a time zone")
-        return cls(sha, kind, str(d["subject"]), at)
+        return cls(sha, kind, str(d["subject"]), _instant(d, "revoked_at"))
 
     def describe(self) -> str:
         """For error messages: whose certificate, which one, since when."""
@@ -113,6 +110,15 @@ class Revocation:
         when = self.revoked_at.astimezone(UTC).isoformat(timespec="seconds")
         return (f"the {what} {self.subject} (sha256 {self.cert_sha256[:16]}...) was revoked "
                 f"at {when.replace('+00:00', 'Z')}")  # fmt: skip
+
+
+def _instant(d: dict[str, object], key: str) -> datetime:
+    """A time of the signed configuration: without a zone it would be read in each node's
+    local time, and nodes in different zones would disagree on when it expires."""
+    at = datetime.fromisoformat(str(d[key]))
+    if at.tzinfo is None:
+        raise ValueError(f"{key} {at.isoformat()} carries no time zone")
+    return at
 
 
 @dataclass(frozen=True)
@@ -240,8 +246,8 @@ class GlobalConf:
             return cls(
                 instance=str(d["instance"]),
                 serial=int(d["serial"]),  # type: ignore[call-overload]
-                generated_at=datetime.fromisoformat(str(d["generated_at"])),
-                expires_at=datetime.fromisoformat(str(d["expires_at"])),
+                generated_at=_instant(d, "generated_at"),
+                expires_at=_instant(d, "expires_at"),
                 members={
                     parse_member_id(m["id"]): str(m["name"])
                     for m in d["members"]  # type: ignore[attr-defined]
