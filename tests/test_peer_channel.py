@@ -296,6 +296,37 @@ async def test_a_provider_without_frames_is_reached_over_http(fed: Fed) -> None:
     assert peers.frame_exchanges == 0
 
 
+async def test_exchanges_waiting_for_a_connection_fail_as_network_errors_when_the_node_stops(
+    fed: Fed,
+) -> None:
+    """A peer that accepts TCP and never answers the TLS handshake: the exchanges waiting
+    for the connection end with an X-Road error when the node stops, not a cancellation
+    that no error boundary renders, and the attempt itself is over when close() returns."""
+    accepted: list[asyncio.StreamWriter] = []
+
+    async def silent(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        accepted.append(writer)
+
+    server = await asyncio.start_server(silent, "127.0.0.1", 0)
+    port = server.sockets[0].getsockname()[1]
+    peers = _transport(fed)
+    try:
+        sends = [asyncio.create_task(peers.send(_entry(fed, port), b"m", 30)) for _ in range(3)]
+        async with asyncio.timeout(10):
+            while not accepted:  # noqa: ASYNC110
+                await asyncio.sleep(0.01)
+        await peers.close()
+        results = await asyncio.gather(*sends, return_exceptions=True)
+        assert all(isinstance(r, XRoadError) for r in results), results
+        assert all("stopping" in str(r) for r in results), results
+        assert not peers._connecting
+    finally:
+        for w in accepted:
+            w.close()
+        server.close()
+        await server.wait_closed()
+
+
 async def test_exchanges_in_flight_fail_when_the_connection_is_lost(
     fed: Fed, provider_tls: Callable[[], ssl.SSLContext]
 ) -> None:

@@ -196,7 +196,14 @@ class PeerTransport:
             task = asyncio.get_running_loop().create_task(self._connect(peer))
             self._connecting[peer.address] = task
             task.add_done_callback(lambda t: self._connected(peer.address, t))
-        return await asyncio.shield(task)
+        try:
+            return await asyncio.shield(task)
+        except asyncio.CancelledError:
+            me = asyncio.current_task()
+            if task.cancelled() and me is not None and not me.cancelling():
+                # The attempt was cancelled (this node stops), not the exchange waiting on it.
+                raise ChannelLost("this node is stopping") from None
+            raise
 
     def _connected(self, address: str, task: asyncio.Task[FrameChannel | None]) -> None:
         self._connecting.pop(address, None)
@@ -258,8 +265,11 @@ class PeerTransport:
         return ctx
 
     async def close(self) -> None:
-        for task in self._connecting.values():
+        connecting = list(self._connecting.values())
+        for task in connecting:
             task.cancel()
+        # Awaited, so that no connection attempt outlives the node (its socket would leak).
+        await asyncio.gather(*connecting, return_exceptions=True)
         for channel in self._channels.values():
             channel.close()
         self._channels.clear()
