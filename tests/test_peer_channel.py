@@ -8,21 +8,17 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import ssl
-from collections.abc import AsyncIterator, Callable
-from urllib.parse import urlsplit
+from collections.abc import AsyncIterator
 
 import aiohttp
 import orjson
 import pytest
 from aiohttp import web
-from cryptography.hazmat.primitives.serialization import Encoding
 
 from xroad_hub.errors import XRoadError
-from xroad_hub.node.peer import PEER_PATH, PeerTransport
-from xroad_hub.node.tls import peer_client_context, peer_server_context
-from xroad_hub.pki import CertPaths, load_cert
+from xroad_hub.node.peer import PEER_PATH
+from xroad_hub.node.tls import peer_server_context
 from xroad_hub.protocol.frames import (
-    ALPN,
     REFUSED,
     REPLY,
     REQUEST,
@@ -32,15 +28,18 @@ from xroad_hub.protocol.frames import (
     encode_reply,
     frame_head,
 )
-from xroad_hub.protocol.globalconf import NodeEntry
-from xroad_hub.protocol.identifiers import parse_node_id
-from xroad_hub.protocol.signing import cert_fingerprint
 
 from .conftest import Fed
-from .rogue_node import signed_envelope
+from .framespeer import (
+    client_transport,
+    fingerprint,
+    open_frames,
+    provider_context,
+    provider_entry,
+    provider_frames,
+)
+from .rogue_node import DBD, DGA, signed_envelope
 
-DGA = "TH/GOV/DGA/hub1"
-DBD = "TH/GOV/DBD/hub1"
 ECHO = "/r1/TH/GOV/DBD/registry/echo"
 DEV = {"X-Road-Client": "TH/GOV/DGA/devportal"}
 
@@ -49,30 +48,6 @@ async def _echo(fed: Fed, http: aiohttp.ClientSession, body: bytes = b"") -> int
     async with http.post(fed.url(DGA) + ECHO, data=body, headers=DEV) as r:
         await r.read()
         return r.status
-
-
-def _provider(fed: Fed):  # type: ignore[no-untyped-def]
-    frames = fed.federation.nodes[DBD].frames
-    assert frames is not None
-    return frames
-
-
-def _fingerprint(paths: CertPaths) -> str:
-    return cert_fingerprint(load_cert(paths.cert).public_bytes(Encoding.DER))
-
-
-async def _open_frames(
-    fed: Fed, paths: CertPaths
-) -> tuple[asyncio.StreamReader, asyncio.StreamWriter]:
-    """A TLS connection to DBD's peer port with ``paths``' certificate, frames chosen."""
-    ctx = ssl.create_default_context(cafile=str(fed.pki.root_ca.cert))
-    ctx.check_hostname = False
-    ctx.load_cert_chain(str(paths.cert), str(paths.key))
-    ctx.set_alpn_protocols([ALPN])
-    u = urlsplit(fed.url(DBD, "peer"))
-    reader, writer = await asyncio.open_connection(u.hostname, u.port, ssl=ctx)
-    assert writer.get_extra_info("ssl_object").selected_alpn_protocol() == ALPN
-    return reader, writer
 
 
 async def _until_closed(reader: asyncio.StreamReader) -> list[Frame]:
@@ -108,7 +83,7 @@ def test_frames_are_read_whole_however_the_bytes_arrive() -> None:
 
 
 async def test_exchanges_between_nodes_go_over_the_framed_channel(fed: Fed, http) -> None:
-    provider = _provider(fed)
+    provider = provider_frames(fed)
     peers = fed.federation.nodes[DGA].runtime.peers
     served, sent = provider.served, peers.frame_exchanges
     assert await _echo(fed, http, b"over frames") == 200
@@ -117,13 +92,13 @@ async def test_exchanges_between_nodes_go_over_the_framed_channel(fed: Fed, http
 
 
 async def test_many_exchanges_at_once_share_one_connection(fed: Fed, http) -> None:
-    provider = _provider(fed)
+    provider = provider_frames(fed)
     served = provider.served
     # As many as one client system may have in flight at once (client_max_concurrent).
     statuses = await asyncio.gather(*(_echo(fed, http, b"x" * i) for i in range(32)))
     assert statuses == [200] * 32
     assert provider.served == served + 32
-    dga = _fingerprint(fed.pki.node_auth(DGA))
+    dga = fingerprint(fed.pki.node_auth(DGA))
     assert sum(c.fingerprint == dga for c in provider.connections) == 1
 
 
@@ -150,7 +125,7 @@ async def test_a_registered_node_that_breaks_the_framing_is_cut_off(
 ) -> None:
     """With a registered node's own certificate: its connection is closed unanswered (but
     for the stream it had completed), and an honest exchange at the same time succeeds."""
-    reader, writer = await _open_frames(fed, fed.pki.node_auth(DGA))
+    reader, writer = await open_frames(fed, fed.pki.node_auth(DGA))
     try:
         writer.write(_hostile(fed)[case])
         await writer.drain()
@@ -168,7 +143,7 @@ async def test_a_frame_that_keeps_arriving_is_served_however_long_it_takes(fed: 
     that takes long on a slow or busy link: cutting it would take every other exchange of
     the connection with it (CI saw an honest exchange lost so, behind 1 MB frames)."""
     limit = fed.federation.nodes[DBD].config.body_timeout
-    reader, writer = await _open_frames(fed, fed.pki.node_auth(DGA))
+    reader, writer = await open_frames(fed, fed.pki.node_auth(DGA))
     try:
         envelope = await signed_envelope(fed, b"s" * 3000)
         data = frame_head(len(envelope), 1, REQUEST) + envelope
@@ -190,7 +165,7 @@ async def test_a_frame_that_keeps_arriving_is_served_however_long_it_takes(fed: 
 
 
 async def test_a_request_for_a_client_its_node_does_not_host_is_refused(fed: Fed, http) -> None:
-    reader, writer = await _open_frames(fed, fed.pki.node_auth(DGA))
+    reader, writer = await open_frames(fed, fed.pki.node_auth(DGA))
     try:
         envelope = await signed_envelope(fed, client="TH/GOV/DBD/registry")
         writer.write(frame_head(len(envelope), 1, REQUEST) + envelope)
@@ -209,8 +184,8 @@ async def test_a_request_for_a_client_its_node_does_not_host_is_refused(fed: Fed
 async def test_a_tls_peer_that_is_not_a_registered_node_gets_no_frame_read(fed: Fed) -> None:
     """A certificate of the federation CA, of a client system: its request is never read,
     it is told why, and the connection is closed."""
-    served = _provider(fed).served
-    reader, writer = await _open_frames(fed, fed.pki.client_tls("TH/GOV/DGA/officeapp"))
+    served = provider_frames(fed).served
+    reader, writer = await open_frames(fed, fed.pki.client_tls("TH/GOV/DGA/officeapp"))
     try:
         envelope = await signed_envelope(fed)
         writer.write(frame_head(len(envelope), 1, REQUEST) + envelope)
@@ -223,7 +198,7 @@ async def test_a_tls_peer_that_is_not_a_registered_node_gets_no_frame_read(fed: 
     status, _, body = decode_reply(frames[0].payload)
     assert status == 500
     assert orjson.loads(body)["type"] == "Server.ServerProxy.SslAuthenticationFailed"
-    assert _provider(fed).served == served
+    assert provider_frames(fed).served == served
 
 
 async def test_a_client_node_without_frames_is_served_over_http(
@@ -232,37 +207,12 @@ async def test_a_client_node_without_frames_is_served_over_http(
     """A node of an older version offers no ALPN: the provider serves it over HTTP."""
     peers = fed.federation.nodes[DGA].runtime.peers
     monkeypatch.setattr(peers, "_frames", False)
-    served = _provider(fed).served
+    served = provider_frames(fed).served
     assert await _echo(fed, http, b"over http") == 200
-    assert _provider(fed).served == served
+    assert provider_frames(fed).served == served
 
 
 # --- a client node's transport against peers of its own making ---
-
-
-@pytest.fixture
-def provider_tls(fed: Fed) -> Callable[[], ssl.SSLContext]:
-    auth = fed.pki.node_auth(DBD)
-
-    def make() -> ssl.SSLContext:
-        ctx = peer_server_context(auth.cert, auth.key, fed.pki.root_ca.cert)
-        ctx.set_alpn_protocols([ALPN])
-        return ctx
-
-    return make
-
-
-def _transport(fed: Fed) -> PeerTransport:
-    auth = fed.pki.node_auth(DGA)
-    make = lambda der: peer_client_context(auth.cert, auth.key, fed.pki.root_ca.cert, der)  # noqa: E731
-    return PeerTransport(make, 1 << 20)
-
-
-def _entry(fed: Fed, port: int) -> NodeEntry:
-    der = load_cert(fed.pki.node_auth(DBD).cert).public_bytes(Encoding.DER)
-    return NodeEntry(
-        parse_node_id(DBD), f"127.0.0.1:{port}", cert_fingerprint(der), frozenset(), der
-    )
 
 
 @contextlib.asynccontextmanager
@@ -285,11 +235,11 @@ async def _http_only_peer(ctx: ssl.SSLContext) -> AsyncIterator[int]:
 async def test_a_provider_without_frames_is_reached_over_http(fed: Fed) -> None:
     auth = fed.pki.node_auth(DBD)
     old = peer_server_context(auth.cert, auth.key, fed.pki.root_ca.cert)  # offers no ALPN
-    peers = _transport(fed)
+    peers = client_transport(fed)
     try:
         async with _http_only_peer(old) as port:
             for _ in range(2):
-                reply = await peers.send(_entry(fed, port), b"hello", 10)
+                reply = await peers.send(provider_entry(fed, port), b"hello", 10)
                 assert (reply.status, reply.body) == (200, b"hello")
     finally:
         await peers.close()
@@ -309,9 +259,11 @@ async def test_exchanges_waiting_for_a_connection_fail_as_network_errors_when_th
 
     server = await asyncio.start_server(silent, "127.0.0.1", 0)
     port = server.sockets[0].getsockname()[1]
-    peers = _transport(fed)
+    peers = client_transport(fed)
     try:
-        sends = [asyncio.create_task(peers.send(_entry(fed, port), b"m", 30)) for _ in range(3)]
+        sends = [
+            asyncio.create_task(peers.send(provider_entry(fed, port), b"m", 30)) for _ in range(3)
+        ]
         async with asyncio.timeout(10):
             while not accepted:  # noqa: ASYNC110
                 await asyncio.sleep(0.01)
@@ -327,9 +279,7 @@ async def test_exchanges_waiting_for_a_connection_fail_as_network_errors_when_th
         await server.wait_closed()
 
 
-async def test_exchanges_in_flight_fail_when_the_connection_is_lost(
-    fed: Fed, provider_tls: Callable[[], ssl.SSLContext]
-) -> None:
+async def test_exchanges_in_flight_fail_when_the_connection_is_lost(fed: Fed) -> None:
     """A provider that drops the connection: every exchange in flight on it fails as a
     network error, and the next exchange opens a new connection."""
     connections = 0
@@ -341,19 +291,19 @@ async def test_exchanges_in_flight_fail_when_the_connection_is_lost(
         await asyncio.sleep(0.05)
         writer.transport.abort()
 
-    server = await asyncio.start_server(drop, "127.0.0.1", 0, ssl=provider_tls())
+    server = await asyncio.start_server(drop, "127.0.0.1", 0, ssl=provider_context(fed))
     port = server.sockets[0].getsockname()[1]
-    peers = _transport(fed)
+    peers = client_transport(fed)
     try:
         results = await asyncio.gather(
-            *(peers.send(_entry(fed, port), b"m%d" % i, 10) for i in range(5)),
+            *(peers.send(provider_entry(fed, port), b"m%d" % i, 10) for i in range(5)),
             return_exceptions=True,
         )
         assert all(isinstance(r, XRoadError) for r in results)
         assert {r.code for r in results} == {"Server.ClientProxy.NetworkError"}  # type: ignore[union-attr]
         assert connections == 1
         with pytest.raises(XRoadError, match="NetworkError"):
-            await peers.send(_entry(fed, port), b"again", 10)
+            await peers.send(provider_entry(fed, port), b"again", 10)
         assert connections == 2
     finally:
         await peers.close()
@@ -366,7 +316,7 @@ async def test_an_exchange_whose_connection_drops_is_still_logged(fed: Fed) -> N
     exchange all the same (its answer has nowhere to go)."""
     log = fed.federation.nodes[DBD].runtime.log
     before = await log.count()
-    _, writer = await _open_frames(fed, fed.pki.node_auth(DGA))
+    _, writer = await open_frames(fed, fed.pki.node_auth(DGA))
     envelope = await signed_envelope(fed)
     writer.write(frame_head(len(envelope), 1, REQUEST) + envelope)
     await writer.drain()

@@ -8,15 +8,12 @@ import asyncio
 import contextlib
 import socket
 import ssl
-from collections.abc import Callable
-from urllib.parse import urlsplit
 
 import orjson
 import pytest
 
 from xroad_hub.errors import XRoadError
 from xroad_hub.protocol.frames import (
-    ALPN,
     REFUSED,
     REPLY,
     REQUEST,
@@ -28,23 +25,21 @@ from xroad_hub.protocol.frames import (
 )
 
 from .conftest import Fed
-from .rogue_node import signed_envelope
-from .test_peer_channel import (  # noqa: F401
-    DBD,
-    DGA,
-    _entry,
-    _fingerprint,
-    _open_frames,
-    _provider,
-    _transport,
-    provider_tls,
+from .framespeer import (
+    client_transport,
+    fingerprint,
+    open_frames,
+    provider_context,
+    provider_entry,
+    provider_frames,
+    unread_connection,
 )
+from .rogue_node import DBD, DGA, signed_envelope
 
 
 @pytest.mark.parametrize("stall", ["half reply", "silent"])
 async def test_a_provider_connection_that_stalls_is_replaced(
     fed: Fed,
-    provider_tls: Callable[[], ssl.SSLContext],  # noqa: F811
     stall: str,
 ) -> None:
     """The first connection stops answering (mid-frame, or altogether, as a connection
@@ -74,14 +69,14 @@ async def test_a_provider_connection_that_stalls_is_replaced(
         finally:
             writer.close()
 
-    server = await asyncio.start_server(provider, "127.0.0.1", 0, ssl=provider_tls())
+    server = await asyncio.start_server(provider, "127.0.0.1", 0, ssl=provider_context(fed))
     port = server.sockets[0].getsockname()[1]
-    peers = _transport(fed)
+    peers = client_transport(fed)
     try:
         with pytest.raises(XRoadError, match="NetworkError"):
-            await peers.send(_entry(fed, port), b"first", 1)
+            await peers.send(provider_entry(fed, port), b"first", 1)
         assert stalled.is_set()
-        reply = await peers.send(_entry(fed, port), b"second", 10)
+        reply = await peers.send(provider_entry(fed, port), b"second", 10)
         assert (reply.status, reply.body) == (200, b"second")
         assert connections == 2
     finally:
@@ -96,10 +91,10 @@ async def test_a_peer_that_does_not_read_its_answers_gets_no_more_of_them_buffer
     answers: once its connection's write buffer is full, the provider buffers no further
     answers for it in the transport (they wait, holding the peer's share, until it reads),
     instead of writing every answer of every exchange it had admitted."""
-    provider = _provider(fed)
-    dga = _fingerprint(fed.pki.node_auth(DGA))
+    provider = provider_frames(fed)
+    dga = fingerprint(fed.pki.node_auth(DGA))
     known = set(provider.connections)
-    reader, writer = await _unread_connection(fed)
+    reader, writer = await unread_connection(fed)
     try:
         async with asyncio.timeout(10):
             while not (new := [c for c in provider.connections if c not in known]):  # noqa: ASYNC110
@@ -137,7 +132,6 @@ async def test_a_peer_that_does_not_read_its_answers_gets_no_more_of_them_buffer
 
 async def test_an_answer_over_the_limit_fails_only_its_own_exchange(
     fed: Fed,
-    provider_tls: Callable[[], ssl.SSLContext],  # noqa: F811
 ) -> None:
     """A provider node whose limit is larger than this node's answers one exchange with
     more than this node takes: that exchange fails as over HTTP (its answer is skipped,
@@ -160,18 +154,18 @@ async def test_an_answer_over_the_limit_fails_only_its_own_exchange(
         finally:
             writer.close()
 
-    server = await asyncio.start_server(provider, "127.0.0.1", 0, ssl=provider_tls())
+    server = await asyncio.start_server(provider, "127.0.0.1", 0, ssl=provider_context(fed))
     port = server.sockets[0].getsockname()[1]
-    peers = _transport(fed)  # takes answers of 1 MiB at most
+    peers = client_transport(fed)  # takes answers of 1 MiB at most
     try:
         big, small = await asyncio.gather(
-            peers.send(_entry(fed, port), b"big", 10),
-            peers.send(_entry(fed, port), b"small", 10),
+            peers.send(provider_entry(fed, port), b"big", 10),
+            peers.send(provider_entry(fed, port), b"small", 10),
             return_exceptions=True,
         )
         assert isinstance(big, XRoadError) and big.code == "Server.ClientProxy.NetworkError"
         assert not isinstance(small, BaseException) and small.body == b"small"
-        reply = await peers.send(_entry(fed, port), b"again", 10)
+        reply = await peers.send(provider_entry(fed, port), b"again", 10)
         assert reply.body == b"again"
         assert connections == 1
     finally:
@@ -183,9 +177,9 @@ async def test_a_request_over_the_providers_limit_fails_only_its_own_exchange(fe
     """A client node whose limit is larger than this node's sends a message over this
     node's: it is refused as over HTTP (Server.ServerProxy.BadRequest), unread, and the
     connection goes on serving the node's other exchanges."""
-    reader, writer = await _open_frames(fed, fed.pki.node_auth(DGA))
+    reader, writer = await open_frames(fed, fed.pki.node_auth(DGA))
     try:
-        size = _provider(fed).proxy.max_message_bytes + 1
+        size = provider_frames(fed).proxy.max_message_bytes + 1
         writer.write(frame_head(size, 1, REQUEST))
         for _ in range(size // (1 << 20)):
             writer.write(b"x" * (1 << 20))
@@ -221,7 +215,7 @@ async def test_a_node_revoked_while_connected_is_refused_its_connection(
         tmp_path, TestFederationSpec(backend_url=echo_backend, validity=30, refresh=0.3)
     )
     try:
-        reader, writer = await _open_frames(fed, fed.pki.node_auth(DGA))
+        reader, writer = await open_frames(fed, fed.pki.node_auth(DGA))
         try:
             await _until_known(fed, DBD, _revoke(fed, "auth", DGA))
             writer.write(b"".join(frame_head(0, s, REQUEST) for s in range(1, 2000, 2)))
@@ -247,7 +241,7 @@ async def test_refusals_wait_for_a_peer_that_does_not_read_them(fed: Fed, monkey
     answers: the provider refuses no more of them than its buffer holds (each refusal is
     an answer of hundreds of bytes and a log line for nine bytes read), and the rest once
     the peer reads."""
-    provider = _provider(fed)
+    provider = provider_frames(fed)
     refused = 0
 
     def full(peer, reserve):  # type: ignore[no-untyped-def]
@@ -257,7 +251,7 @@ async def test_refusals_wait_for_a_peer_that_does_not_read_them(fed: Fed, monkey
 
     monkeypatch.setattr(provider.proxy, "admit", full)
     known = set(provider.connections)
-    reader, writer = await _unread_connection(fed)
+    reader, writer = await unread_connection(fed)
     sent = 20_000
     try:
         async with asyncio.timeout(10):
@@ -285,34 +279,15 @@ async def test_refusals_wait_for_a_peer_that_does_not_read_them(fed: Fed, monkey
         writer.transport.abort()
 
 
-async def _unread_connection(
-    fed: Fed,
-) -> tuple[asyncio.StreamReader, asyncio.StreamWriter]:
-    """A frames connection of DGA's node to DBD's whose socket buffers little of what it is
-    sent (the test reads when it chooses)."""
-    ctx = ssl.create_default_context(cafile=str(fed.pki.root_ca.cert))
-    ctx.check_hostname = False
-    auth = fed.pki.node_auth(DGA)
-    ctx.load_cert_chain(str(auth.cert), str(auth.key))
-    ctx.set_alpn_protocols([ALPN])
-    u = urlsplit(fed.url(DBD, "peer"))
-    sock = socket.socket()
-    sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 4096)  # the kernel holds little
-    assert u.hostname is not None and u.port is not None
-    sock.connect((u.hostname, u.port))
-    sock.setblocking(False)
-    return await asyncio.open_connection(sock=sock, ssl=ctx, server_hostname="x")
-
-
 async def test_a_frame_held_back_while_its_peer_does_not_read_is_not_a_stall(fed: Fed) -> None:
     """The provider stops reading a peer that does not read its answers; a frame it had
     begun then waits without the peer being to blame: once the peer reads, the frame is
     completed and served, however long the pause took, instead of cutting the connection
     with every exchange on it."""
-    provider = _provider(fed)
+    provider = provider_frames(fed)
     limit = fed.federation.nodes[DBD].config.body_timeout
     known = set(provider.connections)
-    reader, writer = await _unread_connection(fed)
+    reader, writer = await unread_connection(fed)
     try:
         async with asyncio.timeout(10):
             while not (new := [c for c in provider.connections if c not in known]):  # noqa: ASYNC110
