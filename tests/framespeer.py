@@ -5,17 +5,19 @@ or a stand-in provider node with DBD's certificate."""
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import socket
 import ssl
 from urllib.parse import urlsplit
 
+import aiohttp
 from cryptography.hazmat.primitives.serialization import Encoding
 
 from xroad_hub.node.framelistener import FrameListener
 from xroad_hub.node.peer import PeerTransport
 from xroad_hub.node.tls import peer_client_context, peer_server_context
 from xroad_hub.pki import CertPaths, load_cert
-from xroad_hub.protocol.frames import ALPN
+from xroad_hub.protocol.frames import ALPN, Frame, FrameReader
 from xroad_hub.protocol.globalconf import NodeEntry
 from xroad_hub.protocol.identifiers import parse_node_id
 from xroad_hub.protocol.signing import cert_fingerprint
@@ -23,14 +25,19 @@ from xroad_hub.protocol.signing import cert_fingerprint
 from .conftest import Fed
 from .rogue_node import DBD, DGA
 
+ECHO = "/r1/TH/GOV/DBD/registry/echo"
+DEV = {"X-Road-Client": "TH/GOV/DGA/devportal"}
+
 __all__ = [
     "client_transport",
+    "echo",
     "fingerprint",
     "open_frames",
     "provider_context",
     "provider_entry",
     "provider_frames",
     "unread_connection",
+    "until_closed",
 ]
 
 
@@ -101,3 +108,19 @@ async def unread_connection(
     sock.connect((u.hostname, u.port))
     sock.setblocking(False)
     return await asyncio.open_connection(sock=sock, ssl=ctx, server_hostname="x")
+
+
+async def echo(fed: Fed, http: aiohttp.ClientSession, body: bytes = b"") -> int:
+    """DGA's devportal calls DBD's echo service through both nodes: the HTTP status."""
+    async with http.post(fed.url(DGA) + ECHO, data=body, headers=DEV) as r:
+        await r.read()
+        return r.status
+
+
+async def until_closed(reader: asyncio.StreamReader) -> list[Frame]:
+    """The frames the provider sent until it closed the connection."""
+    data = b""
+    with contextlib.suppress(ConnectionError, ssl.SSLError):
+        async with asyncio.timeout(30):
+            data = await reader.read()
+    return [f for f in FrameReader(1 << 24).feed(data) if isinstance(f, Frame)]

@@ -10,7 +10,6 @@ import contextlib
 import ssl
 from collections.abc import AsyncIterator
 
-import aiohttp
 import orjson
 import pytest
 from aiohttp import web
@@ -32,31 +31,15 @@ from xroad_hub.protocol.frames import (
 from .conftest import Fed
 from .framespeer import (
     client_transport,
+    echo,
     fingerprint,
     open_frames,
     provider_context,
     provider_entry,
     provider_frames,
+    until_closed,
 )
 from .rogue_node import DBD, DGA, signed_envelope
-
-ECHO = "/r1/TH/GOV/DBD/registry/echo"
-DEV = {"X-Road-Client": "TH/GOV/DGA/devportal"}
-
-
-async def _echo(fed: Fed, http: aiohttp.ClientSession, body: bytes = b"") -> int:
-    async with http.post(fed.url(DGA) + ECHO, data=body, headers=DEV) as r:
-        await r.read()
-        return r.status
-
-
-async def _until_closed(reader: asyncio.StreamReader) -> list[Frame]:
-    """The frames the provider sent until it closed the connection."""
-    data = b""
-    with contextlib.suppress(ConnectionError, ssl.SSLError):
-        async with asyncio.timeout(30):
-            data = await reader.read()
-    return [f for f in FrameReader(1 << 24).feed(data) if isinstance(f, Frame)]
 
 
 def test_frames_are_read_whole_however_the_bytes_arrive() -> None:
@@ -86,7 +69,7 @@ async def test_exchanges_between_nodes_go_over_the_framed_channel(fed: Fed, http
     provider = provider_frames(fed)
     peers = fed.federation.nodes[DGA].runtime.peers
     served, sent = provider.served, peers.frame_exchanges
-    assert await _echo(fed, http, b"over frames") == 200
+    assert await echo(fed, http, b"over frames") == 200
     assert provider.served == served + 1
     assert peers.frame_exchanges == sent + 1
 
@@ -95,7 +78,7 @@ async def test_many_exchanges_at_once_share_one_connection(fed: Fed, http) -> No
     provider = provider_frames(fed)
     served = provider.served
     # As many as one client system may have in flight at once (client_max_concurrent).
-    statuses = await asyncio.gather(*(_echo(fed, http, b"x" * i) for i in range(32)))
+    statuses = await asyncio.gather(*(echo(fed, http, b"x" * i) for i in range(32)))
     assert statuses == [200] * 32
     assert provider.served == served + 32
     dga = fingerprint(fed.pki.node_auth(DGA))
@@ -129,13 +112,13 @@ async def test_a_registered_node_that_breaks_the_framing_is_cut_off(
     try:
         writer.write(_hostile(fed)[case])
         await writer.drain()
-        frames, status = await asyncio.gather(_until_closed(reader), _echo(fed, http))
+        frames, status = await asyncio.gather(until_closed(reader), echo(fed, http))
     finally:
         writer.close()
     assert status == 200
     assert all(f.head.stream == 1 for f in frames)
     assert len(frames) <= (case == "duplicate stream")
-    assert await _echo(fed, http) == 200
+    assert await echo(fed, http) == 200
 
 
 async def test_a_frame_that_keeps_arriving_is_served_however_long_it_takes(fed: Fed, http) -> None:
@@ -161,7 +144,7 @@ async def test_a_frame_that_keeps_arriving_is_served_however_long_it_takes(fed: 
         writer.close()
     assert head[4:9] == (1).to_bytes(4, "big") + bytes([REPLY])
     assert decode_reply(payload)[0] == 200
-    assert await _echo(fed, http) == 200
+    assert await echo(fed, http) == 200
 
 
 async def test_a_request_for_a_client_its_node_does_not_host_is_refused(fed: Fed, http) -> None:
@@ -178,7 +161,7 @@ async def test_a_request_for_a_client_its_node_does_not_host_is_refused(fed: Fed
     assert status == 500 and content_type.startswith("application/json")
     assert orjson.loads(body)["type"] == "Server.ServerProxy.SslAuthenticationFailed"
     assert "does not host" in orjson.loads(body)["message"]
-    assert await _echo(fed, http) == 200
+    assert await echo(fed, http) == 200
 
 
 async def test_a_tls_peer_that_is_not_a_registered_node_gets_no_frame_read(fed: Fed) -> None:
@@ -191,7 +174,7 @@ async def test_a_tls_peer_that_is_not_a_registered_node_gets_no_frame_read(fed: 
         writer.write(frame_head(len(envelope), 1, REQUEST) + envelope)
         with contextlib.suppress(ConnectionError):
             await writer.drain()
-        frames = await _until_closed(reader)
+        frames = await until_closed(reader)
     finally:
         writer.close()
     assert [f.head.kind for f in frames] == [REFUSED]
@@ -208,7 +191,7 @@ async def test_a_client_node_without_frames_is_served_over_http(
     peers = fed.federation.nodes[DGA].runtime.peers
     monkeypatch.setattr(peers, "_frames", False)
     served = provider_frames(fed).served
-    assert await _echo(fed, http, b"over http") == 200
+    assert await echo(fed, http, b"over http") == 200
     assert provider_frames(fed).served == served
 
 

@@ -23,6 +23,7 @@ import structlog
 from aiohttp import web
 
 from xroad_hub.errors import SERVER_PROXY, XRoadError
+from xroad_hub.node.limits import TOO_MANY
 from xroad_hub.node.metrics import NodeMetrics
 from xroad_hub.node.provider import ServerProxy
 from xroad_hub.node.runtime import refusal
@@ -50,6 +51,10 @@ log = structlog.get_logger("xroad_hub.provider")
 # node's own idle time (channel.py), so that it is the client that closes, never while it
 # sends a new exchange.
 IDLE_TIMEOUT = 120.0
+# Frames connections one peer node may hold open at once. A client node keeps one, plus
+# those it retired (stalled) until their exchanges end; each costs this node TLS state and
+# buffers, so a peer's further connections are refused (its exchanges still have its one).
+MAX_PEER_CONNECTIONS = 16
 # The answers written at once, at most (but one answer, however large): a peer that does not
 # read gets no more than this written past its transport's high-water mark.
 _BATCH = 64 * 1024
@@ -68,6 +73,7 @@ class FrameListener:
         self.exchange_context = exchange_context
         self.metrics = metrics
         self.connections: set[FrameConnection] = set()
+        self.per_peer: dict[str | None, int] = {}  # open connections by peer certificate
         self.served = 0  # exchanges answered over frames (for tests and operators)
         self.closing = False
 
@@ -115,6 +121,7 @@ class FrameConnection(asyncio.Protocol):
         self._stall_timer = False  # whether _timer watches a frame begun (else: idleness)
         self._progress = 0.0  # (loop time) the last bytes read, or reading resumed
         self._paused_since = 0.0
+        self._counted = False  # in the listener's per_peer
 
     # --- asyncio.Protocol ---
 
@@ -125,8 +132,22 @@ class FrameConnection(asyncio.Protocol):
             transport.abort()
             return
         self.listener.connections.add(self)
-        self.fingerprint = peer_fingerprint(transport)
-        if self._still_registered():
+        self.fingerprint = fp = peer_fingerprint(transport)
+        if not self._still_registered():
+            return
+        held = self.listener.per_peer.get(fp, 0)
+        self.listener.per_peer[fp] = held + 1
+        self._counted = True
+        if held >= MAX_PEER_CONNECTIONS:
+            self._refuse_connection(
+                XRoadError(
+                    f"{SERVER_PROXY}.{TOO_MANY}",
+                    f"this peer has {held} connections open to this node already, at most"
+                    f" {MAX_PEER_CONNECTIONS}; one carries all its exchanges",
+                    status=429,
+                )
+            )
+        else:
             self._watch()
 
     def _still_registered(self) -> bool:
@@ -169,6 +190,13 @@ class FrameConnection(asyncio.Protocol):
         # Exchanges in flight are served to their end (and logged); their answers are dropped.
         self._closed = True
         self.listener.connections.discard(self)
+        if self._counted:
+            self._counted = False
+            left = self.listener.per_peer[self.fingerprint] - 1
+            if left > 0:
+                self.listener.per_peer[self.fingerprint] = left
+            else:
+                del self.listener.per_peer[self.fingerprint]
         self._stop_timer()
         self._release()
 
