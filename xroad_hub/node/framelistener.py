@@ -13,6 +13,7 @@ the body timeout while this node reads), is cut off.
 from __future__ import annotations
 
 import asyncio
+import socket
 import ssl
 import time
 from collections.abc import Callable
@@ -132,6 +133,7 @@ class FrameConnection(asyncio.Protocol):
             transport.abort()
             return
         self.listener.connections.add(self)
+        _no_delay(transport)
         self.fingerprint = fp = peer_fingerprint(transport)
         if not self._still_registered():
             return
@@ -423,6 +425,17 @@ class FrameConnection(asyncio.Protocol):
             self._flush(force=True)
             self._closed = True
             self.transport.close()
+
+
+def _no_delay(transport: asyncio.BaseTransport) -> None:
+    """Small frames leave at once. asyncio sets TCP_NODELAY only on sockets it made itself
+    (or accepted from one whose protocol number says TCP), and a listening socket of
+    ``socket.create_server`` says 0; aiohttp sets it on its own connections. Without it,
+    an answer written while an earlier one was unacknowledged waited for the peer's
+    delayed ACK: ~40 ms per exchange when several were in flight on a connection."""
+    sock = transport.get_extra_info("socket")
+    if sock is not None and sock.family in (socket.AF_INET, socket.AF_INET6):
+        sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
 
 
 class _AlpnSwitch(asyncio.Protocol):
