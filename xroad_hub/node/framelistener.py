@@ -55,6 +55,12 @@ IDLE_TIMEOUT = 120.0
 # those it retired (stalled) until their exchanges end; each costs this node TLS state and
 # buffers, so a peer's further connections are refused (its exchanges still have its one).
 MAX_PEER_CONNECTIONS = 16
+# A frame admitted must arrive at this rate at least, on average, after the body timeout's
+# grace (Apache's mod_reqtimeout has the same rule, at 500 bytes/s): without it a peer that
+# sends one byte of a frame each body timeout never stalls and holds its share, and the
+# connection, for as long as it likes. A link between nodes is far faster; a frame of
+# max_body_bytes (10 MiB) may still take almost three hours.
+MIN_RATE = 1024  # bytes/s
 # The answers written at once, at most (but one answer, however large): a peer that does not
 # read gets no more than this written past its transport's high-water mark.
 _BATCH = 64 * 1024
@@ -121,6 +127,7 @@ class FrameConnection(asyncio.Protocol):
         self._stall_timer = False  # whether _timer watches a frame begun (else: idleness)
         self._progress = 0.0  # (loop time) the last bytes read, or reading resumed
         self._paused_since = 0.0
+        self._due = 0.0  # (loop time) the frame admitted is late after this, plus its bytes' credit
         self._counted = False  # in the listener's per_peer
 
     # --- asyncio.Protocol ---
@@ -218,8 +225,11 @@ class FrameConnection(asyncio.Protocol):
 
     def resume_writing(self) -> None:
         self._paused = False
-        # The peer could send nothing while this node did not read: its clock starts again.
-        self._progress = asyncio.get_running_loop().time()
+        # The peer could send nothing while this node did not read: its clock starts again,
+        # and the frame it was sending is given the time it was held back.
+        now = self._progress = asyncio.get_running_loop().time()
+        if self._admitted:
+            self._due += now - self._paused_since
         if self.transport is not None and not self._closed:
             if self._out and not self._flushing:
                 # Not from inside the transport's own call: in the next turn.
@@ -256,6 +266,7 @@ class FrameConnection(asyncio.Protocol):
             return
         self.streams.add(head.stream)
         self._admitted[head.stream] = (conf, peer, admission, time.time())
+        self._due = asyncio.get_running_loop().time() + self.proxy.rt.body_timeout
 
     def _frame(self, frame: Frame) -> None:
         admitted = self._admitted.pop(frame.head.stream)
@@ -396,8 +407,17 @@ class FrameConnection(asyncio.Protocol):
         quiet = now - self._progress
         if quiet >= limit:
             self._cut(f"a frame stalled: no byte of it for {limit:g} s")
-        else:
-            self._arm(limit - quiet)
+            return
+        wait = limit - quiet
+        if self._admitted:
+            # (One frame at a time is admitted and arriving: its payload so far is what the
+            # reader holds.)
+            late = self._due + self.reader.buffered / MIN_RATE - now
+            if late <= 0:
+                self._cut(f"a frame arrived slower than {MIN_RATE} bytes/s")
+                return
+            wait = min(wait, late)
+        self._arm(wait)
 
     def _stop_timer(self) -> None:
         if self._timer is not None:
