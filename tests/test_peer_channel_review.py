@@ -388,3 +388,46 @@ async def test_a_frame_trickled_a_byte_at_a_time_is_cut_off(fed: Fed) -> None:
     finally:
         closed.cancel()
         writer.transport.abort()
+
+
+async def test_a_stopping_provider_answers_the_exchanges_it_serves_beside_a_partial_frame(
+    own_fed: Fed, monkeypatch
+) -> None:
+    """The provider node stops while a client node's connection carries an exchange being
+    served (longer than the body timeout) and a frame half sent: the node no longer reads,
+    so the half frame makes no progress, which is not the peer's stall. The exchange served
+    (and logged) is still answered before the connection is closed, as the exchanges in
+    flight of a stopping node are, instead of the connection being cut as stalled."""
+    fed = own_fed
+    provider = provider_frames(fed)
+    limit = fed.federation.nodes[DBD].config.body_timeout
+    serve = provider.proxy.serve
+
+    async def slow(*args):  # type: ignore[no-untyped-def]
+        await asyncio.sleep(2 * limit)
+        return await serve(*args)
+
+    monkeypatch.setattr(provider.proxy, "serve", slow)
+    known = set(provider.connections)
+    reader, writer = await open_frames(fed, fed.pki.node_auth(DGA))
+    stopping = None
+    try:
+        async with asyncio.timeout(10):
+            while not (new := [c for c in provider.connections if c not in known]):  # noqa: ASYNC110
+                await asyncio.sleep(0.01)
+        conn = new[0]
+        served = await signed_envelope(fed, b"served")
+        half = await signed_envelope(fed, b"h" * 2000)
+        writer.write(frame_head(len(served), 1, REQUEST) + served)
+        writer.write((frame_head(len(half), 3, REQUEST) + half)[:500])
+        async with asyncio.timeout(10):
+            while not (conn.tasks and conn._admitted):  # noqa: ASYNC110 - the provider's state
+                await asyncio.sleep(0.01)
+        stopping = asyncio.create_task(fed.federation.nodes[DBD].stop())
+        frames = await until_closed(reader)
+        assert [(f.head.stream, f.head.kind) for f in frames] == [(1, REPLY)]
+        assert decode_reply(frames[0].payload)[0] == 200
+    finally:
+        writer.transport.abort()
+        if stopping is not None:
+            await stopping

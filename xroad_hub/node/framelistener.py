@@ -392,6 +392,10 @@ class FrameConnection(asyncio.Protocol):
     def _stalled(self) -> None:
         """The stall timer: the frame's bytes are checked, not re-timed, on every read."""
         self._timer = None
+        if self.listener.closing:
+            # This node stopped reading (it stops): no peer's stall. The exchanges in flight
+            # are answered, then shutdown closes the connection.
+            return
         if self._closed or not self.reader.partial:
             self._watch()
             return
