@@ -7,7 +7,7 @@ exchange it sent is answered by one REFUSED frame and the connection closed. Eac
 checked again against the configuration in force (revocations take effect at once) and
 admitted within the peer's share of the node, as on the HTTP path, before its payload is
 read; a peer that breaks the framing, or stalls in the middle of a frame (no byte of it for
-the body timeout while this node reads), is cut off.
+the body timeout while this node reads, or under MIN_RATE on average after that), is cut off.
 """
 
 from __future__ import annotations
@@ -370,8 +370,8 @@ class FrameConnection(asyncio.Protocol):
         """A frame begun must go on arriving: a peer that sends none of its bytes for the
         body timeout (while this node reads) stalls, and is cut off. The clock is on
         progress, not on the whole frame: every exchange of the connection goes with it,
-        and a large frame on a slow or busy link is no fault of the peer's. A connection
-        with nothing in flight is closed after IDLE_TIMEOUT."""
+        and a large frame on a slow or busy link is no fault of the peer's (but one slower
+        than MIN_RATE is). A connection with nothing in flight is closed after IDLE_TIMEOUT."""
         if self._closed:
             return
         if self.reader.partial:
