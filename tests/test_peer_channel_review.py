@@ -346,3 +346,88 @@ async def test_a_peer_gets_a_bounded_number_of_connections(fed: Fed, http) -> No
         while provider.per_peer.get(dga, 0) > 1:  # noqa: ASYNC110 - (DGA's own channel)
             await asyncio.sleep(0.01)
     assert await echo(fed, http) == 200
+
+
+async def test_a_frame_trickled_a_byte_at_a_time_is_cut_off(fed: Fed) -> None:
+    """A registered node begins a frame (admitted: it holds part of its share) and then
+    sends one byte of it at a time, each well within the body timeout: the frame never
+    stalls by the rule of progress alone, and held the connection and the share for as long
+    as the peer liked (over HTTP the whole body has the body timeout). A frame must also
+    arrive at a minimum rate: this one is cut off, and its share released."""
+    provider = provider_frames(fed)
+    limits = provider.proxy.rt.peer_limits
+    limit = fed.federation.nodes[DBD].config.body_timeout
+    known = set(provider.connections)
+    reader, writer = await open_frames(fed, fed.pki.node_auth(DGA))
+    closed = asyncio.create_task(until_closed(reader))
+    try:
+        async with asyncio.timeout(10):
+            while not (new := [c for c in provider.connections if c not in known]):  # noqa: ASYNC110
+                await asyncio.sleep(0.01)
+        conn = new[0]
+        envelope = await signed_envelope(fed, b"t" * 3000)
+        frame = frame_head(len(envelope), 1, REQUEST) + envelope
+        writer.write(frame[:100])
+        async with asyncio.timeout(10):
+            while not conn._admitted:  # noqa: ASYNC110 - the provider's state is the point
+                await asyncio.sleep(0.01)
+        assert limits.in_flight(DGA)[0] >= 1
+        sent = 100
+        loop = asyncio.get_running_loop()
+        until = loop.time() + 6 * limit
+        while not closed.done() and loop.time() < until:
+            writer.write(frame[sent : sent + 1])  # a byte, never silent for the body timeout
+            sent += 1
+            await asyncio.sleep(limit / 3)
+        assert closed.done(), f"a frame trickled for {6 * limit:g} s is still being read"
+        assert await closed == []
+        assert conn._closed and not conn._admitted
+        async with asyncio.timeout(10):
+            while limits.in_flight(DGA)[0]:  # noqa: ASYNC110 - the share is released
+                await asyncio.sleep(0.01)
+    finally:
+        closed.cancel()
+        writer.transport.abort()
+
+
+async def test_a_stopping_provider_answers_the_exchanges_it_serves_beside_a_partial_frame(
+    own_fed: Fed, monkeypatch
+) -> None:
+    """The provider node stops while a client node's connection carries an exchange being
+    served (longer than the body timeout) and a frame half sent: the node no longer reads,
+    so the half frame makes no progress, which is not the peer's stall. The exchange served
+    (and logged) is still answered before the connection is closed, as the exchanges in
+    flight of a stopping node are, instead of the connection being cut as stalled."""
+    fed = own_fed
+    provider = provider_frames(fed)
+    limit = fed.federation.nodes[DBD].config.body_timeout
+    serve = provider.proxy.serve
+
+    async def slow(*args):  # type: ignore[no-untyped-def]
+        await asyncio.sleep(2 * limit)
+        return await serve(*args)
+
+    monkeypatch.setattr(provider.proxy, "serve", slow)
+    known = set(provider.connections)
+    reader, writer = await open_frames(fed, fed.pki.node_auth(DGA))
+    stopping = None
+    try:
+        async with asyncio.timeout(10):
+            while not (new := [c for c in provider.connections if c not in known]):  # noqa: ASYNC110
+                await asyncio.sleep(0.01)
+        conn = new[0]
+        served = await signed_envelope(fed, b"served")
+        half = await signed_envelope(fed, b"h" * 2000)
+        writer.write(frame_head(len(served), 1, REQUEST) + served)
+        writer.write((frame_head(len(half), 3, REQUEST) + half)[:500])
+        async with asyncio.timeout(10):
+            while not (conn.tasks and conn._admitted):  # noqa: ASYNC110 - the provider's state
+                await asyncio.sleep(0.01)
+        stopping = asyncio.create_task(fed.federation.nodes[DBD].stop())
+        frames = await until_closed(reader)
+        assert [(f.head.stream, f.head.kind) for f in frames] == [(1, REPLY)]
+        assert decode_reply(frames[0].payload)[0] == 200
+    finally:
+        writer.transport.abort()
+        if stopping is not None:
+            await stopping

@@ -7,7 +7,7 @@ exchange it sent is answered by one REFUSED frame and the connection closed. Eac
 checked again against the configuration in force (revocations take effect at once) and
 admitted within the peer's share of the node, as on the HTTP path, before its payload is
 read; a peer that breaks the framing, or stalls in the middle of a frame (no byte of it for
-the body timeout while this node reads), is cut off.
+the body timeout while this node reads, or under MIN_RATE on average after that), is cut off.
 """
 
 from __future__ import annotations
@@ -56,6 +56,12 @@ IDLE_TIMEOUT = 120.0
 # those it retired (stalled) until their exchanges end; each costs this node TLS state and
 # buffers, so a peer's further connections are refused (its exchanges still have its one).
 MAX_PEER_CONNECTIONS = 16
+# A frame admitted must arrive at this rate at least, on average, after the body timeout's
+# grace (Apache's mod_reqtimeout has the same rule, at 500 bytes/s): without it a peer that
+# sends one byte of a frame each body timeout never stalls and holds its share, and the
+# connection, for as long as it likes. A link between nodes is far faster; a frame of
+# max_body_bytes (10 MiB) may still take almost three hours.
+MIN_RATE = 1024  # bytes/s
 # The answers written at once, at most (but one answer, however large): a peer that does not
 # read gets no more than this written past its transport's high-water mark.
 _BATCH = 64 * 1024
@@ -122,6 +128,7 @@ class FrameConnection(asyncio.Protocol):
         self._stall_timer = False  # whether _timer watches a frame begun (else: idleness)
         self._progress = 0.0  # (loop time) the last bytes read, or reading resumed
         self._paused_since = 0.0
+        self._due = 0.0  # (loop time) the frame admitted is late after this, plus its bytes' credit
         self._counted = False  # in the listener's per_peer
 
     # --- asyncio.Protocol ---
@@ -220,8 +227,11 @@ class FrameConnection(asyncio.Protocol):
 
     def resume_writing(self) -> None:
         self._paused = False
-        # The peer could send nothing while this node did not read: its clock starts again.
-        self._progress = asyncio.get_running_loop().time()
+        # The peer could send nothing while this node did not read: its clock starts again,
+        # and the frame it was sending is given the time it was held back.
+        now = self._progress = asyncio.get_running_loop().time()
+        if self._admitted:
+            self._due += now - self._paused_since
         if self.transport is not None and not self._closed:
             if self._out and not self._flushing:
                 # Not from inside the transport's own call: in the next turn.
@@ -258,6 +268,7 @@ class FrameConnection(asyncio.Protocol):
             return
         self.streams.add(head.stream)
         self._admitted[head.stream] = (conf, peer, admission, time.time())
+        self._due = asyncio.get_running_loop().time() + self.proxy.rt.body_timeout
 
     def _frame(self, frame: Frame) -> None:
         admitted = self._admitted.pop(frame.head.stream)
@@ -361,8 +372,8 @@ class FrameConnection(asyncio.Protocol):
         """A frame begun must go on arriving: a peer that sends none of its bytes for the
         body timeout (while this node reads) stalls, and is cut off. The clock is on
         progress, not on the whole frame: every exchange of the connection goes with it,
-        and a large frame on a slow or busy link is no fault of the peer's. A connection
-        with nothing in flight is closed after IDLE_TIMEOUT."""
+        and a large frame on a slow or busy link is no fault of the peer's (but one slower
+        than MIN_RATE is). A connection with nothing in flight is closed after IDLE_TIMEOUT."""
         if self._closed:
             return
         if self.reader.partial:
@@ -383,6 +394,10 @@ class FrameConnection(asyncio.Protocol):
     def _stalled(self) -> None:
         """The stall timer: the frame's bytes are checked, not re-timed, on every read."""
         self._timer = None
+        if self.listener.closing:
+            # This node stopped reading (it stops): no peer's stall. The exchanges in flight
+            # are answered, then shutdown closes the connection.
+            return
         if self._closed or not self.reader.partial:
             self._watch()
             return
@@ -398,8 +413,17 @@ class FrameConnection(asyncio.Protocol):
         quiet = now - self._progress
         if quiet >= limit:
             self._cut(f"a frame stalled: no byte of it for {limit:g} s")
-        else:
-            self._arm(limit - quiet)
+            return
+        wait = limit - quiet
+        if self._admitted:
+            # (One frame at a time is admitted and arriving: its payload so far is what the
+            # reader holds.)
+            late = self._due + self.reader.buffered / MIN_RATE - now
+            if late <= 0:
+                self._cut(f"a frame arrived slower than {MIN_RATE} bytes/s")
+                return
+            wait = min(wait, late)
+        self._arm(wait)
 
     def _stop_timer(self) -> None:
         if self._timer is not None:

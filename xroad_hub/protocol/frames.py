@@ -104,6 +104,12 @@ class FrameReader:
         """Whether a frame has begun and is not complete."""
         return bool(self._buf) or self._head is not None
 
+    @property
+    def buffered(self) -> int:
+        """The bytes read and not yet yielded: of a frame whose head was yielded, its
+        payload so far."""
+        return len(self._buf)
+
     def discard(self) -> None:
         """Skip the payload of the frame whose head was yielded last."""
         assert self._head is not None
