@@ -97,7 +97,18 @@ class FrameChannel(asyncio.Protocol):
                     assert self.transport is not None
                     self.transport.abort()  # no goodbye to a peer taken for dead
                 else:
-                    self._idle = asyncio.get_running_loop().call_later(IDLE_TIMEOUT, self.close)
+                    # Several exchanges answered in one read all find no stream left: one
+                    # timer, or a leftover one would close the connection, busy or not.
+                    if self._idle is not None:
+                        self._idle.cancel()
+                    self._idle = asyncio.get_running_loop().call_later(
+                        IDLE_TIMEOUT, self._idle_close
+                    )
+
+    def _idle_close(self) -> None:
+        self._idle = None
+        if not self._streams:
+            self.close()
 
     def close(self) -> None:
         if self.transport is not None and not self.closed:
