@@ -13,7 +13,6 @@ import orjson
 import pytest
 
 from xroad_hub.errors import XRoadError
-from xroad_hub.node import channel as channel_module
 from xroad_hub.node.framelistener import MAX_PEER_CONNECTIONS
 from xroad_hub.protocol.frames import (
     REFUSED,
@@ -432,57 +431,3 @@ async def test_a_stopping_provider_answers_the_exchanges_it_serves_beside_a_part
         writer.transport.abort()
         if stopping is not None:
             await stopping
-
-
-async def test_exchanges_answered_together_leave_one_idle_timer(fed: Fed, monkeypatch) -> None:
-    """Two answers in one read: each exchange found no stream left and armed the idle
-    close, the first timer forgotten, not cancelled; it closed the connection later with
-    exchanges in flight ('the peer closed the connection': CI lost an honest exchange so
-    during the heavy-XML stall test)."""
-    monkeypatch.setattr(channel_module, "IDLE_TIMEOUT", 0.5)
-    connections = 0
-
-    async def provider(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
-        nonlocal connections
-        connections += 1
-        frames = FrameReader(1 << 20)
-        held: list[Frame] = []
-        try:
-            while data := await reader.read(65536):
-                for event in frames.feed(data):
-                    if not isinstance(event, Frame):
-                        continue
-                    if event.payload == b"slow":
-                        await asyncio.sleep(1.0)  # past the first timer, not past the second
-                        writer.writelines(encode_reply(event.head.stream, 200, "x/y", b"slow"))
-                        continue
-                    held.append(event)
-                    if len(held) == 2:  # both answers in one write
-                        writer.writelines(
-                            [
-                                p
-                                for f in held
-                                for p in encode_reply(f.head.stream, 200, "x/y", f.payload)
-                            ]
-                        )
-                        held.clear()
-        except (ConnectionError, ssl.SSLError):
-            pass
-        finally:
-            writer.close()
-
-    server = await asyncio.start_server(provider, "127.0.0.1", 0, ssl=provider_context(fed))
-    port = server.sockets[0].getsockname()[1]
-    peers = client_transport(fed)
-    entry = provider_entry(fed, port)
-    try:
-        first = await asyncio.gather(*(peers.send(entry, b"m%d" % i, 10) for i in range(2)))
-        assert [r.status for r in first] == [200, 200]
-        await asyncio.sleep(0.1)  # both exchanges have ended and armed their timers
-        reply = await peers.send(entry, b"slow", 10)
-        assert (reply.status, reply.body) == (200, b"slow")
-        assert connections == 1
-    finally:
-        await peers.close()
-        server.close()
-        await server.wait_closed()
