@@ -235,9 +235,13 @@ class Node(NodeOperations):
     # --- the resources, as cleanup contexts (started in this order, stopped in reverse) ---
 
     async def _http_session(self, _: web.Application) -> AsyncIterator[None]:
-        # One connection pool for the node's adapters and its timestamp requests.
+        # One connection pool for the node's adapters and its timestamp requests. No cookie
+        # jar: a cookie one client's exchange brought back must not travel with another
+        # client's request (and filtering an empty jar on every request costs CPU).
         self._session = aiohttp.ClientSession(
-            auto_decompress=False, connector=aiohttp.TCPConnector(limit=0)
+            auto_decompress=False,
+            connector=aiohttp.TCPConnector(limit=0),
+            cookie_jar=aiohttp.DummyCookieJar(),
         )
         yield
         await self._session.close()

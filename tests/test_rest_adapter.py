@@ -1,0 +1,326 @@
+"""The REST adapter's leg to the backend, against real servers: what is sent, how answers of
+every framing are read, keep-alive, timeouts, size caps and the X-Road errors of failures."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+from collections.abc import AsyncIterator, Awaitable, Callable
+
+import pytest
+from aiohttp import web
+
+from adapters import AdapterRequest, RestAdapter
+from xroad_hub.errors import XRoadError
+
+Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
+
+
+@pytest.fixture
+async def serve() -> AsyncIterator[Callable[[web.Application], Awaitable[str]]]:
+    runners: list[web.AppRunner] = []
+
+    async def start(app: web.Application) -> str:
+        runner = web.AppRunner(app)
+        await runner.setup()
+        site = web.TCPSite(runner, "127.0.0.1", 0)
+        await site.start()
+        runners.append(runner)
+        port = runner.addresses[0][1]
+        return f"http://127.0.0.1:{port}"
+
+    yield start
+    for runner in runners:
+        await runner.cleanup()
+
+
+@pytest.fixture
+async def raw_server() -> AsyncIterator[Callable[..., Awaitable[str]]]:
+    """A TCP server answering with whatever bytes a test scripts (HTTP a real server would
+    not send, or connections closed at chosen moments)."""
+    servers: list[asyncio.Server] = []
+
+    async def start(
+        handle: Callable[[asyncio.StreamReader, asyncio.StreamWriter], Awaitable[None]],
+    ) -> str:
+        server = await asyncio.start_server(handle, "127.0.0.1", 0)
+        servers.append(server)
+        return f"http://127.0.0.1:{server.sockets[0].getsockname()[1]}"
+
+    yield start
+    for server in servers:
+        server.close()
+        await server.wait_closed()
+
+
+def _req(method: str = "GET", path: str = "", query: str = "", headers=(), body=b""):
+    return AdapterRequest(method, path, query, tuple(headers), body)
+
+
+async def _read_head(reader: asyncio.StreamReader) -> bytes:
+    return await reader.readuntil(b"\r\n\r\n")
+
+
+async def _call(url: str, request: AdapterRequest, **kw: object):
+    adapter = RestAdapter(url, **kw)  # type: ignore[arg-type]
+    try:
+        return await adapter.handle(request)
+    finally:
+        await adapter.close()
+
+
+async def test_cookie_from_one_answer_is_not_sent_with_the_next(serve) -> None:
+    # Two clients' exchanges with one backend: what the backend set for the first must not
+    # come back to it with the second (a session of one client used by another).
+    seen: list[str | None] = []
+
+    async def handler(request: web.Request) -> web.Response:
+        seen.append(request.headers.get("Cookie"))
+        resp = web.Response(text="ok")
+        resp.set_cookie("session", "client-a")
+        return resp
+
+    app = web.Application()
+    app.router.add_get("/{tail:.*}", handler)
+    # By name: aiohttp's cookie jar keeps no cookies of IP addresses.
+    adapter = RestAdapter((await serve(app)).replace("127.0.0.1", "localhost"))
+    try:
+        for _ in range(2):
+            assert (await adapter.handle(_req(path="/x"))).status == 200
+    finally:
+        await adapter.close()
+    assert seen == [None, None]
+
+
+async def test_request_goes_out_as_the_adapter_sent_it(raw_server) -> None:
+    heads: list[bytes] = []
+
+    async def handle(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        while True:
+            try:
+                head = await _read_head(reader)
+            except asyncio.IncompleteReadError:
+                break
+            length = next(
+                (
+                    int(line[15:])
+                    for line in head.split(b"\r\n")
+                    if line.lower().startswith(b"content-length:")
+                ),
+                0,
+            )
+            body = await reader.readexactly(length)
+            heads.append(head + body)
+            writer.write(b"HTTP/1.1 200 OK\r\nContent-Length: 2\r\n\r\nok")
+        writer.close()
+
+    url = await raw_server(handle) + "/base"
+    await _call(url, _req("GET", "/a%20b/c", "x=1&x=%26", [("X-Custom", "v1"), ("x-two", "v2")]))
+    await _call(
+        url,
+        _req(
+            "POST",
+            "/p",
+            "",
+            [("Content-Type", "text/plain"), ("Accept", "application/json")],
+            b"hello",
+        ),
+    )
+    await _call(url, _req("DELETE", "", ""))
+    host = url.split("//")[1].split("/")[0]
+    assert heads == [
+        f"GET /base/a%20b/c?x=1&x=%26 HTTP/1.1\r\nHost: {host}\r\nX-Custom: v1\r\nx-two: v2\r\n"
+        "Accept: */*\r\n\r\n".encode(),
+        f"POST /base/p HTTP/1.1\r\nHost: {host}\r\nContent-Type: text/plain\r\n"
+        "Accept: application/json\r\nContent-Length: 5\r\n\r\nhello".encode(),
+        f"DELETE /base HTTP/1.1\r\nHost: {host}\r\nAccept: */*\r\n"
+        "Content-Length: 0\r\n\r\n".encode(),
+    ]
+
+
+async def test_chunked_and_content_length_answers_on_one_kept_connection(serve) -> None:
+    peers: set[object] = set()
+
+    async def chunked(request: web.Request) -> web.StreamResponse:
+        peers.add(request.transport.get_extra_info("peername"))  # type: ignore[union-attr]
+        resp = web.StreamResponse(headers={"X-Kind": "chunked"})
+        resp.enable_chunked_encoding()
+        await resp.prepare(request)
+        for part in (b"one,", b"two,", b"three"):
+            await resp.write(part)
+            await asyncio.sleep(0.01)
+        await resp.write_eof()
+        return resp
+
+    async def sized(request: web.Request) -> web.Response:
+        peers.add(request.transport.get_extra_info("peername"))  # type: ignore[union-attr]
+        return web.Response(body=b"x" * 100_000, headers={"X-Kind": "sized"})
+
+    app = web.Application()
+    app.router.add_get("/chunked", chunked)
+    app.router.add_get("/sized", sized)
+    adapter = RestAdapter(await serve(app))
+    try:
+        for _ in range(3):
+            answer = await adapter.handle(_req(path="/chunked"))
+            assert (answer.status, answer.body) == (200, b"one,two,three")
+            assert ("X-Kind", "chunked") in answer.headers
+            assert ("Transfer-Encoding", "chunked") in answer.headers
+            answer = await adapter.handle(_req(path="/sized"))
+            assert (answer.status, answer.body) == (200, b"x" * 100_000)
+            assert ("Content-Length", "100000") in answer.headers
+    finally:
+        await adapter.close()
+    assert len(peers) == 1  # every request on the one kept-alive connection
+
+
+async def test_answers_without_length_head_and_no_content(raw_server) -> None:
+    async def handle(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        head = await _read_head(reader)
+        if head.startswith(b"HEAD"):
+            writer.write(b"HTTP/1.1 200 OK\r\nContent-Length: 99\r\n\r\n")
+        elif b" /empty " in head:
+            writer.write(b"HTTP/1.1 100 Continue\r\n\r\nHTTP/1.1 204 No Content\r\n\r\n")
+        else:  # the body runs until the connection closes
+            writer.write(b"HTTP/1.1 200 OK\r\nX-A: 1\r\n\r\nuntil ")
+            await writer.drain()
+            writer.write(b"close")
+        await writer.drain()
+        if not head.startswith(b"HEAD") and b" /empty " not in head:
+            writer.close()
+        else:
+            await reader.read()  # the client's next request or its close
+            writer.close()
+
+    url = await raw_server(handle)
+    answer = await _call(url, _req(path="/eof"))
+    assert (answer.status, answer.body, answer.headers) == (200, b"until close", (("X-A", "1"),))
+    answer = await _call(url, _req("HEAD", "/h"))
+    assert (answer.status, answer.body) == (200, b"")
+    answer = await _call(url, _req(path="/empty"))
+    assert (answer.status, answer.body) == (204, b"")
+
+
+async def test_backend_closing_kept_alive_connections(raw_server) -> None:
+    # The backend answers each connection's first request and drops its second one unread
+    # (a keep-alive timeout that struck as the request left): an idempotent request is sent
+    # again on a new connection, a POST is not (it may have been acted on).
+    served = 0
+
+    async def handle(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        nonlocal served
+        await _read_head(reader)
+        served += 1
+        writer.write(b"HTTP/1.1 200 OK\r\nContent-Length: 2\r\n\r\nok")
+        await writer.drain()
+        with contextlib.suppress(asyncio.IncompleteReadError):
+            await _read_head(reader)
+        writer.close()
+
+    adapter = RestAdapter(await raw_server(handle))
+    try:
+        for _ in range(3):
+            assert (await adapter.handle(_req(path="/g"))).body == b"ok"
+        assert served == 3
+        with pytest.raises(XRoadError) as err:
+            await adapter.handle(_req("POST", "/p", body=b"once"))
+        assert err.value.code == "Server.ServerProxy.NetworkError"
+        assert served == 3
+        # ... and the next POST goes out on a new connection.
+        assert (await adapter.handle(_req("POST", "/p", body=b"again"))).body == b"ok"
+    finally:
+        await adapter.close()
+
+
+async def test_connection_close_answer_is_not_reused(serve) -> None:
+    peers: list[object] = []
+
+    async def handler(request: web.Request) -> web.Response:
+        peers.append(request.transport.get_extra_info("peername"))  # type: ignore[union-attr]
+        return web.Response(text="bye", headers={"Connection": "close"})
+
+    app = web.Application()
+    app.router.add_get("/{tail:.*}", handler)
+    adapter = RestAdapter(await serve(app))
+    try:
+        for _ in range(3):
+            assert (await adapter.handle(_req(path="/c"))).body == b"bye"
+    finally:
+        await adapter.close()
+    assert len(set(peers)) == 3
+
+
+async def test_timeouts_and_unreachable_backends_are_network_errors(serve, raw_server) -> None:
+    async def slow(request: web.Request) -> web.Response:
+        await asyncio.sleep(5)
+        return web.Response(text="late")
+
+    app = web.Application()
+    app.router.add_get("/{tail:.*}", slow)
+    url = await serve(app)
+    loop = asyncio.get_running_loop()
+    started = loop.time()
+    with pytest.raises(XRoadError) as err:
+        await _call(url, _req(path="/s"), timeout=0.3)
+    assert err.value.code == "Server.ServerProxy.NetworkError"
+    assert "in time" in err.value.message
+    assert loop.time() - started < 2
+
+    async def silent_body(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        await _read_head(reader)
+        writer.write(b"HTTP/1.1 200 OK\r\nContent-Length: 10\r\n\r\nabc")
+        await asyncio.sleep(5)
+
+    with pytest.raises(XRoadError) as err:
+        await _call(await raw_server(silent_body), _req(path="/b"), timeout=0.3)
+    assert err.value.code == "Server.ServerProxy.NetworkError"
+    assert "in time" in err.value.message
+
+    closed = url.rsplit(":", 1)[0] + ":1"  # nothing listens on port 1
+    with pytest.raises(XRoadError) as err:
+        await _call(closed, _req(path="/x"))
+    assert err.value.code == "Server.ServerProxy.NetworkError"
+    assert "connect" in err.value.message
+
+
+async def test_broken_answers_are_service_failures(raw_server) -> None:
+    async def answer_with(data: bytes) -> str:
+        async def handle(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+            await _read_head(reader)
+            writer.write(data)
+            await writer.drain()
+            writer.close()
+
+        return await raw_server(handle)
+
+    for data in (
+        b"NOT HTTP AT ALL\r\n\r\n",
+        b"HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\n\r\n5\r\nabc",  # cut short
+        b"HTTP/1.1 200 OK\r\nContent-Length: 10\r\n\r\nabc",  # cut short
+    ):
+        with pytest.raises(XRoadError) as err:
+            await _call(await answer_with(data), _req(path="/x"))
+        assert err.value.code == "Server.ServerProxy.ServiceFailed", data
+
+
+@pytest.mark.parametrize("chunked", [False, True])
+async def test_oversized_answers_are_refused(serve, chunked: bool) -> None:
+    async def big(request: web.Request) -> web.StreamResponse:
+        resp = web.StreamResponse()
+        if chunked:
+            resp.enable_chunked_encoding()
+        else:
+            resp.content_length = 5000
+        await resp.prepare(request)
+        for _ in range(5):
+            await resp.write(b"y" * 1000)
+        return resp
+
+    app = web.Application()
+    app.router.add_get("/{tail:.*}", big)
+    url = await serve(app)
+    with pytest.raises(XRoadError) as err:
+        await _call(url, _req(path="/big"), max_response_bytes=4999)
+    assert err.value.code == "Server.ServerProxy.ServiceFailed"
+    answer = await _call(url, _req(path="/big"), max_response_bytes=5000)
+    assert answer.body == b"y" * 5000
