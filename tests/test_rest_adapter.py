@@ -5,13 +5,17 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import ssl
 from collections.abc import AsyncIterator, Awaitable, Callable
+from pathlib import Path
 
 import pytest
 from aiohttp import web
 
 from adapters import AdapterRequest, RestAdapter
+from adapters.backend import Backends
 from xroad_hub.errors import XRoadError
+from xroad_hub.pki import generate_key, issue_cert, make_root_ca, write_cert, write_key
 
 Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
 
@@ -269,7 +273,8 @@ async def test_timeouts_and_unreachable_backends_are_network_errors(serve, raw_s
     async def silent_body(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
         await _read_head(reader)
         writer.write(b"HTTP/1.1 200 OK\r\nContent-Length: 10\r\n\r\nabc")
-        await asyncio.sleep(5)
+        await reader.read()  # until the client gives up
+        writer.close()
 
     with pytest.raises(XRoadError) as err:
         await _call(await raw_server(silent_body), _req(path="/b"), timeout=0.3)
@@ -324,3 +329,97 @@ async def test_oversized_answers_are_refused(serve, chunked: bool) -> None:
     assert err.value.code == "Server.ServerProxy.ServiceFailed"
     answer = await _call(url, _req(path="/big"), max_response_bytes=5000)
     assert answer.body == b"y" * 5000
+
+
+async def test_connections_per_backend_are_bounded(serve) -> None:
+    in_flight = peak = 0
+    peers: set[object] = set()
+
+    async def handler(request: web.Request) -> web.Response:
+        nonlocal in_flight, peak
+        peers.add(request.transport.get_extra_info("peername"))  # type: ignore[union-attr]
+        in_flight += 1
+        peak = max(peak, in_flight)
+        await asyncio.sleep(0.05)
+        in_flight -= 1
+        return web.Response(text="ok")
+
+    app = web.Application()
+    app.router.add_get("/{tail:.*}", handler)
+    url = await serve(app)
+    backends = Backends(limit=2)
+    # Two services on one backend share its bound.
+    adapters = [RestAdapter(url + "/a", backends=backends), RestAdapter(url, backends=backends)]
+    try:
+        answers = await asyncio.gather(
+            *(adapters[i % 2].handle(_req(path=f"/{i}")) for i in range(8))
+        )
+    finally:
+        backends.close()
+    assert [a.body for a in answers] == [b"ok"] * 8
+    assert peak == 2
+    assert len(peers) == 2
+
+
+def _tls_material(tmp_path: Path) -> tuple[str, Path, Path, Path]:
+    """A CA, the backend's server certificate for 127.0.0.1 and a client certificate."""
+    ca_key, ca_cert = make_root_ca("test backend CA")
+    write_cert(tmp_path / "ca.pem", ca_cert)
+    for name, purpose in (("server", "tls"), ("client", "client-tls")):
+        key = generate_key()
+        write_key(tmp_path / f"{name}.key", key)
+        write_cert(
+            tmp_path / f"{name}.pem",
+            issue_cert(ca_key, ca_cert, f"{name}.test", key, purpose=purpose),
+        )
+    return str(tmp_path / "ca.pem"), tmp_path / "server", tmp_path / "client", tmp_path
+
+
+async def test_https_backend_with_mutual_tls(tmp_path: Path) -> None:
+    ca, server, client, _ = _tls_material(tmp_path)
+    server_ctx = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH, cafile=ca)
+    server_ctx.load_cert_chain(f"{server}.pem", f"{server}.key")
+    server_ctx.verify_mode = ssl.CERT_REQUIRED
+
+    async def handler(request: web.Request) -> web.Response:
+        peer = request.transport.get_extra_info("peercert")  # type: ignore[union-attr]
+        return web.Response(text=dict(x[0] for x in peer["subject"])["commonName"])
+
+    app = web.Application()
+    app.router.add_get("/{tail:.*}", handler)
+    runner = web.AppRunner(app)
+    await runner.setup()
+    site = web.TCPSite(runner, "127.0.0.1", 0, ssl_context=server_ctx)
+    await site.start()
+    url = f"https://127.0.0.1:{runner.addresses[0][1]}"
+    try:
+        with_cert = ssl.create_default_context(cafile=ca)
+        with_cert.load_cert_chain(f"{client}.pem", f"{client}.key")
+        answer = await _call(url, _req(path="/who"), tls=with_cert)
+        assert (answer.status, answer.body) == (200, b"client.test")
+        # No client certificate, or the system's CAs (which do not know this backend's):
+        # the handshake fails, a network error.
+        for tls in (ssl.create_default_context(cafile=ca), None):
+            with pytest.raises(XRoadError) as err:
+                await _call(url, _req(path="/who"), tls=tls)
+            assert err.value.code == "Server.ServerProxy.NetworkError"
+    finally:
+        await runner.cleanup()
+
+
+async def test_request_splitting_is_refused_before_sending(raw_server) -> None:
+    async def handle(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        raise AssertionError("nothing may reach the backend")
+
+    url = await raw_server(handle)
+    for request in (
+        _req(path="/x", query="a=1 HTTP/1.1\r\nX: y"),
+        _req(path="/x\r\nX: y"),
+    ):
+        with pytest.raises(XRoadError) as err:
+            await _call(url, request)
+        assert err.value.code.startswith("Server.ServerProxy."), request
+    for headers in ([("X-A", "1\r\nX-B: 2")], [("X-A", "1\nX-B: 2")], [("X-A", "1\x00")]):
+        with pytest.raises(XRoadError) as err:
+            await _call(url, _req(path="/x", headers=headers))
+        assert err.value.code == "Server.ServerProxy.InvalidMessage"
