@@ -22,6 +22,7 @@ import asyncio
 import re
 import ssl
 import time
+from collections import deque
 from collections.abc import Iterable
 from typing import Final
 
@@ -50,7 +51,9 @@ _IDEMPOTENT: Final = frozenset(("GET", "HEAD", "OPTIONS", "TRACE", "PUT", "DELET
 _BODYLESS: Final = frozenset(("GET", "HEAD", "OPTIONS", "TRACE"))
 # Framing is this client's to set, from the body it sends.
 _OWN_HEADERS: Final = frozenset(("host", "content-length", "transfer-encoding", "connection"))
-_EMPTY_STATUS: Final = frozenset((204, 304))
+# How late a total timeout may strike (aiohttp rounds timeouts of 5 s and more up to the
+# next whole second).
+_TICK: Final = 0.05
 # Head and body go out in one write below this size (one segment on loopback).
 _COALESCE: Final = 2**16
 
@@ -83,7 +86,17 @@ class BackendPool:
         self._tls = (tls or _verified_tls()) if origin.scheme == "https" else None
         # As aiohttp forms it: the port only when it is not the scheme's default.
         self._host_header = f"Host: {origin.host_port_subcomponent}\r\n"
-        self._slots = asyncio.Semaphore(limit)
+        # Open connections: in use (``_busy``, at most ``limit``), and idle. Requests beyond
+        # the limit wait in order for a slot handed over by a finishing one.
+        self._limit = limit
+        self._busy = 0
+        self._waiting: deque[asyncio.Future[None]] = deque()
+        # The total timeouts of the requests in flight: one timer checks them all, each
+        # ``_TICK`` s while any is in flight, instead of a timer made and cancelled per
+        # request (asyncio.timeout was a tenth of this leg's cost).
+        self._deadlines: dict[asyncio.Task[object], float] = {}
+        self._expired: set[asyncio.Task[object]] = set()
+        self._ticker: asyncio.TimerHandle | None = None
         self._idle: list[tuple[ResponseHandler, float]] = []
         self._sweeper: asyncio.TimerHandle | None = None
         self._closed = False
@@ -108,9 +121,56 @@ class BackendPool:
         everything from here (waiting for a free connection included), ``connect`` each
         connection attempt. Redirects are answers like any other: never followed."""
         head = self._head(method, target, headers, body)
-        async with asyncio.timeout(total):
-            async with self._slots:
+        task = asyncio.current_task()
+        assert task is not None
+        loop = asyncio.get_running_loop()
+        self._deadlines[task] = loop.time() + total
+        if self._ticker is None:
+            self._ticker = loop.call_later(_TICK, self._tick)
+        try:
+            if self._busy < self._limit and not self._waiting:
+                self._busy += 1
+            else:
+                await self._wait_for_slot(loop)
+            try:
                 return await self._exchange(method, head, body, connect, max_bytes)
+            finally:
+                self._free_slot()
+        except asyncio.CancelledError:
+            # Cancelled by _tick, and by nobody else: the total timeout.
+            if task in self._expired and task.uncancel() == 0:
+                raise TimeoutError from None
+            raise
+        finally:
+            del self._deadlines[task]
+            self._expired.discard(task)
+
+    async def _wait_for_slot(self, loop: asyncio.AbstractEventLoop) -> None:
+        waiter = loop.create_future()
+        self._waiting.append(waiter)
+        try:
+            await waiter
+        except BaseException:
+            if waiter.done() and not waiter.cancelled():
+                self._free_slot()  # handed over as this request gave up: pass it on
+            raise
+
+    def _free_slot(self) -> None:
+        while self._waiting:
+            waiter = self._waiting.popleft()
+            if not waiter.done():  # a request that gave up waiting left a cancelled one
+                waiter.set_result(None)  # the slot goes over, in use still
+                return
+        self._busy -= 1
+
+    def _tick(self) -> None:
+        loop = asyncio.get_running_loop()
+        now = loop.time()
+        for task, deadline in self._deadlines.items():
+            if deadline <= now and task not in self._expired:
+                self._expired.add(task)
+                task.cancel()
+        self._ticker = loop.call_later(_TICK, self._tick) if self._deadlines else None
 
     def _head(
         self, method: str, target: str, headers: Iterable[tuple[str, str]], body: bytes

@@ -423,3 +423,36 @@ async def test_request_splitting_is_refused_before_sending(raw_server) -> None:
         with pytest.raises(XRoadError) as err:
             await _call(url, _req(path="/x", headers=headers))
         assert err.value.code == "Server.ServerProxy.InvalidMessage"
+
+
+async def test_waiting_for_a_connection_counts_in_the_timeout(serve) -> None:
+    release = asyncio.Event()
+
+    async def handler(request: web.Request) -> web.Response:
+        if request.path == "/hold":
+            await release.wait()
+        return web.Response(text=request.path)
+
+    app = web.Application()
+    app.router.add_get("/{tail:.*}", handler)
+    backends = Backends(limit=1)
+    url = await serve(app)
+    adapter = RestAdapter(url, timeout=0.3, backends=backends)
+    patient = RestAdapter(url, timeout=5, backends=backends)
+    try:
+        held = asyncio.create_task(patient.handle(_req(path="/hold")))
+        await asyncio.sleep(0.05)
+        with pytest.raises(XRoadError) as err:  # the one connection is in use
+            await adapter.handle(_req(path="/next"))
+        assert "in time" in err.value.message
+        # A caller's own cancellation stays one, and gives its place up.
+        waiting = asyncio.create_task(patient.handle(_req(path="/cancelled")))
+        await asyncio.sleep(0.05)
+        waiting.cancel()
+        with pytest.raises(asyncio.CancelledError):
+            await waiting
+        release.set()
+        assert (await held).body == b"/hold"
+        assert (await adapter.handle(_req(path="/after"))).body == b"/after"
+    finally:
+        backends.close()
