@@ -74,6 +74,12 @@ def _verified_tls() -> ssl.SSLContext:
     return _default_tls
 
 
+class _Connection(ResponseHandler):
+    """aiohttp's client protocol, and what its parser was made for."""
+
+    parser_for_head: bool | None = None  # None: no parser yet
+
+
 class BackendPool:
     """Connections to one backend origin: at most ``limit`` open (a request waits for one
     beyond that, within its own total timeout), idle ones kept for reuse."""
@@ -97,7 +103,7 @@ class BackendPool:
         self._deadlines: dict[asyncio.Task[object], float] = {}
         self._expired: set[asyncio.Task[object]] = set()
         self._ticker: asyncio.TimerHandle | None = None
-        self._idle: list[tuple[ResponseHandler, float]] = []
+        self._idle: list[tuple[_Connection, float]] = []
         self._sweeper: asyncio.TimerHandle | None = None
         self._closed = False
 
@@ -231,18 +237,24 @@ class BackendPool:
         return message.code, tuple(message.headers.items()), data
 
     async def _send(
-        self, proto: ResponseHandler, method: str, head: bytes, body: bytes
+        self, proto: _Connection, method: str, head: bytes, body: bytes
     ) -> tuple[RawResponseMessage, StreamReader]:
         """Write the request, wait for the head of the (final) answer."""
-        proto.set_response_params(
-            skip_payload=method == "HEAD",
-            read_until_eof=True,
-            auto_decompress=False,  # compressed answers pass on compressed
-            read_bufsize=_READ_BUFSIZE,
-            max_line_size=_MAX_LINE,
-            max_field_size=_MAX_FIELD,
-            max_headers=_MAX_HEADERS,
-        )
+        head_only = method == "HEAD"
+        # A parser that has read a whole answer is ready for the next one on the connection
+        # (aiohttp's server side reuses its parser so); a new one only for a new connection
+        # or when the answer to come has no body where the last one had, or the reverse.
+        if proto.parser_for_head is not head_only:
+            proto.set_response_params(
+                skip_payload=head_only,
+                read_until_eof=True,
+                auto_decompress=False,  # compressed answers pass on compressed
+                read_bufsize=_READ_BUFSIZE,
+                max_line_size=_MAX_LINE,
+                max_field_size=_MAX_FIELD,
+                max_headers=_MAX_HEADERS,
+            )
+            proto.parser_for_head = head_only
         transport = proto.transport
         assert transport is not None
         if len(body) < _COALESCE:
@@ -258,7 +270,7 @@ class BackendPool:
             if message.code == 101:
                 raise BadHttpMessage("the service switched protocols")
 
-    async def _connection(self, connect: float) -> tuple[ResponseHandler, bool]:
+    async def _connection(self, connect: float) -> tuple[_Connection, bool]:
         while self._idle:
             proto, _ = self._idle.pop()  # the most recent: the least likely to be closed
             # Not one the backend closed, or sent anything on unasked, while it was idle.
@@ -271,7 +283,7 @@ class BackendPool:
         try:
             async with asyncio.timeout(connect):
                 _, proto = await loop.create_connection(
-                    lambda: ResponseHandler(loop),
+                    lambda: _Connection(loop),
                     self._host,
                     self._port,
                     ssl=self._tls,
@@ -285,7 +297,7 @@ class BackendPool:
             ) from exc
         return proto, False
 
-    def _release(self, proto: ResponseHandler) -> None:
+    def _release(self, proto: _Connection) -> None:
         if self._closed or proto.should_close or not proto.is_connected():
             proto.close()
             return

@@ -173,6 +173,9 @@ async def test_chunked_and_content_length_answers_on_one_kept_connection(serve) 
             answer = await adapter.handle(_req(path="/sized"))
             assert (answer.status, answer.body) == (200, b"x" * 100_000)
             assert ("Content-Length", "100000") in answer.headers
+            answer = await adapter.handle(_req("HEAD", "/sized"))  # a length, no body
+            assert (answer.status, answer.body) == (200, b"")
+            assert ("Content-Length", "100000") in answer.headers
     finally:
         await adapter.close()
     assert len(peers) == 1  # every request on the one kept-alive connection
