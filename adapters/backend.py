@@ -99,7 +99,7 @@ class BackendPool:
         self._waiting: deque[asyncio.Future[None]] = deque()
         # The total timeouts of the requests in flight: one timer checks them all, each
         # ``_TICK`` s while any is in flight, instead of a timer made and cancelled per
-        # request (asyncio.timeout was a tenth of this leg's cost).
+        # request (asyncio.timeout was a fifth of this leg's cost, the send syscall included).
         self._deadlines: dict[asyncio.Task[object], float] = {}
         self._expired: set[asyncio.Task[object]] = set()
         self._ticker: asyncio.TimerHandle | None = None
