@@ -38,6 +38,7 @@ class AdapterSession:
         if self._session is None:
             self._session = aiohttp.ClientSession(
                 auto_decompress=self._auto_decompress,
+                cookie_jar=aiohttp.DummyCookieJar(),  # see Node._http_session
                 connector=aiohttp.TCPConnector(limit=self._limit, ttl_dns_cache=300),
             )
         return self._session

@@ -9,17 +9,20 @@ appended to the base URL's path.
 
 from __future__ import annotations
 
+import ssl
+
 import aiohttp
 import structlog
+from aiohttp.http_exceptions import HttpProcessingError
 from yarl import URL
 
 from xroad_hub.errors import SERVER_PROXY, ProtocolError, XRoadError
 from xroad_hub.logs import loggable_error
-from xroad_hub.protocol.rest import check_path
-from xroad_hub.streams import BodyTooLarge, read_capped
+from xroad_hub.protocol.rest import check_path, check_query
+from xroad_hub.streams import BodyTooLarge
 
+from .backend import Backends, UnsafeRequest
 from .base import AdapterRequest, AdapterResponse
-from .http import AdapterSession
 
 __all__ = ["RestAdapter"]
 
@@ -33,60 +36,60 @@ class RestAdapter:
         *,
         timeout: float = 30.0,
         max_response_bytes: int = 64 * 1024 * 1024,
-        session: aiohttp.ClientSession | None = None,
+        backends: Backends | None = None,
+        tls: ssl.SSLContext | None = None,
     ) -> None:
+        """``backends``: the node's pools (the node closes them), otherwise the adapter's own
+        (``close`` closes them); ``tls``: how to verify an https backend, and the client
+        certificate to show it (mutual TLS), by default the system's CAs."""
         self._base = URL(base_url.rstrip("/"))
         if self._base.scheme not in ("http", "https") or not self._base.host:
             raise ValueError(f"REST adapter URL must be http(s)://host[:port][/path]: {base_url}")
-        self._timeout = aiohttp.ClientTimeout(total=timeout, sock_connect=min(timeout, 10.0))
+        self._timeout = timeout
+        self._connect_timeout = min(timeout, 10.0)
         self._max = max_response_bytes
         # Per request only the path and query are new: the rest is formed once.
-        self._prefix = str(self._base)
-        self._origin = self._base.origin()
-        self._raw_path = self._base.raw_path
-        self._http = AdapterSession(session, limit=256, auto_decompress=False)
+        self._raw_path = self._base.raw_path.rstrip("/")
+        self._own = backends is None
+        self._backends = Backends() if backends is None else backends
+        self._pool = self._backends.pool(self._base, tls)
 
     async def handle(self, request: AdapterRequest) -> AdapterResponse:
-        # The adapter can be used on its own: the path is checked here too (dot segments in
-        # any reading a backend may make, encoded separators), not only by the node.
+        # The adapter can be used on its own: the path and query are checked here too (dot
+        # segments in any reading a backend may make, encoded separators, anything that
+        # would end the request line), not only by the node.
         try:
             check_path(request.path)
+            check_query(request.query)
         except ProtocolError as exc:
             raise XRoadError.blame(SERVER_PROXY, exc) from exc
-        url = URL(
-            self._prefix + request.path + ("?" + request.query if request.query else ""),
-            encoded=True,
-        )
-        # Defence in depth behind the path checks: never another host, never above the base.
-        if url.origin() != self._origin or not url.raw_path.startswith(self._raw_path):
-            raise XRoadError.server_proxy("InvalidMessage", "request path leaves the service")
-        session = self._http.get()
+        # The target is the base path with the checked remainder appended: the connection
+        # goes to the configured host only, and the path stays under the base.
+        target = (self._raw_path + request.path) or "/"
+        if request.query:
+            target += "?" + request.query
         try:
-            async with session.request(
+            status, headers, body = await self._pool.request(
                 request.method,
-                url,
-                headers=list(request.headers),
-                data=request.body or None,
-                allow_redirects=False,
-                timeout=self._timeout,
-                # Only what the client sent travels: no User-Agent or Accept-Encoding of ours.
-                skip_auto_headers=("User-Agent", "Accept-Encoding", "Content-Type"),
-            ) as resp:
-                try:
-                    body = await read_capped(resp.content, self._max)
-                except BodyTooLarge as exc:
-                    raise XRoadError.server_proxy(
-                        "ServiceFailed", f"service response {exc}"
-                    ) from exc
-                return AdapterResponse(resp.status, tuple(resp.headers.items()), body)
-        except XRoadError:
-            raise
+                target,
+                request.headers,
+                request.body,
+                total=self._timeout,
+                connect=self._connect_timeout,
+                max_bytes=self._max,
+            )
+        except UnsafeRequest as exc:
+            raise XRoadError.server_proxy("InvalidMessage", str(exc)) from exc
+        except BodyTooLarge as exc:
+            raise XRoadError.server_proxy("ServiceFailed", f"service response {exc}") from exc
         except TimeoutError as exc:
             raise self._failed("NetworkError", "the service did not answer in time", exc) from exc
         except aiohttp.ClientConnectionError as exc:
             raise self._failed("NetworkError", "cannot connect to the service", exc) from exc
-        except aiohttp.ClientError as exc:
+        except (aiohttp.ClientError, HttpProcessingError) as exc:
+            # A broken body, or an answer that is not HTTP/1.1.
             raise self._failed("ServiceFailed", "the service failed", exc) from exc
+        return AdapterResponse(status, headers, body)
 
     def _failed(self, code: str, message: str, exc: BaseException) -> XRoadError:
         # Internal addresses and library messages stay in this node's log, under the id the
@@ -98,4 +101,5 @@ class RestAdapter:
         return err
 
     async def close(self) -> None:
-        await self._http.close()
+        if self._own:
+            self._backends.close()

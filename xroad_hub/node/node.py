@@ -25,6 +25,7 @@ from cryptography.hazmat.primitives.asymmetric import ec
 from cryptography.x509.oid import ExtendedKeyUsageOID, NameOID
 
 from adapters import Adapter, RestAdapter
+from adapters.backend import Backends
 from adapters.flatfile import FlatFileAdapter, LayoutError
 from adapters.flatfile.openapi import flatfile_openapi
 from adapters.soap import (
@@ -160,6 +161,7 @@ class Node(NodeOperations):
         self.used_tokens = SQLiteUsedTokens(data_dir / "used-tokens.sqlite")
         # Set once by start(), in the order of the contexts that make them.
         self._session: aiohttp.ClientSession | None = None
+        self._backends: Backends | None = None
         self._log: MessageLog | None = None
         self.checkpointer: Checkpointer | None = None
         self.runtime: NodeRuntime | None = None
@@ -235,11 +237,18 @@ class Node(NodeOperations):
     # --- the resources, as cleanup contexts (started in this order, stopped in reverse) ---
 
     async def _http_session(self, _: web.Application) -> AsyncIterator[None]:
-        # One connection pool for the node's adapters and its timestamp requests.
+        # One connection pool for the node's adapters and its timestamp requests. No cookie
+        # jar: a cookie one client's exchange brought back must not travel with another
+        # client's request (and filtering an empty jar on every request costs CPU).
         self._session = aiohttp.ClientSession(
-            auto_decompress=False, connector=aiohttp.TCPConnector(limit=0)
+            auto_decompress=False,
+            connector=aiohttp.TCPConnector(limit=0),
+            cookie_jar=aiohttp.DummyCookieJar(),
         )
+        # The REST adapters' pools, one per backend, shared by the services on the same one.
+        self._backends = Backends()
         yield
+        self._backends.close()
         await self._session.close()
 
     async def _message_log(self, _: web.Application) -> AsyncIterator[None]:
@@ -572,7 +581,7 @@ class Node(NodeOperations):
                 service.url,
                 timeout=service.timeout,
                 max_response_bytes=self.config.max_body_bytes,
-                session=self._session,
+                backends=self._backends,
             )
         if service.adapter == "flatfile":
             try:

@@ -1,0 +1,367 @@
+"""HTTP/1.1 to an agency's REST backend: a keep-alive pool per backend origin.
+
+Why not ``aiohttp.ClientSession``: on the provider node its request machinery (ClientRequest
+and ClientResponse objects, header multidicts, the connector's bookkeeping, timer contexts,
+cookie and trace hooks) was the largest single cost of an exchange, for a request the node
+has already checked and formed. Only that machinery is left out. The wire is still
+aiohttp's: each connection runs aiohttp's own client protocol (``ResponseHandler``, with its
+C response parser, flow control and disconnect handling), so responses are read exactly as
+aiohttp reads them (content-length, chunked, until-close, 1xx skipped, no body for HEAD,
+204 and 304), and its exception types come out of it: ``aiohttp.ClientConnectionError``
+when the backend cannot be reached or went away, ``aiohttp.ClientPayloadError`` for a
+broken body, ``HttpProcessingError`` for an answer that is not HTTP, TimeoutError.
+
+What is sent is what ``ClientSession.request`` sent for the REST adapter: ``Host``, the given
+headers in order, ``Accept: */*`` when none was given, ``Content-Length`` when there is a body
+or the method may have one; no User-Agent, Accept-Encoding or Content-Type of ours.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import re
+import ssl
+import time
+from collections import deque
+from collections.abc import Iterable
+from typing import Final
+
+import aiohttp
+from aiohttp.client_proto import ResponseHandler
+from aiohttp.http import RawResponseMessage
+from aiohttp.http_exceptions import BadHttpMessage
+from aiohttp.streams import StreamReader
+from yarl import URL
+
+from xroad_hub.streams import BodyTooLarge
+
+__all__ = ["BackendPool", "Backends", "UnsafeRequest"]
+
+# What aiohttp's ClientSession uses by default (its limits on the answer's head).
+_MAX_LINE: Final = 8190
+_MAX_FIELD: Final = 8190
+_MAX_HEADERS: Final = 128
+_READ_BUFSIZE: Final = 2**16
+# Idle keep-alive connections are closed after this long (aiohttp's default).
+KEEPALIVE_TIMEOUT: Final = 15.0
+# Methods a request may be retried with once, on a fresh connection, when a kept-alive
+# connection turned out closed before any answer (RFC 9112 9.3.1; aiohttp does the same).
+_IDEMPOTENT: Final = frozenset(("GET", "HEAD", "OPTIONS", "TRACE", "PUT", "DELETE"))
+# Methods aiohttp sends no Content-Length: 0 for when there is no body.
+_BODYLESS: Final = frozenset(("GET", "HEAD", "OPTIONS", "TRACE"))
+# Framing is this client's to set, from the body it sends.
+_OWN_HEADERS: Final = frozenset(("host", "content-length", "transfer-encoding", "connection"))
+# How late a total timeout may strike (aiohttp rounds timeouts of 5 s and more up to the
+# next whole second).
+_TICK: Final = 0.05
+# Head and body go out in one write below this size (one segment on loopback).
+_COALESCE: Final = 2**16
+
+_CONTROL: Final = re.compile(r"[\x00-\x08\x0a-\x1f\x7f]")
+
+_default_tls: ssl.SSLContext | None = None
+
+
+class UnsafeRequest(ValueError):
+    """The request cannot be written as it is: a control character would split its head."""
+
+
+def _verified_tls() -> ssl.SSLContext:
+    # The system's CAs, host name checked: what aiohttp uses for https by default.
+    global _default_tls
+    if _default_tls is None:
+        _default_tls = ssl.create_default_context()
+    return _default_tls
+
+
+class _Connection(ResponseHandler):
+    """aiohttp's client protocol, and what its parser was made for."""
+
+    parser_for_head: bool | None = None  # None: no parser yet
+
+
+class BackendPool:
+    """Connections to one backend origin: at most ``limit`` open (a request waits for one
+    beyond that, within its own total timeout), idle ones kept for reuse."""
+
+    def __init__(self, origin: URL, *, limit: int = 256, tls: ssl.SSLContext | None = None) -> None:
+        if origin.scheme not in ("http", "https") or not origin.raw_host:
+            raise ValueError(f"backend URL must be http(s)://host[:port]: {origin}")
+        self._host = origin.raw_host
+        self._port = origin.port
+        self._tls = (tls or _verified_tls()) if origin.scheme == "https" else None
+        # As aiohttp forms it: the port only when it is not the scheme's default.
+        self._host_header = f"Host: {origin.host_port_subcomponent}\r\n"
+        # Open connections: in use (``_busy``, at most ``limit``), and idle. Requests beyond
+        # the limit wait in order for a slot handed over by a finishing one.
+        self._limit = limit
+        self._busy = 0
+        self._waiting: deque[asyncio.Future[None]] = deque()
+        # The total timeouts of the requests in flight: one timer checks them all, each
+        # ``_TICK`` s while any is in flight, instead of a timer made and cancelled per
+        # request (asyncio.timeout was a fifth of this leg's cost, the send syscall included).
+        self._deadlines: dict[asyncio.Task[object], float] = {}
+        self._expired: set[asyncio.Task[object]] = set()
+        self._ticker: asyncio.TimerHandle | None = None
+        self._idle: list[tuple[_Connection, float]] = []
+        self._sweeper: asyncio.TimerHandle | None = None
+        self._closed = False
+
+    @property
+    def idle_count(self) -> int:
+        return len(self._idle)
+
+    async def request(
+        self,
+        method: str,
+        target: str,
+        headers: Iterable[tuple[str, str]],
+        body: bytes,
+        *,
+        total: float,
+        connect: float,
+        max_bytes: int,
+    ) -> tuple[int, tuple[tuple[str, str], ...], bytes]:
+        """Send one request (``target``: the raw path and query) and read the answer whole:
+        status, headers as received, body; BodyTooLarge past ``max_bytes``. ``total`` bounds
+        everything from here (waiting for a free connection included), ``connect`` each
+        connection attempt. Redirects are answers like any other: never followed."""
+        head = self._head(method, target, headers, body)
+        task = asyncio.current_task()
+        assert task is not None
+        loop = asyncio.get_running_loop()
+        self._deadlines[task] = loop.time() + total
+        if self._ticker is None:
+            self._ticker = loop.call_later(_TICK, self._tick)
+        try:
+            if self._busy < self._limit and not self._waiting:
+                self._busy += 1
+            else:
+                await self._wait_for_slot(loop)
+            try:
+                return await self._exchange(method, head, body, connect, max_bytes)
+            finally:
+                self._free_slot()
+        except asyncio.CancelledError:
+            # Cancelled by _tick, and by nobody else: the total timeout.
+            if task in self._expired and task.uncancel() == 0:
+                raise TimeoutError from None
+            raise
+        finally:
+            del self._deadlines[task]
+            self._expired.discard(task)
+
+    async def _wait_for_slot(self, loop: asyncio.AbstractEventLoop) -> None:
+        waiter = loop.create_future()
+        self._waiting.append(waiter)
+        try:
+            await waiter
+        except BaseException:
+            if waiter.done() and not waiter.cancelled():
+                self._free_slot()  # handed over as this request gave up: pass it on
+            raise
+
+    def _free_slot(self) -> None:
+        while self._waiting:
+            waiter = self._waiting.popleft()
+            if not waiter.done():  # a request that gave up waiting left a cancelled one
+                waiter.set_result(None)  # the slot goes over, in use still
+                return
+        self._busy -= 1
+
+    def _tick(self) -> None:
+        loop = asyncio.get_running_loop()
+        now = loop.time()
+        for task, deadline in self._deadlines.items():
+            if deadline <= now and task not in self._expired:
+                self._expired.add(task)
+                task.cancel()
+        self._ticker = loop.call_later(_TICK, self._tick) if self._deadlines else None
+
+    def _head(
+        self, method: str, target: str, headers: Iterable[tuple[str, str]], body: bytes
+    ) -> bytes:
+        parts = [method, " ", target, " HTTP/1.1\r\n", self._host_header]
+        lines = 3  # the request line, Host and the empty line that ends the head
+        accept = False
+        for name, value in headers:
+            low = name.lower()
+            if low in _OWN_HEADERS:
+                continue
+            if low == "accept":
+                accept = True
+            parts += (name, ": ", value, "\r\n")
+            lines += 1
+        if not accept:
+            parts.append("Accept: */*\r\n")
+            lines += 1
+        if body or method not in _BODYLESS:
+            parts += ("Content-Length: ", str(len(body)), "\r\n")
+            lines += 1
+        parts.append("\r\n")
+        text = "".join(parts)
+        # One line break per line and no other control character (tab aside), or a method,
+        # target, name or value would split the head: aiohttp's writer refuses the same (the
+        # node has refused such requests already; an adapter used alone must too).
+        if text.count("\n") != lines or _CONTROL.search(text.replace("\r\n", "")):
+            raise UnsafeRequest("the request line or a header holds a control character")
+        # Lone surrogates are dropped, as aiohttp's writer drops them.
+        return text.encode("utf-8", "ignore")
+
+    async def _exchange(
+        self, method: str, head: bytes, body: bytes, connect: float, max_bytes: int
+    ) -> tuple[int, tuple[tuple[str, str], ...], bytes]:
+        retry = method in _IDEMPOTENT
+        while True:
+            proto, reused = await self._connection(connect)
+            try:
+                message, payload = await self._send(proto, method, head, body)
+                break
+            except (aiohttp.ServerDisconnectedError, aiohttp.ClientOSError):
+                proto.close()
+                # A kept-alive connection the backend had closed before answering: once
+                # more, on a new one.
+                if reused and retry:
+                    retry = False
+                    continue
+                raise
+            except BaseException:
+                proto.close()
+                raise
+        try:
+            data = await _read_capped(payload, max_bytes)
+        except BaseException:
+            proto.close()
+            raise
+        self._release(proto)
+        return message.code, tuple(message.headers.items()), data
+
+    async def _send(
+        self, proto: _Connection, method: str, head: bytes, body: bytes
+    ) -> tuple[RawResponseMessage, StreamReader]:
+        """Write the request, wait for the head of the (final) answer."""
+        head_only = method == "HEAD"
+        # A parser that has read a whole answer is ready for the next one on the connection
+        # (aiohttp's server side reuses its parser so); a new one only for a new connection
+        # or when the answer to come has no body where the last one had, or the reverse.
+        if proto.parser_for_head is not head_only:
+            proto.set_response_params(
+                skip_payload=head_only,
+                read_until_eof=True,
+                auto_decompress=False,  # compressed answers pass on compressed
+                read_bufsize=_READ_BUFSIZE,
+                max_line_size=_MAX_LINE,
+                max_field_size=_MAX_FIELD,
+                max_headers=_MAX_HEADERS,
+            )
+            proto.parser_for_head = head_only
+        transport = proto.transport
+        assert transport is not None
+        if len(body) < _COALESCE:
+            transport.write(head + body if body else head)
+        else:
+            transport.write(head)
+            transport.write(body)
+        while True:
+            message, payload = await proto.read()
+            # Interim answers (100 Continue, 103 Early Hints) precede the real one.
+            if not 100 <= message.code < 200:
+                return message, payload
+            if message.code == 101:
+                raise BadHttpMessage("the service switched protocols")
+
+    async def _connection(self, connect: float) -> tuple[_Connection, bool]:
+        while self._idle:
+            proto, _ = self._idle.pop()  # the most recent: the least likely to be closed
+            # Not one the backend closed, or sent anything on unasked, while it was idle.
+            if proto.is_connected() and not proto.should_close:
+                return proto, True
+            proto.close()
+        if self._closed:
+            raise aiohttp.ClientConnectionError("the backend pool is closed")
+        loop = asyncio.get_running_loop()
+        try:
+            async with asyncio.timeout(connect):
+                _, proto = await loop.create_connection(
+                    lambda: _Connection(loop),
+                    self._host,
+                    self._port,
+                    ssl=self._tls,
+                    server_hostname=self._host if self._tls is not None else None,
+                )
+        except TimeoutError:
+            raise
+        except OSError as exc:  # refused, unreachable, name not found, TLS failures
+            raise aiohttp.ClientConnectionError(
+                f"cannot connect to {self._host}:{self._port}: {exc!r}"
+            ) from exc
+        return proto, False
+
+    def _release(self, proto: _Connection) -> None:
+        if self._closed or proto.should_close or not proto.is_connected():
+            proto.close()
+            return
+        self._idle.append((proto, time.monotonic()))
+        if self._sweeper is None:
+            loop = asyncio.get_running_loop()
+            self._sweeper = loop.call_later(KEEPALIVE_TIMEOUT, self._sweep)
+
+    def _sweep(self) -> None:
+        self._sweeper = None
+        deadline = time.monotonic() - KEEPALIVE_TIMEOUT
+        keep = []
+        for proto, since in self._idle:
+            if since > deadline and proto.is_connected():
+                keep.append((proto, since))
+            else:
+                proto.close()
+        self._idle = keep
+        if keep:
+            loop = asyncio.get_running_loop()
+            self._sweeper = loop.call_later(keep[0][1] - deadline, self._sweep)
+
+    def close(self) -> None:
+        """Close the idle connections; those in use close when their request ends."""
+        self._closed = True
+        if self._sweeper is not None:
+            self._sweeper.cancel()
+            self._sweeper = None
+        for proto, _ in self._idle:
+            proto.close()
+        self._idle.clear()
+
+
+async def _read_capped(payload: StreamReader, limit: int) -> bytes:
+    chunks: list[bytes] = []
+    size = 0
+    while True:
+        chunk = payload.read_nowait(-1) if payload.is_eof() else await payload.readany()
+        if not chunk:
+            if payload.at_eof():
+                return b"".join(chunks) if len(chunks) != 1 else chunks[0]
+            continue
+        size += len(chunk)
+        if size > limit:
+            raise BodyTooLarge(limit)
+        chunks.append(chunk)
+
+
+class Backends:
+    """The node's pools, one per backend origin (and TLS context), shared by the services
+    that use the same backend; closed with the node."""
+
+    def __init__(self, *, limit: int = 256) -> None:
+        self._limit = limit
+        self._pools: dict[tuple[str, ssl.SSLContext | None], BackendPool] = {}
+
+    def pool(self, url: URL, tls: ssl.SSLContext | None = None) -> BackendPool:
+        key = (str(url.origin()), tls)
+        pool = self._pools.get(key)
+        if pool is None:
+            pool = self._pools[key] = BackendPool(url.origin(), limit=self._limit, tls=tls)
+        return pool
+
+    def close(self) -> None:
+        for pool in self._pools.values():
+            pool.close()
+        self._pools.clear()
