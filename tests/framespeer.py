@@ -13,7 +13,7 @@ from urllib.parse import urlsplit
 import aiohttp
 from cryptography.hazmat.primitives.serialization import Encoding
 
-from xroad_hub.node.framelistener import FrameListener
+from xroad_hub.node.framelistener import FrameConnection, FrameListener
 from xroad_hub.node.peer import PeerTransport
 from xroad_hub.node.tls import peer_client_context, peer_server_context
 from xroad_hub.pki import CertPaths, load_cert
@@ -32,6 +32,7 @@ __all__ = [
     "client_transport",
     "echo",
     "fingerprint",
+    "new_connection",
     "open_frames",
     "provider_context",
     "provider_entry",
@@ -65,6 +66,14 @@ async def open_frames(
     reader, writer = await asyncio.open_connection(u.hostname, u.port, ssl=ctx)
     assert writer.get_extra_info("ssl_object").selected_alpn_protocol() == ALPN
     return reader, writer
+
+
+async def new_connection(provider: FrameListener, known: set[FrameConnection]) -> FrameConnection:
+    """The provider's side of the connection a test just opened (one not in ``known``)."""
+    async with asyncio.timeout(10):
+        while not (new := [c for c in provider.connections if c not in known]):  # noqa: ASYNC110
+            await asyncio.sleep(0.01)
+    return new[0]
 
 
 def provider_context(fed: Fed) -> ssl.SSLContext:

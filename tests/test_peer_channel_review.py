@@ -30,6 +30,7 @@ from .framespeer import (
     client_transport,
     echo,
     fingerprint,
+    new_connection,
     open_frames,
     provider_context,
     provider_entry,
@@ -99,10 +100,7 @@ async def test_a_peer_that_does_not_read_its_answers_gets_no_more_of_them_buffer
     known = set(provider.connections)
     reader, writer = await unread_connection(fed)
     try:
-        async with asyncio.timeout(10):
-            while not (new := [c for c in provider.connections if c not in known]):  # noqa: ASYNC110
-                await asyncio.sleep(0.01)
-        conn = new[0]
+        conn = await new_connection(provider, known)
         assert conn.fingerprint == dga and conn.transport is not None
         conn.transport.get_extra_info("socket").setsockopt(
             socket.SOL_SOCKET, socket.SO_SNDBUF, 4096
@@ -257,11 +255,9 @@ async def test_refusals_wait_for_a_peer_that_does_not_read_them(fed: Fed, monkey
     reader, writer = await unread_connection(fed)
     sent = 20_000
     try:
-        async with asyncio.timeout(10):
-            while not (new := [c for c in provider.connections if c not in known]):  # noqa: ASYNC110
-                await asyncio.sleep(0.01)
-        assert new[0].transport is not None
-        new[0].transport.get_extra_info("socket").setsockopt(
+        conn = await new_connection(provider, known)
+        assert conn.transport is not None
+        conn.transport.get_extra_info("socket").setsockopt(
             socket.SOL_SOCKET, socket.SO_SNDBUF, 4096
         )
         writer.write(b"".join(frame_head(0, s, REQUEST) for s in range(1, 2 * sent, 2)))
@@ -293,10 +289,7 @@ async def test_a_frame_held_back_while_its_peer_does_not_read_is_not_a_stall(fed
     known = set(provider.connections)
     reader, writer = await open_frames(fed, fed.pki.node_auth(DGA))
     try:
-        async with asyncio.timeout(10):
-            while not (new := [c for c in provider.connections if c not in known]):  # noqa: ASYNC110
-                await asyncio.sleep(0.01)
-        conn = new[0]
+        conn = await new_connection(provider, known)
         envelope = await signed_envelope(fed, b"b" * 1000)
         frame = frame_head(len(envelope), 1, REQUEST) + envelope
         writer.write(frame[: len(frame) // 2])
@@ -361,10 +354,7 @@ async def test_a_frame_trickled_a_byte_at_a_time_is_cut_off(fed: Fed) -> None:
     reader, writer = await open_frames(fed, fed.pki.node_auth(DGA))
     closed = asyncio.create_task(until_closed(reader))
     try:
-        async with asyncio.timeout(10):
-            while not (new := [c for c in provider.connections if c not in known]):  # noqa: ASYNC110
-                await asyncio.sleep(0.01)
-        conn = new[0]
+        conn = await new_connection(provider, known)
         envelope = await signed_envelope(fed, b"t" * 3000)
         frame = frame_head(len(envelope), 1, REQUEST) + envelope
         writer.write(frame[:100])
@@ -412,10 +402,7 @@ async def test_a_stopping_provider_answers_the_exchanges_it_serves_beside_a_part
     reader, writer = await open_frames(fed, fed.pki.node_auth(DGA))
     stopping = None
     try:
-        async with asyncio.timeout(10):
-            while not (new := [c for c in provider.connections if c not in known]):  # noqa: ASYNC110
-                await asyncio.sleep(0.01)
-        conn = new[0]
+        conn = await new_connection(provider, known)
         served = await signed_envelope(fed, b"served")
         half = await signed_envelope(fed, b"h" * 2000)
         writer.write(frame_head(len(served), 1, REQUEST) + served)
