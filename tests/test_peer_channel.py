@@ -143,7 +143,7 @@ async def test_a_registered_node_that_breaks_the_framing_is_cut_off(
 async def test_a_frame_that_keeps_arriving_is_served_however_long_it_takes(fed: Fed, http) -> None:
     """The body timeout (1.5 s here) is for a peer that stalls mid-frame, not for a frame
     that takes long on a slow or busy link: cutting it would take every other exchange of
-    the connection with it (CI saw an honest exchange lost so, behind 1 MB frames)."""
+    the connection with it."""
     limit = fed.federation.nodes[DBD].config.body_timeout
     reader, writer = await open_frames(fed, fed.pki.node_auth(DGA))
     try:

@@ -283,7 +283,7 @@ async def test_a_frame_held_back_while_its_peer_does_not_read_is_not_a_stall(fed
     flow control, played here by the test, as when the peer is busy); a frame it had
     begun then waits without the peer being to blame: once writing resumes, the frame is
     completed and served, however long the pause took, instead of the connection being cut
-    with every exchange on it (CI saw that, behind 1 MB echoes)."""
+    with every exchange on it."""
     provider = provider_frames(fed)
     limit = fed.federation.nodes[DBD].config.body_timeout
     known = set(provider.connections)
