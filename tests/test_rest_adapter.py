@@ -459,3 +459,35 @@ async def test_waiting_for_a_connection_counts_in_the_timeout(serve) -> None:
         assert (await adapter.handle(_req(path="/after"))).body == b"/after"
     finally:
         backends.close()
+
+
+async def test_credentials_in_the_backend_url_are_sent(raw_server) -> None:
+    # A backend behind basic authentication is configured as http://user:password@host/...
+    # (clients' own Authorization headers never pass): aiohttp sent those credentials, and
+    # the adapter's own pool must too, for that service only, in place of any client's.
+    seen: list[bytes] = []
+
+    async def handle(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        while True:
+            try:
+                head = await _read_head(reader)
+            except asyncio.IncompleteReadError:
+                break
+            seen.append(
+                next(
+                    (line for line in head.split(b"\r\n") if line.startswith(b"Authorization")), b""
+                )
+            )
+            writer.write(b"HTTP/1.1 200 OK\r\nContent-Length: 0\r\n\r\n")
+        writer.close()
+
+    url = await raw_server(handle)
+    backends = Backends()
+    with_auth = RestAdapter(url.replace("//", "//svc:p%40ss@"), backends=backends)
+    without = RestAdapter(url, backends=backends)
+    try:
+        await with_auth.handle(_req(path="/a", headers=[("Authorization", "Bearer client")]))
+        await without.handle(_req(path="/b"))
+    finally:
+        backends.close()
+    assert seen == [b"Authorization: Basic c3ZjOnBAc3M=", b""]
