@@ -58,6 +58,8 @@ _TICK: Final = 0.05
 _COALESCE: Final = 2**16
 
 _CONTROL: Final = re.compile(r"[\x00-\x08\x0a-\x1f\x7f]")
+# RFC 9110 token: what a method and a field name are made of.
+_TOKEN: Final = re.compile(r"[!#$%&'*+\-.^_`|~0-9A-Za-z]+")
 
 _default_tls: ssl.SSLContext | None = None
 
@@ -181,10 +183,18 @@ class BackendPool:
     def _head(
         self, method: str, target: str, headers: Iterable[tuple[str, str]], body: bytes
     ) -> bytes:
+        # A method or a field name of other characters (a space, a colon, a non-ASCII letter)
+        # would be read by a lenient backend as another target or another field: one named
+        # "Transfer-Encoding " next to this client's Content-Length frames the body otherwise.
+        # aiohttp refused such methods; the node refuses both before any adapter runs.
+        if not _TOKEN.fullmatch(method):
+            raise UnsafeRequest("the request method is not an HTTP token")
         parts = [method, " ", target, " HTTP/1.1\r\n", self._host_header]
         lines = 3  # the request line, Host and the empty line that ends the head
         accept = False
         for name, value in headers:
+            if not _TOKEN.fullmatch(name):
+                raise UnsafeRequest("a header name is not an HTTP token")
             low = name.lower()
             if low in _OWN_HEADERS:
                 continue

@@ -491,3 +491,27 @@ async def test_credentials_in_the_backend_url_are_sent(raw_server) -> None:
     finally:
         backends.close()
     assert seen == [b"Authorization: Basic c3ZjOnBAc3M=", b""]
+
+
+async def test_method_and_header_names_that_are_not_tokens_are_refused(raw_server) -> None:
+    # Used on its own, the adapter gets whatever its caller gives: a method or a header name
+    # that is not an HTTP token would change the request line or the framing a lenient
+    # backend reads (``Transfer-Encoding `` next to this client's Content-Length).
+    reached: list[bytes] = []
+
+    async def handle(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        reached.append(await reader.read(65536))
+        writer.write(b"HTTP/1.1 200 OK\r\nContent-Length: 0\r\nConnection: close\r\n\r\n")
+        writer.close()
+
+    url = await raw_server(handle)
+    for request in (
+        _req("GET /admin?", "/x"),
+        _req("GÉT", "/x"),
+        _req("POST", "/x", headers=[("Transfer-Encoding ", "chunked")], body=b"0\r\n\r\n"),
+        _req("GET", "/x", headers=[("X-A: 1, Content-Length", "5")]),
+    ):
+        with pytest.raises(XRoadError) as err:
+            await _call(url, request)
+        assert err.value.code == "Server.ServerProxy.InvalidMessage", request
+    assert reached == []
