@@ -106,10 +106,10 @@ class RestAdapter:
     def _failed(self, code: str, message: str, exc: BaseException) -> XRoadError:
         # Internal addresses and library messages stay in this node's log, under the id the
         # client is given; a foreign client learns only what kind of failure it was.
+        # The backend's URL without its credentials, if it has any.
         err = XRoadError.server_proxy(code, message)
-        log.warning(
-            "adapter.failed", detail=err.detail, backend=str(self._base), error=loggable_error(exc)
-        )
+        backend = str(self._base.with_user(None))
+        log.warning("adapter.failed", detail=err.detail, backend=backend, error=loggable_error(exc))
         return err
 
     async def close(self) -> None:

@@ -10,6 +10,7 @@ from collections.abc import AsyncIterator, Awaitable, Callable
 from pathlib import Path
 
 import pytest
+import structlog.testing
 from aiohttp import web
 
 from adapters import AdapterRequest, RestAdapter
@@ -515,3 +516,16 @@ async def test_method_and_header_names_that_are_not_tokens_are_refused(raw_serve
             await _call(url, request)
         assert err.value.code == "Server.ServerProxy.InvalidMessage", request
     assert reached == []
+
+
+async def test_backend_credentials_stay_out_of_the_log(raw_server) -> None:
+    # The failure's log line names the backend; the password in its URL is not the log's.
+    async def handle(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        writer.close()  # no answer: a failure, logged
+
+    url = (await raw_server(handle)).replace("//", "//svc:s3cret@") + "/base"
+    with structlog.testing.capture_logs() as logs, pytest.raises(XRoadError):
+        await _call(url, _req(path="/x"))
+    failed = [entry for entry in logs if entry["event"] == "adapter.failed"]
+    assert failed and "s3cret" not in repr(failed)
+    assert failed[0]["backend"] == url.replace("svc:s3cret@", "")
