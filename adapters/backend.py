@@ -80,6 +80,16 @@ class _Connection(ResponseHandler):
     """aiohttp's client protocol, and what its parser was made for."""
 
     parser_for_head: bool | None = None  # None: no parser yet
+    idle = False
+
+    def data_received(self, data: bytes) -> None:
+        # Nothing is asked on an idle connection, so nothing may come: bytes that do (a late
+        # second answer, begun) would be read by the next request as its answer. The parser
+        # keeps an answer's unfinished head unseen, so the connection ends here instead.
+        if self.idle and data:
+            self.close()
+            return
+        super().data_received(data)
 
 
 class BackendPool:
@@ -285,6 +295,7 @@ class BackendPool:
             proto, _ = self._idle.pop()  # the most recent: the least likely to be closed
             # Not one the backend closed, or sent anything on unasked, while it was idle.
             if proto.is_connected() and not proto.should_close:
+                proto.idle = False
                 return proto, True
             proto.close()
         if self._closed:
@@ -311,6 +322,7 @@ class BackendPool:
         if self._closed or proto.should_close or not proto.is_connected():
             proto.close()
             return
+        proto.idle = True
         self._idle.append((proto, time.monotonic()))
         if self._sweeper is None:
             loop = asyncio.get_running_loop()

@@ -529,3 +529,44 @@ async def test_backend_credentials_stay_out_of_the_log(raw_server) -> None:
     failed = [entry for entry in logs if entry["event"] == "adapter.failed"]
     assert failed and "s3cret" not in repr(failed)
     assert failed[0]["backend"] == url.replace("svc:s3cret@", "")
+
+
+async def test_bytes_a_backend_sends_on_an_idle_connection_end_it(raw_server) -> None:
+    # A backend (or a proxy before it) that writes after its answer, a second answer to the
+    # same request begun while the connection was idle: the next request sent there, another
+    # client's maybe, would read that answer as its own. The connection is not reused.
+    next_request = asyncio.Event()
+    connections = 0
+
+    async def handle(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        nonlocal connections
+        connections += 1
+        first = connections == 1
+        while True:
+            try:
+                head = await _read_head(reader)
+            except asyncio.IncompleteReadError:
+                break
+            if b" /first " in head:
+                writer.write(b"HTTP/1.1 200 OK\r\nContent-Length: 5\r\n\r\nfirst")
+                await writer.drain()
+                await asyncio.sleep(0.05)
+                writer.write(b"HTTP/1.1 500 Stale\r\n")  # the rest comes later
+                await writer.drain()
+                continue
+            if first:
+                next_request.set()
+                writer.write(b"Content-Length: 0\r\n\r\n")
+            writer.write(b"HTTP/1.1 200 OK\r\nContent-Length: 6\r\n\r\nsecond")
+            await writer.drain()
+        writer.close()
+
+    adapter = RestAdapter(await raw_server(handle))
+    try:
+        assert (await adapter.handle(_req(path="/first"))).body == b"first"
+        await asyncio.sleep(0.15)  # the stray bytes arrive on the idle connection
+        answer = await adapter.handle(_req(path="/second"))
+        assert (answer.status, answer.body) == (200, b"second")
+    finally:
+        await adapter.close()
+    assert not next_request.is_set()
