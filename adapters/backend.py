@@ -54,6 +54,8 @@ _OWN_HEADERS: Final = frozenset(("host", "content-length", "transfer-encoding", 
 # How late a total timeout may strike (aiohttp rounds timeouts of 5 s and more up to the
 # next whole second).
 _TICK: Final = 0.05
+# aiohttp's default delay before a connection attempt to a name's next address.
+_HAPPY_EYEBALLS_DELAY: Final = 0.25
 # Head and body go out in one write below this size (one segment on loopback).
 _COALESCE: Final = 2**16
 
@@ -309,6 +311,10 @@ class BackendPool:
                     self._port,
                     ssl=self._tls,
                     server_hostname=self._host if self._tls is not None else None,
+                    # A name's next address is tried when one has not answered after this
+                    # long, as aiohttp does (RFC 8305): a dropped one (IPv6 behind a firewall)
+                    # would otherwise take the whole connect timeout, and the request with it.
+                    happy_eyeballs_delay=_HAPPY_EYEBALLS_DELAY,
                 )
         except TimeoutError:
             raise

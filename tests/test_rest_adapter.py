@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import socket
 import ssl
 from collections.abc import AsyncIterator, Awaitable, Callable
 from pathlib import Path
@@ -570,3 +571,42 @@ async def test_bytes_a_backend_sends_on_an_idle_connection_end_it(raw_server) ->
     finally:
         await adapter.close()
     assert not next_request.is_set()
+
+
+async def test_an_address_that_never_answers_does_not_cost_the_backend(serve, monkeypatch) -> None:
+    # A backend's name resolving to an address whose packets are dropped (IPv6 behind a
+    # firewall, a retired host) before one that works: the next address is tried while the
+    # first still has no answer, as aiohttp did (happy eyeballs, RFC 8305), instead of the
+    # connect timeout going on the first and the request failing.
+    async def here(request: web.Request) -> web.Response:
+        return web.Response(text="here")
+
+    app = web.Application()
+    app.router.add_get("/{tail:.*}", here)
+    port = int((await serve(app)).rsplit(":", 1)[1])
+    # A listener that never accepts, its queue full: its connections' SYNs are dropped.
+    silent = socket.socket()
+    silent.bind(("127.0.0.1", 0))
+    silent.listen(0)
+    silent.setblocking(False)
+    fillers = []
+    for _ in range(3):
+        filler = socket.socket()
+        filler.setblocking(False)
+        filler.connect_ex(silent.getsockname())
+        fillers.append(filler)
+    await asyncio.sleep(0.1)
+    loop = asyncio.get_running_loop()
+
+    async def getaddrinfo(host: str, *args: object, **kw: object) -> list[tuple]:
+        assert host == "backend.test"
+        tcp = (socket.AF_INET, socket.SOCK_STREAM, socket.IPPROTO_TCP, "")
+        return [(*tcp, silent.getsockname()), (*tcp, ("127.0.0.1", port))]
+
+    monkeypatch.setattr(loop, "getaddrinfo", getaddrinfo)
+    try:
+        answer = await _call(f"http://backend.test:{port}", _req(path="/x"), timeout=3)
+        assert answer.body == b"here"
+    finally:
+        for s in (silent, *fillers):
+            s.close()
