@@ -104,6 +104,9 @@ class BackendPool:
         self._host = origin.raw_host
         self._port = origin.port
         self._tls = (tls or _verified_tls()) if origin.scheme == "https" else None
+        # The name checked against the certificate and sent (SNI): an absolute name's trailing
+        # dot is no part of it (certificates name hosts without), as aiohttp strips it.
+        self._tls_name = self._host.rstrip(".") if self._tls is not None else None
         # As aiohttp forms it: the port only when it is not the scheme's default.
         self._host_header = f"Host: {origin.host_port_subcomponent}\r\n"
         # Open connections: in use (``_busy``, at most ``limit``), and idle. Requests beyond
@@ -310,7 +313,7 @@ class BackendPool:
                     self._host,
                     self._port,
                     ssl=self._tls,
-                    server_hostname=self._host if self._tls is not None else None,
+                    server_hostname=self._tls_name,
                     # A name's next address is tried when one has not answered after this
                     # long, as aiohttp does (RFC 8305): a dropped one (IPv6 behind a firewall)
                     # would otherwise take the whole connect timeout, and the request with it.

@@ -610,3 +610,39 @@ async def test_an_address_that_never_answers_does_not_cost_the_backend(serve, mo
     finally:
         for s in (silent, *fillers):
             s.close()
+
+
+async def test_https_backend_named_with_a_trailing_dot(tmp_path: Path, monkeypatch) -> None:
+    # An absolute name (``backend.example.`` spares the resolver its search domains) is the
+    # same host: certificates name it without the dot, so the name checked and sent (SNI) is
+    # the one without it, as aiohttp had it.
+    ca, server, _, _ = _tls_material(tmp_path)
+    server_ctx = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
+    server_ctx.load_cert_chain(f"{server}.pem", f"{server}.key")
+    names: list[str | None] = []
+    server_ctx.sni_callback = lambda sock, name, ctx: names.append(name)  # type: ignore[assignment]
+
+    async def handler(request: web.Request) -> web.Response:
+        return web.Response(text="ok")
+
+    app = web.Application()
+    app.router.add_get("/{tail:.*}", handler)
+    runner = web.AppRunner(app)
+    await runner.setup()
+    site = web.TCPSite(runner, "127.0.0.1", 0, ssl_context=server_ctx)
+    await site.start()
+    loop = asyncio.get_running_loop()
+    resolve = loop.getaddrinfo
+
+    async def getaddrinfo(host: str, *args: object, **kw: object) -> list[tuple]:
+        assert host == "localhost."
+        return await resolve("127.0.0.1", *args, **kw)  # type: ignore[arg-type]
+
+    monkeypatch.setattr(loop, "getaddrinfo", getaddrinfo)
+    try:
+        url = f"https://localhost.:{runner.addresses[0][1]}"
+        answer = await _call(url, _req(path="/"), tls=ssl.create_default_context(cafile=ca))
+        assert (answer.status, answer.body) == (200, b"ok")
+        assert names == ["localhost"]
+    finally:
+        await runner.cleanup()
