@@ -243,7 +243,7 @@ class BackendPool:
                 message, payload = await self._send(proto, method, head, body)
                 break
             except (aiohttp.ServerDisconnectedError, aiohttp.ClientOSError):
-                proto.close()
+                proto.abort()
                 # A kept-alive connection the backend had closed before answering: once
                 # more, on a new one.
                 if reused and retry:
@@ -251,12 +251,15 @@ class BackendPool:
                     continue
                 raise
             except BaseException:
-                proto.close()
+                # Aborted, not closed: a close waits until what is left of the body has been
+                # sent, for as long as the backend takes to read it (forever, stuck), the body
+                # held meanwhile, and the backend would get a request given up on.
+                proto.abort()
                 raise
         try:
             data = await _read_capped(payload, max_bytes)
         except BaseException:
-            proto.close()
+            proto.abort()  # as above: an early answer may have come before the whole body went
             raise
         self._release(proto)
         return message.code, tuple(message.headers.items()), data

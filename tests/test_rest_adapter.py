@@ -646,3 +646,30 @@ async def test_https_backend_named_with_a_trailing_dot(tmp_path: Path, monkeypat
         assert names == ["localhost"]
     finally:
         await runner.cleanup()
+
+
+async def test_a_request_given_up_on_is_not_sent_on(raw_server) -> None:
+    # A backend that stops reading (stuck) and a large body: when the request times out the
+    # connection goes at once, with what of the body was not yet sent. Closed gracefully, it
+    # stayed open until the backend read it all, the body held in memory meanwhile (one
+    # body per stuck request, up to the node's limit each), and the backend then got a
+    # whole request whose client had been told it failed.
+    gave_up = asyncio.Event()
+    received: asyncio.Future[int] = asyncio.get_running_loop().create_future()
+
+    async def handle(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        await _read_head(reader)
+        await gave_up.wait()
+        size = 0
+        with contextlib.suppress(ConnectionError):
+            while chunk := await reader.read(2**20):
+                size += len(chunk)
+        received.set_result(size)
+        writer.close()
+
+    body = b"x" * (32 * 2**20)
+    with pytest.raises(XRoadError) as err:
+        await _call(await raw_server(handle), _req("POST", "/", body=body), timeout=0.3)
+    assert "in time" in err.value.message
+    gave_up.set()
+    assert await asyncio.wait_for(received, 10) < len(body)
