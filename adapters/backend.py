@@ -332,7 +332,13 @@ class BackendPool:
 
     def _release(self, proto: _Connection) -> None:
         if self._closed or proto.should_close or not proto.is_connected():
-            proto.close()
+            transport = proto.transport
+            if transport is not None and transport.get_write_buffer_size():
+                # Answered before the whole body went (413 and close): what is left is not
+                # sent on, for as long as a backend that reads no more would take.
+                proto.abort()
+            else:
+                proto.close()
             return
         proto.idle = True
         self._idle.append((proto, time.monotonic()))

@@ -673,3 +673,28 @@ async def test_a_request_given_up_on_is_not_sent_on(raw_server) -> None:
     assert "in time" in err.value.message
     gave_up.set()
     assert await asyncio.wait_for(received, 10) < len(body)
+
+
+async def test_an_early_final_answer_ends_the_body(raw_server) -> None:
+    # A backend that answers before reading the body (413, Connection: close) and reads no
+    # more: the rest of the body is not sent on after the answer was taken (the connection
+    # would stay, the body held, until the backend read it all).
+    answered = asyncio.Event()
+    received: asyncio.Future[int] = asyncio.get_running_loop().create_future()
+
+    async def handle(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        await _read_head(reader)
+        writer.write(b"HTTP/1.1 413 Too Large\r\nContent-Length: 0\r\nConnection: close\r\n\r\n")
+        await answered.wait()
+        size = 0
+        with contextlib.suppress(ConnectionError):
+            while chunk := await reader.read(2**20):
+                size += len(chunk)
+        received.set_result(size)
+        writer.close()
+
+    body = b"x" * (32 * 2**20)
+    answer = await _call(await raw_server(handle), _req("POST", "/", body=body))
+    assert answer.status == 413
+    answered.set()
+    assert await asyncio.wait_for(received, 10) < len(body)
