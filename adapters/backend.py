@@ -54,10 +54,14 @@ _OWN_HEADERS: Final = frozenset(("host", "content-length", "transfer-encoding", 
 # How late a total timeout may strike (aiohttp rounds timeouts of 5 s and more up to the
 # next whole second).
 _TICK: Final = 0.05
+# aiohttp's default delay before a connection attempt to a name's next address.
+_HAPPY_EYEBALLS_DELAY: Final = 0.25
 # Head and body go out in one write below this size (one segment on loopback).
 _COALESCE: Final = 2**16
 
 _CONTROL: Final = re.compile(r"[\x00-\x08\x0a-\x1f\x7f]")
+# RFC 9110 token: what a method and a field name are made of.
+_TOKEN: Final = re.compile(r"[!#$%&'*+\-.^_`|~0-9A-Za-z]+")
 
 _default_tls: ssl.SSLContext | None = None
 
@@ -78,6 +82,16 @@ class _Connection(ResponseHandler):
     """aiohttp's client protocol, and what its parser was made for."""
 
     parser_for_head: bool | None = None  # None: no parser yet
+    idle = False
+
+    def data_received(self, data: bytes) -> None:
+        # Nothing is asked on an idle connection, so nothing may come: bytes that do (a late
+        # second answer, begun) would be read by the next request as its answer. The parser
+        # keeps an answer's unfinished head unseen, so the connection ends here instead.
+        if self.idle and data:
+            self.close()
+            return
+        super().data_received(data)
 
 
 class BackendPool:
@@ -90,6 +104,9 @@ class BackendPool:
         self._host = origin.raw_host
         self._port = origin.port
         self._tls = (tls or _verified_tls()) if origin.scheme == "https" else None
+        # The name checked against the certificate and sent (SNI): an absolute name's trailing
+        # dot is no part of it (certificates name hosts without), as aiohttp strips it.
+        self._tls_name = self._host.rstrip(".") if self._tls is not None else None
         # As aiohttp forms it: the port only when it is not the scheme's default.
         self._host_header = f"Host: {origin.host_port_subcomponent}\r\n"
         # Open connections: in use (``_busy``, at most ``limit``), and idle. Requests beyond
@@ -181,10 +198,18 @@ class BackendPool:
     def _head(
         self, method: str, target: str, headers: Iterable[tuple[str, str]], body: bytes
     ) -> bytes:
+        # A method or a field name of other characters (a space, a colon, a non-ASCII letter)
+        # would be read by a lenient backend as another target or another field: one named
+        # "Transfer-Encoding " next to this client's Content-Length frames the body otherwise.
+        # aiohttp refused such methods; the node refuses both before any adapter runs.
+        if not _TOKEN.fullmatch(method):
+            raise UnsafeRequest("the request method is not an HTTP token")
         parts = [method, " ", target, " HTTP/1.1\r\n", self._host_header]
         lines = 3  # the request line, Host and the empty line that ends the head
         accept = False
         for name, value in headers:
+            if not _TOKEN.fullmatch(name):
+                raise UnsafeRequest("a header name is not an HTTP token")
             low = name.lower()
             if low in _OWN_HEADERS:
                 continue
@@ -218,7 +243,7 @@ class BackendPool:
                 message, payload = await self._send(proto, method, head, body)
                 break
             except (aiohttp.ServerDisconnectedError, aiohttp.ClientOSError):
-                proto.close()
+                proto.abort()
                 # A kept-alive connection the backend had closed before answering: once
                 # more, on a new one.
                 if reused and retry:
@@ -226,12 +251,15 @@ class BackendPool:
                     continue
                 raise
             except BaseException:
-                proto.close()
+                # Aborted, not closed: a close waits until what is left of the body has been
+                # sent, for as long as the backend takes to read it (forever, stuck), the body
+                # held meanwhile, and the backend would get a request given up on.
+                proto.abort()
                 raise
         try:
             data = await _read_capped(payload, max_bytes)
         except BaseException:
-            proto.close()
+            proto.abort()  # as above: an early answer may have come before the whole body went
             raise
         self._release(proto)
         return message.code, tuple(message.headers.items()), data
@@ -275,6 +303,7 @@ class BackendPool:
             proto, _ = self._idle.pop()  # the most recent: the least likely to be closed
             # Not one the backend closed, or sent anything on unasked, while it was idle.
             if proto.is_connected() and not proto.should_close:
+                proto.idle = False
                 return proto, True
             proto.close()
         if self._closed:
@@ -287,7 +316,11 @@ class BackendPool:
                     self._host,
                     self._port,
                     ssl=self._tls,
-                    server_hostname=self._host if self._tls is not None else None,
+                    server_hostname=self._tls_name,
+                    # A name's next address is tried when one has not answered after this
+                    # long, as aiohttp does (RFC 8305): a dropped one (IPv6 behind a firewall)
+                    # would otherwise take the whole connect timeout, and the request with it.
+                    happy_eyeballs_delay=_HAPPY_EYEBALLS_DELAY,
                 )
         except TimeoutError:
             raise
@@ -299,8 +332,15 @@ class BackendPool:
 
     def _release(self, proto: _Connection) -> None:
         if self._closed or proto.should_close or not proto.is_connected():
-            proto.close()
+            transport = proto.transport
+            if transport is not None and transport.get_write_buffer_size():
+                # Answered before the whole body went (413 and close): what is left is not
+                # sent on, for as long as a backend that reads no more would take.
+                proto.abort()
+            else:
+                proto.close()
             return
+        proto.idle = True
         self._idle.append((proto, time.monotonic()))
         if self._sweeper is None:
             loop = asyncio.get_running_loop()

@@ -50,6 +50,15 @@ class RestAdapter:
         self._max = max_response_bytes
         # Per request only the path and query are new: the rest is formed once.
         self._raw_path = self._base.raw_path.rstrip("/")
+        # Credentials in the URL (http://user:password@host/...) are the service's own, sent
+        # with each of its requests as aiohttp sent them, in place of any the caller gave;
+        # the pool is the origin's, shared with services that have other credentials or none.
+        self._auth: tuple[str, str] | None = None
+        if self._base.raw_user is not None or self._base.raw_password is not None:
+            credentials = aiohttp.encode_basic_auth(
+                self._base.user or "", self._base.password or ""
+            )
+            self._auth = ("Authorization", credentials)
         self._own = backends is None
         self._backends = Backends() if backends is None else backends
         self._pool = self._backends.pool(self._base, tls)
@@ -68,11 +77,14 @@ class RestAdapter:
         target = (self._raw_path + request.path) or "/"
         if request.query:
             target += "?" + request.query
+        headers = request.headers
+        if self._auth is not None:
+            headers = (*(h for h in headers if h[0].lower() != "authorization"), self._auth)
         try:
-            status, headers, body = await self._pool.request(
+            status, answer_headers, body = await self._pool.request(
                 request.method,
                 target,
-                request.headers,
+                headers,
                 request.body,
                 total=self._timeout,
                 connect=self._connect_timeout,
@@ -89,15 +101,15 @@ class RestAdapter:
         except (aiohttp.ClientError, HttpProcessingError) as exc:
             # A broken body, or an answer that is not HTTP/1.1.
             raise self._failed("ServiceFailed", "the service failed", exc) from exc
-        return AdapterResponse(status, headers, body)
+        return AdapterResponse(status, answer_headers, body)
 
     def _failed(self, code: str, message: str, exc: BaseException) -> XRoadError:
         # Internal addresses and library messages stay in this node's log, under the id the
         # client is given; a foreign client learns only what kind of failure it was.
+        # The backend's URL without its credentials, if it has any.
         err = XRoadError.server_proxy(code, message)
-        log.warning(
-            "adapter.failed", detail=err.detail, backend=str(self._base), error=loggable_error(exc)
-        )
+        backend = str(self._base.with_user(None))
+        log.warning("adapter.failed", detail=err.detail, backend=backend, error=loggable_error(exc))
         return err
 
     async def close(self) -> None:

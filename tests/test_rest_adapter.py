@@ -5,11 +5,13 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import socket
 import ssl
 from collections.abc import AsyncIterator, Awaitable, Callable
 from pathlib import Path
 
 import pytest
+import structlog.testing
 from aiohttp import web
 
 from adapters import AdapterRequest, RestAdapter
@@ -459,3 +461,240 @@ async def test_waiting_for_a_connection_counts_in_the_timeout(serve) -> None:
         assert (await adapter.handle(_req(path="/after"))).body == b"/after"
     finally:
         backends.close()
+
+
+async def test_credentials_in_the_backend_url_are_sent(raw_server) -> None:
+    # A backend behind basic authentication is configured as http://user:password@host/...
+    # (clients' own Authorization headers never pass): aiohttp sent those credentials, and
+    # the adapter's own pool must too, for that service only, in place of any client's.
+    seen: list[bytes] = []
+
+    async def handle(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        while True:
+            try:
+                head = await _read_head(reader)
+            except asyncio.IncompleteReadError:
+                break
+            seen.append(
+                next(
+                    (line for line in head.split(b"\r\n") if line.startswith(b"Authorization")), b""
+                )
+            )
+            writer.write(b"HTTP/1.1 200 OK\r\nContent-Length: 0\r\n\r\n")
+        writer.close()
+
+    url = await raw_server(handle)
+    backends = Backends()
+    with_auth = RestAdapter(url.replace("//", "//svc:p%40ss@"), backends=backends)
+    without = RestAdapter(url, backends=backends)
+    try:
+        await with_auth.handle(_req(path="/a", headers=[("Authorization", "Bearer client")]))
+        await without.handle(_req(path="/b"))
+    finally:
+        backends.close()
+    assert seen == [b"Authorization: Basic c3ZjOnBAc3M=", b""]
+
+
+async def test_method_and_header_names_that_are_not_tokens_are_refused(raw_server) -> None:
+    # Used on its own, the adapter gets whatever its caller gives: a method or a header name
+    # that is not an HTTP token would change the request line or the framing a lenient
+    # backend reads (``Transfer-Encoding `` next to this client's Content-Length).
+    reached: list[bytes] = []
+
+    async def handle(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        reached.append(await reader.read(65536))
+        writer.write(b"HTTP/1.1 200 OK\r\nContent-Length: 0\r\nConnection: close\r\n\r\n")
+        writer.close()
+
+    url = await raw_server(handle)
+    for request in (
+        _req("GET /admin?", "/x"),
+        _req("GÉT", "/x"),
+        _req("POST", "/x", headers=[("Transfer-Encoding ", "chunked")], body=b"0\r\n\r\n"),
+        _req("GET", "/x", headers=[("X-A: 1, Content-Length", "5")]),
+    ):
+        with pytest.raises(XRoadError) as err:
+            await _call(url, request)
+        assert err.value.code == "Server.ServerProxy.InvalidMessage", request
+    assert reached == []
+
+
+async def test_backend_credentials_stay_out_of_the_log(raw_server) -> None:
+    # The failure's log line names the backend; the password in its URL is not the log's.
+    async def handle(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        writer.close()  # no answer: a failure, logged
+
+    url = (await raw_server(handle)).replace("//", "//svc:s3cret@") + "/base"
+    with structlog.testing.capture_logs() as logs, pytest.raises(XRoadError):
+        await _call(url, _req(path="/x"))
+    failed = [entry for entry in logs if entry["event"] == "adapter.failed"]
+    assert failed and "s3cret" not in repr(failed)
+    assert failed[0]["backend"] == url.replace("svc:s3cret@", "")
+
+
+async def test_bytes_a_backend_sends_on_an_idle_connection_end_it(raw_server) -> None:
+    # A backend (or a proxy before it) that writes after its answer, a second answer to the
+    # same request begun while the connection was idle: the next request sent there, another
+    # client's maybe, would read that answer as its own. The connection is not reused.
+    next_request = asyncio.Event()
+    connections = 0
+
+    async def handle(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        nonlocal connections
+        connections += 1
+        first = connections == 1
+        while True:
+            try:
+                head = await _read_head(reader)
+            except asyncio.IncompleteReadError:
+                break
+            if b" /first " in head:
+                writer.write(b"HTTP/1.1 200 OK\r\nContent-Length: 5\r\n\r\nfirst")
+                await writer.drain()
+                await asyncio.sleep(0.05)
+                writer.write(b"HTTP/1.1 500 Stale\r\n")  # the rest comes later
+                await writer.drain()
+                continue
+            if first:
+                next_request.set()
+                writer.write(b"Content-Length: 0\r\n\r\n")
+            writer.write(b"HTTP/1.1 200 OK\r\nContent-Length: 6\r\n\r\nsecond")
+            await writer.drain()
+        writer.close()
+
+    adapter = RestAdapter(await raw_server(handle))
+    try:
+        assert (await adapter.handle(_req(path="/first"))).body == b"first"
+        await asyncio.sleep(0.15)  # the stray bytes arrive on the idle connection
+        answer = await adapter.handle(_req(path="/second"))
+        assert (answer.status, answer.body) == (200, b"second")
+    finally:
+        await adapter.close()
+    assert not next_request.is_set()
+
+
+async def test_an_address_that_never_answers_does_not_cost_the_backend(serve, monkeypatch) -> None:
+    # A backend's name resolving to an address whose packets are dropped (IPv6 behind a
+    # firewall, a retired host) before one that works: the next address is tried while the
+    # first still has no answer, as aiohttp did (happy eyeballs, RFC 8305), instead of the
+    # connect timeout going on the first and the request failing.
+    async def here(request: web.Request) -> web.Response:
+        return web.Response(text="here")
+
+    app = web.Application()
+    app.router.add_get("/{tail:.*}", here)
+    port = int((await serve(app)).rsplit(":", 1)[1])
+    # A listener that never accepts, its queue full: its connections' SYNs are dropped.
+    silent = socket.socket()
+    silent.bind(("127.0.0.1", 0))
+    silent.listen(0)
+    silent.setblocking(False)
+    fillers = []
+    for _ in range(3):
+        filler = socket.socket()
+        filler.setblocking(False)
+        filler.connect_ex(silent.getsockname())
+        fillers.append(filler)
+    await asyncio.sleep(0.1)
+    loop = asyncio.get_running_loop()
+
+    async def getaddrinfo(host: str, *args: object, **kw: object) -> list[tuple]:
+        assert host == "backend.test"
+        tcp = (socket.AF_INET, socket.SOCK_STREAM, socket.IPPROTO_TCP, "")
+        return [(*tcp, silent.getsockname()), (*tcp, ("127.0.0.1", port))]
+
+    monkeypatch.setattr(loop, "getaddrinfo", getaddrinfo)
+    try:
+        answer = await _call(f"http://backend.test:{port}", _req(path="/x"), timeout=3)
+        assert answer.body == b"here"
+    finally:
+        for s in (silent, *fillers):
+            s.close()
+
+
+async def test_https_backend_named_with_a_trailing_dot(tmp_path: Path, monkeypatch) -> None:
+    # An absolute name (``backend.example.`` spares the resolver its search domains) is the
+    # same host: certificates name it without the dot, so the name checked and sent (SNI) is
+    # the one without it, as aiohttp had it.
+    ca, server, _, _ = _tls_material(tmp_path)
+    server_ctx = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
+    server_ctx.load_cert_chain(f"{server}.pem", f"{server}.key")
+    names: list[str | None] = []
+    server_ctx.sni_callback = lambda sock, name, ctx: names.append(name)  # type: ignore[assignment]
+
+    async def handler(request: web.Request) -> web.Response:
+        return web.Response(text="ok")
+
+    app = web.Application()
+    app.router.add_get("/{tail:.*}", handler)
+    runner = web.AppRunner(app)
+    await runner.setup()
+    site = web.TCPSite(runner, "127.0.0.1", 0, ssl_context=server_ctx)
+    await site.start()
+    loop = asyncio.get_running_loop()
+    resolve = loop.getaddrinfo
+
+    async def getaddrinfo(host: str, *args: object, **kw: object) -> list[tuple]:
+        assert host == "localhost."
+        return await resolve("127.0.0.1", *args, **kw)  # type: ignore[arg-type]
+
+    monkeypatch.setattr(loop, "getaddrinfo", getaddrinfo)
+    try:
+        url = f"https://localhost.:{runner.addresses[0][1]}"
+        answer = await _call(url, _req(path="/"), tls=ssl.create_default_context(cafile=ca))
+        assert (answer.status, answer.body) == (200, b"ok")
+        assert names == ["localhost"]
+    finally:
+        await runner.cleanup()
+
+
+async def test_a_request_given_up_on_is_not_sent_on(raw_server) -> None:
+    # A backend that stops reading (stuck) and a large body: when the request times out the
+    # connection goes at once, with what of the body was not yet sent. Closed gracefully, it
+    # stayed open until the backend read it all, the body held in memory meanwhile (one
+    # body per stuck request, up to the node's limit each), and the backend then got a
+    # whole request whose client had been told it failed.
+    gave_up = asyncio.Event()
+    received: asyncio.Future[int] = asyncio.get_running_loop().create_future()
+
+    async def handle(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        await _read_head(reader)
+        await gave_up.wait()
+        size = 0
+        with contextlib.suppress(ConnectionError):
+            while chunk := await reader.read(2**20):
+                size += len(chunk)
+        received.set_result(size)
+        writer.close()
+
+    body = b"x" * (32 * 2**20)
+    with pytest.raises(XRoadError) as err:
+        await _call(await raw_server(handle), _req("POST", "/", body=body), timeout=0.3)
+    assert "in time" in err.value.message
+    gave_up.set()
+    assert await asyncio.wait_for(received, 10) < len(body)
+
+
+async def test_an_early_final_answer_ends_the_body(raw_server) -> None:
+    # A backend that answers before reading the body (413, Connection: close) and reads no
+    # more: the rest of the body is not sent on after the answer was taken (the connection
+    # would stay, the body held, until the backend read it all).
+    answered = asyncio.Event()
+    received: asyncio.Future[int] = asyncio.get_running_loop().create_future()
+
+    async def handle(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        await _read_head(reader)
+        writer.write(b"HTTP/1.1 413 Too Large\r\nContent-Length: 0\r\nConnection: close\r\n\r\n")
+        await answered.wait()
+        size = 0
+        with contextlib.suppress(ConnectionError):
+            while chunk := await reader.read(2**20):
+                size += len(chunk)
+        received.set_result(size)
+        writer.close()
+
+    body = b"x" * (32 * 2**20)
+    answer = await _call(await raw_server(handle), _req("POST", "/", body=body))
+    assert answer.status == 413
+    answered.set()
+    assert await asyncio.wait_for(received, 10) < len(body)
