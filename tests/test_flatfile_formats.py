@@ -9,6 +9,7 @@ import pytest
 
 from adapters.flatfile.dataset import Dataset, DataVersion
 from adapters.flatfile.errors import ExportRejected
+from adapters.flatfile.fixedwidth import FixedColumns
 from adapters.flatfile.layout import parse_layout
 from adapters.flatfile.loader import LoadResult, from_wire, load_export, resolve_layout, to_wire
 from xroad_hub.protocol.thaiid import with_check_digit
@@ -128,6 +129,59 @@ def test_broken_records_reported_per_record_never_served() -> None:
     assert result.valid == 40 - 6
     assert ds.query({"deed_no": "000003"}, 0, 10, 100).total == 0  # broken: not served
     assert ds.query({"deed_no": "000004"}, 0, 10, 100).total == 1
+
+
+def test_strided_numeric_columns_fitting_their_shape_or_not_are_judged_by_their_syntax() -> None:
+    """Numeric columns of a strided fixed-width file are first checked byte position by
+    byte position (``ValueType.shape``); values outside the shape, valid or not, are still
+    judged by the syntax, with the same reports."""
+    rai = [b"007", b"-07", b"+12", b"  7", b"07-", b"0-7", b"1 2", b"-  ", b"   ", b"999"]
+    value = [b"01234E", b"01234}", b"01234p", b"  123{", b"0123}4", b"01234E"]
+    lines = [fixed_record(i) for i in range(60)]
+    for i, r in enumerate(rai):
+        lines[i] = lines[i][:-3] + r
+    for i, v in enumerate(value):
+        lines[20 + i] = lines[20 + i][:51] + v + lines[20 + i][57:]
+    data = b"\r\n".join(lines) + b"\r\n"
+    result, ds = load(data, FIXED, max_bad_share=0.5)
+    assert result.framing.stride == 62
+    report = {b.line: (b.field, b.reason) for b in result.broken}
+    assert report == {
+        6: ("rai", "not an integer"),
+        7: ("rai", "not an integer"),
+        8: ("rai", "not an integer"),
+        25: ("value", "not a zoned number"),
+    }
+    assert [ds.record(i)["rai"] for i in (0, 1, 2, 3, 4, 8, 9)] == [7, -7, 12, 7, -7, None, 999]
+    assert [ds.record(20 + i)["value"] for i in (0, 1, 2, 3)] == [
+        "123.45",
+        "-123.40",
+        "-123.40",
+        "12.30",
+    ]
+
+    # One value out of the shape among values in it: the column is judged by its syntax.
+    lines = [fixed_record(i)[:-3] + (b"0-7" if i == 30 else b"-07") for i in range(60)]
+    result, _ = load(b"\r\n".join(lines) + b"\r\n", FIXED, max_bad_share=0.5)
+    assert [(b.line, b.field, b.reason) for b in result.broken] == [(31, "rai", "not an integer")]
+
+
+def test_strided_numeric_column_that_fits_its_shape_is_never_cut_into_values(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """The point of the shape: a million ``bytes`` objects not built (issue 15)."""
+    cut: list[str] = []
+    column_fn = FixedColumns._column_fn
+
+    def spy(self: FixedColumns, first: int, size: int) -> Any:
+        column = column_fn(self, first, size)
+        return lambda name: cut.append(name) or column(name)
+
+    monkeypatch.setattr(FixedColumns, "_column_fn", spy)
+    lines = [fixed_record(i)[:-3] + b"007" for i in range(60)]
+    result, _ = load(b"\r\n".join(lines) + b"\r\n", FIXED)
+    assert result.valid == 60 and result.broken_count == 0
+    assert "value" not in cut and "rai" not in cut and "owner" in cut
 
 
 def test_bad_share_rejects_the_whole_file() -> None:

@@ -173,3 +173,29 @@ def test_layout_errors_name_the_problem() -> None:
         parse_layout(
             {"format": "csv", "encoding": "utf-8", "keys": ["b"], "field": [{"name": "a"}]}
         )
+
+
+@pytest.mark.parametrize("type_name", ["integer", "decimal", "zoned"])
+def test_shape_admits_only_values_the_syntax_admits(type_name: str) -> None:
+    """A column that fits its type's shape is not matched against the syntax at all
+    (fixed-width loads): every value made of the shape's bytes must match it."""
+    import random
+    import re
+
+    vtype = value_type(type_name, scale=2)
+    assert vtype.shape is not None and vtype.syntax is not None
+    syntax = re.compile(vtype.syntax.encode())
+    rng = random.Random(15)
+    for width in range(1, 15):
+        shape = vtype.shape(width)
+        assert len(shape) == width
+        # Each allowed byte at each position (the rest at their first allowed byte), then
+        # random values across the whole product.
+        values = [
+            bytes(b if j == pos else shape[j][0] for j in range(width))
+            for pos in range(width)
+            for b in shape[pos]
+        ]
+        values += [bytes(rng.choice(allowed) for allowed in shape) for _ in range(2000)]
+        for v in values:
+            assert syntax.fullmatch(v), (type_name, v)

@@ -80,6 +80,9 @@ class Batch:
     # Bytes the charset cannot decode are somewhere in the batch: text fields are to be
     # checked value by value (CSV; fixed width and DBF are checked over the whole file).
     suspect_text: bool = False
+    # (field name, allowed bytes per byte position) -> whether every value of the batch is
+    # made of them, found without building the column; None where records are not strided.
+    fits: Callable[[str, tuple[bytes, ...]], bool] | None = None
 
     def line(self, recno: int) -> int:
         return self.line_of(recno) if self.line_of is not None else recno + 1

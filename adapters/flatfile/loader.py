@@ -70,6 +70,17 @@ class _Validator:
             for f in self.checked
             if f.vtype.syntax is not None
         }
+        # Bytes allowed per position in a column that is valid without a closer look
+        # (``ValueType.shape``): only fixed-width and DBF batches can tell (``Batch.fits``),
+        # and only the syntax is settled so (dates and ids are converted all the same).
+        self.shapes = {
+            f.name: f.vtype.shape(f.width)
+            for f in self.checked
+            if self.bytes_columns
+            and not f.vtype.semantic
+            and f.vtype.shape is not None
+            and f.width > 0
+        }
         # Values already found valid, per field, across batches: dates repeat a lot, and
         # each distinct value is converted once. Bounded: ids are mostly distinct.
         self.known_good: dict[str, set[bytes | str]] = {f.name: set() for f in self.checked}
@@ -102,14 +113,18 @@ class _Validator:
                     for i, reason in _undecodable(col, charset):
                         mark(i, reason)
             else:
-                col = batch.column(f.name)
-                if not f.vtype.semantic:
+                shape = self.shapes.get(f.name)
+                if shape is not None and batch.fits is not None and batch.fits(f.name, shape):
+                    pass  # every value fits the shape, so matches the syntax
+                elif not f.vtype.semantic:
+                    col = batch.column(f.name)
                     syntax, syntax_b = self.syntax[f.name]
                     for i in failing_values(col, syntax, syntax_b):
                         mark(i, self._reason(f, col[i]))
                 else:
                     # Dates and ids: converting each distinct value checks syntax and meaning
                     # at once (a column holds few distinct dates; ids are checked once each).
+                    col = batch.column(f.name)
                     refused = self._semantic(f, col)
                     if refused:
                         for i, v in enumerate(col):
