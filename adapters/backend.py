@@ -33,6 +33,7 @@ from aiohttp.http_exceptions import BadHttpMessage
 from aiohttp.streams import StreamReader
 from yarl import URL
 
+from xroad_hub.protocol.rest import is_token
 from xroad_hub.streams import BodyTooLarge
 
 __all__ = ["BackendPool", "Backends", "UnsafeRequest"]
@@ -60,8 +61,6 @@ _HAPPY_EYEBALLS_DELAY: Final = 0.25
 _COALESCE: Final = 2**16
 
 _CONTROL: Final = re.compile(r"[\x00-\x08\x0a-\x1f\x7f]")
-# RFC 9110 token: what a method and a field name are made of.
-_TOKEN: Final = re.compile(r"[!#$%&'*+\-.^_`|~0-9A-Za-z]+")
 
 _default_tls: ssl.SSLContext | None = None
 
@@ -202,13 +201,13 @@ class BackendPool:
         # would be read by a lenient backend as another target or another field: one named
         # "Transfer-Encoding " next to this client's Content-Length frames the body otherwise.
         # aiohttp refused such methods; the node refuses both before any adapter runs.
-        if not _TOKEN.fullmatch(method):
+        if not is_token(method):
             raise UnsafeRequest("the request method is not an HTTP token")
         parts = [method, " ", target, " HTTP/1.1\r\n", self._host_header]
         lines = 3  # the request line, Host and the empty line that ends the head
         accept = False
         for name, value in headers:
-            if not _TOKEN.fullmatch(name):
+            if not is_token(name):
                 raise UnsafeRequest("a header name is not an HTTP token")
             low = name.lower()
             if low in _OWN_HEADERS:

@@ -8,6 +8,7 @@ import asyncio
 import contextlib
 import socket
 import ssl
+from collections.abc import AsyncIterator
 from urllib.parse import urlsplit
 
 import aiohttp
@@ -32,6 +33,7 @@ __all__ = [
     "client_transport",
     "echo",
     "fingerprint",
+    "incoming_frames",
     "new_connection",
     "open_frames",
     "provider_context",
@@ -124,6 +126,16 @@ async def echo(fed: Fed, http: aiohttp.ClientSession, body: bytes = b"") -> int:
     async with http.post(fed.url(DGA) + ECHO, data=body, headers=DEV) as r:
         await r.read()
         return r.status
+
+
+async def incoming_frames(reader: asyncio.StreamReader) -> AsyncIterator[Frame]:
+    """The frames a stand-in provider receives, until its client goes (or breaks TLS)."""
+    frames = FrameReader(1 << 20)
+    with contextlib.suppress(ConnectionError, ssl.SSLError):
+        while data := await reader.read(65536):
+            for event in frames.feed(data):
+                if isinstance(event, Frame):
+                    yield event
 
 
 async def until_closed(reader: asyncio.StreamReader) -> list[Frame]:

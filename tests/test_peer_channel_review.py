@@ -30,6 +30,7 @@ from .framespeer import (
     client_transport,
     echo,
     fingerprint,
+    incoming_frames,
     new_connection,
     open_frames,
     provider_context,
@@ -56,20 +57,14 @@ async def test_a_provider_connection_that_stalls_is_replaced(
         nonlocal connections
         connections += 1
         first = connections == 1
-        frames = FrameReader(1 << 20)
         try:
-            while data := await reader.read(65536):
-                for event in frames.feed(data):
-                    if not isinstance(event, Frame):
-                        continue
-                    if first:
-                        if stall == "half reply":
-                            writer.write(frame_head(100, event.head.stream, REPLY) + b"x" * 10)
-                        stalled.set()
-                        continue
-                    writer.writelines(encode_reply(event.head.stream, 200, "x/y", event.payload))
-        except (ConnectionError, ssl.SSLError):
-            pass
+            async for frame in incoming_frames(reader):
+                if first:
+                    if stall == "half reply":
+                        writer.write(frame_head(100, frame.head.stream, REPLY) + b"x" * 10)
+                    stalled.set()
+                    continue
+                writer.writelines(encode_reply(frame.head.stream, 200, "x/y", frame.payload))
         finally:
             writer.close()
 
@@ -142,16 +137,10 @@ async def test_an_answer_over_the_limit_fails_only_its_own_exchange(
     async def provider(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
         nonlocal connections
         connections += 1
-        frames = FrameReader(1 << 20)
         try:
-            while data := await reader.read(65536):
-                for event in frames.feed(data):
-                    if not isinstance(event, Frame):
-                        continue
-                    body = b"z" * (2 << 20) if event.payload == b"big" else event.payload
-                    writer.writelines(encode_reply(event.head.stream, 200, "x/y", body))
-        except (ConnectionError, ssl.SSLError):
-            pass
+            async for frame in incoming_frames(reader):
+                body = b"z" * (2 << 20) if frame.payload == b"big" else frame.payload
+                writer.writelines(encode_reply(frame.head.stream, 200, "x/y", body))
         finally:
             writer.close()
 

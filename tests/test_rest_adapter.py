@@ -67,6 +67,24 @@ async def _read_head(reader: asyncio.StreamReader) -> bytes:
     return await reader.readuntil(b"\r\n\r\n")
 
 
+async def _bytes_until_closed(reader: asyncio.StreamReader) -> int:
+    """How much more the client sends before the connection ends (closed or reset)."""
+    size = 0
+    with contextlib.suppress(ConnectionError):
+        while chunk := await reader.read(2**20):
+            size += len(chunk)
+    return size
+
+
+async def _heads(reader: asyncio.StreamReader) -> AsyncIterator[bytes]:
+    """The request heads a connection brings, until the client closes it."""
+    while True:
+        try:
+            yield await _read_head(reader)
+        except asyncio.IncompleteReadError:
+            return
+
+
 async def _call(url: str, request: AdapterRequest, **kw: object):
     adapter = RestAdapter(url, **kw)  # type: ignore[arg-type]
     try:
@@ -102,11 +120,7 @@ async def test_request_goes_out_as_the_adapter_sent_it(raw_server) -> None:
     heads: list[bytes] = []
 
     async def handle(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
-        while True:
-            try:
-                head = await _read_head(reader)
-            except asyncio.IncompleteReadError:
-                break
+        async for head in _heads(reader):
             length = next(
                 (
                     int(line[15:])
@@ -470,11 +484,7 @@ async def test_credentials_in_the_backend_url_are_sent(raw_server) -> None:
     seen: list[bytes] = []
 
     async def handle(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
-        while True:
-            try:
-                head = await _read_head(reader)
-            except asyncio.IncompleteReadError:
-                break
+        async for head in _heads(reader):
             seen.append(
                 next(
                     (line for line in head.split(b"\r\n") if line.startswith(b"Authorization")), b""
@@ -543,11 +553,7 @@ async def test_bytes_a_backend_sends_on_an_idle_connection_end_it(raw_server) ->
         nonlocal connections
         connections += 1
         first = connections == 1
-        while True:
-            try:
-                head = await _read_head(reader)
-            except asyncio.IncompleteReadError:
-                break
+        async for head in _heads(reader):
             if b" /first " in head:
                 writer.write(b"HTTP/1.1 200 OK\r\nContent-Length: 5\r\n\r\nfirst")
                 await writer.drain()
@@ -660,11 +666,7 @@ async def test_a_request_given_up_on_is_not_sent_on(raw_server) -> None:
     async def handle(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
         await _read_head(reader)
         await gave_up.wait()
-        size = 0
-        with contextlib.suppress(ConnectionError):
-            while chunk := await reader.read(2**20):
-                size += len(chunk)
-        received.set_result(size)
+        received.set_result(await _bytes_until_closed(reader))
         writer.close()
 
     body = b"x" * (32 * 2**20)
@@ -686,11 +688,7 @@ async def test_an_early_final_answer_ends_the_body(raw_server) -> None:
         await _read_head(reader)
         writer.write(b"HTTP/1.1 413 Too Large\r\nContent-Length: 0\r\nConnection: close\r\n\r\n")
         await answered.wait()
-        size = 0
-        with contextlib.suppress(ConnectionError):
-            while chunk := await reader.read(2**20):
-                size += len(chunk)
-        received.set_result(size)
+        received.set_result(await _bytes_until_closed(reader))
         writer.close()
 
     body = b"x" * (32 * 2**20)

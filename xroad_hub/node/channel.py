@@ -101,14 +101,7 @@ class FrameChannel(asyncio.Protocol):
                     # timer, or a leftover one would close the connection, busy or not.
                     if self._idle is not None:
                         self._idle.cancel()
-                    self._idle = asyncio.get_running_loop().call_later(
-                        IDLE_TIMEOUT, self._idle_close
-                    )
-
-    def _idle_close(self) -> None:
-        self._idle = None
-        if not self._streams:
-            self.close()
+                    self._idle = asyncio.get_running_loop().call_later(IDLE_TIMEOUT, self.close)
 
     def close(self) -> None:
         if self.transport is not None and not self.closed:

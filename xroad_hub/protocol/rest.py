@@ -43,6 +43,7 @@ __all__ = [
     "error_response",
     "filter_request_headers",
     "filter_response_headers",
+    "is_token",
     "parse_r1_target",
     "parse_represented_party",
     "request_hash",
@@ -159,8 +160,13 @@ def check_query(query: str) -> None:
         )
 
 
+def is_token(text: str) -> bool:
+    """Whether ``text`` is an RFC 9110 token: what a method and a field name are made of."""
+    return _TOKEN.fullmatch(text) is not None
+
+
 def check_method(method: str) -> None:
-    if not _TOKEN.fullmatch(method):
+    if not is_token(method):
         raise ProtocolError("BadRequest", "the request method is not an HTTP token")
 
 
@@ -173,7 +179,7 @@ def check_headers(headers: object) -> list[tuple[str, str]]:
         if not (isinstance(pair, list | tuple) and len(pair) == 2):
             raise ProtocolError("BadRequest", "headers must be a list of name/value pairs")
         name, value = pair
-        if not (isinstance(name, str) and isinstance(value, str)) or not _TOKEN.fullmatch(name):
+        if not (isinstance(name, str) and isinstance(value, str)) or not is_token(name):
             raise ProtocolError("BadRequest", "header name is not an HTTP token")
         if _BAD_VALUE.search(value):
             raise ProtocolError("BadRequest", f"header {name} holds control characters")
