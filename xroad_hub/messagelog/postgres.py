@@ -43,7 +43,7 @@ from xroad_hub.messagelog.groupcommit import GroupCommit, Pending
 from xroad_hub.messagelog.layout import COLUMNS as _COLUMNS
 from xroad_hub.messagelog.layout import SCHEMA_VERSION as _SCHEMA_VERSION
 from xroad_hub.messagelog.reader import BATCH, LogReader, LogReadError, Row, SQLLogReader
-from xroad_hub.messagelog.record import LogRecord, sha256_hex
+from xroad_hub.messagelog.record import LogRecord, cert_sha256_hex
 from xroad_hub.messagelog.store import LogError
 from xroad_hub.protocol import merkle
 
@@ -186,7 +186,7 @@ def _exchange_row(index: int, rec: LogRecord, leaf: bytes) -> tuple[Any, ...]:
         rec.issue, rec.represented_party, rec.method, rec.status, rec.error_type,
         rec.started_at, rec.finished_at, leaf, rec.request_meta, rec.request_signature,
         rec.response_meta, rec.response_signature, rec.request_body, rec.response_body,
-        sha256_hex(rec.request_cert), sha256_hex(rec.response_cert),
+        cert_sha256_hex(rec.request_cert), cert_sha256_hex(rec.response_cert),
         orjson.dumps(sorted(rec.subjects)).decode(),
     )  # fmt: skip
 
@@ -330,7 +330,7 @@ class PostgresMessageLog:
             subjects += ((subject, i) for subject in sorted(set(rec.subjects)))
             for cert in (rec.request_cert, rec.response_cert):
                 if cert is not None and cert not in self._known_certs:
-                    new_certs[hashlib.sha256(cert).hexdigest()] = cert
+                    new_certs[cert_sha256_hex(cert)] = cert
         try:
             # One transaction: the exchanges and the certificates their foreign keys need.
             async with self._conn.transaction():

@@ -4,15 +4,38 @@ from __future__ import annotations
 
 import hashlib
 from dataclasses import dataclass
+from typing import overload
 
 from xroad_hub.protocol.message import canonical
 
-__all__ = ["LogRecord", "sha256_hex"]
+__all__ = ["LogRecord", "cert_sha256_hex", "sha256_hex"]
 
 
 def sha256_hex(data: bytes | None) -> str | None:
     """Hex SHA-256 of ``data``, None for None: how the leaf and the tables name content."""
     return None if data is None else hashlib.sha256(data).hexdigest()
+
+
+# A node signs and verifies with a handful of certificates, each named by its digest in
+# every leaf and row it appears in (four times per exchange per node): hashed once each.
+_CERT_DIGESTS: dict[bytes, str] = {}
+_CERT_DIGESTS_MAX = 4096  # a bound for a log that somehow sees ever new certificates
+
+
+@overload
+def cert_sha256_hex(der: bytes) -> str: ...
+@overload
+def cert_sha256_hex(der: None) -> None: ...
+def cert_sha256_hex(der: bytes | None) -> str | None:
+    """``sha256_hex`` of a certificate, remembered."""
+    if der is None:
+        return None
+    digest = _CERT_DIGESTS.get(der)
+    if digest is None:
+        if len(_CERT_DIGESTS) >= _CERT_DIGESTS_MAX:
+            _CERT_DIGESTS.clear()
+        digest = _CERT_DIGESTS[der] = hashlib.sha256(der).hexdigest()
+    return digest
 
 
 @dataclass(frozen=True, slots=True)
@@ -66,8 +89,8 @@ class LogRecord:
                 "response_meta_sha256": sha256_hex(self.response_meta),
                 "response_signature_sha256": sha256_hex(self.response_signature),
                 "response_body_sha256": sha256_hex(self.response_body),
-                "request_cert_sha256": sha256_hex(self.request_cert),
-                "response_cert_sha256": sha256_hex(self.response_cert),
+                "request_cert_sha256": cert_sha256_hex(self.request_cert),
+                "response_cert_sha256": cert_sha256_hex(self.response_cert),
                 "subjects": sorted(self.subjects),
             }
         )

@@ -33,7 +33,7 @@ from xroad_hub.messagelog.groupcommit import Pending, ThreadedGroupCommit
 from xroad_hub.messagelog.layout import COLUMNS as _COLUMNS
 from xroad_hub.messagelog.layout import SCHEMA_VERSION as _SCHEMA_VERSION
 from xroad_hub.messagelog.reader import BATCH, LogReader, LogReadError, Row, SQLLogReader
-from xroad_hub.messagelog.record import LogRecord, sha256_hex
+from xroad_hub.messagelog.record import LogRecord, cert_sha256_hex
 from xroad_hub.messagelog.store import LogError
 from xroad_hub.privatefile import ensure_private
 from xroad_hub.protocol import merkle
@@ -196,12 +196,12 @@ class SQLiteMessageLog:
                 rec.user_id, rec.issue, rec.represented_party, rec.method, rec.status,
                 rec.error_type, rec.started_at, rec.finished_at, leaf, rec.request_meta,
                 rec.request_signature, rec.response_meta, rec.response_signature,
-                rec.request_body, rec.response_body, sha256_hex(rec.request_cert),
-                sha256_hex(rec.response_cert), orjson.dumps(sorted(rec.subjects)).decode(),
+                rec.request_body, rec.response_body, cert_sha256_hex(rec.request_cert),
+                cert_sha256_hex(rec.response_cert), orjson.dumps(sorted(rec.subjects)).decode(),
             )  # fmt: skip
             for cert in (rec.request_cert, rec.response_cert):
                 if cert is not None and cert not in self._known_certs:
-                    new_certs[sha256_hex(cert)] = cert
+                    new_certs[cert_sha256_hex(cert)] = cert
         try:
             if new_certs:
                 # Content-addressed, so storing one without its exchange (if the next
