@@ -25,8 +25,6 @@ X-Road error is rendered only at the edge, as a REST error body or a SOAP Fault.
 from __future__ import annotations
 
 import uuid
-from collections.abc import Iterator
-from contextlib import contextmanager
 
 __all__ = [
     "CLIENT",
@@ -115,11 +113,24 @@ class XRoadError(HubError):
         return {"type": self.code, "message": self.message, "detail": self.detail}
 
 
-@contextmanager
-def blame_on(side: str, *, context: str = "") -> Iterator[None]:
+class blame_on:
     """Inside this block, a protocol error is the fault of ``side``: it leaves as the X-Road
-    error with that prefix. X-Road errors already decided pass unchanged."""
-    try:
-        yield
-    except ProtocolError as exc:
-        raise XRoadError.blame(side, exc, context=context) from exc
+    error with that prefix. X-Road errors already decided pass unchanged.
+
+    A class, not a generator: several blocks per exchange on every node, and a
+    ``contextlib.contextmanager`` costs a generator and two objects each time."""
+
+    __slots__ = ("context", "side")
+
+    def __init__(self, side: str, *, context: str = "") -> None:
+        self.side = side
+        self.context = context
+
+    def __enter__(self) -> None:
+        return None
+
+    def __exit__(
+        self, kind: type[BaseException] | None, exc: BaseException | None, tb: object
+    ) -> None:
+        if isinstance(exc, ProtocolError):
+            raise XRoadError.blame(self.side, exc, context=self.context) from exc

@@ -9,9 +9,6 @@ client system (or one peer node) cannot take the memory and the parsing time oth
 
 from __future__ import annotations
 
-from collections.abc import Iterator
-from contextlib import contextmanager
-
 from aiohttp import web
 
 from xroad_hub.errors import XRoadError
@@ -34,8 +31,12 @@ class ClientLimits:
     def in_flight(self, key: str) -> tuple[int, int]:
         return self._count.get(key, 0), self._bytes.get(key, 0)
 
-    @contextmanager
-    def admit(self, key: str, reserve: int) -> Iterator[None]:
+    def admit(self, key: str, reserve: int) -> _Admission:
+        """A block holding one request of ``key`` and ``reserve`` bytes; entering it raises
+        TooManyRequests when ``key``'s share is taken."""
+        return _Admission(self, key, reserve)
+
+    def _take(self, key: str, reserve: int) -> None:
         count, used = self.in_flight(key)
         # One request is always admitted alone (its size is bounded by the body limit).
         if count >= self.max_concurrent or (count and used + reserve > self.max_bytes):
@@ -48,16 +49,35 @@ class ClientLimits:
             )
         self._count[key] = count + 1
         self._bytes[key] = used + reserve
-        try:
-            yield
-        finally:
-            count, used = self.in_flight(key)
-            if count <= 1:
-                self._count.pop(key, None)
-                self._bytes.pop(key, None)
-            else:
-                self._count[key] = count - 1
-                self._bytes[key] = used - reserve
+
+    def _release(self, key: str, reserve: int) -> None:
+        count, used = self.in_flight(key)
+        if count <= 1:
+            self._count.pop(key, None)
+            self._bytes.pop(key, None)
+        else:
+            self._count[key] = count - 1
+            self._bytes[key] = used - reserve
+
+
+class _Admission:
+    """``ClientLimits.admit``'s block (a class: one per exchange on each node, cheaper than
+    a generator-based context manager)."""
+
+    __slots__ = ("_held", "_key", "_limits", "_reserve")
+
+    def __init__(self, limits: ClientLimits, key: str, reserve: int) -> None:
+        self._limits, self._key, self._reserve = limits, key, reserve
+        self._held = False
+
+    def __enter__(self) -> None:
+        self._limits._take(self._key, self._reserve)
+        self._held = True
+
+    def __exit__(self, *exc: object) -> None:
+        if self._held:  # released once, however often it is left
+            self._held = False
+            self._limits._release(self._key, self._reserve)
 
 
 def body_reservation(request: web.Request, limit: int) -> int:

@@ -3,13 +3,13 @@
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import dataclasses
 import functools
 import os
 import time
 from collections.abc import Awaitable, Callable, Iterable, Iterator, Mapping
 from concurrent.futures import ThreadPoolExecutor
+from contextlib import AbstractContextManager
 from dataclasses import dataclass, field
 from types import MappingProxyType
 from typing import Any, ParamSpec, TypeVar
@@ -86,6 +86,18 @@ class _Generation:
         self.idle = asyncio.Event()
         self.idle.set()
 
+    # The lease of ServiceTable.lease: a class's methods rather than a generator-based
+    # context manager, as it is taken once per exchange.
+    def __enter__(self) -> Mapping[ServiceId, HostedService]:
+        self.users += 1
+        self.idle.clear()
+        return self.services
+
+    def __exit__(self, *exc: object) -> None:
+        self.users -= 1
+        if self.users == 0:
+            self.idle.set()
+
 
 class ServiceTable(Mapping[ServiceId, HostedService]):
     """The services a node serves now, replaced whole when an administrator changes them
@@ -107,17 +119,9 @@ class ServiceTable(Mapping[ServiceId, HostedService]):
     def __len__(self) -> int:
         return len(self._current.services)
 
-    @contextlib.contextmanager
-    def lease(self) -> Iterator[Mapping[ServiceId, HostedService]]:
-        gen = self._current
-        gen.users += 1
-        gen.idle.clear()
-        try:
-            yield gen.services
-        finally:
-            gen.users -= 1
-            if gen.users == 0:
-                gen.idle.set()
+    def lease(self) -> AbstractContextManager[Mapping[ServiceId, HostedService]]:
+        """The set in force now, held until the block ends."""
+        return self._current
 
     def swap(self, services: Mapping[ServiceId, HostedService]) -> None:
         old, self._current = self._current, _Generation(MappingProxyType(dict(services)))
