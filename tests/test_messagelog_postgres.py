@@ -4,6 +4,7 @@ schema names, several nodes in one database, the SQLite layout, and failing clos
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import inspect
 from pathlib import Path
 from typing import TYPE_CHECKING
@@ -228,6 +229,36 @@ async def test_small_and_large_batches_store_the_same_rows(pg_backend: PostgresB
         (row,) = await log.find(rec.message_id)
         want = dict(zip(pg._COLUMNS, pg._exchange_row(i, rec, rec.leaf()), strict=True))
         assert row == want
+
+
+async def test_a_small_batch_is_one_statement_all_or_nothing(pg_backend: PostgresBackend) -> None:
+    """A small batch stores its exchanges, their subjects and new certificates together in
+    one statement; when any part fails, none of it is stored and the append fails."""
+    log = await pg_backend.open()
+    first = dataclasses.replace(_rec(0), subjects=("1101700203450", "0105744622488"))
+    await asyncio.gather(log.append(first), log.append(_rec(1)))
+    conn = log._conn  # type: ignore[attr-defined]
+    s = pg_backend.schema
+    subjects = await conn.fetch(f'SELECT subject, leaf_index FROM "{s}".exchange_subject')
+    assert sorted(map(tuple, subjects)) == [("0105744622488", 0), ("1101700203450", 0)]
+    assert await conn.fetchval(f'SELECT count(*) FROM "{s}".certificate') == 1
+    # Entry 2 taken behind the writer's back: the next batch fails on its primary key.
+    await conn.execute(
+        f'INSERT INTO "{s}".exchange SELECT 2, message_id, request_id, role, client, service,'
+        " user_id, issue, represented_party, method, status, error_type, started_at,"
+        " finished_at, leaf, request_meta, request_signature, response_meta,"
+        " response_signature, request_body, response_body, request_cert_sha256,"
+        f' response_cert_sha256, subjects FROM "{s}".exchange WHERE leaf_index = 0'
+    )
+    doomed = dataclasses.replace(
+        _rec(2), subjects=("3100100123456",), response_cert=b"provider cert DER",
+        response_meta=b"{}", response_signature=b"sig",
+    )  # fmt: skip
+    with pytest.raises(LogError, match="message log write failed"):
+        await log.append(doomed)
+    assert await conn.fetchval(f'SELECT count(*) FROM "{s}".certificate') == 1
+    assert await conn.fetchval(f'SELECT count(*) FROM "{s}".exchange_subject') == 2
+    assert await conn.fetchval(f'SELECT count(*) FROM "{s}".exchange') == 3
 
 
 def test_every_method_of_the_interface_with_the_same_signature() -> None:
