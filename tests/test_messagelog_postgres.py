@@ -19,6 +19,7 @@ from xroad_hub.messagelog import sqlite as sq
 from xroad_hub.messagelog.postgres import PostgresMessageLog, validate_schema_name
 from xroad_hub.messagelog.store import LogError
 from xroad_hub.protocol import merkle
+from xroad_hub.protocol.message import MAX_CERT, MAX_META, MAX_SIGNATURE
 
 from .sqlite_db import sqlite_db
 
@@ -259,6 +260,41 @@ async def test_a_small_batch_is_one_statement_all_or_nothing(pg_backend: Postgre
     assert await conn.fetchval(f'SELECT count(*) FROM "{s}".certificate') == 1
     assert await conn.fetchval(f'SELECT count(*) FROM "{s}".exchange_subject') == 2
     assert await conn.fetchval(f'SELECT count(*) FROM "{s}".exchange') == 3
+
+
+async def test_a_few_exchanges_with_large_bodies_are_copied_not_one_statement(
+    pg_backend: PostgresBackend, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """PostgreSQL takes at most 1 GB in one protocol message: a small batch bound as ONE
+    statement carries every row's bodies in it (found: 4 exchanges of 2 x 140 MiB, which
+    the old per-row inserts and COPY store, made the server drop the connection, and with
+    it the writer lock, so the log failed closed until reopened). A batch whose bodies are
+    large goes in with COPY, one message per row, whatever its number of rows."""
+    # What one statement may carry besides the bodies is capped by the envelope's limits.
+    rest = 2 * (MAX_META + MAX_SIGNATURE + MAX_CERT) + 64 * 1024  # and the leaf, roughly
+    assert pg._ONE_STATEMENT_MAX_BYTES + (pg._COPY_FROM - 1) * rest < 1 << 30
+    monkeypatch.setattr(pg, "_ONE_STATEMENT_MAX_BYTES", 1000)  # (not 1 GB in a test)
+    log = await pg_backend.open()
+    copied: list[int] = []
+    real_copy = log._write_copy  # type: ignore[attr-defined]
+
+    async def counting_copy(rows, subjects, certs):  # type: ignore[no-untyped-def]
+        copied.append(len(rows))
+        await real_copy(rows, subjects, certs)
+
+    log._write_copy = counting_copy  # type: ignore[attr-defined]
+    big = [
+        dataclasses.replace(_rec(0), request_body=b"x" * 600),
+        dataclasses.replace(_rec(1), request_body=b"y", response_body=b"z" * 600),
+    ]
+    assert await asyncio.gather(*(log.append(r) for r in big)) == [0, 1]
+    assert copied == [2]
+    for i, rec in enumerate(big):
+        (row,) = await log.find(rec.message_id)
+        assert row == dict(zip(pg._COLUMNS, pg._exchange_row(i, rec, rec.leaf()), strict=True))
+    # a small batch of small bodies is still one statement
+    assert await log.append(_rec(2)) == 2
+    assert copied == [2]
 
 
 def test_every_method_of_the_interface_with_the_same_signature() -> None:

@@ -14,16 +14,16 @@ written against one reads the other. What PostgreSQL adds:
   refused at open. The lock dies with the connection, so a lost connection is not retried
   here: another writer may have taken over, and the log fails closed until it is reopened.
 - A batch goes in with binary COPY (``copy_records_to_table``) in a transaction, a small
-  one as ONE statement (``INSERT ... SELECT FROM unnest(arrays)`` for the exchanges, with
-  their certificates and subjects in data-modifying CTEs of the same statement): a single
-  round trip where a transaction costs four. Measured with ``scripts/bench_messagelog.py``:
-  from about 16 rows COPY needs the least client CPU per row (a third less than
-  ``executemany`` at 128 and 1024 rows) and commits the most rows/s, but each COPY has a
-  fixed cost (one row costs it ~2.5x executemany's CPU); the one statement of a small
-  batch halved the client CPU of a one-row batch against ``executemany`` in a transaction
-  (~165 against ~345 us) and its commit latency (p50 0.46 against 0.73 ms), and cost less
-  at 8 rows too. Client CPU is what matters: it is the node's, shared with signing and
-  TLS.
+  one (under 16 rows and 64 MiB of bodies) as ONE statement (``INSERT ... SELECT FROM
+  unnest(arrays)`` for the exchanges, with their certificates and subjects in
+  data-modifying CTEs of the same statement): a single round trip where a transaction
+  costs four. Measured with ``scripts/bench_messagelog.py``: from about 16 rows COPY needs
+  the least client CPU per row (a third less than ``executemany`` at 128 and 1024 rows)
+  and commits the most rows/s, but each COPY has a fixed cost (one row costs it ~2.5x
+  executemany's CPU); the one statement of a small batch halved the client CPU of a
+  one-row batch against ``executemany`` in a transaction (~165 against ~345 us) and its
+  commit latency (p50 0.46 against 0.73 ms), and cost less at 8 rows too. Client CPU is
+  what matters: it is the node's, shared with signing and TLS.
 - The writer forces ``synchronous_commit=on``: a database configured with ``off`` would
   acknowledge a COMMIT before it is on disk, and the node answers exchanges on that ack.
 - Reads (``find``, ``leaves``, ``count``) and checkpoints use a small pool, so an auditor's
@@ -196,6 +196,12 @@ def _exchange_row(index: int, rec: LogRecord, leaf: bytes) -> tuple[Any, ...]:
 
 # From this many rows on a batch goes in with COPY, below in one statement (see above).
 _COPY_FROM = 16
+# ... and so does a batch whose bodies reach this many bytes, however few its rows: the one
+# statement carries all of them in one protocol message, and PostgreSQL refuses (drops the
+# connection, and the writer lock with it) a message over 1 GB, which 15 exchanges can reach
+# with max_body_bytes above ~34 MiB. COPY sends each row in its own message, as the old
+# per-row inserts did, and at this size its fixed cost is lost in the copying.
+_ONE_STATEMENT_MAX_BYTES = 64 * 1024 * 1024
 # The PostgreSQL type of each of _COLUMNS (as in _ddl), for the arrays of a small batch.
 _PG_TYPES = (
     "bigint", "text", "text", "text", "text", "text", "text", "text", "text", "text",
@@ -343,15 +349,17 @@ class PostgresMessageLog:
         rows: list[tuple[Any, ...]] = []
         subjects: list[tuple[str, int]] = []
         new_certs: dict[str, bytes] = {}
+        body_bytes = 0  # the unbounded part of a row (metadata, signatures, certs are capped)
         for i, (rec, leaf, _) in enumerate(batch, start=first):
             rows.append(_exchange_row(i, rec, leaf))
+            body_bytes += len(rec.request_body or b"") + len(rec.response_body or b"")
             # Once per subject: a name given twice must not fail the batch on the key.
             subjects += ((subject, i) for subject in sorted(set(rec.subjects)))
             for cert in (rec.request_cert, rec.response_cert):
                 if cert is not None and cert not in self._known_certs:
                     new_certs[cert_sha256_hex(cert)] = cert
         try:
-            if len(rows) < _COPY_FROM:
+            if len(rows) < _COPY_FROM and body_bytes < _ONE_STATEMENT_MAX_BYTES:
                 await self._conn.execute(
                     self._insert_batch,
                     list(new_certs),
