@@ -26,33 +26,38 @@ and one stored reference per item, in SQLite); BMA's message log gives the hub's
 logs each item's time at its provider. Per process, CPU time during each POST /cases and
 during the five single fetches is read from /proc (schedstat of every thread).
 
-Where the time goes (measured on a shared 2-core machine, processes mode; the figures print
-per run). In-process, every node shares one event loop, so the nodes' CPU work cannot
-overlap and five concurrent exchanges cost about five sequential ones. As processes, the
-hub-only ratio drops (about 3.4-5.2 -> 2.2-3.6 in the same runs), but not to 1.5, for
-reasons that separate machines would not remove either:
+Where the time goes (2-core machine shared with other benchmarks; 5 runs of 30 repeats,
+medians of the runs' medians and their range; every run prints its own figures).
+In-process, every node shares one event loop, so their CPU work cannot overlap:
+gather/slowest 3.8 (2.9-4.6), at BMA's node 4.5 (3.4-5.4). As processes: 2.9 (2.5-3.4), at
+BMA's node 3.4 (2.6-4.0). Part of that drop is the denominator: on this machine the gather
+is no faster as processes (~33 vs ~30 ms), while a single fetch is slower (~12 vs ~8 ms, it
+now crosses three processes). Why the ratio stays above 1.5:
 
 1. The gather is not five-wide. The case service fetches evidence keyed by the juristic id
    (the tax clearance) only after the company registration has named the applicant as a
    director (case_service/service.py ``_gather``): two exchanges in sequence, with the case
-   service's turnaround between them (``gate_gap``, ~7-9 ms: it reads, hashes and records
-   the answers that arrive together before asking again). ``critical_path`` is the least
-   a perfectly concurrent gather could take; ``ratio_to_critical_path`` is judged on it.
+   service's turnaround between them (``gate_gap``, ~8 ms: it reads, hashes and records the
+   answers that arrive together before it asks again). ``critical_path`` is the least a
+   perfectly concurrent gather could take; gather / critical path is still ~2.5.
 2. Every exchange of the case leaves through BMA's node, one process and event loop: its
-   client-side work (~2.3-2.7 ms CPU per exchange: signing, verifying the answer's
-   signature, validating the evidence against its JSON schema, the message log) runs one
-   exchange at a time, so the first wave of four costs ~4 times that at BMA however many
-   machines the providers have (``per_item_ms``: an item's time at BMA minus its time at
-   the provider is BMA's share and the wait for it).
+   client-side work (~2.1-2.4 ms CPU per exchange: TLS, signing, verifying the answer's
+   signature, validating the evidence against its JSON schema, the message log; ~10.6 ms
+   per case) is done one exchange at a time, so a first wave of four costs about four times
+   that at BMA whatever machines the providers run on. ``per_item_ms``: a first-wave item
+   takes ~9-16 ms at BMA against ~2.5-10 ms at its provider (alone: ~3-5.5 vs 1-3.5).
 3. The case service is in the gather but not in the single fetches (they go straight to
-   BMA's node): ~9-10 ms of its CPU per application (JWT check, the case's SQLite rows
-   through aiosqlite's thread, one round trip per statement, logging, the preview), ~7-9
-   ms of which fall outside the hub's window (``outside_hub_window``).
-4. On this machine, the processes still share 2 cores (``cores_busy`` ~1 on average over a
-   POST /cases, more in the first wave, with other work running): DOPA's node answers two
-   items at once through the SOAP bridge to DOPA's backend (~6-7 ms CPU per case between
-   them), and the flat-file providers (DOL, RD) ~1 ms each at their node; the adapters are
-   not where the time goes.
+   BMA's node): ~9.5 ms of its CPU per application (the citizen's JWT, the case's SQLite
+   rows through aiosqlite's thread with one round trip per statement, logging, the
+   preview), ~7.5 ms of the gather outside the hub's window (``outside_hub_window``). Its
+   durable commits are not it: one costs ~0.2 ms on this disk.
+4. This machine: the ten processes of a case get about one core between them
+   (``cores_busy`` ~1.0 over a POST /cases, the other helpers' work taking the rest), and
+   one case costs ~38 ms of CPU in all, so the gather takes about its CPU time in either
+   layout. The providers' adapters are small in it: a flat-file item (DOL, RD) is ~1 ms at
+   its provider and ~2.2 ms of that node's CPU; a SOAP-bridged item (DOPA) ~3 ms of CPU at
+   DOPA's node plus ~1 ms at DOPA's backend, and DOPA answers two items at once (~8-10 ms
+   each in the gather against ~3.5 alone), the slowest of the first wave at a provider.
 """
 
 from __future__ import annotations
@@ -319,9 +324,9 @@ def _r(value: float | None, digits: int = 4) -> float | None:
 
 def cpu_ns(pid: int) -> int | None:
     """On-CPU nanoseconds of every live thread of ``pid`` (/proc/PID/task/*/schedstat), or
-    None once it is gone. One gather lasts ~0.1 s, where /proc/PID/stat's clock ticks (10 ms)
-    are too coarse; a thread that exits between two readings loses its share (the processes
-    measured keep their threads: event loop, executor, SQLite writers)."""
+    None once it is gone. A gather lasts tens of milliseconds, where /proc/PID/stat's clock
+    ticks (10 ms) are too coarse; a thread that exits between two readings loses its share
+    (the processes measured keep their threads: event loop, executor, SQLite writers)."""
     total, seen = 0, False
     try:
         tasks = os.listdir(f"/proc/{pid}/task")
@@ -346,11 +351,12 @@ def cpu_snapshot(pids: dict[str, int]) -> dict[str, int | None]:
 
 def cpu_spent(before: dict[str, int | None], after: dict[str, int | None]) -> dict[str, float]:
     """Seconds of CPU each process spent between two snapshots."""
-    return {
-        name: (after[name] or 0) / 1e9 - (before[name] or 0) / 1e9
-        for name in before
-        if before[name] is not None and after.get(name) is not None
-    }
+    spent = {}
+    for name, start in before.items():
+        end = after.get(name)
+        if start is not None and end is not None:
+            spent[name] = (end - start) / 1e9
+    return spent
 
 
 # --------------------------------------------------------------------------------------------
@@ -1034,7 +1040,8 @@ under modes.{in-process,processes}.
 
 Exit status: 0 every case was built with complete evidence; 1 a request failed or a case
 was not complete; 2 the federation or the case service did not start; 3 with --strict, the
-gather/slowest target was missed; 130 interrupted.""",
+gather/slowest target was missed (the processes mode's, when it ran); 130 interrupted (Ctrl-C,
+SIGTERM).""",
     )
     parser.add_argument(
         "--federation",
