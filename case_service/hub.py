@@ -96,6 +96,14 @@ class EvidenceAnswer:
         return self.error is None
 
 
+# Requests in flight to the node at most (one per connection). The node admits at most
+# client_max_concurrent requests from one client system at once (32 unless its operator
+# changed it) and refuses the rest at once with 429 TooManyRequests. With a larger pool,
+# seven or more applications at once (up to five fetches each) left cases with failed
+# evidence, where a short wait here for a free connection is all a busy hour needs.
+MAX_IN_FLIGHT = 32
+
+
 def client_ssl_context(cert: Path | None, key: Path | None, ca: Path | None) -> ssl.SSLContext:
     """TLS towards the node: verify the node against ``ca``; present our certificate."""
     ctx = ssl.create_default_context(cafile=str(ca) if ca else None)
@@ -129,7 +137,7 @@ class HubClient:
         if self._base.startswith("https://"):
             ssl_ctx = client_ssl_context(*self._tls)
         self._session = aiohttp.ClientSession(
-            connector=aiohttp.TCPConnector(ssl=ssl_ctx, limit=64),
+            connector=aiohttp.TCPConnector(ssl=ssl_ctx, limit=MAX_IN_FLIGHT),
             timeout=self._timeout,
         )
 

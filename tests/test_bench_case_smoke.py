@@ -56,6 +56,41 @@ def test_bench_case_smoke_run(tmp_path: Path) -> None:
     assert list(tmp_path.iterdir()) == []
 
 
+@pytest.mark.slow
+def test_bench_case_smoke_run_with_each_node_a_process(tmp_path: Path) -> None:
+    """--federation processes: the federation as scripts/demo.sh runs it (the demo
+    workflow's CLI), every node a process of its own; all of them stop with the run."""
+    proc = subprocess.run(
+        [sys.executable, str(SCRIPT), "--smoke", "--federation", "processes",
+         "--tmpdir", str(tmp_path)],
+        capture_output=True, text=True, timeout=240, check=False,
+    )  # fmt: skip
+    output = f"stdout:\n{proc.stdout[-3000:]}\nstderr:\n{proc.stderr[-3000:]}"
+    assert proc.returncode == 0, output
+    report = json.loads(proc.stdout.strip().splitlines()[-1])
+    assert report["ok"] is True and report["federation"] == "processes", output
+    assert list(report["modes"]) == ["processes"]
+    pids = report["modes"]["processes"]["processes"]
+    nodes = {f"{m} node" for m in ("DGA", "BMA", "DBD", "DOL", "RD", "DOPA")}
+    assert nodes | {"central server", "backends", "case service", "bench"} == set(pids)
+    assert len(set(pids.values())) == len(pids)  # each a process of its own
+
+    gather = report["gather"]
+    assert gather["repeats"] == 2 and set(gather["single_s_median"]) == EVIDENCE
+    assert gather["hub_ratio_median"] > 0 and gather["critical_path_s_median"] > 0
+    # BMA's node took part in every exchange; the providers' work is on their own nodes.
+    assert gather["cpu_ms_apply_median"]["BMA node"] > 0, output
+    assert set(gather["per_item_ms_median"]) == EVIDENCE
+    assert gather["timeline_ms_median"]["hub_window"] > 0
+    tp = report["throughput"]
+    assert tp["cases"] == tp["complete"] == 8 and tp["errors"] == 0, output
+    assert tp["cpu_ms_per_case"]["BMA node"] > 0
+    for name, pid in pids.items():
+        if name != "bench":
+            assert not Path(f"/proc/{pid}").exists(), f"{name} outlived the benchmark"
+    assert list(tmp_path.iterdir()) == []
+
+
 def test_bench_case_help_explains_the_phases() -> None:
     proc = subprocess.run(
         [sys.executable, str(SCRIPT), "--help"],
@@ -66,5 +101,5 @@ def test_bench_case_help_explains_the_phases() -> None:
     )
     assert proc.returncode == 0, proc.stderr
     text = " ".join(proc.stdout.split())
-    for phrase in ("gather / slowest <= 1.5", "cases/s", "--smoke", "Exit status"):
+    for phrase in ("gather / slowest <= 1.5", "cases/s", "--smoke", "Exit status", "--federation"):
         assert phrase in text, phrase

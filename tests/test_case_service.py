@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import dataclasses
 import os
 import sqlite3
 import stat
@@ -29,12 +30,14 @@ from case_service.app import SERVICE, create_app
 from case_service.client import CaseServiceClient, CaseServiceError
 from case_service.config import ConfigError, Settings, load_settings
 from case_service.devidp import generate_keypair, mint_token
-from case_service.hub import payload_digest
+from case_service.hub import MAX_IN_FLIGHT, HubClient, payload_digest
 from case_service.service import CaseService
 from case_service.store import Store
 from case_service.thaiid import InvalidThaiId, check_digit, is_valid, validate
+from xroad_hub.federation import NodeConfig
 
 from .case_service_fakes import (
+    CLIENT_ID,
     PAYLOAD_MARKERS,
     SERVICES,
     STRANGERS_COMPANY,
@@ -224,6 +227,35 @@ async def test_apply_fetches_all_evidence_concurrently(
         assert item["title"]  # from the node's catalog
     second = await _apply(svc, idp)
     assert second["case_no"] == "BMA-FOOD-2569-000002"
+
+
+async def test_requests_in_flight_stay_within_the_nodes_per_client_share(
+    hub: FakeEvidenceHub,
+) -> None:
+    # A node refuses a client system's requests beyond its share (client_max_concurrent)
+    # at once with 429, which would leave the case's evidence failed: with seven or more
+    # applications at once (five fetches each) the case service must wait for a free
+    # connection instead. Requests are held until one more than the share is in flight,
+    # which a capped client never reaches (each then answers after gate_timeout).
+    share = {f.name: f.default for f in dataclasses.fields(NodeConfig)}["client_max_concurrent"]
+    assert share >= MAX_IN_FLIGHT
+    hub.gate, hub.gate_timeout = MAX_IN_FLIGHT + 1, 0.3
+    client = HubClient(hub.url, CLIENT_ID)
+
+    async def fetch(i: int) -> Any:
+        issue = f"BMA-FOOD-2569-{i:06d}"
+        return await client.fetch(
+            "identity", CITIZEN, user_id=f"TH{CITIZEN}", issue=issue,
+            purpose="food-business-licence", legal_basis="test",
+        )  # fmt: skip
+
+    await client.start()
+    try:
+        answers = await asyncio.gather(*(fetch(i) for i in range(MAX_IN_FLIGHT + 8)))
+    finally:
+        await client.close()
+    assert all(a.ok for a in answers), [a.error for a in answers if not a.ok][:1]
+    assert hub.max_in_flight == MAX_IN_FLIGHT
 
 
 async def test_concurrent_applications_get_distinct_numbers(svc: Running, idp: Idp) -> None:
