@@ -403,3 +403,68 @@ def test_identity_failures_name_the_field(
     assert identity.validate(orjson.dumps({"person": person}))["person"] == person
     err = _invalid(identity, {"person": mutate(person)})
     assert field in err.message
+
+
+# --- two implementations of one schema ---------------------------------------------------
+
+
+def _variants(doc: object) -> list[object]:
+    """``doc`` with each value in turn replaced by wrong and borderline ones, each key of an
+    object dropped, and an unknown key added: what a provider's changed answer looks like."""
+    odd: list[object] = [
+        None, True, 0, -1, 1.5, 10**15, "", "x", "2569-02-30", "2024-02-29", "1980-1-31",
+        "0105744622488\n", "๑๑๐๑๗๐๐๒๐๓๔๕๐", "0" * 12, "0" * 14, [], {}, [None],
+    ]  # fmt: skip
+    out: list[object] = []
+    if isinstance(doc, dict):
+        for key, value in doc.items():
+            out.append({k: v for k, v in doc.items() if k != key})
+            out += ({**doc, key: v} for v in [*odd, *_variants(value)])
+        out.append({**doc, "unknown_field": "x"})
+    elif isinstance(doc, list) and doc:
+        out += ([v, *doc[1:]] for v in [*odd, *_variants(doc[0])])
+        out.append([])
+    return out
+
+
+def test_the_fast_check_never_passes_what_the_reference_refuses(
+    catalog: Catalog, companies: list[dict[str, Any]]
+) -> None:
+    """jsonschema-rs decides alone only what it passes: it must pass nothing jsonschema (the
+    reference) refuses, on real answers and on a thousand changed ones."""
+    person = {
+        "citizenId": CITIZEN, "birthDate": "1980-01-31", "sex": "female", "nationality": "THA",
+        "status": "alive",
+        "nameTh": {"title": "นาง", "givenName": "สมศรี", "familyName": "ใจดี"},
+        "nameEn": {"title": "Mrs.", "givenName": "Somsri", "familyName": "Jaidee"},
+    }  # fmt: skip
+    corpora = {"company_registration": companies[:3], "identity": [{"person": person}]}
+    for etype in catalog.types():
+        assert etype.schema_check.fast is not None, etype.name  # every shipped schema
+    checked = refused = 0
+    for name, docs in corpora.items():
+        check = catalog.get(name).schema_check
+        for doc in docs:
+            assert check.fast.is_valid(doc) and check.reference.is_valid(doc)
+            for variant in _variants(doc):
+                fast_ok = check.fast.is_valid(variant)
+                assert not fast_ok or check.reference.is_valid(variant), (name, variant)
+                checked += 1
+                refused += not fast_ok
+    assert checked > 800 and refused > checked // 2
+
+
+def test_the_reference_judges_what_the_fast_check_refuses(tmp_path: Path) -> None:
+    """Where the two readings of a schema differ (here Python's "$" also matches before a
+    final line feed), the reference decides; a schema the fast check cannot take (a remote
+    $ref, fetched by neither) is checked by the reference alone."""
+    schema = {**_GOOD_SCHEMA, "properties": {"id": {"type": "string", "pattern": "^[0-9]{13}$"}}}
+    etype = load_catalog(write_catalog(tmp_path, _GOOD, schema)).get("thing")
+    doc = {"id": "0105744622488\n"}
+    assert not etype.schema_check.fast.is_valid(doc)
+    assert etype.validate(orjson.dumps(doc)) == doc
+    assert "at $.id:" in _invalid(etype, {"id": "12"}).message
+    remote = {**_GOOD_SCHEMA, "properties": {"id": {"$ref": "https://schemas.example/id"}}}
+    etype = load_catalog(write_catalog(tmp_path, _GOOD, remote)).get("thing")
+    assert etype.schema_check.fast is None
+    assert "at $: 'id' is a required property" in _invalid(etype, {"other": 1}).message

@@ -33,6 +33,7 @@ from pathlib import Path
 from typing import Any
 from urllib.parse import quote
 
+import jsonschema_rs
 import orjson
 from jsonschema import Draft202012Validator
 from jsonschema.exceptions import SchemaError, ValidationError, best_match
@@ -79,6 +80,30 @@ def fill(template: str, value: str) -> str:
 
 
 @dataclass(frozen=True, slots=True)
+class SchemaCheck:
+    """One JSON Schema (draft 2020-12), checked by two implementations of it.
+
+    jsonschema-rs says whether a document passes: ~0.5 us for an evidence document where
+    jsonschema takes ~200 us, once per evidence exchange on the client's node. jsonschema
+    (the reference, which also checked the schema itself) judges every document the fast
+    one does not pass, and explains the failures, so a stricter reading there (a regex
+    dialect, a format) never refuses what the reference accepts. A schema jsonschema-rs
+    cannot compile (a remote $ref: neither fetches one) is checked by the reference alone.
+    """
+
+    reference: Draft202012Validator
+    fast: Any | None  # a jsonschema_rs validator
+
+    def first_error(self, doc: Any) -> ValidationError | None:
+        """The most telling error of ``doc``, None if it is valid."""
+        if self.fast.is_valid(doc) if self.fast is not None else self.reference.is_valid(doc):
+            return None
+        # Collecting every error to pick the best one costs more than is_valid: only done
+        # to explain a failure (or when the two implementations disagree: then None).
+        return best_match(self.reference.iter_errors(doc))
+
+
+@dataclass(frozen=True, slots=True)
 class EvidenceType:
     name: str
     title: str
@@ -89,7 +114,7 @@ class EvidenceType:
     query: str  # template
     subject_in: Locator
     schema_file: Path
-    validator: Draft202012Validator = field(compare=False, repr=False)
+    schema_check: SchemaCheck = field(compare=False, repr=False)
     purposes: tuple[str, ...] = ()
 
     def check_subject(self, subject: str) -> str:
@@ -121,11 +146,7 @@ class EvidenceType:
             raise XRoadError.client_proxy(
                 "InvalidEvidence", f"evidence {self.name!r}: the provider's answer is not JSON"
             ) from exc
-        # is_valid first: collecting every error to pick the best one costs ~60% more, and
-        # is only needed to explain a failure.
-        error = (
-            None if self.validator.is_valid(doc) else best_match(self.validator.iter_errors(doc))
-        )
+        error = self.schema_check.first_error(doc)
         if error is not None:
             raise XRoadError.client_proxy(
                 "InvalidEvidence",
@@ -256,7 +277,7 @@ def _evidence_type(name: str, table: dict[str, Any], base: Path, where: str) -> 
         subject_in=locator,
         schema_file=schema_file,
         purposes=tuple(purposes),
-        validator=_validator(schema_file, where),
+        schema_check=_schema_check(schema_file, where),
     )
 
 
@@ -273,7 +294,11 @@ def _check_templates(path_t: str, query_t: str, where: str) -> None:
         raise CatalogError(f"{where}: {_PLACEHOLDER} must occur exactly once in path and query")
 
 
-def _validator(schema_file: Path, where: str) -> Draft202012Validator:
+def _refuse_remote(uri: str) -> Any:
+    raise CatalogError(f"remote schema references are not fetched ({uri})")
+
+
+def _schema_check(schema_file: Path, where: str) -> SchemaCheck:
     try:
         schema = orjson.loads(schema_file.read_bytes())
     except OSError as exc:
@@ -290,4 +315,9 @@ def _validator(schema_file: Path, where: str) -> Draft202012Validator:
             f"{where}: schema {schema_file} is not a valid JSON Schema at "
             f"{exc.json_path}: {exc.message}"
         ) from exc
-    return Draft202012Validator(schema, format_checker=Draft202012Validator.FORMAT_CHECKER)
+    reference = Draft202012Validator(schema, format_checker=Draft202012Validator.FORMAT_CHECKER)
+    try:
+        fast = jsonschema_rs.validator_for(schema, validate_formats=True, retriever=_refuse_remote)
+    except Exception:  # whatever it cannot compile, the reference checks alone
+        fast = None
+    return SchemaCheck(reference, fast)
