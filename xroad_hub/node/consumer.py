@@ -299,7 +299,9 @@ class ClientProxy:
         content_type = request.headers.get("Content-Type", "")
         body = await read_body(request, self.rt.max_body_bytes, self.rt.body_timeout, CLIENT)
         limits = XmlLimits(max_bytes=self.rt.max_body_bytes)
-        soap = await self.rt.off_loop(parse_soap, content_type, body, kind="request", limits=limits)
+        soap = await self.rt.parse(
+            len(body), parse_soap, content_type, body, kind="request", limits=limits
+        )
         h = soap.header
         assert h is not None and h.service is not None  # parse_soap checks requests
         # The client the message names must be one the credential proved.
@@ -329,9 +331,10 @@ class ClientProxy:
         )
         answer_type = next((v for k, v in answer.headers if k.lower() == "content-type"), "")
         try:
-            response = await self.rt.off_loop(
-                parse_soap, answer_type, answer.body, kind="response", limits=limits
-            )
+            response = await self.rt.parse(
+                len(answer.body), parse_soap, answer_type, answer.body, kind="response",
+                limits=limits,
+            )  # fmt: skip
         except SoapError as exc:
             raise XRoadError.client_proxy(
                 "InvalidSoap", f"the provider's node answered: {exc.message}"

@@ -209,7 +209,7 @@ class ServerProxy:
         # 1. A SOAP message says exactly what the signed metadata says.
         soap = None
         if meta.protocol == "soap":
-            soap = await self.rt.off_loop(_soap_request, env, meta, limits)
+            soap = await self.rt.parse(len(env.body), _soap_request, env, meta, limits)
         # 2. The service is ours, known and enabled, and the client holds an access right.
         hosted = services.get(meta.service.unversioned)
         opmon = self.rt.opmon
@@ -235,14 +235,14 @@ class ServerProxy:
             # 3m. The node's operational data or health data.
             answer = await opmon.metaservice(meta.client, meta.service, soap)
             assert soap is not None  # the monitoring services refuse anything but SOAP
-            answer = await self.rt.off_loop(_soap_answer, soap, answer, limits)
+            answer = await self.rt.parse(len(answer.body), _soap_answer, soap, answer, limits)
         elif hosted is None:
             # 3a. A metaservice of this node answers.
             answer = answer_metaservice(
                 services.values(), meta.client, meta.service, meta.query, soap, groups
             )
             if soap is not None:
-                answer = await self.rt.off_loop(_soap_answer, soap, answer, limits)
+                answer = await self.rt.parse(len(answer.body), _soap_answer, soap, answer, limits)
         else:
             cfg = hosted.config
             # 3b. The client system called the service in the protocol it speaks...
@@ -254,7 +254,7 @@ class ServerProxy:
                 answer = await timed(hosted.adapter.handle(
                     AdapterRequest("POST", "", "", headers, env.body, soap=soap)
                 ))  # fmt: skip
-                answer = await self.rt.off_loop(_soap_answer, soap, answer, limits)
+                answer = await self.rt.parse(len(answer.body), _soap_answer, soap, answer, limits)
             else:
                 request = _adapter_request(meta, env.body)
                 check_endpoint(cfg, request.method, request.path)
@@ -315,8 +315,12 @@ class ServerProxy:
         rmeta, rsig, rbody, rcert = response if response else (None, None, None, None)
         hosted = services.get(meta.service.unversioned)
         locators = hosted.config.subjects if hosted else ()
-        # A refused SOAP request may be parsed here for its subjects: off the event loop.
-        subjects = await self.rt.off_loop(_subjects, env, meta, locators, soap) if locators else ()
+        # A refused SOAP request may be parsed here for its subjects (off the loop if large).
+        subjects = (
+            await self.rt.parse(len(env.body), _subjects, env, meta, locators, soap)
+            if locators
+            else ()
+        )
         record = LogRecord(
             message_id=meta.id,
             request_id=meta.request_id,
