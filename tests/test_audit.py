@@ -666,3 +666,25 @@ def test_tree_only_pass_reads_the_subjects_a_json_parser_reads(leaf: bytes) -> N
     parsed = orjson.loads(leaf)
     expected = parsed.get("subjects") if isinstance(parsed, dict) else _NOT_A_LEAF
     assert _leaf_subjects(leaf) == expected
+
+
+@pytest.mark.parametrize(
+    "nested", [b'[["1101700203450"]]', b'[{"id":1}]', b"[" * 1010 + b"]" * 1010]
+)
+async def test_a_leaf_naming_no_subject_is_a_finding_not_a_crash(
+    fed: Fed, log_copy: Path, nested: bytes
+) -> None:
+    """A leaf is JSON anyone with the file can write: lists or objects where subjects go, or
+    nesting deeper than Python's repr goes, are findings of the entry, never a crash."""
+    with sqlite_db(log_copy) as conn:
+        raw = bytes(conn.execute("SELECT leaf FROM exchange WHERE leaf_index = 2").fetchone()[0])
+    at = raw.index(b'"subjects":') + len(b'"subjects":')
+    _tamper(
+        log_copy,
+        "UPDATE exchange SET leaf = ? WHERE leaf_index = 2",
+        raw[:at] + nested + raw[raw.index(b"]", at) + 1 :],
+    )
+    for entries in (True, False):
+        report = verify_log(log_copy, _root(fed), entries=entries)
+        assert not report.ok
+        assert any(f.leaf_index == 2 and "subject" in f.problem for f in report.findings)

@@ -169,7 +169,13 @@ class _SubjectIndex:
         if leaf is None:
             return  # a leaf that is not JSON is reported already
         subjects = leaf.get("subjects")
-        want = set(subjects) if isinstance(subjects, list) else set()
+        subjects = subjects if isinstance(subjects, list) else []
+        # JSON lists and objects are no subjects (and cannot go into a set: they crashed
+        # the audit); the rest is compared with the index as always.
+        for subject in subjects:
+            if isinstance(subject, list | dict):
+                yield f"the leaf names {_short(subject)} as a subject, which is not one"
+        want = {s for s in subjects if not isinstance(s, list | dict)}
         for subject in sorted(want - actual, key=str):
             yield f"the subject index lacks {subject!r}: the citizen's tracker and searches miss it"
         for subject in sorted(actual - want, key=str):
@@ -258,7 +264,10 @@ def _wrong_types(row: Row, types: dict[str, tuple[tuple[type, ...], bool]]) -> I
 
 
 def _short(value: object) -> str:
-    text = repr(value)
+    try:
+        text = repr(value)
+    except RecursionError:  # JSON nests deeper than repr goes
+        return "a value nested too deep to show"
     return text if len(text) <= 40 else text[:39] + "…"
 
 
