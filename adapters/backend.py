@@ -12,8 +12,14 @@ when the backend cannot be reached or went away, ``aiohttp.ClientPayloadError`` 
 broken body, ``HttpProcessingError`` for an answer that is not HTTP, TimeoutError.
 
 What is sent is what ``ClientSession.request`` sent for the REST adapter: ``Host``, the given
-headers in order, ``Accept: */*`` when none was given, ``Content-Length`` when there is a body
-or the method may have one; no User-Agent, Accept-Encoding or Content-Type of ours.
+headers in order, ``Accept: */*`` when none was given (unless asked not to), ``Content-Length``
+when there is a body or the method may have one; no User-Agent, Accept-Encoding or
+Content-Type of ours.
+
+Answers come back as received, compressed ones compressed (the REST adapter passes them on
+so), unless a request asks for them decoded (the SOAP adapters, which read the XML): then a
+gzip or deflate body is inflated as it arrives, never past ``max_bytes`` of decoded bytes, so a
+small compressed answer cannot grow in memory beyond the cap (a "zip bomb").
 """
 
 from __future__ import annotations
@@ -22,6 +28,7 @@ import asyncio
 import re
 import ssl
 import time
+import zlib
 from collections import deque
 from collections.abc import Iterable
 from typing import Final
@@ -137,12 +144,19 @@ class BackendPool:
         total: float,
         connect: float,
         max_bytes: int,
+        decompress: bool = False,
+        default_accept: bool = True,
     ) -> tuple[int, tuple[tuple[str, str], ...], bytes]:
         """Send one request (``target``: the raw path and query) and read the answer whole:
         status, headers as received, body; BodyTooLarge past ``max_bytes``. ``total`` bounds
         everything from here (waiting for a free connection included), ``connect`` each
-        connection attempt. Redirects are answers like any other: never followed."""
-        head = self._head(method, target, headers, body)
+        connection attempt. Redirects are answers like any other: never followed.
+
+        ``decompress``: a body with Content-Encoding gzip or deflate comes back decoded
+        (``max_bytes`` then bounds the decoded size; the headers stay as received), any other
+        coding but identity is a ``ClientPayloadError``. ``default_accept``: whether
+        ``Accept: */*`` is added when the headers have no Accept."""
+        head = self._head(method, target, headers, body, default_accept)
         task = asyncio.current_task()
         assert task is not None
         loop = asyncio.get_running_loop()
@@ -155,7 +169,7 @@ class BackendPool:
             else:
                 await self._wait_for_slot(loop)
             try:
-                return await self._exchange(method, head, body, connect, max_bytes)
+                return await self._exchange(method, head, body, connect, max_bytes, decompress)
             finally:
                 self._free_slot()
         except asyncio.CancelledError:
@@ -195,7 +209,12 @@ class BackendPool:
         self._ticker = loop.call_later(_TICK, self._tick) if self._deadlines else None
 
     def _head(
-        self, method: str, target: str, headers: Iterable[tuple[str, str]], body: bytes
+        self,
+        method: str,
+        target: str,
+        headers: Iterable[tuple[str, str]],
+        body: bytes,
+        default_accept: bool = True,
     ) -> bytes:
         # A method or a field name of other characters (a space, a colon, a non-ASCII letter)
         # would be read by a lenient backend as another target or another field: one named
@@ -216,7 +235,7 @@ class BackendPool:
                 accept = True
             parts += (name, ": ", value, "\r\n")
             lines += 1
-        if not accept:
+        if not accept and default_accept:
             parts.append("Accept: */*\r\n")
             lines += 1
         if body or method not in _BODYLESS:
@@ -233,7 +252,13 @@ class BackendPool:
         return text.encode("utf-8", "ignore")
 
     async def _exchange(
-        self, method: str, head: bytes, body: bytes, connect: float, max_bytes: int
+        self,
+        method: str,
+        head: bytes,
+        body: bytes,
+        connect: float,
+        max_bytes: int,
+        decompress: bool = False,
     ) -> tuple[int, tuple[tuple[str, str], ...], bytes]:
         retry = method in _IDEMPOTENT
         while True:
@@ -256,7 +281,11 @@ class BackendPool:
                 proto.abort()
                 raise
         try:
-            data = await _read_capped(payload, max_bytes)
+            inflater = _inflater(message.headers.get("Content-Encoding")) if decompress else None
+            if inflater is None:
+                data = await _read_capped(payload, max_bytes)
+            else:
+                data = await _read_inflated(payload, max_bytes, inflater)
         except BaseException:
             proto.abort()  # as above: an early answer may have come before the whole body went
             raise
@@ -383,6 +412,89 @@ async def _read_capped(payload: StreamReader, limit: int) -> bytes:
         if size > limit:
             raise BodyTooLarge(limit)
         chunks.append(chunk)
+
+
+class _Inflater:
+    """gzip (members one after another, as RFC 1952 allows) or deflate (zlib-wrapped, or raw
+    as some servers send it: told apart by the first byte, as aiohttp does)."""
+
+    def __init__(self, gzip: bool) -> None:
+        self._gzip = gzip
+        self._zlib: zlib._Decompress | None = None
+
+    def inflate(self, chunk: bytes, max_length: int) -> bytes:
+        """At most ``max_length`` decoded bytes of ``chunk`` (and of what is left of earlier
+        ones); more when asked again. zlib.error for a broken stream."""
+        out: list[bytes] = []
+        while chunk and max_length > 0:
+            d = self._zlib
+            if d is None:
+                if self._gzip:
+                    wbits = 16 + zlib.MAX_WBITS
+                else:
+                    wbits = zlib.MAX_WBITS if chunk[0] & 0x0F == 8 else -zlib.MAX_WBITS
+                d = self._zlib = zlib.decompressobj(wbits)
+            elif d.eof:
+                if not self._gzip:
+                    raise zlib.error("data after the end of the deflate stream")
+                d = self._zlib = zlib.decompressobj(16 + zlib.MAX_WBITS)  # the next member
+            data = d.decompress(chunk, max_length)
+            max_length -= len(data)
+            out.append(data)
+            chunk = d.unconsumed_tail if not d.eof else d.unused_data
+        return b"".join(out)
+
+    @property
+    def pending(self) -> bool:
+        """Input left undecoded (a call stopped at ``max_length``)."""
+        d = self._zlib
+        return d is not None and bool(d.unconsumed_tail or (d.eof and d.unused_data))
+
+    @property
+    def finished(self) -> bool:
+        """The stream is complete: nothing came, or its (last) end was reached."""
+        return self._zlib is None or self._zlib.eof
+
+
+def _inflater(coding: str | None) -> _Inflater | None:
+    coding = (coding or "").strip().lower()
+    if coding in ("", "identity"):
+        return None
+    if coding in ("gzip", "x-gzip"):
+        return _Inflater(gzip=True)
+    if coding == "deflate":
+        return _Inflater(gzip=False)
+    # br, zstd, compress, or codings one after another: none decoded here, and passing the
+    # body on undecoded would hand on bytes no reader can use as what they claim to be.
+    raise aiohttp.ClientPayloadError(f"unsupported Content-Encoding: {coding[:40]!r}")
+
+
+async def _read_inflated(payload: StreamReader, limit: int, inflater: _Inflater) -> bytes:
+    """The decoded body, or BodyTooLarge as soon as it would pass ``limit``: each chunk is
+    inflated to at most one byte more than the room left, so no more than ``limit + 1``
+    decoded bytes are ever held, whatever the compression ratio (aiohttp inflated in 64 KiB
+    steps and left the cap to the reader, holding up to a step past it)."""
+    chunks: list[bytes] = []
+    size = 0
+    while True:
+        chunk = payload.read_nowait(-1) if payload.is_eof() else await payload.readany()
+        if not chunk:
+            if payload.at_eof():
+                break
+            continue
+        try:
+            data = inflater.inflate(chunk, limit - size + 1)
+        except zlib.error as exc:
+            raise aiohttp.ClientPayloadError(
+                f"the answer's compressed body is broken: {exc}"
+            ) from exc
+        size += len(data)
+        if size > limit or inflater.pending:
+            raise BodyTooLarge(limit)
+        chunks.append(data)
+    if not inflater.finished:
+        raise aiohttp.ClientPayloadError("the answer's compressed body is cut short")
+    return b"".join(chunks)
 
 
 class Backends:
