@@ -95,7 +95,7 @@ class SoapBridgeAdapter:
         self._max = max_response_bytes
         self._limits = XmlLimits(max_bytes=max_response_bytes, max_text=max_response_bytes)
         self._own = backends is None
-        self._backends = Backends() if backends is None else backends
+        self._backends = Backends(limit=64) if backends is None else backends
         self._pool = self._backends.pool(self._url)
         self._target = target_of(self._url)
         # What aiohttp sent besides Host and Content-Length (its User-Agent left out): the

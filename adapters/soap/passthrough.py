@@ -4,10 +4,11 @@ message goes to it unchanged and its answer comes back unchanged.
 Only Content-Type travels to the service, with a SOAPAction set here from the service's
 WSDL (the operation's soapAction, quoted; X-Road forwards the client's, which would let a
 client pick the operation a SOAPAction-dispatching stack runs), and only Content-Type
-travels back. The bodies are bytes, never parsed or re-serialised here, so multipart
-attachments and signatures inside the XML stay byte-exact. (The node has already checked
-the request, refusing anything other readers could read differently, and checks the
-answer's header before signing it.)
+travels back (credentials in the service's URL go as its Authorization; an answer the service
+compressed all the same comes back decoded, as its Content-Encoding stays behind). The bodies
+are bytes, never parsed or re-serialised here, so multipart attachments and signatures inside
+the XML stay byte-exact. (The node has already checked the request, refusing anything other
+readers could read differently, and checks the answer's header before signing it.)
 """
 
 from __future__ import annotations
@@ -47,7 +48,7 @@ class SoapPassthroughAdapter:
         self._connect_timeout = min(timeout, 10.0)
         self._max = max_response_bytes
         self._own = backends is None
-        self._backends = Backends() if backends is None else backends
+        self._backends = Backends(limit=64) if backends is None else backends
         self._pool = self._backends.pool(self._url)
         self._target = target_of(self._url)
         self._auth = basic_auth(self._url)
