@@ -414,6 +414,17 @@ async def _read_capped(payload: StreamReader, limit: int) -> bytes:
         chunks.append(chunk)
 
 
+# Concatenated gzip members decoded in one answer, at most (aiohttp, before, allowed 1024 per
+# chunk): each new member costs a fresh decompressor, and members that decode to nothing would
+# otherwise let an answer of any length through the decoded-size cap.
+_MAX_MEMBERS: Final = 1024
+# After the first gzip member, input goes to zlib in slices of at most this size: at a member's
+# end zlib copies all the input it was given past that end (``unused_data``), so the rest of a
+# chunk given at each end would cost that rest per member: quadratic over a chunk of tiny
+# members. (Not for the first: slicing a single member's input would slow it down.)
+_INFLATE_SLICE: Final = 2**14
+
+
 class _Inflater:
     """gzip (members one after another, as RFC 1952 allows) or deflate (zlib-wrapped, or raw
     as some servers send it: told apart by the first byte, as aiohttp does)."""
@@ -421,34 +432,43 @@ class _Inflater:
     def __init__(self, gzip: bool) -> None:
         self._gzip = gzip
         self._zlib: zlib._Decompress | None = None
+        self._members = 0
+        self._left = False
 
     def inflate(self, chunk: bytes, max_length: int) -> bytes:
-        """At most ``max_length`` decoded bytes of ``chunk`` (and of what is left of earlier
-        ones); more when asked again. zlib.error for a broken stream."""
+        """At most ``max_length`` decoded bytes of ``chunk``; ``pending`` when input was left
+        undecoded. zlib.error for a broken stream, or one of too many gzip members."""
         out: list[bytes] = []
-        while chunk and max_length > 0:
+        view = memoryview(chunk)
+        pos = 0
+        end = len(chunk)
+        while pos < end and max_length > 0:
             d = self._zlib
-            if d is None:
+            if d is None or d.eof:
+                if d is not None and not self._gzip:
+                    raise zlib.error("data after the end of the deflate stream")
+                self._members += 1
+                if self._members > _MAX_MEMBERS:
+                    raise zlib.error(f"more than {_MAX_MEMBERS} gzip members")
                 if self._gzip:
                     wbits = 16 + zlib.MAX_WBITS
                 else:
                     wbits = zlib.MAX_WBITS if chunk[0] & 0x0F == 8 else -zlib.MAX_WBITS
                 d = self._zlib = zlib.decompressobj(wbits)
-            elif d.eof:
-                if not self._gzip:
-                    raise zlib.error("data after the end of the deflate stream")
-                d = self._zlib = zlib.decompressobj(16 + zlib.MAX_WBITS)  # the next member
-            data = d.decompress(chunk, max_length)
+            piece = view[pos : pos + _INFLATE_SLICE] if self._members > 1 else view[pos:]
+            data = d.decompress(piece, max_length)
             max_length -= len(data)
             out.append(data)
-            chunk = d.unconsumed_tail if not d.eof else d.unused_data
+            # What zlib did not take of the slice: past the member's end, or past the output
+            # asked for.
+            pos += len(piece) - len(d.unused_data if d.eof else d.unconsumed_tail)
+        self._left = pos < end
         return b"".join(out)
 
     @property
     def pending(self) -> bool:
         """Input left undecoded (a call stopped at ``max_length``)."""
-        d = self._zlib
-        return d is not None and bool(d.unconsumed_tail or (d.eof and d.unused_data))
+        return self._left
 
     @property
     def finished(self) -> bool:

@@ -403,3 +403,71 @@ async def test_https_service_verified_with_the_system_cas(tmp_path, monkeypatch)
         assert (answer.status, answer.body) == (200, b"<x/>")
     finally:
         await runner.cleanup()
+
+
+# --- review: hostile compressed answers -----------------------------------------------------
+
+EMPTY_MEMBER = gzip.compress(b"")  # 20 bytes that decode to nothing
+
+
+async def test_endless_empty_gzip_members_are_refused_early(raw_answer: RawServer) -> None:
+    # Members that decode to nothing never reach the decoded-size cap: without a limit on their
+    # number, 64 MiB of them were read and decoded (seconds of CPU, the event loop held up to
+    # half a second per chunk), where aiohttp before refused past 1024 in a chunk.
+    members = EMPTY_MEMBER * (8 * 2**20 // len(EMPTY_MEMBER))
+    head = f"HTTP/1.1 200 OK\r\nContent-Encoding: gzip\r\nContent-Length: {len(members)}\r\n\r\n"
+    pool = BackendPool(URL(await raw_answer(head.encode() + members)))
+    try:
+        with pytest.raises(aiohttp.ClientPayloadError, match="more than 1024 gzip members"):
+            await pool.request(
+                "POST", "/", (), b"x", total=10, connect=5, max_bytes=1000, decompress=True
+            )
+    finally:
+        pool.close()
+
+
+async def test_gzip_members_up_to_the_limit_are_decoded(raw_answer: RawServer) -> None:
+    body = gzip.compress(b"<x>") + EMPTY_MEMBER * 1022 + gzip.compress(b"</x>")
+    head = f"HTTP/1.1 200 OK\r\nContent-Encoding: gzip\r\nContent-Length: {len(body)}\r\n\r\n"
+    pool = BackendPool(URL(await raw_answer(head.encode() + body)))
+    try:
+        _, _, data = await pool.request(
+            "POST", "/", (), b"x", total=10, connect=5, max_bytes=1000, decompress=True
+        )
+    finally:
+        pool.close()
+    assert data == b"<x></x>"
+
+
+def test_many_members_in_one_chunk_cost_linear_time(monkeypatch: pytest.MonkeyPatch) -> None:
+    # zlib copies all input past a member's end: the rest of a 2 MiB chunk at each of its
+    # 100,000 ends took seconds (quadratic); slices keep it to a fraction of that.
+    import time
+
+    import adapters.backend
+
+    monkeypatch.setattr(adapters.backend, "_MAX_MEMBERS", 10**9)
+    chunk = EMPTY_MEMBER * (2 * 2**20 // len(EMPTY_MEMBER))
+    inflater = _Inflater(gzip=True)
+    started = time.process_time()
+    assert inflater.inflate(chunk, 1001) == b""
+    assert time.process_time() - started < 1.5
+    assert inflater.finished and not inflater.pending
+
+
+async def test_too_many_members_fail_the_soap_call_as_a_broken_answer(
+    raw_answer: RawServer,
+) -> None:
+    members = EMPTY_MEMBER * 2000
+    head = (
+        "HTTP/1.1 200 OK\r\nContent-Type: text/xml\r\nContent-Encoding: gzip\r\n"
+        f"Content-Length: {len(members)}\r\n\r\n"
+    )
+    adapter = SoapPassthroughAdapter(await raw_answer(head.encode() + members), timeout=10)
+    try:
+        with pytest.raises(XRoadError) as failure:
+            await adapter.handle(AdapterRequest("POST", "", "", XML, b"<x/>"))
+    finally:
+        await adapter.close()
+    assert failure.value.code == "Server.ServerProxy.ServiceFailed"
+    assert "cannot reach the service" in failure.value.message
