@@ -281,7 +281,9 @@ class BackendPool:
                 proto.abort()
                 raise
         try:
-            inflater = _inflater(message.headers.get("Content-Encoding")) if decompress else None
+            inflater = (
+                _inflater(message.headers.getall("Content-Encoding", [])) if decompress else None
+            )
             if inflater is None:
                 data = await _read_capped(payload, max_bytes)
             else:
@@ -476,9 +478,13 @@ class _Inflater:
         return self._zlib is None or self._zlib.eof
 
 
-def _inflater(coding: str | None) -> _Inflater | None:
-    coding = (coding or "").strip().lower()
-    if coding in ("", "identity"):
+def _inflater(fields: list[str]) -> _Inflater | None:
+    # Every Content-Encoding field counts (several make one list, RFC 9110 5.3): reading only
+    # the first, "identity" then "gzip" passed a gzip body on as if it were the XML itself
+    # (aiohttp, before, went by the last). "identity" changes nothing, wherever it stands.
+    codings = [c for c in (c.strip() for f in fields for c in f.lower().split(",")) if c]
+    coding = ", ".join(c for c in codings if c != "identity")
+    if not coding:
         return None
     if coding in ("gzip", "x-gzip"):
         return _Inflater(gzip=True)

@@ -471,3 +471,42 @@ async def test_too_many_members_fail_the_soap_call_as_a_broken_answer(
         await adapter.close()
     assert failure.value.code == "Server.ServerProxy.ServiceFailed"
     assert "cannot reach the service" in failure.value.message
+
+
+@pytest.mark.parametrize(
+    "fields",
+    [
+        ("identity", "gzip"),  # the first alone said identity: the gzip body went on as XML
+        ("gzip", "identity"),
+        ("identity, GZip ",),
+        (" x-gzip",),
+    ],
+)
+async def test_every_content_encoding_field_counts(raw_answer: RawServer, fields) -> None:
+    body = gzip.compress(b"<x/>")
+    codings = "".join(f"Content-Encoding: {f}\r\n" for f in fields)
+    head = f"HTTP/1.1 200 OK\r\n{codings}Content-Length: {len(body)}\r\n\r\n"
+    pool = BackendPool(URL(await raw_answer(head.encode() + body)))
+    try:
+        _, _, data = await pool.request(
+            "POST", "/", (), b"x", total=10, connect=5, max_bytes=1000, decompress=True
+        )
+    finally:
+        pool.close()
+    assert data == b"<x/>"
+
+
+@pytest.mark.parametrize("fields", [("gzip", "gzip"), ("gzip, gzip",), ("gzip", "br")])
+async def test_codings_one_after_another_are_refused(raw_answer: RawServer, fields) -> None:
+    # A twice-gzipped body decoded once would go on as XML (aiohttp, by the last field, did so).
+    body = gzip.compress(gzip.compress(b"<x/>"))
+    codings = "".join(f"Content-Encoding: {f}\r\n" for f in fields)
+    head = f"HTTP/1.1 200 OK\r\n{codings}Content-Length: {len(body)}\r\n\r\n"
+    pool = BackendPool(URL(await raw_answer(head.encode() + body)))
+    try:
+        with pytest.raises(aiohttp.ClientPayloadError, match="unsupported Content-Encoding"):
+            await pool.request(
+                "POST", "/", (), b"x", total=10, connect=5, max_bytes=1000, decompress=True
+            )
+    finally:
+        pool.close()
