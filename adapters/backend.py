@@ -146,6 +146,7 @@ class BackendPool:
         max_bytes: int,
         decompress: bool = False,
         default_accept: bool = True,
+        redirect_body: bool = True,
     ) -> tuple[int, tuple[tuple[str, str], ...], bytes]:
         """Send one request (``target``: the raw path and query) and read the answer whole:
         status, headers as received, body; BodyTooLarge past ``max_bytes``. ``total`` bounds
@@ -155,7 +156,9 @@ class BackendPool:
         ``decompress``: a body with Content-Encoding gzip or deflate comes back decoded
         (``max_bytes`` then bounds the decoded size; the headers stay as received), any other
         coding but identity is a ``ClientPayloadError``. ``default_accept``: whether
-        ``Accept: */*`` is added when the headers have no Accept."""
+        ``Accept: */*`` is added when the headers have no Accept. ``redirect_body``: whether a
+        3xx answer's body is read; if not, it comes back empty (for a caller that refuses
+        redirects whatever they hold) and a connection with a body left unread is closed."""
         head = self._head(method, target, headers, body, default_accept)
         task = asyncio.current_task()
         assert task is not None
@@ -169,7 +172,9 @@ class BackendPool:
             else:
                 await self._wait_for_slot(loop)
             try:
-                return await self._exchange(method, head, body, connect, max_bytes, decompress)
+                return await self._exchange(
+                    method, head, body, connect, max_bytes, decompress, redirect_body
+                )
             finally:
                 self._free_slot()
         except asyncio.CancelledError:
@@ -259,6 +264,7 @@ class BackendPool:
         connect: float,
         max_bytes: int,
         decompress: bool = False,
+        redirect_body: bool = True,
     ) -> tuple[int, tuple[tuple[str, str], ...], bytes]:
         retry = method in _IDEMPOTENT
         while True:
@@ -280,6 +286,15 @@ class BackendPool:
                 # held meanwhile, and the backend would get a request given up on.
                 proto.abort()
                 raise
+        if not redirect_body and 300 <= message.code < 400:
+            # Not read: a redirect's body (too large, broken, slow) would otherwise decide how
+            # the request fails, where the redirect itself is the caller's reason (aiohttp's
+            # session did not read it either, and closed the connection it was left on).
+            if payload.is_eof():
+                self._release(proto)
+            else:
+                proto.abort()
+            return message.code, tuple(message.headers.items()), b""
         try:
             inflater = (
                 _inflater(message.headers.getall("Content-Encoding", [])) if decompress else None

@@ -63,6 +63,7 @@ async def post(
             max_bytes=max_bytes,
             decompress=True,
             default_accept=default_accept,
+            redirect_body=False,
         )
     except BodyTooLarge as exc:
         raise UpstreamError(f"the service's answer exceeds {max_bytes} bytes", exc) from exc

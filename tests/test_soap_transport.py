@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import asyncio
 import base64
+import contextlib
 import gzip
 import ssl
 import tracemalloc
@@ -510,3 +511,46 @@ async def test_codings_one_after_another_are_refused(raw_answer: RawServer, fiel
             )
     finally:
         pool.close()
+
+
+@pytest.mark.parametrize(
+    "body",
+    [
+        b"",  # the body never comes: the call waited for it until its timeout
+        b"not gzip at all",  # a broken body: "cannot reach the service"
+        gzip.compress(bytes(2 * 2**20)),  # past the cap once decoded: "exceeds"
+    ],
+)
+async def test_a_redirect_fails_as_a_redirect_whatever_its_body(body: bytes) -> None:
+    # As before (aiohttp's session returned at the head): the redirect is the reason given,
+    # its body unread, and a connection left with some of it unread is not used again.
+    peers: list[object] = []
+
+    async def handle(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        peers.append(writer.get_extra_info("peername"))
+        with contextlib.suppress(ConnectionError, asyncio.IncompleteReadError):
+            while True:
+                await reader.readuntil(b"\r\n\r\n")
+                await reader.readexactly(4)
+                writer.write(
+                    b"HTTP/1.1 302 Found\r\nLocation: /elsewhere\r\nContent-Encoding: gzip\r\n"
+                    b"Content-Length: %d\r\n\r\n%s" % (max(len(body), 100), body)
+                )
+                await writer.drain()
+        writer.close()
+
+    server = await asyncio.start_server(handle, "127.0.0.1", 0)
+    url = f"http://127.0.0.1:{server.sockets[0].getsockname()[1]}/svc"
+    adapter = SoapPassthroughAdapter(url, timeout=1.0, max_response_bytes=100_000)
+    try:
+        for _ in range(2):
+            with pytest.raises(XRoadError) as failure:
+                await adapter.handle(AdapterRequest("POST", "", "", XML, b"<x/>"))
+            assert failure.value.code == "Server.ServerProxy.ServiceFailed"
+            assert "the service answered a redirect (302)" in failure.value.message
+    finally:
+        await adapter.close()
+        server.close()
+        await server.wait_closed()
+    complete = len(body) >= 100  # all of it came with the head: the connection is clean
+    assert len(set(peers)) == (1 if complete else 2)
