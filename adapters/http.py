@@ -30,7 +30,15 @@ def basic_auth(url: URL) -> tuple[str, str] | None:
     sent with each request as aiohttp sent them; None when there are none."""
     if url.raw_user is None and url.raw_password is None:
         return None
-    return ("Authorization", aiohttp.encode_basic_auth(url.user or "", url.password or ""))
+    login, password = url.user or "", url.password or ""
+    # Latin-1, as aiohttp's session encoded them for these adapters: a legacy service that
+    # took "pä" so before would answer 401 to its UTF-8 bytes. Credentials Latin-1 cannot
+    # encode (aiohttp failed the request on them) go as UTF-8.
+    try:
+        value = aiohttp.encode_basic_auth(login, password, "latin-1")
+    except UnicodeEncodeError:
+        value = aiohttp.encode_basic_auth(login, password, "utf-8")
+    return ("Authorization", value)
 
 
 def target_of(url: URL) -> str:

@@ -554,3 +554,34 @@ async def test_a_redirect_fails_as_a_redirect_whatever_its_body(body: bytes) -> 
         await server.wait_closed()
     complete = len(body) >= 100  # all of it came with the head: the connection is clean
     assert len(set(peers)) == (1 if complete else 2)
+
+
+@pytest.mark.parametrize(
+    ("userinfo", "credentials"),
+    [
+        ("svc:p%C3%A4ss", "svc:päss".encode("latin-1")),  # as aiohttp's session sent them
+        ("svc:%E2%82%AC", "svc:€".encode()),  # not Latin-1: UTF-8 (aiohttp failed the call)
+    ],
+)
+async def test_url_credentials_are_encoded_as_before(
+    raw_answer: RawServer, userinfo: str, credentials: bytes
+) -> None:
+    heads: list[bytes] = []
+
+    async def handle(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        heads.append(await reader.readuntil(b"\r\n\r\n"))
+        writer.write(b"HTTP/1.1 200 OK\r\nContent-Type: text/xml\r\nContent-Length: 4\r\n\r\n<x/>")
+        await writer.drain()
+        writer.close()
+
+    server = await asyncio.start_server(handle, "127.0.0.1", 0)
+    port = server.sockets[0].getsockname()[1]
+    adapter = SoapPassthroughAdapter(f"http://{userinfo}@127.0.0.1:{port}/svc", timeout=5)
+    try:
+        await adapter.handle(AdapterRequest("POST", "", "", XML, b"<x/>"))
+    finally:
+        await adapter.close()
+        server.close()
+        await server.wait_closed()
+    expected = b"Authorization: Basic " + base64.b64encode(credentials) + b"\r\n"
+    assert expected in heads[0]
