@@ -12,8 +12,14 @@ when the backend cannot be reached or went away, ``aiohttp.ClientPayloadError`` 
 broken body, ``HttpProcessingError`` for an answer that is not HTTP, TimeoutError.
 
 What is sent is what ``ClientSession.request`` sent for the REST adapter: ``Host``, the given
-headers in order, ``Accept: */*`` when none was given, ``Content-Length`` when there is a body
-or the method may have one; no User-Agent, Accept-Encoding or Content-Type of ours.
+headers in order, ``Accept: */*`` when none was given (unless asked not to), ``Content-Length``
+when there is a body or the method may have one; no User-Agent, Accept-Encoding or
+Content-Type of ours.
+
+Answers come back as received, compressed ones compressed (the REST adapter passes them on
+so), unless a request asks for them decoded (the SOAP adapters, which read the XML): then a
+gzip or deflate body is inflated as it arrives, never past ``max_bytes`` of decoded bytes, so a
+small compressed answer cannot grow in memory beyond the cap (a "zip bomb").
 """
 
 from __future__ import annotations
@@ -22,6 +28,7 @@ import asyncio
 import re
 import ssl
 import time
+import zlib
 from collections import deque
 from collections.abc import Iterable
 from typing import Final
@@ -137,12 +144,22 @@ class BackendPool:
         total: float,
         connect: float,
         max_bytes: int,
+        decompress: bool = False,
+        default_accept: bool = True,
+        redirect_body: bool = True,
     ) -> tuple[int, tuple[tuple[str, str], ...], bytes]:
         """Send one request (``target``: the raw path and query) and read the answer whole:
         status, headers as received, body; BodyTooLarge past ``max_bytes``. ``total`` bounds
         everything from here (waiting for a free connection included), ``connect`` each
-        connection attempt. Redirects are answers like any other: never followed."""
-        head = self._head(method, target, headers, body)
+        connection attempt. Redirects are answers like any other: never followed.
+
+        ``decompress``: a body with Content-Encoding gzip or deflate comes back decoded
+        (``max_bytes`` then bounds the decoded size; the headers stay as received), any other
+        coding but identity is a ``ClientPayloadError``. ``default_accept``: whether
+        ``Accept: */*`` is added when the headers have no Accept. ``redirect_body``: whether a
+        3xx answer's body is read; if not, it comes back empty (for a caller that refuses
+        redirects whatever they hold) and a connection with a body left unread is closed."""
+        head = self._head(method, target, headers, body, default_accept)
         task = asyncio.current_task()
         assert task is not None
         loop = asyncio.get_running_loop()
@@ -155,7 +172,9 @@ class BackendPool:
             else:
                 await self._wait_for_slot(loop)
             try:
-                return await self._exchange(method, head, body, connect, max_bytes)
+                return await self._exchange(
+                    method, head, body, connect, max_bytes, decompress, redirect_body
+                )
             finally:
                 self._free_slot()
         except asyncio.CancelledError:
@@ -195,7 +214,12 @@ class BackendPool:
         self._ticker = loop.call_later(_TICK, self._tick) if self._deadlines else None
 
     def _head(
-        self, method: str, target: str, headers: Iterable[tuple[str, str]], body: bytes
+        self,
+        method: str,
+        target: str,
+        headers: Iterable[tuple[str, str]],
+        body: bytes,
+        default_accept: bool = True,
     ) -> bytes:
         # A method or a field name of other characters (a space, a colon, a non-ASCII letter)
         # would be read by a lenient backend as another target or another field: one named
@@ -216,7 +240,7 @@ class BackendPool:
                 accept = True
             parts += (name, ": ", value, "\r\n")
             lines += 1
-        if not accept:
+        if not accept and default_accept:
             parts.append("Accept: */*\r\n")
             lines += 1
         if body or method not in _BODYLESS:
@@ -233,7 +257,14 @@ class BackendPool:
         return text.encode("utf-8", "ignore")
 
     async def _exchange(
-        self, method: str, head: bytes, body: bytes, connect: float, max_bytes: int
+        self,
+        method: str,
+        head: bytes,
+        body: bytes,
+        connect: float,
+        max_bytes: int,
+        decompress: bool = False,
+        redirect_body: bool = True,
     ) -> tuple[int, tuple[tuple[str, str], ...], bytes]:
         retry = method in _IDEMPOTENT
         while True:
@@ -255,8 +286,23 @@ class BackendPool:
                 # held meanwhile, and the backend would get a request given up on.
                 proto.abort()
                 raise
+        if not redirect_body and 300 <= message.code < 400:
+            # Not read: a redirect's body (too large, broken, slow) would otherwise decide how
+            # the request fails, where the redirect itself is the caller's reason (aiohttp's
+            # session did not read it either, and closed the connection it was left on).
+            if payload.is_eof():
+                self._release(proto)
+            else:
+                proto.abort()
+            return message.code, tuple(message.headers.items()), b""
         try:
-            data = await _read_capped(payload, max_bytes)
+            inflater = (
+                _inflater(message.headers.getall("Content-Encoding", [])) if decompress else None
+            )
+            if inflater is None:
+                data = await _read_capped(payload, max_bytes)
+            else:
+                data = await _read_inflated(payload, max_bytes, inflater)
         except BaseException:
             proto.abort()  # as above: an early answer may have come before the whole body went
             raise
@@ -383,6 +429,113 @@ async def _read_capped(payload: StreamReader, limit: int) -> bytes:
         if size > limit:
             raise BodyTooLarge(limit)
         chunks.append(chunk)
+
+
+# Concatenated gzip members decoded in one answer, at most (aiohttp, before, allowed 1024 per
+# chunk): each new member costs a fresh decompressor, and members that decode to nothing would
+# otherwise let an answer of any length through the decoded-size cap.
+_MAX_MEMBERS: Final = 1024
+# After the first gzip member, input goes to zlib in slices of at most this size: at a member's
+# end zlib copies all the input it was given past that end (``unused_data``), so the rest of a
+# chunk given at each end would cost that rest per member: quadratic over a chunk of tiny
+# members. (Not for the first: slicing a single member's input would slow it down.)
+_INFLATE_SLICE: Final = 2**14
+
+
+class _Inflater:
+    """gzip (members one after another, as RFC 1952 allows) or deflate (zlib-wrapped, or raw
+    as some servers send it: told apart by the first byte, as aiohttp does)."""
+
+    def __init__(self, gzip: bool) -> None:
+        self._gzip = gzip
+        self._zlib: zlib._Decompress | None = None
+        self._members = 0
+        self._left = False
+
+    def inflate(self, chunk: bytes, max_length: int) -> bytes:
+        """At most ``max_length`` decoded bytes of ``chunk``; ``pending`` when input was left
+        undecoded. zlib.error for a broken stream, or one of too many gzip members."""
+        out: list[bytes] = []
+        view = memoryview(chunk)
+        pos = 0
+        end = len(chunk)
+        while pos < end and max_length > 0:
+            d = self._zlib
+            if d is None or d.eof:
+                if d is not None and not self._gzip:
+                    raise zlib.error("data after the end of the deflate stream")
+                self._members += 1
+                if self._members > _MAX_MEMBERS:
+                    raise zlib.error(f"more than {_MAX_MEMBERS} gzip members")
+                if self._gzip:
+                    wbits = 16 + zlib.MAX_WBITS
+                else:
+                    wbits = zlib.MAX_WBITS if chunk[0] & 0x0F == 8 else -zlib.MAX_WBITS
+                d = self._zlib = zlib.decompressobj(wbits)
+            piece = view[pos : pos + _INFLATE_SLICE] if self._members > 1 else view[pos:]
+            data = d.decompress(piece, max_length)
+            max_length -= len(data)
+            out.append(data)
+            # What zlib did not take of the slice: past the member's end, or past the output
+            # asked for.
+            pos += len(piece) - len(d.unused_data if d.eof else d.unconsumed_tail)
+        self._left = pos < end
+        return b"".join(out)
+
+    @property
+    def pending(self) -> bool:
+        """Input left undecoded (a call stopped at ``max_length``)."""
+        return self._left
+
+    @property
+    def finished(self) -> bool:
+        """The stream is complete: nothing came, or its (last) end was reached."""
+        return self._zlib is None or self._zlib.eof
+
+
+def _inflater(fields: list[str]) -> _Inflater | None:
+    # Every Content-Encoding field counts (several make one list, RFC 9110 5.3): reading only
+    # the first, "identity" then "gzip" passed a gzip body on as if it were the XML itself
+    # (aiohttp, before, went by the last). "identity" changes nothing, wherever it stands.
+    codings = [c for c in (c.strip() for f in fields for c in f.lower().split(",")) if c]
+    coding = ", ".join(c for c in codings if c != "identity")
+    if not coding:
+        return None
+    if coding in ("gzip", "x-gzip"):
+        return _Inflater(gzip=True)
+    if coding == "deflate":
+        return _Inflater(gzip=False)
+    # br, zstd, compress, or codings one after another: none decoded here, and passing the
+    # body on undecoded would hand on bytes no reader can use as what they claim to be.
+    raise aiohttp.ClientPayloadError(f"unsupported Content-Encoding: {coding[:40]!r}")
+
+
+async def _read_inflated(payload: StreamReader, limit: int, inflater: _Inflater) -> bytes:
+    """The decoded body, or BodyTooLarge as soon as it would pass ``limit``: each chunk is
+    inflated to at most one byte more than the room left, so no more than ``limit + 1``
+    decoded bytes are ever held, whatever the compression ratio (aiohttp inflated in 64 KiB
+    steps and left the cap to the reader, holding up to a step past it)."""
+    chunks: list[bytes] = []
+    size = 0
+    while True:
+        chunk = payload.read_nowait(-1) if payload.is_eof() else await payload.readany()
+        if not chunk:
+            if payload.at_eof():
+                break
+            continue
+        try:
+            data = inflater.inflate(chunk, limit - size + 1)
+        except zlib.error as exc:
+            raise aiohttp.ClientPayloadError(
+                f"the answer's compressed body is broken: {exc}"
+            ) from exc
+        size += len(data)
+        if size > limit or inflater.pending:
+            raise BodyTooLarge(limit)
+        chunks.append(data)
+    if not inflater.finished:
+        raise aiohttp.ClientPayloadError("the answer's compressed body is cut short")
+    return b"".join(chunks)
 
 
 class Backends:

@@ -1,15 +1,18 @@
-"""The HTTP session an adapter uses towards the agency system."""
+"""How the SOAP adapters POST to the agency system: through the node's backend pools."""
 
 from __future__ import annotations
 
-from collections.abc import Iterable, Mapping
+from collections.abc import Iterable
 
 import aiohttp
+from aiohttp.http_exceptions import HttpProcessingError
 from yarl import URL
 
-from xroad_hub.streams import BodyTooLarge, read_capped
+from xroad_hub.streams import BodyTooLarge
 
-__all__ = ["AdapterSession", "UpstreamError"]
+from .backend import BackendPool, UnsafeRequest
+
+__all__ = ["UpstreamError", "basic_auth", "post", "target_of"]
 
 
 class UpstreamError(Exception):
@@ -22,62 +25,69 @@ class UpstreamError(Exception):
         self.cause = cause
 
 
-class AdapterSession:
-    """The node's shared session when it gives one (the node closes it), otherwise one made on
-    first use and closed by ``close`` (an adapter used on its own, as in tests)."""
+def basic_auth(url: URL) -> tuple[str, str] | None:
+    """The Authorization header for credentials in the URL (http://user:password@host/...),
+    sent with each request as aiohttp sent them; None when there are none."""
+    if url.raw_user is None and url.raw_password is None:
+        return None
+    login, password = url.user or "", url.password or ""
+    # Latin-1, as aiohttp's session encoded them for these adapters: a legacy service that
+    # took "pä" so before would answer 401 to its UTF-8 bytes. Credentials Latin-1 cannot
+    # encode (aiohttp failed the request on them) go as UTF-8.
+    try:
+        value = aiohttp.encode_basic_auth(login, password, "latin-1")
+    except UnicodeEncodeError:
+        value = aiohttp.encode_basic_auth(login, password, "utf-8")
+    return ("Authorization", value)
 
-    def __init__(
-        self, session: aiohttp.ClientSession | None, *, limit: int, auto_decompress: bool = True
-    ) -> None:
-        self._session = session
-        self._own = session is None
-        self._limit = limit
-        self._auto_decompress = auto_decompress
 
-    def get(self) -> aiohttp.ClientSession:
-        if self._session is None:
-            self._session = aiohttp.ClientSession(
-                auto_decompress=self._auto_decompress,
-                cookie_jar=aiohttp.DummyCookieJar(),  # see Node._http_session
-                connector=aiohttp.TCPConnector(limit=self._limit, ttl_dns_cache=300),
-            )
-        return self._session
+def target_of(url: URL) -> str:
+    """The request target: the URL's raw path and query, its fragment left out."""
+    return url.raw_path_qs or "/"
 
-    async def close(self) -> None:
-        if self._own and self._session is not None:
-            await self._session.close()
-            self._session = None
 
-    async def post(
-        self,
-        url: URL,
-        data: bytes,
-        headers: Mapping[str, str] | Iterable[tuple[str, str]],
-        *,
-        timeout: aiohttp.ClientTimeout,
-        max_bytes: int,
-        skip_auto_headers: Iterable[str] = ("User-Agent",),
-    ) -> tuple[int, str | None, bytes]:
-        """POST one message, no redirects followed (SOAP has none; following one would send
-        the message elsewhere), the answer read up to ``max_bytes``: status, Content-Type
-        and body, or UpstreamError."""
-        try:
-            async with self.get().post(
-                url,
-                data=data,
-                headers=headers,
-                allow_redirects=False,
-                timeout=timeout,
-                auto_decompress=True,
-                skip_auto_headers=tuple(skip_auto_headers),
-            ) as resp:
-                if 300 <= resp.status < 400:
-                    raise UpstreamError(f"the service answered a redirect ({resp.status})")
-                body = await read_capped(resp.content, max_bytes)
-                return resp.status, resp.headers.get("Content-Type"), body
-        except BodyTooLarge as exc:
-            raise UpstreamError(f"the service's answer exceeds {max_bytes} bytes", exc) from exc
-        except TimeoutError as exc:
-            raise UpstreamError("the service did not answer in time", exc) from exc
-        except aiohttp.ClientError as exc:
-            raise UpstreamError("cannot reach the service", exc) from exc
+async def post(
+    pool: BackendPool,
+    target: str,
+    data: bytes,
+    headers: Iterable[tuple[str, str]],
+    *,
+    total: float,
+    connect: float,
+    max_bytes: int,
+    default_accept: bool = True,
+) -> tuple[int, str | None, bytes]:
+    """POST one message, no redirects followed (SOAP has none; following one would send the
+    message elsewhere), the answer decoded (gzip, deflate) and read up to ``max_bytes`` of
+    decoded bytes: status, Content-Type and body, or UpstreamError."""
+    try:
+        status, answer_headers, body = await pool.request(
+            "POST",
+            target,
+            headers,
+            data,
+            total=total,
+            connect=connect,
+            max_bytes=max_bytes,
+            decompress=True,
+            default_accept=default_accept,
+            redirect_body=False,
+        )
+    except BodyTooLarge as exc:
+        raise UpstreamError(f"the service's answer exceeds {max_bytes} bytes", exc) from exc
+    except TimeoutError as exc:
+        raise UpstreamError("the service did not answer in time", exc) from exc
+    except UnsafeRequest as exc:
+        # The node refuses such requests before any adapter runs; an adapter used alone
+        # refuses them here, before anything is sent.
+        raise UpstreamError("the request cannot be sent as it is", exc) from exc
+    except (aiohttp.ClientError, HttpProcessingError) as exc:
+        raise UpstreamError("cannot reach the service", exc) from exc
+    if 300 <= status < 400:
+        raise UpstreamError(f"the service answered a redirect ({status})")
+    content_type = None
+    for name, value in answer_headers:
+        if name.lower() == "content-type":
+            content_type = value  # aiohttp's resp.headers.get gave the first one
+            break
+    return status, content_type, body

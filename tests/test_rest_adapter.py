@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import gzip
 import socket
 import ssl
 from collections.abc import AsyncIterator, Awaitable, Callable
@@ -325,6 +326,28 @@ async def test_broken_answers_are_service_failures(raw_server) -> None:
         with pytest.raises(XRoadError) as err:
             await _call(await answer_with(data), _req(path="/x"))
         assert err.value.code == "Server.ServerProxy.ServiceFailed", data
+
+
+async def test_compressed_answers_pass_on_compressed(serve) -> None:
+    # The client asked for the coding (Accept-Encoding travels as it gave it) and gets the
+    # bytes as the backend sent them: the cap counts them, not what they would inflate to.
+    plain = b"z" * 100_000
+    packed = gzip.compress(plain)
+    seen: list[str | None] = []
+
+    async def handler(request: web.Request) -> web.Response:
+        seen.append(request.headers.get("Accept-Encoding"))
+        return web.Response(body=packed, headers={"Content-Encoding": "gzip"})
+
+    app = web.Application()
+    app.router.add_get("/{tail:.*}", handler)
+    url = await serve(app)
+    answer = await _call(url, _req(path="/x"), max_response_bytes=len(packed))
+    assert answer.body == packed
+    assert ("Content-Encoding", "gzip") in answer.headers
+    answer = await _call(url, _req(path="/x", headers=[("Accept-Encoding", "gzip")]))
+    assert answer.body == packed
+    assert seen == [None, "gzip"]
 
 
 @pytest.mark.parametrize("chunked", [False, True])

@@ -27,7 +27,6 @@ import copy
 import json
 from typing import Any
 
-import aiohttp
 import structlog
 import zeep
 from lxml import etree
@@ -41,8 +40,9 @@ from xroad_hub.protocol.soap import NSMAP as ENVELOPE_NSMAP
 from xroad_hub.protocol.soap import SoapMessage, build_response
 from xroad_hub.protocol.xmlsafe import XmlError, XmlLimits, parse_xml
 
+from ..backend import Backends
 from ..base import AdapterRequest, AdapterResponse
-from ..http import AdapterSession, UpstreamError
+from ..http import UpstreamError, basic_auth, post, target_of
 from .jsonmap import InputError, RequestCodec, response_json
 from .wsdl import WsdlError, WsdlInfo, WsdlOperation, zeep_client
 
@@ -69,11 +69,12 @@ class SoapBridgeAdapter:
         endpoint_url: str | None = None,
         timeout: float = 30.0,
         max_response_bytes: int = MAX_LEGACY_RESPONSE,
-        session: aiohttp.ClientSession | None = None,
+        backends: Backends | None = None,
     ) -> None:
         """Registration-time checks raise WsdlError (unknown operation, schema zeep cannot
         use) or ValueError (no usable endpoint URL). Share ``wsdl`` as a zeep.Client (see
-        ``zeep_client``) between the adapters of one WSDL to parse it once."""
+        ``zeep_client``) between the adapters of one WSDL to parse it once. ``backends``: the
+        node's pools (the node closes them), otherwise the adapter's own (``close``)."""
         self.info = info
         self.operation: WsdlOperation = info.operation(operation)
         self.client = wsdl if isinstance(wsdl, zeep.Client) else zeep_client(wsdl, info.source)
@@ -89,10 +90,24 @@ class SoapBridgeAdapter:
         except ZeepError as exc:
             raise WsdlError(f"{info.source}: operation {operation}: {exc}") from exc
         self.codec = RequestCodec(self._request_element)
-        self._timeout = aiohttp.ClientTimeout(total=timeout, sock_connect=min(timeout, 10.0))
+        self._timeout = timeout
+        self._connect_timeout = min(timeout, 10.0)
         self._max = max_response_bytes
         self._limits = XmlLimits(max_bytes=max_response_bytes, max_text=max_response_bytes)
-        self._http = AdapterSession(session, limit=64)
+        self._own = backends is None
+        self._backends = Backends(limit=64) if backends is None else backends
+        self._pool = self._backends.pool(self._url)
+        self._target = target_of(self._url)
+        # What aiohttp sent besides Host and Content-Length (its User-Agent left out): the
+        # answer is decoded here, so compressed ones are welcome.
+        self._headers: tuple[tuple[str, str], ...] = (
+            ("Content-Type", XML_TYPE),
+            ("SOAPAction", f'"{self.operation.soap_action}"'),
+            ("Accept", "*/*"),
+            ("Accept-Encoding", "gzip, deflate"),
+        )
+        if (auth := basic_auth(self._url)) is not None:
+            self._headers += (auth,)
 
     # -- REST -------------------------------------------------------------------------------
 
@@ -196,13 +211,15 @@ class SoapBridgeAdapter:
         return _detached(child)
 
     async def _post(self, payload: bytes) -> tuple[int, str, bytes]:
-        headers = {
-            "Content-Type": XML_TYPE,
-            "SOAPAction": f'"{self.operation.soap_action}"',
-        }
         try:
-            status, content_type, body = await self._http.post(
-                self._url, payload, headers, timeout=self._timeout, max_bytes=self._max
+            status, content_type, body = await post(
+                self._pool,
+                self._target,
+                payload,
+                self._headers,
+                total=self._timeout,
+                connect=self._connect_timeout,
+                max_bytes=self._max,
             )
         except UpstreamError as exc:
             raise self._failed(exc.message, exc.cause) from exc
@@ -224,7 +241,8 @@ class SoapBridgeAdapter:
         return err
 
     async def close(self) -> None:
-        await self._http.close()
+        if self._own:
+            self._backends.close()
 
 
 def _envelope(wrapper: etree._Element) -> bytes:

@@ -245,7 +245,8 @@ class Node(NodeOperations):
             connector=aiohttp.TCPConnector(limit=0),
             cookie_jar=aiohttp.DummyCookieJar(),
         )
-        # The REST adapters' pools, one per backend, shared by the services on the same one.
+        # The adapters' pools (REST and SOAP), one per backend, shared by the services on
+        # the same one.
         self._backends = Backends()
         yield
         self._backends.close()
@@ -610,7 +611,7 @@ class Node(NodeOperations):
                 soap_action=info.operation(cfg.id.service_code).soap_action,
                 timeout=reg.timeout,
                 max_response_bytes=limit,
-                session=self._session,
+                backends=self._backends,
             )
             return HostedService(cfg, adapter, wsdl=hide_endpoint(data))
         code = cfg.id.service_code
@@ -621,7 +622,7 @@ class Node(NodeOperations):
             endpoint_url=reg.url,
             timeout=reg.timeout,
             max_response_bytes=limit,
-            session=self._session,
+            backends=self._backends,
         )
         return HostedService(
             cfg,
