@@ -12,14 +12,16 @@ import asyncio
 import contextlib
 import json
 import os
+import sqlite3
 import stat
-from collections.abc import Iterable, Sequence
+import threading
+from collections.abc import Awaitable, Callable, Iterable, Sequence
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
 
-import aiosqlite
 import structlog
 
 __all__ = ["CaseRecord", "EvidenceRef", "HistoryEntry", "Store", "iso", "parse_iso"]
@@ -145,7 +147,7 @@ class EvidenceRef:
     error: dict[str, Any] | None
 
 
-def _case(row: aiosqlite.Row) -> CaseRecord:
+def _case(row: sqlite3.Row) -> CaseRecord:
     return CaseRecord(
         case_no=row["case_no"],
         case_type=row["case_type"],
@@ -163,7 +165,7 @@ def _case(row: aiosqlite.Row) -> CaseRecord:
     )
 
 
-def _ref(row: aiosqlite.Row) -> EvidenceRef:
+def _ref(row: sqlite3.Row) -> EvidenceRef:
     return EvidenceRef(
         type=row["type"],
         subject_kind=row["subject_kind"],
@@ -211,42 +213,136 @@ def _make_private(path: Path) -> None:
             )
 
 
-class Store:
-    """One aiosqlite connection; writes that belong together run under one lock and commit.
+T = TypeVar("T")
 
-    aiosqlite serialises statements on its thread, but a transaction spans several awaits;
-    without the lock another coroutine's statements could land inside it (and its commit).
+
+class _Abandoned(Exception):
+    """The caller of a transaction was cancelled before it committed: roll it back."""
+
+
+class _DbThread:
+    """A plain sqlite3 connection and the one thread that ever uses it.
+
+    An operation is a whole function run in that thread: one hop from the event loop (a
+    futex wake-up there and a loop wake-up back) instead of one per statement, commit and
+    rollback as with aiosqlite.
+    """
+
+    def __init__(self, name: str) -> None:
+        self._pool = ThreadPoolExecutor(max_workers=1, thread_name_prefix=name)
+        self._conn: sqlite3.Connection | None = None  # used in the pool's thread only
+
+    async def open(self, path: Path) -> None:
+        def connect() -> None:
+            # Created in the thread that will use it, so sqlite3's same-thread check holds.
+            conn = sqlite3.connect(path)
+            conn.row_factory = sqlite3.Row
+            self._conn = conn
+
+        await asyncio.get_running_loop().run_in_executor(self._pool, connect)
+
+    async def run(self, fn: Callable[[sqlite3.Connection], T]) -> T:
+        """``fn(connection)`` in the thread. Cancelling the await drops ``fn`` if it has not
+        started; once started it runs to its end (a thread cannot be interrupted safely)."""
+        return await asyncio.get_running_loop().run_in_executor(self._pool, self._call, fn)
+
+    def _call(self, fn: Callable[[sqlite3.Connection], T]) -> T:
+        if self._conn is None:
+            raise RuntimeError("Store.open() was not called")
+        return fn(self._conn)
+
+    async def close(self) -> None:
+        def close() -> None:
+            if self._conn is not None:
+                self._conn.close()
+                self._conn = None
+
+        try:
+            # Queued behind whatever the thread still has to do, which therefore ends first.
+            await asyncio.get_running_loop().run_in_executor(self._pool, close)
+        finally:
+            self._pool.shutdown(wait=False)
+
+
+def _init(db: sqlite3.Connection) -> None:
+    db.execute("PRAGMA journal_mode=WAL")
+    db.execute("PRAGMA foreign_keys=ON")
+    db.executescript(SCHEMA)
+    db.commit()
+
+
+class Store:
+    """Two sqlite3 connections, each with a thread of its own: one writes, one reads.
+
+    Each write is one transaction run whole in the writer's thread (all statements, then
+    commit, or rollback on any error), so writes are serialised by that thread and no other
+    coroutine's statements can land inside one. Reads run on the reader's connection: in WAL
+    mode they see the last commit and never wait for a write to finish.
     """
 
     def __init__(self, path: Path) -> None:
         self._path = path
-        self._db: aiosqlite.Connection | None = None
-        self._write = asyncio.Lock()
+        self._writer: _DbThread | None = None
+        self._reader: _DbThread | None = None
 
     async def open(self) -> None:
         on_disk = str(self._path) != ":memory:"
         if on_disk:
             await asyncio.to_thread(_create_private, self._path)
-        self._db = await aiosqlite.connect(self._path)
-        self._db.row_factory = aiosqlite.Row
-        await self._db.execute("PRAGMA journal_mode=WAL")
-        await self._db.execute("PRAGMA foreign_keys=ON")
-        await self._db.executescript(SCHEMA)
-        await self._db.commit()
+        self._writer = _DbThread("case-db-write")
+        await self._writer.open(self._path)
+        await self._writer.run(_init)
         if on_disk:
+            self._reader = _DbThread("case-db-read")
+            await self._reader.open(self._path)
             # SQLite gives the WAL and shared-memory files the main file's mode; check anyway.
             await asyncio.to_thread(_make_private, self._path)
+        else:
+            self._reader = self._writer  # a second connection would open another database
 
     async def close(self) -> None:
-        if self._db is not None:
-            await self._db.close()
-            self._db = None
+        reader, writer = self._reader, self._writer
+        self._reader = self._writer = None
+        if reader is not None and reader is not writer:
+            await reader.close()
+        if writer is not None:
+            await writer.close()
 
-    @property
-    def db(self) -> aiosqlite.Connection:
-        if self._db is None:
+    def _read(self, fn: Callable[[sqlite3.Connection], T]) -> Awaitable[T]:
+        if self._reader is None:
             raise RuntimeError("Store.open() was not called")
-        return self._db
+        return self._reader.run(fn)
+
+    async def _transaction(self, work: Callable[[sqlite3.Connection], T]) -> T:
+        """``work`` and the commit in one hop to the writer's thread; any error rolls back.
+
+        A cancelled caller never cuts the thread's work short, nor leaves it half done: work
+        not yet started is skipped; work under way runs to its end and then rolls back
+        instead of committing, as the caller's own rollback on cancellation used to do. A
+        cancellation that arrives once the commit has begun is too late, as it was before.
+        """
+        abandoned = threading.Event()
+
+        def run(db: sqlite3.Connection) -> T:
+            if abandoned.is_set():
+                raise _Abandoned
+            try:
+                result = work(db)
+                if abandoned.is_set():
+                    raise _Abandoned
+                db.commit()
+            except BaseException:
+                db.rollback()
+                raise
+            return result
+
+        if self._writer is None:
+            raise RuntimeError("Store.open() was not called")
+        try:
+            return await self._writer.run(run)
+        except asyncio.CancelledError:
+            abandoned.set()
+            raise
 
     # --- writes -------------------------------------------------------------------------
 
@@ -271,48 +367,37 @@ class Store:
         per agency, case type and Buddhist-era year, allocated in the same transaction so two
         applications can never share one.
         """
-        db = self.db
         at = iso(submitted_at)
-        async with self._write:
-            try:
-                async with db.execute(
-                    "INSERT INTO case_counter (agency, prefix, year_be, last) VALUES (?, ?, ?, 1)"
-                    " ON CONFLICT (agency, prefix, year_be) DO UPDATE SET last = last + 1"
-                    " RETURNING last",
-                    (agency, prefix, year_be),
-                ) as cur:
-                    row = await cur.fetchone()
-                assert row is not None
-                case_no = f"{agency}-{prefix}-{year_be}-{int(row[0]):06d}"
-                await db.execute(
-                    "INSERT INTO cases (case_no, case_type, citizen_id, juristic_id, status,"
-                    " submitted_at, due_at, sla_days, updated_at)"
-                    " VALUES (?, ?, ?, ?, 'submitted', ?, ?, ?, ?)",
-                    (
-                        case_no,
-                        case_type,
-                        citizen_id,
-                        juristic_id,
-                        at,
-                        iso(due_at),
-                        sla_days,
-                        at,
-                    ),
-                )
-                await db.execute(
-                    "INSERT INTO status_history (case_no, status, at, actor) VALUES (?, ?, ?, ?)",
-                    (case_no, "submitted", at, actor),
-                )
-                await db.executemany(
-                    "INSERT INTO evidence (case_no, type, subject_kind, subject_id, position,"
-                    " status) VALUES (?, ?, ?, ?, ?, 'pending')",
-                    [(case_no, t, k, s, i) for i, (t, k, s) in enumerate(evidence)],
-                )
-                await db.commit()
-            except BaseException:
-                await db.rollback()
-                raise
-        return case_no
+        due = iso(due_at)
+        items = list(evidence)
+
+        def work(db: sqlite3.Connection) -> str:
+            # fetchall: the RETURNING statement runs to its end before the next one.
+            [row] = db.execute(
+                "INSERT INTO case_counter (agency, prefix, year_be, last) VALUES (?, ?, ?, 1)"
+                " ON CONFLICT (agency, prefix, year_be) DO UPDATE SET last = last + 1"
+                " RETURNING last",
+                (agency, prefix, year_be),
+            ).fetchall()
+            case_no = f"{agency}-{prefix}-{year_be}-{int(row[0]):06d}"
+            db.execute(
+                "INSERT INTO cases (case_no, case_type, citizen_id, juristic_id, status,"
+                " submitted_at, due_at, sla_days, updated_at)"
+                " VALUES (?, ?, ?, ?, 'submitted', ?, ?, ?, ?)",
+                (case_no, case_type, citizen_id, juristic_id, at, due, sla_days, at),
+            )
+            db.execute(
+                "INSERT INTO status_history (case_no, status, at, actor) VALUES (?, ?, ?, ?)",
+                (case_no, "submitted", at, actor),
+            )
+            db.executemany(
+                "INSERT INTO evidence (case_no, type, subject_kind, subject_id, position,"
+                " status) VALUES (?, ?, ?, ?, ?, 'pending')",
+                [(case_no, t, k, s, i) for i, (t, k, s) in enumerate(items)],
+            )
+            return case_no
+
+        return await self._transaction(work)
 
     async def record_fetch(
         self,
@@ -334,61 +419,60 @@ class Store:
         ``reference`` holds status, service, sha256 and error of the item. Views pass none:
         a document re-fetched to be shown does not replace the one the case was built on.
         """
-        db = self.db
-        async with self._write:
-            try:
-                await db.execute(
-                    "INSERT INTO exchange (case_no, type, message_id, user_id, reason, at, ok,"
-                    " status, error_code, sha256) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
-                    (
-                        case_no,
-                        evidence_type,
-                        message_id,
-                        user_id,
-                        reason,
-                        iso(at),
-                        int(ok),
-                        status,
-                        error_code,
-                        sha256,
-                    ),
+        stamp = iso(at)
+        exchange = (
+            case_no,
+            evidence_type,
+            message_id,
+            user_id,
+            reason,
+            stamp,
+            int(ok),
+            status,
+            error_code,
+            sha256,
+        )
+        update: tuple[Any, ...] | None = None
+        if reference is not None:
+            error = reference.get("error")
+            update = (
+                reference["status"],
+                message_id,
+                reference.get("service"),
+                stamp,
+                sha256,
+                json.dumps(error, ensure_ascii=False) if error else None,
+                case_no,
+                evidence_type,
+            )
+
+        def work(db: sqlite3.Connection) -> None:
+            db.execute(
+                "INSERT INTO exchange (case_no, type, message_id, user_id, reason, at, ok,"
+                " status, error_code, sha256) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
+                exchange,
+            )
+            if update is not None:
+                db.execute(
+                    "UPDATE evidence SET status = ?, attempts = attempts + 1,"
+                    " message_id = ?, service = COALESCE(?, service), retrieved_at = ?,"
+                    " sha256 = ?, error = ? WHERE case_no = ? AND type = ?",
+                    update,
                 )
-                if reference is not None:
-                    error = reference.get("error")
-                    await db.execute(
-                        "UPDATE evidence SET status = ?, attempts = attempts + 1,"
-                        " message_id = ?, service = COALESCE(?, service), retrieved_at = ?,"
-                        " sha256 = ?, error = ? WHERE case_no = ? AND type = ?",
-                        (
-                            reference["status"],
-                            message_id,
-                            reference.get("service"),
-                            iso(at),
-                            sha256,
-                            json.dumps(error, ensure_ascii=False) if error else None,
-                            case_no,
-                            evidence_type,
-                        ),
-                    )
-                await db.commit()
-            except BaseException:
-                await db.rollback()
-                raise
+
+        await self._transaction(work)
 
     async def not_fetched(self, case_no: str, evidence_type: str, error: dict[str, Any]) -> None:
         """Mark an item failed without an exchange: it was deliberately not fetched."""
-        db = self.db
-        async with self._write:
-            try:
-                await db.execute(
-                    "UPDATE evidence SET status = 'failed', error = ?"
-                    " WHERE case_no = ? AND type = ?",
-                    (json.dumps(error, ensure_ascii=False), case_no, evidence_type),
-                )
-                await db.commit()
-            except BaseException:
-                await db.rollback()
-                raise
+        params = (json.dumps(error, ensure_ascii=False), case_no, evidence_type)
+
+        def work(db: sqlite3.Connection) -> None:
+            db.execute(
+                "UPDATE evidence SET status = 'failed', error = ? WHERE case_no = ? AND type = ?",
+                params,
+            )
+
+        await self._transaction(work)
 
     async def transition(
         self,
@@ -406,7 +490,6 @@ class Store:
         The status test is part of the UPDATE, so the check and the change cannot be split by
         a concurrent request.
         """
-        db = self.db
         sources = list(allowed_from)
         marks = ",".join("?" * len(sources))
         stamp = iso(at)
@@ -415,47 +498,51 @@ class Store:
         if decision is not None:
             sets += ", decision = ?, decision_reason = ?, decided_by = ?, decided_at = ?"
             params += [decision[0], decision[1], actor, stamp]
-        async with self._write:
-            try:
-                cur = await db.execute(
-                    f"UPDATE cases SET {sets} WHERE case_no = ? AND status IN ({marks})",
-                    [*params, case_no, *sources],
+        sql = f"UPDATE cases SET {sets} WHERE case_no = ? AND status IN ({marks})"
+        params += [case_no, *sources]
+
+        def work(db: sqlite3.Connection) -> bool:
+            changed = db.execute(sql, params).rowcount == 1
+            if changed:
+                db.execute(
+                    "INSERT INTO status_history (case_no, status, at, actor, note)"
+                    " VALUES (?, ?, ?, ?, ?)",
+                    (case_no, to, stamp, actor, note),
                 )
-                changed = cur.rowcount == 1
-                await cur.close()
-                if changed:
-                    await db.execute(
-                        "INSERT INTO status_history (case_no, status, at, actor, note)"
-                        " VALUES (?, ?, ?, ?, ?)",
-                        (case_no, to, stamp, actor, note),
-                    )
-                await db.commit()
-            except BaseException:
-                await db.rollback()
-                raise
-        return changed
+            return changed
+
+        return await self._transaction(work)
 
     async def fail_pending(self, error: dict[str, Any]) -> list[str]:
         """Mark items left ``pending`` (the process stopped mid-fetch) as failed.
 
         Returns the numbers of cases still ``submitted``, whose status must be recomputed.
         """
-        db = self.db
-        async with self._write:
-            await db.execute(
-                "UPDATE evidence SET status = 'failed', error = ? WHERE status = 'pending'",
-                (json.dumps(error),),
+        params = (json.dumps(error),)
+
+        def work(db: sqlite3.Connection) -> None:
+            db.execute(
+                "UPDATE evidence SET status = 'failed', error = ? WHERE status = 'pending'", params
             )
-            await db.commit()
-        async with db.execute("SELECT case_no FROM cases WHERE status = 'submitted'") as cur:
-            return [r[0] for r in await cur.fetchall()]
+
+        await self._transaction(work)
+
+        def read(db: sqlite3.Connection) -> list[str]:
+            rows = db.execute("SELECT case_no FROM cases WHERE status = 'submitted'").fetchall()
+            return [r[0] for r in rows]
+
+        return await self._read(read)
 
     # --- reads --------------------------------------------------------------------------
+    # Each read fetches all its rows in the thread: a statement left unfinished would hold its
+    # snapshot (the next read would not see later commits) and keep the WAL from checkpointing.
 
     async def get_case(self, case_no: str) -> CaseRecord | None:
-        async with self.db.execute("SELECT * FROM cases WHERE case_no = ?", (case_no,)) as cur:
-            row = await cur.fetchone()
-        return _case(row) if row else None
+        def read(db: sqlite3.Connection) -> CaseRecord | None:
+            rows = db.execute("SELECT * FROM cases WHERE case_no = ?", (case_no,)).fetchall()
+            return _case(rows[0]) if rows else None
+
+        return await self._read(read)
 
     async def list_cases(
         self,
@@ -481,31 +568,37 @@ class Store:
         if where:
             sql += " WHERE " + " AND ".join(where)
         sql += " ORDER BY submitted_at, case_no LIMIT ? OFFSET ?"
-        async with self.db.execute(sql, [*params, limit, offset]) as cur:
-            return [_case(r) for r in await cur.fetchall()]
+        params += [limit, offset]
+        return await self._read(lambda db: [_case(r) for r in db.execute(sql, params).fetchall()])
 
     async def history(self, case_no: str) -> list[HistoryEntry]:
-        async with self.db.execute(
-            "SELECT status, at, actor, note FROM status_history WHERE case_no = ? ORDER BY id",
-            (case_no,),
-        ) as cur:
+        def read(db: sqlite3.Connection) -> list[HistoryEntry]:
+            rows = db.execute(
+                "SELECT status, at, actor, note FROM status_history WHERE case_no = ? ORDER BY id",
+                (case_no,),
+            ).fetchall()
             return [
-                HistoryEntry(r["status"], parse_iso(r["at"]), r["actor"], r["note"])
-                for r in await cur.fetchall()
+                HistoryEntry(r["status"], parse_iso(r["at"]), r["actor"], r["note"]) for r in rows
             ]
 
+        return await self._read(read)
+
     async def evidence(self, case_no: str) -> list[EvidenceRef]:
-        async with self.db.execute(
-            "SELECT * FROM evidence WHERE case_no = ? ORDER BY position", (case_no,)
-        ) as cur:
-            return [_ref(r) for r in await cur.fetchall()]
+        def read(db: sqlite3.Connection) -> list[EvidenceRef]:
+            rows = db.execute(
+                "SELECT * FROM evidence WHERE case_no = ? ORDER BY position", (case_no,)
+            ).fetchall()
+            return [_ref(r) for r in rows]
+
+        return await self._read(read)
 
     async def exchanges(self, case_no: str) -> list[dict[str, Any]]:
-        async with self.db.execute(
-            "SELECT type, message_id, user_id, reason, at, ok, status, error_code, sha256"
-            " FROM exchange WHERE case_no = ? ORDER BY id",
-            (case_no,),
-        ) as cur:
+        def read(db: sqlite3.Connection) -> list[dict[str, Any]]:
+            rows = db.execute(
+                "SELECT type, message_id, user_id, reason, at, ok, status, error_code, sha256"
+                " FROM exchange WHERE case_no = ? ORDER BY id",
+                (case_no,),
+            ).fetchall()
             return [
                 {
                     "type": r["type"],
@@ -518,17 +611,18 @@ class Store:
                     "error_code": r["error_code"],
                     "sha256": r["sha256"],
                 }
-                for r in await cur.fetchall()
+                for r in rows
             ]
+
+        return await self._read(read)
 
     async def overdue(self, now: datetime, open_statuses: Sequence[str]) -> list[CaseRecord]:
         marks = ",".join("?" * len(open_statuses))
-        async with self.db.execute(
-            f"SELECT * FROM cases WHERE status IN ({marks}) AND due_at < ?"
-            " ORDER BY due_at, case_no",
-            [*open_statuses, iso(now)],
-        ) as cur:
-            return [_case(r) for r in await cur.fetchall()]
+        sql = (
+            f"SELECT * FROM cases WHERE status IN ({marks}) AND due_at < ? ORDER BY due_at, case_no"
+        )
+        params = [*open_statuses, iso(now)]
+        return await self._read(lambda db: [_case(r) for r in db.execute(sql, params).fetchall()])
 
     async def decided(self, case_type: str | None = None) -> list[CaseRecord]:
         sql = "SELECT * FROM cases WHERE decided_at IS NOT NULL"
@@ -536,8 +630,7 @@ class Store:
         if case_type is not None:
             sql += " AND case_type = ?"
             params.append(case_type)
-        async with self.db.execute(sql, params) as cur:
-            return [_case(r) for r in await cur.fetchall()]
+        return await self._read(lambda db: [_case(r) for r in db.execute(sql, params).fetchall()])
 
     async def count_by_status(self, case_type: str | None = None) -> dict[str, int]:
         sql = "SELECT status, COUNT(*) FROM cases"
@@ -545,5 +638,5 @@ class Store:
         if case_type is not None:
             sql += " WHERE case_type = ?"
             params.append(case_type)
-        async with self.db.execute(sql + " GROUP BY status", params) as cur:
-            return {r[0]: r[1] for r in await cur.fetchall()}
+        sql += " GROUP BY status"
+        return await self._read(lambda db: {r[0]: r[1] for r in db.execute(sql, params).fetchall()})
