@@ -347,6 +347,57 @@ def test_csv_plain_chunks_read_as_the_csv_module_reads_them(
             assert got == (row[0], row[1], row[5], int(row[6]))
 
 
+def test_csv_numeric_columns_judged_whole_or_value_by_value_report_the_same(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """Numeric columns of plain CSV chunks are first judged whole (``joined_fits``); a
+    column with a value outside that condition, valid or not, is matched value by value,
+    and a bad value in the middle of a chunk is reported on its own line."""
+    from adapters.flatfile import csvfile, loader
+
+    monkeypatch.setattr(csvfile, "_CHUNK", 4000)  # a few dozen rows per chunk
+    matched: list[int] = []
+    original = loader.failing_values
+
+    def spy(column: Any, *args: Any) -> list[int]:
+        matched.append(len(column))
+        return original(column, *args)
+
+    monkeypatch.setattr(loader, "failing_values", spy)
+    fields = [*CSV_LAYOUT["field"], {"name": "extra", "type": "zoned", "scale": 2}]
+    layout = {**CSV_LAYOUT, "field": fields}
+    rows = [plain_row(i) for i in range(200)]
+    for i, row in enumerate(rows):
+        row[4] = f"{-i if i % 7 == 0 else i}00"  # amounts without a point: the fast path
+        row[6] = f"{i:04d}{'{' if i % 2 else 'J'}"
+    result, ds = load(csv_bytes(rows), layout)
+    assert (result.valid, result.broken_count) == (200, 0)
+    assert matched == []  # every column judged whole
+    assert [ds.record(i)["amount"] for i in (7, 8)] == ["-700", "800"]
+    assert [ds.record(i)["extra"] for i in (7, 8)] == ["0.70", "-0.81"]  # 0007{, 0008J
+
+    rows[100][2] = "25x7"  # line 102: header + 101 rows before it
+    rows[101][2] = " 2567 "  # valid, outside the whole-column condition
+    rows[150][4] = "1-2"
+    rows[151][4] = "12.50"
+    rows[152][4] = "12-"
+    rows[170][6] = "{1"
+    rows[171][6] = "  0012} "
+    rows[199][2] = "-"  # the very last value
+    result, ds = load(csv_bytes(rows), layout, max_bad_share=0.5)
+    report = [(b.line, b.field, b.reason) for b in result.broken]
+    assert report == [
+        (102, "tax_year", "not an integer"),
+        (152, "amount", "not a decimal number"),
+        (172, "extra", "not a zoned number"),
+        (201, "tax_year", "not an integer"),
+    ]
+    assert matched  # the columns with odd values were matched value by value
+    assert ds.record(101)["tax_year"] == 2567
+    assert [ds.record(i)["amount"] for i in (151, 152)] == ["12.50", "-12"]
+    assert ds.record(171)["extra"] == "-1.20"
+
+
 @pytest.mark.parametrize("encoding", ["cp874", "utf-8"])
 def test_csv_thai_text_key_finds_rows_of_plain_and_quoted_chunks(
     monkeypatch: pytest.MonkeyPatch, encoding: str

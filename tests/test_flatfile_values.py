@@ -199,3 +199,38 @@ def test_shape_admits_only_values_the_syntax_admits(type_name: str) -> None:
         values += [bytes(rng.choice(allowed) for allowed in shape) for _ in range(2000)]
         for v in values:
             assert syntax.fullmatch(v), (type_name, v)
+
+
+@pytest.mark.parametrize("type_name", ["integer", "decimal", "zoned"])
+def test_joined_fits_admits_only_columns_whose_every_value_the_syntax_admits(
+    type_name: str,
+) -> None:
+    """A CSV column that passes ``joined_fits`` is not matched against the syntax at all:
+    for random columns of values made of digits, signs, overpunched bytes, spaces and
+    points, a pass means every value matches, and columns of plain numbers pass."""
+    import random
+    import re
+
+    vtype = value_type(type_name, scale=2)
+    assert vtype.joined_fits is not None and vtype.syntax is not None
+    syntax = re.compile(vtype.syntax.encode())
+    sep = b"\x1f"
+    rng = random.Random(16)
+    alphabet = b"0123456789" * 3 + b"+-{}AJRpy. \x00"
+    passed = 0
+    for _ in range(20_000):
+        column = [
+            bytes(rng.choice(alphabet) for _ in range(rng.randrange(0, 5)))
+            for _ in range(rng.randrange(1, 4))
+        ]
+        if vtype.joined_fits(sep.join(column), sep):
+            passed += 1
+            assert all(syntax.fullmatch(v) for v in column), (type_name, column)
+    assert passed > 500
+    plain = [b"0012", b"", b"7", b"-0001" if type_name != "zoned" else b"0001}", b"00"]
+    assert vtype.joined_fits(sep.join(plain), sep)
+    # Each way out of the condition, at the start, in the middle and at the end.
+    for bad in (b"1-", b"-", b"+-1", b"1 ", b"1.5", b"{1", b"1{{", b"x"):
+        for column in ([bad, b"1"], [b"1", bad, b"1"], [b"1", bad]):
+            if vtype.joined_fits(sep.join(column), sep):
+                assert all(syntax.fullmatch(v) for v in column), (type_name, column)

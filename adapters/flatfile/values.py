@@ -262,6 +262,39 @@ def _zoned_shape(width: int) -> tuple[bytes, ...]:
     return (*(_DIGITS,) * (width - 1), _ZONED_LAST_BYTES) if width else ()
 
 
+_PLUS = bytes.maketrans(b"-", b"+")
+_ZONED_MARKS = _ZONED_LAST_BYTES[len(_DIGITS) :]  # the non-digit overpunched last bytes
+_ZONED_MARK = bytes.maketrans(_ZONED_MARKS, b"{" * len(_ZONED_MARKS))
+
+
+def _signed_joined(joined: bytes, sep: bytes) -> bool:
+    """Whether every value of ``joined`` (values joined by ``sep``, which no value holds)
+    is blank or ``[+-]?[0-9]+``: bytes outside digits and signs found by one
+    ``translate``; a sign only first in its value (as many signs as signs after a
+    separator, or at the very start) and never last (no sign before a separator or at the
+    very end)."""
+    if joined.translate(None, _DIGITS + _SIGNS + sep):
+        return False
+    if b"+" not in joined and b"-" not in joined:
+        return True
+    signs = joined.translate(_PLUS)
+    plus = b"+"
+    firsts = signs.count(sep + plus) + signs.startswith(plus)
+    return signs.count(plus) == firsts and plus + sep not in signs and not signs.endswith(plus)
+
+
+def _zoned_joined(joined: bytes, sep: bytes) -> bool:
+    """Whether every value of ``joined`` (as in ``_signed_joined``) is blank or
+    ``[0-9]*[0-9{}A-Rp-y]``: only those bytes, and an overpunched byte only last in its
+    value (each followed by a separator or the very end)."""
+    if joined.translate(None, _ZONED_LAST_BYTES + sep):
+        return False
+    marks = joined.translate(_ZONED_MARK)
+    mark = b"{"
+    lasts = marks.count(mark + sep) + marks.endswith(mark)
+    return marks.count(mark) == lasts
+
+
 @dataclass(frozen=True, slots=True)
 class ValueType:
     """What a field's type does with one raw value (see the module docstring)."""
@@ -279,6 +312,11 @@ class ValueType:
     # position on strided slices of the file, without a million ``bytes`` objects; a
     # column that does not fit is checked against ``syntax`` as before.
     shape: Callable[[int], tuple[bytes, ...]] | None = None
+    # (joined column, separator) -> whether every value of a column of variable-length
+    # values (CSV), joined by a separator none of them holds, matches ``syntax``: again a
+    # sufficient condition, checked by a few whole-column ``translate``/``count`` passes;
+    # a column that does not pass is matched against ``syntax`` value by value.
+    joined_fits: Callable[[bytes, bytes], bool] | None = None
 
     def __post_init__(self) -> None:
         if self.syntax is not None:
@@ -299,6 +337,7 @@ def value_type(
             False,
             lambda t: _canonical_number(parse_integer(t)),
             _signed_shape,
+            _signed_joined,
         )
     if type_name in ("decimal", "zoned"):
         parse = parse_decimal if type_name == "decimal" else parse_zoned
@@ -314,6 +353,7 @@ def value_type(
             False,
             lambda t: _canonical_number(convert(t)),
             _signed_shape if type_name == "decimal" else _zoned_shape,
+            _signed_joined if type_name == "decimal" else _zoned_joined,
         )
     if type_name == "date":
         fmt = DateFormat.compile(date_format, era)
