@@ -398,6 +398,50 @@ def test_csv_numeric_columns_judged_whole_or_value_by_value_report_the_same(
     assert ds.record(171)["extra"] == "-1.20"
 
 
+def test_csv_keys_taken_whole_or_value_by_value_index_the_same(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """Key columns of plain chunks are taken joined as they are when no value needs
+    stripping or converting (``joined_keys``); chunks with a padded key, a dashed id or a
+    broken record go value by value. Every record is found by its canonical key either way,
+    and broken ones by none."""
+    from adapters.flatfile import csvfile, loader
+
+    monkeypatch.setattr(csvfile, "_CHUNK", 1500)  # a dozen rows or so per chunk
+    taken: list[bool] = []
+    original = loader._Validator.joined_keys
+
+    def spy(self: Any, *args: Any) -> bytes | None:
+        joined = original(self, *args)
+        taken.append(joined is not None)
+        return joined
+
+    monkeypatch.setattr(loader._Validator, "joined_keys", spy)
+    layout = {**CSV_LAYOUT, "keys": ["juristic_id", "office"]}
+    rows = [plain_row(i) for i in range(200)]
+    for i, row in enumerate(rows):
+        row[0] = with_check_digit(f"0105500{i:05d}")
+        row[5] = f"สาขา {i % 5}"  # a space inside the key: nothing to strip
+    cid = rows[40][0]
+    rows[40][0] = f"{cid[0]}-{cid[1:5]}-{cid[5:10]}-{cid[10:12]}-{cid[12]}"
+    rows[60][5] = " สาขา 1"
+    rows[61][5] = "สาขา 1\x00"
+    rows[80][0] = f" {rows[80][0]} "
+    rows[100][2] = "bad"  # broken: its chunk's keys go value by value
+    rows[120][5] = ""  # a blank key: not indexed
+    rows[121][0] = ""
+    result, ds = load(csv_bytes(rows), layout, max_bad_share=0.5)
+    assert [(b.line, b.field) for b in result.broken] == [(102, "tax_year")]
+    for i in (0, 40, 80, 99, 101, 199):
+        page = ds.query({"juristic_id": with_check_digit(f"0105500{i:05d}")}, 0, 5, 10)
+        assert page.total == 1 and page.records[0]["name_th"] == f"บริษัท {i} จำกัด", i
+    assert ds.query({"juristic_id": with_check_digit("010550000100")}, 0, 5, 10).total == 0
+    offices = {k: ds.query({"office": f"สาขา {k}"}, 0, 1, 1000).total for k in range(5)}
+    # 100 broken and 120 blank are not indexed; 60 is " สาขา 1", 61 "สาขา 1" and a NUL
+    assert offices == {0: 37, 1: 41, 2: 40, 3: 40, 4: 40}
+    assert taken.count(True) > 10 and taken.count(False) >= 5
+
+
 @pytest.mark.parametrize("encoding", ["cp874", "utf-8"])
 def test_csv_thai_text_key_finds_rows_of_plain_and_quoted_chunks(
     monkeypatch: pytest.MonkeyPatch, encoding: str
