@@ -110,8 +110,8 @@ class CsvFrame:
         self._delimiter_byte = _ascii(layout.delimiter)
         self._quote_byte = _ascii(layout.quotechar)
 
-    def _chunks(self) -> Iterator[tuple[int, int, int]]:
-        """(start, end, first line number) of chunks that end outside quotes."""
+    def _chunks(self) -> Iterator[tuple[int, int, int, int]]:
+        """(start, end, first line number, line feeds) of chunks that end outside quotes."""
         buf, quote = self.buf, self.layout.quotechar.encode(self.layout.encoding.codec)
         pos = _body_start(buf, self.layout.encoding)
         line = 0
@@ -134,13 +134,14 @@ class CsvFrame:
                 # Inside a quoted field: take more, from the end looked at (growing from
                 # ``stop`` found the same line break again when none follows: no end).
                 end = min(len(buf), max(end, stop) + _CHUNK)
-            yield pos, stop, line
-            line += buf.count(b"\n", pos, stop)
+            breaks = buf.count(b"\n", pos, stop)
+            yield pos, stop, line, breaks
+            line += breaks
             pos = stop
 
     def batches(self) -> Iterator[Batch]:
         charset, layout = self.layout.encoding, self.layout
-        for start, stop, first_line in self._chunks():
+        for start, stop, first_line, breaks in self._chunks():
             chunk = self.buf[start:stop]
             if charset.invalid_byte is not None:
                 suspect = bool(chunk.translate(None, charset.valid_bytes))
@@ -150,12 +151,22 @@ class CsvFrame:
                     suspect = False
                 except UnicodeDecodeError:
                     suspect = True
+            bare = self._bare_lines(chunk, breaks)
+            if bare is not None:
+                bare_lines, term = bare
+                plain = self._plain_fields(chunk, bare_lines, bare=True)
+                if plain is not None:
+                    ends = accumulate(map(add, map(len, bare_lines), repeat(term)), initial=start)
+                    self._extend_bounds(list(ends))
+                    yield self._plain_batch(*plain, len(bare_lines), first_line, suspect)
+                    continue
             raw_lines = chunk.split(b"\n")
             if raw_lines[-1] == b"":
                 raw_lines.pop()
             starts = list(accumulate(map(add, map(len, raw_lines), repeat(1)), initial=start))
             starts[-1] = min(starts[-1], stop)  # the last line may lack its line break
-            plain = self._plain_fields(chunk, raw_lines)
+            # (A chunk whose bare lines were not plain is not plain cut at LF either.)
+            plain = self._plain_fields(chunk, raw_lines) if bare is None else None
             if plain is not None:
                 self._extend_bounds(starts)
                 yield self._plain_batch(*plain, len(raw_lines), first_line, suspect)
@@ -205,7 +216,30 @@ class CsvFrame:
         pairs[1::2] = line_starts[1:]
         self.bounds.extend(pairs)
 
-    def _plain_fields(self, chunk: bytes, lines: list[bytes]) -> tuple[list[bytes], int] | None:
+    @staticmethod
+    def _bare_lines(chunk: bytes, breaks: int) -> tuple[list[bytes], int] | None:
+        """The chunk's lines without their line breaks, and the length of every one of those
+        breaks, when they are all LF or all CRLF and no CR stands alone; else None.
+
+        ``bytes.splitlines`` cuts at LF, CRLF and a lone CR alike, so with as many lines as
+        line feeds (``breaks``) no CR stands alone, and every CR is then the first half of
+        a CRLF: none at all, or one per line, says which break every line has, without
+        a CRLF being replaced or a line being looked at."""
+        if not chunk.endswith(b"\n"):
+            return None  # the last line of the file, without a break: see _plain_fields
+        lines = chunk.splitlines()
+        if len(lines) != breaks:
+            return None
+        crs = chunk.count(b"\r")
+        if crs == 0:
+            return lines, 1
+        if crs == breaks:
+            return lines, 2
+        return None  # some lines end in CRLF, others in LF
+
+    def _plain_fields(
+        self, chunk: bytes, lines: list[bytes], *, bare: bool = False
+    ) -> tuple[list[bytes], int] | None:
         """All fields of a plain chunk in one flat list, and the fields per row; None for
         any other chunk, which goes through ``csv.reader`` (that also reports what is wrong).
 
@@ -216,7 +250,7 @@ class CsvFrame:
         fraction of its cost and without a list per row. The chunk is judged and split as
         bytes, undecoded: the delimiter and quote are ASCII, and an ASCII byte stands for
         its own character in every supported charset (in UTF-8 it is never part of a
-        longer sequence)."""
+        longer sequence). ``bare``: the lines hold no CR or LF (``_bare_lines``)."""
         delimiter, quote = self._delimiter_byte, self._quote_byte
         if (
             not lines
@@ -226,7 +260,7 @@ class CsvFrame:
             or quote in chunk
             or b"\0" in chunk
             or b"" in lines
-            or b"\r" in lines
+            or (not bare and b"\r" in lines)
         ):
             return None
         counts = set(map(bytes.count, lines, repeat(delimiter)))
@@ -235,7 +269,7 @@ class CsvFrame:
         width = counts.pop() + 1
         if (self.expected and width != self.expected) or width < self.ncols:
             return None
-        if b"\r" in chunk:
+        if not bare and b"\r" in chunk:
             # Every CRLF a field break at once; a CR left over stands alone.
             end = -2 if chunk.endswith(b"\r\n") else -1 if chunk.endswith(b"\n") else None
             body = chunk[:end].replace(b"\r\n", delimiter)
