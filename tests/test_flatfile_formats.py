@@ -347,6 +347,50 @@ def test_csv_plain_chunks_read_as_the_csv_module_reads_them(
             assert got == (row[0], row[1], row[5], int(row[6]))
 
 
+@pytest.mark.parametrize("newline", [b"\r\n", b"\n"])
+def test_csv_usual_chunks_judged_whole_keep_rows_lines_and_spans(
+    monkeypatch: pytest.MonkeyPatch, newline: bytes
+) -> None:
+    """The usual chunk (no quote, every line as many fields, all LF or all CRLF) is judged
+    by whole-chunk passes (``_bare_plain``): a row short of a field and another with one too
+    many in the same chunk (as many delimiters in all) are still reported on their lines,
+    rows are served from their own bytes, and a CR alone in a field still refuses the file
+    as the csv module does."""
+    from adapters.flatfile import csvfile
+
+    monkeypatch.setattr(csvfile, "_CHUNK", 700)  # a few rows per chunk
+    bare: list[bool] = []
+    original = csvfile.CsvFrame._bare_plain
+
+    def spy(self: csvfile.CsvFrame, chunk: bytes) -> Any:
+        out = original(self, chunk)
+        bare.append(out is not None)
+        return out
+
+    monkeypatch.setattr(csvfile.CsvFrame, "_bare_plain", spy)
+    rows = [plain_row(i) for i in range(200)]
+    rows[100] = rows[100][:6]  # line 102
+    rows[101] = [*rows[101], "x"]  # line 103
+    rows[150][4] = "-"  # line 152: a bad value in the middle of a whole chunk
+    data = csv_bytes(rows).replace(b"\r\n", newline)
+    result, ds = load(data, CSV_LAYOUT, max_bad_share=0.5)
+    report = [(b.line, b.field, b.reason) for b in result.broken]
+    assert report == [
+        (102, None, "row has 6 columns; expected 7"),
+        (103, None, "row has 8 columns; expected 7"),
+        (152, "amount", "not a decimal number"),
+    ]
+    assert bare.count(True) > 10 and bare.count(False) >= 1
+    for i in (0, 99, 102, 149, 151, 199):
+        assert ds.record(i)["name_th"] == f"บริษัท {i} จำกัด", i
+        start, end = result.framing.span(i)
+        assert data[start:end].endswith(newline) and newline not in data[start:end][:-1]
+
+    lone = data.replace("บริษัท 120 ".encode("cp874"), "บริษัท\r120 ".encode("cp874"))
+    with pytest.raises(ExportRejected, match="CSV syntax error near line"):
+        load(lone, CSV_LAYOUT)
+
+
 def test_csv_numeric_columns_judged_whole_or_value_by_value_report_the_same(
     monkeypatch: pytest.MonkeyPatch,
 ) -> None:

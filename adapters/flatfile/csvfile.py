@@ -4,9 +4,9 @@ Rows are parsed with the standard library's ``csv`` module (quoted fields may ho
 delimiters and line breaks). Lines are cut on LF in the raw bytes and in the decoded text
 alike, which correspond one to one for every supported charset, so each row's byte span is
 known without re-encoding anything: a row is served by decoding only its own bytes again.
-Chunks without quotes (``_plain_fields``) are split as bytes and never decoded at load;
-other chunks are decoded with undecodable bytes kept as surrogates, so the row and field
-that hold them can be reported either way.
+Chunks without quotes (``_bare_plain``, ``_plain_fields``) are split as bytes and never
+decoded at load; other chunks are decoded with undecodable bytes kept as surrogates, so the
+row and field that hold them can be reported either way.
 """
 
 from __future__ import annotations
@@ -109,9 +109,14 @@ class CsvFrame:
         # Plain chunks are split as bytes; only an ASCII delimiter and quote can be.
         self._delimiter_byte = _ascii(layout.delimiter)
         self._quote_byte = _ascii(layout.quotechar)
+        # Every byte but the delimiter and LF: deleted, they leave a chunk's skeleton.
+        kept = b"\n" + (self._delimiter_byte or b"")
+        self._not_skeleton = bytes(b for b in range(256) if b not in kept)
+        self.first_line = 0
 
-    def _chunks(self) -> Iterator[tuple[int, int, int, int]]:
-        """(start, end, first line number, line feeds) of chunks that end outside quotes."""
+    def _chunks(self) -> Iterator[tuple[int, int]]:
+        """(start, end) of chunks that end outside quotes. The lines before the first chunk
+        (the header's: 0 or 1) are left in ``self.first_line``."""
         buf, quote = self.buf, self.layout.quotechar.encode(self.layout.encoding.codec)
         pos = _body_start(buf, self.layout.encoding)
         line = 0
@@ -124,24 +129,30 @@ class CsvFrame:
             except (UnicodeDecodeError, csv.Error) as exc:
                 raise ExportRejected(f"the header line cannot be read: {exc}") from exc
             pos, line = end, 1
+        self.first_line = line
         while pos < len(buf):
             end = min(len(buf), pos + _CHUNK)
             while True:
                 cut = buf.rfind(b"\n", pos, end) if end < len(buf) else len(buf) - 1
                 stop = cut + 1 if cut >= pos else len(buf)
-                if buf.count(quote, pos, stop) % 2 == 0 or stop >= len(buf):
+                # (Most chunks hold no quote at all: one memchr says so before a count.)
+                if (
+                    buf.find(quote, pos, stop) < 0
+                    or buf.count(quote, pos, stop) % 2 == 0
+                    or stop >= len(buf)
+                ):
                     break
                 # Inside a quoted field: take more, from the end looked at (growing from
                 # ``stop`` found the same line break again when none follows: no end).
                 end = min(len(buf), max(end, stop) + _CHUNK)
-            breaks = buf.count(b"\n", pos, stop)
-            yield pos, stop, line, breaks
-            line += breaks
+            yield pos, stop
             pos = stop
 
     def batches(self) -> Iterator[Batch]:
         charset, layout = self.layout.encoding, self.layout
-        for start, stop, first_line, breaks in self._chunks():
+        next_line: int | None = None  # lines before the next chunk
+        for start, stop in self._chunks():
+            first_line = self.first_line if next_line is None else next_line
             chunk = self.buf[start:stop]
             if charset.invalid_byte is not None:
                 suspect = bool(chunk.translate(None, charset.valid_bytes))
@@ -151,22 +162,21 @@ class CsvFrame:
                     suspect = False
                 except UnicodeDecodeError:
                     suspect = True
-            bare = self._bare_lines(chunk, breaks)
+            bare = self._bare_plain(chunk)
             if bare is not None:
-                bare_lines, term = bare
-                plain = self._plain_fields(chunk, bare_lines, bare=True)
-                if plain is not None:
-                    ends = accumulate(map(add, map(len, bare_lines), repeat(term)), initial=start)
-                    self._extend_bounds(list(ends))
-                    yield self._plain_batch(*plain, len(bare_lines), first_line, suspect)
-                    continue
+                bare_lines, term, flat, width = bare
+                next_line = first_line + len(bare_lines)
+                ends = accumulate(map(add, map(len, bare_lines), repeat(term)), initial=start)
+                self._extend_bounds(list(ends))
+                yield self._plain_batch(flat, width, len(bare_lines), first_line, suspect)
+                continue
+            next_line = first_line + chunk.count(b"\n")
             raw_lines = chunk.split(b"\n")
             if raw_lines[-1] == b"":
                 raw_lines.pop()
             starts = list(accumulate(map(add, map(len, raw_lines), repeat(1)), initial=start))
             starts[-1] = min(starts[-1], stop)  # the last line may lack its line break
-            # (A chunk whose bare lines were not plain is not plain cut at LF either.)
-            plain = self._plain_fields(chunk, raw_lines) if bare is None else None
+            plain = self._plain_fields(chunk, raw_lines)
             if plain is not None:
                 self._extend_bounds(starts)
                 yield self._plain_batch(*plain, len(raw_lines), first_line, suspect)
@@ -216,30 +226,46 @@ class CsvFrame:
         pairs[1::2] = line_starts[1:]
         self.bounds.extend(pairs)
 
-    @staticmethod
-    def _bare_lines(chunk: bytes, breaks: int) -> tuple[list[bytes], int] | None:
-        """The chunk's lines without their line breaks, and the length of every one of those
-        breaks, when they are all LF or all CRLF and no CR stands alone; else None.
+    def _bare_plain(self, chunk: bytes) -> tuple[list[bytes], int, list[bytes], int] | None:
+        """The usual chunk, plain (``_plain_fields``) and ending in a line break, its line
+        breaks all LF or all CRLF, judged by whole-chunk passes, not line by line:
 
-        ``bytes.splitlines`` cuts at LF, CRLF and a lone CR alike, so with as many lines as
-        line feeds (``breaks``) no CR stands alone, and every CR is then the first half of
-        a CRLF: none at all, or one per line, says which break every line has, without
-        a CRLF being replaced or a line being looked at."""
-        if not chunk.endswith(b"\n"):
-            return None  # the last line of the file, without a break: see _plain_fields
+        - the chunk with every byte but the delimiter and LF deleted (one ``translate``) is
+          its first line's delimiters and LF repeated: every line has as many fields;
+        - ``bytes.splitlines`` cuts at LF, CRLF and a lone CR alike, so with as many lines
+          as line feeds no CR stands alone and every CR is the first half of a CRLF: none
+          at all or one per line says which break every line has.
+
+        Returns the lines without their breaks, the length of each break, all fields in
+        one flat list and the fields per row; None sends the chunk the general way."""
+        delimiter, quote = self._delimiter_byte, self._quote_byte
+        if (
+            delimiter is None
+            or quote is None
+            or delimiter in b"\r\n"
+            or not chunk.endswith(b"\n")  # the file's last line, without a break
+            or quote in chunk
+            or b"\0" in chunk
+        ):
+            return None
+        skeleton = chunk.translate(None, self._not_skeleton)
+        width = skeleton.index(b"\n") + 1  # the first line's delimiters + 1, with its LF
+        rows, odd = divmod(len(skeleton), width)
+        if odd or skeleton != skeleton[:width] * rows:
+            return None
+        if (self.expected and width != self.expected) or width < self.ncols:
+            return None
         lines = chunk.splitlines()
-        if len(lines) != breaks:
+        if len(lines) != rows or b"" in lines:  # a lone CR; a blank line (csv skips it)
             return None
         crs = chunk.count(b"\r")
-        if crs == 0:
-            return lines, 1
-        if crs == breaks:
-            return lines, 2
-        return None  # some lines end in CRLF, others in LF
+        if crs and crs != rows:
+            return None  # some lines end in CRLF, others in LF: _plain_fields
+        flat = delimiter.join(lines).split(delimiter)
+        assert len(flat) == rows * width, "a plain chunk splits into whole rows"
+        return lines, 2 if crs else 1, flat, width
 
-    def _plain_fields(
-        self, chunk: bytes, lines: list[bytes], *, bare: bool = False
-    ) -> tuple[list[bytes], int] | None:
+    def _plain_fields(self, chunk: bytes, lines: list[bytes]) -> tuple[list[bytes], int] | None:
         """All fields of a plain chunk in one flat list, and the fields per row; None for
         any other chunk, which goes through ``csv.reader`` (that also reports what is wrong).
 
@@ -250,7 +276,7 @@ class CsvFrame:
         fraction of its cost and without a list per row. The chunk is judged and split as
         bytes, undecoded: the delimiter and quote are ASCII, and an ASCII byte stands for
         its own character in every supported charset (in UTF-8 it is never part of a
-        longer sequence). ``bare``: the lines hold no CR or LF (``_bare_lines``)."""
+        longer sequence). The usual chunk is judged faster by ``_bare_plain``."""
         delimiter, quote = self._delimiter_byte, self._quote_byte
         if (
             not lines
@@ -260,7 +286,7 @@ class CsvFrame:
             or quote in chunk
             or b"\0" in chunk
             or b"" in lines
-            or (not bare and b"\r" in lines)
+            or b"\r" in lines
         ):
             return None
         counts = set(map(bytes.count, lines, repeat(delimiter)))
@@ -269,7 +295,7 @@ class CsvFrame:
         width = counts.pop() + 1
         if (self.expected and width != self.expected) or width < self.ncols:
             return None
-        if not bare and b"\r" in chunk:
+        if b"\r" in chunk:
             # Every CRLF a field break at once; a CR left over stands alone.
             end = -2 if chunk.endswith(b"\r\n") else -1 if chunk.endswith(b"\n") else None
             body = chunk[:end].replace(b"\r\n", delimiter)
