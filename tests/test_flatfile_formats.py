@@ -442,6 +442,44 @@ def test_csv_numeric_columns_judged_whole_or_value_by_value_report_the_same(
     assert ds.record(171)["extra"] == "-1.20"
 
 
+def test_csv_dates_judged_whole_report_each_bad_day_on_its_line(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """Date columns of plain chunks are converted only where a whole-column pass finds a
+    value that may be wrong (``DateFormat.suspects``): days that do not exist are still
+    reported on their own lines with ``parse_date``'s reasons, a leap day is accepted in a
+    leap year only, and a column with blanks or many bad days is converted value by value
+    with the same reports."""
+    from adapters.flatfile import csvfile
+
+    monkeypatch.setattr(csvfile, "_CHUNK", 2000)
+    rows = [plain_row(i) for i in range(300)]
+    rows[10][3] = "29/02/2567"  # 2024: a leap year
+    rows[11][3] = "29/02/2566"  # line 13
+    rows[150][3] = "31/04/2567"  # line 152
+    rows[151][3] = "15/13/2567"  # line 153
+    rows[152][3] = "15/01/1999"  # line 154: not a B.E. year
+    rows[153][3] = "00/00/0000"  # no date
+    result, ds = load(csv_bytes(rows), CSV_LAYOUT, max_bad_share=0.5)
+    expected = [
+        (13, "issued_on", "day 29 of month 02 does not exist in B.E. 2566"),
+        (152, "issued_on", "day 31 of month 04 does not exist in B.E. 2567"),
+        (153, "issued_on", "day 15 of month 13 does not exist in B.E. 2567"),
+        (154, "issued_on", "year 1999 is not a plausible Buddhist-Era year"),
+    ]
+    assert [(b.line, b.field, b.reason) for b in result.broken] == expected
+    assert ds.record(10)["issued_on"] == "2024-02-29" and ds.record(153)["issued_on"] is None
+    rows[200][3] = ""  # a blank: this chunk's column is converted value by value
+    for i in range(250, 300):
+        rows[i][3] = "30/02/2567"  # many bad days in a row
+    result, ds = load(csv_bytes(rows), CSV_LAYOUT, max_bad_share=0.5)
+    report = [(b.line, b.field, b.reason) for b in result.broken]
+    assert report[:4] == expected and len(report) == 54
+    reason = "day 30 of month 02 does not exist in B.E. 2567"
+    assert report[4:] == [(line, "issued_on", reason) for line in range(252, 302)]
+    assert ds.record(200)["issued_on"] is None
+
+
 def test_csv_keys_taken_whole_or_value_by_value_index_the_same(
     monkeypatch: pytest.MonkeyPatch,
 ) -> None:

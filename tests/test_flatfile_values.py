@@ -234,3 +234,65 @@ def test_joined_fits_admits_only_columns_whose_every_value_the_syntax_admits(
         for column in ([bad, b"1"], [b"1", bad, b"1"], [b"1", bad]):
             if vtype.joined_fits(sep.join(column), sep):
                 assert all(syntax.fullmatch(v) for v in column), (type_name, column)
+
+
+@pytest.mark.parametrize(
+    ("pattern", "era"), [("YYYYMMDD", "BE"), ("DDMMYYYY", "BE"), ("DD/MM/YYYY", "CE")]
+)
+def test_date_suspects_leave_out_only_values_parse_date_accepts(
+    pattern: str, era: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A date column is converted only at its ``suspects``: every value left out must be
+    a date ``parse_date`` accepts, and the usual valid dates are left out."""
+    import random
+    from datetime import date, timedelta
+
+    from adapters.flatfile import values
+    from adapters.flatfile.values import DateFormat
+
+    monkeypatch.setattr(values, "_SUSPECTS_PER", 1)  # a verdict however many suspects
+
+    fmt = DateFormat.compile(pattern, era)
+    rng = random.Random(17)
+    offset = 543 if era == "BE" else 0
+
+    def written(day: date) -> bytes:
+        y, m, d = f"{day.year + offset:04d}", f"{day.month:02d}", f"{day.day:02d}"
+        return pattern.replace("YYYY", y).replace("MM", m).replace("DD", d).encode()
+
+    days = [date(1900, 1, 1) + timedelta(days=rng.randrange(60_000)) for _ in range(3000)]
+    valid = [written(d) for d in days if (d.month, d.day) != (2, 29)]
+    assert fmt.suspects(valid) == []
+    # The 29th of February is left to parse_date (leap years), the rest still judged whole.
+    leap = [*valid[:100], written(date(2024, 2, 29)), *valid[100:200], written(date(2023, 3, 1))]
+    assert fmt.suspects(leap) == [100]
+    # Each byte of valid dates replaced by any other, and edge days of every month.
+    odd = []
+    for _ in range(3000):
+        v = bytearray(rng.choice(valid))
+        v[rng.randrange(len(v))] = rng.choice(b"0123456789/-x ")
+        odd.append(bytes(v))
+    for year in (1900, 2000, 2023, 2024, 2156, 2157, 1756, 1757):
+        for month in range(0, 14):
+            for day in (0, 28, 29, 30, 31, 32):
+                text = pattern.replace("YYYY", f"{year + offset:04d}")
+                odd.append(text.replace("MM", f"{month:02d}").replace("DD", f"{day:02d}").encode())
+    odd.append(written(date(2024, 1, 1)).replace(b"2", b"0"))  # all-zero parts
+    column = valid + odd
+    rng.shuffle(column)
+    suspects = fmt.suspects(column)
+    assert suspects is not None
+    left_out = set(range(len(column))).difference(suspects)
+    for i in left_out:
+        assert parse_date(column[i].decode("latin-1"), fmt) is not None, column[i]
+    refused = 0
+    for v in odd:
+        try:
+            parse_date(v.decode("latin-1"), fmt)
+        except ValueError:
+            refused += 1
+    assert refused > 500 and len(suspects) >= refused
+    # Not the pattern's length everywhere (a blank, padding): no verdict, all converted.
+    assert fmt.suspects([*valid[:10], b""]) is None
+    assert fmt.suspects([*valid[:10], b" " + valid[0]]) is None
+    assert fmt.suspects([]) == []

@@ -126,11 +126,22 @@ class _Validator:
                     # Dates and ids: converting each distinct value checks syntax and meaning
                     # at once (a column holds few distinct dates; ids are checked once each).
                     col = batch.column(f.name)
-                    refused = self._semantic(f, col)
-                    if refused:
-                        for i, v in enumerate(col):
+                    suspects = None
+                    if f.vtype.suspects is not None and col and isinstance(col[0], bytes):
+                        suspects = f.vtype.suspects(col)  # type: ignore[arg-type]
+                    if suspects is not None:
+                        # Only the values that may be invalid are converted.
+                        values = [col[i] for i in suspects]
+                        refused = self._semantic(f, values)
+                        for i, v in zip(suspects, values, strict=True):
                             if v in refused:
                                 mark(i, refused[v])
+                    else:
+                        refused = self._semantic(f, col)
+                        if refused:
+                            for i, v in enumerate(col):
+                                if v in refused:
+                                    mark(i, refused[v])
             if f.required:
                 col = col if col is not None else batch.column(f.name)
                 if _has_blank(col):

@@ -18,7 +18,7 @@ through binary floating point in most clients and lose the exact amount.
 from __future__ import annotations
 
 import re
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from datetime import date, datetime, timedelta
 from decimal import Decimal
@@ -135,6 +135,42 @@ def be_to_ce(year_be: int) -> int:
     return year_be - BE_OFFSET
 
 
+_SUSPECTS_PER = 64  # at most one value in this many a suspect, else all are converted
+_SEP = b"\x1f"  # joins a column for whole-column checks (no valid value holds it)
+_NOT_DIGIT = bytes(0 if 0x30 <= b <= 0x39 else 1 for b in range(256))
+# A digit's value, and ten times it (other bytes 0: they are marked wrong anyway).
+_UNITS = bytes(b - 0x30 if 0x30 <= b <= 0x39 else 0 for b in range(256))
+_TENS = bytes(10 * (b - 0x30) if 0x30 <= b <= 0x39 else 0 for b in range(256))
+_MONTH = bytes(b if 1 <= b <= 12 else 15 for b in range(256))  # 15: no month
+# Day number -> 16 * class: 1-28 exist in every month, 29, 30, 31 in some, others in none.
+_DAY_CLASS = bytes(16 * (0 if 1 <= b <= 28 else b - 28 if 29 <= b <= 31 else 4) for b in range(256))
+_DAYS_IN = {1: 31, 2: 28, 3: 31, 4: 30, 5: 31, 6: 30, 7: 31, 8: 31, 9: 30, 10: 31, 11: 30, 12: 31}
+
+
+def _day_exists(code: int) -> bool:
+    """Whether day class and month ``16 * class + month`` is a day of every year (so
+    never the 29th of February, which leap years alone have)."""
+    day_class, month = divmod(code, 16)
+    return month in _DAYS_IN and day_class < 4 and 28 + day_class <= _DAYS_IN[month]
+
+
+_NOT_A_DAY = bytes(0 if _day_exists(code) else 1 for code in range(256))
+
+
+def _mask_all_but(allowed: bytes) -> bytes:
+    """A ``translate`` table: 0 for the allowed bytes, 1 for every other."""
+    return bytes(0 if b in allowed else 1 for b in range(256))
+
+
+def _two_digits(tens: bytes, units: bytes) -> bytes:
+    """Byte by byte, the two-digit numbers written by ``tens`` and ``units`` (ASCII digits):
+    one integer addition of the two translated columns (99 at most: no carry)."""
+    total = int.from_bytes(tens.translate(_TENS), "big") + int.from_bytes(
+        units.translate(_UNITS), "big"
+    )
+    return total.to_bytes(len(tens), "big")
+
+
 @dataclass(frozen=True, slots=True)
 class DateFormat:
     """``YYYYMMDD``, ``DD/MM/YYYY``, ... in the Buddhist (``BE``) or Common (``CE``) era."""
@@ -143,6 +179,13 @@ class DateFormat:
     era: str
     regex: re.Pattern[str]
     syntax: str  # for column checks: the format, a blank value, or all-zero digits
+    # Byte positions in a value written exactly as the pattern (no padding): where the
+    # year, month and day start, and each literal character (for ``suspects``).
+    year_at: int = 0
+    month_at: int = 0
+    day_at: int = 0
+    literals: tuple[tuple[int, bytes], ...] = ()
+    length: int = 0
 
     @classmethod
     def compile(cls, pattern: str, era: str) -> DateFormat:
@@ -161,7 +204,80 @@ class DateFormat:
             for t in tokens
         )
         syntax = f" *(?:{plain}|{zero}) *|{_BLANK}"
-        return cls(pattern, era, re.compile(f" *{body} *"), syntax)
+        at: dict[str, int] = {}
+        literals: list[tuple[int, bytes]] = []
+        pos = 0
+        for t in tokens:
+            if t in ("YYYY", "MM", "DD"):
+                at[t] = pos
+                pos += len(t)
+                continue
+            for ch in t:
+                # A literal outside ASCII has no single byte: no vectorised check then.
+                literals.append((pos, ch.encode() if ch.isascii() else b""))
+                pos += 1
+        return cls(
+            pattern,
+            era,
+            re.compile(f" *{body} *"),
+            syntax,
+            at["YYYY"],
+            at["MM"],
+            at["DD"],
+            tuple(literals),
+            pos,
+        )
+
+    def suspects(self, col: Sequence[bytes]) -> list[int] | None:
+        """Positions of the values of ``col`` that may not be valid dates: the others are
+        valid for sure (``parse_date`` accepts them), found by whole-column byte passes,
+        not by converting or hashing a million values. None when the column is not made
+        of values of exactly the pattern's length (blanks, padding): convert them all.
+
+        Each byte position of every value is one strided slice of the joined column.
+        Per slice, ``translate`` maps each byte to 1 where it is wrong (a non-digit, an
+        implausible year digit, a wrong literal) and the masks are OR-ed as big integers,
+        byte by byte. Month and day numbers come from their digits the same way (tens +
+        units by integer addition, no byte overflowing), and a table of (day class,
+        month) codes says which days exist in which month. The 29th of February is
+        always a suspect: whether its year is a leap year is left to ``parse_date``."""
+        n = len(col)
+        if not n:
+            return []
+        size = self.length
+        stride = size + 1
+        joined = _SEP.join(col)
+        if len(joined) != stride * n - 1 or joined[size::stride] != _SEP * (n - 1):
+            return None
+        wrong = 0
+        for k, lit in self.literals:
+            if not lit:
+                return None
+            wrong |= int.from_bytes(joined[k::stride].translate(_mask_all_but(lit)), "big")
+        y, m, d = self.year_at, self.month_at, self.day_at
+        digits = [joined[k::stride] for k in (y, y + 1, y + 2, y + 3, m, m + 1, d, d + 1)]
+        for column_digits in digits:
+            wrong |= int.from_bytes(column_digits.translate(_NOT_DIGIT), "big")
+        # Plausible years: 2300-2699 B.E. (of 2300-2700), 1000-2999 C.E. (of 1-9999).
+        if self.era == "BE":
+            wrong |= int.from_bytes(digits[0].translate(_mask_all_but(b"2")), "big")
+            wrong |= int.from_bytes(digits[1].translate(_mask_all_but(b"3456")), "big")
+        else:
+            wrong |= int.from_bytes(digits[0].translate(_mask_all_but(b"12")), "big")
+        month = _two_digits(digits[4], digits[5]).translate(_MONTH)
+        day_class = _two_digits(digits[6], digits[7]).translate(_DAY_CLASS)
+        code = int.from_bytes(day_class, "big") + int.from_bytes(month, "big")
+        wrong |= int.from_bytes(code.to_bytes(n, "big").translate(_NOT_A_DAY), "big")
+        if not wrong:
+            return []
+        marks = wrong.to_bytes(n, "big")
+        if marks.count(1) > max(64, n // _SUSPECTS_PER):
+            return None  # many: converting each distinct value is no slower
+        out, i = [], marks.find(1)
+        while i >= 0:
+            out.append(i)
+            i = marks.find(1, i + 1)
+        return out
 
 
 def parse_date(text: str, fmt: DateFormat) -> str | None:
@@ -317,6 +433,10 @@ class ValueType:
     # sufficient condition, checked by a few whole-column ``translate``/``count`` passes;
     # a column that does not pass is matched against ``syntax`` value by value.
     joined_fits: Callable[[bytes, bytes], bool] | None = None
+    # Column of ``bytes`` -> positions of the values ``convert`` may refuse (the others
+    # it accepts for sure), found by whole-column passes; None: convert them all. For
+    # types whose validity ``syntax`` cannot settle (``semantic``: dates).
+    suspects: Callable[[Sequence[bytes]], list[int] | None] | None = None
 
     def __post_init__(self) -> None:
         if self.syntax is not None:
@@ -361,7 +481,14 @@ def value_type(
         def convert_date(t: str) -> str | None:
             return parse_date(t, fmt)
 
-        return ValueType("date", fmt.syntax, convert_date, True, lambda t: convert_date(t) or "")
+        return ValueType(
+            "date",
+            fmt.syntax,
+            convert_date,
+            True,
+            lambda t: convert_date(t) or "",
+            suspects=fmt.suspects,
+        )
     if type_name in ("citizen_id", "juristic_id"):
         return ValueType(
             type_name,
