@@ -372,6 +372,7 @@ def test_csv_usual_chunks_judged_whole_keep_rows_lines_and_spans(
     rows[100] = rows[100][:6]  # line 102
     rows[101] = [*rows[101], "x"]  # line 103
     rows[150][4] = "-"  # line 152: a bad value in the middle of a whole chunk
+    rows[160][0] = rows[160][0][:12] + str((int(rows[160][0][12]) + 1) % 10)  # line 162
     data = csv_bytes(rows).replace(b"\r\n", newline)
     result, ds = load(data, CSV_LAYOUT, max_bad_share=0.5)
     report = [(b.line, b.field, b.reason) for b in result.broken]
@@ -379,6 +380,7 @@ def test_csv_usual_chunks_judged_whole_keep_rows_lines_and_spans(
         (102, None, "row has 6 columns; expected 7"),
         (103, None, "row has 8 columns; expected 7"),
         (152, "amount", "not a decimal number"),
+        (162, "juristic_id", "check digit does not match"),
     ]
     assert bare.count(True) > 10 and bare.count(False) >= 1
     for i in (0, 99, 102, 149, 151, 199):

@@ -296,3 +296,42 @@ def test_date_suspects_leave_out_only_values_parse_date_accepts(
     assert fmt.suspects([*valid[:10], b""]) is None
     assert fmt.suspects([*valid[:10], b" " + valid[0]]) is None
     assert fmt.suspects([]) == []
+
+
+def test_id_suspects_leave_out_only_ids_with_their_check_digit(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """An id column is converted only at its ``suspects``: every value left out is a
+    13-digit id whose check digit matches; valid ids are left out, every wrong check digit
+    and non-digit is a suspect."""
+    import random
+
+    from adapters.flatfile import values
+
+    monkeypatch.setattr(values, "_SUSPECTS_PER", 1)
+    vtype = value_type("citizen_id")
+    assert vtype.suspects is not None
+    rng = random.Random(18)
+    valid = [
+        with_check_digit("".join(rng.choice("0123456789") for _ in range(12))).encode()
+        for _ in range(5000)
+    ]
+    assert vtype.suspects(valid) == []
+    odd = [v[:12] + str((int(v[12:]) + rng.randrange(1, 10)) % 10).encode() for v in valid[:2000]]
+    for v in valid[:2000]:
+        b = bytearray(v)
+        b[rng.randrange(13)] = rng.choice(b"0123456789x- ")
+        odd.append(bytes(b))
+    column = valid + odd
+    rng.shuffle(column)
+    suspects = vtype.suspects(column)
+    assert suspects is not None
+    refused = set()
+    for i, v in enumerate(column):
+        try:
+            vtype.convert(v.decode())
+        except ValueError:
+            refused.add(i)
+    assert len(refused) > 2000 and refused <= set(suspects)
+    assert vtype.suspects([*valid[:5], b"", valid[6]]) is None  # a blank: all converted
+    assert vtype.suspects([*valid[:5], b"1-2345-67890-12-1"]) is None

@@ -157,6 +157,22 @@ def _day_exists(code: int) -> bool:
 _NOT_A_DAY = bytes(0 if _day_exists(code) else 1 for code in range(256))
 
 
+def _marked(wrong: int, n: int) -> list[int] | None:
+    """Positions of the bytes 1 in ``wrong`` as ``n`` bytes (0 or 1 each); None when more
+    than one value in ``_SUSPECTS_PER`` is marked: converting each distinct value is then
+    no slower."""
+    if not wrong:
+        return []
+    marks = wrong.to_bytes(n, "big")
+    if marks.count(1) > max(64, n // _SUSPECTS_PER):
+        return None
+    out, i = [], marks.find(1)
+    while i >= 0:
+        out.append(i)
+        i = marks.find(1, i + 1)
+    return out
+
+
 def _mask_all_but(allowed: bytes) -> bytes:
     """A ``translate`` table: 0 for the allowed bytes, 1 for every other."""
     return bytes(0 if b in allowed else 1 for b in range(256))
@@ -268,16 +284,7 @@ class DateFormat:
         day_class = _two_digits(digits[6], digits[7]).translate(_DAY_CLASS)
         code = int.from_bytes(day_class, "big") + int.from_bytes(month, "big")
         wrong |= int.from_bytes(code.to_bytes(n, "big").translate(_NOT_A_DAY), "big")
-        if not wrong:
-            return []
-        marks = wrong.to_bytes(n, "big")
-        if marks.count(1) > max(64, n // _SUSPECTS_PER):
-            return None  # many: converting each distinct value is no slower
-        out, i = [], marks.find(1)
-        while i >= 0:
-            out.append(i)
-            i = marks.find(1, i + 1)
-        return out
+        return _marked(wrong, n)
 
 
 def parse_date(text: str, fmt: DateFormat) -> str | None:
@@ -320,6 +327,43 @@ def _id_checks(digits: str) -> bool:
     total = g0[digits[0:4]] + g1[digits[4:8]] + g2[digits[8:12]]
     ok = (11 - total % 11) % 10 == ord(digits[12]) - 48
     return ok
+
+
+# The check-digit sum modulo 11 over the digits, a byte per value: ``10 * sum + digit``
+# (at most 109) -> the sum with that digit's weight (13 .. 2) added, modulo 11; for the
+# 13th digit, 0 when it is the check digit of the sum, else 1.
+_TIMES_TEN = bytes(10 * b if b <= 10 else 0 for b in range(256))
+_ID_STEPS = tuple(
+    bytes((code // 10 + code % 10 * weight) % 11 if code < 110 else 0 for code in range(256))
+    for weight in range(13, 1, -1)
+)
+_ID_LAST = bytes(
+    0 if code < 110 and (11 - code // 10) % 10 == code % 10 else 1 for code in range(256)
+)
+
+
+def _id_suspects(col: Sequence[bytes]) -> list[int] | None:
+    """Positions of the values of ``col`` that may not be valid 13-digit ids (the others
+    are, check digit included), by whole-column passes like ``DateFormat.suspects``: per
+    digit position, one strided slice; the weighted sum modulo 11 carried from digit to
+    digit as a byte per value (``_ID_STEPS``). None when not every value is 13 bytes
+    (blanks, dashes, padding): convert them all."""
+    n = len(col)
+    if not n:
+        return []
+    joined = _SEP.join(col)
+    if len(joined) != 14 * n - 1 or joined[13::14] != _SEP * (n - 1):
+        return None
+    wrong = 0
+    total = bytes(n)
+    for k in range(13):
+        digit = joined[k::14]
+        wrong |= int.from_bytes(digit.translate(_NOT_DIGIT), "big")
+        code = int.from_bytes(total.translate(_TIMES_TEN), "big") + int.from_bytes(
+            digit.translate(_UNITS), "big"
+        )
+        total = code.to_bytes(n, "big").translate(_ID_STEPS[k] if k < 12 else _ID_LAST)
+    return _marked(wrong | int.from_bytes(total, "big"), n)
 
 
 def _parse_thai_id(text: str) -> str | None:
@@ -496,6 +540,7 @@ def value_type(
             _parse_thai_id,
             True,
             lambda t: _parse_thai_id(t) or "",
+            suspects=_id_suspects,
         )
     if type_name == "boolean":
 
