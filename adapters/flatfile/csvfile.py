@@ -164,11 +164,12 @@ class CsvFrame:
                     suspect = True
             bare = self._bare_plain(chunk)
             if bare is not None:
-                bare_lines, term, flat, width = bare
-                next_line = first_line + len(bare_lines)
-                ends = accumulate(map(add, map(len, bare_lines), repeat(term)), initial=start)
-                self._extend_bounds(list(ends))
-                yield self._plain_batch(flat, width, len(bare_lines), first_line, suspect)
+                lengths, term, flat, width = bare
+                next_line = first_line + len(lengths)
+                self._extend_bounds(
+                    list(accumulate(map(add, lengths, repeat(term)), initial=start))
+                )
+                yield self._plain_batch(flat, width, len(lengths), first_line, suspect)
                 continue
             next_line = first_line + chunk.count(b"\n")
             raw_lines = chunk.split(b"\n")
@@ -226,18 +227,20 @@ class CsvFrame:
         pairs[1::2] = line_starts[1:]
         self.bounds.extend(pairs)
 
-    def _bare_plain(self, chunk: bytes) -> tuple[list[bytes], int, list[bytes], int] | None:
+    def _bare_plain(self, chunk: bytes) -> tuple[list[int], int, list[bytes], int] | None:
         """The usual chunk, plain (``_plain_fields``) and ending in a line break, its line
         breaks all LF or all CRLF, judged by whole-chunk passes, not line by line:
 
         - the chunk with every byte but the delimiter and LF deleted (one ``translate``) is
           its first line's delimiters and LF repeated: every line has as many fields;
         - ``bytes.splitlines`` cuts at LF, CRLF and a lone CR alike, so with as many lines
-          as line feeds no CR stands alone and every CR is the first half of a CRLF: none
-          at all or one per line says which break every line has.
+          as line feeds no CR stands alone and every CR is the first half of a CRLF: the
+          bytes not in any line are then one or two per line when every line ends in LF,
+          or every line in CRLF.
 
-        Returns the lines without their breaks, the length of each break, all fields in
-        one flat list and the fields per row; None sends the chunk the general way."""
+        Returns the lengths of the lines without their breaks, the length of each break,
+        all fields in one flat list and the fields per row; None sends the chunk the
+        general way."""
         delimiter, quote = self._delimiter_byte, self._quote_byte
         if (
             delimiter is None
@@ -258,12 +261,13 @@ class CsvFrame:
         lines = chunk.splitlines()
         if len(lines) != rows or b"" in lines:  # a lone CR; a blank line (csv skips it)
             return None
-        crs = chunk.count(b"\r")
-        if crs and crs != rows:
+        lengths = list(map(len, lines))
+        term, odd = divmod(len(chunk) - sum(lengths), rows)  # bytes of line breaks per line
+        if odd or term not in (1, 2):
             return None  # some lines end in CRLF, others in LF: _plain_fields
         flat = delimiter.join(lines).split(delimiter)
         assert len(flat) == rows * width, "a plain chunk splits into whole rows"
-        return lines, 2 if crs else 1, flat, width
+        return lengths, term, flat, width
 
     def _plain_fields(self, chunk: bytes, lines: list[bytes]) -> tuple[list[bytes], int] | None:
         """All fields of a plain chunk in one flat list, and the fields per row; None for
