@@ -27,7 +27,7 @@ from .csvfile import CsvFrame, resolve_csv_fields
 from .dbf import dbf_fields, dbf_framing, deletion_problems, parse_header
 from .errors import ExportRejected
 from .fixedwidth import FixedColumns, frame_fixed, text_problems
-from .frame import Batch, Broken, Column, Framing, failing_values
+from .frame import JOIN, Batch, Broken, Column, Framing, failing_values
 from .index import KeyIndex, build_index
 from .layout import Field, Layout
 
@@ -118,7 +118,7 @@ class _Validator:
                     pass  # every value fits the shape, so matches the syntax
                 elif not f.vtype.semantic:
                     col = batch.column(f.name)
-                    if not _joined_fits(f, col):
+                    if not _joined_fits(f, col, batch.joined(f.name)):
                         syntax, syntax_b = self.syntax[f.name]
                         for i in failing_values(col, syntax, syntax_b):
                             mark(i, self._reason(f, col[i]))
@@ -127,8 +127,9 @@ class _Validator:
                     # at once (a column holds few distinct dates; ids are checked once each).
                     col = batch.column(f.name)
                     suspects = None
-                    if f.vtype.suspects is not None and col and isinstance(col[0], bytes):
-                        suspects = f.vtype.suspects(col)  # type: ignore[arg-type]
+                    joined = batch.joined(f.name)
+                    if f.vtype.suspects is not None and joined is not None:
+                        suspects = f.vtype.suspects(joined, len(col), JOIN)
                     if suspects is not None:
                         # Only the values that may be invalid are converted.
                         values = [col[i] for i in suspects]
@@ -144,7 +145,7 @@ class _Validator:
                                     mark(i, refused[v])
             if f.required:
                 col = col if col is not None else batch.column(f.name)
-                if _has_blank(col):
+                if _has_blank(col, batch.joined(f.name)):
                     for i, v in enumerate(col):
                         if not v.strip(b" \x00" if isinstance(v, bytes) else " \x00"):  # type: ignore[arg-type]
                             mark(i, "required field is blank")
@@ -175,11 +176,8 @@ class _Validator:
         ``keys_of``, value by value."""
         if skip or f.type not in ("text", "citizen_id", "juristic_id"):
             return None
-        col = batch.column(f.name)
-        if not col or not isinstance(col[0], bytes):
-            return None
-        joined = b"\n".join(col)  # type: ignore[arg-type]
-        if joined.count(b"\n") != len(col) - 1:
+        joined = batch.joined(f.name)  # JOIN is LF, as _KeyColumn keeps them
+        if joined is None or joined.count(b"\n") != batch.size - 1:
             return None
         for pad in (b" ", b"\x00"):
             if pad in joined and (
@@ -244,25 +242,23 @@ class _Validator:
 
 
 _KNOWN_GOOD_MAX = 200_000
-_SEP = b"\x1f"  # joins a column for whole-column checks (never a byte of a valid number)
 
 
-def _joined_fits(f: Field, col: Column) -> bool:
+def _joined_fits(f: Field, col: Column, joined: bytes | None) -> bool:
     """Whether every value of a numeric column is valid by its type's ``joined_fits``: the
-    column joined once and judged by a few C passes, not by a regular expression over a
-    million values. False says nothing (the column is then matched value by value)."""
+    column joined once (``Batch.joined``, or here for text) and judged by a few C passes,
+    not by a regular expression over a million values. False says nothing (the column is
+    then matched value by value)."""
     fits = f.vtype.joined_fits
     if fits is None or not col:
         return False
-    if isinstance(col[0], bytes):
-        joined = _SEP.join(col)  # type: ignore[arg-type]
-    else:
-        text = "\x1f".join(col)  # type: ignore[arg-type]
+    if joined is None:
+        text = "\n".join(col)  # type: ignore[arg-type]
         if not text.isascii():
             return False
         joined = text.encode("ascii")
     # A value holding the separator would pass as two values: the count rules it out.
-    return joined.count(_SEP) == len(col) - 1 and fits(joined, _SEP)
+    return joined.count(JOIN) == len(col) - 1 and fits(joined, JOIN)
 
 
 def _undecodable(col: Column, charset: Charset) -> list[tuple[int, str]]:
@@ -327,16 +323,16 @@ class _KeyColumn:
         return out
 
 
-def _has_blank(col: Column) -> bool:
+def _has_blank(col: Column, joined: bytes | None) -> bool:
     """Whether any value may be blank, at C speed: with spaces and NULs deleted from the
-    joined column, a blank value leaves two separators together (or one at an end). A
-    value holding the separator itself may say yes wrongly, never no wrongly: the caller
-    then looks at each value."""
+    joined column (``Batch.joined`` for ``bytes``), a blank value leaves two separators
+    together (or one at an end). A value holding the separator itself may say yes wrongly,
+    never no wrongly: the caller then looks at each value."""
     if not col:
         return False
-    if isinstance(col[0], bytes):
-        joined = b"\x1f".join(col).translate(None, b" \x00")  # type: ignore[arg-type]
-        return not joined or b"\x1f\x1f" in joined or b"\x1f" in (joined[:1], joined[-1:])
+    if joined is not None:
+        left = joined.translate(None, b" \x00")
+        return not left or JOIN * 2 in left or JOIN in (left[:1], left[-1:])
     text = "\x1f".join(col).replace(" ", "").replace("\x00", "")  # type: ignore[arg-type]
     return not text or "\x1f\x1f" in text or "\x1f" in (text[:1], text[-1:])
 

@@ -18,7 +18,7 @@ through binary floating point in most clients and lose the exact amount.
 from __future__ import annotations
 
 import re
-from collections.abc import Callable, Sequence
+from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import date, datetime, timedelta
 from decimal import Decimal
@@ -136,7 +136,6 @@ def be_to_ce(year_be: int) -> int:
 
 
 _SUSPECTS_PER = 64  # at most one value in this many a suspect, else all are converted
-_SEP = b"\x1f"  # joins a column for whole-column checks (no valid value holds it)
 _NOT_DIGIT = bytes(0 if 0x30 <= b <= 0x39 else 1 for b in range(256))
 # A digit's value, and ten times it (other bytes 0: they are marked wrong anyway).
 _UNITS = bytes(b - 0x30 if 0x30 <= b <= 0x39 else 0 for b in range(256))
@@ -244,8 +243,9 @@ class DateFormat:
             pos,
         )
 
-    def suspects(self, col: Sequence[bytes]) -> list[int] | None:
-        """Positions of the values of ``col`` that may not be valid dates: the others are
+    def suspects(self, joined: bytes, n: int, sep: bytes) -> list[int] | None:
+        """Positions of the ``n`` values of a column joined by ``sep`` (``Batch.joined``)
+        that may not be valid dates: the others are
         valid for sure (``parse_date`` accepts them), found by whole-column byte passes,
         not by converting or hashing a million values. None when the column is not made
         of values of exactly the pattern's length (blanks, padding): convert them all.
@@ -257,13 +257,11 @@ class DateFormat:
         units by integer addition, no byte overflowing), and a table of (day class,
         month) codes says which days exist in which month. The 29th of February is
         always a suspect: whether its year is a leap year is left to ``parse_date``."""
-        n = len(col)
         if not n:
             return []
         size = self.length
         stride = size + 1
-        joined = _SEP.join(col)
-        if len(joined) != stride * n - 1 or joined[size::stride] != _SEP * (n - 1):
+        if len(joined) != stride * n - 1 or joined[size::stride] != sep * (n - 1):
             return None
         wrong = 0
         for k, lit in self.literals:
@@ -342,17 +340,16 @@ _ID_LAST = bytes(
 )
 
 
-def _id_suspects(col: Sequence[bytes]) -> list[int] | None:
-    """Positions of the values of ``col`` that may not be valid 13-digit ids (the others
+def _id_suspects(joined: bytes, n: int, sep: bytes) -> list[int] | None:
+    """Positions of the ``n`` values of a column joined by ``sep`` that may not be valid
+    13-digit ids (the others
     are, check digit included), by whole-column passes like ``DateFormat.suspects``: per
     digit position, one strided slice; the weighted sum modulo 11 carried from digit to
     digit as a byte per value (``_ID_STEPS``). None when not every value is 13 bytes
     (blanks, dashes, padding): convert them all."""
-    n = len(col)
     if not n:
         return []
-    joined = _SEP.join(col)
-    if len(joined) != 14 * n - 1 or joined[13::14] != _SEP * (n - 1):
+    if len(joined) != 14 * n - 1 or joined[13::14] != sep * (n - 1):
         return None
     wrong = 0
     total = bytes(n)
@@ -477,10 +474,11 @@ class ValueType:
     # sufficient condition, checked by a few whole-column ``translate``/``count`` passes;
     # a column that does not pass is matched against ``syntax`` value by value.
     joined_fits: Callable[[bytes, bytes], bool] | None = None
-    # Column of ``bytes`` -> positions of the values ``convert`` may refuse (the others
-    # it accepts for sure), found by whole-column passes; None: convert them all. For
-    # types whose validity ``syntax`` cannot settle (``semantic``: dates).
-    suspects: Callable[[Sequence[bytes]], list[int] | None] | None = None
+    # (column of ``bytes`` joined, values, separator) -> positions of the values
+    # ``convert`` may refuse (it accepts the others for sure), found by whole-column
+    # passes; None: convert them all. For types whose validity ``syntax`` cannot settle
+    # (``semantic``: dates, ids).
+    suspects: Callable[[bytes, int, bytes], list[int] | None] | None = None
 
     def __post_init__(self) -> None:
         if self.syntax is not None:
