@@ -87,19 +87,21 @@ class KeyIndex:
         return len(self.blob)
 
 
-def _padded(keys: list[bytes], width: int, pad: Callable[[bytes], bytes]) -> bytes:
-    """The keys NUL-padded to ``width``, joined: when none is shorter than the width (no
-    key longer, and the joined length says so), the join alone, without a million pads."""
+def _padded(keys: list[bytes], width: int, longest: int, pad: Callable[[bytes], bytes]) -> bytes:
+    """The keys NUL-padded to ``width``, joined: when none is shorter than the width (none
+    is longer, ``longest``, and the joined length says so), the join alone, without a
+    million pads."""
     joined = b"".join(keys)
-    if len(joined) == width * len(keys) and max(map(len, keys), default=0) <= width:
+    if len(joined) == width * len(keys) and longest <= width:
         return joined
     return b"".join(map(pad, keys))
 
 
 def build_index(keys: list[bytes], width: int | None = None) -> KeyIndex:
     """An index of ``keys[record number]`` (canonical keys); empty keys are not indexed."""
+    longest = max(map(len, keys), default=0)
     if width is None:
-        width = max(map(len, keys), default=0) or 1
+        width = longest or 1
     pad = struct.Struct(f"{width}s").pack  # NUL-pads to the width
     # Hashing a million keys only to learn they are all distinct: a sample says so first.
     sample = keys[:_SAMPLE]
@@ -122,11 +124,11 @@ def build_index(keys: list[bytes], width: int | None = None) -> KeyIndex:
     elif all(map(operator.le, keys, islice(keys, 1, None))):
         # Already in key order (deed numbers of a registry's export): nothing to sort.
         order = range(len(keys))
-        key_blob = _padded(keys, width, pad)
+        key_blob = _padded(keys, width, longest, pad)
     else:
         # (Nearly) distinct keys: sorted directly.
         order = sorted(range(len(keys)), key=keys.__getitem__)
-        key_blob = _padded(list(map(keys.__getitem__, order)), width, pad)
+        key_blob = _padded(list(map(keys.__getitem__, order)), width, longest, pad)
     unkeyed = keys.count(b"")  # empty keys sort first
     if unkeyed:
         order = order[unkeyed:]
