@@ -362,8 +362,8 @@ def test_csv_usual_chunks_judged_whole_keep_rows_lines_and_spans(
     bare: list[bool] = []
     original = csvfile.CsvFrame._bare_plain
 
-    def spy(self: csvfile.CsvFrame, chunk: bytes) -> Any:
-        out = original(self, chunk)
+    def spy(self: csvfile.CsvFrame, chunk: bytes, *args: Any) -> Any:
+        out = original(self, chunk, *args)
         bare.append(out is not None)
         return out
 

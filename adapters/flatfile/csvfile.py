@@ -110,8 +110,10 @@ class CsvFrame:
         self._delimiter_byte = _ascii(layout.delimiter)
         self._quote_byte = _ascii(layout.quotechar)
         # Every byte but the delimiter and LF: deleted, they leave a chunk's skeleton.
-        kept = b"\n" + (self._delimiter_byte or b"")
-        self._not_skeleton = bytes(b for b in range(256) if b not in kept)
+        self._skeleton_bytes = b"\n" + (self._delimiter_byte or b"")
+        self._not_skeleton = bytes(b for b in range(256) if b not in self._skeleton_bytes)
+        valid = layout.encoding.valid_bytes
+        self._valid_not_skeleton = bytes(b for b in valid if b not in self._skeleton_bytes)
         self.first_line = 0
 
     def _chunks(self) -> Iterator[tuple[int, int]]:
@@ -154,15 +156,20 @@ class CsvFrame:
         for start, stop in self._chunks():
             first_line = self.first_line if next_line is None else next_line
             chunk = self.buf[start:stop]
+            skeleton = None
             if charset.invalid_byte is not None:
-                suspect = bool(chunk.translate(None, charset.valid_bytes))
+                # One pass for two answers: the valid bytes deleted but the delimiter and LF
+                # leave the undecodable bytes, if any, and else the chunk's skeleton.
+                rest = chunk.translate(None, self._valid_not_skeleton)
+                suspect = bool(rest.translate(None, self._skeleton_bytes))
+                skeleton = None if suspect else rest
             else:
                 try:
                     chunk.decode(charset.codec)
                     suspect = False
                 except UnicodeDecodeError:
                     suspect = True
-            bare = self._bare_plain(chunk)
+            bare = self._bare_plain(chunk, skeleton)
             if bare is not None:
                 lengths, term, flat, width = bare
                 next_line = first_line + len(lengths)
@@ -227,7 +234,9 @@ class CsvFrame:
         pairs[1::2] = line_starts[1:]
         self.bounds.extend(pairs)
 
-    def _bare_plain(self, chunk: bytes) -> tuple[list[int], int, list[bytes], int] | None:
+    def _bare_plain(
+        self, chunk: bytes, skeleton: bytes | None = None
+    ) -> tuple[list[int], int, list[bytes], int] | None:
         """The usual chunk, plain (``_plain_fields``) and ending in a line break, its line
         breaks all LF or all CRLF, judged by whole-chunk passes, not line by line:
 
@@ -238,9 +247,9 @@ class CsvFrame:
           bytes not in any line are then one or two per line when every line ends in LF,
           or every line in CRLF.
 
-        Returns the lengths of the lines without their breaks, the length of each break,
-        all fields in one flat list and the fields per row; None sends the chunk the
-        general way."""
+        ``skeleton``: the chunk's, when already made. Returns the lengths of the lines
+        without their breaks, the length of each break, all fields in one flat list and
+        the fields per row; None sends the chunk the general way."""
         delimiter, quote = self._delimiter_byte, self._quote_byte
         if (
             delimiter is None
@@ -251,7 +260,8 @@ class CsvFrame:
             or b"\0" in chunk
         ):
             return None
-        skeleton = chunk.translate(None, self._not_skeleton)
+        if skeleton is None:
+            skeleton = chunk.translate(None, self._not_skeleton)
         width = skeleton.index(b"\n") + 1  # the first line's delimiters + 1, with its LF
         rows, odd = divmod(len(skeleton), width)
         if odd or skeleton != skeleton[:width] * rows:
