@@ -105,19 +105,18 @@ def build_index(keys: list[bytes], width: int | None = None) -> KeyIndex:
     pad = struct.Struct(f"{width}s").pack  # NUL-pads to the width
     # Hashing a million keys only to learn they are all distinct: a sample says so first.
     sample = keys[:_SAMPLE]
-    first: dict[bytes, int] = {}
+    distinct_keys: set[bytes] = set()
     grouped = False
     if len(set(sample)) * 16 < len(sample) * 15:
-        # Each record's key as the record number where it first occurs: the one pass that
-        # hashes the million keys (a dict of a few thousand ints is cheap to look up).
-        firsts = list(map(first.setdefault, keys, range(len(keys))))
-        grouped = len(first) * 2 <= len(keys)
+        # The one pass that hashes the million keys (each keeps its hash for the next).
+        distinct_keys = set(keys)
+        grouped = len(distinct_keys) * 2 <= len(keys)
     if grouped:
         # Repeating keys: record numbers sorted by their key's rank (stable: file order).
         # (A counting sort, a list per key appended to, measured slower than this sort.)
-        distinct = sorted(first)
-        rank = dict(zip(map(first.__getitem__, distinct), range(len(distinct)), strict=True))
-        ranks = list(map(rank.__getitem__, firsts))
+        distinct = sorted(distinct_keys)
+        rank = dict(zip(distinct, range(len(distinct)), strict=True))
+        ranks = list(map(rank.__getitem__, keys))
         order = sorted(range(len(keys)), key=ranks.__getitem__)
         counts = Counter(ranks)
         key_blob = b"".join([pad(key) * counts[r] for r, key in enumerate(distinct) if key])
