@@ -330,9 +330,14 @@ class CsvFrame:
         first = self.count
         self.count += rows
         positions = {name: f.position or 0 for name, f in self.fields.items()}
+        cache: dict[str, list[bytes]] = {}
 
         def column(name: str) -> list[bytes]:
-            return flat[positions[name] :: width]
+            # Sliced once: a slice touches every value it takes (reference counts), each
+            # on a cache line of its own, and a column is asked for by several checks.
+            if name not in cache:
+                cache[name] = flat[positions[name] :: width]
+            return cache[name]
 
         return Batch(
             first,
