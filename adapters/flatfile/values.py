@@ -245,10 +245,10 @@ class DateFormat:
 
     def suspects(self, joined: bytes, n: int, sep: bytes) -> list[int] | None:
         """Positions of the ``n`` values of a column joined by ``sep`` (``Batch.joined``)
-        that may not be valid dates: the others are
-        valid for sure (``parse_date`` accepts them), found by whole-column byte passes,
-        not by converting or hashing a million values. None when the column is not made
-        of values of exactly the pattern's length (blanks, padding): convert them all.
+        that may not be valid dates: the others are valid for sure (``parse_date``
+        accepts them), found by whole-column byte passes, not by converting or hashing a
+        million values. None when the column is not made of values of exactly the
+        pattern's length (blanks, padding): convert them all.
 
         Each byte position of every value is one strided slice of the joined column.
         Per slice, ``translate`` maps each byte to 1 where it is wrong (a non-digit, an
@@ -342,11 +342,10 @@ _ID_LAST = bytes(
 
 def _id_suspects(joined: bytes, n: int, sep: bytes) -> list[int] | None:
     """Positions of the ``n`` values of a column joined by ``sep`` that may not be valid
-    13-digit ids (the others
-    are, check digit included), by whole-column passes like ``DateFormat.suspects``: per
-    digit position, one strided slice; the weighted sum modulo 11 carried from digit to
-    digit as a byte per value (``_ID_STEPS``). None when not every value is 13 bytes
-    (blanks, dashes, padding): convert them all."""
+    13-digit ids (the others are, check digit included), by whole-column passes like
+    ``DateFormat.suspects``: per digit position, one strided slice; the weighted sum
+    modulo 11 carried from digit to digit as a byte per value (``_ID_STEPS``). None when
+    not every value is 13 bytes (blanks, dashes, padding): convert them all."""
     if not n:
         return []
     if len(joined) != 14 * n - 1 or joined[13::14] != sep * (n - 1):
