@@ -124,7 +124,8 @@ class _Validator:
                             mark(i, self._reason(f, col[i]))
                 else:
                     # Dates and ids: converting each distinct value checks syntax and meaning
-                    # at once (a column holds few distinct dates; ids are checked once each).
+                    # at once (a column holds few distinct dates; ids are checked once each);
+                    # a column of bytes, only the values its type's ``suspects`` points at.
                     col = batch.column(f.name)
                     suspects = None
                     joined = batch.joined(f.name)
