@@ -176,7 +176,13 @@ class CsvFrame:
                 self._extend_bounds(
                     list(accumulate(map(add, lengths, repeat(term)), initial=start))
                 )
-                yield self._plain_batch(flat, width, len(lengths), first_line, suspect)
+                batch = self._plain_batch(flat, width, len(lengths), first_line, suspect)
+                # Held by the batch only, its values are freed with it, before the next
+                # chunk is split (see ``load_export``): the next values then take their
+                # place in the same order, in memory still warm.
+                del bare, flat
+                yield batch
+                del batch
                 continue
             next_line = first_line + chunk.count(b"\n")
             raw_lines = chunk.split(b"\n")

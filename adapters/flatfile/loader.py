@@ -402,6 +402,9 @@ def load_export(
                 key_columns[f.name].add_joined(joined)
             else:
                 key_columns[f.name].add(validator.keys_of(batch, f, skip))
+        # Freed before the next batch is made, not after (CsvFrame.batches): the values
+        # of one batch at a time, the next in the memory of the last.
+        del batch
     if csv_frame is not None:
         framing = csv_frame.framing()
     assert framing is not None
