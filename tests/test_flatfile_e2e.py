@@ -144,6 +144,26 @@ def test_bench_flatfile_smoke_run() -> None:
     assert report["hub"]["ok"] > 0 and report["hub"]["errors"] == 0, output
 
 
+@pytest.mark.slow
+def test_bench_flatfile_load_phase_alone() -> None:
+    """``--phases load``: the load timings without the adapter and hub phases, and only
+    their targets in the report (the CSV form against the csv module among them)."""
+    script = str(ROOT / "scripts" / "bench_flatfile.py")
+    proc = subprocess.run(
+        [sys.executable, script, "--smoke", "--phases", "load"],
+        capture_output=True,
+        text=True,
+        timeout=120,
+        check=False,
+    )
+    output = f"stdout:\n{proc.stdout[-3000:]}\nstderr:\n{proc.stderr[-3000:]}"
+    assert proc.returncode == 0, output
+    report = json.loads(proc.stdout.strip().splitlines()[-1])
+    assert set(report["targets"]) == {"load_vs_csv", "load_csv_form_vs_csv"}, output
+    assert "hub" not in report and "lookup_ms" not in report, output
+    assert report["load_csv_form_inline_cpu_s"] > 0, output
+
+
 def test_generator_script(tmp_path: Path) -> None:
     script = str(ROOT / "scripts" / "generate_legacy_exports.py")
     out = subprocess.run(

@@ -347,6 +347,185 @@ def test_csv_plain_chunks_read_as_the_csv_module_reads_them(
             assert got == (row[0], row[1], row[5], int(row[6]))
 
 
+@pytest.mark.parametrize("newline", [b"\r\n", b"\n"])
+def test_csv_usual_chunks_judged_whole_keep_rows_lines_and_spans(
+    monkeypatch: pytest.MonkeyPatch, newline: bytes
+) -> None:
+    """The usual chunk (no quote, every line as many fields, all LF or all CRLF) is judged
+    by whole-chunk passes (``_bare_plain``): a row short of a field and another with one too
+    many in the same chunk (as many delimiters in all) are still reported on their lines,
+    rows are served from their own bytes, and a CR alone in a field still refuses the file
+    as the csv module does."""
+    from adapters.flatfile import csvfile
+
+    monkeypatch.setattr(csvfile, "_CHUNK", 700)  # a few rows per chunk
+    bare: list[bool] = []
+    original = csvfile.CsvFrame._bare_plain
+
+    def spy(self: csvfile.CsvFrame, chunk: bytes, *args: Any) -> Any:
+        out = original(self, chunk, *args)
+        bare.append(out is not None)
+        return out
+
+    monkeypatch.setattr(csvfile.CsvFrame, "_bare_plain", spy)
+    rows = [plain_row(i) for i in range(200)]
+    rows[100] = rows[100][:6]  # line 102
+    rows[101] = [*rows[101], "x"]  # line 103
+    rows[150][4] = "-"  # line 152: a bad value in the middle of a whole chunk
+    rows[160][0] = rows[160][0][:12] + str((int(rows[160][0][12]) + 1) % 10)  # line 162
+    data = csv_bytes(rows).replace(b"\r\n", newline)
+    result, ds = load(data, CSV_LAYOUT, max_bad_share=0.5)
+    report = [(b.line, b.field, b.reason) for b in result.broken]
+    assert report == [
+        (102, None, "row has 6 columns; expected 7"),
+        (103, None, "row has 8 columns; expected 7"),
+        (152, "amount", "not a decimal number"),
+        (162, "juristic_id", "check digit does not match"),
+    ]
+    assert bare.count(True) > 10 and bare.count(False) >= 1
+    for i in (0, 99, 102, 149, 151, 199):
+        assert ds.record(i)["name_th"] == f"บริษัท {i} จำกัด", i
+        start, end = result.framing.span(i)
+        assert data[start:end].endswith(newline) and newline not in data[start:end][:-1]
+
+    lone = data.replace("บริษัท 120 ".encode("cp874"), "บริษัท\r120 ".encode("cp874"))
+    with pytest.raises(ExportRejected, match="CSV syntax error near line"):
+        load(lone, CSV_LAYOUT)
+
+
+def test_csv_numeric_columns_judged_whole_or_value_by_value_report_the_same(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """Numeric columns of plain CSV chunks are first judged whole (``joined_fits``); a
+    column with a value outside that condition, valid or not, is matched value by value,
+    and a bad value in the middle of a chunk is reported on its own line."""
+    from adapters.flatfile import csvfile, loader
+
+    monkeypatch.setattr(csvfile, "_CHUNK", 4000)  # a few dozen rows per chunk
+    matched: list[int] = []
+    original = loader.failing_values
+
+    def spy(column: Any, *args: Any) -> list[int]:
+        matched.append(len(column))
+        return original(column, *args)
+
+    monkeypatch.setattr(loader, "failing_values", spy)
+    fields = [*CSV_LAYOUT["field"], {"name": "extra", "type": "zoned", "scale": 2}]
+    layout = {**CSV_LAYOUT, "field": fields}
+    rows = [plain_row(i) for i in range(200)]
+    for i, row in enumerate(rows):
+        row[4] = f"{-i if i % 7 == 0 else i}00"  # amounts without a point: the fast path
+        row[6] = f"{i:04d}{'{' if i % 2 else 'J'}"
+    result, ds = load(csv_bytes(rows), layout)
+    assert (result.valid, result.broken_count) == (200, 0)
+    assert matched == []  # every column judged whole
+    assert [ds.record(i)["amount"] for i in (7, 8)] == ["-700", "800"]
+    assert [ds.record(i)["extra"] for i in (7, 8)] == ["0.70", "-0.81"]  # 0007{, 0008J
+
+    rows[100][2] = "25x7"  # line 102: header + 101 rows before it
+    rows[101][2] = " 2567 "  # valid, outside the whole-column condition
+    rows[150][4] = "1-2"
+    rows[151][4] = "12.50"
+    rows[152][4] = "12-"
+    rows[170][6] = "{1"
+    rows[171][6] = "  0012} "
+    rows[199][2] = "-"  # the very last value
+    result, ds = load(csv_bytes(rows), layout, max_bad_share=0.5)
+    report = [(b.line, b.field, b.reason) for b in result.broken]
+    assert report == [
+        (102, "tax_year", "not an integer"),
+        (152, "amount", "not a decimal number"),
+        (172, "extra", "not a zoned number"),
+        (201, "tax_year", "not an integer"),
+    ]
+    assert matched  # the columns with odd values were matched value by value
+    assert ds.record(101)["tax_year"] == 2567
+    assert [ds.record(i)["amount"] for i in (151, 152)] == ["12.50", "-12"]
+    assert ds.record(171)["extra"] == "-1.20"
+
+
+def test_csv_dates_judged_whole_report_each_bad_day_on_its_line(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """Date columns of plain chunks are converted only where a whole-column pass finds a
+    value that may be wrong (``DateFormat.suspects``): days that do not exist are still
+    reported on their own lines with ``parse_date``'s reasons, a leap day is accepted in a
+    leap year only, and a column with blanks or many bad days is converted value by value
+    with the same reports."""
+    from adapters.flatfile import csvfile
+
+    monkeypatch.setattr(csvfile, "_CHUNK", 2000)
+    rows = [plain_row(i) for i in range(300)]
+    rows[10][3] = "29/02/2567"  # 2024: a leap year
+    rows[11][3] = "29/02/2566"  # line 13
+    rows[150][3] = "31/04/2567"  # line 152
+    rows[151][3] = "15/13/2567"  # line 153
+    rows[152][3] = "15/01/1999"  # line 154: not a B.E. year
+    rows[153][3] = "00/00/0000"  # no date
+    result, ds = load(csv_bytes(rows), CSV_LAYOUT, max_bad_share=0.5)
+    expected = [
+        (13, "issued_on", "day 29 of month 02 does not exist in B.E. 2566"),
+        (152, "issued_on", "day 31 of month 04 does not exist in B.E. 2567"),
+        (153, "issued_on", "day 15 of month 13 does not exist in B.E. 2567"),
+        (154, "issued_on", "year 1999 is not a plausible Buddhist-Era year"),
+    ]
+    assert [(b.line, b.field, b.reason) for b in result.broken] == expected
+    assert ds.record(10)["issued_on"] == "2024-02-29" and ds.record(153)["issued_on"] is None
+    rows[200][3] = ""  # a blank: this chunk's column is converted value by value
+    for i in range(250, 300):
+        rows[i][3] = "30/02/2567"  # many bad days in a row
+    result, ds = load(csv_bytes(rows), CSV_LAYOUT, max_bad_share=0.5)
+    report = [(b.line, b.field, b.reason) for b in result.broken]
+    assert report[:4] == expected and len(report) == 54
+    reason = "day 30 of month 02 does not exist in B.E. 2567"
+    assert report[4:] == [(line, "issued_on", reason) for line in range(252, 302)]
+    assert ds.record(200)["issued_on"] is None
+
+
+def test_csv_keys_taken_whole_or_value_by_value_index_the_same(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """Key columns of plain chunks are taken joined as they are when no value needs
+    stripping or converting (``joined_keys``); chunks with a padded key, a dashed id or a
+    broken record go value by value. Every record is found by its canonical key either way,
+    and broken ones by none."""
+    from adapters.flatfile import csvfile, loader
+
+    monkeypatch.setattr(csvfile, "_CHUNK", 1500)  # a dozen rows or so per chunk
+    taken: list[bool] = []
+    original = loader._Validator.joined_keys
+
+    def spy(self: Any, *args: Any) -> bytes | None:
+        joined = original(self, *args)
+        taken.append(joined is not None)
+        return joined
+
+    monkeypatch.setattr(loader._Validator, "joined_keys", spy)
+    layout = {**CSV_LAYOUT, "keys": ["juristic_id", "office"]}
+    rows = [plain_row(i) for i in range(200)]
+    for i, row in enumerate(rows):
+        row[0] = with_check_digit(f"0105500{i:05d}")
+        row[5] = f"สาขา {i % 5}"  # a space inside the key: nothing to strip
+    cid = rows[40][0]
+    rows[40][0] = f"{cid[0]}-{cid[1:5]}-{cid[5:10]}-{cid[10:12]}-{cid[12]}"
+    rows[60][5] = " สาขา 1"
+    rows[61][5] = "สาขา 1\x00"
+    rows[80][0] = f" {rows[80][0]} "
+    rows[100][2] = "bad"  # broken: its chunk's keys go value by value
+    rows[120][5] = ""  # a blank key: not indexed
+    rows[121][0] = ""
+    result, ds = load(csv_bytes(rows), layout, max_bad_share=0.5)
+    assert [(b.line, b.field) for b in result.broken] == [(102, "tax_year")]
+    for i in (0, 40, 80, 99, 101, 199):
+        page = ds.query({"juristic_id": with_check_digit(f"0105500{i:05d}")}, 0, 5, 10)
+        assert page.total == 1 and page.records[0]["name_th"] == f"บริษัท {i} จำกัด", i
+    assert ds.query({"juristic_id": with_check_digit("010550000100")}, 0, 5, 10).total == 0
+    offices = {k: ds.query({"office": f"สาขา {k}"}, 0, 1, 1000).total for k in range(5)}
+    # 100 broken and 120 blank are not indexed; 60 is " สาขา 1", 61 "สาขา 1" and a NUL
+    assert offices == {0: 37, 1: 41, 2: 40, 3: 40, 4: 40}
+    assert taken.count(True) > 10 and taken.count(False) >= 5
+
+
 @pytest.mark.parametrize("encoding", ["cp874", "utf-8"])
 def test_csv_thai_text_key_finds_rows_of_plain_and_quoted_chunks(
     monkeypatch: pytest.MonkeyPatch, encoding: str

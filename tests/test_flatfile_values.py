@@ -2,10 +2,13 @@
 
 from __future__ import annotations
 
+from typing import Any
+
 import pytest
 
 from adapters.flatfile.charsets import charset
 from adapters.flatfile.errors import LayoutError
+from adapters.flatfile.frame import JOIN
 from adapters.flatfile.layout import parse_layout
 from adapters.flatfile.values import (
     DateFormat,
@@ -199,3 +202,145 @@ def test_shape_admits_only_values_the_syntax_admits(type_name: str) -> None:
         values += [bytes(rng.choice(allowed) for allowed in shape) for _ in range(2000)]
         for v in values:
             assert syntax.fullmatch(v), (type_name, v)
+
+
+@pytest.mark.parametrize("type_name", ["integer", "decimal", "zoned"])
+def test_joined_fits_admits_only_columns_whose_every_value_the_syntax_admits(
+    type_name: str,
+) -> None:
+    """A CSV column that passes ``joined_fits`` is not matched against the syntax at all:
+    for random columns of values made of digits, signs, overpunched bytes, spaces and
+    points, a pass means every value matches, and columns of plain numbers pass."""
+    import random
+    import re
+
+    vtype = value_type(type_name, scale=2)
+    assert vtype.joined_fits is not None and vtype.syntax is not None
+    syntax = re.compile(vtype.syntax.encode())
+    sep = b"\x1f"
+    rng = random.Random(16)
+    alphabet = b"0123456789" * 3 + b"+-{}AJRpy. \x00"
+    passed = 0
+    for _ in range(20_000):
+        column = [
+            bytes(rng.choice(alphabet) for _ in range(rng.randrange(0, 5)))
+            for _ in range(rng.randrange(1, 4))
+        ]
+        if vtype.joined_fits(sep.join(column), sep):
+            passed += 1
+            assert all(syntax.fullmatch(v) for v in column), (type_name, column)
+    assert passed > 500
+    plain = [b"0012", b"", b"7", b"-0001" if type_name != "zoned" else b"0001}", b"00"]
+    assert vtype.joined_fits(sep.join(plain), sep)
+    # Each way out of the condition, at the start, in the middle and at the end.
+    for bad in (b"1-", b"-", b"+-1", b"1 ", b"1.5", b"{1", b"1{{", b"x"):
+        for column in ([bad, b"1"], [b"1", bad, b"1"], [b"1", bad]):
+            if vtype.joined_fits(sep.join(column), sep):
+                assert all(syntax.fullmatch(v) for v in column), (type_name, column)
+
+
+def suspects_of(suspects: Any, column: list[bytes]) -> list[int] | None:
+    """``suspects`` of a column joined as ``Batch.joined`` joins it."""
+    return suspects(JOIN.join(column), len(column), JOIN)  # type: ignore[no-any-return]
+
+
+@pytest.mark.parametrize(
+    ("pattern", "era"), [("YYYYMMDD", "BE"), ("DDMMYYYY", "BE"), ("DD/MM/YYYY", "CE")]
+)
+def test_date_suspects_leave_out_only_values_parse_date_accepts(
+    pattern: str, era: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A date column is converted only at its ``suspects``: every value left out must be
+    a date ``parse_date`` accepts, and the usual valid dates are left out."""
+    import random
+    from datetime import date, timedelta
+
+    from adapters.flatfile import values
+    from adapters.flatfile.values import DateFormat
+
+    monkeypatch.setattr(values, "_SUSPECTS_PER", 1)  # a verdict however many suspects
+
+    fmt = DateFormat.compile(pattern, era)
+    rng = random.Random(17)
+    offset = 543 if era == "BE" else 0
+
+    def written(day: date) -> bytes:
+        y, m, d = f"{day.year + offset:04d}", f"{day.month:02d}", f"{day.day:02d}"
+        return pattern.replace("YYYY", y).replace("MM", m).replace("DD", d).encode()
+
+    days = [date(1900, 1, 1) + timedelta(days=rng.randrange(60_000)) for _ in range(3000)]
+    valid = [written(d) for d in days if (d.month, d.day) != (2, 29)]
+    assert suspects_of(fmt.suspects, valid) == []
+    # The 29th of February is left to parse_date (leap years), the rest still judged whole.
+    leap = [*valid[:100], written(date(2024, 2, 29)), *valid[100:200], written(date(2023, 3, 1))]
+    assert suspects_of(fmt.suspects, leap) == [100]
+    # Each byte of valid dates replaced by any other, and edge days of every month.
+    odd = []
+    for _ in range(3000):
+        v = bytearray(rng.choice(valid))
+        v[rng.randrange(len(v))] = rng.choice(b"0123456789/-x ")
+        odd.append(bytes(v))
+    for year in (1900, 2000, 2023, 2024, 2156, 2157, 1756, 1757):
+        for month in range(0, 14):
+            for day in (0, 28, 29, 30, 31, 32):
+                text = pattern.replace("YYYY", f"{year + offset:04d}")
+                odd.append(text.replace("MM", f"{month:02d}").replace("DD", f"{day:02d}").encode())
+    odd.append(written(date(2024, 1, 1)).replace(b"2", b"0"))  # all-zero parts
+    column = valid + odd
+    rng.shuffle(column)
+    suspects = suspects_of(fmt.suspects, column)
+    assert suspects is not None
+    left_out = set(range(len(column))).difference(suspects)
+    for i in left_out:
+        assert parse_date(column[i].decode("latin-1"), fmt) is not None, column[i]
+    refused = 0
+    for v in odd:
+        try:
+            parse_date(v.decode("latin-1"), fmt)
+        except ValueError:
+            refused += 1
+    assert refused > 500 and len(suspects) >= refused
+    # Not the pattern's length everywhere (a blank, padding): no verdict, all converted.
+    assert suspects_of(fmt.suspects, [*valid[:10], b""]) is None
+    assert suspects_of(fmt.suspects, [*valid[:10], b" " + valid[0]]) is None
+    assert suspects_of(fmt.suspects, []) == []
+
+
+def test_id_suspects_leave_out_only_ids_with_their_check_digit(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """An id column is converted only at its ``suspects``: every value left out is a
+    13-digit id whose check digit matches; valid ids are left out, every wrong check digit
+    and non-digit is a suspect."""
+    import random
+
+    from adapters.flatfile import values
+
+    monkeypatch.setattr(values, "_SUSPECTS_PER", 1)
+    vtype = value_type("citizen_id")
+    assert vtype.suspects is not None
+    rng = random.Random(18)
+    valid = [
+        with_check_digit("".join(rng.choice("0123456789") for _ in range(12))).encode()
+        for _ in range(5000)
+    ]
+    assert suspects_of(vtype.suspects, valid) == []
+    odd = [v[:12] + str((int(v[12:]) + rng.randrange(1, 10)) % 10).encode() for v in valid[:2000]]
+    for v in valid[:2000]:
+        b = bytearray(v)
+        b[rng.randrange(13)] = rng.choice(b"0123456789x- ")
+        odd.append(bytes(b))
+    column = valid + odd
+    rng.shuffle(column)
+    suspects = suspects_of(vtype.suspects, column)
+    assert suspects is not None
+    refused = set()
+    for i, v in enumerate(column):
+        try:
+            vtype.convert(v.decode())
+        except ValueError:
+            refused.add(i)
+    assert len(refused) > 2000 and refused <= set(suspects)
+    # A blank or a dashed id: no verdict, all converted.
+    assert suspects_of(vtype.suspects, [*valid[:5], b"", valid[6]]) is None
+    assert suspects_of(vtype.suspects, [*valid[:5], b"1-2345-67890-12-1"]) is None

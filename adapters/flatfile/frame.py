@@ -16,9 +16,13 @@ from array import array
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 
-__all__ = ["BATCH", "Batch", "Broken", "Framing"]
+__all__ = ["BATCH", "JOIN", "Batch", "Broken", "Framing"]
 
 BATCH = 65536  # records per batch: bounds the loader's transient lists
+# Joins a column of ``bytes`` for whole-column checks: never a byte of a valid number, date
+# or id, nor of a CSV value outside quotes. A value that holds it anyway (a fixed-width or
+# DBF field) fails those checks, or is caught by them counting it, and is looked at alone.
+JOIN = b"\n"
 
 
 @dataclass(frozen=True, slots=True, order=True)
@@ -83,9 +87,20 @@ class Batch:
     # (field name, allowed bytes per byte position) -> whether every value of the batch is
     # made of them, found without building the column; None where records are not strided.
     fits: Callable[[str, tuple[bytes, ...]], bool] | None = None
+    _joined: dict[str, bytes | None] = field(default_factory=dict)
 
     def line(self, recno: int) -> int:
         return self.line_of(recno) if self.line_of is not None else recno + 1
+
+    def joined(self, name: str) -> bytes | None:
+        """The values of a column of ``bytes`` joined by LF (``JOIN``), made once per batch
+        for all the whole-column checks and the keys; None for a column of text, or none
+        at all."""
+        if name not in self._joined:
+            col = self.column(name)
+            ok = bool(col) and isinstance(col[0], bytes)
+            self._joined[name] = JOIN.join(col) if ok else None  # type: ignore[arg-type]
+        return self._joined[name]
 
 
 _SAMPLE = 1024  # values looked at before hashing a whole column

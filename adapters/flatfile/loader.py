@@ -27,7 +27,7 @@ from .csvfile import CsvFrame, resolve_csv_fields
 from .dbf import dbf_fields, dbf_framing, deletion_problems, parse_header
 from .errors import ExportRejected
 from .fixedwidth import FixedColumns, frame_fixed, text_problems
-from .frame import Batch, Broken, Column, Framing, failing_values
+from .frame import JOIN, Batch, Broken, Column, Framing, failing_values
 from .index import KeyIndex, build_index
 from .layout import Field, Layout
 
@@ -118,21 +118,35 @@ class _Validator:
                     pass  # every value fits the shape, so matches the syntax
                 elif not f.vtype.semantic:
                     col = batch.column(f.name)
-                    syntax, syntax_b = self.syntax[f.name]
-                    for i in failing_values(col, syntax, syntax_b):
-                        mark(i, self._reason(f, col[i]))
+                    if not _joined_fits(f, col, batch.joined(f.name)):
+                        syntax, syntax_b = self.syntax[f.name]
+                        for i in failing_values(col, syntax, syntax_b):
+                            mark(i, self._reason(f, col[i]))
                 else:
                     # Dates and ids: converting each distinct value checks syntax and meaning
-                    # at once (a column holds few distinct dates; ids are checked once each).
+                    # at once (a column holds few distinct dates; ids are checked once each);
+                    # a column of bytes, only the values its type's ``suspects`` points at.
                     col = batch.column(f.name)
-                    refused = self._semantic(f, col)
-                    if refused:
-                        for i, v in enumerate(col):
+                    suspects = None
+                    joined = batch.joined(f.name)
+                    if f.vtype.suspects is not None and joined is not None:
+                        suspects = f.vtype.suspects(joined, len(col), JOIN)
+                    if suspects is not None:
+                        # Only the values that may be invalid are converted.
+                        values = [col[i] for i in suspects]
+                        refused = self._semantic(f, values)
+                        for i, v in zip(suspects, values, strict=True):
                             if v in refused:
                                 mark(i, refused[v])
+                    else:
+                        refused = self._semantic(f, col)
+                        if refused:
+                            for i, v in enumerate(col):
+                                if v in refused:
+                                    mark(i, refused[v])
             if f.required:
                 col = col if col is not None else batch.column(f.name)
-                if _has_blank(col):
+                if _has_blank(col, batch.joined(f.name)):
                     for i, v in enumerate(col):
                         if not v.strip(b" \x00" if isinstance(v, bytes) else " \x00"):  # type: ignore[arg-type]
                             mark(i, "required field is blank")
@@ -153,6 +167,30 @@ class _Validator:
                 if len(good) < _KNOWN_GOOD_MAX:
                     good.add(v)
         return refused
+
+    def joined_keys(self, batch: Batch, f: Field, skip: Container[int]) -> bytes | None:
+        """The batch's canonical keys of a text or id field joined by LF (``_KeyColumn``),
+        when its raw ``bytes`` values are their own canonical keys, found by a few passes
+        over the joined column: no record of the batch is skipped, no value holds a line
+        feed, none starts or ends with a space or NUL (nothing to strip), and ids are
+        undashed (valid ones are then 13 digits or blank, which is empty). None: ask
+        ``keys_of``, value by value."""
+        if skip or f.type not in ("text", "citizen_id", "juristic_id"):
+            return None
+        joined = batch.joined(f.name)  # JOIN is LF, as _KeyColumn keeps them
+        if joined is None or joined.count(b"\n") != batch.size - 1:
+            return None
+        for pad in (b" ", b"\x00"):
+            if pad in joined and (
+                b"\n" + pad in joined
+                or pad + b"\n" in joined
+                or joined.startswith(pad)
+                or joined.endswith(pad)
+            ):
+                return None
+        if f.type != "text" and b"-" in joined:
+            return None
+        return joined
 
     def keys_of(self, batch: Batch, f: Field, skip: Container[int]) -> list[bytes]:
         """Canonical keys of the batch's records; b"" for records that are not indexed."""
@@ -207,6 +245,23 @@ class _Validator:
 _KNOWN_GOOD_MAX = 200_000
 
 
+def _joined_fits(f: Field, col: Column, joined: bytes | None) -> bool:
+    """Whether every value of a numeric column is valid by its type's ``joined_fits``: the
+    column joined once (``Batch.joined``, or here for text) and judged by a few C passes,
+    not by a regular expression over a million values. False says nothing (the column is
+    then matched value by value)."""
+    fits = f.vtype.joined_fits
+    if fits is None or not col:
+        return False
+    if joined is None:
+        text = "\n".join(col)  # type: ignore[arg-type]
+        if not text.isascii():
+            return False
+        joined = text.encode("ascii")
+    # A value holding the separator would pass as two values: the count rules it out.
+    return joined.count(JOIN) == len(col) - 1 and fits(joined, JOIN)
+
+
 def _undecodable(col: Column, charset: Charset) -> list[tuple[int, str]]:
     """(position, reason) of the values of a text column that hold bytes the charset
     cannot decode: ``bytes`` values (fixed width, DBF, plain CSV chunks) are checked
@@ -257,6 +312,10 @@ class _KeyColumn:
         joined = b"\n".join(keys)
         self.parts.append(joined if joined.count(b"\n") == len(keys) - 1 else keys)
 
+    def add_joined(self, joined: bytes) -> None:
+        """Keys already joined by LF, none holding one (``_Validator.joined_keys``)."""
+        self.parts.append(joined)
+
     def keys(self) -> list[bytes]:
         out: list[bytes] = []
         while self.parts:
@@ -265,16 +324,16 @@ class _KeyColumn:
         return out
 
 
-def _has_blank(col: Column) -> bool:
+def _has_blank(col: Column, joined: bytes | None) -> bool:
     """Whether any value may be blank, at C speed: with spaces and NULs deleted from the
-    joined column, a blank value leaves two separators together (or one at an end). A
-    value holding the separator itself may say yes wrongly, never no wrongly: the caller
-    then looks at each value."""
+    joined column (``Batch.joined`` for ``bytes``), a blank value leaves two separators
+    together (or one at an end). A value holding the separator itself may say yes wrongly,
+    never no wrongly: the caller then looks at each value."""
     if not col:
         return False
-    if isinstance(col[0], bytes):
-        joined = b"\x1f".join(col).translate(None, b" \x00")  # type: ignore[arg-type]
-        return not joined or b"\x1f\x1f" in joined or b"\x1f" in (joined[:1], joined[-1:])
+    if joined is not None:
+        left = joined.translate(None, b" \x00")
+        return not left or JOIN * 2 in left or JOIN in (left[:1], left[-1:])
     text = "\x1f".join(col).replace(" ", "").replace("\x00", "")  # type: ignore[arg-type]
     return not text or "\x1f\x1f" in text or "\x1f" in (text[:1], text[-1:])
 
@@ -338,7 +397,14 @@ def load_export(
             broken.extend(sorted(bad.values())[: report_limit - len(broken)])
         skip = bad if not deleted else {**bad, **dict.fromkeys(deleted)}
         for f in key_fields:
-            key_columns[f.name].add(validator.keys_of(batch, f, skip))
+            joined = validator.joined_keys(batch, f, skip)
+            if joined is not None:
+                key_columns[f.name].add_joined(joined)
+            else:
+                key_columns[f.name].add(validator.keys_of(batch, f, skip))
+        # Freed before the next batch is made, not after (CsvFrame.batches): the values
+        # of one batch at a time, the next in the memory of the last.
+        del batch
     if csv_frame is not None:
         framing = csv_frame.framing()
     assert framing is not None

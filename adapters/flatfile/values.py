@@ -135,6 +135,57 @@ def be_to_ce(year_be: int) -> int:
     return year_be - BE_OFFSET
 
 
+_SUSPECTS_PER = 64  # at most one value in this many a suspect, else all are converted
+_NOT_DIGIT = bytes(0 if 0x30 <= b <= 0x39 else 1 for b in range(256))
+# A digit's value, and ten times it (other bytes 0: they are marked wrong anyway).
+_UNITS = bytes(b - 0x30 if 0x30 <= b <= 0x39 else 0 for b in range(256))
+_TENS = bytes(10 * (b - 0x30) if 0x30 <= b <= 0x39 else 0 for b in range(256))
+_MONTH = bytes(b if 1 <= b <= 12 else 15 for b in range(256))  # 15: no month
+# Day number -> 16 * class: 1-28 exist in every month, 29, 30, 31 in some, others in none.
+_DAY_CLASS = bytes(16 * (0 if 1 <= b <= 28 else b - 28 if 29 <= b <= 31 else 4) for b in range(256))
+_DAYS_IN = {1: 31, 2: 28, 3: 31, 4: 30, 5: 31, 6: 30, 7: 31, 8: 31, 9: 30, 10: 31, 11: 30, 12: 31}
+
+
+def _day_exists(code: int) -> bool:
+    """Whether day class and month ``16 * class + month`` is a day of every year (so
+    never the 29th of February, which leap years alone have)."""
+    day_class, month = divmod(code, 16)
+    return month in _DAYS_IN and day_class < 4 and 28 + day_class <= _DAYS_IN[month]
+
+
+_NOT_A_DAY = bytes(0 if _day_exists(code) else 1 for code in range(256))
+
+
+def _marked(wrong: int, n: int) -> list[int] | None:
+    """Positions of the bytes 1 in ``wrong`` as ``n`` bytes (0 or 1 each); None when more
+    than one value in ``_SUSPECTS_PER`` is marked: converting each distinct value is then
+    no slower."""
+    if not wrong:
+        return []
+    marks = wrong.to_bytes(n, "big")
+    if marks.count(1) > max(64, n // _SUSPECTS_PER):
+        return None
+    out, i = [], marks.find(1)
+    while i >= 0:
+        out.append(i)
+        i = marks.find(1, i + 1)
+    return out
+
+
+def _mask_all_but(allowed: bytes) -> bytes:
+    """A ``translate`` table: 0 for the allowed bytes, 1 for every other."""
+    return bytes(0 if b in allowed else 1 for b in range(256))
+
+
+def _two_digits(tens: bytes, units: bytes) -> bytes:
+    """Byte by byte, the two-digit numbers written by ``tens`` and ``units`` (ASCII digits):
+    one integer addition of the two translated columns (99 at most: no carry)."""
+    total = int.from_bytes(tens.translate(_TENS), "big") + int.from_bytes(
+        units.translate(_UNITS), "big"
+    )
+    return total.to_bytes(len(tens), "big")
+
+
 @dataclass(frozen=True, slots=True)
 class DateFormat:
     """``YYYYMMDD``, ``DD/MM/YYYY``, ... in the Buddhist (``BE``) or Common (``CE``) era."""
@@ -143,6 +194,13 @@ class DateFormat:
     era: str
     regex: re.Pattern[str]
     syntax: str  # for column checks: the format, a blank value, or all-zero digits
+    # Byte positions in a value written exactly as the pattern (no padding): where the
+    # year, month and day start, and each literal character (for ``suspects``).
+    year_at: int = 0
+    month_at: int = 0
+    day_at: int = 0
+    literals: tuple[tuple[int, bytes], ...] = ()
+    length: int = 0
 
     @classmethod
     def compile(cls, pattern: str, era: str) -> DateFormat:
@@ -161,7 +219,70 @@ class DateFormat:
             for t in tokens
         )
         syntax = f" *(?:{plain}|{zero}) *|{_BLANK}"
-        return cls(pattern, era, re.compile(f" *{body} *"), syntax)
+        at: dict[str, int] = {}
+        literals: list[tuple[int, bytes]] = []
+        pos = 0
+        for t in tokens:
+            if t in ("YYYY", "MM", "DD"):
+                at[t] = pos
+                pos += len(t)
+                continue
+            for ch in t:
+                # A literal outside ASCII has no single byte: no vectorised check then.
+                literals.append((pos, ch.encode() if ch.isascii() else b""))
+                pos += 1
+        return cls(
+            pattern,
+            era,
+            re.compile(f" *{body} *"),
+            syntax,
+            at["YYYY"],
+            at["MM"],
+            at["DD"],
+            tuple(literals),
+            pos,
+        )
+
+    def suspects(self, joined: bytes, n: int, sep: bytes) -> list[int] | None:
+        """Positions of the ``n`` values of a column joined by ``sep`` (``Batch.joined``)
+        that may not be valid dates: the others are valid for sure (``parse_date``
+        accepts them), found by whole-column byte passes, not by converting or hashing a
+        million values. None when the column is not made of values of exactly the
+        pattern's length (blanks, padding): convert them all.
+
+        Each byte position of every value is one strided slice of the joined column.
+        Per slice, ``translate`` maps each byte to 1 where it is wrong (a non-digit, an
+        implausible year digit, a wrong literal) and the masks are OR-ed as big integers,
+        byte by byte. Month and day numbers come from their digits the same way (tens +
+        units by integer addition, no byte overflowing), and a table of (day class,
+        month) codes says which days exist in which month. The 29th of February is
+        always a suspect: whether its year is a leap year is left to ``parse_date``."""
+        if not n:
+            return []
+        size = self.length
+        stride = size + 1
+        if len(joined) != stride * n - 1 or joined[size::stride] != sep * (n - 1):
+            return None
+        wrong = 0
+        for k, lit in self.literals:
+            if not lit:
+                return None
+            wrong |= int.from_bytes(joined[k::stride].translate(_mask_all_but(lit)), "big")
+        y, m, d = self.year_at, self.month_at, self.day_at
+        digits = [joined[k::stride] for k in (y, y + 1, y + 2, y + 3, m, m + 1, d, d + 1)]
+        for column_digits in digits:
+            wrong |= int.from_bytes(column_digits.translate(_NOT_DIGIT), "big")
+        # Plausible years: 2300-2699 B.E. (of 2300-2700), 1000-2999 C.E. (of 1-9999).
+        if self.era == "BE":
+            wrong |= int.from_bytes(digits[0].translate(_mask_all_but(b"2")), "big")
+            wrong |= int.from_bytes(digits[1].translate(_mask_all_but(b"3456")), "big")
+        else:
+            wrong |= int.from_bytes(digits[0].translate(_mask_all_but(b"12")), "big")
+        month = _two_digits(digits[4], digits[5]).translate(_MONTH)
+        day_class = _two_digits(digits[6], digits[7]).translate(_DAY_CLASS)
+        code = int.from_bytes(day_class, "big") + int.from_bytes(month, "big")
+        wrong |= int.from_bytes(code.to_bytes(n, "big").translate(_NOT_A_DAY), "big")
+        return _marked(wrong, n)
 
 
 def parse_date(text: str, fmt: DateFormat) -> str | None:
@@ -204,6 +325,41 @@ def _id_checks(digits: str) -> bool:
     total = g0[digits[0:4]] + g1[digits[4:8]] + g2[digits[8:12]]
     ok = (11 - total % 11) % 10 == ord(digits[12]) - 48
     return ok
+
+
+# The check-digit sum modulo 11 over the digits, a byte per value: ``10 * sum + digit``
+# (at most 109) -> the sum with that digit's weight (13 .. 2) added, modulo 11; for the
+# 13th digit, 0 when it is the check digit of the sum, else 1.
+_TIMES_TEN = bytes(10 * b if b <= 10 else 0 for b in range(256))
+_ID_STEPS = tuple(
+    bytes((code // 10 + code % 10 * weight) % 11 if code < 110 else 0 for code in range(256))
+    for weight in range(13, 1, -1)
+)
+_ID_LAST = bytes(
+    0 if code < 110 and (11 - code // 10) % 10 == code % 10 else 1 for code in range(256)
+)
+
+
+def _id_suspects(joined: bytes, n: int, sep: bytes) -> list[int] | None:
+    """Positions of the ``n`` values of a column joined by ``sep`` that may not be valid
+    13-digit ids (the others are, check digit included), by whole-column passes like
+    ``DateFormat.suspects``: per digit position, one strided slice; the weighted sum
+    modulo 11 carried from digit to digit as a byte per value (``_ID_STEPS``). None when
+    not every value is 13 bytes (blanks, dashes, padding): convert them all."""
+    if not n:
+        return []
+    if len(joined) != 14 * n - 1 or joined[13::14] != sep * (n - 1):
+        return None
+    wrong = 0
+    total = bytes(n)
+    for k in range(13):
+        digit = joined[k::14]
+        wrong |= int.from_bytes(digit.translate(_NOT_DIGIT), "big")
+        code = int.from_bytes(total.translate(_TIMES_TEN), "big") + int.from_bytes(
+            digit.translate(_UNITS), "big"
+        )
+        total = code.to_bytes(n, "big").translate(_ID_STEPS[k] if k < 12 else _ID_LAST)
+    return _marked(wrong | int.from_bytes(total, "big"), n)
 
 
 def _parse_thai_id(text: str) -> str | None:
@@ -262,6 +418,39 @@ def _zoned_shape(width: int) -> tuple[bytes, ...]:
     return (*(_DIGITS,) * (width - 1), _ZONED_LAST_BYTES) if width else ()
 
 
+_PLUS = bytes.maketrans(b"-", b"+")
+_ZONED_MARKS = _ZONED_LAST_BYTES[len(_DIGITS) :]  # the non-digit overpunched last bytes
+_ZONED_MARK = bytes.maketrans(_ZONED_MARKS, b"{" * len(_ZONED_MARKS))
+
+
+def _signed_joined(joined: bytes, sep: bytes) -> bool:
+    """Whether every value of ``joined`` (values joined by ``sep``, which no value holds)
+    is blank or ``[+-]?[0-9]+``: bytes outside digits and signs found by one
+    ``translate``; a sign only first in its value (as many signs as signs after a
+    separator, or at the very start) and never last (no sign before a separator or at the
+    very end)."""
+    if joined.translate(None, _DIGITS + _SIGNS + sep):
+        return False
+    if b"+" not in joined and b"-" not in joined:
+        return True
+    signs = joined.translate(_PLUS)
+    plus = b"+"
+    firsts = signs.count(sep + plus) + signs.startswith(plus)
+    return signs.count(plus) == firsts and plus + sep not in signs and not signs.endswith(plus)
+
+
+def _zoned_joined(joined: bytes, sep: bytes) -> bool:
+    """Whether every value of ``joined`` (as in ``_signed_joined``) is blank or
+    ``[0-9]*[0-9{}A-Rp-y]``: only those bytes, and an overpunched byte only last in its
+    value (each followed by a separator or the very end)."""
+    if joined.translate(None, _ZONED_LAST_BYTES + sep):
+        return False
+    marks = joined.translate(_ZONED_MARK)
+    mark = b"{"
+    lasts = marks.count(mark + sep) + marks.endswith(mark)
+    return marks.count(mark) == lasts
+
+
 @dataclass(frozen=True, slots=True)
 class ValueType:
     """What a field's type does with one raw value (see the module docstring)."""
@@ -279,6 +468,16 @@ class ValueType:
     # position on strided slices of the file, without a million ``bytes`` objects; a
     # column that does not fit is checked against ``syntax`` as before.
     shape: Callable[[int], tuple[bytes, ...]] | None = None
+    # (joined column, separator) -> whether every value of a column of variable-length
+    # values (CSV), joined by a separator none of them holds, matches ``syntax``: again a
+    # sufficient condition, checked by a few whole-column ``translate``/``count`` passes;
+    # a column that does not pass is matched against ``syntax`` value by value.
+    joined_fits: Callable[[bytes, bytes], bool] | None = None
+    # (column of ``bytes`` joined, values, separator) -> positions of the values
+    # ``convert`` may refuse (it accepts the others for sure), found by whole-column
+    # passes; None: convert them all. For types whose validity ``syntax`` cannot settle
+    # (``semantic``: dates, ids).
+    suspects: Callable[[bytes, int, bytes], list[int] | None] | None = None
 
     def __post_init__(self) -> None:
         if self.syntax is not None:
@@ -299,6 +498,7 @@ def value_type(
             False,
             lambda t: _canonical_number(parse_integer(t)),
             _signed_shape,
+            _signed_joined,
         )
     if type_name in ("decimal", "zoned"):
         parse = parse_decimal if type_name == "decimal" else parse_zoned
@@ -314,6 +514,7 @@ def value_type(
             False,
             lambda t: _canonical_number(convert(t)),
             _signed_shape if type_name == "decimal" else _zoned_shape,
+            _signed_joined if type_name == "decimal" else _zoned_joined,
         )
     if type_name == "date":
         fmt = DateFormat.compile(date_format, era)
@@ -321,7 +522,14 @@ def value_type(
         def convert_date(t: str) -> str | None:
             return parse_date(t, fmt)
 
-        return ValueType("date", fmt.syntax, convert_date, True, lambda t: convert_date(t) or "")
+        return ValueType(
+            "date",
+            fmt.syntax,
+            convert_date,
+            True,
+            lambda t: convert_date(t) or "",
+            suspects=fmt.suspects,
+        )
     if type_name in ("citizen_id", "juristic_id"):
         return ValueType(
             type_name,
@@ -329,6 +537,7 @@ def value_type(
             _parse_thai_id,
             True,
             lambda t: _parse_thai_id(t) or "",
+            suspects=_id_suspects,
         )
     if type_name == "boolean":
 
