@@ -389,16 +389,20 @@ def _mutations() -> list[tuple[str, Callable[[dict[str, Any]], object]]]:
     ]
 
 
+# A DOPA person as the SOAP bridge gives it.
+PERSON = {
+    "citizenId": CITIZEN, "birthDate": "1980-01-31", "sex": "female", "nationality": "THA",
+    "status": "alive",
+    "nameTh": {"title": "นาง", "givenName": "สมศรี", "familyName": "ใจดี"},
+    "nameEn": {"title": "Mrs.", "givenName": "Somsri", "familyName": "Jaidee"},
+}  # fmt: skip
+
+
 @pytest.mark.parametrize(("field", "mutate"), _mutations())
 def test_identity_failures_name_the_field(
     catalog: Catalog, field: str, mutate: Callable[[dict[str, Any]], object]
 ) -> None:
-    person = {
-        "citizenId": CITIZEN, "birthDate": "1980-01-31", "sex": "female", "nationality": "THA",
-        "status": "alive",
-        "nameTh": {"title": "นาง", "givenName": "สมศรี", "familyName": "ใจดี"},
-        "nameEn": {"title": "Mrs.", "givenName": "Somsri", "familyName": "Jaidee"},
-    }  # fmt: skip
+    person = dict(PERSON)
     identity = catalog.get("identity")
     assert identity.validate(orjson.dumps({"person": person}))["person"] == person
     err = _invalid(identity, {"person": mutate(person)})
@@ -432,12 +436,7 @@ def test_the_fast_check_never_passes_what_the_reference_refuses(
 ) -> None:
     """jsonschema-rs decides alone only what it passes: it must pass nothing jsonschema (the
     reference) refuses, on real answers and on a thousand changed ones."""
-    person = {
-        "citizenId": CITIZEN, "birthDate": "1980-01-31", "sex": "female", "nationality": "THA",
-        "status": "alive",
-        "nameTh": {"title": "นาง", "givenName": "สมศรี", "familyName": "ใจดี"},
-        "nameEn": {"title": "Mrs.", "givenName": "Somsri", "familyName": "Jaidee"},
-    }  # fmt: skip
+    person = dict(PERSON)
     corpora = {"company_registration": companies[:3], "identity": [{"person": person}]}
     for etype in catalog.types():
         assert etype.schema_check.fast is not None, etype.name  # every shipped schema
