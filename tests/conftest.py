@@ -7,7 +7,7 @@ import base64
 import ssl
 import time
 import uuid
-from collections.abc import AsyncIterator, Iterator
+from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -246,3 +246,22 @@ async def own_fed(tmp_path: Path, echo_backend: str) -> AsyncIterator[Fed]:
     f = await start_federation(tmp_path / "own", TestFederationSpec(backend_url=echo_backend))
     yield f
     await f.federation.stop()
+
+
+@pytest.fixture
+async def raw_server() -> AsyncIterator[Callable[..., Awaitable[str]]]:
+    """A TCP server answering with whatever bytes a test scripts (HTTP a real server would
+    not send, or connections closed at chosen moments)."""
+    servers: list[asyncio.Server] = []
+
+    async def start(
+        handle: Callable[[asyncio.StreamReader, asyncio.StreamWriter], Awaitable[None]],
+    ) -> str:
+        server = await asyncio.start_server(handle, "127.0.0.1", 0)
+        servers.append(server)
+        return f"http://127.0.0.1:{server.sockets[0].getsockname()[1]}"
+
+    yield start
+    for server in servers:
+        server.close()
+        await server.wait_closed()

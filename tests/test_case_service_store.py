@@ -61,7 +61,7 @@ async def store(tmp_path: Path, gate: Gate) -> AsyncIterator[Store]:
     await store.close()
 
 
-async def create(store: Store) -> str:
+async def create(store: Store, evidence: list[tuple[str, str, str]] = ITEMS) -> str:
     return await store.create_case(
         agency="BMA",
         prefix="RL",
@@ -72,7 +72,7 @@ async def create(store: Store) -> str:
         submitted_at=NOW,
         due_at=NOW + timedelta(days=15),
         sla_days=15,
-        evidence=ITEMS,
+        evidence=evidence,
         actor="citizen",
     )
 
@@ -165,18 +165,6 @@ async def test_cancelled_while_queued_never_runs(store: Store, gate: Gate) -> No
 async def test_failed_statement_rolls_back_the_transaction(store: Store) -> None:
     # The same item twice violates the evidence key in the last statement of the transaction.
     with pytest.raises(sqlite3.IntegrityError):
-        await store.create_case(
-            agency="BMA",
-            prefix="RL",
-            year_be=2569,
-            case_type="restaurant-licence",
-            citizen_id="1101700203451",
-            juristic_id="0105556000001",
-            submitted_at=NOW,
-            due_at=NOW + timedelta(days=15),
-            sla_days=15,
-            evidence=[ITEMS[0], ITEMS[0]],
-            actor="citizen",
-        )
+        await create(store, [ITEMS[0], ITEMS[0]])
     assert await store.list_cases() == []
     assert await create(store) == "BMA-RL-2569-000001"

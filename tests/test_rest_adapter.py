@@ -41,25 +41,6 @@ async def serve() -> AsyncIterator[Callable[[web.Application], Awaitable[str]]]:
         await runner.cleanup()
 
 
-@pytest.fixture
-async def raw_server() -> AsyncIterator[Callable[..., Awaitable[str]]]:
-    """A TCP server answering with whatever bytes a test scripts (HTTP a real server would
-    not send, or connections closed at chosen moments)."""
-    servers: list[asyncio.Server] = []
-
-    async def start(
-        handle: Callable[[asyncio.StreamReader, asyncio.StreamWriter], Awaitable[None]],
-    ) -> str:
-        server = await asyncio.start_server(handle, "127.0.0.1", 0)
-        servers.append(server)
-        return f"http://127.0.0.1:{server.sockets[0].getsockname()[1]}"
-
-    yield start
-    for server in servers:
-        server.close()
-        await server.wait_closed()
-
-
 def _req(method: str = "GET", path: str = "", query: str = "", headers=(), body=b""):
     return AdapterRequest(method, path, query, tuple(headers), body)
 

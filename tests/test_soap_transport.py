@@ -280,8 +280,8 @@ RawServer = Callable[[bytes], Awaitable[str]]
 
 
 @pytest.fixture
-async def raw_answer() -> AsyncIterator[RawServer]:
-    servers: list[asyncio.Server] = []
+def raw_answer(raw_server: Callable[..., Awaitable[str]]) -> RawServer:
+    """A server answering every connection's first request with the bytes given."""
 
     async def start(answer: bytes) -> str:
         async def handle(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
@@ -290,14 +290,22 @@ async def raw_answer() -> AsyncIterator[RawServer]:
             await writer.drain()
             writer.close()
 
-        server = await asyncio.start_server(handle, "127.0.0.1", 0)
-        servers.append(server)
-        return f"http://127.0.0.1:{server.sockets[0].getsockname()[1]}"
+        return await raw_server(handle)
 
-    yield start
-    for server in servers:
-        server.close()
-        await server.wait_closed()
+    return start
+
+
+async def _decoded(raw_answer: RawServer, answer: bytes, max_bytes: int) -> tuple[int, bytes]:
+    """A POST answered with ``answer`` (raw HTTP), decoded by a pool of its own: the
+    status and the body."""
+    pool = BackendPool(URL(await raw_answer(answer)))
+    try:
+        status, _, data = await pool.request(
+            "POST", "/", (), b"x", total=10, connect=5, max_bytes=max_bytes, decompress=True
+        )
+    finally:
+        pool.close()
+    return status, data
 
 
 async def test_a_zip_bomb_is_refused_without_inflating_it(raw_answer: RawServer) -> None:
@@ -336,14 +344,7 @@ async def test_without_decompress_the_answer_stays_compressed(raw_answer: RawSer
 
 async def test_an_empty_compressed_answer_is_empty(raw_answer: RawServer) -> None:
     head = b"HTTP/1.1 204 No Content\r\nContent-Encoding: gzip\r\n\r\n"
-    pool = BackendPool(URL(await raw_answer(head)))
-    try:
-        status, _, data = await pool.request(
-            "POST", "/", (), b"x", total=10, connect=5, max_bytes=100, decompress=True
-        )
-    finally:
-        pool.close()
-    assert (status, data) == (204, b"")
+    assert await _decoded(raw_answer, head, 100) == (204, b"")
 
 
 async def test_decoded_size_exactly_at_the_cap_is_accepted(raw_answer: RawServer) -> None:
@@ -417,26 +418,14 @@ async def test_endless_empty_gzip_members_are_refused_early(raw_answer: RawServe
     # half a second per chunk), where aiohttp before refused past 1024 in a chunk.
     members = EMPTY_MEMBER * (8 * 2**20 // len(EMPTY_MEMBER))
     head = f"HTTP/1.1 200 OK\r\nContent-Encoding: gzip\r\nContent-Length: {len(members)}\r\n\r\n"
-    pool = BackendPool(URL(await raw_answer(head.encode() + members)))
-    try:
-        with pytest.raises(aiohttp.ClientPayloadError, match="more than 1024 gzip members"):
-            await pool.request(
-                "POST", "/", (), b"x", total=10, connect=5, max_bytes=1000, decompress=True
-            )
-    finally:
-        pool.close()
+    with pytest.raises(aiohttp.ClientPayloadError, match="more than 1024 gzip members"):
+        await _decoded(raw_answer, head.encode() + members, 1000)
 
 
 async def test_gzip_members_up_to_the_limit_are_decoded(raw_answer: RawServer) -> None:
     body = gzip.compress(b"<x>") + EMPTY_MEMBER * 1022 + gzip.compress(b"</x>")
     head = f"HTTP/1.1 200 OK\r\nContent-Encoding: gzip\r\nContent-Length: {len(body)}\r\n\r\n"
-    pool = BackendPool(URL(await raw_answer(head.encode() + body)))
-    try:
-        _, _, data = await pool.request(
-            "POST", "/", (), b"x", total=10, connect=5, max_bytes=1000, decompress=True
-        )
-    finally:
-        pool.close()
+    _, data = await _decoded(raw_answer, head.encode() + body, 1000)
     assert data == b"<x></x>"
 
 
@@ -487,13 +476,7 @@ async def test_every_content_encoding_field_counts(raw_answer: RawServer, fields
     body = gzip.compress(b"<x/>")
     codings = "".join(f"Content-Encoding: {f}\r\n" for f in fields)
     head = f"HTTP/1.1 200 OK\r\n{codings}Content-Length: {len(body)}\r\n\r\n"
-    pool = BackendPool(URL(await raw_answer(head.encode() + body)))
-    try:
-        _, _, data = await pool.request(
-            "POST", "/", (), b"x", total=10, connect=5, max_bytes=1000, decompress=True
-        )
-    finally:
-        pool.close()
+    _, data = await _decoded(raw_answer, head.encode() + body, 1000)
     assert data == b"<x/>"
 
 
@@ -503,14 +486,8 @@ async def test_codings_one_after_another_are_refused(raw_answer: RawServer, fiel
     body = gzip.compress(gzip.compress(b"<x/>"))
     codings = "".join(f"Content-Encoding: {f}\r\n" for f in fields)
     head = f"HTTP/1.1 200 OK\r\n{codings}Content-Length: {len(body)}\r\n\r\n"
-    pool = BackendPool(URL(await raw_answer(head.encode() + body)))
-    try:
-        with pytest.raises(aiohttp.ClientPayloadError, match="unsupported Content-Encoding"):
-            await pool.request(
-                "POST", "/", (), b"x", total=10, connect=5, max_bytes=1000, decompress=True
-            )
-    finally:
-        pool.close()
+    with pytest.raises(aiohttp.ClientPayloadError, match="unsupported Content-Encoding"):
+        await _decoded(raw_answer, head.encode() + body, 1000)
 
 
 @pytest.mark.parametrize(
