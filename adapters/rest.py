@@ -23,6 +23,7 @@ from xroad_hub.streams import BodyTooLarge
 
 from .backend import Backends, UnsafeRequest
 from .base import AdapterRequest, AdapterResponse
+from .http import basic_auth
 
 __all__ = ["RestAdapter"]
 
@@ -53,12 +54,7 @@ class RestAdapter:
         # Credentials in the URL (http://user:password@host/...) are the service's own, sent
         # with each of its requests as aiohttp sent them, in place of any the caller gave;
         # the pool is the origin's, shared with services that have other credentials or none.
-        self._auth: tuple[str, str] | None = None
-        if self._base.raw_user is not None or self._base.raw_password is not None:
-            credentials = aiohttp.encode_basic_auth(
-                self._base.user or "", self._base.password or ""
-            )
-            self._auth = ("Authorization", credentials)
+        self._auth = basic_auth(self._base)
         self._own = backends is None
         self._backends = Backends() if backends is None else backends
         self._pool = self._backends.pool(self._base, tls)

@@ -4,6 +4,7 @@ every framing are read, keep-alive, timeouts, size caps and the X-Road errors of
 from __future__ import annotations
 
 import asyncio
+import base64
 import contextlib
 import gzip
 import socket
@@ -481,7 +482,18 @@ async def test_waiting_for_a_connection_counts_in_the_timeout(serve) -> None:
         backends.close()
 
 
-async def test_credentials_in_the_backend_url_are_sent(raw_server) -> None:
+@pytest.mark.parametrize(
+    ("userinfo", "credentials"),
+    [
+        ("svc:p%40ss", b"svc:p@ss"),
+        # Latin-1, as aiohttp's session sent them (and as the SOAP adapters send them)
+        ("svc:p%C3%A4ss", "svc:päss".encode("latin-1")),
+        ("svc:%E2%82%AC", "svc:€".encode()),  # not Latin-1: UTF-8
+    ],
+)
+async def test_credentials_in_the_backend_url_are_sent(
+    raw_server, userinfo: str, credentials: bytes
+) -> None:
     # A backend behind basic authentication is configured as http://user:password@host/...
     # (clients' own Authorization headers never pass): aiohttp sent those credentials, and
     # the adapter's own pool must too, for that service only, in place of any client's.
@@ -499,14 +511,14 @@ async def test_credentials_in_the_backend_url_are_sent(raw_server) -> None:
 
     url = await raw_server(handle)
     backends = Backends()
-    with_auth = RestAdapter(url.replace("//", "//svc:p%40ss@"), backends=backends)
+    with_auth = RestAdapter(url.replace("//", f"//{userinfo}@"), backends=backends)
     without = RestAdapter(url, backends=backends)
     try:
         await with_auth.handle(_req(path="/a", headers=[("Authorization", "Bearer client")]))
         await without.handle(_req(path="/b"))
     finally:
         backends.close()
-    assert seen == [b"Authorization: Basic c3ZjOnBAc3M=", b""]
+    assert seen == [b"Authorization: Basic " + base64.b64encode(credentials), b""]
 
 
 async def test_method_and_header_names_that_are_not_tokens_are_refused(raw_server) -> None:
