@@ -181,6 +181,14 @@ CHECK_BINDING_IN = '<wsdl:input><soap:body use="literal"/></wsdl:input>'
             "operation fileReturn: binding style is rpc",
         ),
         (
+            [('<soap:operation soapAction=""/>', '<soap:operation soapAction="a&#10;X-Evil: 1"/>')],
+            "operation fileReturn: soapAction 'a.nX-Evil: 1' cannot be sent as an HTTP header",
+        ),
+        (
+            [('<soap:operation soapAction=""/>', "<soap:operation soapAction='a\"b'/>")],
+            "cannot be sent as an HTTP header",
+        ),
+        (
             [("http://schemas.xmlsoap.org/soap/http", "http://schemas.xmlsoap.org/soap/smtp")],
             "is not SOAP over HTTP",
         ),

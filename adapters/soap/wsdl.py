@@ -77,6 +77,8 @@ MAX_WSDL_BYTES = 5 * 1024 * 1024
 WSDL_LIMITS = XmlLimits(max_bytes=MAX_WSDL_BYTES, max_depth=64, max_elements=100_000)
 
 RULE_WRAPPED = "X-Road needs document/literal wrapped"
+# What a soapAction cannot hold to be sent as the quoted-string of a SOAPAction header.
+_UNSENDABLE_ACTION = re.compile(r'[\x00-\x1f\x7f"\\]')
 
 
 class WsdlError(ValueError):
@@ -274,6 +276,13 @@ class _Analysis:
         if soap_op is not None:
             style = soap_op.get("style", default_style)
             action = soap_op.get("soapAction", "")
+        if _UNSENDABLE_ACTION.search(action):
+            # Sent as the quoted SOAPAction header of every call: refused now, where the
+            # operator can mend the WSDL, not as ServiceFailed at every call.
+            raise self.fail(
+                f"operation {name}: soapAction {action!r} cannot be sent as an HTTP header"
+                " (control characters, quotes and backslashes are not allowed)"
+            )
         if style != "document":
             raise self.fail(
                 f"operation {name}: binding style is {style}; {RULE_WRAPPED} "
