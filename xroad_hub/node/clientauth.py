@@ -58,6 +58,10 @@ class Caller:
     @property
     def key(self) -> str:
         """Whose budget the request spends (per-client limits)."""
+        if len(self.clients) == 1:
+            # The common caller, asked on every request: no generator, list and sort.
+            for client in self.clients:
+                return str(client)
         return "|".join(sorted(str(c) for c in self.clients))
 
 
