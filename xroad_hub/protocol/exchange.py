@@ -59,6 +59,7 @@ _REQUEST_REQUIRED = frozenset(
 _REQUEST_OPTIONAL = frozenset(
     {"purpose", "legal_basis", "evidence_type", "purpose_default", "protocol"}
 )
+_REQUEST_ALLOWED = _REQUEST_REQUIRED | _REQUEST_OPTIONAL
 _ANSWER_FIELDS = frozenset(
     {
         "v", "kind", "id", "request_id", "service", "status", "headers", "request_hash",
@@ -130,7 +131,7 @@ class RequestMeta:
     @classmethod
     def parse(cls, meta: bytes | Mapping[str, Any]) -> RequestMeta:
         """The request metadata of signed bytes (or of their decoded JSON object)."""
-        doc = _fields(meta, "request", _REQUEST_REQUIRED, _REQUEST_OPTIONAL)
+        doc = _fields(meta, "request", _REQUEST_REQUIRED, _REQUEST_ALLOWED)
         r = _Reader(doc, "request")
         purpose_default = doc.get("purpose_default", True)
         if purpose_default is not True:
@@ -194,7 +195,7 @@ class AnswerMeta:
     @classmethod
     def parse(cls, meta: bytes | Mapping[str, Any]) -> AnswerMeta:
         """The answer metadata of signed bytes (or of their decoded JSON object)."""
-        r = _Reader(_fields(meta, "response", _ANSWER_FIELDS, frozenset()), "answer")
+        r = _Reader(_fields(meta, "response", _ANSWER_FIELDS, _ANSWER_FIELDS), "answer")
         status = r.doc["status"]
         if type(status) is not int or not 100 <= status <= 599:
             raise _invalid("answer: status is not an HTTP status code")
@@ -218,8 +219,9 @@ def _fields(
     meta: bytes | Mapping[str, Any],
     kind: str,
     required: frozenset[str],
-    optional: frozenset[str],
+    allowed: frozenset[str],
 ) -> Mapping[str, Any]:
+    """The metadata object, when it has every ``required`` field and none but ``allowed``."""
     if isinstance(meta, bytes):
         try:
             meta = orjson.loads(meta)
@@ -229,11 +231,15 @@ def _fields(
             raise _invalid("metadata is not a JSON object")
     if meta.get("v") != 1 or meta.get("kind") != kind:
         raise _invalid(f"not a version 1 {kind} message")
-    if missing := required - meta.keys():
+    keys = meta.keys()
+    # Comparisons of the keys build no set (read on every message of both nodes); which
+    # field is missing or unknown is worked out only for a message that is refused.
+    if keys >= required and keys <= allowed:
+        return meta
+    if missing := required - keys:
         raise _invalid(f"{kind} lacks {', '.join(sorted(missing))}")
-    if unknown := meta.keys() - required - optional:
-        raise _invalid(f"{kind} has unknown fields {', '.join(sorted(unknown)[:5])}")
-    return meta
+    unknown = keys - allowed
+    raise _invalid(f"{kind} has unknown fields {', '.join(sorted(unknown)[:5])}")
 
 
 class _Reader:
