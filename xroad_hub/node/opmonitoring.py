@@ -30,7 +30,7 @@ from collections.abc import Awaitable, Callable, Iterable
 from contextvars import ContextVar
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, TypeVar
+from typing import Any, NamedTuple, TypeVar
 
 import orjson
 import structlog
@@ -138,9 +138,12 @@ async def timed(call: Awaitable[_T]) -> _T:
         mark_response_in()
 
 
-@dataclass(frozen=True, slots=True)
-class _Seen:
-    """What the exchange path keeps of one exchange: small values only (never bodies)."""
+class _Seen(NamedTuple):
+    """What the exchange path keeps of one exchange: small values only (never bodies).
+
+    A named tuple, not a frozen dataclass: made on every exchange of both nodes, and a
+    frozen dataclass's __init__ sets its 19 fields one object.__setattr__ at a time (2.5 us
+    against 0.4 us)."""
 
     role: str
     message_id: str
