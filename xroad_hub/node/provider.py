@@ -10,6 +10,7 @@ with the provider member's key and logged durably -> returned.
 from __future__ import annotations
 
 import asyncio
+import functools
 import time
 from collections.abc import Mapping
 from contextlib import AbstractContextManager
@@ -205,7 +206,7 @@ class ServerProxy:
         self, env: Envelope, meta: RequestMeta, started: float, services: Services
     ) -> bytes:
         """Serve an authentic request, in steps that each must hold (default deny)."""
-        limits = XmlLimits(max_bytes=self.rt.max_body_bytes)
+        limits = _xml_limits(self.rt.max_body_bytes)
         # 1. A SOAP message says exactly what the signed metadata says.
         soap = None
         if meta.protocol == "soap":
@@ -499,6 +500,12 @@ def soap_request_headers(headers: Headers) -> list[tuple[str, str]]:
     client node that still sends it) could make the service run another operation than
     the one this node checked against the access rights."""
     return [(k, v) for k, v in check_headers(list(headers)) if k.lower() == "content-type"]
+
+
+@functools.lru_cache(maxsize=8)
+def _xml_limits(max_bytes: int) -> XmlLimits:
+    # Immutable, so one per body limit: made for every exchange, SOAP or not.
+    return XmlLimits(max_bytes=max_bytes)
 
 
 def _soap_request(env: Envelope, meta: RequestMeta, limits: XmlLimits) -> SoapMessage:

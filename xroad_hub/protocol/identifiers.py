@@ -124,6 +124,8 @@ class ServiceId:
     @property
     def unversioned(self) -> ServiceId:
         """Access rights are granted per service code, never per version."""
+        if self.service_version is None:
+            return self  # the same value (asked twice per exchange on a provider node)
         return ServiceId(self.provider, self.service_code)
 
     def r1_path(self) -> str:
