@@ -142,8 +142,8 @@ class _Seen(NamedTuple):
     """What the exchange path keeps of one exchange: small values only (never bodies).
 
     A named tuple, not a frozen dataclass: made on every exchange of both nodes, and a
-    frozen dataclass's __init__ sets its 19 fields one object.__setattr__ at a time (2.5 us
-    against 0.4 us)."""
+    frozen dataclass's __init__ sets its 19 fields one object.__setattr__ at a time (1.9 us
+    against 0.3 us, timeit)."""
 
     role: str
     message_id: str

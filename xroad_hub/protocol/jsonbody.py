@@ -101,7 +101,7 @@ def loads_json(body: bytes, *, parse_float: Callable[[str], Any] = decimal.Decim
 
 # json.loads with any option builds a new JSONDecoder (and its scanner) per call, ~0.5% of
 # the provider node's CPU; a decoder holds nothing of a document between calls (json.loads
-# without options shares one too), so one per parse_float serves every call alike.
+# without options shares one too, across threads), so one per parse_float serves all alike.
 _DECODERS: dict[Callable[[str], Any], json.JSONDecoder] = {}
 
 
