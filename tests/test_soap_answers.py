@@ -29,13 +29,16 @@ from adapters.soap import SoapBridgeAdapter, fetch_wsdl, load_wsdl, zeep_client
 from adapters.soap.answers import ResponseCodec
 from adapters.soap.bridge import _json
 from adapters.soap.jsonmap import response_json
-from xroad_hub.demo.dopa import NAMESPACE as DOPA_NS
 from xroad_hub.demo.dopa import dopa_app
+from xroad_hub.demo.synthetic import demo_people, population
+
+from .soap_legacy import LegacyServer
 
 ROOT = Path(__file__).resolve().parent.parent
 T = "urn:test:answers"
 XSI = "http://www.w3.org/2001/XMLSchema-instance"
 DOCS_PER_ELEMENT = 400
+DOPA_SEED, DOPA_COUNT = 2569, 20
 
 # --- schemas ---------------------------------------------------------------------------------
 
@@ -403,7 +406,7 @@ def test_real_wsdls_read_fast_and_exactly_as_zeep(wsdl: str) -> None:
 
 @pytest.fixture(scope="module")
 async def dopa_url() -> AsyncIterator[str]:
-    runner = web.AppRunner(dopa_app(2569, 20), access_log=None)
+    runner = web.AppRunner(dopa_app(DOPA_SEED, DOPA_COUNT), access_log=None)
     await runner.setup()
     sock = socket.create_server(("127.0.0.1", 0))
     await web.SockSite(runner, sock).start()
@@ -411,20 +414,19 @@ async def dopa_url() -> AsyncIterator[str]:
     await runner.cleanup()
 
 
-async def test_dopa_answers_skip_zeep_and_are_unchanged(
-    dopa_url: str, monkeypatch: pytest.MonkeyPatch
-) -> None:
-    from xroad_hub.demo.synthetic import demo_people
-
-    wsdl = await fetch_wsdl(f"{dopa_url}?wsdl", timeout=10)
-    info = load_wsdl(wsdl, f"{dopa_url}?wsdl")
+async def _bridged_without_zeep(
+    wsdl_url: str, calls: list[tuple[str, AdapterRequest]], monkeypatch: pytest.MonkeyPatch
+) -> list[Any]:
+    """Each call through a bridge adapter of its operation: answered without zeep's parse,
+    and with the very bytes zeep's reading gives for the service's answer. The JSON answers."""
+    wsdl = await fetch_wsdl(wsdl_url, timeout=10)
+    info = load_wsdl(wsdl, wsdl_url)
     client = zeep_client(wsdl)
-    adapters = {op: SoapBridgeAdapter(info, client, operation=op) for op in info.operations}
+    adapters = {op: SoapBridgeAdapter(info, client, operation=op) for op, _ in calls}
     seen: list[etree._Element] = []
     for adapter in adapters.values():
-        call = adapter._call
 
-        async def recorded(wrapper: etree._Element, call: Any = call) -> etree._Element:
+        async def recorded(wrapper: etree._Element, call: Any = adapter._call) -> etree._Element:
             answer = await call(wrapper)
             seen.append(answer)
             return answer
@@ -438,24 +440,60 @@ async def test_dopa_answers_skip_zeep_and_are_unchanged(
         return zeep_parse(self, *args, **kwargs)
 
     monkeypatch.setattr(Element, "parse", counted)
+    answers = []
     try:
-        people = demo_people(2569, 20)[:3]
-        for person in people:
-            for op, adapter in adapters.items():
-                request = AdapterRequest("GET", "", f"citizenId={person.citizen_id}", (), b"")
-                answer = await adapter.handle(request)
-                assert answer.status == 200
-                assert not parsed, "zeep parsed an answer the fast reading covers"
-                # Unchanged: the very bytes zeep's reading gives for the service's answer.
-                expected = response_json(adapter._response_element, seen[-1], client.wsdl.types)
-                assert answer.body == _json(200, expected).body
-                assert parsed  # that comparison did go through zeep
-                parsed.clear()
-                assert seen[-1].tag == f"{{{DOPA_NS}}}{op}Response"
-        for adapter in adapters.values():
-            assert adapter.answers.fast_answers == len(people)
-        person = json.loads(answer.body)
-        assert person  # a real answer, not an empty object
+        for op, request in calls:
+            adapter = adapters[op]
+            answer = await adapter.handle(request)
+            assert answer.status == 200, answer.body
+            assert not parsed, f"zeep parsed an answer of {op} the fast reading covers"
+            expected = response_json(adapter._response_element, seen[-1], client.wsdl.types)
+            assert answer.body == _json(200, expected).body
+            assert parsed  # that comparison did go through zeep
+            parsed.clear()
+            answers.append(json.loads(answer.body))
+        for op, adapter in adapters.items():
+            assert adapter.answers.fast_answers == sum(1 for o, _ in calls if o == op)
     finally:
         for adapter in adapters.values():
             await adapter.close()
+    return answers
+
+
+def _get(query: str) -> AdapterRequest:
+    return AdapterRequest("GET", "", query, (), b"")
+
+
+async def test_dopa_answers_skip_zeep_and_are_unchanged(
+    dopa_url: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    people = demo_people(DOPA_SEED, DOPA_COUNT)
+    deceased = next(c for c in population(DOPA_SEED, people).citizens if c.status == "deceased")
+    calls = [
+        (op, _get(f"citizenId={p.citizen_id}"))
+        for p in people[:3]
+        for op in ("getPerson", "getHouseRegistration")
+    ]
+    calls.append(("getPerson", _get(f"citizenId={deceased.citizen_id}")))
+    answers = await _bridged_without_zeep(f"{dopa_url}?wsdl", calls, monkeypatch)
+    assert answers[0]["person"]["citizenId"] == people[0].citizen_id
+    assert answers[0]["person"]["deathDate"] is None
+    assert answers[1]["houseRegistration"]["members"]["member"]
+    assert answers[-1]["person"]["deathDate"] == deceased.death_date
+
+
+async def test_legacy_fixture_answers_skip_zeep_and_are_unchanged(
+    legacy_soap: LegacyServer, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    citizen = "1101700203451"
+    find = json.dumps({"citizenIds": {"Mandatorystring": [citizen, "999"]}}).encode()
+    calls = [
+        ("getPerson", _get(f"citizenId={citizen}")),
+        ("countChildren", _get(f"citizenId={citizen}&bornAfterYear=2011")),
+        ("findPersons", AdapterRequest("POST", "", "", (), find)),
+        ("findPersons", AdapterRequest("POST", "", "", (), b'{"citizenIds": null}')),
+    ]
+    answers = await _bridged_without_zeep(legacy_soap.wsdl_url, calls, monkeypatch)
+    assert answers[0]["getPersonResult"]["income"] == "12345.67"
+    assert answers[2]["findPersonsResult"]["Person"][0]["citizenId"] == citizen
+    assert answers[3] == {"findPersonsResult": None}

@@ -10,11 +10,11 @@ Theory of operation: the plan reproduces zeep's reading (zeep 4.3, strict mode) 
 happy path, and gives up on anything else. Giving up (``_Fallback``) is always safe: the
 whole answer then goes through zeep as before, which also decides on errors. So:
 
-- A plan exists only for types whose every part is understood: a ComplexType (exactly that
-  class, no SOAP-encoded array) holding one non-repeated xsd:sequence of plain elements
-  (no choice, group, all, any, nested sequence, default values, recursion), or simple
-  content; attributes with a name and no default; simple types that are zeep's built-ins
-  (lists, unions and anySimpleType/anyType are left to zeep).
+- A plan exists only for types whose every part is understood: a ComplexType (zeep's class
+  for it reading the plain way, no SOAP-encoded array) holding one non-repeated
+  xsd:sequence of plain elements (no choice, group, all, any, nested sequence, default
+  values, recursion), or simple content; attributes with a name and no default; simple
+  types that are zeep's built-ins (lists, unions and anySimpleType/anyType are zeep's).
 - Elements match by exact tag. zeep also accepts a child whose local name matches in
   another namespace, and skips a required element when a child of a foreign namespace
   stands in its place; both, a required element missing before the end, a child no field
@@ -25,12 +25,14 @@ whole answer then goes through zeep as before, which also decides on errors. So:
 - Values are converted by the type's own ``pythonvalue`` and ``to_json_value``, the very
   functions of the zeep path, so the JSON cannot differ; where zeep would swallow a
   conversion error (log it and give null), the plan gives up and lets zeep do exactly that.
-  xsd:string (zeep takes its text as is) and the plain forms of boolean, integer and date
-  skip the call: their JSON is a fixed function of text those forms fully describe.
+  xsd:string (zeep keeps the text as is), integers (zeep's ``int(text)`` itself) and
+  the plain forms of boolean and date skip the detour: their JSON is a fixed function of
+  text those forms fully describe.
 """
 
 from __future__ import annotations
 
+import datetime
 import re
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -90,7 +92,7 @@ def _plain_convert(xsd_type: Any) -> Convert | None:
     if cls.pythonvalue is b.Boolean.pythonvalue:
         return _fast_boolean(pythonvalue)
     if cls.pythonvalue in (b.Integer.pythonvalue, b.Long.pythonvalue):
-        return _fast_integer(pythonvalue)
+        return int  # zeep's own reading of integers, to the letter: int(text)
     if cls.pythonvalue is b.Date.pythonvalue:
         return _fast_date(pythonvalue)
 
@@ -105,7 +107,6 @@ def _same(text: str) -> str:
 
 
 _BOOLEANS = {"true": True, "false": False, "1": True, "0": False}
-_PLAIN_INTEGER = re.compile(r"-?[1-9][0-9]{0,17}|0").fullmatch  # int() of it is the text
 _PLAIN_DATE = re.compile(r"([0-9]{4})-([0-9]{2})-([0-9]{2})").fullmatch
 
 
@@ -117,35 +118,18 @@ def _fast_boolean(pythonvalue: Callable[[str], Any]) -> Convert:
     return convert
 
 
-def _fast_integer(pythonvalue: Callable[[str], Any]) -> Convert:
-    def convert(text: str) -> Any:
-        return int(text) if _PLAIN_INTEGER(text) else to_json_value(pythonvalue(text))
-
-    return convert
-
-
 def _fast_date(pythonvalue: Callable[[str], Any]) -> Convert:
     def convert(text: str) -> Any:
-        # zeep gives a datetime.date whose isoformat() is the same YYYY-MM-DD text when the
-        # day exists; anything else (a zone, a sign, an impossible day) goes its way.
+        # zeep gives a datetime.date, whose isoformat() is this very YYYY-MM-DD text when
+        # the day exists (else ValueError: the answer goes to zeep); other forms (a zone, a
+        # sign, more digits, whitespace) go zeep's way.
         m = _PLAIN_DATE(text)
-        if (
-            m is not None
-            and int(m[1]) > 0
-            and 0 < int(m[2]) <= 12
-            and 0 < int(m[3]) <= _days(m[1], m[2])
-        ):
-            return text
-        return to_json_value(pythonvalue(text))
+        if m is None:
+            return to_json_value(pythonvalue(text))
+        datetime.date(int(m[1]), int(m[2]), int(m[3]))
+        return text
 
     return convert
-
-
-def _days(year: str, month: str) -> int:
-    y, mo = int(year), int(month)
-    if mo == 2:
-        return 29 if y % 4 == 0 and (y % 100 != 0 or y % 400 == 0) else 28
-    return 30 if mo in (4, 6, 9, 11) else 31
 
 
 def _type_plan(ctype: Any, seen: tuple[int, ...]) -> _TypePlan | None:
