@@ -401,6 +401,14 @@ def test_real_wsdls_read_fast_and_exactly_as_zeep(wsdl: str) -> None:
         assert total / 4 < fast < total, (element.qname.text, fast)
 
 
+def test_another_zeep_release_gets_zeeps_own_reading(monkeypatch: pytest.MonkeyPatch) -> None:
+    client = zeep_client((ROOT / "xroad_hub/demo/dopa.wsdl").read_bytes())
+    element = client.get_element("{http://dopa.go.th/population/v1}getPersonResponse")
+    assert ResponseCodec(element, client.wsdl.types).covered
+    monkeypatch.setattr(zeep, "__version__", "5.0.0")
+    assert not ResponseCodec(element, client.wsdl.types).covered
+
+
 # --- end to end: DOPA's service through the bridge -------------------------------------------
 
 
