@@ -28,7 +28,7 @@ from adapters.base import AdapterRequest
 from adapters.soap import SoapBridgeAdapter, fetch_wsdl, load_wsdl, zeep_client
 from adapters.soap.answers import ResponseCodec
 from adapters.soap.bridge import _json
-from adapters.soap.jsonmap import response_json
+from adapters.soap.jsonmap import element_schema, response_json
 from xroad_hub.demo.dopa import dopa_app
 from xroad_hub.demo.synthetic import demo_people, population
 
@@ -399,6 +399,16 @@ def test_real_wsdls_read_fast_and_exactly_as_zeep(wsdl: str) -> None:
         assert ResponseCodec(element, client.wsdl.types).covered, element.qname.text
         fast, total = _differential(element, client.wsdl.types, seed=200 + i)
         assert total / 4 < fast < total, (element.qname.text, fast)
+
+
+def test_any_attribute_leaves_the_json_open() -> None:
+    # jsonmap's shape walk used to fail on xsd:anyAttribute (it has no `required`), so no
+    # schema, request codec or answer plan could be made for such an element.
+    client = _client(NOT_COVERED, "qualified")
+    element = client.get_element(f"{{{T}}}withAnyAttribute")
+    schema = element_schema(element, "response")
+    assert "additionalProperties" not in schema
+    assert list(schema["properties"]) == ["v"]
 
 
 def test_another_zeep_release_gets_zeeps_own_reading(monkeypatch: pytest.MonkeyPatch) -> None:

@@ -3,8 +3,8 @@ service per WSDL operation, to REST (r1) and to X-Road SOAP clients.
 
 REST clients send JSON (a POST body, or a query string when every request field is simple);
 the operation's request wrapper is serialised by zeep from the WSDL's own schema, so nothing
-is written per service. The answer is parsed by zeep against the same schema and returned as
-JSON (mapping in jsonmap.py).
+is written per service. The answer is read against the same schema and returned as JSON
+(mapping in jsonmap.py; answers.py reads the common shapes without zeep's object model).
 
 X-Road SOAP clients already speak SOAP: their body element goes to the legacy service as is,
 without the X-Road header (which the legacy service does not understand), and the answer's
