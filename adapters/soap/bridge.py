@@ -3,8 +3,8 @@ service per WSDL operation, to REST (r1) and to X-Road SOAP clients.
 
 REST clients send JSON (a POST body, or a query string when every request field is simple);
 the operation's request wrapper is serialised by zeep from the WSDL's own schema, so nothing
-is written per service. The answer is parsed by zeep against the same schema and returned as
-JSON (mapping in jsonmap.py).
+is written per service. The answer is read against the same schema and returned as JSON
+(mapping in jsonmap.py; answers.py reads the common shapes without zeep's object model).
 
 X-Road SOAP clients already speak SOAP: their body element goes to the legacy service as is,
 without the X-Road header (which the legacy service does not understand), and the answer's
@@ -43,7 +43,8 @@ from xroad_hub.protocol.xmlsafe import XmlError, XmlLimits, parse_xml
 from ..backend import Backends
 from ..base import AdapterRequest, AdapterResponse
 from ..http import UpstreamError, basic_auth, post, target_of
-from .jsonmap import InputError, RequestCodec, response_json
+from .answers import ResponseCodec
+from .jsonmap import InputError, RequestCodec
 from .wsdl import WsdlError, WsdlInfo, WsdlOperation, zeep_client
 
 __all__ = ["MAX_LEGACY_RESPONSE", "SoapBridgeAdapter"]
@@ -90,6 +91,7 @@ class SoapBridgeAdapter:
         except ZeepError as exc:
             raise WsdlError(f"{info.source}: operation {operation}: {exc}") from exc
         self.codec = RequestCodec(self._request_element)
+        self.answers = ResponseCodec(self._response_element, self.client.wsdl.types)
         self._timeout = timeout
         self._connect_timeout = min(timeout, 10.0)
         self._max = max_response_bytes
@@ -141,7 +143,7 @@ class SoapBridgeAdapter:
         if body_child.tag == FAULT:
             return _json(500, _fault_json(body_child))
         try:
-            result = response_json(self._response_element, body_child, self.client.wsdl.types)
+            result = self.answers.to_json(body_child)
         except (ZeepError, ValueError, TypeError) as exc:
             raise self._failed("the service's answer does not match its WSDL", exc) from exc
         return _json(200, result)

@@ -36,7 +36,7 @@ from lxml import etree
 from zeep.helpers import serialize_object
 from zeep.xsd import AnyObject, ComplexType, CompoundValue
 from zeep.xsd.elements import Any as XsdAny
-from zeep.xsd.elements import Attribute, Element
+from zeep.xsd.elements import AnyAttribute, Attribute, Element
 from zeep.xsd.elements.indicators import All, Choice, Group, Sequence
 from zeep.xsd.types import builtins as b
 from zeep.xsd.types.simple import AnySimpleType
@@ -141,6 +141,9 @@ def _shape(ctype: ComplexType) -> _Shape:
     for _name, item in ctype.elements_nested:
         walk(item, False)
     for name, attr in ctype.attributes:
+        if isinstance(attr, AnyAttribute):
+            is_open = True  # xsd:anyAttribute names no attribute (and has no `required`)
+            continue
         fields.append(_Field(name, attr, bool(attr.required)))
     return _Shape(tuple(fields), is_open)
 
