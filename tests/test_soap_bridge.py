@@ -249,6 +249,20 @@ class Misbehaving:
             return web.Response(body=b"<x>" + b"a" * 200_000 + b"</x>", content_type="text/xml")
         if kind == "wrong":
             return web.Response(body=_envelope(f'<other xmlns="{LEGACY_NS}"/>'))
+        if kind in ("baddecimal", "baddate"):
+            income, born = ("twelve", "1985-04-12") if kind == "baddecimal" else ("1", CITIZEN)
+            person = (
+                f"<citizenId>{CITIZEN}</citizenId><name>n</name><birthDate>{born}</birthDate>"
+                "<registered>2001-01-02T03:04:05Z</registered><alive>true</alive>"
+                f"<income>{income}</income>"
+            )
+            return web.Response(
+                body=_envelope(
+                    f'<getPersonResponse xmlns="{LEGACY_NS}">'
+                    f"<getPersonResult>{person}</getPersonResult></getPersonResponse>"
+                ),
+                content_type="text/xml",
+            )
         if kind == "error500":
             return web.Response(
                 status=500, body=_envelope(f'<getPersonResponse xmlns="{LEGACY_NS}"/>')
@@ -288,6 +302,8 @@ async def misbehaving() -> AsyncIterator[Misbehaving]:
         ("redirect", "redirect"),
         ("big", "exceeds 100000 bytes"),
         ("wrong", "answered other, not getPersonResponse"),
+        # zeep raises decimal's InvalidOperation, which is no ValueError
+        ("baddecimal", "does not match its WSDL"),
         ("error500", "HTTP 500 without a SOAP Fault"),
         ("multipart", "attachments"),
         ("slow", "did not answer in time"),
@@ -311,6 +327,27 @@ async def test_unusable_answers_are_service_failed(
         await adapter.close()
     assert failure.value.code == "Server.ServerProxy.ServiceFailed"
     assert reason in failure.value.message
+
+
+async def test_a_value_zeep_cannot_read_is_null_and_stays_out_of_the_log(
+    info: WsdlInfo,
+    client: zeep.Client,
+    misbehaving: Misbehaving,
+    capfd: pytest.CaptureFixture[str],
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    # zeep reads a date it cannot convert as null, and logged it with a traceback quoting
+    # the value: here a citizen id, in the node's operational log.
+    adapter = SoapBridgeAdapter(
+        info, client, operation="getPerson", endpoint_url=f"{misbehaving.url}/baddate"
+    )
+    try:
+        answer = await adapter.handle(rest(body=b'{"citizenId": "1"}'))
+    finally:
+        await adapter.close()
+    assert as_json(answer)["getPersonResult"]["birthDate"] is None
+    out, err = capfd.readouterr()
+    assert CITIZEN not in out + err + caplog.text
 
 
 # --- X-Road SOAP clients --------------------------------------------------------------------

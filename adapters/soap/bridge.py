@@ -144,7 +144,9 @@ class SoapBridgeAdapter:
             return _json(500, _fault_json(body_child))
         try:
             result = self.answers.to_json(body_child)
-        except (ZeepError, ValueError, TypeError) as exc:
+        except (ZeepError, ValueError, TypeError, ArithmeticError) as exc:
+            # ArithmeticError: zeep lets decimal's InvalidOperation (a decimal that is not a
+            # number) through, which is no ValueError.
             raise self._failed("the service's answer does not match its WSDL", exc) from exc
         return _json(200, result)
 

@@ -25,6 +25,7 @@ import base64
 import binascii
 import datetime
 import decimal
+import logging
 import re
 from dataclasses import dataclass
 from typing import Any, Literal
@@ -55,6 +56,12 @@ __all__ = [
 ]
 
 Direction = Literal["request", "response"]
+
+# zeep reads a value it cannot convert as null (see the module docstring) and logs it first
+# through the standard library, with a traceback that quotes the value: a person's id or
+# name in the node's operational log, and a line that is not JSON. Those two are silenced.
+for _reader in ("zeep.xsd.types.simple", "zeep.xsd.elements.attribute"):
+    logging.getLogger(_reader).setLevel(logging.CRITICAL + 1)
 
 _ZONE = r"(Z|[+-]\d{2}:\d{2})?"
 _DAY = r"-?\d{4,}-\d{2}-\d{2}"
