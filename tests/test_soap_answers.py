@@ -515,3 +515,19 @@ async def test_legacy_fixture_answers_skip_zeep_and_are_unchanged(
     assert answers[0]["getPersonResult"]["income"] == "12345.67"
     assert answers[2]["findPersonsResult"]["Person"][0]["citizenId"] == citizen
     assert answers[3] == {"findPersonsResult": None}
+
+
+def test_attributes_of_one_local_name_are_left_to_zeep() -> None:
+    # zeep gives n and tns:n one property, the later in the schema winning; the plan used to
+    # take the later in the document: {"n": "a"} where zeep answers {"n": 5}.
+    types = """<xs:element name="w"><xs:complexType><xs:sequence>
+      <xs:element name="v" type="xs:string" minOccurs="0"/></xs:sequence>
+      <xs:attribute name="n" type="xs:string"/>
+      <xs:attribute name="n" form="qualified" type="xs:int"/></xs:complexType></xs:element>"""
+    client = _client(types, "qualified")
+    element = client.get_element(f"{{{T}}}w")
+    xml = etree.fromstring(f'<t:w xmlns:t="{T}" t:n="5" n="a"/>')
+    codec = ResponseCodec(element, client.wsdl.types)
+    expected = {"v": None, "n": 5}
+    assert response_json(element, xml, client.wsdl.types) == expected
+    assert codec.to_json(xml) == expected

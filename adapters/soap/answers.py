@@ -184,9 +184,12 @@ def _type_plan(ctype: Any, seen: tuple[int, ...]) -> _TypePlan | None:
         if convert is None:
             return None
         attributes[node.qname.text] = (f.name, convert)
-    if [f.name for f in shape.fields if isinstance(f.node, Attribute)] != [
-        name for name, _ in ctype.attributes
-    ]:
+    names = [name for name, _ in ctype.attributes]
+    if [f.name for f in shape.fields if isinstance(f.node, Attribute)] != names:
+        return None
+    if len(set(names)) != len(names):
+        # zeep names attributes of one local name alike (n and tns:n): of two given, the
+        # later in the schema wins, where the plan's reading would keep the later in the XML.
         return None
     return _TypePlan(tuple(elements), attributes, simple_content)
 
