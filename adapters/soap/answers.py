@@ -188,8 +188,9 @@ def _type_plan(ctype: Any, seen: tuple[int, ...]) -> _TypePlan | None:
     if [f.name for f in shape.fields if isinstance(f.node, Attribute)] != names:
         return None
     if len(set(names)) != len(names):
-        # zeep names attributes of one local name alike (n and tns:n): of two given, the
-        # later in the schema wins, where the plan's reading would keep the later in the XML.
+        # zeep names attributes of one local name alike (n and tns:n, or one declared twice)
+        # and picks among them by schema order (n, tns:n: the later; twice: the first), where
+        # the plan's reading would keep the later in the XML.
         return None
     return _TypePlan(tuple(elements), attributes, simple_content)
 
