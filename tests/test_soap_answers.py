@@ -13,6 +13,7 @@ from collections.abc import AsyncIterator, Callable
 from pathlib import Path
 from typing import Any
 
+import jsonschema
 import pytest
 import zeep
 from aiohttp import web
@@ -28,7 +29,7 @@ from adapters.base import AdapterRequest
 from adapters.soap import SoapBridgeAdapter, fetch_wsdl, load_wsdl, zeep_client
 from adapters.soap.answers import ResponseCodec
 from adapters.soap.bridge import _json
-from adapters.soap.jsonmap import element_schema, response_json
+from adapters.soap.jsonmap import element_schema, json_schema, response_json
 from xroad_hub.demo.dopa import dopa_app
 from xroad_hub.demo.synthetic import demo_people, population
 
@@ -531,3 +532,26 @@ def test_attributes_of_one_local_name_are_left_to_zeep() -> None:
     expected = {"v": None, "n": 5}
     assert response_json(element, xml, client.wsdl.types) == expected
     assert codec.to_json(xml) == expected
+
+
+def test_infinite_and_nan_doubles_are_strict_json_the_schema_describes() -> None:
+    # JSON has no number for them: json.dumps wrote Infinity and NaN, which strict JSON
+    # readers refuse. They are the strings XML Schema spells them with.
+    client = _client(
+        '<xs:element name="m"><xs:complexType><xs:sequence>'
+        '<xs:element name="v" type="xs:double" maxOccurs="unbounded"/>'
+        "</xs:sequence></xs:complexType></xs:element>",
+        "qualified",
+    )
+    element = client.get_element(f"{{{T}}}m")
+    xml = etree.fromstring(f'<m xmlns="{T}"><v>INF</v><v>-INF</v><v>NaN</v><v>1.5</v><v>-0</v></m>')
+    for read in (ResponseCodec(element, client.wsdl.types).to_json,
+                 lambda x: response_json(element, x, client.wsdl.types)):  # fmt: skip
+        body = _json(200, read(xml)).body
+        doc = json.loads(body, parse_constant=_not_json)
+        assert doc == {"v": ["INF", "-INF", "NaN", 1.5, -0.0]}
+        jsonschema.validate(doc, json_schema(element_schema(element, "response")))
+
+
+def _not_json(name: str) -> Any:
+    raise AssertionError(f"{name} is not JSON")

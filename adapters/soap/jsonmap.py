@@ -12,6 +12,8 @@ Mapping choices (published in the OpenAPI description as well):
   maxOccurs > 1 an array.
 - xsd:decimal answers are JSON *strings* ("12345.67"): exact, whatever the client's JSON
   library does with numbers. Requests may give decimals as numbers or strings.
+- xsd:float and xsd:double answers are numbers, but the three values JSON has no number
+  for are the strings "INF", "-INF" and "NaN" (their XML Schema spelling).
 - date, dateTime and time are ISO 8601 strings as in XML Schema; base64Binary is base64 text.
 - Answers carry every child of the response wrapper; absent or nil ones are null.
 - Recursive types are described down to the first repetition, then as a free-form object.
@@ -26,6 +28,7 @@ import binascii
 import datetime
 import decimal
 import logging
+import math
 import re
 from dataclasses import dataclass
 from typing import Any, Literal
@@ -72,6 +75,7 @@ PATTERNS = {
     "time": f"^{_TIME}{_ZONE}$",
 }
 DECIMAL_TEXT = r"^[+-]?(\d+(\.\d*)?|\.\d+)$"
+_NOT_FINITE = ("INF", "-INF", "NaN")  # an answer's float or double JSON has no number for
 
 # (minimum, maximum, format) of the bounded integer types, most derived first.
 _INTEGERS: tuple[tuple[type, int | None, int | None, str | None], ...] = (
@@ -220,7 +224,10 @@ def _simple_schema(t: AnySimpleType, direction: Direction) -> dict[str, Any]:
             return text
         return {"anyOf": [{"type": "number"}, text]}
     if isinstance(t, b.Float | b.Double):
-        return {"type": "number", "format": "float" if isinstance(t, b.Float) else "double"}
+        number = {"type": "number", "format": "float" if isinstance(t, b.Float) else "double"}
+        if direction == "response":
+            return {"anyOf": [number, {"type": "string", "enum": list(_NOT_FINITE)}]}
+        return number
     if isinstance(t, b.DateTime):
         return {"type": "string", "format": "date-time", "pattern": PATTERNS["date-time"]}
     if isinstance(t, b.Date):
@@ -432,6 +439,10 @@ def to_json_value(value: Any) -> Any:
         return to_json_value(serialize_object(value, dict))
     if isinstance(value, AnyObject):
         return to_json_value(value.value)
+    if isinstance(value, float) and not math.isfinite(value):
+        # JSON has no number for these; json.dumps would write Infinity or NaN, which
+        # strict JSON readers refuse.
+        return _NOT_FINITE[0 if value > 0 else 1 if value < 0 else 2]
     if value is None or isinstance(value, bool | int | float | str):
         return value
     if isinstance(value, decimal.Decimal):
