@@ -8,6 +8,7 @@ is for operators, and says which route and which service, never whom it was abou
 
 from __future__ import annotations
 
+import json
 import logging
 import sys
 import time
@@ -117,3 +118,27 @@ async def test_citizen_ids_never_reach_the_operational_log(
     assert not leaked, leaked
     routes = {str(e.get("route")) for e in events if e["event"] == "exchange.refused"}
     assert "/r1/TH/GOV/DBD/registry/restricted/{id}" in routes, routes
+
+
+def test_libraries_records_are_json_lines_with_numbers_masked(
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    # Libraries log through the standard library (asyncio's "Fatal error on transport", a
+    # parser quoting the value it failed on); those records went to stderr as plain text,
+    # tracebacks and ids included. conftest configured logging as a node does (JSON).
+    structlog.contextvars.bind_contextvars(node=DGA)
+    try:
+        try:
+            int(f"x{CID}")
+        except ValueError:
+            logging.getLogger("some.library").exception("cannot read %s", CID)
+        logging.getLogger("some.library").info("chatter")  # below WARNING: left out
+    finally:
+        structlog.contextvars.unbind_contextvars("node")
+    lines = capsys.readouterr().err.splitlines()
+    assert len(lines) == 1, lines
+    assert CID not in lines[0]
+    record = json.loads(lines[0])
+    assert record["event"] == "cannot read {number}"
+    assert (record["logger"], record["level"], record["node"]) == ("some.library", "error", DGA)
+    assert "ValueError: invalid literal" in record["exception"]

@@ -130,13 +130,53 @@ def _json_line(_logger: object, _name: str, event_dict: Any) -> str:
         return stdjson.dumps(event_dict, default=_json_fallback, separators=(",", ":"))
 
 
+def _masked_record(_logger: object, _name: str, event_dict: Any) -> Any:
+    """A standard-library record (asyncio, aiohttp, zeep...) with long numbers masked in its
+    message and traceback: libraries quote the values they fail on, and those can be a
+    person's id. Its logger's name says where it came from."""
+    record = event_dict.get("_record")
+    if record is not None:
+        event_dict["logger"] = record.name
+    event_dict["event"] = mask_numbers(str(event_dict.get("event", "")))
+    if isinstance(exception := event_dict.get("exception"), str):
+        event_dict["exception"] = mask_numbers(exception)
+    return event_dict
+
+
+def _route_standard_logging(renderer: Any) -> None:
+    """Records of the standard library's logging become lines like structlog's: the same
+    renderer, the node's context, numbers masked. Without a handler they went to stderr as
+    plain text (logging's last resort), tracebacks quoting values included. WARNING and
+    above, as before: libraries' info lines (aiohttp's access log) stay out."""
+    formatter = structlog.stdlib.ProcessorFormatter(
+        foreign_pre_chain=[
+            structlog.contextvars.merge_contextvars,
+            structlog.processors.add_log_level,
+            _UtcStamper(),
+            structlog.processors.format_exc_info,
+            _masked_record,
+        ],
+        processors=[structlog.stdlib.ProcessorFormatter.remove_processors_meta, renderer],
+    )
+    handler = logging.StreamHandler(_STDERR)
+    handler.setFormatter(formatter)
+    root = logging.getLogger()
+    for old in [h for h in root.handlers if getattr(h, "_xroad_hub", False)]:
+        root.removeHandler(old)
+    handler._xroad_hub = True  # type: ignore[attr-defined]  # replaced when reconfigured
+    root.addHandler(handler)
+    root.setLevel(logging.WARNING)
+
+
 def configure_logging(level: str = "info", *, json: bool | None = None) -> None:
     """Log to stderr; JSON lines unless stderr is a terminal (or ``json`` says otherwise).
 
     Each exchange is logged at info, so a JSON line is kept cheap (about a third of
-    structlog's defaults): orjson, a timestamp without datetime, one write per line."""
+    structlog's defaults): orjson, a timestamp without datetime, one write per line.
+    Libraries' records (standard logging) are written the same way."""
     if json is None:
         json = not sys.stderr.isatty()
+    _route_standard_logging(_json_line if json else structlog.dev.ConsoleRenderer())
     if json:
         structlog.configure(
             processors=[
