@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import base64
+import contextlib
 import ssl
 import time
 import uuid
@@ -265,3 +266,22 @@ async def raw_server() -> AsyncIterator[Callable[..., Awaitable[str]]]:
     for server in servers:
         server.close()
         await server.wait_closed()
+
+
+@contextlib.asynccontextmanager
+async def kinds_server(
+    handler: Callable[[web.Request], Awaitable[web.StreamResponse]],
+) -> AsyncIterator[str]:
+    """A misbehaving service: ``handler`` answers POST /{kind} (the kind of misbehaviour
+    is the path); its base URL."""
+    app = web.Application()
+    app.router.add_post("/{kind}", handler)
+    runner = web.AppRunner(app)
+    await runner.setup()
+    site = web.TCPSite(runner, "127.0.0.1", 0)
+    await site.start()
+    host, port = runner.addresses[0][:2]
+    try:
+        yield f"http://{host}:{port}"
+    finally:
+        await runner.cleanup()

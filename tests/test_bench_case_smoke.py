@@ -7,12 +7,13 @@ so neither the ratio target nor any rate is asserted.
 
 from __future__ import annotations
 
-import json
 import subprocess
 import sys
 from pathlib import Path
 
 import pytest
+
+from .benchrun import run_bench
 
 SCRIPT = Path(__file__).resolve().parents[1] / "scripts" / "bench_case.py"
 EVIDENCE = {"identity", "house_registration", "company_registration", "title_deed", "tax_clearance"}
@@ -20,16 +21,7 @@ EVIDENCE = {"identity", "house_registration", "company_registration", "title_dee
 
 @pytest.mark.slow
 def test_bench_case_smoke_run(tmp_path: Path) -> None:
-    proc = subprocess.run(
-        [sys.executable, str(SCRIPT), "--smoke", "--tmpdir", str(tmp_path)],
-        capture_output=True,
-        text=True,
-        timeout=180,
-        check=False,
-    )
-    output = f"stdout:\n{proc.stdout[-3000:]}\nstderr:\n{proc.stderr[-3000:]}"
-    assert proc.returncode == 0, output
-    report = json.loads(proc.stdout.strip().splitlines()[-1])
+    report, _, output = run_bench(SCRIPT, "--smoke", "--tmpdir", str(tmp_path), timeout=180)
     assert report["benchmark"] == "bench_case" and report["ok"] is True, output
     assert report["smoke"] is True
 
@@ -60,14 +52,9 @@ def test_bench_case_smoke_run(tmp_path: Path) -> None:
 def test_bench_case_smoke_run_with_each_node_a_process(tmp_path: Path) -> None:
     """--federation processes: the federation as scripts/demo.sh runs it (the demo
     workflow's CLI), every node a process of its own; all of them stop with the run."""
-    proc = subprocess.run(
-        [sys.executable, str(SCRIPT), "--smoke", "--federation", "processes",
-         "--tmpdir", str(tmp_path)],
-        capture_output=True, text=True, timeout=240, check=False,
-    )  # fmt: skip
-    output = f"stdout:\n{proc.stdout[-3000:]}\nstderr:\n{proc.stderr[-3000:]}"
-    assert proc.returncode == 0, output
-    report = json.loads(proc.stdout.strip().splitlines()[-1])
+    report, _, output = run_bench(
+        SCRIPT, "--smoke", "--federation", "processes", "--tmpdir", str(tmp_path), timeout=240
+    )
     assert report["ok"] is True and report["federation"] == "processes", output
     assert list(report["modes"]) == ["processes"]
     pids = report["modes"]["processes"]["processes"]

@@ -6,28 +6,20 @@ Only that it works is checked, never how fast: timings on a shared test machine 
 
 from __future__ import annotations
 
-import json
 import subprocess
 import sys
 from pathlib import Path
 
 import pytest
 
+from .benchrun import run_bench
+
 SCRIPT = Path(__file__).resolve().parents[1] / "scripts" / "bench_exchange.py"
 
 
 @pytest.mark.slow
 def test_bench_exchange_smoke_run() -> None:
-    proc = subprocess.run(
-        [sys.executable, str(SCRIPT), "--smoke"],
-        capture_output=True,
-        text=True,
-        timeout=120,
-        check=False,
-    )
-    output = f"stdout:\n{proc.stdout[-3000:]}\nstderr:\n{proc.stderr[-3000:]}"
-    assert proc.returncode == 0, output
-    report = json.loads(proc.stdout.strip().splitlines()[-1])
+    report, stdout, output = run_bench(SCRIPT, "--smoke", timeout=120)
     assert report["ok"] is True, output
     for phase in ("direct", "c", "d", "hub"):
         assert report[phase]["exchanges_per_s"] > 0, output
@@ -39,26 +31,17 @@ def test_bench_exchange_smoke_run() -> None:
         on_path = {n for n, p in report[name]["processes"].items() if p["on_path"]}
         assert on_path == {"backend", *hops}, output
         assert report["hub_vs_baselines"][name]["server_cpu_per_exchange_ratio"] > 0, output
-    assert "hub/(c): server CPU per request" in proc.stdout, output
+    assert "hub/(c): server CPU per request" in stdout, output
     # What the disk costs: two durable commits are the floor of the added latency.
     assert report["hub_vs_direct"]["durable_commit_p50_ms"] > 0, output
-    assert "a durable commit takes" in proc.stdout, output
+    assert "a durable commit takes" in stdout, output
 
 
 @pytest.mark.slow
 def test_bench_exchange_monitoring_matrix_smoke_run() -> None:
     """The four monitoring modes each run on their own federation and are reported against
     the run with both switched off (figures only, no timing asserted)."""
-    proc = subprocess.run(
-        [sys.executable, str(SCRIPT), "--smoke", "--monitoring-matrix"],
-        capture_output=True,
-        text=True,
-        timeout=180,
-        check=False,
-    )
-    output = f"stdout:\n{proc.stdout[-3000:]}\nstderr:\n{proc.stderr[-3000:]}"
-    assert proc.returncode == 0, output
-    report = json.loads(proc.stdout.strip().splitlines()[-1])
+    report, _, output = run_bench(SCRIPT, "--smoke", "--monitoring-matrix", timeout=180)
     assert report["benchmark"] == "xroad-hub monitoring cost", output
     assert report["ok"] is True, output
     assert list(report["modes"]) == ["off", "metrics", "opmon", "both"], output
@@ -80,16 +63,7 @@ def test_bench_exchange_against_another_tree_smoke_run(tmp_path: Path) -> None:
     init = tree / "xroad_hub" / "__init__.py"
     marker = tmp_path / "imported-from-the-copy"
     init.write_text(init.read_text() + f"\nopen({str(marker)!r}, 'a').close()\n")
-    proc = subprocess.run(
-        [sys.executable, str(SCRIPT), "--smoke", "--against", str(tree)],
-        capture_output=True,
-        text=True,
-        timeout=180,
-        check=False,
-    )
-    output = f"stdout:\n{proc.stdout[-3000:]}\nstderr:\n{proc.stderr[-3000:]}"
-    assert proc.returncode == 0, output
-    report = json.loads(proc.stdout.strip().splitlines()[-1])
+    report, _, output = run_bench(SCRIPT, "--smoke", "--against", str(tree), timeout=180)
     assert report["ok"] is True and report["against"] == str(tree), output
     for name in ("against", "this"):
         variant = report["variants"][name]

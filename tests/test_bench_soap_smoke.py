@@ -7,12 +7,11 @@ and a missed target is a figure to report, not a failure (the script exits 0 the
 
 from __future__ import annotations
 
-import json
-import subprocess
-import sys
 from pathlib import Path
 
 import pytest
+
+from .benchrun import run_bench
 
 SCRIPT = Path(__file__).resolve().parents[1] / "scripts" / "bench_soap.py"
 
@@ -31,16 +30,7 @@ PHASE_FIELDS = (
 
 @pytest.mark.slow
 def test_bench_soap_smoke_run(tmp_path: Path) -> None:
-    proc = subprocess.run(
-        [sys.executable, str(SCRIPT), "--smoke", "--tmpdir", str(tmp_path)],
-        capture_output=True,
-        text=True,
-        timeout=180,
-        check=False,
-    )
-    output = f"stdout:\n{proc.stdout[-3000:]}\nstderr:\n{proc.stderr[-3000:]}"
-    assert proc.returncode == 0, output
-    report = json.loads(proc.stdout.strip().splitlines()[-1])
+    report, _, output = run_bench(SCRIPT, "--smoke", "--tmpdir", str(tmp_path), timeout=180)
     assert report["ok"] is True, output
     phases = [("throughput", "rest"), ("throughput", "soap")]
     phases += [("latency", name) for name in ("direct", "rest", "soap")]

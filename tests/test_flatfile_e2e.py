@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import json
 import subprocess
 import sys
 from collections.abc import AsyncIterator
@@ -24,6 +23,7 @@ from xroad_hub.demo.legacy_exports import (
 from xroad_hub.demo.synthetic import companies, people
 from xroad_hub.dev.testing import TestFederationSpec
 
+from .benchrun import SCRIPTS, run_bench
 from .conftest import Fed, start_federation
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -129,16 +129,7 @@ def test_demo_exports_are_seeded_and_valid(tmp_path: Path) -> None:
 
 @pytest.mark.slow
 def test_bench_flatfile_smoke_run() -> None:
-    proc = subprocess.run(
-        [sys.executable, str(ROOT / "scripts" / "bench_flatfile.py"), "--smoke"],
-        capture_output=True,
-        text=True,
-        timeout=120,
-        check=False,
-    )
-    output = f"stdout:\n{proc.stdout[-3000:]}\nstderr:\n{proc.stderr[-3000:]}"
-    assert proc.returncode == 0, output
-    report = json.loads(proc.stdout.strip().splitlines()[-1])
+    report, _, output = run_bench(SCRIPTS / "bench_flatfile.py", "--smoke", timeout=120)
     assert report["ok"] is True, output
     assert report["reload_under_load"]["failed"] == 0, output
     assert report["hub"]["ok"] > 0 and report["hub"]["errors"] == 0, output
@@ -148,17 +139,9 @@ def test_bench_flatfile_smoke_run() -> None:
 def test_bench_flatfile_load_phase_alone() -> None:
     """``--phases load``: the load timings without the adapter and hub phases, and only
     their targets in the report (the CSV form against the csv module among them)."""
-    script = str(ROOT / "scripts" / "bench_flatfile.py")
-    proc = subprocess.run(
-        [sys.executable, script, "--smoke", "--phases", "load"],
-        capture_output=True,
-        text=True,
-        timeout=120,
-        check=False,
+    report, _, output = run_bench(
+        SCRIPTS / "bench_flatfile.py", "--smoke", "--phases", "load", timeout=120
     )
-    output = f"stdout:\n{proc.stdout[-3000:]}\nstderr:\n{proc.stderr[-3000:]}"
-    assert proc.returncode == 0, output
-    report = json.loads(proc.stdout.strip().splitlines()[-1])
     assert set(report["targets"]) == {"load_vs_csv", "load_csv_form_vs_csv"}, output
     assert "hub" not in report and "lookup_ms" not in report, output
     assert report["load_csv_form_inline_cpu_s"] > 0, output

@@ -31,6 +31,7 @@ from xroad_hub.dev.testing import free_port
 from xroad_hub.errors import XRoadError
 from xroad_hub.protocol.soap import check_echo, parse_soap
 
+from .conftest import kinds_server
 from .soap_legacy import LEGACY_NS, LegacyServer, legacy_server
 
 SOAP_ENV = "http://schemas.xmlsoap.org/soap/envelope/"
@@ -281,17 +282,9 @@ def _envelope(inner: str) -> bytes:
 @pytest.fixture(scope="module")
 async def misbehaving() -> AsyncIterator[Misbehaving]:
     server = Misbehaving()
-    app = web.Application()
-    app.router.add_post("/{kind}", server.handler)
-    runner = web.AppRunner(app)
-    await runner.setup()
-    site = web.TCPSite(runner, "127.0.0.1", 0)
-    await site.start()
-    host, port = runner.addresses[0][:2]
-    server.url = f"http://{host}:{port}"
-    yield server
-    server.release.set()
-    await runner.cleanup()
+    async with kinds_server(server.handler) as server.url:
+        yield server
+        server.release.set()
 
 
 @pytest.mark.parametrize(

@@ -12,6 +12,7 @@ import ssl
 import tracemalloc
 import zlib
 from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
+from typing import Any
 
 import aiohttp
 import pytest
@@ -32,6 +33,7 @@ from adapters.soap import (
 from xroad_hub.errors import XRoadError
 from xroad_hub.streams import BodyTooLarge
 
+from .conftest import kinds_server
 from .soap_legacy import LEGACY_NS, LegacyServer, legacy_server
 from .test_rest_adapter import _tls_material
 
@@ -123,17 +125,9 @@ async def front(
     info = info_client[0]
     assert info.endpoint is not None
     server = Front(info.endpoint)
-    app = web.Application()
-    app.router.add_post("/{kind}", server.handler)
-    runner = web.AppRunner(app)
-    await runner.setup()
-    site = web.TCPSite(runner, "127.0.0.1", 0)
-    await site.start()
-    host, port = runner.addresses[0][:2]
-    server.url = f"http://{host}:{port}"
-    yield server
-    server.release.set()
-    await runner.cleanup()
+    async with kinds_server(server.handler) as server.url:
+        yield server
+        server.release.set()
 
 
 def _bridge(info_client: tuple[WsdlInfo, zeep.Client], url: str, **kw: object) -> SoapBridgeAdapter:
@@ -191,16 +185,22 @@ async def test_bridge_unusable_answers(info_client, front: Front, kind: str, rea
 )
 async def test_passthrough_unusable_answers(front: Front, kind: str, reason: str) -> None:
     timeout = 0.3 if kind == "slow" else 10.0
-    adapter = SoapPassthroughAdapter(
+    failure = await _passthrough_failure(
         f"{front.url}/{kind}", timeout=timeout, max_response_bytes=100_000
     )
+    assert failure.code == "Server.ServerProxy.ServiceFailed"
+    assert reason in failure.message
+
+
+async def _passthrough_failure(url: str, **options: Any) -> XRoadError:
+    """What a pass-through adapter of ``url`` raises for one request (it must raise)."""
+    adapter = SoapPassthroughAdapter(url, **options)
     try:
         with pytest.raises(XRoadError) as failure:
             await adapter.handle(AdapterRequest("POST", "", "", XML, b"<x/>"))
     finally:
         await adapter.close()
-    assert failure.value.code == "Server.ServerProxy.ServiceFailed"
-    assert reason in failure.value.message
+    return failure.value
 
 
 async def test_passthrough_decodes_a_compressed_answer(front: Front) -> None:
@@ -453,14 +453,9 @@ async def test_too_many_members_fail_the_soap_call_as_a_broken_answer(
         "HTTP/1.1 200 OK\r\nContent-Type: text/xml\r\nContent-Encoding: gzip\r\n"
         f"Content-Length: {len(members)}\r\n\r\n"
     )
-    adapter = SoapPassthroughAdapter(await raw_answer(head.encode() + members), timeout=10)
-    try:
-        with pytest.raises(XRoadError) as failure:
-            await adapter.handle(AdapterRequest("POST", "", "", XML, b"<x/>"))
-    finally:
-        await adapter.close()
-    assert failure.value.code == "Server.ServerProxy.ServiceFailed"
-    assert "cannot reach the service" in failure.value.message
+    failure = await _passthrough_failure(await raw_answer(head.encode() + members), timeout=10)
+    assert failure.code == "Server.ServerProxy.ServiceFailed"
+    assert "cannot reach the service" in failure.message
 
 
 @pytest.mark.parametrize(
