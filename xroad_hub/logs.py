@@ -143,6 +143,9 @@ def _masked_record(_logger: object, _name: str, event_dict: Any) -> Any:
     return event_dict
 
 
+_STANDARD_HANDLER = logging.StreamHandler(_STDERR)
+
+
 def _route_standard_logging(renderer: Any) -> None:
     """Records of the standard library's logging become lines like structlog's: the same
     renderer, the node's context, numbers masked. Without a handler they went to stderr as
@@ -158,13 +161,10 @@ def _route_standard_logging(renderer: Any) -> None:
         ],
         processors=[structlog.stdlib.ProcessorFormatter.remove_processors_meta, renderer],
     )
-    handler = logging.StreamHandler(_STDERR)
-    handler.setFormatter(formatter)
+    _STANDARD_HANDLER.setFormatter(formatter)  # configured again: the one handler, renewed
     root = logging.getLogger()
-    for old in [h for h in root.handlers if getattr(h, "_xroad_hub", False)]:
-        root.removeHandler(old)
-    handler._xroad_hub = True  # type: ignore[attr-defined]  # replaced when reconfigured
-    root.addHandler(handler)
+    if _STANDARD_HANDLER not in root.handlers:
+        root.addHandler(_STANDARD_HANDLER)
     root.setLevel(logging.WARNING)
 
 
