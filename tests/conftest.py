@@ -5,17 +5,22 @@ from __future__ import annotations
 import asyncio
 import base64
 import contextlib
+import logging
 import ssl
+import sys
 import time
 import uuid
 from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import aiohttp
 import jwt
 import pytest
+import structlog
 from aiohttp import web
+from structlog.testing import LogCapture
 
 from xroad_hub.demo.runner import Federation
 from xroad_hub.dev.devpki import ensure_pki
@@ -285,3 +290,33 @@ async def kinds_server(
         yield f"http://{host}:{port}"
     finally:
         await runner.cleanup()
+
+
+def _forget_cached_loggers() -> None:
+    """Module loggers cache their configuration on first use (cache_logger_on_first_use);
+    forgetting it makes them take the configuration in force now."""
+    for name, module in list(sys.modules.items()):
+        if name.split(".")[0] in ("xroad_hub", "adapters"):
+            for value in list(vars(module).values()):
+                if isinstance(value, structlog._config.BoundLoggerLazyProxy):
+                    vars(value).pop("bind", None)
+
+
+@pytest.fixture
+def oplog() -> Iterator[list[dict[str, Any]]]:
+    """Every event the node's code logs, at every level, with the context bound to it (as
+    configure_logging renders it), while the test runs (unlike structlog's capture_logs,
+    also from loggers an earlier test already used)."""
+    saved = structlog.get_config()
+    capture = LogCapture()
+    structlog.configure(
+        processors=[structlog.contextvars.merge_contextvars, capture],
+        wrapper_class=structlog.make_filtering_bound_logger(logging.DEBUG),
+        cache_logger_on_first_use=False,
+    )
+    _forget_cached_loggers()
+    try:
+        yield capture.entries
+    finally:
+        structlog.configure(**saved)
+        _forget_cached_loggers()

@@ -4,25 +4,19 @@ admin-only, log lines naming their node, and a scrape storm that does not slow e
 from __future__ import annotations
 
 import asyncio
-import logging
 import subprocess
 import sys
 import time
-from collections.abc import Iterator
 from typing import Any
 
 import aiohttp
-import pytest
-import structlog
 from prometheus_client.parser import text_string_to_metric_families
-from structlog.testing import LogCapture
 
 from xroad_hub.dev.testing import TEST_ADMIN_KEYS
 from xroad_hub.messagelog import LogRecord
 from xroad_hub.node.metrics import MAX_LABEL_VALUES, NodeMetrics
 
 from .conftest import Fed
-from .test_oplog_privacy import _forget_cached_loggers
 
 DGA = "TH/GOV/DGA/hub1"
 DBD = "TH/GOV/DBD/hub1"
@@ -168,25 +162,6 @@ def test_label_values_follow_admission_after_repeats() -> None:
         if s.name.endswith("_count")
     }
     assert durations == {"other": 3, service: 6}
-
-
-@pytest.fixture
-def oplog() -> Iterator[list[dict[str, Any]]]:
-    """Every event logged while the test runs, with the context bound to it (as
-    configure_logging renders it)."""
-    saved = structlog.get_config()
-    capture = LogCapture()
-    structlog.configure(
-        processors=[structlog.contextvars.merge_contextvars, capture],
-        wrapper_class=structlog.make_filtering_bound_logger(logging.DEBUG),
-        cache_logger_on_first_use=False,
-    )
-    _forget_cached_loggers()
-    try:
-        yield capture.entries
-    finally:
-        structlog.configure(**saved)
-        _forget_cached_loggers()
 
 
 async def test_every_log_line_names_its_node(fed: Fed, http, oplog: list[dict[str, Any]]) -> None:

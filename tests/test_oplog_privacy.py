@@ -10,16 +10,13 @@ from __future__ import annotations
 
 import json
 import logging
-import sys
 import time
-from collections.abc import Iterator
 from typing import Any
 
 import aiohttp
 import jwt
 import pytest
 import structlog
-from structlog.testing import LogCapture
 
 from xroad_hub.pki import load_private_key
 
@@ -31,34 +28,6 @@ DBD = "TH/GOV/DBD/hub1"
 DEV = {"X-Road-Client": "TH/GOV/DGA/devportal"}
 CID = "3101700123457"
 LEGACY_NS = "urn:example:dopa:population"
-
-
-def _forget_cached_loggers() -> None:
-    """Module loggers cache their configuration on first use (cache_logger_on_first_use);
-    forgetting it makes them take the configuration in force now."""
-    for name, module in list(sys.modules.items()):
-        if name.split(".")[0] in ("xroad_hub", "adapters"):
-            for value in list(vars(module).values()):
-                if isinstance(value, structlog._config.BoundLoggerLazyProxy):
-                    vars(value).pop("bind", None)
-
-
-@pytest.fixture
-def oplog() -> Iterator[list[dict[str, Any]]]:
-    """Every event the node's code logs, at every level, while the test runs."""
-    saved = structlog.get_config()
-    capture = LogCapture()
-    structlog.configure(
-        processors=[capture],
-        wrapper_class=structlog.make_filtering_bound_logger(logging.DEBUG),
-        cache_logger_on_first_use=False,
-    )
-    _forget_cached_loggers()
-    try:
-        yield capture.entries
-    finally:
-        structlog.configure(**saved)
-        _forget_cached_loggers()
 
 
 def _auditor_token(fed: Fed) -> str:

@@ -25,7 +25,6 @@ from xroad_hub.pki import generate_key, issue_cert, load_private_key, write_cert
 
 from .conftest import Fed, start_federation
 from .test_enroll import MOPH, central, hub
-from .test_oplog_privacy import oplog
 from .test_service_admin import (
     DBD,
     DEED,
@@ -39,7 +38,7 @@ from .test_service_admin import (
     deeds_backend,
 )
 
-__all__ = ["central", "deeds_backend", "oplog"]  # fixtures, used by name
+__all__ = ["central", "deeds_backend"]  # fixtures, used by name
 
 OFFICE = "TH/GOV/DGA/officeapp"
 
