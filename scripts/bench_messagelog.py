@@ -119,8 +119,8 @@ def make_records(n: int) -> list[LogRecord]:
 def sqlite_baseline(records: Sequence[LogRecord], path: Path) -> dict[str, Any]:
     """Plain sqlite3, 100 rows per transaction, into the log's own schema and settings."""
     asyncio.run(_create_sqlite(path))
-    # Both logs share one layout, so the PostgreSQL log's row builder serves here too.
-    rows = [pg._exchange_row(i, rec, rec.leaf()) for i, rec in enumerate(records)]
+    # Both logs share one layout: a row is the leaf index and what LogRecord.stored gives.
+    rows = [(i, *rec.stored()) for i, rec in enumerate(records)]
     conn = sqlite3.connect(path)
     conn.execute("PRAGMA journal_mode=WAL")
     conn.execute("PRAGMA synchronous=FULL")
@@ -303,7 +303,7 @@ async def insert_methods(
     records: Sequence[LogRecord], dsn: str, schema: str, batch_sizes: Sequence[int]
 ) -> dict[str, Any]:
     """Rows/s and client CPU per row of three ways to insert one batch in one transaction."""
-    rows = [pg._exchange_row(i, rec, rec.leaf()) for i, rec in enumerate(records)]
+    rows = [(i, *rec.stored()) for i, rec in enumerate(records)]
     certs = {(hashlib.sha256(c).hexdigest(), c) for rec in records[:1]
              for c in (rec.request_cert, rec.response_cert) if c is not None}  # fmt: skip
     s = f'"{schema}"'

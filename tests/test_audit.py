@@ -4,14 +4,15 @@ from __future__ import annotations
 
 import asyncio
 import json
+import sqlite3
 import subprocess
 import sys
 import time
 import uuid
 from datetime import datetime, timedelta
 from pathlib import Path
+from typing import Any
 
-import orjson
 import pytest
 from cryptography import x509
 
@@ -21,8 +22,8 @@ from xroad_hub.messagelog.audit import (
     load_witness_checkpoint,
     verify_log,
 )
+from xroad_hub.messagelog.record import leaf_of
 from xroad_hub.protocol import merkle
-from xroad_hub.protocol.message import canonical
 
 from .conftest import Fed
 from .sqlite_db import sqlite_db
@@ -48,6 +49,10 @@ async def log_copy(fed: Fed, http, tmp_path: Path) -> Path:
     return dst
 
 
+_CHANGED = (
+    "its columns were changed since it was logged: they no longer give the leaf hash stored "
+    "with them"
+)
 _UNCOVERED = "no checkpoint co-signed by the witness covers"
 _WHY = (
     ": entries could have been erased, renumbered or rewritten unseen; compare the log with "
@@ -64,38 +69,66 @@ def _tamper(path: Path, sql: str, *params: object) -> None:
         conn.execute(sql, params)
 
 
+def _rows(conn: sqlite3.Connection, where: str = "1", *params: object) -> list[dict[str, Any]]:
+    """The exchange rows ``where`` holds, by column name, in leaf order."""
+    conn.row_factory = sqlite3.Row
+    try:
+        sql = f"SELECT * FROM exchange WHERE {where} ORDER BY leaf_index"
+        return [dict(r) for r in conn.execute(sql, params)]
+    finally:
+        conn.row_factory = None
+
+
+def _forge(path: Path, index: int, sql: str, *params: object) -> None:
+    """A consistent forgery: ``sql`` rewrites columns of entry ``index``, and the forger then
+    stores the hash of the leaf the rewritten columns give, as the node would have."""
+    with sqlite_db(path) as conn:
+        conn.execute(sql, params)
+        (row,) = _rows(conn, "leaf_index = ?", index)
+        conn.execute(
+            "UPDATE exchange SET leaf_hash = ? WHERE leaf_index = ?",
+            (merkle.leaf_hash(leaf_of(row)), index),
+        )
+
+
 async def test_untouched_log_verifies_with_the_tree_root(fed: Fed, log_copy: Path) -> None:
     report = verify_log(log_copy, _root(fed))
     assert report.ok, [str(f) for f in report.findings]
     with sqlite_db(log_copy) as conn:
-        leaves = [
-            bytes(r[0]) for r in conn.execute("SELECT leaf FROM exchange ORDER BY leaf_index")
-        ]
-    assert report.entries == len(leaves) >= 4
-    assert report.root == merkle.root([merkle.leaf_hash(leaf) for leaf in leaves])
+        rows = _rows(conn)
+    # Each stored leaf hash is the hash of the leaf its columns give, and they give the root.
+    hashes = [merkle.leaf_hash(leaf_of(row)) for row in rows]
+    assert hashes == [row["leaf_hash"] for row in rows]
+    assert report.entries == len(rows) >= 4
+    assert report.root == merkle.root(hashes)
 
 
 @pytest.mark.parametrize(
     ("sql", "expected"),
     [
-        ("UPDATE exchange SET user_id = 'TH0000000000000' WHERE leaf_index = 1", "column user_id"),
+        ("UPDATE exchange SET user_id = 'TH0000000000000' WHERE leaf_index = 1", _CHANGED),
         (
-            "UPDATE exchange SET leaf = CAST(REPLACE(CAST(leaf AS TEXT), 'registry', 'registrx')"
-            " AS BLOB) WHERE leaf_index = 1",
-            "differs from the leaf",
+            "UPDATE exchange SET service = REPLACE(service, 'registry', 'registrx')"
+            " WHERE leaf_index = 1",
+            _CHANGED,
         ),
+        ("UPDATE exchange SET leaf_hash = zeroblob(32) WHERE leaf_index = 1", _CHANGED),
         (
             "UPDATE exchange SET response_body = X'00' WHERE leaf_index = 1",
             "response_body does not match",
         ),
         (
             "UPDATE exchange SET request_signature = X'00' WHERE leaf_index = 1",
-            "request_signature does not match",
+            _CHANGED,
         ),
         (
             "UPDATE exchange SET request_meta = CAST(REPLACE(CAST(request_meta AS TEXT), 'request',"
             " 'requesx') AS BLOB) WHERE leaf_index = 1",
-            "request_meta does not match",
+            _CHANGED,
+        ),
+        (
+            "UPDATE exchange SET request_body_sha256 = zeroblob(32) WHERE leaf_index = 1",
+            _CHANGED,
         ),
         ("DELETE FROM exchange WHERE leaf_index = 1", "entry 1 is missing"),
         (
@@ -115,29 +148,18 @@ async def test_tampering_is_named_with_its_entry(
 
 
 async def test_consistent_forgery_fails_the_signature(fed: Fed, log_copy: Path) -> None:
-    """Rewriting meta, leaf digest and columns together still breaks the member signature."""
-    import hashlib
-
-    import orjson
-
-    from xroad_hub.protocol.message import canonical
-
-    with sqlite_db(log_copy) as conn:
-        meta, leaf = conn.execute(
-            "SELECT request_meta, leaf FROM exchange WHERE leaf_index = 0"
-        ).fetchone()
-        forged = bytes(meta).replace(b"devportal", b"devportax")
-        doc = orjson.loads(leaf)
-        doc["request_meta_sha256"] = hashlib.sha256(forged).hexdigest()
-        conn.execute(
-            "UPDATE exchange SET request_meta = ?, leaf = ? WHERE leaf_index = 0",
-            (forged, canonical(doc)),
-        )
+    """Rewriting the meta and its leaf hash together still breaks the member signature."""
+    _forge(
+        log_copy, 0,
+        "UPDATE exchange SET request_meta = CAST(REPLACE(CAST(request_meta AS TEXT),"
+        " 'devportal', 'devportax') AS BLOB) WHERE leaf_index = 0",
+    )  # fmt: skip
     report = verify_log(log_copy, _root(fed))
     findings = [str(f) for f in report.findings]
-    assert findings[0] == "entry 0: request signature: signature does not verify"
+    assert findings[0] == "entry 0: request signature: signature does not verify", findings
     # The answer no longer carries the hash of the (rewritten) request, and the rewritten
-    # leaf no longer gives the checkpoints' roots, so no witnessed checkpoint covers the log.
+    # leaf hash no longer gives the checkpoints' roots, so no witnessed checkpoint covers
+    # the log.
     assert all(
         "history rewritten" in f or "hash of the logged request" in f or _UNCOVERED in f
         for f in findings[1:]
@@ -165,15 +187,8 @@ async def test_checkpoints_verify_and_catch_a_rewritten_history(fed: Fed, log_co
     report = verify_log(log_copy, _root(fed))
     assert report.ok and report.checkpoints >= 1
     # Rewrite an entry consistently where nothing signed repeats it (the logged finish
-    # time; leaf and column agree): only the signed checkpoint can tell.
-    with sqlite_db(log_copy) as conn:
-        leaf = bytes(conn.execute("SELECT leaf FROM exchange WHERE leaf_index = 0").fetchone()[0])
-        doc = orjson.loads(leaf)
-        doc["finished_at"] += 1
-        conn.execute(
-            "UPDATE exchange SET leaf = ?, finished_at = ? WHERE leaf_index = 0",
-            (canonical(doc), doc["finished_at"]),
-        )
+    # time, and the leaf hash to match): only the signed checkpoint can tell.
+    _forge(log_copy, 0, "UPDATE exchange SET finished_at = finished_at + 1 WHERE leaf_index = 0")
     findings = [str(f) for f in verify_log(log_copy, _root(fed)).findings]
     assert findings and all("history rewritten" in f or _UNCOVERED in f for f in findings)
     assert findings[-1] == f"log: {_UNCOVERED} any of the {report.entries} entries" + _WHY
@@ -230,14 +245,19 @@ async def test_swapped_rows_break_the_checkpoint(fed: Fed, log_copy: Path) -> No
 
 async def test_tree_only_mode_checks_tree_and_checkpoints(fed: Fed, log_copy: Path) -> None:
     assert verify_log(log_copy, _root(fed), entries=False).ok
-    # A changed column is the full check's business; a changed leaf breaks the tree.
+    # A changed column no longer gives the entry's leaf hash, in either mode; a changed
+    # leaf hash breaks the tree.
     _tamper(log_copy, "UPDATE exchange SET user_id = 'x' WHERE leaf_index = 0")
-    assert verify_log(log_copy, _root(fed), entries=False).ok
-    assert not verify_log(log_copy, _root(fed)).ok
-    _tamper(log_copy, "UPDATE exchange SET leaf = CAST('{}' AS BLOB) WHERE leaf_index = 0")
+    for entries in (False, True):
+        findings = [str(f) for f in verify_log(log_copy, _root(fed), entries=entries).findings]
+        assert f"entry 0: {_CHANGED}" in findings
+    _tamper(
+        log_copy, "UPDATE exchange SET leaf_hash = ? WHERE leaf_index = 0", merkle.leaf_hash(b"{}")
+    )
     findings = [str(f) for f in verify_log(log_copy, _root(fed), entries=False).findings]
     assert findings and all(
-        "history rewritten" in f or _UNCOVERED in f or "subject index" in f for f in findings
+        "history rewritten" in f or _UNCOVERED in f or "subject index" in f or _CHANGED in f
+        for f in findings
     ), findings
     assert any("history rewritten" in f for f in findings), findings
 
@@ -268,17 +288,11 @@ def test_bench_audit_against_another_tree_verifies_the_log_it_wrote() -> None:
 
 async def test_leaf_must_repeat_the_signed_values(fed: Fed, log_copy: Path) -> None:
     """A genuine signature logged under another user, case or subsystem is caught, even when
-    leaf and columns agree (only the checkpoint would otherwise tell)."""
-    with sqlite_db(log_copy) as conn:
-        leaf = bytes(conn.execute("SELECT leaf FROM exchange WHERE leaf_index = 0").fetchone()[0])
-        doc = orjson.loads(leaf)
-        doc["issue"] = "SOMEONE-ELSES-CASE"
-        conn.execute(
-            "UPDATE exchange SET leaf = ?, issue = ? WHERE leaf_index = 0",
-            (canonical(doc), "SOMEONE-ELSES-CASE"),
-        )
+    the leaf hash is recomputed to match (only the checkpoint would otherwise tell)."""
+    _forge(log_copy, 0, "UPDATE exchange SET issue = 'SOMEONE-ELSES-CASE' WHERE leaf_index = 0")
     findings = [str(f) for f in verify_log(log_copy, _root(fed)).findings]
     assert "entry 0: the leaf's issue is not the signed request's" in findings, findings
+    assert f"entry 0: {_CHANGED}" not in findings, findings  # the forgery is consistent
 
 
 async def test_a_node_cannot_witness_itself(fed: Fed, log_copy: Path) -> None:
@@ -351,15 +365,8 @@ async def test_log_diverging_from_the_witness_checkpoint_fails(
     answer = await _witness_answer(fed, http)
     witness = _witness_file(tmp_path, answer)
     assert verify_log(log_copy, _root(fed), witnesses=[witness]).ok
-    with sqlite_db(log_copy) as conn:
-        leaf = bytes(conn.execute("SELECT leaf FROM exchange WHERE leaf_index = 0").fetchone()[0])
-        doc = orjson.loads(leaf)
-        doc["finished_at"] += 1
-        conn.execute(
-            "UPDATE exchange SET leaf = ?, finished_at = ? WHERE leaf_index = 0",
-            (canonical(doc), doc["finished_at"]),
-        )
-        conn.execute("DELETE FROM checkpoint")
+    _forge(log_copy, 0, "UPDATE exchange SET finished_at = finished_at + 1 WHERE leaf_index = 0")
+    _tamper(log_copy, "DELETE FROM checkpoint")
     findings = [str(f) for f in verify_log(log_copy, _root(fed), witnesses=[witness]).findings]
     assert (
         f"log: the log's first {answer['size']} entries do not give the root the witness "
@@ -457,16 +464,10 @@ async def test_rewritten_finish_times_do_not_make_old_uncovered_entries_young(
     path = await _log_with_uncovered_entries(fed, http, tmp_path / "rewritten.sqlite", 2)
     report = verify_log(path, _root(fed))
     later = time.time() + 7200
-    with sqlite_db(path) as conn:
-        rows = conn.execute(
-            "SELECT leaf_index, leaf FROM exchange WHERE leaf_index >= ?", (report.covered,)
-        ).fetchall()
-        for index, leaf in rows:
-            rewritten = {**orjson.loads(leaf), "finished_at": later}
-            conn.execute(
-                "UPDATE exchange SET leaf = ? WHERE leaf_index = ?",
-                (orjson.dumps(rewritten, option=orjson.OPT_SORT_KEYS), index),
-            )
+    for index in range(report.covered, report.entries):
+        _forge(
+            path, index, "UPDATE exchange SET finished_at = ? WHERE leaf_index = ?", later, index
+        )
     findings = [str(f) for f in verify_log(path, _root(fed), now=later, grace=3600).findings]
     assert any("covered by no witnessed checkpoint, longer than" in f for f in findings), findings
 
@@ -504,8 +505,17 @@ async def test_subject_index_is_checked_against_the_leaves(fed: Fed, log_copy: P
             "entry 1: column started_at holds text ('yesterday'), not a number",
         ),
         (
-            "UPDATE exchange SET leaf = CAST(leaf AS TEXT) WHERE leaf_index = 1",
-            "entry 1: column leaf holds text",
+            "UPDATE exchange SET leaf_hash = hex(leaf_hash) WHERE leaf_index = 1",
+            "entry 1: column leaf_hash holds text",
+        ),
+        (
+            "UPDATE exchange SET leaf_hash = X'00' WHERE leaf_index = 1",
+            "entry 1: column leaf_hash is not a SHA-256 hash",
+        ),
+        (
+            "UPDATE exchange SET response_body_sha256 = hex(response_body_sha256)"
+            " WHERE leaf_index = 1",
+            "entry 1: column response_body_sha256 holds text",
         ),
         (
             "UPDATE exchange SET status = '200 OK' WHERE leaf_index = 1",
@@ -616,7 +626,7 @@ async def test_batched_check_finds_what_the_entry_by_entry_check_finds(
 
     _tamper(log_copy, sql)
     for mode in (True, False):
-        monkeypatch.setattr(audit._FastPage, "check", lambda *a: None)
+        monkeypatch.setattr(audit._FastPage, "check", lambda *a: False)
         slow = [str(f) for f in verify_log(log_copy, _root(fed), entries=mode).findings]
         monkeypatch.undo()
         assert slow or not mode, "the full check must find the tampering"
@@ -642,48 +652,59 @@ async def test_batched_check_passes_an_untouched_log_without_the_slow_check(
     assert report.ok and report.entries >= 4, [str(f) for f in report.findings]
 
 
-@pytest.mark.parametrize(
-    "leaf",
-    [
-        b'{"a":1,"subjects":["1"],"user_id":null,"v":1}',
-        b'{"a":"x","subjects":["1","2"],"user_id":"u\\"s","v":1}',
-        # A nested "subjects" is not the leaf's: it has none.
-        b'{"a":{"b":1,"subjects":["1"],"user_id":null,"v":1}}',
-        # A later duplicate key wins; an earlier one must not be read instead.
-        b'{"subjects":["2"],"x":1,"subjects":["1"],"user_id":null,"v":1}',
-        # The tail inside a string value.
-        b'{"a":"\\",\\"subjects\\":[\\"9\\"],\\"user_id\\":null,\\"v\\":1}","v":1}',
-        b'{"a":1,"subjects":[["1"]],"user_id":null,"v":1}',
-        b'{"a":1,"subjects":"1","user_id":null,"v":1}',
-        b'["a",{"subjects":["1"],"user_id":null,"v":1}]',
-    ],
-)
-def test_tree_only_pass_reads_the_subjects_a_json_parser_reads(leaf: bytes) -> None:
-    """The tree-only pass reads a leaf's subjects off its end instead of parsing it: it must
-    find what parsing finds. (A leaf that is not JSON names no subjects to check against.)"""
-    from xroad_hub.messagelog.audit import _NOT_A_LEAF, _leaf_subjects
-
-    parsed = orjson.loads(leaf)
-    expected = parsed.get("subjects") if isinstance(parsed, dict) else _NOT_A_LEAF
-    assert _leaf_subjects(leaf) == expected
+_NO_LEAF = ["not JSON", "", "[" * 1010 + "]" * 1010]  # columns that give no leaf to hash
+_ODD_SUBJECTS = [
+    '{"subjects":["1"]}',  # an object holding a list, not a list
+    '"1"',
+    "null",
+    "[null]",
+    "[1]",  # a number where the index holds text
+    '["1","1"]',
+    '["1","2"] ',
+    '[["1"]]',
+    '[{"id":1}]',
+]
 
 
 @pytest.mark.parametrize(
-    "nested", [b'[["1101700203450"]]', b'[{"id":1}]', b"[" * 1010 + b"]" * 1010]
+    ("subjects", "consistent"),
+    [(s, False) for s in _ODD_SUBJECTS + _NO_LEAF] + [(s, True) for s in _ODD_SUBJECTS],
 )
-async def test_a_leaf_naming_no_subject_is_a_finding_not_a_crash(
-    fed: Fed, log_copy: Path, nested: bytes
+async def test_odd_subjects_column_gives_the_findings_of_the_entry_by_entry_check(
+    fed: Fed, log_copy: Path, subjects: str, consistent: bool, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    """A leaf is JSON anyone with the file can write: lists or objects where subjects go, or
-    nesting deeper than Python's repr goes, are findings of the entry, never a crash."""
-    with sqlite_db(log_copy) as conn:
-        raw = bytes(conn.execute("SELECT leaf FROM exchange WHERE leaf_index = 2").fetchone()[0])
-    at = raw.index(b'"subjects":') + len(b'"subjects":')
-    _tamper(
-        log_copy,
-        "UPDATE exchange SET leaf = ? WHERE leaf_index = 2",
-        raw[:at] + nested + raw[raw.index(b"]", at) + 1 :],
-    )
+    """The subjects column is text anyone with the file can write: whatever JSON (or not) it
+    holds, the batched check and the tree-only pass, which parse it themselves, must find
+    exactly what the entry-by-entry check finds, and that must name the entry's subjects
+    (also when the forger stored the hash of the leaf the new column gives)."""
+    from xroad_hub.messagelog import audit
+
+    sql = "UPDATE exchange SET subjects = ? WHERE leaf_index = 2"
+    if consistent:
+        _forge(log_copy, 2, sql, subjects)
+    else:
+        _tamper(log_copy, sql, subjects)
+    for mode in (True, False):
+        monkeypatch.setattr(audit._FastPage, "check", lambda *a: False)
+        slow = verify_log(log_copy, _root(fed), entries=mode).findings
+        monkeypatch.undo()
+        assert any(f.leaf_index == 2 and "subject" in f.problem for f in slow), (mode, slow)
+        if consistent:
+            assert all(_CHANGED not in f.problem for f in slow), (mode, slow)
+        for page in (1, 2, 3, 4096):
+            monkeypatch.setattr(audit, "_PAGE", page)
+            fast = verify_log(log_copy, _root(fed), entries=mode).findings
+            assert [str(f) for f in fast] == [str(f) for f in slow], (page, mode)
+
+
+@pytest.mark.parametrize("nested", ['[["1101700203450"]]', '[{"id":1}]', "[" * 1010 + "]" * 1010])
+async def test_a_leaf_naming_no_subject_is_a_finding_not_a_crash(
+    fed: Fed, log_copy: Path, nested: str
+) -> None:
+    """The subjects column (part of the leaf) is JSON anyone with the file can write: lists
+    or objects where subjects go, or nesting deeper than Python's repr goes, are findings of
+    the entry, never a crash."""
+    _tamper(log_copy, "UPDATE exchange SET subjects = ? WHERE leaf_index = 2", nested)
     for entries in (True, False):
         report = verify_log(log_copy, _root(fed), entries=entries)
         assert not report.ok

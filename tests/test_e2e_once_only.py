@@ -42,6 +42,7 @@ from xroad_hub.demo.harness import (
 )
 from xroad_hub.demo.synthetic import companies, demo_people
 from xroad_hub.messagelog.audit import check_signed_part, search_log
+from xroad_hub.messagelog.record import leaf_of
 from xroad_hub.messagelog.search import SearchFilter
 from xroad_hub.node import Node
 from xroad_hub.pki import load_private_key
@@ -170,7 +171,7 @@ def _signed_request_meta(demo: DemoFederation, node_id: str, message_id: str) ->
     meta_bytes = bytes(row["request_meta"])
     body = None if row["request_body"] is None else bytes(row["request_body"])
     problem = check_signed_part(
-        SignatureVerifier([root]), "request", orjson.loads(bytes(row["leaf"])), meta_bytes,
+        SignatureVerifier([root]), "request", orjson.loads(leaf_of(row)), meta_bytes,
         bytes(row["request_signature"]), bytes(cert[0]), body, (meta_bytes, body),
     )  # fmt: skip
     assert problem is None, problem

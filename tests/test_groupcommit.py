@@ -43,7 +43,7 @@ async def test_an_abandoned_append_is_written_and_the_others_get_their_indexes()
     async def write(batch: list[Pending]) -> int:
         await release.wait()
         first = len(written)
-        written.extend(rec.message_id for rec, _, _ in batch)
+        written.extend(rec.message_id for rec, _, _, _ in batch)
         return first
 
     commits = GroupCommit(write, max_batch=10)
@@ -74,7 +74,7 @@ async def test_threaded_writer_fails_a_batch_whose_write_raises_and_lives_on() -
         return 7
 
     commits = ThreadedGroupCommit(
-        write, lambda batch, first: committed.extend(r.message_id for r, _, _ in batch), 10
+        write, lambda batch, first: committed.extend(r.message_id for r, _, _, _ in batch), 10
     )
     commits.start("test")
     with pytest.raises(LogError, match="disk I/O error"):
@@ -93,7 +93,7 @@ async def test_threaded_writer_runs_other_writes_in_order_with_the_batches() -> 
 
     def write(batch: list[Pending]) -> int:
         first = len(written)
-        written.extend(rec.message_id for rec, _, _ in batch)
+        written.extend(rec.message_id for rec, _, _, _ in batch)
         return first
 
     def checkpoint() -> int:

@@ -12,20 +12,20 @@ import subprocess
 import sys
 import uuid
 from pathlib import Path
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
-import orjson
 import pytest
 from cryptography import x509
 
 from xroad_hub.messagelog.audit import log_node, search_log, verify_log
 from xroad_hub.messagelog.evidence import EvidenceError, export_bundle, verify_bundle
+from xroad_hub.messagelog.layout import COLUMNS
 from xroad_hub.messagelog.reader import LogReadError
+from xroad_hub.messagelog.record import leaf_of
 from xroad_hub.messagelog.search import SearchFilter
 from xroad_hub.messagelog.source import open_reader
 from xroad_hub.node.trackerapi import citizen_accesses
 from xroad_hub.protocol import merkle
-from xroad_hub.protocol.message import canonical
 
 from .conftest import Fed
 from .sqlite_db import sqlite_db
@@ -38,6 +38,10 @@ pytest_plugins = ["tests.messagelog_backends"]
 DGA = "TH/GOV/DGA/hub1"
 DBD = "TH/GOV/DBD/hub1"
 CITIZEN = "1101700203450"
+_CHANGED = (
+    "its columns were changed since it was logged: they no longer give the leaf hash stored "
+    "with them"
+)
 
 
 @pytest.fixture
@@ -64,6 +68,12 @@ def _roots(fed: Fed) -> list[x509.Certificate]:
     return [x509.load_pem_x509_certificate(fed.pki.root_ca.cert.read_bytes())]
 
 
+async def _rows(b: Backend, where: str = "TRUE", *args: object) -> list[dict[str, Any]]:
+    """The exchange rows ``where`` holds, by column name, in leaf order."""
+    sql = f"SELECT {', '.join(COLUMNS)} FROM {{exchange}} WHERE {where} ORDER BY leaf_index"
+    return [dict(zip(COLUMNS, r, strict=True)) for r in await b.query(sql, *args)]
+
+
 async def _verify(fed: Fed, b: Backend, **kw: object) -> list[str]:
     # Readers block: on the test's event loop they would refuse (PostgreSQL) or stall it.
     report = await asyncio.to_thread(functools.partial(verify_log, b.source(), _roots(fed), **kw))
@@ -74,9 +84,12 @@ async def test_untouched_log_verifies_with_the_tree_root(fed: Fed, node_log) -> 
     b, _ = node_log
     report = await asyncio.to_thread(verify_log, b.source(), _roots(fed))
     assert report.ok, [str(f) for f in report.findings]
-    leaves = [bytes(r[0]) for r in await b.query("SELECT leaf FROM {exchange} ORDER BY leaf_index")]
-    assert report.entries == len(leaves) >= 5 and report.witnessed >= 1
-    assert report.root == merkle.root([merkle.leaf_hash(leaf) for leaf in leaves])
+    rows = await _rows(b)
+    # Each stored leaf hash is the hash of the leaf its columns give, and they give the root.
+    hashes = [merkle.leaf_hash(leaf_of(row)) for row in rows]
+    assert hashes == [bytes(row["leaf_hash"]) for row in rows]
+    assert report.entries == len(rows) >= 5 and report.witnessed >= 1
+    assert report.root == merkle.root(hashes)
     assert await asyncio.to_thread(log_node, b.source()) == DBD
 
 
@@ -84,11 +97,13 @@ async def test_untouched_log_verifies_with_the_tree_root(fed: Fed, node_log) -> 
     ("sql", "args", "expected"),
     [
         ("UPDATE {exchange} SET user_id = 'TH0000000000000' WHERE leaf_index = 1", (),
-         "entry 1: column user_id"),
+         f"entry 1: {_CHANGED}"),
+        ("UPDATE {exchange} SET leaf_hash = ? WHERE leaf_index = 1", (bytes(32),),
+         f"entry 1: {_CHANGED}"),
         ("UPDATE {exchange} SET response_body = ? WHERE leaf_index = 1", (b"\0",),
          "entry 1: response_body does not match"),
         ("UPDATE {exchange} SET request_signature = ? WHERE leaf_index = 1", (b"\0",),
-         "entry 1: request_signature does not match"),
+         f"entry 1: {_CHANGED}"),
         ("DELETE FROM {exchange} WHERE leaf_index = 1", (), "entry 1: entry 1 is missing"),
         ("UPDATE {exchange} SET leaf_index = leaf_index + 1000000 WHERE leaf_index = 0", (),
          "entry 0: entry 0 is missing"),
@@ -107,18 +122,19 @@ async def test_tampering_through_the_backend_is_named(
 
 
 async def test_rewritten_history_fails_the_checkpoint(fed: Fed, node_log) -> None:
-    """An entry rewritten consistently (leaf and column agree) where nothing signed repeats
-    it: only the signed checkpoint can tell."""
+    """An entry rewritten consistently (the column, and the leaf hash to match) where nothing
+    signed repeats it: only the signed checkpoint can tell."""
     b, _ = node_log
-    ((leaf,),) = await b.query("SELECT leaf FROM {exchange} WHERE leaf_index = 0")
-    doc = orjson.loads(bytes(leaf))
-    doc["finished_at"] += 1
+    await b.tamper("UPDATE {exchange} SET finished_at = finished_at + 1 WHERE leaf_index = 0")
+    (row,) = await _rows(b, "leaf_index = 0")
     await b.tamper(
-        "UPDATE {exchange} SET leaf = ?, finished_at = ? WHERE leaf_index = 0",
-        canonical(doc), doc["finished_at"],
-    )  # fmt: skip
-    findings = await _verify(fed, b, entries=False)
-    assert any("history rewritten" in f for f in findings), findings
+        "UPDATE {exchange} SET leaf_hash = ? WHERE leaf_index = 0", merkle.leaf_hash(leaf_of(row))
+    )
+    for entries in (False, True):
+        findings = await _verify(fed, b, entries=entries)
+        assert any("history rewritten" in f for f in findings), findings
+        # The forgery is consistent: no entry's check tells.
+        assert all(f.startswith("log: ") for f in findings), findings
 
 
 async def test_truncated_log_fails_its_checkpoint(fed: Fed, node_log) -> None:

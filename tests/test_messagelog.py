@@ -178,7 +178,7 @@ async def test_find_returns_rows_with_bodies(mlog: MessageLog) -> None:
     # the row factory is restored: plain queries still give tuples
     assert await mlog.count() == 3
     # every backend gives the SQLite columns, in order, so one audit reads them all
-    assert list(rows[0]) == list(SQLITE_COLUMNS)
+    assert list(rows[0]) == [*SQLITE_COLUMNS, "leaf"]  # the leaf, rebuilt
 
 
 async def test_subjects_are_stored_and_indexed(backend: Backend) -> None:

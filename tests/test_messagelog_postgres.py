@@ -228,8 +228,8 @@ async def test_small_and_large_batches_store_the_same_rows(pg_backend: PostgresB
     for i in (0, 1):
         rec = _rec(i)
         (row,) = await log.find(rec.message_id)
-        want = dict(zip(pg._COLUMNS, pg._exchange_row(i, rec, rec.leaf()), strict=True))
-        assert row == want
+        want = dict(zip(pg._COLUMNS, (i, *rec.stored()), strict=True))
+        assert row == want | {"leaf": rec.leaf()}
 
 
 async def test_a_small_batch_is_one_statement_all_or_nothing(pg_backend: PostgresBackend) -> None:
@@ -247,8 +247,9 @@ async def test_a_small_batch_is_one_statement_all_or_nothing(pg_backend: Postgre
     await conn.execute(
         f'INSERT INTO "{s}".exchange SELECT 2, message_id, request_id, role, client, service,'
         " user_id, issue, represented_party, method, status, error_type, started_at,"
-        " finished_at, leaf, request_meta, request_signature, response_meta,"
-        " response_signature, request_body, response_body, request_cert_sha256,"
+        " finished_at, leaf_hash, request_meta, request_signature, response_meta,"
+        " response_signature, request_body, response_body, request_body_sha256,"
+        " response_body_sha256, request_cert_sha256,"
         f' response_cert_sha256, subjects FROM "{s}".exchange WHERE leaf_index = 0'
     )
     doomed = dataclasses.replace(
@@ -271,7 +272,7 @@ async def test_a_few_exchanges_with_large_bodies_are_copied_not_one_statement(
     it the writer lock, so the log failed closed until reopened). A batch whose bodies are
     large goes in with COPY, one message per row, whatever its number of rows."""
     # What one statement may carry besides the bodies is capped by the envelope's limits.
-    rest = 2 * (MAX_META + MAX_SIGNATURE + MAX_CERT) + 64 * 1024  # and the leaf, roughly
+    rest = 2 * (MAX_META + MAX_SIGNATURE + MAX_CERT) + 64 * 1024  # and the rest of a row
     assert pg._ONE_STATEMENT_MAX_BYTES + (pg._COPY_FROM - 1) * rest < 1 << 30
     monkeypatch.setattr(pg, "_ONE_STATEMENT_MAX_BYTES", 1000)  # (not 1 GB in a test)
     log = await pg_backend.open()
@@ -291,7 +292,8 @@ async def test_a_few_exchanges_with_large_bodies_are_copied_not_one_statement(
     assert copied == [2]
     for i, rec in enumerate(big):
         (row,) = await log.find(rec.message_id)
-        assert row == dict(zip(pg._COLUMNS, pg._exchange_row(i, rec, rec.leaf()), strict=True))
+        want = dict(zip(pg._COLUMNS, (i, *rec.stored()), strict=True))
+        assert row == want | {"leaf": rec.leaf()}
     # a small batch of small bodies is still one statement
     assert await log.append(_rec(2)) == 2
     assert copied == [2]

@@ -210,8 +210,8 @@ def build_parser() -> argparse.ArgumentParser:
     verify.add_argument(
         "--tree-only",
         action="store_true",
-        help="check sequence, tree, subject index and checkpoints only (much faster); "
-        "without it every entry's digests and signatures are checked too",
+        help="check sequence, leaf hashes, tree, subject index and checkpoints only (much "
+        "faster); without it every entry's bodies and signatures are checked too",
     )
     verify.add_argument(
         "--witness",

@@ -2,11 +2,12 @@
 federation root certificate.
 
 For every entry, in order: the leaf index continues the sequence (a deleted or reordered row
-shows up as a gap); the stored leaf is canonical and agrees with every searchable column; the
-digests in the leaf match the stored metadata, signatures, certificates and (unless purged by
-retention) bodies; the request is signed by the client's member and the answer by the
-provider's, with certificates issued by the federation CA. The leaves then give the log's
-Merkle root (RFC 9162). Problems are reported by leaf index, first one first.
+shows up as a gap); the leaf rebuilt from its columns (``record.leaf_of``) has the leaf hash
+stored when it was logged, so no column changed since; the bodies (unless purged by
+retention) match their stored digests; the request is signed by the client's member and the
+answer by the provider's, with certificates issued by the federation CA, and the signed
+values are the logged ones. The stored leaf hashes then give the log's Merkle root (RFC
+9162). Problems are reported by leaf index, first one first.
 
 Every checkpoint stored in the log must be signed by the node's checkpoint key (certified
 by the federation CA), be that node's, and name the root that the entries before it give
@@ -21,7 +22,7 @@ registry or saved by the auditor) must be a prefix of the log with the same root
 
 The subject index (who each exchange concerns, read by the citizens' tracker and by
 ``search --subject``) is derived data outside the tree; it must name exactly the subjects
-of each leaf. A column holding a value of another type is a finding, never a crash.
+of each entry. A column holding a value of another type is a finding, never a crash.
 """
 
 from __future__ import annotations
@@ -30,8 +31,6 @@ import base64
 import binascii
 import hashlib
 import itertools
-import operator
-import re
 import struct
 import time
 from collections.abc import Callable, Iterator, Sequence
@@ -49,15 +48,16 @@ from cryptography.hazmat.primitives.asymmetric import ed25519
 from cryptography.x509.oid import NameOID
 
 from xroad_hub.errors import ProtocolError
+from xroad_hub.messagelog.layout import COLUMNS
 from xroad_hub.messagelog.reader import LogReader, LogReadError, Row, as_dict
-from xroad_hub.messagelog.record import sha256_hex
+from xroad_hub.messagelog.record import leaf_of
 from xroad_hub.messagelog.search import SearchFilter
 from xroad_hub.messagelog.source import LogSource, reading
 from xroad_hub.protocol import merkle
 from xroad_hub.protocol.checkpoint import Checkpoint, CheckpointError, NoteVerifier, open_note
 from xroad_hub.protocol.globalconf import Revocation
 from xroad_hub.protocol.identifiers import parse_client_id, parse_node_id, parse_service_id
-from xroad_hub.protocol.message import body_digest, canonical
+from xroad_hub.protocol.message import body_digest
 from xroad_hub.protocol.rest import request_hash
 from xroad_hub.protocol.rfc3161 import TimestampError, verify_response
 from xroad_hub.protocol.signing import (
@@ -84,21 +84,15 @@ __all__ = [
     "witness_name",
 ]
 
-# Leaf fields that are also stored as columns (searchable); they must agree.
-_COLUMN_FIELDS = (
-    "message_id", "request_id", "role", "client", "service", "user_id", "issue",
-    "represented_party", "method", "status", "error_type",
-)  # fmt: skip
-_DIGESTS = (
-    ("request_meta", "request_meta_sha256"),
-    ("request_signature", "request_signature_sha256"),
-    ("response_meta", "response_meta_sha256"),
-    ("response_signature", "response_signature_sha256"),
-)
+# Bodies and the columns holding their SHA-256 (which the leaf holds): a body may be purged.
 _BODIES = (("request_body", "request_body_sha256"), ("response_body", "response_body_sha256"))
-_CERTS = (
-    ("request_cert_sha256", "request_cert_sha256"),
-    ("response_cert_sha256", "response_cert_sha256"),
+# What the tree-only check reads of each entry: all but the bodies. Its leaf is rebuilt
+# from them and must give the stored hash, or any column of a covered entry (who asked,
+# the subjects, the finish time) could be changed unseen.
+_TREE_COLUMNS = tuple(c for c in COLUMNS if c not in ("request_body", "response_body"))
+_CHANGED = (
+    "its columns were changed since it was logged: they no longer give the leaf hash stored "
+    "with them"
 )
 
 
@@ -154,27 +148,28 @@ DEFAULT_GRACE = 3600.0
 
 class _SubjectIndex:
     """The subject index (what the citizens' tracker and ``search --subject`` read), walked
-    beside the leaves: each entry's rows must be exactly the subjects its leaf names. The
-    index is derived data (a trigger fills it), so nothing signed covers it but the leaves."""
+    beside the entries: each entry's rows must be exactly the subjects its ``subjects``
+    column (part of its leaf) names. The index is derived data (a trigger fills it), so
+    nothing signed covers it but the leaves."""
 
     def __init__(self, reader: LogReader) -> None:
         self._rows = reader.subject_index()
         self._next: tuple[Any, Any] | None = next(self._rows, None)
 
-    def check(self, index: int, leaf: dict[str, Any] | None) -> Iterator[str]:
+    def check(self, index: int, subjects: Any) -> Iterator[str]:
+        """``subjects``: the entry's ``subjects`` column, parsed (None if it is not JSON)."""
         actual: set[Any] = set()
         while self._next is not None and self._next[0] == index:
             actual.add(self._next[1])
             self._next = next(self._rows, None)
-        if leaf is None:
-            return  # a leaf that is not JSON is reported already
-        subjects = leaf.get("subjects")
-        subjects = subjects if isinstance(subjects, list) else []
+        if not isinstance(subjects, list):
+            yield "column subjects is not a JSON list"
+            subjects = []
         # JSON lists and objects are no subjects (and cannot go into a set: they crashed
         # the audit); the rest is compared with the index as always.
         for subject in subjects:
             if isinstance(subject, list | dict):
-                yield f"the leaf names {_short(subject)} as a subject, which is not one"
+                yield f"the entry names {_short(subject)} as a subject, which is not one"
         want = {s for s in subjects if not isinstance(s, list | dict)}
         for subject in sorted(want - actual, key=str):
             yield f"the subject index lacks {subject!r}: the citizen's tracker and searches miss it"
@@ -224,10 +219,12 @@ _TYPES: dict[str, tuple[tuple[type, ...], bool]] = {
     "service": ((str,), False), "user_id": ((str,), True), "issue": ((str,), True),
     "represented_party": ((str,), True), "method": ((str,), False),
     "status": ((int,), False), "error_type": ((str,), True),
-    "started_at": (_NUMBER, False), "finished_at": (_NUMBER, False), "leaf": ((bytes,), False),
+    "started_at": (_NUMBER, False), "finished_at": (_NUMBER, False),
+    "leaf_hash": ((bytes,), False),
     "request_meta": ((bytes,), False), "request_signature": ((bytes,), False),
     "response_meta": ((bytes,), True), "response_signature": ((bytes,), True),
     "request_body": ((bytes,), True), "response_body": ((bytes,), True),
+    "request_body_sha256": ((bytes,), False), "response_body_sha256": ((bytes,), True),
     "request_cert_sha256": ((str,), False), "response_cert_sha256": ((str,), True),
     "subjects": ((str,), False),
 }  # fmt: skip
@@ -291,10 +288,10 @@ def verify_log(
     """Verify the log ``log`` (a file, a PostgreSQL DSN or an open reader); never modifies
     it.
 
-    ``entries=False`` checks only the sequence, the tree, the subject index and the
-    checkpoints (signatures, witnesses, timestamps): an order of magnitude faster, and
-    enough to show that nothing covered by a checkpoint changed; the full check also proves
-    every entry's content.
+    ``entries=False`` checks only the sequence, each entry's leaf (rebuilt from its columns)
+    against its stored hash, the tree, the subject index and the checkpoints (signatures,
+    witnesses, timestamps): much faster, and enough to show that nothing covered by a
+    checkpoint changed; the full check also proves the bodies and signatures.
 
     ``witnesses`` are the witness's own latest checkpoints for the node (fetched from the
     registry or saved by the auditor): the log must hold at least as many entries and give
@@ -365,14 +362,14 @@ def _verify(
     origin = f"xroad-hub/{node}" if node else (trusted[0].origin if trusted else None)
     wanted = {int(c["size"]) for c in checkpoints} | {cp.size for cp in trusted}
     roots_at: dict[int, bytes] = {}
-    # Finish time (from the leaf) of the entries right after each checkpoint: where the part
-    # no witnessed checkpoint covers may start.
+    # Finish time of the entries right after each checkpoint: where the part no witnessed
+    # checkpoint covers may start.
     finished: dict[int, float] = {}
     tree = merkle.CompactRange()
     subject_index = _SubjectIndex(reader)
     checks: list[tuple[int, frozenset[type]]] | None = None
     fast: _FastPage | None = None
-    columns = None if entries else ("leaf_index", "leaf")
+    columns = None if entries else _TREE_COLUMNS
 
     def note_revoked(index: int, row: Row) -> None:
         """Remember the entry's signatures by certificates revoked since (judged later)."""
@@ -399,22 +396,32 @@ def _verify(
         wrong = [] if all(type(row[i]) in ok for i, ok in checks) else [*_wrong_types(row, _TYPES)]
         for problem in wrong:
             report.findings.append(Finding(index, problem))
-        raw = row["leaf"]
-        raw = raw if isinstance(raw, bytes) else str(raw).encode()  # reported just above
-        leaf = _leaf_dict(raw)
         if entries and not wrong:
             try:
                 for problem in _check_entry(row, certs, verifier):
                     report.findings.append(Finding(index, problem))
             except Exception as exc:  # a crafted row must not stop the audit
                 report.findings.append(Finding(index, f"cannot be checked: {exc!r}"))
+        elif not wrong:
+            try:
+                if _leaf_changed(as_dict(row)):
+                    report.findings.append(Finding(index, _CHANGED))
+            except Exception as exc:  # a crafted row must not stop the audit
+                report.findings.append(Finding(index, f"cannot be checked: {exc!r}"))
         if not wrong:
             note_revoked(index, row)
-        for problem in subject_index.check(index, leaf):
+        for problem in subject_index.check(index, _json(row["subjects"])):
             report.findings.append(Finding(index, problem))
         if index == 0 or index in wanted:
-            finished[index] = _earliest_time(leaf, row if entries else None)
-        tree.append(merkle.leaf_hash(raw))
+            finished[index] = _earliest_time(row["finished_at"], row if entries else None)
+        leaf_hash = row["leaf_hash"]
+        if not (isinstance(leaf_hash, bytes) and len(leaf_hash) == 32):
+            if isinstance(leaf_hash, bytes):  # another type is reported above
+                report.findings.append(Finding(index, "column leaf_hash is not a SHA-256 hash"))
+            # The tree takes something in its place, so that later entries keep their
+            # indexes; the checkpoints covering it then fail, as they must.
+            leaf_hash = merkle.leaf_hash(repr(leaf_hash).encode())
+        tree.append(leaf_hash)
         report.entries += 1
         if report.entries in wanted:
             roots_at[report.entries] = tree.root()
@@ -431,27 +438,21 @@ def _verify(
         start = report.entries
         if fast is None:
             fast = _FastPage(list(page[0].keys()), certs, verifier, entries)
-        leaves = fast.check(page, start, subject_index)
-        if leaves is None:
+        if not fast.check(page, start, subject_index):
             complete = all(one(start + i, row) for i, row in enumerate(page))
             continue
         end = start + len(page)
         for index in sorted({0, *wanted} & set(range(start, end))):
-            # The tree-only check does not parse leaves (None): these few are parsed here.
-            leaf = leaves[index - start]
-            raw = page[index - start][fast.leaf_column]
-            finished[index] = _earliest_time(
-                leaf if leaf is not None else _leaf_dict(raw),
-                page[index - start] if entries else None,
-            )
+            row = page[index - start]
+            finished[index] = _earliest_time(row["finished_at"], row if entries else None)
         if revoked and entries:
             # A page the batched check passes may still hold signatures of certificates
             # revoked since: judged with the checkpoints' timestamps, as entry by entry.
             for index, row in enumerate(page, start):
                 note_revoked(index, row)
-        # The page's leaves go into the tree in runs that end where a root is wanted (a
-        # checkpoint's size) or progress is told, hashed in one comprehension each.
-        hashes = [_sha256(b"\0" + raw).digest() for raw in fast.raw_leaves(page)]
+        # The page's leaf hashes go into the tree in runs that end where a root is wanted (a
+        # checkpoint's size) or progress is told.
+        hashes = fast.leaf_hashes(page)
         stops = sorted(
             {n for n in wanted if start < n <= end}
             | set(range((start // 10000 + 1) * 10000, end + 1, 10000))
@@ -578,19 +579,19 @@ def _origin(note: str) -> str | None:
         return None
 
 
-def _leaf_dict(raw: bytes) -> dict[str, Any] | None:
+def _json(text: object) -> Any:
+    """A JSON column's value, None if it is not JSON text (a finding for the caller)."""
     try:
-        leaf = orjson.loads(raw)
-    except orjson.JSONDecodeError:
+        return orjson.loads(text)  # type: ignore[arg-type]
+    except (orjson.JSONDecodeError, TypeError):
         return None
-    return leaf if isinstance(leaf, dict) else None
 
 
-def _earliest_time(leaf: dict[str, Any] | None, row: Row | None) -> float:
+def _earliest_time(finished_at: object, row: Row | None) -> float:
     """When an entry happened, as early as anything in it says: the node's own finish time,
     or the times the members signed into the request and the answer. A node that rewrites
     its finish times to make old uncovered entries look new cannot rewrite those."""
-    times = [leaf.get("finished_at") if leaf is not None else None]
+    times = [finished_at]
     if row is not None:
         for column in ("request_meta", "response_meta"):
             try:
@@ -691,40 +692,14 @@ def _b64(digest: bytes) -> str:
 
 _MARGIN = 0.001  # s: the batched check leaves times this close to a validity bound to the other
 
-# The end of a canonical v1 leaf: its keys are sorted, so "subjects" comes last but two.
-_SUBJECTS_TAIL = re.compile(
-    rb',"subjects":(\[[^\]]*\]),"user_id":(?:null|"(?:[^"\\]|\\.)*"),"v":1\}'
-)
-_NOT_A_LEAF = object()
-
-
-def _leaf_subjects(raw: bytes) -> Any:
-    """What ``orjson.loads(raw).get("subjects")`` gives, without parsing the whole leaf.
-
-    A canonical leaf ends in ``,"subjects":[...],"user_id":...,"v":1}``. In any JSON text
-    that ends so, the "subjects" matched is a key of the top-level object (a ``,"`` is never
-    inside a string, and the text's last ``}`` closes the top-level object), and the only
-    one (it is the only "subjects" in the text); text that is not JSON at all gives no
-    subjects entry by entry, and the page only passes if the subject index agrees with what
-    is read here, so nothing the entry-by-entry check would report passes. Any other leaf
-    is parsed; _NOT_A_LEAF if it is not a JSON object."""
-    at = raw.rfind(b',"subjects":[')
-    if at >= 0 and raw.find(b'"subjects"') == at + 1:
-        match = _SUBJECTS_TAIL.fullmatch(raw, at)
-        if match is not None:
-            return orjson.loads(match[1])
-    leaf = orjson.loads(raw)
-    return leaf.get("subjects") if type(leaf) is dict else _NOT_A_LEAF
-
 
 class _FastPage:
     """The checks of `_verify` and `_check_entry` over a page of entries at once, without a
     finding's wording: ``check`` answers only "every entry of the page passes", and anything
     it is not sure of (a value of an unusual type, a first signature of a batch, any
     mismatch) makes it say no, so that the entry-by-entry check runs and reports. What it
-    saves: per-entry Python objects and calls (rows are read by position, identifiers and
-    certificates looked up once, a batch's ECDSA signature verified once for all its
-    messages)."""
+    saves: per-entry calls (types checked once per combination, identifiers and certificates
+    looked up once, a batch's ECDSA signature verified once for all its messages)."""
 
     def __init__(
         self, names: list[str], certs: dict[str, bytes], verifier: SignatureVerifier, full: bool
@@ -733,55 +708,45 @@ class _FastPage:
         self._pos = {name: i for i, name in enumerate(names)}
         self._checks = _type_checks(names, _TYPES)
         self._good_types: set[tuple[type, ...]] = set()
-        self._leaf = self._pos["leaf"]
+        self._names = names
+        self._hash = self._pos["leaf_hash"]
         self._certs = certs
         self._verifier = verifier
         self._signers: dict[tuple[str, Any, bytes], tuple[Any, float, float] | None] = {}
         self._roots: set[tuple[bytes, int, bytes, bytes]] = set()
         self._nodes: dict[tuple[bytes, bytes], bytes] = {}
-        if full:
-            p = self._pos
-            self._row_fields = operator.itemgetter(*(p[n] for n in _COLUMN_FIELDS))
-            self._leaf_fields = operator.itemgetter(*_COLUMN_FIELDS)
 
-    @property
-    def leaf_column(self) -> int:
-        return self._leaf
-
-    def raw_leaves(self, page: list[Row]) -> list[bytes]:
-        i = self._leaf
+    def leaf_hashes(self, page: list[Row]) -> list[bytes]:
+        i = self._hash
         return [r[i] for r in page]
 
-    def check(
-        self, page: list[Row], start: int, subject_index: _SubjectIndex
-    ) -> list[dict[str, Any] | None] | None:
-        """Each entry's leaf if the whole page passes (the subject index rows of its entries
-        are then consumed); None otherwise. The tree-only check parses no leaf (all None)."""
+    def check(self, page: list[Row], start: int, subject_index: _SubjectIndex) -> bool:
+        """True if the whole page passes (the subject index rows of its entries are then
+        consumed)."""
         try:
-            found = self._page(page, start)
+            subject_lists = self._page(page, start)
         except Exception:  # anything odd: the entry-by-entry check says what
-            return None
-        if found is None:
-            return None
-        leaves, subject_lists = found
+            return False
+        if subject_lists is None:
+            return False
         want = set()
         for index, subjects in enumerate(subject_lists, start):
-            if isinstance(subjects, list):
-                try:
-                    want.update((index, s) for s in subjects)
-                except TypeError:  # unhashable
-                    return None
+            if type(subjects) is not list:
+                return False
+            try:
+                want.update((index, s) for s in subjects)
+            except TypeError:  # unhashable
+                return False
         taken = subject_index.take(start, start + len(page))
         if taken is None:
-            return None
+            return False
         if set(taken) != want:
             subject_index.put_back(taken)
-            return None
-        return leaves
+            return False
+        return True
 
-    def _page(
-        self, page: list[Row], start: int
-    ) -> tuple[list[dict[str, Any] | None], list[Any]] | None:
+    def _page(self, page: list[Row], start: int) -> list[Any] | None:
+        """Each entry's subjects if nothing in the page is amiss, else None."""
         first = self._pos["leaf_index"]
         if [r[first] for r in page] != list(range(start, start + len(page))):
             return None
@@ -792,59 +757,42 @@ class _FastPage:
                 if not all(types[i] in ok for i, ok in self._checks):
                     return None
                 good.add(types)
+        h = self._hash
+        if not all(len(r[h]) == 32 for r in page):
+            return None
         loads = orjson.loads
-        i = self._leaf
-        if not self._full:
-            # Only the subjects are needed (for the subject index), and parsing a whole
-            # leaf was half of the tree-only pass: they are read off the leaf's end.
-            subject_lists = [_leaf_subjects(r[i]) for r in page]
-            if _NOT_A_LEAF in subject_lists:
+        subjects = self._pos["subjects"]
+        names = self._names
+        entry = self._entry if self._full else self._leaf
+        for r in page:
+            if not entry(dict(zip(names, r, strict=True))):
                 return None
-            return [None] * len(page), subject_lists
-        leaves = [loads(r[i]) for r in page]
-        for leaf in leaves:
-            if type(leaf) is not dict:
-                return None
-        entry = self._entry
-        for r, leaf in zip(page, leaves, strict=True):
-            if not entry(r, leaf):
-                return None
-        return leaves, [leaf.get("subjects") for leaf in leaves]
+        return [loads(r[subjects]) for r in page]
 
-    def _entry(self, r: Row, leaf: dict[str, Any]) -> bool:
+    @staticmethod
+    def _leaf(fields: dict[str, Any]) -> bool:
+        """The leaf rebuilt from the columns has the stored hash (the tree-only check)."""
+        return _sha256(b"\0" + leaf_of(fields)).digest() == fields["leaf_hash"]
+
+    def _entry(self, fields: dict[str, Any]) -> bool:
         """`_check_entry` finds nothing (True), or might (False)."""
-        p = self._pos
-        raw = r[self._leaf]
-        if canonical(leaf) != raw or self._leaf_fields(leaf) != self._row_fields(r):
+        if not self._leaf(fields):
             return False
-        if orjson.loads(r[p["subjects"]]) != leaf.get("subjects"):
-            return False
-        for name in ("started_at", "finished_at"):
-            value = leaf[name]
-            if type(value) not in (float, int) or abs(value - r[p[name]]) > 1e-5:
+        for column, digest in _BODIES:
+            value = fields[column]
+            if value is not None and _sha256(value).digest() != fields[digest]:
                 return False
-        for column, key in _DIGESTS:
-            value = r[p[column]]
-            if (None if value is None else _sha256(value).hexdigest()) != leaf.get(key):
-                return False
-        for column, key in _BODIES:
-            value = r[p[column]]
-            if value is not None and _sha256(value).hexdigest() != leaf.get(key):
-                return False
-        for column, key in _CERTS:
-            if r[p[column]] != leaf.get(key):
-                return False
-        request_meta = r[p["request_meta"]]
-        request_body = r[p["request_body"]]
+        request_meta = fields["request_meta"]
+        request_body = fields["request_body"]
         if not self._signed(
-            "request", leaf, request_meta, r[p["request_signature"]],
-            r[p["request_cert_sha256"]], request_body, None,
+            "request", fields, request_meta, fields["request_signature"],
+            fields["request_cert_sha256"], request_body, None,
         ):  # fmt: skip
             return False
-        response_meta = r[p["response_meta"]]
+        response_meta = fields["response_meta"]
         return response_meta is None or self._signed(
-            "response", leaf, response_meta, r[p["response_signature"]],
-            r[p["response_cert_sha256"]], r[p["response_body"]], (request_meta, request_body),
+            "response", fields, response_meta, fields["response_signature"],
+            fields["response_cert_sha256"], fields["response_body"], (request_meta, request_body),
         )  # fmt: skip
 
     def _root(self, leaf: bytes, index: int, size: int, signature: bytes, end: int) -> bytes | None:
@@ -949,60 +897,38 @@ class _FastPage:
         return True
 
 
+def _leaf_changed(fields: dict[str, Any]) -> bool | None:
+    """Whether the leaf rebuilt from an entry's columns (of the right types) lacks the
+    stored leaf hash; None if it cannot be rebuilt (the subjects column is not JSON:
+    reported with the subject index)."""
+    try:
+        leaf = leaf_of(fields)
+    except (TypeError, ValueError):  # orjson's errors are ones too
+        return None
+    return merkle.leaf_hash(leaf) != fields["leaf_hash"]
+
+
 def _check_entry(row: Row, certs: dict[str, bytes], verifier: SignatureVerifier) -> Iterator[str]:
-    raw = bytes(row["leaf"])
-    try:
-        leaf: dict[str, Any] = orjson.loads(raw)
-    except orjson.JSONDecodeError:
-        yield "the leaf is not JSON"
-        return
-    if canonical(leaf) != raw:
-        yield "the leaf is not in canonical form"
-    for name in _COLUMN_FIELDS:
-        if leaf.get(name) != row[name]:
-            yield f"column {name} ({row[name]!r}) differs from the leaf ({leaf.get(name)!r})"
-    try:
-        if orjson.loads(row["subjects"]) != leaf.get("subjects"):
-            yield "column subjects differs from the leaf"
-    except (orjson.JSONDecodeError, TypeError):
-        yield "column subjects is not a JSON list"
-    for name in ("started_at", "finished_at"):
-        if not isinstance(leaf.get(name), float | int) or abs(leaf[name] - row[name]) > 1e-5:
-            yield f"column {name} differs from the leaf"
-    for column, key in _DIGESTS:
-        value = row[column]
-        if sha256_hex(None if value is None else bytes(value)) != leaf.get(key):
-            yield f"{column} does not match its digest in the leaf"
-    for column, key in _BODIES:
-        value = row[column]
-        # A body purged by retention is NULL while its digest stays in the leaf.
-        if value is not None and sha256_hex(bytes(value)) != leaf.get(key):
-            yield f"{column} does not match its digest in the leaf"
-    for column, key in _CERTS:
-        if row[column] != leaf.get(key):
-            yield f"{column} differs from the leaf"
-    yield from _check_signatures(row, certs, verifier)
-
-
-def _check_signatures(
-    row: Row, certs: dict[str, bytes], verifier: SignatureVerifier
-) -> Iterator[str]:
-    try:
-        leaf = orjson.loads(bytes(row["leaf"]))
-    except orjson.JSONDecodeError:
-        return  # reported by _check_entry already
-    request_body = None if row["request_body"] is None else bytes(row["request_body"])
-    request = (bytes(row["request_meta"]), request_body)
-    sides = ["request"] + (["response"] if row["response_meta"] is not None else [])
+    """What is wrong with one entry whose columns hold values of the right types."""
+    fields = as_dict(row)
+    if _leaf_changed(fields):  # None (no leaf: subjects not JSON) is reported elsewhere
+        yield _CHANGED
+    for column, digest in _BODIES:
+        value = fields[column]
+        # A body purged by retention is NULL while its digest stays.
+        if value is not None and _sha256(value).digest() != fields[digest]:
+            yield f"{column} does not match its digest"
+    request_body = fields["request_body"]
+    request = (fields["request_meta"], request_body)
+    sides = ["request"] + (["response"] if fields["response_meta"] is not None else [])
     for side in sides:
-        cert = certs.get(row[f"{side}_cert_sha256"] or "")
+        cert = certs.get(fields[f"{side}_cert_sha256"] or "")
         if cert is None:
             yield f"the {side} signing certificate is not in the log"
             continue
-        body = row[f"{side}_body"]
         problem = check_signed_part(
-            verifier, side, leaf, bytes(row[f"{side}_meta"]), bytes(row[f"{side}_signature"]),
-            cert, None if body is None else bytes(body), request,
+            verifier, side, fields, fields[f"{side}_meta"], fields[f"{side}_signature"],
+            cert, fields[f"{side}_body"], request,
         )  # fmt: skip
         if problem:
             yield problem

@@ -41,6 +41,7 @@ from xroad_hub.messagelog.audit import (
     witness_name,
 )
 from xroad_hub.messagelog.reader import LogReader, LogReadError, Row
+from xroad_hub.messagelog.record import leaf_of
 from xroad_hub.messagelog.source import LogSource, reading
 from xroad_hub.protocol import merkle
 from xroad_hub.protocol.checkpoint import Checkpoint, CheckpointError, NoteVerifier, open_note
@@ -124,6 +125,13 @@ def export_bundle(log: LogSource, message_id: str, leaf_index: int | None = None
         with reading(log) as reader:
             row = _exchange_row(reader, message_id, leaf_index)
             index = int(row["leaf_index"])
+            try:
+                leaf = leaf_of(row)
+            except (TypeError, ValueError) as exc:  # orjson's errors are ones too
+                raise EvidenceError(
+                    f"entry {index} cannot be read as logged ({exc}): 'xroad-hub audit verify' "
+                    "lists what is wrong with the log"
+                ) from exc
             cp = _proving_checkpoint(reader, index)
             size = int(cp["size"])
             leaves = reader.leaf_hashes(size)
@@ -133,6 +141,11 @@ def export_bundle(log: LogSource, message_id: str, leaf_index: int | None = None
         raise EvidenceError(str(exc)) from exc
     if len(leaves) != size:
         raise EvidenceError("the log holds fewer entries than its checkpoint (truncated)")
+    if merkle.leaf_hash(leaf) != leaves[index]:
+        raise EvidenceError(
+            f"entry {index} was changed since it was logged (its columns no longer give its "
+            "leaf hash): 'xroad-hub audit verify' lists what is wrong with the log"
+        )
 
     def part(side: str) -> dict[str, Any] | None:
         if row[f"{side}_meta"] is None:
@@ -147,7 +160,7 @@ def export_bundle(log: LogSource, message_id: str, leaf_index: int | None = None
     bundle = {
         "format": FORMAT,
         "leaf_index": index,
-        "leaf": _b64(bytes(row["leaf"])),
+        "leaf": _b64(leaf),
         "request": part("request"),
         "response": part("response"),
         "inclusion": {

@@ -20,6 +20,7 @@ from typing import Any, TypeVar
 
 import structlog
 
+from xroad_hub.messagelog.layout import STORED
 from xroad_hub.messagelog.record import LogRecord
 from xroad_hub.messagelog.store import LogError
 
@@ -27,10 +28,13 @@ __all__ = ["GroupCommit", "Pending", "ThreadedGroupCommit"]
 
 T = TypeVar("T")
 
+_LEAF_HASH = STORED.index("leaf_hash")
+
 log = structlog.get_logger("xroad_hub.messagelog")
 
-# A queued record, its leaf bytes, and the future its leaf index is delivered on.
-Pending = tuple[LogRecord, bytes, "asyncio.Future[int]"]
+# A queued record, what the log stores of it (``LogRecord.stored``), its leaf hash, and the
+# future its leaf index is delivered on.
+Pending = tuple[LogRecord, tuple[Any, ...], bytes, "asyncio.Future[int]"]
 
 
 class GroupCommit:
@@ -49,11 +53,11 @@ class GroupCommit:
     async def append(self, record: LogRecord) -> int:
         if self._closing or self._writer is None or self._writer.done():
             raise LogError("message log is not open")
-        # The leaf is computed here, so a record that cannot be serialised fails its own
-        # append and never the writer (which would leave the whole batch waiting).
-        leaf = record.leaf()
+        # The row is made here, so a record that cannot be serialised fails its own append
+        # and never the writer (which would leave the whole batch waiting).
+        stored = record.stored()
         fut: asyncio.Future[int] = asyncio.get_running_loop().create_future()
-        self._queue.put_nowait((record, leaf, fut))
+        self._queue.put_nowait((record, stored, stored[_LEAF_HASH], fut))
         # Not shielded: the future is the append's alone, so a client that disconnects only
         # cancels its wait (the writer skips a cancelled future); the record is written all
         # the same. A shield would cost every append one more loop pass after the commit.
@@ -76,7 +80,7 @@ class GroupCommit:
                 self.on_batch(len(batch))
             try:
                 start = await self._write(batch)
-                for i, (_, _, fut) in enumerate(batch, start=start):
+                for i, (_, _, _, fut) in enumerate(batch, start=start):
                     if not fut.done():
                         fut.set_result(i)
             except Exception as exc:
@@ -85,7 +89,7 @@ class GroupCommit:
                 reason = (
                     str(exc) if isinstance(exc, LogError) else f"message log write failed: {exc}"
                 )
-                for _, _, fut in batch:
+                for _, _, _, fut in batch:
                     if not fut.done():
                         fut.set_exception(LogError(reason))
                 # Logging itself may fail (a closed stream); the appends are answered already.
@@ -156,10 +160,10 @@ class ThreadedGroupCommit:
     async def append(self, record: LogRecord) -> int:
         if self._closing or self._loop is None or self._stopped is None or self._stopped.done():
             raise LogError("message log is not open")
-        # Computed here, as in GroupCommit: a record that cannot be serialised fails alone.
-        leaf = record.leaf()
+        # Made here, as in GroupCommit: a record that cannot be serialised fails alone.
+        stored = record.stored()
         fut: asyncio.Future[int] = self._loop.create_future()
-        self._queue.put((record, leaf, fut))
+        self._queue.put((record, stored, stored[_LEAF_HASH], fut))
         # Not shielded (see GroupCommit.append): a cancelled wait skips its result only.
         return await fut
 
@@ -222,12 +226,12 @@ class ThreadedGroupCommit:
             except Exception as exc:  # stored, but the tree could not take it
                 error = exc
             else:
-                for i, (_, _, fut) in enumerate(batch, start=first):
+                for i, (_, _, _, fut) in enumerate(batch, start=first):
                     if not fut.done():
                         fut.set_result(i)
                 return
         reason = str(error) if isinstance(error, LogError) else f"message log write failed: {error}"
-        for _, _, fut in batch:
+        for _, _, _, fut in batch:
             if not fut.done():
                 fut.set_exception(LogError(reason))
         with contextlib.suppress(Exception):

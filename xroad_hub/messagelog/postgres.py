@@ -40,13 +40,21 @@ from collections.abc import Coroutine, Iterator, Sequence
 from typing import Any, TypeVar
 
 import asyncpg
-import orjson
 
 from xroad_hub.messagelog.groupcommit import GroupCommit, Pending
 from xroad_hub.messagelog.layout import COLUMNS as _COLUMNS
+from xroad_hub.messagelog.layout import LEAF
 from xroad_hub.messagelog.layout import SCHEMA_VERSION as _SCHEMA_VERSION
-from xroad_hub.messagelog.reader import BATCH, LogReader, LogReadError, Row, SQLLogReader
-from xroad_hub.messagelog.record import LogRecord, cert_sha256_hex
+from xroad_hub.messagelog.reader import (
+    BATCH,
+    LogReader,
+    LogReadError,
+    Row,
+    SQLLogReader,
+    other_layout,
+    stored_leaf_hash,
+)
+from xroad_hub.messagelog.record import LogRecord, cert_sha256_hex, leaf_of
 from xroad_hub.messagelog.store import LogError
 from xroad_hub.protocol import merkle
 
@@ -116,7 +124,8 @@ CREATE TABLE {s}.exchange (
     error_type text,
     started_at double precision NOT NULL,
     finished_at double precision NOT NULL,
-    leaf bytea NOT NULL,
+    -- RFC 9162 hash of the leaf, which is rebuilt from this row (record.leaf_of).
+    leaf_hash bytea NOT NULL,
     request_meta bytea NOT NULL,
     request_signature bytea NOT NULL,
     response_meta bytea,
@@ -124,6 +133,8 @@ CREATE TABLE {s}.exchange (
     -- Bodies are not part of the leaf (it holds their digests): retention may set them NULL.
     request_body bytea,
     response_body bytea,
+    request_body_sha256 bytea NOT NULL,
+    response_body_sha256 bytea,
     request_cert_sha256 text NOT NULL REFERENCES {s}.certificate (sha256),
     response_cert_sha256 text REFERENCES {s}.certificate (sha256),
     subjects text NOT NULL DEFAULT '[]'  -- JSON list, as in the leaf; text as in SQLite
@@ -182,18 +193,6 @@ def _lock_key(schema: str) -> int:
     return int.from_bytes(digest[:8], "big", signed=True)
 
 
-def _exchange_row(index: int, rec: LogRecord, leaf: bytes) -> tuple[Any, ...]:
-    """The ``exchange`` row of a record, in _COLUMNS order."""
-    return (
-        index, rec.message_id, rec.request_id, rec.role, rec.client, rec.service, rec.user_id,
-        rec.issue, rec.represented_party, rec.method, rec.status, rec.error_type,
-        rec.started_at, rec.finished_at, leaf, rec.request_meta, rec.request_signature,
-        rec.response_meta, rec.response_signature, rec.request_body, rec.response_body,
-        cert_sha256_hex(rec.request_cert), cert_sha256_hex(rec.response_cert),
-        orjson.dumps(sorted(rec.subjects)).decode(),
-    )  # fmt: skip
-
-
 # From this many rows on a batch goes in with COPY, below in one statement (see above).
 _COPY_FROM = 16
 # ... and so does a batch whose bodies reach this many bytes, however few its rows: the one
@@ -206,7 +205,7 @@ _ONE_STATEMENT_MAX_BYTES = 64 * 1024 * 1024
 _PG_TYPES = (
     "bigint", "text", "text", "text", "text", "text", "text", "text", "text", "text",
     "integer", "text", "float8", "float8", "bytea", "bytea", "bytea", "bytea", "bytea",
-    "bytea", "bytea", "text", "text", "text",
+    "bytea", "bytea", "bytea", "bytea", "text", "text", "text",
 )  # fmt: skip
 assert len(_PG_TYPES) == len(_COLUMNS)
 
@@ -314,8 +313,8 @@ class PostgresMessageLog:
             raise LogError(
                 f"schema {self.schema!r} holds a message log of schema version {version}, this "
                 f"node writes version {_SCHEMA_VERSION}; keep that schema for audit, rename it "
-                "(ALTER SCHEMA ... RENAME TO ...) and start again (no automatic migration of "
-                "evidence)"
+                "(ALTER SCHEMA ... RENAME TO ...) and start again (PostgreSQL logs are not "
+                "upgraded; 'xroad-hub node upgrade-log' upgrades SQLite files)"
             )
         await self._conn.execute(_globalconf_ddl(self._s))
 
@@ -325,7 +324,7 @@ class PostgresMessageLog:
         expected = 0
         async with self._conn.transaction():
             cursor = self._conn.cursor(
-                f"SELECT leaf_index, leaf FROM {self._s}.exchange ORDER BY leaf_index",
+                f"SELECT leaf_index, leaf_hash FROM {self._s}.exchange ORDER BY leaf_index",
                 prefetch=4096,
             )
             async for row in cursor:
@@ -336,7 +335,10 @@ class PostgresMessageLog:
                         f"message log in schema {self.schema!r} has no entry {expected} "
                         f"(next is {row['leaf_index']}): rows were removed; keep it for audit"
                     )
-                self._tree.append(merkle.leaf_hash(row["leaf"]))
+                try:
+                    self._tree.append(stored_leaf_hash(expected, row["leaf_hash"]))
+                except ValueError as exc:
+                    raise LogError(f"message log in schema {self.schema!r}: {exc}") from exc
                 expected += 1
         self._next_index = expected
 
@@ -350,8 +352,8 @@ class PostgresMessageLog:
         subjects: list[tuple[str, int]] = []
         new_certs: dict[str, bytes] = {}
         body_bytes = 0  # the unbounded part of a row (metadata, signatures, certs are capped)
-        for i, (rec, leaf, _) in enumerate(batch, start=first):
-            rows.append(_exchange_row(i, rec, leaf))
+        for i, (rec, stored, _, _) in enumerate(batch, start=first):
+            rows.append((i, *stored))
             body_bytes += len(rec.request_body or b"") + len(rec.response_body or b"")
             # Once per subject: a name given twice must not fail the batch on the key.
             subjects += ((subject, i) for subject in sorted(set(rec.subjects)))
@@ -380,7 +382,7 @@ class PostgresMessageLog:
             raise LogError(f"message log write failed: {reason}") from exc
         self._known_certs.update(new_certs.values())  # only once committed
         self._next_index = first + len(batch)
-        self._tree.extend(merkle.leaf_hash(leaf) for _, leaf, _ in batch)
+        self._tree.extend(leaf_hash for _, _, leaf_hash, _ in batch)
         return first
 
     async def _write_copy(
@@ -517,19 +519,19 @@ class PostgresMessageLog:
 
     async def leaves(self, start: int, end: int) -> Sequence[bytes]:
         rows = await self._reader().fetch(
-            f"SELECT leaf FROM {self._s}.exchange WHERE leaf_index >= $1 AND leaf_index < $2"
+            f"SELECT * FROM {self._s}.exchange WHERE leaf_index >= $1 AND leaf_index < $2"
             " ORDER BY leaf_index",
             start,
             end,
         )
-        return [bytes(r[0]) for r in rows]
+        return [leaf_of(r) for r in rows]
 
     async def find(self, message_id: str) -> list[dict[str, object]]:
         rows = await self._reader().fetch(
             f"SELECT * FROM {self._s}.exchange WHERE message_id = $1 ORDER BY leaf_index",
             message_id,
         )
-        return [dict(r) for r in rows]
+        return [dict(r) | {LEAF: leaf_of(r)} for r in rows]
 
     def reader(self) -> LogReader:
         """A reader of what this log has committed (blocking: call it in a worker thread)."""
@@ -590,12 +592,19 @@ class PostgresLogReader(SQLLogReader):
         except BaseException:
             self.close()
             raise
-        if "exchange" not in self._tables():
+        tables = self._tables()
+        if "exchange" not in tables:
             self.close()
             raise LogReadError(
                 f"{self.name} holds no message log; name the node's schema (its logs: "
                 "node_ and the node id in lower case, e.g. node_th_gov_dbd_hub1)"
             )
+        if "schema_version" in tables:
+            rows = self._fetch("SELECT version FROM schema_version")
+            wrong = other_layout(self.name, rows[0][0] if rows else 0)
+            if wrong is not None:
+                self.close()
+                raise wrong
 
     def __repr__(self) -> str:  # never the DSN: it may hold a password
         return f"PostgresLogReader(schema={self.schema!r})"

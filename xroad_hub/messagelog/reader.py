@@ -26,11 +26,12 @@ from types import TracebackType
 from typing import Any, Protocol
 
 from xroad_hub.errors import HubError
-from xroad_hub.messagelog.layout import COLUMNS
+from xroad_hub.messagelog.layout import COLUMNS, SCHEMA_VERSION
 from xroad_hub.messagelog.search import SearchFilter, search_sql
-from xroad_hub.protocol import merkle
 
-__all__ = ["BATCH", "LogReadError", "LogReader", "Row", "SQLLogReader", "as_dict"]
+__all__ = [
+    "BATCH", "LogReadError", "LogReader", "Row", "SQLLogReader", "as_dict", "stored_leaf_hash",
+]  # fmt: skip
 
 # Rows per round trip when walking the whole log: big enough that the driver's per-call
 # cost vanishes, small enough that memory stays flat whatever the log's size.
@@ -47,6 +48,36 @@ class Row(Protocol):
     def __getitem__(self, key: str | int, /) -> Any: ...
 
     def keys(self) -> Iterable[str]: ...
+
+
+def stored_leaf_hash(index: object, value: object) -> bytes:
+    """Entry ``index``'s stored leaf hash, as a tree takes it; ValueError if it is not a
+    SHA-256 hash (32 bytes): a changed row that start-up and proofs must not build on."""
+    if type(value) is not bytes or len(value) != 32:
+        shown = repr(value) if len(repr(value)) <= 40 else repr(value)[:39] + "…"
+        raise ValueError(
+            f"entry {index} has no SHA-256 leaf hash ({shown}): the log was changed; keep it "
+            "for audit ('xroad-hub audit verify' lists what is wrong)"
+        )
+    return value
+
+
+def other_layout(name: str, version: object) -> LogReadError | None:
+    """The error for a log of another layout version than this reader's (0: none recorded,
+    left to the queries to judge), or None."""
+    if version in (0, None, SCHEMA_VERSION):
+        return None
+    how = (
+        "upgrade a copy of it with 'xroad-hub node upgrade-log COPY' and audit the copy (the "
+        "upgrade names any entry whose columns do not give the leaf stored with it, and keeps "
+        "the rest as it was, checkpoints included)"
+        if version == SCHEMA_VERSION - 1
+        else f"audit it with a release that wrote version {version}"
+    )
+    return LogReadError(
+        f"{name} is a message log of layout version {version}; this xroad-hub reads version "
+        f"{SCHEMA_VERSION}: {how}"
+    )
 
 
 def as_dict(row: Row) -> dict[str, Any]:
@@ -169,9 +200,13 @@ class SQLLogReader:
 
     def leaf_hashes(self, size: int) -> list[bytes]:
         rows = self._stream(
-            "SELECT leaf FROM exchange WHERE leaf_index < ? ORDER BY leaf_index", (size,)
+            "SELECT leaf_index, leaf_hash FROM exchange WHERE leaf_index < ? ORDER BY leaf_index",
+            (size,),
         )
-        return [merkle.leaf_hash(bytes(r[0])) for r in rows]
+        try:
+            return [stored_leaf_hash(r[0], r[1]) for r in rows]
+        except ValueError as exc:
+            raise LogReadError(str(exc)) from exc
 
     def certificates(self) -> Iterator[tuple[Any, Any]]:
         return ((r[0], r[1]) for r in self._fetch("SELECT sha256, der FROM certificate"))

@@ -27,13 +27,21 @@ from collections.abc import Iterator, Sequence
 from pathlib import Path
 
 import aiosqlite
-import orjson
 
 from xroad_hub.messagelog.groupcommit import Pending, ThreadedGroupCommit
 from xroad_hub.messagelog.layout import COLUMNS as _COLUMNS
+from xroad_hub.messagelog.layout import LEAF
 from xroad_hub.messagelog.layout import SCHEMA_VERSION as _SCHEMA_VERSION
-from xroad_hub.messagelog.reader import BATCH, LogReader, LogReadError, Row, SQLLogReader
-from xroad_hub.messagelog.record import LogRecord, cert_sha256_hex
+from xroad_hub.messagelog.reader import (
+    BATCH,
+    LogReader,
+    LogReadError,
+    Row,
+    SQLLogReader,
+    other_layout,
+    stored_leaf_hash,
+)
+from xroad_hub.messagelog.record import LogRecord, cert_sha256_hex, leaf_of
 from xroad_hub.messagelog.store import LogError
 from xroad_hub.privatefile import ensure_private
 from xroad_hub.protocol import merkle
@@ -41,7 +49,7 @@ from xroad_hub.protocol import merkle
 __all__ = ["SQLiteLogReader", "SQLiteMessageLog"]
 
 
-_SCHEMA = """
+SCHEMA = """
 CREATE TABLE IF NOT EXISTS exchange (
     leaf_index INTEGER PRIMARY KEY,
     message_id TEXT NOT NULL,
@@ -57,7 +65,8 @@ CREATE TABLE IF NOT EXISTS exchange (
     error_type TEXT,
     started_at REAL NOT NULL,
     finished_at REAL NOT NULL,
-    leaf BLOB NOT NULL,
+    -- RFC 9162 hash of the leaf, which is rebuilt from this row (record.leaf_of).
+    leaf_hash BLOB NOT NULL,
     request_meta BLOB NOT NULL,
     request_signature BLOB NOT NULL,
     response_meta BLOB,
@@ -65,6 +74,8 @@ CREATE TABLE IF NOT EXISTS exchange (
     -- Bodies are not part of the leaf (it holds their digests): retention may set them NULL.
     request_body BLOB,
     response_body BLOB,
+    request_body_sha256 BLOB NOT NULL,
+    response_body_sha256 BLOB,
     request_cert_sha256 TEXT NOT NULL REFERENCES certificate (sha256),
     response_cert_sha256 TEXT REFERENCES certificate (sha256),
     subjects TEXT NOT NULL DEFAULT '[]'  -- JSON list, as in the leaf
@@ -150,10 +161,17 @@ class SQLiteMessageLog:
         await self._check_schema()
         await self._db.executescript(GLOBALCONF_SCHEMA)
         self._commits.max_batch = min(self._commits.max_batch, _MAX_VARIABLES // len(_COLUMNS))
-        # The tree of committed leaves, rebuilt from the leaves at start.
-        async with self._db.execute("SELECT leaf FROM exchange ORDER BY leaf_index") as cur:
-            while rows := await cur.fetchmany(4096):
-                self._tree.extend(merkle.leaf_hash(bytes(r[0])) for r in rows)
+        # The tree of committed leaves, from their stored hashes (each checked to be one:
+        # the node would sign checkpoints over whatever it builds on).
+        try:
+            async with self._db.execute(
+                "SELECT leaf_index, leaf_hash FROM exchange ORDER BY leaf_index"
+            ) as c:
+                while rows := await c.fetchmany(4096):
+                    self._tree.extend(stored_leaf_hash(r[0], r[1]) for r in rows)
+        except ValueError as exc:
+            await self._db.close()
+            raise LogError(f"{self.path}: {exc}") from exc
         async with self._db.execute("SELECT COALESCE(MAX(leaf_index) + 1, 0) FROM exchange") as c:
             row = await c.fetchone()
         self._next_index = int(row[0]) if row else 0
@@ -172,13 +190,18 @@ class SQLiteMessageLog:
         ) as cur:
             exists = await cur.fetchone() is not None
         if version == 0 and not exists:
-            await self._db.executescript(_SCHEMA + f"PRAGMA user_version = {_SCHEMA_VERSION};")
+            await self._db.executescript(SCHEMA + f"PRAGMA user_version = {_SCHEMA_VERSION};")
         elif version != _SCHEMA_VERSION:
             await self._db.close()
+            how = (
+                f"run 'xroad-hub node upgrade-log {self.path}' (it keeps the old file as it "
+                "is, beside the new one)"
+                if version == _SCHEMA_VERSION - 1
+                else "keep that file for audit, move it aside and start again"
+            )
             raise LogError(
                 f"{self.path} holds a message log of schema version {version}, this node "
-                f"writes version {_SCHEMA_VERSION}; keep that file for audit, move it aside "
-                "and start again (no automatic migration of evidence)"
+                f"writes version {_SCHEMA_VERSION}: {how}"
             )
 
     async def append(self, record: LogRecord) -> int:
@@ -190,15 +213,9 @@ class SQLiteMessageLog:
         first = self._next_index
         params: list[object] = []
         new_certs: dict[str, bytes] = {}
-        for i, (rec, leaf, _) in enumerate(batch, start=first):
-            params += (
-                i, rec.message_id, rec.request_id, rec.role, rec.client, rec.service,
-                rec.user_id, rec.issue, rec.represented_party, rec.method, rec.status,
-                rec.error_type, rec.started_at, rec.finished_at, leaf, rec.request_meta,
-                rec.request_signature, rec.response_meta, rec.response_signature,
-                rec.request_body, rec.response_body, cert_sha256_hex(rec.request_cert),
-                cert_sha256_hex(rec.response_cert), orjson.dumps(sorted(rec.subjects)).decode(),
-            )  # fmt: skip
+        for i, (rec, stored, _, _) in enumerate(batch, start=first):
+            params.append(i)
+            params += stored
             for cert in (rec.request_cert, rec.response_cert):
                 if cert is not None and cert not in self._known_certs:
                     new_certs[cert_sha256_hex(cert)] = cert
@@ -218,7 +235,7 @@ class SQLiteMessageLog:
 
     def _committed(self, batch: list[Pending], first: int) -> None:
         """On the loop, before the batch's appends return: the tree takes its leaves."""
-        self._tree.extend(merkle.leaf_hash(leaf) for _, leaf, _ in batch)
+        self._tree.extend(leaf_hash for _, _, leaf_hash, _ in batch)
 
     async def _run(self, sql: str, params: Sequence[object] = ()) -> int:
         """One statement by the writer thread (the log's only writer); its rowcount."""
@@ -312,23 +329,21 @@ class SQLiteMessageLog:
         return int(row[0]) if row else 0
 
     async def leaves(self, start: int, end: int) -> Sequence[bytes]:
-        assert self._db is not None
-        async with self._db.execute(
-            "SELECT leaf FROM exchange WHERE leaf_index >= ? AND leaf_index < ?"
-            " ORDER BY leaf_index",
-            (start, end),
-        ) as cur:
-            return [bytes(r[0]) for r in await cur.fetchall()]
+        rows = await self._rows("leaf_index >= ? AND leaf_index < ?", (start, end))
+        return [leaf_of(r) for r in rows]
 
     async def find(self, message_id: str) -> list[dict[str, object]]:
+        rows = await self._rows("message_id = ?", (message_id,))
+        return [dict(r) | {LEAF: leaf_of(r)} for r in rows]
+
+    async def _rows(self, where: str, params: Sequence[object]) -> list[aiosqlite.Row]:
         assert self._db is not None
         self._db.row_factory = aiosqlite.Row
         try:
             async with self._db.execute(
-                "SELECT * FROM exchange WHERE message_id = ? ORDER BY leaf_index",
-                (message_id,),
+                f"SELECT * FROM exchange WHERE {where} ORDER BY leaf_index", params
             ) as cur:
-                return [dict(r) for r in await cur.fetchall()]
+                return list(await cur.fetchall())
         finally:
             self._db.row_factory = None
 
@@ -372,6 +387,14 @@ class SQLiteLogReader(SQLLogReader):
         except sqlite3.Error as exc:
             self._conn.close()
             raise LogReadError(f"cannot open {path}: {exc}") from exc
+        try:
+            version = self._conn.execute("PRAGMA user_version").fetchone()[0]
+        except sqlite3.Error:  # not a database at all: the queries say so, as before
+            version = 0
+        wrong = other_layout(self.name, version)
+        if wrong is not None:
+            self._conn.close()
+            raise wrong
 
     def _fetch(self, sql: str, params: Sequence[object] = ()) -> list[Row]:
         try:
