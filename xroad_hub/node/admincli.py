@@ -94,6 +94,22 @@ def add_node_commands(sub: Any) -> None:
         "(default: the one in the node's directory)"
     )  # fmt: skip
     trail.add_argument("--quiet", action="store_true", help="only the summary")
+    upgrade = node_sub.add_parser(
+        "upgrade-log",
+        help="upgrade a version 4 SQLite message log to version 5 (the node must be stopped)",
+        description="Version 5 stores each entry's leaf hash instead of its leaf, which is "
+        "rebuilt from the entry's columns (about half the bytes per exchange). Writes the "
+        "upgraded log beside FILE, entry by entry, keeping an entry only if its columns give "
+        "exactly the leaf stored with it, so the tree, its root and every checkpoint stay as "
+        "they were; then renames FILE to FILE.v4 (unchanged, for audit) and puts the new log "
+        "in its place. Stops, changing nothing, at the first entry whose columns do not give "
+        "its leaf (the log was altered: check it with 'audit verify' of the version that "
+        "wrote it).",
+    )
+    upgrade.add_argument(
+        "file", type=Path, metavar="FILE", help="the node's message log, e.g. "
+        "NODEDIR/data/messagelog.sqlite"
+    )  # fmt: skip
     from xroad_hub.node.enroll import add_enroll_commands
 
     add_enroll_commands(node_sub)  # node init, node enroll, node client (issue 12)
@@ -113,6 +129,8 @@ def run_node_command(args: argparse.Namespace) -> int:
         return _admin_key(args)
     if args.node_command == "trail":
         return _trail(args)
+    if args.node_command == "upgrade-log":
+        return _upgrade_log(args.file)
     if args.node_command == "keys":
         from xroad_hub.node.rotation import run_keys_command
 
@@ -188,6 +206,21 @@ def _trail(args: argparse.Namespace) -> int:
         f"admin trail of {node_dir.config.id}: {report.entries} entries{older}, chain and "
         f"signatures intact; head {report.head}"
     )
+    return 0
+
+
+def _upgrade_log(path: Path) -> int:
+    from xroad_hub.messagelog.upgrade import UpgradeError, upgrade_sqlite_log
+
+    def progress(done: int, total: int) -> None:
+        print(f"upgraded {done} of {total} entries", file=sys.stderr)
+
+    try:
+        kept = upgrade_sqlite_log(path, progress)
+    except UpgradeError as exc:
+        print(f"xroad-hub: {exc}", file=sys.stderr)
+        return 1
+    print(f"{path} is a version 5 log now; the version 4 file is kept as {kept}")
     return 0
 
 

@@ -1,0 +1,151 @@
+"""Upgrading a version 4 SQLite message log to version 5 (``xroad-hub node upgrade-log``).
+
+Version 4 stored each entry's leaf beside the columns it is made of; version 5 stores its
+hash and rebuilds the leaf (layout.py). The upgrade writes a new file beside the old one,
+entry by entry, and keeps an entry only if its columns rebuild, byte for byte, the leaf
+version 4 stored: the tree, its root and every checkpoint then stay what they were, and the
+upgraded log verifies with the same checkpoints, witness co-signatures and timestamps. An
+entry whose stored leaf its columns do not give (a log changed behind the node's back) stops
+the upgrade, naming it: such a log is for ``audit verify`` of the version that wrote it.
+
+The old file is never changed: it is renamed to ``FILE.v4`` (kept as it was, for audit by the
+old version) and the new one takes its name, so the node starts on it with its settings as
+they are. The node must be stopped: the old file is held with an exclusive lock throughout.
+"""
+
+from __future__ import annotations
+
+import os
+import sqlite3
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+import orjson
+
+from xroad_hub.errors import HubError
+from xroad_hub.messagelog.layout import SCHEMA_VERSION, STORED
+from xroad_hub.messagelog.record import leaf_of
+from xroad_hub.messagelog.sqlite import GLOBALCONF_SCHEMA, SCHEMA
+from xroad_hub.privatefile import ensure_private
+from xroad_hub.protocol import merkle
+
+__all__ = ["UpgradeError", "upgrade_sqlite_log"]
+
+_FROM_VERSION = 4
+_BATCH = 4096
+
+
+class UpgradeError(HubError):
+    """The log cannot be upgraded (the message says why and what to do)."""
+
+
+def upgrade_sqlite_log(path: Path, progress: Callable[[int, int], None] | None = None) -> Path:
+    """Upgrade the version 4 log ``path`` to version 5; returns where the old file is kept.
+
+    ``progress(done, total)`` is told every batch of entries."""
+    kept = path.with_name(path.name + ".v4")
+    new = path.with_name(path.name + ".upgrading")
+    if not path.is_file():
+        raise UpgradeError(f"{path} is not a file")
+    try:
+        old = sqlite3.connect(path, isolation_level=None)
+    except sqlite3.Error as exc:
+        raise UpgradeError(f"cannot open {path}: {exc}") from exc
+    try:
+        try:
+            # No node may write while the entries are copied (one that tries fails closed).
+            old.execute("BEGIN EXCLUSIVE")
+        except sqlite3.OperationalError as exc:
+            raise UpgradeError(f"{path} is in use ({exc}): stop the node first") from exc
+        version = int(old.execute("PRAGMA user_version").fetchone()[0])
+        if version == SCHEMA_VERSION:
+            raise UpgradeError(f"{path} is a version {version} log already: nothing to do")
+        if version != _FROM_VERSION:
+            raise UpgradeError(
+                f"{path} holds a message log of version {version}; this command upgrades "
+                f"version {_FROM_VERSION} logs only"
+            )
+        if kept.exists():
+            raise UpgradeError(f"{kept} exists (an earlier upgrade kept it): move it aside first")
+        new.unlink(missing_ok=True)  # left by an upgrade that was interrupted
+        _copy(old, path, new, progress)
+        old.execute("COMMIT")
+    except sqlite3.Error as exc:
+        new.unlink(missing_ok=True)
+        raise UpgradeError(f"upgrading {path} failed: {exc}") from exc
+    except BaseException:
+        new.unlink(missing_ok=True)
+        raise
+    finally:
+        old.close()
+    for suffix in ("-wal", "-shm"):
+        if path.with_name(path.name + suffix).exists():
+            # Another connection still has the file open: it may hold committed entries
+            # only its write-ahead log has. Nothing was renamed.
+            new.unlink(missing_ok=True)
+            raise UpgradeError(f"{path} is still open elsewhere: stop the node and try again")
+    os.replace(path, kept)
+    os.replace(new, path)
+    return kept
+
+
+def _copy(
+    old: sqlite3.Connection,
+    path: Path,
+    new_path: Path,
+    progress: Callable[[int, int], None] | None,
+) -> None:
+    ensure_private(new_path, sqlite=True)  # citizens' data: 0600 before the first byte
+    new = sqlite3.connect(new_path, isolation_level=None)
+    try:
+        new.executescript(SCHEMA + GLOBALCONF_SCHEMA + f"PRAGMA user_version = {SCHEMA_VERSION};")
+        new.execute("BEGIN")
+        tables = {r[0] for r in old.execute("SELECT name FROM sqlite_master WHERE type='table'")}
+        for table in ("certificate", "checkpoint", "globalconf"):
+            if table in tables:
+                rows = old.execute(f"SELECT * FROM {table}").fetchall()
+                if rows:
+                    marks = ", ".join("?" * len(rows[0]))
+                    new.executemany(f"INSERT INTO {table} VALUES ({marks})", rows)
+        total = int(old.execute("SELECT COUNT(*) FROM exchange").fetchone()[0])
+        insert = (
+            f"INSERT INTO exchange (leaf_index, {', '.join(STORED)})"
+            f" VALUES ({', '.join('?' * (len(STORED) + 1))})"
+        )
+        cur = old.execute("SELECT * FROM exchange ORDER BY leaf_index")
+        names = [d[0] for d in cur.description]
+        done = 0
+        while batch := cur.fetchmany(_BATCH):
+            new.executemany(insert, [_upgraded(dict(zip(names, r, strict=True))) for r in batch])
+            done += len(batch)
+            if progress is not None:
+                progress(done, total)
+        new.execute("COMMIT")
+    finally:
+        new.close()
+
+
+def _upgraded(row: dict[str, Any]) -> tuple[Any, ...]:
+    """The version 5 row of a version 4 one (leaf_index first, then STORED)."""
+    index = row["leaf_index"]
+    leaf = row.pop("leaf")
+    try:
+        parsed = orjson.loads(leaf)
+        for side in ("request", "response"):
+            digest = parsed[f"{side}_body_sha256"]
+            row[f"{side}_body_sha256"] = None if digest is None else bytes.fromhex(digest)
+        rebuilt = leaf_of(row)
+    except (orjson.JSONDecodeError, KeyError, TypeError, ValueError) as exc:
+        raise _altered(index, f"its leaf or columns cannot be read ({exc})") from exc
+    if rebuilt != bytes(leaf):
+        raise _altered(index, "its columns do not give the leaf stored with them")
+    row["leaf_hash"] = merkle.leaf_hash(rebuilt)
+    return (index, *(row[name] for name in STORED))
+
+
+def _altered(index: object, why: str) -> UpgradeError:
+    return UpgradeError(
+        f"entry {index}: {why}. The log was changed after it was written; nothing was "
+        "upgraded. Check it with 'xroad-hub audit verify' of the version that wrote it"
+    )
