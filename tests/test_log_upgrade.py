@@ -81,20 +81,18 @@ async def logs(fed: Fed, http, tmp_path: Path) -> tuple[Path, Path]:
     with sqlite_db(fed.federation.nodes[DBD].runtime.log.path) as a, sqlite_db(v5) as b:
         a.backup(b)
     v4 = tmp_path / "messagelog.sqlite"
-    conn = sqlite3.connect(v4)
-    conn.executescript(_V4_SCHEMA)
-    conn.execute("ATTACH ? AS v5", (str(v5),))
-    for table in ("certificate", "checkpoint", "globalconf"):
-        conn.execute(f"INSERT INTO {table} SELECT * FROM v5.{table}")
-    conn.row_factory = sqlite3.Row
-    rows = conn.execute("SELECT * FROM v5.exchange ORDER BY leaf_index").fetchall()
-    marks = ", ".join("?" * len(_V4_COLUMNS))
-    conn.executemany(
-        f"INSERT INTO main.exchange ({', '.join(_V4_COLUMNS)}) VALUES ({marks})",
-        [[leaf_of(r) if c == "leaf" else r[c] for c in _V4_COLUMNS] for r in rows],
-    )
-    conn.commit()
-    conn.close()
+    with sqlite_db(v4) as conn:
+        conn.executescript(_V4_SCHEMA)
+        conn.execute("ATTACH ? AS v5", (str(v5),))
+        for table in ("certificate", "checkpoint", "globalconf"):
+            conn.execute(f"INSERT INTO {table} SELECT * FROM v5.{table}")
+        conn.row_factory = sqlite3.Row
+        rows = conn.execute("SELECT * FROM v5.exchange ORDER BY leaf_index").fetchall()
+        marks = ", ".join("?" * len(_V4_COLUMNS))
+        conn.executemany(
+            f"INSERT INTO main.exchange ({', '.join(_V4_COLUMNS)}) VALUES ({marks})",
+            [[leaf_of(r) if c == "leaf" else r[c] for c in _V4_COLUMNS] for r in rows],
+        )
     return v5, v4
 
 
@@ -139,7 +137,7 @@ async def test_an_upgraded_log_verifies_with_its_old_checkpoints(fed: Fed, logs)
 
 async def test_an_entry_whose_columns_do_not_give_its_leaf_stops_the_upgrade(logs) -> None:
     _, v4 = logs
-    with sqlite3.connect(v4) as conn:
+    with sqlite_db(v4) as conn:
         conn.execute("UPDATE exchange SET user_id = 'someone else' WHERE leaf_index = 3")
     before = v4.read_bytes()
     with pytest.raises(UpgradeError, match="entry 3: its columns do not give the leaf"):
