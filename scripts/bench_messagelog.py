@@ -239,7 +239,7 @@ async def _copy_without_bodies(conn: asyncpg.Connection, schema: str, copy: str)
     """
     s, c = f'"{schema}"', f'"{copy}"'
     await conn.execute(f"CREATE SCHEMA {c}")
-    await conn.execute(pg._ddl(c) + pg._globalconf_ddl(c))  # same tables, indexes, names
+    await conn.execute(pg.log_ddl(c) + pg.globalconf_ddl(c))  # same tables, indexes, names
     columns = ", ".join(pg._COLUMNS)
     bodiless = ", ".join(
         "NULL" if col in ("request_body", "response_body") else col for col in pg._COLUMNS
@@ -311,7 +311,7 @@ async def insert_methods(
     results: dict[str, Any] = {}
     try:
         await conn.execute(f"CREATE SCHEMA {s}")
-        await conn.execute(pg._ddl(s))
+        await conn.execute(pg.log_ddl(s))
         await conn.executemany(f"INSERT INTO {s}.certificate VALUES ($1, $2)", list(certs))
         types = [
             r["data_type"]

@@ -6,12 +6,15 @@ version created it: the same entries, checkpoints (witnessed, timestamped) and l
 
 from __future__ import annotations
 
+import asyncio
 import sqlite3
 import subprocess
 import sys
 import uuid
 from pathlib import Path
+from typing import TYPE_CHECKING
 
+import asyncpg
 import pytest
 from cryptography import x509
 
@@ -23,6 +26,11 @@ from xroad_hub.messagelog.upgrade import UpgradeError, upgrade_sqlite_log
 
 from .conftest import Fed
 from .sqlite_db import sqlite_db
+
+if TYPE_CHECKING:
+    from .messagelog_backends import PostgresBackend
+
+pytest_plugins = ["tests.messagelog_backends"]
 
 DGA = "TH/GOV/DGA/hub1"
 DBD = "TH/GOV/DBD/hub1"
@@ -146,12 +154,14 @@ async def test_an_entry_whose_columns_do_not_give_its_leaf_stops_the_upgrade(log
     assert sorted(p.name for p in v4.parent.iterdir() if p.name.startswith(v4.name)) == [v4.name]
 
 
+def _upgrade_log(*args: str) -> subprocess.CompletedProcess[str]:
+    cmd = [sys.executable, "-m", "xroad_hub.cli", "node", "upgrade-log", *args]
+    return subprocess.run(cmd, capture_output=True, text=True, timeout=120)
+
+
 async def test_the_command_upgrades_and_explains_a_refusal(logs, tmp_path: Path) -> None:
     _, v4 = logs
-
-    def run(*args: str) -> subprocess.CompletedProcess[str]:
-        cmd = [sys.executable, "-m", "xroad_hub.cli", "node", "upgrade-log", *args]
-        return subprocess.run(cmd, capture_output=True, text=True, timeout=120)
+    run = _upgrade_log
 
     done = run(str(v4))
     assert done.returncode == 0, done.stderr
@@ -171,3 +181,70 @@ async def test_the_command_upgrades_and_explains_a_refusal(logs, tmp_path: Path)
     assert f"{kept} exists (an earlier upgrade kept it): move it aside first" in refused.stderr
     missing = run(str(tmp_path / "nothing.sqlite"))
     assert missing.returncode == 1 and "is not a file" in missing.stderr
+
+
+async def _pg_as_version_4(b: PostgresBackend, v5: Path) -> None:
+    """The log ``v5`` in the backend's schema as version 4 kept it: leaves, no hashes."""
+    await b.load(v5)
+    s = f'"{b.schema}"'
+    conn = await asyncpg.connect(b.dsn)
+    try:
+        rows = await conn.fetch(f"SELECT * FROM {s}.exchange")
+        await conn.execute(f"ALTER TABLE {s}.exchange ADD COLUMN leaf bytea")
+        await conn.executemany(
+            f"UPDATE {s}.exchange SET leaf = $1 WHERE leaf_index = $2",
+            [(leaf_of(r), r["leaf_index"]) for r in rows],
+        )
+        await conn.execute(
+            f"ALTER TABLE {s}.exchange DROP COLUMN leaf_hash, DROP COLUMN request_body_sha256,"
+            " DROP COLUMN response_body_sha256, ALTER COLUMN leaf SET NOT NULL"
+        )
+        await conn.execute(f"UPDATE {s}.schema_version SET version = 4")
+    finally:
+        await conn.close()
+
+
+async def _schemas(b: PostgresBackend) -> dict[str, int | None]:
+    """The test's schemas and the log version each holds."""
+    conn = await asyncpg.connect(b.dsn)
+    try:
+        found = {}
+        for (name,) in await conn.fetch(
+            "SELECT nspname FROM pg_namespace WHERE nspname LIKE $1", b.schema + "%"
+        ):
+            found[name] = await conn.fetchval(f'SELECT version FROM "{name}".schema_version')
+        return found
+    finally:
+        for name in (b.schema + "_v4", b.schema + "_upgrading"):
+            await conn.execute(f'DROP SCHEMA IF EXISTS "{name}" CASCADE')
+        await conn.close()
+
+
+async def test_a_postgres_log_is_upgraded_in_one_transaction(
+    fed: Fed, logs, pg_backend: PostgresBackend
+) -> None:
+    v5, _ = logs
+    await _pg_as_version_4(pg_backend, v5)
+    with pytest.raises(LogError, match=f"upgrade-log DATABASE --schema {pg_backend.schema}'"):
+        await pg_backend.make().open()
+    before = await asyncio.to_thread(verify_log, pg_backend.source(), _roots(fed))
+    assert "upgrade a copy of it" in str(before.findings)
+    # An altered entry: the whole upgrade is refused, and nothing in the database changed.
+    await pg_backend.tamper("UPDATE {exchange} SET user_id = 'someone else' WHERE leaf_index = 2")
+    refused = await asyncio.to_thread(_upgrade_log, *pg_backend.cli_args())
+    assert refused.returncode == 1
+    assert "entry 2: its columns do not give the leaf stored with them" in refused.stderr
+    assert await _schemas(pg_backend) == {pg_backend.schema: 4}
+    # The honest log.
+    await pg_backend.cleanup()
+    await _pg_as_version_4(pg_backend, v5)
+    done = await asyncio.to_thread(_upgrade_log, *pg_backend.cli_args())
+    assert done.returncode == 0, done.stderr
+    assert f"kept as schema {pg_backend.schema}_v4" in done.stdout
+    original = verify_log(v5, _roots(fed))
+    report = await asyncio.to_thread(verify_log, pg_backend.source(), _roots(fed))
+    assert report.ok, report.findings
+    assert (report.entries, report.root, report.witnessed) == (
+        original.entries, original.root, original.witnessed,
+    )  # fmt: skip
+    assert await _schemas(pg_backend) == {pg_backend.schema: 5, pg_backend.schema + "_v4": 4}

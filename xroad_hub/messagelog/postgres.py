@@ -61,10 +61,13 @@ from xroad_hub.protocol import merkle
 __all__ = [
     "PostgresLogReader",
     "PostgresMessageLog",
+    "globalconf_ddl",
     "is_dsn",
+    "log_ddl",
     "log_schemas",
     "schema_for_node",
     "validate_schema_name",
+    "writer_lock_key",
 ]
 
 
@@ -101,7 +104,7 @@ def is_dsn(target: str) -> bool:
     return target.startswith(("postgresql://", "postgres://"))
 
 
-def _ddl(s: str) -> str:
+def log_ddl(s: str) -> str:
     # ``s`` is the validated, quoted schema name. Column types keep what SQLite gives back:
     # bigint/integer -> int, double precision (SQLite REAL) -> float, bytea -> bytes.
     return f"""
@@ -170,7 +173,7 @@ INSERT INTO {s}.schema_version (version) VALUES ({_SCHEMA_VERSION});
 """
 
 
-def _globalconf_ddl(s: str) -> str:
+def globalconf_ddl(s: str) -> str:
     # As in SQLite: added to existing logs as they open, no schema version needed.
     return f"""
 CREATE TABLE IF NOT EXISTS {s}.globalconf (
@@ -183,7 +186,7 @@ CREATE TABLE IF NOT EXISTS {s}.globalconf (
 """
 
 
-def _lock_key(schema: str) -> int:
+def writer_lock_key(schema: str) -> int:
     """The advisory lock key of a schema: 64 bits of a digest, as PostgreSQL's signed bigint.
 
     A digest rather than hashtext(): stable across PostgreSQL versions, and a collision
@@ -266,7 +269,7 @@ class PostgresMessageLog:
 
     async def _lock(self) -> None:
         assert self._conn is not None
-        key = _lock_key(self.schema)
+        key = writer_lock_key(self.schema)
         if await self._conn.fetchval("SELECT pg_try_advisory_lock($1)", key):
             return
         # Name the holder, so the operator can find the other process.
@@ -308,15 +311,20 @@ class PostgresMessageLog:
         if version == 0 and "exchange" not in tables:
             async with self._conn.transaction():
                 await self._conn.execute(f"CREATE SCHEMA IF NOT EXISTS {self._s}")
-                await self._conn.execute(_ddl(self._s))
+                await self._conn.execute(log_ddl(self._s))
         elif version != _SCHEMA_VERSION:
+            how = (
+                f"run 'xroad-hub node upgrade-log DATABASE --schema {self.schema}' (it keeps "
+                f"the old log as schema {self.schema}_v4)"
+                if version == _SCHEMA_VERSION - 1
+                else "keep that schema for audit, rename it (ALTER SCHEMA ... RENAME TO ...) "
+                "and start again"
+            )
             raise LogError(
                 f"schema {self.schema!r} holds a message log of schema version {version}, this "
-                f"node writes version {_SCHEMA_VERSION}; keep that schema for audit, rename it "
-                "(ALTER SCHEMA ... RENAME TO ...) and start again (PostgreSQL logs are not "
-                "upgraded; 'xroad-hub node upgrade-log' upgrades SQLite files)"
+                f"node writes version {_SCHEMA_VERSION}: {how}"
             )
-        await self._conn.execute(_globalconf_ddl(self._s))
+        await self._conn.execute(globalconf_ddl(self._s))
 
     async def _load_tree(self) -> None:
         """Rebuild the tree head from the committed leaves (O(n) once, at start)."""

@@ -1,4 +1,4 @@
-"""Upgrading a version 4 SQLite message log to version 5 (``xroad-hub node upgrade-log``).
+"""Upgrading a version 4 message log to version 5 (``xroad-hub node upgrade-log``).
 
 Version 4 stored each entry's leaf beside the columns it is made of; version 5 stores its
 hash and rebuilds the leaf (layout.py). The upgrade writes a new file beside the old one,
@@ -8,29 +8,39 @@ upgraded log verifies with the same checkpoints, witness co-signatures and times
 entry whose stored leaf its columns do not give (a log changed behind the node's back) stops
 the upgrade, naming it: such a log is for ``audit verify`` of the version that wrote it.
 
-The old file is never changed: it is renamed to ``FILE.v4`` (kept as it was, for audit by the
-old version) and the new one takes its name, so the node starts on it with its settings as
-they are. The node must be stopped: the old file is held with an exclusive lock throughout.
+The old log is never changed: a SQLite file is renamed to ``FILE.v4``, a PostgreSQL schema
+to ``SCHEMA_v4`` (kept as they were, for audit by the old version), and the new log takes its
+name, so the node starts on it with its settings as they are. The node must be stopped: the
+old log is held with an exclusive lock (SQLite) or the writer's advisory lock (PostgreSQL)
+throughout, and a PostgreSQL upgrade is one transaction.
 """
 
 from __future__ import annotations
 
+import asyncio
 import os
 import sqlite3
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
+import asyncpg
 import orjson
 
 from xroad_hub.errors import HubError
-from xroad_hub.messagelog.layout import SCHEMA_VERSION, STORED
+from xroad_hub.messagelog.layout import COLUMNS, SCHEMA_VERSION, STORED
+from xroad_hub.messagelog.postgres import (
+    globalconf_ddl,
+    log_ddl,
+    validate_schema_name,
+    writer_lock_key,
+)
 from xroad_hub.messagelog.record import leaf_of
 from xroad_hub.messagelog.sqlite import GLOBALCONF_SCHEMA, SCHEMA
 from xroad_hub.privatefile import ensure_private
 from xroad_hub.protocol import merkle
 
-__all__ = ["UpgradeError", "upgrade_sqlite_log"]
+__all__ = ["UpgradeError", "upgrade_postgres_log", "upgrade_sqlite_log"]
 
 _FROM_VERSION = 4
 _BATCH = 4096
@@ -124,6 +134,99 @@ def _copy(
         new.execute("COMMIT")
     finally:
         new.close()
+
+
+def upgrade_postgres_log(
+    dsn: str, schema: str, progress: Callable[[int, int], None] | None = None
+) -> str:
+    """Upgrade the version 4 log in ``schema`` to version 5; returns the schema the old log
+    is kept in. One transaction: an upgrade that fails leaves the database as it was."""
+    try:
+        schema = validate_schema_name(schema)
+    except ValueError as exc:
+        raise UpgradeError(str(exc)) from exc
+    try:
+        return asyncio.run(_upgrade_postgres(dsn, schema, progress))
+    except (OSError, asyncpg.PostgresError, asyncpg.InterfaceError) as exc:
+        raise UpgradeError(f"upgrading the log in schema {schema!r} failed: {exc}") from exc
+
+
+async def _upgrade_postgres(
+    dsn: str, schema: str, progress: Callable[[int, int], None] | None
+) -> str:
+    kept, new = f"{schema}_v4", f"{schema}_upgrading"
+    old_s, new_s = f'"{schema}"', f'"{new}"'
+    conn = await asyncpg.connect(dsn)
+    try:
+        if not await conn.fetchval("SELECT pg_try_advisory_lock($1)", writer_lock_key(schema)):
+            raise UpgradeError(f"the log in schema {schema!r} is in use: stop the node first")
+        names = {r[0] for r in await conn.fetch("SELECT nspname FROM pg_namespace")}
+        if schema not in names:
+            raise UpgradeError(f"the database has no schema {schema!r}")
+        for other in (kept, new):
+            if other in names:
+                raise UpgradeError(
+                    f"schema {other!r} exists (an earlier upgrade?): rename it first"
+                )
+        tables = {
+            r[0]
+            for r in await conn.fetch(
+                "SELECT table_name FROM information_schema.tables WHERE table_schema = $1", schema
+            )
+        }
+        version = (
+            await conn.fetchval(f"SELECT version FROM {old_s}.schema_version")
+            if "schema_version" in tables
+            else None
+        )
+        if version == SCHEMA_VERSION:
+            raise UpgradeError(f"the log in schema {schema!r} is version {version} already")
+        if version != _FROM_VERSION:
+            raise UpgradeError(
+                f"schema {schema!r} holds no version {_FROM_VERSION} message log (version "
+                f"{version}); this command upgrades version {_FROM_VERSION} logs only"
+            )
+        async with conn.transaction():
+            await conn.execute(f"CREATE SCHEMA {new_s}")
+            await conn.execute(log_ddl(new_s))
+            await conn.execute(globalconf_ddl(new_s))
+            for table in ("certificate", "checkpoint", "globalconf"):
+                if table in tables:
+                    await conn.execute(f"INSERT INTO {new_s}.{table} SELECT * FROM {old_s}.{table}")
+            total = int(await conn.fetchval(f"SELECT count(*) FROM {old_s}.exchange"))
+            done = 0
+            cursor = conn.cursor(f"SELECT * FROM {old_s}.exchange ORDER BY leaf_index")
+            batch: list[tuple[Any, ...]] = []
+            async for row in cursor:
+                batch.append(_upgraded(dict(row)))
+                if len(batch) == _BATCH:
+                    done += await _copy_rows(conn, new, batch, total, done, progress)
+            if batch:
+                await _copy_rows(conn, new, batch, total, done, progress)
+            await conn.execute(
+                f"INSERT INTO {new_s}.exchange_subject SELECT * FROM {old_s}.exchange_subject"
+            )
+            await conn.execute(f'ALTER SCHEMA {old_s} RENAME TO "{kept}"')
+            await conn.execute(f"ALTER SCHEMA {new_s} RENAME TO {old_s}")
+    finally:
+        await conn.close()  # and with the session, the advisory lock
+    return kept
+
+
+async def _copy_rows(
+    conn: asyncpg.Connection,
+    schema: str,
+    batch: list[tuple[Any, ...]],
+    total: int,
+    done: int,
+    progress: Callable[[int, int], None] | None,
+) -> int:
+    await conn.copy_records_to_table("exchange", schema_name=schema, columns=COLUMNS, records=batch)
+    copied = len(batch)
+    batch.clear()
+    if progress is not None:
+        progress(done + copied, total)
+    return copied
 
 
 def _upgraded(row: dict[str, Any]) -> tuple[Any, ...]:

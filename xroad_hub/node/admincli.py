@@ -96,20 +96,22 @@ def add_node_commands(sub: Any) -> None:
     trail.add_argument("--quiet", action="store_true", help="only the summary")
     upgrade = node_sub.add_parser(
         "upgrade-log",
-        help="upgrade a version 4 SQLite message log to version 5 (the node must be stopped)",
+        help="upgrade a version 4 message log to version 5 (the node must be stopped)",
         description="Version 5 stores each entry's leaf hash instead of its leaf, which is "
         "rebuilt from the entry's columns (about half the bytes per exchange). Writes the "
-        "upgraded log beside FILE, entry by entry, keeping an entry only if its columns give "
-        "exactly the leaf stored with it, so the tree, its root and every checkpoint stay as "
-        "they were; then renames FILE to FILE.v4 (unchanged, for audit) and puts the new log "
-        "in its place. Stops, changing nothing, at the first entry whose columns do not give "
-        "its leaf (the log was altered: check it with 'audit verify' of the version that "
-        "wrote it).",
+        "upgraded log beside the old one, entry by entry, keeping an entry only if its columns "
+        "give exactly the leaf stored with it, so the tree, its root and every checkpoint stay "
+        "as they were; then keeps the old log, unchanged, for audit (a file as FILE.v4, a "
+        "PostgreSQL schema as SCHEMA_v4) and puts the new one in its place. Stops, changing "
+        "nothing, at the first entry whose columns do not give its leaf (the log was altered: "
+        "check it with 'audit verify' of the version that wrote it).",
     )
     upgrade.add_argument(
-        "file", type=Path, metavar="FILE", help="the node's message log, e.g. "
-        "NODEDIR/data/messagelog.sqlite"
+        "log", metavar="LOG", help="the node's message log: NODEDIR/data/messagelog.sqlite, or "
+        "its PostgreSQL database (postgresql://...)"
     )  # fmt: skip
+    upgrade.add_argument("--schema", help="with a PostgreSQL log: the schema holding it")
+    upgrade.add_argument("--node", help="with a PostgreSQL log: the node whose log it is")
     from xroad_hub.node.enroll import add_enroll_commands
 
     add_enroll_commands(node_sub)  # node init, node enroll, node client (issue 12)
@@ -130,7 +132,7 @@ def run_node_command(args: argparse.Namespace) -> int:
     if args.node_command == "trail":
         return _trail(args)
     if args.node_command == "upgrade-log":
-        return _upgrade_log(args.file)
+        return _upgrade_log(args.log, args.schema, args.node)
     if args.node_command == "keys":
         from xroad_hub.node.rotation import run_keys_command
 
@@ -209,18 +211,37 @@ def _trail(args: argparse.Namespace) -> int:
     return 0
 
 
-def _upgrade_log(path: Path) -> int:
-    from xroad_hub.messagelog.upgrade import UpgradeError, upgrade_sqlite_log
+def _upgrade_log(log: str, schema: str | None, node: str | None) -> int:
+    from xroad_hub.messagelog.postgres import is_dsn, log_schemas, schema_for_node
+    from xroad_hub.messagelog.upgrade import (
+        UpgradeError,
+        upgrade_postgres_log,
+        upgrade_sqlite_log,
+    )
 
     def progress(done: int, total: int) -> None:
         print(f"upgraded {done} of {total} entries", file=sys.stderr)
 
     try:
-        kept = upgrade_sqlite_log(path, progress)
+        if not is_dsn(log):
+            kept = str(upgrade_sqlite_log(Path(log), progress))
+        else:
+            if schema is None and node is not None:
+                schema = schema_for_node(node)
+            if schema is None:
+                found = log_schemas(log)
+                if len(found) != 1:
+                    print("xroad-hub: name the log's schema (--schema NAME) or its node "
+                          f"(--node NODE-ID); the database holds {found or 'no log'}",
+                          file=sys.stderr)  # fmt: skip
+                    return 2
+                schema = found[0]
+            kept = "schema " + upgrade_postgres_log(log, schema, progress)
+            log = f"schema {schema}"
     except UpgradeError as exc:
         print(f"xroad-hub: {exc}", file=sys.stderr)
         return 1
-    print(f"{path} is a version 5 log now; the version 4 file is kept as {kept}")
+    print(f"{log} is a version 5 log now; the version 4 log is kept as {kept}")
     return 0
 
 
