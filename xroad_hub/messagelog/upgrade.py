@@ -95,8 +95,19 @@ def upgrade_sqlite_log(path: Path, progress: Callable[[int, int], None] | None =
             # only its write-ahead log has. Nothing was renamed.
             new.unlink(missing_ok=True)
             raise UpgradeError(f"{path} is still open elsewhere: stop the node and try again")
-    os.replace(path, kept)
+    # FILE names a complete log at every moment: the old one is linked as FILE.v4 first,
+    # then the new one replaces FILE in one rename.
+    try:
+        os.link(path, kept)
+    except OSError as exc:
+        new.unlink(missing_ok=True)
+        raise UpgradeError(f"cannot keep {path} as {kept}: {exc}") from exc
     os.replace(new, path)
+    directory = os.open(path.parent, os.O_RDONLY)
+    try:
+        os.fsync(directory)  # the renames survive a power cut
+    finally:
+        os.close(directory)
     return kept
 
 
