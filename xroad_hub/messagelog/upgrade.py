@@ -18,6 +18,7 @@ throughout, and a PostgreSQL upgrade is one transaction.
 from __future__ import annotations
 
 import asyncio
+import fcntl
 import os
 import sqlite3
 from collections.abc import Callable
@@ -44,6 +45,7 @@ __all__ = ["UpgradeError", "upgrade_postgres_log", "upgrade_sqlite_log"]
 
 _FROM_VERSION = 4
 _BATCH = 4096
+_PG_NAME = 63  # PostgreSQL's longest identifier, in bytes
 
 
 class UpgradeError(HubError):
@@ -54,10 +56,30 @@ def upgrade_sqlite_log(path: Path, progress: Callable[[int, int], None] | None =
     """Upgrade the version 4 log ``path`` to version 5; returns where the old file is kept.
 
     ``progress(done, total)`` is told every batch of entries."""
-    kept = path.with_name(path.name + ".v4")
-    new = path.with_name(path.name + ".upgrading")
     if not path.is_file():
         raise UpgradeError(f"{path} is not a file")
+    try:
+        # A second upgrade of the file would delete this one's FILE.upgrading and build its
+        # own there, which this one would then rename over FILE half copied: one at a time
+        # (flock, which SQLite's own POSIX locks do not touch; held until FILE is renamed).
+        lock = os.open(path, os.O_RDONLY | getattr(os, "O_CLOEXEC", 0))
+    except OSError as exc:
+        raise UpgradeError(f"cannot open {path}: {exc}") from exc
+    try:
+        try:
+            fcntl.flock(lock, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except OSError as exc:
+            raise UpgradeError(f"{path} is being upgraded already ({exc})") from exc
+        return _upgrade_sqlite(path, progress)
+    except OSError as exc:
+        raise UpgradeError(f"upgrading {path} failed: {exc}") from exc
+    finally:
+        os.close(lock)  # after every SQLite connection to it is closed (POSIX lock semantics)
+
+
+def _upgrade_sqlite(path: Path, progress: Callable[[int, int], None] | None) -> Path:
+    kept = path.with_name(path.name + ".v4")
+    new = path.with_name(path.name + ".upgrading")
     try:
         old = sqlite3.connect(path, isolation_level=None)
     except sqlite3.Error as exc:
@@ -142,6 +164,12 @@ def _copy(
             done += len(batch)
             if progress is not None:
                 progress(done, total)
+        # The subject index as version 4 kept it (as PostgreSQL's upgrade copies it), not as
+        # the trigger rebuilt it: a changed index its audit reports must stay reported.
+        new.execute("DELETE FROM exchange_subject")
+        cur = old.execute("SELECT subject, leaf_index FROM exchange_subject")
+        while batch := cur.fetchmany(_BATCH):
+            new.executemany("INSERT INTO exchange_subject VALUES (?, ?)", batch)
         new.execute("COMMIT")
     finally:
         new.close()
@@ -156,8 +184,17 @@ def upgrade_postgres_log(
         schema = validate_schema_name(schema)
     except ValueError as exc:
         raise UpgradeError(str(exc)) from exc
+    if len(schema) > _PG_NAME - len("_upgrading"):
+        # PostgreSQL would cut SCHEMA_upgrading and SCHEMA_v4 to 63 bytes, silently: the old
+        # log kept under another name than the one reported, or no upgrade at all.
+        raise UpgradeError(
+            f"schema name {schema!r} is too long to upgrade in place (at most "
+            f"{_PG_NAME - len('_upgrading')} characters): rename the schema first"
+        )
     try:
         return asyncio.run(_upgrade_postgres(dsn, schema, progress))
+    except ValueError as exc:  # asyncpg's reading of a malformed DSN
+        raise UpgradeError(f"the database address is not valid ({exc})") from exc
     except (OSError, asyncpg.PostgresError, asyncpg.InterfaceError) as exc:
         raise UpgradeError(f"upgrading the log in schema {schema!r} failed: {exc}") from exc
 
@@ -244,6 +281,8 @@ def _upgraded(row: dict[str, Any]) -> tuple[Any, ...]:
     """The version 5 row of a version 4 one (leaf_index first, then STORED)."""
     index = row["leaf_index"]
     leaf = row.pop("leaf")
+    if not isinstance(leaf, bytes):
+        raise _altered(index, f"its leaf is {type(leaf).__name__}, not bytes")
     try:
         parsed = orjson.loads(leaf)
         for side in ("request", "response"):
@@ -252,7 +291,7 @@ def _upgraded(row: dict[str, Any]) -> tuple[Any, ...]:
         rebuilt = leaf_of(row)
     except (orjson.JSONDecodeError, KeyError, TypeError, ValueError) as exc:
         raise _altered(index, f"its leaf or columns cannot be read ({exc})") from exc
-    if rebuilt != bytes(leaf):
+    if rebuilt != leaf:
         raise _altered(index, "its columns do not give the leaf stored with them")
     row["leaf_hash"] = merkle.leaf_hash(rebuilt)
     return (index, *(row[name] for name in STORED))

@@ -229,7 +229,12 @@ def _upgrade_log(log: str, schema: str | None, node: str | None) -> int:
             if schema is None and node is not None:
                 schema = schema_for_node(node)
             if schema is None:
-                found = log_schemas(log)
+                try:
+                    found = log_schemas(log)
+                except ValueError as exc:  # asyncpg's reading of a malformed DSN
+                    print(f"xroad-hub: the database address is not valid ({exc})",
+                          file=sys.stderr)  # fmt: skip
+                    return 2
                 if len(found) != 1:
                     print("xroad-hub: name the log's schema (--schema NAME) or its node "
                           f"(--node NODE-ID); the database holds {found or 'no log'}",
