@@ -101,7 +101,7 @@ def _upgrade_sqlite(path: Path, progress: Callable[[int, int], None] | None) -> 
         if kept.exists():
             raise UpgradeError(f"{kept} exists (an earlier upgrade kept it): move it aside first")
         new.unlink(missing_ok=True)  # left by an upgrade that was interrupted
-        _copy(old, path, new, progress)
+        _copy(old, new, progress)
         old.execute("COMMIT")
     except sqlite3.Error as exc:
         new.unlink(missing_ok=True)
@@ -135,7 +135,6 @@ def _upgrade_sqlite(path: Path, progress: Callable[[int, int], None] | None) -> 
 
 def _copy(
     old: sqlite3.Connection,
-    path: Path,
     new_path: Path,
     progress: Callable[[int, int], None] | None,
 ) -> None:
