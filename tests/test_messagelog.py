@@ -347,3 +347,14 @@ async def test_sqlite_writer_commits_durably(tmp_path: Path) -> None:
         assert await log.append(_rec(0)) == 0
     finally:
         await log.close()
+
+
+async def test_a_log_with_a_removed_row_is_refused_at_open(backend: Backend) -> None:
+    # Numbering on after a gap would put every later leaf at the wrong index of the tree.
+    log = await backend.open()
+    for i in range(3):
+        await log.append(_rec(i))
+    await log.close()
+    await backend.tamper("DELETE FROM {exchange} WHERE leaf_index = 1")
+    with pytest.raises(LogError, match=r"no entry 1 \(next is 2\): rows were removed"):
+        await backend.make().open()

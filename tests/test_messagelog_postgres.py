@@ -125,16 +125,6 @@ async def test_another_schema_version_is_refused(pg_backend: PostgresBackend) ->
         await pg_backend.make().open()
 
 
-async def test_a_log_with_a_removed_row_is_refused_at_open(pg_backend: PostgresBackend) -> None:
-    log = await pg_backend.open()
-    for i in range(3):
-        await log.append(_rec(i))
-    await log.close()
-    await pg_backend.execute("DELETE FROM {exchange} WHERE leaf_index = 1")
-    with pytest.raises(LogError, match=r"has no entry 1 \(next is 2\): rows were removed"):
-        await pg_backend.make().open()
-
-
 async def test_a_lost_writer_connection_fails_closed(pg_backend: PostgresBackend) -> None:
     log = await pg_backend.open()
     assert await log.append(_rec(0)) == 0

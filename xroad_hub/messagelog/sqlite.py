@@ -162,19 +162,28 @@ class SQLiteMessageLog:
         await self._db.executescript(GLOBALCONF_SCHEMA)
         self._commits.max_batch = min(self._commits.max_batch, _MAX_VARIABLES // len(_COLUMNS))
         # The tree of committed leaves, from their stored hashes (each checked to be one:
-        # the node would sign checkpoints over whatever it builds on).
+        # the node would sign checkpoints over whatever it builds on). The tree puts leaf i
+        # at index i: a missing row would make every later proof and checkpoint wrong, so
+        # the log is refused rather than numbered on from it (as PostgreSQL's is).
+        expected = 0
         try:
             async with self._db.execute(
                 "SELECT leaf_index, leaf_hash FROM exchange ORDER BY leaf_index"
             ) as c:
                 while rows := await c.fetchmany(4096):
+                    # Distinct and ordered: the first and last in place means all are.
+                    if (rows[0][0], rows[-1][0]) != (expected, expected + len(rows) - 1):
+                        missing = next(i for i, r in enumerate(rows, expected) if r[0] != i)
+                        raise ValueError(
+                            f"no entry {missing} (next is {rows[missing - expected][0]}): rows "
+                            "were removed; keep it for audit"
+                        )
                     self._tree.extend(stored_leaf_hash(r[0], r[1]) for r in rows)
+                    expected += len(rows)
         except ValueError as exc:
             await self._db.close()
             raise LogError(f"{self.path}: {exc}") from exc
-        async with self._db.execute("SELECT COALESCE(MAX(leaf_index) + 1, 0) FROM exchange") as c:
-            row = await c.fetchone()
-        self._next_index = int(row[0]) if row else 0
+        self._next_index = expected
         # Autocommit, as above; made here, used only by the writer thread from now on.
         self._wdb = sqlite3.connect(self.path, isolation_level=None, check_same_thread=False)
         self._wdb.execute("PRAGMA synchronous=FULL")  # per connection, not kept in the file
