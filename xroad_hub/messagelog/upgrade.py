@@ -90,14 +90,7 @@ def _upgrade_sqlite(path: Path, progress: Callable[[int, int], None] | None) -> 
             old.execute("BEGIN EXCLUSIVE")
         except sqlite3.OperationalError as exc:
             raise UpgradeError(f"{path} is in use ({exc}): stop the node first") from exc
-        version = int(old.execute("PRAGMA user_version").fetchone()[0])
-        if version == SCHEMA_VERSION:
-            raise UpgradeError(f"{path} is a version {version} log already: nothing to do")
-        if version != _FROM_VERSION:
-            raise UpgradeError(
-                f"{path} holds a message log of version {version}; this command upgrades "
-                f"version {_FROM_VERSION} logs only"
-            )
+        _check_version(str(path), int(old.execute("PRAGMA user_version").fetchone()[0]))
         if kept.exists():
             raise UpgradeError(f"{kept} exists (an earlier upgrade kept it): move it aside first")
         new.unlink(missing_ok=True)  # left by an upgrade that was interrupted
@@ -226,13 +219,7 @@ async def _upgrade_postgres(
             if "schema_version" in tables
             else None
         )
-        if version == SCHEMA_VERSION:
-            raise UpgradeError(f"the log in schema {schema!r} is version {version} already")
-        if version != _FROM_VERSION:
-            raise UpgradeError(
-                f"schema {schema!r} holds no version {_FROM_VERSION} message log (version "
-                f"{version}); this command upgrades version {_FROM_VERSION} logs only"
-            )
+        _check_version(f"schema {schema!r}", version)
         async with conn.transaction():
             await conn.execute(f"CREATE SCHEMA {new_s}")
             await conn.execute(log_ddl(new_s))
@@ -274,6 +261,17 @@ async def _copy_rows(
     if progress is not None:
         progress(done + copied, total)
     return copied
+
+
+def _check_version(log: str, version: object) -> None:
+    """UpgradeError unless ``log`` (named for the message) holds a version 4 log."""
+    if version == SCHEMA_VERSION:
+        raise UpgradeError(f"{log} is a version {version} log already: nothing to do")
+    if version != _FROM_VERSION:
+        raise UpgradeError(
+            f"{log} holds a message log of version {version}; this command upgrades version "
+            f"{_FROM_VERSION} logs only"
+        )
 
 
 def _upgraded(row: dict[str, Any]) -> tuple[Any, ...]:
