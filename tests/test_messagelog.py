@@ -14,6 +14,7 @@ import pytest
 
 from xroad_hub.messagelog import LogRecord
 from xroad_hub.messagelog.sqlite import _COLUMNS as SQLITE_COLUMNS
+from xroad_hub.messagelog.sqlite import SQLiteMessageLog
 from xroad_hub.messagelog.store import LogError, MessageLog
 from xroad_hub.protocol import merkle
 
@@ -358,3 +359,24 @@ async def test_a_log_with_a_removed_row_is_refused_at_open(backend: Backend) -> 
     await backend.tamper("DELETE FROM {exchange} WHERE leaf_index = 1")
     with pytest.raises(LogError, match=r"no entry 1 \(next is 2\): rows were removed"):
         await backend.make().open()
+
+
+async def test_a_sqlite_log_has_one_writer_at_a_time(tmp_path: Path) -> None:
+    # Two writers would assign the same leaf indexes (the PostgreSQL log holds an advisory
+    # lock for the same reason); the second is refused at open, until the first closes.
+    path = tmp_path / "messagelog.sqlite"
+    first = SQLiteMessageLog(path)
+    await first.open()
+    try:
+        await first.append(_rec(0))
+        with pytest.raises(LogError, match="already open for writing by another process"):
+            await SQLiteMessageLog(path).open()
+        assert await first.append(_rec(1)) == 1  # the refusal took nothing from the first
+    finally:
+        await first.close()
+    second = SQLiteMessageLog(path)
+    await second.open()
+    try:
+        assert await second.append(_rec(2)) == 2
+    finally:
+        await second.close()

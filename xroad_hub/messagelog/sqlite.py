@@ -20,8 +20,10 @@ Merkle tree of the tamper-evident log builds on.
 from __future__ import annotations
 
 import asyncio
+import fcntl
 import functools
 import hashlib
+import os
 import sqlite3
 from collections.abc import Iterator, Sequence
 from pathlib import Path
@@ -146,6 +148,7 @@ class SQLiteMessageLog:
         self._commits = ThreadedGroupCommit(self._write, self._committed, max_batch)
         self._next_index = 0
         self._known_certs: set[bytes] = set()
+        self._writer_lock: int | None = None  # see _writer_lock
         # Every perfect subtree, ~64 bytes per entry: consistency proofs for the witness
         # need old subtrees (a database-backed hash source would lift the memory cost).
         self._tree = merkle.MemoryTree()
@@ -154,6 +157,19 @@ class SQLiteMessageLog:
         # The log holds citizens' data: 0600 before SQLite writes a byte (the -wal and -shm
         # files SQLite creates take the database file's mode).
         await asyncio.to_thread(ensure_private, self.path, sqlite=True)
+        self._writer_lock = _writer_lock(self.path)
+        try:
+            await self._open()
+        except BaseException:
+            # The lock's descriptor is closed only after SQLite's connections: closing any
+            # descriptor of the file drops every POSIX lock this process holds on it.
+            if self._db is not None:
+                await self._db.close()
+            os.close(self._writer_lock)
+            self._writer_lock = None
+            raise
+
+    async def _open(self) -> None:
         # Autocommit: every batch is one statement, hence one transaction (see above).
         self._db = await aiosqlite.connect(self.path, isolation_level=None)
         await self._db.execute("PRAGMA journal_mode=WAL")
@@ -368,6 +384,30 @@ class SQLiteMessageLog:
             self._wdb.close()
         if self._db is not None:
             await self._db.close()
+        if self._writer_lock is not None:  # last: see open
+            os.close(self._writer_lock)
+            self._writer_lock = None
+
+
+def _writer_lock(path: Path) -> int:
+    """A descriptor of ``path`` holding an exclusive flock (SQLite's own locks are POSIX
+    locks, which flock does not touch) for as long as the log is open for writing; LogError
+    if another writer holds it: two writers would assign the same leaf indexes (the
+    PostgreSQL log has the same rule, with an advisory lock)."""
+    try:
+        fd = os.open(path, os.O_RDONLY | os.O_CLOEXEC)
+    except OSError as exc:
+        raise LogError(f"cannot open {path}: {exc}") from exc
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except OSError as exc:
+        os.close(fd)
+        raise LogError(
+            f"{path} is already open for writing by another process (a node, or 'xroad-hub "
+            "node upgrade-log'); two writers would assign the same leaf indexes. Stop the "
+            "other one, or give this node a log of its own"
+        ) from exc
+    return fd
 
 
 _READER_MMAP = 1 << 40

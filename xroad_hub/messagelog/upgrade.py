@@ -69,7 +69,9 @@ def upgrade_sqlite_log(path: Path, progress: Callable[[int, int], None] | None =
         try:
             fcntl.flock(lock, fcntl.LOCK_EX | fcntl.LOCK_NB)
         except OSError as exc:
-            raise UpgradeError(f"{path} is being upgraded already ({exc})") from exc
+            raise UpgradeError(
+                f"{path} is in use (a running node, or another upgrade): stop it first"
+            ) from exc
         return _upgrade_sqlite(path, progress)
     except OSError as exc:
         raise UpgradeError(f"upgrading {path} failed: {exc}") from exc
