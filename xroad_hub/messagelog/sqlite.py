@@ -48,7 +48,7 @@ from xroad_hub.messagelog.store import LogError
 from xroad_hub.privatefile import ensure_private
 from xroad_hub.protocol import merkle
 
-__all__ = ["SQLiteLogReader", "SQLiteMessageLog"]
+__all__ = ["SQLiteLogReader", "SQLiteMessageLog", "writer_lock"]
 
 
 SCHEMA = """
@@ -148,7 +148,7 @@ class SQLiteMessageLog:
         self._commits = ThreadedGroupCommit(self._write, self._committed, max_batch)
         self._next_index = 0
         self._known_certs: set[bytes] = set()
-        self._writer_lock: int | None = None  # see _writer_lock
+        self._writer_lock: int | None = None  # see writer_lock
         # Every perfect subtree, ~64 bytes per entry: consistency proofs for the witness
         # need old subtrees (a database-backed hash source would lift the memory cost).
         self._tree = merkle.MemoryTree()
@@ -157,7 +157,7 @@ class SQLiteMessageLog:
         # The log holds citizens' data: 0600 before SQLite writes a byte (the -wal and -shm
         # files SQLite creates take the database file's mode).
         await asyncio.to_thread(ensure_private, self.path, sqlite=True)
-        self._writer_lock = _writer_lock(self.path)
+        self._writer_lock = writer_lock(self.path)
         try:
             await self._open()
         except BaseException:
@@ -389,7 +389,7 @@ class SQLiteMessageLog:
             self._writer_lock = None
 
 
-def _writer_lock(path: Path) -> int:
+def writer_lock(path: Path) -> int:
     """A descriptor of ``path`` holding an exclusive flock (SQLite's own locks are POSIX
     locks, which flock does not touch) for as long as the log is open for writing; LogError
     if another writer holds it: two writers would assign the same leaf indexes (the
@@ -403,9 +403,9 @@ def _writer_lock(path: Path) -> int:
     except OSError as exc:
         os.close(fd)
         raise LogError(
-            f"{path} is already open for writing by another process (a node, or 'xroad-hub "
-            "node upgrade-log'); two writers would assign the same leaf indexes. Stop the "
-            "other one, or give this node a log of its own"
+            f"{path} is already open for writing by another process (a running node, or "
+            "'xroad-hub node upgrade-log'): two writers would assign the same leaf indexes; "
+            "stop the other one first"
         ) from exc
     return fd
 

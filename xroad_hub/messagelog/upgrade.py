@@ -18,7 +18,6 @@ throughout, and a PostgreSQL upgrade is one transaction.
 from __future__ import annotations
 
 import asyncio
-import fcntl
 import os
 import sqlite3
 from collections.abc import Callable
@@ -37,7 +36,8 @@ from xroad_hub.messagelog.postgres import (
     writer_lock_key,
 )
 from xroad_hub.messagelog.record import leaf_of
-from xroad_hub.messagelog.sqlite import GLOBALCONF_SCHEMA, SCHEMA
+from xroad_hub.messagelog.sqlite import GLOBALCONF_SCHEMA, SCHEMA, writer_lock
+from xroad_hub.messagelog.store import LogError
 from xroad_hub.privatefile import ensure_private
 from xroad_hub.protocol import merkle
 
@@ -59,19 +59,13 @@ def upgrade_sqlite_log(path: Path, progress: Callable[[int, int], None] | None =
     if not path.is_file():
         raise UpgradeError(f"{path} is not a file")
     try:
-        # A second upgrade of the file would delete this one's FILE.upgrading and build its
-        # own there, which this one would then rename over FILE half copied: one at a time
-        # (flock, which SQLite's own POSIX locks do not touch; held until FILE is renamed).
-        lock = os.open(path, os.O_RDONLY | getattr(os, "O_CLOEXEC", 0))
-    except OSError as exc:
-        raise UpgradeError(f"cannot open {path}: {exc}") from exc
+        # One writer at a time, as for a node: a second upgrade of the file would delete this
+        # one's FILE.upgrading and build its own there, which this one would then rename
+        # over FILE half copied; a node would write to the file being copied.
+        lock = writer_lock(path)
+    except LogError as exc:
+        raise UpgradeError(str(exc)) from exc
     try:
-        try:
-            fcntl.flock(lock, fcntl.LOCK_EX | fcntl.LOCK_NB)
-        except OSError as exc:
-            raise UpgradeError(
-                f"{path} is in use (a running node, or another upgrade): stop it first"
-            ) from exc
         return _upgrade_sqlite(path, progress)
     except OSError as exc:
         raise UpgradeError(f"upgrading {path} failed: {exc}") from exc
