@@ -709,3 +709,15 @@ async def test_a_leaf_naming_no_subject_is_a_finding_not_a_crash(
         report = verify_log(log_copy, _root(fed), entries=entries)
         assert not report.ok
         assert any(f.leaf_index == 2 and "subject" in f.problem for f in report.findings)
+
+
+def test_a_malformed_database_address_is_a_message_not_a_traceback() -> None:
+    # asyncpg's own reading of the address raised a ValueError no error boundary rendered.
+    dsn = "postgresql://u:s3cretpw@127.0.0.1:notaport/test"
+    run = subprocess.run(
+        [sys.executable, "-m", "xroad_hub.cli", "audit", "search", dsn],
+        capture_output=True, text=True, timeout=60,
+    )  # fmt: skip
+    assert run.returncode == 2, run.stderr
+    assert "the database address is not valid" in run.stderr
+    assert "Traceback" not in run.stderr and "s3cretpw" not in run.stderr + run.stdout

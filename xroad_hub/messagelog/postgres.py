@@ -682,5 +682,7 @@ def log_schemas(dsn: str) -> list[str]:
         return loop.run_until_complete(_schemas(dsn))
     except _DB_ERRORS as exc:
         raise LogReadError(f"cannot list the message logs in the database: {exc}") from exc
+    except ValueError as exc:  # asyncpg's reading of a malformed address
+        raise LogReadError(f"the database address is not valid ({exc})") from exc
     finally:
         loop.close()
