@@ -281,7 +281,14 @@ async def kinds_server(
     is the path); its base URL."""
     app = web.Application()
     app.router.add_post("/{kind}", handler)
-    runner = web.AppRunner(app)
+    async with served_app(app) as url:
+        yield url
+
+
+@contextlib.asynccontextmanager
+async def served_app(app: web.Application) -> AsyncIterator[str]:
+    """``app`` served on a free loopback port while the block runs; its base URL."""
+    runner = web.AppRunner(app, access_log=None)
     await runner.setup()
     site = web.TCPSite(runner, "127.0.0.1", 0)
     await site.start()

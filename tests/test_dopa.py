@@ -6,14 +6,12 @@ from __future__ import annotations
 import asyncio
 import io
 import re
-import socket
 from collections.abc import AsyncIterator, Iterator
 from datetime import date
 
 import aiohttp
 import pytest
 import zeep
-from aiohttp import web
 from lxml import etree
 from zeep.exceptions import Fault
 
@@ -21,6 +19,8 @@ from xroad_hub.demo.dopa import MAX_BODY, NAMESPACE, dopa_app
 from xroad_hub.demo.runner import _BACKENDS
 from xroad_hub.demo.synthetic import Citizen, demo_people, is_valid_house_id, population
 from xroad_hub.protocol.thaiid import with_check_digit
+
+from .conftest import served_app
 
 SEED, COUNT = 2569, 20
 WSDL = "http://schemas.xmlsoap.org/wsdl/"
@@ -44,12 +44,8 @@ DECEASED = next(c for c in REGISTRY.citizens if c.status == "deceased")
 
 @pytest.fixture(scope="module")
 async def base_url() -> AsyncIterator[str]:
-    runner = web.AppRunner(dopa_app(SEED, COUNT), access_log=None)
-    await runner.setup()
-    sock = socket.create_server(("127.0.0.1", 0))
-    await web.SockSite(runner, sock).start()
-    yield f"http://127.0.0.1:{sock.getsockname()[1]}/"
-    await runner.cleanup()
+    async with served_app(dopa_app(SEED, COUNT)) as url:
+        yield url + "/"
 
 
 @pytest.fixture(scope="module")

@@ -8,7 +8,6 @@ from __future__ import annotations
 import copy
 import json
 import random
-import socket
 from collections.abc import AsyncIterator, Callable
 from pathlib import Path
 from typing import Any
@@ -16,7 +15,6 @@ from typing import Any
 import jsonschema
 import pytest
 import zeep
-from aiohttp import web
 from lxml import etree
 from zeep.xsd import ComplexType
 from zeep.xsd.elements import Any as XsdAny
@@ -33,6 +31,7 @@ from adapters.soap.jsonmap import element_schema, json_schema, response_json
 from xroad_hub.demo.dopa import dopa_app
 from xroad_hub.demo.synthetic import demo_people, population
 
+from .conftest import served_app
 from .soap_legacy import LegacyServer
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -425,12 +424,8 @@ def test_another_zeep_release_gets_zeeps_own_reading(monkeypatch: pytest.MonkeyP
 
 @pytest.fixture(scope="module")
 async def dopa_url() -> AsyncIterator[str]:
-    runner = web.AppRunner(dopa_app(DOPA_SEED, DOPA_COUNT), access_log=None)
-    await runner.setup()
-    sock = socket.create_server(("127.0.0.1", 0))
-    await web.SockSite(runner, sock).start()
-    yield f"http://127.0.0.1:{sock.getsockname()[1]}/"
-    await runner.cleanup()
+    async with served_app(dopa_app(DOPA_SEED, DOPA_COUNT)) as url:
+        yield url + "/"
 
 
 async def _bridged_without_zeep(

@@ -50,6 +50,7 @@ from cryptography.x509.oid import NameOID
 from xroad_hub.errors import ProtocolError
 from xroad_hub.messagelog.layout import COLUMNS
 from xroad_hub.messagelog.reader import LogReader, LogReadError, Row, as_dict
+from xroad_hub.messagelog.reader import short as _short
 from xroad_hub.messagelog.record import leaf_of
 from xroad_hub.messagelog.search import SearchFilter
 from xroad_hub.messagelog.source import LogSource, reading
@@ -258,14 +259,6 @@ def _wrong_types(row: Row, types: dict[str, tuple[tuple[type, ...], bool]]) -> I
             held = "NULL" if value is None else _TYPE_NAMES.get(type(value), type(value).__name__)
             want = "a number" if expected == _NUMBER else _TYPE_NAMES[expected[0]]
             yield f"column {name} holds {held} ({_short(value)}), not {want}"
-
-
-def _short(value: object) -> str:
-    try:
-        text = repr(value)
-    except RecursionError:  # JSON nests deeper than repr goes
-        return "a value nested too deep to show"
-    return text if len(text) <= 40 else text[:39] + "…"
 
 
 def iso_utc(epoch: float) -> str:

@@ -30,7 +30,8 @@ from xroad_hub.messagelog.layout import COLUMNS, SCHEMA_VERSION
 from xroad_hub.messagelog.search import SearchFilter, search_sql
 
 __all__ = [
-    "BATCH", "LogReadError", "LogReader", "Row", "SQLLogReader", "as_dict", "stored_leaf_hash",
+    "BATCH", "LogReadError", "LogReader", "Row", "SQLLogReader", "as_dict", "short",
+    "stored_leaf_hash",
 ]  # fmt: skip
 
 # Rows per round trip when walking the whole log: big enough that the driver's per-call
@@ -50,14 +51,22 @@ class Row(Protocol):
     def keys(self) -> Iterable[str]: ...
 
 
+def short(value: object) -> str:
+    """A stored value as findings and errors quote it: its repr, cut to 40 characters."""
+    try:
+        text = repr(value)
+    except RecursionError:  # JSON nests deeper than repr goes
+        return "a value nested too deep to show"
+    return text if len(text) <= 40 else text[:39] + "…"
+
+
 def stored_leaf_hash(index: object, value: object) -> bytes:
     """Entry ``index``'s stored leaf hash, as a tree takes it; ValueError if it is not a
     SHA-256 hash (32 bytes): a changed row that start-up and proofs must not build on."""
     if type(value) is not bytes or len(value) != 32:
-        shown = repr(value) if len(repr(value)) <= 40 else repr(value)[:39] + "…"
         raise ValueError(
-            f"entry {index} has no SHA-256 leaf hash ({shown}): the log was changed; keep it "
-            "for audit ('xroad-hub audit verify' lists what is wrong)"
+            f"entry {index} has no SHA-256 leaf hash ({short(value)}): the log was changed; "
+            "keep it for audit ('xroad-hub audit verify' lists what is wrong)"
         )
     return value
 

@@ -22,7 +22,7 @@ from xroad_hub.messagelog.postgres import (
 from xroad_hub.messagelog.reader import LogReader, LogReadError
 from xroad_hub.messagelog.sqlite import SQLiteLogReader
 
-__all__ = ["LogOpener", "LogSource", "open_reader", "reading"]
+__all__ = ["LogOpener", "LogSource", "log_schema", "open_reader", "reading"]
 
 # What the node's APIs hold: a function opening a fresh reader (the message log's
 # ``reader`` method), called per request in a worker thread.
@@ -45,23 +45,28 @@ def open_reader(
                 "database (postgresql://...)"
             )
         return SQLiteLogReader(path)
+    return PostgresLogReader(target, schema=log_schema(target, schema=schema, node=node))
+
+
+def log_schema(dsn: str, *, schema: str | None = None, node: str | None = None) -> str:
+    """The schema of the log the user named in the database at ``dsn``: ``schema``, else
+    that of ``node``, else the database's only log. LogReadError saying what to pass when
+    that is not enough."""
     if schema is not None:
         try:
-            schema = validate_schema_name(schema)
+            return validate_schema_name(schema)
         except ValueError as exc:
             raise LogReadError(str(exc)) from exc
-    elif node is not None:
-        schema = schema_for_node(node)
-    else:
-        found = log_schemas(target)
-        if len(found) != 1:
-            held = f"logs in schemas {', '.join(found)}" if found else "no message log"
-            raise LogReadError(
-                f"the database holds {held}; name the node (--node NODE-ID) or the schema "
-                "(--schema NAME)"
-            )
-        schema = found[0]
-    return PostgresLogReader(target, schema=schema)
+    if node is not None:
+        return schema_for_node(node)
+    found = log_schemas(dsn)
+    if len(found) != 1:
+        held = f"logs in schemas {', '.join(found)}" if found else "no message log"
+        raise LogReadError(
+            f"the database holds {held}; name the node (--node NODE-ID) or the schema "
+            "(--schema NAME)"
+        )
+    return found[0]
 
 
 @contextmanager

@@ -225,14 +225,15 @@ async def _upgrade_postgres(
                     await conn.execute(f"INSERT INTO {new_s}.{table} SELECT * FROM {old_s}.{table}")
             total = int(await conn.fetchval(f"SELECT count(*) FROM {old_s}.exchange"))
             done = 0
-            cursor = conn.cursor(f"SELECT * FROM {old_s}.exchange ORDER BY leaf_index")
-            batch: list[tuple[Any, ...]] = []
-            async for row in cursor:
-                batch.append(_upgraded(dict(row)))
-                if len(batch) == _BATCH:
-                    done += await _copy_rows(conn, new, batch, total, done, progress)
-            if batch:
-                await _copy_rows(conn, new, batch, total, done, progress)
+            cursor = await conn.cursor(f"SELECT * FROM {old_s}.exchange ORDER BY leaf_index")
+            while rows := await cursor.fetch(_BATCH):
+                await conn.copy_records_to_table(
+                    "exchange", schema_name=new, columns=COLUMNS,
+                    records=[_upgraded(dict(r)) for r in rows],
+                )  # fmt: skip
+                done += len(rows)
+                if progress is not None:
+                    progress(done, total)
             await conn.execute(
                 f"INSERT INTO {new_s}.exchange_subject SELECT * FROM {old_s}.exchange_subject"
             )
@@ -241,22 +242,6 @@ async def _upgrade_postgres(
     finally:
         await conn.close()  # and with the session, the advisory lock
     return kept
-
-
-async def _copy_rows(
-    conn: asyncpg.Connection,
-    schema: str,
-    batch: list[tuple[Any, ...]],
-    total: int,
-    done: int,
-    progress: Callable[[int, int], None] | None,
-) -> int:
-    await conn.copy_records_to_table("exchange", schema_name=schema, columns=COLUMNS, records=batch)
-    copied = len(batch)
-    batch.clear()
-    if progress is not None:
-        progress(done + copied, total)
-    return copied
 
 
 def _check_version(log: str, version: object) -> None:

@@ -212,7 +212,9 @@ def _trail(args: argparse.Namespace) -> int:
 
 
 def _upgrade_log(log: str, schema: str | None, node: str | None) -> int:
-    from xroad_hub.messagelog.postgres import is_dsn, log_schemas, schema_for_node
+    from xroad_hub.messagelog.postgres import is_dsn
+    from xroad_hub.messagelog.reader import LogReadError
+    from xroad_hub.messagelog.source import log_schema
     from xroad_hub.messagelog.upgrade import (
         UpgradeError,
         upgrade_postgres_log,
@@ -226,21 +228,11 @@ def _upgrade_log(log: str, schema: str | None, node: str | None) -> int:
         if not is_dsn(log):
             kept = str(upgrade_sqlite_log(Path(log), progress))
         else:
-            if schema is None and node is not None:
-                schema = schema_for_node(node)
-            if schema is None:
-                try:
-                    found = log_schemas(log)
-                except ValueError as exc:  # asyncpg's reading of a malformed DSN
-                    print(f"xroad-hub: the database address is not valid ({exc})",
-                          file=sys.stderr)  # fmt: skip
-                    return 2
-                if len(found) != 1:
-                    print("xroad-hub: name the log's schema (--schema NAME) or its node "
-                          f"(--node NODE-ID); the database holds {found or 'no log'}",
-                          file=sys.stderr)  # fmt: skip
-                    return 2
-                schema = found[0]
+            try:
+                schema = log_schema(log, schema=schema, node=node)
+            except LogReadError as exc:
+                print(f"xroad-hub: {exc}", file=sys.stderr)
+                return 2
             kept = "schema " + upgrade_postgres_log(log, schema, progress)
             log = f"schema {schema}"
     except UpgradeError as exc:
