@@ -621,19 +621,20 @@ async def test_batched_check_finds_what_the_entry_by_entry_check_finds(
 ) -> None:
     """`audit verify` checks pages of entries at once and falls back to the entry-by-entry
     check for a page it does not pass: the findings must be exactly that check's, whichever
-    page the tampered entry is in."""
+    page the tampered entry is in, and whether pages are checked in worker processes."""
     from xroad_hub.messagelog import audit
 
     _tamper(log_copy, sql)
     for mode in (True, False):
-        monkeypatch.setattr(audit._FastPage, "check", lambda *a: False)
+        monkeypatch.setattr(audit._FastPage, "subjects", lambda *a: None)
         slow = [str(f) for f in verify_log(log_copy, _root(fed), entries=mode).findings]
         monkeypatch.undo()
         assert slow or not mode, "the full check must find the tampering"
-        for page in (1, 2, 3, 4096):
+        for page, jobs in ((1, 1), (2, 1), (3, 1), (4096, 1), (2, 2)):
             monkeypatch.setattr(audit, "_PAGE", page)
-            fast = [str(f) for f in verify_log(log_copy, _root(fed), entries=mode).findings]
-            assert fast == slow, (page, mode)
+            monkeypatch.setattr(audit, "_PARALLEL_MIN", 0)
+            report = verify_log(log_copy, _root(fed), entries=mode, jobs=jobs)
+            assert [str(f) for f in report.findings] == slow, (page, mode, jobs)
 
 
 async def test_batched_check_passes_an_untouched_log_without_the_slow_check(
@@ -650,6 +651,12 @@ async def test_batched_check_passes_an_untouched_log_without_the_slow_check(
     monkeypatch.setattr(audit, "_PAGE", 2)
     report = verify_log(log_copy, _root(fed))
     assert report.ok and report.entries >= 4, [str(f) for f in report.findings]
+    # ... nor in worker processes, which then check every page (the entries too).
+    monkeypatch.setattr(audit, "_PARALLEL_MIN", 0)
+    monkeypatch.setattr(audit, "_walk", slow)
+    in_processes = verify_log(log_copy, _root(fed), jobs=2)
+    assert in_processes.ok and in_processes.processes == 2, in_processes.findings
+    assert (in_processes.entries, in_processes.root) == (report.entries, report.root)
 
 
 _NO_LEAF = ["not JSON", "", "[" * 1010 + "]" * 1010]  # columns that give no leaf to hash
@@ -685,7 +692,7 @@ async def test_odd_subjects_column_gives_the_findings_of_the_entry_by_entry_chec
     else:
         _tamper(log_copy, sql, subjects)
     for mode in (True, False):
-        monkeypatch.setattr(audit._FastPage, "check", lambda *a: False)
+        monkeypatch.setattr(audit._FastPage, "subjects", lambda *a: None)
         slow = verify_log(log_copy, _root(fed), entries=mode).findings
         monkeypatch.undo()
         assert any(f.leaf_index == 2 and "subject" in f.problem for f in slow), (mode, slow)

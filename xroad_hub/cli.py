@@ -5,6 +5,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import json
+import os
 import re
 import signal
 import sqlite3
@@ -241,6 +242,14 @@ def build_parser() -> argparse.ArgumentParser:
         help="how long entries may wait for a witnessed checkpoint before that is a "
         "problem (default 3600; raise it to check an older copy of a log)",
     )
+    verify.add_argument(
+        "--jobs",
+        type=_jobs,
+        default=_cpus(),
+        metavar="N",
+        help="processes checking the entries of a large log (default: this machine's "
+        f"{_cpus()} CPU(s)); 1 checks it in this process alone. Same findings either way",
+    )
     _root_ca(verify)
     _revocation_arguments(verify)
     export = audit_sub.add_parser(
@@ -381,6 +390,24 @@ def _message(exc: BaseException) -> str:
     if isinstance(exc, sqlite3.Error):
         return f"cannot read the message log: {exc}"
     return str(exc)
+
+
+def _cpus() -> int:
+    """CPUs this process may run on (its affinity, as a container or taskset limits it)."""
+    try:
+        return len(os.sched_getaffinity(0))
+    except AttributeError:  # not on Linux
+        return os.cpu_count() or 1
+
+
+def _jobs(text: str) -> int:
+    try:
+        jobs = int(text)
+    except ValueError:
+        jobs = 0
+    if not 1 <= jobs <= 256:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a number of processes from 1 to 256")
+    return jobs
 
 
 def _hint(exc: BaseException, args: argparse.Namespace) -> str:
@@ -663,6 +690,7 @@ def _verify_with(args: argparse.Namespace, reader: LogReader, roots: list[x509.C
     report = verify_log(
         reader, roots, progress=progress, entries=not args.tree_only,
         witnesses=witnesses, node=args.node, grace=args.grace, revocations=revocations,
+        jobs=args.jobs,
     )  # fmt: skip
     if show:
         print(file=sys.stderr)

@@ -31,9 +31,14 @@ import base64
 import binascii
 import hashlib
 import itertools
+import multiprocessing
+import multiprocessing.util
+import signal
 import struct
 import time
-from collections.abc import Callable, Iterator, Sequence
+from collections import deque
+from collections.abc import Callable, Collection, Iterator, Sequence
+from concurrent.futures import ProcessPoolExecutor
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
@@ -44,16 +49,17 @@ from urllib.request import urlopen
 import orjson
 from cryptography import x509
 from cryptography.exceptions import InvalidSignature
+from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric import ed25519
 from cryptography.x509.oid import NameOID
 
 from xroad_hub.errors import ProtocolError
 from xroad_hub.messagelog.layout import COLUMNS
-from xroad_hub.messagelog.reader import LogReader, LogReadError, Row, as_dict
+from xroad_hub.messagelog.reader import LogAddress, LogReader, LogReadError, Row, as_dict
 from xroad_hub.messagelog.reader import short as _short
 from xroad_hub.messagelog.record import leaf_of
 from xroad_hub.messagelog.search import SearchFilter
-from xroad_hub.messagelog.source import LogSource, reading
+from xroad_hub.messagelog.source import LogSource, open_address, reading
 from xroad_hub.protocol import merkle
 from xroad_hub.protocol.checkpoint import Checkpoint, CheckpointError, NoteVerifier, open_note
 from xroad_hub.protocol.globalconf import Revocation
@@ -131,6 +137,7 @@ class AuditReport:
     covered: int = 0
     # Finish time (epoch s) of the first entry no witnessed checkpoint covers, if any.
     uncovered_since: float | None = None
+    processes: int = 1  # that checked the entries
 
     @property
     def ok(self) -> bool:
@@ -277,6 +284,7 @@ def verify_log(
     grace: float = DEFAULT_GRACE,
     now: float | None = None,
     revocations: Sequence[Revocation] = (),
+    jobs: int = 1,
 ) -> AuditReport:
     """Verify the log ``log`` (a file, a PostgreSQL DSN or an open reader); never modifies
     it.
@@ -294,13 +302,16 @@ def verify_log(
     checkpoint covers that finished more than ``grace`` seconds before ``now``.
     ``revocations`` are certificates revoked since (a later global configuration's): an
     entry signed with one stands only if a timestamped checkpoint covering it is older
-    than the revocation."""
+    than the revocation.
+
+    ``jobs`` > 1 checks the entries of a large log in that many worker processes (the
+    findings are the same: a log they do not pass is checked again in this one)."""
     report = AuditReport()
     try:
         with reading(log) as reader:
             try:
                 _verify(reader, report, trusted_roots, progress, entries, witnesses, node,
-                        grace, now, revocations)  # fmt: skip
+                        grace, now, revocations, jobs)  # fmt: skip
             except LogReadError as exc:
                 report.findings.append(Finding(None, f"the log cannot be read: {exc}"))
     except LogReadError as exc:  # opening it
@@ -319,12 +330,10 @@ def _verify(
     grace: float,
     now: float | None,
     revocations: Sequence[Revocation] = (),
+    jobs: int = 1,
 ) -> None:
     total = reader.count()
     by_digest = {r.cert_sha256: r for r in revocations}
-    # Entries signed with a revoked certificate: (index, side, revocation), judged once the
-    # timestamps of the checkpoints covering them are known.
-    revoked_uses: list[tuple[int, str, Revocation]] = []
     certs: dict[str, bytes] = {}
     for digest, der in reader.certificates():
         if isinstance(digest, str) and isinstance(der, bytes):
@@ -354,11 +363,137 @@ def _verify(
     # valid checkpoint in the log; every checkpoint must then be that node's.
     origin = f"xroad-hub/{node}" if node else (trusted[0].origin if trusted else None)
     wanted = {int(c["size"]) for c in checkpoints} | {cp.size for cp in trusted}
-    roots_at: dict[int, bytes] = {}
-    # Finish time of the entries right after each checkpoint: where the part no witnessed
-    # checkpoint covers may start.
-    finished: dict[int, float] = {}
-    tree = merkle.CompactRange()
+    marks = frozenset({0, *wanted})
+    jobs = min(jobs, -(-total // _PAGE)) if total >= _PARALLEL_MIN else 1
+    walk = _Walk()
+    if jobs > 1 and _walk_in_processes(
+        reader, reader.address(), jobs, total, walk, certs, trusted_roots, entries, marks,
+        revoked, progress,
+    ):  # fmt: skip
+        report.processes = jobs
+    else:
+        # In this process, from the start: a page the workers did not pass may be anywhere,
+        # and the walk has counted everything before it.
+        walk = _Walk()
+        _walk(reader, report, walk, total, certs, verifier, entries, marks, revoked, progress)
+    report.entries = walk.entries
+    tree, roots_at, complete = walk.tree, walk.roots_at, walk.complete
+    report.root = tree.root()
+    stamped_at: dict[int, datetime] = {}  # size of a sound checkpoint -> its timestamp
+    for cp in checkpoints:
+        try:
+            problems = list(_check_checkpoint(cp, certs, trusted_roots, roots_at, stamped_at))
+        except Exception as exc:  # a crafted row must not stop the audit
+            problems = [f"cannot be checked: {exc!r}"]
+        revocation = revoked.get(str(cp["cert_sha256"]))
+        if revocation is not None and not problems:
+            late = revocation_problem(revocation, "it", stamped_at.get(int(cp["size"])))
+            problems += [late] if late else []
+        signed_origin = _origin(str(cp["note"]))
+        if not problems and origin is None:
+            origin = signed_origin
+        elif not problems and signed_origin != origin:
+            problems = [f"it is a checkpoint of {signed_origin}, this is the log of {origin}"]
+        for problem in problems:
+            report.findings.append(Finding(None, f"checkpoint at size {cp['size']}: {problem}"))
+        if problems:
+            stamped_at.pop(int(cp["size"]), None)
+        witnessed = cp["witness_cert_sha256"] is not None
+        if witnessed and not problems:
+            report.covered = max(report.covered, int(cp["size"]))
+    for cp in trusted:
+        problem = _compare_with_witness(cp, report.entries, roots_at, complete)
+        if problem:
+            report.findings.append(Finding(None, problem))
+        else:
+            report.covered = max(report.covered, cp.size)
+    for index, side, revocation in walk.revoked_uses:
+        # The earliest sound timestamp of a checkpoint covering the entry: the log had
+        # committed to it by then.
+        proven = min((t for size, t in stamped_at.items() if size > index), default=None)
+        what = "the request" if side == "request" else "the answer"
+        problem = revocation_problem(revocation, what, proven)
+        if problem:
+            report.findings.append(Finding(index, problem))
+    report.checkpoints = len(checkpoints)
+    report.witnessed = sum(1 for cp in checkpoints if cp["witness_cert_sha256"])
+    report.timestamped = sum(1 for cp in checkpoints if cp["timestamp_token"] is not None)
+    report.covered = min(report.covered, report.entries)
+    _check_coverage(report, walk.finished, grace, time.time() if now is None else now)
+
+
+@dataclass
+class _Walk:
+    """What the pass over the entries leaves for the checks after it."""
+
+    tree: merkle.CompactRange = field(default_factory=merkle.CompactRange)
+    entries: int = 0
+    complete: bool = True  # False after a gap: the tree beyond it means nothing
+    roots_at: dict[int, bytes] = field(default_factory=dict)  # at the sizes wanted
+    # Finish time of the first entry and of those right after each checkpoint: where the
+    # part no witnessed checkpoint covers may start.
+    finished: dict[int, float] = field(default_factory=dict)
+    # Entries signed with a certificate revoked since: (index, side, revocation), judged
+    # once the timestamps of the checkpoints covering them are known.
+    revoked_uses: list[tuple[int, str, Revocation]] = field(default_factory=list)
+
+    def add(self, hashes: list[bytes], wanted: frozenset[int], total: int,
+            progress: Callable[[int, int], None] | None) -> None:  # fmt: skip
+        """Add the leaf hashes of a page that passed, in runs that end where a root is
+        wanted (a checkpoint's size) or progress is told."""
+        start = self.entries
+        end = start + len(hashes)
+        stops = sorted(
+            {n for n in wanted if start < n <= end}
+            | set(range((start // 10000 + 1) * 10000, end + 1, 10000))
+            | {end}
+        )
+        for stop in stops:
+            self.tree.extend(hashes[self.entries - start : stop - start])
+            self.entries = stop
+            if stop in wanted:
+                self.roots_at[stop] = self.tree.root()
+            if progress is not None and (stop % 10000 == 0 or stop == total):
+                progress(stop, total)
+
+
+_SIDES = ("request", "response")
+
+
+def _page_facts(
+    page: list[Row], start: int, marks: frozenset[int], revoked: Collection[str], entries: bool
+) -> tuple[list[tuple[int, float]], list[tuple[int, str, str]]]:
+    """Of a page that passed: the earliest time of the entries at ``marks`` (the first, and
+    those right after checkpoints), and (index, side, certificate digest) of its signatures
+    by certificates in ``revoked``."""
+    end = start + len(page)
+    times = [
+        (i, _earliest_time(page[i - start]["finished_at"], page[i - start] if entries else None))
+        for i in sorted(m for m in marks if start <= m < end)
+    ]
+    hits = [
+        (i, side, digest)
+        for i, row in enumerate(page, start)
+        for side in _SIDES
+        if (digest := row[f"{side}_cert_sha256"]) in revoked
+    ] if revoked and entries else []  # fmt: skip
+    return times, hits
+
+
+def _walk(
+    reader: LogReader,
+    report: AuditReport,
+    walk: _Walk,
+    total: int,
+    certs: dict[str, bytes],
+    verifier: SignatureVerifier,
+    entries: bool,
+    marks: frozenset[int],
+    revoked: dict[str, Revocation],
+    progress: Callable[[int, int], None] | None,
+) -> None:
+    """Check every entry in this process, adding the findings to ``report``."""
+    wanted = marks - {0}
     subject_index = _SubjectIndex(reader)
     checks: list[tuple[int, frozenset[type]]] | None = None
     fast: _FastPage | None = None
@@ -367,10 +502,10 @@ def _verify(
     def note_revoked(index: int, row: Row) -> None:
         """Remember the entry's signatures by certificates revoked since (judged later)."""
         if revoked and entries:
-            for side in ("request", "response"):
+            for side in _SIDES:
                 hit = revoked.get(row[f"{side}_cert_sha256"])
                 if hit is not None:
-                    revoked_uses.append((index, side, hit))
+                    walk.revoked_uses.append((index, side, hit))
 
     def one(expected: int, row: Row) -> bool:
         """Check one entry and add it to the tree; False at a gap (nothing after it counts)."""
@@ -405,8 +540,8 @@ def _verify(
             note_revoked(index, row)
         for problem in subject_index.check(index, _json(row["subjects"])):
             report.findings.append(Finding(index, problem))
-        if index == 0 or index in wanted:
-            finished[index] = _earliest_time(row["finished_at"], row if entries else None)
+        if index in marks:
+            walk.finished[index] = _earliest_time(row["finished_at"], row if entries else None)
         leaf_hash = row["leaf_hash"]
         if not (isinstance(leaf_hash, bytes) and len(leaf_hash) == 32):
             if isinstance(leaf_hash, bytes):  # another type is reported above
@@ -414,95 +549,137 @@ def _verify(
             # The tree takes something in its place, so that later entries keep their
             # indexes; the checkpoints covering it then fail, as they must.
             leaf_hash = merkle.leaf_hash(repr(leaf_hash).encode())
-        tree.append(leaf_hash)
-        report.entries += 1
-        if report.entries in wanted:
-            roots_at[report.entries] = tree.root()
-        if progress is not None and (report.entries % 10000 == 0 or report.entries == total):
-            progress(report.entries, total)
+        walk.tree.append(leaf_hash)
+        walk.entries += 1
+        if walk.entries in wanted:
+            walk.roots_at[walk.entries] = walk.tree.root()
+        if progress is not None and (walk.entries % 10000 == 0 or walk.entries == total):
+            progress(walk.entries, total)
         return True
 
     # Pages of entries go through a batched check that only says "all of it is fine"; a page
     # it does not pass (any finding, anything unusual) is checked again entry by entry, so
     # the findings are those of the entry-by-entry check, and so is what it accepts.
-    complete = True
     rows = iter(reader.entries(columns))
-    while complete and (page := list(itertools.islice(rows, _PAGE))):
-        start = report.entries
+    while walk.complete and (page := list(itertools.islice(rows, _PAGE))):
+        start = walk.entries
         if fast is None:
             fast = _FastPage(list(page[0].keys()), certs, verifier, entries)
-        if not fast.check(page, start, subject_index):
-            complete = all(one(start + i, row) for i, row in enumerate(page))
+        if not _subjects_match(fast.subjects(page, start), start, subject_index):
+            walk.complete = all(one(start + i, row) for i, row in enumerate(page))
             continue
-        end = start + len(page)
-        for index in sorted({0, *wanted} & set(range(start, end))):
-            row = page[index - start]
-            finished[index] = _earliest_time(row["finished_at"], row if entries else None)
-        if revoked and entries:
-            # A page the batched check passes may still hold signatures of certificates
-            # revoked since: judged with the checkpoints' timestamps, as entry by entry.
-            for index, row in enumerate(page, start):
-                note_revoked(index, row)
-        # The page's leaf hashes go into the tree in runs that end where a root is wanted (a
-        # checkpoint's size) or progress is told.
-        hashes = fast.leaf_hashes(page)
-        stops = sorted(
-            {n for n in wanted if start < n <= end}
-            | set(range((start // 10000 + 1) * 10000, end + 1, 10000))
-            | {end}
-        )
-        for stop in stops:
-            tree.extend(hashes[report.entries - start : stop - start])
-            report.entries = stop
-            if stop in wanted:
-                roots_at[stop] = tree.root()
-            if progress is not None and (stop % 10000 == 0 or stop == total):
-                progress(stop, total)
-    if complete:  # after a gap, the index of the entries beyond it means nothing
+        times, hits = _page_facts(page, start, marks, revoked, entries)
+        walk.finished.update(times)
+        walk.revoked_uses += [(i, side, revoked[digest]) for i, side, digest in hits]
+        walk.add(fast.leaf_hashes(page), wanted, total, progress)
+    if walk.complete:  # after a gap, the index of the entries beyond it means nothing
         for problem in subject_index.leftovers():
             report.findings.append(Finding(None, problem))
-    report.root = tree.root()
-    stamped_at: dict[int, datetime] = {}  # size of a sound checkpoint -> its timestamp
-    for cp in checkpoints:
-        try:
-            problems = list(_check_checkpoint(cp, certs, trusted_roots, roots_at, stamped_at))
-        except Exception as exc:  # a crafted row must not stop the audit
-            problems = [f"cannot be checked: {exc!r}"]
-        revocation = revoked.get(str(cp["cert_sha256"]))
-        if revocation is not None and not problems:
-            late = revocation_problem(revocation, "it", stamped_at.get(int(cp["size"])))
-            problems += [late] if late else []
-        signed_origin = _origin(str(cp["note"]))
-        if not problems and origin is None:
-            origin = signed_origin
-        elif not problems and signed_origin != origin:
-            problems = [f"it is a checkpoint of {signed_origin}, this is the log of {origin}"]
-        for problem in problems:
-            report.findings.append(Finding(None, f"checkpoint at size {cp['size']}: {problem}"))
-        if problems:
-            stamped_at.pop(int(cp["size"]), None)
-        witnessed = cp["witness_cert_sha256"] is not None
-        if witnessed and not problems:
-            report.covered = max(report.covered, int(cp["size"]))
-    for cp in trusted:
-        problem = _compare_with_witness(cp, report.entries, roots_at, complete)
-        if problem:
-            report.findings.append(Finding(None, problem))
-        else:
-            report.covered = max(report.covered, cp.size)
-    for index, side, revocation in revoked_uses:
-        # The earliest sound timestamp of a checkpoint covering the entry: the log had
-        # committed to it by then.
-        proven = min((t for size, t in stamped_at.items() if size > index), default=None)
-        what = "the request" if side == "request" else "the answer"
-        problem = revocation_problem(revocation, what, proven)
-        if problem:
-            report.findings.append(Finding(index, problem))
-    report.checkpoints = len(checkpoints)
-    report.witnessed = sum(1 for cp in checkpoints if cp["witness_cert_sha256"])
-    report.timestamped = sum(1 for cp in checkpoints if cp["timestamp_token"] is not None)
-    report.covered = min(report.covered, report.entries)
-    _check_coverage(report, finished, grace, time.time() if now is None else now)
+
+
+# Entries per batched check (and per fallback to the entry-by-entry one, and per task
+# of a worker process).
+_PAGE = 2048
+# Worker processes (``jobs``) check pages the way `_walk` checks them first, each reading
+# its pages through a reader of its own (at the auditor's snapshot where the backend shares
+# one) and answering only what the walk needs of a page that passed. A page they do not
+# pass, or any failure of theirs, sends the whole log through `_walk` in one process, so
+# the findings are always its findings.
+_PARALLEL_MIN = 8 * _PAGE  # fewer entries are checked before the processes would start
+
+
+def _walk_in_processes(
+    reader: LogReader,
+    address: LogAddress | None,
+    jobs: int,
+    total: int,
+    walk: _Walk,
+    certs: dict[str, bytes],
+    trusted_roots: list[x509.Certificate],
+    entries: bool,
+    marks: frozenset[int],
+    revoked: dict[str, Revocation],
+    progress: Callable[[int, int], None] | None,
+) -> bool:
+    """Walk the entries with ``jobs`` worker processes; True if every page passed (the walk
+    is then complete), False as soon as one did not or anything failed."""
+    if address is None:  # the reader cannot be opened again elsewhere
+        return False
+    wanted = marks - {0}
+    subject_index = _SubjectIndex(reader)
+    roots = [c.public_bytes(serialization.Encoding.DER) for c in trusted_roots]
+    pages = iter(range(0, total, _PAGE))
+    pool = ProcessPoolExecutor(
+        jobs,
+        mp_context=multiprocessing.get_context("spawn"),  # never fork a process with threads
+        initializer=_worker_start,
+        initargs=(address, certs, roots, entries, marks, frozenset(revoked)),
+    )
+    try:
+        pending = deque(
+            pool.submit(_worker_page, start, min(start + _PAGE, total))
+            for start in itertools.islice(pages, 2 * jobs)
+        )
+        while pending:
+            result = pending.popleft().result()
+            for start in itertools.islice(pages, 1):
+                pending.append(pool.submit(_worker_page, start, min(start + _PAGE, total)))
+            if result is None:
+                return False
+            subject_lists, hashes, times, hits = result
+            if not _subjects_match(subject_lists, walk.entries, subject_index):
+                return False
+            walk.finished.update(times)
+            walk.revoked_uses += [(i, side, revoked[digest]) for i, side, digest in hits]
+            walk.add(hashes, wanted, total, progress)
+        return next(subject_index.leftovers(), None) is None
+    except Exception:  # a worker's failure: `_walk` reads the log and says what is wrong
+        return False
+    finally:
+        pool.shutdown(wait=True, cancel_futures=True)
+
+
+_WORKER: dict[str, Any] = {}  # a worker process's reader and checker
+
+
+def _worker_start(
+    address: LogAddress,
+    certs: dict[str, bytes],
+    roots: list[bytes],
+    entries: bool,
+    marks: frozenset[int],
+    revoked: frozenset[str],
+) -> None:
+    # Ctrl-C is the auditor's process's to handle: it stops the pool.
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
+    reader = open_address(address)
+    multiprocessing.util.Finalize(reader, reader.close, exitpriority=10)
+    verifier = SignatureVerifier([x509.load_der_x509_certificate(der) for der in roots])
+    _WORKER.update(
+        reader=reader, certs=certs, verifier=verifier, entries=entries, marks=marks,
+        revoked=revoked, fast=None,
+    )  # fmt: skip
+
+
+_PageResult = tuple[list[Any], list[bytes], list[tuple[int, float]], list[tuple[int, str, str]]]
+
+
+def _worker_page(start: int, stop: int) -> _PageResult | None:
+    """The batched check of entries ``start`` to ``stop - 1``: what the walk needs of them
+    if they pass (their subjects, leaf hashes, times and revoked signatures), else None."""
+    w = _WORKER
+    columns = None if w["entries"] else _TREE_COLUMNS
+    page = list(w["reader"].entries(columns, between=(start, stop)))
+    if len(page) != stop - start:
+        return None
+    if w["fast"] is None:
+        w["fast"] = _FastPage(list(page[0].keys()), w["certs"], w["verifier"], w["entries"])
+    fast: _FastPage = w["fast"]
+    subject_lists = fast.subjects(page, start)
+    if subject_lists is None:
+        return None
+    times, hits = _page_facts(page, start, w["marks"], w["revoked"], w["entries"])
+    return subject_lists, fast.leaf_hashes(page), times, hits
 
 
 def fetch_witness_checkpoint(
@@ -672,8 +849,6 @@ def _compare_with_witness(
     return None
 
 
-# Entries per batched check (and per fallback to the entry-by-entry one).
-_PAGE = 2048
 _sha256 = hashlib.sha256
 _sha512 = hashlib.sha512
 
@@ -686,9 +861,33 @@ def _b64(digest: bytes) -> str:
 _MARGIN = 0.001  # s: the batched check leaves times this close to a validity bound to the other
 
 
+def _subjects_match(
+    subject_lists: list[Any] | None, start: int, subject_index: _SubjectIndex
+) -> bool:
+    """Whether a page passed (``subject_lists``: its entries' subjects, None if not) and the
+    subject index names exactly their subjects (its rows for the page are then consumed)."""
+    if subject_lists is None:
+        return False
+    want = set()
+    for index, subjects in enumerate(subject_lists, start):
+        if type(subjects) is not list:
+            return False
+        try:
+            want.update((index, s) for s in subjects)
+        except TypeError:  # unhashable
+            return False
+    taken = subject_index.take(start, start + len(subject_lists))
+    if taken is None:
+        return False
+    if set(taken) != want:
+        subject_index.put_back(taken)
+        return False
+    return True
+
+
 class _FastPage:
     """The checks of `_verify` and `_check_entry` over a page of entries at once, without a
-    finding's wording: ``check`` answers only "every entry of the page passes", and anything
+    finding's wording: ``subjects`` answers only "every entry of the page passes", and anything
     it is not sure of (a value of an unusual type, a first signature of a batch, any
     mismatch) makes it say no, so that the entry-by-entry check runs and reports. What it
     saves: per-entry calls (types checked once per combination, identifiers and certificates
@@ -713,30 +912,12 @@ class _FastPage:
         i = self._hash
         return [r[i] for r in page]
 
-    def check(self, page: list[Row], start: int, subject_index: _SubjectIndex) -> bool:
-        """True if the whole page passes (the subject index rows of its entries are then
-        consumed)."""
+    def subjects(self, page: list[Row], start: int) -> list[Any] | None:
+        """Each entry's subjects if the whole page passes, else None."""
         try:
-            subject_lists = self._page(page, start)
+            return self._page(page, start)
         except Exception:  # anything odd: the entry-by-entry check says what
-            return False
-        if subject_lists is None:
-            return False
-        want = set()
-        for index, subjects in enumerate(subject_lists, start):
-            if type(subjects) is not list:
-                return False
-            try:
-                want.update((index, s) for s in subjects)
-            except TypeError:  # unhashable
-                return False
-        taken = subject_index.take(start, start + len(page))
-        if taken is None:
-            return False
-        if set(taken) != want:
-            subject_index.put_back(taken)
-            return False
-        return True
+            return None
 
     def _page(self, page: list[Row], start: int) -> list[Any] | None:
         """Each entry's subjects if nothing in the page is amiss, else None."""

@@ -47,6 +47,7 @@ from xroad_hub.messagelog.layout import LEAF
 from xroad_hub.messagelog.layout import SCHEMA_VERSION as _SCHEMA_VERSION
 from xroad_hub.messagelog.reader import (
     BATCH,
+    LogAddress,
     LogReader,
     LogReadError,
     Row,
@@ -576,9 +577,11 @@ class PostgresLogReader(SQLLogReader):
     transaction (see reader.py). asyncpg runs on an event loop this reader owns, so it is
     used from plain threads; on a thread that runs a loop already it refuses to start."""
 
-    def __init__(self, dsn: str, *, schema: str) -> None:
+    def __init__(self, dsn: str, *, schema: str, snapshot: str | None = None) -> None:
         self.schema = validate_schema_name(schema)
         self.name = f"schema {self.schema!r}"
+        self._dsn = dsn
+        self._snapshot = snapshot
         self._loop = asyncio.new_event_loop()
         self._conn: asyncpg.Connection | None = None
         try:
@@ -594,6 +597,10 @@ class PostgresLogReader(SQLLogReader):
                 )
             )
             self._run(self._conn.execute("BEGIN ISOLATION LEVEL REPEATABLE READ READ ONLY"))
+            if snapshot is not None:  # another reader's, exported: see what it sees
+                if not _SNAPSHOT_ID.fullmatch(snapshot):
+                    raise LogReadError(f"{snapshot!r} is not a PostgreSQL snapshot id")
+                self._run(self._conn.execute(f"SET TRANSACTION SNAPSHOT '{snapshot}'"))
         except _DB_ERRORS as exc:
             self.close()
             raise LogReadError(f"cannot open the message log in {self.name}: {exc}") from exc
@@ -616,6 +623,11 @@ class PostgresLogReader(SQLLogReader):
 
     def __repr__(self) -> str:  # never the DSN: it may hold a password
         return f"PostgresLogReader(schema={self.schema!r})"
+
+    def address(self) -> LogAddress:
+        if self._snapshot is None:  # it lives as long as this reader's transaction
+            self._snapshot = str(self._fetch("SELECT pg_export_snapshot()")[0][0])
+        return LogAddress(self._dsn, self.schema, self._snapshot)
 
     def _run(self, coro: Coroutine[Any, Any, _T]) -> _T:
         try:
@@ -659,6 +671,11 @@ class PostgresLogReader(SQLLogReader):
         finally:
             if not self._loop.is_running():
                 self._loop.close()
+
+
+# What pg_export_snapshot() returns (e.g. 00000003-0000001B-1): it is spliced into SET
+# TRANSACTION SNAPSHOT, which takes no parameters.
+_SNAPSHOT_ID = re.compile(r"[0-9A-F]+(-[0-9A-F]+)+")
 
 
 async def _schemas(dsn: str) -> list[str]:

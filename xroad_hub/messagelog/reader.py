@@ -22,6 +22,7 @@ the verifier a third of its speed for nothing.
 from __future__ import annotations
 
 from collections.abc import Iterable, Iterator, Sequence
+from dataclasses import dataclass
 from types import TracebackType
 from typing import Any, Protocol
 
@@ -30,8 +31,8 @@ from xroad_hub.messagelog.layout import COLUMNS, SCHEMA_VERSION
 from xroad_hub.messagelog.search import SearchFilter, search_sql
 
 __all__ = [
-    "BATCH", "LogReadError", "LogReader", "Row", "SQLLogReader", "as_dict", "short",
-    "stored_leaf_hash",
+    "BATCH", "LogAddress", "LogReadError", "LogReader", "Row", "SQLLogReader", "as_dict",
+    "short", "stored_leaf_hash",
 ]  # fmt: skip
 
 # Rows per round trip when walking the whole log: big enough that the driver's per-call
@@ -49,6 +50,22 @@ class Row(Protocol):
     def __getitem__(self, key: str | int, /) -> Any: ...
 
     def keys(self) -> Iterable[str]: ...
+
+
+@dataclass(frozen=True, slots=True)
+class LogAddress:
+    """How another process opens a reader of the same log (the verifier's worker
+    processes): a SQLite file, or a PostgreSQL DSN and schema, with the snapshot of the
+    reader it came from when the backend can share one (PostgreSQL's exported snapshots).
+    ``target`` may hold a password: it is left out of the repr."""
+
+    target: str
+    schema: str | None = None
+    snapshot: str | None = None
+
+    def __repr__(self) -> str:
+        where = f"schema={self.schema!r}" if self.schema else repr(self.target)
+        return f"LogAddress({where})"
 
 
 def short(value: object) -> str:
@@ -103,8 +120,16 @@ class LogReader(Protocol):
         """How many entries the log holds."""
         ...
 
-    def entries(self, columns: Sequence[str] | None = None) -> Iterator[Row]:
-        """Every entry (``columns`` of it, default all) in leaf order, read in batches."""
+    def entries(
+        self, columns: Sequence[str] | None = None, *, between: tuple[int, int] | None = None
+    ) -> Iterator[Row]:
+        """Every entry (``columns`` of it, default all) in leaf order, read in batches; with
+        ``between=(start, stop)`` only those with a leaf index from start to stop - 1."""
+        ...
+
+    def address(self) -> LogAddress | None:
+        """Where another process opens a reader of this log, at this reader's snapshot if
+        the backend can share it; None if it cannot be opened elsewhere."""
         ...
 
     def leaf_hashes(self, size: int) -> list[bytes]:
@@ -200,12 +225,23 @@ class SQLLogReader:
     def count(self) -> int:
         return int(self._fetch("SELECT COUNT(*) FROM exchange")[0][0])
 
-    def entries(self, columns: Sequence[str] | None = None) -> Iterator[Row]:
+    def entries(
+        self, columns: Sequence[str] | None = None, *, between: tuple[int, int] | None = None
+    ) -> Iterator[Row]:
         unknown = set(columns or ()) - set(COLUMNS)
         if unknown:  # only fixed names ever reach the SQL text
             raise ValueError(f"no column(s) {sorted(unknown)} in the exchange table")
         names = ", ".join(columns) if columns else _ALL
-        return self._stream(f"SELECT {names} FROM exchange ORDER BY leaf_index")
+        if between is None:
+            return self._stream(f"SELECT {names} FROM exchange ORDER BY leaf_index")
+        return self._stream(
+            f"SELECT {names} FROM exchange WHERE leaf_index >= ? AND leaf_index < ?"
+            " ORDER BY leaf_index",
+            between,
+        )
+
+    def address(self) -> LogAddress | None:
+        return None
 
     def leaf_hashes(self, size: int) -> list[bytes]:
         rows = self._stream(

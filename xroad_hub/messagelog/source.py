@@ -19,10 +19,10 @@ from xroad_hub.messagelog.postgres import (
     schema_for_node,
     validate_schema_name,
 )
-from xroad_hub.messagelog.reader import LogReader, LogReadError
+from xroad_hub.messagelog.reader import LogAddress, LogReader, LogReadError
 from xroad_hub.messagelog.sqlite import SQLiteLogReader
 
-__all__ = ["LogOpener", "LogSource", "log_schema", "open_reader", "reading"]
+__all__ = ["LogOpener", "LogSource", "log_schema", "open_address", "open_reader", "reading"]
 
 # What the node's APIs hold: a function opening a fresh reader (the message log's
 # ``reader`` method), called per request in a worker thread.
@@ -46,6 +46,13 @@ def open_reader(
             )
         return SQLiteLogReader(path)
     return PostgresLogReader(target, schema=log_schema(target, schema=schema, node=node))
+
+
+def open_address(address: LogAddress) -> LogReader:
+    """A reader of the log another reader's ``address()`` names, at its snapshot."""
+    if address.schema is None:
+        return SQLiteLogReader(Path(address.target))
+    return PostgresLogReader(address.target, schema=address.schema, snapshot=address.snapshot)
 
 
 def log_schema(dsn: str, *, schema: str | None = None, node: str | None = None) -> str:

@@ -36,6 +36,7 @@ from xroad_hub.messagelog.layout import LEAF
 from xroad_hub.messagelog.layout import SCHEMA_VERSION as _SCHEMA_VERSION
 from xroad_hub.messagelog.reader import (
     BATCH,
+    LogAddress,
     LogReader,
     LogReadError,
     Row,
@@ -444,6 +445,12 @@ class SQLiteLogReader(SQLLogReader):
         if wrong is not None:
             self._conn.close()
             raise wrong
+
+    def address(self) -> LogAddress:
+        # SQLite shares no snapshot between processes: a worker reads its own. A node only
+        # appends, so the entries below the count this reader saw are the same in any of
+        # them; a file someone alters during the audit is read as each worker saw it.
+        return LogAddress(str(self.path))
 
     def _fetch(self, sql: str, params: Sequence[object] = ()) -> list[Row]:
         try:
