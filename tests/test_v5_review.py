@@ -7,108 +7,22 @@ from __future__ import annotations
 
 import asyncio
 import time
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING
 
 import pytest
-from cryptography import x509
-from cryptography.hazmat.primitives import serialization
-from cryptography.hazmat.primitives.asymmetric import ed25519
 
-from xroad_hub.messagelog import LogRecord, MessageLog
+from tests.signed_log import build_signed_log
 from xroad_hub.messagelog.audit import verify_log
 from xroad_hub.messagelog.reader import LogReadError
 from xroad_hub.messagelog.record import leaf_of
 from xroad_hub.messagelog.source import reading
 from xroad_hub.messagelog.store import LogError
-from xroad_hub.pki import generate_key, issue_cert, make_root_ca
 from xroad_hub.protocol import merkle
-from xroad_hub.protocol.checkpoint import Checkpoint, NoteSigner, sign_note
-from xroad_hub.protocol.identifiers import parse_member_id
-from xroad_hub.protocol.message import body_digest, canonical
-from xroad_hub.protocol.rest import request_hash
-from xroad_hub.protocol.signing import MessageSigner
 
 if TYPE_CHECKING:
     from tests.messagelog_backends import Backend
 
 pytest_plugins = ["tests.messagelog_backends"]
-
-NODE = "TH/GOV/DBD/hub1"
-
-
-def _der(cert: x509.Certificate) -> bytes:
-    return cert.public_bytes(serialization.Encoding.DER)
-
-
-async def _build(log: MessageLog, n: int, when: Any = None) -> list[x509.Certificate]:
-    """``n`` genuinely signed exchanges, checkpointed and witnessed at the end (as
-    scripts/bench_audit.py builds them); ``when(i)`` gives entry i's started/finished time.
-    The federation root, for verify_log."""
-    ca_key, ca_cert = make_root_ca("review root")
-    signers = {}
-    for member in ("TH/GOV/DGA", "TH/GOV/DBD"):
-        key = generate_key()
-        der = _der(issue_cert(ca_key, ca_cert, member, key, purpose="sign"))
-        signers[member] = MessageSigner(parse_member_id(member), key, der)
-    node_key = ed25519.Ed25519PrivateKey.generate()
-    node_cert = _der(issue_cert(ca_key, ca_cert, NODE, node_key, purpose="checkpoint"))
-    witness_key = ed25519.Ed25519PrivateKey.generate()
-    witness_cert = _der(
-        issue_cert(ca_key, ca_cert, "TH/registry", witness_key, purpose="checkpoint")
-    )
-    body = b'{"juristic_id":"0105744622488"}'
-    metas = [
-        canonical(
-            {
-                "v": 1, "kind": "request", "id": f"m{i}", "request_id": f"r{i}",
-                "client": "TH/GOV/DGA/citizenportal",
-                "service": "TH/GOV/DBD/registry/companies", "method": "GET",
-                "path": f"/{i}", "query": "", "user_id": "TH1101700203450",
-                "issue": None, "represented_party": None, "headers": [],
-                "created": time.time(), "body_sha512": body_digest(b""),
-            }
-        )
-        for i in range(n)
-    ]  # fmt: skip
-    answers = [
-        canonical(
-            {
-                "v": 1, "kind": "response", "id": f"m{i}", "request_id": f"r{i}",
-                "status": 200, "request_hash": request_hash(metas[i], b""),
-                "created": time.time(), "headers": [], "body_sha512": body_digest(body),
-            }
-        )
-        for i in range(n)
-    ]  # fmt: skip
-    req_sigs = signers["TH/GOV/DGA"].sign_batch(metas)
-    resp_sigs = signers["TH/GOV/DBD"].sign_batch(answers)
-    await log.open()
-    try:
-        for i in range(n):
-            t = time.time() if when is None else when(i)
-            await log.append(
-                LogRecord(
-                    message_id=f"m{i}", request_id=f"r{i}", role="provider",
-                    client="TH/GOV/DGA/citizenportal",
-                    service="TH/GOV/DBD/registry/companies", user_id="TH1101700203450",
-                    issue=None, represented_party=None, method="GET", status=200,
-                    error_type=None, started_at=t, finished_at=t, request_meta=metas[i],
-                    request_signature=req_sigs[i], request_body=b"",
-                    request_cert=signers["TH/GOV/DGA"].cert_der, response_meta=answers[i],
-                    response_signature=resp_sigs[i], response_body=body,
-                    response_cert=signers["TH/GOV/DBD"].cert_der,
-                    subjects=("0105744622488",),
-                )
-            )  # fmt: skip
-        size, root = log.tree_head()
-        text = Checkpoint(f"xroad-hub/{NODE}", size, root).text()
-        note = sign_note(text, NoteSigner(NODE, node_key))
-        await log.add_checkpoint(size, root, note, node_cert, time.time())
-        cosigned = note + NoteSigner("TH/registry", witness_key).signature_line(text)
-        await log.record_witness(size, cosigned, witness_cert)
-    finally:
-        await log.close()
-    return [ca_cert]
 
 
 # 1. An honest log must verify, whatever number type the record's times have -------------
@@ -122,7 +36,7 @@ async def test_honest_log_with_any_time_value_verifies(backend: Backend, kind: s
     ("1700000000.0"); SQLite keeps no -0.0. An honest log then fails its audit."""
     base = int(time.time())
     when = (lambda i: base + i) if kind.startswith("whole") else (lambda i: -0.0)
-    roots = await _build(backend.make(), 3, when)
+    roots = await build_signed_log(backend.make(), 3, when)
     report = await asyncio.to_thread(verify_log, backend.source(), roots, now=time.time())
     assert report.ok, [str(f) for f in report.findings]
 
@@ -153,7 +67,7 @@ async def test_tree_only_mode_reports_a_changed_covered_entry(backend: Backend, 
     checkpoint changed"). v5's reads leaf_hash and the loose columns and never rebuilds a
     leaf: any column of a witnessed entry, and the subject index with it, can be rewritten
     and the tree-only audit passes."""
-    roots = await _build(backend.make(), 3)
+    roots = await build_signed_log(backend.make(), 3)
     assert (await asyncio.to_thread(verify_log, backend.source(), roots, entries=False)).ok
     await backend.tamper(sql)
     await backend.tamper("DELETE FROM {exchange_subject} WHERE leaf_index = 1")
@@ -178,7 +92,7 @@ async def test_start_up_refuses_a_leaf_hash_that_is_not_one(
     LogError naming the entry, as it does for a missing one."""
     if backend.name == "postgres" and not isinstance(value, bytes):
         pytest.skip("a bytea column holds bytes only")
-    await _build(backend.make(), 2)
+    await build_signed_log(backend.make(), 2)
     await backend.tamper("UPDATE {exchange} SET leaf_hash = ? WHERE leaf_index = 1", value)
     log = backend.make()
     backend.opened.append(log)
@@ -190,7 +104,7 @@ async def test_reader_refuses_a_leaf_hash_that_is_not_one(backend: Backend) -> N
     """Evidence export builds its inclusion proof from ``reader.leaf_hashes``: a stored
     hash of the wrong length crashed it (merkle's ValueError) instead of a LogReadError,
     which export turns into an EvidenceError."""
-    await _build(backend.make(), 2)
+    await build_signed_log(backend.make(), 2)
     await backend.tamper("UPDATE {exchange} SET leaf_hash = ? WHERE leaf_index = 0", b"\0")
 
     def hashes() -> list[bytes]:
@@ -208,7 +122,7 @@ async def test_a_v4_log_is_named_as_such_not_an_sql_error(backend: Backend) -> N
     """The node refuses a v4 log with "keep that file for audit"; the auditor's reader
     (verify, export, search) then failed on "no such column: leaf_hash" (or "leaf_index,
     leaf_hash"), which tells the auditor nothing. It must say which layout the log has."""
-    await _build(backend.make(), 1)
+    await build_signed_log(backend.make(), 1)
     await backend.tamper("ALTER TABLE {exchange} RENAME COLUMN leaf_hash TO leaf")
     if backend.name == "sqlite":
         await backend.tamper("PRAGMA user_version = 4")
