@@ -7,7 +7,9 @@ node batches them; checkpoints every 10,000 entries), then times, in the same ru
   full verification must at least do);
 - ``verify_log``: every leaf hash, body digest, certificate, signature and checkpoint.
 
-It also reports bytes per exchange in the SQLite file with bodies purged. Targets (issue 3):
+Both checks run again with ``--jobs`` worker processes (wall time, and the ratio against
+one process). It also reports bytes per exchange in the SQLite file with bodies purged.
+Targets (issue 3):
 >= 200,000 entries/s verified, <= 1 KiB per exchange without bodies.
 
     python scripts/bench_audit.py [--entries 20000] [--smoke] [--dsn postgresql://...]
@@ -43,7 +45,7 @@ import asyncpg
 from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric import ed25519
 
-from xroad_hub.messagelog import LogRecord, MessageLog, PostgresMessageLog, SQLiteMessageLog
+from xroad_hub.messagelog import LogRecord, MessageLog, PostgresMessageLog, SQLiteMessageLog, audit
 from xroad_hub.messagelog.audit import verify_log
 from xroad_hub.messagelog.record import leaf_of
 from xroad_hub.pki import generate_key, issue_cert, make_root_ca
@@ -230,11 +232,17 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--dsn", help="benchmark a PostgreSQL log in this database instead")
     parser.add_argument("--against", type=Path, metavar="TREE", help="compare with TREE's code")
     parser.add_argument("--rounds", type=int, default=3, help="with --against (default 3)")
+    parser.add_argument(
+        "--jobs", type=int, default=len(os.sched_getaffinity(0)),
+        help="worker processes for the second pair of checks (default: the CPUs available)",
+    )  # fmt: skip
     parser.add_argument("--child-build", type=Path, help=argparse.SUPPRESS)
     parser.add_argument("--child-verify-full", type=Path, help=argparse.SUPPRESS)
     parser.add_argument("--child-verify-tree", type=Path, help=argparse.SUPPRESS)
     args = parser.parse_args(argv)
     entries = 500 if args.smoke else args.entries
+    if args.smoke:  # small pages, so that 500 entries still go to the workers
+        audit._PAGE, audit._PARALLEL_MIN = 64, 0
     if args.child_build or args.child_verify_full or args.child_verify_tree:
         _package_of(Path(os.environ["PYTHONPATH"]))
         if args.child_build:
@@ -264,6 +272,15 @@ def main(argv: list[str] | None = None) -> int:
             t = time.perf_counter()
             quick = verify_log(log.reader, [ca_cert], entries=False)  # type: ignore[list-item]
             tree_only = time.perf_counter() - t
+            # The same two checks with worker processes (wall time: the CPU is theirs).
+            t = time.perf_counter()
+            shared = verify_log(log.reader, [ca_cert], jobs=args.jobs)  # type: ignore[list-item]
+            verify_shared = time.perf_counter() - t
+            t = time.perf_counter()
+            quick_shared = verify_log(
+                log.reader, [ca_cert], entries=False, jobs=args.jobs  # type: ignore[list-item]
+            )
+            tree_only_shared = time.perf_counter() - t
         finally:
             if args.dsn:
                 asyncio.run(_drop(args.dsn, schema))
@@ -285,6 +302,12 @@ def main(argv: list[str] | None = None) -> int:
         "verify_vs_baseline": round(baseline / verify, 4),
         "tree_only_entries_per_s": round(entries / tree_only),
         "tree_only_ok": quick.ok,
+        "processes": shared.processes,
+        "verify_in_processes_entries_per_s": round(entries / verify_shared),
+        "verify_in_processes_vs_one": round(verify / verify_shared, 3),
+        "tree_only_in_processes_entries_per_s": round(entries / tree_only_shared),
+        "tree_only_in_processes_vs_one": round(tree_only / tree_only_shared, 3),
+        "in_processes_ok": shared.ok and quick_shared.ok,
         "bytes_per_exchange_without_bodies": per_exchange,
     }
     print(f"{entries} entries: verify {result['verify_entries_per_s']}/s, tree and "
@@ -292,8 +315,13 @@ def main(argv: list[str] | None = None) -> int:
           f"(baseline read+hash {result['baseline_read_and_hash_per_s']}/s, ratio "
           f"{result['verify_vs_baseline']}); {result['bytes_per_exchange_without_bodies']} "
           "bytes per exchange without bodies")  # fmt: skip
+    print(f"in {result['processes']} processes: verify "
+          f"{result['verify_in_processes_entries_per_s']}/s "
+          f"({result['verify_in_processes_vs_one']}x one process), tree and checkpoints only "
+          f"{result['tree_only_in_processes_entries_per_s']}/s "
+          f"({result['tree_only_in_processes_vs_one']}x)")  # fmt: skip
     print(json.dumps(result))
-    return 0 if report.ok and quick.ok else 1
+    return 0 if report.ok and quick.ok and result["in_processes_ok"] else 1
 
 
 if __name__ == "__main__":

@@ -33,8 +33,10 @@ import hashlib
 import itertools
 import multiprocessing
 import multiprocessing.util
+import os
 import signal
 import struct
+import sys
 import time
 from collections import deque
 from collections.abc import Callable, Collection, Iterator, Sequence
@@ -611,7 +613,7 @@ def _walk_in_processes(
     pages = iter(range(0, total, _PAGE))
     pool = ProcessPoolExecutor(
         jobs,
-        mp_context=multiprocessing.get_context("spawn"),  # never fork a process with threads
+        mp_context=multiprocessing.get_context(_start_method()),
         initializer=_worker_start,
         initargs=(address, certs, roots, entries, marks, frozenset(revoked)),
     )
@@ -637,6 +639,17 @@ def _walk_in_processes(
         return False
     finally:
         pool.shutdown(wait=True, cancel_futures=True)
+
+
+def _start_method() -> str:
+    """How to start the workers: forked from a single-threaded process (the CLI), which
+    costs milliseconds; else spawned, since a fork copies locks other threads may hold. A
+    spawned worker imports the program's main module again (the CLI's takes ~1 s)."""
+    try:
+        threads = len(os.listdir("/proc/self/task"))  # the OS's count, C threads included
+    except OSError:
+        threads = 2  # cannot tell: do not fork
+    return "fork" if sys.platform == "linux" and threads == 1 else "spawn"
 
 
 _WORKER: dict[str, Any] = {}  # a worker process's reader and checker
