@@ -245,10 +245,11 @@ def build_parser() -> argparse.ArgumentParser:
     verify.add_argument(
         "--jobs",
         type=_jobs,
-        default=_cpus(),
+        default=min(_cpus(), 8),
         metavar="N",
-        help="processes checking the entries of a large log (default: this machine's "
-        f"{_cpus()} CPU(s)); 1 checks it in this process alone. Same findings either way",
+        help="processes checking the entries of a large log (default: the CPUs this "
+        f"command may use, at most 8: {min(_cpus(), 8)} here; on PostgreSQL each is a "
+        "connection); 1 checks it in this process alone. The findings are the same",
     )
     _root_ca(verify)
     _revocation_arguments(verify)
