@@ -278,7 +278,10 @@ def main(argv: list[str] | None = None) -> int:
             verify_shared = time.perf_counter() - t
             t = time.perf_counter()
             quick_shared = verify_log(
-                log.reader, [ca_cert], entries=False, jobs=args.jobs  # type: ignore[list-item]
+                log.reader,
+                [ca_cert],
+                entries=False,
+                jobs=args.jobs,  # type: ignore[list-item]
             )
             tree_only_shared = time.perf_counter() - t
         finally:
@@ -302,7 +305,7 @@ def main(argv: list[str] | None = None) -> int:
         "verify_vs_baseline": round(baseline / verify, 4),
         "tree_only_entries_per_s": round(entries / tree_only),
         "tree_only_ok": quick.ok,
-        "processes": shared.processes,
+        "workers": shared.workers,
         "verify_in_processes_entries_per_s": round(entries / verify_shared),
         "verify_in_processes_vs_one": round(verify / verify_shared, 3),
         "tree_only_in_processes_entries_per_s": round(entries / tree_only_shared),
@@ -315,7 +318,7 @@ def main(argv: list[str] | None = None) -> int:
           f"(baseline read+hash {result['baseline_read_and_hash_per_s']}/s, ratio "
           f"{result['verify_vs_baseline']}); {result['bytes_per_exchange_without_bodies']} "
           "bytes per exchange without bodies")  # fmt: skip
-    print(f"in {result['processes']} processes: verify "
+    print(f"in {result['workers']} worker processes: verify "
           f"{result['verify_in_processes_entries_per_s']}/s "
           f"({result['verify_in_processes_vs_one']}x one process), tree and checkpoints only "
           f"{result['tree_only_in_processes_entries_per_s']}/s "

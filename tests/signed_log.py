@@ -35,11 +35,12 @@ async def build_signed_log(
     when: Callable[[int], float] | None = None,
     *,
     checkpoints_at: Sequence[int] = (),
+    end_checkpoint: bool = True,
 ) -> list[x509.Certificate]:
     """``n`` exchanges signed by their members in batches, logged by ``log`` (opened and
     closed here), with a checkpoint co-signed by the registry's witness at each size in
-    ``checkpoints_at`` and at the end; ``when(i)`` gives entry i's started/finished time.
-    Returns the federation root, for verify_log."""
+    ``checkpoints_at`` and (``end_checkpoint``) at the end; ``when(i)`` gives entry i's
+    started/finished time. Returns the federation root, for verify_log."""
     ca_key, ca_cert = make_root_ca("test root")
     signers = {}
     for member in ("TH/GOV/DGA", "TH/GOV/DBD"):
@@ -107,7 +108,7 @@ async def build_signed_log(
                     range(start, end), metas, sigs, answers, answer_sigs, strict=True
                 ))
             )  # fmt: skip
-            if end in checkpoints_at or end == n:
+            if end in checkpoints_at or (end == n and end_checkpoint):
                 await checkpoint()
             start = end
     finally:

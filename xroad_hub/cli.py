@@ -709,7 +709,8 @@ def _verify_with(args: argparse.Namespace, reader: LogReader, roots: list[x509.C
         )
     root = base64.b64encode(report.root).decode()
     verdict = "OK" if report.ok else f"{len(report.findings)} problem(s)"
-    shared = f" ({report.processes} processes)" if report.processes > 1 else ""
+    plural = "es" if report.workers > 1 else ""
+    shared = f" (checked by {report.workers} worker process{plural})" if report.workers else ""
     print(
         f"{report.entries} entries, {report.checkpoints} checkpoints ({report.witnessed} "
         f"witnessed, {report.timestamped} timestamped), root {root}: {verdict}{shared}"

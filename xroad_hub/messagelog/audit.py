@@ -37,10 +37,12 @@ import os
 import signal
 import struct
 import sys
+import threading
 import time
 from collections import deque
 from collections.abc import Callable, Collection, Iterator, Sequence
 from concurrent.futures import ProcessPoolExecutor
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
@@ -139,7 +141,7 @@ class AuditReport:
     covered: int = 0
     # Finish time (epoch s) of the first entry no witnessed checkpoint covers, if any.
     uncovered_since: float | None = None
-    processes: int = 1  # that checked the entries
+    workers: int = 0  # worker processes that checked the entries (0: this one, alone)
 
     @property
     def ok(self) -> bool:
@@ -307,7 +309,10 @@ def verify_log(
     than the revocation.
 
     ``jobs`` > 1 checks the entries of a large log in that many worker processes (the
-    findings are the same: a log they do not pass is checked again in this one)."""
+    findings are the same: a log they do not pass is checked again in this one; see
+    reader.py for what they see of a SQLite log that changes meanwhile). They are forked
+    from a single-threaded program, else spawned: a program calling this from a second
+    thread then needs the ``if __name__ == "__main__":`` guard multiprocessing asks for."""
     report = AuditReport()
     try:
         with reading(log) as reader:
@@ -368,11 +373,14 @@ def _verify(
     marks = frozenset({0, *wanted})
     jobs = min(jobs, -(-total // _PAGE)) if total >= _PARALLEL_MIN else 1
     walk = _Walk()
-    if jobs > 1 and _walk_in_processes(
-        reader, reader.address(), jobs, total, walk, certs, trusted_roots, entries, marks,
-        revoked, progress,
-    ):  # fmt: skip
-        report.processes = jobs
+    if progress is not None:
+        progress = _forward_only(progress)
+    if jobs > 1 and (
+        workers := _walk_in_processes(
+            reader, jobs, total, walk, certs, trusted_roots, entries, marks, revoked, progress
+        )
+    ):
+        report.workers = workers
     else:
         # In this process, from the start: a page the workers did not pass may be anywhere,
         # and the walk has counted everything before it.
@@ -590,9 +598,22 @@ _PAGE = 2048
 _PARALLEL_MIN = 8 * _PAGE  # fewer entries are checked before the processes would start
 
 
+def _forward_only(progress: Callable[[int, int], None]) -> Callable[[int, int], None]:
+    """``progress``, told nothing below what it was told already (a walk the workers did
+    not finish starts over in this process)."""
+    told = 0
+
+    def tell(done: int, total: int) -> None:
+        nonlocal told
+        if done > told or done == total:
+            told = done
+            progress(done, total)
+
+    return tell
+
+
 def _walk_in_processes(
     reader: LogReader,
-    address: LogAddress | None,
     jobs: int,
     total: int,
     walk: _Walk,
@@ -603,42 +624,66 @@ def _walk_in_processes(
     revoked: dict[str, Revocation],
     progress: Callable[[int, int], None] | None,
 ) -> bool:
-    """Walk the entries with ``jobs`` worker processes; True if every page passed (the walk
-    is then complete), False as soon as one did not or anything failed."""
-    if address is None:  # the reader cannot be opened again elsewhere
-        return False
+    """Walk the entries with ``jobs`` worker processes; the number of them that checked
+    pages if every page passed (the walk is then complete), 0 as soon as one did not or
+    anything failed, starting them included."""
     wanted = marks - {0}
     subject_index = _SubjectIndex(reader)
     roots = [c.public_bytes(serialization.Encoding.DER) for c in trusted_roots]
     pages = iter(range(0, total, _PAGE))
-    pool = ProcessPoolExecutor(
-        jobs,
-        mp_context=multiprocessing.get_context(_start_method()),
-        initializer=_worker_start,
-        initargs=(address, certs, roots, entries, marks, frozenset(revoked)),
-    )
+    pids: set[int] = set()
+    pool = None
     try:
-        pending = deque(
-            pool.submit(_worker_page, start, min(start + _PAGE, total))
-            for start in itertools.islice(pages, 2 * jobs)
+        address = reader.address()
+        if address is None:  # the reader cannot be opened again elsewhere
+            return 0
+        pool = ProcessPoolExecutor(
+            jobs,
+            mp_context=multiprocessing.get_context(_start_method()),
+            initializer=_worker_start,
+            initargs=(address, certs, roots, entries, marks, frozenset(revoked)),
         )
+        with _sigint_ignored():  # the workers start now, and never see Ctrl-C
+            pending = deque(
+                pool.submit(_worker_page, start, min(start + _PAGE, total))
+                for start in itertools.islice(pages, 2 * jobs)
+            )
         while pending:
             result = pending.popleft().result()
             for start in itertools.islice(pages, 1):
                 pending.append(pool.submit(_worker_page, start, min(start + _PAGE, total)))
             if result is None:
-                return False
-            subject_lists, hashes, times, hits = result
+                return 0
+            pid, subject_lists, hashes, times, hits = result
             if not _subjects_match(subject_lists, walk.entries, subject_index):
-                return False
+                return 0
+            pids.add(pid)
             walk.finished.update(times)
             walk.revoked_uses += [(i, side, revoked[digest]) for i, side, digest in hits]
             walk.add(hashes, wanted, total, progress)
-        return next(subject_index.leftovers(), None) is None
+        return len(pids) if next(subject_index.leftovers(), None) is None else 0
     except Exception:  # a worker's failure: `_walk` reads the log and says what is wrong
-        return False
+        return 0
     finally:
-        pool.shutdown(wait=True, cancel_futures=True)
+        if pool is not None:
+            pool.shutdown(wait=True, cancel_futures=True)
+
+
+@contextmanager
+def _sigint_ignored() -> Iterator[None]:
+    """Ctrl-C ignored in this process while it starts workers, which keep it so (a spawned
+    Python installs no KeyboardInterrupt handler when it starts with SIGINT ignored): the
+    terminal sends it to them too, and it is this process's to handle, by stopping them.
+    Only the main thread may set handlers; from another one the workers ignore it once
+    started (`_worker_start`)."""
+    if threading.current_thread() is not threading.main_thread():
+        yield
+        return
+    previous = signal.signal(signal.SIGINT, signal.SIG_IGN)
+    try:
+        yield
+    finally:
+        signal.signal(signal.SIGINT, previous)
 
 
 def _start_method() -> str:
@@ -663,9 +708,11 @@ def _worker_start(
     marks: frozenset[int],
     revoked: frozenset[str],
 ) -> None:
-    # Ctrl-C is the auditor's process's to handle: it stops the pool.
-    signal.signal(signal.SIGINT, signal.SIG_IGN)
-    reader = open_address(address)
+    signal.signal(signal.SIGINT, signal.SIG_IGN)  # see _sigint_ignored
+    try:
+        reader = open_address(address)
+    except Exception:  # e.g. no connection left: pages are not checked here (see below)
+        return  # and a pool prints a traceback for an initializer that raises
     multiprocessing.util.Finalize(reader, reader.close, exitpriority=10)
     verifier = SignatureVerifier([x509.load_der_x509_certificate(der) for der in roots])
     _WORKER.update(
@@ -674,13 +721,18 @@ def _worker_start(
     )  # fmt: skip
 
 
-_PageResult = tuple[list[Any], list[bytes], list[tuple[int, float]], list[tuple[int, str, str]]]
+_PageResult = tuple[
+    int, list[Any], list[bytes], list[tuple[int, float]], list[tuple[int, str, str]]
+]
 
 
 def _worker_page(start: int, stop: int) -> _PageResult | None:
     """The batched check of entries ``start`` to ``stop - 1``: what the walk needs of them
-    if they pass (their subjects, leaf hashes, times and revoked signatures), else None."""
+    if they pass (this worker's pid, their subjects, leaf hashes, times and revoked
+    signatures), else None."""
     w = _WORKER
+    if not w:  # the log could not be opened here: the auditor's process checks it alone
+        return None
     columns = None if w["entries"] else _TREE_COLUMNS
     page = list(w["reader"].entries(columns, between=(start, stop)))
     if len(page) != stop - start:
@@ -692,7 +744,7 @@ def _worker_page(start: int, stop: int) -> _PageResult | None:
     if subject_lists is None:
         return None
     times, hits = _page_facts(page, start, w["marks"], w["revoked"], w["entries"])
-    return subject_lists, fast.leaf_hashes(page), times, hits
+    return os.getpid(), subject_lists, fast.leaf_hashes(page), times, hits
 
 
 def fetch_witness_checkpoint(

@@ -11,6 +11,14 @@ A reader sees ONE snapshot of the log from open to close (SQLite: one read trans
 PostgreSQL: REPEATABLE READ, READ ONLY), so the checkpoints, the entries and the subject
 index it hands out agree with each other while the node keeps writing.
 
+The worker processes of ``audit verify --jobs`` open readers of their own (``address``).
+On PostgreSQL they import the snapshot of the reader they came from. SQLite has no snapshot
+another process can take up: each worker sees the file as of its own first read. Entries a
+node appends meanwhile are beyond the count the auditor's reader saw, so they are not
+checked either way; but a change to an older entry made during the audit (retention purging
+a body, or someone altering the file) is checked as the worker read it. To check a live
+SQLite log exactly as it was at one moment, check a copy (``sqlite3 LOG ".backup COPY"``).
+
 The queries are written once, below, in SQLite's dialect (``?`` parameters, unqualified
 table names); each backend supplies two primitives, ``_fetch`` and ``_stream``, and the
 PostgreSQL one numbers the parameters and finds the tables through its ``search_path``.
