@@ -30,6 +30,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import hashlib
+import importlib.util
 import json
 import os
 import sqlite3
@@ -40,108 +41,36 @@ import tempfile
 import time
 import uuid
 from pathlib import Path
+from typing import Any
 
 import asyncpg
 from cryptography.hazmat.primitives import serialization
-from cryptography.hazmat.primitives.asymmetric import ed25519
 
-from xroad_hub.messagelog import LogRecord, MessageLog, PostgresMessageLog, SQLiteMessageLog, audit
+from xroad_hub.messagelog import MessageLog, PostgresMessageLog, SQLiteMessageLog, audit
 from xroad_hub.messagelog.audit import verify_log
 from xroad_hub.messagelog.record import leaf_of
-from xroad_hub.pki import generate_key, issue_cert, make_root_ca
-from xroad_hub.protocol.checkpoint import Checkpoint, NoteSigner, sign_note
-from xroad_hub.protocol.identifiers import parse_member_id
-from xroad_hub.protocol.message import body_digest, canonical
-from xroad_hub.protocol.rest import request_hash
-from xroad_hub.protocol.signing import MessageSigner
-
-BATCH = 64  # messages per signature batch, as under load
 
 
-def _der(cert) -> bytes:  # type: ignore[no-untyped-def]
-    return cert.public_bytes(serialization.Encoding.DER)
+def _load_builder() -> Any:
+    """This tree's log builder (xroad_hub/dev/signedlog.py), loaded from its file: with
+    --against the process runs TREE's xroad_hub, which writes the log, and an older tree may
+    have no builder of its own; the exchanges are then the same on both sides."""
+    path = Path(__file__).resolve().parent.parent / "xroad_hub" / "dev" / "signedlog.py"
+    spec = importlib.util.spec_from_file_location("_bench_signedlog", path)
+    assert spec is not None and spec.loader is not None
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
 
 
-async def build(log: MessageLog, entries: int) -> tuple[object, float]:
-    ca_key, ca_cert = make_root_ca("bench root")
-    signers = {}
-    for member in ("TH/GOV/DGA", "TH/GOV/DBD"):
-        key = generate_key()
-        der = _der(issue_cert(ca_key, ca_cert, member, key, purpose="sign"))
-        signers[member] = MessageSigner(parse_member_id(member), key, der)
-    node_key = ed25519.Ed25519PrivateKey.generate()
-    node_cert = _der(issue_cert(ca_key, ca_cert, "TH/GOV/DBD/hub1", node_key, purpose="checkpoint"))
-    note_signer = NoteSigner("TH/GOV/DBD/hub1", node_key)
-    # The registry's witness co-signs each checkpoint, as in a federation: a log no witness
-    # co-signed does not verify.
-    witness_key = ed25519.Ed25519PrivateKey.generate()
-    witness_cert = _der(
-        issue_cert(ca_key, ca_cert, "TH/registry", witness_key, purpose="checkpoint")
-    )
-    witness_signer = NoteSigner("TH/registry", witness_key)
-    await log.open()
+async def build(log: MessageLog, entries: int) -> tuple[Any, float]:
+    """A log of ``entries`` signed exchanges, checkpointed and witnessed every 10,000 and at
+    the end; the federation root and the seconds it took."""
     started = time.perf_counter()
-    for start in range(0, entries, BATCH):
-        n = min(BATCH, entries - start)
-        body = b'{"juristic_id":"0105744622488","status":"active"}' * 4
-        metas = [
-            canonical(
-                {
-                    "v": 1, "kind": "request", "id": f"m{start + i}",
-                    "request_id": f"r{start + i}", "client": "TH/GOV/DGA/citizenportal",
-                    "service": "TH/GOV/DBD/registry/companies", "method": "GET",
-                    "path": f"/{start + i}", "query": "", "user_id": "TH1101700203450",
-                    "issue": "BMA-FOOD-2569-0001", "represented_party": None,
-                    "headers": [["Accept", "application/json"]], "created": time.time(),
-                    "body_sha512": body_digest(b""),
-                }
-            )
-            for i in range(n)
-        ]  # fmt: skip
-        answers = [
-            canonical(
-                {
-                    "v": 1, "kind": "response", "id": f"m{start + i}",
-                    "request_id": f"r{start + i}", "status": 200,
-                    "request_hash": request_hash(metas[i], b""), "created": time.time(),
-                    "headers": [["Content-Type", "application/json"]],
-                    "body_sha512": body_digest(body),
-                }
-            )
-            for i in range(n)
-        ]  # fmt: skip
-        req_sigs = signers["TH/GOV/DGA"].sign_batch(metas)
-        resp_sigs = signers["TH/GOV/DBD"].sign_batch(answers)
-        now = time.time()
-        await asyncio.gather(
-            *(
-                log.append(
-                    LogRecord(
-                        message_id=f"m{start + i}", request_id=f"r{start + i}", role="provider",
-                        client="TH/GOV/DGA/citizenportal",
-                        service="TH/GOV/DBD/registry/companies", user_id="TH1101700203450",
-                        issue="BMA-FOOD-2569-0001", represented_party=None, method="GET",
-                        status=200, error_type=None, started_at=now, finished_at=now,
-                        request_meta=metas[i], request_signature=req_sigs[i], request_body=b"",
-                        request_cert=signers["TH/GOV/DGA"].cert_der, response_meta=answers[i],
-                        response_signature=resp_sigs[i], response_body=body,
-                        response_cert=signers["TH/GOV/DBD"].cert_der,
-                        subjects=("0105744622488",),
-                    )
-                )
-                for i in range(n)
-            )
-        )  # fmt: skip
-        size, root = log.tree_head()
-        if size % 10000 < BATCH or size == entries:
-            text = Checkpoint("xroad-hub/TH/GOV/DBD/hub1", size, root).text()
-            note = sign_note(text, note_signer)
-            await log.add_checkpoint(size, root, note, node_cert, time.time())
-            cosigned = note + witness_signer.signature_line(text)
-            await log.record_witness(size, cosigned, witness_cert)
-    built = time.perf_counter() - started
-    await log.close()
-    return ca_cert, built
+    roots = await _load_builder().build_signed_log(
+        log, entries, checkpoints_at=range(10000, entries, 10000)
+    )
+    return roots[0], time.perf_counter() - started
 
 
 async def _drop(dsn: str, schema: str) -> None:
@@ -172,7 +101,7 @@ def _package_of(tree: Path) -> None:
 def child_build(path: Path, entries: int) -> None:
     log = SQLiteMessageLog(path)
     ca_cert, built = asyncio.run(build(log, entries))
-    path.with_suffix(".ca").write_bytes(_der(ca_cert))
+    path.with_suffix(".ca").write_bytes(ca_cert.public_bytes(serialization.Encoding.DER))
     print(json.dumps({"built_s": built}))
 
 

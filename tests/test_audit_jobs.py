@@ -15,7 +15,7 @@ from typing import TYPE_CHECKING
 import pytest
 from cryptography.hazmat.primitives import serialization
 
-from tests.signed_log import build_signed_log
+from xroad_hub.dev.signedlog import build_signed_log
 from xroad_hub.messagelog import SQLiteMessageLog, audit
 from xroad_hub.messagelog.audit import AuditReport, verify_log
 from xroad_hub.messagelog.reader import as_dict

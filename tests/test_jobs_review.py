@@ -21,7 +21,7 @@ import pytest
 from cryptography import x509
 from cryptography.hazmat.primitives import serialization
 
-from tests.signed_log import build_signed_log
+from xroad_hub.dev.signedlog import build_signed_log
 from xroad_hub.messagelog import SQLiteMessageLog, audit
 from xroad_hub.messagelog.audit import AuditReport, verify_log
 from xroad_hub.messagelog.layout import COLUMNS

@@ -11,7 +11,7 @@ from typing import TYPE_CHECKING
 
 import pytest
 
-from tests.signed_log import build_signed_log
+from xroad_hub.dev.signedlog import build_signed_log
 from xroad_hub.messagelog.audit import verify_log
 from xroad_hub.messagelog.reader import LogReadError
 from xroad_hub.messagelog.record import leaf_of

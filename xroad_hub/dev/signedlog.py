@@ -1,5 +1,6 @@
-"""A message log of genuinely signed exchanges, built through the log's own API, for tests
-of the audit (as scripts/bench_audit.py builds one; tests do not import the scripts)."""
+"""A message log of genuinely signed exchanges, built through the log's own API: what the
+audit's tests and scripts/bench_audit.py verify (members' signatures in batches as a busy
+node makes them, checkpoints co-signed by the registry's witness)."""
 
 from __future__ import annotations
 
@@ -22,6 +23,7 @@ from xroad_hub.protocol.signing import MessageSigner
 __all__ = ["NODE", "build_signed_log"]
 
 NODE = "TH/GOV/DBD/hub1"
+ISSUE = "BMA-FOOD-2569-0001"  # the case every exchange is logged under
 _BATCH = 64  # messages per signature batch, and appends awaited together
 
 
@@ -53,7 +55,7 @@ async def build_signed_log(
     witness_cert = _der(
         issue_cert(ca_key, ca_cert, "TH/registry", witness_key, purpose="checkpoint")
     )
-    body = b'{"juristic_id":"0105744622488"}'
+    body = b'{"juristic_id":"0105744622488","status":"active"}' * 4
 
     async def checkpoint() -> None:
         size, root = log.tree_head()
@@ -68,7 +70,7 @@ async def build_signed_log(
         return LogRecord(
             message_id=f"m{i}", request_id=f"r{i}", role="provider",
             client="TH/GOV/DGA/citizenportal", service="TH/GOV/DBD/registry/companies",
-            user_id="TH1101700203450", issue=None, represented_party=None, method="GET",
+            user_id="TH1101700203450", issue=ISSUE, represented_party=None, method="GET",
             status=200, error_type=None, started_at=t, finished_at=t, request_meta=meta,
             request_signature=sig, request_body=b"",
             request_cert=signers["TH/GOV/DGA"].cert_der, response_meta=answer,
@@ -88,7 +90,8 @@ async def build_signed_log(
                     "client": "TH/GOV/DGA/citizenportal",
                     "service": "TH/GOV/DBD/registry/companies", "method": "GET",
                     "path": f"/{i}", "query": "", "user_id": "TH1101700203450",
-                    "issue": None, "represented_party": None, "headers": [],
+                    "issue": ISSUE, "represented_party": None,
+                    "headers": [["Accept", "application/json"]],
                     "created": time.time(), "body_sha512": body_digest(b""),
                 })
                 for i in range(start, end)
@@ -97,7 +100,8 @@ async def build_signed_log(
                 canonical({
                     "v": 1, "kind": "response", "id": f"m{i}", "request_id": f"r{i}",
                     "status": 200, "request_hash": request_hash(meta, b""),
-                    "created": time.time(), "headers": [], "body_sha512": body_digest(body),
+                    "created": time.time(), "body_sha512": body_digest(body),
+                    "headers": [["Content-Type", "application/json"]],
                 })
                 for i, meta in zip(range(start, end), metas, strict=True)
             ]  # fmt: skip
