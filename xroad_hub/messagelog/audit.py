@@ -447,8 +447,13 @@ class _Walk:
     # once the timestamps of the checkpoints covering them are known.
     revoked_uses: list[tuple[int, str, Revocation]] = field(default_factory=list)
 
-    def add(self, hashes: list[bytes], wanted: frozenset[int], total: int,
-            progress: Callable[[int, int], None] | None) -> None:  # fmt: skip
+    def add(
+        self,
+        hashes: list[bytes],
+        wanted: frozenset[int],
+        total: int,
+        progress: Callable[[int, int], None] | None,
+    ) -> None:
         """Add the leaf hashes of a page that passed, in runs that end where a root is
         wanted (a checkpoint's size) or progress is told."""
         start = self.entries
@@ -595,7 +600,8 @@ _PAGE = 2048
 # one) and answering only what the walk needs of a page that passed. A page they do not
 # pass, or any failure of theirs, sends the whole log through `_walk` in one process, so
 # the findings are always its findings.
-_PARALLEL_MIN = 8 * _PAGE  # fewer entries are checked before the processes would start
+# Fewer entries are checked in one process: spawned workers take a second or so to start.
+_PARALLEL_MIN = 8 * _PAGE
 
 
 def _forward_only(progress: Callable[[int, int], None]) -> Callable[[int, int], None]:
@@ -623,7 +629,7 @@ def _walk_in_processes(
     marks: frozenset[int],
     revoked: dict[str, Revocation],
     progress: Callable[[int, int], None] | None,
-) -> bool:
+) -> int:
     """Walk the entries with ``jobs`` worker processes; the number of them that checked
     pages if every page passed (the walk is then complete), 0 as soon as one did not or
     anything failed, starting them included."""

@@ -447,9 +447,8 @@ class SQLiteLogReader(SQLLogReader):
             raise wrong
 
     def address(self) -> LogAddress:
-        # SQLite shares no snapshot between processes: a worker reads its own. A node only
-        # appends, so the entries below the count this reader saw are the same in any of
-        # them; a file someone alters during the audit is read as each worker saw it.
+        # SQLite shares no snapshot between processes: a worker reads its own (what that
+        # means for a log a node still writes: reader.py).
         return LogAddress(str(self.path))
 
     def _fetch(self, sql: str, params: Sequence[object] = ()) -> list[Row]:
