@@ -166,20 +166,27 @@ async def test_worker_that_cannot_open_the_log_prints_no_traceback(
     assert "Traceback" not in done.stderr, done.stderr
 
 
-async def test_ctrl_c_while_workers_start_prints_no_child_tracebacks(tmp_path: Path) -> None:
+@pytest.mark.parametrize("threads", [1, 2], ids=["forked", "spawned"])
+async def test_ctrl_c_while_workers_start_prints_no_child_tracebacks(
+    tmp_path: Path, threads: int
+) -> None:
     """Ctrl-C (SIGINT to the foreground process group) while the spawned workers still
     import: they only ignore SIGINT once the initializer runs, so each prints a
-    KeyboardInterrupt traceback from spawn_main/runpy on the auditor's terminal."""
+    KeyboardInterrupt traceback from spawn_main/runpy on the auditor's terminal. (A
+    program with a second thread spawns its workers, a single-threaded one forks them.)"""
     log, ca = await _signed_sqlite_log(tmp_path)
     script = _script(
         tmp_path,
         f"""
         import sys
+        import threading
         from pathlib import Path
         from cryptography import x509
         from xroad_hub.messagelog import audit
         from xroad_hub.messagelog.audit import verify_log
         if __name__ == "__main__":
+            if {threads} > 1:
+                threading.Thread(target=threading.Event().wait, daemon=True).start()
             audit._PAGE = 8
             audit._PARALLEL_MIN = 0
             ca = x509.load_pem_x509_certificate(Path({str(ca)!r}).read_bytes())
@@ -200,7 +207,7 @@ async def test_ctrl_c_while_workers_start_prints_no_child_tracebacks(tmp_path: P
             while time.monotonic() < deadline:  # until a worker process exists
                 out = subprocess.run(["ps", "-ww", "-o", "args=", "-g", str(proc.pid)],
                                      capture_output=True, text=True).stdout  # fmt: skip
-                if "spawn_main" in out:
+                if len(out.splitlines()) > 1:
                     break
                 time.sleep(0.01)
             time.sleep(0.1)  # the worker is importing (spawn re-runs the main module)
