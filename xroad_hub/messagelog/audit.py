@@ -682,10 +682,12 @@ def _sigint_ignored() -> Iterator[None]:
     terminal sends it to them too, and it is this process's to handle, by stopping them.
     Only the main thread may set handlers; from another one the workers ignore it once
     started (`_worker_start`)."""
-    if threading.current_thread() is not threading.main_thread():
+    previous = signal.getsignal(signal.SIGINT)
+    # None: a handler Python did not install, which it could not put back.
+    if threading.current_thread() is not threading.main_thread() or previous is None:
         yield
         return
-    previous = signal.signal(signal.SIGINT, signal.SIG_IGN)
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
     try:
         yield
     finally:
