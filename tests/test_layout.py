@@ -21,7 +21,7 @@ ALLOWED: dict[str, set[str]] = {
     "config": {"adapters", "protocol", "root"},
     "node": {"protocol", "messagelog", "adapters", "config", "root"},
     "central": {"protocol", "messagelog", "node", "config", "root"},
-    "dev": {"protocol", "config", "root"},
+    "dev": {"protocol", "messagelog", "config", "root"},
     "demo": {"*"},
     "cli": {"*"},
 }
