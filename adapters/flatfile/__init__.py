@@ -8,14 +8,42 @@ indexes), ``loader`` (validate + index one export), ``dataset`` (one published v
 ``worker`` (loading in a separate process), ``settings`` and ``adapter`` (hot reload).
 """
 
-from .adapter import FlatFileAdapter
-from .api import ServiceView, answer
-from .dataset import Dataset, DataVersion
-from .errors import ExportRejected, LayoutError, QueryError
-from .frame import Broken
-from .layout import Field, Layout, parse_layout
-from .loader import LoadResult, load_export
-from .settings import FlatFileSettings
+from __future__ import annotations
+
+import importlib
+from typing import TYPE_CHECKING, Any
+
+if TYPE_CHECKING:
+    from .adapter import FlatFileAdapter
+    from .api import ServiceView, answer
+    from .dataset import Dataset, DataVersion
+    from .errors import ExportRejected, LayoutError, QueryError
+    from .frame import Broken
+    from .layout import Field, Layout, parse_layout
+    from .loader import LoadResult, load_export
+    from .settings import FlatFileSettings
+
+# Where each exported name lives: imported on first use, so that reading the adapter's
+# settings (the federation configuration does, for every CLI command) does not load the
+# loaders, the index and the REST view.
+_EXPORTS = {
+    "Broken": "frame",
+    "DataVersion": "dataset",
+    "Dataset": "dataset",
+    "ExportRejected": "errors",
+    "Field": "layout",
+    "FlatFileAdapter": "adapter",
+    "FlatFileSettings": "settings",
+    "Layout": "layout",
+    "LayoutError": "errors",
+    "LoadResult": "loader",
+    "QueryError": "errors",
+    "ServiceView": "api",
+    "answer": "api",
+    "load_export": "loader",
+    "parse_layout": "layout",
+}
+
 
 __all__ = [
     "Broken",
@@ -34,3 +62,10 @@ __all__ = [
     "load_export",
     "parse_layout",
 ]
+
+
+def __getattr__(name: str) -> Any:
+    module = _EXPORTS.get(name)
+    if module is None:
+        raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+    return getattr(importlib.import_module(f".{module}", __name__), name)

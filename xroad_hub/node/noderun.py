@@ -35,7 +35,6 @@ from adapters.flatfile.settings import resolve_path
 from xroad_hub.errors import ConfigError
 from xroad_hub.federation import NodeConfig, load_table
 from xroad_hub.node.keys import NodeDirKeys
-from xroad_hub.node.node import Node
 from xroad_hub.protocol.registration import Anchor, RegistrationError, parse_anchor
 
 __all__ = ["NodeDir", "add_run_command", "load_node_dir", "run_node"]
@@ -211,6 +210,8 @@ def run_node(args: Any) -> int:
 
 
 async def _serve(node_dir: NodeDir, refresh_interval: float) -> int:
+    from xroad_hub.node.node import Node  # here: the node's parser needs none of it
+
     cfg, central = node_dir.config, node_dir.anchor.central_url
     node = Node(
         cfg,
