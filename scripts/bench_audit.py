@@ -9,8 +9,7 @@ node batches them; checkpoints every 10,000 entries), then times, in the same ru
 
 Both checks run again with ``--jobs`` worker processes (wall time, and the ratio against
 one process). It also reports bytes per exchange in the SQLite file with bodies purged.
-Targets (issue 3):
->= 200,000 entries/s verified, <= 1 KiB per exchange without bodies.
+Targets (issue 3): >= 200,000 entries/s verified, <= 1 KiB per exchange without bodies.
 
     python scripts/bench_audit.py [--entries 20000] [--smoke] [--dsn postgresql://...]
 

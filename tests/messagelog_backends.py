@@ -265,3 +265,14 @@ async def pg_backend() -> AsyncIterator[PostgresBackend]:
         yield b
     finally:
         await b.cleanup()
+
+
+@pytest.fixture
+def small_pages(monkeypatch: pytest.MonkeyPatch) -> None:
+    """`audit verify` in pages of 8 entries, in worker processes from the first entry on
+    (with jobs > 1): the main process hands the workers their pages, so these are its sizes
+    alone."""
+    from xroad_hub.messagelog import audit
+
+    monkeypatch.setattr(audit, "_PAGE", 8)
+    monkeypatch.setattr(audit, "_PARALLEL_MIN", 0)

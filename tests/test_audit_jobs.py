@@ -30,14 +30,6 @@ if TYPE_CHECKING:
 pytest_plugins = ["tests.messagelog_backends"]
 
 
-@pytest.fixture
-def small_pages(monkeypatch: pytest.MonkeyPatch) -> None:
-    """Pages of 8 entries, in processes from the first entry on: the main process hands the
-    workers their pages, so these are its sizes alone."""
-    monkeypatch.setattr(audit, "_PAGE", 8)
-    monkeypatch.setattr(audit, "_PARALLEL_MIN", 0)
-
-
 def _report(r: AuditReport) -> tuple[object, ...]:
     return (r.entries, r.root, r.checkpoints, r.witnessed, r.covered, r.uncovered_since,
             [str(f) for f in r.findings])  # fmt: skip

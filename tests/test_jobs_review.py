@@ -35,12 +35,6 @@ pytest_plugins = ["tests.messagelog_backends"]
 REPO = Path(__file__).resolve().parent.parent
 
 
-@pytest.fixture
-def small_pages(monkeypatch: pytest.MonkeyPatch) -> None:
-    monkeypatch.setattr(audit, "_PAGE", 8)
-    monkeypatch.setattr(audit, "_PARALLEL_MIN", 0)
-
-
 async def _signed_sqlite_log(tmp_path: Path, n: int = 40) -> tuple[Path, Path]:
     log = tmp_path / "messagelog.sqlite"
     roots = await build_signed_log(SQLiteMessageLog(log), n, checkpoints_at=(n,))
