@@ -51,6 +51,7 @@ from xroad_hub.messagelog import LogRecord, MessageLog, SQLiteMessageLog
 from xroad_hub.messagelog import postgres as pg
 from xroad_hub.messagelog.postgres import PostgresMessageLog
 from xroad_hub.messagelog.store import LogError
+from xroad_hub.protocol.exchange import new_id
 from xroad_hub.protocol.message import body_digest, canonical
 from xroad_hub.protocol.signing import BatchSignature
 
@@ -69,8 +70,8 @@ def make_records(n: int) -> list[LogRecord]:
     certs = [os.urandom(620), os.urandom(640)]  # DER of two member signing certificates
     records = []
     for i in range(n):
-        mid = str(uuid.uuid4())
-        rid = str(uuid.uuid4())
+        mid = new_id()  # the ids a node gives its messages (time-ordered, as nodes index them)
+        rid = new_id()
         cid = f"1101700{i:06d}"
         body = b'{"query":{"cid":"%s"}}' % cid.encode()
         answer = b'{"cid":"%s","name":"...","address":"%s"}' % (cid.encode(), b"x" * 900)

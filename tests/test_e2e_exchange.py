@@ -75,8 +75,9 @@ async def test_happy_path_passes_request_and_answer_unchanged(fed: Fed, http) ->
     assert headers["X-Road-Client"] == "TH/GOV/DGA/devportal"
     assert headers["X-Road-Service"] == "TH/GOV/DBD/registry/echo/v1"
     assert headers["X-Road-Id"] != "forged-by-provider"
-    uuid.UUID(headers["X-Road-Id"])  # generated when the client sent none
-    uuid.UUID(headers["X-Road-Request-Id"])
+    # Generated when the client sent none: time-ordered UUIDs (see protocol.exchange.new_id).
+    assert uuid.UUID(headers["X-Road-Id"]).version == 7
+    assert uuid.UUID(headers["X-Road-Request-Id"]).version == 7
     assert len(base64.b64decode(headers["X-Road-Request-Hash"])) == 64
     assert "X-Road-Error" not in headers
 

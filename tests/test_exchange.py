@@ -4,12 +4,14 @@ one strict parse (a missing, unknown or mistyped field is InvalidMessage)."""
 from __future__ import annotations
 
 import dataclasses
+import time
+import uuid
 
 import orjson
 import pytest
 
 from xroad_hub.errors import ProtocolError
-from xroad_hub.protocol.exchange import AnswerMeta, RequestMeta
+from xroad_hub.protocol.exchange import AnswerMeta, RequestMeta, new_id
 from xroad_hub.protocol.identifiers import parse_node_id, parse_service_id, parse_subsystem_id
 
 # Bytes the consumer's inline dict literal produced before the types existed (canonical()
@@ -180,3 +182,24 @@ def test_parse_of_what_is_not_an_object(data: bytes) -> None:
         with pytest.raises(ProtocolError) as info:
             parse(data)
         assert info.value.code == "InvalidMessage"
+
+
+def test_node_ids_are_version_7_uuids_in_time_order() -> None:
+    """The ids a node gives its messages: what ``str(uuid.UUID)`` writes, version 7 (RFC
+    9562) with the time they were made, random after it, and in time order across
+    milliseconds (so the logs' message-id index grows at its end)."""
+    before = time.time_ns() // 1_000_000
+    ids = [new_id() for _ in range(2000)]
+    after = time.time_ns() // 1_000_000
+    for text in ids:
+        u = uuid.UUID(text)
+        assert str(u) == text
+        assert (u.version, u.variant) == (7, uuid.RFC_4122)
+        assert before <= u.int >> 80 <= after
+    assert len(set(ids)) == len(ids)
+    time.sleep(0.002)
+    later = new_id()
+    assert all(later > text for text in ids)
+    # The 74 bits after the time are random: ids made in one millisecond differ there.
+    randoms = {uuid.UUID(text).int & ((1 << 80) - 1) for text in ids}
+    assert len(randoms) == len(ids)

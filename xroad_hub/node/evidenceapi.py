@@ -26,7 +26,6 @@ status and body unchanged; X-Road errors are rendered as on the r1 path.
 from __future__ import annotations
 
 import asyncio
-import uuid
 
 import orjson
 import structlog
@@ -42,6 +41,7 @@ from xroad_hub.node.consumer import (
 )
 from xroad_hub.node.runtime import NodeRuntime, x_road_errors
 from xroad_hub.protocol.catalog import Catalog
+from xroad_hub.protocol.exchange import new_id
 from xroad_hub.protocol.rest import (
     check_header_value,
     filter_response_headers,
@@ -120,7 +120,7 @@ class EvidenceApi:
         """Evidence for the client X-Road-Client names, authenticated and admitted by the
         middleware (client_authentication)."""
         h = request.headers
-        message_id = check_header_value("X-Road-Id", h.get("X-Road-Id") or str(uuid.uuid4()))
+        message_id = check_header_value("X-Road-Id", h.get("X-Road-Id") or new_id())
         client = named_client(request).id
         # After authentication: an unauthenticated caller learns nothing about the catalog.
         etype = self.catalog.get(request.match_info["type"])

@@ -20,6 +20,7 @@ new ``v``.
 from __future__ import annotations
 
 import os
+import time
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from typing import Any, TypeVar
@@ -43,11 +44,17 @@ Headers = tuple[tuple[str, str], ...]
 
 
 def new_id() -> str:
-    """A random (version 4) UUID as text, as ``str(uuid.uuid4())`` writes it, for the ids
-    a node gives its messages: without building a ``uuid.UUID`` (half the time, twice per
-    exchange)."""
-    h = os.urandom(16).hex()
-    return f"{h[:8]}-{h[8:12]}-4{h[13:16]}-{'89ab'[int(h[16], 16) & 3]}{h[17:20]}-{h[20:]}"
+    """A version 7 UUID (RFC 9562) as text, for the ids a node gives its messages: 48 bits
+    of Unix time in milliseconds, then 74 random bits.
+
+    Time-ordered because both nodes' logs index the message id: a random id lands on a
+    random page of that index, and each commit writes every page it touched in full (a
+    4 KiB WAL frame for a 40-byte entry, written again when the WAL is checkpointed), while
+    ids in time order all land on the index's last page. The time is no secret: the signed
+    metadata carries it (``created``). Built as text, without a ``uuid.UUID``."""
+    t = f"{time.time_ns() // 1_000_000:012x}"
+    r = os.urandom(10).hex()
+    return f"{t[:8]}-{t[8:]}-7{r[:3]}-{'89ab'[int(r[3], 16) & 3]}{r[4:7]}-{r[7:19]}"
 
 
 _REQUEST_REQUIRED = frozenset(
