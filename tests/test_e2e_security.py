@@ -465,3 +465,21 @@ async def test_an_unauthenticated_caller_gets_its_refusal_first(
     for public in ("/listClients", "/evidence"):
         async with http.get(fed.url(DGA) + public) as r:
             assert r.status == 200
+
+
+@pytest.mark.parametrize(
+    ("service", "code"),
+    [
+        ("TH/GOV/DGA/devportal/echo", "UnknownMember"),  # DGA's subsystem, not DBD's node's
+        ("TH/GOV/DBD/other/echo", "UnknownMember"),  # DBD's member, not this subsystem
+        ("TH/GOV/DBD/registry/nosuchservice", "UnknownService"),  # served, not this service
+    ],
+)
+async def test_provider_node_names_what_it_does_not_serve(
+    fed: Fed, service: str, code: str
+) -> None:
+    """X-Road's two refusals: a provider the node serves no service of, and a service a
+    provider it serves does not have."""
+    reply = await _signed_from_client_node(fed, service=service)
+    assert reply.status == 500
+    assert orjson.loads(reply.body)["type"] == f"Server.ServerProxy.{code}"

@@ -225,7 +225,10 @@ class ServerProxy:
             else decide_access(
                 hosted.config if hosted else None,
                 meta,
-                provider_served=any(s.provider == meta.service.provider for s in services),
+                # A hosted service's provider is served: the walk over every service (a
+                # dataclass comparison each) is for requests of services it does not host.
+                provider_served=hosted is not None
+                or any(s.provider == meta.service.provider for s in services),
                 metaservices=METASERVICES,
                 groups=groups,
             )
