@@ -63,14 +63,16 @@ DEFAULT_DSN = os.environ.get(
 )
 
 
-def make_records(n: int) -> list[LogRecord]:
-    """``n`` provider-side records shaped like the nodes' (see node/consumer.py, provider.py)."""
+def make_records(n: int, client_ids: bool = False) -> list[LogRecord]:
+    """``n`` provider-side records shaped like the nodes' (see node/consumer.py, provider.py):
+    message ids as nodes make them (time-ordered), or (``client_ids``) random ones, as
+    clients that send their own X-Road-Id often do."""
     key = ec.generate_private_key(ec.SECP256R1())
     ecdsa = key.sign(b"batch root", ec.ECDSA(hashes.SHA256()))
     certs = [os.urandom(620), os.urandom(640)]  # DER of two member signing certificates
     records = []
     for i in range(n):
-        mid = new_id()  # the ids a node gives its messages (time-ordered, as nodes index them)
+        mid = str(uuid.uuid4()) if client_ids else new_id()
         rid = new_id()
         cid = f"1101700{i:06d}"
         body = b'{"query":{"cid":"%s"}}' % cid.encode()
@@ -376,13 +378,14 @@ async def drop_schema(dsn: str, schema: str) -> None:
 
 
 def run(args: argparse.Namespace) -> dict[str, Any]:
-    records = make_records(args.records)
+    records = make_records(args.records, args.client_ids)
     exchange_sample = records[0]
     report: dict[str, Any] = {
         "python": platform.python_version(),
         "machine": platform.machine(),
         "cpus": os.cpu_count(),
         "records": args.records,
+        "message_ids": "random (clients')" if args.client_ids else "time-ordered (nodes')",
         "targets": {
             "durable_appends_per_s": TARGET_APPENDS_PER_S,
             "bytes_per_exchange_without_bodies": TARGET_BYTES_PER_EXCHANGE,
@@ -463,6 +466,12 @@ def build_parser() -> argparse.ArgumentParser:
         "the local server's database test); a scratch schema is created and dropped",
     )
     parser.add_argument("--no-postgres", action="store_true", help="SQLite only")
+    parser.add_argument(
+        "--client-ids",
+        action="store_true",
+        help="random message ids, as clients that send their own X-Road-Id make them (default: "
+        "time-ordered ones, as a node makes them); both logs index the message id",
+    )
     parser.add_argument(
         "--insert-methods",
         action=argparse.BooleanOptionalAction,

@@ -47,11 +47,13 @@ def new_id() -> str:
     """A version 7 UUID (RFC 9562) as text, for the ids a node gives its messages: 48 bits
     of Unix time in milliseconds, then 74 random bits.
 
-    Time-ordered because both nodes' logs index the message id: a random id lands on a
-    random page of that index, and each commit writes every page it touched in full (a
-    4 KiB WAL frame for a 40-byte entry, written again when the WAL is checkpointed), while
-    ids in time order all land on the index's last page. The time is no secret: the signed
-    metadata carries it (``created``). Built as text, without a ``uuid.UUID``."""
+    In time order to the millisecond (in random order within one) because both nodes' logs
+    index the message id: a random id lands on a random page of that index, and each commit
+    writes every page it touched in full (a 4 KiB WAL frame for a 40-byte entry, written
+    again when the WAL is checkpointed), while ids in time order all land on the index's
+    last page. Only ids a node makes gain: a client's own X-Road-Id is indexed as it comes.
+    The time is no secret to the nodes (the signed metadata's ``created``); a backend sees
+    it in the ids it is sent. Built as text, without a ``uuid.UUID``."""
     t = f"{time.time_ns() // 1_000_000:012x}"
     r = os.urandom(10).hex()
     return f"{t[:8]}-{t[8:]}-7{r[:3]}-{'89ab'[int(r[3], 16) & 3]}{r[4:7]}-{r[7:19]}"
