@@ -66,9 +66,11 @@ from benchproc import (
 
 from xroad_hub.demo.dbd import dbd_app
 from xroad_hub.dev.devpki import ensure_pki
+from xroad_hub.dev.signedlog import build_signed_log
 from xroad_hub.dev.testing import TestFederationSpec, free_port, write_federation
 from xroad_hub.federation import load_federation
 from xroad_hub.logs import configure_logging
+from xroad_hub.messagelog import SQLiteMessageLog
 from xroad_hub.protocol.identifiers import parse_service_id, parse_subsystem_id
 
 CLIENT = "TH/GOV/DGA/devportal"  # registered with auth = "http" on the client node
@@ -134,9 +136,11 @@ def prepare_federation(
     opmonitoring: bool = True,
     client_max_concurrent: int | None = None,
     backend_url: str | None = None,
+    log_entries: int = 0,
 ) -> Setup:
     """Federation file on free loopback ports plus its development PKI, in ``workdir``
-    (``backend_url``: a backend already chosen, shared by several federations)."""
+    (``backend_url``: a backend already chosen, shared by several federations), and each
+    node's message log holding ``log_entries`` exchanges already (``prefill_log``)."""
     workdir.mkdir(parents=True, exist_ok=True)
     backend_url = backend_url or f"http://127.0.0.1:{free_port()}"
     companies = {
@@ -175,7 +179,23 @@ def prepare_federation(
     if node.client_listen is None or str(node.id) != CLIENT_NODE:
         raise StartupError(f"{CLIENT} must be a plain-HTTP client of {CLIENT_NODE}")
     host, port = node.client_listen
+    for name in (CLIENT_NODE, PROVIDER_NODE):
+        prefill_log(workdir / "data" / "nodes" / name / "messagelog.sqlite", log_entries, name)
     return Setup(backend_url, f"http://{host}:{port}", config)
+
+
+def prefill_log(path: Path, entries: int, node: str) -> None:
+    """A node's message log as after ``entries`` exchanges, random message ids and a million
+    persons among them (``build_signed_log(varied=True)``): a log that starts empty fits in
+    SQLite's cache whole and puts every index entry on a page just written, which no node
+    does after a week. ``--log-entries``."""
+    if entries <= 0:
+        return
+    path.parent.mkdir(parents=True, exist_ok=True)
+    print(f"writing {entries} exchanges into {node}'s message log...", flush=True)
+    started = time.perf_counter()
+    asyncio.run(build_signed_log(SQLiteMessageLog(path), entries, varied=True))
+    print(f"  done in {time.perf_counter() - started:.1f} s", flush=True)
 
 
 # --------------------------------------------------------------------------------------------
@@ -731,6 +751,7 @@ def run_matrix(args: argparse.Namespace, workdir: Path, children: list[Child]) -
             opmonitoring=opmon,
             client_max_concurrent=args.concurrency if args.concurrency > 32 else None,
             backend_url=backend_url,
+            log_entries=args.log_entries,
         )
         first = len(children)
         spawn_federation(
@@ -868,6 +889,7 @@ def run_against(args: argparse.Namespace, workdir: Path, children: list[Child]) 
             workdir / name,
             client_max_concurrent=args.concurrency if args.concurrency > 32 else None,
             backend_url=backend_url,
+            log_entries=args.log_entries,
         )
         first = len(children)
         spawn_federation(
@@ -893,6 +915,7 @@ def run(args: argparse.Namespace) -> int:
             workdir,
             opmonitoring=not args.no_opmonitoring,
             client_max_concurrent=args.concurrency if args.concurrency > 32 else None,
+            log_entries=args.log_entries,
         )
         backend_addr = setup.backend_url.removeprefix("http://")
         children.append(spawn("backend", __file__, ["--serve-backend", backend_addr], workdir))
@@ -1030,6 +1053,14 @@ not answer within --startup-timeout; 130 interrupted.""",
         "with ECDSA P-256 signatures and a durable SQLite row per request)",
     )
     parser.add_argument(
+        "--log-entries",
+        type=int,
+        default=0,
+        metavar="N",
+        help="start each node with N exchanges in its message log (random ids, a million "
+        "persons), as a node that has run for a while; an empty log fits in memory whole",
+    )
+    parser.add_argument(
         "--keep-workdir",
         action="store_true",
         help="keep the work directory (federation file, PKI, message logs, child logs)",
@@ -1086,6 +1117,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         args.concurrency, args.duration, args.warmup, args.rounds = 4, 1.0, 0.2, 1
     if args.rounds < 1:
         parser.error("--rounds must be >= 1")
+    if args.log_entries < 0:
+        parser.error("--log-entries must be >= 0")
     if args.concurrency < 1 or args.duration <= 0 or args.max_requests < 1 or args.warmup < 0:
         parser.error("--concurrency and --max-requests must be >= 1, --duration > 0, --warmup >= 0")
     return run(args)

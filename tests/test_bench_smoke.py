@@ -6,6 +6,8 @@ Only that it works is checked, never how fast: timings on a shared test machine 
 
 from __future__ import annotations
 
+import contextlib
+import sqlite3
 import subprocess
 import sys
 from pathlib import Path
@@ -84,3 +86,26 @@ def test_bench_exchange_against_refuses_what_is_not_a_source_tree(tmp_path: Path
     )
     assert proc.returncode == 2, proc.stderr
     assert "is not a source tree of xroad-hub" in proc.stderr
+
+
+@pytest.mark.slow
+def test_bench_exchange_starts_nodes_on_full_logs(tmp_path: Path) -> None:
+    """--log-entries: each node serves on a log that already holds that many exchanges
+    (varied ids and persons), and logs its own after them."""
+    report, stdout, output = run_bench(
+        SCRIPT, "--smoke", "--no-baselines", "--log-entries", "500",
+        "--keep-workdir", "--tmpdir", str(tmp_path), timeout=120,
+    )  # fmt: skip
+    assert report["ok"] is True, output
+    served = report["hub"]["ok"]
+    assert served > 0, output
+    for node in ("DGA", "DBD"):
+        assert f"writing 500 exchanges into TH/GOV/{node}/hub1's message log" in stdout, output
+        (log,) = tmp_path.glob(f"xroad-bench-*/data/nodes/TH/GOV/{node}/hub1/messagelog.sqlite")
+        with contextlib.closing(sqlite3.connect(log)) as db:
+            rows, ids = db.execute(
+                "SELECT count(*), count(DISTINCT message_id) FROM exchange"
+            ).fetchone()
+            persons = db.execute("SELECT count(DISTINCT subject) FROM exchange_subject")
+            assert rows == ids >= 500 + served, output
+            assert persons.fetchone()[0] > 400, output

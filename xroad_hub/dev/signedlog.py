@@ -5,7 +5,9 @@ node makes them, checkpoints co-signed by the registry's witness)."""
 from __future__ import annotations
 
 import asyncio
+import random
 import time
+import uuid
 from collections.abc import Callable, Sequence
 
 from cryptography import x509
@@ -38,11 +40,16 @@ async def build_signed_log(
     *,
     checkpoints_at: Sequence[int] = (),
     end_checkpoint: bool = True,
+    varied: bool = False,
 ) -> list[x509.Certificate]:
     """``n`` exchanges signed by their members in batches, logged by ``log`` (opened and
     closed here), with a checkpoint co-signed by the registry's witness at each size in
     ``checkpoints_at`` and (``end_checkpoint``) at the end; ``when(i)`` gives entry i's
-    started/finished time. Returns the federation root, for verify_log."""
+    started/finished time. Returns the federation root, for verify_log.
+
+    The exchanges concern one person and have the ids m0, m1... unless ``varied``: then each
+    has a random message id and concerns one of a million persons, as in a node's log after
+    a while, so that its indexes are as large and as scattered."""
     ca_key, ca_cert = make_root_ca("test root")
     signers = {}
     for member in ("TH/GOV/DGA", "TH/GOV/DBD"):
@@ -65,17 +72,25 @@ async def build_signed_log(
         cosigned = note + NoteSigner("TH/registry", witness_key).signature_line(text)
         await log.record_witness(size, cosigned, witness_cert)
 
-    def record(i: int, meta: bytes, sig: bytes, answer: bytes, answer_sig: bytes) -> LogRecord:
+    def message_id(i: int) -> str:
+        return str(uuid.UUID(bytes=random.randbytes(16), version=4)) if varied else f"m{i}"
+
+    def subject(i: int) -> str:
+        return f"{1101700000000 + random.randrange(10**6)}" if varied else "0105744622488"
+
+    def record(
+        i: int, ids: tuple[str, str], meta: bytes, sig: bytes, answer: bytes, answer_sig: bytes
+    ) -> LogRecord:
         t = time.time() if when is None else when(i)
         return LogRecord(
-            message_id=f"m{i}", request_id=f"r{i}", role="provider",
+            message_id=ids[0], request_id=f"r{i}", role="provider",
             client="TH/GOV/DGA/citizenportal", service="TH/GOV/DBD/registry/companies",
             user_id="TH1101700203450", issue=ISSUE, represented_party=None, method="GET",
             status=200, error_type=None, started_at=t, finished_at=t, request_meta=meta,
             request_signature=sig, request_body=b"",
             request_cert=signers["TH/GOV/DGA"].cert_der, response_meta=answer,
             response_signature=answer_sig, response_body=body,
-            response_cert=signers["TH/GOV/DBD"].cert_der, subjects=("0105744622488",),
+            response_cert=signers["TH/GOV/DBD"].cert_der, subjects=(ids[1],),
         )  # fmt: skip
 
     # Batches end at each checkpoint's size, so that it is taken there.
@@ -84,9 +99,10 @@ async def build_signed_log(
     try:
         start = 0
         for end in ends:
+            ids = [(message_id(i), subject(i)) for i in range(start, end)]
             metas = [
                 canonical({
-                    "v": 1, "kind": "request", "id": f"m{i}", "request_id": f"r{i}",
+                    "v": 1, "kind": "request", "id": mid, "request_id": f"r{i}",
                     "client": "TH/GOV/DGA/citizenportal",
                     "service": "TH/GOV/DBD/registry/companies", "method": "GET",
                     "path": f"/{i}", "query": "", "user_id": "TH1101700203450",
@@ -94,22 +110,22 @@ async def build_signed_log(
                     "headers": [["Accept", "application/json"]],
                     "created": time.time(), "body_sha512": body_digest(b""),
                 })
-                for i in range(start, end)
+                for i, (mid, _) in zip(range(start, end), ids, strict=True)
             ]  # fmt: skip
             answers = [
                 canonical({
-                    "v": 1, "kind": "response", "id": f"m{i}", "request_id": f"r{i}",
+                    "v": 1, "kind": "response", "id": mid, "request_id": f"r{i}",
                     "status": 200, "request_hash": request_hash(meta, b""),
                     "created": time.time(), "body_sha512": body_digest(body),
                     "headers": [["Content-Type", "application/json"]],
                 })
-                for i, meta in zip(range(start, end), metas, strict=True)
+                for i, (mid, _), meta in zip(range(start, end), ids, metas, strict=True)
             ]  # fmt: skip
             sigs = signers["TH/GOV/DGA"].sign_batch(metas)
             answer_sigs = signers["TH/GOV/DBD"].sign_batch(answers)
             await asyncio.gather(
                 *(log.append(record(i, *signed)) for i, *signed in zip(
-                    range(start, end), metas, sigs, answers, answer_sigs, strict=True
+                    range(start, end), ids, metas, sigs, answers, answer_sigs, strict=True
                 ))
             )  # fmt: skip
             if end in checkpoints_at or (end == n and end_checkpoint):
