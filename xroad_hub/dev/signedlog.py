@@ -75,7 +75,7 @@ async def build_signed_log(
     def message_id(i: int) -> str:
         return str(uuid.UUID(bytes=random.randbytes(16), version=4)) if varied else f"m{i}"
 
-    def subject(i: int) -> str:
+    def subject() -> str:
         return f"{1101700000000 + random.randrange(10**6)}" if varied else "0105744622488"
 
     def record(
@@ -99,7 +99,7 @@ async def build_signed_log(
     try:
         start = 0
         for end in ends:
-            ids = [(message_id(i), subject(i)) for i in range(start, end)]
+            ids = [(message_id(i), subject()) for i in range(start, end)]
             metas = [
                 canonical({
                     "v": 1, "kind": "request", "id": mid, "request_id": f"r{i}",
