@@ -35,6 +35,7 @@ import json
 import math
 import os
 import platform
+import sqlite3
 import sys
 import tempfile
 import time
@@ -180,21 +181,35 @@ def prepare_federation(
         raise StartupError(f"{CLIENT} must be a plain-HTTP client of {CLIENT_NODE}")
     host, port = node.client_listen
     for name in (CLIENT_NODE, PROVIDER_NODE):
-        prefill_log(workdir / "data" / "nodes" / name / "messagelog.sqlite", log_entries, name)
+        prefill_log(workdir, name, log_entries)
     return Setup(backend_url, f"http://{host}:{port}", config)
 
 
-def prefill_log(path: Path, entries: int, node: str) -> None:
-    """A node's message log as after ``entries`` exchanges, random message ids and a million
-    persons among them (``build_signed_log(varied=True)``): a log that starts empty fits in
-    SQLite's cache whole and puts every index entry on a page just written, which no node
-    does after a week. ``--log-entries``."""
+# Logs of N varied exchanges, built once per run and copied to every node (built anew for
+# each, --against's four logs took minutes; copies also start both trees' nodes alike).
+_PREFILLED: dict[int, Path] = {}
+
+
+def prefill_log(workdir: Path, node: str, entries: int) -> None:
+    """``node``'s message log as after ``entries`` exchanges, random message ids and a
+    million persons among them (``build_signed_log(varied=True)``): a log that starts empty
+    fits in SQLite's cache whole and puts every index entry on a page just written, which
+    no node does after a week. ``--log-entries``."""
     if entries <= 0:
         return
-    path.parent.mkdir(parents=True, exist_ok=True)
     print(f"writing {entries} exchanges into {node}'s message log...", flush=True)
     started = time.perf_counter()
-    asyncio.run(build_signed_log(SQLiteMessageLog(path), entries, varied=True))
+    built = _PREFILLED.get(entries)
+    if built is None:  # outside any node's directory: copied while the nodes run
+        built = _PREFILLED[entries] = workdir / f"log-{entries}.sqlite"
+        asyncio.run(build_signed_log(SQLiteMessageLog(built), entries, varied=True))
+    path = workdir / "data" / "nodes" / node / "messagelog.sqlite"
+    path.parent.mkdir(parents=True, exist_ok=True)
+    with (
+        contextlib.closing(sqlite3.connect(built)) as src,
+        contextlib.closing(sqlite3.connect(path)) as dst,
+    ):
+        src.backup(dst)
     print(f"  done in {time.perf_counter() - started:.1f} s", flush=True)
 
 
