@@ -11,6 +11,7 @@ import hashlib
 import json
 import subprocess
 import sys
+import tracemalloc
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
@@ -21,8 +22,10 @@ from hypothesis import strategies as st
 
 from xroad_hub.protocol.merkle import (
     EMPTY_ROOT,
+    BlockTree,
     CompactRange,
     HashSource,
+    LeavesNeeded,
     MemoryTree,
     consistency_proof,
     inclusion_proof,
@@ -474,3 +477,76 @@ def test_bench_merkle_smoke_run() -> None:
     assert report["ok"] is True
     assert report["leaves"] == 20_000
     assert report["proofs_verified"] == report["samples"] == 100
+
+
+def _proved(tree: BlockTree, stored: Sequence[bytes], prove: Any) -> Any:
+    """Run ``prove`` as a log does: load each block the tree asks for, then ask again."""
+    for _ in range(3):  # a tree-shaped proof needs at most two blocks
+        try:
+            return prove()
+        except LeavesNeeded as need:
+            tree.load(need.start, stored[need.start : need.end])
+    raise AssertionError("the proof kept asking for blocks")
+
+
+@pytest.mark.parametrize("block_height", [1, 2, 3])
+def test_block_tree_gives_every_proof_a_memory_tree_gives(block_height: int) -> None:
+    data = leaves(40)
+    hashes = [leaf_hash(d) for d in data]
+    tree = BlockTree(block_height=block_height, cached_blocks=2)
+    for size in range(1, 41):
+        tree.append(hashes[size - 1])
+        assert tree.root() == ref_mth(data[:size])  # never needs a load
+        for old in range(1, size + 1):
+            got = _proved(
+                tree, hashes, lambda old=old, size=size: consistency_proof(tree, old, size)
+            )
+            assert got == ref_subproof(old, data[:size], True)
+        for index in range(size):
+            got = _proved(tree, hashes, lambda i=index, size=size: inclusion_proof(tree, i, size))
+            assert got == ref_path(index, data[:size])
+    bulk = BlockTree(hashes[:5], block_height=block_height)
+    bulk.extend(hashes[5:])
+    assert bulk.root() == tree.root() and len(bulk) == len(tree) == 40
+
+
+def test_block_tree_asks_for_old_blocks_and_refuses_other_leaves() -> None:
+    hashes = [leaf_hash(d) for d in leaves(1000)]
+    tree = BlockTree(hashes)  # blocks of 256
+    with pytest.raises(LeavesNeeded) as need:
+        consistency_proof(tree, 300, 1000)
+    assert (need.value.start, need.value.end) == (256, 512)
+    assert consistency_proof(tree, 256, 1000) == consistency_proof(hashes, 256)  # roots only
+    changed = list(hashes[256:512])
+    changed[7] = leaf_hash(b"rewritten")
+    for start, offered in ((256, changed), (256, hashes[256:511]), (300, hashes[300:556])):
+        with pytest.raises(ValueError):
+            tree.load(start, offered)
+    with pytest.raises(ValueError):
+        tree.load(768, hashes[768:1000])  # the last block is not complete: it is in memory
+    tree.load(256, hashes[256:512])
+    assert consistency_proof(tree, 300, 1000) == consistency_proof(hashes, 300)
+    for bad in ({"block_height": 0}, {"cached_blocks": 1}):
+        with pytest.raises(ValueError):
+            BlockTree(**bad)
+
+
+def test_block_tree_memory_is_a_fraction_of_a_memory_tree() -> None:
+    """What a node's log holds for its tree: ~64 bytes an entry for a `MemoryTree`, well
+    under one for a `BlockTree`, which keeps blocks of 256 leaves as their roots."""
+    hashes = [leaf_hash(i.to_bytes(4, "big")) for i in range(1 << 16)]
+
+    def held(build: Any) -> int:
+        tracemalloc.start()
+        try:
+            tree = build()
+            size, _ = tracemalloc.get_traced_memory()
+        finally:
+            tracemalloc.stop()
+        assert len(tree) == len(hashes)
+        return size
+
+    memory = held(lambda: MemoryTree(hashes))
+    blocks = held(lambda: BlockTree(hashes))
+    assert memory > 60 * len(hashes)
+    assert blocks < 1 * len(hashes)

@@ -278,12 +278,44 @@ async def test_witness_cosignature_and_consistency_proof(backend: Backend) -> No
         ("note, co-signed", hashlib.sha256(b"witness cert DER").hexdigest())
     ]
     hashes = [merkle.leaf_hash(x) for x in await log.leaves(0, 3)]
-    proof = log.consistency_proof(3, 5)
+    proof = await log.consistency_proof(3, 5)
     assert merkle.verify_consistency(3, 5, merkle.root(hashes), root, proof)
     await log.close()
     # rebuilt at open, the tree still proves old sizes
     reopened = await backend.open()
-    assert reopened.consistency_proof(3, 5) == proof
+    assert await reopened.consistency_proof(3, 5) == proof
+
+
+async def test_proofs_reach_old_entries_the_tree_no_longer_holds(backend: Backend) -> None:
+    """The tree keeps blocks of 256 leaves as their roots: a proof from an old size reads
+    that block's leaf hashes back from the rows, and refuses rows changed since."""
+    log = await backend.open()
+    await asyncio.gather(*(log.append(_rec(i)) for i in range(700)))
+    await log.close()
+    log = await backend.open()  # nothing of the old blocks is in memory now
+    hashes = [merkle.leaf_hash(x) for x in await log.leaves(0, 700)]
+    size, root = log.tree_head()
+    assert (size, root) == (700, merkle.root(hashes))
+    for old in (1, 3, 255, 256, 300, 511, 600, 699):
+        proof = await log.consistency_proof(old, 700)
+        assert proof == merkle.consistency_proof(hashes, old, 700)
+        assert merkle.verify_consistency(old, 700, merkle.root(hashes[:old]), root, proof)
+    assert await log.consistency_proof(300, 520) == merkle.consistency_proof(hashes, 300, 520)
+
+    await log.close()
+    log = await backend.open()
+    # Whoever holds the database rewrites an entry's leaf hash in the second block.
+    await backend.tamper(
+        "UPDATE {exchange} SET leaf_hash = ? WHERE leaf_index = 260", merkle.leaf_hash(b"x")
+    )
+    # A proof that needs only the block's root still holds; one that needs its leaves fails.
+    assert await log.consistency_proof(256, 700) == merkle.consistency_proof(hashes, 256, 700)
+    with pytest.raises(LogError, match=r"entries 256\.\.511 are not the ones"):
+        await log.consistency_proof(270, 700)
+    await backend.tamper("DELETE FROM {exchange} WHERE leaf_index = 100")
+    with pytest.raises(LogError, match=r"entries 0\.\.255 are not all there"):
+        await log.consistency_proof(50, 700)
+    assert log.tree_head() == (size, root)  # the head never reads the rows
 
 
 async def test_checkpoint_timestamps(backend: Backend) -> None:

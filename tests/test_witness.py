@@ -2,20 +2,27 @@
 
 from __future__ import annotations
 
+import asyncio
 import base64
 import hashlib
+import sqlite3
 
 import pytest
+from aiohttp import web
+from aiohttp.test_utils import TestServer
 from cryptography import x509
 from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric import ed25519
 
 from xroad_hub.central.witness import Witness, WitnessConflict, WitnessError
+from xroad_hub.messagelog import SQLiteMessageLog
+from xroad_hub.node.checkpointer import Checkpointer
 from xroad_hub.pki import issue_cert, load_ed25519_key, make_root_ca
 from xroad_hub.protocol import merkle
 from xroad_hub.protocol.checkpoint import Checkpoint, NoteSigner, open_note, sign_note
 
 from .conftest import Fed
+from .test_retention import _record
 
 NODE = "TH/GOV/DBD/hub1"
 ORIGIN = f"xroad-hub/{NODE}"
@@ -94,3 +101,41 @@ async def test_nodes_get_checkpoints_witnessed_by_the_registry(fed: Fed, http) -
     async with http.post(f"{registry_url}/witness", json=payload) as r:
         assert r.status == 409
         assert "history rewritten" in (await r.json())["error"]
+
+
+async def test_a_log_changed_on_disk_is_not_proven_to_the_witness(pki, tmp_path, oplog) -> None:
+    """The witness saw 300 entries; since the node started, someone rewrote a row of the
+    block holding entry 300. The node signs its checkpoint but sends no proof built on
+    that row, and says why."""
+    _, signer, der = pki
+    posted: list[object] = []
+
+    async def latest(request: web.Request) -> web.Response:
+        return web.json_response({"size": 300})
+
+    async def submit(request: web.Request) -> web.Response:
+        posted.append(await request.json())
+        return web.json_response({"error": "not expected"}, status=500)
+
+    app = web.Application()
+    app.router.add_get("/witness", latest)
+    app.router.add_post("/witness", submit)
+    log = SQLiteMessageLog(tmp_path / "log.sqlite")
+    await log.open()
+    try:
+        await asyncio.gather(*(log.append(_record(i, 1700000000.0 + i)) for i in range(700)))
+        with sqlite3.connect(tmp_path / "log.sqlite") as db:
+            db.execute("UPDATE exchange SET leaf_hash = ? WHERE leaf_index = 260", (LEAVES[0],))
+        async with TestServer(app) as server:
+            witness = str(server.make_url("/witness"))
+            cp = Checkpointer(NODE, log, signer, der, 60, witness_url=witness)
+            try:
+                note = await cp.checkpoint()
+            finally:
+                await cp.stop()
+    finally:
+        await log.close()
+    assert note is not None and note.count("\u2014 ") == 1  # the node's signature only
+    assert posted == []
+    [failed] = [e for e in oplog if e["event"] == "checkpoint.proof_failed"]
+    assert failed["size"] == 700 and "entries 256..511" in failed["error"]

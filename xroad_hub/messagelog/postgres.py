@@ -57,7 +57,7 @@ from xroad_hub.messagelog.reader import (
 )
 from xroad_hub.messagelog.record import LogRecord, cert_sha256_hex, leaf_of
 from xroad_hub.messagelog.store import LogError
-from xroad_hub.protocol import merkle
+from xroad_hub.messagelog.tree import LogTree
 
 __all__ = [
     "PostgresLogReader",
@@ -239,9 +239,7 @@ class PostgresMessageLog:
         self._commits = GroupCommit(lambda batch: self._write(batch), max_batch)
         self._next_index = 0
         self._known_certs: set[bytes] = set()
-        # Every perfect subtree, ~64 bytes per entry, as in the SQLite log: consistency
-        # proofs for the witness need old subtrees.
-        self._tree = merkle.MemoryTree()
+        self._tree = LogTree(self._leaf_hash_rows, f"message log in schema {self.schema!r}")
 
     def __repr__(self) -> str:  # never the DSN: it may hold a password
         return f"PostgresMessageLog(schema={self.schema!r})"
@@ -331,6 +329,7 @@ class PostgresMessageLog:
         """Rebuild the tree head from the committed leaves (O(n) once, at start)."""
         assert self._conn is not None
         expected = 0
+        hashes: list[bytes] = []
         async with self._conn.transaction():
             cursor = self._conn.cursor(
                 f"SELECT leaf_index, leaf_hash FROM {self._s}.exchange ORDER BY leaf_index",
@@ -345,10 +344,14 @@ class PostgresMessageLog:
                         f"(next is {row['leaf_index']}): rows were removed; keep it for audit"
                     )
                 try:
-                    self._tree.append(stored_leaf_hash(expected, row["leaf_hash"]))
+                    hashes.append(stored_leaf_hash(expected, row["leaf_hash"]))
                 except ValueError as exc:
                     raise LogError(f"message log in schema {self.schema!r}: {exc}") from exc
                 expected += 1
+                if len(hashes) == 4096:  # whole blocks at a time, and memory stays flat
+                    self._tree.extend(hashes)
+                    hashes = []
+        self._tree.extend(hashes)
         self._next_index = expected
 
     async def append(self, record: LogRecord) -> int:
@@ -424,11 +427,22 @@ class PostgresMessageLog:
 
     def tree_head(self) -> tuple[int, bytes]:
         """Size and RFC 9162 root of the committed log."""
-        return len(self._tree), self._tree.root()
+        return self._tree.head()
 
-    def consistency_proof(self, old_size: int, size: int) -> list[bytes]:
+    async def consistency_proof(self, old_size: int, size: int) -> list[bytes]:
         """RFC 9162 proof that the tree of ``old_size`` entries is a prefix of ``size``'s."""
-        return merkle.consistency_proof(self._tree, old_size, size)
+        return await self._tree.consistency_proof(old_size, size)
+
+    async def _leaf_hash_rows(self, start: int, end: int) -> list[asyncpg.Record]:
+        async with self._reader().acquire() as conn:
+            return list(
+                await conn.fetch(
+                    f"SELECT leaf_index, leaf_hash FROM {self._s}.exchange"
+                    " WHERE leaf_index >= $1 AND leaf_index < $2 ORDER BY leaf_index",
+                    start,
+                    end,
+                )
+            )
 
     async def record_witness(self, size: int, cosigned_note: str, witness_cert: bytes) -> None:
         """Replace the checkpoint's note by the one a witness co-signed."""

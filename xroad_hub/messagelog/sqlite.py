@@ -46,8 +46,8 @@ from xroad_hub.messagelog.reader import (
 )
 from xroad_hub.messagelog.record import LogRecord, cert_sha256_hex, leaf_of
 from xroad_hub.messagelog.store import LogError
+from xroad_hub.messagelog.tree import LogTree
 from xroad_hub.privatefile import ensure_private
-from xroad_hub.protocol import merkle
 
 __all__ = ["SQLiteLogReader", "SQLiteMessageLog", "writer_lock"]
 
@@ -150,9 +150,7 @@ class SQLiteMessageLog:
         self._next_index = 0
         self._known_certs: set[bytes] = set()
         self._writer_lock: int | None = None  # see writer_lock
-        # Every perfect subtree, ~64 bytes per entry: consistency proofs for the witness
-        # need old subtrees (a database-backed hash source would lift the memory cost).
-        self._tree = merkle.MemoryTree()
+        self._tree = LogTree(self._leaf_hash_rows, str(path))
 
     async def open(self) -> None:
         # The log holds citizens' data: 0600 before SQLite writes a byte (the -wal and -shm
@@ -276,11 +274,20 @@ class SQLiteMessageLog:
 
     def tree_head(self) -> tuple[int, bytes]:
         """Size and RFC 9162 root of the committed log."""
-        return len(self._tree), self._tree.root()
+        return self._tree.head()
 
-    def consistency_proof(self, old_size: int, size: int) -> list[bytes]:
+    async def consistency_proof(self, old_size: int, size: int) -> list[bytes]:
         """RFC 9162 proof that the tree of ``old_size`` entries is a prefix of ``size``'s."""
-        return merkle.consistency_proof(self._tree, old_size, size)
+        return await self._tree.consistency_proof(old_size, size)
+
+    async def _leaf_hash_rows(self, start: int, end: int) -> list[sqlite3.Row]:
+        assert self._db is not None
+        async with self._db.execute(
+            "SELECT leaf_index, leaf_hash FROM exchange WHERE leaf_index >= ? AND leaf_index < ?"
+            " ORDER BY leaf_index",
+            (start, end),
+        ) as cur:
+            return list(await cur.fetchall())
 
     async def record_witness(self, size: int, cosigned_note: str, witness_cert: bytes) -> None:
         """Replace the checkpoint's note by the one a witness co-signed."""

@@ -27,6 +27,7 @@ from cryptography import x509
 
 from xroad_hub.messagelog import MessageLog
 from xroad_hub.messagelog.audit import cosigned
+from xroad_hub.messagelog.store import LogError
 from xroad_hub.protocol.checkpoint import Checkpoint, NoteSigner, sign_note
 
 __all__ = ["Checkpointer", "Timestamper"]
@@ -142,7 +143,7 @@ class Checkpointer:
             ) as r:
                 r.raise_for_status()
                 seen = int((await r.json())["size"])
-            proof = self._log.consistency_proof(seen, size) if 0 < seen < size else []
+            proof = await self._log.consistency_proof(seen, size) if 0 < seen < size else []
             payload = {
                 "note": note,
                 "cert": base64.b64encode(self._cert).decode(),
@@ -158,6 +159,9 @@ class Checkpointer:
                 r.raise_for_status()
         except (aiohttp.ClientError, TimeoutError, ValueError, KeyError) as exc:
             log.warning("checkpoint.witness_unavailable", origin=self.origin, error=str(exc))
+            return note
+        except LogError as exc:  # the log's rows no longer give its tree: say so, sign on
+            log.error("checkpoint.proof_failed", origin=self.origin, size=size, error=str(exc))
             return note
         cosigned_note = str(answer.get("note", ""))
         witness_cert = base64.b64decode(str(answer.get("cert", "")))

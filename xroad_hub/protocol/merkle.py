@@ -41,8 +41,10 @@ from typing import Protocol, runtime_checkable
 __all__ = [
     "EMPTY_ROOT",
     "HASH_SIZE",
+    "BlockTree",
     "CompactRange",
     "HashSource",
+    "LeavesNeeded",
     "MemoryTree",
     "consistency_proof",
     "inclusion_proof",
@@ -197,6 +199,128 @@ class MemoryTree:
             return bytes(self._levels[height][offset : offset + HASH_SIZE])
         k = _split(count)
         return node_hash(self._hash(start, start + k), self._hash(start + k, end))
+
+
+class LeavesNeeded(LookupError):
+    """A `BlockTree` needs the leaf hashes ``D[start:end]`` (one block) to answer: read them
+    from where the leaves are stored, hand them to `BlockTree.load` and ask again."""
+
+    def __init__(self, start: int, end: int) -> None:
+        super().__init__(f"leaf hashes {start}..{end - 1} are not in memory")
+        self.start, self.end = start, end
+
+
+class BlockTree:
+    """An append-only tree for a log whose leaf hashes are stored elsewhere (a database).
+
+    A `MemoryTree` of every leaf costs ~64 bytes an entry for ever: 64 MB a million
+    exchanges, most of a node's memory after a few months. This tree keeps in memory only
+    the perfect subtrees of ``2**block_height`` leaves and up (a `MemoryTree` over the
+    blocks' roots, ~64 / 2**block_height bytes an entry), the leaves of the last, incomplete
+    block, and a few recently used blocks. The tree head never needs more (the blocks'
+    roots and the last block make the frontier); a proof reaching into an older block
+    raises `LeavesNeeded`, and the caller loads that block's leaf hashes from storage.
+    `load` checks them against the block's root, so storage changed after the tree was
+    built is caught rather than proved from. A proof of tree subtrees touches at most two
+    older blocks (the edges of the old and new sizes), so ``cached_blocks`` >= 2 always
+    lets it finish; a load is one indexed read, so few are kept.
+    """
+
+    __slots__ = ("_blocks", "_cache", "_cached", "_height", "_last", "_size")
+
+    def __init__(
+        self, leaf_hashes: Iterable[bytes] = (), *, block_height: int = 8, cached_blocks: int = 4
+    ) -> None:
+        if block_height < 1 or cached_blocks < 2:
+            raise ValueError("a block tree needs block_height >= 1 and cached_blocks >= 2")
+        self._height = block_height
+        self._cached = cached_blocks
+        self._blocks = MemoryTree()  # its leaves are the blocks' roots
+        self._last = MemoryTree()  # the incomplete last block
+        self._cache: dict[int, MemoryTree] = {}  # recently used complete blocks, oldest first
+        self._size = 0
+        self.extend(leaf_hashes)
+
+    def __len__(self) -> int:
+        return self._size
+
+    def append(self, leaf_hash: bytes) -> None:
+        """Add one leaf hash."""
+        self._last.append(leaf_hash)
+        self._size += 1
+        if len(self._last) == 1 << self._height:
+            self._close_block()
+
+    def extend(self, leaf_hashes: Iterable[bytes]) -> None:
+        """Append several leaf hashes in order; whole blocks are hashed in one pass each
+        (start-up rebuilds a log's tree this way)."""
+        per_block = 1 << self._height
+        hashes = leaf_hashes if isinstance(leaf_hashes, list) else list(leaf_hashes)
+        done = 0
+        while done < len(hashes):
+            room = per_block - len(self._last)
+            if room == per_block and len(hashes) - done >= per_block:
+                self._last = MemoryTree(hashes[done : done + per_block])
+            else:
+                self._last.extend(hashes[done : done + room])
+            added = min(room, len(hashes) - done)
+            done += added
+            self._size += added
+            if len(self._last) == per_block:
+                self._close_block()
+
+    def _close_block(self) -> None:
+        self._blocks.append(self._last.root())
+        self._last = MemoryTree()
+
+    def load(self, start: int, leaf_hashes: Sequence[bytes]) -> None:
+        """Hand over the stored leaf hashes of the block that starts at ``start`` (what a
+        `LeavesNeeded` asked for). ValueError if they are not that block's leaves."""
+        per_block = 1 << self._height
+        block = start >> self._height
+        if start % per_block or block >= len(self._blocks):
+            raise ValueError(f"no complete block of this tree starts at leaf {start}")
+        tree = MemoryTree(leaf_hashes)
+        if len(tree) != per_block or tree.root() != self._blocks.leaf_hash_at(block):
+            raise ValueError(
+                f"the stored leaf hashes of entries {start}..{start + per_block - 1} are not "
+                "the ones this tree was built from: the log changed on disk"
+            )
+        self._cache.pop(block, None)
+        self._cache[block] = tree
+        while len(self._cache) > self._cached:
+            del self._cache[next(iter(self._cache))]  # the least recently used
+
+    def root(self, size: int | None = None) -> bytes:
+        """The tree head of the first ``size`` leaves (default: all; never needs a load)."""
+        return self.subtree_hash(0, self._size if size is None else size)
+
+    def subtree_hash(self, start: int, end: int) -> bytes:
+        """MTH(D[start:end]); raises `LeavesNeeded` if it needs an older block's leaves."""
+        if not 0 <= start <= end <= self._size:
+            raise ValueError(f"range [{start}, {end}) out of bounds for size {self._size}")
+        return EMPTY_ROOT if start == end else self._hash(start, end)
+
+    def _hash(self, start: int, end: int) -> bytes:
+        count, height = end - start, self._height
+        block = start >> height
+        if count >> height and count & (count - 1) == 0 and start % count == 0:
+            return self._blocks.subtree_hash(block, end >> height)  # whole blocks, perfect
+        if (end - 1) >> height == block:  # within one block
+            offset = block << height
+            return self._block(block).subtree_hash(start - offset, end - offset)
+        k = _split(count)
+        return node_hash(self._hash(start, start + k), self._hash(start + k, end))
+
+    def _block(self, block: int) -> MemoryTree:
+        if block == len(self._blocks):
+            return self._last
+        tree = self._cache.pop(block, None)
+        if tree is None:
+            start = block << self._height
+            raise LeavesNeeded(start, start + (1 << self._height))
+        self._cache[block] = tree  # now the most recently used
+        return tree
 
 
 class CompactRange:

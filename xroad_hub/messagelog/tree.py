@@ -1,0 +1,70 @@
+"""The message log's Merkle tree as a node keeps it: the upper levels in memory, older
+leaf hashes read back from the log's rows when a proof reaches them.
+
+A node serves consistency proofs to its witness for as long as it runs, and a proof may
+reach any old entry; keeping every leaf hash in memory for that cost ~64 bytes an entry
+(~20 MB a node at 300k exchanges, more every day). `merkle.BlockTree` keeps blocks of 256
+leaves as their roots (~0.25 bytes an entry); a proof that needs an older block's leaves
+costs one indexed read of 256 32-byte hashes, checked against the root kept in memory.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Awaitable, Callable, Iterable, Sequence
+
+from xroad_hub.messagelog.reader import stored_leaf_hash
+from xroad_hub.messagelog.store import LogError
+from xroad_hub.protocol import merkle
+
+__all__ = ["LeafHashRows", "LogTree"]
+
+# Reads the (leaf_index, leaf_hash) rows of entries start..end-1, in index order.
+LeafHashRows = Callable[[int, int], Awaitable[Sequence[Sequence[object]]]]
+
+# A consistency proof needs the leaves of at most two blocks (where the old and the new
+# size fall), and the tree keeps more than two loaded: two loads, then the proof.
+_ATTEMPTS = 3
+
+
+class LogTree:
+    """The tree of a log's committed entries (leaf i at index i)."""
+
+    __slots__ = ("_read", "_tree", "_where")
+
+    def __init__(self, read: LeafHashRows, where: str) -> None:
+        self._read = read
+        self._where = where  # names the log in errors
+        self._tree = merkle.BlockTree()
+
+    def __len__(self) -> int:
+        return len(self._tree)
+
+    def extend(self, leaf_hashes: Iterable[bytes]) -> None:
+        """Append committed entries' leaf hashes, in index order."""
+        self._tree.extend(leaf_hashes)
+
+    def head(self) -> tuple[int, bytes]:
+        """Size and RFC 9162 root (never reads the log)."""
+        return len(self._tree), self._tree.root()
+
+    async def consistency_proof(self, old_size: int, size: int) -> list[bytes]:
+        """RFC 9162 proof that the tree of ``old_size`` entries is a prefix of ``size``'s."""
+        for _ in range(_ATTEMPTS):
+            try:
+                return merkle.consistency_proof(self._tree, old_size, size)
+            except merkle.LeavesNeeded as need:
+                await self._load(need.start, need.end)
+        raise LogError(f"{self._where}: a consistency proof kept needing other entries")
+
+    async def _load(self, start: int, end: int) -> None:
+        rows = await self._read(start, end)
+        try:
+            hashes = [stored_leaf_hash(index, value) for index, value in rows]
+            if [row[0] for row in rows] != list(range(start, end)):
+                raise ValueError(f"entries {start}..{end - 1} are not all there: rows were removed")
+            self._tree.load(start, hashes)
+        except ValueError as exc:
+            raise LogError(
+                f"{self._where}: {exc}; keep it for audit ('xroad-hub audit verify' lists "
+                "what is wrong)"
+            ) from exc
