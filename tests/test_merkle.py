@@ -505,9 +505,17 @@ def test_block_tree_gives_every_proof_a_memory_tree_gives(block_height: int) -> 
         for index in range(size):
             got = _proved(tree, hashes, lambda i=index, size=size: inclusion_proof(tree, i, size))
             assert got == ref_path(index, data[:size])
-    bulk = BlockTree(hashes[:5], block_height=block_height)
+    # Built in bulk, then proving to older sizes too (a size inside a complete block).
+    bulk = BlockTree(hashes[:5], block_height=block_height, cached_blocks=2)
     bulk.extend(hashes[5:])
-    assert bulk.root() == tree.root() and len(bulk) == len(tree) == 40
+    assert len(bulk) == 40
+    for size in range(1, 41):
+        assert _proved(bulk, hashes, lambda size=size: bulk.root(size)) == ref_mth(data[:size])
+        for old in range(1, size + 1):
+            got = _proved(
+                bulk, hashes, lambda old=old, size=size: consistency_proof(bulk, old, size)
+            )
+            assert got == ref_subproof(old, data[:size], True)
 
 
 def test_block_tree_asks_for_old_blocks_and_refuses_other_leaves() -> None:

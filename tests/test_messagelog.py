@@ -289,18 +289,24 @@ async def test_witness_cosignature_and_consistency_proof(backend: Backend) -> No
 async def test_proofs_reach_old_entries_the_tree_no_longer_holds(backend: Backend) -> None:
     """The tree keeps blocks of 256 leaves as their roots: a proof from an old size reads
     that block's leaf hashes back from the rows, and refuses rows changed since."""
+    n = 1600  # six complete blocks and part of a seventh
     log = await backend.open()
-    await asyncio.gather(*(log.append(_rec(i)) for i in range(700)))
+    await asyncio.gather(*(log.append(_rec(i)) for i in range(n)))
     await log.close()
     log = await backend.open()  # nothing of the old blocks is in memory now
-    hashes = [merkle.leaf_hash(x) for x in await log.leaves(0, 700)]
+    hashes = [merkle.leaf_hash(x) for x in await log.leaves(0, n)]
     size, root = log.tree_head()
-    assert (size, root) == (700, merkle.root(hashes))
-    for old in (1, 3, 255, 256, 300, 511, 600, 699):
-        proof = await log.consistency_proof(old, 700)
-        assert proof == merkle.consistency_proof(hashes, old, 700)
-        assert merkle.verify_consistency(old, 700, merkle.root(hashes[:old]), root, proof)
-    assert await log.consistency_proof(300, 520) == merkle.consistency_proof(hashes, 300, 520)
+    assert (size, root) == (n, merkle.root(hashes))
+    for old in (1, 3, 255, 256, 300, 511, 1000, 1599):
+        proof = await log.consistency_proof(old, n)
+        assert proof == merkle.consistency_proof(hashes, old, n)
+        assert merkle.verify_consistency(old, n, merkle.root(hashes[:old]), root, proof)
+    # Many at once, from and to sizes in every block (more blocks than the tree keeps).
+    await log.close()
+    log = await backend.open()
+    wanted = [(o, s) for o in (5, 300, 600, 900, 1200, 1500) for s in (400, 700, 1300, n) if o <= s]
+    proofs = await asyncio.gather(*(log.consistency_proof(o, s) for o, s in wanted))
+    assert proofs == [merkle.consistency_proof(hashes, o, s) for o, s in wanted]
 
     await log.close()
     log = await backend.open()
@@ -309,13 +315,32 @@ async def test_proofs_reach_old_entries_the_tree_no_longer_holds(backend: Backen
         "UPDATE {exchange} SET leaf_hash = ? WHERE leaf_index = 260", merkle.leaf_hash(b"x")
     )
     # A proof that needs only the block's root still holds; one that needs its leaves fails.
-    assert await log.consistency_proof(256, 700) == merkle.consistency_proof(hashes, 256, 700)
+    assert await log.consistency_proof(256, n) == merkle.consistency_proof(hashes, 256, n)
     with pytest.raises(LogError, match=r"entries 256\.\.511 are not the ones"):
-        await log.consistency_proof(270, 700)
+        await log.consistency_proof(270, n)
     await backend.tamper("DELETE FROM {exchange} WHERE leaf_index = 100")
     with pytest.raises(LogError, match=r"entries 0\.\.255 are not all there"):
-        await log.consistency_proof(50, 700)
+        await log.consistency_proof(50, n)
     assert log.tree_head() == (size, root)  # the head never reads the rows
+
+
+async def test_a_proof_sees_every_entry_while_a_reader_is_mid_query(tmp_path: Path) -> None:
+    """A read left open on the log's readers' connection holds an older snapshot: the
+    leaves a proof reads back must not come from it (they would look removed)."""
+    log = SQLiteMessageLog(tmp_path / "messages.db")
+    await log.open()
+    try:
+        await asyncio.gather(*(log.append(_rec(i)) for i in range(250)))
+        assert log._db is not None
+        async with log._db.execute("SELECT leaf_index FROM exchange") as unfinished:
+            await unfinished.fetchone()
+            await asyncio.gather(*(log.append(_rec(i)) for i in range(250, 300)))
+            hashes = [merkle.leaf_hash(_rec(i).leaf()) for i in range(300)]
+            assert await log.consistency_proof(100, 258) == merkle.consistency_proof(
+                hashes, 100, 258
+            )
+    finally:
+        await log.close()
 
 
 async def test_checkpoint_timestamps(backend: Backend) -> None:

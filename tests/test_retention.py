@@ -10,19 +10,11 @@ from cryptography.hazmat.primitives.asymmetric import ed25519
 
 from xroad_hub.dev.testing import TestFederationSpec, write_federation
 from xroad_hub.federation import load_federation
-from xroad_hub.messagelog import LogRecord, SQLiteMessageLog
+from xroad_hub.messagelog import SQLiteMessageLog
 from xroad_hub.node.checkpointer import Checkpointer
 from xroad_hub.protocol.checkpoint import NoteSigner
 
-
-def _record(i: int, finished: float) -> LogRecord:
-    return LogRecord(
-        message_id=f"m{i}", request_id=f"r{i}", role="provider", client="TH/GOV/DGA/portal",
-        service="TH/GOV/DBD/registry/echo", user_id=None, issue=None, represented_party=None,
-        method="GET", status=200, error_type=None, started_at=finished - 1,
-        finished_at=finished, request_meta=b"{}", request_signature=b"s", request_body=b"q",
-        request_cert=b"c", response_body=b"a",
-    )  # fmt: skip
+from .logrecords import record
 
 
 async def test_rounds_purge_bodies_past_retention(tmp_path: Path) -> None:
@@ -30,8 +22,8 @@ async def test_rounds_purge_bodies_past_retention(tmp_path: Path) -> None:
     await log.open()
     try:
         now = time.time()
-        await log.append(_record(0, now - 3 * 86400))  # three days old
-        await log.append(_record(1, now))
+        await log.append(record(0, now - 3 * 86400))  # three days old
+        await log.append(record(1, now))
         head = log.tree_head()
         signer = NoteSigner("node", ed25519.Ed25519PrivateKey.generate())
         cp = Checkpointer("TH/GOV/DBD/hub1", log, signer, b"cert", 60, body_retention=86400)
@@ -59,7 +51,7 @@ async def test_restarted_checkpointer_continues_after_the_last_checkpoint(tmp_pa
     log = SQLiteMessageLog(tmp_path / "log.sqlite")
     await log.open()
     try:
-        await log.append(_record(0, time.time()))
+        await log.append(record(0, time.time()))
         signer = NoteSigner("TH/GOV/DBD/hub1", ed25519.Ed25519PrivateKey.generate())
         first = Checkpointer("TH/GOV/DBD/hub1", log, signer, b"cert", 60)
         await first.start()
@@ -86,7 +78,7 @@ async def test_concurrent_checkpoints_sign_and_stamp_each_size_once(tmp_path: Pa
         return b"token"
 
     try:
-        await log.append(_record(0, time.time()))
+        await log.append(record(0, time.time()))
         signer = NoteSigner("TH/GOV/DBD/hub1", ed25519.Ed25519PrivateKey.generate())
         cp = Checkpointer("TH/GOV/DBD/hub1", log, signer, b"cert", 60, timestamper=slow_tsa)
         results = await asyncio.gather(cp.checkpoint(), cp.checkpoint(), cp.checkpoint())
@@ -111,7 +103,7 @@ async def test_stop_during_a_round_lets_it_finish_stamping(tmp_path: Path) -> No
         return b"token"
 
     try:
-        await log.append(_record(0, time.time()))
+        await log.append(record(0, time.time()))
         signer = NoteSigner("TH/GOV/DBD/hub1", ed25519.Ed25519PrivateKey.generate())
         cp = Checkpointer("TH/GOV/DBD/hub1", log, signer, b"cert", 0.01, timestamper=slow_tsa)
         await cp.start()

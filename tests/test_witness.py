@@ -22,7 +22,7 @@ from xroad_hub.protocol import merkle
 from xroad_hub.protocol.checkpoint import Checkpoint, NoteSigner, open_note, sign_note
 
 from .conftest import Fed
-from .test_retention import _record
+from .logrecords import record
 
 NODE = "TH/GOV/DBD/hub1"
 ORIGIN = f"xroad-hub/{NODE}"
@@ -123,7 +123,7 @@ async def test_a_log_changed_on_disk_is_not_proven_to_the_witness(pki, tmp_path,
     log = SQLiteMessageLog(tmp_path / "log.sqlite")
     await log.open()
     try:
-        await asyncio.gather(*(log.append(_record(i, 1700000000.0 + i)) for i in range(700)))
+        await asyncio.gather(*(log.append(record(i, 1700000000.0 + i)) for i in range(700)))
         with sqlite3.connect(tmp_path / "log.sqlite") as db:
             db.execute("UPDATE exchange SET leaf_hash = ? WHERE leaf_index = 260", (LEAVES[0],))
         async with TestServer(app) as server:

@@ -434,15 +434,18 @@ class PostgresMessageLog:
         return await self._tree.consistency_proof(old_size, size)
 
     async def _leaf_hash_rows(self, start: int, end: int) -> list[asyncpg.Record]:
-        async with self._reader().acquire() as conn:
-            return list(
-                await conn.fetch(
-                    f"SELECT leaf_index, leaf_hash FROM {self._s}.exchange"
-                    " WHERE leaf_index >= $1 AND leaf_index < $2 ORDER BY leaf_index",
-                    start,
-                    end,
-                )
-            )
+        sql = (
+            f"SELECT leaf_index, leaf_hash FROM {self._s}.exchange"
+            " WHERE leaf_index >= $1 AND leaf_index < $2 ORDER BY leaf_index"
+        )
+        try:
+            async with self._reader().acquire() as conn:
+                return list(await conn.fetch(sql, start, end))
+        except _DB_ERRORS as exc:
+            raise LogError(
+                f"message log in schema {self.schema!r}: reading entries {start}..{end - 1} "
+                f"failed: {exc}"
+            ) from exc
 
     async def record_witness(self, size: int, cosigned_note: str, witness_cert: bytes) -> None:
         """Replace the checkpoint's note by the one a witness co-signed."""

@@ -280,14 +280,23 @@ class SQLiteMessageLog:
         """RFC 9162 proof that the tree of ``old_size`` entries is a prefix of ``size``'s."""
         return await self._tree.consistency_proof(old_size, size)
 
-    async def _leaf_hash_rows(self, start: int, end: int) -> list[sqlite3.Row]:
-        assert self._db is not None
-        async with self._db.execute(
+    async def _leaf_hash_rows(self, start: int, end: int) -> list[tuple[object, object]]:
+        # By the writer thread: it has committed every entry the tree holds. The readers'
+        # connection may still be inside an older snapshot (a cursor another caller has
+        # not finished), which would miss rows and read as rows removed.
+        wdb = self._wdb
+        if wdb is None:
+            raise LogError("message log is not open")
+        sql = (
             "SELECT leaf_index, leaf_hash FROM exchange WHERE leaf_index >= ? AND leaf_index < ?"
-            " ORDER BY leaf_index",
-            (start, end),
-        ) as cur:
-            return list(await cur.fetchall())
+            " ORDER BY leaf_index"
+        )
+        try:
+            return await self._commits.run(lambda: wdb.execute(sql, (start, end)).fetchall())
+        except sqlite3.Error as exc:
+            raise LogError(
+                f"{self.path}: reading entries {start}..{end - 1} failed: {exc}"
+            ) from exc
 
     async def record_witness(self, size: int, cosigned_note: str, witness_cert: bytes) -> None:
         """Replace the checkpoint's note by the one a witness co-signed."""

@@ -10,6 +10,7 @@ costs one indexed read of 256 32-byte hashes, checked against the root kept in m
 
 from __future__ import annotations
 
+import asyncio
 from collections.abc import Awaitable, Callable, Iterable, Sequence
 
 from xroad_hub.messagelog.reader import stored_leaf_hash
@@ -21,20 +22,21 @@ __all__ = ["LeafHashRows", "LogTree"]
 # Reads the (leaf_index, leaf_hash) rows of entries start..end-1, in index order.
 LeafHashRows = Callable[[int, int], Awaitable[Sequence[Sequence[object]]]]
 
-# A consistency proof needs the leaves of at most two blocks (where the old and the new
-# size fall), and the tree keeps more than two loaded: two loads, then the proof.
-_ATTEMPTS = 3
+# A consistency proof needs the leaves of at most two blocks: where the old and the new size
+# fall. Proofs are made one at a time, so the tree (which keeps more) holds both at once.
+_LOADS = 2
 
 
 class LogTree:
     """The tree of a log's committed entries (leaf i at index i)."""
 
-    __slots__ = ("_read", "_tree", "_where")
+    __slots__ = ("_proving", "_read", "_tree", "_where")
 
     def __init__(self, read: LeafHashRows, where: str) -> None:
         self._read = read
         self._where = where  # names the log in errors
         self._tree = merkle.BlockTree()
+        self._proving = asyncio.Lock()
 
     def __len__(self) -> int:
         return len(self._tree)
@@ -49,17 +51,23 @@ class LogTree:
 
     async def consistency_proof(self, old_size: int, size: int) -> list[bytes]:
         """RFC 9162 proof that the tree of ``old_size`` entries is a prefix of ``size``'s."""
-        for _ in range(_ATTEMPTS):
-            try:
-                return merkle.consistency_proof(self._tree, old_size, size)
-            except merkle.LeavesNeeded as need:
-                await self._load(need.start, need.end)
-        raise LogError(f"{self._where}: a consistency proof kept needing other entries")
+        async with self._proving:
+            for loads in range(_LOADS + 1):
+                try:
+                    return merkle.consistency_proof(self._tree, old_size, size)
+                except merkle.LeavesNeeded as need:
+                    if loads == _LOADS:
+                        break
+                    await self._load(need.start, need.end)
+        raise LogError(f"{self._where}: a consistency proof needed more than {_LOADS} blocks")
 
     async def _load(self, start: int, end: int) -> None:
         rows = await self._read(start, end)
         try:
             hashes = [stored_leaf_hash(index, value) for index, value in rows]
+        except ValueError as exc:  # its message says what to do
+            raise LogError(f"{self._where}: {exc}") from exc
+        try:
             if [row[0] for row in rows] != list(range(start, end)):
                 raise ValueError(f"entries {start}..{end - 1} are not all there: rows were removed")
             self._tree.load(start, hashes)

@@ -256,6 +256,8 @@ class BlockTree:
         (start-up rebuilds a log's tree this way)."""
         per_block = 1 << self._height
         hashes = leaf_hashes if isinstance(leaf_hashes, list) else list(leaf_hashes)
+        for value in hashes:  # all or nothing: a bad hash must not leave half a batch in
+            _check_hash(value, "leaf hash")
         done = 0
         while done < len(hashes):
             room = per_block - len(self._last)
@@ -292,7 +294,8 @@ class BlockTree:
             del self._cache[next(iter(self._cache))]  # the least recently used
 
     def root(self, size: int | None = None) -> bytes:
-        """The tree head of the first ``size`` leaves (default: all; never needs a load)."""
+        """The tree head of the first ``size`` leaves (default: all, which never needs a
+        load; an older size may raise `LeavesNeeded`)."""
         return self.subtree_hash(0, self._size if size is None else size)
 
     def subtree_hash(self, start: int, end: int) -> bytes:
