@@ -242,7 +242,7 @@ async def _copy_without_bodies(conn: asyncpg.Connection, schema: str, copy: str)
     """
     s, c = f'"{schema}"', f'"{copy}"'
     await conn.execute(f"CREATE SCHEMA {c}")
-    await conn.execute(pg.log_ddl(c) + pg.globalconf_ddl(c))  # same tables, indexes, names
+    await conn.execute(pg.log_ddl(c) + pg.added_ddl(c))  # same tables, indexes, names
     columns = ", ".join(pg._COLUMNS)
     bodiless = ", ".join(
         "NULL" if col in ("request_body", "response_body") else col for col in pg._COLUMNS

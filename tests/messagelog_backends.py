@@ -44,7 +44,7 @@ __all__ = [
 ]
 
 PG_DSN = os.environ.get("XROAD_HUB_TEST_PG_DSN", "postgresql://postgres@127.0.0.1:5432/test")
-_TABLES = ("exchange", "exchange_subject", "certificate", "checkpoint", "globalconf")
+_TABLES = ("exchange", "exchange_subject", "certificate", "checkpoint", "globalconf", "tree_block")
 _pg_problem: list[str | None] = []  # memo of the one reachability probe per session
 
 

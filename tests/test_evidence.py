@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import base64
 import os
 import re
@@ -427,3 +428,79 @@ async def test_export_says_what_the_log_lacks(
         conn.execute(damage)
     with pytest.raises(EvidenceError, match=message):
         export_bundle(logs[DBD], mid)
+
+
+async def test_export_proves_from_stored_block_roots(fed: Fed, http, tmp_path: Path) -> None:
+    """Past 256 entries a node stores its tree's block roots with each checkpoint, and a
+    bundle's path comes from them and the entry's own block instead of every leaf hash:
+    the same bundle as from the leaves alone. Wrong roots are not proven from (the leaves
+    are); changed or removed rows are refused, as a checkpoint whose columns are not what
+    its note signs."""
+    url = fed.url(DGA) + "/r1/TH/GOV/DBD/registry/echo/deeds/1234"
+
+    async def one(i: int) -> None:
+        async with http.get(url, headers={**DEV, "X-Road-Id": f"blocks-{i}"}) as r:
+            assert r.status == 200
+
+    node = fed.federation.nodes[DBD]
+    before = node.runtime.log.tree_head()[0]
+    for start in range(0, 300, 10):  # within a client's share of the node
+        await asyncio.gather(*(one(i) for i in range(start, start + 10)))
+    if node.runtime.log.tree_head()[0] % 256 == 0:  # keep an incomplete last block
+        await one(300)
+    await node.checkpointer.checkpoint()
+    log = tmp_path / "provider.sqlite"
+    with sqlite_db(node.runtime.log.path) as a, sqlite_db(log) as b:
+        a.backup(b)
+    with sqlite_db(log) as conn:
+        size = conn.execute("SELECT MAX(size) FROM checkpoint").fetchone()[0]
+        blocks = conn.execute("SELECT COUNT(*) FROM tree_block").fetchone()[0]
+        # The last entry of the last complete block (whatever checkpoint proves it, its
+        # block is complete in that tree), and the last entry, in the incomplete block.
+        last_complete = size // 256 * 256 - 1
+        entries = [
+            conn.execute(
+                "SELECT message_id, leaf_index FROM exchange WHERE leaf_index = ?", (i,)
+            ).fetchone()
+            for i in (last_complete, size - 1)
+        ]
+    assert size >= before + 300 and blocks == size // 256 >= 1 and size % 256
+    bundles = [export_bundle(log, mid, index) for mid, index in entries]
+    for bundle in bundles:
+        verify_bundle(bundle, _roots(fed))
+
+    def damaged(name: str, *sql: str) -> Path:
+        copy = tmp_path / f"{name}.sqlite"
+        with sqlite_db(log) as a, sqlite_db(copy) as b:
+            a.backup(b)
+            for statement in sql:
+                b.execute(statement)
+        return copy
+
+    for name, *sql in (
+        ("no-roots", "DELETE FROM tree_block"),  # a log from before they were stored
+        ("wrong-roots", "UPDATE tree_block SET root = zeroblob(32)"),
+        ("odd-roots", "UPDATE tree_block SET root = 'abc' WHERE block % 2 = 0",
+         "UPDATE tree_block SET root = 10000000000000 WHERE block % 2 = 1"),
+    ):  # fmt: skip
+        copy = damaged(name, *sql)
+        assert [export_bundle(copy, mid, index) for mid, index in entries] == bundles, name
+
+    # A row of the first entry's block changed or removed: that block's entries cannot be
+    # proven; the others still can (their paths need only the block's stored root), and
+    # 'audit verify' is what finds the row.
+    row = last_complete - 1
+    for name, sql, problem in (
+        ("changed-row", f"UPDATE exchange SET leaf_hash = zeroblob(32) WHERE leaf_index = {row}",
+         "do not lead from entry"),
+        ("removed-row", f"DELETE FROM exchange WHERE leaf_index = {row}",
+         "are not all in the log"),
+    ):  # fmt: skip
+        copy = damaged(name, sql)
+        with pytest.raises(EvidenceError, match=problem):
+            export_bundle(copy, *entries[0])
+        assert export_bundle(copy, *entries[1]) == bundles[1]
+    copy = damaged("column", "UPDATE checkpoint SET root = zeroblob(32)")
+    for mid, index in entries:
+        with pytest.raises(EvidenceError, match="not what its signed note says"):
+            export_bundle(copy, mid, index)

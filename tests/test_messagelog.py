@@ -307,7 +307,6 @@ async def test_proofs_reach_old_entries_the_tree_no_longer_holds(backend: Backen
     wanted = [(o, s) for o in (5, 300, 600, 900, 1200, 1500) for s in (400, 700, 1300, n) if o <= s]
     proofs = await asyncio.gather(*(log.consistency_proof(o, s) for o, s in wanted))
     assert proofs == [merkle.consistency_proof(hashes, o, s) for o, s in wanted]
-
     await log.close()
     log = await backend.open()
     # Whoever holds the database rewrites an entry's leaf hash in the second block.
@@ -322,6 +321,33 @@ async def test_proofs_reach_old_entries_the_tree_no_longer_holds(backend: Backen
     with pytest.raises(LogError, match=r"entries 0\.\.255 are not all there"):
         await log.consistency_proof(50, n)
     assert log.tree_head() == (size, root)  # the head never reads the rows
+
+
+async def test_the_log_stores_its_block_roots_and_puts_them_right(backend: Backend) -> None:
+    """Evidence exports prove from the complete blocks' roots the log holds: a checkpoint
+    stores those completed since the last, and a node that opens the log replaces wrong,
+    missing and stray ones (they are derived from the leaves)."""
+    log = await backend.open()
+    await asyncio.gather(*(log.append(_rec(i)) for i in range(1100)))
+    hashes = [merkle.leaf_hash(x) for x in await log.leaves(0, 1100)]
+
+    def blocks(size: int) -> list[tuple[int, bytes]]:
+        return [(b, merkle.root(hashes[b * 256 : (b + 1) * 256])) for b in range(size // 256)]
+
+    stored = "SELECT block, root FROM {tree_block} ORDER BY block"
+    assert await backend.query(stored) == []
+    await log.add_checkpoint(1100, log.tree_head()[1], "note", b"cert DER", 1700000100.0)
+    assert await backend.query(stored) == blocks(1100)
+    await log.close()
+    await backend.tamper("UPDATE {tree_block} SET root = ? WHERE block = 1", b"\0" * 32)
+    await backend.tamper("DELETE FROM {tree_block} WHERE block = 2")
+    await backend.tamper("INSERT INTO {tree_block} VALUES (1000000, ?)", b"\0" * 32)
+    log = await backend.open()
+    assert await backend.query(stored) == blocks(1100)
+    await asyncio.gather(*(log.append(_rec(i)) for i in range(1100, 1400)))
+    hashes += [merkle.leaf_hash(x) for x in await log.leaves(1100, 1400)]
+    await log.add_checkpoint(1400, log.tree_head()[1], "note", b"cert DER", 1700000200.0)
+    assert await backend.query(stored) == blocks(1400)
 
 
 async def test_a_proof_sees_every_entry_while_a_reader_is_mid_query(tmp_path: Path) -> None:

@@ -40,6 +40,7 @@ from xroad_hub.messagelog.audit import (
     verify_node_checkpoint,
     witness_name,
 )
+from xroad_hub.messagelog.layout import TREE_BLOCK, TREE_BLOCK_HEIGHT
 from xroad_hub.messagelog.reader import LogReader, LogReadError, Row
 from xroad_hub.messagelog.record import leaf_of
 from xroad_hub.messagelog.source import LogSource, reading
@@ -132,20 +133,19 @@ def export_bundle(log: LogSource, message_id: str, leaf_index: int | None = None
                     f"entry {index} cannot be read as logged ({exc}): 'xroad-hub audit verify' "
                     "lists what is wrong with the log"
                 ) from exc
+            if merkle.leaf_hash(leaf) != row["leaf_hash"]:
+                raise EvidenceError(
+                    f"entry {index} was changed since it was logged (its columns no longer "
+                    "give its leaf hash): 'xroad-hub audit verify' lists what is wrong with "
+                    "the log"
+                )
             cp = _proving_checkpoint(reader, index)
-            size = int(cp["size"])
-            leaves = reader.leaf_hashes(size)
+            size, root = _signed_head(cp)
+            path = _inclusion_path(reader, index, merkle.leaf_hash(leaf), size, root)
             conf = _globalconf_row(reader, row)
             certs = {digest: bytes(der) for digest, der in reader.certificates()}
     except LogReadError as exc:
         raise EvidenceError(str(exc)) from exc
-    if len(leaves) != size:
-        raise EvidenceError("the log holds fewer entries than its checkpoint (truncated)")
-    if merkle.leaf_hash(leaf) != leaves[index]:
-        raise EvidenceError(
-            f"entry {index} was changed since it was logged (its columns no longer give its "
-            "leaf hash): 'xroad-hub audit verify' lists what is wrong with the log"
-        )
 
     def part(side: str) -> dict[str, Any] | None:
         if row[f"{side}_meta"] is None:
@@ -165,7 +165,7 @@ def export_bundle(log: LogSource, message_id: str, leaf_index: int | None = None
         "response": part("response"),
         "inclusion": {
             "tree_size": size,
-            "path": [_b64(h) for h in merkle.inclusion_proof(leaves, index)],
+            "path": [_b64(h) for h in path],
         },
         "checkpoint": {
             "note": cp["note"],  # signed by the node, co-signed by the witness
@@ -192,6 +192,88 @@ def _exchange_row(reader: LogReader, message_id: str, leaf_index: int | None) ->
         found = ", ".join(str(r["leaf_index"]) for r in rows)
         raise EvidenceError(f"{message_id!r} is logged at entries {found}; pick one")
     return rows[0]
+
+
+def _signed_head(cp: Row) -> tuple[int, bytes]:
+    """The size and root the checkpoint's note signs (its columns only find the row)."""
+    text = str(cp["note"]).partition("\n\n")[0] + "\n"
+    try:
+        head = Checkpoint.parse(text)
+    except CheckpointError as exc:
+        raise EvidenceError(f"checkpoint {cp['size']}'s note is not a checkpoint: {exc}") from exc
+    if (head.size, head.root) != (int(cp["size"]), bytes(cp["root"])):
+        raise EvidenceError(
+            f"checkpoint {cp['size']}'s size and root columns are not what its signed note "
+            "says: 'xroad-hub audit verify' lists what is wrong with the log"
+        )
+    return head.size, head.root
+
+
+# Blocks whose leaf hashes are read at once when their roots are rebuilt (memory stays flat).
+_ROOTS_PER_READ = 64
+
+
+def _inclusion_path(
+    reader: LogReader, index: int, leaf_hash: bytes, size: int, root: bytes
+) -> list[bytes]:
+    """RFC 9162 audit path of entry ``index`` (``leaf_hash``) in the signed tree of ``size``
+    entries and ``root``, from the block roots the node stores and the leaf hashes of at
+    most two blocks (the entry's, the last): a few thousandths of the log, not every leaf
+    hash. Stored roots are derived data, trusted for nothing: if the path they give does
+    not lead to the signed root, it is made again from the leaves alone (as for blocks with
+    no stored root: a log older than that table, or blocks no checkpoint reached yet)."""
+    stored = reader.block_roots(size // TREE_BLOCK)
+    for roots in (stored, {}) if stored else ({},):
+        path = _path(reader, index, size, roots)
+        if path is not None and merkle.verify_inclusion(leaf_hash, index, size, path, root):
+            return path
+    raise EvidenceError(
+        f"the log's leaves do not lead from entry {index} to the root its checkpoint of "
+        f"{size} entries signed (rows were changed): 'xroad-hub audit verify' lists what is "
+        "wrong with the log"
+    )
+
+
+def _path(reader: LogReader, index: int, size: int, stored: dict[int, bytes]) -> list[bytes] | None:
+    """The audit path from these stored roots (the rest from the leaves), or None if the
+    entry's block does not give its stored root."""
+    complete = size // TREE_BLOCK
+    roots: list[bytes] = []
+    block = 0
+    while block < complete:
+        if block in stored:
+            roots.append(stored[block])
+            block += 1
+            continue
+        run = block  # consecutive blocks without a root, read a slice at a time
+        while run < complete and run - block < _ROOTS_PER_READ and run not in stored:
+            run += 1
+        leaves = _leaf_hashes(reader, block * TREE_BLOCK, run * TREE_BLOCK)
+        roots += (
+            merkle.root(leaves[i : i + TREE_BLOCK]) for i in range(0, len(leaves), TREE_BLOCK)
+        )
+        block = run
+    tree = merkle.BlockTree.from_blocks(
+        roots, _leaf_hashes(reader, complete * TREE_BLOCK, size), block_height=TREE_BLOCK_HEIGHT
+    )
+    try:
+        return merkle.inclusion_proof(tree, index)
+    except merkle.LeavesNeeded as need:  # the entry's block
+        try:
+            tree.load(need.start, _leaf_hashes(reader, need.start, need.end))
+        except ValueError:
+            return None
+    return merkle.inclusion_proof(tree, index)
+
+
+def _leaf_hashes(reader: LogReader, start: int, end: int) -> list[bytes]:
+    leaves = reader.leaf_hashes(end, start)
+    if len(leaves) != end - start:
+        raise EvidenceError(
+            f"entries {start}..{end - 1} are not all in the log (rows were removed): "
+            "'xroad-hub audit verify' lists what is wrong with the log"
+        )
+    return leaves
 
 
 def _proving_checkpoint(reader: LogReader, index: int) -> Row:

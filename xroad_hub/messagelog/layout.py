@@ -11,7 +11,7 @@ entry at start-up instead of a kilobyte.
 
 from __future__ import annotations
 
-__all__ = ["COLUMNS", "LEAF", "SCHEMA_VERSION", "STORED"]
+__all__ = ["COLUMNS", "LEAF", "SCHEMA_VERSION", "STORED", "TREE_BLOCK", "TREE_BLOCK_HEIGHT"]
 
 SCHEMA_VERSION = 5
 
@@ -28,3 +28,9 @@ STORED = COLUMNS[1:]
 
 # Not a column: the name under which readers hand out each entry's rebuilt leaf.
 LEAF = "leaf"
+
+# The log's Merkle tree is kept (in a node's memory) and stored (table tree_block) as the
+# roots of blocks of this many leaves: what memory, a proof's reads and the stored roots cost
+# is balanced at 256 (~0.25 bytes an entry; 256 leaf hashes read per block a proof reaches).
+TREE_BLOCK_HEIGHT = 8
+TREE_BLOCK = 1 << TREE_BLOCK_HEIGHT

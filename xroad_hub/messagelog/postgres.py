@@ -62,7 +62,7 @@ from xroad_hub.messagelog.tree import LogTree
 __all__ = [
     "PostgresLogReader",
     "PostgresMessageLog",
-    "globalconf_ddl",
+    "added_ddl",
     "is_dsn",
     "log_ddl",
     "log_schemas",
@@ -174,8 +174,9 @@ INSERT INTO {s}.schema_version (version) VALUES ({_SCHEMA_VERSION});
 """
 
 
-def globalconf_ddl(s: str) -> str:
-    # As in SQLite: added to existing logs as they open, no schema version needed.
+def added_ddl(s: str) -> str:
+    # As in SQLite (ADDED_SCHEMA, which says what they hold): added to existing logs as
+    # they open, no schema version needed.
     return f"""
 CREATE TABLE IF NOT EXISTS {s}.globalconf (
     sha256 text PRIMARY KEY,
@@ -183,6 +184,10 @@ CREATE TABLE IF NOT EXISTS {s}.globalconf (
     expires_at double precision NOT NULL,
     signed bytea NOT NULL,
     signer_cert_sha256 text NOT NULL REFERENCES {s}.certificate (sha256)
+);
+CREATE TABLE IF NOT EXISTS {s}.tree_block (
+    block bigint PRIMARY KEY,
+    root bytea NOT NULL
 );
 """
 
@@ -323,7 +328,7 @@ class PostgresMessageLog:
                 f"schema {self.schema!r} holds a message log of schema version {version}, this "
                 f"node writes version {_SCHEMA_VERSION}: {how}"
             )
-        await self._conn.execute(globalconf_ddl(self._s))
+        await self._conn.execute(added_ddl(self._s))
 
     async def _load_tree(self) -> None:
         """Rebuild the tree head from the committed leaves (O(n) once, at start)."""
@@ -353,6 +358,14 @@ class PostgresMessageLog:
                     hashes = []
         self._tree.extend(hashes)
         self._next_index = expected
+        repair = self._tree.blocks_to_repair(
+            await self._conn.fetch(f"SELECT block, root FROM {self._s}.tree_block")
+        )
+        async with self._conn.transaction():
+            await self._conn.execute(
+                f"DELETE FROM {self._s}.tree_block WHERE block >= $1", self._tree.stored_blocks
+            )  # rows of blocks this log has not completed: stray
+            await self._store_blocks(self._conn, repair)
 
     async def append(self, record: LogRecord) -> int:
         return await self._commits.append(record)
@@ -472,7 +485,9 @@ class PostgresMessageLog:
         self, size: int, root: bytes, note: str, cert_der: bytes, created_at: float
     ) -> None:
         digest = hashlib.sha256(cert_der).hexdigest()
+        blocks = self._tree.unsaved_blocks()  # with the checkpoint that they serve
         async with self._reader().acquire() as conn, conn.transaction():
+            await self._store_blocks(conn, blocks)
             await conn.execute(
                 f"INSERT INTO {self._s}.certificate VALUES ($1, $2)"
                 " ON CONFLICT (sha256) DO NOTHING",
@@ -484,6 +499,18 @@ class PostgresMessageLog:
                 " VALUES ($1, $2, $3, $4, $5)",
                 size, root, note, digest, created_at,
             )  # fmt: skip
+        self._tree.saved(blocks)
+
+    async def _store_blocks(
+        self, conn: asyncpg.Connection, blocks: list[tuple[int, bytes]]
+    ) -> None:
+        if blocks:
+            await conn.execute(
+                f"INSERT INTO {self._s}.tree_block SELECT * FROM unnest($1::bigint[],"
+                " $2::bytea[]) ON CONFLICT (block) DO UPDATE SET root = EXCLUDED.root",
+                [block for block, _ in blocks],
+                [root for _, root in blocks],
+            )
 
     async def record_globalconf(
         self, signed: bytes, signer_cert: bytes, generated_at: float, expires_at: float

@@ -140,8 +140,14 @@ class LogReader(Protocol):
         the backend can share it; None if it cannot be opened elsewhere."""
         ...
 
-    def leaf_hashes(self, size: int) -> list[bytes]:
-        """RFC 9162 leaf hashes of the entries with leaf index below ``size``, in order."""
+    def leaf_hashes(self, size: int, start: int = 0) -> list[bytes]:
+        """RFC 9162 leaf hashes of the entries with leaf index in [start, size), in order."""
+        ...
+
+    def block_roots(self, count: int) -> dict[int, bytes]:
+        """The stored roots of the tree's blocks below block ``count`` (layout.TREE_BLOCK
+        leaves each), by block; derived data, so possibly incomplete (none in a log that
+        no node has checkpointed since they were kept)."""
         ...
 
     def certificates(self) -> Iterator[tuple[Any, Any]]:
@@ -251,15 +257,27 @@ class SQLLogReader:
     def address(self) -> LogAddress | None:
         return None
 
-    def leaf_hashes(self, size: int) -> list[bytes]:
+    def leaf_hashes(self, size: int, start: int = 0) -> list[bytes]:
         rows = self._stream(
-            "SELECT leaf_index, leaf_hash FROM exchange WHERE leaf_index < ? ORDER BY leaf_index",
-            (size,),
+            "SELECT leaf_index, leaf_hash FROM exchange WHERE leaf_index >= ? AND leaf_index < ?"
+            " ORDER BY leaf_index",
+            (start, size),
         )
         try:
             return [stored_leaf_hash(r[0], r[1]) for r in rows]
         except ValueError as exc:
             raise LogReadError(str(exc)) from exc
+
+    def block_roots(self, count: int) -> dict[int, bytes]:
+        if count <= 0 or "tree_block" not in self._tables():
+            return {}
+        rows = self._fetch("SELECT block, root FROM tree_block WHERE block < ?", (count,))
+        # Anything but a hash is left out (read from the leaves instead), never converted.
+        return {
+            r[0]: r[1]
+            for r in rows
+            if type(r[0]) is int and type(r[1]) is bytes and len(r[1]) == 32
+        }
 
     def certificates(self) -> Iterator[tuple[Any, Any]]:
         return ((r[0], r[1]) for r in self._fetch("SELECT sha256, der FROM certificate"))

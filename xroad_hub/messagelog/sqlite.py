@@ -116,16 +116,25 @@ CREATE TABLE IF NOT EXISTS checkpoint (
 );
 """
 
-# The signed global configurations the node worked under (see NodeRuntime.record): evidence
-# bundles carry the one in force at an exchange, proving the node hosted its party then.
-# Added to existing logs as they open, so no schema version (and no migration) is needed.
-GLOBALCONF_SCHEMA = """
+# Tables added to existing logs as they open, so no schema version (and no migration):
+# - the signed global configurations the node worked under (see NodeRuntime.record):
+#   evidence bundles carry the one in force at an exchange, proving the node hosted its
+#   party then;
+# - the roots of the tree's complete blocks of layout.TREE_BLOCK leaves, stored before each
+#   checkpoint: an inclusion proof then reads a few thousandths of the log, not every leaf
+#   hash. Derived data: a reader recomputes a missing root from the leaves, and a proof
+#   built on a wrong one does not lead to the signed checkpoint's root.
+ADDED_SCHEMA = """
 CREATE TABLE IF NOT EXISTS globalconf (
     sha256 TEXT PRIMARY KEY,
     generated_at REAL NOT NULL,
     expires_at REAL NOT NULL,
     signed BLOB NOT NULL,  -- the registry's document as downloaded
     signer_cert_sha256 TEXT NOT NULL REFERENCES certificate (sha256)
+);
+CREATE TABLE IF NOT EXISTS tree_block (
+    block INTEGER PRIMARY KEY,  -- leaves block * TREE_BLOCK .. (block + 1) * TREE_BLOCK - 1
+    root BLOB NOT NULL
 );
 """
 
@@ -134,6 +143,20 @@ CREATE TABLE IF NOT EXISTS globalconf (
 def _insert_sql(rows: int) -> str:
     one = "(" + ", ".join("?" * len(_COLUMNS)) + ")"
     return f"INSERT INTO exchange ({', '.join(_COLUMNS)}) VALUES " + ", ".join([one] * rows)
+
+
+def _store_blocks(wdb: sqlite3.Connection | None, blocks: list[tuple[int, bytes]]) -> None:
+    """Block roots in one transaction (in the writer thread)."""
+    if wdb is None:
+        raise LogError("message log is not open")
+    wdb.execute("BEGIN")
+    try:
+        wdb.executemany("INSERT OR REPLACE INTO tree_block VALUES (?, ?)", blocks)
+    except BaseException:
+        if wdb.in_transaction:  # SQLite may have rolled back already (disk full, I/O)
+            wdb.execute("ROLLBACK")
+        raise
+    wdb.execute("COMMIT")
 
 
 # SQLite's default is 32766 bound parameters per statement (250000 in Debian's build).
@@ -174,7 +197,7 @@ class SQLiteMessageLog:
         await self._db.execute("PRAGMA journal_mode=WAL")
         await self._db.execute("PRAGMA synchronous=FULL")
         await self._check_schema()
-        await self._db.executescript(GLOBALCONF_SCHEMA)
+        await self._db.executescript(ADDED_SCHEMA)
         self._commits.max_batch = min(self._commits.max_batch, _MAX_VARIABLES // len(_COLUMNS))
         # The tree of committed leaves, from their stored hashes (each checked to be one:
         # the node would sign checkpoints over whatever it builds on). The tree puts leaf i
@@ -199,6 +222,14 @@ class SQLiteMessageLog:
             await self._db.close()
             raise LogError(f"{self.path}: {exc}") from exc
         self._next_index = expected
+        async with self._db.execute("SELECT block, root FROM tree_block") as c:
+            repair = self._tree.blocks_to_repair(await c.fetchall())
+        await self._db.execute("BEGIN")
+        await self._db.execute(
+            "DELETE FROM tree_block WHERE block >= ?", (self._tree.stored_blocks,)
+        )  # rows of blocks this log has not completed: stray
+        await self._db.executemany("INSERT OR REPLACE INTO tree_block VALUES (?, ?)", repair)
+        await self._db.execute("COMMIT")
         # Autocommit, as above; made here, used only by the writer thread from now on.
         self._wdb = sqlite3.connect(self.path, isolation_level=None, check_same_thread=False)
         self._wdb.execute("PRAGMA synchronous=FULL")  # per connection, not kept in the file
@@ -311,6 +342,10 @@ class SQLiteMessageLog:
         self, size: int, root: bytes, note: str, cert_der: bytes, created_at: float
     ) -> None:
         digest = hashlib.sha256(cert_der).hexdigest()
+        blocks = self._tree.unsaved_blocks()  # before the checkpoint that they serve
+        if blocks:
+            await self._commits.run(functools.partial(_store_blocks, self._wdb, blocks))
+            self._tree.saved(blocks)
         await self._run("INSERT OR IGNORE INTO certificate VALUES (?, ?)", (digest, cert_der))
         await self._run(
             "INSERT INTO checkpoint (size, root, note, cert_sha256, created_at)"

@@ -13,6 +13,7 @@ from __future__ import annotations
 import asyncio
 from collections.abc import Awaitable, Callable, Iterable, Sequence
 
+from xroad_hub.messagelog.layout import TREE_BLOCK_HEIGHT
 from xroad_hub.messagelog.reader import stored_leaf_hash
 from xroad_hub.messagelog.store import LogError
 from xroad_hub.protocol import merkle
@@ -30,13 +31,35 @@ _LOADS = 2
 class LogTree:
     """The tree of a log's committed entries (leaf i at index i)."""
 
-    __slots__ = ("_proving", "_read", "_tree", "_where")
+    __slots__ = ("_proving", "_read", "_tree", "_where", "stored_blocks")
 
     def __init__(self, read: LeafHashRows, where: str) -> None:
         self._read = read
         self._where = where  # names the log in errors
-        self._tree = merkle.BlockTree()
+        self._tree = merkle.BlockTree(block_height=TREE_BLOCK_HEIGHT)
         self._proving = asyncio.Lock()
+        # How many blocks' roots the log has stored (set at open from the table).
+        self.stored_blocks = 0
+
+    def blocks_to_repair(self, stored: Iterable[Sequence[object]]) -> list[tuple[int, bytes]]:
+        """At open, from the log's stored (block, root) rows: the complete blocks whose root
+        is missing or not the tree's, to be written over. Then the log holds every complete
+        block's root (stored roots are derived data: wrong ones slow exports, and a node
+        that has just rebuilt its tree is where they are put right)."""
+        mine = self._tree.block_roots()
+        held = {block: root for block, root in stored}
+        self.stored_blocks = len(mine)
+        return [(block, root) for block, root in enumerate(mine) if held.get(block) != root]
+
+    def unsaved_blocks(self) -> list[tuple[int, bytes]]:
+        """(block, root) of the complete blocks whose roots the log has not stored yet."""
+        start = self.stored_blocks
+        return list(enumerate(self._tree.block_roots(start), start=start))
+
+    def saved(self, blocks: list[tuple[int, bytes]]) -> None:
+        """The log stored these block roots (from `unsaved_blocks`)."""
+        if blocks:
+            self.stored_blocks = max(self.stored_blocks, blocks[-1][0] + 1)
 
     def __len__(self) -> int:
         return len(self._tree)

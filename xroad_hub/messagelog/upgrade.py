@@ -30,13 +30,13 @@ import orjson
 from xroad_hub.errors import HubError
 from xroad_hub.messagelog.layout import COLUMNS, SCHEMA_VERSION, STORED
 from xroad_hub.messagelog.postgres import (
-    globalconf_ddl,
+    added_ddl,
     log_ddl,
     validate_schema_name,
     writer_lock_key,
 )
 from xroad_hub.messagelog.record import leaf_of
-from xroad_hub.messagelog.sqlite import GLOBALCONF_SCHEMA, SCHEMA, writer_lock
+from xroad_hub.messagelog.sqlite import ADDED_SCHEMA, SCHEMA, writer_lock
 from xroad_hub.messagelog.store import LogError
 from xroad_hub.privatefile import ensure_private
 from xroad_hub.protocol import merkle
@@ -130,7 +130,7 @@ def _copy(
     ensure_private(new_path, sqlite=True)  # citizens' data: 0600 before the first byte
     new = sqlite3.connect(new_path, isolation_level=None)
     try:
-        new.executescript(SCHEMA + GLOBALCONF_SCHEMA + f"PRAGMA user_version = {SCHEMA_VERSION};")
+        new.executescript(SCHEMA + ADDED_SCHEMA + f"PRAGMA user_version = {SCHEMA_VERSION};")
         new.execute("BEGIN")
         tables = {r[0] for r in old.execute("SELECT name FROM sqlite_master WHERE type='table'")}
         for table in ("certificate", "checkpoint", "globalconf"):
@@ -219,7 +219,7 @@ async def _upgrade_postgres(
         async with conn.transaction():
             await conn.execute(f"CREATE SCHEMA {new_s}")
             await conn.execute(log_ddl(new_s))
-            await conn.execute(globalconf_ddl(new_s))
+            await conn.execute(added_ddl(new_s))
             for table in ("certificate", "checkpoint", "globalconf"):
                 if table in tables:
                     await conn.execute(f"INSERT INTO {new_s}.{table} SELECT * FROM {old_s}.{table}")

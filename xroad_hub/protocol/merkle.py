@@ -241,8 +241,32 @@ class BlockTree:
         self._size = 0
         self.extend(leaf_hashes)
 
+    @classmethod
+    def from_blocks(
+        cls,
+        block_roots: Iterable[bytes],
+        last_block: Iterable[bytes] = (),
+        *,
+        block_height: int = 8,
+        cached_blocks: int = 4,
+    ) -> BlockTree:
+        """The tree of complete blocks with these roots followed by the leaf hashes of an
+        incomplete last block (stored roots: a proof without reading every leaf)."""
+        last = list(last_block)
+        if len(last) >> block_height:
+            raise ValueError(f"an incomplete block holds fewer than {1 << block_height} leaves")
+        tree = cls(last, block_height=block_height, cached_blocks=cached_blocks)
+        tree._blocks = MemoryTree(block_roots)
+        tree._size += len(tree._blocks) << block_height
+        return tree
+
     def __len__(self) -> int:
         return self._size
+
+    def block_roots(self, start: int = 0) -> list[bytes]:
+        """The roots of the complete blocks from block ``start`` on, in order (what a log
+        stores so that readers can prove without reading every leaf)."""
+        return [self._blocks.leaf_hash_at(i) for i in range(start, len(self._blocks))]
 
     def append(self, leaf_hash: bytes) -> None:
         """Add one leaf hash."""
