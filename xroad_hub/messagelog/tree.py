@@ -38,7 +38,7 @@ class LogTree:
         self._where = where  # names the log in errors
         self._tree = merkle.BlockTree(block_height=TREE_BLOCK_HEIGHT)
         self._proving = asyncio.Lock()
-        # How many blocks' roots the log has stored (set at open from the table).
+        # How many blocks' roots the log has stored (all complete ones once it has opened).
         self.stored_blocks = 0
 
     def blocks_to_repair(self, stored: Iterable[Sequence[object]]) -> list[tuple[int, bytes]]:

@@ -120,7 +120,28 @@ class HashSource(Protocol):
         ...
 
 
-class MemoryTree:
+class _SubtreeHashing:
+    """`root` and `subtree_hash` of a tree of ``_size`` leaves, over its ``_hash`` of
+    non-empty ranges within bounds."""
+
+    __slots__ = ()
+    _size: int
+
+    def root(self, size: int | None = None) -> bytes:
+        """The tree head of the first ``size`` leaves (default: all), in O(log n)."""
+        return self.subtree_hash(0, self._size if size is None else size)
+
+    def subtree_hash(self, start: int, end: int) -> bytes:
+        """MTH(D[start:end]); cached perfect subtrees make tree subtrees O(log n)."""
+        if not 0 <= start <= end <= self._size:
+            raise ValueError(f"range [{start}, {end}) out of bounds for size {self._size}")
+        return EMPTY_ROOT if start == end else self._hash(start, end)
+
+    def _hash(self, start: int, end: int) -> bytes:
+        raise NotImplementedError
+
+
+class MemoryTree(_SubtreeHashing):
     """An append-only in-memory tree that caches every perfect subtree.
 
     Level ``h`` holds the hashes of all complete subtrees of 2**h leaves, packed in one
@@ -181,16 +202,6 @@ class MemoryTree:
             raise IndexError(f"leaf index {index} out of range for size {self._size}")
         return bytes(self._levels[0][index * HASH_SIZE : (index + 1) * HASH_SIZE])
 
-    def root(self, size: int | None = None) -> bytes:
-        """The tree head of the first ``size`` leaves (default: all), in O(log n)."""
-        return self.subtree_hash(0, self._size if size is None else size)
-
-    def subtree_hash(self, start: int, end: int) -> bytes:
-        """MTH(D[start:end]); cached perfect subtrees make tree subtrees O(log n)."""
-        if not 0 <= start <= end <= self._size:
-            raise ValueError(f"range [{start}, {end}) out of bounds for size {self._size}")
-        return EMPTY_ROOT if start == end else self._hash(start, end)
-
     def _hash(self, start: int, end: int) -> bytes:
         count = end - start
         if count & (count - 1) == 0 and start % count == 0:
@@ -210,7 +221,7 @@ class LeavesNeeded(LookupError):
         self.start, self.end = start, end
 
 
-class BlockTree:
+class BlockTree(_SubtreeHashing):
     """An append-only tree for a log whose leaf hashes are stored elsewhere (a database).
 
     A `MemoryTree` of every leaf costs ~64 bytes an entry for ever: 64 MB a million
@@ -223,7 +234,9 @@ class BlockTree:
     `load` checks them against the block's root, so storage changed after the tree was
     built is caught rather than proved from. A proof of tree subtrees touches at most two
     older blocks (the edges of the old and new sizes), so ``cached_blocks`` >= 2 always
-    lets it finish; a load is one indexed read, so few are kept.
+    lets it finish; a load is one indexed read, so few are kept. The tree head (`root()`)
+    never needs a load; a subtree or an older size reaching into an older block may raise
+    `LeavesNeeded`.
     """
 
     __slots__ = ("_blocks", "_cache", "_cached", "_height", "_last", "_size")
@@ -316,17 +329,6 @@ class BlockTree:
         self._cache[block] = tree
         while len(self._cache) > self._cached:
             del self._cache[next(iter(self._cache))]  # the least recently used
-
-    def root(self, size: int | None = None) -> bytes:
-        """The tree head of the first ``size`` leaves (default: all, which never needs a
-        load; an older size may raise `LeavesNeeded`)."""
-        return self.subtree_hash(0, self._size if size is None else size)
-
-    def subtree_hash(self, start: int, end: int) -> bytes:
-        """MTH(D[start:end]); raises `LeavesNeeded` if it needs an older block's leaves."""
-        if not 0 <= start <= end <= self._size:
-            raise ValueError(f"range [{start}, {end}) out of bounds for size {self._size}")
-        return EMPTY_ROOT if start == end else self._hash(start, end)
 
     def _hash(self, start: int, end: int) -> bytes:
         count, height = end - start, self._height
