@@ -39,6 +39,8 @@ def test_checkpoint_text_round_trip() -> None:
         "origin\n1\n" + base64.b64encode(b"short").decode() + "\n",
         "origin\n1\nnot base64!\n",
         "\n1\n" + base64.b64encode(ROOT).decode() + "\n",
+        "origin\n\u00b2\n" + base64.b64encode(ROOT).decode() + "\n",  # digits, not ASCII
+        "origin\n\u0661\u0662\n" + base64.b64encode(ROOT).decode() + "\n",
     ],
 )
 def test_malformed_checkpoints_are_refused(text: str) -> None:

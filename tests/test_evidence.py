@@ -504,3 +504,44 @@ async def test_export_proves_from_stored_block_roots(fed: Fed, http, tmp_path: P
     for mid, index in entries:
         with pytest.raises(EvidenceError, match="not what its signed note says"):
             export_bundle(copy, mid, index)
+
+
+class _LeavesAndRoots:
+    """The two reads `_inclusion_path` makes of a log, over given leaves and stored roots;
+    counts the leaf hashes it hands out."""
+
+    def __init__(self, leaves: list[bytes], roots: dict[int, bytes]) -> None:
+        self.leaves, self.roots, self.read = leaves, roots, 0
+
+    def block_roots(self, count: int) -> dict[int, bytes]:
+        return {b: r for b, r in self.roots.items() if b < count}
+
+    def leaf_hashes(self, size: int, start: int = 0) -> list[bytes]:
+        self.read += size - start
+        return self.leaves[start:size]
+
+
+@pytest.mark.parametrize("stored", ["all", "none", "odd blocks", "one wrong", "all wrong", "gap"])
+def test_inclusion_paths_over_many_blocks(stored: str) -> None:
+    """Any mix of stored, missing and wrong block roots gives the path over the leaves
+    themselves; with every root stored, a path reads at most two blocks of leaves."""
+    from xroad_hub.messagelog.evidence import _inclusion_path
+
+    leaves = [merkle.leaf_hash(i.to_bytes(4, "big")) for i in range(20_000)]  # 78 blocks
+    size = len(leaves)
+    tree = merkle.MemoryTree(leaves)
+    right = {b: merkle.root(leaves[b * 256 : (b + 1) * 256]) for b in range(size // 256)}
+    roots = {
+        "all": right,
+        "none": {},
+        "odd blocks": {b: r for b, r in right.items() if b % 2},
+        "one wrong": {**right, 40: b"\0" * 32},
+        "all wrong": dict.fromkeys(right, b"\0" * 32),
+        "gap": {b: r for b, r in right.items() if not 3 <= b < 72},  # longer than one read
+    }[stored]
+    for index in (0, 255, 256, 10_240, 19_967, 19_968, size - 1):
+        reader = _LeavesAndRoots(leaves, roots)
+        path = _inclusion_path(reader, index, leaves[index], size, tree.root())  # type: ignore[arg-type]
+        assert path == merkle.inclusion_proof(tree, index)
+        if stored == "all":
+            assert reader.read <= 2 * 256

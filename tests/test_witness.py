@@ -5,7 +5,6 @@ from __future__ import annotations
 import asyncio
 import base64
 import hashlib
-import sqlite3
 
 import pytest
 from aiohttp import web
@@ -23,6 +22,7 @@ from xroad_hub.protocol.checkpoint import Checkpoint, NoteSigner, open_note, sig
 
 from .conftest import Fed
 from .logrecords import record
+from .sqlite_db import sqlite_db
 
 NODE = "TH/GOV/DBD/hub1"
 ORIGIN = f"xroad-hub/{NODE}"
@@ -124,7 +124,7 @@ async def test_a_log_changed_on_disk_is_not_proven_to_the_witness(pki, tmp_path,
     await log.open()
     try:
         await asyncio.gather(*(log.append(record(i, 1700000000.0 + i)) for i in range(700)))
-        with sqlite3.connect(tmp_path / "log.sqlite") as db:
+        with sqlite_db(tmp_path / "log.sqlite") as db:
             db.execute("UPDATE exchange SET leaf_hash = ? WHERE leaf_index = 260", (LEAVES[0],))
         async with TestServer(app) as server:
             witness = str(server.make_url("/witness"))

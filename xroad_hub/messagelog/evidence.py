@@ -201,7 +201,7 @@ def _signed_head(cp: Row) -> tuple[int, bytes]:
         head = Checkpoint.parse(text)
     except CheckpointError as exc:
         raise EvidenceError(f"checkpoint {cp['size']}'s note is not a checkpoint: {exc}") from exc
-    if (head.size, head.root) != (int(cp["size"]), bytes(cp["root"])):
+    if head.size != cp["size"] or head.root != cp["root"]:  # compared as stored, not converted
         raise EvidenceError(
             f"checkpoint {cp['size']}'s size and root columns are not what its signed note "
             "says: 'xroad-hub audit verify' lists what is wrong with the log"

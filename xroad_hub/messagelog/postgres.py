@@ -363,7 +363,8 @@ class PostgresMessageLog:
         )
         async with self._conn.transaction():
             await self._conn.execute(
-                f"DELETE FROM {self._s}.tree_block WHERE block >= $1", self._tree.stored_blocks
+                f"DELETE FROM {self._s}.tree_block WHERE block < 0 OR block >= $1",
+                self._tree.stored_blocks,
             )  # rows of blocks this log has not completed: stray
             await self._store_blocks(self._conn, repair)
 
@@ -507,7 +508,7 @@ class PostgresMessageLog:
         if blocks:
             await conn.execute(
                 f"INSERT INTO {self._s}.tree_block SELECT * FROM unnest($1::bigint[],"
-                " $2::bytea[]) ON CONFLICT (block) DO UPDATE SET root = EXCLUDED.root",
+                " $2::bytea[]) ON CONFLICT (block) DO NOTHING",
                 [block for block, _ in blocks],
                 [root for _, root in blocks],
             )

@@ -146,17 +146,19 @@ def _insert_sql(rows: int) -> str:
 
 
 def _store_blocks(wdb: sqlite3.Connection | None, blocks: list[tuple[int, bytes]]) -> None:
-    """Block roots in one transaction (in the writer thread)."""
+    """Block roots not stored yet (in the writer thread), in multi-row statements: each is
+    its own transaction under autocommit, as the log's batches are, and never leaves the
+    writer's connection inside one."""
     if wdb is None:
         raise LogError("message log is not open")
-    wdb.execute("BEGIN")
-    try:
-        wdb.executemany("INSERT OR REPLACE INTO tree_block VALUES (?, ?)", blocks)
-    except BaseException:
-        if wdb.in_transaction:  # SQLite may have rolled back already (disk full, I/O)
-            wdb.execute("ROLLBACK")
-        raise
-    wdb.execute("COMMIT")
+    per_statement = _MAX_VARIABLES // 2
+    for i in range(0, len(blocks), per_statement):
+        chunk = blocks[i : i + per_statement]
+        marks = ", ".join(["(?, ?)"] * len(chunk))
+        wdb.execute(
+            f"INSERT OR IGNORE INTO tree_block VALUES {marks}",
+            [value for row in chunk for value in row],
+        )
 
 
 # SQLite's default is 32766 bound parameters per statement (250000 in Debian's build).
@@ -223,17 +225,30 @@ class SQLiteMessageLog:
             raise LogError(f"{self.path}: {exc}") from exc
         self._next_index = expected
         async with self._db.execute("SELECT block, root FROM tree_block") as c:
-            repair = self._tree.blocks_to_repair(await c.fetchall())
-        await self._db.execute("BEGIN")
-        await self._db.execute(
-            "DELETE FROM tree_block WHERE block >= ?", (self._tree.stored_blocks,)
-        )  # rows of blocks this log has not completed: stray
-        await self._db.executemany("INSERT OR REPLACE INTO tree_block VALUES (?, ?)", repair)
-        await self._db.execute("COMMIT")
+            stored = await c.fetchall()
+        repair = self._tree.blocks_to_repair(stored)
+        stray = any(not 0 <= block < self._tree.stored_blocks for block, _ in stored)
         # Autocommit, as above; made here, used only by the writer thread from now on.
         self._wdb = sqlite3.connect(self.path, isolation_level=None, check_same_thread=False)
         self._wdb.execute("PRAGMA synchronous=FULL")  # per connection, not kept in the file
         self._commits.start(str(self.path))
+        if repair or stray:
+            await self._repair_blocks(repair)
+
+    async def _repair_blocks(self, blocks: list[tuple[int, bytes]]) -> None:
+        """Store the missing block roots and drop stray ones. Derived data: if the database
+        refuses now (locked, full), the next checkpoint offers every root again."""
+        wdb, complete = self._wdb, self._tree.stored_blocks
+        assert wdb is not None
+
+        def repair() -> None:
+            wdb.execute("DELETE FROM tree_block WHERE block < 0 OR block >= ?", (complete,))
+            _store_blocks(wdb, blocks)
+
+        try:
+            await self._commits.run(repair)
+        except sqlite3.Error:
+            self._tree.stored_blocks = 0
 
     async def _check_schema(self) -> None:
         assert self._db is not None
@@ -344,7 +359,12 @@ class SQLiteMessageLog:
         digest = hashlib.sha256(cert_der).hexdigest()
         blocks = self._tree.unsaved_blocks()  # before the checkpoint that they serve
         if blocks:
-            await self._commits.run(functools.partial(_store_blocks, self._wdb, blocks))
+            try:
+                await self._commits.run(functools.partial(_store_blocks, self._wdb, blocks))
+            except sqlite3.Error as exc:
+                raise LogError(
+                    f"{self.path}: storing the tree's block roots failed: {exc}"
+                ) from exc
             self._tree.saved(blocks)
         await self._run("INSERT OR IGNORE INTO certificate VALUES (?, ?)", (digest, cert_der))
         await self._run(

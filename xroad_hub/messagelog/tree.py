@@ -42,14 +42,16 @@ class LogTree:
         self.stored_blocks = 0
 
     def blocks_to_repair(self, stored: Iterable[Sequence[object]]) -> list[tuple[int, bytes]]:
-        """At open, from the log's stored (block, root) rows: the complete blocks whose root
-        is missing or not the tree's, to be written over. Then the log holds every complete
-        block's root (stored roots are derived data: wrong ones slow exports, and a node
-        that has just rebuilt its tree is where they are put right)."""
-        mine = self._tree.block_roots()
-        held = {block: root for block, root in stored}
-        self.stored_blocks = len(mine)
-        return [(block, root) for block, root in enumerate(mine) if held.get(block) != root]
+        """At open, from the log's stored (block, root) rows: the complete blocks with no
+        stored root, to be written (with the stray rows of blocks the log has not completed
+        dropped, the log then holds a root for every complete block). A stored root that
+        differs from the rebuilt tree's is left as it is: the row or the root may be the
+        one that was changed, and only the signed checkpoints can tell (exports check
+        against them and fall back to the leaves)."""
+        held = {block for block, _ in stored}
+        self.stored_blocks = count = self._tree.complete_blocks
+        missing = [block for block in range(count) if block not in held]
+        return [(block, self._tree.block_root(block)) for block in missing]
 
     def unsaved_blocks(self) -> list[tuple[int, bytes]]:
         """(block, root) of the complete blocks whose roots the log has not stored yet."""

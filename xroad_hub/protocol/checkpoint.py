@@ -55,7 +55,12 @@ class Checkpoint:
         if len(lines) < 4 or lines[-1] != "":
             raise CheckpointError("a checkpoint is origin, size and root, each on its own line")
         origin, size, root = lines[0], lines[1], lines[2]
-        if not origin or not size.isdigit() or (size != "0" and size.startswith("0")):
+        # ASCII digits only: str.isdigit() also takes "²" (which int() refuses) and "١٢"
+        if (
+            not origin
+            or not (size.isascii() and size.isdigit())
+            or (size != "0" and size[0] == "0")
+        ):
             raise CheckpointError("checkpoint origin or size is malformed")
         try:
             digest = base64.b64decode(root, validate=True)

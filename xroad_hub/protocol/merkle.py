@@ -276,6 +276,15 @@ class BlockTree(_SubtreeHashing):
     def __len__(self) -> int:
         return self._size
 
+    @property
+    def complete_blocks(self) -> int:
+        """How many blocks of ``2**block_height`` leaves the tree has completed."""
+        return len(self._blocks)
+
+    def block_root(self, block: int) -> bytes:
+        """The root of complete block ``block``."""
+        return self._blocks.leaf_hash_at(block)
+
     def block_roots(self, start: int = 0) -> list[bytes]:
         """The roots of the complete blocks from block ``start`` on, in order (what a log
         stores so that readers can prove without reading every leaf)."""
