@@ -358,9 +358,11 @@ class PostgresMessageLog:
                     hashes = []
         self._tree.extend(hashes)
         self._next_index = expected
-        repair = self._tree.blocks_to_repair(
+        repair, stray = self._tree.blocks_to_repair(
             await self._conn.fetch(f"SELECT block, root FROM {self._s}.tree_block")
         )
+        if not (repair or stray):  # the usual open: nothing to write
+            return
         async with self._conn.transaction():
             await self._conn.execute(
                 f"DELETE FROM {self._s}.tree_block WHERE block < 0 OR block >= $1",

@@ -225,9 +225,7 @@ class SQLiteMessageLog:
             raise LogError(f"{self.path}: {exc}") from exc
         self._next_index = expected
         async with self._db.execute("SELECT block, root FROM tree_block") as c:
-            stored = await c.fetchall()
-        repair = self._tree.blocks_to_repair(stored)
-        stray = any(not 0 <= block < self._tree.stored_blocks for block, _ in stored)
+            repair, stray = self._tree.blocks_to_repair(await c.fetchall())
         # Autocommit, as above; made here, used only by the writer thread from now on.
         self._wdb = sqlite3.connect(self.path, isolation_level=None, check_same_thread=False)
         self._wdb.execute("PRAGMA synchronous=FULL")  # per connection, not kept in the file

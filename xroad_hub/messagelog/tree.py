@@ -41,17 +41,21 @@ class LogTree:
         # How many blocks' roots the log has stored (all complete ones once it has opened).
         self.stored_blocks = 0
 
-    def blocks_to_repair(self, stored: Iterable[Sequence[object]]) -> list[tuple[int, bytes]]:
+    def blocks_to_repair(
+        self, stored: Iterable[Sequence[object]]
+    ) -> tuple[list[tuple[int, bytes]], bool]:
         """At open, from the log's stored (block, root) rows: the complete blocks with no
-        stored root, to be written (with the stray rows of blocks the log has not completed
-        dropped, the log then holds a root for every complete block). A stored root that
-        differs from the rebuilt tree's is left as it is: the row or the root may be the
-        one that was changed, and only the signed checkpoints can tell (exports check
-        against them and fall back to the leaves)."""
+        stored root, to be written, and whether rows of blocks the log has not completed
+        are there, to be dropped (then the log holds a root for every complete block; with
+        neither, nothing needs writing). A stored root that differs from the rebuilt
+        tree's is left as it is: the row or the root may be the one that was changed, and
+        only the signed checkpoints can tell (exports check against them and fall back to
+        the leaves)."""
         held = {block for block, _ in stored}
         self.stored_blocks = count = self._tree.complete_blocks
-        missing = [block for block in range(count) if block not in held]
-        return [(block, self._tree.block_root(block)) for block in missing]
+        missing = [(b, self._tree.block_root(b)) for b in range(count) if b not in held]
+        stray = any(not (type(b) is int and 0 <= b < count) for b in held)
+        return missing, stray
 
     def unsaved_blocks(self) -> list[tuple[int, bytes]]:
         """(block, root) of the complete blocks whose roots the log has not stored yet."""

@@ -288,7 +288,7 @@ class BlockTree(_SubtreeHashing):
     def block_roots(self, start: int = 0) -> list[bytes]:
         """The roots of the complete blocks from block ``start`` on, in order (what a log
         stores so that readers can prove without reading every leaf)."""
-        return [self._blocks.leaf_hash_at(i) for i in range(start, len(self._blocks))]
+        return [self.block_root(i) for i in range(start, self.complete_blocks)]
 
     def append(self, leaf_hash: bytes) -> None:
         """Add one leaf hash."""
